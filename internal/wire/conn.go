@@ -1,0 +1,279 @@
+package wire
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+)
+
+// HandshakeTimeout bounds the whole handshake.
+const HandshakeTimeout = 10 * time.Second
+
+// bigFrame is the size from which a payload frame is written from its own buffer (writev)
+// instead of being copied into the batch buffer.
+const bigFrame = 64 << 10
+
+// ErrClosed is returned by Send after Close or after the connection failed.
+var ErrClosed = errors.New("wire: connection closed")
+
+// Conn is one framed, batched, handshaken connection. Send is safe for concurrent use; Recv
+// must be called from a single goroutine.
+type Conn struct {
+	nc       net.Conn
+	br       *bufio.Reader
+	lim      Limits
+	PeerRole Role // the role the connecting side declared (on accepted connections)
+
+	mu struct {
+		sync.Mutex
+		bufs    net.Buffers // pending output: small messages share one slice, big frames stand alone
+		small   []byte      // the slice small messages are appended to (the tail of bufs)
+		pending int
+		err     error
+		closed  bool
+	}
+	wake    chan struct{}
+	done    chan struct{}
+	flushed chan struct{}
+}
+
+func newConn(nc net.Conn, lim Limits, role Role) *Conn {
+	c := &Conn{nc: nc, br: bufio.NewReaderSize(nc, 64<<10), lim: lim, PeerRole: role,
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go c.writeLoop()
+	return c
+}
+
+// DialOptions configure Dial.
+type DialOptions struct {
+	Role   Role
+	Token  string
+	TLS    *tls.Config // nil: plain TCP
+	Limits Limits      // zero: DefaultLimits
+}
+
+// Dial connects to addr and performs the handshake as the connecting side.
+func Dial(ctx context.Context, addr string, o DialOptions) (*Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if o.TLS != nil {
+		tc := tls.Client(nc, o.TLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("wire: TLS handshake with %s: %w", addr, err)
+		}
+		nc = tc
+	}
+	return ClientHandshake(ctx, nc, o)
+}
+
+// ClientHandshake performs the connecting side's handshake over an established connection.
+func ClientHandshake(ctx context.Context, nc net.Conn, o DialOptions) (*Conn, error) {
+	deadline := time.Now().Add(HandshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	nc.SetDeadline(deadline)
+	if err := WriteHello(nc, ClientHello{Version: Version, Role: o.Role, Token: o.Token}); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if err := ReadAnswer(nc); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	lim := o.Limits
+	if lim.MaxFrames == 0 {
+		lim = DefaultLimits()
+	}
+	return newConn(nc, lim, o.Role), nil
+}
+
+// Accept performs the accepting side's handshake on nc, checking the token (when not empty)
+// and that the peer's role is one of roles. On refusal the answer is written, nc is closed and
+// a *HandshakeError is returned.
+func Accept(nc net.Conn, token string, lim Limits, roles ...Role) (*Conn, error) {
+	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
+	h, err := ReadHello(nc)
+	var herr *HandshakeError
+	if errors.As(err, &herr) {
+		WriteAnswer(nc, herr.Status, herr.Message)
+		nc.Close()
+		return nil, herr
+	}
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if herr := CheckHello(h, token, roles...); herr != nil {
+		WriteAnswer(nc, herr.Status, herr.Message)
+		nc.Close()
+		return nil, herr
+	}
+	if err := WriteAnswer(nc, StatusOK, ""); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	if lim.MaxFrames == 0 {
+		lim = DefaultLimits()
+	}
+	return newConn(nc, lim, h.Role), nil
+}
+
+// RemoteAddr is the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// Recv reads the next message: its decoded header and its payload frames.
+func (c *Conn) Recv() (*Msg, [][]byte, error) {
+	frames, err := ReadFrames(c.br, c.lim)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := DecodeHeader(frames[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, frames[1:], nil
+}
+
+// Send queues one message. It returns once the message is buffered; the writer goroutine
+// sends it promptly, batching with whatever else is queued by then.
+func (c *Conn) Send(m *Msg, payload ...[]byte) error {
+	hdr, err := EncodeHeader(m)
+	if err != nil {
+		return err
+	}
+	return c.SendRaw(hdr, payload...)
+}
+
+// SendRaw queues a message whose header is already encoded.
+func (c *Conn) SendRaw(hdr []byte, payload ...[]byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.closed || c.mu.err != nil {
+		if c.mu.err != nil {
+			return c.mu.err
+		}
+		return ErrClosed
+	}
+	n := 1 + len(payload)
+	var prefix [4 + 8*8]byte
+	pre := prefix[:0]
+	if n <= 8 {
+		pre = appendPrefix(pre, hdr, payload)
+	} else {
+		pre = appendPrefix(nil, hdr, payload)
+	}
+	c.appendSmall(pre)
+	c.appendSmall(hdr)
+	for _, p := range payload {
+		if len(p) >= bigFrame {
+			c.mu.bufs = append(c.mu.bufs, p)
+			c.mu.small = nil
+		} else {
+			c.appendSmall(p)
+		}
+		c.mu.pending += len(p)
+	}
+	c.mu.pending += len(hdr) + len(pre)
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func appendPrefix(b []byte, hdr []byte, payload [][]byte) []byte {
+	n := 1 + len(payload)
+	b = append(b, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	b = appendU64(b, uint64(len(hdr)))
+	for _, p := range payload {
+		b = appendU64(b, uint64(len(p)))
+	}
+	return b
+}
+
+func appendU64(b []byte, v uint64) []byte {
+	return append(b, byte(v>>56), byte(v>>48), byte(v>>40), byte(v>>32), byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+}
+
+// appendSmall copies p into the current small-message slice (c.mu held).
+func (c *Conn) appendSmall(p []byte) {
+	if c.mu.small == nil {
+		c.mu.small = make([]byte, 0, max(4096, len(p)))
+		c.mu.bufs = append(c.mu.bufs, nil)
+	}
+	c.mu.small = append(c.mu.small, p...)
+	c.mu.bufs[len(c.mu.bufs)-1] = c.mu.small
+}
+
+func (c *Conn) writeLoop() {
+	defer close(c.done)
+	for range c.wake {
+		c.mu.Lock()
+		bufs := c.mu.bufs
+		c.mu.bufs, c.mu.small, c.mu.pending = nil, nil, 0
+		closed := c.mu.closed
+		c.mu.Unlock()
+		if len(bufs) > 0 {
+			if _, err := bufs.WriteTo(c.nc); err != nil {
+				c.mu.Lock()
+				c.mu.err = fmt.Errorf("wire: write: %w", err)
+				c.mu.Unlock()
+				c.nc.Close()
+				return
+			}
+		}
+		if closed {
+			return
+		}
+	}
+}
+
+// SendError sends an error message with a stable code.
+func (c *Conn) SendError(id uint64, code, msg string) error {
+	return c.Send(&Msg{Op: OpError, ID: id, Code: code, Message: msg})
+}
+
+// Close flushes what is queued (for at most a second) and closes the connection.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	if c.mu.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.mu.closed = true
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+	select {
+	case <-c.done:
+	case <-time.After(time.Second):
+	}
+	return c.nc.Close()
+}
+
+// Abort closes the connection at once, dropping whatever is queued.
+func (c *Conn) Abort() error {
+	c.mu.Lock()
+	c.mu.closed = true
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return c.nc.Close()
+}

@@ -1,0 +1,113 @@
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+)
+
+// Limits bound what a peer may make this process allocate.
+type Limits struct {
+	MaxFrames  int   // frames per message
+	MaxFrame   int64 // bytes per payload frame
+	MaxHeader  int64 // bytes of frame 0 (the msgpack header)
+	MaxMessage int64 // bytes of all frames of one message
+}
+
+// DefaultLimits returns the limits documented in docs/protocol.md.
+func DefaultLimits() Limits {
+	return Limits{MaxFrames: 4096, MaxFrame: 1 << 30, MaxHeader: 64 << 20, MaxMessage: 2 << 30}
+}
+
+// ErrFrameTooLarge is returned when a peer declares a frame, header or message beyond Limits.
+var ErrFrameTooLarge = errors.New("wire: frame too large")
+
+// ErrProtocol is returned for malformed framing or headers.
+var ErrProtocol = errors.New("wire: protocol error")
+
+// ReadFrames reads one message (a frame list) from r. The declared frame count and lengths are
+// validated against lim before any payload is allocated.
+func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 || int64(n) > int64(lim.MaxFrames) {
+		return nil, fmt.Errorf("%w: %d frames declared (limit %d)", ErrProtocol, n, lim.MaxFrames)
+	}
+	lens := make([]byte, 8*int(n))
+	if _, err := io.ReadFull(r, lens); err != nil {
+		return nil, unexpected(err)
+	}
+	var total int64
+	sizes := make([]int64, n)
+	for i := range sizes {
+		sz := binary.BigEndian.Uint64(lens[8*i:])
+		limit := lim.MaxFrame
+		if i == 0 {
+			limit = lim.MaxHeader
+		}
+		if sz > uint64(limit) {
+			return nil, fmt.Errorf("%w: frame %d declares %d bytes (limit %d)", ErrFrameTooLarge, i, sz, limit)
+		}
+		total += int64(sz)
+		if total > lim.MaxMessage {
+			return nil, fmt.Errorf("%w: message declares more than %d bytes", ErrFrameTooLarge, lim.MaxMessage)
+		}
+		sizes[i] = int64(sz)
+	}
+	frames := make([][]byte, n)
+	for i, sz := range sizes {
+		frames[i] = make([]byte, sz)
+		if _, err := io.ReadFull(r, frames[i]); err != nil {
+			return nil, unexpected(err)
+		}
+	}
+	return frames, nil
+}
+
+func unexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// frameHeader returns the count-and-lengths prefix for frames.
+func frameHeader(frames [][]byte) []byte {
+	b := make([]byte, 4+8*len(frames))
+	binary.BigEndian.PutUint32(b, uint32(len(frames)))
+	for i, f := range frames {
+		binary.BigEndian.PutUint64(b[4+8*i:], uint64(len(f)))
+	}
+	return b
+}
+
+// WriteFrames writes one message. Small messages are copied into w; payload frames of 64 KiB
+// or more bypass the buffer when w is a *bufio.Writer over a net.Conn (see Conn).
+func WriteFrames(w io.Writer, frames [][]byte) error {
+	if _, err := w.Write(frameHeader(frames)); err != nil {
+		return err
+	}
+	for _, f := range frames {
+		if _, err := w.Write(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeFramesVectored flushes bw and writes large frames with writev, avoiding a copy.
+func writeFramesVectored(bw *bufio.Writer, c net.Conn, frames [][]byte) error {
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	bufs := net.Buffers{frameHeader(frames)}
+	bufs = append(bufs, frames...)
+	_, err := bufs.WriteTo(c)
+	return err
+}

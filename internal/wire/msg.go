@@ -1,0 +1,172 @@
+package wire
+
+import (
+	"fmt"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// Ops, as listed in docs/protocol.md §3.
+const (
+	OpError = "error"
+	// client ⇄ scheduler
+	OpWelcome       = "welcome"
+	OpUpdateGraph   = "update_graph"
+	OpGraphRejected = "graph_rejected"
+	OpWanted        = "wanted"
+	OpReleaseKeys   = "release_keys"
+	OpCancelKeys    = "cancel_keys"
+	OpScatter       = "scatter"
+	OpKeyState      = "key_state"
+	OpInfo          = "info"
+	OpInfoReply     = "info_reply"
+	OpWhoHas        = "who_has"
+	OpWhoHasReply   = "who_has_reply"
+	// worker ⇄ scheduler
+	OpRegister      = "register"
+	OpRegistered    = "registered"
+	OpCompute       = "compute"
+	OpTaskFinished  = "task_finished"
+	OpTaskErred     = "task_erred"
+	OpFreeKeys      = "free_keys"
+	OpStealRequest  = "steal_request"
+	OpStealResponse = "steal_response"
+	OpAddKeys       = "add_keys"
+	OpMissingData   = "missing_data"
+	OpHeartbeat     = "heartbeat"
+	OpReschedule    = "reschedule"
+	OpGoodbye       = "goodbye"
+	OpClose         = "close"
+	// data port
+	OpGetData = "get_data"
+	OpData    = "data"
+	OpPutData = "put_data"
+	OpPutOK   = "put_ok"
+	// worker ⇄ executor
+	OpReady    = "ready"
+	OpRun      = "run"
+	OpDone     = "done"
+	OpShutdown = "shutdown"
+)
+
+// Value encodings (docs/protocol.md §3.1).
+const (
+	EncMsgpack = "msgpack"
+	EncArrow   = "arrow"
+	EncPickle  = "pickle"
+	EncBytes   = "bytes"
+)
+
+// Item describes one value carried in a message; its NFrames payload frames follow in order.
+type Item struct {
+	Key      string `msgpack:"key"`
+	Encoding string `msgpack:"encoding"`
+	NFrames  int    `msgpack:"nframes,omitempty"`
+	NBytes   int64  `msgpack:"nbytes,omitempty"`
+}
+
+// Dep tells a worker where a dependency of a compute task lives.
+type Dep struct {
+	Key    string   `msgpack:"key"`
+	WhoHas []string `msgpack:"who_has"`
+	NBytes int64    `msgpack:"nbytes,omitempty"`
+}
+
+// WorkerInfo describes a worker to clients (info_reply) and the dashboard.
+type WorkerInfo struct {
+	Name        string             `msgpack:"name" json:"name"`
+	Address     string             `msgpack:"address" json:"address"`
+	NThreads    int                `msgpack:"nthreads" json:"nthreads"`
+	MemoryLimit int64              `msgpack:"memory_limit" json:"memory_limit"`
+	Memory      int64              `msgpack:"memory" json:"memory"`
+	Spilled     int64              `msgpack:"spilled" json:"spilled"`
+	Executing   int                `msgpack:"executing" json:"executing"`
+	Ready       int                `msgpack:"ready" json:"ready"`
+	CPU         float64            `msgpack:"cpu" json:"cpu"`
+	BytesSent   int64              `msgpack:"bytes_sent" json:"bytes_sent"`
+	BytesRecv   int64              `msgpack:"bytes_received" json:"bytes_received"`
+	Resources   map[string]float64 `msgpack:"resources,omitempty" json:"resources,omitempty"`
+	LastSeen    float64            `msgpack:"last_seen" json:"last_seen"`
+}
+
+// Msg is the header (frame 0) of every message: one flat struct whose fields are the union of
+// all ops' fields, so a header is decoded once, without a second pass per op. Which fields an
+// op uses is listed in docs/protocol.md; unused fields are omitted on the wire.
+type Msg struct {
+	Op string `msgpack:"op"`
+	ID uint64 `msgpack:"id,omitempty"`
+
+	// errors
+	Code    string `msgpack:"code,omitempty"`
+	Message string `msgpack:"message,omitempty"`
+	Error   *Error `msgpack:"error,omitempty"`
+
+	// identity
+	Client    int64  `msgpack:"client,omitempty"`
+	WorkerID  int64  `msgpack:"worker_id,omitempty"`
+	Version   string `msgpack:"version,omitempty"`
+	Dashboard string `msgpack:"dashboard,omitempty"`
+	Scheduler string `msgpack:"scheduler,omitempty"`
+	Name      string `msgpack:"name,omitempty"`
+	DataAddr  string `msgpack:"data_addr,omitempty"`
+	PID       int    `msgpack:"pid,omitempty"`
+	Python    string `msgpack:"python,omitempty"`
+	Reason    string `msgpack:"reason,omitempty"`
+
+	// graphs and keys
+	Tasks   []graph.Task        `msgpack:"tasks,omitempty"`
+	Funcs   map[string][]byte   `msgpack:"funcs,omitempty"`
+	Wanted  []string            `msgpack:"wanted,omitempty"`
+	Keys    []string            `msgpack:"keys,omitempty"`
+	Missing []string            `msgpack:"missing,omitempty"`
+	Key     string              `msgpack:"key,omitempty"`
+	State   string              `msgpack:"state,omitempty"`
+	Worker  string              `msgpack:"worker,omitempty"` // a worker's data address
+	Items   []Item              `msgpack:"items,omitempty"`
+	WhoHas  map[string][]string `msgpack:"who_has,omitempty"`
+	Workers []WorkerInfo        `msgpack:"workers,omitempty"`
+
+	// compute / run
+	Task     *graph.Task `msgpack:"task,omitempty"`
+	FuncHash string      `msgpack:"func,omitempty"`
+	FuncData []byte      `msgpack:"func_data,omitempty"`
+	Payload  []byte      `msgpack:"payload,omitempty"`
+	Deps     []Dep       `msgpack:"deps,omitempty"`
+	Order    int64       `msgpack:"order,omitempty"`
+
+	// results and load
+	NBytes    int64              `msgpack:"nbytes,omitempty"`
+	Encoding  string             `msgpack:"encoding,omitempty"`
+	Start     int64              `msgpack:"start,omitempty"`
+	Stop      int64              `msgpack:"stop,omitempty"`
+	Thread    int                `msgpack:"thread,omitempty"`
+	Accepted  bool               `msgpack:"accepted,omitempty"`
+	NThreads  int                `msgpack:"nthreads,omitempty"`
+	MemLimit  int64              `msgpack:"memory_limit,omitempty"`
+	Memory    int64              `msgpack:"memory,omitempty"`
+	Spilled   int64              `msgpack:"spilled,omitempty"`
+	Executing int                `msgpack:"executing,omitempty"`
+	Ready     int                `msgpack:"ready,omitempty"`
+	CPU       float64            `msgpack:"cpu,omitempty"`
+	BytesSent int64              `msgpack:"bytes_sent,omitempty"`
+	BytesRecv int64              `msgpack:"bytes_received,omitempty"`
+	Resources map[string]float64 `msgpack:"resources,omitempty"`
+	Functions []string           `msgpack:"functions,omitempty"`
+}
+
+// EncodeHeader encodes m as a msgpack map.
+func EncodeHeader(m *Msg) ([]byte, error) { return msgpack.Marshal(m) }
+
+// DecodeHeader decodes frame 0. It fails with ErrProtocol when the frame is not a msgpack map
+// with an op.
+func DecodeHeader(b []byte) (*Msg, error) {
+	m := new(Msg)
+	if err := msgpack.Unmarshal(b, m); err != nil {
+		return nil, fmt.Errorf("%w: bad header: %v", ErrProtocol, err)
+	}
+	if m.Op == "" {
+		return nil, fmt.Errorf("%w: header has no op", ErrProtocol)
+	}
+	return m, nil
+}

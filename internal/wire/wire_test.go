@@ -1,0 +1,207 @@
+package wire
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/stretchr/testify/require"
+)
+
+func TestFramesRoundTrip(t *testing.T) {
+	var buf bytes.Buffer
+	in := [][]byte{[]byte("hdr"), {}, bytes.Repeat([]byte{7}, 100000)}
+	require.NoError(t, WriteFrames(&buf, in))
+	out, err := ReadFrames(&buf, DefaultLimits())
+	require.NoError(t, err)
+	require.Equal(t, len(in), len(out))
+	for i := range in {
+		require.True(t, bytes.Equal(in[i], out[i]), "frame %d", i)
+	}
+}
+
+func TestFramesLimits(t *testing.T) {
+	lim := Limits{MaxFrames: 4, MaxFrame: 100, MaxHeader: 10, MaxMessage: 150}
+	cases := map[string][][]byte{
+		"header too big":  {make([]byte, 11)},
+		"frame too big":   {[]byte("h"), make([]byte, 101)},
+		"message too big": {[]byte("h"), make([]byte, 100), make([]byte, 100)},
+	}
+	for name, frames := range cases {
+		t.Run(name, func(t *testing.T) {
+			var buf bytes.Buffer
+			require.NoError(t, WriteFrames(&buf, frames))
+			_, err := ReadFrames(&buf, lim)
+			require.ErrorIs(t, err, ErrFrameTooLarge)
+		})
+	}
+	// a huge declared length must be refused before allocating
+	b := binary.BigEndian.AppendUint32(nil, 1)
+	b = binary.BigEndian.AppendUint64(b, 1<<62)
+	_, err := ReadFrames(bytes.NewReader(b), DefaultLimits())
+	require.ErrorIs(t, err, ErrFrameTooLarge)
+	// zero frames and too many frames are protocol errors
+	_, err = ReadFrames(bytes.NewReader([]byte{0, 0, 0, 0}), DefaultLimits())
+	require.ErrorIs(t, err, ErrProtocol)
+	_, err = ReadFrames(bytes.NewReader([]byte{0, 0, 0, 5}), lim)
+	require.ErrorIs(t, err, ErrProtocol)
+	// truncated input
+	_, err = ReadFrames(bytes.NewReader(b[:6]), DefaultLimits())
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+}
+
+func TestHeaderRoundTrip(t *testing.T) {
+	m := &Msg{Op: OpUpdateGraph, ID: 9, Tasks: []graph.Task{{Key: "a", Kind: graph.KindGo, Func: "inc", Args: []graph.Arg{graph.Lit(1), graph.Ref("b")}}}}
+	b, err := EncodeHeader(m)
+	require.NoError(t, err)
+	got, err := DecodeHeader(b)
+	require.NoError(t, err)
+	require.Equal(t, "a", got.Tasks[0].Key)
+	require.Equal(t, "b", got.Tasks[0].Args[1].Ref)
+	require.EqualValues(t, 1, got.Tasks[0].Args[0].Val)
+	_, err = DecodeHeader([]byte{0xc0})
+	require.ErrorIs(t, err, ErrProtocol)
+	_, err = DecodeHeader([]byte("garbage"))
+	require.ErrorIs(t, err, ErrProtocol)
+}
+
+// pipePair returns a handshaken client/server pair over a real loopback socket.
+func pipePair(t *testing.T, serverToken, clientToken string, role Role) (*Conn, *Conn, error, error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	type res struct {
+		c   *Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			ch <- res{nil, err}
+			return
+		}
+		c, err := Accept(nc, serverToken, Limits{}, RoleClient, RoleWorker)
+		ch <- res{c, err}
+	}()
+	cc, cerr := Dial(context.Background(), ln.Addr().String(), DialOptions{Role: role, Token: clientToken})
+	r := <-ch
+	return cc, r.c, cerr, r.err
+}
+
+func TestHandshakeAndMessages(t *testing.T) {
+	cc, sc, cerr, serr := pipePair(t, "secret", "secret", RoleClient)
+	require.NoError(t, cerr)
+	require.NoError(t, serr)
+	defer cc.Close()
+	defer sc.Close()
+	require.Equal(t, RoleClient, sc.PeerRole)
+	big := bytes.Repeat([]byte{1, 2, 3}, 100000)
+	for i := 0; i < 100; i++ {
+		require.NoError(t, cc.Send(&Msg{Op: OpInfo, ID: uint64(i)}, []byte("small"), big))
+	}
+	for i := 0; i < 100; i++ {
+		m, frames, err := sc.Recv()
+		require.NoError(t, err)
+		require.Equal(t, uint64(i), m.ID)
+		require.Equal(t, "small", string(frames[0]))
+		require.True(t, bytes.Equal(big, frames[1]))
+	}
+}
+
+func TestHandshakeRefusals(t *testing.T) {
+	var herr *HandshakeError
+	_, _, cerr, _ := pipePair(t, "secret", "wrong", RoleClient)
+	require.True(t, errors.As(cerr, &herr))
+	require.Equal(t, CodeAuthFailed, herr.Code())
+	require.Contains(t, herr.Message, "wrong token")
+
+	_, _, cerr, _ = pipePair(t, "secret", "", RoleClient)
+	require.True(t, errors.As(cerr, &herr))
+	require.Contains(t, herr.Message, "requires a token")
+
+	_, _, cerr, _ = pipePair(t, "", "", RolePeer)
+	require.True(t, errors.As(cerr, &herr))
+	require.Equal(t, CodeBadRole, herr.Code())
+}
+
+func TestHandshakeBadMagicAndVersion(t *testing.T) {
+	for name, hello := range map[string][]byte{
+		"magic":   []byte("GET / HTTP/1.1\r\n\r\n"),
+		"version": {'S', 'H', 'O', 'L', 0, 99, 1, 0, 0},
+	} {
+		t.Run(name, func(t *testing.T) {
+			a, b := net.Pipe()
+			done := make(chan error, 1)
+			go func() { _, err := Accept(b, "", Limits{}, RoleClient); done <- err }()
+			go a.Write(hello)
+			err := ReadAnswer(a)
+			var herr *HandshakeError
+			require.True(t, errors.As(err, &herr), "%v", err)
+			if name == "magic" {
+				require.Equal(t, CodeBadMagic, herr.Code())
+			} else {
+				require.Equal(t, CodeBadVersion, herr.Code())
+				require.Contains(t, herr.Message, "version 99")
+			}
+			require.Error(t, <-done)
+		})
+	}
+}
+
+func BenchmarkEncodeHeader(b *testing.B) {
+	m := &Msg{Op: OpTaskFinished, Key: "inc-0123456789abcdef", NBytes: 8, Encoding: EncMsgpack, Start: 1, Stop: 2}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := EncodeHeader(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeHeader(b *testing.B) {
+	buf, _ := EncodeHeader(&Msg{Op: OpTaskFinished, Key: "inc-0123456789abcdef", NBytes: 8, Encoding: EncMsgpack, Start: 1, Stop: 2})
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := DecodeHeader(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkConnSmallMessages(b *testing.B) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	defer ln.Close()
+	ch := make(chan *Conn, 1)
+	go func() {
+		nc, _ := ln.Accept()
+		c, _ := Accept(nc, "", Limits{}, RoleClient)
+		ch <- c
+	}()
+	cc, err := Dial(context.Background(), ln.Addr().String(), DialOptions{Role: RoleClient})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sc := <-ch
+	defer cc.Close()
+	defer sc.Close()
+	m := &Msg{Op: OpTaskFinished, Key: "inc-0123456789abcdef", NBytes: 8}
+	b.ReportAllocs()
+	b.ResetTimer()
+	go func() {
+		for i := 0; i < b.N; i++ {
+			cc.Send(m)
+		}
+	}()
+	for i := 0; i < b.N; i++ {
+		if _, _, err := sc.Recv(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,208 @@
+package scheduler
+
+import (
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// WorkerID is a dense id the driver assigns to each registered worker (never reused).
+type WorkerID int32
+
+// ClientID is a dense id the driver assigns to each client connection (never reused).
+type ClientID int32
+
+// Event is an input to the Core. Every event is a plain value; time enters only through
+// fields set by the driver (Now, Start, Stop), never from a clock inside the core.
+type Event interface{ eventName() string }
+
+// Action is an output of the Core, performed by the driver.
+type Action interface{ actionName() string }
+
+// ---- events ----
+
+// EvWorkerJoined: a worker registered on its control stream.
+type EvWorkerJoined struct {
+	Worker      WorkerID
+	Name        string
+	Addr        string // data address
+	NThreads    int
+	MemoryLimit int64
+	Resources   map[string]float64
+	Functions   []string // registered Go function names
+}
+
+// EvWorkerLeft: a worker's control stream broke, gossip declared it dead, or it said goodbye.
+type EvWorkerLeft struct {
+	Worker   WorkerID
+	Reason   string // how it died: "exit code 137", "signal: killed", "heartbeat timeout", "goodbye"
+	Graceful bool   // it left on purpose (its running tasks do not count as suspicious)
+}
+
+// EvClientJoined / EvClientLeft bracket a client connection. A departed client releases every
+// key it wanted.
+type EvClientJoined struct{ Client ClientID }
+type EvClientLeft struct{ Client ClientID }
+
+// EvUpdateGraph: a client submitted tasks; Wanted are the keys it holds futures for. The core
+// validates the whole graph first (cycles, missing deps, unknown Go functions when any worker
+// has registered, key conflicts, invalid tasks) and either adds all of it or none.
+type EvUpdateGraph struct {
+	Client ClientID
+	ID     uint64 // the request id, echoed in ActGraphRejected
+	Tasks  []graph.Task
+	Wanted []string
+}
+
+// EvWanted: a client holds futures to existing keys.
+type EvWanted struct {
+	Client ClientID
+	Keys   []string
+}
+
+// EvReleaseKeys: a client dropped its futures.
+type EvReleaseKeys struct {
+	Client ClientID
+	Keys   []string
+}
+
+// EvCancelKeys: a client cancels keys (and their dependents that are not yet done).
+type EvCancelKeys struct {
+	Client ClientID
+	Keys   []string
+}
+
+// EvScattered: a client put data on a worker directly.
+type EvScattered struct {
+	Client ClientID
+	Worker WorkerID
+	Items  []wire.Item
+}
+
+// EvTaskFinished: a worker stored a task's result.
+type EvTaskFinished struct {
+	Worker      WorkerID
+	Key         string
+	NBytes      int64
+	Encoding    string
+	Start, Stop int64 // unix nanoseconds
+	Thread      int
+}
+
+// EvTaskErred: a task raised, returned an error, panicked, or its executor died.
+type EvTaskErred struct {
+	Worker      WorkerID
+	Key         string
+	Err         *wire.Error
+	Start, Stop int64
+	Thread      int
+}
+
+// EvAddReplica: a worker now also holds these keys (it fetched them as dependencies).
+type EvAddReplica struct {
+	Worker WorkerID
+	Items  []wire.Item
+}
+
+// EvMissingData: worker Reporter could not fetch Key from worker From.
+type EvMissingData struct {
+	Reporter WorkerID
+	Key      string
+	From     WorkerID // -1 if the address is unknown
+}
+
+// EvStealResponse: the victim's answer to ActSteal.
+type EvStealResponse struct {
+	Worker   WorkerID
+	Key      string
+	Accepted bool // true: the task was dequeued and will not run there
+}
+
+// EvReschedule: a leaving worker hands back tasks it had not started.
+type EvReschedule struct {
+	Worker WorkerID
+	Keys   []string
+}
+
+// EvHeartbeat: load report from a worker.
+type EvHeartbeat struct {
+	Worker          WorkerID
+	Now             int64
+	Memory, Spilled int64
+	Executing       int
+	Ready           int
+}
+
+// EvTick: time passes; the core may steal work, and checks nothing else time-based.
+type EvTick struct{ Now int64 }
+
+// ---- actions ----
+
+// ActCompute: send a task to a worker.
+type ActCompute struct {
+	Worker WorkerID
+	Task   *graph.Task
+	Deps   []DepLoc
+	Order  int64 // lower runs first
+}
+
+// DepLoc is where one dependency of a compute task lives.
+type DepLoc struct {
+	Key     string
+	Workers []WorkerID
+	NBytes  int64
+}
+
+// ActFree: tell a worker to drop results and forget tasks.
+type ActFree struct {
+	Worker WorkerID
+	Keys   []string
+}
+
+// ActSteal: ask Victim to give back Key if not started (the core later re-places it).
+type ActSteal struct {
+	Victim WorkerID
+	Key    string
+}
+
+// ActKeyState: tell a client the fate of a key it wants.
+type ActKeyState struct {
+	Client   ClientID
+	Key      string
+	State    string // "memory", "erred", "cancelled", "lost"
+	Worker   WorkerID
+	NBytes   int64
+	Encoding string
+	Err      *wire.Error
+}
+
+// ActGraphRejected: an update_graph was refused whole.
+type ActGraphRejected struct {
+	Client ClientID
+	ID     uint64
+	Keys   []string
+	Err    *wire.Error
+}
+
+func (EvWorkerJoined) eventName() string  { return "worker-joined" }
+func (EvWorkerLeft) eventName() string    { return "worker-left" }
+func (EvClientJoined) eventName() string  { return "client-joined" }
+func (EvClientLeft) eventName() string    { return "client-left" }
+func (EvUpdateGraph) eventName() string   { return "update-graph" }
+func (EvWanted) eventName() string        { return "wanted" }
+func (EvReleaseKeys) eventName() string   { return "release-keys" }
+func (EvCancelKeys) eventName() string    { return "cancel-keys" }
+func (EvScattered) eventName() string     { return "scattered" }
+func (EvTaskFinished) eventName() string  { return "task-finished" }
+func (EvTaskErred) eventName() string     { return "task-erred" }
+func (EvAddReplica) eventName() string    { return "add-replica" }
+func (EvMissingData) eventName() string   { return "missing-data" }
+func (EvStealResponse) eventName() string { return "steal-response" }
+func (EvReschedule) eventName() string    { return "reschedule" }
+func (EvHeartbeat) eventName() string     { return "heartbeat" }
+func (EvTick) eventName() string          { return "tick" }
+
+func (ActCompute) actionName() string       { return "compute" }
+func (ActFree) actionName() string          { return "free" }
+func (ActSteal) actionName() string         { return "steal" }
+func (ActKeyState) actionName() string      { return "key-state" }
+func (ActGraphRejected) actionName() string { return "graph-rejected" }
