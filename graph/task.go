@@ -1,5 +1,7 @@
 package graph
 
+import "github.com/vmihailenco/msgpack/v5"
+
 // Kind says how a task's function is found and run.
 type Kind string
 
@@ -37,4 +39,22 @@ type Task struct {
 	Resources map[string]float64 `msgpack:"resources,omitempty"`
 	Workers   []string           `msgpack:"workers,omitempty"`
 	Group     string             `msgpack:"group,omitempty"`
+}
+
+// EncodeMsgpack writes {"r": key} for a reference and {"v": value} for a literal, so that
+// zero literals (0, "", false) survive: a struct tag's omitempty would drop them.
+func (a Arg) EncodeMsgpack(enc *msgpack.Encoder) error {
+	if err := enc.EncodeMapLen(1); err != nil {
+		return err
+	}
+	if a.Ref != "" {
+		if err := enc.EncodeString("r"); err != nil {
+			return err
+		}
+		return enc.EncodeString(a.Ref)
+	}
+	if err := enc.EncodeString("v"); err != nil {
+		return err
+	}
+	return enc.Encode(a.Val)
 }

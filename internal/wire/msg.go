@@ -88,6 +88,7 @@ type WorkerInfo struct {
 	BytesRecv   int64              `msgpack:"bytes_received" json:"bytes_received"`
 	Resources   map[string]float64 `msgpack:"resources,omitempty" json:"resources,omitempty"`
 	LastSeen    float64            `msgpack:"last_seen" json:"last_seen"`
+	PID         int                `msgpack:"pid,omitempty" json:"pid,omitempty"`
 }
 
 // Msg is the header (frame 0) of every message: one flat struct whose fields are the union of

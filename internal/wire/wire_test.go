@@ -205,3 +205,18 @@ func BenchmarkConnSmallMessages(b *testing.B) {
 		}
 	}
 }
+
+func TestArgZeroLiteralSurvives(t *testing.T) {
+	m := &Msg{Op: OpCompute, Task: &graph.Task{Key: "k", Kind: graph.KindGo, Func: "inc", Args: []graph.Arg{graph.Lit(0), graph.Lit(""), graph.Lit(false), graph.Ref("x"), graph.Lit(nil)}}}
+	b, err := EncodeHeader(m)
+	require.NoError(t, err)
+	got, err := DecodeHeader(b)
+	require.NoError(t, err)
+	args := got.Task.Args
+	require.Len(t, args, 5)
+	require.EqualValues(t, 0, args[0].Val)
+	require.Equal(t, "", args[1].Val)
+	require.Equal(t, false, args[2].Val)
+	require.Equal(t, "x", args[3].Ref)
+	require.Nil(t, args[4].Val)
+}

@@ -1,0 +1,290 @@
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// Options configure Connect.
+type Options struct {
+	Token   string
+	TLS     *tls.Config
+	Timeout time.Duration // connect timeout; default 10 s
+	Logger  *slog.Logger
+}
+
+// ErrClosed is returned once the client is closed or the scheduler has gone away.
+var ErrClosed = errors.New("client: connection to scheduler closed")
+
+// Client is a connection to a scheduler.
+type Client struct {
+	opts      Options
+	conn      *wire.Conn
+	id        int64
+	dashboard string
+	log       *slog.Logger
+
+	mu struct {
+		sync.Mutex
+		futures map[string]*keyState // by key
+		pending map[uint64]chan *wire.Msg
+		graphs  map[uint64][]string // update_graph id → keys, until resolved
+		nextID  uint64
+		err     error
+	}
+	data    *dataPool
+	done    chan struct{}
+	readErr error
+}
+
+type keyState struct {
+	refs   int
+	done   chan struct{}
+	closed bool
+	msg    *wire.Msg // the key_state that resolved it
+}
+
+// Connect dials the scheduler's control address and waits for its welcome.
+func Connect(ctx context.Context, addr string, o Options) (*Client, error) {
+	if o.Timeout == 0 {
+		o.Timeout = 10 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
+	conn, err := wire.Dial(dctx, addr, wire.DialOptions{Role: wire.RoleClient, Token: o.Token, TLS: o.TLS})
+	if err != nil {
+		return nil, fmt.Errorf("client: connect to %s: %w", addr, err)
+	}
+	m, _, err := conn.Recv()
+	if err != nil || m.Op != wire.OpWelcome {
+		conn.Close()
+		return nil, fmt.Errorf("client: no welcome from scheduler at %s: %v", addr, err)
+	}
+	c := &Client{opts: o, conn: conn, id: m.Client, dashboard: m.Dashboard, log: o.Logger, done: make(chan struct{})}
+	c.mu.futures = map[string]*keyState{}
+	c.mu.pending = map[uint64]chan *wire.Msg{}
+	c.mu.graphs = map[uint64][]string{}
+	c.data = newDataPool(o)
+	go c.readLoop()
+	return c, nil
+}
+
+// DashboardURL is the scheduler's dashboard, or "".
+func (c *Client) DashboardURL() string { return c.dashboard }
+
+// Close releases every future and closes all connections.
+func (c *Client) Close() error {
+	c.conn.Close()
+	<-c.done
+	c.data.close()
+	return nil
+}
+
+func (c *Client) readLoop() {
+	defer close(c.done)
+	for {
+		m, _, err := c.conn.Recv()
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		switch m.Op {
+		case wire.OpKeyState:
+			c.resolve(m.Key, m)
+		case wire.OpGraphRejected:
+			c.mu.Lock()
+			delete(c.mu.graphs, m.ID)
+			c.mu.Unlock()
+			for _, k := range m.Keys {
+				c.reject(k, &wire.Msg{Op: wire.OpKeyState, Key: k, State: "erred", Error: m.Error})
+			}
+		case wire.OpError:
+			if m.ID != 0 && c.reply(m) {
+				continue
+			}
+			c.log.Warn("scheduler reported an error", "code", m.Code, "message", m.Message)
+		default:
+			c.reply(m)
+		}
+	}
+}
+
+func (c *Client) reply(m *wire.Msg) bool {
+	c.mu.Lock()
+	ch, ok := c.mu.pending[m.ID]
+	delete(c.mu.pending, m.ID)
+	c.mu.Unlock()
+	if ok {
+		ch <- m
+	}
+	return ok
+}
+
+func (c *Client) fail(err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.mu.err = fmt.Errorf("%w: %v", ErrClosed, err)
+	for k, ks := range c.mu.futures {
+		if !ks.closed {
+			ks.msg = &wire.Msg{Op: wire.OpKeyState, Key: k, State: "lost", Error: wire.Errorf(wire.CodeLost, c.mu.err.Error())}
+			ks.closed = true
+			close(ks.done)
+		}
+	}
+	for id, ch := range c.mu.pending {
+		close(ch)
+		delete(c.mu.pending, id)
+	}
+}
+
+// reject fails a key's futures because its graph was refused, unless the key had already
+// resolved from an earlier submission (which still stands).
+func (c *Client) reject(key string, m *wire.Msg) {
+	c.mu.Lock()
+	ks, ok := c.mu.futures[key]
+	closed := ok && ks.closed
+	c.mu.Unlock()
+	if ok && !closed {
+		c.resolve(key, m)
+	}
+}
+
+func (c *Client) resolve(key string, m *wire.Msg) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	ks, ok := c.mu.futures[key]
+	if !ok {
+		return
+	}
+	if ks.closed { // a recomputed or re-stored key: keep the newest location
+		ks.msg = m
+		return
+	}
+	ks.msg = m
+	ks.closed = true
+	close(ks.done)
+}
+
+// request sends m with a fresh id and waits for the reply.
+func (c *Client) request(ctx context.Context, m *wire.Msg) (*wire.Msg, error) {
+	ch := make(chan *wire.Msg, 1)
+	c.mu.Lock()
+	if c.mu.err != nil {
+		c.mu.Unlock()
+		return nil, c.mu.err
+	}
+	c.mu.nextID++
+	m.ID = c.mu.nextID
+	c.mu.pending[m.ID] = ch
+	c.mu.Unlock()
+	if err := c.conn.Send(m); err != nil {
+		return nil, err
+	}
+	select {
+	case r, ok := <-ch:
+		if !ok {
+			return nil, ErrClosed
+		}
+		if r.Op == wire.OpError {
+			return nil, wire.Errorf(r.Code, r.Message)
+		}
+		return r, nil
+	case <-ctx.Done():
+		c.mu.Lock()
+		delete(c.mu.pending, m.ID)
+		c.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// Info returns the workers the scheduler knows.
+func (c *Client) Info(ctx context.Context) ([]wire.WorkerInfo, error) {
+	r, err := c.request(ctx, &wire.Msg{Op: wire.OpInfo})
+	if err != nil {
+		return nil, err
+	}
+	return r.Workers, nil
+}
+
+// WhoHas returns the data addresses holding each key.
+func (c *Client) WhoHas(ctx context.Context, keys ...string) (map[string][]string, error) {
+	r, err := c.request(ctx, &wire.Msg{Op: wire.OpWhoHas, Keys: keys})
+	if err != nil {
+		return nil, err
+	}
+	return r.WhoHas, nil
+}
+
+// Submit sends the graph and returns one future per wanted key (in order). Every task of the
+// graph is submitted; only wanted keys are kept once computed.
+func (c *Client) Submit(ctx context.Context, g *Graph, want ...Key) ([]*Future, error) {
+	wanted := make([]string, len(want))
+	futs := make([]*Future, len(want))
+	c.mu.Lock()
+	if c.mu.err != nil {
+		c.mu.Unlock()
+		return nil, c.mu.err
+	}
+	c.mu.nextID++
+	id := c.mu.nextID
+	for i, k := range want {
+		wanted[i] = string(k)
+		futs[i] = c.futureLocked(string(k))
+	}
+	c.mu.Unlock()
+	err := c.conn.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: id, Tasks: g.tasks, Wanted: wanted})
+	if err != nil {
+		for _, f := range futs {
+			f.Release()
+		}
+		return nil, err
+	}
+	return futs, nil
+}
+
+func (c *Client) futureLocked(key string) *Future {
+	ks, ok := c.mu.futures[key]
+	if !ok {
+		ks = &keyState{done: make(chan struct{})}
+		c.mu.futures[key] = ks
+	}
+	ks.refs++
+	return &Future{c: c, key: key, ks: ks}
+}
+
+// Cancel cancels the keys of these futures (and their dependents).
+func (c *Client) Cancel(futs ...*Future) error {
+	keys := make([]string, len(futs))
+	for i, f := range futs {
+		keys[i] = f.key
+	}
+	return c.conn.Send(&wire.Msg{Op: wire.OpCancelKeys, Keys: keys})
+}
+
+func (c *Client) release(f *Future) {
+	c.mu.Lock()
+	ks, ok := c.mu.futures[f.key]
+	if !ok || ks != f.ks {
+		c.mu.Unlock()
+		return
+	}
+	ks.refs--
+	last := ks.refs == 0
+	if last {
+		delete(c.mu.futures, f.key)
+	}
+	c.mu.Unlock()
+	if last {
+		c.conn.Send(&wire.Msg{Op: wire.OpReleaseKeys, Keys: []string{f.key}})
+	}
+}

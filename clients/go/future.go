@@ -1,0 +1,89 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// Future is a handle to one key's eventual result.
+type Future struct {
+	c        *Client
+	key      string
+	ks       *keyState
+	released sync.Once
+}
+
+// Key is the task key.
+func (f *Future) Key() Key { return Key(f.key) }
+
+// Done is closed when the key reached a final state (memory, erred, cancelled or lost).
+func (f *Future) Done() <-chan struct{} { return f.ks.done }
+
+// Wait blocks until the key is final and returns its error, if any.
+func (f *Future) Wait(ctx context.Context) error {
+	select {
+	case <-f.ks.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	m := f.state()
+	if m.State == "memory" {
+		return nil
+	}
+	if m.Error != nil {
+		return m.Error
+	}
+	return wire.Errorf(wire.CodeLost, fmt.Sprintf("key %s is %s", f.key, m.State))
+}
+
+func (f *Future) state() *wire.Msg {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	return f.ks.msg
+}
+
+// Result waits and fetches the value from the worker holding it: msgpack values decode to Go
+// values, Arrow values to arrow.Table (the caller releases it), bytes to []byte.
+func (f *Future) Result(ctx context.Context) (any, error) {
+	if err := f.Wait(ctx); err != nil {
+		return nil, err
+	}
+	vals, err := f.c.fetch(ctx, []*Future{f})
+	if err != nil {
+		return nil, err
+	}
+	return vals[0], nil
+}
+
+// Arrow is Result for a key whose value is an Arrow table.
+func (f *Future) Arrow(ctx context.Context) (arrow.Table, error) {
+	v, err := f.Result(ctx)
+	if err != nil {
+		return nil, err
+	}
+	t, ok := v.(arrow.Table)
+	if !ok {
+		return nil, fmt.Errorf("client: key %s holds %T, not an Arrow table", f.key, v)
+	}
+	return t, nil
+}
+
+// Worker is the data address holding the result (after Wait succeeded).
+func (f *Future) Worker() string { return f.state().Worker }
+
+// Release drops this future's hold on the key; the cluster forgets it once nothing needs it.
+func (f *Future) Release() { f.released.Do(func() { f.c.release(f) }) }
+
+// Gather waits for all futures and fetches their values, one request per worker.
+func (c *Client) Gather(ctx context.Context, futs ...*Future) ([]any, error) {
+	for _, f := range futs {
+		if err := f.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("client: key %s: %w", f.key, err)
+		}
+	}
+	return c.fetch(ctx, futs)
+}

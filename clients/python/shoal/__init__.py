@@ -1,0 +1,34 @@
+"""Shoal: a Dask-like task scheduler written in Go, with dask.distributed's Python API.
+
+>>> from shoal import Client, LocalCluster
+>>> with LocalCluster(n_workers=2) as cluster, Client(cluster) as client:  # doctest: +SKIP
+...     client.submit(lambda x: x + 1, 10).result()
+11
+
+See docs/python.md.
+"""
+
+from __future__ import annotations
+
+from .client import AsyncClient, Client
+from .cluster import LocalCluster
+from .exceptions import (AuthenticationError, CancelledError, CommClosedError, ConnectError,
+                         CycleError, ExecutorDiedError, FrameTooLargeError, FutureLostError,
+                         GraphError, HandshakeError, InvalidTaskError, KeyConflictError,
+                         KilledWorker, MissingDependencyError, ProtocolError, RemoteError,
+                         ShoalConnectionError, ShoalError, TaskPanicError, TimeoutError,
+                         UnknownFunctionError)
+from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed,
+                      progress, wait)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Client", "AsyncClient", "LocalCluster", "Future", "as_completed", "wait", "progress",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+    "ShoalError", "ShoalConnectionError", "ConnectError", "CommClosedError", "HandshakeError",
+    "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",
+    "MissingDependencyError", "UnknownFunctionError", "KeyConflictError", "InvalidTaskError",
+    "RemoteError", "TaskPanicError", "KilledWorker", "ExecutorDiedError", "CancelledError",
+    "FutureLostError", "TimeoutError", "__version__",
+]

@@ -1,0 +1,147 @@
+"""Value encodings (docs/protocol.md §3.1): how a Python value becomes frames and back.
+
+==========  =====================================================================
+encoding    used for
+==========  =====================================================================
+``msgpack`` None, bool, int (64-bit), float, str — readable by Go tasks
+``arrow``   pyarrow.Table / RecordBatch and pandas.DataFrame (pandas metadata kept)
+``bytes``   bytes, bytearray
+``pickle``  everything else (numpy arrays too): protocol 5, out-of-band buffers as frames
+==========  =====================================================================
+
+Decoding gives back a ``pandas.DataFrame`` when an Arrow stream carries pandas metadata, and a
+``pyarrow.Table`` otherwise (e.g. a Go task's Arrow result).
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+from typing import Any, Sequence
+
+import cloudpickle
+import msgpack
+
+from ._wire import Buffer
+
+MSGPACK = "msgpack"
+ARROW = "arrow"
+PICKLE = "pickle"
+BYTES = "bytes"
+
+_SCALARS = (type(None), bool, int, float, str)
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+
+
+def _is_msgpack_scalar(value: Any) -> bool:
+    typ = type(value)
+    if typ not in _SCALARS:
+        return False
+    if typ is int:
+        return bool(_INT_MIN <= value <= _INT_MAX)
+    return True
+
+
+def dumps_pickle(value: Any) -> list[Buffer]:
+    """Pickle protocol 5 with out-of-band buffers: [pickle, buffer, buffer, ...]."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        head = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+        if b"__main__" in head:
+            # classes and functions from the client's __main__ must travel by value
+            raise pickle.PicklingError("refers to __main__")
+    except Exception:
+        buffers = []
+        head = cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    frames: list[Buffer] = [head]
+    for b in buffers:
+        try:
+            frames.append(b.raw())
+        except BufferError:  # not contiguous: copy it
+            frames.append(bytes(memoryview(b)))
+    return frames
+
+
+def loads_pickle(frames: Sequence[Buffer]) -> Any:
+    """Inverse of :func:`dumps_pickle`."""
+    return pickle.loads(frames[0], buffers=list(frames[1:]))
+
+
+def _arrow_ok(df: Any) -> bool:
+    """Whether a pandas DataFrame survives an Arrow round trip exactly."""
+    import pandas as pd
+
+    if not df.columns.is_unique or isinstance(df.columns, pd.MultiIndex):
+        return False
+    if any(dt == object for dt in df.dtypes):
+        return False
+    for idx in [df.index, *(getattr(df.index, "levels", []) or [])]:
+        if idx.dtype == object:
+            return False
+        if isinstance(df.index, pd.DatetimeIndex) and df.index.freq is not None:
+            return False
+    return not df.attrs
+
+
+def _write_arrow(table: Any) -> bytes:
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()  # type: ignore[no-any-return]
+
+
+def encode(value: Any) -> tuple[str, list[Buffer]]:
+    """Choose an encoding for ``value`` and return (encoding, frames)."""
+    if _is_msgpack_scalar(value):
+        try:
+            return MSGPACK, [msgpack.packb(value, use_bin_type=True)]
+        except Exception:
+            pass
+    typ = type(value)
+    if typ is bytes or typ is bytearray:
+        return BYTES, [value]
+    mod = typ.__module__
+    if mod.startswith("pyarrow"):
+        import pyarrow as pa
+
+        if isinstance(value, pa.Table):
+            return ARROW, [_write_arrow(value)]
+        if isinstance(value, pa.RecordBatch):
+            return ARROW, [_write_arrow(pa.Table.from_batches([value]))]
+    if mod.startswith("pandas") and "pandas" in sys.modules:
+        import pandas as pd
+
+        if isinstance(value, pd.DataFrame) and _arrow_ok(value):
+            try:
+                import pyarrow as pa
+
+                return ARROW, [_write_arrow(pa.Table.from_pandas(value, preserve_index=None))]
+            except Exception:
+                pass
+    return PICKLE, dumps_pickle(value)
+
+
+def decode(encoding: str, frames: Sequence[Buffer]) -> Any:
+    """Turn (encoding, frames) back into a Python value."""
+    if encoding == MSGPACK:
+        return msgpack.unpackb(frames[0], raw=False, strict_map_key=False)
+    if encoding == PICKLE:
+        return loads_pickle(frames)
+    if encoding == BYTES:
+        return bytes(frames[0])
+    if encoding == ARROW:
+        import pyarrow as pa
+
+        table = pa.ipc.open_stream(pa.py_buffer(frames[0])).read_all()
+        meta = table.schema.metadata
+        if meta and b"pandas" in meta:
+            return table.to_pandas()
+        return table
+    raise ValueError(f"shoal: unknown value encoding {encoding!r}")
+
+
+def nbytes(frames: Sequence[Buffer]) -> int:
+    """Total size of frames in bytes."""
+    return sum(memoryview(f).nbytes for f in frames)

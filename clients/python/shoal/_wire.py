@@ -1,0 +1,359 @@
+"""The Shoal wire protocol, version 1 (docs/protocol.md): handshake, frame lists, headers.
+
+A connection starts with a handshake (magic ``SHOL``, version, role, token), then carries
+messages. A message is a list of frames: a big-endian uint32 frame count, a uint64 length per
+frame, then the frames. Frame 0 is a msgpack map with an ``op``; the other frames are raw
+payload. Declared lengths are checked against :class:`Limits` before anything is allocated.
+
+:class:`Connection` is a blocking, thread-safe-for-send connection; one thread reads.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import msgpack
+
+from .exceptions import (
+    AuthenticationError,
+    CommClosedError,
+    ConnectError,
+    FrameTooLargeError,
+    HandshakeError,
+    ProtocolError,
+    TimeoutError,
+)
+
+MAGIC = b"SHOL"
+VERSION = 1
+
+ROLE_CLIENT = 1
+ROLE_WORKER = 2
+ROLE_PEER = 3
+ROLE_EXECUTOR = 4
+ROLE_ADMIN = 5
+
+STATUS_OK = 0
+STATUS_BAD_MAGIC = 1
+STATUS_BAD_VERSION = 2
+STATUS_AUTH_FAILED = 3
+STATUS_BAD_ROLE = 4
+
+_STATUS_CODES = {
+    STATUS_BAD_MAGIC: "bad-magic",
+    STATUS_BAD_VERSION: "bad-version",
+    STATUS_AUTH_FAILED: "auth-failed",
+    STATUS_BAD_ROLE: "bad-role",
+}
+
+MAX_TOKEN_LEN = 1024
+MAX_HANDSHAKE_MSG = 4096
+HANDSHAKE_TIMEOUT = 10.0
+
+Buffer = Union[bytes, bytearray, memoryview]
+Header = dict[str, Any]
+Message = tuple[Header, list[bytearray]]
+
+_U32 = struct.Struct(">I")
+_HELLO = struct.Struct(">4sHBH")  # magic, version, role, token length
+_ANSWER = struct.Struct(">4sHBH")  # magic, version, status, message length
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a peer may make this process allocate (docs/protocol.md §3)."""
+
+    max_frames: int = 4096
+    max_frame: int = 1 << 30
+    max_header: int = 64 << 20
+    max_message: int = 2 << 30
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# ---------------------------------------------------------------------------------------------
+# handshake
+
+
+def encode_hello(role: int, token: str = "", version: int = VERSION) -> bytes:
+    """The connecting side's half of the handshake."""
+    tok = token.encode()
+    if len(tok) > MAX_TOKEN_LEN:
+        raise ValueError("shoal: token longer than 1024 bytes")
+    return _HELLO.pack(MAGIC, version, role, len(tok)) + tok
+
+
+def encode_answer(status: int, message: str = "", version: int = VERSION) -> bytes:
+    """The accepting side's half of the handshake (used by tests playing a server)."""
+    msg = message.encode()[:MAX_HANDSHAKE_MSG]
+    return _ANSWER.pack(MAGIC, version, status, len(msg)) + msg
+
+
+def decode_hello(data: bytes) -> tuple[int, int, str]:
+    """Parse a complete hello: returns (version, role, token)."""
+    magic, version, role, n = _HELLO.unpack_from(data)
+    if magic != MAGIC:
+        raise HandshakeError(f"bad magic {magic!r}: not a Shoal client", code="bad-magic")
+    return version, role, data[_HELLO.size : _HELLO.size + n].decode()
+
+
+def raise_for_answer(status: int, message: str, address: str = "") -> None:
+    """Turn a handshake refusal into the matching exception."""
+    if status == STATUS_OK:
+        return
+    where = f" by {address}" if address else ""
+    text = f"handshake refused{where}: {message or 'no reason given'}"
+    code = _STATUS_CODES.get(status, "protocol-error")
+    if status == STATUS_AUTH_FAILED:
+        raise AuthenticationError(text, code=code)
+    raise HandshakeError(text, code=code)
+
+
+def client_handshake(sock: socket.socket, role: int, token: str = "", address: str = "",
+                     timeout: float = HANDSHAKE_TIMEOUT) -> None:
+    """Perform the connecting side's handshake on a connected socket."""
+    old = sock.gettimeout()
+    sock.settimeout(timeout)
+    try:
+        sock.sendall(encode_hello(role, token or ""))
+        head = _recv_exact(sock, _ANSWER.size)
+        magic, _version, status, n = _ANSWER.unpack(head)
+        if magic != MAGIC:
+            raise HandshakeError(
+                f"{address or 'the server'} did not answer with the Shoal magic: is this a Shoal port?",
+                code="bad-magic")
+        if n > MAX_HANDSHAKE_MSG:
+            raise HandshakeError("handshake answer too long", code="protocol-error")
+        msg = _recv_exact(sock, n).decode(errors="replace") if n else ""
+        raise_for_answer(status, msg, address)
+    except socket.timeout as exc:
+        raise TimeoutError(f"handshake with {address or 'peer'} timed out after {timeout}s") from exc
+    except CommClosedError as exc:
+        raise CommClosedError(
+            f"{address or 'peer'} closed the connection during the handshake"
+            " (is this a Shoal port?)") from exc
+    finally:
+        try:
+            sock.settimeout(old)
+        except OSError:
+            pass
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise CommClosedError("connection closed by peer")
+        got += k
+    return buf
+
+
+# ---------------------------------------------------------------------------------------------
+# frames
+
+
+def pack_header(header: Header) -> bytes:
+    """Encode a header map (frame 0)."""
+    out: bytes = msgpack.packb(header, use_bin_type=True)
+    return out
+
+
+def unpack_header(frame: Buffer) -> Header:
+    """Decode frame 0; a header that is not a map with a string ``op`` is a ProtocolError."""
+    try:
+        h = msgpack.unpackb(frame, raw=False, strict_map_key=False)
+    except Exception as exc:
+        raise ProtocolError(f"bad header: {exc}") from exc
+    if not isinstance(h, dict) or not isinstance(h.get("op"), str) or not h["op"]:
+        raise ProtocolError("header is not a msgpack map with an op")
+    return h
+
+
+def encode_frames(frames: Sequence[Buffer]) -> list[Buffer]:
+    """The byte strings of one message: the count-and-lengths prefix, then the frames."""
+    prefix = bytearray(_U32.pack(len(frames)))
+    for f in frames:
+        prefix += struct.pack(">Q", memoryview(f).nbytes)
+    return [bytes(prefix), *frames]
+
+
+def encode_message(header: Header, frames: Sequence[Buffer] = ()) -> bytes:
+    """One whole message as bytes (convenient for tests and small messages)."""
+    parts = encode_frames([pack_header(header), *frames])
+    return b"".join(bytes(p) if not isinstance(p, bytes) else p for p in parts)
+
+
+class _Reader:
+    """Buffered exact reads from a socket; big reads go straight into their own buffer."""
+
+    _CHUNK = 256 << 10
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buf = bytearray()
+        self._pos = 0
+
+    def read(self, n: int) -> bytearray:
+        avail = len(self._buf) - self._pos
+        if avail >= n:
+            out = self._buf[self._pos : self._pos + n]
+            self._pos += n
+            return out
+        out = bytearray(n)
+        view = memoryview(out)
+        view[:avail] = self._buf[self._pos :]
+        self._buf = bytearray()
+        self._pos = 0
+        got = avail
+        while got < n:
+            if n - got >= self._CHUNK:
+                k = self._sock.recv_into(view[got:], n - got)
+                if k == 0:
+                    raise CommClosedError("connection closed by peer")
+                got += k
+                continue
+            chunk = self._sock.recv(self._CHUNK)
+            if not chunk:
+                raise CommClosedError("connection closed by peer")
+            take = min(len(chunk), n - got)
+            view[got : got + take] = chunk[:take]
+            got += take
+            if take < len(chunk):
+                self._buf = bytearray(chunk[take:])
+                self._pos = 0
+        return out
+
+
+def read_frames(reader: "_Reader", limits: Limits = DEFAULT_LIMITS) -> list[bytearray]:
+    """Read one message's frames, checking declared lengths before allocating."""
+    (n,) = _U32.unpack(reader.read(4))
+    if n == 0 or n > limits.max_frames:
+        raise ProtocolError(f"{n} frames declared (limit {limits.max_frames})")
+    lens = struct.unpack(f">{n}Q", reader.read(8 * n))
+    total = 0
+    for i, size in enumerate(lens):
+        limit = limits.max_header if i == 0 else limits.max_frame
+        if size > limit:
+            raise FrameTooLargeError(f"frame {i} declares {size} bytes (limit {limit})")
+        total += size
+        if total > limits.max_message:
+            raise FrameTooLargeError(f"message declares more than {limits.max_message} bytes")
+    return [reader.read(size) if size else bytearray() for size in lens]
+
+
+class Connection:
+    """One handshaken, framed connection. ``send`` is thread-safe; ``recv`` is for one reader."""
+
+    def __init__(self, sock: socket.socket, *, address: str = "",
+                 limits: Limits = DEFAULT_LIMITS) -> None:
+        self.sock = sock
+        self.address = address
+        self.limits = limits
+        self._reader = _Reader(sock)
+        self._send_lock = threading.Lock()
+        self._closed = False
+
+    @classmethod
+    def connect(cls, address: str, role: int, token: str = "", *, timeout: float = 10.0,
+                limits: Limits = DEFAULT_LIMITS) -> "Connection":
+        """Connect to ``host:port`` (a ``tcp://`` prefix is accepted) and do the handshake."""
+        host, port = parse_address(address)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except socket.timeout as exc:
+            raise TimeoutError(f"could not connect to {address} within {timeout}s") from exc
+        except OSError as exc:
+            raise ConnectError(f"could not connect to {address}: {exc.strerror or exc}") from exc
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client_handshake(sock, role, token, address, min(timeout, HANDSHAKE_TIMEOUT))
+        except BaseException:
+            sock.close()
+            raise
+        sock.settimeout(None)
+        return cls(sock, address=address, limits=limits)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, header: Header, frames: Sequence[Buffer] = ()) -> None:
+        """Send one message; raises CommClosedError when the connection is gone."""
+        parts = encode_frames([pack_header(header), *frames])
+        total = sum(memoryview(p).nbytes for p in parts)
+        with self._send_lock:
+            if self._closed:
+                raise CommClosedError(f"connection to {self.address or 'peer'} is closed")
+            try:
+                if total <= (256 << 10) or len(parts) <= 2:
+                    self.sock.sendall(b"".join(parts))
+                else:
+                    for p in parts:
+                        self.sock.sendall(p)
+            except OSError as exc:
+                self._closed = True
+                raise CommClosedError(
+                    f"connection to {self.address or 'peer'} lost: {exc}") from exc
+
+    def recv(self) -> Message:
+        """Read one message: (header, payload frames)."""
+        try:
+            frames = read_frames(self._reader, self.limits)
+        except FrameTooLargeError as exc:
+            self._reply_error("frame-too-large", str(exc))
+            self.close()
+            raise
+        except ProtocolError as exc:
+            self._reply_error("protocol-error", str(exc))
+            self.close()
+            raise
+        except socket.timeout as exc:
+            raise TimeoutError(f"no answer from {self.address or 'peer'}") from exc
+        except OSError as exc:
+            self._closed = True
+            raise CommClosedError(f"connection to {self.address or 'peer'} lost: {exc}") from exc
+        try:
+            header = unpack_header(frames[0])
+        except ProtocolError as exc:
+            self._reply_error("protocol-error", str(exc))
+            self.close()
+            raise
+        return header, frames[1:]
+
+    def _reply_error(self, code: str, message: str) -> None:
+        try:
+            self.send({"op": "error", "code": code, "message": message})
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        """Close the socket; a blocked ``recv`` in another thread wakes with CommClosedError."""
+        if self._closed and self.sock.fileno() < 0:
+            return
+        self._closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``[tcp://]host:port`` → (host, port); IPv6 hosts may be bracketed."""
+    addr = address
+    if "://" in addr:
+        scheme, addr = addr.split("://", 1)
+        if scheme not in ("tcp", "shoal"):
+            raise ValueError(f"shoal: unsupported address scheme {scheme!r} in {address!r}")
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"shoal: address {address!r} is not host:port")
+    return host.strip("[]") or "127.0.0.1", int(port)

@@ -1,0 +1,1114 @@
+"""The Shoal client: dask.distributed's ``Client`` API over the Shoal wire protocol.
+
+One TCP connection to the scheduler (role ``client``) carries graphs, key states and requests;
+a background thread reads it. Results are fetched directly from the workers' data ports
+(``get_data``); the scheduler only says where a key lives (``key_state``, ``who_has``).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+import weakref
+from typing import (TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional,
+                    Sequence, Union)
+
+from . import _dask, _keys, _serialize, _wire
+from ._refs import NOTHING, replace
+from .exceptions import (CancelledError, CommClosedError, FutureLostError, ShoalError,
+                         TimeoutError, error_from_wire)
+from .futures import (CANCELLED, ERROR, FINISHED, LOST, PENDING, Future, KeyState)
+
+if TYPE_CHECKING:
+    from .cluster import LocalCluster
+
+logger = logging.getLogger("shoal")
+
+_UPDATE_BATCH_BYTES = 16 << 20  # split big graphs into update_graph messages of about this size
+_GET_DATA_BATCH = 1000  # keys per get_data request
+_PUT_DATA_BATCH = 1000  # items per put_data request
+_FUNC_CACHE_SIZE = 1024
+
+
+class _DataConn:
+    """A request/response connection to one worker's data port (role ``client``)."""
+
+    def __init__(self, conn: _wire.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+
+    def request(self, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
+                expect: str = "data") -> tuple[dict[str, Any], list[bytearray]]:
+        with self.lock:
+            rid = next(self.ids)
+            header = {**header, "id": rid}
+            self.conn.send(header, frames)
+            while True:
+                reply, out = self.conn.recv()
+                if reply.get("id") not in (rid, None, 0):
+                    continue  # a stale answer
+                if reply["op"] == "error":
+                    raise error_from_wire(reply)
+                if reply["op"] != expect:
+                    continue
+                return reply, out
+
+
+class Client:
+    """Connect to a Shoal scheduler; the API of ``dask.distributed.Client``.
+
+    ``Client()`` with no address starts a :class:`~shoal.LocalCluster` owned by the client.
+    ``Client("host:8786", token=...)`` connects to a running scheduler; ``Client(cluster)``
+    to a LocalCluster (taking its token). ``timeout`` bounds connecting and every request.
+    ``Client(..., asynchronous=True)`` returns an :class:`AsyncClient`.
+    """
+
+    def __new__(cls, *args: Any, asynchronous: bool = False, **kwargs: Any) -> Any:
+        if asynchronous and cls is Client:
+            return AsyncClient(*args, **kwargs)
+        return super().__new__(cls)
+
+    def __init__(self, address: Union[str, "LocalCluster", None] = None, *,
+                 token: Optional[str] = None, timeout: float = 30.0,
+                 asynchronous: bool = False, name: Optional[str] = None,
+                 set_as_default: bool = True, fetch_timeout: float = 300.0) -> None:
+        self.timeout = float(timeout)
+        self.fetch_timeout = float(fetch_timeout)
+        self.name = name or f"client-{uuid.uuid4().hex[:8]}"
+        self.cluster: Optional["LocalCluster"] = None
+        self._own_cluster = False
+        if address is None:
+            address = os.environ.get("SHOAL_SCHEDULER_ADDRESS") or None
+        if address is None:
+            from .cluster import LocalCluster
+
+            address = LocalCluster()
+            self._own_cluster = True
+        if not isinstance(address, str):
+            self.cluster = address
+            token = token if token is not None else address.token
+            address = address.scheduler_address
+        if token is None:
+            token = os.environ.get("SHOAL_TOKEN", "")
+        self.scheduler_address = address
+        self._token = token or ""
+
+        self._lock = threading.RLock()
+        self._states: dict[str, KeyState] = {}
+        self._refcount: dict[str, int] = {}
+        self._release_queue: collections.deque[str] = collections.deque()
+        self._func_cache: collections.OrderedDict[int, tuple[Any, str, bytes]] = collections.OrderedDict()
+        self._sent_funcs: set[str] = set()
+        self._graph_ids = itertools.count(1)
+        self._graphs: collections.OrderedDict[int, tuple[list[str], list[str]]] = collections.OrderedDict()
+        self._req_ids = itertools.count(1)
+        self._requests: dict[int, list[Any]] = {}
+        self._data_conns: dict[str, _DataConn] = {}
+        self._data_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._conn_error: Optional[BaseException] = None
+        self._callbacks = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shoal-callback")
+        self._exec_hash: Optional[str] = None
+        self._dask_config: Any = None
+
+        try:
+            self._connect()
+        except BaseException:
+            if self._own_cluster and self.cluster is not None:
+                self.cluster.close()
+            raise
+        self._reader = threading.Thread(target=self._read_loop, name="shoal-client-reader", daemon=True)
+        self._reader.start()
+        self._releaser = threading.Thread(target=self._release_loop, name="shoal-client-release", daemon=True)
+        self._releaser.start()
+        _clients.add(self)
+        if set_as_default:
+            self._set_dask_default()
+
+    # ---------------------------------------------------------------------------------------
+    # connection
+
+    def _connect(self) -> None:
+        conn = _wire.Connection.connect(self.scheduler_address, _wire.ROLE_CLIENT, self._token,
+                                        timeout=self.timeout)
+        conn.sock.settimeout(self.timeout)
+        try:
+            header, _ = conn.recv()
+        except TimeoutError:
+            conn.close()
+            raise TimeoutError(f"the scheduler at {self.scheduler_address} sent no welcome"
+                               f" within {self.timeout}s") from None
+        except BaseException:
+            conn.close()
+            raise
+        if header["op"] == "error":
+            conn.close()
+            raise error_from_wire(header)
+        if header["op"] != "welcome":
+            conn.close()
+            raise ShoalError(f"expected welcome from {self.scheduler_address}, got {header['op']!r}")
+        conn.sock.settimeout(None)
+        self.id = int(header.get("client") or 0)
+        self.server_version = str(header.get("version") or "")
+        self._dashboard = str(header.get("dashboard") or "")
+        self._conn = conn
+
+    def _set_dask_default(self) -> None:
+        try:
+            import dask
+        except ImportError:
+            return
+        self._dask_config = dask.config.set(scheduler=self.get)
+
+    @property
+    def status(self) -> str:
+        """``running`` or ``closed``."""
+        return "closed" if self._closed.is_set() or self._conn_error else "running"
+
+    @property
+    def dashboard_link(self) -> str:
+        """The URL of the scheduler's dashboard ("" when it has none)."""
+        return self._dashboard
+
+    def _send(self, header: dict[str, Any]) -> None:
+        if self._conn_error is not None:
+            raise CommClosedError(f"not connected to the scheduler at {self.scheduler_address}:"
+                                  f" {self._conn_error}") from self._conn_error
+        if self._closed.is_set():
+            raise CommClosedError("the client is closed")
+        self._conn.send(header)
+
+    def _read_loop(self) -> None:
+        while True:
+            try:
+                header, frames = self._conn.recv()
+            except BaseException as exc:  # noqa: BLE001
+                self._on_disconnect(exc)
+                return
+            try:
+                self._dispatch(header)
+            except Exception:
+                logger.exception("shoal: error handling %r from the scheduler", header.get("op"))
+
+    def _on_disconnect(self, exc: BaseException) -> None:
+        if self._closed.is_set():
+            err: BaseException = CancelledError("the client was closed")
+        else:
+            logger.warning("shoal: lost the connection to the scheduler at %s: %s",
+                           self.scheduler_address, exc)
+            err = CommClosedError(f"lost the connection to the scheduler at"
+                                  f" {self.scheduler_address}: {exc}")
+        self._conn_error = err
+        with self._lock:
+            states = list(self._states.values())
+            requests = list(self._requests.values())
+        for st in states:
+            if not st.done():
+                st.fail(ERROR if not isinstance(err, CancelledError) else CANCELLED, err)
+        for slot in requests:
+            slot[1] = err
+            slot[0].set()
+
+    def _dispatch(self, h: dict[str, Any]) -> None:
+        op = h["op"]
+        if op == "key_state":
+            self._on_key_state(h)
+        elif op in ("info_reply", "who_has_reply"):
+            self._answer(h)
+        elif op == "graph_rejected":
+            self._on_graph_rejected(h)
+        elif op == "error":
+            if h.get("id") and h["id"] in self._requests:
+                self._answer(h)
+            else:
+                logger.error("shoal: scheduler error %s: %s", h.get("code"), h.get("message"))
+        elif op == "welcome":
+            pass
+        else:
+            logger.debug("shoal: ignoring op %r from the scheduler", op)
+
+    def _on_key_state(self, h: dict[str, Any]) -> None:
+        key = str(h.get("key"))
+        with self._lock:
+            st = self._states.get(key)
+        if st is None:
+            return
+        state = h.get("state")
+        if st.status == CANCELLED:
+            return
+        if state == "memory":
+            st.finish(str(h.get("worker") or ""), str(h.get("encoding") or ""), int(h.get("nbytes") or 0))
+        elif state == "erred":
+            err = h.get("error") or {}
+            exc = error_from_wire(err)
+            st.fail(ERROR, exc, str(err.get("traceback") or "") or None)
+        elif state == "cancelled":
+            err = h.get("error") or {"code": "cancelled", "message": f"{key} was cancelled"}
+            st.fail(CANCELLED, error_from_wire(err))
+        elif state == "lost":
+            err = h.get("error") or {"code": "lost", "message": f"the data of {key} was lost"}
+            st.fail(LOST, error_from_wire(err))
+        elif state in ("waiting", "processing", "released", "queued", "no-worker"):
+            if st.status == FINISHED:
+                st.reset()
+
+    def _on_graph_rejected(self, h: dict[str, Any]) -> None:
+        gid = int(h.get("id") or 0)
+        with self._lock:
+            keys, funcs = self._graphs.pop(gid, (list(h.get("keys") or []), []))
+            self._sent_funcs.difference_update(funcs)
+            states = [self._states[k] for k in keys if k in self._states]
+        for st in states:
+            st.fail(ERROR, error_from_wire(h.get("error"), keys=list(h.get("keys") or keys)))
+
+    def _request(self, header: dict[str, Any], timeout: Optional[float] = None) -> dict[str, Any]:
+        rid = next(self._req_ids)
+        slot: list[Any] = [threading.Event(), None]
+        with self._lock:
+            self._requests[rid] = slot
+        try:
+            self._send({**header, "id": rid})
+            t = self.timeout if timeout is None else timeout
+            if not slot[0].wait(t):
+                raise TimeoutError(f"the scheduler did not answer {header['op']!r} within {t}s")
+        finally:
+            with self._lock:
+                self._requests.pop(rid, None)
+        if isinstance(slot[1], BaseException):
+            raise slot[1]
+        reply: dict[str, Any] = slot[1]
+        if reply.get("op") == "error":
+            raise error_from_wire(reply)
+        return reply
+
+    def _answer(self, h: dict[str, Any]) -> None:
+        with self._lock:
+            slot = self._requests.get(int(h.get("id") or 0))
+        if slot is not None:
+            slot[1] = h
+            slot[0].set()
+
+    # ---------------------------------------------------------------------------------------
+    # reference counting
+
+    def _acquire(self, key: str) -> KeyState:
+        with self._lock:
+            st = self._states.get(key)
+            if st is None:
+                st = self._states[key] = KeyState(key)
+                if self._conn_error is not None:
+                    st.fail(ERROR, self._conn_error)
+            self._refcount[key] = self._refcount.get(key, 0) + 1
+            return st
+
+    def _release_later(self, key: str) -> None:
+        # called from Future.__del__: anything here must be safe in any thread, lock-free
+        self._release_queue.append(key)
+
+    def _release_loop(self) -> None:
+        while not self._closed.wait(0.02):
+            self._flush_releases()
+
+    def _flush_releases(self) -> None:
+        if not self._release_queue:
+            return
+        with self._lock:
+            gone: list[str] = []
+            while self._release_queue:
+                key = self._release_queue.popleft()
+                n = self._refcount.get(key, 0) - 1
+                if n > 0:
+                    self._refcount[key] = n
+                    continue
+                self._refcount.pop(key, None)
+                self._states.pop(key, None)
+                gone.append(key)
+            if gone and self._conn_error is None and not self._closed.is_set():
+                try:
+                    self._conn.send({"op": "release_keys", "keys": gone})
+                except ShoalError:
+                    pass
+
+    # ---------------------------------------------------------------------------------------
+    # graphs
+
+    def _func(self, fn: Any) -> tuple[str, bytes]:
+        """(hash, pickled) for a callable, pickled once per client."""
+        with self._lock:
+            hit = self._func_cache.get(id(fn))
+            if hit is not None and hit[0] is fn:
+                self._func_cache.move_to_end(id(fn))
+                return hit[1], hit[2]
+        data = _keys.dumps_callable(fn)
+        digest = _keys.func_hash(data)
+        with self._lock:
+            self._func_cache[id(fn)] = (fn, digest, data)
+            if len(self._func_cache) > _FUNC_CACHE_SIZE:
+                self._func_cache.popitem(last=False)
+        return digest, data
+
+    def _exec_func(self) -> tuple[str, bytes]:
+        return self._func(_dask.execute_node)
+
+    def _update_graph(self, tasks: list[dict[str, Any]], funcs: Mapping[str, bytes],
+                      wanted: Sequence[str]) -> list[Future]:
+        """Send tasks (split into several messages when big) and return futures for wanted."""
+        with self._lock:
+            for k in wanted:
+                st = self._states.get(k)
+                if st is not None and st.done() and st.status != FINISHED:
+                    self._states[k] = KeyState(k)  # a fresh attempt; old futures keep the error
+            futures = [Future(k, self) for k in wanted]
+            batches = _split_batches(tasks)
+            held: list[str] = []
+            for i, batch in enumerate(batches):
+                last = i == len(batches) - 1
+                new_funcs = {h: d for h, d in funcs.items()
+                             if h not in self._sent_funcs and any(t.get("func") == h for t in batch)}
+                keys = [t["key"] for t in batch]
+                want = list(wanted) if last else _frontier(batch, batches[i + 1:])
+                gid = next(self._graph_ids)
+                self._graphs[gid] = (keys if not last else keys + list(wanted), list(new_funcs))
+                while len(self._graphs) > 10000:
+                    self._graphs.popitem(last=False)
+                msg: dict[str, Any] = {"op": "update_graph", "id": gid, "tasks": batch, "wanted": want}
+                if new_funcs:
+                    msg["funcs"] = new_funcs
+                self._send(msg)
+                self._sent_funcs.update(new_funcs)
+                if not last:
+                    held.extend(want)
+            if held:
+                self._send({"op": "release_keys", "keys": held})
+            return futures
+
+    def _live(self, key: str) -> bool:
+        """Whether this client already holds a pending or finished future for key."""
+        st = self._states.get(key)
+        return st is not None and st.status in (PENDING, FINISHED)
+
+    def _task(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, key: Optional[str],
+              pure: bool, priority: int, retries: int, resources: Optional[Mapping[str, float]],
+              workers: Any, fhash: str) -> dict[str, Any]:
+        deps: list[str] = []
+        args2 = _unpack_futures(args, deps, self)
+        kwargs2 = _unpack_futures(kwargs, deps, self) if kwargs else {}
+        payload = _keys.dumps_payload((args2, kwargs2))
+        if key is None:
+            name = _keys.funcname(func)
+            key = _keys.pure_key(name, fhash, payload) if pure else _keys.impure_key(name)
+        task: dict[str, Any] = {"key": key, "kind": "py", "func": fhash, "payload": payload}
+        if deps:
+            task["deps"] = list(dict.fromkeys(deps))
+        _annotate(task, priority, retries, resources, workers)
+        return task
+
+    def submit(self, func: Callable[..., Any], *args: Any, key: Optional[str] = None,
+               workers: Any = None, resources: Optional[Mapping[str, float]] = None,
+               retries: int = 0, priority: int = 0, pure: bool = True,
+               allow_other_workers: bool = False, **kwargs: Any) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster and return a Future to its result.
+
+        Futures among the arguments (also nested in lists, tuples, sets and dicts) are replaced
+        by their values on the worker. A ``pure`` call gets a key hashed from the function and
+        arguments, so submitting the same call twice reuses the result; ``pure=False`` gives a
+        fresh key. ``retries`` re-runs a failing task; ``priority`` (larger first),
+        ``resources`` ({"GPU": 1}) and ``workers`` (names or addresses) are passed on to the
+        scheduler.
+        """
+        if not callable(func):
+            raise TypeError("First input to submit must be a callable function")
+        fhash, fdata = self._func(func)
+        task = self._task(func, args, kwargs, key=key, pure=pure, priority=priority,
+                          retries=retries, resources=resources, workers=workers, fhash=fhash)
+        with self._lock:
+            if self._live(task["key"]):
+                return Future(task["key"], self)
+            return self._update_graph([task], {fhash: fdata}, [task["key"]])[0]
+
+    def submit_go(self, name: str, *args: Any, key: Optional[str] = None, pure: bool = True,
+                  workers: Any = None, resources: Optional[Mapping[str, float]] = None,
+                  retries: int = 0, priority: int = 0) -> Future:
+        """Run the Go function registered as ``name`` in the workers (a ``go`` task).
+
+        Arguments are msgpack literals (None, bool, int, float, str, bytes, lists, dicts) or
+        Futures (references: Arrow results arrive as Arrow record batches, the others as
+        their msgpack values). Example: ``client.submit_go("row_count", table_future)``.
+        """
+        wire_args: list[dict[str, Any]] = []
+        deps: list[str] = []
+        for a in args:
+            if isinstance(a, Future):
+                wire_args.append({"r": a.key})
+                deps.append(a.key)
+            else:
+                wire_args.append({"v": a})
+        if key is None:
+            import msgpack
+
+            body = msgpack.packb([name, wire_args], use_bin_type=True)
+            key = _keys.pure_key(name, "go", body) if pure else _keys.impure_key(name)
+        task: dict[str, Any] = {"key": key, "kind": "go", "func": name, "args": wire_args}
+        if deps:
+            task["deps"] = list(dict.fromkeys(deps))
+        _annotate(task, priority, retries, resources, workers)
+        with self._lock:
+            if self._live(key):
+                return Future(key, self)
+            return self._update_graph([task], {}, [key])[0]
+
+    def map(self, func: Callable[..., Any], *iterables: Iterable[Any],
+            key: Union[str, Sequence[str], None] = None, workers: Any = None,
+            retries: int = 0, resources: Optional[Mapping[str, float]] = None,
+            priority: int = 0, pure: bool = True, batch_size: Optional[int] = None,
+            allow_other_workers: bool = False, **kwargs: Any) -> list[Future]:
+        """``submit(func, *items)`` for each item of the zipped iterables; one message for all.
+
+        ``key`` is a list of keys, or a string used as the key prefix.
+        """
+        if not callable(func):
+            raise TypeError("First input to map must be a callable function")
+        columns = [list(it) for it in iterables]
+        n = min((len(c) for c in columns), default=0)
+        if isinstance(key, (list, tuple)) and len(key) < n:
+            raise ValueError(f"map: {len(key)} keys given for {n} tasks")
+        fhash, fdata = self._func(func)
+        name = key if isinstance(key, str) else _keys.funcname(func)
+        tasks: list[dict[str, Any]] = []
+        for i in range(n):
+            args = tuple(c[i] for c in columns)
+            k = key[i] if isinstance(key, (list, tuple)) else None
+            t = self._task(func, args, kwargs, key=k, pure=pure, priority=priority,
+                           retries=retries, resources=resources, workers=workers, fhash=fhash)
+            if k is None and isinstance(key, str):
+                t["key"] = f"{key}-{t['key'].rsplit('-', 1)[1]}"
+            tasks.append(t)
+        with self._lock:
+            new: dict[str, dict[str, Any]] = {}
+            for t in tasks:
+                if not self._live(t["key"]) and t["key"] not in new:
+                    new[t["key"]] = t
+            if new:
+                self._update_graph(list(new.values()), {fhash: fdata}, list(new))
+            return [Future(t["key"], self) for t in tasks]
+
+    # ---------------------------------------------------------------------------------------
+    # results
+
+    def _fetch_one(self, future: Future) -> Any:
+        return self._gather_values([future])[future.key]
+
+    def gather(self, futures: Any, errors: str = "raise", direct: Any = None,
+               asynchronous: Any = None) -> Any:
+        """Wait for futures and return their results, in the same (nested) structure.
+
+        Lists, tuples, sets and dicts of futures are traversed; other values pass through.
+        ``errors="skip"`` drops failed futures from lists instead of raising.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError("errors must be 'raise' or 'skip'")
+        flat = _flatten_futures(futures)
+        for f in flat:
+            f._state.event.wait()
+        bad = {f.key for f in flat if f._state.status != FINISHED}
+        if bad and errors == "raise":
+            for f in flat:
+                if f.key in bad:
+                    _raise_state(f._state)
+        values = self._gather_values([f for f in flat if f.key not in bad])
+        return _repack(futures, values, bad)
+
+    def _gather_values(self, futures: Sequence[Future]) -> dict[str, Any]:
+        """Fetch the results of finished futures from the workers' data ports."""
+        states = {f.key: f._state for f in futures}
+        for st in states.values():
+            st.event.wait()
+            if st.status != FINISHED:
+                _raise_state(st)
+        out: dict[str, Any] = {}
+        todo = dict(states)
+        deadline = time.monotonic() + self.fetch_timeout
+        attempt = 0
+        while todo:
+            by_worker: dict[str, list[str]] = {}
+            for k, st in todo.items():
+                by_worker.setdefault(st.worker, []).append(k)
+            failed: list[str] = []
+            for worker, keys in by_worker.items():
+                for i in range(0, len(keys), _GET_DATA_BATCH):
+                    chunk = keys[i:i + _GET_DATA_BATCH]
+                    got = self._get_data(worker, chunk) if worker else {}
+                    out.update(got)
+                    failed.extend(k for k in chunk if k not in got)
+            todo = {k: states[k] for k in failed}
+            if not todo:
+                break
+            attempt += 1
+            if time.monotonic() > deadline:
+                raise FutureLostError(f"could not fetch {sorted(todo)[:5]} from any worker within"
+                                      f" {self.fetch_timeout}s")
+            self._relocate(todo, attempt)
+        return out
+
+    def _relocate(self, todo: Mapping[str, KeyState], attempt: int) -> None:
+        """Find new homes for keys whose worker did not have them.
+
+        Asks the scheduler (``who_has``); a key that no worker holds any more is being
+        recomputed, so wait for its next ``key_state`` (polling ``who_has`` meanwhile).
+        """
+        time.sleep(min(0.05 * attempt, 0.5))
+        failed_on = {k: st.worker for k, st in todo.items()}
+        deadline = time.monotonic() + self.fetch_timeout
+        pending = dict(todo)
+        while pending:
+            try:
+                who = self._request({"op": "who_has", "keys": list(pending)}).get("who_has") or {}
+            except TimeoutError:
+                who = {}
+            for k in list(pending):
+                st = pending[k]
+                addrs = [a for a in who.get(k) or [] if a and a != failed_on[k]]
+                if st.worker != failed_on[k] and st.status == FINISHED:
+                    del pending[k]  # a newer key_state moved it
+                elif addrs:
+                    st.worker = random.choice(addrs)
+                    del pending[k]
+                elif st.status != FINISHED and st.done():
+                    _raise_state(st)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise FutureLostError(f"no worker holds {sorted(pending)[:5]}; waited"
+                                      f" {self.fetch_timeout}s for them to be recomputed")
+            next(iter(pending.values())).event.wait(0.5)
+            for k, st in pending.items():
+                if st.status == FINISHED and st.worker and st.worker != failed_on[k]:
+                    failed_on[k] = ""  # moved: accept on the next round
+
+    def _data_conn(self, worker: str) -> _DataConn:
+        with self._data_lock:
+            dc = self._data_conns.get(worker)
+            if dc is not None and not dc.conn.closed:
+                return dc
+        conn = _wire.Connection.connect(worker, _wire.ROLE_CLIENT, self._token, timeout=self.timeout)
+        conn.sock.settimeout(self.fetch_timeout)
+        dc = _DataConn(conn)
+        with self._data_lock:
+            old = self._data_conns.get(worker)
+            self._data_conns[worker] = dc
+        if old is not None:
+            old.conn.close()
+        return dc
+
+    def _drop_data_conn(self, worker: str) -> None:
+        with self._data_lock:
+            dc = self._data_conns.pop(worker, None)
+        if dc is not None:
+            dc.conn.close()
+
+    def _get_data(self, worker: str, keys: list[str]) -> dict[str, Any]:
+        """Values of ``keys`` held by ``worker`` (keys it does not have are left out)."""
+        try:
+            reply, frames = self._data_conn(worker).request({"op": "get_data", "keys": keys})
+        except (CommClosedError, TimeoutError, ConnectionError, OSError) as exc:
+            logger.info("shoal: fetching from %s failed: %s", worker, exc)
+            self._drop_data_conn(worker)
+            return {}
+        out: dict[str, Any] = {}
+        pos = 0
+        for it in reply.get("items") or []:
+            n = int(it.get("nframes") or 1)
+            out[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos:pos + n])
+            pos += n
+        return out
+
+    # ---------------------------------------------------------------------------------------
+    # scatter
+
+    def _workers(self) -> list[dict[str, Any]]:
+        info = self._request({"op": "info"})
+        return list(info.get("workers") or [])
+
+    def scatter(self, data: Any, workers: Any = None, broadcast: bool = False,
+                direct: Any = None, hash: bool = True, timeout: Optional[float] = None) -> Any:
+        """Send local data to workers and return Futures to it.
+
+        A list/tuple/set gives a list of futures, a dict a dict of futures (its keys become
+        the keys), anything else one Future. ``broadcast=True`` copies every value to every
+        (selected) worker.
+        """
+        if isinstance(data, dict):
+            items = [(str(k), v) for k, v in data.items()]
+        elif isinstance(data, (list, tuple, set, frozenset)) or hasattr(data, "__next__"):
+            items = [(self._scatter_key(v, hash), v) for v in data]
+        else:
+            items = [(self._scatter_key(data, hash), data)]
+        ws = self._workers()
+        if workers is not None:
+            wanted = {workers} if isinstance(workers, str) else set(workers)
+            ws = [w for w in ws if w.get("name") in wanted or w.get("address") in wanted]
+        if not ws:
+            raise ShoalError("scatter: no worker is available" + (f" among {workers}" if workers else ""))
+        ws.sort(key=lambda w: (w.get("memory") or 0, w.get("address")))
+        placement: dict[str, list[tuple[str, Any]]] = {}
+        for i, item in enumerate(items):
+            targets = ws if broadcast else [ws[i % len(ws)]]
+            for w in targets:
+                placement.setdefault(str(w["address"]), []).append(item)
+        for addr, its in placement.items():
+            for j in range(0, len(its), _PUT_DATA_BATCH):
+                self._put(addr, its[j:j + _PUT_DATA_BATCH])
+        futures: dict[str, Future] = {}
+        with self._lock:
+            for key, _ in items:
+                f = Future(key, self)
+                if not f._state.done():
+                    addr = next(a for a, its in placement.items() if any(k == key for k, _ in its))
+                    f._state.finish(addr)
+                futures[key] = f
+        if isinstance(data, dict):
+            return {k: futures[str(k)] for k in data}
+        if isinstance(data, (list, tuple, set, frozenset)) or hasattr(data, "__next__"):
+            return [futures[k] for k, _ in items]
+        return futures[items[0][0]]
+
+    @staticmethod
+    def _scatter_key(value: Any, hashed: bool) -> str:
+        name = type(value).__name__
+        return f"{name}-{_keys.token_for(value)}" if hashed else f"{name}-{uuid.uuid4().hex}"
+
+    def _put(self, worker: str, items: Sequence[tuple[str, Any]]) -> None:
+        headers: list[dict[str, Any]] = []
+        frames: list[_wire.Buffer] = []
+        for key, value in items:
+            enc, fr = _serialize.encode(value)
+            headers.append({"key": key, "encoding": enc, "nframes": len(fr), "nbytes": _serialize.nbytes(fr)})
+            frames.extend(fr)
+        self._data_conn(worker).request({"op": "put_data", "items": headers}, frames, expect="put_ok")
+        with self._lock:
+            self._send({"op": "scatter", "items": headers, "worker": worker})
+
+    # ---------------------------------------------------------------------------------------
+    # dask collections and graphs
+
+    def _graph_futures(self, dsk: Any, keys: Sequence[Hashable], *, priority: int = 0,
+                       retries: int = 0, resources: Optional[Mapping[str, float]] = None,
+                       workers: Any = None) -> dict[Hashable, Future]:
+        graph = _dask.normalize_graph(dsk)
+        fhash, fdata = self._exec_func()
+        ann: dict[str, Any] = {}
+        _annotate(ann, priority, retries or 0, resources, workers)
+        tasks = _dask.graph_to_tasks(graph, fhash, annotations=ann)
+        tasks = _toposort(tasks)
+        wanted = list(dict.fromkeys(_keys.wire_key(k) for k in keys))
+        futures = self._update_graph(tasks, {fhash: fdata}, wanted)
+        by_wire = {f.key: f for f in futures}
+        return {k: by_wire[_keys.wire_key(k)] for k in keys}
+
+    def get(self, dsk: Any, keys: Any, workers: Any = None, allow_other_workers: Any = None,
+            resources: Optional[Mapping[str, float]] = None, sync: bool = True,
+            asynchronous: Any = None, direct: Any = None, retries: Optional[int] = None,
+            priority: int = 0, fifo_timeout: Any = None, actors: Any = None, **kwargs: Any) -> Any:
+        """Compute a dask graph on the cluster: ``dask.compute(x, scheduler=client.get)``.
+
+        ``dsk`` is a dask graph (new task-spec nodes or legacy tuples) or anything with
+        ``__dask_graph__``; ``keys`` a key or a nested list of keys. Returns the values shaped
+        like ``keys``. With ``sync=False`` returns futures instead.
+        """
+        flat = list(_dask.flatten_keys(keys))
+        futures = self._graph_futures(dsk, flat, priority=priority, retries=retries or 0,
+                                      resources=resources, workers=workers)
+        if not sync:
+            return _dask.repack(keys, futures)
+        values = self.gather([futures[k] for k in flat])
+        return _dask.repack(keys, dict(zip(flat, values)))
+
+    def compute(self, collections: Any, sync: bool = False, optimize_graph: bool = True,
+                workers: Any = None, allow_other_workers: bool = False,
+                resources: Optional[Mapping[str, float]] = None, retries: int = 0,
+                priority: int = 0, fifo_timeout: Any = None, actors: Any = None,
+                traverse: bool = True, **kwargs: Any) -> Any:
+        """Start computing dask collections; returns a Future per collection (values if sync)."""
+        from dask.base import is_dask_collection
+        from dask.delayed import delayed
+
+        singleton = not isinstance(collections, (list, tuple, set, frozenset))
+        colls = [collections] if singleton else list(collections)
+        if traverse:
+            colls = [delayed(c) if isinstance(c, (list, set, tuple, dict)) else c for c in colls]
+        variables = [c for c in colls if is_dask_collection(c)]
+        futures_by_name: dict[Hashable, Future] = {}
+        names: list[Hashable] = []
+        if variables:
+            expr, keys = _dask.collections_to_graph(variables, optimize_graph, finalize=True)
+            names = list(_dask.flatten_keys(keys))
+            futures_by_name = self._graph_futures(expr, names, priority=priority, retries=retries,
+                                                  resources=resources, workers=workers)
+        out: list[Any] = []
+        i = 0
+        for c in colls:
+            if is_dask_collection(c):
+                out.append(futures_by_name[names[i]])
+                i += 1
+            else:
+                out.append(c)
+        if sync:
+            out = self.gather(out)
+        return out[0] if singleton else out
+
+    def persist(self, collections: Any, optimize_graph: bool = True, workers: Any = None,
+                allow_other_workers: Any = None, resources: Optional[Mapping[str, float]] = None,
+                retries: Optional[int] = None, priority: int = 0, fifo_timeout: Any = None,
+                actors: Any = None, **kwargs: Any) -> Any:
+        """Start computing dask collections and return equivalent collections backed by futures."""
+        singleton = not isinstance(collections, (list, tuple, set, frozenset))
+        colls = [collections] if singleton else list(collections)
+        expr, keys = _dask.collections_to_graph(colls, optimize_graph, finalize=False)
+        flat = list(_dask.flatten_keys(keys))
+        futures = self._graph_futures(expr, flat, priority=priority, retries=retries or 0,
+                                      resources=resources, workers=workers)
+        result = []
+        for c, ks in zip(colls, keys):
+            rebuild, args = c.__dask_postpersist__()
+            result.append(rebuild({k: futures[k] for k in _dask.flatten_keys(ks)}, *args))
+        return result[0] if singleton else result
+
+    # ---------------------------------------------------------------------------------------
+    # control
+
+    def cancel(self, futures: Any, asynchronous: Any = None, force: bool = False,
+               reason: Optional[str] = None, msg: Optional[str] = None) -> None:
+        """Cancel futures (and the tasks waiting on them)."""
+        flat = _flatten_futures(futures)
+        keys = list(dict.fromkeys(f.key for f in flat))
+        if not keys:
+            return
+        with self._lock:
+            self._send({"op": "cancel_keys", "keys": keys})
+        for f in flat:
+            if f._state.status != CANCELLED:
+                f._state.fail(CANCELLED, CancelledError(msg or reason or f"{f.key} was cancelled",
+                                                        code="cancelled"))
+
+    def who_has(self, futures: Any = None) -> dict[str, list[str]]:
+        """Where each key's data lives: {key: [worker data addresses]}."""
+        flat = _flatten_futures(futures)
+        keys = [f.key for f in flat] if futures is not None else list(self._states)
+        reply = self._request({"op": "who_has", "keys": keys})
+        return {str(k): list(v or []) for k, v in (reply.get("who_has") or {}).items()}
+
+    def scheduler_info(self, **kwargs: Any) -> dict[str, Any]:
+        """Cluster information shaped like dask's: {"address", "workers": {addr: {...}}, ...}."""
+        reply = self._request({"op": "info"})
+        workers: dict[str, Any] = {}
+        for w in reply.get("workers") or []:
+            addr = str(w.get("address"))
+            d = dict(w)
+            d.setdefault("type", "Worker")
+            d["host"] = addr.rsplit(":", 1)[0]
+            d["id"] = w.get("name")
+            d.setdefault("metrics", {"memory": w.get("memory"), "spilled": w.get("spilled"),
+                                     "executing": w.get("executing"), "ready": w.get("ready"),
+                                     "cpu": w.get("cpu")})
+            workers[addr] = d
+        dash = str(reply.get("dashboard") or self._dashboard or "")
+        if dash:
+            self._dashboard = dash
+        return {"type": "Scheduler", "id": self.id,
+                "address": str(reply.get("scheduler") or self.scheduler_address),
+                "services": {"dashboard": dash}, "dashboard": dash, "workers": workers}
+
+    def nthreads(self) -> dict[str, int]:
+        """{worker address: threads}."""
+        return {a: int(w.get("nthreads") or 0) for a, w in self.scheduler_info()["workers"].items()}
+
+    ncores = nthreads
+
+    def _run_callback(self, fn: Callable[[Future], Any], future: Future) -> None:
+        def call() -> None:
+            try:
+                fn(future)
+            except Exception:
+                logger.exception("shoal: done callback %r failed", fn)
+
+        try:
+            self._callbacks.submit(call)
+        except RuntimeError:  # executor shut down
+            call()
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Release everything this client holds, close its connections (and its own cluster)."""
+        if self._closed.is_set():
+            return
+        try:
+            self._flush_releases()
+        except Exception:
+            pass
+        self._closed.set()
+        if self._dask_config is not None:
+            try:
+                self._dask_config.__exit__(None, None, None)
+            except Exception:
+                pass
+            self._dask_config = None
+        self._conn.close()
+        with self._data_lock:
+            conns, self._data_conns = list(self._data_conns.values()), {}
+        for dc in conns:
+            dc.conn.close()
+        if threading.current_thread() is not self._reader:
+            self._reader.join(timeout=5)
+        self._callbacks.shutdown(wait=False)
+        with self._lock:
+            states = list(self._states.values())
+        for st in states:
+            if not st.done():
+                st.fail(CANCELLED, CancelledError("the client was closed"))
+        _clients.discard(self)
+        if self._own_cluster and self.cluster is not None:
+            self.cluster.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if hasattr(self, "_conn") and not self._closed.is_set():
+                self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return f"<Client: scheduler={self.scheduler_address!r} status={self.status}>"
+
+
+# -------------------------------------------------------------------------------------------
+# helpers
+
+_clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def _raise_state(st: KeyState) -> None:
+    if st.status == FINISHED:
+        return
+    if st.exception is not None:
+        raise st.exception
+    if st.status == CANCELLED:
+        raise CancelledError(f"{st.key} was cancelled")
+    if st.status == LOST:
+        raise FutureLostError(f"the data of {st.key} was lost")
+    raise ShoalError(f"{st.key} failed")
+
+
+def _flatten_futures(obj: Any) -> list[Future]:
+    """The Futures in a nested structure of lists, tuples, sets and dicts, in order."""
+    from .futures import _collect
+
+    out: list[Future] = []
+    _collect(obj, out)
+    return out
+
+
+def _unpack_futures(obj: Any, deps: list[str], client: Client) -> Any:
+    """Replace Futures in ``obj`` by Refs (collecting their keys in ``deps``)."""
+    from ._refs import Ref
+
+    def swap(x: Any) -> Any:
+        if isinstance(x, Future):
+            if x.client is not client:
+                raise ValueError(f"{x!r} belongs to another client")
+            deps.append(x.key)
+            return Ref(x.key)
+        return NOTHING
+
+    return replace(obj, swap)
+
+
+def _repack(obj: Any, values: Mapping[str, Any], bad: set[str]) -> Any:
+    typ = type(obj)
+    if isinstance(obj, Future):
+        return values[obj.key]
+    if typ is list:
+        return [_repack(x, values, bad) for x in obj
+                if not (isinstance(x, Future) and x.key in bad)]
+    if typ in (tuple, set, frozenset):
+        return typ(_repack(x, values, bad) for x in obj)
+    if typ is dict:
+        return {k: _repack(v, values, bad) for k, v in obj.items()}
+    return obj
+
+
+def _annotate(task: dict[str, Any], priority: int, retries: int,
+              resources: Optional[Mapping[str, float]], workers: Any) -> None:
+    if priority:
+        task["priority"] = int(priority)
+    if retries:
+        task["retries"] = int(retries)
+    if resources:
+        task["resources"] = {str(k): float(v) for k, v in resources.items()}
+    if workers:
+        task["workers"] = [workers] if isinstance(workers, str) else [str(w) for w in workers]
+
+
+def _split_batches(tasks: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Cut a (topologically ordered) task list into update_graph-sized batches."""
+    batches: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for t in tasks:
+        n = len(t.get("payload") or b"") + 200
+        if size + n > _UPDATE_BATCH_BYTES and batches[-1]:
+            batches.append([])
+            size = 0
+        batches[-1].append(t)
+        size += n
+    return batches
+
+
+def _frontier(batch: list[dict[str, Any]], later: list[list[dict[str, Any]]]) -> list[str]:
+    """Keys of ``batch`` that tasks in later batches depend on (held until those are sent)."""
+    keys = {t["key"] for t in batch}
+    need: set[str] = set()
+    for b in later:
+        for t in b:
+            need.update(d for d in t.get("deps") or () if d in keys)
+    return sorted(need)
+
+
+def _toposort(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Order tasks so that every task comes after the tasks it depends on."""
+    by_key = {t["key"]: t for t in tasks}
+    out: list[dict[str, Any]] = []
+    state: dict[str, int] = {}
+    for root in tasks:
+        if root["key"] in state:
+            continue
+        stack: list[tuple[dict[str, Any], int]] = [(root, 0)]
+        state[root["key"]] = 1
+        while stack:
+            t, i = stack.pop()
+            deps = [d for d in t.get("deps") or () if d in by_key]
+            while i < len(deps) and state.get(deps[i]):
+                i += 1
+            if i < len(deps):
+                stack.append((t, i + 1))
+                state[deps[i]] = 1
+                stack.append((by_key[deps[i]], 0))
+            else:
+                out.append(t)
+    return out
+
+
+# -------------------------------------------------------------------------------------------
+# asyncio
+
+
+class AsyncClient:
+    """The asyncio flavour of :class:`Client` (also ``Client(..., asynchronous=True)``).
+
+    ``submit``/``map``/``compute``/``persist`` return futures at once; awaiting a Future gives
+    its result. ``gather``, ``scatter``, ``get``, ``scheduler_info`` and ``close`` are
+    coroutines. Use ``async with AsyncClient(addr) as client`` or ``client = await AsyncClient(addr)``.
+    """
+
+    def __init__(self, address: Union[str, "LocalCluster", None] = None, *,
+                 token: Optional[str] = None, timeout: float = 30.0,
+                 name: Optional[str] = None, **kwargs: Any) -> None:
+        self._args: dict[str, Any] = dict(address=address, token=token, timeout=timeout, name=name,
+                                          set_as_default=False, **kwargs)
+        self._sync: Optional[Client] = None
+        self.asynchronous = True
+
+    async def _start(self) -> "AsyncClient":
+        import asyncio
+
+        if self._sync is None:
+            self._sync = await asyncio.to_thread(lambda: Client(**self._args))
+        return self
+
+    def __await__(self) -> Any:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return await self._start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    @property
+    def sync(self) -> Client:
+        """The underlying blocking client."""
+        if self._sync is None:
+            raise RuntimeError("AsyncClient is not started: use `await AsyncClient(...)` or `async with`")
+        return self._sync
+
+    @property
+    def dashboard_link(self) -> str:
+        return self.sync.dashboard_link
+
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        return self.sync.submit(func, *args, **kwargs)
+
+    def submit_go(self, name: str, *args: Any, **kwargs: Any) -> Future:
+        return self.sync.submit_go(name, *args, **kwargs)
+
+    def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
+        return self.sync.map(func, *iterables, **kwargs)
+
+    def compute(self, collections: Any, **kwargs: Any) -> Any:
+        kwargs.pop("sync", None)
+        return self.sync.compute(collections, **kwargs)
+
+    def persist(self, collections: Any, **kwargs: Any) -> Any:
+        return self.sync.persist(collections, **kwargs)
+
+    def cancel(self, futures: Any, **kwargs: Any) -> None:
+        self.sync.cancel(futures, **kwargs)
+
+    async def gather(self, futures: Any, errors: str = "raise") -> Any:
+        import asyncio
+
+        from .futures import _collect, wait_async
+
+        flat: list[Future] = []
+        _collect(futures, flat)
+        for f in flat:
+            await wait_async(f._state)
+        return await asyncio.to_thread(self.sync.gather, futures, errors)
+
+    async def scatter(self, data: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(self.sync.scatter, data, **kwargs)
+
+    async def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(lambda: self.sync.get(dsk, keys, **kwargs))
+
+    async def scheduler_info(self) -> dict[str, Any]:
+        import asyncio
+
+        return await asyncio.to_thread(self.sync.scheduler_info)
+
+    async def close(self) -> None:
+        import asyncio
+
+        if self._sync is not None:
+            await asyncio.to_thread(self.sync.close)
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient: {self._sync!r}>"
+
+
+__all__ = ["Client", "AsyncClient"]

@@ -1,0 +1,337 @@
+"""LocalCluster: a scheduler and N workers on this machine, started from the Go binary.
+
+It runs ``shoal local --workers N --nthreads T --memory-limit BYTES --host H --port 0
+--gossip-port 0 --dashboard-port P --python <this interpreter> --token-file F --ready-file R``
+in a new process group and waits until the binary writes the ready file, a JSON object
+``{"scheduler": "host:port", "dashboard": "http://..."}``, which it does once all N workers
+registered. ``close()`` (also on ``with`` exit, interpreter exit, and Ctrl-C) sends SIGTERM to
+the whole process group, then SIGKILL to whatever is left.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from .exceptions import ShoalError, TimeoutError
+
+logger = logging.getLogger("shoal")
+
+_live: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
+
+
+def find_binary() -> str:
+    """The ``shoal`` Go binary: ``$SHOAL_BIN``, the one bundled in the package, the repository's
+    ``bin/shoal`` (editable installs), then ``shoal`` on ``PATH``."""
+    env = os.environ.get("SHOAL_BIN")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise ShoalError(f"SHOAL_BIN={env} is not an executable file")
+        return env
+    here = Path(__file__).resolve().parent
+    candidates = [here / "bin" / "shoal"]
+    for parent in here.parents:
+        if (parent / "go.mod").exists():
+            candidates.append(parent / "bin" / "shoal")
+            break
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which("shoal")
+    if found and _is_go_binary(found):
+        return found
+    raise ShoalError("the shoal binary was not found: set SHOAL_BIN, reinstall the package"
+                     " (pip install . builds it), or run `go build -o bin/shoal ./cmd/shoal`"
+                     f" (looked in {', '.join(str(c) for c in candidates)} and PATH)")
+
+
+def _is_go_binary(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        return magic == b"\x7fELF" or magic[:2] in (b"\xcf\xfa", b"\xfe\xed")
+    except OSError:
+        return False
+
+
+def parse_memory(limit: Union[str, int, float, None]) -> int:
+    """Bytes from ``"auto"`` (total memory / workers is decided by the caller), ``"4GB"``,
+    ``"512MiB"``, an int or a float fraction of total memory (``0.5``). 0 means no limit."""
+    if limit is None or limit == 0:
+        return 0
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool):
+        if 0 < limit <= 1 and isinstance(limit, float):
+            return int(limit * total_memory())
+        return int(limit)
+    text = str(limit).strip().lower().replace(" ", "")
+    if text == "auto":
+        return -1
+    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+             "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "k": 10**3, "m": 10**6,
+             "g": 10**9, "t": 10**12, "b": 1}
+    for u, mult in units.items():
+        if text.endswith(u):
+            return int(float(text[: -len(u)]) * mult)
+    return int(float(text))
+
+
+def total_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+class LocalCluster:
+    """A Shoal scheduler with ``n_workers`` workers on this machine (real processes, real ports).
+
+    ``memory_limit`` is per worker: ``"auto"`` (total memory divided by the workers), bytes, or
+    a string like ``"2GB"``; 0 disables the limit. ``dashboard_port=0`` picks a free port,
+    ``None`` disables the dashboard. A random token protects the cluster unless ``token`` is
+    given (``token=""`` disables authentication).
+    """
+
+    def __init__(self, n_workers: int = 2, threads_per_worker: int = 1,
+                 memory_limit: Union[str, int, float, None] = "auto",
+                 dashboard_port: Optional[int] = 0, host: str = "127.0.0.1",
+                 token: Optional[str] = None, *, scheduler_port: int = 0,
+                 timeout: float = 60.0, binary: Optional[str] = None,
+                 python: Optional[str] = None, extra_args: Optional[list[str]] = None,
+                 processes: bool = True, **kwargs: Any) -> None:
+        if n_workers < 0:
+            raise ValueError("n_workers must be >= 0")
+        self.n_workers = n_workers
+        self.threads_per_worker = threads_per_worker
+        self.token = secrets.token_hex(16) if token is None else token
+        self.host = host
+        self.binary = binary or find_binary()
+        mem = parse_memory(memory_limit)
+        if mem < 0:
+            mem = total_memory() // max(n_workers, 1)
+        self.memory_limit = mem
+        self._dir = tempfile.mkdtemp(prefix="shoal-cluster-")
+        self._ready_file = os.path.join(self._dir, "ready.json")
+        self._token_file = os.path.join(self._dir, "token")
+        self._log_path = os.path.join(self._dir, "cluster.log")
+        fd = os.open(self._token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.token)
+        args = [self.binary, "local", "--workers", str(n_workers), "--nthreads",
+                str(threads_per_worker), "--memory-limit", str(mem), "--host", host,
+                "--port", str(scheduler_port), "--gossip-port", "0",
+                "--python", python or sys.executable, "--token-file", self._token_file,
+                "--ready-file", self._ready_file]
+        if dashboard_port is None:
+            args += ["--dashboard-port", "-1"]
+        else:
+            args += ["--dashboard-port", str(dashboard_port)]
+        args += list(extra_args or [])
+        self.args = args
+        self._lock = threading.Lock()
+        self._closed = False
+        self.scheduler_address = ""
+        self._dashboard = ""
+        self.ready_info: dict[str, Any] = {}
+        self._log = open(self._log_path, "wb")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _python_path()
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        self.pgid = self.proc.pid
+        _live.add(self)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if os.path.exists(self._ready_file):
+                try:
+                    with open(self._ready_file) as f:
+                        info = json.load(f)
+                    if info.get("scheduler"):
+                        self.ready_info = info
+                        self.scheduler_address = str(info["scheduler"])
+                        self._dashboard = str(info.get("dashboard") or "")
+                        return
+                except (ValueError, OSError):
+                    pass  # still being written
+            code = self.proc.poll()
+            if code is not None:
+                raise ShoalError(f"`shoal local` exited with code {code} before the cluster was"
+                                 f" ready:\n{self.logs(tail=40)}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the local cluster was not ready within {timeout}s:\n"
+                                   f"{self.logs(tail=40)}")
+            time.sleep(0.02)
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dashboard URL ("" when disabled)."""
+        return self._dashboard
+
+    def logs(self, tail: Optional[int] = None) -> str:
+        """What the cluster processes printed."""
+        try:
+            text = Path(self._log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+        if tail:
+            text = "\n".join(text.splitlines()[-tail:])
+        return text
+
+    def pids(self) -> list[int]:
+        """Process ids of every live process this cluster started (its process group)."""
+        return _group_members(self.pgid)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop every process of the cluster: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            if self.proc.poll() is None:
+                _signal_group(self.pgid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    pass
+            deadline = time.monotonic() + timeout / 2
+            while _group_members(self.pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _group_members(self.pgid) or self.proc.poll() is None:
+                _signal_group(self.pgid, signal.SIGKILL)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+            deadline = time.monotonic() + 5
+            while _group_members(self.pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            try:
+                self._log.close()
+            except Exception:
+                pass
+            _live.discard(self)
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self) -> str:
+        return (f"<LocalCluster: {self.scheduler_address or 'starting'}, workers={self.n_workers},"
+                f" threads={self.threads_per_worker}>")
+
+
+def _python_path() -> str:
+    """PYTHONPATH for the executors: this interpreter's sys.path (as multiprocessing's spawn
+    gives dask's workers), so modules importable here are importable in the tasks too."""
+    here = str(Path(__file__).resolve().parent.parent)
+    entries = [here]
+    for p in sys.path:
+        p = os.path.abspath(p or os.getcwd())
+        if p not in entries and os.path.isdir(p):
+            entries.append(p)
+    old = os.environ.get("PYTHONPATH")
+    if old:
+        entries.extend(e for e in old.split(os.pathsep) if e and e not in entries)
+    return os.pathsep.join(entries)
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM if the Python process dies without cleaning up (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes in process group ``pgid``, from /proc."""
+    out: list[int] = []
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        rest = stat.rsplit(")", 1)[-1].split()
+        if len(rest) > 2 and rest[0] != "Z" and int(rest[2]) == pgid:
+            out.append(int(e))
+    return out
+
+
+def children_of(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (from /proc), e.g. a cluster's workers and executors."""
+    parents: dict[int, int] = {}
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as f:
+                rest = f.read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if rest and rest[0] != "Z":
+            parents[int(e)] = int(rest[1])
+    out: list[int] = []
+    frontier = [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parents.items() if pp == p]
+        out.extend(kids)
+        frontier.extend(kids)
+    return out
+
+
+@atexit.register
+def _close_all() -> None:
+    for c in list(_live):
+        try:
+            c.close(timeout=3)
+        except Exception:
+            pass

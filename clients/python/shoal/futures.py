@@ -1,0 +1,369 @@
+"""Futures: handles to results on the cluster, and the helpers that wait on many of them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sys
+import threading
+import time
+from typing import (TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, NamedTuple,
+                    Optional)
+
+from ._refs import Ref
+from .exceptions import CancelledError, TimeoutError
+
+if TYPE_CHECKING:
+    from .client import Client
+
+logger = logging.getLogger("shoal")
+
+PENDING = "pending"
+FINISHED = "finished"
+ERROR = "error"
+CANCELLED = "cancelled"
+LOST = "lost"
+
+Listener = Callable[["KeyState"], None]
+
+
+class KeyState:
+    """What the client knows about one key; shared by every Future of that key."""
+
+    __slots__ = ("key", "status", "event", "worker", "encoding", "nbytes", "exception",
+                 "traceback", "listeners", "lock")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.status = PENDING
+        self.event = threading.Event()
+        self.worker: str = ""
+        self.encoding: str = ""
+        self.nbytes: int = 0
+        self.exception: Optional[BaseException] = None
+        self.traceback: Optional[str] = None
+        self.listeners: list[Listener] = []
+        self.lock = threading.Lock()
+
+    def done(self) -> bool:
+        return self.event.is_set()
+
+    def finish(self, worker: str, encoding: str = "", nbytes: int = 0) -> None:
+        self.worker, self.encoding, self.nbytes = worker, encoding, nbytes
+        self._set(FINISHED)
+
+    def fail(self, status: str, exc: BaseException, tb: Optional[str] = None) -> None:
+        self.exception = exc
+        self.traceback = tb
+        self._set(status)
+
+    def reset(self) -> None:
+        """Back to pending (the result was lost and is being recomputed)."""
+        with self.lock:
+            self.status = PENDING
+            self.worker = ""
+            self.event.clear()
+
+    def _set(self, status: str) -> None:
+        with self.lock:
+            self.status = status
+            self.event.set()
+            listeners, self.listeners = self.listeners, []
+        for fn in listeners:
+            try:
+                fn(self)
+            except Exception:  # a listener must never break the reader
+                logger.exception("shoal: future listener failed")
+
+    def add_listener(self, fn: Listener) -> None:
+        """Call ``fn(state)`` once the key is done (now, if it already is)."""
+        with self.lock:
+            if not self.event.is_set():
+                self.listeners.append(fn)
+                return
+        fn(self)
+
+
+class Future:
+    """A handle to a remote result, named by ``key``; the API of ``distributed.Future``.
+
+    Futures are created by :class:`~shoal.Client` (``submit``, ``map``, ``scatter``,
+    ``compute``). While any Future of a key exists, the cluster keeps the result; when the last
+    one is garbage-collected the client releases it. A Future passed as an argument to
+    ``submit`` (also inside lists, tuples and dicts) is replaced by its value on the worker.
+    """
+
+    __dask_future__ = True  # dask treats it as a reference to an existing key
+
+    def __init__(self, key: str, client: "Client", state: Optional[KeyState] = None) -> None:
+        self.key = key
+        self.client = client
+        self._state = state if state is not None else client._acquire(key)
+        self._released = False
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def status(self) -> str:
+        """``pending``, ``finished``, ``error``, ``cancelled`` or ``lost``."""
+        return self._state.status
+
+    def done(self) -> bool:
+        """Whether the key reached a final state (finished, error, cancelled, lost)."""
+        return self._state.done()
+
+    def cancelled(self) -> bool:
+        return self._state.status == CANCELLED
+
+    def _wait(self, timeout: Optional[float]) -> None:
+        if not self._state.event.wait(timeout):
+            raise TimeoutError(f"future {self.key!r} did not finish within {timeout}s")
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        """Wait for the result and return it; re-raise the task's exception if it failed."""
+        self._wait(timeout)
+        return self.client._fetch_one(self)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        """The task's exception once done (None if it succeeded)."""
+        self._wait(timeout)
+        return self._state.exception
+
+    def traceback(self, timeout: Optional[float] = None) -> Optional[str]:
+        """The remote traceback of a failed task, as formatted text (None if it succeeded)."""
+        self._wait(timeout)
+        return self._state.traceback
+
+    def cancel(self, **kwargs: Any) -> None:
+        """Cancel the key (and the tasks waiting on it)."""
+        self.client.cancel([self], **kwargs)
+
+    def add_done_callback(self, fn: Callable[["Future"], Any]) -> None:
+        """Call ``fn(future)`` in a client thread once the future is done."""
+        def hook(_: KeyState) -> None:
+            self.client._run_callback(fn, self)
+
+        self._state.add_listener(hook)
+
+    def release(self) -> None:
+        """Drop this handle now instead of waiting for garbage collection."""
+        if not self._released:
+            self._released = True
+            self.client._release_later(self.key)
+
+    # -- async ------------------------------------------------------------------------------
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._async_result().__await__()
+
+    async def _async_result(self) -> Any:
+        await wait_async(self._state)
+        return await asyncio.to_thread(self.client._fetch_one, self)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def __del__(self) -> None:
+        try:
+            if not self._released:
+                self._released = True
+                self.client._release_later(self.key)
+        except Exception:
+            pass
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Ref, (self.key,))
+
+    def __dask_tokenize__(self) -> str:
+        return self.key
+
+    def __repr__(self) -> str:
+        return f"<Future: {self.status}, key: {self.key}>"
+
+
+async def wait_async(state: KeyState) -> None:
+    """Wait for a key state without blocking the event loop."""
+    if state.done():
+        return
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def settle() -> None:
+        if not fut.done():
+            fut.set_result(None)
+
+    def hook(_: KeyState) -> None:
+        loop.call_soon_threadsafe(settle)
+
+    state.add_listener(hook)
+    await fut
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers over many futures
+
+class DoneAndNotDoneFutures(NamedTuple):
+    done: set[Future]
+    not_done: set[Future]
+
+
+ALL_COMPLETED = "ALL_COMPLETED"
+FIRST_COMPLETED = "FIRST_COMPLETED"
+FIRST_EXCEPTION = "FIRST_EXCEPTION"
+
+
+def wait(fs: Iterable[Future] | Future, timeout: Optional[float] = None,
+         return_when: str = ALL_COMPLETED) -> DoneAndNotDoneFutures:
+    """Wait until all (or the first, or the first failed) of ``fs`` are done.
+
+    Returns ``(done, not_done)`` sets. Raises :class:`~shoal.TimeoutError` when ``timeout``
+    expires before the condition is met (as ``distributed.wait`` does).
+    """
+    futures = [fs] if isinstance(fs, Future) else list(fs)
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION,"
+                         f" not {return_when!r}")
+    cond = threading.Condition()
+    counter = {"done": 0, "error": 0}
+
+    def hook(state: KeyState) -> None:
+        with cond:
+            counter["done"] += 1
+            if state.status != FINISHED:
+                counter["error"] += 1
+            cond.notify_all()
+
+    states = {id(f._state): f._state for f in futures}
+    for st in states.values():
+        st.add_listener(hook)
+    total = len(states)
+
+    def satisfied() -> bool:
+        if counter["done"] >= total:
+            return True
+        if return_when == FIRST_COMPLETED:
+            return counter["done"] >= 1
+        if return_when == FIRST_EXCEPTION:
+            return counter["error"] >= 1
+        return False
+
+    with cond:
+        if not cond.wait_for(satisfied, timeout):
+            raise TimeoutError(f"wait: not done within {timeout}s")
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDoneFutures(done, {f for f in futures if not f.done()})
+
+
+class as_completed(Iterator[Any]):
+    """Iterate over futures in the order they finish (``distributed.as_completed``).
+
+    With ``with_results=True`` it yields ``(future, result)`` pairs; a failed future then
+    raises its exception unless ``raise_errors=False`` (which yields the exception instead).
+    More futures can be added while iterating with :meth:`add`.
+    """
+
+    def __init__(self, futures: Iterable[Future] = (), with_results: bool = False,
+                 raise_errors: bool = True, timeout: Optional[float] = None) -> None:
+        self.with_results = with_results
+        self.raise_errors = raise_errors
+        self.timeout = timeout
+        self._queue: queue.Queue[Future] = queue.Queue()
+        self._pending = 0
+        self._lock = threading.Lock()
+        for f in futures:
+            self.add(f)
+
+    def add(self, future: Future) -> None:
+        """Add one more future to wait for."""
+        with self._lock:
+            self._pending += 1
+        future._state.add_listener(lambda _: self._queue.put(future))
+
+    def update(self, futures: Iterable[Future]) -> None:
+        for f in futures:
+            self.add(f)
+
+    def count(self) -> int:
+        """Futures not yet yielded."""
+        with self._lock:
+            return self._pending
+
+    def is_empty(self) -> bool:
+        return self.count() == 0
+
+    def has_ready(self) -> bool:
+        return not self._queue.empty()
+
+    def __iter__(self) -> "as_completed":
+        return self
+
+    def __next__(self) -> Any:
+        with self._lock:
+            if self._pending == 0:
+                raise StopIteration
+        try:
+            fut = self._queue.get(timeout=self.timeout)
+        except queue.Empty:
+            raise TimeoutError(f"as_completed: nothing finished within {self.timeout}s") from None
+        with self._lock:
+            self._pending -= 1
+        if not self.with_results:
+            return fut
+        try:
+            return fut, fut.result()
+        except BaseException as exc:
+            if self.raise_errors:
+                raise
+            return fut, exc
+
+    def next_batch(self, block: bool = True) -> list[Any]:
+        """Everything finished so far (at least one item when ``block``)."""
+        out = []
+        if block and self.count():
+            out.append(next(self))
+        while self.has_ready():
+            out.append(next(self))
+        return out
+
+    def batches(self) -> Iterator[list[Any]]:
+        while not self.is_empty():
+            yield self.next_batch(block=True)
+
+
+def progress(*futures: Any, interval: float = 0.2, file: Any = None, width: int = 40,
+             complete: bool = True) -> None:
+    """Show a text progress bar until the futures are done (blocks; like dask's ``progress``).
+
+    Accepts futures, lists of futures and collections of them. Writes to ``sys.stderr``.
+    """
+    flat: list[Future] = []
+    _collect(futures, flat)
+    out = file or sys.stderr
+    states = list({id(f._state): f._state for f in flat}.values())
+    total = len(states)
+    start = time.monotonic()
+    while True:
+        n = sum(1 for s in states if s.done())
+        frac = n / total if total else 1.0
+        bar = "#" * int(width * frac)
+        elapsed = time.monotonic() - start
+        out.write(f"\r[{bar:<{width}}] | {frac * 100:3.0f}% Completed | {n}/{total} | {elapsed:5.1f}s")
+        out.flush()
+        if n == total:
+            out.write("\n")
+            out.flush()
+            return
+        time.sleep(interval)
+
+
+def _collect(obj: Any, out: list[Future]) -> None:
+    if isinstance(obj, Future):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for x in obj:
+            _collect(x, out)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            _collect(x, out)
+
+
+def check_not_cancelled(state: KeyState) -> None:
+    if state.status == CANCELLED:
+        raise state.exception or CancelledError(f"{state.key} was cancelled")

@@ -1,0 +1,47 @@
+"""Shared fixtures. Cluster tests need the Go binary (bin/shoal or $SHOAL_BIN); without it they
+are skipped with a message saying how to build it."""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pytest
+
+from shoal.cluster import find_binary
+from shoal.exceptions import ShoalError
+
+
+def _binary() -> str | None:
+    try:
+        return find_binary()
+    except ShoalError:
+        return None
+
+
+BINARY = _binary()
+needs_binary = pytest.mark.skipif(
+    BINARY is None,
+    reason="shoal binary not found: run `go build -o bin/shoal ./cmd/shoal` or set SHOAL_BIN")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator["object"]:
+    if BINARY is None:
+        pytest.skip("shoal binary not found: run `go build -o bin/shoal ./cmd/shoal` or set SHOAL_BIN")
+    from shoal import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=2, dashboard_port=None) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(cluster: object) -> Iterator["object"]:
+    from shoal import Client
+
+    with Client(cluster, timeout=20) as c:  # type: ignore[arg-type]
+        yield c
+
+
+def pytest_report_header() -> str:
+    return f"shoal binary: {BINARY or 'NOT FOUND (cluster tests skipped)'}; SHOAL_BIN={os.environ.get('SHOAL_BIN', '')}"

@@ -1,0 +1,288 @@
+"""End-to-end tests against a real LocalCluster (the Go binary); skipped without it."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import signal
+import time
+from operator import add
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+import shoal
+from shoal import (AuthenticationError, CancelledError, Client, ConnectError, ExecutorDiedError,
+                   LocalCluster, as_completed, wait)
+from shoal.cluster import children_of
+
+from conftest import needs_binary
+
+pytestmark = [needs_binary]
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def slow_inc(x: int, delay: float = 0.2) -> int:
+    time.sleep(delay)
+    return x + 1
+
+
+class MyError(ValueError):
+    pass
+
+
+def fail(x: int) -> int:
+    raise MyError(f"bad {x}")
+
+
+def test_submit_map_gather(client: Client) -> None:
+    assert client.submit(lambda x: x + 1, 10).result(timeout=30) == 11
+    futures = client.map(inc, range(100))
+    assert client.gather(futures) == list(range(1, 101))
+    total = client.submit(sum, futures)
+    assert total.result(timeout=30) == sum(range(1, 101))
+    nested = client.gather({"a": futures[0], "b": [futures[1], (futures[2], 7)]})
+    assert nested == {"a": 1, "b": [2, (3, 7)]}
+
+
+def test_pure_keys_and_impure(client: Client) -> None:
+    a, b = client.submit(inc, 1), client.submit(inc, 1)
+    assert a.key == b.key and a.key.startswith("inc-")
+    c, d = client.submit(inc, 1, pure=False), client.submit(inc, 1, pure=False)
+    assert c.key != d.key
+    assert client.submit(inc, 5, key="my-key").key == "my-key"
+
+
+def test_futures_as_arguments(client: Client) -> None:
+    x = client.submit(inc, 1)
+    y = client.submit(add, x, 10)
+    z = client.submit(lambda d: d["v"][0] * 2, {"v": [y]})
+    assert z.result(timeout=30) == 24
+
+
+def test_scatter(client: Client) -> None:
+    arr = np.arange(10_000.0)
+    [f] = client.scatter([arr])
+    assert client.submit(np.sum, f).result(timeout=30) == arr.sum()
+    np.testing.assert_array_equal(f.result(timeout=30), arr)
+    d = client.scatter({"xs": [1, 2, 3]})
+    assert client.submit(len, d["xs"]).result(timeout=30) == 3
+    b = client.scatter(42, broadcast=True)
+    assert b.result(timeout=30) == 42
+
+
+def test_exception_type_and_traceback(client: Client) -> None:
+    f = client.submit(fail, 3)
+    with pytest.raises(MyError, match="bad 3") as info:
+        f.result(timeout=30)
+    assert "fail" in (f.traceback() or "")
+    assert "raise MyError" in str(info.value.__cause__)
+    assert isinstance(f.exception(), MyError)
+    assert f.status == "error"
+    # dependents fail too
+    g = client.submit(inc, f)
+    with pytest.raises(MyError):
+        g.result(timeout=30)
+
+
+def test_retries(client: Client, tmp_path: Any) -> None:
+    marker = tmp_path / "count"
+
+    def flaky() -> str:
+        n = int(marker.read_text()) if marker.exists() else 0
+        marker.write_text(str(n + 1))
+        if n < 2:
+            raise RuntimeError("flaky")
+        return "ok"
+
+    assert client.submit(flaky, retries=3, pure=False).result(timeout=60) == "ok"
+
+
+def test_cancel(client: Client) -> None:
+    f = client.submit(time.sleep, 30, pure=False)
+    g = client.submit(inc, f)
+    f.cancel()
+    with pytest.raises(CancelledError):
+        f.result(timeout=10)
+    with pytest.raises((CancelledError, shoal.ShoalError)):
+        g.result(timeout=10)
+    assert f.status == "cancelled"
+
+
+def test_wait_and_as_completed(client: Client) -> None:
+    futures = client.map(slow_inc, range(6), delay=0.05)
+    done, not_done = wait(futures, timeout=60)
+    assert len(done) == 6 and not not_done
+    futures = client.map(slow_inc, range(10, 16), delay=0.05)
+    results = sorted(r for _, r in as_completed(futures, with_results=True))
+    assert results == list(range(11, 17))
+    first = wait([client.submit(time.sleep, 0.01, pure=False), client.submit(time.sleep, 20, pure=False)],
+                 return_when="FIRST_COMPLETED", timeout=30)
+    assert len(first.done) >= 1
+
+
+def test_done_callback(client: Client) -> None:
+    seen: list[str] = []
+    f = client.submit(inc, 100)
+    f.add_done_callback(lambda fut: seen.append(fut.status))
+    f.result(timeout=30)
+    deadline = time.time() + 10
+    while not seen and time.time() < deadline:
+        time.sleep(0.01)
+    assert seen == ["finished"]
+
+
+def test_executor_crash(client: Client) -> None:
+    f = client.submit(os._exit, 7, pure=False)
+    with pytest.raises(ExecutorDiedError):
+        f.result(timeout=60)
+    # the worker keeps serving Python tasks
+    assert client.submit(inc, 1000).result(timeout=60) == 1001
+
+
+def test_dask_delayed_array_dataframe(client: Client) -> None:
+    import dask
+    import dask.array as da
+    import dask.dataframe as dd
+
+    @dask.delayed
+    def double(x: int) -> int:
+        return 2 * x
+
+    total = dask.delayed(sum)([double(i) for i in range(20)])
+    assert total.compute(scheduler=client.get) == total.compute(scheduler="sync")
+
+    x = da.random.RandomState(0).random((400, 400), chunks=(100, 100))
+    y = (x @ x.T).mean()
+    assert np.isclose(y.compute(scheduler=client.get), y.compute(scheduler="sync"))
+
+    rng = np.random.default_rng(0)
+    pdf = pd.DataFrame({"k": rng.integers(0, 10, 1000), "v": rng.random(1000)})
+    names = pd.DataFrame({"k": range(10), "name": [f"n{i}" for i in range(10)]})
+    df = dd.from_pandas(pdf, npartitions=8)
+    with dask.config.set(scheduler=client.get):
+        g = df.groupby("k").v.sum().compute()
+        m = df.merge(dd.from_pandas(names, npartitions=2), on="k").compute()
+        s = df.set_index("v").compute()
+    pd.testing.assert_series_equal(g, df.groupby("k").v.sum().compute(scheduler="sync"))
+    want_m = df.merge(dd.from_pandas(names, npartitions=2), on="k").compute(scheduler="sync")
+    pd.testing.assert_frame_equal(m.sort_values(["k", "v"]).reset_index(drop=True),
+                                  want_m.sort_values(["k", "v"]).reset_index(drop=True))
+    pd.testing.assert_frame_equal(s, df.set_index("v").compute(scheduler="sync"))
+
+    # compute / persist return futures and persisted collections
+    fut = client.compute(y)
+    assert np.isclose(fut.result(timeout=60), y.compute(scheduler="sync"))
+    xp = client.persist(x)
+    assert np.isclose(xp.sum().compute(scheduler=client.get), x.sum().compute(scheduler="sync"))
+
+
+def test_arrow_round_trip_through_go(client: Client) -> None:
+    table = client.submit(lambda n: pa.table({"x": list(range(n))}), 123)
+    rows = client.submit_go("row_count", table)
+    assert rows.result(timeout=30) == 123
+    df = client.submit(lambda: pd.DataFrame({"a": [1, 2, 3]}))
+    assert client.submit_go("row_count", df).result(timeout=30) == 3
+    go_table = client.submit_go("arrow_table", 5)
+    back = client.submit(lambda t: t.num_rows, go_table)
+    assert back.result(timeout=30) >= 0
+    assert isinstance(go_table.result(timeout=30), (pa.Table, pd.DataFrame))
+    assert client.submit_go("inc", 41).result(timeout=30) == 42
+
+
+def test_scheduler_info(client: Client) -> None:
+    info = client.scheduler_info()
+    assert len(info["workers"]) == 2
+    for addr, w in info["workers"].items():
+        assert ":" in addr and w["nthreads"] == 2 and "memory_limit" in w
+
+
+def test_release_on_gc(client: Client) -> None:
+    f = client.submit(inc, 12345)
+    key = f.key
+    f.result(timeout=30)
+    del f
+    gc.collect()
+    deadline = time.time() + 5
+    while key in client._states and time.time() < deadline:
+        time.sleep(0.02)
+    assert key not in client._states
+
+
+def test_async_client(cluster: LocalCluster) -> None:
+    async def main() -> None:
+        async with Client(cluster, asynchronous=True) as client:
+            assert await client.submit(inc, 1) == 2
+            futures = client.map(inc, range(5))
+            assert await client.gather(futures) == [1, 2, 3, 4, 5]
+
+    asyncio.run(main())
+
+
+def test_wrong_token_and_address(cluster: LocalCluster) -> None:
+    with pytest.raises(AuthenticationError):
+        Client(cluster.scheduler_address, token="wrong", timeout=5)
+    with pytest.raises(ConnectError):
+        Client("127.0.0.1:1", timeout=5)
+
+
+def test_worker_killed_midway() -> None:
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_port=None) as cluster, \
+            Client(cluster, timeout=20) as client:
+        futures = client.map(slow_inc, range(20), delay=0.3)
+        time.sleep(1.0)
+        pids = _worker_pids(cluster, client)
+        assert pids, "could not find worker processes"
+        os.kill(pids[0], signal.SIGKILL)
+        assert client.gather(futures) == list(range(1, 21))
+
+
+def _worker_pids(cluster: LocalCluster, client: Client) -> list[int]:
+    info = client.scheduler_info()
+    pids = [int(w["pid"]) for w in info["workers"].values() if w.get("pid")]
+    if pids:
+        return pids
+    out = []
+    for pid in children_of(cluster.proc.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) > 1 and argv[1] == b"worker":
+            out.append(pid)
+    return out
+
+
+def test_local_cluster_leaves_nothing_behind() -> None:
+    cluster = LocalCluster(n_workers=2, dashboard_port=None)
+    with Client(cluster) as client:
+        client.submit(inc, 1).result(timeout=30)  # starts executors too
+    pgid = cluster.pgid
+    assert len(cluster.pids()) >= 3
+    cluster.close()
+    assert cluster.pids() == []
+    assert not any(_in_group(p, pgid) for p in os.listdir("/proc") if p.isdigit())
+
+
+def _in_group(pid: str, pgid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[-1].split()
+        return rest[0] != "Z" and int(rest[2]) == pgid
+    except OSError:
+        return False
+
+
+def test_client_owns_cluster_when_no_address() -> None:
+    with Client() as client:
+        assert client.submit(inc, 1).result(timeout=30) == 2
+        cluster = client.cluster
+    assert cluster is not None and cluster.pids() == []

@@ -1,0 +1,140 @@
+"""The real executor process (python -m shoal.executor) driven by a harness playing the worker."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from shoal._refs import Ref
+from shoal._serialize import decode, encode
+from shoal.exceptions import error_from_wire, RemoteTraceback
+
+from harness import FakeWorker, result_of
+
+
+@pytest.fixture()
+def worker() -> Iterator[FakeWorker]:
+    w = FakeWorker()
+    yield w
+    if w.proc.poll() is None:
+        w.close()
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def boom(x: int) -> int:
+    return 1 // x
+
+
+class CustomError(Exception):
+    pass
+
+
+def raise_custom() -> None:
+    raise CustomError("custom failure")
+
+
+def test_handshake_and_ready(worker: FakeWorker) -> None:
+    assert worker.hello == b"SHOL\x00\x01\x04\x00\x03t0k"
+    assert worker.ready["op"] == "ready"
+    assert worker.ready["pid"] == worker.proc.pid
+    assert worker.ready["python"].count(".") == 2
+
+
+def test_run_with_refs_and_cache(worker: FakeWorker) -> None:
+    h, _ = worker.run(inc, 41, key="inc-1")
+    assert h["items"][0]["key"] == "inc-1" and h["items"][0]["encoding"] == "msgpack"
+    assert result_of((h, _)) == 42
+    # second run: func sent by hash only
+    assert result_of(worker.run(inc, Ref("a"), deps={"a": 9})) == 10
+    nested = worker.run(lambda d, y=0: d["x"][1] + y, {"x": [0, Ref("a")]}, y=Ref("b"),
+                        deps={"a": 5, "b": 7})
+    assert result_of(nested) == 12
+    assert result_of(worker.run(lambda x: x, None)) is None
+
+
+def test_encodings(worker: FakeWorker) -> None:
+    arr = np.arange(1000.0)
+    h, frames = worker.run(lambda a: a * 2, Ref("a"), deps={"a": arr})
+    assert h["items"][0]["encoding"] == "pickle" and h["items"][0]["nframes"] == 2
+    out = result_of((h, frames))
+    np.testing.assert_array_equal(out, arr * 2)
+    out[0] = 5  # writable
+
+    df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"]}).set_index("b")
+    h, frames = worker.run(lambda d: d.assign(c=d.a * 2), Ref("d"), deps={"d": df})
+    assert h["items"][0]["encoding"] == "arrow"
+    pd.testing.assert_frame_equal(result_of((h, frames)), df.assign(c=df.a * 2))
+
+    table = pa.table({"x": [1, 2, 3]})
+    h, frames = worker.run(lambda t: t.num_rows, Ref("t"), deps={"t": table})
+    assert result_of((h, frames)) == 3
+    h, frames = worker.run(lambda: pa.table({"y": [1.5]}))
+    assert h["items"][0]["encoding"] == "arrow"
+    assert isinstance(result_of((h, frames)), pa.Table)
+    assert result_of(worker.run(lambda b: b + b"!", b"hi")) == b"hi!"
+    assert result_of(worker.run(lambda: np.float64(1.5))) == 1.5
+
+
+def test_task_error(worker: FakeWorker) -> None:
+    h, _ = worker.run(boom, 0)
+    assert h["op"] == "error" and h["id"] == worker.ids
+    err = h["error"]
+    assert err["code"] == "task-error"
+    assert err["type"] == "builtins.ZeroDivisionError"
+    assert "boom" in err["traceback"] and "1 // x" in err["traceback"]
+    assert "shoal/executor.py" not in err["traceback"]
+    exc = error_from_wire(err)
+    assert isinstance(exc, ZeroDivisionError)
+    assert isinstance(exc.__cause__, RemoteTraceback)
+
+    h, _ = worker.run(raise_custom)
+    exc = error_from_wire(h["error"])
+    assert type(exc).__name__ == "CustomError" and str(exc) == "custom failure"
+
+
+def test_unpicklable_exception(worker: FakeWorker) -> None:
+    def bad() -> None:
+        class Local(Exception):
+            def __reduce__(self):  # type: ignore[no-untyped-def]
+                raise TypeError("nope")
+        raise Local("weird")
+
+    h, _ = worker.run(bad)
+    assert "exc" not in h["error"]
+    exc = error_from_wire(h["error"])
+    assert type(exc).__name__ == "RemoteError" and "Local" in str(exc) and "weird" in str(exc)
+
+
+def test_executor_exits_on_crash_and_on_close() -> None:
+    w = FakeWorker()
+    w.conn.send({"op": "run", "id": 1, "key": "x", "func": "0" * 64,
+                 "func_data": b"", "payload": pickle.dumps(((), {}))})
+    h, _ = w.conn.recv()
+    assert h["op"] == "error"  # unknown function hash: an error, not a crash
+    data = __import__("cloudpickle").dumps(lambda: os._exit(3))
+    import hashlib
+    w.conn.send({"op": "run", "id": 2, "key": "y", "func": hashlib.sha256(data).hexdigest(),
+                 "func_data": data, "payload": pickle.dumps(((), {}))})
+    assert w.proc.wait(10) == 3
+    w.conn.close()
+
+    w = FakeWorker()
+    w.conn.close()  # the worker went away: the executor exits
+    assert w.proc.wait(10) == 0
+
+
+def test_serialize_round_trips() -> None:
+    for v in [1, -5, 2**63, 1.5, "s", None, True, b"b", [1, 2], {"a": 1}, (1, 2), {1, 2}]:
+        enc, frames = encode(v)
+        assert decode(enc, frames) == v, v
+    assert encode(1)[0] == "msgpack" and encode(2**70)[0] == "pickle"
+    assert encode([1, 2])[0] == "pickle"  # lists keep their type: pickled

@@ -1,0 +1,205 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	client "github.com/shoal-dev/shoal/clients/go"
+	"github.com/stretchr/testify/require"
+)
+
+// shoalBin is the real binary the end-to-end tests run: $SHOAL_BIN, or one built for the run.
+var shoalBin string
+
+func TestMain(m *testing.M) {
+	shoalBin = os.Getenv("SHOAL_BIN")
+	var tmp string
+	if shoalBin == "" {
+		var err error
+		tmp, err = os.MkdirTemp("", "shoal-e2e-")
+		if err != nil {
+			panic(err)
+		}
+		shoalBin = filepath.Join(tmp, "shoal")
+		out, err := exec.Command("go", "build", "-o", shoalBin, ".").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "building shoal: %v\n%s", err, out)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	if tmp != "" {
+		os.RemoveAll(tmp)
+	}
+	os.Exit(code)
+}
+
+// testCluster is a `shoal local` process.
+type testCluster struct {
+	cmd       *exec.Cmd
+	Scheduler string
+	Dashboard string
+	Gossip    string
+	Workers   []string
+	token     string
+	log       *os.File
+}
+
+// startCluster runs `shoal local` with real sockets on 127.0.0.1 and waits for its ready file.
+func startCluster(t *testing.T, workers int, extra ...string) *testCluster {
+	t.Helper()
+	dir := t.TempDir()
+	ready := filepath.Join(dir, "ready.json")
+	logf, err := os.Create(filepath.Join(dir, "cluster.log"))
+	require.NoError(t, err)
+	args := append([]string{"local", "--workers", fmt.Sprint(workers), "--port", "0", "--gossip-port", "0",
+		"--dashboard-port", "0", "--ready-file", ready, "--local-dir", dir, "--log-level", "warn"}, extra...)
+	cmd := exec.Command(shoalBin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	c := &testCluster{cmd: cmd, log: logf}
+	t.Cleanup(func() { c.stop(t) })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		b, err := os.ReadFile(ready)
+		if err == nil {
+			var r struct {
+				Scheduler, Dashboard, Gossip string
+				Workers                      []string
+			}
+			require.NoError(t, json.Unmarshal(b, &r))
+			c.Scheduler, c.Dashboard, c.Gossip, c.Workers = r.Scheduler, r.Dashboard, r.Gossip, r.Workers
+			return c
+		}
+		if time.Now().After(deadline) || cmd.ProcessState != nil {
+			out, _ := os.ReadFile(logf.Name())
+			t.Fatalf("cluster did not become ready:\n%s", out)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and checks that `shoal local` exits cleanly and leaves no worker behind.
+func (c *testCluster) stop(t *testing.T) {
+	if c.cmd.ProcessState != nil {
+		return
+	}
+	children := childPIDs(c.cmd.Process.Pid)
+	c.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- c.cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		c.cmd.Process.Kill()
+		<-done
+		t.Errorf("shoal local did not exit within 20 s of SIGTERM")
+	}
+	for _, pid := range children {
+		if alive(pid) {
+			t.Errorf("worker process %d outlived shoal local", pid)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	c.log.Close()
+}
+
+func (c *testCluster) logs() string {
+	b, _ := os.ReadFile(c.log.Name())
+	return string(b)
+}
+
+func (c *testCluster) connect(t *testing.T) *client.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, err := client.Connect(ctx, c.Scheduler, client.Options{Token: c.token})
+	require.NoError(t, err)
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+// childPIDs lists the direct children of pid from /proc.
+func childPIDs(pid int) []int {
+	var out []int
+	entries, _ := os.ReadDir("/proc")
+	re := regexp.MustCompile(`^\d+$`)
+	for _, e := range entries {
+		if !re.MatchString(e.Name()) {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		f := strings.Fields(s[i+1:])
+		var ppid, child int
+		fmt.Sscan(f[1], &ppid)
+		fmt.Sscan(e.Name(), &child)
+		if ppid == pid {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return !strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// startProc runs the binary with args, returning the process and a scanner over its stdout.
+func startProc(t *testing.T, args ...string) (*exec.Cmd, *bufio.Scanner) {
+	t.Helper()
+	cmd := exec.Command(shoalBin, args...)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+	})
+	return cmd, bufio.NewScanner(out)
+}
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

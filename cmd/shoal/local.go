@@ -1,0 +1,230 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+type localFlags struct {
+	schedFlags
+	workers, nthreads int
+	memoryLimit       string
+	python, readyFile string
+	localDir          string
+	noRestart         bool
+}
+
+func (f *localFlags) register(fs *flag.FlagSet) {
+	f.schedFlags.register(fs)
+	fs.IntVar(&f.workers, "workers", 2, "number of worker processes")
+	fs.IntVar(&f.nthreads, "nthreads", 1, "tasks each worker runs at once")
+	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory limit per worker (e.g. 2GiB); auto: total memory divided by --workers")
+	fs.StringVar(&f.python, "python", defaultPython(), "Python interpreter the workers use for Python tasks")
+	fs.StringVar(&f.readyFile, "ready-file", "", "write JSON {scheduler, dashboard, gossip, workers} here once every worker has registered")
+	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for the workers' spilled data")
+	fs.BoolVar(&f.noRestart, "no-restart", false, "do not restart a worker process that dies")
+}
+
+func runLocal(args []string) error {
+	var f localFlags
+	fs := newFlagSet("local", "", "Run a whole cluster on this machine: a scheduler in this process and --workers worker\nprocesses (each its own child process, restarted if it dies), all on real sockets.\nCtrl-C stops everything.")
+	f.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	lc, err := startLocal(ctx, f)
+	if err != nil {
+		return err
+	}
+	defer lc.close()
+	fmt.Printf("scheduler at %s, gossip at %s, %d workers\n", lc.sched.srv.Addr(), lc.sched.gossip.Addr(), f.workers)
+	if lc.sched.dashboard != "" {
+		fmt.Printf("dashboard at %s\n", lc.sched.dashboard)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+// localCluster is a scheduler in this process and supervised worker child processes.
+type localCluster struct {
+	sched   *schedProc
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	procs   map[string]*exec.Cmd
+	closing bool
+}
+
+func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
+	if f.workers < 1 {
+		return nil, fmt.Errorf("--workers %d: need at least 1", f.workers)
+	}
+	if f.nthreads < 1 {
+		return nil, fmt.Errorf("--nthreads %d: need at least 1", f.nthreads)
+	}
+	mem := f.memoryLimit
+	if mem == "auto" {
+		mem = strconv.FormatInt(totalMemory()/int64(f.workers), 10)
+	} else if _, err := parseBytes(mem); err != nil {
+		return nil, fmt.Errorf("--memory-limit: %w", err)
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	sp, err := startScheduler(sctx, f.schedFlags)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	lc := &localCluster{sched: sp, cancel: cancel, procs: map[string]*exec.Cmd{}}
+	self, err := os.Executable()
+	if err != nil {
+		lc.close()
+		return nil, err
+	}
+	base := []string{"worker", "--join", sp.gossip.Addr(), "--host", f.host, "--nthreads", strconv.Itoa(f.nthreads),
+		"--memory-limit", mem, "--python", f.python, "--local-dir", f.localDir, "--log-format", f.logFormat, "--log-level", f.logLevel}
+	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA}} {
+		if kv[1] != "" {
+			base = append(base, kv[0], kv[1])
+		}
+	}
+	for i := 0; i < f.workers; i++ {
+		lc.supervise(self, base, fmt.Sprintf("local-%d", i), !f.noRestart)
+	}
+	if err := lc.waitWorkers(ctx, f.workers, 60*time.Second); err != nil {
+		lc.close()
+		return nil, err
+	}
+	if f.readyFile != "" {
+		if err := lc.writeReady(f.readyFile); err != nil {
+			lc.close()
+			return nil, err
+		}
+	}
+	return lc, nil
+}
+
+// supervise runs one worker process and restarts it (with a new name) when it dies, telling
+// the scheduler how it ended so a killed-worker error can say why.
+func (lc *localCluster) supervise(self string, base []string, name string, restart bool) {
+	lc.wg.Add(1)
+	go func() {
+		defer lc.wg.Done()
+		for gen := 0; ; gen++ {
+			n := name
+			if gen > 0 {
+				n = fmt.Sprintf("%s.%d", name, gen)
+			}
+			cmd := exec.Command(self, append(append([]string{}, base...), "--name", n)...)
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+			lc.mu.Lock()
+			if lc.closing {
+				lc.mu.Unlock()
+				return
+			}
+			err := cmd.Start()
+			if err == nil {
+				lc.procs[n] = cmd
+			}
+			lc.mu.Unlock()
+			if err != nil {
+				lc.sched.log.Error("cannot start worker", "err", err)
+				return
+			}
+			err = cmd.Wait()
+			lc.mu.Lock()
+			delete(lc.procs, n)
+			closing := lc.closing
+			lc.mu.Unlock()
+			if closing {
+				return
+			}
+			reason := exitReason(cmd.ProcessState, err)
+			lc.sched.log.Warn("worker process ended", "worker", n, "pid", cmd.Process.Pid, "how", reason)
+			lc.sched.srv.ReportWorkerExit(n, reason)
+			if !restart {
+				return
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}()
+}
+
+func exitReason(ps *os.ProcessState, err error) string {
+	if ps == nil {
+		return fmt.Sprintf("process failed: %v", err)
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return fmt.Sprintf("killed by signal %s (%d)", ws.Signal(), int(ws.Signal()))
+	}
+	return fmt.Sprintf("exited with code %d", ps.ExitCode())
+}
+
+func (lc *localCluster) waitWorkers(ctx context.Context, n int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if len(lc.sched.srv.WorkerInfos()) >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d workers registered within %v", len(lc.sched.srv.WorkerInfos()), n, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return errors.New("interrupted while waiting for workers")
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+func (lc *localCluster) writeReady(path string) error {
+	ws := lc.sched.srv.WorkerInfos()
+	names := make([]string, len(ws))
+	for i, w := range ws {
+		names[i] = w.Address
+	}
+	b, _ := json.Marshal(map[string]any{"scheduler": lc.sched.srv.Addr(), "dashboard": lc.sched.dashboard,
+		"gossip": lc.sched.gossip.Addr(), "workers": names, "pid": os.Getpid()})
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// close stops the workers (SIGTERM, then SIGKILL after 10 s) and then the scheduler.
+func (lc *localCluster) close() {
+	lc.mu.Lock()
+	lc.closing = true
+	procs := make([]*exec.Cmd, 0, len(lc.procs))
+	for _, p := range lc.procs {
+		procs = append(procs, p)
+	}
+	lc.mu.Unlock()
+	for _, p := range procs {
+		p.Process.Signal(syscall.SIGTERM)
+	}
+	done := make(chan struct{})
+	go func() { lc.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		for _, p := range procs {
+			p.Process.Kill()
+		}
+		<-done
+	}
+	lc.cancel()
+	lc.sched.close()
+}

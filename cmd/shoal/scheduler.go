@@ -1,0 +1,150 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/shoal-dev/shoal/internal/member"
+	"github.com/shoal-dev/shoal/scheduler"
+)
+
+type schedFlags struct {
+	common
+	host                            string
+	port, gossipPort, dashboardPort int
+}
+
+func (f *schedFlags) register(fs *flag.FlagSet) {
+	f.common.register(fs)
+	fs.StringVar(&f.host, "host", "127.0.0.1", "address to listen on; use 0.0.0.0 to accept other machines (then use --token-file and TLS)")
+	fs.IntVar(&f.port, "port", 8786, "control port for clients and workers (0 picks a free port)")
+	fs.IntVar(&f.gossipPort, "gossip-port", 7946, "gossip (memberlist) port, TCP and UDP (0 picks a free port)")
+	fs.IntVar(&f.dashboardPort, "dashboard-port", 8787, "HTTP port for the dashboard, /metrics and /api/v1 (0 picks a free port, -1 disables)")
+}
+
+func runScheduler(args []string) error {
+	var f schedFlags
+	fs := newFlagSet("scheduler", "", "Run the scheduler: it owns the task graph, places tasks on workers found by gossip,\nand serves the dashboard. Workers join with: shoal worker --join HOST:GOSSIP_PORT")
+	f.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	sp, err := startScheduler(ctx, f)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("scheduler at %s, gossip at %s\n", sp.srv.Addr(), sp.gossip.Addr())
+	if sp.dashboard != "" {
+		fmt.Printf("dashboard at %s\n", sp.dashboard)
+	}
+	return sp.wait()
+}
+
+// schedProc is a running scheduler with its gossip member and HTTP server.
+type schedProc struct {
+	srv       *scheduler.Server
+	gossip    *member.Member
+	http      *http.Server
+	dashboard string
+	log       *slog.Logger
+	done      chan error
+	stopDash  func()
+}
+
+func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
+	log, err := f.logger()
+	if err != nil {
+		return nil, err
+	}
+	token, err := f.token()
+	if err != nil {
+		return nil, err
+	}
+	serverTLS, _, err := f.tlsConfigs()
+	if err != nil {
+		return nil, err
+	}
+	cfg := scheduler.DefaultServerConfig()
+	cfg.Host, cfg.Port, cfg.Token, cfg.TLS, cfg.Logger = f.host, f.port, token, serverTLS, log
+	srv, err := scheduler.NewServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	sp := &schedProc{srv: srv, log: log, done: make(chan error, 1)}
+	if f.dashboardPort >= 0 {
+		ln, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.dashboardPort)))
+		if err != nil {
+			srv.Close()
+			return nil, fmt.Errorf("dashboard port: %w", err)
+		}
+		host := f.host
+		if host == "0.0.0.0" || host == "" || host == "::" {
+			host = "127.0.0.1"
+		}
+		sp.dashboard = fmt.Sprintf("http://%s/", net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)))
+		srv.SetDashboardURL(sp.dashboard)
+		handler, stop := httpHandler(srv, log)
+		sp.stopDash = stop
+		sp.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+		go sp.http.Serve(ln)
+	}
+	mc := member.DefaultConfig()
+	mc.Name = "scheduler@" + srv.Addr()
+	mc.BindAddr, mc.BindPort, mc.Token, mc.Logger = f.host, f.gossipPort, token, log
+	mc.Meta = member.Meta{Role: "scheduler", Name: mc.Name, Control: srv.Addr(), HTTP: sp.dashboard, Version: version}
+	sp.gossip, err = member.New(mc)
+	if err != nil {
+		sp.close()
+		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	go sp.watchGossip()
+	go func() { sp.done <- srv.Serve(ctx) }()
+	return sp, nil
+}
+
+// watchGossip turns gossip's dead and left workers into scheduler events; a broken control
+// stream is the other signal, and either one starts recovery.
+func (sp *schedProc) watchGossip() {
+	for ev := range sp.gossip.Events() {
+		if ev.Node.Meta.Role != "worker" || ev.Node.Meta.Data == "" {
+			continue
+		}
+		switch ev.Type {
+		case member.EventLeave:
+			sp.srv.ReportGossipDead(ev.Node.Meta.Data, "gossip: "+ev.Type.String())
+		}
+	}
+}
+
+func (sp *schedProc) wait() error {
+	err := <-sp.done
+	sp.close()
+	return err
+}
+
+func (sp *schedProc) close() {
+	if sp.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		sp.http.Shutdown(ctx)
+		cancel()
+	}
+	if sp.stopDash != nil {
+		sp.stopDash()
+	}
+	if sp.gossip != nil {
+		sp.gossip.Leave(time.Second)
+		sp.gossip.Shutdown()
+	}
+	sp.srv.Close()
+}
+
+var errNoWorkers = errors.New("no workers")

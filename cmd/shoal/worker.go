@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/internal/member"
+	"github.com/shoal-dev/shoal/worker"
+)
+
+type workerFlags struct {
+	common
+	join, host, name, localDir, memoryLimit, python, resources string
+	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
+}
+
+func (f *workerFlags) register(fs *flag.FlagSet) {
+	f.common.register(fs)
+	fs.StringVar(&f.join, "join", "127.0.0.1:7946", "gossip address of any cluster member (the scheduler or another worker); comma-separated for several")
+	fs.StringVar(&f.host, "host", "127.0.0.1", "address for the data and gossip ports")
+	fs.StringVar(&f.name, "name", "", "unique worker name (default: the data address)")
+	fs.IntVar(&f.nthreads, "nthreads", runtime.NumCPU(), "how many tasks run at once")
+	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "bytes of results kept in memory before spilling to disk (e.g. 4GiB); auto: total memory")
+	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for spilled data (a private subdirectory is made and removed on exit)")
+	fs.IntVar(&f.dataPort, "data-port", 0, "port serving results to peers and clients (0 picks a free port)")
+	fs.IntVar(&f.gossipPort, "gossip-port", 0, "gossip port (0 picks a free port)")
+	fs.StringVar(&f.python, "python", defaultPython(), "Python interpreter for Python tasks (runs -m shoal.executor); env SHOAL_PYTHON")
+	fs.IntVar(&f.nprocsPython, "nprocs-python", 0, "Python executor processes, started lazily (default: --nthreads)")
+	fs.IntVar(&f.metricsPort, "metrics-port", -1, "serve this worker's Prometheus /metrics on this port (-1: off)")
+	fs.StringVar(&f.resources, "resources", "", "abstract resources this worker offers, e.g. GPU=1,MEM=16e9")
+}
+
+func defaultPython() string {
+	if p := os.Getenv("SHOAL_PYTHON"); p != "" {
+		return p
+	}
+	return "python3"
+}
+
+func runWorker(args []string) error {
+	var f workerFlags
+	fs := newFlagSet("worker", "", "Run a worker. It joins the cluster through any member's gossip address, learns the\nscheduler's control address from gossip, runs tasks and serves results to peers.")
+	f.register(fs)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	return serveWorker(ctx, f)
+}
+
+func (f *workerFlags) config() (worker.Config, error) {
+	log, err := f.logger()
+	if err != nil {
+		return worker.Config{}, err
+	}
+	token, err := f.token()
+	if err != nil {
+		return worker.Config{}, err
+	}
+	serverTLS, clientTLS, err := f.tlsConfigs()
+	if err != nil {
+		return worker.Config{}, err
+	}
+	res, err := parseResources(f.resources)
+	if err != nil {
+		return worker.Config{}, err
+	}
+	mem := totalMemory()
+	if f.memoryLimit != "auto" {
+		if mem, err = parseBytes(f.memoryLimit); err != nil {
+			return worker.Config{}, fmt.Errorf("--memory-limit: %w", err)
+		}
+	}
+	cfg := worker.DefaultConfig()
+	cfg.Name, cfg.Host, cfg.DataPort, cfg.NThreads, cfg.MemoryLimit = f.name, f.host, f.dataPort, f.nthreads, mem
+	cfg.LocalDir, cfg.Token, cfg.Python, cfg.Resources, cfg.Logger = f.localDir, token, f.python, res, log
+	cfg.ServerTLS, cfg.ClientTLS = serverTLS, clientTLS
+	cfg.NProcsPython = f.nprocsPython
+	if cfg.NProcsPython == 0 {
+		cfg.NProcsPython = f.nthreads
+	}
+	cfg.Version = version
+	return cfg, cfg.Validate()
+}
+
+func serveWorker(ctx context.Context, f workerFlags) error {
+	cfg, err := f.config()
+	if err != nil {
+		return err
+	}
+	w, err := worker.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
+	log := cfg.Logger.With("worker", w.Name())
+	stopMetrics, err := serveWorkerMetrics(w, f.host, f.metricsPort)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	mc := member.DefaultConfig()
+	mc.Name = "worker@" + w.DataAddr()
+	mc.BindAddr, mc.BindPort, mc.Token, mc.Logger = f.host, f.gossipPort, cfg.Token, cfg.Logger
+	mc.Meta = member.Meta{Role: "worker", Name: w.Name(), Data: w.DataAddr(), NThreads: cfg.NThreads, Resources: cfg.Resources, Version: version}
+	g, err := member.New(mc)
+	if err != nil {
+		return fmt.Errorf("gossip: %w", err)
+	}
+	defer func() { g.Leave(time.Second); g.Shutdown() }()
+	seeds := strings.Split(f.join, ",")
+	joinCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var sched member.Node
+	for {
+		if _, err = g.Join(seeds); err == nil {
+			if sched, err = g.WaitFor(joinCtx, func(n member.Node) bool { return n.Meta.Role == "scheduler" && n.Meta.Control != "" }); err == nil {
+				break
+			}
+		}
+		select {
+		case <-joinCtx.Done():
+			return fmt.Errorf("could not join the cluster through %s: %v", f.join, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	log.Info("joined cluster", "scheduler", sched.Meta.Control, "data", w.DataAddr(), "gossip", g.Addr())
+	return w.Run(ctx, sched.Meta.Control)
+}

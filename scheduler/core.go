@@ -1,0 +1,457 @@
+package scheduler
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// CoreConfig tunes the scheduling policy. Start from DefaultCoreConfig.
+type CoreConfig struct {
+	// SaturationFactor bounds root-task queueing: a worker is sent root tasks only while it
+	// has fewer than ceil(nthreads × SaturationFactor) tasks processing. +Inf disables
+	// queueing (every ready task goes straight to a worker).
+	SaturationFactor float64
+	// StealInterval is the least time between two stealing rounds (EvTick.Now); 0 steals on
+	// every tick. Stealing is off when DisableStealing is set.
+	StealInterval   time.Duration
+	DisableStealing bool
+	// Bandwidth is the assumed transfer rate between workers, bytes per second.
+	Bandwidth float64
+	// UnknownDuration is the expected run time of a task whose group has never finished.
+	UnknownDuration time.Duration
+	// DurationWeight is the weight of a new measurement in a group's moving average (0, 1].
+	DurationWeight float64
+	// KilledWorkerThreshold: a task that was processing on this many workers that died is
+	// failed with code killed-worker instead of being retried again.
+	KilledWorkerThreshold int
+	// StoryLength is how many transitions are kept per task (1…255).
+	StoryLength int
+}
+
+// DefaultCoreConfig returns the defaults.
+func DefaultCoreConfig() CoreConfig {
+	return CoreConfig{
+		SaturationFactor:      1.1,
+		StealInterval:         100 * time.Millisecond,
+		Bandwidth:             1e9,
+		UnknownDuration:       500 * time.Millisecond,
+		DurationWeight:        0.5,
+		KilledWorkerThreshold: 3,
+		StoryLength:           16,
+	}
+}
+
+// Validate reports the first bad value.
+func (c CoreConfig) Validate() error {
+	switch {
+	case !(c.SaturationFactor > 0):
+		return fmt.Errorf("scheduler: SaturationFactor %v must be > 0 (+Inf disables queueing)", c.SaturationFactor)
+	case c.StealInterval < 0:
+		return fmt.Errorf("scheduler: StealInterval %v must not be negative", c.StealInterval)
+	case !(c.Bandwidth > 0) || math.IsInf(c.Bandwidth, 0):
+		return fmt.Errorf("scheduler: Bandwidth %v must be a positive number of bytes per second", c.Bandwidth)
+	case c.UnknownDuration <= 0:
+		return fmt.Errorf("scheduler: UnknownDuration %v must be positive", c.UnknownDuration)
+	case !(c.DurationWeight > 0 && c.DurationWeight <= 1):
+		return fmt.Errorf("scheduler: DurationWeight %v must be in (0, 1]", c.DurationWeight)
+	case c.KilledWorkerThreshold < 1:
+		return fmt.Errorf("scheduler: KilledWorkerThreshold %d must be at least 1", c.KilledWorkerThreshold)
+	case c.StoryLength < 1 || c.StoryLength > 255:
+		return fmt.Errorf("scheduler: StoryLength %d must be in 1…255", c.StoryLength)
+	}
+	return nil
+}
+
+// task flags.
+const (
+	flagScattered uint8 = 1 << iota // put by a client: no definition, cannot be recomputed
+	flagResQueue                    // queued for resources (in Core.rqueue, not Core.queue)
+	flagReady                       // in Core.ready (dedup)
+)
+
+// task is the compact per-task record; Core.tasks is indexed by task id.
+type task struct {
+	def        *graph.Task // the definition (for scattered data: only Key is set)
+	deps       []int32     // dependency ids (immutable)
+	dependents []uint64    // gen<<32 | id; entries of forgotten tasks are stale (gen differs)
+	whoHas     []WorkerID  // copy-on-write: never modified in place, so actions may share it
+	err        *wire.Error
+	rank       int64 // static priority, lower first
+	nbytes     int64
+	duration   int64 // last measured run time, ns
+	group      int32
+	worker     WorkerID // processing on, or -1
+	pos        int32    // index in the container that holds it (queue, worker, noWorker)
+	waitingOn  int32    // dependencies not in memory (state waiting)
+	needers    int32    // dependents in an active state
+	live       int32    // dependents not forgotten
+	want       ClientID // first client wanting it, or -1 (more in Core.wantMore)
+	gen        uint32
+	expDur     float32 // expected duration when it was assigned, seconds
+	retries    uint16
+	state      State
+	suspicious uint8
+	flags      uint8
+	enc        uint8
+	storyHead  uint8
+	storyLen   uint8
+}
+
+// Core is the sans-IO scheduler state machine. All methods must be called from one
+// goroutine; see the package documentation.
+type Core struct {
+	cfg   CoreConfig
+	slots int // story slots per task
+
+	tasks []task
+	keys  map[string]int32
+	free  []int32
+	story []uint64
+
+	groups   []group
+	groupIdx map[string]int32
+
+	workers    []*worker // by WorkerID; nil if never joined
+	alive      []WorkerID
+	unsat      []WorkerID // alive, accepting workers with room for queued root tasks
+	funcCount  map[string]int
+	threads    int
+	encodings  []string
+	encIdx     map[string]uint8
+	queue      taskHeap // root tasks withheld
+	rqueue     taskHeap // tasks waiting for resources
+	noWorker   []int32
+	steals     map[int32]WorkerID // task → thief, while a steal request is in flight
+	wantMore   map[int32][]ClientID
+	deaths     map[int32][]string // task → "worker (reason)" for each death while it ran
+	counts     [NumStates]int
+	orderBase  int64
+	lastSteal  int64
+	stealTicks bool
+
+	// per event
+	seq        uint64
+	evCode     uint8
+	out        []Action
+	ready      []int32
+	readySpare []int32
+	resFreed   bool
+	gcq        []int32
+	needq      []int32
+	freeBuf    map[WorkerID][]string
+
+	transitions uint64
+}
+
+// NewCore returns an empty core. It panics if cfg does not Validate.
+func NewCore(cfg CoreConfig) *Core {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	c := &Core{
+		cfg:       cfg,
+		slots:     cfg.StoryLength,
+		keys:      make(map[string]int32),
+		groupIdx:  make(map[string]int32),
+		funcCount: make(map[string]int),
+		encIdx:    map[string]uint8{"": 0},
+		encodings: []string{""},
+		steals:    make(map[int32]WorkerID),
+		wantMore:  make(map[int32][]ClientID),
+		deaths:    make(map[int32][]string),
+		freeBuf:   make(map[WorkerID][]string),
+	}
+	c.queue.c, c.rqueue.c = c, c
+	return c
+}
+
+// Handle applies one event and appends the resulting actions to out, which it returns.
+// Actions may share memory with the core (slices of keys and workers, task definitions);
+// the driver must treat them as read-only and should perform them before the next Handle.
+func (c *Core) Handle(ev Event, out []Action) []Action {
+	c.seq++
+	c.out = out
+	switch e := ev.(type) {
+	case EvWorkerJoined:
+		c.evCode = evWorkerJoined
+		c.workerJoined(&e)
+	case EvWorkerLeft:
+		c.evCode = evWorkerLeft
+		c.workerLeft(&e)
+	case EvClientJoined:
+		c.evCode = evClientJoined
+	case EvClientLeft:
+		c.evCode = evClientLeft
+		c.clientLeft(e.Client)
+	case EvUpdateGraph:
+		c.evCode = evUpdateGraph
+		c.updateGraph(&e)
+	case EvWanted:
+		c.evCode = evWanted
+		c.wanted(e.Client, e.Keys)
+	case EvReleaseKeys:
+		c.evCode = evReleaseKeys
+		c.releaseKeys(e.Client, e.Keys)
+	case EvCancelKeys:
+		c.evCode = evCancelKeys
+		c.cancelKeys(e.Client, e.Keys)
+	case EvScattered:
+		c.evCode = evScattered
+		c.scattered(&e)
+	case EvTaskFinished:
+		c.evCode = evTaskFinished
+		c.taskFinished(&e)
+	case EvTaskErred:
+		c.evCode = evTaskErred
+		c.taskErred(&e)
+	case EvAddReplica:
+		c.evCode = evAddReplica
+		c.addReplica(&e)
+	case EvMissingData:
+		c.evCode = evMissingData
+		c.missingData(&e)
+	case EvStealResponse:
+		c.evCode = evStealResponse
+		c.stealResponse(&e)
+	case EvReschedule:
+		c.evCode = evReschedule
+		c.reschedule(&e)
+	case EvHeartbeat:
+		c.evCode = evHeartbeat
+		c.heartbeat(&e)
+	case EvTick:
+		c.evCode = evTick
+		c.tick(e.Now)
+	default:
+		panic(fmt.Sprintf("scheduler: unknown event %T", ev))
+	}
+	c.settle()
+	out, c.out = c.out, nil
+	return out
+}
+
+// settle runs the deferred work of an event: compute what became needed, release what is
+// no longer needed, place what became ready, feed queued root tasks, send the frees.
+func (c *Core) settle() {
+	for len(c.needq) > 0 || len(c.gcq) > 0 || len(c.ready) > 0 {
+		c.flushNeed()
+		c.flushGC()
+		c.flushReady()
+	}
+	c.dispatchQueue()
+	c.flushFrees()
+}
+
+// ---- interning ----
+
+func (c *Core) lookup(key string) (int32, bool) {
+	id, ok := c.keys[key]
+	return id, ok
+}
+
+// newTask interns key with definition def, in state released.
+func (c *Core) newTask(def *graph.Task, group int32) int32 {
+	var id int32
+	if n := len(c.free); n > 0 {
+		id = c.free[n-1]
+		c.free = c.free[:n-1]
+		gen := c.tasks[id].gen + 1
+		c.tasks[id] = task{gen: gen}
+	} else {
+		id = int32(len(c.tasks))
+		c.tasks = append(c.tasks, task{})
+		c.story = append(c.story, make([]uint64, c.slots)...)
+	}
+	t := &c.tasks[id]
+	t.def, t.group, t.worker, t.want, t.pos = def, group, -1, -1, -1
+	t.retries = uint16(min(def.Retries, math.MaxUint16))
+	c.keys[def.Key] = id
+	c.counts[Released]++
+	c.groups[group].counts[Released]++
+	c.groups[group].total++
+	return id
+}
+
+func (c *Core) key(id int32) string { return c.tasks[id].def.Key }
+
+func (c *Core) encoding(s string) uint8 {
+	if i, ok := c.encIdx[s]; ok {
+		return i
+	}
+	if len(c.encodings) == 255 {
+		return 0
+	}
+	c.encodings = append(c.encodings, s)
+	c.encIdx[s] = uint8(len(c.encodings) - 1)
+	return uint8(len(c.encodings) - 1)
+}
+
+// dependent resolves a dependents entry; ok is false when that task was forgotten.
+func (c *Core) dependent(ref uint64) (int32, bool) {
+	id := int32(uint32(ref))
+	return id, c.tasks[id].gen == uint32(ref>>32) && c.tasks[id].state != Forgotten
+}
+
+func depRef(t *task, id int32) uint64 { return uint64(t.gen)<<32 | uint64(uint32(id)) }
+
+// ---- the one place a state changes ----
+
+// setState moves id from → to. It panics with IllegalTransition when the edge is not in the
+// state machine or the task is not in from. It keeps the counters, the story and the
+// dependencies' needers in step.
+func (c *Core) setState(id int32, from, to State) {
+	t := &c.tasks[id]
+	if t.state != from || !legal[from][to] {
+		panic(IllegalTransition{Key: t.def.Key, From: t.state, To: to})
+	}
+	t.state = to
+	c.counts[from]--
+	c.counts[to]++
+	g := &c.groups[t.group]
+	g.counts[from]--
+	g.counts[to]++
+	c.transitions++
+	c.record(id, from, to)
+	switch {
+	case !from.active() && to.active():
+		for _, d := range t.deps {
+			c.tasks[d].needers++
+		}
+	case from.active() && !to.active():
+		for _, d := range t.deps {
+			dt := &c.tasks[d]
+			if dt.needers--; dt.needers == 0 {
+				c.gcq = append(c.gcq, d)
+			}
+		}
+	}
+}
+
+func (c *Core) record(id int32, from, to State) {
+	t := &c.tasks[id]
+	base := int(id) * c.slots
+	c.story[base+int(t.storyHead)] = packStory(c.seq, c.evCode, from, to)
+	t.storyHead = uint8((int(t.storyHead) + 1) % c.slots)
+	if int(t.storyLen) < c.slots {
+		t.storyLen++
+	}
+}
+
+func (c *Core) storyOf(id int32) []Story {
+	t := &c.tasks[id]
+	out := make([]Story, 0, t.storyLen)
+	start := (int(t.storyHead) - int(t.storyLen) + c.slots) % c.slots
+	for i := range int(t.storyLen) {
+		out = append(out, unpackStory(c.story[int(id)*c.slots+(start+i)%c.slots]))
+	}
+	return out
+}
+
+// ---- wants ----
+
+func (c *Core) wantedBy(id int32) bool { return c.tasks[id].want >= 0 }
+
+func (c *Core) addWant(id int32, cl ClientID) {
+	t := &c.tasks[id]
+	switch {
+	case t.want < 0:
+		t.want = cl
+	case t.want == cl:
+	default:
+		if !slices.Contains(c.wantMore[id], cl) {
+			c.wantMore[id] = append(c.wantMore[id], cl)
+		}
+	}
+}
+
+// dropWant removes cl's want; it reports whether cl wanted id.
+func (c *Core) dropWant(id int32, cl ClientID) bool {
+	t := &c.tasks[id]
+	more := c.wantMore[id]
+	if t.want == cl {
+		if len(more) == 0 {
+			t.want = -1
+			return true
+		}
+		t.want, more = more[0], more[1:]
+	} else if i := slices.Index(more, cl); i >= 0 {
+		more = slices.Delete(slices.Clone(more), i, i+1)
+	} else {
+		return false
+	}
+	if len(more) == 0 {
+		delete(c.wantMore, id)
+	} else {
+		c.wantMore[id] = more
+	}
+	return true
+}
+
+// wanters calls fn for every client wanting id.
+func (c *Core) wanters(id int32, fn func(ClientID)) {
+	if w := c.tasks[id].want; w >= 0 {
+		fn(w)
+		for _, cl := range c.wantMore[id] {
+			fn(cl)
+		}
+	}
+}
+
+// needed: a client wants it or an active dependent will read it.
+func (c *Core) needed(id int32) bool {
+	t := &c.tasks[id]
+	return t.want >= 0 || t.needers > 0
+}
+
+// ---- garbage collection ----
+
+// flushGC releases tasks nobody needs any more and forgets released tasks nothing refers to.
+func (c *Core) flushGC() {
+	for len(c.gcq) > 0 {
+		id := c.gcq[len(c.gcq)-1]
+		c.gcq = c.gcq[:len(c.gcq)-1]
+		c.collect(id)
+	}
+}
+
+func (c *Core) collect(id int32) {
+	t := &c.tasks[id]
+	if t.state == Forgotten || c.needed(id) {
+		return
+	}
+	switch t.state {
+	case Memory:
+		c.memoryToReleased(id, true)
+	case Waiting:
+		c.waitingToReleased(id)
+	case Queued:
+		c.queuedToReleased(id)
+	case NoWorker:
+		c.noWorkerToReleased(id)
+	case Processing:
+		c.processingToReleased(id)
+	case Erred:
+		c.erredToReleased(id)
+	}
+	if t.state == Released && t.live == 0 {
+		c.releasedToForgotten(id)
+	}
+}
+
+// ---- errors ----
+
+var errUnknownKey = errors.New("scheduler: unknown key")
+
+func fromGraphError(err error) *wire.Error {
+	var ge *graph.Error
+	if errors.As(err, &ge) {
+		return wire.Errorf(ge.Code, ge.Message)
+	}
+	return wire.Errorf(wire.CodeInvalidTask, err.Error())
+}

@@ -1,0 +1,314 @@
+package scheduler
+
+import (
+	"fmt"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// updateGraph validates a batch whole, then adds it, orders it and computes what is wanted.
+// The core keeps pointers into e.Tasks: the driver must not reuse that slice.
+func (c *Core) updateGraph(e *EvUpdateGraph) {
+	if err := c.checkGraph(e); err != nil {
+		keys := make([]string, len(e.Tasks))
+		for i := range e.Tasks {
+			keys[i] = e.Tasks[i].Key
+		}
+		c.out = append(c.out, ActGraphRejected{Client: e.Client, ID: e.ID, Keys: keys, Err: err})
+		return
+	}
+	fresh := c.addTasks(e.Tasks)
+	for _, k := range e.Wanted {
+		c.want(c.keys[k], e.Client)
+	}
+	// Tasks that lead to nothing wanted are dropped at once.
+	c.gcq = append(c.gcq, fresh...)
+}
+
+// checkGraph returns why the batch must be refused, or nil.
+func (c *Core) checkGraph(e *EvUpdateGraph) *wire.Error {
+	known := func(k string) bool { _, ok := c.keys[k]; return ok }
+	if err := graph.Validate(e.Tasks, known); err != nil {
+		return fromGraphError(err)
+	}
+	for i := range e.Tasks {
+		t := &e.Tasks[i]
+		if id, ok := c.keys[t.Key]; ok {
+			if old := c.tasks[id].def; c.tasks[id].flags&flagScattered != 0 || !graph.Same(old, t) {
+				return wire.Errorf(wire.CodeKeyConflict, fmt.Sprintf("key %q is already known with a different definition", t.Key))
+			}
+			continue
+		}
+		if t.Kind == graph.KindGo && len(c.alive) > 0 && c.funcCount[t.Func] == 0 {
+			return wire.Errorf(wire.CodeUnknownFunction, fmt.Sprintf("task %q calls Go function %q, which no worker registers", t.Key, t.Func))
+		}
+	}
+	inBatch := make(map[string]struct{}, len(e.Wanted))
+	if len(e.Wanted) > 0 {
+		for i := range e.Tasks {
+			inBatch[e.Tasks[i].Key] = struct{}{}
+		}
+	}
+	for _, k := range e.Wanted {
+		if _, ok := inBatch[k]; !ok && !known(k) {
+			return wire.Errorf(wire.CodeMissingDependency, fmt.Sprintf("wanted key %q is neither in the graph nor known", k))
+		}
+	}
+	return nil
+}
+
+// addTasks interns the new tasks of a valid batch, links them and ranks them. It returns the
+// ids of the tasks it created.
+func (c *Core) addTasks(tasks []graph.Task) []int32 {
+	var fresh []int32
+	for i := range tasks {
+		def := &tasks[i]
+		if _, ok := c.keys[def.Key]; ok {
+			continue // known, or an identical duplicate earlier in the batch
+		}
+		fresh = append(fresh, c.newTask(def, c.groupFor(graph.GroupOf(def))))
+	}
+	if len(fresh) == 0 {
+		return nil
+	}
+	// Dependencies, in one backing array for the batch; count dependents as live.
+	var nd int
+	for _, id := range fresh {
+		nd += len(graph.Deps(c.tasks[id].def))
+	}
+	depArr := make([]int32, 0, nd)
+	for _, id := range fresh {
+		t := &c.tasks[id]
+		start := len(depArr)
+		for _, k := range graph.Deps(t.def) {
+			d := c.keys[k]
+			depArr = append(depArr, d)
+			c.tasks[d].live++
+			c.addGroupDep(t.group, c.tasks[d].group)
+		}
+		t.deps = depArr[start:len(depArr):len(depArr)]
+	}
+	// Dependents: fresh tasks get exact-capacity slices of one array, older ones append.
+	refs := make([]uint64, 0, nd)
+	for _, id := range fresh {
+		t := &c.tasks[id]
+		start := len(refs)
+		refs = refs[:start+int(t.live)]
+		t.dependents = refs[start:start:len(refs)]
+	}
+	for _, id := range fresh {
+		t := &c.tasks[id]
+		ref := depRef(t, id)
+		for _, d := range t.deps {
+			c.tasks[d].dependents = append(c.tasks[d].dependents, ref)
+		}
+	}
+	c.rank(fresh)
+	return fresh
+}
+
+// rank gives the fresh tasks their static priority: user priority first, then the batch's
+// generation, then graph.OrderCSR within the batch.
+func (c *Core) rank(fresh []int32) {
+	for i, id := range fresh {
+		c.tasks[id].pos = int32(i) // local index, while released
+	}
+	off := make([]int32, len(fresh)+1)
+	dep := make([]int32, 0, len(fresh))
+	prio := make([]int, len(fresh))
+	for i, id := range fresh {
+		t := &c.tasks[id]
+		for _, d := range t.deps {
+			if dt := &c.tasks[d]; dt.state == Released && dt.pos >= 0 && int(dt.pos) < len(fresh) && fresh[dt.pos] == d {
+				dep = append(dep, dt.pos)
+			}
+		}
+		off[i+1] = int32(len(dep))
+		prio[i] = t.def.Priority
+	}
+	order := graph.OrderCSR(off, dep, prio)
+	const prioShift = 40
+	for i, id := range fresh {
+		t := &c.tasks[id]
+		p := int64(max(min(t.def.Priority, 1<<22), -(1 << 22)))
+		t.rank = -p<<prioShift + c.orderBase + int64(order[i])
+		t.pos = -1
+	}
+	c.orderBase += int64(len(fresh))
+}
+
+// want records that cl holds a future to id and tells it at once if the fate is known.
+func (c *Core) want(id int32, cl ClientID) {
+	c.addWant(id, cl)
+	switch t := &c.tasks[id]; t.state {
+	case Memory:
+		c.wanters(id, func(x ClientID) {
+			if x == cl {
+				c.out = append(c.out, ActKeyState{Client: cl, Key: t.def.Key, State: "memory",
+					Worker: t.whoHas[0], NBytes: t.nbytes, Encoding: c.encodings[t.enc]})
+			}
+		})
+	case Erred:
+		state := "erred"
+		if t.err != nil && t.err.Code == wire.CodeLost {
+			state = "lost"
+		}
+		c.out = append(c.out, ActKeyState{Client: cl, Key: t.def.Key, State: state, Worker: -1, Err: t.err})
+	case Released:
+		c.needq = append(c.needq, id)
+	}
+}
+
+func (c *Core) wanted(cl ClientID, keys []string) {
+	for _, k := range keys {
+		if id, ok := c.keys[k]; ok {
+			c.want(id, cl)
+			continue
+		}
+		c.out = append(c.out, ActKeyState{Client: cl, Key: k, State: "lost", Worker: -1,
+			Err: wire.Errorf(wire.CodeLost, fmt.Sprintf("key %q is not known to the scheduler", k))})
+	}
+}
+
+func (c *Core) releaseKeys(cl ClientID, keys []string) {
+	for _, k := range keys {
+		if id, ok := c.keys[k]; ok && c.dropWant(id, cl) {
+			c.gcq = append(c.gcq, id)
+		}
+	}
+}
+
+func (c *Core) clientLeft(cl ClientID) {
+	for id := range c.tasks {
+		if t := &c.tasks[id]; t.state != Forgotten && t.want >= 0 && c.dropWant(int32(id), cl) {
+			c.gcq = append(c.gcq, int32(id))
+		}
+	}
+}
+
+// cancelKeys cancels keys and every dependent not yet finished: wanting clients are told
+// "cancelled", wants are dropped, and what nobody needs any more is released (running tasks
+// are freed on their workers).
+func (c *Core) cancelKeys(cl ClientID, keys []string) {
+	var todo []int32
+	seen := make(map[int32]bool)
+	for _, k := range keys {
+		if id, ok := c.keys[k]; ok && !seen[id] {
+			seen[id] = true
+			todo = append(todo, id)
+		}
+	}
+	err := wire.Errorf(wire.CodeCancelled, fmt.Sprintf("cancelled by client %d", cl))
+	for i := 0; i < len(todo); i++ {
+		id := todo[i]
+		for _, ref := range c.tasks[id].dependents {
+			if d, ok := c.dependent(ref); ok && !seen[d] {
+				if s := c.tasks[d].state; s != Memory && s != Erred {
+					seen[d] = true
+					todo = append(todo, d)
+				}
+			}
+		}
+	}
+	for _, id := range todo {
+		t := &c.tasks[id]
+		c.wanters(id, func(x ClientID) {
+			c.out = append(c.out, ActKeyState{Client: x, Key: t.def.Key, State: "cancelled", Worker: -1, Err: err})
+		})
+		t.want = -1
+		delete(c.wantMore, id)
+		c.gcq = append(c.gcq, id)
+	}
+}
+
+// scattered: a client put values on a worker. Unknown keys become scattered tasks (no
+// lineage); known ones gain a holder, or take the value if they had none.
+func (c *Core) scattered(e *EvScattered) {
+	ws := c.liveWorker(e.Worker)
+	if ws == nil {
+		return
+	}
+	for _, it := range e.Items {
+		id, ok := c.keys[it.Key]
+		if !ok {
+			def := &graph.Task{Key: it.Key}
+			id = c.newTask(def, c.groupFor(graph.KeySplit(it.Key)))
+			c.tasks[id].flags |= flagScattered
+		}
+		c.addWant(id, e.Client)
+		t := &c.tasks[id]
+		if t.state == Memory {
+			c.addHolder(id, e.Worker)
+			c.want(id, e.Client)
+			continue
+		}
+		if t.state == Erred {
+			c.erredToReleased(id)
+		}
+		c.toMemory(id, e.Worker, it.NBytes, it.Encoding, 0)
+	}
+}
+
+// toMemory records a result from any state that has none (a late or scattered value).
+func (c *Core) toMemory(id int32, w WorkerID, nbytes int64, enc string, dur int64) {
+	switch c.tasks[id].state {
+	case Released:
+		c.releasedToMemory(id, w, nbytes, enc)
+	case Waiting:
+		c.waitingToMemory(id, w, nbytes, enc)
+	case Queued:
+		c.queuedToMemory(id, w, nbytes, enc)
+	case NoWorker:
+		c.noWorkerToMemory(id, w, nbytes, enc)
+	case Processing:
+		c.processingToMemory(id, w, nbytes, enc, dur)
+	}
+}
+
+// addHolder records a replica.
+func (c *Core) addHolder(id int32, w WorkerID) {
+	t := &c.tasks[id]
+	for _, x := range t.whoHas {
+		if x == w {
+			return
+		}
+	}
+	hs := make([]WorkerID, len(t.whoHas)+1)
+	copy(hs, t.whoHas)
+	hs[len(t.whoHas)] = w
+	t.whoHas = hs
+	c.workers[w].addKey(t.nbytes)
+}
+
+// removeHolder drops a replica; it reports whether w held it.
+func (c *Core) removeHolder(id int32, w WorkerID) bool {
+	t := &c.tasks[id]
+	hs := make([]WorkerID, 0, len(t.whoHas))
+	for _, x := range t.whoHas {
+		if x != w {
+			hs = append(hs, x)
+		}
+	}
+	if len(hs) == len(t.whoHas) {
+		return false
+	}
+	t.whoHas = hs
+	c.workers[w].dropKey(t.nbytes)
+	return true
+}
+
+// lost handles a task in memory whose last copy is gone: recompute it when needed, report
+// it lost when it cannot be, release it otherwise.
+func (c *Core) lost(id int32) {
+	t := &c.tasks[id]
+	switch {
+	case !c.needed(id):
+		c.memoryToReleased(id, false)
+		c.gcq = append(c.gcq, id)
+	case t.flags&flagScattered != 0:
+		c.memoryToErred(id, lostError(t.def.Key))
+	default:
+		c.memoryToWaiting(id)
+	}
+}

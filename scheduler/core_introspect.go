@@ -1,0 +1,184 @@
+package scheduler
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// Introspection. These are called by the driver on the goroutine that owns the core (the
+// dashboard and /metrics go through it); none changes state. All are O(answer), except
+// Groups, which is O(groups).
+
+// GroupStats summarises one task group.
+type GroupStats struct {
+	Name         string
+	States       [NumStates]int // tasks per state (Forgotten is always 0)
+	Total        int            // tasks not forgotten
+	NBytes       int64          // bytes in memory, one copy per task
+	MeanDuration time.Duration  // moving average of run times; 0 when none finished yet
+	Dependencies []string       // names of the groups this group depends on
+}
+
+// TaskInfo describes one task.
+type TaskInfo struct {
+	Key         string
+	Group       string
+	State       State
+	Worker      WorkerID // processing on, or -1
+	WorkerName  string
+	WhoHas      []WorkerID
+	Deps        []DepInfo
+	Dependents  int // dependents not forgotten
+	NBytes      int64
+	Encoding    string
+	Duration    time.Duration // last measured run time
+	RetriesLeft int
+	Suspicious  int // workers that died while it ran
+	Wanted      int // clients holding a future to it
+	Order       int64
+	Scattered   bool
+	Err         *wire.Error
+	Story       []Story // oldest first, at most CoreConfig.StoryLength
+}
+
+// DepInfo is one dependency of a task.
+type DepInfo struct {
+	Key    string
+	State  State
+	NBytes int64
+}
+
+// WorkerStats describes one live worker.
+type WorkerStats struct {
+	ID          WorkerID
+	Name        string
+	Addr        string
+	NThreads    int
+	Processing  int
+	Occupancy   time.Duration // expected work assigned, summed over threads
+	Memory      int64         // last heartbeat
+	MemoryLimit int64
+	Spilled     int64
+	NBytes      int64 // bytes of the keys the core believes it holds
+	NKeys       int
+	Executing   int
+	Ready       int
+	LastSeen    int64 // EvHeartbeat.Now of the last heartbeat
+	Retiring    bool
+	Resources   map[string]float64
+}
+
+// Stats are cumulative counters and sizes.
+type Stats struct {
+	Events      uint64 // events handled
+	Transitions uint64
+	TasksAlive  int // tasks not forgotten
+	Queued      int // root tasks withheld
+	NoWorker    int
+	Stealing    int // steal requests in flight
+	Workers     int // live workers
+	Threads     int
+	Groups      int
+}
+
+// Counts returns the number of tasks in each state (Forgotten counts every task forgotten
+// since the start).
+func (c *Core) Counts() [NumStates]int { return c.counts }
+
+// Groups returns every group that has tasks, in creation order.
+func (c *Core) Groups() []GroupStats {
+	out := make([]GroupStats, 0, len(c.groups))
+	for i := range c.groups {
+		g := &c.groups[i]
+		if g.total == 0 {
+			continue
+		}
+		gs := GroupStats{Name: g.name, States: g.counts, Total: g.total, NBytes: g.nbytes}
+		gs.States[Forgotten] = 0
+		if g.ndur > 0 {
+			gs.MeanDuration = time.Duration(g.dur * 1e9)
+		}
+		for _, d := range g.deps {
+			gs.Dependencies = append(gs.Dependencies, c.groups[d].name)
+		}
+		out = append(out, gs)
+	}
+	return out
+}
+
+// TaskInfo describes the task named key.
+func (c *Core) TaskInfo(key string) (TaskInfo, bool) {
+	id, ok := c.keys[key]
+	if !ok {
+		return TaskInfo{}, false
+	}
+	t := &c.tasks[id]
+	ti := TaskInfo{Key: key, Group: c.groups[t.group].name, State: t.state, Worker: t.worker,
+		WhoHas: slices.Clone(t.whoHas), Dependents: int(t.live), NBytes: t.nbytes,
+		Encoding: c.encodings[t.enc], Duration: time.Duration(t.duration), RetriesLeft: int(t.retries),
+		Suspicious: int(t.suspicious), Order: t.rank, Scattered: t.flags&flagScattered != 0,
+		Err: t.err, Story: c.storyOf(id)}
+	if t.worker >= 0 {
+		ti.WorkerName = c.workers[t.worker].name
+	}
+	c.wanters(id, func(ClientID) { ti.Wanted++ })
+	for _, d := range t.deps {
+		dt := &c.tasks[d]
+		ti.Deps = append(ti.Deps, DepInfo{Key: dt.def.Key, State: dt.state, NBytes: dt.nbytes})
+	}
+	return ti, true
+}
+
+// State returns the state of key; Forgotten when it is not known.
+func (c *Core) State(key string) State {
+	if id, ok := c.keys[key]; ok {
+		return c.tasks[id].state
+	}
+	return Forgotten
+}
+
+// WhoHas returns the workers holding key's result (nil when none).
+func (c *Core) WhoHas(key string) []WorkerID {
+	if id, ok := c.keys[key]; ok {
+		return slices.Clone(c.tasks[id].whoHas)
+	}
+	return nil
+}
+
+// Workers describes the live workers, by id.
+func (c *Core) Workers() []WorkerStats {
+	out := make([]WorkerStats, 0, len(c.alive))
+	for _, wid := range c.alive {
+		w := c.workers[wid]
+		out = append(out, WorkerStats{ID: w.id, Name: w.name, Addr: w.addr, NThreads: w.nthreads,
+			Processing: len(w.processing), Occupancy: time.Duration(w.occupancy * 1e9),
+			Memory: w.memory, MemoryLimit: w.memoryLimit, Spilled: w.spilled, NBytes: w.nbytes,
+			NKeys: w.nkeys, Executing: w.executing, Ready: w.ready, LastSeen: w.lastSeen,
+			Retiring: w.retiring, Resources: maps.Clone(w.resources)})
+	}
+	return out
+}
+
+// Stats returns the core's counters.
+func (c *Core) Stats() Stats {
+	return Stats{Events: c.seq, Transitions: c.transitions, TasksAlive: len(c.keys),
+		Queued: c.queue.len() + c.rqueue.len(), NoWorker: len(c.noWorker), Stealing: len(c.steals),
+		Workers: len(c.alive), Threads: c.threads, Groups: len(c.groupIdx)}
+}
+
+// Processing returns the keys processing on worker w (for tests and debugging).
+func (c *Core) Processing(w WorkerID) []string {
+	ws := c.liveWorker(w)
+	if ws == nil {
+		return nil
+	}
+	out := make([]string, len(ws.processing))
+	for i, id := range ws.processing {
+		out[i] = c.key(id)
+	}
+	slices.Sort(out)
+	return out
+}

@@ -1,0 +1,215 @@
+package scheduler
+
+import (
+	"fmt"
+	"maps"
+	"math"
+	"slices"
+	"strings"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+func (c *Core) liveWorker(w WorkerID) *worker {
+	if w < 0 || int(w) >= len(c.workers) || c.workers[w] == nil || !c.workers[w].alive {
+		return nil
+	}
+	return c.workers[w]
+}
+
+func (c *Core) workerJoined(e *EvWorkerJoined) {
+	if e.Worker < 0 || c.liveWorker(e.Worker) != nil {
+		return
+	}
+	for int(e.Worker) >= len(c.workers) {
+		c.workers = append(c.workers, nil)
+	}
+	nthreads := max(e.NThreads, 1)
+	limit := math.MaxInt
+	if sf := c.cfg.SaturationFactor; !math.IsInf(sf, 1) {
+		limit = int(math.Ceil(float64(nthreads) * sf))
+	}
+	ws := &worker{id: e.Worker, name: e.Name, addr: e.Addr, nthreads: nthreads, limit: max(limit, 1),
+		memoryLimit: e.MemoryLimit, resources: maps.Clone(e.Resources), funcs: make(map[string]struct{}, len(e.Functions)),
+		alive: true, unsatPos: -1}
+	for _, f := range e.Functions {
+		if _, dup := ws.funcs[f]; !dup {
+			ws.funcs[f] = struct{}{}
+			c.funcCount[f]++
+		}
+	}
+	c.workers[e.Worker] = ws
+	i, _ := slices.BinarySearch(c.alive, e.Worker)
+	c.alive = slices.Insert(c.alive, i, e.Worker)
+	c.threads += nthreads
+	c.updateSat(ws)
+	c.retryNoWorker()
+	c.resFreed = true
+}
+
+// workerLeft reschedules what ran there, counts the death against those tasks when it was
+// not graceful, and recomputes (or reports lost) data whose only copy lived there.
+func (c *Core) workerLeft(e *EvWorkerLeft) {
+	ws := c.liveWorker(e.Worker)
+	if ws == nil {
+		return
+	}
+	ws.alive = false
+	c.updateSat(ws)
+	i, _ := slices.BinarySearch(c.alive, e.Worker)
+	c.alive = slices.Delete(c.alive, i, i+1)
+	c.threads -= ws.nthreads
+	for f := range ws.funcs {
+		if c.funcCount[f]--; c.funcCount[f] == 0 {
+			delete(c.funcCount, f)
+		}
+	}
+	for _, id := range slices.Clone(ws.processing) {
+		t := &c.tasks[id]
+		if !e.Graceful {
+			t.suspicious++
+			c.deaths[id] = append(c.deaths[id], fmt.Sprintf("%s (%s)", workerLabel(ws), e.Reason))
+			if int(t.suspicious) >= c.cfg.KilledWorkerThreshold {
+				c.processingToErred(id, c.killedWorker(id))
+				continue
+			}
+		}
+		c.processingToWaiting(id)
+	}
+	if ws.nkeys > 0 {
+		for id := range c.tasks {
+			if t := &c.tasks[id]; t.state == Memory && slices.Contains(t.whoHas, e.Worker) {
+				c.removeHolder(int32(id), e.Worker)
+				if len(c.tasks[id].whoHas) == 0 {
+					c.lost(int32(id))
+				}
+			}
+		}
+	}
+}
+
+func workerLabel(ws *worker) string {
+	if ws.name != "" {
+		return ws.name
+	}
+	return ws.addr
+}
+
+func (c *Core) killedWorker(id int32) *wire.Error {
+	deaths := c.deaths[id]
+	return wire.Errorf(wire.CodeKilledWorker, fmt.Sprintf(
+		"task %q was running on %d workers that died: %s", c.key(id), len(deaths), strings.Join(deaths, ", ")))
+}
+
+// reschedule: a leaving worker hands back tasks it had not started; it gets no new ones.
+func (c *Core) reschedule(e *EvReschedule) {
+	ws := c.liveWorker(e.Worker)
+	if ws == nil {
+		return
+	}
+	ws.retiring = true
+	c.updateSat(ws)
+	for _, k := range e.Keys {
+		if id, ok := c.keys[k]; ok && c.tasks[id].state == Processing && c.tasks[id].worker == e.Worker {
+			c.processingToWaiting(id)
+		}
+	}
+}
+
+func (c *Core) heartbeat(e *EvHeartbeat) {
+	if ws := c.liveWorker(e.Worker); ws != nil {
+		ws.memory, ws.spilled, ws.executing, ws.ready, ws.lastSeen = e.Memory, e.Spilled, e.Executing, e.Ready, e.Now
+	}
+}
+
+func (c *Core) taskFinished(e *EvTaskFinished) {
+	ws := c.liveWorker(e.Worker)
+	if ws == nil {
+		return
+	}
+	id, ok := c.keys[e.Key]
+	if !ok {
+		c.freeKeyOn(e.Worker, e.Key) // a result nobody will ask for
+		return
+	}
+	t := &c.tasks[id]
+	dur := max(e.Stop-e.Start, 0)
+	switch {
+	case t.state == Processing && t.worker == e.Worker:
+		c.processingToMemory(id, e.Worker, e.NBytes, e.Encoding, dur)
+	case c.welcome(id):
+		c.toMemory(id, e.Worker, e.NBytes, e.Encoding, dur)
+	case !slices.Contains(t.whoHas, e.Worker):
+		c.freeOn(e.Worker, id)
+	}
+}
+
+// welcome: a result arriving out of turn is still useful, because the task is needed and
+// has no data (its data was lost, or it is being recomputed elsewhere).
+func (c *Core) welcome(id int32) bool {
+	switch c.tasks[id].state {
+	case Waiting, Queued, NoWorker, Processing:
+		return true
+	}
+	return false
+}
+
+func (c *Core) taskErred(e *EvTaskErred) {
+	id, ok := c.keys[e.Key]
+	if !ok || c.liveWorker(e.Worker) == nil {
+		return
+	}
+	t := &c.tasks[id]
+	if t.state != Processing || t.worker != e.Worker {
+		return // stale
+	}
+	if t.retries > 0 {
+		t.retries--
+		c.processingToWaiting(id)
+		return
+	}
+	err := e.Err
+	if err == nil {
+		err = wire.Errorf(wire.CodeTaskError, "the task failed without an error")
+	}
+	c.processingToErred(id, err)
+}
+
+func (c *Core) addReplica(e *EvAddReplica) {
+	if c.liveWorker(e.Worker) == nil {
+		return
+	}
+	for _, it := range e.Items {
+		id, ok := c.keys[it.Key]
+		switch {
+		case !ok:
+			c.freeKeyOn(e.Worker, it.Key)
+		case c.tasks[id].state == Memory:
+			c.addHolder(id, e.Worker)
+		case c.welcome(id):
+			c.toMemory(id, e.Worker, it.NBytes, it.Encoding, 0)
+		default:
+			c.freeOn(e.Worker, id)
+		}
+	}
+}
+
+// missingData: Reporter could not fetch Key from From. From no longer counts as a holder;
+// the tasks Reporter was to run with Key were dropped by it and are taken back.
+func (c *Core) missingData(e *EvMissingData) {
+	id, ok := c.keys[e.Key]
+	if !ok {
+		return
+	}
+	t := &c.tasks[id]
+	if t.state == Memory && e.From >= 0 && c.removeHolder(id, e.From) && len(t.whoHas) == 0 {
+		c.lost(id)
+	}
+	for _, ref := range c.tasks[id].dependents {
+		if d, ok := c.dependent(ref); ok {
+			if dt := &c.tasks[d]; dt.state == Processing && dt.worker == e.Reporter {
+				c.processingToWaiting(d)
+			}
+		}
+	}
+}

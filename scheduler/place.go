@@ -1,0 +1,467 @@
+package scheduler
+
+import (
+	"math"
+	"slices"
+
+	"github.com/shoal-dev/shoal/graph"
+)
+
+// worker is the core's view of one registered worker.
+type worker struct {
+	id          WorkerID
+	name, addr  string
+	nthreads    int
+	limit       int // processing tasks beyond which no queued root task is sent
+	memoryLimit int64
+	resources   map[string]float64
+	used        map[string]float64
+	funcs       map[string]struct{}
+	processing  []int32
+	occupancy   float64 // expected seconds of work assigned
+	nbytes      int64
+	nkeys       int
+	memory      int64
+	spilled     int64
+	executing   int
+	ready       int
+	lastSeen    int64
+	alive       bool
+	retiring    bool // handed back its tasks: gets no new ones
+	unsatPos    int32
+	stealsIn    int
+	stealsOut   int
+}
+
+func (w *worker) addKey(n int64)  { w.nbytes += n; w.nkeys++ }
+func (w *worker) dropKey(n int64) { w.nbytes -= n; w.nkeys-- }
+
+func (w *worker) accepting() bool { return w.alive && !w.retiring }
+
+// load is the expected time until a new task could start there, in seconds.
+func (w *worker) load() float64 { return w.occupancy / float64(w.nthreads) }
+
+func (w *worker) hasFree(res map[string]float64) bool {
+	for k, v := range res {
+		if w.resources[k]-w.used[k] < v {
+			return false
+		}
+	}
+	return true
+}
+
+// allowed: w satisfies t's restrictions, registers its Go function (when checkFunc), and
+// has the capacity for its resources (free or not).
+func (c *Core) allowed(w *worker, def *graph.Task, checkFunc bool) bool {
+	if !w.accepting() {
+		return false
+	}
+	if len(def.Workers) > 0 && !slices.Contains(def.Workers, w.name) && !slices.Contains(def.Workers, w.addr) {
+		return false
+	}
+	if checkFunc {
+		if _, ok := w.funcs[def.Func]; !ok {
+			return false
+		}
+	}
+	for k, v := range def.Resources {
+		if w.resources[k] < v {
+			return false
+		}
+	}
+	return true
+}
+
+// needFuncCheck: not every live worker registers def's Go function.
+func (c *Core) needFuncCheck(def *graph.Task) bool {
+	return def.Kind == graph.KindGo && c.funcCount[def.Func] != len(c.alive)
+}
+
+func (c *Core) anyAllowed(def *graph.Task) bool {
+	check := c.needFuncCheck(def)
+	for _, w := range c.alive {
+		if c.allowed(c.workers[w], def, check) {
+			return true
+		}
+	}
+	return false
+}
+
+// missingBytes is what w would have to fetch to run t.
+func (c *Core) missingBytes(t *task, w WorkerID) int64 {
+	var n int64
+	for _, d := range t.deps {
+		dt := &c.tasks[d]
+		if !slices.Contains(dt.whoHas, w) {
+			n += dt.nbytes
+		}
+	}
+	return n
+}
+
+func (c *Core) cost(t *task, w *worker) float64 {
+	cost := w.load()
+	if len(t.deps) > 0 {
+		cost += float64(c.missingBytes(t, w.id)) / c.cfg.Bandwidth
+	}
+	return cost
+}
+
+// better reports whether a (at cost ca) is a better choice than b (at cost cb).
+func better(a *worker, ca float64, b *worker, cb float64) bool {
+	if b == nil || ca < cb {
+		return true
+	}
+	return ca == cb && len(a.processing) < len(b.processing)
+}
+
+// decide picks the worker minimising expected start time plus transfer time among those
+// allowed to run t with free resources; blocked reports that some allowed worker lacked
+// free resources only.
+func (c *Core) decide(id int32) (w WorkerID, blocked bool) {
+	t := &c.tasks[id]
+	check := c.needFuncCheck(t.def)
+	var best *worker
+	var bestCost float64
+	for _, wid := range c.alive {
+		ws := c.workers[wid]
+		if !c.allowed(ws, t.def, check) {
+			continue
+		}
+		if !ws.hasFree(t.def.Resources) {
+			blocked = true
+			continue
+		}
+		if cost := c.cost(t, ws); better(ws, cost, best, bestCost) {
+			best, bestCost = ws, cost
+		}
+	}
+	if best == nil {
+		return -1, blocked
+	}
+	return best.id, false
+}
+
+// rootish tasks are withheld in the queue and fed to workers as they free up: tasks with no
+// dependencies, or members of a large group whose dependencies are a handful of tasks.
+func (c *Core) rootish(t *task) bool {
+	if math.IsInf(c.cfg.SaturationFactor, 1) || len(t.def.Workers) > 0 || len(t.def.Resources) > 0 {
+		return false
+	}
+	if len(t.deps) == 0 {
+		return true
+	}
+	g := &c.groups[t.group]
+	if g.total <= 2*c.threads {
+		return false
+	}
+	n := 0
+	for _, d := range g.deps {
+		n += c.groups[d].total
+	}
+	return n < 5
+}
+
+// place sends a ready waiting task on its way.
+func (c *Core) place(id int32) {
+	t := &c.tasks[id]
+	if c.rootish(t) {
+		if len(c.alive) == 0 || c.anyAllowed(t.def) {
+			c.waitingToQueued(id, false)
+		} else {
+			c.waitingToNoWorker(id)
+		}
+		return
+	}
+	switch w, blocked := c.decide(id); {
+	case w >= 0:
+		c.waitingToProcessing(id, w)
+	case blocked:
+		c.waitingToQueued(id, true)
+	default:
+		c.waitingToNoWorker(id)
+	}
+}
+
+// flushReady places the tasks that became ready, in static order.
+func (c *Core) flushReady() {
+	if len(c.ready) == 0 {
+		return
+	}
+	batch := c.ready
+	c.ready = c.readySpare[:0]
+	if !slices.IsSortedFunc(batch, c.byRank) {
+		slices.SortFunc(batch, c.byRank)
+	}
+	for _, id := range batch {
+		t := &c.tasks[id]
+		t.flags &^= flagReady
+		if t.state == Waiting && t.waitingOn == 0 {
+			c.place(id)
+		}
+	}
+	c.readySpare = batch[:0]
+}
+
+func (c *Core) byRank(a, b int32) int {
+	ra, rb := c.tasks[a].rank, c.tasks[b].rank
+	switch {
+	case ra < rb:
+		return -1
+	case ra > rb:
+		return 1
+	}
+	return int(a - b)
+}
+
+// dispatchQueue feeds queued root tasks, best rank first, to workers that have room.
+func (c *Core) dispatchQueue() {
+	for c.queue.len() > 0 && len(c.unsat) > 0 {
+		id := c.queue.top()
+		if w := c.pickUnsat(id); w >= 0 {
+			c.queuedToProcessing(id, w)
+			continue
+		}
+		if c.anyAllowed(c.tasks[id].def) {
+			break // the workers that may run it are saturated: wait for them
+		}
+		c.queuedToNoWorker(id)
+	}
+	if c.resFreed {
+		c.resFreed = false
+		c.retryResources()
+	}
+}
+
+func (c *Core) pickUnsat(id int32) WorkerID {
+	t := &c.tasks[id]
+	check := c.needFuncCheck(t.def)
+	var best *worker
+	var bestCost float64
+	for _, wid := range c.unsat {
+		ws := c.workers[wid]
+		if !c.allowed(ws, t.def, check) {
+			continue
+		}
+		cost := c.cost(t, ws)
+		if best == nil || cost < bestCost || cost == bestCost && ws.id < best.id {
+			best, bestCost = ws, cost
+		}
+	}
+	if best == nil {
+		return -1
+	}
+	return best.id
+}
+
+// retryResources places tasks that were waiting for resources to be freed.
+func (c *Core) retryResources() {
+	if c.rqueue.len() == 0 {
+		return
+	}
+	ids := slices.Clone(c.rqueue.items)
+	slices.SortFunc(ids, c.byRank)
+	for _, id := range ids {
+		switch w, blocked := c.decide(id); {
+		case w >= 0:
+			c.queuedToProcessing(id, w)
+		case !blocked:
+			c.queuedToNoWorker(id)
+		}
+	}
+}
+
+// retryNoWorker gives tasks no worker could run another chance (a worker joined).
+func (c *Core) retryNoWorker() {
+	for len(c.noWorker) > 0 {
+		c.noWorkerToWaiting(c.noWorker[len(c.noWorker)-1])
+	}
+}
+
+// assign records that id runs on w and emits the compute action.
+func (c *Core) assign(id int32, w WorkerID) {
+	t := &c.tasks[id]
+	ws := c.workers[w]
+	t.worker = w
+	t.pos = int32(len(ws.processing))
+	ws.processing = append(ws.processing, id)
+	d := c.expected(t.group)
+	t.expDur = float32(d)
+	ws.occupancy += float64(t.expDur)
+	for k, v := range t.def.Resources {
+		if ws.used == nil {
+			ws.used = make(map[string]float64)
+		}
+		ws.used[k] += v
+	}
+	c.updateSat(ws)
+	var deps []DepLoc
+	if len(t.deps) > 0 {
+		deps = make([]DepLoc, len(t.deps))
+		for i, d := range t.deps {
+			dt := &c.tasks[d]
+			deps[i] = DepLoc{Key: dt.def.Key, Workers: dt.whoHas[:len(dt.whoHas):len(dt.whoHas)], NBytes: dt.nbytes}
+		}
+	}
+	c.out = append(c.out, ActCompute{Worker: w, Task: t.def, Deps: deps, Order: t.rank})
+}
+
+// unassign removes a processing task from its worker.
+func (c *Core) unassign(id int32) {
+	t := &c.tasks[id]
+	ws := c.workers[t.worker]
+	last := ws.processing[len(ws.processing)-1]
+	ws.processing[t.pos] = last
+	c.tasks[last].pos = t.pos
+	ws.processing = ws.processing[:len(ws.processing)-1]
+	ws.occupancy -= float64(t.expDur)
+	if len(ws.processing) == 0 || ws.occupancy < 0 {
+		ws.occupancy = 0
+	}
+	for k, v := range t.def.Resources {
+		ws.used[k] -= v
+		c.resFreed = true
+	}
+	if thief, ok := c.steals[id]; ok {
+		delete(c.steals, id)
+		ws.stealsOut--
+		c.workers[thief].stealsIn--
+	}
+	t.worker, t.pos = -1, -1
+	c.updateSat(ws)
+}
+
+// updateSat keeps w's membership of the unsaturated set in step.
+func (c *Core) updateSat(w *worker) {
+	want := w.accepting() && len(w.processing) < w.limit
+	if in := w.unsatPos >= 0; want == in {
+		return
+	}
+	if want {
+		w.unsatPos = int32(len(c.unsat))
+		c.unsat = append(c.unsat, w.id)
+		return
+	}
+	last := c.unsat[len(c.unsat)-1]
+	c.unsat[w.unsatPos] = last
+	c.workers[last].unsatPos = w.unsatPos
+	c.unsat = c.unsat[:len(c.unsat)-1]
+	w.unsatPos = -1
+}
+
+func (c *Core) dequeue(id int32) {
+	t := &c.tasks[id]
+	if t.flags&flagResQueue != 0 {
+		t.flags &^= flagResQueue
+		c.rqueue.remove(t.pos)
+	} else {
+		c.queue.remove(t.pos)
+	}
+	t.pos = -1
+}
+
+func (c *Core) removeNoWorker(id int32) {
+	t := &c.tasks[id]
+	last := c.noWorker[len(c.noWorker)-1]
+	c.noWorker[t.pos] = last
+	c.tasks[last].pos = t.pos
+	c.noWorker = c.noWorker[:len(c.noWorker)-1]
+	t.pos = -1
+}
+
+// freeOn tells w (later, batched per worker) to drop id.
+func (c *Core) freeOn(w WorkerID, id int32) {
+	if w >= 0 && c.workers[w].alive {
+		c.freeBuf[w] = append(c.freeBuf[w], c.key(id))
+	}
+}
+
+func (c *Core) freeKeyOn(w WorkerID, key string) {
+	if w >= 0 && int(w) < len(c.workers) && c.workers[w] != nil && c.workers[w].alive {
+		c.freeBuf[w] = append(c.freeBuf[w], key)
+	}
+}
+
+func (c *Core) flushFrees() {
+	if len(c.freeBuf) == 0 {
+		return
+	}
+	ws := make([]WorkerID, 0, len(c.freeBuf))
+	for w := range c.freeBuf {
+		ws = append(ws, w)
+	}
+	slices.Sort(ws)
+	for _, w := range ws {
+		c.out = append(c.out, ActFree{Worker: w, Keys: c.freeBuf[w]})
+		delete(c.freeBuf, w)
+	}
+}
+
+// taskHeap is a binary min-heap of task ids by rank; each task's pos is its index.
+type taskHeap struct {
+	c     *Core
+	items []int32
+}
+
+func (h *taskHeap) len() int   { return len(h.items) }
+func (h *taskHeap) top() int32 { return h.items[0] }
+func (h *taskHeap) less(i, j int) bool {
+	return h.c.byRank(h.items[i], h.items[j]) < 0
+}
+
+func (h *taskHeap) swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.c.tasks[h.items[i]].pos = int32(i)
+	h.c.tasks[h.items[j]].pos = int32(j)
+}
+
+func (h *taskHeap) push(id int32) {
+	h.items = append(h.items, id)
+	i := len(h.items) - 1
+	h.c.tasks[id].pos = int32(i)
+	h.up(i)
+}
+
+func (h *taskHeap) remove(pos int32) {
+	i, n := int(pos), len(h.items)-1
+	if i != n {
+		h.swap(i, n)
+	}
+	h.items = h.items[:n]
+	if i != n {
+		if !h.down(i) {
+			h.up(i)
+		}
+	}
+}
+
+func (h *taskHeap) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if !h.less(i, p) {
+			return
+		}
+		h.swap(i, p)
+		i = p
+	}
+}
+
+func (h *taskHeap) down(i int) bool {
+	start, n := i, len(h.items)
+	for {
+		l := 2*i + 1
+		if l >= n {
+			break
+		}
+		m := l
+		if r := l + 1; r < n && h.less(r, l) {
+			m = r
+		}
+		if !h.less(m, i) {
+			break
+		}
+		h.swap(i, m)
+		i = m
+	}
+	return i > start
+}

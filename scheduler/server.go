@@ -1,0 +1,741 @@
+package scheduler
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// Version is reported to clients and workers.
+var Version = "0.1.0"
+
+// ServerConfig configures the scheduler's network driver.
+type ServerConfig struct {
+	Host             string // default 127.0.0.1
+	Port             int    // control port; 0 picks a free one
+	Token            string
+	TLS              *tls.Config
+	Limits           wire.Limits
+	Logger           *slog.Logger
+	Core             CoreConfig
+	TickInterval     time.Duration // how often the core gets EvTick (stealing)
+	HeartbeatTimeout time.Duration // a worker silent this long is removed
+	ExitWait         time.Duration // how long a broken worker stream waits for an exit reason
+	DashboardURL     string        // advertised to clients
+}
+
+// DefaultServerConfig returns the defaults used by `shoal scheduler`.
+func DefaultServerConfig() ServerConfig {
+	return ServerConfig{Host: "127.0.0.1", Port: 8786, Limits: wire.DefaultLimits(), Core: DefaultCoreConfig(),
+		TickInterval: 100 * time.Millisecond, HeartbeatTimeout: 30 * time.Second, ExitWait: 150 * time.Millisecond}
+}
+
+// Validate reports the first bad value.
+func (c ServerConfig) Validate() error {
+	if c.Port < 0 || c.Port > 65535 {
+		return fmt.Errorf("scheduler: port %d out of range", c.Port)
+	}
+	if c.TickInterval <= 0 {
+		return fmt.Errorf("scheduler: tick interval %v must be positive", c.TickInterval)
+	}
+	if c.HeartbeatTimeout <= 0 {
+		return fmt.Errorf("scheduler: heartbeat timeout %v must be positive", c.HeartbeatTimeout)
+	}
+	return c.Core.Validate()
+}
+
+// Server accepts client, worker and admin connections and drives the Core. One goroutine (run)
+// owns the core and every map below; connection goroutines only decode and forward.
+type Server struct {
+	cfg  ServerConfig
+	log  *slog.Logger
+	ln   net.Listener
+	core *Core
+
+	in      chan inbound
+	queries chan func()
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
+
+	// owned by the driver goroutine
+	workers  map[WorkerID]*workerConn
+	byAddr   map[string]WorkerID
+	byName   map[string]WorkerID
+	clients  map[ClientID]*clientConn
+	funcs    map[string][]byte
+	exits    map[string]string // worker name → how its process ended (from a supervisor)
+	nextW    WorkerID
+	nextC    ClientID
+	actions  []Action
+	obs      *observers
+	stats    serverStats
+	started  time.Time
+	lastTick time.Time
+}
+
+type workerConn struct {
+	id       WorkerID
+	conn     *wire.Conn
+	info     wire.WorkerInfo
+	sent     map[string]bool // py function hashes this worker has received
+	lastSeen time.Time
+	closing  bool
+	pid      int
+}
+
+type clientConn struct {
+	id   ClientID
+	conn *wire.Conn
+}
+
+// inbound is one decoded message (or a connection event) for the driver.
+type inbound struct {
+	worker  *workerConn
+	client  *clientConn
+	admin   *wire.Conn
+	msg     *wire.Msg
+	frames  [][]byte
+	err     error // the connection ended
+	joined  bool
+	exit    *workerExit
+	gossip  *gossipDead
+	reply   chan error
+	timerOf WorkerID
+}
+
+type workerExit struct{ name, reason string }
+type gossipDead struct{ addr, reason string }
+
+// NewServer binds the control port.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Limits.MaxFrames == 0 {
+		cfg.Limits = wire.DefaultLimits()
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
+	if err != nil {
+		return nil, fmt.Errorf("scheduler: listen: %w", err)
+	}
+	if cfg.TLS != nil {
+		ln = tls.NewListener(ln, cfg.TLS)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, ln: ln, core: NewCore(cfg.Core),
+		in: make(chan inbound, 4096), queries: make(chan func()), stop: make(chan struct{}),
+		workers: map[WorkerID]*workerConn{}, byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
+		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
+		nextW: 1, nextC: 1, obs: newObservers(), started: time.Now()}
+	return s, nil
+}
+
+// Addr is the control address actually bound.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// SetDashboardURL sets the URL advertised to clients (call before Serve).
+func (s *Server) SetDashboardURL(u string) { s.cfg.DashboardURL = u }
+
+// Serve runs until ctx is cancelled or Close is called.
+func (s *Server) Serve(ctx context.Context) error {
+	s.goFunc(s.acceptLoop)
+	ticker := time.NewTicker(s.cfg.TickInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.Close()
+			return nil
+		case <-s.stop:
+			return nil
+		case in := <-s.in:
+			s.handleInbound(in)
+			s.drain()
+		case q := <-s.queries:
+			q()
+		case now := <-ticker.C:
+			s.tick(now)
+		}
+	}
+}
+
+// drain handles whatever else is already queued, so bursts are processed without select
+// overhead per message.
+func (s *Server) drain() {
+	for i := 0; i < 1024; i++ {
+		select {
+		case in := <-s.in:
+			s.handleInbound(in)
+		default:
+			return
+		}
+	}
+}
+
+// Close stops accepting, tells workers the scheduler is going away, and closes every
+// connection. It waits for all goroutines the server started.
+func (s *Server) Close() error {
+	s.once.Do(func() {
+		close(s.stop)
+		s.ln.Close()
+	})
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) goFunc(f func()) {
+	s.wg.Add(1)
+	go func() { defer s.wg.Done(); f() }()
+}
+
+// Query runs f on the driver goroutine (the only one allowed to touch the core) and waits.
+func (s *Server) Query(f func(*Core)) bool {
+	done := make(chan struct{})
+	select {
+	case s.queries <- func() { f(s.core); close(done) }:
+	case <-s.stop:
+		return false
+	}
+	select {
+	case <-done:
+		return true
+	case <-s.stop:
+		return false
+	}
+}
+
+// ReportWorkerExit tells the scheduler how a supervised worker process ended ("exit code 1",
+// "signal: killed"); it is used in killed-worker messages and speeds up recovery.
+func (s *Server) ReportWorkerExit(name, reason string) {
+	s.send(inbound{exit: &workerExit{name, reason}})
+}
+
+// ReportGossipDead tells the scheduler that gossip declared the worker with this data address
+// dead; its control stream, if still open, is closed.
+func (s *Server) ReportGossipDead(dataAddr, reason string) {
+	s.send(inbound{gossip: &gossipDead{dataAddr, reason}})
+}
+
+func (s *Server) send(in inbound) {
+	select {
+	case s.in <- in:
+	case <-s.stop:
+	}
+}
+
+func (s *Server) acceptLoop() {
+	for {
+		nc, err := s.ln.Accept()
+		if err != nil {
+			select {
+			case <-s.stop:
+				s.closeAll()
+				return
+			default:
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				continue
+			}
+			s.log.Error("accept failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		s.goFunc(func() { s.serveConn(nc) })
+	}
+}
+
+func (s *Server) serveConn(nc net.Conn) {
+	c, err := wire.Accept(nc, s.cfg.Token, s.cfg.Limits, wire.RoleClient, wire.RoleWorker, wire.RoleAdmin)
+	if err != nil {
+		var herr *wire.HandshakeError
+		if errors.As(err, &herr) {
+			s.log.Warn("refused connection", "remote", nc.RemoteAddr().String(), "reason", herr.Message)
+		}
+		return
+	}
+	stopWatch := make(chan struct{})
+	defer close(stopWatch)
+	go func() {
+		select {
+		case <-s.stop:
+			c.Abort()
+		case <-stopWatch:
+		}
+	}()
+	switch c.PeerRole {
+	case wire.RoleWorker:
+		s.readWorker(c)
+	case wire.RoleClient:
+		s.readClient(c)
+	default:
+		s.readAdmin(c)
+	}
+}
+
+// recvOrReport reads one message; on a framing or header error it tells the peer why before
+// the connection is dropped.
+func recvOrReport(c *wire.Conn) (*wire.Msg, [][]byte, error) {
+	m, frames, err := c.Recv()
+	if err != nil {
+		switch {
+		case errors.Is(err, wire.ErrFrameTooLarge):
+			c.SendError(0, wire.CodeFrameTooLarge, err.Error())
+		case errors.Is(err, wire.ErrProtocol):
+			c.SendError(0, wire.CodeProtocol, err.Error())
+		}
+	}
+	return m, frames, err
+}
+
+func (s *Server) readWorker(c *wire.Conn) {
+	defer c.Close()
+	m, _, err := recvOrReport(c)
+	if err != nil {
+		return
+	}
+	if m.Op != wire.OpRegister || m.DataAddr == "" || m.NThreads <= 0 {
+		c.SendError(m.ID, wire.CodeProtocol, "a worker must first send register with data_addr and nthreads > 0")
+		return
+	}
+	w := &workerConn{conn: c, sent: map[string]bool{}, pid: m.PID, info: wire.WorkerInfo{
+		Name: m.Name, Address: m.DataAddr, NThreads: m.NThreads, MemoryLimit: m.MemLimit, Resources: m.Resources, PID: m.PID}}
+	reply := make(chan error, 1)
+	s.send(inbound{worker: w, msg: m, joined: true, reply: reply})
+	select {
+	case err := <-reply:
+		if err != nil {
+			return
+		}
+	case <-s.stop:
+		return
+	}
+	for {
+		m, frames, err := recvOrReport(c)
+		if err != nil {
+			s.send(inbound{worker: w, err: err})
+			return
+		}
+		s.send(inbound{worker: w, msg: m, frames: frames})
+	}
+}
+
+func (s *Server) readClient(c *wire.Conn) {
+	defer c.Close()
+	cl := &clientConn{conn: c}
+	reply := make(chan error, 1)
+	s.send(inbound{client: cl, joined: true, reply: reply})
+	select {
+	case <-reply:
+	case <-s.stop:
+		return
+	}
+	for {
+		m, frames, err := recvOrReport(c)
+		if err != nil {
+			s.send(inbound{client: cl, err: err})
+			return
+		}
+		s.send(inbound{client: cl, msg: m, frames: frames})
+	}
+}
+
+func (s *Server) readAdmin(c *wire.Conn) {
+	defer c.Close()
+	for {
+		m, _, err := recvOrReport(c)
+		if err != nil {
+			return
+		}
+		s.send(inbound{admin: c, msg: m})
+	}
+}
+
+func (s *Server) closeAll() {
+	done := make(chan struct{})
+	// the driver may have exited already; connections are closed by their watchers.
+	close(done)
+}
+
+// ---- driver side ----
+
+func (s *Server) handleInbound(in inbound) {
+	switch {
+	case in.exit != nil:
+		s.onWorkerExit(in.exit)
+	case in.gossip != nil:
+		s.onGossipDead(in.gossip)
+	case in.timerOf != 0:
+		if w, ok := s.workers[in.timerOf]; ok {
+			s.removeWorker(w, s.exitReason(w, "connection lost"), false)
+		}
+	case in.worker != nil:
+		s.onWorker(in)
+	case in.client != nil:
+		s.onClient(in)
+	case in.admin != nil:
+		s.onAdmin(in.admin, in.msg)
+	}
+}
+
+func (s *Server) handle(ev Event) {
+	s.stats.events++
+	s.actions = s.core.Handle(ev, s.actions[:0])
+	for _, a := range s.actions {
+		s.perform(a)
+	}
+	s.obs.event(ev)
+}
+
+func (s *Server) tick(now time.Time) {
+	s.lastTick = now
+	for _, w := range s.workers {
+		if !w.closing && now.Sub(w.lastSeen) > s.cfg.HeartbeatTimeout {
+			s.removeWorker(w, fmt.Sprintf("heartbeat timeout: silent for %v", now.Sub(w.lastSeen).Round(time.Second)), false)
+		}
+	}
+	s.handle(EvTick{Now: now.UnixNano()})
+}
+
+func (s *Server) onWorkerExit(e *workerExit) {
+	s.exits[e.name] = e.reason
+	if id, ok := s.byName[e.name]; ok {
+		if w := s.workers[id]; w != nil && w.closing {
+			s.removeWorker(w, e.reason, false)
+		}
+	}
+}
+
+func (s *Server) onGossipDead(g *gossipDead) {
+	if id, ok := s.byAddr[g.addr]; ok {
+		w := s.workers[id]
+		w.conn.Abort()
+		s.removeWorker(w, s.exitReason(w, g.reason), false)
+	}
+}
+
+func (s *Server) exitReason(w *workerConn, fallback string) string {
+	if r, ok := s.exits[w.info.Name]; ok {
+		delete(s.exits, w.info.Name)
+		return r
+	}
+	return fallback
+}
+
+func (s *Server) onWorker(in inbound) {
+	w := in.worker
+	if in.joined {
+		s.registerWorker(w, in.msg, in.reply)
+		return
+	}
+	if _, ok := s.workers[w.id]; !ok {
+		return
+	}
+	if in.err != nil {
+		s.workerStreamBroke(w, in.err)
+		return
+	}
+	w.lastSeen = time.Now()
+	s.onWorkerMsg(w, in.msg)
+}
+
+func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
+	if w.info.Name == "" {
+		w.info.Name = w.info.Address
+	}
+	if _, dup := s.byName[w.info.Name]; dup {
+		w.conn.SendError(m.ID, wire.CodeDuplicateWorker, fmt.Sprintf("a worker named %q is already registered", w.info.Name))
+		reply <- errors.New("duplicate")
+		return
+	}
+	w.id = s.nextW
+	s.nextW++
+	w.lastSeen = time.Now()
+	s.workers[w.id] = w
+	s.byAddr[w.info.Address] = w.id
+	s.byName[w.info.Name] = w.id
+	w.conn.Send(&wire.Msg{Op: wire.OpRegistered, WorkerID: int64(w.id)})
+	reply <- nil
+	s.log.Info("worker joined", "worker", w.info.Name, "address", w.info.Address, "nthreads", w.info.NThreads)
+	s.obs.cluster(ClusterEvent{Kind: "worker-joined", Worker: w.info.Name, Detail: w.info.Address})
+	s.handle(EvWorkerJoined{Worker: w.id, Name: w.info.Name, Addr: w.info.Address, NThreads: w.info.NThreads,
+		MemoryLimit: w.info.MemoryLimit, Resources: w.info.Resources, Functions: m.Functions})
+}
+
+// workerStreamBroke waits briefly for the supervisor to say how the process ended, so the
+// killed-worker message can name an exit code or signal.
+func (s *Server) workerStreamBroke(w *workerConn, err error) {
+	if w.closing {
+		return
+	}
+	w.closing = true
+	if r, ok := s.exits[w.info.Name]; ok {
+		delete(s.exits, w.info.Name)
+		s.removeWorker(w, r, false)
+		return
+	}
+	id := w.id
+	time.AfterFunc(s.cfg.ExitWait, func() { s.send(inbound{timerOf: id}) })
+}
+
+func (s *Server) removeWorker(w *workerConn, reason string, graceful bool) {
+	if _, ok := s.workers[w.id]; !ok {
+		return
+	}
+	delete(s.workers, w.id)
+	delete(s.byAddr, w.info.Address)
+	delete(s.byName, w.info.Name)
+	w.conn.Abort()
+	s.log.Info("worker left", "worker", w.info.Name, "reason", reason, "graceful", graceful)
+	s.obs.cluster(ClusterEvent{Kind: "worker-left", Worker: w.info.Name, Detail: reason})
+	s.handle(EvWorkerLeft{Worker: w.id, Reason: reason, Graceful: graceful})
+}
+
+func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
+	switch m.Op {
+	case wire.OpTaskFinished:
+		s.stats.finished++
+		s.obs.taskDone(w, m, "memory")
+		s.handle(EvTaskFinished{Worker: w.id, Key: m.Key, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
+	case wire.OpTaskErred:
+		err := m.Error
+		if err == nil {
+			err = wire.Errorf(wire.CodeTaskError, "task failed without an error description")
+		}
+		s.obs.taskDone(w, m, "erred")
+		s.handle(EvTaskErred{Worker: w.id, Key: m.Key, Err: err, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
+	case wire.OpAddKeys:
+		s.handle(EvAddReplica{Worker: w.id, Items: m.Items})
+	case wire.OpMissingData:
+		from, ok := s.byAddr[m.Worker]
+		if !ok {
+			from = -1
+		}
+		s.handle(EvMissingData{Reporter: w.id, Key: m.Key, From: from})
+	case wire.OpStealResponse:
+		s.handle(EvStealResponse{Worker: w.id, Key: m.Key, Accepted: m.Accepted})
+	case wire.OpHeartbeat:
+		w.info.Memory, w.info.Spilled, w.info.Executing, w.info.Ready = m.Memory, m.Spilled, m.Executing, m.Ready
+		w.info.CPU, w.info.BytesSent, w.info.BytesRecv = m.CPU, m.BytesSent, m.BytesRecv
+		if m.MemLimit > 0 {
+			w.info.MemoryLimit = m.MemLimit
+		}
+		s.handle(EvHeartbeat{Worker: w.id, Now: time.Now().UnixNano(), Memory: m.Memory, Spilled: m.Spilled, Executing: m.Executing, Ready: m.Ready})
+	case wire.OpReschedule:
+		s.handle(EvReschedule{Worker: w.id, Keys: m.Keys})
+	case wire.OpGoodbye:
+		w.closing = true
+		s.removeWorker(w, "worker closed: "+orDefault(m.Reason, "goodbye"), true)
+	case wire.OpError:
+		s.log.Warn("worker reported an error", "worker", w.info.Name, "code", m.Code, "message", m.Message)
+	default:
+		w.conn.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served on a worker stream", m.Op))
+	}
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func (s *Server) onClient(in inbound) {
+	cl := in.client
+	if in.joined {
+		cl.id = s.nextC
+		s.nextC++
+		s.clients[cl.id] = cl
+		cl.conn.Send(&wire.Msg{Op: wire.OpWelcome, Client: int64(cl.id), Version: Version, Dashboard: s.cfg.DashboardURL})
+		in.reply <- nil
+		s.handle(EvClientJoined{Client: cl.id})
+		return
+	}
+	if _, ok := s.clients[cl.id]; !ok {
+		return
+	}
+	if in.err != nil {
+		delete(s.clients, cl.id)
+		s.handle(EvClientLeft{Client: cl.id})
+		return
+	}
+	s.onClientMsg(cl, in.msg)
+}
+
+func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
+	switch m.Op {
+	case wire.OpUpdateGraph:
+		for h, b := range m.Funcs {
+			if _, ok := s.funcs[h]; !ok {
+				s.funcs[h] = b
+			}
+		}
+		if bad := s.missingFunc(m.Tasks); bad != "" {
+			keys := make([]string, len(m.Tasks))
+			for i := range m.Tasks {
+				keys[i] = m.Tasks[i].Key
+			}
+			cl.conn.Send(&wire.Msg{Op: wire.OpGraphRejected, ID: m.ID, Keys: keys,
+				Error: wire.Errorf(wire.CodeInvalidTask, fmt.Sprintf("task %q refers to Python function %s, which was not sent in funcs", bad, shortHash(m.Tasks, bad)))})
+			return
+		}
+		s.stats.submitted += uint64(len(m.Tasks))
+		s.handle(EvUpdateGraph{Client: cl.id, ID: m.ID, Tasks: m.Tasks, Wanted: m.Wanted})
+	case wire.OpWanted:
+		s.handle(EvWanted{Client: cl.id, Keys: m.Keys})
+	case wire.OpReleaseKeys:
+		s.handle(EvReleaseKeys{Client: cl.id, Keys: m.Keys})
+	case wire.OpCancelKeys:
+		s.handle(EvCancelKeys{Client: cl.id, Keys: m.Keys})
+	case wire.OpScatter:
+		id, ok := s.byAddr[m.Worker]
+		if !ok {
+			cl.conn.SendError(m.ID, wire.CodeProtocol, fmt.Sprintf("scatter: no worker at %s", m.Worker))
+			return
+		}
+		s.handle(EvScattered{Client: cl.id, Worker: id, Items: m.Items})
+	case wire.OpInfo, wire.OpWhoHas:
+		s.onAdmin(cl.conn, m)
+	default:
+		cl.conn.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served to clients", m.Op))
+	}
+}
+
+func shortHash(tasks []graph.Task, key string) string {
+	for _, t := range tasks {
+		if t.Key == key && len(t.Func) > 12 {
+			return t.Func[:12]
+		}
+	}
+	return "?"
+}
+
+// missingFunc returns the key of a py task whose function the scheduler has never received.
+func (s *Server) missingFunc(tasks []graph.Task) string {
+	for i := range tasks {
+		if tasks[i].Kind == graph.KindPy {
+			if _, ok := s.funcs[tasks[i].Func]; !ok {
+				return tasks[i].Key
+			}
+		}
+	}
+	return ""
+}
+
+func (s *Server) onAdmin(c *wire.Conn, m *wire.Msg) {
+	switch m.Op {
+	case wire.OpInfo:
+		c.Send(&wire.Msg{Op: wire.OpInfoReply, ID: m.ID, Workers: s.workerInfos(), Scheduler: s.Addr(), Dashboard: s.cfg.DashboardURL})
+	case wire.OpWhoHas:
+		wh := make(map[string][]string, len(m.Keys))
+		for _, k := range m.Keys {
+			ids := s.core.WhoHas(k)
+			addrs := make([]string, 0, len(ids))
+			for _, id := range ids {
+				if w, ok := s.workers[id]; ok {
+					addrs = append(addrs, w.info.Address)
+				}
+			}
+			wh[k] = addrs
+		}
+		c.Send(&wire.Msg{Op: wire.OpWhoHasReply, ID: m.ID, WhoHas: wh})
+	default:
+		c.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served here", m.Op))
+	}
+}
+
+func (s *Server) workerInfos() []wire.WorkerInfo {
+	out := make([]wire.WorkerInfo, 0, len(s.workers))
+	for _, w := range s.workers {
+		wi := w.info
+		wi.LastSeen = float64(w.lastSeen.UnixNano()) / 1e9
+		out = append(out, wi)
+	}
+	sortWorkers(out)
+	return out
+}
+
+// ---- performing actions ----
+
+func (s *Server) perform(a Action) {
+	switch a := a.(type) {
+	case ActCompute:
+		s.sendCompute(a)
+	case ActFree:
+		if w, ok := s.workers[a.Worker]; ok {
+			w.conn.Send(&wire.Msg{Op: wire.OpFreeKeys, Keys: a.Keys})
+		}
+	case ActSteal:
+		if w, ok := s.workers[a.Victim]; ok {
+			w.conn.Send(&wire.Msg{Op: wire.OpStealRequest, Key: a.Key})
+		}
+	case ActKeyState:
+		s.sendKeyState(a)
+	case ActGraphRejected:
+		if cl, ok := s.clients[a.Client]; ok {
+			cl.conn.Send(&wire.Msg{Op: wire.OpGraphRejected, ID: a.ID, Keys: a.Keys, Error: a.Err})
+		}
+		s.obs.cluster(ClusterEvent{Kind: "graph-rejected", Detail: a.Err.Error()})
+	}
+}
+
+func (s *Server) sendCompute(a ActCompute) {
+	w, ok := s.workers[a.Worker]
+	if !ok {
+		return
+	}
+	m := &wire.Msg{Op: wire.OpCompute, Task: a.Task, Order: a.Order}
+	if len(a.Deps) > 0 {
+		m.Deps = make([]wire.Dep, len(a.Deps))
+		for i, d := range a.Deps {
+			m.Deps[i] = wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: s.addrs(d.Workers)}
+		}
+	}
+	if a.Task.Kind == graph.KindPy && !w.sent[a.Task.Func] {
+		m.FuncData = s.funcs[a.Task.Func]
+		w.sent[a.Task.Func] = true
+	}
+	s.stats.dispatched++
+	w.conn.Send(m)
+}
+
+func (s *Server) addrs(ids []WorkerID) []string {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if w, ok := s.workers[id]; ok {
+			out = append(out, w.info.Address)
+		}
+	}
+	return out
+}
+
+func (s *Server) sendKeyState(a ActKeyState) {
+	cl, ok := s.clients[a.Client]
+	if !ok {
+		return
+	}
+	m := &wire.Msg{Op: wire.OpKeyState, Key: a.Key, State: a.State, NBytes: a.NBytes, Encoding: a.Encoding, Error: a.Err}
+	if a.State == "memory" {
+		if w, ok := s.workers[a.Worker]; ok {
+			m.Worker = w.info.Address
+		}
+	}
+	cl.conn.Send(m)
+}
+
+// WorkerInfos returns the registered workers (safe from any goroutine).
+func (s *Server) WorkerInfos() []wire.WorkerInfo {
+	var out []wire.WorkerInfo
+	s.Query(func(*Core) { out = s.workerInfos() })
+	return out
+}

@@ -1,0 +1,358 @@
+package scheduler
+
+import (
+	"fmt"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// One function per legal edge of the state machine (see legal in state.go). Each one does
+// the bookkeeping particular to its edge and calls setState, which panics on an illegal edge.
+
+// ---- from released ----
+
+func (c *Core) releasedToWaiting(id int32) {
+	c.setState(id, Released, Waiting)
+	c.enterWaiting(id)
+}
+
+func (c *Core) releasedToMemory(id int32, w WorkerID, nbytes int64, enc string) {
+	c.setState(id, Released, Memory)
+	c.enterMemory(id, w, nbytes, enc)
+}
+
+func (c *Core) releasedToForgotten(id int32) {
+	c.setState(id, Released, Forgotten)
+	t := &c.tasks[id]
+	delete(c.keys, t.def.Key)
+	delete(c.deaths, id)
+	delete(c.wantMore, id)
+	c.groups[t.group].total--
+	for _, d := range t.deps {
+		dt := &c.tasks[d]
+		if dt.live--; dt.live == 0 {
+			dt.dependents = nil
+			c.gcq = append(c.gcq, d)
+		}
+	}
+	t.def, t.deps, t.dependents, t.whoHas, t.err = nil, nil, nil, nil, nil
+	c.free = append(c.free, id)
+}
+
+// ---- from waiting ----
+
+func (c *Core) waitingToQueued(id int32, forResources bool) {
+	c.setState(id, Waiting, Queued)
+	if forResources {
+		c.tasks[id].flags |= flagResQueue
+		c.rqueue.push(id)
+	} else {
+		c.queue.push(id)
+	}
+}
+
+func (c *Core) waitingToNoWorker(id int32) {
+	c.setState(id, Waiting, NoWorker)
+	c.tasks[id].pos = int32(len(c.noWorker))
+	c.noWorker = append(c.noWorker, id)
+}
+
+func (c *Core) waitingToProcessing(id int32, w WorkerID) {
+	c.setState(id, Waiting, Processing)
+	c.assign(id, w)
+}
+
+func (c *Core) waitingToMemory(id int32, w WorkerID, nbytes int64, enc string) {
+	c.setState(id, Waiting, Memory)
+	c.enterMemory(id, w, nbytes, enc)
+}
+
+func (c *Core) waitingToReleased(id int32) { c.setState(id, Waiting, Released) }
+
+func (c *Core) waitingToErred(id int32, err *wire.Error) {
+	c.setState(id, Waiting, Erred)
+	c.enterErred(id, err)
+}
+
+// ---- from queued ----
+
+func (c *Core) queuedToProcessing(id int32, w WorkerID) {
+	c.dequeue(id)
+	c.setState(id, Queued, Processing)
+	c.assign(id, w)
+}
+
+func (c *Core) queuedToWaiting(id int32) {
+	c.dequeue(id)
+	c.setState(id, Queued, Waiting)
+	c.enterWaiting(id)
+}
+
+func (c *Core) queuedToNoWorker(id int32) {
+	c.dequeue(id)
+	c.setState(id, Queued, NoWorker)
+	c.tasks[id].pos = int32(len(c.noWorker))
+	c.noWorker = append(c.noWorker, id)
+}
+
+func (c *Core) queuedToMemory(id int32, w WorkerID, nbytes int64, enc string) {
+	c.dequeue(id)
+	c.setState(id, Queued, Memory)
+	c.enterMemory(id, w, nbytes, enc)
+}
+
+func (c *Core) queuedToReleased(id int32) {
+	c.dequeue(id)
+	c.setState(id, Queued, Released)
+}
+
+func (c *Core) queuedToErred(id int32, err *wire.Error) {
+	c.dequeue(id)
+	c.setState(id, Queued, Erred)
+	c.enterErred(id, err)
+}
+
+// ---- from no-worker ----
+
+func (c *Core) noWorkerToWaiting(id int32) {
+	c.removeNoWorker(id)
+	c.setState(id, NoWorker, Waiting)
+	c.enterWaiting(id)
+}
+
+func (c *Core) noWorkerToMemory(id int32, w WorkerID, nbytes int64, enc string) {
+	c.removeNoWorker(id)
+	c.setState(id, NoWorker, Memory)
+	c.enterMemory(id, w, nbytes, enc)
+}
+
+func (c *Core) noWorkerToReleased(id int32) {
+	c.removeNoWorker(id)
+	c.setState(id, NoWorker, Released)
+}
+
+func (c *Core) noWorkerToErred(id int32, err *wire.Error) {
+	c.removeNoWorker(id)
+	c.setState(id, NoWorker, Erred)
+	c.enterErred(id, err)
+}
+
+// ---- from processing ----
+
+// processingToMemory records a result. The task may have been processing on another worker
+// than w (a welcome late result): that worker is told to drop it.
+func (c *Core) processingToMemory(id int32, w WorkerID, nbytes int64, enc string, dur int64) {
+	if on := c.tasks[id].worker; on != w {
+		c.freeOn(on, id)
+	}
+	c.unassign(id)
+	c.setState(id, Processing, Memory)
+	if dur > 0 {
+		c.tasks[id].duration = dur
+		c.groups[c.tasks[id].group].observe(float64(dur)/1e9, c.cfg.DurationWeight)
+	}
+	c.enterMemory(id, w, nbytes, enc)
+}
+
+func (c *Core) processingToErred(id int32, err *wire.Error) {
+	c.unassign(id)
+	c.setState(id, Processing, Erred)
+	c.enterErred(id, err)
+}
+
+// processingToWaiting takes a task back from its worker (rescheduled, retried, stolen, or
+// dropped by the worker); it is placed again once its inputs are in memory.
+func (c *Core) processingToWaiting(id int32) {
+	c.unassign(id)
+	c.setState(id, Processing, Waiting)
+	c.enterWaiting(id)
+}
+
+// processingToReleased cancels a running task: its worker is told to drop it.
+func (c *Core) processingToReleased(id int32) {
+	c.freeOn(c.tasks[id].worker, id)
+	c.unassign(id)
+	c.setState(id, Processing, Released)
+}
+
+// ---- from memory ----
+
+// memoryToReleased drops the result; free says whether the holders are told to drop it.
+func (c *Core) memoryToReleased(id int32, free bool) {
+	t := &c.tasks[id]
+	for _, w := range t.whoHas {
+		if free {
+			c.freeOn(w, id)
+		}
+		c.workers[w].dropKey(t.nbytes)
+	}
+	c.groups[t.group].nbytes -= t.nbytes
+	t.whoHas = nil
+	c.setState(id, Memory, Released)
+}
+
+// memoryToWaiting recomputes a needed result whose every copy was lost.
+func (c *Core) memoryToWaiting(id int32) {
+	t := &c.tasks[id]
+	c.groups[t.group].nbytes -= t.nbytes
+	t.whoHas = nil
+	c.setState(id, Memory, Waiting)
+	c.dependentsLost(id)
+	c.enterWaiting(id)
+}
+
+// memoryToErred: scattered data was lost and cannot be recomputed.
+func (c *Core) memoryToErred(id int32, err *wire.Error) {
+	t := &c.tasks[id]
+	c.groups[t.group].nbytes -= t.nbytes
+	t.whoHas = nil
+	c.setState(id, Memory, Erred)
+	c.dependentsLost(id)
+	c.enterErredAs(id, err, "lost")
+}
+
+// ---- from erred ----
+
+func (c *Core) erredToReleased(id int32) {
+	c.tasks[id].err = nil
+	c.setState(id, Erred, Released)
+}
+
+// ---- shared entry work ----
+
+// enterWaiting counts the dependencies still to come, asks for released ones to be
+// computed, errs the task when a dependency has failed, and marks it ready when none is
+// missing.
+func (c *Core) enterWaiting(id int32) {
+	t := &c.tasks[id]
+	t.waitingOn = 0
+	var failed *wire.Error
+	for _, d := range t.deps {
+		dt := &c.tasks[d]
+		switch dt.state {
+		case Memory:
+			continue
+		case Erred:
+			failed = dt.err
+		case Released:
+			if dt.flags&flagScattered != 0 {
+				failed = lostError(dt.def.Key)
+			} else {
+				c.needq = append(c.needq, d)
+			}
+		}
+		t.waitingOn++
+	}
+	switch {
+	case failed != nil:
+		c.waitingToErred(id, failed)
+	case t.waitingOn == 0:
+		c.markReady(id)
+	}
+}
+
+func (c *Core) markReady(id int32) {
+	if t := &c.tasks[id]; t.flags&flagReady == 0 {
+		t.flags |= flagReady
+		c.ready = append(c.ready, id)
+	}
+}
+
+// enterMemory records the first holder, tells wanting clients and wakes dependents.
+func (c *Core) enterMemory(id int32, w WorkerID, nbytes int64, enc string) {
+	t := &c.tasks[id]
+	t.nbytes, t.enc, t.err = nbytes, c.encoding(enc), nil
+	t.whoHas = []WorkerID{w}
+	c.workers[w].addKey(nbytes)
+	c.groups[t.group].nbytes += nbytes
+	c.notifyMemory(id)
+	for _, ref := range t.dependents {
+		if d, ok := c.dependent(ref); ok {
+			if dt := &c.tasks[d]; dt.state == Waiting {
+				if dt.waitingOn--; dt.waitingOn == 0 {
+					c.markReady(d)
+				}
+			}
+		}
+	}
+	c.gcq = append(c.gcq, id) // nobody may need it (e.g. a late result)
+}
+
+// enterErred stores the error, tells wanting clients, and errs every dependent that is
+// still to run (transitively) with the same error.
+func (c *Core) enterErred(id int32, err *wire.Error) { c.enterErredAs(id, err, "erred") }
+
+// enterErredAs is enterErred telling wanting clients state ("erred" or "lost").
+func (c *Core) enterErredAs(id int32, err *wire.Error, state string) {
+	c.tasks[id].err = err
+	c.notifyErred(id, state)
+	for _, ref := range c.tasks[id].dependents {
+		d, ok := c.dependent(ref)
+		if !ok {
+			continue
+		}
+		switch c.tasks[d].state {
+		case Waiting:
+			c.waitingToErred(d, err)
+		case Queued:
+			c.queuedToErred(d, err)
+		case NoWorker:
+			c.noWorkerToErred(d, err)
+		}
+	}
+	c.gcq = append(c.gcq, id)
+}
+
+// dependentsLost puts dependents that counted on id's data back to waiting for it.
+func (c *Core) dependentsLost(id int32) {
+	for _, ref := range c.tasks[id].dependents {
+		d, ok := c.dependent(ref)
+		if !ok {
+			continue
+		}
+		switch dt := &c.tasks[d]; dt.state {
+		case Waiting:
+			dt.waitingOn++
+		case Queued:
+			c.queuedToWaiting(d)
+		case NoWorker:
+			c.noWorkerToWaiting(d)
+		}
+	}
+}
+
+// flushNeed computes what became needed: released tasks go to waiting, recursively.
+func (c *Core) flushNeed() {
+	for len(c.needq) > 0 {
+		id := c.needq[len(c.needq)-1]
+		c.needq = c.needq[:len(c.needq)-1]
+		if c.tasks[id].state == Released {
+			c.releasedToWaiting(id)
+		}
+	}
+}
+
+// ---- client notifications ----
+
+func (c *Core) notifyMemory(id int32) {
+	t := &c.tasks[id]
+	if t.want < 0 {
+		return
+	}
+	c.wanters(id, func(cl ClientID) {
+		c.out = append(c.out, ActKeyState{Client: cl, Key: t.def.Key, State: "memory",
+			Worker: t.whoHas[0], NBytes: t.nbytes, Encoding: c.encodings[t.enc]})
+	})
+}
+
+// notifyErred sends state ("erred", "lost" or "cancelled") with the task's error.
+func (c *Core) notifyErred(id int32, state string) {
+	t := &c.tasks[id]
+	c.wanters(id, func(cl ClientID) {
+		c.out = append(c.out, ActKeyState{Client: cl, Key: t.def.Key, State: state, Worker: -1, Err: t.err})
+	})
+}
+
+func lostError(key string) *wire.Error {
+	return wire.Errorf(wire.CodeLost, fmt.Sprintf("the data of %q was lost and cannot be recomputed (it was scattered, not computed)", key))
+}

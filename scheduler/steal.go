@@ -1,0 +1,112 @@
+package scheduler
+
+import (
+	"cmp"
+	"slices"
+)
+
+// Work stealing. On a tick, workers with idle threads take tasks that saturated workers have
+// not started. The core only asks (ActSteal); the task stays processing on the victim until
+// the victim answers, so a task is never run twice by accident: a victim that already
+// started it rejects the request, and its result is accepted as usual.
+
+func (c *Core) tick(now int64) {
+	if c.cfg.DisableStealing {
+		return
+	}
+	if c.stealTicks && now-c.lastSteal < int64(c.cfg.StealInterval) {
+		return
+	}
+	c.stealTicks, c.lastSteal = true, now
+	c.stealRound()
+}
+
+// stealRound pairs idle thieves with the most loaded victims.
+func (c *Core) stealRound() {
+	var thieves, victims []*worker
+	for _, wid := range c.alive {
+		ws := c.workers[wid]
+		switch excess := len(ws.processing) - ws.stealsOut - ws.nthreads; {
+		case !ws.accepting():
+		case len(ws.processing)+ws.stealsIn < ws.nthreads:
+			thieves = append(thieves, ws)
+		case excess > 0:
+			victims = append(victims, ws)
+		}
+	}
+	if len(thieves) == 0 || len(victims) == 0 {
+		return
+	}
+	slices.SortStableFunc(victims, func(a, b *worker) int { return cmp.Compare(b.load(), a.load()) })
+	for _, v := range victims {
+		cands := c.stealable(v)
+		for _, th := range thieves {
+			for len(cands) > 0 && len(th.processing)+th.stealsIn < th.nthreads &&
+				len(v.processing)-v.stealsOut > v.nthreads {
+				id := cands[0]
+				cands = cands[1:]
+				if c.worthStealing(id, th) {
+					c.requestSteal(id, v, th)
+				}
+			}
+		}
+	}
+}
+
+// stealable lists v's tasks that are probably not started (v runs the best rank first):
+// the worst ranks first, as many as v has beyond its threads.
+func (c *Core) stealable(v *worker) []int32 {
+	cands := make([]int32, 0, len(v.processing))
+	for _, id := range v.processing {
+		if _, inFlight := c.steals[id]; !inFlight {
+			cands = append(cands, id)
+		}
+	}
+	slices.SortFunc(cands, func(a, b int32) int { return c.byRank(b, a) })
+	return cands[:min(len(cands), max(len(v.processing)-v.stealsOut-v.nthreads, 0))]
+}
+
+// worthStealing: the thief may run it, and moving its inputs costs no more than running it.
+func (c *Core) worthStealing(id int32, th *worker) bool {
+	t := &c.tasks[id]
+	if !c.allowed(th, t.def, c.needFuncCheck(t.def)) || !th.hasFree(t.def.Resources) {
+		return false
+	}
+	return float64(c.missingBytes(t, th.id))/c.cfg.Bandwidth <= float64(t.expDur)
+}
+
+func (c *Core) requestSteal(id int32, v, th *worker) {
+	c.steals[id] = th.id
+	v.stealsOut++
+	th.stealsIn++
+	c.out = append(c.out, ActSteal{Victim: v.id, Key: c.key(id)})
+}
+
+// stealResponse: accepted → the victim dropped the task; place it, on the thief if it can.
+// Rejected → it is running there; nothing changes.
+func (c *Core) stealResponse(e *EvStealResponse) {
+	id, ok := c.keys[e.Key]
+	if !ok {
+		return
+	}
+	t := &c.tasks[id]
+	if t.state != Processing || t.worker != e.Worker {
+		return // finished, or already moved: the answer is moot
+	}
+	thief, inFlight := c.steals[id]
+	if inFlight {
+		delete(c.steals, id)
+		c.workers[e.Worker].stealsOut--
+		c.workers[thief].stealsIn--
+	}
+	if !e.Accepted {
+		return
+	}
+	c.processingToWaiting(id)
+	if t.state != Waiting || t.waitingOn != 0 || !inFlight {
+		return
+	}
+	if th := c.liveWorker(thief); th != nil && c.allowed(th, t.def, c.needFuncCheck(t.def)) && th.hasFree(t.def.Resources) {
+		c.waitingToProcessing(id, thief)
+	}
+}

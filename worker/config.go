@@ -1,0 +1,147 @@
+package worker
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// DefaultMemoryLimit is the memory budget used when Config.MemoryLimit is 0.
+const DefaultMemoryLimit int64 = 4 << 30
+
+// Config configures a Worker. Start from DefaultConfig and change what you need; New calls
+// Validate.
+type Config struct {
+	// Name identifies the worker to the scheduler; empty means the data address.
+	Name string
+	// Host is the interface the data port binds to.
+	Host string
+	// DataPort is the data port; 0 picks a free one.
+	DataPort int
+	// NThreads is the number of task slots (Go tasks run on goroutines, Python tasks take a
+	// slot and an executor process).
+	NThreads int
+	// MemoryLimit is the byte budget of the result store; 0 means DefaultMemoryLimit.
+	MemoryLimit int64
+	// SpillFraction: above SpillFraction×MemoryLimit bytes held in memory, least recently
+	// used results are written to LocalDir. 0 disables spilling.
+	SpillFraction float64
+	// PauseFraction: above PauseFraction×MemoryLimit bytes held in memory, no new task is
+	// started until memory falls. 0 disables pausing.
+	PauseFraction float64
+	// LocalDir is where the worker creates its own scratch directory (removed by Close).
+	LocalDir string
+	// Token is the shared secret for every connection (scheduler, peers, clients).
+	Token string
+	// ServerTLS secures the data port; ClientTLS the connections to the scheduler and
+	// peers. nil: plain TCP.
+	ServerTLS, ClientTLS *tls.Config
+	// Python is the interpreter that runs Python executors; PythonArgs are its arguments
+	// (default: -m shoal.executor).
+	Python     string
+	PythonArgs []string
+	// NProcsPython bounds the number of Python executor processes (started lazily).
+	NProcsPython int
+	// Resources are the abstract resources this worker offers, e.g. {"GPU": 1}.
+	Resources map[string]float64
+	// Logger receives the worker's logs; nil discards them.
+	Logger *slog.Logger
+	// Limits bound what peers may make this process allocate; zero means wire.DefaultLimits.
+	Limits wire.Limits
+	// HeartbeatInterval is how often load and memory are reported to the scheduler.
+	HeartbeatInterval time.Duration
+	// MaxConcurrentFetches bounds outgoing get_data requests in flight.
+	MaxConcurrentFetches int
+	// MaxFetchBytes bounds the declared bytes of dependencies in flight (a single larger
+	// value is still fetched when nothing else is in flight).
+	MaxFetchBytes int64
+	// ShutdownGrace bounds how long Run waits for running tasks after its context ends.
+	ShutdownGrace time.Duration
+	// Version is reported to the scheduler in register.
+	Version string
+}
+
+// DefaultConfig returns the documented defaults.
+func DefaultConfig() Config {
+	n := runtime.NumCPU()
+	return Config{
+		Host:                 "127.0.0.1",
+		NThreads:             n,
+		SpillFraction:        0.6,
+		PauseFraction:        0.8,
+		LocalDir:             os.TempDir(),
+		Python:               "python3",
+		PythonArgs:           []string{"-m", "shoal.executor"},
+		NProcsPython:         n,
+		Limits:               wire.DefaultLimits(),
+		HeartbeatInterval:    time.Second,
+		MaxConcurrentFetches: 4,
+		MaxFetchBytes:        512 << 20,
+		ShutdownGrace:        10 * time.Second,
+		Version:              "dev",
+	}
+}
+
+// Validate reports the first bad value, naming it.
+func (c *Config) Validate() error {
+	switch {
+	case c.Host == "":
+		return errors.New("worker: config: Host is empty")
+	case c.DataPort < 0 || c.DataPort > 65535:
+		return fmt.Errorf("worker: config: DataPort %d is not a port number (0..65535)", c.DataPort)
+	case c.NThreads < 1:
+		return fmt.Errorf("worker: config: NThreads %d must be at least 1", c.NThreads)
+	case c.MemoryLimit < 0:
+		return fmt.Errorf("worker: config: MemoryLimit %d is negative", c.MemoryLimit)
+	case c.SpillFraction < 0 || c.SpillFraction > 1:
+		return fmt.Errorf("worker: config: SpillFraction %g is outside [0, 1]", c.SpillFraction)
+	case c.PauseFraction < 0 || c.PauseFraction > 1:
+		return fmt.Errorf("worker: config: PauseFraction %g is outside [0, 1]", c.PauseFraction)
+	case c.LocalDir == "":
+		return errors.New("worker: config: LocalDir is empty")
+	case c.Python == "":
+		return errors.New("worker: config: Python is empty")
+	case c.NProcsPython < 1:
+		return fmt.Errorf("worker: config: NProcsPython %d must be at least 1", c.NProcsPython)
+	case c.HeartbeatInterval <= 0:
+		return fmt.Errorf("worker: config: HeartbeatInterval %v must be positive", c.HeartbeatInterval)
+	case c.MaxConcurrentFetches < 1:
+		return fmt.Errorf("worker: config: MaxConcurrentFetches %d must be at least 1", c.MaxConcurrentFetches)
+	case c.MaxFetchBytes < 1:
+		return fmt.Errorf("worker: config: MaxFetchBytes %d must be positive", c.MaxFetchBytes)
+	case c.ShutdownGrace < 0:
+		return fmt.Errorf("worker: config: ShutdownGrace %v is negative", c.ShutdownGrace)
+	case len(c.Token) > 1024:
+		return fmt.Errorf("worker: config: Token is %d bytes (at most 1024)", len(c.Token))
+	}
+	for name, v := range c.Resources {
+		if name == "" || v < 0 {
+			return fmt.Errorf("worker: config: Resources[%q] = %g: names must be non-empty and amounts non-negative", name, v)
+		}
+	}
+	if c.Limits.MaxFrames < 0 || c.Limits.MaxFrame < 0 || c.Limits.MaxHeader < 0 || c.Limits.MaxMessage < 0 {
+		return fmt.Errorf("worker: config: Limits %+v has a negative value", c.Limits)
+	}
+	return nil
+}
+
+// memoryLimit returns the effective memory budget.
+func (c *Config) memoryLimit() int64 {
+	if c.MemoryLimit == 0 {
+		return DefaultMemoryLimit
+	}
+	return c.MemoryLimit
+}
+
+func (c *Config) limits() wire.Limits {
+	if c.Limits.MaxFrames == 0 {
+		return wire.DefaultLimits()
+	}
+	return c.Limits
+}

@@ -1,0 +1,163 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// acceptLoop serves the data port until the listener is closed.
+func (w *Worker) acceptLoop(ln net.Listener) {
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if !w.closed.Load() {
+				w.log.Error("data port stopped accepting", "err", err)
+			}
+			return
+		}
+		w.goFunc(func() { w.serveData(nc) })
+	}
+}
+
+// serveData serves one data connection (roles peer and client). Bad input gets an error
+// message and closes this connection only.
+func (w *Worker) serveData(nc net.Conn) {
+	c, err := wire.Accept(nc, w.cfg.Token, w.cfg.limits(), wire.RolePeer, wire.RoleClient)
+	if err != nil {
+		w.log.Debug("data connection refused", "remote", nc.RemoteAddr(), "err", err)
+		return
+	}
+	w.mu.Lock()
+	if w.mu.closed {
+		w.mu.Unlock()
+		c.Abort()
+		return
+	}
+	w.mu.dataConns[c] = struct{}{}
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.mu.dataConns, c)
+		w.mu.Unlock()
+	}()
+	for {
+		m, frames, err := c.Recv()
+		if err != nil {
+			w.recvFailed(c, err)
+			return
+		}
+		if !w.serveDataMsg(c, m, frames) {
+			c.Close()
+			return
+		}
+	}
+}
+
+// recvFailed answers a framing error with its code (when the peer is still listening) and
+// closes the connection.
+func (w *Worker) recvFailed(c *wire.Conn, err error) {
+	switch {
+	case errors.Is(err, wire.ErrFrameTooLarge):
+		c.SendError(0, wire.CodeFrameTooLarge, err.Error())
+	case errors.Is(err, wire.ErrProtocol):
+		c.SendError(0, wire.CodeProtocol, err.Error())
+	case errors.Is(err, io.EOF) || w.closed.Load():
+		c.Abort()
+		return
+	}
+	w.log.Debug("data connection closed", "remote", c.RemoteAddr(), "err", err)
+	c.Close()
+}
+
+// serveDataMsg handles one request; false means the connection must be closed.
+func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, frames [][]byte) bool {
+	switch m.Op {
+	case wire.OpGetData:
+		if len(frames) != 0 {
+			c.SendError(m.ID, wire.CodeProtocol, "get_data carries no payload frames")
+			return false
+		}
+		return w.serveGet(c, m) == nil
+	case wire.OpPutData:
+		if c.PeerRole != wire.RoleClient {
+			c.SendError(m.ID, wire.CodeBadRole, "put_data is served to clients only")
+			return true
+		}
+		if err := w.servePut(m, frames); err != nil {
+			c.SendError(m.ID, wire.CodeProtocol, err.Error())
+			return false
+		}
+		return c.Send(&wire.Msg{Op: wire.OpPutOK, ID: m.ID}) == nil
+	default:
+		c.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served on a worker's data port", m.Op))
+		return true
+	}
+}
+
+// serveGet answers get_data with the values held here; frames go out straight from the
+// store (large ones written with writev, not copied).
+func (w *Worker) serveGet(c *wire.Conn, m *wire.Msg) error {
+	reply := &wire.Msg{Op: wire.OpData, ID: m.ID}
+	var payload [][]byte
+	for _, k := range m.Keys {
+		e, err := w.store.Get(k, false)
+		if err != nil {
+			reply.Missing = append(reply.Missing, k)
+			continue
+		}
+		reply.Items = append(reply.Items, wire.Item{Key: k, Encoding: e.Encoding, NFrames: len(e.Frames), NBytes: e.NBytes})
+		payload = append(payload, e.Frames...)
+	}
+	if len(payload) > 0 {
+		w.stats.transferOut.Add(1)
+	}
+	w.stats.bytesSent.Add(frameBytes(payload))
+	return c.Send(reply, payload...)
+}
+
+// servePut stores scattered values after checking the items against the frames.
+func (w *Worker) servePut(m *wire.Msg, frames [][]byte) error {
+	rest := frames
+	for _, it := range m.Items {
+		if it.Key == "" {
+			return errors.New("put_data item with an empty key")
+		}
+		if !validEncoding(it.Encoding) {
+			return fmt.Errorf("put_data item %q has unknown encoding %q", it.Key, it.Encoding)
+		}
+		if it.NFrames < 1 || it.NFrames > len(rest) {
+			return fmt.Errorf("put_data item %q declares %d frames, %d left", it.Key, it.NFrames, len(rest))
+		}
+		if it.Encoding != wire.EncPickle && it.NFrames != 1 {
+			return fmt.Errorf("put_data item %q: a %s value has exactly one frame", it.Key, it.Encoding)
+		}
+		rest = rest[it.NFrames:]
+	}
+	if len(rest) != 0 {
+		return fmt.Errorf("put_data has %d frames beyond its items", len(rest))
+	}
+	w.stats.bytesRecv.Add(frameBytes(frames))
+	for _, it := range m.Items {
+		w.store.Put(it.Key, it.Encoding, frames[:it.NFrames:it.NFrames], nil)
+		frames = frames[it.NFrames:]
+	}
+	w.scattered(m.Items)
+	return nil
+}
+
+// scattered readies tasks that were waiting for values a client just put here.
+func (w *Worker) scattered(items []wire.Item) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, it := range items {
+		if f := w.mu.fetches[it.Key]; f != nil && !f.inFlight {
+			w.forgetFetchLocked(f)
+			w.arrivedLocked(f)
+		}
+	}
+	w.mu.cond.Broadcast()
+}

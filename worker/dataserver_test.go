@@ -1,0 +1,182 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"io"
+	"net"
+	"testing"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+	"github.com/stretchr/testify/require"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+const testToken = "s3cret"
+
+func dataWorker(t *testing.T) *Worker {
+	cfg := testConfig(t)
+	cfg.Token = testToken
+	cfg.Limits = wire.DefaultLimits()
+	cfg.Limits.MaxFrame = 1 << 20
+	return newTestWorker(t, cfg)
+}
+
+// putAndGet scatters two values and reads them back; it is the "good client" of every test.
+func putAndGet(t *testing.T, addr string) {
+	t.Helper()
+	c := dialData(t, addr, testToken, wire.RoleClient)
+	items := []wire.Item{
+		{Key: "raw", Encoding: wire.EncBytes, NFrames: 1},
+		{Key: "pickled", Encoding: wire.EncPickle, NFrames: 2},
+	}
+	frames := [][]byte{[]byte("hello"), []byte("pickle"), bytes.Repeat([]byte{7}, 100<<10)}
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpPutData, ID: 1, Items: items}, frames...))
+	m, _, err := c.Recv()
+	require.NoError(t, err)
+	require.Equal(t, wire.OpPutOK, m.Op, "%+v", m)
+	require.Equal(t, uint64(1), m.ID)
+
+	reply, got := getData(t, c, 2, "pickled", "nope", "raw")
+	require.Equal(t, []string{"nope"}, reply.Missing)
+	require.Equal(t, []wire.Item{
+		{Key: "pickled", Encoding: wire.EncPickle, NFrames: 2, NBytes: 6 + 100<<10},
+		{Key: "raw", Encoding: wire.EncBytes, NFrames: 1, NBytes: 5},
+	}, reply.Items)
+	require.Equal(t, [][]byte{frames[1], frames[2], frames[0]}, got)
+}
+
+func TestDataServerPutGet(t *testing.T) {
+	w := dataWorker(t)
+	putAndGet(t, w.DataAddr())
+	m := w.Metrics()
+	require.Equal(t, int64(5+6+100<<10), m.BytesSent)
+	require.Equal(t, int64(5+6+100<<10), m.BytesReceived)
+	require.Equal(t, 2, m.Keys)
+
+	// A peer may read but not put.
+	p := dialData(t, w.DataAddr(), testToken, wire.RolePeer)
+	require.NoError(t, p.Send(&wire.Msg{Op: wire.OpPutData, ID: 9, Items: []wire.Item{{Key: "x", Encoding: wire.EncBytes, NFrames: 1}}}, []byte("x")))
+	m2, _, err := p.Recv()
+	require.NoError(t, err)
+	require.Equal(t, wire.OpError, m2.Op)
+	require.Equal(t, wire.CodeBadRole, m2.Code)
+	require.Equal(t, uint64(9), m2.ID)
+	reply, _ := getData(t, p, 10, "x", "raw")
+	require.Equal(t, []string{"x"}, reply.Missing, "the refused put stored nothing")
+}
+
+// rawConn performs the handshake and returns the connection for raw writes plus a wire.Conn
+// to read answers.
+func rawConn(t *testing.T, addr string) (net.Conn, *wire.Conn) {
+	nc, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	c, err := wire.ClientHandshake(context.Background(), nc, wire.DialOptions{Role: wire.RoleClient, Token: testToken})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Abort() })
+	return nc, c
+}
+
+// frameList encodes a message by hand so that tests can lie about lengths.
+func frameList(lengths []uint64, body []byte) []byte {
+	b := binary.BigEndian.AppendUint32(nil, uint32(len(lengths)))
+	for _, l := range lengths {
+		b = binary.BigEndian.AppendUint64(b, l)
+	}
+	return append(b, body...)
+}
+
+func expectErrorThenClose(t *testing.T, c *wire.Conn, code string) {
+	t.Helper()
+	m, _, err := c.Recv()
+	require.NoError(t, err)
+	require.Equal(t, wire.OpError, m.Op)
+	require.Equal(t, code, m.Code, m.Message)
+	_, _, err = c.Recv()
+	require.Error(t, err, "the connection is closed after a fatal error")
+}
+
+func TestDataServerBadInput(t *testing.T) {
+	w := dataWorker(t)
+	addr := w.DataAddr()
+
+	t.Run("random bytes", func(t *testing.T) {
+		nc, err := net.Dial("tcp", addr)
+		require.NoError(t, err)
+		defer nc.Close()
+		junk := make([]byte, 4096)
+		rand.Read(junk)
+		copy(junk, "JUNK")
+		nc.Write(junk)
+		err = wire.ReadAnswer(nc)
+		var herr *wire.HandshakeError
+		require.ErrorAs(t, err, &herr)
+		require.Equal(t, wire.CodeBadMagic, herr.Code())
+		rest, _ := io.ReadAll(nc) // returns once the server has closed (EOF or reset)
+		require.Empty(t, rest, "nothing follows the refusal")
+	})
+	t.Run("wrong token", func(t *testing.T) {
+		_, err := wire.Dial(context.Background(), addr, wire.DialOptions{Role: wire.RoleClient, Token: "wrong"})
+		var herr *wire.HandshakeError
+		require.ErrorAs(t, err, &herr)
+		require.Equal(t, wire.CodeAuthFailed, herr.Code())
+	})
+	t.Run("wrong role", func(t *testing.T) {
+		_, err := wire.Dial(context.Background(), addr, wire.DialOptions{Role: wire.RoleWorker, Token: testToken})
+		var herr *wire.HandshakeError
+		require.ErrorAs(t, err, &herr)
+		require.Equal(t, wire.CodeBadRole, herr.Code())
+	})
+	t.Run("oversized frame declared", func(t *testing.T) {
+		nc, c := rawConn(t, addr)
+		hdr, _ := msgpack.Marshal(map[string]any{"op": "put_data"})
+		nc.Write(frameList([]uint64{uint64(len(hdr)), 1 << 40}, hdr))
+		expectErrorThenClose(t, c, wire.CodeFrameTooLarge)
+	})
+	t.Run("header not a map", func(t *testing.T) {
+		nc, c := rawConn(t, addr)
+		hdr, _ := msgpack.Marshal([]int{1, 2, 3})
+		nc.Write(frameList([]uint64{uint64(len(hdr))}, hdr))
+		expectErrorThenClose(t, c, wire.CodeProtocol)
+	})
+	t.Run("zero frames", func(t *testing.T) {
+		nc, c := rawConn(t, addr)
+		nc.Write(frameList(nil, nil))
+		expectErrorThenClose(t, c, wire.CodeProtocol)
+	})
+	t.Run("put_data frames do not match items", func(t *testing.T) {
+		c := dialData(t, addr, testToken, wire.RoleClient)
+		items := []wire.Item{{Key: "a", Encoding: wire.EncBytes, NFrames: 3}}
+		require.NoError(t, c.Send(&wire.Msg{Op: wire.OpPutData, ID: 4, Items: items}, []byte("a")))
+		expectErrorThenClose(t, c, wire.CodeProtocol)
+	})
+	t.Run("put_data unknown encoding", func(t *testing.T) {
+		c := dialData(t, addr, testToken, wire.RoleClient)
+		items := []wire.Item{{Key: "a", Encoding: "json", NFrames: 1}}
+		require.NoError(t, c.Send(&wire.Msg{Op: wire.OpPutData, ID: 4, Items: items}, []byte("a")))
+		expectErrorThenClose(t, c, wire.CodeProtocol)
+	})
+	t.Run("unknown op keeps the connection", func(t *testing.T) {
+		c := dialData(t, addr, testToken, wire.RoleClient)
+		require.NoError(t, c.Send(&wire.Msg{Op: "launch_missiles", ID: 5}))
+		m, _, err := c.Recv()
+		require.NoError(t, err)
+		require.Equal(t, wire.CodeUnknownOp, m.Code)
+		require.Equal(t, uint64(5), m.ID)
+		reply, _ := getData(t, c, 6, "nothing")
+		require.Equal(t, []string{"nothing"}, reply.Missing)
+	})
+	t.Run("truncated message", func(t *testing.T) {
+		nc, c := rawConn(t, addr)
+		nc.Write(frameList([]uint64{100}, []byte("short")))
+		nc.(*net.TCPConn).CloseWrite()
+		_, _, err := c.Recv()
+		require.Error(t, err)
+	})
+
+	// After all that, a good client is served.
+	putAndGet(t, addr)
+	require.Equal(t, 2, w.Metrics().Keys, "no bad request stored anything")
+}

@@ -1,0 +1,318 @@
+package worker
+
+import (
+	"container/list"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+)
+
+// Entry is a stored value as handed out by the Store. Frames and Obj are shared and must
+// not be modified.
+type Entry struct {
+	Encoding string
+	Frames   [][]byte
+	NBytes   int64
+	Obj      any // cached decoded object (e.g. an arrow.Table), or nil
+	v        *value
+}
+
+type value struct {
+	key    string
+	enc    string
+	frames [][]byte // nil while spilled
+	nbytes int64
+	obj    any
+	path   string // spill file, "" while in memory
+	elem   *list.Element
+}
+
+// Store holds task results by key with byte accounting. When more than spillAbove bytes are
+// held in memory, least recently used values are written to dir (one file per value) and read
+// back on demand. It is safe for concurrent use.
+type Store struct {
+	dir        string
+	spillAbove int64 // 0: never spill
+
+	spillMu sync.Mutex // one spiller at a time
+	mu      struct {
+		sync.Mutex
+		m        map[string]*value
+		lru      *list.List // front: most recently used, in-memory values only
+		memory   int64
+		spilled  int64
+		nspills  int64
+		nunspill int64
+		seq      uint64
+		closed   bool
+	}
+}
+
+// ErrNotFound is returned for a key the store does not hold.
+var ErrNotFound = errors.New("worker: key not in store")
+
+// NewStore returns a store spilling into dir (which must exist) above spillAbove bytes held
+// in memory; spillAbove 0 disables spilling.
+func NewStore(dir string, spillAbove int64) *Store {
+	s := &Store{dir: dir, spillAbove: spillAbove}
+	s.mu.m = make(map[string]*value)
+	s.mu.lru = list.New()
+	return s
+}
+
+// Put stores (or replaces) key and returns its size. obj, when not nil, is kept as the
+// decoded form of frames while the value is in memory. Put may spill other values.
+func (s *Store) Put(key, enc string, frames [][]byte, obj any) int64 {
+	v := &value{key: key, enc: enc, frames: frames, nbytes: frameBytes(frames), obj: obj}
+	s.mu.Lock()
+	if old := s.mu.m[key]; old != nil {
+		s.removeLocked(old)
+	}
+	s.mu.m[key] = v
+	v.elem = s.mu.lru.PushFront(v)
+	s.mu.memory += v.nbytes
+	s.mu.Unlock()
+	s.maybeSpill()
+	return v.nbytes
+}
+
+// Has reports whether key is held, in memory or spilled.
+func (s *Store) Has(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.m[key] != nil
+}
+
+// Info returns a held value's encoding and size without loading it.
+func (s *Store) Info(key string) (enc string, nbytes int64, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := s.mu.m[key]
+	if v == nil {
+		return "", 0, false
+	}
+	return v.enc, v.nbytes, true
+}
+
+// Get returns key's value, reading it back from disk when spilled. With restore, a spilled
+// value moves back into memory (and may spill others); without it, it is read and left on
+// disk (serving a peer should not evict what local tasks use).
+func (s *Store) Get(key string, restore bool) (Entry, error) {
+	s.mu.Lock()
+	v := s.mu.m[key]
+	if v == nil {
+		s.mu.Unlock()
+		return Entry{}, ErrNotFound
+	}
+	if v.path == "" {
+		s.mu.lru.MoveToFront(v.elem)
+		e := Entry{Encoding: v.enc, Frames: v.frames, NBytes: v.nbytes, Obj: v.obj, v: v}
+		s.mu.Unlock()
+		return e, nil
+	}
+	path := v.path
+	s.mu.Unlock()
+
+	enc, frames, err := readSpill(path)
+	if err != nil {
+		return Entry{}, fmt.Errorf("worker: reading spilled %q: %w", key, err)
+	}
+	e := Entry{Encoding: enc, Frames: frames, NBytes: frameBytes(frames), v: v}
+	if !restore {
+		return e, nil
+	}
+	s.mu.Lock()
+	if s.mu.m[key] == v && v.path == path {
+		v.frames, v.path = frames, ""
+		v.elem = s.mu.lru.PushFront(v)
+		s.mu.spilled -= v.nbytes
+		s.mu.memory += v.nbytes
+		s.mu.nunspill++
+		os.Remove(path)
+	}
+	s.mu.Unlock()
+	s.maybeSpill()
+	return e, nil
+}
+
+// SetObj caches obj as the decoded form of e's value, if that value is still held in memory.
+func (s *Store) SetObj(e Entry, obj any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e.v != nil && s.mu.m[e.v.key] == e.v && e.v.path == "" {
+		e.v.obj = obj
+	}
+}
+
+// Delete drops keys; unknown keys are ignored. It returns how many were held.
+func (s *Store) Delete(keys ...string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, k := range keys {
+		if v := s.mu.m[k]; v != nil {
+			s.removeLocked(v)
+			n++
+		}
+	}
+	return n
+}
+
+func (s *Store) removeLocked(v *value) {
+	delete(s.mu.m, v.key)
+	if v.path != "" {
+		os.Remove(v.path)
+		s.mu.spilled -= v.nbytes
+		return
+	}
+	s.mu.lru.Remove(v.elem)
+	s.mu.memory -= v.nbytes
+}
+
+// StoreStats is a snapshot of the store's accounting.
+type StoreStats struct {
+	Keys        int
+	Memory      int64 // bytes held in memory
+	Spilled     int64 // bytes held on disk
+	Spills      int64 // values written to disk so far
+	Unspills    int64 // values read back into memory so far
+	SpilledKeys int
+}
+
+// Stats returns the current accounting.
+func (s *Store) Stats() StoreStats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return StoreStats{Keys: len(s.mu.m), Memory: s.mu.memory, Spilled: s.mu.spilled,
+		Spills: s.mu.nspills, Unspills: s.mu.nunspill, SpilledKeys: len(s.mu.m) - s.mu.lru.Len()}
+}
+
+// Keys returns the held keys, in no particular order.
+func (s *Store) Keys() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]string, 0, len(s.mu.m))
+	for k := range s.mu.m {
+		keys = append(keys, k)
+	}
+	return keys
+}
+
+// Close drops everything and removes the spill files.
+func (s *Store) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, v := range s.mu.m {
+		s.removeLocked(v)
+	}
+	s.mu.closed = true
+}
+
+// maybeSpill writes least recently used values to disk while memory exceeds spillAbove. The
+// disk write happens outside the lock; a value deleted or replaced meanwhile is left alone.
+func (s *Store) maybeSpill() {
+	if s.spillAbove <= 0 {
+		return
+	}
+	s.spillMu.Lock()
+	defer s.spillMu.Unlock()
+	for {
+		s.mu.Lock()
+		if s.mu.closed || s.mu.memory <= s.spillAbove || s.mu.lru.Len() == 0 {
+			s.mu.Unlock()
+			return
+		}
+		v := s.mu.lru.Back().Value.(*value)
+		s.mu.seq++
+		path := filepath.Join(s.dir, strconv.FormatUint(s.mu.seq, 10)+".spill")
+		enc, frames := v.enc, v.frames
+		s.mu.lru.Remove(v.elem) // out of the LRU while being written
+		s.mu.Unlock()
+
+		err := writeSpill(path, enc, frames)
+
+		s.mu.Lock()
+		switch {
+		case s.mu.m[v.key] != v:
+			os.Remove(path) // deleted meanwhile; removeLocked did not touch the LRU
+		case err != nil:
+			os.Remove(path)
+			v.elem = s.mu.lru.PushFront(v) // keep it in memory; try the next victim later
+			s.mu.Unlock()
+			return
+		default:
+			v.frames, v.obj, v.path = nil, nil, path
+			s.mu.memory -= v.nbytes
+			s.mu.spilled += v.nbytes
+			s.mu.nspills++
+		}
+		s.mu.Unlock()
+	}
+}
+
+// Spill file layout: "SHSP", u8 encoding length, encoding, u32 frame count, u64 length of each
+// frame, then the frames.
+const spillMagic = "SHSP"
+
+func writeSpill(path, enc string, frames [][]byte) error {
+	hdr := make([]byte, 0, 9+len(enc)+8*len(frames))
+	hdr = append(hdr, spillMagic...)
+	hdr = append(hdr, byte(len(enc)))
+	hdr = append(hdr, enc...)
+	hdr = binary.BigEndian.AppendUint32(hdr, uint32(len(frames)))
+	for _, f := range frames {
+		hdr = binary.BigEndian.AppendUint64(hdr, uint64(len(f)))
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	bufs := append(net.Buffers{hdr}, frames...)
+	if _, err := bufs.WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func readSpill(path string) (string, [][]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", nil, err
+	}
+	bad := errors.New("corrupt spill file")
+	if len(b) < 5 || string(b[:4]) != spillMagic {
+		return "", nil, bad
+	}
+	n := int(b[4])
+	p := 5 + n
+	if len(b) < p+4 {
+		return "", nil, bad
+	}
+	enc := string(b[5:p])
+	nf := int(binary.BigEndian.Uint32(b[p:]))
+	p += 4
+	if nf > (len(b)-p)/8 {
+		return "", nil, bad
+	}
+	lens := b[p : p+8*nf]
+	p += 8 * nf
+	frames := make([][]byte, nf)
+	for i := range frames {
+		l := binary.BigEndian.Uint64(lens[8*i:])
+		if l > uint64(len(b)-p) {
+			return "", nil, bad
+		}
+		frames[i] = b[p : p+int(l) : p+int(l)]
+		p += int(l)
+	}
+	if p != len(b) {
+		return "", nil, bad
+	}
+	return enc, frames, nil
+}

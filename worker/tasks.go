@@ -1,0 +1,264 @@
+package worker
+
+import (
+	"container/heap"
+	"time"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+type taskState uint8
+
+const (
+	stateFetching taskState = iota // waiting for dependencies from peers
+	stateReady                     // in the ready queue
+	stateRunning                   // executing on a thread
+)
+
+func (s taskState) String() string {
+	switch s {
+	case stateFetching:
+		return "fetching"
+	case stateReady:
+		return "ready"
+	case stateRunning:
+		return "running"
+	}
+	return "unknown"
+}
+
+// task is a compute request the worker holds until it has run.
+type task struct {
+	t       graph.Task
+	order   int64
+	seq     uint64
+	state   taskState
+	waiting map[string]struct{} // dependencies not yet in the store
+	index   int                 // position in the ready heap
+	freed   bool                // freed while running: discard the result
+}
+
+// taskHeap orders ready tasks by order (lower first), then arrival.
+type taskHeap []*task
+
+func (h taskHeap) Len() int { return len(h) }
+func (h taskHeap) Less(i, j int) bool {
+	if h[i].order != h[j].order {
+		return h[i].order < h[j].order
+	}
+	return h[i].seq < h[j].seq
+}
+func (h taskHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *taskHeap) Push(x any) {
+	t := x.(*task)
+	t.index = len(*h)
+	*h = append(*h, t)
+}
+func (h *taskHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	t.index = -1
+	return t
+}
+
+// taskDeps returns the keys a task needs: its deps plus, for Go tasks, its argument refs.
+func taskDeps(t *graph.Task) []string {
+	deps := append([]string(nil), t.Deps...)
+	seen := make(map[string]bool, len(deps))
+	for _, d := range deps {
+		seen[d] = true
+	}
+	for _, a := range t.Args {
+		if a.Ref != "" && !seen[a.Ref] {
+			seen[a.Ref] = true
+			deps = append(deps, a.Ref)
+		}
+	}
+	return deps
+}
+
+// handleCompute queues a task, starting fetches for missing dependencies.
+func (w *Worker) handleCompute(m *wire.Msg) {
+	t := m.Task
+	if t == nil || t.Key == "" {
+		w.log.Warn("compute without a task key")
+		return
+	}
+	if enc, nbytes, ok := w.store.Info(t.Key); ok {
+		now := time.Now().UnixNano()
+		w.send(&wire.Msg{Op: wire.OpTaskFinished, Key: t.Key, NBytes: nbytes, Encoding: enc, Start: now, Stop: now})
+		return
+	}
+	whoHas := make(map[string]wire.Dep, len(m.Deps))
+	for _, d := range m.Deps {
+		whoHas[d.Key] = d
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t.Kind == graph.KindPy && len(m.FuncData) > 0 {
+		w.mu.funcData[t.Func] = m.FuncData
+	}
+	if w.mu.draining || w.mu.closed {
+		w.send(&wire.Msg{Op: wire.OpReschedule, Keys: []string{t.Key}})
+		return
+	}
+	if _, dup := w.mu.tasks[t.Key]; dup {
+		return
+	}
+	w.mu.seq++
+	ts := &task{t: *t, order: m.Order, seq: w.mu.seq, index: -1, waiting: make(map[string]struct{})}
+	ts.t.Deps = taskDeps(t)
+	w.mu.tasks[t.Key] = ts
+	for _, dep := range ts.t.Deps {
+		if !w.store.Has(dep) {
+			ts.waiting[dep] = struct{}{}
+		}
+	}
+	if len(ts.waiting) == 0 {
+		w.pushReadyLocked(ts)
+		return
+	}
+	ts.state = stateFetching
+	for dep := range ts.waiting {
+		w.needLocked(dep, whoHas[dep], ts)
+	}
+	w.pumpFetchesLocked()
+}
+
+func (w *Worker) pushReadyLocked(ts *task) {
+	ts.state = stateReady
+	heap.Push(&w.mu.ready, ts)
+	w.mu.cond.Signal()
+}
+
+// dropTaskLocked forgets a task that has not started.
+func (w *Worker) dropTaskLocked(ts *task) {
+	delete(w.mu.tasks, ts.t.Key)
+	switch ts.state {
+	case stateReady:
+		heap.Remove(&w.mu.ready, ts.index)
+	case stateFetching:
+		for dep := range ts.waiting {
+			if f := w.mu.fetches[dep]; f != nil {
+				delete(f.dependents, ts.t.Key)
+				if len(f.dependents) == 0 && !f.inFlight {
+					w.forgetFetchLocked(f)
+				}
+			}
+		}
+	}
+}
+
+// handleFreeKeys drops stored results and forgets queued tasks; a running task's result will
+// be discarded when it finishes.
+func (w *Worker) handleFreeKeys(keys []string) {
+	w.mu.Lock()
+	for _, k := range keys {
+		ts := w.mu.tasks[k]
+		if ts == nil {
+			continue
+		}
+		if ts.state == stateRunning {
+			ts.freed = true
+		} else {
+			w.dropTaskLocked(ts)
+		}
+	}
+	w.mu.Unlock()
+	w.store.Delete(keys...)
+	w.wake()
+}
+
+// handleSteal gives a task back if it has not started.
+func (w *Worker) handleSteal(key string) {
+	w.mu.Lock()
+	ts := w.mu.tasks[key]
+	ok := ts != nil && ts.state != stateRunning
+	if ok {
+		w.dropTaskLocked(ts)
+	}
+	w.mu.Unlock()
+	w.send(&wire.Msg{Op: wire.OpStealResponse, Key: key, Accepted: ok})
+}
+
+// wake re-evaluates whether threads may start tasks (memory fell, state changed).
+func (w *Worker) wake() {
+	w.mu.Lock()
+	w.mu.cond.Broadcast()
+	w.mu.Unlock()
+}
+
+func (w *Worker) pausedLocked() bool {
+	return w.pauseAt > 0 && w.store.Stats().Memory > w.pauseAt
+}
+
+// thread is one task slot: it runs ready tasks, lowest order first.
+func (w *Worker) thread(i int) {
+	for {
+		w.mu.Lock()
+		for !w.mu.closed && (w.mu.draining || len(w.mu.ready) == 0 || w.pausedLocked()) {
+			w.mu.cond.Wait()
+		}
+		if w.mu.closed {
+			w.mu.Unlock()
+			return
+		}
+		ts := heap.Pop(&w.mu.ready).(*task)
+		ts.state = stateRunning
+		w.mu.running++
+		w.mu.Unlock()
+		w.execute(i, ts)
+	}
+}
+
+// execute runs one task, stores its result and reports to the scheduler.
+func (w *Worker) execute(thread int, ts *task) {
+	start := time.Now()
+	var r result
+	if ts.t.Kind == graph.KindPy {
+		r = w.runPy(ts)
+	} else {
+		r = w.runGo(ts)
+	}
+	stop := time.Now()
+	key := ts.t.Key
+	if r.err == nil {
+		r.nbytes = w.store.Put(key, r.enc, r.frames, r.obj)
+	}
+	w.mu.Lock()
+	if w.mu.tasks[key] == ts {
+		delete(w.mu.tasks, key)
+	}
+	freed := ts.freed
+	w.mu.running--
+	w.mu.cond.Broadcast()
+	w.mu.Unlock()
+	if freed && r.err == nil {
+		w.store.Delete(key)
+	}
+	m := &wire.Msg{Key: key, Start: start.UnixNano(), Stop: stop.UnixNano(), Thread: thread}
+	if r.err != nil {
+		w.stats.erred.Add(1)
+		m.Op, m.Error = wire.OpTaskErred, r.err
+		w.log.Debug("task erred", "task", key, "code", r.err.Code, "message", r.err.Message)
+	} else {
+		w.stats.executed.Add(1)
+		m.Op, m.NBytes, m.Encoding = wire.OpTaskFinished, r.nbytes, r.enc
+	}
+	w.send(m)
+}
+
+// result is what running a task produced.
+type result struct {
+	enc    string
+	frames [][]byte
+	obj    any
+	nbytes int64
+	err    *wire.Error
+}

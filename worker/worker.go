@@ -1,0 +1,175 @@
+package worker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// ErrClosed is returned by Run when the worker was closed.
+var ErrClosed = errors.New("worker: closed")
+
+// Worker runs tasks for a scheduler, stores their results and serves them to peers and
+// clients over its data port. Create it with New, connect it with Run, stop it with Close.
+type Worker struct {
+	cfg      Config
+	log      *slog.Logger
+	ln       net.Listener
+	dataAddr string
+	dir      string
+	store    *Store
+	peers    *peerPool
+	py       *executorPool
+
+	memLimit, pauseAt int64
+
+	ctx    context.Context // the worker's lifetime; cancelled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed atomic.Bool
+
+	sched atomic.Pointer[wire.Conn] // the scheduler connection while Run is serving
+
+	stats struct {
+		executed, erred          atomic.Int64
+		bytesSent, bytesRecv     atomic.Int64
+		transfersIn, transferOut atomic.Int64
+		fetchFailures            atomic.Int64
+	}
+
+	mu struct {
+		sync.Mutex
+		cond       *sync.Cond
+		tasks      map[string]*task  // queued, fetching or running
+		ready      taskHeap          // tasks whose inputs are all in the store
+		running    int               // tasks executing now
+		seq        uint64            // ties in ready order, fetch request ids
+		fetches    map[string]*fetch // dependencies being fetched or waiting to be
+		fetchQueue []*fetch          // fetches not in flight, in arrival order
+		active     int               // get_data requests in flight
+		inFlight   int64             // declared bytes in flight
+		funcData   map[string][]byte // pickled Python callables by hash
+		draining   bool              // shutting down: start nothing new
+		closed     bool              // Close was called
+		dataConns  map[*wire.Conn]struct{}
+	}
+}
+
+// New validates cfg, creates the worker's scratch directory, binds the data port and starts
+// serving it and the task threads. The worker does nothing else until Run.
+func New(cfg Config) (*Worker, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dir, err := os.MkdirTemp(cfg.LocalDir, "shoal-worker-")
+	if err != nil {
+		return nil, fmt.Errorf("worker: creating scratch directory in %s: %w", cfg.LocalDir, err)
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.DataPort)))
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("worker: binding data port: %w", err)
+	}
+	w := &Worker{cfg: cfg, ln: ln, dataAddr: ln.Addr().String(), dir: dir}
+	if cfg.Name == "" {
+		w.cfg.Name = w.dataAddr
+	}
+	w.log = log.With("worker", w.cfg.Name)
+	w.memLimit = cfg.memoryLimit()
+	w.pauseAt = int64(cfg.PauseFraction * float64(w.memLimit))
+	w.store = NewStore(dir, int64(cfg.SpillFraction*float64(w.memLimit)))
+	w.ctx, w.cancel = context.WithCancel(context.Background())
+	w.peers = newPeerPool(w)
+	w.py = newExecutorPool(w)
+	w.mu.cond = sync.NewCond(&w.mu.Mutex)
+	w.mu.tasks = make(map[string]*task)
+	w.mu.fetches = make(map[string]*fetch)
+	w.mu.funcData = make(map[string][]byte)
+	w.mu.dataConns = make(map[*wire.Conn]struct{})
+
+	if cfg.ServerTLS != nil {
+		ln = tls.NewListener(ln, cfg.ServerTLS)
+	}
+	w.goFunc(func() { w.acceptLoop(ln) })
+	for i := range cfg.NThreads {
+		w.goFunc(func() { w.thread(i) })
+	}
+	w.log.Info("worker started", "data_addr", w.dataAddr, "nthreads", cfg.NThreads,
+		"memory_limit", w.memLimit, "local_dir", dir)
+	return w, nil
+}
+
+// DataAddr is the address of the data port (host:port).
+func (w *Worker) DataAddr() string { return w.dataAddr }
+
+// Name is the worker's name as sent to the scheduler.
+func (w *Worker) Name() string { return w.cfg.Name }
+
+// Store gives access to the worker's result store (for tests and embedding).
+func (w *Worker) Store() *Store { return w.store }
+
+// goFunc runs f on a goroutine that Close waits for.
+func (w *Worker) goFunc(f func()) {
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		f()
+	}()
+}
+
+// Close stops everything: the data port, the scheduler connection, peer connections, task
+// threads and Python executors (killed), then removes the scratch directory. It waits for
+// every goroutine the worker started, including running Go tasks (their context is
+// cancelled). Calling it again is a no-op.
+func (w *Worker) Close() error {
+	if w.closed.Swap(true) {
+		return nil
+	}
+	w.cancel()
+	w.ln.Close()
+	w.mu.Lock()
+	w.mu.closed = true
+	conns := make([]*wire.Conn, 0, len(w.mu.dataConns))
+	for c := range w.mu.dataConns {
+		conns = append(conns, c)
+	}
+	w.mu.cond.Broadcast()
+	w.mu.Unlock()
+	for _, c := range conns {
+		c.Abort()
+	}
+	if c := w.sched.Swap(nil); c != nil {
+		c.Abort()
+	}
+	w.peers.closeAll()
+	w.py.closeAll()
+	w.wg.Wait()
+	w.store.Close()
+	err := os.RemoveAll(w.dir)
+	w.log.Info("worker closed")
+	return err
+}
+
+// send queues m to the scheduler; it is dropped when not connected.
+func (w *Worker) send(m *wire.Msg) {
+	c := w.sched.Load()
+	if c == nil {
+		return
+	}
+	if err := c.Send(m); err != nil {
+		w.log.Debug("dropping message to scheduler", "op", m.Op, "err", err)
+	}
+}
