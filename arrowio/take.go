@@ -1,6 +1,7 @@
 package arrowio
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/apache/arrow-go/v18/arrow"
@@ -11,7 +12,7 @@ import (
 
 // ErrUnsupportedType is returned, wrapped with the column and its type, when
 // an operator meets a column type it does not handle.
-var ErrUnsupportedType = fmt.Errorf("arrowio: unsupported column type")
+var ErrUnsupportedType = errors.New("arrowio: unsupported column type")
 
 // takeRecord gathers rows idx of rec into a new record batch.
 func takeRecord(mem memory.Allocator, rec arrow.RecordBatch, idx []int) (arrow.RecordBatch, error) {
@@ -114,14 +115,9 @@ func takeValidity(mem memory.Allocator, arr arrow.Array, idx []int) (*memory.Buf
 	return buf, nulls
 }
 
-// builder is the part of arrow-go's typed builders takeBuilt uses.
-type builder interface {
-	array.Builder
-}
-
 // takeBuilt gathers elements of arr with a typed builder; add appends
 // element i of arr.
-func takeBuilt[B builder](mem memory.Allocator, arr arrow.Array, idx []int, add func(B, int)) arrow.Array {
+func takeBuilt[B array.Builder](mem memory.Allocator, arr arrow.Array, idx []int, add func(B, int)) arrow.Array {
 	b := array.NewBuilder(mem, arr.DataType()).(B)
 	defer b.Release()
 	b.Reserve(len(idx))

@@ -32,6 +32,13 @@ type CoreConfig struct {
 	KilledWorkerThreshold int
 	// StoryLength is how many transitions are kept per task (1…255).
 	StoryLength int
+	// LatencyHiding lets workers hold extra queued root tasks when a group's tasks are known
+	// to be short: enough to cover this much work per thread, so a thread never idles for a
+	// round trip to the scheduler between two tiny tasks. 0 disables it.
+	LatencyHiding time.Duration
+	// RootBytesPerThread caps that extra: the expected result bytes of the extra root tasks
+	// one thread may hold (memory stays bounded however fast the tasks are).
+	RootBytesPerThread int64
 }
 
 // DefaultCoreConfig returns the defaults.
@@ -44,6 +51,8 @@ func DefaultCoreConfig() CoreConfig {
 		DurationWeight:        0.5,
 		KilledWorkerThreshold: 3,
 		StoryLength:           16,
+		LatencyHiding:         2 * time.Millisecond,
+		RootBytesPerThread:    32 << 20,
 	}
 }
 
@@ -108,6 +117,7 @@ type task struct {
 type Core struct {
 	cfg   CoreConfig
 	slots int // story slots per task
+	extra int // extra root tasks per thread a worker may hold (latency hiding)
 
 	tasks []task
 	keys  map[string]int32
@@ -445,8 +455,6 @@ func (c *Core) collect(id int32) {
 }
 
 // ---- errors ----
-
-var errUnknownKey = errors.New("scheduler: unknown key")
 
 func fromGraphError(err error) *wire.Error {
 	var ge *graph.Error

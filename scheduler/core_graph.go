@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -61,7 +62,11 @@ func (c *Core) checkGraph(e *EvUpdateGraph) *wire.Error {
 // addTasks interns the new tasks of a valid batch, links them and ranks them. It returns the
 // ids of the tasks it created.
 func (c *Core) addTasks(tasks []graph.Task) []int32 {
-	var fresh []int32
+	if grow := len(tasks) - len(c.free); grow > 0 {
+		c.tasks = slices.Grow(c.tasks, grow)
+		c.story = slices.Grow(c.story, grow*c.slots)
+	}
+	fresh := make([]int32, 0, len(tasks))
 	for i := range tasks {
 		def := &tasks[i]
 		if _, ok := c.keys[def.Key]; ok {

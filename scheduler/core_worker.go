@@ -139,9 +139,11 @@ func (c *Core) taskFinished(e *EvTaskFinished) {
 		c.processingToMemory(id, e.Worker, e.NBytes, e.Encoding, dur)
 	case c.welcome(id):
 		c.toMemory(id, e.Worker, e.NBytes, e.Encoding, dur)
-	case !slices.Contains(t.whoHas, e.Worker):
-		c.freeOn(e.Worker, id)
+	case t.state == Memory:
+		c.addHolder(id, e.Worker) // it ran a task that had moved on: a valid replica
 	}
+	// Otherwise (released, erred) the report is stale: the core already told the worker to
+	// drop the task, and a second free could cross a later, legitimate fetch of the key.
 }
 
 // welcome: a result arriving out of turn is still useful, because the task is needed and

@@ -131,6 +131,8 @@ func (o *observers) Recent(n int) []ClusterEvent {
 
 type serverStats struct {
 	events, submitted, dispatched, finished uint64
+	msgsIn, msgsOut                         uint64
+	busy                                    int64 // nanoseconds the driver spent handling input
 }
 
 func sortWorkers(ws []wire.WorkerInfo) {

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"math"
+	"math/bits"
 	"slices"
 
 	"github.com/shoal-dev/shoal/graph"
@@ -216,6 +217,7 @@ func (c *Core) byRank(a, b int32) int {
 
 // dispatchQueue feeds queued root tasks, best rank first, to workers that have room.
 func (c *Core) dispatchQueue() {
+	c.refreshExtra()
 	for c.queue.len() > 0 && len(c.unsat) > 0 {
 		id := c.queue.top()
 		if w := c.pickUnsat(id); w >= 0 {
@@ -333,7 +335,7 @@ func (c *Core) unassign(id int32) {
 
 // updateSat keeps w's membership of the unsaturated set in step.
 func (c *Core) updateSat(w *worker) {
-	want := w.accepting() && len(w.processing) < w.limit
+	want := w.accepting() && len(w.processing) < w.limit+w.nthreads*c.extra
 	if in := w.unsatPos >= 0; want == in {
 		return
 	}
@@ -465,3 +467,33 @@ func (h *taskHeap) down(i int) bool {
 	}
 	return i > start
 }
+
+// refreshExtra recomputes how many extra root tasks per thread a worker may hold (see
+// CoreConfig.LatencyHiding), from the learned duration and result size of the group at the
+// head of the queue. It is rounded down to a power of two so that it rarely changes.
+func (c *Core) refreshExtra() {
+	e := 0
+	if c.cfg.LatencyHiding > 0 && c.queue.len() > 0 {
+		g := &c.groups[c.tasks[c.queue.top()].group]
+		if g.ndur > 0 && g.nsize > 0 {
+			e = int(c.cfg.LatencyHiding.Seconds() / max(g.dur, 1e-7))
+			if g.size > 0 {
+				e = min(e, int(float64(c.cfg.RootBytesPerThread)/g.size))
+			}
+			e = min(e, maxExtraPerThread)
+			if e > 0 {
+				e = 1 << (bits.Len(uint(e)) - 1)
+			}
+		}
+	}
+	if e == c.extra {
+		return
+	}
+	c.extra = e
+	for _, id := range c.alive {
+		c.updateSat(c.workers[id])
+	}
+}
+
+// maxExtraPerThread bounds latency hiding whatever the measurements say.
+const maxExtraPerThread = 64

@@ -160,8 +160,10 @@ func (s *Server) Serve(ctx context.Context) error {
 		case <-s.stop:
 			return nil
 		case in := <-s.in:
+			t0 := time.Now()
 			s.handleInbound(in)
 			s.drain()
+			s.stats.busy += int64(time.Since(t0))
 		case q := <-s.queries:
 			q()
 		case now := <-ticker.C:
@@ -370,6 +372,7 @@ func (s *Server) closeAll() {
 // ---- driver side ----
 
 func (s *Server) handleInbound(in inbound) {
+	s.stats.msgsIn++
 	switch {
 	case in.exit != nil:
 		s.onWorkerExit(in.exit)
@@ -668,6 +671,7 @@ func (s *Server) workerInfos() []wire.WorkerInfo {
 // ---- performing actions ----
 
 func (s *Server) perform(a Action) {
+	s.stats.msgsOut++
 	switch a := a.(type) {
 	case ActCompute:
 		s.sendCompute(a)

@@ -9,7 +9,19 @@ type group struct {
 	nbytes int64 // bytes in memory (one copy per task)
 	dur    float64
 	ndur   int
+	size   float64 // moving average of result sizes, bytes
+	nsize  int
 	deps   []int32 // groups this group depends on
+}
+
+// observeSize folds a result size into the moving average.
+func (g *group) observeSize(nbytes int64, weight float64) {
+	if g.nsize == 0 {
+		g.size = float64(nbytes)
+	} else {
+		g.size = weight*float64(nbytes) + (1-weight)*g.size
+	}
+	g.nsize++
 }
 
 // observe folds a measured duration (seconds) into the moving average.

@@ -140,17 +140,18 @@ func (c *Core) noWorkerToErred(id int32, err *wire.Error) {
 // ---- from processing ----
 
 // processingToMemory records a result. The task may have been processing on another worker
-// than w (a welcome late result): that worker is told to drop it.
+// than w (a welcome late result): that worker is not told to drop it, because a free_keys
+// crossing a fetch of the same key would leave the core believing in a copy that is gone;
+// if it runs the task anyway, its result is recorded as a replica.
 func (c *Core) processingToMemory(id int32, w WorkerID, nbytes int64, enc string, dur int64) {
-	if on := c.tasks[id].worker; on != w {
-		c.freeOn(on, id)
-	}
 	c.unassign(id)
 	c.setState(id, Processing, Memory)
+	g := &c.groups[c.tasks[id].group]
 	if dur > 0 {
 		c.tasks[id].duration = dur
-		c.groups[c.tasks[id].group].observe(float64(dur)/1e9, c.cfg.DurationWeight)
+		g.observe(float64(dur)/1e9, c.cfg.DurationWeight)
 	}
+	g.observeSize(nbytes, c.cfg.DurationWeight)
 	c.enterMemory(id, w, nbytes, enc)
 }
 

@@ -19,7 +19,10 @@ func (w *Worker) acceptLoop(ln net.Listener) {
 			}
 			return
 		}
-		w.goFunc(func() { w.serveData(nc) })
+		if !w.goFunc(func() { w.serveData(nc) }) {
+			nc.Close()
+			return
+		}
 	}
 }
 

@@ -176,6 +176,7 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	log := p.w.log.With("python", cfg.Python)
 	cmd.Stdout = &lineLogger{log: log, stream: "stdout"}
 	cmd.Stderr = &lineLogger{log: log, stream: "stderr"}
+	cmd.WaitDelay = exitWait // a grandchild holding our pipes must not block Wait
 
 	p.mu.Lock()
 	if p.mu.closed {
@@ -191,10 +192,19 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	ex := &executor{pid: cmd.Process.Pid, cmd: cmd, funcs: make(map[string]bool), exited: make(chan struct{})}
 	p.mu.all[ex] = struct{}{}
 	p.mu.Unlock()
-	p.w.goFunc(func() {
+	reap := func() {
 		cmd.Wait()
 		close(ex.exited)
-	})
+	}
+	if !p.w.goFunc(reap) { // the worker is closing
+		cmd.Process.Kill()
+		reap()
+		nc.Close()
+		p.mu.Lock()
+		delete(p.mu.all, ex)
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
 	if err := p.handshake(ctx, ex, nc, token); err != nil {
 		nc.Close()
 		cmd.Process.Kill()

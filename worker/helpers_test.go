@@ -151,11 +151,15 @@ func (s *fakeSched) startWorker(cfg Config) (w *Worker, sc *schedConn, cancel co
 	w = newTestWorker(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	done = make(chan error, 1)
-	go func() { done <- w.Run(ctx, s.addr()) }()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		done <- w.Run(ctx, s.addr())
+	}()
 	t.Cleanup(func() {
 		cancel()
 		w.Close()
-		<-done
+		<-finished
 	})
 	select {
 	case sc = <-s.joined:
@@ -262,4 +266,3 @@ func eventually(t testing.TB, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
-

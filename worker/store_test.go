@@ -110,3 +110,5 @@ func BenchmarkStorePutSpill(b *testing.B) {
 		s.Put(fmt.Sprint(i), wire.EncBytes, v, nil)
 	}
 }
+
+func writeFile(p string, b []byte) error { return os.WriteFile(p, b, 0o600) }

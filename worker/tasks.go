@@ -236,12 +236,21 @@ func (w *Worker) execute(thread int, ts *task) {
 		delete(w.mu.tasks, key)
 	}
 	freed := ts.freed
-	w.mu.running--
-	w.mu.cond.Broadcast()
 	w.mu.Unlock()
 	if freed && r.err == nil {
 		w.store.Delete(key)
 	}
+	w.report(thread, ts, r, start, stop)
+	// Only now is the task no longer running: a draining Run sends goodbye after this report.
+	w.mu.Lock()
+	w.mu.running--
+	w.mu.cond.Broadcast()
+	w.mu.Unlock()
+}
+
+// report sends task_finished or task_erred.
+func (w *Worker) report(thread int, ts *task, r result, start, stop time.Time) {
+	key := ts.t.Key
 	m := &wire.Msg{Key: key, Start: start.UnixNano(), Stop: stop.UnixNano(), Thread: thread}
 	if r.err != nil {
 		w.stats.erred.Add(1)

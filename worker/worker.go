@@ -34,8 +34,12 @@ type Worker struct {
 
 	ctx    context.Context // the worker's lifetime; cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
 	closed atomic.Bool
+	gorou  struct {
+		sync.Mutex
+		wg     sync.WaitGroup
+		closed bool // Close is waiting: start no more goroutines
+	}
 
 	sched atomic.Pointer[wire.Conn] // the scheduler connection while Run is serving
 
@@ -121,13 +125,20 @@ func (w *Worker) Name() string { return w.cfg.Name }
 // Store gives access to the worker's result store (for tests and embedding).
 func (w *Worker) Store() *Store { return w.store }
 
-// goFunc runs f on a goroutine that Close waits for.
-func (w *Worker) goFunc(f func()) {
-	w.wg.Add(1)
+// goFunc runs f on a goroutine that Close waits for. Once Close has begun it starts nothing
+// and returns false.
+func (w *Worker) goFunc(f func()) bool {
+	w.gorou.Lock()
+	defer w.gorou.Unlock()
+	if w.gorou.closed {
+		return false
+	}
+	w.gorou.wg.Add(1)
 	go func() {
-		defer w.wg.Done()
+		defer w.gorou.wg.Done()
 		f()
 	}()
+	return true
 }
 
 // Close stops everything: the data port, the scheduler connection, peer connections, task
@@ -138,6 +149,9 @@ func (w *Worker) Close() error {
 	if w.closed.Swap(true) {
 		return nil
 	}
+	w.gorou.Lock()
+	w.gorou.closed = true
+	w.gorou.Unlock()
 	w.cancel()
 	w.ln.Close()
 	w.mu.Lock()
@@ -156,7 +170,7 @@ func (w *Worker) Close() error {
 	}
 	w.peers.closeAll()
 	w.py.closeAll()
-	w.wg.Wait()
+	w.gorou.wg.Wait()
 	w.store.Close()
 	err := os.RemoveAll(w.dir)
 	w.log.Info("worker closed")

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -48,6 +49,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 type common struct {
 	tokenFile, logFormat, logLevel string
 	tlsCert, tlsKey, tlsCA         string
+	cpuProfile                     string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -57,6 +59,23 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate for TLS on control and data ports (needs --tls-key)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA bundle used to verify peers (enables TLS as a client)")
+	fs.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of this process to this file until it exits (for go tool pprof)")
+}
+
+// startProfile starts the CPU profile when --cpu-profile is set; the returned func stops it.
+func (c *common) startProfile() (func(), error) {
+	if c.cpuProfile == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(c.cpuProfile)
+	if err != nil {
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func (c *common) logger() (*slog.Logger, error) {

@@ -41,6 +41,11 @@ func runLocal(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	stop, err := f.startProfile()
+	if err != nil {
+		return err
+	}
+	defer stop()
 	ctx, cancel := signalContext()
 	defer cancel()
 	lc, err := startLocal(ctx, f)

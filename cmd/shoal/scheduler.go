@@ -36,6 +36,11 @@ func runScheduler(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	stop, err := f.startProfile()
+	if err != nil {
+		return err
+	}
+	defer stop()
 	ctx, cancel := signalContext()
 	defer cancel()
 	sp, err := startScheduler(ctx, f)
@@ -119,8 +124,10 @@ func (sp *schedProc) watchGossip() {
 			continue
 		}
 		switch ev.Type {
+		case member.EventDead:
+			sp.srv.ReportGossipDead(ev.Node.Meta.Data, "gossip: stopped answering probes (timeout)")
 		case member.EventLeave:
-			sp.srv.ReportGossipDead(ev.Node.Meta.Data, "gossip: "+ev.Type.String())
+			sp.srv.ReportGossipDead(ev.Node.Meta.Data, "gossip: left the cluster")
 		}
 	}
 }

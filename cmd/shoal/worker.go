@@ -49,6 +49,11 @@ func runWorker(args []string) error {
 	if err := parse(fs, args); err != nil {
 		return err
 	}
+	stop, err := f.startProfile()
+	if err != nil {
+		return err
+	}
+	defer stop()
 	ctx, cancel := signalContext()
 	defer cancel()
 	return serveWorker(ctx, f)

@@ -92,6 +92,7 @@ func IsScheduler(n Node) bool { return n.Meta.Role == RoleScheduler && !n.Meta.L
 type Member struct {
 	cfg     Config
 	list    *memberlist.Memberlist
+	addr    string
 	events  chan Event
 	dropped atomic.Uint64
 
@@ -127,6 +128,7 @@ func New(cfg Config) (*Member, error) {
 		return nil, fmt.Errorf("member: start gossip on %s: %w", net.JoinHostPort(cfg.BindAddr, strconv.Itoa(cfg.BindPort)), err)
 	}
 	m.list = list
+	m.addr = list.LocalNode().Address() // before any peer can touch it
 	if len(cfg.Seeds) > 0 {
 		if _, err := m.Join(cfg.Seeds); err != nil {
 			m.Shutdown()
@@ -175,9 +177,7 @@ func (m *Member) Join(seeds []string) (int, error) {
 
 // Addr returns the gossip address other members join, host:port, with the
 // port actually bound.
-func (m *Member) Addr() string {
-	return m.list.LocalNode().Address()
-}
+func (m *Member) Addr() string { return m.addr }
 
 // Name returns the member's name.
 func (m *Member) Name() string { return m.cfg.Name }

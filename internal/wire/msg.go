@@ -156,8 +156,8 @@ type Msg struct {
 	Functions []string           `msgpack:"functions,omitempty"`
 }
 
-// EncodeHeader encodes m as a msgpack map.
-func EncodeHeader(m *Msg) ([]byte, error) { return msgpack.Marshal(m) }
+// EncodeHeader encodes m as a msgpack map holding the fields that are set.
+func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 128), m) }
 
 // DecodeHeader decodes frame 0. It fails with ErrProtocol when the frame is not a msgpack map
 // with an op.

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"time"
+
+	"github.com/shoal-dev/shoal/benchmarks/internal/proc"
+	client "github.com/shoal-dev/shoal/clients/go"
+)
+
+// GoTasksResult is workload 8: many independent no-op Go tasks from the Go client on a real
+// `shoal local` cluster (the scheduler is the `shoal local` process itself).
+type GoTasksResult struct {
+	Tasks          int     `json:"tasks"`
+	Workers        int     `json:"workers"`
+	Seconds        float64 `json:"seconds"`
+	TasksPerSec    float64 `json:"tasks_per_s"`
+	SchedRSSBase   int64   `json:"sched_rss_base"`   // scheduler RSS before the graph
+	SchedRSSHeld   int64   `json:"sched_rss_held"`   // with every task done and held by futures
+	SchedRSSPeak   int64   `json:"sched_rss_peak"`   // VmHWM of the scheduler process
+	BytesPerTask   float64 `json:"bytes_per_task"`   // (held − base) / tasks: residual state
+	PeakPerTask    float64 `json:"peak_bytes_per_task"`
+	SchedCPUPerTsk float64 `json:"sched_cpu_us_per_task"` // scheduler utime+stime / tasks
+}
+
+func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile string) (*GoTasksResult, error) {
+	var extra []string
+	if profile != "" {
+		extra = append(extra, "--cpu-profile", profile)
+	}
+	lc, err := proc.StartLocal(ctx, bin, workers, 1, "4GiB", extra...)
+	if err != nil {
+		return nil, err
+	}
+	defer lc.Stop()
+	c, err := client.Connect(ctx, lc.Addr, client.Options{})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+
+	// Build every graph first, so the client's own work is not in the measured time.
+	var graphs []*client.Graph
+	var keys [][]client.Key
+	for done := 0; done < n; {
+		g := client.NewGraph()
+		m := min(batch, n-done)
+		ks := make([]client.Key, m)
+		for i := range ks {
+			ks[i] = g.Go(fmt.Sprintf("noop-%d", done+i), "noop")
+		}
+		graphs = append(graphs, g)
+		keys = append(keys, ks)
+		done += m
+	}
+	runtime.GC()
+	time.Sleep(300 * time.Millisecond)
+	pid := lc.Pid()
+	base := proc.RSS(pid)
+	cpu0 := proc.CPUSeconds(pid)
+
+	start := time.Now()
+	var futs []*client.Future
+	for i, g := range graphs {
+		fs, err := c.Submit(ctx, g, keys[i]...)
+		if err != nil {
+			return nil, err
+		}
+		futs = append(futs, fs...)
+	}
+	for _, f := range futs {
+		if err := f.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("task %s: %w (cluster log:\n%s)", f.Key(), err, lc.Log())
+		}
+	}
+	el := time.Since(start)
+	cpu := proc.CPUSeconds(pid) - cpu0
+	time.Sleep(200 * time.Millisecond) // let the last key_state batch settle
+	held := proc.RSS(pid)
+	peak := proc.HWM(pid)
+	// sanity: one result really is nil, fetched from its worker
+	if v, err := futs[len(futs)-1].Result(ctx); err != nil || v != nil {
+		return nil, fmt.Errorf("noop result: %v, %v", v, err)
+	}
+	for _, f := range futs {
+		f.Release()
+	}
+	return &GoTasksResult{
+		Tasks: n, Workers: workers, Seconds: el.Seconds(), TasksPerSec: float64(n) / el.Seconds(),
+		SchedRSSBase: base, SchedRSSHeld: held, SchedRSSPeak: peak,
+		BytesPerTask: float64(held-base) / float64(n), PeakPerTask: float64(peak-base) / float64(n),
+		SchedCPUPerTsk: cpu / float64(n) * 1e6,
+	}, nil
+}

@@ -1,0 +1,65 @@
+// Command shoalbench runs the Shoal-only benchmark workloads that need Go: many no-op Go tasks
+// from the Go client (workload 8) and a scheduler fed by zero-cost fake workers (workload 9).
+// Each prints one JSON object on stdout; benchmarks/run.py collects them.
+//
+//	shoalbench gotasks     --bin bin/shoal --tasks 1000000
+//	shoalbench zeroworkers --bin bin/shoal --tasks 200000 --workers 2,16,64
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: shoalbench gotasks|zeroworkers [flags]")
+		os.Exit(2)
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	var (
+		out any
+		err error
+	)
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	bin := fs.String("bin", "bin/shoal", "the shoal binary")
+	tasks := fs.Int("tasks", 1_000_000, "number of tasks")
+	timeout := fs.Duration("timeout", 10*time.Minute, "give up after this long")
+	switch os.Args[1] {
+	case "gotasks":
+		batch := fs.Int("batch", 50_000, "tasks per update_graph message")
+		workers := fs.Int("workers", 2, "worker processes")
+		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process")
+		fs.Parse(os.Args[2:])
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		out, err = runGoTasks(ctx, *bin, *tasks, *batch, *workers, *profile)
+	case "zeroworkers":
+		workers := fs.String("workers", "2,16,64", "comma-separated numbers of fake workers, one run each")
+		nthreads := fs.Int("nthreads", 1, "threads each fake worker declares")
+		batch := fs.Int("batch", 50_000, "tasks per update_graph message")
+		reps := fs.Int("reps", 1, "repetitions per worker count (fresh scheduler each)")
+		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process (file prefix; the worker count is appended)")
+		fs.Parse(os.Args[2:])
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		out, err = runZeroWorkers(ctx, *bin, *tasks, *workers, *nthreads, *batch, *reps, *profile)
+	default:
+		fmt.Fprintf(os.Stderr, "unknown subcommand %q\n", os.Args[1])
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "shoalbench:", err)
+		os.Exit(1)
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	enc.Encode(out)
+}

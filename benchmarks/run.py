@@ -1,0 +1,814 @@
+#!/usr/bin/env python3
+"""Shoal vs dask.distributed, side by side, on this machine, in one run.
+
+    .venv/bin/python benchmarks/run.py            # full suite (long: tens of minutes)
+    .venv/bin/python benchmarks/run.py --smoke    # every workload at tiny size, checks results
+    .venv/bin/python benchmarks/run.py --only map,chain --reps 5
+
+Every workload runs in a fresh child process per system (``run.py --child WORKLOAD --system
+shoal|dask``) with its own cluster: Shoal's ``LocalCluster`` (the Go binary ``shoal local``) or
+``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``. The child
+prints one ``RESULT {json}`` line; the parent kills the child's whole process tree if it
+overruns, so no cluster outlives the run. Results: a markdown table on stdout, the raw figures
+in ``benchmarks/results/<timestamp>.json`` and ``benchmarks/results/latest.json``.
+
+Workloads (docs/performance.md explains each and what limits it):
+
+1. ``map``: ``client.map(noop, range(20_000))`` then gather — tasks/s
+2. ``tree``: binary tree reduction of 2^15 leaves (32,767 add tasks) — tasks/s
+3. ``chain``: 1,000 dependent tasks — µs per hop
+4. ``transfer``: a 200 MB numpy array and a 200 MB Arrow table made on worker A, used on B — GB/s
+5. ``independent``: a graph of 100,000 independent tasks submitted at once — seconds
+6. ``dataframe``: dask.dataframe groupby-aggregate and merge of two 10M-row frames — seconds
+7. ``memory``: root tasks producing 4× the workers' memory limit, reduced by a tree — peak RSS
+8. ``gotasks`` (Shoal only): 1,000,000 no-op Go tasks from the Go client
+9. ``zeroworkers`` (Shoal only): scheduler CPU per task with 2, 16 and 64 zero-cost workers
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+RESULTS = HERE / "results"
+GOBENCH = HERE / "bin" / "shoalbench"
+
+# --------------------------------------------------------------------------------------------
+# sizes
+
+FULL = {
+    "map": {"n": 20_000},
+    "tree": {"leaves": 2 ** 15},
+    "chain": {"n": 1_000},
+    "transfer": {"nbytes": 200_000_000},
+    "independent": {"n": 100_000},
+    "dataframe": {"rows": 10_000_000, "nparts": 20, "nkeys": 1_000},
+    "memory": {"limit": 1 << 30, "chunk": 64 << 20, "factor": 4},
+    "gotasks": {"n": 1_000_000},
+    "zeroworkers": {"n": 200_000, "workers": "2,16,64"},
+}
+SMOKE = {
+    "map": {"n": 300},
+    "tree": {"leaves": 2 ** 7},
+    "chain": {"n": 30},
+    "transfer": {"nbytes": 4_000_000},
+    "independent": {"n": 1_000},
+    "dataframe": {"rows": 20_000, "nparts": 4, "nkeys": 50},
+    "memory": {"limit": 512 << 20, "chunk": 32 << 20, "factor": 4},
+    "gotasks": {"n": 20_000},
+    "zeroworkers": {"n": 5_000, "workers": "2,16,64"},
+}
+
+WORKLOADS = ["map", "tree", "chain", "transfer", "independent", "dataframe", "memory",
+             "gotasks", "zeroworkers"]
+SHOAL_ONLY = {"gotasks", "zeroworkers"}
+
+# Targets from issue 4: ratio (>1 means Shoal better) and absolute bounds.
+TARGETS: dict[str, dict[str, Any]] = {
+    "map": {"ratio": 20},
+    "tree": {"ratio": 20},
+    "independent": {"ratio": 20},
+    "chain": {"ratio": 20},
+    "transfer_numpy": {"ratio": 8, "min": 2.0},
+    "transfer_arrow": {"ratio": 8, "min": 2.0},
+    "df_groupby": {"ratio": 2},
+    "df_merge": {"ratio": 2},
+    "memory_peak_rss": {"ratio": 1},
+    "gotasks_rate": {"min": 100_000},
+    "gotasks_bytes_per_task": {"max": 1024},
+    "zero_cpu_2": {"max": 5}, "zero_cpu_16": {"max": 5}, "zero_cpu_64": {"max": 5},
+}
+
+# --------------------------------------------------------------------------------------------
+# task functions (pickled by value: this module is __main__ in the child)
+
+
+def noop(x: Any) -> Any:
+    return x
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: Any, y: Any) -> Any:
+    return x + y
+
+
+def make_numpy(nbytes: int, seed: int) -> Any:
+    import numpy as np
+
+    a = np.arange(nbytes // 8, dtype=np.float64)
+    a[0] = seed
+    return a
+
+
+def use_numpy(a: Any) -> tuple[int, float, float]:
+    return int(a.nbytes), float(a[0]), float(a[-1])
+
+
+def make_arrow(nbytes: int, seed: int) -> Any:
+    import numpy as np
+    import pyarrow as pa
+
+    n = nbytes // 16
+    k = np.arange(n, dtype=np.int64)
+    k[0] = seed
+    return pa.table({"k": k, "x": np.arange(n, dtype=np.float64)})
+
+
+def use_arrow(t: Any) -> tuple[int, int, int]:
+    return int(t.nbytes), int(t.num_rows), int(t.column("k")[0].as_py())
+
+
+def make_chunk(i: int, nbytes: int) -> Any:
+    import numpy as np
+
+    return np.full(nbytes // 8, float(i))
+
+
+def total(a: Any) -> float:
+    return float(a.sum())
+
+
+def df_part_a(i: int, rows: int, nkeys: int, krange: int) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(1000 + i)
+    return pd.DataFrame({"k": rng.integers(0, krange, rows, dtype=np.int64),
+                         "g": rng.integers(0, nkeys, rows, dtype=np.int64),
+                         "x": rng.random(rows)})
+
+
+def df_part_b(i: int, rows: int) -> Any:
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(5000 + i)
+    return pd.DataFrame({"k": np.arange(i * rows, (i + 1) * rows, dtype=np.int64),
+                         "v": rng.random(rows)})
+
+
+# --------------------------------------------------------------------------------------------
+# process-tree memory
+
+
+def _proc_table() -> dict[int, int]:
+    """{pid: ppid} of live processes."""
+    out: dict[int, int] = {}
+    for e in os.listdir("/proc"):
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if rest and rest[0] != "Z":
+            out[int(e)] = int(rest[1])
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    table = _proc_table()
+    kids: dict[int, list[int]] = {}
+    for p, pp in table.items():
+        kids.setdefault(pp, []).append(p)
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for c in kids.get(p, []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+class TreeRSS:
+    """Samples the summed RSS of a process and all its descendants every ``every`` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.05) -> None:
+        self.pid, self.every = pid, every
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def sample(self) -> int:
+        return sum(rss(p) for p in [self.pid, *descendants(self.pid)])
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.every)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return self.peak
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant (children first are collected before killing)."""
+    pids = descendants(pid) + [pid]
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# clusters
+
+
+class Bench:
+    """One system's cluster and client inside a child process."""
+
+    def __init__(self, system: str, memory_limit: Any = "auto") -> None:
+        self.system = system
+        if system == "shoal":
+            os.environ.setdefault("SHOAL_BIN", str(ROOT / "bin" / "shoal"))
+            from shoal import Client, LocalCluster, wait
+
+            self.cluster = LocalCluster(n_workers=2, threads_per_worker=1,
+                                        memory_limit=memory_limit, dashboard_port=None)
+            self.client = Client(self.cluster)
+            self._wait = wait
+        else:
+            import dask
+            from distributed import Client, LocalCluster, wait
+
+            dask.config.set({"distributed.worker.daemon": False,
+                             "distributed.admin.tick.limit": "1h",
+                             "distributed.scheduler.worker-ttl": None})
+            self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                        memory_limit=memory_limit, dashboard_address=None)
+            self.client = Client(self.cluster)
+            self._wait = wait
+        self.workers = sorted(self.client.scheduler_info()["workers"])
+        if len(self.workers) != 2:
+            raise RuntimeError(f"expected 2 workers, got {self.workers}")
+        # warm up: start each worker's Python side
+        fs = [self.client.submit(inc, i, workers=[w], pure=False) for i, w in enumerate(self.workers)]
+        assert self.client.gather(fs) == [1, 2]
+        del fs
+        # and the graph path (imports dask's graph code in the client and on the workers)
+        assert self.client.get({"warm-0": (inc, 1), "warm-1": (inc, "warm-0")}, "warm-1") == 3
+
+    def wait(self, fs: Any) -> None:
+        self._wait(fs)
+
+    def get(self, dsk: dict, keys: Any, sync: bool = True) -> Any:
+        return self.client.get(dsk, keys, sync=sync)
+
+    def settle(self) -> None:
+        """Give released keys time to be forgotten before the next repetition."""
+        time.sleep(0.5 if self.system == "dask" else 0.2)
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            self.cluster.close()
+
+
+# --------------------------------------------------------------------------------------------
+# workloads: each yields (metric, value) per repetition through `record`
+
+
+Record = Callable[[str, float, dict[str, Any]], None]
+
+
+def wl_map(b: Bench, p: dict, rep: int, record: Record) -> None:
+    n = p["n"]
+    t0 = time.perf_counter()
+    fs = b.client.map(noop, range(n), pure=False)
+    out = b.client.gather(fs)
+    el = time.perf_counter() - t0
+    check(out == list(range(n)), "map: wrong results")
+    del fs
+    record("map", n / el, {"seconds": el, "tasks": n})
+
+
+def tree_graph(leaves: int, rep: int) -> tuple[dict, str, int]:
+    dsk: dict[str, Any] = {}
+    level = [f"tree-{rep}-0-{i}" for i in range(leaves // 2)]
+    for i, k in enumerate(level):
+        dsk[k] = (add, 2 * i, 2 * i + 1)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = []
+        for i in range(len(level) // 2):
+            k = f"tree-{rep}-{depth}-{i}"
+            dsk[k] = (add, level[2 * i], level[2 * i + 1])
+            nxt.append(k)
+        level = nxt
+    return dsk, level[0], len(dsk)
+
+
+def wl_tree(b: Bench, p: dict, rep: int, record: Record) -> None:
+    leaves = p["leaves"]
+    dsk, root, ntasks = tree_graph(leaves, rep)
+    t0 = time.perf_counter()
+    out = b.get(dsk, root)
+    el = time.perf_counter() - t0
+    check(out == leaves * (leaves - 1) // 2, f"tree: got {out}")
+    record("tree", ntasks / el, {"seconds": el, "tasks": ntasks})
+
+
+def wl_chain(b: Bench, p: dict, rep: int, record: Record) -> None:
+    n = p["n"]
+    dsk: dict[str, Any] = {f"chain-{rep}-0": (inc, 0)}
+    for i in range(1, n):
+        dsk[f"chain-{rep}-{i}"] = (inc, f"chain-{rep}-{i - 1}")
+    t0 = time.perf_counter()
+    out = b.get(dsk, f"chain-{rep}-{n - 1}")
+    el = time.perf_counter() - t0
+    check(out == n, f"chain: got {out}")
+    record("chain", el / n * 1e6, {"seconds": el, "tasks": n})
+
+
+def wl_transfer(b: Bench, p: dict, rep: int, record: Record) -> None:
+    nbytes = p["nbytes"]
+    wa, wb = b.workers
+    for kind, make, use in (("numpy", make_numpy, use_numpy), ("arrow", make_arrow, use_arrow)):
+        a = b.client.submit(make, nbytes, rep + 7, workers=[wa], pure=False)
+        b.wait([a])
+        t0 = time.perf_counter()
+        u = b.client.submit(use, a, workers=[wb], pure=False)
+        out = u.result()
+        el = time.perf_counter() - t0
+        where = b.client.who_has([u])
+        check(any(wb in ws for ws in where.values()), f"transfer: result not on worker B: {where}")
+        if kind == "numpy":
+            check(out[0] == nbytes // 8 * 8 and out[1] == rep + 7, f"transfer numpy: got {out}")
+        else:
+            check(out[1] == nbytes // 16 and out[2] == rep + 7, f"transfer arrow: got {out}")
+        record(f"transfer_{kind}", out[0] / el / 1e9, {"seconds": el, "bytes": out[0]})
+        del a, u
+        b.settle()
+
+
+def wl_independent(b: Bench, p: dict, rep: int, record: Record) -> None:
+    n = p["n"]
+    dsk = {f"ind-{rep}-{i}": (inc, i) for i in range(n)}
+    keys = list(dsk)
+    t0 = time.perf_counter()
+    fs = b.get(dsk, keys, sync=False)
+    b.wait(fs)
+    el = time.perf_counter() - t0
+    sample = b.client.gather([fs[0], fs[n // 2], fs[-1]])
+    check(sample == [1, n // 2 + 1, n], f"independent: got {sample}")
+    del fs
+    record("independent", el, {"tasks": n})
+
+
+def wl_dataframe(b: Bench, p: dict, rep: int, record: Record) -> None:
+    import dask
+    import dask.dataframe as dd
+    import numpy as np
+    import pandas as pd
+    from functools import partial
+
+    rows, nparts, nkeys = p["rows"], p["nparts"], p["nkeys"]
+    per = rows // nparts
+    meta_a = pd.DataFrame({"k": np.array([], np.int64), "g": np.array([], np.int64),
+                           "x": np.array([], np.float64)})
+    meta_b = pd.DataFrame({"k": np.array([], np.int64), "v": np.array([], np.float64)})
+    a = dd.from_map(partial(df_part_a, rows=per, nkeys=nkeys, krange=per * nparts), range(nparts),
+                    meta=meta_a, enforce_metadata=False)
+    bb = dd.from_map(partial(df_part_b, rows=per), range(nparts), meta=meta_b,
+                     enforce_metadata=False)
+    cfg = {"scheduler": b.client.get} if b.system == "shoal" else {}
+    with dask.config.set(cfg):
+        t0 = time.perf_counter()
+        g = a.groupby("g").agg({"x": ["sum", "count"]}).compute()
+        el = time.perf_counter() - t0
+        gsum, gcount = float(g[("x", "sum")].sum()), int(g[("x", "count")].sum())
+        check(gcount == per * nparts and len(g) == nkeys, f"groupby: {gcount} rows, {len(g)} groups")
+        record("df_groupby", el, {"rows": rows, "check": gsum})
+        t0 = time.perf_counter()
+        m = a.merge(bb, on="k")
+        count, vsum = dask.compute(m.k.count(), m.v.sum())
+        el = time.perf_counter() - t0
+        check(int(count) == per * nparts, f"merge: {count} rows, want {per * nparts}")
+        from dask.dataframe.dask_expr._shuffle import get_default_shuffle_method  # type: ignore
+        record("df_merge", el, {"rows": rows, "check": float(vsum),
+                                "shuffle": str(get_default_shuffle_method())})
+    if rows <= 1_000_000:  # small enough to check against pandas here
+        pa_ = pd.concat([df_part_a(i, per, nkeys, per * nparts) for i in range(nparts)])
+        pb_ = pd.concat([df_part_b(i, per) for i in range(nparts)])
+        check(abs(pa_.x.sum() - gsum) < 1e-6 * max(1, abs(gsum)), "groupby: sum differs from pandas")
+        want = pa_.merge(pb_, on="k").v.sum()
+        check(abs(want - float(vsum)) < 1e-6 * max(1, abs(want)), "merge: sum differs from pandas")
+
+
+def wl_memory(b: Bench, p: dict, rep: int, record: Record) -> None:
+    chunk, limit, factor = p["chunk"], p["limit"], p["factor"]
+    nroots = factor * 2 * limit // chunk
+    dsk: dict[str, Any] = {}
+    level = []
+    for i in range(nroots):
+        k = f"mem-{rep}-0-{i}"
+        dsk[k] = (make_chunk, i, chunk)
+        level.append(k)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = []
+        for i in range(0, len(level), 2):
+            k = f"mem-{rep}-{depth}-{i // 2}"
+            dsk[k] = (add, level[i], level[i + 1]) if i + 1 < len(level) else (noop, level[i])
+            nxt.append(k)
+        level = nxt
+    final = f"mem-{rep}-total"
+    dsk[final] = (total, level[0])
+    sampler = TreeRSS(os.getpid())
+    base = sampler.sample()
+    t0 = time.perf_counter()
+    ok, err = True, ""
+    try:
+        out = b.get(dsk, final)
+        want = float(nroots * (nroots - 1) // 2) * (chunk // 8)
+        check(abs(out - want) < 1e-6 * want, f"memory: got {out}, want {want}")
+    except AssertionError:
+        raise
+    except Exception as e:  # a dask KilledWorker or a Shoal error: did not complete
+        ok, err = False, f"{type(e).__name__}: {e}"[:300]
+    el = time.perf_counter() - t0
+    peak = sampler.stop()
+    record("memory_peak_rss", peak / 2 ** 20, {
+        "completed": ok, "error": err, "seconds": el, "baseline_rss_mib": base / 2 ** 20,
+        "roots": nroots, "root_bytes_total": nroots * chunk, "memory_limit_per_worker": limit})
+
+
+def check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise AssertionError(msg)
+
+
+PY_WORKLOADS: dict[str, Callable[[Bench, dict, int, Record], None]] = {
+    "map": wl_map, "tree": wl_tree, "chain": wl_chain, "transfer": wl_transfer,
+    "independent": wl_independent, "dataframe": wl_dataframe, "memory": wl_memory,
+}
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """Run one workload on one system, print `RESULT {json}`."""
+    import logging
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    sizes = SMOKE if args.smoke else FULL
+    p = sizes[args.child]
+    mem = p["limit"] if args.child == "memory" else "auto"
+    t0 = time.perf_counter()
+    b = Bench(args.system, memory_limit=mem)
+    startup = time.perf_counter() - t0
+    values: dict[str, list[float]] = {}
+    extra: dict[str, list[dict[str, Any]]] = {}
+    notes: list[str] = []
+
+    def record(metric: str, value: float, info: dict[str, Any]) -> None:
+        values.setdefault(metric, []).append(value)
+        extra.setdefault(metric, []).append(info)
+        print(f"  {args.system:5s} {metric:18s} rep {len(values[metric])}: {value:.4g}",
+              file=sys.stderr, flush=True)
+
+    try:
+        for rep in range(args.reps):
+            r0 = time.perf_counter()
+            PY_WORKLOADS[args.child](b, p, rep, record)
+            b.settle()
+            took = time.perf_counter() - r0
+            if rep == 0 and args.reps > 1 and took > args.rep_budget:
+                notes.append(f"{args.system}: first repetition took {took:.0f}s > "
+                             f"{args.rep_budget:.0f}s, so 1 repetition only")
+                break
+    finally:
+        b.close()
+    print("RESULT " + json.dumps({"values": values, "extra": extra, "notes": notes,
+                                  "startup_s": startup}), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# parent
+
+
+def run_child(workload: str, system: str, args: argparse.Namespace, timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, "--system", system,
+           "--reps", str(args.reps), "--rep-budget", str(args.rep_budget)]
+    if args.smoke:
+        cmd.append("--smoke")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "clients" / "python"), env.get("PYTHONPATH", "")])
+    env.setdefault("SHOAL_BIN", str(ROOT / "bin" / "shoal"))
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        proc.communicate()
+        return {"error": f"timed out after {timeout:.0f}s", "wall_s": time.time() - t0}
+    except BaseException:
+        kill_tree(proc.pid)
+        proc.wait()
+        raise
+    finally:
+        leftover = descendants(proc.pid) if proc.poll() is None else []
+        for p in leftover:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for line in out.splitlines():
+        if line.startswith("RESULT "):
+            res = json.loads(line[7:])
+            res["wall_s"] = time.time() - t0
+            if proc.returncode != 0:
+                res["error"] = f"exit code {proc.returncode}"
+            return res
+    return {"error": f"exit code {proc.returncode}, no result", "wall_s": time.time() - t0}
+
+
+def build_gobench() -> None:
+    subprocess.run(["go", "build", "-o", str(GOBENCH), "./benchmarks/cmd/shoalbench"], cwd=ROOT,
+                   check=True)
+
+
+def run_go(workload: str, args: argparse.Namespace, timeout: float) -> dict:
+    p = (SMOKE if args.smoke else FULL)[workload]
+    binary = os.environ.get("SHOAL_BIN", str(ROOT / "bin" / "shoal"))
+    reps = args.reps
+    values: dict[str, list[float]] = {}
+    extra: dict[str, list[Any]] = {}
+    t0 = time.time()
+    for _ in range(reps):
+        if workload == "gotasks":
+            cmd = [str(GOBENCH), "gotasks", "--bin", binary, "--tasks", str(p["n"]),
+                   "--timeout", f"{int(timeout)}s"]
+        else:
+            cmd = [str(GOBENCH), "zeroworkers", "--bin", binary, "--tasks", str(p["n"]),
+                   "--workers", p["workers"], "--timeout", f"{int(timeout)}s"]
+        try:
+            cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout:.0f}s", "values": values, "extra": extra}
+        if cp.returncode != 0:
+            return {"error": cp.stderr.strip()[-2000:] or f"exit code {cp.returncode}",
+                    "values": values, "extra": extra}
+        r = json.loads(cp.stdout)
+        if workload == "gotasks":
+            check(r["tasks"] == p["n"], "gotasks: wrong task count")
+            for m, v in (("gotasks_rate", r["tasks_per_s"]),
+                         ("gotasks_bytes_per_task", r["bytes_per_task"]),
+                         ("gotasks_peak_rss", r["sched_rss_peak"] / 2 ** 20),
+                         ("gotasks_cpu_per_task", r["sched_cpu_us_per_task"])):
+                values.setdefault(m, []).append(v)
+            extra.setdefault("gotasks_rate", []).append(r)
+        else:
+            for run in r["runs"]:
+                check(run["computes"] >= run["tasks"], "zeroworkers: tasks not all dispatched")
+                m = f"zero_cpu_{run['workers']}"
+                values.setdefault(m, []).append(run["sched_cpu_us_per_task"])
+                extra.setdefault(m, []).append(run)
+        for m, vs in values.items():
+            print(f"  shoal {m:22s} rep {len(vs)}: {vs[-1]:.4g}", file=sys.stderr, flush=True)
+    return {"values": values, "extra": extra, "wall_s": time.time() - t0, "notes": []}
+
+
+# metric → (label, unit, better)
+METRICS: dict[str, tuple[str, str, str]] = {
+    "map": ("1. client.map(noop, 20k) + gather", "tasks/s", "higher"),
+    "tree": ("2. tree reduction, 2^15 leaves", "tasks/s", "higher"),
+    "chain": ("3. chain of 1,000 tasks", "µs/hop", "lower"),
+    "transfer_numpy": ("4a. 200 MB numpy A→B", "GB/s", "higher"),
+    "transfer_arrow": ("4b. 200 MB Arrow table A→B", "GB/s", "higher"),
+    "independent": ("5. 100k independent tasks", "s", "lower"),
+    "df_groupby": ("6a. dataframe groupby-agg, 10M rows", "s", "lower"),
+    "df_merge": ("6b. dataframe merge, 2×10M rows", "s", "lower"),
+    "memory_peak_rss": ("7. memory pressure: peak RSS", "MiB", "lower"),
+    "gotasks_rate": ("8. 1M no-op Go tasks (Go client)", "tasks/s", "higher"),
+    "gotasks_bytes_per_task": ("8. scheduler memory per task", "bytes", "lower"),
+    "gotasks_peak_rss": ("8. scheduler peak RSS", "MiB", "lower"),
+    "gotasks_cpu_per_task": ("8. scheduler CPU per task", "µs", "lower"),
+    "zero_cpu_2": ("9. sched CPU/task, 2 zero-cost workers", "µs", "lower"),
+    "zero_cpu_16": ("9. sched CPU/task, 16 zero-cost workers", "µs", "lower"),
+    "zero_cpu_64": ("9. sched CPU/task, 64 zero-cost workers", "µs", "lower"),
+}
+
+
+def fmt(v: Optional[float]) -> str:
+    if v is None:
+        return "—"
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    if v >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def summarize(results: dict, smoke: bool) -> tuple[list[dict], str]:
+    rows = []
+    for metric, (label, unit, better) in METRICS.items():
+        s = results.get("shoal", {}).get(metric)
+        d = results.get("dask", {}).get(metric)
+        if s is None and d is None:
+            continue
+        sm = statistics.median(s) if s else None
+        dm = statistics.median(d) if d else None
+        ratio = None
+        if sm and dm:
+            ratio = sm / dm if better == "higher" else dm / sm
+        t = TARGETS.get(metric, {})
+        met = None
+        if sm is not None and t:
+            met = True
+            if "ratio" in t:
+                met = met and ratio is not None and ratio >= t["ratio"]
+            if "min" in t:
+                met = met and sm >= t["min"]
+            if "max" in t:
+                met = met and sm <= t["max"]
+        tgt = " and ".join(x for x in (
+            f"≥{t['ratio']}×" if "ratio" in t else "",
+            f"≥{t['min']:,} {unit}" if "min" in t else "",
+            f"≤{t['max']:,} {unit}" if "max" in t else "") if x)
+        rows.append({"metric": metric, "label": label, "unit": unit, "better": better,
+                     "shoal_median": sm, "dask_median": dm, "ratio": ratio,
+                     "shoal_n": len(s or []), "dask_n": len(d or []),
+                     "target": tgt, "met": met})
+    lines = ["| workload | Shoal median | dask median | ratio (>1: Shoal better) | unit | target |"
+             " met |", "|---|---:|---:|---:|---|---|---|"]
+    for r in rows:
+        ratio = f"{r['ratio']:.1f}×" if r["ratio"] is not None else "—"
+        met = "" if r["met"] is None or smoke else ("yes" if r["met"] else "**no**")
+        dn = f" (n={r['dask_n']})" if r["dask_median"] is not None and r["dask_n"] < 3 and not smoke else ""
+        lines.append(f"| {r['label']} | {fmt(r['shoal_median'])} | {fmt(r['dask_median'])}{dn} |"
+                     f" {ratio} | {r['unit']} | {r['target']} | {met} |")
+    return rows, "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(),
+                            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30, 1),
+                            "kernel": platform.release(), "python": platform.python_version()}
+    try:
+        import dask
+        import distributed
+
+        info["dask"], info["distributed"] = dask.__version__, distributed.__version__
+    except ImportError:
+        pass
+    try:
+        info["go"] = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+        info["shoal_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                              capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def parent_main(args: argparse.Namespace) -> int:
+    only = [w.strip() for w in args.only.split(",")] if args.only else WORKLOADS
+    bad = [w for w in only if w not in WORKLOADS]
+    if bad:
+        print(f"unknown workload(s) {bad}; choose from {WORKLOADS}", file=sys.stderr)
+        return 2
+    binary = Path(os.environ.get("SHOAL_BIN", ROOT / "bin" / "shoal"))
+    if not binary.exists():
+        print(f"{binary} not found: run `make build` first", file=sys.stderr)
+        return 2
+    if any(w in SHOAL_ONLY for w in only):
+        build_gobench()
+    started = time.time()
+    timeout = 150.0 if args.smoke else args.timeout
+    results: dict[str, dict[str, list[float]]] = {"shoal": {}, "dask": {}}
+    raw: dict[str, Any] = {}
+    errors: list[str] = []
+    notes: list[str] = []
+    for w in only:
+        systems = ["shoal"] if w in SHOAL_ONLY else ["shoal", "dask"]
+        systems = [x for x in systems if x in args.systems.split(",")]
+        for system in systems:
+            print(f"== {w} on {system}", file=sys.stderr, flush=True)
+            if w in SHOAL_ONLY:
+                res = run_go(w, args, timeout)
+            else:
+                res = run_child(w, system, args, timeout)
+            raw[f"{w}/{system}"] = res
+            if "error" in res:
+                msg = f"{w} on {system}: {res['error']}"
+                # dask being too slow or failing is a finding, not a failure of the suite
+                if system == "dask" and not args.smoke:
+                    notes.append(msg)
+                else:
+                    errors.append(msg)
+                print("   " + msg, file=sys.stderr, flush=True)
+            notes.extend(res.get("notes", []))
+            for metric, vs in (res.get("values") or {}).items():
+                results[system].setdefault(metric, []).extend(vs)
+            for metric, infos in (res.get("extra") or {}).items():
+                for info in infos:
+                    if isinstance(info, dict) and info.get("completed") is False:
+                        notes.append(f"{w} on {system}: did not complete: {info.get('error')}")
+    rows, table = summarize(results, args.smoke)
+    print()
+    print(table)
+    if notes:
+        print()
+        for n in notes:
+            print(f"- note: {n}")
+    doc = {"started": _dt.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+           "seconds": time.time() - started, "smoke": args.smoke, "reps": args.reps,
+           "machine": machine(), "sizes": SMOKE if args.smoke else FULL, "summary": rows,
+           "values": results, "raw": raw, "notes": notes, "errors": errors, "table": table}
+    if not args.no_save:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.fromtimestamp(started).strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}{'-smoke' if args.smoke else ''}.json"
+        (RESULTS / name).write_text(json.dumps(doc, indent=1, default=str))
+        latest = "latest-smoke.json" if args.smoke else "latest.json"
+        (RESULTS / latest).write_text(json.dumps(doc, indent=1, default=str))
+        print(f"\nraw results: {RESULTS / name}", file=sys.stderr)
+    if errors:
+        print("\nFAILED:", file=sys.stderr)
+        for e in errors:
+            print("  " + e, file=sys.stderr)
+        return 1
+    if args.smoke:
+        missing = [w for w in only if not any(k.split("/")[0] == w and v.get("values")
+                                               for k, v in raw.items())]
+        if missing:
+            print(f"FAILED: no figures for {missing}", file=sys.stderr)
+            return 1
+        print(f"smoke: all {len(only)} workloads ran and checked out in "
+              f"{time.time() - started:.0f}s", file=sys.stderr)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, 1 repetition, check results")
+    ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(WORKLOADS)}")
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per workload (default 3; smoke 1)")
+    ap.add_argument("--rep-budget", type=float, default=180.0,
+                    help="if a system's first repetition takes longer than this (s), it runs only once")
+    ap.add_argument("--timeout", type=float, default=1800.0, help="per workload and system (s)")
+    ap.add_argument("--systems", default="shoal,dask", help="run only these systems (shoal, dask)")
+    ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--system", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.reps is None:
+        args.reps = 1 if args.smoke else 3
+    if args.child:
+        try:
+            return child_main(args)
+        except BaseException:
+            traceback.print_exc()
+            return 1
+    return parent_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

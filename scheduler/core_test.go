@@ -1,0 +1,80 @@
+package scheduler
+
+import (
+	"errors"
+	"math"
+	"strings"
+	"testing"
+
+	"github.com/shoal-dev/shoal/graph"
+)
+
+func TestCoreConfigValidate(t *testing.T) {
+	if err := DefaultCoreConfig().Validate(); err != nil {
+		t.Fatal(err)
+	}
+	inf := DefaultCoreConfig()
+	inf.SaturationFactor = math.Inf(1)
+	if err := inf.Validate(); err != nil {
+		t.Fatalf("+Inf saturation refused: %v", err)
+	}
+	bad := []func(*CoreConfig){
+		func(c *CoreConfig) { c.SaturationFactor = 0 },
+		func(c *CoreConfig) { c.SaturationFactor = math.NaN() },
+		func(c *CoreConfig) { c.Bandwidth = -1 },
+		func(c *CoreConfig) { c.UnknownDuration = 0 },
+		func(c *CoreConfig) { c.KilledWorkerThreshold = 0 },
+		func(c *CoreConfig) { c.StoryLength = 300 },
+		func(c *CoreConfig) { c.StealInterval = -1 },
+		func(c *CoreConfig) { c.DurationWeight = 2 },
+	}
+	for i, mut := range bad {
+		c := DefaultCoreConfig()
+		mut(&c)
+		if err := c.Validate(); err == nil || !strings.HasPrefix(err.Error(), "scheduler: ") {
+			t.Errorf("case %d: Validate = %v", i, err)
+		}
+	}
+}
+
+func TestIllegalTransitionPanics(t *testing.T) {
+	c := NewCore(DefaultCoreConfig())
+	c.Handle(EvUpdateGraph{Client: 1, Tasks: []graph.Task{{Key: "k", Kind: graph.KindGo, Func: "f"}}, Wanted: []string{"k"}}, nil)
+	if s := c.State("k"); s != Queued {
+		t.Fatalf("k is %s, want queued (no worker yet)", s)
+	}
+	defer func() {
+		var it IllegalTransition
+		p := recover()
+		if err, ok := p.(error); !ok || !errors.As(err, &it) || it.From != Queued || it.To != Forgotten {
+			t.Fatalf("recovered %v", p)
+		}
+		if !strings.Contains(it.Error(), "queued → forgotten") {
+			t.Fatalf("message %q does not name both states", it.Error())
+		}
+	}()
+	c.setState(c.keys["k"], Queued, Forgotten)
+}
+
+func TestStoryIsBounded(t *testing.T) {
+	cfg := DefaultCoreConfig()
+	cfg.StoryLength = 3
+	cfg.SaturationFactor = math.Inf(1)
+	c := NewCore(cfg)
+	c.Handle(EvWorkerJoined{Worker: 0, Name: "a", NThreads: 1, Functions: []string{"f"}}, nil)
+	c.Handle(EvUpdateGraph{Client: 1, Tasks: []graph.Task{{Key: "k", Kind: graph.KindGo, Func: "f", Retries: 5}}, Wanted: []string{"k"}}, nil)
+	for range 3 {
+		c.Handle(EvTaskErred{Worker: 0, Key: "k"}, nil)
+	}
+	ti, _ := c.TaskInfo("k")
+	if len(ti.Story) != 3 {
+		t.Fatalf("story has %d entries, want 3: %v", len(ti.Story), ti.Story)
+	}
+	last := ti.Story[2]
+	if last.From != Waiting || last.To != Processing || last.Event != "task-erred" || last.Seq != c.Stats().Events {
+		t.Fatalf("last entry %v", last)
+	}
+	if ti.RetriesLeft != 2 {
+		t.Fatalf("retries left %d, want 2", ti.RetriesLeft)
+	}
+}

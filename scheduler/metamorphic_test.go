@@ -1,0 +1,359 @@
+package scheduler
+
+import (
+	"flag"
+	"fmt"
+	"hash/fnv"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"testing"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// TestMetamorphic runs random graphs on an in-memory fake cluster with random worker
+// counts, message interleavings, transient task failures (within the tasks' retries),
+// worker deaths, graceful leaves and joins, and stealing. Whatever the schedule, every
+// wanted key must end in memory with the value a sequential evaluation gives, and the core
+// must never make an illegal transition (which panics).
+var metaSeeds = flag.Int("seeds", 300, "TestMetamorphic: number of random schedules")
+
+func TestMetamorphic(t *testing.T) {
+	seeds := *metaSeeds
+	if testing.Short() {
+		seeds = 40
+	}
+	var missing, deaths, tasks int
+	defer func() {
+		t.Logf("%d graphs, %d tasks, %d worker losses, %d inputs missing", seeds, tasks, deaths, missing)
+	}()
+	for seed := range seeds {
+		fc := newFakeCluster(t, uint64(seed))
+		defer func() { missing, deaths, tasks = missing+fc.missing, deaths+fc.deaths, tasks+len(fc.tasks) }()
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Fatalf("seed %d: panic: %v", seed, p)
+				}
+			}()
+			fc.run()
+		}()
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+type fakeWorker struct {
+	id     WorkerID
+	store  map[string]uint64
+	queue  []ActCompute // received, not started
+	inbox  []Action     // scheduler → worker, in order
+	outbox []Event      // worker → scheduler, in order
+}
+
+type fakeCluster struct {
+	t       *testing.T
+	seed    uint64
+	r       *rand.Rand
+	c       *Core
+	workers map[WorkerID]*fakeWorker
+	next    WorkerID
+	tasks   []graph.Task
+	wanted  []string
+	ref     map[string]uint64
+	fails   map[string]int
+	client  map[string]string // last key-state per wanted key
+	deaths  int
+	missing int
+	trace   func(dir string, v any)
+	acts    []Action
+}
+
+func newFakeCluster(t *testing.T, seed uint64) *fakeCluster {
+	r := rand.New(rand.NewPCG(seed, 99))
+	cfg := DefaultCoreConfig()
+	cfg.KilledWorkerThreshold = 1 << 20
+	cfg.StealInterval = 0
+	if r.IntN(3) == 0 {
+		cfg.SaturationFactor = 1 + r.Float64()
+	}
+	fc := &fakeCluster{t: t, seed: seed, r: r, c: NewCore(cfg), workers: map[WorkerID]*fakeWorker{},
+		ref: map[string]uint64{}, fails: map[string]int{}, client: map[string]string{}}
+	n := 1 + r.IntN(60)
+	for i := range n {
+		task := graph.Task{Key: fmt.Sprintf("t%d-%x", i%5, i), Kind: graph.KindGo, Func: "h", Retries: r.IntN(3)}
+		for range r.IntN(4) {
+			if i > 0 {
+				d := fc.tasks[r.IntN(i)].Key
+				if !slices.ContainsFunc(task.Args, func(a graph.Arg) bool { return a.Ref == d }) {
+					task.Args = append(task.Args, graph.Ref(d))
+				}
+			}
+		}
+		if r.IntN(4) == 0 {
+			task.Args = append(task.Args, graph.Lit(int64(i)))
+		}
+		fc.tasks = append(fc.tasks, task)
+		fc.ref[task.Key] = value(&task, fc.ref)
+	}
+	used := map[string]bool{}
+	for i := range fc.tasks {
+		for _, d := range graph.Deps(&fc.tasks[i]) {
+			used[d] = true
+		}
+	}
+	for _, task := range fc.tasks {
+		if !used[task.Key] || r.IntN(4) == 0 {
+			fc.wanted = append(fc.wanted, task.Key)
+		}
+	}
+	return fc
+}
+
+// value is what a task computes: a hash of its key and its inputs' values.
+func value(task *graph.Task, vals map[string]uint64) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(task.Key))
+	for _, d := range graph.Deps(task) {
+		h.Write([]byte(strconv.FormatUint(vals[d], 16)))
+	}
+	return h.Sum64()
+}
+
+func (fc *fakeCluster) handle(ev Event) {
+	if fc.trace != nil {
+		fc.trace("in ", ev)
+	}
+	fc.acts = fc.c.Handle(ev, fc.acts[:0])
+	for _, a := range fc.acts {
+		if fc.trace != nil {
+			fc.trace("out", a)
+		}
+		switch a := a.(type) {
+		case ActCompute:
+			fc.toWorker(a.Worker, a)
+		case ActFree:
+			fc.toWorker(a.Worker, a)
+		case ActSteal:
+			fc.toWorker(a.Victim, a)
+		case ActKeyState:
+			if a.State != "memory" {
+				fc.t.Fatalf("seed %d: key %s is %s: %v", fc.seed, a.Key, a.State, a.Err)
+			}
+			fc.client[a.Key] = a.State
+		case ActGraphRejected:
+			fc.t.Fatalf("seed %d: graph rejected: %v", fc.seed, a.Err)
+		}
+	}
+}
+
+func (fc *fakeCluster) toWorker(w WorkerID, a Action) {
+	if fw := fc.workers[w]; fw != nil {
+		fw.inbox = append(fw.inbox, a)
+	}
+}
+
+func (fc *fakeCluster) addWorker() {
+	id := fc.next
+	fc.next++
+	fc.workers[id] = &fakeWorker{id: id, store: map[string]uint64{}}
+	fc.handle(EvWorkerJoined{Worker: id, Name: fmt.Sprint("w", id), Addr: fmt.Sprint("w", id, ":1"),
+		NThreads: 1 + fc.r.IntN(3), Functions: []string{"h"}})
+}
+
+func (fc *fakeCluster) pick() *fakeWorker {
+	ids := make([]WorkerID, 0, len(fc.workers))
+	for id := range fc.workers {
+		ids = append(ids, id)
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	slices.Sort(ids)
+	return fc.workers[ids[fc.r.IntN(len(ids))]]
+}
+
+func (fc *fakeCluster) run() {
+	for range 1 + fc.r.IntN(4) {
+		fc.addWorker()
+	}
+	fc.handle(EvUpdateGraph{Client: 1, ID: 1, Tasks: fc.tasks, Wanted: fc.wanted})
+	for step := 0; ; step++ {
+		if step > 200000 {
+			fc.t.Fatalf("seed %d: no progress after %d steps; counts %v", fc.seed, step, fc.c.Counts())
+		}
+		if fc.done() {
+			break
+		}
+		fc.step()
+	}
+	fc.check()
+}
+
+func (fc *fakeCluster) done() bool {
+	for _, w := range fc.workers {
+		if len(w.inbox)+len(w.outbox)+len(w.queue) > 0 {
+			return false
+		}
+	}
+	for _, k := range fc.wanted {
+		if fc.client[k] != "memory" || fc.c.State(k) != Memory {
+			return false
+		}
+	}
+	return true
+}
+
+func (fc *fakeCluster) step() {
+	w := fc.pick()
+	if w == nil {
+		fc.addWorker()
+		return
+	}
+	switch x := fc.r.IntN(100); {
+	case x < 30:
+		fc.deliverIn(w)
+	case x < 60:
+		fc.runTask(w)
+	case x < 90:
+		if len(w.outbox) > 0 {
+			ev := w.outbox[0]
+			w.outbox = w.outbox[1:]
+			fc.handle(ev)
+		}
+	case x < 92 && fc.deaths < 6:
+		fc.deaths++
+		delete(fc.workers, w.id)
+		fc.handle(EvWorkerLeft{Worker: w.id, Reason: "signal: killed"})
+	case x < 93 && fc.deaths < 6:
+		fc.deaths++
+		for _, ev := range w.outbox {
+			fc.handle(ev)
+		}
+		w.outbox = nil
+		var keys []string
+		for _, q := range w.queue {
+			keys = append(keys, q.Task.Key)
+		}
+		fc.handle(EvReschedule{Worker: w.id, Keys: keys})
+		delete(fc.workers, w.id)
+		fc.handle(EvWorkerLeft{Worker: w.id, Reason: "goodbye", Graceful: true})
+	case x < 95 && len(fc.workers) < 6:
+		fc.addWorker()
+	default:
+		fc.handle(EvTick{Now: int64(fc.r.IntN(1 << 30))})
+	}
+}
+
+func (fc *fakeCluster) deliverIn(w *fakeWorker) {
+	if len(w.inbox) == 0 {
+		return
+	}
+	a := w.inbox[0]
+	w.inbox = w.inbox[1:]
+	if fc.trace != nil {
+		fc.trace(fmt.Sprintf("w%d got", w.id), a)
+	}
+	switch a := a.(type) {
+	case ActCompute:
+		w.queue = slices.DeleteFunc(w.queue, func(q ActCompute) bool { return q.Task.Key == a.Task.Key })
+		w.queue = append(w.queue, a)
+	case ActFree:
+		for _, k := range a.Keys {
+			delete(w.store, k)
+			w.queue = slices.DeleteFunc(w.queue, func(q ActCompute) bool { return q.Task.Key == k })
+		}
+	case ActSteal:
+		i := slices.IndexFunc(w.queue, func(q ActCompute) bool { return q.Task.Key == a.Key })
+		if i >= 0 {
+			w.queue = slices.Delete(w.queue, i, i+1)
+		}
+		w.outbox = append(w.outbox, EvStealResponse{Worker: w.id, Key: a.Key, Accepted: i >= 0})
+	}
+}
+
+// runTask runs one queued task on w: fetch inputs from the holders the compute message
+// named, then succeed or fail transiently. An input it cannot fetch is reported missing and
+// the task is dropped.
+func (fc *fakeCluster) runTask(w *fakeWorker) {
+	if len(w.queue) == 0 {
+		return
+	}
+	i := fc.r.IntN(len(w.queue))
+	ac := w.queue[i]
+	task := ac.Task
+	w.queue = slices.Delete(w.queue, i, i+1)
+	vals := map[string]uint64{}
+	for _, dep := range ac.Deps {
+		d := dep.Key
+		if v, ok := w.store[d]; ok {
+			vals[d] = v
+			continue
+		}
+		got := false
+		for _, h := range dep.Workers {
+			if hw := fc.workers[h]; hw != nil {
+				if v, ok := hw.store[d]; ok {
+					vals[d], got = v, true
+					w.store[d] = v
+					w.outbox = append(w.outbox, EvAddReplica{Worker: w.id, Items: []wire.Item{{Key: d, NBytes: 8}}})
+					break
+				}
+			}
+			w.outbox = append(w.outbox, EvMissingData{Reporter: w.id, Key: d, From: h})
+		}
+		if !got {
+			fc.missing++
+			return // dropped
+		}
+	}
+	if fc.fails[task.Key] < task.Retries && fc.r.IntN(3) == 0 {
+		fc.fails[task.Key]++
+		w.outbox = append(w.outbox, EvTaskErred{Worker: w.id, Key: task.Key, Err: wire.Errorf(wire.CodeTaskError, "transient")})
+		return
+	}
+	w.store[task.Key] = value(task, vals)
+	w.outbox = append(w.outbox, EvTaskFinished{Worker: w.id, Key: task.Key, NBytes: 8, Encoding: "msgpack", Stop: 1000})
+}
+
+func (fc *fakeCluster) check() {
+	for _, w := range fc.workers {
+		for k, v := range w.store {
+			if fc.ref[k] != v {
+				fc.t.Fatalf("seed %d: worker %d holds %s = %x, want %x", fc.seed, w.id, k, v, fc.ref[k])
+			}
+		}
+	}
+	for _, k := range fc.wanted {
+		if s := fc.c.State(k); s != Memory {
+			fc.t.Fatalf("seed %d: wanted %s is %s", fc.seed, k, s)
+		}
+		holders := fc.c.WhoHas(k)
+		if len(holders) == 0 {
+			fc.t.Fatalf("seed %d: wanted %s has no holder", fc.seed, k)
+		}
+		for _, h := range holders {
+			hw := fc.workers[h]
+			if hw == nil {
+				fc.t.Fatalf("seed %d: %s said to be on dead worker %d", fc.seed, k, h)
+			}
+			if v, ok := hw.store[k]; !ok || v != fc.ref[k] {
+				fc.t.Fatalf("seed %d: %s on worker %d: %x %v, want %x", fc.seed, k, h, v, ok, fc.ref[k])
+			}
+		}
+	}
+	fc.handle(EvReleaseKeys{Client: 1, Keys: fc.wanted})
+	if st := fc.c.Stats(); st.TasksAlive != 0 {
+		fc.t.Fatalf("seed %d: %d tasks alive after releasing everything", fc.seed, st.TasksAlive)
+	}
+}
+
+func formatAny(v any) string {
+	if a, ok := v.(Action); ok {
+		return formatAction(a)
+	}
+	return fmt.Sprintf("%T%+v", v, v)
+}

@@ -1,0 +1,132 @@
+package worker
+
+import (
+	"encoding/hex"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+	"github.com/stretchr/testify/require"
+)
+
+func pyTask(key, hash string, funcData, payload []byte, deps ...string) *wire.Msg {
+	return &wire.Msg{Op: wire.OpCompute, FuncData: funcData,
+		Task: &graph.Task{Key: key, Kind: graph.KindPy, Func: hash, Payload: payload, Deps: deps}}
+}
+
+func TestPythonExecutor(t *testing.T) {
+	py := pythonForTests(t)
+	fake, err := filepath.Abs("testdata/fake_executor.py")
+	require.NoError(t, err)
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.Python = py
+	cfg.PythonArgs = []string{fake}
+	w, sc, _, _ := s.startWorker(cfg)
+
+	sc.send(goTask("dep", "bytes", 0, 3))
+	sc.expect(wire.OpTaskFinished)
+
+	// The function travels once; dependencies arrive in Deps order with their frames.
+	sc.send(pyTask("echo-1", "h-echo", []byte("echo"), []byte("hi:"), "dep"))
+	m := sc.expect(wire.OpTaskFinished)
+	require.Equal(t, wire.EncBytes, m.Encoding)
+	sc.send(pyTask("echo-2", "h-echo", nil, []byte("again")))
+	sc.expect(wire.OpTaskFinished)
+	c := dialData(t, w.DataAddr(), "", wire.RolePeer)
+	_, frames := getData(t, c, 1, "echo-1", "echo-2")
+	require.Equal(t, []byte("hi:\x00\x01\x02"), frames[0])
+	require.Equal(t, []byte("again"), frames[1])
+
+	sc.send(pyTask("raise", "h-raise", []byte("raise"), nil))
+	m = sc.expect(wire.OpTaskErred)
+	require.Equal(t, wire.CodeTaskError, m.Error.Code)
+	require.Equal(t, "ValueError", m.Error.Type)
+	require.Equal(t, "fake traceback", m.Error.Traceback)
+
+	// A crash fails the running task with executor-died, naming the signal.
+	sc.send(pyTask("crash", "h-crash", []byte("crash"), nil))
+	m = sc.expect(wire.OpTaskErred)
+	require.Equal(t, "crash", m.Key)
+	require.Equal(t, wire.CodeExecutorDied, m.Error.Code)
+	require.Contains(t, m.Error.Message, "died while running the task: signal: segmentation fault")
+
+	// The next task gets a fresh executor, which is sent the function it has not seen.
+	sc.send(pyTask("echo-3", "h-echo", nil, []byte("fresh")))
+	sc.expect(wire.OpTaskFinished)
+	_, frames = getData(t, c, 2, "echo-3")
+	require.Equal(t, []byte("fresh"), frames[0])
+
+	sc.send(pyTask("exit", "h-exit", []byte("exit3"), nil))
+	m = sc.expect(wire.OpTaskErred)
+	require.Contains(t, m.Error.Message, "exit status 3")
+	require.Equal(t, int64(2), w.Metrics().ExecutorDeaths)
+
+	// A pickled function the worker never received is a task error, not a crash.
+	sc.send(pyTask("nofunc", "h-unknown", nil, nil))
+	require.Contains(t, sc.expect(wire.OpTaskErred).Error.Message, "never sent to this worker")
+}
+
+func TestPythonExecutorCannotStart(t *testing.T) {
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.Python = filepath.Join(t.TempDir(), "no-such-python")
+	_, sc, _, _ := s.startWorker(cfg)
+	sc.send(pyTask("p", "h", []byte("echo"), nil))
+	m := sc.expect(wire.OpTaskErred)
+	require.Equal(t, wire.CodeExecutorDied, m.Error.Code)
+	require.Contains(t, m.Error.Message, "cannot start a Python executor")
+}
+
+// TestRealPythonExecutor runs shoal.executor from clients/python on Go-produced inputs
+// (msgpack and Arrow), when that package and cloudpickle are importable.
+func TestRealPythonExecutor(t *testing.T) {
+	py := pythonForTests(t)
+	pkg, err := filepath.Abs("../clients/python")
+	require.NoError(t, err)
+	t.Setenv("PYTHONPATH", pkg)
+	mk := func(name string) (hash string, fn, payload []byte) {
+		out, err := exec.Command(py, "testdata/make_py_task.py", name).Output()
+		if err != nil {
+			t.Skipf("cannot build a pickled task with %s (needs cloudpickle and clients/python): %v", py, err)
+		}
+		lines := strings.Fields(string(out))
+		require.Len(t, lines, 3)
+		fn, err = hex.DecodeString(lines[1])
+		require.NoError(t, err)
+		payload, err = hex.DecodeString(lines[2])
+		require.NoError(t, err)
+		return lines[0], fn, payload
+	}
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.Python = py
+	w, sc, _, _ := s.startWorker(cfg)
+
+	sc.send(goTask("x", "inc", 0, 31))
+	sc.expect(wire.OpTaskFinished)
+	sc.send(goTask("tbl", "arrow_table", 0, 21))
+	sc.expect(wire.OpTaskFinished)
+
+	h, fn, payload := mk("add10")
+	sc.send(pyTask("py-add", h, fn, payload, "x"))
+	m := sc.expect(wire.OpTaskFinished)
+	require.Equal(t, "py-add", m.Key)
+	h, fn, payload = mk("rows")
+	sc.send(pyTask("py-rows", h, fn, payload, "tbl"))
+	sc.expect(wire.OpTaskFinished)
+
+	// Python ints come back as msgpack, which Go tasks read.
+	sc.send(goTask("go-sum", "add", 0, ref("py-add"), ref("py-rows")))
+	sc.expect(wire.OpTaskFinished)
+	c := dialData(t, w.DataAddr(), "", wire.RolePeer)
+	reply, frames := getData(t, c, 1, "py-add", "py-rows", "go-sum")
+	require.Len(t, reply.Items, 3)
+	for i, want := range []int{42, 42, 84} {
+		require.Equal(t, wire.EncMsgpack, reply.Items[i].Encoding)
+		require.EqualValues(t, want, decodeMsgpack(t, frames[i]))
+	}
+}

@@ -1,0 +1,23 @@
+"""Print a pickled function and payload for the worker's real-executor test.
+
+Usage: make_py_task.py NAME -> two hex lines: cloudpickle of the function, pickle of (args, kwargs).
+"""
+
+import hashlib
+import pickle
+import sys
+
+import cloudpickle
+from shoal._refs import Ref
+
+TASKS = {
+    # x is a msgpack result of a Go task, t an Arrow result (a pyarrow.Table).
+    "add10": (lambda x: x + 10, (Ref("x"),)),
+    "rows": (lambda t: t.num_rows * 2, (Ref("tbl"),)),
+}
+
+fn, args = TASKS[sys.argv[1]]
+data = cloudpickle.dumps(fn)
+print(hashlib.sha256(data).hexdigest())
+print(data.hex())
+print(pickle.dumps((args, {}), protocol=5).hex())
