@@ -12,7 +12,10 @@ GOFILES := $(shell find . -name '*.go' -not -path './.venv/*' -not -path './node
 export SHOAL_BIN    := $(CURDIR)/$(BIN)
 export SHOAL_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: all build demo test test-go test-python test-fuzz lint venv bench bench-smoke clean help
+.PHONY: all build demo test test-go test-python test-browser lint venv clean help
+
+include dashboard/Makefile.inc
+-include benchmarks/bench.mk
 
 all: build
 
@@ -24,7 +27,9 @@ help:
 
 build: $(BIN)
 
-$(BIN): $(GOFILES) go.mod go.sum
+# The dashboard's chart library is copied into dashboard/static/vendor first, so the binary
+# embeds it (go:embed); `go build` alone also works, with a page that says charts are missing.
+$(BIN): $(GOFILES) go.mod go.sum $(wildcard dashboard/static/*.* dashboard/static/js/*) | dashboard-build
 	$(GO) build -o $(BIN) ./cmd/shoal
 
 venv: $(VENV)/.installed
@@ -49,7 +54,10 @@ test-python: build venv
 	$(VPY) -m mypy --strict clients/python/shoal
 	$(VPY) -m pytest -q clients/python/tests
 
-test: lint test-go test-python
+test-browser: build dashboard-chromium
+	$(MAKE) dashboard-e2e
+
+test: lint test-go test-python test-browser
 
 clean:
 	rm -rf bin build dist *.egg-info

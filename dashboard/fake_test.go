@@ -3,6 +3,7 @@ package dashboard
 import (
 	"context"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -155,7 +156,17 @@ func (h *harness) ticker() *manualTicker {
 
 // tick makes the hub send one frame, and returns once the hub has finished sending it.
 func (h *harness) tick() {
-	h.ticker().c <- time.Now()
+	h.t.Helper()
+	mt := h.ticker()
+	for sent := false; !sent; {
+		select {
+		case mt.c <- time.Now():
+			sent = true
+		default:
+			require.False(h.t, mt.stopped.Load(), "tick: the hub stopped its ticker (no viewer left)")
+			runtime.Gosched()
+		}
+	}
 	h.sync()
 }
 

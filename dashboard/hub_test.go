@@ -162,6 +162,7 @@ func TestSlowViewerDropsFramesWithoutBlocking(t *testing.T) {
 	h := newHarness(t, func(c *Config) { c.ViewerQueue = 1 })
 	v := newViewer(1) // registered directly: nobody drains its queue
 	require.True(t, h.srv.hub.join(v))
+	h.sync()
 
 	const ticks = 20
 	for range ticks {
@@ -184,7 +185,10 @@ func TestSlowViewerDropsFramesWithoutBlocking(t *testing.T) {
 // The same over a real socket: a browser that stops reading fills the socket buffers, then
 // its queue; frames are dropped and the count reaches the page once it reads again.
 func TestBlockedSocketDropsAndReportsCount(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.ViewerQueue = 2 })
+	h := newHarness(t, func(c *Config) {
+		c.ViewerQueue = 2
+		c.WriteTimeout = time.Hour // stalled, not dead: keep it connected
+	})
 	big := strings.Repeat("g", 200)
 	h.src.setSnapshot(func(s *Snapshot) {
 		s.Groups = nil
@@ -196,18 +200,26 @@ func TestBlockedSocketDropsAndReportsCount(t *testing.T) {
 	h.waitViewers(1)
 	for i := 0; counterValue(t, h.srv.hub.metrics.framesDropped) == 0; i++ {
 		require.Less(t, i, 100000, "frames were never dropped")
-		h.tick() // a full frame each time: the viewer keeps missing deltas
-	}
-	var dropped uint64
-	for dropped == 0 {
-		env := readEnvelope(t, c)
-		dropped = env.Dropped
-		if dropped > 0 {
-			assert.True(t, env.Frame.Full)
-		}
+		h.src.setSnapshot(func(s *Snapshot) { // every group changes: each delta is big
+			for i := range s.Groups {
+				s.Groups[i].Done++
+			}
+		})
 		h.tick()
 	}
-	assert.Positive(t, dropped)
+	// The page reads again: the drop count arrives with the next frame written, and once the
+	// frames queued before the drop are through, a full frame resynchronises it.
+	var env envelope
+	for env.Dropped == 0 {
+		env = readEnvelope(t, c)
+		h.tick()
+	}
+	for i := 0; !env.Frame.Full; i++ {
+		require.LessOrEqual(t, i, 2+1, "no full frame after the drop")
+		env = readEnvelope(t, c)
+		h.tick()
+	}
+	assert.Positive(t, env.Dropped)
 }
 
 func TestCloseDisconnectsViewers(t *testing.T) {

@@ -285,6 +285,7 @@ func (c *Core) newTask(def *graph.Task, group int32) int32 {
 	c.counts[Released]++
 	c.groups[group].counts[Released]++
 	c.groups[group].total++
+	c.groups[group].added++
 	return id
 }
 

@@ -17,6 +17,8 @@ type GroupStats struct {
 	Name         string
 	States       [NumStates]int // tasks per state (Forgotten is always 0)
 	Total        int            // tasks not forgotten
+	Added        int            // tasks ever added to the group
+	Done         int            // tasks of the group that ever finished
 	NBytes       int64          // bytes in memory, one copy per task
 	MeanDuration time.Duration  // moving average of run times; 0 when none finished yet
 	Dependencies []string       // names of the groups this group depends on
@@ -89,14 +91,22 @@ type Stats struct {
 func (c *Core) Counts() [NumStates]int { return c.counts }
 
 // Groups returns every group that has tasks, in creation order.
-func (c *Core) Groups() []GroupStats {
-	out := make([]GroupStats, 0, len(c.groups))
-	for i := range c.groups {
+func (c *Core) Groups() []GroupStats { return c.RecentGroups(0, false) }
+
+// RecentGroups returns the last n groups (all when n <= 0) in creation order; with finished,
+// groups whose tasks are all forgotten are included too (a finished graph's progress).
+func (c *Core) RecentGroups(n int, finished bool) []GroupStats {
+	first := 0
+	if n > 0 {
+		first = max(0, len(c.groups)-n)
+	}
+	out := make([]GroupStats, 0, len(c.groups)-first)
+	for i := first; i < len(c.groups); i++ {
 		g := &c.groups[i]
-		if g.total == 0 {
+		if g.total == 0 && (!finished || g.added == 0) {
 			continue
 		}
-		gs := GroupStats{Name: g.name, States: g.counts, Total: g.total, NBytes: g.nbytes}
+		gs := GroupStats{Name: g.name, States: g.counts, Total: g.total, Added: g.added, Done: g.done, NBytes: g.nbytes}
 		gs.States[Forgotten] = 0
 		if g.ndur > 0 {
 			gs.MeanDuration = time.Duration(g.dur * 1e9)

@@ -77,7 +77,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descMsgsOut, prometheus.CounterValue, float64(stats.msgsOut))
 	ch <- prometheus.MustNewConstMetric(descBusy, prometheus.CounterValue, time.Duration(stats.busy).Seconds())
 	ch <- prometheus.MustNewConstMetric(descUptime, prometheus.GaugeValue, time.Since(s.started).Seconds())
-	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.obs.dropped.Load()))
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.obs.feed.Dropped()))
 }
 
 type workerMetrics struct {

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-dev/shoal/dashboard"
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
@@ -397,7 +398,13 @@ func (s *Server) handle(ev Event) {
 	for _, a := range s.actions {
 		s.perform(a)
 	}
-	s.obs.event(ev)
+}
+
+func firstKey(keys []string) string {
+	if len(keys) > 0 {
+		return keys[0]
+	}
+	return ""
 }
 
 func (s *Server) tick(now time.Time) {
@@ -470,7 +477,7 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	w.conn.Send(&wire.Msg{Op: wire.OpRegistered, WorkerID: int64(w.id)})
 	reply <- nil
 	s.log.Info("worker joined", "worker", w.info.Name, "address", w.info.Address, "nthreads", w.info.NThreads)
-	s.obs.cluster(ClusterEvent{Kind: "worker-joined", Worker: w.info.Name, Detail: w.info.Address})
+	s.obs.cluster(dashboard.Event{Kind: dashboard.EventWorkerJoined, Worker: w.info.Address, Name: w.info.Name})
 	s.handle(EvWorkerJoined{Worker: w.id, Name: w.info.Name, Addr: w.info.Address, NThreads: w.info.NThreads,
 		MemoryLimit: w.info.MemoryLimit, Resources: w.info.Resources, Functions: m.Functions})
 }
@@ -500,7 +507,7 @@ func (s *Server) removeWorker(w *workerConn, reason string, graceful bool) {
 	delete(s.byName, w.info.Name)
 	w.conn.Abort()
 	s.log.Info("worker left", "worker", w.info.Name, "reason", reason, "graceful", graceful)
-	s.obs.cluster(ClusterEvent{Kind: "worker-left", Worker: w.info.Name, Detail: reason})
+	s.obs.cluster(dashboard.Event{Kind: dashboard.EventWorkerLeft, Worker: w.info.Address, Name: w.info.Name, Reason: reason})
 	s.handle(EvWorkerLeft{Worker: w.id, Reason: reason, Graceful: graceful})
 }
 
@@ -517,7 +524,9 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		}
 		s.obs.taskDone(w, m, "erred")
 		s.handle(EvTaskErred{Worker: w.id, Key: m.Key, Err: err, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
+		s.onTaskErred(w, m.Key, err)
 	case wire.OpAddKeys:
+		s.obs.transfers(w, m.Items)
 		s.handle(EvAddReplica{Worker: w.id, Items: m.Items})
 	case wire.OpMissingData:
 		from, ok := s.byAddr[m.Worker]
@@ -544,6 +553,16 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	default:
 		w.conn.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served on a worker stream", m.Op))
 	}
+}
+
+// onTaskErred records a failure (or a retry, when the core re-ran the task) as a cluster event.
+func (s *Server) onTaskErred(w *workerConn, key string, err *wire.Error) {
+	kind := dashboard.EventRetry
+	if s.core.State(key) == Erred {
+		kind = dashboard.EventError
+		s.stats.failed++
+	}
+	s.obs.cluster(dashboard.Event{Kind: kind, Key: key, Group: graph.KeySplit(key), Worker: w.info.Address, Name: w.info.Name, Reason: err.Error()})
 }
 
 func orDefault(s, d string) string {
@@ -689,7 +708,7 @@ func (s *Server) perform(a Action) {
 		if cl, ok := s.clients[a.Client]; ok {
 			cl.conn.Send(&wire.Msg{Op: wire.OpGraphRejected, ID: a.ID, Keys: a.Keys, Error: a.Err})
 		}
-		s.obs.cluster(ClusterEvent{Kind: "graph-rejected", Detail: a.Err.Error()})
+		s.obs.cluster(dashboard.Event{Kind: dashboard.EventError, Key: firstKey(a.Keys), Reason: "graph rejected: " + a.Err.Error()})
 	}
 }
 

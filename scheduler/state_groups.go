@@ -9,6 +9,8 @@ type group struct {
 	nbytes int64 // bytes in memory (one copy per task)
 	dur    float64
 	ndur   int
+	added  int     // tasks ever added (cumulative, for progress bars)
+	done   int     // tasks that ever finished (cumulative)
 	size   float64 // moving average of result sizes, bytes
 	nsize  int
 	deps   []int32 // groups this group depends on

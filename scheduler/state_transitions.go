@@ -152,6 +152,7 @@ func (c *Core) processingToMemory(id int32, w WorkerID, nbytes int64, enc string
 		g.observe(float64(dur)/1e9, c.cfg.DurationWeight)
 	}
 	g.observeSize(nbytes, c.cfg.DurationWeight)
+	g.done = min(g.done+1, g.added)
 	c.enterMemory(id, w, nbytes, enc)
 }
 

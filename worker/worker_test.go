@@ -4,7 +4,6 @@ import (
 	"context"
 	"testing"
 
-	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
@@ -333,5 +332,3 @@ func TestSpillUnderMemoryPressure(t *testing.T) {
 	require.Len(t, frames[0], 2<<10)
 	require.Equal(t, byte(255), frames[0][255])
 }
-
-var _ = graph.KindGo

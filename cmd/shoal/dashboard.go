@@ -4,12 +4,22 @@ import (
 	"log/slog"
 	"net/http"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/shoal-dev/shoal/dashboard"
 	"github.com/shoal-dev/shoal/scheduler"
 )
 
-// httpHandler serves the dashboard, /metrics, /api/v1 and /health for the scheduler.
-func httpHandler(srv *scheduler.Server, log *slog.Logger) (http.Handler, func()) {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/health", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	return mux, func() {}
+// httpHandler serves the dashboard, /metrics, /api/v1 and /health for the scheduler. The
+// returned func disconnects viewers; call it before the scheduler closes.
+func httpHandler(srv *scheduler.Server, log *slog.Logger) (http.Handler, func(), error) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(srv.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	cfg := dashboard.DefaultConfig()
+	cfg.Source, cfg.Registry, cfg.Logger = srv.DashboardSource(), reg, log
+	d, err := dashboard.New(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	return d.Handler(), func() { d.Close() }, nil
 }

@@ -97,7 +97,12 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 		}
 		sp.dashboard = fmt.Sprintf("http://%s/", net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)))
 		srv.SetDashboardURL(sp.dashboard)
-		handler, stop := httpHandler(srv, log)
+		handler, stop, err := httpHandler(srv, log)
+		if err != nil {
+			ln.Close()
+			srv.Close()
+			return nil, err
+		}
 		sp.stopDash = stop
 		sp.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 		go sp.http.Serve(ln)

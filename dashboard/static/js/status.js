@@ -56,7 +56,7 @@ function renderProgress() {
       return pct > 0 ? `<span class="${s.replace("_", "-")}" style="width:${pct}%" title="${s}: ${counts[s]}"></span>` : "";
     }).join("");
     rows.push(`<div class="group" data-name="${esc(g.name)}" data-total="${g.total}" data-done="${g.done}" data-erred="${g.erred}">
-      <div class="name" title="${esc(g.name)}">${esc(g.name)}</div><div class="bar">${bar}</div>
+      <div class="name" title="${esc(g.name)}"><span class="sw" style="background:${groupColor(g.name)};margin-left:0"></span>${esc(g.name)}</div><div class="bar">${bar}</div>
       <div class="count">${fmtNum(g.done)} / ${fmtNum(g.total)}${g.erred ? ` · ${g.erred} erred` : ""} · ${fmtBytes(g.nbytes)}</div></div>`);
   }
   $("#progress").innerHTML = rows.join("") || '<p class="muted">No tasks.</p>';

@@ -35,13 +35,18 @@ export function fmtTime(ns) {
   return d.toLocaleTimeString("en-GB", { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
 }
 
-// groupColor gives every task group a stable colour.
-const palette = ["#5470c6", "#91cc75", "#fac858", "#73c0de", "#3ba272", "#fc8452", "#9a60b4",
-  "#ea7ccc", "#2f4554", "#61a0a8", "#d48265", "#749f83", "#ca8622", "#bda29a", "#6e7074"];
+// groupColor gives every task group a stable colour: groups get the palette's colours in the
+// order the page first sees them, so the first fifteen groups never share one.
+const palette = ["#5470c6", "#91cc75", "#fac858", "#73c0de", "#3ba272", "#fc8452",
+  "#9a60b4", "#ea7ccc", "#2f4554", "#61a0a8", "#d48265", "#749f83", "#ca8622", "#bda29a"];
+const assigned = new Map();
 export function groupColor(name) {
-  let h = 0;
-  for (let i = 0; i < name.length; i++) h = (h * 31 + name.charCodeAt(i)) | 0;
-  return palette[Math.abs(h) % palette.length];
+  let c = assigned.get(name);
+  if (!c) {
+    c = palette[assigned.size % palette.length];
+    assigned.set(name, c);
+  }
+  return c;
 }
 
 export const hasCharts = () => typeof window.echarts !== "undefined";
