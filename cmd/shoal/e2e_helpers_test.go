@@ -57,7 +57,7 @@ type testCluster struct {
 }
 
 // startCluster runs `shoal local` with real sockets on 127.0.0.1 and waits for its ready file.
-func startCluster(t *testing.T, workers int, extra ...string) *testCluster {
+func startCluster(t testing.TB, workers int, extra ...string) *testCluster {
 	t.Helper()
 	dir := t.TempDir()
 	ready := filepath.Join(dir, "ready.json")
@@ -92,7 +92,7 @@ func startCluster(t *testing.T, workers int, extra ...string) *testCluster {
 }
 
 // stop sends SIGTERM and checks that `shoal local` exits cleanly and leaves no worker behind.
-func (c *testCluster) stop(t *testing.T) {
+func (c *testCluster) stop(t testing.TB) {
 	if c.cmd.ProcessState != nil {
 		return
 	}
@@ -121,7 +121,7 @@ func (c *testCluster) logs() string {
 	return string(b)
 }
 
-func (c *testCluster) connect(t *testing.T) *client.Client {
+func (c *testCluster) connect(t testing.TB) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -198,8 +198,12 @@ func startProc(t *testing.T, args ...string) (*exec.Cmd, *bufio.Scanner) {
 	return cmd, bufio.NewScanner(out)
 }
 
-func ctxT(t *testing.T, d time.Duration) context.Context {
+func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+func ctxWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
 }

@@ -65,7 +65,12 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*Conn, error) {
 		return nil, err
 	}
 	if o.TLS != nil {
-		tc := tls.Client(nc, o.TLS)
+		cfg := o.TLS
+		if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tc := tls.Client(nc, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			nc.Close()
 			return nil, fmt.Errorf("wire: TLS handshake with %s: %w", addr, err)

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -125,6 +125,7 @@ func (lc *localCluster) supervise(self string, base []string, name string, resta
 	lc.wg.Add(1)
 	go func() {
 		defer lc.wg.Done()
+		quickFails := 0
 		for gen := 0; ; gen++ {
 			n := name
 			if gen > 0 {
@@ -138,6 +139,7 @@ func (lc *localCluster) supervise(self string, base []string, name string, resta
 				lc.mu.Unlock()
 				return
 			}
+			started := time.Now()
 			err := cmd.Start()
 			if err == nil {
 				lc.procs[n] = cmd
@@ -161,10 +163,24 @@ func (lc *localCluster) supervise(self string, base []string, name string, resta
 			if !restart {
 				return
 			}
-			time.Sleep(300 * time.Millisecond)
+			// A worker that keeps dying right after it starts has a configuration problem
+			// (bad TLS files, unreachable scheduler): stop restarting it rather than loop.
+			if time.Since(started) < 5*time.Second {
+				quickFails++
+			} else {
+				quickFails = 0
+			}
+			if quickFails >= maxQuickRestarts {
+				lc.sched.log.Error("worker keeps failing at start; not restarting it again", "worker", name, "last", reason)
+				return
+			}
+			time.Sleep(time.Duration(300*(1<<min(quickFails, 4))) * time.Millisecond)
 		}
 	}()
 }
+
+// maxQuickRestarts bounds restarts of a worker that dies within seconds of starting.
+const maxQuickRestarts = 5
 
 func exitReason(ps *os.ProcessState, err error) string {
 	if ps == nil {

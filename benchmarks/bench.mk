@@ -1,0 +1,30 @@
+# Benchmarks: Shoal vs dask.distributed on this machine (included from the top-level Makefile).
+#
+#   make bench        full suite, 3 repetitions per workload and system (tens of minutes; not in CI)
+#   make bench-smoke  every workload at tiny size, results checked (under 2 minutes; part of make test)
+#
+# Options: make bench BENCH_ARGS="--only map,chain --reps 5"
+# Results: a markdown table on stdout, raw figures in benchmarks/results/.
+
+BENCH_ARGS ?=
+
+.PHONY: bench bench-smoke bench-go
+
+# dask[dataframe] and distributed come with the venv's extras; make sure distributed is there.
+benchmarks/.deps: $(VENV)/.installed
+	$(VPY) -c 'import distributed, dask.dataframe, pyarrow, numpy' 2>/dev/null || \
+		$(VPY) -m pip install -q 'dask[array,dataframe,distributed]' pandas numpy pyarrow
+	touch $@
+
+benchmarks/bin/shoalbench: $(GOFILES) go.mod go.sum
+	$(GO) build -o $@ ./benchmarks/cmd/shoalbench
+
+bench: build venv benchmarks/.deps benchmarks/bin/shoalbench
+	$(VPY) benchmarks/run.py $(BENCH_ARGS)
+
+bench-smoke: build venv benchmarks/.deps benchmarks/bin/shoalbench
+	$(VPY) benchmarks/run.py --smoke $(BENCH_ARGS)
+
+# Go micro-benchmarks of the hot paths, plus the end-to-end ones under benchmarks/.
+bench-go: build
+	$(GO) test -run '^$$' -bench . -benchmem ./scheduler/... ./internal/wire/... ./arrowio/... ./worker/... ./benchmarks/...
