@@ -24,8 +24,9 @@ type Config struct {
 	ViewerQueue int
 	// EventBuffer is the channel size passed to Source.Subscribe.
 	EventBuffer int
-	// MaxEventsPerFrame bounds the task-stream events carried by one frame; the excess is
-	// discarded and counted in the frame.
+	// MaxEventsPerFrame bounds the task-stream events carried by one frame: a uniform sample
+	// of the interval's events is kept and the rest are counted in the frame. Cluster events
+	// (joins, leaves, errors, retries) are always carried.
 	MaxEventsPerFrame int
 	// WriteTimeout bounds one websocket write; a viewer that cannot take a frame within it is
 	// disconnected.
@@ -40,7 +41,7 @@ func DefaultConfig() Config {
 		MaxUpdatesPerSecond: 10,
 		ViewerQueue:         4,
 		EventBuffer:         8192,
-		MaxEventsPerFrame:   5000,
+		MaxEventsPerFrame:   500,
 		WriteTimeout:        10 * time.Second,
 		CallTimeout:         5 * time.Second,
 	}

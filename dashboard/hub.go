@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 )
@@ -52,7 +53,9 @@ type hub struct {
 	cancel  func()
 	tick    ticker
 	pending []Event
-	trunc   int
+	trunc   int // task-stream events sampled out of this frame
+	seen    int // task-stream events offered for this frame
+	sampled int // task-stream events kept in pending
 	seq     uint64
 	diff    differ
 }
@@ -149,22 +152,35 @@ func (h *hub) stop() {
 		h.tick.Stop()
 	}
 	h.events, h.cancel, h.tick = nil, nil, nil
-	h.pending, h.trunc = nil, 0
+	h.pending, h.trunc, h.seen, h.sampled = nil, 0, 0, 0
 	h.diff.reset()
 }
 
+// queue keeps every cluster event and a uniform sample (reservoir) of at most
+// MaxEventsPerFrame task-stream events per frame: at tens of thousands of tasks a second a
+// viewer sees a fair picture of the whole interval, and the frame stays small. What was
+// sampled out is counted in the frame.
 func (h *hub) queue(ev Event) {
-	if len(h.pending) >= h.cfg.MaxEventsPerFrame {
-		h.trunc++
+	if ev.IsCluster() {
+		h.pending = append(h.pending, ev)
 		return
 	}
-	h.pending = append(h.pending, ev)
+	h.seen++
+	if h.sampled < h.cfg.MaxEventsPerFrame {
+		h.sampled++
+		h.pending = append(h.pending, ev)
+		return
+	}
+	h.trunc++
+	if j := rand.IntN(h.seen); j < len(h.pending) && !h.pending[j].IsCluster() {
+		h.pending[j] = ev
+	}
 }
 
 // broadcast samples the Source once and offers the frame to every viewer without blocking.
 func (h *hub) broadcast(ctx context.Context) {
 	full, delta, ok := h.build(ctx)
-	h.pending, h.trunc = nil, 0
+	h.pending, h.trunc, h.seen, h.sampled = nil, 0, 0, 0
 	var fullData, deltaData []byte
 	for v := range h.viewers {
 		wantFull := v.needFull && ok

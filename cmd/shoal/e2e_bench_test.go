@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -108,5 +110,49 @@ func BenchmarkE2EArrowTransfer(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		transfer(i)
+	}
+}
+
+// BenchmarkE2EDashboardViewers runs 100,000 no-op tasks with 0 and with 3 dashboard viewers
+// connected to the websocket (each reading every frame), to measure what watching costs.
+func BenchmarkE2EDashboardViewers(b *testing.B) {
+	for _, viewers := range []int{0, 3} {
+		b.Run(fmt.Sprintf("viewers=%d", viewers), func(b *testing.B) {
+			args := []string{"--nthreads", "1"}
+			if dir := os.Getenv("SHOAL_BENCH_PROFILE_DIR"); dir != "" { // profile the scheduler
+				args = append(args, "--cpu-profile", filepath.Join(dir, fmt.Sprintf("scheduler-viewers%d.prof", viewers)))
+			}
+			c := startCluster(b, 2, args...)
+			cl := c.connect(b)
+			ctx := ctxT(b, 10*time.Minute)
+			frames := openViewers(b, c.Dashboard, viewers)
+			const n = 100_000
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				g := client.NewGraph()
+				keys := make([]client.Key, n)
+				for j := range keys {
+					keys[j] = g.Go(fmt.Sprintf("noop-%d-%d", i, j), "noop")
+				}
+				futs, err := cl.Submit(ctx, g, keys...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for _, f := range futs {
+					if err := f.Wait(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.StopTimer()
+				for _, f := range futs {
+					f.Release()
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tasks/s")
+			if viewers > 0 && frames.Load() == 0 {
+				b.Fatal("viewers received no frames")
+			}
+		})
 	}
 }

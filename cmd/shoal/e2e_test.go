@@ -3,6 +3,8 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"strings"
 	"syscall"
@@ -161,12 +163,12 @@ func TestE2EKilledWorker(t *testing.T) {
 
 // A worker that knows only another worker's gossip address still joins and gets work.
 func TestE2EJoinThroughWorker(t *testing.T) {
-	g0, g1, g2 := freePort(t), freePort(t), freePort(t)
+	g0, g1, g2, mp := freePort(t), freePort(t), freePort(t), freePort(t)
 	_, out := startProc(t, "scheduler", "--port", "0", "--gossip-port", fmt.Sprint(g0), "--dashboard-port", "-1", "--log-level", "warn")
 	require.True(t, out.Scan())
 	addr := strings.TrimSuffix(strings.Fields(out.Text())[2], ",")
 	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g0), "--gossip-port", fmt.Sprint(g1), "--name", "first", "--nthreads", "1", "--log-level", "warn")
-	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g1), "--gossip-port", fmt.Sprint(g2), "--name", "second", "--nthreads", "1", "--log-level", "warn")
+	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g1), "--gossip-port", fmt.Sprint(g2), "--name", "second", "--nthreads", "1", "--log-level", "warn", "--metrics-port", fmt.Sprint(mp))
 	ctx := ctxT(t, 60*time.Second)
 	cl, err := client.Connect(ctx, addr, client.Options{})
 	require.NoError(t, err)
@@ -190,6 +192,14 @@ func TestE2EJoinThroughWorker(t *testing.T) {
 		}
 	}
 	require.Equal(t, second, futs[0].Worker())
+
+	// the worker's own Prometheus endpoint (--metrics-port) counts the task it ran
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", mp))
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Contains(t, string(body), "shoal_worker_")
+	require.Regexp(t, `shoal_worker_tasks_\w+ [1-9]`, string(body))
 }
 
 func TestCLIHelp(t *testing.T) {
@@ -219,6 +229,21 @@ func TestE2EStatus(t *testing.T) {
 	out, err = exec.Command(shoalBin, "status", "--scheduler", c.Scheduler).CombinedOutput()
 	require.NoError(t, err, string(out))
 	require.Contains(t, string(out), "local-0")
+	get := func(path string) string {
+		resp, err := http.Get(c.Dashboard + path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		require.Equal(t, 200, resp.StatusCode, path)
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	metrics := get("metrics")
+	for _, m := range []string{`shoal_scheduler_tasks{state="memory"}`, "shoal_scheduler_workers 2", "shoal_scheduler_loop_busy_seconds_total",
+		"shoal_scheduler_messages_received_total", "shoal_scheduler_transitions_total", "shoal_worker_memory_bytes"} {
+		require.Contains(t, metrics, m)
+	}
+	require.Contains(t, get("api/v1/workers"), c.Workers[1])
+	require.Contains(t, get("health"), "ok")
 	out, err = exec.Command(shoalBin, "status", "--scheduler", "127.0.0.1:1").CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), "cannot reach the scheduler")
