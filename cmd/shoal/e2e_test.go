@@ -248,3 +248,33 @@ func TestE2EStatus(t *testing.T) {
 	require.Error(t, err)
 	require.Contains(t, string(out), "cannot reach the scheduler")
 }
+
+// SIGTERM on a worker mid-graph: it hands back what it has not started, finishes what it
+// runs, says goodbye, and the graph completes on the others.
+func TestE2EWorkerGracefulShutdown(t *testing.T) {
+	c := startCluster(t, 3, "--no-restart")
+	cl := c.connect(t)
+	ctx := ctxT(t, 120*time.Second)
+	g := client.NewGraph()
+	var keys []client.Key
+	for i := 0; i < 60; i++ {
+		keys = append(keys, g.Go(fmt.Sprintf("nap-%d", i), "sleep", 0.1, i))
+	}
+	total := g.Go("naps", "sum", toAny(keys)...)
+	futs, err := cl.Submit(ctx, g, total)
+	require.NoError(t, err)
+	infos, err := cl.Info(ctx)
+	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond)
+	victim := infos[0]
+	require.NoError(t, syscall.Kill(victim.PID, syscall.SIGTERM))
+	v, err := futs[0].Result(ctx)
+	require.NoError(t, err, c.logs())
+	require.Equal(t, int64(59*60/2), asInt(t, v))
+	require.Eventually(t, func() bool { return !alive(victim.PID) }, 20*time.Second, 50*time.Millisecond, "the worker exits")
+	resp, err := http.Get(c.Dashboard + "api/v1/events")
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Contains(t, string(body), "worker closed", "the departure is recorded as a goodbye, not a crash")
+}
