@@ -17,10 +17,10 @@ type GoTasksResult struct {
 	Workers        int     `json:"workers"`
 	Seconds        float64 `json:"seconds"`
 	TasksPerSec    float64 `json:"tasks_per_s"`
-	SchedRSSBase   int64   `json:"sched_rss_base"`   // scheduler RSS before the graph
-	SchedRSSHeld   int64   `json:"sched_rss_held"`   // with every task done and held by futures
-	SchedRSSPeak   int64   `json:"sched_rss_peak"`   // VmHWM of the scheduler process
-	BytesPerTask   float64 `json:"bytes_per_task"`   // (held − base) / tasks: residual state
+	SchedRSSBase   int64   `json:"sched_rss_base"` // scheduler RSS before the graph
+	SchedRSSHeld   int64   `json:"sched_rss_held"` // with every task done and held by futures
+	SchedRSSPeak   int64   `json:"sched_rss_peak"` // VmHWM of the scheduler process
+	BytesPerTask   float64 `json:"bytes_per_task"` // (held − base) / tasks: residual state
 	PeakPerTask    float64 `json:"peak_bytes_per_task"`
 	SchedCPUPerTsk float64 `json:"sched_cpu_us_per_task"` // scheduler utime+stime / tasks
 }
