@@ -251,7 +251,7 @@ func (c *Core) scattered(e *EvScattered) {
 		if t.state == Erred {
 			c.erredToReleased(id)
 		}
-		c.toMemory(id, e.Worker, it.NBytes, it.Encoding, 0)
+		c.toMemory(id, e.Worker, it.NBytes, it.Encoding, -1)
 	}
 }
 

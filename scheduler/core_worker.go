@@ -133,7 +133,10 @@ func (c *Core) taskFinished(e *EvTaskFinished) {
 		return
 	}
 	t := &c.tasks[id]
-	dur := max(e.Stop-e.Start, 0)
+	dur := int64(-1) // unknown unless the worker stamped the run
+	if e.Stop > 0 && e.Stop >= e.Start {
+		dur = e.Stop - e.Start
+	}
 	switch {
 	case t.state == Processing && t.worker == e.Worker:
 		c.processingToMemory(id, e.Worker, e.NBytes, e.Encoding, dur)
@@ -189,7 +192,7 @@ func (c *Core) addReplica(e *EvAddReplica) {
 		case c.tasks[id].state == Memory:
 			c.addHolder(id, e.Worker)
 		case c.welcome(id):
-			c.toMemory(id, e.Worker, it.NBytes, it.Encoding, 0)
+			c.toMemory(id, e.Worker, it.NBytes, it.Encoding, -1)
 		default:
 			c.freeOn(e.Worker, id)
 		}

@@ -77,6 +77,7 @@ type Server struct {
 	nextW    WorkerID
 	nextC    ClientID
 	actions  []Action
+	dirty    map[*wire.Conn]struct{} // connections with queued, unflushed messages
 	obs      *observers
 	stats    serverStats
 	started  time.Time
@@ -138,7 +139,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		in: make(chan inbound, 4096), queries: make(chan func()), stop: make(chan struct{}),
 		workers: map[WorkerID]*workerConn{}, byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
 		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
-		nextW: 1, nextC: 1, obs: newObservers(), started: time.Now()}
+		nextW: 1, nextC: 1, obs: newObservers(), started: time.Now(), dirty: map[*wire.Conn]struct{}{}}
 	return s, nil
 }
 
@@ -164,13 +165,32 @@ func (s *Server) Serve(ctx context.Context) error {
 			t0 := time.Now()
 			s.handleInbound(in)
 			s.drain()
+			s.flush()
 			s.stats.busy += int64(time.Since(t0))
 		case q := <-s.queries:
 			q()
+			s.flush()
 		case now := <-ticker.C:
 			s.tick(now)
+			s.flush()
 		}
 	}
+}
+
+// queue buffers m on c and remembers to flush c at the end of this pass.
+func (s *Server) queue(c *wire.Conn, m *wire.Msg) {
+	c.Queue(m)
+	if _, ok := s.dirty[c]; !ok {
+		s.dirty[c] = struct{}{}
+	}
+}
+
+// flush wakes the writer of every connection written to in this pass.
+func (s *Server) flush() {
+	for c := range s.dirty {
+		c.Flush()
+	}
+	clear(s.dirty)
 }
 
 // drain handles whatever else is already queued, so bursts are processed without select
@@ -696,11 +716,11 @@ func (s *Server) perform(a Action) {
 		s.sendCompute(a)
 	case ActFree:
 		if w, ok := s.workers[a.Worker]; ok {
-			w.conn.Send(&wire.Msg{Op: wire.OpFreeKeys, Keys: a.Keys})
+			s.queue(w.conn, &wire.Msg{Op: wire.OpFreeKeys, Keys: a.Keys})
 		}
 	case ActSteal:
 		if w, ok := s.workers[a.Victim]; ok {
-			w.conn.Send(&wire.Msg{Op: wire.OpStealRequest, Key: a.Key})
+			s.queue(w.conn, &wire.Msg{Op: wire.OpStealRequest, Key: a.Key})
 		}
 	case ActKeyState:
 		s.sendKeyState(a)
@@ -729,7 +749,7 @@ func (s *Server) sendCompute(a ActCompute) {
 		w.sent[a.Task.Func] = true
 	}
 	s.stats.dispatched++
-	w.conn.Send(m)
+	s.queue(w.conn, m)
 }
 
 func (s *Server) addrs(ids []WorkerID) []string {
@@ -753,7 +773,7 @@ func (s *Server) sendKeyState(a ActKeyState) {
 			m.Worker = w.info.Address
 		}
 	}
-	cl.conn.Send(m)
+	s.queue(cl.conn, m)
 }
 
 // WorkerInfos returns the registered workers (safe from any goroutine).

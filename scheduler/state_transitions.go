@@ -147,9 +147,9 @@ func (c *Core) processingToMemory(id int32, w WorkerID, nbytes int64, enc string
 	c.unassign(id)
 	c.setState(id, Processing, Memory)
 	g := &c.groups[c.tasks[id].group]
-	if dur > 0 {
+	if dur >= 0 { // a measured run; a zero-length one (an instant acknowledgement) counts as 100 ns
 		c.tasks[id].duration = dur
-		g.observe(float64(dur)/1e9, c.cfg.DurationWeight)
+		g.observe(float64(max(dur, 100))/1e9, c.cfg.DurationWeight)
 	}
 	g.observeSize(nbytes, c.cfg.DurationWeight)
 	g.done = min(g.done+1, g.added)

@@ -163,6 +163,33 @@ func (c *Conn) Send(m *Msg, payload ...[]byte) error {
 
 // SendRaw queues a message whose header is already encoded.
 func (c *Conn) SendRaw(hdr []byte, payload ...[]byte) error {
+	if err := c.enqueue(hdr, payload); err != nil {
+		return err
+	}
+	c.Flush()
+	return nil
+}
+
+// Queue buffers a message without waking the writer: a caller sending many messages in one
+// pass (the scheduler's driver) queues them all and calls Flush once, so they leave in one
+// write instead of one system call each.
+func (c *Conn) Queue(m *Msg, payload ...[]byte) error {
+	hdr, err := EncodeHeader(m)
+	if err != nil {
+		return err
+	}
+	return c.enqueue(hdr, payload)
+}
+
+// Flush wakes the writer to send whatever is queued. It does not wait for the write.
+func (c *Conn) Flush() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Conn) enqueue(hdr []byte, payload [][]byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.mu.closed || c.mu.err != nil {
@@ -191,10 +218,6 @@ func (c *Conn) SendRaw(hdr []byte, payload ...[]byte) error {
 		c.mu.pending += len(p)
 	}
 	c.mu.pending += len(hdr) + len(pre)
-	select {
-	case c.wake <- struct{}{}:
-	default:
-	}
 	return nil
 }
 
