@@ -57,7 +57,7 @@ test-python: build venv
 test-browser: build dashboard-chromium
 	$(MAKE) dashboard-e2e
 
-test: lint test-go test-python test-browser
+test: lint test-go test-python test-browser bench-smoke
 
 clean:
 	rm -rf bin build dist *.egg-info
