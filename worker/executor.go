@@ -2,12 +2,13 @@ package worker
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
@@ -25,19 +27,26 @@ const exitWait = 3 * time.Second
 type executor struct {
 	pid    int
 	cmd    *exec.Cmd
-	conn   *wire.Conn
+	conn   *execConn
 	funcs  map[string]bool // callables this process has received
 	exited chan struct{}   // closed once the process has been waited for
 	seq    uint64
+	lane   int // the thread number reported for tasks it ran as part of a batch
 }
 
 // executorPool starts executors lazily, at most NProcsPython, and restarts dead ones on
 // demand.
 type executorPool struct {
-	w      *Worker
-	slots  chan struct{} // one token per executor in use or being started
-	deaths atomic.Int64
-	mu     struct {
+	w       *Worker
+	slots   chan struct{} // one token per executor in use or being started
+	deaths  atomic.Int64
+	lanes   atomic.Int64
+	batched atomic.Int64 // tasks that ran behind another one in a batch
+	groups  struct {
+		sync.Mutex
+		m map[string]*groupRuns
+	}
+	mu struct {
 		sync.Mutex
 		idle   []*executor
 		all    map[*executor]struct{}
@@ -48,7 +57,38 @@ type executorPool struct {
 func newExecutorPool(w *Worker) *executorPool {
 	p := &executorPool{w: w, slots: make(chan struct{}, w.cfg.NProcsPython)}
 	p.mu.all = make(map[*executor]struct{})
+	p.groups.m = make(map[string]*groupRuns)
 	return p
+}
+
+// groupRuns is how long a task group's Python runs took lately.
+type groupRuns struct {
+	avg time.Duration // moving average
+	n   int
+}
+
+// observe records that a task of group g ran for d.
+func (p *executorPool) observe(g string, d time.Duration) {
+	p.groups.Lock()
+	defer p.groups.Unlock()
+	st := p.groups.m[g]
+	if st == nil {
+		if len(p.groups.m) >= 4096 {
+			clear(p.groups.m)
+		}
+		p.groups.m[g] = &groupRuns{avg: d, n: 1}
+		return
+	}
+	st.avg += (d - st.avg) / 4
+	st.n++
+}
+
+// short tells whether tasks of group g are known to run for less than pyShortRun.
+func (p *executorPool) short(g string) bool {
+	p.groups.Lock()
+	defer p.groups.Unlock()
+	st := p.groups.m[g]
+	return st != nil && st.n >= 2 && st.avg < pyShortRun
 }
 
 func (p *executorPool) live() int {
@@ -103,7 +143,7 @@ func (p *executorPool) discard(ex *executor) string {
 		ex.cmd.Process.Kill()
 		<-ex.exited
 	}
-	ex.conn.Abort()
+	ex.conn.close()
 	p.mu.Lock()
 	delete(p.mu.all, ex)
 	p.mu.Unlock()
@@ -113,8 +153,8 @@ func (p *executorPool) discard(ex *executor) string {
 
 // stop asks an executor to exit, killing it if it does not.
 func (p *executorPool) stop(ex *executor) {
-	ex.conn.Send(&wire.Msg{Op: wire.OpShutdown})
-	ex.conn.Close()
+	ex.conn.send(&wire.Msg{Op: wire.OpShutdown})
+	ex.conn.close()
 	select {
 	case <-ex.exited:
 	case <-time.After(exitWait):
@@ -159,13 +199,10 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("socketpair: %w", err)
 	}
+	// Both ends stay in blocking mode: see execConn.
 	mine, theirs := os.NewFile(uintptr(fds[0]), "executor-worker-end"), os.NewFile(uintptr(fds[1]), "executor-end")
 	defer theirs.Close()
-	nc, err := net.FileConn(mine)
-	mine.Close()
-	if err != nil {
-		return nil, fmt.Errorf("socketpair: %w", err)
-	}
+	nc := newExecConn(mine, cfg.limits())
 	var tok [16]byte
 	rand.Read(tok[:])
 	token := hex.EncodeToString(tok[:])
@@ -181,15 +218,16 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	p.mu.Lock()
 	if p.mu.closed {
 		p.mu.Unlock()
-		nc.Close()
+		nc.close()
 		return nil, ErrClosed
 	}
 	if err := cmd.Start(); err != nil {
 		p.mu.Unlock()
-		nc.Close()
+		nc.close()
 		return nil, fmt.Errorf("starting %s: %w", cfg.Python, err)
 	}
-	ex := &executor{pid: cmd.Process.Pid, cmd: cmd, funcs: make(map[string]bool), exited: make(chan struct{})}
+	ex := &executor{pid: cmd.Process.Pid, cmd: cmd, funcs: make(map[string]bool), exited: make(chan struct{}),
+		lane: int(p.lanes.Add(1)-1) % max(cfg.NThreads, 1)}
 	p.mu.all[ex] = struct{}{}
 	p.mu.Unlock()
 	reap := func() {
@@ -199,14 +237,14 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	if !p.w.goFunc(reap) { // the worker is closing
 		cmd.Process.Kill()
 		reap()
-		nc.Close()
+		nc.close()
 		p.mu.Lock()
 		delete(p.mu.all, ex)
 		p.mu.Unlock()
 		return nil, ErrClosed
 	}
 	if err := p.handshake(ctx, ex, nc, token); err != nil {
-		nc.Close()
+		nc.close()
 		cmd.Process.Kill()
 		<-ex.exited
 		p.mu.Lock()
@@ -218,54 +256,109 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	return ex, nil
 }
 
-func (p *executorPool) handshake(ctx context.Context, ex *executor, nc net.Conn, token string) error {
-	stop := context.AfterFunc(ctx, func() { nc.Close() })
-	defer stop()
-	exited := make(chan struct{})
-	defer close(exited)
-	go func() { // an executor that dies before its handshake must not leave us waiting
+// handshake accepts the executor's handshake (role executor, its token) and waits for ready,
+// for at most wire.HandshakeTimeout; an executor that dies first, or a cancelled ctx, ends
+// the wait at once.
+func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn, token string) error {
+	done := make(chan struct{})
+	defer close(done)
+	timedOut := make(chan struct{})
+	go func() {
+		t := time.NewTimer(wire.HandshakeTimeout)
+		defer t.Stop()
 		select {
 		case <-ex.exited:
-			nc.Close()
-		case <-exited:
+		case <-ctx.Done():
+		case <-t.C:
+			close(timedOut)
+		case <-done:
+			return
 		}
+		c.close() // wakes the blocked read below
 	}()
-	c, err := wire.Accept(nc, token, p.w.cfg.limits(), wire.RoleExecutor)
+	err := func() error {
+		h, err := wire.ReadHello(c)
+		var herr *wire.HandshakeError
+		if errors.As(err, &herr) {
+			wire.WriteAnswer(c, herr.Status, herr.Message)
+			return herr
+		}
+		if err != nil {
+			return err
+		}
+		if herr := wire.CheckHello(h, token, wire.RoleExecutor); herr != nil {
+			wire.WriteAnswer(c, herr.Status, herr.Message)
+			return herr
+		}
+		if err := wire.WriteAnswer(c, wire.StatusOK, ""); err != nil {
+			return err
+		}
+		m, _, err := c.recv()
+		if err != nil {
+			return err
+		}
+		if m.Op != wire.OpReady {
+			return fmt.Errorf("expected ready, got %q", m.Op)
+		}
+		return nil
+	}()
 	if err != nil {
+		select {
+		case <-timedOut:
+			return fmt.Errorf("no handshake within %v: %w", wire.HandshakeTimeout, err)
+		default:
+		}
 		return err
-	}
-	m, _, err := c.Recv()
-	if err != nil {
-		c.Abort()
-		return err
-	}
-	if m.Op != wire.OpReady {
-		c.Abort()
-		return fmt.Errorf("expected ready, got %q", m.Op)
 	}
 	ex.conn = c
 	return nil
 }
 
-// run sends one run request and waits for its answer.
-func (ex *executor) run(m *wire.Msg, frames [][]byte) (*wire.Msg, [][]byte, error) {
-	ex.seq++
-	m.ID = ex.seq
-	if err := ex.conn.Send(m, frames...); err != nil {
-		return nil, nil, err
-	}
-	reply, rframes, err := ex.conn.Recv()
-	if err != nil {
-		return nil, nil, err
-	}
-	if reply.ID != m.ID {
-		return nil, nil, fmt.Errorf("%w: executor answered id %d to run %d", wire.ErrProtocol, reply.ID, m.ID)
-	}
-	return reply, rframes, nil
+// Short Python tasks are sent to an executor in batches: while the executor runs one, the
+// next run messages already wait in its socket, so it goes from one task to the next without
+// a round trip through the worker, and the worker writes several runs with one write(2).
+// A task joins a batch only when its group is known to be short (its recent runs took less
+// than pyShortRun on average). The task the thread popped runs last in its batch, behind the
+// next ready Python tasks: every task of a batch is then reported as soon as it is done (the
+// popped one by execute, when runPy returns; the others by finishBatched).
+//
+// A batch is written with one write(2) before its answers are read, so it must fit in the
+// socket's buffer: were the worker blocked writing runs while the executor is blocked writing
+// a large answer, neither would read. The socket is empty when a batch is written (every
+// earlier run was read by the executor before it answered), so a batch of at most
+// pyBatchBytes never blocks the writer; a task whose run alone is bigger is not batched.
+const (
+	pyBatch      = 4
+	pyBatchBytes = 64 << 10
+)
+
+var pyShortRun = time.Millisecond // a variable for tests
+
+// pyRun is one task's run message.
+type pyRun struct {
+	ts     *task
+	m      *wire.Msg
+	frames [][]byte
+	fdata  []byte // the pickled function, in case this executor has not seen it
 }
 
-// runPy runs a Python task on an executor.
-func (w *Worker) runPy(ts *task) result {
+// size bounds the bytes of the run message for ex.
+func (r *pyRun) size(ex *executor) int {
+	n := 512 + len(r.m.Key) + len(r.m.FuncHash) + len(r.m.Payload)
+	for _, it := range r.m.Items {
+		n += 64 + len(it.Key)
+	}
+	for _, f := range r.frames {
+		n += 8 + len(f)
+	}
+	if !ex.funcs[r.ts.t.Func] {
+		n += len(r.fdata)
+	}
+	return n
+}
+
+// pyRunFor builds a task's run message from its dependencies in the store.
+func (w *Worker) pyRunFor(ts *task) (*pyRun, *wire.Error) {
 	w.mu.Lock()
 	fdata := w.mu.funcData[ts.t.Func]
 	w.mu.Unlock()
@@ -274,38 +367,189 @@ func (w *Worker) runPy(ts *task) result {
 	for _, dep := range ts.t.Deps {
 		e, err := w.store.Get(dep, true)
 		if err != nil {
-			return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
-				Message: fmt.Sprintf("dependency %q: %v", dep, err)}}
+			return nil, &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
+				Message: fmt.Sprintf("dependency %q: %v", dep, err)}
 		}
 		items = append(items, wire.Item{Key: dep, Encoding: e.Encoding, NFrames: len(e.Frames), NBytes: e.NBytes})
 		frames = append(frames, e.Frames...)
 	}
+	m := &wire.Msg{Op: wire.OpRun, Key: ts.t.Key, FuncHash: ts.t.Func, Payload: ts.t.Payload, Items: items}
+	return &pyRun{ts: ts, m: m, frames: frames, fdata: fdata}, nil
+}
+
+// runPy runs a Python task on an executor, behind a batch of short ready Python tasks when
+// there are some.
+func (w *Worker) runPy(ts *task) result {
+	for {
+		if r, retry := w.runPyOnce(ts); !retry {
+			return r
+		}
+		// the executor died running a task batched ahead of ts: ts never started
+	}
+}
+
+func (w *Worker) runPyOnce(ts *task) (result, bool) {
+	mine, errr := w.pyRunFor(ts)
+	if errr != nil {
+		return result{err: errr}, false
+	}
 	ex, err := w.py.acquire(w.ctx)
 	if err != nil {
 		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorError",
-			Message: fmt.Sprintf("cannot start a Python executor: %v", err)}}
+			Message: fmt.Sprintf("cannot start a Python executor: %v", err)}}, false
 	}
-	m := &wire.Msg{Op: wire.OpRun, Key: ts.t.Key, FuncHash: ts.t.Func, Payload: ts.t.Payload, Items: items}
-	if !ex.funcs[ts.t.Func] {
-		if fdata == nil {
-			w.py.release(ex)
-			return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "MissingFunction",
-				Message: fmt.Sprintf("the pickled function %s was never sent to this worker", ts.t.Func)}}
+	if !ex.funcs[ts.t.Func] && mine.fdata == nil {
+		w.py.release(ex)
+		return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "MissingFunction",
+			Message: fmt.Sprintf("the pickled function %s was never sent to this worker", ts.t.Func)}}, false
+	}
+	var batch []*pyRun
+	if budget := pyBatchBytes - mine.size(ex); budget > 0 && w.py.short(graph.GroupOf(&ts.t)) {
+		batch = w.shortRuns(ex, budget)
+	}
+	batch = append(batch, mine)
+	msgs := make([]outMsg, len(batch))
+	for i, r := range batch {
+		ex.seq++
+		r.m.ID = ex.seq
+		if !ex.funcs[r.ts.t.Func] {
+			r.m.FuncData = r.fdata
 		}
-		m.FuncData = fdata
+		msgs[i] = outMsg{r.m, r.frames}
 	}
-	reply, rframes, err := ex.run(m, frames)
-	if err != nil {
-		how := w.py.discard(ex)
-		w.log.Warn("Python executor died", "pid", ex.pid, "task", ts.t.Key, "how", how)
-		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied",
-			Message: fmt.Sprintf("Python executor (pid %d) died while running the task: %s", ex.pid, how)}}
+	last := time.Now()
+	if err := ex.conn.sendMany(msgs...); err != nil {
+		return w.executorDied(ex, batch, 0, err, last)
 	}
-	if reply.Op == wire.OpDone {
-		ex.funcs[ts.t.Func] = true
+	for i, r := range batch {
+		reply, rframes, err := ex.conn.recv()
+		if err == nil && reply.ID != r.m.ID {
+			err = fmt.Errorf("%w: executor answered id %d to run %d", wire.ErrProtocol, reply.ID, r.m.ID)
+		}
+		if err != nil {
+			return w.executorDied(ex, batch, i, err, last)
+		}
+		now := time.Now()
+		if reply.Op == wire.OpDone {
+			ex.funcs[r.ts.t.Func] = true
+		}
+		w.py.observe(graph.GroupOf(&r.ts.t), now.Sub(last))
+		res := pyResult(reply, rframes)
+		if r == mine {
+			w.py.release(ex)
+			return res, false
+		}
+		w.finishBatched(ex.lane, r.ts, res, last, now)
+		last = now
 	}
-	w.py.release(ex)
-	return pyResult(reply, rframes)
+	panic("unreachable: the popped task is the last of its batch")
+}
+
+// shortRuns takes the next ready Python tasks of short groups whose function this executor
+// has or can be sent (leaving enough for the worker's idle threads), marking them running,
+// and returns their run messages.
+func (w *Worker) shortRuns(ex *executor, budget int) []*pyRun {
+	var more []*task
+	w.mu.Lock()
+	// leave one ready task for each idle thread: batching must not take parallelism away
+	idle := max(w.cfg.NThreads-w.mu.running, 0)
+	for len(more) < pyBatch-1 && len(w.mu.ready) > idle && !w.mu.closed && !w.mu.draining {
+		next := w.mu.ready[0]
+		if next.t.Kind != graph.KindPy || (!ex.funcs[next.t.Func] && w.mu.funcData[next.t.Func] == nil) ||
+			!w.py.short(graph.GroupOf(&next.t)) || w.pausedLocked() {
+			break
+		}
+		heap.Pop(&w.mu.ready)
+		next.state = stateRunning
+		w.mu.running++
+		more = append(more, next)
+	}
+	w.mu.Unlock()
+	var runs []*pyRun
+	var back []*task
+	for i, ts := range more {
+		r, errr := w.pyRunFor(ts)
+		if errr != nil {
+			now := time.Now()
+			w.finishBatched(ex.lane, ts, result{err: errr}, now, now)
+			continue
+		}
+		if budget -= r.size(ex); budget < 0 {
+			back = more[i:] // too big to batch: back to the queue, in their order
+			break
+		}
+		runs = append(runs, r)
+		w.py.batched.Add(1)
+	}
+	w.unbatch(back)
+	return runs
+}
+
+// unbatch puts tasks taken for a batch that did not start back in the ready queue (in their
+// old place: their order and sequence number are kept), or forgets them if they were freed
+// meanwhile.
+func (w *Worker) unbatch(tasks []*task) {
+	if len(tasks) == 0 {
+		return
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, ts := range tasks {
+		w.mu.running--
+		if ts.freed || w.mu.tasks[ts.t.Key] != ts {
+			if w.mu.tasks[ts.t.Key] == ts {
+				delete(w.mu.tasks, ts.t.Key)
+			}
+			continue
+		}
+		w.pushReadyLocked(ts)
+	}
+	w.mu.cond.Broadcast()
+}
+
+// finishBatched does for a task run as part of a batch what execute does for the task its
+// thread popped: store the result, forget the task, report it, and count it as no longer
+// running.
+func (w *Worker) finishBatched(thread int, ts *task, r result, start, stop time.Time) {
+	key := ts.t.Key
+	if r.err == nil {
+		r.nbytes = w.store.Put(key, r.enc, r.frames, r.obj)
+	}
+	w.mu.Lock()
+	if w.mu.tasks[key] == ts {
+		delete(w.mu.tasks, key)
+	}
+	freed := ts.freed
+	w.mu.Unlock()
+	if freed && r.err == nil {
+		w.store.Delete(key)
+	}
+	w.report(thread, ts, r, start, stop)
+	w.mu.Lock()
+	w.mu.running--
+	w.mu.cond.Broadcast()
+	w.mu.Unlock()
+}
+
+// executorDied handles a broken executor in the middle of a batch: batch[i] was running (it
+// fails with executor-died), the batched tasks after it never started and go back to the
+// ready queue. It returns the popped task's result, or retry when that one never started.
+func (w *Worker) executorDied(ex *executor, batch []*pyRun, i int, err error, since time.Time) (result, bool) {
+	how := w.py.discard(ex)
+	culprit, mine := batch[i], batch[len(batch)-1]
+	w.log.Warn("Python executor died", "pid", ex.pid, "task", culprit.ts.t.Key, "how", how, "err", err)
+	dead := result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied",
+		Message: fmt.Sprintf("Python executor (pid %d) died while running the task: %s", ex.pid, how)}}
+	if culprit == mine {
+		return dead, false
+	}
+	var rest []*task
+	for _, r := range batch[i+1 : len(batch)-1] {
+		rest = append(rest, r.ts)
+	}
+	w.unbatch(rest)
+	w.finishBatched(ex.lane, culprit.ts, dead, since, time.Now())
+	return result{}, true
 }
 
 // pyResult turns an executor's answer into a result.

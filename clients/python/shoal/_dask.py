@@ -66,23 +66,104 @@ def graph_to_tasks(dsk: Mapping[Hashable, Any], func: str, *,
     ann = {k: v for k, v in (annotations or {}).items() if v}
     tasks: list[dict[str, Any]] = []
     for k, node in dsk.items():
-        wk = wire_key(k)
-        deps = list(node.dependencies)
-        if isinstance(node, Alias) and wire_key(node.target) == wk:
-            continue  # the node is an existing result (a persisted future) with this key
-        pairs = [(d, Ref(wire_key(d))) for d in deps]
-        task: dict[str, Any] = {
-            "key": wk,
-            "kind": "py",
-            "func": func,
-            "payload": dumps_payload(((node, pairs), {})),
-            "group": key_split(k),
-        }
-        if deps:
-            task["deps"] = [wire_key(d) for d in deps]
-        task.update(ann)
-        tasks.append(task)
+        task = _node_task(k, node, func, ann, Alias, key_split)
+        if task is not None:
+            tasks.append(task)
     return tasks
+
+
+def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias: Any,
+               key_split: Any) -> dict[str, Any] | None:
+    """The wire task for one node, or None for an alias of an existing result."""
+    wk = wire_key(k)
+    deps = list(node.dependencies)
+    if isinstance(node, alias) and wire_key(node.target) == wk:
+        return None  # the node is an existing result (a persisted future) with this key
+    pairs = [(d, Ref(wire_key(d))) for d in deps]
+    task: dict[str, Any] = {
+        "key": wk,
+        "kind": "py",
+        "func": func,
+        "payload": dumps_payload(((node, pairs), {})),
+        "group": key_split(k),
+    }
+    if deps:
+        task["deps"] = [wire_key(d) for d in deps]
+    if ann:
+        task.update(ann)
+    return task
+
+
+def node_order(dsk: Mapping[Hashable, Any]) -> list[Hashable]:
+    """The graph's keys with every node after the nodes it depends on (dependencies outside
+    the graph, existing results, are ignored)."""
+    out: list[Hashable] = []
+    state: dict[Hashable, int] = {}
+    for root in dsk:
+        if root in state:
+            continue
+        state[root] = 1
+        stack: list[tuple[Hashable, list[Hashable], int]] = [
+            (root, [d for d in dsk[root].dependencies if d in dsk], 0)]
+        while stack:
+            k, deps, i = stack.pop()
+            while i < len(deps) and deps[i] in state:
+                i += 1
+            if i < len(deps):
+                d = deps[i]
+                stack.append((k, deps, i + 1))
+                state[d] = 1
+                stack.append((d, [x for x in dsk[d].dependencies if x in dsk], 0))
+            else:
+                out.append(k)
+    return out
+
+
+def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
+                annotations: Mapping[str, Any] | None = None, first: int = 500,
+                most: int = 20_000, max_bytes: int = 8 << 20,
+                ) -> Iterator[tuple[list[dict[str, Any]], list[str], bool]]:
+    """The wire tasks of a normalised graph in dependency order, in chunks of growing size
+    (``first`` nodes, then twice as many each time, at most ``most`` nodes and — counting each
+    task as its payload plus 200 bytes — at most ``max_bytes`` unless one task alone is
+    bigger), produced lazily so that a client can send a chunk before pickling the next one.
+    Yields ``(tasks, frontier, last)`` where ``frontier`` lists the keys of this chunk that
+    later chunks depend on."""
+    from dask._task_spec import Alias
+    from dask.utils import key_split
+
+    ann = {k: v for k, v in (annotations or {}).items() if v}
+    order = node_order(dsk)
+    pos = {k: i for i, k in enumerate(order)}
+    last_use: dict[Hashable, int] = {}
+    for i, k in enumerate(order):
+        for d in dsk[k].dependencies:
+            if d in pos:
+                last_use[d] = i  # i grows: the last dependent wins
+    i, size = 0, max(first, 1)
+    while True:
+        tasks: list[dict[str, Any]] = []
+        graph_keys: list[Hashable] = []
+        nbytes = 0
+        stop = min(i + size, len(order))
+        while i < stop:
+            k = order[i]
+            task = _node_task(k, dsk[k], func, ann, Alias, key_split)
+            if task is not None:
+                n = len(task["payload"]) + 200
+                if tasks and nbytes + n > max_bytes:
+                    break  # order[i] starts the next chunk (and is pickled again then)
+                nbytes += n
+                tasks.append(task)
+                graph_keys.append(k)
+            i += 1
+        end = i
+        frontier = [t["key"] for t, k in zip(tasks, graph_keys) if last_use.get(k, -1) >= end]
+        last = end >= len(order)
+        yield tasks, frontier, last
+        if last:
+            return
+        size = min(size * 2, most)
 
 
 def external_keys(dsk: Mapping[Hashable, Any]) -> set[str]:

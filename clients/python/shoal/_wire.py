@@ -179,10 +179,9 @@ def unpack_header(frame: Buffer) -> Header:
 
 def encode_frames(frames: Sequence[Buffer]) -> list[Buffer]:
     """The byte strings of one message: the count-and-lengths prefix, then the frames."""
-    prefix = bytearray(_U32.pack(len(frames)))
-    for f in frames:
-        prefix += struct.pack(">Q", memoryview(f).nbytes)
-    return [bytes(prefix), *frames]
+    n = len(frames)
+    lens = [len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames]
+    return [struct.pack(f">I{n}Q", n, *lens), *frames]
 
 
 def encode_message(header: Header, frames: Sequence[Buffer] = ()) -> bytes:
@@ -288,7 +287,7 @@ class Connection:
     def send(self, header: Header, frames: Sequence[Buffer] = ()) -> None:
         """Send one message; raises CommClosedError when the connection is gone."""
         parts = encode_frames([pack_header(header), *frames])
-        total = sum(memoryview(p).nbytes for p in parts)
+        total = sum(len(p) if type(p) is bytes else memoryview(p).nbytes for p in parts)
         with self._send_lock:
             if self._closed:
                 raise CommClosedError(f"connection to {self.address or 'peer'} is closed")

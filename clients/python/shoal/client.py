@@ -369,12 +369,20 @@ class Client:
             futures = [Future(k, self) for k in wanted]
             batches = _split_batches(tasks)
             held: list[str] = []
+            final = set(wanted)
             for i, batch in enumerate(batches):
                 last = i == len(batches) - 1
                 new_funcs = {h: d for h, d in funcs.items()
                              if h not in self._sent_funcs and any(t.get("func") == h for t in batch)}
                 keys = [t["key"] for t in batch]
-                want = list(wanted) if last else _frontier(batch, batches[i + 1:])
+                if last:
+                    want = list(wanted)
+                else:
+                    # hold what later batches need and the wanted keys this batch defines:
+                    # the scheduler drops tasks that lead to nothing anyone wants
+                    here = set(keys)
+                    want = list(dict.fromkeys(
+                        _frontier(batch, batches[i + 1:]) + [k for k in wanted if k in here]))
                 gid = next(self._graph_ids)
                 self._graphs[gid] = (keys if not last else keys + list(wanted), list(new_funcs))
                 while len(self._graphs) > 10000:
@@ -385,7 +393,9 @@ class Client:
                 self._send(msg)
                 self._sent_funcs.update(new_funcs)
                 if not last:
-                    held.extend(want)
+                    # hold temporarily what the final wants do not cover (the scheduler keeps
+                    # a client's wants as a set, so releasing a wanted key would drop it)
+                    held.extend(k for k in want if k not in final)
             if held:
                 self._send({"op": "release_keys", "keys": held})
             return futures
@@ -706,10 +716,24 @@ class Client:
         fhash, fdata = self._exec_func()
         ann: dict[str, Any] = {}
         _annotate(ann, priority, retries or 0, resources, workers)
-        tasks = _dask.graph_to_tasks(graph, fhash, annotations=ann)
-        tasks = _toposort(tasks)
         wanted = list(dict.fromkeys(_keys.wire_key(k) for k in keys))
-        futures = self._update_graph(tasks, {fhash: fdata}, wanted)
+        # Send the graph in chunks as it is pickled, so that the cluster starts on the first
+        # tasks while the client pickles the rest. Until the last chunk is sent, futures hold
+        # the keys of earlier chunks that later ones need, and the wanted keys a chunk defines
+        # (the scheduler forgets tasks that lead to nothing wanted).
+        want_set = set(wanted)
+        held: list[Future] = []
+        futures: list[Future] = []
+        # (a chunk must fit in one update_graph message: _update_graph's own splitting
+        # would release keys these futures still hold)
+        for tasks, frontier, last in _dask.task_chunks(graph, fhash, annotations=ann,
+                                                       max_bytes=_UPDATE_BATCH_BYTES // 2):
+            if last:
+                futures = self._update_graph(tasks, {fhash: fdata}, wanted)
+            else:
+                hold = frontier + [t["key"] for t in tasks if t["key"] in want_set]
+                held.extend(self._update_graph(tasks, {fhash: fdata}, list(dict.fromkeys(hold))))
+        del held
         by_wire = {f.key: f for f in futures}
         return {k: by_wire[_keys.wire_key(k)] for k in keys}
 

@@ -6,8 +6,8 @@ per-executor secret in ``SHOAL_EXECUTOR_TOKEN``. The executor handshakes (role 4
 
 1. load the callable from ``func_data`` (cloudpickle) or from its cache, by SHA-256 hash;
 2. decode the dependency values listed in ``items`` from the payload frames;
-3. unpickle ``payload`` = ``(args, kwargs)`` and replace each :class:`shoal._refs.Ref` by the
-   dependency's value;
+3. unpickle ``payload`` = ``(args, kwargs)``, each :class:`shoal._refs.Ref` becoming the
+   dependency's value as it is unpickled (no second walk over the arguments);
 4. call, encode the result (:mod:`shoal._serialize`) and reply ``done``, or reply ``error``
    with the exception's type, message, formatted traceback and pickled form.
 
@@ -17,6 +17,7 @@ It exits on ``shutdown`` or when the socket closes.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -42,16 +43,18 @@ class Executor:
 
     def serve(self) -> None:
         """Say ``ready``, then handle messages until ``shutdown`` or the socket closes."""
-        self.conn.send({"op": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
+        conn = self.conn
+        conn.send({"op": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
+        recv, send, run = conn.recv, conn.send, self.run
         while True:
             try:
-                header, frames = self.conn.recv()
+                header, frames = recv()
             except CommClosedError:
                 return
             op = header["op"]
             if op == "run":
-                reply, out = self.run(header, frames)
-                self.conn.send(reply, out)
+                reply, out = run(header, frames)
+                send(reply, out)
             elif op == "shutdown":
                 return
             elif op == "error":
@@ -80,8 +83,11 @@ class Executor:
         """Run one task; returns the reply header and frames (``done`` or ``error``)."""
         task_id = header.get("id", 0)
         try:
-            fn = self.load_func(str(header.get("func", "")), header.get("func_data"))
-            values = decode_items(header.get("items") or [], frames)
+            fn = self.funcs.get(header.get("func"))  # type: ignore[arg-type]
+            if fn is None:
+                fn = self.load_func(str(header.get("func", "")), header.get("func_data"))
+            items = header.get("items")
+            values = decode_items(items, frames) if items else {}
             args, kwargs = load_payload(header.get("payload"), values)
         except BaseException as exc:  # noqa: BLE001 - reported to the worker
             return error_reply(task_id, exc, skip=0), []
@@ -96,8 +102,11 @@ class Executor:
         except BaseException as exc:  # noqa: BLE001
             return error_reply(task_id, exc, skip=0,
                                prefix=f"could not serialize the result of {header.get('key')}: "), []
-        item = {"key": header.get("key", ""), "encoding": encoding, "nframes": len(out),
-                "nbytes": _serialize.nbytes(out)}
+        if len(out) == 1:
+            size = len(out[0]) if type(out[0]) is bytes else memoryview(out[0]).nbytes
+        else:
+            size = _serialize.nbytes(out)
+        item = {"key": header.get("key", ""), "encoding": encoding, "nframes": len(out), "nbytes": size}
         return {"op": "done", "id": task_id, "items": [item]}, out
 
 
@@ -114,15 +123,40 @@ def decode_items(items: Sequence[Header], frames: Sequence[bytearray]) -> dict[s
     return values
 
 
+class _RefUnpickler(pickle.Unpickler):
+    """Unpickles a payload with every ``Ref(key)`` turned into ``values[key]`` on the way.
+
+    A pickled Ref is a call of the class ``shoal._refs.Ref`` (its ``__reduce__``), looked up
+    once per payload through ``find_class``; handing back ``values.__getitem__`` instead puts
+    the value where the Ref was, at any depth, without walking the arguments afterwards.
+    """
+
+    def __init__(self, data: bytes | bytearray, values: dict[str, Any]) -> None:
+        super().__init__(io.BytesIO(data))
+        self.values = values
+
+    def find_class(self, module: str, name: str) -> Any:
+        if name == "Ref" and module == _REFS_MODULE:
+            return self.values.__getitem__
+        return super().find_class(module, name)
+
+
+_REFS_MODULE = _refs.Ref.__module__
+
+
 def load_payload(payload: bytes | bytearray | None, values: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Unpickle ``(args, kwargs)`` and put the dependency values in place of the Refs."""
     if not payload:
         return (), {}
-    args, kwargs = pickle.loads(payload)
     if values:
-        args = _refs.substitute(tuple(args), values)
-        kwargs = _refs.substitute(dict(kwargs), values)
-    return tuple(args), dict(kwargs)
+        args, kwargs = _RefUnpickler(payload, values).load()
+    else:
+        args, kwargs = pickle.loads(payload)
+    if type(args) is not tuple:
+        args = tuple(args)
+    if type(kwargs) is not dict:
+        kwargs = dict(kwargs)
+    return args, kwargs
 
 
 def qualified_name(typ: type) -> str:

@@ -286,3 +286,29 @@ def test_client_owns_cluster_when_no_address() -> None:
         assert client.submit(inc, 1).result(timeout=30) == 2
         cluster = client.cluster
     assert cluster is not None and cluster.pids() == []
+
+
+def test_get_split_into_many_update_graph_messages(client: Client, monkeypatch: Any) -> None:
+    """A graph too big for one message is sent in batches; every wanted key of every batch
+    survives until the last batch arrives (a regression: earlier batches' wanted keys were
+    dropped and the last batch was refused as missing-dependency)."""
+    import shoal.client as client_mod
+
+    monkeypatch.setattr(client_mod, "_UPDATE_BATCH_BYTES", 2000)
+    dsk: dict[str, Any] = {f"ind-{i}": (inc, i) for i in range(200)}
+    keys = list(dsk)  # independent: no later batch needs an earlier batch's keys
+    assert len(client_mod._split_batches([{"key": k} for k in keys])) > 5
+    result = client.get(dsk, keys)
+    assert list(result) == [i + 1 for i in range(200)]
+
+
+def test_map_split_into_many_messages_keeps_results(client: Client, monkeypatch: Any) -> None:
+    """client.map of a batch too big for one message: results of every batch stay wanted
+    (releasing the temporarily held keys must not drop the client's own wants)."""
+    import shoal.client as client_mod
+
+    monkeypatch.setattr(client_mod, "_UPDATE_BATCH_BYTES", 2000)
+    futures = client.map(inc, range(300))
+    assert client.gather(futures) == [i + 1 for i in range(300)]
+    time.sleep(0.3)  # a wrongly released key would be forgotten by now
+    assert client.gather(futures) == [i + 1 for i in range(300)]

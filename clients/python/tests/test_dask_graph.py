@@ -124,3 +124,49 @@ def test_wire_keys_and_groups() -> None:
     graph = _dask.normalize_graph({("sum-abc123", 0): (sum, [1, 2])})
     (task,) = _dask.graph_to_tasks(graph, "h")
     assert task["group"] == "sum" and task["kind"] == "py" and task["func"] == "h"
+
+
+def test_task_chunks_order_and_frontier(worker: FakeWorker) -> None:
+    """Chunks come in dependency order, cover every task once, grow, and each one's frontier
+    is exactly the keys later chunks depend on; running them chunk by chunk gives dask's
+    answer."""
+    x = da.arange(300, chunks=3)
+    s = (x + 1).sum()
+    expr, keys = _dask.collections_to_graph([s], True, True)
+    graph = _dask.normalize_graph(expr)
+    def check(chunks: list[tuple[list[dict[str, Any]], list[str], bool]]) -> None:
+        assert [last for _, _, last in chunks] == [False] * (len(chunks) - 1) + [True]
+        seen: set[str] = set()
+        all_keys = [t["key"] for tasks, _, _ in chunks for t in tasks]
+        assert len(all_keys) == len(set(all_keys)) == len(_dask.graph_to_tasks(graph, "h"))
+        for i, (tasks, frontier, _) in enumerate(chunks):
+            for t in tasks:
+                assert all(d in seen for d in t.get("deps", ())), "a dependency comes later"
+                seen.add(t["key"])
+            later = {d for tl, _, _ in chunks[i + 1:] for t in tl for d in t.get("deps", ())}
+            assert sorted(frontier) == sorted({t["key"] for t in tasks} & later)
+
+    chunks = list(_dask.task_chunks(graph, "h", first=7, most=40))
+    check(chunks)
+    sizes = [len(tasks) for tasks, _, _ in chunks]
+    assert sizes[0] <= 7 and max(sizes) <= 40 and len(chunks) > 3
+    # a byte bound cuts chunks short (but never below one task)
+    biggest = max(len(t["payload"]) for tasks, _, _ in chunks for t in tasks) + 200
+    chunks = list(_dask.task_chunks(graph, "h", first=50, most=50, max_bytes=3 * biggest))
+    check(chunks)
+    assert all(sum(len(t["payload"]) + 200 for t in tasks) <= 3 * biggest for tasks, _, _ in chunks)
+    assert all(len(tasks) >= 1 for tasks, _, _ in chunks)
+    check(list(_dask.task_chunks(graph, "h", max_bytes=1)))
+    # evaluated in chunk order, the graph gives the right sum
+    data = _keys.dumps_callable(_dask.execute_node)
+    fhash = _keys.func_hash(data)
+    store: dict[str, tuple[str, list[Any]]] = {}
+    for tasks, _, _ in _dask.task_chunks(graph, fhash, first=7, most=40):
+        for t in tasks:
+            h, frames = worker.run_task(t, {fhash: data}, store)
+            assert h["op"] == "done", h.get("error", {}).get("traceback")
+            store[t["key"]] = (h["items"][0]["encoding"], list(frames))
+    (key,) = _dask.flatten_keys(keys)
+    assert _serialize.decode(*store[_keys.wire_key(key)]) == sum(range(1, 301))
+    # a graph of existing results only still gives one (empty) chunk
+    assert list(_dask.task_chunks({}, "h")) == [([], [], True)]

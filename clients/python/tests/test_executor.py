@@ -138,3 +138,30 @@ def test_serialize_round_trips() -> None:
         assert decode(enc, frames) == v, v
     assert encode(1)[0] == "msgpack" and encode(2**70)[0] == "pickle"
     assert encode([1, 2])[0] == "pickle"  # lists keep their type: pickled
+
+
+class _Box:
+    """A user object holding a Ref in an attribute (not a container the client walks)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+
+def test_load_payload_substitutes_refs_while_unpickling() -> None:
+    from shoal.executor import load_payload
+
+    payload = pickle.dumps(((Ref("a"), [Ref("b"), {"k": (Ref("a"),)}], _Box(Ref("b")), "Ref"),
+                            {"kw": {Ref("c")}.pop()}), protocol=5)
+    a, b, c = object(), [1, 2], "three"
+    args, kwargs = load_payload(payload, {"a": a, "b": b, "c": c})
+    assert args[0] is a
+    assert args[1][0] is b and args[1][1]["k"][0] is a
+    assert args[2].inner is b
+    assert args[3] == "Ref"
+    assert kwargs == {"kw": "three"}
+    # no dependencies: a plain load, Refs left alone
+    args, kwargs = load_payload(pickle.dumps(((Ref("z"),), {}), protocol=5), {})
+    assert args == (Ref("z"),) and kwargs == {}
+    assert load_payload(None, {}) == ((), {})
+    with pytest.raises(KeyError):
+        load_payload(payload, {"a": a})

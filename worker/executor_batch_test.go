@@ -1,0 +1,157 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+	"github.com/stretchr/testify/require"
+)
+
+// batchGate holds the worker's only thread in a Go task until the test has queued the Python
+// tasks it wants batched.
+var (
+	batchGate  = make(chan chan struct{}, 1)
+	batchGates int
+)
+
+func init() {
+	Register("executor-test-gate", func(ctx context.Context, _ []any) (any, error) {
+		select {
+		case g := <-batchGate:
+			<-g
+		case <-ctx.Done():
+		}
+		return nil, nil
+	})
+}
+
+func groupTask(key, hash string, funcData []byte, payload string) *wire.Msg {
+	m := pyTask(key, hash, funcData, []byte(payload))
+	m.Task.Group = "g"
+	return m
+}
+
+// startBatchWorker starts a one-thread worker on the fake executor and teaches it that group
+// "g" is short (every run counts as short: the test must not depend on the machine's speed).
+func startBatchWorker(t *testing.T) (*Worker, *schedConn) {
+	py := pythonForTests(t)
+	fake, err := filepath.Abs("testdata/fake_executor.py")
+	require.NoError(t, err)
+	old := pyShortRun
+	pyShortRun = time.Hour
+	t.Cleanup(func() { pyShortRun = old })
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.NThreads = 1
+	cfg.Python = py
+	cfg.PythonArgs = []string{fake}
+	w, sc, _, _ := s.startWorker(cfg)
+	sc.send(groupTask("warm-1", "h-echo", []byte("echo"), "w"))
+	sc.expect(wire.OpTaskFinished)
+	sc.send(groupTask("warm-2", "h-echo", nil, "w"))
+	sc.expect(wire.OpTaskFinished)
+	require.True(t, w.py.short("g"))
+	return w, sc
+}
+
+// queueBehindGate runs the gate task, queues msgs while it holds the thread, then opens it.
+func queueBehindGate(t *testing.T, w *Worker, sc *schedConn, msgs ...*wire.Msg) {
+	g := make(chan struct{})
+	batchGate <- g
+	batchGates++
+	gate := fmt.Sprintf("gate-%d", batchGates)
+	sc.send(goTask(gate, "executor-test-gate", 0))
+	for _, m := range msgs {
+		sc.send(m)
+	}
+	eventually(t, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return len(w.mu.ready) == len(msgs) && w.mu.running == 1
+	})
+	close(g)
+	require.Equal(t, gate, sc.expect(wire.OpTaskFinished).Key)
+}
+
+// finished collects the keys of the next n task_finished messages.
+func finished(sc *schedConn, n int) []string {
+	var keys []string
+	for range n {
+		m := sc.expect(wire.OpTaskFinished)
+		require.Equal(sc.t, wire.EncBytes, m.Encoding)
+		keys = append(keys, m.Key)
+	}
+	return keys
+}
+
+// Short Python tasks queued together run in batches; every one is stored and reported once,
+// and the worker counts none of them as running afterwards.
+func TestPythonBatches(t *testing.T) {
+	w, sc := startBatchWorker(t)
+	var msgs []*wire.Msg
+	for i := range 7 {
+		msgs = append(msgs, groupTask(fmt.Sprintf("b-%d", i), "h-echo", nil, fmt.Sprintf("v%d", i)))
+	}
+	queueBehindGate(t, w, sc, msgs...)
+	// the popped task runs last in its batch: b-1 b-2 b-3 b-0, then b-5 b-6 b-4
+	require.Equal(t, []string{"b-1", "b-2", "b-3", "b-0", "b-5", "b-6", "b-4"}, finished(sc, 7))
+	require.GreaterOrEqual(t, w.py.batched.Load(), int64(pyBatch-1))
+	c := dialData(t, w.DataAddr(), "", wire.RolePeer)
+	_, frames := getData(t, c, 1, "b-0", "b-3", "b-6")
+	require.Equal(t, [][]byte{[]byte("v0"), []byte("v3"), []byte("v6")}, frames)
+	eventually(t, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.mu.running == 0 && len(w.mu.tasks) == 0
+	})
+
+	// A task of a group not known to be short is never batched behind another one.
+	before := w.py.batched.Load()
+	other := pyTask("o-1", "h-echo", nil, []byte("x")) // group "o"
+	queueBehindGate(t, w, sc, groupTask("b-7", "h-echo", nil, "y"), other)
+	require.Equal(t, "b-7", sc.expect(wire.OpTaskFinished).Key)
+	require.Equal(t, "o-1", sc.expect(wire.OpTaskFinished).Key)
+	require.Equal(t, before, w.py.batched.Load())
+
+	// Runs too big to share one write with the others are not batched (and not lost): big-0
+	// runs alone (big-1 does not fit beside it), then small-2 fits in big-1's batch.
+	big := strings.Repeat("x", pyBatchBytes*2/3)
+	queueBehindGate(t, w, sc, groupTask("big-0", "h-echo", nil, big), groupTask("big-1", "h-echo", nil, big),
+		groupTask("small-2", "h-echo", nil, "s"))
+	require.Equal(t, []string{"big-0", "small-2", "big-1"}, finished(sc, 3))
+	require.Equal(t, before+1, w.py.batched.Load())
+	_, frames = getData(t, c, 2, "big-1")
+	require.Equal(t, big, string(frames[0]))
+}
+
+// When the executor dies in the middle of a batch, the task it was running fails with
+// executor-died and the tasks queued behind it run on a new executor.
+func TestPythonBatchExecutorDies(t *testing.T) {
+	w, sc := startBatchWorker(t)
+	// "crash" must be a known short group member too: its function is sent with it.
+	crash := groupTask("c-1", "h-crash", []byte("crash"), "")
+	queueBehindGate(t, w, sc,
+		groupTask("e-0", "h-echo", nil, "zero"), crash,
+		groupTask("e-2", "h-echo", nil, "two"), groupTask("e-3", "h-echo", nil, "three"))
+	// batch c-1 e-2 e-3 e-0: c-1 kills the executor; e-2 and e-3 go back to the queue, e-0
+	// (popped by the thread) is retried on a new executor, with them batched ahead of it.
+	m := sc.expect(wire.OpTaskErred)
+	require.Equal(t, "c-1", m.Key)
+	require.Equal(t, wire.CodeExecutorDied, m.Error.Code)
+	require.Contains(t, m.Error.Message, "segmentation fault")
+	require.Equal(t, []string{"e-2", "e-3", "e-0"}, finished(sc, 3))
+	require.Equal(t, int64(1), w.Metrics().ExecutorDeaths)
+	c := dialData(t, w.DataAddr(), "", wire.RolePeer)
+	_, frames := getData(t, c, 1, "e-0", "e-2", "e-3")
+	require.Equal(t, [][]byte{[]byte("zero"), []byte("two"), []byte("three")}, frames)
+	eventually(t, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.mu.running == 0 && len(w.mu.tasks) == 0
+	})
+}
