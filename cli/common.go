@@ -143,6 +143,20 @@ func (c *common) tlsConfigs() (server, client *tls.Config, err error) {
 	return server, client, nil
 }
 
+// start parses a long-running command's flags, starts the CPU profile when asked, and returns
+// a context cancelled on SIGINT or SIGTERM; done stops both.
+func start(fs *flag.FlagSet, c *common, args []string) (context.Context, func(), error) {
+	if err := parse(fs, args); err != nil {
+		return nil, nil, err
+	}
+	stopProfile, err := c.startProfile()
+	if err != nil {
+		return nil, nil, err
+	}
+	ctx, cancel := signalContext()
+	return ctx, func() { cancel(); stopProfile() }, nil
+}
+
 // signalContext is cancelled on SIGINT or SIGTERM.
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

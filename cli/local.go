@@ -38,16 +38,11 @@ func runLocal(args []string) error {
 	var f localFlags
 	fs := newFlagSet("local", "", "Run a whole cluster on this machine: a scheduler in this process and --workers worker\nprocesses (each its own child process, restarted if it dies), all on real sockets.\nCtrl-C stops everything.")
 	f.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	stop, err := f.startProfile()
+	ctx, done, err := start(fs, &f.common, args)
 	if err != nil {
 		return err
 	}
-	defer stop()
-	ctx, cancel := signalContext()
-	defer cancel()
+	defer done()
 	lc, err := startLocal(ctx, f)
 	if err != nil {
 		return err

@@ -33,16 +33,11 @@ func runScheduler(args []string) error {
 	var f schedFlags
 	fs := newFlagSet("scheduler", "", "Run the scheduler: it owns the task graph, places tasks on workers found by gossip,\nand serves the dashboard. Workers join with: shoal worker --join HOST:GOSSIP_PORT")
 	f.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	stop, err := f.startProfile()
+	ctx, done, err := start(fs, &f.common, args)
 	if err != nil {
 		return err
 	}
-	defer stop()
-	ctx, cancel := signalContext()
-	defer cancel()
+	defer done()
 	sp, err := startScheduler(ctx, f)
 	if err != nil {
 		return err

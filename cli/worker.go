@@ -46,16 +46,11 @@ func runWorker(args []string) error {
 	var f workerFlags
 	fs := newFlagSet("worker", "", "Run a worker. It joins the cluster through any member's gossip address, learns the\nscheduler's control address from gossip, runs tasks and serves results to peers.")
 	f.register(fs)
-	if err := parse(fs, args); err != nil {
-		return err
-	}
-	stop, err := f.startProfile()
+	ctx, done, err := start(fs, &f.common, args)
 	if err != nil {
 		return err
 	}
-	defer stop()
-	ctx, cancel := signalContext()
-	defer cancel()
+	defer done()
 	return serveWorker(ctx, f)
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,6 +21,11 @@ func BenchmarkE2ENoopTasks(b *testing.B) {
 	cl := c.connect(b)
 	ctx := ctxT(b, 10*time.Minute)
 	const n = 100_000
+	runNoops(ctx, b, cl, n)
+}
+
+// runNoops submits n independent no-op tasks b.N times, waits for all, and reports tasks/s.
+func runNoops(ctx context.Context, b *testing.B, cl *client.Client, n int) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		g := client.NewGraph()
@@ -126,30 +132,7 @@ func BenchmarkE2EDashboardViewers(b *testing.B) {
 			cl := c.connect(b)
 			ctx := ctxT(b, 10*time.Minute)
 			frames := openViewers(b, c.Dashboard, viewers)
-			const n = 100_000
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				g := client.NewGraph()
-				keys := make([]client.Key, n)
-				for j := range keys {
-					keys[j] = g.Go(fmt.Sprintf("noop-%d-%d", i, j), "noop")
-				}
-				futs, err := cl.Submit(ctx, g, keys...)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for _, f := range futs {
-					if err := f.Wait(ctx); err != nil {
-						b.Fatal(err)
-					}
-				}
-				b.StopTimer()
-				for _, f := range futs {
-					f.Release()
-				}
-				b.StartTimer()
-			}
-			b.ReportMetric(float64(n*b.N)/b.Elapsed().Seconds(), "tasks/s")
+			runNoops(ctx, b, cl, 100_000)
 			if viewers > 0 && frames.Load() == 0 {
 				b.Fatal("viewers received no frames")
 			}
