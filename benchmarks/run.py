@@ -73,8 +73,9 @@ SMOKE = {
     "zeroworkers": {"n": 5_000, "workers": "2,16,64"},
 }
 
-# See wl_independent; 0 submits the 100k-task graph in one get() call.
-SHOAL_SPLIT_GRAPH = int(os.environ.get("SHOAL_BENCH_SPLIT_GRAPH", "20000"))
+# See wl_independent: N > 0 submits the 100k-task graph as back-to-back get() calls of N keys
+# (a workaround for a client bug fixed since); 0, the default, submits it in one get() call.
+SHOAL_SPLIT_GRAPH = int(os.environ.get("SHOAL_BENCH_SPLIT_GRAPH", "0"))
 
 WORKLOADS = ["map", "tree", "chain", "transfer", "independent", "dataframe", "memory",
              "gotasks", "zeroworkers"]
@@ -383,9 +384,8 @@ def wl_independent(b: Bench, p: dict, rep: int, record: Record) -> None:
     keys = list(dsk)
     t0 = time.perf_counter()
     if b.system == "shoal" and SHOAL_SPLIT_GRAPH:
-        # Workaround for a Python-client bug (a graph split into several update_graph
-        # messages loses the wanted keys of all but the last message): submit the graph as
-        # back-to-back get() calls of SHOAL_SPLIT_GRAPH keys each, without waiting in between.
+        # Former workaround for a Python-client bug (a graph split into several update_graph
+        # messages lost the wanted keys of all but the last message), kept for comparison.
         fs = []
         for i in range(0, n, SHOAL_SPLIT_GRAPH):
             part = keys[i:i + SHOAL_SPLIT_GRAPH]
