@@ -11,6 +11,7 @@ payload. Declared lengths are checked against :class:`Limits` before anything is
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 from dataclasses import dataclass
@@ -262,8 +263,12 @@ class Connection:
 
     @classmethod
     def connect(cls, address: str, role: int, token: str = "", *, timeout: float = 10.0,
-                limits: Limits = DEFAULT_LIMITS) -> "Connection":
-        """Connect to ``host:port`` (a ``tcp://`` prefix is accepted) and do the handshake."""
+                limits: Limits = DEFAULT_LIMITS,
+                tls: ssl.SSLContext | None = None) -> "Connection":
+        """Connect to ``host:port`` (a ``tcp://`` prefix is accepted) and do the handshake.
+
+        With ``tls`` the connection is wrapped in TLS first, verifying the server's certificate
+        for ``host`` as the context says (the ports of a cluster started with --tls-cert)."""
         host, port = parse_address(address)
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
@@ -273,6 +278,11 @@ class Connection:
             raise ConnectError(f"could not connect to {address}: {exc.strerror or exc}") from exc
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if tls is not None:
+                try:
+                    sock = tls.wrap_socket(sock, server_hostname=host)
+                except (ssl.SSLError, OSError) as exc:
+                    raise ConnectError(f"TLS handshake with {address} failed: {exc}") from exc
             client_handshake(sock, role, token, address, min(timeout, HANDSHAKE_TIMEOUT))
         except BaseException:
             sock.close()

@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -68,7 +69,9 @@ class Client:
     ``Client()`` with no address starts a :class:`~shoal.LocalCluster` owned by the client.
     ``Client("host:8786", token=...)`` connects to a running scheduler; ``Client(cluster)``
     to a LocalCluster (taking its token). ``timeout`` bounds connecting and every request.
-    ``Client(..., asynchronous=True)`` returns an :class:`AsyncClient`.
+    ``Client(..., asynchronous=True)`` returns an :class:`AsyncClient`. ``tls`` (an
+    ``ssl.SSLContext``) connects to a cluster started with ``--tls-cert/--tls-key``: every
+    connection, to the scheduler and to workers' data ports, is then TLS.
     """
 
     def __new__(cls, *args: Any, asynchronous: bool = False, **kwargs: Any) -> Any:
@@ -78,6 +81,7 @@ class Client:
 
     def __init__(self, address: Union[str, "LocalCluster", None] = None, *,
                  token: Optional[str] = None, timeout: float = 30.0,
+                 tls: Optional[ssl.SSLContext] = None,
                  asynchronous: bool = False, name: Optional[str] = None,
                  set_as_default: bool = True, fetch_timeout: float = 300.0) -> None:
         self.timeout = float(timeout)
@@ -100,6 +104,7 @@ class Client:
             token = os.environ.get("SHOAL_TOKEN", "")
         self.scheduler_address = address
         self._token = token or ""
+        self._tls = tls
 
         self._lock = threading.RLock()
         self._states: dict[str, KeyState] = {}
@@ -138,7 +143,7 @@ class Client:
 
     def _connect(self) -> None:
         conn = _wire.Connection.connect(self.scheduler_address, _wire.ROLE_CLIENT, self._token,
-                                        timeout=self.timeout)
+                                        timeout=self.timeout, tls=self._tls)
         conn.sock.settimeout(self.timeout)
         try:
             header, _ = conn.recv()
@@ -608,7 +613,8 @@ class Client:
             dc = self._data_conns.get(worker)
             if dc is not None and not dc.conn.closed:
                 return dc
-        conn = _wire.Connection.connect(worker, _wire.ROLE_CLIENT, self._token, timeout=self.timeout)
+        conn = _wire.Connection.connect(worker, _wire.ROLE_CLIENT, self._token, timeout=self.timeout,
+                                        tls=self._tls)
         conn.sock.settimeout(self.fetch_timeout)
         dc = _DataConn(conn)
         with self._data_lock:
