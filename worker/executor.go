@@ -320,7 +320,7 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 // A task joins a batch only when its group is known to be short (its recent runs took less
 // than pyShortRun on average). The task the thread popped runs last in its batch, behind the
 // next ready Python tasks: every task of a batch is then reported as soon as it is done (the
-// popped one by execute, when runPy returns; the others by finishBatched).
+// popped one by execute, when runPy returns; the others by finish).
 //
 // A batch is written with one write(2) before its answers are read, so it must fit in the
 // socket's buffer: were the worker blocked writing runs while the executor is blocked writing
@@ -439,7 +439,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			w.py.release(ex)
 			return res, false
 		}
-		w.finishBatched(ex.lane, r.ts, res, last, now)
+		w.finish(ex.lane, r.ts, res, last, now)
 		last = now
 	}
 	panic("unreachable: the popped task is the last of its batch")
@@ -471,7 +471,7 @@ func (w *Worker) shortRuns(ex *executor, budget int) []*pyRun {
 		r, errr := w.pyRunFor(ts)
 		if errr != nil {
 			now := time.Now()
-			w.finishBatched(ex.lane, ts, result{err: errr}, now, now)
+			w.finish(ex.lane, ts, result{err: errr}, now, now)
 			continue
 		}
 		if budget -= r.size(ex); budget < 0 {
@@ -507,10 +507,10 @@ func (w *Worker) unbatch(tasks []*task) {
 	w.mu.cond.Broadcast()
 }
 
-// finishBatched does for a task run as part of a batch what execute does for the task its
-// thread popped: store the result, forget the task, report it, and count it as no longer
-// running.
-func (w *Worker) finishBatched(thread int, ts *task, r result, start, stop time.Time) {
+// finish ends a task run (popped by its thread, or run as part of an executor batch): store
+// the result, forget the task, report it, and only then count it as no longer running, so a
+// draining Run sends goodbye after the report.
+func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 	key := ts.t.Key
 	if r.err == nil {
 		r.nbytes = w.store.Put(key, r.enc, r.frames, r.obj)
@@ -548,7 +548,7 @@ func (w *Worker) executorDied(ex *executor, batch []*pyRun, i int, err error, si
 		rest = append(rest, r.ts)
 	}
 	w.unbatch(rest)
-	w.finishBatched(ex.lane, culprit.ts, dead, since, time.Now())
+	w.finish(ex.lane, culprit.ts, dead, since, time.Now())
 	return result{}, true
 }
 

@@ -226,26 +226,7 @@ func (w *Worker) execute(thread int, ts *task) {
 	} else {
 		r = w.runGo(ts)
 	}
-	stop := time.Now()
-	key := ts.t.Key
-	if r.err == nil {
-		r.nbytes = w.store.Put(key, r.enc, r.frames, r.obj)
-	}
-	w.mu.Lock()
-	if w.mu.tasks[key] == ts {
-		delete(w.mu.tasks, key)
-	}
-	freed := ts.freed
-	w.mu.Unlock()
-	if freed && r.err == nil {
-		w.store.Delete(key)
-	}
-	w.report(thread, ts, r, start, stop)
-	// Only now is the task no longer running: a draining Run sends goodbye after this report.
-	w.mu.Lock()
-	w.mu.running--
-	w.mu.cond.Broadcast()
-	w.mu.Unlock()
+	w.finish(thread, ts, r, start, time.Now())
 }
 
 // report sends task_finished or task_erred.
