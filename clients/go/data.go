@@ -129,6 +129,10 @@ func Decode(encoding string, frames [][]byte) (any, error) {
 	return nil, fmt.Errorf("unknown encoding %q", encoding)
 }
 
+// maxKeysPerGet bounds the keys of one get_data request, so that the reply stays within the
+// protocol's frame-count limit (4096 frames per message).
+const maxKeysPerGet = 1000
+
 func (c *Client) fetch(ctx context.Context, futs []*Future) ([]any, error) {
 	byWorker := map[string][]string{}
 	for _, f := range futs {
@@ -137,12 +141,17 @@ func (c *Client) fetch(ctx context.Context, futs []*Future) ([]any, error) {
 	}
 	vals := map[string]any{}
 	for addr, keys := range byWorker {
-		got, err := c.data.getData(ctx, addr, keys)
-		if err != nil {
-			return nil, err
-		}
-		for k, v := range got {
-			vals[k] = v
+		// a reply carries at least one frame per key, and a message at most 4096 frames
+		for len(keys) > 0 {
+			n := min(len(keys), maxKeysPerGet)
+			got, err := c.data.getData(ctx, addr, keys[:n])
+			if err != nil {
+				return nil, err
+			}
+			for k, v := range got {
+				vals[k] = v
+			}
+			keys = keys[n:]
 		}
 	}
 	out := make([]any, len(futs))

@@ -278,3 +278,23 @@ func TestE2EWorkerGracefulShutdown(t *testing.T) {
 	resp.Body.Close()
 	require.Contains(t, string(body), "worker closed", "the departure is recorded as a goodbye, not a crash")
 }
+
+// Gathering more keys from one worker than a message may carry frames (4096) works: the
+// client splits its get_data requests.
+func TestE2EGatherManyKeysFromOneWorker(t *testing.T) {
+	c := startCluster(t, 1)
+	cl := c.connect(t)
+	ctx := ctxT(t, 60*time.Second)
+	g := client.NewGraph()
+	keys := make([]client.Key, 5000)
+	for i := range keys {
+		keys[i] = g.Go(fmt.Sprintf("one-%d", i), "inc", i)
+	}
+	futs, err := cl.Submit(ctx, g, keys...)
+	require.NoError(t, err)
+	vals, err := cl.Gather(ctx, futs...)
+	require.NoError(t, err)
+	for i, v := range vals {
+		require.Equal(t, int64(i+1), asInt(t, v))
+	}
+}
