@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -153,5 +152,3 @@ func (sp *schedProc) close() {
 	}
 	sp.srv.Close()
 }
-
-var errNoWorkers = errors.New("no workers")

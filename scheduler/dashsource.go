@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/shoal-dev/shoal/dashboard"
@@ -14,32 +13,12 @@ func (s *Server) DashboardSource() dashboard.Source { return dashSource{s} }
 
 type dashSource struct{ s *Server }
 
-// errStopped is returned when the scheduler is shutting down.
-var errStopped = errors.New("scheduler: stopped")
-
 // maxDashGroups bounds the groups a snapshot carries (the most recent ones).
 const maxDashGroups = 200
 
-func (d dashSource) query(ctx context.Context, f func(*Core)) error {
-	done := make(chan struct{})
-	select {
-	case d.s.queries <- func() { f(d.s.core); close(done) }:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-d.s.stop:
-		return errStopped
-	}
-	select {
-	case <-done:
-		return nil
-	case <-d.s.stop:
-		return errStopped
-	}
-}
-
 func (d dashSource) Snapshot(ctx context.Context) (dashboard.Snapshot, error) {
 	var snap dashboard.Snapshot
-	err := d.query(ctx, func(c *Core) {
+	err := d.s.QueryContext(ctx, func(c *Core) {
 		s := d.s
 		snap.Time = time.Now().UnixNano()
 		processing := map[WorkerID]int{}
@@ -78,7 +57,7 @@ func groupProgress(g GroupStats) dashboard.GroupProgress {
 func (d dashSource) Task(ctx context.Context, key string) (dashboard.TaskInfo, error) {
 	var out dashboard.TaskInfo
 	found := false
-	err := d.query(ctx, func(c *Core) {
+	err := d.s.QueryContext(ctx, func(c *Core) {
 		ti, ok := c.TaskInfo(key)
 		if !ok {
 			return
@@ -114,7 +93,7 @@ func (d dashSource) Task(ctx context.Context, key string) (dashboard.TaskInfo, e
 
 func (d dashSource) GroupGraph(ctx context.Context) (dashboard.GroupGraph, error) {
 	var gg dashboard.GroupGraph
-	err := d.query(ctx, func(c *Core) {
+	err := d.s.QueryContext(ctx, func(c *Core) {
 		for _, g := range c.RecentGroups(maxDashGroups, true) {
 			gg.Nodes = append(gg.Nodes, groupProgress(g))
 			for _, dep := range g.Dependencies {

@@ -50,9 +50,9 @@ func (o *observers) cluster(e dashboard.Event) {
 }
 
 type serverStats struct {
-	events, submitted, dispatched, finished, failed uint64
-	msgsIn, msgsOut                                 uint64
-	busy                                            int64 // nanoseconds the driver spent handling input
+	finished, failed uint64 // tasks reported finished / finally erred
+	msgsIn, msgsOut  uint64
+	busy             int64 // nanoseconds the driver spent handling input
 }
 
 func sortWorkers(ws []wire.WorkerInfo) {

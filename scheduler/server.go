@@ -222,19 +222,31 @@ func (s *Server) goFunc(f func()) {
 	go func() { defer s.wg.Done(); f() }()
 }
 
-// Query runs f on the driver goroutine (the only one allowed to touch the core) and waits.
+// errStopped is returned by QueryContext when the scheduler is shutting down.
+var errStopped = errors.New("scheduler: stopped")
+
+// Query runs f on the driver goroutine (the only one allowed to touch the core) and waits;
+// false when the scheduler stopped first.
 func (s *Server) Query(f func(*Core)) bool {
+	return s.QueryContext(context.Background(), f) == nil
+}
+
+// QueryContext is Query bounded by ctx: it returns ctx's error if the driver did not take f
+// in time, or errStopped when the scheduler stopped.
+func (s *Server) QueryContext(ctx context.Context, f func(*Core)) error {
 	done := make(chan struct{})
 	select {
 	case s.queries <- func() { f(s.core); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
 	case <-s.stop:
-		return false
+		return errStopped
 	}
 	select {
 	case <-done:
-		return true
+		return nil
 	case <-s.stop:
-		return false
+		return errStopped
 	}
 }
 
@@ -263,7 +275,6 @@ func (s *Server) acceptLoop() {
 		if err != nil {
 			select {
 			case <-s.stop:
-				s.closeAll()
 				return
 			default:
 			}
@@ -384,12 +395,6 @@ func (s *Server) readAdmin(c *wire.Conn) {
 	}
 }
 
-func (s *Server) closeAll() {
-	done := make(chan struct{})
-	// the driver may have exited already; connections are closed by their watchers.
-	close(done)
-}
-
 // ---- driver side ----
 
 func (s *Server) handleInbound(in inbound) {
@@ -413,7 +418,6 @@ func (s *Server) handleInbound(in inbound) {
 }
 
 func (s *Server) handle(ev Event) {
-	s.stats.events++
 	s.actions = s.core.Handle(ev, s.actions[:0])
 	for _, a := range s.actions {
 		s.perform(a)
@@ -631,7 +635,6 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 				Error: wire.Errorf(wire.CodeInvalidTask, fmt.Sprintf("task %q refers to Python function %s, which was not sent in funcs", bad, shortHash(m.Tasks, bad)))})
 			return
 		}
-		s.stats.submitted += uint64(len(m.Tasks))
 		s.handle(EvUpdateGraph{Client: cl.id, ID: m.ID, Tasks: m.Tasks, Wanted: m.Wanted})
 	case wire.OpWanted:
 		s.handle(EvWanted{Client: cl.id, Keys: m.Keys})
@@ -748,7 +751,6 @@ func (s *Server) sendCompute(a ActCompute) {
 		m.FuncData = s.funcs[a.Task.Func]
 		w.sent[a.Task.Func] = true
 	}
-	s.stats.dispatched++
 	s.queue(w.conn, m)
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -205,15 +206,11 @@ func rawConn(t *testing.T, addr string, role wire.Role, token string) (*wire.Con
 	return conn, nc
 }
 
-func hostPort(url string) string {
-	u := url
-	for _, p := range []string{"http://", "https://"} {
-		if len(u) > len(p) && u[:len(p)] == p {
-			u = u[len(p):]
-		}
+// hostPort is the host:port of a URL such as "http://127.0.0.1:8787/".
+func hostPort(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return u
 	}
-	if len(u) > 0 && u[len(u)-1] == '/' {
-		u = u[:len(u)-1]
-	}
-	return u
+	return p.Host
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -13,7 +12,7 @@ import (
 func openViewers(t testing.TB, dashboard string, n int) *atomic.Int64 {
 	t.Helper()
 	var frames atomic.Int64
-	url := "ws://" + strings.TrimSuffix(strings.TrimPrefix(dashboard, "http://"), "/") + "/ws"
+	url := "ws://" + hostPort(dashboard) + "/ws"
 	for i := 0; i < n; i++ {
 		conn, _, err := websocket.DefaultDialer.Dial(url, nil)
 		if err != nil {

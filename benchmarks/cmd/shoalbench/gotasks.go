@@ -41,20 +41,7 @@ func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile 
 	}
 	defer c.Close()
 
-	// Build every graph first, so the client's own work is not in the measured time.
-	var graphs []*client.Graph
-	var keys [][]client.Key
-	for done := 0; done < n; {
-		g := client.NewGraph()
-		m := min(batch, n-done)
-		ks := make([]client.Key, m)
-		for i := range ks {
-			ks[i] = g.Go(fmt.Sprintf("noop-%d", done+i), "noop")
-		}
-		graphs = append(graphs, g)
-		keys = append(keys, ks)
-		done += m
-	}
+	graphs, keys := noopGraphs(n, batch, "noop")
 	runtime.GC()
 	time.Sleep(300 * time.Millisecond)
 	pid := lc.Pid()
@@ -62,18 +49,11 @@ func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile 
 	cpu0 := proc.CPUSeconds(pid)
 
 	start := time.Now()
-	var futs []*client.Future
-	for i, g := range graphs {
-		fs, err := c.Submit(ctx, g, keys[i]...)
-		if err != nil {
-			return nil, err
-		}
-		futs = append(futs, fs...)
-	}
-	for _, f := range futs {
-		if err := f.Wait(ctx); err != nil {
-			return nil, fmt.Errorf("task %s: %w (cluster log:\n%s)", f.Key(), err, lc.Log())
-		}
+	futs, err := submitAndWait(ctx, c, graphs, keys, func(f *client.Future, err error) error {
+		return fmt.Errorf("task %s: %w (cluster log:\n%s)", f.Key(), err, lc.Log())
+	})
+	if err != nil {
+		return nil, err
 	}
 	el := time.Since(start)
 	cpu := proc.CPUSeconds(pid) - cpu0

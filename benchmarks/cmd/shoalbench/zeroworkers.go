@@ -85,37 +85,18 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch int, profil
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	var graphs []*client.Graph
-	var keys [][]client.Key
-	for done := 0; done < n; {
-		g := client.NewGraph()
-		m := min(batch, n-done)
-		ks := make([]client.Key, m)
-		for i := range ks {
-			ks[i] = g.Go(fmt.Sprintf("z-%d", done+i), "noop")
-		}
-		graphs = append(graphs, g)
-		keys = append(keys, ks)
-		done += m
-	}
+	graphs, keys := noopGraphs(n, batch, "z")
 	pid := sp.Pid()
 	cpu0 := proc.CPUSeconds(pid)
 	start := time.Now()
-	var futs []*client.Future
-	for i, g := range graphs {
-		fs, err := c.Submit(ctx, g, keys[i]...)
-		if err != nil {
-			return nil, err
+	futs, err := submitAndWait(ctx, c, graphs, keys, func(f *client.Future, err error) error {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("timed out with %d of %d computes sent", pool.Computes(), n)
 		}
-		futs = append(futs, fs...)
-	}
-	for _, f := range futs {
-		if err := f.Wait(ctx); err != nil {
-			if errors.Is(err, context.DeadlineExceeded) {
-				return nil, fmt.Errorf("timed out with %d of %d computes sent", pool.Computes(), n)
-			}
-			return nil, fmt.Errorf("task %s: %w", f.Key(), err)
-		}
+		return fmt.Errorf("task %s: %w", f.Key(), err)
+	})
+	if err != nil {
+		return nil, err
 	}
 	el := time.Since(start)
 	cpu := proc.CPUSeconds(pid) - cpu0
