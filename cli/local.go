@@ -21,6 +21,7 @@ type localFlags struct {
 	python, readyFile string
 	localDir          string
 	noRestart         bool
+	workerProfile     string
 }
 
 func (f *localFlags) register(fs *flag.FlagSet) {
@@ -32,6 +33,7 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.readyFile, "ready-file", "", "write JSON {scheduler, dashboard, gossip, workers} here once every worker has registered")
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for the workers' spilled data")
 	fs.BoolVar(&f.noRestart, "no-restart", false, "do not restart a worker process that dies")
+	fs.StringVar(&f.workerProfile, "worker-cpu-profile", "", "write a Go CPU profile of each worker process to PREFIX.<worker name>.pprof")
 }
 
 func runLocal(args []string) error {
@@ -64,6 +66,8 @@ type localCluster struct {
 	mu      sync.Mutex
 	procs   map[string]*exec.Cmd
 	closing bool
+
+	workerProfile string // --worker-cpu-profile prefix
 }
 
 func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
@@ -85,7 +89,7 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 		cancel()
 		return nil, err
 	}
-	lc := &localCluster{sched: sp, cancel: cancel, procs: map[string]*exec.Cmd{}}
+	lc := &localCluster{sched: sp, cancel: cancel, procs: map[string]*exec.Cmd{}, workerProfile: f.workerProfile}
 	self, err := os.Executable()
 	if err != nil {
 		lc.close()
@@ -126,7 +130,11 @@ func (lc *localCluster) supervise(self string, base []string, name string, resta
 			if gen > 0 {
 				n = fmt.Sprintf("%s.%d", name, gen)
 			}
-			cmd := exec.Command(self, append(append([]string{}, base...), "--name", n)...)
+			args := append(append([]string{}, base...), "--name", n)
+			if lc.workerProfile != "" {
+				args = append(args, "--cpu-profile", lc.workerProfile+"."+n+".pprof")
+			}
+			cmd := exec.Command(self, args...)
 			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 			cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 			lc.mu.Lock()

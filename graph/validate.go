@@ -101,42 +101,58 @@ func Same(a, b *Task) bool {
 //   - missing-dependency: a dependency is neither in the batch nor known;
 //   - graph-cycle: the batch has a dependency cycle; the message names a key on it.
 func Validate(tasks []Task, known func(key string) bool) error {
-	if err := validate(tasks, known); err != nil {
+	if _, err := validate(tasks, known); err != nil {
 		return err
 	}
 	return nil
 }
 
-func validate(tasks []Task, known func(string) bool) *Error {
+// ValidateBatch is Validate that also reports whether the batch holds a key more than once
+// (identical duplicates), so a caller interning the batch can skip checking for them.
+func ValidateBatch(tasks []Task, known func(key string) bool) (dups bool, err error) {
+	dups, e := validate(tasks, known)
+	if e != nil {
+		return dups, e
+	}
+	return dups, nil
+}
+
+func validate(tasks []Task, known func(string) bool) (bool, *Error) {
 	index := make(map[string]int32, len(tasks))
 	for i := range tasks {
 		t := &tasks[i]
 		if err := CheckTask(t); err != nil {
-			return err
+			return false, err
 		}
 		if j, dup := index[t.Key]; dup {
 			if !Same(&tasks[j], t) {
-				return errorf(CodeKeyConflict, "key %q appears twice in the graph with different definitions", t.Key)
+				return true, errorf(CodeKeyConflict, "key %q appears twice in the graph with different definitions", t.Key)
 			}
 			continue
 		}
 		index[t.Key] = int32(i)
 	}
+	dups := len(index) < len(tasks)
+	var inBatchDeps bool
 	for i := range tasks {
 		t := &tasks[i]
 		for _, d := range Deps(t) {
 			if _, ok := index[d]; ok {
+				inBatchDeps = true
 				continue
 			}
 			if known == nil || !known(d) {
-				return errorf(CodeMissingDependency, "task %q depends on %q, which is neither in the graph nor known", t.Key, d)
+				return dups, errorf(CodeMissingDependency, "task %q depends on %q, which is neither in the graph nor known", t.Key, d)
 			}
 		}
 	}
-	if k, ok := findCycle(tasks, index); ok {
-		return errorf(CodeGraphCycle, "the graph has a cycle through key %q", k)
+	if !inBatchDeps {
+		return dups, nil // no edge inside the batch: no cycle
 	}
-	return nil
+	if k, ok := findCycle(tasks, index); ok {
+		return dups, errorf(CodeGraphCycle, "the graph has a cycle through key %q", k)
+	}
+	return dups, nil
 }
 
 // findCycle runs Kahn's algorithm over the batch; when some tasks are never freed, it walks

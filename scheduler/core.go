@@ -82,14 +82,20 @@ const (
 	flagScattered uint8 = 1 << iota // put by a client: no definition, cannot be recomputed
 	flagResQueue                    // queued for resources (in Core.rqueue, not Core.queue)
 	flagReady                       // in Core.ready (dedup)
+	flagPlain                       // def is a shared template: only Kind and Func are set
 )
 
 // task is the compact per-task record; Core.tasks is indexed by task id.
 type task struct {
-	def        *graph.Task // the definition (for scattered data: only Key is set)
-	deps       []int32     // dependency ids (immutable)
-	dependents []uint64    // gen<<32 | id; entries of forgotten tasks are stale (gen differs)
-	whoHas     []WorkerID  // copy-on-write: never modified in place, so actions may share it
+	key string
+	// def is the definition. A plain task (nothing but a key, a kind and a function, as most
+	// tasks of large graphs) shares a template holding only Kind and Func (flagPlain), so it
+	// does not keep a whole graph.Task alive; fullDef rebuilds one for compute. Scattered
+	// data has the empty template.
+	def        *graph.Task
+	deps       []int32    // dependency ids (immutable)
+	dependents []uint64   // gen<<32 | id; entries of forgotten tasks are stale (gen differs)
+	whoHas     []WorkerID // copy-on-write: never modified in place, so actions may share it
 	err        *wire.Error
 	rank       int64 // static priority, lower first
 	nbytes     int64
@@ -120,12 +126,15 @@ type Core struct {
 	extra int // extra root tasks per thread a worker may hold (latency hiding)
 
 	tasks []task
-	keys  map[string]int32
+	index keyIndex // key → id
 	free  []int32
-	story []uint64
+	story [][]uint64 // pages of storyPage tasks × slots entries: never copied as tasks are added
 
 	groups   []group
 	groupIdx map[string]int32
+
+	templates map[template]*graph.Task // shared definitions of plain tasks
+	lastTmpl  *graph.Task
 
 	workers    []*worker // by WorkerID; nil if never joined
 	alive      []WorkerID
@@ -154,6 +163,7 @@ type Core struct {
 	resFreed   bool
 	gcq        []int32
 	needq      []int32
+	batchIDs   []int32 // update_graph: the id of each task of the batch
 	freeBuf    map[WorkerID][]string
 
 	transitions uint64
@@ -167,8 +177,9 @@ func NewCore(cfg CoreConfig) *Core {
 	c := &Core{
 		cfg:       cfg,
 		slots:     cfg.StoryLength,
-		keys:      make(map[string]int32),
+		index:     newKeyIndex(),
 		groupIdx:  make(map[string]int32),
+		templates: make(map[template]*graph.Task),
 		funcCount: make(map[string]int),
 		encIdx:    map[string]uint8{"": 0},
 		encodings: []string{""},
@@ -260,13 +271,58 @@ func (c *Core) settle() {
 
 // ---- interning ----
 
-func (c *Core) lookup(key string) (int32, bool) {
-	id, ok := c.keys[key]
-	return id, ok
+// growTasks makes room for n more tasks. The task slice grows at least by half, so a large
+// graph sent in many batches is copied a few times rather than once per batch (stories are
+// paged and never copied).
+func (c *Core) growTasks(n int) {
+	if len(c.tasks)+n <= cap(c.tasks) {
+		return
+	}
+	n = max(n, len(c.tasks)/2)
+	c.tasks = slices.Grow(c.tasks, n)
 }
 
-// newTask interns key with definition def, in state released.
-func (c *Core) newTask(def *graph.Task, group int32) int32 {
+// storyPage is how many tasks' stories share one allocation.
+const storyPage = 4096
+
+// template is what a plain task's definition holds.
+type template struct {
+	kind graph.Kind
+	fn   string
+}
+
+// plain reports whether def has nothing but a key, a kind and a function.
+func plain(def *graph.Task) bool {
+	return len(def.Args) == 0 && len(def.Payload) == 0 && len(def.Deps) == 0 && def.Priority == 0 &&
+		def.Retries == 0 && len(def.Resources) == 0 && len(def.Workers) == 0 && def.Group == ""
+}
+
+// templateOf returns the shared definition of plain tasks of def's kind and function.
+func (c *Core) templateOf(kind graph.Kind, fn string) *graph.Task {
+	if t := c.lastTmpl; t != nil && t.Kind == kind && t.Func == fn {
+		return t
+	}
+	k := template{kind, fn}
+	t, ok := c.templates[k]
+	if !ok {
+		t = &graph.Task{Kind: kind, Func: fn}
+		c.templates[k] = t
+	}
+	c.lastTmpl = t
+	return t
+}
+
+// fullDef returns id's definition as a graph.Task (a new one for a plain task).
+func (c *Core) fullDef(id int32) *graph.Task {
+	t := &c.tasks[id]
+	if t.flags&flagPlain == 0 {
+		return t.def
+	}
+	return &graph.Task{Key: t.key, Kind: t.def.Kind, Func: t.def.Func}
+}
+
+// newTask interns key with definition def (a template when isPlain), in state released.
+func (c *Core) newTask(key string, def *graph.Task, isPlain bool, group int32) int32 {
 	var id int32
 	if n := len(c.free); n > 0 {
 		id = c.free[n-1]
@@ -276,12 +332,17 @@ func (c *Core) newTask(def *graph.Task, group int32) int32 {
 	} else {
 		id = int32(len(c.tasks))
 		c.tasks = append(c.tasks, task{})
-		c.story = append(c.story, make([]uint64, c.slots)...)
+		if int(id)/storyPage >= len(c.story) {
+			c.story = append(c.story, make([]uint64, storyPage*c.slots))
+		}
 	}
 	t := &c.tasks[id]
-	t.def, t.group, t.worker, t.want, t.pos = def, group, -1, -1, -1
+	t.key, t.def, t.group, t.worker, t.want, t.pos = key, def, group, -1, -1, -1
+	if isPlain {
+		t.flags |= flagPlain
+	}
 	t.retries = uint16(min(def.Retries, math.MaxUint16))
-	c.keys[def.Key] = id
+	c.indexAdd(key, id)
 	c.counts[Released]++
 	c.groups[group].counts[Released]++
 	c.groups[group].total++
@@ -289,7 +350,26 @@ func (c *Core) newTask(def *graph.Task, group int32) int32 {
 	return id
 }
 
-func (c *Core) key(id int32) string { return c.tasks[id].def.Key }
+func (c *Core) key(id int32) string { return c.tasks[id].key }
+
+// handle is the task handle sent in compute: gen+1 and id, never 0. A worker echoes it in
+// task_finished, so the core finds the task without hashing its key.
+func (c *Core) handle(id int32) uint64 {
+	return uint64(c.tasks[id].gen)<<32 | uint64(uint32(id)+1)
+}
+
+// resolve finds the task of a worker's report: by its handle when the handle still names a
+// live task with that key (the key check guards against a stale or foreign handle), by the
+// key otherwise.
+func (c *Core) resolve(h uint64, key string) (int32, bool) {
+	if lo := uint32(h); lo != 0 && lo <= uint32(len(c.tasks)) {
+		id := int32(lo - 1)
+		if t := &c.tasks[id]; t.gen == uint32(h>>32) && t.state != Forgotten && t.key == key {
+			return id, true
+		}
+	}
+	return c.lookup(key)
+}
 
 func (c *Core) encoding(s string) uint8 {
 	if i, ok := c.encIdx[s]; ok {
@@ -319,7 +399,7 @@ func depRef(t *task, id int32) uint64 { return uint64(t.gen)<<32 | uint64(uint32
 func (c *Core) setState(id int32, from, to State) {
 	t := &c.tasks[id]
 	if t.state != from || !legal[from][to] {
-		panic(IllegalTransition{Key: t.def.Key, From: t.state, To: to})
+		panic(IllegalTransition{Key: t.key, From: t.state, To: to})
 	}
 	t.state = to
 	c.counts[from]--
@@ -346,8 +426,8 @@ func (c *Core) setState(id int32, from, to State) {
 
 func (c *Core) record(id int32, from, to State) {
 	t := &c.tasks[id]
-	base := int(id) * c.slots
-	c.story[base+int(t.storyHead)] = packStory(c.seq, c.evCode, from, to)
+	base := int(id) % storyPage * c.slots
+	c.story[id/storyPage][base+int(t.storyHead)] = packStory(c.seq, c.evCode, from, to)
 	t.storyHead = uint8((int(t.storyHead) + 1) % c.slots)
 	if int(t.storyLen) < c.slots {
 		t.storyLen++
@@ -359,7 +439,7 @@ func (c *Core) storyOf(id int32) []Story {
 	out := make([]Story, 0, t.storyLen)
 	start := (int(t.storyHead) - int(t.storyLen) + c.slots) % c.slots
 	for i := range int(t.storyLen) {
-		out = append(out, unpackStory(c.story[int(id)*c.slots+(start+i)%c.slots]))
+		out = append(out, unpackStory(c.story[id/storyPage][int(id)%storyPage*c.slots+(start+i)%c.slots]))
 	}
 	return out
 }

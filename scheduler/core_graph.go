@@ -11,7 +11,8 @@ import (
 // updateGraph validates a batch whole, then adds it, orders it and computes what is wanted.
 // The core keeps pointers into e.Tasks: the driver must not reuse that slice.
 func (c *Core) updateGraph(e *EvUpdateGraph) {
-	if err := c.checkGraph(e); err != nil {
+	dups, err := c.checkGraph(e)
+	if err != nil {
 		keys := make([]string, len(e.Tasks))
 		for i := range e.Tasks {
 			keys[i] = e.Tasks[i].Key
@@ -19,60 +20,112 @@ func (c *Core) updateGraph(e *EvUpdateGraph) {
 		c.out = append(c.out, ActGraphRejected{Client: e.Client, ID: e.ID, Keys: keys, Err: err})
 		return
 	}
-	fresh := c.addTasks(e.Tasks)
-	for _, k := range e.Wanted {
-		c.want(c.keys[k], e.Client)
+	fresh := c.addTasks(e.Tasks, c.batchIDs, dups)
+	for i, k := range e.Wanted {
+		// clients usually want the batch's own keys in batch order: no lookup then
+		if i < len(e.Tasks) && e.Tasks[i].Key == k {
+			c.want(c.batchIDs[i], e.Client)
+			continue
+		}
+		c.want(c.mustLookup(k), e.Client)
 	}
+	c.batchIDs = c.batchIDs[:0]
 	// Tasks that lead to nothing wanted are dropped at once.
 	c.gcq = append(c.gcq, fresh...)
 }
 
-// checkGraph returns why the batch must be refused, or nil.
-func (c *Core) checkGraph(e *EvUpdateGraph) *wire.Error {
-	known := func(k string) bool { _, ok := c.keys[k]; return ok }
-	if err := graph.Validate(e.Tasks, known); err != nil {
-		return fromGraphError(err)
+// checkGraph returns why the batch must be refused, or nil. It leaves in c.batchIDs the id
+// of every task of the batch that is already known, -1 for the others, and reports whether
+// the batch holds a key twice.
+func (c *Core) checkGraph(e *EvUpdateGraph) (dups bool, _ *wire.Error) {
+	known := func(k string) bool { _, ok := c.lookup(k); return ok }
+	c.batchIDs = c.batchIDs[:0]
+	dups, err := graph.ValidateBatch(e.Tasks, known)
+	if err != nil {
+		return dups, fromGraphError(err)
 	}
+	ids := slices.Grow(c.batchIDs, len(e.Tasks))
+	lastFunc := "" // a function name just checked (batches mostly call a few functions)
 	for i := range e.Tasks {
 		t := &e.Tasks[i]
-		if id, ok := c.keys[t.Key]; ok {
-			if old := c.tasks[id].def; c.tasks[id].flags&flagScattered != 0 || !graph.Same(old, t) {
-				return wire.Errorf(wire.CodeKeyConflict, fmt.Sprintf("key %q is already known with a different definition", t.Key))
+		if id, ok := c.lookup(t.Key); ok {
+			if c.tasks[id].flags&flagScattered != 0 || !graph.Same(c.fullDef(id), t) {
+				return dups, wire.Errorf(wire.CodeKeyConflict, fmt.Sprintf("key %q is already known with a different definition", t.Key))
 			}
+			ids = append(ids, id)
 			continue
 		}
-		if t.Kind == graph.KindGo && len(c.alive) > 0 && c.funcCount[t.Func] == 0 {
-			return wire.Errorf(wire.CodeUnknownFunction, fmt.Sprintf("task %q calls Go function %q, which no worker registers", t.Key, t.Func))
+		ids = append(ids, -1)
+		if t.Kind == graph.KindGo && len(c.alive) > 0 && t.Func != lastFunc {
+			if c.funcCount[t.Func] == 0 {
+				return dups, wire.Errorf(wire.CodeUnknownFunction, fmt.Sprintf("task %q calls Go function %q, which no worker registers", t.Key, t.Func))
+			}
+			lastFunc = t.Func
 		}
 	}
-	inBatch := make(map[string]struct{}, len(e.Wanted))
-	if len(e.Wanted) > 0 {
-		for i := range e.Tasks {
-			inBatch[e.Tasks[i].Key] = struct{}{}
+	c.batchIDs = ids
+	var inBatch map[string]struct{} // built only when a wanted key is not at its task's index
+	for i, k := range e.Wanted {
+		if i < len(e.Tasks) && e.Tasks[i].Key == k {
+			continue
 		}
-	}
-	for _, k := range e.Wanted {
+		if inBatch == nil {
+			inBatch = make(map[string]struct{}, len(e.Tasks))
+			for i := range e.Tasks {
+				inBatch[e.Tasks[i].Key] = struct{}{}
+			}
+		}
 		if _, ok := inBatch[k]; !ok && !known(k) {
-			return wire.Errorf(wire.CodeMissingDependency, fmt.Sprintf("wanted key %q is neither in the graph nor known", k))
+			return dups, wire.Errorf(wire.CodeMissingDependency, fmt.Sprintf("wanted key %q is neither in the graph nor known", k))
 		}
 	}
-	return nil
+	return dups, nil
 }
 
-// addTasks interns the new tasks of a valid batch, links them and ranks them. It returns the
-// ids of the tasks it created.
-func (c *Core) addTasks(tasks []graph.Task) []int32 {
+// addTasks interns the new tasks of a valid batch, links them and ranks them. ids holds, per
+// task, its id when known before the batch or -1 (from checkGraph); addTasks fills in the ids
+// it creates. dups says whether a key may repeat in the batch. It returns the new ids.
+func (c *Core) addTasks(tasks []graph.Task, ids []int32, dups bool) []int32 {
 	if grow := len(tasks) - len(c.free); grow > 0 {
-		c.tasks = slices.Grow(c.tasks, grow)
-		c.story = slices.Grow(c.story, grow*c.slots)
+		c.growTasks(grow)
 	}
 	fresh := make([]int32, 0, len(tasks))
+	// Full definitions point into tasks when most of the batch needs them; otherwise each is
+	// copied, so the batch's array is not kept alive by a few tasks.
+	var full int
+	for i := range tasks {
+		if !plain(&tasks[i]) {
+			full++
+		}
+	}
+	share := 2*full >= len(tasks)
+	var lastGroup string
+	var group int32
 	for i := range tasks {
 		def := &tasks[i]
-		if _, ok := c.keys[def.Key]; ok {
-			continue // known, or an identical duplicate earlier in the batch
+		if ids[i] >= 0 {
+			continue // known
 		}
-		fresh = append(fresh, c.newTask(def, c.groupFor(graph.GroupOf(def))))
+		if dups {
+			if id, ok := c.lookup(def.Key); ok {
+				ids[i] = id // an identical duplicate earlier in the batch
+				continue
+			}
+		}
+		if g := graph.GroupOf(def); g != lastGroup || len(fresh) == 0 {
+			group, lastGroup = c.groupFor(g), g
+		}
+		switch {
+		case plain(def):
+			ids[i] = c.newTask(def.Key, c.templateOf(def.Kind, def.Func), true, group)
+		case share:
+			ids[i] = c.newTask(def.Key, def, false, group)
+		default:
+			cp := new(graph.Task)
+			*cp = *def
+			ids[i] = c.newTask(def.Key, cp, false, group)
+		}
+		fresh = append(fresh, ids[i])
 	}
 	if len(fresh) == 0 {
 		return nil
@@ -87,7 +140,7 @@ func (c *Core) addTasks(tasks []graph.Task) []int32 {
 		t := &c.tasks[id]
 		start := len(depArr)
 		for _, k := range graph.Deps(t.def) {
-			d := c.keys[k]
+			d := c.mustLookup(k)
 			depArr = append(depArr, d)
 			c.tasks[d].live++
 			c.addGroupDep(t.group, c.tasks[d].group)
@@ -150,7 +203,7 @@ func (c *Core) want(id int32, cl ClientID) {
 	case Memory:
 		c.wanters(id, func(x ClientID) {
 			if x == cl {
-				c.out = append(c.out, ActKeyState{Client: cl, Key: t.def.Key, State: "memory",
+				c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: "memory",
 					Worker: t.whoHas[0], NBytes: t.nbytes, Encoding: c.encodings[t.enc]})
 			}
 		})
@@ -159,7 +212,7 @@ func (c *Core) want(id int32, cl ClientID) {
 		if t.err != nil && t.err.Code == wire.CodeLost {
 			state = "lost"
 		}
-		c.out = append(c.out, ActKeyState{Client: cl, Key: t.def.Key, State: state, Worker: -1, Err: t.err})
+		c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: state, Worker: -1, Err: t.err})
 	case Released:
 		c.needq = append(c.needq, id)
 	}
@@ -167,7 +220,7 @@ func (c *Core) want(id int32, cl ClientID) {
 
 func (c *Core) wanted(cl ClientID, keys []string) {
 	for _, k := range keys {
-		if id, ok := c.keys[k]; ok {
+		if id, ok := c.lookup(k); ok {
 			c.want(id, cl)
 			continue
 		}
@@ -178,7 +231,7 @@ func (c *Core) wanted(cl ClientID, keys []string) {
 
 func (c *Core) releaseKeys(cl ClientID, keys []string) {
 	for _, k := range keys {
-		if id, ok := c.keys[k]; ok && c.dropWant(id, cl) {
+		if id, ok := c.lookup(k); ok && c.dropWant(id, cl) {
 			c.gcq = append(c.gcq, id)
 		}
 	}
@@ -199,7 +252,7 @@ func (c *Core) cancelKeys(cl ClientID, keys []string) {
 	var todo []int32
 	seen := make(map[int32]bool)
 	for _, k := range keys {
-		if id, ok := c.keys[k]; ok && !seen[id] {
+		if id, ok := c.lookup(k); ok && !seen[id] {
 			seen[id] = true
 			todo = append(todo, id)
 		}
@@ -219,7 +272,7 @@ func (c *Core) cancelKeys(cl ClientID, keys []string) {
 	for _, id := range todo {
 		t := &c.tasks[id]
 		c.wanters(id, func(x ClientID) {
-			c.out = append(c.out, ActKeyState{Client: x, Key: t.def.Key, State: "cancelled", Worker: -1, Err: err})
+			c.out = append(c.out, ActKeyState{Client: x, Key: t.key, State: "cancelled", Worker: -1, Err: err})
 		})
 		t.want = -1
 		delete(c.wantMore, id)
@@ -235,10 +288,9 @@ func (c *Core) scattered(e *EvScattered) {
 		return
 	}
 	for _, it := range e.Items {
-		id, ok := c.keys[it.Key]
+		id, ok := c.lookup(it.Key)
 		if !ok {
-			def := &graph.Task{Key: it.Key}
-			id = c.newTask(def, c.groupFor(graph.KeySplit(it.Key)))
+			id = c.newTask(it.Key, c.templateOf("", ""), true, c.groupFor(graph.KeySplit(it.Key)))
 			c.tasks[id].flags |= flagScattered
 		}
 		c.addWant(id, e.Client)
@@ -312,7 +364,7 @@ func (c *Core) lost(id int32) {
 		c.memoryToReleased(id, false)
 		c.gcq = append(c.gcq, id)
 	case t.flags&flagScattered != 0:
-		c.memoryToErred(id, lostError(t.def.Key))
+		c.memoryToErred(id, lostError(t.key))
 	default:
 		c.memoryToWaiting(id)
 	}

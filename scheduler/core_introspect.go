@@ -121,7 +121,7 @@ func (c *Core) RecentGroups(n int, finished bool) []GroupStats {
 
 // TaskInfo describes the task named key.
 func (c *Core) TaskInfo(key string) (TaskInfo, bool) {
-	id, ok := c.keys[key]
+	id, ok := c.lookup(key)
 	if !ok {
 		return TaskInfo{}, false
 	}
@@ -137,14 +137,14 @@ func (c *Core) TaskInfo(key string) (TaskInfo, bool) {
 	c.wanters(id, func(ClientID) { ti.Wanted++ })
 	for _, d := range t.deps {
 		dt := &c.tasks[d]
-		ti.Deps = append(ti.Deps, DepInfo{Key: dt.def.Key, State: dt.state, NBytes: dt.nbytes})
+		ti.Deps = append(ti.Deps, DepInfo{Key: dt.key, State: dt.state, NBytes: dt.nbytes})
 	}
 	return ti, true
 }
 
 // State returns the state of key; Forgotten when it is not known.
 func (c *Core) State(key string) State {
-	if id, ok := c.keys[key]; ok {
+	if id, ok := c.lookup(key); ok {
 		return c.tasks[id].state
 	}
 	return Forgotten
@@ -152,7 +152,7 @@ func (c *Core) State(key string) State {
 
 // WhoHas returns the workers holding key's result (nil when none).
 func (c *Core) WhoHas(key string) []WorkerID {
-	if id, ok := c.keys[key]; ok {
+	if id, ok := c.lookup(key); ok {
 		return slices.Clone(c.tasks[id].whoHas)
 	}
 	return nil
@@ -174,7 +174,7 @@ func (c *Core) Workers() []WorkerStats {
 
 // Stats returns the core's counters.
 func (c *Core) Stats() Stats {
-	return Stats{Events: c.seq, Transitions: c.transitions, TasksAlive: len(c.keys),
+	return Stats{Events: c.seq, Transitions: c.transitions, TasksAlive: c.index.n,
 		Queued: c.queue.len() + c.rqueue.len(), NoWorker: len(c.noWorker), Stealing: len(c.steals),
 		Workers: len(c.alive), Threads: c.threads, Groups: len(c.groupIdx)}
 }

@@ -53,7 +53,7 @@ func TestIllegalTransitionPanics(t *testing.T) {
 			t.Fatalf("message %q does not name both states", it.Error())
 		}
 	}()
-	c.setState(c.keys["k"], Queued, Forgotten)
+	c.setState(c.mustLookup("k"), Queued, Forgotten)
 }
 
 func TestStoryIsBounded(t *testing.T) {

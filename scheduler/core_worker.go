@@ -110,7 +110,7 @@ func (c *Core) reschedule(e *EvReschedule) {
 	ws.retiring = true
 	c.updateSat(ws)
 	for _, k := range e.Keys {
-		if id, ok := c.keys[k]; ok && c.tasks[id].state == Processing && c.tasks[id].worker == e.Worker {
+		if id, ok := c.lookup(k); ok && c.tasks[id].state == Processing && c.tasks[id].worker == e.Worker {
 			c.processingToWaiting(id)
 		}
 	}
@@ -127,7 +127,7 @@ func (c *Core) taskFinished(e *EvTaskFinished) {
 	if ws == nil {
 		return
 	}
-	id, ok := c.keys[e.Key]
+	id, ok := c.resolve(e.TaskID, e.Key)
 	if !ok {
 		c.freeKeyOn(e.Worker, e.Key) // a result nobody will ask for
 		return
@@ -160,7 +160,7 @@ func (c *Core) welcome(id int32) bool {
 }
 
 func (c *Core) taskErred(e *EvTaskErred) {
-	id, ok := c.keys[e.Key]
+	id, ok := c.resolve(e.TaskID, e.Key)
 	if !ok || c.liveWorker(e.Worker) == nil {
 		return
 	}
@@ -185,7 +185,7 @@ func (c *Core) addReplica(e *EvAddReplica) {
 		return
 	}
 	for _, it := range e.Items {
-		id, ok := c.keys[it.Key]
+		id, ok := c.lookup(it.Key)
 		switch {
 		case !ok:
 			c.freeKeyOn(e.Worker, it.Key)
@@ -202,7 +202,7 @@ func (c *Core) addReplica(e *EvAddReplica) {
 // missingData: Reporter could not fetch Key from From. From no longer counts as a holder;
 // the tasks Reporter was to run with Key were dropped by it and are taken back.
 func (c *Core) missingData(e *EvMissingData) {
-	id, ok := c.keys[e.Key]
+	id, ok := c.lookup(e.Key)
 	if !ok {
 		return
 	}

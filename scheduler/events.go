@@ -82,6 +82,7 @@ type EvScattered struct {
 type EvTaskFinished struct {
 	Worker      WorkerID
 	Key         string
+	TaskID      uint64 // the handle sent in ActCompute, echoed by the worker; 0 if unknown
 	NBytes      int64
 	Encoding    string
 	Start, Stop int64 // unix nanoseconds
@@ -92,6 +93,7 @@ type EvTaskFinished struct {
 type EvTaskErred struct {
 	Worker      WorkerID
 	Key         string
+	TaskID      uint64 // as in EvTaskFinished
 	Err         *wire.Error
 	Start, Stop int64
 	Thread      int
@@ -141,6 +143,7 @@ type EvTick struct{ Now int64 }
 type ActCompute struct {
 	Worker WorkerID
 	Task   *graph.Task
+	TaskID uint64 // the task's handle: workers echo it in task_finished / task_erred
 	Deps   []DepLoc
 	Order  int64 // lower runs first
 }

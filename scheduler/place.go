@@ -261,7 +261,7 @@ func (c *Core) retryResources() {
 	if c.rqueue.len() == 0 {
 		return
 	}
-	ids := slices.Clone(c.rqueue.items)
+	ids := c.rqueue.ids()
 	slices.SortFunc(ids, c.byRank)
 	for _, id := range ids {
 		switch w, blocked := c.decide(id); {
@@ -302,10 +302,10 @@ func (c *Core) assign(id int32, w WorkerID) {
 		deps = make([]DepLoc, len(t.deps))
 		for i, d := range t.deps {
 			dt := &c.tasks[d]
-			deps[i] = DepLoc{Key: dt.def.Key, Workers: dt.whoHas[:len(dt.whoHas):len(dt.whoHas)], NBytes: dt.nbytes}
+			deps[i] = DepLoc{Key: dt.key, Workers: dt.whoHas[:len(dt.whoHas):len(dt.whoHas)], NBytes: dt.nbytes}
 		}
 	}
-	c.out = append(c.out, ActCompute{Worker: w, Task: t.def, Deps: deps, Order: t.rank})
+	c.out = append(c.out, ActCompute{Worker: w, Task: c.fullDef(id), TaskID: c.handle(id), Deps: deps, Order: t.rank})
 }
 
 // unassign removes a processing task from its worker.
@@ -399,26 +399,43 @@ func (c *Core) flushFrees() {
 	}
 }
 
-// taskHeap is a binary min-heap of task ids by rank; each task's pos is its index.
+// taskHeap is a binary min-heap of task ids by rank; each task's pos is its index. An item
+// carries its task's rank (which never changes while the task is queued), so comparisons
+// read the heap's own array instead of a task record each (a cache miss in a large queue).
 type taskHeap struct {
 	c     *Core
-	items []int32
+	items []heapItem
+}
+
+type heapItem struct {
+	rank int64
+	id   int32
 }
 
 func (h *taskHeap) len() int   { return len(h.items) }
-func (h *taskHeap) top() int32 { return h.items[0] }
+func (h *taskHeap) top() int32 { return h.items[0].id }
 func (h *taskHeap) less(i, j int) bool {
-	return h.c.byRank(h.items[i], h.items[j]) < 0
+	a, b := &h.items[i], &h.items[j]
+	return a.rank < b.rank || a.rank == b.rank && a.id < b.id // as byRank
+}
+
+// ids returns the queued task ids, in heap order.
+func (h *taskHeap) ids() []int32 {
+	out := make([]int32, len(h.items))
+	for i := range h.items {
+		out[i] = h.items[i].id
+	}
+	return out
 }
 
 func (h *taskHeap) swap(i, j int) {
 	h.items[i], h.items[j] = h.items[j], h.items[i]
-	h.c.tasks[h.items[i]].pos = int32(i)
-	h.c.tasks[h.items[j]].pos = int32(j)
+	h.c.tasks[h.items[i].id].pos = int32(i)
+	h.c.tasks[h.items[j].id].pos = int32(j)
 }
 
 func (h *taskHeap) push(id int32) {
-	h.items = append(h.items, id)
+	h.items = append(h.items, heapItem{rank: h.c.tasks[id].rank, id: id})
 	i := len(h.items) - 1
 	h.c.tasks[id].pos = int32(i)
 	h.up(i)

@@ -112,7 +112,11 @@ type inbound struct {
 	gossip  *gossipDead
 	reply   chan error
 	timerOf WorkerID
+	batch   []inbound // messages that arrived together on one connection, in order
 }
+
+// maxBatch bounds how many messages a connection reader hands to the driver at once.
+const maxBatch = 64
 
 type workerExit struct{ name, reason string }
 type gossipDead struct{ addr, reason string }
@@ -196,10 +200,11 @@ func (s *Server) flush() {
 // drain handles whatever else is already queued, so bursts are processed without select
 // overhead per message.
 func (s *Server) drain() {
-	for i := 0; i < 1024; i++ {
+	for n := 0; n < 1024; {
 		select {
 		case in := <-s.in:
 			s.handleInbound(in)
+			n += max(len(in.batch), 1) // a budget in messages, so the pass ends and flushes
 		default:
 			return
 		}
@@ -354,13 +359,32 @@ func (s *Server) readWorker(c *wire.Conn) {
 	case <-s.stop:
 		return
 	}
+	// Messages already buffered behind this one (a worker's burst of task_finished) go to the
+	// driver together: one channel hand-off and wake-up instead of one per message.
+	var batch []inbound
 	for {
 		m, frames, err := recvOrReport(c)
 		if err != nil {
+			s.sendBatch(batch)
 			s.send(inbound{worker: w, err: err})
 			return
 		}
-		s.send(inbound{worker: w, msg: m, frames: frames})
+		batch = append(batch, inbound{worker: w, msg: m, frames: frames})
+		if len(batch) < maxBatch && c.MessageBuffered() {
+			continue
+		}
+		s.sendBatch(batch)
+		batch = nil // the driver owns the sent slice
+	}
+}
+
+func (s *Server) sendBatch(batch []inbound) {
+	switch len(batch) {
+	case 0:
+	case 1:
+		s.send(batch[0])
+	default:
+		s.send(inbound{batch: batch})
 	}
 }
 
@@ -398,6 +422,12 @@ func (s *Server) readAdmin(c *wire.Conn) {
 // ---- driver side ----
 
 func (s *Server) handleInbound(in inbound) {
+	if in.batch != nil {
+		for _, x := range in.batch {
+			s.handleInbound(x)
+		}
+		return
+	}
 	s.stats.msgsIn++
 	switch {
 	case in.exit != nil:
@@ -410,8 +440,14 @@ func (s *Server) handleInbound(in inbound) {
 		}
 	case in.worker != nil:
 		s.onWorker(in)
+		if in.msg != nil && !in.joined {
+			wire.ReleaseMsg(in.msg) // nothing keeps the header itself, only what it points to
+		}
 	case in.client != nil:
 		s.onClient(in)
+		if in.msg != nil {
+			wire.ReleaseMsg(in.msg)
+		}
 	case in.admin != nil:
 		s.onAdmin(in.admin, in.msg)
 	}
@@ -540,14 +576,14 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	case wire.OpTaskFinished:
 		s.stats.finished++
 		s.obs.taskDone(w, m, "memory")
-		s.handle(EvTaskFinished{Worker: w.id, Key: m.Key, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
+		s.handle(EvTaskFinished{Worker: w.id, Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
 	case wire.OpTaskErred:
 		err := m.Error
 		if err == nil {
 			err = wire.Errorf(wire.CodeTaskError, "task failed without an error description")
 		}
 		s.obs.taskDone(w, m, "erred")
-		s.handle(EvTaskErred{Worker: w.id, Key: m.Key, Err: err, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
+		s.handle(EvTaskErred{Worker: w.id, Key: m.Key, TaskID: m.TaskID, Err: err, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
 		s.onTaskErred(w, m.Key, err)
 	case wire.OpAddKeys:
 		s.obs.transfers(w, m.Items)
@@ -740,7 +776,7 @@ func (s *Server) sendCompute(a ActCompute) {
 	if !ok {
 		return
 	}
-	m := &wire.Msg{Op: wire.OpCompute, Task: a.Task, Order: a.Order}
+	m := &wire.Msg{Op: wire.OpCompute, Task: a.Task, TaskID: a.TaskID, Order: a.Order}
 	if len(a.Deps) > 0 {
 		m.Deps = make([]wire.Dep, len(a.Deps))
 		for i, d := range a.Deps {

@@ -24,7 +24,7 @@ func (c *Core) releasedToMemory(id int32, w WorkerID, nbytes int64, enc string) 
 func (c *Core) releasedToForgotten(id int32) {
 	c.setState(id, Released, Forgotten)
 	t := &c.tasks[id]
-	delete(c.keys, t.def.Key)
+	c.indexRemove(t.key, id)
 	delete(c.deaths, id)
 	delete(c.wantMore, id)
 	c.groups[t.group].total--
@@ -35,7 +35,7 @@ func (c *Core) releasedToForgotten(id int32) {
 			c.gcq = append(c.gcq, d)
 		}
 	}
-	t.def, t.deps, t.dependents, t.whoHas, t.err = nil, nil, nil, nil, nil
+	t.key, t.def, t.deps, t.dependents, t.whoHas, t.err = "", nil, nil, nil, nil, nil
 	c.free = append(c.free, id)
 }
 
@@ -238,7 +238,7 @@ func (c *Core) enterWaiting(id int32) {
 			failed = dt.err
 		case Released:
 			if dt.flags&flagScattered != 0 {
-				failed = lostError(dt.def.Key)
+				failed = lostError(dt.key)
 			} else {
 				c.needq = append(c.needq, d)
 			}
@@ -342,7 +342,7 @@ func (c *Core) notifyMemory(id int32) {
 		return
 	}
 	c.wanters(id, func(cl ClientID) {
-		c.out = append(c.out, ActKeyState{Client: cl, Key: t.def.Key, State: "memory",
+		c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: "memory",
 			Worker: t.whoHas[0], NBytes: t.nbytes, Encoding: c.encodings[t.enc]})
 	})
 }
@@ -351,7 +351,7 @@ func (c *Core) notifyMemory(id int32) {
 func (c *Core) notifyErred(id int32, state string) {
 	t := &c.tasks[id]
 	c.wanters(id, func(cl ClientID) {
-		c.out = append(c.out, ActKeyState{Client: cl, Key: t.def.Key, State: state, Worker: -1, Err: t.err})
+		c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: state, Worker: -1, Err: t.err})
 	})
 }
 

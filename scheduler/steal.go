@@ -85,7 +85,7 @@ func (c *Core) requestSteal(id int32, v, th *worker) {
 // stealResponse: accepted → the victim dropped the task; place it, on the thief if it can.
 // Rejected → it is running there; nothing changes.
 func (c *Core) stealResponse(e *EvStealResponse) {
-	id, ok := c.keys[e.Key]
+	id, ok := c.lookup(e.Key)
 	if !ok {
 		return
 	}

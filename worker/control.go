@@ -97,11 +97,14 @@ func (w *Worker) recvLoop(conn *wire.Conn) error {
 		}
 		switch m.Op {
 		case wire.OpCompute:
-			w.handleCompute(m)
+			w.handleCompute(m) // keeps copies of what it needs, not m
+			wire.ReleaseMsg(m)
 		case wire.OpFreeKeys:
 			w.handleFreeKeys(m.Keys)
+			wire.ReleaseMsg(m)
 		case wire.OpStealRequest:
 			w.handleSteal(m.Key)
+			wire.ReleaseMsg(m)
 		case wire.OpClose:
 			w.log.Info("scheduler asked to close", "reason", m.Reason)
 			return errSchedulerClose

@@ -31,10 +31,11 @@ func (s taskState) String() string {
 // task is a compute request the worker holds until it has run.
 type task struct {
 	t       graph.Task
+	tid     uint64 // the scheduler's task handle from compute, echoed in the report
 	order   int64
 	seq     uint64
 	state   taskState
-	waiting map[string]struct{} // dependencies not yet in the store
+	waiting map[string]struct{} // dependencies not yet in the store (nil when none were missing)
 	index   int                 // position in the ready heap
 	freed   bool                // freed while running: discard the result
 }
@@ -69,6 +70,9 @@ func (h *taskHeap) Pop() any {
 
 // taskDeps returns the keys a task needs: its deps plus, for Go tasks, its argument refs.
 func taskDeps(t *graph.Task) []string {
+	if len(t.Deps) == 0 && len(t.Args) == 0 {
+		return nil
+	}
 	deps := append([]string(nil), t.Deps...)
 	seen := make(map[string]bool, len(deps))
 	for _, d := range deps {
@@ -92,7 +96,7 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 	}
 	if enc, nbytes, ok := w.store.Info(t.Key); ok {
 		now := time.Now().UnixNano()
-		w.send(&wire.Msg{Op: wire.OpTaskFinished, Key: t.Key, NBytes: nbytes, Encoding: enc, Start: now, Stop: now})
+		w.send(&wire.Msg{Op: wire.OpTaskFinished, Key: t.Key, TaskID: m.TaskID, NBytes: nbytes, Encoding: enc, Start: now, Stop: now})
 		return
 	}
 	whoHas := make(map[string]wire.Dep, len(m.Deps))
@@ -112,11 +116,14 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		return
 	}
 	w.mu.seq++
-	ts := &task{t: *t, order: m.Order, seq: w.mu.seq, index: -1, waiting: make(map[string]struct{})}
+	ts := &task{t: *t, tid: m.TaskID, order: m.Order, seq: w.mu.seq, index: -1}
 	ts.t.Deps = taskDeps(t)
 	w.mu.tasks[t.Key] = ts
 	for _, dep := range ts.t.Deps {
 		if !w.store.Has(dep) {
+			if ts.waiting == nil {
+				ts.waiting = make(map[string]struct{}, len(ts.t.Deps))
+			}
 			ts.waiting[dep] = struct{}{}
 		}
 	}
@@ -232,7 +239,7 @@ func (w *Worker) execute(thread int, ts *task) {
 // report sends task_finished or task_erred.
 func (w *Worker) report(thread int, ts *task, r result, start, stop time.Time) {
 	key := ts.t.Key
-	m := &wire.Msg{Key: key, Start: start.UnixNano(), Stop: stop.UnixNano(), Thread: thread}
+	m := &wire.Msg{Key: key, TaskID: ts.tid, Start: start.UnixNano(), Stop: stop.UnixNano(), Thread: thread}
 	if r.err != nil {
 		w.stats.erred.Add(1)
 		m.Op, m.Error = wire.OpTaskErred, r.err

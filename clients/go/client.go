@@ -48,7 +48,15 @@ type keyState struct {
 	refs   int
 	done   chan struct{}
 	closed bool
-	msg    *wire.Msg // the key_state that resolved it
+	res    keyResult // what the key_state that resolved it said
+}
+
+// keyResult is the part of a key_state a future needs (not the whole header: a client may
+// hold a million futures).
+type keyResult struct {
+	state  string
+	worker string
+	err    *wire.Error
 }
 
 // Connect dials the scheduler's control address and waits for its welcome.
@@ -100,13 +108,14 @@ func (c *Client) readLoop() {
 		}
 		switch m.Op {
 		case wire.OpKeyState:
-			c.resolve(m.Key, m)
+			c.resolve(m.Key, keyResult{state: m.State, worker: m.Worker, err: m.Error})
+			wire.ReleaseMsg(m)
 		case wire.OpGraphRejected:
 			c.mu.Lock()
 			delete(c.mu.graphs, m.ID)
 			c.mu.Unlock()
 			for _, k := range m.Keys {
-				c.reject(k, &wire.Msg{Op: wire.OpKeyState, Key: k, State: "erred", Error: m.Error})
+				c.reject(k, keyResult{state: "erred", err: m.Error})
 			}
 		case wire.OpError:
 			if m.ID != 0 && c.reply(m) {
@@ -134,9 +143,9 @@ func (c *Client) fail(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.mu.err = fmt.Errorf("%w: %v", ErrClosed, err)
-	for k, ks := range c.mu.futures {
+	for _, ks := range c.mu.futures {
 		if !ks.closed {
-			ks.msg = &wire.Msg{Op: wire.OpKeyState, Key: k, State: "lost", Error: wire.Errorf(wire.CodeLost, c.mu.err.Error())}
+			ks.res = keyResult{state: "lost", err: wire.Errorf(wire.CodeLost, c.mu.err.Error())}
 			ks.closed = true
 			close(ks.done)
 		}
@@ -149,17 +158,17 @@ func (c *Client) fail(err error) {
 
 // reject fails a key's futures because its graph was refused, unless the key had already
 // resolved from an earlier submission (which still stands).
-func (c *Client) reject(key string, m *wire.Msg) {
+func (c *Client) reject(key string, r keyResult) {
 	c.mu.Lock()
 	ks, ok := c.mu.futures[key]
 	closed := ok && ks.closed
 	c.mu.Unlock()
 	if ok && !closed {
-		c.resolve(key, m)
+		c.resolve(key, r)
 	}
 }
 
-func (c *Client) resolve(key string, m *wire.Msg) {
+func (c *Client) resolve(key string, r keyResult) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	ks, ok := c.mu.futures[key]
@@ -167,10 +176,10 @@ func (c *Client) resolve(key string, m *wire.Msg) {
 		return
 	}
 	if ks.closed { // a recomputed or re-stored key: keep the newest location
-		ks.msg = m
+		ks.res = r
 		return
 	}
-	ks.msg = m
+	ks.res = r
 	ks.closed = true
 	close(ks.done)
 }

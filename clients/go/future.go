@@ -30,20 +30,20 @@ func (f *Future) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	m := f.state()
-	if m.State == "memory" {
+	r := f.state()
+	if r.state == "memory" {
 		return nil
 	}
-	if m.Error != nil {
-		return m.Error
+	if r.err != nil {
+		return r.err
 	}
-	return wire.Errorf(wire.CodeLost, fmt.Sprintf("key %s is %s", f.key, m.State))
+	return wire.Errorf(wire.CodeLost, fmt.Sprintf("key %s is %s", f.key, r.state))
 }
 
-func (f *Future) state() *wire.Msg {
+func (f *Future) state() keyResult {
 	f.c.mu.Lock()
 	defer f.c.mu.Unlock()
-	return f.ks.msg
+	return f.ks.res
 }
 
 // Result waits and fetches the value from the worker holding it: msgpack values decode to Go
@@ -73,7 +73,7 @@ func (f *Future) Arrow(ctx context.Context) (arrow.Table, error) {
 }
 
 // Worker is the data address holding the result (after Wait succeeded).
-func (f *Future) Worker() string { return f.state().Worker }
+func (f *Future) Worker() string { return f.state().worker }
 
 // Release drops this future's hold on the key; the cluster forgets it once nothing needs it.
 func (f *Future) Release() { f.released.Do(func() { f.c.release(f) }) }

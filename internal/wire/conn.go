@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -26,6 +27,7 @@ var ErrClosed = errors.New("wire: connection closed")
 type Conn struct {
 	nc       net.Conn
 	br       *bufio.Reader
+	scratch  recvScratch // Recv's reusable buffers (Recv has a single caller at a time)
 	lim      Limits
 	PeerRole Role // the role the connecting side declared (on accepted connections)
 
@@ -140,7 +142,7 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // Recv reads the next message: its decoded header and its payload frames.
 func (c *Conn) Recv() (*Msg, [][]byte, error) {
-	frames, err := ReadFrames(c.br, c.lim)
+	frames, err := readFrames(c.br, c.lim, &c.scratch)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -151,14 +153,38 @@ func (c *Conn) Recv() (*Msg, [][]byte, error) {
 	return m, frames[1:], nil
 }
 
+// MessageBuffered reports whether a whole message is already buffered, so that the next Recv
+// returns without waiting for the network. A reader uses it to hand on messages that arrived
+// together as one batch.
+func (c *Conn) MessageBuffered() bool {
+	b := c.br.Buffered()
+	if b < 4 {
+		return false
+	}
+	p, _ := c.br.Peek(4)
+	n := int(binary.BigEndian.Uint32(p))
+	if n <= 0 || n > c.lim.MaxFrames || 4+8*n > b {
+		return false
+	}
+	p, _ = c.br.Peek(4 + 8*n)
+	need := uint64(4 + 8*n)
+	for i := range n {
+		need += binary.BigEndian.Uint64(p[4+8*i:])
+		if need > uint64(b) {
+			return false
+		}
+	}
+	return true
+}
+
 // Send queues one message. It returns once the message is buffered; the writer goroutine
 // sends it promptly, batching with whatever else is queued by then.
 func (c *Conn) Send(m *Msg, payload ...[]byte) error {
-	hdr, err := EncodeHeader(m)
-	if err != nil {
+	if err := c.enqueueMsg(m, payload); err != nil {
 		return err
 	}
-	return c.SendRaw(hdr, payload...)
+	c.Flush()
+	return nil
 }
 
 // SendRaw queues a message whose header is already encoded.
@@ -173,12 +199,50 @@ func (c *Conn) SendRaw(hdr []byte, payload ...[]byte) error {
 // Queue buffers a message without waking the writer: a caller sending many messages in one
 // pass (the scheduler's driver) queues them all and calls Flush once, so they leave in one
 // write instead of one system call each.
-func (c *Conn) Queue(m *Msg, payload ...[]byte) error {
-	hdr, err := EncodeHeader(m)
+func (c *Conn) Queue(m *Msg, payload ...[]byte) error { return c.enqueueMsg(m, payload) }
+
+// enqueueMsg encodes m's header straight into the pending output, after a frame prefix whose
+// header length is filled in once the header is encoded: no intermediate header buffer.
+func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.mu.closed || c.mu.err != nil {
+		if c.mu.err != nil {
+			return c.mu.err
+		}
+		return ErrClosed
+	}
+	if c.mu.small == nil {
+		c.mu.small = make([]byte, 0, 4096)
+		c.mu.bufs = append(c.mu.bufs, nil)
+	}
+	start := len(c.mu.small)
+	b := binary.BigEndian.AppendUint32(c.mu.small, uint32(1+len(payload)))
+	lenAt := len(b)
+	b = appendU64(b, 0) // the header's length, patched below
+	for _, p := range payload {
+		b = appendU64(b, uint64(len(p)))
+	}
+	hdrAt := len(b)
+	b, err := appendHeader(b, m)
 	if err != nil {
+		c.mu.small = c.mu.small[:start] // nothing of m was queued
 		return err
 	}
-	return c.enqueue(hdr, payload)
+	binary.BigEndian.PutUint64(b[lenAt:], uint64(len(b)-hdrAt))
+	c.mu.small = b
+	c.mu.bufs[len(c.mu.bufs)-1] = b
+	c.mu.pending += len(b) - start
+	for _, p := range payload {
+		if len(p) >= bigFrame {
+			c.mu.bufs = append(c.mu.bufs, p)
+			c.mu.small = nil
+		} else {
+			c.appendSmall(p)
+		}
+		c.mu.pending += len(p)
+	}
+	return nil
 }
 
 // Flush wakes the writer to send whatever is queued. It does not wait for the write.

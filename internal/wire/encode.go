@@ -86,6 +86,7 @@ func appendHeader(b []byte, m *Msg) ([]byte, error) {
 			return nil, e.err
 		}
 	}
+	e.uint("tid", m.TaskID)
 	e.str("func", m.FuncHash)
 	e.bin("func_data", m.FuncData)
 	e.bin("payload", m.Payload)

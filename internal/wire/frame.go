@@ -30,7 +30,20 @@ var ErrProtocol = errors.New("wire: protocol error")
 
 // ReadFrames reads one message (a frame list) from r. The declared frame count and lengths are
 // validated against lim before any payload is allocated.
-func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) {
+func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) { return readFrames(r, lim, nil) }
+
+// recvScratch holds a connection's reusable read buffers: the frame lengths and a header
+// frame of up to maxScratchHeader bytes. Conn.Recv decodes the header (which copies every
+// string and byte slice out of it) before the next read, so the header buffer can be reused.
+type recvScratch struct {
+	lens  []byte
+	sizes []int64
+	hdr   []byte
+}
+
+const maxScratchHeader = 64 << 10
+
+func readFrames(r io.Reader, lim Limits, s *recvScratch) ([][]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -39,12 +52,20 @@ func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) {
 	if n == 0 || int64(n) > int64(lim.MaxFrames) {
 		return nil, fmt.Errorf("%w: %d frames declared (limit %d)", ErrProtocol, n, lim.MaxFrames)
 	}
-	lens := make([]byte, 8*int(n))
+	var lens []byte
+	var sizes []int64
+	if s != nil {
+		if cap(s.lens) < 8*int(n) {
+			s.lens, s.sizes = make([]byte, 8*int(n)), make([]int64, n)
+		}
+		lens, sizes = s.lens[:8*int(n)], s.sizes[:n]
+	} else {
+		lens, sizes = make([]byte, 8*int(n)), make([]int64, n)
+	}
 	if _, err := io.ReadFull(r, lens); err != nil {
 		return nil, unexpected(err)
 	}
 	var total int64
-	sizes := make([]int64, n)
 	for i := range sizes {
 		sz := binary.BigEndian.Uint64(lens[8*i:])
 		limit := lim.MaxFrame
@@ -62,7 +83,14 @@ func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) {
 	}
 	frames := make([][]byte, n)
 	for i, sz := range sizes {
-		frames[i] = make([]byte, sz)
+		if i == 0 && s != nil && sz <= maxScratchHeader {
+			if int64(cap(s.hdr)) < sz {
+				s.hdr = make([]byte, max(sz, 512))
+			}
+			frames[0] = s.hdr[:sz]
+		} else {
+			frames[i] = make([]byte, sz)
+		}
 		if _, err := io.ReadFull(r, frames[i]); err != nil {
 			return nil, unexpected(err)
 		}

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"sync"
 
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/vmihailenco/msgpack/v5"
@@ -129,12 +130,15 @@ type Msg struct {
 	Workers []WorkerInfo        `msgpack:"workers,omitempty"`
 
 	// compute / run
-	Task     *graph.Task `msgpack:"task,omitempty"`
-	FuncHash string      `msgpack:"func,omitempty"`
-	FuncData []byte      `msgpack:"func_data,omitempty"`
-	Payload  []byte      `msgpack:"payload,omitempty"`
-	Deps     []Dep       `msgpack:"deps,omitempty"`
-	Order    int64       `msgpack:"order,omitempty"`
+	Task *graph.Task `msgpack:"task,omitempty"`
+	// TaskID is the scheduler's handle of the task in compute; the worker echoes it in
+	// task_finished / task_erred so the scheduler can find the task without a key lookup.
+	TaskID   uint64 `msgpack:"tid,omitempty"`
+	FuncHash string `msgpack:"func,omitempty"`
+	FuncData []byte `msgpack:"func_data,omitempty"`
+	Payload  []byte `msgpack:"payload,omitempty"`
+	Deps     []Dep  `msgpack:"deps,omitempty"`
+	Order    int64  `msgpack:"order,omitempty"`
 
 	// results and load
 	NBytes    int64              `msgpack:"nbytes,omitempty"`
@@ -156,15 +160,31 @@ type Msg struct {
 	Functions []string           `msgpack:"functions,omitempty"`
 }
 
+// msgPool recycles headers: a Msg is large (every op's fields), and a busy scheduler decodes
+// one per task_finished. Only callers that call ReleaseMsg return them; others just allocate.
+var msgPool = sync.Pool{New: func() any { return new(Msg) }}
+
+// ReleaseMsg gives m back for reuse by a later DecodeHeader (Recv). The caller must hold no
+// pointer to m afterwards; the strings, slices and maps m referred to are not reused and stay
+// valid.
+func ReleaseMsg(m *Msg) {
+	*m = Msg{}
+	msgPool.Put(m)
+}
+
 // EncodeHeader encodes m as a msgpack map holding the fields that are set.
 func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 128), m) }
 
 // DecodeHeader decodes frame 0. It fails with ErrProtocol when the frame is not a msgpack map
-// with an op.
+// with an op. The common encodings are decoded without reflection (decode.go); anything that
+// decoder does not handle goes through msgpack.Unmarshal, which gives the same result.
 func DecodeHeader(b []byte) (*Msg, error) {
-	m := new(Msg)
-	if err := msgpack.Unmarshal(b, m); err != nil {
-		return nil, fmt.Errorf("%w: bad header: %v", ErrProtocol, err)
+	m := msgPool.Get().(*Msg)
+	if !decodeHeaderFast(b, m) {
+		*m = Msg{}
+		if err := msgpack.Unmarshal(b, m); err != nil {
+			return nil, fmt.Errorf("%w: bad header: %v", ErrProtocol, err)
+		}
 	}
 	if m.Op == "" {
 		return nil, fmt.Errorf("%w: header has no op", ErrProtocol)

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"time"
 
 	"github.com/shoal-dev/shoal/benchmarks/internal/proc"
@@ -25,10 +27,13 @@ type GoTasksResult struct {
 	SchedCPUPerTsk float64 `json:"sched_cpu_us_per_task"` // scheduler utime+stime / tasks
 }
 
-func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile string) (*GoTasksResult, error) {
+func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile, clientProfile, workerProfile string) (*GoTasksResult, error) {
 	var extra []string
 	if profile != "" {
 		extra = append(extra, "--cpu-profile", profile)
+	}
+	if workerProfile != "" {
+		extra = append(extra, "--worker-cpu-profile", workerProfile)
 	}
 	lc, err := proc.StartLocal(ctx, bin, workers, 1, "4GiB", extra...)
 	if err != nil {
@@ -48,6 +53,16 @@ func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile 
 	base := proc.RSS(pid)
 	cpu0 := proc.CPUSeconds(pid)
 
+	if clientProfile != "" {
+		f, err := os.Create(clientProfile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+	}
 	start := time.Now()
 	futs, err := submitAndWait(ctx, c, graphs, keys, func(f *client.Future, err error) error {
 		return fmt.Errorf("task %s: %w (cluster log:\n%s)", f.Key(), err, lc.Log())
@@ -57,6 +72,9 @@ func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile 
 	}
 	el := time.Since(start)
 	cpu := proc.CPUSeconds(pid) - cpu0
+	if clientProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	time.Sleep(200 * time.Millisecond) // let the last key_state batch settle
 	held := proc.RSS(pid)
 	peak := proc.HWM(pid)

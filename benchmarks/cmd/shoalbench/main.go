@@ -37,10 +37,12 @@ func main() {
 		batch := fs.Int("batch", 50_000, "tasks per update_graph message")
 		workers := fs.Int("workers", 2, "worker processes")
 		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process")
+		clientProfile := fs.String("client-profile", "", "write a CPU profile of this process (the Go client) while it submits and waits")
+		workerProfile := fs.String("worker-cpu-profile", "", "pass --worker-cpu-profile PREFIX to shoal local (one profile per worker)")
 		fs.Parse(os.Args[2:])
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
-		out, err = runGoTasks(ctx, *bin, *tasks, *batch, *workers, *profile)
+		out, err = runGoTasks(ctx, *bin, *tasks, *batch, *workers, *profile, *clientProfile, *workerProfile)
 	case "zeroworkers":
 		workers := fs.String("workers", "2,16,64", "comma-separated numbers of fake workers, one run each")
 		nthreads := fs.Int("nthreads", 1, "threads each fake worker declares")

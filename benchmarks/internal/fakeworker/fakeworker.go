@@ -56,7 +56,7 @@ func (w *Worker) Serve() {
 		case wire.OpCompute:
 			w.Computes.Add(1)
 			now := time.Now().UnixNano()
-			w.conn.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, NBytes: 1,
+			w.conn.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 1,
 				Encoding: wire.EncMsgpack, Start: now, Stop: now})
 		case wire.OpStealRequest:
 			// every task "finished" the moment it arrived: nothing is left to steal
