@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ type workerFlags struct {
 	common
 	join, host, name, localDir, memoryLimit, python, resources string
 	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
+	memTarget, memSpill, memPause                              float64
 }
 
 func (f *workerFlags) register(fs *flag.FlagSet) {
@@ -25,7 +27,10 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.host, "host", "127.0.0.1", "address for the data and gossip ports")
 	fs.StringVar(&f.name, "name", "", "unique worker name (default: the data address)")
 	fs.IntVar(&f.nthreads, "nthreads", runtime.NumCPU(), "how many tasks run at once")
-	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "bytes of results kept in memory before spilling to disk (e.g. 4GiB); auto: total memory")
+	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory budget of the worker and its Python executors (e.g. 4GiB); auto: total memory")
+	fs.Float64Var(&f.memTarget, "memory-target", 0.6, "spill results to disk when they exceed this fraction of --memory-limit (0: never)")
+	fs.Float64Var(&f.memSpill, "memory-spill", 0.7, "spill results when the worker process and its executors use more than this fraction of --memory-limit, until back under --memory-target (0: off)")
+	fs.Float64Var(&f.memPause, "memory-pause", 0.8, "start no new task while memory is above this fraction of --memory-limit (0: never pause)")
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for spilled data (a private subdirectory is made and removed on exit)")
 	fs.IntVar(&f.dataPort, "data-port", 0, "port serving results to peers and clients (0 picks a free port)")
 	fs.IntVar(&f.gossipPort, "gossip-port", 0, "gossip port (0 picks a free port)")
@@ -81,6 +86,7 @@ func (f *workerFlags) config() (worker.Config, error) {
 	cfg.Name, cfg.Host, cfg.DataPort, cfg.NThreads, cfg.MemoryLimit = f.name, f.host, f.dataPort, f.nthreads, mem
 	cfg.LocalDir, cfg.Token, cfg.Python, cfg.Resources, cfg.Logger = f.localDir, token, f.python, res, log
 	cfg.ServerTLS, cfg.ClientTLS = serverTLS, clientTLS
+	cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction = f.memTarget, f.memSpill, f.memPause
 	cfg.NProcsPython = f.nprocsPython
 	if cfg.NProcsPython == 0 {
 		cfg.NProcsPython = f.nthreads
@@ -100,6 +106,12 @@ func serveWorker(ctx context.Context, f workerFlags) error {
 	}
 	defer w.Close()
 	log := cfg.Logger.With("worker", w.Name())
+	// Keep the Go heap's garbage from growing past what the memory monitor tolerates for the
+	// whole worker: the GC then runs (cheaply: results are pointer-free byte slices) before
+	// freed results pile up. GOMEMLIMIT, when set, wins.
+	if os.Getenv("GOMEMLIMIT") == "" && cfg.ProcessSpillFraction > 0 {
+		debug.SetMemoryLimit(int64(cfg.ProcessSpillFraction * float64(cfg.MemoryLimit)))
+	}
 	stopMetrics, err := serveWorkerMetrics(w, f.host, f.metricsPort)
 	if err != nil {
 		return err

@@ -32,9 +32,17 @@ type Config struct {
 	// SpillFraction: above SpillFraction×MemoryLimit bytes held in memory, least recently
 	// used results are written to LocalDir. 0 disables spilling.
 	SpillFraction float64
-	// PauseFraction: above PauseFraction×MemoryLimit bytes held in memory, no new task is
-	// started until memory falls. 0 disables pausing.
+	// ProcessSpillFraction: when the memory resident in the worker process and its Python
+	// executors exceeds ProcessSpillFraction×MemoryLimit, the memory monitor spills least
+	// recently used results until it is back under SpillFraction×MemoryLimit (dask's
+	// "spill" threshold; SpillFraction plays dask's "target"). 0 disables the monitor.
+	ProcessSpillFraction float64
+	// PauseFraction: above PauseFraction×MemoryLimit bytes of results in memory, or of
+	// memory resident in the worker and its executors while results are left to spill, no
+	// new task is started until memory falls. 0 disables pausing.
 	PauseFraction float64
+	// MemoryMonitorInterval is how often the memory monitor reads process memory.
+	MemoryMonitorInterval time.Duration
 	// LocalDir is where the worker creates its own scratch directory (removed by Close).
 	LocalDir string
 	// Token is the shared secret for every connection (scheduler, peers, clients).
@@ -71,20 +79,22 @@ type Config struct {
 func DefaultConfig() Config {
 	n := runtime.NumCPU()
 	return Config{
-		Host:                 "127.0.0.1",
-		NThreads:             n,
-		SpillFraction:        0.6,
-		PauseFraction:        0.8,
-		LocalDir:             os.TempDir(),
-		Python:               "python3",
-		PythonArgs:           []string{"-m", "shoal.executor"},
-		NProcsPython:         n,
-		Limits:               wire.DefaultLimits(),
-		HeartbeatInterval:    time.Second,
-		MaxConcurrentFetches: 4,
-		MaxFetchBytes:        512 << 20,
-		ShutdownGrace:        10 * time.Second,
-		Version:              "dev",
+		Host:                  "127.0.0.1",
+		NThreads:              n,
+		SpillFraction:         0.6,
+		ProcessSpillFraction:  0.7,
+		PauseFraction:         0.8,
+		MemoryMonitorInterval: 50 * time.Millisecond,
+		LocalDir:              os.TempDir(),
+		Python:                "python3",
+		PythonArgs:            []string{"-m", "shoal.executor"},
+		NProcsPython:          n,
+		Limits:                wire.DefaultLimits(),
+		HeartbeatInterval:     time.Second,
+		MaxConcurrentFetches:  4,
+		MaxFetchBytes:         512 << 20,
+		ShutdownGrace:         10 * time.Second,
+		Version:               "dev",
 	}
 }
 
@@ -101,6 +111,10 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("worker: config: MemoryLimit %d is negative", c.MemoryLimit)
 	case c.SpillFraction < 0 || c.SpillFraction > 1:
 		return fmt.Errorf("worker: config: SpillFraction %g is outside [0, 1]", c.SpillFraction)
+	case c.ProcessSpillFraction < 0 || c.ProcessSpillFraction > 1:
+		return fmt.Errorf("worker: config: ProcessSpillFraction %g is outside [0, 1]", c.ProcessSpillFraction)
+	case c.MemoryMonitorInterval < 0:
+		return fmt.Errorf("worker: config: MemoryMonitorInterval %v is negative", c.MemoryMonitorInterval)
 	case c.PauseFraction < 0 || c.PauseFraction > 1:
 		return fmt.Errorf("worker: config: PauseFraction %g is outside [0, 1]", c.PauseFraction)
 	case c.LocalDir == "":

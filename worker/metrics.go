@@ -20,10 +20,11 @@ type Metrics struct {
 	Memory         int64 // result bytes held in memory
 	Spilled        int64 // result bytes spilled to disk
 	MemoryLimit    int64
-	Keys           int // results held
-	Executing      int // tasks running now
-	Ready          int // tasks waiting for a thread
-	Waiting        int // tasks waiting for dependencies
+	ProcessMemory  int64 // bytes resident in the worker process and its executors; -1: unknown
+	Keys           int   // results held
+	Executing      int   // tasks running now
+	Ready          int   // tasks waiting for a thread
+	Waiting        int   // tasks waiting for dependencies
 	Paused         bool
 	PythonRunning  int // live Python executor processes
 	ExecutorDeaths int64
@@ -38,7 +39,7 @@ func (w *Worker) Metrics() Metrics {
 		TransfersIn: w.stats.transfersIn.Load(), TransfersOut: w.stats.transferOut.Load(),
 		FetchFailures: w.stats.fetchFailures.Load(),
 		Memory:        st.Memory, Spilled: st.Spilled, MemoryLimit: w.memLimit, Keys: st.Keys,
-		ExecutorDeaths: w.py.deaths.Load(),
+		ExecutorDeaths: w.py.deaths.Load(), ProcessMemory: w.ProcessMemory(),
 	}
 	w.mu.Lock()
 	m.Executing = w.mu.running
@@ -78,6 +79,7 @@ var metricDescs = func() []metricDesc {
 		d("executor_deaths_total", "Python executors that died.", c, func(m *Metrics) float64 { return float64(m.ExecutorDeaths) }),
 		d("memory_bytes", "Result bytes held in memory.", g, func(m *Metrics) float64 { return float64(m.Memory) }),
 		d("spilled_bytes", "Result bytes spilled to disk.", g, func(m *Metrics) float64 { return float64(m.Spilled) }),
+		d("process_memory_bytes", "Memory resident in the worker process and its Python executors (-1: unknown).", g, func(m *Metrics) float64 { return float64(m.ProcessMemory) }),
 		d("memory_limit_bytes", "Memory budget of the result store.", g, func(m *Metrics) float64 { return float64(m.MemoryLimit) }),
 		d("keys", "Results held.", g, func(m *Metrics) float64 { return float64(m.Keys) }),
 		d("executing", "Tasks running now.", g, func(m *Metrics) float64 { return float64(m.Executing) }),

@@ -213,19 +213,41 @@ func (s *Store) Close() {
 	s.mu.closed = true
 }
 
-// maybeSpill writes least recently used values to disk while memory exceeds spillAbove. The
-// disk write happens outside the lock; a value deleted or replaced meanwhile is left alone.
+// maybeSpill writes least recently used values to disk while memory exceeds spillAbove.
 func (s *Store) maybeSpill() {
 	if s.spillAbove <= 0 {
 		return
 	}
 	s.spillMu.Lock()
 	defer s.spillMu.Unlock()
+	s.spillLocked(func() bool { return s.mu.memory > s.spillAbove })
+}
+
+// SpillBytes writes least recently used values to disk until at least n bytes have left
+// memory or none is left in memory, and returns the bytes it moved. The worker's memory
+// monitor calls it when the whole worker (its process and its executors) uses too much
+// memory, whatever the store holds.
+func (s *Store) SpillBytes(n int64) int64 {
+	if n <= 0 {
+		return 0
+	}
+	s.spillMu.Lock()
+	defer s.spillMu.Unlock()
+	s.mu.Lock()
+	goal := s.mu.memory - n
+	s.mu.Unlock()
+	return s.spillLocked(func() bool { return s.mu.memory > max(goal, 0) })
+}
+
+// spillLocked writes least recently used values to disk while more (called with s.mu held)
+// says so. The disk write happens outside the lock; a value deleted or replaced meanwhile is
+// left alone. The caller holds spillMu. It returns the bytes written.
+func (s *Store) spillLocked(more func() bool) (moved int64) {
 	for {
 		s.mu.Lock()
-		if s.mu.closed || s.mu.memory <= s.spillAbove || s.mu.lru.Len() == 0 {
+		if s.mu.closed || !more() || s.mu.lru.Len() == 0 {
 			s.mu.Unlock()
-			return
+			return moved
 		}
 		v := s.mu.lru.Back().Value.(*value)
 		s.mu.seq++
@@ -244,9 +266,10 @@ func (s *Store) maybeSpill() {
 			os.Remove(path)
 			v.elem = s.mu.lru.PushFront(v) // keep it in memory; try the next victim later
 			s.mu.Unlock()
-			return
+			return moved
 		default:
 			v.frames, v.obj, v.path = nil, nil, path
+			moved += v.nbytes
 			s.mu.memory -= v.nbytes
 			s.mu.spilled += v.nbytes
 			s.mu.nspills++

@@ -202,7 +202,7 @@ func (w *Worker) wake() {
 }
 
 func (w *Worker) pausedLocked() bool {
-	return w.pauseAt > 0 && w.store.Stats().Memory > w.pauseAt
+	return w.pauseAt > 0 && w.store.Stats().Memory > w.pauseAt || w.mem.paused.Load()
 }
 
 // thread is one task slot: it runs ready tasks, lowest order first.

@@ -31,6 +31,7 @@ type Worker struct {
 	py       *executorPool
 
 	memLimit, pauseAt int64
+	mem               memState
 
 	ctx    context.Context // the worker's lifetime; cancelled by Close
 	cancel context.CancelFunc
@@ -111,6 +112,7 @@ func New(cfg Config) (*Worker, error) {
 	for i := range cfg.NThreads {
 		w.goFunc(func() { w.thread(i) })
 	}
+	w.goFunc(func() { w.memoryLoop(w.ctx) })
 	w.log.Info("worker started", "data_addr", w.dataAddr, "nthreads", cfg.NThreads,
 		"memory_limit", w.memLimit, "local_dir", dir)
 	return w, nil

@@ -295,6 +295,7 @@ func TestPauseAboveMemoryLimit(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MemoryLimit = 1000
 	cfg.SpillFraction = 0
+	cfg.ProcessSpillFraction = 0 // the store's accounting alone: the process is far above 1000 bytes
 	cfg.PauseFraction = 0.5
 	w, sc, _, _ := s.startWorker(cfg)
 
@@ -316,6 +317,7 @@ func TestSpillUnderMemoryPressure(t *testing.T) {
 	s := newFakeSched(t, "")
 	cfg := testConfig(t)
 	cfg.MemoryLimit = 10 << 10
+	cfg.ProcessSpillFraction = 0 // the store's own threshold, not the process's memory
 	w, sc, _, _ := s.startWorker(cfg)
 	for i := range 10 {
 		sc.send(goTask(string(rune('a'+i)), "bytes", 0, 2<<10))

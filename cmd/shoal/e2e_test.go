@@ -209,7 +209,7 @@ func TestCLIHelp(t *testing.T) {
 		require.Contains(t, string(out), "Usage: shoal "+cmd)
 	}
 	out, _ := exec.Command(shoalBin, "worker", "--help").CombinedOutput()
-	for _, flag := range []string{"--join", "--nthreads", "--memory-limit", "--local-dir", "--name", "--data-port", "--token-file", "--log-format"} {
+	for _, flag := range []string{"--join", "--nthreads", "--memory-limit", "--memory-target", "--memory-spill", "--memory-pause", "--local-dir", "--name", "--data-port", "--token-file", "--log-format"} {
 		require.Contains(t, string(out), strings.TrimPrefix(flag, "-"), "worker --help lists %s", flag)
 	}
 	out, err := exec.Command(shoalBin, "nonsense").CombinedOutput()

@@ -312,3 +312,31 @@ def test_map_split_into_many_messages_keeps_results(client: Client, monkeypatch:
     assert client.gather(futures) == [i + 1 for i in range(300)]
     time.sleep(0.3)  # a wrongly released key would be forgotten by now
     assert client.gather(futures) == [i + 1 for i in range(300)]
+
+
+def hold_then_sum(*arrays: Any) -> float:
+    time.sleep(0.5)  # keep the inputs alive in the executor while the monitor looks
+    return float(sum(a.sum() for a in arrays))
+
+
+def test_memory_limit_counts_the_executor() -> None:
+    # 8 × 32 MiB results = 256 MiB: under the store's own target (0.6 × 600 MiB = 360 MiB),
+    # but while the last task holds all of them in the executor as well, the worker process
+    # and its executor together are above the spill threshold (0.7 × 600 MiB), so the memory
+    # monitor must spill results even though the store alone never asked for it.
+    n = 4 << 20  # float64 values per array: 32 MiB
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="600MiB",
+                      dashboard_port=None) as cluster, Client(cluster) as client:
+        parts = [client.submit(np.full, n, float(i), pure=False) for i in range(8)]
+        wait(parts, timeout=60)
+        total = client.submit(hold_then_sum, *parts, pure=False)
+        assert total.result(timeout=60) == float(sum(i * n for i in range(8)))
+        deadline = time.monotonic() + 10  # spill figures arrive with the next heartbeat
+        spilled = 0
+        while time.monotonic() < deadline and not spilled:
+            (w,) = client.scheduler_info()["workers"].values()
+            spilled = int(w["spilled"])
+            time.sleep(0.2)
+        assert spilled > 0
+        # spilled results still come back intact
+        assert float(client.gather(parts[3]).sum()) == 3.0 * n

@@ -1,0 +1,196 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"runtime/debug"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// The memory monitor keeps the whole worker — its own process and its Python executors —
+// within the memory limit, the way dask's worker memory manager does. The store's own
+// accounting (SpillFraction) only sees result bytes; what it cannot see is the Go heap's
+// garbage between collections, the values an executor holds while it runs a task, and the
+// executors' interpreters. Every MemoryMonitorInterval the monitor reads the resident set
+// of the worker process and of each executor from /proc and:
+//
+//   - above ProcessSpillFraction×limit, first returns the Go heap's free memory to the
+//     operating system, then spills least recently used results until the total is back
+//     under SpillFraction×limit (or nothing is left in memory);
+//   - above PauseFraction×limit, pauses the worker (no new task starts) while results are
+//     left that spilling could still free, so that a high baseline cannot pause it forever;
+//   - when the worker has gone idle (no task finished since the last check, none running)
+//     and its process holds much more memory than its results (garbage after a graph
+//     finished), returns it to the operating system once, so that an idle worker shrinks.
+//
+// Where /proc is not available the monitor does nothing and only the store's accounting
+// applies.
+
+// memState is what the monitor last saw.
+type memState struct {
+	process  atomic.Int64 // bytes resident in the worker process and its executors; -1: unknown
+	paused   atomic.Bool  // process memory above the pause threshold
+	lastFree time.Time    // last time memory was returned to the OS (monitor goroutine only)
+	warned   bool         // logged that memory is high with nothing left to spill
+	finished int64        // tasks finished at the last check
+	trimmed  bool         // memory was returned to the OS since the last task finished
+}
+
+// idleSinceLastCheck tells whether no task finished since the last check and none is
+// running or waiting, and memory was not returned to the OS since the last task: the idle
+// trim runs once after a burst of work, never under load (where a forced collection of a
+// large heap would cost real CPU; there the Go soft limit keeps garbage bounded).
+func (w *Worker) idleSinceLastCheck() bool {
+	n := w.stats.executed.Load() + w.stats.erred.Load()
+	changed := n != w.mem.finished
+	w.mem.finished = n
+	if changed {
+		w.mem.trimmed = false
+		return false
+	}
+	if w.mem.trimmed {
+		return false
+	}
+	w.mu.Lock()
+	busy := w.mu.running > 0 || len(w.mu.ready) > 0 || len(w.mu.fetches) > 0
+	w.mu.Unlock()
+	return !busy
+}
+
+// unmanagedSlack is how much more than its results the worker process may hold before the
+// idle trim returns memory to the operating system.
+const unmanagedSlack = 256 << 20
+
+var pageSize = int64(os.Getpagesize())
+
+// rssOf returns the resident set size of process pid in bytes, or -1 if unknown.
+func rssOf(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+	if err != nil {
+		return -1
+	}
+	f := bytes.Fields(b)
+	if len(f) < 2 {
+		return -1
+	}
+	pages, err := strconv.ParseInt(string(f[1]), 10, 64)
+	if err != nil {
+		return -1
+	}
+	return pages * pageSize
+}
+
+// processMemory returns the bytes resident in the worker process and its live executors, and
+// in the worker process alone; -1, -1 where /proc cannot tell.
+func (w *Worker) processMemory() (total, self int64) {
+	self = rssOf(os.Getpid())
+	if self < 0 {
+		return -1, -1
+	}
+	total = self
+	for _, pid := range w.py.pids() {
+		if r := rssOf(pid); r > 0 {
+			total += r
+		}
+	}
+	return total, self
+}
+
+// pids lists the live executors' process ids.
+func (p *executorPool) pids() []int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]int, 0, len(p.mu.all))
+	for ex := range p.mu.all {
+		out = append(out, ex.pid)
+	}
+	return out
+}
+
+// ProcessMemory returns the bytes resident in the worker process and its executors as last
+// measured by the memory monitor, or -1 if unknown.
+func (w *Worker) ProcessMemory() int64 { return w.mem.process.Load() }
+
+// memoryLoop runs the monitor until ctx ends.
+func (w *Worker) memoryLoop(ctx context.Context) {
+	if w.cfg.MemoryMonitorInterval <= 0 || w.cfg.ProcessSpillFraction <= 0 {
+		w.mem.process.Store(-1)
+		return
+	}
+	if t, _ := w.processMemory(); t < 0 {
+		w.mem.process.Store(-1)
+		w.log.Info("memory monitor disabled: process memory is not readable from /proc")
+		return
+	}
+	tick := time.NewTicker(w.cfg.MemoryMonitorInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			w.checkMemory(time.Now())
+		}
+	}
+}
+
+// checkMemory is one pass of the monitor.
+func (w *Worker) checkMemory(now time.Time) {
+	limit := float64(w.memLimit)
+	spillAt := int64(w.cfg.ProcessSpillFraction * limit)
+	target := int64(w.cfg.SpillFraction * limit)
+	if target <= 0 || target > spillAt {
+		target = spillAt
+	}
+	total, self := w.processMemory()
+	if total < 0 {
+		return
+	}
+	stored := w.store.Stats().Memory
+	if total > spillAt {
+		// Garbage first: values already dropped or spilled may still occupy the Go heap.
+		if now.Sub(w.mem.lastFree) >= w.cfg.MemoryMonitorInterval {
+			debug.FreeOSMemory()
+			w.mem.lastFree = now
+			total, self = w.processMemory()
+		}
+		if total > spillAt {
+			if moved := w.store.SpillBytes(total - target); moved > 0 {
+				w.log.Debug("spilled to keep worker memory under the limit", "bytes", moved,
+					"process_memory", total, "limit", w.memLimit)
+				debug.FreeOSMemory()
+				w.mem.lastFree = now
+				total, self = w.processMemory()
+			}
+		}
+		stored = w.store.Stats().Memory
+	} else if w.idleSinceLastCheck() && self-stored > unmanagedSlack && now.Sub(w.mem.lastFree) >= time.Second {
+		debug.FreeOSMemory()
+		w.mem.lastFree = now
+		w.mem.trimmed = true
+		total, _ = w.processMemory()
+	}
+	w.mem.process.Store(total)
+
+	pauseAt := int64(w.cfg.PauseFraction * limit)
+	pause := w.cfg.PauseFraction > 0 && total > pauseAt && stored > 0
+	if total > pauseAt && stored == 0 && !w.mem.warned {
+		w.mem.warned = true
+		w.log.Warn("worker memory is above the pause threshold with no result left in memory to spill: "+
+			"tasks or executors hold it (unmanaged memory)", "process_memory", total, "limit", w.memLimit)
+	} else if total <= pauseAt {
+		w.mem.warned = false
+	}
+	if w.mem.paused.Swap(pause) != pause {
+		if pause {
+			w.log.Info("pausing: worker memory above the pause threshold", "process_memory", total,
+				"pause_at", pauseAt)
+		} else {
+			w.log.Info("resuming: worker memory back under the pause threshold", "process_memory", total)
+		}
+		w.wake()
+	}
+}
