@@ -2,7 +2,12 @@ package worker
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
+	"math"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow/memory"
@@ -13,7 +18,8 @@ import (
 const benchValueBytes = 200 << 20
 
 // BenchmarkGetData moves one 200 MB value worker→worker over loopback with get_data, as a
-// peer fetch does (pooled connection, frames used as received). Reports bytes/s.
+// peer fetch does (pooled connection, frames used as received), with the fetch's buffer pool
+// and without it (every value read into fresh memory). Reports bytes/s.
 func BenchmarkGetData(b *testing.B) {
 	tbl := arrowio.GenerateBytesTable(memory.DefaultAllocator, benchValueBytes, 0)
 	ipc, err := arrowio.EncodeTable(tbl)
@@ -26,20 +32,26 @@ func BenchmarkGetData(b *testing.B) {
 		name, enc string
 		frame     []byte
 	}{{"arrow", wire.EncArrow, ipc}, {"bytes", wire.EncBytes, raw}} {
-		b.Run(c.name, func(b *testing.B) {
-			cfg := testConfig(b)
-			cfg.Logger = nil
-			cfg.MemoryLimit = 4 * benchValueBytes
-			src, dst := newTestWorker(b, cfg), newTestWorker(b, cfg)
-			src.Store().Put("v", c.enc, [][]byte{c.frame}, nil)
-			b.SetBytes(int64(len(c.frame)))
-			for b.Loop() {
-				got, err := dst.peers.getData(context.Background(), src.DataAddr(), []string{"v"})
-				if err != nil || len(got) != 1 || len(got[0].frames[0]) != len(c.frame) {
-					b.Fatalf("getData: %v (%d items)", err, len(got))
+		for _, pool := range []bool{true, false} {
+			b.Run(fmt.Sprintf("%s/pool=%v", c.name, pool), func(b *testing.B) {
+				cfg := testConfig(b)
+				cfg.Logger = nil
+				cfg.MemoryLimit = 32 * benchValueBytes // a pool of 2 × 200 MB
+				src, dst := newTestWorker(b, cfg), newTestWorker(b, cfg)
+				if !pool {
+					dst.peers.bufs.min = math.MaxInt
 				}
-			}
-		})
+				src.Store().Put("v", c.enc, [][]byte{c.frame}, nil)
+				b.SetBytes(int64(len(c.frame)))
+				for b.Loop() {
+					got, err := dst.peers.getData(context.Background(), src.DataAddr(), []string{"v"})
+					if err != nil || len(got) != 1 || len(got[0].frames[0]) != len(c.frame) {
+						b.Fatalf("getData: %v (%d items)", err, len(got))
+					}
+				}
+				b.ReportMetric(float64(dst.peers.bufs.reuse.Load())/float64(b.N), "reused/op")
+			})
+		}
 	}
 }
 
@@ -66,5 +78,54 @@ func BenchmarkNoopTask(b *testing.B) {
 	for done < sent {
 		sc.next()
 		done++
+	}
+}
+
+// BenchmarkExecutorTransfer hands one 200 MB Arrow value from the worker's store to its
+// Python executor for a task that only reads its row count, through the shared-memory windows
+// and through the socket. Reports bytes/s. Needs the real executor (clients/python).
+func BenchmarkExecutorTransfer(b *testing.B) {
+	py := pythonForTests(b)
+	pkg, err := filepath.Abs("../clients/python")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Setenv("PYTHONPATH", pkg)
+	out, err := exec.Command(py, "testdata/make_py_task.py", "rows").Output()
+	if err != nil {
+		b.Skipf("cannot build a pickled task: %v", err)
+	}
+	lines := strings.Fields(string(out))
+	fn, _ := hex.DecodeString(lines[1])
+	payload, _ := hex.DecodeString(lines[2])
+	tbl := arrowio.GenerateBytesTable(memory.DefaultAllocator, benchValueBytes, 0)
+	ipc, err := arrowio.EncodeTable(tbl)
+	tbl.Release()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, on := range []bool{true, false} {
+		b.Run(fmt.Sprintf("shm=%v", on), func(b *testing.B) {
+			old := shmEnabled
+			shmEnabled = on
+			defer func() { shmEnabled = old }()
+			cfg := testConfig(b)
+			cfg.Logger = nil
+			cfg.Python = py
+			cfg.MemoryLimit = 32 * benchValueBytes // windows of 200 MB stay mapped between runs
+			w, sc, _, _ := newFakeSched(b, "").startWorker(cfg)
+			w.Store().Put("tbl", wire.EncArrow, [][]byte{ipc}, nil)
+			b.SetBytes(int64(len(ipc)))
+			i := 0
+			for b.Loop() {
+				m := pyTask(fmt.Sprint("rows-", i), lines[0], fn, payload, "tbl")
+				if i > 0 {
+					m.FuncData = nil
+				}
+				i++
+				sc.send(m)
+				sc.expect(wire.OpTaskFinished)
+			}
+		})
 	}
 }

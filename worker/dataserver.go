@@ -115,6 +115,14 @@ func (w *Worker) serveGet(c *wire.Conn, m *wire.Msg) error {
 		reply.Items = append(reply.Items, wire.Item{Key: k, Encoding: e.Encoding, NFrames: len(e.Frames), NBytes: e.NBytes})
 		payload = append(payload, e.Frames...)
 	}
+	lim := w.cfg.limits()
+	if n, size := 1+len(payload), frameBytes(payload); n > lim.MaxFrames || size > lim.MaxMessage {
+		// the reply would be refused by the reader (docs/protocol.md §3): say so, and let the
+		// requester ask for fewer keys at a time (a worker's fetch splits its batch)
+		return c.SendError(m.ID, wire.CodeFrameTooLarge, fmt.Sprintf(
+			"the data for these %d keys is %d frames and %d bytes, over the limits of %d frames and %d bytes per message: ask for fewer keys at a time",
+			len(reply.Items), n, size, lim.MaxFrames, lim.MaxMessage))
+	}
 	if len(payload) > 0 {
 		w.stats.transferOut.Add(1)
 	}

@@ -180,3 +180,40 @@ func TestDataServerBadInput(t *testing.T) {
 	putAndGet(t, addr)
 	require.Equal(t, 2, w.Metrics().Keys, "no bad request stored anything")
 }
+
+// TestGetDataOverFrameLimit: a get_data whose answer would exceed the frame limit is refused
+// with frame-too-large and a clear message (not sent for the reader to reject), and a worker's
+// fetch splits its request until the halves fit.
+func TestGetDataOverFrameLimit(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Limits = wire.DefaultLimits()
+	cfg.Limits.MaxFrames = 8
+	src, dst := newTestWorker(t, cfg), newTestWorker(t, cfg)
+	var keys []string
+	for i := range 6 {
+		k := string(rune('a' + i))
+		keys = append(keys, k)
+		src.Store().Put(k, wire.EncPickle, [][]byte{[]byte("head" + k), []byte("b1"), []byte("b2")}, nil)
+	}
+	src.Store().Put("huge", wire.EncPickle, make([][]byte, 9), nil)
+
+	c := dialData(t, src.DataAddr(), "", wire.RolePeer)
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpGetData, ID: 1, Keys: keys}))
+	m, _, err := c.Recv()
+	require.NoError(t, err)
+	require.Equal(t, wire.OpError, m.Op)
+	require.Equal(t, wire.CodeFrameTooLarge, m.Code)
+	require.Contains(t, m.Message, "ask for fewer keys")
+	_, frames := getData(t, c, 2, "a", "b") // the connection goes on
+	require.Len(t, frames, 6)
+
+	got, err := dst.peers.getData(context.Background(), src.DataAddr(), keys)
+	require.NoError(t, err)
+	require.Len(t, got, 6)
+	for i, r := range got {
+		require.Equal(t, keys[i], r.item.Key)
+		require.Equal(t, []byte("head"+keys[i]), r.frames[0])
+	}
+	_, err = dst.peers.getData(context.Background(), src.DataAddr(), []string{"huge"})
+	require.ErrorContains(t, err, "over the limits of 8 frames")
+}

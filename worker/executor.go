@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,7 +32,8 @@ type executor struct {
 	funcs  map[string]bool // callables this process has received
 	exited chan struct{}   // closed once the process has been waited for
 	seq    uint64
-	lane   int // the thread number reported for tasks it ran as part of a batch
+	lane   int         // the thread number reported for tasks it ran as part of a batch
+	shm    execWindows // shared-memory windows for large frames (executor_shm.go)
 }
 
 // executorPool starts executors lazily, at most NProcsPython, and restarts dead ones on
@@ -42,7 +44,9 @@ type executorPool struct {
 	deaths  atomic.Int64
 	lanes   atomic.Int64
 	batched atomic.Int64 // tasks that ran behind another one in a batch
-	groups  struct {
+	// shmFrames counts payload frames sent through shared-memory windows
+	shmFrames atomic.Int64
+	groups    struct {
 		sync.Mutex
 		m map[string]*groupRuns
 	}
@@ -144,6 +148,7 @@ func (p *executorPool) discard(ex *executor) string {
 		<-ex.exited
 	}
 	ex.conn.close()
+	ex.shm.closeAll()
 	p.mu.Lock()
 	delete(p.mu.all, ex)
 	p.mu.Unlock()
@@ -161,6 +166,7 @@ func (p *executorPool) stop(ex *executor) {
 		ex.cmd.Process.Kill()
 		<-ex.exited
 	}
+	ex.shm.closeAll()
 	p.mu.Lock()
 	delete(p.mu.all, ex)
 	p.mu.Unlock()
@@ -210,6 +216,9 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	cmd := exec.Command(cfg.Python, cfg.PythonArgs...)
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.Env = append(os.Environ(), "SHOAL_EXECUTOR_FD=3", "SHOAL_EXECUTOR_TOKEN="+token)
+	if _, set := os.LookupEnv("SHOAL_EXECUTOR_SHM_IDLE"); !set {
+		cmd.Env = append(cmd.Env, "SHOAL_EXECUTOR_SHM_IDLE="+strconv.FormatInt(shmIdleBytes(cfg.MemoryLimit), 10))
+	}
 	log := p.w.log.With("python", cfg.Python)
 	cmd.Stdout = &lineLogger{log: log, stream: "stdout"}
 	cmd.Stderr = &lineLogger{log: log, stream: "stderr"}
@@ -293,13 +302,14 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 		if err := wire.WriteAnswer(c, wire.StatusOK, ""); err != nil {
 			return err
 		}
-		m, _, err := c.recv()
+		m, x, _, err := c.recvExt()
 		if err != nil {
 			return err
 		}
 		if m.Op != wire.OpReady {
 			return fmt.Errorf("expected ready, got %q", m.Op)
 		}
+		ex.shm.ok = shmEnabled && x.SHM == 1
 		return nil
 	}()
 	if err != nil {
@@ -415,14 +425,23 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		if !ex.funcs[r.ts.t.Func] {
 			r.m.FuncData = r.fdata
 		}
-		msgs[i] = outMsg{r.m, r.frames}
+		msgs[i] = outMsg{m: r.m, payload: r.frames}
+	}
+	if len(batch) == 1 && ex.shm.ok {
+		if err := w.placeShm(ex, &msgs[0]); err != nil {
+			w.log.Warn("shared memory for the Python executor failed; large values go through its socket",
+				"pid", ex.pid, "err", err)
+		}
 	}
 	last := time.Now()
 	if err := ex.conn.sendMany(msgs...); err != nil {
 		return w.executorDied(ex, batch, 0, err, last)
 	}
 	for i, r := range batch {
-		reply, rframes, err := ex.conn.recv()
+		reply, x, rframes, err := ex.conn.recvExt()
+		if err == nil {
+			ex.shm.update(x)
+		}
 		if err == nil && reply.ID != r.m.ID {
 			err = fmt.Errorf("%w: executor answered id %d to run %d", wire.ErrProtocol, reply.ID, r.m.ID)
 		}
@@ -443,6 +462,25 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		last = now
 	}
 	panic("unreachable: the popped task is the last of its batch")
+}
+
+// placeShm moves the large payload frames of om into ex's shared-memory windows.
+func (w *Worker) placeShm(ex *executor, om *outMsg) error {
+	frames, at, news, fds, err := ex.shm.place(om.payload)
+	if len(at) == 0 {
+		return err
+	}
+	hdr, herr := wire.EncodeHeader(om.m)
+	if herr == nil {
+		hdr, herr = appendRunExt(hdr, at, news)
+	}
+	if herr != nil { // cannot happen with a header we made; send everything inline
+		ex.shm.unplace(at, news)
+		return herr
+	}
+	om.hdr, om.payload, om.fds = hdr, frames, fds
+	w.py.shmFrames.Add(int64(len(at)))
+	return err
 }
 
 // shortRuns takes the next ready Python tasks of short groups whose function this executor

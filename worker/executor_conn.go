@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -52,17 +53,23 @@ func (c *execConn) Write(b []byte) (int, error) { return c.f.Write(b) }
 type outMsg struct {
 	m       *wire.Msg
 	payload [][]byte
+	hdr     []byte // the encoded header, when already made (m is then ignored)
+	fds     []int  // descriptors passed with the message (SCM_RIGHTS)
 }
 
 // send writes one message at once.
 func (c *execConn) send(m *wire.Msg, payload ...[]byte) error {
-	return c.sendMany(outMsg{m, payload})
+	return c.sendMany(outMsg{m: m, payload: payload})
 }
 
 // sendMany writes messages back to back, small ones together in one write(2).
 func (c *execConn) sendMany(msgs ...outMsg) error {
 	hdrs := make([][]byte, len(msgs))
 	for i, om := range msgs {
+		if om.hdr != nil {
+			hdrs[i] = om.hdr
+			continue
+		}
 		hdr, err := wire.EncodeHeader(om.m)
 		if err != nil {
 			return err
@@ -75,8 +82,26 @@ func (c *execConn) sendMany(msgs ...outMsg) error {
 		return wire.ErrClosed
 	}
 	b := c.wbuf[:0]
+	var fds []int // to pass with the next write
+	write := func(p []byte) error {
+		if len(fds) > 0 {
+			n, err := c.sendFds(p, fds)
+			if err != nil {
+				return err
+			}
+			fds, p = nil, p[n:]
+		}
+		if len(p) == 0 {
+			return nil
+		}
+		_, err := c.f.Write(p)
+		return err
+	}
 	for i, om := range msgs {
 		hdr := hdrs[i]
+		if len(om.fds) > 0 {
+			fds = om.fds // they go with the first byte written from here on
+		}
 		n := 1 + len(om.payload)
 		b = append(b, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 		b = appendU64(b, uint64(len(hdr)))
@@ -90,18 +115,21 @@ func (c *execConn) sendMany(msgs ...outMsg) error {
 				continue
 			}
 			if len(b) > 0 {
-				if _, err := c.f.Write(b); err != nil {
+				if err := write(b); err != nil {
 					return c.writeErr(err)
 				}
 				b = b[:0]
 			}
-			if _, err := c.f.Write(p); err != nil {
+			if err := write(p); err != nil {
 				return c.writeErr(err)
 			}
 		}
 	}
-	if len(b) > 0 {
-		if _, err := c.f.Write(b); err != nil {
+	if len(b) > 0 || len(fds) > 0 {
+		if len(b) == 0 {
+			return errors.New("wire: descriptors to pass without a byte to carry them")
+		}
+		if err := write(b); err != nil {
 			return c.writeErr(err)
 		}
 	}
@@ -111,6 +139,18 @@ func (c *execConn) sendMany(msgs ...outMsg) error {
 		c.wbuf = nil
 	}
 	return nil
+}
+
+// sendFds writes (the start of) p with fds attached and returns how much of p it wrote.
+func (c *execConn) sendFds(p []byte, fds []int) (int, error) {
+	rights := syscall.UnixRights(fds...)
+	for {
+		n, err := syscall.SendmsgN(c.fd, p, rights, nil, 0)
+		if err == syscall.EINTR {
+			continue // nothing was sent, descriptors included
+		}
+		return n, err
+	}
 }
 
 func (c *execConn) writeErr(err error) error {
@@ -124,21 +164,28 @@ func appendU64(b []byte, v uint64) []byte {
 
 // recv reads the next message; only one goroutine may call it at a time.
 func (c *execConn) recv() (*wire.Msg, [][]byte, error) {
+	m, _, frames, err := c.recvExt()
+	return m, frames, err
+}
+
+// recvExt is recv that also returns the header's fields that wire.Msg does not have.
+func (c *execConn) recvExt() (*wire.Msg, execExt, [][]byte, error) {
 	frames, err := wire.ReadFrames(c.br, c.lim)
 	if err != nil {
 		if c.shut.Load() && !errors.Is(err, wire.ErrProtocol) && !errors.Is(err, wire.ErrFrameTooLarge) {
-			return nil, nil, wire.ErrClosed
+			return nil, execExt{}, nil, wire.ErrClosed
 		}
 		if errors.Is(err, io.EOF) {
-			return nil, nil, fmt.Errorf("executor closed the connection: %w", err)
+			return nil, execExt{}, nil, fmt.Errorf("executor closed the connection: %w", err)
 		}
-		return nil, nil, err
+		return nil, execExt{}, nil, err
 	}
-	m, err := decodeExecHeader(frames[0])
+	var x execExt
+	m, err := decodeExecHeaderExt(frames[0], &x)
 	if err != nil {
-		return nil, nil, err
+		return nil, execExt{}, nil, err
 	}
-	return m, frames[1:], nil
+	return m, x, frames[1:], nil
 }
 
 // close shuts the socket down, which wakes a goroutine blocked reading it, and releases it.
@@ -153,15 +200,37 @@ func (c *execConn) close() {
 // decodeExecHeader decodes an executor's message header: `done` answers by hand, anything
 // else (error, ready, unexpected shapes) with the generic decoder.
 func decodeExecHeader(b []byte) (*wire.Msg, error) {
-	if m, ok := decodeDone(b); ok {
+	var x execExt
+	return decodeExecHeaderExt(b, &x)
+}
+
+// decodeExecHeaderExt is decodeExecHeader that also fills x with the extension fields.
+func decodeExecHeaderExt(b []byte, x *execExt) (*wire.Msg, error) {
+	if m, ok := decodeDoneExt(b, x); ok {
 		return m, nil
 	}
-	return wire.DecodeHeader(b)
+	*x = execExt{}
+	m, err := wire.DecodeHeader(b)
+	if err != nil {
+		return nil, err
+	}
+	if bytes.Contains(b, []byte("shm")) {
+		if *x, err = decodeExt(b); err != nil {
+			return nil, fmt.Errorf("%w: executor header: %v", wire.ErrProtocol, err)
+		}
+	}
+	return m, nil
 }
 
 // decodeDone parses {"op": "done", "id": uint, "items": [{"key", "encoding", "nframes",
 // "nbytes"}]}; ok is false for anything else, including unknown fields.
 func decodeDone(b []byte) (m *wire.Msg, ok bool) {
+	var x execExt
+	return decodeDoneExt(b, &x)
+}
+
+// decodeDoneExt is decodeDone that also accepts the window fields shm_free and shm_drop.
+func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
 	r := mpReader{b: b}
 	n, ok := r.mapLen()
 	if !ok {
@@ -194,6 +263,16 @@ func decodeDone(b []byte) (m *wire.Msg, ok bool) {
 				if !r.item(&m.Items[i]) {
 					return nil, false
 				}
+			}
+		case "shm_free", "shm_drop":
+			ids, ok := r.uints()
+			if !ok {
+				return nil, false
+			}
+			if k == "shm_free" {
+				x.Free = ids
+			} else {
+				x.Drop = ids
 			}
 		default:
 			return nil, false
@@ -310,6 +389,22 @@ func (r *mpReader) int() (int64, bool) {
 		return int64(v<<shift) >> shift, ok
 	}
 	return 0, false
+}
+
+func (r *mpReader) uints() ([]uint64, bool) {
+	n, ok := r.arrayLen()
+	if !ok {
+		return nil, false
+	}
+	out := make([]uint64, n)
+	for i := range out {
+		v, ok := r.int()
+		if !ok || v < 0 {
+			return nil, false
+		}
+		out[i] = uint64(v)
+	}
+	return out, true
 }
 
 func (r *mpReader) item(it *wire.Item) bool {

@@ -1,10 +1,17 @@
 package worker
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 )
@@ -172,24 +179,34 @@ type received struct {
 
 // peerPool keeps a few idle data connections per peer.
 type peerPool struct {
-	w  *Worker
-	mu struct {
+	w    *Worker
+	bufs *bufPool
+	mu   struct {
 		sync.Mutex
-		idle   map[string][]*wire.Conn
+		idle   map[string][]*peerConn
 		seq    uint64
 		closed bool
 	}
 }
 
+// maxIdlePerPeer bounds the idle connections kept per peer beyond MaxConcurrentFetches: a
+// worker keeps as many as it may have in flight, so that bursts of small fetches (a tree
+// reduction) reuse connections instead of dialing and handshaking each time.
 const maxIdlePerPeer = 2
 
+// peerIdleTimeout bounds how long a peer may send nothing while answering get_data: a peer
+// that hangs without dying (stopped, or its machine gone without a reset) must not stall the
+// fetch, and the dependency is then fetched from another holder. It is a bound on silence, not
+// on the whole transfer, so values of any size can arrive over slow links.
+var peerIdleTimeout = 60 * time.Second
+
 func newPeerPool(w *Worker) *peerPool {
-	p := &peerPool{w: w}
-	p.mu.idle = make(map[string][]*wire.Conn)
+	p := &peerPool{w: w, bufs: newBufPool(poolBytesFor(w.cfg.MemoryLimit))}
+	p.mu.idle = make(map[string][]*peerConn)
 	return p
 }
 
-func (p *peerPool) get(ctx context.Context, addr string) (*wire.Conn, uint64, error) {
+func (p *peerPool) get(ctx context.Context, addr string) (*peerConn, uint64, error) {
 	p.mu.Lock()
 	p.mu.seq++
 	id := p.mu.seq
@@ -201,16 +218,15 @@ func (p *peerPool) get(ctx context.Context, addr string) (*wire.Conn, uint64, er
 	}
 	p.mu.Unlock()
 	cfg := p.w.cfg
-	c, err := wire.Dial(ctx, addr, wire.DialOptions{Role: wire.RolePeer, Token: cfg.Token,
-		TLS: cfg.ClientTLS, Limits: cfg.limits()})
+	c, err := dialPeer(ctx, addr, cfg.Token, cfg.ClientTLS, cfg.limits())
 	return c, id, err
 }
 
-func (p *peerPool) put(addr string, c *wire.Conn) {
+func (p *peerPool) put(addr string, c *peerConn) {
 	p.mu.Lock()
-	if p.mu.closed || len(p.mu.idle[addr]) >= maxIdlePerPeer {
+	if p.mu.closed || len(p.mu.idle[addr]) >= max(maxIdlePerPeer, p.w.cfg.MaxConcurrentFetches) {
 		p.mu.Unlock()
-		c.Close()
+		c.close()
 		return
 	}
 	p.mu.idle[addr] = append(p.mu.idle[addr], c)
@@ -225,37 +241,196 @@ func (p *peerPool) closeAll() {
 	p.mu.Unlock()
 	for _, conns := range idle {
 		for _, c := range conns {
-			c.Abort()
+			c.close()
 		}
 	}
 }
 
 // getData asks addr for keys and returns the values it sent; keys it reported missing are
-// simply absent. Frames are used as received, without copying.
+// simply absent. Frames are used as received, without copying; large ones are read into
+// recycled buffers (bufPool).
 func (p *peerPool) getData(ctx context.Context, addr string, keys []string) ([]received, error) {
 	c, id, err := p.get(ctx, addr)
 	if err != nil {
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.Abort() })
+	stop := context.AfterFunc(ctx, func() { c.close() })
 	defer stop()
-	if err := c.Send(&wire.Msg{Op: wire.OpGetData, ID: id, Keys: keys}); err != nil {
-		c.Abort()
+	m, frames, err := c.request(&wire.Msg{Op: wire.OpGetData, ID: id, Keys: keys}, p.bufs.get)
+	if err != nil {
+		c.close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		return nil, err
 	}
-	m, frames, err := c.Recv()
-	if err != nil {
-		c.Abort()
-		return nil, err
+	if m.Op == wire.OpError && m.Code == wire.CodeFrameTooLarge && m.ID == id && len(keys) > 1 {
+		// the values do not fit in one message: ask for them in two halves
+		if stop() {
+			p.put(addr, c)
+		}
+		half := len(keys) / 2
+		first, err := p.getData(ctx, addr, keys[:half])
+		if err != nil {
+			return first, err
+		}
+		second, err := p.getData(ctx, addr, keys[half:])
+		return append(first, second...), err
 	}
 	got, err := parseData(m, frames, id, keys)
 	if err != nil {
-		c.Abort()
+		c.close()
 		return nil, err
 	}
 	p.put(addr, c)
 	p.w.stats.bytesRecv.Add(frameBytes(frames))
 	return got, nil
+}
+
+// peerConn is a data connection to a peer for get_data requests, one at a time. It speaks
+// the framing of docs/protocol.md §3 itself (rather than through wire.Conn) so that it can
+// choose where payload frames are read into and bound how long the peer may stay silent.
+type peerConn struct {
+	addr string
+	nc   net.Conn
+	br   *bufio.Reader
+	lim  wire.Limits
+	once sync.Once
+}
+
+// dialPeer connects to a peer's data port and performs the handshake as role peer.
+func dialPeer(ctx context.Context, addr, token string, tlsCfg *tls.Config, lim wire.Limits) (*peerConn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tlsCfg != nil {
+		cfg := tlsCfg
+		if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tc := tls.Client(nc, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
+		}
+		nc = tc
+	}
+	deadline := time.Now().Add(wire.HandshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	nc.SetDeadline(deadline)
+	if err := wire.WriteHello(nc, wire.ClientHello{Version: wire.Version, Role: wire.RolePeer, Token: token}); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	if err := wire.ReadAnswer(nc); err != nil {
+		nc.Close()
+		return nil, err
+	}
+	nc.SetDeadline(time.Time{})
+	if lim.MaxFrames == 0 {
+		lim = wire.DefaultLimits()
+	}
+	c := &peerConn{addr: addr, nc: nc, lim: lim}
+	c.br = bufio.NewReaderSize(idleReader{c}, 64<<10)
+	return c, nil
+}
+
+// idleReader reads from the connection with a fresh peerIdleTimeout deadline for every read.
+type idleReader struct{ c *peerConn }
+
+func (r idleReader) Read(b []byte) (int, error) {
+	r.c.nc.SetReadDeadline(time.Now().Add(peerIdleTimeout))
+	n, err := r.c.nc.Read(b)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = fmt.Errorf("peer %s sent nothing for %v while answering get_data: %w", r.c.addr, peerIdleTimeout, err)
+	}
+	return n, err
+}
+
+// request sends m (no payload) and reads the answer; payload frames are allocated by alloc.
+func (c *peerConn) request(m *wire.Msg, alloc func(int) []byte) (*wire.Msg, [][]byte, error) {
+	hdr, err := wire.EncodeHeader(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]byte, 0, 12+len(hdr))
+	out = append(out, 0, 0, 0, 1)
+	out = appendU64(out, uint64(len(hdr)))
+	out = append(out, hdr...)
+	c.nc.SetWriteDeadline(time.Now().Add(peerIdleTimeout))
+	if _, err := c.nc.Write(out); err != nil {
+		return nil, nil, err
+	}
+	frames, err := readFramesInto(c.br, c.lim, alloc)
+	if err != nil {
+		return nil, nil, err
+	}
+	reply, err := wire.DecodeHeader(frames[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	return reply, frames[1:], nil
+}
+
+func (c *peerConn) close() { c.once.Do(func() { c.nc.Close() }) }
+
+// readFramesInto is wire.ReadFrames with payload frames allocated by alloc (the header frame
+// is an ordinary slice). The declared count and sizes are checked against lim first.
+func readFramesInto(r io.Reader, lim wire.Limits, alloc func(int) []byte) ([][]byte, error) {
+	var pre [4]byte
+	if _, err := io.ReadFull(r, pre[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(pre[:])
+	if n == 0 || int64(n) > int64(lim.MaxFrames) {
+		return nil, fmt.Errorf("%w: %d frames declared (limit %d)", wire.ErrProtocol, n, lim.MaxFrames)
+	}
+	lens := make([]byte, 8*int(n))
+	if _, err := io.ReadFull(r, lens); err != nil {
+		return nil, eofIsUnexpected(err)
+	}
+	sizes := make([]int, n)
+	var total int64
+	for i := range sizes {
+		sz := binary.BigEndian.Uint64(lens[8*i:])
+		limit := lim.MaxFrame
+		if i == 0 {
+			limit = lim.MaxHeader
+		}
+		if sz > uint64(limit) {
+			return nil, fmt.Errorf("%w: frame %d declares %d bytes (limit %d)", wire.ErrFrameTooLarge, i, sz, limit)
+		}
+		total += int64(sz)
+		if total > lim.MaxMessage {
+			return nil, fmt.Errorf("%w: message declares more than %d bytes", wire.ErrFrameTooLarge, lim.MaxMessage)
+		}
+		sizes[i] = int(sz)
+	}
+	frames := make([][]byte, n)
+	for i, sz := range sizes {
+		if i == 0 {
+			frames[i] = make([]byte, sz)
+		} else {
+			frames[i] = alloc(sz)
+		}
+		if _, err := io.ReadFull(r, frames[i]); err != nil {
+			return nil, eofIsUnexpected(err)
+		}
+	}
+	return frames, nil
+}
+
+func eofIsUnexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // parseData checks a data reply against the request and splits its frames per item.

@@ -14,6 +14,8 @@ TASKS = {
     # x is a msgpack result of a Go task, t an Arrow result (a pyarrow.Table).
     "add10": (lambda x: x + 10, (Ref("x"),)),
     "rows": (lambda t: t.num_rows * 2, (Ref("tbl"),)),
+    # b is a large bytes value: its length and a digest of its contents, as text
+    "digest": (lambda b: f"{len(b)}:{hashlib.sha256(b).hexdigest()}", (Ref("big"),)),
 }
 
 fn, args = TASKS[sys.argv[1]]

@@ -12,13 +12,20 @@ per-executor secret in ``SHOAL_EXECUTOR_TOKEN``. The executor handshakes (role 4
    with the exception's type, message, formatted traceback and pickled form.
 
 It exits on ``shutdown`` or when the socket closes.
+
+Large dependency frames may arrive in shared-memory windows instead of through the socket
+(:class:`Windows`, docs/protocol.md §3.5): the values are then built over the window's mapping
+without a copy.
 """
 
 from __future__ import annotations
 
+import array
+import collections
 import hashlib
 import io
 import logging
+import mmap
 import os
 import pickle
 import socket
@@ -27,25 +34,145 @@ import traceback
 from typing import Any, Callable, Sequence
 
 from . import _refs, _serialize, _wire
-from .exceptions import CommClosedError
+from ._wire import Buffer
+from .exceptions import CommClosedError, ProtocolError
 
 logger = logging.getLogger("shoal.executor")
 
 Header = dict[str, Any]
 
 
+SHM_VERSION = 1
+"""The shared-memory window protocol this executor speaks (announced in ``ready``)."""
+
+DEFAULT_SHM_IDLE = 256 << 20
+"""Bytes of free windows kept mapped for reuse (``SHOAL_EXECUTOR_SHM_IDLE``)."""
+
+
+class FdReceiver:
+    """A socket's ``recv``/``recv_into`` that keeps the descriptors passed with SCM_RIGHTS, in
+    the order they arrive (the worker passes a window's memfd with the message introducing it)."""
+
+    _ANCBUF = socket.CMSG_SPACE(64 * 4) if hasattr(socket, "CMSG_SPACE") else 0
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.fds: collections.deque[int] = collections.deque()
+        self._flags = getattr(socket, "MSG_CMSG_CLOEXEC", 0)
+
+    def recv(self, bufsize: int, /) -> bytes:
+        data, anc, flags, _ = self.sock.recvmsg(bufsize, self._ANCBUF, self._flags)
+        if anc or flags & socket.MSG_CTRUNC:
+            self._keep(anc, flags)
+        return data
+
+    def recv_into(self, buffer: Any, nbytes: int, /) -> int:
+        view = memoryview(buffer)
+        if nbytes:
+            view = view[:nbytes]
+        n, anc, flags, _ = self.sock.recvmsg_into([view], self._ANCBUF, self._flags)
+        if anc or flags & socket.MSG_CTRUNC:
+            self._keep(anc, flags)
+        return n
+
+    def _keep(self, anc: list[tuple[int, int, bytes]], flags: int) -> None:
+        for level, typ, data in anc:
+            if level == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - len(data) % fds.itemsize])
+                self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise ProtocolError("descriptors passed by the worker were truncated")
+
+    def close_fds(self) -> None:
+        while self.fds:
+            os.close(self.fds.popleft())
+
+
+class Windows:
+    """The shared-memory windows the worker writes large frames into (docs/protocol.md §3.5).
+
+    A window is a memfd, mapped once here (shared, writable: the values built over it are
+    ordinary writable numpy arrays and Arrow buffers) and reused for later runs. A window is
+    busy from the run that uses it until no Python object refers to its mapping any more —
+    every memoryview, numpy array or Arrow buffer over it holds a reference to the ``mmap``
+    object, so its reference count tells — and the next answer then reports it free
+    (``shm_free``); the worker writes into a window only while it is free. Free windows beyond
+    ``idle_limit`` bytes are unmapped and reported (``shm_drop``), so that the worker closes them.
+    """
+
+    def __init__(self, receiver: FdReceiver | None, idle_limit: int = DEFAULT_SHM_IDLE) -> None:
+        self.receiver = receiver
+        self.idle_limit = idle_limit
+        self.maps: dict[int, mmap.mmap] = {}
+        self.busy: set[int] = set()
+
+    def attach(self, header: Header, frames: list[Buffer]) -> None:
+        """Map the windows a run introduces and put the frames they hold in place."""
+        new = header.get("shm_new") or ()
+        fds: list[int] = []
+        if new:
+            if self.receiver is None or len(self.receiver.fds) < len(new):
+                raise ProtocolError("a window's descriptor did not arrive with the run message")
+            fds = [self.receiver.fds.popleft() for _ in new]
+        try:
+            for (wid, size), fd in zip(new, fds):
+                old = self.maps.pop(int(wid), None)
+                if old is not None:
+                    raise ProtocolError(f"window {wid} introduced twice")
+                self.maps[int(wid)] = mmap.mmap(fd, int(size), flags=mmap.MAP_SHARED,
+                                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        for index, wid, n in header.get("shm") or ():
+            m = self.maps.get(wid)
+            if m is None or not 0 <= index < len(frames) or len(frames[index]) or not 0 <= n <= len(m):
+                raise ProtocolError(f"bad window placement {[index, wid, n]}")
+            frames[index] = memoryview(m)[:n]
+            self.busy.add(wid)
+
+    def report(self, reply: Header) -> None:
+        """Add to ``reply`` the windows that became free and those unmapped."""
+        if not self.maps:
+            return
+        free = [wid for wid in self.busy if sys.getrefcount(self.maps[wid]) <= _FREE_REFS]
+        if free:
+            self.busy.difference_update(free)
+            reply["shm_free"] = free
+        idle = [wid for wid in self.maps if wid not in self.busy]
+        total = sum(len(self.maps[wid]) for wid in idle)
+        drop = []
+        for wid in sorted(idle, key=lambda w: len(self.maps[w]), reverse=True):
+            if total <= self.idle_limit:
+                break
+            total -= len(self.maps[wid])
+            self.maps.pop(wid).close()
+            drop.append(wid)
+        if drop:
+            reply["shm_drop"] = drop
+
+
+# sys.getrefcount of a window nothing else refers to: the dict's reference and the argument's
+_FREE_REFS = 2
+
+
 class Executor:
     """Runs ``run`` messages from one worker connection (the state of one executor process)."""
 
-    def __init__(self, conn: _wire.Connection) -> None:
+    def __init__(self, conn: _wire.Connection, windows: Windows | None = None) -> None:
         self.conn = conn
         self.funcs: dict[str, Callable[..., Any]] = {}
+        self.windows = windows
 
     def serve(self) -> None:
         """Say ``ready``, then handle messages until ``shutdown`` or the socket closes."""
         conn = self.conn
-        conn.send({"op": "ready", "pid": os.getpid(), "python": sys.version.split()[0]})
-        recv, send, run = conn.recv, conn.send, self.run
+        ready: Header = {"op": "ready", "pid": os.getpid(), "python": sys.version.split()[0]}
+        if self.windows is not None:
+            ready["shm"] = SHM_VERSION
+        conn.send(ready)
+        recv, send, run, windows = conn.recv, conn.send, self.run, self.windows
         while True:
             try:
                 header, frames = recv()
@@ -53,8 +180,20 @@ class Executor:
                 return
             op = header["op"]
             if op == "run":
-                reply, out = run(header, frames)
+                if windows is None:
+                    reply, out = run(header, frames)
+                elif "shm" not in header and not windows.maps:
+                    reply, out = run(header, frames)
+                else:
+                    reply, out = self.run_windows(header, frames)
+                    del frames
+                    windows.report(reply)
                 send(reply, out)
+                # drop the inputs and the result before waiting for the next message: an idle
+                # executor must not hold the last task's values (the worker's memory limit
+                # counts executor memory)
+                del out, reply
+                frames = []
             elif op == "shutdown":
                 return
             elif op == "error":
@@ -79,7 +218,20 @@ class Executor:
         self.funcs[digest] = func
         return func
 
-    def run(self, header: Header, frames: Sequence[bytearray]) -> tuple[Header, list[Any]]:
+    def run_windows(self, header: Header, received: list[bytearray]) -> tuple[Header, list[Any]]:
+        """:meth:`run` with the frames held in windows put in place first."""
+        frames: list[Buffer] = list(received)
+        del received[:]
+        if "shm" in header or "shm_new" in header:
+            assert self.windows is not None
+            try:
+                self.windows.attach(header, frames)
+            except BaseException as exc:  # noqa: BLE001 - reported to the worker
+                return error_reply(header.get("id", 0), exc, skip=0,
+                                   prefix="could not map the shared memory holding the arguments: "), []
+        return self.run(header, frames)
+
+    def run(self, header: Header, frames: Sequence[Buffer]) -> tuple[Header, list[Any]]:
         """Run one task; returns the reply header and frames (``done`` or ``error``)."""
         task_id = header.get("id", 0)
         try:
@@ -110,7 +262,7 @@ class Executor:
         return {"op": "done", "id": task_id, "items": [item]}, out
 
 
-def decode_items(items: Sequence[Header], frames: Sequence[bytearray]) -> dict[str, Any]:
+def decode_items(items: Sequence[Header], frames: Sequence[Buffer]) -> dict[str, Any]:
     """Decode the values described by ``items`` from consecutive payload frames."""
     values: dict[str, Any] = {}
     pos = 0
@@ -220,8 +372,17 @@ def _safe_str(exc: BaseException) -> str:
         return f"<unprintable {type(exc).__name__}>"
 
 
-def connect_from_env() -> _wire.Connection:
-    """The worker connection from ``SHOAL_EXECUTOR_FD`` / ``SHOAL_EXECUTOR_TOKEN``, handshaken."""
+def shm_supported() -> bool:
+    """Whether this process can take shared-memory windows (Linux: SCM_RIGHTS and mmap)."""
+    if os.environ.get("SHOAL_EXECUTOR_SHM", "1") == "0":
+        return False
+    return (sys.platform.startswith("linux") and hasattr(socket, "CMSG_SPACE")
+            and hasattr(socket.socket, "recvmsg_into") and hasattr(mmap, "MAP_SHARED"))
+
+
+def connect_from_env() -> tuple[_wire.Connection, Windows | None]:
+    """The worker connection from ``SHOAL_EXECUTOR_FD`` / ``SHOAL_EXECUTOR_TOKEN``, handshaken,
+    and the shared-memory windows when this platform supports them."""
     try:
         fd = int(os.environ["SHOAL_EXECUTOR_FD"])
     except (KeyError, ValueError) as exc:
@@ -231,16 +392,24 @@ def connect_from_env() -> _wire.Connection:
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     _wire.client_handshake(sock, _wire.ROLE_EXECUTOR, token, "worker")
-    return _wire.Connection(sock, address="worker")
+    if not shm_supported():
+        return _wire.Connection(sock, address="worker"), None
+    receiver = FdReceiver(sock)
+    try:
+        idle = int(os.environ.get("SHOAL_EXECUTOR_SHM_IDLE", DEFAULT_SHM_IDLE))
+    except ValueError:
+        idle = DEFAULT_SHM_IDLE
+    conn = _wire.Connection(sock, address="worker", receiver=receiver)
+    return conn, Windows(receiver, idle_limit=idle)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m shoal.executor``."""
-    conn = connect_from_env()
+    conn, windows = connect_from_env()
     # tasks must not read the token or inherit the worker socket
     os.environ.pop("SHOAL_EXECUTOR_TOKEN", None)
     try:
-        Executor(conn).serve()
+        Executor(conn, windows).serve()
     finally:
         conn.close()
     return 0

@@ -1,0 +1,183 @@
+"""Shared-memory windows between a worker and its executor (docs/protocol.md §3.5), with the
+harness playing the worker: large dependency frames written into a memfd whose descriptor is
+passed with SCM_RIGHTS, values built over the mapping, windows reported free and dropped."""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from shoal import _keys, _wire
+from shoal._refs import Ref
+from shoal._serialize import encode
+from shoal.executor import Windows
+
+from harness import FakeWorker, result_of
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(os, "memfd_create"),
+                                reason="shared-memory windows need Linux")
+
+
+@pytest.fixture()
+def worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeWorker]:
+    monkeypatch.setenv("SHOAL_EXECUTOR_SHM_IDLE", str(16 << 20))
+    w = FakeWorker()
+    yield w
+    if w.proc.poll() is None:
+        w.close()
+
+
+class Win:
+    """A window on the harness's side: a memfd."""
+
+    def __init__(self, wid: int, size: int) -> None:
+        self.wid, self.size = wid, size
+        self.fd = os.memfd_create("shoal-window")
+        os.ftruncate(self.fd, size)
+        self.sent = False
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def run_windowed(w: FakeWorker, func: Any, value: Any, win: Win) -> tuple[dict[str, Any], list[bytearray]]:
+    """Run func(value) with value's largest frame in win, as a worker does."""
+    enc, frames = encode(value)
+    sizes = [memoryview(f).nbytes for f in frames]
+    big = max(range(len(frames)), key=lambda i: sizes[i])
+    os.pwrite(win.fd, memoryview(frames[big]).cast("B"), 0)
+    sent = list(frames)
+    sent[big] = b""
+    data = _keys.dumps_callable(func)
+    w.ids += 1
+    msg: dict[str, Any] = {"op": "run", "id": w.ids, "key": f"k{w.ids}", "func": _keys.func_hash(data),
+                           "func_data": data, "payload": _keys.dumps_payload(((Ref("a"),), {})),
+                           "items": [{"key": "a", "encoding": enc, "nframes": len(frames), "nbytes": sum(sizes)}],
+                           "shm": [[big, win.wid, sizes[big]]]}
+    anc = []
+    if not win.sent:
+        msg["shm_new"] = [[win.wid, win.size]]
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [win.fd]).tobytes())]
+        win.sent = True
+    raw = _wire.encode_message(msg, sent)
+    n = w.conn.sock.sendmsg([raw], anc)
+    if n < len(raw):
+        w.conn.sock.sendall(raw[n:])
+    return w.conn.recv()
+
+
+def mapped_windows(pid: int) -> int:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read().count("memfd:shoal-window")
+
+
+def test_ready_announces_windows(worker: FakeWorker) -> None:
+    assert worker.ready.get("shm") == 1
+
+
+def test_ready_without_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_EXECUTOR_SHM", "0")
+    w = FakeWorker()
+    try:
+        assert "shm" not in w.ready
+    finally:
+        w.close()
+
+
+def total_and_writable(a: Any) -> tuple[float, bool, int]:
+    return float(a.sum()), bool(a.flags.writeable), int(a.nbytes)
+
+
+def keep_input(a: Any) -> Any:
+    return a  # the result refers to the window until it is sent
+
+
+def arrow_rows(t: Any) -> tuple[int, int]:
+    return t.num_rows, t.column("k")[12345].as_py()
+
+
+def test_numpy_and_arrow_through_a_window(worker: FakeWorker) -> None:
+    win = Win(1, 8 << 20)
+    try:
+        a = np.arange(512 * 1024, dtype=np.float64)  # 4 MiB
+        h, out = run_windowed(worker, total_and_writable, a, win)
+        assert result_of((h, out)) == (float(a.sum()), True, a.nbytes)
+        # nothing refers to the window after the task: it is reported free
+        assert h.get("shm_free") == [1]
+        assert mapped_windows(worker.proc.pid) == 1
+
+        # the same window again (no descriptor this time), now with an Arrow table
+        t = pa.table({"k": np.arange(400_000, dtype=np.int64), "x": np.ones(400_000)})
+        h, out = run_windowed(worker, arrow_rows, t, win)
+        assert result_of((h, out)) == (400_000, 12345)
+        assert h.get("shm_free") == [1]
+        assert mapped_windows(worker.proc.pid) == 1
+
+        # a result that refers to the window keeps it busy until the next answer
+        b = np.full(300_000, 7.0)
+        h, out = run_windowed(worker, keep_input, b, win)
+        assert np.array_equal(result_of((h, out)), b)
+        assert "shm_free" not in h
+        h, out = worker.run(lambda: 1)
+        assert h.get("shm_free") == [1]
+    finally:
+        win.close()
+
+
+def test_idle_windows_are_dropped(worker: FakeWorker) -> None:
+    wins = [Win(i, 12 << 20) for i in (1, 2)]
+    try:
+        a = np.ones(1 << 20)  # 8 MiB
+        h, _ = run_windowed(worker, total_and_writable, a, wins[0])
+        assert h.get("shm_free") == [1] and "shm_drop" not in h
+        # two free windows of 12 MiB exceed the 16 MiB kept idle: one is unmapped and reported
+        h, _ = run_windowed(worker, total_and_writable, a, wins[1])
+        assert h.get("shm_free") == [2]
+        assert len(h.get("shm_drop", [])) == 1
+        assert mapped_windows(worker.proc.pid) == 1
+    finally:
+        for w in wins:
+            w.close()
+
+
+def test_bad_placement_is_a_task_error(worker: FakeWorker) -> None:
+    data = _keys.dumps_callable(total_and_writable)
+    msg = {"op": "run", "id": 1, "key": "k", "func": _keys.func_hash(data), "func_data": data,
+           "payload": _keys.dumps_payload(((Ref("a"),), {})),
+           "items": [{"key": "a", "encoding": "bytes", "nframes": 1, "nbytes": 10}],
+           "shm": [[0, 99, 10]]}
+    worker.conn.send(msg, [b""])
+    h, _ = worker.conn.recv()
+    assert h["op"] == "error"
+    assert "shared memory" in h["error"]["message"]
+    # the executor goes on
+    assert result_of(worker.run(lambda: 5)) == 5
+
+
+def test_windows_free_check_counts_references() -> None:
+    w = Windows(None, idle_limit=0)
+    import mmap
+
+    w.maps[1] = mmap.mmap(-1, 4096)
+    w.busy.add(1)
+    view = memoryview(w.maps[1])[:10]
+    arr = np.frombuffer(view, dtype=np.uint8)
+    reply: dict[str, Any] = {}
+    w.report(reply)
+    assert reply == {}
+    del view
+    reply = {}
+    w.report(reply)
+    assert reply == {}, "the array still refers to the mapping"
+    del arr
+    reply = {}
+    w.report(reply)
+    assert reply == {"shm_free": [1], "shm_drop": [1]}
+    assert w.maps == {}
