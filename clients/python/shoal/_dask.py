@@ -13,14 +13,74 @@ sent as a ``py`` task with:
 The executor swaps each ``Ref`` for the dependency's value and calls
 ``execute_node(n, pairs)`` which evaluates ``n({dep_key: value, ...})``, exactly what dask's
 own schedulers do with a node.
+
+Fast path: a legacy node that is a plain call, ``(func, arg, ...)`` where every argument is
+either a key of the graph or a literal ``int``, ``float``, ``str``, ``bool``, ``bytes`` or
+``None`` that is not a key, skips dask's node objects altogether. It becomes a
+:class:`DirectCall` and is sent like ``client.submit(func, *args)``: ``func`` is the hash of
+``func`` itself and ``payload`` the pickled ``(args, {})`` with a ``Ref`` for each key. That is
+what dask would evaluate for such a node (keys replaced by their values, literals kept), at a
+fraction of the cost: no ``convert_legacy_graph``, no pickled ``Task`` object, no
+``execute_node`` in the executor. Anything else (nested calls, lists or dicts of keys, other
+objects as arguments, aliases, task-spec nodes) takes the general path.
 """
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
-from ._keys import dumps_payload, wire_key
+from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
 from ._refs import Ref
+
+#: ``func_of(fn) -> (hash, pickled)`` names a direct call's function for ``update_graph``.
+FuncOf = Callable[[Any], tuple[str, bytes]]
+
+_LITERALS = (int, float, str, bool, bytes, type(None))
+
+
+class DirectCall:
+    """A legacy ``(func, *args)`` node sent as a plain call (see the module docstring)."""
+
+    __slots__ = ("func", "args", "dependencies")
+
+    def __init__(self, func: Any, args: tuple[Any, ...], dependencies: frozenset[Hashable]) -> None:
+        self.func = func
+        self.args = args  # keys replaced by Refs to their wire keys
+        self.dependencies = dependencies
+
+    def __repr__(self) -> str:
+        return f"DirectCall({getattr(self.func, '__name__', self.func)!r}, {self.args!r})"
+
+
+def direct_call(node: Any, keys: Any) -> Optional[DirectCall]:
+    """``node`` as a DirectCall when it is a plain legacy call over keys and literals."""
+    if type(node) is not tuple or not node or not callable(node[0]):
+        return None
+    args: list[Any] = []
+    deps: list[Hashable] = []
+    for a in node[1:]:
+        # dask's own rule (convert_legacy_task): an int, float, str or tuple found among
+        # the graph's keys is a reference to that key
+        if isinstance(a, (int, float, str, tuple)):
+            try:
+                is_key = a in keys
+            except TypeError:  # an unhashable tuple
+                return None
+            if is_key:
+                if type(a) is bool or type(a) is float:
+                    return None  # equal to a key of another type (True == 1): dask decides
+                args.append(Ref(wire_key(a)))
+                deps.append(a)
+                continue
+        if type(a) not in _LITERALS:
+            return None
+        args.append(a)
+    return DirectCall(node[0], tuple(args), frozenset(deps))
+
+
+def _pickled_func(fn: Any) -> tuple[str, bytes]:
+    data = dumps_callable(fn)
+    return func_hash(data), data
 
 
 def execute_node(node: Any, deps: Sequence[tuple[Any, Any]]) -> Any:
@@ -53,34 +113,77 @@ def normalize_graph(dsk: Any) -> dict[Hashable, Any]:
             dsk = dsk.__dask_graph__()
         else:
             raise TypeError(f"shoal: expected a dask graph (a mapping), got {type(dsk).__name__}")
-    graph: dict[Hashable, Any] = convert_legacy_graph(dsk)
-    return graph
+    keys = dsk.keys()
+    direct: dict[Hashable, DirectCall] = {}
+    rest: dict[Hashable, Any] = {}
+    for k, v in dsk.items():
+        d = direct_call(v, keys)
+        if d is None:
+            rest[k] = v
+        else:
+            direct[k] = d
+    if not direct:
+        graph: dict[Hashable, Any] = convert_legacy_graph(dsk)
+        return graph
+    converted = convert_legacy_graph(rest, all_keys=keys) if rest else {}
+    return {k: direct[k] if k in direct else converted[k] for k in dsk}
 
 
 def graph_to_tasks(dsk: Mapping[Hashable, Any], func: str, *,
-                   annotations: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The wire tasks for a normalised graph (see the module docstring)."""
+                   annotations: Mapping[str, Any] | None = None,
+                   funcs: Optional[dict[str, bytes]] = None,
+                   func_of: Optional[FuncOf] = None) -> list[dict[str, Any]]:
+    """The wire tasks for a normalised graph (see the module docstring). ``func`` is the hash
+    of :func:`execute_node`; the functions of direct calls are named by ``func_of`` (default:
+    pickled here) and added to ``funcs``."""
     from dask._task_spec import Alias
     from dask.utils import key_split
 
     ann = {k: v for k, v in (annotations or {}).items() if v}
+    name = _func_namer(funcs, func_of)
     tasks: list[dict[str, Any]] = []
     for k, node in dsk.items():
-        task = _node_task(k, node, func, ann, Alias, key_split)
+        task = _node_task(k, node, func, ann, Alias, key_split, name)
         if task is not None:
             tasks.append(task)
     return tasks
 
 
+def _func_namer(funcs: Optional[dict[str, bytes]], func_of: Optional[FuncOf]) -> Callable[[Any], str]:
+    """``fn -> hash`` recording each function's pickle in ``funcs``, cached by identity."""
+    of = func_of or _pickled_func
+    out = funcs if funcs is not None else {}
+    seen: dict[int, tuple[Any, str]] = {}
+
+    def name(fn: Any) -> str:
+        hit = seen.get(id(fn))
+        if hit is not None and hit[0] is fn:
+            return hit[1]
+        h, data = of(fn)
+        out[h] = data
+        seen[id(fn)] = (fn, h)
+        return h
+
+    return name
+
+
 def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias: Any,
-               key_split: Any) -> dict[str, Any] | None:
+               key_split: Any, name: Callable[[Any], str]) -> dict[str, Any] | None:
     """The wire task for one node, or None for an alias of an existing result."""
     wk = wire_key(k)
+    if type(node) is DirectCall:
+        task: dict[str, Any] = {"key": wk, "kind": "py", "func": name(node.func),
+                                "payload": dumps_payload((node.args, {})), "group": key_split(k)}
+        if node.dependencies:
+            task["deps"] = [wire_key(d) for d in node.dependencies]
+        if ann:
+            task.update(ann)
+        return task
     deps = list(node.dependencies)
     if isinstance(node, alias) and wire_key(node.target) == wk:
         return None  # the node is an existing result (a persisted future) with this key
     pairs = [(d, Ref(wire_key(d))) for d in deps]
-    task: dict[str, Any] = {
+    task = {
         "key": wk,
         "kind": "py",
         "func": func,
@@ -122,17 +225,20 @@ def node_order(dsk: Mapping[Hashable, Any]) -> list[Hashable]:
 def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
                 annotations: Mapping[str, Any] | None = None, first: int = 500,
                 most: int = 20_000, max_bytes: int = 8 << 20,
+                funcs: Optional[dict[str, bytes]] = None, func_of: Optional[FuncOf] = None,
                 ) -> Iterator[tuple[list[dict[str, Any]], list[str], bool]]:
     """The wire tasks of a normalised graph in dependency order, in chunks of growing size
     (``first`` nodes, then twice as many each time, at most ``most`` nodes and — counting each
     task as its payload plus 200 bytes — at most ``max_bytes`` unless one task alone is
     bigger), produced lazily so that a client can send a chunk before pickling the next one.
     Yields ``(tasks, frontier, last)`` where ``frontier`` lists the keys of this chunk that
-    later chunks depend on."""
+    later chunks depend on. Direct calls' functions go into ``funcs`` as in graph_to_tasks,
+    before the chunk that uses them is yielded."""
     from dask._task_spec import Alias
     from dask.utils import key_split
 
     ann = {k: v for k, v in (annotations or {}).items() if v}
+    name = _func_namer(funcs, func_of)
     order = node_order(dsk)
     pos = {k: i for i, k in enumerate(order)}
     last_use: dict[Hashable, int] = {}
@@ -148,7 +254,7 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
         stop = min(i + size, len(order))
         while i < stop:
             k = order[i]
-            task = _node_task(k, dsk[k], func, ann, Alias, key_split)
+            task = _node_task(k, dsk[k], func, ann, Alias, key_split, name)
             if task is not None:
                 n = len(task["payload"]) + 200
                 if tasks and nbytes + n > max_bytes:

@@ -171,7 +171,9 @@ class Client:
             import dask
         except ImportError:
             return
-        self._dask_config = dask.config.set(scheduler=self.get)
+        self._dask_config = dask.config.set(
+            dask_defaults(self.get, self.scheduler_address,
+                          dask.config.get("dataframe.shuffle.method", None)))
 
     @property
     def status(self) -> str:
@@ -377,8 +379,8 @@ class Client:
             final = set(wanted)
             for i, batch in enumerate(batches):
                 last = i == len(batches) - 1
-                new_funcs = {h: d for h, d in funcs.items()
-                             if h not in self._sent_funcs and any(t.get("func") == h for t in batch)}
+                used = {t.get("func") for t in batch}
+                new_funcs = {h: d for h, d in funcs.items() if h in used and h not in self._sent_funcs}
                 keys = [t["key"] for t in batch]
                 if last:
                     want = list(wanted)
@@ -732,13 +734,15 @@ class Client:
         futures: list[Future] = []
         # (a chunk must fit in one update_graph message: _update_graph's own splitting
         # would release keys these futures still hold)
+        funcs = {fhash: fdata}  # plus the functions of direct calls, as chunks name them
         for tasks, frontier, last in _dask.task_chunks(graph, fhash, annotations=ann,
-                                                       max_bytes=_UPDATE_BATCH_BYTES // 2):
+                                                       max_bytes=_UPDATE_BATCH_BYTES // 2,
+                                                       funcs=funcs, func_of=self._func):
             if last:
-                futures = self._update_graph(tasks, {fhash: fdata}, wanted)
+                futures = self._update_graph(tasks, funcs, wanted)
             else:
                 hold = frontier + [t["key"] for t in tasks if t["key"] in want_set]
-                held.extend(self._update_graph(tasks, {fhash: fdata}, list(dict.fromkeys(hold))))
+                held.extend(self._update_graph(tasks, funcs, list(dict.fromkeys(hold))))
         del held
         by_wire = {f.key: f for f in futures}
         return {k: by_wire[_keys.wire_key(k)] for k in keys}
@@ -927,6 +931,31 @@ class Client:
 # helpers
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+
+
+def dask_defaults(get: Callable[..., Any], address: str, shuffle_method: Any) -> dict[str, Any]:
+    """The dask configuration a default Client installs: itself as the scheduler and, when
+    the cluster may span hosts (the scheduler is not on a loopback address) and the user chose
+    no shuffle method, dask.dataframe's task-based shuffle. dask's default without
+    dask.distributed is the "disk" shuffle, whose partd files live in one machine's
+    temporary directory and so are only right when every worker shares it."""
+    cfg: dict[str, Any] = {"scheduler": get}
+    if shuffle_method is None and not _is_loopback(address):
+        cfg["dataframe.shuffle.method"] = "tasks"
+    return cfg
+
+
+def _is_loopback(address: str) -> bool:
+    address = address.split("://", 1)[-1]
+    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
+    if host == "localhost":
+        return True
+    try:
+        import ipaddress
+
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _raise_state(st: KeyState) -> None:

@@ -33,10 +33,11 @@ def run_graph(worker: FakeWorker, dsk: Any, keys: Any) -> Any:
     graph = _dask.normalize_graph(dsk)
     data = _keys.dumps_callable(_dask.execute_node)
     fhash = _keys.func_hash(data)
-    tasks = _toposort(_dask.graph_to_tasks(graph, fhash))
+    funcs = {fhash: data}
+    tasks = _toposort(_dask.graph_to_tasks(graph, fhash, funcs=funcs))
     store: dict[str, tuple[str, list[Any]]] = {}
     for t in tasks:
-        h, frames = worker.run_task(t, {fhash: data}, store)
+        h, frames = worker.run_task(t, funcs, store)
         assert h["op"] == "done", h.get("error", {}).get("traceback")
         store[t["key"]] = (h["items"][0]["encoding"], list(frames))
     flat = list(_dask.flatten_keys(keys))
@@ -126,6 +127,59 @@ def test_wire_keys_and_groups() -> None:
     assert task["group"] == "sum" and task["kind"] == "py" and task["func"] == "h"
 
 
+def concat(*a: Any) -> tuple[Any, ...]:
+    return a
+
+
+def test_direct_calls(worker: FakeWorker) -> None:
+    """Plain legacy calls over keys and literals skip dask's node objects, and give what dask
+    gives, including dask's rules for which arguments are keys."""
+    dsk: dict[Any, Any] = {
+        "a": 1,
+        1: 100,                          # an int key: the argument 1 below refers to it
+        ("t", 0): (add, "a", 2),         # direct: a key and a literal
+        "s": (concat, "a", "not-a-key", 1, 2.5, None, False, b"x", ("t", 0)),
+        "nested": (add, (mul, "a", 3), 1),    # a nested call: general path
+        "listarg": (sum, ["a", ("t", 0)]),    # a list of keys: general path
+        "dictarg": (dict, {"k": "a"}),        # a dict argument: general path
+        "lit": (concat, (1, 2)),              # a tuple that is not a key: general path
+        "alias": "s",
+    }
+    graph = _dask.normalize_graph(dsk)
+    kinds = {k: type(v).__name__ for k, v in graph.items()}
+    assert kinds[("t", 0)] == kinds["s"] == "DirectCall"
+    assert all(kinds[k] != "DirectCall" for k in ("a", 1, "nested", "listarg", "dictarg", "lit", "alias"))
+    assert graph["s"].dependencies == {"a", 1, ("t", 0)}  # type: ignore[attr-defined]
+    funcs: dict[str, bytes] = {}
+    tasks = _dask.graph_to_tasks(graph, "h", funcs=funcs)
+    by_key = {t["key"]: t for t in tasks}
+    assert by_key["s"]["func"] == _keys.func_hash(_keys.dumps_callable(concat))
+    assert by_key["s"]["func"] in funcs and "h" not in funcs
+    assert sorted(by_key["s"]["deps"]) == sorted(["a", "1", _keys.wire_key(("t", 0))])
+    keys = [("t", 0), "s", "nested", "listarg", "dictarg", "lit", "alias"]
+    out = run_graph(worker, dsk, keys)
+    assert out == list(dask.get(dsk, keys))
+    # "a": 1 is an alias of the key 1 (dask's rule), so "a" is 100 too
+    assert out[1] == (100, "not-a-key", 100, 2.5, None, False, b"x", 102)
+
+
+def test_task_chunks_name_direct_call_functions() -> None:
+    dsk = {f"x-{i}": (add, i, 1) for i in range(50)}
+    dsk.update({f"y-{i}": (mul, f"x-{i}", 2) for i in range(50)})
+    graph = _dask.normalize_graph(dsk)
+    funcs: dict[str, bytes] = {}
+    calls: list[Any] = []
+
+    def func_of(fn: Any) -> tuple[str, bytes]:
+        calls.append(fn)
+        data = _keys.dumps_callable(fn)
+        return _keys.func_hash(data), data
+
+    chunks = list(_dask.task_chunks(graph, "h", first=7, most=20, funcs=funcs, func_of=func_of))
+    assert calls == [add, mul] or calls == [mul, add]  # each function named once
+    assert {t["func"] for tasks, _, _ in chunks for t in tasks} == set(funcs)
+
+
 def test_task_chunks_order_and_frontier(worker: FakeWorker) -> None:
     """Chunks come in dependency order, cover every task once, grow, and each one's frontier
     is exactly the keys later chunks depend on; running them chunk by chunk gives dask's
@@ -170,3 +224,20 @@ def test_task_chunks_order_and_frontier(worker: FakeWorker) -> None:
     assert _serialize.decode(*store[_keys.wire_key(key)]) == sum(range(1, 301))
     # a graph of existing results only still gives one (empty) chunk
     assert list(_dask.task_chunks({}, "h")) == [([], [], True)]
+
+
+def test_dask_defaults_pick_a_shuffle_that_works_across_hosts() -> None:
+    from shoal.client import dask_defaults
+
+    def get(*a: Any) -> None:
+        return None
+
+    # one machine: dask's own default stays (the disk shuffle shares one temp directory)
+    for addr in ("127.0.0.1:8786", "localhost:8786", "tcp://127.0.0.1:1", "[::1]:8786"):
+        assert dask_defaults(get, addr, None) == {"scheduler": get}, addr
+    # a scheduler reached over the network may have workers on other hosts
+    for addr in ("10.0.0.5:8786", "sched.example.org:8786", "tls://192.168.1.2:8786"):
+        assert dask_defaults(get, addr, None) == {"scheduler": get,
+                                                 "dataframe.shuffle.method": "tasks"}, addr
+    # the user's choice wins
+    assert dask_defaults(get, "10.0.0.5:8786", "p2p") == {"scheduler": get}
