@@ -110,7 +110,7 @@ func serveWorker(ctx context.Context, f workerFlags) error {
 	// whole worker: the GC then runs (cheaply: results are pointer-free byte slices) before
 	// freed results pile up. GOMEMLIMIT, when set, wins.
 	if os.Getenv("GOMEMLIMIT") == "" && cfg.ProcessSpillFraction > 0 {
-		debug.SetMemoryLimit(int64(cfg.ProcessSpillFraction * float64(cfg.MemoryLimit)))
+		debug.SetMemoryLimit(int64(cfg.ProcessSpillFraction * float64(w.MemoryLimit())))
 	}
 	stopMetrics, err := serveWorkerMetrics(w, f.host, f.metricsPort)
 	if err != nil {

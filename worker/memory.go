@@ -120,8 +120,9 @@ func (w *Worker) memoryLoop(ctx context.Context) {
 		w.mem.process.Store(-1)
 		return
 	}
-	if t, _ := w.processMemory(); t < 0 {
-		w.mem.process.Store(-1)
+	t, _ := w.processMemory()
+	w.mem.process.Store(t) // known from the start, not only after the first tick
+	if t < 0 {
 		w.log.Info("memory monitor disabled: process memory is not readable from /proc")
 		return
 	}

@@ -118,6 +118,10 @@ func New(cfg Config) (*Worker, error) {
 	return w, nil
 }
 
+// MemoryLimit is the worker's effective memory budget in bytes (Config.MemoryLimit, or
+// DefaultMemoryLimit when that is 0).
+func (w *Worker) MemoryLimit() int64 { return w.memLimit }
+
 // DataAddr is the address of the data port (host:port).
 func (w *Worker) DataAddr() string { return w.dataAddr }
 

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -15,6 +17,7 @@ import (
 	client "github.com/shoal-dev/shoal/clients/go"
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
+	"github.com/shoal-dev/shoal/worker"
 	"github.com/stretchr/testify/require"
 )
 
@@ -168,7 +171,7 @@ func TestE2EJoinThroughWorker(t *testing.T) {
 	require.True(t, out.Scan())
 	addr := strings.TrimSuffix(strings.Fields(out.Text())[2], ",")
 	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g0), "--gossip-port", fmt.Sprint(g1), "--name", "first", "--nthreads", "1", "--log-level", "warn")
-	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g1), "--gossip-port", fmt.Sprint(g2), "--name", "second", "--nthreads", "1", "--log-level", "warn", "--metrics-port", fmt.Sprint(mp))
+	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g1), "--gossip-port", fmt.Sprint(g2), "--name", "second", "--nthreads", "1", "--log-level", "warn", "--metrics-port", fmt.Sprint(mp), "--memory-limit", "0")
 	ctx := ctxT(t, 60*time.Second)
 	cl, err := client.Connect(ctx, addr, client.Options{})
 	require.NoError(t, err)
@@ -200,6 +203,18 @@ func TestE2EJoinThroughWorker(t *testing.T) {
 	resp.Body.Close()
 	require.Contains(t, string(body), "shoal_worker_")
 	require.Regexp(t, `shoal_worker_tasks_\w+ [1-9]`, string(body))
+	// --memory-limit 0 means the default budget, and the Go soft limit follows it (0.7 of it),
+	// not 0 (a zero soft limit would make the GC run without pause)
+	metric := func(name string) float64 {
+		m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(string(body))
+		require.NotNil(t, m, "no %s in /metrics", name)
+		f, err := strconv.ParseFloat(m[1], 64)
+		require.NoError(t, err)
+		return f
+	}
+	require.Equal(t, float64(worker.DefaultMemoryLimit), metric("shoal_worker_memory_limit_bytes"))
+	require.InDelta(t, 0.7*float64(worker.DefaultMemoryLimit), metric("go_gc_gomemlimit_bytes"), 1)
+	require.Greater(t, metric("shoal_worker_process_memory_bytes"), float64(1<<20))
 }
 
 func TestCLIHelp(t *testing.T) {
