@@ -4,10 +4,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"sync"
@@ -300,38 +298,10 @@ type peerConn struct {
 
 // dialPeer connects to a peer's data port and performs the handshake as role peer.
 func dialPeer(ctx context.Context, addr, token string, tlsCfg *tls.Config, lim wire.Limits) (*peerConn, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "tcp", addr)
+	nc, err := wire.DialRaw(ctx, addr, wire.DialOptions{Role: wire.RolePeer, Token: token, TLS: tlsCfg})
 	if err != nil {
 		return nil, err
 	}
-	if tlsCfg != nil {
-		cfg := tlsCfg
-		if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
-			cfg = cfg.Clone()
-			cfg.ServerName, _, _ = net.SplitHostPort(addr)
-		}
-		tc := tls.Client(nc, cfg)
-		if err := tc.HandshakeContext(ctx); err != nil {
-			nc.Close()
-			return nil, fmt.Errorf("TLS handshake with %s: %w", addr, err)
-		}
-		nc = tc
-	}
-	deadline := time.Now().Add(wire.HandshakeTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	nc.SetDeadline(deadline)
-	if err := wire.WriteHello(nc, wire.ClientHello{Version: wire.Version, Role: wire.RolePeer, Token: token}); err != nil {
-		nc.Close()
-		return nil, err
-	}
-	if err := wire.ReadAnswer(nc); err != nil {
-		nc.Close()
-		return nil, err
-	}
-	nc.SetDeadline(time.Time{})
 	if lim.MaxFrames == 0 {
 		lim = wire.DefaultLimits()
 	}
@@ -367,7 +337,7 @@ func (c *peerConn) request(m *wire.Msg, alloc func(int) []byte) (*wire.Msg, [][]
 	if _, err := c.nc.Write(out); err != nil {
 		return nil, nil, err
 	}
-	frames, err := readFramesInto(c.br, c.lim, alloc)
+	frames, err := wire.ReadFramesAlloc(c.br, c.lim, alloc)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -379,59 +349,6 @@ func (c *peerConn) request(m *wire.Msg, alloc func(int) []byte) (*wire.Msg, [][]
 }
 
 func (c *peerConn) close() { c.once.Do(func() { c.nc.Close() }) }
-
-// readFramesInto is wire.ReadFrames with payload frames allocated by alloc (the header frame
-// is an ordinary slice). The declared count and sizes are checked against lim first.
-func readFramesInto(r io.Reader, lim wire.Limits, alloc func(int) []byte) ([][]byte, error) {
-	var pre [4]byte
-	if _, err := io.ReadFull(r, pre[:]); err != nil {
-		return nil, err
-	}
-	n := binary.BigEndian.Uint32(pre[:])
-	if n == 0 || int64(n) > int64(lim.MaxFrames) {
-		return nil, fmt.Errorf("%w: %d frames declared (limit %d)", wire.ErrProtocol, n, lim.MaxFrames)
-	}
-	lens := make([]byte, 8*int(n))
-	if _, err := io.ReadFull(r, lens); err != nil {
-		return nil, eofIsUnexpected(err)
-	}
-	sizes := make([]int, n)
-	var total int64
-	for i := range sizes {
-		sz := binary.BigEndian.Uint64(lens[8*i:])
-		limit := lim.MaxFrame
-		if i == 0 {
-			limit = lim.MaxHeader
-		}
-		if sz > uint64(limit) {
-			return nil, fmt.Errorf("%w: frame %d declares %d bytes (limit %d)", wire.ErrFrameTooLarge, i, sz, limit)
-		}
-		total += int64(sz)
-		if total > lim.MaxMessage {
-			return nil, fmt.Errorf("%w: message declares more than %d bytes", wire.ErrFrameTooLarge, lim.MaxMessage)
-		}
-		sizes[i] = int(sz)
-	}
-	frames := make([][]byte, n)
-	for i, sz := range sizes {
-		if i == 0 {
-			frames[i] = make([]byte, sz)
-		} else {
-			frames[i] = alloc(sz)
-		}
-		if _, err := io.ReadFull(r, frames[i]); err != nil {
-			return nil, eofIsUnexpected(err)
-		}
-	}
-	return frames, nil
-}
-
-func eofIsUnexpected(err error) error {
-	if err == io.EOF {
-		return io.ErrUnexpectedEOF
-	}
-	return err
-}
 
 // parseData checks a data reply against the request and splits its frames per item.
 func parseData(m *wire.Msg, frames [][]byte, id uint64, keys []string) ([]received, error) {

@@ -61,6 +61,17 @@ type DialOptions struct {
 
 // Dial connects to addr and performs the handshake as the connecting side.
 func Dial(ctx context.Context, addr string, o DialOptions) (*Conn, error) {
+	nc, err := DialRaw(ctx, addr, o)
+	if err != nil {
+		return nil, err
+	}
+	return newConn(nc, o.limits(), o.Role), nil
+}
+
+// DialRaw connects to addr (with TLS when o.TLS is set) and performs the handshake, returning
+// the bare connection for a caller that frames messages itself (ReadFramesAlloc, WriteFrames)
+// instead of using a Conn and its writer goroutine.
+func DialRaw(ctx context.Context, addr string, o DialOptions) (net.Conn, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -79,11 +90,22 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*Conn, error) {
 		}
 		nc = tc
 	}
-	return ClientHandshake(ctx, nc, o)
+	if err := handshake(ctx, nc, o); err != nil {
+		return nil, err
+	}
+	return nc, nil
 }
 
 // ClientHandshake performs the connecting side's handshake over an established connection.
 func ClientHandshake(ctx context.Context, nc net.Conn, o DialOptions) (*Conn, error) {
+	if err := handshake(ctx, nc, o); err != nil {
+		return nil, err
+	}
+	return newConn(nc, o.limits(), o.Role), nil
+}
+
+// handshake says hello as o.Role and reads the answer; it closes nc on failure.
+func handshake(ctx context.Context, nc net.Conn, o DialOptions) error {
 	deadline := time.Now().Add(HandshakeTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -91,18 +113,21 @@ func ClientHandshake(ctx context.Context, nc net.Conn, o DialOptions) (*Conn, er
 	nc.SetDeadline(deadline)
 	if err := WriteHello(nc, ClientHello{Version: Version, Role: o.Role, Token: o.Token}); err != nil {
 		nc.Close()
-		return nil, err
+		return err
 	}
 	if err := ReadAnswer(nc); err != nil {
 		nc.Close()
-		return nil, err
+		return err
 	}
 	nc.SetDeadline(time.Time{})
-	lim := o.Limits
-	if lim.MaxFrames == 0 {
-		lim = DefaultLimits()
+	return nil
+}
+
+func (o DialOptions) limits() Limits {
+	if o.Limits.MaxFrames == 0 {
+		return DefaultLimits()
 	}
-	return newConn(nc, lim, o.Role), nil
+	return o.Limits
 }
 
 // Accept performs the accepting side's handshake on nc, checking the token (when not empty)
@@ -142,7 +167,7 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // Recv reads the next message: its decoded header and its payload frames.
 func (c *Conn) Recv() (*Msg, [][]byte, error) {
-	frames, err := readFrames(c.br, c.lim, &c.scratch)
+	frames, err := readFrames(c.br, c.lim, &c.scratch, nil)
 	if err != nil {
 		return nil, nil, err
 	}

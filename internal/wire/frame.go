@@ -30,7 +30,13 @@ var ErrProtocol = errors.New("wire: protocol error")
 
 // ReadFrames reads one message (a frame list) from r. The declared frame count and lengths are
 // validated against lim before any payload is allocated.
-func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) { return readFrames(r, lim, nil) }
+func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) { return readFrames(r, lim, nil, nil) }
+
+// ReadFramesAlloc is ReadFrames with the payload frames (all but the header frame) allocated
+// by alloc, which must return a slice of exactly the length asked for (a recycled buffer, say).
+func ReadFramesAlloc(r io.Reader, lim Limits, alloc func(int) []byte) ([][]byte, error) {
+	return readFrames(r, lim, nil, alloc)
+}
 
 // recvScratch holds a connection's reusable read buffers: the frame lengths and a header
 // frame of up to maxScratchHeader bytes. Conn.Recv decodes the header (which copies every
@@ -43,7 +49,7 @@ type recvScratch struct {
 
 const maxScratchHeader = 64 << 10
 
-func readFrames(r io.Reader, lim Limits, s *recvScratch) ([][]byte, error) {
+func readFrames(r io.Reader, lim Limits, s *recvScratch, alloc func(int) []byte) ([][]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -88,6 +94,8 @@ func readFrames(r io.Reader, lim Limits, s *recvScratch) ([][]byte, error) {
 				s.hdr = make([]byte, max(sz, 512))
 			}
 			frames[0] = s.hdr[:sz]
+		} else if i > 0 && alloc != nil {
+			frames[i] = alloc(int(sz))
 		} else {
 			frames[i] = make([]byte, sz)
 		}

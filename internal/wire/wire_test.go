@@ -220,3 +220,29 @@ func TestArgZeroLiteralSurvives(t *testing.T) {
 	require.Equal(t, "x", args[3].Ref)
 	require.Nil(t, args[4].Val)
 }
+
+// ReadFramesAlloc reads payload frames into the caller's buffers, the header into its own, and
+// checks the limits before asking for any buffer.
+func TestReadFramesAlloc(t *testing.T) {
+	var buf bytes.Buffer
+	require.NoError(t, WriteFrames(&buf, [][]byte{[]byte("hdr"), []byte("payload-1"), []byte("p2")}))
+	var asked []int
+	pool := make([]byte, 64)
+	alloc := func(n int) []byte {
+		asked = append(asked, n)
+		b := pool[:n:n]
+		pool = pool[n:]
+		return b
+	}
+	frames, err := ReadFramesAlloc(bytes.NewReader(buf.Bytes()), DefaultLimits(), alloc)
+	require.NoError(t, err)
+	require.Equal(t, []int{9, 2}, asked)
+	require.Equal(t, [][]byte{[]byte("hdr"), []byte("payload-1"), []byte("p2")}, frames)
+
+	lim := DefaultLimits()
+	lim.MaxFrame = 4 // "payload-1" is over the limit: refused before any allocation
+	asked = nil
+	_, err = ReadFramesAlloc(bytes.NewReader(buf.Bytes()), lim, alloc)
+	require.ErrorIs(t, err, ErrFrameTooLarge)
+	require.Empty(t, asked)
+}
