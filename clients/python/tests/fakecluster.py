@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from shoal import _serialize, _wire
+from shoal.exceptions import CommClosedError
 from shoal.executor import Executor
 
 
@@ -63,6 +64,12 @@ class FakeCluster:
         conn = self._accept(c)
         if conn is None:
             return
+        try:
+            self._serve_messages(conn)
+        except CommClosedError:
+            return  # the client went away, perhaps while an answer was on its way: session over
+
+    def _serve_messages(self, conn: _wire.Connection) -> None:
         conn.send({"op": "welcome", "client": 1, "version": "fake", "dashboard": "http://x/status"})
         while True:
             try:
