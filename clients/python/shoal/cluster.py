@@ -69,7 +69,8 @@ def _is_go_binary(path: str) -> bool:
 
 def parse_memory(limit: Union[str, int, float, None]) -> int:
     """Bytes from ``"auto"`` (total memory / workers is decided by the caller), ``"4GB"``,
-    ``"512MiB"``, an int or a float fraction of total memory (``0.5``). 0 means no limit."""
+    ``"512MiB"``, an int or a float fraction of total memory (``0.5``). 0 (or None) means no
+    limit, which the caller turns into the whole machine's memory."""
     if limit is None or limit == 0:
         return 0
     if isinstance(limit, (int, float)) and not isinstance(limit, bool):
@@ -121,6 +122,8 @@ class LocalCluster:
         mem = parse_memory(memory_limit)
         if mem < 0:
             mem = total_memory() // max(n_workers, 1)
+        elif mem == 0:
+            mem = total_memory()  # no limit, as in dask: each worker may use the whole machine
         self.memory_limit = mem
         self._dir = tempfile.mkdtemp(prefix="shoal-cluster-")
         self._ready_file = os.path.join(self._dir, "ready.json")

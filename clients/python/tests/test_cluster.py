@@ -340,3 +340,13 @@ def test_memory_limit_counts_the_executor() -> None:
         assert spilled > 0
         # spilled results still come back intact
         assert float(client.gather(parts[3]).sum()) == 3.0 * n
+
+
+def test_memory_limit_zero_means_no_limit() -> None:
+    from shoal.cluster import total_memory
+
+    with LocalCluster(n_workers=1, memory_limit=0, dashboard_port=None) as cluster, \
+            Client(cluster) as client:
+        (w,) = client.scheduler_info()["workers"].values()
+        assert int(w["memory_limit"]) == total_memory() == cluster.memory_limit
+        assert client.submit(inc, 1).result(timeout=30) == 2
