@@ -18,6 +18,7 @@ type localFlags struct {
 	schedFlags
 	workers, nthreads int
 	memoryLimit       string
+	mem               memFractions
 	python, readyFile string
 	localDir          string
 	noRestart         bool
@@ -28,7 +29,8 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 	f.schedFlags.register(fs)
 	fs.IntVar(&f.workers, "workers", 2, "number of worker processes")
 	fs.IntVar(&f.nthreads, "nthreads", 1, "tasks each worker runs at once")
-	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory limit per worker (e.g. 2GiB); auto: total memory divided by --workers")
+	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory limit per worker and its Python executors (e.g. 2GiB); auto: total memory divided by --workers")
+	f.mem.register(fs)
 	fs.StringVar(&f.python, "python", defaultPython(), "Python interpreter the workers use for Python tasks")
 	fs.StringVar(&f.readyFile, "ready-file", "", "write JSON {scheduler, dashboard, gossip, workers} here once every worker has registered")
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for the workers' spilled data")
@@ -77,6 +79,9 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	if f.nthreads < 1 {
 		return nil, fmt.Errorf("--nthreads %d: need at least 1", f.nthreads)
 	}
+	if err := f.mem.validate(); err != nil {
+		return nil, err
+	}
 	mem := f.memoryLimit
 	if mem == "auto" {
 		mem = strconv.FormatInt(totalMemory()/int64(f.workers), 10)
@@ -97,6 +102,7 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	}
 	base := []string{"worker", "--join", sp.gossip.Addr(), "--host", f.host, "--nthreads", strconv.Itoa(f.nthreads),
 		"--memory-limit", mem, "--python", f.python, "--local-dir", f.localDir, "--log-format", f.logFormat, "--log-level", f.logLevel}
+	base = append(base, f.mem.args()...)
 	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA}} {
 		if kv[1] != "" {
 			base = append(base, kv[0], kv[1])

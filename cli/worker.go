@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,7 +19,36 @@ type workerFlags struct {
 	common
 	join, host, name, localDir, memoryLimit, python, resources string
 	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
-	memTarget, memSpill, memPause                              float64
+	mem                                                        memFractions
+}
+
+// memFractions are the worker's memory thresholds, fractions of --memory-limit (dask's
+// distributed.worker.memory.target/spill/pause).
+type memFractions struct{ target, spill, pause float64 }
+
+func (m *memFractions) register(fs *flag.FlagSet) {
+	fs.Float64Var(&m.target, "memory-target", 0.6, "spill results to disk when they exceed this fraction of --memory-limit (0: never)")
+	fs.Float64Var(&m.spill, "memory-spill", 0.7, "spill results when the worker process and its executors use more than this fraction of --memory-limit, until back under --memory-target (0: off)")
+	fs.Float64Var(&m.pause, "memory-pause", 0.8, "start no new task while memory is above this fraction of --memory-limit (0: never pause)")
+}
+
+// validate names the first flag outside [0, 1].
+func (m memFractions) validate() error {
+	for _, v := range []struct {
+		name string
+		v    float64
+	}{{"--memory-target", m.target}, {"--memory-spill", m.spill}, {"--memory-pause", m.pause}} {
+		if v.v < 0 || v.v > 1 {
+			return fmt.Errorf("%s %g: must be a fraction of --memory-limit between 0 and 1", v.name, v.v)
+		}
+	}
+	return nil
+}
+
+// args passes the thresholds on to a worker process.
+func (m memFractions) args() []string {
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	return []string{"--memory-target", f(m.target), "--memory-spill", f(m.spill), "--memory-pause", f(m.pause)}
 }
 
 func (f *workerFlags) register(fs *flag.FlagSet) {
@@ -28,9 +58,7 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.name, "name", "", "unique worker name (default: the data address)")
 	fs.IntVar(&f.nthreads, "nthreads", runtime.NumCPU(), "how many tasks run at once")
 	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory budget of the worker and its Python executors (e.g. 4GiB); auto: total memory")
-	fs.Float64Var(&f.memTarget, "memory-target", 0.6, "spill results to disk when they exceed this fraction of --memory-limit (0: never)")
-	fs.Float64Var(&f.memSpill, "memory-spill", 0.7, "spill results when the worker process and its executors use more than this fraction of --memory-limit, until back under --memory-target (0: off)")
-	fs.Float64Var(&f.memPause, "memory-pause", 0.8, "start no new task while memory is above this fraction of --memory-limit (0: never pause)")
+	f.mem.register(fs)
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for spilled data (a private subdirectory is made and removed on exit)")
 	fs.IntVar(&f.dataPort, "data-port", 0, "port serving results to peers and clients (0 picks a free port)")
 	fs.IntVar(&f.gossipPort, "gossip-port", 0, "gossip port (0 picks a free port)")
@@ -76,6 +104,9 @@ func (f *workerFlags) config() (worker.Config, error) {
 	if err != nil {
 		return worker.Config{}, err
 	}
+	if err := f.mem.validate(); err != nil {
+		return worker.Config{}, err
+	}
 	mem := totalMemory()
 	if f.memoryLimit != "auto" {
 		if mem, err = parseBytes(f.memoryLimit); err != nil {
@@ -86,7 +117,7 @@ func (f *workerFlags) config() (worker.Config, error) {
 	cfg.Name, cfg.Host, cfg.DataPort, cfg.NThreads, cfg.MemoryLimit = f.name, f.host, f.dataPort, f.nthreads, mem
 	cfg.LocalDir, cfg.Token, cfg.Python, cfg.Resources, cfg.Logger = f.localDir, token, f.python, res, log
 	cfg.ServerTLS, cfg.ClientTLS = serverTLS, clientTLS
-	cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction = f.memTarget, f.memSpill, f.memPause
+	cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction = f.mem.target, f.mem.spill, f.mem.pause
 	cfg.NProcsPython = f.nprocsPython
 	if cfg.NProcsPython == 0 {
 		cfg.NProcsPython = f.nthreads

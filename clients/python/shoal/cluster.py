@@ -100,7 +100,10 @@ class LocalCluster:
     """A Shoal scheduler with ``n_workers`` workers on this machine (real processes, real ports).
 
     ``memory_limit`` is per worker: ``"auto"`` (total memory divided by the workers), bytes, or
-    a string like ``"2GB"``; 0 disables the limit. ``dashboard_port=0`` picks a free port,
+    a string like ``"2GB"``; 0 disables the limit. It covers each worker and its Python
+    executor; ``memory_target_fraction`` (0.6), ``memory_spill_fraction`` (0.7) and
+    ``memory_pause_fraction`` (0.8) set the thresholds, as for dask's workers (docs/operations.md).
+    ``dashboard_port=0`` picks a free port,
     ``None`` disables the dashboard. A random token protects the cluster unless ``token`` is
     given (``token=""`` disables authentication).
     """
@@ -111,7 +114,9 @@ class LocalCluster:
                  token: Optional[str] = None, *, scheduler_port: int = 0,
                  timeout: float = 60.0, binary: Optional[str] = None,
                  python: Optional[str] = None, extra_args: Optional[list[str]] = None,
-                 processes: bool = True, **kwargs: Any) -> None:
+                 processes: bool = True, memory_target_fraction: Optional[float] = None,
+                 memory_spill_fraction: Optional[float] = None,
+                 memory_pause_fraction: Optional[float] = None, **kwargs: Any) -> None:
         if n_workers < 0:
             raise ValueError("n_workers must be >= 0")
         self.n_workers = n_workers
@@ -141,6 +146,11 @@ class LocalCluster:
             args += ["--dashboard-port", "-1"]
         else:
             args += ["--dashboard-port", str(dashboard_port)]
+        for flag, frac in (("--memory-target", memory_target_fraction),
+                           ("--memory-spill", memory_spill_fraction),
+                           ("--memory-pause", memory_pause_fraction)):
+            if frac is not None:  # dask's False ("off") is 0 here
+                args += [flag, repr(float(frac))]
         args += list(extra_args or [])
         self.args = args
         self._lock = threading.Lock()

@@ -350,3 +350,17 @@ def test_memory_limit_zero_means_no_limit() -> None:
         (w,) = client.scheduler_info()["workers"].values()
         assert int(w["memory_limit"]) == total_memory() == cluster.memory_limit
         assert client.submit(inc, 1).result(timeout=30) == 2
+
+
+def test_memory_fractions_reach_the_workers() -> None:
+    # memory_spill_fraction=False turns the process-memory monitor off, as in dask; with a
+    # tiny pause fraction the worker would then pause only on stored results, so a task that
+    # stores nothing still runs. Bad fractions are refused with the flag's name.
+    with LocalCluster(n_workers=1, dashboard_port=None, memory_target_fraction=0.5,
+                      memory_spill_fraction=False, memory_pause_fraction=0.9) as cluster:
+        assert cluster.args[cluster.args.index("--memory-spill") + 1] == "0.0"
+        assert cluster.args[cluster.args.index("--memory-target") + 1] == "0.5"
+        with Client(cluster) as client:
+            assert client.submit(inc, 1).result(timeout=30) == 2
+    with pytest.raises(Exception, match="--memory-pause 1.5"):
+        LocalCluster(n_workers=1, dashboard_port=None, memory_pause_fraction=1.5, timeout=20)
