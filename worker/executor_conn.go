@@ -197,6 +197,21 @@ func (c *execConn) close() {
 	c.f.Close()
 }
 
+// readUints reads an array of non-negative integers (window ids).
+func readUints(r *wire.Reader) ([]uint64, bool) {
+	n, ok := r.ArrayLen()
+	if !ok {
+		return nil, false
+	}
+	out := make([]uint64, n)
+	for i := range out {
+		if out[i], ok = r.Uint(); !ok {
+			return nil, false
+		}
+	}
+	return out, true
+}
+
 // decodeExecHeader decodes an executor's message header: `done` answers by hand, anything
 // else (error, ready, unexpected shapes) with the generic decoder.
 func decodeExecHeader(b []byte) (*wire.Msg, error) {
@@ -231,41 +246,41 @@ func decodeDone(b []byte) (m *wire.Msg, ok bool) {
 
 // decodeDoneExt is decodeDone that also accepts the window fields shm_free and shm_drop.
 func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
-	r := mpReader{b: b}
-	n, ok := r.mapLen()
+	r := wire.NewReader(b)
+	n, ok := r.MapLen()
 	if !ok {
 		return nil, false
 	}
 	m = new(wire.Msg)
 	for range n {
-		k, ok := r.str()
+		k, ok := r.Str()
 		if !ok {
 			return nil, false
 		}
 		switch k {
 		case "op":
-			if m.Op, ok = r.str(); !ok {
+			if m.Op, ok = r.Str(); !ok {
 				return nil, false
 			}
 		case "id":
-			v, ok := r.int()
+			v, ok := r.Int()
 			if !ok || v < 0 {
 				return nil, false
 			}
 			m.ID = uint64(v)
 		case "items":
-			na, ok := r.arrayLen()
+			na, ok := r.ArrayLen()
 			if !ok {
 				return nil, false
 			}
 			m.Items = make([]wire.Item, na)
 			for i := range m.Items {
-				if !r.item(&m.Items[i]) {
+				if !r.Item(&m.Items[i]) {
 					return nil, false
 				}
 			}
 		case "shm_free", "shm_drop":
-			ids, ok := r.uints()
+			ids, ok := readUints(r)
 			if !ok {
 				return nil, false
 			}
@@ -278,162 +293,8 @@ func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
 			return nil, false
 		}
 	}
-	if r.p != len(b) || m.Op != wire.OpDone {
+	if !r.Done() || m.Op != wire.OpDone {
 		return nil, false
 	}
 	return m, true
-}
-
-// mpReader reads the few msgpack types a done header holds.
-type mpReader struct {
-	b []byte
-	p int
-}
-
-func (r *mpReader) byte() (byte, bool) {
-	if r.p >= len(r.b) {
-		return 0, false
-	}
-	c := r.b[r.p]
-	r.p++
-	return c, true
-}
-
-func (r *mpReader) uintN(size int) (uint64, bool) {
-	if r.p+size > len(r.b) {
-		return 0, false
-	}
-	var v uint64
-	for _, c := range r.b[r.p : r.p+size] {
-		v = v<<8 | uint64(c)
-	}
-	r.p += size
-	return v, true
-}
-
-func (r *mpReader) mapLen() (int, bool) {
-	c, ok := r.byte()
-	switch {
-	case !ok:
-		return 0, false
-	case c >= 0x80 && c <= 0x8f:
-		return int(c & 0x0f), true
-	case c == 0xde:
-		v, ok := r.uintN(2)
-		return int(v), ok
-	case c == 0xdf:
-		v, ok := r.uintN(4)
-		return int(v), ok && v <= uint64(len(r.b))
-	}
-	return 0, false
-}
-
-func (r *mpReader) arrayLen() (int, bool) {
-	c, ok := r.byte()
-	switch {
-	case !ok:
-		return 0, false
-	case c >= 0x90 && c <= 0x9f:
-		return int(c & 0x0f), true
-	case c == 0xdc:
-		v, ok := r.uintN(2)
-		return int(v), ok && v <= uint64(len(r.b))
-	case c == 0xdd:
-		v, ok := r.uintN(4)
-		return int(v), ok && v <= uint64(len(r.b))
-	}
-	return 0, false
-}
-
-func (r *mpReader) str() (string, bool) {
-	c, ok := r.byte()
-	var n uint64
-	switch {
-	case !ok:
-		return "", false
-	case c >= 0xa0 && c <= 0xbf:
-		n = uint64(c & 0x1f)
-	case c == 0xd9:
-		n, ok = r.uintN(1)
-	case c == 0xda:
-		n, ok = r.uintN(2)
-	case c == 0xdb:
-		n, ok = r.uintN(4)
-	default:
-		return "", false
-	}
-	if !ok || n > uint64(len(r.b)-r.p) {
-		return "", false
-	}
-	s := string(r.b[r.p : r.p+int(n)])
-	r.p += int(n)
-	return s, true
-}
-
-func (r *mpReader) int() (int64, bool) {
-	c, ok := r.byte()
-	switch {
-	case !ok:
-		return 0, false
-	case c <= 0x7f:
-		return int64(c), true
-	case c >= 0xe0:
-		return int64(int8(c)), true
-	case c >= 0xcc && c <= 0xcf: // uint 8..64
-		v, ok := r.uintN(1 << (c - 0xcc))
-		return int64(v), ok && v <= 1<<63-1
-	case c >= 0xd0 && c <= 0xd3: // int 8..64
-		size := 1 << (c - 0xd0)
-		v, ok := r.uintN(size)
-		shift := 64 - 8*size
-		return int64(v<<shift) >> shift, ok
-	}
-	return 0, false
-}
-
-func (r *mpReader) uints() ([]uint64, bool) {
-	n, ok := r.arrayLen()
-	if !ok {
-		return nil, false
-	}
-	out := make([]uint64, n)
-	for i := range out {
-		v, ok := r.int()
-		if !ok || v < 0 {
-			return nil, false
-		}
-		out[i] = uint64(v)
-	}
-	return out, true
-}
-
-func (r *mpReader) item(it *wire.Item) bool {
-	n, ok := r.mapLen()
-	if !ok {
-		return false
-	}
-	for range n {
-		k, ok := r.str()
-		if !ok {
-			return false
-		}
-		switch k {
-		case "key":
-			it.Key, ok = r.str()
-		case "encoding":
-			it.Encoding, ok = r.str()
-		case "nframes":
-			var v int64
-			v, ok = r.int()
-			it.NFrames = int(v)
-		case "nbytes":
-			it.NBytes, ok = r.int()
-		default:
-			return false
-		}
-		if !ok {
-			return false
-		}
-	}
-	return true
 }

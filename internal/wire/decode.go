@@ -1009,3 +1009,33 @@ func (d *dec) skip(depth int) bool {
 	d.i += int(n)
 	return true
 }
+
+// Reader reads msgpack values from a buffer, for hand-written decoders of headers outside this
+// package (the worker decodes its executor's `done` answers, which carry fields of §3.5 that
+// Msg does not have). Every method reports ok=false, never an error, on anything unexpected;
+// callers fall back to DecodeHeader.
+type Reader struct{ d dec }
+
+// NewReader reads from b.
+func NewReader(b []byte) *Reader { return &Reader{d: dec{b: b}} }
+
+// MapLen reads a map header.
+func (r *Reader) MapLen() (int, bool) { return r.d.mapLen() }
+
+// ArrayLen reads an array header.
+func (r *Reader) ArrayLen() (int, bool) { return r.d.arrayLen() }
+
+// Str reads a string.
+func (r *Reader) Str() (string, bool) { return r.d.str() }
+
+// Int reads a signed or unsigned integer that fits an int64.
+func (r *Reader) Int() (int64, bool) { return r.d.int() }
+
+// Uint reads a non-negative integer.
+func (r *Reader) Uint() (uint64, bool) { return r.d.uint() }
+
+// Item reads an Item map (key, encoding, nframes, nbytes).
+func (r *Reader) Item(it *Item) bool { return r.d.item(it) }
+
+// Done tells whether the whole buffer has been read.
+func (r *Reader) Done() bool { return r.d.i == len(r.d.b) }

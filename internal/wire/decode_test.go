@@ -192,3 +192,40 @@ func TestMessageBufferedAndHeaderReuse(t *testing.T) {
 	require.Equal(t, "k-c", third.Key)
 	require.Equal(t, uint64(3), third.TaskID)
 }
+
+func TestReaderReadsWhatEncodeHeaderWrites(t *testing.T) {
+	b, err := EncodeHeader(&Msg{Op: OpDone, ID: 7, Items: []Item{{Key: "k", Encoding: EncBytes, NFrames: 2, NBytes: 9}}})
+	require.NoError(t, err)
+	r := NewReader(b)
+	n, ok := r.MapLen()
+	require.True(t, ok)
+	got := map[string]any{}
+	for range n {
+		k, ok := r.Str()
+		require.True(t, ok)
+		switch k {
+		case "op":
+			got[k], ok = r.Str()
+		case "id":
+			got[k], ok = r.Uint()
+		case "items":
+			var na int
+			na, ok = r.ArrayLen()
+			require.Equal(t, 1, na)
+			var it Item
+			ok = ok && r.Item(&it)
+			got[k] = it
+		default:
+			t.Fatalf("unexpected field %q", k)
+		}
+		require.True(t, ok, k)
+	}
+	require.True(t, r.Done())
+	require.Equal(t, map[string]any{"op": OpDone, "id": uint64(7),
+		"items": Item{Key: "k", Encoding: EncBytes, NFrames: 2, NBytes: 9}}, got)
+	// a truncated buffer is reported, not read past
+	r = NewReader(b[:len(b)-3])
+	_, ok = r.MapLen()
+	require.True(t, ok)
+	require.False(t, r.Done())
+}
