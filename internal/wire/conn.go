@@ -231,11 +231,8 @@ func (c *Conn) Queue(m *Msg, payload ...[]byte) error { return c.enqueueMsg(m, p
 func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.mu.closed || c.mu.err != nil {
-		if c.mu.err != nil {
-			return c.mu.err
-		}
-		return ErrClosed
+	if err := c.usableLocked(); err != nil {
+		return err
 	}
 	if c.mu.small == nil {
 		c.mu.small = make([]byte, 0, 4096)
@@ -258,15 +255,7 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) error {
 	c.mu.small = b
 	c.mu.bufs[len(c.mu.bufs)-1] = b
 	c.mu.pending += len(b) - start
-	for _, p := range payload {
-		if len(p) >= bigFrame {
-			c.mu.bufs = append(c.mu.bufs, p)
-			c.mu.small = nil
-		} else {
-			c.appendSmall(p)
-		}
-		c.mu.pending += len(p)
-	}
+	c.queuePayloadLocked(payload)
 	return nil
 }
 
@@ -281,11 +270,8 @@ func (c *Conn) Flush() {
 func (c *Conn) enqueue(hdr []byte, payload [][]byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.mu.closed || c.mu.err != nil {
-		if c.mu.err != nil {
-			return c.mu.err
-		}
-		return ErrClosed
+	if err := c.usableLocked(); err != nil {
+		return err
 	}
 	n := 1 + len(payload)
 	var prefix [4 + 8*8]byte
@@ -297,6 +283,25 @@ func (c *Conn) enqueue(hdr []byte, payload [][]byte) error {
 	}
 	c.appendSmall(pre)
 	c.appendSmall(hdr)
+	c.queuePayloadLocked(payload)
+	c.mu.pending += len(hdr) + len(pre)
+	return nil
+}
+
+// usableLocked returns why nothing more may be queued: the connection's error, or ErrClosed.
+func (c *Conn) usableLocked() error {
+	if c.mu.err != nil {
+		return c.mu.err
+	}
+	if c.mu.closed {
+		return ErrClosed
+	}
+	return nil
+}
+
+// queuePayloadLocked queues payload frames after a header: big frames are written from the
+// caller's memory, small ones copied into the pending buffer.
+func (c *Conn) queuePayloadLocked(payload [][]byte) {
 	for _, p := range payload {
 		if len(p) >= bigFrame {
 			c.mu.bufs = append(c.mu.bufs, p)
@@ -306,8 +311,6 @@ func (c *Conn) enqueue(hdr []byte, payload [][]byte) error {
 		}
 		c.mu.pending += len(p)
 	}
-	c.mu.pending += len(hdr) + len(pre)
-	return nil
 }
 
 func appendPrefix(b []byte, hdr []byte, payload [][]byte) []byte {
