@@ -138,6 +138,15 @@ func (w *Worker) memoryLoop(ctx context.Context) {
 	}
 }
 
+// releaseToOS collects garbage and returns free Go memory to the operating system, then
+// measures the worker's memory again.
+func (w *Worker) releaseToOS(now time.Time) (total int64) {
+	debug.FreeOSMemory()
+	w.mem.lastFree = now
+	total, _ = w.processMemory()
+	return total
+}
+
 // checkMemory is one pass of the monitor.
 func (w *Worker) checkMemory(now time.Time) {
 	limit := float64(w.memLimit)
@@ -154,25 +163,19 @@ func (w *Worker) checkMemory(now time.Time) {
 	if total > spillAt {
 		// Garbage first: values already dropped or spilled may still occupy the Go heap.
 		if now.Sub(w.mem.lastFree) >= w.cfg.MemoryMonitorInterval {
-			debug.FreeOSMemory()
-			w.mem.lastFree = now
-			total, self = w.processMemory()
+			total = w.releaseToOS(now)
 		}
 		if total > spillAt {
 			if moved := w.store.SpillBytes(total - target); moved > 0 {
 				w.log.Debug("spilled to keep worker memory under the limit", "bytes", moved,
 					"process_memory", total, "limit", w.memLimit)
-				debug.FreeOSMemory()
-				w.mem.lastFree = now
-				total, self = w.processMemory()
+				total = w.releaseToOS(now)
 			}
 		}
 		stored = w.store.Stats().Memory
 	} else if w.idleSinceLastCheck() && self-stored > unmanagedSlack && now.Sub(w.mem.lastFree) >= time.Second {
-		debug.FreeOSMemory()
-		w.mem.lastFree = now
+		total = w.releaseToOS(now)
 		w.mem.trimmed = true
-		total, _ = w.processMemory()
 	}
 	w.mem.process.Store(total)
 
