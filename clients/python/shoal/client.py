@@ -946,15 +946,12 @@ def dask_defaults(get: Callable[..., Any], address: str, shuffle_method: Any) ->
 
 
 def _is_loopback(address: str) -> bool:
-    address = address.split("://", 1)[-1]
-    host = address.rsplit(":", 1)[0].strip("[]") if ":" in address else address
-    if host == "localhost":
-        return True
-    try:
-        import ipaddress
+    import ipaddress
 
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    try:
+        host, _ = _wire.parse_address(address)
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # an address this client cannot read, or a host name: maybe remote
         return False
 
 
