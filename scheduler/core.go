@@ -23,6 +23,11 @@ type CoreConfig struct {
 	DisableStealing bool
 	// Bandwidth is the assumed transfer rate between workers, bytes per second.
 	Bandwidth float64
+	// TransferLatency is the assumed fixed cost of fetching one input from a peer, however
+	// small: a request and its answer through both workers. Placement weighs it against how
+	// long a task would wait on a busier worker, so a tiny task goes where its inputs are
+	// unless that worker is behind by more than this per missing input.
+	TransferLatency time.Duration
 	// UnknownDuration is the expected run time of a task whose group has never finished.
 	UnknownDuration time.Duration
 	// DurationWeight is the weight of a new measurement in a group's moving average (0, 1].
@@ -47,6 +52,7 @@ func DefaultCoreConfig() CoreConfig {
 		SaturationFactor:      1.1,
 		StealInterval:         100 * time.Millisecond,
 		Bandwidth:             1e9,
+		TransferLatency:       time.Millisecond,
 		UnknownDuration:       500 * time.Millisecond,
 		DurationWeight:        0.5,
 		KilledWorkerThreshold: 3,
@@ -63,6 +69,8 @@ func (c CoreConfig) Validate() error {
 		return fmt.Errorf("scheduler: SaturationFactor %v must be > 0 (+Inf disables queueing)", c.SaturationFactor)
 	case c.StealInterval < 0:
 		return fmt.Errorf("scheduler: StealInterval %v must not be negative", c.StealInterval)
+	case c.TransferLatency < 0:
+		return fmt.Errorf("scheduler: TransferLatency %v must not be negative", c.TransferLatency)
 	case !(c.Bandwidth > 0) || math.IsInf(c.Bandwidth, 0):
 		return fmt.Errorf("scheduler: Bandwidth %v must be a positive number of bytes per second", c.Bandwidth)
 	case c.UnknownDuration <= 0:

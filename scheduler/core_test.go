@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shoal-dev/shoal/graph"
 )
@@ -22,6 +23,7 @@ func TestCoreConfigValidate(t *testing.T) {
 		func(c *CoreConfig) { c.SaturationFactor = 0 },
 		func(c *CoreConfig) { c.SaturationFactor = math.NaN() },
 		func(c *CoreConfig) { c.Bandwidth = -1 },
+		func(c *CoreConfig) { c.TransferLatency = -time.Millisecond },
 		func(c *CoreConfig) { c.UnknownDuration = 0 },
 		func(c *CoreConfig) { c.KilledWorkerThreshold = 0 },
 		func(c *CoreConfig) { c.StoryLength = 300 },

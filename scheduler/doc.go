@@ -60,9 +60,9 @@
 // Ordering: each update-graph batch is ranked by graph.OrderCSR (user priority first, then
 // a depth-first, critical-path-first post-order), after every earlier batch of the same
 // priority. Placement: among workers satisfying restrictions, resources and functions, the
-// one minimising occupancy/nthreads + bytes of missing inputs/Bandwidth. Durations are
-// learned per task group. Stealing (on EvTick): idle workers ask saturated ones for tasks
-// they have not started; a task stays processing on the victim until it answers, so it never
+// one minimising occupancy/nthreads + bytes of missing inputs/Bandwidth + TransferLatency per
+// missing input. Durations are learned per task group. Stealing (on EvTick): idle workers
+// ask saturated ones for tasks they have not started; a task stays processing on the victim until it answers, so it never
 // runs twice by accident. Lifetimes: a result is kept while a client wants it or an active
 // dependent needs it. Failures: retries, error propagation to dependents, rescheduling on
 // worker loss, recomputation from lineage of lost data, killed-worker after

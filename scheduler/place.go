@@ -88,22 +88,29 @@ func (c *Core) anyAllowed(def *graph.Task) bool {
 	return false
 }
 
-// missingBytes is what w would have to fetch to run t.
-func (c *Core) missingBytes(t *task, w WorkerID) int64 {
-	var n int64
+// missingBytes is what w would have to fetch to run t: the bytes, and how many inputs.
+func (c *Core) missingBytes(t *task, w WorkerID) (n int64, inputs int) {
 	for _, d := range t.deps {
 		dt := &c.tasks[d]
 		if !slices.Contains(dt.whoHas, w) {
 			n += dt.nbytes
+			inputs++
 		}
 	}
-	return n
+	return n, inputs
+}
+
+// transferTime is how long w would take to fetch what t misses there: each input costs
+// TransferLatency (a round trip to a peer, whatever the size) plus its bytes at Bandwidth.
+func (c *Core) transferTime(t *task, w WorkerID) float64 {
+	n, inputs := c.missingBytes(t, w)
+	return float64(n)/c.cfg.Bandwidth + float64(inputs)*c.cfg.TransferLatency.Seconds()
 }
 
 func (c *Core) cost(t *task, w *worker) float64 {
 	cost := w.load()
 	if len(t.deps) > 0 {
-		cost += float64(c.missingBytes(t, w.id)) / c.cfg.Bandwidth
+		cost += c.transferTime(t, w.id)
 	}
 	return cost
 }

@@ -72,7 +72,7 @@ func (c *Core) worthStealing(id int32, th *worker) bool {
 	if !c.allowed(th, t.def, c.needFuncCheck(t.def)) || !th.hasFree(t.def.Resources) {
 		return false
 	}
-	return float64(c.missingBytes(t, th.id))/c.cfg.Bandwidth <= float64(t.expDur)
+	return c.transferTime(t, th.id) <= float64(t.expDur)
 }
 
 func (c *Core) requestSteal(id int32, v, th *worker) {
