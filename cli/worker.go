@@ -19,6 +19,7 @@ type workerFlags struct {
 	common
 	join, host, name, localDir, memoryLimit, python, resources string
 	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
+	gomaxprocs                                                 int
 	mem                                                        memFractions
 }
 
@@ -66,6 +67,27 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.nprocsPython, "nprocs-python", 0, "Python executor processes, started lazily (default: --nthreads)")
 	fs.IntVar(&f.metricsPort, "metrics-port", -1, "serve this worker's Prometheus /metrics on this port (-1: off)")
 	fs.StringVar(&f.resources, "resources", "", "abstract resources this worker offers, e.g. GPU=1,MEM=16e9")
+	fs.IntVar(&f.gomaxprocs, "gomaxprocs", 0, "Go threads running at once in this worker process (0: --nthreads, at most the CPU count; env GOMAXPROCS wins)")
+}
+
+// goProcs is the GOMAXPROCS the worker process sets, or 0 to leave the runtime's.
+//
+// The Go side of a worker runs Go tasks (at most --nthreads at once) and otherwise moves
+// messages: Python tasks run in executor processes. Go's default, one P per CPU, makes a
+// worker that runs one tiny task at a time hand every wake-up (a message to send, an answer
+// read) to another OS thread, which spins looking for work before it sleeps again; with
+// several workers and their executors sharing a few cores, that spinning takes the CPU the
+// tasks need. Measured on 2 cores with 2 workers × 1 thread (tree reduction of 2^15 leaves):
+// 17–20k tasks/s and ~18 µs of worker CPU per task at GOMAXPROCS=2, 30–37k tasks/s and
+// ~8 µs at 1.
+func (f *workerFlags) goProcs() int {
+	if os.Getenv("GOMAXPROCS") != "" {
+		return 0
+	}
+	if f.gomaxprocs > 0 {
+		return f.gomaxprocs
+	}
+	return min(max(f.nthreads, 1), runtime.NumCPU())
 }
 
 func defaultPython() string {
@@ -107,6 +129,9 @@ func (f *workerFlags) config() (worker.Config, error) {
 	if err := f.mem.validate(); err != nil {
 		return worker.Config{}, err
 	}
+	if f.gomaxprocs < 0 {
+		return worker.Config{}, fmt.Errorf("--gomaxprocs %d: must be at least 1 (or 0 for the default)", f.gomaxprocs)
+	}
 	mem := totalMemory()
 	if f.memoryLimit != "auto" {
 		if mem, err = parseBytes(f.memoryLimit); err != nil {
@@ -136,6 +161,9 @@ func serveWorker(ctx context.Context, f workerFlags) error {
 		return err
 	}
 	defer w.Close()
+	if procs := f.goProcs(); procs > 0 {
+		runtime.GOMAXPROCS(procs)
+	}
 	log := cfg.Logger.With("worker", w.Name())
 	// Keep the Go heap's garbage from growing past what the memory monitor tolerates for the
 	// whole worker: the GC then runs (cheaply: results are pointer-free byte slices) before

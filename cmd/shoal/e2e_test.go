@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -215,6 +216,11 @@ func TestE2EJoinThroughWorker(t *testing.T) {
 	require.Equal(t, float64(worker.DefaultMemoryLimit), metric("shoal_worker_memory_limit_bytes"))
 	require.InDelta(t, 0.7*float64(worker.DefaultMemoryLimit), metric("go_gc_gomemlimit_bytes"), 1)
 	require.Greater(t, metric("shoal_worker_process_memory_bytes"), float64(1<<20))
+	// a one-thread worker runs its Go side on one P (see goProcs in cli/worker.go), unless
+	// GOMAXPROCS was set for the test run
+	if os.Getenv("GOMAXPROCS") == "" {
+		require.Equal(t, 1.0, metric("go_sched_gomaxprocs_threads"))
+	}
 }
 
 func TestCLIHelp(t *testing.T) {
@@ -224,7 +230,7 @@ func TestCLIHelp(t *testing.T) {
 		require.Contains(t, string(out), "Usage: shoal "+cmd)
 	}
 	out, _ := exec.Command(shoalBin, "worker", "--help").CombinedOutput()
-	for _, flag := range []string{"--join", "--nthreads", "--memory-limit", "--memory-target", "--memory-spill", "--memory-pause", "--local-dir", "--name", "--data-port", "--token-file", "--log-format"} {
+	for _, flag := range []string{"--join", "--nthreads", "--gomaxprocs", "--memory-limit", "--memory-target", "--memory-spill", "--memory-pause", "--local-dir", "--name", "--data-port", "--token-file", "--log-format"} {
 		require.Contains(t, string(out), strings.TrimPrefix(flag, "-"), "worker --help lists %s", flag)
 	}
 	out, err := exec.Command(shoalBin, "nonsense").CombinedOutput()
