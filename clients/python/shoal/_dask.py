@@ -27,6 +27,7 @@ objects as arguments, aliases, task-spec nodes) takes the general path.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
@@ -137,13 +138,13 @@ def graph_to_tasks(dsk: Mapping[Hashable, Any], func: str, *,
     of :func:`execute_node`; the functions of direct calls are named by ``func_of`` (default:
     pickled here) and added to ``funcs``."""
     from dask._task_spec import Alias
-    from dask.utils import key_split
 
     ann = {k: v for k, v in (annotations or {}).items() if v}
     name = _func_namer(funcs, func_of)
+    group = _group_namer()
     tasks: list[dict[str, Any]] = []
     for k, node in dsk.items():
-        task = _node_task(k, node, func, ann, Alias, key_split, name)
+        task = _node_task(k, node, func, ann, Alias, group, name)
         if task is not None:
             tasks.append(task)
     return tasks
@@ -167,13 +168,38 @@ def _func_namer(funcs: Optional[dict[str, bytes]], func_of: Optional[FuncOf]) ->
     return name
 
 
+def _group_namer() -> Callable[[Hashable], str]:
+    """``dask.utils.key_split`` with a cache that also serves unique string keys.
+
+    key_split keeps the words of a key up to the first one that is not alphabetic, so a key
+    ending in ``-<digits>`` has the group of the key without that ending: ``tree-1-3-55`` and
+    ``tree-1-3-56`` are both looked up as ``tree-1-3``. dask's own cache is by whole key,
+    which misses for every node of a graph whose keys are unique strings."""
+    from dask.utils import key_split
+
+    cache: dict[str, str] = {}
+
+    def group(k: Hashable) -> str:
+        if type(k) is str:
+            head, sep, last = k.rpartition("-")
+            if sep and last.isdigit():
+                g = cache.get(head)
+                if g is None:
+                    g = cache[head] = key_split(head)
+                return g
+        out: str = key_split(k)
+        return out
+
+    return group
+
+
 def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias: Any,
-               key_split: Any, name: Callable[[Any], str]) -> dict[str, Any] | None:
+               group: Callable[[Hashable], str], name: Callable[[Any], str]) -> dict[str, Any] | None:
     """The wire task for one node, or None for an alias of an existing result."""
     wk = wire_key(k)
     if type(node) is DirectCall:
         task: dict[str, Any] = {"key": wk, "kind": "py", "func": name(node.func),
-                                "payload": dumps_payload((node.args, {})), "group": key_split(k)}
+                                "payload": dumps_payload((node.args, {})), "group": group(k)}
         if node.dependencies:
             task["deps"] = [wire_key(d) for d in node.dependencies]
         if ann:
@@ -188,7 +214,7 @@ def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias:
         "kind": "py",
         "func": func,
         "payload": dumps_payload(((node, pairs), {})),
-        "group": key_split(k),
+        "group": group(k),
     }
     if deps:
         task["deps"] = [wire_key(d) for d in deps]
@@ -199,10 +225,21 @@ def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias:
 
 def node_order(dsk: Mapping[Hashable, Any]) -> list[Hashable]:
     """The graph's keys with every node after the nodes it depends on (dependencies outside
-    the graph, existing results, are ignored)."""
+    the graph, existing results, are ignored).
+
+    The walk is depth-first from the nodes nothing depends on, so that each node comes soon
+    after its dependencies: a prefix of the order is then a graph of its own whose results
+    few later nodes still need (for a tree reduction, one per level). task_chunks sends the
+    graph in such prefixes and must hold every key a later chunk needs; walking from the
+    leaves instead (a graph's insertion order, for dask's own collections too) would hold
+    every leaf of a reduction."""
     out: list[Hashable] = []
     state: dict[Hashable, int] = {}
-    for root in dsk:
+    needed: set[Hashable] = set()
+    for node in dsk.values():
+        needed.update(node.dependencies)
+    sinks = [k for k in dsk if k not in needed]
+    for root in itertools.chain(sinks, dsk):
         if root in state:
             continue
         state[root] = 1
@@ -235,10 +272,10 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     later chunks depend on. Direct calls' functions go into ``funcs`` as in graph_to_tasks,
     before the chunk that uses them is yielded."""
     from dask._task_spec import Alias
-    from dask.utils import key_split
 
     ann = {k: v for k, v in (annotations or {}).items() if v}
     name = _func_namer(funcs, func_of)
+    group = _group_namer()
     order = node_order(dsk)
     pos = {k: i for i, k in enumerate(order)}
     last_use: dict[Hashable, int] = {}
@@ -254,7 +291,7 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
         stop = min(i + size, len(order))
         while i < stop:
             k = order[i]
-            task = _node_task(k, dsk[k], func, ann, Alias, key_split, name)
+            task = _node_task(k, dsk[k], func, ann, Alias, group, name)
             if task is not None:
                 n = len(task["payload"]) + 200
                 if tasks and nbytes + n > max_bytes:

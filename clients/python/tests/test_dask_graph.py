@@ -127,6 +127,35 @@ def test_wire_keys_and_groups() -> None:
     assert task["group"] == "sum" and task["kind"] == "py" and task["func"] == "h"
 
 
+def test_groups_are_dasks_key_split() -> None:
+    from dask.utils import key_split
+
+    group = _dask._group_namer()
+    keys: list[Any] = ["tree-1-3-55", "tree-1-3-56", "x", "x-1", "x-1-2-3", ("x-2", 1), "('x-2', 1)",
+                       "hello-world-1", "ae05086432ca935f6eba409a8ecd4896", "x-abcdefab", "_(x)",
+                       "a-b-c-12", "1-2", "-5", "x--3", "x-abcdefab-3", "x-y-3-z-4", "5", "a-b1-2",
+                       b"hello-world-1", 7, None, ("a", 1)]
+    for k in keys + keys:  # twice: the second time from the cache
+        assert group(k) == key_split(k), k
+
+
+def test_task_chunks_hold_few_keys_of_a_reduction() -> None:
+    """A reduction's chunks are subtrees: later chunks need about one key per level of each
+    earlier chunk, not every leaf (each held key costs the client a future and a message)."""
+    leaves = 1024
+    dsk: dict[str, Any] = {f"l-{i}": (add, i, 1) for i in range(leaves)}
+    level = list(dsk)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = [f"n-{depth}-{i}" for i in range(len(level) // 2)]
+        dsk.update({k: (add, level[2 * i], level[2 * i + 1]) for i, k in enumerate(nxt)})
+        level = nxt
+    chunks = list(_dask.task_chunks(_dask.normalize_graph(dsk), "h", first=64, most=256))
+    assert len(chunks) > 3
+    assert max(len(frontier) for _, frontier, _ in chunks) <= depth + 1
+
+
 def concat(*a: Any) -> tuple[Any, ...]:
     return a
 
