@@ -27,7 +27,10 @@ objects as arguments, aliases, task-spec nodes) takes the general path.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
+import threading
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
@@ -42,12 +45,14 @@ _LITERALS = (int, float, str, bool, bytes, type(None))
 class DirectCall:
     """A legacy ``(func, *args)`` node sent as a plain call (see the module docstring)."""
 
-    __slots__ = ("func", "args", "dependencies")
+    __slots__ = ("func", "args", "dependencies", "wire_deps")
 
-    def __init__(self, func: Any, args: tuple[Any, ...], dependencies: frozenset[Hashable]) -> None:
+    def __init__(self, func: Any, args: tuple[Any, ...], dependencies: frozenset[Hashable],
+                 wire_deps: list[str]) -> None:
         self.func = func
         self.args = args  # keys replaced by Refs to their wire keys
         self.dependencies = dependencies
+        self.wire_deps = wire_deps  # the wire keys of dependencies, each once
 
     def __repr__(self) -> str:
         return f"DirectCall({getattr(self.func, '__name__', self.func)!r}, {self.args!r})"
@@ -59,6 +64,7 @@ def direct_call(node: Any, keys: Any) -> Optional[DirectCall]:
         return None
     args: list[Any] = []
     deps: list[Hashable] = []
+    wire_deps: list[str] = []
     for a in node[1:]:
         # dask's own rule (convert_legacy_task): an int, float, str or tuple found among
         # the graph's keys is a reference to that key
@@ -70,13 +76,46 @@ def direct_call(node: Any, keys: Any) -> Optional[DirectCall]:
             if is_key:
                 if type(a) is bool or type(a) is float:
                     return None  # equal to a key of another type (True == 1): dask decides
-                args.append(Ref(wire_key(a)))
-                deps.append(a)
+                wk = a if type(a) is str else repr(a)  # wire_key, inline: this runs per node
+                args.append(Ref(wk))
+                if a not in deps:
+                    deps.append(a)
+                    wire_deps.append(wk)
                 continue
         if type(a) not in _LITERALS:
             return None
         args.append(a)
-    return DirectCall(node[0], tuple(args), frozenset(deps))
+    return DirectCall(node[0], tuple(args), frozenset(deps), wire_deps)
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0  # callers inside paused_gc
+_gc_resume = False  # whether the collector ran before the first of them
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a graph is converted and sent.
+
+    Converting a graph allocates a few container objects per node and frees almost none, the
+    pattern in which CPython's collector keeps re-scanning everything alive, the user's graph
+    included: measured on a 32,767-node graph, collections took 4–6 µs of the ~6 µs per node
+    of normalize_graph. Nothing made here forms cycles, so pausing loses nothing; reference
+    counting still frees garbage at once. Nested and concurrent users share one pause, and the
+    collector is only resumed if it was running before the first of them."""
+    global _gc_pausers, _gc_resume
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_resume = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_resume:
+                gc.enable()
 
 
 def _pickled_func(fn: Any) -> tuple[str, bytes]:
@@ -196,12 +235,12 @@ def _group_namer() -> Callable[[Hashable], str]:
 def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias: Any,
                group: Callable[[Hashable], str], name: Callable[[Any], str]) -> dict[str, Any] | None:
     """The wire task for one node, or None for an alias of an existing result."""
-    wk = wire_key(k)
+    wk = k if type(k) is str else repr(k)  # wire_key, inline: this runs per node
     if type(node) is DirectCall:
         task: dict[str, Any] = {"key": wk, "kind": "py", "func": name(node.func),
                                 "payload": dumps_payload((node.args, {})), "group": group(k)}
-        if node.dependencies:
-            task["deps"] = [wire_key(d) for d in node.dependencies]
+        if node.wire_deps:
+            task["deps"] = node.wire_deps
         if ann:
             task.update(ann)
         return task
@@ -277,12 +316,10 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     name = _func_namer(funcs, func_of)
     group = _group_namer()
     order = node_order(dsk)
-    pos = {k: i for i, k in enumerate(order)}
     last_use: dict[Hashable, int] = {}
     for i, k in enumerate(order):
         for d in dsk[k].dependencies:
-            if d in pos:
-                last_use[d] = i  # i grows: the last dependent wins
+            last_use[d] = i  # i grows: the last dependent wins (keys outside dsk: unused)
     i, size = 0, max(first, 1)
     while True:
         tasks: list[dict[str, Any]] = []

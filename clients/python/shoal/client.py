@@ -720,6 +720,13 @@ class Client:
     def _graph_futures(self, dsk: Any, keys: Sequence[Hashable], *, priority: int = 0,
                        retries: int = 0, resources: Optional[Mapping[str, float]] = None,
                        workers: Any = None) -> dict[Hashable, Future]:
+        with _dask.paused_gc():
+            return self._graph_futures_gc_paused(dsk, keys, priority=priority, retries=retries,
+                                                 resources=resources, workers=workers)
+
+    def _graph_futures_gc_paused(self, dsk: Any, keys: Sequence[Hashable], *, priority: int,
+                                 retries: int, resources: Optional[Mapping[str, float]],
+                                 workers: Any) -> dict[Hashable, Future]:
         graph = _dask.normalize_graph(dsk)
         fhash, fdata = self._exec_func()
         ann: dict[str, Any] = {}

@@ -127,6 +127,29 @@ def test_wire_keys_and_groups() -> None:
     assert task["group"] == "sum" and task["kind"] == "py" and task["func"] == "h"
 
 
+def test_paused_gc_restores_the_collector() -> None:
+    import gc
+
+    assert gc.isenabled()
+    with _dask.paused_gc():
+        assert not gc.isenabled()
+        with _dask.paused_gc():  # nested (or another thread's) pause
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # still inside the outer one
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with _dask.paused_gc():
+            raise RuntimeError("conversion failed")
+    assert gc.isenabled()
+    gc.disable()  # an application that runs without the collector keeps it off
+    try:
+        with _dask.paused_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_groups_are_dasks_key_split() -> None:
     from dask.utils import key_split
 
