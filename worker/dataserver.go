@@ -1,12 +1,15 @@
 package worker
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 
 	"github.com/shoal-dev/shoal/internal/wire"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // acceptLoop serves the data port until the listener is closed.
@@ -48,12 +51,12 @@ func (w *Worker) serveData(nc net.Conn) {
 		w.mu.Unlock()
 	}()
 	for {
-		m, frames, err := c.Recv()
+		m, hdr, frames, err := c.RecvHeader()
 		if err != nil {
 			w.recvFailed(c, err)
 			return
 		}
-		if !w.serveDataMsg(c, m, frames) {
+		if !w.serveDataMsg(c, m, hdr, frames) {
 			c.Close()
 			return
 		}
@@ -76,15 +79,25 @@ func (w *Worker) recvFailed(c *wire.Conn, err error) {
 	c.Close()
 }
 
-// serveDataMsg handles one request; false means the connection must be closed.
-func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, frames [][]byte) bool {
+// serveDataMsg handles one request (hdr is its encoded header, for the fields wire.Msg does
+// not have); false means the connection must be closed.
+func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, hdr []byte, frames [][]byte) bool {
 	switch m.Op {
 	case wire.OpGetData:
 		if len(frames) != 0 {
 			c.SendError(m.ID, wire.CodeProtocol, "get_data carries no payload frames")
 			return false
 		}
-		return w.serveGet(c, m) == nil
+		var x getDataExt
+		if bytes.Contains(hdr, []byte("shm")) {
+			if err := msgpack.Unmarshal(hdr, &x); err != nil {
+				c.SendError(m.ID, wire.CodeProtocol, "bad get_data header: "+err.Error())
+				return false
+			}
+		}
+		// descriptors only for workers (authenticated by the handshake) on this machine
+		offer := shmEnabled && x.SHM == 1 && c.PeerRole == wire.RolePeer && x.Host != "" && x.Host == hostID()
+		return w.serveGet(c, m, offer) == nil
 	case wire.OpPutData:
 		if c.PeerRole != wire.RoleClient {
 			c.SendError(m.ID, wire.CodeBadRole, "put_data is served to clients only")
@@ -101,13 +114,37 @@ func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, frames [][]byte) bool {
 	}
 }
 
+// getDataExt is get_data's capability to take segment descriptors (docs/protocol.md §3.4).
+type getDataExt struct {
+	SHM  int    `msgpack:"shm"`      // 1: the requester opens segments through /proc
+	Host string `msgpack:"shm_host"` // the requester's boot id: only a peer on this machine can
+}
+
 // serveGet answers get_data with the values held here; frames go out straight from the
-// store (large ones written with writev, not copied).
-func (w *Worker) serveGet(c *wire.Conn, m *wire.Msg) error {
+// store (large ones written with writev, not copied). With offer, a segment-backed value goes
+// as the description of its segment (its frames empty), which the peer opens itself;
+// otherwise its bytes are read from the segment and sent.
+func (w *Worker) serveGet(c *wire.Conn, m *wire.Msg, offer bool) error {
 	reply := &wire.Msg{Op: wire.OpData, ID: m.ID}
 	var payload [][]byte
+	var segs []peerSeg
 	for _, k := range m.Keys {
-		e, err := w.store.Get(k, false)
+		var e Entry
+		var err error
+		if !offer {
+			e, err = w.store.Get(k, false)
+		}
+		for offer {
+			if e, err = w.store.GetRef(k, false); err != nil || e.Seg == nil {
+				break
+			}
+			fd, ferr := e.Seg.fd()
+			if ferr == nil {
+				segs = append(segs, peerSeg{Key: k, PID: os.Getpid(), FD: fd, Dev: e.Seg.dev, Ino: e.Seg.ino, Frames: e.Seg.at})
+				break
+			}
+			// spilled, replaced or deleted meanwhile: look again
+		}
 		if err != nil {
 			reply.Missing = append(reply.Missing, k)
 			continue
@@ -123,11 +160,22 @@ func (w *Worker) serveGet(c *wire.Conn, m *wire.Msg) error {
 			"the data for these %d keys is %d frames and %d bytes, over the limits of %d frames and %d bytes per message: ask for fewer keys at a time",
 			len(reply.Items), n, size, lim.MaxFrames, lim.MaxMessage))
 	}
-	if len(payload) > 0 {
+	if len(reply.Items) > 0 {
 		w.stats.transferOut.Add(1)
 	}
 	w.stats.bytesSent.Add(frameBytes(payload))
-	return c.Send(reply, payload...)
+	if len(segs) == 0 {
+		return c.Send(reply, payload...)
+	}
+	w.stats.shmOut.Add(int64(len(segs)))
+	hdr, err := wire.EncodeHeader(reply)
+	if err == nil {
+		hdr, err = appendExt(hdr, "seg", segs)
+	}
+	if err != nil {
+		return err
+	}
+	return c.SendRaw(hdr, payload...)
 }
 
 // servePut stores scattered values after checking the items against the frames.

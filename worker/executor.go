@@ -34,6 +34,7 @@ type executor struct {
 	seq    uint64
 	lane   int         // the thread number reported for tasks it ran as part of a batch
 	shm    execWindows // shared-memory windows for large frames (executor_shm.go)
+	seg    bool        // it takes segment-backed dependencies as descriptors (segment.go)
 }
 
 // executorPool starts executors lazily, at most NProcsPython, and restarts dead ones on
@@ -46,7 +47,10 @@ type executorPool struct {
 	batched atomic.Int64 // tasks that ran behind another one in a batch
 	// shmFrames counts payload frames sent through shared-memory windows
 	shmFrames atomic.Int64
-	groups    struct {
+	// segsOut counts segments passed to executors for runs; segsIn results that came back in one
+	segsOut, segsIn atomic.Int64
+
+	groups struct {
 		sync.Mutex
 		m map[string]*groupRuns
 	}
@@ -219,6 +223,12 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	if _, set := os.LookupEnv("SHOAL_EXECUTOR_SHM_IDLE"); !set {
 		cmd.Env = append(cmd.Env, "SHOAL_EXECUTOR_SHM_IDLE="+strconv.FormatInt(shmIdleBytes(cfg.MemoryLimit), 10))
 	}
+	if shmEnabled {
+		// this worker takes results in segments (an executor writes them only when told so)
+		cmd.Env = append(cmd.Env, "SHOAL_EXECUTOR_SEGMENTS=1")
+	} else {
+		cmd.Env = append(cmd.Env, "SHOAL_EXECUTOR_SHM=0") // the last value of a variable wins
+	}
 	log := p.w.log.With("python", cfg.Python)
 	cmd.Stdout = &lineLogger{log: log, stream: "stdout"}
 	cmd.Stderr = &lineLogger{log: log, stream: "stderr"}
@@ -310,6 +320,7 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 			return fmt.Errorf("expected ready, got %q", m.Op)
 		}
 		ex.shm.ok = shmEnabled && x.SHM == 1
+		ex.seg = shmEnabled && x.Segments == 1
 		return nil
 	}()
 	if err != nil {
@@ -349,7 +360,15 @@ type pyRun struct {
 	ts     *task
 	m      *wire.Msg
 	frames [][]byte
-	fdata  []byte // the pickled function, in case this executor has not seen it
+	fdata  []byte   // the pickled function, in case this executor has not seen it
+	segs   []runSeg // segment-backed dependencies, whose frames are empty in frames
+}
+
+// runSeg is a dependency's segment in a run: its placements are those of the dependency's
+// frames, which start at frames[base].
+type runSeg struct {
+	seg  *Segment
+	base int
 }
 
 // size bounds the bytes of the run message for ex.
@@ -374,17 +393,42 @@ func (w *Worker) pyRunFor(ts *task) (*pyRun, *wire.Error) {
 	w.mu.Unlock()
 	items := make([]wire.Item, 0, len(ts.t.Deps))
 	var frames [][]byte
+	var segs []runSeg
 	for _, dep := range ts.t.Deps {
-		e, err := w.store.Get(dep, true)
+		e, err := w.store.GetRef(dep, true)
 		if err != nil {
 			return nil, &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
 				Message: fmt.Sprintf("dependency %q: %v", dep, err)}
 		}
 		items = append(items, wire.Item{Key: dep, Encoding: e.Encoding, NFrames: len(e.Frames), NBytes: e.NBytes})
+		if e.Seg != nil {
+			segs = append(segs, runSeg{seg: e.Seg, base: len(frames)})
+		}
 		frames = append(frames, e.Frames...)
 	}
 	m := &wire.Msg{Op: wire.OpRun, Key: ts.t.Key, FuncHash: ts.t.Func, Payload: ts.t.Payload, Items: items}
-	return &pyRun{ts: ts, m: m, frames: frames, fdata: fdata}, nil
+	return &pyRun{ts: ts, m: m, frames: frames, fdata: fdata, segs: segs}, nil
+}
+
+// segMaxPerRun bounds the segments passed with one run: descriptors in one message are
+// limited (253 by Linux, 64 by the executor's receive buffer, windows included). The frames of
+// further segment-backed dependencies are read into memory and go the ordinary way.
+const segMaxPerRun = 32
+
+// inline reads the frames of the segment-backed dependencies from the keep-th on into memory
+// (all of them with keep 0: for an executor that does not take segments).
+func (r *pyRun) inline(keep int, alloc func(int) []byte) error {
+	if len(r.segs) <= keep {
+		return nil
+	}
+	frames := append([][]byte(nil), r.frames...)
+	for _, rs := range r.segs[keep:] {
+		if err := rs.seg.fill(frames, rs.base, alloc); err != nil {
+			return err
+		}
+	}
+	r.frames, r.segs = frames, r.segs[:keep:keep]
+	return nil
 }
 
 // runPy runs a Python task on an executor, behind a batch of short ready Python tasks when
@@ -394,7 +438,8 @@ func (w *Worker) runPy(ts *task) result {
 		if r, retry := w.runPyOnce(ts); !retry {
 			return r
 		}
-		// the executor died running a task batched ahead of ts: ts never started
+		// the executor died running a task batched ahead of ts, or a dependency's segment
+		// went away before the run was sent: ts never started
 	}
 }
 
@@ -413,8 +458,22 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "MissingFunction",
 			Message: fmt.Sprintf("the pickled function %s was never sent to this worker", ts.t.Func)}}, false
 	}
+	keep := segMaxPerRun
+	if !ex.seg {
+		keep = 0
+	}
+	if len(mine.segs) > keep {
+		if err := mine.inline(keep, w.peers.bufs.get); err != nil {
+			w.py.release(ex)
+			if errors.Is(err, errSegmentGone) {
+				return result{}, true // spilled or dropped meanwhile: read the store again
+			}
+			return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
+				Message: fmt.Sprintf("reading a dependency: %v", err)}}, false
+		}
+	}
 	var batch []*pyRun
-	if budget := pyBatchBytes - mine.size(ex); budget > 0 && w.py.short(graph.GroupOf(&ts.t)) {
+	if budget := pyBatchBytes - mine.size(ex); budget > 0 && len(mine.segs) == 0 && w.py.short(graph.GroupOf(&ts.t)) {
 		batch = w.shortRuns(ex, budget)
 	}
 	batch = append(batch, mine)
@@ -427,14 +486,28 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		}
 		msgs[i] = outMsg{m: r.m, payload: r.frames}
 	}
-	if len(batch) == 1 && ex.shm.ok {
-		if err := w.placeShm(ex, &msgs[0]); err != nil {
+	var segFds []int
+	if len(batch) == 1 && (ex.shm.ok || len(mine.segs) > 0) {
+		var err error
+		if segFds, err = w.placeShm(ex, &msgs[0], mine); err != nil {
+			if len(mine.segs) > 0 && segFds == nil {
+				w.py.release(ex)
+				if errors.Is(err, errSegmentGone) {
+					// a dependency was spilled or dropped since pyRunFor: read the store
+					// again (the task has not started; a dropped one is then reported)
+					return result{}, true
+				}
+				return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
+					Message: fmt.Sprintf("passing a dependency to the executor: %v", err)}}, false
+			}
 			w.log.Warn("shared memory for the Python executor failed; large values go through its socket",
 				"pid", ex.pid, "err", err)
 		}
 	}
 	last := time.Now()
-	if err := ex.conn.sendMany(msgs...); err != nil {
+	err = ex.conn.sendMany(msgs...)
+	closeFds(segFds) // the executor has its own now (or is gone)
+	if err != nil {
 		return w.executorDied(ex, batch, 0, err, last)
 	}
 	for i, r := range batch {
@@ -453,7 +526,10 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			ex.funcs[r.ts.t.Func] = true
 		}
 		w.py.observe(graph.GroupOf(&r.ts.t), now.Sub(last))
-		res := pyResult(reply, rframes)
+		res := pyResult(reply, x, rframes)
+		if res.seg != nil {
+			w.py.segsIn.Add(1)
+		}
 		if r == mine {
 			w.py.release(ex)
 			return res, false
@@ -464,23 +540,42 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	panic("unreachable: the popped task is the last of its batch")
 }
 
-// placeShm moves the large payload frames of om into ex's shared-memory windows.
-func (w *Worker) placeShm(ex *executor, om *outMsg) error {
+// placeShm moves the large payload frames of om into ex's shared-memory windows, and passes
+// the segments of r's segment-backed dependencies. It returns the descriptors of those
+// segments, duplicated for the message, which the caller closes once it is sent; when they
+// cannot be passed (a segment was dropped from the store meanwhile) it returns nil and an
+// error, and om is unchanged.
+func (w *Worker) placeShm(ex *executor, om *outMsg, r *pyRun) (segFds []int, err error) {
+	var segs []runSegPlace
+	for n, rs := range r.segs {
+		fd, err := rs.seg.dup()
+		if err != nil {
+			closeFds(segFds)
+			return nil, err
+		}
+		segFds = append(segFds, fd)
+		for _, p := range rs.seg.at {
+			segs = append(segs, runSegPlace{Frame: rs.base + p.Frame, N: n, Off: p.Off, Len: p.Len})
+		}
+	}
 	frames, at, news, fds, err := ex.shm.place(om.payload)
-	if len(at) == 0 {
-		return err
+	if len(at) == 0 && len(segs) == 0 {
+		return nil, err
 	}
 	hdr, herr := wire.EncodeHeader(om.m)
 	if herr == nil {
-		hdr, herr = appendRunExt(hdr, at, news)
+		hdr, herr = appendRunExt(hdr, at, news, segs)
 	}
-	if herr != nil { // cannot happen with a header we made; send everything inline
+	if herr != nil { // cannot happen with a header we made
 		ex.shm.unplace(at, news)
-		return herr
+		closeFds(segFds)
+		return nil, herr
 	}
-	om.hdr, om.payload, om.fds = hdr, frames, fds
+	// the windows' descriptors first (shm_new order), then the segments' (docs/protocol.md §3.5)
+	om.hdr, om.payload, om.fds = hdr, frames, append(fds, segFds...)
 	w.py.shmFrames.Add(int64(len(at)))
-	return err
+	w.py.segsOut.Add(int64(len(segFds)))
+	return segFds, err
 }
 
 // shortRuns takes the next ready Python tasks of short groups whose function this executor
@@ -512,8 +607,10 @@ func (w *Worker) shortRuns(ex *executor, budget int) []*pyRun {
 			w.finish(ex.lane, ts, result{err: errr}, now, now)
 			continue
 		}
-		if budget -= r.size(ex); budget < 0 {
-			back = more[i:] // too big to batch: back to the queue, in their order
+		if budget -= r.size(ex); budget < 0 || len(r.segs) > 0 {
+			// too big to batch, or its descriptors must go alone (as windows do): back to
+			// the queue, in their order
+			back = more[i:]
 			break
 		}
 		runs = append(runs, r)
@@ -550,7 +647,10 @@ func (w *Worker) unbatch(tasks []*task) {
 // draining Run sends goodbye after the report.
 func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 	key := ts.t.Key
-	if r.err == nil {
+	switch {
+	case r.err == nil && r.seg != nil:
+		r.nbytes = w.store.PutSegment(key, r.enc, r.frames, r.seg)
+	case r.err == nil:
 		r.nbytes = w.store.Put(key, r.enc, r.frames, r.obj)
 	}
 	w.mu.Lock()
@@ -590,13 +690,33 @@ func (w *Worker) executorDied(ex *executor, batch []*pyRun, i int, err error, si
 	return result{}, true
 }
 
-// pyResult turns an executor's answer into a result.
-func pyResult(reply *wire.Msg, frames [][]byte) result {
+// pyResult turns an executor's answer, and the segment passed with it (x), into a result.
+func pyResult(reply *wire.Msg, x execExt, frames [][]byte) result {
+	var segFile *os.File
+	if len(x.fds) > 0 {
+		segFile = os.NewFile(uintptr(x.fds[0]), "shoal-result")
+		closeFds(x.fds[1:]) // cannot happen: recvExt takes what the message declares
+	}
+	if segFile != nil && reply.Op != wire.OpDone {
+		segFile.Close()
+		segFile = nil
+	}
 	switch reply.Op {
 	case wire.OpDone:
 		if len(reply.Items) != 1 || reply.Items[0].NFrames != len(frames) || len(frames) == 0 ||
 			!validEncoding(reply.Items[0].Encoding) {
+			if segFile != nil {
+				segFile.Close()
+			}
 			return result{err: wire.Errorf(wire.CodeProtocol, "the Python executor sent a malformed done message")}
+		}
+		if segFile != nil {
+			seg, err := newSegment(segFile, x.Seg, frames)
+			if err != nil {
+				segFile.Close()
+				return result{err: wire.Errorf(wire.CodeProtocol, "the Python executor sent a bad result segment: "+err.Error())}
+			}
+			return result{enc: reply.Items[0].Encoding, frames: frames, seg: seg}
 		}
 		return result{enc: reply.Items[0].Encoding, frames: frames}
 	case wire.OpError:

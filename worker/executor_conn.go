@@ -26,9 +26,14 @@ import (
 //
 // Profiles of a worker running tiny Python tasks showed the wire.Conn path spending most of
 // its time in writer wake-ups (futex), netpoll and reflective header decoding.
+//
+// The socket is read with recvmsg(2) (fdReader), so that descriptors the executor passes with
+// SCM_RIGHTS (a result's segment, segment.go) are kept rather than dropped, and handed to the
+// message that declares them.
 type execConn struct {
 	f   *os.File
 	fd  int
+	fr  *fdReader
 	br  *bufio.Reader
 	lim wire.Limits
 
@@ -42,7 +47,8 @@ type execConn struct {
 const execSmallFrame = 64 << 10
 
 func newExecConn(f *os.File, lim wire.Limits) *execConn {
-	return &execConn{f: f, fd: int(f.Fd()), br: bufio.NewReaderSize(f, 64<<10), lim: lim}
+	fr := newFdReader(f)
+	return &execConn{f: f, fd: int(f.Fd()), fr: fr, br: bufio.NewReaderSize(fr, 64<<10), lim: lim}
 }
 
 // Read and Write let the handshake functions of package wire run over the connection.
@@ -168,8 +174,12 @@ func (c *execConn) recv() (*wire.Msg, [][]byte, error) {
 	return m, frames, err
 }
 
-// recvExt is recv that also returns the header's fields that wire.Msg does not have.
+// recvExt is recv that also returns the header's fields that wire.Msg does not have, and the
+// descriptors passed with the message (x.fds), which the caller then owns. A message that
+// declares descriptors that did not arrive with its bytes, or descriptors that arrived with no
+// message declaring them, is a protocol error.
 func (c *execConn) recvExt() (*wire.Msg, execExt, [][]byte, error) {
+	start := c.fr.offset() - int64(c.br.Buffered())
 	frames, err := wire.ReadFrames(c.br, c.lim)
 	if err != nil {
 		if c.shut.Load() && !errors.Is(err, wire.ErrProtocol) && !errors.Is(err, wire.ErrFrameTooLarge) {
@@ -182,6 +192,9 @@ func (c *execConn) recvExt() (*wire.Msg, execExt, [][]byte, error) {
 	}
 	var x execExt
 	m, err := decodeExecHeaderExt(frames[0], &x)
+	if err == nil {
+		x.fds, err = c.fr.take(start, x.wantFds())
+	}
 	if err != nil {
 		return nil, execExt{}, nil, err
 	}
@@ -195,6 +208,136 @@ func (c *execConn) close() {
 	}
 	syscall.Shutdown(c.fd, syscall.SHUT_RDWR)
 	c.f.Close()
+	c.fr.closeFds()
+}
+
+// fdReader reads a socket with recvmsg(2) and queues the descriptors passed with SCM_RIGHTS,
+// each with the span of stream bytes that the recvmsg delivering it returned. The kernel
+// delivers descriptors with the first bytes the sender attached them to and ends that
+// recvmsg there (it never joins later data to it), so a message starting at stream offset S
+// owns descriptors whose span contains S: execConn.recvExt checks exactly that.
+type fdReader struct {
+	rc  syscall.RawConn
+	oob []byte
+	n   int64 // stream bytes read so far (only the reading goroutine touches it)
+
+	mu     sync.Mutex
+	queue  []recvFd
+	closed bool // closeFds ran: descriptors arriving later are closed at once
+}
+
+// recvFd is a received descriptor and the stream bytes [from, to) it came with.
+type recvFd struct {
+	fd       int
+	from, to int64
+}
+
+// fdReaderMaxFds is how many descriptors one recvmsg takes; more is a protocol error.
+const fdReaderMaxFds = 16
+
+func newFdReader(f *os.File) *fdReader {
+	r := &fdReader{oob: make([]byte, syscall.CmsgSpace(4*fdReaderMaxFds))}
+	var err error
+	if r.rc, err = f.SyscallConn(); err != nil {
+		panic(err) // an *os.File always has one
+	}
+	return r
+}
+
+func (r *fdReader) Read(p []byte) (int, error) {
+	var n, oobn, flags int
+	var err error
+	// RawConn.Read holds a reference to the descriptor: a concurrent close (which shuts the
+	// socket down first, waking this call) takes effect once it returns.
+	cerr := r.rc.Read(func(fd uintptr) bool {
+		for {
+			n, oobn, flags, _, err = syscall.Recvmsg(int(fd), p, r.oob, syscall.MSG_CMSG_CLOEXEC)
+			if err != syscall.EINTR {
+				return true
+			}
+		}
+	})
+	if cerr != nil {
+		return 0, cerr
+	}
+	if oobn > 0 {
+		if kerr := r.keep(r.oob[:oobn], r.n, r.n+int64(max(n, 0))); kerr != nil && err == nil {
+			err = kerr
+		}
+	}
+	if err == nil && flags&syscall.MSG_CTRUNC != 0 {
+		err = fmt.Errorf("%w: more than %d descriptors passed with one message", wire.ErrProtocol, fdReaderMaxFds)
+	}
+	if err != nil {
+		return 0, err
+	}
+	if n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
+	r.n += int64(n)
+	return n, nil
+}
+
+// keep queues the descriptors of a control message.
+func (r *fdReader) keep(oob []byte, from, to int64) error {
+	cmsgs, err := syscall.ParseSocketControlMessage(oob)
+	if err != nil {
+		return fmt.Errorf("%w: control message: %v", wire.ErrProtocol, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, cm := range cmsgs {
+		fds, err := syscall.ParseUnixRights(&cm)
+		if err != nil {
+			continue // not SCM_RIGHTS
+		}
+		for _, fd := range fds {
+			if r.closed {
+				syscall.Close(fd)
+				continue
+			}
+			r.queue = append(r.queue, recvFd{fd: fd, from: from, to: to})
+		}
+	}
+	return nil
+}
+
+// offset is how many stream bytes have been read from the socket.
+func (r *fdReader) offset() int64 { return r.n }
+
+// take returns the n descriptors of the message starting at stream offset start. Queued
+// descriptors that arrived before it belong to no message (none declared them): an error.
+func (r *fdReader) take(start int64, n int) ([]int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.queue) > 0 && r.queue[0].to <= start {
+		return nil, fmt.Errorf("%w: the executor passed a descriptor with no message declaring it", wire.ErrProtocol)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	if len(r.queue) < n {
+		return nil, fmt.Errorf("%w: a message declares %d descriptors, %d arrived with it", wire.ErrProtocol, n, len(r.queue))
+	}
+	fds := make([]int, n)
+	for i, q := range r.queue[:n] {
+		if q.from > start || start >= q.to {
+			return nil, fmt.Errorf("%w: a descriptor did not arrive with the message declaring it", wire.ErrProtocol)
+		}
+		fds[i] = q.fd
+	}
+	r.queue = append(r.queue[:0], r.queue[n:]...)
+	return fds, nil
+}
+
+// closeFds closes the descriptors still queued, and those that arrive later.
+func (r *fdReader) closeFds() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, q := range r.queue {
+		syscall.Close(q.fd)
+	}
+	r.queue, r.closed = nil, true
 }
 
 // readUints reads an array of non-negative integers (window ids).
@@ -208,6 +351,28 @@ func readUints(r *wire.Reader) ([]uint64, bool) {
 		if out[i], ok = r.Uint(); !ok {
 			return nil, false
 		}
+	}
+	return out, true
+}
+
+// readSegPlaces reads an array of [frame, offset, length] triples.
+func readSegPlaces(r *wire.Reader) ([]segPlace, bool) {
+	n, ok := r.ArrayLen()
+	if !ok {
+		return nil, false
+	}
+	out := make([]segPlace, n)
+	for i := range out {
+		if k, ok := r.ArrayLen(); !ok || k != 3 {
+			return nil, false
+		}
+		var v [3]int64
+		for j := range v {
+			if v[j], ok = r.Int(); !ok {
+				return nil, false
+			}
+		}
+		out[i] = segPlace{Frame: int(v[0]), Off: v[1], Len: v[2]}
 	}
 	return out, true
 }
@@ -229,7 +394,7 @@ func decodeExecHeaderExt(b []byte, x *execExt) (*wire.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
-	if bytes.Contains(b, []byte("shm")) {
+	if bytes.Contains(b, []byte("shm")) || bytes.Contains(b, []byte("seg")) {
 		if *x, err = decodeExt(b); err != nil {
 			return nil, fmt.Errorf("%w: executor header: %v", wire.ErrProtocol, err)
 		}
@@ -244,7 +409,8 @@ func decodeDone(b []byte) (m *wire.Msg, ok bool) {
 	return decodeDoneExt(b, &x)
 }
 
-// decodeDoneExt is decodeDone that also accepts the window fields shm_free and shm_drop.
+// decodeDoneExt is decodeDone that also accepts the window fields shm_free and shm_drop and
+// the segment field seg.
 func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
 	r := wire.NewReader(b)
 	n, ok := r.MapLen()
@@ -288,6 +454,10 @@ func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
 				x.Free = ids
 			} else {
 				x.Drop = ids
+			}
+		case "seg":
+			if x.Seg, ok = readSegPlaces(r); !ok {
+				return nil, false
 			}
 		default:
 			return nil, false

@@ -28,9 +28,10 @@ import (
 // whose page tables are already filled: one memory copy in all. The worker never maps a
 // window, so its lifetime on this side is only a file descriptor.
 //
-// The worker's store keeps ordinary Go memory: its values are borrowed without reference
+// The worker's store never holds mapped memory: its values are borrowed without reference
 // counts (peer sends queue them for a writer goroutine, Go tasks decode Arrow over them), so
-// memory that can be unmapped or rewritten has no place there.
+// memory that can be unmapped or rewritten has no place there. Results that come back in
+// shared memory (segments, segment.go) are kept as descriptors, never mapped by the worker.
 var (
 	// shmMinFrame is the size from which a payload frame goes through a window.
 	shmMinFrame = 1 << 20
@@ -256,9 +257,20 @@ func (ws *execWindows) closeAll() {
 
 // execExt holds the fields of executor messages that are not part of wire.Msg.
 type execExt struct {
-	SHM  int      `msgpack:"shm"`      // in ready: the window protocol version the executor speaks (1)
-	Free []uint64 `msgpack:"shm_free"` // windows free again
-	Drop []uint64 `msgpack:"shm_drop"` // windows the executor unmapped
+	SHM      int        `msgpack:"shm"`      // in ready: the window protocol version the executor speaks (1)
+	Segments int        `msgpack:"segments"` // in ready: 1 when the executor takes segments in run
+	Free     []uint64   `msgpack:"shm_free"` // windows free again
+	Drop     []uint64   `msgpack:"shm_drop"` // windows the executor unmapped
+	Seg      []segPlace `msgpack:"seg"`      // in done: the result's frames held in the segment passed with it
+	fds      []int      // the descriptors passed with the message (execConn.recvExt)
+}
+
+// wantFds is how many descriptors the message declares: one segment when it has placements.
+func (x *execExt) wantFds() int {
+	if len(x.Seg) > 0 {
+		return 1
+	}
+	return 0
 }
 
 // decodeExt reads the extension fields of an executor's header (the generic path).
@@ -268,24 +280,36 @@ func decodeExt(hdr []byte) (execExt, error) {
 	return x, err
 }
 
-// appendRunExt adds the window fields to an encoded run header (a msgpack map).
-func appendRunExt(hdr []byte, at []shmPlacement, news []shmNew) ([]byte, error) {
-	if len(at) == 0 {
-		return hdr, nil
+// runSegPlace says where the executor finds payload frame Frame of a run: bytes [Off,
+// Off+Len) of the N-th segment passed with the message (after the windows of shm_new).
+type runSegPlace struct {
+	_msgpack struct{} `msgpack:",as_array"`
+	Frame    int
+	N        int
+	Off      int64
+	Len      int64
+}
+
+// appendRunExt adds the window and segment fields to an encoded run header (a msgpack map).
+func appendRunExt(hdr []byte, at []shmPlacement, news []shmNew, segs []runSegPlace) ([]byte, error) {
+	kv := map[string]any{}
+	if len(at) > 0 {
+		kv["shm"] = at
 	}
-	add := 1
-	if len(news) > 0 {
-		add++
-	}
-	b, err := growMap(hdr, add)
-	if err != nil {
-		return nil, err
-	}
-	kv := map[string]any{"shm": at}
 	if len(news) > 0 {
 		kv["shm_new"] = news
 	}
-	for _, k := range []string{"shm", "shm_new"} {
+	if len(segs) > 0 {
+		kv["seg"] = segs
+	}
+	if len(kv) == 0 {
+		return hdr, nil
+	}
+	b, err := growMap(hdr, len(kv))
+	if err != nil {
+		return nil, err
+	}
+	for _, k := range []string{"shm", "shm_new", "seg"} {
 		v, ok := kv[k]
 		if !ok {
 			continue
@@ -298,6 +322,20 @@ func appendRunExt(hdr []byte, at []shmPlacement, news []shmNew) ([]byte, error) 
 		b = append(append(b, kb...), vb...)
 	}
 	return b, nil
+}
+
+// appendExt returns the encoded header map hdr with key: v added.
+func appendExt(hdr []byte, key string, v any) ([]byte, error) {
+	b, err := growMap(hdr, 1)
+	if err != nil {
+		return nil, err
+	}
+	kb, _ := msgpack.Marshal(key)
+	vb, err := msgpack.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return append(append(b, kb...), vb...), nil
 }
 
 // growMap returns a copy of the encoded msgpack map b with room for add more entries

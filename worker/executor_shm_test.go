@@ -172,7 +172,7 @@ func TestWindowSizeAndPick(t *testing.T) {
 func TestGrowMapAndRunExt(t *testing.T) {
 	hdr, err := wire.EncodeHeader(&wire.Msg{Op: wire.OpRun, ID: 7, Key: "k", Payload: []byte("p")})
 	require.NoError(t, err)
-	b, err := appendRunExt(hdr, []shmPlacement{{Frame: 1, Window: 3, Len: 5}}, []shmNew{{Window: 3, Size: 1 << 20}})
+	b, err := appendRunExt(hdr, []shmPlacement{{Frame: 1, Window: 3, Len: 5}}, []shmNew{{Window: 3, Size: 1 << 20}}, nil)
 	require.NoError(t, err)
 	var m map[string]any
 	require.NoError(t, msgpack.Unmarshal(b, &m))

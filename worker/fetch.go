@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // fetch is one dependency this worker needs from its peers.
@@ -95,7 +97,12 @@ func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64) {
 	}
 	var added []wire.Item
 	for _, it := range got {
-		w.store.Put(it.item.Key, it.item.Encoding, it.frames, nil)
+		if it.seg != nil {
+			w.store.PutSegment(it.item.Key, it.item.Encoding, it.frames, it.seg)
+			w.stats.shmIn.Add(1)
+		} else {
+			w.store.Put(it.item.Key, it.item.Encoding, it.frames, nil)
+		}
 		added = append(added, wire.Item{Key: it.item.Key, Encoding: it.item.Encoding, NBytes: it.item.NBytes})
 	}
 	if len(added) > 0 {
@@ -173,6 +180,8 @@ func (w *Worker) fetchFailedLocked(f *fetch) {
 type received struct {
 	item   wire.Item
 	frames [][]byte
+	ps     *peerSeg // the peer's description of the segment holding some frames (empty in frames)
+	seg    *Segment // that segment, opened
 }
 
 // peerPool keeps a few idle data connections per peer.
@@ -184,6 +193,7 @@ type peerPool struct {
 		idle   map[string][]*peerConn
 		seq    uint64
 		closed bool
+		noShm  map[string]bool // peers whose segments could not be opened: ask them for bytes
 	}
 }
 
@@ -201,6 +211,7 @@ var peerIdleTimeout = 60 * time.Second
 func newPeerPool(w *Worker) *peerPool {
 	p := &peerPool{w: w, bufs: newBufPool(poolBytesFor(w.cfg.MemoryLimit))}
 	p.mu.idle = make(map[string][]*peerConn)
+	p.mu.noShm = make(map[string]bool)
 	return p
 }
 
@@ -247,20 +258,58 @@ func (p *peerPool) closeAll() {
 // getData asks addr for keys and returns the values it sent; keys it reported missing are
 // simply absent. Frames are used as received, without copying; large ones are read into
 // recycled buffers (bufPool).
+//
+// A peer on this machine hands segment-backed values over as descriptors (segment.go) when
+// asked to. A value whose segment cannot be opened is fetched again as bytes. When the cause
+// is this worker's access to the peer's descriptors (permission, no such process in this
+// /proc) and not the value going away meanwhile (spilled or dropped), this peer is not asked
+// for descriptors again.
 func (p *peerPool) getData(ctx context.Context, addr string, keys []string) ([]received, error) {
+	p.mu.Lock()
+	shm := shmEnabled && hostID() != "" && !p.mu.noShm[addr]
+	p.mu.Unlock()
+	got, retry, blocked, err := p.getDataVia(ctx, addr, keys, shm)
+	if err != nil || len(retry) == 0 {
+		return got, err
+	}
+	if blocked != nil {
+		p.mu.Lock()
+		p.mu.noShm[addr] = true
+		p.mu.Unlock()
+		p.w.log.Info("cannot open a peer's shared-memory segments; fetching its values over TCP from now on",
+			"peer", addr, "err", blocked)
+	}
+	more, _, _, err := p.getDataVia(ctx, addr, retry, false)
+	return append(got, more...), err
+}
+
+// getDataVia is one get_data request (split in halves when the answer would be too large),
+// asking for segment descriptors when shm is set; retry lists the keys whose segments could not
+// be opened, blocked is set when a failure means none of that peer's can be (segmentsBlocked).
+func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, shm bool) (got []received, retry []string, blocked, err error) {
 	c, id, err := p.get(ctx, addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	stop := context.AfterFunc(ctx, func() { c.close() })
 	defer stop()
-	m, frames, err := c.request(&wire.Msg{Op: wire.OpGetData, ID: id, Keys: keys}, p.bufs.get)
+	hdr, err := wire.EncodeHeader(&wire.Msg{Op: wire.OpGetData, ID: id, Keys: keys})
+	if err == nil && shm {
+		if hdr, err = appendExt(hdr, "shm", 1); err == nil {
+			hdr, err = appendExt(hdr, "shm_host", hostID())
+		}
+	}
+	if err != nil { // cannot happen with a header we made
+		p.put(addr, c)
+		return nil, nil, nil, err
+	}
+	m, segs, frames, err := c.request(hdr, p.bufs.get)
 	if err != nil {
 		c.close()
 		if ctx.Err() != nil {
-			return nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		}
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if m.Op == wire.OpError && m.Code == wire.CodeFrameTooLarge && m.ID == id && len(keys) > 1 {
 		// the values do not fit in one message: ask for them in two halves
@@ -268,21 +317,42 @@ func (p *peerPool) getData(ctx context.Context, addr string, keys []string) ([]r
 			p.put(addr, c)
 		}
 		half := len(keys) / 2
-		first, err := p.getData(ctx, addr, keys[:half])
+		first, retry, blocked, err := p.getDataVia(ctx, addr, keys[:half], shm)
 		if err != nil {
-			return first, err
+			return first, retry, blocked, err
 		}
-		second, err := p.getData(ctx, addr, keys[half:])
-		return append(first, second...), err
+		second, retry2, blocked2, err := p.getDataVia(ctx, addr, keys[half:], shm)
+		if blocked == nil {
+			blocked = blocked2
+		}
+		return append(first, second...), append(retry, retry2...), blocked, err
 	}
-	got, err := parseData(m, frames, id, keys)
+	if len(segs) > 0 && !shm {
+		err = errors.New("peer sent segment descriptors without being asked")
+	} else {
+		got, err = parseData(m, frames, id, keys, segs)
+	}
 	if err != nil {
 		c.close()
-		return nil, err
+		return nil, nil, nil, err
 	}
 	p.put(addr, c)
 	p.w.stats.bytesRecv.Add(frameBytes(frames))
-	return got, nil
+	kept := got[:0]
+	for _, r := range got {
+		if r.ps != nil {
+			if r.seg, err = openPeerSegment(*r.ps, r.frames); err != nil {
+				p.w.log.Debug("cannot open a peer's segment", "peer", addr, "key", r.item.Key, "err", err)
+				retry = append(retry, r.item.Key)
+				if blocked == nil && segmentsBlocked(err, r.ps.PID) {
+					blocked = err
+				}
+				continue
+			}
+		}
+		kept = append(kept, r)
+	}
+	return kept, retry, blocked, nil
 }
 
 // peerConn is a data connection to a peer for get_data requests, one at a time. It speaks
@@ -323,35 +393,41 @@ func (r idleReader) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// request sends m (no payload) and reads the answer; payload frames are allocated by alloc.
-func (c *peerConn) request(m *wire.Msg, alloc func(int) []byte) (*wire.Msg, [][]byte, error) {
-	hdr, err := wire.EncodeHeader(m)
-	if err != nil {
-		return nil, nil, err
-	}
+// request sends a message with header hdr (no payload) and reads the answer, with the
+// segments a data answer describes; payload frames are allocated by alloc.
+func (c *peerConn) request(hdr []byte, alloc func(int) []byte) (*wire.Msg, []peerSeg, [][]byte, error) {
 	out := make([]byte, 0, 12+len(hdr))
 	out = append(out, 0, 0, 0, 1)
 	out = appendU64(out, uint64(len(hdr)))
 	out = append(out, hdr...)
 	c.nc.SetWriteDeadline(time.Now().Add(peerIdleTimeout))
 	if _, err := c.nc.Write(out); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	frames, err := wire.ReadFramesAlloc(c.br, c.lim, alloc)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	reply, err := wire.DecodeHeader(frames[0])
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return reply, frames[1:], nil
+	var x struct {
+		Seg []peerSeg `msgpack:"seg"`
+	}
+	if reply.Op == wire.OpData && bytes.Contains(frames[0], []byte("seg")) {
+		if err := msgpack.Unmarshal(frames[0], &x); err != nil {
+			return nil, nil, nil, fmt.Errorf("%w: data answer: %v", wire.ErrProtocol, err)
+		}
+	}
+	return reply, x.Seg, frames[1:], nil
 }
 
 func (c *peerConn) close() { c.once.Do(func() { c.nc.Close() }) }
 
-// parseData checks a data reply against the request and splits its frames per item.
-func parseData(m *wire.Msg, frames [][]byte, id uint64, keys []string) ([]received, error) {
+// parseData checks a data reply against the request and splits its frames per item, pairing
+// items with the segments segs describes.
+func parseData(m *wire.Msg, frames [][]byte, id uint64, keys []string, segs []peerSeg) ([]received, error) {
 	if m.Op == wire.OpError {
 		return nil, fmt.Errorf("peer refused get_data: %s: %s", m.Code, m.Message)
 	}
@@ -373,6 +449,20 @@ func parseData(m *wire.Msg, frames [][]byte, id uint64, keys []string) ([]receiv
 	}
 	if len(frames) != 0 {
 		return nil, fmt.Errorf("%d frames beyond the items", len(frames))
+	}
+	for i := range segs {
+		ps := &segs[i]
+		j := slices.IndexFunc(out, func(r received) bool { return r.item.Key == ps.Key })
+		if j < 0 || out[j].ps != nil {
+			return nil, fmt.Errorf("a segment for %q, which is not an item of the answer or has one already", ps.Key)
+		}
+		for _, p := range ps.Frames {
+			if p.Frame < 0 || p.Frame >= len(out[j].frames) || len(out[j].frames[p.Frame]) != 0 || p.Len < 0 {
+				return nil, fmt.Errorf("bad segment placement [%d, %d, %d] for item %q", p.Frame, p.Off, p.Len, ps.Key)
+			}
+			out[j].item.NBytes += p.Len
+		}
+		out[j].ps = ps
 	}
 	return out, nil
 }

@@ -15,7 +15,8 @@ import (
 // accounting (SpillFraction) only sees result bytes; what it cannot see is the Go heap's
 // garbage between collections, the values an executor holds while it runs a task, and the
 // executors' interpreters. Every MemoryMonitorInterval the monitor reads the resident set
-// of the worker process and of each executor from /proc and:
+// of the worker process and of each executor from /proc, adds the shared-memory segments the
+// store holds (memfds no process maps are in no resident set, yet they are memory), and:
 //
 //   - above ProcessSpillFraction×limit, first returns the Go heap's free memory to the
 //     operating system, then spills least recently used results until the total is back
@@ -83,14 +84,16 @@ func rssOf(pid int) int64 {
 	return pages * pageSize
 }
 
-// processMemory returns the bytes resident in the worker process and its live executors, and
-// in the worker process alone; -1, -1 where /proc cannot tell.
+// processMemory returns the bytes resident in the worker process and its live executors plus
+// the store's segments, and in the worker process alone; -1, -1 where /proc cannot tell. A
+// segment an executor has mapped is counted twice while it runs (in its resident set too):
+// that errs on the side of spilling early.
 func (w *Worker) processMemory() (total, self int64) {
 	self = rssOf(os.Getpid())
 	if self < 0 {
 		return -1, -1
 	}
-	total = self
+	total = self + w.store.Stats().Segments
 	for _, pid := range w.py.pids() {
 		if r := rssOf(pid); r > 0 {
 			total += r
@@ -159,7 +162,8 @@ func (w *Worker) checkMemory(now time.Time) {
 	if total < 0 {
 		return
 	}
-	stored := w.store.Stats().Memory
+	st := w.store.Stats()
+	stored := st.Memory
 	if total > spillAt {
 		// Garbage first: values already dropped or spilled may still occupy the Go heap.
 		if now.Sub(w.mem.lastFree) >= w.cfg.MemoryMonitorInterval {
@@ -173,7 +177,7 @@ func (w *Worker) checkMemory(now time.Time) {
 			}
 		}
 		stored = w.store.Stats().Memory
-	} else if w.idleSinceLastCheck() && self-stored > unmanagedSlack && now.Sub(w.mem.lastFree) >= time.Second {
+	} else if w.idleSinceLastCheck() && self-(stored-st.Segments) > unmanagedSlack && now.Sub(w.mem.lastFree) >= time.Second {
 		total = w.releaseToOS(now)
 		w.mem.trimmed = true
 	}

@@ -9,25 +9,28 @@ import (
 
 // Metrics is a point-in-time snapshot of a worker's counters and gauges.
 type Metrics struct {
-	TasksExecuted  int64 // tasks finished successfully
-	TasksErred     int64 // tasks that returned an error or panicked
-	BytesSent      int64 // payload bytes served on the data port
-	BytesReceived  int64 // payload bytes fetched from peers or put by clients
-	TransfersIn    int64 // successful get_data requests to peers
-	TransfersOut   int64 // get_data requests served with at least one value
-	FetchFailures  int64 // dependencies no holder could supply
-	Fetching       int   // dependencies being fetched or queued for fetching
-	Memory         int64 // result bytes held in memory
-	Spilled        int64 // result bytes spilled to disk
-	MemoryLimit    int64
-	ProcessMemory  int64 // bytes resident in the worker process and its executors; -1: unknown
-	Keys           int   // results held
-	Executing      int   // tasks running now
-	Ready          int   // tasks waiting for a thread
-	Waiting        int   // tasks waiting for dependencies
-	Paused         bool
-	PythonRunning  int // live Python executor processes
-	ExecutorDeaths int64
+	TasksExecuted   int64 // tasks finished successfully
+	TasksErred      int64 // tasks that returned an error or panicked
+	BytesSent       int64 // payload bytes served on the data port
+	BytesReceived   int64 // payload bytes fetched from peers or put by clients
+	TransfersIn     int64 // successful get_data requests to peers
+	TransfersOut    int64 // get_data requests served with at least one value
+	ShmTransfersIn  int64 // values taken from a peer on this machine as a segment descriptor
+	ShmTransfersOut int64 // values handed to a peer on this machine as a segment descriptor
+	FetchFailures   int64 // dependencies no holder could supply
+	Fetching        int   // dependencies being fetched or queued for fetching
+	Memory          int64 // result bytes held in memory, segments included
+	SegmentBytes    int64 // bytes of the shared-memory segments (memfds) the store holds
+	Spilled         int64 // result bytes spilled to disk
+	MemoryLimit     int64
+	ProcessMemory   int64 // bytes resident in the worker process and its executors, plus SegmentBytes; -1: unknown
+	Keys            int   // results held
+	Executing       int   // tasks running now
+	Ready           int   // tasks waiting for a thread
+	Waiting         int   // tasks waiting for dependencies
+	Paused          bool
+	PythonRunning   int // live Python executor processes
+	ExecutorDeaths  int64
 }
 
 // Metrics returns a snapshot.
@@ -37,6 +40,7 @@ func (w *Worker) Metrics() Metrics {
 		TasksExecuted: w.stats.executed.Load(), TasksErred: w.stats.erred.Load(),
 		BytesSent: w.stats.bytesSent.Load(), BytesReceived: w.stats.bytesRecv.Load(),
 		TransfersIn: w.stats.transfersIn.Load(), TransfersOut: w.stats.transferOut.Load(),
+		ShmTransfersIn: w.stats.shmIn.Load(), ShmTransfersOut: w.stats.shmOut.Load(), SegmentBytes: st.Segments,
 		FetchFailures: w.stats.fetchFailures.Load(),
 		Memory:        st.Memory, Spilled: st.Spilled, MemoryLimit: w.memLimit, Keys: st.Keys,
 		ExecutorDeaths: w.py.deaths.Load(), ProcessMemory: w.ProcessMemory(),
@@ -75,11 +79,14 @@ var metricDescs = func() []metricDesc {
 		d("bytes_received_total", "Payload bytes fetched from peers or put by clients.", c, func(m *Metrics) float64 { return float64(m.BytesReceived) }),
 		d("transfers_in_total", "Successful get_data requests to peers.", c, func(m *Metrics) float64 { return float64(m.TransfersIn) }),
 		d("transfers_out_total", "get_data requests served with data.", c, func(m *Metrics) float64 { return float64(m.TransfersOut) }),
+		d("shm_transfers_in_total", "Values taken from a peer on this machine as a shared-memory segment (no copy).", c, func(m *Metrics) float64 { return float64(m.ShmTransfersIn) }),
+		d("shm_transfers_out_total", "Values handed to a peer on this machine as a shared-memory segment.", c, func(m *Metrics) float64 { return float64(m.ShmTransfersOut) }),
 		d("fetch_failures_total", "Dependencies no holder could supply.", c, func(m *Metrics) float64 { return float64(m.FetchFailures) }),
 		d("executor_deaths_total", "Python executors that died.", c, func(m *Metrics) float64 { return float64(m.ExecutorDeaths) }),
 		d("memory_bytes", "Result bytes held in memory.", g, func(m *Metrics) float64 { return float64(m.Memory) }),
+		d("shm_segment_bytes", "Bytes of the shared-memory segments holding results (part of memory_bytes).", g, func(m *Metrics) float64 { return float64(m.SegmentBytes) }),
 		d("spilled_bytes", "Result bytes spilled to disk.", g, func(m *Metrics) float64 { return float64(m.Spilled) }),
-		d("process_memory_bytes", "Memory resident in the worker process and its Python executors (-1: unknown).", g, func(m *Metrics) float64 { return float64(m.ProcessMemory) }),
+		d("process_memory_bytes", "Memory resident in the worker process and its Python executors, plus its shared-memory segments (-1: unknown).", g, func(m *Metrics) float64 { return float64(m.ProcessMemory) }),
 		d("memory_limit_bytes", "Memory budget of the result store.", g, func(m *Metrics) float64 { return float64(m.MemoryLimit) }),
 		d("keys", "Results held.", g, func(m *Metrics) float64 { return float64(m.Keys) }),
 		d("executing", "Tasks running now.", g, func(m *Metrics) float64 { return float64(m.Executing) }),

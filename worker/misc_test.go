@@ -154,7 +154,7 @@ func FuzzParseData(f *testing.F) {
 		}
 		m := &wire.Msg{Op: wire.OpData, ID: 1, Items: []wire.Item{
 			{Key: key, Encoding: enc, NFrames: nframes}, {Key: "a", Encoding: "bytes", NFrames: nframes2}}}
-		out, err := parseData(m, frames, 1, []string{"a", "b"})
+		out, err := parseData(m, frames, 1, []string{"a", "b"}, nil)
 		if err != nil {
 			return
 		}
@@ -170,7 +170,7 @@ func FuzzParseData(f *testing.F) {
 func FuzzReadSpill(f *testing.F) {
 	dir := f.TempDir()
 	good := dir + "/good"
-	require.NoError(f, writeSpill(good, "pickle", [][]byte{[]byte("ab"), {}, []byte("c")}))
+	require.NoError(f, writeSpill(good, "pickle", [][]byte{[]byte("ab"), {}, []byte("c")}, nil))
 	f.Add([]byte("SHSP"))
 	f.Add([]byte("SHSP\x06pickle\x00\x00\x00\x01\xff\xff\xff\xff\xff\xff\xff\xff"))
 	f.Fuzz(func(t *testing.T, b []byte) {

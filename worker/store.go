@@ -19,13 +19,17 @@ type Entry struct {
 	Frames   [][]byte
 	NBytes   int64
 	Obj      any // cached decoded object (e.g. an arrow.Table), or nil
-	v        *value
+	// Seg is the shared-memory segment holding some of the frames (segment.go), only from
+	// GetRef: those frames are then empty in Frames. The store may close it at any time.
+	Seg *Segment
+	v   *value
 }
 
 type value struct {
 	key    string
 	enc    string
-	frames [][]byte // nil while spilled
+	frames [][]byte // nil while spilled; with seg, the frames it holds are empty
+	seg    *Segment // the memfd holding the large frames, or nil
 	nbytes int64
 	obj    any
 	path   string // spill file, "" while in memory
@@ -35,9 +39,14 @@ type value struct {
 // Store holds task results by key with byte accounting. When more than spillAbove bytes are
 // held in memory, least recently used values are written to dir (one file per value) and read
 // back on demand. It is safe for concurrent use.
+//
+// A value may be segment-backed (PutSegment): its large frames are in a sealed memfd the store
+// owns and closes when the value goes (Delete, replacement, spilling, Close). Its bytes count as
+// memory. Get hands them out read into memory; GetRef hands out the segment itself.
 type Store struct {
 	dir        string
-	spillAbove int64 // 0: never spill
+	spillAbove int64            // 0: never spill
+	alloc      func(int) []byte // buffers segment bytes are read into (nil: make)
 
 	spillMu sync.Mutex // one spiller at a time
 	mu      struct {
@@ -45,6 +54,7 @@ type Store struct {
 		m        map[string]*value
 		lru      *list.List // front: most recently used, in-memory values only
 		memory   int64
+		segments int64 // bytes of the memfds of segment-backed values (part of memory)
 		spilled  int64
 		nspills  int64
 		nunspill int64
@@ -68,14 +78,33 @@ func NewStore(dir string, spillAbove int64) *Store {
 // Put stores (or replaces) key and returns its size. obj, when not nil, is kept as the
 // decoded form of frames while the value is in memory. Put may spill other values.
 func (s *Store) Put(key, enc string, frames [][]byte, obj any) int64 {
-	v := &value{key: key, enc: enc, frames: frames, nbytes: frameBytes(frames), obj: obj}
+	return s.put(&value{key: key, enc: enc, frames: frames, nbytes: frameBytes(frames), obj: obj})
+}
+
+// PutSegment stores (or replaces) key with the frames seg holds (empty in frames) in seg, and
+// returns its size. The store owns seg from now on, even if the store is closed.
+func (s *Store) PutSegment(key, enc string, frames [][]byte, seg *Segment) int64 {
+	return s.put(&value{key: key, enc: enc, frames: frames, seg: seg, nbytes: frameBytes(frames) + seg.bytes()})
+}
+
+func (s *Store) put(v *value) int64 {
 	s.mu.Lock()
-	if old := s.mu.m[key]; old != nil {
+	if s.mu.closed {
+		s.mu.Unlock()
+		if v.seg != nil {
+			v.seg.close()
+		}
+		return v.nbytes
+	}
+	if old := s.mu.m[v.key]; old != nil {
 		s.removeLocked(old)
 	}
-	s.mu.m[key] = v
+	s.mu.m[v.key] = v
 	v.elem = s.mu.lru.PushFront(v)
 	s.mu.memory += v.nbytes
+	if v.seg != nil {
+		s.mu.segments += v.seg.size
+	}
 	s.mu.Unlock()
 	s.maybeSpill()
 	return v.nbytes
@@ -101,8 +130,33 @@ func (s *Store) Info(key string) (enc string, nbytes int64, ok bool) {
 
 // Get returns key's value, reading it back from disk when spilled. With restore, a spilled
 // value moves back into memory (and may spill others); without it, it is read and left on
-// disk (serving a peer should not evict what local tasks use).
+// disk (serving a peer should not evict what local tasks use). The frames of a segment-backed
+// value are read into memory (a copy the caller owns).
 func (s *Store) Get(key string, restore bool) (Entry, error) {
+	alloc := s.alloc
+	if alloc == nil {
+		alloc = func(n int) []byte { return make([]byte, n) }
+	}
+	for {
+		e, err := s.GetRef(key, restore)
+		if err != nil || e.Seg == nil {
+			return e, err
+		}
+		frames, err := e.Seg.read(e.Frames, alloc)
+		if errors.Is(err, errSegmentGone) {
+			continue // spilled, replaced or deleted meanwhile: look again
+		}
+		if err != nil {
+			return Entry{}, fmt.Errorf("worker: reading %q: %w", key, err)
+		}
+		e.Frames, e.Seg = frames, nil
+		return e, nil
+	}
+}
+
+// GetRef is Get without reading a segment-backed value's frames: Entry.Seg holds them. The
+// caller uses the segment only through its file (segment.go) and only while it needs it.
+func (s *Store) GetRef(key string, restore bool) (Entry, error) {
 	s.mu.Lock()
 	v := s.mu.m[key]
 	if v == nil {
@@ -111,7 +165,7 @@ func (s *Store) Get(key string, restore bool) (Entry, error) {
 	}
 	if v.path == "" {
 		s.mu.lru.MoveToFront(v.elem)
-		e := Entry{Encoding: v.enc, Frames: v.frames, NBytes: v.nbytes, Obj: v.obj, v: v}
+		e := Entry{Encoding: v.enc, Frames: v.frames, NBytes: v.nbytes, Obj: v.obj, Seg: v.seg, v: v}
 		s.mu.Unlock()
 		return e, nil
 	}
@@ -144,7 +198,8 @@ func (s *Store) Get(key string, restore bool) (Entry, error) {
 func (s *Store) SetObj(e Entry, obj any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e.v != nil && s.mu.m[e.v.key] == e.v && e.v.path == "" {
+	// a segment-backed value's decoded form would be a second, unaccounted copy of its bytes
+	if e.v != nil && s.mu.m[e.v.key] == e.v && e.v.path == "" && e.v.seg == nil {
 		e.v.obj = obj
 	}
 }
@@ -172,12 +227,17 @@ func (s *Store) removeLocked(v *value) {
 	}
 	s.mu.lru.Remove(v.elem)
 	s.mu.memory -= v.nbytes
+	if v.seg != nil {
+		s.mu.segments -= v.seg.size
+		v.seg.close()
+	}
 }
 
 // StoreStats is a snapshot of the store's accounting.
 type StoreStats struct {
 	Keys        int
-	Memory      int64 // bytes held in memory
+	Memory      int64 // bytes held in memory, segments included
+	Segments    int64 // bytes of the shared-memory segments held (not in any process's RSS)
 	Spilled     int64 // bytes held on disk
 	Spills      int64 // values written to disk so far
 	Unspills    int64 // values read back into memory so far
@@ -188,7 +248,7 @@ type StoreStats struct {
 func (s *Store) Stats() StoreStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return StoreStats{Keys: len(s.mu.m), Memory: s.mu.memory, Spilled: s.mu.spilled,
+	return StoreStats{Keys: len(s.mu.m), Memory: s.mu.memory, Segments: s.mu.segments, Spilled: s.mu.spilled,
 		Spills: s.mu.nspills, Unspills: s.mu.nunspill, SpilledKeys: len(s.mu.m) - s.mu.lru.Len()}
 }
 
@@ -203,7 +263,7 @@ func (s *Store) Keys() []string {
 	return keys
 }
 
-// Close drops everything and removes the spill files.
+// Close drops everything, closes the segments and removes the spill files.
 func (s *Store) Close() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -252,11 +312,11 @@ func (s *Store) spillLocked(more func() bool) (moved int64) {
 		v := s.mu.lru.Back().Value.(*value)
 		s.mu.seq++
 		path := filepath.Join(s.dir, strconv.FormatUint(s.mu.seq, 10)+".spill")
-		enc, frames := v.enc, v.frames
+		enc, frames, seg := v.enc, v.frames, v.seg
 		s.mu.lru.Remove(v.elem) // out of the LRU while being written
 		s.mu.Unlock()
 
-		err := writeSpill(path, enc, frames)
+		err := writeSpill(path, enc, frames, seg)
 
 		s.mu.Lock()
 		switch {
@@ -268,7 +328,11 @@ func (s *Store) spillLocked(more func() bool) (moved int64) {
 			s.mu.Unlock()
 			return moved
 		default:
-			v.frames, v.obj, v.path = nil, nil, path
+			if v.seg != nil { // its bytes are on disk now: free the shared memory
+				s.mu.segments -= v.seg.size
+				v.seg.close()
+			}
+			v.frames, v.seg, v.obj, v.path = nil, nil, nil, path
 			moved += v.nbytes
 			s.mu.memory -= v.nbytes
 			s.mu.spilled += v.nbytes
@@ -282,25 +346,65 @@ func (s *Store) spillLocked(more func() bool) (moved int64) {
 // frame, then the frames.
 const spillMagic = "SHSP"
 
-func writeSpill(path, enc string, frames [][]byte) error {
+// writeSpill writes a value's spill file; the frames seg holds (if any) are copied from it.
+func writeSpill(path, enc string, frames [][]byte, seg *Segment) error {
 	hdr := make([]byte, 0, 9+len(enc)+8*len(frames))
 	hdr = append(hdr, spillMagic...)
 	hdr = append(hdr, byte(len(enc)))
 	hdr = append(hdr, enc...)
 	hdr = binary.BigEndian.AppendUint32(hdr, uint32(len(frames)))
-	for _, f := range frames {
-		hdr = binary.BigEndian.AppendUint64(hdr, uint64(len(f)))
+	if seg == nil {
+		for _, f := range frames {
+			hdr = binary.BigEndian.AppendUint64(hdr, uint64(len(f)))
+		}
+	} else {
+		for _, n := range seg.frameLens(frames) {
+			hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
+		}
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	bufs := append(net.Buffers{hdr}, frames...)
-	if _, err := bufs.WriteTo(f); err != nil {
+	if seg == nil {
+		bufs := append(net.Buffers{hdr}, frames...)
+		_, err = bufs.WriteTo(f)
+	} else {
+		err = writeSegFrames(f, hdr, frames, seg)
+	}
+	if err != nil {
 		f.Close()
 		return err
 	}
 	return f.Close()
+}
+
+// writeSegFrames writes hdr, then the frames, those in seg copied from it.
+func writeSegFrames(f *os.File, hdr []byte, frames [][]byte, seg *Segment) error {
+	if _, err := f.Write(hdr); err != nil {
+		return err
+	}
+	in := make(map[int]segPlace, len(seg.at))
+	for _, p := range seg.at {
+		in[p.Frame] = p
+	}
+	var buf []byte
+	for i, fr := range frames {
+		p, ok := in[i]
+		if !ok {
+			if _, err := f.Write(fr); err != nil {
+				return err
+			}
+			continue
+		}
+		if buf == nil {
+			buf = make([]byte, 1<<20)
+		}
+		if err := seg.copyFrame(f, p, buf); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func readSpill(path string) (string, [][]byte, error) {

@@ -255,6 +255,7 @@ func (w *Worker) report(thread int, ts *task, r result, start, stop time.Time) {
 type result struct {
 	enc    string
 	frames [][]byte
+	seg    *Segment // the memfd holding the large frames (empty in frames), or nil
 	obj    any
 	nbytes int64
 	err    *wire.Error

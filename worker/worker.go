@@ -49,6 +49,8 @@ type Worker struct {
 		bytesSent, bytesRecv     atomic.Int64
 		transfersIn, transferOut atomic.Int64
 		fetchFailures            atomic.Int64
+		// values handed over between workers on this machine as segment descriptors
+		shmIn, shmOut atomic.Int64
 	}
 
 	mu struct {
@@ -98,6 +100,7 @@ func New(cfg Config) (*Worker, error) {
 	w.store = NewStore(dir, int64(cfg.SpillFraction*float64(w.memLimit)))
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	w.peers = newPeerPool(w)
+	w.store.alloc = w.peers.bufs.get // segment bytes read for a client or a Go task are garbage soon
 	w.py = newExecutorPool(w)
 	w.mu.cond = sync.NewCond(&w.mu.Mutex)
 	w.mu.tasks = make(map[string]*task)

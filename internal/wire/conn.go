@@ -178,6 +178,20 @@ func (c *Conn) Recv() (*Msg, [][]byte, error) {
 	return m, frames[1:], nil
 }
 
+// RecvHeader is Recv that also returns the encoded header, for fields Msg does not have (a
+// worker's extensions of its own ops). The header is valid only until the next Recv.
+func (c *Conn) RecvHeader() (*Msg, []byte, [][]byte, error) {
+	frames, err := readFrames(c.br, c.lim, &c.scratch, nil)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	m, err := DecodeHeader(frames[0])
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return m, frames[0], frames[1:], nil
+}
+
 // MessageBuffered reports whether a whole message is already buffered, so that the next Recv
 // returns without waiting for the network. A reader uses it to hand on messages that arrived
 // together as one batch.

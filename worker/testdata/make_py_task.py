@@ -16,6 +16,10 @@ TASKS = {
     "rows": (lambda t: t.num_rows * 2, (Ref("tbl"),)),
     # b is a large bytes value: its length and a digest of its contents, as text
     "digest": (lambda b: f"{len(b)}:{hashlib.sha256(b).hexdigest()}", (Ref("big"),)),
+    # a large result (3 MiB), which the executor may put in a segment
+    "blob": (lambda: b"\x07" * (3 << 20), ()),
+    # a digest of 70 values s0…s69 (more than a run passes as descriptors)
+    "join70": (lambda *bs: hashlib.sha256(b"".join(bs)).hexdigest(), tuple(Ref(f"s{i}") for i in range(70))),
 }
 
 fn, args = TASKS[sys.argv[1]]

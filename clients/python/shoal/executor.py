@@ -15,13 +15,16 @@ It exits on ``shutdown`` or when the socket closes.
 
 Large dependency frames may arrive in shared-memory windows instead of through the socket
 (:class:`Windows`, docs/protocol.md §3.5): the values are then built over the window's mapping
-without a copy.
+without a copy. A large result goes back in a *segment*: a fresh memfd the executor writes the
+frames into, seals and passes with its ``done`` answer (:func:`write_segment`); a dependency the
+worker holds in such a segment arrives as its descriptor and is mapped copy-on-write.
 """
 
 from __future__ import annotations
 
 import array
 import collections
+import fcntl
 import hashlib
 import io
 import logging
@@ -48,10 +51,24 @@ SHM_VERSION = 1
 DEFAULT_SHM_IDLE = 256 << 20
 """Bytes of free windows kept mapped for reuse (``SHOAL_EXECUTOR_SHM_IDLE``)."""
 
+SEG_MIN = 1 << 20
+"""A result goes back in a segment when its frames of at least SEG_MIN_FRAME bytes total this."""
+
+SEG_MIN_FRAME = 4 << 10
+"""Smaller frames (a pickle's header) stay in the message: copying them costs less than placing them."""
+
+SEG_ALIGN = 64
+"""Frames start at multiples of this in a segment (numpy and Arrow buffers stay aligned)."""
+
+_SEALS = (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
+          if hasattr(fcntl, "F_ADD_SEALS") else 0)
+"""The seals of a result segment: its bytes and size never change again (0: no seals here)."""
+
 
 class FdReceiver:
     """A socket's ``recv``/``recv_into`` that keeps the descriptors passed with SCM_RIGHTS, in
-    the order they arrive (the worker passes a window's memfd with the message introducing it)."""
+    the order they arrive (the worker passes a window's memfd with the message introducing it,
+    and segments with the run that uses them)."""
 
     _ANCBUF = socket.CMSG_SPACE(64 * 4) if hasattr(socket, "CMSG_SPACE") else 0
 
@@ -108,13 +125,18 @@ class Windows:
         self.busy: set[int] = set()
 
     def attach(self, header: Header, frames: list[Buffer]) -> None:
-        """Map the windows a run introduces and put the frames they hold in place."""
+        """Map the windows a run introduces and the segments it passes, and put the frames
+        they hold in place."""
         new = header.get("shm_new") or ()
+        segs = header.get("seg") or ()
+        nsegs = 1 + max(int(n) for _, n, _, _ in segs) if segs else 0
         fds: list[int] = []
-        if new:
-            if self.receiver is None or len(self.receiver.fds) < len(new):
-                raise ProtocolError("a window's descriptor did not arrive with the run message")
-            fds = [self.receiver.fds.popleft() for _ in new]
+        if new or nsegs:
+            if self.receiver is None or len(self.receiver.fds) < len(new) + nsegs:
+                raise ProtocolError("a descriptor did not arrive with the run message")
+            # the windows' descriptors come first, then the segments' (docs/protocol.md §3.5)
+            fds = [self.receiver.fds.popleft() for _ in range(len(new) + nsegs)]
+        seg_maps: list[mmap.mmap] = []
         try:
             for (wid, size), fd in zip(new, fds):
                 old = self.maps.pop(int(wid), None)
@@ -122,6 +144,9 @@ class Windows:
                     raise ProtocolError(f"window {wid} introduced twice")
                 self.maps[int(wid)] = mmap.mmap(fd, int(size), flags=mmap.MAP_SHARED,
                                                 prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            # a segment is mapped privately: a task writing into its input gets copy-on-write
+            # pages, and the value the worker holds (and shares with its peers) never changes
+            seg_maps = [mmap.mmap(fd, 0, access=mmap.ACCESS_COPY) for fd in fds[len(new):]]
         finally:
             for fd in fds:
                 os.close(fd)
@@ -131,6 +156,11 @@ class Windows:
                 raise ProtocolError(f"bad window placement {[index, wid, n]}")
             frames[index] = memoryview(m)[:n]
             self.busy.add(wid)
+        for index, n, off, size in segs:
+            if not 0 <= n < nsegs or not 0 <= index < len(frames) or len(frames[index]) \
+                    or off < 0 or size < 0 or off + size > len(seg_maps[n]):
+                raise ProtocolError(f"bad segment placement {[index, n, off, size]}")
+            frames[index] = memoryview(seg_maps[n])[off:off + size]
 
     def report(self, reply: Header) -> None:
         """Add to ``reply`` the windows that became free and those unmapped."""
@@ -158,12 +188,17 @@ _FREE_REFS = 2
 
 
 class Executor:
-    """Runs ``run`` messages from one worker connection (the state of one executor process)."""
+    """Runs ``run`` messages from one worker connection (the state of one executor process).
 
-    def __init__(self, conn: _wire.Connection, windows: Windows | None = None) -> None:
+    With ``segments``, results of at least :data:`SEG_MIN` bytes go back in sealed memfds
+    (:func:`write_segment`); the worker asks for it (``SHOAL_EXECUTOR_SEGMENTS=1``)."""
+
+    def __init__(self, conn: _wire.Connection, windows: Windows | None = None,
+                 segments: bool = False) -> None:
         self.conn = conn
         self.funcs: dict[str, Callable[..., Any]] = {}
         self.windows = windows
+        self.segments = segments
 
     def serve(self) -> None:
         """Say ``ready``, then handle messages until ``shutdown`` or the socket closes."""
@@ -171,8 +206,10 @@ class Executor:
         ready: Header = {"op": "ready", "pid": os.getpid(), "python": sys.version.split()[0]}
         if self.windows is not None:
             ready["shm"] = SHM_VERSION
+            ready["segments"] = 1
         conn.send(ready)
         recv, send, run, windows = conn.recv, conn.send, self.run, self.windows
+        segments = self.segments
         while True:
             try:
                 header, frames = recv()
@@ -182,13 +219,24 @@ class Executor:
             if op == "run":
                 if windows is None:
                     reply, out = run(header, frames)
-                elif "shm" not in header and not windows.maps:
+                elif "shm" not in header and "seg" not in header and not windows.maps:
                     reply, out = run(header, frames)
                 else:
                     reply, out = self.run_windows(header, frames)
                     del frames
+                fd = -1
+                if segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
+                    fd, out = segment_result(reply, out)
+                if windows is not None:
+                    # after the result moved to its segment: it no longer holds a window
                     windows.report(reply)
-                send(reply, out)
+                if fd < 0:
+                    send(reply, out)
+                else:
+                    try:
+                        send_with_fd(conn, reply, out, fd)
+                    finally:
+                        os.close(fd)
                 # drop the inputs and the result before waiting for the next message: an idle
                 # executor must not hold the last task's values (the worker's memory limit
                 # counts executor memory)
@@ -219,10 +267,10 @@ class Executor:
         return func
 
     def run_windows(self, header: Header, received: list[bytearray]) -> tuple[Header, list[Any]]:
-        """:meth:`run` with the frames held in windows put in place first."""
+        """:meth:`run` with the frames held in windows and segments put in place first."""
         frames: list[Buffer] = list(received)
         del received[:]
-        if "shm" in header or "shm_new" in header:
+        if "shm" in header or "shm_new" in header or "seg" in header:
             assert self.windows is not None
             try:
                 self.windows.attach(header, frames)
@@ -260,6 +308,73 @@ class Executor:
             size = _serialize.nbytes(out)
         item = {"key": header.get("key", ""), "encoding": encoding, "nframes": len(out), "nbytes": size}
         return {"op": "done", "id": task_id, "items": [item]}, out
+
+
+def write_segment(frames: Sequence[Any]) -> tuple[int, list[list[int]], list[Any]]:
+    """Write the large frames into a fresh memfd and seal it (docs/protocol.md §3.5).
+
+    Returns the descriptor (the caller passes it to the worker, then closes it), the
+    placements ``[frame, offset, length]`` and the frames to send, with those it holds empty.
+    The memfd is written with ``pwrite`` rather than through a mapping, so that nothing here
+    maps it when it is sealed against writing (a writable shared mapping would prevent that)
+    and this process's memory does not grow by the result's size a second time."""
+    at: list[list[int]] = []
+    size = 0
+    for i, f in enumerate(frames):
+        n = len(f) if type(f) is bytes else memoryview(f).nbytes
+        if n >= SEG_MIN_FRAME:
+            size = -(-size // SEG_ALIGN) * SEG_ALIGN
+            at.append([i, size, n])
+            size += n
+    fd = os.memfd_create("shoal-result", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        for i, off, n in at:
+            view = memoryview(frames[i]).cast("B")
+            done = 0
+            while done < n:  # pwrite writes at most ~2 GiB at a time
+                done += os.pwrite(fd, view[done:], off + done)
+            view.release()
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    out = list(frames)
+    for i, _, _ in at:
+        out[i] = b""
+    return fd, at, out
+
+
+def segment_result(reply: Header, frames: list[Any]) -> tuple[int, list[Any]]:
+    """Put a done answer's large frames into a segment: returns its descriptor (-1 when the
+    frames stay in the message: too few large ones, or the segment could not be made) and the
+    frames to send; ``reply`` gets the placements (``seg``)."""
+    large = sum(n for n in (len(f) if type(f) is bytes else memoryview(f).nbytes for f in frames)
+                if n >= SEG_MIN_FRAME)
+    if large < SEG_MIN:
+        return -1, frames
+    try:
+        fd, at, out = write_segment(frames)
+    except OSError as exc:  # no memfd (old kernel, sandbox) or no memory for it: the socket
+        logger.warning("could not put a result in shared memory, sending it through the socket: %s", exc)
+        return -1, frames
+    reply["seg"] = at
+    return fd, out
+
+
+def send_with_fd(conn: _wire.Connection, header: Header, frames: Sequence[Buffer], fd: int) -> None:
+    """Send one message with ``fd`` attached to its first bytes (SCM_RIGHTS), as the worker
+    expects: a descriptor travels with the message that declares it. The executor is the
+    connection's only writer."""
+    parts = _wire.encode_frames([_wire.pack_header(header), *frames])
+    data = b"".join(bytes(p) if type(p) is not bytes else p for p in parts)
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+    try:
+        n = conn.sock.sendmsg([data], anc)
+        if n < len(data):
+            conn.sock.sendall(memoryview(data)[n:])
+    except OSError as exc:
+        raise CommClosedError(f"connection to {conn.address or 'worker'} lost: {exc}") from exc
 
 
 def decode_items(items: Sequence[Header], frames: Sequence[Buffer]) -> dict[str, Any]:
@@ -373,11 +488,13 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def shm_supported() -> bool:
-    """Whether this process can take shared-memory windows (Linux: SCM_RIGHTS and mmap)."""
+    """Whether this process can take shared-memory windows and segments (Linux: SCM_RIGHTS,
+    mmap, memfd seals)."""
     if os.environ.get("SHOAL_EXECUTOR_SHM", "1") == "0":
         return False
     return (sys.platform.startswith("linux") and hasattr(socket, "CMSG_SPACE")
-            and hasattr(socket.socket, "recvmsg_into") and hasattr(mmap, "MAP_SHARED"))
+            and hasattr(socket.socket, "recvmsg_into") and hasattr(mmap, "MAP_SHARED")
+            and hasattr(os, "memfd_create") and _SEALS != 0)
 
 
 def connect_from_env() -> tuple[_wire.Connection, Windows | None]:
@@ -408,8 +525,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     conn, windows = connect_from_env()
     # tasks must not read the token or inherit the worker socket
     os.environ.pop("SHOAL_EXECUTOR_TOKEN", None)
+    segments = windows is not None and os.environ.get("SHOAL_EXECUTOR_SEGMENTS") == "1"
     try:
-        Executor(conn, windows).serve()
+        Executor(conn, windows, segments).serve()
     finally:
         conn.close()
     return 0

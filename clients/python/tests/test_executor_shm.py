@@ -1,10 +1,13 @@
 """Shared-memory windows between a worker and its executor (docs/protocol.md §3.5), with the
 harness playing the worker: large dependency frames written into a memfd whose descriptor is
-passed with SCM_RIGHTS, values built over the mapping, windows reported free and dropped."""
+passed with SCM_RIGHTS, values built over the mapping, windows reported free and dropped. Also
+segments: large results written into sealed memfds passed back with done, and segment-backed
+dependencies mapped copy-on-write."""
 
 from __future__ import annotations
 
 import array
+import fcntl
 import os
 import socket
 import sys
@@ -17,7 +20,7 @@ import pytest
 from shoal import _keys, _wire
 from shoal._refs import Ref
 from shoal._serialize import encode
-from shoal.executor import Windows
+from shoal.executor import FdReceiver, Windows
 
 from harness import FakeWorker, result_of
 
@@ -181,3 +184,107 @@ def test_windows_free_check_counts_references() -> None:
     w.report(reply)
     assert reply == {"shm_free": [1], "shm_drop": [1]}
     assert w.maps == {}
+
+
+# ------------------------------------------------------------------------------------------
+# result segments (docs/protocol.md §3.5): the executor writes large results into sealed memfds
+
+
+@pytest.fixture()
+def seg_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeWorker, FdReceiver]]:
+    """An executor told to put large results in segments, with a harness that keeps the
+    descriptors passed with its answers."""
+    monkeypatch.setenv("SHOAL_EXECUTOR_SEGMENTS", "1")
+    w = FakeWorker()
+    receiver = FdReceiver(w.conn.sock)
+    w.conn = _wire.Connection(w.conn.sock, receiver=receiver)
+    yield w, receiver
+    receiver.close_fds()
+    if w.proc.poll() is None:
+        w.close()
+
+
+def big_array(n: int) -> Any:
+    a = np.arange(n, dtype=np.float64)
+    a[0] = 42.0
+    return a
+
+
+def open_fds_named(pid: int, name: str) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += name in os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return n
+
+
+def test_large_result_in_a_sealed_segment(seg_worker: tuple[FakeWorker, FdReceiver]) -> None:
+    worker, receiver = seg_worker
+    assert worker.ready.get("segments") == 1
+    h, frames = worker.run(big_array, 1 << 19)  # 4 MiB
+    assert h["op"] == "done"
+    item = h["items"][0]
+    assert item["nbytes"] == 8 * (1 << 19) + len(frames[0])
+    assert len(receiver.fds) == 1
+    fd = receiver.fds.popleft()
+    try:
+        want = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & want == want
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"x", 0)
+        # the pickle header stays in the message, the buffer is in the segment, aligned
+        assert [i for i, _, _ in h["seg"]] == [1] and len(frames[0]) > 0 and len(frames[1]) == 0
+        full = list(frames)
+        for i, off, n in h["seg"]:
+            assert off % 64 == 0
+            full[i] = bytearray(os.pread(fd, n, off))
+        assert np.array_equal(result_of(({**h}, full)), big_array(1 << 19))
+    finally:
+        os.close(fd)
+    assert open_fds_named(worker.proc.pid, "shoal-result") == 0, "the executor closed its descriptor"
+
+    # small results still come in the message
+    h, frames = worker.run(big_array, 1000)
+    assert "seg" not in h and not receiver.fds
+    assert result_of((h, frames))[0] == 42.0
+
+
+def test_segment_dependency_is_copy_on_write(seg_worker: tuple[FakeWorker, FdReceiver]) -> None:
+    worker, _ = seg_worker
+    a = big_array(1 << 19)
+    enc, frames = encode(a)
+    raw = memoryview(frames[1]).cast("B")
+    fd = os.memfd_create("shoal-test-seg", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, 4096 + raw.nbytes)
+        os.pwrite(fd, raw, 4096)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
+        data = _keys.dumps_callable(mutate_sum)
+        msg: dict[str, Any] = {"op": "run", "id": 1, "key": "m", "func": _keys.func_hash(data), "func_data": data,
+                               "payload": _keys.dumps_payload(((Ref("a"),), {})),
+                               "items": [{"key": "a", "encoding": enc, "nframes": 2, "nbytes": raw.nbytes}],
+                               "seg": [[1, 0, 4096, raw.nbytes]]}
+        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]).tobytes())]
+        body = _wire.encode_message(msg, [frames[0], b""])
+        n = worker.conn.sock.sendmsg([body], anc)
+        worker.conn.sock.sendall(body[n:])
+        h, out = worker.conn.recv()
+        assert result_of((h, out)) == (-1.0 * a.size, True)
+        # the task wrote into private pages: the segment still holds the value
+        assert os.pread(fd, raw.nbytes, 4096) == raw.tobytes()
+        assert open_fds_named(worker.proc.pid, "shoal-test-seg") == 0, "mapped once, then closed"
+        assert mapped_segment_count(worker.proc.pid) == 0, "unmapped when the task let go of it"
+    finally:
+        os.close(fd)
+
+
+def mutate_sum(x: Any) -> tuple[float, bool]:
+    x[:] = -1.0
+    return float(x.sum()), bool(x.flags.writeable)
+
+
+def mapped_segment_count(pid: int) -> int:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read().count("memfd:shoal-test-seg")

@@ -1,6 +1,8 @@
 """Large values made on one worker and used on the other, through a real cluster: the peer
-fetch (recycled receive buffers) and the worker → executor hand-off (shared-memory windows)
-must deliver them intact, again and again, with windows reused rather than piling up."""
+fetch and the worker → executor hand-off must deliver them intact, again and again, with
+windows reused rather than piling up. On Linux the workers of one machine hand such values over
+as shared-memory segments; test_shm_segments_cluster.py covers that and, with it switched off,
+the TCP fetch into recycled receive buffers."""
 
 from __future__ import annotations
 
