@@ -20,7 +20,8 @@ Workloads (docs/performance.md explains each and what limits it):
 4. ``transfer``: a 200 MB numpy array and a 200 MB Arrow table made on worker A, used on B — GB/s
 5. ``independent``: a graph of 100,000 independent tasks submitted at once — seconds
 6. ``dataframe``: dask.dataframe groupby-aggregate and merge of two 10M-row frames — seconds
-7. ``memory``: root tasks producing 4× the workers' memory limit, reduced by a tree — peak RSS
+7. ``memory``: root tasks producing 4× the workers' memory limit, reduced by a tree — peak memory
+   (resident pages of every process plus shared memory, counted once)
 8. ``gotasks`` (Shoal only): 1,000,000 no-op Go tasks from the Go client
 9. ``zeroworkers`` (Shoal only): scheduler CPU per task with 2, 16 and 64 zero-cost workers
 """
@@ -204,25 +205,50 @@ def descendants(pid: int) -> list[int]:
 
 
 def rss(pid: int) -> int:
+    """Resident bytes of ``pid`` that are its own (anonymous) or files' pages: RSS without
+    the shared memory it maps, which :func:`shmem` counts once for all processes."""
     try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open(f"/proc/{pid}/status") as f:
+            kb = 0
+            for line in f:
+                if line.startswith(("RssAnon:", "RssFile:")):
+                    kb += int(line.split()[1])
+            return kb * 1024
     except (OSError, IndexError, ValueError):
         return 0
 
 
+def shmem() -> int:
+    """The machine's shared memory in bytes (``Shmem`` in /proc/meminfo): memfds and tmpfs,
+    mapped by any number of processes or by none (Shoal's result segments, held as
+    descriptors, are in no process's RSS)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("Shmem:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return 0
+
+
 class TreeRSS:
-    """Samples the summed RSS of a process and all its descendants every ``every`` seconds."""
+    """Samples the memory of a process and all its descendants every ``every`` seconds: their
+    private and file-backed resident pages plus the growth of the machine's shared memory since
+    the sampler started (so shared memory counts once, whether mapped by several processes or
+    only held as a descriptor)."""
 
     def __init__(self, pid: int, every: float = 0.05) -> None:
         self.pid, self.every = pid, every
         self.peak = 0
+        self._shm0 = shmem()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
 
     def sample(self) -> int:
-        return sum(rss(p) for p in [self.pid, *descendants(self.pid)])
+        own = sum(rss(p) for p in [self.pid, *descendants(self.pid)])
+        return own + max(shmem() - self._shm0, 0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -626,7 +652,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "independent": ("5. 100k independent tasks", "s", "lower"),
     "df_groupby": ("6a. dataframe groupby-agg, 10M rows", "s", "lower"),
     "df_merge": ("6b. dataframe merge, 2×10M rows", "s", "lower"),
-    "memory_peak_rss": ("7. memory pressure: peak RSS", "MiB", "lower"),
+    "memory_peak_rss": ("7. memory pressure: peak memory (RSS + shared)", "MiB", "lower"),
     "gotasks_rate": ("8. 1M no-op Go tasks (Go client)", "tasks/s", "higher"),
     "gotasks_bytes_per_task": ("8. scheduler memory per task", "bytes", "lower"),
     "gotasks_peak_rss": ("8. scheduler peak RSS", "MiB", "lower"),
