@@ -215,6 +215,10 @@ class _Reader:
         self._pos = 0
         self._end = 0
 
+    def buffered(self) -> int:
+        """Bytes received and not yet read."""
+        return self._end - self._pos
+
     def read(self, n: int) -> bytearray:
         pos = self._pos
         if self._end - pos >= n:
@@ -308,7 +312,20 @@ class Connection:
 
     def send(self, header: Header, frames: Sequence[Buffer] = ()) -> None:
         """Send one message; raises CommClosedError when the connection is gone."""
-        parts = encode_frames([pack_header(header), *frames])
+        self._send_parts(encode_frames([pack_header(header), *frames]))
+
+    def send_many(self, messages: Sequence[tuple[Header, Sequence[Buffer]]]) -> None:
+        """Send messages back to back, small ones together in one write."""
+        parts: list[Buffer] = []
+        for header, frames in messages:
+            parts.extend(encode_frames([pack_header(header), *frames]))
+        self._send_parts(parts)
+
+    def buffered(self) -> int:
+        """Bytes already read from the socket and not yet returned by ``recv``."""
+        return self._reader.buffered()
+
+    def _send_parts(self, parts: Sequence[Buffer]) -> None:
         total = sum(len(p) if type(p) is bytes else memoryview(p).nbytes for p in parts)
         with self._send_lock:
             if self._closed:

@@ -210,7 +210,15 @@ class Executor:
         conn.send(ready)
         recv, send, run, windows = conn.recv, conn.send, self.run, self.windows
         segments = self.segments
+        # Answers held back while more runs of the same batch wait in the read buffer. The
+        # worker writes a batch of short runs in one write and reads nothing else before their
+        # answers, so buffered bytes are the rest of the batch: answering the batch with one
+        # write saves the worker a read and a wake-up per task.
+        held: list[tuple[Header, Sequence[Any]]] = []
         while True:
+            if held and not conn.buffered():
+                conn.send_many(held)
+                held = []
             try:
                 header, frames = recv()
             except CommClosedError:
@@ -231,8 +239,14 @@ class Executor:
                     # after the result moved to its segment: it no longer holds a window
                     windows.report(reply)
                 if fd < 0:
-                    send(reply, out)
+                    if held or conn.buffered():
+                        held.append((reply, out))  # sent with the rest of the batch
+                    else:
+                        send(reply, out)
                 else:
+                    if held:
+                        conn.send_many(held)
+                        held = []
                     try:
                         send_with_fd(conn, reply, out, fd)
                     finally:

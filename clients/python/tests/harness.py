@@ -37,6 +37,13 @@ class FakeWorker:
 
     def run(self, func: Any, *args: Any, deps: Optional[dict[str, Any]] = None,
             key: str = "k", **kwargs: Any) -> tuple[dict[str, Any], list[bytearray]]:
+        msg, frames = self.run_message(func, *args, deps=deps, key=key, **kwargs)
+        self.conn.send(msg, frames)
+        return self.conn.recv()
+
+    def run_message(self, func: Any, *args: Any, deps: Optional[dict[str, Any]] = None,
+                    key: str = "k", **kwargs: Any) -> tuple[dict[str, Any], list[Any]]:
+        """The run message (header, frames) for a call, with the next id."""
         data = _keys.dumps_callable(func)
         h = _keys.func_hash(data)
         self.ids += 1
@@ -47,8 +54,7 @@ class FakeWorker:
             self.sent_funcs.add(h)
         items, frames = encode_items(deps or {})
         msg["items"] = items
-        self.conn.send(msg, frames)
-        return self.conn.recv()
+        return msg, frames
 
     def run_task(self, task: dict[str, Any], func_data: dict[str, bytes],
                  values: dict[str, tuple[str, list[Any]]]) -> tuple[dict[str, Any], list[bytearray]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
@@ -59,6 +59,26 @@ def test_run_with_refs_and_cache(worker: FakeWorker) -> None:
                         deps={"a": 5, "b": 7})
     assert result_of(nested) == 12
     assert result_of(worker.run(lambda x: x, None)) is None
+
+
+def test_a_batch_of_runs_is_answered_together(worker: FakeWorker, tmp_path: Any) -> None:
+    """Runs the worker writes together (a batch of short tasks) are answered with one write:
+    the answer to the first arrives only after the last has run, and all come in order."""
+    marks = [tmp_path / f"ran-{i}" for i in range(3)]
+
+    def mark(path: str, i: int) -> int:
+        open(path, "w").close()
+        return i
+
+    msgs = [worker.run_message(mark, str(m), i, key=f"mark-{i}") for i, m in enumerate(marks)]
+    worker.conn.send_many(msgs)
+    answers = [worker.conn.recv()]
+    assert all(m.exists() for m in marks)  # the first answer waited for the last run
+    answers += [worker.conn.recv() for _ in msgs[1:]]
+    assert [h["id"] for h, _ in answers] == [h["id"] for h, _ in msgs]
+    assert [result_of(a) for a in answers] == [0, 1, 2]
+    # a run on its own is answered at once, as before
+    assert result_of(worker.run(inc, 1)) == 2
 
 
 def test_encodings(worker: FakeWorker) -> None:
