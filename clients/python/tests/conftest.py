@@ -45,3 +45,21 @@ def client(cluster: object) -> Iterator["object"]:
 
 def pytest_report_header() -> str:
     return f"shoal binary: {BINARY or 'NOT FOUND (cluster tests skipped)'}; SHOAL_BIN={os.environ.get('SHOAL_BIN', '')}"
+
+
+def executor_mappings(name: str) -> int:
+    """How many mappings of memfds called ``name`` this machine's executors hold, summed
+    (shared-memory windows are ``shoal-window``, result segments ``shoal-result``)."""
+    n = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"shoal.executor" not in f.read():
+                    continue
+            with open(f"/proc/{pid}/maps") as f:
+                n += f.read().count(f"memfd:{name}")
+        except OSError:
+            continue
+    return n

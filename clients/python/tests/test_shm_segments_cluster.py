@@ -31,6 +31,8 @@ from shoal import Client
 from shoal.cluster import find_binary
 from shoal.exceptions import ShoalError
 
+from conftest import executor_mappings
+
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not hasattr(os, "memfd_create")
     or not os.path.exists("/proc/sys/kernel/random/boot_id"),
@@ -160,17 +162,7 @@ def mutate(a: Any) -> float:
 
 def mapped_segments() -> int:
     """Result segments this machine's executors have mapped."""
-    n = 0
-    for pid in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"shoal.executor" not in f.read():
-                    continue
-            with open(f"/proc/{pid}/maps") as f:
-                n += f.read().count("memfd:shoal-result")
-        except (OSError, ValueError):
-            continue
-    return n
+    return executor_mappings("shoal-result")
 
 
 def check_values(client: Client, names: dict[str, str], seed: int, gather: bool = True) -> list[Any]:

@@ -15,7 +15,7 @@ import pytest
 
 from shoal import Client
 
-from conftest import needs_binary
+from conftest import executor_mappings, needs_binary
 
 pytestmark = needs_binary
 
@@ -38,20 +38,7 @@ def digest_table(t: Any) -> tuple[int, int, float]:
 
 
 def window_mappings() -> int:
-    """memfd windows mapped by this machine's executors (Linux), summed."""
-    n = 0
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"shoal.executor" not in f.read():
-                    continue
-            with open(f"/proc/{pid}/maps") as f:
-                n += f.read().count("memfd:shoal-window")
-        except OSError:
-            continue
-    return n
+    return executor_mappings("shoal-window")
 
 
 def test_large_values_cross_workers(client: Client) -> None:
