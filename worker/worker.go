@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,7 +24,7 @@ type Worker struct {
 	log      *slog.Logger
 	ln       net.Listener
 	dataAddr string
-	dir      string
+	scratch  *scratchDir // spill files (scratch.go)
 	store    *Store
 	peers    *peerPool
 	py       *executorPool
@@ -81,20 +80,24 @@ func New(cfg Config) (*Worker, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	dir, err := os.MkdirTemp(cfg.LocalDir, "shoal-worker-")
+	scratch, purged, err := newScratchDir(cfg.LocalDir)
 	if err != nil {
 		return nil, fmt.Errorf("worker: creating scratch directory in %s: %w", cfg.LocalDir, err)
 	}
+	dir := scratch.path
 	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.DataPort)))
 	if err != nil {
-		os.RemoveAll(dir)
+		scratch.remove()
 		return nil, fmt.Errorf("worker: binding data port: %w", err)
 	}
-	w := &Worker{cfg: cfg, ln: ln, dataAddr: ln.Addr().String(), dir: dir}
+	w := &Worker{cfg: cfg, ln: ln, dataAddr: ln.Addr().String(), scratch: scratch}
 	if cfg.Name == "" {
 		w.cfg.Name = w.dataAddr
 	}
 	w.log = log.With("worker", w.cfg.Name)
+	for _, p := range purged {
+		w.log.Info("removed the scratch directory of a worker that is gone", "dir", p)
+	}
 	w.memLimit = cfg.memoryLimit()
 	w.pauseAt = int64(cfg.PauseFraction * float64(w.memLimit))
 	w.store = NewStore(dir, int64(cfg.SpillFraction*float64(w.memLimit)))
@@ -181,7 +184,7 @@ func (w *Worker) Close() error {
 	w.py.closeAll()
 	w.gorou.wg.Wait()
 	w.store.Close()
-	err := os.RemoveAll(w.dir)
+	err := w.scratch.remove()
 	w.log.Info("worker closed")
 	return err
 }
