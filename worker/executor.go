@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -510,6 +511,13 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	if err != nil {
 		return w.executorDied(ex, batch, 0, err, last)
 	}
+	// Let the goroutines waiting for this P (GOMAXPROCS is --nthreads) send what they have, the
+	// reports of the tasks before these above all, before this one blocks in read(2): a goroutine
+	// in a system call keeps its P until the runtime's monitor takes it away, 20 µs to 10 ms
+	// later, and until then a task_finished queued for the scheduler waits. Measured on the tree
+	// reduction in five alternated pairs of 4-repetition runs: median 21.3k tasks/s without,
+	// 25.7k with (averages over the pairs).
+	runtime.Gosched()
 	for i, r := range batch {
 		reply, x, rframes, err := ex.conn.recvExt()
 		if err == nil {
