@@ -1,10 +1,7 @@
 package worker
 
 import (
-	"encoding/hex"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/shoal-dev/shoal/graph"
@@ -88,19 +85,6 @@ func TestRealPythonExecutor(t *testing.T) {
 	pkg, err := filepath.Abs("../clients/python")
 	require.NoError(t, err)
 	t.Setenv("PYTHONPATH", pkg)
-	mk := func(name string) (hash string, fn, payload []byte) {
-		out, err := exec.Command(py, "testdata/make_py_task.py", name).Output()
-		if err != nil {
-			t.Skipf("cannot build a pickled task with %s (needs cloudpickle and clients/python): %v", py, err)
-		}
-		lines := strings.Fields(string(out))
-		require.Len(t, lines, 3)
-		fn, err = hex.DecodeString(lines[1])
-		require.NoError(t, err)
-		payload, err = hex.DecodeString(lines[2])
-		require.NoError(t, err)
-		return lines[0], fn, payload
-	}
 	s := newFakeSched(t, "")
 	cfg := testConfig(t)
 	cfg.Python = py
@@ -111,11 +95,11 @@ func TestRealPythonExecutor(t *testing.T) {
 	sc.send(goTask("tbl", "arrow_table", 0, 21))
 	sc.expect(wire.OpTaskFinished)
 
-	h, fn, payload := mk("add10")
+	h, fn, payload := realPyTask(t, py, "add10")
 	sc.send(pyTask("py-add", h, fn, payload, "x"))
 	m := sc.expect(wire.OpTaskFinished)
 	require.Equal(t, "py-add", m.Key)
-	h, fn, payload = mk("rows")
+	h, fn, payload = realPyTask(t, py, "rows")
 	sc.send(pyTask("py-rows", h, fn, payload, "tbl"))
 	sc.expect(wire.OpTaskFinished)
 
