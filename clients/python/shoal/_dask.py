@@ -63,8 +63,7 @@ def direct_call(node: Any, keys: Any) -> Optional[DirectCall]:
     if type(node) is not tuple or not node or not callable(node[0]):
         return None
     args: list[Any] = []
-    deps: list[Hashable] = []
-    wire_deps: list[str] = []
+    deps: dict[Hashable, str] = {}  # each dependency once, with its wire key, in order
     for a in node[1:]:
         # dask's own rule (convert_legacy_task): an int, float, str or tuple found among
         # the graph's keys is a reference to that key
@@ -78,14 +77,12 @@ def direct_call(node: Any, keys: Any) -> Optional[DirectCall]:
                     return None  # equal to a key of another type (True == 1): dask decides
                 wk = a if type(a) is str else repr(a)  # wire_key, inline: this runs per node
                 args.append(Ref(wk))
-                if a not in deps:
-                    deps.append(a)
-                    wire_deps.append(wk)
+                deps[a] = wk
                 continue
         if type(a) not in _LITERALS:
             return None
         args.append(a)
-    return DirectCall(node[0], tuple(args), frozenset(deps), wire_deps)
+    return DirectCall(node[0], tuple(args), frozenset(deps), list(deps.values()))
 
 
 _gc_lock = threading.Lock()
