@@ -276,8 +276,13 @@ func (c *Core) blockFor(w *worker) int {
 // readyForQueued reports whether w may be given queued tasks now: it has room for a whole block (or
 // for all that is queued), or its threads are about to run out of work.
 func (c *Core) readyForQueued(w *worker) bool {
-	room := w.limit + w.nthreads*c.extra - len(w.processing)
-	return room >= min(c.blockFor(w), c.queue.len()) || len(w.processing) < w.limit
+	return c.rootRoom(w) >= min(c.blockFor(w), c.queue.len()) || len(w.processing) < w.limit
+}
+
+// rootRoom is how many more queued root tasks w may hold: its limit plus the latency-hiding
+// extra per thread, less what it is processing.
+func (c *Core) rootRoom(w *worker) int {
+	return w.limit + w.nthreads*c.extra - len(w.processing)
 }
 
 func (c *Core) pickUnsat(id int32) WorkerID {
@@ -380,7 +385,7 @@ func (c *Core) unassign(id int32) {
 
 // updateSat keeps w's membership of the unsaturated set in step.
 func (c *Core) updateSat(w *worker) {
-	want := w.accepting() && len(w.processing) < w.limit+w.nthreads*c.extra
+	want := w.accepting() && c.rootRoom(w) > 0
 	if in := w.unsatPos >= 0; want == in {
 		return
 	}
