@@ -465,12 +465,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	}
 	if len(mine.segs) > keep {
 		if err := mine.inline(keep, w.peers.bufs.get); err != nil {
-			w.py.release(ex)
-			if errors.Is(err, errSegmentGone) {
-				return result{}, true // spilled or dropped meanwhile: read the store again
-			}
-			return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
-				Message: fmt.Sprintf("reading a dependency: %v", err)}}, false
+			return w.segmentFailed(ex, "reading a dependency", err)
 		}
 	}
 	var batch []*pyRun
@@ -492,14 +487,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		var err error
 		if segFds, err = w.placeShm(ex, &msgs[0], mine); err != nil {
 			if len(mine.segs) > 0 && segFds == nil {
-				w.py.release(ex)
-				if errors.Is(err, errSegmentGone) {
-					// a dependency was spilled or dropped since pyRunFor: read the store
-					// again (the task has not started; a dropped one is then reported)
-					return result{}, true
-				}
-				return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
-					Message: fmt.Sprintf("passing a dependency to the executor: %v", err)}}, false
+				return w.segmentFailed(ex, "passing a dependency to the executor", err)
 			}
 			w.log.Warn("shared memory for the Python executor failed; large values go through its socket",
 				"pid", ex.pid, "err", err)
@@ -546,6 +534,19 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		last = now
 	}
 	panic("unreachable: the popped task is the last of its batch")
+}
+
+// segmentFailed ends a run that could not use a dependency's segment before it started: it
+// gives ex back, and retries when the segment went away (spilled or dropped since pyRunFor:
+// the store is read again, and a dropped dependency is then reported as such); any other
+// error fails the task, saying what was being done.
+func (w *Worker) segmentFailed(ex *executor, doing string, err error) (result, bool) {
+	w.py.release(ex)
+	if errors.Is(err, errSegmentGone) {
+		return result{}, true
+	}
+	return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
+		Message: fmt.Sprintf("%s: %v", doing, err)}}, false
 }
 
 // placeShm moves the large payload frames of om into ex's shared-memory windows, and passes
