@@ -83,13 +83,58 @@ def _arrow_ok(df: Any) -> bool:
     return not df.attrs
 
 
-def _write_arrow(table: Any) -> bytes:
+def write_arrow(table: Any) -> bytes:
     import pyarrow as pa
 
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return sink.getvalue()  # type: ignore[no-any-return]
+
+
+def arrow_table(value: Any) -> Any:
+    """The ``pyarrow.Table`` that :func:`encode` sends for ``value`` with the ``arrow``
+    encoding, or None when ``value`` takes another encoding."""
+    mod = type(value).__module__
+    if mod.startswith("pyarrow"):
+        import pyarrow as pa
+
+        if isinstance(value, pa.Table):
+            return value
+        if isinstance(value, pa.RecordBatch):
+            return pa.Table.from_batches([value])
+    elif mod.startswith("pandas") and "pandas" in sys.modules:
+        import pandas as pd
+
+        if isinstance(value, pd.DataFrame) and _arrow_ok(value):
+            try:
+                import pyarrow as pa
+
+                return pa.Table.from_pandas(value, preserve_index=None)
+            except Exception:
+                pass
+    return None
+
+
+def arrow_size(table: Any) -> int:
+    """The length of ``table``'s Arrow IPC stream, counted without writing it."""
+    import pyarrow as pa
+
+    sink = pa.MockOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return int(sink.size())
+
+
+def write_arrow_fd(table: Any, fd: int) -> int:
+    """Write ``table``'s Arrow IPC stream into the file ``fd`` from its start (one copy, from
+    Arrow's buffers to the file); returns its length."""
+    import pyarrow as pa
+
+    with pa.OSFile(f"/proc/self/fd/{fd}", mode="w") as f:
+        with pa.ipc.new_stream(f, table.schema) as writer:
+            writer.write_table(table)
+        return int(f.tell())
 
 
 def encode(value: Any) -> tuple[str, list[Buffer]]:
@@ -102,24 +147,9 @@ def encode(value: Any) -> tuple[str, list[Buffer]]:
     typ = type(value)
     if typ is bytes or typ is bytearray:
         return BYTES, [value]
-    mod = typ.__module__
-    if mod.startswith("pyarrow"):
-        import pyarrow as pa
-
-        if isinstance(value, pa.Table):
-            return ARROW, [_write_arrow(value)]
-        if isinstance(value, pa.RecordBatch):
-            return ARROW, [_write_arrow(pa.Table.from_batches([value]))]
-    if mod.startswith("pandas") and "pandas" in sys.modules:
-        import pandas as pd
-
-        if isinstance(value, pd.DataFrame) and _arrow_ok(value):
-            try:
-                import pyarrow as pa
-
-                return ARROW, [_write_arrow(pa.Table.from_pandas(value, preserve_index=None))]
-            except Exception:
-                pass
+    table = arrow_table(value)
+    if table is not None:
+        return ARROW, [write_arrow(table)]
     return PICKLE, dumps_pickle(value)
 
 

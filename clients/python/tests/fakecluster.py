@@ -28,6 +28,7 @@ class FakeCluster:
         self.received: list[dict[str, Any]] = []
         self.executor = Executor.__new__(Executor)
         self.executor.funcs = {}
+        self.executor.segments = False
         self.sched = self._listen(self._serve_client)
         self.data = self._listen(self._serve_data)
         self.scheduler_address = f"127.0.0.1:{self.sched.getsockname()[1]}"

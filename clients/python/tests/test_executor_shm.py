@@ -14,13 +14,14 @@ import sys
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 
 from shoal import _keys, _wire
 from shoal._refs import Ref
 from shoal._serialize import encode
-from shoal.executor import FdReceiver, Windows
+from shoal.executor import SEG_MIN, FdReceiver, Windows
 
 from harness import FakeWorker, result_of
 
@@ -288,3 +289,38 @@ def mutate_sum(x: Any) -> tuple[float, bool]:
 def mapped_segment_count(pid: int) -> int:
     with open(f"/proc/{pid}/maps") as f:
         return f.read().count("memfd:shoal-test-seg")
+
+
+def big_frame(n: int) -> Any:
+    return pd.DataFrame({"i": np.arange(n, dtype=np.int64), "x": np.arange(n) * 0.5,
+                         "s": [f"s{i % 7}" for i in range(n)]})
+
+
+def test_large_arrow_result_is_written_straight_into_its_segment(
+        seg_worker: tuple[FakeWorker, FdReceiver]) -> None:
+    """An Arrow-encoded result (a pandas DataFrame here) of at least SEG_MIN goes into its
+    segment as one IPC stream at offset 0 (the executor writes it there from Arrow's buffers,
+    without a stream in memory first; the wire form is the same as for any one-frame result):
+    the message carries an empty frame, the segment the stream that decodes to the value."""
+    worker, receiver = seg_worker
+    h, frames = worker.run(big_frame, 200_000)
+    assert h["op"] == "done", h
+    item = h["items"][0]
+    assert item["encoding"] == "arrow" and item["nframes"] == 1
+    assert len(receiver.fds) == 1
+    fd = receiver.fds.popleft()
+    try:
+        assert h["seg"] == [[0, 0, item["nbytes"]]] and len(frames[0]) == 0
+        assert os.fstat(fd).st_size == item["nbytes"] >= SEG_MIN
+        want = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & want == want
+        got = result_of((h, [bytearray(os.pread(fd, item["nbytes"], 0))]))
+        pd.testing.assert_frame_equal(got, big_frame(200_000))
+    finally:
+        os.close(fd)
+    assert open_fds_named(worker.proc.pid, "shoal-result") == 0, "the executor closed its descriptor"
+
+    # a small frame still comes in the message, as the same encoding
+    h, frames = worker.run(big_frame, 100)
+    assert "seg" not in h and not receiver.fds and h["items"][0]["encoding"] == "arrow"
+    pd.testing.assert_frame_equal(result_of((h, frames)), big_frame(100))
