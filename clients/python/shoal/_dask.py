@@ -141,9 +141,13 @@ def repack(keys: Any, values: Mapping[Hashable, Any]) -> Any:
     return values[keys]
 
 
-def normalize_graph(dsk: Any) -> dict[Hashable, Any]:
-    """A dict of ``dask._task_spec`` nodes from any dask graph, expression or collection."""
-    from dask._task_spec import convert_legacy_graph
+def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict[Hashable, Any]:
+    """A dict of ``dask._task_spec`` nodes from any dask graph, expression or collection.
+
+    With ``fuse`` (the keys the caller wants), linear chains among the nodes that came as
+    task-spec nodes, the form dask's collections produce, are fused (:func:`fuse_linear`).
+    Legacy tuples, a hand-written graph's form, run one task per node as written."""
+    from dask._task_spec import GraphNode, convert_legacy_graph
 
     if not isinstance(dsk, Mapping):
         if hasattr(dsk, "__dask_graph__"):
@@ -153,7 +157,12 @@ def normalize_graph(dsk: Any) -> dict[Hashable, Any]:
     keys = dsk.keys()
     direct: dict[Hashable, DirectCall] = {}
     rest: dict[Hashable, Any] = {}
+    native: set[Hashable] = set()
     for k, v in dsk.items():
+        if isinstance(v, GraphNode):
+            rest[k] = v
+            native.add(k)
+            continue
         d = direct_call(v, keys)
         if d is None:
             rest[k] = v
@@ -161,9 +170,12 @@ def normalize_graph(dsk: Any) -> dict[Hashable, Any]:
             direct[k] = d
     if not direct:
         graph: dict[Hashable, Any] = convert_legacy_graph(dsk)
-        return graph
-    converted = convert_legacy_graph(rest, all_keys=keys) if rest else {}
-    return {k: direct[k] if k in direct else converted[k] for k in dsk}
+    else:
+        converted = convert_legacy_graph(rest, all_keys=keys) if rest else {}
+        graph = {k: direct[k] if k in direct else converted[k] for k in dsk}
+    if fuse is not None and len(native) > 1:
+        graph = fuse_linear(graph, fuse, native)
+    return graph
 
 
 def graph_to_tasks(dsk: Mapping[Hashable, Any], func: str, *,
@@ -367,3 +379,63 @@ def collections_to_graph(collections: Iterable[Any], optimize_graph: bool = True
         expr = FinalizeCompute(expr)
     expr = expr.optimize()
     return expr, expr.__dask_keys__()
+
+
+def fuse_linear(dsk: Mapping[Hashable, Any], keys: Iterable[Hashable],
+                eligible: Optional[set[Hashable]] = None) -> dict[Hashable, Any]:
+    """``dsk`` with each linear chain of ``Task`` nodes fused into one node.
+
+    A node is fused into its dependent when that dependent is its only dependent, it is the
+    dependent's only dependency, it is not among ``keys``, neither blocks fusion and both are
+    ``eligible`` (default: every node). The fused node keeps the key of the chain's last node,
+    so nothing outside the chain sees a change; the chain's inner results are never stored or
+    moved, which is the point: on Shoal every result crosses from the executor to its worker,
+    and an intermediate partition that only one task reads would be encoded, written and
+    decoded for nothing. dask's array, bag and delayed optimisations fuse the same chains
+    (``fuse_linear_task_spec``); this variant keeps keys instead of renaming them, because an
+    alias would be one more task here. Direct calls, aliases and data nodes are left alone."""
+    from dask._task_spec import Task
+
+    wanted = set(keys)
+    deps: dict[Hashable, list[Hashable]] = {}
+    users: dict[Hashable, list[Hashable]] = {}
+    for k, node in dsk.items():
+        ds = [d for d in node.dependencies if d in dsk]
+        deps[k] = ds
+        for d in ds:
+            users.setdefault(d, []).append(k)
+
+    def fusable(k: Hashable) -> bool:
+        n = dsk[k]
+        return type(n) is Task and not n.block_fusion and (eligible is None or k in eligible)
+
+    def absorbs(k: Hashable) -> Optional[Hashable]:
+        """The dependency that ``k`` absorbs, or None."""
+        if not fusable(k) or len(deps[k]) != 1 or len(dsk[k].dependencies) != 1:
+            return None
+        d = deps[k][0]
+        if d in wanted or len(users.get(d, ())) != 1 or not fusable(d):
+            return None
+        return d
+
+    absorbed: set[Hashable] = set()
+    out: dict[Hashable, Any] = {}
+    for k in dsk:
+        if k in absorbed:
+            continue
+        u = users.get(k)
+        if u and len(u) == 1 and absorbs(u[0]) == k:
+            continue  # the bottom or middle of a chain: fused into the node on top
+        chain = [k]
+        d = absorbs(k)
+        while d is not None:
+            chain.append(d)
+            absorbed.add(d)
+            d = absorbs(d)
+        if len(chain) == 1:
+            out[k] = dsk[k]
+        else:
+            out[k] = Task.fuse(*(dsk[c] for c in reversed(chain)), key=k)
+    for k in absorbed:
+        out.pop(k, None)
+    return out

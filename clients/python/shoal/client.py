@@ -21,7 +21,7 @@ import weakref
 from typing import (TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional,
                     Sequence, Union)
 
-from . import _dask, _keys, _serialize, _wire
+from . import _dask, _keys, _serialize, _shuffle, _wire
 from ._refs import NOTHING, replace
 from .exceptions import (CancelledError, CommClosedError, FutureLostError, ShoalError,
                          TimeoutError, error_from_wire)
@@ -171,9 +171,11 @@ class Client:
             import dask
         except ImportError:
             return
+        _shuffle.install()
         self._dask_config = dask.config.set(
             dask_defaults(self.get, self.scheduler_address,
-                          dask.config.get("dataframe.shuffle.method", None)))
+                          dask.config.get("dataframe.shuffle.method", None),
+                          _shuffle.available()))
 
     @property
     def status(self) -> str:
@@ -727,7 +729,7 @@ class Client:
     def _graph_futures_gc_paused(self, dsk: Any, keys: Sequence[Hashable], *, priority: int,
                                  retries: int, resources: Optional[Mapping[str, float]],
                                  workers: Any) -> dict[Hashable, Future]:
-        graph = _dask.normalize_graph(dsk)
+        graph = _dask.normalize_graph(dsk, fuse=keys)
         fhash, fdata = self._exec_func()
         ann: dict[str, Any] = {}
         _annotate(ann, priority, retries or 0, resources, workers)
@@ -940,15 +942,20 @@ class Client:
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 
 
-def dask_defaults(get: Callable[..., Any], address: str, shuffle_method: Any) -> dict[str, Any]:
-    """The dask configuration a default Client installs: itself as the scheduler and, when
-    the cluster may span hosts (the scheduler is not on a loopback address) and the user chose
-    no shuffle method, dask.dataframe's task-based shuffle. dask's default without
-    dask.distributed is the "disk" shuffle, whose partd files live in one machine's
-    temporary directory and so are only right when every worker shares it."""
+def dask_defaults(get: Callable[..., Any], address: str, shuffle_method: Any,
+                  shoal_shuffle: bool = False) -> dict[str, Any]:
+    """The dask configuration a default Client installs: itself as the scheduler and, unless
+    the user chose a shuffle method, one for dask.dataframe. On one machine (the scheduler on a
+    loopback address) that is the ``"shoal"`` shuffle when ``shoal_shuffle`` says it can be
+    used (see shoal._shuffle); when the cluster may span hosts, dask.dataframe's task-based
+    shuffle. dask's own default without dask.distributed, the "disk" shuffle, keeps partd
+    files in one machine's temporary directory and is the fallback on one machine."""
     cfg: dict[str, Any] = {"scheduler": get}
-    if shuffle_method is None and not _is_loopback(address):
-        cfg["dataframe.shuffle.method"] = "tasks"
+    if shuffle_method is None:
+        if not _is_loopback(address):
+            cfg["dataframe.shuffle.method"] = "tasks"
+        elif shoal_shuffle:
+            cfg["dataframe.shuffle.method"] = _shuffle.METHOD
     return cfg
 
 

@@ -284,12 +284,78 @@ def test_dask_defaults_pick_a_shuffle_that_works_across_hosts() -> None:
     def get(*a: Any) -> None:
         return None
 
-    # one machine: dask's own default stays (the disk shuffle shares one temp directory)
+    # one machine: the shoal shuffle when it can be used, else dask's own default (the disk
+    # shuffle, whose files live in one temporary directory)
     for addr in ("127.0.0.1:8786", "localhost:8786", "tcp://127.0.0.1:1", "[::1]:8786"):
         assert dask_defaults(get, addr, None) == {"scheduler": get}, addr
+        assert dask_defaults(get, addr, None, True) == {"scheduler": get,
+                                                       "dataframe.shuffle.method": "shoal"}, addr
     # a scheduler reached over the network may have workers on other hosts
     for addr in ("10.0.0.5:8786", "sched.example.org:8786", "tls://192.168.1.2:8786"):
         assert dask_defaults(get, addr, None) == {"scheduler": get,
                                                  "dataframe.shuffle.method": "tasks"}, addr
+        assert dask_defaults(get, addr, None, True)["dataframe.shuffle.method"] == "tasks"
     # the user's choice wins
     assert dask_defaults(get, "10.0.0.5:8786", "p2p") == {"scheduler": get}
+    assert dask_defaults(get, "127.0.0.1:8786", "disk", True) == {"scheduler": get}
+
+
+# -------------------------------------------------------------------------------------------
+# linear fusion of task-spec graphs
+
+
+def _chain_graph() -> dict[Hashable, Any]:
+    """Task-spec nodes: a -> b -> c -> d, c -> e (so c has two dependents), f alone,
+    g <- (d, f)."""
+    from dask._task_spec import Task, TaskRef
+
+    return {
+        "a": Task("a", add, 1, 2),
+        "b": Task("b", mul, TaskRef("a"), 10),
+        "c": Task("c", add, TaskRef("b"), 1),
+        "d": Task("d", mul, TaskRef("c"), 2),
+        "e": Task("e", add, TaskRef("c"), 5),
+        "f": Task("f", add, 100, 0),
+        "g": Task("g", add, TaskRef("d"), TaskRef("f")),
+    }
+
+
+def test_fuse_linear_fuses_chains_only() -> None:
+    dsk = _chain_graph()
+    fused = _dask.fuse_linear(dsk, ["g", "e"])
+    # a -> b -> c is one chain, kept under c's key. c has two dependents, so d (whose only
+    # dependency it is) cannot absorb it; g has two dependencies and absorbs nothing
+    assert sorted(fused) == ["c", "d", "e", "f", "g"]
+    assert fused["c"].dependencies == frozenset()
+    assert fused["d"].dependencies == {"c"} and fused["g"].dependencies == {"d", "f"}
+    got = dask.get(fused, ["g", "e"])
+    assert list(got) == list(dask.get(dsk, ["g", "e"])) == [(3 * 10 + 1) * 2 + 100, 31 + 5]
+    # a wanted key is never fused away
+    assert sorted(_dask.fuse_linear(dsk, ["g", "e", "b"])) == ["b", "c", "d", "e", "f", "g"]
+    # nodes outside `eligible` stay as they are
+    assert sorted(_dask.fuse_linear(dsk, ["g", "e"], {"b", "c"})) == ["a", "c", "d", "e", "f", "g"]
+
+
+def _part(i: int) -> pd.DataFrame:
+    return pd.DataFrame({"k": np.arange(25) % 7, "x": np.arange(25.0) + 25 * i})
+
+
+def test_normalize_graph_fuses_task_spec_nodes_not_legacy_tuples(worker: FakeWorker) -> None:
+    legacy = {"a": (add, 1, 2), "b": (mul, "a", 10), "c": (add, "b", 1)}
+    assert sorted(_dask.normalize_graph(legacy, fuse=["c"])) == ["a", "b", "c"]
+    native = _dask.normalize_graph(_chain_graph(), fuse=["g", "e"])
+    assert sorted(native) == ["c", "d", "e", "f", "g"]
+    # a dataframe's from_map partitions are fused into the task that reads them
+    df = dd.from_map(_part, range(4), meta=_part(0).iloc[:0], enforce_metadata=False)
+    agg = df.groupby("k").x.sum()
+    ex, keys = _dask.collections_to_graph([agg], True, finalize=True)
+    flat = list(_dask.flatten_keys(keys))
+    plain = _dask.normalize_graph(ex)
+    fused = _dask.normalize_graph(ex, fuse=flat)
+    # from_map -> (column projection) -> groupby chunk: one task per partition, reading nothing
+    chunks = [k for k in fused if str(k[0]).startswith("chunk-")]
+    assert len(plain) > len(fused) == len(chunks) + 1 and len(chunks) == 4
+    assert all(not fused[k].dependencies for k in chunks)
+    got = run_graph(worker, fused, flat)
+    pdf = pd.concat([_part(i) for i in range(4)])
+    pd.testing.assert_series_equal(got[0], pdf.groupby("k").x.sum())
