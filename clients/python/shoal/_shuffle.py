@@ -58,15 +58,15 @@ def split(df: Any, cols: Any, npartitions: int, ignore_index: bool) -> tuple[Any
     The output partition of a row is computed as dask's ``shuffle_group`` computes it in a
     one-stage shuffle: the ``_partitions`` column when ``cols`` names it, else a hash of
     ``cols``. A ``_partitions`` column that is the whole of ``cols`` only routes rows and is
-    dropped, as dask's P2P shuffle drops it. Returns ``(frame, bounds)`` where output ``j`` is ``frame.iloc[bounds[j]:
-    bounds[j + 1]]``."""
+    dropped, as dask's P2P shuffle drops it. Returns ``(frame, bounds)``: output ``j`` is
+    ``frame.iloc[bounds[j]:bounds[j + 1]]``."""
     import numpy as np
     import pandas as pd
     from dask.dataframe.dispatch import hash_object_dispatch
 
     if isinstance(cols, str):
         cols = [cols]
-    if cols and cols[0] == "_partitions":
+    if cols and cols[0] == _ROUTE:
         ind = df[cols[0]]
         if list(cols) == [_ROUTE]:
             df = df.drop(columns=[_ROUTE])  # only routing: not carried (see ShoalShuffle._meta)
