@@ -418,11 +418,8 @@ def fuse_linear(dsk: Mapping[Hashable, Any], keys: Iterable[Hashable],
             return None
         return d
 
-    absorbed: set[Hashable] = set()
     out: dict[Hashable, Any] = {}
     for k in dsk:
-        if k in absorbed:
-            continue
         u = users.get(k)
         if u and len(u) == 1 and absorbs(u[0]) == k:
             continue  # the bottom or middle of a chain: fused into the node on top
@@ -430,12 +427,9 @@ def fuse_linear(dsk: Mapping[Hashable, Any], keys: Iterable[Hashable],
         d = absorbs(k)
         while d is not None:
             chain.append(d)
-            absorbed.add(d)
             d = absorbs(d)
         if len(chain) == 1:
             out[k] = dsk[k]
         else:
             out[k] = Task.fuse(*(dsk[c] for c in reversed(chain)), key=k)
-    for k in absorbed:
-        out.pop(k, None)
     return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pickle
 import sys
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import cloudpickle
 import msgpack
@@ -137,8 +137,24 @@ def write_arrow_fd(table: Any, fd: int) -> int:
         return int(f.tell())
 
 
-def encode(value: Any) -> tuple[str, list[Buffer]]:
-    """Choose an encoding for ``value`` and return (encoding, frames)."""
+class ArrowStream:
+    """A value's Arrow IPC stream, ``nbytes`` long, not written yet (see :func:`encode`)."""
+
+    __slots__ = ("table", "nbytes")
+
+    def __init__(self, table: Any, nbytes: int) -> None:
+        self.table = table
+        self.nbytes = nbytes
+
+
+def encode(value: Any, defer_arrow_from: Optional[int] = None) -> tuple[str, list[Any]]:
+    """Choose an encoding for ``value`` and return (encoding, frames).
+
+    With ``defer_arrow_from``, an Arrow stream at least that long is not written here: its
+    one frame is an :class:`ArrowStream`, for the caller to write where it belongs (the
+    executor writes it straight into a shared-memory segment). Only a table whose buffers
+    reach half that length is measured first: a stream is its buffers (at most, when sliced)
+    plus padding and metadata."""
     if _is_msgpack_scalar(value):
         try:
             return MSGPACK, [msgpack.packb(value, use_bin_type=True)]
@@ -149,6 +165,10 @@ def encode(value: Any) -> tuple[str, list[Buffer]]:
         return BYTES, [value]
     table = arrow_table(value)
     if table is not None:
+        if defer_arrow_from is not None and table.get_total_buffer_size() >= defer_arrow_from // 2:
+            n = arrow_size(table)
+            if n >= defer_arrow_from:
+                return ARROW, [ArrowStream(table, n)]
         return ARROW, [write_arrow(table)]
     return PICKLE, dumps_pickle(value)
 

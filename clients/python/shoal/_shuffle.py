@@ -52,6 +52,12 @@ _state = {"patched": False, "failed": False, "hooked": False}
 # the two task functions (run in executors)
 
 
+def _routes_only(cols: Any) -> bool:
+    """Whether ``cols`` (a shuffle's partitioning_index) is the ``_partitions`` column alone,
+    which only says where each row goes: split drops it and the expression's meta omits it."""
+    return cols == _ROUTE or (isinstance(cols, (list, tuple)) and list(cols) == [_ROUTE])
+
+
 def split(df: Any, cols: Any, npartitions: int, ignore_index: bool) -> tuple[Any, Any]:
     """``df``'s rows in output-partition order and the offsets that bound each partition.
 
@@ -68,7 +74,7 @@ def split(df: Any, cols: Any, npartitions: int, ignore_index: bool) -> tuple[Any
         cols = [cols]
     if cols and cols[0] == _ROUTE:
         ind = df[cols[0]]
-        if list(cols) == [_ROUTE]:
+        if _routes_only(cols):
             df = df.drop(columns=[_ROUTE])  # only routing: not carried (see ShoalShuffle._meta)
     else:
         ind = hash_object_dispatch(df[cols] if cols else df, index=False)
@@ -104,8 +110,7 @@ def _define(mod: Any) -> Any:
         @functools.cached_property
         def _meta(self) -> Any:
             meta = super()._meta  # TaskShuffle's: index reset when ignore_index
-            cols = self.partitioning_index
-            if (cols == _ROUTE or cols == [_ROUTE]) and _ROUTE in meta.columns:
+            if _routes_only(self.partitioning_index) and _ROUTE in meta.columns:
                 meta = meta.drop(columns=[_ROUTE])  # as split drops it (and P2P's meta)
             return meta
 

@@ -312,13 +312,13 @@ class Executor:
                 raise
             return error_reply(task_id, exc, skip=1), []
         try:
-            encoding, out = self.encode(result)
+            encoding, out = _serialize.encode(result, SEG_MIN if self.segments else None)
         except BaseException as exc:  # noqa: BLE001
             return error_reply(task_id, exc, skip=0,
                                prefix=f"could not serialize the result of {header.get('key')}: "), []
         if len(out) == 1:
             f = out[0]
-            size = len(f) if type(f) is bytes else f.nbytes if type(f) is ArrowFrame \
+            size = len(f) if type(f) is bytes else f.nbytes if type(f) is _serialize.ArrowStream \
                 else memoryview(f).nbytes
         else:
             size = _serialize.nbytes(out)
@@ -326,31 +326,7 @@ class Executor:
         return {"op": "done", "id": task_id, "items": [item]}, out
 
 
-    def encode(self, result: Any) -> tuple[str, list[Any]]:
-        """:func:`_serialize.encode`, except that with segments an Arrow stream of at least
-        :data:`SEG_MIN` bytes stays unwritten (an :class:`ArrowFrame`): segment_result writes
-        it straight into its segment instead of into memory first."""
-        if self.segments:
-            table = _serialize.arrow_table(result)
-            if table is not None:
-                n = _serialize.arrow_size(table)
-                if n >= SEG_MIN:
-                    return _serialize.ARROW, [ArrowFrame(table, n)]
-                return _serialize.ARROW, [_serialize.write_arrow(table)]
-        return _serialize.encode(result)
-
-
-class ArrowFrame:
-    """A result's Arrow IPC stream, ``nbytes`` long, still to be written."""
-
-    __slots__ = ("table", "nbytes")
-
-    def __init__(self, table: Any, nbytes: int) -> None:
-        self.table = table
-        self.nbytes = nbytes
-
-
-def write_arrow_segment(frame: ArrowFrame) -> int:
+def write_arrow_segment(frame: _serialize.ArrowStream) -> int:
     """A sealed memfd holding ``frame``'s IPC stream, written with one copy."""
     fd = os.memfd_create("shoal-result", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
@@ -403,7 +379,7 @@ def segment_result(reply: Header, frames: list[Any]) -> tuple[int, list[Any]]:
     """Put a done answer's large frames into a segment: returns its descriptor (-1 when the
     frames stay in the message: too few large ones, or the segment could not be made) and the
     frames to send; ``reply`` gets the placements (``seg``)."""
-    if len(frames) == 1 and type(frames[0]) is ArrowFrame:
+    if len(frames) == 1 and type(frames[0]) is _serialize.ArrowStream:
         frame = frames[0]
         try:
             fd = write_arrow_segment(frame)
