@@ -42,9 +42,9 @@ func startBatchWorker(t *testing.T) (*Worker, *schedConn) {
 	py := pythonForTests(t)
 	fake, err := filepath.Abs("testdata/fake_executor.py")
 	require.NoError(t, err)
-	old := pyShortRun
-	pyShortRun = time.Hour
-	t.Cleanup(func() { pyShortRun = old })
+	oldShort, oldBatch, oldTime := pyShortRun, pyBatch, pyBatchTime
+	pyShortRun, pyBatch, pyBatchTime = time.Hour, 4, time.Hour
+	t.Cleanup(func() { pyShortRun, pyBatch, pyBatchTime = oldShort, oldBatch, oldTime })
 	s := newFakeSched(t, "")
 	cfg := testConfig(t)
 	cfg.NThreads = 1
@@ -55,7 +55,8 @@ func startBatchWorker(t *testing.T) (*Worker, *schedConn) {
 	sc.expect(wire.OpTaskFinished)
 	sc.send(groupTask("warm-2", "h-echo", nil, "w"))
 	sc.expect(wire.OpTaskFinished)
-	require.True(t, w.py.short("g"))
+	_, short := w.py.short("g")
+	require.True(t, short)
 	return w, sc
 }
 
@@ -127,10 +128,21 @@ func TestPythonBatches(t *testing.T) {
 	require.Equal(t, before+1, w.py.batched.Load())
 	_, frames = getData(t, c, 2, "big-1")
 	require.Equal(t, big, string(frames[0]))
+
+	// A batch holds only what is expected to run within pyBatchTime: with no time to spare,
+	// every task runs alone, in order.
+	pyBatchTime = 0
+	before = w.py.batched.Load()
+	queueBehindGate(t, w, sc, groupTask("t-0", "h-echo", nil, "0"), groupTask("t-1", "h-echo", nil, "1"),
+		groupTask("t-2", "h-echo", nil, "2"))
+	require.Equal(t, []string{"t-0", "t-1", "t-2"}, finished(sc, 3))
+	require.Equal(t, before, w.py.batched.Load())
 }
 
-// When the executor dies in the middle of a batch, the task it was running fails with
-// executor-died and the tasks queued behind it run on a new executor.
+// When the executor dies in the middle of a batch, the task that killed it is not known (the
+// executor holds a batch's answers until it has run all of it): every unanswered task runs
+// again alone on a new executor, and the one that kills that executor fails with
+// executor-died; the others finish.
 func TestPythonBatchExecutorDies(t *testing.T) {
 	w, sc := startBatchWorker(t)
 	// "crash" must be a known short group member too: its function is sent with it.
@@ -138,14 +150,16 @@ func TestPythonBatchExecutorDies(t *testing.T) {
 	queueBehindGate(t, w, sc,
 		groupTask("e-0", "h-echo", nil, "zero"), crash,
 		groupTask("e-2", "h-echo", nil, "two"), groupTask("e-3", "h-echo", nil, "three"))
-	// batch c-1 e-2 e-3 e-0: c-1 kills the executor; e-2 and e-3 go back to the queue, e-0
-	// (popped by the thread) is retried on a new executor, with them batched ahead of it.
+	// batch c-1 e-2 e-3 e-0 kills the executor. e-0 (popped by the thread) is retried first,
+	// alone; then c-1 alone kills a second executor and is blamed; then e-2 and e-3.
+	require.Equal(t, "e-0", sc.expect(wire.OpTaskFinished).Key)
 	m := sc.expect(wire.OpTaskErred)
 	require.Equal(t, "c-1", m.Key)
 	require.Equal(t, wire.CodeExecutorDied, m.Error.Code)
 	require.Contains(t, m.Error.Message, "segmentation fault")
-	require.Equal(t, []string{"e-2", "e-3", "e-0"}, finished(sc, 3))
-	require.Equal(t, int64(1), w.Metrics().ExecutorDeaths)
+	require.Equal(t, []string{"e-2", "e-3"}, finished(sc, 2))
+	require.Equal(t, int64(2), w.Metrics().ExecutorDeaths)
+	require.Equal(t, int64(3), w.py.batched.Load(), "only the first batch was batched")
 	c := dialData(t, w.DataAddr(), "", wire.RolePeer)
 	_, frames := getData(t, c, 1, "e-0", "e-2", "e-3")
 	require.Equal(t, [][]byte{[]byte("zero"), []byte("two"), []byte("three")}, frames)

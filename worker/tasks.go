@@ -38,6 +38,7 @@ type task struct {
 	waiting map[string]struct{} // dependencies not yet in the store (nil when none were missing)
 	index   int                 // position in the ready heap
 	freed   bool                // freed while running: discard the result
+	solo    bool                // was in a batch whose executor died: runs alone from now on
 }
 
 // taskHeap orders ready tasks by order (lower first), then arrival.
