@@ -29,7 +29,7 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 	f.schedFlags.register(fs)
 	fs.IntVar(&f.workers, "workers", 2, "number of worker processes")
 	fs.IntVar(&f.nthreads, "nthreads", 1, "tasks each worker runs at once")
-	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory limit per worker and its Python executors (e.g. 2GiB); auto: total memory divided by --workers")
+	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory limit per worker and its Python executors (e.g. 2GiB); auto: total memory divided by --workers; 0: no limit (never spill or pause)")
 	f.mem.register(fs)
 	fs.StringVar(&f.python, "python", defaultPython(), "Python interpreter the workers use for Python tasks")
 	fs.StringVar(&f.readyFile, "ready-file", "", "write JSON {scheduler, dashboard, gossip, workers} here once every worker has registered")

@@ -58,7 +58,7 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.host, "host", "127.0.0.1", "address for the data and gossip ports")
 	fs.StringVar(&f.name, "name", "", "unique worker name (default: the data address)")
 	fs.IntVar(&f.nthreads, "nthreads", runtime.NumCPU(), "how many tasks run at once")
-	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory budget of the worker and its Python executors (e.g. 4GiB); auto: total memory")
+	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory budget of the worker and its Python executors (e.g. 4GiB); auto: total memory; 0: no limit (the machine's memory, never spill or pause)")
 	f.mem.register(fs)
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for spilled data (a private subdirectory is made and removed on exit)")
 	fs.IntVar(&f.dataPort, "data-port", 0, "port serving results to peers and clients (0 picks a free port)")
@@ -132,17 +132,21 @@ func (f *workerFlags) config() (worker.Config, error) {
 	if f.gomaxprocs < 0 {
 		return worker.Config{}, fmt.Errorf("--gomaxprocs %d: must be at least 1 (or 0 for the default)", f.gomaxprocs)
 	}
-	mem := totalMemory()
+	mem, fr := totalMemory(), f.mem
 	if f.memoryLimit != "auto" {
 		if mem, err = parseBytes(f.memoryLimit); err != nil {
 			return worker.Config{}, fmt.Errorf("--memory-limit: %w", err)
+		}
+		if mem == 0 {
+			// no limit, as in dask: the whole machine, and no threshold acts
+			mem, fr = totalMemory(), memFractions{}
 		}
 	}
 	cfg := worker.DefaultConfig()
 	cfg.Name, cfg.Host, cfg.DataPort, cfg.NThreads, cfg.MemoryLimit = f.name, f.host, f.dataPort, f.nthreads, mem
 	cfg.LocalDir, cfg.Token, cfg.Python, cfg.Resources, cfg.Logger = f.localDir, token, f.python, res, log
 	cfg.ServerTLS, cfg.ClientTLS = serverTLS, clientTLS
-	cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction = f.mem.target, f.mem.spill, f.mem.pause
+	cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction = fr.target, fr.spill, fr.pause
 	cfg.NProcsPython = f.nprocsPython
 	if cfg.NProcsPython == 0 {
 		cfg.NProcsPython = f.nthreads

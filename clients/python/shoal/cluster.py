@@ -100,7 +100,8 @@ class LocalCluster:
     """A Shoal scheduler with ``n_workers`` workers on this machine (real processes, real ports).
 
     ``memory_limit`` is per worker: ``"auto"`` (total memory divided by the workers), bytes, or
-    a string like ``"2GB"``; 0 disables the limit. It covers each worker and its Python
+    a string like ``"2GB"``; 0 (or None) disables the limit, as in dask: the workers never spill
+    or pause. It covers each worker and its Python
     executor; ``memory_target_fraction`` (0.6), ``memory_spill_fraction`` (0.7) and
     ``memory_pause_fraction`` (0.8) set the thresholds, as for dask's workers (docs/operations.md).
     ``dashboard_port=0`` picks a free port,
@@ -125,10 +126,12 @@ class LocalCluster:
         self.host = host
         self.binary = binary or find_binary()
         mem = parse_memory(memory_limit)
+        limit_arg = str(mem)  # 0: no limit, as in dask (the workers never spill or pause)
         if mem < 0:
             mem = total_memory() // max(n_workers, 1)
+            limit_arg = str(mem)
         elif mem == 0:
-            mem = total_memory()  # no limit, as in dask: each worker may use the whole machine
+            mem = total_memory()  # each worker may use the whole machine
         self.memory_limit = mem
         self._dir = tempfile.mkdtemp(prefix="shoal-cluster-")
         self._ready_file = os.path.join(self._dir, "ready.json")
@@ -138,7 +141,7 @@ class LocalCluster:
         with os.fdopen(fd, "w") as f:
             f.write(self.token)
         args = [self.binary, "local", "--workers", str(n_workers), "--nthreads",
-                str(threads_per_worker), "--memory-limit", str(mem), "--host", host,
+                str(threads_per_worker), "--memory-limit", limit_arg, "--host", host,
                 "--port", str(scheduler_port), "--gossip-port", "0",
                 "--python", python or sys.executable, "--token-file", self._token_file,
                 "--ready-file", self._ready_file]

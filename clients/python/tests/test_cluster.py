@@ -347,6 +347,8 @@ def test_memory_limit_zero_means_no_limit() -> None:
 
     with LocalCluster(n_workers=1, memory_limit=0, dashboard_port=None) as cluster, \
             Client(cluster) as client:
+        # "0" reaches the workers, which then never spill or pause (cli/worker_test.go)
+        assert cluster.args[cluster.args.index("--memory-limit") + 1] == "0"
         (w,) = client.scheduler_info()["workers"].values()
         assert int(w["memory_limit"]) == total_memory() == cluster.memory_limit
         assert client.submit(inc, 1).result(timeout=30) == 2

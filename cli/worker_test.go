@@ -1,0 +1,43 @@
+package cli
+
+import (
+	"testing"
+)
+
+// workerConfig parses worker flags as `shoal worker` does and builds the worker's config.
+func workerConfig(t *testing.T, args ...string) (cfgLimit int64, target, spill, pause float64, err error) {
+	t.Helper()
+	var f workerFlags
+	fs := newFlagSet("worker", "", "")
+	f.register(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %v: %v", args, err)
+	}
+	cfg, err := f.config()
+	return cfg.MemoryLimit, cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction, err
+}
+
+// --memory-limit 0 means no limit, as in dask: the machine's memory, and no threshold acts,
+// whatever the fractions say. A size keeps the fractions; a bad one is refused by name.
+func TestWorkerMemoryLimitZeroIsNoLimit(t *testing.T) {
+	limit, target, spill, pause, err := workerConfig(t, "--memory-limit", "0", "--memory-pause", "0.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limit != totalMemory() || target != 0 || spill != 0 || pause != 0 {
+		t.Fatalf("--memory-limit 0: limit %d (machine %d), fractions %g %g %g; want the machine and no thresholds",
+			limit, totalMemory(), target, spill, pause)
+	}
+
+	limit, target, spill, pause, err = workerConfig(t, "--memory-limit", "2GiB", "--memory-pause", "0.5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if limit != 2<<30 || target != 0.6 || spill != 0.7 || pause != 0.5 {
+		t.Fatalf("--memory-limit 2GiB: limit %d, fractions %g %g %g", limit, target, spill, pause)
+	}
+
+	if _, _, _, _, err = workerConfig(t, "--memory-limit", "lots"); err == nil {
+		t.Fatal("--memory-limit lots was accepted")
+	}
+}
