@@ -64,6 +64,11 @@ func TestPythonExecutorSharedMemory(t *testing.T) {
 			old := shmEnabled
 			shmEnabled = on
 			t.Cleanup(func() { shmEnabled = old })
+			if on {
+				// the executor inherits the environment: SHOAL_EXECUTOR_SHM=0 there (set to run
+				// the other tests without windows) would turn them off on its side
+				t.Setenv("SHOAL_EXECUTOR_SHM", "1")
+			}
 			py := pythonForTests(t)
 			pkg, err := filepath.Abs("../clients/python")
 			require.NoError(t, err)
