@@ -7,8 +7,10 @@
 
 Every workload runs in a fresh child process per system (``run.py --child WORKLOAD --system
 shoal|dask``) with its own cluster: Shoal's ``LocalCluster`` (the Go binary ``shoal local``) or
-``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``. The child
-prints one ``RESULT {json}`` line; the parent kills the child's whole process tree if it
+``distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True)``. Both children
+of a workload are up at once and the parent alternates their repetitions (shoal, dask, dask,
+shoal, ...), so that both systems meet the same drifts in the machine's speed. Each child
+prints ``RESULT {json}`` at the end; the parent kills a child's whole process tree if it
 overruns, so no cluster outlives the run. Results: a markdown table on stdout, the raw figures
 in ``benchmarks/results/<timestamp>.json`` and ``benchmarks/results/latest.json``.
 
@@ -33,6 +35,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import queue
 import signal
 import statistics
 import subprocess
@@ -517,7 +520,11 @@ PY_WORKLOADS: dict[str, Callable[[Bench, dict, int, Record], None]] = {
 
 
 def child_main(args: argparse.Namespace) -> int:
-    """Run one workload on one system, print `RESULT {json}`."""
+    """Run one workload on one system, one repetition per ``rep N`` line read from stdin
+    (``warm N``: an untimed one).
+
+    Prints ``READY`` once the cluster is up, ``REP {json}`` after each repetition (how long it
+    took), and ``RESULT {json}`` (every repetition's figures) after ``end`` or end of input."""
     import logging
 
     logging.getLogger("distributed").setLevel(logging.ERROR)
@@ -529,7 +536,6 @@ def child_main(args: argparse.Namespace) -> int:
     startup = time.perf_counter() - t0
     values: dict[str, list[float]] = {}
     extra: dict[str, list[dict[str, Any]]] = {}
-    notes: list[str] = []
 
     def record(metric: str, value: float, info: dict[str, Any]) -> None:
         values.setdefault(metric, []).append(value)
@@ -538,18 +544,21 @@ def child_main(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
 
     try:
-        for rep in range(args.reps):
-            r0 = time.perf_counter()
-            PY_WORKLOADS[args.child](b, p, rep, record)
-            b.settle()
-            took = time.perf_counter() - r0
-            if rep == 0 and args.reps > 1 and took > args.rep_budget:
-                notes.append(f"{args.system}: first repetition took {took:.0f}s > "
-                             f"{args.rep_budget:.0f}s, so 1 repetition only")
+        print("READY", flush=True)
+        for line in sys.stdin:
+            cmd = line.split()
+            if not cmd or cmd[0] not in ("rep", "warm"):
                 break
+            r0 = time.perf_counter()
+            if cmd[0] == "warm":  # untimed: its figures are not recorded
+                PY_WORKLOADS[args.child](b, p, -1 - int(cmd[1]), lambda *_: None)
+            else:
+                PY_WORKLOADS[args.child](b, p, int(cmd[1]), record)
+            b.settle()
+            print("REP " + json.dumps({"seconds": time.perf_counter() - r0}), flush=True)
     finally:
         b.close()
-    print("RESULT " + json.dumps({"values": values, "extra": extra, "notes": notes,
+    print("RESULT " + json.dumps({"values": values, "extra": extra, "notes": [],
                                   "startup_s": startup}), flush=True)
     return 0
 
@@ -558,42 +567,134 @@ def child_main(args: argparse.Namespace) -> int:
 # parent
 
 
-def run_child(workload: str, system: str, args: argparse.Namespace, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, "--system", system,
-           "--reps", str(args.reps), "--rep-budget", str(args.rep_budget)]
-    if args.smoke:
-        cmd.append("--smoke")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "clients" / "python"), env.get("PYTHONPATH", "")])
-    env.setdefault("SHOAL_BIN", str(ROOT / "bin" / "shoal"))
-    t0 = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, text=True, env=env,
-                            start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_tree(proc.pid)
-        proc.communicate()
-        return {"error": f"timed out after {timeout:.0f}s", "wall_s": time.time() - t0}
-    except BaseException:
-        kill_tree(proc.pid)
-        proc.wait()
-        raise
-    finally:
-        leftover = descendants(proc.pid) if proc.poll() is None else []
-        for p in leftover:
+class Child:
+    """One ``run.py --child`` process: a cluster of one system, driven a repetition at a time."""
+
+    def __init__(self, workload: str, system: str, args: argparse.Namespace, timeout: float) -> None:
+        self.system = system
+        self.timeout = timeout
+        self.left = timeout  # of its own time: waiting for it to start and to run repetitions
+        self.t0 = time.time()
+        self.error = ""
+        self.done = False  # no more repetitions (error, or over the first-repetition budget)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, "--system", system]
+        if args.smoke:
+            cmd.append("--smoke")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "clients" / "python"), env.get("PYTHONPATH", "")])
+        env.setdefault("SHOAL_BIN", str(ROOT / "bin" / "shoal"))
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+                                     text=True, env=env, start_new_session=True)
+        self.lines: queue.Queue[Optional[str]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def expect(self, prefix: str) -> Optional[str]:
+        """The rest of the next line starting with prefix, or None (the error is kept)."""
+        while not self.error:
+            t = time.time()
             try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for line in out.splitlines():
-        if line.startswith("RESULT "):
-            res = json.loads(line[7:])
-            res["wall_s"] = time.time() - t0
-            if proc.returncode != 0:
-                res["error"] = f"exit code {proc.returncode}"
-            return res
-    return {"error": f"exit code {proc.returncode}, no result", "wall_s": time.time() - t0}
+                line = self.lines.get(timeout=max(self.left, 0.01))
+            except queue.Empty:
+                self.fail(f"timed out after {self.timeout:.0f}s")
+                return None
+            finally:
+                self.left -= time.time() - t
+            if line is None:
+                self.fail(f"exit code {self.proc.wait()}, no {prefix.strip()} line")
+                return None
+            if line.startswith(prefix):
+                return line[len(prefix):]
+        return None
+
+    def send(self, line: str) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except OSError as e:
+            self.fail(f"cannot reach the child: {e}")
+
+    def fail(self, msg: str) -> None:
+        if not self.error:
+            self.error = msg
+        self.done = True
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill the child and its clusters' processes, unless it has exited (closing them)."""
+        if self.proc.poll() is None:
+            kill_tree(self.proc.pid)
+            self.proc.wait()
+
+    def finish(self) -> dict:
+        res: dict[str, Any] = {}
+        if not self.error:
+            self.send("end")
+            out = self.expect("RESULT ")
+            if out is not None:
+                res = json.loads(out)
+                if self.proc.wait() != 0:
+                    self.error = f"exit code {self.proc.returncode}"
+        self.kill()
+        if self.error:
+            res["error"] = self.error
+        res["wall_s"] = time.time() - self.t0
+        return res
+
+
+#: Workloads whose repetitions are short get one untimed repetition per system first: the
+#: first graph a fresh cluster runs pays for its processes' first page faults, heaps and
+#: caches (Shoal's first tree reduction ran 15-25 % slower than the next ones).
+WARMUP = {"map", "tree", "chain"}
+
+
+def run_children(workload: str, systems: list[str], args: argparse.Namespace,
+                 timeout: float) -> dict[str, dict]:
+    """Run a workload on each system with both clusters up, alternating their repetitions
+    (shoal, dask, then dask, shoal, ...), so that both see the machine at the same times: on a
+    shared machine whose speed drifts by tens of percent over minutes, running one system's
+    repetitions after the other's compared different machines. Workloads in WARMUP first run
+    once untimed on each system. A system whose first repetition takes longer than
+    --rep-budget runs only once."""
+    children: list[Child] = []
+    try:
+        for system in systems:
+            c = Child(workload, system, args, timeout)
+            children.append(c)
+            c.expect("READY")
+        notes: dict[str, list[str]] = {s: [] for s in systems}
+        if workload in WARMUP and not args.smoke:
+            for c in children:
+                c.send("warm 0")
+                c.expect("REP ")
+        for rep in range(args.reps):
+            for c in children if rep % 2 == 0 else children[::-1]:
+                if c.done:
+                    continue
+                c.send(f"rep {rep}")
+                out = c.expect("REP ")
+                if out is None:
+                    continue
+                took = json.loads(out)["seconds"]
+                if rep == 0 and args.reps > 1 and took > args.rep_budget:
+                    notes[c.system].append(f"{c.system}: first repetition took {took:.0f}s > "
+                                           f"{args.rep_budget:.0f}s, so 1 repetition only")
+                    c.done = True
+        out_all: dict[str, dict] = {}
+        for c in children:
+            res = c.finish()
+            res["notes"] = res.get("notes", []) + notes[c.system]
+            out_all[c.system] = res
+        return out_all
+    finally:
+        for c in children:
+            c.kill()
 
 
 def build_gobench() -> None:
@@ -767,12 +868,14 @@ def parent_main(args: argparse.Namespace) -> int:
     for w in only:
         systems = ["shoal"] if w in SHOAL_ONLY else ["shoal", "dask"]
         systems = [x for x in systems if x in args.systems.split(",")]
-        for system in systems:
-            print(f"== {w} on {system}", file=sys.stderr, flush=True)
-            if w in SHOAL_ONLY:
-                res = run_go(w, args, timeout)
-            else:
-                res = run_child(w, system, args, timeout)
+        if not systems:
+            continue
+        print(f"== {w} on {' and '.join(systems)}", file=sys.stderr, flush=True)
+        if w in SHOAL_ONLY:
+            by_system = {"shoal": run_go(w, args, timeout)}
+        else:
+            by_system = run_children(w, systems, args, timeout)
+        for system, res in by_system.items():
             raw[f"{w}/{system}"] = res
             if "error" in res:
                 msg = f"{w} on {system}: {res['error']}"
@@ -831,7 +934,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=None, help="repetitions per workload (default 3; smoke 1)")
     ap.add_argument("--rep-budget", type=float, default=180.0,
                     help="if a system's first repetition takes longer than this (s), it runs only once")
-    ap.add_argument("--timeout", type=float, default=1800.0, help="per workload and system (s)")
+    ap.add_argument("--timeout", type=float, default=1800.0,
+                    help="per workload and system: its start-up and repetitions (s)")
     ap.add_argument("--systems", default="shoal,dask", help="run only these systems (shoal, dask)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
