@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,7 +19,6 @@ import (
 	client "github.com/shoal-dev/shoal/clients/go"
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
-	"github.com/shoal-dev/shoal/worker"
 	"github.com/stretchr/testify/require"
 )
 
@@ -167,12 +167,12 @@ func TestE2EKilledWorker(t *testing.T) {
 
 // A worker that knows only another worker's gossip address still joins and gets work.
 func TestE2EJoinThroughWorker(t *testing.T) {
-	g0, g1, g2, mp := freePort(t), freePort(t), freePort(t), freePort(t)
+	g0, g1, g2, mp, mp0 := freePort(t), freePort(t), freePort(t), freePort(t), freePort(t)
 	_, out := startProc(t, "scheduler", "--port", "0", "--gossip-port", fmt.Sprint(g0), "--dashboard-port", "-1", "--log-level", "warn")
 	require.True(t, out.Scan())
 	addr := strings.TrimSuffix(strings.Fields(out.Text())[2], ",")
-	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g0), "--gossip-port", fmt.Sprint(g1), "--name", "first", "--nthreads", "1", "--log-level", "warn")
-	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g1), "--gossip-port", fmt.Sprint(g2), "--name", "second", "--nthreads", "1", "--log-level", "warn", "--metrics-port", fmt.Sprint(mp), "--memory-limit", "0")
+	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g0), "--gossip-port", fmt.Sprint(g1), "--name", "first", "--nthreads", "1", "--log-level", "warn", "--metrics-port", fmt.Sprint(mp0), "--memory-limit", "0")
+	startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", g1), "--gossip-port", fmt.Sprint(g2), "--name", "second", "--nthreads", "1", "--log-level", "warn", "--metrics-port", fmt.Sprint(mp), "--memory-limit", "1GiB")
 	ctx := ctxT(t, 60*time.Second)
 	cl, err := client.Connect(ctx, addr, client.Options{})
 	require.NoError(t, err)
@@ -198,29 +198,48 @@ func TestE2EJoinThroughWorker(t *testing.T) {
 	require.Equal(t, second, futs[0].Worker())
 
 	// the worker's own Prometheus endpoint (--metrics-port) counts the task it ran
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", mp))
-	require.NoError(t, err)
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	require.Contains(t, string(body), "shoal_worker_")
-	require.Regexp(t, `shoal_worker_tasks_\w+ [1-9]`, string(body))
-	// --memory-limit 0 means the default budget, and the Go soft limit follows it (0.7 of it),
-	// not 0 (a zero soft limit would make the GC run without pause)
-	metric := func(name string) float64 {
-		m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(string(body))
+	scrape := func(port int) string {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return string(body)
+	}
+	body := scrape(mp)
+	require.Contains(t, body, "shoal_worker_")
+	require.Regexp(t, `shoal_worker_tasks_\w+ [1-9]`, body)
+	valueIn := func(body, name string) float64 {
+		m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindStringSubmatch(body)
 		require.NotNil(t, m, "no %s in /metrics", name)
 		f, err := strconv.ParseFloat(m[1], 64)
 		require.NoError(t, err)
 		return f
 	}
-	require.Equal(t, float64(worker.DefaultMemoryLimit), metric("shoal_worker_memory_limit_bytes"))
-	require.InDelta(t, 0.7*float64(worker.DefaultMemoryLimit), metric("go_gc_gomemlimit_bytes"), 1)
+	metric := func(name string) float64 { return valueIn(body, name) }
+	// the Go soft limit follows --memory-limit (0.7 of it, the spill threshold)
+	require.Equal(t, float64(1<<30), metric("shoal_worker_memory_limit_bytes"))
+	require.InDelta(t, 0.7*float64(1<<30), metric("go_gc_gomemlimit_bytes"), 1)
+	// --memory-limit 0 is no limit, as in dask: the machine's memory, and no soft limit
+	first := scrape(mp0)
+	require.Equal(t, float64(memTotal(t)), valueIn(first, "shoal_worker_memory_limit_bytes"))
+	require.Equal(t, float64(math.MaxInt64), valueIn(first, "go_gc_gomemlimit_bytes"))
 	require.Greater(t, metric("shoal_worker_process_memory_bytes"), float64(1<<20))
 	// a one-thread worker runs its Go side on one P (see goProcs in cli/worker.go), unless
 	// GOMAXPROCS was set for the test run
 	if os.Getenv("GOMAXPROCS") == "" {
 		require.Equal(t, 1.0, metric("go_sched_gomaxprocs_threads"))
 	}
+}
+
+// memTotal is the machine's memory (MemTotal in /proc/meminfo), in bytes.
+func memTotal(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^MemTotal:\s+(\d+) kB$`).FindStringSubmatch(string(b))
+	require.NotNil(t, m, "no MemTotal in /proc/meminfo")
+	kb, err := strconv.ParseInt(m[1], 10, 64)
+	require.NoError(t, err)
+	return kb << 10
 }
 
 func TestCLIHelp(t *testing.T) {
