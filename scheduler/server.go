@@ -361,7 +361,7 @@ func (s *Server) readWorker(c *wire.Conn) {
 	}
 	// Messages already buffered behind this one (a worker's burst of task_finished) go to the
 	// driver together: one channel hand-off and wake-up instead of one per message.
-	var batch []inbound
+	batch := newBatch()
 	for {
 		m, frames, err := recvOrReport(c)
 		if err != nil {
@@ -373,18 +373,38 @@ func (s *Server) readWorker(c *wire.Conn) {
 		if len(batch) < maxBatch && c.MessageBuffered() {
 			continue
 		}
-		s.sendBatch(batch)
-		batch = nil // the driver owns the sent slice
+		if s.sendBatch(batch) {
+			batch = newBatch() // the driver owns the sent slice, and gives it back (freeBatch)
+		} else {
+			batch = batch[:0]
+		}
 	}
 }
 
-func (s *Server) sendBatch(batch []inbound) {
+// batchPool recycles the slices of messages a worker connection hands to the driver together:
+// allocated per batch, they were ~270 bytes per task on workload 9.
+var batchPool = sync.Pool{New: func() any { b := make([]inbound, 0, maxBatch); return &b }}
+
+func newBatch() []inbound { return (*batchPool.Get().(*[]inbound))[:0] }
+
+func freeBatch(b []inbound) {
+	clear(b)
+	b = b[:0]
+	batchPool.Put(&b)
+}
+
+// sendBatch hands the batch to the driver, and reports whether the driver took the slice (a
+// single message is sent by value).
+func (s *Server) sendBatch(batch []inbound) bool {
 	switch len(batch) {
 	case 0:
+		return false
 	case 1:
 		s.send(batch[0])
+		return false
 	default:
 		s.send(inbound{batch: batch})
+		return true
 	}
 }
 
@@ -426,6 +446,7 @@ func (s *Server) handleInbound(in inbound) {
 		for _, x := range in.batch {
 			s.handleInbound(x)
 		}
+		freeBatch(in.batch)
 		return
 	}
 	s.stats.msgsIn++

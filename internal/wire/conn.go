@@ -35,6 +35,8 @@ type Conn struct {
 		sync.Mutex
 		bufs    net.Buffers // pending output: small messages share one slice, big frames stand alone
 		small   []byte      // the slice small messages are appended to (the tail of bufs)
+		smalls  [][]byte    // every small-message slice in bufs (this side's memory)
+		spare   []byte      // an emptied small-message slice, reused by the next one
 		pending int
 		err     error
 		closed  bool
@@ -249,8 +251,7 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) error {
 		return err
 	}
 	if c.mu.small == nil {
-		c.mu.small = make([]byte, 0, 4096)
-		c.mu.bufs = append(c.mu.bufs, nil)
+		c.newSmallLocked(0)
 	}
 	start := len(c.mu.small)
 	b := binary.BigEndian.AppendUint32(c.mu.small, uint32(1+len(payload)))
@@ -268,6 +269,7 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) error {
 	binary.BigEndian.PutUint64(b[lenAt:], uint64(len(b)-hdrAt))
 	c.mu.small = b
 	c.mu.bufs[len(c.mu.bufs)-1] = b
+	c.mu.smalls[len(c.mu.smalls)-1] = b
 	c.mu.pending += len(b) - start
 	c.queuePayloadLocked(payload)
 	return nil
@@ -344,19 +346,45 @@ func appendU64(b []byte, v uint64) []byte {
 // appendSmall copies p into the current small-message slice (c.mu held).
 func (c *Conn) appendSmall(p []byte) {
 	if c.mu.small == nil {
-		c.mu.small = make([]byte, 0, max(4096, len(p)))
-		c.mu.bufs = append(c.mu.bufs, nil)
+		c.newSmallLocked(len(p))
 	}
 	c.mu.small = append(c.mu.small, p...)
 	c.mu.bufs[len(c.mu.bufs)-1] = c.mu.small
+	c.mu.smalls[len(c.mu.smalls)-1] = c.mu.small
+}
+
+// maxSpare bounds the small-message slice kept for reuse between writes (the writer is woken
+// well before this much is pending, so a slice rarely grows past it).
+const maxSpare = 1 << 20
+
+// newSmallLocked starts a small-message slice at the tail of the pending output, reusing the
+// spare one when it is big enough: a busy connection (the scheduler's to a worker, thousands
+// of compute messages a second) would otherwise allocate and grow a fresh one per write.
+func (c *Conn) newSmallLocked(n int) {
+	if cap(c.mu.spare) >= max(4096, n) {
+		c.mu.small, c.mu.spare = c.mu.spare[:0], nil
+	} else {
+		c.mu.small = make([]byte, 0, max(4096, n))
+	}
+	c.mu.bufs = append(c.mu.bufs, nil)
+	c.mu.smalls = append(c.mu.smalls, nil)
+}
+
+// reuseLocked keeps the biggest written small-message slice (within maxSpare) as the spare.
+func (c *Conn) reuseLocked(written [][]byte) {
+	for _, b := range written {
+		if cap(b) <= maxSpare && cap(b) > cap(c.mu.spare) {
+			c.mu.spare = b[:0]
+		}
+	}
 }
 
 func (c *Conn) writeLoop() {
 	defer close(c.done)
 	for range c.wake {
 		c.mu.Lock()
-		bufs := c.mu.bufs
-		c.mu.bufs, c.mu.small, c.mu.pending = nil, nil, 0
+		bufs, smalls := c.mu.bufs, c.mu.smalls
+		c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.pending = nil, nil, nil, 0
 		closed := c.mu.closed
 		c.mu.Unlock()
 		if len(bufs) > 0 {
@@ -367,6 +395,10 @@ func (c *Conn) writeLoop() {
 				c.nc.Close()
 				return
 			}
+			// written: the kernel has the bytes, the slices are free again
+			c.mu.Lock()
+			c.reuseLocked(smalls)
+			c.mu.Unlock()
 		}
 		if closed {
 			return
