@@ -98,7 +98,7 @@ type task struct {
 	key string
 	// def is the definition. A plain task (nothing but a key, a kind and a function, as most
 	// tasks of large graphs) shares a template holding only Kind and Func (flagPlain), so it
-	// does not keep a whole graph.Task alive; fullDef rebuilds one for compute. Scattered
+	// does not keep a whole graph.Task alive; its compute carries the template and the key. Scattered
 	// data has the empty template.
 	def        *graph.Task
 	deps       []int32    // dependency ids (immutable)

@@ -36,7 +36,7 @@ func (n *noopCluster) drain() {
 	for len(n.pending) > 0 {
 		ac := n.pending[0]
 		n.pending = n.pending[1:]
-		n.handle(EvTaskFinished{Worker: ac.Worker, Key: ac.Task.Key, TaskID: ac.TaskID, NBytes: 8, Encoding: "msgpack", Start: 0, Stop: 1000})
+		n.handle(EvTaskFinished{Worker: ac.Worker, Key: ac.Key, TaskID: ac.TaskID, NBytes: 8, Encoding: "msgpack", Start: 0, Stop: 1000})
 	}
 }
 

@@ -142,6 +142,9 @@ type EvTick struct{ Now int64 }
 // ActCompute: send a task to a worker.
 type ActCompute struct {
 	Worker WorkerID
+	Key    string
+	// Task is the definition; a plain task's (nothing but a kind and a function) is shared
+	// with every task of that kind and function, and its Key is empty: send it with Key.
 	Task   *graph.Task
 	TaskID uint64 // the task's handle: workers echo it in task_finished / task_erred
 	Deps   []DepLoc

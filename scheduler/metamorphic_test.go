@@ -236,7 +236,7 @@ func (fc *fakeCluster) step() {
 		w.outbox = nil
 		var keys []string
 		for _, q := range w.queue {
-			keys = append(keys, q.Task.Key)
+			keys = append(keys, q.Key)
 		}
 		fc.handle(EvReschedule{Worker: w.id, Keys: keys})
 		delete(fc.workers, w.id)
@@ -259,15 +259,15 @@ func (fc *fakeCluster) deliverIn(w *fakeWorker) {
 	}
 	switch a := a.(type) {
 	case ActCompute:
-		w.queue = slices.DeleteFunc(w.queue, func(q ActCompute) bool { return q.Task.Key == a.Task.Key })
+		w.queue = slices.DeleteFunc(w.queue, func(q ActCompute) bool { return q.Key == a.Key })
 		w.queue = append(w.queue, a)
 	case ActFree:
 		for _, k := range a.Keys {
 			delete(w.store, k)
-			w.queue = slices.DeleteFunc(w.queue, func(q ActCompute) bool { return q.Task.Key == k })
+			w.queue = slices.DeleteFunc(w.queue, func(q ActCompute) bool { return q.Key == k })
 		}
 	case ActSteal:
-		i := slices.IndexFunc(w.queue, func(q ActCompute) bool { return q.Task.Key == a.Key })
+		i := slices.IndexFunc(w.queue, func(q ActCompute) bool { return q.Key == a.Key })
 		if i >= 0 {
 			w.queue = slices.Delete(w.queue, i, i+1)
 		}
@@ -284,7 +284,9 @@ func (fc *fakeCluster) runTask(w *fakeWorker) {
 	}
 	i := fc.r.IntN(len(w.queue))
 	ac := w.queue[i]
-	task := ac.Task
+	def := *ac.Task // a plain task's shared template has no key: ac.Key is the task's
+	def.Key = ac.Key
+	task := &def
 	w.queue = slices.Delete(w.queue, i, i+1)
 	vals := map[string]uint64{}
 	for _, dep := range ac.Deps {

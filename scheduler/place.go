@@ -355,7 +355,8 @@ func (c *Core) assign(id int32, w WorkerID) {
 			deps[i] = DepLoc{Key: dt.key, Workers: dt.whoHas[:len(dt.whoHas):len(dt.whoHas)], NBytes: dt.nbytes}
 		}
 	}
-	c.out = append(c.out, ActCompute{Worker: w, Task: c.fullDef(id), TaskID: c.handle(id), Deps: deps, Order: t.rank})
+	// a plain task goes out with its shared template (no graph.Task allocated per compute)
+	c.out = append(c.out, ActCompute{Worker: w, Key: t.key, Task: t.def, TaskID: c.handle(id), Deps: deps, Order: t.rank})
 }
 
 // unassign removes a processing task from its worker.

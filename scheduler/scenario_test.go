@@ -281,7 +281,7 @@ func joinIDs(ws []WorkerID) string {
 func formatAction(a Action) string {
 	switch a := a.(type) {
 	case ActCompute:
-		s := fmt.Sprintf("compute w=%d key=%s order=%d", a.Worker, a.Task.Key, a.Order)
+		s := fmt.Sprintf("compute w=%d key=%s order=%d", a.Worker, a.Key, a.Order)
 		if len(a.Deps) > 0 {
 			parts := make([]string, len(a.Deps))
 			for i, d := range a.Deps {

@@ -60,6 +60,8 @@ type Server struct {
 	log  *slog.Logger
 	ln   net.Listener
 	core *Core
+	// named is the definition a plain task's compute is encoded from (driver goroutine only)
+	named graph.Task
 
 	in      chan inbound
 	queries chan func()
@@ -797,18 +799,27 @@ func (s *Server) sendCompute(a ActCompute) {
 	if !ok {
 		return
 	}
-	m := &wire.Msg{Op: wire.OpCompute, Task: a.Task, TaskID: a.TaskID, Order: a.Order}
+	def := a.Task
+	if def.Key != a.Key {
+		// a shared template: encoded from a copy with the key, reused for every compute
+		// (the message is encoded before Queue returns)
+		s.named = *def
+		s.named.Key = a.Key
+		def = &s.named
+	}
+	m := &wire.Msg{Op: wire.OpCompute, Task: def, TaskID: a.TaskID, Order: a.Order}
 	if len(a.Deps) > 0 {
 		m.Deps = make([]wire.Dep, len(a.Deps))
 		for i, d := range a.Deps {
 			m.Deps[i] = wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: s.addrs(d.Workers)}
 		}
 	}
-	if a.Task.Kind == graph.KindPy && !w.sent[a.Task.Func] {
-		m.FuncData = s.funcs[a.Task.Func]
-		w.sent[a.Task.Func] = true
+	if def.Kind == graph.KindPy && !w.sent[def.Func] {
+		m.FuncData = s.funcs[def.Func]
+		w.sent[def.Func] = true
 	}
 	s.queue(w.conn, m)
+	s.named = graph.Task{}
 }
 
 func (s *Server) addrs(ids []WorkerID) []string {
