@@ -351,10 +351,11 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 // A batch holds at most pyBatch tasks, and only as many as are expected to run for pyBatchTime
 // in all (by their groups' recent averages): the executor answers a batch with one write once
 // it has run all of it, so a task's report may wait that long, like the reports a dask worker
-// sends every 2 ms. Measured on the tree reduction (2^15 leaves, 2 workers × 1 thread, five
+// sends every 2 ms. Measured on the tree reduction (2^15 leaves, 2 workers × 1 thread,
 // alternated runs of 5 repetitions each): batches of at most 4 tasks took 44–63 µs of CPU per
-// task over all processes (least per run), at most 64 took 34–50 µs; the answers and reports
-// of a batch then cost one write(2) and one read(2) on each side for up to 64 tasks.
+// task over all processes (least per run), at most 64 within 2 ms took 32–38 µs; the answers
+// and reports of a batch then cost one write(2) and one read(2) on each side for up to 64
+// tasks.
 //
 // A batch is written with one write(2) before its answers are read, so it must fit in the
 // socket's buffer: were the worker blocked writing runs while the executor is blocked writing
