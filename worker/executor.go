@@ -510,7 +510,8 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 				"pid", ex.pid, "err", err)
 		}
 	}
-	last := time.Now()
+	sent := time.Now()
+	last := sent
 	err = ex.conn.sendMany(msgs...)
 	closeFds(segFds) // the executor has its own now (or is gone)
 	if err != nil {
@@ -538,16 +539,18 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		if reply.Op == wire.OpDone {
 			ex.funcs[r.ts.t.Func] = true
 		}
-		w.py.observe(graph.GroupOf(&r.ts.t), now.Sub(last))
+		from, to := ranBetween(reply, sent, last, now)
+		w.py.observe(graph.GroupOf(&r.ts.t), to.Sub(from))
 		res := pyResult(reply, x, rframes)
 		if res.seg != nil {
 			w.py.segsIn.Add(1)
 		}
 		if r == mine {
 			w.py.release(ex)
+			res.ranFrom, res.ranTo = from, to
 			return res, false
 		}
-		w.finish(ex.lane, r.ts, res, last, now)
+		w.finish(ex.lane, r.ts, res, from, to)
 		last = now
 	}
 	panic("unreachable: the popped task is the last of its batch")
@@ -698,6 +701,18 @@ func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 	w.mu.running--
 	w.mu.cond.Broadcast()
 	w.mu.Unlock()
+}
+
+// ranBetween is when a run of a batch sent at sent ran: the executor's own start and stop
+// (Unix ns, the same clock), which must lie between sent and read (when its answer was read);
+// otherwise, or when it gave none, [prev, read], prev being when the answer before it was read.
+// The executor holds a batch's answers until it has run all of them, so the worker reads them
+// together and its own clock would give the first the whole batch and the others nothing.
+func ranBetween(reply *wire.Msg, sent, prev, read time.Time) (time.Time, time.Time) {
+	if reply.Start >= sent.UnixNano() && reply.Start <= reply.Stop && reply.Stop <= read.UnixNano() {
+		return time.Unix(0, reply.Start), time.Unix(0, reply.Stop)
+	}
+	return prev, read
 }
 
 // executorDied handles a broken executor in the middle of a batch whose runs before batch[i]

@@ -1,9 +1,11 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -168,4 +170,53 @@ func TestPythonBatchExecutorDies(t *testing.T) {
 		defer w.mu.Unlock()
 		return w.mu.running == 0 && len(w.mu.tasks) == 0
 	})
+}
+
+// The real executor says when it ran each task: the answers of a batch, read together, still
+// give every task its own span (the worker's clock alone would give the first the whole batch
+// and the others nothing), in the order they ran, without overlap.
+func TestPythonBatchRunTimes(t *testing.T) {
+	py := pythonForTests(t)
+	pkg, err := filepath.Abs("../clients/python")
+	require.NoError(t, err)
+	t.Setenv("PYTHONPATH", pkg)
+	h, fn, payload := realPyTask(t, py, "nap")
+	oldShort, oldBatch, oldTime := pyShortRun, pyBatch, pyBatchTime
+	pyShortRun, pyBatch, pyBatchTime = time.Hour, 64, time.Hour
+	t.Cleanup(func() { pyShortRun, pyBatch, pyBatchTime = oldShort, oldBatch, oldTime })
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.NThreads = 1
+	cfg.Python = py
+	w, sc, _, _ := s.startWorker(cfg)
+	nap := func(key string, fdata []byte) *wire.Msg {
+		m := pyTask(key, h, fdata, payload)
+		m.Task.Group = "g"
+		return m
+	}
+	sc.send(nap("warm-0", fn)) // two runs make group "g" known to be short
+	sc.expect(wire.OpTaskFinished)
+	sc.send(nap("warm-1", nil))
+	sc.expect(wire.OpTaskFinished)
+
+	const n = 6
+	var msgs []*wire.Msg
+	for i := range n {
+		msgs = append(msgs, nap(fmt.Sprint("n-", i), nil))
+	}
+	before := w.py.batched.Load()
+	queueBehindGate(t, w, sc, msgs...)
+	spans := make([][2]int64, 0, n)
+	for range n {
+		m := sc.expect(wire.OpTaskFinished)
+		spans = append(spans, [2]int64{m.Start, m.Stop})
+	}
+	require.Equal(t, before+n-1, w.py.batched.Load(), "the six ran as one batch")
+	slices.SortFunc(spans, func(a, b [2]int64) int { return cmp.Compare(a[0], b[0]) })
+	for i, sp := range spans {
+		require.GreaterOrEqual(t, sp[1]-sp[0], int64(2*time.Millisecond), "span %d: %v", i, sp)
+		if i > 0 {
+			require.GreaterOrEqual(t, sp[0], spans[i-1][1], "span %d starts before %d ends", i, i-1)
+		}
+	}
 }

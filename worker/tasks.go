@@ -234,7 +234,11 @@ func (w *Worker) execute(thread int, ts *task) {
 	} else {
 		r = w.runGo(ts)
 	}
-	w.finish(thread, ts, r, start, time.Now())
+	stop := time.Now()
+	if !r.ranFrom.IsZero() {
+		start, stop = r.ranFrom, r.ranTo
+	}
+	w.finish(thread, ts, r, start, stop)
 }
 
 // report sends task_finished or task_erred.
@@ -260,4 +264,6 @@ type result struct {
 	obj    any
 	nbytes int64
 	err    *wire.Error
+	// when the Python executor says it ran the task (zero: the worker's own times count)
+	ranFrom, ranTo time.Time
 }

@@ -6,6 +6,7 @@ Usage: make_py_task.py NAME -> two hex lines: cloudpickle of the function, pickl
 import hashlib
 import pickle
 import sys
+import time
 
 import cloudpickle
 from shoal._refs import Ref
@@ -18,6 +19,8 @@ TASKS = {
     "digest": (lambda b: f"{len(b)}:{hashlib.sha256(b).hexdigest()}", (Ref("big"),)),
     # a large result (3 MiB), which the executor may put in a segment
     "blob": (lambda: b"\x07" * (3 << 20), ()),
+    # sleeps 2 ms: a task whose run time is known
+    "nap": (lambda: time.sleep(0.002), ()),
     # a digest of 70 values s0…s69 (more than a run passes as descriptors)
     "join70": (lambda *bs: hashlib.sha256(b"".join(bs)).hexdigest(), tuple(Ref(f"s{i}") for i in range(70))),
 }

@@ -34,6 +34,7 @@ import pickle
 import socket
 import sys
 import traceback
+from time import time_ns
 from typing import Any, Callable, Sequence
 
 from . import _refs, _serialize, _wire
@@ -225,6 +226,7 @@ class Executor:
                 return
             op = header["op"]
             if op == "run":
+                started = time_ns()
                 if windows is None:
                     reply, out = run(header, frames)
                 elif "shm" not in header and "seg" not in header and not windows.maps:
@@ -235,6 +237,9 @@ class Executor:
                 fd = -1
                 if segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
                     fd, out = segment_result(reply, out)
+                # when it ran, by this machine's clock: the worker reads a batch's answers
+                # together, so it cannot tell on its own
+                reply["start"], reply["stop"] = started, time_ns()
                 if windows is not None:
                     # after the result moved to its segment: it no longer holds a window
                     windows.report(reply)
