@@ -36,10 +36,12 @@ import json
 import os
 import platform
 import queue
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -295,9 +297,13 @@ class Bench:
             import dask
             from distributed import Client, LocalCluster, wait
 
+            # its own scratch directory, removed in close (dask's default, dask-scratch-space
+            # in the temp directory, outlives the cluster)
+            self.scratch = tempfile.mkdtemp(prefix="bench-dask-")
             dask.config.set({"distributed.worker.daemon": False,
                              "distributed.admin.tick.limit": "1h",
-                             "distributed.scheduler.worker-ttl": None})
+                             "distributed.scheduler.worker-ttl": None,
+                             "temporary-directory": self.scratch})
             self.cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                         memory_limit=memory_limit, dashboard_address=None)
             self.client = Client(self.cluster)
@@ -327,6 +333,8 @@ class Bench:
             self.client.close()
         finally:
             self.cluster.close()
+            if self.system == "dask":
+                shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------
