@@ -38,15 +38,22 @@ func groupTask(key, hash string, funcData []byte, payload string) *wire.Msg {
 	return m
 }
 
+// batchLimits lets batches hold up to n runs, whatever their run times (every run counts as
+// short and the time budget is unbounded: a test must not depend on the machine's speed),
+// until the test ends.
+func batchLimits(t *testing.T, n int) {
+	oldShort, oldBatch, oldTime := pyShortRun, pyBatch, pyBatchTime
+	pyShortRun, pyBatch, pyBatchTime = time.Hour, n, time.Hour
+	t.Cleanup(func() { pyShortRun, pyBatch, pyBatchTime = oldShort, oldBatch, oldTime })
+}
+
 // startBatchWorker starts a one-thread worker on the fake executor and teaches it that group
 // "g" is short (every run counts as short: the test must not depend on the machine's speed).
 func startBatchWorker(t *testing.T) (*Worker, *schedConn) {
 	py := pythonForTests(t)
 	fake, err := filepath.Abs("testdata/fake_executor.py")
 	require.NoError(t, err)
-	oldShort, oldBatch, oldTime := pyShortRun, pyBatch, pyBatchTime
-	pyShortRun, pyBatch, pyBatchTime = time.Hour, 4, time.Hour
-	t.Cleanup(func() { pyShortRun, pyBatch, pyBatchTime = oldShort, oldBatch, oldTime })
+	batchLimits(t, 4)
 	s := newFakeSched(t, "")
 	cfg := testConfig(t)
 	cfg.NThreads = 1
@@ -181,9 +188,7 @@ func TestPythonBatchRunTimes(t *testing.T) {
 	require.NoError(t, err)
 	t.Setenv("PYTHONPATH", pkg)
 	h, fn, payload := realPyTask(t, py, "nap")
-	oldShort, oldBatch, oldTime := pyShortRun, pyBatch, pyBatchTime
-	pyShortRun, pyBatch, pyBatchTime = time.Hour, 64, time.Hour
-	t.Cleanup(func() { pyShortRun, pyBatch, pyBatchTime = oldShort, oldBatch, oldTime })
+	batchLimits(t, 64)
 	s := newFakeSched(t, "")
 	cfg := testConfig(t)
 	cfg.NThreads = 1
