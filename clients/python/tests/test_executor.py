@@ -110,7 +110,7 @@ def test_task_error(worker: FakeWorker) -> None:
     err = h["error"]
     assert err["code"] == "task-error"
     assert err["type"] == "builtins.ZeroDivisionError"
-    assert "boom" in err["traceback"] and "1 // x" in err["traceback"]
+    assert "in boom" in err["traceback"] and "ZeroDivisionError" in err["traceback"]
     assert "shoal/executor.py" not in err["traceback"]
     exc = error_from_wire(err)
     assert isinstance(exc, ZeroDivisionError)
