@@ -34,7 +34,7 @@ $(BIN): $(GOFILES) go.mod go.sum $(wildcard dashboard/static/*.* dashboard/stati
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml $(BIN)
+$(VENV)/.installed: pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test,dask]'
