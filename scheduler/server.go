@@ -10,13 +10,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-dev/shoal"
 	"github.com/shoal-dev/shoal/dashboard"
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
-// Version is reported to clients and workers.
-var Version = "0.1.0"
+// Version is reported to clients and workers: Shoal's version, from the repository's VERSION file.
+var Version = shoal.Version
 
 // ServerConfig configures the scheduler's network driver.
 type ServerConfig struct {

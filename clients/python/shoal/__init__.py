@@ -10,6 +10,8 @@ See docs/python.md.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .client import AsyncClient, Client
 from .cluster import LocalCluster
 from .exceptions import (AuthenticationError, CancelledError, CommClosedError, ConnectError,
@@ -21,7 +23,24 @@ from .exceptions import (AuthenticationError, CancelledError, CommClosedError, C
 from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed,
                       progress, wait)
 
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed distribution's version; in a source checkout that is not installed, the
+    repository's VERSION file (the one version source of the Go binary and this package)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("shoal")
+    except PackageNotFoundError:
+        pass
+    try:
+        return (Path(__file__).resolve().parents[3] / "VERSION").read_text().strip()
+    except OSError:
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "Client", "AsyncClient", "LocalCluster", "Future", "as_completed", "wait", "progress",
