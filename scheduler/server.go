@@ -214,8 +214,9 @@ func (s *Server) drain() {
 	}
 }
 
-// Close stops accepting, tells workers the scheduler is going away, and closes every
-// connection. It waits for all goroutines the server started.
+// Close stops accepting and aborts every connection, dropping messages not yet written. No
+// message announces it: workers and clients see their connection end (a worker's Run then
+// returns its "lost the scheduler" error). It waits for all goroutines the server started.
 func (s *Server) Close() error {
 	s.once.Do(func() {
 		close(s.stop)
