@@ -12,7 +12,8 @@ of a workload are up at once and the parent alternates their repetitions (shoal,
 shoal, ...), so that both systems meet the same drifts in the machine's speed. Each child
 prints ``RESULT {json}`` at the end; the parent kills a child's whole process tree if it
 overruns, so no cluster outlives the run. Results: a markdown table on stdout, the raw figures
-in ``benchmarks/results/<timestamp>.json`` and ``benchmarks/results/latest.json``.
+in ``benchmarks/results/<timestamp>.json`` (``<timestamp>-smoke.json`` for --smoke, ignored by
+git); commit a full run's file when a document cites it.
 
 Workloads (docs/performance.md explains each and what limits it):
 
@@ -916,8 +917,6 @@ def parent_main(args: argparse.Namespace) -> int:
         stamp = _dt.datetime.fromtimestamp(started).strftime("%Y%m%d-%H%M%S")
         name = f"{stamp}{'-smoke' if args.smoke else ''}.json"
         (RESULTS / name).write_text(json.dumps(doc, indent=1, default=str))
-        latest = "latest-smoke.json" if args.smoke else "latest.json"
-        (RESULTS / latest).write_text(json.dumps(doc, indent=1, default=str))
         print(f"\nraw results: {RESULTS / name}", file=sys.stderr)
     if errors:
         print("\nFAILED:", file=sys.stderr)
