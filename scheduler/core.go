@@ -129,14 +129,14 @@ type task struct {
 // Core is the sans-IO scheduler state machine. All methods must be called from one
 // goroutine; see the package documentation.
 type Core struct {
-	cfg   CoreConfig
-	slots int // story slots per task
-	extra int // extra root tasks per thread a worker may hold (latency hiding)
+	cfg      CoreConfig
+	storyCap int // story entries kept per task (CoreConfig.StoryLength)
+	extra    int // extra root tasks per thread a worker may hold (latency hiding)
 
 	tasks []task
 	index keyIndex // key → id
 	free  []int32
-	story [][]uint64 // pages of storyPage tasks × slots entries: never copied as tasks are added
+	story [][]uint64 // pages of storyPage tasks × storyCap entries: never copied as tasks are added
 
 	groups   []group
 	groupIdx map[string]int32
@@ -184,7 +184,7 @@ func NewCore(cfg CoreConfig) *Core {
 	}
 	c := &Core{
 		cfg:       cfg,
-		slots:     cfg.StoryLength,
+		storyCap:  cfg.StoryLength,
 		index:     newKeyIndex(),
 		groupIdx:  make(map[string]int32),
 		templates: make(map[template]*graph.Task),
@@ -282,8 +282,8 @@ func (c *Core) settle() {
 // growTasks makes room for n more tasks. The task slice grows at least by half, so a large
 // graph sent in many batches is copied a few times rather than once per batch (stories are
 // paged and never copied). Doubling would copy less (the copies are ~7 % of the scheduler's
-// CPU on workload 9, 200k tasks sent in 50k batches) but leaves up to twice the slots
-// unused: 1M held tasks then took 1,000 bytes each instead of 750 (workload 8).
+// CPU on workload 9, 200k tasks sent in 50k batches) but can leave half of the slice's
+// capacity unused: 1M held tasks then took 1,000 bytes each instead of 750 (workload 8).
 func (c *Core) growTasks(n int) {
 	if len(c.tasks)+n <= cap(c.tasks) {
 		return
@@ -343,7 +343,7 @@ func (c *Core) newTask(key string, def *graph.Task, isPlain bool, group int32) i
 		id = int32(len(c.tasks))
 		c.tasks = append(c.tasks, task{})
 		if int(id)/storyPage >= len(c.story) {
-			c.story = append(c.story, make([]uint64, storyPage*c.slots))
+			c.story = append(c.story, make([]uint64, storyPage*c.storyCap))
 		}
 	}
 	t := &c.tasks[id]
@@ -436,10 +436,10 @@ func (c *Core) setState(id int32, from, to State) {
 
 func (c *Core) record(id int32, from, to State) {
 	t := &c.tasks[id]
-	base := int(id) % storyPage * c.slots
+	base := int(id) % storyPage * c.storyCap
 	c.story[id/storyPage][base+int(t.storyHead)] = packStory(c.seq, c.evCode, from, to)
-	t.storyHead = uint8((int(t.storyHead) + 1) % c.slots)
-	if int(t.storyLen) < c.slots {
+	t.storyHead = uint8((int(t.storyHead) + 1) % c.storyCap)
+	if int(t.storyLen) < c.storyCap {
 		t.storyLen++
 	}
 }
@@ -447,9 +447,9 @@ func (c *Core) record(id int32, from, to State) {
 func (c *Core) storyOf(id int32) []Story {
 	t := &c.tasks[id]
 	out := make([]Story, 0, t.storyLen)
-	start := (int(t.storyHead) - int(t.storyLen) + c.slots) % c.slots
+	start := (int(t.storyHead) - int(t.storyLen) + c.storyCap) % c.storyCap
 	for i := range int(t.storyLen) {
-		out = append(out, unpackStory(c.story[id/storyPage][int(id)%storyPage*c.slots+(start+i)%c.slots]))
+		out = append(out, unpackStory(c.story[id/storyPage][int(id)%storyPage*c.storyCap+(start+i)%c.storyCap]))
 	}
 	return out
 }

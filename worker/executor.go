@@ -460,9 +460,9 @@ func (w *Worker) runPy(ts *task) result {
 }
 
 func (w *Worker) runPyOnce(ts *task) (result, bool) {
-	mine, errr := w.pyRunFor(ts)
-	if errr != nil {
-		return result{err: errr}, false
+	mine, taskErr := w.pyRunFor(ts)
+	if taskErr != nil {
+		return result{err: taskErr}, false
 	}
 	ex, err := w.py.acquire(w.ctx)
 	if err != nil {
@@ -635,10 +635,10 @@ func (w *Worker) shortRuns(ex *executor, budget int, left time.Duration) []*pyRu
 	var runs []*pyRun
 	var back []*task
 	for i, ts := range more {
-		r, errr := w.pyRunFor(ts)
-		if errr != nil {
+		r, taskErr := w.pyRunFor(ts)
+		if taskErr != nil {
 			now := time.Now()
-			w.finish(ex.lane, ts, result{err: errr}, now, now)
+			w.finish(ex.lane, ts, result{err: taskErr}, now, now)
 			continue
 		}
 		if budget -= r.size(ex); budget < 0 || len(r.segs) > 0 {

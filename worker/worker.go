@@ -35,7 +35,8 @@ type Worker struct {
 	ctx    context.Context // the worker's lifetime; cancelled by Close
 	cancel context.CancelFunc
 	closed atomic.Bool
-	gorou  struct {
+	// goroutines tracks every goroutine started through goFunc, so that Close can wait for them
+	goroutines struct {
 		sync.Mutex
 		wg     sync.WaitGroup
 		closed bool // Close is waiting: start no more goroutines
@@ -140,14 +141,14 @@ func (w *Worker) Store() *Store { return w.store }
 // goFunc runs f on a goroutine that Close waits for. Once Close has begun it starts nothing
 // and returns false.
 func (w *Worker) goFunc(f func()) bool {
-	w.gorou.Lock()
-	defer w.gorou.Unlock()
-	if w.gorou.closed {
+	w.goroutines.Lock()
+	defer w.goroutines.Unlock()
+	if w.goroutines.closed {
 		return false
 	}
-	w.gorou.wg.Add(1)
+	w.goroutines.wg.Add(1)
 	go func() {
-		defer w.gorou.wg.Done()
+		defer w.goroutines.wg.Done()
 		f()
 	}()
 	return true
@@ -161,9 +162,9 @@ func (w *Worker) Close() error {
 	if w.closed.Swap(true) {
 		return nil
 	}
-	w.gorou.Lock()
-	w.gorou.closed = true
-	w.gorou.Unlock()
+	w.goroutines.Lock()
+	w.goroutines.closed = true
+	w.goroutines.Unlock()
 	w.cancel()
 	w.ln.Close()
 	w.mu.Lock()
@@ -182,7 +183,7 @@ func (w *Worker) Close() error {
 	}
 	w.peers.closeAll()
 	w.py.closeAll()
-	w.gorou.wg.Wait()
+	w.goroutines.wg.Wait()
 	w.store.Close()
 	err := w.scratch.remove()
 	w.log.Info("worker closed")
