@@ -1,18 +1,21 @@
 # Shoal — one command to set up and run the demo (`make demo`), one for all tests (`make test`).
 # Everything a fresh machine needs is installed from here: Go modules, the Python virtual
-# environment in .venv, the dashboard's npm packages and, for the browser test, Debian's chromium.
+# environment in .venv (exactly the versions in requirements-dev.lock), the dashboard's npm
+# packages and, for the browser test, Debian's chromium.
 
 GO      ?= go
 PYTHON  ?= python3
 VENV    := .venv
 VPY     := $(VENV)/bin/python
+LOCK    := requirements-dev.lock
+PIP     := -m pip --disable-pip-version-check
 BIN     := bin/shoal
-GOFILES := $(shell find . -name '*.go' -not -path './.venv/*' -not -path './node_modules/*' -not -path '*/node_modules/*')
+GOFILES := $(shell find . -name '*.go' -not -path './.venv*' -not -path './node_modules/*' -not -path '*/node_modules/*')
 
 export SHOAL_BIN    := $(CURDIR)/$(BIN)
 export SHOAL_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: all build demo test test-go test-python test-browser lint venv clean help
+.PHONY: all build demo test test-go test-python test-browser test-latest lint venv lock lock-upgrade clean help
 
 include dashboard/Makefile.inc
 -include benchmarks/bench.mk
@@ -22,6 +25,9 @@ all: build
 help:
 	@echo "make demo        build, start a local cluster, run a demo graph, print its results"
 	@echo "make test        set up everything and run every test (what CI runs)"
+	@echo "make test-latest the Python tests against the newest release of every dependency (not in CI)"
+	@echo "make lock        rewrite $(LOCK) after a change to pyproject.toml's dependencies"
+	@echo "make lock-upgrade rewrite $(LOCK) with the newest releases"
 	@echo "make bench       full benchmark suite, Shoal vs dask.distributed (not in CI)"
 	@echo "make bench-smoke every benchmark workload at tiny size"
 
@@ -29,16 +35,44 @@ build: $(BIN)
 
 # The dashboard's chart library is copied into dashboard/static/vendor first, so the binary
 # embeds it (go:embed); `go build` alone also works, with a page that says charts are missing.
-$(BIN): $(GOFILES) go.mod go.sum $(wildcard dashboard/static/*.* dashboard/static/js/*) | dashboard-build
+$(BIN): $(GOFILES) VERSION go.mod go.sum $(wildcard dashboard/static/*.* dashboard/static/js/*) | dashboard-build
 	$(GO) build -o $(BIN) ./cmd/shoal
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The development and test environment is locked: $(LOCK) pins, with their hashes, every package
+# that pyproject.toml's extras test and dask and its dev group need (for CPython 3.11 on Linux),
+# so no upstream release can change what `make test` runs without a commit. The package's own
+# dependencies stay ranges. The editable install then uses the locked setuptools, no download.
+$(VENV)/.installed: pyproject.toml VERSION $(LOCK)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test,dask]'
+	$(VPY) $(PIP) install -q --require-hashes -r $(LOCK)
+	$(VPY) $(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+# `make lock` after editing the dependencies in pyproject.toml (keeps every pin still allowed);
+# `make lock-upgrade` for the newest releases (try them first with `make test-latest`). uv
+# resolves for the target Python and platform whatever Python runs it, and writes every hash;
+# it is installed in a throwaway venv just for this.
+UV_VERSION := 0.13.9
+lock lock-upgrade:
+	@set -e; tools=$$(mktemp -d); trap 'rm -rf "$$tools"' EXIT; \
+	$(PYTHON) -m venv "$$tools"; "$$tools/bin/python" $(PIP) install -q uv==$(UV_VERSION); \
+	set -x; "$$tools/bin/uv" pip compile pyproject.toml --extra test --extra dask --group dev \
+		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu --generate-hashes \
+		--custom-compile-command 'make lock' --quiet -o $(LOCK) $(if $(filter lock-upgrade,$@),--upgrade)
+
+# The Python tests against the newest release of every dependency, in their own venv (not in
+# CI): upstream breakage shows here before a `make lock-upgrade` brings it into .venv.
+VENV_LATEST := .venv-latest
+test-latest: build
+	test -x $(VENV_LATEST)/bin/python || $(PYTHON) -m venv $(VENV_LATEST)
+	echo '*' > $(VENV_LATEST)/.gitignore
+	$(VENV_LATEST)/bin/python $(PIP) install -q -U pip
+	$(VENV_LATEST)/bin/python $(PIP) install -q -U --upgrade-strategy eager -e '.[test,dask]'
+	@$(VENV_LATEST)/bin/python -c 'import importlib.metadata as m; print("newest:", ", ".join(p + " " + m.version(p) for p in ("cloudpickle", "msgpack", "pyarrow", "numpy", "pandas", "dask", "pytest", "mypy")))'
+	$(VENV_LATEST)/bin/python -m mypy --strict clients/python/shoal
+	SHOAL_PYTHON=$(CURDIR)/$(VENV_LATEST)/bin/python $(VENV_LATEST)/bin/python -m pytest -q clients/python/tests
 
 demo: build venv
 	./$(BIN) demo --workers 2 --python $(CURDIR)/$(VPY)
