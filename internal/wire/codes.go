@@ -21,7 +21,6 @@ const (
 	CodeCancelled         = "cancelled"
 	CodeLost              = "lost"
 	CodeDuplicateWorker   = "duplicate-worker"
-	CodeNoWorker          = "no-worker"
 )
 
 // Error is an error as it travels on the wire: a stable code plus what a user needs to see.

@@ -15,11 +15,11 @@ from pathlib import Path
 from .client import AsyncClient, Client
 from .cluster import LocalCluster
 from .exceptions import (AuthenticationError, CancelledError, CommClosedError, ConnectError,
-                         CycleError, ExecutorDiedError, FrameTooLargeError, FutureLostError,
-                         GraphError, HandshakeError, InvalidTaskError, KeyConflictError,
-                         KilledWorker, MissingDependencyError, ProtocolError, RemoteError,
-                         ShoalConnectionError, ShoalError, TaskPanicError, TimeoutError,
-                         UnknownFunctionError)
+                         CycleError, DuplicateWorkerError, ExecutorDiedError, FrameTooLargeError,
+                         FutureLostError, GraphError, HandshakeError, InvalidTaskError,
+                         KeyConflictError, KilledWorker, MissingDependencyError, ProtocolError,
+                         RemoteError, RemoteTraceback, ShoalConnectionError, ShoalError,
+                         TaskPanicError, TimeoutError, UnknownFunctionError)
 from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed,
                       progress, wait)
 
@@ -49,5 +49,5 @@ __all__ = [
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",
     "MissingDependencyError", "UnknownFunctionError", "KeyConflictError", "InvalidTaskError",
     "RemoteError", "TaskPanicError", "KilledWorker", "ExecutorDiedError", "CancelledError",
-    "FutureLostError", "TimeoutError", "__version__",
+    "FutureLostError", "DuplicateWorkerError", "TimeoutError", "RemoteTraceback", "__version__",
 ]

@@ -26,8 +26,7 @@ original type (see :func:`error_from_wire`).
     ├── ExecutorDiedError                              executor-died
     ├── CancelledError (also concurrent.futures.CancelledError)   cancelled
     ├── FutureLostError                                lost
-    ├── DuplicateWorkerError                           duplicate-worker
-    ├── NoWorkerError                                  no-worker
+    ├── DuplicateWorkerError                           duplicate-worker (a worker's name is taken)
     └── TimeoutError (also builtins.TimeoutError)      a client-side timeout expired
 
 A task's exception is re-raised as itself (its pickled form travels in the error's ``exc``
@@ -47,7 +46,7 @@ __all__ = [
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",
     "MissingDependencyError", "UnknownFunctionError", "KeyConflictError", "InvalidTaskError",
     "RemoteError", "TaskPanicError", "KilledWorker", "ExecutorDiedError", "CancelledError",
-    "FutureLostError", "DuplicateWorkerError", "NoWorkerError", "TimeoutError",
+    "FutureLostError", "DuplicateWorkerError", "TimeoutError",
     "RemoteTraceback", "error_from_wire",
 ]
 
@@ -197,12 +196,6 @@ class DuplicateWorkerError(ShoalError):
     default_code = "duplicate-worker"
 
 
-class NoWorkerError(ShoalError):
-    """No worker satisfies the task's restrictions."""
-
-    default_code = "no-worker"
-
-
 class TimeoutError(ShoalError, builtins.TimeoutError):
     """A client-side timeout expired."""
 
@@ -240,7 +233,6 @@ _BY_CODE: dict[str, type[ShoalError]] = {
     "cancelled": CancelledError,
     "lost": FutureLostError,
     "duplicate-worker": DuplicateWorkerError,
-    "no-worker": NoWorkerError,
 }
 
 
