@@ -7,6 +7,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/sys/unix"
 )
@@ -276,7 +277,7 @@ func (x *execExt) wantFds() int {
 // decodeExt reads the extension fields of an executor's header (the generic path).
 func decodeExt(hdr []byte) (execExt, error) {
 	var x execExt
-	err := msgpack.Unmarshal(hdr, &x)
+	err := wire.UnmarshalExt(hdr, &x)
 	return x, err
 }
 

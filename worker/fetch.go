@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // fetch is one dependency this worker needs from its peers.
@@ -416,7 +415,7 @@ func (c *peerConn) request(hdr []byte, alloc func(int) []byte) (*wire.Msg, []pee
 		Seg []peerSeg `msgpack:"seg"`
 	}
 	if reply.Op == wire.OpData && bytes.Contains(frames[0], []byte("seg")) {
-		if err := msgpack.Unmarshal(frames[0], &x); err != nil {
+		if err := wire.UnmarshalExt(frames[0], &x); err != nil {
 			return nil, nil, nil, fmt.Errorf("%w: data answer: %v", wire.ErrProtocol, err)
 		}
 	}

@@ -94,8 +94,8 @@ func decodeValue(enc string, frames [][]byte) (any, error) {
 	}
 	switch enc {
 	case wire.EncMsgpack:
-		var v any
-		if err := msgpack.Unmarshal(frames[0], &v); err != nil {
+		v, err := wire.DecodeAny(frames[0])
+		if err != nil {
 			return nil, fmt.Errorf("decoding msgpack value: %w", err)
 		}
 		return v, nil

@@ -7,7 +7,6 @@ import (
 
 	"github.com/shoal-dev/shoal/arrowio"
 	"github.com/shoal-dev/shoal/internal/wire"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // dataPool keeps one connection per worker data address; requests on one connection are
@@ -108,11 +107,7 @@ func Decode(encoding string, frames [][]byte) (any, error) {
 		if len(frames) != 1 {
 			return nil, fmt.Errorf("msgpack value with %d frames", len(frames))
 		}
-		var v any
-		if err := msgpack.Unmarshal(frames[0], &v); err != nil {
-			return nil, err
-		}
-		return v, nil
+		return wire.DecodeAny(frames[0])
 	case wire.EncArrow:
 		if len(frames) != 1 {
 			return nil, fmt.Errorf("arrow value with %d frames", len(frames))

@@ -97,13 +97,43 @@ func readFrames(r io.Reader, lim Limits, s *recvScratch, alloc func(int) []byte)
 		} else if i > 0 && alloc != nil {
 			frames[i] = alloc(int(sz))
 		} else {
-			frames[i] = make([]byte, sz)
+			f, err := readGrowing(r, sz)
+			if err != nil {
+				return nil, err
+			}
+			frames[i] = f
+			continue
 		}
 		if _, err := io.ReadFull(r, frames[i]); err != nil {
 			return nil, unexpected(err)
 		}
 	}
 	return frames, nil
+}
+
+// growFrom is the most a frame's buffer holds before its bytes arrive: a declared length is a
+// claim, so a larger frame's buffer doubles as its bytes come in. A peer that declares a
+// gigabyte and sends a byte costs this much, not a gigabyte; one that sends it all costs at
+// most one extra copy of it.
+const growFrom = 64 << 10
+
+// readGrowing reads a frame of sz bytes into a buffer that grows with what has arrived.
+func readGrowing(r io.Reader, sz int64) ([]byte, error) {
+	b := make([]byte, min(sz, growFrom))
+	var n int64
+	for {
+		m, err := io.ReadFull(r, b[n:])
+		n += int64(m)
+		if err != nil {
+			return nil, unexpected(err)
+		}
+		if n == sz {
+			return b, nil
+		}
+		nb := make([]byte, min(sz, 2*int64(len(b))))
+		copy(nb, b)
+		b = nb
+	}
 }
 
 func unexpected(err error) error {

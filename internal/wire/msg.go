@@ -1,11 +1,9 @@
 package wire
 
 import (
-	"fmt"
 	"sync"
 
 	"github.com/shoal-dev/shoal/graph"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
 // Ops, as listed in docs/protocol.md §3.
@@ -50,6 +48,9 @@ const (
 	OpDone     = "done"
 	OpShutdown = "shutdown"
 )
+
+// StateUnhealthy in a heartbeat's state says the worker cannot serve now (Reason says why).
+const StateUnhealthy = "unhealthy"
 
 // Value encodings (docs/protocol.md §3.1).
 const (
@@ -174,20 +175,3 @@ func ReleaseMsg(m *Msg) {
 
 // EncodeHeader encodes m as a msgpack map holding the fields that are set.
 func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 128), m) }
-
-// DecodeHeader decodes frame 0. It fails with ErrProtocol when the frame is not a msgpack map
-// with an op. The common encodings are decoded without reflection (decode.go); anything that
-// decoder does not handle goes through msgpack.Unmarshal, which gives the same result.
-func DecodeHeader(b []byte) (*Msg, error) {
-	m := msgPool.Get().(*Msg)
-	if !decodeHeaderFast(b, m) {
-		*m = Msg{}
-		if err := msgpack.Unmarshal(b, m); err != nil {
-			return nil, fmt.Errorf("%w: bad header: %v", ErrProtocol, err)
-		}
-	}
-	if m.Op == "" {
-		return nil, fmt.Errorf("%w: header has no op", ErrProtocol)
-	}
-	return m, nil
-}
