@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/shoal-dev/shoal/scheduler"
@@ -50,6 +51,7 @@ type common struct {
 	tokenFile, logFormat, logLevel string
 	tlsCert, tlsKey, tlsCA         string
 	cpuProfile                     string
+	messageTimeout                 time.Duration
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -59,6 +61,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate for TLS on control and data ports (needs --tls-key)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA bundle used to verify peers (enables TLS as a client)")
+	fs.DurationVar(&c.messageTimeout, "message-timeout", wire.DefaultMessageTimeout, "drop a connection whose peer stalls this long in the middle of a message")
 	fs.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of this process to this file until it exits (for go tool pprof)")
 }
 

@@ -18,6 +18,8 @@ type schedFlags struct {
 	common
 	host                            string
 	port, gossipPort, dashboardPort int
+	maxClients                      int
+	clientIdle                      time.Duration
 }
 
 func (f *schedFlags) register(fs *flag.FlagSet) {
@@ -25,6 +27,8 @@ func (f *schedFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.host, "host", "127.0.0.1", "address to listen on; use 0.0.0.0 to accept other machines (then use --token-file and TLS)")
 	fs.IntVar(&f.port, "port", 8786, "control port for clients and workers (0 picks a free port)")
 	fs.IntVar(&f.gossipPort, "gossip-port", 7946, "gossip (memberlist) port, TCP and UDP (0 picks a free port)")
+	fs.IntVar(&f.maxClients, "max-clients", 1024, "most client connections open at once; more are refused as busy")
+	fs.DurationVar(&f.clientIdle, "client-idle-timeout", 0, "drop a client connection silent this long (0: never; clients may wait idle on results)")
 	fs.IntVar(&f.dashboardPort, "dashboard-port", 8787, "HTTP port for the dashboard, /metrics and /api/v1 (0 picks a free port, -1 disables)")
 }
 
@@ -74,6 +78,7 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 	}
 	cfg := scheduler.DefaultServerConfig()
 	cfg.Host, cfg.Port, cfg.Token, cfg.TLS, cfg.Logger = f.host, f.port, token, serverTLS, log
+	cfg.MaxClients, cfg.ClientIdleTimeout, cfg.MessageTimeout = f.maxClients, f.clientIdle, f.messageTimeout
 	srv, err := scheduler.NewServer(cfg)
 	if err != nil {
 		return nil, err
@@ -98,8 +103,8 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 			return nil, err
 		}
 		sp.stopDash = stop
-		sp.http = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-		go sp.http.Serve(ln)
+		sp.http = newHTTPServer(handler)
+		go sp.http.Serve(limitHTTP(ln))
 	}
 	mc := member.DefaultConfig()
 	mc.Name = "scheduler@" + srv.Addr()

@@ -19,7 +19,8 @@ type workerFlags struct {
 	common
 	join, host, name, localDir, memoryLimit, python, resources string
 	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
-	gomaxprocs                                                 int
+	gomaxprocs, maxDataConns                                   int
+	dataIdle                                                   time.Duration
 	mem                                                        memFractions
 }
 
@@ -65,6 +66,8 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.gossipPort, "gossip-port", 0, "gossip port (0 picks a free port)")
 	fs.StringVar(&f.python, "python", defaultPython(), "Python interpreter for Python tasks (runs -m shoal.executor); env SHOAL_PYTHON")
 	fs.IntVar(&f.nprocsPython, "nprocs-python", 0, "Python executor processes, started lazily (default: --nthreads)")
+	fs.IntVar(&f.maxDataConns, "max-data-conns", 1024, "most data-port connections open at once, per role (peers, clients); more are refused as busy")
+	fs.DurationVar(&f.dataIdle, "data-idle-timeout", 10*time.Minute, "drop a data-port connection silent this long between requests (0: never)")
 	fs.IntVar(&f.metricsPort, "metrics-port", -1, "serve this worker's Prometheus /metrics on this port (-1: off)")
 	fs.StringVar(&f.resources, "resources", "", "abstract resources this worker offers, e.g. GPU=1,MEM=16e9")
 	fs.IntVar(&f.gomaxprocs, "gomaxprocs", 0, "Go threads running at once in this worker process (0: --nthreads, at most the CPU count; env GOMAXPROCS wins)")
@@ -152,6 +155,7 @@ func (f *workerFlags) config() (worker.Config, error) {
 		cfg.NProcsPython = f.nthreads
 	}
 	cfg.Version = version
+	cfg.MaxDataConns, cfg.DataIdleTimeout, cfg.MessageTimeout = f.maxDataConns, f.dataIdle, f.messageTimeout
 	return cfg, cfg.Validate()
 }
 

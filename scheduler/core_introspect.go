@@ -70,6 +70,7 @@ type WorkerStats struct {
 	Ready       int
 	LastSeen    int64 // EvHeartbeat.Now of the last heartbeat
 	Retiring    bool
+	Unhealthy   string // why its last heartbeat said it cannot serve, if it did
 	Resources   map[string]float64
 }
 
@@ -167,7 +168,7 @@ func (c *Core) Workers() []WorkerStats {
 			Processing: len(w.processing), Occupancy: time.Duration(w.occupancy * 1e9),
 			Memory: w.memory, MemoryLimit: w.memoryLimit, Spilled: w.spilled, NBytes: w.nbytes,
 			NKeys: w.nkeys, Executing: w.executing, Ready: w.ready, LastSeen: w.lastSeen,
-			Retiring: w.retiring, Resources: maps.Clone(w.resources)})
+			Retiring: w.retiring, Unhealthy: w.unhealthy, Resources: maps.Clone(w.resources)})
 	}
 	return out
 }

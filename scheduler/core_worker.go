@@ -119,6 +119,11 @@ func (c *Core) reschedule(e *EvReschedule) {
 func (c *Core) heartbeat(e *EvHeartbeat) {
 	if ws := c.liveWorker(e.Worker); ws != nil {
 		ws.memory, ws.spilled, ws.executing, ws.ready, ws.lastSeen = e.Memory, e.Spilled, e.Executing, e.Ready, e.Now
+		recovered := ws.unhealthy != "" && e.Unhealthy == ""
+		ws.unhealthy = e.Unhealthy
+		if recovered {
+			c.retryNoWorker()
+		}
 	}
 }
 

@@ -132,6 +132,9 @@ type EvHeartbeat struct {
 	Memory, Spilled int64
 	Executing       int
 	Ready           int
+	// Unhealthy, when set, is why the worker cannot serve (its data port cannot accept
+	// connections): it gets no new tasks until a heartbeat without it.
+	Unhealthy string
 }
 
 // EvTick: time passes; the core may steal work, and checks nothing else time-based.

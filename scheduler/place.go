@@ -28,7 +28,8 @@ type worker struct {
 	ready       int
 	lastSeen    int64
 	alive       bool
-	retiring    bool // handed back its tasks: gets no new ones
+	retiring    bool   // handed back its tasks: gets no new ones
+	unhealthy   string // why it cannot serve now (its last heartbeat said): gets no new tasks
 	unsatPos    int32
 	stealsIn    int
 	stealsOut   int
@@ -37,7 +38,7 @@ type worker struct {
 func (w *worker) addKey(n int64)  { w.nbytes += n; w.nkeys++ }
 func (w *worker) dropKey(n int64) { w.nbytes -= n; w.nkeys-- }
 
-func (w *worker) accepting() bool { return w.alive && !w.retiring }
+func (w *worker) accepting() bool { return w.alive && !w.retiring && w.unhealthy == "" }
 
 // load is the expected time until a new task could start there, in seconds.
 func (w *worker) load() float64 { return w.occupancy / float64(w.nthreads) }

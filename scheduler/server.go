@@ -32,12 +32,34 @@ type ServerConfig struct {
 	HeartbeatTimeout time.Duration // a worker silent this long is removed
 	ExitWait         time.Duration // how long a broken worker stream waits for an exit reason
 	DashboardURL     string        // advertised to clients
+	// MaxClients and MaxWorkers bound the open connections of each role (more are refused in
+	// the handshake with "busy"); ClientIdleTimeout drops a client silent that long (0: never);
+	// MessageTimeout drops any peer that stalls that long in the middle of a message.
+	MaxClients        int
+	MaxWorkers        int
+	ClientIdleTimeout time.Duration
+	MessageTimeout    time.Duration
 }
+
+// unhealthy is why a heartbeat says its worker cannot serve, or "".
+func unhealthy(m *wire.Msg) string {
+	if m.State != wire.StateUnhealthy {
+		return ""
+	}
+	if m.Reason == "" {
+		return "unhealthy"
+	}
+	return m.Reason
+}
+
+// maxAdmins bounds open admin connections (`shoal status`, the dashboard's queries).
+const maxAdmins = 64
 
 // DefaultServerConfig returns the defaults used by `shoal scheduler`.
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{Host: "127.0.0.1", Port: 8786, Limits: wire.DefaultLimits(), Core: DefaultCoreConfig(),
-		TickInterval: 100 * time.Millisecond, HeartbeatTimeout: 30 * time.Second, ExitWait: 150 * time.Millisecond}
+		TickInterval: 100 * time.Millisecond, HeartbeatTimeout: 30 * time.Second, ExitWait: 150 * time.Millisecond,
+		MaxClients: 1024, MaxWorkers: 16384, MessageTimeout: wire.DefaultMessageTimeout}
 }
 
 // Validate reports the first bad value.
@@ -50,6 +72,13 @@ func (c ServerConfig) Validate() error {
 	}
 	if c.HeartbeatTimeout <= 0 {
 		return fmt.Errorf("scheduler: heartbeat timeout %v must be positive", c.HeartbeatTimeout)
+	}
+	if c.MaxClients <= 0 || c.MaxWorkers <= 0 {
+		return fmt.Errorf("scheduler: max clients %d and max workers %d must be positive", c.MaxClients, c.MaxWorkers)
+	}
+	if c.ClientIdleTimeout < 0 || c.MessageTimeout < 0 {
+		return fmt.Errorf("scheduler: client idle timeout %v and message timeout %v must not be negative",
+			c.ClientIdleTimeout, c.MessageTimeout)
 	}
 	return c.Core.Validate()
 }
@@ -279,34 +308,27 @@ func (s *Server) send(in inbound) {
 }
 
 func (s *Server) acceptLoop() {
-	for {
-		nc, err := s.ln.Accept()
-		if err != nil {
-			select {
-			case <-s.stop:
-				return
-			default:
-			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				continue
-			}
-			s.log.Error("accept failed", "err", err)
-			time.Sleep(50 * time.Millisecond)
-			continue
+	srv := wire.NewServer(wire.ServeConfig{
+		Token:  s.cfg.Token,
+		Limits: s.cfg.Limits,
+		MaxConns: map[wire.Role]int{wire.RoleClient: s.cfg.MaxClients, wire.RoleWorker: s.cfg.MaxWorkers,
+			wire.RoleAdmin: maxAdmins},
+		IdleTimeout:    map[wire.Role]time.Duration{wire.RoleClient: s.cfg.ClientIdleTimeout},
+		MessageTimeout: s.cfg.MessageTimeout,
+		Log:            s.log,
+	})
+	stopping := func() bool {
+		select {
+		case <-s.stop:
+			return true
+		default:
+			return false
 		}
-		s.goFunc(func() { s.serveConn(nc) })
 	}
+	srv.Accept(s.ln, stopping, func(f func()) bool { s.goFunc(f); return true }, s.serveConn)
 }
 
-func (s *Server) serveConn(nc net.Conn) {
-	c, err := wire.Accept(nc, s.cfg.Token, s.cfg.Limits, wire.RoleClient, wire.RoleWorker, wire.RoleAdmin)
-	if err != nil {
-		var herr *wire.HandshakeError
-		if errors.As(err, &herr) {
-			s.log.Warn("refused connection", "remote", nc.RemoteAddr().String(), "reason", herr.Message)
-		}
-		return
-	}
+func (s *Server) serveConn(c *wire.Conn) {
 	stopWatch := make(chan struct{})
 	defer close(stopWatch)
 	go func() {
@@ -627,7 +649,7 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		if m.MemLimit > 0 {
 			w.info.MemoryLimit = m.MemLimit
 		}
-		s.handle(EvHeartbeat{Worker: w.id, Now: time.Now().UnixNano(), Memory: m.Memory, Spilled: m.Spilled, Executing: m.Executing, Ready: m.Ready})
+		s.handle(EvHeartbeat{Worker: w.id, Now: time.Now().UnixNano(), Memory: m.Memory, Spilled: m.Spilled, Executing: m.Executing, Ready: m.Ready, Unhealthy: unhealthy(m)})
 	case wire.OpReschedule:
 		s.handle(EvReschedule{Worker: w.id, Keys: m.Keys})
 	case wire.OpGoodbye:

@@ -62,6 +62,13 @@ type Config struct {
 	Logger *slog.Logger
 	// Limits bound what peers may make this process allocate; zero means wire.DefaultLimits.
 	Limits wire.Limits
+	// MaxDataConns bounds the open connections of the data port per role (peers, clients);
+	// more are refused in the handshake with "busy".
+	MaxDataConns int
+	// DataIdleTimeout drops a data connection silent that long between requests (0: never);
+	// MessageTimeout drops one that stalls that long in the middle of a message.
+	DataIdleTimeout time.Duration
+	MessageTimeout  time.Duration
 	// HeartbeatInterval is how often load and memory are reported to the scheduler.
 	HeartbeatInterval time.Duration
 	// MaxConcurrentFetches bounds outgoing get_data requests in flight.
@@ -91,6 +98,9 @@ func DefaultConfig() Config {
 		NProcsPython:          n,
 		Limits:                wire.DefaultLimits(),
 		HeartbeatInterval:     time.Second,
+		MaxDataConns:          1024,
+		DataIdleTimeout:       10 * time.Minute,
+		MessageTimeout:        wire.DefaultMessageTimeout,
 		MaxConcurrentFetches:  4,
 		MaxFetchBytes:         512 << 20,
 		ShutdownGrace:         10 * time.Second,
@@ -123,6 +133,11 @@ func (c *Config) Validate() error {
 		return errors.New("worker: config: Python is empty")
 	case c.NProcsPython < 1:
 		return fmt.Errorf("worker: config: NProcsPython %d must be at least 1", c.NProcsPython)
+	case c.MaxDataConns <= 0:
+		return fmt.Errorf("worker: config: MaxDataConns %d must be positive", c.MaxDataConns)
+	case c.DataIdleTimeout < 0 || c.MessageTimeout < 0:
+		return fmt.Errorf("worker: config: DataIdleTimeout %v and MessageTimeout %v must not be negative",
+			c.DataIdleTimeout, c.MessageTimeout)
 	case c.HeartbeatInterval <= 0:
 		return fmt.Errorf("worker: config: HeartbeatInterval %v must be positive", c.HeartbeatInterval)
 	case c.MaxConcurrentFetches < 1:

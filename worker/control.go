@@ -168,8 +168,12 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 		case <-t.C:
 		}
 		m := w.Metrics()
-		w.send(&wire.Msg{Op: wire.OpHeartbeat, Memory: m.Memory, Spilled: m.Spilled,
+		hb := &wire.Msg{Op: wire.OpHeartbeat, Memory: m.Memory, Spilled: m.Spilled,
 			MemLimit: m.MemoryLimit, Executing: m.Executing, Ready: m.Ready, CPU: cpu.percent(),
-			BytesSent: m.BytesSent, BytesRecv: m.BytesReceived})
+			BytesSent: m.BytesSent, BytesRecv: m.BytesReceived}
+		if why := w.unhealthy.Load(); why != nil {
+			hb.State, hb.Reason = wire.StateUnhealthy, *why
+		}
+		w.send(hb)
 	}
 }

@@ -7,36 +7,38 @@ import (
 	"io"
 	"net"
 	"os"
+	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
-	"github.com/vmihailenco/msgpack/v5"
 )
 
-// acceptLoop serves the data port until the listener is closed.
+// acceptLoop serves the data port until the listener is closed. While accepting fails (too
+// many open files, say) it keeps trying with backoff, and its heartbeats say it is unhealthy
+// so that the scheduler sends it no new work.
 func (w *Worker) acceptLoop(ln net.Listener) {
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if !w.closed.Load() {
-				w.log.Error("data port stopped accepting", "err", err)
+	idle := map[wire.Role]time.Duration{wire.RolePeer: w.cfg.DataIdleTimeout, wire.RoleClient: w.cfg.DataIdleTimeout}
+	srv := wire.NewServer(wire.ServeConfig{
+		Token:          w.cfg.Token,
+		Limits:         w.cfg.limits(),
+		MaxConns:       map[wire.Role]int{wire.RolePeer: w.cfg.MaxDataConns, wire.RoleClient: w.cfg.MaxDataConns},
+		IdleTimeout:    idle,
+		MessageTimeout: w.cfg.MessageTimeout,
+		Log:            w.log.With("port", "data"),
+		AcceptFailing: func(err error) {
+			if err == nil {
+				w.unhealthy.Store(nil)
+				return
 			}
-			return
-		}
-		if !w.goFunc(func() { w.serveData(nc) }) {
-			nc.Close()
-			return
-		}
-	}
+			why := "data port cannot accept connections: " + err.Error()
+			w.unhealthy.Store(&why)
+		},
+	})
+	srv.Accept(ln, w.closed.Load, w.goFunc, w.serveData)
 }
 
 // serveData serves one data connection (roles peer and client). Bad input gets an error
 // message and closes this connection only.
-func (w *Worker) serveData(nc net.Conn) {
-	c, err := wire.Accept(nc, w.cfg.Token, w.cfg.limits(), wire.RolePeer, wire.RoleClient)
-	if err != nil {
-		w.log.Debug("data connection refused", "remote", nc.RemoteAddr(), "err", err)
-		return
-	}
+func (w *Worker) serveData(c *wire.Conn) {
 	w.mu.Lock()
 	if w.mu.closed {
 		w.mu.Unlock()
@@ -90,7 +92,7 @@ func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, hdr []byte, frames [][]
 		}
 		var x getDataExt
 		if bytes.Contains(hdr, []byte("shm")) {
-			if err := msgpack.Unmarshal(hdr, &x); err != nil {
+			if err := wire.UnmarshalExt(hdr, &x); err != nil {
 				c.SendError(m.ID, wire.CodeProtocol, "bad get_data header: "+err.Error())
 				return false
 			}

@@ -35,6 +35,9 @@ type Worker struct {
 	ctx    context.Context // the worker's lifetime; cancelled by Close
 	cancel context.CancelFunc
 	closed atomic.Bool
+	// unhealthy is why the worker cannot serve now (its data port cannot accept), or nil;
+	// heartbeats carry it to the scheduler.
+	unhealthy atomic.Pointer[string]
 	// goroutines tracks every goroutine started through goFunc, so that Close can wait for them
 	goroutines struct {
 		sync.Mutex

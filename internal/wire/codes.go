@@ -9,6 +9,7 @@ const (
 	CodeBadVersion        = "bad-version"
 	CodeAuthFailed        = "auth-failed"
 	CodeBadRole           = "bad-role"
+	CodeBusy              = "busy" // too many connections of a role; try again later
 	CodeGraphCycle        = "graph-cycle"
 	CodeMissingDependency = "missing-dependency"
 	CodeUnknownFunction   = "unknown-function"

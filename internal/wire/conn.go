@@ -26,6 +26,7 @@ var ErrClosed = errors.New("wire: connection closed")
 // must be called from a single goroutine.
 type Conn struct {
 	nc       net.Conn
+	tr       timedReader
 	br       *bufio.Reader
 	scratch  recvScratch // Recv's reusable buffers (Recv has a single caller at a time)
 	lim      Limits
@@ -47,10 +48,81 @@ type Conn struct {
 }
 
 func newConn(nc net.Conn, lim Limits, role Role) *Conn {
-	c := &Conn{nc: nc, br: bufio.NewReaderSize(nc, 64<<10), lim: lim, PeerRole: role,
-		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c := &Conn{nc: nc, lim: lim, PeerRole: role, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c.tr = timedReader{nc: nc}
+	c.br = bufio.NewReaderSize(&c.tr, 64<<10)
 	go c.writeLoop()
 	return c
+}
+
+// timedReader gives each read of the connection a deadline: the idle timeout while Recv waits
+// for a message to start, the message timeout once it has (a peer that stalls mid-message is
+// dropped, whatever the message's size: the deadline moves with every read that brings bytes).
+type timedReader struct {
+	nc          net.Conn
+	idle, inMsg time.Duration
+	waiting     bool // Recv is waiting for the first byte of a message
+	armed       bool // a deadline is set on nc
+}
+
+func (t *timedReader) Read(p []byte) (int, error) {
+	d := t.inMsg
+	if t.waiting {
+		d = t.idle
+	}
+	if d > 0 {
+		t.nc.SetReadDeadline(time.Now().Add(d))
+		t.armed = true
+	} else if t.armed {
+		t.nc.SetReadDeadline(time.Time{})
+		t.armed = false
+	}
+	return t.nc.Read(p)
+}
+
+// setTimeouts sets the idle and in-message read timeouts (0: none). Call before the first Recv.
+func (c *Conn) setTimeouts(idle, inMsg time.Duration) { c.tr.idle, c.tr.inMsg = idle, inMsg }
+
+// ErrIdle is returned by Recv when the peer sent nothing for the connection's idle timeout.
+var ErrIdle = errors.New("wire: connection idle for too long")
+
+// ErrStalled is returned by Recv when the peer stopped in the middle of a message.
+var ErrStalled = errors.New("wire: peer stalled in the middle of a message")
+
+// awaitMessage waits for the first byte of the next message under the idle timeout.
+func (c *Conn) awaitMessage() error {
+	if c.tr.idle <= 0 && c.tr.inMsg <= 0 {
+		return nil
+	}
+	if c.br.Buffered() == 0 {
+		c.tr.waiting = true
+		_, err := c.br.Peek(1)
+		c.tr.waiting = false
+		if err != nil {
+			if isTimeout(err) {
+				return fmt.Errorf("%w (%v)", ErrIdle, c.tr.idle)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// readMessage reads one frame list under the connection's timeouts.
+func (c *Conn) readMessage() ([][]byte, error) {
+	if err := c.awaitMessage(); err != nil {
+		return nil, err
+	}
+	frames, err := readFrames(c.br, c.lim, &c.scratch, nil)
+	if err != nil && isTimeout(err) && c.tr.inMsg > 0 {
+		return nil, fmt.Errorf("%w: nothing for %v", ErrStalled, c.tr.inMsg)
+	}
+	return frames, err
 }
 
 // DialOptions configure Dial.
@@ -134,24 +206,36 @@ func (o DialOptions) limits() Limits {
 
 // Accept performs the accepting side's handshake on nc, checking the token (when not empty)
 // and that the peer's role is one of roles. On refusal the answer is written, nc is closed and
-// a *HandshakeError is returned.
+// a *HandshakeError is returned. A listening port uses Server, which also bounds connections.
 func Accept(nc net.Conn, token string, lim Limits, roles ...Role) (*Conn, error) {
+	return acceptAs(nc, token, lim, roles, nil)
+}
+
+// acceptAs is Accept that also asks admit (when set) whether a connection of the peer's role
+// may be added.
+func acceptAs(nc net.Conn, token string, lim Limits, roles []Role, admit func(Role) *HandshakeError) (*Conn, error) {
 	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
-	h, err := ReadHello(nc)
-	var herr *HandshakeError
-	if errors.As(err, &herr) {
+	refuse := func(herr *HandshakeError) (*Conn, error) {
 		WriteAnswer(nc, herr.Status, herr.Message)
 		nc.Close()
 		return nil, herr
+	}
+	h, err := ReadHello(nc)
+	var herr *HandshakeError
+	if errors.As(err, &herr) {
+		return refuse(herr)
 	}
 	if err != nil {
 		nc.Close()
 		return nil, err
 	}
 	if herr := CheckHello(h, token, roles...); herr != nil {
-		WriteAnswer(nc, herr.Status, herr.Message)
-		nc.Close()
-		return nil, herr
+		return refuse(herr)
+	}
+	if admit != nil {
+		if herr := admit(h.Role); herr != nil {
+			return refuse(herr)
+		}
 	}
 	if err := WriteAnswer(nc, StatusOK, ""); err != nil {
 		nc.Close()
@@ -169,7 +253,7 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 
 // Recv reads the next message: its decoded header and its payload frames.
 func (c *Conn) Recv() (*Msg, [][]byte, error) {
-	frames, err := readFrames(c.br, c.lim, &c.scratch, nil)
+	frames, err := c.readMessage()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -183,7 +267,7 @@ func (c *Conn) Recv() (*Msg, [][]byte, error) {
 // RecvHeader is Recv that also returns the encoded header, for fields Msg does not have (a
 // worker's extensions of its own ops). The header is valid only until the next Recv.
 func (c *Conn) RecvHeader() (*Msg, []byte, [][]byte, error) {
-	frames, err := readFrames(c.br, c.lim, &c.scratch, nil)
+	frames, err := c.readMessage()
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -49,6 +49,7 @@ const (
 	StatusBadVersion  uint8 = 2
 	StatusAuthFailed  uint8 = 3
 	StatusBadRole     uint8 = 4
+	StatusBusy        uint8 = 5 // too many connections of this role: try again later
 	maxTokenLen             = 1024
 	maxHandshakeMsgLn       = 4096
 )
@@ -72,6 +73,8 @@ func (e *HandshakeError) Code() string {
 		return CodeAuthFailed
 	case StatusBadRole:
 		return CodeBadRole
+	case StatusBusy:
+		return CodeBusy
 	}
 	return CodeProtocol
 }

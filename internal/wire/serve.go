@@ -1,0 +1,167 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ServeConfig bounds what one listening port accepts and keeps.
+type ServeConfig struct {
+	Token  string
+	Limits Limits // zero: DefaultLimits
+	// MaxConns is, per role served, how many handshaken connections may be open at once;
+	// a role not in the map is refused. A connection beyond the cap is refused in the
+	// handshake with StatusBusy.
+	MaxConns map[Role]int
+	// MaxHandshakes bounds connections still in their handshake (unauthenticated); more are
+	// closed as they are accepted. Zero: DefaultMaxHandshakes.
+	MaxHandshakes int
+	// IdleTimeout drops a connection that sends nothing for this long between messages, per
+	// role; a role not in the map (or 0) has none.
+	IdleTimeout map[Role]time.Duration
+	// MessageTimeout drops a connection that stalls for this long in the middle of a message
+	// (slow loris). Zero: DefaultMessageTimeout.
+	MessageTimeout time.Duration
+	Log            *slog.Logger
+	// AcceptFailing, when set, is told when accepting starts failing (with the error) and when
+	// it works again (nil): a worker reports itself unhealthy meanwhile.
+	AcceptFailing func(err error)
+}
+
+// Defaults of ServeConfig.
+const (
+	DefaultMaxHandshakes  = 128
+	DefaultMessageTimeout = 60 * time.Second
+)
+
+// Server accepts connections on one port within a ServeConfig.
+type Server struct {
+	cfg        ServeConfig
+	handshakes atomic.Int64
+	mu         struct {
+		sync.Mutex
+		open map[Role]int
+	}
+}
+
+// NewServer checks cfg and fills in its defaults.
+func NewServer(cfg ServeConfig) *Server {
+	if cfg.Limits.MaxFrames == 0 {
+		cfg.Limits = DefaultLimits()
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if cfg.MessageTimeout <= 0 {
+		cfg.MessageTimeout = DefaultMessageTimeout
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{cfg: cfg}
+	s.mu.open = map[Role]int{}
+	return s
+}
+
+// Open is how many connections of role are open.
+func (s *Server) Open(role Role) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.open[role]
+}
+
+// Accept keeps accepting on ln until ln is closed (or closed reports true), handing each
+// handshaken connection to handle on a goroutine started by spawn (false: stop). Errors such as
+// EMFILE do not stop it: it backs off (up to a second) and tries again, and tells
+// cfg.AcceptFailing.
+func (s *Server) Accept(ln net.Listener, closed func() bool, spawn func(func()) bool, handle func(*Conn)) {
+	var backoff time.Duration
+	var failing error
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if closed() || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			if failing == nil {
+				s.cfg.Log.Error("cannot accept connections: retrying with backoff", "err", err)
+				if s.cfg.AcceptFailing != nil {
+					s.cfg.AcceptFailing(err)
+				}
+			}
+			failing = err
+			time.Sleep(backoff)
+			continue
+		}
+		if failing != nil {
+			s.cfg.Log.Warn("accepting connections again", "after", failing)
+			failing, backoff = nil, 0
+			if s.cfg.AcceptFailing != nil {
+				s.cfg.AcceptFailing(nil)
+			}
+		}
+		if s.handshakes.Add(1) > int64(s.cfg.MaxHandshakes) {
+			s.handshakes.Add(-1)
+			s.cfg.Log.Warn("too many connections in their handshake: closing a new one", "remote", nc.RemoteAddr().String())
+			nc.Close()
+			continue
+		}
+		if !spawn(func() { s.serve(nc, handle) }) {
+			s.handshakes.Add(-1)
+			nc.Close()
+			return
+		}
+	}
+}
+
+func (s *Server) serve(nc net.Conn, handle func(*Conn)) {
+	c, err := s.handshake(nc)
+	s.handshakes.Add(-1)
+	if err != nil {
+		var herr *HandshakeError
+		if errors.As(err, &herr) {
+			s.cfg.Log.Warn("refused connection", "remote", nc.RemoteAddr().String(), "reason", herr.Message)
+		} else {
+			s.cfg.Log.Debug("handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		}
+		return
+	}
+	defer s.release(c.PeerRole)
+	handle(c)
+}
+
+func (s *Server) handshake(nc net.Conn) (*Conn, error) {
+	roles := make([]Role, 0, len(s.cfg.MaxConns))
+	for r := range s.cfg.MaxConns {
+		roles = append(roles, r)
+	}
+	c, err := acceptAs(nc, s.cfg.Token, s.cfg.Limits, roles, s.admit)
+	if err != nil {
+		return nil, err
+	}
+	c.setTimeouts(s.cfg.IdleTimeout[c.PeerRole], s.cfg.MessageTimeout)
+	return c, nil
+}
+
+// admit takes one of role's connection slots, or says why not.
+func (s *Server) admit(role Role) *HandshakeError {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if limit := s.cfg.MaxConns[role]; s.mu.open[role] >= limit {
+		return &HandshakeError{StatusBusy, fmt.Sprintf("too many %s connections (limit %d): try again later", role, limit)}
+	}
+	s.mu.open[role]++
+	return nil
+}
+
+func (s *Server) release(role Role) {
+	s.mu.Lock()
+	s.mu.open[role]--
+	s.mu.Unlock()
+}
