@@ -210,5 +210,17 @@ func serveWorker(ctx context.Context, f workerFlags) error {
 		}
 	}
 	log.Info("joined cluster", "scheduler", sched.Meta.Control, "data", w.DataAddr(), "gossip", g.Addr())
+	go watchPeers(g, w)
 	return w.Run(ctx, sched.Meta.Control)
+}
+
+// watchPeers tells w about peers that leave or die (gossip), so that fetches from them are cut
+// off at once. It ends when g shuts down and closes its events.
+func watchPeers(g *member.Member, w *worker.Worker) {
+	for ev := range g.Events() {
+		if (ev.Type == member.EventDead || ev.Type == member.EventLeave) && ev.Node.Meta.Role == member.RoleWorker &&
+			ev.Node.Meta.Data != "" && ev.Node.Meta.Data != w.DataAddr() {
+			w.PeerGone(ev.Node.Meta.Data)
+		}
+	}
 }

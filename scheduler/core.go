@@ -35,6 +35,10 @@ type CoreConfig struct {
 	// KilledWorkerThreshold: a task that was processing on this many workers that died is
 	// failed with code killed-worker instead of being retried again.
 	KilledWorkerThreshold int
+	// FetchFailureLimit: after this many failed transfers of a task's result in a row
+	// (missing_data with a cause, none moved in between), the tasks that needed it there are failed with code fetch-failed and
+	// the last cause, instead of recomputing and fetching it again forever.
+	FetchFailureLimit int
 	// StoryLength is how many transitions are kept per task (1…255).
 	StoryLength int
 	// LatencyHiding lets workers hold extra queued root tasks when a group's tasks are known
@@ -56,6 +60,7 @@ func DefaultCoreConfig() CoreConfig {
 		UnknownDuration:       500 * time.Millisecond,
 		DurationWeight:        0.5,
 		KilledWorkerThreshold: 3,
+		FetchFailureLimit:     5,
 		StoryLength:           16,
 		LatencyHiding:         2 * time.Millisecond,
 		RootBytesPerThread:    32 << 20,
@@ -77,6 +82,8 @@ func (c CoreConfig) Validate() error {
 		return fmt.Errorf("scheduler: UnknownDuration %v must be positive", c.UnknownDuration)
 	case !(c.DurationWeight > 0 && c.DurationWeight <= 1):
 		return fmt.Errorf("scheduler: DurationWeight %v must be in (0, 1]", c.DurationWeight)
+	case c.FetchFailureLimit < 1 || c.FetchFailureLimit > 255:
+		return fmt.Errorf("scheduler: FetchFailureLimit %d must be in 1…255", c.FetchFailureLimit)
 	case c.KilledWorkerThreshold < 1:
 		return fmt.Errorf("scheduler: KilledWorkerThreshold %d must be at least 1", c.KilledWorkerThreshold)
 	case c.StoryLength < 1 || c.StoryLength > 255:
@@ -120,6 +127,7 @@ type task struct {
 	retries    uint16
 	state      State
 	suspicious uint8
+	fetchFails uint8 // missing_data reports for its result (CoreConfig.FetchFailureLimit)
 	flags      uint8
 	enc        uint8
 	storyHead  uint8

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"math"
@@ -195,6 +196,7 @@ func (c *Core) addReplica(e *EvAddReplica) {
 		case !ok:
 			c.freeKeyOn(e.Worker, it.Key)
 		case c.tasks[id].state == Memory:
+			c.tasks[id].fetchFails = 0 // it moves again
 			c.addHolder(id, e.Worker)
 		case c.welcome(id):
 			c.toMemory(id, e.Worker, it.NBytes, it.Encoding, -1)
@@ -212,6 +214,23 @@ func (c *Core) missingData(e *EvMissingData) {
 		return
 	}
 	t := &c.tasks[id]
+	if e.Cause != "" && t.fetchFails < 255 { // a transfer that failed, not a value gone (lineage)
+		t.fetchFails++
+	}
+	if int(t.fetchFails) >= c.cfg.FetchFailureLimit {
+		// a value that cannot be moved (a peer that cannot be reached, a value that cannot
+		// be sent) is not recomputed and fetched again forever: its consumers there fail
+		err := wire.Errorf(wire.CodeFetchFailed, fmt.Sprintf("dependency %s could not be fetched after %d tries; last cause: %s",
+			e.Key, t.fetchFails, cmp.Or(e.Cause, "unknown")))
+		for _, ref := range t.dependents {
+			if d, ok := c.dependent(ref); ok {
+				if dt := &c.tasks[d]; dt.state == Processing && dt.worker == e.Reporter {
+					c.processingToErred(d, err)
+				}
+			}
+		}
+		return
+	}
 	if t.state == Memory && e.From >= 0 && c.removeHolder(id, e.From) && len(t.whoHas) == 0 {
 		c.lost(id)
 	}

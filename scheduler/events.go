@@ -110,6 +110,7 @@ type EvMissingData struct {
 	Reporter WorkerID
 	Key      string
 	From     WorkerID // -1 if the address is unknown
+	Cause    string   // why the transfer failed; "" when the holder just did not have it
 }
 
 // EvStealResponse: the victim's answer to ActSteal.

@@ -157,13 +157,15 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 	case "add-replica":
 		ev = EvAddReplica{Worker: WorkerID(a.int("w")), Items: a.items("keys")}
 	case "missing-data":
-		ev = EvMissingData{Reporter: WorkerID(a.int("reporter")), Key: a.str("key"), From: WorkerID(a.intOr("from", -1))}
+		ev = EvMissingData{Reporter: WorkerID(a.int("reporter")), Key: a.str("key"), From: WorkerID(a.intOr("from", -1)),
+			Cause: a.strOr("cause", "")}
 	case "steal-response":
 		ev = EvStealResponse{Worker: WorkerID(a.int("w")), Key: a.str("key"), Accepted: a.bool("accepted")}
 	case "reschedule":
 		ev = EvReschedule{Worker: WorkerID(a.int("w")), Keys: a.list("keys")}
 	case "heartbeat":
-		ev = EvHeartbeat{Worker: WorkerID(a.int("w")), Now: int64(a.intOr("now", 0)), Memory: int64(a.intOr("memory", 0))}
+		ev = EvHeartbeat{Worker: WorkerID(a.int("w")), Now: int64(a.intOr("now", 0)), Memory: int64(a.intOr("memory", 0)),
+			Unhealthy: a.strOr("unhealthy", "")}
 	case "tick":
 		ev = EvTick{Now: int64(a.int("now"))}
 	default:
@@ -191,6 +193,9 @@ func (r *scenario) configure(a argMap) {
 	}
 	if a.has("threshold") {
 		r.cfg.KilledWorkerThreshold = a.int("threshold")
+	}
+	if a.has("fetch-failures") {
+		r.cfg.FetchFailureLimit = a.int("fetch-failures")
 	}
 	if a.has("story") {
 		r.cfg.StoryLength = a.int("story")

@@ -373,6 +373,11 @@ func (s *Server) readWorker(c *wire.Conn) {
 		c.SendError(m.ID, wire.CodeProtocol, "a worker must first send register with data_addr and nthreads > 0")
 		return
 	}
+	if err := wire.CheckDialable(m.DataAddr); err != nil {
+		s.log.Warn("refused a worker's registration", "remote", c.RemoteAddr().String(), "err", err)
+		c.SendError(m.ID, wire.CodeProtocol, "register: data_addr: "+err.Error())
+		return
+	}
 	w := &workerConn{conn: c, sent: map[string]bool{}, pid: m.PID, info: wire.WorkerInfo{
 		Name: m.Name, Address: m.DataAddr, NThreads: m.NThreads, MemoryLimit: m.MemLimit, Resources: m.Resources, PID: m.PID}}
 	reply := make(chan error, 1)
@@ -640,7 +645,7 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		if !ok {
 			from = -1
 		}
-		s.handle(EvMissingData{Reporter: w.id, Key: m.Key, From: from})
+		s.handle(EvMissingData{Reporter: w.id, Key: m.Key, From: from, Cause: m.Message})
 	case wire.OpStealResponse:
 		s.handle(EvStealResponse{Worker: w.id, Key: m.Key, Accepted: m.Accepted})
 	case wire.OpHeartbeat:

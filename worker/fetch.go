@@ -3,6 +3,7 @@ package worker
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -21,6 +22,7 @@ type fetch struct {
 	nbytes     int64
 	holders    []string // peers still to try, in the scheduler's order
 	tried      []string // peers that did not supply it
+	cause      string   // why the last try failed
 	dependents map[string]struct{}
 	inFlight   bool
 }
@@ -84,13 +86,31 @@ func (w *Worker) pumpFetchesLocked() {
 	}
 }
 
+// PeerGone tells the worker that the peer serving data at addr left the cluster (gossip said
+// so): fetches from it in flight are cancelled at once, and queued ones try other holders or
+// are reported missing, instead of waiting for timeouts.
+func (w *Worker) PeerGone(addr string) {
+	w.peers.gone(addr)
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, f := range w.mu.fetches {
+		if !f.inFlight && slices.Contains(f.holders, addr) {
+			f.holders = slices.DeleteFunc(f.holders, func(h string) bool { return h == addr })
+			f.tried = append(f.tried, addr)
+			f.cause = errPeerGone.Error()
+		}
+	}
+	w.pumpFetchesLocked()
+}
+
 // fetchFrom performs one get_data request and files its outcome.
 func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64) {
 	keys := make([]string, len(batch))
 	for i, f := range batch {
 		keys[i] = f.key
 	}
-	got, err := w.peers.getData(w.ctx, peer, keys)
+	got, err := w.peers.getData(w.peers.context(peer), peer, keys)
+	w.peers.outcome(peer, err)
 	if err != nil {
 		w.log.Warn("fetching from peer failed", "peer", peer, "keys", len(keys), "err", err)
 	}
@@ -128,6 +148,10 @@ func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64) {
 		}
 		f.holders = slices.DeleteFunc(f.holders, func(h string) bool { return h == peer })
 		f.tried = append(f.tried, peer)
+		f.cause = "" // the peer does not hold it: a value gone, which lineage recomputes
+		if err != nil {
+			f.cause = err.Error()
+		}
 		if len(f.dependents) == 0 {
 			w.forgetFetchLocked(f)
 		} else if len(f.holders) > 0 {
@@ -165,14 +189,14 @@ func (w *Worker) fetchFailedLocked(f *fetch) {
 		tried = []string{""}
 	}
 	for _, peer := range tried {
-		w.send(&wire.Msg{Op: wire.OpMissingData, Key: f.key, Worker: peer})
+		w.send(&wire.Msg{Op: wire.OpMissingData, Key: f.key, Worker: peer, Message: f.cause})
 	}
 	for k := range f.dependents {
 		if ts := w.mu.tasks[k]; ts != nil && ts.state == stateFetching {
 			w.dropTaskLocked(ts)
 		}
 	}
-	w.log.Warn("dependency could not be fetched", "key", f.key, "tried", f.tried)
+	w.log.Warn("dependency could not be fetched", "key", f.key, "tried", f.tried, "cause", cmp.Or(f.cause, "not held"))
 }
 
 // received is one value from a data message.
@@ -193,8 +217,101 @@ type peerPool struct {
 		seq    uint64
 		closed bool
 		noShm  map[string]bool // peers whose segments could not be opened: ask them for bytes
+		failed map[string]peerFailures
+		ctxs   map[string]peerCtx // per peer: cancelled when the peer leaves the cluster
 	}
 }
+
+type peerCtx struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+}
+
+// errPeerGone is the cause of requests cut off because their peer left the cluster.
+var errPeerGone = errors.New("the peer left the cluster")
+
+// context is the context of requests to addr: the worker's, cancelled early by gone(addr).
+func (p *peerPool) context(addr string) context.Context {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pc, ok := p.mu.ctxs[addr]
+	if !ok {
+		pc.ctx, pc.cancel = context.WithCancelCause(p.w.ctx)
+		p.mu.ctxs[addr] = pc
+	}
+	return pc.ctx
+}
+
+// gone cuts addr off: its requests in flight are cancelled and its idle connections closed.
+func (p *peerPool) gone(addr string) {
+	p.mu.Lock()
+	pc, ok := p.mu.ctxs[addr]
+	delete(p.mu.ctxs, addr)
+	idle := p.mu.idle[addr]
+	delete(p.mu.idle, addr)
+	p.mu.Unlock()
+	if ok {
+		pc.cancel(errPeerGone)
+	}
+	for _, c := range idle {
+		c.close()
+	}
+}
+
+// peerFailures counts a peer's consecutive failed requests: the next request to it waits
+// retryDelay(n) after the last failure, so a peer that keeps failing is not asked in a hot loop.
+type peerFailures struct {
+	n    int
+	last time.Time
+}
+
+// Backoff of requests to a failing peer: doubling from minPeerBackoff, at most maxPeerBackoff.
+const (
+	minPeerBackoff = 50 * time.Millisecond
+	maxPeerBackoff = 5 * time.Second
+)
+
+func retryDelay(n int) time.Duration {
+	if n <= 0 {
+		return 0
+	}
+	return min(minPeerBackoff<<min(n-1, 16), maxPeerBackoff)
+}
+
+// outcome records how a request to addr went.
+func (p *peerPool) outcome(addr string, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err == nil || errors.Is(err, context.Canceled) {
+		delete(p.mu.failed, addr)
+		return
+	}
+	f := p.mu.failed[addr]
+	p.mu.failed[addr] = peerFailures{n: f.n + 1, last: time.Now()}
+}
+
+// backoff waits until a request to addr is due (at once unless it failed recently).
+func (p *peerPool) backoff(ctx context.Context, addr string) error {
+	p.mu.Lock()
+	f := p.mu.failed[addr]
+	p.mu.Unlock()
+	wait := time.Until(f.last.Add(retryDelay(f.n)))
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// dialTimeout bounds connecting to a peer and its handshake: an unreachable host is given up
+// on after this, not after the kernel's minutes of SYN retries.
+var dialTimeout = 10 * time.Second
 
 // maxIdlePerPeer bounds the idle connections kept per peer beyond MaxConcurrentFetches: a
 // worker keeps as many as it may have in flight, so that bursts of small fetches (a tree
@@ -211,6 +328,8 @@ func newPeerPool(w *Worker) *peerPool {
 	p := &peerPool{w: w, bufs: newBufPool(poolBytesFor(w.cfg.MemoryLimit))}
 	p.mu.idle = make(map[string][]*peerConn)
 	p.mu.noShm = make(map[string]bool)
+	p.mu.failed = make(map[string]peerFailures)
+	p.mu.ctxs = make(map[string]peerCtx)
 	return p
 }
 
@@ -225,8 +344,16 @@ func (p *peerPool) get(ctx context.Context, addr string) (*peerConn, uint64, err
 		return c, id, nil
 	}
 	p.mu.Unlock()
+	if err := p.backoff(ctx, addr); err != nil {
+		return nil, id, err
+	}
 	cfg := p.w.cfg
-	c, err := dialPeer(ctx, addr, cfg.Token, cfg.ClientTLS, cfg.limits())
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	c, err := dialPeer(dctx, addr, cfg.Token, cfg.ClientTLS, cfg.limits())
+	if err != nil && ctx.Err() == nil && dctx.Err() != nil {
+		err = fmt.Errorf("connecting to peer %s: no answer within %v: %w", addr, dialTimeout, err)
+	}
 	return c, id, err
 }
 
@@ -306,7 +433,7 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 	if err != nil {
 		c.close()
 		if ctx.Err() != nil {
-			return nil, nil, nil, ctx.Err()
+			return nil, nil, nil, context.Cause(ctx)
 		}
 		return nil, nil, nil, err
 	}

@@ -2,9 +2,11 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -182,4 +184,29 @@ func FuzzReadSpill(f *testing.F) {
 			require.LessOrEqual(t, frameBytes(frames), int64(len(b)))
 		}
 	})
+}
+
+// A peer that keeps failing is asked again only after a delay that doubles up to a cap, and a
+// success clears it: fetches never spin on a broken peer.
+func TestPeerBackoff(t *testing.T) {
+	require.Equal(t, time.Duration(0), retryDelay(0))
+	prev := time.Duration(0)
+	for n := 1; n < 40; n++ {
+		d := retryDelay(n)
+		require.GreaterOrEqual(t, d, prev, "n=%d", n)
+		require.LessOrEqual(t, d, maxPeerBackoff, "n=%d", n)
+		prev = d
+	}
+	require.Equal(t, maxPeerBackoff, retryDelay(39))
+
+	p := &peerPool{}
+	p.mu.failed = map[string]peerFailures{}
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	require.NoError(t, p.backoff(cancelled, "a:1"), "a peer that never failed is asked at once")
+	p.outcome("a:1", errors.New("connection refused"))
+	require.ErrorIs(t, p.backoff(cancelled, "a:1"), context.Canceled, "a failed peer must be waited for")
+	require.NoError(t, p.backoff(cancelled, "b:1"), "other peers are not held back")
+	p.outcome("a:1", nil)
+	require.NoError(t, p.backoff(cancelled, "a:1"), "a success clears the backoff")
 }

@@ -21,6 +21,7 @@ const (
 	CodeKilledWorker      = "killed-worker"
 	CodeCancelled         = "cancelled"
 	CodeLost              = "lost"
+	CodeFetchFailed       = "fetch-failed" // a dependency could not be fetched after repeated tries
 	CodeDuplicateWorker   = "duplicate-worker"
 )
 

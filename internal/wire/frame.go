@@ -9,7 +9,9 @@ import (
 	"net"
 )
 
-// Limits bound what a peer may make this process allocate.
+// Limits bound the messages a peer may send. A declared length is never allocated up front
+// (frames grow as their bytes arrive), so the frame and message limits are sanity bounds on
+// values, not on memory: a value of many gigabytes moves as one frame.
 type Limits struct {
 	MaxFrames  int   // frames per message
 	MaxFrame   int64 // bytes per payload frame
@@ -19,7 +21,7 @@ type Limits struct {
 
 // DefaultLimits returns the limits documented in docs/protocol.md.
 func DefaultLimits() Limits {
-	return Limits{MaxFrames: 4096, MaxFrame: 1 << 30, MaxHeader: 64 << 20, MaxMessage: 2 << 30}
+	return Limits{MaxFrames: 4096, MaxFrame: 16 << 30, MaxHeader: 64 << 20, MaxMessage: 16 << 30}
 }
 
 // ErrFrameTooLarge is returned when a peer declares a frame, header or message beyond Limits.

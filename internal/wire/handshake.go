@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"strconv"
 )
 
 // Magic opens every Shoal connection.
@@ -181,6 +183,26 @@ func ReadAnswer(r io.Reader) error {
 	}
 	if status != StatusOK {
 		return &HandshakeError{status, string(msg)}
+	}
+	return nil
+}
+
+// CheckDialable says why addr (host:port) is not an address another machine or process can
+// connect to: a wildcard host such as 0.0.0.0 or [::] is where a server listens, not where it
+// can be reached.
+func CheckDialable(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port: %w", addr, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p <= 0 || p > 65535 {
+		return fmt.Errorf("%q has no valid port", addr)
+	}
+	if host == "" {
+		return fmt.Errorf("%q has no host", addr)
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("%q is a wildcard address that peers cannot connect to: advertise an interface's address", addr)
 	}
 	return nil
 }

@@ -246,3 +246,12 @@ func TestReadFramesAlloc(t *testing.T) {
 	require.ErrorIs(t, err, ErrFrameTooLarge)
 	require.Empty(t, asked)
 }
+
+func TestCheckDialable(t *testing.T) {
+	for _, ok := range []string{"127.0.0.1:80", "[::1]:8786", "host.example:1"} {
+		require.NoError(t, CheckDialable(ok), ok)
+	}
+	for _, bad := range []string{"[::]:42683", "0.0.0.0:1", ":80", "127.0.0.1", "127.0.0.1:0", "h:x"} {
+		require.Error(t, CheckDialable(bad), bad)
+	}
+}

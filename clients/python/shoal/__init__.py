@@ -14,9 +14,9 @@ from pathlib import Path
 
 from .client import AsyncClient, Client
 from .cluster import LocalCluster
-from .exceptions import (AuthenticationError, CancelledError, CommClosedError, ConnectError,
-                         CycleError, DuplicateWorkerError, ExecutorDiedError, FrameTooLargeError,
-                         FutureLostError, GraphError, HandshakeError, InvalidTaskError,
+from .exceptions import (AuthenticationError, BusyError, CancelledError, CommClosedError,
+                         ConnectError, CycleError, DuplicateWorkerError, ExecutorDiedError,
+                         FetchFailedError, FrameTooLargeError, FutureLostError, GraphError, HandshakeError, InvalidTaskError,
                          KeyConflictError, KilledWorker, MissingDependencyError, ProtocolError,
                          RemoteError, RemoteTraceback, ShoalConnectionError, ShoalError,
                          TaskPanicError, TimeoutError, UnknownFunctionError)
@@ -49,5 +49,5 @@ __all__ = [
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",
     "MissingDependencyError", "UnknownFunctionError", "KeyConflictError", "InvalidTaskError",
     "RemoteError", "TaskPanicError", "KilledWorker", "ExecutorDiedError", "CancelledError",
-    "FutureLostError", "DuplicateWorkerError", "TimeoutError", "RemoteTraceback", "__version__",
+    "FutureLostError", "DuplicateWorkerError", "FetchFailedError", "BusyError", "TimeoutError", "RemoteTraceback", "__version__",
 ]

@@ -21,6 +21,7 @@ import msgpack
 
 from .exceptions import (
     AuthenticationError,
+    BusyError,
     CommClosedError,
     ConnectError,
     FrameTooLargeError,
@@ -43,12 +44,14 @@ STATUS_BAD_MAGIC = 1
 STATUS_BAD_VERSION = 2
 STATUS_AUTH_FAILED = 3
 STATUS_BAD_ROLE = 4
+STATUS_BUSY = 5
 
 _STATUS_CODES = {
     STATUS_BAD_MAGIC: "bad-magic",
     STATUS_BAD_VERSION: "bad-version",
     STATUS_AUTH_FAILED: "auth-failed",
     STATUS_BAD_ROLE: "bad-role",
+    STATUS_BUSY: "busy",
 }
 
 MAX_TOKEN_LEN = 1024
@@ -69,9 +72,9 @@ class Limits:
     """What a peer may make this process allocate (docs/protocol.md §3)."""
 
     max_frames: int = 4096
-    max_frame: int = 1 << 30
+    max_frame: int = 16 << 30
     max_header: int = 64 << 20
-    max_message: int = 2 << 30
+    max_message: int = 16 << 30
 
 
 DEFAULT_LIMITS = Limits()
@@ -112,6 +115,8 @@ def raise_for_answer(status: int, message: str, address: str = "") -> None:
     code = _STATUS_CODES.get(status, "protocol-error")
     if status == STATUS_AUTH_FAILED:
         raise AuthenticationError(text, code=code)
+    if status == STATUS_BUSY:
+        raise BusyError(text, code=code)
     raise HandshakeError(text, code=code)
 
 
@@ -207,6 +212,7 @@ class _Reader:
     threshold), more than the rest of a small task's round trip."""
 
     _CHUNK = 256 << 10
+    _GROW_FROM = 64 << 20
 
     def __init__(self, sock: Receiver) -> None:
         self._sock = sock
@@ -225,14 +231,19 @@ class _Reader:
             self._pos = pos + n
             return self._buf[pos : pos + n]
         avail = self._end - pos
-        out = bytearray(n)
+        # A declared length is a claim: beyond _GROW_FROM the buffer doubles as bytes arrive.
+        out = bytearray(min(n, max(avail, self._GROW_FROM)))
         view = memoryview(out)
         view[:avail] = self._view[pos : self._end]
         self._pos = self._end = 0
         got = avail
         while got < n:
-            if n - got >= self._CHUNK:
-                k = self._sock.recv_into(view[got:], n - got)
+            if len(out) - got < self._CHUNK and len(out) < n:
+                view.release()
+                out.extend(bytes(min(n, max(2 * len(out), got + self._CHUNK)) - len(out)))
+                view = memoryview(out)
+            if len(out) - got >= self._CHUNK:
+                k = self._sock.recv_into(view[got:], len(out) - got)
                 if k == 0:
                     raise CommClosedError("connection closed by peer")
                 got += k

@@ -196,6 +196,19 @@ class DuplicateWorkerError(ShoalError):
     default_code = "duplicate-worker"
 
 
+class FetchFailedError(ShoalError):
+    """A task's input could not be moved to the worker running it, after repeated tries with
+    backoff; the message names the input and the last cause."""
+
+    default_code = "fetch-failed"
+
+
+class BusyError(HandshakeError):
+    """The server has as many connections of this kind as it allows; try again later."""
+
+    default_code = "busy"
+
+
 class TimeoutError(ShoalError, builtins.TimeoutError):
     """A client-side timeout expired."""
 
@@ -233,6 +246,8 @@ _BY_CODE: dict[str, type[ShoalError]] = {
     "cancelled": CancelledError,
     "lost": FutureLostError,
     "duplicate-worker": DuplicateWorkerError,
+    "fetch-failed": FetchFailedError,
+    "busy": BusyError,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -150,3 +151,26 @@ def test_parse_address() -> None:
     assert _wire.parse_address("[::1]:1") == ("::1", 1)
     with pytest.raises(ValueError):
         _wire.parse_address("nope")
+
+
+def test_reader_grows_large_frames_as_bytes_arrive(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A declared length is not allocated up front: the buffer grows with what arrives, and
+    the bytes come out intact across the growth steps."""
+    monkeypatch.setattr(_wire._Reader, "_GROW_FROM", 1000)
+    a, b = socket.socketpair()
+    data = os.urandom(3_000_017)
+    t = threading.Thread(target=lambda: (a.sendall(b"xy" + data + b"tail"), a.close()))
+    t.start()
+    r = _wire._Reader(b)
+    assert bytes(r.read(2)) == b"xy"
+    assert bytes(r.read(len(data))) == data
+    assert bytes(r.read(4)) == b"tail"
+    t.join()
+    b.close()
+    # a frame declared far beyond what is sent costs what arrived, then fails cleanly
+    a, b = socket.socketpair()
+    a.sendall(b"z" * 10)
+    a.close()
+    with pytest.raises(_wire.CommClosedError):
+        _wire._Reader(b).read(1 << 40)
+    b.close()
