@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -40,13 +41,29 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 
 func runLocal(args []string) error {
 	var f localFlags
+	var parentPID int
+	var parentDir string
 	fs := newFlagSet("local", "", "Run a whole cluster on this machine: a scheduler in this process and --workers worker\nprocesses (each its own child process, restarted if it dies), all on real sockets.\nCtrl-C stops everything.")
 	f.register(fs)
+	fs.IntVar(&parentPID, "parent-pid", 0, "stop everything, as on SIGTERM, once process `PID` (the one that started this one, e.g. Python's LocalCluster) has exited")
+	fs.StringVar(&parentDir, "parent-dir", "", "with --parent-pid: remove this `directory` (the parent's files for this cluster) after stopping because the parent exited")
 	ctx, done, err := start(fs, &f.common, args)
 	if err != nil {
 		return err
 	}
 	defer done()
+	if parentPID > 0 {
+		var orphaned atomic.Bool
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go watchParent(ctx, parentPID, func() { orphaned.Store(true); cancel() })
+		defer func() { // after lc.close: nothing is left to read the parent's files
+			if orphaned.Load() && parentDir != "" {
+				os.RemoveAll(parentDir)
+			}
+		}()
+	}
 	lc, err := startLocal(ctx, f)
 	if err != nil {
 		return err
@@ -58,6 +75,27 @@ func runLocal(args []string) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// watchParent calls gone once process pid is no longer this process's parent: it exited and
+// the kernel gave this process a new parent. It polls getppid, which names the parent process,
+// rather than using PR_SET_PDEATHSIG, which fires when the parent's thread that started this
+// process ends (a Python thread that created a LocalCluster, say) even though the parent lives.
+func watchParent(ctx context.Context, pid int, gone func()) {
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if os.Getppid() != pid {
+			fmt.Fprintf(os.Stderr, "shoal local: parent process %d exited; stopping\n", pid)
+			gone()
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // localCluster is a scheduler in this process and supervised worker child processes.

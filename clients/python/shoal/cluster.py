@@ -4,8 +4,16 @@ It runs ``shoal local --workers N --nthreads T --memory-limit BYTES --host H --p
 --gossip-port 0 --dashboard-port P --python <this interpreter> --token-file F --ready-file R``
 in a new process group and waits until the binary writes the ready file, a JSON object
 ``{"scheduler": "host:port", "dashboard": "http://..."}``, which it does once all N workers
-registered. ``close()`` (also on ``with`` exit, interpreter exit, and Ctrl-C) sends SIGTERM to
-the whole process group, then SIGKILL to whatever is left.
+registered. ``close()`` sends SIGTERM to the whole process group, then SIGKILL to whatever is
+left, and removes the cluster's temporary directory (token, ready file, log).
+
+``close()`` also runs on ``with`` exit, when the object is collected, at interpreter exit (so
+after an uncaught KeyboardInterrupt too) and, through a signal handler installed while a cluster
+is open, when SIGTERM, SIGHUP or SIGINT would otherwise kill the process without Python's
+cleanup (their default action). A handler the program installed itself is left alone: it decides
+whether the process ends, and atexit cleans up if it does. Whatever ends this process, SIGKILL
+included, ``shoal local`` notices within 200 ms that its parent is gone (``--parent-pid``), stops
+every process and removes the directory (``--parent-dir``).
 """
 
 from __future__ import annotations
@@ -24,13 +32,17 @@ import threading
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
 from .exceptions import ShoalError, TimeoutError
 
 logger = logging.getLogger("shoal")
 
 _live: "weakref.WeakSet[LocalCluster]" = weakref.WeakSet()
+
+# Signals whose default action ends the process without running Python's cleanup (atexit).
+_FATAL_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT")
+                       if hasattr(signal, name))
 
 
 def find_binary() -> str:
@@ -133,7 +145,13 @@ class LocalCluster:
         elif mem == 0:
             mem = total_memory()  # each worker may use the whole machine
         self.memory_limit = mem
-        self._dir = tempfile.mkdtemp(prefix="shoal-cluster-")
+        self._owner = os.getpid()  # a fork's copy of this object owns no process
+        self._lock = threading.Lock()
+        self._closed = False
+        self._log: Optional[IO[bytes]] = None
+        self._dir = tempfile.mkdtemp(prefix="shoal-cluster-")  # mode 0700
+        _live.add(self)
+        _install_signal_handlers()
         self._ready_file = os.path.join(self._dir, "ready.json")
         self._token_file = os.path.join(self._dir, "token")
         self._log_path = os.path.join(self._dir, "cluster.log")
@@ -144,7 +162,8 @@ class LocalCluster:
                 str(threads_per_worker), "--memory-limit", limit_arg, "--host", host,
                 "--port", str(scheduler_port), "--gossip-port", "0",
                 "--python", python or sys.executable, "--token-file", self._token_file,
-                "--ready-file", self._ready_file]
+                "--ready-file", self._ready_file, "--parent-pid", str(os.getpid()),
+                "--parent-dir", self._dir]
         if dashboard_port is None:
             args += ["--dashboard-port", "-1"]
         else:
@@ -156,8 +175,6 @@ class LocalCluster:
                 args += [flag, repr(float(frac))]
         args += list(extra_args or [])
         self.args = args
-        self._lock = threading.Lock()
-        self._closed = False
         self.scheduler_address = ""
         self._dashboard = ""
         self.ready_info: dict[str, Any] = {}
@@ -165,10 +182,8 @@ class LocalCluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = _python_path()
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True, env=env,
-                                     preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.pgid = self.proc.pid
-        _live.add(self)
         try:
             self._wait_ready(timeout)
         except BaseException:
@@ -218,37 +233,51 @@ class LocalCluster:
         return _group_members(self.pgid)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop every process of the cluster: SIGTERM, then SIGKILL after ``timeout`` seconds."""
+        """Stop every process of the cluster: SIGTERM, then SIGKILL after ``timeout`` seconds;
+        then remove the cluster's temporary directory."""
+        if os.getpid() != self._owner:
+            return  # a forked child's copy: the processes are its parent's
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+        self._shutdown(timeout)
+
+    def _shutdown(self, timeout: float) -> None:
+        """close()'s work; may run again (a signal handler that interrupted close())."""
         try:
-            if self.proc.poll() is None:
-                _signal_group(self.pgid, signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            deadline = time.monotonic() + timeout / 2
-            while _group_members(self.pgid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if _group_members(self.pgid) or self.proc.poll() is None:
-                _signal_group(self.pgid, signal.SIGKILL)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                pass
-            deadline = time.monotonic() + 5
-            while _group_members(self.pgid) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            proc: Optional[subprocess.Popen[bytes]] = getattr(self, "proc", None)
+            if proc is not None:
+                self._stop_group(proc, timeout)
         finally:
             try:
-                self._log.close()
+                if self._log is not None:
+                    self._log.close()
             except Exception:
                 pass
             _live.discard(self)
             shutil.rmtree(self._dir, ignore_errors=True)
+            _restore_signal_handlers()
+
+    def _stop_group(self, proc: "subprocess.Popen[bytes]", timeout: float) -> None:
+        if proc.poll() is None:
+            _signal_group(self.pgid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        deadline = time.monotonic() + timeout / 2
+        while _group_members(self.pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _group_members(self.pgid) or proc.poll() is None:
+            _signal_group(self.pgid, signal.SIGKILL)
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 5
+        while _group_members(self.pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def __enter__(self) -> "LocalCluster":
         return self
@@ -280,17 +309,6 @@ def _python_path() -> str:
     if old:
         entries.extend(e for e in old.split(os.pathsep) if e and e not in entries)
     return os.pathsep.join(entries)
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the Python process dies without cleaning up (Linux)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -344,10 +362,58 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def _owned() -> list[LocalCluster]:
+    me = os.getpid()
+    return [c for c in list(_live) if c._owner == me]
+
+
 @atexit.register
 def _close_all() -> None:
-    for c in list(_live):
+    for c in _owned():
         try:
             c.close(timeout=3)
         except Exception:
             pass
+
+
+def _install_signal_handlers() -> None:
+    """While this process has a cluster open, SIGTERM, SIGHUP and SIGINT, where their action is
+    still the default one (which ends the process at once, without atexit), first close the
+    clusters. Python's own SIGINT handler (KeyboardInterrupt) and any handler the program set
+    stay as they are: interrupting a computation must not stop the cluster, and a process that
+    ends by an exception runs atexit. Only the main thread may set handlers; elsewhere
+    ``shoal local``'s watch on its parent process is what cleans up."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _FATAL_SIGNALS:
+        try:
+            if signal.getsignal(sig) is signal.SIG_DFL:
+                signal.signal(sig, _close_then_die)
+        except (ValueError, OSError):  # not settable here (embedded interpreter)
+            pass
+
+
+def _restore_signal_handlers() -> None:
+    """The default actions again once the last cluster of this process is closed."""
+    if _owned() or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _FATAL_SIGNALS:
+        try:
+            if signal.getsignal(sig) is _close_then_die:
+                signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+
+
+def _close_then_die(signum: int, frame: Any) -> None:
+    """Close this process's clusters, then end the process by the signal's default action,
+    which is what this handler replaced (the exit status still says which signal)."""
+    for c in _owned():
+        c._closed = True  # even if close() was interrupted: its steps may run twice
+        try:
+            c._shutdown(timeout=3)
+        except Exception:
+            pass
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
+    os._exit(128 + signum)  # not reached: the default action ends the process
