@@ -155,15 +155,16 @@ class LocalCluster:
         self._ready_file = os.path.join(self._dir, "ready.json")
         self._token_file = os.path.join(self._dir, "token")
         self._log_path = os.path.join(self._dir, "cluster.log")
-        fd = os.open(self._token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(self.token)
         args = [self.binary, "local", "--workers", str(n_workers), "--nthreads",
                 str(threads_per_worker), "--memory-limit", limit_arg, "--host", host,
                 "--port", str(scheduler_port), "--gossip-port", "0",
-                "--python", python or sys.executable, "--token-file", self._token_file,
-                "--ready-file", self._ready_file, "--parent-pid", str(os.getpid()),
-                "--parent-dir", self._dir]
+                "--python", python or sys.executable, "--ready-file", self._ready_file,
+                "--parent-pid", str(os.getpid()), "--parent-dir", self._dir]
+        if self.token:  # token="": no authentication
+            fd = os.open(self._token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(self.token)
+            args += ["--token-file", self._token_file]
         if dashboard_port is None:
             args += ["--dashboard-port", "-1"]
         else:

@@ -235,6 +235,13 @@ def test_wrong_token_and_address(cluster: LocalCluster) -> None:
         Client("127.0.0.1:1", timeout=5)
 
 
+def test_no_token() -> None:
+    with LocalCluster(n_workers=1, token="", dashboard_port=None) as cluster:
+        assert not os.path.exists(cluster._token_file)
+        with Client(cluster.scheduler_address, timeout=20) as client:  # presents no token
+            assert client.submit(inc, 1).result(timeout=30) == 2
+
+
 def test_worker_killed_midway() -> None:
     with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_port=None) as cluster, \
             Client(cluster, timeout=20) as client:
