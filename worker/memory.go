@@ -2,12 +2,16 @@ package worker
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
+	"fmt"
 	"os"
 	"runtime/debug"
 	"strconv"
 	"sync/atomic"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/wire"
 )
 
 // The memory monitor keeps the whole worker — its own process and its Python executors —
@@ -38,6 +42,8 @@ type memState struct {
 	warned   bool         // logged that memory is high with nothing left to spill
 	finished int64        // tasks finished at the last check
 	trimmed  bool         // memory was returned to the OS since the last task finished
+	// stuckSince: since when the worker is paused while it cannot spill (zero: it is not)
+	stuckSince time.Time
 }
 
 // idleSinceLastCheck tells whether no task finished since the last check and none is
@@ -200,5 +206,50 @@ func (w *Worker) checkMemory(now time.Time) {
 			w.log.Info("resuming: worker memory back under the pause threshold", "process_memory", total)
 		}
 		w.wake()
+	}
+	w.failIfStuck(now)
+}
+
+// stuckAfter is how long a worker stays paused with spilling suspended (its spill directory
+// cannot be written) before its ready tasks fail: memory it cannot free would otherwise hold
+// them, silently, forever.
+const stuckAfter = 5 * time.Second
+
+func (w *Worker) failIfStuck(now time.Time) {
+	w.mu.Lock()
+	paused := w.pausedLocked()
+	w.mu.Unlock()
+	serr := w.store.SpillError()
+	switch {
+	case !paused || serr == nil:
+		w.mem.stuckSince = time.Time{}
+		return
+	case w.mem.stuckSince.IsZero():
+		w.mem.stuckSince = now
+		return
+	case now.Sub(w.mem.stuckSince) < stuckAfter:
+		return
+	}
+	w.failReady(&wire.Error{Code: wire.CodeTaskError, Type: "MemoryError", Message: fmt.Sprintf(
+		"worker %s cannot run this task: its memory is above the pause threshold (limit %d bytes) "+
+			"and spilling to disk failed: %v", w.Name(), w.memLimit, serr)})
+}
+
+// failReady reports every task in the ready queue as erred with err.
+func (w *Worker) failReady(err *wire.Error) {
+	w.mu.Lock()
+	var failed []*task
+	for len(w.mu.ready) > 0 {
+		ts := heap.Pop(&w.mu.ready).(*task)
+		delete(w.mu.tasks, ts.t.Key)
+		failed = append(failed, ts)
+	}
+	w.mu.Unlock()
+	if len(failed) > 0 {
+		w.log.Error("failing ready tasks: memory cannot be freed", "tasks", len(failed), "err", err.Message)
+	}
+	now := time.Now()
+	for _, ts := range failed {
+		w.report(0, ts, result{err: err}, now, now)
 	}
 }

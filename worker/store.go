@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"time"
 )
 
 // Entry is a stored value as handed out by the Store. Frames and Obj are shared and must
@@ -48,6 +49,9 @@ type Store struct {
 	spillAbove int64            // 0: never spill
 	alloc      func(int) []byte // buffers segment bytes are read into (nil: make)
 
+	// OnSpillError, when set, is told of a spill file that could not be written (set before use).
+	OnSpillError func(path string, err error)
+
 	spillMu sync.Mutex // one spiller at a time
 	mu      struct {
 		sync.Mutex
@@ -60,7 +64,28 @@ type Store struct {
 		nunspill int64
 		seq      uint64
 		closed   bool
+		spillErr error     // the last failed spill write, while spilling is suspended
+		spillAt  time.Time // when it failed
 	}
+}
+
+// spillRetry is how long spilling stays suspended after a failed write (a full or broken
+// disk is not written to again at every check; a freed one is used again).
+const spillRetry = 30 * time.Second
+
+// SpillError is why spilling is suspended (a write to the spill directory failed less than
+// spillRetry ago), or nil.
+func (s *Store) SpillError() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.spillErrLocked()
+}
+
+func (s *Store) spillErrLocked() error {
+	if s.mu.spillErr != nil && time.Since(s.mu.spillAt) < spillRetry {
+		return s.mu.spillErr
+	}
+	return nil
 }
 
 // ErrNotFound is returned for a key the store does not hold.
@@ -305,7 +330,7 @@ func (s *Store) SpillBytes(n int64) int64 {
 func (s *Store) spillLocked(more func() bool) (moved int64) {
 	for {
 		s.mu.Lock()
-		if s.mu.closed || !more() || s.mu.lru.Len() == 0 {
+		if s.mu.closed || !more() || s.mu.lru.Len() == 0 || s.spillErrLocked() != nil {
 			s.mu.Unlock()
 			return moved
 		}
@@ -324,10 +349,15 @@ func (s *Store) spillLocked(more func() bool) (moved int64) {
 			os.Remove(path) // deleted meanwhile; removeLocked did not touch the LRU
 		case err != nil:
 			os.Remove(path)
-			v.elem = s.mu.lru.PushFront(v) // keep it in memory; try the next victim later
+			v.elem = s.mu.lru.PushFront(v) // keep it in memory
+			s.mu.spillErr, s.mu.spillAt = err, time.Now()
 			s.mu.Unlock()
+			if s.OnSpillError != nil {
+				s.OnSpillError(path, err)
+			}
 			return moved
 		default:
+			s.mu.spillErr = nil
 			if v.seg != nil { // its bytes are on disk now: free the shared memory
 				s.mu.segments -= v.seg.size
 				v.seg.close()

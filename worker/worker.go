@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 )
@@ -105,6 +106,12 @@ func New(cfg Config) (*Worker, error) {
 	w.memLimit = cfg.memoryLimit()
 	w.pauseAt = int64(cfg.PauseFraction * float64(w.memLimit))
 	w.store = NewStore(dir, int64(cfg.SpillFraction*float64(w.memLimit)))
+	w.store.OnSpillError = func(path string, err error) {
+		var errno syscall.Errno
+		errors.As(err, &errno)
+		w.log.Error("spilling to disk failed: no value is spilled there for the next 30 s", "path", path,
+			"errno", int(errno), "err", err)
+	}
 	w.ctx, w.cancel = context.WithCancel(context.Background())
 	w.peers = newPeerPool(w)
 	w.store.alloc = w.peers.bufs.get // segment bytes read for a client or a Go task are garbage soon
