@@ -11,7 +11,8 @@ original type (see :func:`error_from_wire`).
     │   ├── ConnectError                               could not connect
     │   ├── CommClosedError                            the connection closed or broke
     │   └── HandshakeError                             bad-magic, bad-version, bad-role
-    │       └── AuthenticationError                    auth-failed: missing or wrong token
+    │       ├── AuthenticationError                    auth-failed: missing or wrong token
+    │       └── BusyError                              busy: too many connections; try later
     ├── ProtocolError                                  protocol-error, unknown-op
     │   └── FrameTooLargeError                         frame-too-large
     ├── GraphError (also ValueError)                   the scheduler refused a graph
@@ -26,6 +27,7 @@ original type (see :func:`error_from_wire`).
     ├── ExecutorDiedError                              executor-died
     ├── CancelledError (also concurrent.futures.CancelledError)   cancelled
     ├── FutureLostError                                lost
+    ├── FetchFailedError                               fetch-failed
     ├── DuplicateWorkerError                           duplicate-worker (a worker's name is taken)
     └── TimeoutError (also builtins.TimeoutError)      a client-side timeout expired
 
@@ -46,7 +48,7 @@ __all__ = [
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",
     "MissingDependencyError", "UnknownFunctionError", "KeyConflictError", "InvalidTaskError",
     "RemoteError", "TaskPanicError", "KilledWorker", "ExecutorDiedError", "CancelledError",
-    "FutureLostError", "DuplicateWorkerError", "TimeoutError",
+    "FutureLostError", "FetchFailedError", "DuplicateWorkerError", "BusyError", "TimeoutError",
     "RemoteTraceback", "error_from_wire",
 ]
 
