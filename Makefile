@@ -15,7 +15,7 @@ GOFILES := $(shell find . -name '*.go' -not -path './.venv*' -not -path './node_
 export SHOAL_BIN    := $(CURDIR)/$(BIN)
 export SHOAL_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: all build demo test test-go test-python test-browser test-latest lint venv lock lock-upgrade clean help
+.PHONY: all build demo test test-go test-python test-browser test-latest lint lint-python venv lock lock-upgrade clean help
 
 include dashboard/Makefile.inc
 -include benchmarks/bench.mk
@@ -81,6 +81,10 @@ lint: build
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
 
+# Python's linter (its rules are in pyproject.toml, [tool.ruff]).
+lint-python: venv
+	$(VPY) -m ruff check clients/python benchmarks examples
+
 test-go: build venv
 	$(GO) test -count=1 -timeout 20m ./...
 
@@ -91,7 +95,7 @@ test-python: build venv
 test-browser: build dashboard-chromium
 	$(MAKE) dashboard-e2e
 
-test: lint test-go test-python test-browser bench-smoke
+test: lint lint-python test-go test-python test-browser bench-smoke
 
 clean:
 	rm -rf bin build dist *.egg-info

@@ -439,11 +439,12 @@ def wl_independent(b: Bench, p: dict, rep: int, record: Record) -> None:
 
 
 def wl_dataframe(b: Bench, p: dict, rep: int, record: Record) -> None:
+    from functools import partial
+
     import dask
     import dask.dataframe as dd
     import numpy as np
     import pandas as pd
-    from functools import partial
 
     rows, nparts, nkeys = p["rows"], p["nparts"], p["nkeys"]
     per = rows // nparts
@@ -897,7 +898,7 @@ def parent_main(args: argparse.Namespace) -> int:
             notes.extend(res.get("notes", []))
             for metric, vs in (res.get("values") or {}).items():
                 results[system].setdefault(metric, []).extend(vs)
-            for metric, infos in (res.get("extra") or {}).items():
+            for infos in (res.get("extra") or {}).values():
                 for info in infos:
                     if isinstance(info, dict) and info.get("completed") is False:
                         notes.append(f"{w} on {system}: did not complete: {info.get('error')}")

@@ -14,15 +14,34 @@ from pathlib import Path
 
 from .client import AsyncClient, Client
 from .cluster import LocalCluster
-from .exceptions import (AuthenticationError, BusyError, CancelledError, CommClosedError,
-                         ConnectError, CycleError, DuplicateWorkerError, ExecutorDiedError,
-                         FetchFailedError, FrameTooLargeError, FutureLostError, GraphError, HandshakeError, InvalidTaskError,
-                         KeyConflictError, KilledWorker, MissingDependencyError, ProtocolError,
-                         RemoteError, RemoteTraceback, ShoalConnectionError, ShoalError,
-                         TaskPanicError, TimeoutError, UnknownFunctionError)
-from .futures import (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed,
-                      progress, wait)
-
+from .exceptions import (
+    AuthenticationError,
+    BusyError,
+    CancelledError,
+    CommClosedError,
+    ConnectError,
+    CycleError,
+    DuplicateWorkerError,
+    ExecutorDiedError,
+    FetchFailedError,
+    FrameTooLargeError,
+    FutureLostError,
+    GraphError,
+    HandshakeError,
+    InvalidTaskError,
+    KeyConflictError,
+    KilledWorker,
+    MissingDependencyError,
+    ProtocolError,
+    RemoteError,
+    RemoteTraceback,
+    ShoalConnectionError,
+    ShoalError,
+    TaskPanicError,
+    TimeoutError,
+    UnknownFunctionError,
+)
+from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, progress, wait
 
 
 def _version() -> str:
@@ -49,5 +68,6 @@ __all__ = [
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",
     "MissingDependencyError", "UnknownFunctionError", "KeyConflictError", "InvalidTaskError",
     "RemoteError", "TaskPanicError", "KilledWorker", "ExecutorDiedError", "CancelledError",
-    "FutureLostError", "DuplicateWorkerError", "FetchFailedError", "BusyError", "TimeoutError", "RemoteTraceback", "__version__",
+    "FutureLostError", "DuplicateWorkerError", "FetchFailedError", "BusyError", "TimeoutError",
+    "RemoteTraceback", "__version__",
 ]

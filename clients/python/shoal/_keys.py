@@ -13,7 +13,7 @@ import cloudpickle
 
 def funcname(fn: Any) -> str:
     """A short name for a callable, as ``dask.utils.funcname`` gives it."""
-    while hasattr(fn, "func") and callable(getattr(fn, "func")) and type(fn).__name__ == "partial":
+    while hasattr(fn, "func") and callable(fn.func) and type(fn).__name__ == "partial":
         fn = fn.func
     name = getattr(fn, "__name__", None) or type(fn).__name__
     if name == "<lambda>":

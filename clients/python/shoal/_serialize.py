@@ -73,7 +73,7 @@ def _arrow_ok(df: Any) -> bool:
 
     if not df.columns.is_unique or isinstance(df.columns, pd.MultiIndex):
         return False
-    if any(dt == object for dt in df.dtypes):
+    if any(dt == object for dt in df.dtypes):  # noqa: E721 (numpy's dtype("O") equals object)
         return False
     for idx in [df.index, *(getattr(df.index, "levels", []) or [])]:
         if idx.dtype == object:

@@ -18,14 +18,12 @@ import threading
 import time
 import uuid
 import weakref
-from typing import (TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional,
-                    Sequence, Union)
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
 from . import _dask, _keys, _serialize, _shuffle, _wire
 from ._refs import NOTHING, replace
-from .exceptions import (CancelledError, CommClosedError, FutureLostError, ShoalError,
-                         TimeoutError, error_from_wire)
-from .futures import (CANCELLED, ERROR, FINISHED, LOST, PENDING, Future, KeyState)
+from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
+from .futures import CANCELLED, ERROR, FINISHED, LOST, PENDING, Future, KeyState
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster
@@ -500,7 +498,6 @@ class Client:
         if isinstance(key, (list, tuple)) and len(key) < n:
             raise ValueError(f"map: {len(key)} keys given for {n} tasks")
         fhash, fdata = self._func(func)
-        name = key if isinstance(key, str) else _keys.funcname(func)
         tasks: list[dict[str, Any]] = []
         for i in range(n):
             args = tuple(c[i] for c in columns)

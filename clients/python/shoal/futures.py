@@ -8,8 +8,7 @@ import queue
 import sys
 import threading
 import time
-from typing import (TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, NamedTuple,
-                    Optional)
+from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, NamedTuple, Optional
 
 from ._refs import Ref
 from .exceptions import CancelledError, TimeoutError

@@ -16,8 +16,16 @@ import pyarrow as pa
 import pytest
 
 import shoal
-from shoal import (AuthenticationError, CancelledError, Client, ConnectError, ExecutorDiedError,
-                   LocalCluster, as_completed, wait)
+from shoal import (
+    AuthenticationError,
+    CancelledError,
+    Client,
+    ConnectError,
+    ExecutorDiedError,
+    LocalCluster,
+    as_completed,
+    wait,
+)
 from shoal.cluster import children_of
 from shoal.exceptions import RemoteTraceback
 

@@ -13,7 +13,7 @@ import pytest
 
 from shoal._refs import Ref
 from shoal._serialize import decode, encode
-from shoal.exceptions import error_from_wire, RemoteTraceback
+from shoal.exceptions import RemoteTraceback, error_from_wire
 
 from harness import FakeWorker, result_of
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from shoal import Client
-from shoal.exceptions import ShoalError
-
 from shoal.cluster import find_binary
+from shoal.exceptions import ShoalError
 
 
 def inc(x: int) -> int:

@@ -11,8 +11,14 @@ import msgpack
 import pytest
 
 from shoal import _wire
-from shoal.exceptions import (AuthenticationError, CommClosedError, ConnectError,
-                              FrameTooLargeError, HandshakeError, ProtocolError)
+from shoal.exceptions import (
+    AuthenticationError,
+    CommClosedError,
+    ConnectError,
+    FrameTooLargeError,
+    HandshakeError,
+    ProtocolError,
+)
 
 
 def test_hello_bytes() -> None:
