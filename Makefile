@@ -15,7 +15,7 @@ GOFILES := $(shell find . -name '*.go' -not -path './.venv*' -not -path './node_
 export SHOAL_BIN    := $(CURDIR)/$(BIN)
 export SHOAL_PYTHON := $(CURDIR)/$(VPY)
 
-.PHONY: all build demo test test-go test-python test-browser test-latest lint lint-python venv lock lock-upgrade clean help
+.PHONY: all build demo demo-go test test-go test-python test-browser test-latest lint lint-python venv lock lock-upgrade clean help
 
 include dashboard/Makefile.inc
 -include benchmarks/bench.mk
@@ -23,7 +23,8 @@ include dashboard/Makefile.inc
 all: build
 
 help:
-	@echo "make demo        build, start a local cluster, run a demo graph, print its results"
+	@echo "make demo        set up, then a short Python session on a local cluster (examples/demo.py)"
+	@echo "make demo-go     the same kind of demo from Go: a graph of Go tasks and an Arrow pipeline"
 	@echo "make test        set up everything and run every test (what CI runs)"
 	@echo "make test-latest the Python tests against the newest release of every dependency (not in CI)"
 	@echo "make lock        rewrite $(LOCK) after a change to pyproject.toml's dependencies"
@@ -74,8 +75,12 @@ test-latest: build
 	$(VENV_LATEST)/bin/python -m mypy --strict clients/python/shoal
 	SHOAL_PYTHON=$(CURDIR)/$(VENV_LATEST)/bin/python $(VENV_LATEST)/bin/python -m pytest -q clients/python/tests
 
+# A Python session on a LocalCluster: futures, a dask.dataframe groupby, an Arrow table from Go.
 demo: build venv
-	./$(BIN) demo --workers 2 --python $(CURDIR)/$(VPY)
+	$(VPY) examples/demo.py
+
+demo-go: build venv
+	./$(BIN) demo --workers 2 --python $(CURDIR)/$(VPY) --log-level warn
 
 lint: build
 	$(GO) vet ./...
