@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -52,6 +53,7 @@ type common struct {
 	tlsCert, tlsKey, tlsCA         string
 	cpuProfile                     string
 	messageTimeout                 time.Duration
+	gossipKeyFile                  string
 }
 
 func (c *common) register(fs *flag.FlagSet) {
@@ -61,6 +63,7 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.tlsCert, "tls-cert", "", "PEM certificate for TLS on control and data ports (needs --tls-key)")
 	fs.StringVar(&c.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	fs.StringVar(&c.tlsCA, "tls-ca", "", "PEM CA bundle used to verify peers (enables TLS as a client)")
+	fs.StringVar(&c.gossipKeyFile, "gossip-key-file", "", "file holding a secret that encrypts and authenticates gossip (default: the --token-file token)")
 	fs.DurationVar(&c.messageTimeout, "message-timeout", wire.DefaultMessageTimeout, "drop a connection whose peer stalls this long in the middle of a message")
 	fs.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of this process to this file until it exits (for go tool pprof)")
 }
@@ -109,6 +112,28 @@ func (c *common) token() (string, error) {
 		return "", fmt.Errorf("--token-file %s is empty", c.tokenFile)
 	}
 	return tok, nil
+}
+
+// gossipKey is the secret gossip is encrypted with: --gossip-key-file, else the token. Gossip
+// without one accepts any datagram (a forged "dead" makes the scheduler drop a worker), so TLS
+// on an address other machines reach, without a key, is refused: it would look secure and not
+// be.
+func (c *common) gossipKey(host, token string) (string, error) {
+	key := token
+	if c.gossipKeyFile != "" {
+		b, err := os.ReadFile(c.gossipKeyFile)
+		if err != nil {
+			return "", fmt.Errorf("--gossip-key-file: %w", err)
+		}
+		if key = strings.TrimSpace(string(b)); key == "" {
+			return "", fmt.Errorf("--gossip-key-file %s is empty", c.gossipKeyFile)
+		}
+	}
+	tlsOn := c.tlsCert != "" || c.tlsCA != ""
+	if ip := net.ParseIP(host); key == "" && tlsOn && (ip == nil || !ip.IsLoopback()) {
+		return "", fmt.Errorf("TLS is on but gossip on %s would be unauthenticated: give --token-file or --gossip-key-file", host)
+	}
+	return key, nil
 }
 
 // tlsConfigs returns the server and client TLS configurations (nil, nil without TLS flags).

@@ -12,7 +12,7 @@ import (
 
 // httpHandler serves the dashboard, /metrics, /api/v1 and /health for the scheduler. The
 // returned func disconnects viewers; call it before the scheduler closes.
-func httpHandler(srv *scheduler.Server, log *slog.Logger) (http.Handler, func(), error) {
+func httpHandler(srv *scheduler.Server, log *slog.Logger, token string) (http.Handler, func(), error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(srv.Collector(), collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	cfg := dashboard.DefaultConfig()
@@ -21,5 +21,5 @@ func httpHandler(srv *scheduler.Server, log *slog.Logger) (http.Handler, func(),
 	if err != nil {
 		return nil, nil, err
 	}
-	return d.Handler(), func() { d.Close() }, nil
+	return dashboard.RequireToken(d.Handler(), token), func() { d.Close() }, nil
 }

@@ -4,18 +4,20 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/shoal-dev/shoal/dashboard"
 	"github.com/shoal-dev/shoal/worker"
 	"golang.org/x/net/netutil"
 )
 
 // serveWorkerMetrics serves a worker's /metrics when port >= 0.
-func serveWorkerMetrics(w *worker.Worker, host string, port int) (func(), error) {
+func serveWorkerMetrics(w *worker.Worker, host string, port int, token string) (func(), error) {
 	if port < 0 {
 		return func() {}, nil
 	}
@@ -27,7 +29,7 @@ func serveWorkerMetrics(w *worker.Worker, host string, port int) (func(), error)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	srv := newHTTPServer(mux)
+	srv := newHTTPServer(dashboard.RequireToken(mux, token))
 	go srv.Serve(limitHTTP(ln))
 	slog.Info("worker metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	return func() { srv.Close() }, nil
@@ -45,4 +47,13 @@ func limitHTTP(ln net.Listener) net.Listener { return netutil.LimitListener(ln, 
 func newHTTPServer(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 64 << 10}
+}
+
+// tokenLink is the dashboard link given to clients that presented the token: it carries the
+// token, so that opening it logs the browser in (the page then drops it from the address).
+func tokenLink(dashboardURL, token string) string {
+	if token == "" || dashboardURL == "" {
+		return dashboardURL
+	}
+	return dashboardURL + "?token=" + url.QueryEscape(token)
 }

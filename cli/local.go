@@ -141,7 +141,8 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	base := []string{"worker", "--join", sp.gossip.Addr(), "--host", f.host, "--nthreads", strconv.Itoa(f.nthreads),
 		"--memory-limit", mem, "--python", f.python, "--local-dir", f.localDir, "--log-format", f.logFormat, "--log-level", f.logLevel}
 	base = append(base, f.mem.args()...)
-	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA}} {
+	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA},
+		{"--gossip-key-file", f.gossipKeyFile}, {"--message-timeout", f.messageTimeout.String()}} {
 		if kv[1] != "" {
 			base = append(base, kv[0], kv[1])
 		}

@@ -76,6 +76,10 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 	if err != nil {
 		return nil, err
 	}
+	gkey, err := f.gossipKey(f.host, token)
+	if err != nil {
+		return nil, err
+	}
 	cfg := scheduler.DefaultServerConfig()
 	cfg.Host, cfg.Port, cfg.Token, cfg.TLS, cfg.Logger = f.host, f.port, token, serverTLS, log
 	cfg.MaxClients, cfg.ClientIdleTimeout, cfg.MessageTimeout = f.maxClients, f.clientIdle, f.messageTimeout
@@ -95,8 +99,8 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 			host = "127.0.0.1"
 		}
 		sp.dashboard = fmt.Sprintf("http://%s/", net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)))
-		srv.SetDashboardURL(sp.dashboard)
-		handler, stop, err := httpHandler(srv, log)
+		srv.SetDashboardURL(tokenLink(sp.dashboard, token))
+		handler, stop, err := httpHandler(srv, log, token)
 		if err != nil {
 			ln.Close()
 			srv.Close()
@@ -108,7 +112,7 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 	}
 	mc := member.DefaultConfig()
 	mc.Name = "scheduler@" + srv.Addr()
-	mc.BindAddr, mc.BindPort, mc.Token, mc.Logger = f.host, f.gossipPort, token, log
+	mc.BindAddr, mc.BindPort, mc.Token, mc.Logger = f.host, f.gossipPort, gkey, log
 	mc.Meta = member.Meta{Role: "scheduler", Name: mc.Name, Control: srv.Addr(), HTTP: sp.dashboard, Version: version}
 	sp.gossip, err = member.New(mc)
 	if err != nil {

@@ -164,6 +164,10 @@ func serveWorker(ctx context.Context, f workerFlags) error {
 	if err != nil {
 		return err
 	}
+	gkey, err := f.gossipKey(f.host, cfg.Token)
+	if err != nil {
+		return err
+	}
 	w, err := worker.New(cfg)
 	if err != nil {
 		return err
@@ -179,14 +183,14 @@ func serveWorker(ctx context.Context, f workerFlags) error {
 	if os.Getenv("GOMEMLIMIT") == "" && cfg.ProcessSpillFraction > 0 {
 		debug.SetMemoryLimit(int64(cfg.ProcessSpillFraction * float64(w.MemoryLimit())))
 	}
-	stopMetrics, err := serveWorkerMetrics(w, f.host, f.metricsPort)
+	stopMetrics, err := serveWorkerMetrics(w, f.host, f.metricsPort, cfg.Token)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
 	mc := member.DefaultConfig()
 	mc.Name = "worker@" + w.DataAddr()
-	mc.BindAddr, mc.BindPort, mc.Token, mc.Logger = f.host, f.gossipPort, cfg.Token, cfg.Logger
+	mc.BindAddr, mc.BindPort, mc.Token, mc.Logger = f.host, f.gossipPort, gkey, cfg.Logger
 	mc.Meta = member.Meta{Role: "worker", Name: w.Name(), Data: w.DataAddr(), NThreads: cfg.NThreads, Resources: cfg.Resources, Version: version}
 	g, err := member.New(mc)
 	if err != nil {
