@@ -439,11 +439,13 @@ func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
 			if !ok {
 				return nil, false
 			}
-			m.Items = make([]wire.Item, na)
-			for i := range m.Items {
-				if !r.Item(&m.Items[i]) {
+			m.Items = make([]wire.Item, 0, min(na, 256)) // grows with the items really present
+			for range na {
+				var it wire.Item
+				if !r.Item(&it) {
 					return nil, false
 				}
+				m.Items = append(m.Items, it)
 			}
 		case "shm_free", "shm_drop":
 			ids, ok := readUints(r)

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math"
@@ -209,4 +210,22 @@ func TestPeerBackoff(t *testing.T) {
 	require.NoError(t, p.backoff(cancelled, "b:1"), "other peers are not held back")
 	p.outcome("a:1", nil)
 	require.NoError(t, p.backoff(cancelled, "a:1"), "a success clears the backoff")
+}
+
+// FuzzDecodeExecHeader: whatever an executor sends, the worker's decoder of its headers
+// returns a message or an error, never panics.
+func FuzzDecodeExecHeader(f *testing.F) {
+	done, _ := wire.EncodeHeader(&wire.Msg{Op: wire.OpDone, ID: 3, Items: []wire.Item{{Key: "k", Encoding: wire.EncPickle, NFrames: 1, NBytes: 9}}})
+	f.Add(done)
+	ext, _ := appendExt(done, "seg", []any{[]any{1, 0, 4096}})
+	f.Add(ext)
+	f.Add([]byte{0x83, 0xa2, 'o', 'p', 0xa4, 'd', 'o', 'n', 'e', 0xa5, 'i', 't', 'e', 'm', 's', 0xdd, 0xff, 0xff, 0xff, 0xff})
+	f.Add(append([]byte{0x82, 0xa2, 'o', 'p', 0xa4, 'd', 'o', 'n', 'e', 0xa3, 's', 'e', 'g'}, bytes.Repeat([]byte{0x91}, 500)...))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var x execExt
+		m, err := decodeExecHeaderExt(b, &x)
+		if err == nil && m == nil {
+			t.Fatal("no message and no error")
+		}
+	})
 }

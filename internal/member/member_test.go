@@ -1,6 +1,7 @@
 package member
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -199,4 +200,26 @@ func TestLogAdapter(t *testing.T) {
 	require.Contains(t, buf.String(), "level_memberlist=WARN")
 	require.Contains(t, buf.String(), "level=DEBUG")
 	require.False(t, errors.Is(nil, ErrMetaTooLarge))
+}
+
+// FuzzDecodeMeta: gossip metadata from any member decodes or is refused, never panics.
+func FuzzDecodeMeta(f *testing.F) {
+	b, _ := Meta{Role: RoleWorker, Name: "w", Data: "127.0.0.1:1", NThreads: 2, Resources: map[string]float64{"GPU": 1}}.Encode()
+	f.Add(b)
+	f.Add([]byte(`{"r":"worker","x":{"a":1e999}}`))
+	f.Add([]byte(`[[[[[[[[[[[[[[[[[[[[`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := DecodeMeta(b)
+		if err != nil {
+			return
+		}
+		// what was accepted survives a round trip (or is too large to re-advertise)
+		if enc, err := m.Encode(); err == nil {
+			back, err := DecodeMeta(enc)
+			again, _ := back.Encode()
+			if err != nil || !bytes.Equal(enc, again) {
+				t.Fatalf("round trip of %q: %s → %s (%v)", b, enc, again, err)
+			}
+		}
+	})
 }

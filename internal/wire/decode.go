@@ -583,3 +583,12 @@ func UnmarshalExt(b []byte, v any) error {
 	}
 	return nil
 }
+
+// HeaderFields lists the fields a header may hold (docs/protocol.md), in Msg's order.
+func HeaderFields() []string {
+	out := make([]string, len(msgFields))
+	for i, f := range msgFields {
+		out[i] = f.name
+	}
+	return out
+}

@@ -3,8 +3,12 @@ package wire
 import (
 	"bufio"
 	"bytes"
+	"errors"
+	"fmt"
 	"testing"
 	"testing/iotest"
+
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // FuzzReadFrames feeds arbitrary bytes, whole and split into one-byte reads, to the frame and
@@ -54,6 +58,34 @@ func FuzzHello(f *testing.F) {
 		}
 		if err == nil {
 			CheckHello(h, "tok", RoleClient)
+		}
+	})
+}
+
+// FuzzDecodeAny: a stored msgpack value from a peer decodes or is refused, never panics, and
+// what is accepted is what msgpack.Unmarshal gives.
+func FuzzDecodeAny(f *testing.F) {
+	for _, v := range []any{nil, 1, "s", []any{1, []any{2}}, map[string]any{"a": 1.5}, []byte{1}} {
+		b, _ := msgpack.Marshal(v)
+		f.Add(b)
+	}
+	f.Add([]byte{0xdd, 0xff, 0xff, 0xff, 0xff})
+	f.Add(bytes.Repeat([]byte{0x91}, 1000))
+	f.Add([]byte("\xcb\xff\xff000000")) // a NaN
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, err := DecodeAny(b)
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("error %v is not a protocol error", err)
+			}
+			return
+		}
+		var want any
+		if err := msgpack.Unmarshal(b, &want); err != nil {
+			t.Fatalf("accepted what msgpack refuses (%v): %x", err, b)
+		}
+		if fmt.Sprintf("%#v", want) != fmt.Sprintf("%#v", got) { // (NaN != NaN for DeepEqual)
+			t.Fatalf("decoded %#v, msgpack %#v", got, want)
 		}
 	})
 }

@@ -175,3 +175,10 @@ func ReleaseMsg(m *Msg) {
 
 // EncodeHeader encodes m as a msgpack map holding the fields that are set.
 func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 128), m) }
+
+// Ops lists every op of docs/protocol.md §3.
+var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpReleaseKeys,
+	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply, OpRegister,
+	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
+	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose,
+	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown}

@@ -7,7 +7,9 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"testing"
+	"testing/iotest"
 
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/stretchr/testify/require"
@@ -254,4 +256,30 @@ func TestCheckDialable(t *testing.T) {
 	for _, bad := range []string{"[::]:42683", "0.0.0.0:1", ":80", "127.0.0.1", "127.0.0.1:0", "h:x"} {
 		require.Error(t, CheckDialable(bad), bad)
 	}
+}
+
+// A frame's declared length is not allocated before its bytes arrive: a peer that declares a
+// gigabyte and sends ten bytes costs kilobytes.
+func TestDeclaredFrameIsNotAllocated(t *testing.T) {
+	b := binary.BigEndian.AppendUint32(nil, 2)
+	b = binary.BigEndian.AppendUint64(b, 1)
+	b = binary.BigEndian.AppendUint64(b, 1<<30)
+	b = append(b, 0x80)
+	b = append(b, make([]byte, 10)...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := ReadFrames(bytes.NewReader(b), DefaultLimits())
+	runtime.ReadMemStats(&after)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20))
+	// and a frame that does arrive is read whole across the growth steps
+	payload := make([]byte, 3*growFrom+17)
+	for i := range payload {
+		payload[i] = byte(i * 7)
+	}
+	var buf bytes.Buffer
+	require.NoError(t, WriteFrames(&buf, [][]byte{{0x80}, payload}))
+	frames, err := ReadFrames(iotest.HalfReader(&buf), DefaultLimits())
+	require.NoError(t, err)
+	require.Equal(t, payload, frames[1])
 }
