@@ -24,6 +24,7 @@ type localFlags struct {
 	localDir          string
 	noRestart         bool
 	workerProfile     string
+	dataIdle          time.Duration
 }
 
 func (f *localFlags) register(fs *flag.FlagSet) {
@@ -36,6 +37,7 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.readyFile, "ready-file", "", "write JSON {scheduler, dashboard, gossip, workers} here once every worker has registered")
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for the workers' spilled data")
 	fs.BoolVar(&f.noRestart, "no-restart", false, "do not restart a worker process that dies")
+	fs.DurationVar(&f.dataIdle, "data-idle-timeout", 10*time.Minute, "workers drop a data-port connection silent this long between requests (0: never)")
 	fs.StringVar(&f.workerProfile, "worker-cpu-profile", "", "write a Go CPU profile of each worker process to PREFIX.<worker name>.pprof")
 }
 
@@ -142,7 +144,8 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 		"--memory-limit", mem, "--python", f.python, "--local-dir", f.localDir, "--log-format", f.logFormat, "--log-level", f.logLevel}
 	base = append(base, f.mem.args()...)
 	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA},
-		{"--gossip-key-file", f.gossipKeyFile}, {"--message-timeout", f.messageTimeout.String()}} {
+		{"--gossip-key-file", f.gossipKeyFile}, {"--message-timeout", f.messageTimeout.String()},
+		{"--data-idle-timeout", f.dataIdle.String()}} {
 		if kv[1] != "" {
 			base = append(base, kv[0], kv[1])
 		}

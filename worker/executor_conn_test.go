@@ -2,7 +2,9 @@ package worker
 
 import (
 	"bytes"
+	"encoding/binary"
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 
@@ -131,4 +133,39 @@ func TestExecConnCloseWakesReader(t *testing.T) {
 	c.close()
 	require.ErrorIs(t, <-errc, wire.ErrClosed)
 	require.ErrorIs(t, c.send(&wire.Msg{Op: wire.OpShutdown}), wire.ErrClosed)
+}
+
+// The executor port of the crash matrix: whatever an executor writes (user code shares its
+// process), the worker's reader refuses it with a protocol error or an end of stream, and a
+// declared-but-unsent frame costs nothing before its bytes arrive.
+func TestExecConnHostileExecutor(t *testing.T) {
+	huge := []byte{0xdd, 0xff, 0xff, 0xff, 0xff}
+	pad := bytes.Repeat([]byte{0xc0}, 64)
+	field := func(name string, val []byte) []byte {
+		b := append([]byte{0x82, 0xa2, 'o', 'p', 0xa4, 'd', 'o', 'n', 'e'}, mustPack(t, name)...)
+		return append(append(b, val...), pad...)
+	}
+	cases := map[string][]byte{}
+	for _, f := range []string{"items", "seg", "shm_free", "shm_drop", "keys", "tasks", "zzz"} {
+		cases[f+"/array32"] = field(f, huge)
+		cases[f+"/deep"] = field(f, bytes.Repeat([]byte{0x91}, 1<<16))
+	}
+	for name, hdr := range cases {
+		c, other := socketpair(t)
+		go wire.WriteFrames(other, [][]byte{hdr})
+		_, _, err := c.recv()
+		require.ErrorIs(t, err, wire.ErrProtocol, name)
+	}
+	c, other := socketpair(t)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	b := binary.BigEndian.AppendUint32(nil, 2)
+	b = binary.BigEndian.AppendUint64(b, 1)
+	b = binary.BigEndian.AppendUint64(b, 1<<30)
+	other.Write(append(b, 0x80, 1))
+	other.Close()
+	_, _, err := c.recv()
+	runtime.ReadMemStats(&after)
+	require.Error(t, err)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(8<<20), "a declared GiB was allocated")
 }

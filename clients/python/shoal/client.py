@@ -43,6 +43,7 @@ class _DataConn:
         self.conn = conn
         self.lock = threading.Lock()
         self.ids = itertools.count(1)
+        self.used = False  # a request went through: a failure may be the worker's idle timeout
 
     def request(self, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
                 expect: str = "data") -> tuple[dict[str, Any], list[bytearray]]:
@@ -54,6 +55,7 @@ class _DataConn:
                 reply, out = self.conn.recv()
                 if reply.get("id") not in (rid, None, 0):
                     continue  # a stale answer
+                self.used = True
                 if reply["op"] == "error":
                     raise error_from_wire(reply)
                 if reply["op"] != expect:
@@ -631,10 +633,25 @@ class Client:
         if dc is not None:
             dc.conn.close()
 
+    def _data_request(self, worker: str, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
+                      expect: str = "data") -> tuple[dict[str, Any], list[bytearray]]:
+        """One request on the pooled data connection to ``worker``. A pooled connection that
+        served before may have been closed by the worker's idle timeout: then the request is
+        sent once more on a new connection."""
+        while True:
+            dc = self._data_conn(worker)
+            try:
+                return dc.request(header, frames, expect=expect)
+            except (CommClosedError, ConnectionError, OSError):
+                self._drop_data_conn(worker)
+                if not dc.used:
+                    raise
+                logger.debug("shoal: pooled data connection to %s was closed; reconnecting", worker)
+
     def _get_data(self, worker: str, keys: list[str]) -> dict[str, Any]:
         """Values of ``keys`` held by ``worker`` (keys it does not have are left out)."""
         try:
-            reply, frames = self._data_conn(worker).request({"op": "get_data", "keys": keys})
+            reply, frames = self._data_request(worker, {"op": "get_data", "keys": keys})
         except (CommClosedError, TimeoutError, ConnectionError, OSError) as exc:
             logger.info("shoal: fetching from %s failed: %s", worker, exc)
             self._drop_data_conn(worker)
@@ -709,7 +726,7 @@ class Client:
             enc, fr = _serialize.encode(value)
             headers.append({"key": key, "encoding": enc, "nframes": len(fr), "nbytes": _serialize.nbytes(fr)})
             frames.extend(fr)
-        self._data_conn(worker).request({"op": "put_data", "items": headers}, frames, expect="put_ok")
+        self._data_request(worker, {"op": "put_data", "items": headers}, frames, expect="put_ok")
         with self._lock:
             self._send({"op": "scatter", "items": headers, "worker": worker})
 

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import weakref
 from pathlib import Path
 from typing import IO, Any, Optional, Union
@@ -216,7 +217,10 @@ class LocalCluster:
 
     @property
     def dashboard_link(self) -> str:
-        """The dashboard URL ("" when disabled)."""
+        """The dashboard URL ("" when disabled). With a token it carries the token, so that
+        opening it logs the browser in (the dashboard then drops it from the address)."""
+        if self._dashboard and self.token:
+            return f"{self._dashboard}?token={urllib.parse.quote(self.token)}"
         return self._dashboard
 
     def logs(self, tail: Optional[int] = None) -> str:

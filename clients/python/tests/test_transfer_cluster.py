@@ -63,3 +63,22 @@ def test_large_values_cross_workers(client: Client) -> None:
         del a, t, ua, ut
     if os.path.exists("/proc/self/maps"):
         assert window_mappings() <= 8, "windows are reused, not made per value"
+
+
+def test_pooled_data_connection_outlives_the_worker_idle_timeout() -> None:
+    """A worker closes data connections idle past --data-idle-timeout; the client's pooled one
+    is then replaced on its next use, so scatter and gather keep working."""
+    import time
+
+    from shoal import LocalCluster
+
+    with LocalCluster(n_workers=1, dashboard_port=None, extra_args=["--data-idle-timeout", "500ms"]) as cluster, \
+            Client(cluster) as client:
+        first = client.scatter(np.arange(1000))
+        assert first.result().sum() == 499500
+        time.sleep(1.5)  # the worker has closed the pooled connection by now
+        second = client.scatter(np.ones(10))  # put_data on the stale connection
+        assert second.result().sum() == 10
+        time.sleep(1.5)
+        assert first.result().sum() == 499500  # get_data on the stale connection
+        assert [x.sum() for x in client.gather([first, second])] == [499500, 10]
