@@ -82,9 +82,11 @@ demo: build venv
 demo-go: build venv
 	./$(BIN) demo --workers 2 --python $(CURDIR)/$(VPY) --log-level warn
 
+# Go's linters: vet, gofmt and staticcheck (a tool dependency pinned in go.mod: `go tool`).
 lint: build
 	$(GO) vet ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
+	$(GO) tool staticcheck ./...
 
 # Python's linter (its rules are in pyproject.toml, [tool.ruff]).
 lint-python: venv

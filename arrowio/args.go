@@ -129,23 +129,6 @@ func asInt(v any) (int64, bool) {
 	return 0, false
 }
 
-func (a *args) float(i int, name string) float64 {
-	if !a.has(i) {
-		return 0
-	}
-	switch v := a.vals[i].(type) {
-	case float64:
-		return v
-	case float32:
-		return float64(v)
-	}
-	n, ok := asInt(a.vals[i])
-	if !ok {
-		a.fail(i, name, "a number", a.vals[i])
-	}
-	return float64(n)
-}
-
 func (a *args) str(i int, name string) string {
 	if !a.has(i) {
 		return ""

@@ -464,8 +464,6 @@ func (c *Core) storyOf(id int32) []Story {
 
 // ---- wants ----
 
-func (c *Core) wantedBy(id int32) bool { return c.tasks[id].want >= 0 }
-
 func (c *Core) addWant(id int32, cl ClientID) {
 	t := &c.tasks[id]
 	switch {

@@ -352,10 +352,3 @@ func (fc *fakeCluster) check() {
 		fc.t.Fatalf("seed %d: %d tasks alive after releasing everything", fc.seed, st.TasksAlive)
 	}
 }
-
-func formatAny(v any) string {
-	if a, ok := v.(Action); ok {
-		return formatAction(a)
-	}
-	return fmt.Sprintf("%T%+v", v, v)
-}

@@ -98,9 +98,8 @@ func runScenario(t *testing.T, path string) {
 }
 
 type scenario struct {
-	cfg     CoreConfig
-	core    *Core
-	batches [][]graph.Task
+	cfg  CoreConfig
+	core *Core
 }
 
 func (r *scenario) c() *Core {

@@ -274,7 +274,7 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 		p.mu.Lock()
 		delete(p.mu.all, ex)
 		p.mu.Unlock()
-		return nil, fmt.Errorf("Python executor (pid %d) did not start: %w (%s)", ex.pid, err, cmd.ProcessState)
+		return nil, fmt.Errorf("the Python executor (pid %d) did not start: %w (%s)", ex.pid, err, cmd.ProcessState)
 	}
 	p.w.log.Info("Python executor started", "pid", ex.pid)
 	return ex, nil

@@ -74,6 +74,7 @@ type execWindows struct {
 // shmPlacement says where the executor finds payload frame Frame: bytes [0, Len) of window
 // Window.
 type shmPlacement struct {
+	//lint:ignore U1000 msgpack reads this field's tag (encode as an array)
 	_msgpack struct{} `msgpack:",as_array"`
 	Frame    int
 	Window   uint64
@@ -83,6 +84,7 @@ type shmPlacement struct {
 // shmNew introduces a window; its descriptor travels with the message (SCM_RIGHTS), in the
 // order of these entries.
 type shmNew struct {
+	//lint:ignore U1000 msgpack reads this field's tag (encode as an array)
 	_msgpack struct{} `msgpack:",as_array"`
 	Window   uint64
 	Size     int64
@@ -284,6 +286,7 @@ func decodeExt(hdr []byte) (execExt, error) {
 // runSegPlace says where the executor finds payload frame Frame of a run: bytes [Off,
 // Off+Len) of the N-th segment passed with the message (after the windows of shm_new).
 type runSegPlace struct {
+	//lint:ignore U1000 msgpack reads this field's tag (encode as an array)
 	_msgpack struct{} `msgpack:",as_array"`
 	Frame    int
 	N        int

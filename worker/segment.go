@@ -41,6 +41,7 @@ type Segment struct {
 
 // segPlace says where frame Frame of a value is in its segment: bytes [Off, Off+Len).
 type segPlace struct {
+	//lint:ignore U1000 msgpack reads this field's tag (encode as an array)
 	_msgpack struct{} `msgpack:",as_array"`
 	Frame    int
 	Off      int64

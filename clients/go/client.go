@@ -39,9 +39,8 @@ type Client struct {
 		nextID  uint64
 		err     error
 	}
-	data    *dataPool
-	done    chan struct{}
-	readErr error
+	data *dataPool
+	done chan struct{}
 }
 
 type keyState struct {

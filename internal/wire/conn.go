@@ -42,9 +42,8 @@ type Conn struct {
 		err     error
 		closed  bool
 	}
-	wake    chan struct{}
-	done    chan struct{}
-	flushed chan struct{}
+	wake chan struct{}
+	done chan struct{}
 }
 
 func newConn(nc net.Conn, lim Limits, role Role) *Conn {

@@ -1,12 +1,10 @@
 package wire
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 )
 
 // Limits bound the messages a peer may send. A declared length is never allocated up front
@@ -167,15 +165,4 @@ func WriteFrames(w io.Writer, frames [][]byte) error {
 		}
 	}
 	return nil
-}
-
-// writeFramesVectored flushes bw and writes large frames with writev, avoiding a copy.
-func writeFramesVectored(bw *bufio.Writer, c net.Conn, frames [][]byte) error {
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	bufs := net.Buffers{frameHeader(frames)}
-	bufs = append(bufs, frames...)
-	_, err := bufs.WriteTo(c)
-	return err
 }
