@@ -618,6 +618,9 @@ func (s *Server) removeWorker(w *workerConn, reason string, graceful bool) {
 	delete(s.byAddr, w.info.Address)
 	delete(s.byName, w.info.Name)
 	w.conn.Abort()
+	for _, o := range s.workers { // cut it off: their fetches from it end now, not at a timeout
+		s.queue(o.conn, &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason})
+	}
 	s.log.Info("worker left", "worker", w.info.Name, "reason", reason, "graceful", graceful)
 	s.obs.cluster(dashboard.Event{Kind: dashboard.EventWorkerLeft, Worker: w.info.Address, Name: w.info.Name, Reason: reason})
 	s.handle(EvWorkerLeft{Worker: w.id, Reason: reason, Graceful: graceful})

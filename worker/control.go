@@ -105,6 +105,10 @@ func (w *Worker) recvLoop(conn *wire.Conn) error {
 		case wire.OpStealRequest:
 			w.handleSteal(m.Key)
 			wire.ReleaseMsg(m)
+		case wire.OpPeerGone:
+			w.log.Debug("a peer left the cluster", "peer", m.Worker, "reason", m.Reason)
+			w.PeerGone(m.Worker)
+			wire.ReleaseMsg(m)
 		case wire.OpClose:
 			w.log.Info("scheduler asked to close", "reason", m.Reason)
 			return errSchedulerClose

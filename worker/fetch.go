@@ -86,9 +86,9 @@ func (w *Worker) pumpFetchesLocked() {
 	}
 }
 
-// PeerGone tells the worker that the peer serving data at addr left the cluster (gossip said
-// so): fetches from it in flight are cancelled at once, and queued ones try other holders or
-// are reported missing, instead of waiting for timeouts.
+// PeerGone tells the worker that the peer serving data at addr left the cluster (the scheduler
+// removed it, or gossip said so): fetches from it in flight are cancelled at once, and queued
+// ones try other holders or are reported missing, instead of waiting for timeouts.
 func (w *Worker) PeerGone(addr string) {
 	w.peers.gone(addr)
 	w.mu.Lock()

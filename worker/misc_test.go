@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -228,4 +229,41 @@ func FuzzDecodeExecHeader(f *testing.F) {
 			t.Fatal("no message and no error")
 		}
 	})
+}
+
+// A fetch from a peer that hangs (accepts, handshakes, never answers) ends the moment the
+// scheduler says that peer is gone, with the cause, not after the peer timeout.
+func TestPeerGoneCancelsFetchInFlight(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	asked := make(chan struct{}, 1)
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				c, err := wire.Accept(nc, "", wire.DefaultLimits(), wire.RolePeer)
+				if err != nil {
+					return
+				}
+				c.Recv() // the get_data, never answered
+				asked <- struct{}{}
+				c.Recv()
+			}()
+		}
+	}()
+	s := newFakeSched(t, "")
+	_, sc, _, _ := s.startWorker(testConfig(t))
+	hung := ln.Addr().String()
+	sc.send(goTaskDeps("consumer", "identity", 0, []wire.Dep{{Key: "far", WhoHas: []string{hung}, NBytes: 8}}, ref("far")))
+	<-asked
+	sc.send(&wire.Msg{Op: wire.OpPeerGone, Worker: hung, Reason: "test"})
+	m := sc.expect(wire.OpMissingData)
+	require.Equal(t, "far", m.Key)
+	require.Equal(t, hung, m.Worker)
+	require.Contains(t, m.Message, "left the cluster")
 }

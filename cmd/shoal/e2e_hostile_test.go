@@ -179,8 +179,9 @@ func TestE2ECrashMatrix(t *testing.T) {
 
 	can.stop()
 	attack := can.latencies()
-	t.Logf("canary: %d graphs, latency p50/p99 idle %v/%v, under attack %v/%v", can.count(),
-		pct(idleLat, 50), pct(idleLat, 99), pct(attack, 50), pct(attack, 99))
+	t.Logf("canary: %d graphs idle, %d under attack; latency p50/p99 idle %v/%v, under attack %v/%v",
+		len(idleLat), len(attack), pct(idleLat, 50), pct(idleLat, 99), pct(attack, 50), pct(attack, 99))
+	t.Logf("scheduler RSS idle %d MiB, now %d MiB, peak %d MiB", idle>>20, rssOf(t, sched)>>20, peakRSSOf(t, sched)>>20)
 	healthy(t, "the end")
 }
 
@@ -361,9 +362,8 @@ func (cn *canary) latencies() []time.Duration {
 	return out
 }
 
-func (cn *canary) failures() int { cn.mu.Lock(); defer cn.mu.Unlock(); return cn.fails }
+func (cn *canary) failures() int  { cn.mu.Lock(); defer cn.mu.Unlock(); return cn.fails }
 func (cn *canary) lastErr() error { cn.mu.Lock(); defer cn.mu.Unlock(); return cn.err }
-func (cn *canary) count() int     { cn.mu.Lock(); defer cn.mu.Unlock(); return len(cn.lat) }
 
 func pct(d []time.Duration, p int) time.Duration {
 	if len(d) == 0 {
@@ -374,18 +374,22 @@ func pct(d []time.Duration, p int) time.Duration {
 	return s[min(len(s)-1, len(s)*p/100)]
 }
 
-// rssOf is a process's resident set size in bytes.
-func rssOf(t *testing.T, pid int) int64 {
+// rssOf is a process's resident set size in bytes; peakRSSOf its highest so far.
+func rssOf(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmRSS:") }
+
+func peakRSSOf(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmHWM:") }
+
+func procStatus(t *testing.T, pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	require.NoError(t, err)
 	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(l, field); ok {
 			var kb int64
 			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &kb)
 			return kb << 10
 		}
 	}
-	t.Fatalf("no VmRSS for %d", pid)
+	t.Fatalf("no %s for %d", field, pid)
 	return 0
 }
 
