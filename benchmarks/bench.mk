@@ -1,6 +1,6 @@
 # Benchmarks: Shoal vs dask.distributed on this machine (included from the top-level Makefile).
 #
-#   make bench        full suite, 3 repetitions per workload and system (tens of minutes; not in CI)
+#   make bench        full suite, 3 repetitions per workload and system (10–16 minutes here; not in CI)
 #   make bench-smoke  every workload at tiny size, results checked (under 2 minutes; part of make test)
 #
 # Options: make bench BENCH_ARGS="--only map,chain --reps 5"
@@ -23,7 +23,7 @@ bench: build venv benchmarks/.deps benchmarks/bin/shoalbench
 	$(VPY) benchmarks/run.py $(BENCH_ARGS)
 
 bench-smoke: build venv benchmarks/.deps benchmarks/bin/shoalbench
-	$(VPY) benchmarks/run.py --smoke $(BENCH_ARGS)
+	$(VPY) benchmarks/run.py --smoke --no-save $(BENCH_ARGS)
 
 # Go micro-benchmarks of the hot paths, plus the end-to-end ones under benchmarks/.
 bench-go: build

@@ -87,7 +87,7 @@ var metricDescs = func() []metricDesc {
 		d("shm_segment_bytes", "Bytes of the shared-memory segments holding results (part of memory_bytes).", g, func(m *Metrics) float64 { return float64(m.SegmentBytes) }),
 		d("spilled_bytes", "Result bytes spilled to disk.", g, func(m *Metrics) float64 { return float64(m.Spilled) }),
 		d("process_memory_bytes", "Memory resident in the worker process and its Python executors, plus its shared-memory segments (-1: unknown).", g, func(m *Metrics) float64 { return float64(m.ProcessMemory) }),
-		d("memory_limit_bytes", "Memory budget of the result store.", g, func(m *Metrics) float64 { return float64(m.MemoryLimit) }),
+		d("memory_limit_bytes", "Memory limit of the whole worker: its process and its Python executors.", g, func(m *Metrics) float64 { return float64(m.MemoryLimit) }),
 		d("keys", "Results held.", g, func(m *Metrics) float64 { return float64(m.Keys) }),
 		d("executing", "Tasks running now.", g, func(m *Metrics) float64 { return float64(m.Executing) }),
 		d("ready", "Tasks waiting for a thread.", g, func(m *Metrics) float64 { return float64(m.Ready) }),
