@@ -7,8 +7,6 @@ import (
 	"errors"
 	"net"
 	"net/url"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -21,10 +19,7 @@ import (
 // Every kind of bad input gets a clear error to its sender, and the cluster keeps serving a
 // well-behaved client afterwards.
 func TestE2EBadInput(t *testing.T) {
-	tokFile := filepath.Join(t.TempDir(), "token")
-	require.NoError(t, os.WriteFile(tokFile, []byte("s3cret\n"), 0o600))
-	c := startCluster(t, 2, "--token-file", tokFile)
-	c.token = "s3cret"
+	c := startTokenCluster(t, 2)
 	good := c.connect(t)
 	ctx := ctxT(t, 90*time.Second)
 	infos, err := good.Info(ctx)

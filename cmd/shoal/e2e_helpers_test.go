@@ -91,6 +91,17 @@ func startCluster(t testing.TB, workers int, extra ...string) *testCluster {
 	}
 }
 
+// startTokenCluster is startCluster with --token-file: every connection, gossip and the
+// dashboard need the token "s3cret", which c.connect presents.
+func startTokenCluster(t testing.TB, workers int, extra ...string) *testCluster {
+	t.Helper()
+	tokFile := filepath.Join(t.TempDir(), "token")
+	require.NoError(t, os.WriteFile(tokFile, []byte("s3cret\n"), 0o600))
+	c := startCluster(t, workers, append([]string{"--token-file", tokFile}, extra...)...)
+	c.token = "s3cret"
+	return c
+}
+
 // stop sends SIGTERM and checks that `shoal local` exits cleanly and leaves no worker behind.
 func (c *testCluster) stop(t testing.TB) {
 	if c.cmd.ProcessState != nil {

@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -30,10 +29,7 @@ import (
 // the scheduler's memory stays near its idle size, and a canary client keeps getting correct
 // results.
 func TestE2ECrashMatrix(t *testing.T) {
-	tokFile := filepath.Join(t.TempDir(), "token")
-	require.NoError(t, os.WriteFile(tokFile, []byte("s3cret\n"), 0o600))
-	c := startCluster(t, 2, "--token-file", tokFile)
-	c.token = "s3cret"
+	c := startTokenCluster(t, 2)
 	good := c.connect(t)
 	ctx := ctxT(t, 5*time.Minute)
 	infos, err := good.Info(ctx)

@@ -135,16 +135,11 @@ func forgedDead(t *testing.T, node string) []byte {
 func TestE2EForgedGossipDatagram(t *testing.T) {
 	for _, withToken := range []bool{false, true} {
 		t.Run(fmt.Sprintf("token=%v", withToken), func(t *testing.T) {
-			var extra []string
+			start := startCluster
 			if withToken {
-				tokFile := filepath.Join(t.TempDir(), "token")
-				require.NoError(t, os.WriteFile(tokFile, []byte("s3cret\n"), 0o600))
-				extra = []string{"--token-file", tokFile}
+				start = startTokenCluster
 			}
-			c := startCluster(t, 1, extra...)
-			if withToken {
-				c.token = "s3cret"
-			}
+			c := start(t, 1)
 			cl := c.connect(t)
 			ctx := ctxT(t, time.Minute)
 			infos, err := cl.Info(ctx)
@@ -178,9 +173,7 @@ func TestE2EForgedGossipDatagram(t *testing.T) {
 // With a token the dashboard, its API and /metrics need it (a bearer header or the login
 // cookie); /health does not.
 func TestE2EDashboardAuth(t *testing.T) {
-	tokFile := filepath.Join(t.TempDir(), "token")
-	require.NoError(t, os.WriteFile(tokFile, []byte("s3cret\n"), 0o600))
-	c := startCluster(t, 1, "--token-file", tokFile)
+	c := startTokenCluster(t, 1)
 	get := func(path, bearer string) *http.Response {
 		req, err := http.NewRequest("GET", c.Dashboard+strings.TrimPrefix(path, "/"), nil)
 		require.NoError(t, err)

@@ -103,7 +103,8 @@ class ProcCluster:
 
     def metric(self, worker: str, name: str) -> float:
         url = f"http://127.0.0.1:{self.metrics_port[worker]}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as r:
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
             text = r.read().decode()
         m = re.search(rf"^shoal_worker_{name} (\S+)$", text, re.M)
         assert m, f"no metric shoal_worker_{name} at {url}"
