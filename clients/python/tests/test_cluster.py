@@ -332,22 +332,25 @@ def test_map_split_into_many_messages_keeps_results(client: Client, monkeypatch:
 
 
 def hold_then_sum(*arrays: Any) -> float:
-    time.sleep(2)  # keep the inputs alive in the executor while the monitor (every 50 ms) looks
-    return float(sum(a.sum() for a in arrays))
+    held = np.stack(arrays)  # the executor's own copy of every input, on top of the stored ones
+    time.sleep(2)  # keep it alive while the memory monitor (every 50 ms) looks
+    return float(held.sum())
 
 
 def test_memory_limit_counts_the_executor() -> None:
-    # 8 × 32 MiB results = 256 MiB: under the store's own target (0.6 × 600 MiB = 360 MiB),
-    # but while the last task holds all of them in the executor as well, the worker process
-    # and its executor together are above the spill threshold (0.7 × 600 MiB), so the memory
-    # monitor must spill results even though the store alone never asked for it.
+    # 6 × 32 MiB results = 192 MiB: under the store's own target (0.6 × 600 MiB = 360 MiB),
+    # but while the last task holds a copy of all of them in the executor, the worker and its
+    # executor together (192 MiB stored + 192 MiB copied + the processes themselves) are above
+    # the spill threshold (0.7 × 600 MiB = 420 MiB), so the memory monitor must spill results
+    # even though the store alone never asked for it. (With 8 results and no copy the margin
+    # was the executor's own size, and under load the monitor sometimes stayed under.)
     n = 4 << 20  # float64 values per array: 32 MiB
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="600MiB",
                       dashboard_port=None) as cluster, Client(cluster) as client:
-        parts = [client.submit(np.full, n, float(i), pure=False) for i in range(8)]
+        parts = [client.submit(np.full, n, float(i), pure=False) for i in range(6)]
         wait(parts, timeout=60)
         total = client.submit(hold_then_sum, *parts, pure=False)
-        assert total.result(timeout=60) == float(sum(i * n for i in range(8)))
+        assert total.result(timeout=60) == float(sum(i * n for i in range(6)))
         deadline = time.monotonic() + 10  # spill figures arrive with the next heartbeat
         spilled = 0
         while time.monotonic() < deadline and not spilled:
