@@ -217,7 +217,7 @@ func (c *Core) missingData(e *EvMissingData) {
 	if e.Cause != "" && t.fetchFails < 255 { // a transfer that failed, not a value gone (lineage)
 		t.fetchFails++
 	}
-	if int(t.fetchFails) >= c.cfg.FetchFailureLimit {
+	if e.Cause != "" && int(t.fetchFails) >= c.cfg.FetchFailureLimit {
 		// a value that cannot be moved (a peer that cannot be reached, a value that cannot
 		// be sent) is not recomputed and fetched again forever: its consumers there fail
 		err := wire.Errorf(wire.CodeFetchFailed, fmt.Sprintf("dependency %s could not be fetched after %d tries; last cause: %s",

@@ -373,6 +373,11 @@ func (s *Server) readWorker(c *wire.Conn) {
 		c.SendError(m.ID, wire.CodeProtocol, "a worker must first send register with data_addr and nthreads > 0")
 		return
 	}
+	if addr, ok := wire.ResolveWildcard(m.DataAddr, c.RemoteAddr()); ok {
+		s.log.Info("a worker advertised a wildcard data address: using the address it connects from",
+			"advertised", m.DataAddr, "using", addr)
+		m.DataAddr = addr
+	}
 	if err := wire.CheckDialable(m.DataAddr); err != nil {
 		s.log.Warn("refused a worker's registration", "remote", c.RemoteAddr().String(), "err", err)
 		c.SendError(m.ID, wire.CodeProtocol, "register: data_addr: "+err.Error())

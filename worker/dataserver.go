@@ -90,15 +90,16 @@ func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, hdr []byte, frames [][]
 			c.SendError(m.ID, wire.CodeProtocol, "get_data carries no payload frames")
 			return false
 		}
-		var x getDataExt
-		if bytes.Contains(hdr, []byte("shm")) {
-			if err := wire.UnmarshalExt(hdr, &x); err != nil {
+		offer := false
+		if shmEnabled && c.PeerRole == wire.RolePeer && bytes.Contains(hdr, []byte("shm")) {
+			x, err := decodeGetDataExt(hdr)
+			if err != nil {
 				c.SendError(m.ID, wire.CodeProtocol, "bad get_data header: "+err.Error())
 				return false
 			}
+			// descriptors only for workers (authenticated by the handshake) on this machine
+			offer = x.SHM == 1 && x.Host != "" && x.Host == hostID()
 		}
-		// descriptors only for workers (authenticated by the handshake) on this machine
-		offer := shmEnabled && x.SHM == 1 && c.PeerRole == wire.RolePeer && x.Host != "" && x.Host == hostID()
 		return w.serveGet(c, m, offer) == nil
 	case wire.OpPutData:
 		if c.PeerRole != wire.RoleClient {
@@ -118,8 +119,32 @@ func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, hdr []byte, frames [][]
 
 // getDataExt is get_data's capability to take segment descriptors (docs/protocol.md §3.4).
 type getDataExt struct {
-	SHM  int    `msgpack:"shm"`      // 1: the requester opens segments through /proc
-	Host string `msgpack:"shm_host"` // the requester's boot id: only a peer on this machine can
+	SHM  int64  // shm: 1 when the requester opens segments through /proc
+	Host string // shm_host: the requester's boot id: only a peer on this machine can
+}
+
+// decodeGetDataExt reads the fields shm and shm_host of a get_data header.
+func decodeGetDataExt(hdr []byte) (getDataExt, error) {
+	var x getDataExt
+	for _, f := range []string{"shm", "shm_host"} {
+		raw, ok, err := wire.RawField(hdr, f)
+		if err != nil {
+			return x, err
+		}
+		if !ok {
+			continue
+		}
+		r := wire.NewReader(raw)
+		if f == "shm" {
+			x.SHM, ok = r.Int()
+		} else {
+			x.Host, ok = r.Str()
+		}
+		if !ok {
+			return x, fmt.Errorf("field %q: %w", f, r.Err())
+		}
+	}
+	return x, nil
 }
 
 // serveGet answers get_data with the values held here; frames go out straight from the

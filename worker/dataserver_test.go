@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
@@ -216,4 +217,21 @@ func TestGetDataOverFrameLimit(t *testing.T) {
 	}
 	_, err = dst.peers.getData(context.Background(), src.DataAddr(), []string{"huge"})
 	require.ErrorContains(t, err, "over the limits of 8 frames")
+}
+
+// A pooled connection the peer closed while it sat idle (its data-idle timeout) is replaced
+// on the next fetch, which succeeds: an idle cluster's first fetch does not fail.
+func TestPooledConnectionClosedByPeer(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.DataIdleTimeout = 100 * time.Millisecond
+	src := newTestWorker(t, cfg)
+	dst := newTestWorker(t, testConfig(t))
+	src.Store().Put("v", wire.EncBytes, [][]byte{[]byte("value")}, nil)
+	for range 3 {
+		got, err := dst.peers.getData(context.Background(), src.DataAddr(), []string{"v"})
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		require.Equal(t, []byte("value"), got[0].frames[0])
+		time.Sleep(300 * time.Millisecond) // src closes the pooled connection meanwhile
+	}
 }

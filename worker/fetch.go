@@ -3,7 +3,6 @@ package worker
 import (
 	"bufio"
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -22,9 +21,21 @@ type fetch struct {
 	nbytes     int64
 	holders    []string // peers still to try, in the scheduler's order
 	tried      []string // peers that did not supply it
-	cause      string   // why the last try failed
+	causes     []string // for each of tried, why its transfer failed ("": it did not hold the value)
+	busy       int      // tries refused as busy (the peer had no connection to spare)
 	dependents map[string]struct{}
 	inFlight   bool
+}
+
+// maxBusyTries bounds how often a fetch is retried from a peer that refuses connections as
+// busy (with backoff between tries, about a minute in all) before that counts as a failure.
+const maxBusyTries = 16
+
+// untried records that peer did not supply f (cause "": it did not hold it).
+func (f *fetch) untried(peer, cause string) {
+	f.holders = slices.DeleteFunc(f.holders, func(h string) bool { return h == peer })
+	f.tried = append(f.tried, peer)
+	f.causes = append(f.causes, cause)
 }
 
 // needLocked registers that ts waits for dep, which dep.WhoHas may supply.
@@ -95,9 +106,7 @@ func (w *Worker) PeerGone(addr string) {
 	defer w.mu.Unlock()
 	for _, f := range w.mu.fetches {
 		if !f.inFlight && slices.Contains(f.holders, addr) {
-			f.holders = slices.DeleteFunc(f.holders, func(h string) bool { return h == addr })
-			f.tried = append(f.tried, addr)
-			f.cause = errPeerGone.Error()
+			f.untried(addr, "") // gone, like its values: lineage recomputes them
 		}
 	}
 	w.pumpFetchesLocked()
@@ -109,7 +118,7 @@ func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64) {
 	for i, f := range batch {
 		keys[i] = f.key
 	}
-	got, err := w.peers.getData(w.peers.context(peer), peer, keys)
+	got, err := w.peers.getDataSized(w.peers.context(peer), peer, keys, declared)
 	w.peers.outcome(peer, err)
 	if err != nil {
 		w.log.Warn("fetching from peer failed", "peer", peer, "keys", len(keys), "err", err)
@@ -146,11 +155,13 @@ func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64) {
 			w.arrivedLocked(f)
 			continue
 		}
-		f.holders = slices.DeleteFunc(f.holders, func(h string) bool { return h == peer })
-		f.tried = append(f.tried, peer)
-		f.cause = "" // the peer does not hold it: a value gone, which lineage recomputes
-		if err != nil {
-			f.cause = err.Error()
+		switch {
+		case isBusy(err) && f.busy < maxBusyTries:
+			f.busy++ // the peer is fine but full: ask it again, after the backoff
+		case err == nil, errors.Is(err, errPeerGone):
+			f.untried(peer, "") // it does not hold the value, or is gone: lineage recomputes it
+		default:
+			f.untried(peer, err.Error())
 		}
 		if len(f.dependents) == 0 {
 			w.forgetFetchLocked(f)
@@ -184,19 +195,18 @@ func (w *Worker) arrivedLocked(f *fetch) {
 func (w *Worker) fetchFailedLocked(f *fetch) {
 	w.stats.fetchFailures.Add(1)
 	delete(w.mu.fetches, f.key)
-	tried := f.tried
-	if len(tried) == 0 {
-		tried = []string{""}
+	if len(f.tried) == 0 {
+		w.send(&wire.Msg{Op: wire.OpMissingData, Key: f.key})
 	}
-	for _, peer := range tried {
-		w.send(&wire.Msg{Op: wire.OpMissingData, Key: f.key, Worker: peer, Message: f.cause})
+	for i, peer := range f.tried {
+		w.send(&wire.Msg{Op: wire.OpMissingData, Key: f.key, Worker: peer, Message: f.causes[i]})
 	}
 	for k := range f.dependents {
 		if ts := w.mu.tasks[k]; ts != nil && ts.state == stateFetching {
 			w.dropTaskLocked(ts)
 		}
 	}
-	w.log.Warn("dependency could not be fetched", "key", f.key, "tried", f.tried, "cause", cmp.Or(f.cause, "not held"))
+	w.log.Warn("dependency could not be fetched", "key", f.key, "tried", f.tried, "causes", f.causes)
 }
 
 // received is one value from a data message.
@@ -213,7 +223,7 @@ type peerPool struct {
 	bufs *bufPool
 	mu   struct {
 		sync.Mutex
-		idle   map[string][]*peerConn
+		idle   map[string][]idleConn
 		seq    uint64
 		closed bool
 		noShm  map[string]bool // peers whose segments could not be opened: ask them for bytes
@@ -229,6 +239,12 @@ type peerCtx struct {
 
 // errPeerGone is the cause of requests cut off because their peer left the cluster.
 var errPeerGone = errors.New("the peer left the cluster")
+
+// isBusy tells a peer that refused the connection for want of a free one (status busy).
+func isBusy(err error) bool {
+	var herr *wire.HandshakeError
+	return errors.As(err, &herr) && herr.Status == wire.StatusBusy
+}
 
 // context is the context of requests to addr: the worker's, cancelled early by gone(addr).
 func (p *peerPool) context(addr string) context.Context {
@@ -247,14 +263,15 @@ func (p *peerPool) gone(addr string) {
 	p.mu.Lock()
 	pc, ok := p.mu.ctxs[addr]
 	delete(p.mu.ctxs, addr)
+	delete(p.mu.failed, addr)
 	idle := p.mu.idle[addr]
 	delete(p.mu.idle, addr)
 	p.mu.Unlock()
 	if ok {
 		pc.cancel(errPeerGone)
 	}
-	for _, c := range idle {
-		c.close()
+	for _, ic := range idle {
+		ic.c.close()
 	}
 }
 
@@ -282,7 +299,7 @@ func retryDelay(n int) time.Duration {
 func (p *peerPool) outcome(addr string, err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err == nil || errors.Is(err, context.Canceled) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, errPeerGone) {
 		delete(p.mu.failed, addr)
 		return
 	}
@@ -305,7 +322,7 @@ func (p *peerPool) backoff(ctx context.Context, addr string) error {
 	case <-t.C:
 		return nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return context.Cause(ctx)
 	}
 }
 
@@ -326,35 +343,51 @@ var peerIdleTimeout = 60 * time.Second
 
 func newPeerPool(w *Worker) *peerPool {
 	p := &peerPool{w: w, bufs: newBufPool(poolBytesFor(w.cfg.MemoryLimit))}
-	p.mu.idle = make(map[string][]*peerConn)
+	p.mu.idle = make(map[string][]idleConn)
 	p.mu.noShm = make(map[string]bool)
 	p.mu.failed = make(map[string]peerFailures)
 	p.mu.ctxs = make(map[string]peerCtx)
 	return p
 }
 
-func (p *peerPool) get(ctx context.Context, addr string) (*peerConn, uint64, error) {
+// idleConn is a pooled connection and since when it has been idle.
+type idleConn struct {
+	c     *peerConn
+	since time.Time
+}
+
+// maxPooledIdle: a pooled connection idle this long is closed rather than reused; peers drop
+// connections idle for --data-idle-timeout (10 min), and a pool need not hold them that long.
+const maxPooledIdle = time.Minute
+
+// get returns a connection to addr: a pooled one unless fresh (pooled tells which), or a new
+// one, after the backoff if addr failed lately.
+func (p *peerPool) get(ctx context.Context, addr string, fresh bool) (c *peerConn, id uint64, pooled bool, err error) {
 	p.mu.Lock()
 	p.mu.seq++
-	id := p.mu.seq
-	if conns := p.mu.idle[addr]; len(conns) > 0 {
-		c := conns[len(conns)-1]
-		p.mu.idle[addr] = conns[:len(conns)-1]
+	id = p.mu.seq
+	conns := p.mu.idle[addr]
+	if n := len(conns); n > 0 && !fresh && time.Since(conns[n-1].since) < maxPooledIdle {
+		p.mu.idle[addr] = conns[:n-1]
 		p.mu.Unlock()
-		return c, id, nil
+		return conns[n-1].c, id, true, nil
 	}
+	delete(p.mu.idle, addr) // the most recently used one is stale (or unwanted): all are
 	p.mu.Unlock()
+	for _, ic := range conns {
+		ic.c.close()
+	}
 	if err := p.backoff(ctx, addr); err != nil {
-		return nil, id, err
+		return nil, id, false, err
 	}
 	cfg := p.w.cfg
 	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
-	c, err := dialPeer(dctx, addr, cfg.Token, cfg.ClientTLS, cfg.limits())
+	c, err = dialPeer(dctx, addr, cfg.Token, cfg.ClientTLS, cfg.limits())
 	if err != nil && ctx.Err() == nil && dctx.Err() != nil {
 		err = fmt.Errorf("connecting to peer %s: no answer within %v: %w", addr, dialTimeout, err)
 	}
-	return c, id, err
+	return c, id, false, err
 }
 
 func (p *peerPool) put(addr string, c *peerConn) {
@@ -364,7 +397,7 @@ func (p *peerPool) put(addr string, c *peerConn) {
 		c.close()
 		return
 	}
-	p.mu.idle[addr] = append(p.mu.idle[addr], c)
+	p.mu.idle[addr] = append(p.mu.idle[addr], idleConn{c, time.Now()})
 	p.mu.Unlock()
 }
 
@@ -375,8 +408,8 @@ func (p *peerPool) closeAll() {
 	p.mu.idle = nil
 	p.mu.Unlock()
 	for _, conns := range idle {
-		for _, c := range conns {
-			c.close()
+		for _, ic := range conns {
+			ic.c.close()
 		}
 	}
 }
@@ -391,10 +424,27 @@ func (p *peerPool) closeAll() {
 // /proc) and not the value going away meanwhile (spilled or dropped), this peer is not asked
 // for descriptors again.
 func (p *peerPool) getData(ctx context.Context, addr string, keys []string) ([]received, error) {
+	return p.getDataSized(ctx, addr, keys, 0)
+}
+
+// getDataSized is getData for keys whose sizes add up to expect bytes (0: unknown), which
+// bounds the frame sizes trusted enough to be read into a buffer of their declared length:
+// a larger one grows as its bytes arrive (a peer's declared length is a claim).
+func (p *peerPool) getDataSized(ctx context.Context, addr string, keys []string, expect int64) ([]received, error) {
+	trust := int64(256 << 20)
+	if expect > 0 {
+		trust = 2*expect + 1<<20
+	}
+	alloc := func(n int) []byte {
+		if int64(n) > trust {
+			return nil
+		}
+		return p.bufs.get(n)
+	}
 	p.mu.Lock()
 	shm := shmEnabled && hostID() != "" && !p.mu.noShm[addr]
 	p.mu.Unlock()
-	got, retry, blocked, err := p.getDataVia(ctx, addr, keys, shm)
+	got, retry, blocked, err := p.getDataVia(ctx, addr, keys, shm, alloc, false)
 	if err != nil || len(retry) == 0 {
 		return got, err
 	}
@@ -405,15 +455,17 @@ func (p *peerPool) getData(ctx context.Context, addr string, keys []string) ([]r
 		p.w.log.Info("cannot open a peer's shared-memory segments; fetching its values over TCP from now on",
 			"peer", addr, "err", blocked)
 	}
-	more, _, _, err := p.getDataVia(ctx, addr, retry, false)
+	more, _, _, err := p.getDataVia(ctx, addr, retry, false, alloc, false)
 	return append(got, more...), err
 }
 
 // getDataVia is one get_data request (split in halves when the answer would be too large),
-// asking for segment descriptors when shm is set; retry lists the keys whose segments could not
-// be opened, blocked is set when a failure means none of that peer's can be (segmentsBlocked).
-func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, shm bool) (got []received, retry []string, blocked, err error) {
-	c, id, err := p.get(ctx, addr)
+// asking for segment descriptors when shm is set, on a new connection when fresh; retry lists
+// the keys whose segments could not be opened, blocked is set when a failure means none of
+// that peer's can be (segmentsBlocked). Payload frames are read into alloc's buffers.
+func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, shm bool, alloc func(int) []byte,
+	fresh bool) (got []received, retry []string, blocked, err error) {
+	c, id, pooled, err := p.get(ctx, addr, fresh)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -429,11 +481,15 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 		p.put(addr, c)
 		return nil, nil, nil, err
 	}
-	m, segs, frames, err := c.request(hdr, p.bufs.get)
+	m, segs, frames, err := c.request(hdr, alloc)
 	if err != nil {
 		c.close()
 		if ctx.Err() != nil {
 			return nil, nil, nil, context.Cause(ctx)
+		}
+		if pooled { // the peer may have closed it while it sat in the pool: once more, on a new one
+			stop()
+			return p.getDataVia(ctx, addr, keys, shm, alloc, true)
 		}
 		return nil, nil, nil, err
 	}
@@ -443,11 +499,11 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 			p.put(addr, c)
 		}
 		half := len(keys) / 2
-		first, retry, blocked, err := p.getDataVia(ctx, addr, keys[:half], shm)
+		first, retry, blocked, err := p.getDataVia(ctx, addr, keys[:half], shm, alloc, false)
 		if err != nil {
 			return first, retry, blocked, err
 		}
-		second, retry2, blocked2, err := p.getDataVia(ctx, addr, keys[half:], shm)
+		second, retry2, blocked2, err := p.getDataVia(ctx, addr, keys[half:], shm, alloc, false)
 		if blocked == nil {
 			blocked = blocked2
 		}
@@ -538,15 +594,17 @@ func (c *peerConn) request(hdr []byte, alloc func(int) []byte) (*wire.Msg, []pee
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	var x struct {
-		Seg []peerSeg `msgpack:"seg"`
-	}
+	var segs []peerSeg
 	if reply.Op == wire.OpData && bytes.Contains(frames[0], []byte("seg")) {
-		if err := wire.UnmarshalExt(frames[0], &x); err != nil {
+		raw, ok, err := wire.RawField(frames[0], "seg")
+		if err == nil && ok {
+			err = wire.UnmarshalExt(raw, &segs)
+		}
+		if err != nil {
 			return nil, nil, nil, fmt.Errorf("%w: data answer: %v", wire.ErrProtocol, err)
 		}
 	}
-	return reply, x.Seg, frames[1:], nil
+	return reply, segs, frames[1:], nil
 }
 
 func (c *peerConn) close() { c.once.Do(func() { c.nc.Close() }) }

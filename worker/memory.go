@@ -2,7 +2,6 @@ package worker
 
 import (
 	"bytes"
-	"container/heap"
 	"context"
 	"fmt"
 	"os"
@@ -240,8 +239,8 @@ func (w *Worker) failReady(err *wire.Error) {
 	w.mu.Lock()
 	var failed []*task
 	for len(w.mu.ready) > 0 {
-		ts := heap.Pop(&w.mu.ready).(*task)
-		delete(w.mu.tasks, ts.t.Key)
+		ts := w.mu.ready[0]
+		w.dropTaskLocked(ts)
 		failed = append(failed, ts)
 	}
 	w.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -42,8 +43,9 @@ type Conn struct {
 		err     error
 		closed  bool
 	}
-	wake chan struct{}
-	done chan struct{}
+	wake    chan struct{}
+	done    chan struct{}
+	writing atomic.Bool // the writer goroutine is in a write
 }
 
 func newConn(nc net.Conn, lim Limits, role Role) *Conn {
@@ -93,18 +95,32 @@ func (c *Conn) awaitMessage() error {
 	if c.tr.idle <= 0 && c.tr.inMsg <= 0 {
 		return nil
 	}
-	if c.br.Buffered() == 0 {
+	for c.br.Buffered() == 0 {
 		c.tr.waiting = true
 		_, err := c.br.Peek(1)
 		c.tr.waiting = false
-		if err != nil {
-			if isTimeout(err) {
-				return fmt.Errorf("%w (%v)", ErrIdle, c.tr.idle)
-			}
+		switch {
+		case err == nil:
+			return nil
+		case isTimeout(err) && c.outputPending():
+			continue // still sending its answer (a large value, a slow link): not idle
+		case isTimeout(err):
+			return fmt.Errorf("%w (%v)", ErrIdle, c.tr.idle)
+		default:
 			return err
 		}
 	}
 	return nil
+}
+
+// outputPending tells whether messages are queued or being written.
+func (c *Conn) outputPending() bool {
+	if c.writing.Load() {
+		return true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.mu.bufs) > 0
 }
 
 func isTimeout(err error) bool {
@@ -207,12 +223,13 @@ func (o DialOptions) limits() Limits {
 // and that the peer's role is one of roles. On refusal the answer is written, nc is closed and
 // a *HandshakeError is returned. A listening port uses Server, which also bounds connections.
 func Accept(nc net.Conn, token string, lim Limits, roles ...Role) (*Conn, error) {
-	return acceptAs(nc, token, lim, roles, nil)
+	return acceptAs(nc, token, lim, roles, nil, nil)
 }
 
 // acceptAs is Accept that also asks admit (when set) whether a connection of the peer's role
-// may be added.
-func acceptAs(nc net.Conn, token string, lim Limits, roles []Role, admit func(Role) *HandshakeError) (*Conn, error) {
+// may be added; release gives the slot back when the handshake fails after admit took it.
+func acceptAs(nc net.Conn, token string, lim Limits, roles []Role, admit func(Role) *HandshakeError,
+	release func(Role)) (*Conn, error) {
 	nc.SetDeadline(time.Now().Add(HandshakeTimeout))
 	refuse := func(herr *HandshakeError) (*Conn, error) {
 		WriteAnswer(nc, herr.Status, herr.Message)
@@ -238,6 +255,9 @@ func acceptAs(nc net.Conn, token string, lim Limits, roles []Role, admit func(Ro
 	}
 	if err := WriteAnswer(nc, StatusOK, ""); err != nil {
 		nc.Close()
+		if admit != nil {
+			release(h.Role)
+		}
 		return nil, err
 	}
 	nc.SetDeadline(time.Time{})
@@ -469,9 +489,12 @@ func (c *Conn) writeLoop() {
 		bufs, smalls := c.mu.bufs, c.mu.smalls
 		c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.pending = nil, nil, nil, 0
 		closed := c.mu.closed
+		c.writing.Store(len(bufs) > 0) // before the lock is let go: output is never unseen
 		c.mu.Unlock()
 		if len(bufs) > 0 {
-			if _, err := bufs.WriteTo(c.nc); err != nil {
+			_, err := bufs.WriteTo(c.nc)
+			c.writing.Store(false)
+			if err != nil {
 				c.mu.Lock()
 				c.mu.err = fmt.Errorf("wire: write: %w", err)
 				c.mu.Unlock()

@@ -20,6 +20,17 @@ import (
 // maxDepth caps the nesting of maps and arrays inside a header (task literals, unknown fields).
 const maxDepth = 32
 
+// maxAnyDepth caps the nesting of a stored msgpack value (DecodeAny): a task's result may be
+// more deeply nested than anything in a header.
+const maxAnyDepth = 128
+
+// budgetFactor bounds what a header decodes to: at most this many times its size (plus
+// budgetBase), counting elements at their Go size (decoding stops with an error beyond).
+const (
+	budgetFactor = 16
+	budgetBase   = 64 << 10
+)
+
 // maxAmplification bounds the memory reserved for a slice from its declared count, as a
 // multiple of the bytes left in the frame.
 const maxAmplification = 8
@@ -49,7 +60,7 @@ func DecodeHeader(b []byte) (*Msg, error) {
 	m := msgPool.Get().(*Msg)
 	d := decPool.Get().(*dec)
 	defer func() { *d = dec{}; decPool.Put(d) }()
-	*d = dec{b: b}
+	*d = dec{b: b, limited: true, budget: budgetFactor*int64(len(b)) + budgetBase}
 	if !d.header(m) {
 		*m = Msg{}
 		msgPool.Put(m)
@@ -73,14 +84,14 @@ func (d *dec) header(m *Msg) bool {
 	}
 	var seen uint64
 	for range n {
-		d.field = ""
+		d.field, d.rawField = "", nil
 		k, ok := d.strView()
 		if !ok {
 			return d.fail("a key is not a string")
 		}
 		f := fieldIndex(k)
 		if f < 0 {
-			d.field = string(k)
+			d.rawField = k
 			if !d.skip() { // an unknown field (a newer peer's): ignored, but still bounded
 				return false
 			}
@@ -465,7 +476,11 @@ func slice[T any](d *dec, p *[]T, elem func(*dec, *T) bool) bool {
 	}
 	out := make([]T, 0, capFor[T](n, len(d.b)-d.i))
 	var zero T
+	size := int(unsafe.Sizeof(zero))
 	for i := range n {
+		if !d.charge(size) {
+			return false
+		}
 		out = append(out, zero) // decoded in place: no copy of each element, no escape
 		if !elem(d, &out[i]) {
 			return false
@@ -499,7 +514,11 @@ func strMap[V any](d *dec, p *map[string]V, val func(*dec, *V) bool) bool {
 		return false
 	}
 	out := make(map[string]V, min(n, preallocMax))
+	var zero V
 	for range n {
+		if !d.charge(16 + int(unsafe.Sizeof(zero))) { // a map entry: its key's header and its value
+			return false
+		}
 		var k string
 		if !d.str(&k) {
 			return false
@@ -524,6 +543,9 @@ func ptr[T any](d *dec, p **T, val func(*dec, *T) bool) bool {
 	if !d.enter() {
 		return false
 	}
+	if !d.charge(int(unsafe.Sizeof(*new(T)))) {
+		return false
+	}
 	v := new(T)
 	if !val(d, v) {
 		return false
@@ -538,7 +560,7 @@ func ptr[T any](d *dec, p **T, val func(*dec, *T) bool) bool {
 // float32/float64, string, []byte, []any and map[string]any. It is bounded like DecodeHeader:
 // counts are checked against the bytes present, nesting is capped, trailing bytes refused.
 func DecodeAny(b []byte) (any, error) {
-	d := dec{b: b, field: "value"}
+	d := dec{b: b, field: "value", anyMax: maxAnyDepth, limited: true, budget: budgetFactor*int64(len(b)) + budgetBase}
 	var v any
 	if !d.any(&v, 0) {
 		return nil, d.err()
@@ -567,10 +589,10 @@ func ValidateMsgpack(b []byte) error {
 // worker's segment placements) are decoded reflectively by UnmarshalExt.
 const maxExtHeader = 1 << 20
 
-// UnmarshalExt decodes a header's extension fields into v with msgpack's reflective decoder,
-// after checking what that decoder cannot be trusted with: the header is at most 1 MiB, and
-// every count fits in its bytes and nesting stays within the cap (ValidateMsgpack), so what it
-// allocates is bounded by a small multiple of those bytes.
+// UnmarshalExt decodes b, a header's extension field (RawField) or a small header, into v with
+// msgpack's reflective decoder, after checking what that decoder cannot be trusted with: b is
+// at most 1 MiB, and every count fits in its bytes and nesting stays within the cap
+// (ValidateMsgpack), so what it allocates is bounded by a small multiple of those bytes.
 func UnmarshalExt(b []byte, v any) error {
 	if len(b) > maxExtHeader {
 		return &DecodeError{Reason: fmt.Sprintf("a header with extension fields of %d bytes (limit %d)", len(b), maxExtHeader)}
@@ -591,4 +613,31 @@ func HeaderFields() []string {
 		out[i] = f.name
 	}
 	return out
+}
+
+// RawField returns the encoded value of the top-level field name of header b (a msgpack map),
+// without decoding the rest: a header's extension fields are read one at a time, so that
+// neither their cost nor their bound depends on the rest of the header. ok is false when b
+// has no such field; err says why b is malformed.
+func RawField(b []byte, name string) (raw []byte, ok bool, err error) {
+	d := dec{b: b}
+	n, good := d.mapLen()
+	if !good {
+		return nil, false, d.err()
+	}
+	for range n {
+		k, good := d.strView()
+		if !good {
+			return nil, false, d.err()
+		}
+		start := d.i
+		if !d.skip() {
+			d.field = name
+			return nil, false, d.err()
+		}
+		if string(k) == name {
+			return b[start:d.i], true, nil
+		}
+	}
+	return nil, false, nil
 }

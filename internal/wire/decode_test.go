@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"bytes"
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -159,7 +161,33 @@ func hostileHeaders() map[string][]byte {
 	lit := appendStr(append(appendStr([]byte{0x91, 0x81}, "key"), 0xa1, 'k'), "args")
 	lit = append(append(lit, 0x91, 0x81, 0xa1, 'v'), deep(0x91, 1<<20)...)
 	out["tasks.args.v/deep"] = field("tasks", lit)
+	// a million empty maps: each one byte on the wire, a 184-byte graph.Task decoded
+	empties := append([]byte{0xdd, 0x00, 0x0f, 0x42, 0x40}, bytes.Repeat([]byte{0x80}, 1_000_000)...)
+	out["tasks/empty-maps"] = field("tasks", empties)
 	return out
+}
+
+// What a header decodes to is bounded by its size, not only by its counts: a million one-byte
+// empty maps would be a million 184-byte tasks.
+func TestDecoderBudget(t *testing.T) {
+	b := append([]byte{0x82, 0xa2, 'o', 'p', 0xa1, 'x'}, appendStr(nil, "tasks")...)
+	b = append(b, 0xdd, 0x00, 0x0f, 0x42, 0x40)
+	b = append(b, bytes.Repeat([]byte{0x80}, 1_000_000)...)
+	_, err := DecodeHeader(b)
+	var de *DecodeError
+	require.ErrorAs(t, err, &de)
+	require.Equal(t, "tasks", de.Field)
+	require.Contains(t, de.Reason, "decodes to more than")
+	// a real graph of many small tasks is well within it
+	tasks := make([]graph.Task, 50_000)
+	for i := range tasks {
+		tasks[i] = graph.Task{Key: fmt.Sprint("t-", i), Kind: graph.KindGo, Func: "noop"}
+	}
+	enc, err := EncodeHeader(&Msg{Op: OpUpdateGraph, Tasks: tasks})
+	require.NoError(t, err)
+	m, err := DecodeHeader(enc)
+	require.NoError(t, err)
+	require.Len(t, m.Tasks, 50_000)
 }
 
 func TestDecoderHostileHeaders(t *testing.T) {
@@ -321,4 +349,20 @@ func TestReaderReadsWhatEncodeHeaderWrites(t *testing.T) {
 	_, ok = r.MapLen()
 	require.True(t, ok)
 	require.False(t, r.Done())
+}
+
+func TestRawField(t *testing.T) {
+	b, err := msgpack.Marshal(map[string]any{"op": "data", "keys": []string{"a", "b"}, "seg": []any{[]any{1, 2}}})
+	require.NoError(t, err)
+	raw, ok, err := RawField(b, "seg")
+	require.NoError(t, err)
+	require.True(t, ok)
+	var seg [][]int
+	require.NoError(t, UnmarshalExt(raw, &seg))
+	require.Equal(t, [][]int{{1, 2}}, seg)
+	_, ok, err = RawField(b, "shm")
+	require.NoError(t, err)
+	require.False(t, ok)
+	_, _, err = RawField(append([]byte{0x81, 0xa3, 's', 'e', 'g'}, bytes.Repeat([]byte{0x91}, 100)...), "seg")
+	require.ErrorIs(t, err, ErrProtocol)
 }

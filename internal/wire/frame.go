@@ -33,7 +33,8 @@ var ErrProtocol = errors.New("wire: protocol error")
 func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) { return readFrames(r, lim, nil, nil) }
 
 // ReadFramesAlloc is ReadFrames with the payload frames (all but the header frame) allocated
-// by alloc, which must return a slice of exactly the length asked for (a recycled buffer, say).
+// by alloc, which must return a slice of exactly the length asked for (a recycled buffer, say),
+// or nil for a length it does not trust (the frame then grows as its bytes arrive).
 func ReadFramesAlloc(r io.Reader, lim Limits, alloc func(int) []byte) ([][]byte, error) {
 	return readFrames(r, lim, nil, alloc)
 }
@@ -94,8 +95,15 @@ func readFrames(r io.Reader, lim Limits, s *recvScratch, alloc func(int) []byte)
 				s.hdr = make([]byte, max(sz, 512))
 			}
 			frames[0] = s.hdr[:sz]
-		} else if i > 0 && alloc != nil {
-			frames[i] = alloc(int(sz))
+		} else if i > 0 && alloc != nil && sz > 0 {
+			if frames[i] = alloc(int(sz)); frames[i] == nil { // not trusted with that much
+				f, err := readGrowing(r, sz)
+				if err != nil {
+					return nil, err
+				}
+				frames[i] = f
+				continue
+			}
 		} else {
 			f, err := readGrowing(r, sz)
 			if err != nil {

@@ -206,3 +206,18 @@ func CheckDialable(addr string) error {
 	}
 	return nil
 }
+
+// ResolveWildcard replaces the wildcard host of addr (0.0.0.0, [::]: where a server listens,
+// not where it can be reached) by the IP of from (the address its owner connected from, which
+// the receiving side can reach), keeping the port; ok is false when addr has no wildcard host.
+func ResolveWildcard(addr string, from net.Addr) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsUnspecified() {
+		return addr, false
+	}
+	fromHost, _, err := net.SplitHostPort(from.String())
+	if err != nil {
+		return addr, false
+	}
+	return net.JoinHostPort(fromHost, port), true
+}

@@ -13,8 +13,43 @@ type dec struct {
 	i        int
 	depth    int
 	lastFunc string
-	field    string // the top-level field being decoded
+	field    string // the top-level field being decoded, when it is a known one
+	rawField []byte // or its name as sent, when it is not (converted only for an error)
 	why      string // the first failure
+	// budget, when limited, is how many more bytes the decoded values may take: elements cost
+	// their Go size, strings and byte slices their length. An element decoded from one byte
+	// (an empty map) can be a 184-byte graph.Task, so counts alone do not bound memory.
+	budget  int64
+	limited bool
+	anyMax  int // nesting allowed in `any` values (default maxDepth)
+}
+
+// charge takes n bytes from the budget.
+func (d *dec) charge(n int) bool {
+	if d.budget -= int64(n); d.budget < 0 && d.limited {
+		return d.overBudget()
+	}
+	return true
+}
+
+// The failure paths are kept out of line, so that the fast paths inline.
+
+//go:noinline
+func (d *dec) overBudget() bool {
+	return d.fail("decodes to more than %d× its %d bytes", budgetFactor, len(d.b))
+}
+
+//go:noinline
+func (d *dec) truncated() bool { return d.fail("truncated at byte %d", d.i) }
+
+//go:noinline
+func (d *dec) wrongType(want string, c byte) bool {
+	return d.fail("expected %s, found type byte 0x%02x", want, c)
+}
+
+//go:noinline
+func (d *dec) tooMany(what string, n, left uint64) bool {
+	return d.fail("%s declares %d entries, only %d bytes remain", what, n, left)
 }
 
 func (d *dec) fail(format string, args ...any) bool {
@@ -29,7 +64,11 @@ func (d *dec) err() error {
 	if why == "" {
 		why = "malformed"
 	}
-	return &DecodeError{Field: d.field, Reason: why}
+	field := d.field
+	if field == "" && d.rawField != nil {
+		field = string(d.rawField)
+	}
+	return &DecodeError{Field: field, Reason: why}
 }
 
 // enter counts one level of nesting; the caller decrements d.depth when it leaves.
@@ -43,7 +82,7 @@ func (d *dec) enter() bool {
 
 func (d *dec) peek() (byte, bool) {
 	if d.i >= len(d.b) {
-		return 0, d.fail("truncated at byte %d", d.i)
+		return 0, d.truncated()
 	}
 	return d.b[d.i], true
 }
@@ -60,7 +99,7 @@ func (d *dec) isNil() bool {
 func (d *dec) fixed(n int) (uint64, bool) {
 	d.i++
 	if len(d.b)-d.i < n {
-		return 0, d.fail("truncated at byte %d", d.i)
+		return 0, d.truncated()
 	}
 	p := d.b[d.i : d.i+n]
 	d.i += n
@@ -78,7 +117,7 @@ func (d *dec) fixed(n int) (uint64, bool) {
 // fits checks a declared count against the bytes left, at least minSize bytes per element.
 func (d *dec) fits(n uint64, minSize uint64, what string) bool {
 	if left := uint64(len(d.b) - d.i); n > left/minSize {
-		return d.fail("%s declares %d entries, only %d bytes remain", what, n, left)
+		return d.tooMany(what, n, left)
 	}
 	return true
 }
@@ -98,7 +137,7 @@ func (d *dec) mapLen() (int, bool) {
 	case c == 0xdf:
 		n, ok = d.fixed(4)
 	default:
-		return 0, d.fail("expected a map, found type byte 0x%02x", c)
+		return 0, d.wrongType("a map", c)
 	}
 	return int(n), ok && d.fits(n, 2, "a map") // a key and a value take a byte each at least
 }
@@ -118,7 +157,7 @@ func (d *dec) arrayLen() (int, bool) {
 	case c == 0xdd:
 		n, ok = d.fixed(4)
 	default:
-		return 0, d.fail("expected an array, found type byte 0x%02x", c)
+		return 0, d.wrongType("an array", c)
 	}
 	return int(n), ok && d.fits(n, 1, "an array")
 }
@@ -136,7 +175,7 @@ func (d *dec) rawLen(c byte) (uint64, bool) {
 	case c == 0xdb, c == 0xc6:
 		return d.fixed(4)
 	}
-	return 0, d.fail("expected a string, found type byte 0x%02x", c)
+	return 0, d.wrongType("a string", c)
 }
 
 // strView returns the bytes of a str (or bin) value without copying them.
@@ -150,7 +189,7 @@ func (d *dec) strView() ([]byte, bool) {
 		return nil, false
 	}
 	if n > uint64(len(d.b)-d.i) {
-		return nil, d.fail("a string declares %d bytes, only %d remain", n, len(d.b)-d.i)
+		return nil, d.tooMany("a string", n, uint64(len(d.b)-d.i))
 	}
 	v := d.b[d.i : d.i+int(n)]
 	d.i += int(n)
@@ -168,7 +207,7 @@ func (d *dec) strOrNil() ([]byte, bool) {
 func (d *dec) str(p *string) bool {
 	v, ok := d.strOrNil()
 	*p = string(v)
-	return ok
+	return ok && d.charge(len(v))
 }
 
 func (d *dec) strs(p *[]string) bool { return slice(d, p, (*dec).str) }
@@ -180,7 +219,7 @@ func (d *dec) bin(p *[]byte) bool {
 		return true
 	}
 	v, ok := d.strView()
-	if !ok {
+	if !ok || !d.charge(len(v)) {
 		return false
 	}
 	*p = append([]byte(nil), v...)
@@ -388,8 +427,8 @@ func (d *dec) any(p *any, depth int) bool {
 }
 
 func (d *dec) anyArray(p *any, depth int) bool {
-	if depth >= maxDepth {
-		return d.fail("nested deeper than %d levels", maxDepth)
+	if depth >= d.anyLimit() {
+		return d.fail("nested deeper than %d levels", d.anyLimit())
 	}
 	n, ok := d.arrayLen()
 	if !ok {
@@ -397,6 +436,9 @@ func (d *dec) anyArray(p *any, depth int) bool {
 	}
 	out := make([]any, 0, min(n, preallocMax))
 	for range n {
+		if !d.charge(16) {
+			return false
+		}
 		var v any
 		if !d.any(&v, depth+1) {
 			return false
@@ -408,8 +450,8 @@ func (d *dec) anyArray(p *any, depth int) bool {
 }
 
 func (d *dec) anyMap(p *any, depth int) bool {
-	if depth >= maxDepth {
-		return d.fail("nested deeper than %d levels", maxDepth)
+	if depth >= d.anyLimit() {
+		return d.fail("nested deeper than %d levels", d.anyLimit())
 	}
 	n, ok := d.mapLen()
 	if !ok {
@@ -421,6 +463,9 @@ func (d *dec) anyMap(p *any, depth int) bool {
 		if !ok {
 			return d.fail("a map key is not a string")
 		}
+		if !d.charge(32 + len(k)) { // the key's string and the entry
+			return false
+		}
 		var v any
 		if !d.any(&v, depth+1) {
 			return false
@@ -429,6 +474,13 @@ func (d *dec) anyMap(p *any, depth int) bool {
 	}
 	*p = out
 	return true
+}
+
+func (d *dec) anyLimit() int {
+	if d.anyMax > 0 {
+		return d.anyMax
+	}
+	return maxDepth
 }
 
 // skip moves past one value of any type, within the nesting cap. It is iterative: a counter of

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -18,8 +17,9 @@ type ServeConfig struct {
 	// a role not in the map is refused. A connection beyond the cap is refused in the
 	// handshake with StatusBusy.
 	MaxConns map[Role]int
-	// MaxHandshakes bounds connections still in their handshake (unauthenticated); more are
-	// closed as they are accepted. Zero: DefaultMaxHandshakes.
+	// MaxHandshakes bounds connections still in their handshake (unauthenticated): while that
+	// many are, the port accepts nothing more and new ones wait in the kernel's backlog.
+	// Zero: DefaultMaxHandshakes.
 	MaxHandshakes int
 	// IdleTimeout drops a connection that sends nothing for this long between messages, per
 	// role; a role not in the map (or 0) has none.
@@ -42,7 +42,7 @@ const (
 // Server accepts connections on one port within a ServeConfig.
 type Server struct {
 	cfg        ServeConfig
-	handshakes atomic.Int64
+	handshakes chan struct{} // a slot per connection in its handshake, taken before Accept
 	mu         struct {
 		sync.Mutex
 		open map[Role]int
@@ -63,7 +63,7 @@ func NewServer(cfg ServeConfig) *Server {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg}
+	s := &Server{cfg: cfg, handshakes: make(chan struct{}, cfg.MaxHandshakes)}
 	s.mu.open = map[Role]int{}
 	return s
 }
@@ -83,8 +83,10 @@ func (s *Server) Accept(ln net.Listener, closed func() bool, spawn func(func()) 
 	var backoff time.Duration
 	var failing error
 	for {
+		s.handshakes <- struct{}{} // wait for a handshake slot before taking a connection
 		nc, err := ln.Accept()
 		if err != nil {
+			<-s.handshakes
 			if closed() || errors.Is(err, net.ErrClosed) {
 				return
 			}
@@ -106,14 +108,8 @@ func (s *Server) Accept(ln net.Listener, closed func() bool, spawn func(func()) 
 				s.cfg.AcceptFailing(nil)
 			}
 		}
-		if s.handshakes.Add(1) > int64(s.cfg.MaxHandshakes) {
-			s.handshakes.Add(-1)
-			s.cfg.Log.Warn("too many connections in their handshake: closing a new one", "remote", nc.RemoteAddr().String())
-			nc.Close()
-			continue
-		}
 		if !spawn(func() { s.serve(nc, handle) }) {
-			s.handshakes.Add(-1)
+			<-s.handshakes
 			nc.Close()
 			return
 		}
@@ -122,7 +118,7 @@ func (s *Server) Accept(ln net.Listener, closed func() bool, spawn func(func()) 
 
 func (s *Server) serve(nc net.Conn, handle func(*Conn)) {
 	c, err := s.handshake(nc)
-	s.handshakes.Add(-1)
+	<-s.handshakes
 	if err != nil {
 		var herr *HandshakeError
 		if errors.As(err, &herr) {
@@ -141,7 +137,7 @@ func (s *Server) handshake(nc net.Conn) (*Conn, error) {
 	for r := range s.cfg.MaxConns {
 		roles = append(roles, r)
 	}
-	c, err := acceptAs(nc, s.cfg.Token, s.cfg.Limits, roles, s.admit)
+	c, err := acceptAs(nc, s.cfg.Token, s.cfg.Limits, roles, s.admit, s.release)
 	if err != nil {
 		return nil, err
 	}

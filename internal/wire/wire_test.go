@@ -249,6 +249,19 @@ func TestReadFramesAlloc(t *testing.T) {
 	require.Empty(t, asked)
 }
 
+func TestResolveWildcard(t *testing.T) {
+	from := &net.TCPAddr{IP: net.ParseIP("198.18.0.2"), Port: 5555}
+	got, ok := ResolveWildcard("[::]:42683", from)
+	require.True(t, ok)
+	require.Equal(t, "198.18.0.2:42683", got)
+	got, ok = ResolveWildcard("0.0.0.0:1", from)
+	require.True(t, ok)
+	require.Equal(t, "198.18.0.2:1", got)
+	got, ok = ResolveWildcard("10.1.1.1:7", from)
+	require.False(t, ok)
+	require.Equal(t, "10.1.1.1:7", got)
+}
+
 func TestCheckDialable(t *testing.T) {
 	for _, ok := range []string{"127.0.0.1:80", "[::1]:8786", "host.example:1"} {
 		require.NoError(t, CheckDialable(ok), ok)
