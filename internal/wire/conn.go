@@ -46,6 +46,37 @@ type Conn struct {
 	wake    chan struct{}
 	done    chan struct{}
 	writing atomic.Bool // the writer goroutine is in a write
+	// stall, when set, bounds how long one stallChunk of output may take to be written: a
+	// peer that stops reading is dropped (a server's connections: Server sets it).
+	stall atomic.Int64
+}
+
+// stallChunk is the most written under one write deadline.
+const stallChunk = 4 << 20
+
+// stallWriter writes to nc giving each stallChunk bytes timeout to leave: a peer that stops
+// reading is dropped, one that reads slowly (but reads) is not.
+type stallWriter struct {
+	nc      net.Conn
+	timeout time.Duration
+}
+
+func (s stallWriter) Write(p []byte) (int, error) {
+	var n int
+	for len(p) > 0 {
+		k := min(len(p), stallChunk)
+		s.nc.SetWriteDeadline(time.Now().Add(s.timeout))
+		m, err := s.nc.Write(p[:k])
+		n += m
+		if err != nil {
+			if isTimeout(err) {
+				err = fmt.Errorf("%w: the peer read nothing for %v", ErrStalled, s.timeout)
+			}
+			return n, err
+		}
+		p = p[k:]
+	}
+	return n, nil
 }
 
 func newConn(nc net.Conn, lim Limits, role Role) *Conn {
@@ -81,13 +112,18 @@ func (t *timedReader) Read(p []byte) (int, error) {
 	return t.nc.Read(p)
 }
 
-// setTimeouts sets the idle and in-message read timeouts (0: none). Call before the first Recv.
-func (c *Conn) setTimeouts(idle, inMsg time.Duration) { c.tr.idle, c.tr.inMsg = idle, inMsg }
+// setTimeouts sets the idle and in-message read timeouts and the write-stall timeout (0: none).
+// Call before the first Recv.
+func (c *Conn) setTimeouts(idle, inMsg time.Duration) {
+	c.tr.idle, c.tr.inMsg = idle, inMsg
+	c.stall.Store(int64(inMsg))
+}
 
 // ErrIdle is returned by Recv when the peer sent nothing for the connection's idle timeout.
 var ErrIdle = errors.New("wire: connection idle for too long")
 
-// ErrStalled is returned by Recv when the peer stopped in the middle of a message.
+// ErrStalled is returned when the peer stopped in the middle of a message it sent, or stopped
+// reading one sent to it.
 var ErrStalled = errors.New("wire: peer stalled in the middle of a message")
 
 // awaitMessage waits for the first byte of the next message under the idle timeout.
@@ -492,7 +528,12 @@ func (c *Conn) writeLoop() {
 		c.writing.Store(len(bufs) > 0) // before the lock is let go: output is never unseen
 		c.mu.Unlock()
 		if len(bufs) > 0 {
-			_, err := bufs.WriteTo(c.nc)
+			var err error
+			if t := time.Duration(c.stall.Load()); t > 0 {
+				_, err = bufs.WriteTo(stallWriter{c.nc, t})
+			} else {
+				_, err = bufs.WriteTo(c.nc)
+			}
 			c.writing.Store(false)
 			if err != nil {
 				c.mu.Lock()

@@ -136,3 +136,36 @@ func TestServerTimeouts(t *testing.T) {
 	default:
 	}
 }
+
+// A peer that asks for a large answer and never reads it is dropped after the message
+// timeout, instead of holding the connection and its buffers forever.
+func TestServerDropsPeerThatStopsReading(t *testing.T) {
+	got := make(chan error, 1)
+	addr, _, _ := serveForTest(t, ServeConfig{MaxConns: map[Role]int{RoleClient: 2}, MessageTimeout: 200 * time.Millisecond}, 0,
+		func(c *Conn) {
+			defer c.Close()
+			if _, _, err := c.Recv(); err != nil {
+				got <- err
+				return
+			}
+			c.Send(&Msg{Op: "big"}, make([]byte, 64<<20))
+			_, _, err := c.Recv() // ends when the writer gives up and closes the connection
+			got <- err
+		})
+	nc, err := DialRaw(context.Background(), addr, DialOptions{Role: RoleClient})
+	require.NoError(t, err)
+	defer nc.Close()
+	require.NoError(t, WriteFrames(nc, [][]byte{mustHeader(t, &Msg{Op: "ask"})}))
+	select {
+	case err := <-got:
+		require.Error(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("the server kept a connection whose peer does not read")
+	}
+}
+
+func mustHeader(t *testing.T, m *Msg) []byte {
+	b, err := EncodeHeader(m)
+	require.NoError(t, err)
+	return b
+}
