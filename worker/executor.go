@@ -206,6 +206,27 @@ func (p *executorPool) closeAll() {
 	}
 }
 
+// executorEnv is what an executor's environment gets unless the worker's already says
+// otherwise: a task slot is one core, so numerical libraries run one thread each (as dask's
+// nanny does: each executor's BLAS using every core oversubscribed them, a matrix product took
+// twice as long), and glibc returns freed memory to the OS sooner.
+var executorEnv = [][2]string{
+	{"OMP_NUM_THREADS", "1"},
+	{"MKL_NUM_THREADS", "1"},
+	{"OPENBLAS_NUM_THREADS", "1"},
+	{"MALLOC_TRIM_THRESHOLD_", "65536"},
+}
+
+func executorDefaults() []string {
+	var out []string
+	for _, kv := range executorEnv {
+		if _, set := os.LookupEnv(kv[0]); !set {
+			out = append(out, kv[0]+"="+kv[1])
+		}
+	}
+	return out
+}
+
 // start launches `<Python> <PythonArgs>` with one end of a socketpair as fd 3, accepts its
 // handshake and waits for ready.
 func (p *executorPool) start(ctx context.Context) (*executor, error) {
@@ -225,6 +246,7 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	cmd := exec.Command(cfg.Python, cfg.PythonArgs...)
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.Env = append(os.Environ(), "SHOAL_EXECUTOR_FD=3", "SHOAL_EXECUTOR_TOKEN="+token)
+	cmd.Env = append(cmd.Env, executorDefaults()...)
 	if _, set := os.LookupEnv("SHOAL_EXECUTOR_SHM_IDLE"); !set {
 		cmd.Env = append(cmd.Env, "SHOAL_EXECUTOR_SHM_IDLE="+strconv.FormatInt(shmIdleBytes(cfg.MemoryLimit), 10))
 	}

@@ -386,3 +386,19 @@ def test_memory_fractions_reach_the_workers() -> None:
             assert client.submit(inc, 1).result(timeout=30) == 2
     with pytest.raises(Exception, match="--memory-pause 1.5"):
         LocalCluster(n_workers=1, dashboard_port=None, memory_pause_fraction=1.5, timeout=20)
+
+
+def getenv(name: str) -> Any:
+    return os.environ.get(name)
+
+
+def test_executors_run_numerical_libraries_single_threaded(monkeypatch: Any) -> None:
+    """A task slot is one core: executors get OMP/MKL/OpenBLAS at one thread each (each
+    executor's BLAS on every core oversubscribed them), unless the environment says otherwise."""
+    with LocalCluster(n_workers=1, dashboard_port=None) as cluster, Client(cluster) as client:
+        got = client.gather([client.submit(getenv, v, pure=False)
+                             for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")])
+        assert got == ["1", "1", "1"]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    with LocalCluster(n_workers=1, dashboard_port=None) as cluster, Client(cluster) as client:
+        assert client.submit(getenv, "OMP_NUM_THREADS", pure=False).result() == "3"
