@@ -66,7 +66,8 @@ class _DataConn:
 class Client:
     """Connect to a Shoal scheduler; the API of ``dask.distributed.Client``.
 
-    ``Client()`` with no address starts a :class:`~shoal.LocalCluster` owned by the client.
+    ``Client()`` with no address starts a :class:`~shoal.LocalCluster` owned by the client,
+    passing it any further keywords (``Client(n_workers=2, threads_per_worker=1)``).
     ``Client("host:8786", token=...)`` connects to a running scheduler; ``Client(cluster)``
     to a LocalCluster (taking its token). ``timeout`` bounds connecting and every request.
     ``Client(..., asynchronous=True)`` returns an :class:`AsyncClient`. ``tls`` (an
@@ -83,7 +84,8 @@ class Client:
                  token: Optional[str] = None, timeout: float = 30.0,
                  tls: Optional[ssl.SSLContext] = None,
                  asynchronous: bool = False, name: Optional[str] = None,
-                 set_as_default: bool = True, fetch_timeout: float = 300.0) -> None:
+                 set_as_default: bool = True, fetch_timeout: float = 300.0,
+                 **cluster_kwargs: Any) -> None:
         self.timeout = float(timeout)
         self.fetch_timeout = float(fetch_timeout)
         self.name = name or f"client-{uuid.uuid4().hex[:8]}"
@@ -94,8 +96,11 @@ class Client:
         if address is None:
             from .cluster import LocalCluster
 
-            address = LocalCluster()
+            address = LocalCluster(**cluster_kwargs)  # Client(n_workers=2, threads_per_worker=1)
             self._own_cluster = True
+        elif cluster_kwargs:
+            raise TypeError(f"Client() got keyword argument(s) {', '.join(sorted(cluster_kwargs))}: these configure "
+                            "the LocalCluster a Client() without an address starts, not a connection")
         if not isinstance(address, str):
             self.cluster = address
             token = token if token is not None else address.token

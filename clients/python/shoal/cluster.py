@@ -109,6 +109,26 @@ def total_memory() -> int:
         return 8 << 30
 
 
+def _dask_options(kwargs: dict[str, Any], dashboard_port: Optional[int]) -> Optional[int]:
+    """Take the dask.distributed LocalCluster keywords that mean something here from kwargs
+    (``dashboard_address``; ``silence_logs``, moot as the cluster logs to its own file) and
+    refuse any other: an option silently ignored is a bug report waiting to happen. Returns
+    the dashboard port to use."""
+    opts = dict(kwargs)
+    if "dashboard_address" in opts:
+        addr = opts.pop("dashboard_address")
+        if addr is None:
+            dashboard_port = None
+        else:
+            port = str(addr).rsplit(":", 1)[-1]
+            dashboard_port = int(port) if port else 0
+    opts.pop("silence_logs", None)
+    if opts:
+        raise TypeError(f"LocalCluster() got unsupported keyword argument(s): {', '.join(sorted(opts))}"
+                        " (see help(shoal.LocalCluster) for what it takes)")
+    return dashboard_port
+
+
 class LocalCluster:
     """A Shoal scheduler with ``n_workers`` workers on this machine (real processes, real ports).
 
@@ -131,6 +151,7 @@ class LocalCluster:
                  processes: bool = True, memory_target_fraction: Optional[float] = None,
                  memory_spill_fraction: Optional[float] = None,
                  memory_pause_fraction: Optional[float] = None, **kwargs: Any) -> None:
+        dashboard_port = _dask_options(kwargs, dashboard_port)
         if n_workers < 0:
             raise ValueError("n_workers must be >= 0")
         self.n_workers = n_workers

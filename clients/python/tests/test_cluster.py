@@ -402,3 +402,17 @@ def test_executors_run_numerical_libraries_single_threaded(monkeypatch: Any) -> 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     with LocalCluster(n_workers=1, dashboard_port=None) as cluster, Client(cluster) as client:
         assert client.submit(getenv, "OMP_NUM_THREADS", pure=False).result() == "3"
+
+
+def test_client_starts_a_cluster_from_dask_keywords() -> None:
+    """Client(n_workers=..., threads_per_worker=...) — the first line of many dask scripts —
+    starts a LocalCluster of that shape; options that mean nothing are refused, not ignored."""
+    with Client(n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+        workers = list(client.scheduler_info()["workers"].values())
+        assert [w["nthreads"] for w in workers] == [2]
+        assert client.dashboard_link == ""
+        assert client.submit(inc, 1).result() == 2
+    with pytest.raises(TypeError, match="nonsense"):
+        LocalCluster(n_workers=1, nonsense=1)
+    with pytest.raises(TypeError, match="n_workers"):
+        Client("127.0.0.1:1", n_workers=2)
