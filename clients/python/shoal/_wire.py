@@ -322,15 +322,26 @@ class Connection:
         return self._closed
 
     def send(self, header: Header, frames: Sequence[Buffer] = ()) -> None:
-        """Send one message; raises CommClosedError when the connection is gone."""
-        self._send_parts(encode_frames([pack_header(header), *frames]))
+        """Send one message; raises CommClosedError when the connection is gone, and
+        FrameTooLargeError (the connection unharmed) for a header the peer would refuse."""
+        self._send_parts(encode_frames([self._packed(header), *frames]))
 
     def send_many(self, messages: Sequence[tuple[Header, Sequence[Buffer]]]) -> None:
         """Send messages back to back, small ones together in one write."""
         parts: list[Buffer] = []
         for header, frames in messages:
-            parts.extend(encode_frames([pack_header(header), *frames]))
+            parts.extend(encode_frames([self._packed(header), *frames]))
         self._send_parts(parts)
+
+    def _packed(self, header: Header) -> bytes:
+        """The encoded header, refused here when it is over the limit: sent, it would make the
+        peer close the connection, and every later call on it would fail."""
+        b = pack_header(header)
+        if len(b) > self.limits.max_header:
+            raise FrameTooLargeError(
+                f"a {header.get('op', '')!r} message of {len(b):,} bytes is over the {self.limits.max_header:,}-byte"
+                " limit of a message header: pass large arguments as futures of client.scatter(value)")
+        return b
 
     def buffered(self) -> int:
         """Bytes already read from the socket and not yet returned by ``recv``."""

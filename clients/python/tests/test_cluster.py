@@ -416,3 +416,14 @@ def test_client_starts_a_cluster_from_dask_keywords() -> None:
         LocalCluster(n_workers=1, nonsense=1)
     with pytest.raises(TypeError, match="n_workers"):
         Client("127.0.0.1:1", n_workers=2)
+
+
+def test_oversized_message_is_refused_and_the_client_goes_on(client: Client) -> None:
+    """An argument too large for a message header is refused before it is sent, with advice,
+    and the connection stays usable (once, it was closed by the scheduler and every later
+    call failed)."""
+    with pytest.raises(shoal.FrameTooLargeError, match="scatter"):
+        client.submit(len, b"x" * (65 << 20))
+    assert client.submit(inc, 41).result(timeout=30) == 42
+    big = client.scatter(b"x" * (65 << 20))
+    assert client.submit(len, big).result(timeout=60) == 65 << 20
