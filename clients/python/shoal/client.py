@@ -63,6 +63,18 @@ class _DataConn:
                 return reply, out
 
 
+def _loose(workers: Any, allow_other_workers: bool, actor: bool) -> Any:
+    """The worker restriction a task gets. ``allow_other_workers=True`` makes ``workers`` a
+    preference, which Shoal's scheduler does not use yet: the task may then run on any worker
+    (it must never wait for ever on workers that are not there). Actors are refused."""
+    if actor:
+        raise NotImplementedError("actor=True: Shoal does not support actors (yet); run a task that "
+                                  "holds the state, or use shared state from the scheduler")
+    if allow_other_workers and workers is None:
+        raise ValueError("Only use allow_other_workers= if using workers=")
+    return None if allow_other_workers else workers
+
+
 class Client:
     """Connect to a Shoal scheduler; the API of ``dask.distributed.Client``.
 
@@ -438,7 +450,7 @@ class Client:
     def submit(self, func: Callable[..., Any], *args: Any, key: Optional[str] = None,
                workers: Any = None, resources: Optional[Mapping[str, float]] = None,
                retries: int = 0, priority: int = 0, pure: bool = True,
-               allow_other_workers: bool = False, **kwargs: Any) -> Future:
+               allow_other_workers: bool = False, actor: bool = False, **kwargs: Any) -> Future:
         """Run ``func(*args, **kwargs)`` on the cluster and return a Future to its result.
 
         Futures among the arguments (also nested in lists, tuples, sets and dicts) are replaced
@@ -450,6 +462,7 @@ class Client:
         """
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
+        workers = _loose(workers, allow_other_workers, actor)
         fhash, fdata = self._func(func)
         task = self._task(func, args, kwargs, key=key, pure=pure, priority=priority,
                           retries=retries, resources=resources, workers=workers, fhash=fhash)
@@ -493,13 +506,14 @@ class Client:
             key: Union[str, Sequence[str], None] = None, workers: Any = None,
             retries: int = 0, resources: Optional[Mapping[str, float]] = None,
             priority: int = 0, pure: bool = True, batch_size: Optional[int] = None,
-            allow_other_workers: bool = False, **kwargs: Any) -> list[Future]:
+            allow_other_workers: bool = False, actor: bool = False, **kwargs: Any) -> list[Future]:
         """``submit(func, *items)`` for each item of the zipped iterables; one message for all.
 
         ``key`` is a list of keys, or a string used as the key prefix.
         """
         if not callable(func):
             raise TypeError("First input to map must be a callable function")
+        workers = _loose(workers, allow_other_workers, actor)
         columns = [list(it) for it in iterables]
         n = min((len(c) for c in columns), default=0)
         if isinstance(key, (list, tuple)) and len(key) < n:

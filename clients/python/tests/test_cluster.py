@@ -427,3 +427,15 @@ def test_oversized_message_is_refused_and_the_client_goes_on(client: Client) -> 
     assert client.submit(inc, 41).result(timeout=30) == 42
     big = client.scatter(b"x" * (65 << 20))
     assert client.submit(len, big).result(timeout=60) == 65 << 20
+
+
+def test_submit_options_are_honoured_or_refused(client: Client) -> None:
+    """allow_other_workers=True lets a task restricted to absent workers run elsewhere (it used
+    to wait for ever); actor=True is refused instead of reaching the function as a keyword."""
+    f = client.submit(inc, 1, workers=["no-such-worker"], allow_other_workers=True, pure=False)
+    assert f.result(timeout=30) == 2
+    assert client.gather(client.map(inc, [1, 2], workers=["nope"], allow_other_workers=True, pure=False)) == [2, 3]
+    with pytest.raises(NotImplementedError, match="actor"):
+        client.submit(inc, 1, actor=True)
+    with pytest.raises(ValueError, match="allow_other_workers"):
+        client.submit(inc, 1, allow_other_workers=True)
