@@ -25,13 +25,14 @@ type workerFlags struct {
 }
 
 // memFractions are the worker's memory thresholds, fractions of --memory-limit (dask's
-// distributed.worker.memory.target/spill/pause).
-type memFractions struct{ target, spill, pause float64 }
+// distributed.worker.memory.target/spill/pause/terminate).
+type memFractions struct{ target, spill, pause, terminate float64 }
 
 func (m *memFractions) register(fs *flag.FlagSet) {
 	fs.Float64Var(&m.target, "memory-target", 0.6, "spill results to disk when they exceed this fraction of --memory-limit (0: never)")
 	fs.Float64Var(&m.spill, "memory-spill", 0.7, "spill results when the worker process and its executors use more than this fraction of --memory-limit, until back under --memory-target (0: off)")
 	fs.Float64Var(&m.pause, "memory-pause", 0.8, "start no new task while memory is above this fraction of --memory-limit (0: never pause)")
+	fs.Float64Var(&m.terminate, "memory-terminate", 0.95, "kill the Python executor using the most memory when the worker and its executors use more than this fraction of --memory-limit; its task fails (0: never)")
 }
 
 // validate names the first flag outside [0, 1].
@@ -39,7 +40,7 @@ func (m memFractions) validate() error {
 	for _, v := range []struct {
 		name string
 		v    float64
-	}{{"--memory-target", m.target}, {"--memory-spill", m.spill}, {"--memory-pause", m.pause}} {
+	}{{"--memory-target", m.target}, {"--memory-spill", m.spill}, {"--memory-pause", m.pause}, {"--memory-terminate", m.terminate}} {
 		if v.v < 0 || v.v > 1 {
 			return fmt.Errorf("%s %g: must be a fraction of --memory-limit between 0 and 1", v.name, v.v)
 		}
@@ -50,7 +51,8 @@ func (m memFractions) validate() error {
 // args passes the thresholds on to a worker process.
 func (m memFractions) args() []string {
 	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
-	return []string{"--memory-target", f(m.target), "--memory-spill", f(m.spill), "--memory-pause", f(m.pause)}
+	return []string{"--memory-target", f(m.target), "--memory-spill", f(m.spill), "--memory-pause", f(m.pause),
+		"--memory-terminate", f(m.terminate)}
 }
 
 func (f *workerFlags) register(fs *flag.FlagSet) {
@@ -150,6 +152,7 @@ func (f *workerFlags) config() (worker.Config, error) {
 	cfg.LocalDir, cfg.Token, cfg.Python, cfg.Resources, cfg.Logger = f.localDir, token, f.python, res, log
 	cfg.ServerTLS, cfg.ClientTLS = serverTLS, clientTLS
 	cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction = fr.target, fr.spill, fr.pause
+	cfg.TerminateFraction = fr.terminate
 	cfg.NProcsPython = f.nprocsPython
 	if cfg.NProcsPython == 0 {
 		cfg.NProcsPython = f.nthreads

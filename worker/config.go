@@ -41,6 +41,10 @@ type Config struct {
 	// memory resident in the worker and its executors while results are left to spill, no
 	// new task is started until memory falls. 0 disables pausing.
 	PauseFraction float64
+	// TerminateFraction: above TerminateFraction×MemoryLimit of memory resident in the worker
+	// and its executors, the executor using the most is killed and its task fails, as dask's
+	// nanny kills its worker (memory.terminate). 0 disables it.
+	TerminateFraction float64
 	// MemoryMonitorInterval is how often the memory monitor reads process memory.
 	MemoryMonitorInterval time.Duration
 	// LocalDir is where the worker creates its own scratch directory (removed by Close).
@@ -91,6 +95,7 @@ func DefaultConfig() Config {
 		SpillFraction:         0.6,
 		ProcessSpillFraction:  0.7,
 		PauseFraction:         0.8,
+		TerminateFraction:     0.95,
 		MemoryMonitorInterval: 50 * time.Millisecond,
 		LocalDir:              os.TempDir(),
 		Python:                "python3",
@@ -127,6 +132,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("worker: config: MemoryMonitorInterval %v is negative", c.MemoryMonitorInterval)
 	case c.PauseFraction < 0 || c.PauseFraction > 1:
 		return fmt.Errorf("worker: config: PauseFraction %g is outside [0, 1]", c.PauseFraction)
+	case c.TerminateFraction < 0 || c.TerminateFraction > 1:
+		return fmt.Errorf("worker: config: TerminateFraction %g is outside [0, 1]", c.TerminateFraction)
 	case c.LocalDir == "":
 		return errors.New("worker: config: LocalDir is empty")
 	case c.Python == "":

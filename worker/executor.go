@@ -36,6 +36,8 @@ type executor struct {
 	lane   int         // the thread number reported for tasks it ran as part of a batch
 	shm    execWindows // shared-memory windows for large frames (executor_shm.go)
 	seg    bool        // it takes segment-backed dependencies as descriptors (segment.go)
+	// killedFor says why the worker killed it (the memory monitor), for its task's error.
+	killedFor atomic.Pointer[string]
 }
 
 // executorPool starts executors lazily, at most NProcsPython, and restarts dead ones on
@@ -760,6 +762,9 @@ func (w *Worker) executorDied(ex *executor, batch []*pyRun, i int, err error) (r
 		return result{}, true
 	}
 	w.log.Warn("Python executor died", "pid", ex.pid, "task", culprit.ts.t.Key, "how", how, "err", err)
+	if why := ex.killedFor.Load(); why != nil {
+		how = *why
+	}
 	return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied",
 		Message: fmt.Sprintf("Python executor (pid %d) died while running the task: %s", ex.pid, how)}}, false
 }

@@ -43,6 +43,7 @@ type memState struct {
 	trimmed  bool         // memory was returned to the OS since the last task finished
 	// stuckSince: since when the worker is paused while it cannot spill (zero: it is not)
 	stuckSince time.Time
+	lastKill   time.Time // when the monitor last killed an executor over the terminate threshold
 }
 
 // idleSinceLastCheck tells whether no task finished since the last check and none is
@@ -74,19 +75,36 @@ var pageSize = int64(os.Getpagesize())
 
 // rssOf returns the resident set size of process pid in bytes, or -1 if unknown.
 func rssOf(pid int) int64 {
+	rss, _ := statm(pid)
+	return rss
+}
+
+// privateOf is a process's resident memory that is its own: its resident set less the shared
+// pages (mapped files, and the shared-memory segments it maps, which the store counts).
+func privateOf(pid int) int64 {
+	rss, shared := statm(pid)
+	if rss < 0 {
+		return -1
+	}
+	return rss - shared
+}
+
+// statm reads a process's resident and resident-shared bytes from /proc; -1 when unknown.
+func statm(pid int) (rss, shared int64) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
 	if err != nil {
-		return -1
+		return -1, -1
 	}
 	f := bytes.Fields(b)
-	if len(f) < 2 {
-		return -1
+	if len(f) < 3 {
+		return -1, -1
 	}
-	pages, err := strconv.ParseInt(string(f[1]), 10, 64)
-	if err != nil {
-		return -1
+	res, err1 := strconv.ParseInt(string(f[1]), 10, 64)
+	sh, err2 := strconv.ParseInt(string(f[2]), 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1, -1
 	}
-	return pages * pageSize
+	return res * pageSize, sh * pageSize
 }
 
 // processMemory returns the bytes resident in the worker process and its live executors plus
@@ -207,6 +225,49 @@ func (w *Worker) checkMemory(now time.Time) {
 		w.wake()
 	}
 	w.failIfStuck(now)
+	if f := w.cfg.TerminateFraction; f > 0 && total > int64(f*limit) && now.Sub(w.mem.lastKill) >= killCooldown {
+		if w.killBiggestExecutor(int64(f * limit)) {
+			w.mem.lastKill = now
+		}
+	}
+}
+
+// killCooldown spaces the memory monitor's kills: the killed executor's memory must be seen
+// gone before another is judged.
+const killCooldown = time.Second
+
+// killBiggestExecutor kills the executor holding the most memory of its own when the worker
+// and its executors, counted without double counting what they share, are over the terminate
+// threshold killAt: its task fails with executor-died and that reason, as dask's nanny kills a
+// worker over memory.terminate (a task holding too much fails, instead of the limit being a
+// number nobody enforces). It reports whether it killed.
+func (w *Worker) killBiggestExecutor(killAt int64) bool {
+	total := rssOf(os.Getpid()) + w.store.Stats().Segments
+	var victim *executor
+	var most int64
+	w.py.mu.Lock()
+	for ex := range w.py.mu.all {
+		r := privateOf(ex.pid)
+		total += max(r, 0)
+		if r > most {
+			victim, most = ex, r
+		}
+	}
+	w.py.mu.Unlock()
+	if total <= killAt {
+		return false // over only by counting shared segments twice
+	}
+	if victim == nil || most < min(total-killAt, w.memLimit/4) {
+		return false // the memory is not an executor's (the worker's own, or stored results)
+	}
+	why := fmt.Sprintf("killed by its worker: the worker and its executors used %d bytes, over the terminate "+
+		"threshold of %d (%g of the %d-byte memory limit); this executor held %d", total, killAt,
+		w.cfg.TerminateFraction, w.memLimit, most)
+	victim.killedFor.Store(&why)
+	w.log.Warn("killing the Python executor holding the most memory: the worker is over its memory limit",
+		"pid", victim.pid, "executor_memory", most, "process_memory", total, "terminate_at", killAt)
+	victim.cmd.Process.Kill()
+	return true
 }
 
 // stuckAfter is how long a worker stays paused with spilling suspended (its spill directory

@@ -439,3 +439,21 @@ def test_submit_options_are_honoured_or_refused(client: Client) -> None:
         client.submit(inc, 1, actor=True)
     with pytest.raises(ValueError, match="allow_other_workers"):
         client.submit(inc, 1, allow_other_workers=True)
+
+
+def hog(nbytes: int) -> int:
+    block = np.ones(nbytes, dtype="u1")  # touched: resident
+    time.sleep(10)
+    return int(block.sum())
+
+
+def test_memory_limit_is_enforced() -> None:
+    """A task that takes far more memory than its worker's limit fails (its executor is killed
+    over the terminate threshold, as dask's nanny kills the worker), with the reason; the
+    worker goes on running tasks."""
+    with LocalCluster(n_workers=1, memory_limit="300MiB", dashboard_port=None) as cluster, \
+            Client(cluster) as client:
+        f = client.submit(hog, 600 << 20, pure=False)
+        with pytest.raises(ExecutorDiedError, match="terminate threshold"):
+            f.result(timeout=60)
+        assert client.submit(inc, 1).result(timeout=30) == 2
