@@ -908,6 +908,30 @@ class Client:
 
     ncores = nthreads
 
+    def has_what(self, workers: Any = None) -> dict[str, list[str]]:
+        """The keys of this client's futures each worker holds: {worker address: [keys]}
+        (every worker appears; ``workers`` limits it to those addresses)."""
+        out: dict[str, list[str]] = {a: [] for a in self.scheduler_info()["workers"]}
+        for key, holders in self.who_has().items():
+            for a in holders:
+                out.setdefault(a, []).append(key)
+        if workers is not None:
+            wanted = {workers} if isinstance(workers, str) else set(workers)
+            out = {a: ks for a, ks in out.items() if a in wanted}
+        return out
+
+    def wait_for_workers(self, n_workers: int = 0, timeout: Optional[float] = None) -> None:
+        """Block until at least ``n_workers`` workers have joined; ``TimeoutError`` after
+        ``timeout`` seconds (None: wait as long as it takes)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.01
+        while len(self.scheduler_info()["workers"]) < n_workers:
+            if deadline is not None and time.monotonic() >= deadline:
+                have = len(self.scheduler_info()["workers"])
+                raise TimeoutError(f"only {have} of {n_workers} workers joined within {timeout} s")
+            time.sleep(delay)
+            delay = min(2 * delay, 0.5)
+
     def _run_callback(self, fn: Callable[[Future], Any], future: Future) -> None:
         def call() -> None:
             try:

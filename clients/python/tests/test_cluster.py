@@ -457,3 +457,16 @@ def test_memory_limit_is_enforced() -> None:
         with pytest.raises(ExecutorDiedError, match="terminate threshold"):
             f.result(timeout=60)
         assert client.submit(inc, 1).result(timeout=30) == 2
+
+
+def test_wait_for_workers_and_has_what(client: Client) -> None:
+    client.wait_for_workers(2, timeout=10)
+    with pytest.raises(shoal.TimeoutError, match="2 of 3 workers"):
+        client.wait_for_workers(3, timeout=0.3)
+    addrs = sorted(client.scheduler_info()["workers"])
+    f = client.submit(inc, 10, workers=[addrs[1]], pure=False)
+    assert f.result(timeout=30) == 11
+    held = client.has_what()
+    assert sorted(held) == addrs
+    assert f.key in held[addrs[1]] and f.key not in held[addrs[0]]
+    assert list(client.has_what(workers=addrs[0])) == [addrs[0]]
