@@ -920,6 +920,37 @@ class Client:
             out = {a: ks for a, ks in out.items() if a in wanted}
         return out
 
+    def run(self, function: Callable[..., Any], *args: Any, workers: Any = None, wait: bool = True,
+            nanny: bool = False, on_error: str = "raise", **kwargs: Any) -> Optional[dict[str, Any]]:
+        """Run ``function(*args, **kwargs)`` once on every worker (or those in ``workers``) and
+        return {worker address: result}. It runs as a task in the worker's Python executor (a
+        Shoal worker is a Go process), after the tasks already queued there. ``on_error``:
+        "raise" (the first error), "return" (the exception as that worker's result) or "ignore"."""
+        if nanny:
+            raise NotImplementedError("run(nanny=True): Shoal workers have no nanny process")
+        if on_error not in ("raise", "return", "ignore"):
+            raise ValueError(f"on_error={on_error!r}: use 'raise', 'return' or 'ignore'")
+        addrs = list(self.scheduler_info()["workers"]) if workers is None else (
+            [workers] if isinstance(workers, str) else list(workers))
+        futures = {a: self.submit(function, *args, workers=[a], pure=False, **kwargs) for a in addrs}
+        if not wait:
+            return None
+        out: dict[str, Any] = {}
+        for a, f in futures.items():
+            try:
+                out[a] = f.result()
+            except Exception as exc:
+                if on_error == "raise":
+                    raise
+                if on_error == "return":
+                    out[a] = exc
+        return out
+
+    def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Not available: Shoal's scheduler is a Go process and runs no Python."""
+        raise NotImplementedError("run_on_scheduler: Shoal's scheduler is written in Go and runs no Python; "
+                                  "use client.scheduler_info() for its state")
+
     def wait_for_workers(self, n_workers: int = 0, timeout: Optional[float] = None) -> None:
         """Block until at least ``n_workers`` workers have joined; ``TimeoutError`` after
         ``timeout`` seconds (None: wait as long as it takes)."""

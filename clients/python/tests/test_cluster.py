@@ -470,3 +470,21 @@ def test_wait_for_workers_and_has_what(client: Client) -> None:
     assert sorted(held) == addrs
     assert f.key in held[addrs[1]] and f.key not in held[addrs[0]]
     assert list(client.has_what(workers=addrs[0])) == [addrs[0]]
+
+
+def boom() -> None:
+    raise ValueError("here")
+
+
+def test_run_on_every_worker(client: Client) -> None:
+    addrs = sorted(client.scheduler_info()["workers"])
+    pids = client.run(os.getpid)
+    assert pids is not None and sorted(pids) == addrs and len(set(pids.values())) == 2
+    assert list(client.run(os.getpid, workers=[addrs[0]]) or {}) == [addrs[0]]
+    got = client.run(boom, on_error="return") or {}
+    assert sorted(got) == addrs and all(isinstance(e, ValueError) for e in got.values())
+    assert client.run(boom, on_error="ignore") == {}
+    with pytest.raises(ValueError, match="here"):
+        client.run(boom)
+    with pytest.raises(NotImplementedError, match="Go"):
+        client.run_on_scheduler(os.getpid)
