@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import html
 import itertools
 import logging
 import os
 import random
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -946,6 +948,28 @@ class Client:
                     out[a] = exc
         return out
 
+    def get_versions(self, check: bool = False, packages: Sequence[str] = ()) -> dict[str, Any]:
+        """The versions of Python and the key packages on the client and every worker's
+        executor, and the scheduler's Shoal version, shaped like dask's. With ``check``, a
+        package whose version differs anywhere (Shoal's including the scheduler's) raises
+        ValueError naming it and where."""
+        names = (*_VERSIONED, *packages)
+        client = _versions(names)
+        workers = self.run(_versions, names) or {}
+        out = {"scheduler": {"packages": {"shoal": self.server_version}}, "workers": workers, "client": client}
+        if check:
+            bad = []
+            for name in ["python", *names]:
+                seen = {"client": _pkg(client, name)}
+                seen.update({w: _pkg(v, name) for w, v in workers.items()})
+                if name == "shoal":
+                    seen["scheduler"] = self.server_version
+                if len(set(seen.values())) > 1:
+                    bad.append(f"{name}: " + ", ".join(f"{k} {v}" for k, v in seen.items()))
+            if bad:
+                raise ValueError("Mismatched versions found\n" + "\n".join(bad))
+        return out
+
     def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Not available: Shoal's scheduler is a Go process and runs no Python."""
         raise NotImplementedError("run_on_scheduler: Shoal's scheduler is written in Go and runs no Python; "
@@ -1023,9 +1047,57 @@ class Client:
     def __repr__(self) -> str:
         return f"<Client: scheduler={self.scheduler_address!r} status={self.status}>"
 
+    def _repr_html_(self) -> str:
+        rows = [("Scheduler", self.scheduler_address), ("Status", self.status)]
+        if self.status == "running":
+            try:
+                ws = self.scheduler_info()["workers"]
+                threads = sum(int(w.get("nthreads") or 0) for w in ws.values())
+                memory = sum(int(w.get("memory_limit") or 0) for w in ws.values())
+                rows += [("Workers", str(len(ws))), ("Threads", str(threads)), ("Memory", _human_bytes(memory))]
+            except ShoalError:
+                pass
+        if self.dashboard_link:
+            link = html.escape(self.dashboard_link, quote=True)
+            rows.append(("Dashboard", f"<a href='{link}' target='_blank'>{html.escape(self.dashboard_link)}</a>"))
+        body = "".join(f"<tr><th style='text-align: left'>{k}</th><td style='text-align: left'>"
+                       f"{v if k == 'Dashboard' else html.escape(str(v))}</td></tr>" for k, v in rows)
+        return f"<div><strong>Shoal Client</strong><table>{body}</table></div>"
+
 
 # -------------------------------------------------------------------------------------------
 # helpers
+
+
+# the packages get_versions reports (and checks) besides Python itself
+_VERSIONED = ("shoal", "msgpack", "cloudpickle", "pyarrow", "numpy", "pandas", "dask")
+
+
+def _versions(names: Sequence[str]) -> dict[str, Any]:
+    """This process's Python and package versions (None for a package not installed)."""
+    import importlib.metadata
+    import platform
+
+    pkgs: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            pkgs[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pkgs[name] = None
+    return {"host": {"python": sys.version, "OS": platform.system(), "machine": platform.machine()},
+            "packages": pkgs}
+
+
+def _pkg(v: Any, name: str) -> Any:
+    return (v.get("packages") or {}).get(name) if isinstance(v, dict) else None
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return f"{n:.2f} TiB"
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 

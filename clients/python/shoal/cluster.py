@@ -321,6 +321,19 @@ class LocalCluster:
         return (f"<LocalCluster: {self.scheduler_address or 'starting'}, workers={self.n_workers},"
                 f" threads={self.threads_per_worker}>")
 
+    def _repr_html_(self) -> str:
+        import html
+
+        rows = [("Scheduler", html.escape(self.scheduler_address or "starting")),
+                ("Workers", str(self.n_workers)), ("Threads per worker", str(self.threads_per_worker)),
+                ("Memory limit per worker", f"{self.memory_limit / (1 << 30):.2f} GiB")]
+        if self.dashboard_link:
+            link = html.escape(self.dashboard_link, quote=True)
+            rows.append(("Dashboard", f"<a href='{link}' target='_blank'>{html.escape(self._dashboard)}</a>"))
+        body = "".join(f"<tr><th style='text-align: left'>{k}</th><td style='text-align: left'>{v}</td></tr>"
+                       for k, v in rows)
+        return f"<div><strong>Shoal LocalCluster</strong><table>{body}</table></div>"
+
 
 def _python_path() -> str:
     """PYTHONPATH for the executors: this interpreter's sys.path (as multiprocessing's spawn

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import logging
 import queue
 import sys
@@ -176,6 +177,10 @@ class Future:
     def __repr__(self) -> str:
         return f"<Future: {self.status}, key: {self.key}>"
 
+    def _repr_html_(self) -> str:
+        return (f"<strong>Future: {html.escape(self.key)}</strong> "
+                f"<span style='color: var(--jp-ui-font-color2, gray)'>status:</span> {html.escape(self.status)}")
+
 
 async def wait_async(state: KeyState) -> None:
     """Wait for a key state without blocking the event loop."""
@@ -327,11 +332,15 @@ class as_completed(Iterator[Any]):
 
 
 def progress(*futures: Any, interval: float = 0.2, file: Any = None, width: int = 40,
-             complete: bool = True) -> None:
+             complete: bool = True, notebook: Optional[bool] = None) -> None:
     """Show a text progress bar until the futures are done (blocks; like dask's ``progress``).
 
     Accepts futures, lists of futures and collections of them. Writes to ``sys.stderr``.
+    ``notebook=False`` (or None) is this text bar; ``notebook=True`` (a Jupyter widget) is not
+    available yet and raises ``NotImplementedError``.
     """
+    if notebook:
+        raise NotImplementedError("progress(notebook=True): no Jupyter widget yet; notebook=False shows a text bar")
     flat: list[Future] = []
     _collect(futures, flat)
     out = file or sys.stderr

@@ -488,3 +488,40 @@ def test_run_on_every_worker(client: Client) -> None:
         client.run(boom)
     with pytest.raises(NotImplementedError, match="Go"):
         client.run_on_scheduler(os.getpid)
+
+
+def test_versions_reprs_and_progress(client: Client, monkeypatch: Any) -> None:
+    v = client.get_versions(check=True)
+    assert sorted(v) == ["client", "scheduler", "workers"]
+    assert len(v["workers"]) == 2
+    assert v["client"]["packages"]["numpy"] == np.__version__
+    assert v["scheduler"]["packages"]["shoal"] == shoal.__version__
+    monkeypatch.setattr(client, "server_version", "0.0.0-other")
+    with pytest.raises(ValueError, match="Mismatched versions found\\nshoal: client"):
+        client.get_versions(check=True)
+    monkeypatch.undo()
+
+    f = client.submit(inc, 1, pure=False)
+    f.result(timeout=30)
+    assert f.key in f._repr_html_() and "finished" in f._repr_html_()
+    page = client._repr_html_()
+    assert "Shoal Client" in page and "<td style='text-align: left'>2</td>" in page
+    import io
+
+    out = io.StringIO()
+    shoal.progress(f, notebook=False, file=out)
+    assert "100% Completed" in out.getvalue()
+    with pytest.raises(NotImplementedError, match="notebook"):
+        shoal.progress(f, notebook=True)
+
+
+def test_local_cluster_repr_html() -> None:
+    with LocalCluster(n_workers=1, dashboard_port=None) as cluster:
+        page = cluster._repr_html_()
+        assert "Shoal LocalCluster" in page and html_escape(cluster.scheduler_address) in page
+
+
+def html_escape(s: str) -> str:
+    import html
+
+    return html.escape(s)
