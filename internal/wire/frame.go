@@ -96,15 +96,9 @@ func readFrames(r io.Reader, lim Limits, s *recvScratch, alloc func(int) []byte)
 			}
 			frames[0] = s.hdr[:sz]
 		} else if i > 0 && alloc != nil && sz > 0 {
-			if frames[i] = alloc(int(sz)); frames[i] == nil { // not trusted with that much
-				f, err := readGrowing(r, sz)
-				if err != nil {
-					return nil, err
-				}
-				frames[i] = f
-				continue
-			}
-		} else {
+			frames[i] = alloc(int(sz)) // nil: not trusted with that much
+		}
+		if frames[i] == nil {
 			f, err := readGrowing(r, sz)
 			if err != nil {
 				return nil, err

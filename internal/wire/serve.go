@@ -42,6 +42,7 @@ const (
 // Server accepts connections on one port within a ServeConfig.
 type Server struct {
 	cfg        ServeConfig
+	roles      []Role        // the roles served (the keys of cfg.MaxConns)
 	handshakes chan struct{} // a slot per connection in its handshake, taken before Accept
 	mu         struct {
 		sync.Mutex
@@ -64,6 +65,9 @@ func NewServer(cfg ServeConfig) *Server {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	s := &Server{cfg: cfg, handshakes: make(chan struct{}, cfg.MaxHandshakes)}
+	for r := range cfg.MaxConns {
+		s.roles = append(s.roles, r)
+	}
 	s.mu.open = map[Role]int{}
 	return s
 }
@@ -133,11 +137,7 @@ func (s *Server) serve(nc net.Conn, handle func(*Conn)) {
 }
 
 func (s *Server) handshake(nc net.Conn) (*Conn, error) {
-	roles := make([]Role, 0, len(s.cfg.MaxConns))
-	for r := range s.cfg.MaxConns {
-		roles = append(roles, r)
-	}
-	c, err := acceptAs(nc, s.cfg.Token, s.cfg.Limits, roles, s.admit, s.release)
+	c, err := acceptAs(nc, s.cfg.Token, s.cfg.Limits, s.roles, s.admit, s.release)
 	if err != nil {
 		return nil, err
 	}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import html
 import itertools
 import logging
 import os
@@ -1057,12 +1056,9 @@ class Client:
                 rows += [("Workers", str(len(ws))), ("Threads", str(threads)), ("Memory", _human_bytes(memory))]
             except ShoalError:
                 pass
-        if self.dashboard_link:
-            link = html.escape(self.dashboard_link, quote=True)
-            rows.append(("Dashboard", f"<a href='{link}' target='_blank'>{html.escape(self.dashboard_link)}</a>"))
-        body = "".join(f"<tr><th style='text-align: left'>{k}</th><td style='text-align: left'>"
-                       f"{v if k == 'Dashboard' else html.escape(str(v))}</td></tr>" for k, v in rows)
-        return f"<div><strong>Shoal Client</strong><table>{body}</table></div>"
+        from .cluster import html_summary
+
+        return html_summary("Shoal Client", rows, self.dashboard_link)
 
 
 # -------------------------------------------------------------------------------------------

@@ -322,17 +322,23 @@ class LocalCluster:
                 f" threads={self.threads_per_worker}>")
 
     def _repr_html_(self) -> str:
-        import html
-
-        rows = [("Scheduler", html.escape(self.scheduler_address or "starting")),
-                ("Workers", str(self.n_workers)), ("Threads per worker", str(self.threads_per_worker)),
+        rows = [("Scheduler", self.scheduler_address or "starting"), ("Workers", str(self.n_workers)),
+                ("Threads per worker", str(self.threads_per_worker)),
                 ("Memory limit per worker", f"{self.memory_limit / (1 << 30):.2f} GiB")]
-        if self.dashboard_link:
-            link = html.escape(self.dashboard_link, quote=True)
-            rows.append(("Dashboard", f"<a href='{link}' target='_blank'>{html.escape(self._dashboard)}</a>"))
-        body = "".join(f"<tr><th style='text-align: left'>{k}</th><td style='text-align: left'>{v}</td></tr>"
-                       for k, v in rows)
-        return f"<div><strong>Shoal LocalCluster</strong><table>{body}</table></div>"
+        return html_summary("Shoal LocalCluster", rows, self.dashboard_link, self._dashboard)
+
+
+def html_summary(title: str, rows: list[tuple[str, str]], link: str = "", link_text: str = "") -> str:
+    """A titled two-column HTML table (Jupyter's rich display), with a dashboard link row."""
+    import html
+
+    cells = [(k, html.escape(v)) for k, v in rows]
+    if link:
+        cells.append(("Dashboard", f"<a href='{html.escape(link, quote=True)}' target='_blank'>"
+                                   f"{html.escape(link_text or link)}</a>"))
+    body = "".join(f"<tr><th style='text-align: left'>{k}</th><td style='text-align: left'>{v}</td></tr>"
+                   for k, v in cells)
+    return f"<div><strong>{html.escape(title)}</strong><table>{body}</table></div>"
 
 
 def _python_path() -> str:
