@@ -99,7 +99,7 @@ func workerLabel(ws *worker) string {
 func (c *Core) killedWorker(id int32) *wire.Error {
 	deaths := c.deaths[id]
 	return wire.Errorf(wire.CodeKilledWorker, fmt.Sprintf(
-		"task %q was running on %d workers that died: %s", c.key(id), len(deaths), strings.Join(deaths, ", ")))
+		"task %q was running on %d workers (or their executors) that died: %s", c.key(id), len(deaths), strings.Join(deaths, ", ")))
 }
 
 // reschedule: a leaving worker hands back tasks it had not started; it gets no new ones.
@@ -173,6 +173,19 @@ func (c *Core) taskErred(e *EvTaskErred) {
 	t := &c.tasks[id]
 	if t.state != Processing || t.worker != e.Worker {
 		return // stale
+	}
+	if e.Err != nil && e.Err.Code == wire.CodeExecutorDied {
+		// The process running the task died (a crash, or killed over the memory limit): as a
+		// dask worker's death, it makes the task suspicious and runs it again elsewhere, up to
+		// KilledWorkerThreshold deaths; the user's retries are not spent on it.
+		t.suspicious++
+		c.deaths[id] = append(c.deaths[id], fmt.Sprintf("%s (%s)", workerLabel(c.workers[e.Worker]), e.Err.Message))
+		if int(t.suspicious) >= c.cfg.KilledWorkerThreshold {
+			c.processingToErred(id, c.killedWorker(id))
+		} else {
+			c.processingToWaiting(id)
+		}
+		return
 	}
 	if t.retries > 0 {
 		t.retries--

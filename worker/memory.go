@@ -240,7 +240,8 @@ const killCooldown = time.Second
 // and its executors, counted without double counting what they share, are over the terminate
 // threshold killAt: its task fails with executor-died and that reason, as dask's nanny kills a
 // worker over memory.terminate (a task holding too much fails, instead of the limit being a
-// number nobody enforces). It reports whether it killed.
+// number nobody enforces). The scheduler runs the task again, and after its third death fails
+// it with killed-worker naming each cause, as dask does. It reports whether it killed.
 func (w *Worker) killBiggestExecutor(killAt int64) bool {
 	total := rssOf(os.Getpid()) + w.store.Stats().Segments
 	var victim *executor
@@ -260,9 +261,9 @@ func (w *Worker) killBiggestExecutor(killAt int64) bool {
 	if victim == nil || most < min(total-killAt, w.memLimit/4) {
 		return false // the memory is not an executor's (the worker's own, or stored results)
 	}
-	why := fmt.Sprintf("killed by its worker: the worker and its executors used %d bytes, over the terminate "+
-		"threshold of %d (%g of the %d-byte memory limit); this executor held %d", total, killAt,
-		w.cfg.TerminateFraction, w.memLimit, most)
+	why := fmt.Sprintf("killed by its worker: it exceeded the memory limit of the worker (%d MiB used of %d MiB; "+
+		"the terminate threshold is %g of the limit; this executor held %d MiB)", total>>20, w.memLimit>>20,
+		w.cfg.TerminateFraction, most>>20)
 	victim.killedFor.Store(&why)
 	w.log.Warn("killing the Python executor holding the most memory: the worker is over its memory limit",
 		"pid", victim.pid, "executor_memory", most, "process_memory", total, "terminate_at", killAt)

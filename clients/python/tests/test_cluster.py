@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import signal
 import time
 from operator import add
@@ -21,7 +22,7 @@ from shoal import (
     CancelledError,
     Client,
     ConnectError,
-    ExecutorDiedError,
+    KilledWorker,
     LocalCluster,
     as_completed,
     wait,
@@ -150,8 +151,10 @@ def test_done_callback(client: Client) -> None:
 
 
 def test_executor_crash(client: Client) -> None:
+    """An executor dying under a task is a worker death to the scheduler: the task runs again
+    and after three deaths fails with KilledWorker, as a task killing dask workers does."""
     f = client.submit(os._exit, 7, pure=False)
-    with pytest.raises(ExecutorDiedError):
+    with pytest.raises(KilledWorker, match="3 workers .*died"):
         f.result(timeout=60)
     # the worker keeps serving Python tasks
     assert client.submit(inc, 1000).result(timeout=60) == 1001
@@ -448,14 +451,17 @@ def hog(nbytes: int) -> int:
 
 
 def test_memory_limit_is_enforced() -> None:
-    """A task that takes far more memory than its worker's limit fails (its executor is killed
-    over the terminate threshold, as dask's nanny kills the worker), with the reason; the
-    worker goes on running tasks."""
+    """A task that takes far more memory than its worker's limit has its executor killed over
+    the terminate threshold, as dask's nanny kills the worker; it runs again, and after the
+    third death fails with KilledWorker naming the cause each time. The worker goes on."""
     with LocalCluster(n_workers=1, memory_limit="300MiB", dashboard_port=None) as cluster, \
             Client(cluster) as client:
         f = client.submit(hog, 600 << 20, pure=False)
-        with pytest.raises(ExecutorDiedError, match="terminate threshold"):
-            f.result(timeout=60)
+        with pytest.raises(KilledWorker) as info:
+            f.result(timeout=90)
+        msg = str(info.value)
+        assert msg.count("exceeded the memory limit of the worker") == 3, msg
+        assert re.search(r"\(\d+ MiB used of 300 MiB", msg), msg
         assert client.submit(inc, 1).result(timeout=30) == 2
 
 
