@@ -6,11 +6,13 @@ import asyncio
 import html
 import logging
 import queue
-import sys
 import threading
-import time
+import urllib.parse
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, Iterator, NamedTuple, Optional
 
+from ._progress import ProgressWidget as ProgressWidget  # re-exported: progress lives with futures
+from ._progress import progress as progress
 from ._refs import Ref
 from .exceptions import CancelledError, TimeoutError
 
@@ -32,7 +34,7 @@ class KeyState:
     """What the client knows about one key; shared by every Future of that key."""
 
     __slots__ = ("key", "status", "event", "worker", "encoding", "nbytes", "exception",
-                 "traceback", "listeners", "lock")
+                 "traceback", "listeners", "lock", "_tb")
 
     def __init__(self, key: str) -> None:
         self.key = key
@@ -42,9 +44,10 @@ class KeyState:
         self.encoding: str = ""
         self.nbytes: int = 0
         self.exception: Optional[BaseException] = None
-        self.traceback: Optional[str] = None
+        self.traceback: Optional[str] = None  # the remote traceback as the worker formatted it
         self.listeners: list[Listener] = []
         self.lock = threading.Lock()
+        self._tb: Optional[TracebackType] = None
 
     def done(self) -> bool:
         return self.event.is_set()
@@ -56,7 +59,22 @@ class KeyState:
     def fail(self, status: str, exc: BaseException, tb: Optional[str] = None) -> None:
         self.exception = exc
         self.traceback = tb
+        self._tb = None
         self._set(status)
+
+    def remote_traceback(self) -> Optional[TracebackType]:
+        """The remote traceback as a traceback object (built once, when first asked for), whose
+        frames are the worker's: file, line and function of each. None without one."""
+        if self._tb is None and self.traceback:
+            self._tb = traceback_from_text(self.traceback)
+        return self._tb
+
+    def raise_exception(self) -> None:
+        """Raise the key's exception with the remote traceback as its ``__traceback__`` (set
+        afresh, so raising it again does not pile up the local frames of earlier raises)."""
+        exc = self.exception
+        assert exc is not None
+        raise exc.with_traceback(self.remote_traceback())
 
     def reset(self) -> None:
         """Back to pending (the result was lost and is being recomputed)."""
@@ -120,19 +138,32 @@ class Future:
             raise TimeoutError(f"future {self.key!r} did not finish within {timeout}s")
 
     def result(self, timeout: Optional[float] = None) -> Any:
-        """Wait for the result and return it; re-raise the task's exception if it failed."""
+        """Wait for the result and return it; re-raise the task's exception if it failed.
+
+        The exception's ``__traceback__`` then goes on into the worker's frames, as in dask, and
+        its ``__cause__`` is a :class:`~shoal.RemoteTraceback` with the worker's text.
+        """
         self._wait(timeout)
+        st = self._state
+        if st.status != FINISHED and st.exception is not None:
+            st.raise_exception()
         return self.client._fetch_one(self)
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        """The task's exception once done (None if it succeeded)."""
+        """The task's exception once done (None if it succeeded), its ``__traceback__`` the
+        remote one."""
         self._wait(timeout)
-        return self._state.exception
+        exc = self._state.exception
+        if exc is not None:
+            exc.__traceback__ = self._state.remote_traceback()
+        return exc
 
-    def traceback(self, timeout: Optional[float] = None) -> Optional[str]:
-        """The remote traceback of a failed task, as formatted text (None if it succeeded)."""
+    def traceback(self, timeout: Optional[float] = None) -> Optional[TracebackType]:
+        """The remote traceback of a failed task as a traceback object, as in dask (None if it
+        succeeded, or failed without one, e.g. cancelled): ``traceback.format_tb(tb)`` lists the
+        worker's frames. The worker's formatted text is in ``str(exc.__cause__)``."""
         self._wait(timeout)
-        return self._state.traceback
+        return self._state.remote_traceback()
 
     def cancel(self, **kwargs: Any) -> None:
         """Cancel the key (and the tasks waiting on it)."""
@@ -178,8 +209,23 @@ class Future:
         return f"<Future: {self.status}, key: {self.key}>"
 
     def _repr_html_(self) -> str:
-        return (f"<strong>Future: {html.escape(self.key)}</strong> "
-                f"<span style='color: var(--jp-ui-font-color2, gray)'>status:</span> {html.escape(self.status)}")
+        from ._progress import group_of
+
+        grey = "style='color: var(--jp-ui-font-color2, gray)'"
+        status = self.status
+        colour = {FINISHED: "var(--jp-success-color0, green)", PENDING: "var(--jp-ui-font-color0, black)"}.get(
+            status, "var(--jp-error-color0, red)")
+        parts = [f"<strong>Future: {html.escape(group_of(self.key))}</strong>",
+                 f"<span {grey}>status:</span> <span style='color: {colour}'>{html.escape(status)}</span>,"]
+        exc = self._state.exception
+        if status != FINISHED and exc is not None:
+            parts.append(f"<span {grey}>type:</span> {html.escape(type(exc).__name__)},")
+        parts.append(f"<span {grey}>key:</span> {html.escape(self.key)}")
+        link = getattr(self.client, "dashboard_link", "")
+        if link:
+            url = urllib.parse.urlsplit(link)._replace(fragment="/task/" + urllib.parse.quote(self.key, safe=""))
+            parts.append(f"<a href='{html.escape(url.geturl(), quote=True)}' target='_blank'>(dashboard)</a>")
+        return " ".join(parts)
 
 
 async def wait_async(state: KeyState) -> None:
@@ -331,36 +377,6 @@ class as_completed(Iterator[Any]):
             yield self.next_batch(block=True)
 
 
-def progress(*futures: Any, interval: float = 0.2, file: Any = None, width: int = 40,
-             complete: bool = True, notebook: Optional[bool] = None) -> None:
-    """Show a text progress bar until the futures are done (blocks; like dask's ``progress``).
-
-    Accepts futures, lists of futures and collections of them. Writes to ``sys.stderr``.
-    ``notebook=False`` (or None) is this text bar; ``notebook=True`` (a Jupyter widget) is not
-    available yet and raises ``NotImplementedError``.
-    """
-    if notebook:
-        raise NotImplementedError("progress(notebook=True): no Jupyter widget yet; notebook=False shows a text bar")
-    flat: list[Future] = []
-    _collect(futures, flat)
-    out = file or sys.stderr
-    states = list({id(f._state): f._state for f in flat}.values())
-    total = len(states)
-    start = time.monotonic()
-    while True:
-        n = sum(1 for s in states if s.done())
-        frac = n / total if total else 1.0
-        bar = "#" * int(width * frac)
-        elapsed = time.monotonic() - start
-        out.write(f"\r[{bar:<{width}}] | {frac * 100:3.0f}% Completed | {n}/{total} | {elapsed:5.1f}s")
-        out.flush()
-        if n == total:
-            out.write("\n")
-            out.flush()
-            return
-        time.sleep(interval)
-
-
 def _collect(obj: Any, out: list[Future]) -> None:
     if isinstance(obj, Future):
         out.append(obj)
@@ -370,6 +386,22 @@ def _collect(obj: Any, out: list[Future]) -> None:
     elif isinstance(obj, dict):
         for x in obj.values():
             _collect(x, out)
+
+
+def traceback_from_text(text: str) -> Optional[TracebackType]:
+    """A traceback object with the frames of a formatted traceback (the last one, when it is a
+    chain of several), built by tblib; None if the text has no frames."""
+    from tblib import Traceback, TracebackParseError
+
+    header = "Traceback (most recent call last):"
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.rstrip() == header]
+    tail = "\n".join(lines[starts[-1]:]) if starts else text
+    try:
+        tb: TracebackType = Traceback.from_string(tail, strict=bool(starts)).as_traceback()
+    except (TracebackParseError, ValueError):
+        return None
+    return tb
 
 
 def check_not_cancelled(state: KeyState) -> None:
