@@ -4,4 +4,7 @@ package main
 
 import "github.com/shoal-dev/shoal/cli"
 
-func main() { cli.Main() }
+func main() {
+	cli.DemoGraphs = demoGraphs
+	cli.Main()
+}
