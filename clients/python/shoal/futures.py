@@ -316,6 +316,7 @@ class as_completed(Iterator[Any]):
         self.timeout = timeout
         self._queue: queue.Queue[Future] = queue.Queue()
         self._pending = 0
+        self._generation = 0  # clear() starts a new one: futures added before it are forgotten
         self._lock = threading.Lock()
         for f in futures:
             self.add(f)
@@ -324,7 +325,22 @@ class as_completed(Iterator[Any]):
         """Add one more future to wait for."""
         with self._lock:
             self._pending += 1
-        future._state.add_listener(lambda _: self._queue.put(future))
+            generation = self._generation
+
+        def ready(_: KeyState) -> None:
+            with self._lock:
+                if generation == self._generation:
+                    self._queue.put(future)
+
+        future._state.add_listener(ready)
+
+    def clear(self) -> None:
+        """Forget every future added so far, finished or not."""
+        with self._lock:
+            self._generation += 1
+            self._pending = 0
+            while not self._queue.empty():
+                self._queue.get_nowait()
 
     def update(self, futures: Iterable[Future]) -> None:
         for f in futures:
@@ -362,6 +378,8 @@ class as_completed(Iterator[Any]):
             if self.raise_errors:
                 raise
             return fut, exc
+
+    next = __next__
 
     def next_batch(self, block: bool = True) -> list[Any]:
         """Everything finished so far (at least one item when ``block``)."""

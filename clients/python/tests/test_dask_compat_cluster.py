@@ -144,3 +144,15 @@ def test_progress_widget_groups_and_failures(client: Client) -> None:
     assert [(b.value, b.max) for b in one.bars.values()] == [(4, 4)]
     by_len = shoal.progress(ok, notebook=True, group_by=lambda key: f"n{len(key) // 1000}")
     assert by_len is not None and by_len.finished.wait(30) and list(by_len.bars) == ["n0"]
+
+
+def test_as_completed_next_and_clear(client: Client) -> None:
+    futures = client.map(inc, range(3))
+    ac = shoal.as_completed(futures)
+    assert ac.next() in futures  # dask's alias of next(ac)
+    ac.clear()
+    assert ac.is_empty() and list(ac) == []
+    client.gather(futures)
+    assert not ac.has_ready()  # what finishes after clear() is not queued
+    ac.add(futures[0])
+    assert list(ac) == [futures[0]]
