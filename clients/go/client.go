@@ -1,4 +1,4 @@
-package client
+package shoal
 
 import (
 	"context"
@@ -21,7 +21,7 @@ type Options struct {
 }
 
 // ErrClosed is returned once the client is closed or the scheduler has gone away.
-var ErrClosed = errors.New("client: connection to scheduler closed")
+var ErrClosed = errors.New("shoal: connection to scheduler closed")
 
 // Client is a connection to a scheduler.
 type Client struct {
@@ -44,10 +44,40 @@ type Client struct {
 }
 
 type keyState struct {
-	refs   int
-	done   chan struct{}
-	closed bool
-	res    keyResult // what the key_state that resolved it said
+	refs    int
+	done    chan struct{}
+	closed  bool
+	res     keyResult // what the key_state that resolved it said
+	waiters []func()  // called once, outside the lock, when done closes (AsCompleted, progress)
+}
+
+// onDone calls fn once the key is final: at once (in this goroutine) if it already is,
+// otherwise from the client's reader goroutine, so fn must not block.
+func (c *Client) onDone(ks *keyState, fn func()) {
+	c.mu.Lock()
+	if ks.closed {
+		c.mu.Unlock()
+		fn()
+		return
+	}
+	ks.waiters = append(ks.waiters, fn)
+	c.mu.Unlock()
+}
+
+// closeLocked marks ks final and returns the callbacks to run once the lock is released.
+func (ks *keyState) closeLocked(r keyResult) []func() {
+	ks.res = r
+	ks.closed = true
+	close(ks.done)
+	w := ks.waiters
+	ks.waiters = nil
+	return w
+}
+
+func runAll(fns []func()) {
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 // keyResult is the part of a key_state a future needs (not the whole header: a client may
@@ -70,12 +100,12 @@ func Connect(ctx context.Context, addr string, o Options) (*Client, error) {
 	defer cancel()
 	conn, err := wire.Dial(dctx, addr, wire.DialOptions{Role: wire.RoleClient, Token: o.Token, TLS: o.TLS})
 	if err != nil {
-		return nil, fmt.Errorf("client: connect to %s: %w", addr, err)
+		return nil, fmt.Errorf("shoal: connect to %s: %w", addr, err)
 	}
 	m, _, err := conn.Recv()
 	if err != nil || m.Op != wire.OpWelcome {
 		conn.Close()
-		return nil, fmt.Errorf("client: no welcome from scheduler at %s: %v", addr, err)
+		return nil, fmt.Errorf("shoal: no welcome from scheduler at %s: %v", addr, err)
 	}
 	c := &Client{opts: o, conn: conn, id: m.Client, dashboard: m.Dashboard, log: o.Logger, done: make(chan struct{})}
 	c.mu.futures = map[string]*keyState{}
@@ -139,20 +169,20 @@ func (c *Client) reply(m *wire.Msg) bool {
 }
 
 func (c *Client) fail(err error) {
+	var cbs []func()
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	c.mu.err = fmt.Errorf("%w: %v", ErrClosed, err)
 	for _, ks := range c.mu.futures {
 		if !ks.closed {
-			ks.res = keyResult{state: "lost", err: wire.Errorf(wire.CodeLost, c.mu.err.Error())}
-			ks.closed = true
-			close(ks.done)
+			cbs = append(cbs, ks.closeLocked(keyResult{state: "lost", err: wire.Errorf(wire.CodeLost, c.mu.err.Error())})...)
 		}
 	}
 	for id, ch := range c.mu.pending {
 		close(ch)
 		delete(c.mu.pending, id)
 	}
+	c.mu.Unlock()
+	runAll(cbs)
 }
 
 // reject fails a key's futures because its graph was refused, unless the key had already
@@ -169,18 +199,19 @@ func (c *Client) reject(key string, r keyResult) {
 
 func (c *Client) resolve(key string, r keyResult) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	ks, ok := c.mu.futures[key]
 	if !ok {
+		c.mu.Unlock()
 		return
 	}
 	if ks.closed { // a recomputed or re-stored key: keep the newest location
 		ks.res = r
+		c.mu.Unlock()
 		return
 	}
-	ks.res = r
-	ks.closed = true
-	close(ks.done)
+	cbs := ks.closeLocked(r)
+	c.mu.Unlock()
+	runAll(cbs)
 }
 
 // request sends m with a fresh id and waits for the reply.
@@ -234,8 +265,12 @@ func (c *Client) WhoHas(ctx context.Context, keys ...string) (map[string][]strin
 }
 
 // Submit sends the graph and returns one future per wanted key (in order). Every task of the
-// graph is submitted; only wanted keys are kept once computed.
+// graph is submitted; only wanted keys are kept once computed. It fails without sending
+// anything when building the graph failed (Graph.Err).
 func (c *Client) Submit(ctx context.Context, g *Graph, want ...Key) ([]*Future, error) {
+	if g.err != nil {
+		return nil, g.err
+	}
 	wanted := make([]string, len(want))
 	futs := make([]*Future, len(want))
 	c.mu.Lock()
@@ -250,7 +285,7 @@ func (c *Client) Submit(ctx context.Context, g *Graph, want ...Key) ([]*Future, 
 		futs[i] = c.futureLocked(string(k))
 	}
 	c.mu.Unlock()
-	err := c.conn.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: id, Tasks: g.tasks, Wanted: wanted})
+	err := c.conn.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: id, Tasks: g.tasks, Wanted: wanted, Funcs: g.funcs})
 	if err != nil {
 		for _, f := range futs {
 			f.Release()
@@ -270,7 +305,8 @@ func (c *Client) futureLocked(key string) *Future {
 	return &Future{c: c, key: key, ks: ks}
 }
 
-// Cancel cancels the keys of these futures (and their dependents).
+// Cancel cancels the keys of these futures (and their dependents): their futures, and every
+// other future of this client to the same keys, resolve with an error matching ErrCancelled.
 func (c *Client) Cancel(futs ...*Future) error {
 	keys := make([]string, len(futs))
 	for i, f := range futs {

@@ -1,4 +1,4 @@
-package client
+package shoal
 
 import (
 	"context"
@@ -38,7 +38,7 @@ func (p *dataPool) get(ctx context.Context, addr string) (*dataConn, error) {
 		c, err := wire.Dial(ctx, addr, wire.DialOptions{Role: wire.RoleClient, Token: p.opts.Token, TLS: p.opts.TLS})
 		if err != nil {
 			dc.mu.Unlock()
-			return nil, fmt.Errorf("client: connect to worker %s: %w", addr, err)
+			return nil, fmt.Errorf("shoal: connect to worker %s: %w", addr, err)
 		}
 		dc.conn = c
 	}
@@ -57,6 +57,24 @@ func (p *dataPool) close() {
 	}
 }
 
+// recv reads the answer to a request; when ctx ends first, the connection is dropped (its
+// answer would come out of turn) and ctx's error returned. dc is locked.
+func (dc *dataConn) recv(ctx context.Context) (*wire.Msg, [][]byte, error) {
+	conn := dc.conn
+	stop := context.AfterFunc(ctx, func() { conn.Abort() })
+	m, frames, err := conn.Recv()
+	stop()
+	if err != nil {
+		conn.Abort()
+		dc.conn = nil
+		if ctx.Err() != nil {
+			return nil, nil, ctx.Err()
+		}
+		return nil, nil, err
+	}
+	return m, frames, nil
+}
+
 // getData fetches keys from one worker and decodes them.
 func (p *dataPool) getData(ctx context.Context, addr string, keys []string) (map[string]any, error) {
 	dc, err := p.get(ctx, addr)
@@ -70,14 +88,9 @@ func (p *dataPool) getData(ctx context.Context, addr string, keys []string) (map
 		dc.conn = nil
 		return nil, err
 	}
-	if d, ok := ctx.Deadline(); ok {
-		_ = d // the connection has no per-read deadline; a dead worker closes the socket
-	}
-	m, frames, err := dc.conn.Recv()
+	m, frames, err := dc.recv(ctx)
 	if err != nil {
-		dc.conn.Abort()
-		dc.conn = nil
-		return nil, fmt.Errorf("client: get_data from %s: %w", addr, err)
+		return nil, fmt.Errorf("shoal: get_data from %s: %w", addr, err)
 	}
 	if m.Op == wire.OpError {
 		return nil, wire.Errorf(m.Code, m.Message)
@@ -92,12 +105,38 @@ func (p *dataPool) getData(ctx context.Context, addr string, keys []string) (map
 		}
 		v, err := Decode(it.Encoding, frames[:it.NFrames])
 		if err != nil {
-			return nil, fmt.Errorf("client: key %s: %w", it.Key, err)
+			return nil, fmt.Errorf("shoal: key %s: %w", it.Key, err)
 		}
 		out[it.Key] = v
 		frames = frames[it.NFrames:]
 	}
 	return out, nil
+}
+
+// putData stores values on one worker (put_data) and waits for its put_ok.
+func (p *dataPool) putData(ctx context.Context, addr string, items []wire.Item, frames [][]byte) error {
+	dc, err := p.get(ctx, addr)
+	if err != nil {
+		return err
+	}
+	defer dc.mu.Unlock()
+	dc.next++
+	if err := dc.conn.Send(&wire.Msg{Op: wire.OpPutData, ID: dc.next, Items: items}, frames...); err != nil {
+		dc.conn.Abort()
+		dc.conn = nil
+		return fmt.Errorf("shoal: put_data to %s: %w", addr, err)
+	}
+	m, _, err := dc.recv(ctx)
+	if err != nil {
+		return fmt.Errorf("shoal: put_data to %s: %w", addr, err)
+	}
+	if m.Op == wire.OpError {
+		return wire.Errorf(m.Code, m.Message)
+	}
+	if m.Op != wire.OpPutOK {
+		return wire.Errorf(wire.CodeProtocol, fmt.Sprintf("put_data to %s answered %q", addr, m.Op))
+	}
+	return nil
 }
 
 // Decode turns a stored value's frames into a Go value.
