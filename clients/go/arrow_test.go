@@ -41,6 +41,14 @@ var (
 		}
 		return out, nil
 	})
+	// countAll counts the rows of many batches (Arrow tables converted element by element)
+	countAll = shoal.Func("test_count_all", func(ctx context.Context, rs []arrow.RecordBatch) (int64, error) {
+		var n int64
+		for _, r := range rs {
+			n += r.NumRows()
+		}
+		return n, nil
+	})
 	rowCount = shoal.Extern[arrow.Table, int64]("row_count") // a built-in of every worker
 )
 
@@ -81,6 +89,12 @@ func TestArrowRoundTrip(t *testing.T) {
 		}
 	}
 	require.Equal(t, want, sums)
+
+	// a collection of Arrow results, each converted to the declared element type
+	n, err = shoal.Get(ctx, c, g, countAll.Call(g, shoal.Collect([]shoal.Ref[arrow.RecordBatch]{
+		shoal.RefOf[arrow.RecordBatch](all.Key()), shoal.RefOf[arrow.RecordBatch](parts[0].Key())})))
+	require.NoError(t, err)
+	require.Equal(t, int64(50), n)
 
 	// the client reads Arrow as a Table or as a RecordBatch, and owns what it reads
 	tbl, err := shoal.Get(ctx, c, g, all)

@@ -79,6 +79,11 @@ func as[T any](v any) (T, error) {
 	return rv.Interface().(T), nil
 }
 
+var (
+	recordType = reflect.TypeFor[arrow.RecordBatch]()
+	tableType  = reflect.TypeFor[arrow.Table]()
+)
+
 // convertTo converts v (a decoded wire value, not nil) to type t.
 func convertTo(v any, t reflect.Type) (reflect.Value, error) {
 	if v == nil {
@@ -89,6 +94,21 @@ func convertTo(v any, t reflect.Type) (reflect.Value, error) {
 		rv := reflect.New(t).Elem()
 		rv.Set(reflect.ValueOf(v))
 		return rv, nil
+	}
+	switch tv := v.(type) {
+	case arrow.Table:
+		if t == recordType {
+			r, err := tableRecord(tv)
+			if err != nil {
+				return reflect.Value{}, err
+			}
+			return reflect.ValueOf(&r).Elem(), nil
+		}
+	case arrow.RecordBatch:
+		if t == tableType {
+			tbl := array.NewTableFromRecords(tv.Schema(), []arrow.RecordBatch{tv})
+			return reflect.ValueOf(&tbl).Elem(), nil
+		}
 	}
 	switch t.Kind() {
 	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:

@@ -4,7 +4,9 @@
 //	go build -o customworker ./examples/customworker
 //	./customworker local --workers 2
 //
-// and a Go client submits tasks that call "fib" by name (see cmd/shoal's e2e test).
+// and a Go client submits tasks that call "fib" by name (see cmd/shoal's e2e test). This is the
+// untyped way; a program that declares typed functions and is its own cluster (shoal.Func,
+// shoal.Main, shoal.NewLocalCluster) is in examples/gopipeline.
 package main
 
 import (
