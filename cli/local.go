@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -110,6 +112,15 @@ type localCluster struct {
 	closing bool
 
 	workerProfile string // --worker-cpu-profile prefix
+
+	// for Scale: the worker slots (base names, in start order) and the arguments to start more
+	ctx     context.Context // ends when the cluster closes
+	self    string
+	base    []string
+	restart bool
+	slots   []string
+	stopped map[string]bool // slots scaled away: their process is not restarted
+	scaleMu sync.Mutex
 }
 
 func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
@@ -134,7 +145,8 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 		cancel()
 		return nil, err
 	}
-	lc := &localCluster{sched: sp, cancel: cancel, procs: map[string]*exec.Cmd{}, workerProfile: f.workerProfile}
+	lc := &localCluster{sched: sp, cancel: cancel, procs: map[string]*exec.Cmd{}, workerProfile: f.workerProfile,
+		stopped: map[string]bool{}, restart: !f.noRestart, ctx: sctx}
 	self, err := os.Executable()
 	if err != nil {
 		lc.close()
@@ -150,9 +162,11 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 			base = append(base, kv[0], kv[1])
 		}
 	}
+	lc.self, lc.base = self, base
 	for i := 0; i < f.workers; i++ {
-		lc.supervise(self, base, fmt.Sprintf("local-%d", i), !f.noRestart)
+		lc.addSlot()
 	}
+	sp.srv.SetScaler(lc)
 	if err := lc.waitWorkers(ctx, f.workers, 60*time.Second); err != nil {
 		lc.close()
 		return nil, err
@@ -166,8 +180,62 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	return lc, nil
 }
 
+// addSlot starts supervising one more worker process.
+func (lc *localCluster) addSlot() {
+	lc.mu.Lock()
+	name := fmt.Sprintf("local-%d", len(lc.slots))
+	lc.slots = append(lc.slots, name)
+	lc.mu.Unlock()
+	lc.supervise(lc.self, lc.base, name, lc.restart)
+}
+
+// Scale starts or retires worker processes until n run (a client's scale request). Workers
+// go newest first: each is retired through the scheduler (its unique results are copied to
+// the others first), then exits and is not restarted.
+func (lc *localCluster) Scale(n int) error {
+	lc.scaleMu.Lock()
+	defer lc.scaleMu.Unlock()
+	lc.mu.Lock()
+	var live []string
+	for _, s := range lc.slots {
+		if !lc.stopped[s] {
+			live = append(live, s)
+		}
+	}
+	lc.mu.Unlock()
+	switch {
+	case n > len(live):
+		for i := len(live); i < n; i++ {
+			lc.addSlot()
+		}
+		return lc.waitWorkers(lc.ctx, n, 60*time.Second)
+	case n < len(live):
+		drop := live[n:]
+		lc.mu.Lock()
+		for _, s := range drop {
+			lc.stopped[s] = true
+		}
+		lc.mu.Unlock()
+		var names []string
+		for _, w := range lc.sched.srv.WorkerInfos() {
+			base, _, _ := strings.Cut(w.Name, ".")
+			if slices.Contains(drop, base) {
+				names = append(names, w.Name)
+			}
+		}
+		if len(names) == 0 {
+			return nil
+		}
+		ctx, cancel := context.WithTimeout(lc.ctx, 3*time.Minute)
+		defer cancel()
+		return lc.sched.srv.Retire(ctx, names)
+	}
+	return nil
+}
+
 // supervise runs one worker process and restarts it (with a new name) when it dies, telling
-// the scheduler how it ended so a killed-worker error can say why.
+// the scheduler how it ended so a killed-worker error can say why. A process that exits with
+// code 0 was told to close (retired by the scheduler) and is not restarted.
 func (lc *localCluster) supervise(self string, base []string, name string, restart bool) {
 	lc.wg.Add(1)
 	go func() {
@@ -203,9 +271,13 @@ func (lc *localCluster) supervise(self string, base []string, name string, resta
 			err = cmd.Wait()
 			lc.mu.Lock()
 			delete(lc.procs, n)
-			closing := lc.closing
+			closing := lc.closing || lc.stopped[name]
 			lc.mu.Unlock()
 			if closing {
+				return
+			}
+			if err == nil {
+				lc.sched.log.Info("worker process exited after the scheduler closed it", "worker", n)
 				return
 			}
 			reason := exitReason(cmd.ProcessState, err)

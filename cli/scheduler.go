@@ -82,6 +82,7 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 	}
 	cfg := scheduler.DefaultServerConfig()
 	cfg.Host, cfg.Port, cfg.Token, cfg.TLS, cfg.Logger = f.host, f.port, token, serverTLS, log
+	cfg.Logs = logs.Last
 	cfg.MaxClients, cfg.ClientIdleTimeout, cfg.MessageTimeout = f.maxClients, f.clientIdle, f.messageTimeout
 	srv, err := scheduler.NewServer(cfg)
 	if err != nil {

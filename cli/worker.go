@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/member"
@@ -110,8 +112,23 @@ func runWorker(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer done()
-	return serveWorker(ctx, f)
+	err = serveWorker(ctx, f)
+	done()
+	if errors.Is(err, worker.ErrRestart) {
+		return restartProcess()
+	}
+	return err
+}
+
+// restartProcess starts this process again from scratch, with the same arguments and
+// environment and the same pid (a client's restart): the worker and its executors are already
+// closed, and a supervisor (`shoal local`, systemd) sees no exit.
+func restartProcess() error {
+	exe, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	return fmt.Errorf("restart: %w", syscall.Exec(exe, os.Args, os.Environ()))
 }
 
 func (f *workerFlags) config() (worker.Config, error) {
@@ -150,6 +167,7 @@ func (f *workerFlags) config() (worker.Config, error) {
 	cfg := worker.DefaultConfig()
 	cfg.Name, cfg.Host, cfg.DataPort, cfg.NThreads, cfg.MemoryLimit = f.name, f.host, f.dataPort, f.nthreads, mem
 	cfg.LocalDir, cfg.Token, cfg.Python, cfg.Resources, cfg.Logger = f.localDir, token, f.python, res, log
+	cfg.Logs = logs.Last
 	cfg.ServerTLS, cfg.ClientTLS = serverTLS, clientTLS
 	cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction = fr.target, fr.spill, fr.pause
 	cfg.TerminateFraction = fr.terminate

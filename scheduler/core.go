@@ -165,6 +165,8 @@ type Core struct {
 	steals     map[int32]WorkerID // task → thief, while a steal request is in flight
 	wantMore   map[int32][]ClientID
 	deaths     map[int32][]string // task → "worker (reason)" for each death while it ran
+	moves      map[int32]move     // rebalance: value → its move, until the receiver has it
+	acquires   map[WorkerID][]int32
 	counts     [NumStates]int
 	orderBase  int64
 	lastSteal  int64
@@ -202,6 +204,8 @@ func NewCore(cfg CoreConfig) *Core {
 		steals:    make(map[int32]WorkerID),
 		wantMore:  make(map[int32][]ClientID),
 		deaths:    make(map[int32][]string),
+		moves:     make(map[int32]move),
+		acquires:  make(map[WorkerID][]int32),
 		freeBuf:   make(map[WorkerID][]string),
 	}
 	c.queue.c, c.rqueue.c = c, c
@@ -265,6 +269,18 @@ func (c *Core) Handle(ev Event, out []Action) []Action {
 	case EvTick:
 		c.evCode = evTick
 		c.tick(e.Now)
+	case EvRestart:
+		c.evCode = evRestart
+		c.restart(e.Reason)
+	case EvRetire:
+		c.evCode = evRetire
+		c.retire(e.Workers)
+	case EvReplicate:
+		c.evCode = evReplicate
+		c.replicate(e.Keys, e.N)
+	case EvRebalance:
+		c.evCode = evRebalance
+		c.rebalance(e.Keys)
 	default:
 		panic(fmt.Sprintf("scheduler: unknown event %T", ev))
 	}

@@ -193,3 +193,16 @@ func (c *Core) Processing(w WorkerID) []string {
 	slices.Sort(out)
 	return out
 }
+
+// PendingWork is the work not yet done: tasks waiting, queued, without a worker or processing,
+// and their expected run time in seconds (each group's mean, or UnknownDuration), which an
+// adaptive cluster sizes itself by (dask's adaptive_target).
+func (c *Core) PendingWork() (tasks int, seconds float64) {
+	for i := range c.groups {
+		g := &c.groups[i]
+		n := g.counts[Waiting] + g.counts[Queued] + g.counts[NoWorker] + g.counts[Processing]
+		tasks += n
+		seconds += float64(n) * c.expected(int32(i))
+	}
+	return tasks, seconds
+}

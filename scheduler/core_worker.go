@@ -211,6 +211,7 @@ func (c *Core) addReplica(e *EvAddReplica) {
 		case c.tasks[id].state == Memory:
 			c.tasks[id].fetchFails = 0 // it moves again
 			c.addHolder(id, e.Worker)
+			c.moved(id, e.Worker)
 		case c.welcome(id):
 			c.toMemory(id, e.Worker, it.NBytes, it.Encoding, -1)
 		default:

@@ -141,6 +141,21 @@ type EvHeartbeat struct {
 // EvTick: time passes; the core may steal work, and checks nothing else time-based.
 type EvTick struct{ Now int64 }
 
+// EvRestart: a client restarts the cluster: every task is cancelled (Reason says why).
+type EvRestart struct{ Reason string }
+
+// EvRetire: stop placing tasks on Workers and copy what only they hold elsewhere.
+type EvRetire struct{ Workers []WorkerID }
+
+// EvReplicate: keep at least N copies of each of Keys.
+type EvReplicate struct {
+	Keys []string
+	N    int
+}
+
+// EvRebalance: move values (Keys, or all) from workers holding more than their share.
+type EvRebalance struct{ Keys []string }
+
 // ---- actions ----
 
 // ActCompute: send a task to a worker.
@@ -185,6 +200,12 @@ type ActKeyState struct {
 	Err      *wire.Error
 }
 
+// ActAcquire: ask a worker to fetch copies of values from their holders and keep them.
+type ActAcquire struct {
+	Worker WorkerID
+	Deps   []DepLoc
+}
+
 // ActGraphRejected: an update_graph was refused whole.
 type ActGraphRejected struct {
 	Client ClientID
@@ -210,9 +231,14 @@ func (EvStealResponse) eventName() string { return "steal-response" }
 func (EvReschedule) eventName() string    { return "reschedule" }
 func (EvHeartbeat) eventName() string     { return "heartbeat" }
 func (EvTick) eventName() string          { return "tick" }
+func (EvRestart) eventName() string       { return "restart" }
+func (EvRetire) eventName() string        { return "retire" }
+func (EvReplicate) eventName() string     { return "replicate" }
+func (EvRebalance) eventName() string     { return "rebalance" }
 
 func (ActCompute) actionName() string       { return "compute" }
 func (ActFree) actionName() string          { return "free" }
 func (ActSteal) actionName() string         { return "steal" }
 func (ActKeyState) actionName() string      { return "key-state" }
 func (ActGraphRejected) actionName() string { return "graph-rejected" }
+func (ActAcquire) actionName() string       { return "acquire" }

@@ -167,6 +167,19 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 			Unhealthy: a.strOr("unhealthy", "")}
 	case "tick":
 		ev = EvTick{Now: int64(a.int("now"))}
+	case "restart":
+		ev = EvRestart{Reason: a.str("reason")}
+	case "retire":
+		var ids []WorkerID
+		for _, s := range a.list("workers") {
+			n, _ := strconv.Atoi(s)
+			ids = append(ids, WorkerID(n))
+		}
+		ev = EvRetire{Workers: ids}
+	case "replicate":
+		ev = EvReplicate{Keys: a.list("keys"), N: a.int("n")}
+	case "rebalance":
+		ev = EvRebalance{Keys: a.list("keys")}
 	default:
 		return r.introspect(t, a.where, cmd, strings.Fields(block[0])[1:])
 	}
@@ -231,6 +244,11 @@ func (r *scenario) introspect(t *testing.T, where, cmd string, args []string) []
 		st := c.Stats()
 		parts = append(parts, fmt.Sprintf("alive=%d", st.TasksAlive))
 		out = append(out, strings.Join(parts, " "))
+	case "retired":
+		for _, s := range args {
+			n, _ := strconv.Atoi(s)
+			out = append(out, fmt.Sprintf("w%d retired=%v", n, c.Retired(WorkerID(n))))
+		}
 	case "workers":
 		for _, w := range c.Workers() {
 			out = append(out, fmt.Sprintf("w%d %s processing=%d nkeys=%d nbytes=%d occupancy=%v", w.ID, w.Name,
@@ -307,6 +325,12 @@ func formatAction(a Action) string {
 			s += " err=" + strconv.Quote(a.Err.Error())
 		}
 		return s
+	case ActAcquire:
+		parts := make([]string, len(a.Deps))
+		for i, d := range a.Deps {
+			parts[i] = fmt.Sprintf("%s@%s:%d", d.Key, joinIDs(d.Workers), d.NBytes)
+		}
+		return fmt.Sprintf("acquire w=%d deps=%s", a.Worker, strings.Join(parts, ","))
 	case ActGraphRejected:
 		return fmt.Sprintf("graph-rejected client=%d id=%d keys=%s err=%s", a.Client, a.ID,
 			strings.Join(a.Keys, ","), strconv.Quote(a.Err.Error()))

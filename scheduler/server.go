@@ -39,6 +39,9 @@ type ServerConfig struct {
 	MaxWorkers        int
 	ClientIdleTimeout time.Duration
 	MessageTimeout    time.Duration
+	// Logs returns the process's last n log lines (all kept when n <= 0) for get_logs; nil:
+	// none are kept.
+	Logs func(n int) []string
 }
 
 // unhealthy is why a heartbeat says its worker cannot serve, or "".
@@ -114,6 +117,9 @@ type Server struct {
 	stats    serverStats
 	started  time.Time
 	lastTick time.Time
+
+	scaler      Scaler
+	retirements []*retiring
 }
 
 type workerConn struct {
@@ -123,6 +129,7 @@ type workerConn struct {
 	sent     map[string]bool // py function hashes this worker has received
 	lastSeen time.Time
 	closing  bool
+	retired  bool // told to close by retire_workers
 	pid      int
 }
 
@@ -532,6 +539,9 @@ func (s *Server) tick(now time.Time) {
 		}
 	}
 	s.handle(EvTick{Now: now.UnixNano()})
+	if len(s.retirements) > 0 {
+		s.checkRetiring(now)
+	}
 }
 
 func (s *Server) onWorkerExit(e *workerExit) {
@@ -616,13 +626,23 @@ func (s *Server) workerStreamBroke(w *workerConn, err error) {
 }
 
 func (s *Server) removeWorker(w *workerConn, reason string, graceful bool) {
+	s.removeWorkerWith(w, reason, graceful, nil)
+}
+
+// removeWorkerWith removes w; a farewell message is sent to it before its connection closes.
+func (s *Server) removeWorkerWith(w *workerConn, reason string, graceful bool, farewell *wire.Msg) {
 	if _, ok := s.workers[w.id]; !ok {
 		return
 	}
 	delete(s.workers, w.id)
 	delete(s.byAddr, w.info.Address)
 	delete(s.byName, w.info.Name)
-	w.conn.Abort()
+	if farewell != nil {
+		w.conn.Queue(farewell)
+		s.goFunc(func() { w.conn.Close() }) // flushes the farewell first, for at most a second
+	} else {
+		w.conn.Abort()
+	}
 	for _, o := range s.workers { // cut it off: their fetches from it end now, not at a timeout
 		s.queue(o.conn, &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason})
 	}
@@ -648,6 +668,9 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	case wire.OpAddKeys:
 		s.obs.transfers(w, m.Items)
 		s.handle(EvAddReplica{Worker: w.id, Items: m.Items})
+		if len(s.retirements) > 0 {
+			s.checkRetiring(time.Now())
+		}
 	case wire.OpMissingData:
 		from, ok := s.byAddr[m.Worker]
 		if !ok {
@@ -747,6 +770,8 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 		s.handle(EvScattered{Client: cl.id, Worker: id, Items: m.Items})
 	case wire.OpInfo, wire.OpWhoHas:
 		s.onAdmin(cl.conn, m)
+	case wire.OpRestart, wire.OpRetireWorkers, wire.OpReplicate, wire.OpRebalance, wire.OpScale, wire.OpProcessing, wire.OpGetLogs:
+		s.onControl(cl, m)
 	default:
 		cl.conn.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served to clients", m.Op))
 	}
@@ -776,7 +801,9 @@ func (s *Server) missingFunc(tasks []graph.Task) string {
 func (s *Server) onAdmin(c *wire.Conn, m *wire.Msg) {
 	switch m.Op {
 	case wire.OpInfo:
-		c.Send(&wire.Msg{Op: wire.OpInfoReply, ID: m.ID, Workers: s.workerInfos(), Scheduler: s.Addr(), Dashboard: s.cfg.DashboardURL})
+		n, work := s.core.PendingWork()
+		c.Send(&wire.Msg{Op: wire.OpInfoReply, ID: m.ID, Workers: s.workerInfos(), Scheduler: s.Addr(), Dashboard: s.cfg.DashboardURL,
+			N: int64(n), Work: work})
 	case wire.OpWhoHas:
 		wh := make(map[string][]string, len(m.Keys))
 		for _, k := range m.Keys {
@@ -823,6 +850,14 @@ func (s *Server) perform(a Action) {
 		}
 	case ActKeyState:
 		s.sendKeyState(a)
+	case ActAcquire:
+		if w, ok := s.workers[a.Worker]; ok {
+			deps := make([]wire.Dep, len(a.Deps))
+			for i, d := range a.Deps {
+				deps[i] = wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: s.addrs(d.Workers)}
+			}
+			s.queue(w.conn, &wire.Msg{Op: wire.OpAcquire, Deps: deps})
+		}
 	case ActGraphRejected:
 		if cl, ok := s.clients[a.Client]; ok {
 			cl.conn.Send(&wire.Msg{Op: wire.OpGraphRejected, ID: a.ID, Keys: a.Keys, Error: a.Err})

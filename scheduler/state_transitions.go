@@ -27,6 +27,7 @@ func (c *Core) releasedToForgotten(id int32) {
 	c.indexRemove(t.key, id)
 	delete(c.deaths, id)
 	delete(c.wantMore, id)
+	delete(c.moves, id)
 	c.groups[t.group].total--
 	for _, d := range t.deps {
 		dt := &c.tasks[d]

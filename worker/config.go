@@ -64,6 +64,9 @@ type Config struct {
 	Resources map[string]float64
 	// Logger receives the worker's logs; nil discards them.
 	Logger *slog.Logger
+	// Logs returns the process's last n log lines (all kept when n <= 0), served to clients
+	// by get_logs on the data port; nil: none are kept.
+	Logs func(n int) []string
 	// Limits bound what peers may make this process allocate; zero means wire.DefaultLimits.
 	Limits wire.Limits
 	// MaxDataConns bounds the open connections of the data port per role (peers, clients);

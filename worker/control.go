@@ -13,6 +13,11 @@ import (
 // errSchedulerClose is returned by recvLoop when the scheduler sent close.
 var errSchedulerClose = errors.New("scheduler asked the worker to close")
 
+// ErrRestart is returned by Run when the scheduler asked the worker to restart (a client's
+// restart): the scheduler has already forgotten this worker and its work. The caller closes
+// the worker and starts its process again (the shoal binary re-executes itself).
+var ErrRestart = errors.New("the scheduler asked the worker to restart")
+
 // Run connects to the scheduler's control port, registers, and serves it until ctx ends
 // (then shuts down gracefully: queued tasks are handed back with reschedule, running tasks
 // get Config.ShutdownGrace to finish, goodbye is sent), the scheduler sends close (same
@@ -43,6 +48,11 @@ func (w *Worker) Run(ctx context.Context, schedulerAddr string) error {
 		if errors.Is(err, errSchedulerClose) {
 			w.drain(conn, "closed by the scheduler")
 			return nil
+		}
+		if errors.Is(err, ErrRestart) {
+			w.sched.CompareAndSwap(conn, nil)
+			conn.Abort()
+			return ErrRestart
 		}
 		w.sched.CompareAndSwap(conn, nil)
 		conn.Abort()
@@ -109,9 +119,15 @@ func (w *Worker) recvLoop(conn *wire.Conn) error {
 			w.log.Debug("a peer left the cluster", "peer", m.Worker, "reason", m.Reason)
 			w.PeerGone(m.Worker)
 			wire.ReleaseMsg(m)
+		case wire.OpAcquire:
+			w.handleAcquire(m.Deps)
+			wire.ReleaseMsg(m)
 		case wire.OpClose:
 			w.log.Info("scheduler asked to close", "reason", m.Reason)
 			return errSchedulerClose
+		case wire.OpRestart:
+			w.log.Info("scheduler asked to restart", "reason", m.Reason)
+			return ErrRestart
 		case wire.OpError:
 			w.log.Warn("scheduler reported an error", "code", m.Code, "message", m.Message)
 		default:

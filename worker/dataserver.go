@@ -111,6 +111,16 @@ func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, hdr []byte, frames [][]
 			return false
 		}
 		return c.Send(&wire.Msg{Op: wire.OpPutOK, ID: m.ID}) == nil
+	case wire.OpGetLogs:
+		if c.PeerRole != wire.RoleClient {
+			c.SendError(m.ID, wire.CodeBadRole, "get_logs is served to clients only")
+			return true
+		}
+		var lines []string
+		if w.cfg.Logs != nil {
+			lines = w.cfg.Logs(int(m.N))
+		}
+		return c.Send(&wire.Msg{Op: wire.OpOK, ID: m.ID, Keys: lines}) == nil
 	default:
 		c.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served on a worker's data port", m.Op))
 		return true

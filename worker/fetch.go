@@ -25,6 +25,7 @@ type fetch struct {
 	busy       int      // tries refused as busy (the peer had no connection to spare)
 	dependents map[string]struct{}
 	inFlight   bool
+	keep       bool // a copy the scheduler asked for (acquire_replicas): kept without a task
 }
 
 // maxBusyTries bounds how often a fetch is retried from a peer that refuses connections as
@@ -52,6 +53,33 @@ func (w *Worker) needLocked(key string, dep wire.Dep, ts *task) {
 			f.holders = append(f.holders, h)
 		}
 	}
+}
+
+// handleAcquire fetches copies of values the scheduler asked this worker to hold (replicate,
+// rebalance, retiring another worker). Each is stored and reported with add_keys like a
+// fetched dependency; one no holder could supply is dropped (the scheduler asks again if it
+// still wants it).
+func (w *Worker) handleAcquire(deps []wire.Dep) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, dep := range deps {
+		if w.store.Has(dep.Key) {
+			continue
+		}
+		f := w.mu.fetches[dep.Key]
+		if f == nil {
+			f = &fetch{key: dep.Key, nbytes: dep.NBytes, dependents: make(map[string]struct{})}
+			w.mu.fetches[dep.Key] = f
+			w.mu.fetchQueue = append(w.mu.fetchQueue, f)
+		}
+		f.keep = true
+		for _, h := range dep.WhoHas {
+			if h != w.dataAddr && !slices.Contains(f.holders, h) && !slices.Contains(f.tried, h) {
+				f.holders = append(f.holders, h)
+			}
+		}
+	}
+	w.pumpFetchesLocked()
 }
 
 func (w *Worker) forgetFetchLocked(f *fetch) {
@@ -163,7 +191,7 @@ func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64) {
 		default:
 			f.untried(peer, err.Error())
 		}
-		if len(f.dependents) == 0 {
+		if len(f.dependents) == 0 && (!f.keep || len(f.holders) == 0) {
 			w.forgetFetchLocked(f)
 		} else if len(f.holders) > 0 {
 			w.mu.fetchQueue = append(w.mu.fetchQueue, f)

@@ -168,6 +168,9 @@ var msgFields = [...]struct {
 	{"bytes_received", func(d *dec, m *Msg) bool { return d.int(&m.BytesRecv) }},
 	{"resources", func(d *dec, m *Msg) bool { return strMap(d, &m.Resources, (*dec).float) }},
 	{"functions", func(d *dec, m *Msg) bool { return d.strs(&m.Functions) }},
+	{"n", func(d *dec, m *Msg) bool { return d.int(&m.N) }},
+	{"addrs", func(d *dec, m *Msg) bool { return d.strs(&m.Addrs) }},
+	{"work", func(d *dec, m *Msg) bool { return d.float(&m.Work) }},
 }
 
 // fieldIndex finds a header field's position in msgFields (and its bit in the seen mask), or

@@ -124,6 +124,12 @@ func appendHeader(b []byte, m *Msg) ([]byte, error) {
 		e.b = appendResources(e.b, m.Resources)
 	}
 	e.strs("functions", m.Functions)
+	e.int("n", m.N)
+	e.strs("addrs", m.Addrs)
+	if m.Work != 0 {
+		e.key("work")
+		e.b = appendFloat(e.b, m.Work)
+	}
 	binary.BigEndian.PutUint16(e.b[start+1:], uint16(e.n))
 	return e.b, nil
 }

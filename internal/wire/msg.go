@@ -22,6 +22,15 @@ const (
 	OpInfoReply     = "info_reply"
 	OpWhoHas        = "who_has"
 	OpWhoHasReply   = "who_has_reply"
+	// cluster control (client → scheduler, answered with ok or error by id)
+	OpRestart       = "restart"
+	OpRetireWorkers = "retire_workers"
+	OpReplicate     = "replicate"
+	OpRebalance     = "rebalance"
+	OpScale         = "scale"
+	OpProcessing    = "processing"
+	OpGetLogs       = "get_logs" // also served on a worker's data port
+	OpOK            = "ok"
 	// worker ⇄ scheduler
 	OpRegister      = "register"
 	OpRegistered    = "registered"
@@ -38,6 +47,7 @@ const (
 	OpGoodbye       = "goodbye"
 	OpClose         = "close"
 	OpPeerGone      = "peer_gone"
+	OpAcquire       = "acquire_replicas"
 	// data port
 	OpGetData = "get_data"
 	OpData    = "data"
@@ -160,6 +170,11 @@ type Msg struct {
 	BytesRecv int64              `msgpack:"bytes_received,omitempty"`
 	Resources map[string]float64 `msgpack:"resources,omitempty"`
 	Functions []string           `msgpack:"functions,omitempty"`
+
+	// cluster control
+	N     int64    `msgpack:"n,omitempty"`     // replicate: copies; scale: workers; get_logs: lines
+	Addrs []string `msgpack:"addrs,omitempty"` // worker data addresses (retire_workers, processing)
+	Work  float64  `msgpack:"work,omitempty"`  // info_reply: expected seconds of the pending tasks (N)
 }
 
 // msgPool recycles headers: a Msg is large (every op's fields), and a busy scheduler decodes
@@ -179,7 +194,8 @@ func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 
 
 // Ops lists every op of docs/protocol.md §3.
 var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpReleaseKeys,
-	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply, OpRegister,
+	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
+	OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpOK, OpRegister,
 	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
-	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone,
+	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire,
 	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown}

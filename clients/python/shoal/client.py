@@ -22,6 +22,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
 from . import _dask, _keys, _serialize, _shuffle, _wire
+from ._control import ClusterControl
 from ._refs import NOTHING, replace
 from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
 from .futures import CANCELLED, ERROR, FINISHED, LOST, PENDING, Future, KeyState
@@ -76,7 +77,7 @@ def _loose(workers: Any, allow_other_workers: bool, actor: bool) -> Any:
     return None if allow_other_workers else workers
 
 
-class Client:
+class Client(ClusterControl):
     """Connect to a Shoal scheduler; the API of ``dask.distributed.Client``.
 
     ``Client()`` with no address starts a :class:`~shoal.LocalCluster` owned by the client,
@@ -248,7 +249,7 @@ class Client:
         op = h["op"]
         if op == "key_state":
             self._on_key_state(h)
-        elif op in ("info_reply", "who_has_reply"):
+        elif op in ("info_reply", "who_has_reply", "ok"):
             self._answer(h)
         elif op == "graph_rejected":
             self._on_graph_rejected(h)

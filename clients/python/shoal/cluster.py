@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -33,9 +34,13 @@ import time
 import urllib.parse
 import weakref
 from pathlib import Path
-from typing import IO, Any, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
+from ._adaptive import Adaptive
 from .exceptions import ShoalError, TimeoutError
+
+if TYPE_CHECKING:
+    from .client import Client
 
 logger = logging.getLogger("shoal")
 
@@ -170,6 +175,8 @@ class LocalCluster:
         self._owner = os.getpid()  # a fork's copy of this object owns no process
         self._lock = threading.Lock()
         self._closed = False
+        self._client: Optional[Client] = None
+        self._adaptive: Optional[Adaptive] = None
         self._log: Optional[IO[bytes]] = None
         self._dir = tempfile.mkdtemp(prefix="shoal-cluster-")  # mode 0700
         _live.add(self)
@@ -254,6 +261,55 @@ class LocalCluster:
             text = "\n".join(text.splitlines()[-tail:])
         return text
 
+    def _control(self) -> "Client":
+        """A client of this cluster for its own requests (scaling), made on first use."""
+        with self._lock:
+            if self._client is None:
+                from .client import Client
+
+                self._client = Client(self, set_as_default=False)
+            return self._client
+
+    @property
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """The workers now registered: {worker name: its info (address, nthreads, memory, …)}."""
+        return {str(w.get("name") or a): w for a, w in self._control().scheduler_info()["workers"].items()}
+
+    def scale(self, n: int = 0, memory: Any = None, cores: Any = None) -> None:
+        """Start or stop worker processes until ``n`` run; returns once they have. Workers
+        leave newest first, gracefully: their results are copied to the others before they
+        exit. Stops adaptive scaling. ``memory`` and ``cores`` (sizing by resources) are not
+        available: give ``n``."""
+        if memory is not None or cores is not None:
+            raise NotImplementedError("scale(memory=..., cores=...): give the number of workers, n")
+        if self._adaptive is not None:
+            self._adaptive.stop()
+            self._adaptive = None
+        self._scale(n)
+
+    def _scale(self, n: int) -> None:
+        if int(n) != n or n < 0:
+            raise ValueError(f"scale: n={n!r} must be a whole number >= 0")
+        client = self._control()
+        client._request({"op": "scale", "n": int(n)}, timeout=max(client.timeout, 240.0))
+        self.n_workers = int(n)
+
+    def adapt(self, minimum: int = 0, maximum: float = math.inf, target_duration: Union[str, float] = "5s",
+              wait_count: int = 3, interval: Union[str, float] = "1s", *, minimum_cores: Any = None,
+              maximum_cores: Any = None, minimum_memory: Any = None, maximum_memory: Any = None) -> Adaptive:
+        """Scale between ``minimum`` and ``maximum`` workers on the work pending, as dask's
+        ``adapt``: enough workers to finish it in ``target_duration``; up at once, down after
+        ``wait_count`` intervals in a row agree (see shoal._adaptive). Returns the policy;
+        ``scale()`` or ``close()`` stops it. The *_cores/*_memory bounds are not available."""
+        for name, v in (("minimum_cores", minimum_cores), ("maximum_cores", maximum_cores),
+                        ("minimum_memory", minimum_memory), ("maximum_memory", maximum_memory)):
+            if v is not None:
+                raise NotImplementedError(f"adapt({name}=...): bound the number of workers with minimum/maximum")
+        if self._adaptive is not None:
+            self._adaptive.stop()
+        self._adaptive = Adaptive(self, minimum, maximum, target_duration, wait_count, interval)
+        return self._adaptive
+
     def pids(self) -> list[int]:
         """Process ids of every live process this cluster started (its process group)."""
         return _group_members(self.pgid)
@@ -267,6 +323,15 @@ class LocalCluster:
             if self._closed:
                 return
             self._closed = True
+            adaptive, client = self._adaptive, self._client
+            self._adaptive = self._client = None
+        if adaptive is not None:
+            adaptive.stop()
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
         self._shutdown(timeout)
 
     def _shutdown(self, timeout: float) -> None:

@@ -1,0 +1,149 @@
+"""Cluster control on the Client: restart, retire_workers, replicate, rebalance, processing and
+the workers' and scheduler's logs, with dask.distributed's names and semantics.
+
+The scheduler does the work (docs/protocol.md, "Cluster control"); values move between workers
+over their data ports, never through the client.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from .exceptions import TimeoutError
+
+if TYPE_CHECKING:
+    from .futures import Future
+
+_LEVEL = re.compile(r"\blevel=(\w+)")
+
+
+def _log_entries(lines: Sequence[Any]) -> list[tuple[str, str]]:
+    """Log lines as dask gives them: (level, line), oldest first."""
+    out = []
+    for line in lines:
+        s = str(line)
+        m = _LEVEL.search(s)
+        out.append((m.group(1) if m else "INFO", s))
+    return out
+
+
+class ClusterControl:
+    """The cluster-control methods of :class:`shoal.Client` (a mixin: the Client class
+    provides the connection these use)."""
+
+    if TYPE_CHECKING:
+        timeout: float
+
+        def _request(self, header: dict[str, Any], timeout: Optional[float] = None) -> dict[str, Any]: ...
+
+        def _data_request(self, worker: str, header: dict[str, Any], frames: Sequence[Any] = (),
+                          expect: str = "data") -> tuple[dict[str, Any], list[bytearray]]: ...
+
+        def scheduler_info(self) -> dict[str, Any]: ...
+
+        def wait_for_workers(self, n_workers: int = 0, timeout: Optional[float] = None) -> None: ...
+
+    def restart(self, timeout: Optional[float] = None, wait_for_workers: bool = True) -> None:
+        """Restart every worker process (and so its Python executors) and drop all work: every
+        future of every client is cancelled (``CancelledError`` saying the cluster was
+        restarted), every result is gone. Returns once as many workers as before have joined
+        again (``wait_for_workers=False``: at once); ``TimeoutError`` after ``timeout`` seconds
+        (default: the client's timeout)."""
+        t = self.timeout if timeout is None else float(timeout)
+        before = time.monotonic()
+        reply = self._request({"op": "restart"}, timeout=t)
+        if wait_for_workers:
+            left = max(t - (time.monotonic() - before), 0.0)
+            try:
+                self.wait_for_workers(int(reply.get("n") or 0), timeout=left)
+            except TimeoutError as exc:
+                raise TimeoutError(f"restart: {exc}") from None
+
+    def retire_workers(self, workers: Optional[Sequence[str]] = None, close_workers: bool = True,
+                       names: Optional[Sequence[str]] = None, n: Optional[int] = None) -> dict[str, Any]:
+        """Retire workers gracefully: no new tasks go to them, every result only they hold is
+        copied to the other workers, then they close. ``workers`` are data addresses, ``names``
+        worker names; ``n`` retires that many, those holding least. Returns {address: info} of
+        the retired workers. ``close_workers=False`` is not available (a retired Shoal worker
+        always exits; under LocalCluster it is not restarted)."""
+        if not close_workers:
+            raise NotImplementedError("retire_workers(close_workers=False): a retired Shoal worker always closes")
+        infos = self.scheduler_info()["workers"]
+        chosen = list(workers or []) + list(names or [])
+        if n is not None:
+            if chosen:
+                raise ValueError("retire_workers: give workers/names or n, not both")
+            by_memory = sorted(infos, key=lambda a: (int(infos[a].get("memory") or 0), a))
+            chosen = by_memory[:max(int(n), 0)]
+        if not chosen:
+            return {}
+        reply = self._request({"op": "retire_workers", "addrs": chosen}, timeout=max(self.timeout, 180.0))
+        retired = [str(a) for a in reply.get("addrs") or []]
+        return {a: infos.get(a, {"address": a}) for a in retired}
+
+    def replicate(self, futures: Any, n: Optional[int] = None, workers: Any = None,
+                  branching_factor: int = 2) -> None:
+        """Copy each future's value to more workers, until ``n`` hold it (default: every
+        worker). The copies are made worker to worker and counted once they exist; this returns
+        once the scheduler has asked for them. ``workers`` (a subset to copy to) is not
+        available."""
+        if workers is not None:
+            raise NotImplementedError("replicate(workers=...): Shoal chooses the workers holding least")
+        if branching_factor < 1:
+            raise ValueError(f"replicate: branching_factor={branching_factor} must be at least 1")
+        keys = [f.key for f in _futures(futures)]
+        count = len(self.scheduler_info()["workers"]) if n is None else int(n)
+        if count < 1:
+            raise ValueError(f"replicate: n={n} must be at least 1")
+        self._request({"op": "replicate", "keys": keys, "n": count})
+
+    def rebalance(self, futures: Any = None, workers: Any = None) -> None:
+        """Move values from workers holding more than their share to workers holding less
+        (``futures``: only those; default: every value in memory). A moved value is dropped
+        from its old worker once the new one has it. ``workers`` is not available."""
+        if workers is not None:
+            raise NotImplementedError("rebalance(workers=...): Shoal balances over every worker")
+        keys = [] if futures is None else [f.key for f in _futures(futures)]
+        self._request({"op": "rebalance", "keys": keys})
+
+    def processing(self, workers: Optional[Sequence[str]] = None) -> dict[str, list[str]]:
+        """The keys each worker is running or has queued: {worker address: [keys]}."""
+        addrs = [workers] if isinstance(workers, str) else list(workers or [])
+        reply = self._request({"op": "processing", "addrs": addrs})
+        return {str(a): [str(k) for k in ks or []] for a, ks in (reply.get("who_has") or {}).items()}
+
+    def get_scheduler_logs(self, n: Optional[int] = None) -> list[tuple[str, str]]:
+        """The scheduler's last ``n`` log lines (all it keeps, up to 10,000, by default) as
+        (level, line) pairs, oldest first."""
+        reply = self._request({"op": "get_logs", "n": int(n or 0)})
+        return _log_entries(reply.get("keys") or [])
+
+    def get_worker_logs(self, n: Optional[int] = None, workers: Optional[Sequence[str]] = None,
+                        nanny: bool = False) -> dict[str, list[tuple[str, str]]]:
+        """Each worker's last ``n`` log lines as (level, line) pairs, oldest first:
+        {worker address: [...]}. ``nanny=True`` is not available (Shoal workers have no
+        nanny process)."""
+        if nanny:
+            raise NotImplementedError("get_worker_logs(nanny=True): Shoal workers have no nanny process")
+        addrs = list(self.scheduler_info()["workers"]) if workers is None else (
+            [workers] if isinstance(workers, str) else list(workers))
+        out: dict[str, list[tuple[str, str]]] = {}
+        for a in addrs:
+            reply, _ = self._data_request(a, {"op": "get_logs", "n": int(n or 0)}, expect="ok")
+            out[a] = _log_entries(reply.get("keys") or [])
+        return out
+
+
+def _futures(obj: Any) -> list["Future"]:
+    from .futures import Future
+
+    if isinstance(obj, Future):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    out = [f for f in obj if isinstance(f, Future)]
+    if len(out) != len(list(obj)):
+        raise TypeError("expected Futures (or a list or dict of them)")
+    return out

@@ -1,0 +1,231 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// Cluster control requests from clients (docs/protocol.md §3.1, "Cluster control"): restart,
+// retire_workers, replicate, rebalance, scale, processing and get_logs. Each is answered with
+// ok (or error) carrying the request's id.
+
+// Scaler starts and stops worker processes for a scheduler that manages them (`shoal local`).
+// Scale is called on its own goroutine and returns once the cluster has n workers (or fails).
+type Scaler interface {
+	Scale(n int) error
+}
+
+// SetScaler lets clients' scale requests start and stop workers (call before Serve).
+func (s *Server) SetScaler(sc Scaler) { s.scaler = sc }
+
+// retireTimeout bounds how long retire_workers waits for a worker's values to be copied away.
+const retireTimeout = 2 * time.Minute
+
+// retiring is a retire_workers request in progress.
+type retiring struct {
+	reply    func(*wire.Msg)
+	workers  []WorkerID
+	addrs    []string
+	deadline time.Time
+	asked    time.Time // when copies were last asked for
+}
+
+func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
+	id := m.ID // m is recycled once this returns; a later reply (scale) must not read it
+	reply := func(r *wire.Msg) {
+		r.ID = id
+		if c, ok := s.clients[cl.id]; ok && c == cl {
+			s.queue(cl.conn, r)
+		}
+	}
+	switch m.Op {
+	case wire.OpRestart:
+		n := s.restart(orDefault(m.Reason, fmt.Sprintf("the cluster was restarted by client %d", cl.id)))
+		reply(&wire.Msg{Op: wire.OpOK, N: int64(n)})
+	case wire.OpRetireWorkers:
+		ids, err := s.workerIDs(m.Addrs)
+		if err != nil {
+			reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: "retire_workers: " + err.Error()})
+			return
+		}
+		s.retire(ids, reply)
+	case wire.OpReplicate:
+		if m.N < 1 {
+			reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: fmt.Sprintf("replicate: n=%d must be at least 1", m.N)})
+			return
+		}
+		s.handle(EvReplicate{Keys: m.Keys, N: int(m.N)})
+		reply(&wire.Msg{Op: wire.OpOK})
+	case wire.OpRebalance:
+		s.handle(EvRebalance{Keys: m.Keys})
+		reply(&wire.Msg{Op: wire.OpOK})
+	case wire.OpScale:
+		if s.scaler == nil {
+			reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: "scale: this scheduler does not start " +
+				"its workers (only `shoal local` and LocalCluster do); start or stop `shoal worker` processes instead"})
+			return
+		}
+		if m.N < 0 {
+			reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: fmt.Sprintf("scale: n=%d must not be negative", m.N)})
+			return
+		}
+		sc, n := s.scaler, int(m.N)
+		s.goFunc(func() {
+			r := &wire.Msg{Op: wire.OpOK, N: int64(n)}
+			if err := sc.Scale(n); err != nil {
+				r = &wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: "scale: " + err.Error()}
+			}
+			s.Query(func(*Core) { reply(r) })
+		})
+	case wire.OpProcessing:
+		out := make(map[string][]string, len(s.workers))
+		for id, w := range s.workers {
+			if len(m.Addrs) == 0 || contains(m.Addrs, w.info.Address) {
+				out[w.info.Address] = s.core.Processing(id)
+			}
+		}
+		reply(&wire.Msg{Op: wire.OpOK, WhoHas: out})
+	case wire.OpGetLogs:
+		var lines []string
+		if s.cfg.Logs != nil {
+			lines = s.cfg.Logs(int(m.N))
+		}
+		reply(&wire.Msg{Op: wire.OpOK, Keys: lines})
+	}
+}
+
+func contains(xs []string, x string) bool {
+	for _, y := range xs {
+		if y == x {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) workerIDs(addrs []string) ([]WorkerID, error) {
+	var ids []WorkerID
+	var unknown []string
+	for _, a := range addrs {
+		if id, ok := s.byAddr[a]; ok {
+			ids = append(ids, id)
+		} else if id, ok := s.byName[a]; ok {
+			ids = append(ids, id)
+		} else {
+			unknown = append(unknown, a)
+		}
+	}
+	if len(unknown) > 0 {
+		return nil, fmt.Errorf("no worker at %s", strings.Join(unknown, ", "))
+	}
+	return ids, nil
+}
+
+// restart cancels every task and restarts every worker: each is told to restart (its process
+// starts again from scratch, executors included) and is removed at once; the new processes
+// register as new workers. It returns how many workers were told.
+func (s *Server) restart(reason string) int {
+	s.log.Info("restarting the cluster", "reason", reason, "workers", len(s.workers))
+	s.handle(EvRestart{Reason: reason})
+	for _, r := range s.retirements {
+		r.reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeCancelled, Message: "retire_workers: " + reason})
+	}
+	s.retirements = nil
+	n := 0
+	for _, w := range s.workers {
+		w.closing = true
+		s.removeWorkerWith(w, "restarting: "+reason, true, &wire.Msg{Op: wire.OpRestart, Reason: reason})
+		n++
+	}
+	return n
+}
+
+// retire starts retiring workers: no new tasks go there, their unique values are copied to
+// the others, and each is closed (it drains and says goodbye) once it holds nothing unique.
+func (s *Server) retire(ids []WorkerID, reply func(*wire.Msg)) {
+	r := &retiring{reply: reply, workers: ids, deadline: time.Now().Add(retireTimeout), asked: time.Now()}
+	for _, id := range ids {
+		r.addrs = append(r.addrs, s.workers[id].info.Address)
+	}
+	s.log.Info("retiring workers", "workers", r.addrs)
+	s.handle(EvRetire{Workers: ids})
+	s.retirements = append(s.retirements, r)
+	s.checkRetiring(time.Now())
+}
+
+// checkRetiring closes retiring workers that hold nothing unique any more and answers the
+// requests whose workers are all gone. Copies that did not arrive are asked for again every
+// second; a request still waiting at its deadline fails, naming what could not be moved.
+func (s *Server) checkRetiring(now time.Time) {
+	leaving := 0
+	for _, r := range s.retirements {
+		for _, id := range r.workers {
+			if _, ok := s.workers[id]; ok {
+				leaving++
+			}
+		}
+	}
+	nowhere := leaving >= len(s.workers) // no worker stays to copy to: close them as they are
+	keep := s.retirements[:0]
+	for _, r := range s.retirements {
+		left := 0
+		for _, id := range r.workers {
+			w, ok := s.workers[id]
+			if !ok {
+				continue
+			}
+			left++
+			if !w.retired && (nowhere || s.core.Retired(id)) {
+				w.retired = true
+				s.queue(w.conn, &wire.Msg{Op: wire.OpClose, Reason: "retired by a client"})
+			}
+		}
+		switch {
+		case left == 0:
+			r.reply(&wire.Msg{Op: wire.OpOK, Addrs: r.addrs})
+		case now.After(r.deadline):
+			r.reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: fmt.Sprintf(
+				"retire_workers: %d of %d workers still hold values no other worker could copy after %v",
+				left, len(r.workers), retireTimeout)})
+		default:
+			if now.Sub(r.asked) >= time.Second {
+				r.asked = now
+				s.handle(EvRetire{Workers: r.workers})
+			}
+			keep = append(keep, r)
+		}
+	}
+	clear(s.retirements[len(keep):])
+	s.retirements = keep
+}
+
+// Retire retires the workers with these names or data addresses (as retire_workers does) and
+// returns once they are gone, or fails (safe from any goroutine).
+func (s *Server) Retire(ctx context.Context, workers []string) error {
+	done := make(chan *wire.Msg, 1)
+	err := s.QueryContext(ctx, func(*Core) {
+		ids, err := s.workerIDs(workers)
+		if err != nil {
+			done <- &wire.Msg{Op: wire.OpError, Message: err.Error()}
+			return
+		}
+		s.retire(ids, func(m *wire.Msg) { done <- m })
+	})
+	if err != nil {
+		return err
+	}
+	select {
+	case m := <-done:
+		if m.Op == wire.OpError {
+			return errors.New(m.Message)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
