@@ -8,6 +8,7 @@ a background thread reads it. Results are fetched directly from the workers' dat
 from __future__ import annotations
 
 import collections
+import collections.abc
 import concurrent.futures
 import itertools
 import logging
@@ -63,6 +64,22 @@ class _DataConn:
                 if reply["op"] != expect:
                     continue
                 return reply, out
+
+
+def _refuse(call: str, kwargs: Mapping[str, Any], fifo_timeout: Any = None, actors: Any = None,
+            asynchronous: Any = None) -> None:
+    """Refuse what a call cannot honour, by name, instead of ignoring it: unknown keywords,
+    actors, a non-default ``fifo_timeout`` (Shoal runs equal priorities first in, first out,
+    always) and ``asynchronous=True`` on the synchronous client (use ``AsyncClient``)."""
+    if kwargs:
+        raise TypeError(f"{call}() got unexpected keyword argument(s): {', '.join(sorted(kwargs))}")
+    if actors:
+        raise NotImplementedError(f"{call}(actors=...): Shoal does not support actors (yet)")
+    if fifo_timeout not in (None, "100 ms", "100ms", 0.1):
+        raise NotImplementedError(f"{call}(fifo_timeout={fifo_timeout!r}): Shoal runs tasks of equal priority "
+                                  "first in, first out; only the default is accepted")
+    if asynchronous:
+        raise TypeError(f"{call}(asynchronous=True) on a synchronous Client: use Client(asynchronous=True)")
 
 
 def _loose(workers: Any, allow_other_workers: bool, actor: bool) -> Any:
@@ -451,8 +468,9 @@ class Client(ClusterControl):
 
     def submit(self, func: Callable[..., Any], *args: Any, key: Optional[str] = None,
                workers: Any = None, resources: Optional[Mapping[str, float]] = None,
-               retries: int = 0, priority: int = 0, pure: bool = True,
-               allow_other_workers: bool = False, actor: bool = False, **kwargs: Any) -> Future:
+               retries: int = 0, priority: int = 0, fifo_timeout: Any = "100 ms", pure: bool = True,
+               allow_other_workers: bool = False, actor: bool = False, actors: bool = False,
+               **kwargs: Any) -> Future:
         """Run ``func(*args, **kwargs)`` on the cluster and return a Future to its result.
 
         Futures among the arguments (also nested in lists, tuples, sets and dicts) are replaced
@@ -464,7 +482,8 @@ class Client(ClusterControl):
         """
         if not callable(func):
             raise TypeError("First input to submit must be a callable function")
-        workers = _loose(workers, allow_other_workers, actor)
+        _refuse("submit", {}, fifo_timeout=fifo_timeout)
+        workers = _loose(workers, allow_other_workers, actor or actors)
         fhash, fdata = self._func(func)
         task = self._task(func, args, kwargs, key=key, pure=pure, priority=priority,
                           retries=retries, resources=resources, workers=workers, fhash=fhash)
@@ -507,15 +526,17 @@ class Client(ClusterControl):
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any],
             key: Union[str, Sequence[str], None] = None, workers: Any = None,
             retries: int = 0, resources: Optional[Mapping[str, float]] = None,
-            priority: int = 0, pure: bool = True, batch_size: Optional[int] = None,
-            allow_other_workers: bool = False, actor: bool = False, **kwargs: Any) -> list[Future]:
+            priority: int = 0, fifo_timeout: Any = "100 ms", pure: bool = True,
+            batch_size: Optional[int] = None, allow_other_workers: bool = False, actor: bool = False,
+            actors: bool = False, **kwargs: Any) -> list[Future]:
         """``submit(func, *items)`` for each item of the zipped iterables; one message for all.
 
         ``key`` is a list of keys, or a string used as the key prefix.
         """
         if not callable(func):
             raise TypeError("First input to map must be a callable function")
-        workers = _loose(workers, allow_other_workers, actor)
+        _refuse("map", {}, fifo_timeout=fifo_timeout)
+        workers = _loose(workers, allow_other_workers, actor or actors)
         columns = [list(it) for it in iterables]
         n = min((len(c) for c in columns), default=0)
         if isinstance(key, (list, tuple)) and len(key) < n:
@@ -554,6 +575,9 @@ class Client(ClusterControl):
         """
         if errors not in ("raise", "skip"):
             raise ValueError("errors must be 'raise' or 'skip'")
+        if isinstance(futures, collections.abc.Iterator):  # iter(...), a generator: values, lazily as dask
+            return iter(self.gather(list(futures), errors=errors, direct=direct, asynchronous=asynchronous))
+        _refuse("gather", {}, asynchronous=asynchronous)
         flat = _flatten_futures(futures)
         for f in flat:
             f._state.event.wait()
@@ -801,6 +825,8 @@ class Client(ClusterControl):
         ``__dask_graph__``; ``keys`` a key or a nested list of keys. Returns the values shaped
         like ``keys``. With ``sync=False`` returns futures instead.
         """
+        _refuse("get", kwargs, fifo_timeout=fifo_timeout, actors=actors, asynchronous=asynchronous)
+        workers = _loose(workers, bool(allow_other_workers), False)
         flat = list(_dask.flatten_keys(keys))
         futures = self._graph_futures(dsk, flat, priority=priority, retries=retries or 0,
                                       resources=resources, workers=workers)
@@ -818,6 +844,8 @@ class Client(ClusterControl):
         from dask.base import is_dask_collection
         from dask.delayed import delayed
 
+        _refuse("compute", kwargs, fifo_timeout=fifo_timeout, actors=actors)
+        workers = _loose(workers, allow_other_workers, False)
         singleton = not isinstance(collections, (list, tuple, set, frozenset))
         colls = [collections] if singleton else list(collections)
         if traverse:
@@ -847,6 +875,8 @@ class Client(ClusterControl):
                 retries: Optional[int] = None, priority: int = 0, fifo_timeout: Any = None,
                 actors: Any = None, **kwargs: Any) -> Any:
         """Start computing dask collections and return equivalent collections backed by futures."""
+        _refuse("persist", kwargs, fifo_timeout=fifo_timeout, actors=actors)
+        workers = _loose(workers, bool(allow_other_workers), False)
         singleton = not isinstance(collections, (list, tuple, set, frozenset))
         colls = [collections] if singleton else list(collections)
         expr, keys = _dask.collections_to_graph(colls, optimize_graph, finalize=False)
@@ -883,11 +913,16 @@ class Client(ClusterControl):
         reply = self._request({"op": "who_has", "keys": keys})
         return {str(k): list(v or []) for k, v in (reply.get("who_has") or {}).items()}
 
-    def scheduler_info(self, **kwargs: Any) -> dict[str, Any]:
-        """Cluster information shaped like dask's: {"address", "workers": {addr: {...}}, ...}."""
+    def scheduler_info(self, n_workers: int = -1) -> dict[str, Any]:
+        """Cluster information shaped like dask's: {"address", "workers": {addr: {...}}, ...}.
+        ``n_workers`` limits how many workers are listed (-1, the default here: all; dask's
+        default is 5)."""
         reply = self._request({"op": "info"})
         workers: dict[str, Any] = {}
-        for w in reply.get("workers") or []:
+        listed = reply.get("workers") or []
+        if n_workers >= 0:
+            listed = listed[:n_workers]
+        for w in listed:
             addr = str(w.get("address"))
             d = dict(w)
             d.setdefault("type", "Worker")
@@ -904,9 +939,11 @@ class Client(ClusterControl):
                 "address": str(reply.get("scheduler") or self.scheduler_address),
                 "services": {"dashboard": dash}, "dashboard": dash, "workers": workers}
 
-    def nthreads(self) -> dict[str, int]:
-        """{worker address: threads}."""
-        return {a: int(w.get("nthreads") or 0) for a, w in self.scheduler_info()["workers"].items()}
+    def nthreads(self, workers: Any = None) -> dict[str, int]:
+        """{worker address: threads} (``workers``: only those addresses)."""
+        wanted = None if workers is None else ({workers} if isinstance(workers, str) else set(workers))
+        return {a: int(w.get("nthreads") or 0) for a, w in self.scheduler_info()["workers"].items()
+                if wanted is None or a in wanted}
 
     ncores = nthreads
 
@@ -1130,7 +1167,7 @@ def _raise_state(st: KeyState) -> None:
     if st.status == FINISHED:
         return
     if st.exception is not None:
-        raise st.exception
+        st.raise_exception()  # with the worker's frames as its traceback
     if st.status == CANCELLED:
         raise CancelledError(f"{st.key} was cancelled")
     if st.status == LOST:
@@ -1311,6 +1348,8 @@ class AsyncClient:
         _collect(futures, flat)
         for f in flat:
             await wait_async(f._state)
+        if isinstance(futures, collections.abc.Iterator):
+            futures = list(futures)
         return await asyncio.to_thread(self.sync.gather, futures, errors)
 
     async def scatter(self, data: Any, **kwargs: Any) -> Any:
