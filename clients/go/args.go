@@ -59,7 +59,9 @@ func (collected[T]) argOf([]T)       {}
 // Collect makes one argument of type []T from the results of several tasks, in order: the
 // task receives them as a slice, each fetched from wherever it was computed, with no
 // intermediate task. It is an argument only; to keep the slice as a result, return it from a
-// task.
+// task. It works with functions declared by Func (which register the form it calls,
+// name#collect) and with Python functions (which receive a list); a Go function declared with
+// Extern must have been declared with Func in the workers' binary.
 func Collect[T any](refs []Ref[T]) Arg[[]T] {
 	keys := make([]string, len(refs))
 	for i, r := range refs {

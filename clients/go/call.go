@@ -53,8 +53,13 @@ func (g *Graph) call(d *fnDesc, opts []TaskOption, idx int, specs ...argSpec) st
 	} else {
 		t.Args = goArgs(&t, specs)
 	}
-	for _, o := range opts {
-		o(&t)
+	if len(opts) > 0 { // through a copy: t itself must not escape (one allocation per task)
+		tp := new(graph.Task)
+		*tp = t
+		for _, o := range opts {
+			o(tp)
+		}
+		t = *tp
 	}
 	switch {
 	case t.Key == "":

@@ -68,6 +68,7 @@ func newTaskError(key string, we *wire.Error) *TaskError {
 		wire: we, cause: decodeGoError(we.Exc)}
 }
 
+// Error says which key failed, how, and why.
 func (e *TaskError) Error() string {
 	if e.Type != "" && e.Type != "panic" {
 		return fmt.Sprintf("shoal: key %s: %s: %s: %s", e.Key, e.Code, e.Type, e.Message)

@@ -20,7 +20,8 @@ type waitConfig struct {
 
 // Progress calls fn(done, total) each time one of the futures becomes final, in completion
 // order, from the client's reader goroutine: fn must be quick and must not block. done counts
-// up to total; the last call has done == total.
+// up to total; the last call has done == total. Calls go on after Wait returned early (its
+// context ended) as the remaining futures finish.
 func Progress(fn func(done, total int)) WaitOption {
 	return func(c *waitConfig) { c.progress = fn }
 }
