@@ -102,8 +102,8 @@ type LocalCluster struct {
 // local` (a scheduler and Workers worker processes, real sockets on 127.0.0.1, a random
 // token), waits until every worker registered, and connects a client. The program must call
 // Main at the top of main (or TestMain), so that the processes it starts become the
-// cluster. Close stops every process; if this process dies without Close, the cluster notices
-// within a fraction of a second and stops itself.
+// cluster. ctx bounds the start only. Close stops every process; if this process dies without
+// Close, the cluster notices within a fraction of a second and stops itself.
 func NewLocalCluster(ctx context.Context, opts ...ClusterOption) (*LocalCluster, error) {
 	cfg := clusterConfig{workers: 2, threads: 1, timeout: 60 * time.Second}
 	for _, o := range opts {

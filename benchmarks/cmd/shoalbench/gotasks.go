@@ -25,9 +25,11 @@ type GoTasksResult struct {
 	BytesPerTask   float64 `json:"bytes_per_task"` // (held − base) / tasks: residual state
 	PeakPerTask    float64 `json:"peak_bytes_per_task"`
 	SchedCPUPerTsk float64 `json:"sched_cpu_us_per_task"` // scheduler utime+stime / tasks
+	API            string  `json:"api"`                   // untyped or typed (--api)
+	AutoKeys       bool    `json:"auto_keys,omitempty"`   // typed API's generated keys
 }
 
-func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile, clientProfile, workerProfile string) (*GoTasksResult, error) {
+func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile, clientProfile, workerProfile, api string, autoKeys bool) (*GoTasksResult, error) {
 	var extra []string
 	if profile != "" {
 		extra = append(extra, "--cpu-profile", profile)
@@ -46,7 +48,14 @@ func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile,
 	}
 	defer c.Close()
 
-	graphs, keys := noopGraphs(n, batch, "noop")
+	var graphs []*client.Graph
+	var keys [][]client.Key
+	var typedRefs [][]client.Ref[any]
+	if api == "typed" {
+		graphs, typedRefs = typedNoopGraphs(n, batch, "noop", autoKeys)
+	} else {
+		graphs, keys = noopGraphs(n, batch, "noop")
+	}
 	runtime.GC()
 	time.Sleep(300 * time.Millisecond)
 	pid := lc.Pid()
@@ -64,11 +73,16 @@ func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile,
 		}
 	}
 	start := time.Now()
-	futs, err := submitAndWait(ctx, c, graphs, keys, func(f *client.Future, err error) error {
-		return fmt.Errorf("task %s: %w (cluster log:\n%s)", f.Key(), err, lc.Log())
-	})
+	var futs []*client.Future
+	if api == "typed" {
+		futs, err = typedSubmitAndWait(ctx, c, graphs, typedRefs)
+	} else {
+		futs, err = submitAndWait(ctx, c, graphs, keys, func(f *client.Future, err error) error {
+			return fmt.Errorf("task %s: %w", f.Key(), err)
+		})
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (cluster log:\n%s)", err, lc.Log())
 	}
 	el := time.Since(start)
 	cpu := proc.CPUSeconds(pid) - cpu0
@@ -89,6 +103,6 @@ func runGoTasks(ctx context.Context, bin string, n, batch, workers int, profile,
 		Tasks: n, Workers: workers, Seconds: el.Seconds(), TasksPerSec: float64(n) / el.Seconds(),
 		SchedRSSBase: base, SchedRSSHeld: held, SchedRSSPeak: peak,
 		BytesPerTask: float64(held-base) / float64(n), PeakPerTask: float64(peak-base) / float64(n),
-		SchedCPUPerTsk: cpu / float64(n) * 1e6,
+		SchedCPUPerTsk: cpu / float64(n) * 1e6, API: api, AutoKeys: autoKeys,
 	}, nil
 }

@@ -45,3 +45,49 @@ func submitAndWait(ctx context.Context, c *client.Client, graphs []*client.Graph
 	}
 	return futs, nil
 }
+
+// noop is the stock binary's built-in no-op, declared for the typed API.
+var noop = client.Extern0[any]("noop")
+
+// typedNoopGraphs is noopGraphs written with the typed API: noop.Call per task, named
+// prefix-i as noopGraphs names them unless autoKeys (the typed API's generated keys).
+func typedNoopGraphs(n, batch int, prefix string, autoKeys bool) ([]*client.Graph, [][]client.Ref[any]) {
+	var graphs []*client.Graph
+	var refs [][]client.Ref[any]
+	for done := 0; done < n; {
+		g := client.NewGraph()
+		m := min(batch, n-done)
+		rs := make([]client.Ref[any], m)
+		for i := range rs {
+			if autoKeys {
+				rs[i] = noop.Call(g)
+			} else {
+				rs[i] = noop.Call(g, client.Named(fmt.Sprintf("%s-%d", prefix, done+i)))
+			}
+		}
+		graphs = append(graphs, g)
+		refs = append(refs, rs)
+		done += m
+	}
+	return graphs, refs
+}
+
+// typedSubmitAndWait is submitAndWait with the typed API: SubmitAll per graph, one Wait.
+func typedSubmitAndWait(ctx context.Context, c *client.Client, graphs []*client.Graph, refs [][]client.Ref[any]) ([]*client.Future, error) {
+	var futs []client.FutureOf[any]
+	for i, g := range graphs {
+		fs, err := client.SubmitAll(ctx, c, g, refs[i])
+		if err != nil {
+			return nil, err
+		}
+		futs = append(futs, fs...)
+	}
+	if err := client.Wait(ctx, futs); err != nil {
+		return nil, err
+	}
+	out := make([]*client.Future, len(futs))
+	for i, f := range futs {
+		out[i] = f.Future
+	}
+	return out, nil
+}

@@ -2,7 +2,7 @@
 // from the Go client (workload 8) and a scheduler fed by zero-cost fake workers (workload 9).
 // Each prints one JSON object on stdout; benchmarks/run.py collects them.
 //
-//	shoalbench gotasks     --bin bin/shoal --tasks 1000000
+//	shoalbench gotasks     --bin bin/shoal --tasks 1000000 [--api typed]
 //	shoalbench zeroworkers --bin bin/shoal --tasks 200000 --workers 2,16,64
 package main
 
@@ -39,10 +39,16 @@ func main() {
 		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process")
 		clientProfile := fs.String("client-profile", "", "write a CPU profile of this process (the Go client) while it submits and waits")
 		workerProfile := fs.String("worker-cpu-profile", "", "pass --worker-cpu-profile PREFIX to shoal local (one profile per worker)")
+		api := fs.String("api", "untyped", "how the Go client builds and waits: untyped (Graph.Go, Future.Wait) or typed (shoal.Extern0 + Call, shoal.Wait)")
+		autoKeys := fs.Bool("auto-keys", false, "with --api typed: the keys the typed API generates instead of noop-<i>")
 		fs.Parse(os.Args[2:])
+		if *api != "untyped" && *api != "typed" {
+			fmt.Fprintf(os.Stderr, "--api %q: want untyped or typed\n", *api)
+			os.Exit(2)
+		}
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
-		out, err = runGoTasks(ctx, *bin, *tasks, *batch, *workers, *profile, *clientProfile, *workerProfile)
+		out, err = runGoTasks(ctx, *bin, *tasks, *batch, *workers, *profile, *clientProfile, *workerProfile, *api, *autoKeys)
 	case "zeroworkers":
 		workers := fs.String("workers", "2,16,64", "comma-separated numbers of fake workers, one run each")
 		nthreads := fs.Int("nthreads", 1, "threads each fake worker declares")
