@@ -106,7 +106,7 @@ func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, hdr []byte, frames [][]
 			c.SendError(m.ID, wire.CodeBadRole, "put_data is served to clients only")
 			return true
 		}
-		if err := w.servePut(m, frames); err != nil {
+		if err := w.servePut(m, hdr, frames); err != nil {
 			c.SendError(m.ID, wire.CodeProtocol, err.Error())
 			return false
 		}
@@ -215,8 +215,28 @@ func (w *Worker) serveGet(c *wire.Conn, m *wire.Msg, offer bool) error {
 	return c.SendRaw(hdr, payload...)
 }
 
-// servePut stores scattered values after checking the items against the frames.
-func (w *Worker) servePut(m *wire.Msg, frames [][]byte) error {
+// servePut stores scattered values after checking the items against the frames. A client on
+// this machine may pass a large value as a sealed memfd instead of its bytes (`seg`, as a peer
+// does in a data answer, with its `shm_host`): the worker opens it through /proc and keeps it
+// as the value's segment, so neither the socket nor a growing buffer carries it.
+func (w *Worker) servePut(m *wire.Msg, hdr []byte, frames [][]byte) error {
+	var segs []peerSeg
+	if bytes.Contains(hdr, []byte("seg")) {
+		raw, ok, err := wire.RawField(hdr, "seg")
+		if err == nil && ok {
+			err = wire.UnmarshalExt(raw, &segs)
+		}
+		if err != nil {
+			return fmt.Errorf("put_data: bad seg: %v", err)
+		}
+		x, err := decodeGetDataExt(hdr)
+		if err != nil {
+			return fmt.Errorf("put_data: %v", err)
+		}
+		if len(segs) > 0 && (!shmEnabled || x.Host == "" || x.Host != hostID()) {
+			return errors.New("put_data: segments are taken only from a client on this machine (shm_host differs)")
+		}
+	}
 	rest := frames
 	for _, it := range m.Items {
 		if it.Key == "" {
@@ -236,13 +256,47 @@ func (w *Worker) servePut(m *wire.Msg, frames [][]byte) error {
 	if len(rest) != 0 {
 		return fmt.Errorf("put_data has %d frames beyond its items", len(rest))
 	}
+	opened := make(map[string]*Segment, len(segs))
+	for i := range segs {
+		ps := &segs[i]
+		j, at := 0, frames
+		for _, it := range m.Items {
+			if it.Key == ps.Key {
+				break
+			}
+			j++
+			at = at[it.NFrames:]
+		}
+		if j == len(m.Items) || opened[ps.Key] != nil {
+			closeSegments(opened)
+			return fmt.Errorf("put_data: a segment for %q, which is not an item or has one already", ps.Key)
+		}
+		s, err := openPeerSegment(*ps, at[:m.Items[j].NFrames])
+		if err != nil {
+			closeSegments(opened)
+			return fmt.Errorf("put_data: opening the client's segment for %q: %v", ps.Key, err)
+		}
+		opened[ps.Key] = s
+	}
 	w.stats.bytesRecv.Add(frameBytes(frames))
-	for _, it := range m.Items {
-		w.store.Put(it.Key, it.Encoding, frames[:it.NFrames:it.NFrames], nil)
+	for i, it := range m.Items {
+		fs := frames[:it.NFrames:it.NFrames]
+		if s := opened[it.Key]; s != nil {
+			m.Items[i].NBytes = w.store.PutSegment(it.Key, it.Encoding, fs, s)
+			w.stats.shmIn.Add(1)
+		} else {
+			w.store.Put(it.Key, it.Encoding, fs, nil)
+		}
 		frames = frames[it.NFrames:]
 	}
 	w.scattered(m.Items)
 	return nil
+}
+
+func closeSegments(m map[string]*Segment) {
+	for _, s := range m {
+		s.close()
+	}
 }
 
 // scattered readies tasks that were waiting for values a client just put here.

@@ -7,12 +7,14 @@ import (
 	"encoding/binary"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
 )
 
 const testToken = "s3cret"
@@ -234,4 +236,52 @@ func TestPooledConnectionClosedByPeer(t *testing.T) {
 		require.Equal(t, []byte("value"), got[0].frames[0])
 		time.Sleep(300 * time.Millisecond) // src closes the pooled connection meanwhile
 	}
+}
+
+// A client on this machine may put a large value as a sealed memfd (seg + shm_host): the worker
+// keeps the memfd as the value. A segment from another host id, or an unsealed one, is refused
+// with an error on that connection only.
+func TestDataServerPutSegment(t *testing.T) {
+	if !shmEnabled || hostID() == "" {
+		t.Skip("no shared memory here")
+	}
+	w := dataWorker(t)
+	addr := w.DataAddr()
+	data := bytes.Repeat([]byte("seg!"), 1<<18) // 1 MiB
+	put := func(t *testing.T, sealed bool, host string) *wire.Msg {
+		f := sealedMemfd(t, "shoal-put-test", data, 64, sealed)
+		defer f.Close()
+		var st unix.Stat_t
+		require.NoError(t, unix.Fstat(int(f.Fd()), &st))
+		hdr, err := msgpack.Marshal(map[string]any{"op": "put_data", "id": 3,
+			"items":    []map[string]any{{"key": "big", "encoding": "bytes", "nframes": 1}},
+			"seg":      []map[string]any{{"key": "big", "pid": os.Getpid(), "fd": int(f.Fd()), "dev": st.Dev, "ino": st.Ino, "frames": [][]int64{{0, 64, int64(len(data))}}}},
+			"shm_host": host})
+		require.NoError(t, err)
+		c := dialData(t, addr, testToken, wire.RoleClient)
+		require.NoError(t, c.SendRaw(hdr, []byte{}))
+		m, _, err := c.Recv()
+		require.NoError(t, err)
+		if m.Op == wire.OpPutOK {
+			_, got := getData(t, c, 4, "big")
+			require.Equal(t, [][]byte{data}, got, "the value is read back from the segment")
+		}
+		return m
+	}
+	t.Run("accepted", func(t *testing.T) {
+		m := put(t, true, hostID())
+		require.Equal(t, wire.OpPutOK, m.Op, "%+v", m)
+		require.GreaterOrEqual(t, w.store.Stats().Segments, int64(len(data)), "held as a segment")
+	})
+	t.Run("another host", func(t *testing.T) {
+		m := put(t, true, "another boot id")
+		require.Equal(t, wire.OpError, m.Op)
+		require.Contains(t, m.Message, "shm_host")
+	})
+	t.Run("unsealed", func(t *testing.T) {
+		m := put(t, false, hostID())
+		require.Equal(t, wire.OpError, m.Op)
+		require.Contains(t, m.Message, "sealed")
+	})
+	putAndGet(t, addr) // everyone else is still served
 }

@@ -22,7 +22,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
-from . import _dask, _keys, _serialize, _shuffle, _wire
+from . import _dask, _keys, _segments, _serialize, _shuffle, _wire
 from ._control import ClusterControl
 from ._refs import NOTHING, replace
 from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
@@ -37,6 +37,10 @@ _UPDATE_BATCH_BYTES = 16 << 20  # split big graphs into update_graph messages of
 _GET_DATA_BATCH = 1000  # keys per get_data request
 _PUT_DATA_BATCH = 1000  # items per put_data request
 _FUNC_CACHE_SIZE = 1024
+# An argument at least this large (its buffer size: numpy, pandas, Arrow, bytes) is scattered
+# to a worker's data port and passed by reference, as dask's auto-scatter does: it never goes
+# through the scheduler in a control message.
+_SCATTER_ARG_BYTES = 1 << 20
 
 
 class _DataConn:
@@ -153,6 +157,7 @@ class Client(ClusterControl):
         self._req_ids = itertools.count(1)
         self._requests: dict[int, list[Any]] = {}
         self._data_conns: dict[str, _DataConn] = {}
+        self._no_segments: dict[str, bool] = {}  # workers that refused put_data segments
         self._data_lock = threading.Lock()
         self._closed = threading.Event()
         self._conn_error: Optional[BaseException] = None
@@ -450,9 +455,44 @@ class Client(ClusterControl):
         st = self._states.get(key)
         return st is not None and st.status in (PENDING, FINISHED)
 
+    def _scatter_large(self, args: tuple[Any, ...], kwargs: dict[str, Any],
+                       hold: list[Future]) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
+        """Scatter the large arguments (top level, and kwargs' values) and put Futures in their
+        place; ``hold`` keeps those futures until the task is submitted. Reports whether any was."""
+        def big(v: Any) -> bool:
+            if isinstance(v, (bytes, bytearray, memoryview)):
+                return len(v) >= _SCATTER_ARG_BYTES
+            if type(v).__module__.startswith("pandas") and hasattr(v, "memory_usage"):
+                try:
+                    return int(v.memory_usage(index=True, deep=False).sum()) >= _SCATTER_ARG_BYTES
+                except Exception:
+                    return False
+            n = getattr(v, "nbytes", None)
+            if callable(n) and not isinstance(v, type):  # pandas' nbytes is a property; Arrow's too
+                return False
+            return isinstance(n, int) and n >= _SCATTER_ARG_BYTES and not isinstance(v, (type, Future))
+
+        if not any(big(a) for a in args) and not any(big(v) for v in kwargs.values()):
+            return args, kwargs, False
+        workers = [w for w in self._workers()]
+        if not workers:
+            return args, kwargs, False  # no worker yet: the argument goes inline, as before
+
+        def swap(v: Any) -> Any:
+            if not big(v):
+                return v
+            f = self.scatter(v, hash=False)
+            hold.append(f)
+            return f
+
+        return tuple(swap(a) for a in args), {k: swap(v) for k, v in kwargs.items()}, True
+
     def _task(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, key: Optional[str],
               pure: bool, priority: int, retries: int, resources: Optional[Mapping[str, float]],
-              workers: Any, fhash: str) -> dict[str, Any]:
+              workers: Any, fhash: str, hold: Optional[list[Future]] = None) -> dict[str, Any]:
+        if hold is not None:
+            args, kwargs, scattered = self._scatter_large(args, kwargs, hold)
+            pure = pure and not scattered  # a scattered argument's key is random, not its hash
         deps: list[str] = []
         args2 = _unpack_futures(args, deps, self)
         kwargs2 = _unpack_futures(kwargs, deps, self) if kwargs else {}
@@ -485,8 +525,9 @@ class Client(ClusterControl):
         _refuse("submit", {}, fifo_timeout=fifo_timeout)
         workers = _loose(workers, allow_other_workers, actor or actors)
         fhash, fdata = self._func(func)
+        hold: list[Future] = []  # scattered large arguments, kept until the task is sent
         task = self._task(func, args, kwargs, key=key, pure=pure, priority=priority,
-                          retries=retries, resources=resources, workers=workers, fhash=fhash)
+                          retries=retries, resources=resources, workers=workers, fhash=fhash, hold=hold)
         with self._lock:
             if self._live(task["key"]):
                 return Future(task["key"], self)
@@ -543,11 +584,12 @@ class Client(ClusterControl):
             raise ValueError(f"map: {len(key)} keys given for {n} tasks")
         fhash, fdata = self._func(func)
         tasks: list[dict[str, Any]] = []
+        hold: list[Future] = []  # scattered large arguments, kept until the tasks are sent
         for i in range(n):
             args = tuple(c[i] for c in columns)
             k = key[i] if isinstance(key, (list, tuple)) else None
             t = self._task(func, args, kwargs, key=k, pure=pure, priority=priority,
-                           retries=retries, resources=resources, workers=workers, fhash=fhash)
+                           retries=retries, resources=resources, workers=workers, fhash=fhash, hold=hold)
             if k is None and isinstance(key, str):
                 t["key"] = f"{key}-{t['key'].rsplit('-', 1)[1]}"
             tasks.append(t)
@@ -767,13 +809,47 @@ class Client(ClusterControl):
     def _put(self, worker: str, items: Sequence[tuple[str, Any]]) -> None:
         headers: list[dict[str, Any]] = []
         frames: list[_wire.Buffer] = []
+        encoded = []
         for key, value in items:
             enc, fr = _serialize.encode(value)
             headers.append({"key": key, "encoding": enc, "nframes": len(fr), "nbytes": _serialize.nbytes(fr)})
+            encoded.append(fr)
             frames.extend(fr)
-        self._data_request(worker, {"op": "put_data", "items": headers}, frames, expect="put_ok")
+        if not (self._put_segments(worker, headers, encoded)):
+            self._data_request(worker, {"op": "put_data", "items": headers}, frames, expect="put_ok")
         with self._lock:
             self._send({"op": "scatter", "items": headers, "worker": worker})
+
+    def _put_segments(self, worker: str, headers: list[dict[str, Any]], encoded: list[list[Any]]) -> bool:
+        """put_data with each large value in a sealed memfd the worker opens through /proc,
+        when the worker is on this machine: the bytes are copied once, into the memfd, and
+        never cross a socket. False when not tried or refused (then the caller sends bytes)."""
+        if (self._no_segments.get(worker) or not _segments.available() or not _is_loopback(worker)
+                or not any(h["nbytes"] >= _segments.SEG_MIN for h in headers)):
+            return False
+        fds: list[int] = []
+        try:
+            segs: list[dict[str, Any]] = []
+            frames: list[_wire.Buffer] = []
+            for h, fr in zip(headers, encoded):
+                if h["nbytes"] >= _segments.SEG_MIN:
+                    fd, at, fr = _segments.write_segment(fr)
+                    fds.append(fd)
+                    st = os.fstat(fd)
+                    segs.append({"key": h["key"], "pid": os.getpid(), "fd": fd, "dev": st.st_dev,
+                                 "ino": st.st_ino, "frames": at})
+                frames.extend(fr)
+            header = {"op": "put_data", "items": headers, "seg": segs, "shm_host": _segments.host_id()}
+            self._data_request(worker, header, frames, expect="put_ok")
+            return True
+        except (OSError, ShoalError) as exc:
+            logger.info("shoal: passing values to %s in shared memory failed, sending bytes: %s", worker, exc)
+            self._no_segments[worker] = True
+            self._drop_data_conn(worker)
+            return False
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     # ---------------------------------------------------------------------------------------
     # dask collections and graphs

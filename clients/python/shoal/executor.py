@@ -38,6 +38,7 @@ from time import time_ns
 from typing import Any, Callable, Sequence
 
 from . import _refs, _serialize, _wire
+from ._segments import _SEALS, SEG_ALIGN, SEG_MIN, SEG_MIN_FRAME, write_segment  # noqa: F401  (SEG_ALIGN: tests)
 from ._wire import Buffer
 from .exceptions import CommClosedError, ProtocolError
 
@@ -51,20 +52,6 @@ SHM_VERSION = 1
 
 DEFAULT_SHM_IDLE = 256 << 20
 """Bytes of free windows kept mapped for reuse (``SHOAL_EXECUTOR_SHM_IDLE``)."""
-
-SEG_MIN = 1 << 20
-"""A result goes back in a segment when its frames of at least SEG_MIN_FRAME bytes total this."""
-
-SEG_MIN_FRAME = 4 << 10
-"""Smaller frames (a pickle's header) stay in the message: copying them costs less than placing them."""
-
-SEG_ALIGN = 64
-"""Frames start at multiples of this in a segment (numpy and Arrow buffers stay aligned)."""
-
-_SEALS = (fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL
-          if hasattr(fcntl, "F_ADD_SEALS") else 0)
-"""The seals of a result segment: its bytes and size never change again (0: no seals here)."""
-
 
 class FdReceiver:
     """A socket's ``recv``/``recv_into`` that keeps the descriptors passed with SCM_RIGHTS, in
@@ -343,41 +330,6 @@ def write_arrow_segment(frame: _serialize.ArrowStream) -> int:
         os.close(fd)
         raise
     return fd
-
-
-def write_segment(frames: Sequence[Any]) -> tuple[int, list[list[int]], list[Any]]:
-    """Write the large frames into a fresh memfd and seal it (docs/protocol.md §3.5).
-
-    Returns the descriptor (the caller passes it to the worker, then closes it), the
-    placements ``[frame, offset, length]`` and the frames to send, with those it holds empty.
-    The memfd is written with ``pwrite`` rather than through a mapping, so that nothing here
-    maps it when it is sealed against writing (a writable shared mapping would prevent that)
-    and this process's memory does not grow by the result's size a second time."""
-    at: list[list[int]] = []
-    size = 0
-    for i, f in enumerate(frames):
-        n = len(f) if type(f) is bytes else memoryview(f).nbytes
-        if n >= SEG_MIN_FRAME:
-            size = -(-size // SEG_ALIGN) * SEG_ALIGN
-            at.append([i, size, n])
-            size += n
-    fd = os.memfd_create("shoal-result", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-    try:
-        os.ftruncate(fd, size)
-        for i, off, n in at:
-            view = memoryview(frames[i]).cast("B")
-            done = 0
-            while done < n:  # pwrite writes at most ~2 GiB at a time
-                done += os.pwrite(fd, view[done:], off + done)
-            view.release()
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
-    except BaseException:
-        os.close(fd)
-        raise
-    out = list(frames)
-    for i, _, _ in at:
-        out[i] = b""
-    return fd, at, out
 
 
 def segment_result(reply: Header, frames: list[Any]) -> tuple[int, list[Any]]:

@@ -423,12 +423,45 @@ def test_client_starts_a_cluster_from_dask_keywords() -> None:
         Client("127.0.0.1:1", n_workers=2)
 
 
+def held_keys(client: Client) -> set[str]:
+    return {k for ks in client.has_what().values() for k in ks}
+
+
+def test_large_arguments_go_by_the_data_plane(client: Client) -> None:
+    """A large argument (bytes, numpy, pandas) is scattered to a worker and passed by
+    reference, as dask's auto-scatter does, never in a control message; with a worker on this
+    machine it travels as a sealed memfd, and without that, as bytes on the data port."""
+    big = np.arange(20_000_000, dtype="u4")  # 80 MB
+    f = client.submit(slow_sum, big, 0.5, pure=False)
+    until_held = time.time() + 10
+    while not any(k.startswith("ndarray-") for k in held_keys(client)) and time.time() < until_held:
+        time.sleep(0.02)
+    assert any(k.startswith("ndarray-") for k in held_keys(client)), "the array was not scattered"
+    assert f.result(timeout=60) == int(big.sum())
+    assert client.submit(len, b"x" * (65 << 20)).result(timeout=60) == 65 << 20
+    df = pd.DataFrame({"x": np.arange(300_000)})
+    assert client.submit(lambda d: int(d.x.sum()), df).result(timeout=60) == int(df.x.sum())
+    assert not client._no_segments, "the worker refused the client's shared-memory segments"
+    # the same over the socket, as for a worker on another machine
+    old = shoal.client._segments.available
+    shoal.client._segments.available = lambda: False  # type: ignore[assignment]
+    try:
+        assert client.submit(slow_sum, big + 1, 0, pure=False).result(timeout=60) == int((big + 1).sum())
+    finally:
+        shoal.client._segments.available = old  # type: ignore[assignment]
+
+
+def slow_sum(a: Any, delay: float) -> int:
+    time.sleep(delay)
+    return int(a.sum())
+
+
 def test_oversized_message_is_refused_and_the_client_goes_on(client: Client) -> None:
-    """An argument too large for a message header is refused before it is sent, with advice,
-    and the connection stays usable (once, it was closed by the scheduler and every later
-    call failed)."""
+    """An argument too large for a message header that is not scattered for you (here, inside
+    a list) is refused before it is sent, with advice, and the connection stays usable (once,
+    it was closed by the scheduler and every later call failed)."""
     with pytest.raises(shoal.FrameTooLargeError, match="scatter"):
-        client.submit(len, b"x" * (65 << 20))
+        client.submit(len, [b"x" * (65 << 20)])
     assert client.submit(inc, 41).result(timeout=30) == 42
     big = client.scatter(b"x" * (65 << 20))
     assert client.submit(len, big).result(timeout=60) == 65 << 20
