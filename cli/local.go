@@ -27,6 +27,7 @@ type localFlags struct {
 	noRestart         bool
 	workerProfile     string
 	dataIdle          time.Duration
+	resources         string
 }
 
 func (f *localFlags) register(fs *flag.FlagSet) {
@@ -40,6 +41,7 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for the workers' spilled data")
 	fs.BoolVar(&f.noRestart, "no-restart", false, "do not restart a worker process that dies")
 	fs.DurationVar(&f.dataIdle, "data-idle-timeout", 10*time.Minute, "workers drop a data-port connection silent this long between requests (0: never)")
+	fs.StringVar(&f.resources, "resources", "", "abstract resources each worker offers, e.g. GPU=1,MEM=16e9 (tasks asking for them run only where they are free)")
 	fs.StringVar(&f.workerProfile, "worker-cpu-profile", "", "write a Go CPU profile of each worker process to PREFIX.<worker name>.pprof")
 }
 
@@ -133,6 +135,9 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	if err := f.mem.validate(); err != nil {
 		return nil, err
 	}
+	if _, err := parseResources(f.resources); err != nil {
+		return nil, err
+	}
 	mem := f.memoryLimit
 	if mem == "auto" {
 		mem = strconv.FormatInt(totalMemory()/int64(f.workers), 10)
@@ -157,7 +162,7 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	base = append(base, f.mem.args()...)
 	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA},
 		{"--gossip-key-file", f.gossipKeyFile}, {"--message-timeout", f.messageTimeout.String()},
-		{"--data-idle-timeout", f.dataIdle.String()}} {
+		{"--data-idle-timeout", f.dataIdle.String()}, {"--resources", f.resources}} {
 		if kv[1] != "" {
 			base = append(base, kv[0], kv[1])
 		}

@@ -178,6 +178,68 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
     return graph
 
 
+# dask.annotate(...) names Shoal honours, and those dask's own optimizer consumes.
+HONOURED_ANNOTATIONS = ("priority", "retries", "resources", "workers", "allow_other_workers")
+_DASK_OWN_ANNOTATIONS = ("fuse",)
+
+
+def check_annotations(names: Iterable[str]) -> None:
+    """Refuse annotations Shoal would otherwise ignore, naming them."""
+    bad = sorted(set(names) - set(HONOURED_ANNOTATIONS) - set(_DASK_OWN_ANNOTATIONS))
+    if bad:
+        raise ValueError(f"dask.annotate({', '.join(f'{b}=' for b in bad)}): Shoal does not honour these "
+                         f"annotations; it honours {', '.join(HONOURED_ANNOTATIONS)}")
+
+
+def wire_annotations(ann: Mapping[str, Any], key: Hashable = None) -> dict[str, Any]:
+    """Task fields for annotations (``{"priority": 1, "workers": [...], ...}``); a callable
+    value is called with the task's key, as dask does."""
+    def get(name: str) -> Any:
+        v = ann.get(name)
+        if callable(v):
+            return v(key) if key is not None else None  # per key: see annotations_by_key
+        return v
+
+    out: dict[str, Any] = {}
+    if get("priority"):
+        out["priority"] = int(get("priority"))
+    if get("retries"):
+        out["retries"] = int(get("retries"))
+    res = get("resources")
+    if res:
+        out["resources"] = {str(k): float(v) for k, v in res.items()}
+    workers = get("workers")
+    if workers and not get("allow_other_workers"):
+        out["workers"] = [workers] if isinstance(workers, str) else [str(w) for w in workers]
+    return out
+
+
+def annotations_by_key(dsk: Any, global_ann: Mapping[str, Any]) -> dict[Hashable, dict[str, Any]]:
+    """Per-key task fields from a graph's annotations (``__dask_annotations__``, as
+    dask.distributed reads them) under the ones active at submission (``global_ann``, which
+    apply to every task unless the graph says otherwise); {} when there are none."""
+    by_type: Mapping[str, Mapping[Hashable, Any]] = {}
+    if hasattr(dsk, "__dask_annotations__"):
+        by_type = dsk.__dask_annotations__() or {}
+    check_annotations(by_type)
+    per_key_global = any(callable(v) for v in global_ann.values())
+    if not by_type and not per_key_global:
+        return {}
+    out: dict[Hashable, dict[str, Any]] = {}
+    keys: set[Hashable] = set()
+    for per in by_type.values():
+        keys.update(per)
+    if per_key_global:
+        keys.update(dsk.__dask_graph__() if hasattr(dsk, "__dask_graph__") else dsk)
+    for k in keys:
+        merged = dict(global_ann)
+        merged.update({name: per[k] for name, per in by_type.items() if k in per})
+        fields = wire_annotations(merged, k)
+        if fields:
+            out[k] = fields
+    return out
+
+
 def graph_to_tasks(dsk: Mapping[Hashable, Any], func: str, *,
                    annotations: Mapping[str, Any] | None = None,
                    funcs: Optional[dict[str, bytes]] = None,
@@ -308,7 +370,8 @@ def node_order(dsk: Mapping[Hashable, Any]) -> list[Hashable]:
 
 
 def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
-                annotations: Mapping[str, Any] | None = None, first: int = 500,
+                annotations: Mapping[str, Any] | None = None,
+                per_key: Mapping[Hashable, Mapping[str, Any]] | None = None, first: int = 500,
                 most: int = 20_000, max_bytes: int = 8 << 20,
                 funcs: Optional[dict[str, bytes]] = None, func_of: Optional[FuncOf] = None,
                 ) -> Iterator[tuple[list[dict[str, Any]], list[str], bool]]:
@@ -318,7 +381,8 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     bigger), produced lazily so that a client can send a chunk before pickling the next one.
     Yields ``(tasks, frontier, last)`` where ``frontier`` lists the keys of this chunk that
     later chunks depend on. Direct calls' functions go into ``funcs`` as in graph_to_tasks,
-    before the chunk that uses them is yielded."""
+    before the chunk that uses them is yielded. ``per_key`` adds a key's own annotations
+    (task fields) over ``annotations``."""
     from dask._task_spec import Alias
 
     ann = {k: v for k, v in (annotations or {}).items() if v}
@@ -338,6 +402,8 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
         while i < stop:
             k = order[i]
             task = _node_task(k, dsk[k], func, ann, Alias, group, name)
+            if task is not None and per_key and k in per_key:
+                task.update(per_key[k])
             if task is not None:
                 n = len(task["payload"]) + 200
                 if tasks and nbytes + n > max_bytes:

@@ -489,7 +489,8 @@ class Client(ClusterControl):
 
     def _task(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, key: Optional[str],
               pure: bool, priority: int, retries: int, resources: Optional[Mapping[str, float]],
-              workers: Any, fhash: str, hold: Optional[list[Future]] = None) -> dict[str, Any]:
+              workers: Any, fhash: str, hold: Optional[list[Future]] = None,
+              ann: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
         if hold is not None:
             args, kwargs, scattered = self._scatter_large(args, kwargs, hold)
             pure = pure and not scattered  # a scattered argument's key is random, not its hash
@@ -503,6 +504,8 @@ class Client(ClusterControl):
         task: dict[str, Any] = {"key": key, "kind": "py", "func": fhash, "payload": payload}
         if deps:
             task["deps"] = list(dict.fromkeys(deps))
+        if ann:
+            task.update(ann)
         _annotate(task, priority, retries, resources, workers)
         return task
 
@@ -527,7 +530,8 @@ class Client(ClusterControl):
         fhash, fdata = self._func(func)
         hold: list[Future] = []  # scattered large arguments, kept until the task is sent
         task = self._task(func, args, kwargs, key=key, pure=pure, priority=priority,
-                          retries=retries, resources=resources, workers=workers, fhash=fhash, hold=hold)
+                          retries=retries, resources=resources, workers=workers, fhash=fhash, hold=hold,
+                          ann=_global_annotations())
         with self._lock:
             if self._live(task["key"]):
                 return Future(task["key"], self)
@@ -585,11 +589,13 @@ class Client(ClusterControl):
         fhash, fdata = self._func(func)
         tasks: list[dict[str, Any]] = []
         hold: list[Future] = []  # scattered large arguments, kept until the tasks are sent
+        ann = _global_annotations()
         for i in range(n):
             args = tuple(c[i] for c in columns)
             k = key[i] if isinstance(key, (list, tuple)) else None
             t = self._task(func, args, kwargs, key=k, pure=pure, priority=priority,
-                           retries=retries, resources=resources, workers=workers, fhash=fhash, hold=hold)
+                           retries=retries, resources=resources, workers=workers, fhash=fhash, hold=hold,
+                           ann=ann)
             if k is None and isinstance(key, str):
                 t["key"] = f"{key}-{t['key'].rsplit('-', 1)[1]}"
             tasks.append(t)
@@ -864,10 +870,15 @@ class Client(ClusterControl):
     def _graph_futures_gc_paused(self, dsk: Any, keys: Sequence[Hashable], *, priority: int,
                                  retries: int, resources: Optional[Mapping[str, float]],
                                  workers: Any) -> dict[Hashable, Future]:
+        import dask
+
+        global_ann = dict(dask.get_annotations())  # dask.annotate(...) around this call
+        _dask.check_annotations(global_ann)
+        per_key = _dask.annotations_by_key(dsk, global_ann)
         graph = _dask.normalize_graph(dsk, fuse=keys)
         fhash, fdata = self._exec_func()
-        ann: dict[str, Any] = {}
-        _annotate(ann, priority, retries or 0, resources, workers)
+        ann = _dask.wire_annotations(global_ann)
+        _annotate(ann, priority, retries or 0, resources, workers)  # the call's own options win
         wanted = list(dict.fromkeys(_keys.wire_key(k) for k in keys))
         # Send the graph in chunks as it is pickled, so that the cluster starts on the first
         # tasks while the client pickles the rest. Until the last chunk is sent, futures hold
@@ -879,7 +890,7 @@ class Client(ClusterControl):
         # (a chunk must fit in one update_graph message: _update_graph's own splitting
         # would release keys these futures still hold)
         funcs = {fhash: fdata}  # plus the functions of direct calls, as chunks name them
-        for tasks, frontier, last in _dask.task_chunks(graph, fhash, annotations=ann,
+        for tasks, frontier, last in _dask.task_chunks(graph, fhash, annotations=ann, per_key=per_key,
                                                        max_bytes=_UPDATE_BATCH_BYTES // 2,
                                                        funcs=funcs, func_of=self._func):
             if last:
@@ -1287,6 +1298,21 @@ def _repack(obj: Any, values: Mapping[str, Any], bad: set[str]) -> Any:
     if typ is dict:
         return {k: _repack(v, values, bad) for k, v in obj.items()}
     return obj
+
+
+def _global_annotations() -> dict[str, Any]:
+    """Task fields from a ``dask.annotate(...)`` block around a submit or map, as in dask."""
+    dask = sys.modules.get("dask")
+    if dask is None:
+        return {}
+    ann = dict(dask.get_annotations())
+    if not ann:
+        return {}
+    _dask.check_annotations(ann)
+    if any(callable(v) for v in ann.values()):
+        raise ValueError("dask.annotate with a function of the key applies to dask graphs; for submit and map, "
+                         "give the value")
+    return _dask.wire_annotations(ann)
 
 
 def _annotate(task: dict[str, Any], priority: int, retries: int,

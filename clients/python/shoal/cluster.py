@@ -142,7 +142,9 @@ class LocalCluster:
     or pause. It covers each worker and its Python
     executor; ``memory_target_fraction`` (0.6), ``memory_spill_fraction`` (0.7) and
     ``memory_pause_fraction`` (0.8) set the thresholds, as for dask's workers (docs/operations.md).
-    ``dashboard_port=0`` picks a free port,
+    ``resources`` ({"GPU": 1}) are abstract resources each worker offers: a task asking
+    for them (``submit(..., resources=...)``, ``dask.annotate(resources=...)``) runs only where
+    they are free. ``dashboard_port=0`` picks a free port,
     ``None`` disables the dashboard. A random token protects the cluster unless ``token`` is
     given (``token=""`` disables authentication).
     """
@@ -155,7 +157,8 @@ class LocalCluster:
                  python: Optional[str] = None, extra_args: Optional[list[str]] = None,
                  processes: bool = True, memory_target_fraction: Optional[float] = None,
                  memory_spill_fraction: Optional[float] = None,
-                 memory_pause_fraction: Optional[float] = None, **kwargs: Any) -> None:
+                 memory_pause_fraction: Optional[float] = None,
+                 resources: Optional[dict[str, float]] = None, **kwargs: Any) -> None:
         dashboard_port = _dask_options(kwargs, dashboard_port)
         if n_workers < 0:
             raise ValueError("n_workers must be >= 0")
@@ -203,6 +206,12 @@ class LocalCluster:
                            ("--memory-pause", memory_pause_fraction)):
             if frac is not None:  # dask's False ("off") is 0 here
                 args += [flag, repr(float(frac))]
+        if resources:
+            for name, amount in resources.items():
+                if not str(name) or any(c in str(name) for c in ",= ") or not float(amount) > 0:
+                    raise ValueError(f"LocalCluster(resources={resources!r}): want names without ',', '=' or"
+                                     " spaces, and positive amounts")
+            args += ["--resources", ",".join(f"{k}={float(v)!r}" for k, v in resources.items())]
         args += list(extra_args or [])
         self.args = args
         self.scheduler_address = ""
