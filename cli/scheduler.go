@@ -2,11 +2,13 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -20,6 +22,7 @@ type schedFlags struct {
 	port, gossipPort, dashboardPort int
 	maxClients                      int
 	clientIdle                      time.Duration
+	schedulerFile                   string
 }
 
 func (f *schedFlags) register(fs *flag.FlagSet) {
@@ -29,6 +32,7 @@ func (f *schedFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.gossipPort, "gossip-port", 7946, "gossip (memberlist) port, TCP and UDP (0 picks a free port)")
 	fs.IntVar(&f.maxClients, "max-clients", 1024, "most client connections open at once; more are refused as busy")
 	fs.DurationVar(&f.clientIdle, "client-idle-timeout", 0, "drop a client connection silent this long (0: never; clients may wait idle on results)")
+	fs.StringVar(&f.schedulerFile, "scheduler-file", "", "write JSON {address, dashboard, token} here (mode 0600) for clients: Client(scheduler_file=...); removed at exit")
 	fs.IntVar(&f.dashboardPort, "dashboard-port", 8787, "HTTP port for the dashboard, /metrics and /api/v1 (0 picks a free port, -1 disables)")
 }
 
@@ -61,6 +65,7 @@ type schedProc struct {
 	log       *slog.Logger
 	done      chan error
 	stopDash  func()
+	schedFile string // written at start, removed at close
 }
 
 func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
@@ -121,8 +126,34 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 		return nil, fmt.Errorf("gossip: %w", err)
 	}
 	go sp.watchGossip()
+	if f.schedulerFile != "" {
+		if err := writeSchedulerFile(f.schedulerFile, sp, token); err != nil {
+			sp.close()
+			return nil, fmt.Errorf("--scheduler-file: %w", err)
+		}
+		sp.schedFile = f.schedulerFile
+	}
 	go func() { sp.done <- srv.Serve(ctx) }()
 	return sp, nil
+}
+
+// writeSchedulerFile tells clients where the scheduler is, and its token, as dask's
+// --scheduler-file does: a JSON file readable by this user only, replaced atomically.
+func writeSchedulerFile(path string, sp *schedProc, token string) error {
+	info := map[string]any{"type": "Scheduler", "address": "tcp://" + sp.srv.Addr(), "dashboard": sp.dashboard,
+		"gossip": sp.gossip.Addr(), "pid": os.Getpid()}
+	if token != "" {
+		info["token"] = token
+	}
+	b, err := json.Marshal(info)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // watchGossip turns gossip's dead and left workers into scheduler events; a broken control
@@ -159,6 +190,9 @@ func (sp *schedProc) close() {
 	if sp.gossip != nil {
 		sp.gossip.Leave(time.Second)
 		sp.gossip.Shutdown()
+	}
+	if sp.schedFile != "" {
+		os.Remove(sp.schedFile)
 	}
 	sp.srv.Close()
 }

@@ -22,7 +22,7 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
-from . import _dask, _keys, _segments, _serialize, _shuffle, _wire
+from . import _dask, _discovery, _keys, _segments, _serialize, _shuffle, _wire
 from ._control import ClusterControl
 from ._refs import NOTHING, replace
 from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
@@ -120,8 +120,15 @@ class Client(ClusterControl):
                  tls: Optional[ssl.SSLContext] = None,
                  asynchronous: bool = False, name: Optional[str] = None,
                  set_as_default: bool = True, fetch_timeout: float = 300.0,
-                 **cluster_kwargs: Any) -> None:
+                 scheduler_file: Optional[str] = None, **cluster_kwargs: Any) -> None:
         self.timeout = float(timeout)
+        if scheduler_file is not None:
+            if address is not None:
+                raise ValueError("Client: give an address or scheduler_file=, not both")
+            info = _discovery.read_scheduler_file(scheduler_file)
+            address = str(info["address"])
+            if token is None and info.get("token"):
+                token = str(info["token"])
         self.fetch_timeout = float(fetch_timeout)
         self.name = name or f"client-{uuid.uuid4().hex[:8]}"
         self.cluster: Optional["LocalCluster"] = None
@@ -141,7 +148,10 @@ class Client(ClusterControl):
             token = token if token is not None else address.token
             address = address.scheduler_address
         if token is None:
-            token = os.environ.get("SHOAL_TOKEN", "")
+            token = os.environ.get("SHOAL_TOKEN")
+        if token is None:  # a LocalCluster of this user in another process: its discovery file
+            found = _discovery.lookup(address)
+            token = str(found.get("token") or "") if found else ""
         self.scheduler_address = address
         self._token = token or ""
         self._tls = tls

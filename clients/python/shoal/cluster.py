@@ -36,6 +36,7 @@ import weakref
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Optional, Union
 
+from . import _discovery
 from ._adaptive import Adaptive
 from .exceptions import ShoalError, TimeoutError
 
@@ -180,6 +181,7 @@ class LocalCluster:
         self._closed = False
         self._client: Optional[Client] = None
         self._adaptive: Optional[Adaptive] = None
+        self._published: Optional[Path] = None  # the discovery file (shoal._discovery)
         self._log: Optional[IO[bytes]] = None
         self._dir = tempfile.mkdtemp(prefix="shoal-cluster-")  # mode 0700
         _live.add(self)
@@ -240,6 +242,8 @@ class LocalCluster:
                         self.ready_info = info
                         self.scheduler_address = str(info["scheduler"])
                         self._dashboard = str(info.get("dashboard") or "")
+                        self._published = _discovery.publish(self.scheduler_address, self.token, self._dashboard,
+                                                             int(info.get("pid") or self.proc.pid))
                         return
                 except (ValueError, OSError):
                     pass  # still being written
@@ -345,6 +349,11 @@ class LocalCluster:
 
     def _shutdown(self, timeout: float) -> None:
         """close()'s work; may run again (a signal handler that interrupted close())."""
+        if self._published is not None:
+            try:
+                self._published.unlink()
+            except OSError:
+                pass
         try:
             proc: Optional[subprocess.Popen[bytes]] = getattr(self, "proc", None)
             if proc is not None:
