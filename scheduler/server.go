@@ -120,6 +120,7 @@ type Server struct {
 
 	scaler      Scaler
 	retirements []*retiring
+	preloads    preloadStore
 }
 
 type workerConn struct {
@@ -602,6 +603,9 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	s.byAddr[w.info.Address] = w.id
 	s.byName[w.info.Name] = w.id
 	w.conn.Send(&wire.Msg{Op: wire.OpRegistered, WorkerID: int64(w.id)})
+	for _, name := range s.preloads.names { // before any compute: its executors need them
+		s.queue(w.conn, s.preloads.items[name])
+	}
 	reply <- nil
 	s.log.Info("worker joined", "worker", w.info.Name, "address", w.info.Address, "nthreads", w.info.NThreads)
 	s.obs.cluster(dashboard.Event{Kind: dashboard.EventWorkerJoined, Worker: w.info.Address, Name: w.info.Name})
@@ -770,7 +774,8 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 		s.handle(EvScattered{Client: cl.id, Worker: id, Items: m.Items})
 	case wire.OpInfo, wire.OpWhoHas:
 		s.onAdmin(cl.conn, m)
-	case wire.OpRestart, wire.OpRetireWorkers, wire.OpReplicate, wire.OpRebalance, wire.OpScale, wire.OpProcessing, wire.OpGetLogs:
+	case wire.OpRestart, wire.OpRetireWorkers, wire.OpReplicate, wire.OpRebalance, wire.OpScale, wire.OpProcessing,
+		wire.OpGetLogs, wire.OpPreload:
 		s.onControl(cl, m)
 	default:
 		cl.conn.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served to clients", m.Op))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -90,6 +91,20 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 			}
 		}
 		reply(&wire.Msg{Op: wire.OpOK, WhoHas: out})
+	case wire.OpPreload:
+		if _, ok := s.preloads.items[m.Name]; ok && m.N == 1 && m.Reason != "remove" {
+			reply(&wire.Msg{Op: wire.OpOK, N: -1}) // idempotent: one of that name is kept
+			return
+		}
+		if err := s.preloads.set(m.Name, m.Reason, m.Payload); err != nil {
+			reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: "preload: " + err.Error()})
+			return
+		}
+		for _, w := range s.workers {
+			s.queue(w.conn, &wire.Msg{Op: wire.OpPreload, Name: m.Name, Reason: m.Reason, Payload: m.Payload})
+		}
+		s.log.Info("preload for every worker's executors", "name", m.Name, "kind", m.Reason, "bytes", len(m.Payload))
+		reply(&wire.Msg{Op: wire.OpOK, N: int64(len(s.workers))})
 	case wire.OpGetLogs:
 		var lines []string
 		if s.cfg.Logs != nil {
@@ -124,6 +139,46 @@ func (s *Server) workerIDs(addrs []string) ([]WorkerID, error) {
 		return nil, fmt.Errorf("no worker at %s", strings.Join(unknown, ", "))
 	}
 	return ids, nil
+}
+
+// maxPreloadBytes bounds what the scheduler keeps of uploaded files and worker plugins.
+const maxPreloadBytes = 256 << 20
+
+// preloadStore keeps the files and worker plugins clients registered, in order, for the
+// workers there are and every worker that joins later.
+type preloadStore struct {
+	names []string
+	items map[string]*wire.Msg
+	bytes int
+}
+
+func (p *preloadStore) set(name, kind string, data []byte) error {
+	switch {
+	case name == "" || len(name) > 255:
+		return fmt.Errorf("name %q: want 1 to 255 bytes", name)
+	case kind == "file" && (strings.ContainsAny(name, "/\\\x00") || name == "." || name == ".."):
+		return fmt.Errorf("file name %q: want a plain file name", name)
+	case kind != "file" && kind != "plugin" && kind != "remove":
+		return fmt.Errorf("%q: kind %q is not file, plugin or remove", name, kind)
+	}
+	if p.items == nil {
+		p.items = map[string]*wire.Msg{}
+	}
+	if old, ok := p.items[name]; ok {
+		p.bytes -= len(old.Payload)
+		delete(p.items, name)
+		p.names = slices.DeleteFunc(p.names, func(n string) bool { return n == name })
+	}
+	if kind == "remove" {
+		return nil
+	}
+	if p.bytes+len(data) > maxPreloadBytes {
+		return fmt.Errorf("%q: the uploaded files and plugins would take more than %d MiB", name, maxPreloadBytes>>20)
+	}
+	p.items[name] = &wire.Msg{Op: wire.OpPreload, Name: name, Reason: kind, Payload: data}
+	p.names = append(p.names, name)
+	p.bytes += len(data)
+	return nil
 }
 
 // restart cancels every task and restarts every worker: each is told to restart (its process

@@ -119,6 +119,9 @@ func (w *Worker) recvLoop(conn *wire.Conn) error {
 			w.log.Debug("a peer left the cluster", "peer", m.Worker, "reason", m.Reason)
 			w.PeerGone(m.Worker)
 			wire.ReleaseMsg(m)
+		case wire.OpPreload:
+			w.handlePreload(m)
+			wire.ReleaseMsg(m)
 		case wire.OpAcquire:
 			w.handleAcquire(m.Deps)
 			wire.ReleaseMsg(m)

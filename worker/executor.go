@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"sync"
@@ -36,6 +37,7 @@ type executor struct {
 	lane   int         // the thread number reported for tasks it ran as part of a batch
 	shm    execWindows // shared-memory windows for large frames (executor_shm.go)
 	seg    bool        // it takes segment-backed dependencies as descriptors (segment.go)
+	loaded uint64      // the preloads generation it has (preload.go)
 	// killedFor says why the worker killed it (the memory monitor), for its task's error.
 	killedFor atomic.Pointer[string]
 }
@@ -52,6 +54,7 @@ type executorPool struct {
 	shmFrames atomic.Int64
 	// segsOut counts segments passed to executors for runs; segsIn results that came back in one
 	segsOut, segsIn atomic.Int64
+	preloads        preloads // uploaded files and worker plugins for every executor
 
 	groups struct {
 		sync.Mutex
@@ -249,6 +252,8 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	cmd.ExtraFiles = []*os.File{theirs}
 	cmd.Env = append(os.Environ(), "SHOAL_EXECUTOR_FD=3", "SHOAL_EXECUTOR_TOKEN="+token)
 	cmd.Env = append(cmd.Env, executorDefaults()...)
+	cmd.Env = append(cmd.Env, "SHOAL_UPLOAD_DIR="+filepath.Join(p.w.scratch.path, "uploads"),
+		"SHOAL_WORKER_ADDRESS="+p.w.dataAddr, "SHOAL_WORKER_NAME="+cfg.Name)
 	if _, set := os.LookupEnv("SHOAL_EXECUTOR_SHM_IDLE"); !set {
 		cmd.Env = append(cmd.Env, "SHOAL_EXECUTOR_SHM_IDLE="+strconv.FormatInt(shmIdleBytes(cfg.MemoryLimit), 10))
 	}
@@ -492,6 +497,15 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	if err != nil {
 		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorError",
 			Message: fmt.Sprintf("cannot start a Python executor: %v", err)}}, false
+	}
+	if err := w.syncPreloads(ex); err != nil {
+		// an executor that dies taking the uploads and plugins (a plugin's setup exits, say)
+		// fails the task as an executor death: the scheduler retries it, at most
+		// KilledWorkerThreshold times, and says why
+		how := w.py.discard(ex)
+		w.log.Warn("Python executor failed while taking preloads", "pid", ex.pid, "how", how, "err", err)
+		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied", Message: fmt.Sprintf(
+			"Python executor (pid %d) died while taking the uploaded files and worker plugins: %s", ex.pid, how)}}, false
 	}
 	if !ex.funcs[ts.t.Func] && mine.fdata == nil {
 		w.py.release(ex)

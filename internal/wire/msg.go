@@ -48,6 +48,7 @@ const (
 	OpClose         = "close"
 	OpPeerGone      = "peer_gone"
 	OpAcquire       = "acquire_replicas"
+	OpPreload       = "preload" // client → scheduler → worker → executor
 	// data port
 	OpGetData = "get_data"
 	OpData    = "data"
@@ -197,5 +198,5 @@ var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted,
 	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
 	OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpOK, OpRegister,
 	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
-	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire,
+	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload,
 	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown}

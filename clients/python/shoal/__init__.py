@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._control import WorkerPlugin
 from .client import AsyncClient, Client
 from .cluster import LocalCluster
 from .exceptions import (
@@ -62,7 +63,7 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
-    "Client", "AsyncClient", "LocalCluster", "Future", "as_completed", "wait", "progress",
+    "Client", "AsyncClient", "LocalCluster", "Future", "as_completed", "wait", "progress", "WorkerPlugin",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ShoalError", "ShoalConnectionError", "ConnectError", "CommClosedError", "HandshakeError",
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",

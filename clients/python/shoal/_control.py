@@ -108,6 +108,76 @@ class ClusterControl:
         keys = [] if futures is None else [f.key for f in _futures(futures)]
         self._request({"op": "rebalance", "keys": keys})
 
+    def _preload(self, name: str, kind: str, data: bytes, keep: bool = False) -> dict[str, Any]:
+        """Register a file or plugin with the scheduler (kept for every worker, present and
+        future), then ask each worker's executor how applying it went; raises the first
+        failure, as dask does. ``keep``: leave an existing one of that name as it is."""
+        if len(data) > _MAX_PRELOAD:
+            raise ValueError(f"{name}: {len(data):,} bytes is over the {_MAX_PRELOAD:,}-byte limit of an uploaded "
+                             "file or plugin; install large packages in the workers' environment instead")
+        reply = self._request({"op": "preload", "name": name, "reason": kind, "payload": data, "n": int(keep)})
+        if int(reply.get("n") or 0) < 0:
+            return {}  # kept: one of that name was there
+        from ._preload import status
+
+        results = self.run(status, name) or {}  # type: ignore[attr-defined]
+        for addr, r in results.items():
+            if r.get("status") != "OK":
+                raise RuntimeError(f"{name} failed on worker {addr}:\n{r.get('error')}")
+        return dict(results)
+
+    def upload_file(self, filename: str, load: bool = True) -> dict[str, Any]:
+        """Ship a ``.py``, ``.zip``, ``.egg`` or ``.whl`` file to every worker's Python
+        executors, now and for every executor or worker that starts later; a ``.py`` module is
+        imported (reloaded when it was already), an archive goes on ``sys.path``. Returns
+        {worker address: {"status": "OK"}}; raises if it failed anywhere. ``load=False`` (do
+        not import) is not available: the module is imported, so errors show at once."""
+        import os
+
+        if not load:
+            raise NotImplementedError("upload_file(load=False): Shoal imports an uploaded .py module at once")
+        name = os.path.basename(filename)
+        if os.path.splitext(name)[1] not in (".py", ".zip", ".egg", ".whl"):
+            raise ValueError(f"upload_file({filename!r}): want a .py, .zip, .egg or .whl file")
+        with open(filename, "rb") as f:
+            data = f.read()
+        return self._preload(name, "file", data)
+
+    def register_plugin(self, plugin: Any, name: Optional[str] = None,
+                        idempotent: Optional[bool] = None) -> dict[str, Any]:
+        """Register a worker plugin (see :class:`shoal.WorkerPlugin`): it runs in every Python
+        executor of every worker, now and later. ``name`` (default: the plugin's ``name``
+        attribute, else its class and a token) replaces a plugin of that name; with
+        ``idempotent=True`` an existing one is kept. Scheduler and nanny plugins are refused:
+        the scheduler runs no Python and workers have no nanny."""
+        import cloudpickle
+
+        kinds = {c.__name__ for c in type(plugin).__mro__}
+        if "SchedulerPlugin" in kinds:
+            raise TypeError("register_plugin: scheduler plugins cannot run: Shoal's scheduler runs no Python")
+        if "NannyPlugin" in kinds:
+            raise TypeError("register_plugin: nanny plugins cannot run: Shoal workers have no nanny process")
+        if not any(callable(getattr(plugin, m, None)) for m in ("setup", "teardown", "transition")):
+            raise TypeError(f"register_plugin: {plugin!r} has none of setup, teardown, transition")
+        if name is None:
+            name = getattr(plugin, "name", None) or f"{type(plugin).__name__}-{id(plugin):x}"
+        keep = bool(idempotent or getattr(plugin, "idempotent", False))
+        return self._preload(str(name), "plugin", cloudpickle.dumps(plugin), keep=keep)
+
+    def unregister_worker_plugin(self, name: str, nanny: Optional[bool] = None) -> dict[str, Any]:
+        """Remove a worker plugin (its ``teardown`` runs in each executor)."""
+        if nanny:
+            raise NotImplementedError("unregister_worker_plugin(nanny=True): Shoal workers have no nanny process")
+        self._request({"op": "preload", "name": name, "reason": "remove"})
+        return {}
+
+    def register_worker_callbacks(self, setup: Any = None) -> dict[str, Any]:
+        """Run ``setup()`` in every Python executor of every worker, now and later (a worker
+        plugin whose setup calls it)."""
+        if setup is None:
+            return {}
+        return self.register_plugin(_SetupCallback(setup), name=f"setup-{getattr(setup, '__name__', 'callback')}")
+
     def processing(self, workers: Optional[Sequence[str]] = None) -> dict[str, list[str]]:
         """The keys each worker is running or has queued: {worker address: [keys]}."""
         addrs = [workers] if isinstance(workers, str) else list(workers or [])
@@ -134,6 +204,44 @@ class ClusterControl:
             reply, _ = self._data_request(a, {"op": "get_logs", "n": int(n or 0)}, expect="ok")
             out[a] = _log_entries(reply.get("keys") or [])
         return out
+
+
+class _SetupCallback:
+    """register_worker_callbacks' plugin."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def setup(self, worker: Any) -> None:
+        import inspect
+
+        if "dask_worker" in inspect.signature(self.fn).parameters:
+            self.fn(dask_worker=worker)
+        else:
+            self.fn()
+
+
+class WorkerPlugin:
+    """Base class of worker plugins, with dask.distributed's hooks (a class with these methods,
+    or dask's own ``distributed.WorkerPlugin``, works the same). They run in each Python
+    executor of every worker: ``setup(worker)`` when it gets the plugin, ``transition(key, start,
+    finish, **kwargs)`` as each of its tasks goes ``ready → executing → memory | error``, and
+    ``teardown(worker)`` when the plugin is replaced or removed or the executor stops.
+    ``worker`` is a :class:`shoal._preload.WorkerInfo` (address, name, plugins)."""
+
+    name: Optional[str] = None
+
+    def setup(self, worker: Any) -> None:
+        pass
+
+    def teardown(self, worker: Any) -> None:
+        pass
+
+    def transition(self, key: str, start: str, finish: str, **kwargs: Any) -> None:
+        pass
+
+
+_MAX_PRELOAD = 60 << 20  # a preload travels in one control message (headers stop at 64 MiB)
 
 
 def _futures(obj: Any) -> list["Future"]:

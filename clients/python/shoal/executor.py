@@ -37,7 +37,7 @@ import traceback
 from time import time_ns
 from typing import Any, Callable, Sequence
 
-from . import _refs, _serialize, _wire
+from . import _preload, _refs, _serialize, _wire
 from ._segments import _SEALS, SEG_ALIGN, SEG_MIN, SEG_MIN_FRAME, write_segment  # noqa: F401  (SEG_ALIGN: tests)
 from ._wire import Buffer
 from .exceptions import CommClosedError, ProtocolError
@@ -248,7 +248,14 @@ class Executor:
                 # counts executor memory)
                 del out, reply
                 frames = []
+            elif op == "preload":
+                # the worker waits for this answer before its next run: nothing is held back
+                err = _preload.current().apply(str(header.get("name", "")), str(header.get("reason", "")),
+                                               bytes(frames[0]) if frames else b"")
+                send({"op": "ok", "message": err or ""})
+                frames = []
             elif op == "shutdown":
+                _preload.current().close()
                 return
             elif op == "error":
                 logger.error("worker sent an error: %s", header.get("message"))
@@ -297,12 +304,19 @@ class Executor:
             args, kwargs = load_payload(header.get("payload"), values)
         except BaseException as exc:  # noqa: BLE001 - reported to the worker
             return error_reply(task_id, exc, skip=0), []
+        plugins = _preload.current().plugins if _preload._current is not None else None
+        if plugins:
+            _preload.current().transition(str(header.get("key", "")), "ready", "executing")
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001
             if isinstance(exc, KeyboardInterrupt):
                 raise
+            if plugins:
+                _preload.current().transition(str(header.get("key", "")), "executing", "error", exception=exc)
             return error_reply(task_id, exc, skip=1), []
+        if plugins:
+            _preload.current().transition(str(header.get("key", "")), "executing", "memory")
         try:
             encoding, out = _serialize.encode(result, SEG_MIN if self.segments else None)
         except BaseException as exc:  # noqa: BLE001

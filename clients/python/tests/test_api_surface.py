@@ -81,6 +81,8 @@ KWARGS: dict[str, Kw] = {
     "AsyncClient.cancel": Kw(to=Client.cancel),
     "LocalCluster.__init__": CHECKED,  # takes dask's dashboard_address and silence_logs, refuses the rest
     "Future.cancel": Kw(to=Client.cancel),
+    # a hook Shoal calls (as dask does) with extra information, such as the exception: not an option
+    "WorkerPlugin.transition": TASK,
 }
 
 
@@ -193,6 +195,8 @@ def test_kwargs_probe(name: str, cluster: LocalCluster, client: Client) -> None:
         assert client.gather(client.map(echo, [1], **{NONSENSE: 1})) == [{NONSENSE: 1}]
     elif name == "Client.run":
         assert set(map(str, client.run(echo, **{NONSENSE: 1}).values())) == {str({NONSENSE: 1})}
+    elif name == "WorkerPlugin.transition":  # a hook: takes what Shoal passes (exception=...)
+        assert shoal.WorkerPlugin().transition("k", "executing", "error", **{NONSENSE: 1}) is None
     elif name == "Client.run_on_scheduler":
         try:
             got = client.run_on_scheduler(echo, **{NONSENSE: 1})
