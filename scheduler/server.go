@@ -775,7 +775,7 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 	case wire.OpInfo, wire.OpWhoHas:
 		s.onAdmin(cl.conn, m)
 	case wire.OpRestart, wire.OpRetireWorkers, wire.OpReplicate, wire.OpRebalance, wire.OpScale, wire.OpProcessing,
-		wire.OpGetLogs, wire.OpPreload:
+		wire.OpGetLogs, wire.OpPreload, wire.OpStory:
 		s.onControl(cl, m)
 	default:
 		cl.conn.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served to clients", m.Op))

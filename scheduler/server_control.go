@@ -46,8 +46,36 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 	}
 	switch m.Op {
 	case wire.OpRestart:
+		if len(m.Addrs) > 0 { // restart_workers: those workers only; their tasks run elsewhere
+			ids, err := s.workerIDs(m.Addrs)
+			if err != nil {
+				reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: "restart_workers: " + err.Error()})
+				return
+			}
+			for _, id := range ids {
+				w := s.workers[id]
+				w.closing = true
+				s.removeWorkerWith(w, "restarted by a client", true, &wire.Msg{Op: wire.OpRestart, Reason: "restart_workers"})
+			}
+			reply(&wire.Msg{Op: wire.OpOK, N: int64(len(ids))})
+			return
+		}
 		n := s.restart(orDefault(m.Reason, fmt.Sprintf("the cluster was restarted by client %d", cl.id)))
 		reply(&wire.Msg{Op: wire.OpOK, N: int64(n)})
+	case wire.OpStory:
+		out := make(map[string][]string, len(m.Keys))
+		for _, k := range m.Keys {
+			ti, ok := s.core.TaskInfo(k)
+			if !ok {
+				continue
+			}
+			lines := make([]string, len(ti.Story))
+			for i, st := range ti.Story {
+				lines[i] = fmt.Sprintf("%d %s %s %s", st.Seq, st.Event, st.From, st.To)
+			}
+			out[k] = lines
+		}
+		reply(&wire.Msg{Op: wire.OpOK, WhoHas: out})
 	case wire.OpRetireWorkers:
 		ids, err := s.workerIDs(m.Addrs)
 		if err != nil {

@@ -30,6 +30,7 @@ const (
 	OpScale         = "scale"
 	OpProcessing    = "processing"
 	OpGetLogs       = "get_logs" // also served on a worker's data port
+	OpStory         = "story"
 	OpOK            = "ok"
 	// worker ⇄ scheduler
 	OpRegister      = "register"
@@ -196,7 +197,7 @@ func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 
 // Ops lists every op of docs/protocol.md §3.
 var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpReleaseKeys,
 	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
-	OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpOK, OpRegister,
+	OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpOK, OpRegister,
 	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
 	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload,
 	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown}

@@ -61,6 +61,48 @@ class ClusterControl:
             except TimeoutError as exc:
                 raise TimeoutError(f"restart: {exc}") from None
 
+    def restart_workers(self, workers: Sequence[str], timeout: Optional[float] = None,
+                        raise_for_error: bool = True) -> dict[str, str]:
+        """Restart these workers' processes (data addresses or names): their tasks run again
+        elsewhere or after they rejoin, their results are recomputed where needed. Returns
+        {worker: "OK"} once as many workers as before are back, or {worker: "timed out"}
+        (``raise_for_error``: ``TimeoutError``) after ``timeout`` seconds."""
+        names = [workers] if isinstance(workers, str) else list(workers)
+        t = self.timeout if timeout is None else float(timeout)
+        before = len(self.scheduler_info()["workers"])
+        start = time.monotonic()
+        self._request({"op": "restart", "addrs": names}, timeout=t)
+        try:
+            self.wait_for_workers(before, timeout=max(t - (time.monotonic() - start), 0.0))
+        except TimeoutError:
+            if raise_for_error:
+                raise TimeoutError(f"restart_workers: the workers were not back within {t} s") from None
+            return {w: "timed out" for w in names}
+        return {w: "OK" for w in names}
+
+    def story(self, *keys_or_stimuli: Any, on_error: str = "raise") -> list[tuple[str, str, str, str, int]]:
+        """The scheduler's record of each key's state changes, oldest first, as tuples
+        ``(key, start, finish, stimulus, seq)`` where ``stimulus`` is the event that caused it
+        (``update-graph``, ``task-finished``, ``worker-left``, …) and ``seq`` its number. Keys
+        may be futures; a key the scheduler does not know has no entries (``on_error="raise"``
+        raises ``KeyError`` for it)."""
+        if on_error not in ("raise", "ignore"):
+            raise ValueError(f"story(on_error={on_error!r}): use 'raise' or 'ignore'")
+        from ._keys import wire_key
+        from .futures import Future
+
+        keys = [k.key if isinstance(k, Future) else wire_key(k) for k in keys_or_stimuli]
+        reply = self._request({"op": "story", "keys": keys})
+        found = reply.get("who_has") or {}
+        out: list[tuple[str, str, str, str, int]] = []
+        for k in keys:
+            if k not in found and on_error == "raise":
+                raise KeyError(f"story: the scheduler does not know {k!r} (forgotten, or never submitted)")
+            for line in found.get(k) or []:
+                seq, event, start, finish = str(line).split(" ", 3)
+                out.append((k, start, finish, event, int(seq)))
+        return out
+
     def retire_workers(self, workers: Optional[Sequence[str]] = None, close_workers: bool = True,
                        names: Optional[Sequence[str]] = None, n: Optional[int] = None) -> dict[str, Any]:
         """Retire workers gracefully: no new tasks go to them, every result only they hold is

@@ -1456,12 +1456,12 @@ class AsyncClient:
 
         from .futures import _collect, wait_async
 
+        if isinstance(futures, collections.abc.Iterator):
+            futures = list(futures)
         flat: list[Future] = []
         _collect(futures, flat)
         for f in flat:
             await wait_async(f._state)
-        if isinstance(futures, collections.abc.Iterator):
-            futures = list(futures)
         return await asyncio.to_thread(self.sync.gather, futures, errors)
 
     async def scatter(self, data: Any, **kwargs: Any) -> Any:
@@ -1487,6 +1487,30 @@ class AsyncClient:
 
     def __repr__(self) -> str:
         return f"<AsyncClient: {self._sync!r}>"
+
+
+def _threaded(name: str) -> Any:
+    """An AsyncClient coroutine running the blocking Client method ``name`` in a thread."""
+    import functools
+
+    method = getattr(Client, name)
+
+    @functools.wraps(method)  # its signature too: the options are the blocking call's, checked there
+    async def call(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
+        import asyncio
+
+        return await asyncio.to_thread(lambda: getattr(self.sync, name)(*args, **kwargs))
+
+    call.__doc__ = f"The coroutine of :meth:`Client.{name}`.\n\n{method.__doc__ or ''}"
+    return call
+
+
+# cluster control and information, as coroutines (each runs the blocking call in a thread)
+for _name in ("restart", "restart_workers", "retire_workers", "replicate", "rebalance", "processing",
+              "get_worker_logs", "get_scheduler_logs", "upload_file", "register_plugin",
+              "unregister_worker_plugin", "register_worker_callbacks", "story", "run", "wait_for_workers",
+              "who_has", "has_what", "nthreads", "get_versions"):
+    setattr(AsyncClient, _name, _threaded(_name))
 
 
 __all__ = ["Client", "AsyncClient"]

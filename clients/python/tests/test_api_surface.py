@@ -74,6 +74,7 @@ KWARGS: dict[str, Kw] = {
     "AsyncClient.submit": TASK,
     "AsyncClient.submit_go": Kw(to=Client.submit_go),
     "AsyncClient.map": TASK,
+    "AsyncClient.run": TASK,
     "AsyncClient.compute": Kw(to=Client.compute),
     "AsyncClient.persist": Kw(to=Client.persist),
     "AsyncClient.get": Kw(to=Client.get),
@@ -195,6 +196,11 @@ def test_kwargs_probe(name: str, cluster: LocalCluster, client: Client) -> None:
         assert client.gather(client.map(echo, [1], **{NONSENSE: 1})) == [{NONSENSE: 1}]
     elif name == "Client.run":
         assert set(map(str, client.run(echo, **{NONSENSE: 1}).values())) == {str({NONSENSE: 1})}
+    elif name == "AsyncClient.run":
+        async def arun() -> Any:
+            async with AsyncClient(cluster) as ac:
+                return await ac.run(echo, **{NONSENSE: 1})
+        assert set(map(str, asyncio.run(arun()).values())) == {str({NONSENSE: 1})}
     elif name == "WorkerPlugin.transition":  # a hook: takes what Shoal passes (exception=...)
         assert shoal.WorkerPlugin().transition("k", "executing", "error", **{NONSENSE: 1}) is None
     elif name == "Client.run_on_scheduler":

@@ -167,3 +167,28 @@ def test_adapt_refuses_bad_bounds(local: Any) -> None:
         cluster.adapt(target_duration="soon")
     with pytest.raises(NotImplementedError, match="maximum_memory"):
         cluster.adapt(maximum_memory="1GB")
+
+
+def test_restart_workers_recomputes_and_story(local: Any) -> None:
+    cluster, client = local
+    f = client.submit(inc, 5, pure=False)
+    assert f.result(timeout=30) == 6
+    holder = client.who_has(f)[f.key][0]
+    addrs = [holder] + [a for a in client.scheduler_info()["workers"] if a != holder]
+    pids = {a: w["pid"] for a, w in client.scheduler_info()["workers"].items()}
+
+    assert client.restart_workers([addrs[0]], timeout=30) == {addrs[0]: "OK"}
+
+    infos = client.scheduler_info()["workers"]
+    assert len(infos) == 2
+    assert addrs[1] in infos and pids[addrs[1]] in {w["pid"] for w in infos.values()}
+    # the future stays valid: its value was on the restarted worker, so it is computed again
+    assert client.gather(f) == 6
+    story = client.story(f)
+    steps = [(start, finish) for _, start, finish, _, _ in story]
+    assert ("processing", "memory") in steps and steps.count(("processing", "memory")) >= 2, story
+    assert {k for k, *_ in story} == {f.key}
+    assert any(ev == "worker-left" for *_, ev, _ in story)
+    with pytest.raises(KeyError, match="never"):
+        client.story("no-such-key")
+    assert client.story("no-such-key", on_error="ignore") == []
