@@ -67,6 +67,8 @@ FULL = {
     "memory": {"limit": 1 << 30, "chunk": 64 << 20, "factor": 4},
     "gotasks": {"n": 1_000_000},
     "zeroworkers": {"n": 200_000, "workers": "2,16,64"},
+    "bigarg": {"nbytes": 500_000_000},
+    "control": {},
 }
 SMOKE = {
     "map": {"n": 300},
@@ -78,6 +80,8 @@ SMOKE = {
     "memory": {"limit": 512 << 20, "chunk": 32 << 20, "factor": 4},
     "gotasks": {"n": 20_000},
     "zeroworkers": {"n": 5_000, "workers": "2,16,64"},
+    "bigarg": {"nbytes": 20_000_000},
+    "control": {},
 }
 
 # See wl_independent: N > 0 submits the 100k-task graph as back-to-back get() calls of N keys
@@ -85,7 +89,7 @@ SMOKE = {
 SHOAL_SPLIT_GRAPH = int(os.environ.get("SHOAL_BENCH_SPLIT_GRAPH", "0"))
 
 WORKLOADS = ["map", "tree", "chain", "transfer", "independent", "dataframe", "memory",
-             "gotasks", "zeroworkers"]
+             "gotasks", "zeroworkers", "bigarg", "control"]
 SHOAL_ONLY = {"gotasks", "zeroworkers"}
 
 # Targets from issue 4: ratio (>1 means Shoal better) and absolute bounds.
@@ -102,6 +106,8 @@ TARGETS: dict[str, dict[str, Any]] = {
     "gotasks_rate": {"min": 100_000},
     "gotasks_bytes_per_task": {"max": 1024},
     "zero_cpu_2": {"max": 5}, "zero_cpu_16": {"max": 5}, "zero_cpu_64": {"max": 5},
+    # issue 15
+    "bigarg": {"min": 1.0}, "client_start": {"max": 0.5}, "restart": {"max": 2.0},
 }
 
 # --------------------------------------------------------------------------------------------
@@ -518,6 +524,49 @@ def wl_memory(b: Bench, p: dict, rep: int, record: Record) -> None:
         "roots": nroots, "root_bytes_total": nroots * chunk, "memory_limit_per_worker": limit})
 
 
+def nbytes_of(a: Any) -> int:
+    return int(a.nbytes)
+
+
+def wl_bigarg(b: Bench, p: dict, rep: int, record: Record) -> None:
+    """submit(f, array) with a large numpy array made in the client, timed from the call to the
+    result: how fast a big argument reaches a task (Shoal scatters it, on this machine as a
+    memfd; dask sends it with the graph, warning about its size)."""
+    import warnings
+
+    import numpy as np
+
+    a = np.full(p["nbytes"], rep % 251, dtype="u1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dask's "large object in the graph"
+        t0 = time.perf_counter()
+        got = b.client.submit(nbytes_of, a, pure=False).result()
+        el = time.perf_counter() - t0
+    check(got == p["nbytes"], f"bigarg: got {got}")
+    record("bigarg", p["nbytes"] / el / 1e9, {"seconds": el, "bytes": p["nbytes"]})
+
+
+def wl_control(b: Bench, p: dict, rep: int, record: Record) -> None:
+    """Client(n_workers=2) to its first result (a fresh cluster), and client.restart() of the
+    benchmark's 2-worker cluster until its workers are back."""
+    if b.system == "shoal":
+        from shoal import Client
+    else:
+        from distributed import Client
+    t0 = time.perf_counter()
+    kw: dict[str, Any] = {"dashboard_port": None} if b.system == "shoal" else {"dashboard_address": None}
+    with Client(n_workers=2, threads_per_worker=1, **kw) as c:
+        check(c.submit(inc, 1, pure=False).result() == 2, "control: wrong result")
+        started = time.perf_counter() - t0
+    record("client_start", started, {"seconds": started})
+    t0 = time.perf_counter()
+    b.client.restart()
+    el = time.perf_counter() - t0
+    check(len(b.client.scheduler_info()["workers"]) == 2, "restart: workers did not come back")
+    check(b.client.submit(inc, 2, pure=False).result() == 3, "restart: wrong result after")
+    record("restart", el, {"seconds": el})
+
+
 def check(cond: bool, msg: str) -> None:
     if not cond:
         raise AssertionError(msg)
@@ -526,6 +575,7 @@ def check(cond: bool, msg: str) -> None:
 PY_WORKLOADS: dict[str, Callable[[Bench, dict, int, Record], None]] = {
     "map": wl_map, "tree": wl_tree, "chain": wl_chain, "transfer": wl_transfer,
     "independent": wl_independent, "dataframe": wl_dataframe, "memory": wl_memory,
+    "bigarg": wl_bigarg, "control": wl_control,
 }
 
 
@@ -771,6 +821,9 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "zero_cpu_2": ("9. sched CPU/task, 2 zero-cost workers", "µs", "lower"),
     "zero_cpu_16": ("9. sched CPU/task, 16 zero-cost workers", "µs", "lower"),
     "zero_cpu_64": ("9. sched CPU/task, 64 zero-cost workers", "µs", "lower"),
+    "bigarg": ("10. submit(f, 500 MB numpy array)", "GB/s", "higher"),
+    "client_start": ("11. Client(n_workers=2) to first result", "s", "lower"),
+    "restart": ("12. client.restart(), 2 workers", "s", "lower"),
 }
 
 

@@ -180,7 +180,7 @@ func (f *workerFlags) config() (worker.Config, error) {
 	return cfg, cfg.Validate()
 }
 
-func serveWorker(ctx context.Context, f workerFlags) error {
+func serveWorker(ctx context.Context, f workerFlags) (err error) {
 	cfg, err := f.config()
 	if err != nil {
 		return err
@@ -217,7 +217,17 @@ func serveWorker(ctx context.Context, f workerFlags) error {
 	if err != nil {
 		return fmt.Errorf("gossip: %w", err)
 	}
-	defer func() { g.Leave(time.Second); g.Shutdown() }()
+	defer func() {
+		// Leave waits for the news to spread; a restarting worker does not (it took a third of
+		// a second of client.restart()): the scheduler has already dropped it, and its old
+		// gossip identity (named after its old data port) is declared dead in time.
+		wait := time.Second
+		if errors.Is(err, worker.ErrRestart) {
+			wait = 20 * time.Millisecond
+		}
+		g.Leave(wait)
+		g.Shutdown()
+	}()
 	seeds := strings.Split(f.join, ",")
 	joinCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

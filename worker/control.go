@@ -52,6 +52,7 @@ func (w *Worker) Run(ctx context.Context, schedulerAddr string) error {
 		if errors.Is(err, ErrRestart) {
 			w.sched.CompareAndSwap(conn, nil)
 			conn.Abort()
+			w.py.killAll() // their work is cancelled; the restarted process starts new ones
 			return ErrRestart
 		}
 		w.sched.CompareAndSwap(conn, nil)

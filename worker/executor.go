@@ -186,6 +186,16 @@ func (p *executorPool) stop(ex *executor) {
 	p.mu.Unlock()
 }
 
+// killAll kills every executor at once (a restart discards them: waiting for Python to exit
+// cleanly took a third of a second).
+func (p *executorPool) killAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for ex := range p.mu.all {
+		ex.cmd.Process.Kill()
+	}
+}
+
 // closeAll shuts every executor down: idle ones are asked to exit, busy ones are killed.
 func (p *executorPool) closeAll() {
 	p.mu.Lock()

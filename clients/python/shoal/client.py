@@ -1119,7 +1119,7 @@ class Client(ClusterControl):
                 have = len(self.scheduler_info()["workers"])
                 raise TimeoutError(f"only {have} of {n_workers} workers joined within {timeout} s")
             time.sleep(delay)
-            delay = min(2 * delay, 0.5)
+            delay = min(2 * delay, 0.05)
 
     def _run_callback(self, fn: Callable[[Future], Any], future: Future) -> None:
         def call() -> None:
