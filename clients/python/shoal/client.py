@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Op
 from . import _dask, _discovery, _keys, _segments, _serialize, _shuffle, _wire
 from ._control import ClusterControl
 from ._refs import NOTHING, replace
+from ._shared import Datasets
 from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
 from .futures import CANCELLED, ERROR, FINISHED, LOST, PENDING, Future, KeyState
 
@@ -98,7 +99,7 @@ def _loose(workers: Any, allow_other_workers: bool, actor: bool) -> Any:
     return None if allow_other_workers else workers
 
 
-class Client(ClusterControl):
+class Client(ClusterControl, Datasets):
     """Connect to a Shoal scheduler; the API of ``dask.distributed.Client``.
 
     ``Client()`` with no address starts a :class:`~shoal.LocalCluster` owned by the client,
@@ -187,6 +188,7 @@ class Client(ClusterControl):
         self._releaser.start()
         _clients.add(self)
         if set_as_default:
+            _defaults.append(weakref.ref(self))
             self._set_dask_default()
 
     # ---------------------------------------------------------------------------------------
@@ -1231,6 +1233,22 @@ def _human_bytes(n: float) -> str:
     return f"{n:.2f} TiB"
 
 _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
+_defaults: "list[weakref.ref[Client]]" = []  # clients made with set_as_default, oldest first
+
+
+def default_client() -> Client:
+    """The client to use when none is given (shared-state objects, ``get_dataset``): the
+    newest open Client made with ``set_as_default=True``, else any open one."""
+    _defaults[:] = [r for r in _defaults if (c := r()) is not None and c.status == "running"]
+    if _defaults:
+        c = _defaults[-1]()
+        if c is not None:
+            return c
+    for c in list(_clients):
+        if c.status == "running":
+            return c
+    raise ValueError("No clients found: start a client and point it to the scheduler, e.g."
+                     " Client('scheduler-address:8786')")
 
 
 def dask_defaults(get: Callable[..., Any], address: str, shuffle_method: Any,
