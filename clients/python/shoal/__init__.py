@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._control import WorkerPlugin
-from .client import AsyncClient, Client
+from .client import AsyncClient, Client, default_client
 from .cluster import LocalCluster
 from .exceptions import (
     AuthenticationError,
@@ -42,7 +42,16 @@ from .exceptions import (
     TimeoutError,
     UnknownFunctionError,
 )
-from .futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, Future, as_completed, progress, wait
+from .futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    Future,
+    as_completed,
+    futures_of,
+    progress,
+    wait,
+)
 
 
 def _version() -> str:
@@ -64,6 +73,7 @@ __version__ = _version()
 
 __all__ = [
     "Client", "AsyncClient", "LocalCluster", "Future", "as_completed", "wait", "progress", "WorkerPlugin",
+    "futures_of", "default_client",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ShoalError", "ShoalConnectionError", "ConnectError", "CommClosedError", "HandshakeError",
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",

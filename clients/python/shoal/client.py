@@ -123,6 +123,7 @@ class Client(ClusterControl, Datasets):
                  set_as_default: bool = True, fetch_timeout: float = 300.0,
                  scheduler_file: Optional[str] = None, **cluster_kwargs: Any) -> None:
         self.timeout = float(timeout)
+        self.asynchronous = False  # the blocking client (AsyncClient is the asyncio one), as dask asks
         if scheduler_file is not None:
             if address is not None:
                 raise ValueError("Client: give an address or scheduler_file=, not both")
@@ -219,12 +220,18 @@ class Client(ClusterControl, Datasets):
         self._dashboard = str(header.get("dashboard") or "")
         self._conn = conn
 
+    @classmethod
+    def current(cls, allow_global: bool = True) -> "Client":
+        """The client in use: the newest default Client (``ValueError`` when there is none)."""
+        return default_client()
+
     def _set_dask_default(self) -> None:
         try:
             import dask
         except ImportError:
             return
         _shuffle.install()
+        _hook_dask_distributed()
         self._dask_config = dask.config.set(
             dask_defaults(self.get, self.scheduler_address,
                           dask.config.get("dataframe.shuffle.method", None),
@@ -1249,6 +1256,48 @@ def default_client() -> Client:
             return c
     raise ValueError("No clients found: start a client and point it to the scheduler, e.g."
                      " Client('scheduler-address:8786')")
+
+
+class _DaskClientLookup:
+    """What dask.base asks for ``compute(scheduler="distributed")``: ``current(allow_global)``
+    names the client; a Shoal client first, else dask.distributed's own when it is installed."""
+
+    @staticmethod
+    def current(allow_global: bool = True) -> Any:
+        try:
+            return default_client()
+        except ValueError:
+            try:
+                from distributed import Client as DistributedClient
+            except ImportError:
+                raise ValueError("No clients found") from None
+            return DistributedClient.current(allow_global=allow_global)  # type: ignore[no-untyped-call]
+
+
+def _distributed_get_client() -> Any:
+    try:
+        return default_client()
+    except ValueError:
+        from distributed import get_client
+
+        return get_client()
+
+
+def _hook_dask_distributed() -> None:
+    """Make ``x.compute(scheduler="distributed")`` (and ``"dask.distributed"``) use the Shoal
+    client, as it uses dask.distributed's default client: dask.base looks the client up through
+    two module globals it fills lazily, which this fills with lookups that try Shoal's default
+    client first and fall back to dask.distributed's."""
+    try:
+        import dask.base as db
+
+        if db._get_distributed_client is _distributed_get_client:
+            return
+        db._DistributedClient = _DaskClientLookup
+        db._get_distributed_client = _distributed_get_client
+        db._DISTRIBUTED_AVAILABLE = True
+    except (ImportError, AttributeError) as exc:  # another dask: scheduler="distributed" is dask's business
+        logger.debug("shoal: cannot make scheduler='distributed' use Shoal: %s", exc)
 
 
 def dask_defaults(get: Callable[..., Any], address: str, shuffle_method: Any,

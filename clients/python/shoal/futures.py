@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import os
 import queue
 import threading
 import urllib.parse
@@ -28,6 +29,24 @@ CANCELLED = "cancelled"
 LOST = "lost"
 
 Listener = Callable[["KeyState"], None]
+
+
+def _future_base() -> type:
+    """dask's TaskRef when dask is installed: dask then takes a Future inside a collection
+    (``delayed(f)(future)``, ``dd.from_delayed(futures)``) as a reference to its key, as it does
+    distributed's futures, which derive from it too. Executors skip it (importing dask costs
+    them 80 ms at every start); a Future made inside a task is a plain one."""
+    if os.environ.get("SHOAL_EXECUTOR_FD") is not None:
+        return object
+    try:
+        from dask._task_spec import TaskRef
+    except ImportError:
+        return object
+    base: type = TaskRef
+    return base
+
+
+_FutureBase: Any = _future_base()
 
 
 class KeyState:
@@ -103,7 +122,7 @@ class KeyState:
         fn(self)
 
 
-class Future:
+class Future(_FutureBase):  # type: ignore[misc]
     """A handle to a remote result, named by ``key``; the API of ``distributed.Future``.
 
     Futures are created by :class:`~shoal.Client` (``submit``, ``map``, ``scatter``,
@@ -266,7 +285,7 @@ def wait(fs: Iterable[Future] | Future, timeout: Optional[float] = None,
     Returns ``(done, not_done)`` sets. Raises :class:`~shoal.TimeoutError` when ``timeout``
     expires before the condition is met (as ``distributed.wait`` does).
     """
-    futures = [fs] if isinstance(fs, Future) else list(fs)
+    futures = futures_of(fs)  # futures, containers of them, persisted collections
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION,"
                          f" not {return_when!r}")
@@ -404,6 +423,26 @@ def _collect(obj: Any, out: list[Future]) -> None:
     elif isinstance(obj, dict):
         for x in obj.values():
             _collect(x, out)
+    elif hasattr(obj, "__dask_graph__") and not isinstance(obj, type):
+        # a collection (persisted: its graph holds futures, as distributed.futures_of finds them)
+        graph = obj.__dask_graph__()
+        if graph:
+            for v in dict(graph).values():
+                _collect(getattr(v, "value", v), out)  # a DataNode wraps what it holds
+
+
+def futures_of(obj: Any, client: Any = None) -> list[Future]:
+    """The futures in ``obj``: a future, containers of them, or dask collections (a persisted
+    collection's graph holds futures), each once, in order (``distributed.futures_of``)."""
+    out: list[Future] = []
+    _collect(obj, out)
+    seen: set[str] = set()
+    uniq = []
+    for f in out:
+        if f.key not in seen and (client is None or f.client is client):
+            seen.add(f.key)
+            uniq.append(f)
+    return uniq
 
 
 def traceback_from_text(text: str) -> Optional[TracebackType]:
