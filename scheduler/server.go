@@ -121,6 +121,7 @@ type Server struct {
 	scaler      Scaler
 	retirements []*retiring
 	preloads    preloadStore
+	shared      sharedDriver // Variable, Queue, Semaphore, Event, datasets (shared_server.go)
 }
 
 type workerConn struct {
@@ -540,6 +541,7 @@ func (s *Server) tick(now time.Time) {
 		}
 	}
 	s.handle(EvTick{Now: now.UnixNano()})
+	s.sharedTick(now)
 	if len(s.retirements) > 0 {
 		s.checkRetiring(now)
 	}
@@ -736,6 +738,7 @@ func (s *Server) onClient(in inbound) {
 	if in.err != nil {
 		delete(s.clients, cl.id)
 		s.handle(EvClientLeft{Client: cl.id})
+		s.sharedClientLeft(cl.id) // its leases are freed at once
 		return
 	}
 	s.onClientMsg(cl, in.msg)
@@ -778,6 +781,10 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 		wire.OpGetLogs, wire.OpPreload, wire.OpStory:
 		s.onControl(cl, m)
 	default:
+		if isSharedOp(m.Op) {
+			s.onShared(cl, m)
+			return
+		}
 		cl.conn.SendError(m.ID, wire.CodeUnknownOp, fmt.Sprintf("op %q is not served to clients", m.Op))
 	}
 }

@@ -215,6 +215,7 @@ func (p *preloadStore) set(name, kind string, data []byte) error {
 func (s *Server) restart(reason string) int {
 	s.log.Info("restarting the cluster", "reason", reason, "workers", len(s.workers))
 	s.handle(EvRestart{Reason: reason})
+	s.sharedRestarted()
 	for _, r := range s.retirements {
 		r.reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeCancelled, Message: "retire_workers: " + reason})
 	}

@@ -23,6 +23,7 @@ const (
 	CodeLost              = "lost"
 	CodeFetchFailed       = "fetch-failed" // a dependency could not be fetched after repeated tries
 	CodeDuplicateWorker   = "duplicate-worker"
+	CodeLimit             = "limit-exceeded" // a request would exceed a documented bound (shared state)
 )
 
 // Error is an error as it travels on the wire: a stable code plus what a user needs to see.

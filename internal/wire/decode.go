@@ -171,6 +171,8 @@ var msgFields = [...]struct {
 	{"n", func(d *dec, m *Msg) bool { return d.int(&m.N) }},
 	{"addrs", func(d *dec, m *Msg) bool { return d.strs(&m.Addrs) }},
 	{"work", func(d *dec, m *Msg) bool { return d.float(&m.Work) }},
+	{"timeout", func(d *dec, m *Msg) bool { return d.float(&m.Timeout) }},
+	{"lease_timeout", func(d *dec, m *Msg) bool { return d.float(&m.LeaseTimeout) }},
 }
 
 // fieldIndex finds a header field's position in msgFields (and its bit in the seen mask), or

@@ -130,6 +130,14 @@ func appendHeader(b []byte, m *Msg) ([]byte, error) {
 		e.key("work")
 		e.b = appendFloat(e.b, m.Work)
 	}
+	if m.Timeout != 0 {
+		e.key("timeout")
+		e.b = appendFloat(e.b, m.Timeout)
+	}
+	if m.LeaseTimeout != 0 {
+		e.key("lease_timeout")
+		e.b = appendFloat(e.b, m.LeaseTimeout)
+	}
 	binary.BigEndian.PutUint16(e.b[start+1:], uint16(e.n))
 	return e.b, nil
 }

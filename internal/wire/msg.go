@@ -32,6 +32,24 @@ const (
 	OpGetLogs       = "get_logs" // also served on a worker's data port
 	OpStory         = "story"
 	OpOK            = "ok"
+	// shared state (client → scheduler, answered with ok or error by id; docs/protocol.md §3.2)
+	OpVariableSet      = "variable_set"
+	OpVariableGet      = "variable_get"
+	OpVariableDelete   = "variable_delete"
+	OpQueuePut         = "queue_put"
+	OpQueueGet         = "queue_get"
+	OpQueueSize        = "queue_qsize"
+	OpSemaphoreAcquire = "semaphore_acquire"
+	OpSemaphoreRelease = "semaphore_release"
+	OpSemaphoreRefresh = "semaphore_refresh" // not answered
+	OpSemaphoreValue   = "semaphore_value"
+	OpEventSet         = "event_set"
+	OpEventClear       = "event_clear"
+	OpEventWait        = "event_wait"
+	OpPublish          = "publish_dataset"
+	OpUnpublish        = "unpublish_dataset"
+	OpGetDataset       = "get_dataset"
+	OpListDatasets     = "list_datasets"
 	// worker ⇄ scheduler
 	OpRegister      = "register"
 	OpRegistered    = "registered"
@@ -177,6 +195,10 @@ type Msg struct {
 	N     int64    `msgpack:"n,omitempty"`     // replicate: copies; scale: workers; get_logs: lines
 	Addrs []string `msgpack:"addrs,omitempty"` // worker data addresses (retire_workers, processing)
 	Work  float64  `msgpack:"work,omitempty"`  // info_reply: expected seconds of the pending tasks (N)
+
+	// shared state
+	Timeout      float64 `msgpack:"timeout,omitempty"`       // seconds to wait; 0: do not wait; < 0: no limit
+	LeaseTimeout float64 `msgpack:"lease_timeout,omitempty"` // semaphore_acquire: seconds a lease lives unrefreshed
 }
 
 // msgPool recycles headers: a Msg is large (every op's fields), and a busy scheduler decodes
@@ -197,7 +219,10 @@ func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 
 // Ops lists every op of docs/protocol.md §3.
 var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpReleaseKeys,
 	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
-	OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpOK, OpRegister,
+	OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpOK,
+	OpVariableSet, OpVariableGet, OpVariableDelete, OpQueuePut, OpQueueGet, OpQueueSize, OpSemaphoreAcquire,
+	OpSemaphoreRelease, OpSemaphoreRefresh, OpSemaphoreValue, OpEventSet, OpEventClear, OpEventWait, OpPublish,
+	OpUnpublish, OpGetDataset, OpListDatasets, OpRegister,
 	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
 	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload,
 	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown}

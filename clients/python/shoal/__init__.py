@@ -32,6 +32,7 @@ from .exceptions import (
     InvalidTaskError,
     KeyConflictError,
     KilledWorker,
+    LimitExceededError,
     MissingDependencyError,
     ProtocolError,
     RemoteError,
@@ -80,5 +81,5 @@ __all__ = [
     "MissingDependencyError", "UnknownFunctionError", "KeyConflictError", "InvalidTaskError",
     "RemoteError", "TaskPanicError", "KilledWorker", "ExecutorDiedError", "CancelledError",
     "FutureLostError", "DuplicateWorkerError", "FetchFailedError", "BusyError", "TimeoutError",
-    "RemoteTraceback", "__version__",
+    "LimitExceededError", "RemoteTraceback", "__version__",
 ]

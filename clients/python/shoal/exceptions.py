@@ -49,7 +49,7 @@ __all__ = [
     "MissingDependencyError", "UnknownFunctionError", "KeyConflictError", "InvalidTaskError",
     "RemoteError", "TaskPanicError", "KilledWorker", "ExecutorDiedError", "CancelledError",
     "FutureLostError", "FetchFailedError", "DuplicateWorkerError", "BusyError", "TimeoutError",
-    "RemoteTraceback", "error_from_wire",
+    "LimitExceededError", "RemoteTraceback", "error_from_wire",
 ]
 
 
@@ -211,6 +211,14 @@ class BusyError(HandshakeError):
     default_code = "busy"
 
 
+class LimitExceededError(ShoalError, ValueError):
+    """A request would exceed a documented bound of the scheduler (a shared-state value over
+    1 MiB, a full queue at its hard cap, too many named objects or waiters); the message names
+    the limit."""
+
+    default_code = "limit-exceeded"
+
+
 class TimeoutError(ShoalError, builtins.TimeoutError):
     """A client-side timeout expired."""
 
@@ -250,6 +258,7 @@ _BY_CODE: dict[str, type[ShoalError]] = {
     "duplicate-worker": DuplicateWorkerError,
     "fetch-failed": FetchFailedError,
     "busy": BusyError,
+    "limit-exceeded": LimitExceededError,
 }
 
 
