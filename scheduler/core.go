@@ -98,6 +98,7 @@ const (
 	flagResQueue                    // queued for resources (in Core.rqueue, not Core.queue)
 	flagReady                       // in Core.ready (dedup)
 	flagPlain                       // def is a shared template: only Kind and Func are set
+	flagSeceded                     // processing, but seceded from its worker's thread (long-running)
 )
 
 // task is the compact per-task record; Core.tasks is indexed by task id.
@@ -281,6 +282,9 @@ func (c *Core) Handle(ev Event, out []Action) []Action {
 	case EvRebalance:
 		c.evCode = evRebalance
 		c.rebalance(e.Keys)
+	case EvLongRunning:
+		c.evCode = evLongRunning
+		c.longRunning(&e)
 	default:
 		panic(fmt.Sprintf("scheduler: unknown event %T", ev))
 	}

@@ -256,3 +256,22 @@ func (c *Core) missingData(e *EvMissingData) {
 		}
 	}
 }
+
+// longRunning: a processing task seceded (it waits on tasks it submitted): it keeps running
+// there, but its thread is free, so it counts neither towards the worker's room for queued
+// tasks nor its occupancy.
+func (c *Core) longRunning(e *EvLongRunning) {
+	id, ok := c.resolve(e.TaskID, e.Key)
+	if !ok || c.liveWorker(e.Worker) == nil {
+		return
+	}
+	t := &c.tasks[id]
+	if t.state != Processing || t.worker != e.Worker || t.flags&flagSeceded != 0 {
+		return
+	}
+	ws := c.workers[e.Worker]
+	t.flags |= flagSeceded
+	ws.seceded++
+	ws.occupancy = max(ws.occupancy-float64(t.expDur), 0)
+	c.updateSat(ws)
+}

@@ -156,6 +156,15 @@ type EvReplicate struct {
 // EvRebalance: move values (Keys, or all) from workers holding more than their share.
 type EvRebalance struct{ Keys []string }
 
+// EvLongRunning: a running task seceded from its worker's thread (it waits on tasks it
+// submitted): it stays processing there but no longer takes a thread, so the worker gets more
+// work (dask's long-running state).
+type EvLongRunning struct {
+	Worker WorkerID
+	Key    string
+	TaskID uint64
+}
+
 // ---- actions ----
 
 // ActCompute: send a task to a worker.
@@ -235,6 +244,7 @@ func (EvRestart) eventName() string       { return "restart" }
 func (EvRetire) eventName() string        { return "retire" }
 func (EvReplicate) eventName() string     { return "replicate" }
 func (EvRebalance) eventName() string     { return "rebalance" }
+func (EvLongRunning) eventName() string   { return "long-running" }
 
 func (ActCompute) actionName() string       { return "compute" }
 func (ActFree) actionName() string          { return "free" }

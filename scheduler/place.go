@@ -28,12 +28,16 @@ type worker struct {
 	ready       int
 	lastSeen    int64
 	alive       bool
+	seceded     int    // processing tasks that seceded: they take no thread
 	retiring    bool   // handed back its tasks: gets no new ones
 	unhealthy   string // why it cannot serve now (its last heartbeat said): gets no new tasks
 	unsatPos    int32
 	stealsIn    int
 	stealsOut   int
 }
+
+// busy is how many of its processing tasks take a thread (seceded ones do not).
+func (w *worker) busy() int { return len(w.processing) - w.seceded }
 
 func (w *worker) addKey(n int64)  { w.nbytes += n; w.nkeys++ }
 func (w *worker) dropKey(n int64) { w.nbytes -= n; w.nkeys-- }
@@ -121,7 +125,7 @@ func better(a *worker, ca float64, b *worker, cb float64) bool {
 	if b == nil || ca < cb {
 		return true
 	}
-	return ca == cb && len(a.processing) < len(b.processing)
+	return ca == cb && a.busy() < b.busy()
 }
 
 // decide picks the worker minimising expected start time plus transfer time among those
@@ -277,13 +281,13 @@ func (c *Core) blockFor(w *worker) int {
 // readyForQueued reports whether w may be given queued tasks now: it has room for a whole block (or
 // for all that is queued), or its threads are about to run out of work.
 func (c *Core) readyForQueued(w *worker) bool {
-	return c.rootRoom(w) >= min(c.blockFor(w), c.queue.len()) || len(w.processing) < w.limit
+	return c.rootRoom(w) >= min(c.blockFor(w), c.queue.len()) || w.busy() < w.limit
 }
 
 // rootRoom is how many more queued root tasks w may hold: its limit plus the latency-hiding
 // extra per thread, less what it is processing.
 func (c *Core) rootRoom(w *worker) int {
-	return w.limit + w.nthreads*c.extra - len(w.processing)
+	return w.limit + w.nthreads*c.extra - w.busy()
 }
 
 func (c *Core) pickUnsat(id int32) WorkerID {
@@ -368,7 +372,12 @@ func (c *Core) unassign(id int32) {
 	ws.processing[t.pos] = last
 	c.tasks[last].pos = t.pos
 	ws.processing = ws.processing[:len(ws.processing)-1]
-	ws.occupancy -= float64(t.expDur)
+	if t.flags&flagSeceded != 0 {
+		t.flags &^= flagSeceded
+		ws.seceded-- // its expected duration left the occupancy when it seceded
+	} else {
+		ws.occupancy -= float64(t.expDur)
+	}
 	if len(ws.processing) == 0 || ws.occupancy < 0 {
 		ws.occupancy = 0
 	}

@@ -180,6 +180,8 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 		ev = EvReplicate{Keys: a.list("keys"), N: a.int("n")}
 	case "rebalance":
 		ev = EvRebalance{Keys: a.list("keys")}
+	case "long-running":
+		ev = EvLongRunning{Worker: WorkerID(a.int("w")), Key: a.str("key")}
 	default:
 		return r.introspect(t, a.where, cmd, strings.Fields(block[0])[1:])
 	}

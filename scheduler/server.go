@@ -694,6 +694,8 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		s.handle(EvHeartbeat{Worker: w.id, Now: time.Now().UnixNano(), Memory: m.Memory, Spilled: m.Spilled, Executing: m.Executing, Ready: m.Ready, Unhealthy: unhealthy(m)})
 	case wire.OpReschedule:
 		s.handle(EvReschedule{Worker: w.id, Keys: m.Keys})
+	case wire.OpLongRunning:
+		s.handle(EvLongRunning{Worker: w.id, Key: m.Key, TaskID: m.TaskID})
 	case wire.OpGoodbye:
 		w.closing = true
 		s.removeWorker(w, "worker closed: "+orDefault(m.Reason, "goodbye"), true)

@@ -26,9 +26,9 @@ func (c *Core) stealRound() {
 	var thieves, victims []*worker
 	for _, wid := range c.alive {
 		ws := c.workers[wid]
-		switch excess := len(ws.processing) - ws.stealsOut - ws.nthreads; {
+		switch excess := ws.busy() - ws.stealsOut - ws.nthreads; {
 		case !ws.accepting():
-		case len(ws.processing)+ws.stealsIn < ws.nthreads:
+		case ws.busy()+ws.stealsIn < ws.nthreads:
 			thieves = append(thieves, ws)
 		case excess > 0:
 			victims = append(victims, ws)
@@ -41,8 +41,8 @@ func (c *Core) stealRound() {
 	for _, v := range victims {
 		cands := c.stealable(v)
 		for _, th := range thieves {
-			for len(cands) > 0 && len(th.processing)+th.stealsIn < th.nthreads &&
-				len(v.processing)-v.stealsOut > v.nthreads {
+			for len(cands) > 0 && th.busy()+th.stealsIn < th.nthreads &&
+				v.busy()-v.stealsOut > v.nthreads {
 				id := cands[0]
 				cands = cands[1:]
 				if c.worthStealing(id, th) {
@@ -63,7 +63,7 @@ func (c *Core) stealable(v *worker) []int32 {
 		}
 	}
 	slices.SortFunc(cands, func(a, b int32) int { return c.byRank(b, a) })
-	return cands[:min(len(cands), max(len(v.processing)-v.stealsOut-v.nthreads, 0))]
+	return cands[:min(len(cands), max(v.busy()-v.stealsOut-v.nthreads, 0))]
 }
 
 // worthStealing: the thief may run it, and moving its inputs costs no more than running it.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -30,6 +31,10 @@ func (w *Worker) Run(ctx context.Context, schedulerAddr string) error {
 	conn, reg, err := w.register(ctx, schedulerAddr)
 	if err != nil {
 		return err
+	}
+	w.schedAddr.Store(&schedulerAddr)
+	if err := os.WriteFile(filepath.Join(w.scratch.path, "scheduler"), []byte(schedulerAddr), 0o600); err != nil {
+		w.log.Warn("cannot tell the Python executors the scheduler's address: get_client in tasks will fail", "err", err)
 	}
 	w.log.Info("registered with the scheduler", "scheduler", schedulerAddr, "worker_id", reg.WorkerID)
 	w.sched.Store(conn)

@@ -264,6 +264,11 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	cmd.Env = append(cmd.Env, executorDefaults()...)
 	cmd.Env = append(cmd.Env, "SHOAL_UPLOAD_DIR="+filepath.Join(p.w.scratch.path, "uploads"),
 		"SHOAL_WORKER_ADDRESS="+p.w.dataAddr, "SHOAL_WORKER_NAME="+cfg.Name)
+	// for a task's own client (get_client): where the worker writes the scheduler's address
+	// once it has one (executors may start before), and the token, which the executor takes
+	// out of its environment before any task runs
+	cmd.Env = append(cmd.Env, "SHOAL_SCHEDULER_FILE="+filepath.Join(p.w.scratch.path, "scheduler"),
+		"SHOAL_CLUSTER_TOKEN="+cfg.Token)
 	if _, set := os.LookupEnv("SHOAL_EXECUTOR_SHM_IDLE"); !set {
 		cmd.Env = append(cmd.Env, "SHOAL_EXECUTOR_SHM_IDLE="+strconv.FormatInt(shmIdleBytes(cfg.MemoryLimit), 10))
 	}
@@ -584,6 +589,20 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			return w.executorDied(ex, batch, i, err)
 		}
 		now := time.Now()
+		if reply.Op == wire.OpSecede {
+			// the task waits on tasks it submitted: it goes on with its own socket, and this
+			// one goes on serving the rest of the batch (and later runs)
+			ex.funcs[r.ts.t.Func] = true
+			if err := w.secede(ex, r); err != nil {
+				return w.executorDied(ex, batch, i, err)
+			}
+			if r == mine {
+				w.py.release(ex)
+				return result{seceded: true}, false
+			}
+			last = now
+			continue
+		}
 		if reply.Op == wire.OpDone {
 			ex.funcs[r.ts.t.Func] = true
 		}

@@ -234,6 +234,9 @@ func (w *Worker) execute(thread int, ts *task) {
 	} else {
 		r = w.runGo(ts)
 	}
+	if r.seceded {
+		return // serveSeceded finishes it
+	}
 	stop := time.Now()
 	if !r.ranFrom.IsZero() {
 		start, stop = r.ranFrom, r.ranTo
@@ -266,4 +269,7 @@ type result struct {
 	err    *wire.Error
 	// when the Python executor says it ran the task (zero: the worker's own times count)
 	ranFrom, ranTo time.Time
+	// seceded: the task gave its thread back and goes on elsewhere (secede.go): the thread
+	// neither stores nor reports anything for it
+	seceded bool
 }

@@ -26,9 +26,12 @@ type Worker struct {
 	ln       net.Listener
 	dataAddr string
 	scratch  *scratchDir // spill files (scratch.go)
-	store    *Store
-	peers    *peerPool
-	py       *executorPool
+	// schedAddr is the scheduler's control address once Run has it: a task's own client
+	// (get_client in the executor) connects there
+	schedAddr atomic.Pointer[string]
+	store     *Store
+	peers     *peerPool
+	py        *executorPool
 
 	memLimit, pauseAt int64
 	mem               memState
@@ -53,6 +56,7 @@ type Worker struct {
 		bytesSent, bytesRecv     atomic.Int64
 		transfersIn, transferOut atomic.Int64
 		fetchFailures            atomic.Int64
+		seceded                  atomic.Int64 // Python tasks that gave their thread back
 		// values handed over between workers on this machine as segment descriptors
 		shmIn, shmOut atomic.Int64
 	}

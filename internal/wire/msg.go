@@ -66,6 +66,7 @@ const (
 	OpGoodbye       = "goodbye"
 	OpClose         = "close"
 	OpPeerGone      = "peer_gone"
+	OpLongRunning   = "long_running" // a task seceded from its thread (W→S)
 	OpAcquire       = "acquire_replicas"
 	OpPreload       = "preload" // client → scheduler → worker → executor
 	// data port
@@ -78,6 +79,10 @@ const (
 	OpRun      = "run"
 	OpDone     = "done"
 	OpShutdown = "shutdown"
+	OpSecede   = "secede"   // E→W: the running task gives its thread back (it waits on other tasks)
+	OpSeceded  = "seceded"  // W→E: answer to secede, with the descriptor of the task's own socket
+	OpRejoin   = "rejoin"   // E→W on the task's socket: it wants a thread again
+	OpRejoined = "rejoined" // W→E: it has one
 )
 
 // StateUnhealthy in a heartbeat's state says the worker cannot serve now (Reason says why).
@@ -224,5 +229,6 @@ var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted,
 	OpSemaphoreRelease, OpSemaphoreRefresh, OpSemaphoreValue, OpEventSet, OpEventClear, OpEventWait, OpPublish,
 	OpUnpublish, OpGetDataset, OpListDatasets, OpRegister,
 	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
-	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload,
-	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown}
+	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload, OpLongRunning,
+	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown,
+	OpSecede, OpSeceded, OpRejoin, OpRejoined}

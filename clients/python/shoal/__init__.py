@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._control import WorkerPlugin
+from ._worker import get_client, get_worker, rejoin, secede, worker_client
 from .client import AsyncClient, Client, default_client
 from .cluster import LocalCluster
 from .exceptions import (
@@ -74,7 +75,7 @@ __version__ = _version()
 
 __all__ = [
     "Client", "AsyncClient", "LocalCluster", "Future", "as_completed", "wait", "progress", "WorkerPlugin",
-    "futures_of", "default_client",
+    "futures_of", "default_client", "get_client", "get_worker", "secede", "rejoin", "worker_client",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ShoalError", "ShoalConnectionError", "ConnectError", "CommClosedError", "HandshakeError",
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",

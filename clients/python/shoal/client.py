@@ -734,9 +734,12 @@ class Client(ClusterControl, Datasets):
         dc = _DataConn(conn)
         with self._data_lock:
             old = self._data_conns.get(worker)
+            if old is not None and not old.conn.closed:
+                # another thread connected meanwhile (tasks of an executor share this client):
+                # use its connection, which it may be using now, and drop this one
+                conn.close()
+                return old
             self._data_conns[worker] = dc
-        if old is not None:
-            old.conn.close()
         return dc
 
     def _drop_data_conn(self, worker: str) -> None:

@@ -33,11 +33,12 @@ import os
 import pickle
 import socket
 import sys
+import threading
 import traceback
 from time import time_ns
 from typing import Any, Callable, Sequence
 
-from . import _preload, _refs, _serialize, _wire
+from . import _preload, _refs, _serialize, _wire, _worker
 from ._segments import _SEALS, SEG_ALIGN, SEG_MIN, SEG_MIN_FRAME, write_segment  # noqa: F401  (SEG_ALIGN: tests)
 from ._wire import Buffer
 from .exceptions import CommClosedError, ProtocolError
@@ -182,35 +183,59 @@ class Executor:
     (:func:`write_segment`); the worker asks for it (``SHOAL_EXECUTOR_SEGMENTS=1``)."""
 
     def __init__(self, conn: _wire.Connection, windows: Windows | None = None,
-                 segments: bool = False) -> None:
+                 segments: bool = False, receiver: FdReceiver | None = None) -> None:
         self.conn = conn
         self.funcs: dict[str, Callable[..., Any]] = {}
         self.windows = windows
         self.segments = segments
+        # descriptors passed by the worker (shared-memory windows; a seceding task's socket)
+        self.receiver = receiver if receiver is not None else (windows.receiver if windows else None)
+        # Answers held back while more runs of the same batch wait in the read buffer. The
+        # worker writes a batch of short runs in one write and reads nothing else before their
+        # answers, so buffered bytes are the rest of the batch: answering the batch with one
+        # write saves the worker a read and a wake-up per task. Owned by the serving loop.
+        self.held: list[tuple[Header, Sequence[Any]]] = []
+        # messages a seceding task read while it waited for its answer, served before the
+        # socket's next ones (in order: those still pending from before come first)
+        self.pending: collections.deque[tuple[Header, list[Any]]] = collections.deque()
+        # set when the serving loop ends (shutdown, or the worker's socket closed)
+        self.finished = threading.Event()
 
     def serve(self) -> None:
-        """Say ``ready``, then handle messages until ``shutdown`` or the socket closes."""
-        conn = self.conn
+        """Say ``ready``, then handle messages until ``shutdown`` or the socket closes.
+
+        A task that secedes (shoal.secede, from get_client/worker_client) hands the serving of
+        the worker's socket to a new thread and goes on in this one; serve returns once the
+        serving ends, whichever thread does it then."""
         ready: Header = {"op": "ready", "pid": os.getpid(), "python": sys.version.split()[0]}
         if self.windows is not None:
             ready["shm"] = SHM_VERSION
             ready["segments"] = 1
-        conn.send(ready)
+        self.conn.send(ready)
+        self.loop()
+        self.finished.wait()
+
+    def loop(self) -> None:
+        """Serve the worker's socket: the pending messages first (read by a seceding task while
+        it waited for its answer), then what arrives. Returns at shutdown, when the socket
+        closes, or after a task this loop ran seceded (another thread serves by then)."""
+        conn = self.conn
+        pending = self.pending
         recv, send, run, windows = conn.recv, conn.send, self.run, self.windows
         segments = self.segments
-        # Answers held back while more runs of the same batch wait in the read buffer. The
-        # worker writes a batch of short runs in one write and reads nothing else before their
-        # answers, so buffered bytes are the rest of the batch: answering the batch with one
-        # write saves the worker a read and a wake-up per task.
-        held: list[tuple[Header, Sequence[Any]]] = []
+        held = self.held = []
         while True:
-            if held and not conn.buffered():
+            if held and not conn.buffered() and not pending:
                 conn.send_many(held)
-                held = []
-            try:
-                header, frames = recv()
-            except CommClosedError:
-                return
+                held.clear()
+            if pending:
+                header, frames = pending.popleft()
+            else:
+                try:
+                    header, frames = recv()
+                except CommClosedError:
+                    self.finished.set()
+                    return
             op = header["op"]
             if op == "run":
                 started = time_ns()
@@ -221,6 +246,12 @@ class Executor:
                 else:
                     reply, out = self.run_windows(header, frames)
                     del frames
+                task_conn = _worker.took_own_socket()
+                if task_conn is not None:
+                    # the task seceded: another thread serves the worker's socket now, and
+                    # its answer goes on the task's own socket
+                    self.answer_seceded(task_conn, reply, out, started)
+                    return
                 fd = -1
                 if segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
                     fd, out = segment_result(reply, out)
@@ -238,7 +269,7 @@ class Executor:
                 else:
                     if held:
                         conn.send_many(held)
-                        held = []
+                        held.clear()
                     try:
                         send_with_fd(conn, reply, out, fd)
                     finally:
@@ -256,12 +287,31 @@ class Executor:
                 frames = []
             elif op == "shutdown":
                 _preload.current().close()
+                self.finished.set()
                 return
             elif op == "error":
                 logger.error("worker sent an error: %s", header.get("message"))
             else:
                 self.conn.send({"op": "error", "code": "unknown-op", "id": header.get("id", 0),
                                 "message": f"executor does not serve op {op!r}"})
+
+    def answer_seceded(self, task_conn: _wire.Connection, reply: Header, out: list[Any], started: int) -> None:
+        """Send a seceded task's answer on its own socket (its large result in a segment)."""
+        fd = -1
+        if self.segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
+            fd, out = segment_result(reply, out)
+        reply["start"], reply["stop"] = started, time_ns()
+        try:
+            if fd < 0:
+                task_conn.send(reply, out)
+            else:
+                send_with_fd(task_conn, reply, out, fd)
+        except CommClosedError:
+            pass  # the worker is gone
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            task_conn.close()
 
     def load_func(self, digest: str, data: bytes | bytearray | None) -> Callable[..., Any]:
         """The callable with this hash, unpickled from ``data`` the first time."""
@@ -307,6 +357,7 @@ class Executor:
         plugins = _preload.current().plugins if _preload._current is not None else None
         if plugins:
             _preload.current().transition(str(header.get("key", "")), "ready", "executing")
+        task = _worker.enter(self, task_id, str(header.get("key", "")))
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:  # noqa: BLE001
@@ -315,6 +366,8 @@ class Executor:
             if plugins:
                 _preload.current().transition(str(header.get("key", "")), "executing", "error", exception=exc)
             return error_reply(task_id, exc, skip=1), []
+        finally:
+            _worker.leave(task)
         if plugins:
             _preload.current().transition(str(header.get("key", "")), "executing", "memory")
         try:
@@ -507,9 +560,10 @@ def shm_supported() -> bool:
             and hasattr(os, "memfd_create") and _SEALS != 0)
 
 
-def connect_from_env() -> tuple[_wire.Connection, Windows | None]:
+def connect_from_env() -> tuple[_wire.Connection, Windows | None, FdReceiver | None]:
     """The worker connection from ``SHOAL_EXECUTOR_FD`` / ``SHOAL_EXECUTOR_TOKEN``, handshaken,
-    and the shared-memory windows when this platform supports them."""
+    the shared-memory windows when this platform supports them, and the receiver of the
+    descriptors the worker passes (windows; a seceding task's socket) where it can pass them."""
     try:
         fd = int(os.environ["SHOAL_EXECUTOR_FD"])
     except (KeyError, ValueError) as exc:
@@ -520,24 +574,27 @@ def connect_from_env() -> tuple[_wire.Connection, Windows | None]:
     sock.setblocking(True)
     _wire.client_handshake(sock, _wire.ROLE_EXECUTOR, token, "worker")
     if not shm_supported():
-        return _wire.Connection(sock, address="worker"), None
+        if sys.platform.startswith("linux") and hasattr(socket.socket, "recvmsg_into"):
+            receiver = FdReceiver(sock)
+            return _wire.Connection(sock, address="worker", receiver=receiver), None, receiver
+        return _wire.Connection(sock, address="worker"), None, None
     receiver = FdReceiver(sock)
     try:
         idle = int(os.environ.get("SHOAL_EXECUTOR_SHM_IDLE", DEFAULT_SHM_IDLE))
     except ValueError:
         idle = DEFAULT_SHM_IDLE
     conn = _wire.Connection(sock, address="worker", receiver=receiver)
-    return conn, Windows(receiver, idle_limit=idle)
+    return conn, Windows(receiver, idle_limit=idle), receiver
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m shoal.executor``."""
-    conn, windows = connect_from_env()
+    conn, windows, receiver = connect_from_env()
     # tasks must not read the token or inherit the worker socket
     os.environ.pop("SHOAL_EXECUTOR_TOKEN", None)
     segments = windows is not None and os.environ.get("SHOAL_EXECUTOR_SEGMENTS") == "1"
     try:
-        Executor(conn, windows, segments).serve()
+        Executor(conn, windows, segments, receiver).serve()
     finally:
         conn.close()
     return 0

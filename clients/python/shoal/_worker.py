@@ -1,0 +1,165 @@
+"""Tasks that submit tasks: ``get_client``, ``secede``, ``rejoin``, ``worker_client`` and
+``get_worker``, with dask.distributed's names and semantics.
+
+Inside a task, :func:`get_client` returns the executor process's own client (one connection per
+executor, shared by every task it runs, made on first use from ``$SHOAL_SCHEDULER_ADDRESS`` and
+the cluster's token, which the executor takes out of its environment at start). A task that
+waits on tasks it submitted should :func:`secede` first: it gives its thread back to the worker
+(and the scheduler stops counting it against the worker's threads), so the tasks it waits on can
+run there too — without it, ``fib(4)`` on one thread waits for ever. The executor then serves
+the worker from another thread, and the seceded task's answer goes on a socket of its own
+(docs/protocol.md §3.5). :func:`rejoin` says the task wants a thread again; Shoal answers at once
+(the task runs on without taking a thread slot, counted as long-running until it ends).
+:func:`worker_client` does both around a block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Optional
+
+from . import _wire
+
+if TYPE_CHECKING:
+    from .client import Client
+    from .executor import Executor
+
+_local = threading.local()
+_client_lock = threading.Lock()
+_client: list[Any] = []
+# the cluster's token, taken out of the executor's environment at start (tasks' child processes
+# must not inherit it)
+_token = os.environ.pop("SHOAL_CLUSTER_TOKEN", None) if os.environ.get("SHOAL_EXECUTOR_FD") else None
+
+
+@dataclass
+class _Task:
+    executor: "Executor"
+    id: int
+    key: str
+    conn: Optional[_wire.Connection] = None  # its own socket once it seceded
+
+
+def enter(executor: "Executor", task_id: int, key: str) -> _Task:
+    """The executor starts running a task in this thread."""
+    task = _Task(executor, task_id, key)
+    _local.task = task
+    return task
+
+
+def leave(task: _Task) -> None:
+    if getattr(_local, "task", None) is task:
+        _local.task = None
+
+
+def took_own_socket() -> Optional[_wire.Connection]:
+    """After a run returned: the socket of its task when the task seceded (the loop that ran it
+    then stops serving), else None."""
+    conn = getattr(_local, "seceded", None)
+    if conn is not None:
+        _local.seceded = None
+    return conn
+
+
+def current_key() -> Optional[str]:
+    """The key of the task running in this thread, or None outside a task."""
+    task = getattr(_local, "task", None)
+    return None if task is None else task.key
+
+
+def secede() -> None:
+    """Give this task's thread back to its worker while it waits on other tasks (it keeps
+    running). Call it in a task, before waiting on futures it submitted; a second call does
+    nothing. Outside a task it raises ``ValueError``."""
+    task: Optional[_Task] = getattr(_local, "task", None)
+    if task is None:
+        raise ValueError("secede() must be called from a task running on a Shoal worker")
+    if task.conn is not None:
+        return
+    ex = task.executor
+    if ex.receiver is None:
+        raise NotImplementedError("secede: this executor cannot receive descriptors from its worker (not Linux?)")
+    conn = ex.conn
+    if ex.held:  # the batch's earlier answers go first: the worker reads them in order
+        conn.send_many(ex.held)
+        ex.held.clear()
+    conn.send({"op": "secede", "id": task.id})
+    while True:  # runs the worker sent before reading this are kept for the next loop
+        header, frames = conn.recv()
+        if header.get("op") == "seceded" and header.get("id") == task.id:
+            break
+        ex.pending.append((header, frames))
+    fd = ex.receiver.fds.pop()  # came with "seceded", the last message read
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    task.conn = _wire.Connection(sock, address="worker")
+    _local.seceded = task.conn
+    threading.Thread(target=ex.loop, name="shoal-executor", daemon=True).start()
+
+
+def rejoin() -> None:
+    """This task wants a thread again (after :func:`secede`); it runs on at once."""
+    task: Optional[_Task] = getattr(_local, "task", None)
+    if task is None or task.conn is None:
+        return
+    task.conn.send({"op": "rejoin", "id": task.id})
+    header, _ = task.conn.recv()
+    if header.get("op") != "rejoined":
+        raise RuntimeError(f"rejoin: the worker answered {header.get('op')!r}")
+
+
+def get_client(address: Optional[str] = None, timeout: Optional[float] = None,
+               resolve_address: bool = True) -> "Client":
+    """The client to submit tasks with. In a task: this executor's own client (one connection
+    for all its tasks, made on first use). Elsewhere: the default client
+    (:func:`shoal.default_client`). ``address``, when given, must be the scheduler's."""
+    from .client import Client, default_client
+
+    if getattr(_local, "task", None) is None and not os.environ.get("SHOAL_EXECUTOR_FD"):
+        c = default_client()
+        if address and address.split("://")[-1] != c.scheduler_address.split("://")[-1]:
+            raise ValueError(f"get_client({address!r}): the default client is connected to {c.scheduler_address}")
+        return c
+    with _client_lock:
+        if _client and _client[0].status == "running":
+            return _client[0]  # type: ignore[no-any-return]
+        sched = os.environ.get("SHOAL_SCHEDULER_ADDRESS")
+        if not sched and os.environ.get("SHOAL_SCHEDULER_FILE"):
+            try:
+                with open(os.environ["SHOAL_SCHEDULER_FILE"]) as f:
+                    sched = f.read().strip()
+            except OSError:
+                sched = None
+        if not sched:
+            raise ValueError("get_client: this executor does not know its scheduler's address")
+        c = Client(sched, token=_token or "", timeout=timeout or 30.0, set_as_default=True)
+        _client[:] = [c]
+        return c
+
+
+@contextlib.contextmanager
+def worker_client(timeout: Optional[float] = None, separate_thread: bool = True) -> Iterator["Client"]:
+    """``with worker_client() as client:`` — the task's client, with the task seceded inside
+    the block (and rejoined after), so waiting on what it submits cannot starve the worker."""
+    client = get_client(timeout=timeout)
+    if separate_thread:
+        secede()
+    try:
+        yield client
+    finally:
+        if separate_thread:
+            rejoin()
+
+
+def get_worker() -> Any:
+    """What the worker running this task is (its address, name, plugins): a
+    :class:`shoal._preload.WorkerInfo`. Outside a task it raises ``ValueError``."""
+    if getattr(_local, "task", None) is None:
+        raise ValueError("get_worker() must be called from a task running on a Shoal worker")
+    from ._preload import current
+
+    return current().worker

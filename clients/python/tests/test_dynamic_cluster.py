@@ -1,0 +1,100 @@
+"""Tasks that submit tasks on a real LocalCluster: get_client, secede/rejoin, worker_client,
+get_worker, with 1 thread per worker (where waiting without seceding would deadlock)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+import shoal
+from shoal import Client, LocalCluster, get_client, get_worker, rejoin, secede, worker_client
+
+from conftest import needs_binary
+
+pytestmark = [needs_binary, pytest.mark.cluster]
+
+
+def fib(n: int) -> int:
+    if n < 2:
+        return n
+    client = get_client()
+    a, b = client.submit(fib, n - 1, pure=False), client.submit(fib, n - 2, pure=False)
+    secede()
+    out = a.result() + b.result()
+    rejoin()
+    return int(out)
+
+
+def fib_wc(n: int) -> int:
+    if n < 2:
+        return n
+    with worker_client() as client:
+        a, b = client.submit(fib_wc, n - 1, pure=False), client.submit(fib_wc, n - 2, pure=False)
+        return int(a.result() + b.result())
+
+
+def fanout(n: int) -> int:
+    client = get_client()
+    fs = client.map(lambda i: i * 2, range(n), pure=False)
+    secede()
+    return int(sum(client.gather(fs)))
+
+
+def whoami() -> tuple[str, str, int]:
+    import os
+
+    w = get_worker()
+    return w.address, get_client().scheduler_address, os.getpid()
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_port=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def test_fib_by_recursive_submission(one_thread: Client) -> None:
+    # 1,973 tasks, each waiting on two it submitted: 2 threads in all
+    assert one_thread.submit(fib, 15, pure=False).result(timeout=120) == 610
+
+
+def test_fib_with_worker_client(one_thread: Client) -> None:
+    assert one_thread.submit(fib_wc, 12, pure=False).result(timeout=120) == 144
+
+
+def test_a_task_fanning_out_ten_thousand_children(one_thread: Client) -> None:
+    assert one_thread.submit(fanout, 10_000, pure=False).result(timeout=120) == 2 * sum(range(10_000))
+
+
+def test_task_client_and_worker(one_thread: Client) -> None:
+    workers = set(one_thread.scheduler_info()["workers"])
+    got = one_thread.run(whoami)
+    assert got is not None
+    pids = set()
+    for addr, (address, sched, pid) in got.items():
+        assert address == addr and address in workers
+        assert sched.split("://")[-1] == one_thread.scheduler_address.split("://")[-1]
+        pids.add(pid)
+    assert len(pids) == 2
+
+
+def test_outside_a_task(one_thread: Client) -> None:
+    assert get_client() is one_thread  # the default client
+    with pytest.raises(ValueError, match="task"):
+        secede()
+    with pytest.raises(ValueError, match="task"):
+        get_worker()
+    rejoin()  # nothing to do
+
+
+def test_a_failing_child_fails_the_parent(one_thread: Client) -> None:
+    def parent() -> int:
+        c = get_client()
+        f = c.submit(lambda: 1 / 0, pure=False)
+        secede()
+        return int(f.result())
+
+    with pytest.raises(ZeroDivisionError):
+        one_thread.submit(parent, pure=False).result(timeout=60)
+    assert shoal.default_client() is one_thread
