@@ -120,6 +120,8 @@ type Server struct {
 
 	scaler      Scaler
 	retirements []*retiring
+	fired       []string // fire-and-forget keys that ended, released after this event
+	firing      bool
 	preloads    preloadStore
 	shared      sharedDriver // Variable, Queue, Semaphore, Event, datasets (shared_server.go)
 }
@@ -524,7 +526,18 @@ func (s *Server) handle(ev Event) {
 	for _, a := range s.actions {
 		s.perform(a)
 	}
+	if len(s.fired) > 0 && !s.firing {
+		// fire-and-forget tasks that ended: their pseudo-client lets them go
+		s.firing = true
+		keys := s.fired
+		s.fired = nil
+		s.handle(EvReleaseKeys{Client: fireClient, Keys: keys})
+		s.firing = false
+	}
 }
+
+// fireClient is the pseudo-client wanting fire-and-forget keys until they end.
+const fireClient ClientID = 1<<31 - 1
 
 func firstKey(keys []string) string {
 	if len(keys) > 0 {
@@ -766,6 +779,8 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 		s.handle(EvUpdateGraph{Client: cl.id, ID: m.ID, Tasks: m.Tasks, Wanted: m.Wanted})
 	case wire.OpWanted:
 		s.handle(EvWanted{Client: cl.id, Keys: m.Keys})
+	case wire.OpFireAndForget:
+		s.handle(EvWanted{Client: fireClient, Keys: m.Keys})
 	case wire.OpReleaseKeys:
 		s.handle(EvReleaseKeys{Client: cl.id, Keys: m.Keys})
 	case wire.OpCancelKeys:
@@ -863,6 +878,10 @@ func (s *Server) perform(a Action) {
 			s.queue(w.conn, &wire.Msg{Op: wire.OpStealRequest, Key: a.Key})
 		}
 	case ActKeyState:
+		if a.Client == fireClient {
+			s.fired = append(s.fired, a.Key) // it ended: nobody waits for it any more
+			return
+		}
 		s.sendKeyState(a)
 	case ActAcquire:
 		if w, ok := s.workers[a.Worker]; ok {

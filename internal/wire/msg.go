@@ -14,6 +14,7 @@ const (
 	OpUpdateGraph   = "update_graph"
 	OpGraphRejected = "graph_rejected"
 	OpWanted        = "wanted"
+	OpFireAndForget = "fire_and_forget"
 	OpReleaseKeys   = "release_keys"
 	OpCancelKeys    = "cancel_keys"
 	OpScatter       = "scatter"
@@ -222,7 +223,7 @@ func ReleaseMsg(m *Msg) {
 func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 128), m) }
 
 // Ops lists every op of docs/protocol.md §3.
-var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpReleaseKeys,
+var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpFireAndForget, OpReleaseKeys,
 	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
 	OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpOK,
 	OpVariableSet, OpVariableGet, OpVariableDelete, OpQueuePut, OpQueueGet, OpQueueSize, OpSemaphoreAcquire,

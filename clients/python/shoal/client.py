@@ -1246,6 +1246,20 @@ _clients: "weakref.WeakSet[Client]" = weakref.WeakSet()
 _defaults: "list[weakref.ref[Client]]" = []  # clients made with set_as_default, oldest first
 
 
+def fire_and_forget(obj: Any) -> None:
+    """Run these futures' tasks to the end even when nothing holds them any more (the client
+    released them, or closed): the scheduler keeps wanting each key until it is computed or
+    fails, then lets it go. ``obj``: futures, containers of them, or persisted collections."""
+    from .futures import futures_of
+
+    by_client: dict[int, tuple[Client, list[str]]] = {}
+    for f in futures_of(obj):
+        by_client.setdefault(id(f.client), (f.client, []))[1].append(f.key)
+    for client, keys in by_client.values():
+        with client._lock:
+            client._send({"op": "fire_and_forget", "keys": keys})
+
+
 def default_client() -> Client:
     """The client to use when none is given (shared-state objects, ``get_dataset``): the
     newest open Client made with ``set_as_default=True``, else any open one."""

@@ -98,3 +98,40 @@ def test_a_failing_child_fails_the_parent(one_thread: Client) -> None:
     with pytest.raises(ZeroDivisionError):
         one_thread.submit(parent, pure=False).result(timeout=60)
     assert shoal.default_client() is one_thread
+
+
+def sleep_then(x: str, delay: float) -> str:
+    import time
+
+    time.sleep(delay)
+    return x
+
+
+def write_to(path: str) -> str:
+    with open(path, "w") as f:
+        f.write("done")
+    return path
+
+
+def test_fire_and_forget_runs_after_the_client_closes(tmp_path: Any) -> None:
+    import time
+
+    target = tmp_path / "fired"
+    with LocalCluster(n_workers=1, dashboard_port=None) as cluster:
+        with Client(cluster, set_as_default=False) as c:
+            # write_to starts only after its input, a second later: by then the client is gone
+            # and, without fire_and_forget, the task would have been released unstarted
+            f = c.submit(write_to, c.submit(sleep_then, str(target), 1.0, pure=False), pure=False)
+            shoal.fire_and_forget(f)
+            key = f.key
+            del f
+        # the client is gone; the task still runs, and is forgotten once done
+        deadline = time.monotonic() + 30
+        while not target.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert target.read_text() == "done"
+        with Client(cluster, set_as_default=False) as other:
+            deadline = time.monotonic() + 10
+            while other.story(key, on_error="ignore") and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert other.story(key, on_error="ignore") == [], "the task was kept after it ended"
