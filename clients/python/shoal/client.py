@@ -1493,7 +1493,13 @@ class AsyncClient:
         import asyncio
 
         if self._sync is None:
+            from .cluster import LocalCluster
+
+            cluster = self._args.get("address")
+            if isinstance(cluster, LocalCluster) and getattr(cluster, "proc", None) is None:
+                await asyncio.to_thread(cluster._start)  # LocalCluster(asynchronous=True) not awaited yet
             self._sync = await asyncio.to_thread(lambda: Client(**self._args))
+            self._sync.asynchronous = True  # its futures' wait() is awaitable
         return self
 
     def __await__(self) -> Any:

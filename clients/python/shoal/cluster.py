@@ -159,7 +159,8 @@ class LocalCluster:
                  processes: bool = True, memory_target_fraction: Optional[float] = None,
                  memory_spill_fraction: Optional[float] = None,
                  memory_pause_fraction: Optional[float] = None,
-                 resources: Optional[dict[str, float]] = None, **kwargs: Any) -> None:
+                 resources: Optional[dict[str, float]] = None, asynchronous: bool = False,
+                 **kwargs: Any) -> None:
         dashboard_port = _dask_options(kwargs, dashboard_port)
         if n_workers < 0:
             raise ValueError("n_workers must be >= 0")
@@ -219,17 +220,43 @@ class LocalCluster:
         self.scheduler_address = ""
         self._dashboard = ""
         self.ready_info: dict[str, Any] = {}
+        self._timeout = timeout
+        self.asynchronous = asynchronous
+        if not asynchronous:
+            self._start()
+
+    def _start(self) -> "LocalCluster":
+        """Start ``shoal local`` and wait until its workers joined (asynchronous: awaited)."""
+        if getattr(self, "proc", None) is not None:
+            return self
         self._log = open(self._log_path, "wb")
         env = dict(os.environ)
         env["PYTHONPATH"] = _python_path()
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self._log,
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True, env=env)
         self.pgid = self.proc.pid
         try:
-            self._wait_ready(timeout)
+            self._wait_ready(self._timeout)
         except BaseException:
             self.close()
             raise
+        return self
+
+    def __await__(self) -> Any:
+        """``cluster = await LocalCluster(asynchronous=True)``: starts without blocking the loop."""
+        import asyncio
+
+        return asyncio.to_thread(self._start).__await__()
+
+    async def __aenter__(self) -> "LocalCluster":
+        import asyncio
+
+        return await asyncio.to_thread(self._start)
+
+    async def __aexit__(self, *exc: Any) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.close)
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -325,7 +352,8 @@ class LocalCluster:
 
     def pids(self) -> list[int]:
         """Process ids of every live process this cluster started (its process group)."""
-        return _group_members(self.pgid)
+        pgid = getattr(self, "pgid", None)
+        return [] if pgid is None else _group_members(pgid)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop every process of the cluster: SIGTERM, then SIGKILL after ``timeout`` seconds;

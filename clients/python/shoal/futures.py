@@ -247,6 +247,34 @@ class Future(_FutureBase):  # type: ignore[misc]
         return " ".join(parts)
 
 
+async def _wait_async(futures: list[Future], timeout: Optional[float],
+                      return_when: str) -> DoneAndNotDoneFutures:
+    """``await wait(fs)`` for futures of an asynchronous client: on the caller's event loop."""
+    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
+        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, not {return_when!r}")
+    pending = {asyncio.ensure_future(wait_async(f._state)): f for f in futures}
+    mode = {ALL_COMPLETED: asyncio.ALL_COMPLETED, FIRST_COMPLETED: asyncio.FIRST_COMPLETED,
+            FIRST_EXCEPTION: asyncio.FIRST_COMPLETED}[return_when]
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    try:
+        while pending:
+            left = None if deadline is None else max(deadline - loop.time(), 0)
+            _, still = await asyncio.wait(list(pending), timeout=left, return_when=mode)
+            if deadline is not None and loop.time() >= deadline and still:
+                raise TimeoutError(f"wait: {len(still)} of {len(futures)} futures not done within {timeout}s")
+            if return_when == FIRST_COMPLETED:
+                break
+            if return_when == FIRST_EXCEPTION and any(f.status in (ERROR, LOST, CANCELLED) for f in futures):
+                break
+            pending = {t: pending[t] for t in still}
+    finally:
+        for t in pending:
+            t.cancel()
+    done = {f for f in futures if f.done()}
+    return DoneAndNotDoneFutures(done, {f for f in futures if f not in done})
+
+
 async def wait_async(state: KeyState) -> None:
     """Wait for a key state without blocking the event loop."""
     if state.done():
@@ -286,6 +314,8 @@ def wait(fs: Iterable[Future] | Future, timeout: Optional[float] = None,
     expires before the condition is met (as ``distributed.wait`` does).
     """
     futures = futures_of(fs)  # futures, containers of them, persisted collections
+    if futures and getattr(futures[0].client, "asynchronous", False):
+        return _wait_async(futures, timeout, return_when)  # type: ignore[return-value]
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION,"
                          f" not {return_when!r}")
@@ -334,6 +364,7 @@ class as_completed(Iterator[Any]):
         self.raise_errors = raise_errors
         self.timeout = timeout
         self._queue: queue.Queue[Future] = queue.Queue()
+        self._waiter: Optional[tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = None
         self._pending = 0
         self._generation = 0  # clear() starts a new one: futures added before it are forgotten
         self._lock = threading.Lock()
@@ -350,6 +381,15 @@ class as_completed(Iterator[Any]):
             with self._lock:
                 if generation == self._generation:
                     self._queue.put(future)
+                waiter, self._waiter = self._waiter, None
+            if waiter is not None:  # an ``async for`` waits: wake it on its loop
+                loop, fut = waiter
+
+                def wake() -> None:
+                    if not fut.done():
+                        fut.set_result(None)
+
+                loop.call_soon_threadsafe(wake)
 
         future._state.add_listener(ready)
 
@@ -399,6 +439,39 @@ class as_completed(Iterator[Any]):
             return fut, exc
 
     next = __next__
+
+    def __aiter__(self) -> "as_completed":
+        return self
+
+    async def __anext__(self) -> Any:
+        """``async for f in as_completed(fs)``: waits on the caller's event loop (no thread)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if self.timeout is None else loop.time() + self.timeout
+        while True:
+            with self._lock:
+                if self._pending == 0:
+                    raise StopAsyncIteration
+                if not self._queue.empty():
+                    fut = self._queue.get_nowait()
+                    self._pending -= 1
+                    break
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiter = (loop, waiter)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"as_completed: nothing finished within {self.timeout}s")
+            try:
+                await asyncio.wait_for(waiter, left)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"as_completed: nothing finished within {self.timeout}s") from None
+        if not self.with_results:
+            return fut
+        try:
+            return fut, await fut
+        except BaseException as exc:
+            if self.raise_errors:
+                raise
+            return fut, exc
 
     def next_batch(self, block: bool = True) -> list[Any]:
         """Everything finished so far (at least one item when ``block``)."""

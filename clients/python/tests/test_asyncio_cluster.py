@@ -1,0 +1,76 @@
+"""Native asyncio on a real cluster: await future, await wait, async for over as_completed,
+async with LocalCluster(asynchronous=True) and Client(..., asynchronous=True)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import shoal
+from shoal import Client, LocalCluster, as_completed, wait
+
+from conftest import needs_binary
+
+pytestmark = [needs_binary, pytest.mark.cluster]
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def slow(x: int, delay: float) -> int:
+    import time
+
+    time.sleep(delay)
+    return x
+
+
+def test_asyncio_end_to_end() -> None:
+    async def main() -> None:
+        async with LocalCluster(n_workers=2, dashboard_port=None, asynchronous=True) as cluster:
+            assert cluster.scheduler_address
+            async with Client(cluster, asynchronous=True) as client:
+                f = client.submit(inc, 1)
+                assert await f == 2
+                fs = client.map(inc, range(5))
+                done, not_done = await wait(fs)
+                assert len(done) == 5 and not not_done
+                order = []
+                # two workers, one thread each: both run at once, the short one ends first
+                async for g in as_completed([client.submit(slow, 0, 1.0, pure=False),
+                                             client.submit(slow, 1, 0.1, pure=False)]):
+                    order.append(await g)
+                assert order == [1, 0], "yielded as they finished"
+                assert await client.gather(fs) == [1, 2, 3, 4, 5]
+                with pytest.raises(shoal.TimeoutError):
+                    await wait([client.submit(slow, 0, 5, pure=False)], timeout=0.2)
+                # the loop is not blocked while waiting: a ticker runs meanwhile
+                ticks = 0
+
+                async def ticker() -> None:
+                    nonlocal ticks
+                    while True:
+                        await asyncio.sleep(0.01)
+                        ticks += 1
+
+                t = asyncio.ensure_future(ticker())
+                await wait([client.submit(slow, 1, 0.5, pure=False)])
+                t.cancel()
+                assert ticks > 10
+        assert cluster.pids() == []
+
+    asyncio.run(main())
+
+
+def test_awaiting_a_cluster() -> None:
+    async def main() -> None:
+        cluster = await LocalCluster(n_workers=1, dashboard_port=None, asynchronous=True)
+        try:
+            client = await Client(cluster, asynchronous=True)
+            assert await client.submit(inc, 41) == 42
+            await client.close()
+        finally:
+            cluster.close()
+
+    asyncio.run(main())
