@@ -69,6 +69,7 @@ FULL = {
     "zeroworkers": {"n": 200_000, "workers": "2,16,64"},
     "bigarg": {"nbytes": 500_000_000},
     "control": {},
+    "dynamic": {"fib": 16, "fanout": 10_000},
 }
 SMOKE = {
     "map": {"n": 300},
@@ -82,6 +83,7 @@ SMOKE = {
     "zeroworkers": {"n": 5_000, "workers": "2,16,64"},
     "bigarg": {"nbytes": 20_000_000},
     "control": {},
+    "dynamic": {"fib": 7, "fanout": 200},
 }
 
 # See wl_independent: N > 0 submits the 100k-task graph as back-to-back get() calls of N keys
@@ -89,7 +91,7 @@ SMOKE = {
 SHOAL_SPLIT_GRAPH = int(os.environ.get("SHOAL_BENCH_SPLIT_GRAPH", "0"))
 
 WORKLOADS = ["map", "tree", "chain", "transfer", "independent", "dataframe", "memory",
-             "gotasks", "zeroworkers", "bigarg", "control"]
+             "gotasks", "zeroworkers", "bigarg", "control", "dynamic"]
 SHOAL_ONLY = {"gotasks", "zeroworkers"}
 
 # Targets from issue 4: ratio (>1 means Shoal better) and absolute bounds.
@@ -108,6 +110,8 @@ TARGETS: dict[str, dict[str, Any]] = {
     "zero_cpu_2": {"max": 5}, "zero_cpu_16": {"max": 5}, "zero_cpu_64": {"max": 5},
     # issue 15
     "bigarg": {"min": 1.0}, "client_start": {"max": 0.5}, "restart": {"max": 2.0},
+    # issue 14
+    "dyn_fib": {"ratio": 10}, "dyn_fanout": {"ratio": 10},
 }
 
 # --------------------------------------------------------------------------------------------
@@ -567,6 +571,63 @@ def wl_control(b: Bench, p: dict, rep: int, record: Record) -> None:
     record("restart", el, {"seconds": el})
 
 
+def _task_api(system: str) -> Any:
+    if system == "shoal":
+        import shoal as mod
+    else:
+        import distributed as mod
+    return mod
+
+
+def fib_shoal(n: int) -> int:
+    return _fib(n, "shoal")
+
+
+def fib_dask(n: int) -> int:
+    return _fib(n, "dask")
+
+
+def _fib(n: int, system: str) -> int:
+    if n < 2:
+        return n
+    api = _task_api(system)
+    client = api.get_client()
+    fn = fib_shoal if system == "shoal" else fib_dask
+    a, b = client.submit(fn, n - 1, pure=False), client.submit(fn, n - 2, pure=False)
+    api.secede()
+    out = a.result() + b.result()
+    api.rejoin()
+    return int(out)
+
+
+def fanout(n: int, system: str) -> int:
+    api = _task_api(system)
+    client = api.get_client()
+    fs = client.map(inc, range(n), pure=False)
+    api.secede()
+    return int(sum(client.gather(fs)))
+
+
+def wl_dynamic(b: Bench, p: dict, rep: int, record: Record) -> None:
+    """Tasks that submit tasks (issue 14): fib(n) by recursive submission with pure=False, and
+    one task submitting n children and gathering them; both secede while they wait."""
+    n = p["fib"]
+    fn = fib_shoal if b.system == "shoal" else fib_dask
+    t0 = time.perf_counter()
+    got = b.client.submit(fn, n, pure=False).result()
+    el = time.perf_counter() - t0
+    a, c = 0, 1
+    for _ in range(n):
+        a, c = c, a + c
+    check(got == a, f"dynamic: fib({n}) = {got}, want {a}")
+    record("dyn_fib", el, {"seconds": el, "n": n})
+    t0 = time.perf_counter()
+    got = b.client.submit(fanout, p["fanout"], b.system, pure=False).result()
+    el = time.perf_counter() - t0
+    check(got == sum(range(1, p["fanout"] + 1)), f"dynamic: fan-out sum {got}")
+    record("dyn_fanout", el, {"seconds": el, "children": p["fanout"]})
+
+
 def check(cond: bool, msg: str) -> None:
     if not cond:
         raise AssertionError(msg)
@@ -575,7 +636,7 @@ def check(cond: bool, msg: str) -> None:
 PY_WORKLOADS: dict[str, Callable[[Bench, dict, int, Record], None]] = {
     "map": wl_map, "tree": wl_tree, "chain": wl_chain, "transfer": wl_transfer,
     "independent": wl_independent, "dataframe": wl_dataframe, "memory": wl_memory,
-    "bigarg": wl_bigarg, "control": wl_control,
+    "bigarg": wl_bigarg, "control": wl_control, "dynamic": wl_dynamic,
 }
 
 
@@ -824,6 +885,8 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "bigarg": ("10. submit(f, 500 MB numpy array)", "GB/s", "higher"),
     "client_start": ("11. Client(n_workers=2) to first result", "s", "lower"),
     "restart": ("12. client.restart(), 2 workers", "s", "lower"),
+    "dyn_fib": ("13. fib(16) by recursive submission (3,193 tasks)", "s", "lower"),
+    "dyn_fanout": ("13. a task submitting 10,000 children", "s", "lower"),
 }
 
 
