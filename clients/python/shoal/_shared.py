@@ -243,13 +243,13 @@ class Variable(_Named):
 
     _prefix = "variable"
 
-    def set(self, value: Any, timeout: Timeout = None, **kwargs: Any) -> None:
+    def set(self, value: Any, timeout: Timeout = None) -> None:
         """Store ``value`` (replacing the previous one)."""
         c = self.client
         c._request({"op": "variable_set", "name": self.name, **_encode("variable_set", self.name, value)},
                    timeout=_seconds(timeout))
 
-    def get(self, timeout: Timeout = None, **kwargs: Any) -> Any:
+    def get(self, timeout: Timeout = None) -> Any:
         """The value; waits for a first ``set`` (up to ``timeout`` seconds, then TimeoutError)."""
         c, t = self.client, _seconds(timeout)
         r = _call(c, {"op": "variable_get", "name": self.name, **_wire_timeout(t)}, t)
@@ -276,7 +276,7 @@ class Queue(_Named):
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, None, self.maxsize))
 
-    def put(self, value: Any, timeout: Timeout = None, **kwargs: Any) -> None:
+    def put(self, value: Any, timeout: Timeout = None) -> None:
         """Append ``value``; on a full queue wait up to ``timeout`` seconds (TimeoutError)."""
         c, t = self.client, _seconds(timeout)
         h = {"op": "queue_put", "name": self.name, **_encode("queue_put", self.name, value), **_wire_timeout(t)}
@@ -285,7 +285,7 @@ class Queue(_Named):
         if not _call(c, h, t).get("accepted"):
             raise TimeoutError(f"Queue {self.name!r} stayed full for {t}s")
 
-    def get(self, timeout: Timeout = None, batch: Union[bool, int] = False, **kwargs: Any) -> Any:
+    def get(self, timeout: Timeout = None, batch: Union[bool, int] = False) -> Any:
         """The oldest item, waiting up to ``timeout`` seconds (TimeoutError). ``batch=True``
         returns every item there now, as a list (possibly empty, never waiting); ``batch=n``
         waits for n items and returns them as a list (fewer when they exceed 32 MiB)."""
@@ -304,7 +304,7 @@ class Queue(_Named):
         vals = _decode(c, r)
         return vals if n else vals[0]
 
-    def qsize(self, **kwargs: Any) -> int:
+    def qsize(self) -> int:
         """How many items the queue holds now."""
         return int(self.client._request({"op": "queue_qsize", "name": self.name}).get("n") or 0)
 
@@ -343,7 +343,7 @@ class Semaphore(_Named):
     _prefix = "semaphore"
 
     def __init__(self, max_leases: int = 1, name: Optional[str] = None, client: Optional["Client"] = None, *,
-                 lease_timeout: Timeout = DEFAULT_LEASE_TIMEOUT, **kwargs: Any) -> None:
+                 lease_timeout: Timeout = DEFAULT_LEASE_TIMEOUT) -> None:
         if int(max_leases) < 1:
             raise ValueError(f"max_leases={max_leases!r} must be at least 1")
         super().__init__(name, client)
@@ -411,7 +411,7 @@ class Lock(Semaphore):
     _prefix = "lock"
 
     def __init__(self, name: Optional[str] = None, client: Optional["Client"] = None, *,
-                 lease_timeout: Timeout = DEFAULT_LEASE_TIMEOUT, **kwargs: Any) -> None:
+                 lease_timeout: Timeout = DEFAULT_LEASE_TIMEOUT) -> None:
         super().__init__(1, name, client, lease_timeout=lease_timeout)
 
     def acquire(self, blocking: bool = True, timeout: Timeout = None) -> bool:  # type: ignore[override]
@@ -516,31 +516,29 @@ class Datasets:
     if TYPE_CHECKING:
         def _request(self, header: dict[str, Any], timeout: Optional[float] = None) -> dict[str, Any]: ...
 
-    def publish_dataset(self, *args: Any, **kwargs: Any) -> None:
+    def publish_dataset(self, *args: Any, name: Optional[str] = None, override: bool = False, **kwargs: Any) -> None:
         """Publish values under names: ``publish_dataset(df, name="x")`` or
         ``publish_dataset(x=df, y=future)``. A published Future (or a collection holding
         Futures) keeps its results alive until unpublished. ``override=True`` replaces an
         existing name; otherwise publishing a taken name raises KeyError."""
-        override = bool(kwargs.pop("override", False))
-        if "name" in kwargs:
-            name = kwargs.pop("name")
+        if name is not None:
             if not args:
                 raise ValueError("If name is provided, expecting call signature like publish_dataset(df, name='ds')")
             kwargs[name] = args[0] if len(args) == 1 else args
         elif args:
             raise ValueError("If name is provided, expecting call signature like publish_dataset(df, name='ds')")
-        for name, value in kwargs.items():
-            h = {"op": "publish_dataset", "name": str(name), **_encode("publish_dataset", str(name), value)}
+        for key, value in kwargs.items():
+            h = {"op": "publish_dataset", "name": str(key), **_encode("publish_dataset", str(key), value)}
             if override:
                 h["accepted"] = True
             if not self._request(h).get("accepted"):
-                raise KeyError(f"Dataset {name} already exists")
+                raise KeyError(f"Dataset {key} already exists")
 
-    def unpublish_dataset(self, name: str, **kwargs: Any) -> None:
+    def unpublish_dataset(self, name: str) -> None:
         """Remove a published dataset (its futures are released unless held elsewhere)."""
         self._request({"op": "unpublish_dataset", "name": str(name)})
 
-    def get_dataset(self, name: str, default: Any = _NO_DEFAULT, **kwargs: Any) -> Any:
+    def get_dataset(self, name: str, default: Any = _NO_DEFAULT) -> Any:
         """The dataset published under ``name`` (Futures in it belong to this client);
         ``default`` when there is none, else KeyError."""
         r = self._request({"op": "get_dataset", "name": str(name)})
@@ -550,7 +548,7 @@ class Datasets:
             return default
         return _decode(self, r)[0]  # type: ignore[arg-type]
 
-    def list_datasets(self, **kwargs: Any) -> list[str]:
+    def list_datasets(self) -> list[str]:
         """The names of the published datasets, sorted."""
         return [str(k) for k in self._request({"op": "list_datasets"}).get("keys") or ()]
 

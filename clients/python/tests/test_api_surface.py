@@ -84,6 +84,8 @@ KWARGS: dict[str, Kw] = {
     "Future.cancel": Kw(to=Client.cancel),
     # a hook Shoal calls (as dask does) with extra information, such as the exception: not an option
     "WorkerPlugin.transition": TASK,
+    # dask's contract: each keyword is a dataset to publish under that name
+    "Client.publish_dataset": TASK,
 }
 
 
@@ -203,6 +205,12 @@ def test_kwargs_probe(name: str, cluster: LocalCluster, client: Client) -> None:
         assert set(map(str, asyncio.run(arun()).values())) == {str({NONSENSE: 1})}
     elif name == "WorkerPlugin.transition":  # a hook: takes what Shoal passes (exception=...)
         assert shoal.WorkerPlugin().transition("k", "executing", "error", **{NONSENSE: 1}) is None
+    elif name == "Client.publish_dataset":
+        client.publish_dataset(**{NONSENSE: 1})
+        try:
+            assert client.get_dataset(NONSENSE) == 1
+        finally:
+            client.unpublish_dataset(NONSENSE)
     elif name == "Client.run_on_scheduler":
         try:
             got = client.run_on_scheduler(echo, **{NONSENSE: 1})
