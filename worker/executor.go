@@ -260,6 +260,9 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 
 	cmd := exec.Command(cfg.Python, cfg.PythonArgs...)
 	cmd.ExtraFiles = []*os.File{theirs}
+	// an executor dies with its worker, even one killed with SIGKILL: left running, it kept
+	// its task going and a lock that task held (the scheduler then waited out its lease)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), "SHOAL_EXECUTOR_FD=3", "SHOAL_EXECUTOR_TOKEN="+token)
 	cmd.Env = append(cmd.Env, executorDefaults()...)
 	cmd.Env = append(cmd.Env, "SHOAL_UPLOAD_DIR="+filepath.Join(p.w.scratch.path, "uploads"),

@@ -567,3 +567,35 @@ def html_escape(s: str) -> str:
     import html
 
     return html.escape(s)
+
+
+def sleepy() -> int:
+    time.sleep(30)
+    return 1
+
+
+def test_executors_die_with_their_worker() -> None:
+    """A worker killed with SIGKILL takes its Python executors with it (they would otherwise
+    run their task on, holding what it held)."""
+    with LocalCluster(n_workers=1, dashboard_port=None, extra_args=["--no-restart"]) as cluster, \
+            Client(cluster) as client:
+        client.submit(sleepy, pure=False)
+        worker = next(iter(client.scheduler_info()["workers"].values()))
+        deadline = time.time() + 30
+        while not children_of(worker["pid"]) and time.time() < deadline:
+            time.sleep(0.05)
+        executors = children_of(worker["pid"])
+        assert executors
+        os.kill(worker["pid"], signal.SIGKILL)
+
+        def alive(pid: int) -> bool:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.time() + 10
+        while any(alive(p) for p in executors) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in executors)

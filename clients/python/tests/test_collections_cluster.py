@@ -4,7 +4,6 @@ real LocalCluster; every value is checked against dask's synchronous scheduler."
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import dask
 import dask.array as da
