@@ -596,9 +596,11 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			// the task waits on tasks it submitted: it goes on with its own socket, and this
 			// one goes on serving the rest of the batch (and later runs)
 			ex.funcs[r.ts.t.Func] = true
-			if err := w.secede(ex, r); err != nil {
-				return w.executorDied(ex, batch, i, err)
+			if len(x.fds) != 1 {
+				closeFds(x.fds)
+				return w.executorDied(ex, batch, i, fmt.Errorf("%w: secede came with %d descriptors", wire.ErrProtocol, len(x.fds)))
 			}
+			w.secede(ex, r, x.fds[0])
 			if r == mine {
 				w.py.release(ex)
 				return result{seceded: true}, false

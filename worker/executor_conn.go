@@ -193,7 +193,11 @@ func (c *execConn) recvExt() (*wire.Msg, execExt, [][]byte, error) {
 	var x execExt
 	m, err := decodeExecHeaderExt(frames[0], &x)
 	if err == nil {
-		x.fds, err = c.fr.take(start, x.wantFds())
+		want := x.wantFds()
+		if m.Op == wire.OpSecede {
+			want = 1 // the seceding task's own socket
+		}
+		x.fds, err = c.fr.take(start, want)
 	}
 	if err != nil {
 		return nil, execExt{}, nil, err

@@ -3,34 +3,22 @@ package worker
 import (
 	"fmt"
 	"os"
-	"syscall"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
 // A Python task that waits on tasks it submitted (get_client, secede, worker_client) gives its
-// thread back: the executor sends secede for its run; the worker answers seceded with one end
-// of a new socket pair, tells the scheduler the task is long-running (its thread no longer
-// counts), and reads that socket for the task's answer while the executor's own socket goes
-// on serving other runs, in another thread of the executor (docs/protocol.md §3.5). The
-// thread that ran the task is free at once.
+// thread back: instead of its run's answer the executor sends secede, passing one end of a
+// socket pair it made (SCM_RIGHTS). The task's answer will come on that socket; the executor's
+// own socket goes on serving other runs, from another thread of the executor (docs/protocol.md
+// §3.5). The worker tells the scheduler the task is long-running (its thread no longer counts)
+// and frees the thread that ran it at once.
 
-// secede hands run r its own socket; the caller goes on reading ex's answers to the rest of
-// its batch.
-func (w *Worker) secede(ex *executor, r *pyRun) error {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("socketpair for a seceding task: %w", err)
-	}
-	mine := os.NewFile(uintptr(fds[0]), "seceded-task")
-	err = ex.conn.sendMany(outMsg{m: &wire.Msg{Op: wire.OpSeceded, ID: r.m.ID}, fds: []int{fds[1]}})
-	syscall.Close(fds[1]) // the executor has its own copy now (or is gone)
-	if err != nil {
-		mine.Close()
-		return err
-	}
-	c := newExecConn(mine, w.cfg.limits())
+// secede takes run r's own socket (fd, now the worker's) and waits on it in a goroutine; the
+// caller goes on reading ex's answers to the rest of its batch.
+func (w *Worker) secede(ex *executor, r *pyRun, fd int) {
+	c := newExecConn(os.NewFile(uintptr(fd), "seceded-task"), w.cfg.limits())
 	ts := r.ts
 	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: ts.tid})
 	w.stats.seceded.Add(1)
@@ -38,7 +26,6 @@ func (w *Worker) secede(ex *executor, r *pyRun) error {
 	if !w.goFunc(func() { w.serveSeceded(ex.pid, c, ts, lane) }) {
 		c.close()
 	}
-	return nil
 }
 
 // serveSeceded waits for a seceded task's answer on its own socket, answering rejoin on the

@@ -80,9 +80,8 @@ const (
 	OpRun      = "run"
 	OpDone     = "done"
 	OpShutdown = "shutdown"
-	OpSecede   = "secede"   // E→W: the running task gives its thread back (it waits on other tasks)
-	OpSeceded  = "seceded"  // W→E: answer to secede, with the descriptor of the task's own socket
-	OpRejoin   = "rejoin"   // E→W on the task's socket: it wants a thread again
+	OpSecede   = "secede"   // E→W: the running task gives its thread back, passing the socket it answers on
+	OpRejoin   = "rejoin"   // E→W on the task's socket: it wants a thread again (reserved)
 	OpRejoined = "rejoined" // W→E: it has one
 )
 
@@ -232,4 +231,4 @@ var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted,
 	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
 	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload, OpLongRunning,
 	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown,
-	OpSecede, OpSeceded, OpRejoin, OpRejoined}
+	OpSecede, OpRejoin, OpRejoined}

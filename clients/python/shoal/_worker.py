@@ -7,9 +7,9 @@ the cluster's token, which the executor takes out of its environment at start). 
 waits on tasks it submitted should :func:`secede` first: it gives its thread back to the worker
 (and the scheduler stops counting it against the worker's threads), so the tasks it waits on can
 run there too — without it, ``fib(4)`` on one thread waits for ever. The executor then serves
-the worker from another thread, and the seceded task's answer goes on a socket of its own
-(docs/protocol.md §3.5). :func:`rejoin` says the task wants a thread again; Shoal answers at once
-(the task runs on without taking a thread slot, counted as long-running until it ends).
+the worker from another thread, and the seceded task's answer goes on a socket of its own,
+which it passes to the worker with its secede (docs/protocol.md §3.5). :func:`rejoin` returns at
+once: the task runs on without taking a thread slot, counted as long-running until it ends.
 :func:`worker_client` does both around a block.
 """
 
@@ -81,35 +81,30 @@ def secede() -> None:
     if task.conn is not None:
         return
     ex = task.executor
-    if ex.receiver is None:
-        raise NotImplementedError("secede: this executor cannot receive descriptors from its worker (not Linux?)")
+    if not hasattr(socket, "AF_UNIX"):
+        raise NotImplementedError("secede: this platform cannot pass sockets between processes")
+    from .executor import send_with_fd
+
     conn = ex.conn
     if ex.held:  # the batch's earlier answers go first: the worker reads them in order
         conn.send_many(ex.held)
         ex.held.clear()
-    conn.send({"op": "secede", "id": task.id})
-    while True:  # runs the worker sent before reading this are kept for the next loop
-        header, frames = conn.recv()
-        if header.get("op") == "seceded" and header.get("id") == task.id:
-            break
-        ex.pending.append((header, frames))
-    fd = ex.receiver.fds.pop()  # came with "seceded", the last message read
-    sock = socket.socket(fileno=fd)
-    sock.setblocking(True)
-    task.conn = _wire.Connection(sock, address="worker")
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        send_with_fd(conn, {"op": "secede", "id": task.id}, [], theirs.fileno())
+    finally:
+        theirs.close()  # the worker has its own copy (or is gone)
+    mine.setblocking(True)
+    task.conn = _wire.Connection(mine, address="worker")
     _local.seceded = task.conn
-    threading.Thread(target=ex.loop, name="shoal-executor", daemon=True).start()
+    ex.hand_over()
 
 
 def rejoin() -> None:
-    """This task wants a thread again (after :func:`secede`); it runs on at once."""
-    task: Optional[_Task] = getattr(_local, "task", None)
-    if task is None or task.conn is None:
-        return
-    task.conn.send({"op": "rejoin", "id": task.id})
-    header, _ = task.conn.recv()
-    if header.get("op") != "rejoined":
-        raise RuntimeError(f"rejoin: the worker answered {header.get('op')!r}")
+    """This task wants a thread again (after :func:`secede`). It returns at once and the task
+    runs on, counted as long-running until it ends: Shoal does not make it wait for a free
+    thread (a round trip to the worker for nothing cost half a millisecond per task)."""
+    return
 
 
 def get_client(address: Optional[str] = None, timeout: Optional[float] = None,
