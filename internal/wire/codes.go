@@ -32,7 +32,7 @@ type Error struct {
 	Type      string `msgpack:"type,omitempty"`
 	Message   string `msgpack:"message"`
 	Traceback string `msgpack:"traceback,omitempty"`
-	Exc       []byte `msgpack:"exc,omitempty"` // pickled Python exception; never decoded in Go
+	Exc       []byte `msgpack:"exc,omitempty"` // a pickled Python exception (never unpickled in Go), or a registered Go error (docs/protocol.md §3.1)
 }
 
 func (e *Error) Error() string {
