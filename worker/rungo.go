@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"runtime/debug"
@@ -11,7 +12,7 @@ import (
 
 // runGo runs a Go task: it resolves the arguments, calls the registered function with
 // panics recovered, and encodes the result.
-func (w *Worker) runGo(ts *task) result {
+func (w *Worker) runGo(ts *task, thread int) result {
 	fn, ok := lookup(ts.t.Func)
 	if !ok {
 		return result{err: &wire.Error{Code: wire.CodeUnknownFunction, Type: "UnknownFunction",
@@ -30,7 +31,7 @@ func (w *Worker) runGo(ts *task) result {
 		}
 		args[i] = v
 	}
-	out, werr := callGo(w, fn, args)
+	out, werr := callGo(w.taskContext(ts, thread), fn, args)
 	if werr != nil {
 		return result{err: werr}
 	}
@@ -68,14 +69,14 @@ func (w *Worker) argValue(key string) (any, error) {
 }
 
 // callGo calls fn, turning a returned error or a panic into a wire error.
-func callGo(w *Worker, fn Func, args []any) (out any, werr *wire.Error) {
+func callGo(ctx context.Context, fn Func, args []any) (out any, werr *wire.Error) {
 	defer func() {
 		if r := recover(); r != nil {
 			werr = &wire.Error{Code: wire.CodeTaskPanic, Type: "panic", Message: fmt.Sprint(r),
 				Traceback: string(debug.Stack())}
 		}
 	}()
-	out, err := fn(w.ctx, args)
+	out, err := fn(ctx, args)
 	if err != nil {
 		var we *wire.Error
 		if errors.As(err, &we) {

@@ -1,8 +1,11 @@
 package worker
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -63,4 +66,51 @@ func (w *Worker) serveSeceded(pid int, c *execConn, ts *task, lane int) {
 			return
 		}
 	}
+}
+
+// TaskEnv is what a Go task learns from its context about where it runs (TaskEnvFrom): how to
+// reach the scheduler for a client of its own (the Go client's TaskClient) and how to give its
+// thread back while it waits on tasks it submitted (Secede).
+type TaskEnv struct {
+	Scheduler string      // the scheduler's control address ("" before the worker registered)
+	Token     string      // the cluster's token
+	TLS       *tls.Config // as a client, when the cluster uses TLS
+	Key       string      // the running task's key
+
+	once   sync.Once
+	secede func()
+}
+
+// Secede gives the task's thread back to its worker, as Python's shoal.secede does: the worker
+// starts another thread in its place, and the scheduler stops counting the task against the
+// worker's threads. Call it before waiting on tasks the task submitted; later calls do nothing.
+func (e *TaskEnv) Secede() { e.once.Do(e.secede) }
+
+type taskEnvKey struct{}
+
+// TaskEnvFrom returns the environment of the Go task whose context ctx is.
+func TaskEnvFrom(ctx context.Context) (*TaskEnv, bool) {
+	e, ok := ctx.Value(taskEnvKey{}).(*TaskEnv)
+	return e, ok
+}
+
+// taskContext is the context a Go task runs with: the worker's, and its TaskEnv.
+func (w *Worker) taskContext(ts *task, thread int) context.Context {
+	env := &TaskEnv{Token: w.cfg.Token, TLS: w.cfg.ClientTLS, Key: ts.t.Key}
+	if a := w.schedAddr.Load(); a != nil {
+		env.Scheduler = *a
+	}
+	env.secede = func() { w.secedeGo(ts, thread) }
+	return context.WithValue(w.ctx, taskEnvKey{}, env)
+}
+
+// secedeGo frees the thread running Go task ts: another thread goroutine takes its place, and
+// the one running ts ends once ts is done (thread sees ts.seceded).
+func (w *Worker) secedeGo(ts *task, thread int) {
+	w.mu.Lock()
+	ts.seceded = true
+	w.mu.Unlock()
+	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: ts.tid})
+	w.stats.seceded.Add(1)
+	w.goFunc(func() { w.thread(thread) })
 }

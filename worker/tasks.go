@@ -39,6 +39,7 @@ type task struct {
 	index   int                 // position in the ready heap
 	freed   bool                // freed while running: discard the result
 	solo    bool                // was in a batch whose executor died: runs alone from now on
+	seceded bool                // a Go task that gave its thread back (TaskEnv.Secede)
 }
 
 // taskHeap orders ready tasks by order (lower first), then arrival.
@@ -222,6 +223,12 @@ func (w *Worker) thread(i int) {
 		w.mu.running++
 		w.mu.Unlock()
 		w.execute(i, ts)
+		w.mu.Lock()
+		seceded := ts.seceded
+		w.mu.Unlock()
+		if seceded {
+			return // a Go task that seceded: another goroutine took this thread's place
+		}
 	}
 }
 
@@ -232,7 +239,7 @@ func (w *Worker) execute(thread int, ts *task) {
 	if ts.t.Kind == graph.KindPy {
 		r = w.runPy(ts)
 	} else {
-		r = w.runGo(ts)
+		r = w.runGo(ts, thread)
 	}
 	if r.seceded {
 		return // serveSeceded finishes it
