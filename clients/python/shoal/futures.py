@@ -496,6 +496,9 @@ def _collect(obj: Any, out: list[Future]) -> None:
     elif isinstance(obj, dict):
         for x in obj.values():
             _collect(x, out)
+    elif isinstance(obj, Iterator):  # a generator of futures, as wait((f for f in fs)) passes
+        for x in obj:
+            _collect(x, out)
     elif hasattr(obj, "__dask_graph__") and not isinstance(obj, type):
         # a collection (persisted: its graph holds futures, as distributed.futures_of finds them)
         graph = obj.__dask_graph__()

@@ -67,3 +67,10 @@ def test_the_active_client_is_found(client: Client) -> None:
     x = da.ones((10, 10), chunks=5).sum()
     assert float(x.compute(scheduler="distributed")) == float(x.compute(scheduler="sync")) == 100.0
     assert float(dask.compute(x, scheduler="dask.distributed")[0]) == 100.0
+
+
+def test_wait_takes_a_generator(client: Client) -> None:
+    fs = [client.submit(inc, i, pure=False) for i in range(5)]
+    done, not_done = wait(f for f in fs)
+    assert len(done) == 5 and not not_done
+    assert all(f.done() for f in fs)
