@@ -167,6 +167,8 @@ type Core struct {
 	wantMore   map[int32][]ClientID
 	deaths     map[int32][]string // task → "worker (reason)" for each death while it ran
 	moves      map[int32]move     // rebalance: value → its move, until the receiver has it
+	holds      map[int32][]int32  // result → the keys of the futures it holds (returned by its task)
+	heldBy     map[int32]int32    // key → how many results hold it
 	acquires   map[WorkerID][]int32
 	counts     [NumStates]int
 	orderBase  int64
@@ -206,6 +208,8 @@ func NewCore(cfg CoreConfig) *Core {
 		wantMore:  make(map[int32][]ClientID),
 		deaths:    make(map[int32][]string),
 		moves:     make(map[int32]move),
+		holds:     make(map[int32][]int32),
+		heldBy:    make(map[int32]int32),
 		acquires:  make(map[WorkerID][]int32),
 		freeBuf:   make(map[WorkerID][]string),
 	}
@@ -447,6 +451,9 @@ func (c *Core) setState(id int32, from, to State) {
 	g.counts[to]++
 	c.transitions++
 	c.record(id, from, to)
+	if from == Memory && len(c.holds) > 0 {
+		c.unhold(id) // its result, which held futures, is gone
+	}
 	switch {
 	case !from.active() && to.active():
 		for _, d := range t.deps {

@@ -29,6 +29,8 @@ func (c *Core) restart(reason string) {
 		c.gcq = append(c.gcq, int32(id))
 	}
 	clear(c.moves)
+	clear(c.holds)
+	clear(c.heldBy)
 }
 
 // retire stops placing tasks on the workers and copies every value only they hold to the

@@ -146,8 +146,10 @@ func (c *Core) taskFinished(e *EvTaskFinished) {
 	switch {
 	case t.state == Processing && t.worker == e.Worker:
 		c.processingToMemory(id, e.Worker, e.NBytes, e.Encoding, dur)
+		c.hold(id, e.Holds)
 	case c.welcome(id):
 		c.toMemory(id, e.Worker, e.NBytes, e.Encoding, dur)
+		c.hold(id, e.Holds)
 	case t.state == Memory:
 		c.addHolder(id, e.Worker) // it ran a task that had moved on: a valid replica
 	}
@@ -274,4 +276,49 @@ func (c *Core) longRunning(e *EvLongRunning) {
 	ws.seceded++
 	ws.occupancy = max(ws.occupancy-float64(t.expDur), 0)
 	c.updateSat(ws)
+}
+
+// holdClient is the pseudo-client that wants the keys results hold (futures a task returned):
+// a key stays wanted while any result holding it is in memory.
+const holdClient ClientID = 1<<31 - 2
+
+// hold records that result id holds the futures keys (its task returned them); unknown keys
+// are skipped (their holder in the task already let them go).
+func (c *Core) hold(id int32, keys []string) {
+	if len(keys) == 0 || c.tasks[id].state != Memory {
+		return
+	}
+	c.unhold(id)
+	var held []int32
+	for _, k := range keys {
+		hid, ok := c.lookup(k)
+		if !ok || hid == id || slices.Contains(held, hid) {
+			continue
+		}
+		held = append(held, hid)
+		if c.heldBy[hid]++; c.heldBy[hid] == 1 {
+			c.want(hid, holdClient)
+		}
+	}
+	if len(held) > 0 {
+		c.holds[id] = held
+	}
+}
+
+// unhold lets go of what result id held.
+func (c *Core) unhold(id int32) {
+	held, ok := c.holds[id]
+	if !ok {
+		return
+	}
+	delete(c.holds, id)
+	for _, hid := range held {
+		if c.heldBy[hid]--; c.heldBy[hid] > 0 {
+			continue
+		}
+		delete(c.heldBy, hid)
+		if c.dropWant(hid, holdClient) {
+			c.gcq = append(c.gcq, hid)
+		}
+	}
 }

@@ -87,6 +87,9 @@ type EvTaskFinished struct {
 	Encoding    string
 	Start, Stop int64 // unix nanoseconds
 	Thread      int
+	// Holds are the keys of futures the result holds (a task that returned futures it
+	// submitted): they are kept while the result is in memory, so a reader can claim them.
+	Holds []string
 }
 
 // EvTaskErred: a task raised, returned an error, panicked, or its executor died.

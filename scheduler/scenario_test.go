@@ -149,7 +149,8 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 		ev = EvScattered{Client: ClientID(a.int("client")), Worker: WorkerID(a.int("w")), Items: a.items("keys")}
 	case "task-finished":
 		ev = EvTaskFinished{Worker: WorkerID(a.int("w")), Key: a.str("key"), NBytes: int64(a.intOr("nbytes", 0)),
-			Encoding: a.strOr("enc", "msgpack"), Start: int64(a.intOr("start", 0)), Stop: int64(a.intOr("stop", 0))}
+			Encoding: a.strOr("enc", "msgpack"), Start: int64(a.intOr("start", 0)), Stop: int64(a.intOr("stop", 0)),
+			Holds: a.list("holds")}
 	case "task-erred":
 		ev = EvTaskErred{Worker: WorkerID(a.int("w")), Key: a.str("key"),
 			Err: &wire.Error{Code: a.strOr("code", wire.CodeTaskError), Message: a.str("msg")}}

@@ -675,7 +675,7 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	case wire.OpTaskFinished:
 		s.stats.finished++
 		s.obs.taskDone(w, m, "memory")
-		s.handle(EvTaskFinished{Worker: w.id, Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
+		s.handle(EvTaskFinished{Worker: w.id, Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread, Holds: m.Keys})
 	case wire.OpTaskErred:
 		err := m.Error
 		if err == nil {

@@ -843,9 +843,9 @@ func pyResult(reply *wire.Msg, x execExt, frames [][]byte) result {
 				segFile.Close()
 				return result{err: wire.Errorf(wire.CodeProtocol, "the Python executor sent a bad result segment: "+err.Error())}
 			}
-			return result{enc: reply.Items[0].Encoding, frames: frames, seg: seg}
+			return result{enc: reply.Items[0].Encoding, frames: frames, seg: seg, holds: reply.Keys}
 		}
-		return result{enc: reply.Items[0].Encoding, frames: frames}
+		return result{enc: reply.Items[0].Encoding, frames: frames, holds: reply.Keys}
 	case wire.OpError:
 		if reply.Error != nil {
 			if reply.Error.Code == "" {

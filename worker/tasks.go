@@ -261,7 +261,7 @@ func (w *Worker) report(thread int, ts *task, r result, start, stop time.Time) {
 		w.log.Debug("task erred", "task", key, "code", r.err.Code, "message", r.err.Message)
 	} else {
 		w.stats.executed.Add(1)
-		m.Op, m.NBytes, m.Encoding = wire.OpTaskFinished, r.nbytes, r.enc
+		m.Op, m.NBytes, m.Encoding, m.Keys = wire.OpTaskFinished, r.nbytes, r.enc, r.holds
 	}
 	w.send(m)
 }
@@ -271,6 +271,7 @@ type result struct {
 	enc    string
 	frames [][]byte
 	seg    *Segment // the memfd holding the large frames (empty in frames), or nil
+	holds  []string // keys of the futures the result holds (a Python task returned them)
 	obj    any
 	nbytes int64
 	err    *wire.Error

@@ -65,6 +65,21 @@ def took_own_socket() -> Optional[_wire.Connection]:
     return conn
 
 
+def exporting(keys: Optional[list[str]]) -> None:
+    """Collect (a list) or stop collecting (None) the keys of futures pickled in this thread:
+    the executor names those in a task's result, so the scheduler keeps them for its readers."""
+    _local.exported = keys
+
+
+def exported(key: str) -> bool:
+    """Name a future pickled into a task's result; False when not encoding one."""
+    keys = getattr(_local, "exported", None)
+    if keys is None:
+        return False
+    keys.append(key)
+    return True
+
+
 def current_key() -> Optional[str]:
     """The key of the task running in this thread, or None outside a task."""
     task = getattr(_local, "task", None)

@@ -398,11 +398,15 @@ class Executor:
             _worker.leave(task)
         if plugins:
             _preload.current().transition(str(header.get("key", "")), "executing", "memory")
+        exported: list[str] = []
+        _worker.exporting(exported)  # futures pickled into the result are named here
         try:
             encoding, out = _serialize.encode(result, SEG_MIN if self.segments else None)
         except BaseException as exc:  # noqa: BLE001
             return error_reply(task_id, exc, skip=0,
                                prefix=f"could not serialize the result of {header.get('key')}: "), []
+        finally:
+            _worker.exporting(None)
         if len(out) == 1:
             f = out[0]
             size = len(f) if type(f) is bytes else f.nbytes if type(f) is _serialize.ArrowStream \
@@ -410,7 +414,10 @@ class Executor:
         else:
             size = _serialize.nbytes(out)
         item = {"key": header.get("key", ""), "encoding": encoding, "nframes": len(out), "nbytes": size}
-        return {"op": "done", "id": task_id, "items": [item]}, out
+        reply: Header = {"op": "done", "id": task_id, "items": [item]}
+        if exported:  # the scheduler keeps them while the result lives, for its readers to claim
+            reply["keys"] = list(dict.fromkeys(exported))
+        return reply, out
 
 
 def write_arrow_segment(frame: _serialize.ArrowStream) -> int:

@@ -219,6 +219,13 @@ class Future(_FutureBase):  # type: ignore[misc]
             pass
 
     def __reduce__(self) -> tuple[Any, ...]:
+        # in a task's result: a Future for whoever reads it (the scheduler keeps the key while
+        # the result lives); anywhere else (a graph, a payload): a reference to the key, which
+        # the task's dependencies resolve
+        from . import _worker
+
+        if _worker.exported(self.key):
+            return (_rebuild_future, (self.key,))
         return (Ref, (self.key,))
 
     def __dask_tokenize__(self) -> str:
@@ -245,6 +252,29 @@ class Future(_FutureBase):  # type: ignore[misc]
             url = urllib.parse.urlsplit(link)._replace(fragment="/task/" + urllib.parse.quote(self.key, safe=""))
             parts.append(f"<a href='{html.escape(url.geturl(), quote=True)}' target='_blank'>(dashboard)</a>")
         return " ".join(parts)
+
+
+def _rebuild_future(key: str) -> Any:
+    """A Future unpickled (from a task's result, say): a Future of this process's client
+    (in a task: the executor's own), which tells the scheduler it wants the key; a plain
+    reference when this process has no client."""
+    import os
+
+    from .client import default_client
+
+    try:
+        if os.environ.get("SHOAL_EXECUTOR_FD"):
+            from ._worker import get_client
+
+            client = get_client()
+        else:
+            client = default_client()
+    except (ValueError, OSError):
+        return Ref(key)
+    f = Future(key, client)
+    with client._lock:
+        client._send({"op": "wanted", "keys": [key]})
+    return f
 
 
 async def _wait_async(futures: list[Future], timeout: Optional[float],

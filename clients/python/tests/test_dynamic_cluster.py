@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import shoal
-from shoal import Client, LocalCluster, get_client, get_worker, rejoin, secede, worker_client
+from shoal import Client, LocalCluster, get_client, get_worker, rejoin, secede, wait, worker_client
 
 from conftest import needs_binary
 
@@ -135,3 +135,38 @@ def test_fire_and_forget_runs_after_the_client_closes(tmp_path: Any) -> None:
             while other.story(key, on_error="ignore") and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert other.story(key, on_error="ignore") == [], "the task was kept after it ended"
+
+
+def submit_and_return(x: int) -> Any:
+    client = get_client()
+    return {"inner": client.submit(inc_slowly, x, pure=False), "plain": x}
+
+
+def inc_slowly(x: int) -> int:
+    import time
+
+    time.sleep(0.2)
+    return x + 1
+
+
+def test_futures_returned_from_tasks_stay_valid(one_thread: Client) -> None:
+    """A task returns a future it submitted: the task's own client lets go of it when the task
+    ends, but the scheduler keeps it while the result holding it lives, and the client reading
+    the result gets a Future it can use."""
+    import gc
+    import time
+
+    outer = one_thread.submit(submit_and_return, 41, pure=False)
+    wait(outer)
+    time.sleep(1.0)  # the task's own client has let go of inner by now
+    got = outer.result(timeout=60)
+    inner = got["inner"]
+    assert isinstance(inner, shoal.Future) and got["plain"] == 41
+    assert inner.result(timeout=60) == 42
+    key = inner.key
+    del outer, got, inner
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while one_thread.story(key, on_error="ignore") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert one_thread.story(key, on_error="ignore") == [], "the returned future was never let go"
