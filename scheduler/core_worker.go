@@ -290,11 +290,13 @@ func (c *Core) hold(id int32, keys []string) {
 	}
 	c.unhold(id)
 	var held []int32
+	seen := make(map[int32]bool, len(keys))
 	for _, k := range keys {
 		hid, ok := c.lookup(k)
-		if !ok || hid == id || slices.Contains(held, hid) {
+		if !ok || hid == id || seen[hid] {
 			continue
 		}
+		seen[hid] = true
 		held = append(held, hid)
 		if c.heldBy[hid]++; c.heldBy[hid] == 1 {
 			c.want(hid, holdClient)
@@ -313,7 +315,11 @@ func (c *Core) unhold(id int32) {
 	}
 	delete(c.holds, id)
 	for _, hid := range held {
-		if c.heldBy[hid]--; c.heldBy[hid] > 0 {
+		n, ok := c.heldBy[hid]
+		if !ok {
+			continue // forgotten meanwhile (cancelled): its slot may hold another task now
+		}
+		if c.heldBy[hid] = n - 1; n > 1 {
 			continue
 		}
 		delete(c.heldBy, hid)

@@ -155,12 +155,15 @@ func (s *Server) workerIDs(addrs []string) ([]WorkerID, error) {
 	var ids []WorkerID
 	var unknown []string
 	for _, a := range addrs {
-		if id, ok := s.byAddr[a]; ok {
-			ids = append(ids, id)
-		} else if id, ok := s.byName[a]; ok {
-			ids = append(ids, id)
-		} else {
+		id, ok := s.byAddr[a]
+		if !ok {
+			id, ok = s.byName[a]
+		}
+		switch {
+		case !ok:
 			unknown = append(unknown, a)
+		case !slices.Contains(ids, id): // a worker named twice (by address and by name) once
+			ids = append(ids, id)
 		}
 	}
 	if len(unknown) > 0 {
@@ -192,6 +195,13 @@ func (p *preloadStore) set(name, kind string, data []byte) error {
 	if p.items == nil {
 		p.items = map[string]*wire.Msg{}
 	}
+	oldBytes := 0
+	if old, ok := p.items[name]; ok {
+		oldBytes = len(old.Payload)
+	}
+	if kind != "remove" && p.bytes-oldBytes+len(data) > maxPreloadBytes {
+		return fmt.Errorf("%q: the uploaded files and plugins would take more than %d MiB", name, maxPreloadBytes>>20)
+	}
 	if old, ok := p.items[name]; ok {
 		p.bytes -= len(old.Payload)
 		delete(p.items, name)
@@ -199,9 +209,6 @@ func (p *preloadStore) set(name, kind string, data []byte) error {
 	}
 	if kind == "remove" {
 		return nil
-	}
-	if p.bytes+len(data) > maxPreloadBytes {
-		return fmt.Errorf("%q: the uploaded files and plugins would take more than %d MiB", name, maxPreloadBytes>>20)
 	}
 	p.items[name] = &wire.Msg{Op: wire.OpPreload, Name: name, Reason: kind, Payload: data}
 	p.names = append(p.names, name)
@@ -246,15 +253,15 @@ func (s *Server) retire(ids []WorkerID, reply func(*wire.Msg)) {
 // requests whose workers are all gone. Copies that did not arrive are asked for again every
 // second; a request still waiting at its deadline fails, naming what could not be moved.
 func (s *Server) checkRetiring(now time.Time) {
-	leaving := 0
+	leaving := map[WorkerID]bool{}
 	for _, r := range s.retirements {
 		for _, id := range r.workers {
 			if _, ok := s.workers[id]; ok {
-				leaving++
+				leaving[id] = true
 			}
 		}
 	}
-	nowhere := leaving >= len(s.workers) // no worker stays to copy to: close them as they are
+	nowhere := len(leaving) >= len(s.workers) // no worker stays to copy to: close them as they are
 	keep := s.retirements[:0]
 	for _, r := range s.retirements {
 		left := 0

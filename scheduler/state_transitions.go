@@ -28,6 +28,7 @@ func (c *Core) releasedToForgotten(id int32) {
 	delete(c.deaths, id)
 	delete(c.wantMore, id)
 	delete(c.moves, id)
+	delete(c.heldBy, id) // a key held by results but cancelled: its slot may be reused
 	c.groups[t.group].total--
 	for _, d := range t.deps {
 		dt := &c.tasks[d]

@@ -238,10 +238,15 @@ func (w *Worker) servePut(m *wire.Msg, hdr []byte, frames [][]byte) error {
 		}
 	}
 	rest := frames
+	seen := make(map[string]bool, len(m.Items))
 	for _, it := range m.Items {
 		if it.Key == "" {
 			return errors.New("put_data item with an empty key")
 		}
+		if seen[it.Key] {
+			return fmt.Errorf("put_data has item %q twice", it.Key)
+		}
+		seen[it.Key] = true
 		if !validEncoding(it.Encoding) {
 			return fmt.Errorf("put_data item %q has unknown encoding %q", it.Key, it.Encoding)
 		}

@@ -256,6 +256,9 @@ func (r *fdReader) Read(p []byte) (int, error) {
 	cerr := r.rc.Read(func(fd uintptr) bool {
 		for {
 			n, oobn, flags, _, err = syscall.Recvmsg(int(fd), p, r.oob, syscall.MSG_CMSG_CLOEXEC)
+			if err == syscall.EAGAIN {
+				return false // a non-blocking socket (a seceded task's): wait in the poller
+			}
 			if err != syscall.EINTR {
 				return true
 			}

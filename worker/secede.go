@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -21,6 +22,9 @@ import (
 // secede takes run r's own socket (fd, now the worker's) and waits on it in a goroutine; the
 // caller goes on reading ex's answers to the rest of its batch.
 func (w *Worker) secede(ex *executor, r *pyRun, fd int) {
+	// non-blocking, so that waiting on it parks a goroutine in the poller rather than holding
+	// an OS thread per seceded task (Go aborts past 10,000 threads)
+	syscall.SetNonblock(fd, true)
 	c := newExecConn(os.NewFile(uintptr(fd), "seceded-task"), w.cfg.limits())
 	ts := r.ts
 	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: ts.tid})
@@ -108,6 +112,10 @@ func (w *Worker) taskContext(ts *task, thread int) context.Context {
 // the one running ts ends once ts is done (thread sees ts.seceded).
 func (w *Worker) secedeGo(ts *task, thread int) {
 	w.mu.Lock()
+	if w.mu.tasks[ts.t.Key] != ts || ts.state != stateRunning {
+		w.mu.Unlock()
+		return // called after the task returned (a goroutine it left behind): nothing to free
+	}
 	ts.seceded = true
 	w.mu.Unlock()
 	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: ts.tid})

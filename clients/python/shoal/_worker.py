@@ -71,13 +71,25 @@ def exporting(keys: Optional[list[str]]) -> None:
     _local.exported = keys
 
 
-def exported(key: str) -> bool:
+def exported(future: Any) -> bool:
     """Name a future pickled into a task's result; False when not encoding one."""
-    keys = getattr(_local, "exported", None)
-    if keys is None:
+    futures = getattr(_local, "exported", None)
+    if futures is None:
         return False
-    keys.append(key)
+    futures.append(future)
     return True
+
+
+# Futures a task returned, kept referenced for a while after its answer: the executor's client
+# would otherwise release them (every 20 ms) possibly before the scheduler learns, from the
+# task_finished that travels through the worker, that the result holds them.
+_RETAIN_SECONDS = 5.0
+
+
+def retain(futures: list[Any]) -> None:
+    t = threading.Timer(_RETAIN_SECONDS, futures.clear)  # then they are released as usual
+    t.daemon = True
+    t.start()
 
 
 def current_key() -> Optional[str]:
@@ -100,6 +112,7 @@ def secede() -> None:
         raise NotImplementedError("secede: this platform cannot pass sockets between processes")
     from .executor import send_with_fd
 
+    standby = ex.take_standby()  # before telling the worker anything: this may fail
     conn = ex.conn
     if ex.held:  # the batch's earlier answers go first: the worker reads them in order
         conn.send_many(ex.held)
@@ -112,7 +125,7 @@ def secede() -> None:
     mine.setblocking(True)
     task.conn = _wire.Connection(mine, address="worker")
     _local.seceded = task.conn
-    ex.hand_over()
+    ex.hand_over(standby)
 
 
 def rejoin() -> None:

@@ -742,11 +742,19 @@ class Client(ClusterControl, Datasets):
             self._data_conns[worker] = dc
         return dc
 
-    def _drop_data_conn(self, worker: str) -> None:
+    def _drop_data_conn(self, worker: str, dc: Optional[_DataConn] = None) -> None:
+        """Forget the pooled connection to ``worker`` (only ``dc``, when given: another thread
+        may have pooled a fresh one since ``dc`` failed) and close it."""
         with self._data_lock:
-            dc = self._data_conns.pop(worker, None)
+            cur = self._data_conns.get(worker)
+            if cur is not None and (dc is None or cur is dc):
+                del self._data_conns[worker]
+            else:
+                cur = None
         if dc is not None:
             dc.conn.close()
+        elif cur is not None:
+            cur.conn.close()
 
     def _data_request(self, worker: str, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
                       expect: str = "data") -> tuple[dict[str, Any], list[bytearray]]:
@@ -758,7 +766,7 @@ class Client(ClusterControl, Datasets):
             try:
                 return dc.request(header, frames, expect=expect)
             except (CommClosedError, ConnectionError, OSError):
-                self._drop_data_conn(worker)
+                self._drop_data_conn(worker, dc)
                 if not dc.used:
                     raise
                 logger.debug("shoal: pooled data connection to %s was closed; reconnecting", worker)
@@ -768,8 +776,7 @@ class Client(ClusterControl, Datasets):
         try:
             reply, frames = self._data_request(worker, {"op": "get_data", "keys": keys})
         except (CommClosedError, TimeoutError, ConnectionError, OSError) as exc:
-            logger.info("shoal: fetching from %s failed: %s", worker, exc)
-            self._drop_data_conn(worker)
+            logger.info("shoal: fetching from %s failed: %s", worker, exc)  # its connection was dropped
             return {}
         out: dict[str, Any] = {}
         pos = 0

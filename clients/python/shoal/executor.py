@@ -206,8 +206,10 @@ class Executor:
         self._spawn: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._spawner: threading.Thread | None = None
 
-    def hand_over(self) -> None:
-        """Let another thread serve the worker's socket (the caller's task seceded)."""
+    def take_standby(self) -> threading.Thread:
+        """A thread ready to serve the worker's socket once woken (:meth:`hand_over`); taken
+        before a task secedes, so that failing to get one (no threads left) fails the secede
+        before the worker is told anything."""
         if self._spawner is None:
             self._spawner = threading.Thread(target=self._spawn_standbys, name="shoal-executor-spawner",
                                              daemon=True)
@@ -215,24 +217,37 @@ class Executor:
             self._spawn.put(True)
         try:
             t = self._standby.get(timeout=1.0)
-        except queue.Empty:  # the spawner is behind: start one here
-            threading.Thread(target=self.loop, name="shoal-executor", daemon=True).start()
-            return
-        self._wake.pop(t).set()
+        except queue.Empty:  # the spawner is behind: make one here
+            t = self._new_standby()
         self._spawn.put(True)  # one more for the next secede
+        return t
+
+    def hand_over(self, t: threading.Thread) -> None:
+        """Let standby thread ``t`` serve the worker's socket (the caller's task seceded)."""
+        self._wake.pop(t).set()
 
     def _spawn_standbys(self) -> None:
         while self._spawn.get():
-            wake = threading.Event()
+            try:
+                self._standby.put(self._new_standby())
+            except RuntimeError as exc:  # can't start new thread: secede takes one itself, or fails
+                logger.warning("cannot start a standby serving thread: %s", exc)
 
-            def standby(wake: threading.Event = wake) -> None:
-                wake.wait()
+    def _new_standby(self) -> threading.Thread:
+        wake = threading.Event()
+
+        def standby() -> None:
+            wake.wait()
+            try:
                 self.loop()
+            except BaseException:  # noqa: BLE001 - nobody else serves the worker now
+                logger.exception("the executor's serving thread failed; exiting")
+                os._exit(70)
 
-            t = threading.Thread(target=standby, name="shoal-executor", daemon=True)
-            self._wake[t] = wake
-            t.start()
-            self._standby.put(t)
+        t = threading.Thread(target=standby, name="shoal-executor", daemon=True)
+        self._wake[t] = wake
+        t.start()
+        return t
 
     def serve(self) -> None:
         """Say ``ready``, then handle messages until ``shutdown`` or the socket closes.
@@ -398,7 +413,7 @@ class Executor:
             _worker.leave(task)
         if plugins:
             _preload.current().transition(str(header.get("key", "")), "executing", "memory")
-        exported: list[str] = []
+        exported: list[Any] = []
         _worker.exporting(exported)  # futures pickled into the result are named here
         try:
             encoding, out = _serialize.encode(result, SEG_MIN if self.segments else None)
@@ -416,7 +431,8 @@ class Executor:
         item = {"key": header.get("key", ""), "encoding": encoding, "nframes": len(out), "nbytes": size}
         reply: Header = {"op": "done", "id": task_id, "items": [item]}
         if exported:  # the scheduler keeps them while the result lives, for its readers to claim
-            reply["keys"] = list(dict.fromkeys(exported))
+            reply["keys"] = list(dict.fromkeys(f.key for f in exported))
+            _worker.retain(exported)
         return reply, out
 
 

@@ -224,7 +224,7 @@ class Future(_FutureBase):  # type: ignore[misc]
         # the task's dependencies resolve
         from . import _worker
 
-        if _worker.exported(self.key):
+        if _worker.exported(self):
             return (_rebuild_future, (self.key,))
         return (Ref, (self.key,))
 
