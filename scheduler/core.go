@@ -165,11 +165,13 @@ type Core struct {
 	noWorker   []int32
 	steals     map[int32]WorkerID // task → thief, while a steal request is in flight
 	wantMore   map[int32][]ClientID
-	deaths     map[int32][]string // task → "worker (reason)" for each death while it ran
-	moves      map[int32]move     // rebalance: value → its move, until the receiver has it
-	holds      map[int32][]int32  // result → the keys of the futures it holds (returned by its task)
-	heldBy     map[int32]int32    // key → how many results hold it
-	acquires   map[WorkerID][]int32
+	deaths     map[int32][]string   // task → "worker (reason)" for each death while it ran
+	moves      map[int32]move       // rebalance: value → its move, until the receiver has it
+	holds      map[int32][]int32    // result → the keys of the futures it holds (returned by its task)
+	heldBy     map[int32]int32      // key → how many results hold it
+	acquires   map[WorkerID][]int32 // copies asked for in this event, sent by flushAcquires
+	acqPending map[acqKey]bool
+	acqBytes   map[WorkerID]int64
 	counts     [NumStates]int
 	orderBase  int64
 	lastSteal  int64
@@ -196,22 +198,24 @@ func NewCore(cfg CoreConfig) *Core {
 		panic(err)
 	}
 	c := &Core{
-		cfg:       cfg,
-		storyCap:  cfg.StoryLength,
-		index:     newKeyIndex(),
-		groupIdx:  make(map[string]int32),
-		templates: make(map[template]*graph.Task),
-		funcCount: make(map[string]int),
-		encIdx:    map[string]uint8{"": 0},
-		encodings: []string{""},
-		steals:    make(map[int32]WorkerID),
-		wantMore:  make(map[int32][]ClientID),
-		deaths:    make(map[int32][]string),
-		moves:     make(map[int32]move),
-		holds:     make(map[int32][]int32),
-		heldBy:    make(map[int32]int32),
-		acquires:  make(map[WorkerID][]int32),
-		freeBuf:   make(map[WorkerID][]string),
+		cfg:        cfg,
+		storyCap:   cfg.StoryLength,
+		index:      newKeyIndex(),
+		groupIdx:   make(map[string]int32),
+		templates:  make(map[template]*graph.Task),
+		funcCount:  make(map[string]int),
+		encIdx:     map[string]uint8{"": 0},
+		encodings:  []string{""},
+		steals:     make(map[int32]WorkerID),
+		wantMore:   make(map[int32][]ClientID),
+		deaths:     make(map[int32][]string),
+		moves:      make(map[int32]move),
+		holds:      make(map[int32][]int32),
+		heldBy:     make(map[int32]int32),
+		acquires:   make(map[WorkerID][]int32),
+		acqPending: make(map[acqKey]bool),
+		acqBytes:   make(map[WorkerID]int64),
+		freeBuf:    make(map[WorkerID][]string),
 	}
 	c.queue.c, c.rqueue.c = c, c
 	return c

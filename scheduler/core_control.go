@@ -186,24 +186,33 @@ func (c *Core) moved(id int32, w WorkerID) {
 }
 
 // leastMemory is the accepting worker among ws not holding id with the fewest bytes held, or -1.
+// Copies asked for in this event count towards their receiver's bytes, so that many copies
+// (retiring a worker) spread over the others instead of all going to the one holding least.
 func (c *Core) leastMemory(ws []WorkerID, id int32) WorkerID {
 	best := WorkerID(-1)
+	var bestBytes int64
 	for _, w := range ws {
 		x := c.workers[w]
-		if !x.accepting() || slices.Contains(c.tasks[id].whoHas, w) || slices.Contains(c.acquires[w], id) {
+		if !x.accepting() || slices.Contains(c.tasks[id].whoHas, w) || c.acqPending[acqKey{w, id}] {
 			continue
 		}
-		if best < 0 || x.nbytes < c.workers[best].nbytes {
-			best = w
+		if b := x.nbytes + c.acqBytes[w]; best < 0 || b < bestBytes {
+			best, bestBytes = w, b
 		}
 	}
 	return best
 }
 
+// acqKey is a copy of value id asked of worker w.
+type acqKey struct {
+	w  WorkerID
+	id int32
+}
+
 func (c *Core) pendingCopies(id int32) int {
 	n := 0
-	for _, ids := range c.acquires {
-		if slices.Contains(ids, id) {
+	for w := range c.acquires {
+		if c.acqPending[acqKey{w, id}] {
 			n++
 		}
 	}
@@ -213,6 +222,8 @@ func (c *Core) pendingCopies(id int32) int {
 func (c *Core) copyTo(id int32, w WorkerID) {
 	if w >= 0 {
 		c.acquires[w] = append(c.acquires[w], id)
+		c.acqPending[acqKey{w, id}] = true
+		c.acqBytes[w] += c.tasks[id].nbytes
 	}
 }
 
@@ -232,4 +243,6 @@ func (c *Core) flushAcquires() {
 		c.out = append(c.out, ActAcquire{Worker: w, Deps: deps})
 	}
 	clear(c.acquires)
+	clear(c.acqPending)
+	clear(c.acqBytes)
 }

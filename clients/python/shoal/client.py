@@ -27,7 +27,7 @@ from ._control import ClusterControl
 from ._refs import NOTHING, replace
 from ._shared import Datasets
 from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
-from .futures import CANCELLED, ERROR, FINISHED, LOST, PENDING, Future, KeyState
+from .futures import CANCELLED, ERROR, FINISHED, LOST, PENDING, Future, KeyState, reading_client
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster
@@ -780,10 +780,14 @@ class Client(ClusterControl, Datasets):
             return {}
         out: dict[str, Any] = {}
         pos = 0
-        for it in reply.get("items") or []:
-            n = int(it.get("nframes") or 1)
-            out[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos:pos + n])
-            pos += n
+        token = reading_client.set(self)  # futures inside the values are this client's
+        try:
+            for it in reply.get("items") or []:
+                n = int(it.get("nframes") or 1)
+                out[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos:pos + n])
+                pos += n
+        finally:
+            reading_client.reset(token)
         return out
 
     # ---------------------------------------------------------------------------------------

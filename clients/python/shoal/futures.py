@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import html
 import logging
 import os
@@ -254,16 +255,22 @@ class Future(_FutureBase):  # type: ignore[misc]
         return " ".join(parts)
 
 
+# the client decoding a value it fetched: Futures unpickled from that value belong to it
+reading_client: "contextvars.ContextVar[Any]" = contextvars.ContextVar("shoal_reading_client", default=None)
+
+
 def _rebuild_future(key: str) -> Any:
-    """A Future unpickled (from a task's result, say): a Future of this process's client
-    (in a task: the executor's own), which tells the scheduler it wants the key; a plain
-    reference when this process has no client."""
+    """A Future unpickled (from a task's result, say): a Future of the client reading the value
+    (else this process's default client; in a task, the executor's own), which tells the
+    scheduler it wants the key; a plain reference when this process has no client."""
     import os
 
     from .client import default_client
 
     try:
-        if os.environ.get("SHOAL_EXECUTOR_FD"):
+        if reading_client.get() is not None:
+            client = reading_client.get()
+        elif os.environ.get("SHOAL_EXECUTOR_FD"):
             from ._worker import get_client
 
             client = get_client()

@@ -170,3 +170,11 @@ def test_futures_returned_from_tasks_stay_valid(one_thread: Client) -> None:
     while one_thread.story(key, on_error="ignore") and time.monotonic() < deadline:
         time.sleep(0.05)
     assert one_thread.story(key, on_error="ignore") == [], "the returned future was never let go"
+
+
+def test_a_returned_future_belongs_to_the_client_that_reads_it(one_thread: Client) -> None:
+    assert one_thread.cluster is not None
+    with Client(one_thread.cluster, set_as_default=False) as other:
+        got = other.submit(submit_and_return, 1, pure=False).result(timeout=60)
+        assert got["inner"].client is other  # not the default client
+        assert got["inner"].result(timeout=60) == 2
