@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -343,13 +342,8 @@ func (lc *localCluster) writeReady(path string) error {
 	for i, w := range ws {
 		names[i] = w.Address
 	}
-	b, _ := json.Marshal(map[string]any{"scheduler": lc.sched.srv.Addr(), "dashboard": lc.sched.dashboard,
+	return writeJSONFile(path, map[string]any{"scheduler": lc.sched.srv.Addr(), "dashboard": lc.sched.dashboard,
 		"gossip": lc.sched.gossip.Addr(), "workers": names, "pid": os.Getpid()})
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // close stops the workers (SIGTERM, then SIGKILL after 10 s) and then the scheduler.

@@ -145,7 +145,13 @@ func writeSchedulerFile(path string, sp *schedProc, token string) error {
 	if token != "" {
 		info["token"] = token
 	}
-	b, err := json.Marshal(info)
+	return writeJSONFile(path, info)
+}
+
+// writeJSONFile replaces path with v as JSON, readable by this user only, atomically (readers
+// see the old file or the whole new one).
+func writeJSONFile(path string, v any) error {
+	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}

@@ -114,7 +114,7 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 	case wire.OpProcessing:
 		out := make(map[string][]string, len(s.workers))
 		for id, w := range s.workers {
-			if len(m.Addrs) == 0 || contains(m.Addrs, w.info.Address) {
+			if len(m.Addrs) == 0 || slices.Contains(m.Addrs, w.info.Address) {
 				out[w.info.Address] = s.core.Processing(id)
 			}
 		}
@@ -140,15 +140,6 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 		}
 		reply(&wire.Msg{Op: wire.OpOK, Keys: lines})
 	}
-}
-
-func contains(xs []string, x string) bool {
-	for _, y := range xs {
-		if y == x {
-			return true
-		}
-	}
-	return false
 }
 
 func (s *Server) workerIDs(addrs []string) ([]WorkerID, error) {

@@ -220,20 +220,16 @@ func (w *Worker) serveGet(c *wire.Conn, m *wire.Msg, offer bool) error {
 // does in a data answer, with its `shm_host`): the worker opens it through /proc and keeps it
 // as the value's segment, so neither the socket nor a growing buffer carries it.
 func (w *Worker) servePut(m *wire.Msg, hdr []byte, frames [][]byte) error {
-	var segs []peerSeg
-	if bytes.Contains(hdr, []byte("seg")) {
-		raw, ok, err := wire.RawField(hdr, "seg")
-		if err == nil && ok {
-			err = wire.UnmarshalExt(raw, &segs)
-		}
-		if err != nil {
-			return fmt.Errorf("put_data: bad seg: %v", err)
-		}
+	segs, err := decodeSegs(hdr)
+	if err != nil {
+		return fmt.Errorf("put_data: bad seg: %v", err)
+	}
+	if len(segs) > 0 {
 		x, err := decodeGetDataExt(hdr)
 		if err != nil {
 			return fmt.Errorf("put_data: %v", err)
 		}
-		if len(segs) > 0 && (!shmEnabled || x.Host == "" || x.Host != hostID()) {
+		if !shmEnabled || x.Host == "" || x.Host != hostID() {
 			return errors.New("put_data: segments are taken only from a client on this machine (shm_host differs)")
 		}
 	}

@@ -41,18 +41,24 @@ func (f *fetch) untried(peer, cause string) {
 
 // needLocked registers that ts waits for dep, which dep.WhoHas may supply.
 func (w *Worker) needLocked(key string, dep wire.Dep, ts *task) {
+	w.fetchLocked(key, dep).dependents[ts.t.Key] = struct{}{}
+}
+
+// fetchLocked returns the fetch of key, queued anew if there was none, with dep.WhoHas among
+// the holders it has still to try.
+func (w *Worker) fetchLocked(key string, dep wire.Dep) *fetch {
 	f := w.mu.fetches[key]
 	if f == nil {
 		f = &fetch{key: key, nbytes: dep.NBytes, dependents: make(map[string]struct{})}
 		w.mu.fetches[key] = f
 		w.mu.fetchQueue = append(w.mu.fetchQueue, f)
 	}
-	f.dependents[ts.t.Key] = struct{}{}
 	for _, h := range dep.WhoHas {
 		if h != w.dataAddr && !slices.Contains(f.holders, h) && !slices.Contains(f.tried, h) {
 			f.holders = append(f.holders, h)
 		}
 	}
+	return f
 }
 
 // handleAcquire fetches copies of values the scheduler asked this worker to hold (replicate,
@@ -63,20 +69,8 @@ func (w *Worker) handleAcquire(deps []wire.Dep) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, dep := range deps {
-		if w.store.Has(dep.Key) {
-			continue
-		}
-		f := w.mu.fetches[dep.Key]
-		if f == nil {
-			f = &fetch{key: dep.Key, nbytes: dep.NBytes, dependents: make(map[string]struct{})}
-			w.mu.fetches[dep.Key] = f
-			w.mu.fetchQueue = append(w.mu.fetchQueue, f)
-		}
-		f.keep = true
-		for _, h := range dep.WhoHas {
-			if h != w.dataAddr && !slices.Contains(f.holders, h) && !slices.Contains(f.tried, h) {
-				f.holders = append(f.holders, h)
-			}
+		if !w.store.Has(dep.Key) {
+			w.fetchLocked(dep.Key, dep).keep = true
 		}
 	}
 	w.pumpFetchesLocked()
@@ -623,16 +617,26 @@ func (c *peerConn) request(hdr []byte, alloc func(int) []byte) (*wire.Msg, []pee
 		return nil, nil, nil, err
 	}
 	var segs []peerSeg
-	if reply.Op == wire.OpData && bytes.Contains(frames[0], []byte("seg")) {
-		raw, ok, err := wire.RawField(frames[0], "seg")
-		if err == nil && ok {
-			err = wire.UnmarshalExt(raw, &segs)
-		}
-		if err != nil {
+	if reply.Op == wire.OpData {
+		if segs, err = decodeSegs(frames[0]); err != nil {
 			return nil, nil, nil, fmt.Errorf("%w: data answer: %v", wire.ErrProtocol, err)
 		}
 	}
 	return reply, segs, frames[1:], nil
+}
+
+// decodeSegs reads the segments a header describes (its seg field: a data answer's, or a
+// client's put_data), or none.
+func decodeSegs(hdr []byte) ([]peerSeg, error) {
+	if !bytes.Contains(hdr, []byte("seg")) {
+		return nil, nil
+	}
+	var segs []peerSeg
+	raw, ok, err := wire.RawField(hdr, "seg")
+	if err == nil && ok {
+		err = wire.UnmarshalExt(raw, &segs)
+	}
+	return segs, err
 }
 
 func (c *peerConn) close() { c.once.Do(func() { c.nc.Close() }) }
