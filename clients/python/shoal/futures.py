@@ -286,9 +286,8 @@ def _rebuild_future(key: str) -> Any:
 
 async def _wait_async(futures: list[Future], timeout: Optional[float],
                       return_when: str) -> DoneAndNotDoneFutures:
-    """``await wait(fs)`` for futures of an asynchronous client: on the caller's event loop."""
-    if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
-        raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION, not {return_when!r}")
+    """``await wait(fs)`` for futures of an asynchronous client: on the caller's event loop
+    (``wait`` checked ``return_when``)."""
     pending = {asyncio.ensure_future(wait_async(f._state)): f for f in futures}
     mode = {ALL_COMPLETED: asyncio.ALL_COMPLETED, FIRST_COMPLETED: asyncio.FIRST_COMPLETED,
             FIRST_EXCEPTION: asyncio.FIRST_COMPLETED}[return_when]
@@ -351,11 +350,11 @@ def wait(fs: Iterable[Future] | Future, timeout: Optional[float] = None,
     expires before the condition is met (as ``distributed.wait`` does).
     """
     futures = futures_of(fs)  # futures, containers of them, persisted collections
-    if futures and getattr(futures[0].client, "asynchronous", False):
-        return _wait_async(futures, timeout, return_when)  # type: ignore[return-value]
     if return_when not in (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION):
         raise ValueError(f"return_when must be ALL_COMPLETED, FIRST_COMPLETED or FIRST_EXCEPTION,"
                          f" not {return_when!r}")
+    if futures and getattr(futures[0].client, "asynchronous", False):
+        return _wait_async(futures, timeout, return_when)  # type: ignore[return-value]
     cond = threading.Condition()
     counter = {"done": 0, "error": 0}
 
