@@ -1,8 +1,15 @@
 """The Shoal client: dask.distributed's ``Client`` API over the Shoal wire protocol.
 
-One TCP connection to the scheduler (role ``client``) carries graphs, key states and requests;
-a background thread reads it. Results are fetched directly from the workers' data ports
-(``get_data``); the scheduler only says where a key lives (``key_state``, ``who_has``).
+The client is layered (docs/python.md, "How the client is built"):
+
+* ``_conn``: the control connection to the scheduler — a transport (TCP, or an in-memory one in
+  tests), typed messages, requests matched to their replies, transparent reconnection;
+* ``_states``: the one owner of the client's key states (what each Future shows);
+* ``_data``: connections to the workers' data ports, where results are fetched from
+  (``get_data``) and scattered to (``put_data``); the scheduler only says where a key lives;
+* ``_chunk``: cutting a graph into ``update_graph`` messages;
+* this module: the API (``Client``), turning calls into graphs and requests;
+* ``_async``: the asyncio client, coroutines on the caller's event loop over the same layers.
 """
 
 from __future__ import annotations
@@ -22,12 +29,20 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
-from . import _dask, _discovery, _keys, _segments, _serialize, _shuffle, _wire
+from . import _chunk, _dask, _discovery, _keys, _segments, _serialize, _shuffle, _wire
+from ._chunk import frontier as _frontier
+from ._chunk import toposort as _toposort
+from ._conn import ControlConnection, GraphRejected, KeyStateMsg, Message, TcpTransport, Transport
 from ._control import ClusterControl
+from ._data import GET_DATA_BATCH as _GET_DATA_BATCH
+from ._data import PUT_DATA_BATCH as _PUT_DATA_BATCH
+from ._data import DataPool, encode_items
+from ._data import is_loopback as _is_loopback
 from ._refs import NOTHING, replace
 from ._shared import Datasets
+from ._states import KeyStates
 from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
-from .futures import CANCELLED, ERROR, FINISHED, LOST, PENDING, Future, KeyState, reading_client
+from .futures import CANCELLED, FINISHED, LOST, Future, KeyState
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster
@@ -35,40 +50,18 @@ if TYPE_CHECKING:
 logger = logging.getLogger("shoal")
 
 _UPDATE_BATCH_BYTES = 16 << 20  # split big graphs into update_graph messages of about this size
-_GET_DATA_BATCH = 1000  # keys per get_data request
-_PUT_DATA_BATCH = 1000  # items per put_data request
 _FUNC_CACHE_SIZE = 1024
 # An argument at least this large (its buffer size: numpy, pandas, Arrow, bytes) is scattered
 # to a worker's data port and passed by reference, as dask's auto-scatter does: it never goes
 # through the scheduler in a control message.
 _SCATTER_ARG_BYTES = 1 << 20
+# unused names kept importable: tests and tools import them from here
+__chunk_names = (_toposort, _GET_DATA_BATCH, _segments, _serialize)
 
 
-class _DataConn:
-    """A request/response connection to one worker's data port (role ``client``)."""
-
-    def __init__(self, conn: _wire.Connection) -> None:
-        self.conn = conn
-        self.lock = threading.Lock()
-        self.ids = itertools.count(1)
-        self.used = False  # a request went through: a failure may be the worker's idle timeout
-
-    def request(self, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
-                expect: str = "data") -> tuple[dict[str, Any], list[bytearray]]:
-        with self.lock:
-            rid = next(self.ids)
-            header = {**header, "id": rid}
-            self.conn.send(header, frames)
-            while True:
-                reply, out = self.conn.recv()
-                if reply.get("id") not in (rid, None, 0):
-                    continue  # a stale answer
-                self.used = True
-                if reply["op"] == "error":
-                    raise error_from_wire(reply)
-                if reply["op"] != expect:
-                    continue
-                return reply, out
+def _split_batches(tasks: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``_chunk.split_batches`` at this module's ``_UPDATE_BATCH_BYTES`` (read at each call)."""
+    return _chunk.split_batches(tasks, _UPDATE_BATCH_BYTES)
 
 
 def _refuse(call: str, kwargs: Mapping[str, Any], fifo_timeout: Any = None, actors: Any = None,
@@ -99,6 +92,36 @@ def _loose(workers: Any, allow_other_workers: bool, actor: bool) -> Any:
     return None if allow_other_workers else workers
 
 
+class _Events:
+    """What the control connection tells the client (``_conn.Handler``), kept off the Client's
+    namespace."""
+
+    def __init__(self, client: "Client") -> None:
+        self.client = client
+
+    def on_message(self, msg: Message) -> None:
+        if isinstance(msg, KeyStateMsg):
+            self.client._keys.apply(msg)
+        elif isinstance(msg, GraphRejected):
+            self.client._on_graph_rejected(msg)
+        else:
+            logger.debug("shoal: ignoring %r from the scheduler", msg)
+
+    def resume_keys(self) -> list[str]:
+        return self.client._keys.keys()
+
+    def on_reconnected(self) -> None:
+        with self.client._lock:
+            self.client._sent_funcs.clear()  # a scheduler without a journal forgot them: send again
+
+    def on_resume_failed(self, exc: BaseException) -> None:
+        self.client._keys.fail_pending(exc)
+
+    def on_lost(self, exc: BaseException) -> None:
+        err: BaseException = CancelledError("the client was closed") if self.client._closed.is_set() else exc
+        self.client._keys.close(err)
+
+
 class Client(ClusterControl, Datasets):
     """Connect to a Shoal scheduler; the API of ``dask.distributed.Client``.
 
@@ -109,6 +132,12 @@ class Client(ClusterControl, Datasets):
     ``Client(..., asynchronous=True)`` returns an :class:`AsyncClient`. ``tls`` (an
     ``ssl.SSLContext``) connects to a cluster started with ``--tls-cert/--tls-key``: every
     connection, to the scheduler and to workers' data ports, is then TLS.
+
+    When the connection to the scheduler breaks, the client reconnects for up to
+    ``reconnect_timeout`` seconds (0: never) and resumes its session: futures stay pending
+    meanwhile (``status`` is ``"connecting"``) and resolve once the scheduler (restarted on its
+    journal, say) knows their keys again. ``transport`` replaces how connections are made
+    (tests use an in-memory one; see ``shoal._conn.Transport``).
     """
 
     def __new__(cls, *args: Any, asynchronous: bool = False, **kwargs: Any) -> Any:
@@ -121,9 +150,15 @@ class Client(ClusterControl, Datasets):
                  tls: Optional[ssl.SSLContext] = None,
                  asynchronous: bool = False, name: Optional[str] = None,
                  set_as_default: bool = True, fetch_timeout: float = 300.0,
-                 scheduler_file: Optional[str] = None, **cluster_kwargs: Any) -> None:
+                 scheduler_file: Optional[str] = None, reconnect_timeout: float = 60.0,
+                 transport: Optional[Transport] = None, **cluster_kwargs: Any) -> None:
         self.timeout = float(timeout)
         self.asynchronous = False  # the blocking client (AsyncClient is the asyncio one), as dask asks
+        if reconnect_timeout is None or float(reconnect_timeout) < 0:
+            raise ValueError(f"reconnect_timeout={reconnect_timeout!r}: give seconds (0: do not reconnect)")
+        self.reconnect_timeout = float(reconnect_timeout)
+        self._scheduler_file = scheduler_file
+        self._token_given = token is not None
         if scheduler_file is not None:
             if address is not None:
                 raise ValueError("Client: give an address or scheduler_file=, not both")
@@ -157,34 +192,29 @@ class Client(ClusterControl, Datasets):
         self.scheduler_address = address
         self._token = token or ""
         self._tls = tls
+        self._transport: Transport = transport if transport is not None else TcpTransport(tls)
 
-        self._lock = threading.RLock()
-        self._states: dict[str, KeyState] = {}
-        self._refcount: dict[str, int] = {}
-        self._release_queue: collections.deque[str] = collections.deque()
+        self._keys = KeyStates()
+        self._lock = self._keys.lock
         self._func_cache: collections.OrderedDict[int, tuple[Any, str, bytes]] = collections.OrderedDict()
         self._sent_funcs: set[str] = set()
         self._graph_ids = itertools.count(1)
         self._graphs: collections.OrderedDict[int, tuple[list[str], list[str]]] = collections.OrderedDict()
-        self._req_ids = itertools.count(1)
-        self._requests: dict[int, list[Any]] = {}
-        self._data_conns: dict[str, _DataConn] = {}
-        self._no_segments: dict[str, bool] = {}  # workers that refused put_data segments
-        self._data_lock = threading.Lock()
+        self._data = DataPool(self._transport, lambda: self._token, self.timeout, self.fetch_timeout)
         self._closed = threading.Event()
-        self._conn_error: Optional[BaseException] = None
         self._callbacks = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shoal-callback")
         self._exec_hash: Optional[str] = None
         self._dask_config: Any = None
-
+        self._comm = ControlConnection(self._target, self._transport, _Events(self), timeout=self.timeout,
+                                       reconnect_timeout=self.reconnect_timeout)
         try:
-            self._connect()
+            welcome = self._comm.start()
         except BaseException:
             if self._own_cluster and self.cluster is not None:
                 self.cluster.close()
             raise
-        self._reader = threading.Thread(target=self._read_loop, name="shoal-client-reader", daemon=True)
-        self._reader.start()
+        self.server_version = welcome.version
+        self._dashboard = welcome.dashboard
         self._releaser = threading.Thread(target=self._release_loop, name="shoal-client-release", daemon=True)
         self._releaser.start()
         _clients.add(self)
@@ -195,30 +225,36 @@ class Client(ClusterControl, Datasets):
     # ---------------------------------------------------------------------------------------
     # connection
 
-    def _connect(self) -> None:
-        conn = _wire.Connection.connect(self.scheduler_address, _wire.ROLE_CLIENT, self._token,
-                                        timeout=self.timeout, tls=self._tls)
-        conn.sock.settimeout(self.timeout)
-        try:
-            header, _ = conn.recv()
-        except TimeoutError:
-            conn.close()
-            raise TimeoutError(f"the scheduler at {self.scheduler_address} sent no welcome"
-                               f" within {self.timeout}s") from None
-        except BaseException:
-            conn.close()
-            raise
-        if header["op"] == "error":
-            conn.close()
-            raise error_from_wire(header)
-        if header["op"] != "welcome":
-            conn.close()
-            raise ShoalError(f"expected welcome from {self.scheduler_address}, got {header['op']!r}")
-        conn.sock.settimeout(None)
-        self.id = int(header.get("client") or 0)
-        self.server_version = str(header.get("version") or "")
-        self._dashboard = str(header.get("dashboard") or "")
-        self._conn = conn
+    def _target(self) -> tuple[str, str]:
+        """Where to connect, and with which token: a client made from a scheduler file reads it
+        again before each reconnect (a restarted scheduler may have moved)."""
+        if self._scheduler_file is not None and self._comm.state.generation > 0:
+            try:
+                info = _discovery.read_scheduler_file(self._scheduler_file)
+            except (OSError, ValueError, ShoalError) as exc:
+                logger.info("shoal: could not read the scheduler file %s again: %s", self._scheduler_file, exc)
+            else:
+                address = str(info["address"])
+                if address != self.scheduler_address:
+                    logger.info("shoal: the scheduler file %s now names %s (was %s)", self._scheduler_file,
+                                address, self.scheduler_address)
+                self.scheduler_address = address
+                if not self._token_given and info.get("token"):
+                    self._token = str(info["token"])
+        return self.scheduler_address, self._token
+
+    @property
+    def id(self) -> int:
+        """This client's id at the scheduler (kept across reconnects when the scheduler knew it)."""
+        return self._comm.client_id
+
+    @property
+    def _states(self) -> dict[str, KeyState]:
+        return self._keys.states
+
+    @property
+    def _no_segments(self) -> dict[str, bool]:
+        return self._data.no_segments
 
     @classmethod
     def current(cls, allow_global: bool = True) -> "Client":
@@ -239,8 +275,11 @@ class Client(ClusterControl, Datasets):
 
     @property
     def status(self) -> str:
-        """``running`` or ``closed``."""
-        return "closed" if self._closed.is_set() or self._conn_error else "running"
+        """``running``, ``connecting`` (the connection to the scheduler broke and the client is
+        reconnecting; futures stay pending) or ``closed``."""
+        if self._closed.is_set():
+            return "closed"
+        return self._comm.status
 
     @property
     def dashboard_link(self) -> str:
@@ -248,161 +287,41 @@ class Client(ClusterControl, Datasets):
         return self._dashboard
 
     def _send(self, header: dict[str, Any]) -> None:
-        if self._conn_error is not None:
-            raise CommClosedError(f"not connected to the scheduler at {self.scheduler_address}:"
-                                  f" {self._conn_error}") from self._conn_error
         if self._closed.is_set():
             raise CommClosedError("the client is closed")
-        self._conn.send(header)
+        self._comm.send(header)
 
-    def _read_loop(self) -> None:
-        while True:
-            try:
-                header, frames = self._conn.recv()
-            except BaseException as exc:  # noqa: BLE001
-                self._on_disconnect(exc)
-                return
-            try:
-                self._dispatch(header)
-            except Exception:
-                logger.exception("shoal: error handling %r from the scheduler", header.get("op"))
-
-    def _on_disconnect(self, exc: BaseException) -> None:
-        if self._closed.is_set():
-            err: BaseException = CancelledError("the client was closed")
-        else:
-            logger.warning("shoal: lost the connection to the scheduler at %s: %s",
-                           self.scheduler_address, exc)
-            err = CommClosedError(f"lost the connection to the scheduler at"
-                                  f" {self.scheduler_address}: {exc}")
-        self._conn_error = err
+    def _on_graph_rejected(self, msg: GraphRejected) -> None:
         with self._lock:
-            states = list(self._states.values())
-            requests = list(self._requests.values())
-        for st in states:
-            if not st.done():
-                st.fail(ERROR if not isinstance(err, CancelledError) else CANCELLED, err)
-        for slot in requests:
-            slot[1] = err
-            slot[0].set()
-
-    def _dispatch(self, h: dict[str, Any]) -> None:
-        op = h["op"]
-        if op == "key_state":
-            self._on_key_state(h)
-        elif op in ("info_reply", "who_has_reply", "ok"):
-            self._answer(h)
-        elif op == "graph_rejected":
-            self._on_graph_rejected(h)
-        elif op == "error":
-            if h.get("id") and h["id"] in self._requests:
-                self._answer(h)
-            else:
-                logger.error("shoal: scheduler error %s: %s", h.get("code"), h.get("message"))
-        elif op == "welcome":
-            pass
-        else:
-            logger.debug("shoal: ignoring op %r from the scheduler", op)
-
-    def _on_key_state(self, h: dict[str, Any]) -> None:
-        key = str(h.get("key"))
-        with self._lock:
-            st = self._states.get(key)
-        if st is None:
-            return
-        state = h.get("state")
-        if st.status == CANCELLED:
-            return
-        if state == "memory":
-            st.finish(str(h.get("worker") or ""), str(h.get("encoding") or ""), int(h.get("nbytes") or 0))
-        elif state == "erred":
-            err = h.get("error") or {}
-            exc = error_from_wire(err)
-            st.fail(ERROR, exc, str(err.get("traceback") or "") or None)
-        elif state == "cancelled":
-            err = h.get("error") or {"code": "cancelled", "message": f"{key} was cancelled"}
-            st.fail(CANCELLED, error_from_wire(err))
-        elif state == "lost":
-            err = h.get("error") or {"code": "lost", "message": f"the data of {key} was lost"}
-            st.fail(LOST, error_from_wire(err))
-        elif state in ("waiting", "processing", "released", "queued", "no-worker"):
-            if st.status == FINISHED:
-                st.reset()
-
-    def _on_graph_rejected(self, h: dict[str, Any]) -> None:
-        gid = int(h.get("id") or 0)
-        with self._lock:
-            keys, funcs = self._graphs.pop(gid, (list(h.get("keys") or []), []))
+            keys, funcs = self._graphs.pop(msg.id, (msg.keys, []))
             self._sent_funcs.difference_update(funcs)
-            states = [self._states[k] for k in keys if k in self._states]
-        for st in states:
-            st.fail(ERROR, error_from_wire(h.get("error"), keys=list(h.get("keys") or keys)))
+        self._keys.fail(keys, error_from_wire(msg.error, keys=msg.keys or keys))
 
     def _request(self, header: dict[str, Any], timeout: Optional[float] = None) -> dict[str, Any]:
-        rid = next(self._req_ids)
-        slot: list[Any] = [threading.Event(), None]
-        with self._lock:
-            self._requests[rid] = slot
-        try:
-            self._send({**header, "id": rid})
-            t = self.timeout if timeout is None else timeout
-            if not slot[0].wait(t):
-                raise TimeoutError(f"the scheduler did not answer {header['op']!r} within {t}s")
-        finally:
-            with self._lock:
-                self._requests.pop(rid, None)
-        if isinstance(slot[1], BaseException):
-            raise slot[1]
-        reply: dict[str, Any] = slot[1]
-        if reply.get("op") == "error":
-            raise error_from_wire(reply)
-        return reply
-
-    def _answer(self, h: dict[str, Any]) -> None:
-        with self._lock:
-            slot = self._requests.get(int(h.get("id") or 0))
-        if slot is not None:
-            slot[1] = h
-            slot[0].set()
+        if self._closed.is_set():
+            raise CommClosedError("the client is closed")
+        return self._comm.request(header, timeout)
 
     # ---------------------------------------------------------------------------------------
     # reference counting
 
     def _acquire(self, key: str) -> KeyState:
-        with self._lock:
-            st = self._states.get(key)
-            if st is None:
-                st = self._states[key] = KeyState(key)
-                if self._conn_error is not None:
-                    st.fail(ERROR, self._conn_error)
-            self._refcount[key] = self._refcount.get(key, 0) + 1
-            return st
+        return self._keys.acquire(key)
 
     def _release_later(self, key: str) -> None:
         # called from Future.__del__: anything here must be safe in any thread, lock-free
-        self._release_queue.append(key)
+        self._keys.release_later(key)
 
     def _release_loop(self) -> None:
         while not self._closed.wait(0.02):
             self._flush_releases()
 
     def _flush_releases(self) -> None:
-        if not self._release_queue:
-            return
-        with self._lock:
-            gone: list[str] = []
-            while self._release_queue:
-                key = self._release_queue.popleft()
-                n = self._refcount.get(key, 0) - 1
-                if n > 0:
-                    self._refcount[key] = n
-                    continue
-                self._refcount.pop(key, None)
-                self._states.pop(key, None)
-                gone.append(key)
-            if gone and self._conn_error is None and not self._closed.is_set():
+        with self._lock:  # one flush at a time: releases reach the scheduler in order
+            gone = self._keys.take_releases()
+            if gone and not self._closed.is_set():
                 try:
-                    self._conn.send({"op": "release_keys", "keys": gone})
+                    self._comm.send({"op": "release_keys", "keys": gone})
                 except ShoalError:
                     pass
 
@@ -431,10 +350,7 @@ class Client(ClusterControl, Datasets):
                       wanted: Sequence[str]) -> list[Future]:
         """Send tasks (split into several messages when big) and return futures for wanted."""
         with self._lock:
-            for k in wanted:
-                st = self._states.get(k)
-                if st is not None and st.done() and st.status != FINISHED:
-                    self._states[k] = KeyState(k)  # a fresh attempt; old futures keep the error
+            self._keys.renew(wanted)  # a failed key gets a fresh attempt; old futures keep the error
             futures = [Future(k, self) for k in wanted]
             batches = _split_batches(tasks)
             held: list[str] = []
@@ -471,8 +387,7 @@ class Client(ClusterControl, Datasets):
 
     def _live(self, key: str) -> bool:
         """Whether this client already holds a pending or finished future for key."""
-        st = self._states.get(key)
-        return st is not None and st.status in (PENDING, FINISHED)
+        return self._keys.live(key)
 
     def _scatter_large(self, args: tuple[Any, ...], kwargs: dict[str, Any],
                        hold: list[Future]) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
@@ -675,7 +590,7 @@ class Client(ClusterControl, Datasets):
             for worker, keys in by_worker.items():
                 for i in range(0, len(keys), _GET_DATA_BATCH):
                     chunk = keys[i:i + _GET_DATA_BATCH]
-                    got = self._get_data(worker, chunk) if worker else {}
+                    got = self._data.get_data(worker, chunk, self) if worker else {}
                     out.update(got)
                     failed.extend(k for k in chunk if k not in got)
             todo = {k: states[k] for k in failed}
@@ -701,16 +616,17 @@ class Client(ClusterControl, Datasets):
         while pending:
             try:
                 who = self._request({"op": "who_has", "keys": list(pending)}).get("who_has") or {}
-            except TimeoutError:
+            except (TimeoutError, CommClosedError):
                 who = {}
             for k in list(pending):
                 st = pending[k]
                 addrs = [a for a in who.get(k) or [] if a and a != failed_on[k]]
                 if st.worker != failed_on[k] and st.status == FINISHED:
                     del pending[k]  # a newer key_state moved it
-                elif addrs:
-                    st.worker = random.choice(addrs)
+                elif addrs and st.move(random.choice(addrs), failed_on[k]):
                     del pending[k]
+                elif addrs:
+                    del pending[k]  # moved by a key_state meanwhile, or pending again
                 elif st.status != FINISHED and st.done():
                     _raise_state(st)
             if not pending:
@@ -723,72 +639,14 @@ class Client(ClusterControl, Datasets):
                 if st.status == FINISHED and st.worker and st.worker != failed_on[k]:
                     failed_on[k] = ""  # moved: accept on the next round
 
-    def _data_conn(self, worker: str) -> _DataConn:
-        with self._data_lock:
-            dc = self._data_conns.get(worker)
-            if dc is not None and not dc.conn.closed:
-                return dc
-        conn = _wire.Connection.connect(worker, _wire.ROLE_CLIENT, self._token, timeout=self.timeout,
-                                        tls=self._tls)
-        conn.sock.settimeout(self.fetch_timeout)
-        dc = _DataConn(conn)
-        with self._data_lock:
-            old = self._data_conns.get(worker)
-            if old is not None and not old.conn.closed:
-                # another thread connected meanwhile (tasks of an executor share this client):
-                # use its connection, which it may be using now, and drop this one
-                conn.close()
-                return old
-            self._data_conns[worker] = dc
-        return dc
-
-    def _drop_data_conn(self, worker: str, dc: Optional[_DataConn] = None) -> None:
-        """Forget the pooled connection to ``worker`` (only ``dc``, when given: another thread
-        may have pooled a fresh one since ``dc`` failed) and close it."""
-        with self._data_lock:
-            cur = self._data_conns.get(worker)
-            if cur is not None and (dc is None or cur is dc):
-                del self._data_conns[worker]
-            else:
-                cur = None
-        if dc is not None:
-            dc.conn.close()
-        elif cur is not None:
-            cur.conn.close()
-
     def _data_request(self, worker: str, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
                       expect: str = "data") -> tuple[dict[str, Any], list[bytearray]]:
-        """One request on the pooled data connection to ``worker``. A pooled connection that
-        served before may have been closed by the worker's idle timeout: then the request is
-        sent once more on a new connection."""
-        while True:
-            dc = self._data_conn(worker)
-            try:
-                return dc.request(header, frames, expect=expect)
-            except (CommClosedError, ConnectionError, OSError):
-                self._drop_data_conn(worker, dc)
-                if not dc.used:
-                    raise
-                logger.debug("shoal: pooled data connection to %s was closed; reconnecting", worker)
+        """One request on the pooled data connection to ``worker`` (see ``_data.DataPool``)."""
+        return self._data.request(worker, header, frames, expect=expect)
 
     def _get_data(self, worker: str, keys: list[str]) -> dict[str, Any]:
         """Values of ``keys`` held by ``worker`` (keys it does not have are left out)."""
-        try:
-            reply, frames = self._data_request(worker, {"op": "get_data", "keys": keys})
-        except (CommClosedError, TimeoutError, ConnectionError, OSError) as exc:
-            logger.info("shoal: fetching from %s failed: %s", worker, exc)  # its connection was dropped
-            return {}
-        out: dict[str, Any] = {}
-        pos = 0
-        token = reading_client.set(self)  # futures inside the values are this client's
-        try:
-            for it in reply.get("items") or []:
-                n = int(it.get("nframes") or 1)
-                out[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos:pos + n])
-                pos += n
-        finally:
-            reading_client.reset(token)
-        return out
+        return self._data.get_data(worker, keys, self)
 
     # ---------------------------------------------------------------------------------------
     # scatter
@@ -805,13 +663,21 @@ class Client(ClusterControl, Datasets):
         the keys), anything else one Future. ``broadcast=True`` copies every value to every
         (selected) worker.
         """
+        items, placement = self._scatter_plan(data, self._workers(), workers, broadcast, hash)
+        for addr, its in placement.items():
+            for j in range(0, len(its), _PUT_DATA_BATCH):
+                self._put(addr, its[j:j + _PUT_DATA_BATCH])
+        return self._scattered(data, items, placement)
+
+    def _scatter_plan(self, data: Any, ws: list[dict[str, Any]], workers: Any, broadcast: bool,
+                      hash: bool) -> tuple[list[tuple[str, Any]], dict[str, list[tuple[str, Any]]]]:
+        """The (key, value) items of ``data`` and which worker gets which."""
         if isinstance(data, dict):
             items = [(str(k), v) for k, v in data.items()]
         elif isinstance(data, (list, tuple, set, frozenset)) or hasattr(data, "__next__"):
             items = [(self._scatter_key(v, hash), v) for v in data]
         else:
             items = [(self._scatter_key(data, hash), data)]
-        ws = self._workers()
         if workers is not None:
             wanted = {workers} if isinstance(workers, str) else set(workers)
             ws = [w for w in ws if w.get("name") in wanted or w.get("address") in wanted]
@@ -823,9 +689,11 @@ class Client(ClusterControl, Datasets):
             targets = ws if broadcast else [ws[i % len(ws)]]
             for w in targets:
                 placement.setdefault(str(w["address"]), []).append(item)
-        for addr, its in placement.items():
-            for j in range(0, len(its), _PUT_DATA_BATCH):
-                self._put(addr, its[j:j + _PUT_DATA_BATCH])
+        return items, placement
+
+    def _scattered(self, data: Any, items: list[tuple[str, Any]],
+                   placement: dict[str, list[tuple[str, Any]]]) -> Any:
+        """The futures of scattered items, shaped like ``data``."""
         futures: dict[str, Future] = {}
         with self._lock:
             for key, _ in items:
@@ -846,49 +714,10 @@ class Client(ClusterControl, Datasets):
         return f"{name}-{_keys.token_for(value)}" if hashed else f"{name}-{uuid.uuid4().hex}"
 
     def _put(self, worker: str, items: Sequence[tuple[str, Any]]) -> None:
-        headers: list[dict[str, Any]] = []
-        frames: list[_wire.Buffer] = []
-        encoded = []
-        for key, value in items:
-            enc, fr = _serialize.encode(value)
-            headers.append({"key": key, "encoding": enc, "nframes": len(fr), "nbytes": _serialize.nbytes(fr)})
-            encoded.append(fr)
-            frames.extend(fr)
-        if not (self._put_segments(worker, headers, encoded)):
-            self._data_request(worker, {"op": "put_data", "items": headers}, frames, expect="put_ok")
+        headers, encoded = encode_items(items)
+        self._data.put(worker, headers, encoded)
         with self._lock:
             self._send({"op": "scatter", "items": headers, "worker": worker})
-
-    def _put_segments(self, worker: str, headers: list[dict[str, Any]], encoded: list[list[Any]]) -> bool:
-        """put_data with each large value in a sealed memfd the worker opens through /proc,
-        when the worker is on this machine: the bytes are copied once, into the memfd, and
-        never cross a socket. False when not tried or refused (then the caller sends bytes)."""
-        if (self._no_segments.get(worker) or not _segments.available() or not _is_loopback(worker)
-                or not any(h["nbytes"] >= _segments.SEG_MIN for h in headers)):
-            return False
-        fds: list[int] = []
-        try:
-            segs: list[dict[str, Any]] = []
-            frames: list[_wire.Buffer] = []
-            for h, fr in zip(headers, encoded):
-                if h["nbytes"] >= _segments.SEG_MIN:
-                    fd, at, fr = _segments.write_segment(fr)
-                    fds.append(fd)
-                    st = os.fstat(fd)
-                    segs.append({"key": h["key"], "pid": os.getpid(), "fd": fd, "dev": st.st_dev,
-                                 "ino": st.st_ino, "frames": at})
-                frames.extend(fr)
-            header = {"op": "put_data", "items": headers, "seg": segs, "shm_host": _segments.host_id()}
-            self._data_request(worker, header, frames, expect="put_ok")
-            return True
-        except (OSError, ShoalError) as exc:
-            logger.info("shoal: passing values to %s in shared memory failed, sending bytes: %s", worker, exc)
-            self._no_segments[worker] = True
-            self._drop_data_conn(worker)
-            return False
-        finally:
-            for fd in fds:
-                os.close(fd)
 
     # ---------------------------------------------------------------------------------------
     # dask collections and graphs
@@ -1029,7 +858,7 @@ class Client(ClusterControl, Datasets):
     def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         """Where each key's data lives: {key: [worker data addresses]}."""
         flat = _flatten_futures(futures)
-        keys = [f.key for f in flat] if futures is not None else list(self._states)
+        keys = [f.key for f in flat] if futures is not None else self._keys.keys()
         reply = self._request({"op": "who_has", "keys": keys})
         return {str(k): list(v or []) for k, v in (reply.get("who_has") or {}).items()}
 
@@ -1171,19 +1000,10 @@ class Client(ClusterControl, Datasets):
             except Exception:
                 pass
             self._dask_config = None
-        self._conn.close()
-        with self._data_lock:
-            conns, self._data_conns = list(self._data_conns.values()), {}
-        for dc in conns:
-            dc.conn.close()
-        if threading.current_thread() is not self._reader:
-            self._reader.join(timeout=5)
+        self._comm.close()
+        self._data.close()
         self._callbacks.shutdown(wait=False)
-        with self._lock:
-            states = list(self._states.values())
-        for st in states:
-            if not st.done():
-                st.fail(CANCELLED, CancelledError("the client was closed"))
+        self._keys.close(CancelledError("the client was closed"))
         _clients.discard(self)
         if self._own_cluster and self.cluster is not None:
             self.cluster.close()
@@ -1196,7 +1016,7 @@ class Client(ClusterControl, Datasets):
 
     def __del__(self) -> None:
         try:
-            if hasattr(self, "_conn") and not self._closed.is_set():
+            if hasattr(self, "_comm") and not self._closed.is_set():
                 self.close()
         except Exception:
             pass
@@ -1345,16 +1165,6 @@ def dask_defaults(get: Callable[..., Any], address: str, shuffle_method: Any,
     return cfg
 
 
-def _is_loopback(address: str) -> bool:
-    import ipaddress
-
-    try:
-        host, _ = _wire.parse_address(address)
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # an address this client cannot read, or a host name: maybe remote
-        return False
-
-
 def _raise_state(st: KeyState) -> None:
     if st.status == FINISHED:
         return
@@ -1430,54 +1240,6 @@ def _annotate(task: dict[str, Any], priority: int, retries: int,
         task["resources"] = {str(k): float(v) for k, v in resources.items()}
     if workers:
         task["workers"] = [workers] if isinstance(workers, str) else [str(w) for w in workers]
-
-
-def _split_batches(tasks: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Cut a (topologically ordered) task list into update_graph-sized batches."""
-    batches: list[list[dict[str, Any]]] = [[]]
-    size = 0
-    for t in tasks:
-        n = len(t.get("payload") or b"") + 200
-        if size + n > _UPDATE_BATCH_BYTES and batches[-1]:
-            batches.append([])
-            size = 0
-        batches[-1].append(t)
-        size += n
-    return batches
-
-
-def _frontier(batch: list[dict[str, Any]], later: list[list[dict[str, Any]]]) -> list[str]:
-    """Keys of ``batch`` that tasks in later batches depend on (held until those are sent)."""
-    keys = {t["key"] for t in batch}
-    need: set[str] = set()
-    for b in later:
-        for t in b:
-            need.update(d for d in t.get("deps") or () if d in keys)
-    return sorted(need)
-
-
-def _toposort(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Order tasks so that every task comes after the tasks it depends on."""
-    by_key = {t["key"]: t for t in tasks}
-    out: list[dict[str, Any]] = []
-    state: dict[str, int] = {}
-    for root in tasks:
-        if root["key"] in state:
-            continue
-        stack: list[tuple[dict[str, Any], int]] = [(root, 0)]
-        state[root["key"]] = 1
-        while stack:
-            t, i = stack.pop()
-            deps = [d for d in t.get("deps") or () if d in by_key]
-            while i < len(deps) and state.get(deps[i]):
-                i += 1
-            if i < len(deps):
-                stack.append((t, i + 1))
-                state[deps[i]] = 1
-                stack.append((by_key[deps[i]], 0))
-            else:
-                out.append(t)
-    return out
 
 
 # -------------------------------------------------------------------------------------------

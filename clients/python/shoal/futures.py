@@ -73,8 +73,18 @@ class KeyState:
         return self.event.is_set()
 
     def finish(self, worker: str, encoding: str = "", nbytes: int = 0) -> None:
-        self.worker, self.encoding, self.nbytes = worker, encoding, nbytes
+        with self.lock:
+            self.worker, self.encoding, self.nbytes = worker, encoding, nbytes
         self._set(FINISHED)
+
+    def move(self, worker: str, old: str) -> bool:
+        """The value is also (or now only) on ``worker``: fetch it there from now on, unless a
+        newer ``key_state`` moved it meanwhile (the worker is no longer ``old``)."""
+        with self.lock:
+            if self.status != FINISHED or self.worker != old:
+                return False
+            self.worker = worker
+            return True
 
     def fail(self, status: str, exc: BaseException, tb: Optional[str] = None) -> None:
         self.exception = exc

@@ -1,0 +1,68 @@
+"""Cutting task lists into ``update_graph`` messages.
+
+A graph too big for one message goes as several, in dependency order, so the scheduler has
+every dependency of a task before the task. Until the last message is sent, the client holds the
+keys of earlier messages that later ones need (the *frontier*): the scheduler forgets tasks
+that lead to nothing wanted. ``client.submit``/``map`` cut a finished task list with
+:func:`split_batches`; dask graphs are cut as they are pickled by ``_dask.task_chunks``, with
+the same size rule (a task counts its payload plus :data:`TASK_OVERHEAD` bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+TASK_OVERHEAD = 200  # bytes a task counts for besides its payload
+UPDATE_BATCH_BYTES = 16 << 20  # an update_graph message of about this size at most
+
+
+def task_size(task: dict[str, Any]) -> int:
+    return len(task.get("payload") or b"") + TASK_OVERHEAD
+
+
+def split_batches(tasks: list[dict[str, Any]], max_bytes: int = UPDATE_BATCH_BYTES) -> list[list[dict[str, Any]]]:
+    """Cut a (topologically ordered) task list into update_graph-sized batches."""
+    batches: list[list[dict[str, Any]]] = [[]]
+    size = 0
+    for t in tasks:
+        n = task_size(t)
+        if size + n > max_bytes and batches[-1]:
+            batches.append([])
+            size = 0
+        batches[-1].append(t)
+        size += n
+    return batches
+
+
+def frontier(batch: list[dict[str, Any]], later: list[list[dict[str, Any]]]) -> list[str]:
+    """Keys of ``batch`` that tasks in later batches depend on (held until those are sent)."""
+    keys = {t["key"] for t in batch}
+    need: set[str] = set()
+    for b in later:
+        for t in b:
+            need.update(d for d in t.get("deps") or () if d in keys)
+    return sorted(need)
+
+
+def toposort(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Order tasks so that every task comes after the tasks it depends on."""
+    by_key = {t["key"]: t for t in tasks}
+    out: list[dict[str, Any]] = []
+    state: dict[str, int] = {}
+    for root in tasks:
+        if root["key"] in state:
+            continue
+        stack: list[tuple[dict[str, Any], int]] = [(root, 0)]
+        state[root["key"]] = 1
+        while stack:
+            t, i = stack.pop()
+            deps = [d for d in t.get("deps") or () if d in by_key]
+            while i < len(deps) and state.get(deps[i]):
+                i += 1
+            if i < len(deps):
+                stack.append((t, i + 1))
+                state[deps[i]] = 1
+                stack.append((by_key[deps[i]], 0))
+            else:
+                out.append(t)
+    return out

@@ -1,0 +1,289 @@
+"""Data connections: the client's requests to workers' data ports (``get_data``, ``put_data``).
+
+The scheduler never carries results: it says where a key lives, and the client asks that
+worker. :class:`DataPool` keeps one connection per worker, shared by the client's threads (a
+request holds it until its answer came), and reconnects once when a pooled connection that
+served before was closed by the worker's idle timeout. The control connection's loss does not
+touch these connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+from typing import Any, Optional, Sequence
+
+from . import _segments, _serialize, _wire
+from ._conn import Stream, Transport
+from .exceptions import CommClosedError, ShoalError, TimeoutError, error_from_wire
+from .futures import reading_client
+
+logger = logging.getLogger("shoal")
+
+GET_DATA_BATCH = 1000  # keys per get_data request
+PUT_DATA_BATCH = 1000  # items per put_data request
+
+Reply = tuple[dict[str, Any], list[bytearray]]
+
+
+class DataConn:
+    """A request/response connection to one worker's data port."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+        self.used = False  # a request went through: a failure may be the worker's idle timeout
+
+    def request(self, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
+                expect: str = "data") -> Reply:
+        with self.lock:
+            rid = next(self.ids)
+            self.stream.send({**header, "id": rid}, frames)
+            while True:
+                reply, out = self.stream.recv()
+                if reply.get("id") not in (rid, None, 0):
+                    continue  # a stale answer
+                self.used = True
+                if reply["op"] == "error":
+                    raise error_from_wire(reply)
+                if reply["op"] != expect:
+                    continue
+                return reply, out
+
+
+def decode_items(reply: dict[str, Any], frames: list[bytearray], client: Any) -> dict[str, Any]:
+    """The values of a ``data`` reply; Futures inside them belong to ``client``."""
+    out: dict[str, Any] = {}
+    pos = 0
+    token = reading_client.set(client)
+    try:
+        for it in reply.get("items") or []:
+            n = int(it.get("nframes") or 1)
+            out[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos:pos + n])
+            pos += n
+    finally:
+        reading_client.reset(token)
+    return out
+
+
+def encode_items(items: Sequence[tuple[str, Any]]) -> tuple[list[dict[str, Any]], list[list[Any]]]:
+    """put_data item headers and each value's frames."""
+    headers: list[dict[str, Any]] = []
+    encoded: list[list[Any]] = []
+    for key, value in items:
+        enc, fr = _serialize.encode(value)
+        headers.append({"key": key, "encoding": enc, "nframes": len(fr), "nbytes": _serialize.nbytes(fr)})
+        encoded.append(fr)
+    return headers, encoded
+
+
+def is_loopback(address: str) -> bool:
+    import ipaddress
+
+    try:
+        host, _ = _wire.parse_address(address)
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # an address this client cannot read, or a host name: maybe remote
+        return False
+
+
+class DataPool:
+    """The client's data connections, one per worker address."""
+
+    def __init__(self, transport: Transport, token: Any, timeout: float, fetch_timeout: float) -> None:
+        self.transport = transport
+        self._token = token  # a callable giving the current token
+        self.timeout = timeout
+        self.fetch_timeout = fetch_timeout
+        self._conns: dict[str, DataConn] = {}
+        self._lock = threading.Lock()
+        self.no_segments: dict[str, bool] = {}  # workers that refused put_data segments
+
+    def conn(self, worker: str) -> DataConn:
+        with self._lock:
+            dc = self._conns.get(worker)
+            if dc is not None and not dc.stream.closed:
+                return dc
+        stream = self.transport.connect(worker, self._token(), self.timeout, io_timeout=self.fetch_timeout)
+        dc = DataConn(stream)
+        with self._lock:
+            old = self._conns.get(worker)
+            if old is not None and not old.stream.closed:
+                # another thread connected meanwhile (tasks of an executor share this client):
+                # use its connection, which it may be using now, and drop this one
+                stream.close()
+                return old
+            self._conns[worker] = dc
+        return dc
+
+    def drop(self, worker: str, dc: Optional[DataConn] = None) -> None:
+        """Forget the pooled connection to ``worker`` (only ``dc``, when given: another thread
+        may have pooled a fresh one since ``dc`` failed) and close it."""
+        with self._lock:
+            cur = self._conns.get(worker)
+            if cur is not None and (dc is None or cur is dc):
+                del self._conns[worker]
+            else:
+                cur = None
+        if dc is not None:
+            dc.stream.close()
+        elif cur is not None:
+            cur.stream.close()
+
+    def request(self, worker: str, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
+                expect: str = "data") -> Reply:
+        """One request on the pooled connection to ``worker``. A pooled connection that served
+        before may have been closed by the worker's idle timeout: then the request is sent once
+        more on a new connection."""
+        while True:
+            dc = self.conn(worker)
+            try:
+                return dc.request(header, frames, expect=expect)
+            except (CommClosedError, ConnectionError, OSError):
+                self.drop(worker, dc)
+                if not dc.used:
+                    raise
+                logger.debug("shoal: pooled data connection to %s was closed; reconnecting", worker)
+
+    def get_data(self, worker: str, keys: list[str], client: Any) -> dict[str, Any]:
+        """Values of ``keys`` held by ``worker`` (keys it does not have are left out)."""
+        try:
+            reply, frames = self.request(worker, {"op": "get_data", "keys": keys})
+        except (CommClosedError, TimeoutError, ConnectionError, OSError) as exc:
+            logger.info("shoal: fetching from %s failed: %s", worker, exc)  # its connection was dropped
+            return {}
+        return decode_items(reply, frames, client)
+
+    def put(self, worker: str, headers: list[dict[str, Any]], encoded: list[list[Any]]) -> None:
+        """put_data of encoded values on ``worker`` (in shared memory when it is on this machine)."""
+        if not self._put_segments(worker, headers, encoded):
+            frames = [f for fr in encoded for f in fr]
+            self.request(worker, {"op": "put_data", "items": headers}, frames, expect="put_ok")
+
+    def _put_segments(self, worker: str, headers: list[dict[str, Any]], encoded: list[list[Any]]) -> bool:
+        """put_data with each large value in a sealed memfd the worker opens through /proc,
+        when the worker is on this machine: the bytes are copied once, into the memfd, and
+        never cross a socket. False when not tried or refused (then the caller sends bytes)."""
+        if (self.no_segments.get(worker) or not _segments.available() or not is_loopback(worker)
+                or not any(h["nbytes"] >= _segments.SEG_MIN for h in headers)):
+            return False
+        fds: list[int] = []
+        try:
+            segs: list[dict[str, Any]] = []
+            frames: list[_wire.Buffer] = []
+            for h, fr in zip(headers, encoded):
+                if h["nbytes"] >= _segments.SEG_MIN:
+                    fd, at, fr = _segments.write_segment(fr)
+                    fds.append(fd)
+                    st = os.fstat(fd)
+                    segs.append({"key": h["key"], "pid": os.getpid(), "fd": fd, "dev": st.st_dev,
+                                 "ino": st.st_ino, "frames": at})
+                frames.extend(fr)
+            header = {"op": "put_data", "items": headers, "seg": segs, "shm_host": _segments.host_id()}
+            self.request(worker, header, frames, expect="put_ok")
+            return True
+        except (OSError, ShoalError) as exc:
+            logger.info("shoal: passing values to %s in shared memory failed, sending bytes: %s", worker, exc)
+            self.no_segments[worker] = True
+            self.drop(worker)
+            return False
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for dc in conns:
+            dc.stream.close()
+
+
+# -------------------------------------------------------------------------------------------
+# asyncio
+
+
+class AsyncStream:
+    """A framed message stream on asyncio streams (the data-port protocol of ``_wire``)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str,
+                 limits: _wire.Limits = _wire.DEFAULT_LIMITS) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.address = address
+        self.limits = limits
+        self.closed = False
+
+    async def send(self, header: dict[str, Any], frames: Sequence[_wire.Buffer] = ()) -> None:
+        if self.closed:
+            raise CommClosedError(f"connection to {self.address} is closed")
+        try:
+            self.writer.writelines(_wire.encode_frames([_wire.pack_header(header), *frames]))
+            await self.writer.drain()
+        except OSError as exc:
+            self.closed = True
+            raise CommClosedError(f"connection to {self.address} lost: {exc}") from exc
+
+    async def recv(self) -> Reply:
+        import struct
+
+        try:
+            (n,) = struct.unpack(">I", await self.reader.readexactly(4))
+            if n == 0 or n > self.limits.max_frames:
+                raise ShoalError(f"{n} frames declared by {self.address} (limit {self.limits.max_frames})")
+            lens = struct.unpack(f">{n}Q", await self.reader.readexactly(8 * n))
+            frames: list[bytearray] = []
+            for i, size in enumerate(lens):
+                limit = self.limits.max_header if i == 0 else self.limits.max_frame
+                if size > limit:
+                    raise ShoalError(f"frame {i} from {self.address} declares {size} bytes (limit {limit})")
+                frames.append(bytearray(await self.reader.readexactly(size)) if size else bytearray())
+        except (asyncio.IncompleteReadError, OSError) as exc:
+            self.closed = True
+            raise CommClosedError(f"connection to {self.address} lost: {exc}") from exc
+        return _wire.unpack_header(frames[0]), frames[1:]
+
+    def close(self) -> None:
+        self.closed = True
+        self.writer.close()
+
+
+async def open_async_stream(address: str, token: str, timeout: float, tls: Any = None) -> AsyncStream:
+    """Connect to ``address`` on the running loop and do the handshake (role client)."""
+    import struct
+
+    host, port = _wire.parse_address(address)
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None,
+                                    limit=1 << 20), timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"could not connect to {address} within {timeout}s") from None
+    except OSError as exc:
+        from .exceptions import ConnectError
+
+        raise ConnectError(f"could not connect to {address}: {exc.strerror or exc}") from exc
+    try:
+        writer.write(_wire.encode_hello(_wire.ROLE_CLIENT, token))
+        head = await asyncio.wait_for(reader.readexactly(10), timeout)
+        magic, _version, status, n = struct.unpack(">4sHBH", head)
+        if magic != _wire.MAGIC:
+            from .exceptions import HandshakeError
+
+            raise HandshakeError(f"{address} did not answer with the Shoal magic: is this a Shoal port?",
+                                 code="bad-magic")
+        msg = (await asyncio.wait_for(reader.readexactly(n), timeout)).decode(errors="replace") if n else ""
+        _wire.raise_for_answer(status, msg, address)
+    except asyncio.TimeoutError:
+        writer.close()
+        raise TimeoutError(f"handshake with {address} timed out after {timeout}s") from None
+    except asyncio.IncompleteReadError as exc:
+        writer.close()
+        raise CommClosedError(f"{address} closed the connection during the handshake") from exc
+    except BaseException:
+        writer.close()
+        raise
+    return AsyncStream(reader, writer, address)
