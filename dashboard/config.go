@@ -24,10 +24,14 @@ type Config struct {
 	ViewerQueue int
 	// EventBuffer is the channel size passed to Source.Subscribe.
 	EventBuffer int
-	// MaxEventsPerFrame bounds the task-stream events carried by one frame: a uniform sample
-	// of the interval's events is kept and the rest are counted in the frame. Cluster events
-	// (joins, leaves, errors, retries) are always carried.
+	// MaxEventsPerFrame bounds the task-stream events carried one by one in a frame (with
+	// their keys, for hover and click); the frame's further events are aggregated into spans
+	// per worker thread and task group. Cluster events (joins, leaves, errors, retries) are
+	// always carried.
 	MaxEventsPerFrame int
+	// MaxSpansPerFrame bounds the aggregate spans of one frame; an event that needs a new span
+	// beyond it is lost and counted (the page shows the loss).
+	MaxSpansPerFrame int
 	// WriteTimeout bounds one websocket write; a viewer that cannot take a frame within it is
 	// disconnected.
 	WriteTimeout time.Duration
@@ -42,6 +46,7 @@ func DefaultConfig() Config {
 		ViewerQueue:         4,
 		EventBuffer:         8192,
 		MaxEventsPerFrame:   500,
+		MaxSpansPerFrame:    4096,
 		WriteTimeout:        10 * time.Second,
 		CallTimeout:         5 * time.Second,
 	}
@@ -60,6 +65,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("dashboard: EventBuffer %d < 1", c.EventBuffer)
 	case c.MaxEventsPerFrame < 1:
 		return fmt.Errorf("dashboard: MaxEventsPerFrame %d < 1", c.MaxEventsPerFrame)
+	case c.MaxSpansPerFrame < 1:
+		return fmt.Errorf("dashboard: MaxSpansPerFrame %d < 1", c.MaxSpansPerFrame)
 	case c.WriteTimeout <= 0:
 		return fmt.Errorf("dashboard: WriteTimeout %v <= 0", c.WriteTimeout)
 	case c.CallTimeout <= 0:

@@ -44,6 +44,11 @@ type Event struct {
 	NBytes  int64     `json:"nbytes,omitempty"`
 	Reason  string    `json:"reason,omitempty"`
 	Attempt int       `json:"attempt,omitempty"`
+	// Count > 0 makes the event an aggregate span of Count task or transfer events of Group
+	// on Worker's Thread, from the first Start to the last Stop; Busy is their summed run
+	// time (nanoseconds) and NBytes their summed bytes; Key is empty.
+	Count int   `json:"count,omitempty"`
+	Busy  int64 `json:"busy,omitempty"`
 }
 
 // IsCluster reports whether e belongs in the Events log (as opposed to the task stream).

@@ -23,8 +23,12 @@ type frame struct {
 	Memory         ClusterMemory   `json:"memory"`
 	TasksPerSecond float64         `json:"tasks_per_second"`
 	Events         []Event         `json:"events"`
-	// EventsTruncated counts events discarded by the dashboard because the frame was full.
-	EventsTruncated int `json:"events_truncated,omitempty"`
+	// EventsAggregated counts the task-stream events carried in aggregate spans (events with
+	// Count > 0) rather than one by one: nothing is lost, the page draws them as spans.
+	EventsAggregated int `json:"events_aggregated,omitempty"`
+	// EventsLost counts task-stream events the dashboard could not carry at all (the frame's
+	// span budget, Config.MaxSpansPerFrame, was spent). Shown to the viewer as lost data.
+	EventsLost int `json:"events_lost,omitempty"`
 	// SourceDropped is Snapshot.EventsDropped: events the Source could not deliver.
 	SourceDropped uint64 `json:"source_dropped"`
 	// Error is set when the Snapshot failed; the frame then carries only events.

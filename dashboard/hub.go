@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 )
@@ -52,10 +51,9 @@ type hub struct {
 	events  <-chan Event
 	cancel  func()
 	tick    ticker
-	pending []Event
-	trunc   int // task-stream events sampled out of this frame
-	seen    int // task-stream events offered for this frame
-	sampled int // task-stream events kept in pending
+	pending []Event // cluster events and single task-stream events of this frame
+	singles int     // task-stream events kept one by one in pending
+	spans   spanSet // the rest of this frame's task-stream events, aggregated
 	seq     uint64
 	diff    differ
 }
@@ -152,35 +150,50 @@ func (h *hub) stop() {
 		h.tick.Stop()
 	}
 	h.events, h.cancel, h.tick = nil, nil, nil
-	h.pending, h.trunc, h.seen, h.sampled = nil, 0, 0, 0
+	h.resetEvents()
 	h.diff.reset()
 }
 
-// queue keeps every cluster event and a uniform sample (reservoir) of at most
-// MaxEventsPerFrame task-stream events per frame: at tens of thousands of tasks a second a
-// viewer sees a fair picture of the whole interval, and the frame stays small. What was
-// sampled out is counted in the frame.
+// queue keeps every cluster event, the first MaxEventsPerFrame task-stream events of the
+// frame one by one, and aggregates the rest into spans per (kind, worker, thread, group): a
+// span covers its tasks' first start to last stop and carries their count and busy time, so
+// the page can draw every task that ran even at 100k tasks/s while a frame stays small. Only
+// when MaxSpansPerFrame distinct spans are already open is an event lost (and counted).
 func (h *hub) queue(ev Event) {
 	if ev.IsCluster() {
 		h.pending = append(h.pending, ev)
 		return
 	}
-	h.seen++
-	if h.sampled < h.cfg.MaxEventsPerFrame {
-		h.sampled++
+	if h.singles < h.cfg.MaxEventsPerFrame {
+		h.singles++
 		h.pending = append(h.pending, ev)
 		return
 	}
-	h.trunc++
-	if j := rand.IntN(h.seen); j < len(h.pending) && !h.pending[j].IsCluster() {
-		h.pending[j] = ev
+	h.spans.add(ev, h.cfg.MaxSpansPerFrame)
+}
+
+func (h *hub) resetEvents() {
+	h.pending, h.singles = nil, 0
+	h.spans.reset()
+}
+
+// drain takes the events already in the subscription channel, without waiting: called after
+// the Snapshot, so that a frame's events include every task its totals count.
+func (h *hub) drain() {
+	for range len(h.events) {
+		select {
+		case ev := <-h.events:
+			h.queue(ev)
+		default:
+			return
+		}
 	}
 }
 
 // broadcast samples the Source once and offers the frame to every viewer without blocking.
 func (h *hub) broadcast(ctx context.Context) {
 	full, delta, ok := h.build(ctx)
-	h.pending, h.trunc, h.seen, h.sampled = nil, 0, 0, 0
+	h.resetEvents()
 	var fullData, deltaData []byte
 	for v := range h.viewers {
 		wantFull := v.needFull && ok
@@ -226,10 +239,13 @@ func (h *hub) build(ctx context.Context) (full, delta frame, ok bool) {
 		full, delta = h.diff.frames(snap)
 		ok = true
 	}
+	h.drain()
+	events := append(nonNil(h.pending), h.spans.list...)
 	for _, f := range []*frame{&full, &delta} {
 		f.Seq = h.seq
-		f.Events = nonNil(h.pending)
-		f.EventsTruncated = h.trunc
+		f.Events = events
+		f.EventsAggregated = h.spans.events
+		f.EventsLost = h.spans.lost
 	}
 	return full, delta, ok
 }
@@ -241,4 +257,49 @@ func (h *hub) encode(f *frame) []byte {
 		data, _ = json.Marshal(frame{Seq: f.Seq, Error: err.Error()})
 	}
 	return data
+}
+
+// spanSet aggregates task-stream events into spans; owned by the hub goroutine.
+type spanSet struct {
+	index  map[spanKey]int // position in list
+	list   []Event
+	events int // events aggregated into list
+	lost   int // events that found no span (the set was full)
+}
+
+type spanKey struct {
+	kind          EventKind
+	worker, group string
+	thread        int
+	erred         bool
+}
+
+func (s *spanSet) add(ev Event, maxSpans int) {
+	k := spanKey{ev.Kind, ev.Worker, ev.Group, ev.Thread, ev.State == "erred"}
+	if i, ok := s.index[k]; ok {
+		sp := &s.list[i]
+		sp.Start, sp.Stop = min(sp.Start, ev.Start), max(sp.Stop, ev.Stop)
+		sp.Time = max(sp.Time, ev.Time)
+		sp.Count++
+		sp.Busy += ev.Stop - ev.Start
+		sp.NBytes += ev.NBytes
+		s.events++
+		return
+	}
+	if len(s.list) >= maxSpans {
+		s.lost++
+		return
+	}
+	if s.index == nil {
+		s.index = make(map[spanKey]int)
+	}
+	s.index[k] = len(s.list)
+	ev.Key, ev.Count, ev.Busy = "", 1, ev.Stop-ev.Start
+	s.list = append(s.list, ev)
+	s.events++
+}
+
+func (s *spanSet) reset() {
+	clear(s.index)
+	s.list, s.events, s.lost = nil, 0, 0
 }

@@ -132,27 +132,52 @@ func TestSnapshotErrorIsReported(t *testing.T) {
 	assert.Empty(t, f.Error)
 }
 
-func TestEventsPerFrameAreBounded(t *testing.T) {
-	h := newHarness(t, func(c *Config) { c.MaxEventsPerFrame = 3 })
+// Beyond MaxEventsPerFrame single events a frame aggregates task-stream events into spans per
+// worker thread and group, so every task that ran is represented; only when the span budget is
+// spent is an event lost, and the loss is counted.
+func TestEventsBeyondTheFrameBudgetAreAggregated(t *testing.T) {
+	h := newHarness(t, func(c *Config) { c.MaxEventsPerFrame, c.MaxSpansPerFrame = 3, 2 })
 	c := h.dial()
 	h.waitViewers(1)
-	for i := range 5 {
-		h.src.Publish(Event{Kind: EventTask, Key: fmt.Sprint(i)})
+	var want int64
+	for i := range 10 {
+		e := Event{Kind: EventTask, Key: fmt.Sprint("a-", i), Group: "a", Worker: "w0", Thread: i % 2,
+			Start: int64(100 * i), Stop: int64(100*i + 10), NBytes: 1}
+		want += e.Stop - e.Start
+		h.src.Publish(e)
 	}
-	h.sync() // the hub has drained the channel (it is large enough to hold all 5)
-	for h.srv.hub.pendingLen() < 3 {
+	h.src.Publish(Event{Kind: EventTask, Key: "b-0", Group: "b", Worker: "w0", Start: 5, Stop: 6}) // needs a third span
+	for h.srv.hub.pendingLen() < 11 {
 		h.sync()
 	}
 	h.tick()
 	f := readEnvelope(t, c).Frame
-	assert.Len(t, f.Events, 3)
-	assert.Equal(t, 2, f.EventsTruncated)
+	singles, counted, spans := 0, 0, 0
+	var busy int64
+	for _, e := range f.Events {
+		if e.Count == 0 {
+			singles++
+			busy += e.Stop - e.Start
+			continue
+		}
+		spans++
+		counted += e.Count
+		busy += e.Busy
+		assert.Empty(t, e.Key)
+		assert.LessOrEqual(t, e.Start, e.Stop)
+	}
+	assert.Equal(t, 3, singles)
+	assert.Equal(t, 2, spans, "one span per thread of group a")
+	assert.Equal(t, 7, counted, "every event beyond the first three is in a span")
+	assert.Equal(t, want, busy, "spans carry the busy time of their tasks")
+	assert.Equal(t, 7, f.EventsAggregated)
+	assert.Equal(t, 1, f.EventsLost, "b-0 found no span")
 }
 
-// pendingLen is read on the hub goroutine.
+// pendingLen is read on the hub goroutine: events taken for the next frame.
 func (h *hub) pendingLen() int {
 	n := make(chan int)
-	h.inspect <- func() { n <- len(h.pending) + h.trunc }
+	h.inspect <- func() { n <- len(h.pending) + h.spans.events + h.spans.lost }
 	return <-n
 }
 

@@ -61,6 +61,11 @@ type WorkerStatus struct {
 	// Processing is how many tasks the scheduler has assigned to this worker that have not
 	// finished (running or waiting in its queue).
 	Processing int `json:"processing"`
+	// Managed is the bytes of results the scheduler knows the worker holds, current to the
+	// last finished task (Memory, from the heartbeat, lags by up to a heartbeat interval).
+	Managed int64 `json:"managed"`
+	// Keys is how many results it holds.
+	Keys int `json:"keys"`
 }
 
 // TaskCounts counts tasks by their current scheduler state.

@@ -29,12 +29,11 @@ var (
 	descMsgsOut     = prometheus.NewDesc("shoal_scheduler_messages_sent_total", "Messages sent by the scheduler.", nil, nil)
 	descBusy        = prometheus.NewDesc("shoal_scheduler_loop_busy_seconds_total", "Time the scheduler's event loop spent working (not waiting).", nil, nil)
 	descUptime      = prometheus.NewDesc("shoal_scheduler_uptime_seconds", "Seconds since the scheduler started.", nil, nil)
-	descDropped     = prometheus.NewDesc("shoal_scheduler_observer_events_dropped_total", "Live events dropped because a dashboard viewer was slow.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descTasks, descForgotten, descTransitions, descEvents, descWorkers, descThreads, descClients,
-		descMemory, descSpilled, descSent, descRecv, descMsgsIn, descMsgsOut, descBusy, descUptime, descDropped} {
+		descMemory, descSpilled, descSent, descRecv, descMsgsIn, descMsgsOut, descBusy, descUptime} {
 		ch <- d
 	}
 }
@@ -77,7 +76,6 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descMsgsOut, prometheus.CounterValue, float64(stats.msgsOut))
 	ch <- prometheus.MustNewConstMetric(descBusy, prometheus.CounterValue, time.Duration(stats.busy).Seconds())
 	ch <- prometheus.MustNewConstMetric(descUptime, prometheus.GaugeValue, time.Since(s.started).Seconds())
-	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.obs.feed.Dropped()))
 }
 
 type workerMetrics struct {

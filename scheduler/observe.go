@@ -1,53 +1,12 @@
 package scheduler
 
 import (
+	"context"
 	"sort"
 	"time"
 
-	"github.com/shoal-dev/shoal/dashboard"
-	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
-
-// observers feeds the dashboard: live events go to a dashboard.Feed, which never blocks the
-// driver (a slow subscriber loses events and the loss is counted) and costs one atomic load
-// per event while nobody watches; cluster events are also kept in a bounded log.
-type observers struct {
-	feed dashboard.Feed
-	log  *dashboard.EventLog
-}
-
-const recentEvents = 1000
-
-func newObservers() *observers { return &observers{log: dashboard.NewEventLog(recentEvents)} }
-
-func (o *observers) taskDone(w *workerConn, m *wire.Msg, state string) {
-	if !o.feed.Active() {
-		return
-	}
-	o.feed.Publish(dashboard.Event{Kind: dashboard.EventTask, Time: m.Stop, Key: m.Key, Group: graph.KeySplit(m.Key),
-		Worker: w.info.Address, Name: w.info.Name, Thread: m.Thread, Start: m.Start, Stop: m.Stop, State: state, NBytes: m.NBytes})
-}
-
-func (o *observers) transfers(w *workerConn, items []wire.Item) {
-	if !o.feed.Active() {
-		return
-	}
-	now := time.Now().UnixNano()
-	for _, it := range items {
-		o.feed.Publish(dashboard.Event{Kind: dashboard.EventTransfer, Time: now, Key: it.Key, Group: graph.KeySplit(it.Key),
-			Worker: w.info.Address, Name: w.info.Name, NBytes: it.NBytes})
-	}
-}
-
-// cluster records a notable event (joins, leaves, errors, retries) and publishes it.
-func (o *observers) cluster(e dashboard.Event) {
-	if e.Time == 0 {
-		e.Time = time.Now().UnixNano()
-	}
-	o.log.Add(e)
-	o.feed.Publish(e)
-}
 
 type serverStats struct {
 	finished, failed uint64 // tasks reported finished / finally erred
@@ -57,4 +16,96 @@ type serverStats struct {
 
 func sortWorkers(ws []wire.WorkerInfo) {
 	sort.Slice(ws, func(i, j int) bool { return ws[i].Name < ws[j].Name })
+}
+
+// Observation: what an observer (the dashboard, a report) may read of the scheduler's state.
+// Every call asks the driver goroutine (QueryContext) and costs O(answer); nothing here runs
+// unless someone asks.
+
+// ObservedWorker is one worker as the scheduler sees it.
+type ObservedWorker struct {
+	// WorkerInfo is its registration and latest heartbeat (Memory, Spilled, CPU, ...);
+	// LastSeen is the unix time of that heartbeat, in seconds.
+	wire.WorkerInfo
+	// Processing is how many tasks are assigned to it and not finished.
+	Processing int
+	// Managed is the bytes of results the scheduler knows it holds, up to date with the last
+	// task-finished message (the heartbeat's Memory lags by up to a heartbeat interval).
+	Managed int64
+	// Keys is how many results it holds.
+	Keys int
+}
+
+// ClusterStatus is the cluster at one instant: no per-task data.
+type ClusterStatus struct {
+	Time        int64 // unix nanoseconds
+	Workers     []ObservedWorker
+	Groups      []GroupStats // the most recent groups, finished ones included
+	Counts      [NumStates]int
+	Tasks       int    // tasks not forgotten
+	Completed   uint64 // task runs reported finished since start
+	Failed      uint64 // tasks finally erred since start
+	Transitions uint64
+}
+
+// Status returns the cluster's status with at most maxGroups groups (the most recent).
+func (s *Server) Status(ctx context.Context, maxGroups int) (ClusterStatus, error) {
+	var st ClusterStatus
+	err := s.QueryContext(ctx, func(c *Core) {
+		st.Time = time.Now().UnixNano()
+		byID := map[WorkerID]WorkerStats{}
+		for _, ws := range c.Workers() {
+			byID[ws.ID] = ws
+		}
+		for _, w := range s.workers {
+			wi := w.info
+			wi.LastSeen = float64(w.lastSeen.UnixNano()) / 1e9
+			cs := byID[w.id]
+			st.Workers = append(st.Workers, ObservedWorker{WorkerInfo: wi, Processing: cs.Processing, Managed: cs.NBytes, Keys: cs.NKeys})
+		}
+		sort.Slice(st.Workers, func(i, j int) bool { return st.Workers[i].Name < st.Workers[j].Name })
+		st.Groups = c.RecentGroups(maxGroups, true)
+		st.Counts = c.Counts()
+		cst := c.Stats()
+		st.Tasks, st.Transitions = cst.TasksAlive, cst.Transitions
+		st.Completed, st.Failed = s.stats.finished, s.stats.failed
+	})
+	return st, err
+}
+
+// TaskDetail is TaskInfo with worker ids resolved to data addresses.
+type TaskDetail struct {
+	TaskInfo
+	WorkerAddr string   // the worker running it, else the first holding it ("" if none)
+	WhoHasAddr []string // every worker holding its result
+	DepWhoHas  [][]string
+}
+
+// Task describes one task; ok is false when the scheduler does not know key.
+func (s *Server) Task(ctx context.Context, key string) (d TaskDetail, ok bool, err error) {
+	err = s.QueryContext(ctx, func(c *Core) {
+		ti, found := c.TaskInfo(key)
+		if !found {
+			return
+		}
+		ok = true
+		d.TaskInfo, d.WhoHasAddr = ti, s.addrs(ti.WhoHas)
+		if w, live := s.workers[ti.Worker]; live {
+			d.WorkerAddr = w.info.Address
+		} else if len(d.WhoHasAddr) > 0 {
+			d.WorkerAddr = d.WhoHasAddr[0]
+		}
+		for _, dep := range ti.Deps {
+			d.DepWhoHas = append(d.DepWhoHas, s.addrs(c.WhoHas(dep.Key)))
+		}
+	})
+	return d, ok, err
+}
+
+// GroupsContext returns at most n of the most recent task groups (finished ones included), with the
+// groups each depends on.
+func (s *Server) GroupsContext(ctx context.Context, n int) ([]GroupStats, error) {
+	var gs []GroupStats
+	err := s.QueryContext(ctx, func(c *Core) { gs = c.RecentGroups(n, true) })
+	return gs, err
 }

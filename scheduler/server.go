@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal"
-	"github.com/shoal-dev/shoal/dashboard"
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
@@ -623,7 +622,7 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	}
 	reply <- nil
 	s.log.Info("worker joined", "worker", w.info.Name, "address", w.info.Address, "nthreads", w.info.NThreads)
-	s.obs.cluster(dashboard.Event{Kind: dashboard.EventWorkerJoined, Worker: w.info.Address, Name: w.info.Name})
+	s.obs.workerJoined(w)
 	s.handle(EvWorkerJoined{Worker: w.id, Name: w.info.Name, Addr: w.info.Address, NThreads: w.info.NThreads,
 		MemoryLimit: w.info.MemoryLimit, Resources: w.info.Resources, Functions: m.Functions})
 }
@@ -666,7 +665,7 @@ func (s *Server) removeWorkerWith(w *workerConn, reason string, graceful bool, f
 		s.queue(o.conn, &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason})
 	}
 	s.log.Info("worker left", "worker", w.info.Name, "reason", reason, "graceful", graceful)
-	s.obs.cluster(dashboard.Event{Kind: dashboard.EventWorkerLeft, Worker: w.info.Address, Name: w.info.Name, Reason: reason})
+	s.obs.workerLeft(w, reason)
 	s.handle(EvWorkerLeft{Worker: w.id, Reason: reason, Graceful: graceful})
 }
 
@@ -674,14 +673,14 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	switch m.Op {
 	case wire.OpTaskFinished:
 		s.stats.finished++
-		s.obs.taskDone(w, m, "memory")
+		s.obs.taskDone(w, m, false)
 		s.handle(EvTaskFinished{Worker: w.id, Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread, Holds: m.Keys})
 	case wire.OpTaskErred:
 		err := m.Error
 		if err == nil {
 			err = wire.Errorf(wire.CodeTaskError, "task failed without an error description")
 		}
-		s.obs.taskDone(w, m, "erred")
+		s.obs.taskDone(w, m, true)
 		s.handle(EvTaskErred{Worker: w.id, Key: m.Key, TaskID: m.TaskID, Err: err, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
 		s.onTaskErred(w, m.Key, err)
 	case wire.OpAddKeys:
@@ -721,12 +720,11 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 
 // onTaskErred records a failure (or a retry, when the core re-ran the task) as a cluster event.
 func (s *Server) onTaskErred(w *workerConn, key string, err *wire.Error) {
-	kind := dashboard.EventRetry
-	if s.core.State(key) == Erred {
-		kind = dashboard.EventError
+	retry := s.core.State(key) != Erred
+	if !retry {
 		s.stats.failed++
 	}
-	s.obs.cluster(dashboard.Event{Kind: kind, Key: key, Group: graph.KeySplit(key), Worker: w.info.Address, Name: w.info.Name, Reason: err.Error()})
+	s.obs.taskFailed(w, key, err, retry)
 }
 
 func orDefault(s, d string) string {
@@ -895,7 +893,7 @@ func (s *Server) perform(a Action) {
 		if cl, ok := s.clients[a.Client]; ok {
 			cl.conn.Send(&wire.Msg{Op: wire.OpGraphRejected, ID: a.ID, Keys: a.Keys, Error: a.Err})
 		}
-		s.obs.cluster(dashboard.Event{Kind: dashboard.EventError, Key: firstKey(a.Keys), Reason: "graph rejected: " + a.Err.Error()})
+		s.obs.graphRejected(a.Keys, a.Err)
 	}
 }
 

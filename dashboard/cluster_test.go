@@ -1,0 +1,268 @@
+package dashboard_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	client "github.com/shoal-dev/shoal/clients/go"
+	"github.com/shoal-dev/shoal/dashboard"
+	"github.com/shoal-dev/shoal/internal/wire"
+	"github.com/shoal-dev/shoal/scheduler"
+	"github.com/stretchr/testify/require"
+)
+
+// The one fake cluster of the dashboard's tests and benchmarks: a real scheduler.Server (driver,
+// core, wire) on a real port, wired to the dashboard exactly as `shoal scheduler` wires it, with
+// fake workers over real sockets that "run" every compute at once on one of their threads and
+// report a result of resultBytes bytes.
+type cluster struct {
+	srv     *scheduler.Server
+	src     *dashboard.SchedulerSource
+	client  *client.Client
+	workers []*fakeWorker
+}
+
+const resultBytes = 1000
+
+type fakeWorker struct {
+	conn     *wire.Conn
+	nthreads int
+	computes atomic.Int64
+}
+
+func startCluster(tb testing.TB, nworkers, nthreads int) *cluster {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg := scheduler.DefaultServerConfig()
+	cfg.Port = 0
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := scheduler.NewServer(cfg)
+	require.NoError(tb, err)
+	c := &cluster{srv: srv, src: dashboard.NewSchedulerSource(srv)}
+	srv.SetListener(c.src.Listener())
+	served := make(chan struct{})
+	go func() { srv.Serve(ctx); close(served) }()
+	tb.Cleanup(func() { cancel(); srv.Close(); <-served })
+	for i := range nworkers {
+		w := startFakeWorker(tb, ctx, srv.Addr(), i, nthreads)
+		c.workers = append(c.workers, w)
+	}
+	cl, err := client.Connect(ctx, srv.Addr(), client.Options{})
+	require.NoError(tb, err)
+	tb.Cleanup(func() { cl.Close() })
+	c.client = cl
+	for {
+		ws, err := cl.Info(ctx)
+		require.NoError(tb, err)
+		if len(ws) >= nworkers {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return c
+}
+
+func startFakeWorker(tb testing.TB, ctx context.Context, addr string, i, nthreads int) *fakeWorker {
+	conn, err := wire.Dial(ctx, addr, wire.DialOptions{Role: wire.RoleWorker})
+	require.NoError(tb, err)
+	require.NoError(tb, conn.Send(&wire.Msg{Op: wire.OpRegister, Name: fmt.Sprintf("fake-%d", i),
+		DataAddr: fmt.Sprintf("127.0.0.1:%d", 41000+i), NThreads: nthreads, MemLimit: 1 << 30,
+		Functions: []string{"noop"}, Version: "test", PID: os.Getpid()}))
+	m, _, err := conn.Recv()
+	require.NoError(tb, err)
+	require.Equal(tb, wire.OpRegistered, m.Op)
+	w := &fakeWorker{conn: conn, nthreads: nthreads}
+	go w.serve()
+	tb.Cleanup(func() { conn.Abort() })
+	return w
+}
+
+func (w *fakeWorker) serve() {
+	for {
+		m, _, err := w.conn.Recv()
+		if err != nil {
+			return
+		}
+		switch m.Op {
+		case wire.OpCompute:
+			n := w.computes.Add(1)
+			now := time.Now().UnixNano()
+			w.conn.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: resultBytes,
+				Encoding: wire.EncMsgpack, Start: now - 1000, Stop: now, Thread: int(n) % w.nthreads})
+		case wire.OpStealRequest:
+			w.conn.Send(&wire.Msg{Op: wire.OpStealResponse, Key: m.Key, Accepted: false})
+		case wire.OpClose:
+			return
+		}
+	}
+}
+
+// run submits n no-op tasks of group prefix and waits for them; the futures are returned held.
+func (c *cluster) run(tb testing.TB, prefix string, n int) []*client.Future {
+	tb.Helper()
+	ctx := context.Background()
+	g := client.NewGraph()
+	keys := make([]client.Key, n)
+	for i := range keys {
+		keys[i] = g.Go(fmt.Sprintf("%s-%d", prefix, i), "noop")
+	}
+	fs, err := c.client.Submit(ctx, g, keys...)
+	require.NoError(tb, err)
+	for _, f := range fs {
+		require.NoError(tb, f.Wait(ctx))
+	}
+	return fs
+}
+
+// Every task the scheduler runs reaches the adapter as one task event with its worker, thread
+// and times; the snapshot counts it and shows the held results as the workers' managed bytes.
+func TestSchedulerSourceSeesEveryTask(t *testing.T) {
+	c := startCluster(t, 2, 2)
+	events, cancel := c.src.Subscribe(10000)
+	defer cancel()
+	const n = 3000
+	futs := c.run(t, "inc", n)
+
+	got := map[string]bool{}
+	deadline := time.After(30 * time.Second) // only a bound on a hang, not a measurement
+	for len(got) < n {
+		select {
+		case e := <-events:
+			if e.Kind == dashboard.EventTask {
+				require.Equal(t, "inc", e.Group)
+				require.Equal(t, "memory", e.State)
+				require.NotEmpty(t, e.Worker)
+				require.Less(t, e.Thread, 2)
+				require.Positive(t, e.Stop-e.Start)
+				got[e.Key] = true
+			}
+		case <-deadline:
+			t.Fatalf("saw %d of %d task events", len(got), n)
+		}
+	}
+	snap, err := c.src.Snapshot(context.Background())
+	require.NoError(t, err)
+	require.Len(t, snap.Workers, 2)
+	var managed int64
+	for _, w := range snap.Workers {
+		managed += w.Managed
+	}
+	require.EqualValues(t, n*resultBytes, managed, "held results count as managed memory")
+	require.GreaterOrEqual(t, snap.Totals.Completed, uint64(n))
+	require.Zero(t, snap.EventsDropped)
+	for _, f := range futs {
+		f.Release()
+	}
+	// released results leave the workers' managed memory
+	require.Eventually(t, func() bool {
+		s, err := c.src.Snapshot(context.Background())
+		return err == nil && s.Workers[0].Managed+s.Workers[1].Managed == 0
+	}, 30*time.Second, 10*time.Millisecond)
+
+	evs, err := c.src.Events(context.Background(), 10)
+	require.NoError(t, err)
+	joined := 0
+	for _, e := range evs {
+		if e.Kind == dashboard.EventWorkerJoined {
+			joined++
+		}
+	}
+	require.Equal(t, 2, joined, "worker joins reach the event log")
+}
+
+// startDashboard serves the dashboard over c (real ticker) and connects viewers websockets
+// that read every frame; it returns a func giving the task-stream coverage seen so far (task
+// events counted one by one or through their spans) and the frames the viewers lost.
+func (c *cluster) startDashboard(tb testing.TB, viewers int) func() (covered, dropped int) {
+	tb.Helper()
+	cfg := dashboard.DefaultConfig()
+	cfg.Source = c.src
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := dashboard.New(cfg)
+	require.NoError(tb, err)
+	web := httptest.NewServer(d.Handler())
+	tb.Cleanup(func() { web.Close(); d.Close() })
+	var covered, dropped atomic.Int64
+	for i := range viewers {
+		ws, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(web.URL, "http")+"/ws", nil)
+		require.NoError(tb, err)
+		tb.Cleanup(func() { ws.Close() })
+		go func() {
+			for {
+				var env struct {
+					Dropped int `json:"dropped"`
+					Frame   struct {
+						Events []dashboard.Event `json:"events"`
+					} `json:"frame"`
+				}
+				if ws.ReadJSON(&env) != nil {
+					return
+				}
+				if i > 0 {
+					continue // the first viewer counts; the others only load the hub
+				}
+				dropped.Store(int64(env.Dropped))
+				for _, e := range env.Frame.Events {
+					switch {
+					case e.Kind == dashboard.EventTask && e.Count > 0:
+						covered.Add(int64(e.Count))
+					case e.Kind == dashboard.EventTask:
+						covered.Add(1)
+					}
+				}
+			}
+		}()
+	}
+	return func() (int, int) { return int(covered.Load()), int(dropped.Load()) }
+}
+
+// The websocket carries every task the scheduler ran, one by one or in aggregate spans, even
+// when far more tasks finish per frame than a frame carries one by one.
+func TestTaskStreamCarriesEveryTask(t *testing.T) {
+	c := startCluster(t, 2, 4)
+	seen := c.startDashboard(t, 1)
+	require.Eventually(t, func() bool { _, _ = seen(); return c.src.Listener().Active() }, 10*time.Second, time.Millisecond)
+	const n = 20000
+	c.run(t, "inc", n)
+	require.Eventually(t, func() bool { got, _ := seen(); return got >= n }, 30*time.Second, 10*time.Millisecond,
+		"the task stream must cover all %d tasks", n)
+	got, dropped := seen()
+	require.Equal(t, n, got, "no task is counted twice")
+	require.Zero(t, dropped)
+}
+
+// BenchmarkViewers is the scheduler's throughput of no-op tasks with 0 or 3 dashboards open
+// (each reading every frame):
+//
+//	go test ./dashboard -run '^$' -bench Viewers -benchtime 100000x -count 3
+func BenchmarkViewers0(b *testing.B) { benchViewers(b, 0) }
+func BenchmarkViewers3(b *testing.B) { benchViewers(b, 3) }
+
+func benchViewers(b *testing.B, viewers int) {
+	c := startCluster(b, 2, 4)
+	if viewers > 0 {
+		c.startDashboard(b, viewers)
+		for !c.src.Listener().Active() {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		m := min(50_000, b.N-done)
+		for _, f := range c.run(b, fmt.Sprint("z", done), m) {
+			f.Release()
+		}
+		done += m
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+}
