@@ -3,20 +3,94 @@
 It exists to test the Client's plumbing without the Go binary: tasks run inline (in the
 server thread) through shoal.executor's own run logic; go tasks support ``inc`` and
 ``row_count`` only.
+
+It serves real sockets (``scheduler_address``) and, through :meth:`FakeCluster.transport`, an
+in-memory transport (``Client(fake.mem_address, transport=fake.transport())``) on which a test
+can break the scheduler's connections (:meth:`FakeCluster.drop`), refuse new ones
+(``fake.down``), hold tasks back (``fake.paused``) and forget everything as a scheduler
+restarted without a journal would (:meth:`FakeCluster.forget`).
 """
 
 from __future__ import annotations
 
+import itertools
+import queue
 import socket
 import struct
 import threading
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import pyarrow as pa
 
 from shoal import _serialize, _wire
-from shoal.exceptions import CommClosedError
+from shoal.exceptions import AuthenticationError, CommClosedError, ConnectError, TimeoutError
 from shoal.executor import Executor
+
+
+class MemoryStream:
+    """One end of an in-memory message pipe (a ``shoal._conn.Stream``). Headers go through
+    msgpack as on the wire; ``close`` on either end ends both."""
+
+    def __init__(self, inbox: "queue.Queue[Any]", outbox: "queue.Queue[Any]", address: str) -> None:
+        self.inbox, self.outbox, self.address = inbox, outbox, address
+        self._closed = False
+        self.io_timeout: Optional[float] = None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def send(self, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
+        if self._closed:
+            raise CommClosedError(f"connection to {self.address} is closed")
+        self.outbox.put((_wire.pack_header(header), [bytes(f) for f in frames]))
+
+    def recv(self) -> tuple[dict[str, Any], list[bytearray]]:
+        try:
+            item = self.inbox.get(timeout=self.io_timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no answer from {self.address}") from None
+        if item is None or self._closed:
+            self._closed = True
+            raise CommClosedError(f"connection to {self.address} lost")
+        head, frames = item
+        return _wire.unpack_header(head), [bytearray(f) for f in frames]
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.inbox.put(None)
+            self.outbox.put(None)
+
+
+def pipe(address: str) -> tuple[MemoryStream, MemoryStream]:
+    a: queue.Queue[Any] = queue.Queue()
+    b: queue.Queue[Any] = queue.Queue()
+    return MemoryStream(a, b, address), MemoryStream(b, a, address)
+
+
+class MemoryTransport:
+    """A ``shoal._conn.Transport`` whose connections are served by a FakeCluster in threads."""
+
+    def __init__(self, fake: "FakeCluster") -> None:
+        self.fake = fake
+        self.dials: list[str] = []
+
+    def connect(self, address: str, token: str, timeout: float, io_timeout: Optional[float] = None) -> MemoryStream:
+        self.dials.append(address)
+        fake = self.fake
+        if address == fake.mem_data_address:
+            handler = fake._serve_data_stream
+        elif address == fake.mem_address and not fake.down:
+            handler = fake._serve_messages
+        else:
+            raise ConnectError(f"could not connect to {address}: connection refused")
+        if fake.token and token != fake.token:
+            raise AuthenticationError("handshake refused: authentication failed: wrong token", code="auth-failed")
+        mine, theirs = pipe(address)
+        mine.io_timeout = io_timeout
+        threading.Thread(target=handler, args=(theirs,), daemon=True).start()
+        return mine
 
 
 class FakeCluster:
@@ -33,6 +107,50 @@ class FakeCluster:
         self.data = self._listen(self._serve_data)
         self.scheduler_address = f"127.0.0.1:{self.sched.getsockname()[1]}"
         self.data_address = f"127.0.0.1:{self.data.getsockname()[1]}"
+        # the in-memory side (see MemoryTransport)
+        self.mem_address = "mem-scheduler:1"
+        self.mem_data_address = "mem-worker:2"
+        self.down = False  # refuse new scheduler connections
+        self.paused = False  # keep submitted tasks waiting (run them with run_held)
+        self.held: list[dict[str, Any]] = []
+        self.mute: set[str] = set()  # request ops left unanswered
+        self.resume_error: Optional[dict[str, Any]] = None
+        self.conns: list[Any] = []  # open scheduler-side client connections
+        self.wanted: set[str] = set()
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def transport(self) -> MemoryTransport:
+        return MemoryTransport(self)
+
+    def drop(self, down: bool = True) -> None:
+        """Break every client connection (the scheduler died); ``down``: refuse new ones too."""
+        self.down = down
+        with self._lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            c.close()
+
+    def forget(self) -> None:
+        """Lose every task and result, as a scheduler restarted without a journal does."""
+        self.store.clear()
+        self.errors.clear()
+        self.funcs.clear()
+        self.held.clear()
+        self.wanted.clear()
+
+    def run_held(self) -> None:
+        """Run the tasks held while ``paused`` and report them to the connected clients."""
+        self.paused = False
+        held, self.held = self.held, []
+        for t in held:
+            self._run(t)
+        with self._lock:
+            conns = list(self.conns)
+        for c in conns:
+            for t in held:
+                if t["key"] in self.wanted:
+                    self._report(c, t["key"])
 
     def _listen(self, handler: Any) -> socket.socket:
         s = socket.socket()
@@ -70,8 +188,20 @@ class FakeCluster:
         except CommClosedError:
             return  # the client went away, perhaps while an answer was on its way: session over
 
-    def _serve_messages(self, conn: _wire.Connection) -> None:
-        conn.send({"op": "welcome", "client": 1, "version": "fake", "dashboard": "http://x/status"})
+    def _serve_messages(self, conn: Any) -> None:
+        with self._lock:
+            self.conns.append(conn)
+        try:
+            self._serve_session(conn)
+        except CommClosedError:
+            pass  # the client went away, perhaps while an answer was on its way: session over
+        finally:
+            with self._lock:
+                if conn in self.conns:
+                    self.conns.remove(conn)
+
+    def _serve_session(self, conn: Any) -> None:
+        conn.send({"op": "welcome", "client": next(self._ids), "version": "fake", "dashboard": "http://x/status"})
         while True:
             try:
                 h, frames = conn.recv()
@@ -79,28 +209,60 @@ class FakeCluster:
                 return
             self.received.append(h)
             op = h["op"]
+            if op in self.mute:
+                continue
             if op == "update_graph":
+                missing = [t["func"] for t in h["tasks"] if t["kind"] == "py" and t["func"] not in self.funcs
+                           and t["func"] not in (h.get("funcs") or {})]
+                if missing:
+                    conn.send({"op": "graph_rejected", "id": h["id"], "keys": [t["key"] for t in h["tasks"]],
+                               "error": {"code": "unknown-function", "message": f"unknown function {missing[0]}"}})
+                    continue
                 self.funcs.update(h.get("funcs") or {})
+                self.wanted.update(h.get("wanted") or [])
+                if self.paused:
+                    self.held.extend(h["tasks"])
+                    continue
                 for t in h["tasks"]:
                     self._run(t)
                 for k in h.get("wanted") or []:
                     self._report(conn, k)
+            elif op == "resume":
+                if self.resume_error is not None:
+                    conn.send({"op": "error", "id": h["id"], **self.resume_error})
+                    continue
+                conn.send({"op": "resumed", "id": h["id"], "client": h["client"]})
+                held = {t["key"] for t in self.held}
+                for k in h["keys"]:
+                    if k in self.store or k in self.errors:
+                        self.wanted.add(k)
+                        self._report(conn, k)
+                    elif k in held:
+                        self.wanted.add(k)
+                    else:
+                        conn.send({"op": "key_state", "key": k, "state": "lost",
+                                   "error": {"code": "lost", "message": f"the scheduler does not know {k}"}})
+            elif op == "event_set":
+                conn.send({"op": "ok", "id": h["id"]})
             elif op == "info":
                 conn.send({"op": "info_reply", "id": h["id"], "scheduler": self.scheduler_address,
-                           "workers": [{"name": "w1", "address": self.data_address, "nthreads": 1,
+                           "workers": [{"name": "w1", "address": self._data_addr(conn), "nthreads": 1,
                                         "memory_limit": 1 << 30}]})
             elif op == "who_has":
                 conn.send({"op": "who_has_reply", "id": h["id"], "who_has": {
-                    k: [self.data_address] for k in h["keys"] if k in self.store}})
+                    k: [self._data_addr(conn)] for k in h["keys"] if k in self.store}})
             elif op == "cancel_keys":
                 for k in h["keys"]:
                     conn.send({"op": "key_state", "key": k, "state": "cancelled",
                                "error": {"code": "cancelled", "message": "cancelled"}})
 
-    def _report(self, conn: _wire.Connection, key: str) -> None:
+    def _data_addr(self, conn: Any) -> str:
+        return self.mem_data_address if isinstance(conn, MemoryStream) else self.data_address
+
+    def _report(self, conn: Any, key: str) -> None:
         if key in self.store:
             enc, fr = self.store[key]
-            conn.send({"op": "key_state", "key": key, "state": "memory", "worker": self.data_address,
+            conn.send({"op": "key_state", "key": key, "state": "memory", "worker": self._data_addr(conn),
                        "encoding": enc, "nbytes": _serialize.nbytes(fr)})
         else:
             conn.send({"op": "key_state", "key": key, "state": "erred",
@@ -135,6 +297,9 @@ class FakeCluster:
         conn = self._accept(c)
         if conn is None:
             return
+        self._serve_data_stream(conn)
+
+    def _serve_data_stream(self, conn: Any) -> None:
         while True:
             try:
                 h, frames = conn.recv()

@@ -6,7 +6,7 @@ import gc
 import time
 import traceback
 from operator import add
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import dask
 import dask.array as da
@@ -14,7 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from shoal import AuthenticationError, CancelledError, Client
+import shoal
+from shoal import AuthenticationError, CancelledError, Client, CommClosedError, FutureLostError
 from shoal.exceptions import RemoteTraceback
 
 from fakecluster import FakeCluster
@@ -27,10 +28,29 @@ def fake() -> Iterator[FakeCluster]:
     f.close()
 
 
-@pytest.fixture()
-def client(fake: FakeCluster) -> Iterator[Client]:
-    with Client(fake.scheduler_address, token="s3cret", timeout=5, set_as_default=False) as c:
+@pytest.fixture(params=["memory", "tcp"])
+def client(fake: FakeCluster, request: pytest.FixtureRequest) -> Iterator[Client]:
+    """A client over the in-memory transport, and one over real sockets (the same fake)."""
+    if request.param == "memory":
+        c = Client(fake.mem_address, token="s3cret", timeout=5, set_as_default=False, transport=fake.transport())
+    else:
+        c = Client(fake.scheduler_address, token="s3cret", timeout=5, set_as_default=False)
+    with c:
         yield c
+
+
+def mem_client(fake: FakeCluster, **kwargs: Any) -> Client:
+    kwargs.setdefault("reconnect_timeout", 30)
+    return Client(fake.mem_address, token="s3cret", timeout=5, set_as_default=False, transport=fake.transport(),
+                  **kwargs)
+
+
+def wait_until(cond: Callable[[], bool], what: str) -> None:
+    """Poll ``cond`` (bounded: a hang fails the test instead of blocking it)."""
+    deadline = time.monotonic() + 10
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.005)
 
 
 def inc(x: int) -> int:
@@ -114,3 +134,152 @@ def test_info(client: Client) -> None:
 def test_bad_token(fake: FakeCluster) -> None:
     with pytest.raises(AuthenticationError):
         Client(fake.scheduler_address, token="nope", timeout=5)
+
+
+def test_bad_token_in_memory(fake: FakeCluster) -> None:
+    with pytest.raises(AuthenticationError):
+        Client(fake.mem_address, token="nope", timeout=5, transport=fake.transport())
+
+
+# ---------------------------------------------------------------------------------------------
+# reconnecting (docs/python.md, "Reconnecting"): the fake breaks its connections as a scheduler
+# killed with -9 does, and comes back with (or without) what it knew
+
+
+def test_reconnect_resumes_the_session(fake: FakeCluster, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="shoal")
+    with mem_client(fake) as client:
+        first_id = client.id
+        done = client.submit(inc, 10)
+        assert done.result(timeout=5) == 11
+        fake.paused = True
+        f = client.submit(inc, 1)
+        wait_until(lambda: any(t["key"] == f.key for t in fake.held), "the task reached the scheduler")
+        dials = len(client._transport.dials)  # type: ignore[attr-defined]
+        fake.drop(down=True)
+        wait_until(lambda: client.status == "connecting", "the client noticed")
+        assert not f.done()
+        g = client.submit(inc, 2)  # while disconnected: sent after the resume
+        wait_until(lambda: len(client._transport.dials) > dials + 1, "a retry")  # type: ignore[attr-defined]
+        fake.down = False
+        wait_until(lambda: client.status == "running", "reconnected")
+        resume = next(m for m in fake.received if m["op"] == "resume")
+        after = fake.received[fake.received.index(resume):]
+        assert resume["client"] == first_id
+        assert f.key in resume["keys"] and done.key in resume["keys"]
+        assert g.key not in resume["keys"], "a graph sent after the resume is not resumed"
+        assert any(m["op"] == "update_graph" and g.key in m["wanted"] for m in after)
+        fake.run_held()
+        assert f.result(timeout=5) == 2
+        assert g.result(timeout=5) == 3
+        assert done.result(timeout=5) == 11
+        assert client.id == first_id
+    text = caplog.text
+    assert "lost the connection to the scheduler" in text and "reconnected to the scheduler" in text
+
+
+def test_reconnect_to_a_scheduler_that_forgot(fake: FakeCluster) -> None:
+    """A scheduler restarted without a journal answers every key with state lost."""
+    with mem_client(fake) as client:
+        f = client.submit(inc, 1)
+        assert f.result(timeout=5) == 2
+        fake.paused = True
+        pending = client.submit(inc, 5)
+        wait_until(lambda: bool(fake.held), "the task reached the scheduler")
+        fake.drop(down=False)
+        fake.forget()
+        with pytest.raises(FutureLostError):
+            pending.result(timeout=5)
+        wait_until(lambda: f.status == "lost", "the finished key was lost too")
+        fake.paused = False
+        # the client goes on: functions are sent again to the scheduler that forgot them
+        assert client.submit(inc, 41).result(timeout=5) == 42
+        assert client.status == "running"
+
+
+def test_resume_refused_fails_pending_futures(fake: FakeCluster) -> None:
+    fake.paused = True
+    fake.resume_error = {"code": "protocol-error", "message": "no such session"}
+    with mem_client(fake) as client:
+        f = client.submit(inc, 1)
+        wait_until(lambda: bool(fake.held), "the task reached the scheduler")
+        fake.drop(down=False)
+        with pytest.raises(shoal.ProtocolError, match="no such session"):
+            f.result(timeout=5)
+
+
+def test_reconnect_gives_up_after_reconnect_timeout(fake: FakeCluster) -> None:
+    fake.paused = True
+    with mem_client(fake, reconnect_timeout=0.3) as client:
+        f = client.submit(inc, 1)
+        wait_until(lambda: bool(fake.held), "the task reached the scheduler")
+        fake.drop(down=True)
+        with pytest.raises(CommClosedError, match="could not reconnect"):
+            f.result(timeout=10)
+        assert client.status == "closed"
+        dials = client._transport.dials  # type: ignore[attr-defined]
+        assert len(dials) >= 3, "it retried, with backoff, before giving up"
+        with pytest.raises(CommClosedError):
+            client.submit(inc, 2)
+
+
+def test_reconnect_disabled(fake: FakeCluster) -> None:
+    fake.paused = True
+    with mem_client(fake, reconnect_timeout=0) as client:
+        f = client.submit(inc, 1)
+        wait_until(lambda: bool(fake.held), "the task reached the scheduler")
+        fake.drop(down=False)  # a scheduler is there again: still not dialled
+        with pytest.raises(CommClosedError, match="lost the connection"):
+            f.result(timeout=5)
+        assert client._transport.dials == [fake.mem_address]  # type: ignore[attr-defined]
+        assert client.status == "closed"
+
+
+def test_requests_in_flight_when_the_connection_breaks(fake: FakeCluster) -> None:
+    """A read-only request is sent again after the reconnect; another fails with
+    CommClosedError (the scheduler may or may not have acted on it)."""
+    import concurrent.futures
+
+    with mem_client(fake) as client, concurrent.futures.ThreadPoolExecutor(2) as pool:
+        fake.mute = {"info", "event_set"}
+        info = pool.submit(client.scheduler_info)
+        event = pool.submit(shoal.Event("e", client=client).set)
+        wait_until(lambda: {"info", "event_set"} <= {m["op"] for m in fake.received}, "both were sent")
+        fake.mute = set()
+        fake.drop(down=False)
+        with pytest.raises(CommClosedError, match="may or may not"):
+            event.result(timeout=10)
+        assert list(info.result(timeout=10)["workers"]) == [fake.mem_data_address]
+        assert sum(m["op"] == "info" for m in fake.received) == 2
+
+
+def test_reconnect_reads_the_scheduler_file_again(fake: FakeCluster, tmp_path: Any) -> None:
+    import json
+
+    path = tmp_path / "scheduler.json"
+    path.write_text(json.dumps({"address": fake.mem_address, "token": "s3cret"}))
+    fake.paused = True
+    with Client(scheduler_file=str(path), timeout=5, set_as_default=False, transport=fake.transport()) as client:
+        f = client.submit(inc, 1)
+        wait_until(lambda: bool(fake.held), "the task reached the scheduler")
+        fake.drop(down=True)
+        fake.mem_address = "mem-scheduler:moved"  # restarted elsewhere
+        fake.down = False
+        path.write_text(json.dumps({"address": fake.mem_address, "token": "s3cret"}))
+        wait_until(lambda: client.status == "running", "reconnected")
+        assert client.scheduler_address == "mem-scheduler:moved"
+        fake.run_held()
+        assert f.result(timeout=5) == 2
+
+
+def test_close_while_reconnecting(fake: FakeCluster) -> None:
+    client = mem_client(fake)
+    fake.paused = True
+    f = client.submit(inc, 1)
+    wait_until(lambda: bool(fake.held), "the task reached the scheduler")
+    fake.drop(down=True)
+    wait_until(lambda: client.status == "connecting", "the client noticed")
+    client.close()
+    assert client.status == "closed"
+    with pytest.raises(CancelledError):
+        f.result(timeout=5)
