@@ -148,7 +148,7 @@ def get_client(address: Optional[str] = None, timeout: Optional[float] = None,
             raise ValueError(f"get_client({address!r}): the default client is connected to {c.scheduler_address}")
         return c
     with _client_lock:
-        if _client and _client[0].status == "running":
+        if _client and _client[0].status != "closed":
             return _client[0]  # type: ignore[no-any-return]
         sched = os.environ.get("SHOAL_SCHEDULER_ADDRESS")
         if not sched and os.environ.get("SHOAL_SCHEDULER_FILE"):

@@ -1094,13 +1094,13 @@ def fire_and_forget(obj: Any) -> None:
 def default_client() -> Client:
     """The client to use when none is given (shared-state objects, ``get_dataset``): the
     newest open Client made with ``set_as_default=True``, else any open one."""
-    _defaults[:] = [r for r in _defaults if (c := r()) is not None and c.status == "running"]
+    _defaults[:] = [r for r in _defaults if (c := r()) is not None and c.status != "closed"]
     if _defaults:
         c = _defaults[-1]()
         if c is not None:
             return c
     for c in list(_clients):
-        if c.status == "running":
+        if c.status != "closed":
             return c
     raise ValueError("No clients found: start a client and point it to the scheduler, e.g."
                      " Client('scheduler-address:8786')")
