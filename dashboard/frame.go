@@ -35,9 +35,11 @@ type frame struct {
 	Error string `json:"error,omitempty"`
 }
 
-// ClusterMemory sums the workers' memory.
+// ClusterMemory sums the workers' memory: Used from their heartbeats, Managed from the
+// scheduler's record of the results they hold (current), Limit and Spilled from heartbeats.
 type ClusterMemory struct {
 	Used    int64 `json:"used"`
+	Managed int64 `json:"managed"`
 	Limit   int64 `json:"limit"`
 	Spilled int64 `json:"spilled"`
 }
@@ -105,6 +107,7 @@ func clusterMemory(ws []WorkerStatus) ClusterMemory {
 	var m ClusterMemory
 	for _, w := range ws {
 		m.Used += w.Memory
+		m.Managed += w.Managed
 		m.Limit += w.MemoryLimit
 		m.Spilled += w.Spilled
 	}

@@ -2,7 +2,7 @@
 // #/task/<key>, #/events) and render scheduling. Only the visible view is rendered, at most
 // once per animation frame.
 import { $, hasCharts } from "./util.js";
-import { store, applyFrame } from "./store.js";
+import { store, applyFrame, lostCount, resetConnection } from "./store.js";
 import * as status from "./status.js";
 import * as workers from "./workers.js";
 import * as graph from "./graph.js";
@@ -40,9 +40,11 @@ function renderHeader() {
   const d = $("#dropped");
   d.hidden = store.dropped === 0;
   d.textContent = `${store.dropped} frames dropped`;
-  const sd = $("#source-dropped");
-  sd.hidden = !store.sourceDropped && !store.truncated;
-  sd.textContent = `${store.sourceDropped + store.truncated} stream events lost`;
+  const sd = $("#source-dropped"), lost = lostCount();
+  sd.hidden = lost === 0;
+  sd.textContent = `${lost} task-stream events missed`;
+  const hint = $("#stream-hint");
+  if (hint) hint.textContent = store.aggregated ? `${store.aggregated.toLocaleString("en-US")} tasks shown in aggregate spans` : "";
   const e = $("#error");
   e.hidden = !store.error;
   e.textContent = store.error ? `Scheduler did not answer: ${store.error}` : "";
@@ -54,7 +56,7 @@ function connect() {
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(url);
   const conn = $("#conn");
-  ws.onopen = () => { backoff = 500; conn.textContent = "live"; conn.classList.remove("off"); };
+  ws.onopen = () => { backoff = 500; resetConnection(); conn.textContent = "live"; conn.classList.remove("off"); };
   ws.onmessage = (m) => {
     applyFrame(JSON.parse(m.data));
     scheduleRender();
@@ -76,5 +78,6 @@ $("#task-search").addEventListener("submit", (ev) => {
 $("#vendor-missing").hidden = hasCharts();
 window.addEventListener("hashchange", route);
 window.shoalStore = store; // for debugging and the end-to-end test
+window.shoalStreamStats = status.streamStats;
 route();
 connect();

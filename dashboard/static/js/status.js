@@ -1,10 +1,14 @@
 // Status view: headline numbers, the task stream (a Gantt per worker thread, coloured by task
 // group, with transfers on a row per worker), progress per group, tasks/s and memory charts.
-import { $, esc, fmtBytes, fmtNum, groupColor, chartIn, nsToMs } from "./util.js";
-import { store } from "./store.js";
+import { $, esc, fmtBytes, fmtNum, fmtSeconds, groupColor, chartIn, nsToMs } from "./util.js";
+import { store, STREAM_WINDOW_MS as WINDOW_MS } from "./store.js";
+import { renderWorkerMemory } from "./memory.js";
 
-const WINDOW_MS = 30000;
 let stream = null, tps = null, mem = null, initialised = false;
+// streamStats is what the task stream drew on its last render (read by the browser test):
+// items drawn, tasks they cover (a span covers count tasks), busy nanoseconds they cover, and
+// the window [from, to] in unix ms.
+export const streamStats = { drawn: 0, tasks: 0, busy: 0, from: 0, to: 0 };
 
 function init() {
   initialised = true;
@@ -13,7 +17,7 @@ function init() {
   mem = chartIn($("#chart-memory"));
   if (stream) {
     stream.setOption(streamBase());
-    stream.on("click", (p) => { if (p.data?.key) location.hash = `#/task/${encodeURIComponent(p.data.key)}`; });
+    stream.on("click", (p) => { if (p.data?.key && p.data.kind === "task") location.hash = `#/task/${encodeURIComponent(p.data.key)}`; });
   }
   if (tps) tps.setOption(lineBase("tasks/s", (v) => fmtNum(Math.round(v))));
   if (mem) mem.setOption(lineBase("bytes", fmtBytes));
@@ -25,12 +29,9 @@ export function render() {
   renderCards();
   renderProgress();
   if (stream) renderStream();
+  renderWorkerMemory($("#worker-memory"));
   if (tps) tps.setOption({ series: [{ name: "tasks/s", data: store.series.map((p) => [p.t, p.tps]) }] });
-  if (mem) mem.setOption({ series: [
-    { name: "used", data: store.series.map((p) => [p.t, p.used]) },
-    { name: "limit", data: store.series.map((p) => [p.t, p.limit]) },
-    { name: "spilled", data: store.series.map((p) => [p.t, p.spilled]) },
-  ] });
+  if (mem) renderMemoryChart();
 }
 
 function renderCards() {
@@ -39,7 +40,7 @@ function renderCards() {
   $("#stat-completed").textContent = fmtNum(t.completed);
   $("#stat-processing").textContent = fmtNum(t.processing);
   $("#stat-erred").textContent = fmtNum(t.erred);
-  $("#stat-memory").textContent = `${fmtBytes(store.memory.used)} / ${fmtBytes(store.memory.limit)}`;
+  $("#stat-memory").textContent = `${fmtBytes(store.memory.managed)} / ${fmtBytes(store.memory.limit)}`;
   $("#stat-workers").textContent = fmtNum(store.workers.size);
 }
 
@@ -80,21 +81,30 @@ function streamRows() {
   return { rows, index };
 }
 
+const streamColors = { transfer: "#d64545", spill: "#6b6b6b" };
+
 function renderStream() {
   const { rows, index } = streamRows();
   const now = nsToMs(store.time || Date.now() * 1e6);
   const data = [];
-  let first = now;
+  let first = now, tasks = 0, busy = 0;
   for (const e of store.stream) {
     const stop = nsToMs(e.stop);
     if (stop < now - WINDOW_MS) continue;
-    const row = index.get(e.kind === "transfer" ? `${e.worker}#x` : `${e.worker}#${e.thread || 0}`);
+    const row = index.get(e.kind === "task" ? `${e.worker}#${e.thread || 0}` : `${e.worker}#x`);
     if (row === undefined) continue;
-    first = Math.min(first, nsToMs(e.start));
-    const color = e.kind === "transfer" ? "#d64545" : e.state === "erred" ? "#111" : groupColor(e.group || "");
-    data.push({ value: [row, nsToMs(e.start), stop], key: e.key, group: e.group, kind: e.kind, nbytes: e.nbytes,
-      itemStyle: { color, opacity: e.kind === "transfer" ? 0.6 : 1 } });
+    const start = nsToMs(e.start);
+    first = Math.min(first, start);
+    const color = streamColors[e.kind] || (e.state === "erred" ? "#111" : groupColor(e.group || ""));
+    // a span is drawn as dense as its tasks kept the thread busy
+    const fill = e.count ? Math.max(0.35, Math.min(1, e.busy / Math.max(e.stop - e.start, 1))) : 1;
+    data.push({ value: [row, start, stop], key: e.key, group: e.group, kind: e.kind, nbytes: e.nbytes, count: e.count || 0,
+      busy: e.busy || 0, name: e.name, itemStyle: { color, opacity: e.kind === "task" ? fill : 0.7 } });
+    if (e.kind === "task") { tasks += e.count || 1; busy += e.count ? e.busy : e.stop - e.start; }
   }
+  Object.assign(streamStats, { drawn: data.length, tasks, busy, from: now - WINDOW_MS, to: now });
+  const el = $("#task-stream");
+  el.dataset.drawn = data.length; el.dataset.tasks = tasks;
   stream.setOption({
     xAxis: { min: Math.max(now - WINDOW_MS, first - 500), max: now },
     yAxis: { data: rows },
@@ -102,15 +112,26 @@ function renderStream() {
   });
 }
 
+function streamTooltip(p) {
+  const d = p.data, ms = d.value[2] - d.value[1];
+  if (d.kind === "spill") return `${esc(d.name)} spilled ${fmtBytes(d.nbytes)} to disk`;
+  if (d.kind === "transfer") {
+    return d.count ? `${d.count} transfers of ${esc(d.group)} to ${esc(d.name)}<br>${fmtBytes(d.nbytes)}`
+      : `transfer ${esc(d.key)} to ${esc(d.name)}<br>${fmtBytes(d.nbytes)}`;
+  }
+  if (d.count) {
+    return `${fmtNum(d.count)} tasks of <b>${esc(d.group)}</b> (aggregated)<br>busy ${fmtSeconds(d.busy / 1e9)} of
+      ${fmtSeconds(ms / 1e3)}<br>results ${fmtBytes(d.nbytes)}`;
+  }
+  return `<b>${esc(d.key)}</b><br>group ${esc(d.group)}<br>${fmtSeconds(ms / 1e3)} · result ${fmtBytes(d.nbytes)}<br>
+    <span style="color:#888">click for its story</span>`;
+}
+
 function streamBase() {
   return {
     animation: false,
     grid: { left: 110, right: 20, top: 10, bottom: 30 },
-    tooltip: { formatter: (p) => {
-      const d = p.data, ms = (d.value[2] - d.value[1]).toFixed(1);
-      return d.kind === "transfer" ? `transfer ${esc(d.key)}<br>${fmtBytes(d.nbytes)} in ${ms} ms`
-        : `${esc(d.key)}<br>group ${esc(d.group)}<br>${ms} ms`;
-    } },
+    tooltip: { formatter: streamTooltip },
     xAxis: { type: "time", axisLabel: { hideOverlap: true } },
     yAxis: { type: "category", inverse: true, data: [], axisLabel: { fontSize: 11 } },
     series: [{
@@ -129,6 +150,25 @@ function streamBase() {
   };
 }
 
+// The memory chart's scale follows use: the limit is drawn only when use comes within a
+// quarter of it, otherwise it is written in the legend, so a few MiB under a 23 GiB limit
+// still show as a curve.
+function renderMemoryChart() {
+  const pts = store.series;
+  const peak = pts.reduce((m, p) => Math.max(m, p.managed, p.used, p.spilled), 0);
+  const limit = store.memory.limit || 0;
+  const showLimit = limit > 0 && peak > limit / 4;
+  mem.setOption({
+    yAxis: { max: showLimit ? limit * 1.05 : null },
+    legend: { formatter: (n) => (n === "limit" && !showLimit ? `limit ${fmtBytes(limit)} (off scale)` : n) },
+    series: [
+      { name: "managed", data: pts.map((p) => [p.t, p.managed]) },
+      { name: "spilled", data: pts.map((p) => [p.t, p.spilled]) },
+      { name: "limit", data: showLimit ? pts.map((p) => [p.t, p.limit]) : [] },
+    ],
+  });
+}
+
 function lineBase(unit, fmt) {
   return {
     animation: false,
@@ -138,8 +178,9 @@ function lineBase(unit, fmt) {
     xAxis: { type: "time", axisLabel: { hideOverlap: true } },
     yAxis: { type: "value", axisLabel: { formatter: fmt } },
     series: unit === "bytes"
-      ? ["used", "limit", "spilled"].map((n) => ({ name: n, type: "line", showSymbol: false, data: [],
-        lineStyle: n === "limit" ? { type: "dashed" } : undefined, areaStyle: n === "used" ? { opacity: 0.2 } : undefined }))
+      ? [["managed", "#3b7fc4"], ["spilled", "#8c8c8c"], ["limit", "#d64545"]].map(([n, color]) => ({ name: n, type: "line",
+        showSymbol: false, data: [], color, lineStyle: n === "limit" ? { type: "dashed" } : undefined,
+        areaStyle: n === "limit" ? undefined : { opacity: 0.25 } }))
       : [{ name: unit, type: "line", showSymbol: false, data: [], areaStyle: { opacity: 0.2 } }],
   };
 }
