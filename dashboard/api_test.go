@@ -57,7 +57,7 @@ func TestWorkers(t *testing.T) {
 	assert.Equal(t, "w0", w0["name"])
 	assert.Equal(t, "127.0.0.1:9000", w0["address"])
 	assert.EqualValues(t, 3, w0["processing"])
-	assert.Equal(t, map[string]any{"used": 400.0, "limit": 3000.0, "spilled": 5.0}, m["memory"])
+	assert.Equal(t, map[string]any{"used": 400.0, "managed": 0.0, "limit": 3000.0, "spilled": 5.0}, m["memory"])
 }
 
 func TestGroups(t *testing.T) {
