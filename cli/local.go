@@ -74,7 +74,7 @@ func runLocal(args []string) error {
 		return err
 	}
 	defer lc.close()
-	fmt.Printf("scheduler at %s, gossip at %s, %d workers\n", lc.sched.srv.Addr(), lc.sched.gossip.Addr(), f.workers)
+	fmt.Printf("scheduler at %s, gossip at %s, %d workers\n", lc.sched.addr, lc.sched.gossip.Addr(), f.workers)
 	if lc.sched.dashboard != "" {
 		fmt.Printf("dashboard at %s\n", lc.sched.dashboard)
 	}
@@ -160,7 +160,7 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 		"--memory-limit", mem, "--python", f.python, "--local-dir", f.localDir, "--log-format", f.logFormat, "--log-level", f.logLevel}
 	base = append(base, f.mem.args()...)
 	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA},
-		{"--gossip-key-file", f.gossipKeyFile}, {"--message-timeout", f.messageTimeout.String()},
+		{"--gossip-key-file", f.gossipKeyFile}, {"--advertise-host", f.advertiseHost}, {"--message-timeout", f.messageTimeout.String()},
 		{"--data-idle-timeout", f.dataIdle.String()}, {"--resources", f.resources}} {
 		if kv[1] != "" {
 			base = append(base, kv[0], kv[1])
@@ -342,7 +342,7 @@ func (lc *localCluster) writeReady(path string) error {
 	for i, w := range ws {
 		names[i] = w.Address
 	}
-	return writeJSONFile(path, map[string]any{"scheduler": lc.sched.srv.Addr(), "dashboard": lc.sched.dashboard,
+	return writeJSONFile(path, map[string]any{"scheduler": lc.sched.addr, "dashboard": lc.sched.dashboard,
 		"gossip": lc.sched.gossip.Addr(), "workers": names, "pid": os.Getpid()})
 }
 

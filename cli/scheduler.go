@@ -18,7 +18,7 @@ import (
 
 type schedFlags struct {
 	common
-	host                            string
+	host, advertiseHost             string
 	port, gossipPort, dashboardPort int
 	maxClients                      int
 	clientIdle                      time.Duration
@@ -27,7 +27,8 @@ type schedFlags struct {
 
 func (f *schedFlags) register(fs *flag.FlagSet) {
 	f.common.register(fs)
-	fs.StringVar(&f.host, "host", "127.0.0.1", "address to listen on; use 0.0.0.0 to accept other machines (then use --token-file and TLS)")
+	fs.StringVar(&f.host, "host", "127.0.0.1", hostHelp("every port and the workers of shoal local"))
+	fs.StringVar(&f.advertiseHost, "advertise-host", "", advertiseHelp)
 	fs.IntVar(&f.port, "port", 8786, "control port for clients and workers (0 picks a free port)")
 	fs.IntVar(&f.gossipPort, "gossip-port", 7946, "gossip (memberlist) port, TCP and UDP (0 picks a free port)")
 	fs.IntVar(&f.maxClients, "max-clients", 1024, "most client connections open at once; more are refused as busy")
@@ -49,7 +50,7 @@ func runScheduler(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("scheduler at %s, gossip at %s\n", sp.srv.Addr(), sp.gossip.Addr())
+	fmt.Printf("scheduler at %s, gossip at %s\n", sp.addr, sp.gossip.Addr())
 	if sp.dashboard != "" {
 		fmt.Printf("dashboard at %s\n", sp.dashboard)
 	}
@@ -59,6 +60,7 @@ func runScheduler(args []string) error {
 // schedProc is a running scheduler with its gossip member and HTTP server.
 type schedProc struct {
 	srv       *scheduler.Server
+	addr      string // the control address advertised (srv.Addr() is where it listens)
 	gossip    *member.Member
 	http      *http.Server
 	dashboard string
@@ -81,30 +83,38 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	gkey, err := f.gossipKey(f.host, token)
+	ha, err := resolveHost(f.host, f.advertiseHost)
+	if err != nil {
+		return nil, err
+	}
+	gkey, err := f.gossipKey(ha.bind, token)
 	if err != nil {
 		return nil, err
 	}
 	cfg := scheduler.DefaultServerConfig()
-	cfg.Host, cfg.Port, cfg.Token, cfg.TLS, cfg.Logger = f.host, f.port, token, serverTLS, log
+	cfg.Host, cfg.Port, cfg.Token, cfg.TLS, cfg.Logger = ha.bind, f.port, token, serverTLS, log
 	cfg.Logs = logs.Last
 	cfg.MaxClients, cfg.ClientIdleTimeout, cfg.MessageTimeout = f.maxClients, f.clientIdle, f.messageTimeout
 	srv, err := scheduler.NewServer(cfg)
 	if err != nil {
 		return nil, err
 	}
-	sp := &schedProc{srv: srv, log: log, done: make(chan error, 1)}
+	sp := &schedProc{srv: srv, addr: ha.join(portOf(srv.Addr())), log: log, done: make(chan error, 1)}
+	if err := checkAdvertised("the scheduler's control address", sp.addr); err != nil {
+		srv.Close()
+		return nil, err
+	}
+	if ha.advertise != ha.bind {
+		log.Info("listening on every interface", "host", f.host, "advertising", ha.advertise, "chosen_by", ha.how)
+	}
 	if f.dashboardPort >= 0 {
-		ln, err := net.Listen("tcp", net.JoinHostPort(f.host, strconv.Itoa(f.dashboardPort)))
+		ln, err := net.Listen("tcp", net.JoinHostPort(ha.bind, strconv.Itoa(f.dashboardPort)))
 		if err != nil {
 			srv.Close()
 			return nil, fmt.Errorf("dashboard port: %w", err)
 		}
-		host := f.host
-		if host == "0.0.0.0" || host == "" || host == "::" {
-			host = "127.0.0.1"
-		}
-		sp.dashboard = fmt.Sprintf("http://%s/", net.JoinHostPort(host, strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)))
+		// the URL printed and given to clients: where other machines reach the dashboard
+		sp.dashboard = fmt.Sprintf("http://%s/", ha.join(ln.Addr().(*net.TCPAddr).Port))
 		srv.SetDashboardURL(tokenLink(sp.dashboard, token))
 		handler, stop, err := httpHandler(srv, log, token)
 		if err != nil {
@@ -117,13 +127,17 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 		go sp.http.Serve(limitHTTP(ln))
 	}
 	mc := member.DefaultConfig()
-	mc.Name = "scheduler@" + srv.Addr()
-	mc.BindAddr, mc.BindPort, mc.Token, mc.Logger = f.host, f.gossipPort, gkey, log
-	mc.Meta = member.Meta{Role: "scheduler", Name: mc.Name, Control: srv.Addr(), HTTP: sp.dashboard, Version: version}
+	mc.Name = "scheduler@" + sp.addr
+	mc.BindAddr, mc.AdvertiseAddr, mc.BindPort, mc.Token, mc.Logger = ha.bind, ha.advertise, f.gossipPort, gkey, log
+	mc.Meta = member.Meta{Role: "scheduler", Name: mc.Name, Control: sp.addr, HTTP: sp.dashboard, Version: version}
 	sp.gossip, err = member.New(mc)
 	if err != nil {
 		sp.close()
 		return nil, fmt.Errorf("gossip: %w", err)
+	}
+	if err := checkAdvertised("the scheduler's gossip address", sp.gossip.Addr()); err != nil {
+		sp.close()
+		return nil, err
 	}
 	go sp.watchGossip()
 	if f.schedulerFile != "" {
@@ -140,7 +154,7 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 // writeSchedulerFile tells clients where the scheduler is, and its token, as dask's
 // --scheduler-file does: a JSON file readable by this user only, replaced atomically.
 func writeSchedulerFile(path string, sp *schedProc, token string) error {
-	info := map[string]any{"type": "Scheduler", "address": "tcp://" + sp.srv.Addr(), "dashboard": sp.dashboard,
+	info := map[string]any{"type": "Scheduler", "address": "tcp://" + sp.addr, "dashboard": sp.dashboard,
 		"gossip": sp.gossip.Addr(), "pid": os.Getpid()}
 	if token != "" {
 		info["token"] = token

@@ -20,6 +20,7 @@ import (
 type workerFlags struct {
 	common
 	join, host, name, localDir, memoryLimit, python, resources string
+	advertiseHost                                              string
 	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
 	gomaxprocs, maxDataConns                                   int
 	dataIdle                                                   time.Duration
@@ -60,7 +61,8 @@ func (m memFractions) args() []string {
 func (f *workerFlags) register(fs *flag.FlagSet) {
 	f.common.register(fs)
 	fs.StringVar(&f.join, "join", "127.0.0.1:7946", "gossip address of any cluster member (the scheduler or another worker); comma-separated for several")
-	fs.StringVar(&f.host, "host", "127.0.0.1", "address for the data and gossip ports")
+	fs.StringVar(&f.host, "host", "127.0.0.1", hostHelp("the data, gossip and metrics ports"))
+	fs.StringVar(&f.advertiseHost, "advertise-host", "", advertiseHelp)
 	fs.StringVar(&f.name, "name", "", "unique worker name (default: the data address)")
 	fs.IntVar(&f.nthreads, "nthreads", runtime.NumCPU(), "how many tasks run at once")
 	fs.StringVar(&f.memoryLimit, "memory-limit", "auto", "memory budget of the worker and its Python executors (e.g. 4GiB); auto: total memory; 0: no limit (the machine's memory, never spill or pause)")
@@ -164,8 +166,13 @@ func (f *workerFlags) config() (worker.Config, error) {
 			mem, fr = totalMemory(), memFractions{}
 		}
 	}
+	ha, err := resolveHost(f.host, f.advertiseHost)
+	if err != nil {
+		return worker.Config{}, err
+	}
 	cfg := worker.DefaultConfig()
-	cfg.Name, cfg.Host, cfg.DataPort, cfg.NThreads, cfg.MemoryLimit = f.name, f.host, f.dataPort, f.nthreads, mem
+	cfg.Name, cfg.Host, cfg.DataPort, cfg.NThreads, cfg.MemoryLimit = f.name, ha.bind, f.dataPort, f.nthreads, mem
+	cfg.AdvertiseHost = ha.advertise
 	cfg.LocalDir, cfg.Token, cfg.Python, cfg.Resources, cfg.Logger = f.localDir, token, f.python, res, log
 	cfg.Logs = logs.Last
 	cfg.ServerTLS, cfg.ClientTLS = serverTLS, clientTLS
@@ -185,7 +192,7 @@ func serveWorker(ctx context.Context, f workerFlags) (err error) {
 	if err != nil {
 		return err
 	}
-	gkey, err := f.gossipKey(f.host, cfg.Token)
+	gkey, err := f.gossipKey(cfg.Host, cfg.Token)
 	if err != nil {
 		return err
 	}
@@ -194,6 +201,9 @@ func serveWorker(ctx context.Context, f workerFlags) (err error) {
 		return err
 	}
 	defer w.Close()
+	if err := checkAdvertised("the worker's data address", w.DataAddr()); err != nil {
+		return err
+	}
 	if procs := f.goProcs(); procs > 0 {
 		runtime.GOMAXPROCS(procs)
 	}
@@ -204,18 +214,22 @@ func serveWorker(ctx context.Context, f workerFlags) (err error) {
 	if os.Getenv("GOMEMLIMIT") == "" && cfg.ProcessSpillFraction > 0 {
 		debug.SetMemoryLimit(int64(cfg.ProcessSpillFraction * float64(w.MemoryLimit())))
 	}
-	stopMetrics, err := serveWorkerMetrics(w, f.host, f.metricsPort, cfg.Token)
+	stopMetrics, err := serveWorkerMetrics(w, cfg.Host, f.metricsPort, cfg.Token)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
 	mc := member.DefaultConfig()
 	mc.Name = "worker@" + w.DataAddr()
-	mc.BindAddr, mc.BindPort, mc.Token, mc.Logger = f.host, f.gossipPort, gkey, cfg.Logger
+	mc.BindAddr, mc.AdvertiseAddr, mc.BindPort, mc.Token, mc.Logger = cfg.Host, cfg.AdvertiseHost, f.gossipPort, gkey, cfg.Logger
 	mc.Meta = member.Meta{Role: "worker", Name: w.Name(), Data: w.DataAddr(), NThreads: cfg.NThreads, Resources: cfg.Resources, Version: version}
 	g, err := member.New(mc)
 	if err != nil {
 		return fmt.Errorf("gossip: %w", err)
+	}
+	if err := checkAdvertised("the worker's gossip address", g.Addr()); err != nil {
+		g.Shutdown()
+		return err
 	}
 	defer func() {
 		// Leave waits for the news to spread; a restarting worker does not (it took a third of

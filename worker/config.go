@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -20,8 +22,12 @@ const DefaultMemoryLimit int64 = 4 << 30
 type Config struct {
 	// Name identifies the worker to the scheduler; empty means the data address.
 	Name string
-	// Host is the interface the data port binds to.
+	// Host is the IP address the data port binds to (0.0.0.0 or :: for every interface).
 	Host string
+	// AdvertiseHost is the IP address (or name) peers, clients and the scheduler reach the
+	// data port at, when it differs from Host: always for a wildcard Host, which nobody can
+	// dial. Empty: Host.
+	AdvertiseHost string
 	// DataPort is the data port; 0 picks a free one.
 	DataPort int
 	// NThreads is the number of task slots (Go tasks run on goroutines, Python tasks take a
@@ -121,6 +127,8 @@ func (c *Config) Validate() error {
 	switch {
 	case c.Host == "":
 		return errors.New("worker: config: Host is empty")
+	case c.AdvertiseHost != "" && !dialableHost(c.AdvertiseHost):
+		return fmt.Errorf("worker: config: AdvertiseHost %q is not an address peers can dial", c.AdvertiseHost)
 	case c.DataPort < 0 || c.DataPort > 65535:
 		return fmt.Errorf("worker: config: DataPort %d is not a port number (0..65535)", c.DataPort)
 	case c.NThreads < 1:
@@ -168,6 +176,19 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("worker: config: Limits %+v has a negative value", c.Limits)
 	}
 	return nil
+}
+
+// dialableHost tells whether host (an IP address or a name) could be dialled: not a wildcard.
+func dialableHost(host string) bool {
+	return wire.CheckDialable(net.JoinHostPort(host, "1")) == nil
+}
+
+// advertisedAddr is the data address the worker announces for a listener bound at bound.
+func (c *Config) advertisedAddr(bound net.Addr) string {
+	if c.AdvertiseHost == "" {
+		return bound.String()
+	}
+	return net.JoinHostPort(c.AdvertiseHost, strconv.Itoa(bound.(*net.TCPAddr).Port))
 }
 
 // memoryLimit returns the effective memory budget.

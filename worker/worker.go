@@ -99,7 +99,7 @@ func New(cfg Config) (*Worker, error) {
 		scratch.remove()
 		return nil, fmt.Errorf("worker: binding data port: %w", err)
 	}
-	w := &Worker{cfg: cfg, ln: ln, dataAddr: ln.Addr().String(), scratch: scratch}
+	w := &Worker{cfg: cfg, ln: ln, dataAddr: cfg.advertisedAddr(ln.Addr()), scratch: scratch}
 	if cfg.Name == "" {
 		w.cfg.Name = w.dataAddr
 	}

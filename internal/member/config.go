@@ -17,8 +17,9 @@ type Config struct {
 	// BindPort is the gossip port, used for both UDP and TCP; 0 picks a
 	// free port (see Member.Addr).
 	BindPort int
-	// AdvertiseAddr is the address other members reach this one at, when
-	// it differs from BindAddr (NAT, 0.0.0.0 binds). Empty: derived.
+	// AdvertiseAddr is the IP address other members reach this one at, when
+	// it differs from BindAddr (NAT); required when BindAddr is a wildcard
+	// (0.0.0.0, ::), which nobody can dial. Empty: BindAddr.
 	AdvertiseAddr string
 	// Meta is advertised to the other members.
 	Meta Meta
@@ -77,6 +78,9 @@ func (c Config) Validate() error {
 	check(c.Name != "", "config Name must be set")
 	check(c.BindAddr == "" || net.ParseIP(c.BindAddr) != nil, "BindAddr %q is not an IP address", c.BindAddr)
 	check(c.AdvertiseAddr == "" || net.ParseIP(c.AdvertiseAddr) != nil, "AdvertiseAddr %q is not an IP address", c.AdvertiseAddr)
+	check(c.AdvertiseAddr == "" || !net.ParseIP(c.AdvertiseAddr).IsUnspecified(), "AdvertiseAddr %q is a wildcard, which other members cannot reach", c.AdvertiseAddr)
+	check(c.AdvertiseAddr != "" || c.BindAddr == "" || !net.ParseIP(c.BindAddr).IsUnspecified(),
+		"BindAddr %q listens on every interface: set AdvertiseAddr to the address other members reach this one at", c.BindAddr)
 	check(c.BindPort >= 0 && c.BindPort <= 65535, "BindPort %d out of range [0, 65535]", c.BindPort)
 	check(c.EventBuffer > 0, "EventBuffer %d must be positive", c.EventBuffer)
 	check(c.ProbeInterval > 0, "ProbeInterval %v must be positive", c.ProbeInterval)

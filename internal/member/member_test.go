@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -222,4 +223,28 @@ func FuzzDecodeMeta(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestWildcardBindAdvertises(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Name, cfg.Meta.Role, cfg.BindAddr = "w", RoleWorker, "0.0.0.0"
+	require.ErrorContains(t, cfg.Validate(), `BindAddr "0.0.0.0" listens on every interface: set AdvertiseAddr`)
+	cfg.AdvertiseAddr = "::"
+	require.ErrorContains(t, cfg.Validate(), `AdvertiseAddr "::" is a wildcard`)
+
+	// bound to every interface on a free port, advertised at loopback with that port
+	cfg.AdvertiseAddr = "127.0.0.1"
+	a, err := New(cfg)
+	require.NoError(t, err)
+	defer a.Shutdown()
+	host, port, err := net.SplitHostPort(a.Addr())
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1", host)
+	require.NotEqual(t, "0", port)
+	b := newMember(t, "b", Meta{Role: RoleScheduler}, "")
+	_, err = b.Join([]string{a.Addr()})
+	require.NoError(t, err)
+	n, err := b.WaitFor(ctx(t), named("w"))
+	require.NoError(t, err)
+	require.Equal(t, a.Addr(), n.Addr, "the others know it by its advertised address")
 }
