@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -21,8 +22,8 @@ type schedFlags struct {
 	host, advertiseHost             string
 	port, gossipPort, dashboardPort int
 	maxClients                      int
-	clientIdle                      time.Duration
-	schedulerFile                   string
+	clientIdle, recoveryWait        time.Duration
+	schedulerFile, journal          string
 }
 
 func (f *schedFlags) register(fs *flag.FlagSet) {
@@ -34,6 +35,8 @@ func (f *schedFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.maxClients, "max-clients", 1024, "most client connections open at once; more are refused as busy")
 	fs.DurationVar(&f.clientIdle, "client-idle-timeout", 0, "drop a client connection silent this long (0: never; clients may wait idle on results)")
 	fs.StringVar(&f.schedulerFile, "scheduler-file", "", "write JSON {address, dashboard, token} here (mode 0600) for clients: Client(scheduler_file=...); removed at exit")
+	fs.StringVar(&f.journal, "journal", "auto", "directory of the journal that lets a restarted scheduler resume client graphs, wanted keys and shared state (workers keep the results); auto: $XDG_STATE_HOME/shoal/scheduler-PORT (~/.local/state/...), none with --port 0; none: off")
+	fs.DurationVar(&f.recoveryWait, "recovery-wait", 3*time.Second, "after a restart on a journal, wait at most this long for the workers it knew to register again before placing work")
 	fs.IntVar(&f.dashboardPort, "dashboard-port", 8787, "HTTP port for the dashboard, /metrics and /api/v1 (0 picks a free port, -1 disables)")
 }
 
@@ -95,6 +98,10 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 	cfg.Host, cfg.Port, cfg.Token, cfg.TLS, cfg.Logger = ha.bind, f.port, token, serverTLS, log
 	cfg.Logs = logs.Last
 	cfg.MaxClients, cfg.ClientIdleTimeout, cfg.MessageTimeout = f.maxClients, f.clientIdle, f.messageTimeout
+	cfg.RecoveryWait = f.recoveryWait
+	if cfg.Journal, err = journalDir(f.journal, f.port); err != nil {
+		return nil, err
+	}
 	srv, err := scheduler.NewServer(cfg)
 	if err != nil {
 		return nil, err
@@ -149,6 +156,29 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 	}
 	go func() { sp.done <- srv.Serve(ctx) }()
 	return sp, nil
+}
+
+// journalDir resolves --journal: a directory, none, or auto (a per-port directory in the
+// user's state directory; none for a port picked at random, which no restart could reuse).
+func journalDir(flagValue string, port int) (string, error) {
+	switch flagValue {
+	case "none", "":
+		return "", nil
+	case "auto":
+		if port == 0 {
+			return "", nil
+		}
+		base := os.Getenv("XDG_STATE_HOME")
+		if base == "" {
+			home, err := os.UserHomeDir()
+			if err != nil {
+				return "", fmt.Errorf("--journal auto: no home directory to keep it in (%w); give --journal DIR or none", err)
+			}
+			base = filepath.Join(home, ".local", "state")
+		}
+		return filepath.Join(base, "shoal", fmt.Sprintf("scheduler-%d", port)), nil
+	}
+	return flagValue, nil
 }
 
 // writeSchedulerFile tells clients where the scheduler is, and its token, as dask's

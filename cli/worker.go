@@ -23,7 +23,7 @@ type workerFlags struct {
 	advertiseHost                                              string
 	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
 	gomaxprocs, maxDataConns                                   int
-	dataIdle                                                   time.Duration
+	dataIdle, deathTimeout                                     time.Duration
 	mem                                                        memFractions
 }
 
@@ -76,6 +76,7 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.dataIdle, "data-idle-timeout", 10*time.Minute, "drop a data-port connection silent this long between requests (0: never)")
 	fs.IntVar(&f.metricsPort, "metrics-port", -1, "serve this worker's Prometheus /metrics on this port (-1: off)")
 	fs.StringVar(&f.resources, "resources", "", "abstract resources this worker offers, e.g. GPU=1,MEM=16e9")
+	fs.DurationVar(&f.deathTimeout, "death-timeout", 10*time.Minute, "after losing the scheduler (a cut link, a restart), keep results and executors and try to register again for this long, finding it through gossip; then exit (0: exit at once)")
 	fs.IntVar(&f.gomaxprocs, "gomaxprocs", 0, "Go threads running at once in this worker process (0: --nthreads, at most the CPU count; env GOMAXPROCS wins)")
 }
 
@@ -184,6 +185,7 @@ func (f *workerFlags) config() (worker.Config, error) {
 	}
 	cfg.Version = version
 	cfg.MaxDataConns, cfg.DataIdleTimeout, cfg.MessageTimeout = f.maxDataConns, f.dataIdle, f.messageTimeout
+	cfg.Reconnect = f.deathTimeout
 	return cfg, cfg.Validate()
 }
 
@@ -195,6 +197,14 @@ func serveWorker(ctx context.Context, f workerFlags) (err error) {
 	gkey, err := f.gossipKey(cfg.Host, cfg.Token)
 	if err != nil {
 		return err
+	}
+	// After a loss the scheduler is sought through gossip (set once gossip runs, below).
+	var locate func(context.Context) (string, error)
+	cfg.Locate = func(ctx context.Context) (string, error) {
+		if locate == nil {
+			return "", errors.New("gossip is not running yet")
+		}
+		return locate(ctx)
 	}
 	w, err := worker.New(cfg)
 	if err != nil {
@@ -260,7 +270,23 @@ func serveWorker(ctx context.Context, f workerFlags) (err error) {
 	}
 	log.Info("joined cluster", "scheduler", sched.Meta.Control, "data", w.DataAddr(), "gossip", g.Addr())
 	go watchPeers(g, w)
+	locate = locateScheduler(g, seeds)
 	return w.Run(ctx, sched.Meta.Control)
+}
+
+// locateScheduler finds the scheduler's control address through gossip after the worker lost
+// it: a scheduler that restarted is a new gossip member (perhaps elsewhere), which the worker
+// meets by joining its seeds again.
+func locateScheduler(g *member.Member, seeds []string) func(context.Context) (string, error) {
+	isSched := func(n member.Node) bool { return n.Meta.Role == "scheduler" && n.Meta.Control != "" }
+	return func(ctx context.Context) (string, error) {
+		g.Join(seeds) // an error only means no seed answered yet: gossip may still know one
+		n, err := g.WaitFor(ctx, isSched)
+		if err != nil {
+			return "", err
+		}
+		return n.Meta.Control, nil
+	}
 }
 
 // watchPeers tells w about peers that leave or die (gossip), so that fetches from them are cut

@@ -48,6 +48,9 @@ type CoreConfig struct {
 	// RootBytesPerThread caps that extra: the expected result bytes of the extra root tasks
 	// one thread may hold (memory stays bounded however fast the tasks are).
 	RootBytesPerThread int64
+	// HeartbeatTimeout: a worker whose last heartbeat (EvHeartbeat.Now) is older than this at
+	// a tick is removed (ActRemoveWorker). 0 disables the check.
+	HeartbeatTimeout time.Duration
 }
 
 // DefaultCoreConfig returns the defaults.
@@ -64,6 +67,7 @@ func DefaultCoreConfig() CoreConfig {
 		StoryLength:           16,
 		LatencyHiding:         2 * time.Millisecond,
 		RootBytesPerThread:    32 << 20,
+		HeartbeatTimeout:      30 * time.Second,
 	}
 }
 
@@ -74,6 +78,8 @@ func (c CoreConfig) Validate() error {
 		return fmt.Errorf("scheduler: SaturationFactor %v must be > 0 (+Inf disables queueing)", c.SaturationFactor)
 	case c.StealInterval < 0:
 		return fmt.Errorf("scheduler: StealInterval %v must not be negative", c.StealInterval)
+	case c.HeartbeatTimeout < 0:
+		return fmt.Errorf("scheduler: HeartbeatTimeout %v must not be negative", c.HeartbeatTimeout)
 	case c.TransferLatency < 0:
 		return fmt.Errorf("scheduler: TransferLatency %v must not be negative", c.TransferLatency)
 	case !(c.Bandwidth > 0) || math.IsInf(c.Bandwidth, 0):
@@ -231,6 +237,11 @@ func (c *Core) Handle(ev Event, out []Action) []Action {
 	case EvWorkerJoined:
 		c.evCode = evWorkerJoined
 		c.workerJoined(&e)
+	case EvWorkersJoined:
+		c.evCode = evWorkerJoined
+		for i := range e.Joins {
+			c.workerJoined(&e.Joins[i])
+		}
 	case EvWorkerLeft:
 		c.evCode = evWorkerLeft
 		c.workerLeft(&e)

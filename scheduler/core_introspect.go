@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
@@ -205,4 +206,71 @@ func (c *Core) PendingWork() (tasks int, seconds float64) {
 		seconds += float64(n) * c.expected(int32(i))
 	}
 	return tasks, seconds
+}
+
+// WantedBy returns the keys client cl wants.
+func (c *Core) WantedBy(cl ClientID) []string {
+	var out []string
+	for id := range c.tasks {
+		t := &c.tasks[id]
+		if t.state == Forgotten || t.want < 0 {
+			continue
+		}
+		if t.want == cl || slices.Contains(c.wantMore[int32(id)], cl) {
+			out = append(out, t.key)
+		}
+	}
+	return out
+}
+
+// Snapshot calls task for every task the core still knows (not forgotten), dependencies
+// before their dependents, with its definition, and want for every (client, key) want. A
+// scheduler that replays the tasks as one graph and then the wants is in the same state as
+// far as clients can tell (the journal's compaction). Scattered values have no definition and
+// are not reported.
+func (c *Core) Snapshot(task func(def *graph.Task), want func(cl ClientID, key string)) {
+	done := make([]bool, len(c.tasks))
+	type frame struct{ id, next int32 } // next: the index of the dependency to visit next
+	var stack []frame
+	for root := range c.tasks {
+		if c.tasks[root].state == Forgotten || done[root] {
+			continue
+		}
+		done[root] = true
+		stack = append(stack[:0], frame{id: int32(root)})
+		for len(stack) > 0 { // iterative: a long chain must not exhaust the stack
+			top := &stack[len(stack)-1]
+			t := &c.tasks[top.id]
+			if int(top.next) < len(t.deps) {
+				d := t.deps[top.next]
+				top.next++
+				if !done[d] {
+					done[d] = true
+					stack = append(stack, frame{id: d})
+				}
+				continue
+			}
+			if t.flags&flagScattered == 0 {
+				task(c.fullDef(top.id))
+			}
+			stack = stack[:len(stack)-1]
+		}
+	}
+	for id := range c.tasks {
+		t := &c.tasks[id]
+		if t.state != Forgotten {
+			c.wanters(int32(id), func(cl ClientID) { want(cl, t.key) })
+		}
+	}
+}
+
+// NTasks is how many tasks the core knows (not forgotten).
+func (c *Core) NTasks() int {
+	n := 0
+	for s, k := range c.counts {
+		if State(s) != Forgotten {
+			n += k
+		}
+	}
+	return n
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 )
@@ -32,7 +33,7 @@ func (c *Core) workerJoined(e *EvWorkerJoined) {
 	}
 	ws := &worker{id: e.Worker, name: e.Name, addr: e.Addr, nthreads: nthreads, limit: max(limit, 1),
 		memoryLimit: e.MemoryLimit, resources: maps.Clone(e.Resources), funcs: make(map[string]struct{}, len(e.Functions)),
-		alive: true, unsatPos: -1}
+		alive: true, unsatPos: -1, lastSeen: e.Now}
 	for _, f := range e.Functions {
 		if _, dup := ws.funcs[f]; !dup {
 			ws.funcs[f] = struct{}{}
@@ -46,6 +47,27 @@ func (c *Core) workerJoined(e *EvWorkerJoined) {
 	c.updateSat(ws)
 	c.retryNoWorker()
 	c.resFreed = true
+	if len(e.Holds) > 0 {
+		c.addReplica(&EvAddReplica{Worker: e.Worker, Items: e.Holds})
+	}
+	if e.Replaces > 0 && e.Replaces != e.Worker {
+		// after the new registration holds the results: none of them is reported lost
+		c.workerLeft(&EvWorkerLeft{Worker: e.Replaces, Reason: "it registered again on a new connection", Graceful: true})
+	}
+}
+
+// checkLiveness removes workers whose last heartbeat is older than HeartbeatTimeout.
+func (c *Core) checkLiveness(now int64) {
+	limit := int64(c.cfg.HeartbeatTimeout)
+	if limit <= 0 {
+		return
+	}
+	for _, wid := range c.alive {
+		if ws := c.workers[wid]; ws.lastSeen > 0 && now-ws.lastSeen > limit {
+			c.out = append(c.out, ActRemoveWorker{Worker: wid, Reason: fmt.Sprintf("heartbeat timeout: silent for %v",
+				time.Duration(now-ws.lastSeen).Round(time.Second))})
+		}
+	}
 }
 
 // workerLeft reschedules what ran there, counts the death against those tasks when it was

@@ -29,7 +29,22 @@ type EvWorkerJoined struct {
 	MemoryLimit int64
 	Resources   map[string]float64
 	Functions   []string // registered Go function names
+	// Holds are the results the worker already has: a worker that lost the scheduler and
+	// registered again, or one that outlived a scheduler restart. Each is reconciled as a
+	// replica report (add_keys): kept when the key is known and useful, freed otherwise.
+	Holds []wire.Item
+	// Replaces is the same process's previous registration, still open (its old connection
+	// has not broken on this side yet): it is removed gracefully after the new one holds its
+	// results, so nothing it holds is reported lost in between. 0: none.
+	Replaces WorkerID
+	// Now is when it joined (unix ns): the start of its liveness clock.
+	Now int64
 }
+
+// EvWorkersJoined: several workers at once, settled together. After a scheduler restart the
+// workers that come back are joined in one event, so none is given work that another one
+// already holds the result of.
+type EvWorkersJoined struct{ Joins []EvWorkerJoined }
 
 // EvWorkerLeft: a worker's control stream broke, gossip declared it dead, or it said goodbye.
 type EvWorkerLeft struct {
@@ -218,6 +233,13 @@ type ActAcquire struct {
 	Deps   []DepLoc
 }
 
+// ActRemoveWorker: a worker has been silent past CoreConfig.HeartbeatTimeout; the driver
+// closes its connection and reports EvWorkerLeft.
+type ActRemoveWorker struct {
+	Worker WorkerID
+	Reason string
+}
+
 // ActGraphRejected: an update_graph was refused whole.
 type ActGraphRejected struct {
 	Client ClientID
@@ -228,6 +250,7 @@ type ActGraphRejected struct {
 
 func (EvWorkerJoined) eventName() string  { return "worker-joined" }
 func (EvWorkerLeft) eventName() string    { return "worker-left" }
+func (EvWorkersJoined) eventName() string { return "workers-joined" }
 func (EvClientJoined) eventName() string  { return "client-joined" }
 func (EvClientLeft) eventName() string    { return "client-left" }
 func (EvUpdateGraph) eventName() string   { return "update-graph" }
@@ -255,3 +278,4 @@ func (ActSteal) actionName() string         { return "steal" }
 func (ActKeyState) actionName() string      { return "key-state" }
 func (ActGraphRejected) actionName() string { return "graph-rejected" }
 func (ActAcquire) actionName() string       { return "acquire" }
+func (ActRemoveWorker) actionName() string  { return "remove-worker" }

@@ -126,7 +126,17 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 	case "worker-joined":
 		ev = EvWorkerJoined{Worker: WorkerID(a.int("id")), Name: a.str("name"), Addr: a.str("addr"),
 			NThreads: a.intOr("nthreads", 1), MemoryLimit: int64(a.intOr("mem", 0)),
-			Functions: a.listOr("funcs", "f"), Resources: a.res("res")}
+			Functions: a.listOr("funcs", "f"), Resources: a.res("res"), Holds: a.items("holds"),
+			Replaces: WorkerID(a.intOr("replaces", 0)), Now: int64(a.intOr("now", 0))}
+	case "workers-joined": // the workers of the following lines, in one event
+		var joins []EvWorkerJoined
+		for _, l := range block[1:] {
+			_, m := parseLine(t, strings.TrimSpace(l))
+			b := argMap{t: t, where: a.where, m: m}
+			joins = append(joins, EvWorkerJoined{Worker: WorkerID(b.int("id")), Name: b.str("name"), Addr: b.str("addr"),
+				NThreads: b.intOr("nthreads", 1), Functions: b.listOr("funcs", "f"), Holds: b.items("holds")})
+		}
+		ev = EvWorkersJoined{Joins: joins}
 	case "worker-left":
 		ev = EvWorkerLeft{Worker: WorkerID(a.int("id")), Reason: a.str("reason"), Graceful: a.bool("graceful")}
 	case "client-joined":
@@ -214,6 +224,13 @@ func (r *scenario) configure(a argMap) {
 	}
 	if a.has("story") {
 		r.cfg.StoryLength = a.int("story")
+	}
+	if a.has("heartbeat-timeout") {
+		d, err := time.ParseDuration(a.str("heartbeat-timeout"))
+		if err != nil {
+			a.t.Fatalf("%s: heartbeat-timeout: %v", a.where, err)
+		}
+		r.cfg.HeartbeatTimeout = d
 	}
 	r.core = nil
 }
@@ -334,6 +351,8 @@ func formatAction(a Action) string {
 			parts[i] = fmt.Sprintf("%s@%s:%d", d.Key, joinIDs(d.Workers), d.NBytes)
 		}
 		return fmt.Sprintf("acquire w=%d deps=%s", a.Worker, strings.Join(parts, ","))
+	case ActRemoveWorker:
+		return fmt.Sprintf("remove-worker w=%d reason=%q", a.Worker, a.Reason)
 	case ActGraphRejected:
 		return fmt.Sprintf("graph-rejected client=%d id=%d keys=%s err=%s", a.Client, a.ID,
 			strings.Join(a.Keys, ","), strconv.Quote(a.Err.Error()))

@@ -41,6 +41,19 @@ type ServerConfig struct {
 	// Logs returns the process's last n log lines (all kept when n <= 0) for get_logs; nil:
 	// none are kept.
 	Logs func(n int) []string
+	// Listener, when set, is used for the control port instead of binding Host:Port (tests
+	// serve on an in-memory or pre-bound listener); Clock, when set, replaces time.Now.
+	Listener net.Listener
+	Clock    func() time.Time
+	// Journal, when set, is a directory where graphs, wanted keys, shared state and failures
+	// are journaled, so that a scheduler started again on it resumes the work (journal.go).
+	Journal string
+	// RecoveryWait bounds how long a scheduler restarted on a journal waits for the workers it
+	// knew to register again before it places work (it starts as soon as all are back).
+	RecoveryWait time.Duration
+	// ClientGrace is how long a client the journal knew has to reconnect and resume after a
+	// restart before what it wanted is released.
+	ClientGrace time.Duration
 }
 
 // unhealthy is why a heartbeat says its worker cannot serve, or "".
@@ -61,7 +74,8 @@ const maxAdmins = 64
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{Host: "127.0.0.1", Port: 8786, Limits: wire.DefaultLimits(), Core: DefaultCoreConfig(),
 		TickInterval: 100 * time.Millisecond, HeartbeatTimeout: 30 * time.Second, ExitWait: 150 * time.Millisecond,
-		MaxClients: 1024, MaxWorkers: 16384, MessageTimeout: wire.DefaultMessageTimeout}
+		MaxClients: 1024, MaxWorkers: 16384, MessageTimeout: wire.DefaultMessageTimeout,
+		RecoveryWait: 3 * time.Second, ClientGrace: 2 * time.Minute}
 }
 
 // Validate reports the first bad value.
@@ -77,6 +91,9 @@ func (c ServerConfig) Validate() error {
 	}
 	if c.MaxClients <= 0 || c.MaxWorkers <= 0 {
 		return fmt.Errorf("scheduler: max clients %d and max workers %d must be positive", c.MaxClients, c.MaxWorkers)
+	}
+	if c.RecoveryWait < 0 || c.ClientGrace < 0 {
+		return fmt.Errorf("scheduler: recovery wait %v and client grace %v must not be negative", c.RecoveryWait, c.ClientGrace)
 	}
 	if c.ClientIdleTimeout < 0 || c.MessageTimeout < 0 {
 		return fmt.Errorf("scheduler: client idle timeout %v and message timeout %v must not be negative",
@@ -123,6 +140,10 @@ type Server struct {
 	firing      bool
 	preloads    preloadStore
 	shared      sharedDriver // Variable, Queue, Semaphore, Event, datasets (shared_server.go)
+
+	journal *journal               // nil: not journaling (journal.go)
+	recov   *recovery              // after a restart on a journal: workers joining back (recover.go)
+	orphans map[ClientID]time.Time // clients the journal knew, not yet resumed → when to let go
 }
 
 type workerConn struct {
@@ -174,9 +195,18 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port)))
-	if err != nil {
-		return nil, fmt.Errorf("scheduler: listen: %w", err)
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	if cfg.Core.HeartbeatTimeout == 0 || cfg.HeartbeatTimeout < cfg.Core.HeartbeatTimeout {
+		cfg.Core.HeartbeatTimeout = cfg.HeartbeatTimeout // the core owns the liveness policy
+	}
+	ln := cfg.Listener
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", net.JoinHostPort(cfg.Host, fmt.Sprint(cfg.Port))); err != nil {
+			return nil, fmt.Errorf("scheduler: listen: %w", err)
+		}
 	}
 	if cfg.TLS != nil {
 		ln = tls.NewListener(ln, cfg.TLS)
@@ -185,7 +215,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		in: make(chan inbound, 4096), queries: make(chan func()), stop: make(chan struct{}),
 		workers: map[WorkerID]*workerConn{}, byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
 		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
-		nextW: 1, nextC: 1, obs: newObservers(), started: time.Now(), dirty: map[*wire.Conn]struct{}{}}
+		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(), dirty: map[*wire.Conn]struct{}{},
+		orphans: map[ClientID]time.Time{}}
+	if cfg.Journal != "" {
+		if err := s.openJournal(); err != nil {
+			ln.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -200,6 +237,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.goFunc(s.acceptLoop)
 	ticker := time.NewTicker(s.cfg.TickInterval)
 	defer ticker.Stop()
+	defer s.closeJournal() // on the driver goroutine: the last pass's records are written
 	for {
 		select {
 		case <-ctx.Done():
@@ -216,8 +254,8 @@ func (s *Server) Serve(ctx context.Context) error {
 		case q := <-s.queries:
 			q()
 			s.flush()
-		case now := <-ticker.C:
-			s.tick(now)
+		case <-ticker.C:
+			s.tick(s.cfg.Clock())
 			s.flush()
 		}
 	}
@@ -233,6 +271,7 @@ func (s *Server) queue(c *wire.Conn, m *wire.Msg) {
 
 // flush wakes the writer of every connection written to in this pass.
 func (s *Server) flush() {
+	s.journalWrite() // first: what a client is told is in the journal
 	for c := range s.dirty {
 		c.Flush()
 	}
@@ -547,15 +586,19 @@ func firstKey(keys []string) string {
 
 func (s *Server) tick(now time.Time) {
 	s.lastTick = now
-	for _, w := range s.workers {
-		if !w.closing && now.Sub(w.lastSeen) > s.cfg.HeartbeatTimeout {
-			s.removeWorker(w, fmt.Sprintf("heartbeat timeout: silent for %v", now.Sub(w.lastSeen).Round(time.Second)), false)
-		}
-	}
-	s.handle(EvTick{Now: now.UnixNano()})
+	s.handle(EvTick{Now: now.UnixNano()}) // the core removes silent workers (ActRemoveWorker)
 	s.sharedTick(now)
 	if len(s.retirements) > 0 {
 		s.checkRetiring(now)
+	}
+	if s.recov != nil {
+		s.recoveryTick(now)
+	}
+	if len(s.orphans) > 0 {
+		s.releaseOrphans(now)
+	}
+	if s.journal != nil {
+		s.journalTick(now)
 	}
 }
 
@@ -568,9 +611,19 @@ func (s *Server) onWorkerExit(e *workerExit) {
 	}
 }
 
+// gossipGrace: gossip's verdict that a worker is dead is not believed while its control
+// stream spoke this recently (the stream is proof of life; gossip may be cut off alone, or
+// its verdict may arrive after the worker registered again).
+const gossipGrace = 2 * time.Second
+
 func (s *Server) onGossipDead(g *gossipDead) {
 	if id, ok := s.byAddr[g.addr]; ok {
 		w := s.workers[id]
+		if since := s.cfg.Clock().Sub(w.lastSeen); since < gossipGrace {
+			s.log.Warn("gossip says a worker is gone, but its control stream spoke recently: keeping it",
+				"worker", w.info.Name, "gossip", g.reason, "last_message", since.Round(time.Millisecond))
+			return
+		}
 		w.conn.Abort()
 		s.removeWorker(w, s.exitReason(w, g.reason), false)
 	}
@@ -597,7 +650,7 @@ func (s *Server) onWorker(in inbound) {
 		s.workerStreamBroke(w, in.err)
 		return
 	}
-	w.lastSeen = time.Now()
+	w.lastSeen = s.cfg.Clock()
 	s.onWorkerMsg(w, in.msg)
 }
 
@@ -605,14 +658,28 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	if w.info.Name == "" {
 		w.info.Name = w.info.Address
 	}
-	if _, dup := s.byName[w.info.Name]; dup {
-		w.conn.SendError(m.ID, wire.CodeDuplicateWorker, fmt.Sprintf("a worker named %q is already registered", w.info.Name))
-		reply <- errors.New("duplicate")
-		return
+	var replaces WorkerID
+	if oldID, dup := s.byName[w.info.Name]; dup {
+		old := s.workers[oldID]
+		if old.pid == 0 || old.pid != w.pid || old.info.Address != w.info.Address {
+			w.conn.SendError(m.ID, wire.CodeDuplicateWorker, fmt.Sprintf("a worker named %q is already registered", w.info.Name))
+			reply <- errors.New("duplicate")
+			return
+		}
+		// The same process (name, pid and data address) lost its connection and came back
+		// before its old one broke on this side: the new registration takes over.
+		s.log.Info("worker registered again: replacing its previous connection", "worker", w.info.Name)
+		old.closing = true
+		old.conn.Abort()
+		delete(s.workers, oldID)
+		delete(s.byAddr, old.info.Address)
+		delete(s.byName, old.info.Name)
+		replaces = oldID
 	}
 	w.id = s.nextW
 	s.nextW++
-	w.lastSeen = time.Now()
+	now := s.cfg.Clock()
+	w.lastSeen = now
 	s.workers[w.id] = w
 	s.byAddr[w.info.Address] = w.id
 	s.byName[w.info.Name] = w.id
@@ -621,10 +688,18 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 		s.queue(w.conn, s.preloads.items[name])
 	}
 	reply <- nil
-	s.log.Info("worker joined", "worker", w.info.Name, "address", w.info.Address, "nthreads", w.info.NThreads)
+	s.log.Info("worker joined", "worker", w.info.Name, "address", w.info.Address, "nthreads", w.info.NThreads,
+		"holds", len(m.Items), "again", replaces != 0)
 	s.obs.workerJoined(w)
-	s.handle(EvWorkerJoined{Worker: w.id, Name: w.info.Name, Addr: w.info.Address, NThreads: w.info.NThreads,
-		MemoryLimit: w.info.MemoryLimit, Resources: w.info.Resources, Functions: m.Functions})
+	s.journalWorker(w.info.Name, true)
+	ev := EvWorkerJoined{Worker: w.id, Name: w.info.Name, Addr: w.info.Address, NThreads: w.info.NThreads,
+		MemoryLimit: w.info.MemoryLimit, Resources: w.info.Resources, Functions: m.Functions, Holds: m.Items,
+		Replaces: replaces, Now: now.UnixNano()}
+	if s.recov != nil && s.recov.hold(ev) {
+		s.recoveryTick(now) // joined with the others when the recovery ends (recover.go)
+		return
+	}
+	s.handle(ev)
 }
 
 // workerStreamBroke waits briefly for the supervisor to say how the process ended, so the
@@ -665,9 +740,18 @@ func (s *Server) removeWorkerWith(w *workerConn, reason string, graceful bool, f
 		s.queue(o.conn, &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason})
 	}
 	s.log.Info("worker left", "worker", w.info.Name, "reason", reason, "graceful", graceful)
+	s.journalWorker(w.info.Name, false)
+	if s.recov != nil {
+		s.recov.drop(w.id)
+	}
 	s.obs.workerLeft(w, reason)
 	s.handle(EvWorkerLeft{Worker: w.id, Reason: reason, Graceful: graceful})
 }
+
+// heartbeatAck answers every heartbeat: a worker that hears nothing for a while knows its
+// connection is dead (a cut link, a scheduler gone) and connects again. (Queue encodes the
+// message before it returns, so one value serves every worker.)
+var heartbeatAck = &wire.Msg{Op: wire.OpHeartbeat}
 
 func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	switch m.Op {
@@ -684,10 +768,13 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		s.handle(EvTaskErred{Worker: w.id, Key: m.Key, TaskID: m.TaskID, Err: err, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
 		s.onTaskErred(w, m.Key, err)
 	case wire.OpAddKeys:
+		if s.recov != nil && s.recov.addHolds(w.id, m.Items) {
+			return
+		}
 		s.obs.transfers(w, m.Items)
 		s.handle(EvAddReplica{Worker: w.id, Items: m.Items})
 		if len(s.retirements) > 0 {
-			s.checkRetiring(time.Now())
+			s.checkRetiring(s.cfg.Clock())
 		}
 	case wire.OpMissingData:
 		from, ok := s.byAddr[m.Worker]
@@ -703,7 +790,8 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		if m.MemLimit > 0 {
 			w.info.MemoryLimit = m.MemLimit
 		}
-		s.handle(EvHeartbeat{Worker: w.id, Now: time.Now().UnixNano(), Memory: m.Memory, Spilled: m.Spilled, Executing: m.Executing, Ready: m.Ready, Unhealthy: unhealthy(m)})
+		s.queue(w.conn, heartbeatAck) // the worker knows the scheduler still hears it
+		s.handle(EvHeartbeat{Worker: w.id, Now: s.cfg.Clock().UnixNano(), Memory: m.Memory, Spilled: m.Spilled, Executing: m.Executing, Ready: m.Ready, Unhealthy: unhealthy(m)})
 	case wire.OpReschedule:
 		s.handle(EvReschedule{Worker: w.id, Keys: m.Keys})
 	case wire.OpLongRunning:
@@ -737,27 +825,87 @@ func orDefault(s, d string) string {
 func (s *Server) onClient(in inbound) {
 	cl := in.client
 	if in.joined {
-		cl.id = s.nextC
-		s.nextC++
+		cl.id = s.newClientID()
 		s.clients[cl.id] = cl
 		cl.conn.Send(&wire.Msg{Op: wire.OpWelcome, Client: int64(cl.id), Version: Version, Dashboard: s.cfg.DashboardURL})
 		in.reply <- nil
 		s.handle(EvClientJoined{Client: cl.id})
 		return
 	}
-	if _, ok := s.clients[cl.id]; !ok {
-		return
+	if s.clients[cl.id] != cl {
+		return // gone, or its id was taken over by the same client's new connection (resume)
 	}
 	if in.err != nil {
-		delete(s.clients, cl.id)
-		s.handle(EvClientLeft{Client: cl.id})
-		s.sharedClientLeft(cl.id) // its leases are freed at once
+		s.clientGone(cl.id)
 		return
 	}
 	s.onClientMsg(cl, in.msg)
 }
 
+// newClientID is the next id not in use (a resumed client may hold an id above nextC).
+func (s *Server) newClientID() ClientID {
+	for {
+		id := s.nextC
+		s.nextC++
+		if _, used := s.clients[id]; !used && id != fireClient {
+			if _, orphan := s.orphans[id]; !orphan {
+				return id
+			}
+		}
+	}
+}
+
+// clientGone releases what a departed client wanted.
+func (s *Server) clientGone(id ClientID) {
+	delete(s.clients, id)
+	s.journalClientLeft(id)
+	s.handle(EvClientLeft{Client: id})
+	s.sharedClientLeft(id) // its leases are freed at once
+}
+
+// resume: a client that lost its connection (a cut link, a scheduler restart) takes its
+// previous id back, so the keys it wanted — journaled, or still held for its old connection —
+// are its own again, and says which keys it still holds futures for. It is told their states
+// (at once for the finished ones); keys this scheduler does not know are "lost".
+func (s *Server) resume(cl *clientConn, m *wire.Msg) {
+	old := ClientID(m.Client)
+	if old > 0 && old != cl.id && old != fireClient {
+		if prev, ok := s.clients[old]; ok {
+			prev.conn.Abort() // the old connection is half-open: this one replaces it
+		}
+		delete(s.clients, cl.id)
+		s.handle(EvClientLeft{Client: cl.id}) // the new id held nothing yet
+		cl.id = old
+		s.clients[old] = cl
+		delete(s.orphans, old)
+		if old >= s.nextC {
+			s.nextC = old + 1
+		}
+	}
+	cl.conn.Send(&wire.Msg{Op: wire.OpResumed, ID: m.ID, Client: int64(cl.id)})
+	holds := make(map[string]bool, len(m.Keys))
+	for _, k := range m.Keys {
+		holds[k] = true
+	}
+	var drop []string // wanted before, no longer held: the client released them meanwhile
+	for _, k := range s.core.WantedBy(cl.id) {
+		if !holds[k] {
+			drop = append(drop, k)
+		}
+	}
+	if len(drop) > 0 {
+		s.journalMsg(&wire.Msg{Op: wire.OpReleaseKeys, Client: int64(cl.id), Keys: drop})
+		s.handle(EvReleaseKeys{Client: cl.id, Keys: drop})
+	}
+	s.journalMsg(&wire.Msg{Op: wire.OpWanted, Client: int64(cl.id), Keys: m.Keys})
+	s.handle(EvWanted{Client: cl.id, Keys: m.Keys})
+	s.log.Info("client resumed", "client", cl.id, "keys", len(m.Keys), "released", len(drop))
+}
+
 func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
+	if m.Op != wire.OpUpdateGraph {
+		s.journalClient(cl, m)
+	}
 	switch m.Op {
 	case wire.OpUpdateGraph:
 		for h, b := range m.Funcs {
@@ -774,6 +922,7 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 				Error: wire.Errorf(wire.CodeInvalidTask, fmt.Sprintf("task %q refers to Python function %s, which was not sent in funcs", bad, shortHash(m.Tasks, bad)))})
 			return
 		}
+		s.journalClient(cl, m)
 		s.handle(EvUpdateGraph{Client: cl.id, ID: m.ID, Tasks: m.Tasks, Wanted: m.Wanted})
 	case wire.OpWanted:
 		s.handle(EvWanted{Client: cl.id, Keys: m.Keys})
@@ -790,6 +939,8 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 			return
 		}
 		s.handle(EvScattered{Client: cl.id, Worker: id, Items: m.Items})
+	case wire.OpResume:
+		s.resume(cl, m)
 	case wire.OpInfo, wire.OpWhoHas:
 		s.onAdmin(cl.conn, m)
 	case wire.OpRestart, wire.OpRetireWorkers, wire.OpReplicate, wire.OpRebalance, wire.OpScale, wire.OpProcessing,
@@ -888,6 +1039,10 @@ func (s *Server) perform(a Action) {
 				deps[i] = wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: s.addrs(d.Workers)}
 			}
 			s.queue(w.conn, &wire.Msg{Op: wire.OpAcquire, Deps: deps})
+		}
+	case ActRemoveWorker:
+		if w, ok := s.workers[a.Worker]; ok && !w.closing {
+			s.removeWorker(w, a.Reason, false)
 		}
 	case ActGraphRejected:
 		if cl, ok := s.clients[a.Client]; ok {

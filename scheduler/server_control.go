@@ -60,6 +60,7 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 			reply(&wire.Msg{Op: wire.OpOK, N: int64(len(ids))})
 			return
 		}
+		s.journalMsg(&wire.Msg{Op: jopRestart})
 		n := s.restart(orDefault(m.Reason, fmt.Sprintf("the cluster was restarted by client %d", cl.id)))
 		reply(&wire.Msg{Op: wire.OpOK, N: int64(n)})
 	case wire.OpStory:
@@ -230,14 +231,14 @@ func (s *Server) restart(reason string) int {
 // retire starts retiring workers: no new tasks go there, their unique values are copied to
 // the others, and each is closed (it drains and says goodbye) once it holds nothing unique.
 func (s *Server) retire(ids []WorkerID, reply func(*wire.Msg)) {
-	r := &retiring{reply: reply, workers: ids, deadline: time.Now().Add(retireTimeout), asked: time.Now()}
+	r := &retiring{reply: reply, workers: ids, deadline: s.cfg.Clock().Add(retireTimeout), asked: s.cfg.Clock()}
 	for _, id := range ids {
 		r.addrs = append(r.addrs, s.workers[id].info.Address)
 	}
 	s.log.Info("retiring workers", "workers", r.addrs)
 	s.handle(EvRetire{Workers: ids})
 	s.retirements = append(s.retirements, r)
-	s.checkRetiring(time.Now())
+	s.checkRetiring(s.cfg.Clock())
 }
 
 // checkRetiring closes retiring workers that hold nothing unique any more and answers the

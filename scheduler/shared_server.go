@@ -26,14 +26,14 @@ func (s *Server) sharedState() *shared {
 
 // onShared serves a shared-state request from a client.
 func (s *Server) onShared(cl *clientConn, m *wire.Msg) {
-	s.sharedState().handle(cl.id, m, time.Now().UnixNano())
+	s.sharedState().handle(cl.id, m, s.cfg.Clock().UnixNano())
 	s.applyShared()
 }
 
 // sharedClientLeft drops a departed client's parked requests and frees its leases.
 func (s *Server) sharedClientLeft(cl ClientID) {
 	if s.shared.st != nil {
-		s.shared.st.clientLeft(cl, time.Now().UnixNano())
+		s.shared.st.clientLeft(cl, s.cfg.Clock().UnixNano())
 		s.applyShared()
 	}
 }
@@ -81,7 +81,7 @@ func (s *Server) applyShared() {
 			if s.shared.timerAt == due {
 				s.shared.timerAt = 0
 			}
-			s.sharedTick(time.Now())
+			s.sharedTick(s.cfg.Clock())
 		})
 	})
 }

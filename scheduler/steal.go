@@ -11,6 +11,7 @@ import (
 // started it rejects the request, and its result is accepted as usual.
 
 func (c *Core) tick(now int64) {
+	c.checkLiveness(now)
 	if c.cfg.DisableStealing {
 		return
 	}

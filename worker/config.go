@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -93,6 +94,17 @@ type Config struct {
 	ShutdownGrace time.Duration
 	// Version is reported to the scheduler in register.
 	Version string
+
+	// Reconnect is how long a worker that lost the scheduler (a cut link, a scheduler that
+	// died or restarted) keeps trying to register again, with backoff, keeping its results
+	// and executors meanwhile; then Run returns the error. 0: Run returns at once.
+	Reconnect time.Duration
+	// SchedulerTimeout: a scheduler connection on which nothing arrived for this long is
+	// taken for dead (the scheduler answers every heartbeat). 0: 5 × HeartbeatInterval.
+	SchedulerTimeout time.Duration
+	// Locate finds the scheduler's control address again after it was lost (gossip: it may
+	// have restarted elsewhere); nil, or an error, means the last known address.
+	Locate func(ctx context.Context) (string, error)
 }
 
 // DefaultConfig returns the documented defaults.
@@ -156,6 +168,8 @@ func (c *Config) Validate() error {
 	case c.DataIdleTimeout < 0 || c.MessageTimeout < 0:
 		return fmt.Errorf("worker: config: DataIdleTimeout %v and MessageTimeout %v must not be negative",
 			c.DataIdleTimeout, c.MessageTimeout)
+	case c.Reconnect < 0 || c.SchedulerTimeout < 0:
+		return fmt.Errorf("worker: config: Reconnect %v and SchedulerTimeout %v must not be negative", c.Reconnect, c.SchedulerTimeout)
 	case c.HeartbeatInterval <= 0:
 		return fmt.Errorf("worker: config: HeartbeatInterval %v must be positive", c.HeartbeatInterval)
 	case c.MaxConcurrentFetches < 1:

@@ -22,8 +22,12 @@ var ErrRestart = errors.New("the scheduler asked the worker to restart")
 // Run connects to the scheduler's control port, registers, and serves it until ctx ends
 // (then shuts down gracefully: queued tasks are handed back with reschedule, running tasks
 // get Config.ShutdownGrace to finish, goodbye is sent), the scheduler sends close (same
-// graceful path, Run returns nil), or the connection breaks (Run returns the error). Run may
-// be called once; call Close afterwards.
+// graceful path, Run returns nil), or the scheduler is lost. A lost scheduler — the
+// connection broke, or nothing arrived for Config.SchedulerTimeout — is sought again for
+// Config.Reconnect (at the address Config.Locate finds, or the last one) while the worker
+// keeps its results, executors and running tasks; it registers again with the results it
+// holds. Run returns the error when that time runs out (or at once when Reconnect is 0). Run
+// may be called once; call Close afterwards.
 func (w *Worker) Run(ctx context.Context, schedulerAddr string) error {
 	if w.closed.Load() {
 		return ErrClosed
@@ -32,6 +36,39 @@ func (w *Worker) Run(ctx context.Context, schedulerAddr string) error {
 	if err != nil {
 		return err
 	}
+	for {
+		lost := w.serve(ctx, conn, reg, schedulerAddr)
+		var le *lostError
+		if !errors.As(lost, &le) {
+			return lost
+		}
+		if w.cfg.Reconnect <= 0 || ctx.Err() != nil {
+			return lost
+		}
+		n := w.forgetQueued()
+		w.log.Warn("lost the scheduler: keeping results and executors, and connecting again", "scheduler", schedulerAddr,
+			"cause", le.cause, "tasks_handed_back", n, "held", w.store.Stats().Keys, "for_up_to", w.cfg.Reconnect)
+		if conn, reg, schedulerAddr, err = w.reconnect(ctx, schedulerAddr, le); err != nil {
+			return err
+		}
+	}
+}
+
+// lostError: the scheduler connection broke or went silent.
+type lostError struct {
+	addr  string
+	cause error
+}
+
+func (e *lostError) Error() string {
+	return fmt.Sprintf("worker: lost the scheduler at %s: %v", e.addr, e.cause)
+}
+
+func (e *lostError) Unwrap() error { return e.cause }
+
+// serve runs one registered session on conn until it ends: nil (closed by the scheduler or
+// ctx), ErrRestart, ErrClosed, or a *lostError.
+func (w *Worker) serve(ctx context.Context, conn *wire.Conn, reg *wire.Msg, schedulerAddr string) error {
 	w.schedAddr.Store(&schedulerAddr)
 	if err := os.WriteFile(filepath.Join(w.scratch.path, "scheduler"), []byte(schedulerAddr), 0o600); err != nil {
 		w.log.Warn("cannot tell the Python executors the scheduler's address: get_client in tasks will fail", "err", err)
@@ -42,8 +79,11 @@ func (w *Worker) Run(ctx context.Context, schedulerAddr string) error {
 	runCtx, stopRun := context.WithCancel(w.ctx)
 	defer stopRun()
 	recvDone := make(chan error, 1)
+	w.lastRecv.Store(time.Now().UnixNano())
 	w.goFunc(func() { recvDone <- w.recvLoop(conn) })
 	w.goFunc(func() { w.heartbeatLoop(runCtx) })
+	silent := make(chan time.Duration, 1)
+	w.goFunc(func() { w.watchScheduler(runCtx, silent) })
 
 	select {
 	case <-ctx.Done():
@@ -65,13 +105,116 @@ func (w *Worker) Run(ctx context.Context, schedulerAddr string) error {
 		if w.closed.Load() {
 			return ErrClosed
 		}
-		return fmt.Errorf("worker: lost the scheduler at %s: %w", schedulerAddr, err)
+		select {
+		case d, ok := <-silent:
+			if ok {
+				err = fmt.Errorf("nothing arrived for %v (%w)", d.Round(time.Millisecond), err)
+			}
+		default:
+		}
+		return &lostError{addr: schedulerAddr, cause: err}
 	case <-w.ctx.Done():
 		return ErrClosed
 	}
 }
 
-// register dials the scheduler and performs the register/registered exchange.
+// schedulerTimeout is how long the scheduler may stay silent.
+func (w *Worker) schedulerTimeout() time.Duration {
+	if w.cfg.SchedulerTimeout > 0 {
+		return w.cfg.SchedulerTimeout
+	}
+	return 5 * w.cfg.HeartbeatInterval
+}
+
+// watchScheduler aborts the session's connection when nothing has arrived on it for the
+// scheduler timeout (the scheduler answers every heartbeat); it says how long in silent.
+func (w *Worker) watchScheduler(ctx context.Context, silent chan<- time.Duration) {
+	defer close(silent)
+	limit := w.schedulerTimeout()
+	t := time.NewTicker(min(limit/4, time.Second))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if d := now.Sub(time.Unix(0, w.lastRecv.Load())); d > limit {
+				silent <- d
+				if c := w.sched.Load(); c != nil {
+					c.Abort()
+				}
+				return
+			}
+		}
+	}
+}
+
+// forgetQueued drops the tasks that have not started (the scheduler gives them out again);
+// running ones go on, and their results are reported when the worker registers again.
+func (w *Worker) forgetQueued() int {
+	w.mu.Lock()
+	n := 0
+	for _, ts := range w.mu.tasks {
+		if ts.state != stateRunning {
+			w.dropTaskLocked(ts)
+			n++
+		}
+	}
+	w.mu.Unlock()
+	return n
+}
+
+// reconnect registers again, with backoff, until Config.Reconnect has passed.
+func (w *Worker) reconnect(ctx context.Context, last string, lost *lostError) (*wire.Conn, *wire.Msg, string, error) {
+	deadline := time.Now().Add(w.cfg.Reconnect)
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		addr := last
+		if w.cfg.Locate != nil {
+			lctx, cancel := context.WithTimeout(ctx, time.Second)
+			if a, err := w.cfg.Locate(lctx); err == nil && a != "" {
+				addr = a
+			}
+			cancel()
+		}
+		dctx, cancel := context.WithTimeout(ctx, reconnectDialTimeout)
+		conn, reg, err := w.register(dctx, addr)
+		cancel()
+		if err == nil {
+			w.log.Info("registered with the scheduler again", "scheduler", addr, "attempts", attempt,
+				"held", w.store.Stats().Keys)
+			return conn, reg, addr, nil
+		}
+		var we *wire.Error
+		if errors.As(err, &we) && we.Code != wire.CodeDuplicateWorker && we.Code != wire.CodeBusy {
+			return nil, nil, "", fmt.Errorf("%w; the scheduler refused to take the worker back: %w", lost, err)
+		}
+		if !time.Now().Before(deadline) {
+			return nil, nil, "", fmt.Errorf("%w; could not register again within %v: %w", lost, w.cfg.Reconnect, err)
+		}
+		if attempt == 1 || attempt%20 == 0 {
+			w.log.Info("the scheduler cannot be reached yet", "scheduler", addr, "attempt", attempt, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, nil, "", lost
+		case <-w.ctx.Done():
+			return nil, nil, "", ErrClosed
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// reconnectDialTimeout bounds one attempt to reach the scheduler again: a cut link swallows
+// the connection request, and the next attempt should come soon after the link returns.
+const reconnectDialTimeout = 1500 * time.Millisecond
+
+// maxRegisterItems bounds the held results listed in register; the rest follow in add_keys.
+const maxRegisterItems = 100_000
+
+// register dials the scheduler and performs the register/registered exchange, listing the
+// results the worker holds (none on the first registration).
 func (w *Worker) register(ctx context.Context, addr string) (*wire.Conn, *wire.Msg, error) {
 	conn, err := wire.Dial(ctx, addr, wire.DialOptions{Role: wire.RoleWorker, Token: w.cfg.Token,
 		TLS: w.cfg.ClientTLS, Limits: w.cfg.limits()})
@@ -82,9 +225,14 @@ func (w *Worker) register(ctx context.Context, addr string) (*wire.Conn, *wire.M
 	defer stop()
 	stopClose := context.AfterFunc(w.ctx, func() { conn.Abort() })
 	defer stopClose()
+	items := w.store.Items()
+	first, rest := items, []wire.Item(nil)
+	if len(items) > maxRegisterItems {
+		first, rest = items[:maxRegisterItems], items[maxRegisterItems:]
+	}
 	err = conn.Send(&wire.Msg{Op: wire.OpRegister, Name: w.cfg.Name, DataAddr: w.dataAddr,
 		NThreads: w.cfg.NThreads, MemLimit: w.memLimit, Resources: w.cfg.Resources,
-		Functions: Registered(), Version: w.cfg.Version, PID: os.Getpid()})
+		Functions: Registered(), Version: w.cfg.Version, PID: os.Getpid(), Items: first})
 	if err != nil {
 		conn.Abort()
 		return nil, nil, fmt.Errorf("worker: registering with %s: %w", addr, err)
@@ -101,6 +249,14 @@ func (w *Worker) register(ctx context.Context, addr string) (*wire.Conn, *wire.M
 		conn.Abort()
 		return nil, nil, fmt.Errorf("worker: expected registered from %s, got %q", addr, m.Op)
 	}
+	for len(rest) > 0 {
+		n := min(len(rest), maxRegisterItems)
+		if err := conn.Send(&wire.Msg{Op: wire.OpAddKeys, Items: rest[:n]}); err != nil {
+			conn.Abort()
+			return nil, nil, fmt.Errorf("worker: registering with %s: %w", addr, err)
+		}
+		rest = rest[n:]
+	}
 	return conn, m, nil
 }
 
@@ -111,7 +267,10 @@ func (w *Worker) recvLoop(conn *wire.Conn) error {
 		if err != nil {
 			return err
 		}
+		w.lastRecv.Store(time.Now().UnixNano())
 		switch m.Op {
+		case wire.OpHeartbeat: // the scheduler's answer: it still hears this worker
+			wire.ReleaseMsg(m)
 		case wire.OpCompute:
 			w.handleCompute(m) // keeps copies of what it needs, not m
 			wire.ReleaseMsg(m)

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/shoal-dev/shoal/internal/wire"
 )
 
 // Entry is a stored value as handed out by the Store. Frames and Obj are shared and must
@@ -286,6 +288,18 @@ func (s *Store) Keys() []string {
 		keys = append(keys, k)
 	}
 	return keys
+}
+
+// Items describes every held value (key, encoding, size), in no particular order: what a
+// worker reports when it registers again.
+func (s *Store) Items() []wire.Item {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]wire.Item, 0, len(s.mu.m))
+	for k, v := range s.mu.m {
+		out = append(out, wire.Item{Key: k, Encoding: v.enc, NBytes: v.nbytes})
+	}
+	return out
 }
 
 // Close drops everything, closes the segments and removes the spill files.

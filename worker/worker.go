@@ -50,6 +50,8 @@ type Worker struct {
 	}
 
 	sched atomic.Pointer[wire.Conn] // the scheduler connection while Run is serving
+	// lastRecv is when the scheduler connection last delivered a message (unix ns)
+	lastRecv atomic.Int64
 
 	stats struct {
 		executed, erred          atomic.Int64

@@ -218,3 +218,10 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 func ctxWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d)
 }
+
+// logText is what the cluster's processes have logged so far.
+func (c *testCluster) logText(t testing.TB) string {
+	b, err := os.ReadFile(c.log.Name())
+	require.NoError(t, err)
+	return string(b)
+}

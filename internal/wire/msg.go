@@ -33,6 +33,8 @@ const (
 	OpGetLogs       = "get_logs" // also served on a worker's data port
 	OpStory         = "story"
 	OpOK            = "ok"
+	OpResume        = "resume"  // a reconnecting client takes its previous id back and re-wants its keys
+	OpResumed       = "resumed" // the id now in effect
 	// shared state (client → scheduler, answered with ok or error by id; docs/protocol.md §3.2)
 	OpVariableSet      = "variable_set"
 	OpVariableGet      = "variable_get"
@@ -224,7 +226,7 @@ func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 
 // Ops lists every op of docs/protocol.md §3.
 var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpFireAndForget, OpReleaseKeys,
 	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
-	OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpOK,
+	OpResume, OpResumed, OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpOK,
 	OpVariableSet, OpVariableGet, OpVariableDelete, OpQueuePut, OpQueueGet, OpQueueSize, OpSemaphoreAcquire,
 	OpSemaphoreRelease, OpSemaphoreRefresh, OpSemaphoreValue, OpEventSet, OpEventClear, OpEventWait, OpPublish,
 	OpUnpublish, OpGetDataset, OpListDatasets, OpRegister,
