@@ -2,9 +2,11 @@ package dashboard_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -265,4 +267,75 @@ func benchViewers(b *testing.B, viewers int) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+}
+
+// The scheduler records task runs only while a session is open; the dashboard serves the
+// recording of a window as JSON and as a self-contained report page.
+func TestRecordingAndReport(t *testing.T) {
+	c := startCluster(t, 2, 2)
+	ctx := context.Background()
+	c.run(t, "before", 100) // nobody records: nothing is kept
+	rec, err := c.src.Recorded(ctx, 0, 0)
+	require.NoError(t, err)
+	require.Empty(t, rec.Tasks)
+	require.False(t, rec.Recording)
+
+	start := time.Now().UnixNano()
+	require.NoError(t, c.src.Record(ctx, true))
+	futs := c.run(t, "inc", 500)
+	stop := time.Now().UnixNano()
+	require.NoError(t, c.src.Record(ctx, false))
+	c.run(t, "after", 100) // the session is closed again
+
+	cfg := dashboard.DefaultConfig()
+	cfg.Source = c.src
+	d, err := dashboard.New(cfg)
+	require.NoError(t, err)
+	defer d.Close()
+	web := httptest.NewServer(d.Handler())
+	defer web.Close()
+
+	resp, err := http.Get(fmt.Sprintf("%s/api/v1/task-stream?start=%d&stop=%d", web.URL, start, stop))
+	require.NoError(t, err)
+	var got scheduler.Recording
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&got))
+	resp.Body.Close()
+	require.Len(t, got.Tasks, 500)
+	managed := int64(0)
+	for _, m := range got.Managed {
+		managed += m
+	}
+	require.EqualValues(t, 700*resultBytes, managed, "every held result (the futures of all three runs)")
+	for _, task := range got.Tasks {
+		require.Equal(t, "inc", task.Group)
+	}
+	require.NotEmpty(t, got.Memory, "a memory sample is taken when recording starts")
+
+	resp, err = http.Get(fmt.Sprintf("%s/api/v1/report?start=%d&stop=%d&download=1", web.URL, start, stop))
+	require.NoError(t, err)
+	page, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Contains(t, resp.Header.Get("Content-Disposition"), "attachment")
+	require.Equal(t, 500, strings.Count(string(page), `"group":"inc"`))
+	require.NotContains(t, string(page), "/*SHOAL_REPORT_DATA*/")
+	require.NotRegexp(t, `(?i)<(script|link)[^>]+(src|href)=`, string(page), "the report loads nothing from elsewhere")
+	for _, f := range futs {
+		f.Release()
+	}
+
+	resp, err = http.Get(web.URL + "/api/v1/report?last=-1")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusBadRequest, resp.StatusCode)
+}
+
+// A report page never lets a value end its data element.
+func TestRenderReportEscapes(t *testing.T) {
+	page, err := dashboard.RenderReport(dashboard.ReportData{Recording: scheduler.Recording{
+		Tasks: []scheduler.RecordedTask{{Key: "</script><script>alert(1)</script>", Group: "x"}}}})
+	require.NoError(t, err)
+	require.NotContains(t, string(page), "</script><script>alert(1)")
+	require.Contains(t, string(page), `\u003c/script`)
 }

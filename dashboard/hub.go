@@ -56,6 +56,8 @@ type hub struct {
 	spans   spanSet // the rest of this frame's task-stream events, aggregated
 	seq     uint64
 	diff    differ
+	// recording: the hub holds a recording session of a Recorder source (report.go)
+	recording bool
 }
 
 func newHub(cfg Config, log *slog.Logger, m *metrics, nt func(time.Duration) ticker) *hub {
@@ -125,6 +127,7 @@ func (h *hub) add(v *viewer) {
 	h.viewers[v] = struct{}{}
 	h.metrics.viewers.Set(float64(len(h.viewers)))
 	if len(h.viewers) == 1 {
+		h.record(true) // while someone watches, a report can be downloaded for what they saw
 		h.events, h.cancel = h.cfg.Source.Subscribe(h.cfg.EventBuffer)
 		h.tick = h.newTicker(time.Second / time.Duration(h.cfg.MaxUpdatesPerSecond))
 		h.log.Debug("dashboard: first viewer, subscribed")
@@ -141,8 +144,25 @@ func (h *hub) drop(v *viewer) {
 	}
 }
 
-// stop releases the subscription and the ticker and forgets all per-stream state.
+// record opens or closes the hub's recording session on a Source that records.
+func (h *hub) record(on bool) {
+	rec, ok := h.cfg.Source.(Recorder)
+	if !ok || h.recording == on {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.CallTimeout)
+	defer cancel()
+	if err := rec.Record(ctx, on); err != nil {
+		h.log.Warn("dashboard: recording", "on", on, "err", err)
+		return
+	}
+	h.recording = on
+}
+
+// stop releases the subscription, the ticker and the recording session and forgets all
+// per-stream state.
 func (h *hub) stop() {
+	h.record(false)
 	if h.cancel != nil {
 		h.cancel()
 	}

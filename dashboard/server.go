@@ -26,6 +26,9 @@ type Server struct {
 		sync.Mutex
 		closed bool
 	}
+	// the page's profiler switch (report.go)
+	profMu sync.Mutex
+	profOn bool
 }
 
 // New validates cfg and starts the server's hub goroutine (which is idle, and touches nothing
@@ -70,6 +73,14 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.stop()
 	s.wg.Wait()
+	s.profMu.Lock()
+	defer s.profMu.Unlock()
+	if rec, ok := s.cfg.Source.(Recorder); ok && s.profOn {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.CallTimeout)
+		defer cancel()
+		_ = rec.Profiling(ctx, false)
+		s.profOn = false
+	}
 	return nil
 }
 
@@ -109,6 +120,10 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /api/v1/tasks/{key...}", s.apiTask)
 	s.mux.HandleFunc("GET /api/v1/graph", s.apiGraph)
 	s.mux.HandleFunc("GET /api/v1/events", s.apiEvents)
+	s.mux.HandleFunc("GET /api/v1/report", s.apiReport)
+	s.mux.HandleFunc("GET /api/v1/task-stream", s.apiTaskStream)
+	s.mux.HandleFunc("GET /api/v1/profile", s.apiProfile)
+	s.mux.HandleFunc("POST /api/v1/profile", s.apiProfiling)
 	s.mux.HandleFunc("GET /api/", func(w http.ResponseWriter, _ *http.Request) {
 		writeError(w, http.StatusNotFound, "no such endpoint")
 	})

@@ -90,7 +90,9 @@ func (s *Server) SetListener(l EventListener) { s.obs.l = l }
 // observers holds the installed listener and the helpers the driver calls; each returns at
 // once when its callback is nil (or when nobody is active, for the high-volume ones).
 type observers struct {
-	l EventListener
+	l    EventListener
+	rec  recorder // record.go
+	prof profiler // profile.go
 }
 
 func newObservers() *observers { return &observers{} }
@@ -98,11 +100,20 @@ func newObservers() *observers { return &observers{} }
 func (o *observers) active() bool { return o.l.Active == nil || o.l.Active() }
 
 func (o *observers) taskDone(w *workerConn, m *wire.Msg, erred bool) {
-	if o.l.TaskRan == nil || !o.active() {
+	rec := o.rec.on()
+	listen := o.l.TaskRan != nil && o.active()
+	if !rec && !listen {
 		return
 	}
-	o.l.TaskRan(TaskRun{Key: m.Key, Group: graph.KeySplit(m.Key), Worker: w.info.Address, WorkerName: w.info.Name,
-		Thread: m.Thread, Start: m.Start, Stop: m.Stop, NBytes: m.NBytes, Erred: erred})
+	group := graph.KeySplit(m.Key)
+	if rec {
+		o.rec.task(RecordedTask{Key: m.Key, Group: group, Worker: w.info.Address, WorkerName: w.info.Name,
+			Thread: m.Thread, Start: m.Start, Stop: m.Stop, NBytes: m.NBytes, Erred: erred})
+	}
+	if listen {
+		o.l.TaskRan(TaskRun{Key: m.Key, Group: group, Worker: w.info.Address, WorkerName: w.info.Name,
+			Thread: m.Thread, Start: m.Start, Stop: m.Stop, NBytes: m.NBytes, Erred: erred})
+	}
 }
 
 func (o *observers) transfers(w *workerConn, items []wire.Item) {

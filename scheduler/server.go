@@ -588,6 +588,7 @@ func (s *Server) tick(now time.Time) {
 	s.lastTick = now
 	s.handle(EvTick{Now: now.UnixNano()}) // the core removes silent workers (ActRemoveWorker)
 	s.sharedTick(now)
+	s.obs.sample(s, now)
 	if len(s.retirements) > 0 {
 		s.checkRetiring(now)
 	}
@@ -687,6 +688,7 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	for _, name := range s.preloads.names { // before any compute: its executors need them
 		s.queue(w.conn, s.preloads.items[name])
 	}
+	s.profileJoined(w)
 	reply <- nil
 	s.log.Info("worker joined", "worker", w.info.Name, "address", w.info.Address, "nthreads", w.info.NThreads,
 		"holds", len(m.Items), "again", replaces != 0)
@@ -796,6 +798,8 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		s.handle(EvReschedule{Worker: w.id, Keys: m.Keys})
 	case wire.OpLongRunning:
 		s.handle(EvLongRunning{Worker: w.id, Key: m.Key, TaskID: m.TaskID})
+	case wire.OpProfileSamples:
+		s.onProfileSamples(w, m)
 	case wire.OpGoodbye:
 		w.closing = true
 		s.removeWorker(w, "worker closed: "+orDefault(m.Reason, "goodbye"), true)
@@ -944,7 +948,7 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 	case wire.OpInfo, wire.OpWhoHas:
 		s.onAdmin(cl.conn, m)
 	case wire.OpRestart, wire.OpRetireWorkers, wire.OpReplicate, wire.OpRebalance, wire.OpScale, wire.OpProcessing,
-		wire.OpGetLogs, wire.OpPreload, wire.OpStory:
+		wire.OpGetLogs, wire.OpPreload, wire.OpStory, wire.OpTaskStream, wire.OpProfile:
 		s.onControl(cl, m)
 	default:
 		if isSharedOp(m.Op) {

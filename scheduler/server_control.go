@@ -63,6 +63,10 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 		s.journalMsg(&wire.Msg{Op: jopRestart})
 		n := s.restart(orDefault(m.Reason, fmt.Sprintf("the cluster was restarted by client %d", cl.id)))
 		reply(&wire.Msg{Op: wire.OpOK, N: int64(n)})
+	case wire.OpTaskStream:
+		s.onTaskStream(m, reply)
+	case wire.OpProfile:
+		s.onProfile(m, reply)
 	case wire.OpStory:
 		out := make(map[string][]string, len(m.Keys))
 		for _, k := range m.Keys {

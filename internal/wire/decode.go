@@ -171,6 +171,7 @@ var msgFields = [...]struct {
 	{"n", func(d *dec, m *Msg) bool { return d.int(&m.N) }},
 	{"addrs", func(d *dec, m *Msg) bool { return d.strs(&m.Addrs) }},
 	{"work", func(d *dec, m *Msg) bool { return d.float(&m.Work) }},
+	{"samples", func(d *dec, m *Msg) bool { return slice(d, &m.Samples, (*dec).profileItem) }},
 	{"timeout", func(d *dec, m *Msg) bool { return d.float(&m.Timeout) }},
 	{"lease_timeout", func(d *dec, m *Msg) bool { return d.float(&m.LeaseTimeout) }},
 }
@@ -345,6 +346,35 @@ func (d *dec) errorValue(e *Error) bool {
 			bit, ok = 8, d.str(&e.Traceback)
 		case "exc":
 			bit, ok = 16, d.bin(&e.Exc)
+		default:
+			ok = d.skip()
+		}
+		if !d.record(&seen, bit, ok, k) {
+			return false
+		}
+	}
+	return true
+}
+
+func (d *dec) profileItem(it *ProfileItem) bool {
+	n, ok := d.mapLen()
+	if !ok {
+		return false
+	}
+	var seen uint64
+	for range n {
+		k, ok := d.strView()
+		if !ok {
+			return d.fail("a map key is not a string")
+		}
+		var bit uint64
+		switch string(k) {
+		case "group":
+			bit, ok = 1, d.str(&it.Group)
+		case "stack":
+			bit, ok = 2, d.str(&it.Stack)
+		case "count":
+			bit, ok = 4, d.int(&it.Count)
 		default:
 			ok = d.skip()
 		}

@@ -130,6 +130,13 @@ func appendHeader(b []byte, m *Msg) ([]byte, error) {
 		e.key("work")
 		e.b = appendFloat(e.b, m.Work)
 	}
+	if len(m.Samples) > 0 {
+		e.key("samples")
+		e.b = appendArrayLen(e.b, len(m.Samples))
+		for i := range m.Samples {
+			e.b = appendProfileItem(e.b, &m.Samples[i])
+		}
+	}
 	if m.Timeout != 0 {
 		e.key("timeout")
 		e.b = appendFloat(e.b, m.Timeout)
@@ -245,6 +252,18 @@ func appendError(b []byte, er *Error) []byte {
 	e.b = appendStr(e.b, er.Message)
 	e.str("traceback", er.Traceback)
 	e.bin("exc", er.Exc)
+	binary.BigEndian.PutUint16(e.b[start+1:], uint16(e.n))
+	return e.b
+}
+
+func appendProfileItem(b []byte, it *ProfileItem) []byte {
+	start := len(b)
+	e := mapEnc{b: append(b, 0xde, 0, 0)}
+	e.key("group")
+	e.b = appendStr(e.b, it.Group)
+	e.key("stack")
+	e.b = appendStr(e.b, it.Stack)
+	e.int("count", it.Count)
 	binary.BigEndian.PutUint16(e.b[start+1:], uint16(e.n))
 	return e.b
 }

@@ -32,6 +32,8 @@ const (
 	OpProcessing    = "processing"
 	OpGetLogs       = "get_logs" // also served on a worker's data port
 	OpStory         = "story"
+	OpTaskStream    = "task_stream" // recording of task runs and memory, for reports
+	OpProfile       = "profile"     // the statistical profiler: enable, disable, read
 	OpOK            = "ok"
 	OpResume        = "resume"  // a reconnecting client takes its previous id back and re-wants its keys
 	OpResumed       = "resumed" // the id now in effect
@@ -72,6 +74,9 @@ const (
 	OpLongRunning   = "long_running" // a task seceded from its thread (W→S)
 	OpAcquire       = "acquire_replicas"
 	OpPreload       = "preload" // client → scheduler → worker → executor
+	// OpProfileSamples: a worker's aggregated call-stack samples (W→S, Samples); the
+	// scheduler turns sampling on and off with OpProfile (S→W, N 1 or 0).
+	OpProfileSamples = "profile_samples"
 	// data port
 	OpGetData = "get_data"
 	OpData    = "data"
@@ -97,6 +102,14 @@ const (
 	EncPickle  = "pickle"
 	EncBytes   = "bytes"
 )
+
+// ProfileItem is Count samples of one call stack (frames outermost first, joined by ";")
+// taken while a task of Group ran.
+type ProfileItem struct {
+	Group string `msgpack:"group"`
+	Stack string `msgpack:"stack"`
+	Count int64  `msgpack:"count"`
+}
 
 // Item describes one value carried in a message; its NFrames payload frames follow in order.
 type Item struct {
@@ -203,6 +216,9 @@ type Msg struct {
 	Addrs []string `msgpack:"addrs,omitempty"` // worker data addresses (retire_workers, processing)
 	Work  float64  `msgpack:"work,omitempty"`  // info_reply: expected seconds of the pending tasks (N)
 
+	// profiler
+	Samples []ProfileItem `msgpack:"samples,omitempty"` // profile_samples
+
 	// shared state
 	Timeout      float64 `msgpack:"timeout,omitempty"`       // seconds to wait; 0: do not wait; < 0: no limit
 	LeaseTimeout float64 `msgpack:"lease_timeout,omitempty"` // semaphore_acquire: seconds a lease lives unrefreshed
@@ -226,11 +242,11 @@ func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 
 // Ops lists every op of docs/protocol.md §3.
 var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpFireAndForget, OpReleaseKeys,
 	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
-	OpResume, OpResumed, OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpOK,
+	OpResume, OpResumed, OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpTaskStream, OpProfile, OpOK,
 	OpVariableSet, OpVariableGet, OpVariableDelete, OpQueuePut, OpQueueGet, OpQueueSize, OpSemaphoreAcquire,
 	OpSemaphoreRelease, OpSemaphoreRefresh, OpSemaphoreValue, OpEventSet, OpEventClear, OpEventWait, OpPublish,
 	OpUnpublish, OpGetDataset, OpListDatasets, OpRegister,
 	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
-	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload, OpLongRunning,
+	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload, OpLongRunning, OpProfileSamples,
 	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown,
 	OpSecede, OpRejoin, OpRejoined}
