@@ -7,6 +7,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
@@ -140,10 +141,19 @@ func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64) {
 	for i, f := range batch {
 		keys[i] = f.key
 	}
+	start := time.Now()
 	got, err := w.peers.getDataSized(w.peers.context(peer), peer, keys, declared)
 	w.peers.outcome(peer, err)
 	if err != nil {
 		w.log.Warn("fetching from peer failed", "peer", peer, "keys", len(keys), "err", err)
+	} else if w.log.Enabled(context.Background(), slog.LevelDebug) {
+		var n int64
+		for _, it := range got {
+			n += it.item.NBytes
+		}
+		took := time.Since(start)
+		w.log.Debug("fetched from peer", "peer", peer, "keys", len(keys), "bytes", n, "took", took,
+			"mb_per_s", int(float64(n)/max(took.Seconds(), 1e-9)/1e6))
 	}
 	var added []wire.Item
 	for _, it := range got {

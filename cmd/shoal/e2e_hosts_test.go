@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -76,6 +77,9 @@ func (c *hostCluster) StartWorker(t testing.TB, i int, extra ...string) *testhos
 	h := c.Hosts[i]
 	args := append([]string{shoalBin, "worker", "--host", "0.0.0.0", "--join", c.Hosts[0].Addr(hostGossipPort),
 		"--name", fmt.Sprintf("w%d", i+1), "--nthreads", "1", "--local-dir", c.dir}, extra...)
+	if more := os.Getenv("SHOAL_HOSTS_WORKER_ARGS"); more != "" { // e.g. "--log-level debug"
+		args = append(args, strings.Fields(more)...)
+	}
 	return h.Start(ctxT(t, time.Hour), fmt.Sprintf("worker w%d", i+1), args, nil)
 }
 
@@ -260,4 +264,82 @@ func BenchmarkHostsTransfer(b *testing.B) {
 	b.ReportMetric(gbps(shoal), "shoal-GB/s")
 	b.ReportMetric(gbps(shoal)/gbps(raw), "ratio")
 	b.ReportMetric(0, "ns/op")
+}
+
+// BenchmarkHostsTransferPython is BenchmarkHostsTransfer with Python tasks: a 200 MB numpy
+// array or bytes object made by a Python task on w2 and passed to a task on w3 that returns
+// its size, driven by the Python client (benchmarks/hosts_transfer.py, SHOAL_PYTHON). It also
+// reports what the same task costs on w2, where the value is (ms-same-worker).
+//
+//	go test ./cmd/shoal -run '^$' -bench HostsTransferPython -benchtime 5x
+func BenchmarkHostsTransferPython(b *testing.B) {
+	for _, kind := range []string{"numpy", "bytes"} {
+		b.Run(kind, func(b *testing.B) { benchPythonTransfer(b, kind) })
+	}
+}
+
+func benchPythonTransfer(b *testing.B, kind string) {
+	py := os.Getenv("SHOAL_PYTHON")
+	if py == "" {
+		b.Skip("SHOAL_PYTHON is not set (make exports it: the .venv interpreter with the shoal package)")
+	}
+	var args func(int) []string
+	dir := os.Getenv("SHOAL_BENCH_PROFILE")
+	if dir != "" {
+		args = func(i int) []string {
+			return []string{"--cpu-profile", filepath.Join(dir, fmt.Sprintf("py-%s-w%d.pprof", kind, i+1))}
+		}
+	}
+	c := startHostCluster(b, 3, args)
+	if dir != "" {
+		b.Cleanup(func() {
+			for _, w := range c.Workers {
+				w.Signal(os.Interrupt)
+				w.Wait(context.Background())
+			}
+		})
+	}
+	ctx := ctxT(b, 10*time.Minute)
+	const size = 200 << 20
+	var raw, shoal time.Duration
+	for i := 0; i < 2; i++ { // warm-up
+		stream(ctx, b, c, size)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		raw += stream(ctx, b, c, size)
+	}
+	cmd := exec.CommandContext(ctx, py, "../../benchmarks/hosts_transfer.py", c.Scheduler, fmt.Sprint(b.N), fmt.Sprint(size), kind)
+	out, err := cmd.Output()
+	if err != nil {
+		b.Fatalf("%v: %s", err, out)
+	}
+	var local time.Duration
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		var remote, here float64
+		if _, err := fmt.Sscan(line, &remote, &here); err != nil {
+			b.Fatalf("hosts_transfer.py printed %q: %v", line, err)
+		}
+		shoal += time.Duration(remote * float64(time.Second))
+		local += time.Duration(here * float64(time.Second))
+	}
+	b.StopTimer()
+	gbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / 1e9 }
+	b.ReportMetric(gbps(raw), "raw-GB/s")
+	b.ReportMetric(gbps(shoal), "shoal-GB/s")
+	b.ReportMetric(gbps(shoal)/gbps(raw), "ratio")
+	b.ReportMetric(local.Seconds()*1e3/float64(b.N), "ms-same-worker")
+	if os.Getenv("SHOAL_HOSTS_LOG") != "" { // with SHOAL_HOSTS_WORKER_ARGS="--log-level debug": per-fetch timings
+		b.Logf("w3's log:\n%s", c.Workers[1].Output())
+	}
+	b.ReportMetric(0, "ns/op")
+}
+
+// stream times a raw TCP stream of size bytes from host2 to host3.
+func stream(ctx context.Context, b *testing.B, c *hostCluster, size int64) time.Duration {
+	bps, err := testhost.StreamTCP(ctx, c.Hosts[1], c.Hosts[2], size)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(float64(size) / bps * float64(time.Second))
 }

@@ -35,10 +35,11 @@ type Conn struct {
 
 	mu struct {
 		sync.Mutex
-		bufs    net.Buffers // pending output: small messages share one slice, big frames stand alone
-		small   []byte      // the slice small messages are appended to (the tail of bufs)
-		smalls  [][]byte    // every small-message slice in bufs (this side's memory)
-		spare   []byte      // an emptied small-message slice, reused by the next one
+		bufs    net.Buffers  // pending output: small messages share one slice, big frames stand alone
+		small   []byte       // the slice small messages are appended to (the tail of bufs)
+		smalls  [][]byte     // every small-message slice in bufs (this side's memory)
+		spare   []byte       // an emptied small-message slice, reused by the next one
+		files   []queuedFile // file frames (SendFrames) in bufs, in order
 		pending int
 		err     error
 		closed  bool
@@ -520,16 +521,27 @@ func (c *Conn) reuseLocked(written [][]byte) {
 
 func (c *Conn) writeLoop() {
 	defer close(c.done)
+	defer func() { // file frames that will never be written now
+		c.mu.Lock()
+		files := c.mu.files
+		c.mu.files = nil
+		c.mu.Unlock()
+		for _, f := range files {
+			f.f.Close()
+		}
+	}()
 	for range c.wake {
 		c.mu.Lock()
-		bufs, smalls := c.mu.bufs, c.mu.smalls
-		c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.pending = nil, nil, nil, 0
+		bufs, smalls, files := c.mu.bufs, c.mu.smalls, c.mu.files
+		c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.files, c.mu.pending = nil, nil, nil, nil, 0
 		closed := c.mu.closed
 		c.writing.Store(len(bufs) > 0) // before the lock is let go: output is never unseen
 		c.mu.Unlock()
 		if len(bufs) > 0 {
 			var err error
-			if t := time.Duration(c.stall.Load()); t > 0 {
+			if t := time.Duration(c.stall.Load()); len(files) > 0 {
+				err = c.writeWithFiles(bufs, files, t)
+			} else if t > 0 {
 				_, err = bufs.WriteTo(stallWriter{c.nc, t})
 			} else {
 				_, err = bufs.WriteTo(c.nc)
