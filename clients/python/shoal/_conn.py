@@ -67,13 +67,29 @@ class Stream(Protocol):
     def close(self) -> None: ...
 
 
+class AsyncStreamLike(Protocol):
+    """A Stream for asyncio: ``send`` and ``recv`` are coroutines (``_data.AsyncStream``)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def send(self, header: Header, frames: Sequence[_wire.Buffer] = ()) -> None: ...
+
+    async def recv(self) -> tuple[Header, list[bytearray]]: ...
+
+    def close(self) -> None: ...
+
+
 class Transport(Protocol):
     """Opens streams to the scheduler's control port and to workers' data ports (role client).
     ``timeout`` bounds connecting and the handshake; ``io_timeout`` (None: none) bounds each
-    later read."""
+    later read. ``connect_async`` opens one on the running event loop (the asyncio client's
+    data connections)."""
 
     def connect(self, address: str, token: str, timeout: float,
                 io_timeout: Optional[float] = None) -> Stream: ...
+
+    async def connect_async(self, address: str, token: str, timeout: float) -> AsyncStreamLike: ...
 
 
 class TcpTransport:
@@ -87,6 +103,11 @@ class TcpTransport:
         conn = _wire.Connection.connect(address, _wire.ROLE_CLIENT, token, timeout=timeout, tls=self.tls)
         conn.sock.settimeout(io_timeout)
         return conn
+
+    async def connect_async(self, address: str, token: str, timeout: float) -> AsyncStreamLike:
+        from ._data import open_async_stream
+
+        return await open_async_stream(address, token, timeout, self.tls)
 
 
 # -------------------------------------------------------------------------------------------

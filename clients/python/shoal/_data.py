@@ -17,7 +17,7 @@ import threading
 from typing import Any, Optional, Sequence
 
 from . import _segments, _serialize, _wire
-from ._conn import Stream, Transport
+from ._conn import AsyncStreamLike, Stream, Transport
 from .exceptions import CommClosedError, ShoalError, TimeoutError, error_from_wire
 from .futures import reading_client
 
@@ -89,6 +89,30 @@ def is_loopback(address: str) -> bool:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:  # an address this client cannot read, or a host name: maybe remote
         return False
+
+
+def use_segments(worker: str, headers: list[dict[str, Any]], refused: dict[str, bool]) -> bool:
+    """Whether to pass these values to ``worker`` in shared memory: it is on this machine, did
+    not refuse before, and one value is large enough to be worth a memfd."""
+    return (not refused.get(worker) and _segments.available() and is_loopback(worker)
+            and any(h["nbytes"] >= _segments.SEG_MIN for h in headers))
+
+
+def segment_message(headers: list[dict[str, Any]], encoded: list[list[Any]],
+                    fds: list[int]) -> tuple[dict[str, Any], list[_wire.Buffer]]:
+    """A put_data with each large value in a sealed memfd (its fd appended to ``fds``, for the
+    caller to close once the worker answered)."""
+    segs: list[dict[str, Any]] = []
+    frames: list[_wire.Buffer] = []
+    for h, fr in zip(headers, encoded):
+        if h["nbytes"] >= _segments.SEG_MIN:
+            fd, at, fr = _segments.write_segment(fr)
+            fds.append(fd)
+            st = os.fstat(fd)
+            segs.append({"key": h["key"], "pid": os.getpid(), "fd": fd, "dev": st.st_dev,
+                         "ino": st.st_ino, "frames": at})
+        frames.extend(fr)
+    return {"op": "put_data", "items": headers, "seg": segs, "shm_host": _segments.host_id()}, frames
 
 
 class DataPool:
@@ -168,22 +192,11 @@ class DataPool:
         """put_data with each large value in a sealed memfd the worker opens through /proc,
         when the worker is on this machine: the bytes are copied once, into the memfd, and
         never cross a socket. False when not tried or refused (then the caller sends bytes)."""
-        if (self.no_segments.get(worker) or not _segments.available() or not is_loopback(worker)
-                or not any(h["nbytes"] >= _segments.SEG_MIN for h in headers)):
+        if not use_segments(worker, headers, self.no_segments):
             return False
         fds: list[int] = []
         try:
-            segs: list[dict[str, Any]] = []
-            frames: list[_wire.Buffer] = []
-            for h, fr in zip(headers, encoded):
-                if h["nbytes"] >= _segments.SEG_MIN:
-                    fd, at, fr = _segments.write_segment(fr)
-                    fds.append(fd)
-                    st = os.fstat(fd)
-                    segs.append({"key": h["key"], "pid": os.getpid(), "fd": fd, "dev": st.st_dev,
-                                 "ino": st.st_ino, "frames": at})
-                frames.extend(fr)
-            header = {"op": "put_data", "items": headers, "seg": segs, "shm_host": _segments.host_id()}
+            header, frames = segment_message(headers, encoded, fds)
             self.request(worker, header, frames, expect="put_ok")
             return True
         except (OSError, ShoalError) as exc:
@@ -253,8 +266,6 @@ class AsyncStream:
 
 async def open_async_stream(address: str, token: str, timeout: float, tls: Any = None) -> AsyncStream:
     """Connect to ``address`` on the running loop and do the handshake (role client)."""
-    import struct
-
     host, port = _wire.parse_address(address)
     try:
         reader, writer = await asyncio.wait_for(
@@ -268,8 +279,8 @@ async def open_async_stream(address: str, token: str, timeout: float, tls: Any =
         raise ConnectError(f"could not connect to {address}: {exc.strerror or exc}") from exc
     try:
         writer.write(_wire.encode_hello(_wire.ROLE_CLIENT, token))
-        head = await asyncio.wait_for(reader.readexactly(10), timeout)
-        magic, _version, status, n = struct.unpack(">4sHBH", head)
+        head = await asyncio.wait_for(reader.readexactly(_wire._ANSWER.size), timeout)
+        magic, _version, status, n = _wire._ANSWER.unpack(head)
         if magic != _wire.MAGIC:
             from .exceptions import HandshakeError
 
@@ -287,3 +298,120 @@ async def open_async_stream(address: str, token: str, timeout: float, tls: Any =
         writer.close()
         raise
     return AsyncStream(reader, writer, address)
+
+
+class AsyncDataConn:
+    """A data connection used from one event loop (requests one at a time, as DataConn)."""
+
+    def __init__(self, stream: AsyncStreamLike) -> None:
+        self.stream = stream
+        self.lock = asyncio.Lock()
+        self.ids = itertools.count(1)
+        self.used = False
+
+    async def request(self, header: dict[str, Any], frames: Sequence[_wire.Buffer], expect: str,
+                      timeout: float) -> Reply:
+        async with self.lock:
+            rid = next(self.ids)
+            await self.stream.send({**header, "id": rid}, frames)
+            while True:
+                try:
+                    reply, out = await asyncio.wait_for(self.stream.recv(), timeout)
+                except asyncio.TimeoutError:
+                    self.stream.close()  # an answer may still come: never read it as another's
+                    raise TimeoutError(f"no answer from {header['op']!r} within {timeout}s") from None
+                if reply.get("id") not in (rid, None, 0):
+                    continue
+                self.used = True
+                if reply["op"] == "error":
+                    raise error_from_wire(reply)
+                if reply["op"] != expect:
+                    continue
+                return reply, out
+
+
+class AsyncDataPool:
+    """The data connections of one client on one event loop: :class:`DataPool` without threads
+    (each request is a coroutine on the loop; nothing blocks it)."""
+
+    def __init__(self, transport: Transport, token: Any, timeout: float, fetch_timeout: float) -> None:
+        self.transport = transport
+        self._token = token
+        self.timeout = timeout
+        self.fetch_timeout = fetch_timeout
+        self._conns: dict[str, AsyncDataConn] = {}
+        self._connecting: dict[str, "asyncio.Future[AsyncDataConn]"] = {}
+        self.no_segments: dict[str, bool] = {}
+
+    async def conn(self, worker: str) -> AsyncDataConn:
+        dc = self._conns.get(worker)
+        if dc is not None and not dc.stream.closed:
+            return dc
+        waiting = self._connecting.get(worker)
+        if waiting is not None:  # another coroutine is connecting: share its connection
+            return await asyncio.shield(waiting)
+        fut: asyncio.Future[AsyncDataConn] = asyncio.get_running_loop().create_future()
+        self._connecting[worker] = fut
+        try:
+            stream = await self.transport.connect_async(worker, self._token(), self.timeout)
+            dc = AsyncDataConn(stream)
+            self._conns[worker] = dc
+            fut.set_result(dc)
+            return dc
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            self._connecting.pop(worker, None)
+
+    def drop(self, worker: str, dc: Optional[AsyncDataConn] = None) -> None:
+        cur = self._conns.get(worker)
+        if cur is not None and (dc is None or cur is dc):
+            del self._conns[worker]
+        if dc is not None:
+            dc.stream.close()
+        elif cur is not None:
+            cur.stream.close()
+
+    async def request(self, worker: str, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
+                      expect: str = "data") -> Reply:
+        while True:
+            dc = await self.conn(worker)
+            try:
+                return await dc.request(header, frames, expect, self.fetch_timeout)
+            except (CommClosedError, ConnectionError, OSError):
+                self.drop(worker, dc)
+                if not dc.used:
+                    raise
+                logger.debug("shoal: pooled data connection to %s was closed; reconnecting", worker)
+
+    async def get_data(self, worker: str, keys: list[str], client: Any) -> dict[str, Any]:
+        try:
+            reply, frames = await self.request(worker, {"op": "get_data", "keys": keys})
+        except (CommClosedError, TimeoutError, ConnectionError, OSError) as exc:
+            logger.info("shoal: fetching from %s failed: %s", worker, exc)
+            return {}
+        return decode_items(reply, frames, client)
+
+    async def put(self, worker: str, headers: list[dict[str, Any]], encoded: list[list[Any]]) -> None:
+        if use_segments(worker, headers, self.no_segments):
+            fds: list[int] = []
+            try:
+                header, frames = segment_message(headers, encoded, fds)
+                await self.request(worker, header, frames, expect="put_ok")
+                return
+            except (OSError, ShoalError) as exc:
+                logger.info("shoal: passing values to %s in shared memory failed, sending bytes: %s", worker, exc)
+                self.no_segments[worker] = True
+                self.drop(worker)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        frames = [f for fr in encoded for f in fr]
+        await self.request(worker, {"op": "put_data", "items": headers}, frames, expect="put_ok")
+
+    def close(self) -> None:
+        conns, self._conns = list(self._conns.values()), {}
+        for dc in conns:
+            dc.stream.close()

@@ -15,7 +15,7 @@ import threading
 from typing import Iterable, Optional
 
 from ._conn import KeyStateMsg
-from .exceptions import CancelledError, error_from_wire
+from .exceptions import CancelledError, FutureLostError, ShoalError, error_from_wire
 from .futures import CANCELLED, ERROR, FINISHED, LOST, PENDING, KeyState
 
 
@@ -123,3 +123,16 @@ class KeyStates:
         with self.lock:
             self.error = exc
         self.fail_pending(exc)
+
+
+def raise_state(st: KeyState) -> None:
+    """Raise why ``st`` did not finish (nothing when it did)."""
+    if st.status == FINISHED:
+        return
+    if st.exception is not None:
+        st.raise_exception()  # with the worker's frames as its traceback
+    if st.status == CANCELLED:
+        raise CancelledError(f"{st.key} was cancelled")
+    if st.status == LOST:
+        raise FutureLostError(f"the data of {st.key} was lost")
+    raise ShoalError(f"{st.key} failed")

@@ -41,8 +41,9 @@ from ._data import is_loopback as _is_loopback
 from ._refs import NOTHING, replace
 from ._shared import Datasets
 from ._states import KeyStates
+from ._states import raise_state as _raise_state
 from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
-from .futures import CANCELLED, FINISHED, LOST, Future, KeyState
+from .futures import CANCELLED, FINISHED, Future, KeyState
 
 if TYPE_CHECKING:
     from .cluster import LocalCluster
@@ -866,7 +867,10 @@ class Client(ClusterControl, Datasets):
         """Cluster information shaped like dask's: {"address", "workers": {addr: {...}}, ...}.
         ``n_workers`` limits how many workers are listed (-1, the default here: all; dask's
         default is 5)."""
-        reply = self._request({"op": "info"})
+        return self._info_from(self._request({"op": "info"}), n_workers)
+
+    def _info_from(self, reply: dict[str, Any], n_workers: int = -1) -> dict[str, Any]:
+        """scheduler_info's answer from an ``info_reply``."""
         workers: dict[str, Any] = {}
         listed = reply.get("workers") or []
         if n_workers >= 0:
@@ -1165,18 +1169,6 @@ def dask_defaults(get: Callable[..., Any], address: str, shuffle_method: Any,
     return cfg
 
 
-def _raise_state(st: KeyState) -> None:
-    if st.status == FINISHED:
-        return
-    if st.exception is not None:
-        st.raise_exception()  # with the worker's frames as its traceback
-    if st.status == CANCELLED:
-        raise CancelledError(f"{st.key} was cancelled")
-    if st.status == LOST:
-        raise FutureLostError(f"the data of {st.key} was lost")
-    raise ShoalError(f"{st.key} failed")
-
-
 def _flatten_futures(obj: Any) -> list[Future]:
     """The Futures in a nested structure of lists, tuples, sets and dicts, in order."""
     from .futures import _collect
@@ -1243,137 +1235,15 @@ def _annotate(task: dict[str, Any], priority: int, retries: int,
 
 
 # -------------------------------------------------------------------------------------------
-# asyncio
+# asyncio (shoal._async)
 
+from ._async import AsyncClient, install_threaded  # noqa: E402 - it builds on Client
 
-class AsyncClient:
-    """The asyncio flavour of :class:`Client` (also ``Client(..., asynchronous=True)``).
-
-    ``submit``/``map``/``compute``/``persist`` return futures at once; awaiting a Future gives
-    its result. ``gather``, ``scatter``, ``get``, ``scheduler_info`` and ``close`` are
-    coroutines. Use ``async with AsyncClient(addr) as client`` or ``client = await AsyncClient(addr)``.
-    """
-
-    def __init__(self, address: Union[str, "LocalCluster", None] = None, *,
-                 token: Optional[str] = None, timeout: float = 30.0,
-                 name: Optional[str] = None, **kwargs: Any) -> None:
-        self._args: dict[str, Any] = dict(address=address, token=token, timeout=timeout, name=name,
-                                          set_as_default=False, **kwargs)
-        self._sync: Optional[Client] = None
-        self.asynchronous = True
-
-    async def _start(self) -> "AsyncClient":
-        import asyncio
-
-        if self._sync is None:
-            from .cluster import LocalCluster
-
-            cluster = self._args.get("address")
-            if isinstance(cluster, LocalCluster) and getattr(cluster, "proc", None) is None:
-                await asyncio.to_thread(cluster._start)  # LocalCluster(asynchronous=True) not awaited yet
-            self._sync = await asyncio.to_thread(lambda: Client(**self._args))
-            self._sync.asynchronous = True  # its futures' wait() is awaitable
-        return self
-
-    def __await__(self) -> Any:
-        return self._start().__await__()
-
-    async def __aenter__(self) -> "AsyncClient":
-        return await self._start()
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
-
-    @property
-    def sync(self) -> Client:
-        """The underlying blocking client."""
-        if self._sync is None:
-            raise RuntimeError("AsyncClient is not started: use `await AsyncClient(...)` or `async with`")
-        return self._sync
-
-    @property
-    def dashboard_link(self) -> str:
-        return self.sync.dashboard_link
-
-    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        return self.sync.submit(func, *args, **kwargs)
-
-    def submit_go(self, name: str, *args: Any, **kwargs: Any) -> Future:
-        return self.sync.submit_go(name, *args, **kwargs)
-
-    def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
-        return self.sync.map(func, *iterables, **kwargs)
-
-    def compute(self, collections: Any, **kwargs: Any) -> Any:
-        kwargs.pop("sync", None)
-        return self.sync.compute(collections, **kwargs)
-
-    def persist(self, collections: Any, **kwargs: Any) -> Any:
-        return self.sync.persist(collections, **kwargs)
-
-    def cancel(self, futures: Any, **kwargs: Any) -> None:
-        self.sync.cancel(futures, **kwargs)
-
-    async def gather(self, futures: Any, errors: str = "raise") -> Any:
-        import asyncio
-
-        from .futures import _collect, wait_async
-
-        if isinstance(futures, collections.abc.Iterator):
-            futures = list(futures)
-        flat: list[Future] = []
-        _collect(futures, flat)
-        for f in flat:
-            await wait_async(f._state)
-        return await asyncio.to_thread(self.sync.gather, futures, errors)
-
-    async def scatter(self, data: Any, **kwargs: Any) -> Any:
-        import asyncio
-
-        return await asyncio.to_thread(self.sync.scatter, data, **kwargs)
-
-    async def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
-        import asyncio
-
-        return await asyncio.to_thread(lambda: self.sync.get(dsk, keys, **kwargs))
-
-    async def scheduler_info(self) -> dict[str, Any]:
-        import asyncio
-
-        return await asyncio.to_thread(self.sync.scheduler_info)
-
-    async def close(self) -> None:
-        import asyncio
-
-        if self._sync is not None:
-            await asyncio.to_thread(self.sync.close)
-
-    def __repr__(self) -> str:
-        return f"<AsyncClient: {self._sync!r}>"
-
-
-def _threaded(name: str) -> Any:
-    """An AsyncClient coroutine running the blocking Client method ``name`` in a thread."""
-    import functools
-
-    method = getattr(Client, name)
-
-    @functools.wraps(method)  # its signature too: the options are the blocking call's, checked there
-    async def call(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
-        import asyncio
-
-        return await asyncio.to_thread(lambda: getattr(self.sync, name)(*args, **kwargs))
-
-    call.__doc__ = f"The coroutine of :meth:`Client.{name}`.\n\n{method.__doc__ or ''}"
-    return call
-
-
-# cluster control and information, as coroutines (each runs the blocking call in a thread)
-for _name in ("restart", "restart_workers", "retire_workers", "replicate", "rebalance", "processing",
-              "get_worker_logs", "get_scheduler_logs", "upload_file", "register_plugin",
-              "unregister_worker_plugin", "register_worker_callbacks", "story", "run", "wait_for_workers",
-              "who_has", "has_what", "nthreads", "get_versions"):
-    setattr(AsyncClient, _name, _threaded(_name))
+# cluster control, shared state and information, as coroutines (each runs the blocking call in a
+# thread: the mixins implement them once, blocking)
+install_threaded(("restart", "restart_workers", "retire_workers", "replicate", "rebalance", "processing",
+                  "get_worker_logs", "get_scheduler_logs", "upload_file", "register_plugin",
+                  "unregister_worker_plugin", "register_worker_callbacks", "story", "get_versions"))
 
 
 __all__ = ["Client", "AsyncClient"]

@@ -226,15 +226,10 @@ class LocalCluster:
             self._start()
 
     def _start(self) -> "LocalCluster":
-        """Start ``shoal local`` and wait until its workers joined (asynchronous: awaited)."""
+        """Start ``shoal local`` and wait until its workers joined."""
         if getattr(self, "proc", None) is not None:
             return self
-        self._log = open(self._log_path, "wb")
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _python_path()
-        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
-        self.pgid = self.proc.pid
+        self._spawn()
         try:
             self._wait_ready(self._timeout)
         except BaseException:
@@ -242,46 +237,77 @@ class LocalCluster:
             raise
         return self
 
+    def _spawn(self) -> None:
+        self._log = open(self._log_path, "wb")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _python_path()
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        self.pgid = self.proc.pid
+
+    async def _start_async(self) -> "LocalCluster":
+        """``_start`` on the running event loop: the process starts, and the loop polls for its
+        ready file between other work (no thread)."""
+        import asyncio
+
+        if getattr(self, "proc", None) is not None:
+            return self
+        self._spawn()
+        try:
+            deadline = time.monotonic() + self._timeout
+            while not self._ready(deadline):
+                await asyncio.sleep(0.02)
+        except BaseException:
+            await self.close_async()
+            raise
+        return self
+
+    async def close_async(self, timeout: float = 10.0) -> None:
+        """``close()`` without blocking the event loop (the processes' exit is waited for in a
+        thread: a process group has no awaitable exit)."""
+        import asyncio
+
+        await asyncio.to_thread(self.close, timeout)
+
     def __await__(self) -> Any:
         """``cluster = await LocalCluster(asynchronous=True)``: starts without blocking the loop."""
-        import asyncio
-
-        return asyncio.to_thread(self._start).__await__()
+        return self._start_async().__await__()
 
     async def __aenter__(self) -> "LocalCluster":
-        import asyncio
-
-        return await asyncio.to_thread(self._start)
+        return await self._start_async()
 
     async def __aexit__(self, *exc: Any) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self.close)
+        await self.close_async()
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while True:
-            if os.path.exists(self._ready_file):
-                try:
-                    with open(self._ready_file) as f:
-                        info = json.load(f)
-                    if info.get("scheduler"):
-                        self.ready_info = info
-                        self.scheduler_address = str(info["scheduler"])
-                        self._dashboard = str(info.get("dashboard") or "")
-                        self._published = _discovery.publish(self.scheduler_address, self.token, self._dashboard,
-                                                             int(info.get("pid") or self.proc.pid))
-                        return
-                except (ValueError, OSError):
-                    pass  # still being written
-            code = self.proc.poll()
-            if code is not None:
-                raise ShoalError(f"`shoal local` exited with code {code} before the cluster was"
-                                 f" ready:\n{self.logs(tail=40)}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the local cluster was not ready within {timeout}s:\n"
-                                   f"{self.logs(tail=40)}")
+        while not self._ready(deadline):
             time.sleep(0.02)
+
+    def _ready(self, deadline: float) -> bool:
+        """Whether the cluster wrote its ready file (then its address is known); raises when it
+        exited, or ``deadline`` passed."""
+        if os.path.exists(self._ready_file):
+            try:
+                with open(self._ready_file) as f:
+                    info = json.load(f)
+                if info.get("scheduler"):
+                    self.ready_info = info
+                    self.scheduler_address = str(info["scheduler"])
+                    self._dashboard = str(info.get("dashboard") or "")
+                    self._published = _discovery.publish(self.scheduler_address, self.token, self._dashboard,
+                                                         int(info.get("pid") or self.proc.pid))
+                    return True
+            except (ValueError, OSError):
+                pass  # still being written
+        code = self.proc.poll()
+        if code is not None:
+            raise ShoalError(f"`shoal local` exited with code {code} before the cluster was"
+                             f" ready:\n{self.logs(tail=40)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the local cluster was not ready within {self._timeout}s:\n"
+                               f"{self.logs(tail=40)}")
+        return False
 
     @property
     def dashboard_link(self) -> str:

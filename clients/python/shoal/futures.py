@@ -217,8 +217,9 @@ class Future(_FutureBase):  # type: ignore[misc]
         return self._async_result().__await__()
 
     async def _async_result(self) -> Any:
-        await wait_async(self._state)
-        return await asyncio.to_thread(self.client._fetch_one, self)
+        from ._async import result
+
+        return await result(self)  # on the running loop: no thread
 
     # -- plumbing ---------------------------------------------------------------------------
     def __del__(self) -> None:

@@ -13,6 +13,7 @@ restarted without a journal would (:meth:`FakeCluster.forget`).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import queue
 import socket
@@ -63,6 +64,45 @@ class MemoryStream:
             self.outbox.put(None)
 
 
+class _LoopQueue:
+    """What a server thread puts into to reach an asyncio stream: hands each item to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, q: "asyncio.Queue[Any]") -> None:
+        self.loop, self.q = loop, q
+
+    def put(self, item: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+        except RuntimeError:
+            pass  # the loop is closed: nobody reads any more
+
+
+class AsyncMemoryStream:
+    """The asyncio end of an in-memory pipe (a ``shoal._conn.AsyncStreamLike``)."""
+
+    def __init__(self, inbox: "asyncio.Queue[Any]", outbox: "queue.Queue[Any]", address: str) -> None:
+        self.inbox, self.outbox, self.address = inbox, outbox, address
+        self.closed = False
+
+    async def send(self, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
+        if self.closed:
+            raise CommClosedError(f"connection to {self.address} is closed")
+        self.outbox.put((_wire.pack_header(header), [bytes(f) for f in frames]))
+
+    async def recv(self) -> tuple[dict[str, Any], list[bytearray]]:
+        item = await self.inbox.get()
+        if item is None or self.closed:
+            self.closed = True
+            raise CommClosedError(f"connection to {self.address} lost")
+        head, frames = item
+        return _wire.unpack_header(head), [bytearray(f) for f in frames]
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.outbox.put(None)
+
+
 def pipe(address: str) -> tuple[MemoryStream, MemoryStream]:
     a: queue.Queue[Any] = queue.Queue()
     b: queue.Queue[Any] = queue.Queue()
@@ -75,6 +115,20 @@ class MemoryTransport:
     def __init__(self, fake: "FakeCluster") -> None:
         self.fake = fake
         self.dials: list[str] = []
+        self.async_conns = 0
+
+    async def connect_async(self, address: str, token: str, timeout: float) -> AsyncMemoryStream:
+        self.dials.append(address)
+        if address != self.fake.mem_data_address:
+            raise ConnectError(f"could not connect to {address}: connection refused")
+        if self.fake.token and token != self.fake.token:
+            raise AuthenticationError("handshake refused: authentication failed: wrong token", code="auth-failed")
+        to_client: asyncio.Queue[Any] = asyncio.Queue()
+        to_server: queue.Queue[Any] = queue.Queue()
+        theirs = MemoryStream(to_server, _LoopQueue(asyncio.get_running_loop(), to_client), address)  # type: ignore[arg-type]
+        threading.Thread(target=self.fake._serve_data_stream, args=(theirs,), daemon=True).start()
+        self.async_conns += 1
+        return AsyncMemoryStream(to_client, to_server, address)
 
     def connect(self, address: str, token: str, timeout: float, io_timeout: Optional[float] = None) -> MemoryStream:
         self.dials.append(address)

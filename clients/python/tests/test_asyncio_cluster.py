@@ -4,6 +4,8 @@ async with LocalCluster(asynchronous=True) and Client(..., asynchronous=True).""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+from typing import Any
 
 import pytest
 
@@ -58,6 +60,61 @@ def test_asyncio_end_to_end() -> None:
                 await wait([client.submit(slow, 1, 0.5, pure=False)])
                 t.cancel()
                 assert ticks > 10
+                await no_thread_per_call(client)
+        assert cluster.pids() == []
+
+    asyncio.run(main())
+
+
+async def no_thread_per_call(client: Any) -> None:
+    """Many calls of every kind: none starts a thread or runs in the loop's executor."""
+    import threading
+
+    async def calls(i: int) -> None:
+        f = client.submit(inc, i, pure=False)
+        assert await f == i + 1
+        fs = client.map(inc, range(i, i + 20), pure=False)
+        done, _ = await wait(fs)
+        assert len(done) == 20
+        assert sorted([await g async for g in as_completed(fs)]) == list(range(i + 1, i + 21))
+        assert await client.gather(fs) == list(range(i + 1, i + 21))
+        [s] = await client.scatter([bytes(i)], hash=False)
+        assert await client.gather(s) == bytes(i)
+        assert len((await client.scheduler_info())["workers"]) == 2
+
+    await calls(0)  # connections to both workers made
+    await calls(1)
+    loop = asyncio.get_running_loop()
+    started: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def counting_start(self: threading.Thread) -> None:
+        started.append(self)
+        real_start(self)
+
+    class NoExecutor(concurrent.futures.ThreadPoolExecutor):
+        def submit(self, *args: Any, **kwargs: Any) -> Any:
+            raise AssertionError(f"a call ran in a thread: {args[:1]}")
+
+    before = threading.active_count()
+    loop.set_default_executor(NoExecutor())
+    threading.Thread.start = counting_start  # type: ignore[method-assign]
+    try:
+        for i in range(2, 40):
+            await calls(i)
+    finally:
+        threading.Thread.start = real_start  # type: ignore[method-assign]
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor())  # closing may use one
+    assert not started, f"calls started threads: {started}"
+    assert threading.active_count() <= before
+
+
+def test_client_without_address_owns_its_cluster() -> None:
+    async def main() -> None:
+        async with Client(asynchronous=True, n_workers=1, dashboard_port=None) as client:
+            assert await client.submit(inc, 1) == 2
+            cluster = client.sync.cluster
+            assert cluster is not None and cluster.pids()
         assert cluster.pids() == []
 
     asyncio.run(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gc
 import time
 import traceback
@@ -283,3 +284,71 @@ def test_close_while_reconnecting(fake: FakeCluster) -> None:
     assert client.status == "closed"
     with pytest.raises(CancelledError):
         f.result(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# asyncio: coroutines on the caller's loop, no thread per call
+
+
+def test_asyncio_calls_start_no_threads(fake: FakeCluster) -> None:
+    import asyncio
+    import threading
+
+    from shoal import AsyncClient, as_completed, wait
+
+    def boom(x: int) -> int:
+        raise ValueError(f"boom {x}")
+
+    async def main() -> None:
+        transport = fake.transport()
+        async with Client(fake.mem_address, token="s3cret", timeout=5, asynchronous=True,
+                          transport=transport) as client:
+            assert isinstance(client, AsyncClient)
+
+            async def calls(i: int) -> None:
+                f = client.submit(inc, i, pure=False)
+                assert await f == i + 1
+                fs = client.map(inc, range(i, i + 5), pure=False)
+                assert await client.gather(fs) == list(range(i + 1, i + 6))
+                done, not_done = await wait(fs)
+                assert len(done) == 5 and not not_done
+                seen = [g async for g in as_completed(fs)]
+                assert sorted(g.key for g in seen) == sorted(g.key for g in fs)
+                [s] = await client.scatter([i * 10], hash=False)
+                assert await client.submit(inc, s) == i * 10 + 1
+                assert await client.gather({"a": s, "b": [f]}) == {"a": i * 10, "b": [i + 1]}
+                assert list((await client.scheduler_info())["workers"]) == [fake.mem_data_address]
+                assert set(await client.who_has(fs)) == {g.key for g in fs}
+                bad = client.submit(boom, i, pure=False)
+                with pytest.raises(ValueError, match=f"boom {i}"):
+                    await bad
+                assert await client.gather([f, bad], errors="skip") == [i + 1]
+
+            await calls(0)  # warm up: connections made
+            before = threading.active_count()
+            started: list[threading.Thread] = []
+            real_start = threading.Thread.start
+
+            def counting_start(self: threading.Thread) -> None:
+                started.append(self)
+                real_start(self)
+
+            asyncio.get_running_loop().set_default_executor(NoExecutor())  # to_thread would fail
+            threading.Thread.start = counting_start  # type: ignore[method-assign]
+            try:
+                for i in range(1, 30):
+                    await calls(i)
+            finally:
+                threading.Thread.start = real_start  # type: ignore[method-assign]
+            assert not started, f"calls started threads: {started}"
+            assert threading.active_count() <= before
+            assert transport.async_conns == 1, "one data connection, reused by every fetch"
+
+    asyncio.run(main())
+
+
+class NoExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A loop's default executor that refuses work: nothing may run in a thread."""
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a call ran in a thread: {args[:1]}")
