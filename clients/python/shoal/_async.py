@@ -293,9 +293,23 @@ class AsyncClient:
     async def gather(self, futures: Any, errors: str = "raise") -> Any:
         return await gather(self.sync, futures, errors)
 
-    async def scatter(self, data: Any, workers: Any = None, broadcast: bool = False, direct: Any = None,
-                      hash: bool = True, timeout: Optional[float] = None) -> Any:
-        return await scatter(self.sync, data, workers, broadcast, hash)
+    async def scatter(self, data: Any, **kwargs: Any) -> Any:
+        """``Client.scatter`` as a coroutine, with its options (an unknown one raises
+        ``TypeError``); ``timeout`` bounds the whole call (``TimeoutError``)."""
+        import inspect
+
+        from .client import Client
+
+        opts = inspect.signature(Client.scatter).bind(self.sync, data, **kwargs).arguments
+        work = scatter(self.sync, data, opts.get("workers"), bool(opts.get("broadcast", False)),
+                       bool(opts.get("hash", True)))
+        timeout = opts.get("timeout")
+        if timeout is None:
+            return await work
+        try:
+            return await asyncio.wait_for(work, timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"scatter did not finish within {timeout}s") from None
 
     async def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """``Client.get`` as a coroutine: the graph is sent, then its values gathered on the loop

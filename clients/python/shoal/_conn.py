@@ -199,8 +199,8 @@ class Handler(Protocol):
         """The keys to name in ``resume`` (every key the client holds a Future for)."""
 
     def on_reconnected(self) -> None:
-        """A new stream is up, before ``resume`` and the queued messages go (under the
-        connection's lock: must not send)."""
+        """A new stream is up, before ``resume`` and the queued messages go (must not send).
+        Called, like ``resume_keys``, without the connection's lock held."""
 
     def on_resume_failed(self, exc: BaseException) -> None:
         """The scheduler refused the resume: fail what is pending."""
@@ -488,6 +488,10 @@ class ControlConnection:
 
     def _resume(self, stream: Stream, welcome: Welcome) -> bool:
         """On a fresh stream: send ``resume`` then everything queued; False when closing."""
+        # the owner's state is read before taking this connection's lock: the owner's threads
+        # take their own lock and then this one (to send), never the reverse
+        self.handler.on_reconnected()
+        held = self.handler.resume_keys()
         with self._lock:
             if self._closing:
                 stream.close()
@@ -501,8 +505,7 @@ class ControlConnection:
                     fresh.update(h.get("wanted") or ())
                 elif h["op"] in ("wanted", "scatter"):
                     fresh.update(h.get("keys") or (str(it.get("key")) for it in h.get("items") or ()))
-            keys = [k for k in self.handler.resume_keys() if k not in fresh]
-            self.handler.on_reconnected()
+            keys = [k for k in held if k not in fresh]
             rid = next(self._ids)
             fut: concurrent.futures.Future[Header] = concurrent.futures.Future()
             resume = {"op": "resume", "id": rid, "client": self.client_id, "keys": keys}
