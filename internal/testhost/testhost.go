@@ -641,9 +641,10 @@ func (b *outBuffer) String() string {
 }
 
 // StreamTCP sends n bytes over one TCP connection from host from to host to (sockets opened in
-// their namespaces by this process, 1 MiB writes and reads) and returns the throughput in
-// bytes per second, timed from the first write until the receiver has read the last byte: the
-// raw link speed a transfer between those hosts is measured against.
+// their namespaces by this process; 4 MiB writes, reads of up to 16 MiB, as large as a
+// transfer's) and returns the throughput in bytes per second, timed from the first write until
+// the receiver has read the last byte: the raw link speed a transfer between those hosts is
+// measured against.
 func StreamTCP(ctx context.Context, from, to *Host, n int64) (float64, error) {
 	ln, err := to.Listen("tcp", to.Addr(0))
 	if err != nil {
@@ -663,7 +664,7 @@ func StreamTCP(ctx context.Context, from, to *Host, n int64) (float64, error) {
 			return
 		}
 		defer c.Close()
-		buf := make([]byte, 1<<20)
+		buf := make([]byte, 16<<20)
 		var r int64
 		for {
 			k, err := c.Read(buf)
@@ -683,7 +684,7 @@ func StreamTCP(ctx context.Context, from, to *Host, n int64) (float64, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { c.Close(); ln.Close() })
 	defer stop()
-	buf := make([]byte, 1<<20)
+	buf := make([]byte, 4<<20)
 	for i := range buf {
 		buf[i] = byte(i)
 	}
