@@ -51,8 +51,11 @@ const (
 	jopWorkerLeft   = "j.worker_left"
 	jopClientLeft   = "j.client_left"
 	jopRestart      = "j.restart"
-	jopSnapshot     = "j.snapshot" // marks that the records before it are a compaction's snapshot
+	jopSnapshot     = "j.snapshot" // the end of a compaction's snapshot
 )
+
+// replayClient is the pseudo-client that wants a snapshot's tasks while it is replayed.
+const replayClient ClientID = 1<<31 - 3
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -311,6 +314,12 @@ func (s *Server) compactJournal() {
 			wants[cl] = append(wants[cl], key)
 		}
 	})
+	// Replayed, the snapshot's graph is wanted by replayClient until the snapshot ends, so
+	// nothing in it is released before the wants and shared values that keep it arrive.
+	graphRec.Client = int64(replayClient)
+	for _, keys := range wants {
+		graphRec.Wanted = append(graphRec.Wanted, keys...)
+	}
 	add(graphRec)
 	for cl, keys := range wants {
 		op := wire.OpWanted

@@ -18,6 +18,8 @@ type replay struct {
 	clients map[ClientID]bool
 	maxC    ClientID
 	records int
+	// snapshotKeys are the keys replayClient wants until the snapshot ends
+	snapshotKeys []string
 }
 
 func newReplay(s *Server) *replay {
@@ -28,7 +30,7 @@ func (r *replay) apply(m *wire.Msg) error {
 	s := r.s
 	r.records++
 	cl := ClientID(m.Client)
-	if cl > r.maxC && cl != fireClient {
+	if cl > r.maxC && cl < replayClient {
 		r.maxC = cl
 	}
 	switch m.Op {
@@ -37,6 +39,9 @@ func (r *replay) apply(m *wire.Msg) error {
 			s.funcs[h] = b
 		}
 		r.clients[cl] = true
+		if cl == replayClient {
+			r.snapshotKeys = m.Wanted
+		}
 		s.handle(EvUpdateGraph{Client: cl, Tasks: m.Tasks, Wanted: m.Wanted})
 	case wire.OpWanted:
 		r.clients[cl] = true
@@ -61,8 +66,10 @@ func (r *replay) apply(m *wire.Msg) error {
 		r.workers[m.Name] = true
 	case jopWorkerLeft:
 		delete(r.workers, m.Name)
-	case jopSnapshot:
-		// the records before it were a compaction's snapshot: nothing to do
+	case jopSnapshot: // the snapshot's own wants hold its tasks now
+		delete(r.clients, replayClient)
+		s.handle(EvReleaseKeys{Client: replayClient, Keys: r.snapshotKeys})
+		r.snapshotKeys = nil
 	default:
 		if isSharedOp(m.Op) {
 			st := s.sharedState()
@@ -88,7 +95,7 @@ func (r *replay) finish() {
 		s.applyShared()
 	}
 	for cl := range r.clients {
-		if cl != holderClient && cl != fireClient {
+		if cl != holderClient && cl < replayClient {
 			s.orphans[cl] = now.Add(s.cfg.ClientGrace)
 		}
 	}

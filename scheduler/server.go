@@ -851,7 +851,7 @@ func (s *Server) newClientID() ClientID {
 	for {
 		id := s.nextC
 		s.nextC++
-		if _, used := s.clients[id]; !used && id != fireClient {
+		if _, used := s.clients[id]; !used && id < replayClient {
 			if _, orphan := s.orphans[id]; !orphan {
 				return id
 			}
@@ -873,7 +873,7 @@ func (s *Server) clientGone(id ClientID) {
 // (at once for the finished ones); keys this scheduler does not know are "lost".
 func (s *Server) resume(cl *clientConn, m *wire.Msg) {
 	old := ClientID(m.Client)
-	if old > 0 && old != cl.id && old != fireClient {
+	if old > 0 && old != cl.id && old < replayClient {
 		if prev, ok := s.clients[old]; ok {
 			prev.conn.Abort() // the old connection is half-open: this one replaces it
 		}
