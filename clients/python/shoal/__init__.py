@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._control import WorkerPlugin
+from ._reports import get_task_stream, performance_report
 from ._shared import Event, Lock, Queue, Semaphore, Variable
 from ._worker import get_client, get_worker, rejoin, secede, worker_client
 from .client import AsyncClient, Client, default_client, fire_and_forget
@@ -78,6 +79,7 @@ __all__ = [
     "Client", "AsyncClient", "LocalCluster", "Future", "as_completed", "wait", "progress", "WorkerPlugin",
     "Variable", "Queue", "Lock", "Semaphore", "Event",
     "futures_of", "default_client", "fire_and_forget", "get_client", "get_worker", "secede", "rejoin", "worker_client",
+    "get_task_stream", "performance_report",
     "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
     "ShoalError", "ShoalConnectionError", "ConnectError", "CommClosedError", "HandshakeError",
     "AuthenticationError", "ProtocolError", "FrameTooLargeError", "GraphError", "CycleError",

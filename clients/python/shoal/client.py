@@ -34,6 +34,7 @@ from ._chunk import frontier as _frontier
 from ._chunk import toposort as _toposort
 from ._conn import ControlConnection, GraphRejected, KeyStateMsg, Message, TcpTransport, Transport
 from ._control import ClusterControl
+from ._reports import Reports
 from ._data import GET_DATA_BATCH as _GET_DATA_BATCH
 from ._data import PUT_DATA_BATCH as _PUT_DATA_BATCH
 from ._data import DataPool, encode_items
@@ -123,7 +124,7 @@ class _Events:
         self.client._keys.close(err)
 
 
-class Client(ClusterControl, Datasets):
+class Client(ClusterControl, Datasets, Reports):
     """Connect to a Shoal scheduler; the API of ``dask.distributed.Client``.
 
     ``Client()`` with no address starts a :class:`~shoal.LocalCluster` owned by the client,
