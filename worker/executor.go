@@ -566,6 +566,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 				"pid", ex.pid, "err", err)
 		}
 	}
+	w.profileRuns(msgs) // the profiler (profile.go): marks the runs while it is on
 	sent := time.Now()
 	last := sent
 	err = ex.conn.sendMany(msgs...)
@@ -591,6 +592,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		if err != nil {
 			return w.executorDied(ex, batch, i, err)
 		}
+		w.profileTake(r.ts, reply) // the profiler (profile.go): the run's samples, if any
 		now := time.Now()
 		if reply.Op == wire.OpSecede {
 			// the task waits on tasks it submitted: it goes on with its own socket, and this

@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 
 	"github.com/apache/arrow-go/v18/arrow"
+	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
@@ -31,7 +32,12 @@ func (w *Worker) runGo(ts *task, thread int) result {
 		}
 		args[i] = v
 	}
-	out, werr := callGo(w.taskContext(ts, thread), fn, args)
+	var out any
+	var werr *wire.Error
+	// under a pprof label naming the task group while the profiler is on (profile.go)
+	w.runLabelled(w.taskContext(ts, thread), graph.GroupOf(&ts.t), func(ctx context.Context) {
+		out, werr = callGo(ctx, fn, args)
+	})
 	if werr != nil {
 		return result{err: werr}
 	}

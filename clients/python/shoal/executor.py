@@ -282,6 +282,7 @@ class Executor:
             op = header["op"]
             if op == "run":
                 started = time_ns()
+                sampling = SAMPLER.begin(header)  # profiler: None unless it is on
                 if windows is None:
                     reply, out = run(header, frames)
                 elif "shm" not in header and "seg" not in header and not windows.maps:
@@ -289,6 +290,8 @@ class Executor:
                 else:
                     reply, out = self.run_windows(header, frames)
                     del frames
+                if sampling is not None:
+                    SAMPLER.end(sampling, reply)
                 task_conn = _worker.took_own_socket()
                 if task_conn is not None:
                     # the task seceded: another thread serves the worker's socket now, and
@@ -502,6 +505,96 @@ def decode_items(items: Sequence[Header], frames: Sequence[Buffer]) -> dict[str,
         values[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos : pos + n])
         pos += n
     return values
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistical profiler (docs/protocol.md, "profile"). Off unless the worker's run message
+# carries ``timeout`` (the sampling interval, seconds), which it does only while the profiler
+# is on; then a daemon thread reads the running task's stack with sys._current_frames() every
+# interval, and the run's ``done``/``error`` answer carries its samples, aggregated by stack,
+# as ``samples``. The thread exits after a second with no sampled run. Costs nothing while off:
+# one dict lookup per run.
+
+
+class Sampler:
+    """Samples the call stacks of the threads running profiled tasks."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, collections.Counter[str]] = {}  # thread id -> its run's samples
+        self._thread: threading.Thread | None = None
+        self._interval = 0.01
+        self._last = 0.0
+        self._stop_at = frozenset({Executor.run.__code__, Executor.run_windows.__code__})
+
+    def begin(self, header: Header) -> collections.Counter[str] | None:
+        interval = header.get("timeout")
+        if not interval:
+            return None
+        counts: collections.Counter[str] = collections.Counter()
+        with self._lock:
+            self._interval = max(float(interval), 0.001)
+            self._running[threading.get_ident()] = counts
+            self._last = _monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._sample, name="shoal-profiler", daemon=True)
+                self._thread.start()
+        return counts
+
+    def end(self, counts: collections.Counter[str], reply: Header) -> None:
+        with self._lock:
+            self._running.pop(threading.get_ident(), None)
+            self._last = _monotonic()
+        if counts:
+            reply["samples"] = [{"group": "", "stack": st, "count": n} for st, n in counts.items()]
+
+    def stack(self, frame: Any) -> str:
+        """The frames from the task's function inward, outermost first, as "name (file:line)"."""
+        names: list[str] = []
+        while frame is not None and len(names) < 256:
+            code = frame.f_code
+            if code in self._stop_at:
+                break
+            names.append(f"{code.co_name} ({os.path.basename(code.co_filename)}:{code.co_firstlineno})")
+            frame = frame.f_back
+        names.reverse()
+        return ";".join(names[:128])
+
+    def _sample(self) -> None:
+        while True:
+            _sleep(self._interval)
+            with self._lock:
+                if not self._running and _monotonic() - self._last > 1.0:
+                    self._thread = None
+                    return
+                running = list(self._running.items())
+            if not running:
+                continue
+            frames = sys._current_frames()
+            for tid, counts in running:
+                f = frames.get(tid)
+                if f is not None:
+                    st = self.stack(f)
+                    if st:
+                        counts[st] += 1
+            del frames
+
+
+def _monotonic() -> float:
+    import time
+
+    return time.monotonic()
+
+
+def _sleep(s: float) -> None:
+    import time
+
+    time.sleep(s)
+
+
+SAMPLER = Sampler()
+
+# --------------------------------------------------------------------------------------------- end of the profiler
 
 
 class _RefUnpickler(pickle.Unpickler):
