@@ -14,6 +14,7 @@ import itertools
 import logging
 import os
 import threading
+import time
 from typing import Any, Optional, Sequence
 
 from . import _segments, _serialize, _wire
@@ -116,62 +117,99 @@ def segment_message(headers: list[dict[str, Any]], encoded: list[list[Any]],
 
 
 class DataPool:
-    """The client's data connections, one per worker address."""
+    """The client's data connections: per worker address, up to :attr:`MAX_PER_WORKER` open at
+    once, each used by one request at a time and kept for the next when it ends well. Threads
+    fetching from the same worker at once (the seceded tasks of an executor, waiting on what
+    they submitted) each get a connection instead of queueing behind one."""
+
+    MAX_PER_WORKER = 8
 
     def __init__(self, transport: Transport, token: Any, timeout: float, fetch_timeout: float) -> None:
         self.transport = transport
         self._token = token  # a callable giving the current token
         self.timeout = timeout
         self.fetch_timeout = fetch_timeout
-        self._conns: dict[str, DataConn] = {}
-        self._lock = threading.Lock()
+        self._idle: dict[str, list[DataConn]] = {}
+        self._open: dict[str, int] = {}  # connections per worker, idle or in use
+        self._cond = threading.Condition()
+        self._closed = False
         self.no_segments: dict[str, bool] = {}  # workers that refused put_data segments
 
-    def conn(self, worker: str) -> DataConn:
-        with self._lock:
-            dc = self._conns.get(worker)
-            if dc is not None and not dc.stream.closed:
-                return dc
-        stream = self.transport.connect(worker, self._token(), self.timeout, io_timeout=self.fetch_timeout)
-        dc = DataConn(stream)
-        with self._lock:
-            old = self._conns.get(worker)
-            if old is not None and not old.stream.closed:
-                # another thread connected meanwhile (tasks of an executor share this client):
-                # use its connection, which it may be using now, and drop this one
-                stream.close()
-                return old
-            self._conns[worker] = dc
-        return dc
+    def take(self, worker: str) -> DataConn:
+        """A connection to ``worker`` for one request (idle, or new while fewer than
+        MAX_PER_WORKER are open; else wait for one). Give it back with :meth:`give`."""
+        deadline = time.monotonic() + self.fetch_timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise CommClosedError("the client is closed")
+                idle = self._idle.get(worker)
+                while idle:
+                    dc = idle.pop()
+                    if not dc.stream.closed:
+                        return dc
+                    self._open[worker] -= 1
+                if self._open.get(worker, 0) < self.MAX_PER_WORKER:
+                    self._open[worker] = self._open.get(worker, 0) + 1
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no connection to {worker} came free within {self.fetch_timeout}s")
+                self._cond.wait(left)
+        try:
+            stream = self.transport.connect(worker, self._token(), self.timeout, io_timeout=self.fetch_timeout)
+        except BaseException:
+            with self._cond:
+                self._open[worker] -= 1
+                self._cond.notify()
+            raise
+        return DataConn(stream)
 
-    def drop(self, worker: str, dc: Optional[DataConn] = None) -> None:
-        """Forget the pooled connection to ``worker`` (only ``dc``, when given: another thread
-        may have pooled a fresh one since ``dc`` failed) and close it."""
-        with self._lock:
-            cur = self._conns.get(worker)
-            if cur is not None and (dc is None or cur is dc):
-                del self._conns[worker]
+    def give(self, worker: str, dc: DataConn, reuse: bool = True) -> None:
+        """A request on ``dc`` ended: keep it for the next one (``reuse`` and still open), or
+        close it."""
+        keep = reuse and not dc.stream.closed
+        with self._cond:
+            keep = keep and not self._closed
+            if keep:
+                self._idle.setdefault(worker, []).append(dc)
             else:
-                cur = None
-        if dc is not None:
+                self._open[worker] = max(self._open.get(worker, 1) - 1, 0)
+            self._cond.notify()
+        if not keep:
             dc.stream.close()
-        elif cur is not None:
-            cur.stream.close()
+
+    def drop(self, worker: str) -> None:
+        """Close the idle connections to ``worker`` (the busy ones close when given back)."""
+        with self._cond:
+            idle = self._idle.pop(worker, [])
+            self._open[worker] = max(self._open.get(worker, 0) - len(idle), 0)
+            self._cond.notify_all()
+        for dc in idle:
+            dc.stream.close()
 
     def request(self, worker: str, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
                 expect: str = "data") -> Reply:
-        """One request on the pooled connection to ``worker``. A pooled connection that served
+        """One request on a pooled connection to ``worker``. A pooled connection that served
         before may have been closed by the worker's idle timeout: then the request is sent once
         more on a new connection."""
         while True:
-            dc = self.conn(worker)
+            dc = self.take(worker)
             try:
-                return dc.request(header, frames, expect=expect)
+                reply = dc.request(header, frames, expect=expect)
             except (CommClosedError, ConnectionError, OSError):
-                self.drop(worker, dc)
+                self.give(worker, dc, reuse=False)
                 if not dc.used:
                     raise
                 logger.debug("shoal: pooled data connection to %s was closed; reconnecting", worker)
+                continue
+            except BaseException as exc:
+                # an error answer leaves the connection in step; a timeout or anything else
+                # may leave an answer unread on it
+                self.give(worker, dc, reuse=isinstance(exc, ShoalError) and not isinstance(exc, TimeoutError))
+                raise
+            self.give(worker, dc)
+            return reply
 
     def get_data(self, worker: str, keys: list[str], client: Any) -> dict[str, Any]:
         """Values of ``keys`` held by ``worker`` (keys it does not have are left out)."""
@@ -209,8 +247,11 @@ class DataPool:
                 os.close(fd)
 
     def close(self) -> None:
-        with self._lock:
-            conns, self._conns = list(self._conns.values()), {}
+        with self._cond:
+            self._closed = True
+            conns = [dc for idle in self._idle.values() for dc in idle]
+            self._idle.clear()
+            self._cond.notify_all()
         for dc in conns:
             dc.stream.close()
 

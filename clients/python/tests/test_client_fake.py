@@ -352,3 +352,65 @@ class NoExecutor(concurrent.futures.ThreadPoolExecutor):
 
     def submit(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"a call ran in a thread: {args[:1]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# data connections
+
+
+class _BarrierStream:
+    """A data connection whose answers wait until ``barrier`` has as many requests waiting."""
+
+    def __init__(self, barrier: Any) -> None:
+        self.barrier, self.closed, self.last = barrier, False, 0
+
+    def send(self, header: dict[str, Any], frames: Any = ()) -> None:
+        self.last = header["id"]
+
+    def recv(self) -> tuple[dict[str, Any], list[bytearray]]:
+        self.barrier.wait()
+        return {"op": "data", "id": self.last, "items": []}, []
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_data_pool_serves_concurrent_requests_on_several_connections() -> None:
+    """Threads fetching from one worker at once each get a connection (a seceded task's fetch
+    never queues behind another's), up to MAX_PER_WORKER; idle ones are reused."""
+    import threading
+
+    from shoal._data import DataPool
+
+    n = 3
+    barrier = threading.Barrier(n, timeout=10)  # broken (BrokenBarrierError) if they were serialised
+    dials: list[str] = []
+
+    class T:
+        def connect(self, address: str, token: str, timeout: float, io_timeout: Any = None) -> Any:
+            dials.append(address)
+            return _BarrierStream(barrier)
+
+    pool = DataPool(T(), lambda: "", 5, 5)  # type: ignore[arg-type]
+    errors: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            assert pool.request("w:1", {"op": "get_data", "keys": []})[0]["op"] == "data"
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    for _round in range(2):
+        threads = [threading.Thread(target=fetch) for _ in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+    assert len(dials) == n, "the second round reused the first round's connections"
+    pool.MAX_PER_WORKER = 1
+    pool.drop("w:1")
+    barrier2 = threading.Barrier(1)
+    pool.transport = type("T1", (), {"connect": lambda self, *a, **k: _BarrierStream(barrier2)})()
+    out = [pool.request("w:1", {"op": "get_data", "keys": []}) for _ in range(3)]
+    assert len(out) == 3
