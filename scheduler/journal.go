@@ -71,7 +71,12 @@ type journal struct {
 	syncing   sync.Mutex
 	failed    error // the first write error: journaling stopped
 	closed    bool
-	log       func(msg string, args ...any)
+	// compacting: a snapshot is being written; carry holds the records written since it was
+	// collected, appended to it before it replaces the file
+	compacting bool
+	carry      []byte
+	bg         sync.WaitGroup // the compaction's writer
+	log        func(msg string, args ...any)
 }
 
 // appendRecord encodes m as one record into buf.
@@ -254,6 +259,9 @@ func (s *Server) journalWrite() {
 	if j.failed == nil {
 		n, err := j.f.Write(j.buf)
 		j.size += int64(n)
+		if j.compacting {
+			j.carry = append(j.carry, j.buf...)
+		}
 		if err != nil {
 			s.journalFailed(fmt.Errorf("writing %s: %w", j.path, err))
 		}
@@ -283,26 +291,24 @@ func (s *Server) journalTick(time.Time) {
 			}
 		}()
 	}
-	if grown := j.size - j.base; grown > compactAfter && grown > 3*j.base {
+	if grown := j.size - j.base; !j.compacting && grown > compactAfter && grown > 3*j.base {
 		s.compactJournal()
 	}
 }
 
 // compactJournal replaces the journal by a snapshot of what the scheduler knows now: every
 // task not forgotten (in dependency order), the functions they use, every want, and shared
-// state. The snapshot is written to a new file, synced, and renamed over the old one.
+// state. The driver only collects the snapshot (task definitions are immutable and shared);
+// a goroutine encodes it into a new file and syncs it, while records keep going to the old
+// file and to a carry-over buffer; back on the driver (finishCompaction) the carry-over is
+// appended to the new file, which is renamed over the old one.
 func (s *Server) compactJournal() {
 	j := s.journal
-	t0 := time.Now()
-	tmp := j.path + ".new"
-	buf := []byte(journalMagic)
-	var err error
-	add := func(m *wire.Msg) {
-		if err == nil {
-			buf, err = appendRecord(buf, m)
-		}
+	if j.compacting {
+		return
 	}
-	graphRec := &wire.Msg{Op: wire.OpUpdateGraph, Funcs: map[string][]byte{}}
+	t0 := time.Now()
+	graphRec := &wire.Msg{Op: wire.OpUpdateGraph, Funcs: map[string][]byte{}, Client: int64(replayClient)}
 	wants := map[ClientID][]string{}
 	s.core.Snapshot(func(def *graph.Task) {
 		graphRec.Tasks = append(graphRec.Tasks, *def)
@@ -316,35 +322,68 @@ func (s *Server) compactJournal() {
 	})
 	// Replayed, the snapshot's graph is wanted by replayClient until the snapshot ends, so
 	// nothing in it is released before the wants and shared values that keep it arrive.
-	graphRec.Client = int64(replayClient)
-	for _, keys := range wants {
-		graphRec.Wanted = append(graphRec.Wanted, keys...)
-	}
-	add(graphRec)
+	recs := []*wire.Msg{graphRec}
 	for cl, keys := range wants {
+		graphRec.Wanted = append(graphRec.Wanted, keys...)
 		op := wire.OpWanted
 		if cl == fireClient {
 			op = wire.OpFireAndForget
 		}
-		add(&wire.Msg{Op: op, Client: int64(cl), Keys: keys})
+		recs = append(recs, &wire.Msg{Op: op, Client: int64(cl), Keys: keys})
 	}
 	now := s.cfg.Clock().UnixNano()
 	if s.shared.st != nil {
 		for _, m := range s.shared.st.snapshot() {
 			m.Start = now
-			add(m)
+			recs = append(recs, m)
 		}
 	}
 	for _, w := range s.workers {
-		add(&wire.Msg{Op: jopWorkerJoined, Name: w.info.Name})
+		recs = append(recs, &wire.Msg{Op: jopWorkerJoined, Name: w.info.Name})
 	}
-	add(&wire.Msg{Op: jopSnapshot, Start: now})
-	if err != nil {
-		s.journalFailed(fmt.Errorf("compacting: %w", err))
+	recs = append(recs, &wire.Msg{Op: jopSnapshot, Start: now})
+	j.compacting, j.carry = true, []byte{}
+	collected := time.Since(t0)
+	tmp := j.path + ".new"
+	j.bg.Add(1)
+	go func() {
+		defer j.bg.Done()
+		buf := []byte(journalMagic)
+		var err error
+		for _, m := range recs {
+			if buf, err = appendRecord(buf, m); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = writeSynced(tmp, buf)
+		}
+		size := int64(len(buf))
+		s.Query(func(*Core) { s.finishCompaction(tmp, size, err, len(graphRec.Tasks), collected, t0) })
+	}()
+}
+
+// finishCompaction (driver) puts the written snapshot in place, with the records journaled
+// since it was collected.
+func (s *Server) finishCompaction(tmp string, size int64, err error, tasks int, collected time.Duration, t0 time.Time) {
+	j := s.journal
+	carry := j.carry
+	j.compacting, j.carry = false, nil
+	if j.closed || j.failed != nil {
+		os.Remove(tmp)
 		return
 	}
-	if err = writeSynced(tmp, buf); err == nil {
-		err = os.Rename(tmp, j.path)
+	var f *os.File
+	if err == nil {
+		if f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+			_, err = f.Write(carry)
+			if err == nil {
+				err = os.Rename(tmp, j.path)
+			}
+			if err != nil {
+				f.Close()
+			}
+		}
 	}
 	if err != nil {
 		os.Remove(tmp)
@@ -352,16 +391,12 @@ func (s *Server) compactJournal() {
 		j.base = j.size // try again after as much growth again
 		return
 	}
-	f, err := os.OpenFile(j.path, os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		s.journalFailed(fmt.Errorf("reopening after compaction: %w", err))
-		return
-	}
 	j.syncing.Lock() // no fsync of the old file races its close
 	j.f.Close()
-	j.f, j.size, j.base, j.dirty = f, int64(len(buf)), int64(len(buf)), false
+	j.f, j.size, j.base, j.dirty = f, size+int64(len(carry)), size, len(carry) > 0
 	j.syncing.Unlock()
-	s.log.Info("journal compacted", "tasks", len(graphRec.Tasks), "bytes", len(buf), "took", time.Since(t0).Round(time.Millisecond))
+	s.log.Info("journal compacted", "tasks", tasks, "bytes", j.size, "driver_pause", collected.Round(time.Microsecond),
+		"took", time.Since(t0).Round(time.Millisecond))
 }
 
 // writeSynced writes b to path and syncs it.
@@ -387,6 +422,10 @@ func (s *Server) closeJournal() {
 	}
 	s.journalWrite()
 	j.closed = true
+	j.bg.Wait() // a compaction's writer (its finish cannot run any more: the driver is done)
+	if j.compacting {
+		os.Remove(j.path + ".new")
+	}
 	j.syncing.Lock()
 	defer j.syncing.Unlock()
 	if j.failed == nil {

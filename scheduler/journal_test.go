@@ -61,7 +61,7 @@ func sharedValue(op, name, data string) *wire.Msg {
 // on the driver goroutine would stop the driver instead of the test).
 func query(t *testing.T, s *Server, f func(t require.TestingT)) {
 	t.Helper()
-	rec := &recorder{}
+	rec := &assertLog{}
 	require.True(t, s.Query(func(*Core) { f(rec) }))
 	for _, msg := range rec.errs {
 		t.Error(msg)
@@ -71,12 +71,12 @@ func query(t *testing.T, s *Server, f func(t require.TestingT)) {
 	}
 }
 
-type recorder struct{ errs []string }
+type assertLog struct{ errs []string }
 
-func (r *recorder) Errorf(format string, args ...any) {
+func (r *assertLog) Errorf(format string, args ...any) {
 	r.errs = append(r.errs, fmt.Sprintf(format, args...))
 }
-func (r *recorder) FailNow() {}
+func (r *assertLog) FailNow() {}
 
 // A scheduler started again on a journal knows the graphs, wants and shared state it was
 // given, gives the client its id back on resume, and drops a torn tail. A compaction keeps
@@ -145,6 +145,13 @@ func TestJournalReplay(t *testing.T) {
 		require.NotContains(t, s.orphans, ClientID(id))
 		s.compactJournal()
 	})
+	require.Eventually(t, func() bool {
+		var busy bool
+		s.Query(func(*Core) { busy = s.journal.compacting })
+		return !busy
+	}, 10*time.Second, 5*time.Millisecond, "the compaction did not finish")
+	_, err = os.Stat(path + ".new")
+	require.ErrorIs(t, err, os.ErrNotExist, "the snapshot replaced the journal")
 	stop()
 
 	s, stop = journalServer(t, dir)

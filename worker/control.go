@@ -42,13 +42,19 @@ func (w *Worker) Run(ctx context.Context, schedulerAddr string) error {
 		if !errors.As(lost, &le) {
 			return lost
 		}
-		if w.cfg.Reconnect <= 0 || ctx.Err() != nil {
+		if ctx.Err() != nil {
+			return nil // told to stop while the scheduler was gone: nothing to hand back
+		}
+		if w.cfg.Reconnect <= 0 {
 			return lost
 		}
 		n := w.forgetQueued()
 		w.log.Warn("lost the scheduler: keeping results and executors, and connecting again", "scheduler", schedulerAddr,
 			"cause", le.cause, "tasks_handed_back", n, "held", w.store.Stats().Keys, "for_up_to", w.cfg.Reconnect)
 		if conn, reg, schedulerAddr, err = w.reconnect(ctx, schedulerAddr, le); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return err
 		}
 	}

@@ -701,7 +701,7 @@ func (w *Worker) shortRuns(ex *executor, budget int, left time.Duration) []*pyRu
 			break
 		}
 		heap.Pop(&w.mu.ready)
-		next.state = stateRunning
+		w.setStateLocked(next, stateRunning)
 		w.mu.running++
 		more = append(more, next)
 	}
@@ -743,6 +743,7 @@ func (w *Worker) unbatch(tasks []*task) {
 			if w.mu.tasks[ts.t.Key] == ts {
 				delete(w.mu.tasks, ts.t.Key)
 			}
+			w.setStateLocked(ts, stateDone)
 			continue
 		}
 		w.pushReadyLocked(ts)
@@ -765,6 +766,7 @@ func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 	if w.mu.tasks[key] == ts {
 		delete(w.mu.tasks, key)
 	}
+	w.setStateLocked(ts, stateDone)
 	freed := ts.freed
 	w.mu.Unlock()
 	if freed && r.err == nil {

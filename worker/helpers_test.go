@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -87,10 +88,11 @@ type fakeSched struct {
 
 // schedConn is one registered worker as the fake scheduler sees it.
 type schedConn struct {
-	t   testing.TB
-	c   *wire.Conn
-	reg *wire.Msg
-	in  chan *wire.Msg
+	t    testing.TB
+	c    *wire.Conn
+	reg  *wire.Msg
+	in   chan *wire.Msg
+	deaf atomic.Bool // stop answering heartbeats (a scheduler gone silent)
 }
 
 func newFakeSched(t testing.TB, token string) *fakeSched {
@@ -136,6 +138,9 @@ func (s *fakeSched) accept() {
 				m, _, err := c.Recv()
 				if err != nil {
 					return
+				}
+				if m.Op == wire.OpHeartbeat && !sc.deaf.Load() {
+					c.Send(&wire.Msg{Op: wire.OpHeartbeat}) // as the scheduler does
 				}
 				sc.in <- m
 			}

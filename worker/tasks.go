@@ -2,30 +2,66 @@ package worker
 
 import (
 	"container/heap"
+	"fmt"
+	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
+// taskState is where a compute request is on this worker. Every change goes through
+// setStateLocked (under w.mu), which checks it against legalTask, as the scheduler checks its
+// own transitions: an illegal one is a bug, a panic under `go test` and an error in the log
+// otherwise.
 type taskState uint8
 
 const (
-	stateFetching taskState = iota // waiting for dependencies from peers
+	stateNew      taskState = iota // received, not yet queued
+	stateFetching                  // waiting for dependencies from peers
 	stateReady                     // in the ready queue
-	stateRunning                   // executing on a thread
+	stateRunning                   // executing on a thread (or seceded from it)
+	stateDone                      // finished, dropped or freed: no longer held
+	numTaskStates
 )
 
+var taskStateNames = [numTaskStates]string{"new", "fetching", "ready", "running", "done"}
+
 func (s taskState) String() string {
-	switch s {
-	case stateFetching:
-		return "fetching"
-	case stateReady:
-		return "ready"
-	case stateRunning:
-		return "running"
+	if s < numTaskStates {
+		return taskStateNames[s]
 	}
 	return "unknown"
+}
+
+// legalTask[from][to] lists the transitions a task may make.
+var legalTask = func() (t [numTaskStates][numTaskStates]bool) {
+	for _, e := range [][2]taskState{
+		{stateNew, stateFetching}, {stateNew, stateReady}, // inputs missing, or all there
+		{stateFetching, stateReady},                         // the last input arrived
+		{stateReady, stateRunning},                          // a thread (or an executor batch) took it
+		{stateRunning, stateReady},                          // a batch that could not start hands it back
+		{stateRunning, stateDone},                           // it ran (or ran and was freed)
+		{stateFetching, stateDone}, {stateReady, stateDone}, // freed, stolen, or the scheduler was lost
+	} {
+		t[e[0]][e[1]] = true
+	}
+	return t
+}()
+
+// strictTransitions makes an illegal transition panic (under go test).
+var strictTransitions = testing.Testing()
+
+// setStateLocked moves ts to state to, checking that the move is legal.
+func (w *Worker) setStateLocked(ts *task, to taskState) {
+	if !legalTask[ts.state][to] {
+		msg := fmt.Sprintf("worker: task %s: illegal transition %s → %s", ts.t.Key, ts.state, to)
+		if strictTransitions {
+			panic(msg)
+		}
+		w.log.Error(msg)
+	}
+	ts.state = to
 }
 
 // task is a compute request the worker holds until it has run.
@@ -133,7 +169,7 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		w.pushReadyLocked(ts)
 		return
 	}
-	ts.state = stateFetching
+	w.setStateLocked(ts, stateFetching)
 	for dep := range ts.waiting {
 		w.needLocked(dep, whoHas[dep], ts)
 	}
@@ -141,7 +177,7 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 }
 
 func (w *Worker) pushReadyLocked(ts *task) {
-	ts.state = stateReady
+	w.setStateLocked(ts, stateReady)
 	heap.Push(&w.mu.ready, ts)
 	w.mu.cond.Signal()
 }
@@ -149,7 +185,9 @@ func (w *Worker) pushReadyLocked(ts *task) {
 // dropTaskLocked forgets a task that has not started.
 func (w *Worker) dropTaskLocked(ts *task) {
 	delete(w.mu.tasks, ts.t.Key)
-	switch ts.state {
+	from := ts.state
+	w.setStateLocked(ts, stateDone)
+	switch from {
 	case stateReady:
 		heap.Remove(&w.mu.ready, ts.index)
 	case stateFetching:
@@ -219,7 +257,7 @@ func (w *Worker) thread(i int) {
 			return
 		}
 		ts := heap.Pop(&w.mu.ready).(*task)
-		ts.state = stateRunning
+		w.setStateLocked(ts, stateRunning)
 		w.mu.running++
 		w.mu.Unlock()
 		w.execute(i, ts)

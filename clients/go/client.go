@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -18,6 +19,12 @@ type Options struct {
 	TLS     *tls.Config
 	Timeout time.Duration // connect timeout; default 10 s
 	Logger  *slog.Logger
+	// ReconnectTimeout is how long a client whose connection broke (a cut link, a scheduler
+	// restarted on its journal) tries to connect again, with backoff, before its futures fail
+	// with ErrClosed; meanwhile they stay pending. On reconnecting it resumes its session:
+	// the scheduler is told every key it holds, and their states follow. 0: 60 s; < 0: fail
+	// at once.
+	ReconnectTimeout time.Duration
 }
 
 // ErrClosed is returned once the client is closed or the scheduler has gone away.
@@ -26,10 +33,12 @@ var ErrClosed = errors.New("shoal: connection to scheduler closed")
 // Client is a connection to a scheduler.
 type Client struct {
 	opts      Options
-	conn      *wire.Conn
-	id        int64
+	addr      string
+	conn      atomic.Pointer[wire.Conn] // the current connection (replaced on reconnect)
+	id        atomic.Int64
 	dashboard string
 	log       *slog.Logger
+	closing   atomic.Bool
 
 	mu struct {
 		sync.Mutex
@@ -96,18 +105,16 @@ func Connect(ctx context.Context, addr string, o Options) (*Client, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	dctx, cancel := context.WithTimeout(ctx, o.Timeout)
-	defer cancel()
-	conn, err := wire.Dial(dctx, addr, wire.DialOptions{Role: wire.RoleClient, Token: o.Token, TLS: o.TLS})
+	if o.ReconnectTimeout == 0 {
+		o.ReconnectTimeout = time.Minute
+	}
+	conn, m, err := dialScheduler(ctx, addr, o, o.Timeout)
 	if err != nil {
-		return nil, fmt.Errorf("shoal: connect to %s: %w", addr, err)
+		return nil, err
 	}
-	m, _, err := conn.Recv()
-	if err != nil || m.Op != wire.OpWelcome {
-		conn.Close()
-		return nil, fmt.Errorf("shoal: no welcome from scheduler at %s: %v", addr, err)
-	}
-	c := &Client{opts: o, conn: conn, id: m.Client, dashboard: m.Dashboard, log: o.Logger, done: make(chan struct{})}
+	c := &Client{opts: o, addr: addr, dashboard: m.Dashboard, log: o.Logger, done: make(chan struct{})}
+	c.conn.Store(conn)
+	c.id.Store(m.Client)
 	c.mu.futures = map[string]*keyState{}
 	c.mu.pending = map[uint64]chan *wire.Msg{}
 	c.mu.graphs = map[uint64][]string{}
@@ -116,12 +123,34 @@ func Connect(ctx context.Context, addr string, o Options) (*Client, error) {
 	return c, nil
 }
 
+// dialScheduler connects and reads the welcome.
+func dialScheduler(ctx context.Context, addr string, o Options, timeout time.Duration) (*wire.Conn, *wire.Msg, error) {
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := wire.Dial(dctx, addr, wire.DialOptions{Role: wire.RoleClient, Token: o.Token, TLS: o.TLS})
+	if err != nil {
+		return nil, nil, fmt.Errorf("shoal: connect to %s: %w", addr, err)
+	}
+	stop := context.AfterFunc(dctx, func() { conn.Abort() })
+	defer stop()
+	m, _, err := conn.Recv()
+	if err == nil && m.Op == wire.OpError {
+		err = wire.Errorf(m.Code, m.Message)
+	}
+	if err != nil || m.Op != wire.OpWelcome {
+		conn.Close()
+		return nil, nil, fmt.Errorf("shoal: no welcome from scheduler at %s: %v", addr, err)
+	}
+	return conn, m, nil
+}
+
 // DashboardURL is the scheduler's dashboard, or "".
 func (c *Client) DashboardURL() string { return c.dashboard }
 
 // Close releases every future and closes all connections.
 func (c *Client) Close() error {
-	c.conn.Close()
+	c.closing.Store(true)
+	c.conn.Load().Close()
 	<-c.done
 	c.data.close()
 	return nil
@@ -130,12 +159,17 @@ func (c *Client) Close() error {
 func (c *Client) readLoop() {
 	defer close(c.done)
 	for {
-		m, _, err := c.conn.Recv()
+		m, _, err := c.conn.Load().Recv()
 		if err != nil {
-			c.fail(err)
-			return
+			if c.closing.Load() || c.opts.ReconnectTimeout < 0 || !c.reconnect(err) {
+				c.fail(err)
+				return
+			}
+			continue
 		}
 		switch m.Op {
+		case wire.OpResumed:
+			c.id.Store(m.Client)
 		case wire.OpKeyState:
 			c.resolve(m.Key, keyResult{state: m.State, worker: m.Worker, err: m.Error})
 			wire.ReleaseMsg(m)
@@ -185,6 +219,53 @@ func (c *Client) fail(err error) {
 	runAll(cbs)
 }
 
+// reconnect connects again after the connection broke, with backoff, for ReconnectTimeout,
+// and resumes the session: the scheduler is told every key the client holds (their states
+// follow as key_state). Requests waiting for a reply fail with ErrClosed. It reports false
+// when the time ran out or the client is closing.
+func (c *Client) reconnect(cause error) bool {
+	c.mu.Lock()
+	for id, ch := range c.mu.pending {
+		close(ch)
+		delete(c.mu.pending, id)
+	}
+	c.mu.Unlock()
+	c.log.Warn("lost the scheduler: connecting again; futures stay pending", "scheduler", c.addr, "cause", cause,
+		"for_up_to", c.opts.ReconnectTimeout)
+	deadline := time.Now().Add(c.opts.ReconnectTimeout)
+	backoff := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		if c.closing.Load() {
+			return false
+		}
+		conn, _, err := dialScheduler(context.Background(), c.addr, c.opts, min(c.opts.Timeout, 2*time.Second))
+		if err == nil {
+			c.mu.Lock()
+			keys := make([]string, 0, len(c.mu.futures))
+			for k := range c.mu.futures {
+				keys = append(keys, k)
+			}
+			c.mu.Unlock()
+			if err = conn.Send(&wire.Msg{Op: wire.OpResume, ID: 0, Client: c.id.Load(), Keys: keys}); err == nil {
+				c.conn.Store(conn)
+				if c.closing.Load() { // Close ran meanwhile, on the old connection
+					conn.Close()
+					return false
+				}
+				c.log.Info("connected to the scheduler again", "scheduler", c.addr, "attempts", attempt, "keys", len(keys))
+				return true
+			}
+			conn.Abort()
+		}
+		if !time.Now().Before(deadline) {
+			c.log.Warn("could not reach the scheduler again", "scheduler", c.addr, "err", err)
+			return false
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
 // reject fails a key's futures because its graph was refused, unless the key had already
 // resolved from an earlier submission (which still stands).
 func (c *Client) reject(key string, r keyResult) {
@@ -226,7 +307,7 @@ func (c *Client) request(ctx context.Context, m *wire.Msg) (*wire.Msg, error) {
 	m.ID = c.mu.nextID
 	c.mu.pending[m.ID] = ch
 	c.mu.Unlock()
-	if err := c.conn.Send(m); err != nil {
+	if err := c.conn.Load().Send(m); err != nil {
 		return nil, err
 	}
 	select {
@@ -285,7 +366,7 @@ func (c *Client) Submit(ctx context.Context, g *Graph, want ...Key) ([]*Future, 
 		futs[i] = c.futureLocked(string(k))
 	}
 	c.mu.Unlock()
-	err := c.conn.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: id, Tasks: g.tasks, Wanted: wanted, Funcs: g.funcs})
+	err := c.conn.Load().Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: id, Tasks: g.tasks, Wanted: wanted, Funcs: g.funcs})
 	if err != nil {
 		for _, f := range futs {
 			f.Release()
@@ -312,7 +393,7 @@ func (c *Client) Cancel(futs ...*Future) error {
 	for i, f := range futs {
 		keys[i] = f.key
 	}
-	return c.conn.Send(&wire.Msg{Op: wire.OpCancelKeys, Keys: keys})
+	return c.conn.Load().Send(&wire.Msg{Op: wire.OpCancelKeys, Keys: keys})
 }
 
 func (c *Client) release(f *Future) {
@@ -329,6 +410,6 @@ func (c *Client) release(f *Future) {
 	}
 	c.mu.Unlock()
 	if last {
-		c.conn.Send(&wire.Msg{Op: wire.OpReleaseKeys, Keys: []string{f.key}})
+		c.conn.Load().Send(&wire.Msg{Op: wire.OpReleaseKeys, Keys: []string{f.key}})
 	}
 }

@@ -92,7 +92,7 @@ func (c *Client) Scatter(ctx context.Context, values ...any) ([]*Future, error) 
 		}
 		c.mu.Unlock()
 		runAll(cbs)
-		if err := c.conn.Send(&wire.Msg{Op: wire.OpScatter, Items: p.items, Worker: addr}); err != nil {
+		if err := c.conn.Load().Send(&wire.Msg{Op: wire.OpScatter, Items: p.items, Worker: addr}); err != nil {
 			return nil, err
 		}
 	}

@@ -138,7 +138,7 @@ func (c *Client) sharedGet(ctx context.Context, m *wire.Msg) (any, error) {
 	}
 	c.mu.Unlock()
 	if len(r.Keys) > 0 {
-		if err := c.conn.Send(&wire.Msg{Op: wire.OpWanted, Keys: r.Keys}); err != nil {
+		if err := c.conn.Load().Send(&wire.Msg{Op: wire.OpWanted, Keys: r.Keys}); err != nil {
 			return nil, err
 		}
 	}

@@ -50,8 +50,9 @@ func startHostCluster(t testing.TB, hosts int, workerArgs func(i int) []string) 
 	ctx := ctxT(t, time.Minute)
 	h1 := c.Hosts[0]
 	c.schedArgs = []string{shoalBin, "scheduler", "--host", "0.0.0.0", "--port", fmt.Sprint(hostControlPort),
-		"--gossip-port", fmt.Sprint(hostGossipPort), "--dashboard-port", fmt.Sprint(hostDashboardPort)}
-	c.Sched = h1.Start(ctx, "scheduler", c.schedArgs, nil)
+		"--gossip-port", fmt.Sprint(hostGossipPort), "--dashboard-port", fmt.Sprint(hostDashboardPort),
+		"--journal", filepath.Join(c.dir, "journal")}
+	c.Sched = h1.Start(ctxT(t, time.Hour), "scheduler", c.schedArgs, nil) // lives as long as the test
 	m, err := c.Sched.WaitOutput(ctx, regexp.MustCompile(`scheduler at (\S+), gossip at (\S+)\n(?s:.*)dashboard at (\S+)`))
 	require.NoError(t, err)
 	c.Scheduler, c.Gossip, c.Dashboard = m[1], m[2], m[3]

@@ -55,6 +55,7 @@ func main() {
 		batch := fs.Int("batch", 50_000, "tasks per update_graph message")
 		reps := fs.Int("reps", 1, "repetitions per worker count (fresh scheduler each)")
 		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process (file prefix; the worker count is appended)")
+		fs.StringVar(&zeroJournal, "journal", "", "run the scheduler with --journal in a fresh directory under this one (measures the journal's cost)")
 		fs.Parse(os.Args[2:])
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -53,10 +54,21 @@ func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, n
 	return &res, nil
 }
 
+// zeroJournal: when set, each run's scheduler journals into a fresh directory under it.
+var zeroJournal string
+
 func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch int, profile string) (*ZeroRun, error) {
 	var extra []string
 	if profile != "" {
 		extra = append(extra, "--cpu-profile", profile)
+	}
+	if zeroJournal != "" {
+		dir, err := os.MkdirTemp(zeroJournal, "journal-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		extra = append(extra, "--journal", dir)
 	}
 	sp, err := proc.StartScheduler(ctx, bin, extra...)
 	if err != nil {

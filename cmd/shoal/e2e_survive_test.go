@@ -1,0 +1,246 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	client "github.com/shoal-dev/shoal/clients/go"
+	"github.com/shoal-dev/shoal/graph"
+)
+
+// Surviving the network (issue 13): links cut under a running graph, and workers killed
+// while graphs run. The cuts use test hosts (root only; skipped with the reason otherwise).
+
+// sleepGraph is n tasks sleeping d each and returning i, each incremented, summed: its value
+// is n(n+1)/2, whatever ran where and however often.
+func sleepGraph(tag string, n int, d time.Duration) (*client.Graph, client.Key, int64) {
+	g := client.NewGraph()
+	incs := make([]graph.Arg, n)
+	for i := range n {
+		s := g.Add(graph.Task{Key: fmt.Sprintf("%s-sleep-%d", tag, i), Kind: graph.KindGo, Func: "sleep",
+			Args: []graph.Arg{graph.Lit(d.Seconds()), graph.Lit(i)}})
+		inc := g.Add(graph.Task{Key: fmt.Sprintf("%s-inc-%d", tag, i), Kind: graph.KindGo, Func: "inc",
+			Args: []graph.Arg{graph.Ref(string(s))}})
+		incs[i] = graph.Ref(string(inc))
+	}
+	total := g.Add(graph.Task{Key: tag + "-total", Kind: graph.KindGo, Func: "sum", Args: incs})
+	return g, total, int64(n * (n + 1) / 2)
+}
+
+// workerNames lists the registered workers' names.
+func workerNames(ctx context.Context, cl *client.Client) map[string]bool {
+	infos, err := cl.Info(ctx)
+	if err != nil {
+		return nil
+	}
+	out := map[string]bool{}
+	for _, in := range infos {
+		out[in.Name] = true
+	}
+	return out
+}
+
+// A worker whose link is cut for 5 s, then for 60 s, in the middle of a graph: the graph's
+// value is right, the worker process never exits, and it is registered again after each cut.
+func TestE2EHostsWorkerLinkCut(t *testing.T) {
+	c := startHostCluster(t, 3, nil)
+	cl := c.Connect(t)
+	h3, w3 := c.Hosts[2], c.Workers[1]
+	for _, cut := range []time.Duration{5 * time.Second, 60 * time.Second} {
+		ctx := ctxT(t, 3*time.Minute)
+		g, total, want := sleepGraph(fmt.Sprintf("cut%d", int(cut.Seconds())), 40, 250*time.Millisecond)
+		futs, err := cl.Submit(ctx, g, total)
+		require.NoError(t, err)
+		time.Sleep(time.Second) // both workers are running tasks
+		h3.Cut()
+		time.Sleep(cut)
+		h3.Restore()
+		restored := time.Now()
+		require.Eventually(t, func() bool { return workerNames(ctx, cl)["w3"] }, time.Minute, 20*time.Millisecond,
+			"w3 is not registered again after its link came back")
+		t.Logf("cut of %v: w3 registered again %v after its link came back", cut, time.Since(restored).Round(time.Millisecond))
+		v, err := futs[0].Result(ctx)
+		require.NoError(t, err)
+		require.Equal(t, want, v, "the graph's value after a %v cut", cut)
+		select {
+		case <-w3.Done():
+			t.Fatalf("the worker exited: %s", w3.Output())
+		default:
+		}
+	}
+	require.Equal(t, map[string]bool{"w2": true, "w3": true}, workerNames(ctxT(t, time.Minute), cl))
+}
+
+// The scheduler's host is cut off for 45 s in the middle of a graph: every worker loses it, and
+// after the link returns they register again with what they hold and the graph completes.
+func TestE2EHostsSchedulerHostCut(t *testing.T) {
+	c := startHostCluster(t, 3, nil)
+	cl := c.Connect(t)
+	ctx := ctxT(t, 3*time.Minute)
+	g, total, want := sleepGraph("schedcut", 40, 250*time.Millisecond)
+	futs, err := cl.Submit(ctx, g, total)
+	require.NoError(t, err)
+	time.Sleep(time.Second)
+	h1 := c.Hosts[0]
+	h1.Cut()
+	time.Sleep(45 * time.Second)
+	h1.Restore()
+	restored := time.Now()
+	require.Eventually(t, func() bool { n := workerNames(ctx, cl); return n["w2"] && n["w3"] }, time.Minute,
+		20*time.Millisecond, "the workers are not registered again after the scheduler's link came back")
+	t.Logf("both workers registered again %v after the scheduler's link came back", time.Since(restored).Round(time.Millisecond))
+	v, err := futs[0].Result(ctx)
+	require.NoError(t, err)
+	require.Equal(t, want, v)
+	for _, w := range c.Workers {
+		select {
+		case <-w.Done():
+			t.Fatalf("a worker exited: %s", w.Output())
+		default:
+		}
+	}
+}
+
+// For five minutes (SHOAL_SOAK overrides, e.g. 30s), a random worker of a local cluster is
+// SIGKILLed every 20 s while graphs run back to back; shoal local starts it again. Every graph
+// must finish with the right value: none wrong, none hung.
+func TestE2ESoakKillWorkers(t *testing.T) {
+	soak := 5 * time.Minute
+	if s := os.Getenv("SHOAL_SOAK"); s != "" {
+		d, err := time.ParseDuration(s)
+		require.NoError(t, err)
+		soak = d
+	}
+	if testing.Short() {
+		t.Skip("a five-minute soak; not in -short")
+	}
+	c := startCluster(t, 3, "--nthreads", "2")
+	cl := c.connect(t)
+	deadline := time.Now().Add(soak)
+	rng := rand.New(rand.NewPCG(1, 2))
+	stop := make(chan struct{})
+	killed := make(chan int, 1)
+	go func() {
+		defer close(killed)
+		n := 0
+		for {
+			select {
+			case <-stop:
+				killed <- n
+				return
+			case <-time.After(20 * time.Second):
+			}
+			pids := childPIDs(c.cmd.Process.Pid)
+			if len(pids) == 0 {
+				continue
+			}
+			if syscall.Kill(pids[rng.IntN(len(pids))], syscall.SIGKILL) == nil {
+				n++
+			}
+		}
+	}()
+	graphs := 0
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		g, total, want := sleepGraph(fmt.Sprintf("soak%d", graphs), 60, 50*time.Millisecond)
+		futs, err := cl.Submit(ctx, g, total)
+		require.NoError(t, err)
+		v, err := futs[0].Result(ctx)
+		cancel()
+		require.NoError(t, err, "graph %d hung or failed", graphs)
+		require.Equal(t, want, v, "graph %d computed a wrong value", graphs)
+		futs[0].Release()
+		graphs++
+	}
+	close(stop)
+	n := <-killed
+	t.Logf("soak of %v: %d graphs, all right, while %d workers were killed", soak, graphs, n)
+	require.Positive(t, graphs)
+	if soak >= time.Minute {
+		require.Positive(t, n, "no worker was killed")
+	}
+}
+
+// The scheduler is killed with SIGKILL in the middle of a graph and started again on its
+// journal: the workers register again with their results, the Go client reconnects and
+// resumes, and its future resolves with the right value.
+func TestE2ESchedulerKilledResumesFromJournal(t *testing.T) {
+	port, gossip := freePort(t), freePort(t)
+	journal := filepath.Join(t.TempDir(), "journal")
+	args := []string{"scheduler", "--port", fmt.Sprint(port), "--gossip-port", fmt.Sprint(gossip),
+		"--dashboard-port", "-1", "--journal", journal, "--log-level", "warn"}
+	sched, out := startProc(t, args...)
+	require.True(t, out.Scan(), "the scheduler printed nothing")
+	for _, name := range []string{"a", "b"} {
+		startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", gossip), "--name", name, "--nthreads", "1",
+			"--log-level", "warn")
+	}
+	ctx := ctxT(t, 3*time.Minute)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	cl, err := client.Connect(ctx, addr, client.Options{})
+	require.NoError(t, err)
+	defer cl.Close()
+	require.Eventually(t, func() bool { return len(workerNames(ctx, cl)) == 2 }, 30*time.Second, 20*time.Millisecond)
+
+	g, total, want := sleepGraph("killed", 40, 200*time.Millisecond)
+	futs, err := cl.Submit(ctx, g, total)
+	require.NoError(t, err)
+	time.Sleep(2 * time.Second) // about half of it has run
+	require.NoError(t, sched.Process.Kill())
+	sched.Wait()
+	killed := time.Now()
+	startProc(t, args...)
+	v, err := futs[0].Result(ctx)
+	require.NoError(t, err, "the future after the scheduler's restart")
+	require.Equal(t, want, v)
+	t.Logf("the future resolved %v after the scheduler was killed", time.Since(killed).Round(time.Millisecond))
+	require.Equal(t, map[string]bool{"a": true, "b": true}, workerNames(ctx, cl), "both workers came back")
+}
+
+// partition drops the traffic between hosts a and b (both directions) until the returned
+// function heals it; each keeps reaching every other host.
+func partition(t *testing.T, c *hostCluster, a, b int) (heal func()) {
+	t.Helper()
+	route := func(op string, from, to int) {
+		h := c.Hosts[from]
+		p := h.Start(ctxT(t, time.Minute), "ip route "+op, []string{"ip", "route", op, "blackhole", c.Hosts[to].IP + "/32"}, nil)
+		require.NoError(t, p.Wait(ctxT(t, time.Minute)), p.Output())
+	}
+	route("add", a, b)
+	route("add", b, a)
+	return func() {
+		route("del", a, b)
+		route("del", b, a)
+	}
+}
+
+// A worker cut off from the scheduler but not from its peer, for 20 s in the middle of a
+// graph: gossip (through the peer) still says it lives; it notices the scheduler's silence,
+// registers again once the partition heals (replacing its old registration, its results
+// kept), and the graph's value is right.
+func TestE2EHostsPartitionWorkerFromScheduler(t *testing.T) {
+	c := startHostCluster(t, 3, nil)
+	cl := c.Connect(t)
+	ctx := ctxT(t, 3*time.Minute)
+	g, total, want := sleepGraph("partition", 40, 250*time.Millisecond)
+	futs, err := cl.Submit(ctx, g, total)
+	require.NoError(t, err)
+	time.Sleep(time.Second)
+	heal := partition(t, c, 0, 2)
+	time.Sleep(20 * time.Second)
+	heal()
+	v, err := futs[0].Result(ctx)
+	require.NoError(t, err)
+	require.Equal(t, want, v)
+	require.Eventually(t, func() bool { n := workerNames(ctx, cl); return n["w2"] && n["w3"] }, time.Minute,
+		20*time.Millisecond, "w3 is not registered after the partition healed")
+	require.Contains(t, c.Workers[1].Output(), "registered with the scheduler again")
+}
