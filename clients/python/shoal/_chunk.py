@@ -4,8 +4,9 @@ A graph too big for one message goes as several, in dependency order, so the sch
 every dependency of a task before the task. Until the last message is sent, the client holds the
 keys of earlier messages that later ones need (the *frontier*): the scheduler forgets tasks
 that lead to nothing wanted. ``client.submit``/``map`` cut a finished task list with
-:func:`split_batches`; dask graphs are cut as they are pickled by ``_dask.task_chunks``, with
-the same size rule (a task counts its payload plus :data:`TASK_OVERHEAD` bytes).
+:func:`split_batches`; dask graphs are cut as they are pickled by ``_dask.task_chunks``; both
+fill a :class:`Chunk`, the one size rule (a task counts its payload plus :data:`TASK_OVERHEAD`
+bytes).
 """
 
 from __future__ import annotations
@@ -20,17 +21,34 @@ def task_size(task: dict[str, Any]) -> int:
     return len(task.get("payload") or b"") + TASK_OVERHEAD
 
 
+class Chunk:
+    """The tasks of one ``update_graph`` message being filled: at most ``max_bytes`` of them
+    (each counted by :func:`task_size`), unless one task alone is bigger. The one size rule of
+    both cutters: :func:`split_batches` and ``_dask.task_chunks``."""
+
+    def __init__(self, max_bytes: int = UPDATE_BATCH_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.tasks: list[dict[str, Any]] = []
+        self.nbytes = 0
+
+    def fits(self, task: dict[str, Any]) -> bool:
+        return not self.tasks or self.nbytes + task_size(task) <= self.max_bytes
+
+    def add(self, task: dict[str, Any]) -> None:
+        self.tasks.append(task)
+        self.nbytes += task_size(task)
+
+
 def split_batches(tasks: list[dict[str, Any]], max_bytes: int = UPDATE_BATCH_BYTES) -> list[list[dict[str, Any]]]:
     """Cut a (topologically ordered) task list into update_graph-sized batches."""
-    batches: list[list[dict[str, Any]]] = [[]]
-    size = 0
+    batches: list[list[dict[str, Any]]] = []
+    chunk = Chunk(max_bytes)
     for t in tasks:
-        n = task_size(t)
-        if size + n > max_bytes and batches[-1]:
-            batches.append([])
-            size = 0
-        batches[-1].append(t)
-        size += n
+        if not chunk.fits(t):
+            batches.append(chunk.tasks)
+            chunk = Chunk(max_bytes)
+        chunk.add(t)
+    batches.append(chunk.tasks)
     return batches
 
 

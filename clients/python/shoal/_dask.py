@@ -33,6 +33,7 @@ import itertools
 import threading
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
+from ._chunk import Chunk
 from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
 from ._refs import Ref
 
@@ -395,9 +396,8 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
             last_use[d] = i  # i grows: the last dependent wins (keys outside dsk: unused)
     i, size = 0, max(first, 1)
     while True:
-        tasks: list[dict[str, Any]] = []
+        chunk = Chunk(max_bytes)
         graph_keys: list[Hashable] = []
-        nbytes = 0
         stop = min(i + size, len(order))
         while i < stop:
             k = order[i]
@@ -405,13 +405,12 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
             if task is not None and per_key and k in per_key:
                 task.update(per_key[k])
             if task is not None:
-                n = len(task["payload"]) + 200
-                if tasks and nbytes + n > max_bytes:
+                if not chunk.fits(task):
                     break  # order[i] starts the next chunk (and is pickled again then)
-                nbytes += n
-                tasks.append(task)
+                chunk.add(task)
                 graph_keys.append(k)
             i += 1
+        tasks = chunk.tasks
         end = i
         frontier = [t["key"] for t, k in zip(tasks, graph_keys) if last_use.get(k, -1) >= end]
         last = end >= len(order)

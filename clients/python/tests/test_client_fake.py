@@ -164,12 +164,17 @@ def test_reconnect_resumes_the_session(fake: FakeCluster, caplog: pytest.LogCapt
         wait_until(lambda: len(client._transport.dials) > dials + 1, "a retry")  # type: ignore[attr-defined]
         fake.down = False
         wait_until(lambda: client.status == "running", "reconnected")
-        resume = next(m for m in fake.received if m["op"] == "resume")
-        after = fake.received[fake.received.index(resume):]
+
+        def after_resume() -> list[dict[str, Any]]:
+            ops = [m["op"] for m in fake.received]
+            return fake.received[ops.index("resume"):] if "resume" in ops else []
+
+        wait_until(lambda: any(m["op"] == "update_graph" for m in after_resume()), "the queue was sent")
+        resume, *after = after_resume()
         assert resume["client"] == first_id
         assert f.key in resume["keys"] and done.key in resume["keys"]
         assert g.key not in resume["keys"], "a graph sent after the resume is not resumed"
-        assert any(m["op"] == "update_graph" and g.key in m["wanted"] for m in after)
+        assert [m for m in after if m["op"] == "update_graph"][0]["wanted"] == [g.key]
         fake.run_held()
         assert f.result(timeout=5) == 2
         assert g.result(timeout=5) == 3
@@ -187,8 +192,8 @@ def test_reconnect_to_a_scheduler_that_forgot(fake: FakeCluster) -> None:
         fake.paused = True
         pending = client.submit(inc, 5)
         wait_until(lambda: bool(fake.held), "the task reached the scheduler")
+        fake.forget()  # restarted without a journal: it knows nothing when the client comes back
         fake.drop(down=False)
-        fake.forget()
         with pytest.raises(FutureLostError):
             pending.result(timeout=5)
         wait_until(lambda: f.status == "lost", "the finished key was lost too")
@@ -264,6 +269,7 @@ def test_reconnect_reads_the_scheduler_file_again(fake: FakeCluster, tmp_path: A
         f = client.submit(inc, 1)
         wait_until(lambda: bool(fake.held), "the task reached the scheduler")
         fake.drop(down=True)
+        wait_until(lambda: client.status == "connecting", "the client noticed")
         fake.mem_address = "mem-scheduler:moved"  # restarted elsewhere
         fake.down = False
         path.write_text(json.dumps({"address": fake.mem_address, "token": "s3cret"}))
