@@ -296,6 +296,9 @@ func (w *Worker) recvLoop(conn *wire.Conn) error {
 		case wire.OpAcquire:
 			w.handleAcquire(m.Deps)
 			wire.ReleaseMsg(m)
+		case wire.OpProfile: // the statistical profiler on or off (profile.go)
+			w.handleProfile(m)
+			wire.ReleaseMsg(m)
 		case wire.OpClose:
 			w.log.Info("scheduler asked to close", "reason", m.Reason)
 			return errSchedulerClose
