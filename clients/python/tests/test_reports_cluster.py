@@ -18,15 +18,6 @@ from conftest import needs_binary
 
 pytestmark = [needs_binary, pytest.mark.cluster]
 
-# The scheduler turns the workers' profiler on with the `profile` op; a worker dispatches it in
-# worker/control.go's recvLoop (`case wire.OpProfile: w.handleProfile(m)`), a line owned by
-# the worker's maintainers. Until it is there the profile test cannot pass and is skipped.
-_CONTROL = Path(__file__).resolve().parents[3] / "worker" / "control.go"
-needs_profile_dispatch = pytest.mark.skipif(
-    _CONTROL.exists() and "wire.OpProfile" not in _CONTROL.read_text(),
-    reason="worker/control.go does not dispatch the profile op to worker/profile.go yet")
-
-
 def inc(x: int) -> int:
     return x + 1
 
@@ -77,7 +68,6 @@ def test_get_task_stream_reads_the_recording(client: Client) -> None:
         client.get_task_stream(plot=True)
 
 
-@needs_profile_dispatch
 def test_profile_of_a_python_task_group(client: Client) -> None:
     client.start_profiling()
     try:

@@ -1,15 +1,16 @@
 // Entry point: websocket connection, hash routing (#/status, #/workers, #/graph,
-// #/task/<key>, #/events) and render scheduling. Only the visible view is rendered, at most
+// #/profile[/<group>], #/task/<key>, #/events) and render scheduling. Only the visible view is rendered, at most
 // once per animation frame.
 import { $, hasCharts } from "./util.js";
-import { store, applyFrame, lostCount, resetConnection } from "./store.js";
+import { store, applyFrame, lostCount, resetConnection, fillGap } from "./store.js";
 import * as status from "./status.js";
 import * as workers from "./workers.js";
 import * as graph from "./graph.js";
 import * as task from "./task.js";
 import * as events from "./events.js";
+import * as profile from "./profile.js";
 
-const views = { status, workers, graph, task, events };
+const views = { status, workers, graph, task, events, profile };
 let current = null;
 let renderQueued = false;
 
@@ -36,10 +37,30 @@ function scheduleRender() {
   });
 }
 
+// fillGaps fetches again the task runs of frames this page dropped (it was too slow), from the
+// scheduler's recording, one window at a time.
+let filling = false;
+async function fillGaps() {
+  if (filling || !store.gaps.length) return;
+  filling = true;
+  const [from, to] = store.gaps.shift();
+  try {
+    const r = await fetch(`api/v1/task-stream?start=${from}&stop=${to}`, { cache: "no-store" });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    fillGap(await r.json());
+  } catch {
+    store.unfilled++;
+  } finally {
+    filling = false;
+    scheduleRender();
+    fillGaps();
+  }
+}
+
 function renderHeader() {
   const d = $("#dropped");
-  d.hidden = store.dropped === 0;
-  d.textContent = `${store.dropped} frames dropped`;
+  d.hidden = store.unfilled === 0;
+  d.textContent = `${store.unfilled} dropped frames missing from the stream`;
   const sd = $("#source-dropped"), lost = lostCount();
   sd.hidden = lost === 0;
   sd.textContent = `${lost} task-stream events missed`;
@@ -59,6 +80,7 @@ function connect() {
   ws.onopen = () => { backoff = 500; resetConnection(); conn.textContent = "live"; conn.classList.remove("off"); };
   ws.onmessage = (m) => {
     applyFrame(JSON.parse(m.data));
+    fillGaps();
     scheduleRender();
   };
   ws.onclose = () => {

@@ -66,12 +66,20 @@ function renderProgress() {
   s.textContent = total ? `${fmtNum(done)} of ${fmtNum(total)} tasks done${total === done ? " — complete" : ""}` : "";
 }
 
-// Rows: one per worker thread, then one per worker for transfers.
+// Rows: one per worker thread, then one per worker for transfers. A worker gets a row for every
+// thread index its tasks reported, even beyond its nthreads (a task that seceded, or a Python
+// executor lane), and a worker that left keeps its rows while its tasks are in the window.
 function streamRows() {
-  const ws = [...store.workers.values()].sort((a, b) => a.name.localeCompare(b.name));
+  const ws = new Map([...store.workers.values()].map((w) => [w.address, { name: w.name, address: w.address, threads: Math.max(w.nthreads, 1) }]));
+  for (const e of store.stream) {
+    if (!e.worker) continue;
+    const w = ws.get(e.worker) || { name: e.name || e.worker, address: e.worker, threads: 1 };
+    if (e.kind === "task") w.threads = Math.max(w.threads, (e.thread || 0) + 1);
+    ws.set(e.worker, w);
+  }
   const rows = [], index = new Map();
-  for (const w of ws) {
-    for (let t = 0; t < Math.max(w.nthreads, 1); t++) {
+  for (const w of [...ws.values()].sort((a, b) => a.name.localeCompare(b.name))) {
+    for (let t = 0; t < w.threads; t++) {
       index.set(`${w.address}#${t}`, rows.length);
       rows.push(`${w.name}:${t}`);
     }

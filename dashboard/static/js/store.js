@@ -22,7 +22,10 @@ export const store = {
   series: [], // {t (ms), tps, used, limit, spilled, managed, completed}
   stream: [], // task, transfer and spill events; aggregates have count > 0
   cluster: [], // cluster events received live
-  dropped: 0, // frames dropped for this page
+  dropped: 0, // frames dropped for this page (their task events are fetched again: gaps)
+  gaps: [], // [from, to] unix ns windows whose task events were in dropped frames
+  unfilled: 0, // gaps that could not be fetched again: the stream truly misses them
+  lastFrame: 0, // time of the last frame applied
   aggregated: 0, // task-stream events received in spans (not lost)
   lost: 0, // task-stream events this page missed: see lostCount()
   sourceDropped0: -1, // source_dropped when this page connected
@@ -32,9 +35,21 @@ export const store = {
   groupsVersion: 0, // bumped when the set of group names changes
 };
 
+// fillGap adds the task runs of a window whose frames were dropped, as the scheduler recorded
+// them (it records while a viewer is connected), skipping those the page already has.
+export function fillGap(rec) {
+  const have = new Set(store.stream.filter((e) => e.key).map((e) => `${e.key}|${e.start}`));
+  for (const t of rec.tasks || []) {
+    if (have.has(`${t.key}|${t.start}`)) continue;
+    store.stream.push({ kind: "task", key: t.key, group: t.group, worker: t.worker, name: t.worker_name, thread: t.thread,
+      start: t.start, stop: t.stop, time: t.stop, nbytes: t.nbytes, state: t.erred ? "erred" : "memory" });
+  }
+  trimStream();
+}
+
 // lostCount is how many task-stream events this page truly missed since it connected: events
-// the scheduler side could not queue for the dashboard, events beyond a frame's span budget,
-// and frames dropped because the page was too slow (their events are gone).
+// the scheduler side could not queue for the dashboard and events beyond a frame's span budget
+// (frames dropped because the page was slow are fetched again; see gaps).
 export function lostCount() {
   const src = store.sourceDropped0 < 0 ? 0 : store.sourceDropped - store.sourceDropped0;
   return src + store.lost;
@@ -44,7 +59,9 @@ export function resetConnection() { store.sourceDropped0 = -1; }
 
 export function applyFrame(env) {
   const f = env.frame;
+  if (env.dropped > store.dropped && store.lastFrame && f.time) store.gaps.push([store.lastFrame, f.time]);
   store.dropped = env.dropped;
+  if (f.time) store.lastFrame = f.time;
   store.frames++;
   store.error = f.error || "";
   store.aggregated += f.events_aggregated || 0;

@@ -1,6 +1,7 @@
 // Task view: one task by key, from /api/v1/tasks/{key}; refreshed every second while it is
 // not in a final state.
 import { $, esc, fmtBytes, fmtSeconds, fmtTime, taskLink, getJSON } from "./util.js";
+import { drawFlame } from "./flame.js";
 
 let key = "", timer = null;
 const final = new Set(["memory", "erred", "released", "forgotten"]);
@@ -27,6 +28,7 @@ async function load() {
     el.innerHTML = `<p>Could not load <code>${esc(k)}</code>: ${esc(r.body.error)}</p>`;
   } else {
     el.innerHTML = renderTask(r.body);
+    loadStacks(r.body);
   }
   if (!r.ok || !final.has(r.body.state)) timer = setTimeout(load, 1000);
 }
@@ -54,6 +56,8 @@ function renderTask(t) {
       <dt>Dependents</dt><dd>${dependents || "–"}</dd>
     </dl>
     ${err}
+    ${t.state === "processing" ? `<h2>Call stacks <span class="hint" id="task-stacks-note"></span></h2>
+      <div id="task-stacks" class="flame"></div>` : ""}
     <h2>Inputs</h2>
     ${deps ? `<table><thead><tr><th>Key</th><th>State</th><th>Size</th><th>Held by</th></tr></thead><tbody>${deps}</tbody></table>` : '<p class="muted">None.</p>'}
     <h2>Story</h2>
@@ -64,4 +68,18 @@ const colors = { memory: "var(--memory)", processing: "var(--processing)", queue
   waiting: "var(--waiting)", released: "var(--released)", erred: "var(--erred)", "no-worker": "var(--no-worker)" };
 function state(s) {
   return `<span class="state ${esc(s)}" style="background:${colors[s] || "#888"}">${esc(s)}</span>`;
+}
+
+// Call stacks of a running task: the statistical profiler's samples of its task group (the
+// executor samples the running task's thread every ~10 ms while the profiler is on).
+async function loadStacks(t) {
+  const box = $("#task-stacks");
+  if (!box) return;
+  const r = await getJSON(`api/v1/profile?group=${encodeURIComponent(t.group)}`);
+  if (!r.ok) { $("#task-stacks-note").textContent = r.body.error || "unavailable"; return; }
+  const root = (r.body.groups || {})[t.group];
+  const n = drawFlame(box, root);
+  $("#task-stacks-note").innerHTML = n ? `${root.count} samples of group <b>${esc(t.group)}</b>${r.body.enabled ? "" : " (profiler off: these are from when it ran)"}`
+    : r.body.enabled ? "No samples of this group yet (the profiler samples every ~10 ms)."
+    : 'The profiler is off: <a href="#/profile">start it</a> to see the call stacks of running tasks.';
 }
