@@ -159,29 +159,32 @@ type Core struct {
 	templates map[template]*graph.Task // shared definitions of plain tasks
 	lastTmpl  *graph.Task
 
-	workers    []*worker // by WorkerID; nil if never joined
-	alive      []WorkerID
-	unsat      []WorkerID // alive, accepting workers with room for queued root tasks
-	funcCount  map[string]int
-	threads    int
-	encodings  []string
-	encIdx     map[string]uint8
-	queue      taskHeap // root tasks withheld
-	rqueue     taskHeap // tasks waiting for resources
-	noWorker   []int32
-	steals     map[int32]WorkerID // task → thief, while a steal request is in flight
-	wantMore   map[int32][]ClientID
-	deaths     map[int32][]string   // task → "worker (reason)" for each death while it ran
-	moves      map[int32]move       // rebalance: value → its move, until the receiver has it
-	holds      map[int32][]int32    // result → the keys of the futures it holds (returned by its task)
-	heldBy     map[int32]int32      // key → how many results hold it
-	acquires   map[WorkerID][]int32 // copies asked for in this event, sent by flushAcquires
-	acqPending map[acqKey]bool
-	acqBytes   map[WorkerID]int64
-	counts     [NumStates]int
-	orderBase  int64
-	lastSteal  int64
-	stealTicks bool
+	workers []*worker // by WorkerID; nil if never joined
+	alive   []WorkerID
+	unsat   []WorkerID // alive, accepting workers with room for queued root tasks
+	// placement's rotating windows over alive and unsat workers, and its visit stamp
+	scanAt, unsatAt int
+	markGen         uint64
+	funcCount       map[string]int
+	threads         int
+	encodings       []string
+	encIdx          map[string]uint8
+	queue           taskHeap // root tasks withheld
+	rqueue          taskHeap // tasks waiting for resources
+	noWorker        []int32
+	steals          map[int32]WorkerID // task → thief, while a steal request is in flight
+	wantMore        map[int32][]ClientID
+	deaths          map[int32][]string   // task → "worker (reason)" for each death while it ran
+	moves           map[int32]move       // rebalance: value → its move, until the receiver has it
+	holds           map[int32][]int32    // result → the keys of the futures it holds (returned by its task)
+	heldBy          map[int32]int32      // key → how many results hold it
+	acquires        map[WorkerID][]int32 // copies asked for in this event, sent by flushAcquires
+	acqPending      map[acqKey]bool
+	acqBytes        map[WorkerID]int64
+	counts          [NumStates]int
+	orderBase       int64
+	lastSteal       int64
+	stealTicks      bool
 
 	// per event
 	seq        uint64

@@ -152,6 +152,7 @@ type workerConn struct {
 	info     wire.WorkerInfo
 	sent     map[string]bool // py function hashes this worker has received
 	lastSeen time.Time
+	acked    time.Time // when a heartbeat was last answered
 	closing  bool
 	retired  bool // told to close by retire_workers
 	pid      int
@@ -755,6 +756,10 @@ func (s *Server) removeWorkerWith(w *workerConn, reason string, graceful bool, f
 // message before it returns, so one value serves every worker.)
 var heartbeatAck = &wire.Msg{Op: wire.OpHeartbeat}
 
+// ackEvery spaces the answers: a worker gives up after five heartbeat intervals (5 s) of
+// silence, and 10,000 workers need not cost 10,000 writes a second.
+const ackEvery = 1900 * time.Millisecond
+
 func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	switch m.Op {
 	case wire.OpTaskFinished:
@@ -792,7 +797,10 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		if m.MemLimit > 0 {
 			w.info.MemoryLimit = m.MemLimit
 		}
-		s.queue(w.conn, heartbeatAck) // the worker knows the scheduler still hears it
+		if now := s.cfg.Clock(); now.Sub(w.acked) >= ackEvery {
+			w.acked = now
+			s.queue(w.conn, heartbeatAck) // the worker knows the scheduler still hears it
+		}
 		s.handle(EvHeartbeat{Worker: w.id, Now: s.cfg.Clock().UnixNano(), Memory: m.Memory, Spilled: m.Spilled, Executing: m.Executing, Ready: m.Ready, Unhealthy: unhealthy(m)})
 	case wire.OpReschedule:
 		s.handle(EvReschedule{Worker: w.id, Keys: m.Keys})
