@@ -100,7 +100,8 @@ type Config struct {
 	// and executors meanwhile; then Run returns the error. 0: Run returns at once.
 	Reconnect time.Duration
 	// SchedulerTimeout: a scheduler connection on which nothing arrived for this long is
-	// taken for dead (the scheduler answers every heartbeat). 0: 5 × HeartbeatInterval.
+	// taken for dead (the scheduler answers heartbeats, at most every 1.9 s). 0: 5 ×
+	// HeartbeatInterval, at least 5 s.
 	SchedulerTimeout time.Duration
 	// Locate finds the scheduler's control address again after it was lost (gossip: it may
 	// have restarted elsewhere); nil, or an error, means the last known address.

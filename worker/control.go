@@ -129,7 +129,7 @@ func (w *Worker) schedulerTimeout() time.Duration {
 	if w.cfg.SchedulerTimeout > 0 {
 		return w.cfg.SchedulerTimeout
 	}
-	return 5 * w.cfg.HeartbeatInterval
+	return max(5*w.cfg.HeartbeatInterval, 5*time.Second) // the scheduler answers every ~2 s
 }
 
 // watchScheduler aborts the session's connection when nothing has arrived on it for the

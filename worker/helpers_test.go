@@ -64,6 +64,7 @@ func testConfig(t testing.TB) Config {
 	cfg.NProcsPython = 1
 	cfg.LocalDir = t.TempDir()
 	cfg.HeartbeatInterval = 50 * time.Millisecond
+	cfg.SchedulerTimeout = 500 * time.Millisecond // the fake scheduler answers every heartbeat
 	if testing.Verbose() {
 		cfg.Logger = slog.New(slog.NewTextHandler(testLogWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
