@@ -565,11 +565,38 @@ func (c *Core) needed(id int32) bool {
 
 // flushGC releases tasks nobody needs any more and forgets released tasks nothing refers to.
 func (c *Core) flushGC() {
+	if len(c.gcq) == 0 {
+		return
+	}
 	for len(c.gcq) > 0 {
 		id := c.gcq[len(c.gcq)-1]
 		c.gcq = c.gcq[:len(c.gcq)-1]
 		c.collect(id)
 	}
+	if len(c.tasks) >= shrinkAbove && c.NTasks() == 0 {
+		c.dropTaskStorage()
+	}
+}
+
+// shrinkAbove: once every task is forgotten, task storage of at least this many slots is
+// given back (a million-task graph left ~385 MB of slices behind: slots, stories, index).
+const shrinkAbove = 1 << 16
+
+// dropTaskStorage frees the slices of task slots, stories and the key index when no task is
+// left; the next graph starts them small again. Task groups (durations learned) are kept.
+// A handle (tid) from before may name a slot again: resolve checks the key as well.
+func (c *Core) dropTaskStorage() {
+	c.tasks, c.free, c.story = nil, nil, nil
+	c.index = newKeyIndex()
+	clear(c.steals)
+	clear(c.wantMore)
+	clear(c.deaths)
+	clear(c.moves)
+	clear(c.holds)
+	clear(c.heldBy)
+	clear(c.acqPending)
+	c.queue.items, c.rqueue.items = nil, nil
+	c.noWorker, c.ready, c.readySpare, c.gcq, c.needq, c.batchIDs = nil, nil, nil, nil, nil, nil
 }
 
 func (c *Core) collect(id int32) {
