@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"net"
@@ -8,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -195,34 +197,21 @@ func TestE2EHostsInterfaceNameAndAdvertiseHost(t *testing.T) {
 // BenchmarkHostsTransfer measures, in the same run and on the same link (host2 → host3), a raw
 // TCP stream and a 200 MB worker-to-worker transfer through Shoal: an Arrow table made on w2
 // whose rows are counted on w3 (the timed part is w3's task, whose input moves peer to peer,
-// from submit to result). It reports both and their ratio.
+// from submit to result). Each iteration times one raw stream and one transfer, one after the
+// other, so that both see the same load on the machine; it reports the medians of both and of
+// their ratio (Shoal's throughput over the raw stream's).
 //
-//	go test ./cmd/shoal -run '^$' -bench HostsTransfer -benchtime 5x
+//	go test ./cmd/shoal -run '^$' -bench HostsTransfer -benchtime 10x
 //
 // SHOAL_BENCH_PROFILE=DIR writes the workers' CPU profiles to DIR/w2.pprof (sender) and
-// DIR/w3.pprof (receiver) when the benchmark ends.
+// DIR/w3.pprof (receiver) when the benchmark ends; SHOAL_HOSTS_WORKER_ARGS adds arguments to
+// every worker ("--log-level debug" logs each fetch's duration) and SHOAL_HOSTS_LOG=1 logs
+// w3's output at the end (with -v).
 func BenchmarkHostsTransfer(b *testing.B) {
-	var args func(int) []string
-	dir := os.Getenv("SHOAL_BENCH_PROFILE")
-	if dir != "" {
-		args = func(i int) []string {
-			return []string{"--cpu-profile", filepath.Join(dir, fmt.Sprintf("w%d.pprof", i+1))}
-		}
-	}
-	c := startHostCluster(b, 3, args)
-	if dir != "" {
-		b.Cleanup(func() {
-			for _, w := range c.Workers {
-				w.Signal(os.Interrupt) // the profile is written at exit
-				w.Wait(context.Background())
-			}
-		})
-	}
+	c := startBenchHosts(b, "")
 	cl := c.Connect(b)
 	ctx := ctxT(b, 10*time.Minute)
 	const size = 200 << 20
-	from, to := c.Hosts[1], c.Hosts[2]
-	var raw, shoal time.Duration
 	transfer := func(i int) time.Duration {
 		g := client.NewGraph()
 		tbl := g.Add(graph.Task{Key: fmt.Sprintf("t-%d", i), Kind: graph.KindGo, Func: "arrow_bytes_table", Args: []graph.Arg{graph.Lit(size)}, Workers: []string{"w2"}})
@@ -245,34 +234,81 @@ func BenchmarkHostsTransfer(b *testing.B) {
 		futs[0].Release()
 		return d
 	}
-	stream := func() time.Duration {
-		bps, err := testhost.StreamTCP(ctx, from, to, size)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return time.Duration(float64(size) / bps * float64(time.Second))
-	}
 	transfer(-1) // warm-up: first connections, the first 200 MB allocations fault in pages
-	stream()
+	stream(ctx, b, c, size)
+	var raw, shoal []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		raw += stream()
-		shoal += transfer(i)
+		raw = append(raw, stream(ctx, b, c, size))
+		shoal = append(shoal, transfer(i))
 	}
 	b.StopTimer()
-	gbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / 1e9 }
-	b.ReportMetric(gbps(raw), "raw-GB/s")
-	b.ReportMetric(gbps(shoal), "shoal-GB/s")
-	b.ReportMetric(gbps(shoal)/gbps(raw), "ratio")
+	reportTransfers(b, c, size, raw, shoal)
+}
+
+// startBenchHosts starts the three-host cluster of the transfer benchmarks, with the workers'
+// CPU profiles written to $SHOAL_BENCH_PROFILE/<prefix>w<N>.pprof when that is set.
+func startBenchHosts(b *testing.B, prefix string) *hostCluster {
+	var args func(int) []string
+	dir := os.Getenv("SHOAL_BENCH_PROFILE")
+	if dir != "" {
+		args = func(i int) []string {
+			return []string{"--cpu-profile", filepath.Join(dir, fmt.Sprintf("%sw%d.pprof", prefix, i+1))}
+		}
+	}
+	c := startHostCluster(b, 3, args)
+	if dir != "" {
+		b.Cleanup(func() {
+			for _, w := range c.Workers {
+				w.Signal(os.Interrupt) // the profile is written at exit
+				w.Wait(context.Background())
+			}
+		})
+	}
+	return c
+}
+
+// reportTransfers reports the medians of the raw streams' and Shoal's throughput and of their
+// per-iteration ratio.
+func reportTransfers(b *testing.B, c *hostCluster, size int64, raw, shoal []time.Duration) {
+	gbps := func(d time.Duration) float64 { return float64(size) / d.Seconds() / 1e9 }
+	ratios := make([]float64, len(raw))
+	for i := range raw {
+		ratios[i] = raw[i].Seconds() / shoal[i].Seconds()
+	}
+	b.ReportMetric(gbps(medianDuration(raw)), "raw-GB/s")
+	b.ReportMetric(gbps(medianDuration(shoal)), "shoal-GB/s")
+	b.ReportMetric(median(ratios), "ratio")
 	b.ReportMetric(0, "ns/op")
+	if os.Getenv("SHOAL_HOSTS_LOG") != "" {
+		b.Logf("w3's log:\n%s", c.Workers[1].Output())
+	}
+}
+
+func medianDuration(ds []time.Duration) time.Duration {
+	fs := make([]float64, len(ds))
+	for i, d := range ds {
+		fs[i] = float64(d)
+	}
+	return time.Duration(median(fs))
+}
+
+func median(fs []float64) float64 {
+	fs = slices.Clone(fs)
+	slices.Sort(fs)
+	if len(fs)%2 == 1 {
+		return fs[len(fs)/2]
+	}
+	return (fs[len(fs)/2-1] + fs[len(fs)/2]) / 2
 }
 
 // BenchmarkHostsTransferPython is BenchmarkHostsTransfer with Python tasks: a 200 MB numpy
 // array or bytes object made by a Python task on w2 and passed to a task on w3 that returns
-// its size, driven by the Python client (benchmarks/hosts_transfer.py, SHOAL_PYTHON). It also
-// reports what the same task costs on w2, where the value is (ms-same-worker).
+// its size, driven by the Python client (benchmarks/hosts_transfer.py, SHOAL_PYTHON), one
+// transfer after each raw stream. It also reports the median time the same task takes on w2,
+// where the value is (ms-same-worker: what a Python task with that input costs anyway).
 //
-//	go test ./cmd/shoal -run '^$' -bench HostsTransferPython -benchtime 5x
+//	go test ./cmd/shoal -run '^$' -bench HostsTransferPython -benchtime 10x
 func BenchmarkHostsTransferPython(b *testing.B) {
 	for _, kind := range []string{"numpy", "bytes"} {
 		b.Run(kind, func(b *testing.B) { benchPythonTransfer(b, kind) })
@@ -284,56 +320,43 @@ func benchPythonTransfer(b *testing.B, kind string) {
 	if py == "" {
 		b.Skip("SHOAL_PYTHON is not set (make exports it: the .venv interpreter with the shoal package)")
 	}
-	var args func(int) []string
-	dir := os.Getenv("SHOAL_BENCH_PROFILE")
-	if dir != "" {
-		args = func(i int) []string {
-			return []string{"--cpu-profile", filepath.Join(dir, fmt.Sprintf("py-%s-w%d.pprof", kind, i+1))}
-		}
-	}
-	c := startHostCluster(b, 3, args)
-	if dir != "" {
-		b.Cleanup(func() {
-			for _, w := range c.Workers {
-				w.Signal(os.Interrupt)
-				w.Wait(context.Background())
-			}
-		})
-	}
+	c := startBenchHosts(b, "py-"+kind+"-")
 	ctx := ctxT(b, 10*time.Minute)
 	const size = 200 << 20
-	var raw, shoal time.Duration
-	for i := 0; i < 2; i++ { // warm-up
-		stream(ctx, b, c, size)
+	cmd := exec.CommandContext(ctx, py, "../../benchmarks/hosts_transfer.py", c.Scheduler, fmt.Sprint(b.N), fmt.Sprint(size), kind)
+	stdin, err := cmd.StdinPipe()
+	require.NoError(b, err)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(b, err)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	require.NoError(b, cmd.Start())
+	defer cmd.Wait()
+	defer stdin.Close()
+	lines := bufio.NewScanner(stdout)
+	next := func() (remote, local float64) {
+		fmt.Fprintln(stdin, "go")
+		if !lines.Scan() {
+			b.Fatalf("hosts_transfer.py ended: %v\n%s", cmd.Wait(), stderr.String())
+		}
+		if _, err := fmt.Sscan(lines.Text(), &remote, &local); err != nil {
+			b.Fatalf("hosts_transfer.py printed %q: %v", lines.Text(), err)
+		}
+		return remote, local
 	}
+	next() // warm-up
+	stream(ctx, b, c, size)
+	var raw, shoal, same []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		raw += stream(ctx, b, c, size)
-	}
-	cmd := exec.CommandContext(ctx, py, "../../benchmarks/hosts_transfer.py", c.Scheduler, fmt.Sprint(b.N), fmt.Sprint(size), kind)
-	out, err := cmd.Output()
-	if err != nil {
-		b.Fatalf("%v: %s", err, out)
-	}
-	var local time.Duration
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
-		var remote, here float64
-		if _, err := fmt.Sscan(line, &remote, &here); err != nil {
-			b.Fatalf("hosts_transfer.py printed %q: %v", line, err)
-		}
-		shoal += time.Duration(remote * float64(time.Second))
-		local += time.Duration(here * float64(time.Second))
+		raw = append(raw, stream(ctx, b, c, size))
+		remote, local := next()
+		shoal = append(shoal, time.Duration(remote*float64(time.Second)))
+		same = append(same, time.Duration(local*float64(time.Second)))
 	}
 	b.StopTimer()
-	gbps := func(d time.Duration) float64 { return float64(size) * float64(b.N) / d.Seconds() / 1e9 }
-	b.ReportMetric(gbps(raw), "raw-GB/s")
-	b.ReportMetric(gbps(shoal), "shoal-GB/s")
-	b.ReportMetric(gbps(shoal)/gbps(raw), "ratio")
-	b.ReportMetric(local.Seconds()*1e3/float64(b.N), "ms-same-worker")
-	if os.Getenv("SHOAL_HOSTS_LOG") != "" { // with SHOAL_HOSTS_WORKER_ARGS="--log-level debug": per-fetch timings
-		b.Logf("w3's log:\n%s", c.Workers[1].Output())
-	}
-	b.ReportMetric(0, "ns/op")
+	b.ReportMetric(float64(medianDuration(same).Microseconds())/1e3, "ms-same-worker")
+	reportTransfers(b, c, size, raw, shoal)
 }
 
 // stream times a raw TCP stream of size bytes from host2 to host3.
