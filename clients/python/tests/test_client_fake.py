@@ -420,3 +420,25 @@ def test_data_pool_serves_concurrent_requests_on_several_connections() -> None:
     pool.transport = type("T1", (), {"connect": lambda self, *a, **k: _BarrierStream(barrier2)})()
     out = [pool.request("w:1", {"op": "get_data", "keys": []}) for _ in range(3)]
     assert len(out) == 3
+
+
+def test_asyncio_futures_survive_a_reconnect(fake: FakeCluster) -> None:
+    import asyncio
+
+    async def main() -> None:
+        async with Client(fake.mem_address, token="s3cret", timeout=5, asynchronous=True,
+                          transport=fake.transport()) as client:
+            fake.paused = True
+            f = client.submit(inc, 1)
+            wait_until(lambda: bool(fake.held), "the task reached the scheduler")
+            fake.drop(down=True)
+            while client.status != "connecting":
+                await asyncio.sleep(0.005)
+            fake.down = False
+            while client.status != "running":
+                await asyncio.sleep(0.005)
+            fake.run_held()
+            assert await asyncio.wait_for(f, 10) == 2
+            assert (await client.scheduler_info())["workers"]
+
+    asyncio.run(main())
