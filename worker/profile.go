@@ -38,6 +38,7 @@ type profileKey struct{ group, stack string }
 
 type workerProfiler struct {
 	on       atomic.Bool
+	goTasks  atomic.Int64 // Go tasks running under the group label: the Go sampler runs only then
 	interval atomic.Int64 // nanoseconds
 	mu       sync.Mutex
 	counts   map[profileKey]int64
@@ -110,7 +111,9 @@ func (w *Worker) profileLoop(p *workerProfiler, stop chan struct{}, iv time.Dura
 		case <-w.ctx.Done():
 			return
 		case <-sample.C:
-			w.sampleGo(p, &buf)
+			if p.goTasks.Load() > 0 { // the goroutine profile stops the world: only when needed
+				w.sampleGo(p, &buf)
+			}
 		case <-flush.C:
 			w.profileFlush(p)
 		}
@@ -184,6 +187,9 @@ func (w *Worker) runLabelled(ctx context.Context, group string, f func(context.C
 		f(ctx)
 		return
 	}
+	p := w.profiler()
+	p.goTasks.Add(1)
+	defer p.goTasks.Add(-1)
 	pprof.Do(ctx, pprof.Labels(groupLabel, group), f)
 }
 
