@@ -29,17 +29,18 @@ import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence, Union
 
-from . import _chunk, _dask, _discovery, _keys, _segments, _serialize, _shuffle, _wire
+from . import _chunk, _dask, _discovery, _keys, _shuffle, _wire
+from . import _segments as _segments  # noqa: F401 - tests patch shoal.client._segments
 from ._chunk import frontier as _frontier
-from ._chunk import toposort as _toposort
+from ._chunk import toposort as _toposort  # noqa: F401 - importable from here, as before
 from ._conn import ControlConnection, GraphRejected, KeyStateMsg, Message, TcpTransport, Transport
 from ._control import ClusterControl
-from ._reports import Reports
 from ._data import GET_DATA_BATCH as _GET_DATA_BATCH
 from ._data import PUT_DATA_BATCH as _PUT_DATA_BATCH
 from ._data import DataPool, encode_items
 from ._data import is_loopback as _is_loopback
 from ._refs import NOTHING, replace
+from ._reports import Reports
 from ._shared import Datasets
 from ._states import KeyStates
 from ._states import raise_state as _raise_state
@@ -57,8 +58,6 @@ _FUNC_CACHE_SIZE = 1024
 # to a worker's data port and passed by reference, as dask's auto-scatter does: it never goes
 # through the scheduler in a control message.
 _SCATTER_ARG_BYTES = 1 << 20
-# unused names kept importable: tests and tools import them from here
-__chunk_names = (_toposort, _GET_DATA_BATCH, _segments, _serialize)
 
 
 def _split_batches(tasks: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
