@@ -794,6 +794,7 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	case wire.OpHeartbeat:
 		w.info.Memory, w.info.Spilled, w.info.Executing, w.info.Ready = m.Memory, m.Spilled, m.Executing, m.Ready
 		w.info.CPU, w.info.BytesSent, w.info.BytesRecv = m.CPU, m.BytesSent, m.BytesRecv
+		w.info.ProcessMemory = m.ProcMem
 		if m.MemLimit > 0 {
 			w.info.MemoryLimit = m.MemLimit
 		}

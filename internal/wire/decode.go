@@ -166,6 +166,7 @@ var msgFields = [...]struct {
 	{"cpu", func(d *dec, m *Msg) bool { return d.float(&m.CPU) }},
 	{"bytes_sent", func(d *dec, m *Msg) bool { return d.int(&m.BytesSent) }},
 	{"bytes_received", func(d *dec, m *Msg) bool { return d.int(&m.BytesRecv) }},
+	{"process_memory", func(d *dec, m *Msg) bool { return d.int(&m.ProcMem) }},
 	{"resources", func(d *dec, m *Msg) bool { return strMap(d, &m.Resources, (*dec).float) }},
 	{"functions", func(d *dec, m *Msg) bool { return d.strs(&m.Functions) }},
 	{"n", func(d *dec, m *Msg) bool { return d.int(&m.N) }},
@@ -486,6 +487,8 @@ func (d *dec) workerInfo(w *WorkerInfo) bool {
 			bit, ok = 1<<12, d.float(&w.LastSeen)
 		case "pid":
 			bit, ok = 1<<13, d.intInt(&w.PID)
+		case "process_memory":
+			bit, ok = 1<<14, d.int(&w.ProcessMemory)
 		default:
 			ok = d.skip()
 		}

@@ -119,6 +119,7 @@ func appendHeader(b []byte, m *Msg) ([]byte, error) {
 	}
 	e.int("bytes_sent", m.BytesSent)
 	e.int("bytes_received", m.BytesRecv)
+	e.int("process_memory", m.ProcMem)
 	if len(m.Resources) > 0 {
 		e.key("resources")
 		e.b = appendResources(e.b, m.Resources)

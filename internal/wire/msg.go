@@ -128,20 +128,23 @@ type Dep struct {
 
 // WorkerInfo describes a worker to clients (info_reply) and the dashboard.
 type WorkerInfo struct {
-	Name        string             `msgpack:"name" json:"name"`
-	Address     string             `msgpack:"address" json:"address"`
-	NThreads    int                `msgpack:"nthreads" json:"nthreads"`
-	MemoryLimit int64              `msgpack:"memory_limit" json:"memory_limit"`
-	Memory      int64              `msgpack:"memory" json:"memory"`
-	Spilled     int64              `msgpack:"spilled" json:"spilled"`
-	Executing   int                `msgpack:"executing" json:"executing"`
-	Ready       int                `msgpack:"ready" json:"ready"`
-	CPU         float64            `msgpack:"cpu" json:"cpu"`
-	BytesSent   int64              `msgpack:"bytes_sent" json:"bytes_sent"`
-	BytesRecv   int64              `msgpack:"bytes_received" json:"bytes_received"`
-	Resources   map[string]float64 `msgpack:"resources,omitempty" json:"resources,omitempty"`
-	LastSeen    float64            `msgpack:"last_seen" json:"last_seen"`
-	PID         int                `msgpack:"pid,omitempty" json:"pid,omitempty"`
+	Name        string  `msgpack:"name" json:"name"`
+	Address     string  `msgpack:"address" json:"address"`
+	NThreads    int     `msgpack:"nthreads" json:"nthreads"`
+	MemoryLimit int64   `msgpack:"memory_limit" json:"memory_limit"`
+	Memory      int64   `msgpack:"memory" json:"memory"`
+	Spilled     int64   `msgpack:"spilled" json:"spilled"`
+	Executing   int     `msgpack:"executing" json:"executing"`
+	Ready       int     `msgpack:"ready" json:"ready"`
+	CPU         float64 `msgpack:"cpu" json:"cpu"`
+	BytesSent   int64   `msgpack:"bytes_sent" json:"bytes_sent"`
+	BytesRecv   int64   `msgpack:"bytes_received" json:"bytes_received"`
+	// ProcessMemory is the resident memory of the worker process and its Python executors
+	// (0: not reported); the dashboard shows what exceeds the managed bytes as unmanaged.
+	ProcessMemory int64              `msgpack:"process_memory,omitempty" json:"process_memory,omitempty"`
+	Resources     map[string]float64 `msgpack:"resources,omitempty" json:"resources,omitempty"`
+	LastSeen      float64            `msgpack:"last_seen" json:"last_seen"`
+	PID           int                `msgpack:"pid,omitempty" json:"pid,omitempty"`
 }
 
 // Msg is the header (frame 0) of every message: one flat struct whose fields are the union of
@@ -208,6 +211,7 @@ type Msg struct {
 	CPU       float64            `msgpack:"cpu,omitempty"`
 	BytesSent int64              `msgpack:"bytes_sent,omitempty"`
 	BytesRecv int64              `msgpack:"bytes_received,omitempty"`
+	ProcMem   int64              `msgpack:"process_memory,omitempty"` // heartbeat: resident bytes of the worker and its executors
 	Resources map[string]float64 `msgpack:"resources,omitempty"`
 	Functions []string           `msgpack:"functions,omitempty"`
 
