@@ -64,6 +64,9 @@ class Stream(Protocol):
 
     def recv(self) -> tuple[Header, list[bytearray]]: ...
 
+    def settimeout(self, timeout: Optional[float]) -> None:
+        """Bound each later ``recv`` (None: wait as long as it takes)."""
+
     def close(self) -> None: ...
 
 
@@ -101,7 +104,7 @@ class TcpTransport:
     def connect(self, address: str, token: str, timeout: float,
                 io_timeout: Optional[float] = None) -> Stream:
         conn = _wire.Connection.connect(address, _wire.ROLE_CLIENT, token, timeout=timeout, tls=self.tls)
-        conn.sock.settimeout(io_timeout)
+        conn.settimeout(io_timeout)
         return conn
 
     async def connect_async(self, address: str, token: str, timeout: float) -> AsyncStreamLike:
@@ -293,9 +296,7 @@ class ControlConnection:
         if not isinstance(msg, Welcome):
             stream.close()
             raise ShoalError(f"expected welcome from {address}, got {header['op']!r}")
-        settimeout = getattr(getattr(stream, "sock", None), "settimeout", None)
-        if settimeout is not None:
-            settimeout(None)  # the welcome came: from now on reads wait as long as it takes
+        stream.settimeout(None)  # the welcome came: from now on reads wait as long as it takes
         return stream, msg
 
     @property

@@ -328,6 +328,10 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
+    def settimeout(self, timeout: float | None) -> None:
+        """Bound each later ``recv`` (a silent peer raises TimeoutError); None: no bound."""
+        self.sock.settimeout(timeout)
+
     def send(self, header: Header, frames: Sequence[Buffer] = ()) -> None:
         """Send one message; raises CommClosedError when the connection is gone, and
         FrameTooLargeError (the connection unharmed) for a header the peer would refuse."""

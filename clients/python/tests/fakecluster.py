@@ -41,6 +41,9 @@ class MemoryStream:
     def closed(self) -> bool:
         return self._closed
 
+    def settimeout(self, timeout: Optional[float]) -> None:
+        self.io_timeout = timeout
+
     def send(self, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
         if self._closed:
             raise CommClosedError(f"connection to {self.address} is closed")

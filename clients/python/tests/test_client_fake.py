@@ -377,6 +377,9 @@ class _BarrierStream:
         self.barrier.wait()
         return {"op": "data", "id": self.last, "items": []}, []
 
+    def settimeout(self, timeout: Any) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True
 
@@ -442,3 +445,12 @@ def test_asyncio_futures_survive_a_reconnect(fake: FakeCluster) -> None:
             assert (await client.scheduler_info())["workers"]
 
     asyncio.run(main())
+
+
+def test_timeout_bounds_the_welcome_not_an_idle_connection(fake: FakeCluster) -> None:
+    """``timeout`` bounds connecting; a client idle for longer keeps its connection."""
+    transport = fake.transport()
+    with Client(fake.mem_address, token="s3cret", timeout=0.2, set_as_default=False, transport=transport) as client:
+        time.sleep(0.6)
+        assert client.submit(inc, 1).result(timeout=5) == 2
+        assert transport.dials.count(fake.mem_address) == 1, "it did not reconnect"
