@@ -10,8 +10,8 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 

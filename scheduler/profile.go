@@ -76,11 +76,10 @@ func (n *ProfileNode) clone() *ProfileNode {
 }
 
 type profiler struct {
-	enabled  int // sessions asking for it
-	groups   map[string]*ProfileNode
-	budget   int
-	dropped  int64 // samples that found no room
-	interval float64
+	enabled int // sessions asking for it
+	groups  map[string]*ProfileNode
+	budget  int
+	dropped int64 // samples that found no room
 }
 
 // Profile is the profiler's state for a client or the dashboard.
