@@ -244,3 +244,24 @@ func TestE2EHostsPartitionWorkerFromScheduler(t *testing.T) {
 		20*time.Millisecond, "w3 is not registered after the partition healed")
 	require.Contains(t, c.Workers[1].Output(), "registered with the scheduler again")
 }
+
+// Two workers cut off from each other but not from the scheduler, for 20 s in the middle of a
+// graph that needs values from both: transfers between them fail meanwhile, and once the
+// partition heals the graph's value is right and both workers are still registered.
+func TestE2EHostsPartitionWorkers(t *testing.T) {
+	c := startHostCluster(t, 3, nil)
+	cl := c.Connect(t)
+	ctx := ctxT(t, 3*time.Minute)
+	g, total, want := sleepGraph("peers", 40, 250*time.Millisecond)
+	futs, err := cl.Submit(ctx, g, total)
+	require.NoError(t, err)
+	time.Sleep(time.Second)
+	heal := partition(t, c, 1, 2)
+	time.Sleep(20 * time.Second)
+	heal()
+	v, err := futs[0].Result(ctx)
+	require.NoError(t, err)
+	require.Equal(t, want, v)
+	n := workerNames(ctx, cl)
+	require.True(t, n["w2"] && n["w3"], "both workers are still registered: %v", n)
+}
