@@ -236,7 +236,19 @@ func (h *Host) build() error {
 		return fmt.Errorf("starting the init process: %w", err)
 	}
 	go h.init.Wait()
-	return nil
+	// the death signal is armed once setpriv has executed sleep: until then a test process
+	// that dies would leave the host behind (to the next run's stale-leftover removal)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", h.init.Process.Pid))
+		if err == nil && strings.TrimSpace(string(comm)) == "sleep" {
+			return nil
+		}
+		if err != nil || time.Now().After(deadline) {
+			return fmt.Errorf("the init process (setpriv, then sleep) did not start: %v", err)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // spawner runs on an OS thread of its own that enters the host's network namespace and

@@ -274,7 +274,8 @@ func TestCleanupAfterFailureAndCrash(t *testing.T) {
 				}
 				return
 			}
-			require.Contains(t, string(netns), names[1], "a killed test process cannot clean up")
+			// a killed test process cannot clean up: its names are stale now (and another test
+			// process's New may already have removed them)
 			require.True(t, isStale(names[1]))
 			New(t, 1) // removes what the dead process left
 			links, _ = exec.Command("ip", "-o", "link", "show").Output()
