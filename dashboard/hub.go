@@ -153,7 +153,7 @@ func (h *hub) record(on bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.CallTimeout)
 	defer cancel()
 	if err := rec.Record(ctx, on); err != nil {
-		h.log.Warn("dashboard: recording", "on", on, "err", err)
+		h.log.Debug("dashboard: recording", "on", on, "err", err) // at shutdown the scheduler has stopped
 		return
 	}
 	h.recording = on

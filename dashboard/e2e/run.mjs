@@ -89,6 +89,24 @@ function run(cmd, args) {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+// pageJSON fetches url from the page, retrying a few times: Chromium aborts requests in flight
+// with ERR_NETWORK_CHANGED when the host's interfaces change (other tests make network
+// namespaces on this machine), which says nothing about the dashboard.
+function pageJSON(page, url) {
+  return page.evaluate(async (u) => {
+    let err;
+    for (let i = 0; i < 10; i++) {
+      try {
+        return await (await fetch(u, { cache: "no-store" })).json();
+      } catch (e) {
+        err = e;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    throw err;
+  }, url);
+}
+
 async function until(what, fn, ms = timeoutMs) {
   const deadline = Date.now() + ms;
   for (;;) {
@@ -118,14 +136,15 @@ async function assertCoverage(page, when) {
   const c = await coverage(page);
   note(`task stream ${when}: drew ${c.drawn} items covering ${c.covered} tasks; ${c.ran} tasks ran in its window (${c.aggregated} arrived in spans, ${c.lost} lost, ${c.framesDropped} frames dropped)`);
   if (c.covered < c.ran) {
-    const why = await page.evaluate(async () => {
-      const st = window.shoalStreamStats, s = window.shoalStore;
-      const rec = await (await fetch(`api/v1/task-stream?start=${Math.round(st.from * 1e6)}`)).json();
+    const from = await page.evaluate(() => Math.round(window.shoalStreamStats.from * 1e6));
+    const rec = await pageJSON(page, `api/v1/task-stream?start=${from}`);
+    const why = await page.evaluate(async (rec) => {
+      const s = window.shoalStore;
       const have = new Set(s.stream.filter((e) => e.key).map((e) => e.key));
       const missing = rec.tasks.filter((t) => !have.has(t.key)).slice(0, 10);
       return { recorded: rec.tasks.length, spans: s.stream.filter((e) => e.count).length, missing,
         workers: [...s.workers.values()].map((w) => [w.address, w.nthreads]) };
-    });
+    }, rec);
     note(`diagnosis: ${JSON.stringify(why)}`);
     throw new Error(`task stream ${when} covers ${c.covered} tasks, but ${c.ran} ran in its window`);
   }
@@ -156,6 +175,7 @@ async function main() {
     const page = await browser.newPage();
     page.on("pageerror", (e) => { errors.push(e.message); note(`pageerror: ${e.message}`); });
     page.on("console", (m) => { if (m.type() === "error") note(`console error: ${m.text()}`); });
+    page.on("requestfailed", (r) => note(`request failed: ${r.url()} ${r.failure()?.errorText}`));
     await page.setViewport({ width: 1400, height: 1100 });
     const base = url.replace(/#.*$/, "").replace(/\/?$/, "/");
     await page.goto(base + "#/status", { waitUntil: "load" });
@@ -164,7 +184,7 @@ async function main() {
     // Workers: the table lists every worker the scheduler knows.
     await page.goto(base + "#/workers");
     const apiWorkers = await until(`${workers} workers in /api/v1/workers`, async () => {
-      const ws = (await page.evaluate(async () => (await (await fetch("api/v1/workers")).json()).workers)) || [];
+      const ws = (await pageJSON(page, "api/v1/workers")).workers || [];
       return ws.length >= workers && ws;
     });
     const rows = await until("the workers table to list every worker", async () => {
@@ -212,10 +232,8 @@ async function main() {
     await assertCoverage(page, "during the 30-second graph");
     await page.screenshot({ path: join(artifacts, "status-during.png"), fullPage: true });
     // a running task's page, with its call stacks when the profiler runs
-    const running = await page.evaluate(async () => {
-      const gs = (await (await fetch("api/v1/groups")).json()).groups || [];
-      return gs.find((g) => g.name === "busy" && g.processing > 0) ? "busy" : "";
-    });
+    const gs = (await pageJSON(page, "api/v1/groups")).groups || [];
+    const running = gs.find((g) => g.name === "busy" && g.processing > 0) ? "busy" : "";
     if (running) {
       const key = await page.evaluate(() => window.shoalStore.stream.filter((e) => e.key?.startsWith("busy-")).map((e) => +e.key.slice(5)).reduce((a, b) => Math.max(a, b), 0));
       await page.goto(base + `#/task/${encodeURIComponent(`busy-${key + 8}`)}`);

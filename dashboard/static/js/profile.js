@@ -41,7 +41,7 @@ $("#profile-group").addEventListener("change", (ev) => {
 });
 $("#profile-toggle").addEventListener("click", async (ev) => {
   const on = ev.target.dataset.on !== "1";
-  await fetch(`api/v1/profile?on=${on ? 1 : 0}`, { method: "POST" });
+  await fetch(`api/v1/profile?on=${on ? 1 : 0}`, { method: "POST" }).catch(() => {});
   load();
 });
 $("#report-download").addEventListener("click", () => {

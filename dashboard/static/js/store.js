@@ -26,6 +26,7 @@ export const store = {
   gaps: [], // [from, to] unix ns windows whose task events were in dropped frames
   unfilled: 0, // gaps that could not be fetched again: the stream truly misses them
   lastFrame: 0, // time of the last frame applied
+  reconnected: false, // the websocket reconnected: the next frame closes a gap
   aggregated: 0, // task-stream events received in spans (not lost)
   lost: 0, // task-stream events this page missed: see lostCount()
   sourceDropped0: -1, // source_dropped when this page connected
@@ -55,11 +56,14 @@ export function lostCount() {
   return src + store.lost;
 }
 
-export function resetConnection() { store.sourceDropped0 = -1; }
+// resetConnection is called when the websocket (re)connects: the first frame then sets the
+// loss baseline again, and the window the page was disconnected is fetched as a gap.
+export function resetConnection() { store.sourceDropped0 = -1; store.reconnected = store.lastFrame > 0; }
 
 export function applyFrame(env) {
   const f = env.frame;
-  if (env.dropped > store.dropped && store.lastFrame && f.time) store.gaps.push([store.lastFrame, f.time]);
+  if ((env.dropped > store.dropped || store.reconnected) && store.lastFrame && f.time) store.gaps.push([store.lastFrame, f.time]);
+  store.reconnected = false;
   store.dropped = env.dropped;
   if (f.time) store.lastFrame = f.time;
   store.frames++;

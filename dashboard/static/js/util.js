@@ -67,8 +67,14 @@ export function taskLink(key) {
   return `<a class="mono" href="#/task/${encodeURIComponent(key)}">${esc(key)}</a>`;
 }
 
+// getJSON never throws: a network failure is an answer with status 0.
 export async function getJSON(url) {
-  const r = await fetch(url, { cache: "no-store" });
+  let r;
+  try {
+    r = await fetch(url, { cache: "no-store" });
+  } catch (e) {
+    return { ok: false, status: 0, body: { error: `network: ${e.message}` } };
+  }
   const body = await r.json().catch(() => ({ error: `HTTP ${r.status}` }));
   return { ok: r.ok, status: r.status, body };
 }
