@@ -231,14 +231,14 @@ func (w *Worker) sampleGo(p *workerProfiler, buf *bytes.Buffer) {
 				group, _ = strconv.Unquote(`"` + m[1] + `"`)
 			}
 		case strings.HasPrefix(line, "#\t0x"):
-			// "#\t0x4a1b2c\tpkg.fn+0x1f\t/path/file.go:123"
+			// "#\t0x4a1b2c\tpkg.fn+0x1f\t\t\t/path/file.go:123" (tabs pad the name)
 			f := strings.Split(line, "\t")
 			if len(f) >= 4 {
 				name := f[2]
 				if i := strings.LastIndex(name, "+0x"); i > 0 {
 					name = name[:i]
 				}
-				frames = append(frames, name+" ("+baseName(f[3])+")")
+				frames = append(frames, name+" ("+baseName(f[len(f)-1])+")")
 			}
 		}
 	}

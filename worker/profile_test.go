@@ -43,7 +43,7 @@ func TestSampleGoCountsLabelledStacks(t *testing.T) {
 		if k.group != "spin-group" {
 			t.Errorf("a stack of group %q was counted: %s", k.group, k.stack)
 		}
-		if strings.Contains(k.stack, "profiledSpin") {
+		if strings.Contains(k.stack, "profiledSpin (profile_test.go:") {
 			found += n
 		}
 	}
