@@ -2,13 +2,20 @@
 // websocket that streams batched updates to it, a JSON API and the Prometheus /metrics
 // endpoint, all served by the scheduler's HTTP port.
 //
-// The scheduler exposes its state through the Source interface (source.go) and nothing else.
-// Feed and EventLog are ready-made pieces for implementing it: Feed is a fan-out for live
-// events whose Publish never blocks (one atomic load when nobody is subscribed), and EventLog
-// keeps the recent cluster events.
+// The dashboard reads the scheduler through the Source interface (source.go) and nothing else.
+// SchedulerSource (scheduler.go) implements it over a *scheduler.Server: the scheduler
+// publishes its own typed events through a scheduler.EventListener, which SchedulerSource turns
+// into the page's Events, and answers status queries in its own types; the scheduler does not
+// import this package. Feed and EventLog are the pieces it is built from: Feed is a fan-out for
+// live events whose Publish never blocks (one atomic load when nobody is subscribed), and
+// EventLog keeps the recent cluster events. A Source that also implements Recorder
+// (report.go) gets the performance report, the task-stream recording and the profile
+// endpoints.
 //
 // Use:
 //
+//	src := dashboard.NewSchedulerSource(srv)
+//	srv.SetListener(src.Listener()) // before srv.Serve
 //	cfg := dashboard.DefaultConfig()
 //	cfg.Source = src          // implements dashboard.Source
 //	cfg.Registry = registry   // served at /metrics
