@@ -111,6 +111,7 @@ func startScheduler(ctx context.Context, f schedFlags) (*schedProc, error) {
 		srv.Close()
 		return nil, err
 	}
+	srv.SetAdvertiseAddr(sp.addr)
 	if ha.advertise != ha.bind {
 		log.Info("listening on every interface", "host", f.host, "advertising", ha.advertise, "chosen_by", ha.how)
 	}

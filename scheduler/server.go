@@ -141,9 +141,10 @@ type Server struct {
 	preloads    preloadStore
 	shared      sharedDriver // Variable, Queue, Semaphore, Event, datasets (shared_server.go)
 
-	journal *journal               // nil: not journaling (journal.go)
-	recov   *recovery              // after a restart on a journal: workers joining back (recover.go)
-	orphans map[ClientID]time.Time // clients the journal knew, not yet resumed → when to let go
+	advertise string                 // the control address told to clients ("": the bound one)
+	journal   *journal               // nil: not journaling (journal.go)
+	recov     *recovery              // after a restart on a journal: workers joining back (recover.go)
+	orphans   map[ClientID]time.Time // clients the journal knew, not yet resumed → when to let go
 }
 
 type workerConn struct {
@@ -229,6 +230,18 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 
 // Addr is the control address actually bound.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// SetAdvertiseAddr sets the control address told to clients in info (where other machines
+// reach it, when the server listens on a wildcard; call before Serve).
+func (s *Server) SetAdvertiseAddr(a string) { s.advertise = a }
+
+// advertised is the control address clients are told.
+func (s *Server) advertised() string {
+	if s.advertise != "" {
+		return s.advertise
+	}
+	return s.Addr()
+}
 
 // SetDashboardURL sets the URL advertised to clients (call before Serve).
 func (s *Server) SetDashboardURL(u string) { s.cfg.DashboardURL = u }
@@ -993,7 +1006,7 @@ func (s *Server) onAdmin(c *wire.Conn, m *wire.Msg) {
 	switch m.Op {
 	case wire.OpInfo:
 		n, work := s.core.PendingWork()
-		c.Send(&wire.Msg{Op: wire.OpInfoReply, ID: m.ID, Workers: s.workerInfos(), Scheduler: s.Addr(), Dashboard: s.cfg.DashboardURL,
+		c.Send(&wire.Msg{Op: wire.OpInfoReply, ID: m.ID, Workers: s.workerInfos(), Scheduler: s.advertised(), Dashboard: s.cfg.DashboardURL,
 			N: int64(n), Work: work})
 	case wire.OpWhoHas:
 		wh := make(map[string][]string, len(m.Keys))

@@ -159,6 +159,8 @@ func TestE2EHostsWildcardCluster(t *testing.T) {
 	require.NoError(t, st.Wait(ctx), st.Output())
 	out := st.Output()
 	require.Contains(t, out, c.Dashboard)
+	require.Regexp(t, regexp.MustCompile(`(?m)^scheduler\s+`+regexp.QuoteMeta(c.Scheduler)+`$`), out,
+		"the scheduler's advertised address, not its wildcard bind")
 	for name, addr := range addrs {
 		require.Regexp(t, regexp.MustCompile(`(?m)^`+name+`\s+`+regexp.QuoteMeta(addr)+`\s`), out)
 	}

@@ -70,7 +70,8 @@ class ProcCluster:
         self.metrics_port: dict[str, int] = {}
         self.log = open(os.path.join(self.dir, "log"), "wb")
         self._start("scheduler", [binary, "scheduler", "--port", str(port), "--gossip-port", str(gossip),
-                                  "--dashboard-port", "-1", "--journal", "none", "--token-file", token, "--log-level", "warn"])
+                                  "--dashboard-port", "-1", "--journal", "none", "--token-file", token,
+                                  "--log-level", "warn"])
         for name in ("a", "b"):
             self.metrics_port[name] = free_port()
             self._start(name, [binary, "worker", "--join", f"127.0.0.1:{gossip}", "--name", name,
