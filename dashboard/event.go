@@ -62,11 +62,13 @@ func (e Event) IsCluster() bool {
 
 // Feed is a ready-made implementation of Source.Subscribe: a fan-out that never blocks the
 // publisher. The scheduler's driver calls Publish; when nobody is subscribed Publish costs one
-// atomic load, and Active lets the driver skip building events altogether. The zero value is
-// ready to use.
+// atomic load, and Active lets the driver skip building events altogether. Publish takes no
+// lock: it reads the current subscriber list through an atomic pointer (Subscribe and cancel
+// replace the list). The zero value is ready to use.
 type Feed struct {
 	active  atomic.Int32
 	dropped atomic.Uint64
+	subs    atomic.Pointer[[]chan Event]
 	mu      struct {
 		sync.Mutex
 		subs   map[uint64]chan Event
@@ -80,6 +82,16 @@ func (f *Feed) Active() bool { return f.active.Load() > 0 }
 // Dropped is the number of events lost because a subscriber's channel was full.
 func (f *Feed) Dropped() uint64 { return f.dropped.Load() }
 
+// publishLocked makes the subscriber set visible to Publish; f.mu is held.
+func (f *Feed) publishLocked() {
+	list := make([]chan Event, 0, len(f.mu.subs))
+	for _, ch := range f.mu.subs {
+		list = append(list, ch)
+	}
+	f.subs.Store(&list)
+	f.active.Store(int32(len(list)))
+}
+
 // Subscribe implements Source.Subscribe.
 func (f *Feed) Subscribe(buf int) (<-chan Event, func()) {
 	ch := make(chan Event, buf)
@@ -90,34 +102,36 @@ func (f *Feed) Subscribe(buf int) (<-chan Event, func()) {
 	id := f.mu.nextID
 	f.mu.nextID++
 	f.mu.subs[id] = ch
-	f.active.Store(int32(len(f.mu.subs)))
+	f.publishLocked()
 	f.mu.Unlock()
 	var once sync.Once
 	return ch, func() {
 		once.Do(func() {
 			f.mu.Lock()
 			delete(f.mu.subs, id)
-			f.active.Store(int32(len(f.mu.subs)))
+			f.publishLocked()
 			f.mu.Unlock()
 		})
 	}
 }
 
 // Publish delivers e to every subscriber without blocking; a full subscriber loses e and the
-// loss is counted.
+// loss is counted. A subscriber that cancels concurrently may still receive e.
 func (f *Feed) Publish(e Event) {
 	if f.active.Load() == 0 {
 		return
 	}
-	f.mu.Lock()
-	for _, ch := range f.mu.subs {
+	subs := f.subs.Load()
+	if subs == nil {
+		return
+	}
+	for _, ch := range *subs {
 		select {
 		case ch <- e:
 		default:
 			f.dropped.Add(1)
 		}
 	}
-	f.mu.Unlock()
 }
 
 // EventLog is a bounded, concurrency-safe log of the most recent cluster events; it

@@ -70,7 +70,7 @@ type ring[T any] struct {
 
 func (r *ring[T]) add(v T, size int) (overwrote bool) {
 	if r.buf == nil {
-		r.buf = make([]T, 0, min(size, 1024))
+		r.buf = make([]T, 0, size) // once: growing it by appends copied it again and again
 	}
 	if len(r.buf) < size {
 		r.buf = append(r.buf, v)
