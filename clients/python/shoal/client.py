@@ -662,11 +662,18 @@ class Client(ClusterControl, Datasets, Reports):
 
         A list/tuple/set gives a list of futures, a dict a dict of futures (its keys become
         the keys), anything else one Future. ``broadcast=True`` copies every value to every
-        (selected) worker.
+        (selected) worker. ``timeout`` (seconds) bounds the call: asking the scheduler for
+        workers waits at most that long, and ``TimeoutError`` is raised when it has passed
+        before the next transfer starts (a transfer under way is bounded by ``fetch_timeout``).
+        ``direct`` is accepted for dask's sake: data always goes straight to the workers.
         """
-        items, placement = self._scatter_plan(data, self._workers(), workers, broadcast, hash)
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        info = self._request({"op": "info"}, timeout=timeout)
+        items, placement = self._scatter_plan(data, list(info.get("workers") or []), workers, broadcast, hash)
         for addr, its in placement.items():
             for j in range(0, len(its), _PUT_DATA_BATCH):
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"scatter did not finish within {timeout}s")
                 self._put(addr, its[j:j + _PUT_DATA_BATCH])
         return self._scattered(data, items, placement)
 

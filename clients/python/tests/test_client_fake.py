@@ -454,3 +454,11 @@ def test_timeout_bounds_the_welcome_not_an_idle_connection(fake: FakeCluster) ->
         time.sleep(0.6)
         assert client.submit(inc, 1).result(timeout=5) == 2
         assert transport.dials.count(fake.mem_address) == 1, "it did not reconnect"
+
+
+def test_scatter_timeout_is_honoured(fake: FakeCluster) -> None:
+    with mem_client(fake) as client:
+        assert client.gather(client.scatter([1, 2], timeout=5)) == [1, 2]
+        fake.mute = {"info"}  # the scheduler does not answer: the timeout ends the call
+        with pytest.raises(shoal.TimeoutError):
+            client.scatter([3], timeout=0.2)
