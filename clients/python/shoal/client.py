@@ -997,7 +997,8 @@ class Client(ClusterControl, Datasets, Reports):
             call()
 
     def close(self, timeout: Optional[float] = None) -> None:
-        """Release everything this client holds, close its connections (and its own cluster)."""
+        """Release everything this client holds, close its connections (and its own cluster:
+        ``timeout`` is how long its processes get to stop before they are killed, default 10 s)."""
         if self._closed.is_set():
             return
         try:
@@ -1017,7 +1018,7 @@ class Client(ClusterControl, Datasets, Reports):
         self._keys.close(CancelledError("the client was closed"))
         _clients.discard(self)
         if self._own_cluster and self.cluster is not None:
-            self.cluster.close()
+            self.cluster.close(10.0 if timeout is None else float(timeout))
 
     def __enter__(self) -> "Client":
         return self
