@@ -41,8 +41,13 @@ def data_pool(client: "Client") -> AsyncDataPool:
     by_client = _pools.setdefault(loop, {})
     entry = by_client.get(id(client))
     if entry is None or entry[0]() is not client:
-        entry = (weakref.ref(client), AsyncDataPool(client._transport, lambda: client._token, client.timeout,
-                                                     client.fetch_timeout))
+        ref = weakref.ref(client)  # the pool must not keep its client alive
+
+        def token() -> str:
+            c = ref()
+            return c._token if c is not None else ""
+
+        entry = (ref, AsyncDataPool(client._transport, token, client.timeout, client.fetch_timeout))
         by_client[id(client)] = entry
     return entry[1]
 
