@@ -125,7 +125,7 @@ function coverage(page) {
   return page.evaluate(() => {
     const st = window.shoalStreamStats, s = window.shoalStore;
     const first = s.series.find((p) => p.t >= st.from + 1000);
-    const completed = s.totals.completed || 0;
+    const completed = st.completed; // as of the frame the stream drew, not a newer one
     return { drawn: st.drawn, covered: st.tasks, ran: completed - (first ? first.completed : completed), completed,
       lost: s.lost, aggregated: s.aggregated, framesDropped: s.dropped };
   });

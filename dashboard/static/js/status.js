@@ -7,8 +7,8 @@ import { renderWorkerMemory } from "./memory.js";
 let stream = null, tps = null, mem = null, initialised = false;
 // streamStats is what the task stream drew on its last render (read by the browser test):
 // items drawn, tasks they cover (a span covers count tasks), busy nanoseconds they cover, and
-// the window [from, to] in unix ms.
-export const streamStats = { drawn: 0, tasks: 0, busy: 0, from: 0, to: 0 };
+// the window [from, to] in unix ms, and the scheduler's completed-task count of the frame drawn.
+export const streamStats = { drawn: 0, tasks: 0, busy: 0, from: 0, to: 0, completed: 0 };
 
 function init() {
   initialised = true;
@@ -110,7 +110,7 @@ function renderStream() {
       busy: e.busy || 0, name: e.name, itemStyle: { color, opacity: e.kind === "task" ? fill : 0.7 } });
     if (e.kind === "task") { tasks += e.count || 1; busy += e.count ? e.busy : e.stop - e.start; }
   }
-  Object.assign(streamStats, { drawn: data.length, tasks, busy, from: now - WINDOW_MS, to: now });
+  Object.assign(streamStats, { drawn: data.length, tasks, busy, from: now - WINDOW_MS, to: now, completed: store.totals.completed || 0 });
   const el = $("#task-stream");
   el.dataset.drawn = data.length; el.dataset.tasks = tasks;
   stream.setOption({
