@@ -27,6 +27,13 @@ Workloads (docs/performance.md explains each and what limits it):
    (resident pages of every process plus shared memory, counted once)
 8. ``gotasks`` (Shoal only): 1,000,000 no-op Go tasks from the Go client
 9. ``zeroworkers`` (Shoal only): scheduler CPU per task with 2, 16 and 64 zero-cost workers
+14. ``tpch``: the 22 TPC-H queries in dask.dataframe (benchmarks/tpch/) on parquet made by DuckDB's
+    dbgen, each answer checked against DuckDB's — seconds per query and their geometric mean
+15. ``array``: dask.array matrix product ``x @ x.T``, ``diff``/``map_overlap``, rechunk, a large
+    reduction — seconds
+
+``--tpch-sf`` and ``--tpch-queries`` choose the TPC-H scale factor and queries (default SF 1, all
+22; smoke SF 0.01 and four queries).
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import queue
@@ -70,6 +78,9 @@ FULL = {
     "bigarg": {"nbytes": 500_000_000},
     "control": {},
     "dynamic": {"fib": 16, "fanout": 10_000},
+    "tpch": {"sf": 1.0, "queries": list(range(1, 23))},
+    "array": {"matmul": (5_000, 1_250), "diff": (12_000, 2_000), "rechunk": (12_000, 1_000),
+              "reduce": (400_000_000, 8_000_000)},
 }
 SMOKE = {
     "map": {"n": 300},
@@ -84,6 +95,9 @@ SMOKE = {
     "bigarg": {"nbytes": 20_000_000},
     "control": {},
     "dynamic": {"fib": 7, "fanout": 200},
+    "tpch": {"sf": 0.01, "queries": [1, 3, 6, 11]},
+    "array": {"matmul": (400, 100), "diff": (800, 200), "rechunk": (800, 100),
+              "reduce": (2_000_000, 250_000)},
 }
 
 # See wl_independent: N > 0 submits the 100k-task graph as back-to-back get() calls of N keys
@@ -91,7 +105,7 @@ SMOKE = {
 SHOAL_SPLIT_GRAPH = int(os.environ.get("SHOAL_BENCH_SPLIT_GRAPH", "0"))
 
 WORKLOADS = ["map", "tree", "chain", "transfer", "independent", "dataframe", "memory",
-             "gotasks", "zeroworkers", "bigarg", "control", "dynamic"]
+             "gotasks", "zeroworkers", "bigarg", "control", "dynamic", "tpch", "array"]
 SHOAL_ONLY = {"gotasks", "zeroworkers"}
 
 # Targets from issue 4: ratio (>1 means Shoal better) and absolute bounds.
@@ -112,6 +126,10 @@ TARGETS: dict[str, dict[str, Any]] = {
     "bigarg": {"min": 1.0}, "client_start": {"max": 0.5}, "restart": {"max": 2.0},
     # issue 14
     "dyn_fib": {"ratio": 10}, "dyn_fanout": {"ratio": 10},
+    # issue 19: every TPC-H query and array workload at least as fast as dask, the means 1.5×/2.5×
+    **{f"tpch_q{q}": {"ratio": 1} for q in range(1, 23)}, "tpch_geomean": {"ratio": 1.5},
+    "arr_matmul": {"ratio": 1}, "arr_diff": {"ratio": 1}, "arr_overlap": {"ratio": 1},
+    "arr_rechunk": {"ratio": 1}, "arr_reduce": {"ratio": 1},
 }
 
 # --------------------------------------------------------------------------------------------
@@ -628,6 +646,74 @@ def wl_dynamic(b: Bench, p: dict, rep: int, record: Record) -> None:
     record("dyn_fanout", el, {"seconds": el, "children": p["fanout"]})
 
 
+def wl_tpch(b: Bench, p: dict, rep: int, record: Record) -> None:
+    """The TPC-H queries one after the other, each timed from building its dask.dataframe
+    expression to its pandas answer, which must match DuckDB's."""
+    import dask
+
+    from tpch.check import answer, mismatch
+    from tpch.datagen import data_dir
+    from tpch.queries import QUERIES, Tables
+
+    root = data_dir(p["sf"])
+    # Shoal as dask's scheduler; dask's Client is already dask's default scheduler
+    with dask.config.set({"scheduler": b.client.get} if b.system == "shoal" else {}):
+        for q in p["queries"]:
+            t0 = time.perf_counter()
+            got = QUERIES[q](Tables(root))
+            el = time.perf_counter() - t0
+            why = mismatch(got, answer(root, q))
+            check(not why, f"tpch q{q} (SF {p['sf']:g}) differs from DuckDB's answer: {why}")
+            record(f"tpch_q{q}", el, {"seconds": el, "sf": p["sf"], "rows": len(got)})
+
+
+def smooth(block: Any) -> Any:
+    """A 5-point stencil over a block (map_overlap's function)."""
+    out = block.copy()
+    out[1:-1, 1:-1] = (block[:-2, 1:-1] + block[2:, 1:-1] + block[1:-1, :-2] + block[1:-1, 2:]
+                       + block[1:-1, 1:-1]) / 5.0
+    return out
+
+
+def wl_array(b: Bench, p: dict, rep: int, record: Record) -> None:
+    """dask.array work of the kind dask's benchmark suite runs, each reduced to a scalar so
+    that only the computation, not a large gather, is timed: ``(x @ x.T).sum()``, a second
+    difference along both axes (``diff``) and a stencil (``map_overlap``), an all-to-all
+    ``rechunk`` from row to column blocks, and ``sum``/``std`` of a large array. Small sizes are
+    checked against dask's own synchronous scheduler."""
+    import dask
+    import dask.array as da
+
+    def rnd(n: int, m: int, chunks: Any) -> Any:
+        return da.random.default_rng(42 + rep % 5).random((n, m), chunks=chunks)
+
+    n, c = p["matmul"]
+    x = rnd(n, n, (c, c))
+    jobs = [("arr_matmul", (x @ x.T).sum(), None)]
+    n, c = p["diff"]
+    x = rnd(n, n, (c, c))
+    jobs.append(("arr_diff", (da.diff(x, n=2, axis=0)[:, 1:-1] - da.diff(x, n=2, axis=1)[1:-1, :]).std(), None))
+    jobs.append(("arr_overlap", x.map_overlap(smooth, depth=1, boundary="reflect").sum(), None))
+    n, c = p["rechunk"]
+    x = rnd(n, n, (n, c))
+    # (dask rechunks this all-to-all by P2P, which its synchronous scheduler cannot run: the
+    # check compares with the plain sum, which the blocks' sums add up to)
+    jobs.append(("arr_rechunk", x.rechunk((c, n)).map_blocks(lambda blk: blk[:1, :1] * 0 + blk.sum(),
+                                                           chunks=(1, 1)).sum(), x.sum()))
+    size, c = p["reduce"]
+    v = da.random.default_rng(7 + rep % 5).random(size, chunks=c)
+    jobs.append(("arr_reduce", da.stack([v.sum(), v.std(), v.max()]).sum(), None))
+    for metric, expr, ref in jobs:
+        t0 = time.perf_counter()
+        with dask.config.set({"scheduler": b.client.get} if b.system == "shoal" else {}):
+            got = float(expr.compute())
+        el = time.perf_counter() - t0
+        if p["matmul"][0] <= 1000:
+            want = float((expr if ref is None else ref).compute(scheduler="sync"))
+            check(abs(got - want) <= 1e-9 * max(1.0, abs(want)), f"{metric}: got {got}, want {want}")
+        record(metric, el, {"seconds": el, "value": got})
+
+
 def check(cond: bool, msg: str) -> None:
     if not cond:
         raise AssertionError(msg)
@@ -636,7 +722,8 @@ def check(cond: bool, msg: str) -> None:
 PY_WORKLOADS: dict[str, Callable[[Bench, dict, int, Record], None]] = {
     "map": wl_map, "tree": wl_tree, "chain": wl_chain, "transfer": wl_transfer,
     "independent": wl_independent, "dataframe": wl_dataframe, "memory": wl_memory,
-    "bigarg": wl_bigarg, "control": wl_control, "dynamic": wl_dynamic,
+    "bigarg": wl_bigarg, "control": wl_control, "dynamic": wl_dynamic, "tpch": wl_tpch,
+    "array": wl_array,
 }
 
 
@@ -701,6 +788,10 @@ class Child:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", workload, "--system", system]
         if args.smoke:
             cmd.append("--smoke")
+        if args.tpch_sf is not None:
+            cmd += ["--tpch-sf", str(args.tpch_sf)]
+        if args.tpch_queries:
+            cmd += ["--tpch-queries", args.tpch_queries]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "clients" / "python"), env.get("PYTHONPATH", "")])
         env.setdefault("SHOAL_BIN", str(ROOT / "bin" / "shoal"))
@@ -887,6 +978,13 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "restart": ("12. client.restart(), 2 workers", "s", "lower"),
     "dyn_fib": ("13. fib(16) by recursive submission (3,193 tasks)", "s", "lower"),
     "dyn_fanout": ("13. a task submitting 10,000 children", "s", "lower"),
+    **{f"tpch_q{q}": (f"14. TPC-H Q{q}", "s", "lower") for q in range(1, 23)},
+    "tpch_geomean": ("14. TPC-H, geometric mean of the queries", "s", "lower"),
+    "arr_matmul": ("15. array (x @ x.T).sum()", "s", "lower"),
+    "arr_diff": ("15. array diff(n=2) along both axes", "s", "lower"),
+    "arr_overlap": ("15. array map_overlap stencil", "s", "lower"),
+    "arr_rechunk": ("15. array rechunk rows → columns", "s", "lower"),
+    "arr_reduce": ("15. array sum/std/max, large", "s", "lower"),
 }
 
 
@@ -902,6 +1000,17 @@ def fmt(v: Optional[float]) -> str:
     if v >= 1:
         return f"{v:.2f}"
     return f"{v:.3f}"
+
+
+def add_geomean(results: dict, prefix: str, metric: str) -> None:
+    """Add, for each system, the geometric mean of the medians of the metrics named
+    ``prefix*`` that every system has (so that the means cover the same queries)."""
+    common = set.intersection(*[{m for m in r if m.startswith(prefix)} for r in results.values()])
+    if not common:
+        return
+    for r in results.values():
+        logs = [math.log(statistics.median(r[m])) for m in sorted(common)]
+        r[metric] = [math.exp(sum(logs) / len(logs))]
 
 
 def summarize(results: dict, smoke: bool) -> tuple[list[dict], str]:
@@ -997,6 +1106,10 @@ def parent_main(args: argparse.Namespace) -> int:
         if not systems:
             continue
         print(f"== {w} on {' and '.join(systems)}", file=sys.stderr, flush=True)
+        if w == "tpch":
+            from tpch.datagen import generate
+
+            generate((SMOKE if args.smoke else FULL)["tpch"]["sf"])
         if w in SHOAL_ONLY:
             by_system = {"shoal": run_go(w, args, timeout)}
         else:
@@ -1018,6 +1131,7 @@ def parent_main(args: argparse.Namespace) -> int:
                 for info in infos:
                     if isinstance(info, dict) and info.get("completed") is False:
                         notes.append(f"{w} on {system}: did not complete: {info.get('error')}")
+    add_geomean(results, "tpch_q", "tpch_geomean")
     rows, table = summarize(results, args.smoke)
     print()
     print(table)
@@ -1062,11 +1176,18 @@ def main() -> int:
                     help="per workload and system: its start-up and repetitions (s)")
     ap.add_argument("--systems", default="shoal,dask", help="run only these systems (shoal, dask)")
     ap.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/")
+    ap.add_argument("--tpch-sf", type=float, default=None, help="TPC-H scale factor (default 1; smoke 0.01)")
+    ap.add_argument("--tpch-queries", default="", help="TPC-H queries, e.g. 1,3,11 (default all; smoke 1,3,6,11)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     ap.add_argument("--system", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reps is None:
         args.reps = 1 if args.smoke else 3
+    for sizes in (FULL, SMOKE):
+        if args.tpch_sf is not None:
+            sizes["tpch"]["sf"] = args.tpch_sf
+        if args.tpch_queries:
+            sizes["tpch"]["queries"] = [int(q) for q in args.tpch_queries.split(",")]
     if args.child:
         try:
             return child_main(args)
