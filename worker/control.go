@@ -367,7 +367,7 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 		m := w.Metrics()
 		hb := &wire.Msg{Op: wire.OpHeartbeat, Memory: m.Memory, Spilled: m.Spilled,
 			MemLimit: m.MemoryLimit, Executing: m.Executing, Ready: m.Ready, CPU: cpu.percent(),
-			BytesSent: m.BytesSent, BytesRecv: m.BytesReceived}
+			BytesSent: m.BytesSent, BytesRecv: m.BytesReceived, ProcMem: w.ProcessMemory()}
 		if why := w.unhealthy.Load(); why != nil {
 			hb.State, hb.Reason = wire.StateUnhealthy, *why
 		}
