@@ -15,7 +15,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 from . import _segments, _serialize, _wire
 from ._conn import AsyncStreamLike, Stream, Transport
@@ -373,59 +373,83 @@ class AsyncDataConn:
 
 class AsyncDataPool:
     """The data connections of one client on one event loop: :class:`DataPool` without threads
-    (each request is a coroutine on the loop; nothing blocks it)."""
+    (each request is a coroutine on the loop; nothing blocks it). As DataPool: up to
+    MAX_PER_WORKER connections per worker, one request each, kept for the next."""
+
+    MAX_PER_WORKER = DataPool.MAX_PER_WORKER
 
     def __init__(self, transport: Transport, token: Any, timeout: float, fetch_timeout: float) -> None:
         self.transport = transport
         self._token = token
         self.timeout = timeout
         self.fetch_timeout = fetch_timeout
-        self._conns: dict[str, AsyncDataConn] = {}
-        self._connecting: dict[str, "asyncio.Future[AsyncDataConn]"] = {}
+        self._idle: dict[str, list[AsyncDataConn]] = {}
+        self._open: dict[str, int] = {}
+        self._freed = asyncio.Event()  # a connection was given back or closed
+        self._closed = False
         self.no_segments: dict[str, bool] = {}
 
-    async def conn(self, worker: str) -> AsyncDataConn:
-        dc = self._conns.get(worker)
-        if dc is not None and not dc.stream.closed:
-            return dc
-        waiting = self._connecting.get(worker)
-        if waiting is not None:  # another coroutine is connecting: share its connection
-            return await asyncio.shield(waiting)
-        fut: asyncio.Future[AsyncDataConn] = asyncio.get_running_loop().create_future()
-        self._connecting[worker] = fut
+    async def take(self, worker: str) -> AsyncDataConn:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.fetch_timeout
+        while True:
+            if self._closed:
+                raise CommClosedError("the client is closed")
+            idle = self._idle.get(worker)
+            while idle:
+                dc = idle.pop()
+                if not dc.stream.closed:
+                    return dc
+                self._open[worker] -= 1
+            if self._open.get(worker, 0) < self.MAX_PER_WORKER:
+                break
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no connection to {worker} came free within {self.fetch_timeout}s") from None
+        self._open[worker] = self._open.get(worker, 0) + 1
         try:
             stream = await self.transport.connect_async(worker, self._token(), self.timeout)
-            dc = AsyncDataConn(stream)
-            self._conns[worker] = dc
-            fut.set_result(dc)
-            return dc
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: nobody else may be waiting
+        except BaseException:
+            self._open[worker] -= 1
+            self._freed.set()
             raise
-        finally:
-            self._connecting.pop(worker, None)
+        return AsyncDataConn(stream)
 
-    def drop(self, worker: str, dc: Optional[AsyncDataConn] = None) -> None:
-        cur = self._conns.get(worker)
-        if cur is not None and (dc is None or cur is dc):
-            del self._conns[worker]
-        if dc is not None:
+    def give(self, worker: str, dc: AsyncDataConn, reuse: bool = True) -> None:
+        if reuse and not dc.stream.closed and not self._closed:
+            self._idle.setdefault(worker, []).append(dc)
+        else:
+            self._open[worker] = max(self._open.get(worker, 1) - 1, 0)
             dc.stream.close()
-        elif cur is not None:
-            cur.stream.close()
+        self._freed.set()
+
+    def drop(self, worker: str) -> None:
+        """Close the idle connections to ``worker``."""
+        idle = self._idle.pop(worker, [])
+        self._open[worker] = max(self._open.get(worker, 0) - len(idle), 0)
+        for dc in idle:
+            dc.stream.close()
+        self._freed.set()
 
     async def request(self, worker: str, header: dict[str, Any], frames: Sequence[_wire.Buffer] = (),
                       expect: str = "data") -> Reply:
         while True:
-            dc = await self.conn(worker)
+            dc = await self.take(worker)
             try:
-                return await dc.request(header, frames, expect, self.fetch_timeout)
+                reply = await dc.request(header, frames, expect, self.fetch_timeout)
             except (CommClosedError, ConnectionError, OSError):
-                self.drop(worker, dc)
+                self.give(worker, dc, reuse=False)
                 if not dc.used:
                     raise
                 logger.debug("shoal: pooled data connection to %s was closed; reconnecting", worker)
+                continue
+            except BaseException as exc:  # an error answer leaves it in step; anything else may not
+                self.give(worker, dc, reuse=isinstance(exc, ShoalError) and not isinstance(exc, TimeoutError))
+                raise
+            self.give(worker, dc)
+            return reply
 
     async def get_data(self, worker: str, keys: list[str], client: Any) -> dict[str, Any]:
         try:
@@ -453,6 +477,9 @@ class AsyncDataPool:
         await self.request(worker, {"op": "put_data", "items": headers}, frames, expect="put_ok")
 
     def close(self) -> None:
-        conns, self._conns = list(self._conns.values()), {}
+        self._closed = True
+        conns = [dc for idle in self._idle.values() for dc in idle]
+        self._idle.clear()
         for dc in conns:
             dc.stream.close()
+        self._freed.set()

@@ -462,3 +462,43 @@ def test_scatter_timeout_is_honoured(fake: FakeCluster) -> None:
         fake.mute = {"info"}  # the scheduler does not answer: the timeout ends the call
         with pytest.raises(shoal.TimeoutError):
             client.scatter([3], timeout=0.2)
+
+
+def test_async_data_pool_serves_concurrent_requests_on_several_connections() -> None:
+    import asyncio
+
+    from shoal._data import AsyncDataPool
+
+    n = 3
+
+    class S:
+        def __init__(self, barrier: Any) -> None:
+            self.barrier, self.closed, self.last = barrier, False, 0
+
+        async def send(self, header: dict[str, Any], frames: Any = ()) -> None:
+            self.last = header["id"]
+
+        async def recv(self) -> tuple[dict[str, Any], list[bytearray]]:
+            await asyncio.wait_for(self.barrier.wait(), 10)  # times out if the requests were serialised
+            return {"op": "data", "id": self.last, "items": []}, []
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def main() -> None:
+        barrier = asyncio.Barrier(n)
+        dials: list[str] = []
+
+        class T:
+            async def connect_async(self, address: str, token: str, timeout: float) -> S:
+                dials.append(address)
+                return S(barrier)
+
+        pool = AsyncDataPool(T(), lambda: "", 5, 5)  # type: ignore[arg-type]
+        for _round in range(2):
+            replies = await asyncio.gather(*(pool.request("w:1", {"op": "get_data", "keys": []}) for _ in range(n)))
+            assert [r[0]["op"] for r in replies] == ["data"] * n
+        assert len(dials) == n, "the second round reused the first round's connections"
+        pool.close()
+
+    asyncio.run(main())
