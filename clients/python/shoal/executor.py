@@ -731,6 +731,49 @@ def connect_from_env() -> tuple[_wire.Connection, Windows | None, FdReceiver | N
     return conn, Windows(receiver, idle_limit=idle), receiver
 
 
+# --------------------------------------------------------------------------------------------- cProfile
+# A development aid, separate from the statistical profiler above: with SHOAL_EXECUTOR_CPROFILE
+# set to a directory, the executor runs its serving thread under cProfile and writes
+# ``executor-<pid>.prof`` there (pstats format; ``python -m pstats``), at most once a second,
+# between tasks (cProfile profiles the thread that enabled it, so it is written from that thread;
+# the idle time waiting for the next task shows as the socket's recv). Off unless set: benchmarks
+# turn it on to see where an executor's time goes (docs/performance.md, "TPC-H").
+
+
+class _CProfile:
+    """cProfile over the serving thread, written out between tasks."""
+
+    def __init__(self, executor: Executor, directory: str) -> None:
+        import cProfile
+
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, f"executor-{os.getpid()}.prof")
+        self.prof = cProfile.Profile()
+        self.last = 0
+        self.inner = executor.run
+        executor.run = self.run  # type: ignore[method-assign]
+        self.prof.enable()
+
+    def run(self, header: Header, frames: Sequence[Buffer]) -> tuple[Header, list[Any]]:
+        try:
+            return self.inner(header, frames)
+        finally:
+            if time_ns() - self.last > 1_000_000_000:
+                self.dump()
+
+    def dump(self) -> None:
+        self.prof.disable()
+        try:
+            self.prof.dump_stats(self.path)
+        except OSError as exc:
+            logger.warning("could not write the executor's profile: %s", exc)
+        self.last = time_ns()
+        self.prof.enable()
+
+
+# --------------------------------------------------------------------------------------------- end of cProfile
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m shoal.executor``."""
     conn, windows, receiver = connect_from_env()
@@ -738,7 +781,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.pop("SHOAL_EXECUTOR_TOKEN", None)
     segments = windows is not None and os.environ.get("SHOAL_EXECUTOR_SEGMENTS") == "1"
     try:
-        Executor(conn, windows, segments, receiver).serve()
+        ex = Executor(conn, windows, segments, receiver)
+        profile = os.environ.get("SHOAL_EXECUTOR_CPROFILE")
+        cprof = _CProfile(ex, profile) if profile else None
+        try:
+            ex.serve()
+        finally:
+            if cprof is not None:
+                cprof.dump()
     finally:
         conn.close()
     return 0
