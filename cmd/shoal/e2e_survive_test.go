@@ -51,6 +51,7 @@ func workerNames(ctx context.Context, cl *client.Client) map[string]bool {
 // A worker whose link is cut for 5 s, then for 60 s, in the middle of a graph: the graph's
 // value is right, the worker process never exits, and it is registered again after each cut.
 func TestE2EHostsWorkerLinkCut(t *testing.T) {
+	t.Parallel() // mostly waiting: these run side by side
 	c := startHostCluster(t, 3, nil)
 	cl := c.Connect(t)
 	h3, w3 := c.Hosts[2], c.Workers[1]
@@ -82,6 +83,7 @@ func TestE2EHostsWorkerLinkCut(t *testing.T) {
 // The scheduler's host is cut off for 45 s in the middle of a graph: every worker loses it, and
 // after the link returns they register again with what they hold and the graph completes.
 func TestE2EHostsSchedulerHostCut(t *testing.T) {
+	t.Parallel() // mostly waiting: these run side by side
 	c := startHostCluster(t, 3, nil)
 	cl := c.Connect(t)
 	ctx := ctxT(t, 3*time.Minute)
@@ -113,6 +115,7 @@ func TestE2EHostsSchedulerHostCut(t *testing.T) {
 // SIGKILLed every 20 s while graphs run back to back; shoal local starts it again. Every graph
 // must finish with the right value: none wrong, none hung.
 func TestE2ESoakKillWorkers(t *testing.T) {
+	t.Parallel() // mostly waiting: these run side by side
 	soak := 5 * time.Minute
 	if s := os.Getenv("SHOAL_SOAK"); s != "" {
 		d, err := time.ParseDuration(s)
@@ -227,6 +230,7 @@ func partition(t *testing.T, c *hostCluster, a, b int) (heal func()) {
 // registers again once the partition heals (replacing its old registration, its results
 // kept), and the graph's value is right.
 func TestE2EHostsPartitionWorkerFromScheduler(t *testing.T) {
+	t.Parallel() // mostly waiting: these run side by side
 	c := startHostCluster(t, 3, nil)
 	cl := c.Connect(t)
 	ctx := ctxT(t, 3*time.Minute)
@@ -249,6 +253,7 @@ func TestE2EHostsPartitionWorkerFromScheduler(t *testing.T) {
 // graph that needs values from both: transfers between them fail meanwhile, and once the
 // partition heals the graph's value is right and both workers are still registered.
 func TestE2EHostsPartitionWorkers(t *testing.T) {
+	t.Parallel() // mostly waiting: these run side by side
 	c := startHostCluster(t, 3, nil)
 	cl := c.Connect(t)
 	ctx := ctxT(t, 3*time.Minute)
