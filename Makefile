@@ -95,9 +95,13 @@ lint-python: venv
 test-go: build venv
 	$(GO) test -count=1 -timeout 20m ./...
 
+# pytest's temporary directories go to a private directory removed afterwards: none is left
+# behind, and another pytest run on the machine cannot rotate them away mid-run.
 test-python: build venv
 	$(VPY) -m mypy --strict clients/python/shoal
-	$(VPY) -m pytest -q clients/python/tests
+	@tmp=$$(mktemp -d /tmp/shoal-pytest.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
+	echo "$(VPY) -m pytest -q --basetemp $$tmp/t clients/python/tests"; \
+	$(VPY) -m pytest -q --basetemp "$$tmp/t" clients/python/tests
 
 test-browser: build dashboard-chromium
 	$(MAKE) dashboard-e2e
