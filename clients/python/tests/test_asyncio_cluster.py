@@ -131,3 +131,44 @@ def test_awaiting_a_cluster() -> None:
             cluster.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(__import__("shutil").which("openssl") is None, reason="needs the openssl command")
+def test_asyncio_over_tls(tmp_path: Any) -> None:
+    """The asyncio data connections speak TLS too (Client(tls=...))."""
+    import json
+    import os
+    import signal
+    import ssl
+    import subprocess
+    import sys
+    import time
+
+    from shoal.cluster import find_binary
+    from test_tls_cluster import _pki
+
+    ca, cert, key = _pki(tmp_path)
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [find_binary(), "local", "--workers", "1", "--nthreads", "1", "--port", "0", "--gossip-port", "0",
+         "--dashboard-port", "-1", "--ready-file", str(ready), "--tls-cert", str(cert), "--tls-key", str(key),
+         "--tls-ca", str(ca), "--python", sys.executable, "--log-level", "warn"],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the cluster did not start"
+            time.sleep(0.05)
+        addr = json.loads(ready.read_text())["scheduler"]
+        ctx = ssl.create_default_context(cafile=str(ca))
+
+        async def main() -> None:
+            async with Client(addr, tls=ctx, timeout=20, asynchronous=True) as client:
+                assert await client.submit(inc, 41) == 42
+                [s] = await client.scatter([b"x" * 1000], hash=False)
+                assert await client.gather(s) == b"x" * 1000
+
+        asyncio.run(main())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
