@@ -98,6 +98,27 @@ func (s *Server) apiTask(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, t)
 }
 
+// apiStack answers {worker, lines}: the call stack of a running task, read from its worker now.
+func (s *Server) apiStack(w http.ResponseWriter, r *http.Request) {
+	cs, ok := s.cfg.Source.(CallStacker)
+	if !ok {
+		writeError(w, http.StatusNotImplemented, "dashboard: this source cannot read call stacks")
+		return
+	}
+	ctx, cancel := s.callCtx(r)
+	defer cancel()
+	worker, lines, err := cs.CallStack(ctx, r.PathValue("key"))
+	switch {
+	case errors.Is(err, ErrNotRunning):
+		writeError(w, http.StatusNotFound, "the task is not running: only a running task has a call stack")
+		return
+	case err != nil:
+		sourceFailed(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"worker": worker, "lines": nonNil(lines)})
+}
+
 func (s *Server) apiGraph(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := s.callCtx(r)
 	defer cancel()

@@ -2,6 +2,7 @@ package dashboard
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/shoal-dev/shoal/scheduler"
@@ -162,4 +163,13 @@ func (s *SchedulerSource) Subscribe(buf int) (<-chan Event, func()) { return s.f
 // Events implements Source.
 func (s *SchedulerSource) Events(_ context.Context, n int) ([]Event, error) {
 	return s.log.Last(n), nil
+}
+
+// CallStack is the current call stack of a running task (CallStacker).
+func (s *SchedulerSource) CallStack(ctx context.Context, key string) (string, []string, error) {
+	w, lines, err := s.srv.CallStack(ctx, key)
+	if errors.Is(err, scheduler.ErrNotRunning) {
+		err = ErrNotRunning
+	}
+	return w, lines, err
 }

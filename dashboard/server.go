@@ -118,6 +118,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /api/v1/workers", s.apiWorkers)
 	s.mux.HandleFunc("GET /api/v1/groups", s.apiGroups)
 	s.mux.HandleFunc("GET /api/v1/tasks/{key...}", s.apiTask)
+	s.mux.HandleFunc("GET /api/v1/stack/{key...}", s.apiStack)
 	s.mux.HandleFunc("GET /api/v1/graph", s.apiGraph)
 	s.mux.HandleFunc("GET /api/v1/events", s.apiEvents)
 	s.mux.HandleFunc("GET /api/v1/report", s.apiReport)

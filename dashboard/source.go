@@ -41,6 +41,15 @@ type Source interface {
 	Events(ctx context.Context, n int) ([]Event, error)
 }
 
+// CallStacker is a Source that can read a running task's call stack from its worker.
+type CallStacker interface {
+	// CallStack returns the worker running key and its stack's lines, or ErrNotRunning.
+	CallStack(ctx context.Context, key string) (worker string, lines []string, err error)
+}
+
+// ErrNotRunning: the task has no call stack now (not running).
+var ErrNotRunning = errors.New("dashboard: the task is not running")
+
 // Snapshot is the scheduler's state at one instant, cheap to build: no per-task data.
 type Snapshot struct {
 	// Time is when the snapshot was taken, unix nanoseconds.

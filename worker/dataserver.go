@@ -111,6 +111,12 @@ func (w *Worker) serveDataMsg(c *wire.Conn, m *wire.Msg, hdr []byte, frames [][]
 			return false
 		}
 		return c.Send(&wire.Msg{Op: wire.OpPutOK, ID: m.ID}) == nil
+	case wire.OpCallStack:
+		if c.PeerRole != wire.RoleClient {
+			c.SendError(m.ID, wire.CodeBadRole, "call_stack is served to clients only")
+			return true
+		}
+		return c.Send(&wire.Msg{Op: wire.OpOK, ID: m.ID, WhoHas: w.CallStacks(m.Keys)}) == nil
 	case wire.OpGetLogs:
 		if c.PeerRole != wire.RoleClient {
 			c.SendError(m.ID, wire.CodeBadRole, "get_logs is served to clients only")

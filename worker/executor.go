@@ -265,7 +265,8 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), "SHOAL_EXECUTOR_FD=3", "SHOAL_EXECUTOR_TOKEN="+token)
 	cmd.Env = append(cmd.Env, executorDefaults()...)
-	cmd.Env = append(cmd.Env, "SHOAL_UPLOAD_DIR="+filepath.Join(p.w.scratch.path, "uploads"),
+	cmd.Env = append(cmd.Env, "SHOAL_STACK_DIR="+p.w.scratch.path, // call stacks (stack.go)
+		"SHOAL_UPLOAD_DIR="+filepath.Join(p.w.scratch.path, "uploads"),
 		"SHOAL_WORKER_ADDRESS="+p.w.dataAddr, "SHOAL_WORKER_NAME="+cfg.Name)
 	// for a task's own client (get_client): where the worker writes the scheduler's address
 	// once it has one (executors may start before), and the token, which the executor takes
@@ -548,6 +549,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	batch = append(batch, mine)
 	msgs := make([]outMsg, len(batch))
 	for i, r := range batch {
+		r.ts.execPID.Store(int32(ex.pid))
 		ex.seq++
 		r.m.ID = ex.seq
 		if !ex.funcs[r.ts.t.Func] {

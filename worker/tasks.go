@@ -3,6 +3,7 @@ package worker
 import (
 	"container/heap"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,6 +77,7 @@ type task struct {
 	freed   bool                // freed while running: discard the result
 	solo    bool                // was in a batch whose executor died: runs alone from now on
 	seceded bool                // a Go task that gave its thread back (TaskEnv.Secede)
+	execPID atomic.Int32        // a Python task: the executor it was sent to (stack.go)
 }
 
 // taskHeap orders ready tasks by order (lower first), then arrival.

@@ -32,6 +32,7 @@ const (
 	OpProcessing    = "processing"
 	OpGetLogs       = "get_logs" // also served on a worker's data port
 	OpStory         = "story"
+	OpCallStack     = "call_stack"  // a worker's data port: stacks of running tasks
 	OpTaskStream    = "task_stream" // recording of task runs and memory, for reports
 	OpProfile       = "profile"     // the statistical profiler: enable, disable, read
 	OpOK            = "ok"
@@ -246,7 +247,7 @@ func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 
 // Ops lists every op of docs/protocol.md §3.
 var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpFireAndForget, OpReleaseKeys,
 	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
-	OpResume, OpResumed, OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpTaskStream, OpProfile, OpOK,
+	OpResume, OpResumed, OpRestart, OpRetireWorkers, OpReplicate, OpRebalance, OpScale, OpProcessing, OpGetLogs, OpStory, OpCallStack, OpTaskStream, OpProfile, OpOK,
 	OpVariableSet, OpVariableGet, OpVariableDelete, OpQueuePut, OpQueueGet, OpQueueSize, OpSemaphoreAcquire,
 	OpSemaphoreRelease, OpSemaphoreRefresh, OpSemaphoreValue, OpEventSet, OpEventClear, OpEventWait, OpPublish,
 	OpUnpublish, OpGetDataset, OpListDatasets, OpRegister,

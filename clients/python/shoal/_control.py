@@ -226,6 +226,28 @@ class ClusterControl:
         reply = self._request({"op": "processing", "addrs": addrs})
         return {str(a): [str(k) for k in ks or []] for a, ks in (reply.get("who_has") or {}).items()}
 
+    def call_stack(self, futures: Any = None, keys: Any = None) -> dict[str, dict[str, list[str]]]:
+        """The current call stack of running tasks, as dask's: {worker address: {key: lines}}.
+        Without ``futures`` or ``keys``, every running task's. A Python task's stack is its
+        executor's threads, dumped at once even inside C code; a Go task's, the goroutines
+        running Go tasks on that worker. Queued tasks and finished ones have none."""
+        want: Optional[set[str]] = None
+        if futures is not None or keys is not None:
+            want = {str(getattr(f, "key", f)) for f in (futures if isinstance(futures, (list, tuple, set)) else
+                                                        [futures] if futures is not None else [])}
+            want |= {str(k) for k in (keys if isinstance(keys, (list, tuple, set)) else
+                                      [keys] if keys is not None else [])}
+        out: dict[str, dict[str, list[str]]] = {}
+        for addr, ks in self.processing().items():
+            ks = [k for k in ks if want is None or k in want]
+            if not ks:
+                continue
+            reply, _ = self._data_request(addr, {"op": "call_stack", "keys": ks}, expect="ok")
+            stacks = {str(k): [str(x) for x in v or []] for k, v in (reply.get("who_has") or {}).items()}
+            if stacks:
+                out[addr] = stacks
+        return out
+
     def get_scheduler_logs(self, n: Optional[int] = None) -> list[tuple[str, str]]:
         """The scheduler's last ``n`` log lines (all it keeps, up to 10,000, by default) as
         (level, line) pairs, oldest first."""

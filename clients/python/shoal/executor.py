@@ -774,8 +774,29 @@ class _CProfile:
 # --------------------------------------------------------------------------------------------- end of cProfile
 
 
+def _stack_dumps() -> Any:
+    """Let the worker read this process's call stacks (Client.call_stack, the dashboard's Task
+    view): on SIGUSR2, faulthandler writes every thread's Python stack to
+    ``$SHOAL_STACK_DIR/stack-<pid>.txt`` from its C-level handler, at once even while a task is
+    inside C code. The file is opened for appending: the worker empties it before each signal.
+    Returns the open file (kept for the process's life), or None."""
+    d = os.environ.get("SHOAL_STACK_DIR")
+    if not d:
+        return None
+    import faulthandler
+    import signal
+
+    try:
+        f = open(os.path.join(d, f"stack-{os.getpid()}.txt"), "a")
+        faulthandler.register(signal.SIGUSR2, file=f, all_threads=True, chain=False)
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return f
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m shoal.executor``."""
+    stacks = _stack_dumps()  # noqa: F841 (kept open for the process's life)
     conn, windows, receiver = connect_from_env()
     # tasks must not read the token or inherit the worker socket
     os.environ.pop("SHOAL_EXECUTOR_TOKEN", None)

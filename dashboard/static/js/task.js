@@ -3,7 +3,7 @@
 import { $, esc, fmtBytes, fmtSeconds, fmtTime, taskLink, getJSON } from "./util.js";
 import { drawFlame } from "./flame.js";
 
-let key = "", timer = null;
+let key = "", timer = null, liveKey = "";
 const final = new Set(["memory", "erred", "released", "forgotten"]);
 
 export function show(arg) {
@@ -27,7 +27,12 @@ async function load() {
   if (!r.ok) {
     el.innerHTML = `<p>Could not load <code>${esc(k)}</code>: ${esc(r.body.error)}</p>`;
   } else {
+    const keepLive = liveKey === k ? $("#task-live-stack-text")?.textContent : ""; // a refresh keeps it
     el.innerHTML = renderTask(r.body);
+    if (keepLive && $("#task-live-stack-text")) $("#task-live-stack-text").textContent = keepLive;
+    const btn = $("#task-live-stack");
+    if (btn) btn.onclick = () => loadLiveStack(k);
+    if (btn && !keepLive) loadLiveStack(k);
     loadStacks(r.body);
   }
   if (!r.ok || !final.has(r.body.state)) timer = setTimeout(load, 1000);
@@ -56,7 +61,9 @@ function renderTask(t) {
       <dt>Dependents</dt><dd>${dependents || "–"}</dd>
     </dl>
     ${err}
-    ${t.state === "processing" ? `<h2>Call stacks <span class="hint" id="task-stacks-note"></span></h2>
+    ${t.state === "processing" ? `<h2>Call stack now <button id="task-live-stack" type="button">Refresh</button></h2>
+      <pre id="task-live-stack-text" class="muted">Reading the stack from the worker…</pre>
+      <h2>Call stacks sampled <span class="hint" id="task-stacks-note"></span></h2>
       <div id="task-stacks" class="flame"></div>` : ""}
     <h2>Inputs</h2>
     ${deps ? `<table><thead><tr><th>Key</th><th>State</th><th>Size</th><th>Held by</th></tr></thead><tbody>${deps}</tbody></table>` : '<p class="muted">None.</p>'}
@@ -68,6 +75,19 @@ const colors = { memory: "var(--memory)", processing: "var(--processing)", queue
   waiting: "var(--waiting)", released: "var(--released)", erred: "var(--erred)", "no-worker": "var(--no-worker)" };
 function state(s) {
   return `<span class="state ${esc(s)}" style="background:${colors[s] || "#888"}">${esc(s)}</span>`;
+}
+
+// The call stack of a running task right now, read from its worker (a Python task: its
+// executor's threads, dumped at once even inside C code; a Go task: the goroutines running Go
+// tasks there).
+async function loadLiveStack(k) {
+  const pre = $("#task-live-stack-text");
+  if (!pre) return;
+  const r = await getJSON(`api/v1/stack/${encodeURIComponent(k)}`);
+  if (k !== key || !$("#task-live-stack-text")) return;
+  pre.classList.toggle("muted", !r.ok);
+  liveKey = k;
+  pre.textContent = r.ok ? `on ${r.body.worker}\n\n${r.body.lines.join("\n")}` : (r.body.error || "unavailable");
 }
 
 // Call stacks of a running task: the statistical profiler's samples of its task group (the
