@@ -50,9 +50,57 @@ func (c *Core) workerJoined(e *EvWorkerJoined) {
 	if len(e.Holds) > 0 {
 		c.addReplica(&EvAddReplica{Worker: e.Worker, Items: e.Holds})
 	}
+	for i, k := range e.Running {
+		c.adopt(k, e.Worker, e.Replaces, i < len(e.Seceded) && e.Seceded[i])
+	}
 	if e.Replaces > 0 && e.Replaces != e.Worker {
 		// after the new registration holds the results: none of them is reported lost
 		c.workerLeft(&EvWorkerLeft{Worker: e.Replaces, Reason: "it registered again on a new connection", Graceful: true})
+	}
+}
+
+// adopt: a task still runs on a worker that registered again (after a cut link or a scheduler
+// restart). Unless it already runs elsewhere, it is booked there — no compute is sent, so it
+// is not run a second time — and a task that seceded stays seceded.
+func (c *Core) adopt(key string, w, replaces WorkerID, seceded bool) {
+	id, ok := c.lookup(key)
+	if !ok {
+		return // unknown: its result will be freed when it is reported
+	}
+	t := &c.tasks[id]
+	for _, d := range t.deps {
+		if c.tasks[d].state != Memory {
+			return // its inputs are not known to be anywhere: let it be placed anew
+		}
+	}
+	switch t.state {
+	case Processing:
+		if t.worker != replaces || replaces == 0 {
+			return // it runs elsewhere too: the first result counts, the other is a replica
+		}
+		c.unassign(id) // moves from the old registration to the new one
+	case Waiting:
+		if t.waitingOn > 0 {
+			return
+		}
+		if t.flags&flagReady != 0 {
+			c.ready = slices.DeleteFunc(c.ready, func(x int32) bool { return x == id })
+			t.flags &^= flagReady
+		}
+		c.setState(id, Waiting, Processing)
+	case Queued:
+		c.dequeue(id)
+		c.setState(id, Queued, Processing)
+	case NoWorker:
+		c.removeNoWorker(id)
+		c.setState(id, NoWorker, Waiting)
+		c.setState(id, Waiting, Processing)
+	default:
+		return
+	}
+	c.book(id, w)
+	if seceded {
+		c.longRunning(&EvLongRunning{Worker: w, Key: key, TaskID: c.handle(id)})
 	}
 }
 

@@ -37,6 +37,10 @@ type EvWorkerJoined struct {
 	// has not broken on this side yet): it is removed gracefully after the new one holds its
 	// results, so nothing it holds is reported lost in between. 0: none.
 	Replaces WorkerID
+	// Running are the tasks still running there (it registered again); Seceded[i] says
+	// whether Running[i] gave its thread back. Each is booked there rather than run again.
+	Running []string
+	Seceded []bool
 	// Now is when it joined (unix ns): the start of its liveness clock.
 	Now int64
 }

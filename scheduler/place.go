@@ -380,6 +380,12 @@ func (c *Core) retryNoWorker() {
 
 // assign records that id runs on w and emits the compute action.
 func (c *Core) assign(id int32, w WorkerID) {
+	c.book(id, w)
+	c.sendCompute(id, w)
+}
+
+// book records that id runs on w.
+func (c *Core) book(id int32, w WorkerID) {
 	t := &c.tasks[id]
 	ws := c.workers[w]
 	t.worker = w
@@ -395,6 +401,11 @@ func (c *Core) assign(id int32, w WorkerID) {
 		ws.used[k] += v
 	}
 	c.updateSat(ws)
+}
+
+// sendCompute emits the compute action of id, booked on w.
+func (c *Core) sendCompute(id int32, w WorkerID) {
+	t := &c.tasks[id]
 	var deps []DepLoc
 	if len(t.deps) > 0 {
 		deps = make([]DepLoc, len(t.deps))

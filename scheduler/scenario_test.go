@@ -127,14 +127,16 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 		ev = EvWorkerJoined{Worker: WorkerID(a.int("id")), Name: a.str("name"), Addr: a.str("addr"),
 			NThreads: a.intOr("nthreads", 1), MemoryLimit: int64(a.intOr("mem", 0)),
 			Functions: a.listOr("funcs", "f"), Resources: a.res("res"), Holds: a.items("holds"),
-			Replaces: WorkerID(a.intOr("replaces", 0)), Now: int64(a.intOr("now", 0))}
+			Replaces: WorkerID(a.intOr("replaces", 0)), Now: int64(a.intOr("now", 0)),
+			Running: a.list("running"), Seceded: secededFlags(a.list("running"), a.list("seceded"))}
 	case "workers-joined": // the workers of the following lines, in one event
 		var joins []EvWorkerJoined
 		for _, l := range block[1:] {
 			_, m := parseLine(t, strings.TrimSpace(l))
 			b := argMap{t: t, where: a.where, m: m}
 			joins = append(joins, EvWorkerJoined{Worker: WorkerID(b.int("id")), Name: b.str("name"), Addr: b.str("addr"),
-				NThreads: b.intOr("nthreads", 1), Functions: b.listOr("funcs", "f"), Holds: b.items("holds")})
+				NThreads: b.intOr("nthreads", 1), Functions: b.listOr("funcs", "f"), Holds: b.items("holds"),
+				Running: b.list("running"), Seceded: secededFlags(b.list("running"), b.list("seceded"))})
 		}
 		ev = EvWorkersJoined{Joins: joins}
 	case "worker-left":

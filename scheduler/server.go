@@ -710,12 +710,28 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	s.journalWorker(w.info.Name, true)
 	ev := EvWorkerJoined{Worker: w.id, Name: w.info.Name, Addr: w.info.Address, NThreads: w.info.NThreads,
 		MemoryLimit: w.info.MemoryLimit, Resources: w.info.Resources, Functions: m.Functions, Holds: m.Items,
-		Replaces: replaces, Now: now.UnixNano()}
+		Replaces: replaces, Now: now.UnixNano(), Running: m.Running, Seceded: secededFlags(m.Running, m.Seceded)}
 	if s.recov != nil && s.recov.hold(ev) {
 		s.recoveryTick(now) // joined with the others when the recovery ends (recover.go)
 		return
 	}
 	s.handle(ev)
+}
+
+// secededFlags says, for each running key, whether it is among seceded.
+func secededFlags(running, seceded []string) []bool {
+	if len(seceded) == 0 {
+		return nil
+	}
+	set := make(map[string]bool, len(seceded))
+	for _, k := range seceded {
+		set[k] = true
+	}
+	out := make([]bool, len(running))
+	for i, k := range running {
+		out[i] = set[k]
+	}
+	return out
 }
 
 // workerStreamBroke waits briefly for the supervisor to say how the process ended, so the

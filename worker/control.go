@@ -232,13 +232,25 @@ func (w *Worker) register(ctx context.Context, addr string) (*wire.Conn, *wire.M
 	stopClose := context.AfterFunc(w.ctx, func() { conn.Abort() })
 	defer stopClose()
 	items := w.store.Items()
+	var running, seceded []string // tasks still running from an earlier registration
+	w.mu.Lock()
+	for k, ts := range w.mu.tasks {
+		if ts.state == stateRunning {
+			running = append(running, k)
+			if ts.longRunning {
+				seceded = append(seceded, k)
+			}
+		}
+	}
+	w.mu.Unlock()
 	first, rest := items, []wire.Item(nil)
 	if len(items) > maxRegisterItems {
 		first, rest = items[:maxRegisterItems], items[maxRegisterItems:]
 	}
 	err = conn.Send(&wire.Msg{Op: wire.OpRegister, Name: w.cfg.Name, DataAddr: w.dataAddr,
 		NThreads: w.cfg.NThreads, MemLimit: w.memLimit, Resources: w.cfg.Resources,
-		Functions: Registered(), Version: w.cfg.Version, PID: os.Getpid(), Items: first})
+		Functions: Registered(), Version: w.cfg.Version, PID: os.Getpid(), Items: first,
+		Running: running, Seceded: seceded})
 	if err != nil {
 		conn.Abort()
 		return nil, nil, fmt.Errorf("worker: registering with %s: %w", addr, err)

@@ -27,6 +27,9 @@ func (w *Worker) secede(ex *executor, r *pyRun, fd int) {
 	syscall.SetNonblock(fd, true)
 	c := newExecConn(os.NewFile(uintptr(fd), "seceded-task"), w.cfg.limits())
 	ts := r.ts
+	w.mu.Lock()
+	ts.longRunning = true
+	w.mu.Unlock()
 	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: ts.tid})
 	w.stats.seceded.Add(1)
 	lane := ex.lane
@@ -116,7 +119,7 @@ func (w *Worker) secedeGo(ts *task, thread int) {
 		w.mu.Unlock()
 		return // called after the task returned (a goroutine it left behind): nothing to free
 	}
-	ts.seceded = true
+	ts.seceded, ts.longRunning = true, true
 	w.mu.Unlock()
 	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: ts.tid})
 	w.stats.seceded.Add(1)

@@ -78,6 +78,8 @@ type task struct {
 	solo    bool                // was in a batch whose executor died: runs alone from now on
 	seceded bool                // a Go task that gave its thread back (TaskEnv.Secede)
 	execPID atomic.Int32        // a Python task: the executor it was sent to (stack.go)
+	// longRunning: it gave its thread back (Go or Python), as told to the scheduler
+	longRunning bool
 }
 
 // taskHeap orders ready tasks by order (lower first), then arrival.

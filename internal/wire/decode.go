@@ -142,6 +142,8 @@ var msgFields = [...]struct {
 	{"state", func(d *dec, m *Msg) bool { return d.str(&m.State) }},
 	{"worker", func(d *dec, m *Msg) bool { return d.str(&m.Worker) }},
 	{"items", func(d *dec, m *Msg) bool { return slice(d, &m.Items, (*dec).item) }},
+	{"running", func(d *dec, m *Msg) bool { return d.strs(&m.Running) }},
+	{"seceded", func(d *dec, m *Msg) bool { return d.strs(&m.Seceded) }},
 	{"who_has", func(d *dec, m *Msg) bool { return strMap(d, &m.WhoHas, (*dec).strs) }},
 	{"workers", func(d *dec, m *Msg) bool { return slice(d, &m.Workers, (*dec).workerInfo) }},
 	{"task", func(d *dec, m *Msg) bool { return ptr(d, &m.Task, (*dec).task) }},

@@ -65,6 +65,8 @@ func appendHeader(b []byte, m *Msg) ([]byte, error) {
 			e.b = appendItem(e.b, &m.Items[i])
 		}
 	}
+	e.strs("running", m.Running)
+	e.strs("seceded", m.Seceded)
 	if len(m.WhoHas) > 0 {
 		e.key("who_has")
 		e.b = appendMapLen(e.b, len(m.WhoHas))

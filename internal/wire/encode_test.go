@@ -27,6 +27,8 @@ func TestFastEncoderMatchesReflection(t *testing.T) {
 		{Op: OpStealResponse, Key: "k", Accepted: true},
 		{Op: OpInfoReply, Workers: []WorkerInfo{{Name: "w", Address: "a", NThreads: 2, PID: 9}}, WhoHas: map[string][]string{"k": {"a", "b"}}},
 		{Op: OpRegister, Name: "n", DataAddr: "d", NThreads: 1, PID: 2, Functions: []string{"f"}, Resources: map[string]float64{"x": 0.5}},
+		{Op: OpRegister, Name: "again", DataAddr: "d", NThreads: 1, Items: []Item{{Key: "held", Encoding: EncPickle, NBytes: 5}},
+			Running: []string{"r1", "r2"}, Seceded: []string{"r2"}},
 	}
 	for _, m := range msgs {
 		fast, err := EncodeHeader(m)

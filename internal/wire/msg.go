@@ -182,6 +182,8 @@ type Msg struct {
 	State   string              `msgpack:"state,omitempty"`
 	Worker  string              `msgpack:"worker,omitempty"` // a worker's data address
 	Items   []Item              `msgpack:"items,omitempty"`
+	Running []string            `msgpack:"running,omitempty"` // register: tasks still running there
+	Seceded []string            `msgpack:"seceded,omitempty"` // register: those of them that seceded
 	WhoHas  map[string][]string `msgpack:"who_has,omitempty"`
 	Workers []WorkerInfo        `msgpack:"workers,omitempty"`
 

@@ -152,10 +152,6 @@ def fib(n: int) -> int:
 
 
 @needs_journal
-@pytest.mark.skip(reason="scheduler side, not yet: after the restart the scheduler places the journaled tasks that "
-                         "were seceded and still running on the workers as fresh processing tasks holding a thread, "
-                         "so with one thread per worker the children that the (reconnected) executors' clients "
-                         "submit are never placed; `story` shows `queued -> processing` by `worker-joined` for them")
 def test_tasks_that_submit_tasks_survive_a_scheduler_restart(procs: Processes, tmp_path: Path) -> None:
     """The executors' own clients reconnect too: seceded tasks waiting on their children get
     their results after the scheduler came back."""
