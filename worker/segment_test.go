@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
@@ -553,4 +554,28 @@ func TestPythonExecutorSegments(t *testing.T) {
 			require.Zero(t, openMemfds(t, "exec-dep"))
 		})
 	}
+}
+
+// DeleteAsync forgets the keys at once and closes their memfds in the background (the worker's
+// free-keys handling: freeing a segment's pages must not hold up its receive loop).
+func TestStoreDeleteAsyncClosesSegmentsLater(t *testing.T) {
+	s := NewStore(t.TempDir(), 0)
+	data := payload(3, 300_000)
+	for i := range 3 {
+		frames, seg := newTestSegment(t, "store-async", data)
+		s.PutSegment(fmt.Sprint("k", i), wire.EncPickle, frames, seg)
+	}
+	s.Put("small", wire.EncBytes, [][]byte{[]byte("x")}, nil)
+	require.Equal(t, 3, openMemfds(t, "store-async"))
+	require.Equal(t, 3, s.DeleteAsync("k0", "k1", "k2", "missing"))
+	for i := range 3 {
+		_, err := s.Get(fmt.Sprint("k", i), false)
+		require.ErrorIs(t, err, ErrNotFound, "deleted keys are gone when DeleteAsync returns")
+	}
+	st := s.Stats()
+	require.Zero(t, st.Segments)
+	require.Equal(t, 1, st.Keys)
+	require.Eventually(t, func() bool { return openMemfds(t, "store-async") == 0 }, 10*time.Second, 5*time.Millisecond)
+	require.Equal(t, 1, s.DeleteAsync("small"))
+	require.Equal(t, StoreStats{}, s.Stats())
 }

@@ -222,7 +222,7 @@ func (w *Worker) handleFreeKeys(keys []string) {
 		}
 	}
 	w.mu.Unlock()
-	w.store.Delete(keys...)
+	w.store.DeleteAsync(keys...) // freeing segments' pages must not hold up the receive loop
 	w.wake()
 }
 
