@@ -47,10 +47,27 @@ def pytest_report_header() -> str:
     return f"shoal binary: {BINARY or 'NOT FOUND (cluster tests skipped)'}; SHOAL_BIN={os.environ.get('SHOAL_BIN', '')}"
 
 
+def _descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process pid is ancestor or one of its descendants."""
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
 def executor_mappings(name: str) -> int:
-    """How many mappings of memfds called ``name`` this machine's executors hold, summed
-    (shared-memory windows are ``shoal-window``, result segments ``shoal-result``)."""
+    """How many mappings of memfds called ``name`` the executors started by this test process
+    hold, summed (shared-memory windows are ``shoal-window``, result segments
+    ``shoal-result``). Executors of other runs on the machine are not counted."""
     n = 0
+    me = os.getpid()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -58,6 +75,8 @@ def executor_mappings(name: str) -> int:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if b"shoal.executor" not in f.read():
                     continue
+            if not _descends_from(int(pid), me):
+                continue
             with open(f"/proc/{pid}/maps") as f:
                 n += f.read().count(f"memfd:{name}")
         except OSError:
