@@ -26,10 +26,11 @@ def where(_: Any = None) -> str:
     return str(os.getpid())
 
 
-def hold(seconds: float) -> float:
+def span(seconds: float) -> tuple[float, float]:
+    """When the task ran: (start, end) on the executor's clock."""
     start = time.time()
     time.sleep(seconds)
-    return start
+    return start, time.time()
 
 
 @pytest.fixture(scope="module")
@@ -45,22 +46,22 @@ def test_resources_limit_concurrency(gpu: Any) -> None:
     _, client = gpu
     info = next(iter(client.scheduler_info()["workers"].values()))
     assert info["resources"] == {"GPU": 1.0}
-    # two threads, one GPU: tasks needing it run one at a time
-    fs = [client.submit(hold, 0.5, resources={"GPU": 1}, pure=False) for _ in range(2)]
-    starts = sorted(client.gather(fs))
-    assert starts[1] - starts[0] >= 0.45
-    # without the resource they overlap
-    fs = [client.submit(hold, 0.5, pure=False) for _ in range(2)]
-    starts = sorted(client.gather(fs))
-    assert starts[1] - starts[0] < 0.45
+    # two threads, one GPU: tasks needing it run one at a time (one starts after the other ended)
+    fs = [client.submit(span, 0.5, resources={"GPU": 1}, pure=False) for _ in range(2)]
+    first, second = sorted(client.gather(fs))
+    assert second[0] >= first[1], "tasks needing the one GPU ran at the same time"
+    # without the resource they run at the same time (one starts before the other ended)
+    fs = [client.submit(span, 0.5, pure=False) for _ in range(2)]
+    first, second = sorted(client.gather(fs))
+    assert second[0] < first[1], "two threads ran two tasks one after the other"
 
 
 def test_dask_annotate_resources_and_retries(gpu: Any) -> None:
     _, client = gpu
     with dask.annotate(resources={"GPU": 1}):
-        xs = [delayed(hold)(0.4, dask_key_name=f"held-{i}") for i in range(2)]
-    starts = sorted(dask.compute(*xs, scheduler=client.get))
-    assert starts[1] - starts[0] >= 0.35, "annotated tasks did not wait for the GPU"
+        xs = [delayed(span)(0.4, dask_key_name=f"held-{i}") for i in range(2)]
+    first, second = sorted(dask.compute(*xs, scheduler=client.get))
+    assert second[0] >= first[1], "annotated tasks did not wait for the GPU"
     # a resource no worker has makes a task wait, so submit with it must not silently run
     with dask.annotate(resources={"TPU": 1}):
         f = client.submit(where, pure=False)
