@@ -419,7 +419,7 @@ class Executor:
         exported: list[Any] = []
         _worker.exporting(exported)  # futures pickled into the result are named here
         try:
-            encoding, out = _serialize.encode(result, SEG_MIN if self.segments else None)
+            encoding, out = _serialize.encode(contiguous(result), SEG_MIN if self.segments else None)
         except BaseException as exc:  # noqa: BLE001
             return error_reply(task_id, exc, skip=0,
                                prefix=f"could not serialize the result of {header.get('key')}: "), []
@@ -437,6 +437,24 @@ class Executor:
             reply["keys"] = list(dict.fromkeys(f.key for f in exported))
             _worker.retain(exported)
         return reply, out
+
+
+def contiguous(value: Any) -> Any:
+    """``value``, or a contiguous copy of it if it is a non-contiguous numpy array (a slice's
+    view, as dask.array's rechunks and overlaps return) of at least SEG_MIN_FRAME bytes.
+
+    numpy pickles a non-contiguous array's data in band: copied out of the array, into the
+    pickle, into the result's segment, and copied again by every task that unpickles it. A
+    contiguous array goes out of band: one copy here, one into the segment, and readers
+    unpickle it over the segment's mapping without a copy (docs/performance.md, "Arrays")."""
+    if type(value).__name__ != "ndarray" or type(value).__module__ != "numpy":
+        return value
+    flags = value.flags
+    if flags.c_contiguous or flags.f_contiguous or value.dtype.hasobject or value.nbytes < SEG_MIN_FRAME:
+        return value
+    import numpy as np
+
+    return np.ascontiguousarray(value)
 
 
 def write_arrow_segment(frame: _serialize.ArrowStream) -> int:

@@ -1,0 +1,43 @@
+"""A non-contiguous numpy result (a slice's view) leaves the executor as a contiguous array,
+pickled with its data out of band, so that readers unpickle it without a copy."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+from shoal.executor import contiguous
+
+from harness import FakeWorker, result_of
+
+
+@pytest.fixture()
+def worker() -> Iterator[FakeWorker]:
+    w = FakeWorker()
+    yield w
+    if w.proc.poll() is None:
+        w.close()
+
+
+def column_slice(n: int) -> Any:
+    return np.arange(n * n, dtype=np.float64).reshape(n, n)[:, 1:-1]
+
+
+def test_a_sliced_result_goes_out_of_band(worker: FakeWorker) -> None:
+    reply = worker.run(column_slice, 300, key="slice")
+    item = reply[0]["items"][0]
+    assert item["encoding"] == "pickle" and item["nframes"] == 2  # the pickle and the data
+    got = result_of(reply)
+    np.testing.assert_array_equal(got, column_slice(300))
+    assert got.flags.c_contiguous
+
+
+def test_contiguous_leaves_everything_else_as_it_is() -> None:
+    a = np.arange(100_000.0).reshape(100, 1000)
+    for v in (a, np.asfortranarray(a), a[:1, ::8], np.array([None] * 5000)[::2], "x", [a[:, ::2]]):
+        assert contiguous(v) is v  # contiguous, small, objects, not an array
+    s = a[:, 1:-1]
+    c = contiguous(s)
+    assert c is not s and c.flags.c_contiguous and np.array_equal(c, s)
