@@ -26,6 +26,20 @@ def where(_: Any = None) -> str:
     return str(os.getpid())
 
 
+def meet(room: str, me: str, other: str, patience: float) -> bool:
+    """A rendezvous: mark me as running in room, then wait up to patience seconds for other to
+    be running too; whether it was."""
+    import os
+
+    open(os.path.join(room, me), "w").close()
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        if os.path.exists(os.path.join(room, other)):
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def span(seconds: float) -> tuple[float, float]:
     """When the task ran: (start, end) on the executor's clock."""
     start = time.time()
@@ -42,18 +56,22 @@ def gpu() -> Any:
         yield cluster, client
 
 
-def test_resources_limit_concurrency(gpu: Any) -> None:
+def test_resources_limit_concurrency(gpu: Any, tmp_path: Any) -> None:
     _, client = gpu
     info = next(iter(client.scheduler_info()["workers"].values()))
     assert info["resources"] == {"GPU": 1.0}
-    # two threads, one GPU: tasks needing it run one at a time (one starts after the other ended)
-    fs = [client.submit(span, 0.5, resources={"GPU": 1}, pure=False) for _ in range(2)]
-    first, second = sorted(client.gather(fs))
-    assert second[0] >= first[1], "tasks needing the one GPU ran at the same time"
-    # without the resource they run at the same time (one starts before the other ended)
-    fs = [client.submit(span, 0.5, pure=False) for _ in range(2)]
-    first, second = sorted(client.gather(fs))
-    assert second[0] < first[1], "two threads ran two tasks one after the other"
+    # Two tasks that each wait for the other to be running. Two threads, one GPU: tasks needing
+    # it run one at a time, so the first gives up waiting, and only the second sees the other.
+    room = tmp_path / "gpu"
+    room.mkdir()
+    fs = [client.submit(meet, str(room), a, b, 2.0, resources={"GPU": 1}, pure=False)
+          for a, b in (("x", "y"), ("y", "x"))]
+    assert sorted(client.gather(fs)) == [False, True], "tasks needing the one GPU ran at the same time"
+    # without the resource they run at the same time: both meet (however slow executors start)
+    room = tmp_path / "free"
+    room.mkdir()
+    fs = [client.submit(meet, str(room), a, b, 60.0, pure=False) for a, b in (("x", "y"), ("y", "x"))]
+    assert client.gather(fs) == [True, True], "two threads ran two tasks one after the other"
 
 
 def test_dask_annotate_resources_and_retries(gpu: Any) -> None:
