@@ -318,12 +318,11 @@ class Bench:
             os.environ.setdefault("SHOAL_BIN", str(ROOT / "bin" / "shoal"))
             from shoal import Client, LocalCluster, wait
 
-            if os.environ.get("SHOAL_BENCH_FUSE") == "partitions":
-                # measuring shoal._fuse before the client uses it: dask graphs' fusion swapped
+            if os.environ.get("SHOAL_BENCH_FUSE") == "linear":
+                # the fusion before issue 19 (linear chains only), to measure against
                 import shoal._dask as _sd
-                from shoal._fuse import fuse_partitions
 
-                _sd.fuse_linear = fuse_partitions  # type: ignore[assignment]
+                _sd.fuse_partitions = _sd.fuse_linear  # type: ignore[assignment]
 
             self.cluster = LocalCluster(n_workers=2, threads_per_worker=1,
                                         memory_limit=memory_limit, dashboard_port=None)

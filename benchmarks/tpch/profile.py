@@ -66,11 +66,10 @@ def run_system(system: str, sf: float, queries: list[int], out: Path) -> dict[in
         os.environ["SHOAL_EXECUTOR_CPROFILE"] = str(out / "executors")
         from shoal import Client, LocalCluster, get_task_stream
 
-        if os.environ.get("SHOAL_BENCH_FUSE") == "partitions":  # as in run.py
+        if os.environ.get("SHOAL_BENCH_FUSE") == "linear":  # as in run.py: linear chains only
             import shoal._dask as _sd
-            from shoal._fuse import fuse_partitions
 
-            _sd.fuse_linear = fuse_partitions  # type: ignore[assignment]
+            _sd.fuse_partitions = _sd.fuse_linear  # type: ignore[assignment]
 
         cluster: Any = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_port=None,
                                     extra_args=["--cpu-profile", str(out / "scheduler.pprof"),

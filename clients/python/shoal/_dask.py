@@ -34,6 +34,7 @@ import threading
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from ._chunk import Chunk
+from ._fuse import fuse_partitions
 from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
 from ._refs import Ref
 
@@ -145,8 +146,9 @@ def repack(keys: Any, values: Mapping[Hashable, Any]) -> Any:
 def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict[Hashable, Any]:
     """A dict of ``dask._task_spec`` nodes from any dask graph, expression or collection.
 
-    With ``fuse`` (the keys the caller wants), linear chains among the nodes that came as
-    task-spec nodes, the form dask's collections produce, are fused (:func:`fuse_linear`).
+    With ``fuse`` (the keys the caller wants), each partition's single-output region among
+    the nodes that came as task-spec nodes, the form dask's collections produce, is fused
+    into one task (:func:`shoal._fuse.fuse_partitions`; linear chains included).
     Legacy tuples, a hand-written graph's form, run one task per node as written."""
     from dask._task_spec import GraphNode, convert_legacy_graph
 
@@ -175,7 +177,7 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
         converted = convert_legacy_graph(rest, all_keys=keys) if rest else {}
         graph = {k: direct[k] if k in direct else converted[k] for k in dsk}
     if fuse is not None and len(native) > 1:
-        graph = fuse_linear(graph, fuse, native)
+        graph = fuse_partitions(graph, fuse, native)
     return graph
 
 
