@@ -126,6 +126,12 @@ func TestE2ESoakKillWorkers(t *testing.T) {
 		t.Skip("a five-minute soak; not in -short")
 	}
 	c := startCluster(t, 3, "--nthreads", "2")
+	t.Cleanup(func() {
+		if t.Failed() { // what the cluster said, for the cause
+			logs := c.logs()
+			t.Logf("cluster log (last 8 KB):\n%s", logs[max(0, len(logs)-8192):])
+		}
+	})
 	cl := c.connect(t)
 	deadline := time.Now().Add(soak)
 	rng := rand.New(rand.NewPCG(1, 2))
