@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -125,6 +126,11 @@ func TestE2ESoakKillWorkers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a five-minute soak; not in -short")
 	}
+	// shoal local dies with the OS thread that started it (its parent-death signal): this
+	// goroutine keeps its thread, so the test-host tests running alongside, which lock threads
+	// into network namespaces and then end them, cannot take it (twice in CI: shoal local was
+	// SIGKILLed mid-soak, with nothing in its log).
+	runtime.LockOSThread()
 	c := startCluster(t, 3, "--nthreads", "2")
 	t.Cleanup(func() {
 		if t.Failed() { // what the cluster said, for the cause
