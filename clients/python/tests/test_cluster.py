@@ -432,7 +432,7 @@ def test_large_arguments_go_by_the_data_plane(client: Client) -> None:
     reference, as dask's auto-scatter does, never in a control message; with a worker on this
     machine it travels as a sealed memfd, and without that, as bytes on the data port."""
     big = np.arange(20_000_000, dtype="u4")  # 80 MB
-    f = client.submit(slow_sum, big, 0.5, pure=False)
+    f = client.submit(slow_sum, big, 5.0, pure=False)  # held while it runs: long enough to see under load
     until_held = time.time() + 10
     while not any(k.startswith("ndarray-") for k in held_keys(client)) and time.time() < until_held:
         time.sleep(0.02)
