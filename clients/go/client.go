@@ -25,6 +25,10 @@ type Options struct {
 	// the scheduler is told every key it holds, and their states follow. 0: 60 s; < 0: fail
 	// at once.
 	ReconnectTimeout time.Duration
+	// FetchTimeout bounds how long fetching a finished future's value (Result, Gather) looks
+	// for it when its worker died or dropped it: on other replicas, or while the scheduler
+	// recomputes it. 0: 5 min (as the Python client's fetch_timeout).
+	FetchTimeout time.Duration
 }
 
 // ErrClosed is returned once the client is closed or the scheduler has gone away.
@@ -107,6 +111,9 @@ func Connect(ctx context.Context, addr string, o Options) (*Client, error) {
 	}
 	if o.ReconnectTimeout == 0 {
 		o.ReconnectTimeout = time.Minute
+	}
+	if o.FetchTimeout <= 0 {
+		o.FetchTimeout = 5 * time.Minute
 	}
 	conn, m, err := dialScheduler(ctx, addr, o, o.Timeout)
 	if err != nil {

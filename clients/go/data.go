@@ -2,8 +2,10 @@ package shoal
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/shoal-dev/shoal/arrowio"
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -75,43 +77,52 @@ func (dc *dataConn) recv(ctx context.Context) (*wire.Msg, [][]byte, error) {
 	return m, frames, nil
 }
 
-// getData fetches keys from one worker and decodes them.
-func (p *dataPool) getData(ctx context.Context, addr string, keys []string) (map[string]any, error) {
+// getData fetches keys from one worker and decodes them. Keys the worker does not hold come
+// back in missing; a connection that fails is a transport error (errTransport wraps it), for
+// the caller to look elsewhere.
+func (p *dataPool) getData(ctx context.Context, addr string, keys []string) (vals map[string]any, missing []string, err error) {
 	dc, err := p.get(ctx, addr)
 	if err != nil {
-		return nil, err
+		return nil, nil, &transportError{err}
 	}
 	defer dc.mu.Unlock()
 	dc.next++
 	if err := dc.conn.Send(&wire.Msg{Op: wire.OpGetData, ID: dc.next, Keys: keys}); err != nil {
 		dc.conn.Abort()
 		dc.conn = nil
-		return nil, err
+		return nil, nil, &transportError{fmt.Errorf("shoal: get_data to %s: %w", addr, err)}
 	}
 	m, frames, err := dc.recv(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("shoal: get_data from %s: %w", addr, err)
+		if ctx.Err() != nil {
+			return nil, nil, err
+		}
+		return nil, nil, &transportError{fmt.Errorf("shoal: get_data from %s: %w", addr, err)}
 	}
 	if m.Op == wire.OpError {
-		return nil, wire.Errorf(m.Code, m.Message)
-	}
-	if len(m.Missing) > 0 {
-		return nil, wire.Errorf(wire.CodeLost, fmt.Sprintf("worker %s no longer holds %v", addr, m.Missing))
+		return nil, nil, wire.Errorf(m.Code, m.Message)
 	}
 	out := make(map[string]any, len(m.Items))
 	for _, it := range m.Items {
 		if it.NFrames > len(frames) {
-			return nil, wire.Errorf(wire.CodeProtocol, "data reply has fewer frames than its items declare")
+			return nil, nil, wire.Errorf(wire.CodeProtocol, "data reply has fewer frames than its items declare")
 		}
 		v, err := Decode(it.Encoding, frames[:it.NFrames])
 		if err != nil {
-			return nil, fmt.Errorf("shoal: key %s: %w", it.Key, err)
+			return nil, nil, fmt.Errorf("shoal: key %s: %w", it.Key, err)
 		}
 		out[it.Key] = v
 		frames = frames[it.NFrames:]
 	}
-	return out, nil
+	return out, m.Missing, nil
 }
+
+// transportError is a data connection that failed: the worker may have died, and its keys
+// may live elsewhere or be recomputed.
+type transportError struct{ err error }
+
+func (e *transportError) Error() string { return e.err.Error() }
+func (e *transportError) Unwrap() error { return e.err }
 
 // putData stores values on one worker (put_data) and waits for its put_ok.
 func (p *dataPool) putData(ctx context.Context, addr string, items []wire.Item, frames [][]byte) error {
@@ -167,25 +178,69 @@ func Decode(encoding string, frames [][]byte) (any, error) {
 // protocol's frame-count limit (4096 frames per message).
 const maxKeysPerGet = 1000
 
+// fetch gets the values of finished futures from the workers holding them, one request per
+// worker (in batches of maxKeysPerGet). A worker that died or no longer holds a key is not
+// the end: the scheduler is asked who else holds it (who_has), and a key nobody holds is
+// waited for while it is recomputed (its next key_state names the new holder), with backoff,
+// for at most Options.FetchTimeout.
 func (c *Client) fetch(ctx context.Context, futs []*Future) ([]any, error) {
-	byWorker := map[string][]string{}
+	loc := make(map[string]string, len(futs)) // key → where to fetch it next
 	for _, f := range futs {
-		addr := f.Worker()
-		byWorker[addr] = append(byWorker[addr], f.key)
+		loc[f.key] = f.Worker()
 	}
-	vals := map[string]any{}
-	for addr, keys := range byWorker {
-		// a reply carries at least one frame per key, and a message at most 4096 frames
-		for len(keys) > 0 {
-			n := min(len(keys), maxKeysPerGet)
-			got, err := c.data.getData(ctx, addr, keys[:n])
-			if err != nil {
-				return nil, err
+	byKey := make(map[string]*Future, len(futs))
+	for _, f := range futs {
+		byKey[f.key] = f
+	}
+	vals := make(map[string]any, len(futs))
+	deadline := time.Now().Add(c.opts.FetchTimeout)
+	for attempt := 1; ; attempt++ {
+		byWorker := map[string][]string{}
+		for k, addr := range loc {
+			byWorker[addr] = append(byWorker[addr], k)
+		}
+		failedOn := map[string]string{}
+		var cause error
+		for addr, keys := range byWorker {
+			for len(keys) > 0 { // a reply carries at least one frame per key, a message at most 4096
+				n := min(len(keys), maxKeysPerGet)
+				got, missing, err := c.data.getData(ctx, addr, keys[:n])
+				var te *transportError
+				switch {
+				case ctx.Err() != nil:
+					return nil, ctx.Err()
+				case errors.As(err, &te):
+					for _, k := range keys[:n] {
+						failedOn[k] = addr
+					}
+					cause = err
+				case err != nil:
+					return nil, err
+				default:
+					for k, v := range got {
+						vals[k] = v
+						delete(loc, k)
+					}
+					for _, k := range missing {
+						failedOn[k] = addr
+					}
+					if len(missing) > 0 {
+						cause = fmt.Errorf("worker %s no longer holds %v", addr, missing[:min(len(missing), 5)])
+					}
+				}
+				keys = keys[n:]
 			}
-			for k, v := range got {
-				vals[k] = v
-			}
-			keys = keys[n:]
+		}
+		if len(failedOn) == 0 {
+			break
+		}
+		if !time.Now().Before(deadline) {
+			return nil, wire.Errorf(wire.CodeLost, fmt.Sprintf("could not fetch %d keys within %v: %v",
+				len(failedOn), c.opts.FetchTimeout, cause))
+		}
+		c.log.Debug("fetch failed; looking for the keys elsewhere", "keys", len(failedOn), "cause", cause, "attempt", attempt)
+		if err := c.relocate(ctx, byKey, failedOn, loc, attempt); err != nil {
+			return nil, err
 		}
 	}
 	out := make([]any, len(futs))
@@ -193,4 +248,49 @@ func (c *Client) fetch(ctx context.Context, futs []*Future) ([]any, error) {
 		out[i] = vals[f.key]
 	}
 	return out, nil
+}
+
+// relocate finds a new holder for each key that failed on failedOn[key], after a backoff:
+// a newer key_state (the key was recomputed or moved), or another replica the scheduler knows
+// of. A key with neither keeps its old address and is tried again next round; one whose
+// future ended in error fails the fetch.
+func (c *Client) relocate(ctx context.Context, byKey map[string]*Future, failedOn, loc map[string]string, attempt int) error {
+	t := time.NewTimer(min(time.Duration(attempt)*50*time.Millisecond, 500*time.Millisecond))
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return ctx.Err()
+	case <-t.C:
+	}
+	var ask []string
+	for k, old := range failedOn {
+		r := byKey[k].state()
+		switch {
+		case r.state != "memory":
+			return byKey[k].err()
+		case r.worker != old:
+			loc[k] = r.worker
+		default:
+			ask = append(ask, k)
+		}
+	}
+	if len(ask) == 0 {
+		return nil
+	}
+	who, err := c.WhoHas(ctx, ask...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil // the scheduler may be reconnecting: try again next round
+	}
+	for _, k := range ask {
+		for _, addr := range who[k] {
+			if addr != "" && addr != failedOn[k] {
+				loc[k] = addr
+				break
+			}
+		}
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"syscall"
@@ -182,6 +183,47 @@ func TestE2ESoakKillWorkers(t *testing.T) {
 	if soak >= time.Minute {
 		require.Positive(t, n, "no worker was killed")
 	}
+}
+
+// The worker holding a finished future's value is SIGKILLed before the client fetches it:
+// Result does not fail on the dead address but waits while the scheduler recomputes the
+// value on the other worker, and fetches it from there.
+func TestE2EResultAfterItsWorkerDied(t *testing.T) {
+	t.Parallel() // mostly waiting: these run side by side
+	port, gossip := freePort(t), freePort(t)
+	_, out := startProc(t, "scheduler", "--port", fmt.Sprint(port), "--gossip-port", fmt.Sprint(gossip),
+		"--dashboard-port", "-1", "--log-level", "warn")
+	require.True(t, out.Scan(), "the scheduler printed nothing")
+	procs := map[string]*exec.Cmd{}
+	for _, name := range []string{"a", "b"} {
+		procs[name], _ = startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", gossip), "--name", name,
+			"--nthreads", "1", "--log-level", "warn")
+	}
+	ctx := ctxT(t, 2*time.Minute)
+	cl, err := client.Connect(ctx, fmt.Sprintf("127.0.0.1:%d", port), client.Options{})
+	require.NoError(t, err)
+	defer cl.Close()
+	require.Eventually(t, func() bool { return len(workerNames(ctx, cl)) == 2 }, 30*time.Second, 20*time.Millisecond)
+	g, total, want := sleepGraph("holder", 6, 10*time.Millisecond)
+	futs, err := cl.Submit(ctx, g, total)
+	require.NoError(t, err)
+	require.NoError(t, futs[0].Wait(ctx))
+	holder := futs[0].Worker()
+	infos, err := cl.Info(ctx)
+	require.NoError(t, err)
+	var victim string
+	for _, in := range infos {
+		if in.Address == holder {
+			victim = in.Name
+		}
+	}
+	require.NotEmpty(t, victim, "no registered worker has the address %s", holder)
+	require.NoError(t, procs[victim].Process.Kill())
+	procs[victim].Wait()
+	v, err := futs[0].Result(ctx)
+	require.NoError(t, err, "the value whose worker died")
+	require.Equal(t, want, v)
+	require.NotEqual(t, holder, futs[0].Worker(), "the value was recomputed elsewhere")
 }
 
 // The scheduler is killed with SIGKILL in the middle of a graph and started again on its
