@@ -52,6 +52,7 @@ const (
 	jopClientLeft   = "j.client_left"
 	jopRestart      = "j.restart"
 	jopSnapshot     = "j.snapshot" // the end of a compaction's snapshot
+	jopGraphSeq     = "j.graph_seq" // a client's last update_graph id (Server.graphSeq), in a snapshot
 )
 
 // replayClient is the pseudo-client that wants a snapshot's tasks while it is replayed.
@@ -215,7 +216,7 @@ func (s *Server) journalClient(cl *clientConn, m *wire.Msg) {
 	switch m.Op {
 	case wire.OpUpdateGraph:
 		j := s.journal
-		rec := wire.Msg{Op: m.Op, Client: int64(cl.id), Tasks: m.Tasks, Wanted: m.Wanted}
+		rec := wire.Msg{Op: m.Op, ID: m.ID, Client: int64(cl.id), Tasks: m.Tasks, Wanted: m.Wanted}
 		for _, t := range m.Tasks { // the functions its tasks use, once each
 			if h := t.Func; h != "" && !j.funcs[h] {
 				if b, ok := s.funcs[h]; ok {
@@ -340,6 +341,9 @@ func (s *Server) compactJournal() {
 	}
 	for _, w := range s.workers {
 		recs = append(recs, &wire.Msg{Op: jopWorkerJoined, Name: w.info.Name})
+	}
+	for cl, seq := range s.graphSeq {
+		recs = append(recs, &wire.Msg{Op: jopGraphSeq, Client: int64(cl), ID: seq})
 	}
 	recs = append(recs, &wire.Msg{Op: jopSnapshot, Start: now})
 	j.compacting, j.carry = true, []byte{}

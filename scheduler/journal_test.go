@@ -203,3 +203,59 @@ func TestJournalRecoveryWaitsForKnownWorkers(t *testing.T) {
 		require.Equal(t, Memory, s.core.State("k"), "its result was kept, not recomputed")
 	})
 }
+
+// A client's graphs that the scheduler never read before it died (sent, still in flight) are
+// not reported lost when the client resumes: resumed says which update_graph id the scheduler
+// has last (n) and which held keys it does not know, and the client sends those graphs again.
+// The last id survives a compaction.
+func TestJournalResumeAfterGraphsInFlight(t *testing.T) {
+	dir := t.TempDir()
+	s, stop := journalServer(t, dir)
+	c, id := dialClient(t, s)
+	for i, key := range []string{"a", "b"} {
+		require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: uint64(i + 1), Wanted: []string{key},
+			Tasks: []graph.Task{{Key: key, Kind: graph.KindGo, Func: "inc"}}}))
+	}
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpWhoHas, ID: 50, Keys: []string{"a"}}))
+	recvOp(t, c, wire.OpWhoHasReply) // both graphs were read
+	stop()
+
+	// graph 3 (key x) was sent but the scheduler died first
+	s, stop = journalServer(t, dir)
+	c, _ = dialClient(t, s)
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpResume, ID: 1, Client: id, N: 3, Keys: []string{"a", "b", "x"}}))
+	r := recvOp(t, c, wire.OpResumed)
+	require.Equal(t, int64(2), r.N, "the last graph the scheduler read")
+	require.Equal(t, []string{"x"}, r.Keys, "held keys the scheduler does not know")
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 3, Wanted: []string{"x"},
+		Tasks: []graph.Task{{Key: "x", Kind: graph.KindGo, Func: "inc"}}}))
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpWhoHas, ID: 51, Keys: []string{"x"}}))
+	for {
+		m, _, err := c.Recv()
+		require.NoError(t, err)
+		require.False(t, m.Op == wire.OpKeyState && m.State == "lost", "%s reported lost", m.Key)
+		if m.Op == wire.OpWhoHasReply {
+			break
+		}
+	}
+	query(t, s, func(t require.TestingT) {
+		wanted := s.core.WantedBy(ClientID(id))
+		slices.Sort(wanted)
+		require.Equal(t, []string{"a", "b", "x"}, wanted)
+		s.compactJournal()
+	})
+	require.Eventually(t, func() bool {
+		var busy bool
+		s.Query(func(*Core) { busy = s.journal.compacting })
+		return !busy
+	}, 10*time.Second, 5*time.Millisecond, "the compaction did not finish")
+	stop()
+
+	s, stop = journalServer(t, dir)
+	defer stop()
+	c, _ = dialClient(t, s)
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpResume, ID: 1, Client: id, N: 4, Keys: []string{"a", "y"}}))
+	r = recvOp(t, c, wire.OpResumed)
+	require.Equal(t, int64(3), r.N, "the last graph id came through the compaction")
+	require.Equal(t, []string{"y"}, r.Keys)
+}

@@ -41,6 +41,8 @@ func (r *replay) apply(m *wire.Msg) error {
 		r.clients[cl] = true
 		if cl == replayClient {
 			r.snapshotKeys = m.Wanted
+		} else if m.ID > s.graphSeq[cl] {
+			s.graphSeq[cl] = m.ID
 		}
 		s.handle(EvUpdateGraph{Client: cl, Tasks: m.Tasks, Wanted: m.Wanted})
 	case wire.OpWanted:
@@ -52,8 +54,11 @@ func (r *replay) apply(m *wire.Msg) error {
 		s.handle(EvReleaseKeys{Client: cl, Keys: m.Keys})
 	case wire.OpCancelKeys:
 		s.handle(EvCancelKeys{Client: cl, Keys: m.Keys})
+	case jopGraphSeq:
+		s.graphSeq[cl] = max(s.graphSeq[cl], m.ID)
 	case jopClientLeft:
 		delete(r.clients, cl)
+		delete(s.graphSeq, cl)
 		s.handle(EvClientLeft{Client: cl})
 		if s.shared.st != nil {
 			s.shared.st.clientLeft(cl, m.Start)

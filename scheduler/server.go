@@ -125,6 +125,10 @@ type Server struct {
 	clients  map[ClientID]*clientConn
 	funcs    map[string][]byte
 	exits    map[string]string // worker name → how its process ended (from a supervisor)
+	// graphSeq is the highest update_graph id read from each client (journaled with the
+	// graph): a client resuming after a restart re-sends the graphs that came after it, which
+	// were in flight when the scheduler died
+	graphSeq map[ClientID]uint64
 	nextW    WorkerID
 	nextC    ClientID
 	actions  []Action
@@ -218,7 +222,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		workers: map[WorkerID]*workerConn{}, byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
 		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
 		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(), dirty: map[*wire.Conn]struct{}{},
-		orphans: map[ClientID]time.Time{}}
+		orphans: map[ClientID]time.Time{}, graphSeq: map[ClientID]uint64{}}
 	if cfg.Journal != "" {
 		if err := s.openJournal(); err != nil {
 			ln.Close()
@@ -900,6 +904,7 @@ func (s *Server) newClientID() ClientID {
 // clientGone releases what a departed client wanted.
 func (s *Server) clientGone(id ClientID) {
 	delete(s.clients, id)
+	delete(s.graphSeq, id)
 	s.journalClientLeft(id)
 	s.handle(EvClientLeft{Client: id})
 	s.sharedClientLeft(id) // its leases are freed at once
@@ -908,7 +913,11 @@ func (s *Server) clientGone(id ClientID) {
 // resume: a client that lost its connection (a cut link, a scheduler restart) takes its
 // previous id back, so the keys it wanted — journaled, or still held for its old connection —
 // are its own again, and says which keys it still holds futures for. It is told their states
-// (at once for the finished ones); keys this scheduler does not know are "lost".
+// (at once for the finished ones); keys this scheduler does not know are "lost" — unless the
+// client sent graphs this scheduler never read (m.N, the last update_graph id it sent, is
+// above graphSeq: they were in flight when a scheduler died). Then those keys are listed in
+// resumed (keys, with n = graphSeq) instead, for the client to send the graphs after n again
+// and want them once more.
 func (s *Server) resume(cl *clientConn, m *wire.Msg) {
 	old := ClientID(m.Client)
 	if old > 0 && old != cl.id && old < replayClient {
@@ -924,7 +933,20 @@ func (s *Server) resume(cl *clientConn, m *wire.Msg) {
 			s.nextC = old + 1
 		}
 	}
-	cl.conn.Send(&wire.Msg{Op: wire.OpResumed, ID: m.ID, Client: int64(cl.id)})
+	reply := &wire.Msg{Op: wire.OpResumed, ID: m.ID, Client: int64(cl.id)}
+	wanted := m.Keys
+	if seq := s.graphSeq[cl.id]; m.N > 0 && uint64(m.N) > seq {
+		reply.N = int64(seq)
+		wanted = make([]string, 0, len(m.Keys))
+		for _, k := range m.Keys {
+			if s.core.State(k) == Forgotten {
+				reply.Keys = append(reply.Keys, k)
+			} else {
+				wanted = append(wanted, k)
+			}
+		}
+	}
+	cl.conn.Send(reply)
 	holds := make(map[string]bool, len(m.Keys))
 	for _, k := range m.Keys {
 		holds[k] = true
@@ -939,9 +961,10 @@ func (s *Server) resume(cl *clientConn, m *wire.Msg) {
 		s.journalMsg(&wire.Msg{Op: wire.OpReleaseKeys, Client: int64(cl.id), Keys: drop})
 		s.handle(EvReleaseKeys{Client: cl.id, Keys: drop})
 	}
-	s.journalMsg(&wire.Msg{Op: wire.OpWanted, Client: int64(cl.id), Keys: m.Keys})
-	s.handle(EvWanted{Client: cl.id, Keys: m.Keys})
-	s.log.Info("client resumed", "client", cl.id, "keys", len(m.Keys), "released", len(drop))
+	s.journalMsg(&wire.Msg{Op: wire.OpWanted, Client: int64(cl.id), Keys: wanted})
+	s.handle(EvWanted{Client: cl.id, Keys: wanted})
+	s.log.Info("client resumed", "client", cl.id, "keys", len(m.Keys), "released", len(drop),
+		"keys_of_graphs_not_read", len(reply.Keys))
 }
 
 func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
@@ -950,6 +973,9 @@ func (s *Server) onClientMsg(cl *clientConn, m *wire.Msg) {
 	}
 	switch m.Op {
 	case wire.OpUpdateGraph:
+		if m.ID > s.graphSeq[cl.id] {
+			s.graphSeq[cl.id] = m.ID
+		}
 		for h, b := range m.Funcs {
 			if _, ok := s.funcs[h]; !ok {
 				s.funcs[h] = b

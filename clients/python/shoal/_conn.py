@@ -14,7 +14,9 @@ Layers (lowest first), as httpx layers its client:
   caller awaits (``asyncio.wrap_future``: no thread). When the stream breaks while the client
   is not closing, the reader thread reconnects with backoff (0.1 s doubling to 2 s, for at most
   ``reconnect_timeout`` seconds), sends ``resume`` with the keys the client holds, and sends
-  what was sent meanwhile; callers keep their futures.
+  what was sent meanwhile; callers keep their futures. The ``update_graph`` messages written
+  last (:data:`RETAIN_GRAPH_TASKS` tasks' worth) are kept: the scheduler may have died before
+  reading them, and its ``resumed`` answer says which ones to send again.
 
 The connection knows nothing about futures: it tells its owner (the client) through the
 callbacks of :class:`Handler`.
@@ -22,6 +24,7 @@ callbacks of :class:`Handler`.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import itertools
 import logging
@@ -37,6 +40,10 @@ from .exceptions import CommClosedError, ShoalError, TimeoutError, error_from_wi
 logger = logging.getLogger("shoal")
 
 Header = dict[str, Any]
+
+# How many tasks' worth of the update_graph messages written last are kept, to be sent again
+# when a scheduler that died before reading them comes back (docs/protocol.md, resume).
+RETAIN_GRAPH_TASKS = 100_000
 
 # reconnect backoff: the first retry after 0.1 s, doubling up to 2 s between tries
 BACKOFF_FIRST = 0.1
@@ -258,6 +265,10 @@ class ControlConnection:
         self._requests: dict[int, _Pending] = {}
         self._ids = itertools.count(1)
         self._closing = False
+        # update_graph messages written, newest last, at most RETAIN_GRAPH_TASKS tasks in all
+        self._sent_graphs: collections.deque[Header] = collections.deque()
+        self._sent_graph_tasks = 0
+        self._last_graph = 0  # the highest update_graph id written
         self._wake = threading.Event()  # set by close(): stop backing off
         self._reader: Optional[threading.Thread] = None
 
@@ -338,6 +349,7 @@ class ControlConnection:
         assert self._stream is not None
         try:
             self._stream.send(header)
+            self._sent_locked(header)
             return True
         except CommClosedError:
             if self.reconnect_timeout <= 0:
@@ -348,6 +360,17 @@ class ControlConnection:
             st.queued.append(header)
             self._stream.close()
             return False
+
+    def _sent_locked(self, header: Header) -> None:
+        """Keep a written update_graph (the scheduler may die before reading it)."""
+        gid = int(header.get("id") or 0) if header.get("op") == "update_graph" else 0
+        if gid <= self._last_graph:
+            return  # not a graph, or one sent again (kept already)
+        self._last_graph = gid
+        self._sent_graphs.append(header)
+        self._sent_graph_tasks += len(header.get("tasks") or ())
+        while self._sent_graph_tasks > RETAIN_GRAPH_TASKS and len(self._sent_graphs) > 1:
+            self._sent_graph_tasks -= len(self._sent_graphs.popleft().get("tasks") or ())
 
     def _closed_error(self) -> BaseException:
         err = self.state.error
@@ -509,7 +532,10 @@ class ControlConnection:
             keys = [k for k in held if k not in fresh]
             rid = next(self._ids)
             fut: concurrent.futures.Future[Header] = concurrent.futures.Future()
-            resume = {"op": "resume", "id": rid, "client": self.client_id, "keys": keys}
+            # n: the last graph written to the broken stream; if the scheduler has not read
+            # it, resumed says from which one to send again (_resumed)
+            sent_before = self._last_graph
+            resume = {"op": "resume", "id": rid, "client": self.client_id, "keys": keys, "n": sent_before}
             self._requests[rid] = _Pending(resume, fut, 0)
             self._stream = stream
             self.state.generation += 1
@@ -519,6 +545,7 @@ class ControlConnection:
                 stream.send(resume)
                 for h in queued:
                     stream.send(h)
+                    self._sent_locked(h)
                     p = self._requests.get(int(h.get("id") or 0)) if "id" in h else None
                     if p is not None and p.header is h:
                         p.generation = gen
@@ -530,10 +557,10 @@ class ControlConnection:
                 return True
             self.state.status = "running"
             self.welcome = welcome
-        fut.add_done_callback(self._resumed)
+        fut.add_done_callback(lambda f: self._resumed(f, sent_before))
         return True
 
-    def _resumed(self, fut: "concurrent.futures.Future[Header]") -> None:
+    def _resumed(self, fut: "concurrent.futures.Future[Header]", sent_before: int = 0) -> None:
         exc = fut.exception()
         if exc is not None:
             if isinstance(exc, CommClosedError):
@@ -547,6 +574,28 @@ class ControlConnection:
         if new_id != self.client_id:
             logger.info("shoal: resumed as client %d (was %d)", new_id, self.client_id)
         self.client_id = new_id
+        if reply.get("keys"):
+            self._send_unread(int(reply.get("n") or 0), sent_before, list(reply["keys"]))
+
+    def _send_unread(self, read: int, sent_before: int, keys: list[str]) -> None:
+        """The scheduler read our graphs up to id ``read`` and does not know ``keys``: send the
+        kept graphs after ``read`` (written before the resume) again, then want ``keys`` again,
+        so that those no graph defines are reported lost."""
+        with self._lock:
+            again = [h for h in self._sent_graphs if read < int(h.get("id") or 0) <= sent_before]
+            kept_from = int(self._sent_graphs[0].get("id") or 0) if self._sent_graphs else sent_before + 1
+        logger.warning("shoal: the scheduler had not read %d graphs this client sent before it went away"
+                       " (ids %d to %d); sending the %d still kept again", sent_before - read, read + 1,
+                       sent_before, len(again))
+        if kept_from > read + 1:
+            logger.warning("shoal: graphs %d to %d are no longer kept (over %d tasks since); their keys"
+                           " will be reported lost", read + 1, kept_from - 1, RETAIN_GRAPH_TASKS)
+        try:
+            for h in again:
+                self.send(h)
+            self.send({"op": "wanted", "keys": keys})
+        except CommClosedError:
+            pass  # broke again: the next resume starts over
 
     def _finish(self, err: BaseException) -> None:
         """Closed for good: fail every waiting request, tell the owner (once)."""

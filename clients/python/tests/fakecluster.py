@@ -174,6 +174,7 @@ class FakeCluster:
         self.resume_error: Optional[dict[str, Any]] = None
         self.conns: list[Any] = []  # open scheduler-side client connections
         self.wanted: set[str] = set()
+        self.graph_seq = 0  # the last update_graph id read (a muted one is not read)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
@@ -269,6 +270,7 @@ class FakeCluster:
             if op in self.mute:
                 continue
             if op == "update_graph":
+                self.graph_seq = max(self.graph_seq, int(h["id"]))
                 missing = [t["func"] for t in h["tasks"] if t["kind"] == "py" and t["func"] not in self.funcs
                            and t["func"] not in (h.get("funcs") or {})]
                 if missing:
@@ -288,17 +290,14 @@ class FakeCluster:
                 if self.resume_error is not None:
                     conn.send({"op": "error", "id": h["id"], **self.resume_error})
                     continue
-                conn.send({"op": "resumed", "id": h["id"], "client": h["client"]})
                 held = {t["key"] for t in self.held}
-                for k in h["keys"]:
-                    if k in self.store or k in self.errors:
-                        self.wanted.add(k)
-                        self._report(conn, k)
-                    elif k in held:
-                        self.wanted.add(k)
-                    else:
-                        conn.send({"op": "key_state", "key": k, "state": "lost",
-                                   "error": {"code": "lost", "message": f"the scheduler does not know {k}"}})
+                unread = []  # graphs the client sent that this scheduler never read: ask for them
+                if int(h.get("n") or 0) > self.graph_seq:
+                    unread = [k for k in h["keys"] if k not in self.store and k not in self.errors and k not in held]
+                conn.send({"op": "resumed", "id": h["id"], "client": h["client"], "n": self.graph_seq, "keys": unread})
+                self._want(conn, [k for k in h["keys"] if k not in unread])
+            elif op == "wanted":
+                self._want(conn, h["keys"])
             elif op == "event_set":
                 conn.send({"op": "ok", "id": h["id"]})
             elif op == "info":
@@ -312,6 +311,19 @@ class FakeCluster:
                 for k in h["keys"]:
                     conn.send({"op": "key_state", "key": k, "state": "cancelled",
                                "error": {"code": "cancelled", "message": "cancelled"}})
+
+    def _want(self, conn: Any, keys: list[str]) -> None:
+        """Keys wanted (again): finished ones are reported, held ones wait, others are lost."""
+        held = {t["key"] for t in self.held}
+        for k in keys:
+            if k in self.store or k in self.errors:
+                self.wanted.add(k)
+                self._report(conn, k)
+            elif k in held:
+                self.wanted.add(k)
+            else:
+                conn.send({"op": "key_state", "key": k, "state": "lost",
+                           "error": {"code": "lost", "message": f"the scheduler does not know {k}"}})
 
     def _data_addr(self, conn: Any) -> str:
         return self.mem_data_address if isinstance(conn, MemoryStream) else self.data_address

@@ -203,6 +203,32 @@ def test_reconnect_to_a_scheduler_that_forgot(fake: FakeCluster) -> None:
         assert client.status == "running"
 
 
+def test_graphs_the_scheduler_never_read_are_sent_again(fake: FakeCluster) -> None:
+    """A graph still in flight when the scheduler died is sent again after the resume (the
+    scheduler's resumed says which it read last); a key no kept graph defines is lost."""
+    with mem_client(fake) as client:
+        assert client.submit(inc, 1).result(timeout=5) == 2
+        fake.mute.add("update_graph")  # received, never read
+        f = client.submit(inc, 10)
+        wait_until(lambda: any(f.key in (m.get("wanted") or ()) for m in fake.received), "the graph was sent")
+        fake.mute.discard("update_graph")
+        fake.drop(down=False)
+        assert f.result(timeout=5) == 11
+        resume = next(m for m in fake.received if m["op"] == "resume")
+        assert resume["n"] > fake.graph_seq - 1 >= 1, "resume names the last graph sent"
+        after = fake.received[fake.received.index(resume):]
+        assert [m["op"] for m in after if m["op"] in ("update_graph", "wanted")] == ["update_graph", "wanted"]
+        # a graph no longer kept: its key is reported lost, not waited for forever
+        fake.mute.add("update_graph")
+        g = client.submit(inc, 20)
+        wait_until(lambda: any(g.key in (m.get("wanted") or ()) for m in fake.received), "the graph was sent")
+        fake.mute.discard("update_graph")
+        client._comm._sent_graphs.clear()  # type: ignore[attr-defined]
+        fake.drop(down=False)
+        with pytest.raises(FutureLostError):
+            g.result(timeout=5)
+
+
 def test_resume_refused_fails_pending_futures(fake: FakeCluster) -> None:
     fake.paused = True
     fake.resume_error = {"code": "protocol-error", "message": "no such session"}
