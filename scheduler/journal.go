@@ -51,7 +51,7 @@ const (
 	jopWorkerLeft   = "j.worker_left"
 	jopClientLeft   = "j.client_left"
 	jopRestart      = "j.restart"
-	jopSnapshot     = "j.snapshot" // the end of a compaction's snapshot
+	jopSnapshot     = "j.snapshot"  // the end of a compaction's snapshot
 	jopGraphSeq     = "j.graph_seq" // a client's last update_graph id (Server.graphSeq), in a snapshot
 )
 

@@ -119,12 +119,12 @@ type Server struct {
 	once    sync.Once
 
 	// owned by the driver goroutine
-	workers  map[WorkerID]*workerConn
-	byAddr   map[string]WorkerID
-	byName   map[string]WorkerID
-	clients  map[ClientID]*clientConn
-	funcs    map[string][]byte
-	exits    map[string]string // worker name → how its process ended (from a supervisor)
+	workers map[WorkerID]*workerConn
+	byAddr  map[string]WorkerID
+	byName  map[string]WorkerID
+	clients map[ClientID]*clientConn
+	funcs   map[string][]byte
+	exits   map[string]string // worker name → how its process ended (from a supervisor)
 	// graphSeq is the highest update_graph id read from each client (journaled with the
 	// graph): a client resuming after a restart re-sends the graphs that came after it, which
 	// were in flight when the scheduler died
