@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,6 +52,13 @@ type Client struct {
 		graphs  map[uint64][]string // update_graph id → keys, until resolved
 		nextID  uint64
 		err     error
+		// sent keeps the update_graph messages written last (at most retainGraphTasks
+		// tasks): a scheduler that died before reading them asks for them when this client
+		// resumes (resumed lists keys it does not know)
+		sent      []*wire.Msg
+		sentTasks int
+		lastGraph uint64 // the id of the last update_graph written
+		resumedAt uint64 // lastGraph when the current connection's resume was sent
 	}
 	data *dataPool
 	done chan struct{}
@@ -99,6 +107,49 @@ type keyResult struct {
 	state  string
 	worker string
 	err    *wire.Error
+}
+
+// retainGraphTasks bounds the tasks of the update_graph messages a client keeps to send again
+// (docs/protocol.md, resume).
+const retainGraphTasks = 100_000
+
+// keepSentLocked keeps a written update_graph (the scheduler may die before reading it).
+func (c *Client) keepSentLocked(m *wire.Msg) {
+	c.mu.lastGraph = max(c.mu.lastGraph, m.ID)
+	c.mu.sent = append(c.mu.sent, m)
+	c.mu.sentTasks += len(m.Tasks)
+	drop := 0
+	for c.mu.sentTasks > retainGraphTasks && drop < len(c.mu.sent)-1 {
+		c.mu.sentTasks -= len(c.mu.sent[drop].Tasks)
+		drop++
+	}
+	if drop > 0 {
+		c.mu.sent = slices.Delete(c.mu.sent, 0, drop)
+	}
+}
+
+// sendUnread answers a resumed that lists keys the scheduler does not know: the graphs kept
+// that it never read (after id read, written before the resume) go again, then the keys are
+// wanted again, so that those no graph defines are reported lost.
+func (c *Client) sendUnread(read uint64, keys []string) {
+	c.mu.Lock()
+	upTo := c.mu.resumedAt
+	var again []*wire.Msg
+	for _, m := range c.mu.sent {
+		if m.ID > read && m.ID <= upTo {
+			again = append(again, m)
+		}
+	}
+	c.mu.Unlock()
+	c.log.Warn("the scheduler had not read graphs this client sent before it went away; sending those kept again",
+		"read_up_to", read, "sending_again", len(again), "unknown_keys", len(keys))
+	conn := c.conn.Load()
+	for _, m := range again {
+		if conn.Send(m) != nil {
+			return // broke again: the next resume starts over
+		}
+	}
+	conn.Send(&wire.Msg{Op: wire.OpWanted, Keys: keys})
 }
 
 // Connect dials the scheduler's control address and waits for its welcome.
@@ -177,6 +228,9 @@ func (c *Client) readLoop() {
 		switch m.Op {
 		case wire.OpResumed:
 			c.id.Store(m.Client)
+			if len(m.Keys) > 0 {
+				go c.sendUnread(uint64(max(m.N, 0)), m.Keys)
+			}
 		case wire.OpKeyState:
 			c.resolve(m.Key, keyResult{state: m.State, worker: m.Worker, err: m.Error})
 			wire.ReleaseMsg(m)
@@ -252,8 +306,10 @@ func (c *Client) reconnect(cause error) bool {
 			for k := range c.mu.futures {
 				keys = append(keys, k)
 			}
+			last := c.mu.lastGraph
+			c.mu.resumedAt = last
 			c.mu.Unlock()
-			if err = conn.Send(&wire.Msg{Op: wire.OpResume, ID: 0, Client: c.id.Load(), Keys: keys}); err == nil {
+			if err = conn.Send(&wire.Msg{Op: wire.OpResume, ID: 0, Client: c.id.Load(), Keys: keys, N: int64(last)}); err == nil {
 				c.conn.Store(conn)
 				if c.closing.Load() { // Close ran meanwhile, on the old connection
 					conn.Close()
@@ -373,13 +429,16 @@ func (c *Client) Submit(ctx context.Context, g *Graph, want ...Key) ([]*Future, 
 		futs[i] = c.futureLocked(string(k))
 	}
 	c.mu.Unlock()
-	err := c.conn.Load().Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: id, Tasks: g.tasks, Wanted: wanted, Funcs: g.funcs})
-	if err != nil {
+	m := &wire.Msg{Op: wire.OpUpdateGraph, ID: id, Tasks: g.tasks, Wanted: wanted, Funcs: g.funcs}
+	if err := c.conn.Load().Send(m); err != nil {
 		for _, f := range futs {
 			f.Release()
 		}
 		return nil, err
 	}
+	c.mu.Lock()
+	c.keepSentLocked(m)
+	c.mu.Unlock()
 	return futs, nil
 }
 

@@ -1,0 +1,69 @@
+package shoal_test
+
+import (
+	"net"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	shoal "github.com/shoal-dev/shoal/clients/go"
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// A graph the client wrote but the scheduler never read (it died with the graph in flight)
+// is sent again when the client resumes: the resume names the last graph written, the
+// scheduler's resumed lists the keys it does not know, and the client sends the graph again
+// and wants those keys. Against a scripted scheduler, so the loss is certain.
+func TestResumeSendsUnreadGraphsAgain(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accept := func() *wire.Conn {
+		nc, err := ln.Accept()
+		require.NoError(t, err)
+		c, err := wire.Accept(nc, "", wire.DefaultLimits(), wire.RoleClient)
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Abort() })
+		require.NoError(t, c.Send(&wire.Msg{Op: wire.OpWelcome, Client: 7}))
+		return c
+	}
+	recv := func(c *wire.Conn, op string) *wire.Msg {
+		m, _, err := c.Recv()
+		require.NoError(t, err)
+		require.Equal(t, op, m.Op)
+		return m
+	}
+	ctx := ctxT(t)
+	connected := make(chan *shoal.Client, 1)
+	go func() {
+		c, err := shoal.Connect(ctx, ln.Addr().String(), shoal.Options{})
+		if err != nil {
+			t.Error(err)
+		}
+		connected <- c
+	}()
+	first := accept()
+	cl := <-connected
+	require.NotNil(t, cl)
+	defer cl.Close()
+
+	g := shoal.NewGraph()
+	k := g.Add(graph.Task{Key: "k", Kind: graph.KindGo, Func: "inc", Args: []graph.Arg{graph.Lit(1)}})
+	futs, err := cl.Submit(ctx, g, k)
+	require.NoError(t, err)
+	sent := recv(first, wire.OpUpdateGraph)
+	first.Abort() // the scheduler dies without having acted on the graph
+
+	second := accept()
+	resume := recv(second, wire.OpResume)
+	require.Equal(t, int64(sent.ID), resume.N, "resume names the last graph written")
+	require.Equal(t, []string{"k"}, resume.Keys)
+	require.NoError(t, second.Send(&wire.Msg{Op: wire.OpResumed, ID: resume.ID, Client: 7, N: 0, Keys: []string{"k"}}))
+	again := recv(second, wire.OpUpdateGraph)
+	require.Equal(t, sent.ID, again.ID)
+	require.Equal(t, "k", again.Tasks[0].Key)
+	require.Equal(t, []string{"k"}, recv(second, wire.OpWanted).Keys)
+	require.NoError(t, second.Send(&wire.Msg{Op: wire.OpKeyState, Key: "k", State: "memory", Worker: "127.0.0.1:1"}))
+	require.NoError(t, futs[0].Wait(ctx))
+}
