@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence
 import cloudpickle
 import msgpack
 
-from ._wire import Buffer
+from ._wire import Buffer, packb
 
 MSGPACK = "msgpack"
 ARROW = "arrow"
@@ -157,7 +157,7 @@ def encode(value: Any, defer_arrow_from: Optional[int] = None) -> tuple[str, lis
     plus padding and metadata."""
     if _is_msgpack_scalar(value):
         try:
-            return MSGPACK, [msgpack.packb(value, use_bin_type=True)]
+            return MSGPACK, [packb(value)]
         except Exception:
             pass
     typ = type(value)

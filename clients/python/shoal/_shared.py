@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 import cloudpickle
 import msgpack
 
+from ._wire import packb
 from .exceptions import LimitExceededError, TimeoutError
 from .futures import Future
 
@@ -165,7 +166,7 @@ def _encode(op: str, name: str, value: Any) -> dict[str, Any]:
         return {"items": [{"key": value.key, "encoding": "future"}], "keys": [value.key]}
     keys: list[str] = []
     if _is_msgpack(value):
-        enc, data = "msgpack", msgpack.packb(value, use_bin_type=True)
+        enc, data = "msgpack", packb(value)
     else:
         enc, data = "pickle", _dumps(value, keys)
     if len(data) > MAX_VALUE_BYTES:

@@ -490,9 +490,7 @@ class Client(ClusterControl, Datasets, Reports):
             else:
                 wire_args.append({"v": a})
         if key is None:
-            import msgpack
-
-            body = msgpack.packb([name, wire_args], use_bin_type=True)
+            body = _wire.packb([name, wire_args])
             key = _keys.pure_key(name, "go", body) if pure else _keys.impure_key(name)
         task: dict[str, Any] = {"key": key, "kind": "go", "func": name, "args": wire_args}
         if deps:
