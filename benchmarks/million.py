@@ -1,0 +1,140 @@
+"""A million-task dask graph through ``client.get`` (issue 19): end-to-end time and where each
+process's CPU went.
+
+    .venv/bin/python benchmarks/million.py [--tasks 1000000] [--system shoal|dask]
+
+The graph is a hand-written dask graph of legacy tuples, as a user who builds one by hand
+writes it: ``tasks/2`` leaves ``(inc, i)`` and a pairwise ``(operator.add, a, b)`` tree over
+them, about ``tasks`` nodes in all. It runs on a fresh local cluster of 2 workers x 1 thread and
+the answer is checked. Printed: the time to build the graph in Python (not part of the
+figure), ``client.get``'s wall time and rate, and each process's CPU seconds (user + system,
+from /proc, sampled until the process ends), so that the sum can be set against 2 cores x
+the wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import os
+import threading
+import time
+from typing import Any, Hashable
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def build(leaves: int) -> tuple[dict[Hashable, Any], Hashable]:
+    dsk: dict[Hashable, Any] = {}
+    layer: list[Hashable] = []
+    for i in range(leaves):
+        k = ("leaf", i)
+        dsk[k] = (inc, i)
+        layer.append(k)
+    level = 0
+    while len(layer) > 1:
+        nxt: list[Hashable] = []
+        for j in range(0, len(layer) - 1, 2):
+            k = ("sum", level, j // 2)
+            dsk[k] = (operator.add, layer[j], layer[j + 1])
+            nxt.append(k)
+        if len(layer) % 2:
+            nxt.append(layer[-1])
+        layer = nxt
+        level += 1
+    return dsk, layer[0]
+
+
+class CPUWatch:
+    """Samples the CPU time of this process and its descendants until stopped."""
+
+    def __init__(self) -> None:
+        self.last: dict[int, tuple[str, float]] = {}
+        self._stop = threading.Event()
+        self._hz = os.sysconf("SC_CLK_TCK")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _tree(self) -> list[int]:
+        children: dict[int, list[int]] = {}
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+            except OSError:
+                continue
+            children.setdefault(int(st[st.rindex(")") + 2:].split()[1]), []).append(int(d))
+        out, todo = [], [os.getpid()]
+        while todo:
+            p = todo.pop()
+            out.append(p)
+            todo.extend(children.get(p, []))
+        return out
+
+    def _sample(self) -> None:
+        for pid in self._tree():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    st = f.read()
+                with open(f"/proc/{pid}/cmdline") as f:
+                    cmd = f.read().replace("\0", " ").strip()
+            except OSError:
+                continue
+            fields = st[st.rindex(")") + 2:].split()
+            name = self.last.get(pid, (cmd, 0.0))[0] or cmd
+            self.last[pid] = (name, (int(fields[11]) + int(fields[12])) / self._hz)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self._sample()
+
+    def stop(self) -> None:
+        self._sample()
+        self._stop.set()
+        self._thread.join()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", type=int, default=1_000_000, help="about this many tasks (default 1,000,000)")
+    ap.add_argument("--system", choices=("shoal", "dask"), default="shoal")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    dsk, root = build(max(args.tasks // 2, 1))
+    print(f"graph of {len(dsk):,} tasks built in {time.perf_counter() - t0:.2f} s", flush=True)
+    want = sum(range(1, max(args.tasks // 2, 1) + 1))
+    watch = CPUWatch()
+    if args.system == "shoal":
+        import shoal
+
+        with shoal.LocalCluster(n_workers=2, threads_per_worker=1) as cluster, shoal.Client(cluster) as client:
+            client.submit(inc, 1).result()  # executors started
+            t1 = time.perf_counter()
+            value = client.get(dsk, root)
+            took = time.perf_counter() - t1
+    else:
+        from distributed import Client, LocalCluster
+
+        with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
+            t1 = time.perf_counter()
+            value = client.get(dsk, root)
+            took = time.perf_counter() - t1
+    watch.stop()
+    if value != want:
+        raise SystemExit(f"wrong answer: {value} != {want}")
+    print(f"{args.system}: client.get of {len(dsk):,} tasks: {took:.2f} s"
+          f" ({len(dsk) / took:,.0f} tasks/s), answer checked")
+    total = 0.0
+    for cmd, cpu in sorted(watch.last.values(), key=lambda x: -x[1]):
+        if cpu >= 0.05:
+            print(f"  {cpu:7.2f} s CPU  {cmd[:90]}")
+        total += cpu
+    print(f"  {total:7.2f} s CPU in all ({total / took:.2f} cores busy on average, wall {took:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
