@@ -53,6 +53,16 @@ func recvOp(t *testing.T, c *wire.Conn, op string) *wire.Msg {
 	}
 }
 
+// waitCompacted waits until the journal's compaction (begun on the driver) is done.
+func waitCompacted(t *testing.T, s *Server) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		var busy bool
+		s.Query(func(*Core) { busy = s.journal.compacting })
+		return !busy
+	}, 10*time.Second, 5*time.Millisecond, "the compaction did not finish")
+}
+
 func sharedValue(op, name, data string) *wire.Msg {
 	return &wire.Msg{Op: op, Name: name, Items: []wire.Item{{Encoding: wire.EncMsgpack}}, Payload: []byte(data)}
 }
@@ -145,11 +155,7 @@ func TestJournalReplay(t *testing.T) {
 		require.NotContains(t, s.orphans, ClientID(id))
 		s.compactJournal()
 	})
-	require.Eventually(t, func() bool {
-		var busy bool
-		s.Query(func(*Core) { busy = s.journal.compacting })
-		return !busy
-	}, 10*time.Second, 5*time.Millisecond, "the compaction did not finish")
+	waitCompacted(t, s)
 	_, err = os.Stat(path + ".new")
 	require.ErrorIs(t, err, os.ErrNotExist, "the snapshot replaced the journal")
 	stop()
@@ -244,11 +250,7 @@ func TestJournalResumeAfterGraphsInFlight(t *testing.T) {
 		require.Equal(t, []string{"a", "b", "x"}, wanted)
 		s.compactJournal()
 	})
-	require.Eventually(t, func() bool {
-		var busy bool
-		s.Query(func(*Core) { busy = s.journal.compacting })
-		return !busy
-	}, 10*time.Second, 5*time.Millisecond, "the compaction did not finish")
+	waitCompacted(t, s)
 	stop()
 
 	s, stop = journalServer(t, dir)
