@@ -130,14 +130,21 @@ func (c *Client) keepSentLocked(m *wire.Msg) {
 
 // sendUnread answers a resumed that lists keys the scheduler does not know: the graphs kept
 // that it never read (after id read, written before the resume) go again, then the keys are
-// wanted again, so that those no graph defines are reported lost.
+// wanted again, so that those no graph defines are reported lost, and what those graphs want
+// that no future holds any more (released since) is released again.
 func (c *Client) sendUnread(read uint64, keys []string) {
 	c.mu.Lock()
 	upTo := c.mu.resumedAt
 	var again []*wire.Msg
+	var unheld []string
 	for _, m := range c.mu.sent {
 		if m.ID > read && m.ID <= upTo {
 			again = append(again, m)
+			for _, k := range m.Wanted {
+				if _, ok := c.mu.futures[k]; !ok {
+					unheld = append(unheld, k)
+				}
+			}
 		}
 	}
 	c.mu.Unlock()
@@ -149,7 +156,9 @@ func (c *Client) sendUnread(read uint64, keys []string) {
 			return // broke again: the next resume starts over
 		}
 	}
-	conn.Send(&wire.Msg{Op: wire.OpWanted, Keys: keys})
+	if conn.Send(&wire.Msg{Op: wire.OpWanted, Keys: keys}) == nil && len(unheld) > 0 {
+		conn.Send(&wire.Msg{Op: wire.OpReleaseKeys, Keys: unheld})
+	}
 }
 
 // Connect dials the scheduler's control address and waits for its welcome.

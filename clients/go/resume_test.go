@@ -13,8 +13,9 @@ import (
 
 // A graph the client wrote but the scheduler never read (it died with the graph in flight)
 // is sent again when the client resumes: the resume names the last graph written, the
-// scheduler's resumed lists the keys it does not know, and the client sends the graph again
-// and wants those keys. Against a scripted scheduler, so the loss is certain.
+// scheduler's resumed lists the keys it does not know, and the client sends the graphs again,
+// wants those keys, and releases what the graphs want that it no longer holds. Against a
+// scripted scheduler, so the loss is certain.
 func TestResumeSendsUnreadGraphsAgain(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -52,18 +53,27 @@ func TestResumeSendsUnreadGraphsAgain(t *testing.T) {
 	k := g.Add(graph.Task{Key: "k", Kind: graph.KindGo, Func: "inc", Args: []graph.Arg{graph.Lit(1)}})
 	futs, err := cl.Submit(ctx, g, k)
 	require.NoError(t, err)
+	g2 := shoal.NewGraph()
+	j := g2.Add(graph.Task{Key: "j", Kind: graph.KindGo, Func: "inc", Args: []graph.Arg{graph.Lit(2)}})
+	dropped, err := cl.Submit(ctx, g2, j)
+	require.NoError(t, err)
+	dropped[0].Release()
 	sent := recv(first, wire.OpUpdateGraph)
-	first.Abort() // the scheduler dies without having acted on the graph
+	sent2 := recv(first, wire.OpUpdateGraph)
+	require.Equal(t, []string{"j"}, recv(first, wire.OpReleaseKeys).Keys)
+	first.Abort() // the scheduler dies without having acted on any of it
 
 	second := accept()
 	resume := recv(second, wire.OpResume)
-	require.Equal(t, int64(sent.ID), resume.N, "resume names the last graph written")
+	require.Equal(t, int64(sent2.ID), resume.N, "resume names the last graph written")
 	require.Equal(t, []string{"k"}, resume.Keys)
 	require.NoError(t, second.Send(&wire.Msg{Op: wire.OpResumed, ID: resume.ID, Client: 7, N: 0, Keys: []string{"k"}}))
 	again := recv(second, wire.OpUpdateGraph)
 	require.Equal(t, sent.ID, again.ID)
 	require.Equal(t, "k", again.Tasks[0].Key)
+	require.Equal(t, sent2.ID, recv(second, wire.OpUpdateGraph).ID)
 	require.Equal(t, []string{"k"}, recv(second, wire.OpWanted).Keys)
+	require.Equal(t, []string{"j"}, recv(second, wire.OpReleaseKeys).Keys, "j's future was released")
 	require.NoError(t, second.Send(&wire.Msg{Op: wire.OpKeyState, Key: "k", State: "memory", Worker: "127.0.0.1:1"}))
 	require.NoError(t, futs[0].Wait(ctx))
 }

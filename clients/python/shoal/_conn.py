@@ -580,7 +580,9 @@ class ControlConnection:
     def _send_unread(self, read: int, sent_before: int, keys: list[str]) -> None:
         """The scheduler read our graphs up to id ``read`` and does not know ``keys``: send the
         kept graphs after ``read`` (written before the resume) again, then want ``keys`` again,
-        so that those no graph defines are reported lost."""
+        so that those no graph defines are reported lost, and release what those graphs want
+        that no future holds any more (keys held only until a later chunk was sent)."""
+        held = set(self.handler.resume_keys())
         with self._lock:
             again = [h for h in self._sent_graphs if read < int(h.get("id") or 0) <= sent_before]
             kept_from = int(self._sent_graphs[0].get("id") or 0) if self._sent_graphs else sent_before + 1
@@ -590,10 +592,13 @@ class ControlConnection:
         if kept_from > read + 1:
             logger.warning("shoal: graphs %d to %d are no longer kept (over %d tasks since); their keys"
                            " will be reported lost", read + 1, kept_from - 1, RETAIN_GRAPH_TASKS)
+        unheld = list(dict.fromkeys(k for h in again for k in h.get("wanted") or () if k not in held))
         try:
             for h in again:
                 self.send(h)
             self.send({"op": "wanted", "keys": keys})
+            if unheld:
+                self.send({"op": "release_keys", "keys": unheld})
         except CommClosedError:
             pass  # broke again: the next resume starts over
 

@@ -208,16 +208,25 @@ def test_graphs_the_scheduler_never_read_are_sent_again(fake: FakeCluster) -> No
     scheduler's resumed says which it read last); a key no kept graph defines is lost."""
     with mem_client(fake) as client:
         assert client.submit(inc, 1).result(timeout=5) == 2
-        fake.mute.add("update_graph")  # received, never read
+        fake.mute.update({"update_graph", "release_keys"})  # received, never read
         f = client.submit(inc, 10)
-        wait_until(lambda: any(f.key in (m.get("wanted") or ()) for m in fake.received), "the graph was sent")
-        fake.mute.discard("update_graph")
+        dropped = client.submit(inc, 30)
+        dropped_key = dropped.key
+        del dropped
+        gc.collect()
+        wait_until(lambda: any(m["op"] == "release_keys" and dropped_key in m["keys"] for m in fake.received),
+                   "the dropped future was released")
+        fake.mute.clear()
         fake.drop(down=False)
         assert f.result(timeout=5) == 11
         resume = next(m for m in fake.received if m["op"] == "resume")
-        assert resume["n"] > fake.graph_seq - 1 >= 1, "resume names the last graph sent"
+        assert resume["n"] > fake.graph_seq - 2 >= 1, "resume names the last graph sent"
+        wait_until(lambda: any(m["op"] == "release_keys" for m in fake.received[fake.received.index(resume):]),
+                   "the unheld key was released again")
         after = fake.received[fake.received.index(resume):]
-        assert [m["op"] for m in after if m["op"] in ("update_graph", "wanted")] == ["update_graph", "wanted"]
+        assert [m["op"] for m in after if m["op"] in ("update_graph", "wanted", "release_keys")] == [
+            "update_graph", "update_graph", "wanted", "release_keys"]
+        assert [m["keys"] for m in after if m["op"] == "release_keys"] == [[dropped_key]]
         # a graph no longer kept: its key is reported lost, not waited for forever
         fake.mute.add("update_graph")
         g = client.submit(inc, 20)
