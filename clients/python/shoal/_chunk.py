@@ -38,6 +38,15 @@ class Chunk:
         self.tasks.append(task)
         self.nbytes += task_size(task)
 
+    def add_if_fits(self, task: dict[str, Any]) -> bool:
+        """``fits`` then ``add``, measuring the task once (this runs per task of a graph)."""
+        size = len(task.get("payload") or b"") + TASK_OVERHEAD
+        if self.tasks and self.nbytes + size > self.max_bytes:
+            return False
+        self.tasks.append(task)
+        self.nbytes += size
+        return True
+
 
 def split_batches(tasks: list[dict[str, Any]], max_bytes: int = UPDATE_BATCH_BYTES) -> list[list[dict[str, Any]]]:
     """Cut a (topologically ordered) task list into update_graph-sized batches."""

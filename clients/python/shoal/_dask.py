@@ -287,12 +287,19 @@ def _group_namer() -> Callable[[Hashable], str]:
     key_split keeps the words of a key up to the first one that is not alphabetic, so a key
     ending in ``-<digits>`` has the group of the key without that ending: ``tree-1-3-55`` and
     ``tree-1-3-56`` are both looked up as ``tree-1-3``. dask's own cache is by whole key,
-    which misses for every node of a graph whose keys are unique strings."""
+    which misses for every node of a graph whose keys are unique strings, and for every tuple
+    key (whose group is its name's: ``("x-1", 3)`` is ``x``), each miss churning its LRU."""
     from dask.utils import key_split
 
     cache: dict[str, str] = {}
+    names: dict[str, str] = {}  # a tuple key's name → its group
 
     def group(k: Hashable) -> str:
+        if type(k) is tuple and k and type(k[0]) is str:
+            g = names.get(k[0])
+            if g is None:
+                g = names[k[0]] = key_split(k[0])
+            return g
         if type(k) is str:
             head, sep, last = k.rpartition("-")
             if sep and last.isdigit():
@@ -347,27 +354,25 @@ def node_order(dsk: Mapping[Hashable, Any]) -> list[Hashable]:
     leaves instead (a graph's insertion order, for dask's own collections too) would hold
     every leaf of a reduction."""
     out: list[Hashable] = []
-    state: dict[Hashable, int] = {}
+    seen: set[Hashable] = set()
     needed: set[Hashable] = set()
     for node in dsk.values():
         needed.update(node.dependencies)
-    sinks = [k for k in dsk if k not in needed]
-    for root in itertools.chain(sinks, dsk):
-        if root in state:
+    for root in itertools.chain([k for k in dsk if k not in needed], dsk):
+        if root in seen:
             continue
-        state[root] = 1
-        stack: list[tuple[Hashable, list[Hashable], int]] = [
-            (root, [d for d in dsk[root].dependencies if d in dsk], 0)]
+        seen.add(root)
+        # each entry: a node and the iterator over its dependencies not visited yet
+        stack: list[tuple[Hashable, Iterator[Hashable]]] = [(root, iter(dsk[root].dependencies))]
         while stack:
-            k, deps, i = stack.pop()
-            while i < len(deps) and deps[i] in state:
-                i += 1
-            if i < len(deps):
-                d = deps[i]
-                stack.append((k, deps, i + 1))
-                state[d] = 1
-                stack.append((d, [x for x in dsk[d].dependencies if x in dsk], 0))
+            k, deps = stack[-1]
+            for d in deps:
+                if d not in seen and d in dsk:
+                    seen.add(d)
+                    stack.append((d, iter(dsk[d].dependencies)))
+                    break
             else:
+                stack.pop()
                 out.append(k)
     return out
 
@@ -407,9 +412,8 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
             if task is not None and per_key and k in per_key:
                 task.update(per_key[k])
             if task is not None:
-                if not chunk.fits(task):
+                if not chunk.add_if_fits(task):
                     break  # order[i] starts the next chunk (and is pickled again then)
-                chunk.add(task)
                 graph_keys.append(k)
             i += 1
         tasks = chunk.tasks
