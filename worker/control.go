@@ -126,10 +126,16 @@ func (w *Worker) serve(ctx context.Context, conn *wire.Conn, reg *wire.Msg, sche
 
 // schedulerTimeout is how long the scheduler may stay silent.
 func (w *Worker) schedulerTimeout() time.Duration {
-	if w.cfg.SchedulerTimeout > 0 {
-		return w.cfg.SchedulerTimeout
+	if w.cfg.SchedulerTimeout > 0 { // but never under five of the intervals the scheduler asked for
+		return max(w.cfg.SchedulerTimeout, 5*time.Duration(w.askedInterval.Load()))
 	}
-	return max(5*w.cfg.HeartbeatInterval, 5*time.Second) // the scheduler answers every ~2 s
+	return max(5*w.heartbeatEvery(), 5*time.Second) // the scheduler answers every ~2 s
+}
+
+// heartbeatEvery is the interval between heartbeats: the configured one, or longer when the
+// scheduler asked for it (a large cluster: heartbeatInterval in the scheduler).
+func (w *Worker) heartbeatEvery() time.Duration {
+	return max(w.cfg.HeartbeatInterval, time.Duration(w.askedInterval.Load()))
 }
 
 // watchScheduler aborts the session's connection when nothing has arrived on it for the
@@ -144,6 +150,7 @@ func (w *Worker) watchScheduler(ctx context.Context, silent chan<- time.Duration
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
+			limit := w.schedulerTimeout() // longer once the scheduler asks for rarer heartbeats
 			if d := now.Sub(time.Unix(0, w.lastRecv.Load())); d > limit {
 				silent <- d
 				if c := w.sched.Load(); c != nil {
@@ -288,6 +295,9 @@ func (w *Worker) recvLoop(conn *wire.Conn) error {
 		w.lastRecv.Store(time.Now().UnixNano())
 		switch m.Op {
 		case wire.OpHeartbeat: // the scheduler's answer: it still hears this worker
+			if m.Interval >= 0 && m.Interval < 3600 {
+				w.askedInterval.Store(int64(m.Interval * float64(time.Second)))
+			}
 			wire.ReleaseMsg(m)
 		case wire.OpCompute:
 			w.handleCompute(m) // keeps copies of what it needs, not m
@@ -365,9 +375,11 @@ func (w *Worker) waitIdle(d time.Duration) {
 	}
 }
 
-// heartbeatLoop reports load and memory every HeartbeatInterval.
+// heartbeatLoop reports load and memory every HeartbeatInterval, or less often when the
+// scheduler asks (heartbeatEvery).
 func (w *Worker) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(w.cfg.HeartbeatInterval)
+	every := w.heartbeatEvery()
+	t := time.NewTicker(every)
 	defer t.Stop()
 	cpu := newCPUMeter()
 	for {
@@ -375,6 +387,10 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if now := w.heartbeatEvery(); now != every {
+			every = now
+			t.Reset(every)
 		}
 		m := w.Metrics()
 		hb := &wire.Msg{Op: wire.OpHeartbeat, Memory: m.Memory, Spilled: m.Spilled,

@@ -94,6 +94,8 @@ type schedConn struct {
 	reg  *wire.Msg
 	in   chan *wire.Msg
 	deaf atomic.Bool // stop answering heartbeats (a scheduler gone silent)
+	// interval is the heartbeat interval the answers ask for, seconds (0: none)
+	interval atomic.Value
 }
 
 func newFakeSched(t testing.TB, token string) *fakeSched {
@@ -141,7 +143,8 @@ func (s *fakeSched) accept() {
 					return
 				}
 				if m.Op == wire.OpHeartbeat && !sc.deaf.Load() {
-					c.Send(&wire.Msg{Op: wire.OpHeartbeat}) // as the scheduler does
+					iv, _ := sc.interval.Load().(float64)
+					c.Send(&wire.Msg{Op: wire.OpHeartbeat, Interval: iv}) // as the scheduler does
 				}
 				sc.in <- m
 			}

@@ -72,3 +72,39 @@ func TestTaskTransitionsAreChecked(t *testing.T) {
 	require.PanicsWithValue(t, "worker: task : illegal transition done → running", func() { w.setStateLocked(ts, stateRunning) })
 	require.Panics(t, func() { w.setStateLocked(&task{state: stateFetching}, stateRunning) }, "fetching → running skips ready")
 }
+
+// A worker heartbeats as often as configured until the scheduler's answer asks for a longer
+// interval (a large cluster), then that often, and waits correspondingly longer before it
+// calls the scheduler silent.
+func TestWorkerHeartbeatsAsOftenAsTheSchedulerAsks(t *testing.T) {
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.HeartbeatInterval = 20 * time.Millisecond
+	w, sc, _, _ := s.startWorker(cfg)
+	beat := func() time.Time {
+		t.Helper()
+		for {
+			select {
+			case m, ok := <-sc.in:
+				require.True(t, ok, "worker connection closed")
+				if m.Op == wire.OpHeartbeat {
+					return time.Now()
+				}
+			case <-time.After(hangGuard):
+				t.Fatal("no heartbeat")
+			}
+		}
+	}
+	beat()
+	require.Less(t, beat().Sub(beat()).Abs(), 500*time.Millisecond, "configured: every 20 ms")
+	sc.interval.Store(0.6)
+	require.Eventually(t, func() bool { return w.heartbeatEvery() == 600*time.Millisecond }, hangGuard, 5*time.Millisecond)
+	beat() // the tick already due
+	first := beat()
+	require.GreaterOrEqual(t, beat().Sub(first), 500*time.Millisecond, "asked: every 600 ms")
+	require.Equal(t, 3*time.Second, w.schedulerTimeout(), "silence is judged over five intervals")
+	sc.interval.Store(0.0)
+	require.Eventually(t, func() bool { return w.heartbeatEvery() == cfg.HeartbeatInterval }, 5*time.Second, 5*time.Millisecond,
+		"an answer without an interval goes back to the configured one")
+	require.Equal(t, cfg.SchedulerTimeout, w.schedulerTimeout())
+}

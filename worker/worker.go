@@ -52,7 +52,9 @@ type Worker struct {
 	sched atomic.Pointer[wire.Conn] // the scheduler connection while Run is serving
 	// lastRecv is when the scheduler connection last delivered a message (unix ns)
 	lastRecv atomic.Int64
-	stackMu  sync.Mutex // one call-stack dump at a time (stack.go)
+	// askedInterval is the heartbeat interval the scheduler last asked for, ns (0: none)
+	askedInterval atomic.Int64
+	stackMu       sync.Mutex // one call-stack dump at a time (stack.go)
 
 	stats struct {
 		executed, erred          atomic.Int64

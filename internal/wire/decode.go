@@ -169,6 +169,7 @@ var msgFields = [...]struct {
 	{"bytes_sent", func(d *dec, m *Msg) bool { return d.int(&m.BytesSent) }},
 	{"bytes_received", func(d *dec, m *Msg) bool { return d.int(&m.BytesRecv) }},
 	{"process_memory", func(d *dec, m *Msg) bool { return d.int(&m.ProcMem) }},
+	{"interval", func(d *dec, m *Msg) bool { return d.float(&m.Interval) }},
 	{"resources", func(d *dec, m *Msg) bool { return strMap(d, &m.Resources, (*dec).float) }},
 	{"functions", func(d *dec, m *Msg) bool { return d.strs(&m.Functions) }},
 	{"n", func(d *dec, m *Msg) bool { return d.int(&m.N) }},

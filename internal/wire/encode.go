@@ -140,6 +140,10 @@ func appendHeader(b []byte, m *Msg) ([]byte, error) {
 			e.b = appendProfileItem(e.b, &m.Samples[i])
 		}
 	}
+	if m.Interval != 0 {
+		e.key("interval")
+		e.b = appendFloat(e.b, m.Interval)
+	}
 	if m.Timeout != 0 {
 		e.key("timeout")
 		e.b = appendFloat(e.b, m.Timeout)

@@ -215,6 +215,7 @@ type Msg struct {
 	BytesSent int64              `msgpack:"bytes_sent,omitempty"`
 	BytesRecv int64              `msgpack:"bytes_received,omitempty"`
 	ProcMem   int64              `msgpack:"process_memory,omitempty"` // heartbeat: resident bytes of the worker and its executors
+	Interval  float64            `msgpack:"interval,omitempty"`       // heartbeat (S→W): seconds between heartbeats the scheduler asks for
 	Resources map[string]float64 `msgpack:"resources,omitempty"`
 	Functions []string           `msgpack:"functions,omitempty"`
 

@@ -24,7 +24,15 @@ type ZeroRun struct {
 	CPUPerTaskUS float64 `json:"sched_cpu_us_per_task"`
 	Computes     int64   `json:"computes"` // compute messages the fake workers received
 	SchedRSSPeak int64   `json:"sched_rss_peak"`
+	// IdleCPUPct is the scheduler's CPU (percent of one core) over idleWindow before the graph,
+	// with every fake worker sending its heartbeat each second: the load of heartbeats alone.
+	IdleCPUPct float64 `json:"sched_idle_cpu_pct"`
+	// HeartbeatsPerSec is how many heartbeats the scheduler received per second meanwhile.
+	HeartbeatsPerSec float64 `json:"heartbeats_per_s"`
 }
+
+// idleWindow is how long the idle scheduler's CPU is measured before each run.
+const idleWindow = 3 * time.Second
 
 // ZeroResult is workload 9: a real `shoal scheduler` process driven by fake workers that
 // answer every compute with task_finished at once, over real sockets (docs/protocol.md §3.3).
@@ -97,8 +105,12 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch int, profil
 		time.Sleep(10 * time.Millisecond)
 	}
 
-	graphs, keys := noopGraphs(n, batch, "z")
 	pid := sp.Pid()
+	idle0, beats0 := proc.CPUSeconds(pid), pool.Heartbeats()
+	time.Sleep(idleWindow)
+	idleCPU, beats := proc.CPUSeconds(pid)-idle0, pool.Heartbeats()-beats0
+
+	graphs, keys := noopGraphs(n, batch, "z")
 	cpu0 := proc.CPUSeconds(pid)
 	start := time.Now()
 	futs, err := submitAndWait(ctx, c, graphs, keys, func(f *client.Future, err error) error {
@@ -120,5 +132,6 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch int, profil
 		return nil, fmt.Errorf("only %d computes for %d tasks", got, n)
 	}
 	return &ZeroRun{Workers: nw, Tasks: n, Seconds: el.Seconds(), TasksPerSec: float64(n) / el.Seconds(),
-		SchedCPU: cpu, CPUPerTaskUS: cpu / float64(n) * 1e6, Computes: pool.Computes(), SchedRSSPeak: peak}, nil
+		SchedCPU: cpu, CPUPerTaskUS: cpu / float64(n) * 1e6, Computes: pool.Computes(), SchedRSSPeak: peak,
+		IdleCPUPct: idleCPU / idleWindow.Seconds() * 100, HeartbeatsPerSec: float64(beats) / idleWindow.Seconds()}, nil
 }

@@ -16,8 +16,10 @@ import (
 
 // Worker is one registered fake worker.
 type Worker struct {
-	conn     *wire.Conn
-	Computes atomic.Int64 // compute messages received
+	conn       *wire.Conn
+	Computes   atomic.Int64 // compute messages received
+	Heartbeats atomic.Int64 // heartbeats sent
+	interval   atomic.Int64 // ns between heartbeats the scheduler asked for (0: a second)
 }
 
 // Start dials the scheduler's control address and registers as worker number i, offering the
@@ -53,6 +55,8 @@ func (w *Worker) Serve() {
 			return
 		}
 		switch m.Op {
+		case wire.OpHeartbeat: // as a real worker does, heartbeat as often as the scheduler asks
+			w.interval.Store(int64(m.Interval * float64(time.Second)))
 		case wire.OpCompute:
 			w.Computes.Add(1)
 			now := time.Now().UnixNano()
@@ -67,18 +71,25 @@ func (w *Worker) Serve() {
 	}
 }
 
-// Heartbeat sends a heartbeat every second until stop is closed.
+// Heartbeat sends a heartbeat every second, or as often as the scheduler asked, until stop
+// is closed.
 func (w *Worker) Heartbeat(stop <-chan struct{}) {
-	t := time.NewTicker(time.Second)
+	every := time.Second
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-t.C:
+			if asked := max(time.Duration(w.interval.Load()), time.Second); asked != every {
+				every = asked
+				t.Reset(every)
+			}
 			if w.conn.Send(&wire.Msg{Op: wire.OpHeartbeat, MemLimit: 4 << 30, Memory: 1 << 20}) != nil {
 				return
 			}
+			w.Heartbeats.Add(1)
 		}
 	}
 }
@@ -118,6 +129,15 @@ func (p *Pool) exited() {
 	if p.running.Add(-1) == 0 {
 		close(p.done)
 	}
+}
+
+// Heartbeats is the total number of heartbeats sent.
+func (p *Pool) Heartbeats() int64 {
+	var n int64
+	for _, w := range p.Workers {
+		n += w.Heartbeats.Load()
+	}
+	return n
 }
 
 // Computes is the total number of compute messages received.
