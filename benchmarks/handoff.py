@@ -100,13 +100,77 @@ def step_graph(client: Any, a: Any, worker: str, nbytes: int, rep: int) -> tuple
     return el, inside, shmem() - s0
 
 
+def print_rows(system: str, nb: int, reps: int, rows: dict[str, list[tuple[float, float, int]]]) -> None:
+    print(f"{system}: {nb / 1e6:.0f} MB float64, A -> B on one machine, {reps} repetitions (cold: 1)")
+    print("| step | median s | GB/s | consumer's own s | shared memory growth MB |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rs in rows.items():
+        el = statistics.median(r[0] for r in rs)
+        inside = statistics.median(r[1] for r in rs)
+        grow = statistics.median(r[2] for r in rs)
+        print(f"| {name} | {el:.4f} | {nb / el / 1e9:.1f} | {inside:.4f} | {grow / 1e6:+.0f} |")
+
+
+def run_ray(nb: int, reps: int) -> int:
+    """The same steps on Ray (``pip install ray``; not in the project's lock): two actors on one
+    node stand for workers A and B, the array goes through Ray's shared-memory object store.
+    There is no dask graph step. Each actor is started with a trivial call before the
+    ``cold`` step, so cold here is the first hand-off to a started process."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    @ray.remote(num_cpus=1)
+    class Worker:
+        def make(self, nbytes: int, seed: int) -> Any:
+            return make(nbytes, seed)
+
+        def use(self, a: Any, how: str) -> tuple[int, float]:
+            return use_sum(a) if how == "sum" else use_nbytes(a)
+
+        def ping(self) -> int:
+            return 0
+
+    wa, wb = Worker.remote(), Worker.remote()  # type: ignore[attr-defined]
+    ray.get([wa.ping.remote(), wb.ping.remote()])
+
+    def ray_step(ref: Any, how: str, w: Any) -> tuple[float, float, int]:
+        s0 = shmem()
+        t0 = time.perf_counter()
+        n, inside = ray.get(w.use.remote(ref, how))
+        el = time.perf_counter() - t0
+        assert n == nb // 8 * 8
+        return el, inside, shmem() - s0
+
+    rows: dict[str, list[tuple[float, float, int]]] = {}
+    try:
+        ref = wa.make.remote(nb, 1)
+        ray.wait([ref])
+        rows["cold"] = [ray_step(ref, "nbytes", wb)]
+        rows["again"] = [ray_step(ref, "nbytes", wb)]
+        del ref
+        for rep in range(reps):
+            ref = wa.make.remote(nb, rep + 2)
+            ray.wait([ref])
+            for name, how, w in (("nbytes", "nbytes", wb), ("sum-local", "sum", wa), ("sum", "sum", wb)):
+                rows.setdefault(name, []).append(ray_step(ref, how, w))
+            del ref
+            time.sleep(0.3)
+        print_rows(f"ray {ray.__version__}", nb, reps, rows)
+    finally:
+        ray.shutdown()
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--system", default="shoal")
+    ap.add_argument("--system", default="shoal", choices=("shoal", "dask", "ray"))
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--nbytes", type=int, default=200_000_000)
     args = ap.parse_args()
     nb = args.nbytes
+    if args.system == "ray":
+        return run_ray(nb, args.reps)
     cl, client = cluster(args.system)
     try:
         wa, wb = sorted(client.scheduler_info()["workers"])
@@ -133,15 +197,7 @@ def main() -> int:
             rows.setdefault("graph", []).append(step_graph(client, a, wb, nb, rep))
             del a
             time.sleep(0.3)
-        print(f"{args.system}: {nb / 1e6:.0f} MB float64, A -> B on one machine, "
-              f"{args.reps} repetitions (cold: 1)")
-        print("| step | median s | GB/s | consumer's own s | shared memory growth MB |")
-        print("|---|---:|---:|---:|---:|")
-        for name, rs in rows.items():
-            el = statistics.median(r[0] for r in rs)
-            inside = statistics.median(r[1] for r in rs)
-            grow = statistics.median(r[2] for r in rs)
-            print(f"| {name} | {el:.4f} | {nb / el / 1e9:.1f} | {inside:.4f} | {grow / 1e6:+.0f} |")
+        print_rows(args.system, nb, args.reps, rows)
     finally:
         client.close()
         cl.close()
