@@ -54,7 +54,8 @@ func (r *replay) apply(m *wire.Msg) error {
 		s.handle(EvReleaseKeys{Client: cl, Keys: m.Keys})
 	case wire.OpCancelKeys:
 		s.handle(EvCancelKeys{Client: cl, Keys: m.Keys})
-	case jopGraphSeq:
+	case jopGraphSeq: // a client alive at the snapshot: it gets its grace like the others
+		r.clients[cl] = true
 		s.graphSeq[cl] = max(s.graphSeq[cl], m.ID)
 	case jopClientLeft:
 		delete(r.clients, cl)

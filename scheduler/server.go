@@ -848,7 +848,7 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		if now := s.cfg.Clock(); now.Sub(w.acked) >= ackEvery {
 			w.acked = now
 			ack := heartbeatAck // the worker knows the scheduler still hears it
-			if iv := heartbeatInterval(len(s.workers), s.cfg.HeartbeatTimeout); iv > time.Second {
+			if iv := heartbeatInterval(len(s.workers), s.cfg.Core.HeartbeatTimeout); iv > time.Second {
 				ack = &wire.Msg{Op: wire.OpHeartbeat, Interval: iv.Seconds()}
 			}
 			s.queue(w.conn, ack)

@@ -86,6 +86,7 @@ func (w *Worker) serve(ctx context.Context, conn *wire.Conn, reg *wire.Msg, sche
 	defer stopRun()
 	recvDone := make(chan error, 1)
 	w.lastRecv.Store(time.Now().UnixNano())
+	w.askedInterval.Store(0) // a new session: this scheduler has not asked for anything yet
 	w.goFunc(func() { recvDone <- w.recvLoop(conn) })
 	w.goFunc(func() { w.heartbeatLoop(runCtx) })
 	silent := make(chan time.Duration, 1)

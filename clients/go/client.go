@@ -57,11 +57,18 @@ type Client struct {
 		// resumes (resumed lists keys it does not know)
 		sent      []*wire.Msg
 		sentTasks int
+		sentBytes int
 		lastGraph uint64 // the id of the last update_graph written
 		resumedAt uint64 // lastGraph when the current connection's resume was sent
+		// resuming is open from a reconnect's resume until its answer is handled (and the
+		// graphs it asked for sent again): Submit waits, so that no graph overtakes them
+		resuming chan struct{}
 	}
-	data *dataPool
-	done chan struct{}
+	// sendMu orders what must reach the scheduler in order: graphs in their id order, a
+	// resume and what it asks to send again, releases after the wants they undo
+	sendMu sync.Mutex
+	data   *dataPool
+	done   chan struct{}
 }
 
 type keyState struct {
@@ -109,18 +116,41 @@ type keyResult struct {
 	err    *wire.Error
 }
 
-// retainGraphTasks bounds the tasks of the update_graph messages a client keeps to send again
-// (docs/protocol.md, resume).
-const retainGraphTasks = 100_000
+// retainGraphTasks and retainGraphBytes bound the update_graph messages a client keeps to
+// send again (docs/protocol.md, resume): their tasks, and their payloads, byte literals and
+// functions.
+const (
+	retainGraphTasks = 100_000
+	retainGraphBytes = 256 << 20
+)
+
+// graphBytes is what keeping an update_graph costs, roughly.
+func graphBytes(m *wire.Msg) int {
+	n := 0
+	for i := range m.Tasks {
+		n += len(m.Tasks[i].Payload)
+		for _, a := range m.Tasks[i].Args {
+			if b, ok := a.Val.([]byte); ok {
+				n += len(b)
+			}
+		}
+	}
+	for _, b := range m.Funcs {
+		n += len(b)
+	}
+	return n
+}
 
 // keepSentLocked keeps a written update_graph (the scheduler may die before reading it).
 func (c *Client) keepSentLocked(m *wire.Msg) {
 	c.mu.lastGraph = max(c.mu.lastGraph, m.ID)
 	c.mu.sent = append(c.mu.sent, m)
 	c.mu.sentTasks += len(m.Tasks)
+	c.mu.sentBytes += graphBytes(m)
 	drop := 0
-	for c.mu.sentTasks > retainGraphTasks && drop < len(c.mu.sent)-1 {
+	for (c.mu.sentTasks > retainGraphTasks || c.mu.sentBytes > retainGraphBytes) && drop < len(c.mu.sent)-1 {
 		c.mu.sentTasks -= len(c.mu.sent[drop].Tasks)
+		c.mu.sentBytes -= graphBytes(c.mu.sent[drop])
 		drop++
 	}
 	if drop > 0 {
@@ -133,8 +163,17 @@ func (c *Client) keepSentLocked(m *wire.Msg) {
 // wanted again, so that those no graph defines are reported lost, and what those graphs want
 // that no future holds any more (released since) is released again.
 func (c *Client) sendUnread(read uint64, keys []string) {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
 	c.mu.Lock()
 	upTo := c.mu.resumedAt
+	drop := 0 // the graphs the scheduler read are never needed again
+	for drop < len(c.mu.sent) && c.mu.sent[drop].ID <= read {
+		c.mu.sentTasks -= len(c.mu.sent[drop].Tasks)
+		c.mu.sentBytes -= graphBytes(c.mu.sent[drop])
+		drop++
+	}
+	c.mu.sent = slices.Delete(c.mu.sent, 0, drop)
 	var again []*wire.Msg
 	var unheld []string
 	for _, m := range c.mu.sent {
@@ -147,6 +186,13 @@ func (c *Client) sendUnread(read uint64, keys []string) {
 			}
 		}
 	}
+	held := keys[:0:0]
+	for _, k := range keys { // a future released since the resume is not wanted again
+		if _, ok := c.mu.futures[k]; ok {
+			held = append(held, k)
+		}
+	}
+	keys = held
 	c.mu.Unlock()
 	c.log.Warn("the scheduler had not read graphs this client sent before it went away; sending those kept again",
 		"read_up_to", read, "sending_again", len(again), "unknown_keys", len(keys))
@@ -156,8 +202,22 @@ func (c *Client) sendUnread(read uint64, keys []string) {
 			return // broke again: the next resume starts over
 		}
 	}
-	if conn.Send(&wire.Msg{Op: wire.OpWanted, Keys: keys}) == nil && len(unheld) > 0 {
+	if len(keys) > 0 && conn.Send(&wire.Msg{Op: wire.OpWanted, Keys: keys}) != nil {
+		return
+	}
+	if len(unheld) > 0 {
 		conn.Send(&wire.Msg{Op: wire.OpReleaseKeys, Keys: unheld})
+	}
+}
+
+// resumed ends the resume of a reconnect: Submit may send again.
+func (c *Client) resumed() {
+	c.mu.Lock()
+	gate := c.mu.resuming
+	c.mu.resuming = nil
+	c.mu.Unlock()
+	if gate != nil {
+		close(gate)
 	}
 }
 
@@ -238,7 +298,9 @@ func (c *Client) readLoop() {
 		case wire.OpResumed:
 			c.id.Store(m.Client)
 			if len(m.Keys) > 0 {
-				go c.sendUnread(uint64(max(m.N, 0)), m.Keys)
+				go func() { c.sendUnread(uint64(max(m.N, 0)), m.Keys); c.resumed() }()
+			} else {
+				c.resumed()
 			}
 		case wire.OpKeyState:
 			c.resolve(m.Key, keyResult{state: m.State, worker: m.Worker, err: m.Error})
@@ -286,6 +348,7 @@ func (c *Client) fail(err error) {
 		delete(c.mu.pending, id)
 	}
 	c.mu.Unlock()
+	c.resumed() // Submit waiting for a resume returns the error
 	runAll(cbs)
 }
 
@@ -310,6 +373,7 @@ func (c *Client) reconnect(cause error) bool {
 		}
 		conn, _, err := dialScheduler(context.Background(), c.addr, c.opts, min(c.opts.Timeout, 2*time.Second))
 		if err == nil {
+			c.sendMu.Lock() // no graph goes between the resume and what its answer asks for
 			c.mu.Lock()
 			keys := make([]string, 0, len(c.mu.futures))
 			for k := range c.mu.futures {
@@ -317,11 +381,21 @@ func (c *Client) reconnect(cause error) bool {
 			}
 			last := c.mu.lastGraph
 			c.mu.resumedAt = last
+			old := c.mu.resuming
+			c.mu.resuming = make(chan struct{})
 			c.mu.Unlock()
-			if err = conn.Send(&wire.Msg{Op: wire.OpResume, ID: 0, Client: c.id.Load(), Keys: keys, N: int64(last)}); err == nil {
+			if old != nil {
+				close(old) // its waiters find the new one
+			}
+			err = conn.Send(&wire.Msg{Op: wire.OpResume, ID: 0, Client: c.id.Load(), Keys: keys, N: int64(last)})
+			if err == nil {
 				c.conn.Store(conn)
+			}
+			c.sendMu.Unlock()
+			if err == nil {
 				if c.closing.Load() { // Close ran meanwhile, on the old connection
 					conn.Close()
+					c.resumed()
 					return false
 				}
 				c.log.Info("connected to the scheduler again", "scheduler", c.addr, "attempts", attempt, "keys", len(keys))
@@ -426,6 +500,24 @@ func (c *Client) Submit(ctx context.Context, g *Graph, want ...Key) ([]*Future, 
 	}
 	wanted := make([]string, len(want))
 	futs := make([]*Future, len(want))
+	// graphs go out in their id order, none between a resume and the graphs it asks for again
+	c.sendMu.Lock()
+	for {
+		c.mu.Lock()
+		gate := c.mu.resuming
+		c.mu.Unlock()
+		if gate == nil {
+			break
+		}
+		c.sendMu.Unlock()
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		c.sendMu.Lock()
+	}
+	defer c.sendMu.Unlock()
 	c.mu.Lock()
 	if c.mu.err != nil {
 		c.mu.Unlock()
@@ -441,7 +533,7 @@ func (c *Client) Submit(ctx context.Context, g *Graph, want ...Key) ([]*Future, 
 	m := &wire.Msg{Op: wire.OpUpdateGraph, ID: id, Tasks: g.tasks, Wanted: wanted, Funcs: g.funcs}
 	if err := c.conn.Load().Send(m); err != nil {
 		for _, f := range futs {
-			f.Release()
+			f.releaseLocked()
 		}
 		return nil, err
 	}
@@ -472,6 +564,13 @@ func (c *Client) Cancel(futs ...*Future) error {
 }
 
 func (c *Client) release(f *Future) {
+	c.sendMu.Lock() // after any want a resume is sending again (sendUnread)
+	defer c.sendMu.Unlock()
+	c.releaseSendLocked(f)
+}
+
+// releaseSendLocked is release with sendMu held.
+func (c *Client) releaseSendLocked(f *Future) {
 	c.mu.Lock()
 	ks, ok := c.mu.futures[f.key]
 	if !ok || ks != f.ks {
@@ -488,3 +587,6 @@ func (c *Client) release(f *Future) {
 		c.conn.Load().Send(&wire.Msg{Op: wire.OpReleaseKeys, Keys: []string{f.key}})
 	}
 }
+
+// releaseLocked is Release for a caller that holds sendMu.
+func (f *Future) releaseLocked() { f.released.Do(func() { f.c.releaseSendLocked(f) }) }

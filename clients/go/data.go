@@ -204,11 +204,19 @@ func (c *Client) fetch(ctx context.Context, futs []*Future) ([]any, error) {
 		for addr, keys := range byWorker {
 			for len(keys) > 0 { // a reply carries at least one frame per key, a message at most 4096
 				n := min(len(keys), maxKeysPerGet)
-				got, missing, err := c.data.getData(ctx, addr, keys[:n])
+				actx, cancel := context.WithDeadline(ctx, deadline) // a dial or a read may hang
+				got, missing, err := c.data.getData(actx, addr, keys[:n])
+				timedOut := actx.Err() != nil
+				cancel()
 				var te *transportError
 				switch {
 				case ctx.Err() != nil:
 					return nil, ctx.Err()
+				case timedOut && err != nil:
+					for _, k := range keys[:n] {
+						failedOn[k] = addr
+					}
+					cause = fmt.Errorf("fetching from %s: %w", addr, err)
 				case errors.As(err, &te):
 					for _, k := range keys[:n] {
 						failedOn[k] = addr

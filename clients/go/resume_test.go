@@ -3,6 +3,7 @@ package shoal_test
 import (
 	"net"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -67,6 +68,12 @@ func TestResumeSendsUnreadGraphsAgain(t *testing.T) {
 	resume := recv(second, wire.OpResume)
 	require.Equal(t, int64(sent2.ID), resume.N, "resume names the last graph written")
 	require.Equal(t, []string{"k"}, resume.Keys)
+	// a graph submitted now, before the resume is answered, waits for the graphs it may need
+	g3 := shoal.NewGraph()
+	l := g3.Add(graph.Task{Key: "l", Kind: graph.KindGo, Func: "inc", Args: []graph.Arg{graph.Ref("k")}})
+	later := make(chan error, 1)
+	go func() { _, err := cl.Submit(ctx, g3, l); later <- err }()
+	time.Sleep(50 * time.Millisecond)
 	require.NoError(t, second.Send(&wire.Msg{Op: wire.OpResumed, ID: resume.ID, Client: 7, N: 0, Keys: []string{"k"}}))
 	again := recv(second, wire.OpUpdateGraph)
 	require.Equal(t, sent.ID, again.ID)
@@ -74,6 +81,8 @@ func TestResumeSendsUnreadGraphsAgain(t *testing.T) {
 	require.Equal(t, sent2.ID, recv(second, wire.OpUpdateGraph).ID)
 	require.Equal(t, []string{"k"}, recv(second, wire.OpWanted).Keys)
 	require.Equal(t, []string{"j"}, recv(second, wire.OpReleaseKeys).Keys, "j's future was released")
+	require.Equal(t, []string{"l"}, recv(second, wire.OpUpdateGraph).Wanted, "the graph submitted meanwhile comes last")
+	require.NoError(t, <-later)
 	require.NoError(t, second.Send(&wire.Msg{Op: wire.OpKeyState, Key: "k", State: "memory", Worker: "127.0.0.1:1"}))
 	require.NoError(t, futs[0].Wait(ctx))
 }

@@ -41,9 +41,17 @@ logger = logging.getLogger("shoal")
 
 Header = dict[str, Any]
 
-# How many tasks' worth of the update_graph messages written last are kept, to be sent again
-# when a scheduler that died before reading them comes back (docs/protocol.md, resume).
+# How many tasks' worth, and how many bytes of payloads and functions, of the update_graph
+# messages written last are kept, to be sent again when a scheduler that died before reading
+# them comes back (docs/protocol.md, resume).
 RETAIN_GRAPH_TASKS = 100_000
+RETAIN_GRAPH_BYTES = 256 << 20
+
+
+def _graph_bytes(header: Header) -> int:
+    """What keeping an update_graph costs, roughly: its payloads and functions."""
+    n = sum(len(t.get("payload") or b"") for t in header.get("tasks") or ())
+    return n + sum(len(b) for b in (header.get("funcs") or {}).values())
 
 # reconnect backoff: the first retry after 0.1 s, doubling up to 2 s between tries
 BACKOFF_FIRST = 0.1
@@ -234,7 +242,7 @@ class _Target:
 
 @dataclass
 class ConnectionState:
-    status: str = "connecting"  # connecting, running, closed
+    status: str = "connecting"  # connecting, resuming (resume sent, its answer awaited), running, closed
     error: Optional[BaseException] = None
     generation: int = 0
     reconnects: int = 0
@@ -268,6 +276,7 @@ class ControlConnection:
         # update_graph messages written, newest last, at most RETAIN_GRAPH_TASKS tasks in all
         self._sent_graphs: collections.deque[Header] = collections.deque()
         self._sent_graph_tasks = 0
+        self._sent_graph_bytes = 0
         self._last_graph = 0  # the highest update_graph id written
         self._wake = threading.Event()  # set by close(): stop backing off
         self._reader: Optional[threading.Thread] = None
@@ -343,7 +352,7 @@ class ControlConnection:
         st = self.state
         if st.status == "closed":
             raise self._closed_error()
-        if st.status == "connecting":
+        if st.status != "running":  # connecting, or resuming: sent once resumed is handled
             st.queued.append(header)
             return False
         assert self._stream is not None
@@ -369,8 +378,15 @@ class ControlConnection:
         self._last_graph = gid
         self._sent_graphs.append(header)
         self._sent_graph_tasks += len(header.get("tasks") or ())
-        while self._sent_graph_tasks > RETAIN_GRAPH_TASKS and len(self._sent_graphs) > 1:
-            self._sent_graph_tasks -= len(self._sent_graphs.popleft().get("tasks") or ())
+        self._sent_graph_bytes += _graph_bytes(header)
+        while len(self._sent_graphs) > 1 and (self._sent_graph_tasks > RETAIN_GRAPH_TASKS
+                                              or self._sent_graph_bytes > RETAIN_GRAPH_BYTES):
+            self._forget_graph_locked()
+
+    def _forget_graph_locked(self) -> None:
+        h = self._sent_graphs.popleft()
+        self._sent_graph_tasks -= len(h.get("tasks") or ())
+        self._sent_graph_bytes -= _graph_bytes(h)
 
     def _closed_error(self) -> BaseException:
         err = self.state.error
@@ -540,67 +556,94 @@ class ControlConnection:
             self._stream = stream
             self.state.generation += 1
             self.state.reconnects += 1
-            gen = self.state.generation
+            # what was queued goes once resumed is handled (_resumed), after the graphs the
+            # scheduler may ask for again, which later graphs may depend on; until then
+            # messages keep being queued behind it
+            self.state.queued = queued + self.state.queued
             try:
                 stream.send(resume)
-                for h in queued:
-                    stream.send(h)
-                    self._sent_locked(h)
-                    p = self._requests.get(int(h.get("id") or 0)) if "id" in h else None
-                    if p is not None and p.header is h:
-                        p.generation = gen
             except CommClosedError:
                 # broke again at once: the reader finds out and starts over with all of it
-                self.state.queued = queued + self.state.queued
                 self._requests.pop(rid, None)
                 self.state.status = "connecting"
                 return True
-            self.state.status = "running"
+            self.state.status = "resuming"
             self.welcome = welcome
         fut.add_done_callback(lambda f: self._resumed(f, sent_before))
         return True
 
     def _resumed(self, fut: "concurrent.futures.Future[Header]", sent_before: int = 0) -> None:
+        """The answer to ``resume`` (in the reader thread): the graphs the scheduler did not read
+        go again, then everything queued meanwhile, in order."""
         exc = fut.exception()
+        if isinstance(exc, CommClosedError):
+            return  # the connection broke again: the next reconnect resumes, queue and all
+        unread: list[str] = []
+        read = 0
         if exc is not None:
-            if isinstance(exc, CommClosedError):
-                return  # the connection broke again: the next reconnect resumes
             logger.warning("shoal: the scheduler at %s refused to resume this client's session: %s",
                            self.address, exc)
             self.handler.on_resume_failed(exc)
-            return
-        reply = fut.result()
-        new_id = int(reply.get("client") or self.welcome.client)
-        if new_id != self.client_id:
-            logger.info("shoal: resumed as client %d (was %d)", new_id, self.client_id)
-        self.client_id = new_id
-        if reply.get("keys"):
-            self._send_unread(int(reply.get("n") or 0), sent_before, list(reply["keys"]))
-
-    def _send_unread(self, read: int, sent_before: int, keys: list[str]) -> None:
-        """The scheduler read our graphs up to id ``read`` and does not know ``keys``: send the
-        kept graphs after ``read`` (written before the resume) again, then want ``keys`` again,
-        so that those no graph defines are reported lost, and release what those graphs want
-        that no future holds any more (keys held only until a later chunk was sent)."""
-        held = set(self.handler.resume_keys())
+        else:
+            reply = fut.result()
+            new_id = int(reply.get("client") or self.welcome.client)
+            if new_id != self.client_id:
+                logger.info("shoal: resumed as client %d (was %d)", new_id, self.client_id)
+            self.client_id = new_id
+            unread, read = list(reply.get("keys") or ()), int(reply.get("n") or 0)
+        # the owner's state first, without this connection's lock (see _resume)
+        held = set(self.handler.resume_keys()) if unread else set()
         with self._lock:
-            again = [h for h in self._sent_graphs if read < int(h.get("id") or 0) <= sent_before]
-            kept_from = int(self._sent_graphs[0].get("id") or 0) if self._sent_graphs else sent_before + 1
-        logger.warning("shoal: the scheduler had not read %d graphs this client sent before it went away"
-                       " (ids %d to %d); sending the %d still kept again", sent_before - read, read + 1,
-                       sent_before, len(again))
+            if self.state.status != "resuming" or self._stream is None:
+                return  # broke again, or closed
+            out: list[Header] = []
+            if unread:
+                out = self._unread_locked(read, sent_before, unread, held)
+            queued, self.state.queued = self.state.queued, []
+            gen = self.state.generation
+            written = 0  # of queued
+            try:
+                for h in out:
+                    self._stream.send(h)
+                for h in queued:
+                    self._stream.send(h)
+                    written += 1
+                    self._sent_locked(h)
+                    p = self._requests.get(int(h.get("id") or 0)) if "id" in h else None
+                    if p is not None and p.header is h:
+                        p.generation = gen
+            except CommClosedError:
+                # broke again: the reader reconnects; what was not written goes after that resume
+                self.state.queued = queued[written:] + self.state.queued
+                self.state.status = "connecting"
+                self._stream.close()
+                return
+            self.state.status = "running"
+
+    def _unread_locked(self, read: int, sent_before: int, keys: list[str], held: set[str]) -> list[Header]:
+        """The scheduler read our graphs up to id ``read`` and does not know ``keys``: the kept
+        graphs after ``read`` (written before the resume) to send again, then ``wanted`` for the
+        keys still held (those no graph defines are then reported lost), and ``release_keys``
+        for what those graphs want that no future holds any more (keys held only until a later
+        chunk was sent)."""
+        while self._sent_graphs and int(self._sent_graphs[0].get("id") or 0) <= read:
+            self._forget_graph_locked()  # read: never needed again
+        again = [h for h in self._sent_graphs if int(h.get("id") or 0) <= sent_before]
+        kept_from = int(again[0].get("id") or 0) if again else sent_before + 1
+        logger.warning("shoal: the scheduler had not read the graphs this client sent after graph %d before it"
+                       " went away; sending the %d still kept again", read, len(again))
         if kept_from > read + 1:
-            logger.warning("shoal: graphs %d to %d are no longer kept (over %d tasks since); their keys"
-                           " will be reported lost", read + 1, kept_from - 1, RETAIN_GRAPH_TASKS)
+            logger.warning("shoal: graphs %d to %d are no longer kept (over %d tasks or %d MiB since); their"
+                           " keys will be reported lost", read + 1, kept_from - 1, RETAIN_GRAPH_TASKS,
+                           RETAIN_GRAPH_BYTES >> 20)
+        out: list[Header] = list(again)
+        want = [k for k in keys if k in held]
+        if want:
+            out.append({"op": "wanted", "keys": want})
         unheld = list(dict.fromkeys(k for h in again for k in h.get("wanted") or () if k not in held))
-        try:
-            for h in again:
-                self.send(h)
-            self.send({"op": "wanted", "keys": keys})
-            if unheld:
-                self.send({"op": "release_keys", "keys": unheld})
-        except CommClosedError:
-            pass  # broke again: the next resume starts over
+        if unheld:
+            out.append({"op": "release_keys", "keys": unheld})
+        return out
 
     def _finish(self, err: BaseException) -> None:
         """Closed for good: fail every waiting request, tell the owner (once)."""

@@ -174,10 +174,24 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
 _PACK_START = 4096
 
 
-def packb(obj: Any) -> bytes:
-    """``msgpack.packb(obj, use_bin_type=True)`` without the large buffer per call."""
-    out: bytes = msgpack.Packer(use_bin_type=True, buf_size=_PACK_START).pack(obj)
-    return out
+def _packer_takes_buf_size() -> bool:
+    try:
+        msgpack.Packer(buf_size=_PACK_START)  # msgpack 1.1 on; 1.0 has no such argument
+        return True
+    except TypeError:
+        return False
+
+
+if _packer_takes_buf_size():
+    def packb(obj: Any) -> bytes:
+        """``msgpack.packb(obj, use_bin_type=True)`` without the large buffer per call."""
+        out: bytes = msgpack.Packer(use_bin_type=True, buf_size=_PACK_START).pack(obj)
+        return out
+else:  # pragma: no cover - msgpack 1.0
+    def packb(obj: Any) -> bytes:
+        """``msgpack.packb(obj, use_bin_type=True)``."""
+        out: bytes = msgpack.packb(obj, use_bin_type=True)
+        return out
 
 
 def pack_header(header: Header) -> bytes:

@@ -277,7 +277,9 @@ class Client(ClusterControl, Datasets, Reports):
     @property
     def status(self) -> str:
         """``running``, ``connecting`` (the connection to the scheduler broke and the client is
-        reconnecting; futures stay pending) or ``closed``."""
+        reconnecting; futures stay pending), ``resuming`` (connected again, waiting for the
+        scheduler's answer to its ``resume``; what is sent meanwhile goes after it) or
+        ``closed``."""
         if self._closed.is_set():
             return "closed"
         return self._comm.status

@@ -96,6 +96,15 @@ class FdReceiver:
             os.close(self.fds.popleft())
 
 
+def let_go(segs: list[mmap.mmap]) -> None:
+    """A run's answer is sent: the segments it mapped are unmapped by the unmapper thread
+    (unmapping a large input whose pages the task read takes milliseconds, 5 ms for 200 MB,
+    which neither the answer nor the next run wait for; ``munmap`` runs without the GIL),
+    unless something else, such as a result, still refers to them."""
+    if segs:
+        _unmapper().put(segs)
+
+
 _unmap_queue: "queue.SimpleQueue[list[mmap.mmap]] | None" = None
 _unmap_lock = threading.Lock()
 
@@ -135,22 +144,11 @@ class Windows:
         self.idle_limit = idle_limit
         self.maps: dict[int, mmap.mmap] = {}
         self.busy: set[int] = set()
-        # the segments the last run mapped, kept until its answer is sent (let_go): unmapping
-        # a large input whose pages the task touched takes milliseconds (5 ms for 200 MB),
-        # which neither the answer nor the next run need wait for
-        self.segs_in_use: list[mmap.mmap] = []
 
-    def let_go(self) -> None:
-        """The last run's answer is sent: its segments are unmapped by the unmapper thread
-        (``munmap`` runs without the GIL), unless something else, such as a result, still
-        refers to them."""
-        if self.segs_in_use:
-            _unmapper().put(self.segs_in_use)
-            self.segs_in_use = []
-
-    def attach(self, header: Header, frames: list[Buffer]) -> None:
+    def attach(self, header: Header, frames: list[Buffer]) -> list[mmap.mmap]:
         """Map the windows a run introduces and the segments it passes, and put the frames
-        they hold in place."""
+        they hold in place. Returns the segments' mappings, for the caller to keep until the
+        run's answer is sent (let_go)."""
         new = header.get("shm_new") or ()
         segs = header.get("seg") or ()
         nsegs = 1 + max(int(n) for _, n, _, _ in segs) if segs else 0
@@ -171,7 +169,6 @@ class Windows:
             # a segment is mapped privately: a task writing into its input gets copy-on-write
             # pages, and the value the worker holds (and shares with its peers) never changes
             seg_maps = [mmap.mmap(fd, 0, access=mmap.ACCESS_COPY) for fd in fds[len(new):]]
-            self.segs_in_use = seg_maps
         finally:
             for fd in fds:
                 os.close(fd)
@@ -186,6 +183,7 @@ class Windows:
                     or off < 0 or size < 0 or off + size > len(seg_maps[n]):
                 raise ProtocolError(f"bad segment placement {[index, n, off, size]}")
             frames[index] = memoryview(seg_maps[n])[off:off + size]
+        return seg_maps
 
     def report(self, reply: Header) -> None:
         """Add to ``reply`` the windows that became free and those unmapped."""
@@ -318,12 +316,13 @@ class Executor:
             if op == "run":
                 started = time_ns()
                 sampling = SAMPLER.begin(header)  # profiler: None unless it is on
+                segs: list[mmap.mmap] = []  # this run's input segments, let go of once answered
                 if windows is None:
                     reply, out = run(header, frames)
                 elif "shm" not in header and "seg" not in header and not windows.maps:
                     reply, out = run(header, frames)
                 else:
-                    reply, out = self.run_windows(header, frames)
+                    reply, out = self.run_windows(header, frames, segs)
                     del frames
                 if sampling is not None:
                     SAMPLER.end(sampling, reply)
@@ -332,6 +331,7 @@ class Executor:
                     # the task seceded: another thread serves the worker's socket now, and
                     # its answer goes on the task's own socket
                     self.answer_seceded(task_conn, reply, out, started)
+                    let_go(segs)
                     return
                 fd = -1
                 if segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
@@ -360,8 +360,8 @@ class Executor:
                 # counts executor memory)
                 del out, reply
                 frames = []
-                if windows is not None:
-                    windows.let_go()
+                let_go(segs)
+                del segs
             elif op == "preload":
                 # the worker waits for this answer before its next run: nothing is held back
                 err = _preload.current().apply(str(header.get("name", "")), str(header.get("reason", "")),
@@ -412,14 +412,17 @@ class Executor:
         self.funcs[digest] = func
         return func
 
-    def run_windows(self, header: Header, received: list[bytearray]) -> tuple[Header, list[Any]]:
-        """:meth:`run` with the frames held in windows and segments put in place first."""
+    def run_windows(self, header: Header, received: list[bytearray],
+                    segs: list[mmap.mmap]) -> tuple[Header, list[Any]]:
+        """:meth:`run` with the frames held in windows and segments put in place first; the
+        segments' mappings are added to ``segs``, for the caller to let go of once the answer
+        is sent."""
         frames: list[Buffer] = list(received)
         del received[:]
         if "shm" in header or "shm_new" in header or "seg" in header:
             assert self.windows is not None
             try:
-                self.windows.attach(header, frames)
+                segs.extend(self.windows.attach(header, frames))
             except BaseException as exc:  # noqa: BLE001 - reported to the worker
                 return error_reply(header.get("id", 0), exc, skip=0,
                                    prefix="could not map the shared memory holding the arguments: "), []

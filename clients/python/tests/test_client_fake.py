@@ -205,7 +205,8 @@ def test_reconnect_to_a_scheduler_that_forgot(fake: FakeCluster) -> None:
 
 def test_graphs_the_scheduler_never_read_are_sent_again(fake: FakeCluster) -> None:
     """A graph still in flight when the scheduler died is sent again after the resume (the
-    scheduler's resumed says which it read last); a key no kept graph defines is lost."""
+    scheduler's resumed says which it read last), before what was submitted while the client
+    was away (which may depend on it); a key no kept graph defines is lost."""
     with mem_client(fake) as client:
         assert client.submit(inc, 1).result(timeout=5) == 2
         fake.mute.update({"update_graph", "release_keys"})  # received, never read
@@ -217,7 +218,11 @@ def test_graphs_the_scheduler_never_read_are_sent_again(fake: FakeCluster) -> No
         wait_until(lambda: any(m["op"] == "release_keys" and dropped_key in m["keys"] for m in fake.received),
                    "the dropped future was released")
         fake.mute.clear()
-        fake.drop(down=False)
+        fake.drop(down=True)
+        wait_until(lambda: client.status == "connecting", "the client noticed")
+        later = client.submit(inc, f)  # queued while away; needs f, whose graph was not read
+        fake.down = False
+        assert later.result(timeout=5) == 12
         assert f.result(timeout=5) == 11
         resume = next(m for m in fake.received if m["op"] == "resume")
         assert resume["n"] > fake.graph_seq - 2 >= 1, "resume names the last graph sent"
@@ -225,7 +230,8 @@ def test_graphs_the_scheduler_never_read_are_sent_again(fake: FakeCluster) -> No
                    "the unheld key was released again")
         after = fake.received[fake.received.index(resume):]
         assert [m["op"] for m in after if m["op"] in ("update_graph", "wanted", "release_keys")] == [
-            "update_graph", "update_graph", "wanted", "release_keys"]
+            "update_graph", "update_graph", "wanted", "release_keys", "update_graph"]
+        assert [m["wanted"] for m in after if m["op"] == "update_graph"][-1] == [later.key]
         assert [m["keys"] for m in after if m["op"] == "release_keys"] == [[dropped_key]]
         # a graph no longer kept: its key is reported lost, not waited for forever
         fake.mute.add("update_graph")
