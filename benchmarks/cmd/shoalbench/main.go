@@ -1,9 +1,11 @@
 // Command shoalbench runs the Shoal-only benchmark workloads that need Go: many no-op Go tasks
-// from the Go client (workload 8) and a scheduler fed by zero-cost fake workers (workload 9).
-// Each prints one JSON object on stdout; benchmarks/run.py collects them.
+// from the Go client (workload 8), a scheduler fed by zero-cost fake workers (workload 9), and
+// how fast a scheduler with no worker takes a graph in (ingest). Each prints one JSON object
+// on stdout; benchmarks/run.py collects the first two.
 //
 //	shoalbench gotasks     --bin bin/shoal --tasks 1000000 [--api typed]
 //	shoalbench zeroworkers --bin bin/shoal --tasks 200000 --workers 2,16,64
+//	shoalbench ingest      --bin bin/shoal --tasks 1000000 [--batch 50000]
 package main
 
 import (
@@ -19,7 +21,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: shoalbench gotasks|zeroworkers [flags]")
+		fmt.Fprintln(os.Stderr, "usage: shoalbench gotasks|zeroworkers|ingest [flags]")
 		os.Exit(2)
 	}
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -60,6 +62,12 @@ func main() {
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
 		out, err = runZeroWorkers(ctx, *bin, *tasks, *workers, *nthreads, *batch, *reps, *profile)
+	case "ingest":
+		batch := fs.Int("batch", 50_000, "tasks per update_graph message")
+		fs.Parse(os.Args[2:])
+		ctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		out, err = runIngest(ctx, *bin, *tasks, *batch)
 	default:
 		fmt.Fprintf(os.Stderr, "unknown subcommand %q\n", os.Args[1])
 		os.Exit(2)
