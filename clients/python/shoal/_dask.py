@@ -34,7 +34,7 @@ import threading
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
 from ._chunk import Chunk
-from ._fuse import fuse_partitions
+from ._fuse import fuse_partitions, fusion_index
 from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
 from ._refs import Ref
 
@@ -468,17 +468,7 @@ def fuse_linear(dsk: Mapping[Hashable, Any], keys: Iterable[Hashable],
     from dask._task_spec import Task
 
     wanted = set(keys)
-    deps: dict[Hashable, list[Hashable]] = {}
-    users: dict[Hashable, list[Hashable]] = {}
-    for k, node in dsk.items():
-        ds = [d for d in node.dependencies if d in dsk]
-        deps[k] = ds
-        for d in ds:
-            users.setdefault(d, []).append(k)
-
-    def fusable(k: Hashable) -> bool:
-        n = dsk[k]
-        return type(n) is Task and not n.block_fusion and (eligible is None or k in eligible)
+    deps, users, fusable = fusion_index(dsk, eligible)
 
     def absorbs(k: Hashable) -> Optional[Hashable]:
         """The dependency that ``k`` absorbs, or None."""

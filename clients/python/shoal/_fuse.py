@@ -29,7 +29,29 @@ branches may run in parallel on different workers.
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, Mapping, Optional
+from typing import Any, Callable, Hashable, Iterable, Mapping, Optional
+
+
+def fusion_index(dsk: Mapping[Hashable, Any], eligible: Optional[set[Hashable]] = None
+                 ) -> tuple[dict[Hashable, list[Hashable]], dict[Hashable, list[Hashable]], Callable[[Hashable], bool]]:
+    """What both fusers (this module's and :func:`shoal._dask.fuse_linear`) work from: each
+    node's dependencies inside ``dsk``, each node's users, and whether a node may be fused (a
+    plain ``Task`` that does not block fusion, among ``eligible`` when given)."""
+    from dask._task_spec import Task
+
+    deps: dict[Hashable, list[Hashable]] = {}
+    users: dict[Hashable, list[Hashable]] = {}
+    for k, node in dsk.items():
+        ds = [d for d in node.dependencies if d in dsk]
+        deps[k] = ds
+        for d in ds:
+            users.setdefault(d, []).append(k)
+
+    def fusable(k: Hashable) -> bool:
+        n = dsk[k]
+        return type(n) is Task and not n.block_fusion and (eligible is None or k in eligible)
+
+    return deps, users, fusable
 
 
 def _index(key: Hashable) -> Optional[tuple[Any, ...]]:
@@ -51,17 +73,7 @@ def fuse_partitions(dsk: Mapping[Hashable, Any], keys: Iterable[Hashable],
     from dask._task_spec import Task
 
     wanted = set(keys)
-    deps: dict[Hashable, list[Hashable]] = {}
-    users: dict[Hashable, list[Hashable]] = {}
-    for k, node in dsk.items():
-        ds = [d for d in node.dependencies if d in dsk]
-        deps[k] = ds
-        for d in ds:
-            users.setdefault(d, []).append(k)
-
-    def fusable(k: Hashable) -> bool:
-        n = dsk[k]
-        return type(n) is Task and not n.block_fusion and (eligible is None or k in eligible)
+    deps, users, fusable = fusion_index(dsk, eligible)
 
     # users before their dependencies: a reverse topological order (Kahn's algorithm over users)
     pending = {k: len(users.get(k, ())) for k in dsk}
