@@ -11,6 +11,8 @@ import pytest
 from shoal.cluster import find_binary
 from shoal.exceptions import ShoalError
 
+from harness import FakeWorker
+
 
 def _binary() -> str | None:
     try:
@@ -23,6 +25,15 @@ BINARY = _binary()
 needs_binary = pytest.mark.skipif(
     BINARY is None,
     reason="shoal binary not found: run `go build -o bin/shoal ./cmd/shoal` or set SHOAL_BIN")
+
+
+@pytest.fixture()
+def worker() -> Iterator[FakeWorker]:
+    """A real executor process (``python -m shoal.executor``) with the harness as its worker."""
+    w = FakeWorker()
+    yield w
+    if w.proc.poll() is None:
+        w.close()
 
 
 @pytest.fixture(scope="module")

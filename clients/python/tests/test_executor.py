@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,14 +16,6 @@ from shoal._serialize import decode, encode
 from shoal.exceptions import RemoteTraceback, error_from_wire
 
 from harness import FakeWorker, result_of
-
-
-@pytest.fixture()
-def worker() -> Iterator[FakeWorker]:
-    w = FakeWorker()
-    yield w
-    if w.proc.poll() is None:
-        w.close()
 
 
 def inc(x: int) -> int:

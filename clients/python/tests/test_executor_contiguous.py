@@ -3,22 +3,13 @@ pickled with its data out of band, so that readers unpickle it without a copy.""
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-import pytest
 
 from shoal.executor import contiguous
 
 from harness import FakeWorker, result_of
-
-
-@pytest.fixture()
-def worker() -> Iterator[FakeWorker]:
-    w = FakeWorker()
-    yield w
-    if w.proc.poll() is None:
-        w.close()
 
 
 def column_slice(n: int) -> Any:
