@@ -21,6 +21,8 @@ import threading
 import time
 from typing import Any, Hashable
 
+from shoal.cluster import children_of
+
 
 def inc(x: int) -> int:
     return x + 1
@@ -57,26 +59,9 @@ class CPUWatch:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _tree(self) -> list[int]:
-        children: dict[int, list[int]] = {}
-        for d in os.listdir("/proc"):
-            if not d.isdigit():
-                continue
-            try:
-                with open(f"/proc/{d}/stat") as f:
-                    st = f.read()
-            except OSError:
-                continue
-            children.setdefault(int(st[st.rindex(")") + 2:].split()[1]), []).append(int(d))
-        out, todo = [], [os.getpid()]
-        while todo:
-            p = todo.pop()
-            out.append(p)
-            todo.extend(children.get(p, []))
-        return out
-
     def _sample(self) -> None:
-        for pid in self._tree():
+        me = os.getpid()
+        for pid in [me, *children_of(me)]:
             try:
                 with open(f"/proc/{pid}/stat") as f:
                     st = f.read()

@@ -26,10 +26,8 @@ func noopGraphs(n, batch int, prefix string) ([]*client.Graph, [][]client.Key) {
 	return graphs, keys
 }
 
-// submitAndWait submits every graph back to back, then waits for every future; a failed
-// future's error goes through fail, which may add context.
-func submitAndWait(ctx context.Context, c *client.Client, graphs []*client.Graph, keys [][]client.Key,
-	fail func(f *client.Future, err error) error) ([]*client.Future, error) {
+// submitAll submits every graph back to back and returns the futures of their keys.
+func submitAll(ctx context.Context, c *client.Client, graphs []*client.Graph, keys [][]client.Key) ([]*client.Future, error) {
 	var futs []*client.Future
 	for i, g := range graphs {
 		fs, err := c.Submit(ctx, g, keys[i]...)
@@ -37,6 +35,17 @@ func submitAndWait(ctx context.Context, c *client.Client, graphs []*client.Graph
 			return nil, err
 		}
 		futs = append(futs, fs...)
+	}
+	return futs, nil
+}
+
+// submitAndWait submits every graph back to back, then waits for every future; a failed
+// future's error goes through fail, which may add context.
+func submitAndWait(ctx context.Context, c *client.Client, graphs []*client.Graph, keys [][]client.Key,
+	fail func(f *client.Future, err error) error) ([]*client.Future, error) {
+	futs, err := submitAll(ctx, c, graphs, keys)
+	if err != nil {
+		return nil, err
 	}
 	for _, f := range futs {
 		if err := f.Wait(ctx); err != nil {

@@ -35,10 +35,8 @@ func runIngest(ctx context.Context, bin string, n, batch int) (*IngestResult, er
 	pid := sp.Pid()
 	cpu0 := proc.CPUSeconds(pid)
 	start := time.Now()
-	for i, g := range graphs {
-		if _, err := c.Submit(ctx, g, keys[i]...); err != nil {
-			return nil, err
-		}
+	if _, err := submitAll(ctx, c, graphs, keys); err != nil {
+		return nil, err
 	}
 	if _, err := c.Info(ctx); err != nil { // answered after every graph before it was read
 		return nil, err
