@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -185,25 +186,46 @@ func TestE2ESoakKillWorkers(t *testing.T) {
 	}
 }
 
+// procCluster is a scheduler and workers a and b, each its own shoal process on 127.0.0.1,
+// with a Go client connected.
+type procCluster struct {
+	schedArgs []string // to start the scheduler again on the same ports
+	sched     *exec.Cmd
+	workers   map[string]*exec.Cmd // by name
+	client    *client.Client
+}
+
+// startProcCluster starts a procCluster (extra goes to the scheduler's command line) and
+// waits until both workers are registered.
+func startProcCluster(ctx context.Context, t *testing.T, extra ...string) *procCluster {
+	t.Helper()
+	port, gossip := freePort(t), freePort(t)
+	c := &procCluster{workers: map[string]*exec.Cmd{}}
+	c.schedArgs = append([]string{"scheduler", "--port", fmt.Sprint(port), "--gossip-port", fmt.Sprint(gossip),
+		"--dashboard-port", "-1", "--log-level", "warn"}, extra...)
+	var out *bufio.Scanner
+	c.sched, out = startProc(t, c.schedArgs...)
+	require.True(t, out.Scan(), "the scheduler printed nothing")
+	for _, name := range []string{"a", "b"} {
+		c.workers[name], _ = startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", gossip), "--name", name,
+			"--nthreads", "1", "--log-level", "warn")
+	}
+	var err error
+	c.client, err = client.Connect(ctx, fmt.Sprintf("127.0.0.1:%d", port), client.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.client.Close() })
+	require.Eventually(t, func() bool { return len(workerNames(ctx, c.client)) == 2 }, 30*time.Second, 20*time.Millisecond)
+	return c
+}
+
 // The worker holding a finished future's value is SIGKILLed before the client fetches it:
 // Result does not fail on the dead address but waits while the scheduler recomputes the
 // value on the other worker, and fetches it from there.
 func TestE2EResultAfterItsWorkerDied(t *testing.T) {
 	t.Parallel() // mostly waiting: these run side by side
-	port, gossip := freePort(t), freePort(t)
-	_, out := startProc(t, "scheduler", "--port", fmt.Sprint(port), "--gossip-port", fmt.Sprint(gossip),
-		"--dashboard-port", "-1", "--log-level", "warn")
-	require.True(t, out.Scan(), "the scheduler printed nothing")
-	procs := map[string]*exec.Cmd{}
-	for _, name := range []string{"a", "b"} {
-		procs[name], _ = startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", gossip), "--name", name,
-			"--nthreads", "1", "--log-level", "warn")
-	}
 	ctx := ctxT(t, 2*time.Minute)
-	cl, err := client.Connect(ctx, fmt.Sprintf("127.0.0.1:%d", port), client.Options{})
-	require.NoError(t, err)
-	defer cl.Close()
-	require.Eventually(t, func() bool { return len(workerNames(ctx, cl)) == 2 }, 30*time.Second, 20*time.Millisecond)
+	c := startProcCluster(ctx, t)
+	cl := c.client
 	g, total, want := sleepGraph("holder", 6, 10*time.Millisecond)
 	futs, err := cl.Submit(ctx, g, total)
 	require.NoError(t, err)
@@ -218,8 +240,8 @@ func TestE2EResultAfterItsWorkerDied(t *testing.T) {
 		}
 	}
 	require.NotEmpty(t, victim, "no registered worker has the address %s", holder)
-	require.NoError(t, procs[victim].Process.Kill())
-	procs[victim].Wait()
+	require.NoError(t, c.workers[victim].Process.Kill())
+	c.workers[victim].Wait()
 	v, err := futs[0].Result(ctx)
 	require.NoError(t, err, "the value whose worker died")
 	require.Equal(t, want, v)
@@ -230,31 +252,18 @@ func TestE2EResultAfterItsWorkerDied(t *testing.T) {
 // journal: the workers register again with their results, the Go client reconnects and
 // resumes, and its future resolves with the right value.
 func TestE2ESchedulerKilledResumesFromJournal(t *testing.T) {
-	port, gossip := freePort(t), freePort(t)
-	journal := filepath.Join(t.TempDir(), "journal")
-	args := []string{"scheduler", "--port", fmt.Sprint(port), "--gossip-port", fmt.Sprint(gossip),
-		"--dashboard-port", "-1", "--journal", journal, "--log-level", "warn"}
-	sched, out := startProc(t, args...)
-	require.True(t, out.Scan(), "the scheduler printed nothing")
-	for _, name := range []string{"a", "b"} {
-		startProc(t, "worker", "--join", fmt.Sprintf("127.0.0.1:%d", gossip), "--name", name, "--nthreads", "1",
-			"--log-level", "warn")
-	}
 	ctx := ctxT(t, 3*time.Minute)
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	cl, err := client.Connect(ctx, addr, client.Options{})
-	require.NoError(t, err)
-	defer cl.Close()
-	require.Eventually(t, func() bool { return len(workerNames(ctx, cl)) == 2 }, 30*time.Second, 20*time.Millisecond)
+	c := startProcCluster(ctx, t, "--journal", filepath.Join(t.TempDir(), "journal"))
+	cl := c.client
 
 	g, total, want := sleepGraph("killed", 40, 200*time.Millisecond)
 	futs, err := cl.Submit(ctx, g, total)
 	require.NoError(t, err)
 	time.Sleep(2 * time.Second) // about half of it has run
-	require.NoError(t, sched.Process.Kill())
-	sched.Wait()
+	require.NoError(t, c.sched.Process.Kill())
+	c.sched.Wait()
 	killed := time.Now()
-	startProc(t, args...)
+	startProc(t, c.schedArgs...)
 	v, err := futs[0].Result(ctx)
 	require.NoError(t, err, "the future after the scheduler's restart")
 	require.Equal(t, want, v)
