@@ -53,9 +53,9 @@ type Client struct {
 		nextID  uint64
 		err     error
 		// sent keeps the update_graph messages written last (at most retainGraphTasks
-		// tasks): a scheduler that died before reading them asks for them when this client
-		// resumes (resumed lists keys it does not know)
-		sent      []*wire.Msg
+		// tasks and retainGraphBytes): a scheduler that died before reading them asks for
+		// them when this client resumes (resumed lists keys it does not know)
+		sent      []keptGraph
 		sentTasks int
 		sentBytes int
 		lastGraph uint64 // the id of the last update_graph written
@@ -141,21 +141,36 @@ func graphBytes(m *wire.Msg) int {
 	return n
 }
 
-// keepSentLocked keeps a written update_graph (the scheduler may die before reading it).
+// keptGraph is an update_graph kept to send again, with its graphBytes.
+type keptGraph struct {
+	m     *wire.Msg
+	bytes int
+}
+
+// keepSentLocked keeps a written update_graph (the scheduler may die before reading it),
+// dropping the oldest beyond the bounds.
 func (c *Client) keepSentLocked(m *wire.Msg) {
 	c.mu.lastGraph = max(c.mu.lastGraph, m.ID)
-	c.mu.sent = append(c.mu.sent, m)
+	g := keptGraph{m: m, bytes: graphBytes(m)}
+	c.mu.sent = append(c.mu.sent, g)
 	c.mu.sentTasks += len(m.Tasks)
-	c.mu.sentBytes += graphBytes(m)
-	drop := 0
-	for (c.mu.sentTasks > retainGraphTasks || c.mu.sentBytes > retainGraphBytes) && drop < len(c.mu.sent)-1 {
-		c.mu.sentTasks -= len(c.mu.sent[drop].Tasks)
-		c.mu.sentBytes -= graphBytes(c.mu.sent[drop])
+	c.mu.sentBytes += g.bytes
+	tasks, bytes, drop := c.mu.sentTasks, c.mu.sentBytes, 0
+	for (tasks > retainGraphTasks || bytes > retainGraphBytes) && drop < len(c.mu.sent)-1 {
+		tasks -= len(c.mu.sent[drop].m.Tasks)
+		bytes -= c.mu.sent[drop].bytes
 		drop++
 	}
-	if drop > 0 {
-		c.mu.sent = slices.Delete(c.mu.sent, 0, drop)
+	c.forgetSentLocked(drop)
+}
+
+// forgetSentLocked drops the n oldest kept graphs.
+func (c *Client) forgetSentLocked(n int) {
+	for _, g := range c.mu.sent[:n] {
+		c.mu.sentTasks -= len(g.m.Tasks)
+		c.mu.sentBytes -= g.bytes
 	}
+	c.mu.sent = slices.Delete(c.mu.sent, 0, n)
 }
 
 // sendUnread answers a resumed that lists keys the scheduler does not know: the graphs kept
@@ -168,16 +183,14 @@ func (c *Client) sendUnread(read uint64, keys []string) {
 	c.mu.Lock()
 	upTo := c.mu.resumedAt
 	drop := 0 // the graphs the scheduler read are never needed again
-	for drop < len(c.mu.sent) && c.mu.sent[drop].ID <= read {
-		c.mu.sentTasks -= len(c.mu.sent[drop].Tasks)
-		c.mu.sentBytes -= graphBytes(c.mu.sent[drop])
+	for drop < len(c.mu.sent) && c.mu.sent[drop].m.ID <= read {
 		drop++
 	}
-	c.mu.sent = slices.Delete(c.mu.sent, 0, drop)
+	c.forgetSentLocked(drop)
 	var again []*wire.Msg
 	var unheld []string
-	for _, m := range c.mu.sent {
-		if m.ID > read && m.ID <= upTo {
+	for _, g := range c.mu.sent {
+		if m := g.m; m.ID <= upTo {
 			again = append(again, m)
 			for _, k := range m.Wanted {
 				if _, ok := c.mu.futures[k]; !ok {

@@ -274,7 +274,8 @@ class ControlConnection:
         self._ids = itertools.count(1)
         self._closing = False
         # update_graph messages written, newest last, at most RETAIN_GRAPH_TASKS tasks in all
-        self._sent_graphs: collections.deque[Header] = collections.deque()
+        # (header, _graph_bytes of it)
+        self._sent_graphs: collections.deque[tuple[Header, int]] = collections.deque()
         self._sent_graph_tasks = 0
         self._sent_graph_bytes = 0
         self._last_graph = 0  # the highest update_graph id written
@@ -376,17 +377,18 @@ class ControlConnection:
         if gid <= self._last_graph:
             return  # not a graph, or one sent again (kept already)
         self._last_graph = gid
-        self._sent_graphs.append(header)
+        nbytes = _graph_bytes(header)
+        self._sent_graphs.append((header, nbytes))
         self._sent_graph_tasks += len(header.get("tasks") or ())
-        self._sent_graph_bytes += _graph_bytes(header)
+        self._sent_graph_bytes += nbytes
         while len(self._sent_graphs) > 1 and (self._sent_graph_tasks > RETAIN_GRAPH_TASKS
                                               or self._sent_graph_bytes > RETAIN_GRAPH_BYTES):
             self._forget_graph_locked()
 
     def _forget_graph_locked(self) -> None:
-        h = self._sent_graphs.popleft()
+        h, nbytes = self._sent_graphs.popleft()
         self._sent_graph_tasks -= len(h.get("tasks") or ())
-        self._sent_graph_bytes -= _graph_bytes(h)
+        self._sent_graph_bytes -= nbytes
 
     def _closed_error(self) -> BaseException:
         err = self.state.error
@@ -626,9 +628,9 @@ class ControlConnection:
         keys still held (those no graph defines are then reported lost), and ``release_keys``
         for what those graphs want that no future holds any more (keys held only until a later
         chunk was sent)."""
-        while self._sent_graphs and int(self._sent_graphs[0].get("id") or 0) <= read:
+        while self._sent_graphs and int(self._sent_graphs[0][0].get("id") or 0) <= read:
             self._forget_graph_locked()  # read: never needed again
-        again = [h for h in self._sent_graphs if int(h.get("id") or 0) <= sent_before]
+        again = [h for h, _ in self._sent_graphs if int(h.get("id") or 0) <= sent_before]
         kept_from = int(again[0].get("id") or 0) if again else sent_before + 1
         logger.warning("shoal: the scheduler had not read the graphs this client sent after graph %d before it"
                        " went away; sending the %d still kept again", read, len(again))
