@@ -581,11 +581,24 @@ def test_executors_die_with_their_worker() -> None:
             Client(cluster) as client:
         client.submit(sleepy, pure=False)
         worker = next(iter(client.scheduler_info()["workers"].values()))
+        def executors_of(pid: int) -> list[int]:
+            out = []
+            for c in children_of(pid):
+                try:
+                    with open(f"/proc/{c}/cmdline", "rb") as f:
+                        if b"shoal.executor" in f.read():
+                            out.append(c)
+                except OSError:
+                    pass
+            return out
+
+        # the executors from one look at /proc (a child seen once may be gone at the next)
         deadline = time.time() + 30
-        while not children_of(worker["pid"]) and time.time() < deadline:
+        executors = executors_of(worker["pid"])
+        while not executors and time.time() < deadline:
             time.sleep(0.05)
-        executors = children_of(worker["pid"])
-        assert executors
+            executors = executors_of(worker["pid"])
+        assert executors, "the worker started no Python executor"
         os.kill(worker["pid"], signal.SIGKILL)
 
         def alive(pid: int) -> bool:
