@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -52,6 +53,8 @@ type executorPool struct {
 	batched atomic.Int64 // tasks that ran behind another one in a batch
 	// shmFrames counts payload frames sent through shared-memory windows
 	shmFrames atomic.Int64
+	// prefillsTaken counts those a fetch had copied into the window already (prefill.go)
+	prefillsTaken atomic.Int64
 	// segsOut counts segments passed to executors for runs; segsIn results that came back in one
 	segsOut, segsIn atomic.Int64
 	preloads        preloads // uploaded files and worker plugins for every executor
@@ -115,8 +118,9 @@ func (p *executorPool) live() int {
 	return len(p.mu.all)
 }
 
-// acquire returns an idle executor, starting one when none is idle and the limit allows.
-func (p *executorPool) acquire(ctx context.Context) (*executor, error) {
+// acquire returns an idle executor, one prefer says yes to if any (nil: the last one made
+// idle), starting one when none is idle and the limit allows.
+func (p *executorPool) acquire(ctx context.Context, prefer func(*executor) bool) (*executor, error) {
 	select {
 	case p.slots <- struct{}{}:
 	case <-ctx.Done():
@@ -124,8 +128,16 @@ func (p *executorPool) acquire(ctx context.Context) (*executor, error) {
 	}
 	p.mu.Lock()
 	if n := len(p.mu.idle); n > 0 {
-		ex := p.mu.idle[n-1]
-		p.mu.idle = p.mu.idle[:n-1]
+		i := n - 1
+		if prefer != nil {
+			for j, ex := range p.mu.idle {
+				if prefer(ex) {
+					i = j
+				}
+			}
+		}
+		ex := p.mu.idle[i]
+		p.mu.idle = slices.Delete(p.mu.idle, i, i+1)
 		p.mu.Unlock()
 		return ex, nil
 	}
@@ -136,6 +148,20 @@ func (p *executorPool) acquire(ctx context.Context) (*executor, error) {
 		return nil, err
 	}
 	return ex, nil
+}
+
+// prefillTarget returns the executor a fetched value's frames are best copied to ahead of its
+// task (prefill.go): the one acquire hands out next, else any; nil when there is none yet.
+func (p *executorPool) prefillTarget() *executor {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.mu.idle); n > 0 {
+		return p.mu.idle[n-1]
+	}
+	for ex := range p.mu.all {
+		return ex
+	}
+	return nil
 }
 
 // release returns a healthy executor to the pool.
@@ -518,7 +544,11 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	if taskErr != nil {
 		return result{err: taskErr}, false
 	}
-	ex, err := w.py.acquire(w.ctx)
+	var prefer func(*executor) bool
+	if len(mine.frames) > 0 {
+		prefer = func(ex *executor) bool { return ex.shm.holds(mine.frames) }
+	}
+	ex, err := w.py.acquire(w.ctx, prefer)
 	if err != nil {
 		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorError",
 			Message: fmt.Sprintf("cannot start a Python executor: %v", err)}}, false
@@ -685,6 +715,11 @@ func (w *Worker) placeShm(ex *executor, om *outMsg, r *pyRun) (segFds []int, err
 	// the windows' descriptors first (shm_new order), then the segments' (docs/protocol.md §3.5)
 	om.hdr, om.payload, om.fds = hdr, frames, append(fds, segFds...)
 	w.py.shmFrames.Add(int64(len(at)))
+	for _, p := range at {
+		if p.prefilled {
+			w.py.prefillsTaken.Add(1)
+		}
+	}
 	w.py.segsOut.Add(int64(len(segFds)))
 	return segFds, err
 }

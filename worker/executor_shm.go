@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"sync"
 	"syscall"
+	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
@@ -59,12 +61,30 @@ type shmWindow struct {
 	id   uint64
 	fd   int
 	size int64
-	busy bool // written for a run and not yet reported free by the executor
+	busy bool // written for a run and not yet reported free by the executor, or prefilled
+	sent bool // the executor has its descriptor (a run's shm_new introduced it)
+	// writing is set while a fetch writes into the window (prefill.go); a window that is
+	// dropped meanwhile is orphaned, and closed when the writing ends.
+	writing, orphan bool
+	pre             *prefilled // the frame a prefill copied into it, until a run takes it
 }
 
-// execWindows is an executor's set of windows; only the goroutine running a task on the
-// executor (or discarding it) touches it.
+// prefilled is a fetched frame a window holds a copy of (prefill.go). It keeps the frame's
+// buffer referenced, so the buffer cannot be recycled for another value meanwhile: a frame
+// whose first byte is at the same address is this frame.
+type prefilled struct {
+	frame []byte
+	at    time.Time
+}
+
+// prefillTTL is how long a prefilled window waits for a run to take it before it counts as
+// free again (its task ran on another executor, or not at all).
+const prefillTTL = 30 * time.Second
+
+// execWindows is an executor's set of windows. The goroutine running a task on the executor
+// (or discarding it) and the fetches that prefill its windows use it, under mu.
 type execWindows struct {
+	mu    sync.Mutex
 	ok    bool // the executor announced support in ready and memfd_create works
 	next  uint64
 	total int64
@@ -75,10 +95,11 @@ type execWindows struct {
 // Window.
 type shmPlacement struct {
 	//lint:ignore U1000 msgpack reads this field's tag (encode as an array)
-	_msgpack struct{} `msgpack:",as_array"`
-	Frame    int
-	Window   uint64
-	Len      int
+	_msgpack  struct{} `msgpack:",as_array"`
+	Frame     int
+	Window    uint64
+	Len       int
+	prefilled bool // the window held the frame already (prefill.go); not sent
 }
 
 // shmNew introduces a window; its descriptor travels with the message (SCM_RIGHTS), in the
@@ -103,6 +124,9 @@ func windowSize(n int) int64 {
 func (ws *execWindows) pick(n int) (w *shmWindow, created bool, err error) {
 	var best, loose *shmWindow
 	for _, c := range ws.wins {
+		if c.pre != nil && time.Since(c.pre.at) > prefillTTL {
+			c.pre, c.busy = nil, false
+		}
 		if c.busy || c.size < int64(n) {
 			continue
 		}
@@ -145,8 +169,10 @@ func newMemfd(size int64) (int, error) {
 }
 
 // pwriteAll writes b at offset 0 of fd.
-func pwriteAll(fd int, b []byte) error {
-	off := int64(0)
+func pwriteAll(fd int, b []byte) error { return pwriteAt(fd, b, 0) }
+
+// pwriteAt writes b at offset off of fd.
+func pwriteAt(fd int, b []byte, off int64) error {
 	for len(b) > 0 {
 		n, err := syscall.Pwrite(fd, b, off)
 		if errors.Is(err, syscall.EINTR) {
@@ -169,6 +195,8 @@ func pwriteAll(fd int, b []byte) error {
 // and the descriptors to pass. A failure to create or write a window turns windows off for
 // this executor; the frames concerned go through the socket.
 func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, news []shmNew, fds []int, err error) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
 	if !ws.ok {
 		return frames, nil, nil, nil, nil
 	}
@@ -176,10 +204,24 @@ func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, 
 		if len(f) < shmMinFrame {
 			continue
 		}
+		if w := ws.prefilledLocked(f); w != nil { // a fetch copied it here already
+			w.pre = nil
+			if !w.sent {
+				w.sent = true
+				news = append(news, shmNew{Window: w.id, Size: w.size})
+				fds = append(fds, w.fd)
+			}
+			if out == nil {
+				out = append([][]byte(nil), frames...)
+			}
+			out[i] = []byte{}
+			at = append(at, shmPlacement{Frame: i, Window: w.id, Len: len(f), prefilled: true})
+			continue
+		}
 		w, created, err := ws.pick(len(f))
 		if err != nil {
 			ws.ok = false
-			ws.unplace(at, news)
+			ws.unplaceLocked(at, news)
 			return frames, nil, nil, nil, err
 		}
 		if w == nil {
@@ -190,10 +232,11 @@ func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, 
 			if created {
 				ws.drop(w.id)
 			}
-			ws.unplace(at, news)
+			ws.unplaceLocked(at, news)
 			return frames, nil, nil, nil, fmt.Errorf("writing a shared-memory window: %w", err)
 		}
-		if created {
+		if !w.sent {
+			w.sent = true
 			news = append(news, shmNew{Window: w.id, Size: w.size})
 			fds = append(fds, w.fd)
 		}
@@ -213,6 +256,12 @@ func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, 
 // unplace undoes place for a message that was not sent: new windows are forgotten (the
 // executor never got them) and the others are free again.
 func (ws *execWindows) unplace(at []shmPlacement, news []shmNew) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ws.unplaceLocked(at, news)
+}
+
+func (ws *execWindows) unplaceLocked(at []shmPlacement, news []shmNew) {
 	for _, n := range news {
 		ws.drop(n.Window)
 	}
@@ -227,6 +276,8 @@ func (ws *execWindows) unplace(at []shmPlacement, news []shmNew) {
 
 // update applies an executor's report: windows now free, windows it unmapped.
 func (ws *execWindows) update(x execExt) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
 	for _, id := range x.Free {
 		for _, w := range ws.wins {
 			if w.id == id {
@@ -242,7 +293,7 @@ func (ws *execWindows) update(x execExt) {
 func (ws *execWindows) drop(id uint64) {
 	for i, w := range ws.wins {
 		if w.id == id {
-			unix.Close(w.fd)
+			ws.close(w)
 			ws.total -= w.size
 			ws.wins = append(ws.wins[:i], ws.wins[i+1:]...)
 			return
@@ -252,10 +303,21 @@ func (ws *execWindows) drop(id uint64) {
 
 // closeAll releases every window (the executor is gone or going).
 func (ws *execWindows) closeAll() {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
 	for _, w := range ws.wins {
-		unix.Close(w.fd)
+		ws.close(w)
 	}
 	ws.wins, ws.total, ws.ok = nil, 0, false
+}
+
+// close closes a window that is being forgotten, or orphans it while a fetch writes into it.
+func (ws *execWindows) close(w *shmWindow) {
+	if w.writing {
+		w.orphan = true
+		return
+	}
+	unix.Close(w.fd)
 }
 
 // execExt holds the fields of executor messages that are not part of wire.Msg.
@@ -368,4 +430,64 @@ func growMap(b []byte, add int) ([]byte, error) {
 		out = append(out, 0xdf, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	}
 	return append(out, body...), nil
+}
+
+// prefilledLocked returns the window holding a prefilled copy of frame f, or nil.
+func (ws *execWindows) prefilledLocked(f []byte) *shmWindow {
+	for _, w := range ws.wins {
+		if w.pre != nil && len(w.pre.frame) == len(f) && &w.pre.frame[0] == &f[0] {
+			return w
+		}
+	}
+	return nil
+}
+
+// holds tells whether a window holds a prefilled copy of one of frames.
+func (ws *execWindows) holds(frames [][]byte) bool {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	for _, f := range frames {
+		if len(f) >= shmMinFrame && ws.prefilledLocked(f) != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// reserve returns a window that a fetch may write an n-byte frame into, busy and marked as
+// being written until filled or cancel; nil when there is none to spare.
+func (ws *execWindows) reserve(n int) *shmWindow {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	if !ws.ok {
+		return nil
+	}
+	w, _, err := ws.pick(n)
+	if err != nil || w == nil || w.size > 4*int64(n) {
+		return nil // pick's fallback, a window too large to fit well, is not for a guess
+	}
+	w.busy, w.writing = true, true
+	return w
+}
+
+// filled records that w holds a copy of frame, for a run to take (place).
+func (ws *execWindows) filled(w *shmWindow, frame []byte) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	w.writing = false
+	if w.orphan {
+		unix.Close(w.fd)
+		return
+	}
+	w.pre = &prefilled{frame: frame, at: time.Now()}
+}
+
+// cancel gives back a window reserved for a copy that did not complete.
+func (ws *execWindows) cancel(w *shmWindow) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	w.writing, w.busy = false, false
+	if w.orphan {
+		unix.Close(w.fd)
+	}
 }

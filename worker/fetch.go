@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
@@ -114,10 +115,33 @@ func (w *Worker) pumpFetchesLocked() {
 		for _, g := range batch {
 			g.inFlight = true
 		}
+		var land map[string]bool
+		for _, g := range batch {
+			if w.prefillsLocked(g) {
+				if land == nil {
+					land = make(map[string]bool)
+				}
+				land[g.key] = true
+			}
+		}
 		w.mu.active++
 		w.mu.inFlight += bytes
-		w.goFunc(func() { w.fetchFrom(peer, batch, bytes) })
+		w.goFunc(func() { w.fetchFrom(peer, batch, bytes, land) })
 	}
+}
+
+// prefillsLocked tells whether f's large frames should be prefilled into an executor's windows
+// (prefill.go): every task waiting for it here runs in a Python executor.
+func (w *Worker) prefillsLocked(f *fetch) bool {
+	if !shmEnabled || len(f.dependents) == 0 {
+		return false
+	}
+	for k := range f.dependents {
+		if ts := w.mu.tasks[k]; ts == nil || ts.t.Kind != graph.KindPy {
+			return false
+		}
+	}
+	return true
 }
 
 // PeerGone tells the worker that the peer serving data at addr left the cluster (the scheduler
@@ -136,13 +160,19 @@ func (w *Worker) PeerGone(addr string) {
 }
 
 // fetchFrom performs one get_data request and files its outcome.
-func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64) {
+func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64, land map[string]bool) {
 	keys := make([]string, len(batch))
 	for i, f := range batch {
 		keys[i] = f.key
 	}
 	start := time.Now()
-	got, err := w.peers.getDataSized(w.peers.context(peer), peer, keys, declared)
+	var lands func(string) bool
+	var ex *executor
+	if len(land) > 0 {
+		lands = func(key string) bool { return land[key] }
+		ex = w.py.prefillTarget()
+	}
+	got, err := w.peers.getDataSized(w.peers.context(peer), peer, keys, declared, ex, lands)
 	w.peers.outcome(peer, err)
 	if err != nil {
 		w.log.Warn("fetching from peer failed", "peer", peer, "keys", len(keys), "err", err)
@@ -456,13 +486,16 @@ func (p *peerPool) closeAll() {
 // /proc) and not the value going away meanwhile (spilled or dropped), this peer is not asked
 // for descriptors again.
 func (p *peerPool) getData(ctx context.Context, addr string, keys []string) ([]received, error) {
-	return p.getDataSized(ctx, addr, keys, 0)
+	return p.getDataSized(ctx, addr, keys, 0, nil, nil)
 }
 
 // getDataSized is getData for keys whose sizes add up to expect bytes (0: unknown), which
 // bounds the frame sizes trusted enough to be read into a buffer of their declared length:
-// a larger one grows as its bytes arrive (a peer's declared length is a claim).
-func (p *peerPool) getDataSized(ctx context.Context, addr string, keys []string, expect int64) ([]received, error) {
+// a larger one grows as its bytes arrive (a peer's declared length is a claim). The large
+// frames of the keys land says yes to (nil: none) are copied into ex's windows as they arrive
+// (prefill.go).
+func (p *peerPool) getDataSized(ctx context.Context, addr string, keys []string, expect int64,
+	ex *executor, land func(string) bool) ([]received, error) {
 	trust := int64(256 << 20)
 	if expect > 0 {
 		trust = 2*expect + 1<<20
@@ -476,7 +509,11 @@ func (p *peerPool) getDataSized(ctx context.Context, addr string, keys []string,
 	p.mu.Lock()
 	shm := shmEnabled && hostID() != "" && !p.mu.noShm[addr]
 	p.mu.Unlock()
-	got, retry, blocked, err := p.getDataVia(ctx, addr, keys, shm, alloc, false)
+	dest := fetchDest{alloc: alloc, land: land}
+	if ex != nil && land != nil {
+		dest.prefill = &ex.shm
+	}
+	got, retry, blocked, err := p.getDataVia(ctx, addr, keys, shm, dest, false)
 	if err != nil || len(retry) == 0 {
 		return got, err
 	}
@@ -487,15 +524,23 @@ func (p *peerPool) getDataSized(ctx context.Context, addr string, keys []string,
 		p.w.log.Info("cannot open a peer's shared-memory segments; fetching its values over TCP from now on",
 			"peer", addr, "err", blocked)
 	}
-	more, _, _, err := p.getDataVia(ctx, addr, retry, false, alloc, false)
+	more, _, _, err := p.getDataVia(ctx, addr, retry, false, dest, false)
 	return append(got, more...), err
+}
+
+// fetchDest says where a get_data answer's payload frames go: into alloc's buffers, and
+// copied into the windows of prefill as they arrive for the keys land says yes to (prefill.go).
+type fetchDest struct {
+	alloc   func(int) []byte
+	prefill *execWindows // nil: none
+	land    func(string) bool
 }
 
 // getDataVia is one get_data request (split in halves when the answer would be too large),
 // asking for segment descriptors when shm is set, on a new connection when fresh; retry lists
 // the keys whose segments could not be opened, blocked is set when a failure means none of
-// that peer's can be (segmentsBlocked). Payload frames are read into alloc's buffers.
-func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, shm bool, alloc func(int) []byte,
+// that peer's can be (segmentsBlocked). Payload frames are read where dest says.
+func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, shm bool, dest fetchDest,
 	fresh bool) (got []received, retry []string, blocked, err error) {
 	c, id, pooled, err := p.get(ctx, addr, fresh)
 	if err != nil {
@@ -513,7 +558,16 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 		p.put(addr, c)
 		return nil, nil, nil, err
 	}
-	m, segs, frames, err := c.request(hdr, alloc)
+	wdest := wire.Dest{Alloc: dest.alloc}
+	var pf *prefills
+	if dest.prefill != nil {
+		pf = newPrefills(dest.prefill, dest.land, dest.alloc)
+		wdest.Sink = pf.Sink
+	}
+	m, segs, frames, err := c.request(hdr, wdest)
+	if pf != nil {
+		pf.finish(err == nil && m.Op == wire.OpData)
+	}
 	if err != nil {
 		c.close()
 		if ctx.Err() != nil {
@@ -521,7 +575,7 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 		}
 		if pooled { // the peer may have closed it while it sat in the pool: once more, on a new one
 			stop()
-			return p.getDataVia(ctx, addr, keys, shm, alloc, true)
+			return p.getDataVia(ctx, addr, keys, shm, dest, true)
 		}
 		return nil, nil, nil, err
 	}
@@ -531,11 +585,11 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 			p.put(addr, c)
 		}
 		half := len(keys) / 2
-		first, retry, blocked, err := p.getDataVia(ctx, addr, keys[:half], shm, alloc, false)
+		first, retry, blocked, err := p.getDataVia(ctx, addr, keys[:half], shm, dest, false)
 		if err != nil {
 			return first, retry, blocked, err
 		}
-		second, retry2, blocked2, err := p.getDataVia(ctx, addr, keys[half:], shm, alloc, false)
+		second, retry2, blocked2, err := p.getDataVia(ctx, addr, keys[half:], shm, dest, false)
 		if blocked == nil {
 			blocked = blocked2
 		}
@@ -608,8 +662,8 @@ func (r idleReader) Read(b []byte) (int, error) {
 }
 
 // request sends a message with header hdr (no payload) and reads the answer, with the
-// segments a data answer describes; payload frames are allocated by alloc.
-func (c *peerConn) request(hdr []byte, alloc func(int) []byte) (*wire.Msg, []peerSeg, [][]byte, error) {
+// segments a data answer describes; payload frames are read where dest says.
+func (c *peerConn) request(hdr []byte, dest wire.Dest) (*wire.Msg, []peerSeg, [][]byte, error) {
 	out := make([]byte, 0, 12+len(hdr))
 	out = append(out, 0, 0, 0, 1)
 	out = appendU64(out, uint64(len(hdr)))
@@ -618,7 +672,7 @@ func (c *peerConn) request(hdr []byte, alloc func(int) []byte) (*wire.Msg, []pee
 	if _, err := c.nc.Write(out); err != nil {
 		return nil, nil, nil, err
 	}
-	frames, err := wire.ReadFramesAlloc(c.br, c.lim, alloc)
+	frames, err := wire.ReadFramesTo(c.br, c.lim, dest)
 	if err != nil {
 		return nil, nil, nil, err
 	}

@@ -170,7 +170,7 @@ func (c *Conn) readMessage() ([][]byte, error) {
 	if err := c.awaitMessage(); err != nil {
 		return nil, err
 	}
-	frames, err := readFrames(c.br, c.lim, &c.scratch, nil)
+	frames, err := readFrames(c.br, c.lim, &c.scratch, Dest{})
 	if err != nil && isTimeout(err) && c.tr.inMsg > 0 {
 		return nil, fmt.Errorf("%w: nothing for %v", ErrStalled, c.tr.inMsg)
 	}
@@ -195,7 +195,7 @@ func Dial(ctx context.Context, addr string, o DialOptions) (*Conn, error) {
 }
 
 // DialRaw connects to addr (with TLS when o.TLS is set) and performs the handshake, returning
-// the bare connection for a caller that frames messages itself (ReadFramesAlloc, WriteFrames)
+// the bare connection for a caller that frames messages itself (ReadFramesTo, WriteFrames)
 // instead of using a Conn and its writer goroutine.
 func DialRaw(ctx context.Context, addr string, o DialOptions) (net.Conn, error) {
 	var d net.Dialer

@@ -30,13 +30,36 @@ var ErrProtocol = errors.New("wire: protocol error")
 
 // ReadFrames reads one message (a frame list) from r. The declared frame count and lengths are
 // validated against lim before any payload is allocated.
-func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) { return readFrames(r, lim, nil, nil) }
+func ReadFrames(r io.Reader, lim Limits) ([][]byte, error) { return readFrames(r, lim, nil, Dest{}) }
 
-// ReadFramesAlloc is ReadFrames with the payload frames (all but the header frame) allocated
-// by alloc, which must return a slice of exactly the length asked for (a recycled buffer, say),
-// or nil for a length it does not trust (the frame then grows as its bytes arrive).
-func ReadFramesAlloc(r io.Reader, lim Limits, alloc func(int) []byte) ([][]byte, error) {
-	return readFrames(r, lim, nil, alloc)
+// Dest says where ReadFramesTo puts a message's payload frames (all but the header frame).
+type Dest struct {
+	// Alloc returns a buffer of exactly the length asked for (a recycled buffer, say), or nil
+	// for a length it does not trust (the frame then grows as its bytes arrive). Nil: every
+	// frame grows as its bytes arrive.
+	Alloc func(n int) []byte
+	// Sink, when set, is asked first about every payload frame, with the header frame, the
+	// frame's index and its declared length. A Sink it returns reads that frame; nil: Alloc's
+	// buffer does.
+	Sink func(hdr []byte, i int, n int64) Sink
+}
+
+// A Sink reads a payload frame's bytes as they arrive (Dest.Sink): into a buffer of its own
+// choosing, chunk by chunk, so that it can act on each chunk (copy it on) while the next one is
+// read. A declared length is still a claim: Filled hands over the bytes that arrived, and a
+// message that ends early is an error before the frame's last Filled (and Frame is not called).
+type Sink interface {
+	// Buf returns a buffer for the frame's next bytes (at least one byte long).
+	Buf() ([]byte, error)
+	// Filled says that the first n bytes of the buffer Buf returned last hold the next bytes.
+	Filled(n int) error
+	// Frame returns the frame, once all its bytes were handed over.
+	Frame() []byte
+}
+
+// ReadFramesTo is ReadFrames with the payload frames read where dest says.
+func ReadFramesTo(r io.Reader, lim Limits, dest Dest) ([][]byte, error) {
+	return readFrames(r, lim, nil, dest)
 }
 
 // recvScratch holds a connection's reusable read buffers: the frame lengths and a header
@@ -50,7 +73,7 @@ type recvScratch struct {
 
 const maxScratchHeader = 64 << 10
 
-func readFrames(r io.Reader, lim Limits, s *recvScratch, alloc func(int) []byte) ([][]byte, error) {
+func readFrames(r io.Reader, lim Limits, s *recvScratch, dest Dest) ([][]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -95,8 +118,19 @@ func readFrames(r io.Reader, lim Limits, s *recvScratch, alloc func(int) []byte)
 				s.hdr = make([]byte, max(sz, 512))
 			}
 			frames[0] = s.hdr[:sz]
-		} else if i > 0 && alloc != nil && sz > 0 {
-			frames[i] = alloc(int(sz)) // nil: not trusted with that much
+		} else if i > 0 && sz > 0 {
+			if dest.Sink != nil {
+				if sink := dest.Sink(frames[0], i, sz); sink != nil {
+					if err := readInto(r, sz, sink); err != nil {
+						return nil, err
+					}
+					frames[i] = sink.Frame()
+					continue
+				}
+			}
+			if dest.Alloc != nil {
+				frames[i] = dest.Alloc(int(sz)) // nil: not trusted with that much
+			}
 		}
 		if frames[i] == nil {
 			f, err := readGrowing(r, sz)
@@ -136,6 +170,30 @@ func readGrowing(r io.Reader, sz int64) ([]byte, error) {
 		copy(nb, b)
 		b = nb
 	}
+}
+
+// readInto reads a frame of sz bytes into sink.
+func readInto(r io.Reader, sz int64, sink Sink) error {
+	for sz > 0 {
+		b, err := sink.Buf()
+		if err != nil {
+			return err
+		}
+		if int64(len(b)) > sz {
+			b = b[:sz]
+		}
+		n, err := io.ReadFull(r, b)
+		if n > 0 {
+			if ferr := sink.Filled(n); ferr != nil {
+				return ferr
+			}
+		}
+		if err != nil {
+			return unexpected(err)
+		}
+		sz -= int64(n)
+	}
+	return nil
 }
 
 func unexpected(err error) error {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
@@ -223,7 +224,7 @@ func TestArgZeroLiteralSurvives(t *testing.T) {
 	require.Nil(t, args[4].Val)
 }
 
-// ReadFramesAlloc reads payload frames into the caller's buffers, the header into its own, and
+// ReadFramesTo reads payload frames into the caller's buffers, the header into its own, and
 // checks the limits before asking for any buffer.
 func TestReadFramesAlloc(t *testing.T) {
 	var buf bytes.Buffer
@@ -236,7 +237,7 @@ func TestReadFramesAlloc(t *testing.T) {
 		pool = pool[n:]
 		return b
 	}
-	frames, err := ReadFramesAlloc(bytes.NewReader(buf.Bytes()), DefaultLimits(), alloc)
+	frames, err := ReadFramesTo(bytes.NewReader(buf.Bytes()), DefaultLimits(), Dest{Alloc: alloc})
 	require.NoError(t, err)
 	require.Equal(t, []int{9, 2}, asked)
 	require.Equal(t, [][]byte{[]byte("hdr"), []byte("payload-1"), []byte("p2")}, frames)
@@ -244,9 +245,63 @@ func TestReadFramesAlloc(t *testing.T) {
 	lim := DefaultLimits()
 	lim.MaxFrame = 4 // "payload-1" is over the limit: refused before any allocation
 	asked = nil
-	_, err = ReadFramesAlloc(bytes.NewReader(buf.Bytes()), lim, alloc)
+	_, err = ReadFramesTo(bytes.NewReader(buf.Bytes()), lim, Dest{Alloc: alloc})
 	require.ErrorIs(t, err, ErrFrameTooLarge)
 	require.Empty(t, asked)
+}
+
+// chunkSink collects a frame's bytes in chunks of at most size bytes, failing after fail
+// chunks when fail > 0.
+type chunkSink struct {
+	size, fail int
+	buf        []byte
+	got        []string
+}
+
+func (s *chunkSink) Buf() ([]byte, error) {
+	if s.fail > 0 && len(s.got) == s.fail {
+		return nil, errors.New("sink full")
+	}
+	s.buf = make([]byte, s.size)
+	return s.buf, nil
+}
+
+func (s *chunkSink) Filled(n int) error {
+	s.got = append(s.got, string(s.buf[:n]))
+	return nil
+}
+
+func (s *chunkSink) Frame() []byte { return []byte{} }
+
+// A frame a Sink takes arrives in the sink's chunks and is the sink's Frame; the other frames
+// are read into memory; a message cut short and a sink's error are errors.
+func TestReadFramesSink(t *testing.T) {
+	var buf bytes.Buffer
+	require.NoError(t, WriteFrames(&buf, [][]byte{[]byte("hdr"), []byte("payload-1"), []byte("p2")}))
+	sink := &chunkSink{size: 4}
+	var asked []string
+	dest := Dest{Sink: func(hdr []byte, i int, n int64) Sink {
+		asked = append(asked, fmt.Sprintf("%s %d %d", hdr, i, n))
+		if i == 1 {
+			return sink
+		}
+		return nil
+	}}
+	frames, err := ReadFramesTo(bytes.NewReader(buf.Bytes()), DefaultLimits(), dest)
+	require.NoError(t, err)
+	require.Equal(t, []string{"hdr 1 9", "hdr 2 2"}, asked)
+	require.Equal(t, [][]byte{[]byte("hdr"), {}, []byte("p2")}, frames)
+	require.Equal(t, []string{"payl", "oad-", "1"}, sink.got)
+
+	whole := buf.Bytes()
+	sink = &chunkSink{size: 4}
+	_, err = ReadFramesTo(bytes.NewReader(whole[:len(whole)-5]), DefaultLimits(), dest)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	require.Equal(t, []string{"payl", "oa"}, sink.got, "the bytes that arrived, no more")
+
+	sink = &chunkSink{size: 4, fail: 1}
+	_, err = ReadFramesTo(bytes.NewReader(whole), DefaultLimits(), dest)
+	require.ErrorContains(t, err, "sink full")
 }
 
 func TestResolveWildcard(t *testing.T) {
