@@ -238,14 +238,15 @@ func BenchmarkHostsTransfer(b *testing.B) {
 	}
 	transfer(-1) // warm-up: first connections, the first 200 MB allocations fault in pages
 	stream(ctx, b, c, size)
-	var raw, shoal []time.Duration
+	var raw, kept, shoal []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		raw = append(raw, stream(ctx, b, c, size))
+		kept = append(kept, streamKept(ctx, b, c, size))
 		shoal = append(shoal, transfer(i))
 	}
 	b.StopTimer()
-	reportTransfers(b, c, size, raw, shoal)
+	reportTransfers(b, c, size, raw, kept, shoal)
 }
 
 // startBenchHosts starts the three-host cluster of the transfer benchmarks, with the workers'
@@ -271,16 +272,21 @@ func startBenchHosts(b *testing.B, prefix string) *hostCluster {
 }
 
 // reportTransfers reports the medians of the raw streams' and Shoal's throughput and of their
-// per-iteration ratio.
-func reportTransfers(b *testing.B, c *hostCluster, size int64, raw, shoal []time.Duration) {
+// per-iteration ratio (ratio: against the raw stream, the measure; ratio-kept: against
+// the stream whose receiver keeps the bytes, as a transfer does).
+func reportTransfers(b *testing.B, c *hostCluster, size int64, raw, kept, shoal []time.Duration) {
 	gbps := func(d time.Duration) float64 { return float64(size) / d.Seconds() / 1e9 }
 	ratios := make([]float64, len(raw))
+	keptRatios := make([]float64, len(raw))
 	for i := range raw {
 		ratios[i] = raw[i].Seconds() / shoal[i].Seconds()
+		keptRatios[i] = kept[i].Seconds() / shoal[i].Seconds()
 	}
 	b.ReportMetric(gbps(medianDuration(raw)), "raw-GB/s")
+	b.ReportMetric(gbps(medianDuration(kept)), "raw-kept-GB/s")
 	b.ReportMetric(gbps(medianDuration(shoal)), "shoal-GB/s")
 	b.ReportMetric(median(ratios), "ratio")
+	b.ReportMetric(median(keptRatios), "ratio-kept")
 	b.ReportMetric(0, "ns/op")
 	if os.Getenv("SHOAL_HOSTS_LOG") != "" {
 		b.Logf("w3's log:\n%s", c.Workers[1].Output())
@@ -348,24 +354,35 @@ func benchPythonTransfer(b *testing.B, kind string) {
 	}
 	next() // warm-up
 	stream(ctx, b, c, size)
-	var raw, shoal, same []time.Duration
+	var raw, kept, shoal, same []time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		raw = append(raw, stream(ctx, b, c, size))
+		kept = append(kept, streamKept(ctx, b, c, size))
 		remote, local := next()
 		shoal = append(shoal, time.Duration(remote*float64(time.Second)))
 		same = append(same, time.Duration(local*float64(time.Second)))
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(medianDuration(same).Microseconds())/1e3, "ms-same-worker")
-	reportTransfers(b, c, size, raw, shoal)
+	reportTransfers(b, c, size, raw, kept, shoal)
 }
 
 // stream times a raw TCP stream of size bytes from host2 to host3.
 func stream(ctx context.Context, b *testing.B, c *hostCluster, size int64) time.Duration {
-	bps, err := testhost.StreamTCP(ctx, c.Hosts[1], c.Hosts[2], size)
-	if err != nil {
-		b.Fatal(err)
+	return timed(b, size)(testhost.StreamTCP(ctx, c.Hosts[1], c.Hosts[2], size))
+}
+
+// streamKept is stream with a receiver that keeps the bytes (testhost.StreamTCPKept).
+func streamKept(ctx context.Context, b *testing.B, c *hostCluster, size int64) time.Duration {
+	return timed(b, size)(testhost.StreamTCPKept(ctx, c.Hosts[1], c.Hosts[2], size))
+}
+
+func timed(b *testing.B, size int64) func(float64, error) time.Duration {
+	return func(bps float64, err error) time.Duration {
+		if err != nil {
+			b.Fatal(err)
+		}
+		return time.Duration(float64(size) / bps * float64(time.Second))
 	}
-	return time.Duration(float64(size) / bps * float64(time.Second))
 }

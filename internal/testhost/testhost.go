@@ -658,6 +658,24 @@ func (b *outBuffer) String() string {
 // the receiver has read the last byte: the raw link speed a transfer between those hosts is
 // measured against.
 func StreamTCP(ctx context.Context, from, to *Host, n int64) (float64, error) {
+	return streamTCP(ctx, from, to, n, false)
+}
+
+// StreamTCPKept is StreamTCP with a receiver that keeps what it reads: the bytes land in one
+// buffer of n bytes, faulted in before the clock starts, as a transfer's value does (where
+// StreamTCP's receiver reads every chunk into the same 16 MiB, which caches may hold).
+func StreamTCPKept(ctx context.Context, from, to *Host, n int64) (float64, error) {
+	return streamTCP(ctx, from, to, n, true)
+}
+
+func streamTCP(ctx context.Context, from, to *Host, n int64, keep bool) (float64, error) {
+	var kept []byte
+	if keep {
+		kept = make([]byte, n)
+		for i := 0; i < len(kept); i += 4096 {
+			kept[i] = 1
+		}
+	}
 	ln, err := to.Listen("tcp", to.Addr(0))
 	if err != nil {
 		return 0, err
@@ -679,6 +697,12 @@ func StreamTCP(ctx context.Context, from, to *Host, n int64) (float64, error) {
 		buf := make([]byte, 16<<20)
 		var r int64
 		for {
+			if keep {
+				buf = kept[min(r, n):]
+				if len(buf) == 0 {
+					buf = make([]byte, 1) // only EOF (or a byte too many) is still to come
+				}
+			}
 			k, err := c.Read(buf)
 			r += int64(k)
 			if err != nil {

@@ -73,6 +73,9 @@ func TestHostsReachEachOtherAndCutStopsTraffic(t *testing.T) {
 	bps, err := StreamTCP(context.Background(), h2, h1, 8<<20)
 	require.NoError(t, err)
 	require.Positive(t, bps)
+	bps, err = StreamTCPKept(context.Background(), h2, h1, 8<<20+3) // counted to the byte
+	require.NoError(t, err)
+	require.Positive(t, bps)
 
 	// the same port is not open in the root namespace's loopback: the listener lives in host1
 	if lc, err := net.DialTimeout("tcp", "127.0.0.1:"+strings.Split(addr, ":")[1], time.Second); err == nil {
