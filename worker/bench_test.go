@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -85,12 +84,7 @@ func BenchmarkNoopTask(b *testing.B) {
 // Python executor for a task that only reads its row count, through the shared-memory windows
 // and through the socket. Reports bytes/s. Needs the real executor (clients/python).
 func BenchmarkExecutorTransfer(b *testing.B) {
-	py := pythonForTests(b)
-	pkg, err := filepath.Abs("../clients/python")
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Setenv("PYTHONPATH", pkg)
+	py := shoalPython(b)
 	out, err := exec.Command(py, "testdata/make_py_task.py", "rows").Output()
 	if err != nil {
 		b.Skipf("cannot build a pickled task: %v", err)

@@ -183,10 +183,7 @@ func TestPythonBatchExecutorDies(t *testing.T) {
 // give every task its own span (the worker's clock alone would give the first the whole batch
 // and the others nothing), in the order they ran, without overlap.
 func TestPythonBatchRunTimes(t *testing.T) {
-	py := pythonForTests(t)
-	pkg, err := filepath.Abs("../clients/python")
-	require.NoError(t, err)
-	t.Setenv("PYTHONPATH", pkg)
+	py := shoalPython(t)
 	h, fn, payload := realPyTask(t, py, "nap")
 	batchLimits(t, 64)
 	s := newFakeSched(t, "")

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -69,10 +68,7 @@ func TestPythonExecutorSharedMemory(t *testing.T) {
 				// the other tests without windows) would turn them off on its side
 				t.Setenv("SHOAL_EXECUTOR_SHM", "1")
 			}
-			py := pythonForTests(t)
-			pkg, err := filepath.Abs("../clients/python")
-			require.NoError(t, err)
-			t.Setenv("PYTHONPATH", pkg)
+			py := shoalPython(t)
 			h, fn, payload := realPyTask(t, py, "digest")
 			require.Zero(t, windowFds(t, os.Getpid()))
 

@@ -81,10 +81,7 @@ func TestPythonExecutorCannotStart(t *testing.T) {
 // TestRealPythonExecutor runs shoal.executor from clients/python on Go-produced inputs
 // (msgpack and Arrow), when that package and cloudpickle are importable.
 func TestRealPythonExecutor(t *testing.T) {
-	py := pythonForTests(t)
-	pkg, err := filepath.Abs("../clients/python")
-	require.NoError(t, err)
-	t.Setenv("PYTHONPATH", pkg)
+	py := shoalPython(t)
 	s := newFakeSched(t, "")
 	cfg := testConfig(t)
 	cfg.Python = py

@@ -260,8 +260,18 @@ func pythonForTests(t testing.TB) string {
 	if _, err := os.Stat(p); err == nil {
 		return p
 	}
-	t.Skip("no Python with msgpack: set SHOAL_PYTHON or create /work/main/.venv")
+	t.Skip("no Python with msgpack: set SHOAL_PYTHON or run make venv")
 	return ""
+}
+
+// shoalPython is pythonForTests with the repository's Python package (clients/python) on the
+// PYTHONPATH of the executors the test starts: the real executor, and make_py_task.py.
+func shoalPython(t testing.TB) string {
+	py := pythonForTests(t)
+	pkg, err := filepath.Abs("../clients/python")
+	require.NoError(t, err)
+	t.Setenv("PYTHONPATH", pkg)
+	return py
 }
 
 // eventually polls cond (for state with no message to wait on), failing after hangGuard.

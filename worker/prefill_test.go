@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -20,10 +19,7 @@ func TestPythonFetchPrefill(t *testing.T) {
 	if !shmEnabled {
 		t.Skip("SHOAL_EXECUTOR_SHM=0")
 	}
-	py := pythonForTests(t)
-	pkg, err := filepath.Abs("../clients/python")
-	require.NoError(t, err)
-	t.Setenv("PYTHONPATH", pkg)
+	py := shoalPython(t)
 	h, fn, payload := realPyTask(t, py, "digest")
 	hn, fnn, pn := realPyTask(t, py, "nap")
 

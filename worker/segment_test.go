@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -480,10 +479,7 @@ func TestPythonExecutorSegments(t *testing.T) {
 			if !shmEnabled {
 				t.Skip("SHOAL_EXECUTOR_SHM=0")
 			}
-			py := pythonForTests(t)
-			pkg, err := filepath.Abs("../clients/python")
-			require.NoError(t, err)
-			t.Setenv("PYTHONPATH", pkg)
+			py := shoalPython(t)
 			if !execSeg {
 				// the executor's environment only: the worker read its switch at start
 				t.Setenv("SHOAL_EXECUTOR_SHM", "0")
