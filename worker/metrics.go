@@ -17,6 +17,7 @@ type Metrics struct {
 	TransfersOut    int64 // get_data requests served with at least one value
 	ShmTransfersIn  int64 // values taken from a peer on this machine as a segment descriptor
 	ShmTransfersOut int64 // values handed to a peer on this machine as a segment descriptor
+	Prefilled       int64 // fetched frames a run found already copied into its executor's window (prefill.go)
 	FetchFailures   int64 // dependencies no holder could supply
 	Fetching        int   // dependencies being fetched or queued for fetching
 	Memory          int64 // result bytes held in memory, segments included
@@ -41,8 +42,8 @@ func (w *Worker) Metrics() Metrics {
 		BytesSent: w.stats.bytesSent.Load(), BytesReceived: w.stats.bytesRecv.Load(),
 		TransfersIn: w.stats.transfersIn.Load(), TransfersOut: w.stats.transferOut.Load(),
 		ShmTransfersIn: w.stats.shmIn.Load(), ShmTransfersOut: w.stats.shmOut.Load(), SegmentBytes: st.Segments,
-		FetchFailures: w.stats.fetchFailures.Load(),
-		Memory:        st.Memory, Spilled: st.Spilled, MemoryLimit: w.memLimit, Keys: st.Keys,
+		FetchFailures: w.stats.fetchFailures.Load(), Prefilled: w.py.prefillsTaken.Load(),
+		Memory: st.Memory, Spilled: st.Spilled, MemoryLimit: w.memLimit, Keys: st.Keys,
 		ExecutorDeaths: w.py.deaths.Load(), ProcessMemory: w.ProcessMemory(),
 	}
 	w.mu.Lock()
@@ -81,6 +82,7 @@ var metricDescs = func() []metricDesc {
 		d("transfers_out_total", "get_data requests served with data.", c, func(m *Metrics) float64 { return float64(m.TransfersOut) }),
 		d("shm_transfers_in_total", "Values taken from a peer on this machine as a shared-memory segment (no copy).", c, func(m *Metrics) float64 { return float64(m.ShmTransfersIn) }),
 		d("shm_transfers_out_total", "Values handed to a peer on this machine as a shared-memory segment.", c, func(m *Metrics) float64 { return float64(m.ShmTransfersOut) }),
+		d("prefilled_frames_total", "Frames fetched from peers for Python tasks that were copied into the executor's shared memory as they arrived, and taken from there by the task's run.", c, func(m *Metrics) float64 { return float64(m.Prefilled) }),
 		d("fetch_failures_total", "Dependencies no holder could supply.", c, func(m *Metrics) float64 { return float64(m.FetchFailures) }),
 		d("executor_deaths_total", "Python executors that died.", c, func(m *Metrics) float64 { return float64(m.ExecutorDeaths) }),
 		d("memory_bytes", "Result bytes held in memory.", g, func(m *Metrics) float64 { return float64(m.Memory) }),

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -164,6 +166,56 @@ func TestE2EHostsWildcardCluster(t *testing.T) {
 	for name, addr := range addrs {
 		require.Regexp(t, regexp.MustCompile(`(?m)^`+name+`\s+`+regexp.QuoteMeta(addr)+`\s`), out)
 	}
+}
+
+// A numpy array made by a Python task on host2 reaches a Python task on host3 whole, through
+// the peer transfer over the bridge, and the fetch copied it into w3's executor as it arrived
+// (prefill: the run took it from there, as w3's metrics count).
+func TestE2EHostsPythonValuePrefilled(t *testing.T) {
+	py := os.Getenv("SHOAL_PYTHON")
+	if py == "" {
+		t.Skip("SHOAL_PYTHON is not set (make exports it: the .venv interpreter with the shoal package)")
+	}
+	const metricsPort = 9101
+	c := startHostCluster(t, 3, func(i int) []string {
+		if i == 2 {
+			return []string{"--metrics-port", fmt.Sprint(metricsPort)}
+		}
+		return nil
+	})
+	ctx := ctxT(t, 2*time.Minute)
+	script := `
+import sys
+import numpy as np
+from shoal import Client
+
+def make(n):
+    return np.arange(n, dtype=np.uint32) * np.uint32(2654435761)
+
+def digest(a):
+    return int(a.sum(dtype=np.uint64)), int(a[-1]), a.nbytes
+
+with Client(sys.argv[1]) as client:
+    client.submit(int, 0, workers=["w3"]).result()  # w3's executor, which a prefill needs
+    n = 3 << 20  # 12 MiB
+    made = client.submit(make, n, workers=["w2"])
+    got = client.submit(digest, made, workers=["w3"]).result()
+    want = digest(make(n))
+    assert got == want, (got, want)
+    print("ok", got[2])
+`
+	out, err := exec.CommandContext(ctx, py, "-c", script, c.Scheduler).CombinedOutput()
+	require.NoError(t, err, string(out))
+	require.Contains(t, string(out), "ok 12582912")
+
+	resp, err := http.Get("http://" + c.Hosts[2].Addr(metricsPort) + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^shoal_worker_prefilled_frames_total (\d+)`).FindSubmatch(body)
+	require.NotNil(t, m, "w3's metrics:\n%s", body)
+	require.NotEqual(t, "0", string(m[1]), "the run took the frame its fetch prefilled")
 }
 
 // An interface name works as --host, and --advertise-host overrides what is advertised.
