@@ -133,6 +133,7 @@ func (p *executorPool) acquire(ctx context.Context, prefer func(*executor) bool)
 			for j, ex := range p.mu.idle {
 				if prefer(ex) {
 					i = j
+					break
 				}
 			}
 		}
@@ -404,7 +405,7 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 		if m.Op != wire.OpReady {
 			return fmt.Errorf("expected ready, got %q", m.Op)
 		}
-		ex.shm.ok = shmEnabled && x.SHM == 1
+		ex.shm.setUsable(shmEnabled && x.SHM == 1)
 		ex.seg = shmEnabled && x.Segments == 1
 		return nil
 	}()
@@ -594,7 +595,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		msgs[i] = outMsg{m: r.m, payload: r.frames}
 	}
 	var segFds []int
-	if len(batch) == 1 && (ex.shm.ok || len(mine.segs) > 0) {
+	if len(batch) == 1 && (len(mine.segs) > 0 || ex.shm.usable()) {
 		var err error
 		if segFds, err = w.placeShm(ex, &msgs[0], mine); err != nil {
 			if len(mine.segs) > 0 && segFds == nil {

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"weak"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
@@ -69,12 +70,19 @@ type shmWindow struct {
 	pre             *prefilled // the frame a prefill copied into it, until a run takes it
 }
 
-// prefilled is a fetched frame a window holds a copy of (prefill.go). It keeps the frame's
-// buffer referenced, so the buffer cannot be recycled for another value meanwhile: a frame
-// whose first byte is at the same address is this frame.
+// prefilled is a fetched frame a window holds a copy of (prefill.go), known by a weak pointer
+// to its first byte and its length: it does not keep the frame's buffer alive, and once the
+// buffer is unreachable (its value deleted or spilled) the pointer is nil for good, even when
+// the buffer pool's finalizer recycles the buffer for another value.
 type prefilled struct {
-	frame []byte
+	first weak.Pointer[byte]
+	n     int
 	at    time.Time
+}
+
+// of tells whether f is the prefilled frame.
+func (p *prefilled) of(f []byte) bool {
+	return len(f) == p.n && p.n > 0 && p.first.Value() == &f[0]
 }
 
 // prefillTTL is how long a prefilled window waits for a run to take it before it counts as
@@ -124,9 +132,6 @@ func windowSize(n int) int64 {
 func (ws *execWindows) pick(n int) (w *shmWindow, created bool, err error) {
 	var best, loose *shmWindow
 	for _, c := range ws.wins {
-		if c.pre != nil && time.Since(c.pre.at) > prefillTTL {
-			c.pre, c.busy = nil, false
-		}
 		if c.busy || c.size < int64(n) {
 			continue
 		}
@@ -195,57 +200,73 @@ func pwriteAt(fd int, b []byte, off int64) error {
 // and the descriptors to pass. A failure to create or write a window turns windows off for
 // this executor; the frames concerned go through the socket.
 func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, news []shmNew, fds []int, err error) {
+	type write struct {
+		w *shmWindow
+		f []byte
+	}
+	var writes []write
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
+	ws.expireLocked()
 	if !ws.ok {
+		ws.mu.Unlock()
 		return frames, nil, nil, nil, nil
 	}
 	for i, f := range frames {
 		if len(f) < shmMinFrame {
 			continue
 		}
-		if w := ws.prefilledLocked(f); w != nil { // a fetch copied it here already
+		w := ws.prefilledLocked(f) // a fetch copied it here already
+		pre := w != nil
+		if pre {
 			w.pre = nil
-			if !w.sent {
-				w.sent = true
-				news = append(news, shmNew{Window: w.id, Size: w.size})
-				fds = append(fds, w.fd)
+		} else {
+			if w, _, err = ws.pick(len(f)); err != nil {
+				ws.ok = false
+				break
 			}
-			if out == nil {
-				out = append([][]byte(nil), frames...)
+			if w == nil {
+				continue
 			}
-			out[i] = []byte{}
-			at = append(at, shmPlacement{Frame: i, Window: w.id, Len: len(f), prefilled: true})
-			continue
-		}
-		w, created, err := ws.pick(len(f))
-		if err != nil {
-			ws.ok = false
-			ws.unplaceLocked(at, news)
-			return frames, nil, nil, nil, err
-		}
-		if w == nil {
-			continue
-		}
-		if err := pwriteAll(w.fd, f); err != nil {
-			ws.ok = false
-			if created {
-				ws.drop(w.id)
-			}
-			ws.unplaceLocked(at, news)
-			return frames, nil, nil, nil, fmt.Errorf("writing a shared-memory window: %w", err)
+			w.busy, w.writing = true, true
+			writes = append(writes, write{w, f})
 		}
 		if !w.sent {
 			w.sent = true
 			news = append(news, shmNew{Window: w.id, Size: w.size})
 			fds = append(fds, w.fd)
 		}
-		w.busy = true
 		if out == nil {
 			out = append([][]byte(nil), frames...)
 		}
 		out[i] = []byte{}
-		at = append(at, shmPlacement{Frame: i, Window: w.id, Len: len(f)})
+		at = append(at, shmPlacement{Frame: i, Window: w.id, Len: len(f), prefilled: pre})
+	}
+	ws.mu.Unlock()
+	// the copies are made without the lock: a fetch prefilling another window of this
+	// executor (prefill.go) does not wait for them
+	for _, wr := range writes {
+		if err == nil {
+			if werr := pwriteAll(wr.w.fd, wr.f); werr != nil {
+				err = fmt.Errorf("writing a shared-memory window: %w", werr)
+				ws.mu.Lock()
+				ws.ok = false
+				ws.mu.Unlock()
+			}
+		}
+	}
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	gone := false
+	for _, wr := range writes {
+		wr.w.writing = false
+		if wr.w.orphan { // dropped meanwhile (the executor is going): the message cannot use it
+			closeWindowFd(wr.w.fd)
+			gone = true
+		}
+	}
+	if err != nil || gone {
+		ws.unplaceLocked(at, news)
+		return frames, nil, nil, nil, err
 	}
 	if out == nil {
 		out = frames
@@ -262,7 +283,7 @@ func (ws *execWindows) unplace(at []shmPlacement, news []shmNew) {
 }
 
 func (ws *execWindows) unplaceLocked(at []shmPlacement, news []shmNew) {
-	for _, n := range news {
+	for _, n := range news { // the executor never got them
 		ws.drop(n.Window)
 	}
 	for _, p := range at {
@@ -278,6 +299,7 @@ func (ws *execWindows) unplaceLocked(at []shmPlacement, news []shmNew) {
 func (ws *execWindows) update(x execExt) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	defer ws.expireLocked()
 	for _, id := range x.Free {
 		for _, w := range ws.wins {
 			if w.id == id {
@@ -317,7 +339,7 @@ func (ws *execWindows) close(w *shmWindow) {
 		w.orphan = true
 		return
 	}
-	unix.Close(w.fd)
+	closeWindowFd(w.fd)
 }
 
 // execExt holds the fields of executor messages that are not part of wire.Msg.
@@ -432,20 +454,55 @@ func growMap(b []byte, add int) ([]byte, error) {
 	return append(out, body...), nil
 }
 
+// setUsable records whether the executor takes windows (its ready message says).
+func (ws *execWindows) setUsable(ok bool) {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	ws.ok = ok
+}
+
+// usable tells whether large frames may go through windows.
+func (ws *execWindows) usable() bool {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	return ws.ok
+}
+
 // prefilledLocked returns the window holding a prefilled copy of frame f, or nil.
 func (ws *execWindows) prefilledLocked(f []byte) *shmWindow {
 	for _, w := range ws.wins {
-		if w.pre != nil && len(w.pre.frame) == len(f) && &w.pre.frame[0] == &f[0] {
+		if w.pre != nil && w.pre.of(f) {
 			return w
 		}
 	}
 	return nil
 }
 
+// expireLocked frees the windows of prefills no run will take: their frame's buffer is gone,
+// or prefillTTL passed. A window the executor never got is dropped: its pages are not kept for
+// a transfer that may not come (the executor's own idle limit, shm_drop, only sees windows it
+// has).
+func (ws *execWindows) expireLocked() {
+	var drop []uint64
+	for _, w := range ws.wins {
+		if w.pre == nil || (w.pre.first.Value() != nil && time.Since(w.pre.at) <= prefillTTL) {
+			continue
+		}
+		w.pre, w.busy = nil, false
+		if !w.sent {
+			drop = append(drop, w.id)
+		}
+	}
+	for _, id := range drop {
+		ws.drop(id)
+	}
+}
+
 // holds tells whether a window holds a prefilled copy of one of frames.
 func (ws *execWindows) holds(frames [][]byte) bool {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	ws.expireLocked()
 	for _, f := range frames {
 		if len(f) >= shmMinFrame && ws.prefilledLocked(f) != nil {
 			return true
@@ -459,6 +516,7 @@ func (ws *execWindows) holds(frames [][]byte) bool {
 func (ws *execWindows) reserve(n int) *shmWindow {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	ws.expireLocked()
 	if !ws.ok {
 		return nil
 	}
@@ -476,18 +534,25 @@ func (ws *execWindows) filled(w *shmWindow, frame []byte) {
 	defer ws.mu.Unlock()
 	w.writing = false
 	if w.orphan {
-		unix.Close(w.fd)
+		closeWindowFd(w.fd)
 		return
 	}
-	w.pre = &prefilled{frame: frame, at: time.Now()}
+	w.pre = &prefilled{first: weak.Make(&frame[0]), n: len(frame), at: time.Now()}
 }
 
-// cancel gives back a window reserved for a copy that did not complete.
+// cancel gives back a window reserved for a copy that did not complete (or that no run will
+// take); a window the executor never got is dropped.
 func (ws *execWindows) cancel(w *shmWindow) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
 	w.writing, w.busy = false, false
-	if w.orphan {
-		unix.Close(w.fd)
+	switch {
+	case w.orphan:
+		closeWindowFd(w.fd)
+	case !w.sent:
+		ws.drop(w.id)
 	}
 }
+
+// closeWindowFd closes a window's descriptor (a variable for the tests, which count them).
+var closeWindowFd = func(fd int) { unix.Close(fd) }

@@ -565,10 +565,8 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 		wdest.Sink = pf.Sink
 	}
 	m, segs, frames, err := c.request(hdr, wdest)
-	if pf != nil {
-		pf.finish(err == nil && m.Op == wire.OpData)
-	}
 	if err != nil {
+		pf.finish(nil)
 		c.close()
 		if ctx.Err() != nil {
 			return nil, nil, nil, context.Cause(ctx)
@@ -581,6 +579,7 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 	}
 	if m.Op == wire.OpError && m.Code == wire.CodeFrameTooLarge && m.ID == id && len(keys) > 1 {
 		// the values do not fit in one message: ask for them in two halves
+		pf.finish(nil)
 		if stop() {
 			p.put(addr, c)
 		}
@@ -601,6 +600,7 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 		got, err = parseData(m, frames, id, keys, segs)
 	}
 	if err != nil {
+		pf.finish(nil)
 		c.close()
 		return nil, nil, nil, err
 	}
@@ -620,6 +620,7 @@ func (p *peerPool) getDataVia(ctx context.Context, addr string, keys []string, s
 		}
 		kept = append(kept, r)
 	}
+	pf.finish(kept)
 	return kept, retry, blocked, nil
 }
 

@@ -70,33 +70,55 @@ func (p *prefills) Sink(hdr []byte, i int, n int64) wire.Sink {
 	if key == "" || !p.want(key) {
 		return nil
 	}
+	buf := p.alloc(int(n)) // first: the trust in the declared length bounds the window too
+	if buf == nil {
+		return nil
+	}
 	win := p.ws.reserve(int(n))
 	if win == nil {
-		return nil
-	}
-	buf := p.alloc(int(n))
-	if buf == nil {
-		p.ws.cancel(win)
-		return nil
+		return &plainSink{frame: buf} // the buffer is the frame's now: read into it
 	}
 	s := &prefillSink{ws: p.ws, win: win, frame: buf, work: make(chan [2]int, 4), done: make(chan struct{})}
-	go s.write()
+	go s.write() // ends in finish, which every answer read with these sinks reaches
 	p.sinks = append(p.sinks, s)
 	return s
 }
 
-// finish waits for the copies; when the answer was read whole (ok), the windows of the
-// copies that succeeded hold their frames for a run, and the others are given back.
-func (p *prefills) finish(ok bool) {
+// finish waits for the copies. The windows of the copies that succeeded, of frames of the
+// items the answer was checked to hold (kept: nil when it was not read whole or failed its
+// checks), hold their frames for a run; the others are given back.
+func (p *prefills) finish(kept []received) {
+	if p == nil {
+		return
+	}
+	ok := make(map[*byte]bool)
+	for _, r := range kept {
+		for _, f := range r.frames {
+			if len(f) >= prefillMin {
+				ok[&f[0]] = true
+			}
+		}
+	}
 	for _, s := range p.sinks {
 		s.end()
-		if ok && s.err == nil && s.off == len(s.frame) {
+		if s.err == nil && s.off == len(s.frame) && ok[&s.frame[0]] {
 			p.ws.filled(s.win, s.frame)
 		} else {
 			p.ws.cancel(s.win)
 		}
 	}
+	p.sinks = nil
 }
+
+// plainSink reads a frame into a buffer already allocated for it (no window was to be had).
+type plainSink struct {
+	frame []byte
+	off   int
+}
+
+func (s *plainSink) Buf() ([]byte, error) { return s.frame[s.off:], nil }
+func (s *plainSink) Filled(n int) error   { s.off += n; return nil }
+func (s *plainSink) Frame() []byte        { return s.frame }
 
 // prefillSink reads one frame into its buffer and copies each chunk into its window.
 type prefillSink struct {

@@ -4,12 +4,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
 )
 
 // A large value fetched from a peer for a Python task is copied into the executor's window as
@@ -78,13 +80,24 @@ func TestPythonFetchPrefill(t *testing.T) {
 	require.EqualValues(t, 2, dst.py.prefillsTaken.Load())
 }
 
+// countCloses records the window descriptors closed during the test.
+func countCloses(t *testing.T) *[]int {
+	var closed []int
+	old := closeWindowFd
+	closeWindowFd = func(fd int) { closed = append(closed, fd); old(fd) }
+	t.Cleanup(func() { closeWindowFd = old })
+	return &closed
+}
+
 // Windows and prefills: a run takes a prefilled window without writing it (introducing it when
 // the executor does not have it yet); a prefill that no run takes frees its window after
-// prefillTTL; a window dropped while a fetch writes into it is closed when the writing ends.
+// prefillTTL, or once its frame's buffer is gone; a window dropped while a fetch writes into it
+// is closed when the writing ends; a window the executor never got is dropped when given back.
 func TestWindowPrefill(t *testing.T) {
 	if !shmEnabled {
 		t.Skip("SHOAL_EXECUTOR_SHM=0")
 	}
+	closed := countCloses(t)
 	ws := &execWindows{ok: true}
 	t.Cleanup(ws.closeAll)
 	frame := payload(3, prefillMin)
@@ -95,6 +108,7 @@ func TestWindowPrefill(t *testing.T) {
 	ws.filled(w, frame)
 	require.True(t, ws.holds([][]byte{frame}))
 	require.False(t, ws.holds([][]byte{append([]byte(nil), frame...)}), "a copy of the bytes elsewhere is another frame")
+	require.False(t, ws.holds([][]byte{frame[:len(frame)-1]}), "so is a shorter frame at the same address")
 
 	out, at, news, fds, err := ws.place([][]byte{[]byte("hdr"), frame})
 	require.NoError(t, err)
@@ -113,11 +127,82 @@ func TestWindowPrefill(t *testing.T) {
 	w2.pre.at = time.Now().Add(-prefillTTL - time.Second)
 	w3 := ws.reserve(len(frame))
 	require.Same(t, w, w3, "a stale prefill's window is reused")
+	ws.filled(w3, frame)
+
+	// a prefill whose frame's buffer is gone (its value deleted) frees its window at once; one
+	// the executor never got is dropped
+	gone := payload(4, prefillMin)
+	w4 := ws.reserve(len(gone))
+	require.NotNil(t, w4)
+	require.NotSame(t, w, w4)
+	ws.filled(w4, gone)
+	gone = nil
+	runtime.GC()
+	runtime.GC()
+	require.True(t, ws.holds([][]byte{frame}))
+	require.Len(t, ws.wins, 1, "the window of the collected frame was dropped")
+	require.Equal(t, []int{w4.fd}, *closed)
+
+	// given back unwritten: a window the executor never got is dropped
+	w5 := ws.reserve(len(frame))
+	require.NotNil(t, w5)
+	ws.cancel(w5)
+	require.Len(t, ws.wins, 1)
+	require.Equal(t, []int{w4.fd, w5.fd}, *closed)
 
 	// dropped while being written: closed when the writing ends, not before
-	fd := w3.fd
+	ws.update(execExt{Free: []uint64{w.id}}) // (the executor had freed the first use)
+	ws.mu.Lock()
+	w.pre, w.busy = nil, false
+	ws.mu.Unlock()
+	w6 := ws.reserve(len(frame))
+	require.Same(t, w, w6)
 	ws.closeAll()
-	require.NoError(t, pwriteAll(fd, frame[:10]), "the descriptor stays open while written")
-	ws.cancel(w3)
-	require.Error(t, pwriteAll(fd, frame[:10]))
+	require.Equal(t, []int{w4.fd, w5.fd}, *closed, "the descriptor stays open while written")
+	ws.cancel(w6)
+	require.Equal(t, []int{w4.fd, w5.fd, w6.fd}, *closed)
+}
+
+// The prefills of an answer keep only the frames of the items it was checked to hold: an
+// answer that failed (nil) gives every window back.
+func TestPrefillsKeepCheckedFrames(t *testing.T) {
+	if !shmEnabled {
+		t.Skip("SHOAL_EXECUTOR_SHM=0")
+	}
+	countCloses(t)
+	hdr, err := wire.EncodeHeader(&wire.Msg{Op: wire.OpData, ID: 1,
+		Items: []wire.Item{{Key: "a", Encoding: wire.EncBytes, NFrames: 1}}})
+	require.NoError(t, err)
+	data := payload(5, prefillMin)
+	for _, checked := range []bool{false, true} {
+		ws := &execWindows{ok: true}
+		t.Cleanup(ws.closeAll)
+		p := newPrefills(ws, func(k string) bool { return k == "a" }, func(n int) []byte { return make([]byte, n) })
+		require.Nil(t, p.Sink(hdr, 1, prefillMin-1), "small frames are not prefilled")
+		sink := p.Sink(hdr, 1, int64(len(data)))
+		require.NotNil(t, sink)
+		for off := 0; off < len(data); {
+			b, err := sink.Buf()
+			require.NoError(t, err)
+			n := copy(b, data[off:])
+			require.NoError(t, sink.Filled(n))
+			off += n
+		}
+		frame := sink.Frame()
+		require.Equal(t, data, frame)
+		var kept []received
+		if checked {
+			kept = []received{{item: wire.Item{Key: "a"}, frames: [][]byte{frame}}}
+		}
+		p.finish(kept)
+		require.Equal(t, checked, ws.holds([][]byte{frame}))
+		if checked {
+			got := make([]byte, len(data))
+			_, err := unix.Pread(ws.wins[0].fd, got, 0)
+			require.NoError(t, err)
+			require.Equal(t, data, got, "the window holds the frame")
+		} else {
+			require.Empty(t, ws.wins, "the window was given back, and dropped (never introduced)")
+		}
+	}
 }
