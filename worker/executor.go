@@ -51,6 +51,7 @@ type executorPool struct {
 	deaths  atomic.Int64
 	lanes   atomic.Int64
 	batched atomic.Int64 // tasks that ran behind another one in a batch
+	warming atomic.Bool  // warm is starting an executor
 	// shmFrames counts payload frames sent through shared-memory windows
 	shmFrames atomic.Int64
 	// prefillsTaken counts those a fetch had copied into the window already (prefill.go)
@@ -149,6 +150,32 @@ func (p *executorPool) acquire(ctx context.Context, prefer func(*executor) bool)
 		return nil, err
 	}
 	return ex, nil
+}
+
+// warm starts an executor in the background when none is running: a worker's first Python
+// task that waits for inputs from peers then has its executor (0.3–0.5 s of Python start-up
+// and imports) ready when they arrive, rather than starting it after them, and a fetch can
+// copy those inputs into it as they come (prefill.go). It starts only what the task's run
+// would have started.
+func (p *executorPool) warm(ctx context.Context) {
+	if p.live() > 0 || !p.warming.CompareAndSwap(false, true) {
+		return
+	}
+	started := p.w.goFunc(func() {
+		defer p.warming.Store(false)
+		if p.live() > 0 {
+			return
+		}
+		ex, err := p.acquire(ctx, nil)
+		if err != nil {
+			p.w.log.Debug("could not start a Python executor ahead of a task", "err", err)
+			return // the task's run starts one, or reports why it cannot
+		}
+		p.release(ex)
+	})
+	if !started { // the worker is closing
+		p.warming.Store(false)
+	}
 }
 
 // prefillTarget returns the executor a fetched value's frames are best copied to ahead of its

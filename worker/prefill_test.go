@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -205,4 +206,47 @@ func TestPrefillsKeepCheckedFrames(t *testing.T) {
 			require.Empty(t, ws.wins, "the window was given back, and dropped (never introduced)")
 		}
 	}
+}
+
+// A worker's first Python task that waits for an input from a peer starts its executor
+// meanwhile (warm): here the peer never answers, and the executor is up all the same.
+func TestPythonExecutorStartsWhileInputsArrive(t *testing.T) {
+	py := shoalPython(t)
+	h, fn, payload := realPyTask(t, py, "digest")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				if c, err := wire.Accept(nc, "", wire.DefaultLimits(), wire.RolePeer); err == nil {
+					c.Recv() // the get_data, never answered
+					c.Recv()
+				}
+			}()
+		}
+	}()
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.Python = py
+	w, sc, _, _ := s.startWorker(cfg)
+	require.Zero(t, w.py.live())
+	m := pyTask("digest", h, fn, payload)
+	m.Task.Deps, m.Deps = []string{"big"}, []wire.Dep{{Key: "big", WhoHas: []string{ln.Addr().String()}, NBytes: 9 << 20}}
+	sc.send(m)
+	eventually(t, func() bool { return w.py.live() == 1 })
+	w.mu.Lock()
+	state := w.mu.tasks["digest"].state
+	w.mu.Unlock()
+	require.Equal(t, stateFetching, state, "the task still waits for its input")
+	eventually(t, func() bool { // started and ready: idle in the pool
+		w.py.mu.Lock()
+		defer w.py.mu.Unlock()
+		return len(w.py.mu.idle) == 1
+	})
 }

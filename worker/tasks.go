@@ -178,6 +178,9 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		w.needLocked(dep, whoHas[dep], ts)
 	}
 	w.pumpFetchesLocked()
+	if ts.t.Kind == graph.KindPy {
+		w.py.warm(w.ctx) // its executor starts while its inputs arrive
+	}
 }
 
 func (w *Worker) pushReadyLocked(ts *task) {
