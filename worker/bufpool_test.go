@@ -2,13 +2,11 @@ package worker
 
 import (
 	"context"
-	"net"
 	"runtime"
 	"testing"
 	"time"
 	"unsafe"
 
-	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
 )
 
@@ -71,29 +69,10 @@ func TestPeerFetchIdleTimeout(t *testing.T) {
 	old := peerIdleTimeout
 	peerIdleTimeout = 200 * time.Millisecond
 	t.Cleanup(func() { peerIdleTimeout = old })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				c, err := wire.Accept(nc, "", wire.DefaultLimits(), wire.RolePeer)
-				if err != nil {
-					return
-				}
-				c.Recv() // the get_data, never answered
-				time.Sleep(5 * time.Second)
-				c.Abort()
-			}()
-		}
-	}()
+	silent, _ := silentPeer(t)
 	w := newTestWorker(t, testConfig(t))
 	start := time.Now()
-	_, err = w.peers.getData(context.Background(), ln.Addr().String(), []string{"k"})
+	_, err := w.peers.getData(context.Background(), silent, []string{"k"})
 	require.ErrorContains(t, err, "sent nothing for 200ms while answering get_data")
 	require.Less(t, time.Since(start), 3*time.Second)
 }

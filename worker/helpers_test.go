@@ -285,3 +285,49 @@ func eventually(t testing.TB, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// silentPeer is a data port that accepts peers and reads their get_data, but never answers;
+// asked receives a value for each get_data read. It closes its listener and connections when
+// the test ends.
+func silentPeer(t testing.TB) (addr string, asked <-chan struct{}) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ch := make(chan struct{}, 16)
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, nc := range conns {
+			nc.Close()
+		}
+	})
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, nc)
+			mu.Unlock()
+			go func() {
+				defer nc.Close()
+				c, err := wire.Accept(nc, "", wire.DefaultLimits(), wire.RolePeer)
+				if err != nil {
+					return
+				}
+				if _, _, err := c.Recv(); err != nil { // the get_data, never answered
+					return
+				}
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+				c.Recv() // until the asker gives up and closes
+			}()
+		}
+	}()
+	return ln.Addr().String(), ch
+}

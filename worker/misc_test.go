@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -235,31 +234,9 @@ func FuzzDecodeExecHeader(f *testing.F) {
 // scheduler says that peer is gone, not after the peer timeout; it is reported without a
 // transfer cause (the value went with its holder: lineage, not the fetch-failure count).
 func TestPeerGoneCancelsFetchInFlight(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	asked := make(chan struct{}, 1)
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer nc.Close()
-				c, err := wire.Accept(nc, "", wire.DefaultLimits(), wire.RolePeer)
-				if err != nil {
-					return
-				}
-				c.Recv() // the get_data, never answered
-				asked <- struct{}{}
-				c.Recv()
-			}()
-		}
-	}()
+	hung, asked := silentPeer(t)
 	s := newFakeSched(t, "")
 	_, sc, _, _ := s.startWorker(testConfig(t))
-	hung := ln.Addr().String()
 	sc.send(goTaskDeps("consumer", "identity", 0, []wire.Dep{{Key: "far", WhoHas: []string{hung}, NBytes: 8}}, ref("far")))
 	<-asked
 	sc.send(&wire.Msg{Op: wire.OpPeerGone, Worker: hung, Reason: "test"})

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -213,31 +212,14 @@ func TestPrefillsKeepCheckedFrames(t *testing.T) {
 func TestPythonExecutorStartsWhileInputsArrive(t *testing.T) {
 	py := shoalPython(t)
 	h, fn, payload := realPyTask(t, py, "digest")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer nc.Close()
-				if c, err := wire.Accept(nc, "", wire.DefaultLimits(), wire.RolePeer); err == nil {
-					c.Recv() // the get_data, never answered
-					c.Recv()
-				}
-			}()
-		}
-	}()
+	silent, _ := silentPeer(t)
 	s := newFakeSched(t, "")
 	cfg := testConfig(t)
 	cfg.Python = py
 	w, sc, _, _ := s.startWorker(cfg)
 	require.Zero(t, w.py.live())
 	m := pyTask("digest", h, fn, payload)
-	m.Task.Deps, m.Deps = []string{"big"}, []wire.Dep{{Key: "big", WhoHas: []string{ln.Addr().String()}, NBytes: 9 << 20}}
+	m.Task.Deps, m.Deps = []string{"big"}, []wire.Dep{{Key: "big", WhoHas: []string{silent}, NBytes: 9 << 20}}
 	sc.send(m)
 	eventually(t, func() bool { return w.py.live() == 1 })
 	w.mu.Lock()
