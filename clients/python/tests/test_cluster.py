@@ -432,11 +432,27 @@ def test_large_arguments_go_by_the_data_plane(client: Client) -> None:
     reference, as dask's auto-scatter does, never in a control message; with a worker on this
     machine it travels as a sealed memfd, and without that, as bytes on the data port."""
     big = np.arange(20_000_000, dtype="u4")  # 80 MB
-    f = client.submit(slow_sum, big, 5.0, pure=False)  # held while it runs: long enough to see under load
+    # submit lets go of the future of the argument it scatters once the task is submitted (the
+    # task holds the value from then on), and has_what lists only keys this client holds: keep
+    # the scattered futures, so that whether the value is held does not depend on when that is
+    scattered: list[Any] = []
+    scatter = client.scatter
+
+    def keep(*args: Any, **kwargs: Any) -> Any:
+        f = scatter(*args, **kwargs)
+        scattered.append(f)
+        return f
+
+    client.scatter = keep  # type: ignore[method-assign]
+    try:
+        f = client.submit(slow_sum, big, 5.0, pure=False)
+    finally:
+        del client.scatter
+    assert [s.key.split("-")[0] for s in scattered] == ["ndarray"], "the array was not scattered"
     until_held = time.time() + 10
-    while not any(k.startswith("ndarray-") for k in held_keys(client)) and time.time() < until_held:
+    while scattered[0].key not in held_keys(client) and time.time() < until_held:
         time.sleep(0.02)
-    assert any(k.startswith("ndarray-") for k in held_keys(client)), "the array was not scattered"
+    assert scattered[0].key in held_keys(client), "no worker holds the scattered array"
     assert f.result(timeout=60) == int(big.sum())
     assert client.submit(len, b"x" * (65 << 20)).result(timeout=60) == 65 << 20
     df = pd.DataFrame({"x": np.arange(300_000)})
