@@ -166,13 +166,11 @@ func (w *Worker) fetchFrom(peer string, batch []*fetch, declared int64, land map
 		keys[i] = f.key
 	}
 	start := time.Now()
-	var lands func(string) bool
 	var ex *executor
 	if len(land) > 0 {
-		lands = func(key string) bool { return land[key] }
 		ex = w.py.prefillTarget()
 	}
-	got, err := w.peers.getDataSized(w.peers.context(peer), peer, keys, declared, ex, lands)
+	got, err := w.peers.getDataSized(w.peers.context(peer), peer, keys, declared, ex, land)
 	w.peers.outcome(peer, err)
 	if err != nil {
 		w.log.Warn("fetching from peer failed", "peer", peer, "keys", len(keys), "err", err)
@@ -492,10 +490,10 @@ func (p *peerPool) getData(ctx context.Context, addr string, keys []string) ([]r
 // getDataSized is getData for keys whose sizes add up to expect bytes (0: unknown), which
 // bounds the frame sizes trusted enough to be read into a buffer of their declared length:
 // a larger one grows as its bytes arrive (a peer's declared length is a claim). The large
-// frames of the keys land says yes to (nil: none) are copied into ex's windows as they arrive
+// frames of the keys in land are copied into ex's windows as they arrive
 // (prefill.go).
 func (p *peerPool) getDataSized(ctx context.Context, addr string, keys []string, expect int64,
-	ex *executor, land func(string) bool) ([]received, error) {
+	ex *executor, land map[string]bool) ([]received, error) {
 	trust := int64(256 << 20)
 	if expect > 0 {
 		trust = 2*expect + 1<<20
@@ -510,7 +508,7 @@ func (p *peerPool) getDataSized(ctx context.Context, addr string, keys []string,
 	shm := shmEnabled && hostID() != "" && !p.mu.noShm[addr]
 	p.mu.Unlock()
 	dest := fetchDest{alloc: alloc, land: land}
-	if ex != nil && land != nil {
+	if ex != nil && len(land) > 0 {
 		dest.prefill = &ex.shm
 	}
 	got, retry, blocked, err := p.getDataVia(ctx, addr, keys, shm, dest, false)
@@ -529,11 +527,11 @@ func (p *peerPool) getDataSized(ctx context.Context, addr string, keys []string,
 }
 
 // fetchDest says where a get_data answer's payload frames go: into alloc's buffers, and
-// copied into the windows of prefill as they arrive for the keys land says yes to (prefill.go).
+// copied into the windows of prefill as they arrive for the keys in land (prefill.go).
 type fetchDest struct {
 	alloc   func(int) []byte
 	prefill *execWindows // nil: none
-	land    func(string) bool
+	land    map[string]bool
 }
 
 // getDataVia is one get_data request (split in halves when the answer would be too large),

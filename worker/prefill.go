@@ -1,10 +1,6 @@
 package worker
 
-import (
-	"sync"
-
-	"github.com/shoal-dev/shoal/internal/wire"
-)
+import "github.com/shoal-dev/shoal/internal/wire"
 
 // Prefill: a large frame of a value fetched from a peer for a Python task is copied into a
 // shared-memory window of the executor expected to run the task (executor_shm.go) while the
@@ -33,7 +29,7 @@ const (
 // Sink of the answer; every prefills ends with exactly one call of finish.
 type prefills struct {
 	ws    *execWindows
-	want  func(key string) bool
+	want  map[string]bool // the keys whose frames are prefilled
 	alloc func(int) []byte
 
 	decoded bool
@@ -41,7 +37,7 @@ type prefills struct {
 	sinks   []*prefillSink
 }
 
-func newPrefills(ws *execWindows, want func(string) bool, alloc func(int) []byte) *prefills {
+func newPrefills(ws *execWindows, want map[string]bool, alloc func(int) []byte) *prefills {
 	return &prefills{ws: ws, want: want, alloc: alloc}
 }
 
@@ -67,7 +63,7 @@ func (p *prefills) Sink(hdr []byte, i int, n int64) wire.Sink {
 		}
 		frame -= it.NFrames
 	}
-	if key == "" || !p.want(key) {
+	if key == "" || !p.want[key] {
 		return nil
 	}
 	buf := p.alloc(int(n)) // first: the trust in the declared length bounds the window too
@@ -78,7 +74,7 @@ func (p *prefills) Sink(hdr []byte, i int, n int64) wire.Sink {
 	if win == nil {
 		return &plainSink{frame: buf} // the buffer is the frame's now: read into it
 	}
-	s := &prefillSink{ws: p.ws, win: win, frame: buf, work: make(chan [2]int, 4), done: make(chan struct{})}
+	s := &prefillSink{win: win, frame: buf, work: make(chan [2]int, 4), done: make(chan struct{})}
 	go s.write() // ends in finish, which every answer read with these sinks reaches
 	p.sinks = append(p.sinks, s)
 	return s
@@ -100,7 +96,8 @@ func (p *prefills) finish(kept []received) {
 		}
 	}
 	for _, s := range p.sinks {
-		s.end()
+		close(s.work)
+		<-s.done // the writer is done
 		if s.err == nil && s.off == len(s.frame) && ok[&s.frame[0]] {
 			p.ws.filled(s.win, s.frame)
 		} else {
@@ -122,14 +119,12 @@ func (s *plainSink) Frame() []byte        { return s.frame }
 
 // prefillSink reads one frame into its buffer and copies each chunk into its window.
 type prefillSink struct {
-	ws    *execWindows
 	win   *shmWindow
 	frame []byte
 	off   int           // bytes read
-	work  chan [2]int   // [from, to) of frame to copy
+	work  chan [2]int   // [from, to) of frame to copy; closed by finish
 	done  chan struct{} // closed when the writer is done
-	once  sync.Once
-	err   error // the writer's, read after done
+	err   error         // the writer's, read after done
 }
 
 func (s *prefillSink) Buf() ([]byte, error) {
@@ -152,9 +147,4 @@ func (s *prefillSink) write() {
 			s.err = pwriteAt(s.win.fd, s.frame[span[0]:span[1]], int64(span[0]))
 		}
 	}
-}
-
-func (s *prefillSink) end() {
-	s.once.Do(func() { close(s.work) })
-	<-s.done
 }

@@ -177,7 +177,7 @@ func TestPrefillsKeepCheckedFrames(t *testing.T) {
 	for _, checked := range []bool{false, true} {
 		ws := &execWindows{ok: true}
 		t.Cleanup(ws.closeAll)
-		p := newPrefills(ws, func(k string) bool { return k == "a" }, func(n int) []byte { return make([]byte, n) })
+		p := newPrefills(ws, map[string]bool{"a": true}, func(n int) []byte { return make([]byte, n) })
 		require.Nil(t, p.Sink(hdr, 1, prefillMin-1), "small frames are not prefilled")
 		sink := p.Sink(hdr, 1, int64(len(data)))
 		require.NotNil(t, sink)
