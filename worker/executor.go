@@ -20,6 +20,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
+
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
@@ -41,6 +44,18 @@ type executor struct {
 	loaded uint64      // the preloads generation it has (preload.go)
 	// killedFor says why the worker killed it (the memory monitor), for its task's error.
 	killedFor atomic.Pointer[string]
+	keeps     bool // it keeps large results in its memory (resident.go)
+	// mem: dead is set once the process has exited and before its pid is freed; reading its
+	// memory (resident.go) holds the lock for reading
+	mem struct {
+		sync.RWMutex
+		dead bool
+	}
+	// forgets: ids of kept results to forget, sent with its next message
+	forgets struct {
+		sync.Mutex
+		ids []uint64
+	}
 }
 
 // executorPool starts executors lazily, at most NProcsPython, and restarts dead ones on
@@ -58,7 +73,10 @@ type executorPool struct {
 	prefillsTaken atomic.Int64
 	// segsOut counts segments passed to executors for runs; segsIn results that came back in one
 	segsOut, segsIn atomic.Int64
-	preloads        preloads // uploaded files and worker plugins for every executor
+	// kept counts results executors kept; keptUsed dependencies runs took from them; and
+	// keptExported kept results copied out (resident.go)
+	kept, keptUsed, keptExported atomic.Int64
+	preloads                     preloads // uploaded files and worker plugins for every executor
 
 	groups struct {
 		sync.Mutex
@@ -192,8 +210,15 @@ func (p *executorPool) prefillTarget() *executor {
 	return nil
 }
 
-// release returns a healthy executor to the pool.
+// release returns a healthy executor to the pool, telling it first to forget the kept results
+// dropped while it was busy (resident.go).
 func (p *executorPool) release(ex *executor) {
+	if ids := ex.takeForgets(); len(ids) > 0 {
+		if err := ex.conn.sendMany(forgetMsg(ids)); err != nil {
+			// it died: whoever acquires it next finds out; what it kept is gone with it
+			p.w.log.Debug("could not tell a Python executor to forget kept results", "pid", ex.pid, "err", err)
+		}
+	}
 	p.mu.Lock()
 	closed := p.mu.closed
 	if !closed {
@@ -363,8 +388,17 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	p.mu.all[ex] = struct{}{}
 	p.mu.Unlock()
 	reap := func() {
+		// wait for the exit without reaping: its pid stays taken until cmd.Wait, and nothing
+		// may read its memory (resident.go) after that
+		var info unix.Siginfo
+		for unix.Waitid(unix.P_PID, ex.pid, &info, unix.WEXITED|unix.WNOWAIT, nil) == unix.EINTR {
+		}
+		ex.mem.Lock()
+		ex.mem.dead = true
+		ex.mem.Unlock()
 		cmd.Wait()
 		close(ex.exited)
+		p.w.residentsLost(ex)
 	}
 	if !p.w.goFunc(reap) { // the worker is closing
 		cmd.Process.Kill()
@@ -434,6 +468,13 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 		}
 		ex.shm.setUsable(shmEnabled && x.SHM == 1)
 		ex.seg = shmEnabled && x.Segments == 1
+		if ex.seg && keepEnabled && ex.probeKeep(x.Keep) {
+			hdr, _ := msgpack.Marshal(map[string]any{"op": "keep"})
+			if err := c.sendMany(outMsg{hdr: hdr}); err != nil {
+				return err
+			}
+			ex.keeps = true
+		}
 		return nil
 	}()
 	if err != nil {
@@ -486,6 +527,47 @@ type pyRun struct {
 	frames [][]byte
 	fdata  []byte   // the pickled function, in case this executor has not seen it
 	segs   []runSeg // segment-backed dependencies, whose frames are empty in frames
+	res    []runRes // dependencies kept in an executor, whose frames are empty in frames
+}
+
+// runRes is a dependency kept in an executor (resident.go): item Item of the run.
+type runRes struct {
+	res  *resident
+	item int
+}
+
+// elsewhere reports whether a dependency of the run is kept in an executor other than ex.
+func (r *pyRun) elsewhere(ex *executor) bool {
+	for _, rr := range r.res {
+		if rr.res.ex != ex {
+			return true
+		}
+	}
+	return false
+}
+
+// keptIn reports whether ex keeps a dependency of the run.
+func (r *pyRun) keptIn(ex *executor) bool {
+	for _, rr := range r.res {
+		if rr.res.ex == ex {
+			return true
+		}
+	}
+	return false
+}
+
+// header encodes the run's header, with the dependencies its executor keeps (`res`: item
+// index and the id it keeps the value under).
+func (r *pyRun) header() ([]byte, error) {
+	hdr, err := wire.EncodeHeader(r.m)
+	if err != nil || len(r.res) == 0 {
+		return hdr, err
+	}
+	pairs := make([][2]uint64, len(r.res))
+	for i, rr := range r.res {
+		pairs[i] = [2]uint64{uint64(rr.item), rr.res.id}
+	}
+	return appendExt(hdr, "res", pairs)
 }
 
 // runSeg is a dependency's segment in a run: its placements are those of the dependency's
@@ -510,19 +592,28 @@ func (r *pyRun) size(ex *executor) int {
 	return n
 }
 
-// pyRunFor builds a task's run message from its dependencies in the store.
-func (w *Worker) pyRunFor(ts *task) (*pyRun, *wire.Error) {
+// pyRunFor builds a task's run message from its dependencies in the store, for executor on:
+// a dependency kept in another executor is exported (resident.go). With on nil, dependencies
+// kept in executors stay where they are (the run says which, to choose its executor).
+func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 	w.mu.Lock()
 	fdata := w.mu.funcData[ts.t.Func]
 	w.mu.Unlock()
 	items := make([]wire.Item, 0, len(ts.t.Deps))
 	var frames [][]byte
 	var segs []runSeg
+	var res []runRes
 	for _, dep := range ts.t.Deps {
-		e, err := w.store.GetRef(dep, true)
+		e, err := w.store.GetRun(dep)
+		if err == nil && e.Res != nil && on != nil && e.Res.ex != on {
+			e, err = w.store.GetRef(dep, true)
+		}
 		if err != nil {
 			return nil, &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
 				Message: fmt.Sprintf("dependency %q: %v", dep, err)}
+		}
+		if e.Res != nil {
+			res = append(res, runRes{res: e.Res, item: len(items)})
 		}
 		items = append(items, wire.Item{Key: dep, Encoding: e.Encoding, NFrames: len(e.Frames), NBytes: e.NBytes})
 		if e.Seg != nil {
@@ -531,7 +622,7 @@ func (w *Worker) pyRunFor(ts *task) (*pyRun, *wire.Error) {
 		frames = append(frames, e.Frames...)
 	}
 	m := &wire.Msg{Op: wire.OpRun, Key: ts.t.Key, FuncHash: ts.t.Func, Payload: ts.t.Payload, Items: items}
-	return &pyRun{ts: ts, m: m, frames: frames, fdata: fdata, segs: segs}, nil
+	return &pyRun{ts: ts, m: m, frames: frames, fdata: fdata, segs: segs, res: res}, nil
 }
 
 // segMaxPerRun bounds the segments passed with one run: descriptors in one message are
@@ -568,13 +659,14 @@ func (w *Worker) runPy(ts *task) result {
 }
 
 func (w *Worker) runPyOnce(ts *task) (result, bool) {
-	mine, taskErr := w.pyRunFor(ts)
+	mine, taskErr := w.pyRunFor(ts, nil)
 	if taskErr != nil {
 		return result{err: taskErr}, false
 	}
 	var prefer func(*executor) bool
 	if len(mine.frames) > 0 {
-		prefer = func(ex *executor) bool { return ex.shm.holds(mine.frames) }
+		// the executor keeping a dependency, else one holding a prefilled copy (prefill.go)
+		prefer = func(ex *executor) bool { return mine.keptIn(ex) || ex.shm.holds(mine.frames) }
 	}
 	ex, err := w.py.acquire(w.ctx, prefer)
 	if err != nil {
@@ -589,6 +681,13 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		w.log.Warn("Python executor failed while taking preloads", "pid", ex.pid, "how", how, "err", err)
 		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied", Message: fmt.Sprintf(
 			"Python executor (pid %d) died while taking the uploaded files and worker plugins: %s", ex.pid, how)}}, false
+	}
+	if mine.elsewhere(ex) {
+		// dependencies kept in another executor are exported for this one
+		if mine, taskErr = w.pyRunFor(ts, ex); taskErr != nil {
+			w.py.release(ex)
+			return result{err: taskErr}, false
+		}
 	}
 	if !ex.funcs[ts.t.Func] && mine.fdata == nil {
 		w.py.release(ex)
@@ -605,7 +704,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		}
 	}
 	var batch []*pyRun
-	if budget := pyBatchBytes - mine.size(ex); budget > 0 && len(mine.segs) == 0 && !ts.solo {
+	if budget := pyBatchBytes - mine.size(ex); budget > 0 && len(mine.segs) == 0 && len(mine.res) == 0 && !ts.solo {
 		if took, ok := w.py.short(graph.GroupOf(&ts.t)); ok {
 			batch = w.shortRuns(ex, budget, pyBatchTime-took)
 		}
@@ -620,6 +719,14 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			r.m.FuncData = r.fdata
 		}
 		msgs[i] = outMsg{m: r.m, payload: r.frames}
+		if len(r.res) > 0 {
+			hdr, err := r.header()
+			if err != nil { // cannot happen with a header we made
+				w.py.release(ex)
+				return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
+			}
+			msgs[i].hdr = hdr
+		}
 	}
 	var segFds []int
 	if len(batch) == 1 && (len(mine.segs) > 0 || ex.shm.usable()) {
@@ -633,6 +740,13 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		}
 	}
 	w.profileRuns(msgs) // the profiler (profile.go): marks the runs while it is on
+	for _, r := range batch {
+		w.py.keptUsed.Add(int64(len(r.res)))
+	}
+	if ids := ex.takeForgets(); len(ids) > 0 {
+		// after the runs, which may still use what was dropped since they were made
+		msgs = append(msgs, forgetMsg(ids))
+	}
 	sent := time.Now()
 	last := sent
 	err = ex.conn.sendMany(msgs...)
@@ -681,9 +795,12 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		}
 		from, to := ranBetween(reply, sent, last, now)
 		w.py.observe(graph.GroupOf(&r.ts.t), to.Sub(from))
-		res := pyResult(reply, x, rframes)
+		res := pyResult(reply, x, rframes, w.py, ex)
 		if res.seg != nil {
 			w.py.segsIn.Add(1)
+		}
+		if res.res != nil {
+			w.py.kept.Add(1)
 		}
 		if r == mine {
 			w.py.release(ex)
@@ -731,7 +848,7 @@ func (w *Worker) placeShm(ex *executor, om *outMsg, r *pyRun) (segFds []int, err
 	if len(at) == 0 && len(segs) == 0 {
 		return nil, err
 	}
-	hdr, herr := wire.EncodeHeader(om.m)
+	hdr, herr := r.header()
 	if herr == nil {
 		hdr, herr = appendRunExt(hdr, at, news, segs)
 	}
@@ -780,13 +897,13 @@ func (w *Worker) shortRuns(ex *executor, budget int, left time.Duration) []*pyRu
 	var runs []*pyRun
 	var back []*task
 	for i, ts := range more {
-		r, taskErr := w.pyRunFor(ts)
+		r, taskErr := w.pyRunFor(ts, ex)
 		if taskErr != nil {
 			now := time.Now()
 			w.finish(ex.lane, ts, result{err: taskErr}, now, now)
 			continue
 		}
-		if budget -= r.size(ex); budget < 0 || len(r.segs) > 0 {
+		if budget -= r.size(ex); budget < 0 || len(r.segs) > 0 || len(r.res) > 0 {
 			// too big to batch, or its descriptors must go alone (as windows do): back to
 			// the queue, in their order
 			back = more[i:]
@@ -830,6 +947,8 @@ func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 	switch {
 	case r.err == nil && r.seg != nil:
 		r.nbytes = w.store.PutSegment(key, r.enc, r.frames, r.seg)
+	case r.err == nil && r.res != nil:
+		r.nbytes = w.store.PutResident(key, r.enc, r.frames, r.res)
 	case r.err == nil:
 		r.nbytes = w.store.Put(key, r.enc, r.frames, r.obj)
 	}
@@ -892,8 +1011,9 @@ func (w *Worker) executorDied(ex *executor, batch []*pyRun, i int, err error) (r
 		Message: fmt.Sprintf("Python executor (pid %d) died while running the task: %s", ex.pid, how)}}, false
 }
 
-// pyResult turns an executor's answer, and the segment passed with it (x), into a result.
-func pyResult(reply *wire.Msg, x execExt, frames [][]byte) result {
+// pyResult turns an executor's answer, and the segment passed with it (x), into a result. A
+// result ex keeps (x.Res) becomes a resident of p (resident.go).
+func pyResult(reply *wire.Msg, x execExt, frames [][]byte, p *executorPool, ex *executor) result {
 	var segFile *os.File
 	if len(x.fds) > 0 {
 		segFile = os.NewFile(uintptr(x.fds[0]), "shoal-result")
@@ -911,6 +1031,19 @@ func pyResult(reply *wire.Msg, x execExt, frames [][]byte) result {
 				segFile.Close()
 			}
 			return result{err: wire.Errorf(wire.CodeProtocol, "the Python executor sent a malformed done message")}
+		}
+		if len(x.Res) > 0 {
+			if segFile != nil || ex == nil || !ex.keeps {
+				if segFile != nil {
+					segFile.Close()
+				}
+				return result{err: wire.Errorf(wire.CodeProtocol, "the Python executor kept a result it was not asked to keep")}
+			}
+			res, err := newResident(p, ex, reply.ID, x.Res, frames, p.w.cfg.limits().MaxFrame)
+			if err != nil {
+				return result{err: wire.Errorf(wire.CodeProtocol, "the Python executor kept a result badly: "+err.Error())}
+			}
+			return result{enc: reply.Items[0].Encoding, frames: frames, res: res, holds: reply.Keys}
 		}
 		if segFile != nil {
 			seg, err := newSegment(segFile, x.Seg, frames)

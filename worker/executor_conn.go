@@ -384,6 +384,28 @@ func readSegPlaces(r *wire.Reader) ([]segPlace, bool) {
 	return out, true
 }
 
+// readResPlaces reads a done answer's res: [[frame, address, length], ...].
+func readResPlaces(r *wire.Reader) ([]resPlace, bool) {
+	n, ok := r.ArrayLen()
+	if !ok {
+		return nil, false
+	}
+	out := make([]resPlace, 0, min(n, 16)) // grows with the placements really present
+	for range n {
+		if k, ok := r.ArrayLen(); !ok || k != 3 {
+			return nil, false
+		}
+		var v [3]int64
+		for j := range v {
+			if v[j], ok = r.Int(); !ok || v[j] < 0 {
+				return nil, false
+			}
+		}
+		out = append(out, resPlace{Frame: int(v[0]), Addr: uint64(v[1]), Len: v[2]})
+	}
+	return out, true
+}
+
 // decodeExecHeader decodes an executor's message header: `done` answers by hand, anything
 // else (error, ready, unexpected shapes) with the generic decoder.
 func decodeExecHeader(b []byte) (*wire.Msg, error) {
@@ -401,7 +423,8 @@ func decodeExecHeaderExt(b []byte, x *execExt) (*wire.Msg, error) {
 	if err != nil {
 		return nil, err
 	}
-	if bytes.Contains(b, []byte("shm")) || bytes.Contains(b, []byte("seg")) {
+	if bytes.Contains(b, []byte("shm")) || bytes.Contains(b, []byte("seg")) || bytes.Contains(b, []byte("res")) ||
+		bytes.Contains(b, []byte("keep")) {
 		if *x, err = decodeExt(b); err != nil {
 			return nil, fmt.Errorf("%w: executor header: %v", wire.ErrProtocol, err)
 		}
@@ -466,6 +489,10 @@ func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
 			}
 		case "seg":
 			if x.Seg, ok = readSegPlaces(r); !ok {
+				return nil, false
+			}
+		case "res":
+			if x.Res, ok = readResPlaces(r); !ok {
 				return nil, false
 			}
 		default:

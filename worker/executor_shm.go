@@ -349,6 +349,8 @@ type execExt struct {
 	Free     []uint64   `msgpack:"shm_free"` // windows free again
 	Drop     []uint64   `msgpack:"shm_drop"` // windows the executor unmapped
 	Seg      []segPlace `msgpack:"seg"`      // in done: the result's frames held in the segment passed with it
+	Res      []resPlace `msgpack:"res"`      // in done: the result's frames the executor keeps (resident.go)
+	Keep     []any      `msgpack:"keep"`     // in ready: the probe of the executor's memory (address, bytes)
 	fds      []int      // the descriptors passed with the message (execConn.recvExt)
 }
 

@@ -200,7 +200,7 @@ func (w *Worker) checkMemory(now time.Time) {
 			}
 		}
 		stored = w.store.Stats().Memory
-	} else if w.idleSinceLastCheck() && self-(stored-st.Segments) > unmanagedSlack && now.Sub(w.mem.lastFree) >= time.Second {
+	} else if w.idleSinceLastCheck() && self-(stored-st.Segments-st.Kept) > unmanagedSlack && now.Sub(w.mem.lastFree) >= time.Second {
 		total = w.releaseToOS(now)
 		w.mem.trimmed = true
 	}
@@ -246,11 +246,12 @@ func (w *Worker) killBiggestExecutor(killAt int64) bool {
 	total := rssOf(os.Getpid()) + w.store.Stats().Segments
 	var victim *executor
 	var most int64
+	kept := w.store.keptBy() // stored results, which spilling frees: not what makes a victim
 	w.py.mu.Lock()
 	for ex := range w.py.mu.all {
 		r := privateOf(ex.pid)
 		total += max(r, 0)
-		if r > most {
+		if r -= kept[ex]; r > most {
 			victim, most = ex, r
 		}
 	}

@@ -18,6 +18,9 @@ type Metrics struct {
 	ShmTransfersIn  int64 // values taken from a peer on this machine as a segment descriptor
 	ShmTransfersOut int64 // values handed to a peer on this machine as a segment descriptor
 	Prefilled       int64 // fetched frames a run found already copied into its executor's window (prefill.go)
+	Kept            int64 // results their Python executor kept in its memory (resident.go)
+	KeptUsed        int64 // dependencies a run took from the executor that kept them
+	KeptExported    int64 // kept results copied out of their executor (to leave it)
 	FetchFailures   int64 // dependencies no holder could supply
 	Fetching        int   // dependencies being fetched or queued for fetching
 	Memory          int64 // result bytes held in memory, segments included
@@ -43,6 +46,7 @@ func (w *Worker) Metrics() Metrics {
 		TransfersIn: w.stats.transfersIn.Load(), TransfersOut: w.stats.transferOut.Load(),
 		ShmTransfersIn: w.stats.shmIn.Load(), ShmTransfersOut: w.stats.shmOut.Load(), SegmentBytes: st.Segments,
 		FetchFailures: w.stats.fetchFailures.Load(), Prefilled: w.py.prefillsTaken.Load(),
+		Kept: w.py.kept.Load(), KeptUsed: w.py.keptUsed.Load(), KeptExported: w.py.keptExported.Load(),
 		Memory: st.Memory, Spilled: st.Spilled, MemoryLimit: w.memLimit, Keys: st.Keys,
 		ExecutorDeaths: w.py.deaths.Load(), ProcessMemory: w.ProcessMemory(),
 	}
@@ -82,6 +86,9 @@ var metricDescs = func() []metricDesc {
 		d("transfers_out_total", "get_data requests served with data.", c, func(m *Metrics) float64 { return float64(m.TransfersOut) }),
 		d("shm_transfers_in_total", "Values taken from a peer on this machine as a shared-memory segment (no copy).", c, func(m *Metrics) float64 { return float64(m.ShmTransfersIn) }),
 		d("shm_transfers_out_total", "Values handed to a peer on this machine as a shared-memory segment.", c, func(m *Metrics) float64 { return float64(m.ShmTransfersOut) }),
+		d("kept_results_total", "Large Python results their executor kept in its memory instead of writing them to shared memory.", c, func(m *Metrics) float64 { return float64(m.Kept) }),
+		d("kept_used_total", "Dependencies a Python task took, without a copy, from the executor that kept them.", c, func(m *Metrics) float64 { return float64(m.KeptUsed) }),
+		d("kept_exported_total", "Kept results copied out of their executor into shared memory, to leave it (another executor, a peer, a client, spilling).", c, func(m *Metrics) float64 { return float64(m.KeptExported) }),
 		d("prefilled_frames_total", "Frames fetched from peers for Python tasks that were copied into the executor's shared memory as they arrived, and taken from there by the task's run.", c, func(m *Metrics) float64 { return float64(m.Prefilled) }),
 		d("fetch_failures_total", "Dependencies no holder could supply.", c, func(m *Metrics) float64 { return float64(m.FetchFailures) }),
 		d("executor_deaths_total", "Python executors that died.", c, func(m *Metrics) float64 { return float64(m.ExecutorDeaths) }),

@@ -60,7 +60,7 @@ func (w *Worker) serveSeceded(pid int, c *execConn, ts *task, lane int) {
 				continue // the next read reports the broken socket
 			}
 		case wire.OpDone, wire.OpError:
-			res := pyResult(m, x, frames)
+			res := pyResult(m, x, frames, w.py, nil)
 			from, to := start, time.Now()
 			if m.Start > 0 && m.Stop >= m.Start {
 				from, to = time.Unix(0, m.Start), time.Unix(0, m.Stop)

@@ -169,7 +169,7 @@ func TestPyResultSegment(t *testing.T) {
 	}
 
 	f := sealedMemfd(t, "pyres-ok", data, 64, true)
-	r := pyResult(done, execExt{Seg: []segPlace{{Frame: 1, Off: 64, Len: 5000}}, fds: dupOf(f)}, frames)
+	r := pyResult(done, execExt{Seg: []segPlace{{Frame: 1, Off: 64, Len: 5000}}, fds: dupOf(f)}, frames, nil, nil)
 	f.Close()
 	require.Nil(t, r.err)
 	require.NotNil(t, r.seg)
@@ -179,12 +179,12 @@ func TestPyResultSegment(t *testing.T) {
 	r.seg.close()
 
 	f = sealedMemfd(t, "pyres-bad", data, 0, false)
-	r = pyResult(done, execExt{Seg: []segPlace{{Frame: 1, Off: 0, Len: 5000}}, fds: dupOf(f)}, frames)
+	r = pyResult(done, execExt{Seg: []segPlace{{Frame: 1, Off: 0, Len: 5000}}, fds: dupOf(f)}, frames, nil, nil)
 	require.NotNil(t, r.err)
 	require.Contains(t, r.err.Message, "not sealed")
 	f.Close()
 	f = sealedMemfd(t, "pyres-bad", data, 0, true)
-	r = pyResult(done, execExt{Seg: []segPlace{{Frame: 1, Off: 1, Len: 5000}}, fds: dupOf(f)}, frames)
+	r = pyResult(done, execExt{Seg: []segPlace{{Frame: 1, Off: 1, Len: 5000}}, fds: dupOf(f)}, frames, nil, nil)
 	require.NotNil(t, r.err)
 	require.Contains(t, r.err.Message, "bad segment placement")
 	f.Close()

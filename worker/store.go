@@ -25,14 +25,18 @@ type Entry struct {
 	// Seg is the shared-memory segment holding some of the frames (segment.go), only from
 	// GetRef: those frames are then empty in Frames. The store may close it at any time.
 	Seg *Segment
+	// Res is the executor keeping some of the frames (resident.go), only from GetRun: those
+	// frames are then empty in Frames.
+	Res *resident
 	v   *value
 }
 
 type value struct {
 	key    string
 	enc    string
-	frames [][]byte // nil while spilled; with seg, the frames it holds are empty
-	seg    *Segment // the memfd holding the large frames, or nil
+	frames [][]byte  // nil while spilled; with seg, the frames it holds are empty
+	seg    *Segment  // the memfd holding the large frames, or nil
+	res    *resident // the executor keeping the large frames, or nil (resident.go)
 	nbytes int64
 	obj    any
 	path   string // spill file, "" while in memory
@@ -61,6 +65,7 @@ type Store struct {
 		lru      *list.List // front: most recently used, in-memory values only
 		memory   int64
 		segments int64 // bytes of the memfds of segment-backed values (part of memory)
+		kept     int64 // bytes of values kept in executors (part of memory; resident.go)
 		spilled  int64
 		nspills  int64
 		nunspill int64
@@ -114,12 +119,21 @@ func (s *Store) PutSegment(key, enc string, frames [][]byte, seg *Segment) int64
 	return s.put(&value{key: key, enc: enc, frames: frames, seg: seg, nbytes: frameBytes(frames) + seg.bytes()})
 }
 
+// PutResident stores (or replaces) key with the frames res holds (empty in frames) kept in
+// their executor's memory, and returns its size. The store drops res when the value goes.
+func (s *Store) PutResident(key, enc string, frames [][]byte, res *resident) int64 {
+	return s.put(&value{key: key, enc: enc, frames: frames, res: res, nbytes: frameBytes(frames) + res.bytes()})
+}
+
 func (s *Store) put(v *value) int64 {
 	s.mu.Lock()
 	if s.mu.closed {
 		s.mu.Unlock()
 		if v.seg != nil {
 			v.seg.close()
+		}
+		if v.res != nil {
+			v.res.drop()
 		}
 		return v.nbytes
 	}
@@ -131,6 +145,9 @@ func (s *Store) put(v *value) int64 {
 	s.mu.memory += v.nbytes
 	if v.seg != nil {
 		s.mu.segments += v.seg.size
+	}
+	if v.res != nil {
+		s.mu.kept += v.res.bytes()
 	}
 	s.mu.Unlock()
 	s.maybeSpill()
@@ -182,17 +199,43 @@ func (s *Store) Get(key string, restore bool) (Entry, error) {
 }
 
 // GetRef is Get without reading a segment-backed value's frames: Entry.Seg holds them. The
-// caller uses the segment only through its file (segment.go) and only while it needs it.
+// caller uses the segment only through its file (segment.go) and only while it needs it. A
+// value kept in an executor (resident.go) is exported to a segment first.
 func (s *Store) GetRef(key string, restore bool) (Entry, error) {
+	return s.getRef(key, restore, false)
+}
+
+// GetRun is GetRef for a run: a value kept in an executor is not exported, Entry.Res says
+// which executor holds it.
+func (s *Store) GetRun(key string) (Entry, error) {
+	return s.getRef(key, true, true)
+}
+
+func (s *Store) getRef(key string, restore, resOK bool) (Entry, error) {
 	s.mu.Lock()
 	v := s.mu.m[key]
 	if v == nil {
 		s.mu.Unlock()
 		return Entry{}, ErrNotFound
 	}
+	for v.res != nil && !resOK {
+		res := v.res
+		s.mu.Unlock()
+		if err := s.export(v, res); err != nil {
+			if errors.Is(err, errSegmentGone) {
+				return s.getRef(key, restore, resOK) // dropped or replaced meanwhile: look again
+			}
+			return Entry{}, fmt.Errorf("worker: %q: %w", key, err)
+		}
+		s.mu.Lock()
+		if s.mu.m[key] != v {
+			s.mu.Unlock()
+			return s.getRef(key, restore, resOK)
+		}
+	}
 	if v.path == "" {
 		s.mu.lru.MoveToFront(v.elem)
-		e := Entry{Encoding: v.enc, Frames: v.frames, NBytes: v.nbytes, Obj: v.obj, Seg: v.seg, v: v}
+		e := Entry{Encoding: v.enc, Frames: v.frames, NBytes: v.nbytes, Obj: v.obj, Seg: v.seg, Res: v.res, v: v}
 		s.mu.Unlock()
 		return e, nil
 	}
@@ -221,21 +264,64 @@ func (s *Store) GetRef(key string, restore bool) (Entry, error) {
 	return e, nil
 }
 
+// export turns v, kept in an executor as res, into a segment-backed value (resident.go), and
+// has the executor forget its copy.
+func (s *Store) export(v *value, res *resident) error {
+	seg, err := res.export(v.frames)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	installed := false
+	if s.mu.m[v.key] == v && v.res == res {
+		v.res, v.seg = nil, seg
+		s.mu.segments += seg.size
+		s.mu.kept -= res.bytes()
+		installed = true
+	}
+	orphan := !installed && v.seg != seg // dropped before it was installed: nobody owns it
+	s.mu.Unlock()
+	if installed {
+		res.drop()
+	}
+	if orphan {
+		seg.close()
+	}
+	return nil
+}
+
+// dropResidents removes the values kept in ex (it died: they are gone) and returns their keys.
+func (s *Store) dropResidents(ex *executor) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var keys []string
+	for k, v := range s.mu.m {
+		if v.res != nil && v.res.ex == ex {
+			s.detachLocked(v)
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
 // SetObj caches obj as the decoded form of e's value, if that value is still held in memory.
 func (s *Store) SetObj(e Entry, obj any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	// a segment-backed value's decoded form would be a second, unaccounted copy of its bytes
-	if e.v != nil && s.mu.m[e.v.key] == e.v && e.v.path == "" && e.v.seg == nil {
+	if e.v != nil && s.mu.m[e.v.key] == e.v && e.v.path == "" && e.v.seg == nil && e.v.res == nil {
 		e.v.obj = obj
 	}
 }
 
 // Delete drops keys; unknown keys are ignored. It returns how many were held.
 func (s *Store) Delete(keys ...string) int {
-	n, segs := s.detach(keys)
+	n, segs, res := s.detach(keys)
 	for _, seg := range segs {
 		seg.close()
+	}
+	for _, r := range res {
+		r.drop()
 	}
 	return n
 }
@@ -246,42 +332,56 @@ func (s *Store) Delete(keys ...string) int {
 // queries at SF 1, docs/performance.md "TPC-H"), which the worker's receive loop, and the
 // store's lock, must not wait for.
 func (s *Store) DeleteAsync(keys ...string) int {
-	n, segs := s.detach(keys)
-	if len(segs) > 0 {
+	n, segs, res := s.detach(keys)
+	if len(segs) > 0 || len(res) > 0 {
 		go func() {
 			for _, seg := range segs {
 				seg.close()
+			}
+			for _, r := range res {
+				r.drop()
 			}
 		}()
 	}
 	return n
 }
 
-// detach removes keys from the store and returns how many were there and the segments that
-// held them, for the caller to close.
-func (s *Store) detach(keys []string) (int, []*Segment) {
+// detach removes keys from the store and returns how many were there, the segments that
+// held them, for the caller to close, and the values kept in executors, for the caller to drop.
+func (s *Store) detach(keys []string) (int, []*Segment, []*resident) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
 	var segs []*Segment
+	var res []*resident
 	for _, k := range keys {
 		if v := s.mu.m[k]; v != nil {
 			if seg := s.detachLocked(v); seg != nil {
 				segs = append(segs, seg)
 			}
+			if v.res != nil {
+				res = append(res, v.res)
+			}
 			n++
 		}
 	}
-	return n, segs
+	return n, segs, res
 }
 
+// removeLocked removes v, closing its segment; an executor keeping it is told to forget it
+// in the background (that may write to the executor's socket, which the store's lock must
+// not wait for).
 func (s *Store) removeLocked(v *value) {
 	if seg := s.detachLocked(v); seg != nil {
 		seg.close()
 	}
+	if v.res != nil {
+		go v.res.drop()
+	}
 }
 
-// detachLocked removes v and returns its segment, not closed yet, if it has one.
+// detachLocked removes v and returns its segment, not closed yet, if it has one. A value kept
+// in an executor keeps its v.res, for the caller to drop.
 func (s *Store) detachLocked(v *value) *Segment {
 	delete(s.mu.m, v.key)
 	if v.path != "" {
@@ -291,6 +391,9 @@ func (s *Store) detachLocked(v *value) *Segment {
 	}
 	s.mu.lru.Remove(v.elem)
 	s.mu.memory -= v.nbytes
+	if v.res != nil {
+		s.mu.kept -= v.res.bytes()
+	}
 	if v.seg != nil {
 		s.mu.segments -= v.seg.size
 		return v.seg
@@ -303,6 +406,7 @@ type StoreStats struct {
 	Keys        int
 	Memory      int64 // bytes held in memory, segments included
 	Segments    int64 // bytes of the shared-memory segments held (not in any process's RSS)
+	Kept        int64 // bytes of values kept in executors (in their resident sets, not the worker's)
 	Spilled     int64 // bytes held on disk
 	Spills      int64 // values written to disk so far
 	Unspills    int64 // values read back into memory so far
@@ -313,7 +417,7 @@ type StoreStats struct {
 func (s *Store) Stats() StoreStats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return StoreStats{Keys: len(s.mu.m), Memory: s.mu.memory, Segments: s.mu.segments, Spilled: s.mu.spilled,
+	return StoreStats{Keys: len(s.mu.m), Memory: s.mu.memory, Segments: s.mu.segments, Kept: s.mu.kept, Spilled: s.mu.spilled,
 		Spills: s.mu.nspills, Unspills: s.mu.nunspill, SpilledKeys: len(s.mu.m) - s.mu.lru.Len()}
 }
 
@@ -389,16 +493,28 @@ func (s *Store) spillLocked(more func() bool) (moved int64) {
 		v := s.mu.lru.Back().Value.(*value)
 		s.mu.seq++
 		path := filepath.Join(s.dir, strconv.FormatUint(s.mu.seq, 10)+".spill")
-		enc, frames, seg := v.enc, v.frames, v.seg
+		enc, frames, seg, res := v.enc, v.frames, v.seg, v.res
 		s.mu.lru.Remove(v.elem) // out of the LRU while being written
 		s.mu.Unlock()
 
-		err := writeSpill(path, enc, frames, seg)
+		var err error
+		if res != nil {
+			// kept in an executor: its bytes go from there to the file (not through a segment,
+			// which would hold them in memory a second time)
+			err = res.spill(path, enc, frames)
+		} else {
+			err = writeSpill(path, enc, frames, seg)
+		}
 
+		var drop *resident
 		s.mu.Lock()
 		switch {
 		case s.mu.m[v.key] != v:
 			os.Remove(path) // deleted meanwhile; removeLocked did not touch the LRU
+		case err != nil && (errors.Is(err, errResidentLost) || errors.Is(err, errSegmentGone)):
+			// its executor died (the worker drops the value), or it was exported meanwhile
+			os.Remove(path)
+			v.elem = s.mu.lru.PushFront(v)
 		case err != nil:
 			os.Remove(path)
 			v.elem = s.mu.lru.PushFront(v) // keep it in memory
@@ -414,13 +530,20 @@ func (s *Store) spillLocked(more func() bool) (moved int64) {
 				s.mu.segments -= v.seg.size
 				v.seg.close()
 			}
-			v.frames, v.seg, v.obj, v.path = nil, nil, nil, path
+			if v.res != nil { // and the executor's
+				s.mu.kept -= v.res.bytes()
+				drop = v.res
+			}
+			v.frames, v.seg, v.res, v.obj, v.path = nil, nil, nil, nil, path
 			moved += v.nbytes
 			s.mu.memory -= v.nbytes
 			s.mu.spilled += v.nbytes
 			s.mu.nspills++
 		}
 		s.mu.Unlock()
+		if drop != nil {
+			drop.drop()
+		}
 	}
 }
 
@@ -430,31 +553,40 @@ const spillMagic = "SHSP"
 
 // writeSpill writes a value's spill file; the frames seg holds (if any) are copied from it.
 func writeSpill(path, enc string, frames [][]byte, seg *Segment) error {
+	var lens []int64
+	if seg != nil {
+		lens = seg.frameLens(frames)
+	}
+	return writeSpillWith(path, enc, frames, lens, func(f *os.File, hdr []byte) error {
+		if seg == nil {
+			bufs := append(net.Buffers{hdr}, frames...)
+			_, err := bufs.WriteTo(f)
+			return err
+		}
+		return writeSegFrames(f, hdr, frames, seg)
+	})
+}
+
+// writeSpillWith creates a spill file and has write put the header hdr and the frames in it;
+// lens are the frames' lengths (nil: those of frames).
+func writeSpillWith(path, enc string, frames [][]byte, lens []int64, write func(f *os.File, hdr []byte) error) error {
 	hdr := make([]byte, 0, 9+len(enc)+8*len(frames))
 	hdr = append(hdr, spillMagic...)
 	hdr = append(hdr, byte(len(enc)))
 	hdr = append(hdr, enc...)
 	hdr = binary.BigEndian.AppendUint32(hdr, uint32(len(frames)))
-	if seg == nil {
-		for _, f := range frames {
-			hdr = binary.BigEndian.AppendUint64(hdr, uint64(len(f)))
+	for i, fr := range frames {
+		n := int64(len(fr))
+		if lens != nil {
+			n = lens[i]
 		}
-	} else {
-		for _, n := range seg.frameLens(frames) {
-			hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
-		}
+		hdr = binary.BigEndian.AppendUint64(hdr, uint64(n))
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	if seg == nil {
-		bufs := append(net.Buffers{hdr}, frames...)
-		_, err = bufs.WriteTo(f)
-	} else {
-		err = writeSegFrames(f, hdr, frames, seg)
-	}
-	if err != nil {
+	if err := write(f, hdr); err != nil {
 		f.Close()
 		return err
 	}

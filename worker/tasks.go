@@ -315,8 +315,9 @@ func (w *Worker) report(thread int, ts *task, r result, start, stop time.Time) {
 type result struct {
 	enc    string
 	frames [][]byte
-	seg    *Segment // the memfd holding the large frames (empty in frames), or nil
-	holds  []string // keys of the futures the result holds (a Python task returned them)
+	seg    *Segment  // the memfd holding the large frames (empty in frames), or nil
+	res    *resident // the executor keeping the large frames (empty in frames), or nil
+	holds  []string  // keys of the futures the result holds (a Python task returned them)
 	obj    any
 	nbytes int64
 	err    *wire.Error

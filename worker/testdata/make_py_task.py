@@ -4,6 +4,7 @@ Usage: make_py_task.py NAME -> two hex lines: cloudpickle of the function, pickl
 """
 
 import hashlib
+import os
 import pickle
 import sys
 import time
@@ -23,6 +24,14 @@ TASKS = {
     "nap": (lambda: time.sleep(0.002), ()),
     # a digest of 70 values s0…s69 (more than a run passes as descriptors)
     "join70": (lambda *bs: hashlib.sha256(b"".join(bs)).hexdigest(), tuple(Ref(f"s{i}") for i in range(70))),
+    # a large numpy array (2 MiB of float64), which an executor that keeps results keeps
+    "arange": (lambda: __import__("numpy").arange(1 << 18, dtype="float64"), ()),
+    "asum": (lambda a: float(a.sum()), (Ref("a"),)),
+    "ainc": (lambda a: a + 1, (Ref("a"),)),
+    # how many results the executor running it keeps
+    "nkept": (lambda: len(__import__("shoal")._worker._local.task.executor.kept), ()),
+    # kills its executor
+    "die": (lambda: os._exit(3), ()),
 }
 
 fn, args = TASKS[sys.argv[1]]

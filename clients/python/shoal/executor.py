@@ -18,12 +18,19 @@ Large dependency frames may arrive in shared-memory windows instead of through t
 without a copy. A large result goes back in a *segment*: a fresh memfd the executor writes the
 frames into, seals and passes with its ``done`` answer (:func:`write_segment`); a dependency the
 worker holds in such a segment arrives as its descriptor and is mapped copy-on-write.
+
+Once the worker has checked that it can read this process's memory (``keep``), a large numpy
+array result is not written out at all: the executor *keeps* it (:meth:`Executor.keep_result`)
+and answers with where its bytes are (``res``). A later run on this executor gets the object
+itself; the worker copies the bytes out (``process_vm_readv``) only when the value leaves this
+process, and says ``forget`` when it is done with it (docs/protocol.md §3.5, "Kept results").
 """
 
 from __future__ import annotations
 
 import array
 import collections
+import ctypes
 import fcntl
 import hashlib
 import io
@@ -53,6 +60,10 @@ SHM_VERSION = 1
 """The shared-memory window protocol this executor speaks (announced in ``ready``)."""
 
 DEFAULT_SHM_IDLE = 256 << 20
+
+_PROBE = ctypes.create_string_buffer(os.urandom(16), 16)
+"""Bytes the worker reads from this process's memory, at the address ``ready`` gives, to check
+that it can (``process_vm_readv`` needs ptrace rights over the executor) before it says ``keep``."""
 """Bytes of free windows kept mapped for reuse (``SHOAL_EXECUTOR_SHM_IDLE``)."""
 
 class FdReceiver:
@@ -238,6 +249,10 @@ class Executor:
         self._wake: dict[threading.Thread, threading.Event] = {}
         self._spawn: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._spawner: threading.Thread | None = None
+        # results kept in this process, by the id of the run that made them (the worker says
+        # ``keep`` to turn this on, and ``forget`` for each once it is done with it)
+        self.keep = False
+        self.kept: dict[int, Any] = {}
 
     def take_standby(self) -> threading.Thread:
         """A thread ready to serve the worker's socket once woken (:meth:`hand_over`); taken
@@ -292,6 +307,7 @@ class Executor:
         if self.windows is not None:
             ready["shm"] = SHM_VERSION
             ready["segments"] = 1
+            ready["keep"] = [ctypes.addressof(_PROBE), _PROBE.raw]
         self.conn.send(ready)
         self.loop()
         self.finished.wait()
@@ -334,8 +350,12 @@ class Executor:
                     let_go(segs)
                     return
                 fd = -1
-                if segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
+                kept_value = reply.pop("_keep", None)
+                if kept_value is not None:
+                    out = self.keep_result(reply, out, kept_value)
+                elif segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
                     fd, out = segment_result(reply, out)
+                del kept_value
                 # when it ran, by this machine's clock: the worker reads a batch's answers
                 # together, so it cannot tell on its own
                 reply["start"], reply["stop"] = started, time_ns()
@@ -362,6 +382,12 @@ class Executor:
                 frames = []
                 let_go(segs)
                 del segs
+                if "forget" in header:
+                    self.forget(header["forget"])
+            elif op == "forget":  # not answered
+                self.forget(header.get("ids") or [])
+            elif op == "keep":  # not answered
+                self.keep = bool(self.segments)
             elif op == "preload":
                 # the worker waits for this answer before its next run: nothing is held back
                 err = _preload.current().apply(str(header.get("name", "")), str(header.get("reason", "")),
@@ -381,6 +407,7 @@ class Executor:
     def answer_seceded(self, task_conn: _wire.Connection, reply: Header, out: list[Any], started: int) -> None:
         """Send a seceded task's answer on its own socket (its large result in a segment)."""
         fd = -1
+        reply.pop("_keep", None)
         if self.segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
             fd, out = segment_result(reply, out)
         reply["start"], reply["stop"] = started, time_ns()
@@ -436,7 +463,13 @@ class Executor:
             if fn is None:
                 fn = self.load_func(str(header.get("func", "")), header.get("func_data"))
             items = header.get("items")
-            values = decode_items(items, frames) if items else {}
+            held = None
+            if "res" in header:
+                try:
+                    held = {int(i): self.kept[int(rid)] for i, rid in header["res"]}
+                except KeyError as exc:
+                    raise LookupError(f"a value kept in this executor (run {exc}) is gone") from None
+            values = decode_items(items, frames, held) if items else {}
             args, kwargs = load_payload(header.get("payload"), values)
         except BaseException as exc:  # noqa: BLE001 - reported to the worker
             return error_reply(task_id, exc, skip=0), []
@@ -459,7 +492,8 @@ class Executor:
         exported: list[Any] = []
         _worker.exporting(exported)  # futures pickled into the result are named here
         try:
-            encoding, out = _serialize.encode(contiguous(result), SEG_MIN if self.segments else None)
+            result = contiguous(result)
+            encoding, out = _serialize.encode(result, SEG_MIN if self.segments else None)
         except BaseException as exc:  # noqa: BLE001
             return error_reply(task_id, exc, skip=0,
                                prefix=f"could not serialize the result of {header.get('key')}: "), []
@@ -476,7 +510,45 @@ class Executor:
         if exported:  # the scheduler keeps them while the result lives, for its readers to claim
             reply["keys"] = list(dict.fromkeys(f.key for f in exported))
             _worker.retain(exported)
+        elif self.keep and encoding == _serialize.PICKLE and len(out) == 2 and keepable(result):
+            reply["_keep"] = result  # taken out before the reply is sent
         return reply, out
+
+    def keep_result(self, reply: Header, out: list[Any], value: Any) -> list[Any]:
+        """Keep ``value`` (a result :func:`keepable` accepted, pickled as ``out``: the pickle
+        and the array's bytes) in this process instead of writing it out: ``reply`` says where
+        its bytes are (``res``: frame, address, length) and the frame goes empty."""
+        if memoryview(out[1]).nbytes != value.nbytes:  # cannot happen: one out-of-band buffer
+            fd, out = segment_result(reply, out)
+            return out
+        self.kept[int(reply["id"])] = value
+        reply["res"] = [[1, value.ctypes.data, value.nbytes]]
+        return [out[0], b""]
+
+    def forget(self, ids: Sequence[Any]) -> None:
+        """Drop kept results the worker no longer needs from this process."""
+        for rid in ids:
+            self.kept.pop(int(rid), None)
+
+
+def keepable(value: Any) -> bool:
+    """Whether a result can stay in the executor for the worker to read when it leaves: a plain
+    numpy array of at least SEG_MIN bytes, contiguous, without Python objects, whose memory
+    numpy allocated. An array over other memory (an input's window or segment mapping, which
+    is unmapped after the run; bytes; a file) is written out as before."""
+    if type(value).__name__ != "ndarray" or type(value).__module__ != "numpy":
+        return False
+    if value.dtype.hasobject or value.nbytes < SEG_MIN:
+        return False
+    flags = value.flags
+    if not (flags.c_contiguous or flags.f_contiguous):
+        return False
+    import numpy as np
+
+    base = value
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return base.base is None and base.flags.owndata
 
 
 def contiguous(value: Any) -> Any:
@@ -552,15 +624,20 @@ def send_with_fd(conn: _wire.Connection, header: Header, frames: Sequence[Buffer
         raise CommClosedError(f"connection to {conn.address or 'worker'} lost: {exc}") from exc
 
 
-def decode_items(items: Sequence[Header], frames: Sequence[Buffer]) -> dict[str, Any]:
-    """Decode the values described by ``items`` from consecutive payload frames."""
+def decode_items(items: Sequence[Header], frames: Sequence[Buffer],
+                 held: dict[int, Any] | None = None) -> dict[str, Any]:
+    """Decode the values described by ``items`` from consecutive payload frames; those whose
+    index is in ``held`` are that object (kept in this executor), their frames skipped."""
     values: dict[str, Any] = {}
     pos = 0
-    for it in items:
+    for i, it in enumerate(items):
         n = int(it.get("nframes") or 1)
         if pos + n > len(frames):
             raise ValueError(f"item {it.get('key')!r} declares {n} frames; too few were sent")
-        values[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos : pos + n])
+        if held is not None and i in held:
+            values[str(it["key"])] = held[i]
+        else:
+            values[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos : pos + n])
         pos += n
     return values
 

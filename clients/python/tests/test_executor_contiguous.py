@@ -32,3 +32,20 @@ def test_contiguous_leaves_everything_else_as_it_is() -> None:
     s = a[:, 1:-1]
     c = contiguous(s)
     assert c is not s and c.flags.c_contiguous and np.array_equal(c, s)
+
+
+def test_keepable_only_arrays_numpy_allocated() -> None:
+    from shoal.executor import SEG_MIN, keepable
+
+    n = SEG_MIN // 8
+    owned = np.arange(2 * n, dtype=np.float64)
+    assert keepable(owned)
+    assert keepable(owned[:n])  # a view of an array numpy allocated: it keeps that array alive
+    assert keepable(owned.reshape(2, n).T)  # Fortran-contiguous
+    assert not keepable(owned[: n // 2])  # too small to be worth keeping
+    assert not keepable(owned[::2])  # not contiguous
+    assert not keepable(np.array([None] * (2 * n)))  # Python objects
+    # over memory numpy did not allocate (an input's mapping is unmapped after its run)
+    assert not keepable(np.frombuffer(bytearray(2 * SEG_MIN), dtype=np.uint8))
+    assert not keepable(np.frombuffer(memoryview(owned.tobytes()), dtype=np.float64))
+    assert not keepable(owned.tolist())

@@ -1,0 +1,95 @@
+"""Large numpy results kept in the executor that made them (docs/protocol.md §3.5, "Kept
+results"), through real processes: a scheduler and two `shoal worker` processes with their
+/metrics ports (the harness of test_shm_segments_cluster).
+
+A task on the same executor takes the kept array itself; a task on another worker, or the
+client, gets the bytes the worker copies out of the executor (exported once, then an ordinary
+segment); an array over an input's mapping is not kept; and when the executor dies, what it kept
+is recomputed from its lineage."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import pytest
+
+from shoal import wait
+from test_shm_segments_cluster import N, ProcCluster, digest_array, make_array, procs  # noqa: F401
+
+pytestmark = pytest.mark.skipif(os.environ.get("SHOAL_EXECUTOR_KEEP") == "0", reason="SHOAL_EXECUTOR_KEEP=0")
+
+
+def identity(a: Any) -> Any:
+    return a
+
+
+def make_counted(n: int, seed: int, log: str) -> Any:
+    with open(log, "a") as f:
+        f.write("made\n")
+    return make_array(n, seed)
+
+
+def die_once(flag: str) -> int:
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        os._exit(3)
+    return 1
+
+
+def test_kept_used_in_place_then_exported(procs: ProcCluster) -> None:  # noqa: F811
+    client, names = procs.client()
+    with client:
+        a_addr, b_addr = names["a"], names["b"]
+        a = client.submit(make_array, N, 21, workers=[a_addr], pure=False)
+        want = make_array(N, 21)
+        size, total, last = client.submit(digest_array, a, workers=[a_addr], pure=False).result(timeout=60)
+        assert (size, last) == (N, float(want[-1])) and total == pytest.approx(float(want.sum()))
+        assert procs.metric("a", "kept_results_total") == 1, procs.logs()
+        assert procs.metric("a", "kept_used_total") == 1, "the run on A took the kept array"
+        assert procs.metric("a", "kept_exported_total") == 0
+        assert procs.metric("a", "shm_segment_bytes") == 0, "nothing was written to shared memory"
+
+        # B needs it: A copies it out of its executor once, and B opens that segment
+        size, total, last = client.submit(digest_array, a, workers=[b_addr], pure=False).result(timeout=60)
+        assert (size, last) == (N, float(want[-1])) and total == pytest.approx(float(want.sum()))
+        assert procs.metric("a", "kept_exported_total") == 1
+        assert procs.metric("b", "shm_transfers_in_total") == 1
+        assert procs.metric("a", "shm_segment_bytes") >= N * 8
+        assert np.array_equal(client.gather(a), want)
+        assert procs.metric("a", "kept_exported_total") == 1, "exported once"
+
+
+def test_array_over_an_input_mapping_is_not_kept(procs: ProcCluster) -> None:  # noqa: F811
+    client, names = procs.client()
+    with client:
+        a_addr, b_addr = names["a"], names["b"]
+        a = client.submit(make_array, N, 22, workers=[a_addr], pure=False)
+        # on B, a arrives as a segment mapped for the run: identity's result is a view of it
+        b = client.submit(identity, a, workers=[b_addr], pure=False)
+        b.result(timeout=60)
+        assert procs.metric("b", "kept_results_total") == 0, procs.logs()
+        # after its run's mapping is gone, the value is whole (it was written out)
+        size, total, last = client.submit(digest_array, b, workers=[b_addr], pure=False).result(timeout=60)
+        want = make_array(N, 22)
+        assert (size, last) == (N, float(want[-1])) and total == pytest.approx(float(want.sum()))
+        assert np.array_equal(client.gather(b), want)
+
+
+def test_lost_with_its_executor_then_recomputed(procs: ProcCluster) -> None:  # noqa: F811
+    client, names = procs.client()
+    with client:
+        a_addr = names["a"]
+        log, flag = os.path.join(procs.dir, "made"), os.path.join(procs.dir, "died")
+        a = client.submit(make_counted, N, 23, log, workers=[a_addr], pure=False)
+        wait([a], timeout=60)  # not a.result(): reading it would export it
+        assert procs.metric("a", "kept_results_total") == 1, procs.logs()
+        # the executor holding it dies (the task is retried and then succeeds)
+        assert client.submit(die_once, flag, workers=[a_addr], pure=False).result(timeout=60) == 1
+        want = make_array(N, 23)
+        size, total, last = client.submit(digest_array, a, workers=[a_addr], pure=False).result(timeout=60)
+        assert (size, last) == (N, float(want[-1])) and total == pytest.approx(float(want.sum()))
+        assert np.array_equal(client.gather(a), want)
+        with open(log) as f:
+            assert f.read().count("made") == 2, "recomputed once from its lineage"

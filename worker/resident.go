@@ -1,0 +1,393 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"unsafe"
+
+	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
+
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// Kept results (docs/protocol.md §3.5, "Kept results"). A Python task's large numpy array
+// result is not written anywhere when it is made: the executor keeps the array object and
+// answers with where its bytes are in its memory (`res`). The store holds such a value as a
+// resident: its frames are the pickle and empty placeholders, and the bytes stay in the
+// executor. Then:
+//
+//   - a run on the same executor names the value (`res` in the run) and gets the object
+//     itself, as a task in dask's worker gets the objects its process holds: no copy, no
+//     mapping, no unpickling;
+//   - anything else that needs the bytes (a run on another executor, a peer, a client, a Go
+//     task, spilling) exports the value first: the worker copies the bytes out of the
+//     executor's memory with process_vm_readv(2) into a sealed memfd of its own, and from
+//     then on the value is an ordinary segment (segment.go); the executor is told to forget
+//     its copy;
+//   - when the value is dropped, the executor is told to forget it (with its next message,
+//     or at once when it is idle);
+//   - when the executor dies, its residents are lost: the worker drops them and tells the
+//     scheduler (missing_data about itself), which recomputes them from their lineage.
+//
+// Exporting reads memory the executor must not free meanwhile: a resident is forgotten only
+// by drop, which waits for an export in progress (resident.mu). Reading the memory of a dead
+// executor whose pid was reused would read another process: the reaper marks the executor
+// dead (executor.mem) after it has exited and before it is waited for, which is what frees
+// its pid, and an export holds executor.mem for reading.
+
+// resPlace says where frame Frame of a kept result is in its executor's memory.
+type resPlace struct {
+	//lint:ignore U1000 msgpack reads this field's tag (encode as an array)
+	_msgpack struct{} `msgpack:",as_array"`
+	Frame    int
+	Addr     uint64
+	Len      int64
+}
+
+// resident is a value whose large frames are kept in the memory of the executor that made it.
+type resident struct {
+	p  *executorPool
+	ex *executor
+	id uint64 // the run that made it: the executor keeps it under this id
+	at []resPlace
+
+	mu      sync.Mutex
+	seg     *Segment // the export, once made
+	dropped bool     // the executor was told to forget it
+}
+
+// keepEnabled: executors keep large results (SHOAL_EXECUTOR_KEEP=0 turns it off).
+var keepEnabled = os.Getenv("SHOAL_EXECUTOR_KEEP") != "0"
+
+// errResidentLost is what exporting a value whose executor died gives.
+var errResidentLost = errors.New("the Python executor holding the value died")
+
+// newResident checks the placements of a kept result for a value of the given frames (the
+// frames kept must be empty placeholders, and no longer than the frame limit).
+func newResident(p *executorPool, ex *executor, id uint64, at []resPlace, frames [][]byte, maxFrame int64) (*resident, error) {
+	if len(at) == 0 {
+		return nil, errors.New("a kept result that names no frame")
+	}
+	seen := make(map[int]bool, len(at))
+	for _, p := range at {
+		if p.Frame < 0 || p.Frame >= len(frames) || seen[p.Frame] || len(frames[p.Frame]) != 0 ||
+			p.Len <= 0 || p.Len > maxFrame || p.Addr == 0 || p.Addr > ^uint64(0)-uint64(p.Len) {
+			return nil, fmt.Errorf("bad kept-result placement [%d, %#x, %d] for %d frames", p.Frame, p.Addr, p.Len, len(frames))
+		}
+		seen[p.Frame] = true
+	}
+	return &resident{p: p, ex: ex, id: id, at: at}, nil
+}
+
+// bytes is how many bytes of the value's frames the executor holds.
+func (r *resident) bytes() int64 {
+	var n int64
+	for _, p := range r.at {
+		n += p.Len
+	}
+	return n
+}
+
+// export copies the value's bytes out of the executor into a segment (once: later calls
+// return the same segment, which the store owns once it has taken it).
+func (r *resident) export(frames [][]byte) (*Segment, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.seg != nil {
+		return r.seg, nil
+	}
+	if r.dropped {
+		return nil, errSegmentGone
+	}
+	seg, err := r.ex.readOut(r.at, frames)
+	if err != nil {
+		return nil, err
+	}
+	r.p.keptExported.Add(1)
+	r.seg = seg
+	return seg, nil
+}
+
+// drop has the executor forget the value (once), after any export in progress.
+func (r *resident) drop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.dropped {
+		r.dropped = true
+		r.p.forget(r.ex, r.id)
+	}
+}
+
+// spill writes the value's spill file (store.go) with the kept bytes read straight out of
+// the executor, a chunk at a time.
+func (r *resident) spill(path, enc string, frames [][]byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.dropped {
+		return errSegmentGone
+	}
+	lens := make([]int64, len(frames))
+	kept := make(map[int]resPlace, len(r.at))
+	for i, f := range frames {
+		lens[i] = int64(len(f))
+	}
+	for _, p := range r.at {
+		lens[p.Frame] = p.Len
+		kept[p.Frame] = p
+	}
+	r.ex.mem.RLock()
+	defer r.ex.mem.RUnlock()
+	if r.ex.mem.dead {
+		return errResidentLost
+	}
+	return writeSpillWith(path, enc, frames, lens, func(f *os.File, hdr []byte) error {
+		if _, err := f.Write(hdr); err != nil {
+			return err
+		}
+		var buf []byte
+		for i, fr := range frames {
+			p, ok := kept[i]
+			if !ok {
+				if _, err := f.Write(fr); err != nil {
+					return err
+				}
+				continue
+			}
+			if buf == nil {
+				buf = make([]byte, 1<<20)
+			}
+			for off := int64(0); off < p.Len; {
+				b := buf[:min(int64(len(buf)), p.Len-off)]
+				if err := vmRead(r.ex.pid, b, p.Addr+uint64(off)); err != nil {
+					if errors.Is(err, unix.ESRCH) {
+						return errResidentLost
+					}
+					return fmt.Errorf("reading a kept result out of the Python executor (pid %d): %w", r.ex.pid, err)
+				}
+				if _, err := f.Write(b); err != nil {
+					return err
+				}
+				off += int64(len(b))
+			}
+		}
+		return nil
+	})
+}
+
+// resAlign is the alignment of frames in an exported segment (the executor's SEG_ALIGN):
+// arrays unpickled over the mapping are aligned for any dtype.
+const resAlign = 64
+
+// readOut copies the frames at placements at out of the executor's memory into a new sealed
+// memfd, and returns it as the segment of a value of the given frames.
+func (ex *executor) readOut(at []resPlace, frames [][]byte) (*Segment, error) {
+	ex.mem.RLock()
+	defer ex.mem.RUnlock()
+	if ex.mem.dead {
+		return nil, errResidentLost
+	}
+	places := make([]segPlace, len(at))
+	var size int64
+	for i, p := range at {
+		size = (size + resAlign - 1) &^ (resAlign - 1)
+		places[i] = segPlace{Frame: p.Frame, Off: size, Len: p.Len}
+		size += p.Len
+	}
+	fd, err := unix.MemfdCreate("shoal-kept", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fmt.Errorf("memfd_create: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "shoal-kept")
+	fail := func(err error) (*Segment, error) {
+		f.Close()
+		return nil, err
+	}
+	if err := unix.Ftruncate(fd, size); err != nil {
+		return fail(fmt.Errorf("ftruncate memfd: %w", err))
+	}
+	// The mapping exists only while the bytes are copied, before anyone else has the memfd:
+	// the worker never maps a segment it hands out (segment.go).
+	m, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return fail(fmt.Errorf("mapping a memfd of %d bytes: %w", size, err))
+	}
+	for i, p := range at {
+		if err := vmRead(ex.pid, m[places[i].Off:places[i].Off+p.Len], p.Addr); err != nil {
+			unix.Munmap(m)
+			if errors.Is(err, unix.ESRCH) {
+				err = errResidentLost
+			}
+			return fail(fmt.Errorf("reading a kept result out of the Python executor (pid %d): %w", ex.pid, err))
+		}
+	}
+	if err := unix.Munmap(m); err != nil {
+		return fail(fmt.Errorf("munmap: %w", err))
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS,
+		unix.F_SEAL_SEAL|unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_WRITE); err != nil {
+		return fail(fmt.Errorf("sealing a memfd: %w", err))
+	}
+	seg, err := newSegment(f, places, frames)
+	if err != nil {
+		return fail(err)
+	}
+	return seg, nil
+}
+
+// vmRead fills b from address addr of process pid.
+func vmRead(pid int, b []byte, addr uint64) error {
+	for len(b) > 0 {
+		n := min(len(b), 1<<30)
+		local := []unix.Iovec{{Base: unsafe.SliceData(b)}}
+		local[0].SetLen(n)
+		remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: n}}
+		got, err := unix.ProcessVMReadv(pid, local, remote, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if got <= 0 {
+			return errors.New("process_vm_readv read nothing")
+		}
+		b, addr = b[got:], addr+uint64(got)
+	}
+	return nil
+}
+
+// probeKeep checks that the worker can read the executor's memory, from the probe its ready
+// message gave (an address and the bytes there).
+func (ex *executor) probeKeep(probe []any) bool {
+	if len(probe) != 2 {
+		return false
+	}
+	addr, ok1 := toUint64(probe[0])
+	want, ok2 := probe[1].([]byte)
+	if !ok1 || !ok2 || len(want) == 0 || len(want) > 64 {
+		return false
+	}
+	got := make([]byte, len(want))
+	if vmRead(ex.pid, got, addr) != nil {
+		return false
+	}
+	return string(got) == string(want)
+}
+
+func toUint64(v any) (uint64, bool) {
+	switch n := v.(type) {
+	case uint64:
+		return n, true
+	case int64:
+		return uint64(n), n >= 0
+	case uint32:
+		return uint64(n), true
+	case int32:
+		return uint64(n), n >= 0
+	case uint16:
+		return uint64(n), true
+	case int16:
+		return uint64(n), n >= 0
+	case uint8:
+		return uint64(n), true
+	case int8:
+		return uint64(n), n >= 0
+	}
+	return 0, false
+}
+
+// forgetMsg is the executor's forget message for ids (not answered).
+func forgetMsg(ids []uint64) outMsg {
+	hdr, _ := msgpack.Marshal(map[string]any{"op": "forget", "ids": ids})
+	return outMsg{hdr: hdr}
+}
+
+// takeForgets returns the ids the executor is to forget, and clears them.
+func (ex *executor) takeForgets() []uint64 {
+	ex.forgets.Lock()
+	defer ex.forgets.Unlock()
+	ids := ex.forgets.ids
+	ex.forgets.ids = nil
+	return ids
+}
+
+// forget has ex forget kept result id: at once when ex is idle, else with its next run.
+func (p *executorPool) forget(ex *executor, id uint64) {
+	ex.forgets.Lock()
+	ex.forgets.ids = append(ex.forgets.ids, id)
+	ex.forgets.Unlock()
+	select {
+	case p.slots <- struct{}{}:
+	default:
+		return // every executor is busy or starting: ex's next run carries it
+	}
+	p.mu.Lock()
+	i := -1
+	for j, e := range p.mu.idle {
+		if e == ex {
+			i = j
+			break
+		}
+	}
+	if i < 0 {
+		p.mu.Unlock()
+		<-p.slots
+		return // busy: its next run carries it
+	}
+	p.mu.idle = append(p.mu.idle[:i], p.mu.idle[i+1:]...)
+	p.mu.Unlock()
+	p.release(ex) // which sends the forgets
+}
+
+// keptBy returns the bytes of values each executor keeps (not exported yet).
+func (s *Store) keptBy() map[*executor]int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[*executor]int64)
+	for _, v := range s.mu.m {
+		if v.res != nil {
+			out[v.res.ex] += v.res.bytes()
+		}
+	}
+	return out
+}
+
+// residentsLost handles the kept results of an executor that died: they are dropped from the
+// store, the tasks here that needed them are dropped, and the scheduler is told this worker
+// no longer holds them (it recomputes them from their lineage and sends those tasks again).
+func (w *Worker) residentsLost(ex *executor) {
+	keys := w.store.dropResidents(ex)
+	if len(keys) == 0 || w.closed.Load() {
+		return
+	}
+	w.log.Warn("results kept in a dead Python executor are lost; the scheduler recomputes them",
+		"pid", ex.pid, "keys", len(keys))
+	lost := make(map[string]bool, len(keys))
+	for _, k := range keys {
+		lost[k] = true
+	}
+	w.mu.Lock()
+	var drop []*task
+	for _, ts := range w.mu.tasks {
+		if ts.state != stateReady && ts.state != stateFetching {
+			continue
+		}
+		for _, d := range ts.t.Deps {
+			if lost[d] {
+				drop = append(drop, ts)
+				break
+			}
+		}
+	}
+	for _, ts := range drop {
+		w.dropTaskLocked(ts)
+	}
+	w.mu.cond.Broadcast()
+	w.mu.Unlock()
+	for _, k := range keys {
+		w.send(&wire.Msg{Op: wire.OpMissingData, Key: k, Worker: w.dataAddr})
+	}
+}
