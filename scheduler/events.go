@@ -199,6 +199,11 @@ type ActCompute struct {
 	TaskID uint64 // the task's handle: workers echo it in task_finished / task_erred
 	Deps   []DepLoc
 	Order  int64 // lower runs first
+	// Keep: the task has dependents, so its result is likely used where it is made: a Python
+	// executor may keep it in its memory rather than write it out (worker/resident.go). A
+	// result nothing depends on yet (a client's future, a persisted chunk) is written out,
+	// ready to be handed over without a copy.
+	Keep bool
 }
 
 // DepLoc is where one dependency of a compute task lives.

@@ -1151,7 +1151,7 @@ func (s *Server) sendCompute(a ActCompute) {
 		s.named.Key = a.Key
 		def = &s.named
 	}
-	m := &wire.Msg{Op: wire.OpCompute, Task: def, TaskID: a.TaskID, Order: a.Order}
+	m := &wire.Msg{Op: wire.OpCompute, Task: def, TaskID: a.TaskID, Order: a.Order, Keep: a.Keep}
 	if len(a.Deps) > 0 {
 		m.Deps = make([]wire.Dep, len(a.Deps))
 		for i, d := range a.Deps {

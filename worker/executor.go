@@ -528,6 +528,7 @@ type pyRun struct {
 	fdata  []byte   // the pickled function, in case this executor has not seen it
 	segs   []runSeg // segment-backed dependencies, whose frames are empty in frames
 	res    []runRes // dependencies kept in an executor, whose frames are empty in frames
+	keep   bool     // the executor may keep the result (the task has dependents, and it keeps)
 }
 
 // runRes is a dependency kept in an executor (resident.go): item Item of the run.
@@ -557,11 +558,19 @@ func (r *pyRun) keptIn(ex *executor) bool {
 }
 
 // header encodes the run's header, with the dependencies its executor keeps (`res`: item
-// index and the id it keeps the value under).
+// index and the id it keeps the value under), and whether it may keep the result (`keep`).
 func (r *pyRun) header() ([]byte, error) {
 	hdr, err := wire.EncodeHeader(r.m)
-	if err != nil || len(r.res) == 0 {
-		return hdr, err
+	if err != nil {
+		return nil, err
+	}
+	if r.keep {
+		if hdr, err = appendExt(hdr, "keep", 1); err != nil {
+			return nil, err
+		}
+	}
+	if len(r.res) == 0 {
+		return hdr, nil
 	}
 	pairs := make([][2]uint64, len(r.res))
 	for i, rr := range r.res {
@@ -719,7 +728,8 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			r.m.FuncData = r.fdata
 		}
 		msgs[i] = outMsg{m: r.m, payload: r.frames}
-		if len(r.res) > 0 {
+		r.keep = r.ts.keep && ex.keeps
+		if len(r.res) > 0 || r.keep {
 			hdr, err := r.header()
 			if err != nil { // cannot happen with a header we made
 				w.py.release(ex)

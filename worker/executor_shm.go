@@ -344,13 +344,13 @@ func (ws *execWindows) close(w *shmWindow) {
 
 // execExt holds the fields of executor messages that are not part of wire.Msg.
 type execExt struct {
-	SHM      int        `msgpack:"shm"`      // in ready: the window protocol version the executor speaks (1)
-	Segments int        `msgpack:"segments"` // in ready: 1 when the executor takes segments in run
-	Free     []uint64   `msgpack:"shm_free"` // windows free again
-	Drop     []uint64   `msgpack:"shm_drop"` // windows the executor unmapped
-	Seg      []segPlace `msgpack:"seg"`      // in done: the result's frames held in the segment passed with it
-	Res      []resPlace `msgpack:"res"`      // in done: the result's frames the executor keeps (resident.go)
-	Keep     []any      `msgpack:"keep"`     // in ready: the probe of the executor's memory (address, bytes)
+	SHM      int        `msgpack:"shm"`        // in ready: the window protocol version the executor speaks (1)
+	Segments int        `msgpack:"segments"`   // in ready: 1 when the executor takes segments in run
+	Free     []uint64   `msgpack:"shm_free"`   // windows free again
+	Drop     []uint64   `msgpack:"shm_drop"`   // windows the executor unmapped
+	Seg      []segPlace `msgpack:"seg"`        // in done: the result's frames held in the segment passed with it
+	Res      []resPlace `msgpack:"res"`        // in done: the result's frames the executor keeps (resident.go)
+	Keep     []any      `msgpack:"keep_probe"` // in ready: the probe of the executor's memory (address, bytes)
 	fds      []int      // the descriptors passed with the message (execConn.recvExt)
 }
 

@@ -41,6 +41,7 @@ func TestPythonExecutorKeepsResults(t *testing.T) {
 	w, sc, _, _ := s.startWorker(cfg)
 	c := dialData(t, w.DataAddr(), "", wire.RoleClient)
 	const n = 1 << 18
+	kept := func(m *wire.Msg) *wire.Msg { m.Keep = true; return m } // the task has dependents
 	nkept := func(id uint64) int {
 		sc.send(pyTask("nkept", hk, fk, pk))
 		sc.expect(wire.OpTaskFinished)
@@ -51,7 +52,13 @@ func TestPythonExecutorKeepsResults(t *testing.T) {
 		return k
 	}
 
-	sc.send(pyTask("a", ha, fa, pa))
+	sc.send(pyTask("a0", ha, fa, pa)) // nothing depends on it: written out
+	sc.expect(wire.OpTaskFinished)
+	require.Zero(t, w.py.kept.Load())
+	require.Positive(t, w.Store().Stats().Segments)
+	require.Equal(t, 1, w.Store().Delete("a0"))
+
+	sc.send(kept(pyTask("a", ha, fa, pa)))
 	fin := sc.expect(wire.OpTaskFinished)
 	require.EqualValues(t, 1, w.py.kept.Load(), "the executor kept the array")
 	require.Greater(t, fin.NBytes, int64(8*n))
@@ -69,7 +76,7 @@ func TestPythonExecutorKeepsResults(t *testing.T) {
 	require.NoError(t, msgpack.Unmarshal(frames[0], &sum))
 	require.Equal(t, float64(n)*float64(n-1)/2, sum)
 
-	sc.send(pyTask("b", hi, fi, pi, "a")) // a + 1, kept too
+	sc.send(kept(pyTask("b", hi, fi, pi, "a"))) // a + 1, kept too
 	sc.expect(wire.OpTaskFinished)
 	require.EqualValues(t, 2, w.py.kept.Load())
 	require.Equal(t, 2, nkept(2))
@@ -90,7 +97,7 @@ func TestPythonExecutorKeepsResults(t *testing.T) {
 	eventually(t, func() bool { return nkept(5) == 0 })
 
 	// what a dead executor kept is lost: dropped, and reported to the scheduler as missing here
-	sc.send(pyTask("c", ha, fa, pa))
+	sc.send(kept(pyTask("c", ha, fa, pa)))
 	sc.expect(wire.OpTaskFinished)
 	sc.send(pyTask("die", hd, fd, pd))
 	var lost *wire.Msg

@@ -76,6 +76,7 @@ type task struct {
 	index   int                 // position in the ready heap
 	freed   bool                // freed while running: discard the result
 	solo    bool                // was in a batch whose executor died: runs alone from now on
+	keep    bool                // its result has dependents: its executor may keep it (resident.go)
 	seceded bool                // a Go task that gave its thread back (TaskEnv.Secede)
 	execPID atomic.Int32        // a Python task: the executor it was sent to (stack.go)
 	// longRunning: it gave its thread back (Go or Python), as told to the scheduler
@@ -158,7 +159,7 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		return
 	}
 	w.mu.seq++
-	ts := &task{t: *t, tid: m.TaskID, order: m.Order, seq: w.mu.seq, index: -1}
+	ts := &task{t: *t, tid: m.TaskID, order: m.Order, seq: w.mu.seq, index: -1, keep: m.Keep}
 	ts.t.Deps = taskDeps(t)
 	w.mu.tasks[t.Key] = ts
 	for _, dep := range ts.t.Deps {

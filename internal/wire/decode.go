@@ -159,6 +159,7 @@ var msgFields = [...]struct {
 	{"stop", func(d *dec, m *Msg) bool { return d.int(&m.Stop) }},
 	{"thread", func(d *dec, m *Msg) bool { return d.intInt(&m.Thread) }},
 	{"accepted", func(d *dec, m *Msg) bool { return d.bool(&m.Accepted) }},
+	{"keep", func(d *dec, m *Msg) bool { return d.bool(&m.Keep) }},
 	{"nthreads", func(d *dec, m *Msg) bool { return d.intInt(&m.NThreads) }},
 	{"memory_limit", func(d *dec, m *Msg) bool { return d.int(&m.MemLimit) }},
 	{"memory", func(d *dec, m *Msg) bool { return d.int(&m.Memory) }},

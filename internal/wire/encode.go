@@ -105,6 +105,10 @@ func appendHeader(b []byte, m *Msg) ([]byte, error) {
 	e.int("start", m.Start)
 	e.int("stop", m.Stop)
 	e.int("thread", int64(m.Thread))
+	if m.Keep {
+		e.key("keep")
+		e.b = append(e.b, 0xc3)
+	}
 	if m.Accepted {
 		e.key("accepted")
 		e.b = append(e.b, 0xc3)

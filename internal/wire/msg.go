@@ -205,6 +205,7 @@ type Msg struct {
 	Stop      int64              `msgpack:"stop,omitempty"`
 	Thread    int                `msgpack:"thread,omitempty"`
 	Accepted  bool               `msgpack:"accepted,omitempty"`
+	Keep      bool               `msgpack:"keep,omitempty"` // compute: the result has dependents; its executor may keep it
 	NThreads  int                `msgpack:"nthreads,omitempty"`
 	MemLimit  int64              `msgpack:"memory_limit,omitempty"`
 	Memory    int64              `msgpack:"memory,omitempty"`

@@ -63,7 +63,8 @@ DEFAULT_SHM_IDLE = 256 << 20
 
 _PROBE = ctypes.create_string_buffer(os.urandom(16), 16)
 """Bytes the worker reads from this process's memory, at the address ``ready`` gives, to check
-that it can (``process_vm_readv`` needs ptrace rights over the executor) before it says ``keep``."""
+that it can (``process_vm_readv`` needs ptrace rights over the executor) before it says ``keep``
+(``keep_probe`` in ``ready``)."""
 """Bytes of free windows kept mapped for reuse (``SHOAL_EXECUTOR_SHM_IDLE``)."""
 
 class FdReceiver:
@@ -307,7 +308,7 @@ class Executor:
         if self.windows is not None:
             ready["shm"] = SHM_VERSION
             ready["segments"] = 1
-            ready["keep"] = [ctypes.addressof(_PROBE), _PROBE.raw]
+            ready["keep_probe"] = [ctypes.addressof(_PROBE), _PROBE.raw]
         self.conn.send(ready)
         self.loop()
         self.finished.wait()
@@ -510,7 +511,8 @@ class Executor:
         if exported:  # the scheduler keeps them while the result lives, for its readers to claim
             reply["keys"] = list(dict.fromkeys(f.key for f in exported))
             _worker.retain(exported)
-        elif self.keep and encoding == _serialize.PICKLE and len(out) == 2 and keepable(result):
+        elif self.keep and header.get("keep") and encoding == _serialize.PICKLE and len(out) == 2 \
+                and keepable(result):
             reply["_keep"] = result  # taken out before the reply is sent
         return reply, out
 

@@ -2,7 +2,9 @@
 results"), through real processes: a scheduler and two `shoal worker` processes with their
 /metrics ports (the harness of test_shm_segments_cluster).
 
-A task on the same executor takes the kept array itself; a task on another worker, or the
+An array some task depends on when it is made (the scheduler says ``keep``) is kept; one that
+nothing depends on yet is written out, ready to be handed over without a copy. A task on the
+same executor takes the kept array itself; a task on another worker, or the
 client, gets the bytes the worker copies out of the executor (exported once, then an ordinary
 segment); an array over an input's mapping is not kept; and when the executor dies, what it kept
 is recomputed from its lineage."""
@@ -10,6 +12,7 @@ is recomputed from its lineage."""
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -42,9 +45,21 @@ def test_kept_used_in_place_then_exported(procs: ProcCluster) -> None:  # noqa: 
     client, names = procs.client()
     with client:
         a_addr, b_addr = names["a"], names["b"]
-        a = client.submit(make_array, N, 21, workers=[a_addr], pure=False)
+        lone = client.submit(make_array, N, 20, workers=[a_addr], pure=False)
+        wait([lone], timeout=60)
+        assert procs.metric("a", "kept_results_total") == 0, "nothing depended on it: written out"
+        assert procs.metric("a", "shm_segment_bytes") >= N * 8
+        del lone
+        deadline = time.monotonic() + 10
+        while procs.metric("a", "shm_segment_bytes") > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+        # a digest on A depends on it: the array stays in A's executor, which the digest uses
+        a, s = client.get({"a-21": (make_array, N, 21), "s-21": (digest_array, "a-21")}, ["a-21", "s-21"],
+                          workers=[a_addr], sync=False)
         want = make_array(N, 21)
-        size, total, last = client.submit(digest_array, a, workers=[a_addr], pure=False).result(timeout=60)
+        size, total, last = s.result(timeout=60)
         assert (size, last) == (N, float(want[-1])) and total == pytest.approx(float(want.sum()))
         assert procs.metric("a", "kept_results_total") == 1, procs.logs()
         assert procs.metric("a", "kept_used_total") == 1, "the run on A took the kept array"
@@ -67,8 +82,9 @@ def test_array_over_an_input_mapping_is_not_kept(procs: ProcCluster) -> None:  #
         a_addr, b_addr = names["a"], names["b"]
         a = client.submit(make_array, N, 22, workers=[a_addr], pure=False)
         # on B, a arrives as a segment mapped for the run: identity's result is a view of it
-        b = client.submit(identity, a, workers=[b_addr], pure=False)
-        b.result(timeout=60)
+        b, c = client.get({"b-22": (identity, a), "c-22": (digest_array, "b-22")}, ["b-22", "c-22"],
+                          workers=[b_addr], sync=False)
+        c.result(timeout=60)
         assert procs.metric("b", "kept_results_total") == 0, procs.logs()
         # after its run's mapping is gone, the value is whole (it was written out)
         size, total, last = client.submit(digest_array, b, workers=[b_addr], pure=False).result(timeout=60)
@@ -82,8 +98,9 @@ def test_lost_with_its_executor_then_recomputed(procs: ProcCluster) -> None:  # 
     with client:
         a_addr = names["a"]
         log, flag = os.path.join(procs.dir, "made"), os.path.join(procs.dir, "died")
-        a = client.submit(make_counted, N, 23, log, workers=[a_addr], pure=False)
-        wait([a], timeout=60)  # not a.result(): reading it would export it
+        a, s = client.get({"a-23": (make_counted, N, 23, log), "s-23": (digest_array, "a-23")},
+                          ["a-23", "s-23"], workers=[a_addr], sync=False)
+        wait([a, s], timeout=60)  # not a.result(): reading it would export it
         assert procs.metric("a", "kept_results_total") == 1, procs.logs()
         # the executor holding it dies (the task is retried and then succeeds)
         assert client.submit(die_once, flag, workers=[a_addr], pure=False).result(timeout=60) == 1
