@@ -228,6 +228,8 @@ class Executor:
     With ``segments``, results of at least :data:`SEG_MIN` bytes go back in sealed memfds
     (:func:`write_segment`); the worker asks for it (``SHOAL_EXECUTOR_SEGMENTS=1``)."""
 
+    keep = False  # results may be kept (the worker said ``keep``); see __init__
+
     def __init__(self, conn: _wire.Connection, windows: Windows | None = None,
                  segments: bool = False, receiver: FdReceiver | None = None) -> None:
         self.conn = conn
