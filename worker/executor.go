@@ -54,7 +54,8 @@ type executor struct {
 	// forgets: ids of kept results to forget, sent with its next message
 	forgets struct {
 		sync.Mutex
-		ids []uint64
+		ids   []uint64
+		bytes int64
 	}
 }
 
@@ -229,6 +230,9 @@ func (p *executorPool) release(ex *executor) {
 		p.stop(ex)
 	}
 	<-p.slots
+	if !closed && ex.hasForgets() {
+		p.flush(ex) // dropped while it was being released: another forget found it busy
+	}
 }
 
 // discard removes a dead executor and returns how it ended.
@@ -396,9 +400,10 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 		ex.mem.Lock()
 		ex.mem.dead = true
 		ex.mem.Unlock()
+		// before anything waits on its exit (a retry of its task reads the store again)
+		p.w.residentsLost(ex)
 		cmd.Wait()
 		close(ex.exited)
-		p.w.residentsLost(ex)
 	}
 	if !p.w.goFunc(reap) { // the worker is closing
 		cmd.Process.Kill()
@@ -618,8 +623,7 @@ func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 			e, err = w.store.GetRef(dep, true)
 		}
 		if err != nil {
-			return nil, &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
-				Message: fmt.Sprintf("dependency %q: %v", dep, err)}
+			return nil, depError(dep, err)
 		}
 		if e.Res != nil {
 			res = append(res, runRes{res: e.Res, item: len(items)})
@@ -691,8 +695,11 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied", Message: fmt.Sprintf(
 			"Python executor (pid %d) died while taking the uploaded files and worker plugins: %s", ex.pid, how)}}, false
 	}
-	if mine.elsewhere(ex) {
-		// dependencies kept in another executor are exported for this one
+	if len(mine.res) > 0 {
+		// Looked up again now that ex is held: what was dropped meanwhile (and forgotten by
+		// ex at once, as it was idle) is not named, and what is dropped from now on is
+		// forgotten only after these runs (a forget waits for ex). Dependencies kept in
+		// another executor are exported for this one.
 		if mine, taskErr = w.pyRunFor(ts, ex); taskErr != nil {
 			w.py.release(ex)
 			return result{err: taskErr}, false
@@ -729,6 +736,9 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		}
 		msgs[i] = outMsg{m: r.m, payload: r.frames}
 		r.keep = r.ts.keep && ex.keeps
+	}
+	w.profileRuns(msgs) // the profiler (profile.go): marks the runs while it is on
+	for i, r := range batch {
 		if len(r.res) > 0 || r.keep {
 			hdr, err := r.header()
 			if err != nil { // cannot happen with a header we made
@@ -749,7 +759,6 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 				"pid", ex.pid, "err", err)
 		}
 	}
-	w.profileRuns(msgs) // the profiler (profile.go): marks the runs while it is on
 	for _, r := range batch {
 		w.py.keptUsed.Add(int64(len(r.res)))
 	}
@@ -907,7 +916,7 @@ func (w *Worker) shortRuns(ex *executor, budget int, left time.Duration) []*pyRu
 	var runs []*pyRun
 	var back []*task
 	for i, ts := range more {
-		r, taskErr := w.pyRunFor(ts, ex)
+		r, taskErr := w.pyRunFor(ts, nil) // nil: a dependency kept anywhere stops the batch, unexported
 		if taskErr != nil {
 			now := time.Now()
 			w.finish(ex.lane, ts, result{err: taskErr}, now, now)
@@ -958,7 +967,12 @@ func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 	case r.err == nil && r.seg != nil:
 		r.nbytes = w.store.PutSegment(key, r.enc, r.frames, r.seg)
 	case r.err == nil && r.res != nil:
-		r.nbytes = w.store.PutResident(key, r.enc, r.frames, r.res)
+		var ok bool
+		if r.nbytes, ok = w.store.PutResident(key, r.enc, r.frames, r.res); !ok {
+			// its executor died after answering: the result went with it
+			r.err = &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied", Message: fmt.Sprintf(
+				"Python executor (pid %d) died after running the task, with its result", r.res.ex.pid)}
+		}
 	case r.err == nil:
 		r.nbytes = w.store.Put(key, r.enc, r.frames, r.obj)
 	}
@@ -1023,7 +1037,7 @@ func (w *Worker) executorDied(ex *executor, batch []*pyRun, i int, err error) (r
 
 // pyResult turns an executor's answer, and the segment passed with it (x), into a result. A
 // result ex keeps (x.Res) becomes a resident of p (resident.go).
-func pyResult(reply *wire.Msg, x execExt, frames [][]byte, p *executorPool, ex *executor) result {
+func pyResult(reply *wire.Msg, x execExt, frames [][]byte, p *executorPool, ex *executor) (r result) {
 	var segFile *os.File
 	if len(x.fds) > 0 {
 		segFile = os.NewFile(uintptr(x.fds[0]), "shoal-result")
@@ -1043,6 +1057,13 @@ func pyResult(reply *wire.Msg, x execExt, frames [][]byte, p *executorPool, ex *
 			return result{err: wire.Errorf(wire.CodeProtocol, "the Python executor sent a malformed done message")}
 		}
 		if len(x.Res) > 0 {
+			if ex != nil && ex.keeps {
+				defer func() {
+					if r.res == nil { // refused: the executor must not hold it for ever
+						p.forget(ex, reply.ID, 0)
+					}
+				}()
+			}
 			if segFile != nil || ex == nil || !ex.keeps {
 				if segFile != nil {
 					segFile.Close()

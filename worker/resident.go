@@ -62,8 +62,20 @@ type resident struct {
 // keepEnabled: executors keep large results (SHOAL_EXECUTOR_KEEP=0 turns it off).
 var keepEnabled = os.Getenv("SHOAL_EXECUTOR_KEEP") != "0"
 
-// errResidentLost is what exporting a value whose executor died gives.
+// errResidentLost is what exporting a value whose executor died (or whose memory cannot be
+// read) gives.
 var errResidentLost = errors.New("the Python executor holding the value died")
+
+// depError is a run's error for a dependency that could not be had: a value lost with the
+// executor that kept it fails the task as an executor death (the scheduler runs it again, and
+// recomputes the value from the worker's missing_data), anything else as a bad argument.
+func depError(dep string, err error) *wire.Error {
+	if errors.Is(err, errResidentLost) {
+		return &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied",
+			Message: fmt.Sprintf("dependency %q: %v", dep, err)}
+	}
+	return &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError", Message: fmt.Sprintf("dependency %q: %v", dep, err)}
+}
 
 // newResident checks the placements of a kept result for a value of the given frames (the
 // frames kept must be empty placeholders, and no longer than the frame limit).
@@ -117,7 +129,7 @@ func (r *resident) drop() {
 	defer r.mu.Unlock()
 	if !r.dropped {
 		r.dropped = true
-		r.p.forget(r.ex, r.id)
+		r.p.forget(r.ex, r.id, r.bytes())
 	}
 }
 
@@ -162,10 +174,7 @@ func (r *resident) spill(path, enc string, frames [][]byte) error {
 			for off := int64(0); off < p.Len; {
 				b := buf[:min(int64(len(buf)), p.Len-off)]
 				if err := vmRead(r.ex.pid, b, p.Addr+uint64(off)); err != nil {
-					if errors.Is(err, unix.ESRCH) {
-						return errResidentLost
-					}
-					return fmt.Errorf("reading a kept result out of the Python executor (pid %d): %w", r.ex.pid, err)
+					return fmt.Errorf("%w: reading a kept result out of it (pid %d): %v", errResidentLost, r.ex.pid, err)
 				}
 				if _, err := f.Write(b); err != nil {
 					return err
@@ -217,10 +226,7 @@ func (ex *executor) readOut(at []resPlace, frames [][]byte) (*Segment, error) {
 	for i, p := range at {
 		if err := vmRead(ex.pid, m[places[i].Off:places[i].Off+p.Len], p.Addr); err != nil {
 			unix.Munmap(m)
-			if errors.Is(err, unix.ESRCH) {
-				err = errResidentLost
-			}
-			return fail(fmt.Errorf("reading a kept result out of the Python executor (pid %d): %w", ex.pid, err))
+			return fail(fmt.Errorf("%w: reading a kept result out of it (pid %d): %v", errResidentLost, ex.pid, err))
 		}
 	}
 	if err := unix.Munmap(m); err != nil {
@@ -310,15 +316,37 @@ func (ex *executor) takeForgets() []uint64 {
 	ex.forgets.Lock()
 	defer ex.forgets.Unlock()
 	ids := ex.forgets.ids
-	ex.forgets.ids = nil
+	ex.forgets.ids, ex.forgets.bytes = nil, 0
 	return ids
 }
 
-// forget has ex forget kept result id: at once when ex is idle, else with its next run.
-func (p *executorPool) forget(ex *executor, id uint64) {
+// hasForgets reports whether ex has kept results to forget that it was not told of yet.
+func (ex *executor) hasForgets() bool {
+	ex.forgets.Lock()
+	defer ex.forgets.Unlock()
+	return len(ex.forgets.ids) > 0
+}
+
+// forgetBytes is the size of the kept results ex is yet to be told to forget (memory it
+// holds that is no longer the store's).
+func (ex *executor) forgetBytes() int64 {
+	ex.forgets.Lock()
+	defer ex.forgets.Unlock()
+	return ex.forgets.bytes
+}
+
+// forget has ex forget kept result id (of n bytes): at once when ex is idle, else when it is
+// released (after its current run).
+func (p *executorPool) forget(ex *executor, id uint64, n int64) {
 	ex.forgets.Lock()
 	ex.forgets.ids = append(ex.forgets.ids, id)
+	ex.forgets.bytes += n
 	ex.forgets.Unlock()
+	p.flush(ex)
+}
+
+// flush sends ex its pending forgets if it is idle (otherwise release does, later).
+func (p *executorPool) flush(ex *executor) {
 	select {
 	case p.slots <- struct{}{}:
 	default:
@@ -390,4 +418,11 @@ func (w *Worker) residentsLost(ex *executor) {
 	for _, k := range keys {
 		w.send(&wire.Msg{Op: wire.OpMissingData, Key: k, Worker: w.dataAddr})
 	}
+}
+
+// isDead reports whether the executor has exited.
+func (ex *executor) isDead() bool {
+	ex.mem.RLock()
+	defer ex.mem.RUnlock()
+	return ex.mem.dead
 }

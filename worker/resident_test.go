@@ -11,6 +11,7 @@ import (
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
 )
 
 // arangeBytes is numpy.arange(n, dtype="float64")'s buffer.
@@ -135,7 +136,9 @@ func TestStoreResidentValues(t *testing.T) {
 	s := NewStore(t.TempDir(), 4<<20)
 	t.Cleanup(s.Close)
 	ex, frames, res := selfResident(t, p, 7, data)
-	require.EqualValues(t, 3+len(data), s.PutResident("k", wire.EncPickle, frames, res))
+	n, ok := s.PutResident("k", wire.EncPickle, frames, res)
+	require.True(t, ok)
+	require.EqualValues(t, 3+len(data), n)
 	e, err := s.GetRun("k")
 	require.NoError(t, err)
 	require.Same(t, res, e.Res)
@@ -175,14 +178,21 @@ func TestStoreResidentValues(t *testing.T) {
 	require.Zero(t, s.Stats().Kept)
 	require.EqualValues(t, 1, p.keptExported.Load())
 
-	// a dead executor's value
+	// a dead executor's value: not stored if it died first, not exported if it died after
 	ex4, frames4, res4 := selfResident(t, p, 10, data3)
 	ex4.mem.dead = true
-	s.PutResident("k4", wire.EncPickle, frames4, res4)
+	_, ok = s.PutResident("k4", wire.EncPickle, frames4, res4)
+	require.False(t, ok)
+	require.False(t, s.Has("k4"))
+	ex4.mem.dead = false
+	_, ok = s.PutResident("k4", wire.EncPickle, frames4, res4)
+	require.True(t, ok)
+	ex4.mem.dead = true
 	_, err = s.Get("k4", false)
 	require.ErrorIs(t, err, errResidentLost)
 	require.Equal(t, []string{"k4"}, s.dropResidents(ex4))
 	require.False(t, s.Has("k4"))
+	require.Equal(t, "executor-died", depError("k4", err).Code, "a task that needed it runs again")
 	runtime.KeepAlive(data)
 	runtime.KeepAlive(data2)
 	runtime.KeepAlive(data3)
@@ -204,4 +214,40 @@ func TestNewResidentChecks(t *testing.T) {
 		_, err := newResident(nil, nil, 1, at, frames, 1<<30)
 		require.Error(t, err, "%v", at)
 	}
+}
+
+// A forget goes at once to an idle executor; one for a busy executor goes when it is released.
+func TestForgetIdleOrOnRelease(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	require.NoError(t, err)
+	mine, theirs := os.NewFile(uintptr(fds[0]), "w"), os.NewFile(uintptr(fds[1]), "e")
+	t.Cleanup(func() { mine.Close(); theirs.Close() })
+	p := &executorPool{slots: make(chan struct{}, 1)}
+	ex := &executor{conn: newExecConn(mine, wire.DefaultLimits())}
+	p.mu.idle = []*executor{ex}
+	next := func() []uint64 {
+		frames, err := wire.ReadFrames(theirs, wire.DefaultLimits())
+		require.NoError(t, err)
+		var m struct {
+			Op  string   `msgpack:"op"`
+			IDs []uint64 `msgpack:"ids"`
+		}
+		require.NoError(t, msgpack.Unmarshal(frames[0], &m))
+		require.Equal(t, "forget", m.Op)
+		return m.IDs
+	}
+
+	p.forget(ex, 5, 100)
+	require.Equal(t, []uint64{5}, next())
+	require.Equal(t, []*executor{ex}, p.mu.idle, "idle again")
+
+	got, err := p.acquire(t.Context(), nil) // busy now
+	require.NoError(t, err)
+	require.Same(t, ex, got)
+	p.forget(ex, 6, 100)
+	p.forget(ex, 7, 50)
+	require.EqualValues(t, 150, ex.forgetBytes())
+	p.release(ex)
+	require.Equal(t, []uint64{6, 7}, next())
+	require.Zero(t, ex.forgetBytes())
 }

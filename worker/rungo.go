@@ -27,8 +27,7 @@ func (w *Worker) runGo(ts *task, thread int) result {
 		}
 		v, err := w.argValue(a.Ref)
 		if err != nil {
-			return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "ArgumentError",
-				Message: fmt.Sprintf("argument %d (%q): %v", i, a.Ref, err)}}
+			return result{err: depError(a.Ref, fmt.Errorf("argument %d: %w", i, err))}
 		}
 		args[i] = v
 	}

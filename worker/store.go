@@ -121,12 +121,21 @@ func (s *Store) PutSegment(key, enc string, frames [][]byte, seg *Segment) int64
 
 // PutResident stores (or replaces) key with the frames res holds (empty in frames) kept in
 // their executor's memory, and returns its size. The store drops res when the value goes.
-func (s *Store) PutResident(key, enc string, frames [][]byte, res *resident) int64 {
-	return s.put(&value{key: key, enc: enc, frames: frames, res: res, nbytes: frameBytes(frames) + res.bytes()})
+// It stores nothing, and reports false, when that executor is dead (the value went with it).
+func (s *Store) PutResident(key, enc string, frames [][]byte, res *resident) (int64, bool) {
+	v := &value{key: key, enc: enc, frames: frames, res: res, nbytes: frameBytes(frames) + res.bytes()}
+	return v.nbytes, s.put(v) >= 0
 }
 
+// put stores v and returns its size, or -1 when v is kept by an executor that is dead.
 func (s *Store) put(v *value) int64 {
 	s.mu.Lock()
+	if v.res != nil && v.res.ex.isDead() {
+		// checked under s.mu: the reaper marks the executor dead before it drops the values
+		// it kept (dropResidents takes s.mu), so either it finds v or v is refused here
+		s.mu.Unlock()
+		return -1
+	}
 	if s.mu.closed {
 		s.mu.Unlock()
 		if v.seg != nil {
@@ -219,9 +228,9 @@ func (s *Store) getRef(key string, restore, resOK bool) (Entry, error) {
 		return Entry{}, ErrNotFound
 	}
 	for v.res != nil && !resOK {
-		res := v.res
+		res, frames := v.res, v.frames
 		s.mu.Unlock()
-		if err := s.export(v, res); err != nil {
+		if err := s.export(v, res, frames); err != nil {
 			if errors.Is(err, errSegmentGone) {
 				return s.getRef(key, restore, resOK) // dropped or replaced meanwhile: look again
 			}
@@ -266,8 +275,8 @@ func (s *Store) getRef(key string, restore, resOK bool) (Entry, error) {
 
 // export turns v, kept in an executor as res, into a segment-backed value (resident.go), and
 // has the executor forget its copy.
-func (s *Store) export(v *value, res *resident) error {
-	seg, err := res.export(v.frames)
+func (s *Store) export(v *value, res *resident, frames [][]byte) error {
+	seg, err := res.export(frames)
 	if err != nil {
 		return err
 	}
@@ -512,9 +521,11 @@ func (s *Store) spillLocked(more func() bool) (moved int64) {
 		case s.mu.m[v.key] != v:
 			os.Remove(path) // deleted meanwhile; removeLocked did not touch the LRU
 		case err != nil && (errors.Is(err, errResidentLost) || errors.Is(err, errSegmentGone)):
-			// its executor died (the worker drops the value), or it was exported meanwhile
+			// its executor died (the worker drops the value), or it was dropped meanwhile
 			os.Remove(path)
 			v.elem = s.mu.lru.PushFront(v)
+			s.mu.Unlock()
+			return moved
 		case err != nil:
 			os.Remove(path)
 			v.elem = s.mu.lru.PushFront(v) // keep it in memory

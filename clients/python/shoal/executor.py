@@ -539,7 +539,9 @@ def keepable(value: Any) -> bool:
     """Whether a result can stay in the executor for the worker to read when it leaves: a plain
     numpy array of at least SEG_MIN bytes, contiguous, without Python objects, whose memory
     numpy allocated. An array over other memory (an input's window or segment mapping, which
-    is unmapped after the run; bytes; a file) is written out as before."""
+    is unmapped after the run; bytes; a file) is written out as before, and so is a view of
+    less than half of the array it is part of (keeping it would keep the whole array, which
+    the worker counts as the view's size)."""
     if type(value).__name__ != "ndarray" or type(value).__module__ != "numpy":
         return False
     if value.dtype.hasobject or value.nbytes < SEG_MIN:
@@ -552,7 +554,7 @@ def keepable(value: Any) -> bool:
     base = value
     while isinstance(base.base, np.ndarray):
         base = base.base
-    return base.base is None and base.flags.owndata
+    return base.base is None and base.flags.owndata and base.nbytes <= 2 * value.nbytes
 
 
 def contiguous(value: Any) -> Any:

@@ -40,9 +40,12 @@ def test_keepable_only_arrays_numpy_allocated() -> None:
     n = SEG_MIN // 8
     owned = np.arange(2 * n, dtype=np.float64)
     assert keepable(owned)
-    assert keepable(owned[:n])  # a view of an array numpy allocated: it keeps that array alive
+    assert keepable(owned[:n])  # half of an array numpy allocated (it keeps all of it alive)
+    big = np.arange(4 * n, dtype=np.float64)
+    assert keepable(big[: 2 * n]) and keepable(big[n:])
+    assert not keepable(big[: 2 * n - 1])  # less than half: the rest would be held unaccounted
     assert keepable(owned.reshape(2, n).T)  # Fortran-contiguous
-    assert not keepable(owned[: n // 2])  # too small to be worth keeping
+    assert not keepable(np.arange(n // 2, dtype=np.float64))  # too small to be worth keeping
     assert not keepable(owned[::2])  # not contiguous
     assert not keepable(np.array([None] * (2 * n)))  # Python objects
     # over memory numpy did not allocate (an input's mapping is unmapped after its run)
