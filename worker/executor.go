@@ -542,16 +542,6 @@ type runRes struct {
 	item int
 }
 
-// elsewhere reports whether a dependency of the run is kept in an executor other than ex.
-func (r *pyRun) elsewhere(ex *executor) bool {
-	for _, rr := range r.res {
-		if rr.res.ex != ex {
-			return true
-		}
-	}
-	return false
-}
-
 // keptIn reports whether ex keeps a dependency of the run.
 func (r *pyRun) keptIn(ex *executor) bool {
 	for _, rr := range r.res {
