@@ -685,17 +685,24 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied", Message: fmt.Sprintf(
 			"Python executor (pid %d) died while taking the uploaded files and worker plugins: %s", ex.pid, how)}}, false
 	}
+	// What ex is to forget so far goes before the runs (their values are freed before the
+	// task runs): nothing looked up from here on names those values, which left the store
+	// before. What is dropped from now on goes after the runs (or at release), as they may
+	// name it.
+	early := ex.takeForgets()
 	if len(mine.res) > 0 {
 		// Looked up again now that ex is held: what was dropped meanwhile (and forgotten by
 		// ex at once, as it was idle) is not named, and what is dropped from now on is
 		// forgotten only after these runs (a forget waits for ex). Dependencies kept in
 		// another executor are exported for this one.
 		if mine, taskErr = w.pyRunFor(ts, ex); taskErr != nil {
+			ex.requeueForgets(early)
 			w.py.release(ex)
 			return result{err: taskErr}, false
 		}
 	}
 	if !ex.funcs[ts.t.Func] && mine.fdata == nil {
+		ex.requeueForgets(early)
 		w.py.release(ex)
 		return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "MissingFunction",
 			Message: fmt.Sprintf("the pickled function %s was never sent to this worker", ts.t.Func)}}, false
@@ -706,6 +713,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	}
 	if len(mine.segs) > keep {
 		if err := mine.inline(keep, w.peers.bufs.get); err != nil {
+			ex.requeueForgets(early)
 			return w.segmentFailed(ex, "reading a dependency", err)
 		}
 	}
@@ -732,6 +740,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		if len(r.res) > 0 || r.keep {
 			hdr, err := r.header()
 			if err != nil { // cannot happen with a header we made
+				ex.requeueForgets(early)
 				w.py.release(ex)
 				return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
 			}
@@ -743,6 +752,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		var err error
 		if segFds, err = w.placeShm(ex, &msgs[0], mine); err != nil {
 			if len(mine.segs) > 0 && segFds == nil {
+				ex.requeueForgets(early)
 				return w.segmentFailed(ex, "passing a dependency to the executor", err)
 			}
 			w.log.Warn("shared memory for the Python executor failed; large values go through its socket",
@@ -755,6 +765,9 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	if ids := ex.takeForgets(); len(ids) > 0 {
 		// after the runs, which may still use what was dropped since they were made
 		msgs = append(msgs, forgetMsg(ids))
+	}
+	if len(early) > 0 {
+		msgs = append([]outMsg{forgetMsg(early)}, msgs...)
 	}
 	sent := time.Now()
 	last := sent

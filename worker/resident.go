@@ -320,6 +320,16 @@ func (ex *executor) takeForgets() []uint64 {
 	return ids
 }
 
+// requeueForgets puts ids taken with takeForgets back (a run that took them did not start).
+func (ex *executor) requeueForgets(ids []uint64) {
+	if len(ids) == 0 {
+		return
+	}
+	ex.forgets.Lock()
+	defer ex.forgets.Unlock()
+	ex.forgets.ids = append(ex.forgets.ids, ids...)
+}
+
 // hasForgets reports whether ex has kept results to forget that it was not told of yet.
 func (ex *executor) hasForgets() bool {
 	ex.forgets.Lock()
