@@ -44,18 +44,18 @@ type executor struct {
 	loaded uint64      // the preloads generation it has (preload.go)
 	// killedFor says why the worker killed it (the memory monitor), for its task's error.
 	killedFor atomic.Pointer[string]
-	keeps     bool // it keeps large results in its memory (resident.go)
+	keeps     bool         // it keeps large results in its memory (resident.go)
+	log       *slog.Logger // the worker's
 	// mem: dead is set once the process has exited and before its pid is freed; reading its
 	// memory (resident.go) holds the lock for reading
 	mem struct {
 		sync.RWMutex
 		dead bool
 	}
-	// forgets: ids of kept results to forget, sent with its next message
+	// forgets: the socket kept results are forgotten through (resident.go)
 	forgets struct {
 		sync.Mutex
-		ids   []uint64
-		bytes int64
+		f *os.File
 	}
 }
 
@@ -211,15 +211,8 @@ func (p *executorPool) prefillTarget() *executor {
 	return nil
 }
 
-// release returns a healthy executor to the pool, telling it first to forget the kept results
-// dropped while it was busy (resident.go).
+// release returns a healthy executor to the pool.
 func (p *executorPool) release(ex *executor) {
-	if ids := ex.takeForgets(); len(ids) > 0 {
-		if err := ex.conn.sendMany(forgetMsg(ids)); err != nil {
-			// it died: whoever acquires it next finds out; what it kept is gone with it
-			p.w.log.Debug("could not tell a Python executor to forget kept results", "pid", ex.pid, "err", err)
-		}
-	}
 	p.mu.Lock()
 	closed := p.mu.closed
 	if !closed {
@@ -230,9 +223,6 @@ func (p *executorPool) release(ex *executor) {
 		p.stop(ex)
 	}
 	<-p.slots
-	if !closed && ex.hasForgets() {
-		p.flush(ex) // dropped while it was being released: another forget found it busy
-	}
 }
 
 // discard removes a dead executor and returns how it ended.
@@ -347,12 +337,20 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	rand.Read(tok[:])
 	token := hex.EncodeToString(tok[:])
 
+	ex := &executor{funcs: make(map[string]bool), exited: make(chan struct{}),
+		lane: int(p.lanes.Add(1)-1) % max(cfg.NThreads, 1), log: p.w.log}
+	forgetEnd, err := ex.openForgets()
+	if err != nil {
+		nc.close()
+		return nil, err
+	}
+	defer forgetEnd.Close()
 	cmd := exec.Command(cfg.Python, cfg.PythonArgs...)
-	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.ExtraFiles = []*os.File{theirs, forgetEnd} // fds 3 and 4
 	// an executor dies with its worker, even one killed with SIGKILL: left running, it kept
 	// its task going and a lock that task held (the scheduler then waited out its lease)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	cmd.Env = append(os.Environ(), "SHOAL_EXECUTOR_FD=3", "SHOAL_EXECUTOR_TOKEN="+token)
+	cmd.Env = append(os.Environ(), "SHOAL_EXECUTOR_FD=3", "SHOAL_EXECUTOR_TOKEN="+token, "SHOAL_EXECUTOR_FORGET_FD=4")
 	cmd.Env = append(cmd.Env, executorDefaults()...)
 	cmd.Env = append(cmd.Env, "SHOAL_STACK_DIR="+p.w.scratch.path, // call stacks (stack.go)
 		"SHOAL_UPLOAD_DIR="+filepath.Join(p.w.scratch.path, "uploads"),
@@ -380,15 +378,16 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	if p.mu.closed {
 		p.mu.Unlock()
 		nc.close()
+		ex.closeForgets()
 		return nil, ErrClosed
 	}
 	if err := cmd.Start(); err != nil {
 		p.mu.Unlock()
 		nc.close()
+		ex.closeForgets()
 		return nil, fmt.Errorf("starting %s: %w", cfg.Python, err)
 	}
-	ex := &executor{pid: cmd.Process.Pid, cmd: cmd, funcs: make(map[string]bool), exited: make(chan struct{}),
-		lane: int(p.lanes.Add(1)-1) % max(cfg.NThreads, 1)}
+	ex.pid, ex.cmd = cmd.Process.Pid, cmd
 	p.mu.all[ex] = struct{}{}
 	p.mu.Unlock()
 	reap := func() {
@@ -402,6 +401,7 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 		ex.mem.Unlock()
 		// before anything waits on its exit (a retry of its task reads the store again)
 		p.w.residentsLost(ex)
+		ex.closeForgets()
 		cmd.Wait()
 		close(ex.exited)
 	}
@@ -542,6 +542,14 @@ type runRes struct {
 	item int
 }
 
+// unuse ends the uses of the run's kept dependencies (resident.use: made by pyRunFor for an
+// executor), once the run was answered or will not be sent.
+func (r *pyRun) unuse() {
+	for _, rr := range r.res {
+		rr.res.unuse()
+	}
+}
+
 // keptIn reports whether ex keeps a dependency of the run.
 func (r *pyRun) keptIn(ex *executor) bool {
 	for _, rr := range r.res {
@@ -609,10 +617,14 @@ func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 	var res []runRes
 	for _, dep := range ts.t.Deps {
 		e, err := w.store.GetRun(dep)
-		if err == nil && e.Res != nil && on != nil && e.Res.ex != on {
+		if err == nil && e.Res != nil && on != nil && (e.Res.ex != on || !e.Res.use()) {
+			// kept elsewhere (exported for on), or dropped since the lookup (exported, or gone)
 			e, err = w.store.GetRef(dep, true)
 		}
 		if err != nil {
+			if on != nil {
+				(&pyRun{res: res}).unuse()
+			}
 			return nil, depError(dep, err)
 		}
 		if e.Res != nil {
@@ -685,24 +697,17 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied", Message: fmt.Sprintf(
 			"Python executor (pid %d) died while taking the uploaded files and worker plugins: %s", ex.pid, how)}}, false
 	}
-	// What ex is to forget so far goes before the runs (their values are freed before the
-	// task runs): nothing looked up from here on names those values, which left the store
-	// before. What is dropped from now on goes after the runs (or at release), as they may
-	// name it.
-	early := ex.takeForgets()
 	if len(mine.res) > 0 {
-		// Looked up again now that ex is held: what was dropped meanwhile (and forgotten by
-		// ex at once, as it was idle) is not named, and what is dropped from now on is
-		// forgotten only after these runs (a forget waits for ex). Dependencies kept in
-		// another executor are exported for this one.
+		// Looked up again now that ex is held, each value kept there marked in use (forgotten
+		// only once the run is answered); dependencies kept in another executor are exported
+		// for this one.
 		if mine, taskErr = w.pyRunFor(ts, ex); taskErr != nil {
-			ex.requeueForgets(early)
 			w.py.release(ex)
 			return result{err: taskErr}, false
 		}
+		defer mine.unuse()
 	}
 	if !ex.funcs[ts.t.Func] && mine.fdata == nil {
-		ex.requeueForgets(early)
 		w.py.release(ex)
 		return result{err: &wire.Error{Code: wire.CodeTaskError, Type: "MissingFunction",
 			Message: fmt.Sprintf("the pickled function %s was never sent to this worker", ts.t.Func)}}, false
@@ -713,7 +718,6 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	}
 	if len(mine.segs) > keep {
 		if err := mine.inline(keep, w.peers.bufs.get); err != nil {
-			ex.requeueForgets(early)
 			return w.segmentFailed(ex, "reading a dependency", err)
 		}
 	}
@@ -725,6 +729,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	}
 	batch = append(batch, mine)
 	msgs := make([]outMsg, len(batch))
+	roomy := w.roomToKeep()
 	for i, r := range batch {
 		r.ts.execPID.Store(int32(ex.pid))
 		ex.seq++
@@ -733,14 +738,13 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			r.m.FuncData = r.fdata
 		}
 		msgs[i] = outMsg{m: r.m, payload: r.frames}
-		r.keep = r.ts.keep && ex.keeps
+		r.keep = r.ts.keep && ex.keeps && roomy
 	}
 	w.profileRuns(msgs) // the profiler (profile.go): marks the runs while it is on
 	for i, r := range batch {
 		if len(r.res) > 0 || r.keep {
 			hdr, err := r.header()
 			if err != nil { // cannot happen with a header we made
-				ex.requeueForgets(early)
 				w.py.release(ex)
 				return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
 			}
@@ -752,7 +756,6 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		var err error
 		if segFds, err = w.placeShm(ex, &msgs[0], mine); err != nil {
 			if len(mine.segs) > 0 && segFds == nil {
-				ex.requeueForgets(early)
 				return w.segmentFailed(ex, "passing a dependency to the executor", err)
 			}
 			w.log.Warn("shared memory for the Python executor failed; large values go through its socket",
@@ -761,13 +764,6 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	}
 	for _, r := range batch {
 		w.py.keptUsed.Add(int64(len(r.res)))
-	}
-	if ids := ex.takeForgets(); len(ids) > 0 {
-		// after the runs, which may still use what was dropped since they were made
-		msgs = append(msgs, forgetMsg(ids))
-	}
-	if len(early) > 0 {
-		msgs = append([]outMsg{forgetMsg(early)}, msgs...)
 	}
 	sent := time.Now()
 	last := sent
@@ -1063,7 +1059,7 @@ func pyResult(reply *wire.Msg, x execExt, frames [][]byte, p *executorPool, ex *
 			if ex != nil && ex.keeps {
 				defer func() {
 					if r.res == nil { // refused: the executor must not hold it for ever
-						p.forget(ex, reply.ID, 0)
+						ex.forget(reply.ID)
 					}
 				}()
 			}

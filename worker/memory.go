@@ -251,7 +251,7 @@ func (w *Worker) killBiggestExecutor(killAt int64) bool {
 	for ex := range w.py.mu.all {
 		r := privateOf(ex.pid)
 		total += max(r, 0)
-		if r -= kept[ex] + ex.forgetBytes(); r > most {
+		if r -= kept[ex]; r > most {
 			victim, most = ex, r
 		}
 	}

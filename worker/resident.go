@@ -1,13 +1,14 @@
 package worker
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"sync"
+	"time"
 	"unsafe"
 
-	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -27,8 +28,9 @@ import (
 //     executor's memory with process_vm_readv(2) into a sealed memfd of its own, and from
 //     then on the value is an ordinary segment (segment.go); the executor is told to forget
 //     its copy;
-//   - when the value is dropped, the executor is told to forget it (with its next message,
-//     or at once when it is idle);
+//   - when the value is dropped, the executor is told to forget it, at once, through a socket
+//     a thread of its own reads (so memory is freed while a task runs there) — but not while
+//     a run that names it is unanswered (resident.uses);
 //   - when the executor dies, its residents are lost: the worker drops them and tells the
 //     scheduler (missing_data about itself), which recomputes them from their lineage.
 //
@@ -56,7 +58,8 @@ type resident struct {
 
 	mu      sync.Mutex
 	seg     *Segment // the export, once made
-	dropped bool     // the executor was told to forget it
+	dropped bool     // dropped from the store: forgotten once no run uses it
+	uses    int      // runs sent to the executor naming it, not answered yet
 }
 
 // keepEnabled: executors keep large results (SHOAL_EXECUTOR_KEEP=0 turns it off).
@@ -123,13 +126,37 @@ func (r *resident) export(frames [][]byte) (*Segment, error) {
 	return seg, nil
 }
 
-// drop has the executor forget the value (once), after any export in progress.
+// drop has the executor forget the value (once), after any export in progress, and once no
+// run that names it is unanswered.
 func (r *resident) drop() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !r.dropped {
 		r.dropped = true
-		r.p.forget(r.ex, r.id, r.bytes())
+		if r.uses == 0 {
+			r.ex.forget(r.id)
+		}
+	}
+}
+
+// use marks the value in use by a run for its executor: it is not forgotten before unuse. It
+// reports false, marking nothing, when the value was dropped.
+func (r *resident) use() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.dropped {
+		return false
+	}
+	r.uses++
+	return true
+}
+
+// unuse ends a use (the run was answered, or never sent).
+func (r *resident) unuse() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.uses--; r.uses == 0 && r.dropped {
+		r.ex.forget(r.id)
 	}
 }
 
@@ -305,79 +332,26 @@ func toUint64(v any) (uint64, bool) {
 	return 0, false
 }
 
-// forgetMsg is the executor's forget message for ids (not answered).
-func forgetMsg(ids []uint64) outMsg {
-	hdr, _ := msgpack.Marshal(map[string]any{"op": "forget", "ids": ids})
-	return outMsg{hdr: hdr}
-}
+// forgetWait bounds a write of ids to forget: an executor that reads none for that long (its
+// forgetting thread starved of the GIL by a task that never releases it) keeps those values
+// until it exits, which is logged.
+const forgetWait = time.Second
 
-// takeForgets returns the ids the executor is to forget, and clears them.
-func (ex *executor) takeForgets() []uint64 {
+// forget has ex drop kept result id at once, through its forget socket (fd 4 in the executor,
+// read by a thread of its own): the value's memory is freed while a task runs there.
+func (ex *executor) forget(id uint64) {
 	ex.forgets.Lock()
 	defer ex.forgets.Unlock()
-	ids := ex.forgets.ids
-	ex.forgets.ids, ex.forgets.bytes = nil, 0
-	return ids
-}
-
-// requeueForgets puts ids taken with takeForgets back (a run that took them did not start).
-func (ex *executor) requeueForgets(ids []uint64) {
-	if len(ids) == 0 {
+	if ex.forgets.f == nil {
 		return
 	}
-	ex.forgets.Lock()
-	defer ex.forgets.Unlock()
-	ex.forgets.ids = append(ex.forgets.ids, ids...)
-}
-
-// hasForgets reports whether ex has kept results to forget that it was not told of yet.
-func (ex *executor) hasForgets() bool {
-	ex.forgets.Lock()
-	defer ex.forgets.Unlock()
-	return len(ex.forgets.ids) > 0
-}
-
-// forgetBytes is the size of the kept results ex is yet to be told to forget (memory it
-// holds that is no longer the store's).
-func (ex *executor) forgetBytes() int64 {
-	ex.forgets.Lock()
-	defer ex.forgets.Unlock()
-	return ex.forgets.bytes
-}
-
-// forget has ex forget kept result id (of n bytes): at once when ex is idle, else when it is
-// released (after its current run).
-func (p *executorPool) forget(ex *executor, id uint64, n int64) {
-	ex.forgets.Lock()
-	ex.forgets.ids = append(ex.forgets.ids, id)
-	ex.forgets.bytes += n
-	ex.forgets.Unlock()
-	p.flush(ex)
-}
-
-// flush sends ex its pending forgets if it is idle (otherwise release does, later).
-func (p *executorPool) flush(ex *executor) {
-	select {
-	case p.slots <- struct{}{}:
-	default:
-		return // every executor is busy or starting: ex's next run carries it
+	var b [8]byte
+	binary.LittleEndian.PutUint64(b[:], id)
+	ex.forgets.f.SetWriteDeadline(time.Now().Add(forgetWait))
+	if _, err := ex.forgets.f.Write(b[:]); err != nil && !ex.isDead() && ex.log != nil {
+		ex.log.Warn("a Python executor did not take a kept result to forget; it holds it until it exits",
+			"pid", ex.pid, "err", err)
 	}
-	p.mu.Lock()
-	i := -1
-	for j, e := range p.mu.idle {
-		if e == ex {
-			i = j
-			break
-		}
-	}
-	if i < 0 {
-		p.mu.Unlock()
-		<-p.slots
-		return // busy: its next run carries it
-	}
-	p.mu.idle = append(p.mu.idle[:i], p.mu.idle[i+1:]...)
-	p.mu.Unlock()
-	p.release(ex) // which sends the forgets
 }
 
 // keptBy returns the bytes of values each executor keeps (not exported yet).
@@ -430,9 +404,49 @@ func (w *Worker) residentsLost(ex *executor) {
 	}
 }
 
+// openForgets makes the socket pair ex's kept results are forgotten through: the worker's end
+// (non-blocking, so that its writes have a deadline) and the end to pass to the executor.
+func (ex *executor) openForgets() (theirs *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("socketpair: %w", err)
+	}
+	if err := unix.SetNonblock(fds[0], true); err != nil {
+		unix.Close(fds[0])
+		unix.Close(fds[1])
+		return nil, err
+	}
+	ex.forgets.f = os.NewFile(uintptr(fds[0]), "executor-forget")
+	return os.NewFile(uintptr(fds[1]), "executor-forget-end"), nil
+}
+
+// closeForgets closes the worker's end of the forget socket (the executor has exited).
+func (ex *executor) closeForgets() {
+	ex.forgets.Lock()
+	defer ex.forgets.Unlock()
+	if ex.forgets.f != nil {
+		ex.forgets.f.Close()
+		ex.forgets.f = nil
+	}
+}
+
 // isDead reports whether the executor has exited.
 func (ex *executor) isDead() bool {
 	ex.mem.RLock()
 	defer ex.mem.RUnlock()
 	return ex.mem.dead
+}
+
+// roomToKeep reports whether executors may keep results: while the worker and its executors use
+// less than half of the memory at which the monitor spills. Under memory pressure results are
+// written out as they are made, as shared memory the worker spills or hands over by itself:
+// a kept result's memory is freed only once its executor has been told to forget it, and
+// the memory-pressure workload (benchmarks/run.py, 7) peaked at 1,378 MiB with keeping against
+// 1,091 MiB without.
+func (w *Worker) roomToKeep() bool {
+	if w.memLimit <= 0 || w.cfg.ProcessSpillFraction <= 0 {
+		return true
+	}
+	used := w.mem.process.Load()
+	return used >= 0 && float64(used) < 0.5*w.cfg.ProcessSpillFraction*float64(w.memLimit)
 }

@@ -2,10 +2,12 @@ package worker
 
 import (
 	"encoding/binary"
+	"io"
 	"math"
 	"os"
 	"runtime"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -121,11 +123,39 @@ func TestPythonExecutorKeepsResults(t *testing.T) {
 // as it would an executor's), and the executor standing for this process.
 func selfResident(t *testing.T, p *executorPool, id uint64, data []byte) (*executor, [][]byte, *resident) {
 	ex := &executor{pid: os.Getpid()}
+	end, err := ex.openForgets()
+	require.NoError(t, err)
+	// a non-blocking duplicate, so that forgotten's reads can have a deadline
+	fd, err := unix.Dup(int(end.Fd()))
+	require.NoError(t, err)
+	require.NoError(t, end.Close())
+	require.NoError(t, unix.SetNonblock(fd, true))
+	theirs := os.NewFile(uintptr(fd), "forget-end")
+	forgetEnds[ex] = theirs
+	t.Cleanup(func() { ex.closeForgets(); theirs.Close(); delete(forgetEnds, ex) })
 	frames := [][]byte{[]byte("hdr"), {}}
 	res, err := newResident(p, ex, id, []resPlace{{Frame: 1, Addr: uint64(uintptr(unsafe.Pointer(&data[0]))), Len: int64(len(data))}},
 		frames, 1<<30)
 	require.NoError(t, err)
 	return ex, frames, res
+}
+
+// forgetEnds are the executor ends of the test executors' forget sockets.
+var forgetEnds = map[*executor]*os.File{}
+
+// forgotten runs do and returns the ids ex was told to forget meanwhile.
+func forgotten(t *testing.T, ex *executor, do func()) []uint64 {
+	do()
+	f := forgetEnds[ex]
+	var ids []uint64
+	for {
+		f.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		var b [8]byte
+		if _, err := io.ReadFull(f, b[:]); err != nil {
+			return ids
+		}
+		ids = append(ids, binary.LittleEndian.Uint64(b[:]))
+	}
 }
 
 // The store exports a kept value when it is read and before it is spilled; a value dropped
@@ -143,11 +173,13 @@ func TestStoreResidentValues(t *testing.T) {
 	require.NoError(t, err)
 	require.Same(t, res, e.Res)
 
-	got, err := s.Get("k", false)
+	var got Entry
+	require.Equal(t, []uint64{7}, forgotten(t, ex, func() {
+		got, err = s.Get("k", false)
+	}), "exported: the executor forgets its copy")
 	require.NoError(t, err)
 	require.Equal(t, [][]byte{[]byte("hdr"), data}, got.Frames)
 	require.EqualValues(t, 1, p.keptExported.Load())
-	require.Equal(t, []uint64{7}, ex.takeForgets(), "exported: the executor forgets its copy")
 	st := s.Stats()
 	require.EqualValues(t, len(data), st.Segments)
 	require.EqualValues(t, 3+len(data), st.Memory)
@@ -157,13 +189,14 @@ func TestStoreResidentValues(t *testing.T) {
 	ex2, frames2, res2 := selfResident(t, p, 8, data2)
 	s.PutResident("k2", wire.EncPickle, frames2, res2) // over 4 MiB: "k" spills
 	require.EqualValues(t, 1, s.Stats().Spills)
-	require.Positive(t, s.SpillBytes(1)) // and now "k2"
+	require.Equal(t, []uint64{8}, forgotten(t, ex2, func() {
+		require.Positive(t, s.SpillBytes(1)) // and now "k2"
+	}))
 	st = s.Stats()
 	require.EqualValues(t, 2, st.Spills)
 	require.Zero(t, st.Segments)
 	require.Zero(t, st.Kept)
 	require.EqualValues(t, 1, p.keptExported.Load(), "spilled straight out of the executor, not through a segment")
-	require.Equal(t, []uint64{8}, ex2.takeForgets())
 	got, err = s.Get("k2", false)
 	require.NoError(t, err)
 	require.Equal(t, [][]byte{[]byte("hdr"), data2}, got.Frames)
@@ -173,8 +206,7 @@ func TestStoreResidentValues(t *testing.T) {
 	ex3, frames3, res3 := selfResident(t, p, 9, data3)
 	s.PutResident("k3", wire.EncPickle, frames3, res3)
 	require.EqualValues(t, 1<<20, s.Stats().Kept)
-	require.Equal(t, 1, s.Delete("k3"))
-	require.Equal(t, []uint64{9}, ex3.takeForgets())
+	require.Equal(t, []uint64{9}, forgotten(t, ex3, func() { require.Equal(t, 1, s.Delete("k3")) }))
 	require.Zero(t, s.Stats().Kept)
 	require.EqualValues(t, 1, p.keptExported.Load())
 
@@ -216,38 +248,21 @@ func TestNewResidentChecks(t *testing.T) {
 	}
 }
 
-// A forget goes at once to an idle executor; one for a busy executor goes when it is released.
-func TestForgetIdleOrOnRelease(t *testing.T) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	require.NoError(t, err)
-	mine, theirs := os.NewFile(uintptr(fds[0]), "w"), os.NewFile(uintptr(fds[1]), "e")
-	t.Cleanup(func() { mine.Close(); theirs.Close() })
+// A dropped value is forgotten at once through the executor's forget socket, unless a run
+// that names it is unanswered: then once that run is.
+func TestForgetWaitsForRuns(t *testing.T) {
 	p := &executorPool{slots: make(chan struct{}, 1)}
-	ex := &executor{conn: newExecConn(mine, wire.DefaultLimits())}
-	p.mu.idle = []*executor{ex}
-	next := func() []uint64 {
-		frames, err := wire.ReadFrames(theirs, wire.DefaultLimits())
-		require.NoError(t, err)
-		var m struct {
-			Op  string   `msgpack:"op"`
-			IDs []uint64 `msgpack:"ids"`
-		}
-		require.NoError(t, msgpack.Unmarshal(frames[0], &m))
-		require.Equal(t, "forget", m.Op)
-		return m.IDs
-	}
+	data := payload(3, 1<<20)
+	ex, _, r := selfResident(t, p, 11, data)
+	require.Equal(t, []uint64{11}, forgotten(t, ex, func() { r.drop() }))
 
-	p.forget(ex, 5, 100)
-	require.Equal(t, []uint64{5}, next())
-	require.Equal(t, []*executor{ex}, p.mu.idle, "idle again")
-
-	got, err := p.acquire(t.Context(), nil) // busy now
-	require.NoError(t, err)
-	require.Same(t, ex, got)
-	p.forget(ex, 6, 100)
-	p.forget(ex, 7, 50)
-	require.EqualValues(t, 150, ex.forgetBytes())
-	p.release(ex)
-	require.Equal(t, []uint64{6, 7}, next())
-	require.Zero(t, ex.forgetBytes())
+	_, _, r2 := selfResident(t, p, 12, data)
+	r2.ex = ex
+	require.True(t, r2.use())
+	require.True(t, r2.use())
+	require.Empty(t, forgotten(t, ex, func() { r2.drop() }), "in use by a run")
+	require.False(t, r2.use(), "a dropped value is not named by new runs")
+	require.Empty(t, forgotten(t, ex, r2.unuse))
+	require.Equal(t, []uint64{12}, forgotten(t, ex, r2.unuse))
+	runtime.KeepAlive(data)
 }

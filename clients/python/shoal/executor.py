@@ -23,7 +23,8 @@ Once the worker has checked that it can read this process's memory (``keep``), a
 array result is not written out at all: the executor *keeps* it (:meth:`Executor.keep_result`)
 and answers with where its bytes are (``res``). A later run on this executor gets the object
 itself; the worker copies the bytes out (``process_vm_readv``) only when the value leaves this
-process, and says ``forget`` when it is done with it (docs/protocol.md §3.5, "Kept results").
+process, and has it forget the array (through a socket of its own, ``SHOAL_EXECUTOR_FORGET_FD``)
+once it is done with it (docs/protocol.md §3.5, "Kept results").
 """
 
 from __future__ import annotations
@@ -534,6 +535,34 @@ class Executor:
         for rid in ids:
             self.kept.pop(int(rid), None)
 
+    def forget_from(self, fd: int) -> threading.Thread:
+        """Forget the kept results whose run ids (8 bytes each, little-endian) the worker
+        writes to ``fd``, from a thread of their own: a value is freed when the worker drops it,
+        not after the task this process is running (the worker never names one a run it sent
+        still needs)."""
+        def serve() -> None:
+            pending = b""
+            with os.fdopen(fd, "rb", buffering=0) as f:
+                while True:
+                    try:
+                        chunk = f.read(1 << 16)
+                    except OSError:
+                        return
+                    if not chunk:
+                        return  # the worker is gone
+                    pending += chunk
+                    n = len(pending) // 8 * 8
+                    ids = array.array("Q", pending[:n])
+                    if sys.byteorder != "little":
+                        ids.byteswap()
+                    pending = pending[n:]
+                    self.forget(ids)
+                    del ids
+
+        t = threading.Thread(target=serve, name="shoal-forget", daemon=True)
+        t.start()
+        return t
+
 
 def keepable(value: Any) -> bool:
     """Whether a result can stay in the executor for the worker to read when it leaves: a plain
@@ -944,6 +973,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     segments = windows is not None and os.environ.get("SHOAL_EXECUTOR_SEGMENTS") == "1"
     try:
         ex = Executor(conn, windows, segments, receiver)
+        forget_fd = os.environ.pop("SHOAL_EXECUTOR_FORGET_FD", "")
+        if forget_fd.isdigit():
+            ex.forget_from(int(forget_fd))
         profile = os.environ.get("SHOAL_EXECUTOR_CPROFILE")
         cprof = _CProfile(ex, profile) if profile else None
         try:
