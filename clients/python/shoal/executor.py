@@ -386,10 +386,6 @@ class Executor:
                 frames = []
                 let_go(segs)
                 del segs
-                if "forget" in header:
-                    self.forget(header["forget"])
-            elif op == "forget":  # not answered
-                self.forget(header.get("ids") or [])
             elif op == "keep":  # not answered
                 self.keep = bool(self.segments)
             elif op == "preload":
