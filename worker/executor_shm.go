@@ -350,7 +350,7 @@ type execExt struct {
 	Drop     []uint64   `msgpack:"shm_drop"`   // windows the executor unmapped
 	Seg      []segPlace `msgpack:"seg"`        // in done: the result's frames held in the segment passed with it
 	Res      []resPlace `msgpack:"res"`        // in done: the result's frames the executor keeps (resident.go)
-	Keep     []any      `msgpack:"keep_probe"` // in ready: the probe of the executor's memory (address, bytes)
+	Keep     *keepProbe `msgpack:"keep_probe"` // in ready: the probe of the executor's memory (address, bytes)
 	fds      []int      // the descriptors passed with the message (execConn.recvExt)
 }
 

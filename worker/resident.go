@@ -183,21 +183,9 @@ func (r *resident) spill(path, enc string, frames [][]byte) error {
 		return errResidentLost
 	}
 	return writeSpillWith(path, enc, frames, lens, func(f *os.File, hdr []byte) error {
-		if _, err := f.Write(hdr); err != nil {
-			return err
-		}
-		var buf []byte
-		for i, fr := range frames {
-			p, ok := kept[i]
-			if !ok {
-				if _, err := f.Write(fr); err != nil {
-					return err
-				}
-				continue
-			}
-			if buf == nil {
-				buf = make([]byte, 1<<20)
-			}
+		held := func(i int) bool { _, ok := kept[i]; return ok }
+		return writeFramesFrom(f, hdr, frames, held, func(i int, buf []byte) error {
+			p := kept[i]
 			for off := int64(0); off < p.Len; {
 				b := buf[:min(int64(len(buf)), p.Len-off)]
 				if err := vmRead(r.ex.pid, b, p.Addr+uint64(off)); err != nil {
@@ -208,8 +196,8 @@ func (r *resident) spill(path, enc string, frames [][]byte) error {
 				}
 				off += int64(len(b))
 			}
-		}
-		return nil
+			return nil
+		})
 	})
 }
 
@@ -292,44 +280,25 @@ func vmRead(pid int, b []byte, addr uint64) error {
 	return nil
 }
 
-// probeKeep checks that the worker can read the executor's memory, from the probe its ready
-// message gave (an address and the bytes there).
-func (ex *executor) probeKeep(probe []any) bool {
-	if len(probe) != 2 {
-		return false
-	}
-	addr, ok1 := toUint64(probe[0])
-	want, ok2 := probe[1].([]byte)
-	if !ok1 || !ok2 || len(want) == 0 || len(want) > 64 {
-		return false
-	}
-	got := make([]byte, len(want))
-	if vmRead(ex.pid, got, addr) != nil {
-		return false
-	}
-	return string(got) == string(want)
+// keepProbe is an executor's ready field keep_probe: bytes at an address of its memory.
+type keepProbe struct {
+	//lint:ignore U1000 msgpack reads this field's tag (encode as an array)
+	_msgpack struct{} `msgpack:",as_array"`
+	Addr     uint64
+	Bytes    []byte
 }
 
-func toUint64(v any) (uint64, bool) {
-	switch n := v.(type) {
-	case uint64:
-		return n, true
-	case int64:
-		return uint64(n), n >= 0
-	case uint32:
-		return uint64(n), true
-	case int32:
-		return uint64(n), n >= 0
-	case uint16:
-		return uint64(n), true
-	case int16:
-		return uint64(n), n >= 0
-	case uint8:
-		return uint64(n), true
-	case int8:
-		return uint64(n), n >= 0
+// probeKeep checks that the worker can read the executor's memory, from the probe its ready
+// message gave.
+func (ex *executor) probeKeep(probe *keepProbe) bool {
+	if probe == nil || len(probe.Bytes) == 0 || len(probe.Bytes) > 64 || probe.Addr == 0 {
+		return false
 	}
-	return 0, false
+	got := make([]byte, len(probe.Bytes))
+	if vmRead(ex.pid, got, probe.Addr) != nil {
+		return false
+	}
+	return string(got) == string(probe.Bytes)
 }
 
 // forgetWait bounds a write of ids to forget: an executor that reads none for that long (its

@@ -606,17 +606,23 @@ func writeSpillWith(path, enc string, frames [][]byte, lens []int64, write func(
 
 // writeSegFrames writes hdr, then the frames, those in seg copied from it.
 func writeSegFrames(f *os.File, hdr []byte, frames [][]byte, seg *Segment) error {
-	if _, err := f.Write(hdr); err != nil {
-		return err
-	}
 	in := make(map[int]segPlace, len(seg.at))
 	for _, p := range seg.at {
 		in[p.Frame] = p
 	}
+	return writeFramesFrom(f, hdr, frames, func(i int) bool { _, ok := in[i]; return ok },
+		func(i int, buf []byte) error { return seg.copyFrame(f, in[i], buf) })
+}
+
+// writeFramesFrom writes hdr, then the frames; a frame held elsewhere (a segment, an
+// executor's memory: held says which) is written by copyFrame, a 1 MiB buffer at a time.
+func writeFramesFrom(f *os.File, hdr []byte, frames [][]byte, held func(i int) bool, copyFrame func(i int, buf []byte) error) error {
+	if _, err := f.Write(hdr); err != nil {
+		return err
+	}
 	var buf []byte
 	for i, fr := range frames {
-		p, ok := in[i]
-		if !ok {
+		if !held(i) {
 			if _, err := f.Write(fr); err != nil {
 				return err
 			}
@@ -625,7 +631,7 @@ func writeSegFrames(f *os.File, hdr []byte, frames [][]byte, seg *Segment) error
 		if buf == nil {
 			buf = make([]byte, 1<<20)
 		}
-		if err := seg.copyFrame(f, p, buf); err != nil {
+		if err := copyFrame(i, buf); err != nil {
 			return err
 		}
 	}
