@@ -384,7 +384,7 @@ func readSegPlaces(r *wire.Reader) ([]segPlace, bool) {
 	return out, true
 }
 
-// readResPlaces reads a done answer's res: [[frame, address, length], ...].
+// readResPlaces reads a done answer's res: [[frame, address, length, row, stride], ...].
 func readResPlaces(r *wire.Reader) ([]resPlace, bool) {
 	n, ok := r.ArrayLen()
 	if !ok {
@@ -392,16 +392,17 @@ func readResPlaces(r *wire.Reader) ([]resPlace, bool) {
 	}
 	out := make([]resPlace, 0, min(n, 16)) // grows with the placements really present
 	for range n {
-		if k, ok := r.ArrayLen(); !ok || k != 3 {
+		k, ok := r.ArrayLen()
+		if !ok || k != 5 {
 			return nil, false
 		}
-		var v [3]int64
+		var v [5]int64
 		for j := range v {
 			if v[j], ok = r.Int(); !ok || v[j] < 0 {
 				return nil, false
 			}
 		}
-		out = append(out, resPlace{Frame: int(v[0]), Addr: uint64(v[1]), Len: v[2]})
+		out = append(out, resPlace{Frame: int(v[0]), Addr: uint64(v[1]), Len: v[2], Row: v[3], Stride: v[4]})
 	}
 	return out, true
 }

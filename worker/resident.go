@@ -40,13 +40,59 @@ import (
 // dead (executor.mem) after it has exited and before it is waited for, which is what frees
 // its pid, and an export holds executor.mem for reading.
 
-// resPlace says where frame Frame of a kept result is in its executor's memory.
+// resPlace says where frame Frame of a kept result is in its executor's memory: Len bytes at
+// Addr, or, with Row > 0, Len/Row rows of Row bytes, Stride bytes apart from Addr on (a view
+// of whole rows of a larger array, as dask's slices are: kept without making it contiguous).
 type resPlace struct {
 	//lint:ignore U1000 msgpack reads this field's tag (encode as an array)
-	_msgpack struct{} `msgpack:",as_array"`
-	Frame    int
-	Addr     uint64
-	Len      int64
+	_msgpack    struct{} `msgpack:",as_array"`
+	Frame       int
+	Addr        uint64
+	Len         int64
+	Row, Stride int64
+}
+
+// rows returns how many rows p has and how long each is.
+func (p resPlace) rows() (n, row int64) {
+	if p.Row <= 0 {
+		return 1, p.Len
+	}
+	return p.Len / p.Row, p.Row
+}
+
+// readAt fills b with bytes [off, off+len(b)) of p's frame from process pid.
+func (p resPlace) readAt(pid int, b []byte, off int64) error {
+	if p.Row <= 0 {
+		return vmRead(pid, b, p.Addr+uint64(off))
+	}
+	var remote []unix.RemoteIovec
+	for want := int64(len(b)); want > 0; {
+		r, in := off/p.Row, off%p.Row
+		n := min(p.Row-in, want)
+		remote = append(remote, unix.RemoteIovec{Base: uintptr(p.Addr + uint64(r*p.Stride+in)), Len: int(n)})
+		off, want = off+n, want-n
+	}
+	for len(remote) > 0 {
+		k := min(len(remote), 512) // below IOV_MAX
+		var n int
+		for _, r := range remote[:k] {
+			n += r.Len
+		}
+		local := []unix.Iovec{{Base: unsafe.SliceData(b)}}
+		local[0].SetLen(n)
+		got, err := unix.ProcessVMReadv(pid, local, remote[:k], 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if got != n { // a partial read of several pieces: the memory is not all there
+			return fmt.Errorf("process_vm_readv read %d of %d bytes", got, n)
+		}
+		b, remote = b[n:], remote[k:]
+	}
+	return nil
 }
 
 // resident is a value whose large frames are kept in the memory of the executor that made it.
@@ -88,9 +134,18 @@ func newResident(p *executorPool, ex *executor, id uint64, at []resPlace, frames
 	}
 	seen := make(map[int]bool, len(at))
 	for _, p := range at {
-		if p.Frame < 0 || p.Frame >= len(frames) || seen[p.Frame] || len(frames[p.Frame]) != 0 ||
-			p.Len <= 0 || p.Len > maxFrame || p.Addr == 0 || p.Addr > ^uint64(0)-uint64(p.Len) {
-			return nil, fmt.Errorf("bad kept-result placement [%d, %#x, %d] for %d frames", p.Frame, p.Addr, p.Len, len(frames))
+		n, row := p.rows()
+		bad := p.Frame < 0 || p.Frame >= len(frames) || seen[p.Frame] || len(frames[p.Frame]) != 0 ||
+			p.Len <= 0 || p.Len > maxFrame || p.Addr == 0 || p.Row < 0
+		if !bad && p.Row > 0 { // whole rows, not overlapping, all inside the address space
+			bad = p.Len%p.Row != 0 || p.Stride < p.Row || p.Stride > maxFrame ||
+				uint64(n-1) > (^uint64(0)-p.Addr-uint64(row))/uint64(p.Stride)
+		} else if !bad {
+			bad = p.Addr > ^uint64(0)-uint64(p.Len)
+		}
+		if bad {
+			return nil, fmt.Errorf("bad kept-result placement [%d, %#x, %d, %d, %d] for %d frames",
+				p.Frame, p.Addr, p.Len, p.Row, p.Stride, len(frames))
 		}
 		seen[p.Frame] = true
 	}
@@ -188,7 +243,7 @@ func (r *resident) spill(path, enc string, frames [][]byte) error {
 			p := kept[i]
 			for off := int64(0); off < p.Len; {
 				b := buf[:min(int64(len(buf)), p.Len-off)]
-				if err := vmRead(r.ex.pid, b, p.Addr+uint64(off)); err != nil {
+				if err := p.readAt(r.ex.pid, b, off); err != nil {
 					return fmt.Errorf("%w: reading a kept result out of it (pid %d): %v", errResidentLost, r.ex.pid, err)
 				}
 				if _, err := f.Write(b); err != nil {
@@ -239,7 +294,7 @@ func (ex *executor) readOut(at []resPlace, frames [][]byte) (*Segment, error) {
 		return fail(fmt.Errorf("mapping a memfd of %d bytes: %w", size, err))
 	}
 	for i, p := range at {
-		if err := vmRead(ex.pid, m[places[i].Off:places[i].Off+p.Len], p.Addr); err != nil {
+		if err := p.readAt(ex.pid, m[places[i].Off:places[i].Off+p.Len], 0); err != nil {
 			unix.Munmap(m)
 			return fail(fmt.Errorf("%w: reading a kept result out of it (pid %d): %v", errResidentLost, ex.pid, err))
 		}

@@ -266,3 +266,33 @@ func TestForgetWaitsForRuns(t *testing.T) {
 	require.Equal(t, []uint64{12}, forgotten(t, ex, r2.unuse))
 	runtime.KeepAlive(data)
 }
+
+// A kept view of whole rows is read row by row: any range of its bytes, as one contiguous run.
+func TestResPlaceRows(t *testing.T) {
+	const rows, stride, row = 700, 96, 80 // more rows than one process_vm_readv takes
+	mem := payload(4, rows*stride)
+	want := make([]byte, 0, rows*row)
+	for r := range rows {
+		want = append(want, mem[r*stride:r*stride+row]...)
+	}
+	p := resPlace{Frame: 1, Addr: uint64(uintptr(unsafe.Pointer(&mem[0]))), Len: rows * row, Row: row, Stride: stride}
+	n, l := p.rows()
+	require.EqualValues(t, rows, n)
+	require.EqualValues(t, row, l)
+	for _, c := range [][2]int{{0, rows * row}, {0, 1}, {79, 2}, {80, 80}, {123, 4000}, {rows*row - 5, 5}} {
+		got := make([]byte, c[1])
+		require.NoError(t, p.readAt(os.Getpid(), got, int64(c[0])))
+		require.Equal(t, want[c[0]:c[0]+c[1]], got, "bytes [%d, %d)", c[0], c[0]+c[1])
+	}
+	_, err := newResident(nil, nil, 1, []resPlace{p}, [][]byte{[]byte("h"), {}}, 1<<30)
+	require.NoError(t, err)
+	for _, bad := range []resPlace{
+		{Frame: 1, Addr: p.Addr, Len: rows*row + 1, Row: row, Stride: stride}, // not whole rows
+		{Frame: 1, Addr: p.Addr, Len: rows * row, Row: row, Stride: row - 1},  // overlapping rows
+		{Frame: 1, Addr: ^uint64(0) - 1000, Len: rows * row, Row: row, Stride: stride},
+	} {
+		_, err := newResident(nil, nil, 1, []resPlace{bad}, [][]byte{[]byte("h"), {}}, 1<<30)
+		require.Error(t, err, "%+v", bad)
+	}
+	runtime.KeepAlive(mem)
+}

@@ -491,9 +491,15 @@ class Executor:
             _preload.current().transition(str(header.get("key", "")), "executing", "memory")
         exported: list[Any] = []
         _worker.exporting(exported)  # futures pickled into the result are named here
+        rows = self.keep and header.get("keep") and keepable_rows(result)
         try:
-            result = contiguous(result)
-            encoding, out = _serialize.encode(result, SEG_MIN if self.segments else None)
+            if rows:
+                # kept as it is (a view of whole rows): the pickle is that of a contiguous array
+                # of its shape and dtype, whose bytes the worker gathers row by row if it must
+                encoding, out = _serialize.encode(_empty_like_contiguous(result), None)
+            else:
+                result = contiguous(result)
+                encoding, out = _serialize.encode(result, SEG_MIN if self.segments else None)
         except BaseException as exc:  # noqa: BLE001
             return error_reply(task_id, exc, skip=0,
                                prefix=f"could not serialize the result of {header.get('key')}: "), []
@@ -510,7 +516,7 @@ class Executor:
         if exported:  # the scheduler keeps them while the result lives, for its readers to claim
             reply["keys"] = list(dict.fromkeys(f.key for f in exported))
             _worker.retain(exported)
-        elif self.keep and header.get("keep") and encoding == _serialize.PICKLE and len(out) == 2 \
+        elif rows or self.keep and header.get("keep") and encoding == _serialize.PICKLE and len(out) == 2 \
                 and keepable(result):
             reply["_keep"] = result  # taken out before the reply is sent
         return reply, out
@@ -519,11 +525,15 @@ class Executor:
         """Keep ``value`` (a result :func:`keepable` accepted, pickled as ``out``: the pickle
         and the array's bytes) in this process instead of writing it out: ``reply`` says where
         its bytes are (``res``: frame, address, length) and the frame goes empty."""
-        if memoryview(out[1]).nbytes != value.nbytes:  # cannot happen: one out-of-band buffer
+        if len(out) != 2 or memoryview(out[1]).nbytes != value.nbytes:  # cannot happen
             fd, out = segment_result(reply, out)
             return out
         self.kept[int(reply["id"])] = value
-        reply["res"] = [[1, value.ctypes.data, value.nbytes]]
+        flags = value.flags
+        if flags.c_contiguous or flags.f_contiguous:
+            reply["res"] = [[1, value.ctypes.data, value.nbytes, 0, 0]]
+        else:  # whole rows (keepable_rows)
+            reply["res"] = [[1, value.ctypes.data, value.nbytes, value.shape[1] * value.itemsize, value.strides[0]]]
         return [out[0], b""]
 
     def forget(self, ids: Sequence[Any]) -> None:
@@ -580,6 +590,36 @@ def keepable(value: Any) -> bool:
     while isinstance(base.base, np.ndarray):
         base = base.base
     return base.base is None and base.flags.owndata and base.nbytes <= 2 * value.nbytes
+
+
+def keepable_rows(value: Any) -> bool:
+    """Whether a result can be kept as the view it is: a 2-D numpy array of whole rows of a
+    larger array (``x[:, a:b]``, as dask's slices and overlaps return) that :func:`keepable`
+    would keep once made contiguous. Keeping it saves the copy; the worker gathers its rows
+    only if the value must leave this process."""
+    if type(value).__name__ != "ndarray" or type(value).__module__ != "numpy" or value.ndim != 2:
+        return False
+    flags = value.flags
+    if flags.c_contiguous or flags.f_contiguous or value.dtype.hasobject or value.nbytes < SEG_MIN:
+        return False
+    row = value.shape[1] * value.itemsize
+    s0, s1 = value.strides
+    if s1 != value.itemsize or s0 < row or value.shape[0] < 1:
+        return False
+    import numpy as np
+
+    base = value
+    while isinstance(base.base, np.ndarray):
+        base = base.base
+    return base.base is None and base.flags.owndata and base.nbytes <= 2 * value.nbytes
+
+
+def _empty_like_contiguous(value: Any) -> Any:
+    """An uninitialised C-contiguous array of ``value``'s shape and dtype (its pickle is what a
+    kept view's readers unpickle; its pages are never touched)."""
+    import numpy as np
+
+    return np.empty(value.shape, dtype=value.dtype)
 
 
 def contiguous(value: Any) -> Any:

@@ -52,3 +52,17 @@ def test_keepable_only_arrays_numpy_allocated() -> None:
     assert not keepable(np.frombuffer(bytearray(2 * SEG_MIN), dtype=np.uint8))
     assert not keepable(np.frombuffer(memoryview(owned.tobytes()), dtype=np.float64))
     assert not keepable(owned.tolist())
+
+
+def test_keepable_rows_only_views_of_whole_rows() -> None:
+    from shoal.executor import SEG_MIN, keepable_rows
+
+    n = SEG_MIN // 8 // 62 + 1
+    a = np.zeros((n, 64))
+    assert keepable_rows(a[:, 1:-1])  # whole rows of a, 62 of 64 columns
+    assert not keepable_rows(a)  # contiguous: kept as it is anyway
+    assert not keepable_rows(a[:, :20])  # less than half of a
+    assert not keepable_rows(a[:, ::2])  # rows not contiguous
+    assert not keepable_rows(a[::-1, 1:-1])  # rows backwards
+    assert not keepable_rows(np.zeros((4, n, 64))[:, :, 1:-1])  # not 2-D
+    assert not keepable_rows(np.frombuffer(bytearray(a.nbytes), dtype=np.float64).reshape(n, 64)[:, 1:-1])

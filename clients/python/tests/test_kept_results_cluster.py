@@ -28,6 +28,15 @@ def identity(a: Any) -> Any:
     return a
 
 
+def make_columns(n: int, seed: int) -> Any:
+    """A view of whole rows of a larger array (columns 1 to 62 of 64), as dask's slices are."""
+    return np.random.default_rng(seed).standard_normal((n, 64))[:, 1:-1]
+
+
+def digest_2d(a: Any) -> tuple[tuple[int, ...], float, float]:
+    return tuple(a.shape), float(a.sum()), float(a[-1, -1])
+
+
 def make_counted(n: int, seed: int, log: str) -> Any:
     with open(log, "a") as f:
         f.write("made\n")
@@ -110,3 +119,24 @@ def test_lost_with_its_executor_then_recomputed(procs: ProcCluster) -> None:  # 
         assert np.array_equal(client.gather(a), want)
         with open(log) as f:
             assert f.read().count("made") == 2, "recomputed once from its lineage"
+
+
+def test_view_of_rows_kept_as_it_is(procs: ProcCluster) -> None:  # noqa: F811
+    client, names = procs.client()
+    with client:
+        a_addr, b_addr = names["a"], names["b"]
+        n = 40_000  # 62 columns of float64: 19.8 MB, not contiguous
+        v, s = client.get({"v-24": (make_columns, n, 24), "s-24": (digest_2d, "v-24")}, ["v-24", "s-24"],
+                          workers=[a_addr], sync=False)
+        want = make_columns(n, 24)
+        assert not want.flags.c_contiguous
+        shape, total, last = s.result(timeout=60)
+        assert shape == want.shape and last == float(want[-1, -1]) and total == pytest.approx(float(want.sum()))
+        assert procs.metric("a", "kept_results_total") == 1, procs.logs()
+        assert procs.metric("a", "kept_used_total") == 1
+        # on B, and in the client: its rows gathered out of A's executor, in order
+        shape, total, last = client.submit(digest_2d, v, workers=[b_addr], pure=False).result(timeout=60)
+        assert shape == want.shape and last == float(want[-1, -1]) and total == pytest.approx(float(want.sum()))
+        assert procs.metric("a", "kept_exported_total") == 1
+        got = client.gather(v)
+        assert np.array_equal(got, want)
