@@ -592,11 +592,15 @@ def keepable(value: Any) -> bool:
     return base.base is None and base.flags.owndata and base.nbytes <= 2 * value.nbytes
 
 
+KEEP_ROW_MIN = 4096
+"""Rows shorter than this are not gathered one by one: such a view is made contiguous."""
+
+
 def keepable_rows(value: Any) -> bool:
     """Whether a result can be kept as the view it is: a 2-D numpy array of whole rows of a
-    larger array (``x[:, a:b]``, as dask's slices and overlaps return) that :func:`keepable`
-    would keep once made contiguous. Keeping it saves the copy; the worker gathers its rows
-    only if the value must leave this process."""
+    larger array (``x[:, a:b]``, as dask's slices and overlaps return), rows of at least
+    KEEP_ROW_MIN bytes, that :func:`keepable` would keep once made contiguous. Keeping it saves
+    the copy; the worker gathers its rows only if the value must leave this process."""
     if type(value).__name__ != "ndarray" or type(value).__module__ != "numpy" or value.ndim != 2:
         return False
     flags = value.flags
@@ -604,7 +608,7 @@ def keepable_rows(value: Any) -> bool:
         return False
     row = value.shape[1] * value.itemsize
     s0, s1 = value.strides
-    if s1 != value.itemsize or s0 < row or value.shape[0] < 1:
+    if s1 != value.itemsize or s0 < row or value.shape[0] < 1 or row < KEEP_ROW_MIN:
         return False
     import numpy as np
 

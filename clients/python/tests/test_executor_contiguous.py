@@ -57,12 +57,13 @@ def test_keepable_only_arrays_numpy_allocated() -> None:
 def test_keepable_rows_only_views_of_whole_rows() -> None:
     from shoal.executor import SEG_MIN, keepable_rows
 
-    n = SEG_MIN // 8 // 62 + 1
-    a = np.zeros((n, 64))
-    assert keepable_rows(a[:, 1:-1])  # whole rows of a, 62 of 64 columns
+    n = SEG_MIN // 8 // 1022 + 1
+    a = np.zeros((n, 1024))
+    assert keepable_rows(a[:, 1:-1])  # whole rows of a, 1,022 of 1,024 columns
     assert not keepable_rows(a)  # contiguous: kept as it is anyway
-    assert not keepable_rows(a[:, :20])  # less than half of a
+    assert not keepable_rows(a[:, :500])  # less than half of a
     assert not keepable_rows(a[:, ::2])  # rows not contiguous
     assert not keepable_rows(a[::-1, 1:-1])  # rows backwards
-    assert not keepable_rows(np.zeros((4, n, 64))[:, :, 1:-1])  # not 2-D
-    assert not keepable_rows(np.frombuffer(bytearray(a.nbytes), dtype=np.float64).reshape(n, 64)[:, 1:-1])
+    assert not keepable_rows(np.zeros((64 * n, 64))[:, 1:-1])  # rows too short to gather one by one
+    assert not keepable_rows(np.zeros((4, n, 1024))[:, :, 1:-1])  # not 2-D
+    assert not keepable_rows(np.frombuffer(bytearray(a.nbytes), dtype=np.float64).reshape(n, 1024)[:, 1:-1])
