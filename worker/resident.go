@@ -52,6 +52,10 @@ type resPlace struct {
 	Row, Stride int64
 }
 
+// resRowMin is the shortest row a kept view may have (the executor's KEEP_ROW_MIN): shorter
+// rows would be read a few bytes per piece.
+const resRowMin = 4096
+
 // rows returns how many rows p has and how long each is.
 func (p resPlace) rows() (n, row int64) {
 	if p.Row <= 0 {
@@ -65,24 +69,27 @@ func (p resPlace) readAt(pid int, b []byte, off int64) error {
 	if p.Row <= 0 {
 		return vmRead(pid, b, p.Addr+uint64(off))
 	}
-	var remote []unix.RemoteIovec
-	for want := int64(len(b)); want > 0; {
-		r, in := off/p.Row, off%p.Row
-		n := min(p.Row-in, want)
-		remote = append(remote, unix.RemoteIovec{Base: uintptr(p.Addr + uint64(r*p.Stride+in)), Len: int(n)})
-		off, want = off+n, want-n
-	}
-	for len(remote) > 0 {
-		k := min(len(remote), 512) // below IOV_MAX
-		var n int
-		for _, r := range remote[:k] {
-			n += r.Len
+	// Pieces of rows, at most 512 (below IOV_MAX) and 1 GiB (the kernel moves at most ~2 GiB
+	// per call) per call, made as they are read.
+	const maxPieces, maxBytes = 512, 1 << 30
+	remote := make([]unix.RemoteIovec, 0, min(maxPieces, len(b)/int(p.Row)+2))
+	for len(b) > 0 {
+		remote = remote[:0]
+		n := 0
+		for n < len(b) && len(remote) < maxPieces && n < maxBytes {
+			r, in := off/p.Row, off%p.Row
+			k := int(min(p.Row-in, int64(len(b)-n), int64(maxBytes-n)))
+			remote = append(remote, unix.RemoteIovec{Base: uintptr(p.Addr + uint64(r*p.Stride+in)), Len: k})
+			off, n = off+int64(k), n+k
 		}
 		local := []unix.Iovec{{Base: unsafe.SliceData(b)}}
 		local[0].SetLen(n)
-		got, err := unix.ProcessVMReadv(pid, local, remote[:k], 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
+		var got int
+		var err error
+		for {
+			if got, err = unix.ProcessVMReadv(pid, local, remote, 0); !errors.Is(err, unix.EINTR) {
+				break
+			}
 		}
 		if err != nil {
 			return err
@@ -90,7 +97,7 @@ func (p resPlace) readAt(pid int, b []byte, off int64) error {
 		if got != n { // a partial read of several pieces: the memory is not all there
 			return fmt.Errorf("process_vm_readv read %d of %d bytes", got, n)
 		}
-		b, remote = b[n:], remote[k:]
+		b = b[n:]
 	}
 	return nil
 }
@@ -137,9 +144,9 @@ func newResident(p *executorPool, ex *executor, id uint64, at []resPlace, frames
 		n, row := p.rows()
 		bad := p.Frame < 0 || p.Frame >= len(frames) || seen[p.Frame] || len(frames[p.Frame]) != 0 ||
 			p.Len <= 0 || p.Len > maxFrame || p.Addr == 0 || p.Row < 0
-		if !bad && p.Row > 0 { // whole rows, not overlapping, all inside the address space
-			bad = p.Len%p.Row != 0 || p.Stride < p.Row || p.Stride > maxFrame ||
-				uint64(n-1) > (^uint64(0)-p.Addr-uint64(row))/uint64(p.Stride)
+		if !bad && p.Row > 0 { // whole rows of at least resRowMin, not overlapping, all inside the address space
+			bad = p.Row < resRowMin || p.Len%p.Row != 0 || p.Stride < p.Row || p.Stride > maxFrame ||
+				p.Addr > ^uint64(0)-uint64(row) || uint64(n-1) > (^uint64(0)-p.Addr-uint64(row))/uint64(p.Stride)
 		} else if !bad {
 			bad = p.Addr > ^uint64(0)-uint64(p.Len)
 		}

@@ -269,7 +269,7 @@ func TestForgetWaitsForRuns(t *testing.T) {
 
 // A kept view of whole rows is read row by row: any range of its bytes, as one contiguous run.
 func TestResPlaceRows(t *testing.T) {
-	const rows, stride, row = 700, 96, 80 // more rows than one process_vm_readv takes
+	const rows, stride, row = 700, 4200, 4096 // more rows than one process_vm_readv takes
 	mem := payload(4, rows*stride)
 	want := make([]byte, 0, rows*row)
 	for r := range rows {
@@ -279,7 +279,7 @@ func TestResPlaceRows(t *testing.T) {
 	n, l := p.rows()
 	require.EqualValues(t, rows, n)
 	require.EqualValues(t, row, l)
-	for _, c := range [][2]int{{0, rows * row}, {0, 1}, {79, 2}, {80, 80}, {123, 4000}, {rows*row - 5, 5}} {
+	for _, c := range [][2]int{{0, rows * row}, {0, 1}, {4095, 2}, {4096, 4096}, {123, 40000}, {rows*row - 5, 5}} {
 		got := make([]byte, c[1])
 		require.NoError(t, p.readAt(os.Getpid(), got, int64(c[0])))
 		require.Equal(t, want[c[0]:c[0]+c[1]], got, "bytes [%d, %d)", c[0], c[0]+c[1])
@@ -290,6 +290,8 @@ func TestResPlaceRows(t *testing.T) {
 		{Frame: 1, Addr: p.Addr, Len: rows*row + 1, Row: row, Stride: stride}, // not whole rows
 		{Frame: 1, Addr: p.Addr, Len: rows * row, Row: row, Stride: row - 1},  // overlapping rows
 		{Frame: 1, Addr: ^uint64(0) - 1000, Len: rows * row, Row: row, Stride: stride},
+		{Frame: 1, Addr: ^uint64(0) - 1000, Len: row, Row: row, Stride: stride}, // one row, past the end
+		{Frame: 1, Addr: p.Addr, Len: 64 * 100, Row: 64, Stride: 64},            // rows too short
 	} {
 		_, err := newResident(nil, nil, 1, []resPlace{bad}, [][]byte{[]byte("h"), {}}, 1<<30)
 		require.Error(t, err, "%+v", bad)

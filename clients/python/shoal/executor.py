@@ -356,7 +356,7 @@ class Executor:
                 fd = -1
                 kept_value = reply.pop("_keep", None)
                 if kept_value is not None:
-                    out = self.keep_result(reply, out, kept_value)
+                    fd, out = self.keep_result(reply, out, kept_value)
                 elif segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
                     fd, out = segment_result(reply, out)
                 del kept_value
@@ -407,7 +407,9 @@ class Executor:
     def answer_seceded(self, task_conn: _wire.Connection, reply: Header, out: list[Any], started: int) -> None:
         """Send a seceded task's answer on its own socket (its large result in a segment)."""
         fd = -1
-        reply.pop("_keep", None)
+        kept_value = reply.pop("_keep", None)
+        if kept_value is not None:
+            out = self.unkept(kept_value, out)  # a seceded task's answer is never kept
         if self.segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
             fd, out = segment_result(reply, out)
         reply["start"], reply["stop"] = started, time_ns()
@@ -521,20 +523,29 @@ class Executor:
             reply["_keep"] = result  # taken out before the reply is sent
         return reply, out
 
-    def keep_result(self, reply: Header, out: list[Any], value: Any) -> list[Any]:
-        """Keep ``value`` (a result :func:`keepable` accepted, pickled as ``out``: the pickle
-        and the array's bytes) in this process instead of writing it out: ``reply`` says where
-        its bytes are (``res``: frame, address, length) and the frame goes empty."""
+    def keep_result(self, reply: Header, out: list[Any], value: Any) -> tuple[int, list[Any]]:
+        """Keep ``value`` (a result :func:`keepable` or :func:`keepable_rows` accepted, pickled
+        as ``out``: the pickle and the array's bytes, or those of an uninitialised array of its
+        shape for a view of rows) in this process instead of writing it out: ``reply`` says
+        where its bytes are (``res``) and the frame goes empty. Returns the descriptor of a
+        segment (-1: none) and the frames to send, as :func:`segment_result` does."""
         if len(out) != 2 or memoryview(out[1]).nbytes != value.nbytes:  # cannot happen
-            fd, out = segment_result(reply, out)
-            return out
+            return segment_result(reply, self.unkept(value, out))
         self.kept[int(reply["id"])] = value
         flags = value.flags
         if flags.c_contiguous or flags.f_contiguous:
             reply["res"] = [[1, value.ctypes.data, value.nbytes, 0, 0]]
         else:  # whole rows (keepable_rows)
             reply["res"] = [[1, value.ctypes.data, value.nbytes, value.shape[1] * value.itemsize, value.strides[0]]]
-        return [out[0], b""]
+        return -1, [out[0], b""]
+
+    def unkept(self, value: Any, out: list[Any]) -> list[Any]:
+        """The frames of a result that was to be kept but is sent after all: for a view of rows
+        ``out`` is the pickle of a placeholder, so the view itself is encoded."""
+        flags = value.flags
+        if flags.c_contiguous or flags.f_contiguous:
+            return out
+        return _serialize.encode(contiguous(value), SEG_MIN if self.segments else None)[1]
 
     def forget(self, ids: Sequence[Any]) -> None:
         """Drop kept results the worker no longer needs from this process."""

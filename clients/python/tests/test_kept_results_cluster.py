@@ -33,6 +33,14 @@ def make_columns(n: int, seed: int) -> Any:
     return np.random.default_rng(seed).standard_normal((n, 1024))[:, 1:-1]
 
 
+def seceding_columns(n: int, seed: int) -> Any:
+    """make_columns from a task that gave its thread back: its answer is never kept."""
+    from shoal import secede
+
+    secede()
+    return make_columns(n, seed)
+
+
 def digest_2d(a: Any) -> tuple[tuple[int, ...], float, float]:
     return tuple(a.shape), float(a.sum()), float(a[-1, -1])
 
@@ -140,3 +148,17 @@ def test_view_of_rows_kept_as_it_is(procs: ProcCluster) -> None:  # noqa: F811
         assert procs.metric("a", "kept_exported_total") == 1
         got = client.gather(v)
         assert np.array_equal(got, want)
+
+
+def test_seceded_view_of_rows_sends_its_bytes(procs: ProcCluster) -> None:  # noqa: F811
+    client, names = procs.client()
+    with client:
+        a_addr = names["a"]
+        n = 2_500
+        v, s = client.get({"v-25": (seceding_columns, n, 25), "s-25": (digest_2d, "v-25")}, ["v-25", "s-25"],
+                          workers=[a_addr], sync=False)
+        want = make_columns(n, 25)
+        shape, total, last = s.result(timeout=60)
+        assert shape == want.shape and last == float(want[-1, -1]) and total == pytest.approx(float(want.sum()))
+        assert np.array_equal(client.gather(v), want)
+        assert procs.metric("a", "kept_results_total") == 0
