@@ -1,10 +1,12 @@
 package shoal
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"reflect"
 	"strings"
 
 	"github.com/shoal-dev/shoal/graph"
@@ -77,7 +79,7 @@ func (g *Graph) pyTask(t *graph.Task, d *fnDesc, specs []argSpec) {
 			}
 			p.op(opAppends)
 		case argLit:
-			b, err := msgpack.Marshal(s.lit)
+			b, err := marshalSorted(s.lit)
 			if err != nil {
 				g.fail(fmt.Errorf("shoal: argument %d of %s cannot be encoded: %w", i, d.name, err))
 				return
@@ -162,4 +164,65 @@ func (p *pickler) ref(key string) {
 	p.str(key)
 	p.op(opTuple1)
 	p.op(opReduce)
+}
+
+// marshalSorted encodes v as msgpack with the keys of its string-keyed maps in order: a Go
+// map has no order, and the Python function receives a dict, whose order it may use
+// (pyarrow.table's columns), so the same literal must always arrive the same (CI saw a
+// table's columns swap). The encoder sorts map[string]any; ordered turns the others into it.
+func marshalSorted(v any) ([]byte, error) {
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.SetSortMapKeys(true)
+	if err := enc.Encode(ordered(reflect.ValueOf(v))); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// ordered returns v with every map whose keys are strings, at any depth inside maps, slices,
+// arrays, pointers and interfaces, as a map[string]any (which the encoder sorts). Anything else
+// is returned as it is.
+func ordered(v reflect.Value) any {
+	if !v.IsValid() {
+		return nil
+	}
+	switch v.Kind() {
+	case reflect.Interface, reflect.Pointer:
+		if v.IsNil() {
+			return v.Interface()
+		}
+		if v.Kind() == reflect.Pointer && !nests(v.Elem().Type()) {
+			return v.Interface()
+		}
+		return ordered(v.Elem())
+	case reflect.Map:
+		if v.Type().Key().Kind() != reflect.String || v.IsNil() {
+			return v.Interface()
+		}
+		m := make(map[string]any, v.Len())
+		for it := v.MapRange(); it.Next(); {
+			m[it.Key().String()] = ordered(it.Value())
+		}
+		return m
+	case reflect.Slice, reflect.Array:
+		if !nests(v.Type().Elem()) || (v.Kind() == reflect.Slice && v.IsNil()) {
+			return v.Interface()
+		}
+		out := make([]any, v.Len())
+		for i := range out {
+			out[i] = ordered(v.Index(i))
+		}
+		return out
+	}
+	return v.Interface()
+}
+
+// nests reports whether values of type t may hold a map (so ordered must look inside).
+func nests(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Map, reflect.Interface, reflect.Slice, reflect.Array, reflect.Pointer:
+		return true
+	}
+	return false
 }
