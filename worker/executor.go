@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/sys/unix"
 
 	"github.com/shoal-dev/shoal/graph"
@@ -474,8 +473,7 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 		ex.shm.setUsable(shmEnabled && x.SHM == 1)
 		ex.seg = shmEnabled && x.Segments == 1
 		if ex.seg && keepEnabled && ex.probeKeep(x.Keep) {
-			hdr, _ := msgpack.Marshal(map[string]any{"op": "keep"})
-			if err := c.sendMany(outMsg{hdr: hdr}); err != nil {
+			if err := c.send(&wire.Msg{Op: "keep"}); err != nil {
 				return err
 			}
 			ex.keeps = true

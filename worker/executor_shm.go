@@ -147,7 +147,7 @@ func (ws *execWindows) pick(n int) (w *shmWindow, created bool, err error) {
 	}
 	size := windowSize(n)
 	if len(ws.wins) < shmMaxWindows && ws.total+size <= shmMaxBytes {
-		fd, err := newMemfd(size)
+		fd, err := newMemfd("shoal-window", 0, size)
 		if err != nil {
 			return nil, false, err
 		}
@@ -160,9 +160,10 @@ func (ws *execWindows) pick(n int) (w *shmWindow, created bool, err error) {
 	return loose, false, nil
 }
 
-// newMemfd creates a memfd of size bytes (sparse: pages are allocated when written).
-func newMemfd(size int64) (int, error) {
-	fd, err := unix.MemfdCreate("shoal-window", unix.MFD_CLOEXEC)
+// newMemfd creates a memfd named name of size bytes (sparse: pages are allocated when
+// written), close-on-exec, with the further memfd_create flags given.
+func newMemfd(name string, flags int, size int64) (int, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|flags)
 	if err != nil {
 		return -1, fmt.Errorf("memfd_create: %w", err)
 	}

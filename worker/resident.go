@@ -282,17 +282,14 @@ func (ex *executor) readOut(at []resPlace, frames [][]byte) (*Segment, error) {
 		places[i] = segPlace{Frame: p.Frame, Off: size, Len: p.Len}
 		size += p.Len
 	}
-	fd, err := unix.MemfdCreate("shoal-kept", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	fd, err := newMemfd("shoal-kept", unix.MFD_ALLOW_SEALING, size)
 	if err != nil {
-		return nil, fmt.Errorf("memfd_create: %w", err)
+		return nil, err
 	}
 	f := os.NewFile(uintptr(fd), "shoal-kept")
 	fail := func(err error) (*Segment, error) {
 		f.Close()
 		return nil, err
-	}
-	if err := unix.Ftruncate(fd, size); err != nil {
-		return fail(fmt.Errorf("ftruncate memfd: %w", err))
 	}
 	// The mapping exists only while the bytes are copied, before anyone else has the memfd:
 	// the worker never maps a segment it hands out (segment.go).
