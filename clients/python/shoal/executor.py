@@ -254,7 +254,7 @@ class Executor:
         self._spawn: queue.SimpleQueue[bool] = queue.SimpleQueue()
         self._spawner: threading.Thread | None = None
         # results kept in this process, by the id of the run that made them (the worker says
-        # ``keep`` to turn this on, and ``forget`` for each once it is done with it)
+        # ``keep`` to turn this on, and writes each id to the forget socket once it is done)
         self.keep = False
         self.kept: dict[int, Any] = {}
 
@@ -588,13 +588,21 @@ def keepable(value: Any) -> bool:
     is unmapped after the run; bytes; a file) is written out as before, and so is a view of
     less than half of the array it is part of (keeping it would keep the whole array, which
     the worker counts as the view's size)."""
-    if type(value).__name__ != "ndarray" or type(value).__module__ != "numpy":
-        return False
-    if value.dtype.hasobject or value.nbytes < SEG_MIN:
+    if not _plain_array(value):
         return False
     flags = value.flags
-    if not (flags.c_contiguous or flags.f_contiguous):
-        return False
+    return (flags.c_contiguous or flags.f_contiguous) and _owns_most_of_its_memory(value)
+
+
+def _plain_array(value: Any) -> bool:
+    """A numpy.ndarray itself (no subclass) of at least SEG_MIN bytes, without Python objects."""
+    return (type(value).__name__ == "ndarray" and type(value).__module__ == "numpy"
+            and not value.dtype.hasobject and value.nbytes >= SEG_MIN)
+
+
+def _owns_most_of_its_memory(value: Any) -> bool:
+    """Whether ``value``'s memory was allocated by numpy (the array at the end of its chain of
+    bases owns its data) and ``value`` is at least half of that array."""
     import numpy as np
 
     base = value
@@ -612,21 +620,16 @@ def keepable_rows(value: Any) -> bool:
     larger array (``x[:, a:b]``, as dask's slices and overlaps return), rows of at least
     KEEP_ROW_MIN bytes, that :func:`keepable` would keep once made contiguous. Keeping it saves
     the copy; the worker gathers its rows only if the value must leave this process."""
-    if type(value).__name__ != "ndarray" or type(value).__module__ != "numpy" or value.ndim != 2:
+    if not _plain_array(value) or value.ndim != 2:
         return False
     flags = value.flags
-    if flags.c_contiguous or flags.f_contiguous or value.dtype.hasobject or value.nbytes < SEG_MIN:
+    if flags.c_contiguous or flags.f_contiguous:
         return False
     row = value.shape[1] * value.itemsize
     s0, s1 = value.strides
     if s1 != value.itemsize or s0 < row or value.shape[0] < 1 or row < KEEP_ROW_MIN:
         return False
-    import numpy as np
-
-    base = value
-    while isinstance(base.base, np.ndarray):
-        base = base.base
-    return base.base is None and base.flags.owndata and base.nbytes <= 2 * value.nbytes
+    return _owns_most_of_its_memory(value)
 
 
 def _empty_like_contiguous(value: Any) -> Any:
