@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -78,5 +79,44 @@ func TestStoryIsBounded(t *testing.T) {
 	}
 	if ti.RetriesLeft != 2 {
 		t.Fatalf("retries left %d, want 2", ti.RetriesLeft)
+	}
+}
+
+// Every worker in the unsaturated set may be given queued tasks now, so that placing a queued
+// task looks at a bounded number of workers however many there are. Workers get blocks of
+// short root tasks (latency hiding), and a worker one task short of a block's room must leave
+// the set: with 10,000 workers mostly in that state, each finished task had placement look at
+// every one of them.
+func TestUnsaturatedWorkersAreReady(t *testing.T) {
+	const workers, n = 300, 30_000
+	cl := newNoopCluster(workers, 1)
+	tasks, wanted := benchTasks(n, false)
+	check := func(when string) {
+		t.Helper()
+		for _, w := range cl.c.unsat {
+			if ws := cl.c.workers[w]; !cl.c.readyForQueued(ws) {
+				t.Fatalf("%s: worker %d is in the unsaturated set but not ready for queued tasks "+
+					"(room %d, block %d, busy %d, limit %d, %d queued)", when, w, cl.c.rootRoom(ws),
+					cl.c.blockFor(ws), ws.busy(), ws.limit, cl.c.queue.len())
+			}
+		}
+	}
+	cl.handle(EvUpdateGraph{Client: 1, Tasks: tasks, Wanted: wanted})
+	check("after the graph")
+	blocks := false
+	for i := 0; len(cl.pending) > 0; i++ {
+		ac := cl.pending[0]
+		cl.pending = cl.pending[1:]
+		cl.handle(EvTaskFinished{Worker: ac.Worker, Key: ac.Key, TaskID: ac.TaskID, NBytes: 8, Encoding: "msgpack", Start: 0, Stop: 1000})
+		check(fmt.Sprintf("after %d tasks finished", i+1))
+		blocks = blocks || cl.c.blockFor(cl.c.workers[0]) > 1
+	}
+	if !blocks {
+		t.Fatal("the tasks were never handed out in blocks: the case under test did not arise")
+	}
+	for _, k := range wanted {
+		if st := cl.c.State(k); st != Memory {
+			t.Fatalf("%s ended in %v", k, st)
+		}
 	}
 }

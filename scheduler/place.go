@@ -283,7 +283,7 @@ func (c *Core) dispatchQueue() {
 		id := c.queue.top()
 		if w := c.pickUnsat(id); w >= 0 {
 			ws := c.workers[w]
-			for n := c.blockFor(ws); n > 0 && c.queue.len() > 0 && ws.unsatPos >= 0; n-- {
+			for n := c.blockFor(ws); n > 0 && c.queue.len() > 0 && ws.accepting() && c.rootRoom(ws) > 0; n-- {
 				next := c.queue.top()
 				if next != id && !c.allowed(ws, c.tasks[next].def, c.needFuncCheck(c.tasks[next].def)) {
 					break
@@ -449,9 +449,13 @@ func (c *Core) unassign(id int32) {
 	c.updateSat(ws)
 }
 
-// updateSat keeps w's membership of the unsaturated set in step.
+// updateSat keeps w's membership of the unsaturated set in step: the accepting workers
+// readyForQueued (whatever the queue's length), so that pickUnsat finds one among the first it
+// looks at. With every worker that had any room in the set, a worker one short of a block's
+// room stayed in it, not ready, and with 10,000 workers mostly in that state pickUnsat looked
+// at all of them for each finished task (28 % of the scheduler's CPU).
 func (c *Core) updateSat(w *worker) {
-	want := w.accepting() && c.rootRoom(w) > 0
+	want := w.accepting() && (c.rootRoom(w) >= c.blockFor(w) || w.busy() < w.limit)
 	if in := w.unsatPos >= 0; want == in {
 		return
 	}

@@ -463,8 +463,10 @@ func (s *Server) readWorker(c *wire.Conn) {
 		return
 	}
 	// Messages already buffered behind this one (a worker's burst of task_finished) go to the
-	// driver together: one channel hand-off and wake-up instead of one per message.
-	batch := newBatch()
+	// driver together: one channel hand-off and wake-up instead of one per message. The batch's
+	// slice is taken only then, so that a connection waiting for its next message holds none
+	// (at 10,000 workers, one each was 128 MB).
+	var batch []inbound
 	for {
 		m, frames, err := recvOrReport(c)
 		if err != nil {
@@ -472,15 +474,22 @@ func (s *Server) readWorker(c *wire.Conn) {
 			s.send(inbound{worker: w, err: err})
 			return
 		}
-		batch = append(batch, inbound{worker: w, msg: m, frames: frames})
+		in := inbound{worker: w, msg: m, frames: frames}
+		if batch == nil {
+			if !c.MessageBuffered() {
+				s.send(in) // alone
+				continue
+			}
+			batch = newBatch()
+		}
+		batch = append(batch, in)
 		if len(batch) < maxBatch && c.MessageBuffered() {
 			continue
 		}
-		if s.sendBatch(batch) {
-			batch = newBatch() // the driver owns the sent slice, and gives it back (freeBatch)
-		} else {
-			batch = batch[:0]
-		}
+		if !s.sendBatch(batch) {
+			freeBatch(batch)
+		} // else the driver owns the sent slice, and gives it back (freeBatch)
+		batch = nil
 	}
 }
 

@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -28,7 +27,7 @@ var ErrClosed = errors.New("wire: connection closed")
 type Conn struct {
 	nc       net.Conn
 	tr       timedReader
-	br       *bufio.Reader
+	br       connReader
 	scratch  recvScratch // Recv's reusable buffers (Recv has a single caller at a time)
 	lim      Limits
 	PeerRole Role // the role the connecting side declared (on accepted connections)
@@ -83,7 +82,7 @@ func (s stallWriter) Write(p []byte) (int, error) {
 func newConn(nc net.Conn, lim Limits, role Role) *Conn {
 	c := &Conn{nc: nc, lim: lim, PeerRole: role, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.tr = timedReader{nc: nc}
-	c.br = bufio.NewReaderSize(&c.tr, 64<<10)
+	c.br.init(&c.tr)
 	go c.writeLoop()
 	return c
 }
@@ -170,7 +169,7 @@ func (c *Conn) readMessage() ([][]byte, error) {
 	if err := c.awaitMessage(); err != nil {
 		return nil, err
 	}
-	frames, err := readFrames(c.br, c.lim, &c.scratch, Dest{})
+	frames, err := readFrames(&c.br, c.lim, &c.scratch, Dest{})
 	if err != nil && isTimeout(err) && c.tr.inMsg > 0 {
 		return nil, fmt.Errorf("%w: nothing for %v", ErrStalled, c.tr.inMsg)
 	}

@@ -1,0 +1,147 @@
+package wire
+
+import (
+	"errors"
+	"io"
+	"sync"
+)
+
+// A connection reads through a buffer of bigRead bytes while bytes stream in, and through one
+// of smallRead bytes otherwise. The big buffers are shared: a connection takes one from a pool
+// when a read fills its small buffer, and gives it back once a read brings less than the small
+// buffer holds and everything buffered has been consumed. An idle connection, or one that
+// sees a message now and then (a worker's heartbeat, one task at a time), holds smallRead
+// bytes instead of bigRead. With 10,000 workers a fixed 64 KiB per connection was 655 MB of
+// live heap that nothing read (docs/performance.md, "Zero-cost workers").
+const (
+	bigRead   = 64 << 10
+	smallRead = 2 << 10
+)
+
+var bigReads = sync.Pool{New: func() any { b := make([]byte, bigRead); return &b }}
+
+// errPeekTooLarge is returned by Peek for more than a big buffer holds.
+var errPeekTooLarge = errors.New("wire: peek larger than the read buffer")
+
+// connReader is a buffered reader (the subset of bufio.Reader a Conn uses) whose buffer is
+// small unless bytes keep coming. Not safe for concurrent use.
+type connReader struct {
+	rd    io.Reader
+	buf   []byte  // small[:] or *big
+	big   *[]byte // the pooled buffer held, or nil
+	r, w  int     // buf[r:w] is buffered
+	err   error   // a read error not yet returned
+	small [smallRead]byte
+}
+
+func (b *connReader) init(rd io.Reader) {
+	b.rd = rd
+	b.buf = b.small[:]
+}
+
+// Buffered is the number of bytes that can be read without reading the connection.
+func (b *connReader) Buffered() int { return b.w - b.r }
+
+// compact moves the buffered bytes to the front of the buffer, trading the buffer for the
+// small one when a read into the big one brought few bytes (and the rest fits), or for a big
+// one when want bytes must be buffered at once or the last read filled the small buffer.
+func (b *connReader) compact(want int, lastFilled bool) {
+	n := b.w - b.r
+	switch {
+	case b.big == nil && (want > smallRead || lastFilled):
+		big := bigReads.Get().(*[]byte)
+		copy(*big, b.buf[b.r:b.w])
+		b.big, b.buf = big, *big
+	case b.big != nil && !lastFilled && want <= smallRead && n <= smallRead:
+		copy(b.small[:], b.buf[b.r:b.w])
+		bigReads.Put(b.big)
+		b.big, b.buf = nil, b.small[:]
+	default:
+		copy(b.buf, b.buf[b.r:b.w])
+	}
+	b.r, b.w = 0, n
+}
+
+// fill reads once into the free end of the buffer, first making room for want bytes in all.
+func (b *connReader) fill(want int) {
+	if b.r > 0 || b.w == len(b.buf) || want > len(b.buf) {
+		b.compact(want, false)
+	}
+	var n int
+	var err error
+	for tries := 0; n == 0 && err == nil; tries++ {
+		if tries == 100 { // as bufio: a reader that keeps returning nothing is broken
+			err = io.ErrNoProgress
+			break
+		}
+		n, err = b.rd.Read(b.buf[b.w:])
+		if n < 0 {
+			n, err = 0, io.ErrNoProgress
+		}
+	}
+	b.w += n
+	if err != nil {
+		b.err = err
+	}
+	if b.w == len(b.buf) && b.big == nil {
+		// the read filled the small buffer: more is likely coming, so read into a big one next
+		b.compact(b.w, true)
+	} else if b.big != nil && n < smallRead && b.r == 0 && b.w <= smallRead {
+		b.compact(0, false) // a trickle: back to the small buffer
+	}
+}
+
+func (b *connReader) readErr() error {
+	err := b.err
+	b.err = nil
+	return err
+}
+
+// Peek returns the next n bytes without consuming them, valid until the next read.
+func (b *connReader) Peek(n int) ([]byte, error) {
+	if n > bigRead {
+		return nil, errPeekTooLarge
+	}
+	for b.w-b.r < n && b.err == nil {
+		b.fill(n)
+	}
+	if b.w-b.r < n {
+		return b.buf[b.r:b.w], b.readErr()
+	}
+	return b.buf[b.r : b.r+n], nil
+}
+
+// Read reads into p: buffered bytes if there are any, else straight from the connection when
+// p is at least as large as the buffer, else through the buffer.
+func (b *connReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		if b.Buffered() > 0 {
+			return 0, nil
+		}
+		return 0, b.readErr()
+	}
+	if b.r == b.w {
+		if b.err != nil {
+			return 0, b.readErr()
+		}
+		if len(p) >= len(b.buf) {
+			if b.big != nil { // a large read: the big buffer is not needed for it
+				b.r, b.w = 0, 0
+				b.compact(0, false)
+			}
+			n, err := b.rd.Read(p)
+			if n < 0 {
+				n, err = 0, io.ErrNoProgress
+			}
+			return n, err
+		}
+		b.r, b.w = 0, 0
+		b.fill(0)
+		if b.r == b.w {
+			return 0, b.readErr()
+		}
+	}
+	n := copy(p, b.buf[b.r:b.w])
+	b.r += n
+	return n, nil
+}

@@ -1,0 +1,183 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math/rand"
+	"testing"
+)
+
+// chunkReader hands out src as if it arrived in pieces of the sizes in sizes (then all at
+// once): a read returns at most the rest of the current piece.
+type chunkReader struct {
+	src   []byte
+	sizes []int
+	err   error // returned once src is exhausted (io.EOF if nil)
+}
+
+func (c *chunkReader) Read(p []byte) (int, error) {
+	if len(c.src) == 0 {
+		if c.err != nil {
+			return 0, c.err
+		}
+		return 0, io.EOF
+	}
+	n := len(p)
+	if len(c.sizes) > 0 {
+		n = min(n, c.sizes[0])
+	}
+	n = copy(p, c.src[:min(n, len(c.src))])
+	c.src = c.src[n:]
+	if len(c.sizes) > 0 {
+		if c.sizes[0] -= n; c.sizes[0] == 0 {
+			c.sizes = c.sizes[1:]
+		}
+	}
+	return n, nil
+}
+
+// TestConnReaderReadsWhatWasSent reads a random stream through random Peek, Buffered and
+// Read calls of random sizes, delivered by the connection in random pieces, and checks every
+// byte against the source: the buffer switches between small and big must never lose,
+// repeat or reorder one.
+func TestConnReaderReadsWhatWasSent(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	for round := 0; round < 200; round++ {
+		src := make([]byte, rng.Intn(600<<10))
+		rng.Read(src)
+		var sizes []int
+		for i := 0; i < 2000; i++ {
+			switch rng.Intn(3) {
+			case 0:
+				sizes = append(sizes, 1+rng.Intn(64))
+			case 1:
+				sizes = append(sizes, 1+rng.Intn(4<<10))
+			default:
+				sizes = append(sizes, 1+rng.Intn(200<<10))
+			}
+		}
+		var b connReader
+		b.init(&chunkReader{src: src, sizes: sizes})
+		var got []byte
+		for {
+			switch rng.Intn(3) {
+			case 0:
+				n := 1 + rng.Intn(6<<10)
+				p, err := b.Peek(n)
+				want := src[len(got):min(len(got)+n, len(src))]
+				if !bytes.Equal(p, want) {
+					t.Fatalf("round %d: Peek(%d) at %d gave %d bytes that differ from the source", round, n, len(got), len(p))
+				}
+				if err == nil && len(p) != n {
+					t.Fatalf("round %d: Peek(%d) gave %d bytes and no error", round, n, len(p))
+				}
+				if b.Buffered() < len(p) {
+					t.Fatalf("round %d: %d bytes peeked but %d buffered", round, len(p), b.Buffered())
+				}
+			default:
+				p := make([]byte, 1+rng.Intn(100<<10))
+				n, err := b.Read(p)
+				got = append(got, p[:n]...)
+				if err == io.EOF {
+					if !bytes.Equal(got, src) {
+						t.Fatalf("round %d: read %d bytes, want the %d sent", round, len(got), len(src))
+					}
+					goto next
+				}
+				if err != nil {
+					t.Fatalf("round %d: Read: %v", round, err)
+				}
+				if !bytes.Equal(got, src[:len(got)]) {
+					t.Fatalf("round %d: bytes %d..%d differ from the source", round, len(got)-n, len(got))
+				}
+			}
+		}
+	next:
+	}
+}
+
+// TestConnReaderHoldsBigBufferOnlyWhileStreaming: a connection that reads small messages
+// holds no big buffer; one whose reads fill the small buffer takes one; it gives it back once
+// reads bring little again and what it buffered is consumed.
+func TestConnReaderHoldsBigBufferOnlyWhileStreaming(t *testing.T) {
+	msg := func(n int) []byte { return bytes.Repeat([]byte{7}, n) }
+	var src []byte
+	for i := 0; i < 10; i++ {
+		src = append(src, msg(100)...) // heartbeats
+	}
+	src = append(src, msg(10486*100)...) // a large value (1 MiB, in whole 100-byte reads)
+	for i := 0; i < 10; i++ {
+		src = append(src, msg(100)...)
+	}
+	sizes := make([]int, 0, 40)
+	for i := 0; i < 10; i++ {
+		sizes = append(sizes, 100)
+	}
+	for i := 0; i < 16; i++ {
+		sizes = append(sizes, 64<<10)
+	}
+	for i := 0; i < 10; i++ {
+		sizes = append(sizes, 100)
+	}
+	var b connReader
+	b.init(&chunkReader{src: src, sizes: sizes})
+	p := make([]byte, 100)
+	for i := 0; i < 10; i++ {
+		if _, err := io.ReadFull(&b, p); err != nil {
+			t.Fatal(err)
+		}
+		if b.big != nil {
+			t.Fatalf("heartbeat %d: a big buffer is held for 100-byte messages", i)
+		}
+	}
+	sawBig := false
+	for read := 0; read < 10486*100; read += 100 {
+		if _, err := io.ReadFull(&b, p); err != nil {
+			t.Fatal(err)
+		}
+		sawBig = sawBig || b.big != nil
+	}
+	if !sawBig {
+		t.Fatal("a 1 MiB value was read without a big buffer")
+	}
+	for i := 0; i < 10; i++ {
+		if _, err := io.ReadFull(&b, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.big != nil {
+		t.Fatal("the big buffer is still held once the stream went back to small messages")
+	}
+	if _, err := b.Read(p); err != io.EOF {
+		t.Fatalf("Read at the end: %v, want EOF", err)
+	}
+}
+
+// TestConnReaderErrors: a read error comes after the bytes that preceded it, once, and a
+// reader that returns nothing forever is reported, not spun on.
+func TestConnReaderErrors(t *testing.T) {
+	boom := errors.New("boom")
+	var b connReader
+	b.init(&chunkReader{src: []byte("abc"), err: boom})
+	p, err := b.Peek(10)
+	if string(p) != "abc" || !errors.Is(err, boom) {
+		t.Fatalf("Peek past the error: %q, %v", p, err)
+	}
+	got, err := io.ReadAll(&b)
+	if string(got) != "abc" || !errors.Is(err, boom) {
+		t.Fatalf("ReadAll: %q, %v", got, err)
+	}
+	if _, err := b.Peek(1 + bigRead); !errors.Is(err, errPeekTooLarge) {
+		t.Fatalf("Peek beyond the big buffer: %v", err)
+	}
+	var stuck connReader
+	stuck.init(readerFunc(func([]byte) (int, error) { return 0, nil }))
+	if _, err := stuck.Peek(1); !errors.Is(err, io.ErrNoProgress) {
+		t.Fatalf("Peek on a reader that returns nothing: %v", err)
+	}
+}
+
+type readerFunc func([]byte) (int, error)
+
+func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
