@@ -148,7 +148,7 @@ type Core struct {
 	storyCap int // story entries kept per task (CoreConfig.StoryLength)
 	extra    int // extra root tasks per thread a worker may hold (latency hiding)
 
-	tasks []task
+	tasks taskSlots
 	index keyIndex // key → id
 	free  []int32
 	story [][]uint64 // pages of storyPage tasks × storyCap entries: never copied as tasks are added
@@ -329,17 +329,35 @@ func (c *Core) settle() {
 
 // ---- interning ----
 
-// growTasks makes room for n more tasks. The task slice grows at least by half, so a large
-// graph sent in many batches is copied a few times rather than once per batch (stories are
-// paged and never copied). Doubling would copy less (the copies are ~7 % of the scheduler's
-// CPU on workload 9, 200k tasks sent in 50k batches) but can leave half of the slice's
-// capacity unused: 1M held tasks then took 1,000 bytes each instead of 750 (workload 8).
-func (c *Core) growTasks(n int) {
-	if len(c.tasks)+n <= cap(c.tasks) {
-		return
+// taskSlots holds the task slots in pages of taskPage, never copied as tasks are added: a
+// growing slice was copied as a large graph arrived in batches, and each copy landed in fresh
+// memory the kernel had to zero (with 10,000 workers, 10 % of the scheduler's CPU was that
+// zeroing under the copy). A slot's id is its index across the pages.
+type taskSlots struct {
+	pages [][]task
+	n     int32 // slots in use, the last page's unused ones after them
+}
+
+// taskPage is how many task slots share one allocation (a few hundred KB).
+const (
+	taskPageBits = 11
+	taskPage     = 1 << taskPageBits
+)
+
+// at returns slot id (< n).
+func (s *taskSlots) at(id int32) *task {
+	u := uint32(id)
+	return &s.pages[u>>taskPageBits][u&(taskPage-1)]
+}
+
+// add appends a zero slot and returns its id.
+func (s *taskSlots) add() int32 {
+	id := s.n
+	if int(id)/taskPage == len(s.pages) {
+		s.pages = append(s.pages, make([]task, taskPage))
 	}
-	n = max(n, len(c.tasks)/2)
-	c.tasks = slices.Grow(c.tasks, n)
+	s.n++
+	return id
 }
 
 // storyPage is how many tasks' stories share one allocation.
@@ -374,7 +392,7 @@ func (c *Core) templateOf(kind graph.Kind, fn string) *graph.Task {
 
 // fullDef returns id's definition as a graph.Task (a new one for a plain task).
 func (c *Core) fullDef(id int32) *graph.Task {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if t.flags&flagPlain == 0 {
 		return t.def
 	}
@@ -387,16 +405,15 @@ func (c *Core) newTask(key string, def *graph.Task, isPlain bool, group int32) i
 	if n := len(c.free); n > 0 {
 		id = c.free[n-1]
 		c.free = c.free[:n-1]
-		gen := c.tasks[id].gen + 1
-		c.tasks[id] = task{gen: gen}
+		gen := c.tasks.at(id).gen + 1
+		*c.tasks.at(id) = task{gen: gen}
 	} else {
-		id = int32(len(c.tasks))
-		c.tasks = append(c.tasks, task{})
+		id = c.tasks.add()
 		if int(id)/storyPage >= len(c.story) {
 			c.story = append(c.story, make([]uint64, storyPage*c.storyCap))
 		}
 	}
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	t.key, t.def, t.group, t.worker, t.want, t.pos = key, def, group, -1, -1, -1
 	if isPlain {
 		t.flags |= flagPlain
@@ -410,21 +427,21 @@ func (c *Core) newTask(key string, def *graph.Task, isPlain bool, group int32) i
 	return id
 }
 
-func (c *Core) key(id int32) string { return c.tasks[id].key }
+func (c *Core) key(id int32) string { return c.tasks.at(id).key }
 
 // handle is the task handle sent in compute: gen+1 and id, never 0. A worker echoes it in
 // task_finished, so the core finds the task without hashing its key.
 func (c *Core) handle(id int32) uint64 {
-	return uint64(c.tasks[id].gen)<<32 | uint64(uint32(id)+1)
+	return uint64(c.tasks.at(id).gen)<<32 | uint64(uint32(id)+1)
 }
 
 // resolve finds the task of a worker's report: by its handle when the handle still names a
 // live task with that key (the key check guards against a stale or foreign handle), by the
 // key otherwise.
 func (c *Core) resolve(h uint64, key string) (int32, bool) {
-	if lo := uint32(h); lo != 0 && lo <= uint32(len(c.tasks)) {
+	if lo := uint32(h); lo != 0 && lo <= uint32(c.tasks.n) {
 		id := int32(lo - 1)
-		if t := &c.tasks[id]; t.gen == uint32(h>>32) && t.state != Forgotten && t.key == key {
+		if t := c.tasks.at(id); t.gen == uint32(h>>32) && t.state != Forgotten && t.key == key {
 			return id, true
 		}
 	}
@@ -446,7 +463,7 @@ func (c *Core) encoding(s string) uint8 {
 // dependent resolves a dependents entry; ok is false when that task was forgotten.
 func (c *Core) dependent(ref uint64) (int32, bool) {
 	id := int32(uint32(ref))
-	return id, c.tasks[id].gen == uint32(ref>>32) && c.tasks[id].state != Forgotten
+	return id, c.tasks.at(id).gen == uint32(ref>>32) && c.tasks.at(id).state != Forgotten
 }
 
 func depRef(t *task, id int32) uint64 { return uint64(t.gen)<<32 | uint64(uint32(id)) }
@@ -457,7 +474,7 @@ func depRef(t *task, id int32) uint64 { return uint64(t.gen)<<32 | uint64(uint32
 // state machine or the task is not in from. It keeps the counters, the story and the
 // dependencies' needers in step.
 func (c *Core) setState(id int32, from, to State) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if t.state != from || !legal[from][to] {
 		panic(IllegalTransition{Key: t.key, From: t.state, To: to})
 	}
@@ -475,11 +492,11 @@ func (c *Core) setState(id int32, from, to State) {
 	switch {
 	case !from.active() && to.active():
 		for _, d := range t.deps {
-			c.tasks[d].needers++
+			c.tasks.at(d).needers++
 		}
 	case from.active() && !to.active():
 		for _, d := range t.deps {
-			dt := &c.tasks[d]
+			dt := c.tasks.at(d)
 			if dt.needers--; dt.needers == 0 {
 				c.gcq = append(c.gcq, d)
 			}
@@ -488,7 +505,7 @@ func (c *Core) setState(id int32, from, to State) {
 }
 
 func (c *Core) record(id int32, from, to State) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	base := int(id) % storyPage * c.storyCap
 	c.story[id/storyPage][base+int(t.storyHead)] = packStory(c.seq, c.evCode, from, to)
 	t.storyHead = uint8((int(t.storyHead) + 1) % c.storyCap)
@@ -498,7 +515,7 @@ func (c *Core) record(id int32, from, to State) {
 }
 
 func (c *Core) storyOf(id int32) []Story {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	out := make([]Story, 0, t.storyLen)
 	start := (int(t.storyHead) - int(t.storyLen) + c.storyCap) % c.storyCap
 	for i := range int(t.storyLen) {
@@ -510,7 +527,7 @@ func (c *Core) storyOf(id int32) []Story {
 // ---- wants ----
 
 func (c *Core) addWant(id int32, cl ClientID) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	switch {
 	case t.want < 0:
 		t.want = cl
@@ -524,7 +541,7 @@ func (c *Core) addWant(id int32, cl ClientID) {
 
 // dropWant removes cl's want; it reports whether cl wanted id.
 func (c *Core) dropWant(id int32, cl ClientID) bool {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	more := c.wantMore[id]
 	if t.want == cl {
 		if len(more) == 0 {
@@ -547,7 +564,7 @@ func (c *Core) dropWant(id int32, cl ClientID) bool {
 
 // wanters calls fn for every client wanting id.
 func (c *Core) wanters(id int32, fn func(ClientID)) {
-	if w := c.tasks[id].want; w >= 0 {
+	if w := c.tasks.at(id).want; w >= 0 {
 		fn(w)
 		for _, cl := range c.wantMore[id] {
 			fn(cl)
@@ -557,7 +574,7 @@ func (c *Core) wanters(id int32, fn func(ClientID)) {
 
 // needed: a client wants it or an active dependent will read it.
 func (c *Core) needed(id int32) bool {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	return t.want >= 0 || t.needers > 0
 }
 
@@ -573,7 +590,7 @@ func (c *Core) flushGC() {
 		c.gcq = c.gcq[:len(c.gcq)-1]
 		c.collect(id)
 	}
-	if len(c.tasks) >= shrinkAbove && c.NTasks() == 0 {
+	if int(c.tasks.n) >= shrinkAbove && c.NTasks() == 0 {
 		c.dropTaskStorage()
 	}
 }
@@ -586,7 +603,7 @@ const shrinkAbove = 1 << 16
 // left; the next graph starts them small again. Task groups (durations learned) are kept.
 // A handle (tid) from before may name a slot again: resolve checks the key as well.
 func (c *Core) dropTaskStorage() {
-	c.tasks, c.free, c.story = nil, nil, nil
+	c.tasks, c.free, c.story = taskSlots{}, nil, nil
 	c.index = newKeyIndex()
 	clear(c.steals)
 	clear(c.wantMore)
@@ -600,7 +617,7 @@ func (c *Core) dropTaskStorage() {
 }
 
 func (c *Core) collect(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if t.state == Forgotten || c.needed(id) {
 		return
 	}

@@ -16,8 +16,8 @@ import (
 // more is released. The driver restarts the workers themselves.
 func (c *Core) restart(reason string) {
 	err := wire.Errorf(wire.CodeCancelled, reason)
-	for id := range c.tasks {
-		t := &c.tasks[id]
+	for id := range c.tasks.n {
+		t := c.tasks.at(id)
 		if t.state == Forgotten {
 			continue
 		}
@@ -53,8 +53,8 @@ func (c *Core) retire(ids []WorkerID) {
 	if len(stay) == 0 || len(leaving) == 0 {
 		return
 	}
-	for id := range c.tasks {
-		t := &c.tasks[id]
+	for id := range c.tasks.n {
+		t := c.tasks.at(id)
 		if t.state == Memory && !slices.ContainsFunc(t.whoHas, func(w WorkerID) bool { return !leaving[w] }) {
 			c.copyTo(int32(id), c.leastMemory(stay, int32(id)))
 		}
@@ -75,8 +75,8 @@ func (c *Core) Retired(w WorkerID) bool {
 	if ws.nkeys == 0 {
 		return true
 	}
-	for id := range c.tasks {
-		t := &c.tasks[id]
+	for id := range c.tasks.n {
+		t := c.tasks.at(id)
 		if t.state == Memory && slices.Contains(t.whoHas, w) &&
 			!slices.ContainsFunc(t.whoHas, func(x WorkerID) bool { return x != w && c.liveWorker(x) != nil }) {
 			return false
@@ -91,10 +91,10 @@ func (c *Core) replicate(keys []string, n int) {
 	n = min(n, len(c.alive))
 	for _, k := range keys {
 		id, ok := c.lookup(k)
-		if !ok || c.tasks[id].state != Memory {
+		if !ok || c.tasks.at(id).state != Memory {
 			continue
 		}
-		for have := len(c.tasks[id].whoHas) + c.pendingCopies(id); have < n; have++ {
+		for have := len(c.tasks.at(id).whoHas) + c.pendingCopies(id); have < n; have++ {
 			w := c.leastMemory(c.alive, id)
 			if w < 0 {
 				break
@@ -112,14 +112,14 @@ func (c *Core) replicate(keys []string, n int) {
 func (c *Core) rebalance(keys []string) {
 	var ids []int32
 	if len(keys) == 0 {
-		for id := range c.tasks {
-			if c.tasks[id].state == Memory {
+		for id := range c.tasks.n {
+			if c.tasks.at(id).state == Memory {
 				ids = append(ids, int32(id))
 			}
 		}
 	} else {
 		for _, k := range keys {
-			if id, ok := c.lookup(k); ok && c.tasks[id].state == Memory {
+			if id, ok := c.lookup(k); ok && c.tasks.at(id).state == Memory {
 				ids = append(ids, id)
 			}
 		}
@@ -130,16 +130,16 @@ func (c *Core) rebalance(keys []string) {
 	held := make(map[WorkerID]int64, len(c.alive))
 	var total int64
 	for _, id := range ids {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		for _, w := range t.whoHas {
 			held[w] += t.nbytes
 			total += t.nbytes
 		}
 	}
 	mean := total / int64(len(c.alive))
-	slices.SortFunc(ids, func(a, b int32) int { return cmp.Compare(c.tasks[b].nbytes, c.tasks[a].nbytes) })
+	slices.SortFunc(ids, func(a, b int32) int { return cmp.Compare(c.tasks.at(b).nbytes, c.tasks.at(a).nbytes) })
 	for _, id := range ids {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		if _, moving := c.moves[id]; moving {
 			continue
 		}
@@ -180,7 +180,7 @@ func (c *Core) moved(id int32, w WorkerID) {
 		return
 	}
 	delete(c.moves, id)
-	if t := &c.tasks[id]; t.state == Memory && len(t.whoHas) > 1 && c.removeHolder(id, m.from) {
+	if t := c.tasks.at(id); t.state == Memory && len(t.whoHas) > 1 && c.removeHolder(id, m.from) {
 		c.freeOn(m.from, id)
 	}
 }
@@ -193,7 +193,7 @@ func (c *Core) leastMemory(ws []WorkerID, id int32) WorkerID {
 	var bestBytes int64
 	for _, w := range ws {
 		x := c.workers[w]
-		if !x.accepting() || slices.Contains(c.tasks[id].whoHas, w) || c.acqPending[acqKey{w, id}] {
+		if !x.accepting() || slices.Contains(c.tasks.at(id).whoHas, w) || c.acqPending[acqKey{w, id}] {
 			continue
 		}
 		if b := x.nbytes + c.acqBytes[w]; best < 0 || b < bestBytes {
@@ -223,7 +223,7 @@ func (c *Core) copyTo(id int32, w WorkerID) {
 	if w >= 0 {
 		c.acquires[w] = append(c.acquires[w], id)
 		c.acqPending[acqKey{w, id}] = true
-		c.acqBytes[w] += c.tasks[id].nbytes
+		c.acqBytes[w] += c.tasks.at(id).nbytes
 	}
 }
 
@@ -237,7 +237,7 @@ func (c *Core) flushAcquires() {
 	for _, w := range ws {
 		deps := make([]DepLoc, 0, len(c.acquires[w]))
 		for _, id := range c.acquires[w] {
-			t := &c.tasks[id]
+			t := c.tasks.at(id)
 			deps = append(deps, DepLoc{Key: t.key, Workers: slices.Clone(t.whoHas), NBytes: t.nbytes})
 		}
 		c.out = append(c.out, ActAcquire{Worker: w, Deps: deps})

@@ -49,7 +49,7 @@ func (c *Core) checkGraph(e *EvUpdateGraph) (dups bool, _ *wire.Error) {
 	for i := range e.Tasks {
 		t := &e.Tasks[i]
 		if id, ok := c.lookup(t.Key); ok {
-			if c.tasks[id].flags&flagScattered != 0 || !graph.Same(c.fullDef(id), t) {
+			if c.tasks.at(id).flags&flagScattered != 0 || !graph.Same(c.fullDef(id), t) {
 				return dups, wire.Errorf(wire.CodeKeyConflict, fmt.Sprintf("key %q is already known with a different definition", t.Key))
 			}
 			ids = append(ids, id)
@@ -86,9 +86,6 @@ func (c *Core) checkGraph(e *EvUpdateGraph) (dups bool, _ *wire.Error) {
 // task, its id when known before the batch or -1 (from checkGraph); addTasks fills in the ids
 // it creates. dups says whether a key may repeat in the batch. It returns the new ids.
 func (c *Core) addTasks(tasks []graph.Task, ids []int32, dups bool) []int32 {
-	if grow := len(tasks) - len(c.free); grow > 0 {
-		c.growTasks(grow)
-	}
 	fresh := make([]int32, 0, len(tasks))
 	// Full definitions point into tasks when most of the batch needs them; otherwise each is
 	// copied, so the batch's array is not kept alive by a few tasks.
@@ -133,33 +130,33 @@ func (c *Core) addTasks(tasks []graph.Task, ids []int32, dups bool) []int32 {
 	// Dependencies, in one backing array for the batch; count dependents as live.
 	var nd int
 	for _, id := range fresh {
-		nd += len(graph.Deps(c.tasks[id].def))
+		nd += len(graph.Deps(c.tasks.at(id).def))
 	}
 	depArr := make([]int32, 0, nd)
 	for _, id := range fresh {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		start := len(depArr)
 		for _, k := range graph.Deps(t.def) {
 			d := c.mustLookup(k)
 			depArr = append(depArr, d)
-			c.tasks[d].live++
-			c.addGroupDep(t.group, c.tasks[d].group)
+			c.tasks.at(d).live++
+			c.addGroupDep(t.group, c.tasks.at(d).group)
 		}
 		t.deps = depArr[start:len(depArr):len(depArr)]
 	}
 	// Dependents: fresh tasks get exact-capacity slices of one array, older ones append.
 	refs := make([]uint64, 0, nd)
 	for _, id := range fresh {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		start := len(refs)
 		refs = refs[:start+int(t.live)]
 		t.dependents = refs[start:start:len(refs)]
 	}
 	for _, id := range fresh {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		ref := depRef(t, id)
 		for _, d := range t.deps {
-			c.tasks[d].dependents = append(c.tasks[d].dependents, ref)
+			c.tasks.at(d).dependents = append(c.tasks.at(d).dependents, ref)
 		}
 	}
 	c.rank(fresh)
@@ -170,15 +167,15 @@ func (c *Core) addTasks(tasks []graph.Task, ids []int32, dups bool) []int32 {
 // generation, then graph.OrderCSR within the batch.
 func (c *Core) rank(fresh []int32) {
 	for i, id := range fresh {
-		c.tasks[id].pos = int32(i) // local index, while released
+		c.tasks.at(id).pos = int32(i) // local index, while released
 	}
 	off := make([]int32, len(fresh)+1)
 	dep := make([]int32, 0, len(fresh))
 	prio := make([]int, len(fresh))
 	for i, id := range fresh {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		for _, d := range t.deps {
-			if dt := &c.tasks[d]; dt.state == Released && dt.pos >= 0 && int(dt.pos) < len(fresh) && fresh[dt.pos] == d {
+			if dt := c.tasks.at(d); dt.state == Released && dt.pos >= 0 && int(dt.pos) < len(fresh) && fresh[dt.pos] == d {
 				dep = append(dep, dt.pos)
 			}
 		}
@@ -188,7 +185,7 @@ func (c *Core) rank(fresh []int32) {
 	order := graph.OrderCSR(off, dep, prio)
 	const prioShift = 40
 	for i, id := range fresh {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		p := int64(max(min(t.def.Priority, 1<<22), -(1 << 22)))
 		t.rank = -p<<prioShift + c.orderBase + int64(order[i])
 		t.pos = -1
@@ -199,7 +196,7 @@ func (c *Core) rank(fresh []int32) {
 // want records that cl holds a future to id and tells it at once if the fate is known.
 func (c *Core) want(id int32, cl ClientID) {
 	c.addWant(id, cl)
-	switch t := &c.tasks[id]; t.state {
+	switch t := c.tasks.at(id); t.state {
 	case Memory:
 		c.wanters(id, func(x ClientID) {
 			if x == cl {
@@ -238,8 +235,8 @@ func (c *Core) releaseKeys(cl ClientID, keys []string) {
 }
 
 func (c *Core) clientLeft(cl ClientID) {
-	for id := range c.tasks {
-		if t := &c.tasks[id]; t.state != Forgotten && t.want >= 0 && c.dropWant(int32(id), cl) {
+	for id := range c.tasks.n {
+		if t := c.tasks.at(id); t.state != Forgotten && t.want >= 0 && c.dropWant(int32(id), cl) {
 			c.gcq = append(c.gcq, int32(id))
 		}
 	}
@@ -260,9 +257,9 @@ func (c *Core) cancelKeys(cl ClientID, keys []string) {
 	err := wire.Errorf(wire.CodeCancelled, fmt.Sprintf("cancelled by client %d", cl))
 	for i := 0; i < len(todo); i++ {
 		id := todo[i]
-		for _, ref := range c.tasks[id].dependents {
+		for _, ref := range c.tasks.at(id).dependents {
 			if d, ok := c.dependent(ref); ok && !seen[d] {
-				if s := c.tasks[d].state; s != Memory && s != Erred {
+				if s := c.tasks.at(d).state; s != Memory && s != Erred {
 					seen[d] = true
 					todo = append(todo, d)
 				}
@@ -270,7 +267,7 @@ func (c *Core) cancelKeys(cl ClientID, keys []string) {
 		}
 	}
 	for _, id := range todo {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		c.wanters(id, func(x ClientID) {
 			c.out = append(c.out, ActKeyState{Client: x, Key: t.key, State: "cancelled", Worker: -1, Err: err})
 		})
@@ -291,10 +288,10 @@ func (c *Core) scattered(e *EvScattered) {
 		id, ok := c.lookup(it.Key)
 		if !ok {
 			id = c.newTask(it.Key, c.templateOf("", ""), true, c.groupFor(graph.KeySplit(it.Key)))
-			c.tasks[id].flags |= flagScattered
+			c.tasks.at(id).flags |= flagScattered
 		}
 		c.addWant(id, e.Client)
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		if t.state == Memory {
 			c.addHolder(id, e.Worker)
 			c.want(id, e.Client)
@@ -309,7 +306,7 @@ func (c *Core) scattered(e *EvScattered) {
 
 // toMemory records a result from any state that has none (a late or scattered value).
 func (c *Core) toMemory(id int32, w WorkerID, nbytes int64, enc string, dur int64) {
-	switch c.tasks[id].state {
+	switch c.tasks.at(id).state {
 	case Released:
 		c.releasedToMemory(id, w, nbytes, enc)
 	case Waiting:
@@ -325,7 +322,7 @@ func (c *Core) toMemory(id int32, w WorkerID, nbytes int64, enc string, dur int6
 
 // addHolder records a replica.
 func (c *Core) addHolder(id int32, w WorkerID) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	for _, x := range t.whoHas {
 		if x == w {
 			return
@@ -340,7 +337,7 @@ func (c *Core) addHolder(id int32, w WorkerID) {
 
 // removeHolder drops a replica; it reports whether w held it.
 func (c *Core) removeHolder(id int32, w WorkerID) bool {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	hs := make([]WorkerID, 0, len(t.whoHas))
 	for _, x := range t.whoHas {
 		if x != w {
@@ -358,7 +355,7 @@ func (c *Core) removeHolder(id int32, w WorkerID) bool {
 // lost handles a task in memory whose last copy is gone: recompute it when needed, report
 // it lost when it cannot be, release it otherwise.
 func (c *Core) lost(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	switch {
 	case !c.needed(id):
 		c.memoryToReleased(id, false)

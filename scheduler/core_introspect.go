@@ -127,7 +127,7 @@ func (c *Core) TaskInfo(key string) (TaskInfo, bool) {
 	if !ok {
 		return TaskInfo{}, false
 	}
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	ti := TaskInfo{Key: key, Group: c.groups[t.group].name, State: t.state, Worker: t.worker,
 		WhoHas: slices.Clone(t.whoHas), Dependents: int(t.live), NBytes: t.nbytes,
 		Encoding: c.encodings[t.enc], Duration: time.Duration(t.duration), RetriesLeft: int(t.retries),
@@ -138,7 +138,7 @@ func (c *Core) TaskInfo(key string) (TaskInfo, bool) {
 	}
 	c.wanters(id, func(ClientID) { ti.Wanted++ })
 	for _, d := range t.deps {
-		dt := &c.tasks[d]
+		dt := c.tasks.at(d)
 		ti.Deps = append(ti.Deps, DepInfo{Key: dt.key, State: dt.state, NBytes: dt.nbytes})
 	}
 	return ti, true
@@ -147,7 +147,7 @@ func (c *Core) TaskInfo(key string) (TaskInfo, bool) {
 // State returns the state of key; Forgotten when it is not known.
 func (c *Core) State(key string) State {
 	if id, ok := c.lookup(key); ok {
-		return c.tasks[id].state
+		return c.tasks.at(id).state
 	}
 	return Forgotten
 }
@@ -155,7 +155,7 @@ func (c *Core) State(key string) State {
 // WhoHas returns the workers holding key's result (nil when none).
 func (c *Core) WhoHas(key string) []WorkerID {
 	if id, ok := c.lookup(key); ok {
-		return slices.Clone(c.tasks[id].whoHas)
+		return slices.Clone(c.tasks.at(id).whoHas)
 	}
 	return nil
 }
@@ -211,8 +211,8 @@ func (c *Core) PendingWork() (tasks int, seconds float64) {
 // WantedBy returns the keys client cl wants.
 func (c *Core) WantedBy(cl ClientID) []string {
 	var out []string
-	for id := range c.tasks {
-		t := &c.tasks[id]
+	for id := range c.tasks.n {
+		t := c.tasks.at(id)
 		if t.state == Forgotten || t.want < 0 {
 			continue
 		}
@@ -229,18 +229,18 @@ func (c *Core) WantedBy(cl ClientID) []string {
 // far as clients can tell (the journal's compaction). Scattered values have no definition and
 // are not reported.
 func (c *Core) Snapshot(task func(def *graph.Task), want func(cl ClientID, key string)) {
-	done := make([]bool, len(c.tasks))
+	done := make([]bool, int(c.tasks.n))
 	type frame struct{ id, next int32 } // next: the index of the dependency to visit next
 	var stack []frame
-	for root := range c.tasks {
-		if c.tasks[root].state == Forgotten || done[root] {
+	for root := range c.tasks.n {
+		if c.tasks.at(root).state == Forgotten || done[root] {
 			continue
 		}
 		done[root] = true
 		stack = append(stack[:0], frame{id: int32(root)})
 		for len(stack) > 0 { // iterative: a long chain must not exhaust the stack
 			top := &stack[len(stack)-1]
-			t := &c.tasks[top.id]
+			t := c.tasks.at(top.id)
 			if int(top.next) < len(t.deps) {
 				d := t.deps[top.next]
 				top.next++
@@ -256,8 +256,8 @@ func (c *Core) Snapshot(task func(def *graph.Task), want func(cl ClientID, key s
 			stack = stack[:len(stack)-1]
 		}
 	}
-	for id := range c.tasks {
-		t := &c.tasks[id]
+	for id := range c.tasks.n {
+		t := c.tasks.at(id)
 		if t.state != Forgotten {
 			c.wanters(int32(id), func(cl ClientID) { want(cl, t.key) })
 		}

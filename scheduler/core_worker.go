@@ -67,9 +67,9 @@ func (c *Core) adopt(key string, w, replaces WorkerID, seceded bool) {
 	if !ok {
 		return // unknown: its result will be freed when it is reported
 	}
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	for _, d := range t.deps {
-		if c.tasks[d].state != Memory {
+		if c.tasks.at(d).state != Memory {
 			return // its inputs are not known to be anywhere: let it be placed anew
 		}
 	}
@@ -136,7 +136,7 @@ func (c *Core) workerLeft(e *EvWorkerLeft) {
 		}
 	}
 	for _, id := range slices.Clone(ws.processing) {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		if !e.Graceful {
 			t.suspicious++
 			c.deaths[id] = append(c.deaths[id], fmt.Sprintf("%s (%s)", workerLabel(ws), e.Reason))
@@ -148,10 +148,10 @@ func (c *Core) workerLeft(e *EvWorkerLeft) {
 		c.processingToWaiting(id)
 	}
 	if ws.nkeys > 0 {
-		for id := range c.tasks {
-			if t := &c.tasks[id]; t.state == Memory && slices.Contains(t.whoHas, e.Worker) {
+		for id := range c.tasks.n {
+			if t := c.tasks.at(id); t.state == Memory && slices.Contains(t.whoHas, e.Worker) {
 				c.removeHolder(int32(id), e.Worker)
-				if len(c.tasks[id].whoHas) == 0 {
+				if len(c.tasks.at(id).whoHas) == 0 {
 					c.lost(int32(id))
 				}
 			}
@@ -181,7 +181,7 @@ func (c *Core) reschedule(e *EvReschedule) {
 	ws.retiring = true
 	c.updateSat(ws)
 	for _, k := range e.Keys {
-		if id, ok := c.lookup(k); ok && c.tasks[id].state == Processing && c.tasks[id].worker == e.Worker {
+		if id, ok := c.lookup(k); ok && c.tasks.at(id).state == Processing && c.tasks.at(id).worker == e.Worker {
 			c.processingToWaiting(id)
 		}
 	}
@@ -208,7 +208,7 @@ func (c *Core) taskFinished(e *EvTaskFinished) {
 		c.freeKeyOn(e.Worker, e.Key) // a result nobody will ask for
 		return
 	}
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	dur := int64(-1) // unknown unless the worker stamped the run
 	if e.Stop > 0 && e.Stop >= e.Start {
 		dur = e.Stop - e.Start
@@ -230,7 +230,7 @@ func (c *Core) taskFinished(e *EvTaskFinished) {
 // welcome: a result arriving out of turn is still useful, because the task is needed and
 // has no data (its data was lost, or it is being recomputed elsewhere).
 func (c *Core) welcome(id int32) bool {
-	switch c.tasks[id].state {
+	switch c.tasks.at(id).state {
 	case Waiting, Queued, NoWorker, Processing:
 		return true
 	}
@@ -242,7 +242,7 @@ func (c *Core) taskErred(e *EvTaskErred) {
 	if !ok || c.liveWorker(e.Worker) == nil {
 		return
 	}
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if t.state != Processing || t.worker != e.Worker {
 		return // stale
 	}
@@ -280,8 +280,8 @@ func (c *Core) addReplica(e *EvAddReplica) {
 		switch {
 		case !ok:
 			c.freeKeyOn(e.Worker, it.Key)
-		case c.tasks[id].state == Memory:
-			c.tasks[id].fetchFails = 0 // it moves again
+		case c.tasks.at(id).state == Memory:
+			c.tasks.at(id).fetchFails = 0 // it moves again
 			c.addHolder(id, e.Worker)
 			c.moved(id, e.Worker)
 		case c.welcome(id):
@@ -299,7 +299,7 @@ func (c *Core) missingData(e *EvMissingData) {
 	if !ok {
 		return
 	}
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if e.Cause != "" && t.fetchFails < 255 { // a transfer that failed, not a value gone (lineage)
 		t.fetchFails++
 	}
@@ -310,7 +310,7 @@ func (c *Core) missingData(e *EvMissingData) {
 			e.Key, t.fetchFails, cmp.Or(e.Cause, "unknown")))
 		for _, ref := range t.dependents {
 			if d, ok := c.dependent(ref); ok {
-				if dt := &c.tasks[d]; dt.state == Processing && dt.worker == e.Reporter {
+				if dt := c.tasks.at(d); dt.state == Processing && dt.worker == e.Reporter {
 					c.processingToErred(d, err)
 				}
 			}
@@ -320,9 +320,9 @@ func (c *Core) missingData(e *EvMissingData) {
 	if t.state == Memory && e.From >= 0 && c.removeHolder(id, e.From) && len(t.whoHas) == 0 {
 		c.lost(id)
 	}
-	for _, ref := range c.tasks[id].dependents {
+	for _, ref := range c.tasks.at(id).dependents {
 		if d, ok := c.dependent(ref); ok {
-			if dt := &c.tasks[d]; dt.state == Processing && dt.worker == e.Reporter {
+			if dt := c.tasks.at(d); dt.state == Processing && dt.worker == e.Reporter {
 				c.processingToWaiting(d)
 			}
 		}
@@ -337,7 +337,7 @@ func (c *Core) longRunning(e *EvLongRunning) {
 	if !ok || c.liveWorker(e.Worker) == nil {
 		return
 	}
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if t.state != Processing || t.worker != e.Worker || t.flags&flagSeceded != 0 {
 		return
 	}
@@ -355,7 +355,7 @@ const holdClient ClientID = 1<<31 - 2
 // hold records that result id holds the futures keys (its task returned them); unknown keys
 // are skipped (their holder in the task already let them go).
 func (c *Core) hold(id int32, keys []string) {
-	if len(keys) == 0 || c.tasks[id].state != Memory {
+	if len(keys) == 0 || c.tasks.at(id).state != Memory {
 		return
 	}
 	c.unhold(id)

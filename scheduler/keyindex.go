@@ -28,7 +28,7 @@ func (c *Core) lookup(key string) (int32, bool) {
 			return -1, false
 		}
 		if uint32(s>>32) == h {
-			if id := int32(uint32(s) - 1); c.tasks[id].key == key {
+			if id := int32(uint32(s) - 1); c.tasks.at(id).key == key {
 				return id, true
 			}
 		}

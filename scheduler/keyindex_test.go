@@ -28,7 +28,7 @@ func TestKeyIndexMatchesMap(t *testing.T) {
 				id := ref[k]
 				c.indexRemove(k, id)
 				delete(ref, k)
-				c.tasks[id].key = ""
+				c.tasks.at(id).key = ""
 				free = append(free, id)
 			} else {
 				k := "k-" + strconv.Itoa(rng.IntN(5000))
@@ -39,10 +39,9 @@ func TestKeyIndexMatchesMap(t *testing.T) {
 				if len(free) > 0 {
 					id, free = free[len(free)-1], free[:len(free)-1]
 				} else {
-					id = int32(len(c.tasks))
-					c.tasks = append(c.tasks, task{})
+					id = c.tasks.add()
 				}
-				c.tasks[id].key = k
+				c.tasks.at(id).key = k
 				c.indexAdd(k, id)
 				ref[k] = id
 			}

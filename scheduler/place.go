@@ -97,7 +97,7 @@ func (c *Core) anyAllowed(def *graph.Task) bool {
 // missingBytes is what w would have to fetch to run t: the bytes, and how many inputs.
 func (c *Core) missingBytes(t *task, w WorkerID) (n int64, inputs int) {
 	for _, d := range t.deps {
-		dt := &c.tasks[d]
+		dt := c.tasks.at(d)
 		if !slices.Contains(dt.whoHas, w) {
 			n += dt.nbytes
 			inputs++
@@ -136,7 +136,7 @@ func better(a *worker, ca float64, b *worker, cb float64) bool {
 // turn, not on every worker (dask samples too): placement stays a few microseconds per task
 // at 10,000 workers.
 func (c *Core) decide(id int32) (w WorkerID, blocked bool) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	check := c.needFuncCheck(t.def)
 	var best *worker
 	var bestCost float64
@@ -155,7 +155,7 @@ func (c *Core) decide(id int32) (w WorkerID, blocked bool) {
 	if n := len(c.alive); n > placeScan && len(t.def.Resources) == 0 && len(t.def.Workers) == 0 {
 		c.markGen++
 		for _, d := range t.deps {
-			for _, wid := range c.tasks[d].whoHas {
+			for _, wid := range c.tasks.at(d).whoHas {
 				if ws := c.liveWorker(wid); ws != nil && ws.mark != c.markGen {
 					ws.mark = c.markGen
 					consider(ws)
@@ -200,7 +200,7 @@ func (c *Core) rootish(t *task) bool {
 		return false
 	}
 	for _, d := range t.deps {
-		if c.tasks[d].group == t.group {
+		if c.tasks.at(d).group == t.group {
 			// a group's own dependencies are not in g.deps: a reduction whose levels share a
 			// group name (tree-0-…, tree-1-…) would otherwise look like a group of roots,
 			// and its inner tasks would be queued and placed by load, away from their inputs
@@ -216,7 +216,7 @@ func (c *Core) rootish(t *task) bool {
 
 // place sends a ready waiting task on its way.
 func (c *Core) place(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if c.rootish(t) {
 		if len(c.alive) == 0 || c.anyAllowed(t.def) {
 			c.waitingToQueued(id, false)
@@ -246,7 +246,7 @@ func (c *Core) flushReady() {
 		slices.SortFunc(batch, c.byRank)
 	}
 	for _, id := range batch {
-		t := &c.tasks[id]
+		t := c.tasks.at(id)
 		t.flags &^= flagReady
 		if t.state == Waiting && t.waitingOn == 0 {
 			c.place(id)
@@ -256,7 +256,7 @@ func (c *Core) flushReady() {
 }
 
 func (c *Core) byRank(a, b int32) int {
-	ra, rb := c.tasks[a].rank, c.tasks[b].rank
+	ra, rb := c.tasks.at(a).rank, c.tasks.at(b).rank
 	switch {
 	case ra < rb:
 		return -1
@@ -285,14 +285,14 @@ func (c *Core) dispatchQueue() {
 			ws := c.workers[w]
 			for n := c.blockFor(ws); n > 0 && c.queue.len() > 0 && ws.accepting() && c.rootRoom(ws) > 0; n-- {
 				next := c.queue.top()
-				if next != id && !c.allowed(ws, c.tasks[next].def, c.needFuncCheck(c.tasks[next].def)) {
+				if next != id && !c.allowed(ws, c.tasks.at(next).def, c.needFuncCheck(c.tasks.at(next).def)) {
 					break
 				}
 				c.queuedToProcessing(next, w)
 			}
 			continue
 		}
-		if c.anyAllowed(c.tasks[id].def) {
+		if c.anyAllowed(c.tasks.at(id).def) {
 			break // the workers that may run it are saturated: wait for them
 		}
 		c.queuedToNoWorker(id)
@@ -325,7 +325,7 @@ func (c *Core) rootRoom(w *worker) int {
 // it; beyond placeScan of them, the best of placeScan taken in turn (more only when none of
 // those may run it).
 func (c *Core) pickUnsat(id int32) WorkerID {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	check := c.needFuncCheck(t.def)
 	var best *worker
 	var bestCost float64
@@ -386,7 +386,7 @@ func (c *Core) assign(id int32, w WorkerID) {
 
 // book records that id runs on w.
 func (c *Core) book(id int32, w WorkerID) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	ws := c.workers[w]
 	t.worker = w
 	t.pos = int32(len(ws.processing))
@@ -405,12 +405,12 @@ func (c *Core) book(id int32, w WorkerID) {
 
 // sendCompute emits the compute action of id, booked on w.
 func (c *Core) sendCompute(id int32, w WorkerID) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	var deps []DepLoc
 	if len(t.deps) > 0 {
 		deps = make([]DepLoc, len(t.deps))
 		for i, d := range t.deps {
-			dt := &c.tasks[d]
+			dt := c.tasks.at(d)
 			deps[i] = DepLoc{Key: dt.key, Workers: dt.whoHas[:len(dt.whoHas):len(dt.whoHas)], NBytes: dt.nbytes}
 		}
 	}
@@ -421,11 +421,11 @@ func (c *Core) sendCompute(id int32, w WorkerID) {
 
 // unassign removes a processing task from its worker.
 func (c *Core) unassign(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	ws := c.workers[t.worker]
 	last := ws.processing[len(ws.processing)-1]
 	ws.processing[t.pos] = last
-	c.tasks[last].pos = t.pos
+	c.tasks.at(last).pos = t.pos
 	ws.processing = ws.processing[:len(ws.processing)-1]
 	if t.flags&flagSeceded != 0 {
 		t.flags &^= flagSeceded
@@ -472,7 +472,7 @@ func (c *Core) updateSat(w *worker) {
 }
 
 func (c *Core) dequeue(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if t.flags&flagResQueue != 0 {
 		t.flags &^= flagResQueue
 		c.rqueue.remove(t.pos)
@@ -483,10 +483,10 @@ func (c *Core) dequeue(id int32) {
 }
 
 func (c *Core) removeNoWorker(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	last := c.noWorker[len(c.noWorker)-1]
 	c.noWorker[t.pos] = last
-	c.tasks[last].pos = t.pos
+	c.tasks.at(last).pos = t.pos
 	c.noWorker = c.noWorker[:len(c.noWorker)-1]
 	t.pos = -1
 }
@@ -550,14 +550,14 @@ func (h *taskHeap) ids() []int32 {
 
 func (h *taskHeap) swap(i, j int) {
 	h.items[i], h.items[j] = h.items[j], h.items[i]
-	h.c.tasks[h.items[i].id].pos = int32(i)
-	h.c.tasks[h.items[j].id].pos = int32(j)
+	h.c.tasks.at(h.items[i].id).pos = int32(i)
+	h.c.tasks.at(h.items[j].id).pos = int32(j)
 }
 
 func (h *taskHeap) push(id int32) {
-	h.items = append(h.items, heapItem{rank: h.c.tasks[id].rank, id: id})
+	h.items = append(h.items, heapItem{rank: h.c.tasks.at(id).rank, id: id})
 	i := len(h.items) - 1
-	h.c.tasks[id].pos = int32(i)
+	h.c.tasks.at(id).pos = int32(i)
 	h.up(i)
 }
 
@@ -611,7 +611,7 @@ func (h *taskHeap) down(i int) bool {
 func (c *Core) refreshExtra() {
 	e := 0
 	if c.cfg.LatencyHiding > 0 && c.queue.len() > 0 {
-		g := &c.groups[c.tasks[c.queue.top()].group]
+		g := &c.groups[c.tasks.at(c.queue.top()).group]
 		if g.ndur > 0 && g.nsize > 0 {
 			e = int(c.cfg.LatencyHiding.Seconds() / max(g.dur, 1e-7))
 			if g.size > 0 {

@@ -23,7 +23,7 @@ func (c *Core) releasedToMemory(id int32, w WorkerID, nbytes int64, enc string) 
 
 func (c *Core) releasedToForgotten(id int32) {
 	c.setState(id, Released, Forgotten)
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	c.indexRemove(t.key, id)
 	delete(c.deaths, id)
 	delete(c.wantMore, id)
@@ -31,7 +31,7 @@ func (c *Core) releasedToForgotten(id int32) {
 	delete(c.heldBy, id) // a key held by results but cancelled: its slot may be reused
 	c.groups[t.group].total--
 	for _, d := range t.deps {
-		dt := &c.tasks[d]
+		dt := c.tasks.at(d)
 		if dt.live--; dt.live == 0 {
 			dt.dependents = nil
 			c.gcq = append(c.gcq, d)
@@ -46,7 +46,7 @@ func (c *Core) releasedToForgotten(id int32) {
 func (c *Core) waitingToQueued(id int32, forResources bool) {
 	c.setState(id, Waiting, Queued)
 	if forResources {
-		c.tasks[id].flags |= flagResQueue
+		c.tasks.at(id).flags |= flagResQueue
 		c.rqueue.push(id)
 	} else {
 		c.queue.push(id)
@@ -55,7 +55,7 @@ func (c *Core) waitingToQueued(id int32, forResources bool) {
 
 func (c *Core) waitingToNoWorker(id int32) {
 	c.setState(id, Waiting, NoWorker)
-	c.tasks[id].pos = int32(len(c.noWorker))
+	c.tasks.at(id).pos = int32(len(c.noWorker))
 	c.noWorker = append(c.noWorker, id)
 }
 
@@ -93,7 +93,7 @@ func (c *Core) queuedToWaiting(id int32) {
 func (c *Core) queuedToNoWorker(id int32) {
 	c.dequeue(id)
 	c.setState(id, Queued, NoWorker)
-	c.tasks[id].pos = int32(len(c.noWorker))
+	c.tasks.at(id).pos = int32(len(c.noWorker))
 	c.noWorker = append(c.noWorker, id)
 }
 
@@ -148,9 +148,9 @@ func (c *Core) noWorkerToErred(id int32, err *wire.Error) {
 func (c *Core) processingToMemory(id int32, w WorkerID, nbytes int64, enc string, dur int64) {
 	c.unassign(id)
 	c.setState(id, Processing, Memory)
-	g := &c.groups[c.tasks[id].group]
+	g := &c.groups[c.tasks.at(id).group]
 	if dur >= 0 { // a measured run; a zero-length one (an instant acknowledgement) counts as 100 ns
-		c.tasks[id].duration = dur
+		c.tasks.at(id).duration = dur
 		g.observe(float64(max(dur, 100))/1e9, c.cfg.DurationWeight)
 	}
 	g.observeSize(nbytes, c.cfg.DurationWeight)
@@ -174,7 +174,7 @@ func (c *Core) processingToWaiting(id int32) {
 
 // processingToReleased cancels a running task: its worker is told to drop it.
 func (c *Core) processingToReleased(id int32) {
-	c.freeOn(c.tasks[id].worker, id)
+	c.freeOn(c.tasks.at(id).worker, id)
 	c.unassign(id)
 	c.setState(id, Processing, Released)
 }
@@ -183,7 +183,7 @@ func (c *Core) processingToReleased(id int32) {
 
 // memoryToReleased drops the result; free says whether the holders are told to drop it.
 func (c *Core) memoryToReleased(id int32, free bool) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	for _, w := range t.whoHas {
 		if free {
 			c.freeOn(w, id)
@@ -197,7 +197,7 @@ func (c *Core) memoryToReleased(id int32, free bool) {
 
 // memoryToWaiting recomputes a needed result whose every copy was lost.
 func (c *Core) memoryToWaiting(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	c.groups[t.group].nbytes -= t.nbytes
 	t.whoHas = nil
 	c.setState(id, Memory, Waiting)
@@ -207,7 +207,7 @@ func (c *Core) memoryToWaiting(id int32) {
 
 // memoryToErred: scattered data was lost and cannot be recomputed.
 func (c *Core) memoryToErred(id int32, err *wire.Error) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	c.groups[t.group].nbytes -= t.nbytes
 	t.whoHas = nil
 	c.setState(id, Memory, Erred)
@@ -218,7 +218,7 @@ func (c *Core) memoryToErred(id int32, err *wire.Error) {
 // ---- from erred ----
 
 func (c *Core) erredToReleased(id int32) {
-	c.tasks[id].err = nil
+	c.tasks.at(id).err = nil
 	c.setState(id, Erred, Released)
 }
 
@@ -228,11 +228,11 @@ func (c *Core) erredToReleased(id int32) {
 // computed, errs the task when a dependency has failed, and marks it ready when none is
 // missing.
 func (c *Core) enterWaiting(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	t.waitingOn = 0
 	var failed *wire.Error
 	for _, d := range t.deps {
-		dt := &c.tasks[d]
+		dt := c.tasks.at(d)
 		switch dt.state {
 		case Memory:
 			continue
@@ -256,7 +256,7 @@ func (c *Core) enterWaiting(id int32) {
 }
 
 func (c *Core) markReady(id int32) {
-	if t := &c.tasks[id]; t.flags&flagReady == 0 {
+	if t := c.tasks.at(id); t.flags&flagReady == 0 {
 		t.flags |= flagReady
 		c.ready = append(c.ready, id)
 	}
@@ -264,7 +264,7 @@ func (c *Core) markReady(id int32) {
 
 // enterMemory records the first holder, tells wanting clients and wakes dependents.
 func (c *Core) enterMemory(id int32, w WorkerID, nbytes int64, enc string) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	t.nbytes, t.enc, t.err = nbytes, c.encoding(enc), nil
 	t.whoHas = []WorkerID{w}
 	c.workers[w].addKey(nbytes)
@@ -272,7 +272,7 @@ func (c *Core) enterMemory(id int32, w WorkerID, nbytes int64, enc string) {
 	c.notifyMemory(id)
 	for _, ref := range t.dependents {
 		if d, ok := c.dependent(ref); ok {
-			if dt := &c.tasks[d]; dt.state == Waiting {
+			if dt := c.tasks.at(d); dt.state == Waiting {
 				if dt.waitingOn--; dt.waitingOn == 0 {
 					c.markReady(d)
 				}
@@ -288,14 +288,14 @@ func (c *Core) enterErred(id int32, err *wire.Error) { c.enterErredAs(id, err, "
 
 // enterErredAs is enterErred telling wanting clients state ("erred" or "lost").
 func (c *Core) enterErredAs(id int32, err *wire.Error, state string) {
-	c.tasks[id].err = err
+	c.tasks.at(id).err = err
 	c.notifyErred(id, state)
-	for _, ref := range c.tasks[id].dependents {
+	for _, ref := range c.tasks.at(id).dependents {
 		d, ok := c.dependent(ref)
 		if !ok {
 			continue
 		}
-		switch c.tasks[d].state {
+		switch c.tasks.at(d).state {
 		case Waiting:
 			c.waitingToErred(d, err)
 		case Queued:
@@ -309,12 +309,12 @@ func (c *Core) enterErredAs(id int32, err *wire.Error, state string) {
 
 // dependentsLost puts dependents that counted on id's data back to waiting for it.
 func (c *Core) dependentsLost(id int32) {
-	for _, ref := range c.tasks[id].dependents {
+	for _, ref := range c.tasks.at(id).dependents {
 		d, ok := c.dependent(ref)
 		if !ok {
 			continue
 		}
-		switch dt := &c.tasks[d]; dt.state {
+		switch dt := c.tasks.at(d); dt.state {
 		case Waiting:
 			dt.waitingOn++
 		case Queued:
@@ -330,7 +330,7 @@ func (c *Core) flushNeed() {
 	for len(c.needq) > 0 {
 		id := c.needq[len(c.needq)-1]
 		c.needq = c.needq[:len(c.needq)-1]
-		if c.tasks[id].state == Released {
+		if c.tasks.at(id).state == Released {
 			c.releasedToWaiting(id)
 		}
 	}
@@ -339,7 +339,7 @@ func (c *Core) flushNeed() {
 // ---- client notifications ----
 
 func (c *Core) notifyMemory(id int32) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if t.want < 0 {
 		return
 	}
@@ -351,7 +351,7 @@ func (c *Core) notifyMemory(id int32) {
 
 // notifyErred sends state ("erred", "lost" or "cancelled") with the task's error.
 func (c *Core) notifyErred(id int32, state string) {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	c.wanters(id, func(cl ClientID) {
 		c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: state, Worker: -1, Err: t.err})
 	})

@@ -69,7 +69,7 @@ func (c *Core) stealable(v *worker) []int32 {
 
 // worthStealing: the thief may run it, and moving its inputs costs no more than running it.
 func (c *Core) worthStealing(id int32, th *worker) bool {
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if !c.allowed(th, t.def, c.needFuncCheck(t.def)) || !th.hasFree(t.def.Resources) {
 		return false
 	}
@@ -90,7 +90,7 @@ func (c *Core) stealResponse(e *EvStealResponse) {
 	if !ok {
 		return
 	}
-	t := &c.tasks[id]
+	t := c.tasks.at(id)
 	if t.state != Processing || t.worker != e.Worker {
 		return // finished, or already moved: the answer is moot
 	}
