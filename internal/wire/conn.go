@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,7 +38,7 @@ type Conn struct {
 		bufs    net.Buffers  // pending output: small messages share one slice, big frames stand alone
 		small   []byte       // the slice small messages are appended to (the tail of bufs)
 		smalls  [][]byte     // every small-message slice in bufs (this side's memory)
-		spare   []byte       // an emptied small-message slice, reused by the next one
+		spares  [][]byte     // emptied small-message slices, reused by the next ones
 		files   []queuedFile // file frames (SendFrames) in bufs, in order
 		pending int
 		err     error
@@ -389,7 +390,7 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) error {
 	if err := c.usableLocked(); err != nil {
 		return err
 	}
-	if c.mu.small == nil {
+	if c.mu.small == nil || len(c.mu.small) >= smallChunk {
 		c.newSmallLocked(0)
 	}
 	start := len(c.mu.small)
@@ -484,7 +485,7 @@ func appendU64(b []byte, v uint64) []byte {
 
 // appendSmall copies p into the current small-message slice (c.mu held).
 func (c *Conn) appendSmall(p []byte) {
-	if c.mu.small == nil {
+	if c.mu.small == nil || len(c.mu.small) > 0 && len(c.mu.small)+len(p) > smallChunk {
 		c.newSmallLocked(len(p))
 	}
 	c.mu.small = append(c.mu.small, p...)
@@ -492,29 +493,48 @@ func (c *Conn) appendSmall(p []byte) {
 	c.mu.smalls[len(c.mu.smalls)-1] = c.mu.small
 }
 
-// maxSpare bounds the small-message slice kept for reuse between writes (the writer is woken
-// well before this much is pending, so a slice rarely grows past it).
-const maxSpare = 1 << 20
+// Small messages are appended to slices of at most about smallChunk bytes: once one is that
+// full the next message starts a new one (the writer sends them all in one writev). Written
+// slices are kept for reuse, at most maxSpares of them. A connection that queued megabytes
+// before its writer caught up (the scheduler's key_state messages to a busy client) used to
+// grow one slice by copying and let it go after the write: each time fresh memory, which the
+// kernel zeroes (at 10,000 workers, 4 % of the scheduler's CPU was that, under the copy).
+const (
+	smallChunk = 64 << 10
+	maxSpares  = 8
+)
 
-// newSmallLocked starts a small-message slice at the tail of the pending output, reusing the
+// newSmallLocked starts a small-message slice at the tail of the pending output, reusing a
 // spare one when it is big enough: a busy connection (the scheduler's to a worker, thousands
 // of compute messages a second) would otherwise allocate and grow a fresh one per write.
 func (c *Conn) newSmallLocked(n int) {
-	if cap(c.mu.spare) >= max(4096, n) {
-		c.mu.small, c.mu.spare = c.mu.spare[:0], nil
+	want := max(4096, n)
+	if k := len(c.mu.spares); k > 0 && cap(c.mu.spares[k-1]) >= want {
+		c.mu.small = c.mu.spares[k-1][:0]
+		c.mu.spares[k-1] = nil
+		c.mu.spares = c.mu.spares[:k-1]
 	} else {
-		c.mu.small = make([]byte, 0, max(4096, n))
+		c.mu.small = make([]byte, 0, want)
 	}
 	c.mu.bufs = append(c.mu.bufs, nil)
 	c.mu.smalls = append(c.mu.smalls, nil)
 }
 
-// reuseLocked keeps the biggest written small-message slice (within maxSpare) as the spare.
+// reuseLocked keeps written small-message slices as spares (those of a chunk's size or less,
+// at most maxSpares), the largest last.
 func (c *Conn) reuseLocked(written [][]byte) {
 	for _, b := range written {
-		if cap(b) <= maxSpare && cap(b) > cap(c.mu.spare) {
-			c.mu.spare = b[:0]
+		if cap(b) > 2*smallChunk {
+			continue
 		}
+		if len(c.mu.spares) < maxSpares {
+			c.mu.spares = append(c.mu.spares, b[:0])
+		} else if i := 0; cap(b) > cap(c.mu.spares[i]) {
+			c.mu.spares[i] = b[:0] // replaces the smallest
+		} else {
+			continue
+		}
+		slices.SortFunc(c.mu.spares, func(x, y []byte) int { return cap(x) - cap(y) })
 	}
 }
 

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"io"
 	"math/rand"
+	"net"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -181,3 +184,49 @@ func TestConnReaderErrors(t *testing.T) {
 type readerFunc func([]byte) (int, error)
 
 func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
+
+// TestQueuedOutputInChunks: messages queued faster than they are written pile up in slices of
+// about smallChunk bytes rather than in one slice grown by copying; they arrive intact and in
+// order, and the written slices kept for reuse are bounded.
+func TestQueuedOutputInChunks(t *testing.T) {
+	a, b := net.Pipe()
+	ca, cb := newConn(a, DefaultLimits(), RoleWorker), newConn(b, DefaultLimits(), RoleWorker)
+	defer ca.Abort()
+	defer cb.Abort()
+	const n = 20_000
+	key := func(i int) string { return strings.Repeat("k", i%300) + strconv.Itoa(i) }
+	for i := range n {
+		if err := ca.Queue(&Msg{Op: OpKeyState, Key: key(i), State: "memory"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ca.mu.Lock()
+	chunks, total := len(ca.mu.smalls), 0
+	for _, s := range ca.mu.smalls {
+		total += len(s)
+		if len(s) > smallChunk+1024 {
+			ca.mu.Unlock()
+			t.Fatalf("a pending slice of %d bytes (chunks are %d)", len(s), smallChunk)
+		}
+	}
+	ca.mu.Unlock()
+	if chunks < total/(smallChunk+1024)+1 || chunks < 2 {
+		t.Fatalf("%d bytes pending in %d slices", total, chunks)
+	}
+	ca.Flush()
+	for i := range n {
+		m, _, err := cb.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Key != key(i) {
+			t.Fatalf("message %d has key %q, want %q", i, m.Key, key(i))
+		}
+	}
+	ca.mu.Lock()
+	spares := len(ca.mu.spares)
+	ca.mu.Unlock()
+	if spares > maxSpares {
+		t.Fatalf("%d spare slices kept (at most %d)", spares, maxSpares)
+	}
+}
