@@ -36,3 +36,69 @@ func TestPythonLiteralMapsInOrder(t *testing.T) {
 	require.Equal(t, map[string]any{"value": []any{int64(1), int64(2)}, "key": []any{"a", "b"},
 		"m": map[string]any{"z": int8(1), "a": int8(2)}, "l": []any{map[string]any{"y": int8(1), "b": int8(2), "c": int8(3)}}}, back)
 }
+
+// Maps inside structs, and maps whose keys are not strings, are in order too.
+func TestPythonLiteralMapsInStructsInOrder(t *testing.T) {
+	type inner struct {
+		Columns map[string]int64
+		ByID    map[int64]string
+	}
+	type outer struct {
+		Name  string
+		Parts []inner
+		Meta  map[string]any
+	}
+	lit := outer{Name: "t",
+		Parts: []inner{{Columns: map[string]int64{"z": 1, "a": 2, "m": 3, "bb": 4}, ByID: map[int64]string{300: "c", 2: "a", -5: "n", 70000: "x"}}},
+		Meta:  map[string]any{"k": inner{Columns: map[string]int64{"y": 1, "c": 2}}, "b": true}}
+	first, err := marshalSorted(lit)
+	require.NoError(t, err)
+	for range 50 {
+		b, err := marshalSorted(lit)
+		require.NoError(t, err)
+		require.Equal(t, first, b)
+	}
+	// the Columns map of the first part, read in the order encoded
+	d := msgpack.NewDecoder(bytes.NewReader(first))
+	var order []string
+	n, err := d.DecodeMapLen()
+	require.NoError(t, err)
+	for range n {
+		field, err := d.DecodeString()
+		require.NoError(t, err)
+		if field != "Parts" {
+			require.NoError(t, d.Skip())
+			continue
+		}
+		_, err = d.DecodeArrayLen()
+		require.NoError(t, err)
+		m, err := d.DecodeMapLen()
+		require.NoError(t, err)
+		for range m {
+			f, err := d.DecodeString()
+			require.NoError(t, err)
+			if f != "Columns" {
+				require.NoError(t, d.Skip())
+				continue
+			}
+			c, err := d.DecodeMapLen()
+			require.NoError(t, err)
+			for range c {
+				k, err := d.DecodeString()
+				require.NoError(t, err)
+				order = append(order, k)
+				require.NoError(t, d.Skip())
+			}
+		}
+		break
+	}
+	require.Equal(t, []string{"a", "bb", "m", "z"}, order)
+	// and the value is the same as the plain encoding's
+	var back, plain outer
+	require.NoError(t, msgpack.Unmarshal(first, &back))
+	b, err := msgpack.Marshal(lit)
+	require.NoError(t, err)
+	require.NoError(t, msgpack.Unmarshal(b, &plain))
+	require.Equal(t, plain, back)
+	require.Equal(t, lit.Parts, back.Parts)
+}

@@ -6,10 +6,11 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"reflect"
+	"slices"
 	"strings"
 
 	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/vmihailenco/msgpack/v5"
 )
 
@@ -166,63 +167,81 @@ func (p *pickler) ref(key string) {
 	p.op(opReduce)
 }
 
-// marshalSorted encodes v as msgpack with the keys of its string-keyed maps in order: a Go
-// map has no order, and the Python function receives a dict, whose order it may use
-// (pyarrow.table's columns), so the same literal must always arrive the same (CI saw a
-// table's columns swap). The encoder sorts map[string]any; ordered turns the others into it.
+// marshalSorted encodes v as msgpack with every map's entries in order of their keys, at any
+// depth (inside slices, structs, other maps): a Go map has no order, and the Python function
+// receives a dict, whose order it may use (pyarrow.table's columns), so the same literal must
+// always arrive the same (CI saw a table's columns swap). String keys sort by their text, and
+// come before keys of other types, which sort by their encoding.
 func marshalSorted(v any) ([]byte, error) {
-	var buf bytes.Buffer
-	enc := msgpack.NewEncoder(&buf)
-	enc.SetSortMapKeys(true)
-	if err := enc.Encode(ordered(reflect.ValueOf(v))); err != nil {
+	b, err := msgpack.Marshal(v)
+	if err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	r := wire.NewReader(b)
+	out, ok := sortedMaps(make([]byte, 0, len(b)), r, b)
+	if !ok || !r.Done() {
+		return nil, fmt.Errorf("re-reading its encoding: %v", r.Err())
+	}
+	return out, nil
 }
 
-// ordered returns v with every map whose keys are strings, at any depth inside maps, slices,
-// arrays, pointers and interfaces, as a map[string]any (which the encoder sorts). Anything else
-// is returned as it is.
-func ordered(v reflect.Value) any {
-	if !v.IsValid() {
-		return nil
+// sortedMaps appends the value r is at (in b) to out, its maps' entries sorted.
+func sortedMaps(out []byte, r *wire.Reader, b []byte) ([]byte, bool) {
+	start := r.Pos()
+	switch r.Next() {
+	case 'a':
+		n, ok := r.ArrayLen()
+		out = append(out, b[start:r.Pos()]...)
+		for ; ok && n > 0; n-- {
+			out, ok = sortedMaps(out, r, b)
+		}
+		return out, ok
+	case 'm':
+		n, ok := r.MapLen()
+		if !ok {
+			return out, false
+		}
+		out = append(out, b[start:r.Pos()]...)
+		type entry struct {
+			text string // the key's text when it is a string
+			str  bool
+			kv   []byte // the key and the value, encoded
+		}
+		entries := make([]entry, 0, n)
+		for range n {
+			var e entry
+			if r.Next() == 's' {
+				at := r.Pos()
+				if e.text, ok = r.Str(); !ok {
+					return out, false
+				}
+				e.str = true
+				e.kv = append(e.kv, b[at:r.Pos()]...)
+			} else if e.kv, ok = sortedMaps(nil, r, b); !ok {
+				return out, false
+			}
+			if e.kv, ok = sortedMaps(e.kv, r, b); !ok {
+				return out, false
+			}
+			entries = append(entries, e)
+		}
+		slices.SortStableFunc(entries, func(x, y entry) int {
+			switch {
+			case x.str && y.str:
+				return strings.Compare(x.text, y.text)
+			case x.str != y.str:
+				if x.str {
+					return -1
+				}
+				return 1
+			}
+			return bytes.Compare(x.kv, y.kv)
+		})
+		for _, e := range entries {
+			out = append(out, e.kv...)
+		}
+		return out, true
 	}
-	switch v.Kind() {
-	case reflect.Interface, reflect.Pointer:
-		if v.IsNil() {
-			return v.Interface()
-		}
-		if v.Kind() == reflect.Pointer && !nests(v.Elem().Type()) {
-			return v.Interface()
-		}
-		return ordered(v.Elem())
-	case reflect.Map:
-		if v.Type().Key().Kind() != reflect.String || v.IsNil() {
-			return v.Interface()
-		}
-		m := make(map[string]any, v.Len())
-		for it := v.MapRange(); it.Next(); {
-			m[it.Key().String()] = ordered(it.Value())
-		}
-		return m
-	case reflect.Slice, reflect.Array:
-		if !nests(v.Type().Elem()) || (v.Kind() == reflect.Slice && v.IsNil()) {
-			return v.Interface()
-		}
-		out := make([]any, v.Len())
-		for i := range out {
-			out[i] = ordered(v.Index(i))
-		}
-		return out
-	}
-	return v.Interface()
-}
-
-// nests reports whether values of type t may hold a map (so ordered must look inside).
-func nests(t reflect.Type) bool {
-	switch t.Kind() {
-	case reflect.Map, reflect.Interface, reflect.Slice, reflect.Array, reflect.Pointer:
-		return true
-	}
-	return false
+	ok := r.Skip()
+	return append(out, b[start:r.Pos()]...), ok
 }

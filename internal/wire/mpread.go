@@ -621,6 +621,26 @@ func (r *Reader) Item(it *Item) bool { return r.d.item(it) }
 // Skip moves past one value of any type.
 func (r *Reader) Skip() bool { return r.d.skip() }
 
+// Pos is the offset in the buffer of the next value.
+func (r *Reader) Pos() int { return r.d.i }
+
+// Next tells what the next value is, without reading it: 'm' a map, 'a' an array, 's' a
+// string, 0 anything else or nothing left.
+func (r *Reader) Next() byte {
+	if r.d.i >= len(r.d.b) {
+		return 0
+	}
+	switch c := r.d.b[r.d.i]; {
+	case c >= 0x80 && c <= 0x8f, c == 0xde, c == 0xdf:
+		return 'm'
+	case c >= 0x90 && c <= 0x9f, c == 0xdc, c == 0xdd:
+		return 'a'
+	case c >= 0xa0 && c <= 0xbf, c == 0xd9, c == 0xda, c == 0xdb:
+		return 's'
+	}
+	return 0
+}
+
 // Done tells whether the whole buffer has been read.
 func (r *Reader) Done() bool { return r.d.i == len(r.d.b) }
 
