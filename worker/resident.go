@@ -82,20 +82,8 @@ func (p resPlace) readAt(pid int, b []byte, off int64) error {
 			remote = append(remote, unix.RemoteIovec{Base: uintptr(p.Addr + uint64(r*p.Stride+in)), Len: k})
 			off, n = off+int64(k), n+k
 		}
-		local := []unix.Iovec{{Base: unsafe.SliceData(b)}}
-		local[0].SetLen(n)
-		var got int
-		var err error
-		for {
-			if got, err = unix.ProcessVMReadv(pid, local, remote, 0); !errors.Is(err, unix.EINTR) {
-				break
-			}
-		}
-		if err != nil {
+		if err := vmReadv(pid, b[:n], remote); err != nil {
 			return err
-		}
-		if got != n { // a partial read of several pieces: the memory is not all there
-			return fmt.Errorf("process_vm_readv read %d of %d bytes", got, n)
 		}
 		b = b[n:]
 	}
@@ -230,24 +218,14 @@ func (r *resident) spill(path, enc string, frames [][]byte) error {
 	if r.dropped {
 		return errSegmentGone
 	}
-	lens := make([]int64, len(frames))
-	kept := make(map[int]resPlace, len(r.at))
-	for i, f := range frames {
-		lens[i] = int64(len(f))
-	}
-	for _, p := range r.at {
-		lens[p.Frame] = p.Len
-		kept[p.Frame] = p
-	}
+	lens, kept := placed(frames, r.at)
 	r.ex.mem.RLock()
 	defer r.ex.mem.RUnlock()
 	if r.ex.mem.dead {
 		return errResidentLost
 	}
 	return writeSpillWith(path, enc, frames, lens, func(f *os.File, hdr []byte) error {
-		held := func(i int) bool { _, ok := kept[i]; return ok }
-		return writeFramesFrom(f, hdr, frames, held, func(i int, buf []byte) error {
-			p := kept[i]
+		return writeFramesFrom(f, hdr, frames, kept, func(p resPlace, buf []byte) error {
 			for off := int64(0); off < p.Len; {
 				b := buf[:min(int64(len(buf)), p.Len-off)]
 				if err := p.readAt(r.ex.pid, b, off); err != nil {
@@ -320,23 +298,33 @@ func (ex *executor) readOut(at []resPlace, frames [][]byte) (*Segment, error) {
 // vmRead fills b from address addr of process pid.
 func vmRead(pid int, b []byte, addr uint64) error {
 	for len(b) > 0 {
-		n := min(len(b), 1<<30)
-		local := []unix.Iovec{{Base: unsafe.SliceData(b)}}
-		local[0].SetLen(n)
-		remote := []unix.RemoteIovec{{Base: uintptr(addr), Len: n}}
-		got, err := unix.ProcessVMReadv(pid, local, remote, 0)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
+		n := min(len(b), 1<<30) // the kernel moves at most ~2 GiB per call
+		if err := vmReadv(pid, b[:n], []unix.RemoteIovec{{Base: uintptr(addr), Len: n}}); err != nil {
 			return err
 		}
-		if got <= 0 {
-			return errors.New("process_vm_readv read nothing")
-		}
-		b, addr = b[got:], addr+uint64(got)
+		b, addr = b[n:], addr+uint64(n)
 	}
 	return nil
+}
+
+// vmReadv fills b from the pieces of pid's memory in remote (as many bytes as b holds): one
+// process_vm_readv, again if a signal interrupts it. Reading less is an error: part of the
+// memory is not there (unmapped, or the process is gone).
+func vmReadv(pid int, b []byte, remote []unix.RemoteIovec) error {
+	local := []unix.Iovec{{Base: unsafe.SliceData(b)}}
+	local[0].SetLen(len(b))
+	for {
+		got, err := unix.ProcessVMReadv(pid, local, remote, 0)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		case got != len(b):
+			return fmt.Errorf("process_vm_readv read %d of %d bytes", got, len(b))
+		}
+		return nil
+	}
 }
 
 // keepProbe is an executor's ready field keep_probe: bytes at an address of its memory.

@@ -112,16 +112,27 @@ func (s *Segment) bytes() int64 {
 	return n
 }
 
-// frameLens returns the length of every frame of a value whose placeholders s fills.
-func (s *Segment) frameLens(frames [][]byte) []int64 {
+// placement is where one frame of a value lives outside its frame list (the frame itself is
+// empty there): in a segment (segPlace) or in an executor's memory (resPlace).
+type placement interface{ frameLen() (frame int, n int64) }
+
+func (p segPlace) frameLen() (int, int64) { return p.Frame, p.Len }
+func (p resPlace) frameLen() (int, int64) { return p.Frame, p.Len }
+
+// placed returns the length of every frame of a value whose frames at places fill in, and the
+// places by frame.
+func placed[P placement](frames [][]byte, at []P) ([]int64, map[int]P) {
 	lens := make([]int64, len(frames))
 	for i, f := range frames {
 		lens[i] = int64(len(f))
 	}
-	for _, p := range s.at {
-		lens[p.Frame] = p.Len
+	by := make(map[int]P, len(at))
+	for _, p := range at {
+		i, n := p.frameLen()
+		lens[i] = n
+		by[i] = p
 	}
-	return lens
+	return lens, by
 }
 
 // errSegmentGone is what reading a segment the store closed meanwhile gives.

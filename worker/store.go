@@ -565,8 +565,9 @@ const spillMagic = "SHSP"
 // writeSpill writes a value's spill file; the frames seg holds (if any) are copied from it.
 func writeSpill(path, enc string, frames [][]byte, seg *Segment) error {
 	var lens []int64
+	var in map[int]segPlace
 	if seg != nil {
-		lens = seg.frameLens(frames)
+		lens, in = placed(frames, seg.at)
 	}
 	return writeSpillWith(path, enc, frames, lens, func(f *os.File, hdr []byte) error {
 		if seg == nil {
@@ -574,7 +575,7 @@ func writeSpill(path, enc string, frames [][]byte, seg *Segment) error {
 			_, err := bufs.WriteTo(f)
 			return err
 		}
-		return writeSegFrames(f, hdr, frames, seg)
+		return writeFramesFrom(f, hdr, frames, in, func(p segPlace, buf []byte) error { return seg.copyFrame(f, p, buf) })
 	})
 }
 
@@ -604,25 +605,16 @@ func writeSpillWith(path, enc string, frames [][]byte, lens []int64, write func(
 	return f.Close()
 }
 
-// writeSegFrames writes hdr, then the frames, those in seg copied from it.
-func writeSegFrames(f *os.File, hdr []byte, frames [][]byte, seg *Segment) error {
-	in := make(map[int]segPlace, len(seg.at))
-	for _, p := range seg.at {
-		in[p.Frame] = p
-	}
-	return writeFramesFrom(f, hdr, frames, func(i int) bool { _, ok := in[i]; return ok },
-		func(i int, buf []byte) error { return seg.copyFrame(f, in[i], buf) })
-}
-
-// writeFramesFrom writes hdr, then the frames; a frame held elsewhere (a segment, an
-// executor's memory: held says which) is written by copyFrame, a 1 MiB buffer at a time.
-func writeFramesFrom(f *os.File, hdr []byte, frames [][]byte, held func(i int) bool, copyFrame func(i int, buf []byte) error) error {
+// writeFramesFrom writes hdr, then the frames; a frame placed elsewhere (a segment, an
+// executor's memory: at, by frame) is written by copyFrame, a 1 MiB buffer at a time.
+func writeFramesFrom[P placement](f *os.File, hdr []byte, frames [][]byte, at map[int]P, copyFrame func(p P, buf []byte) error) error {
 	if _, err := f.Write(hdr); err != nil {
 		return err
 	}
 	var buf []byte
 	for i, fr := range frames {
-		if !held(i) {
+		p, ok := at[i]
+		if !ok {
 			if _, err := f.Write(fr); err != nil {
 				return err
 			}
@@ -631,7 +623,7 @@ func writeFramesFrom(f *os.File, hdr []byte, frames [][]byte, held func(i int) b
 		if buf == nil {
 			buf = make([]byte, 1<<20)
 		}
-		if err := copyFrame(i, buf); err != nil {
+		if err := copyFrame(p, buf); err != nil {
 			return err
 		}
 	}
