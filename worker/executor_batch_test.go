@@ -54,12 +54,7 @@ func startBatchWorker(t *testing.T) (*Worker, *schedConn) {
 	fake, err := filepath.Abs("testdata/fake_executor.py")
 	require.NoError(t, err)
 	batchLimits(t, 4)
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.NThreads = 1
-	cfg.Python = py
-	cfg.PythonArgs = []string{fake}
-	w, sc, _, _ := s.startWorker(cfg)
+	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1; c.PythonArgs = []string{fake} })
 	sc.send(groupTask("warm-1", "h-echo", []byte("echo"), "w"))
 	sc.expect(wire.OpTaskFinished)
 	sc.send(groupTask("warm-2", "h-echo", nil, "w"))
@@ -186,11 +181,7 @@ func TestPythonBatchRunTimes(t *testing.T) {
 	py := shoalPython(t)
 	h, fn, payload := realPyTask(t, py, "nap")
 	batchLimits(t, 64)
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.NThreads = 1
-	cfg.Python = py
-	w, sc, _, _ := s.startWorker(cfg)
+	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1 })
 	nap := func(key string, fdata []byte) *wire.Msg {
 		m := pyTask(key, h, fdata, payload)
 		m.Task.Group = "g"

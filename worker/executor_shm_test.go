@@ -72,10 +72,7 @@ func TestPythonExecutorSharedMemory(t *testing.T) {
 			h, fn, payload := realPyTask(t, py, "digest")
 			require.Zero(t, windowFds(t, os.Getpid()))
 
-			s := newFakeSched(t, "")
-			cfg := testConfig(t)
-			cfg.Python = py
-			w, sc, cancel, done := s.startWorker(cfg)
+			w, sc, cancel, done := startPyWorker(t, py, nil)
 			var pid int
 			for i, size := range []int{3 << 20, 5 << 20, 3<<20 + 1, 2 << 20, 100} {
 				key := fmt.Sprint("big-", i)

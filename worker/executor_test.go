@@ -18,11 +18,7 @@ func TestPythonExecutor(t *testing.T) {
 	py := pythonForTests(t)
 	fake, err := filepath.Abs("testdata/fake_executor.py")
 	require.NoError(t, err)
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.Python = py
-	cfg.PythonArgs = []string{fake}
-	w, sc, _, _ := s.startWorker(cfg)
+	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.PythonArgs = []string{fake} })
 
 	sc.send(goTask("dep", "bytes", 0, 3))
 	sc.expect(wire.OpTaskFinished)
@@ -82,10 +78,7 @@ func TestPythonExecutorCannotStart(t *testing.T) {
 // (msgpack and Arrow), when that package and cloudpickle are importable.
 func TestRealPythonExecutor(t *testing.T) {
 	py := shoalPython(t)
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.Python = py
-	w, sc, _, _ := s.startWorker(cfg)
+	w, sc, _, _ := startPyWorker(t, py, nil)
 
 	sc.send(goTask("x", "inc", 0, 31))
 	sc.expect(wire.OpTaskFinished)

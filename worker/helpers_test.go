@@ -331,3 +331,14 @@ func silentPeer(t testing.TB) (addr string, asked <-chan struct{}) {
 	}()
 	return ln.Addr().String(), ch
 }
+
+// startPyWorker starts a worker whose Python executors run py, joined to a fresh fake
+// scheduler; edit, when given, changes the worker's configuration first.
+func startPyWorker(t testing.TB, py string, edit func(*Config)) (*Worker, *schedConn, context.CancelFunc, chan error) {
+	cfg := testConfig(t)
+	cfg.Python = py
+	if edit != nil {
+		edit(&cfg)
+	}
+	return newFakeSched(t, "").startWorker(cfg)
+}

@@ -213,10 +213,7 @@ func TestPythonExecutorStartsWhileInputsArrive(t *testing.T) {
 	py := shoalPython(t)
 	h, fn, payload := realPyTask(t, py, "digest")
 	silent, _ := silentPeer(t)
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.Python = py
-	w, sc, _, _ := s.startWorker(cfg)
+	w, sc, _, _ := startPyWorker(t, py, nil)
 	require.Zero(t, w.py.live())
 	m := pyTask("digest", h, fn, payload)
 	m.Task.Deps, m.Deps = []string{"big"}, []wire.Dep{{Key: "big", WhoHas: []string{silent}, NBytes: 9 << 20}}

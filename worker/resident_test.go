@@ -38,10 +38,7 @@ func TestPythonExecutorKeepsResults(t *testing.T) {
 	hi, fi, pi := realPyTask(t, py, "ainc")
 	hk, fk, pk := realPyTask(t, py, "nkept")
 	hd, fd, pd := realPyTask(t, py, "die")
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.Python = py
-	w, sc, _, _ := s.startWorker(cfg)
+	w, sc, _, _ := startPyWorker(t, py, nil)
 	c := dialData(t, w.DataAddr(), "", wire.RoleClient)
 	const n = 1 << 18
 	kept := func(m *wire.Msg) *wire.Msg { m.Keep = true; return m } // the task has dependents

@@ -486,10 +486,7 @@ func TestPythonExecutorSegments(t *testing.T) {
 			}
 			hd, fd, pd := realPyTask(t, py, "digest")
 			hb, fb, pb := realPyTask(t, py, "blob")
-			s := newFakeSched(t, "")
-			cfg := testConfig(t)
-			cfg.Python = py
-			w, sc, cancel, done := s.startWorker(cfg)
+			w, sc, cancel, done := startPyWorker(t, py, nil)
 
 			data := payload(6, 3<<20)
 			seg, err := newSegment(sealedMemfd(t, "exec-dep", data, 4096, true),
