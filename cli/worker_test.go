@@ -41,3 +41,22 @@ func TestWorkerMemoryLimitZeroIsNoLimit(t *testing.T) {
 		t.Fatal("--memory-limit lots was accepted")
 	}
 }
+
+// The GC ballast is 32 MiB, less when an eighth of the worker's Go soft limit is smaller.
+func TestGCBallastSize(t *testing.T) {
+	for _, c := range []struct {
+		limit int64
+		spill float64
+		want  int
+	}{
+		{0, 0.7, 32 << 20},         // no memory limit
+		{16 << 30, 0, 32 << 20},    // spilling off: no soft limit
+		{16 << 30, 0.7, 32 << 20},  // a large limit
+		{256 << 20, 0.5, 16 << 20}, // 128 MiB soft limit: an eighth
+		{64 << 20, 0.7, 5872025},   // 44.8 MiB soft limit
+	} {
+		if got := gcBallast(c.limit, c.spill); got != c.want {
+			t.Errorf("gcBallast(%d, %v) = %d, want %d", c.limit, c.spill, got, c.want)
+		}
+	}
+}
