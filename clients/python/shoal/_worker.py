@@ -56,12 +56,23 @@ def leave(task: _Task) -> None:
         _local.task = None
 
 
+# how many tasks seceded whose loop has not taken their socket yet (took_own_socket): while
+# none has, the loop's check after every run is a global read, not a thread-local lookup
+_seceding = 0
+_seceding_lock = threading.Lock()
+
+
 def took_own_socket() -> Optional[_wire.Connection]:
     """After a run returned: the socket of its task when the task seceded (the loop that ran it
     then stops serving), else None."""
+    global _seceding
+    if not _seceding:
+        return None
     conn = getattr(_local, "seceded", None)
     if conn is not None:
         _local.seceded = None
+        with _seceding_lock:
+            _seceding -= 1
     return conn
 
 
@@ -102,6 +113,7 @@ def secede() -> None:
     """Give this task's thread back to its worker while it waits on other tasks (it keeps
     running). Call it in a task, before waiting on futures it submitted; a second call does
     nothing. Outside a task it raises ``ValueError``."""
+    global _seceding
     task: Optional[_Task] = getattr(_local, "task", None)
     if task is None:
         raise ValueError("secede() must be called from a task running on a Shoal worker")
@@ -124,6 +136,8 @@ def secede() -> None:
         theirs.close()  # the worker has its own copy (or is gone)
     mine.setblocking(True)
     task.conn = _wire.Connection(mine, address="worker")
+    with _seceding_lock:
+        _seceding += 1
     _local.seceded = task.conn
     ex.hand_over(standby)
 

@@ -1,0 +1,86 @@
+"""The Python executor's cost per run, alone (issue 19: where the million-task graph's time goes).
+
+    .venv/bin/python benchmarks/executor_loop.py [--runs 200000] [--batch 20]
+
+A real ``shoal.executor.Executor`` serves one end of a socket pair in a child process; this
+process plays its worker and sends ``run`` messages in batches, as a worker sends short runs,
+each like an ``add`` of the million-task graph's tree: ``operator.add`` of two dependencies
+that arrive as msgpack frames, named by ``Ref`` in a pickled payload, returning an int. Printed:
+the wall time per run and the executor's CPU per run (its user + system time, from
+``getrusage`` once it exits), which is what a worker's executor spends per small task besides
+the task itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import operator
+import os
+import pickle
+import resource
+import socket
+import time
+from typing import Any
+
+import msgpack
+
+from shoal import _wire, executor
+from shoal._keys import dumps_callable, func_hash
+from shoal._refs import Ref
+
+
+def batch(first: int, n: int, fhash: str, fdata: bytes | None) -> list[tuple[dict[str, Any], list[bytes]]]:
+    """``n`` runs with ids from ``first``; the first carries the function when ``fdata``."""
+    out: list[tuple[dict[str, Any], list[bytes]]] = []
+    for i in range(first, first + n):
+        a, b = f"('sum', 0, {2 * i})", f"('sum', 0, {2 * i + 1})"
+        header: dict[str, Any] = {
+            "op": "run", "id": i, "key": f"('sum', 1, {i})", "func": fhash,
+            "payload": pickle.dumps(((Ref(a), Ref(b)), {}), 5),
+            "items": [{"key": a, "encoding": "msgpack", "nframes": 1, "nbytes": 2},
+                      {"key": b, "encoding": "msgpack", "nframes": 1, "nbytes": 2}]}
+        if fdata is not None and i == first:
+            header["func_data"] = fdata
+        out.append((header, [msgpack.packb(i), msgpack.packb(1)]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=20, help="runs per write, as a worker batches short runs")
+    args = ap.parse_args()
+    fdata = dumps_callable(operator.add)
+    fhash = func_hash(fdata)
+    batches = [batch(i, min(args.batch, args.runs - i), fhash, fdata if i == 0 else None)
+               for i in range(0, args.runs, args.batch)]
+    mine, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the executor
+        mine.close()
+        try:
+            executor.Executor(_wire.Connection(theirs)).loop()
+        finally:
+            os._exit(0)
+    theirs.close()
+    conn = _wire.Connection(mine)
+    start = time.perf_counter()
+    for msgs in batches:
+        conn.send_many(msgs)
+        for header, _ in msgs:
+            reply, frames = conn.recv()
+            if reply.get("op") != "done" or reply.get("id") != header["id"]:
+                raise SystemExit(f"unexpected answer to run {header['id']}: {reply}")
+            if msgpack.unpackb(frames[0]) != header["id"] + 1:
+                raise SystemExit(f"wrong result for run {header['id']}")
+    took = time.perf_counter() - start
+    conn.send({"op": "shutdown"})
+    os.waitpid(pid, 0)
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = usage.ru_utime + usage.ru_stime
+    print(f"{args.runs:,} runs in batches of {args.batch}: {1e6 * took / args.runs:.2f} µs per run (wall), "
+          f"executor {1e6 * cpu / args.runs:.2f} µs of CPU per run, results checked")
+
+
+if __name__ == "__main__":
+    main()
