@@ -13,13 +13,7 @@ import (
 func TestPythonLiteralMapsInOrder(t *testing.T) {
 	lit := map[string]any{"value": []int64{1, 2}, "key": []string{"a", "b"}, "m": map[string]int{"z": 1, "a": 2},
 		"l": []map[string]int{{"y": 1, "b": 2, "c": 3}}}
-	first, err := marshalSorted(lit)
-	require.NoError(t, err)
-	for range 50 {
-		b, err := marshalSorted(lit)
-		require.NoError(t, err)
-		require.Equal(t, first, b)
-	}
+	first := encodesTheSame(t, lit)
 	d := msgpack.NewDecoder(bytes.NewReader(first))
 	n, err := d.DecodeMapLen()
 	require.NoError(t, err)
@@ -51,13 +45,7 @@ func TestPythonLiteralMapsInStructsInOrder(t *testing.T) {
 	lit := outer{Name: "t",
 		Parts: []inner{{Columns: map[string]int64{"z": 1, "a": 2, "m": 3, "bb": 4}, ByID: map[int64]string{300: "c", 2: "a", -5: "n", 70000: "x"}}},
 		Meta:  map[string]any{"k": inner{Columns: map[string]int64{"y": 1, "c": 2}}, "b": true}}
-	first, err := marshalSorted(lit)
-	require.NoError(t, err)
-	for range 50 {
-		b, err := marshalSorted(lit)
-		require.NoError(t, err)
-		require.Equal(t, first, b)
-	}
+	first := encodesTheSame(t, lit)
 	// the Columns map of the first part, read in the order encoded
 	d := msgpack.NewDecoder(bytes.NewReader(first))
 	var order []string
@@ -101,4 +89,17 @@ func TestPythonLiteralMapsInStructsInOrder(t *testing.T) {
 	require.NoError(t, msgpack.Unmarshal(b, &plain))
 	require.Equal(t, plain, back)
 	require.Equal(t, lit.Parts, back.Parts)
+}
+
+// encodesTheSame encodes lit 50 times, checks that the bytes never change, and returns them.
+func encodesTheSame(t *testing.T, lit any) []byte {
+	t.Helper()
+	first, err := marshalSorted(lit)
+	require.NoError(t, err)
+	for range 50 {
+		b, err := marshalSorted(lit)
+		require.NoError(t, err)
+		require.Equal(t, first, b)
+	}
+	return first
 }
