@@ -120,3 +120,34 @@ func TestUnsaturatedWorkersAreReady(t *testing.T) {
 		}
 	}
 }
+
+// A worker that was unhealthy while its tasks finished gets queued root tasks again once it
+// recovers: it left the unsaturated set while not accepting, and must rejoin it.
+func TestQueuedTasksGoToARecoveredWorker(t *testing.T) {
+	cl := newNoopCluster(1, 2)
+	tasks, wanted := benchTasks(100, false)
+	cl.handle(EvUpdateGraph{Client: 1, Tasks: tasks, Wanted: wanted})
+	sent := len(cl.pending)
+	if sent == 0 || sent == len(tasks) {
+		t.Fatalf("%d of %d root tasks sent at first: the case under test (some queued) did not arise", sent, len(tasks))
+	}
+	cl.handle(EvHeartbeat{Worker: 0, Now: 1, Unhealthy: "data port full"})
+	running := cl.pending
+	cl.pending = nil
+	for _, ac := range running {
+		cl.handle(EvTaskFinished{Worker: ac.Worker, Key: ac.Key, TaskID: ac.TaskID, NBytes: 8, Encoding: "msgpack", Start: 0, Stop: 1000})
+	}
+	if len(cl.pending) != 0 {
+		t.Fatalf("%d tasks sent to an unhealthy worker", len(cl.pending))
+	}
+	cl.handle(EvHeartbeat{Worker: 0, Now: 2})
+	if len(cl.pending) == 0 {
+		t.Fatal("no queued task was sent to the worker once it recovered")
+	}
+	cl.drain()
+	for _, k := range wanted {
+		if st := cl.c.State(k); st != Memory {
+			t.Fatalf("%s ended in %v", k, st)
+		}
+	}
+}

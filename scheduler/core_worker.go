@@ -191,7 +191,11 @@ func (c *Core) heartbeat(e *EvHeartbeat) {
 	if ws := c.liveWorker(e.Worker); ws != nil {
 		ws.memory, ws.spilled, ws.executing, ws.ready, ws.lastSeen = e.Memory, e.Spilled, e.Executing, e.Ready, e.Now
 		recovered := ws.unhealthy != "" && e.Unhealthy == ""
+		changed := ws.unhealthy != e.Unhealthy
 		ws.unhealthy = e.Unhealthy
+		if changed {
+			c.updateSat(ws) // accepting() reads unhealthy: queued root tasks go (or not) by it
+		}
 		if recovered {
 			c.retryNoWorker()
 		}
