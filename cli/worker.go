@@ -224,7 +224,7 @@ func serveWorker(ctx context.Context, f workerFlags) (err error) {
 	if os.Getenv("GOMEMLIMIT") == "" && cfg.ProcessSpillFraction > 0 {
 		debug.SetMemoryLimit(int64(cfg.ProcessSpillFraction * float64(w.MemoryLimit())))
 	}
-	ballast := make([]byte, gcBallast(w.MemoryLimit(), cfg.ProcessSpillFraction))
+	ballast := make([]byte, gcBallast(debug.SetMemoryLimit(-1))) // the limit in force, GOMEMLIMIT's too
 	defer runtime.KeepAlive(ballast)
 	stopMetrics, err := serveWorkerMetrics(w, cfg.Host, f.metricsPort, cfg.Token)
 	if err != nil {
@@ -308,11 +308,9 @@ func watchPeers(g *member.Member, w *worker.Worker) {
 // while its values sit in segments and executors, so the collector ran after every ~2 MB of
 // allocation, hundreds of times a second under small tasks: with GOGC=1000 the workers of the
 // million-task graph took 23 % less CPU (docs/performance.md). The ballast is 32 MiB, or an
-// eighth of the Go heap's soft limit when that is smaller (it counts against the limit).
-func gcBallast(limit int64, spill float64) int {
+// eighth of the Go heap's soft limit (softLimit, math.MaxInt64 when none) when that is smaller:
+// it counts against the limit.
+func gcBallast(softLimit int64) int {
 	const most = 32 << 20
-	if limit <= 0 || spill <= 0 {
-		return most
-	}
-	return int(min(most, int64(spill*float64(limit))/8))
+	return int(min(most, max(softLimit, 0)/8))
 }

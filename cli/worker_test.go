@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"math"
 	"testing"
 )
 
@@ -42,21 +43,20 @@ func TestWorkerMemoryLimitZeroIsNoLimit(t *testing.T) {
 	}
 }
 
-// The GC ballast is 32 MiB, less when an eighth of the worker's Go soft limit is smaller.
+// The GC ballast is 32 MiB, less when an eighth of the Go soft limit in force is smaller.
 func TestGCBallastSize(t *testing.T) {
 	for _, c := range []struct {
 		limit int64
-		spill float64
 		want  int
 	}{
-		{0, 0.7, 32 << 20},         // no memory limit
-		{16 << 30, 0, 32 << 20},    // spilling off: no soft limit
-		{16 << 30, 0.7, 32 << 20},  // a large limit
-		{256 << 20, 0.5, 16 << 20}, // 128 MiB soft limit: an eighth
-		{64 << 20, 0.7, 5872025},   // 44.8 MiB soft limit
+		{math.MaxInt64, 32 << 20}, // no limit
+		{8 << 30, 32 << 20},       // a large one
+		{128 << 20, 16 << 20},     // an eighth of 128 MiB
+		{24 << 20, 3 << 20},       // GOMEMLIMIT=24MiB
+		{0, 0},
 	} {
-		if got := gcBallast(c.limit, c.spill); got != c.want {
-			t.Errorf("gcBallast(%d, %v) = %d, want %d", c.limit, c.spill, got, c.want)
+		if got := gcBallast(c.limit); got != c.want {
+			t.Errorf("gcBallast(%d) = %d, want %d", c.limit, got, c.want)
 		}
 	}
 }
