@@ -81,6 +81,25 @@ func TestPythonLiteralMapsInStructsInOrder(t *testing.T) {
 		break
 	}
 	require.Equal(t, []string{"a", "bb", "m", "z"}, order)
+	// a struct's fields stay in their order, as msgpack writes them
+	type cols struct {
+		Zeta  []int64
+		Alpha []int64 `msgpack:"alpha"`
+		Extra map[string]int
+	}
+	b2, err := marshalSorted(cols{Zeta: []int64{1}, Alpha: []int64{2}, Extra: map[string]int{"b": 1, "a": 2}})
+	require.NoError(t, err)
+	d = msgpack.NewDecoder(bytes.NewReader(b2))
+	var fields []string
+	n, err = d.DecodeMapLen()
+	require.NoError(t, err)
+	for range n {
+		f, err := d.DecodeString()
+		require.NoError(t, err)
+		fields = append(fields, f)
+		require.NoError(t, d.Skip())
+	}
+	require.Equal(t, []string{"Zeta", "alpha", "Extra"}, fields)
 	// and the value is the same as the plain encoding's
 	var back, plain outer
 	require.NoError(t, msgpack.Unmarshal(first, &back))

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 
@@ -167,81 +168,196 @@ func (p *pickler) ref(key string) {
 	p.op(opReduce)
 }
 
-// marshalSorted encodes v as msgpack with every map's entries in order of their keys, at any
-// depth (inside slices, structs, other maps): a Go map has no order, and the Python function
-// receives a dict, whose order it may use (pyarrow.table's columns), so the same literal must
-// always arrive the same (CI saw a table's columns swap). String keys sort by their text, and
-// come before keys of other types, which sort by their encoding.
+// marshalSorted encodes v as msgpack with the entries of every Go map in order of their keys,
+// at any depth (inside slices, pointers, interfaces, other maps and struct fields): a Go map
+// has no order, and the Python function receives a dict, whose order it may use
+// (pyarrow.table's columns), so the same literal must always arrive the same (CI saw a table's
+// columns swap). A struct keeps the order of its fields, as msgpack writes it. The encoder
+// sorts map[string]any; ordered turns the other maps into it, or, for keys that are not
+// strings, into sortedEntries.
 func marshalSorted(v any) ([]byte, error) {
-	b, err := msgpack.Marshal(v)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := msgpack.NewEncoder(&buf)
+	enc.SetSortMapKeys(true)
+	if err := enc.Encode(ordered(reflect.ValueOf(v))); err != nil {
 		return nil, err
 	}
-	r := wire.NewReader(b)
-	out, ok := sortedMaps(make([]byte, 0, len(b)), r, b)
-	if !ok || !r.Done() {
-		return nil, fmt.Errorf("re-reading its encoding: %v", r.Err())
-	}
-	return out, nil
+	return buf.Bytes(), nil
 }
 
-// sortedMaps appends the value r is at (in b) to out, its maps' entries sorted.
-func sortedMaps(out []byte, r *wire.Reader, b []byte) ([]byte, bool) {
-	start := r.Pos()
-	switch r.Next() {
-	case 'a':
-		n, ok := r.ArrayLen()
-		out = append(out, b[start:r.Pos()]...)
-		for ; ok && n > 0; n-- {
-			out, ok = sortedMaps(out, r, b)
-		}
-		return out, ok
-	case 'm':
-		n, ok := r.MapLen()
-		if !ok {
-			return out, false
-		}
-		out = append(out, b[start:r.Pos()]...)
-		type entry struct {
-			text string // the key's text when it is a string
-			str  bool
-			kv   []byte // the key and the value, encoded
-		}
-		entries := make([]entry, 0, n)
-		for range n {
-			var e entry
-			if r.Next() == 's' {
-				at := r.Pos()
-				if e.text, ok = r.Str(); !ok {
-					return out, false
-				}
-				e.str = true
-				e.kv = append(e.kv, b[at:r.Pos()]...)
-			} else if e.kv, ok = sortedMaps(nil, r, b); !ok {
-				return out, false
-			}
-			if e.kv, ok = sortedMaps(e.kv, r, b); !ok {
-				return out, false
-			}
-			entries = append(entries, e)
-		}
-		slices.SortStableFunc(entries, func(x, y entry) int {
-			switch {
-			case x.str && y.str:
-				return strings.Compare(x.text, y.text)
-			case x.str != y.str:
-				if x.str {
-					return -1
-				}
-				return 1
-			}
-			return bytes.Compare(x.kv, y.kv)
-		})
-		for _, e := range entries {
-			out = append(out, e.kv...)
-		}
-		return out, true
+// ordered returns v with every map inside it in a form the encoder writes in key order.
+// Anything without a map inside is returned as it is.
+func ordered(v reflect.Value) any {
+	if !v.IsValid() {
+		return nil
 	}
-	ok := r.Skip()
-	return append(out, b[start:r.Pos()]...), ok
+	switch v.Kind() {
+	case reflect.Interface, reflect.Pointer:
+		if v.IsNil() || v.Kind() == reflect.Pointer && !nests(v.Elem().Type()) {
+			return v.Interface()
+		}
+		return ordered(v.Elem())
+	case reflect.Map:
+		if v.IsNil() {
+			return v.Interface()
+		}
+		if v.Type().Key().Kind() == reflect.String {
+			m := make(map[string]any, v.Len())
+			for it := v.MapRange(); it.Next(); {
+				m[it.Key().String()] = ordered(it.Value())
+			}
+			return m
+		}
+		out := make(sortedEntries, 0, v.Len())
+		for it := v.MapRange(); it.Next(); {
+			k, err := msgpack.Marshal(it.Key().Interface())
+			if err != nil {
+				return v.Interface() // the encoder reports it
+			}
+			out = append(out, entry{msgpack.RawMessage(k), ordered(it.Value())})
+		}
+		slices.SortFunc(out, func(a, b entry) int {
+			return bytes.Compare(a.key.(msgpack.RawMessage), b.key.(msgpack.RawMessage))
+		})
+		return out
+	case reflect.Slice, reflect.Array:
+		if !nests(v.Type().Elem()) || (v.Kind() == reflect.Slice && v.IsNil()) {
+			return v.Interface()
+		}
+		out := make([]any, v.Len())
+		for i := range out {
+			out[i] = ordered(v.Index(i))
+		}
+		return out
+	case reflect.Struct:
+		if nests(v.Type()) {
+			return orderedStruct(v)
+		}
+	}
+	return v.Interface()
+}
+
+// orderedStruct returns a struct's entries as msgpack writes them (its fields in order, with
+// their tags' names and options), each field's value ordered. A struct msgpack writes as
+// something else than a map of named fields (as_array, a custom encoder) is returned as it is.
+func orderedStruct(v reflect.Value) any {
+	if t := v.Type(); t.Implements(customEncoder) || reflect.PointerTo(t).Implements(customEncoder) ||
+		t.Implements(marshaler) || reflect.PointerTo(t).Implements(marshaler) {
+		return v.Interface() // it writes itself
+	}
+	b, err := msgpack.Marshal(v.Interface())
+	if err != nil {
+		return v.Interface() // the encoder reports it
+	}
+	r := wire.NewReader(b)
+	if r.Next() != 'm' {
+		return v.Interface()
+	}
+	n, ok := r.MapLen()
+	if !ok {
+		return v.Interface()
+	}
+	out := make(sortedEntries, 0, n)
+	for range n {
+		if r.Next() != 's' {
+			return v.Interface()
+		}
+		name, _ := r.Str()
+		at := r.Pos()
+		if !r.Skip() {
+			return v.Interface()
+		}
+		var val any = msgpack.RawMessage(b[at:r.Pos()])
+		if f, ok := msgpackField(v, name); ok {
+			val = ordered(f)
+		}
+		out = append(out, entry{name, val})
+	}
+	return out
+}
+
+// msgpackField finds the field msgpack writes under name (its "msgpack" tag's name, else its
+// own), looking into embedded structs, which msgpack writes inline.
+func msgpackField(v reflect.Value, name string) (reflect.Value, bool) {
+	t := v.Type()
+	for i := range t.NumField() {
+		sf := t.Field(i)
+		tag, _, _ := strings.Cut(sf.Tag.Get("msgpack"), ",")
+		if tag == "-" || !sf.IsExported() && !sf.Anonymous {
+			continue
+		}
+		f := v.Field(i)
+		if sf.Anonymous && tag == "" {
+			if f.Kind() == reflect.Pointer {
+				if f.IsNil() {
+					continue
+				}
+				f = f.Elem()
+			}
+			if f.Kind() == reflect.Struct {
+				if g, ok := msgpackField(f, name); ok {
+					return g, true
+				}
+				continue
+			}
+		}
+		if tag == "" {
+			tag = sf.Name
+		}
+		if tag == name && sf.IsExported() {
+			return f, true
+		}
+	}
+	return reflect.Value{}, false
+}
+
+var (
+	customEncoder = reflect.TypeFor[msgpack.CustomEncoder]()
+	marshaler     = reflect.TypeFor[msgpack.Marshaler]()
+)
+
+// entry is one key and value of sortedEntries.
+type entry struct{ key, val any }
+
+// sortedEntries is a map written with its entries in the order given.
+type sortedEntries []entry
+
+func (s sortedEntries) EncodeMsgpack(enc *msgpack.Encoder) error {
+	if err := enc.EncodeMapLen(len(s)); err != nil {
+		return err
+	}
+	for _, e := range s {
+		if err := enc.Encode(e.key); err != nil {
+			return err
+		}
+		if err := enc.Encode(e.val); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nests reports whether values of type t may hold a map (so ordered must look inside).
+func nests(t reflect.Type) bool {
+	return nestsSeen(t, map[reflect.Type]bool{})
+}
+
+func nestsSeen(t reflect.Type, seen map[reflect.Type]bool) bool {
+	switch t.Kind() {
+	case reflect.Map, reflect.Interface:
+		return true
+	case reflect.Slice, reflect.Array, reflect.Pointer:
+		return nestsSeen(t.Elem(), seen)
+	case reflect.Struct:
+		if seen[t] {
+			return false // a recursive type: its other fields decide
+		}
+		seen[t] = true
+		for i := range t.NumField() {
+			if nestsSeen(t.Field(i).Type, seen) {
+				return true
+			}
+		}
+	}
+	return false
 }
