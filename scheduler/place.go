@@ -312,7 +312,13 @@ func (c *Core) blockFor(w *worker) int {
 // readyForQueued reports whether w may be given queued tasks now: it has room for a whole block (or
 // for all that is queued), or its threads are about to run out of work.
 func (c *Core) readyForQueued(w *worker) bool {
-	return c.rootRoom(w) >= min(c.blockFor(w), c.queue.len()) || w.busy() < w.limit
+	return c.readyFor(w, min(c.blockFor(w), c.queue.len()))
+}
+
+// readyFor reports whether w may be given n queued tasks: it has room for them, or its threads
+// are about to run out of work.
+func (c *Core) readyFor(w *worker, n int) bool {
+	return c.rootRoom(w) >= n || w.busy() < w.limit
 }
 
 // rootRoom is how many more queued root tasks w may hold: its limit plus the latency-hiding
@@ -455,7 +461,7 @@ func (c *Core) unassign(id int32) {
 // room stayed in it, not ready, and with 10,000 workers mostly in that state pickUnsat looked
 // at all of them for each finished task (28 % of the scheduler's CPU).
 func (c *Core) updateSat(w *worker) {
-	want := w.accepting() && (c.rootRoom(w) >= c.blockFor(w) || w.busy() < w.limit)
+	want := w.accepting() && c.readyFor(w, c.blockFor(w))
 	if in := w.unsatPos >= 0; want == in {
 		return
 	}
