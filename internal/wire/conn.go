@@ -527,11 +527,12 @@ func (c *Conn) reuseLocked(written [][]byte) {
 		if cap(b) > 2*smallChunk {
 			continue
 		}
-		if len(c.mu.spares) < maxSpares {
+		switch {
+		case len(c.mu.spares) < maxSpares:
 			c.mu.spares = append(c.mu.spares, b[:0])
-		} else if i := 0; cap(b) > cap(c.mu.spares[i]) {
-			c.mu.spares[i] = b[:0] // replaces the smallest
-		} else {
+		case cap(b) > cap(c.mu.spares[0]):
+			c.mu.spares[0] = b[:0] // replaces the smallest
+		default:
 			continue
 		}
 		slices.SortFunc(c.mu.spares, func(x, y []byte) int { return cap(x) - cap(y) })
