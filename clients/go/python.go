@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
@@ -337,10 +338,18 @@ func (s sortedEntries) EncodeMsgpack(enc *msgpack.Encoder) error {
 	return nil
 }
 
-// nests reports whether values of type t may hold a map (so ordered must look inside).
+// nests reports whether values of type t may hold a map (so ordered must look inside). The
+// answer is kept by type: ordered asks it for every element of a slice of structs.
 func nests(t reflect.Type) bool {
-	return nestsSeen(t, map[reflect.Type]bool{})
+	if v, ok := nestsByType.Load(t); ok {
+		return v.(bool)
+	}
+	v := nestsSeen(t, map[reflect.Type]bool{})
+	nestsByType.Store(t, v)
+	return v
 }
+
+var nestsByType sync.Map // reflect.Type → bool
 
 func nestsSeen(t reflect.Type, seen map[reflect.Type]bool) bool {
 	switch t.Kind() {
