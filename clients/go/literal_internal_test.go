@@ -14,17 +14,7 @@ func TestPythonLiteralMapsInOrder(t *testing.T) {
 	lit := map[string]any{"value": []int64{1, 2}, "key": []string{"a", "b"}, "m": map[string]int{"z": 1, "a": 2},
 		"l": []map[string]int{{"y": 1, "b": 2, "c": 3}}}
 	first := encodesTheSame(t, lit)
-	d := msgpack.NewDecoder(bytes.NewReader(first))
-	n, err := d.DecodeMapLen()
-	require.NoError(t, err)
-	var keys []string
-	for range n {
-		k, err := d.DecodeString()
-		require.NoError(t, err)
-		keys = append(keys, k)
-		require.NoError(t, d.Skip())
-	}
-	require.Equal(t, []string{"key", "l", "m", "value"}, keys)
+	require.Equal(t, []string{"key", "l", "m", "value"}, topKeys(t, first))
 	var back map[string]any
 	require.NoError(t, msgpack.Unmarshal(first, &back))
 	require.Equal(t, map[string]any{"value": []any{int64(1), int64(2)}, "key": []any{"a", "b"},
@@ -46,40 +36,24 @@ func TestPythonLiteralMapsInStructsInOrder(t *testing.T) {
 		Parts: []inner{{Columns: map[string]int64{"z": 1, "a": 2, "m": 3, "bb": 4}, ByID: map[int64]string{300: "c", 2: "a", -5: "n", 70000: "x"}}},
 		Meta:  map[string]any{"k": inner{Columns: map[string]int64{"y": 1, "c": 2}}, "b": true}}
 	first := encodesTheSame(t, lit)
-	// the Columns map of the first part, read in the order encoded
+	// the Columns map of the first part (its only one), read in the order encoded
 	d := msgpack.NewDecoder(bytes.NewReader(first))
 	var order []string
-	n, err := d.DecodeMapLen()
-	require.NoError(t, err)
-	for range n {
-		field, err := d.DecodeString()
-		require.NoError(t, err)
+	eachKey(t, d, func(field string) bool {
 		if field != "Parts" {
-			require.NoError(t, d.Skip())
-			continue
+			return false
 		}
-		_, err = d.DecodeArrayLen()
+		_, err := d.DecodeArrayLen()
 		require.NoError(t, err)
-		m, err := d.DecodeMapLen()
-		require.NoError(t, err)
-		for range m {
-			f, err := d.DecodeString()
-			require.NoError(t, err)
+		eachKey(t, d, func(f string) bool {
 			if f != "Columns" {
-				require.NoError(t, d.Skip())
-				continue
+				return false
 			}
-			c, err := d.DecodeMapLen()
-			require.NoError(t, err)
-			for range c {
-				k, err := d.DecodeString()
-				require.NoError(t, err)
-				order = append(order, k)
-				require.NoError(t, d.Skip())
-			}
-		}
-		break
-	}
+			eachKey(t, d, func(k string) bool { order = append(order, k); return false })
+			return true
+		})
+		return true
+	})
 	require.Equal(t, []string{"a", "bb", "m", "z"}, order)
 	// a struct's fields stay in their order, as msgpack writes them
 	type cols struct {
@@ -89,17 +63,7 @@ func TestPythonLiteralMapsInStructsInOrder(t *testing.T) {
 	}
 	b2, err := marshalSorted(cols{Zeta: []int64{1}, Alpha: []int64{2}, Extra: map[string]int{"b": 1, "a": 2}})
 	require.NoError(t, err)
-	d = msgpack.NewDecoder(bytes.NewReader(b2))
-	var fields []string
-	n, err = d.DecodeMapLen()
-	require.NoError(t, err)
-	for range n {
-		f, err := d.DecodeString()
-		require.NoError(t, err)
-		fields = append(fields, f)
-		require.NoError(t, d.Skip())
-	}
-	require.Equal(t, []string{"Zeta", "alpha", "Extra"}, fields)
+	require.Equal(t, []string{"Zeta", "alpha", "Extra"}, topKeys(t, b2))
 	// and the value is the same as the plain encoding's
 	var back, plain outer
 	require.NoError(t, msgpack.Unmarshal(first, &back))
@@ -121,4 +85,27 @@ func encodesTheSame(t *testing.T, lit any) []byte {
 		require.Equal(t, first, b)
 	}
 	return first
+}
+
+// eachKey reads the string-keyed map at d, calling fn with each key in the order encoded; fn
+// reads the key's value and returns true, or returns false for it to be skipped.
+func eachKey(t *testing.T, d *msgpack.Decoder, fn func(key string) bool) {
+	t.Helper()
+	n, err := d.DecodeMapLen()
+	require.NoError(t, err)
+	for range n {
+		k, err := d.DecodeString()
+		require.NoError(t, err)
+		if !fn(k) {
+			require.NoError(t, d.Skip())
+		}
+	}
+}
+
+// topKeys returns the keys of the map encoded in b, in the order encoded.
+func topKeys(t *testing.T, b []byte) []string {
+	t.Helper()
+	var keys []string
+	eachKey(t, msgpack.NewDecoder(bytes.NewReader(b)), func(k string) bool { keys = append(keys, k); return false })
+	return keys
 }
