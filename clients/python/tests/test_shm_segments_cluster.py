@@ -64,14 +64,26 @@ class ProcCluster:
         with open(token, "w") as f:
             f.write("segment-test-token")
         self.env = {**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})}
-        port, gossip = free_port(), free_port()
-        self.address = f"127.0.0.1:{port}"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.metrics_port: dict[str, int] = {}
         self.log = open(os.path.join(self.dir, "log"), "wb")
-        self._start("scheduler", [binary, "scheduler", "--port", str(port), "--gossip-port", str(gossip),
-                                  "--dashboard-port", "-1", "--journal", "none", "--token-file", token,
-                                  "--log-level", "warn"])
+        # free_port's ports are free when picked, not when the scheduler binds them: another
+        # process may take one meanwhile (CI saw the scheduler never listen). A scheduler that
+        # exits before it listens is started again on other ports, at most three times.
+        for _ in range(3):
+            port, gossip = free_port(), free_port()
+            self.address = f"127.0.0.1:{port}"
+            self._start("scheduler", [binary, "scheduler", "--port", str(port), "--gossip-port", str(gossip),
+                                      "--dashboard-port", "-1", "--journal", "none", "--token-file", token,
+                                      "--log-level", "warn"])
+            if self._listening(port, self.procs["scheduler"]):
+                break
+            failed = self.procs.pop("scheduler")
+            if failed.poll() is None:  # alive but not listening after 30 s: not left running
+                os.killpg(failed.pid, signal.SIGKILL)
+                failed.wait(15)
+        else:
+            raise AssertionError(f"the scheduler did not start:\n{self.logs()}")
         for name in ("a", "b"):
             self.metrics_port[name] = free_port()
             self._start(name, [binary, "worker", "--join", f"127.0.0.1:{gossip}", "--name", name,
@@ -83,6 +95,17 @@ class ProcCluster:
         self.procs[name] = subprocess.Popen(args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
 
+    @staticmethod
+    def _listening(port: int, proc: subprocess.Popen[bytes]) -> bool:
+        """Whether proc listens on port within 30 s; False once it has exited."""
+        deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return True
+            time.sleep(0.05)
+        return False
+
     def client(self) -> tuple[Client, dict[str, str]]:
         """A client, once both workers joined, and the workers' data addresses by name."""
         deadline = time.monotonic() + 60
@@ -90,9 +113,9 @@ class ProcCluster:
             try:
                 c = Client(self.address, token=self.token, timeout=5)
                 break
-            except ShoalError:
+            except ShoalError as exc:
                 if time.monotonic() > deadline:
-                    raise
+                    raise AssertionError(f"no client connection: {exc}\n{self.logs()}") from exc
                 time.sleep(0.1)
         while True:
             workers = c.scheduler_info()["workers"]
