@@ -58,6 +58,7 @@ func main() {
 		reps := fs.Int("reps", 1, "repetitions per worker count (fresh scheduler each)")
 		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process (file prefix; the worker count is appended)")
 		fs.StringVar(&zeroJournal, "journal", "", "run the scheduler with --journal in a fresh directory under this one (measures the journal's cost)")
+		fs.StringVar(&zeroPerf, "perf", "", "run `perf record -g` on the scheduler during each graph only (not registration or teardown), writing PREFIX.<workers>w.<rep>.data")
 		fs.Parse(os.Args[2:])
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()

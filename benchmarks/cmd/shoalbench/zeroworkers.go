@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -52,7 +53,7 @@ func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, n
 			if profile != "" {
 				prof = fmt.Sprintf("%s.%dw.pprof", profile, nw)
 			}
-			run, err := zeroRun(ctx, bin, n, nw, nthreads, batch, prof)
+			run, err := zeroRun(ctx, bin, n, nw, nthreads, batch, r, prof)
 			if err != nil {
 				return nil, fmt.Errorf("%d workers: %w", nw, err)
 			}
@@ -62,10 +63,34 @@ func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, n
 	return &res, nil
 }
 
+// zeroPerf: when set, `perf record` samples the scheduler while each graph runs (file prefix).
+var zeroPerf string
+
+// recordPerf starts perf on pid into file; the returned stop ends it and waits for the file.
+func recordPerf(pid int, file string) (stop func() error, err error) {
+	cmd := exec.Command("perf", "record", "-q", "-F", "999", "-g", "-p", strconv.Itoa(pid), "-o", file)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("perf: %w", err)
+	}
+	time.Sleep(300 * time.Millisecond) // perf attaches before the graph starts
+	return func() error {
+		cmd.Process.Signal(os.Interrupt)
+		var exit *exec.ExitError
+		if err := cmd.Wait(); err != nil && !errors.As(err, &exit) { // perf ends by the signal
+			return err
+		}
+		if _, err := os.Stat(file); err != nil {
+			return err
+		}
+		return nil
+	}, nil
+}
+
 // zeroJournal: when set, each run's scheduler journals into a fresh directory under it.
 var zeroJournal string
 
-func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch int, profile string) (*ZeroRun, error) {
+func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, profile string) (*ZeroRun, error) {
 	var extra []string
 	if profile != "" {
 		extra = append(extra, "--cpu-profile", profile)
@@ -111,6 +136,12 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch int, profil
 	idleCPU, beats := proc.CPUSeconds(pid)-idle0, pool.Heartbeats()-beats0
 
 	graphs, keys := noopGraphs(n, batch, "z")
+	stopPerf := func() error { return nil }
+	if zeroPerf != "" {
+		if stopPerf, err = recordPerf(pid, fmt.Sprintf("%s.%dw.%d.data", zeroPerf, nw, rep)); err != nil {
+			return nil, err
+		}
+	}
 	cpu0 := proc.CPUSeconds(pid)
 	start := time.Now()
 	futs, err := submitAndWait(ctx, c, graphs, keys, func(f *client.Future, err error) error {
@@ -124,6 +155,9 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch int, profil
 	}
 	el := time.Since(start)
 	cpu := proc.CPUSeconds(pid) - cpu0
+	if err := stopPerf(); err != nil {
+		return nil, fmt.Errorf("perf: %w", err)
+	}
 	peak := proc.HWM(pid)
 	for _, f := range futs {
 		f.Release()
