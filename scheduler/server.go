@@ -187,6 +187,15 @@ type inbound struct {
 // maxBatch bounds how many messages a connection reader hands to the driver at once.
 const maxBatch = 64
 
+// inboundQueue is how many messages or batches wait for the driver before readers wait to
+// hand theirs on. It bounds what is read ahead of the driver: a reader that waits reads no
+// more, and what its peer sends meanwhile stays in the socket (TCP's flow control then slows
+// the peer). At 4,096 batches of up to maxBatch messages, 10,000 zero-cost workers answering
+// at once had ~90,000 decoded messages (824 bytes each) and ~1,800 64 KiB read buffers
+// waiting: the heap grew to 800 MB and the kernel's zeroing of fresh pages was a quarter of
+// the scheduler's CPU (docs/performance.md, "Zero-cost workers").
+const inboundQueue = 128
+
 type workerExit struct{ name, reason string }
 type gossipDead struct{ addr, reason string }
 
@@ -218,7 +227,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		ln = tls.NewListener(ln, cfg.TLS)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, ln: ln, core: NewCore(cfg.Core),
-		in: make(chan inbound, 4096), queries: make(chan func()), stop: make(chan struct{}),
+		in: make(chan inbound, inboundQueue), queries: make(chan func()), stop: make(chan struct{}),
 		workers: map[WorkerID]*workerConn{}, byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
 		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
 		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(), dirty: map[*wire.Conn]struct{}{},
@@ -470,14 +479,14 @@ func (s *Server) readWorker(c *wire.Conn) {
 	for {
 		m, frames, err := recvOrReport(c)
 		if err != nil {
-			s.sendBatch(batch)
+			s.sendBatch(c, batch)
 			s.send(inbound{worker: w, err: err})
 			return
 		}
 		in := inbound{worker: w, msg: m, frames: frames}
 		if batch == nil {
 			if !c.MessageBuffered() {
-				s.send(in) // alone
+				s.sendFrom(c, in) // alone
 				continue
 			}
 			batch = newBatch()
@@ -486,7 +495,7 @@ func (s *Server) readWorker(c *wire.Conn) {
 		if len(batch) < maxBatch && c.MessageBuffered() {
 			continue
 		}
-		if !s.sendBatch(batch) {
+		if !s.sendBatch(c, batch) {
 			freeBatch(batch)
 		} // else the driver owns the sent slice, and gives it back (freeBatch)
 		batch = nil
@@ -494,8 +503,11 @@ func (s *Server) readWorker(c *wire.Conn) {
 }
 
 // batchPool recycles the slices of messages a worker connection hands to the driver together:
-// allocated per batch, they were ~270 bytes per task on workload 9.
-var batchPool = sync.Pool{New: func() any { b := make([]inbound, 0, maxBatch); return &b }}
+// allocated per batch, they were ~270 bytes per task on workload 9. A new slice has room for a
+// few messages and grows (up to maxBatch) only for a longer burst: with 10,000 workers each
+// connection's reader holds a batch while it waits to hand it over, and at maxBatch entries of
+// ~140 bytes each those were 91 MB of a 400 MB heap, mostly empty.
+var batchPool = sync.Pool{New: func() any { b := make([]inbound, 0, 4); return &b }}
 
 func newBatch() []inbound { return (*batchPool.Get().(*[]inbound))[:0] }
 
@@ -507,16 +519,27 @@ func freeBatch(b []inbound) {
 
 // sendBatch hands the batch to the driver, and reports whether the driver took the slice (a
 // single message is sent by value).
-func (s *Server) sendBatch(batch []inbound) bool {
+func (s *Server) sendBatch(c *wire.Conn, batch []inbound) bool {
 	switch len(batch) {
 	case 0:
 		return false
 	case 1:
-		s.send(batch[0])
+		s.sendFrom(c, batch[0])
 		return false
 	default:
-		s.send(inbound{batch: batch})
+		s.sendFrom(c, inbound{batch: batch})
 		return true
+	}
+}
+
+// sendFrom is send for a message read from c: when the driver is behind, c's read buffer
+// shrinks (if it can) before the reader waits.
+func (s *Server) sendFrom(c *wire.Conn, in inbound) {
+	select {
+	case s.in <- in:
+	default:
+		c.ShrinkBuffer()
+		s.send(in)
 	}
 }
 

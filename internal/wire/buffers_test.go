@@ -64,6 +64,9 @@ func TestConnReaderReadsWhatWasSent(t *testing.T) {
 		b.init(&chunkReader{src: src, sizes: sizes})
 		var got []byte
 		for {
+			if rng.Intn(8) == 0 {
+				b.shrink() // a reader about to wait for the driver
+			}
 			switch rng.Intn(3) {
 			case 0:
 				n := 1 + rng.Intn(6<<10)
@@ -97,6 +100,44 @@ func TestConnReaderReadsWhatWasSent(t *testing.T) {
 			}
 		}
 	next:
+	}
+}
+
+// TestConnReaderShrinks: shrink gives the big buffer back when what is buffered fits the small
+// one, keeps it otherwise, and loses no byte either way.
+func TestConnReaderShrinks(t *testing.T) {
+	src := make([]byte, 80<<10)
+	for i := range src {
+		src[i] = byte(i * 7)
+	}
+	var b connReader
+	b.init(&chunkReader{src: src, sizes: []int{60 << 10, 20 << 10}})
+	if _, err := b.Peek(4 << 10); err != nil { // fills the small buffer, then reads into a big one
+		t.Fatal(err)
+	}
+	var got []byte
+	if b.big == nil || b.Buffered() != 60<<10 {
+		t.Fatalf("after a 60 KiB read: big buffer %v, %d buffered", b.big != nil, b.Buffered())
+	}
+	b.shrink() // 60 KiB buffered: the big buffer stays
+	if b.big == nil {
+		t.Fatal("shrink let the big buffer go while it held more than the small one can")
+	}
+	rest := make([]byte, 60<<10-1000)
+	if _, err := io.ReadFull(&b, rest); err != nil {
+		t.Fatal(err)
+	}
+	got = append(got, rest...)
+	b.shrink() // 1,000 bytes buffered: back to the small buffer
+	if b.big != nil || b.Buffered() != 1000 {
+		t.Fatalf("after shrink with 1000 bytes buffered: big buffer %v, %d buffered", b.big != nil, b.Buffered())
+	}
+	all, err := io.ReadAll(&b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got = append(got, all...); !bytes.Equal(got, src) {
+		t.Fatalf("read %d bytes that differ from the %d sent", len(got), len(src))
 	}
 }
 

@@ -334,6 +334,10 @@ func (c *Conn) RecvHeader() (*Msg, []byte, [][]byte, error) {
 	return m, frames[0], frames[1:], nil
 }
 
+// ShrinkBuffer lets the connection's read buffer go back to its small size when what it holds
+// fits: a reader calls it before it waits for something other than the network.
+func (c *Conn) ShrinkBuffer() { c.br.shrink() }
+
 // MessageBuffered reports whether a whole message is already buffered, so that the next Recv
 // returns without waiting for the network. A reader uses it to hand on messages that arrived
 // together as one batch.
