@@ -604,6 +604,11 @@ const shrinkAbove = 1 << 16
 // A handle (tid) from before may name a slot again: resolve checks the key as well.
 func (c *Core) dropTaskStorage() {
 	c.tasks, c.free, c.story = taskSlots{}, nil, nil
+	for _, ws := range c.workers {
+		if ws != nil {
+			ws.stored = nil // ids of slots no longer there
+		}
+	}
 	c.index = newKeyIndex()
 	clear(c.steals)
 	clear(c.wantMore)

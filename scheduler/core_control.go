@@ -72,13 +72,8 @@ func (c *Core) Retired(w WorkerID) bool {
 	if len(ws.processing) > 0 {
 		return false
 	}
-	if ws.nkeys == 0 {
-		return true
-	}
-	for id := range c.tasks.n {
-		t := c.tasks.at(id)
-		if t.state == Memory && slices.Contains(t.whoHas, w) &&
-			!slices.ContainsFunc(t.whoHas, func(x WorkerID) bool { return x != w && c.liveWorker(x) != nil }) {
+	for _, id := range c.storedOn(w) {
+		if !slices.ContainsFunc(c.tasks.at(id).whoHas, func(x WorkerID) bool { return x != w && c.liveWorker(x) != nil }) {
 			return false
 		}
 	}

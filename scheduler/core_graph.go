@@ -332,7 +332,7 @@ func (c *Core) addHolder(id int32, w WorkerID) {
 	copy(hs, t.whoHas)
 	hs[len(t.whoHas)] = w
 	t.whoHas = hs
-	c.workers[w].addKey(t.nbytes)
+	c.addKey(w, id, t.nbytes)
 }
 
 // removeHolder drops a replica; it reports whether w held it.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +149,62 @@ func TestQueuedTasksGoToARecoveredWorker(t *testing.T) {
 	for _, k := range wanted {
 		if st := cl.c.State(k); st != Memory {
 			t.Fatalf("%s ended in %v", k, st)
+		}
+	}
+}
+
+// A leaving worker matters to those that may be fetching from it: the workers running a
+// dependent of a value it holds, and no others (telling every worker about every departure
+// was quadratic in the cluster). What it held is found from its own list, which drops ids it
+// no longer holds: losing it loses exactly the values it held alone.
+func TestLeavingWorkerFetchers(t *testing.T) {
+	cl := newNoopCluster(4, 1)
+	on := func(w string) []string { return []string{w} }
+	tasks := []graph.Task{
+		{Key: "a", Kind: graph.KindGo, Func: "f", Workers: on("w0")},
+		{Key: "x", Kind: graph.KindGo, Func: "f", Workers: on("w0")},
+		{Key: "b", Kind: graph.KindGo, Func: "f", Workers: on("w1"), Deps: []string{"a"}},
+		{Key: "c", Kind: graph.KindGo, Func: "f", Workers: on("w3")},
+	}
+	cl.handle(EvUpdateGraph{Client: 1, Tasks: tasks, Wanted: []string{"a", "b", "c", "x"}})
+	finish := func(key string) {
+		t.Helper()
+		for i, ac := range cl.pending {
+			if ac.Key == key {
+				cl.pending = append(cl.pending[:i], cl.pending[i+1:]...)
+				cl.handle(EvTaskFinished{Worker: ac.Worker, Key: ac.Key, TaskID: ac.TaskID, NBytes: 8, Encoding: "msgpack", Start: 0, Stop: 1000})
+				return
+			}
+		}
+		t.Fatalf("%s was not sent to a worker", key)
+	}
+	finish("a")
+	finish("x")
+	finish("c")
+	if st := cl.c.State("b"); st != Processing {
+		t.Fatalf("b is %v, want processing on w1 (fetching a from w0)", st)
+	}
+	// churn: w0's list holds ids of copies it dropped, and is pruned as it grows
+	for i := range 500 {
+		k := fmt.Sprintf("t%d", i)
+		cl.handle(EvUpdateGraph{Client: 1, Tasks: []graph.Task{{Key: k, Kind: graph.KindGo, Func: "f", Workers: on("w0")}}, Wanted: []string{k}})
+		finish(k)
+		cl.handle(EvReleaseKeys{Client: 1, Keys: []string{k}})
+	}
+	if got, held := len(cl.c.workers[0].stored), cl.c.workers[0].nkeys; got > 2*held+64 || held != 2 {
+		t.Fatalf("w0 holds %d values and its list has %d entries", held, got)
+	}
+	if got := cl.c.fetchersOf(0); !slices.Equal(got, []WorkerID{1}) {
+		t.Fatalf("fetchers of w0: %v, want [1] (w1 runs b, which needs a)", got)
+	}
+	if got := cl.c.fetchersOf(3); len(got) != 0 {
+		t.Fatalf("fetchers of w3: %v, want none (nothing needs c)", got)
+	}
+	cl.handle(EvWorkerLeft{Worker: 0, Reason: "test"})
+	// a and x were only on w0 and can run only there: they wait for such a worker now
+	for key, want := range map[string]State{"a": NoWorker, "x": NoWorker, "c": Memory} {
+		if st := cl.c.State(key); st != want {
+			t.Errorf("after w0 left, %s is %v, want %v", key, st, want)
 		}
 	}
 }

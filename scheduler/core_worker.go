@@ -147,16 +147,65 @@ func (c *Core) workerLeft(e *EvWorkerLeft) {
 		}
 		c.processingToWaiting(id)
 	}
-	if ws.nkeys > 0 {
-		for id := range c.tasks.n {
-			if t := c.tasks.at(id); t.state == Memory && slices.Contains(t.whoHas, e.Worker) {
-				c.removeHolder(int32(id), e.Worker)
-				if len(c.tasks.at(id).whoHas) == 0 {
-					c.lost(int32(id))
-				}
+	for _, id := range c.storedOn(e.Worker) {
+		if c.removeHolder(id, e.Worker) && len(c.tasks.at(id).whoHas) == 0 {
+			c.lost(id)
+		}
+	}
+	ws.stored = nil
+}
+
+// fetchersOf lists the live workers that may be fetching a value from w now: those running a
+// dependent of a value w holds, and those asked to acquire a copy of one. Its cost follows what
+// w holds, not the size of the cluster.
+func (c *Core) fetchersOf(w WorkerID) []WorkerID {
+	if c.liveWorker(w) == nil {
+		return nil
+	}
+	var out []WorkerID
+	add := func(x WorkerID) {
+		if x != w && c.liveWorker(x) != nil && !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	for _, id := range c.storedOn(w) {
+		for _, ref := range c.tasks.at(id).dependents {
+			if d, ok := c.dependent(ref); ok && c.tasks.at(d).state == Processing {
+				add(c.tasks.at(d).worker)
 			}
 		}
 	}
+	for k := range c.acqPending {
+		if slices.Contains(c.tasks.at(k.id).whoHas, w) {
+			add(k.w)
+		}
+	}
+	return out
+}
+
+// addKey records that w holds a copy of task id, of nbytes.
+func (c *Core) addKey(w WorkerID, id int32, nbytes int64) {
+	ws := c.workers[w]
+	ws.addKey(id, nbytes)
+	if len(ws.stored) > 2*ws.nkeys+64 {
+		c.pruneStored(w, ws)
+	}
+}
+
+// storedOn is every task w holds a copy of, each once. (A worker's list is pruned of what it
+// dropped when it is more than twice what it holds, so the cost stays proportional.)
+func (c *Core) storedOn(w WorkerID) []int32 {
+	ws := c.workers[w]
+	c.pruneStored(w, ws)
+	return ws.stored
+}
+
+func (c *Core) pruneStored(w WorkerID, ws *worker) {
+	slices.Sort(ws.stored)
+	ws.stored = slices.Compact(ws.stored)
+	ws.stored = slices.DeleteFunc(ws.stored, func(id int32) bool {
+		return id >= c.tasks.n || !slices.Contains(c.tasks.at(id).whoHas, w)
+	})
 }
 
 func workerLabel(ws *worker) string {

@@ -22,25 +22,32 @@ type worker struct {
 	occupancy   float64 // expected seconds of work assigned
 	nbytes      int64
 	nkeys       int
-	memory      int64
-	spilled     int64
-	executing   int
-	ready       int
-	lastSeen    int64
-	alive       bool
-	seceded     int    // processing tasks that seceded: they take no thread
-	retiring    bool   // handed back its tasks: gets no new ones
-	unhealthy   string // why it cannot serve now (its last heartbeat said): gets no new tasks
-	unsatPos    int32
-	mark        uint64 // placement's visit stamp (Core.markGen)
-	stealsIn    int
-	stealsOut   int
+	// stored lists the tasks this worker was recorded holding a copy of, so that its leaving
+	// need not look at every task; ids it has dropped since may remain (Core.storedOn).
+	stored    []int32
+	memory    int64
+	spilled   int64
+	executing int
+	ready     int
+	lastSeen  int64
+	alive     bool
+	seceded   int    // processing tasks that seceded: they take no thread
+	retiring  bool   // handed back its tasks: gets no new ones
+	unhealthy string // why it cannot serve now (its last heartbeat said): gets no new tasks
+	unsatPos  int32
+	mark      uint64 // placement's visit stamp (Core.markGen)
+	stealsIn  int
+	stealsOut int
 }
 
 // busy is how many of its processing tasks take a thread (seceded ones do not).
 func (w *worker) busy() int { return len(w.processing) - w.seceded }
 
-func (w *worker) addKey(n int64)  { w.nbytes += n; w.nkeys++ }
+func (w *worker) addKey(id int32, n int64) {
+	w.nbytes += n
+	w.nkeys++
+	w.stored = append(w.stored, id)
+}
 func (w *worker) dropKey(n int64) { w.nbytes -= n; w.nkeys-- }
 
 func (w *worker) accepting() bool { return w.alive && !w.retiring && w.unhealthy == "" }

@@ -804,8 +804,13 @@ func (s *Server) removeWorkerWith(w *workerConn, reason string, graceful bool, f
 	} else {
 		w.conn.Abort()
 	}
-	for _, o := range s.workers { // cut it off: their fetches from it end now, not at a timeout
-		s.queue(o.conn, &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason})
+	// Those that may be fetching from it are told, so that their fetches end now rather than at
+	// a timeout. Not every worker: when a whole cluster of 10,000 left, telling each of the
+	// others about each was 50 million messages and 46 s of the scheduler's CPU.
+	for _, id := range s.core.fetchersOf(w.id) {
+		if o, ok := s.workers[id]; ok {
+			s.queue(o.conn, &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason})
+		}
 	}
 	s.log.Info("worker left", "worker", w.info.Name, "reason", reason, "graceful", graceful)
 	s.journalWorker(w.info.Name, false)

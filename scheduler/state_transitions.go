@@ -267,7 +267,7 @@ func (c *Core) enterMemory(id int32, w WorkerID, nbytes int64, enc string) {
 	t := c.tasks.at(id)
 	t.nbytes, t.enc, t.err = nbytes, c.encoding(enc), nil
 	t.whoHas = []WorkerID{w}
-	c.workers[w].addKey(nbytes)
+	c.addKey(w, id, nbytes)
 	c.groups[t.group].nbytes += nbytes
 	c.notifyMemory(id)
 	for _, ref := range t.dependents {

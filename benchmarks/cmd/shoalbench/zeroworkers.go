@@ -30,6 +30,10 @@ type ZeroRun struct {
 	IdleCPUPct float64 `json:"sched_idle_cpu_pct"`
 	// HeartbeatsPerSec is how many heartbeats the scheduler received per second meanwhile.
 	HeartbeatsPerSec float64 `json:"heartbeats_per_s"`
+	// LeaveSeconds and LeaveCPU: from closing every fake worker's connection at once until the
+	// scheduler lists none, the time and the scheduler's CPU (a whole cluster going away).
+	LeaveSeconds float64 `json:"leave_s"`
+	LeaveCPU     float64 `json:"leave_sched_cpu_s"`
 }
 
 // idleWindow is how long the idle scheduler's CPU is measured before each run.
@@ -165,7 +169,21 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 	if got := pool.Computes(); got < int64(n) {
 		return nil, fmt.Errorf("only %d computes for %d tasks", got, n)
 	}
-	return &ZeroRun{Workers: nw, Tasks: n, Seconds: el.Seconds(), TasksPerSec: float64(n) / el.Seconds(),
+	cpu0 = proc.CPUSeconds(pid)
+	start = time.Now()
+	pool.Close()
+	for {
+		ws, err := c.Info(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if len(ws) == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	leave, leaveCPU := time.Since(start).Seconds(), proc.CPUSeconds(pid)-cpu0
+	return &ZeroRun{LeaveSeconds: leave, LeaveCPU: leaveCPU, Workers: nw, Tasks: n, Seconds: el.Seconds(), TasksPerSec: float64(n) / el.Seconds(),
 		SchedCPU: cpu, CPUPerTaskUS: cpu / float64(n) * 1e6, Computes: pool.Computes(), SchedRSSPeak: peak,
 		IdleCPUPct: idleCPU / idleWindow.Seconds() * 100, HeartbeatsPerSec: float64(beats) / idleWindow.Seconds()}, nil
 }

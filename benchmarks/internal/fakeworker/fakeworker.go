@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,6 +104,7 @@ type Pool struct {
 	stop    chan struct{}
 	done    chan struct{}
 	running atomic.Int64
+	closed  sync.Once
 }
 
 // StartPool starts n fake workers against addr.
@@ -151,11 +153,13 @@ func (p *Pool) Computes() int64 {
 
 // Close stops every worker and waits for their goroutines.
 func (p *Pool) Close() {
-	close(p.stop)
-	for _, w := range p.Workers {
-		w.Close()
-	}
-	if len(p.Workers) > 0 {
-		<-p.done
-	}
+	p.closed.Do(func() {
+		close(p.stop)
+		for _, w := range p.Workers {
+			w.Close()
+		}
+		if len(p.Workers) > 0 {
+			<-p.done
+		}
+	})
 }
