@@ -234,6 +234,7 @@ func (c *Core) flushAcquires() {
 		for _, id := range c.acquires[w] {
 			t := c.tasks.at(id)
 			deps = append(deps, DepLoc{Key: t.key, Workers: slices.Clone(t.whoHas), NBytes: t.nbytes})
+			c.toldHolders(w, t.whoHas)
 		}
 		c.out = append(c.out, ActAcquire{Worker: w, Deps: deps})
 	}

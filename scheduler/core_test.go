@@ -153,12 +153,13 @@ func TestQueuedTasksGoToARecoveredWorker(t *testing.T) {
 	}
 }
 
-// A leaving worker matters to those that may be fetching from it: the workers running a
-// dependent of a value it holds, and no others (telling every worker about every departure
-// was quadratic in the cluster). What it held is found from its own list, which drops ids it
-// no longer holds: losing it loses exactly the values it held alone.
+// A leaving worker matters to those that may be fetching from it or keep connections to it:
+// the workers ever given it as a holder of a value, in a compute's dependencies or in an
+// acquire (replication), and no others (telling every worker about every departure was
+// quadratic in the cluster). What it held is found from its own list, which drops ids it no
+// longer holds: losing it loses exactly the values it held alone.
 func TestLeavingWorkerFetchers(t *testing.T) {
-	cl := newNoopCluster(4, 1)
+	cl := newNoopCluster(5, 1)
 	on := func(w string) []string { return []string{w} }
 	tasks := []graph.Task{
 		{Key: "a", Kind: graph.KindGo, Func: "f", Workers: on("w0")},
@@ -194,17 +195,45 @@ func TestLeavingWorkerFetchers(t *testing.T) {
 	if got, held := len(cl.c.workers[0].stored), cl.c.workers[0].nkeys; got > 2*held+64 || held != 2 {
 		t.Fatalf("w0 holds %d values and its list has %d entries", held, got)
 	}
-	if got := cl.c.fetchersOf(0); !slices.Equal(got, []WorkerID{1}) {
-		t.Fatalf("fetchers of w0: %v, want [1] (w1 runs b, which needs a)", got)
+	acts := cl.c.Handle(EvReplicate{Keys: []string{"c"}, N: 2}, nil)
+	var acquirer WorkerID = -1
+	for _, a := range acts {
+		if aq, ok := a.(ActAcquire); ok {
+			acquirer = aq.Worker
+		}
 	}
-	if got := cl.c.fetchersOf(3); len(got) != 0 {
-		t.Fatalf("fetchers of w3: %v, want none (nothing needs c)", got)
+	if acquirer < 0 {
+		t.Fatalf("replicating c asked no worker to acquire it: %v", acts)
 	}
+	check := func(w WorkerID, want []WorkerID) {
+		t.Helper()
+		got, all := cl.c.fetchersOf(w)
+		if all || !slices.Equal(got, want) {
+			t.Fatalf("fetchers of w%d: %v (all: %v), want %v", w, got, all, want)
+		}
+	}
+	check(0, []WorkerID{1})        // w1 runs b, which needs a
+	check(3, []WorkerID{acquirer}) // the worker copying c
+	check(2, nil)                  // w2 holds nothing
 	cl.handle(EvWorkerLeft{Worker: 0, Reason: "test"})
 	// a and x were only on w0 and can run only there: they wait for such a worker now
 	for key, want := range map[string]State{"a": NoWorker, "x": NoWorker, "c": Memory} {
 		if st := cl.c.State(key); st != want {
 			t.Errorf("after w0 left, %s is %v, want %v", key, st, want)
 		}
+	}
+	check(3, []WorkerID{acquirer})
+	cl.handle(EvWorkerLeft{Worker: acquirer, Reason: "test"})
+	check(3, nil) // those that left do not count
+}
+
+// Past maxFetchers workers told of one holder, its leaving concerns every worker.
+func TestFetchersBounded(t *testing.T) {
+	cl := newNoopCluster(maxFetchers+3, 1)
+	for i := 1; i <= maxFetchers+1; i++ {
+		cl.c.toldHolders(WorkerID(i), []WorkerID{0})
+	}
+	if ids, all := cl.c.fetchersOf(0); !all || ids != nil || cl.c.workers[0].fetchers != nil {
+		t.Fatalf("%d fetchers remembered, all %v", len(ids), all)
 	}
 }

@@ -22,22 +22,27 @@ type worker struct {
 	occupancy   float64 // expected seconds of work assigned
 	nbytes      int64
 	nkeys       int
+	memory      int64
+	spilled     int64
+	executing   int
+	ready       int
+	lastSeen    int64
+	alive       bool
+	seceded     int    // processing tasks that seceded: they take no thread
+	retiring    bool   // handed back its tasks: gets no new ones
+	unhealthy   string // why it cannot serve now (its last heartbeat said): gets no new tasks
+	unsatPos    int32
+	mark        uint64 // placement's visit stamp (Core.markGen)
+	stealsIn    int
+	stealsOut   int
 	// stored lists the tasks this worker was recorded holding a copy of, so that its leaving
 	// need not look at every task; ids it has dropped since may remain (Core.storedOn).
-	stored    []int32
-	memory    int64
-	spilled   int64
-	executing int
-	ready     int
-	lastSeen  int64
-	alive     bool
-	seceded   int    // processing tasks that seceded: they take no thread
-	retiring  bool   // handed back its tasks: gets no new ones
-	unhealthy string // why it cannot serve now (its last heartbeat said): gets no new tasks
-	unsatPos  int32
-	mark      uint64 // placement's visit stamp (Core.markGen)
-	stealsIn  int
-	stealsOut int
+	stored []int32
+	// fetchers are the workers given this one as a holder of a value (in a compute's or an
+	// acquire's who_has): they may fetch from it, and keep connections to it. Once there are
+	// more than maxFetchers, allFetchers is set instead (every worker then counts).
+	fetchers    map[WorkerID]struct{}
+	allFetchers bool
 }
 
 // busy is how many of its processing tasks take a thread (seceded ones do not).
@@ -425,6 +430,7 @@ func (c *Core) sendCompute(id int32, w WorkerID) {
 		for i, d := range t.deps {
 			dt := c.tasks.at(d)
 			deps[i] = DepLoc{Key: dt.key, Workers: dt.whoHas[:len(dt.whoHas):len(dt.whoHas)], NBytes: dt.nbytes}
+			c.toldHolders(w, dt.whoHas)
 		}
 	}
 	// a plain task goes out with its shared template (no graph.Task allocated per compute)

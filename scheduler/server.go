@@ -805,11 +805,20 @@ func (s *Server) removeWorkerWith(w *workerConn, reason string, graceful bool, f
 		w.conn.Abort()
 	}
 	// Those that may be fetching from it are told, so that their fetches end now rather than at
-	// a timeout. Not every worker: when a whole cluster of 10,000 left, telling each of the
-	// others about each was 50 million messages and 46 s of the scheduler's CPU.
-	for _, id := range s.core.fetchersOf(w.id) {
-		if o, ok := s.workers[id]; ok {
-			s.queue(o.conn, &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason})
+	// a timeout, and they let go of their connections to it. Not every worker: when a whole
+	// cluster of 10,000 left, telling each of the others about each was 50 million messages
+	// and 46 s of the scheduler's CPU. (While workers come back after a restart, which of them
+	// were given its address before is not known: all are told.)
+	gone := &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason}
+	if ids, all := s.core.fetchersOf(w.id); all || s.recov != nil {
+		for _, o := range s.workers {
+			s.queue(o.conn, gone)
+		}
+	} else {
+		for _, id := range ids {
+			if o, ok := s.workers[id]; ok {
+				s.queue(o.conn, gone)
+			}
 		}
 	}
 	s.log.Info("worker left", "worker", w.info.Name, "reason", reason, "graceful", graceful)

@@ -145,6 +145,7 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 		if stopPerf, err = recordPerf(pid, fmt.Sprintf("%s.%dw.%d.data", zeroPerf, nw, rep)); err != nil {
 			return nil, err
 		}
+		defer func() { stopPerf() }() // when the graph failed; else a no-op by then
 	}
 	cpu0 := proc.CPUSeconds(pid)
 	start := time.Now()
@@ -159,7 +160,9 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 	}
 	el := time.Since(start)
 	cpu := proc.CPUSeconds(pid) - cpu0
-	if err := stopPerf(); err != nil {
+	err = stopPerf()
+	stopPerf = func() error { return nil }
+	if err != nil {
 		return nil, fmt.Errorf("perf: %w", err)
 	}
 	peak := proc.HWM(pid)
