@@ -271,6 +271,9 @@ func (c *Core) Handle(ev Event, out []Action) []Action {
 	case EvTaskFinished:
 		c.evCode = evTaskFinished
 		c.taskFinished(&e)
+	case *EvTaskFinished: // the driver's, reused: no allocation per finished task
+		c.evCode = evTaskFinished
+		c.taskFinished(e)
 	case EvTaskErred:
 		c.evCode = evTaskErred
 		c.taskErred(&e)

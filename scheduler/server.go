@@ -133,6 +133,7 @@ type Server struct {
 	nextC    ClientID
 	actions  []Action
 	dirty    map[*wire.Conn]struct{} // connections with queued, unflushed messages
+	finished EvTaskFinished          // the event of the task_finished being handled
 	obs      *observers
 	stats    serverStats
 	started  time.Time
@@ -858,7 +859,10 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	case wire.OpTaskFinished:
 		s.stats.finished++
 		s.obs.taskDone(w, m, false)
-		s.handle(EvTaskFinished{Worker: w.id, Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread, Holds: m.Keys})
+		// by pointer to one reused value: an EvTaskFinished in the Event interface was an
+		// allocation per task (the core keeps nothing of the event)
+		s.finished = EvTaskFinished{Worker: w.id, Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread, Holds: m.Keys}
+		s.handle(&s.finished)
 	case wire.OpTaskErred:
 		err := m.Error
 		if err == nil {

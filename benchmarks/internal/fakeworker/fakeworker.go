@@ -69,6 +69,7 @@ func (w *Worker) Serve() {
 		case wire.OpClose:
 			return
 		}
+		wire.ReleaseMsg(m) // as the worker does: in-process benchmarks share the pool with the scheduler
 	}
 }
 
