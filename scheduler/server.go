@@ -611,9 +611,18 @@ func (s *Server) handleInbound(in inbound) {
 }
 
 func (s *Server) handle(ev Event) {
-	s.actions = s.core.Handle(ev, s.actions[:0])
-	for _, a := range s.actions {
+	// An action may handle an event of its own (removing a worker handles its leaving): that
+	// one must not reuse this pass's slice while its actions are performed, or its actions
+	// take the place of those not yet done (a second worker timing out in the same tick was
+	// not removed). It gets a slice of its own; the larger is kept for the next event.
+	acts := s.core.Handle(ev, s.actions[:0])
+	s.actions = nil
+	for _, a := range acts {
 		s.perform(a)
+	}
+	clear(acts) // the actions hold keys and graphs: not kept alive until the slice is reused
+	if cap(acts) >= cap(s.actions) {
+		s.actions = acts[:0]
 	}
 	if len(s.fired) > 0 && !s.firing {
 		// fire-and-forget tasks that ended: their pseudo-client lets them go

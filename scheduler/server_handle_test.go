@@ -1,0 +1,71 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
+)
+
+// dialWorker registers a worker named name (one thread, function "inc") on a real socket; it
+// never reads, so it neither runs nor answers anything.
+func dialWorker(t *testing.T, s *Server, name string) {
+	t.Helper()
+	c, err := wire.Dial(context.Background(), s.Addr(), wire.DialOptions{Role: wire.RoleWorker})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Abort() })
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpRegister, Name: name, DataAddr: "127.0.0.1:1",
+		NThreads: 1, MemLimit: 1 << 30, Functions: []string{"inc"}, Version: "test"}))
+	recvOp(t, c, wire.OpRegistered)
+}
+
+// A removal performed among a pass's actions (a worker whose heartbeats stopped) handles the
+// worker's leaving at once, and that has actions of its own (its tasks sent elsewhere). They
+// must not take the place of the pass's remaining actions: two workers timing out in one tick
+// are both removed.
+func TestRemovalsInOneTickAllHappen(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.Port = 0
+	cfg.Core.SaturationFactor = math.Inf(1) // every task sent at once: a's go to another worker
+	s, err := NewServer(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Serve(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	for _, n := range []string{"a", "b", "c"} {
+		dialWorker(t, s, n)
+	}
+	c, _ := dialClient(t, s)
+	var tasks []graph.Task
+	var keys []string
+	for i := range 30 {
+		k := fmt.Sprintf("t%d", i)
+		tasks = append(tasks, graph.Task{Key: k, Kind: graph.KindGo, Func: "inc"})
+		keys = append(keys, k)
+	}
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: keys, Tasks: tasks}))
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpInfo, ID: 2}))
+	recvOp(t, c, wire.OpInfoReply) // the graph is in
+	var left []string
+	query(t, s, func(t require.TestingT) {
+		a, b, live := s.byName["a"], s.byName["b"], s.byName["c"]
+		require.NotEmpty(t, s.core.workers[a].processing, "a runs tasks: its leaving sends them elsewhere")
+		now := s.cfg.Clock().Add(time.Hour).UnixNano()
+		s.handle(EvHeartbeat{Worker: live, Now: now})
+		s.handle(EvTick{Now: now}) // a and b are silent past the timeout
+		for _, w := range []WorkerID{a, b} {
+			if _, ok := s.workers[w]; ok {
+				left = append(left, s.core.workers[w].name)
+			}
+		}
+		require.Len(t, s.workers, 1)
+	})
+	require.Empty(t, left, "workers still registered after the tick that timed them out")
+}
