@@ -5,6 +5,7 @@ and two ``shoal worker``\\ s."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -35,10 +36,19 @@ needs_journal = pytest.mark.skipif(
                                "without losing work, issue 13): rebuild with `make build` once it does")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def start_scheduler(procs: "Processes", journal: Path) -> tuple[subprocess.Popen[bytes], list[str], str, int]:
+    """A scheduler on ports it picks (no port chosen here can be taken by another process
+    before it binds), found through its --scheduler-file; returns the process, the arguments
+    that start it again on the same ports and journal, its address and its gossip port."""
+    info = procs.tmp / "scheduler.json"
+    common = ["scheduler", "--host", "127.0.0.1", "--dashboard-port", "-1", "--journal", str(journal)]
+    sched = procs.start("scheduler", *common, "--port", "0", "--gossip-port", "0", "--scheduler-file", str(info))
+    wait_for(info.exists, "the scheduler wrote its --scheduler-file", procs=procs)
+    meta = json.loads(info.read_text())
+    address = meta["address"].removeprefix("tcp://")
+    gossip = int(meta["gossip"].rsplit(":", 1)[1])
+    again = [*common, "--port", address.rsplit(":", 1)[1], "--gossip-port", str(gossip)]
+    return sched, again, address, gossip
 
 
 class Processes:
@@ -96,15 +106,10 @@ def wait_for(cond: Any, what: str, timeout: float = 60, procs: Optional[Processe
 
 @needs_journal
 def test_scheduler_killed_and_restarted_on_its_journal(procs: Processes, tmp_path: Path) -> None:
-    port, gossip = _free_port(), _free_port()
-    journal = tmp_path / "journal"
-    sched_args = ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--gossip-port", str(gossip),
-                  "--dashboard-port", "-1", "--journal", str(journal)]
-    sched = procs.start("scheduler", *sched_args)
+    sched, sched_args, address, gossip = start_scheduler(procs, tmp_path / "journal")
     for i in range(2):
         procs.start(f"worker{i}", "worker", "--join", f"127.0.0.1:{gossip}", "--nthreads", "1",
                     "--python", sys.executable, "--memory-limit", "0")
-    address = f"127.0.0.1:{port}"
     wait_for(lambda: _connectable(address), "the scheduler listens", procs=procs)
     with Client(address, token="", timeout=10, reconnect_timeout=60, set_as_default=False) as client:
         client.wait_for_workers(2, timeout=60)
@@ -155,14 +160,10 @@ def fib(n: int) -> int:
 def test_tasks_that_submit_tasks_survive_a_scheduler_restart(procs: Processes, tmp_path: Path) -> None:
     """The executors' own clients reconnect too: seceded tasks waiting on their children get
     their results after the scheduler came back."""
-    port, gossip = _free_port(), _free_port()
-    sched_args = ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--gossip-port", str(gossip),
-                  "--dashboard-port", "-1", "--journal", str(tmp_path / "journal")]
-    sched = procs.start("scheduler", *sched_args)
+    sched, sched_args, address, gossip = start_scheduler(procs, tmp_path / "journal")
     for i in range(2):
         procs.start(f"worker{i}", "worker", "--join", f"127.0.0.1:{gossip}", "--nthreads", "1",
                     "--python", sys.executable, "--memory-limit", "0")
-    address = f"127.0.0.1:{port}"
     wait_for(lambda: _connectable(address), "the scheduler listens", procs=procs)
     with Client(address, token="", timeout=10, reconnect_timeout=60, set_as_default=False) as client:
         client.wait_for_workers(2, timeout=60)
