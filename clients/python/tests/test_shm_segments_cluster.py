@@ -10,6 +10,7 @@ worker B keeps its copy when worker A dies."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -67,23 +68,21 @@ class ProcCluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.metrics_port: dict[str, int] = {}
         self.log = open(os.path.join(self.dir, "log"), "wb")
-        # free_port's ports are free when picked, not when the scheduler binds them: another
-        # process may take one meanwhile (CI saw the scheduler never listen). A scheduler that
-        # exits before it listens is started again on other ports, at most three times.
-        for _ in range(3):
-            port, gossip = free_port(), free_port()
-            self.address = f"127.0.0.1:{port}"
-            self._start("scheduler", [binary, "scheduler", "--port", str(port), "--gossip-port", str(gossip),
-                                      "--dashboard-port", "-1", "--journal", "none", "--token-file", token,
-                                      "--log-level", "warn"])
-            if self._listening(port, self.procs["scheduler"]):
-                break
-            failed = self.procs.pop("scheduler")
-            if failed.poll() is None:  # alive but not listening after 30 s: not left running
-                os.killpg(failed.pid, signal.SIGKILL)
-                failed.wait(15)
-        else:
-            raise AssertionError(f"the scheduler did not start:\n{self.logs()}")
+        # the scheduler picks its ports (ports picked here could be taken by another process
+        # before it binds them: CI saw a scheduler never listen) and tells them in its file
+        info = os.path.join(self.dir, "scheduler.json")
+        self._start("scheduler", [binary, "scheduler", "--port", "0", "--gossip-port", "0", "--scheduler-file", info,
+                                  "--dashboard-port", "-1", "--journal", "none", "--token-file", token,
+                                  "--log-level", "warn"])
+        deadline = time.monotonic() + 30
+        while not os.path.exists(info):
+            if self.procs["scheduler"].poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the scheduler did not start:\n{self.logs()}")
+            time.sleep(0.02)
+        with open(info) as f:
+            meta = json.load(f)
+        self.address = meta["address"].removeprefix("tcp://")
+        gossip = meta["gossip"].rsplit(":", 1)[1]
         for name in ("a", "b"):
             self.metrics_port[name] = free_port()
             self._start(name, [binary, "worker", "--join", f"127.0.0.1:{gossip}", "--name", name,
@@ -94,17 +93,6 @@ class ProcCluster:
     def _start(self, name: str, args: list[str]) -> None:
         self.procs[name] = subprocess.Popen(args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
-
-    @staticmethod
-    def _listening(port: int, proc: subprocess.Popen[bytes]) -> bool:
-        """Whether proc listens on port within 30 s; False once it has exited."""
-        deadline = time.monotonic() + 30
-        while proc.poll() is None and time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return True
-            time.sleep(0.05)
-        return False
 
     def client(self) -> tuple[Client, dict[str, str]]:
         """A client, once both workers joined, and the workers' data addresses by name."""
