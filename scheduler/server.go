@@ -872,6 +872,7 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		// allocation per task (the core keeps nothing of the event)
 		s.finished = EvTaskFinished{Worker: w.id, Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread, Holds: m.Keys}
 		s.handle(&s.finished)
+		s.finished = EvTaskFinished{} // keeps no key or holds alive
 	case wire.OpTaskErred:
 		err := m.Error
 		if err == nil {

@@ -43,7 +43,9 @@ def start_scheduler(procs: "Processes", journal: Path) -> tuple[subprocess.Popen
     info = procs.tmp / "scheduler.json"
     common = ["scheduler", "--host", "127.0.0.1", "--dashboard-port", "-1", "--journal", str(journal)]
     sched = procs.start("scheduler", *common, "--port", "0", "--gossip-port", "0", "--scheduler-file", str(info))
-    wait_for(info.exists, "the scheduler wrote its --scheduler-file", procs=procs)
+    wait_for(lambda: info.exists() or sched.poll() is not None, "the scheduler wrote its --scheduler-file",
+             procs=procs)
+    assert sched.poll() is None, f"the scheduler exited\n{procs.logs()}"
     meta = json.loads(info.read_text())
     address = meta["address"].removeprefix("tcp://")
     gossip = int(meta["gossip"].rsplit(":", 1)[1])

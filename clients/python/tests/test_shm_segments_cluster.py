@@ -77,7 +77,9 @@ class ProcCluster:
         deadline = time.monotonic() + 30
         while not os.path.exists(info):
             if self.procs["scheduler"].poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the scheduler did not start:\n{self.logs()}")
+                logs = self.logs()
+                self.close()  # not left running, nor its directory behind
+                raise AssertionError(f"the scheduler did not start:\n{logs}")
             time.sleep(0.02)
         with open(info) as f:
             meta = json.load(f)
