@@ -180,11 +180,12 @@ func TestWaitProgressAsCompleted(t *testing.T) {
 	}))
 	require.NoError(t, err)
 	mu.Lock()
-	require.Len(t, seen, len(xs))
+	seen = slices.Clone(seen) // a late call (a failure) must not find mu held by a failed test
+	mu.Unlock()
+	require.Len(t, seen, len(xs), "every progress call made before Wait returned")
 	slices.Sort(seen)
 	require.Equal(t, 1, seen[0])
 	require.Equal(t, len(xs), seen[len(seen)-1])
-	mu.Unlock()
 
 	got := map[shoal.Key]int64{}
 	for f := range shoal.AsCompleted(ctx, futs) {

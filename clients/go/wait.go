@@ -20,8 +20,9 @@ type waitConfig struct {
 
 // Progress calls fn(done, total) each time one of the futures becomes final, in completion
 // order, from the client's reader goroutine: fn must be quick and must not block. done counts
-// up to total; the last call has done == total. Calls go on after Wait returned early (its
-// context ended) as the remaining futures finish.
+// up to total; the last call has done == total. When Wait returns nil or a task's error,
+// every call has returned; calls go on after Wait returned early (its context ended) as the
+// remaining futures finish.
 func Progress(fn func(done, total int)) WaitOption {
 	return func(c *waitConfig) { c.progress = fn }
 }
@@ -33,17 +34,33 @@ func Wait[F Waitable](ctx context.Context, futs []F, opts ...WaitOption) error {
 	for _, o := range opts {
 		o(&cfg)
 	}
+	// a future is final (its done channel closed) just before its callbacks run: the calls
+	// are counted too, so that none comes after Wait returned
+	calls := make(chan struct{}, len(futs))
 	if cfg.progress != nil {
 		var n atomic.Int64
 		total := len(futs)
 		for _, f := range futs {
 			ff := f.future()
-			ff.c.onDone(ff.ks, func() { cfg.progress(int(n.Add(1)), total) })
+			ff.c.onDone(ff.ks, func() {
+				cfg.progress(int(n.Add(1)), total)
+				calls <- struct{}{}
+			})
 		}
 	}
 	for _, f := range futs {
 		select {
 		case <-f.future().ks.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for range futs {
+		if cfg.progress == nil {
+			break
+		}
+		select {
+		case <-calls:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
