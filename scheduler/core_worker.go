@@ -200,7 +200,8 @@ func (c *Core) fetchersOf(w WorkerID) (ids []WorkerID, all bool) {
 // addKey records that w holds a copy of task id, of nbytes.
 func (c *Core) addKey(w WorkerID, id int32, nbytes int64) {
 	ws := c.workers[w]
-	ws.addKey(id, nbytes)
+	ws.addKey(nbytes)
+	ws.stored = append(ws.stored, id)
 	if len(ws.stored) > 2*ws.nkeys+64 {
 		c.pruneStored(w, ws)
 	}

@@ -19,7 +19,14 @@ import (
 func journalServer(t *testing.T, dir string) (*Server, func()) {
 	t.Helper()
 	cfg := DefaultServerConfig()
-	cfg.Port, cfg.Journal, cfg.RecoveryWait = 0, dir, 50*time.Millisecond
+	cfg.Journal, cfg.RecoveryWait = dir, 50*time.Millisecond
+	return serveConfig(t, cfg)
+}
+
+// serveConfig serves a scheduler with cfg on a free loopback port; the func stops it.
+func serveConfig(t *testing.T, cfg ServerConfig) (*Server, func()) {
+	t.Helper()
+	cfg.Port = 0
 	s, err := NewServer(cfg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -48,11 +48,7 @@ type worker struct {
 // busy is how many of its processing tasks take a thread (seceded ones do not).
 func (w *worker) busy() int { return len(w.processing) - w.seceded }
 
-func (w *worker) addKey(id int32, n int64) {
-	w.nbytes += n
-	w.nkeys++
-	w.stored = append(w.stored, id)
-}
+func (w *worker) addKey(n int64)  { w.nbytes += n; w.nkeys++ }
 func (w *worker) dropKey(n int64) { w.nbytes -= n; w.nkeys-- }
 
 func (w *worker) accepting() bool { return w.alive && !w.retiring && w.unhealthy == "" }

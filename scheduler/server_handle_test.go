@@ -31,14 +31,9 @@ func dialWorker(t *testing.T, s *Server, name string, port int) {
 // are both removed.
 func TestRemovalsInOneTickAllHappen(t *testing.T) {
 	cfg := DefaultServerConfig()
-	cfg.Port = 0
 	cfg.Core.SaturationFactor = math.Inf(1) // every task sent at once: a's go to another worker
-	s, err := NewServer(cfg)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { s.Serve(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	s, stop := serveConfig(t, cfg)
+	defer stop()
 	for i, n := range []string{"a", "b", "c"} {
 		dialWorker(t, s, n, 1+i)
 	}

@@ -36,8 +36,9 @@ func Wait[F Waitable](ctx context.Context, futs []F, opts ...WaitOption) error {
 	}
 	// a future is final (its done channel closed) just before its callbacks run: the calls
 	// are counted too, so that none comes after Wait returned
-	calls := make(chan struct{}, len(futs))
+	var calls chan struct{}
 	if cfg.progress != nil {
+		calls = make(chan struct{}, len(futs))
 		var n atomic.Int64
 		total := len(futs)
 		for _, f := range futs {
@@ -55,10 +56,7 @@ func Wait[F Waitable](ctx context.Context, futs []F, opts ...WaitOption) error {
 			return ctx.Err()
 		}
 	}
-	for range futs {
-		if cfg.progress == nil {
-			break
-		}
+	for range cap(calls) { // none without Progress
 		select {
 		case <-calls:
 		case <-ctx.Done():
