@@ -4,10 +4,13 @@ are skipped with a message saying how to build it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 from typing import Iterator
 
 import pytest
 
+from shoal._discovery import read_scheduler_file
 from shoal.cluster import find_binary
 from shoal.exceptions import ShoalError
 
@@ -19,6 +22,22 @@ def _binary() -> str | None:
         return find_binary()
     except ShoalError:
         return None
+
+
+def scheduler_ports(info: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> tuple[str, int]:
+    """The address (host:port) and gossip port of ``shoal scheduler --port 0 --gossip-port 0
+    --scheduler-file info`` running as proc, once it wrote the file: the scheduler picks its
+    ports, which a test cannot pick for it without a race (another process may take a port
+    found free before the scheduler binds it). AssertionError if it exits or writes nothing."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(info):
+        if proc.poll() is not None:
+            raise AssertionError(f"the scheduler exited ({proc.returncode}) before writing {info}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the scheduler wrote no {info} in {timeout} s")
+        time.sleep(0.02)
+    meta = read_scheduler_file(info)
+    return meta["address"].removeprefix("tcp://"), int(meta["gossip"].rsplit(":", 1)[1])
 
 
 BINARY = _binary()

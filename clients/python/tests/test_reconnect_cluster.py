@@ -5,7 +5,6 @@ and two ``shoal worker``\\ s."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -19,7 +18,7 @@ import pytest
 
 from shoal import Client, wait
 
-from conftest import BINARY, needs_binary
+from conftest import BINARY, needs_binary, scheduler_ports
 
 pytestmark = [needs_binary, pytest.mark.cluster]
 
@@ -43,12 +42,10 @@ def start_scheduler(procs: "Processes", journal: Path) -> tuple[subprocess.Popen
     info = procs.tmp / "scheduler.json"
     common = ["scheduler", "--host", "127.0.0.1", "--dashboard-port", "-1", "--journal", str(journal)]
     sched = procs.start("scheduler", *common, "--port", "0", "--gossip-port", "0", "--scheduler-file", str(info))
-    wait_for(lambda: info.exists() or sched.poll() is not None, "the scheduler wrote its --scheduler-file",
-             procs=procs)
-    assert sched.poll() is None, f"the scheduler exited\n{procs.logs()}"
-    meta = json.loads(info.read_text())
-    address = meta["address"].removeprefix("tcp://")
-    gossip = int(meta["gossip"].rsplit(":", 1)[1])
+    try:
+        address, gossip = scheduler_ports(str(info), sched, timeout=60)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{procs.logs()}") from None
     again = [*common, "--port", address.rsplit(":", 1)[1], "--gossip-port", str(gossip)]
     return sched, again, address, gossip
 

@@ -10,7 +10,6 @@ worker B keeps its copy when worker A dies."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -32,7 +31,7 @@ from shoal import Client
 from shoal.cluster import find_binary
 from shoal.exceptions import ShoalError
 
-from conftest import executor_mappings
+from conftest import executor_mappings, scheduler_ports
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or not hasattr(os, "memfd_create")
@@ -74,17 +73,12 @@ class ProcCluster:
         self._start("scheduler", [binary, "scheduler", "--port", "0", "--gossip-port", "0", "--scheduler-file", info,
                                   "--dashboard-port", "-1", "--journal", "none", "--token-file", token,
                                   "--log-level", "warn"])
-        deadline = time.monotonic() + 30
-        while not os.path.exists(info):
-            if self.procs["scheduler"].poll() is not None or time.monotonic() > deadline:
-                logs = self.logs()
-                self.close()  # not left running, nor its directory behind
-                raise AssertionError(f"the scheduler did not start:\n{logs}")
-            time.sleep(0.02)
-        with open(info) as f:
-            meta = json.load(f)
-        self.address = meta["address"].removeprefix("tcp://")
-        gossip = meta["gossip"].rsplit(":", 1)[1]
+        try:
+            self.address, gossip = scheduler_ports(info, self.procs["scheduler"])
+        except AssertionError as exc:
+            logs = self.logs()
+            self.close()  # not left running, nor its directory behind
+            raise AssertionError(f"the scheduler did not start: {exc}\n{logs}") from None
         for name in ("a", "b"):
             self.metrics_port[name] = free_port()
             self._start(name, [binary, "worker", "--join", f"127.0.0.1:{gossip}", "--name", name,
