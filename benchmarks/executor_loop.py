@@ -1,11 +1,13 @@
 """The Python executor's cost per run, alone (issue 19: where the million-task graph's time goes).
 
-    .venv/bin/python benchmarks/executor_loop.py [--runs 200000] [--batch 20]
+    .venv/bin/python benchmarks/executor_loop.py [--runs 200000] [--batch 20] [--payload literal|pickle]
 
 A real ``shoal.executor.Executor`` serves one end of a socket pair in a child process; this
 process plays its worker and sends ``run`` messages in batches, as a worker sends short runs,
 each like an ``add`` of the million-task graph's tree: ``operator.add`` of two dependencies
-that arrive as msgpack frames, named by ``Ref`` in a pickled payload, returning an int. Printed:
+that arrive as msgpack frames, named in a literal payload as ``client.get`` sends a plain call
+(``--payload pickle``: by ``Ref`` in a pickled one, as ``client.submit`` does), returning an
+int. Printed:
 the wall time per run and the executor's CPU per run (its user + system time, from
 ``getrusage`` once it exits), which is what a worker's executor spends per small task besides
 the task itself.
@@ -25,18 +27,21 @@ from typing import Any
 import msgpack
 
 from shoal import _wire, executor
+from shoal._dask import literal_packer, literal_payload
 from shoal._keys import dumps_callable, func_hash
 from shoal._refs import Ref
 
 
-def batch(first: int, n: int, fhash: str, fdata: bytes | None) -> list[tuple[dict[str, Any], list[bytes]]]:
+def batch(first: int, n: int, fhash: str, fdata: bytes | None,
+          literal: bool) -> list[tuple[dict[str, Any], list[bytes]]]:
     """``n`` runs with ids from ``first``; the first carries the function when ``fdata``."""
     out: list[tuple[dict[str, Any], list[bytes]]] = []
+    pack = literal_packer()
     for i in range(first, first + n):
         a, b = f"('sum', 0, {2 * i})", f"('sum', 0, {2 * i + 1})"
         header: dict[str, Any] = {
             "op": "run", "id": i, "key": f"('sum', 1, {i})", "func": fhash,
-            "payload": pickle.dumps(((Ref(a), Ref(b)), {}), 5),
+            "payload": literal_payload([a, b], [0, 1], pack) if literal else pickle.dumps(((Ref(a), Ref(b)), {}), 5),
             "items": [{"key": a, "encoding": "msgpack", "nframes": 1, "nbytes": 2},
                       {"key": b, "encoding": "msgpack", "nframes": 1, "nbytes": 2}]}
         if fdata is not None and i == first:
@@ -49,10 +54,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=20, help="runs per write, as a worker batches short runs")
+    ap.add_argument("--payload", choices=("literal", "pickle"), default="literal",
+                    help="the arguments as client.get sends a plain call, or pickled with Refs")
     args = ap.parse_args()
     fdata = dumps_callable(operator.add)
     fhash = func_hash(fdata)
-    batches = [batch(i, min(args.batch, args.runs - i), fhash, fdata if i == 0 else None)
+    batches = [batch(i, min(args.batch, args.runs - i), fhash, fdata if i == 0 else None, args.payload == "literal")
                for i in range(0, args.runs, args.batch)]
     mine, theirs = socket.socketpair()
     pid = os.fork()
@@ -78,7 +85,8 @@ def main() -> None:
     os.waitpid(pid, 0)
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = usage.ru_utime + usage.ru_stime
-    print(f"{args.runs:,} runs in batches of {args.batch}: {1e6 * took / args.runs:.2f} µs per run (wall), "
+    print(f"{args.runs:,} runs in batches of {args.batch}, {args.payload} payloads: "
+          f"{1e6 * took / args.runs:.2f} µs per run (wall), "
           f"executor {1e6 * cpu / args.runs:.2f} µs of CPU per run, results checked")
 
 

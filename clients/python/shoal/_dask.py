@@ -15,14 +15,16 @@ The executor swaps each ``Ref`` for the dependency's value and calls
 own schedulers do with a node.
 
 Fast path: a legacy node that is a plain call, ``(func, arg, ...)`` where every argument is
-either a key of the graph or a literal ``int``, ``float``, ``str``, ``bool``, ``bytes`` or
-``None`` that is not a key, skips dask's node objects altogether. It becomes a
+either a key of the graph or a literal ``int`` (of 64 bits), ``float``, ``str``, ``bool``,
+``bytes`` or ``None`` that is not a key, skips dask's node objects altogether. It becomes a
 :class:`DirectCall` and is sent like ``client.submit(func, *args)``: ``func`` is the hash of
-``func`` itself and ``payload`` the pickled ``(args, {})`` with a ``Ref`` for each key. That is
-what dask would evaluate for such a node (keys replaced by their values, literals kept), at a
-fraction of the cost: no ``convert_legacy_graph``, no pickled ``Task`` object, no
-``execute_node`` in the executor. Anything else (nested calls, lists or dicts of keys, other
-objects as arguments, aliases, task-spec nodes) takes the general path.
+``func`` itself, and ``payload`` is a *literal payload* (docs/protocol.md §3.1): a zero byte,
+then msgpack ``[args]`` or ``[args, refs]``, where ``args`` holds the literals as they are
+and each key's wire key in its place, and ``refs`` lists the positions that are keys. That
+is what dask would evaluate for such a node (keys replaced by their values, literals kept),
+at a fraction of the cost: no ``convert_legacy_graph``, no pickled ``Task`` object or
+``Ref``, no ``execute_node`` in the executor. Anything else (nested calls, lists or dicts of
+keys, other objects as arguments, aliases, task-spec nodes) takes the general path.
 """
 
 from __future__ import annotations
@@ -44,27 +46,58 @@ FuncOf = Callable[[Any], tuple[str, bytes]]
 _LITERALS = (int, float, str, bool, bytes, type(None))
 
 
+# ints a literal payload carries (msgpack's range); others take the general path
+_INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
+
+
 class DirectCall:
     """A legacy ``(func, *args)`` node sent as a plain call (see the module docstring)."""
 
-    __slots__ = ("func", "args", "dependencies", "wire_deps")
+    __slots__ = ("func", "payload", "dependencies", "wire_deps")
 
-    def __init__(self, func: Any, args: tuple[Any, ...], dependencies: frozenset[Hashable],
+    def __init__(self, func: Any, payload: bytes, dependencies: frozenset[Hashable],
                  wire_deps: list[str]) -> None:
         self.func = func
-        self.args = args  # keys replaced by Refs to their wire keys
+        self.payload = payload  # the literal payload: args, keys by their wire keys
         self.dependencies = dependencies
         self.wire_deps = wire_deps  # the wire keys of dependencies, each once
 
     def __repr__(self) -> str:
-        return f"DirectCall({getattr(self.func, '__name__', self.func)!r}, {self.args!r})"
+        return f"DirectCall({getattr(self.func, '__name__', self.func)!r}, {load_literal_payload(self.payload)!r})"
 
 
-def direct_call(node: Any, keys: Any) -> Optional[DirectCall]:
+def literal_packer() -> Callable[[Any], bytes]:
+    """A ``pack`` for :func:`direct_call` (one per graph: a Packer is not thread-safe)."""
+    import msgpack
+
+    return msgpack.Packer(use_bin_type=True, buf_size=1024).pack  # type: ignore[no-any-return]
+
+
+def literal_payload(args: list[Any], refs: list[int], pack: Callable[[Any], bytes]) -> bytes:
+    """A literal payload: ``args`` with the wire keys of dependencies at positions ``refs``."""
+    return b"\x00" + pack([args, refs] if refs else [args])
+
+
+def load_literal_payload(payload: bytes, values: Optional[Mapping[str, Any]] = None) -> tuple[Any, ...]:
+    """The call arguments of a literal payload, each dependency's wire key replaced by its
+    value in ``values`` (kept as the key without ``values``). The executor's own copy of this
+    is ``shoal.executor.load_payload``."""
+    import msgpack
+
+    body = msgpack.unpackb(payload[1:], raw=False)
+    args = body[0]
+    if values is not None and len(body) > 1:
+        for i in body[1]:
+            args[i] = values[args[i]]
+    return tuple(args)
+
+
+def direct_call(node: Any, keys: Any, pack: Optional[Callable[[Any], bytes]] = None) -> Optional[DirectCall]:
     """``node`` as a DirectCall when it is a plain legacy call over keys and literals."""
     if type(node) is not tuple or not node or not callable(node[0]):
         return None
     args: list[Any] = []
+    refs: list[int] = []
     deps: dict[Hashable, str] = {}  # each dependency once, with its wire key, in order
     for a in node[1:]:
         # dask's own rule (convert_legacy_task): an int, float, str or tuple found among
@@ -78,13 +111,16 @@ def direct_call(node: Any, keys: Any) -> Optional[DirectCall]:
                 if type(a) is bool or type(a) is float:
                     return None  # equal to a key of another type (True == 1): dask decides
                 wk = a if type(a) is str else repr(a)  # wire_key, inline: this runs per node
-                args.append(Ref(wk))
+                refs.append(len(args))
+                args.append(wk)
                 deps[a] = wk
                 continue
-        if type(a) not in _LITERALS:
+        t = type(a)
+        if t not in _LITERALS or t is int and not _INT_MIN <= a <= _INT_MAX:
             return None
         args.append(a)
-    return DirectCall(node[0], tuple(args), frozenset(deps), list(deps.values()))
+    payload = literal_payload(args, refs, pack or literal_packer())
+    return DirectCall(node[0], payload, frozenset(deps), list(deps.values()))
 
 
 _gc_lock = threading.Lock()
@@ -158,6 +194,7 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
         else:
             raise TypeError(f"shoal: expected a dask graph (a mapping), got {type(dsk).__name__}")
     keys = dsk.keys()
+    pack = literal_packer()
     direct: dict[Hashable, DirectCall] = {}
     rest: dict[Hashable, Any] = {}
     native: set[Hashable] = set()
@@ -166,13 +203,15 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
             rest[k] = v
             native.add(k)
             continue
-        d = direct_call(v, keys)
+        d = direct_call(v, keys, pack)
         if d is None:
             rest[k] = v
         else:
             direct[k] = d
     if not direct:
         graph: dict[Hashable, Any] = convert_legacy_graph(dsk)
+    elif not rest:
+        graph = direct  # in dsk's order, as built
     else:
         converted = convert_legacy_graph(rest, all_keys=keys) if rest else {}
         graph = {k: direct[k] if k in direct else converted[k] for k in dsk}
@@ -319,7 +358,7 @@ def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias:
     wk = k if type(k) is str else repr(k)  # wire_key, inline: this runs per node
     if type(node) is DirectCall:
         task: dict[str, Any] = {"key": wk, "kind": "py", "func": name(node.func),
-                                "payload": dumps_payload((node.args, {})), "group": group(k)}
+                                "payload": node.payload, "group": group(k)}
         if node.wire_deps:
             task["deps"] = node.wire_deps
         if ann:

@@ -7,7 +7,9 @@ per-executor secret in ``SHOAL_EXECUTOR_TOKEN``. The executor handshakes (role 4
 1. load the callable from ``func_data`` (cloudpickle) or from its cache, by SHA-256 hash;
 2. decode the dependency values listed in ``items`` from the payload frames;
 3. unpickle ``payload`` = ``(args, kwargs)``, each :class:`shoal._refs.Ref` becoming the
-   dependency's value as it is unpickled (no second walk over the arguments);
+   dependency's value as it is unpickled (no second walk over the arguments), or read a
+   literal payload (a plain call from a dask graph: msgpack arguments, the dependencies'
+   wire keys at known positions);
 4. call, encode the result (:mod:`shoal._serialize`) and reply ``done``, or reply ``error``
    with the exception's type, message, formatted traceback and pickled form.
 
@@ -46,6 +48,8 @@ import threading
 import traceback
 from time import time_ns
 from typing import Any, Callable, Sequence
+
+import msgpack
 
 from . import _preload, _refs, _serialize, _wire, _worker
 from ._segments import _SEALS, SEG_ALIGN, SEG_MIN, SEG_MIN_FRAME, write_segment  # noqa: F401  (SEG_ALIGN: tests)
@@ -846,12 +850,23 @@ class _RefUnpickler(pickle.Unpickler):
 
 
 _REFS_MODULE = _refs.Ref.__module__
+_unpackb = msgpack.unpackb
 
 
 def load_payload(payload: bytes | bytearray | None, values: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Unpickle ``(args, kwargs)`` and put the dependency values in place of the Refs."""
+    """Unpickle ``(args, kwargs)`` and put the dependency values in place of the Refs; or,
+    for a literal payload (a zero byte, then msgpack ``[args]`` or ``[args, refs]``:
+    docs/protocol.md §3.1), take ``args`` with the value of the wire key at each position in
+    ``refs``."""
     if not payload:
         return (), {}
+    if payload[0] == 0:
+        body = _unpackb(memoryview(payload)[1:], raw=False)
+        args = body[0]
+        if len(body) > 1:
+            for i in body[1]:
+                args[i] = values[args[i]]
+        return tuple(args), {}
     if values:
         u = _RefUnpickler(io.BytesIO(payload))
         u.values = values

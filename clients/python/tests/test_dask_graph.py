@@ -215,6 +215,37 @@ def test_direct_calls(worker: FakeWorker) -> None:
     assert out[1] == (100, "not-a-key", 100, 2.5, None, False, b"x", 102)
 
 
+def test_direct_calls_send_literal_payloads(worker: FakeWorker) -> None:
+    """A direct call's payload is a literal one: a zero byte, then msgpack of the arguments with
+    each dependency's wire key at the positions listed; the executor puts the values there.
+    Every literal type keeps its type (str and bytes apart, bool apart from int); an int msgpack
+    cannot carry takes the general path instead."""
+    big = 1 << 70
+    dsk: dict[Any, Any] = {
+        ("k", 1): (add, 2, 3),
+        "twice": (concat, ("k", 1), ("k", 1), "k-1", True, 1.5, b"\x00b", None, -(1 << 63), (1 << 64) - 1),
+        "big": (add, big, ("k", 1)),
+    }
+    graph = _dask.normalize_graph(dsk)
+    assert type(graph["big"]).__name__ != "DirectCall"
+    twice = graph["twice"]
+    assert type(twice).__name__ == "DirectCall"
+    payload = twice.payload  # type: ignore[attr-defined]
+    assert payload[:1] == b"\x00"
+    wk = _keys.wire_key(("k", 1))
+    assert twice.wire_deps == [wk]  # type: ignore[attr-defined]
+    assert _dask.load_literal_payload(payload) == (wk, wk, "k-1", True, 1.5, b"\x00b", None,
+                                                   -(1 << 63), (1 << 64) - 1)
+    args = _dask.load_literal_payload(payload, {wk: 5})
+    assert args[:2] == (5, 5) and type(args[3]) is bool and type(args[5]) is bytes
+    from shoal.executor import load_payload
+    assert load_payload(payload, {wk: 5}) == (args, {})
+    assert load_payload(graph[("k", 1)].payload, {}) == ((2, 3), {})  # type: ignore[attr-defined]
+    out = run_graph(worker, dsk, ["twice", "big"])
+    assert out == list(dask.get(dsk, ["twice", "big"]))
+    assert out[0][:3] == (5, 5, "k-1") and out[1] == big + 5
+
+
 def test_task_chunks_name_direct_call_functions() -> None:
     dsk = {f"x-{i}": (add, i, 1) for i in range(50)}
     dsk.update({f"y-{i}": (mul, f"x-{i}", 2) for i in range(50)})
