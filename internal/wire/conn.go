@@ -167,6 +167,7 @@ func isTimeout(err error) bool {
 
 // readMessage reads one frame list under the connection's timeouts.
 func (c *Conn) readMessage() ([][]byte, error) {
+	c.scratch.release() // the last header RecvHeader returned is no longer valid
 	if err := c.awaitMessage(); err != nil {
 		return nil, err
 	}
@@ -313,7 +314,8 @@ func (c *Conn) Recv() (*Msg, [][]byte, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	m, err := DecodeHeader(frames[0])
+	m, err := DecodeHeader(frames[0]) // copies what it keeps out of the header
+	c.scratch.release()
 	if err != nil {
 		return nil, nil, err
 	}

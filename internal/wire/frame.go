@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 )
 
 // Limits bound the messages a peer may send. A declared length is never allocated up front
@@ -65,13 +66,91 @@ func ReadFramesTo(r io.Reader, lim Limits, dest Dest) ([][]byte, error) {
 // recvScratch holds a connection's reusable read buffers: the frame lengths and a header
 // frame of up to maxScratchHeader bytes. Conn.Recv decodes the header (which copies every
 // string and byte slice out of it) before the next read, so the header buffer can be reused.
+//
+// A larger header (a graph's update_graph chunks are megabytes each) is read into buffers from
+// hdrPool, growing as its bytes arrive as any frame does, and big keeps it until release gives
+// it back: a fresh buffer per such message, zeroed and then copied as it doubled, was 12 % of
+// the scheduler's CPU on the million-task graph (docs/performance.md).
 type recvScratch struct {
 	lens  []byte
 	sizes []int64
 	hdr   []byte
+	big   []byte // the last header read into a pooled buffer, until release
 }
 
 const maxScratchHeader = 64 << 10
+
+// release gives the last large header's buffer back to the pool; the header is not used after.
+func (s *recvScratch) release() {
+	if s.big != nil {
+		putHdr(s.big)
+		s.big = nil
+	}
+}
+
+// hdrPool holds buffers for large headers by size class: class i holds buffers of growFrom<<i
+// bytes, up to the largest header DefaultLimits allows.
+var hdrPool [hdrClasses]sync.Pool
+
+const hdrClasses = 11 // 64 KiB … 64 MiB
+
+// hdrClass is the class of buffers of n bytes, or -1 if n is not a class's size.
+func hdrClass(n int) int {
+	for i := range hdrClasses {
+		if n == growFrom<<i {
+			return i
+		}
+	}
+	return -1
+}
+
+// getHdr returns a buffer of class i (its contents are stale).
+func getHdr(i int) []byte {
+	if p, ok := hdrPool[i].Get().(*[]byte); ok {
+		return *p
+	}
+	return make([]byte, growFrom<<i)
+}
+
+// putHdr gives back a buffer getHdr returned (others are left to the collector).
+func putHdr(b []byte) {
+	if i := hdrClass(cap(b)); i >= 0 {
+		b = b[:cap(b)]
+		hdrPool[i].Put(&b)
+	}
+}
+
+// readPooled reads a frame of sz bytes, as readGrowing does, into pooled buffers: it starts
+// with one of growFrom bytes and moves to one of twice the size each time that one is full,
+// giving the last back. The frame's buffer is for putHdr once the frame is no longer used.
+func readPooled(r io.Reader, sz int64) ([]byte, error) {
+	class := 0
+	b := getHdr(class)
+	var n int64
+	for {
+		m, err := io.ReadFull(r, b[n:min(sz, int64(len(b)))])
+		n += int64(m)
+		if err != nil {
+			putHdr(b)
+			return nil, unexpected(err)
+		}
+		if n == sz {
+			return b[:sz], nil
+		}
+		if class+1 >= hdrClasses { // larger than DefaultLimits allows: grow as readGrowing does
+			nb := make([]byte, min(sz, 2*int64(len(b))))
+			copy(nb, b[:n])
+			putHdr(b)
+			b = nb
+			continue
+		}
+		class++
+		nb := getHdr(class)
+		copy(nb, b[:n])
+		putHdr(b)
+		b = nb
+	}
+}
 
 func readFrames(r io.Reader, lim Limits, s *recvScratch, dest Dest) ([][]byte, error) {
 	var hdr [4]byte
@@ -118,6 +197,13 @@ func readFrames(r io.Reader, lim Limits, s *recvScratch, dest Dest) ([][]byte, e
 				s.hdr = make([]byte, max(sz, 512))
 			}
 			frames[0] = s.hdr[:sz]
+		} else if i == 0 && s != nil {
+			f, err := readPooled(r, sz)
+			if err != nil {
+				return nil, err
+			}
+			frames[0], s.big = f, f
+			continue
 		} else if i > 0 && sz > 0 {
 			if dest.Sink != nil {
 				if sink := dest.Sink(frames[0], i, sz); sink != nil {

@@ -351,3 +351,67 @@ func TestDeclaredFrameIsNotAllocated(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, payload, frames[1])
 }
+
+// Headers larger than a connection's scratch buffer are read into pooled buffers that grow as
+// their bytes arrive: a declared length still costs nothing until it arrives, and a buffer
+// given back and taken again for a shorter header holds only that header's bytes.
+func TestLargeHeadersFromPool(t *testing.T) {
+	var s recvScratch
+	b := binary.BigEndian.AppendUint32(nil, 1)
+	b = binary.BigEndian.AppendUint64(b, 60<<20) // within MaxHeader; ten bytes follow
+	b = append(b, make([]byte, 10)...)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := readFrames(bytes.NewReader(b), DefaultLimits(), &s, Dest{})
+	runtime.ReadMemStats(&after)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(1<<20))
+	require.Nil(t, s.big, "a header that did not arrive is not kept")
+
+	for i, n := range []int{5<<20 + 3, 70_000, 3 << 20, growFrom + 1, 100_000} {
+		hdr := make([]byte, n)
+		for j := range hdr {
+			hdr[j] = byte(j*31 + i)
+		}
+		var buf bytes.Buffer
+		require.NoError(t, WriteFrames(&buf, [][]byte{hdr, []byte("p")}))
+		frames, err := readFrames(iotest.HalfReader(&buf), DefaultLimits(), &s, Dest{})
+		require.NoError(t, err)
+		require.Len(t, frames[0], n)
+		require.True(t, bytes.Equal(hdr, frames[0]), "header %d", i)
+		require.Equal(t, "p", string(frames[1]))
+		require.Equal(t, &frames[0][0], &s.big[0], "a large header is the scratch's to give back")
+		s.release()
+		require.Nil(t, s.big)
+	}
+}
+
+// Large headers through a connection, one after another and of shrinking and growing sizes,
+// decode as sent (the pooled buffer of one is given back before the next is read).
+func TestLargeHeadersThroughConn(t *testing.T) {
+	cc, sc, cerr, serr := pipePair(t, "secret", "secret", RoleClient)
+	require.NoError(t, cerr)
+	require.NoError(t, serr)
+	defer cc.Close()
+	defer sc.Close()
+	sizes := []int{20_000, 500, 60_000, 3_000}
+	for i, n := range sizes {
+		m := &Msg{Op: OpUpdateGraph, ID: uint64(i)}
+		for j := range n {
+			m.Tasks = append(m.Tasks, graph.Task{Key: fmt.Sprintf("t-%d-%d", i, j), Kind: graph.KindPy,
+				Func: "f", Payload: []byte{0, byte(j), byte(i)}})
+		}
+		require.NoError(t, cc.Send(m))
+	}
+	for i, n := range sizes {
+		m, _, err := sc.Recv()
+		require.NoError(t, err)
+		require.Equal(t, uint64(i), m.ID)
+		require.Len(t, m.Tasks, n)
+		for j, task := range m.Tasks {
+			require.Equal(t, fmt.Sprintf("t-%d-%d", i, j), task.Key)
+			require.Equal(t, []byte{0, byte(j), byte(i)}, task.Payload)
+		}
+		require.Nil(t, sc.scratch.big, "given back once decoded")
+	}
+}
