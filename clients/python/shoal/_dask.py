@@ -119,7 +119,10 @@ def direct_call(node: Any, keys: Any, pack: Optional[Callable[[Any], bytes]] = N
         if t not in _LITERALS or t is int and not _INT_MIN <= a <= _INT_MAX:
             return None
         args.append(a)
-    payload = literal_payload(args, refs, pack or literal_packer())
+    try:
+        payload = literal_payload(args, refs, pack or literal_packer())
+    except (UnicodeEncodeError, ValueError, OverflowError):
+        return None  # e.g. a str with a lone surrogate (os.fsdecode's), which msgpack refuses
     return DirectCall(node[0], payload, frozenset(deps), list(deps.values()))
 
 

@@ -225,9 +225,11 @@ def test_direct_calls_send_literal_payloads(worker: FakeWorker) -> None:
         ("k", 1): (add, 2, 3),
         "twice": (concat, ("k", 1), ("k", 1), "k-1", True, 1.5, b"\x00b", None, -(1 << 63), (1 << 64) - 1),
         "big": (add, big, ("k", 1)),
+        "surrogate": (add, "x\udc80", "y"),  # not UTF-8: msgpack refuses it, pickle does not
     }
     graph = _dask.normalize_graph(dsk)
     assert type(graph["big"]).__name__ != "DirectCall"
+    assert type(graph["surrogate"]).__name__ != "DirectCall"
     twice = graph["twice"]
     assert type(twice).__name__ == "DirectCall"
     payload = twice.payload  # type: ignore[attr-defined]
@@ -241,9 +243,9 @@ def test_direct_calls_send_literal_payloads(worker: FakeWorker) -> None:
     from shoal.executor import load_payload
     assert load_payload(payload, {wk: 5}) == (args, {})
     assert load_payload(graph[("k", 1)].payload, {}) == ((2, 3), {})  # type: ignore[attr-defined]
-    out = run_graph(worker, dsk, ["twice", "big"])
-    assert out == list(dask.get(dsk, ["twice", "big"]))
-    assert out[0][:3] == (5, 5, "k-1") and out[1] == big + 5
+    out = run_graph(worker, dsk, ["twice", "big", "surrogate"])
+    assert out == list(dask.get(dsk, ["twice", "big", "surrogate"]))
+    assert out[0][:3] == (5, 5, "k-1") and out[1] == big + 5 and out[2] == "x\udc80y"
 
 
 def test_task_chunks_name_direct_call_functions() -> None:
