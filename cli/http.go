@@ -17,7 +17,7 @@ import (
 )
 
 // serveWorkerMetrics serves a worker's /metrics when port >= 0.
-func serveWorkerMetrics(w *worker.Worker, host string, port int, token string) (func(), error) {
+func serveWorkerMetrics(w *worker.Worker, host string, port int, token string, log *slog.Logger) (func(), error) {
 	if port < 0 {
 		return func() {}, nil
 	}
@@ -31,7 +31,7 @@ func serveWorkerMetrics(w *worker.Worker, host string, port int, token string) (
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	srv := newHTTPServer(dashboard.RequireToken(mux, token))
 	go srv.Serve(limitHTTP(ln))
-	slog.Info("worker metrics", "url", "http://"+ln.Addr().String()+"/metrics")
+	log.Info("worker metrics", "url", "http://"+ln.Addr().String()+"/metrics")
 	return func() { srv.Close() }, nil
 }
 

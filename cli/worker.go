@@ -226,7 +226,7 @@ func serveWorker(ctx context.Context, f workerFlags) (err error) {
 	}
 	ballast := make([]byte, gcBallast(debug.SetMemoryLimit(-1))) // the limit in force, GOMEMLIMIT's too
 	defer runtime.KeepAlive(ballast)
-	stopMetrics, err := serveWorkerMetrics(w, cfg.Host, f.metricsPort, cfg.Token)
+	stopMetrics, err := serveWorkerMetrics(w, cfg.Host, f.metricsPort, cfg.Token, log)
 	if err != nil {
 		return err
 	}

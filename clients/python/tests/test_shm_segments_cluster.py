@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,13 +43,6 @@ PYTHONPATH = os.pathsep.join([str(Path(__file__).resolve().parents[1]), str(Path
                               os.environ.get("PYTHONPATH", "")])
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class ProcCluster:
     """`shoal scheduler` and two `shoal worker` processes (names "a" and "b") on this machine."""
 
@@ -65,8 +57,8 @@ class ProcCluster:
             f.write("segment-test-token")
         self.env = {**os.environ, "PYTHONPATH": PYTHONPATH, **(env or {})}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.metrics_port: dict[str, int] = {}
-        self.log = open(os.path.join(self.dir, "log"), "wb")
+        self.metrics_url: dict[str, str] = {}
+        self.logfiles: dict[str, Any] = {}  # each process's output, by name
         # the scheduler picks its ports (ports picked here could be taken by another process
         # before it binds them: CI saw a scheduler never listen) and tells them in its file
         info = os.path.join(self.dir, "scheduler.json")
@@ -80,15 +72,30 @@ class ProcCluster:
             self.close()  # not left running, nor its directory behind
             raise AssertionError(f"the scheduler did not start: {exc}\n{logs}") from None
         for name in ("a", "b"):
-            self.metrics_port[name] = free_port()
+            # the worker picks its metrics port too, and logs its URL (at info)
             self._start(name, [binary, "worker", "--join", f"127.0.0.1:{gossip}", "--name", name,
                                "--nthreads", "1", "--python", sys.executable, "--token-file", token,
-                               "--metrics-port", str(self.metrics_port[name]), "--log-level", "warn"])
+                               "--metrics-port", "0", "--log-level", "info"])
         self.token = "segment-test-token"
 
     def _start(self, name: str, args: list[str]) -> None:
-        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        log = self.logfiles[name] = open(os.path.join(self.dir, f"{name}.log"), "wb")
+        self.procs[name] = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def metrics(self, worker: str) -> str:
+        """The worker's metrics URL, from its log."""
+        if worker not in self.metrics_url:
+            deadline = time.monotonic() + 30
+            while True:
+                with open(os.path.join(self.dir, f"{worker}.log"), errors="replace") as f:
+                    m = re.search(r'msg="worker metrics" .*url=(\S+)', f.read())
+                if m:
+                    self.metrics_url[worker] = m.group(1)
+                    break
+                assert time.monotonic() < deadline, f"worker {worker} logged no metrics URL\n{self.logs()}"
+                time.sleep(0.05)
+        return self.metrics_url[worker]
 
     def client(self) -> tuple[Client, dict[str, str]]:
         """A client, once both workers joined, and the workers' data addresses by name."""
@@ -110,7 +117,7 @@ class ProcCluster:
             time.sleep(0.1)
 
     def metric(self, worker: str, name: str) -> float:
-        url = f"http://127.0.0.1:{self.metrics_port[worker]}/metrics"
+        url = self.metrics(worker)
         req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.token}"})
         with urllib.request.urlopen(req, timeout=10) as r:
             text = r.read().decode()
@@ -132,12 +139,16 @@ class ProcCluster:
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait(15)
-        self.log.close()
+        for log in self.logfiles.values():
+            log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def logs(self) -> str:
-        with open(os.path.join(self.dir, "log"), errors="replace") as f:
-            return f.read()[-4000:]
+        out = []
+        for name in self.logfiles:
+            with open(os.path.join(self.dir, f"{name}.log"), errors="replace") as f:
+                out.append(f"--- {name}\n{f.read()[-3000:]}")
+        return "\n".join(out)
 
 
 @pytest.fixture()
