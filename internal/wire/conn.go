@@ -635,10 +635,14 @@ func (c *Conn) Close() error {
 	return c.nc.Close()
 }
 
-// Abort closes the connection at once, dropping whatever is queued.
+// Abort closes the connection at once, dropping whatever is queued. (A write under way when
+// it is called fails as the connection closes.)
 func (c *Conn) Abort() error {
 	c.mu.Lock()
 	c.mu.closed = true
+	// dropped here, so that the writer started only to end (closing queued files) does not
+	// race the Close below to write them
+	c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.pending = nil, nil, nil, 0
 	c.startWriterLocked()
 	c.mu.Unlock()
 	return c.nc.Close()

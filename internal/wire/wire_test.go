@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/stretchr/testify/require"
@@ -413,5 +414,26 @@ func TestLargeHeadersThroughConn(t *testing.T) {
 			require.Equal(t, []byte{0, byte(j), byte(i)}, task.Payload)
 		}
 		require.Nil(t, sc.scratch.big, "given back once decoded")
+	}
+}
+
+// Abort drops what is queued: a message queued and never flushed does not reach the peer,
+// whose next read fails instead (the writer Abort starts only ends the output; before, it
+// raced Abort's close to write the queue).
+func TestAbortDropsQueuedOutput(t *testing.T) {
+	for i := range 50 {
+		cc, sc, cerr, serr := pipePair(t, "", "", RoleClient)
+		require.NoError(t, cerr)
+		require.NoError(t, serr)
+		require.NoError(t, sc.Queue(&Msg{Op: OpInfo, ID: 7}, make([]byte, 1<<20)))
+		require.NoError(t, sc.Abort())
+		m, _, err := cc.Recv()
+		require.Error(t, err, "round %d: got %v", i, m)
+		cc.Close()
+		select {
+		case <-sc.done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the aborted connection's output never ended")
+		}
 	}
 }
