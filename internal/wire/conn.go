@@ -640,9 +640,14 @@ func (c *Conn) Close() error {
 func (c *Conn) Abort() error {
 	c.mu.Lock()
 	c.mu.closed = true
-	// dropped here, so that the writer started only to end (closing queued files) does not
-	// race the Close below to write them
+	// dropped here, so that the writer started only to end the output does not race the
+	// Close below to write them; the files of queued file frames are closed here, as no
+	// writer will see them (one that runs keeps its own)
 	c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.pending = nil, nil, nil, 0
+	for _, f := range c.mu.files {
+		f.f.Close()
+	}
+	c.mu.files = nil
 	c.startWriterLocked()
 	c.mu.Unlock()
 	return c.nc.Close()

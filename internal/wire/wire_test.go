@@ -419,14 +419,19 @@ func TestLargeHeadersThroughConn(t *testing.T) {
 
 // Abort drops what is queued: a message queued and never flushed does not reach the peer,
 // whose next read fails instead (the writer Abort starts only ends the output; before, it
-// raced Abort's close to write the queue).
+// raced Abort's close to write the queue), and a queued file frame's file is closed.
 func TestAbortDropsQueuedOutput(t *testing.T) {
 	for i := range 50 {
 		cc, sc, cerr, serr := pipePair(t, "", "", RoleClient)
 		require.NoError(t, cerr)
 		require.NoError(t, serr)
 		require.NoError(t, sc.Queue(&Msg{Op: OpInfo, ID: 7}, make([]byte, 1<<20)))
+		f := memfdWith(t, []byte("data"))
+		hdr, err := EncodeHeader(&Msg{Op: OpData, ID: 8})
+		require.NoError(t, err)
+		require.NoError(t, sc.enqueueFrames(hdr, []Frame{{File: f, Len: 4}})) // queued, not flushed
 		require.NoError(t, sc.Abort())
+		require.True(t, closed(f), "round %d: a dropped file frame's file is closed", i)
 		m, _, err := cc.Recv()
 		require.Error(t, err, "round %d: got %v", i, m)
 		cc.Close()

@@ -89,7 +89,8 @@ class ProcCluster:
             deadline = time.monotonic() + 30
             while True:
                 with open(os.path.join(self.dir, f"{worker}.log"), errors="replace") as f:
-                    m = re.search(r'msg="worker metrics" .*url=(\S+)', f.read())
+                    # a whole line only: a line being written may be cut short
+                    m = re.search(r'msg="worker metrics" .*url=(\S+/metrics)$', f.read(), re.M)
                 if m:
                     self.metrics_url[worker] = m.group(1)
                     break
