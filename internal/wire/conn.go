@@ -167,7 +167,7 @@ func isTimeout(err error) bool {
 
 // readMessage reads one frame list under the connection's timeouts.
 func (c *Conn) readMessage() ([][]byte, error) {
-	c.scratch.release() // the last header RecvHeader returned is no longer valid
+	c.scratch.release(true) // the last header RecvHeader returned is no longer valid
 	if err := c.awaitMessage(); err != nil {
 		return nil, err
 	}
@@ -315,7 +315,7 @@ func (c *Conn) Recv() (*Msg, [][]byte, error) {
 		return nil, nil, err
 	}
 	m, err := DecodeHeader(frames[0]) // copies what it keeps out of the header
-	c.scratch.release()
+	c.scratch.release(err == nil)
 	if err != nil {
 		return nil, nil, err
 	}

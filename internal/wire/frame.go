@@ -67,10 +67,10 @@ func ReadFramesTo(r io.Reader, lim Limits, dest Dest) ([][]byte, error) {
 // frame of up to maxScratchHeader bytes. Conn.Recv decodes the header (which copies every
 // string and byte slice out of it) before the next read, so the header buffer can be reused.
 //
-// A larger header (a graph's update_graph chunks are megabytes each) is read into buffers from
-// hdrPool, growing as its bytes arrive as any frame does, and big keeps it until release gives
-// it back: a fresh buffer per such message, zeroed and then copied as it doubled, was 12 % of
-// the scheduler's CPU on the million-task graph (docs/performance.md).
+// A larger header (a graph's update_graph chunks are megabytes each) is read into a buffer from
+// hdrPool when one of its size class is there (readPooled), and big keeps it until release
+// gives it back: a fresh buffer per such message, zeroed and then copied as it doubled, was
+// 12 % of the scheduler's CPU on the million-task graph (docs/performance.md).
 type recvScratch struct {
 	lens  []byte
 	sizes []int64
@@ -80,16 +80,20 @@ type recvScratch struct {
 
 const maxScratchHeader = 64 << 10
 
-// release gives the last large header's buffer back to the pool; the header is not used after.
-func (s *recvScratch) release() {
-	if s.big != nil {
+// release gives the last large header's buffer back to the pool, or to the collector when
+// the header was not valid (!ok: a peer sending junk does not fill the pool); the header is
+// not used after.
+func (s *recvScratch) release(ok bool) {
+	if s.big != nil && ok {
 		putHdr(s.big)
-		s.big = nil
 	}
+	s.big = nil
 }
 
-// hdrPool holds buffers for large headers by size class: class i holds buffers of growFrom<<i
-// bytes, up to the largest header DefaultLimits allows.
+// hdrPool holds the buffers of large headers once decoded, by size class: class i holds
+// buffers of growFrom<<i bytes, up to the largest header DefaultLimits allows. Only a header's
+// final buffer is kept, never the smaller ones it grew through, so what the pool holds is at
+// most one buffer per large header recently read (and the collector empties it when unused).
 var hdrPool [hdrClasses]sync.Pool
 
 const hdrClasses = 11 // 64 KiB … 64 MiB
@@ -104,15 +108,17 @@ func hdrClass(n int) int {
 	return -1
 }
 
-// getHdr returns a buffer of class i (its contents are stale).
-func getHdr(i int) []byte {
-	if p, ok := hdrPool[i].Get().(*[]byte); ok {
-		return *p
+// classFor is the smallest class whose buffers hold n bytes, or -1 if none does.
+func classFor(n int64) int {
+	for i := range hdrClasses {
+		if n <= growFrom<<i {
+			return i
+		}
 	}
-	return make([]byte, growFrom<<i)
+	return -1
 }
 
-// putHdr gives back a buffer getHdr returned (others are left to the collector).
+// putHdr gives a header's buffer back (one not of a class's size is left to the collector).
 func putHdr(b []byte) {
 	if i := hdrClass(cap(b)); i >= 0 {
 		b = b[:cap(b)]
@@ -120,34 +126,35 @@ func putHdr(b []byte) {
 	}
 }
 
-// readPooled reads a frame of sz bytes, as readGrowing does, into pooled buffers: it starts
-// with one of growFrom bytes and moves to one of twice the size each time that one is full,
-// giving the last back. The frame's buffer is for putHdr once the frame is no longer used.
+// readPooled reads a large header of sz bytes. A pooled buffer of its class, memory this
+// process already has, takes it whole; otherwise it is read as readGrowing reads a frame, into
+// a buffer of growFrom bytes that doubles each time it is full (so a declared length still
+// costs nothing before its bytes arrive), ending in a buffer of its class's size. The buffer is
+// for putHdr once the header is no longer used.
 func readPooled(r io.Reader, sz int64) ([]byte, error) {
-	class := 0
-	b := getHdr(class)
+	if i := classFor(sz); i >= 0 {
+		if p, ok := hdrPool[i].Get().(*[]byte); ok {
+			b := (*p)[:sz]
+			if _, err := io.ReadFull(r, b); err != nil {
+				putHdr(b)
+				return nil, unexpected(err)
+			}
+			return b, nil
+		}
+	}
+	b := make([]byte, growFrom)
 	var n int64
 	for {
 		m, err := io.ReadFull(r, b[n:min(sz, int64(len(b)))])
 		n += int64(m)
 		if err != nil {
-			putHdr(b)
 			return nil, unexpected(err)
 		}
 		if n == sz {
 			return b[:sz], nil
 		}
-		if class+1 >= hdrClasses { // larger than DefaultLimits allows: grow as readGrowing does
-			nb := make([]byte, min(sz, 2*int64(len(b))))
-			copy(nb, b[:n])
-			putHdr(b)
-			b = nb
-			continue
-		}
-		class++
-		nb := getHdr(class)
+		nb := make([]byte, 2*len(b))
 		copy(nb, b[:n])
-		putHdr(b)
 		b = nb
 	}
 }

@@ -382,9 +382,34 @@ func TestLargeHeadersFromPool(t *testing.T) {
 		require.True(t, bytes.Equal(hdr, frames[0]), "header %d", i)
 		require.Equal(t, "p", string(frames[1]))
 		require.Equal(t, &frames[0][0], &s.big[0], "a large header is the scratch's to give back")
-		s.release()
+		s.release(true)
 		require.Nil(t, s.big)
 	}
+
+	// a header of a size class given back before is read into that buffer: no new memory
+	// (tried a few times: a collection in between may empty the pool)
+	msg := func(n int) []byte {
+		var buf bytes.Buffer
+		require.NoError(t, WriteFrames(&buf, [][]byte{make([]byte, n)}))
+		return buf.Bytes()
+	}
+	first, second := msg(3<<20), msg(3<<20-100)
+	reused := false
+	for range 3 {
+		_, err := readFrames(bytes.NewReader(first), DefaultLimits(), &s, Dest{})
+		require.NoError(t, err)
+		s.release(true)
+		runtime.ReadMemStats(&before)
+		_, err = readFrames(bytes.NewReader(second), DefaultLimits(), &s, Dest{})
+		runtime.ReadMemStats(&after)
+		require.NoError(t, err)
+		s.release(true)
+		if after.TotalAlloc-before.TotalAlloc < 1<<20 {
+			reused = true
+			break
+		}
+	}
+	require.True(t, reused, "a 3 MB header after another did not reuse its buffer")
 }
 
 // Large headers through a connection, one after another and of shrinking and growing sizes,
