@@ -812,6 +812,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		from, to := ranBetween(reply, sent, last, now)
 		w.py.observe(graph.GroupOf(&r.ts.t), to.Sub(from))
 		res := pyResult(reply, x, rframes, w.py, ex)
+		wire.ReleaseMsg(reply) // res holds what it needs of it (its slices and strings stay valid)
 		if res.seg != nil {
 			w.py.segsIn.Add(1)
 		}

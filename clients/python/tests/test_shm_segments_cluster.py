@@ -71,11 +71,15 @@ class ProcCluster:
             logs = self.logs()
             self.close()  # not left running, nor its directory behind
             raise AssertionError(f"the scheduler did not start: {exc}\n{logs}") from None
-        for name in ("a", "b"):
-            # the worker picks its metrics port too, and logs its URL (at info)
-            self._start(name, [binary, "worker", "--join", f"127.0.0.1:{gossip}", "--name", name,
-                               "--nthreads", "1", "--python", sys.executable, "--token-file", token,
-                               "--metrics-port", "0", "--log-level", "info"])
+        try:
+            for name in ("a", "b"):
+                # the worker picks its metrics port too, and logs its URL (at info)
+                self._start(name, [binary, "worker", "--join", f"127.0.0.1:{gossip}", "--name", name,
+                                   "--nthreads", "1", "--python", sys.executable, "--token-file", token,
+                                   "--metrics-port", "0", "--log-level", "info"])
+        except BaseException:
+            self.close()  # the scheduler and a started worker are not left running
+            raise
         self.token = "segment-test-token"
 
     def _start(self, name: str, args: list[str]) -> None:
