@@ -605,11 +605,16 @@ func (c *Conn) endLocked() {
 		return
 	}
 	c.mu.ended = true
+	c.closeFilesLocked()
+	close(c.done)
+}
+
+// closeFilesLocked closes the files of the queued file frames, which will not be written.
+func (c *Conn) closeFilesLocked() {
 	for _, f := range c.mu.files {
 		f.f.Close()
 	}
 	c.mu.files = nil
-	close(c.done)
 }
 
 // SendError sends an error message with a stable code.
@@ -644,10 +649,7 @@ func (c *Conn) Abort() error {
 	// Close below to write them; the files of queued file frames are closed here, as no
 	// writer will see them (one that runs keeps its own)
 	c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.pending = nil, nil, nil, 0
-	for _, f := range c.mu.files {
-		f.f.Close()
-	}
-	c.mu.files = nil
+	c.closeFilesLocked()
 	c.startWriterLocked()
 	c.mu.Unlock()
 	return c.nc.Close()

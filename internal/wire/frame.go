@@ -100,10 +100,8 @@ const hdrClasses = 11 // 64 KiB … 64 MiB
 
 // hdrClass is the class of buffers of n bytes, or -1 if n is not a class's size.
 func hdrClass(n int) int {
-	for i := range hdrClasses {
-		if n == growFrom<<i {
-			return i
-		}
+	if i := classFor(int64(n)); i >= 0 && n == growFrom<<i {
+		return i
 	}
 	return -1
 }
@@ -127,36 +125,25 @@ func putHdr(b []byte) {
 }
 
 // readPooled reads a large header of sz bytes. A pooled buffer of its class, memory this
-// process already has, takes it whole; otherwise it is read as readGrowing reads a frame, into
-// a buffer of growFrom bytes that doubles each time it is full (so a declared length still
-// costs nothing before its bytes arrive), ending in a buffer of its class's size. The buffer is
-// for putHdr once the header is no longer used.
+// process already has, takes it whole; otherwise it is read as readGrowing reads a frame (a
+// declared length still costs nothing before its bytes arrive), growing up to its class's
+// size so that the buffer can be pooled. The buffer is for putHdr once the header is no
+// longer used.
 func readPooled(r io.Reader, sz int64) ([]byte, error) {
-	if i := classFor(sz); i >= 0 {
-		if p, ok := hdrPool[i].Get().(*[]byte); ok {
-			b := (*p)[:sz]
-			if _, err := io.ReadFull(r, b); err != nil {
-				putHdr(b)
-				return nil, unexpected(err)
-			}
-			return b, nil
-		}
+	i := classFor(sz)
+	if i < 0 { // larger than DefaultLimits allows: not pooled
+		return readGrowing(r, sz)
 	}
-	b := make([]byte, growFrom)
-	var n int64
-	for {
-		m, err := io.ReadFull(r, b[n:min(sz, int64(len(b)))])
-		n += int64(m)
-		if err != nil {
-			return nil, unexpected(err)
-		}
-		if n == sz {
-			return b[:sz], nil
-		}
-		nb := make([]byte, 2*len(b))
-		copy(nb, b[:n])
-		b = nb
+	p, ok := hdrPool[i].Get().(*[]byte)
+	if !ok {
+		return readGrowingTo(r, sz, growFrom<<i)
 	}
+	b := (*p)[:sz]
+	if _, err := io.ReadFull(r, b); err != nil {
+		putHdr(b)
+		return nil, unexpected(err)
+	}
+	return b, nil
 }
 
 func readFrames(r io.Reader, lim Limits, s *recvScratch, dest Dest) ([][]byte, error) {
@@ -247,20 +234,24 @@ func readFrames(r io.Reader, lim Limits, s *recvScratch, dest Dest) ([][]byte, e
 const growFrom = 64 << 10
 
 // readGrowing reads a frame of sz bytes into a buffer that grows with what has arrived.
-func readGrowing(r io.Reader, sz int64) ([]byte, error) {
-	b := make([]byte, min(sz, growFrom))
+func readGrowing(r io.Reader, sz int64) ([]byte, error) { return readGrowingTo(r, sz, sz) }
+
+// readGrowingTo is readGrowing into a buffer that doubles up to limit bytes (limit >= sz):
+// the frame is the first sz bytes of the last one.
+func readGrowingTo(r io.Reader, sz, limit int64) ([]byte, error) {
+	b := make([]byte, min(limit, growFrom))
 	var n int64
 	for {
-		m, err := io.ReadFull(r, b[n:])
+		m, err := io.ReadFull(r, b[n:min(sz, int64(len(b)))])
 		n += int64(m)
 		if err != nil {
 			return nil, unexpected(err)
 		}
 		if n == sz {
-			return b, nil
+			return b[:sz], nil
 		}
-		nb := make([]byte, min(sz, 2*int64(len(b))))
-		copy(nb, b)
+		nb := make([]byte, min(limit, 2*int64(len(b))))
+		copy(nb, b[:n])
 		b = nb
 	}
 }
