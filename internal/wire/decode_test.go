@@ -289,11 +289,7 @@ func BenchmarkDecodeUpdateGraph(b *testing.B) {
 // MessageBuffered is true exactly when a whole message waits in the read buffer, and the
 // reused header buffer does not corrupt what earlier Recv calls returned.
 func TestMessageBufferedAndHeaderReuse(t *testing.T) {
-	cc, sc, cerr, serr := pipePair(t, "", "", RoleWorker)
-	require.NoError(t, cerr)
-	require.NoError(t, serr)
-	defer cc.Close()
-	defer sc.Close()
+	cc, sc := connPair(t, "", RoleWorker)
 	require.False(t, sc.MessageBuffered())
 	for i := range 3 {
 		require.NoError(t, cc.Queue(&Msg{Op: OpTaskFinished, Key: "k-" + string(rune('a'+i)), TaskID: uint64(i + 1)}, []byte("p")))

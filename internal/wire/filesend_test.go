@@ -91,11 +91,7 @@ func TestSendFramesFromFiles(t *testing.T) {
 }
 
 func TestSendFramesShortFileFailsTheConnection(t *testing.T) {
-	cc, sc, cerr, serr := pipePair(t, "", "", RoleClient)
-	require.NoError(t, cerr)
-	require.NoError(t, serr)
-	defer cc.Close()
-	defer sc.Close()
+	cc, sc := connPair(t, "", RoleClient)
 	f := memfdWith(t, []byte("only ten b"))
 	hdr, err := EncodeHeader(&Msg{Op: OpData, ID: 1})
 	require.NoError(t, err)
@@ -110,9 +106,7 @@ func TestSendFramesShortFileFailsTheConnection(t *testing.T) {
 }
 
 func TestSendFramesAfterCloseClosesFiles(t *testing.T) {
-	cc, sc, cerr, serr := pipePair(t, "", "", RoleClient)
-	require.NoError(t, cerr)
-	require.NoError(t, serr)
+	cc, sc := connPair(t, "", RoleClient)
 	cc.Close()
 	sc.Abort()
 	f := memfdWith(t, []byte("data"))

@@ -99,12 +99,19 @@ func pipePair(t *testing.T, serverToken, clientToken string, role Role) (*Conn, 
 	return cc, r.c, cerr, r.err
 }
 
-func TestHandshakeAndMessages(t *testing.T) {
-	cc, sc, cerr, serr := pipePair(t, "secret", "secret", RoleClient)
+// connPair is pipePair with both sides' token and no error expected; both are closed when
+// the test ends.
+func connPair(t *testing.T, token string, role Role) (cc, sc *Conn) {
+	t.Helper()
+	cc, sc, cerr, serr := pipePair(t, token, token, role)
 	require.NoError(t, cerr)
 	require.NoError(t, serr)
-	defer cc.Close()
-	defer sc.Close()
+	t.Cleanup(func() { cc.Close(); sc.Close() })
+	return cc, sc
+}
+
+func TestHandshakeAndMessages(t *testing.T) {
+	cc, sc := connPair(t, "secret", RoleClient)
 	require.Equal(t, RoleClient, sc.PeerRole)
 	big := bytes.Repeat([]byte{1, 2, 3}, 100000)
 	for i := 0; i < 100; i++ {
@@ -415,11 +422,7 @@ func TestLargeHeadersFromPool(t *testing.T) {
 // Large headers through a connection, one after another and of shrinking and growing sizes,
 // decode as sent (the pooled buffer of one is given back before the next is read).
 func TestLargeHeadersThroughConn(t *testing.T) {
-	cc, sc, cerr, serr := pipePair(t, "secret", "secret", RoleClient)
-	require.NoError(t, cerr)
-	require.NoError(t, serr)
-	defer cc.Close()
-	defer sc.Close()
+	cc, sc := connPair(t, "secret", RoleClient)
 	sizes := []int{20_000, 500, 60_000, 3_000}
 	for i, n := range sizes {
 		m := &Msg{Op: OpUpdateGraph, ID: uint64(i)}
@@ -447,9 +450,7 @@ func TestLargeHeadersThroughConn(t *testing.T) {
 // raced Abort's close to write the queue), and a queued file frame's file is closed.
 func TestAbortDropsQueuedOutput(t *testing.T) {
 	for i := range 50 {
-		cc, sc, cerr, serr := pipePair(t, "", "", RoleClient)
-		require.NoError(t, cerr)
-		require.NoError(t, serr)
+		cc, sc := connPair(t, "", RoleClient)
 		require.NoError(t, sc.Queue(&Msg{Op: OpInfo, ID: 7}, make([]byte, 1<<20)))
 		f := memfdWith(t, []byte("data"))
 		hdr, err := EncodeHeader(&Msg{Op: OpData, ID: 8})
