@@ -27,9 +27,8 @@ from typing import Any
 import msgpack
 
 from shoal import _wire, executor
-from shoal._dask import literal_packer, literal_payload
 from shoal._keys import dumps_callable, func_hash
-from shoal._refs import Ref
+from shoal._refs import Ref, literal_packer, literal_payload
 
 
 def batch(first: int, n: int, fhash: str, fdata: bytes | None,

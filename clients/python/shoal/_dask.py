@@ -38,7 +38,7 @@ from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optiona
 from ._chunk import Chunk
 from ._fuse import fuse_partitions, fusion_index
 from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
-from ._refs import Ref
+from ._refs import Ref, literal_packer, literal_payload, load_literal
 
 #: ``func_of(fn) -> (hash, pickled)`` names a direct call's function for ``update_graph``.
 FuncOf = Callable[[Any], tuple[str, bytes]]
@@ -63,33 +63,7 @@ class DirectCall:
         self.wire_deps = wire_deps  # the wire keys of dependencies, each once
 
     def __repr__(self) -> str:
-        return f"DirectCall({getattr(self.func, '__name__', self.func)!r}, {load_literal_payload(self.payload)!r})"
-
-
-def literal_packer() -> Callable[[Any], bytes]:
-    """A ``pack`` for :func:`direct_call` (one per graph: a Packer is not thread-safe)."""
-    import msgpack
-
-    return msgpack.Packer(use_bin_type=True, buf_size=1024).pack  # type: ignore[no-any-return]
-
-
-def literal_payload(args: list[Any], refs: list[int], pack: Callable[[Any], bytes]) -> bytes:
-    """A literal payload: ``args`` with the wire keys of dependencies at positions ``refs``."""
-    return b"\x00" + pack([args, refs] if refs else [args])
-
-
-def load_literal_payload(payload: bytes, values: Optional[Mapping[str, Any]] = None) -> tuple[Any, ...]:
-    """The call arguments of a literal payload, each dependency's wire key replaced by its
-    value in ``values`` (kept as the key without ``values``). The executor's own copy of this
-    is ``shoal.executor.load_payload``."""
-    import msgpack
-
-    body = msgpack.unpackb(payload[1:], raw=False)
-    args = body[0]
-    if values is not None and len(body) > 1:
-        for i in body[1]:
-            args[i] = values[args[i]]
-    return tuple(args)
+        return f"DirectCall({getattr(self.func, '__name__', self.func)!r}, {load_literal(self.payload)!r})"
 
 
 def direct_call(node: Any, keys: Any, pack: Optional[Callable[[Any], bytes]] = None) -> Optional[DirectCall]:
@@ -216,7 +190,7 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
     elif not rest:
         graph = direct  # in dsk's order, as built
     else:
-        converted = convert_legacy_graph(rest, all_keys=keys) if rest else {}
+        converted = convert_legacy_graph(rest, all_keys=keys)
         graph = {k: direct[k] if k in direct else converted[k] for k in dsk}
     if fuse is not None and len(native) > 1:
         graph = fuse_partitions(graph, fuse, native)

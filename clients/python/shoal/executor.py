@@ -49,8 +49,6 @@ import traceback
 from time import time_ns
 from typing import Any, Callable, Sequence
 
-import msgpack
-
 from . import _preload, _refs, _serialize, _wire, _worker
 from ._segments import _SEALS, SEG_ALIGN, SEG_MIN, SEG_MIN_FRAME, write_segment  # noqa: F401  (SEG_ALIGN: tests)
 from ._wire import Buffer
@@ -850,7 +848,7 @@ class _RefUnpickler(pickle.Unpickler):
 
 
 _REFS_MODULE = _refs.Ref.__module__
-_unpackb = msgpack.unpackb
+_load_literal = _refs.load_literal
 
 
 def load_payload(payload: bytes | bytearray | None, values: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -861,12 +859,7 @@ def load_payload(payload: bytes | bytearray | None, values: dict[str, Any]) -> t
     if not payload:
         return (), {}
     if payload[0] == 0:
-        body = _unpackb(memoryview(payload)[1:], raw=False)
-        args = body[0]
-        if len(body) > 1:
-            for i in body[1]:
-                args[i] = values[args[i]]
-        return tuple(args), {}
+        return _load_literal(payload, values), {}
     if values:
         u = _RefUnpickler(io.BytesIO(payload))
         u.values = values

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from shoal import _dask, _keys, _serialize
+from shoal import _dask, _keys, _refs, _serialize
 from shoal.client import _split_batches, _toposort
 
 from harness import FakeWorker
@@ -236,9 +236,9 @@ def test_direct_calls_send_literal_payloads(worker: FakeWorker) -> None:
     assert payload[:1] == b"\x00"
     wk = _keys.wire_key(("k", 1))
     assert twice.wire_deps == [wk]  # type: ignore[attr-defined]
-    assert _dask.load_literal_payload(payload) == (wk, wk, "k-1", True, 1.5, b"\x00b", None,
+    assert _refs.load_literal(payload) == (wk, wk, "k-1", True, 1.5, b"\x00b", None,
                                                    -(1 << 63), (1 << 64) - 1)
-    args = _dask.load_literal_payload(payload, {wk: 5})
+    args = _refs.load_literal(payload, {wk: 5})
     assert args[:2] == (5, 5) and type(args[3]) is bool and type(args[5]) is bytes
     from shoal.executor import load_payload
     assert load_payload(payload, {wk: 5}) == (args, {})
