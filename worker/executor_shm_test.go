@@ -167,6 +167,39 @@ func TestWindowSizeAndPick(t *testing.T) {
 	require.Nil(t, e, "over the limits a frame goes through the socket")
 }
 
+// TestWindowWrite writes into a window through the worker's mapping: the bytes are the
+// memfd's (read back with pread), the mapping is made once and removed with the window, a
+// write that does not fit is refused, and a fault while copying (the memfd shrank under the
+// mapping: SIGBUS) is an error rather than the worker's end.
+func TestWindowWrite(t *testing.T) {
+	if !shmEnabled {
+		t.Skip("SHOAL_EXECUTOR_SHM=0")
+	}
+	mappings := func() int { return windowMappings(t, os.Getpid()) }
+	before := mappings()
+	ws := execWindows{ok: true}
+	t.Cleanup(ws.closeAll)
+	w, _, err := ws.pick(3 << 20)
+	require.NoError(t, err)
+	a, b := payload(1, 1<<20), payload(2, 1<<20)
+	require.NoError(t, w.write(a, 0))
+	require.NoError(t, w.write(b, 1<<20))
+	require.Equal(t, before+1, mappings(), "one mapping, made by the first write")
+	got := make([]byte, 2<<20)
+	_, err = unix.Pread(w.fd, got, 0)
+	require.NoError(t, err)
+	require.Equal(t, append(append([]byte(nil), a...), b...), got)
+
+	require.ErrorContains(t, w.write(a, w.size-10), "do not fit")
+	require.ErrorContains(t, w.write(a, -1), "do not fit")
+
+	require.NoError(t, unix.Ftruncate(w.fd, 0))
+	require.ErrorContains(t, w.write(a, 0), "writing a shared-memory window")
+
+	ws.closeAll()
+	require.Equal(t, before, mappings(), "closing the window removes the mapping")
+}
+
 func TestGrowMapAndRunExt(t *testing.T) {
 	hdr, err := wire.EncodeHeader(&wire.Msg{Op: wire.OpRun, ID: 7, Key: "k", Payload: []byte("p")})
 	require.NoError(t, err)
@@ -236,14 +269,14 @@ func TestPlaceFallsBack(t *testing.T) {
 	require.Empty(t, out[1])
 	require.Equal(t, []byte("head"), out[0])
 
-	// a window whose descriptor went bad: writing fails
+	// a window whose memory went away (its memfd shrank under the worker's mapping): writing
+	// fails
 	ws2 := execWindows{ok: true}
 	t.Cleanup(ws2.closeAll)
 	_, at, _, _, err = ws2.place([][]byte{big})
 	require.NoError(t, err)
 	ws2.update(execExt{Free: []uint64{at[0].Window}})
-	require.NoError(t, unix.Close(ws2.wins[0].fd))
-	ws2.wins[0].fd = -1
+	require.NoError(t, unix.Ftruncate(ws2.wins[0].fd, 0))
 	out, at, news, fds, err = ws2.place([][]byte{big, big})
 	require.Error(t, err)
 	require.Nil(t, at)
@@ -252,5 +285,4 @@ func TestPlaceFallsBack(t *testing.T) {
 	require.Len(t, out[0], len(big), "the frames go through the socket")
 	require.False(t, ws2.ok)
 	require.Len(t, ws2.wins, 1, "no window is left over from the failed run")
-	ws2.wins[0].fd, _ = unix.MemfdCreate("x", 0) // for Cleanup's close
 }

@@ -89,6 +89,40 @@ func privateOf(pid int) int64 {
 	return rss - shared
 }
 
+// unsharedOf is a process's resident set less its resident shared memory (RssShmem in
+// /proc/PID/status: memfds and other tmpfs pages it maps), or -1 if unknown. Unlike privateOf
+// it keeps the pages of mapped files, its binary's among them, as RSS counts them.
+func unsharedOf(pid int) int64 {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return -1
+	}
+	rss, shmem := int64(-1), int64(0)
+	for line := range bytes.Lines(b) {
+		k, v, ok := bytes.Cut(line, []byte(":"))
+		if !ok || !(bytes.Equal(k, []byte("VmRSS")) || bytes.Equal(k, []byte("RssShmem"))) {
+			continue
+		}
+		f := bytes.Fields(v) // "1234 kB"
+		if len(f) != 2 || !bytes.Equal(f[1], []byte("kB")) {
+			return -1
+		}
+		n, err := strconv.ParseInt(string(f[0]), 10, 64)
+		if err != nil {
+			return -1
+		}
+		if k[0] == 'V' {
+			rss = n << 10
+		} else {
+			shmem = n << 10
+		}
+	}
+	if rss < 0 {
+		return -1
+	}
+	return rss - shmem
+}
+
 // statm reads a process's resident and resident-shared bytes from /proc; -1 when unknown.
 func statm(pid int) (rss, shared int64) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
@@ -108,11 +142,13 @@ func statm(pid int) (rss, shared int64) {
 }
 
 // processMemory returns the bytes resident in the worker process and its live executors plus
-// the store's segments, and in the worker process alone; -1, -1 where /proc cannot tell. A
+// the store's segments, and in the worker process alone; -1, -1 where /proc cannot tell. The
+// worker's own share is its resident set less the shared memory it maps: the executors'
+// windows it copies into (executor_shm.go), in their resident sets already. A
 // segment an executor has mapped is counted twice while it runs (in its resident set too):
 // that errs on the side of spilling early.
 func (w *Worker) processMemory() (total, self int64) {
-	self = rssOf(os.Getpid())
+	self = unsharedOf(os.Getpid())
 	if self < 0 {
 		return -1, -1
 	}
@@ -243,7 +279,7 @@ const killCooldown = time.Second
 // number nobody enforces). The scheduler runs the task again, and after its third death fails
 // it with killed-worker naming each cause, as dask does. It reports whether it killed.
 func (w *Worker) killBiggestExecutor(killAt int64) bool {
-	total := rssOf(os.Getpid()) + w.store.Stats().Segments
+	total := unsharedOf(os.Getpid()) + w.store.Stats().Segments
 	var victim *executor
 	var most int64
 	kept := w.store.keptBy() // stored results, which spilling frees: not what makes a victim

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 )
 
 func TestStoreSpillBytes(t *testing.T) {
@@ -37,6 +38,20 @@ func TestRSSOf(t *testing.T) {
 	r := rssOf(os.Getpid())
 	require.Greater(t, r, int64(1<<20))
 	require.Equal(t, int64(-1), rssOf(-5))
+
+	// shared memory this process maps counts in rssOf, not in unsharedOf
+	own := unsharedOf(os.Getpid())
+	require.Greater(t, own, int64(1<<20))
+	require.LessOrEqual(t, own, rssOf(os.Getpid())+1<<20)
+	fd, err := newMemfd("rss-test", 0, 64<<20)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	mem, err := unix.Mmap(fd, 0, 64<<20, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+	require.NoError(t, err)
+	defer unix.Munmap(mem)
+	require.Greater(t, rssOf(os.Getpid()), own+60<<20)
+	require.Less(t, unsharedOf(os.Getpid()), own+16<<20)
+	require.Equal(t, int64(-1), unsharedOf(-5))
 }
 
 // The monitor spills results when the whole worker's memory is over the spill threshold,

@@ -144,7 +144,7 @@ func (s *prefillSink) write() {
 	defer close(s.done)
 	for span := range s.work {
 		if s.err == nil {
-			s.err = pwriteAt(s.win.fd, s.frame[span[0]:span[1]], int64(span[0]))
+			s.err = s.win.write(s.frame[span[0]:span[1]], int64(span[0]))
 		}
 	}
 }

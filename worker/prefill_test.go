@@ -104,7 +104,7 @@ func TestWindowPrefill(t *testing.T) {
 	w := ws.reserve(len(frame))
 	require.NotNil(t, w)
 	require.True(t, w.busy)
-	require.NoError(t, pwriteAll(w.fd, frame))
+	require.NoError(t, w.write(frame, 0))
 	ws.filled(w, frame)
 	require.True(t, ws.holds([][]byte{frame}))
 	require.False(t, ws.holds([][]byte{append([]byte(nil), frame...)}), "a copy of the bytes elsewhere is another frame")
