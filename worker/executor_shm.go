@@ -72,22 +72,26 @@ type shmWindow struct {
 	pre             *prefilled // the frame a prefill copied into it, until a run takes it
 	// mem is the worker's mapping of the window, made by its first write and removed when the
 	// window is closed; noMap says the mapping failed, and writes use pwrite(2).
-	mem   []byte
-	noMap bool
+	mem    []byte
+	noMap  bool
+	closed bool // its descriptor is closed: a message not yet sent cannot use it
 }
 
 // write copies b into the window at offset off; only the window's writer calls it (writing
-// is set, or the window is not yet in the set). The first write maps the window (shared,
-// populated) and the later ones copy into the mapping: a copy into pages already mapped costs
-// about 60 % of pwrite(2), which looks up every page of the memfd (200 MB: 29 ms against 50
-// here, docs/performance.md). A mapping that cannot be made leaves pwrite. A fault while
-// copying (the memory for the window's pages could not be had) is an error, not a crash.
+// is set, or the window is not yet in the set). The first write maps the window (shared) and
+// every write copies into the mapping, whose page tables stay filled for the next: a copy into
+// pages already mapped costs about 60 % of pwrite(2), which looks up every page of the memfd
+// (200 MB: 29 ms against 50 here, docs/performance.md). The mapping is not populated up front:
+// the first copy into a new window faults its pages in as it goes, as pwrite allocated them,
+// so a prefill's first chunk does not wait for the whole window. A mapping that cannot be made
+// leaves pwrite. A fault while copying (the memory for the window's pages could not be had) is
+// an error, not a crash.
 func (w *shmWindow) write(b []byte, off int64) (err error) {
 	if off < 0 || off+int64(len(b)) > w.size {
 		return fmt.Errorf("%d bytes at %d do not fit a window of %d", len(b), off, w.size)
 	}
 	if w.mem == nil && !w.noMap {
-		mem, err := unix.Mmap(w.fd, 0, int(w.size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE)
+		mem, err := unix.Mmap(w.fd, 0, int(w.size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 		if err != nil {
 			w.noMap = true
 		} else {
@@ -100,7 +104,7 @@ func (w *shmWindow) write(b []byte, off int64) (err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("writing a shared-memory window: %v", r)
+			err = fmt.Errorf("fault copying into the window: %v", r)
 		}
 	}()
 	copy(w.mem[off:], b)
@@ -114,6 +118,7 @@ func closeWindow(w *shmWindow) {
 		unix.Munmap(w.mem)
 		w.mem = nil
 	}
+	w.closed = true
 	closeWindowFd(w.fd)
 }
 
@@ -179,7 +184,7 @@ func windowSize(n int) int64 {
 func (ws *execWindows) pick(n int) (w *shmWindow, created bool, err error) {
 	var best, loose *shmWindow
 	for _, c := range ws.wins {
-		if c.busy || c.size < int64(n) {
+		if c.busy || c.writing || c.size < int64(n) {
 			continue
 		}
 		if c.size <= 4*int64(n) && (best == nil || c.size < best.size) {
@@ -250,6 +255,7 @@ func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, 
 		f []byte
 	}
 	var writes []write
+	var placed []*shmWindow
 	ws.mu.Lock()
 	ws.expireLocked()
 	if !ws.ok {
@@ -285,6 +291,7 @@ func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, 
 		}
 		out[i] = []byte{}
 		at = append(at, shmPlacement{Frame: i, Window: w.id, Len: len(f), prefilled: pre})
+		placed = append(placed, w)
 	}
 	ws.mu.Unlock()
 	// the copies are made without the lock: a fetch prefilling another window of this
@@ -301,13 +308,15 @@ func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, 
 	}
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	gone := false
 	for _, wr := range writes {
 		wr.w.writing = false
-		if wr.w.orphan { // dropped meanwhile (the executor is going): the message cannot use it
+		if wr.w.orphan { // dropped meanwhile (the executor is going)
 			closeWindow(wr.w)
-			gone = true
 		}
+	}
+	gone := false
+	for _, w := range placed { // a window closed meanwhile, prefilled ones too: the message cannot use it
+		gone = gone || w.closed
 	}
 	if err != nil || gone {
 		ws.unplaceLocked(at, news)

@@ -193,8 +193,20 @@ func TestWindowWrite(t *testing.T) {
 	require.ErrorContains(t, w.write(a, w.size-10), "do not fit")
 	require.ErrorContains(t, w.write(a, -1), "do not fit")
 
+	// without a mapping (it could not be made), the same bytes go in with pwrite
+	w.busy = true
+	v, _, err := ws.pick(2 << 20)
+	require.NoError(t, err)
+	require.NotSame(t, w, v)
+	v.noMap = true
+	require.NoError(t, v.write(b, 4096))
+	require.True(t, v.mem == nil, "no mapping")
+	_, err = unix.Pread(v.fd, got[:len(b)], 4096)
+	require.NoError(t, err)
+	require.Equal(t, b, got[:len(b)])
+
 	require.NoError(t, unix.Ftruncate(w.fd, 0))
-	require.ErrorContains(t, w.write(a, 0), "writing a shared-memory window")
+	require.ErrorContains(t, w.write(a, 0), "fault copying into the window")
 
 	ws.closeAll()
 	require.Equal(t, before, mappings(), "closing the window removes the mapping")
