@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -178,12 +180,44 @@ func alive(pid int) bool {
 	return !strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
 }
 
+// freePort returns a port free for TCP and UDP on 127.0.0.1, for a process the test starts
+// (or starts again) on a fixed port. It is chosen below the kernel's ephemeral range
+// (ip_local_port_range), so that no connection's source port nor any listener on port 0 can
+// take it between this check and the process's bind; other tests' freePort calls could, with
+// odds of one in thousands.
 func freePort(t *testing.T) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	const from = 10000
+	if low <= from+1000 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0") // no room below the range: the old way
+		require.NoError(t, err)
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	for range 100 {
+		port := from + rand.IntN(low-from)
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		pc, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port)) // gossip takes both
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return port
+	}
+	t.Fatal("no free port below the ephemeral range in 100 tries")
+	return 0
 }
 
 // startProc runs the binary with args, returning the process and a scanner over its stdout.
