@@ -63,6 +63,9 @@ Header = dict[str, Any]
 Message = tuple[Header, list[bytearray]]
 
 _U32 = struct.Struct(">I")
+# the count-and-lengths prefix's lengths, by frame count, for the messages _Reader.message
+# parses in place (runs and answers have a handful of frames)
+_LENS = [struct.Struct(f">{n}Q") for n in range(17)]
 _HELLO = struct.Struct(">4sHBH")  # magic, version, role, token length
 _ANSWER = struct.Struct(">4sHBH")  # magic, version, status, message length
 
@@ -255,6 +258,34 @@ class _Reader:
         """Bytes received and not yet read."""
         return self._end - self._pos
 
+    def message(self, limits: "Limits") -> list[bytearray] | None:
+        """The next message's frames when all of it is buffered and within ``limits``, in one
+        pass over the buffer; None (nothing consumed) otherwise, for read_frames to read it
+        piece by piece and raise what is wrong. Small messages, a batch of short runs or of
+        answers, come whole from one ``recv_into``: parsing them in place saves a read call
+        and a copy per frame and for the count and lengths (~1 µs of an executor's ~15 per
+        run)."""
+        buf, pos, end = self._buf, self._pos, self._end
+        if end - pos < 12:
+            return None
+        (n,) = _U32.unpack_from(buf, pos)
+        if n == 0 or n > limits.max_frames or n >= len(_LENS):
+            return None
+        p = pos + 4 + 8 * n
+        if p > end:
+            return None
+        lens = _LENS[n].unpack_from(buf, pos + 4)
+        total = sum(lens)
+        if p + total > end or lens[0] > limits.max_header or max(lens) > limits.max_frame \
+                or total > limits.max_message:
+            return None
+        out = []
+        for size in lens:
+            out.append(buf[p : p + size])
+            p += size
+        self._pos = p
+        return out
+
     def read(self, n: int) -> bytearray:
         pos = self._pos
         if self._end - pos >= n:
@@ -295,6 +326,9 @@ class _Reader:
 
 def read_frames(reader: "_Reader", limits: Limits = DEFAULT_LIMITS) -> list[bytearray]:
     """Read one message's frames, checking declared lengths before allocating."""
+    whole = reader.message(limits)
+    if whole is not None:
+        return whole
     (n,) = _U32.unpack(reader.read(4))
     if n == 0 or n > limits.max_frames:
         raise ProtocolError(f"{n} frames declared (limit {limits.max_frames})")

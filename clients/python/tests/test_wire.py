@@ -84,6 +84,53 @@ def test_zero_frames_and_bad_header() -> None:
         _wire.Connection(b).recv()
 
 
+class _Feed:
+    """A receiver that hands out a byte string ``step`` bytes per call."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        self.data, self.step = data, step
+
+    def recv_into(self, view: memoryview, n: int) -> int:
+        k = min(n, self.step, len(self.data))
+        view[:k] = self.data[:k]
+        self.data = self.data[k:]
+        return k
+
+    def recv(self, n: int) -> bytes:  # pragma: no cover - _Reader reads with recv_into
+        raise AssertionError
+
+
+def test_buffered_messages_parse_in_place_as_read_piecewise() -> None:
+    """Messages that arrive whole in the reader's buffer are parsed in place
+    (``_Reader.message``); the same bytes a byte at a time take the piecewise reads: the
+    frames are the same, and the same limits hold either way."""
+    msgs = [({"op": "run", "id": i}, [b"x" * i, b"", bytes(range(i % 256))]) for i in range(40)]
+    msgs.append(({"op": "many"}, [b"f%d" % j for j in range(20)]))  # more frames than parsed in place
+    stream = b"".join(_wire.encode_message(h, f) for h, f in msgs)
+    for step in (len(stream), 1):
+        reader = _wire._Reader(_Feed(stream, step))
+        for h, f in msgs:
+            frames = _wire.read_frames(reader)
+            assert msgpack.unpackb(frames[0]) == h
+            assert [bytes(x) for x in frames[1:]] == f
+            assert all(isinstance(x, bytearray) for x in frames)
+        assert reader.buffered() == 0
+
+    big = _wire.encode_message({"op": "x"}, [b"y" * 100])
+    for step in (len(big), 1):
+        with pytest.raises(FrameTooLargeError):
+            _wire.read_frames(_wire._Reader(_Feed(big, step)), _wire.Limits(max_frame=99))
+        with pytest.raises(FrameTooLargeError):
+            _wire.read_frames(_wire._Reader(_Feed(big, step)), _wire.Limits(max_header=2))
+        with pytest.raises(FrameTooLargeError):
+            _wire.read_frames(_wire._Reader(_Feed(big, step)), _wire.Limits(max_message=100))
+        with pytest.raises(ProtocolError):
+            _wire.read_frames(_wire._Reader(_Feed(big, step)), _wire.Limits(max_frames=1))
+        zero = struct.pack(">I", 0) + bytes(16)
+        with pytest.raises(ProtocolError):
+            _wire.read_frames(_wire._Reader(_Feed(zero, step)))
+
+
 def _server(status: int, message: str = "") -> tuple[str, threading.Thread, list[bytes]]:
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
