@@ -366,7 +366,8 @@ func median(fs []float64) float64 {
 // array or bytes object made by a Python task on w2 and passed to a task on w3 that returns
 // its size, driven by the Python client (benchmarks/hosts_transfer.py, SHOAL_PYTHON), one
 // transfer after each raw stream. It also reports the median time the same task takes on w2,
-// where the value is (ms-same-worker: what a Python task with that input costs anyway).
+// where the value is (ms-same-worker: what a Python task with that input costs anyway), and
+// the median ratio of the raw stream to the difference (ratio-transfer: the transfer alone).
 //
 //	go test ./cmd/shoal -run '^$' -bench HostsTransferPython -benchtime 10x
 func BenchmarkHostsTransferPython(b *testing.B) {
@@ -417,6 +418,14 @@ func benchPythonTransfer(b *testing.B, kind string) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(medianDuration(same).Microseconds())/1e3, "ms-same-worker")
+	// the transfer's own share: a task on w3 less the same task on w2, where no byte moves
+	// (for a bytes value that is the executor's copy out of pickle's in-band buffer, which
+	// the task pays on any worker)
+	moved := make([]float64, b.N)
+	for i := range moved {
+		moved[i] = raw[i].Seconds() / max(shoal[i]-same[i], time.Millisecond).Seconds()
+	}
+	b.ReportMetric(median(moved), "ratio-transfer")
 	reportTransfers(b, c, size, raw, kept, shoal)
 }
 
