@@ -565,10 +565,11 @@ func (r *pyRun) header() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if r.keep {
-		if hdr, err = appendExt(hdr, "keep", 1); err != nil {
+	if r.keep { // "keep": 1, written out: most runs carry it (appendExt's encoding is generic)
+		if hdr, err = growMap(hdr, 1); err != nil {
 			return nil, err
 		}
+		hdr = append(hdr, 0xa4, 'k', 'e', 'e', 'p', 0x01)
 	}
 	if len(r.res) == 0 {
 		return hdr, nil
@@ -749,11 +750,11 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			msgs[i].hdr = hdr
 		}
 	}
-	var segFds []int
+	var passed []int
 	if len(batch) == 1 && (len(mine.segs) > 0 || ex.shm.usable()) {
 		var err error
-		if segFds, err = w.placeShm(ex, &msgs[0], mine); err != nil {
-			if len(mine.segs) > 0 && segFds == nil {
+		if passed, err = w.placeShm(ex, &msgs[0], mine); err != nil {
+			if len(mine.segs) > 0 && passed == nil {
 				return w.segmentFailed(ex, "passing a dependency to the executor", err)
 			}
 			w.log.Warn("shared memory for the Python executor failed; large values go through its socket",
@@ -766,7 +767,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	sent := time.Now()
 	last := sent
 	err = ex.conn.sendMany(msgs...)
-	closeFds(segFds) // the executor has its own now (or is gone)
+	closeFds(passed) // the executor has its own now (or is gone)
 	if err != nil {
 		return w.executorDied(ex, batch, 0, err)
 	}
@@ -844,11 +845,12 @@ func (w *Worker) segmentFailed(ex *executor, doing string, err error) (result, b
 }
 
 // placeShm moves the large payload frames of om into ex's shared-memory windows, and passes
-// the segments of r's segment-backed dependencies. It returns the descriptors of those
-// segments, duplicated for the message, which the caller closes once it is sent; when they
-// cannot be passed (a segment was dropped from the store meanwhile) it returns nil and an
-// error, and om is unchanged.
-func (w *Worker) placeShm(ex *executor, om *outMsg, r *pyRun) (segFds []int, err error) {
+// the segments of r's segment-backed dependencies. It returns the descriptors passed with the
+// message (the windows' and the segments', duplicated for it), which the caller closes once it
+// is sent; when the segments cannot be passed (one was dropped from the store meanwhile) it
+// returns nil and an error, and om is unchanged.
+func (w *Worker) placeShm(ex *executor, om *outMsg, r *pyRun) (passed []int, err error) {
+	var segFds []int
 	var segs []runSegPlace
 	for n, rs := range r.segs {
 		fd, err := rs.seg.dup()
@@ -871,6 +873,7 @@ func (w *Worker) placeShm(ex *executor, om *outMsg, r *pyRun) (segFds []int, err
 	}
 	if herr != nil { // cannot happen with a header we made
 		ex.shm.unplace(at, news)
+		closeFds(fds)
 		closeFds(segFds)
 		return nil, herr
 	}
@@ -883,7 +886,7 @@ func (w *Worker) placeShm(ex *executor, om *outMsg, r *pyRun) (segFds []int, err
 		}
 	}
 	w.py.segsOut.Add(int64(len(segFds)))
-	return segFds, err
+	return om.fds, err
 }
 
 // shortRuns takes the next ready Python tasks of short groups whose function this executor

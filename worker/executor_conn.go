@@ -414,6 +414,10 @@ func decodeExecHeader(b []byte) (*wire.Msg, error) {
 	return decodeExecHeaderExt(b, &x)
 }
 
+// slowDones counts the done headers decodeDoneExt did not take (a test checks that a plain
+// run's answer takes it).
+var slowDones atomic.Int64
+
 // decodeExecHeaderExt is decodeExecHeader that also fills x with the extension fields.
 func decodeExecHeaderExt(b []byte, x *execExt) (*wire.Msg, error) {
 	if m, ok := decodeDoneExt(b, x); ok {
@@ -423,6 +427,9 @@ func decodeExecHeaderExt(b []byte, x *execExt) (*wire.Msg, error) {
 	m, err := wire.DecodeHeader(b)
 	if err != nil {
 		return nil, err
+	}
+	if m.Op == wire.OpDone {
+		slowDones.Add(1)
 	}
 	if bytes.Contains(b, []byte("shm")) || bytes.Contains(b, []byte("seg")) || bytes.Contains(b, []byte("res")) ||
 		bytes.Contains(b, []byte("keep")) {
@@ -434,7 +441,8 @@ func decodeExecHeaderExt(b []byte, x *execExt) (*wire.Msg, error) {
 }
 
 // decodeDone parses {"op": "done", "id": uint, "items": [{"key", "encoding", "nframes",
-// "nbytes"}]}; ok is false for anything else, including unknown fields.
+// "nbytes"}], "start": int, "stop": int}; ok is false for anything else, including unknown
+// fields.
 func decodeDone(b []byte) (m *wire.Msg, ok bool) {
 	var x execExt
 	return decodeDoneExt(b, &x)
@@ -465,6 +473,16 @@ func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
 				return nil, false
 			}
 			m.ID = uint64(v)
+		case "start", "stop": // when the run started and stopped, by the executor's clock
+			v, ok := r.Int()
+			if !ok {
+				return nil, false
+			}
+			if k == "start" {
+				m.Start = v
+			} else {
+				m.Stop = v
+			}
 		case "items":
 			na, ok := r.ArrayLen()
 			if !ok {

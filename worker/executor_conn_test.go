@@ -31,6 +31,10 @@ func TestDecodeDoneMatchesGeneric(t *testing.T) {
 			{"key": "y", "encoding": "bytes", "nframes": 1, "nbytes": 300}}},
 		{"id": 200, "items": []map[string]any{{"nbytes": 65536, "nframes": 1, "encoding": "arrow", "key": "z"}}, "op": "done"},
 		{"op": "done", "id": 7, "items": []map[string]any{}},
+		// as the executor answers every run: when it started and stopped
+		{"op": "done", "id": 8, "items": []map[string]any{{"key": "a", "encoding": "msgpack", "nframes": 1, "nbytes": 3}},
+			"start": int64(1764980000123456789), "stop": int64(1764980000123459999)},
+		{"op": "done", "id": 9, "start": -5, "stop": 0, "items": []map[string]any{}},
 	}
 	for i, c := range cases {
 		b := mustPack(t, c)

@@ -247,7 +247,7 @@ func pwriteAt(fd int, b []byte, off int64) error {
 
 // place moves the large frames of a run message into windows: it returns the frames to send
 // (an empty frame where a window holds one), the placements and new windows for the header,
-// and the descriptors to pass. A failure to create or write a window turns windows off for
+// and the descriptors to pass (duplicates, the caller's to close once the message is sent). A failure to create or write a window turns windows off for
 // this executor; the frames concerned go through the socket.
 func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, news []shmNew, fds []int, err error) {
 	type write struct {
@@ -321,6 +321,18 @@ func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, 
 	if err != nil || gone {
 		ws.unplaceLocked(at, news)
 		return frames, nil, nil, nil, err
+	}
+	// the message carries duplicates, which the caller closes once it is sent: a window
+	// dropped before then (the executor going) closes its own descriptor, whose number could
+	// otherwise be reused and another file passed
+	for i, fd := range fds {
+		dup, derr := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+		if derr != nil {
+			closeFds(fds[:i])
+			ws.unplaceLocked(at, news)
+			return frames, nil, nil, nil, fmt.Errorf("duplicating a window's descriptor: %w", derr)
+		}
+		fds[i] = dup
 	}
 	if out == nil {
 		out = frames

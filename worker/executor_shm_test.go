@@ -249,6 +249,22 @@ func TestGrowMapAndRunExt(t *testing.T) {
 	_, err = decodeExecHeaderExt(ready, &x)
 	require.NoError(t, err)
 	require.Equal(t, 1, x.SHM)
+
+	// a run the executor may keep the result of says "keep": 1 after its own fields
+	for _, keep := range []bool{false, true} {
+		r := &pyRun{m: &wire.Msg{Op: wire.OpRun, ID: 5, Key: "k", FuncHash: "f", Payload: []byte{0, 1}}, keep: keep}
+		hdr, err := r.header()
+		require.NoError(t, err)
+		var got map[string]any
+		require.NoError(t, msgpack.Unmarshal(hdr, &got))
+		require.Equal(t, "k", got["key"])
+		require.EqualValues(t, 5, got["id"])
+		if keep {
+			require.EqualValues(t, 1, got["keep"])
+		} else {
+			require.NotContains(t, got, "keep")
+		}
+	}
 }
 
 func normInts(v any) any {
@@ -278,6 +294,7 @@ func TestPlaceFallsBack(t *testing.T) {
 	require.Len(t, at, 2)
 	require.Len(t, news, 2)
 	require.Len(t, fds, 2)
+	closeFds(fds) // duplicates, the caller's
 	require.Empty(t, out[1])
 	require.Equal(t, []byte("head"), out[0])
 

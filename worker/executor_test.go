@@ -86,9 +86,13 @@ func TestRealPythonExecutor(t *testing.T) {
 	sc.expect(wire.OpTaskFinished)
 
 	h, fn, payload := realPyTask(t, py, "add10")
+	slow := slowDones.Load()
 	sc.send(pyTask("py-add", h, fn, payload, "x"))
 	m := sc.expect(wire.OpTaskFinished)
 	require.Equal(t, "py-add", m.Key)
+	// the executor's answer to a plain run takes the hand-written decoder (only this test's
+	// worker talks to executors now: tests of this package that do run one at a time)
+	require.Equal(t, slow, slowDones.Load(), "a plain done header took the generic decoder")
 	h, fn, payload = realPyTask(t, py, "rows")
 	sc.send(pyTask("py-rows", h, fn, payload, "tbl"))
 	sc.expect(wire.OpTaskFinished)

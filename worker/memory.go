@@ -144,7 +144,9 @@ func statm(pid int) (rss, shared int64) {
 // processMemory returns the bytes resident in the worker process and its live executors plus
 // the store's segments, and in the worker process alone; -1, -1 where /proc cannot tell. The
 // worker's own share is its resident set less the shared memory it maps: the executors'
-// windows it copies into (executor_shm.go), in their resident sets already. A
+// windows it copies into (executor_shm.go), which count in the resident set of an executor
+// that has touched them, as they did when the worker wrote them with pwrite (a prefilled
+// window no run took yet counts nowhere: at most 1 GiB per executor, shmMaxBytes). A
 // segment an executor has mapped is counted twice while it runs (in its resident set too):
 // that errs on the side of spilling early.
 func (w *Worker) processMemory() (total, self int64) {

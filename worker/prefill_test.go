@@ -115,7 +115,13 @@ func TestWindowPrefill(t *testing.T) {
 	require.Equal(t, [][]byte{[]byte("hdr"), {}}, out)
 	require.Equal(t, []shmPlacement{{Frame: 1, Window: w.id, Len: len(frame), prefilled: true}}, at)
 	require.Equal(t, []shmNew{{Window: w.id, Size: w.size}}, news, "a window the executor never had is introduced")
-	require.Equal(t, []int{w.fd}, fds)
+	require.Len(t, fds, 1)
+	require.NotEqual(t, w.fd, fds[0], "the message passes a duplicate")
+	var a, b unix.Stat_t
+	require.NoError(t, unix.Fstat(w.fd, &a))
+	require.NoError(t, unix.Fstat(fds[0], &b))
+	require.Equal(t, a.Ino, b.Ino, "of the window's memfd")
+	closeFds(fds)
 	require.Nil(t, w.pre)
 	require.False(t, ws.holds([][]byte{frame}), "a prefill is taken once")
 

@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -180,13 +181,23 @@ func alive(pid int) bool {
 	return !strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
 }
 
+// handedOut holds the ports freePort gave, so that it never gives one twice in a test run.
+var handedOut struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
 // freePort returns a port free for TCP and UDP on 127.0.0.1, for a process the test starts
 // (or starts again) on a fixed port. It is chosen below the kernel's ephemeral range
 // (ip_local_port_range), so that no connection's source port nor any listener on port 0 can
-// take it between this check and the process's bind; other tests' freePort calls could, with
-// odds of one in thousands.
+// take it between this check and the process's bind, and never twice in one test run.
 func freePort(t *testing.T) int {
 	t.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	if handedOut.ports == nil {
+		handedOut.ports = map[int]bool{}
+	}
 	low := 32768
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		if f := strings.Fields(string(b)); len(f) == 2 {
@@ -204,6 +215,9 @@ func freePort(t *testing.T) int {
 	}
 	for range 100 {
 		port := from + rand.IntN(low-from)
+		if handedOut.ports[port] {
+			continue
+		}
 		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 		if err != nil {
 			continue
@@ -214,6 +228,7 @@ func freePort(t *testing.T) int {
 			continue
 		}
 		pc.Close()
+		handedOut.ports[port] = true
 		return port
 	}
 	t.Fatal("no free port below the ephemeral range in 100 tries")
