@@ -473,15 +473,13 @@ func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
 				return nil, false
 			}
 			m.ID = uint64(v)
-		case "start", "stop": // when the run started and stopped, by the executor's clock
-			v, ok := r.Int()
-			if !ok {
+		case "start": // when the run started and stopped, by the executor's clock
+			if m.Start, ok = r.Int(); !ok {
 				return nil, false
 			}
-			if k == "start" {
-				m.Start = v
-			} else {
-				m.Stop = v
+		case "stop":
+			if m.Stop, ok = r.Int(); !ok {
+				return nil, false
 			}
 		case "items":
 			na, ok := r.ArrayLen()
