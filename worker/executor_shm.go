@@ -247,8 +247,9 @@ func pwriteAt(fd int, b []byte, off int64) error {
 
 // place moves the large frames of a run message into windows: it returns the frames to send
 // (an empty frame where a window holds one), the placements and new windows for the header,
-// and the descriptors to pass (duplicates, the caller's to close once the message is sent). A failure to create or write a window turns windows off for
-// this executor; the frames concerned go through the socket.
+// and the descriptors to pass (duplicates, the caller's to close once the message is sent).
+// A failure to create or write a window turns windows off for this executor; the frames
+// concerned go through the socket.
 func (ws *execWindows) place(frames [][]byte) (out [][]byte, at []shmPlacement, news []shmNew, fds []int, err error) {
 	type write struct {
 		w *shmWindow
