@@ -47,7 +47,8 @@ type Conn struct {
 		ended   bool // done is closed: nothing more is written
 	}
 	done    chan struct{}
-	writing atomic.Bool // the writer goroutine is in a write
+	writing atomic.Bool  // the writer goroutine is in a write
+	wdl     lazyDeadline // the write deadline, kept by the writer goroutine (one at a time)
 	// stall, when set, bounds how long one stallChunk of output may take to be written: a
 	// peer that stops reading is dropped (a server's connections: Server sets it).
 	stall atomic.Int64
@@ -83,6 +84,7 @@ func (s stallWriter) Write(p []byte) (int, error) {
 
 func newConn(nc net.Conn, lim Limits, role Role) *Conn {
 	c := &Conn{nc: nc, lim: lim, PeerRole: role, done: make(chan struct{})}
+	c.wdl.write = true
 	c.tr = timedReader{nc: nc}
 	c.br.init(&c.tr)
 	return c
@@ -95,7 +97,7 @@ type timedReader struct {
 	nc          net.Conn
 	idle, inMsg time.Duration
 	waiting     bool // Recv is waiting for the first byte of a message
-	armed       bool // a deadline is set on nc
+	dl          lazyDeadline
 }
 
 func (t *timedReader) Read(p []byte) (int, error) {
@@ -103,14 +105,14 @@ func (t *timedReader) Read(p []byte) (int, error) {
 	if t.waiting {
 		d = t.idle
 	}
-	if d > 0 {
-		t.nc.SetReadDeadline(time.Now().Add(d))
-		t.armed = true
-	} else if t.armed {
-		t.nc.SetReadDeadline(time.Time{})
-		t.armed = false
+	start := t.dl.arm(t.nc, d)
+	for {
+		n, err := t.nc.Read(p)
+		if n == 0 && err != nil && isTimeout(err) && !t.dl.expired(t.nc, start, d) {
+			continue // the kept deadline came before this read's whole span
+		}
+		return n, err
 	}
-	return t.nc.Read(p)
 }
 
 // setTimeouts sets the idle and in-message read timeouts and the write-stall timeout (0: none).
@@ -579,7 +581,7 @@ func (c *Conn) writeLoop() {
 		if t := time.Duration(c.stall.Load()); len(files) > 0 {
 			err = c.writeWithFiles(bufs, files, t)
 		} else if t > 0 {
-			_, err = bufs.WriteTo(stallWriter{c.nc, t})
+			err = c.writeStalling(bufs, t)
 		} else {
 			_, err = bufs.WriteTo(c.nc)
 		}
@@ -595,6 +597,34 @@ func (c *Conn) writeLoop() {
 		}
 		c.reuseLocked(smalls) // written: the kernel has the bytes, the slices are free again
 		c.mu.Unlock()
+	}
+}
+
+// writeStalling writes bufs giving them stall to leave: in one writev under a deadline kept
+// lazily (c.wdl) when they total at most a stallChunk, as the writer's batches of small
+// messages do, else each stallChunk under its own deadline (stallWriter). Before, every buffer
+// was its own write(2) with its own deadline.
+func (c *Conn) writeStalling(bufs net.Buffers, stall time.Duration) error {
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	if total > stallChunk {
+		_, err := bufs.WriteTo(stallWriter{c.nc, stall})
+		return err
+	}
+	start := c.wdl.arm(c.nc, stall)
+	for {
+		_, err := bufs.WriteTo(c.nc) // consumes what it wrote
+		switch {
+		case err == nil:
+			return nil
+		case !isTimeout(err):
+			return err
+		case !c.wdl.expired(c.nc, start, stall):
+			continue // the kept deadline came before this write's whole span
+		}
+		return fmt.Errorf("%w: the peer did not read %d bytes in %v", ErrStalled, total, stall)
 	}
 }
 

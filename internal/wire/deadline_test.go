@@ -1,0 +1,103 @@
+package wire
+
+import (
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// countingConn counts the deadlines set on it.
+type countingConn struct {
+	net.Conn
+	reads, writes int
+}
+
+func (c *countingConn) SetReadDeadline(t time.Time) error {
+	c.reads++
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *countingConn) SetWriteDeadline(t time.Time) error {
+	c.writes++
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// Reads that follow each other keep the deadline already set, and a kept deadline that comes
+// before a read's whole span does not end that read early.
+func TestLazyReadDeadline(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	cc := &countingConn{Conn: a}
+	const span = 400 * time.Millisecond
+	tr := timedReader{nc: cc, inMsg: span}
+	go func() {
+		for range 20 {
+			b.Write([]byte{1})
+		}
+	}()
+	buf := make([]byte, 1)
+	for range 20 {
+		n, err := tr.Read(buf)
+		require.NoError(t, err)
+		require.Equal(t, 1, n)
+	}
+	require.Less(t, cc.reads, 5, "20 quick reads should move the deadline about once")
+
+	// the deadline kept now is up to a quarter span short of a new read's due: wait into that
+	// quarter, so that the next read keeps it, and check the read still waits its whole span
+	time.Sleep(span / 8)
+	before := cc.reads
+	start := time.Now()
+	_, err := tr.Read(buf)
+	waited := time.Since(start)
+	require.True(t, isTimeout(err), "want a timeout, got %v", err)
+	require.GreaterOrEqual(t, waited, span, "a read timed out before its span")
+	require.Equal(t, before+1, cc.reads, "the early deadline is moved once, to the read's due")
+
+	// a longer span than the one kept (the idle timeout after a message) moves it; none clears it
+	tr.waiting, tr.idle = true, time.Hour
+	tr.dl.arm(cc, tr.idle)
+	require.WithinDuration(t, time.Now().Add(time.Hour), tr.dl.at, time.Minute)
+	tr.dl.arm(cc, 0)
+	require.True(t, tr.dl.at.IsZero())
+}
+
+// A connection whose peer stops reading is dropped after the stall timeout, not before: the
+// writer's batches go out in one writev each, under a deadline it keeps lazily.
+func TestWriteStallDropsNonReader(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	go func() {
+		nc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		time.Sleep(10 * time.Second) // reads nothing
+	}()
+	nc, err := ln.Accept()
+	require.NoError(t, err)
+	cc := &countingConn{Conn: nc}
+	c := newConn(cc, DefaultLimits(), RoleClient)
+	const stall = 300 * time.Millisecond
+	c.setTimeouts(0, stall)
+	defer c.Abort()
+	filler := string(make([]byte, 32<<10))
+	start := time.Now()
+	var sendErr error
+	for time.Since(start) < 8*time.Second {
+		if sendErr = c.Send(&Msg{Op: OpHeartbeat, Message: filler}); sendErr != nil {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	require.Error(t, sendErr, "a peer that reads nothing was not dropped")
+	require.True(t, errors.Is(sendErr, ErrStalled), "want ErrStalled, got %v", sendErr)
+	require.GreaterOrEqual(t, time.Since(start), stall)
+	require.Less(t, cc.writes, 200, "a write deadline was set for most writes")
+}
