@@ -301,7 +301,7 @@ func (s *Server) queue(c *wire.Conn, m *wire.Msg) {
 func (s *Server) flush() {
 	s.journalWrite() // first: what a client is told is in the journal
 	for c := range s.dirty {
-		c.Flush()
+		c.FlushNow()
 	}
 	clear(s.dirty)
 }

@@ -10,7 +10,10 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // HandshakeTimeout bounds the whole handshake.
@@ -49,6 +52,7 @@ type Conn struct {
 	done    chan struct{}
 	writing atomic.Bool  // the writer goroutine is in a write
 	wdl     lazyDeadline // the write deadline, kept by the writer goroutine (one at a time)
+	raw     syscall.RawConn // nc's descriptor for FlushNow's writes, when it is a plain socket
 	// stall, when set, bounds how long one stallChunk of output may take to be written: a
 	// peer that stops reading is dropped (a server's connections: Server sets it).
 	stall atomic.Int64
@@ -85,6 +89,9 @@ func (s stallWriter) Write(p []byte) (int, error) {
 func newConn(nc net.Conn, lim Limits, role Role) *Conn {
 	c := &Conn{nc: nc, lim: lim, PeerRole: role, done: make(chan struct{})}
 	c.wdl.write = true
+	if sc, ok := nc.(*net.TCPConn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
 	c.tr = timedReader{nc: nc}
 	c.br.init(&c.tr)
 	return c
@@ -428,6 +435,89 @@ func (c *Conn) Flush() {
 	c.mu.Lock()
 	c.startWriterLocked()
 	c.mu.Unlock()
+}
+
+// FlushNow writes what is queued from the calling goroutine when the socket takes it at once,
+// and leaves the rest, if any, to a writer goroutine as Flush does. For a caller that queued a
+// pass's messages to many connections (the scheduler's driver): at 10,000 workers each pass
+// flushed a thousand connections holding a message or two each, and each flush started a
+// goroutine only to make one write(2) and exit. The write here never blocks: a full socket
+// buffer, TLS, file frames or more than inlineMax bytes go to the writer goroutine.
+func (c *Conn) FlushNow() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.raw == nil || c.mu.writer || c.mu.ended || c.mu.closed || len(c.mu.bufs) == 0 ||
+		len(c.mu.files) > 0 || c.mu.pending > inlineMax {
+		c.startWriterLocked()
+		return
+	}
+	bufs, smalls := c.mu.bufs, c.mu.smalls
+	c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.pending = nil, nil, nil, 0
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	c.mu.writer = true // no writer starts while this one writes without the lock
+	c.writing.Store(true)
+	c.mu.Unlock()
+	n, err := writevNow(c.raw, bufs)
+	c.writing.Store(false)
+	c.mu.Lock()
+	c.mu.writer = false
+	if err != nil {
+		c.mu.err = fmt.Errorf("wire: write: %w", err)
+		c.endLocked()
+		c.nc.Close()
+		return
+	}
+	if n == total {
+		c.reuseLocked(smalls)
+	} else { // the rest goes first, before what was queued meanwhile
+		rest := dropFront(bufs, n)
+		c.mu.bufs = append(rest, c.mu.bufs...) // c.mu.small, if any, stays the tail
+		c.mu.smalls = append(smalls, c.mu.smalls...) // reused once the writer wrote them
+		c.mu.pending += total - n
+	}
+	c.startWriterLocked()
+}
+
+// dropFront drops the first n bytes of bufs.
+func dropFront(bufs [][]byte, n int) [][]byte {
+	for n > 0 && len(bufs) > 0 {
+		k := min(n, len(bufs[0]))
+		bufs[0] = bufs[0][k:]
+		n -= k
+		if len(bufs[0]) == 0 {
+			bufs = bufs[1:]
+		}
+	}
+	return bufs
+}
+
+// inlineMax is the most FlushNow writes from its caller's goroutine.
+const inlineMax = 64 << 10
+
+// writevNow writes bufs with one writev(2) that does not wait: it returns how much the socket
+// took (0 when its buffer is full).
+func writevNow(rc syscall.RawConn, bufs [][]byte) (int, error) {
+	var n int
+	var werr error
+	err := rc.Write(func(fd uintptr) bool {
+		for {
+			n, werr = unix.Writev(int(fd), bufs)
+			if werr != unix.EINTR {
+				break
+			}
+		}
+		if werr == unix.EAGAIN {
+			n, werr = 0, nil
+		}
+		return true // never wait for the socket: the writer goroutine does
+	})
+	if err == nil {
+		err = werr
+	}
+	return max(n, 0), err
 }
 
 // startWriterLocked starts a writer goroutine unless one runs or there is nothing for one to

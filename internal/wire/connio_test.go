@@ -101,3 +101,55 @@ func TestWriteStallDropsNonReader(t *testing.T) {
 	require.GreaterOrEqual(t, time.Since(start), stall)
 	require.Less(t, cc.writes, 200, "a write deadline was set for most writes")
 }
+
+// FlushNow writes from its caller while the socket takes the bytes, hands the rest to a
+// writer goroutine when it fills, and every message arrives once, in order, either way.
+func TestFlushNowKeepsOrderThroughFullSocket(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	peer := make(chan net.Conn, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err == nil {
+			peer <- nc
+		}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	c := newConn(nc, DefaultLimits(), RoleClient)
+	defer c.Abort()
+	require.NotNil(t, c.raw, "a TCP connection can be written inline")
+	pc := <-peer
+	defer pc.Close()
+	r := newConn(pc, DefaultLimits(), RoleClient)
+
+	filler := string(make([]byte, 8<<10))
+	const n = 3000 // ~24 MB: far more than the socket buffers hold while nobody reads
+	inlineAll, sawWriter, firstInline := true, false, false
+	for i := range n {
+		require.NoError(t, c.Queue(&Msg{Op: OpHeartbeat, ID: uint64(i + 1), Message: filler}))
+		if i%3 == 2 || i == n-1 {
+			c.FlushNow()
+			c.mu.Lock()
+			if c.mu.writer {
+				sawWriter = true
+			}
+			if len(c.mu.bufs) > 0 || c.mu.writer {
+				inlineAll = false
+			} else if i == 2 {
+				firstInline = true
+			}
+			c.mu.Unlock()
+		}
+	}
+	require.True(t, firstInline, "the first flush, into an empty socket, was not written inline")
+	require.True(t, sawWriter, "the full socket never handed the rest to a writer goroutine")
+	require.False(t, inlineAll)
+	for i := range n {
+		m, _, err := r.Recv()
+		require.NoError(t, err)
+		require.Equal(t, uint64(i+1), m.ID, "message %d out of order", i)
+		require.Len(t, m.Message, len(filler))
+	}
+}
