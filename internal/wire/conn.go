@@ -50,8 +50,8 @@ type Conn struct {
 		ended   bool // done is closed: nothing more is written
 	}
 	done    chan struct{}
-	writing atomic.Bool  // the writer goroutine is in a write
-	wdl     lazyDeadline // the write deadline, kept by the writer goroutine (one at a time)
+	writing atomic.Bool     // the writer goroutine is in a write
+	wdl     lazyDeadline    // the write deadline, kept by the writer goroutine (one at a time)
 	raw     syscall.RawConn // nc's descriptor for FlushNow's writes, when it is a plain socket
 	// stall, when set, bounds how long one stallChunk of output may take to be written: a
 	// peer that stops reading is dropped (a server's connections: Server sets it).
@@ -474,7 +474,7 @@ func (c *Conn) FlushNow() {
 		c.reuseLocked(smalls)
 	} else { // the rest goes first, before what was queued meanwhile
 		rest := dropFront(bufs, n)
-		c.mu.bufs = append(rest, c.mu.bufs...) // c.mu.small, if any, stays the tail
+		c.mu.bufs = append(rest, c.mu.bufs...)       // c.mu.small, if any, stays the tail
 		c.mu.smalls = append(smalls, c.mu.smalls...) // reused once the writer wrote them
 		c.mu.pending += total - n
 	}
