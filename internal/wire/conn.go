@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -46,11 +47,12 @@ type Conn struct {
 		pending int
 		err     error
 		closed  bool
-		writer  bool // a writer goroutine runs (writeLoop)
+		writer  bool // a writer goroutine runs (writeLoop), or FlushNow writes
+		aborted bool // Abort dropped the output
 		ended   bool // done is closed: nothing more is written
 	}
 	done    chan struct{}
-	writing atomic.Bool     // the writer goroutine is in a write
+	writing atomic.Bool     // the writer goroutine (or FlushNow) is in a write
 	wdl     lazyDeadline    // the write deadline, kept by the writer goroutine (one at a time)
 	raw     syscall.RawConn // nc's descriptor for FlushNow's writes, when it is a plain socket
 	// stall, when set, bounds how long one stallChunk of output may take to be written: a
@@ -464,21 +466,31 @@ func (c *Conn) FlushNow() {
 	c.writing.Store(false)
 	c.mu.Lock()
 	c.mu.writer = false
-	if err != nil {
+	switch {
+	case c.mu.aborted:
+		// Abort dropped what was queued, and so goes the rest of this
+	case err != nil:
 		c.mu.err = fmt.Errorf("wire: write: %w", err)
 		c.endLocked()
 		c.nc.Close()
 		return
-	}
-	if n == total {
+	case n == total:
 		c.reuseLocked(smalls)
-	} else { // the rest goes first, before what was queued meanwhile
-		rest := dropFront(bufs, n)
-		c.mu.bufs = append(rest, c.mu.bufs...)       // c.mu.small, if any, stays the tail
-		c.mu.smalls = append(smalls, c.mu.smalls...) // reused once the writer wrote them
-		c.mu.pending += total - n
+	default:
+		c.requeueFrontLocked(dropFront(bufs, n), smalls, total-n)
 	}
 	c.startWriterLocked()
+}
+
+// requeueFrontLocked puts back the bytes a write left (rest, in the small slices smalls),
+// before what was queued meanwhile: the file frames queued meanwhile move with their places.
+func (c *Conn) requeueFrontLocked(rest, smalls [][]byte, nbytes int) {
+	for i := range c.mu.files {
+		c.mu.files[i].at += len(rest)
+	}
+	c.mu.bufs = append(rest, c.mu.bufs...)       // c.mu.small, if any, stays the tail
+	c.mu.smalls = append(smalls, c.mu.smalls...) // reused once the writer wrote them
+	c.mu.pending += nbytes
 }
 
 // dropFront drops the first n bytes of bufs.
@@ -498,7 +510,8 @@ func dropFront(bufs [][]byte, n int) [][]byte {
 const inlineMax = 64 << 10
 
 // writevNow writes bufs with one writev(2) that does not wait: it returns how much the socket
-// took (0 when its buffer is full).
+// took (0 when its buffer is full, or when a write deadline the writer goroutine left has
+// passed: the descriptor then refuses writes until the writer sets a new one).
 func writevNow(rc syscall.RawConn, bufs [][]byte) (int, error) {
 	var n int
 	var werr error
@@ -514,8 +527,11 @@ func writevNow(rc syscall.RawConn, bufs [][]byte) (int, error) {
 		}
 		return true // never wait for the socket: the writer goroutine does
 	})
-	if err == nil {
-		err = werr
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, nil
+	}
+	if err == nil && werr != nil {
+		err = os.NewSyscallError("writev", werr)
 	}
 	return max(n, 0), err
 }
@@ -690,16 +706,18 @@ func (c *Conn) writeLoop() {
 	}
 }
 
-// writeStalling writes bufs giving them stall to leave: in one writev under a deadline kept
-// lazily (c.wdl) when they total at most a stallChunk, as the writer's batches of small
-// messages do, else each stallChunk under its own deadline (stallWriter). Before, every buffer
+// writeStalling writes bufs giving them stall to leave: on a plain socket, in one writev under
+// a deadline kept lazily (c.wdl) when they total at most a stallChunk, as the writer's batches
+// of small messages do; else each stallChunk under its own deadline (stallWriter). Before, every buffer
 // was its own write(2) with its own deadline.
 func (c *Conn) writeStalling(bufs net.Buffers, stall time.Duration) error {
 	total := 0
 	for _, b := range bufs {
 		total += len(b)
 	}
-	if total > stallChunk {
+	if total > stallChunk || c.raw == nil {
+		// (over TLS a write that timed out cannot be retried, so an early deadline must not
+		// happen there: each write gets its own exact one)
 		_, err := bufs.WriteTo(stallWriter{c.nc, stall})
 		return err
 	}
@@ -764,7 +782,7 @@ func (c *Conn) Close() error {
 // it is called fails as the connection closes.)
 func (c *Conn) Abort() error {
 	c.mu.Lock()
-	c.mu.closed = true
+	c.mu.closed, c.mu.aborted = true, true
 	// dropped here, so that the writer started only to end the output does not race the
 	// Close below to write them; the files of queued file frames are closed here, as no
 	// writer will see them (one that runs keeps its own)

@@ -3,6 +3,7 @@ package wire
 import (
 	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -66,24 +67,35 @@ func TestLazyReadDeadline(t *testing.T) {
 	require.True(t, tr.dl.at.IsZero())
 }
 
-// A connection whose peer stops reading is dropped after the stall timeout, not before: the
-// writer's batches go out in one writev each, under a deadline it keeps lazily.
-func TestWriteStallDropsNonReader(t *testing.T) {
+// tcpPair is a connected pair of loopback TCP connections with small socket buffers, so that
+// a writer blocks soon when its peer does not read.
+func tcpPair(t *testing.T, buf int) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
+	done := make(chan net.Conn, 1)
 	go func() {
-		nc, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			return
-		}
-		defer nc.Close()
-		time.Sleep(10 * time.Second) // reads nothing
+		nc, _ := ln.Accept()
+		done <- nc
 	}()
-	nc, err := ln.Accept()
+	a, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
-	cc := &countingConn{Conn: nc}
-	c := newConn(cc, DefaultLimits(), RoleClient)
+	b := <-done
+	require.NotNil(t, b)
+	t.Cleanup(func() { a.Close(); b.Close() })
+	ac, bc := a.(*net.TCPConn), b.(*net.TCPConn)
+	require.NoError(t, ac.SetWriteBuffer(buf))
+	require.NoError(t, bc.SetReadBuffer(buf))
+	return ac, bc
+}
+
+// A connection whose peer stops reading is dropped after the stall timeout, not before: the
+// writer's batches go out in one writev each, under a deadline it keeps lazily.
+func TestWriteStallDropsNonReader(t *testing.T) {
+	a, _ := tcpPair(t, 8<<10) // the peer never reads
+	c := newConn(a, DefaultLimits(), RoleClient)
+	require.NotNil(t, c.raw)
 	const stall = 300 * time.Millisecond
 	c.setTimeouts(0, stall)
 	defer c.Abort()
@@ -99,7 +111,87 @@ func TestWriteStallDropsNonReader(t *testing.T) {
 	require.Error(t, sendErr, "a peer that reads nothing was not dropped")
 	require.True(t, errors.Is(sendErr, ErrStalled), "want ErrStalled, got %v", sendErr)
 	require.GreaterOrEqual(t, time.Since(start), stall)
-	require.Less(t, cc.writes, 200, "a write deadline was set for most writes")
+}
+
+// A write deadline kept from an earlier batch fires before a later batch's own span is over:
+// the write goes on, so a peer that pauses for less than the stall timeout is not dropped.
+func TestWriteStallKeptDeadlineFiresEarly(t *testing.T) {
+	a, b := tcpPair(t, 64<<10)
+	c := newConn(a, DefaultLimits(), RoleClient)
+	const stall = 2 * time.Second
+	c.setTimeouts(0, stall)
+	defer c.Abort()
+	r := newConn(b, DefaultLimits(), RoleClient)
+	t0 := time.Now()
+	require.NoError(t, c.Send(&Msg{Op: OpHeartbeat, ID: 1})) // the writer sets t0+2s
+	m, _, err := r.Recv()
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), m.ID)
+
+	// 400 ms later a big batch keeps that deadline (it is less than a quarter span short of
+	// its own, t0+2.4s) and blocks, as the peer pauses until t0+2.2s
+	time.Sleep(400 * time.Millisecond)
+	big := string(make([]byte, 3<<20)) // more than the sockets hold, less than a stallChunk
+	require.NoError(t, c.Send(&Msg{Op: OpHeartbeat, ID: 2, Message: big}))
+	time.Sleep(time.Until(t0.Add(2200 * time.Millisecond)))
+	m, _, err = r.Recv()
+	require.NoError(t, err, "the batch was dropped when the kept deadline fired")
+	require.Equal(t, uint64(2), m.ID)
+	require.NoError(t, c.Send(&Msg{Op: OpHeartbeat, ID: 3}))
+	m, _, err = r.Recv()
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), m.ID)
+}
+
+// FlushNow after the writer goroutine's deadline has passed (the connection idle for longer
+// than the stall timeout): the descriptor refuses the write, which is then the writer's, and
+// the connection lives on.
+func TestFlushNowAfterStaleWriteDeadline(t *testing.T) {
+	a, b := tcpPair(t, 8<<10)
+	c := newConn(a, DefaultLimits(), RoleClient)
+	c.setTimeouts(0, 150*time.Millisecond)
+	defer c.Abort()
+	r := newConn(b, DefaultLimits(), RoleClient)
+	require.NoError(t, c.Send(&Msg{Op: OpHeartbeat, ID: 1})) // the writer goroutine sets a deadline
+	_, _, err := r.Recv()
+	require.NoError(t, err)
+	time.Sleep(300 * time.Millisecond)
+	for id := uint64(2); id <= 3; id++ {
+		require.NoError(t, c.Queue(&Msg{Op: OpHeartbeat, ID: id}))
+		c.FlushNow()
+		m, _, err := r.Recv()
+		require.NoError(t, err)
+		require.Equal(t, id, m.ID)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	require.NoError(t, c.mu.err)
+}
+
+// What a partial FlushNow puts back goes before what was queued meanwhile, file frames
+// included: their places move with it.
+func TestRequeueFrontMovesFilePlaces(t *testing.T) {
+	a, _ := tcpPair(t, 8<<10)
+	c := newConn(a, DefaultLimits(), RoleClient)
+	defer c.Abort()
+	f, err := os.CreateTemp(t.TempDir(), "frame")
+	require.NoError(t, err)
+	_, err = f.WriteString("0123")
+	require.NoError(t, err)
+	c.mu.Lock()
+	c.mu.writer = true // as while FlushNow writes: nothing is written meanwhile
+	c.mu.Unlock()
+	require.NoError(t, c.enqueueFrames([]byte("hdr"), []Frame{{File: f, Off: 0, Len: 4}}))
+	c.mu.Lock()
+	at := c.mu.files[0].at
+	require.Nil(t, c.mu.bufs[at], "a file frame's place is an empty buffer")
+	rest := [][]byte{[]byte("abc"), []byte("de")}
+	c.requeueFrontLocked(rest, nil, 5)
+	require.Equal(t, at+2, c.mu.files[0].at)
+	require.Nil(t, c.mu.bufs[c.mu.files[0].at])
+	require.Equal(t, []byte("abc"), c.mu.bufs[0])
+	c.mu.writer = false
+	c.mu.Unlock()
 }
 
 // FlushNow writes from its caller while the socket takes the bytes, hands the rest to a

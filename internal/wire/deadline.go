@@ -12,8 +12,12 @@ import (
 // span short of now+span. Such a deadline can fire early: the operation then sees that less
 // than its span has passed, sets the deadline it is owed, and goes on (expired).
 //
-// A deadline set on the connection by other code (Close, sendfile's chunks) only ever makes
-// the kept one look later than it is, so it may fire early, never late.
+// Other code may set the connection's deadline behind its back: Close an earlier one, which
+// fires early like a kept one (and is retried past: Close closes the socket after its second
+// anyway); stallWriter and sendfile's chunks one at most a span after their own writes, which
+// is never later than a later operation is owed. So an operation's deadline may come early,
+// and is then put right, but never late. (A connection whose timed-out writes cannot be
+// retried, TLS, must not keep its write deadline lazily: Conn.writeStalling does not.)
 type lazyDeadline struct {
 	at    time.Time // what was last set through this; zero: none
 	write bool      // the write deadline, else the read deadline
