@@ -19,20 +19,22 @@ var (
 	descTransitions = prometheus.NewDesc("shoal_scheduler_transitions_total", "Task state transitions since start.", nil, nil)
 	descEvents      = prometheus.NewDesc("shoal_scheduler_events_total", "Events handled by the scheduler core.", nil, nil)
 	descWorkers     = prometheus.NewDesc("shoal_scheduler_workers", "Registered workers.", nil, nil)
-	descThreads     = prometheus.NewDesc("shoal_scheduler_worker_threads", "Threads over all workers.", nil, nil)
-	descClients     = prometheus.NewDesc("shoal_scheduler_clients", "Connected clients.", nil, nil)
-	descMemory      = prometheus.NewDesc("shoal_worker_memory_bytes", "Result bytes held in memory, per worker (last heartbeat).", []string{"worker"}, nil)
-	descSpilled     = prometheus.NewDesc("shoal_worker_spilled_bytes", "Result bytes spilled to disk, per worker.", []string{"worker"}, nil)
-	descSent        = prometheus.NewDesc("shoal_worker_bytes_sent_total", "Bytes a worker has sent to peers and clients.", []string{"worker"}, nil)
-	descRecv        = prometheus.NewDesc("shoal_worker_bytes_received_total", "Bytes a worker has received from peers.", []string{"worker"}, nil)
-	descMsgsIn      = prometheus.NewDesc("shoal_scheduler_messages_received_total", "Messages received by the scheduler.", nil, nil)
-	descMsgsOut     = prometheus.NewDesc("shoal_scheduler_messages_sent_total", "Messages sent by the scheduler.", nil, nil)
-	descBusy        = prometheus.NewDesc("shoal_scheduler_loop_busy_seconds_total", "Time the scheduler's event loop spent working (not waiting).", nil, nil)
-	descUptime      = prometheus.NewDesc("shoal_scheduler_uptime_seconds", "Seconds since the scheduler started.", nil, nil)
+	descJoins       = prometheus.NewDesc("shoal_scheduler_worker_registrations_total",
+		"Worker registrations since start; a worker that lost its connection and came back counts again.", nil, nil)
+	descThreads = prometheus.NewDesc("shoal_scheduler_worker_threads", "Threads over all workers.", nil, nil)
+	descClients = prometheus.NewDesc("shoal_scheduler_clients", "Connected clients.", nil, nil)
+	descMemory  = prometheus.NewDesc("shoal_worker_memory_bytes", "Result bytes held in memory, per worker (last heartbeat).", []string{"worker"}, nil)
+	descSpilled = prometheus.NewDesc("shoal_worker_spilled_bytes", "Result bytes spilled to disk, per worker.", []string{"worker"}, nil)
+	descSent    = prometheus.NewDesc("shoal_worker_bytes_sent_total", "Bytes a worker has sent to peers and clients.", []string{"worker"}, nil)
+	descRecv    = prometheus.NewDesc("shoal_worker_bytes_received_total", "Bytes a worker has received from peers.", []string{"worker"}, nil)
+	descMsgsIn  = prometheus.NewDesc("shoal_scheduler_messages_received_total", "Messages received by the scheduler.", nil, nil)
+	descMsgsOut = prometheus.NewDesc("shoal_scheduler_messages_sent_total", "Messages sent by the scheduler.", nil, nil)
+	descBusy    = prometheus.NewDesc("shoal_scheduler_loop_busy_seconds_total", "Time the scheduler's event loop spent working (not waiting).", nil, nil)
+	descUptime  = prometheus.NewDesc("shoal_scheduler_uptime_seconds", "Seconds since the scheduler started.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descTasks, descForgotten, descTransitions, descEvents, descWorkers, descThreads, descClients,
+	for _, d := range []*prometheus.Desc{descTasks, descForgotten, descTransitions, descEvents, descWorkers, descJoins, descThreads, descClients,
 		descMemory, descSpilled, descSent, descRecv, descMsgsIn, descMsgsOut, descBusy, descUptime} {
 		ch <- d
 	}
@@ -64,6 +66,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(st.Transitions))
 	ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(st.Events))
 	ch <- prometheus.MustNewConstMetric(descWorkers, prometheus.GaugeValue, float64(st.Workers))
+	ch <- prometheus.MustNewConstMetric(descJoins, prometheus.CounterValue, float64(stats.registrations))
 	ch <- prometheus.MustNewConstMetric(descThreads, prometheus.GaugeValue, float64(st.Threads))
 	ch <- prometheus.MustNewConstMetric(descClients, prometheus.GaugeValue, float64(clients))
 	for _, w := range workers {

@@ -750,6 +750,7 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	}
 	s.profileJoined(w)
 	reply <- nil
+	s.stats.registrations++
 	s.log.Info("worker joined", "worker", w.info.Name, "address", w.info.Address, "nthreads", w.info.NThreads,
 		"holds", len(m.Items), "again", replaces != 0)
 	s.obs.workerJoined(w)

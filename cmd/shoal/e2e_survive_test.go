@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"syscall"
 	"testing"
@@ -332,4 +335,33 @@ func TestE2EHostsPartitionWorkers(t *testing.T) {
 	require.Equal(t, want, v)
 	n := workerNames(ctx, cl)
 	require.True(t, n["w2"] && n["w3"], "both workers are still registered: %v", n)
+}
+
+// Connections idle for longer than the message timeout keep serving: by the time the
+// scheduler's driver writes to a worker again, the deadline of the connection's last write has
+// long passed (a first version of the driver's inline writes took that for a failed write and
+// closed the connection, and the worker had to register again).
+func TestE2EIdleConnectionsOutliveMessageTimeout(t *testing.T) {
+	t.Parallel()
+	ctx := ctxT(t, 2*time.Minute)
+	dash := freePort(t)
+	c := startProcCluster(ctx, t, "--message-timeout", "1s", "--dashboard-port", fmt.Sprint(dash))
+	for round := range 3 {
+		g, total, want := sleepGraph(fmt.Sprintf("idle%d", round), 20, 10*time.Millisecond)
+		futs, err := c.client.Submit(ctx, g, total)
+		require.NoError(t, err)
+		v, err := futs[0].Result(ctx)
+		require.NoError(t, err)
+		require.Equal(t, want, v)
+		futs[0].Release()
+		time.Sleep(2500 * time.Millisecond) // idle for over twice the message timeout
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", dash))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^shoal_scheduler_worker_registrations_total (\d+)`).FindSubmatch(body)
+	require.NotNil(t, m, "the scheduler's metrics:\n%s", body)
+	require.Equal(t, "2", string(m[1]), "a worker lost its connection and registered again")
 }
