@@ -151,6 +151,22 @@ type execWindows struct {
 	wins  []*shmWindow
 }
 
+// unsent is the bytes of fetched frames copied into windows the executor has not been given
+// yet (prefill.go): they are in no process's resident set the memory monitor reads (the
+// worker's own mapping of a window is shared memory, which it leaves out of its own count,
+// and the executor has not mapped it), so the monitor adds them.
+func (ws *execWindows) unsent() int64 {
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	var n int64
+	for _, w := range ws.wins {
+		if !w.sent && !w.closed && w.pre != nil {
+			n += int64(w.pre.n)
+		}
+	}
+	return n
+}
+
 // shmPlacement says where the executor finds payload frame Frame: bytes [0, Len) of window
 // Window.
 type shmPlacement struct {

@@ -155,21 +155,22 @@ func (w *Worker) processMemory() (total, self int64) {
 		return -1, -1
 	}
 	total = self + w.store.Stats().Segments
-	for _, pid := range w.py.pids() {
-		if r := rssOf(pid); r > 0 {
+	for _, ex := range w.py.executors() {
+		if r := rssOf(ex.pid); r > 0 {
 			total += r
 		}
+		total += ex.shm.unsent()
 	}
 	return total, self
 }
 
-// pids lists the live executors' process ids.
-func (p *executorPool) pids() []int {
+// executors lists the live executors.
+func (p *executorPool) executors() []*executor {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]int, 0, len(p.mu.all))
+	out := make([]*executor, 0, len(p.mu.all))
 	for ex := range p.mu.all {
-		out = append(out, ex.pid)
+		out = append(out, ex)
 	}
 	return out
 }
@@ -285,15 +286,14 @@ func (w *Worker) killBiggestExecutor(killAt int64) bool {
 	var victim *executor
 	var most int64
 	kept := w.store.keptBy() // stored results, which spilling frees: not what makes a victim
-	w.py.mu.Lock()
-	for ex := range w.py.mu.all {
+	for _, ex := range w.py.executors() {
 		r := privateOf(ex.pid)
 		total += max(r, 0)
+		total += ex.shm.unsent()
 		if r -= kept[ex]; r > most {
 			victim, most = ex, r
 		}
 	}
-	w.py.mu.Unlock()
 	if total <= killAt {
 		return false // over only by counting shared segments twice
 	}

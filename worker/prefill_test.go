@@ -106,6 +106,7 @@ func TestWindowPrefill(t *testing.T) {
 	require.True(t, w.busy)
 	require.NoError(t, w.write(frame, 0))
 	ws.filled(w, frame)
+	require.Equal(t, int64(len(frame)), ws.unsent(), "a prefill the executor has no descriptor of counts for the memory monitor")
 	require.True(t, ws.holds([][]byte{frame}))
 	require.False(t, ws.holds([][]byte{append([]byte(nil), frame...)}), "a copy of the bytes elsewhere is another frame")
 	require.False(t, ws.holds([][]byte{frame[:len(frame)-1]}), "so is a shorter frame at the same address")
@@ -123,6 +124,7 @@ func TestWindowPrefill(t *testing.T) {
 	require.Equal(t, a.Ino, b.Ino, "of the window's memfd")
 	closeFds(fds)
 	require.Nil(t, w.pre)
+	require.Zero(t, ws.unsent(), "taken by a run: the executor's resident set counts it")
 	require.False(t, ws.holds([][]byte{frame}), "a prefill is taken once")
 
 	// the executor frees it; a prefill that no run takes counts as free after prefillTTL

@@ -207,11 +207,18 @@ func freePort(t *testing.T) int {
 		}
 	}
 	const from = 10000
-	if low <= from+1000 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0") // no room below the range: the old way
-		require.NoError(t, err)
-		defer ln.Close()
-		return ln.Addr().(*net.TCPAddr).Port
+	if low <= from+1000 { // no room below the range: the kernel's pick, never one handed out
+		for range 100 {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			require.NoError(t, err)
+			port := ln.Addr().(*net.TCPAddr).Port
+			ln.Close()
+			if !handedOut.ports[port] {
+				handedOut.ports[port] = true
+				return port
+			}
+		}
+		t.Fatal("no port not handed out already in 100 tries")
 	}
 	for range 100 {
 		port := from + rand.IntN(low-from)
