@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -280,4 +282,17 @@ func (c *testCluster) logText(t testing.TB) string {
 	b, err := os.ReadFile(c.log.Name())
 	require.NoError(t, err)
 	return string(b)
+}
+
+// metric reads the value of an unlabelled metric from a Prometheus /metrics page.
+func metric(t *testing.T, url, name string) string {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`).FindSubmatch(body)
+	require.NotNil(t, m, "no %s in %s:\n%s", name, url, body)
+	return string(m[1])
 }

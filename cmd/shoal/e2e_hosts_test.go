@@ -4,9 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -208,14 +206,8 @@ with Client(sys.argv[1]) as client:
 	require.NoError(t, err, string(out))
 	require.Contains(t, string(out), "ok 12582912")
 
-	resp, err := http.Get("http://" + c.Hosts[2].Addr(metricsPort) + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	m := regexp.MustCompile(`(?m)^shoal_worker_prefilled_frames_total (\d+)`).FindSubmatch(body)
-	require.NotNil(t, m, "w3's metrics:\n%s", body)
-	require.NotEqual(t, "0", string(m[1]), "the run took the frame its fetch prefilled")
+	got := metric(t, "http://"+c.Hosts[2].Addr(metricsPort)+"/metrics", "shoal_worker_prefilled_frames_total")
+	require.NotEqual(t, "0", got, "the run took the frame its fetch prefilled")
 }
 
 // An interface name works as --host, and --advertise-host overrides what is advertised.

@@ -4,13 +4,10 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"syscall"
 	"testing"
@@ -356,12 +353,6 @@ func TestE2EIdleConnectionsOutliveMessageTimeout(t *testing.T) {
 		futs[0].Release()
 		time.Sleep(2500 * time.Millisecond) // idle for over twice the message timeout
 	}
-	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", dash))
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	m := regexp.MustCompile(`(?m)^shoal_scheduler_worker_registrations_total (\d+)`).FindSubmatch(body)
-	require.NotNil(t, m, "the scheduler's metrics:\n%s", body)
-	require.Equal(t, "2", string(m[1]), "a worker lost its connection and registered again")
+	got := metric(t, fmt.Sprintf("http://127.0.0.1:%d/metrics", dash), "shoal_scheduler_worker_registrations_total")
+	require.Equal(t, "2", got, "a worker lost its connection and registered again")
 }
