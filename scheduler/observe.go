@@ -12,7 +12,7 @@ type serverStats struct {
 	finished, failed uint64 // tasks reported finished / finally erred
 	msgsIn, msgsOut  uint64
 	registrations    uint64 // workers registered since start, a worker that came back again
-	busy             int64 // nanoseconds the driver spent handling input
+	busy             int64  // nanoseconds the driver spent handling input
 }
 
 func sortWorkers(ws []wire.WorkerInfo) {

@@ -158,6 +158,7 @@ type execWindows struct {
 func (ws *execWindows) unsent() int64 {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
+	ws.expireLocked() // a prefill whose value is gone (spilled, deleted) or too old is freed
 	var n int64
 	for _, w := range ws.wins {
 		if !w.sent && !w.closed && w.pre != nil {

@@ -145,8 +145,9 @@ func statm(pid int) (rss, shared int64) {
 // the store's segments, and in the worker process alone; -1, -1 where /proc cannot tell. The
 // worker's own share is its resident set less the shared memory it maps: the executors'
 // windows it copies into (executor_shm.go), which count in the resident set of an executor
-// that has touched them, as they did when the worker wrote them with pwrite (a prefilled
-// window no run took yet counts nowhere: at most 1 GiB per executor, shmMaxBytes). A
+// that has touched them, as they did when the worker wrote them with pwrite; a prefilled
+// window the executor was not given yet is added (execWindows.unsent, which first frees the
+// prefills whose values are gone or that waited too long). A
 // segment an executor has mapped is counted twice while it runs (in its resident set too):
 // that errs on the side of spilling early.
 func (w *Worker) processMemory() (total, self int64) {
@@ -156,10 +157,13 @@ func (w *Worker) processMemory() (total, self int64) {
 	}
 	total = self + w.store.Stats().Segments
 	for _, ex := range w.py.executors() {
+		total += ex.shm.unsent()
+		if ex.isDead() {
+			continue // its pid may be another process's once reaped
+		}
 		if r := rssOf(ex.pid); r > 0 {
 			total += r
 		}
-		total += ex.shm.unsent()
 	}
 	return total, self
 }
@@ -287,9 +291,12 @@ func (w *Worker) killBiggestExecutor(killAt int64) bool {
 	var most int64
 	kept := w.store.keptBy() // stored results, which spilling frees: not what makes a victim
 	for _, ex := range w.py.executors() {
+		total += ex.shm.unsent()
+		if ex.isDead() {
+			continue // its pid may be another process's once reaped
+		}
 		r := privateOf(ex.pid)
 		total += max(r, 0)
-		total += ex.shm.unsent()
 		if r -= kept[ex]; r > most {
 			victim, most = ex, r
 		}

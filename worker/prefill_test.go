@@ -237,3 +237,29 @@ func TestPythonExecutorStartsWhileInputsArrive(t *testing.T) {
 		return len(w.py.mu.idle) == 1
 	})
 }
+
+// The memory monitor's count of prefills the executor was not given frees the stale ones
+// first: a prefill no run took within prefillTTL (or whose value is gone) is memory for
+// nothing, and counting it would make the monitor spill, pause or kill for it.
+func TestUnsentPrefillsExpire(t *testing.T) {
+	if !shmEnabled {
+		t.Skip("SHOAL_EXECUTOR_SHM=0")
+	}
+	ws := &execWindows{ok: true}
+	t.Cleanup(ws.closeAll)
+	frame := payload(5, prefillMin)
+	w := ws.reserve(len(frame))
+	require.NotNil(t, w)
+	require.NoError(t, w.write(frame, 0))
+	ws.filled(w, frame)
+	require.Equal(t, int64(len(frame)), ws.unsent())
+	runtime.KeepAlive(frame) // the prefill is known by a weak pointer: alive until here
+	ws.mu.Lock()
+	w.pre.at = time.Now().Add(-prefillTTL - time.Second)
+	ws.mu.Unlock()
+	require.Zero(t, ws.unsent(), "a stale prefill still counted")
+	ws.mu.Lock()
+	defer ws.mu.Unlock()
+	require.Empty(t, ws.wins, "a stale prefill the executor never had is dropped")
+	require.True(t, w.closed)
+}

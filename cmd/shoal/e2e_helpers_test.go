@@ -214,7 +214,12 @@ func freePort(t *testing.T) int {
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			require.NoError(t, err)
 			port := ln.Addr().(*net.TCPAddr).Port
+			pc, perr := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", port)) // gossip takes both
 			ln.Close()
+			if perr != nil {
+				continue
+			}
+			pc.Close()
 			if !handedOut.ports[port] {
 				handedOut.ports[port] = true
 				return port

@@ -334,11 +334,13 @@ func TestE2EHostsPartitionWorkers(t *testing.T) {
 	require.True(t, n["w2"] && n["w3"], "both workers are still registered: %v", n)
 }
 
-// Connections idle for longer than the message timeout keep serving: by the time the
-// scheduler's driver writes to a worker again, the deadline of the connection's last write has
-// long passed (a first version of the driver's inline writes took that for a failed write and
-// closed the connection, and the worker had to register again).
-func TestE2EIdleConnectionsOutliveMessageTimeout(t *testing.T) {
+// Connections keep serving past their last write deadline: with --message-timeout 1s, the
+// deadline a connection's writer goroutine set at a worker's registration has passed a second
+// later, while the scheduler's driver keeps writing to it (heartbeat answers, computes). A
+// first version of the driver's inline writes took that for a failed write and closed the
+// connection, and the worker had to register again. Idle gaps of 2.5 s between graphs make
+// sure the deadline of every write before them has passed too.
+func TestE2EConnectionsOutliveWriteDeadlines(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t, 2*time.Minute)
 	dash := freePort(t)

@@ -463,8 +463,10 @@ func (c *Conn) FlushNow() {
 	c.writing.Store(true)
 	c.mu.Unlock()
 	n, err := writevNow(c.raw, bufs)
-	c.writing.Store(false)
 	c.mu.Lock()
+	// writing ends under the lock, once the rest is back in the queue below: outputPending
+	// must never see the output in neither place
+	defer c.writing.Store(false)
 	c.mu.writer = false
 	switch {
 	case c.mu.aborted:
