@@ -301,7 +301,8 @@ func (w *Worker) recvLoop(conn *wire.Conn) error {
 			}
 			wire.ReleaseMsg(m)
 		case wire.OpCompute:
-			w.handleCompute(m) // keeps copies of what it needs, not m
+			w.handleCompute(m) // keeps copies of what it needs, not m or its task
+			wire.ReleaseTask(m.Task)
 			wire.ReleaseMsg(m)
 		case wire.OpFreeKeys:
 			w.handleFreeKeys(m.Keys)

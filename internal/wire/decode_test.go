@@ -264,10 +264,13 @@ func BenchmarkDecodeCompute(b *testing.B) {
 	buf, _ := EncodeHeader(&Msg{Op: OpCompute, Task: &graph.Task{Key: "inc-12345", Kind: graph.KindGo, Func: "inc", Args: []graph.Arg{graph.Lit(5)}},
 		TaskID: 1234, Order: 99, Deps: []Dep{{Key: "x-1", WhoHas: []string{"127.0.0.1:40000"}, NBytes: 8}}})
 	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := DecodeHeader(buf); err != nil {
+	for b.Loop() { // as a worker does: the header and the task go back once copied
+		m, err := DecodeHeader(buf)
+		if err != nil {
 			b.Fatal(err)
 		}
+		ReleaseTask(m.Task)
+		ReleaseMsg(m)
 	}
 }
 
@@ -361,4 +364,29 @@ func TestRawField(t *testing.T) {
 	require.False(t, ok)
 	_, _, err = RawField(append([]byte{0x81, 0xa3, 's', 'e', 'g'}, bytes.Repeat([]byte{0x91}, 100)...), "seg")
 	require.ErrorIs(t, err, ErrProtocol)
+}
+
+// A compute's task comes from a pool: one given back is zeroed, so the next compute's task
+// has none of its fields, and a copy taken before the release keeps its own.
+func TestComputeTaskPooled(t *testing.T) {
+	a := &graph.Task{Key: "a", Kind: graph.KindPy, Func: "f", Payload: []byte("pa"), Deps: []string{"x", "y"},
+		Resources: map[string]float64{"GPU": 1}, Workers: []string{"w1"}, Group: "ga", Priority: 3}
+	b := &graph.Task{Key: "b", Kind: graph.KindGo, Func: "g"}
+	dec := func(task *graph.Task) *graph.Task {
+		hdr, err := EncodeHeader(&Msg{Op: OpCompute, TaskID: 1, Task: task})
+		require.NoError(t, err)
+		m, err := DecodeHeader(hdr)
+		require.NoError(t, err)
+		return m.Task
+	}
+	for range 50 { // sync.Pool may hand back another object: take the reuse often
+		ta := dec(a)
+		kept := *ta
+		ReleaseTask(ta)
+		tb := dec(b)
+		require.Equal(t, *b, *tb, "a reused task carries over fields of the last one")
+		require.Equal(t, *a, kept, "a copy taken before the release changed")
+		ReleaseTask(tb)
+	}
+	ReleaseTask(nil)
 }

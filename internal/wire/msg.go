@@ -245,6 +245,19 @@ func ReleaseMsg(m *Msg) {
 	msgPool.Put(m)
 }
 
+var taskPool = sync.Pool{New: func() any { return new(graph.Task) }}
+
+// ReleaseTask gives back a compute's decoded Task (Msg.Task) once the caller copied what it
+// needs: as ReleaseMsg, the caller must hold no pointer to t afterwards, and the strings,
+// slices and maps t referred to stay valid. nil is ignored.
+func ReleaseTask(t *graph.Task) {
+	if t == nil {
+		return
+	}
+	*t = graph.Task{}
+	taskPool.Put(t)
+}
+
 // EncodeHeader encodes m as a msgpack map holding the fields that are set.
 func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 128), m) }
 
