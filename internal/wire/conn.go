@@ -455,10 +455,7 @@ func (c *Conn) FlushNow() {
 	}
 	bufs, smalls := c.mu.bufs, c.mu.smalls
 	c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.pending = nil, nil, nil, 0
-	total := 0
-	for _, b := range bufs {
-		total += len(b)
-	}
+	total := lenOf(bufs)
 	c.mu.writer = true // no writer starts while this one writes without the lock
 	c.writing.Store(true)
 	c.mu.Unlock()
@@ -493,6 +490,15 @@ func (c *Conn) requeueFrontLocked(rest, smalls [][]byte, nbytes int) {
 	c.mu.bufs = append(rest, c.mu.bufs...)       // c.mu.small, if any, stays the tail
 	c.mu.smalls = append(smalls, c.mu.smalls...) // reused once the writer wrote them
 	c.mu.pending += nbytes
+}
+
+// lenOf is the number of bytes in bufs.
+func lenOf(bufs [][]byte) int {
+	n := 0
+	for _, b := range bufs {
+		n += len(b)
+	}
+	return n
 }
 
 // dropFront drops the first n bytes of bufs.
@@ -710,13 +716,10 @@ func (c *Conn) writeLoop() {
 
 // writeStalling writes bufs giving them stall to leave: on a plain socket, in one writev under
 // a deadline kept lazily (c.wdl) when they total at most a stallChunk, as the writer's batches
-// of small messages do; else each stallChunk under its own deadline (stallWriter). Before, every buffer
-// was its own write(2) with its own deadline.
+// of small messages do; else each stallChunk under its own deadline (stallWriter). Before,
+// every buffer was its own write(2) with its own deadline.
 func (c *Conn) writeStalling(bufs net.Buffers, stall time.Duration) error {
-	total := 0
-	for _, b := range bufs {
-		total += len(b)
-	}
+	total := lenOf(bufs)
 	if total > stallChunk || c.raw == nil {
 		// (over TLS a write that timed out cannot be retried, so an early deadline must not
 		// happen there: each write gets its own exact one)

@@ -197,23 +197,10 @@ func TestRequeueFrontMovesFilePlaces(t *testing.T) {
 // FlushNow writes from its caller while the socket takes the bytes, hands the rest to a
 // writer goroutine when it fills, and every message arrives once, in order, either way.
 func TestFlushNowKeepsOrderThroughFullSocket(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	peer := make(chan net.Conn, 1)
-	go func() {
-		nc, err := ln.Accept()
-		if err == nil {
-			peer <- nc
-		}
-	}()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
+	nc, pc := tcpPair(t, 128<<10) // the first flush (24 KiB) fits, the whole stream does not
 	c := newConn(nc, DefaultLimits(), RoleClient)
 	defer c.Abort()
 	require.NotNil(t, c.raw, "a TCP connection can be written inline")
-	pc := <-peer
-	defer pc.Close()
 	r := newConn(pc, DefaultLimits(), RoleClient)
 
 	filler := string(make([]byte, 8<<10))

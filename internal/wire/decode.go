@@ -122,7 +122,7 @@ var msgFields = [...]struct {
 	{"id", func(d *dec, m *Msg) bool { return d.uint(&m.ID) }},
 	{"code", func(d *dec, m *Msg) bool { return d.str(&m.Code) }},
 	{"message", func(d *dec, m *Msg) bool { return d.str(&m.Message) }},
-	{"error", func(d *dec, m *Msg) bool { return ptr(d, &m.Error, (*dec).errorValue) }},
+	{"error", func(d *dec, m *Msg) bool { return ptr(d, &m.Error, (*dec).errorValue, newOf[Error]) }},
 	{"client", func(d *dec, m *Msg) bool { return d.int(&m.Client) }},
 	{"worker_id", func(d *dec, m *Msg) bool { return d.int(&m.WorkerID) }},
 	{"version", func(d *dec, m *Msg) bool { return d.str(&m.Version) }},
@@ -146,7 +146,7 @@ var msgFields = [...]struct {
 	{"seceded", func(d *dec, m *Msg) bool { return d.strs(&m.Seceded) }},
 	{"who_has", func(d *dec, m *Msg) bool { return strMap(d, &m.WhoHas, (*dec).strs) }},
 	{"workers", func(d *dec, m *Msg) bool { return slice(d, &m.Workers, (*dec).workerInfo) }},
-	{"task", func(d *dec, m *Msg) bool { return pooledTask(d, &m.Task) }},
+	{"task", func(d *dec, m *Msg) bool { return ptr(d, &m.Task, (*dec).task, pooledTask) }},
 	{"tid", func(d *dec, m *Msg) bool { return d.uint(&m.TaskID) }},
 	{"func", func(d *dec, m *Msg) bool { return d.str(&m.FuncHash) }},
 	{"func_data", func(d *dec, m *Msg) bool { return d.bin(&m.FuncData) }},
@@ -576,32 +576,16 @@ func strMap[V any](d *dec, p *map[string]V, val func(*dec, *V) bool) bool {
 	return true
 }
 
-// ptr decodes nil as a nil pointer, anything else into a new T.
-// pooledTask is ptr for a compute's task, taking the Task from taskPool: a worker decodes one
-// per task it runs, copies it, and gives it back (ReleaseTask); it was 7 % of a worker's CPU
-// on the million-task graph as a fresh allocation each.
-func pooledTask(d *dec, p **graph.Task) bool {
-	if d.isNil() {
-		*p = nil
-		return true
-	}
-	if !d.enter() {
-		return false
-	}
-	if !d.charge(int(unsafe.Sizeof(graph.Task{}))) {
-		return false
-	}
-	t := taskPool.Get().(*graph.Task)
-	if !d.task(t) {
-		ReleaseTask(t)
-		return false
-	}
-	d.depth--
-	*p = t
-	return true
-}
+func newOf[T any]() *T { return new(T) }
 
-func ptr[T any](d *dec, p **T, val func(*dec, *T) bool) bool {
+// pooledTask gives a compute's task a Task from taskPool: a worker decodes one per task it
+// runs, copies it, and gives it back (ReleaseTask); it was 7 % of a worker's CPU on the
+// million-task graph as a fresh allocation each.
+func pooledTask() *graph.Task { return taskPool.Get().(*graph.Task) }
+
+// ptr decodes nil as a nil pointer, anything else into the T that get returns (a zero one:
+// newOf, or a pooled one).
+func ptr[T any](d *dec, p **T, val func(*dec, *T) bool, get func() *T) bool {
 	if d.isNil() {
 		*p = nil
 		return true
@@ -612,7 +596,7 @@ func ptr[T any](d *dec, p **T, val func(*dec, *T) bool) bool {
 	if !d.charge(int(unsafe.Sizeof(*new(T)))) {
 		return false
 	}
-	v := new(T)
+	v := get()
 	if !val(d, v) {
 		return false
 	}
