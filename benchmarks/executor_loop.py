@@ -1,13 +1,15 @@
 """The Python executor's cost per run, alone (issue 19: where the million-task graph's time goes).
 
     .venv/bin/python benchmarks/executor_loop.py [--runs 200000] [--batch 20] [--payload literal|pickle]
+        [--messages runs|single]
 
 A real ``shoal.executor.Executor`` serves one end of a socket pair in a child process; this
 process plays its worker and sends ``run`` messages in batches, as a worker sends short runs,
 each like an ``add`` of the million-task graph's tree: ``operator.add`` of two dependencies
 that arrive as msgpack frames, named in a literal payload as ``client.get`` sends a plain call
 (``--payload pickle``: by ``Ref`` in a pickled one, as ``client.submit`` does), returning an
-int. Printed:
+int. A batch goes as one ``runs`` message, as a worker sends it to an executor that takes them
+(``--messages single``: one ``run`` message per run, back to back, as before). Printed:
 the wall time per run and the executor's CPU per run (its user + system time, from
 ``getrusage`` once it exits), which is what a worker's executor spends per small task besides
 the task itself.
@@ -22,7 +24,7 @@ import pickle
 import resource
 import socket
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import msgpack
 
@@ -49,12 +51,28 @@ def batch(first: int, n: int, fhash: str, fdata: bytes | None,
     return out
 
 
+def answers_of(conn: _wire.Connection, n: int) -> Iterator[tuple[dict[str, Any], list[bytearray]]]:
+    """The next ``n`` answers, whether each came alone or in a ``dones``."""
+    while n > 0:
+        header, frames = conn.recv()
+        if header.get("op") != "dones":
+            n -= 1
+            yield header, frames
+            continue
+        for reply, k in zip(header["replies"], header["nframes"]):
+            n -= 1
+            yield reply, frames[:k]
+            frames = frames[k:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=20, help="runs per write, as a worker batches short runs")
     ap.add_argument("--payload", choices=("literal", "pickle"), default="literal",
                     help="the arguments as client.get sends a plain call, or pickled with Refs")
+    ap.add_argument("--messages", choices=("runs", "single"), default="runs",
+                    help="a batch as one runs message (what a worker sends now), or a run message per run")
     args = ap.parse_args()
     fdata = dumps_callable(operator.add)
     fhash = func_hash(fdata)
@@ -72,9 +90,14 @@ def main() -> None:
     conn = _wire.Connection(mine)
     start = time.perf_counter()
     for msgs in batches:
-        conn.send_many(msgs)
+        if args.messages == "runs" and len(msgs) > 1:
+            conn.send({"op": "runs", "runs": [h for h, _ in msgs], "nframes": [len(f) for _, f in msgs]},
+                      [f for _, fr in msgs for f in fr])
+        else:
+            conn.send_many(msgs)
+        answers = answers_of(conn, len(msgs))
         for header, _ in msgs:
-            reply, frames = conn.recv()
+            reply, frames = next(answers)
             if reply.get("op") != "done" or reply.get("id") != header["id"]:
                 raise SystemExit(f"unexpected answer to run {header['id']}: {reply}")
             if msgpack.unpackb(frames[0]) != header["id"] + 1:

@@ -40,6 +40,7 @@ type executor struct {
 	lane   int         // the thread number reported for tasks it ran as part of a batch
 	shm    execWindows // shared-memory windows for large frames (executor_shm.go)
 	seg    bool        // it takes segment-backed dependencies as descriptors (segment.go)
+	batch  bool        // it takes a batch of runs as one runs message (runsMsg)
 	loaded uint64      // the preloads generation it has (preload.go)
 	// killedFor says why the worker killed it (the memory monitor), for its task's error.
 	killedFor atomic.Pointer[string]
@@ -66,7 +67,9 @@ type executorPool struct {
 	deaths  atomic.Int64
 	lanes   atomic.Int64
 	batched atomic.Int64 // tasks that ran behind another one in a batch
-	warming atomic.Bool  // warm is starting an executor
+	// runsOut counts batches sent as one runs message; donesIn answers that came in a dones
+	runsOut, donesIn atomic.Int64
+	warming          atomic.Bool // warm is starting an executor
 	// shmFrames counts payload frames sent through shared-memory windows
 	shmFrames atomic.Int64
 	// prefillsTaken counts those a fetch had copied into the window already (prefill.go)
@@ -472,6 +475,7 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 		}
 		ex.shm.setUsable(shmEnabled && x.SHM == 1)
 		ex.seg = shmEnabled && x.Segments == 1
+		ex.batch = batchRunsEnabled && x.Batch == 1
 		if ex.seg && keepEnabled && ex.probeKeep(x.Keep) {
 			if err := c.send(&wire.Msg{Op: "keep"}); err != nil {
 				return err
@@ -516,11 +520,18 @@ func (p *executorPool) handshake(ctx context.Context, ex *executor, c *execConn,
 // pyBatchBytes never blocks the writer; a task whose run alone is bigger is not batched.
 const pyBatchBytes = 64 << 10
 
+// A batch goes to an executor that announced `batch: 1` as one `runs` message (runsMsg), and
+// its answers come back as `dones` messages: one header to decode and one frame prefix to
+// parse for the whole batch instead of one per run, which is most of what an executor spends
+// on a short run besides the run itself. Measured with benchmarks/executor_loop.py (batches
+// of 20 runs like the million-task graph's adds): see docs/performance.md.
+//
 // variables for tests
 var (
-	pyShortRun  = time.Millisecond
-	pyBatch     = 64
-	pyBatchTime = 2 * time.Millisecond
+	batchRunsEnabled = os.Getenv("SHOAL_EXECUTOR_BATCH") != "0"
+	pyShortRun       = time.Millisecond
+	pyBatch          = 64
+	pyBatchTime      = 2 * time.Millisecond
 )
 
 // pyRun is one task's run message.
@@ -639,6 +650,66 @@ func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 	return &pyRun{ts: ts, m: m, frames: frames, fdata: fdata, segs: segs, res: res}, nil
 }
 
+// runsMsg makes the runs of a batch one runs message (docs/protocol.md §3.5): {"op": "runs",
+// "runs": [each run's header], "nframes": [each run's frame count]}, their frames in order.
+// None of them passes descriptors (a run that does is never batched).
+func runsMsg(msgs []outMsg) (outMsg, error) {
+	b := make([]byte, 0, 256*len(msgs))
+	b = append(b, 0x83, 0xa2, 'o', 'p', 0xa4, 'r', 'u', 'n', 's', 0xa4, 'r', 'u', 'n', 's')
+	b = appendArrayLen(b, len(msgs))
+	n := 0
+	for _, om := range msgs {
+		if len(om.fds) > 0 {
+			return outMsg{}, errors.New("a run passing descriptors in a runs message")
+		}
+		if om.hdr != nil {
+			b = append(b, om.hdr...)
+		} else {
+			var err error
+			if b, err = wire.AppendHeader(b, om.m); err != nil {
+				return outMsg{}, err
+			}
+		}
+		n += len(om.payload)
+	}
+	b = append(b, 0xa7, 'n', 'f', 'r', 'a', 'm', 'e', 's')
+	b = appendArrayLen(b, len(msgs))
+	payload := make([][]byte, 0, n)
+	for _, om := range msgs {
+		b = appendUint(b, uint64(len(om.payload)))
+		payload = append(payload, om.payload...)
+	}
+	return outMsg{hdr: b, payload: payload}, nil
+}
+
+// appendArrayLen appends a msgpack array header for n elements.
+func appendArrayLen(b []byte, n int) []byte {
+	switch {
+	case n < 16:
+		return append(b, 0x90|byte(n))
+	case n <= 0xffff:
+		return append(b, 0xdc, byte(n>>8), byte(n))
+	default:
+		return append(b, 0xdd, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+}
+
+// appendUint appends v as a msgpack unsigned integer.
+func appendUint(b []byte, v uint64) []byte {
+	switch {
+	case v < 128:
+		return append(b, byte(v))
+	case v <= 0xff:
+		return append(b, 0xcc, byte(v))
+	case v <= 0xffff:
+		return append(b, 0xcd, byte(v>>8), byte(v))
+	case v <= 0xffffffff:
+		return append(b, 0xce, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+	default:
+		return appendU64(append(b, 0xcf), v)
+	}
+}
+
 // segMaxPerRun bounds the segments passed with one run: descriptors in one message are
 // limited (253 by Linux, 64 by the executor's receive buffer, windows included). The frames of
 // further segment-backed dependencies are read into memory and go the ordinary way.
@@ -750,6 +821,15 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			msgs[i].hdr = hdr
 		}
 	}
+	if len(batch) > 1 && ex.batch {
+		om, err := runsMsg(msgs)
+		if err != nil { // cannot happen with headers we made
+			w.py.release(ex)
+			return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
+		}
+		msgs = []outMsg{om}
+		w.py.runsOut.Add(1)
+	}
 	var passed []int
 	if len(batch) == 1 && (len(mine.segs) > 0 || ex.shm.usable()) {
 		var err error
@@ -790,6 +870,9 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			return w.executorDied(ex, batch, i, err)
 		}
 		w.profileTake(r.ts, reply) // the profiler (profile.go): the run's samples, if any
+		if x.batched {
+			w.py.donesIn.Add(1)
+		}
 		now := time.Now()
 		if reply.Op == wire.OpSecede {
 			// the task waits on tasks it submitted: it goes on with its own socket, and this

@@ -197,7 +197,7 @@ func TestPythonBatchRunTimes(t *testing.T) {
 	for i := range n {
 		msgs = append(msgs, nap(fmt.Sprint("n-", i), nil))
 	}
-	before := w.py.batched.Load()
+	before, runs, dones := w.py.batched.Load(), w.py.runsOut.Load(), w.py.donesIn.Load()
 	queueBehindGate(t, w, sc, msgs...)
 	spans := make([][2]int64, 0, n)
 	for range n {
@@ -205,6 +205,9 @@ func TestPythonBatchRunTimes(t *testing.T) {
 		spans = append(spans, [2]int64{m.Start, m.Stop})
 	}
 	require.Equal(t, before+n-1, w.py.batched.Load(), "the six ran as one batch")
+	// the real executor takes a batch as one runs message and answers it with one dones
+	require.Equal(t, runs+1, w.py.runsOut.Load())
+	require.Equal(t, dones+n, w.py.donesIn.Load())
 	slices.SortFunc(spans, func(a, b [2]int64) int { return cmp.Compare(a[0], b[0]) })
 	for i, sp := range spans {
 		require.GreaterOrEqual(t, sp[1]-sp[0], int64(2*time.Millisecond), "span %d: %v", i, sp)

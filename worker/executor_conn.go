@@ -37,6 +37,9 @@ type execConn struct {
 	br  *bufio.Reader
 	lim wire.Limits
 
+	// answers of a dones message not yet returned by recvExt, in order (reader only)
+	queued []queuedAnswer
+
 	wmu  sync.Mutex // serialises writers (a shutdown from closeAll against nothing else)
 	wbuf []byte
 	shut atomic.Bool
@@ -179,6 +182,14 @@ func (c *execConn) recv() (*wire.Msg, [][]byte, error) {
 // declares descriptors that did not arrive with its bytes, or descriptors that arrived with no
 // message declaring them, is a protocol error.
 func (c *execConn) recvExt() (*wire.Msg, execExt, [][]byte, error) {
+	if len(c.queued) > 0 {
+		a := c.queued[0]
+		c.queued[0] = queuedAnswer{}
+		if c.queued = c.queued[1:]; len(c.queued) == 0 {
+			c.queued = nil
+		}
+		return a.m, a.x, a.frames, nil
+	}
 	start := c.fr.offset() - int64(c.br.Buffered())
 	frames, err := wire.ReadFrames(c.br, c.lim)
 	if err != nil {
@@ -189,6 +200,15 @@ func (c *execConn) recvExt() (*wire.Msg, execExt, [][]byte, error) {
 			return nil, execExt{}, nil, fmt.Errorf("executor closed the connection: %w", err)
 		}
 		return nil, execExt{}, nil, err
+	}
+	if isDones(frames[0]) {
+		if _, err := c.fr.take(start, 0); err != nil {
+			return nil, execExt{}, nil, err
+		}
+		if c.queued, err = decodeDones(frames[0], frames[1:]); err != nil {
+			return nil, execExt{}, nil, err
+		}
+		return c.recvExt()
 	}
 	var x execExt
 	m, err := decodeExecHeaderExt(frames[0], &x)
@@ -407,6 +427,108 @@ func readResPlaces(r *wire.Reader) ([]resPlace, bool) {
 	return out, true
 }
 
+// queuedAnswer is one answer of a dones message.
+type queuedAnswer struct {
+	m      *wire.Msg
+	x      execExt
+	frames [][]byte
+}
+
+// isDones reports whether the header b starts {"op": "dones" (the executor writes op first).
+func isDones(b []byte) bool {
+	r := wire.NewReader(b)
+	if _, ok := r.MapLen(); !ok {
+		return false
+	}
+	if k, ok := r.Str(); !ok || k != "op" {
+		return false
+	}
+	op, ok := r.Str()
+	return ok && op == wire.OpDones
+}
+
+// decodeDones splits a dones message (docs/protocol.md §3.5: {"op": "dones", "replies":
+// [answer headers], "nframes": [their frame counts]}, their frames in order) into its
+// answers. Each must be a done or an error that passes no descriptor; the counts must cover
+// the frames exactly.
+func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
+	bad := func(why string) error { return fmt.Errorf("%w: executor's dones: %s", wire.ErrProtocol, why) }
+	r := wire.NewReader(b)
+	n, ok := r.MapLen()
+	if !ok {
+		return nil, bad("not a map")
+	}
+	var replies [][]byte
+	var counts []int
+	for range n {
+		k, ok := r.Str()
+		if !ok {
+			return nil, bad("a key that is not a string")
+		}
+		switch k {
+		case "op":
+			if !r.Skip() {
+				return nil, bad("op")
+			}
+		case "replies":
+			na, ok := r.ArrayLen()
+			if !ok {
+				return nil, bad("replies is not an array")
+			}
+			for range na {
+				from := r.Pos()
+				if !r.Skip() {
+					return nil, bad("a reply that does not decode")
+				}
+				replies = append(replies, b[from:r.Pos()])
+			}
+		case "nframes":
+			na, ok := r.ArrayLen()
+			if !ok {
+				return nil, bad("nframes is not an array")
+			}
+			for range na {
+				v, ok := r.Int()
+				if !ok || v < 0 || v > int64(len(frames)) {
+					return nil, bad("a frame count out of range")
+				}
+				counts = append(counts, int(v))
+			}
+		default:
+			if !r.Skip() {
+				return nil, bad("a field that does not decode")
+			}
+		}
+	}
+	if !r.Done() {
+		return nil, bad("bytes after the map")
+	}
+	if len(replies) == 0 || len(replies) != len(counts) {
+		return nil, bad(fmt.Sprintf("%d replies with %d frame counts", len(replies), len(counts)))
+	}
+	out := make([]queuedAnswer, len(replies))
+	at := 0
+	for i, rb := range replies {
+		m, err := decodeExecHeaderExt(rb, &out[i].x)
+		if err != nil {
+			return nil, err
+		}
+		if m.Op != wire.OpDone && m.Op != wire.OpError || out[i].x.wantFds() != 0 {
+			return nil, bad(fmt.Sprintf("a %q answer, or one passing a descriptor", m.Op))
+		}
+		if counts[i] > len(frames)-at {
+			return nil, bad("frame counts over the message's frames")
+		}
+		out[i].x.batched = true
+		out[i].m, out[i].frames = m, frames[at:at+counts[i]:at+counts[i]]
+		at += counts[i]
+	}
+	if at != len(frames) {
+		return nil, bad(fmt.Sprintf("frame counts cover %d of %d frames", at, len(frames)))
+	}
+	return out, nil
+}
+
 // decodeExecHeader decodes an executor's message header: `done` answers by hand, anything
 // else (error, ready, unexpected shapes) with the generic decoder.
 func decodeExecHeader(b []byte) (*wire.Msg, error) {
@@ -431,8 +553,11 @@ func decodeExecHeaderExt(b []byte, x *execExt) (*wire.Msg, error) {
 	if m.Op == wire.OpDone {
 		slowDones.Add(1)
 	}
+	if m.Op == wire.OpDones || m.Op == wire.OpRuns { // a dones is read before (op first), a runs never comes back
+		return nil, fmt.Errorf("%w: executor header: a %q message that is not well formed", wire.ErrProtocol, m.Op)
+	}
 	if bytes.Contains(b, []byte("shm")) || bytes.Contains(b, []byte("seg")) || bytes.Contains(b, []byte("res")) ||
-		bytes.Contains(b, []byte("keep")) {
+		bytes.Contains(b, []byte("keep")) || bytes.Contains(b, []byte("batch")) {
 		if *x, err = decodeExt(b); err != nil {
 			return nil, fmt.Errorf("%w: executor header: %v", wire.ErrProtocol, err)
 		}

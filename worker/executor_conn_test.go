@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os"
 	"runtime"
 	"syscall"
@@ -172,4 +173,126 @@ func TestExecConnHostileExecutor(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	require.Error(t, err)
 	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(8<<20), "a declared GiB was allocated")
+}
+
+// donesMsg packs a dones header with op first, as the executor writes it.
+func donesMsg(t *testing.T, replies []any, nframes []int) []byte {
+	return mustPack(t, struct {
+		Op      string `msgpack:"op"`
+		Replies []any  `msgpack:"replies"`
+		NFrames []int  `msgpack:"nframes"`
+	}{wire.OpDones, replies, nframes})
+}
+
+// A batch of runs goes as one runs message that reads back as each run's header and frames,
+// in order (the executor's split_runs); a dones message comes back as its answers, one per
+// recv, each with its own frames.
+func TestRunsAndDones(t *testing.T) {
+	c, other := socketpair(t)
+	run := func(id uint64, key string, frames ...[]byte) outMsg {
+		return outMsg{m: &wire.Msg{Op: wire.OpRun, ID: id, Key: key, FuncHash: "h"}, payload: frames}
+	}
+	kept := run(3, "c", []byte("c0"))
+	hdr, err := wire.EncodeHeader(kept.m)
+	require.NoError(t, err)
+	kept.hdr, err = growMap(hdr, 1)
+	require.NoError(t, err)
+	kept.hdr = append(kept.hdr, 0xa4, 'k', 'e', 'e', 'p', 0x01)
+	many := make([]outMsg, 0, 20)
+	many = append(many, run(1, "a", []byte("a0"), []byte("a1")), run(2, "b"), kept)
+	for i := range 17 { // over 15 runs: the array's longer header
+		many = append(many, run(uint64(10+i), fmt.Sprint("r", i), bytes.Repeat([]byte{byte(i)}, 200)))
+	}
+	om, err := runsMsg(many)
+	require.NoError(t, err)
+	errc := make(chan error, 1)
+	go func() { errc <- c.sendMany(om) }()
+	frames, err := wire.ReadFrames(other, wire.DefaultLimits())
+	require.NoError(t, err)
+	require.NoError(t, <-errc)
+	var got struct {
+		Op      string           `msgpack:"op"`
+		Runs    []map[string]any `msgpack:"runs"`
+		NFrames []int            `msgpack:"nframes"`
+	}
+	require.NoError(t, msgpack.Unmarshal(frames[0], &got))
+	require.Equal(t, wire.OpRuns, got.Op)
+	require.Len(t, got.Runs, len(many))
+	at := 1
+	for i, om := range many {
+		require.Equal(t, wire.OpRun, got.Runs[i]["op"])
+		require.EqualValues(t, om.m.ID, got.Runs[i]["id"])
+		require.Equal(t, om.m.Key, got.Runs[i]["key"])
+		require.Equal(t, len(om.payload), got.NFrames[i])
+		for j, f := range om.payload {
+			require.Equal(t, f, frames[at+j], "run %d frame %d", i, j)
+		}
+		at += got.NFrames[i]
+	}
+	require.EqualValues(t, 1, got.Runs[2]["keep"])
+	require.Equal(t, len(frames), at)
+
+	done := func(id int, key string) map[string]any {
+		return map[string]any{"op": "done", "id": id, "items": []map[string]any{{"key": key, "encoding": "bytes", "nframes": 1, "nbytes": 2}}}
+	}
+	dones := donesMsg(t, []any{done(1, "a"), map[string]any{"op": "error", "id": 2, "message": "no"}, done(3, "c")}, []int{1, 0, 1})
+	require.NoError(t, wire.WriteFrames(other, [][]byte{dones, []byte("a!"), []byte("c!")}))
+	require.NoError(t, wire.WriteFrames(other, [][]byte{mustPack(t, done(4, "d")), []byte("d!")}))
+	for _, want := range []struct {
+		id     uint64
+		op     string
+		frames [][]byte
+		in     bool
+	}{{1, wire.OpDone, [][]byte{[]byte("a!")}, true}, {2, wire.OpError, [][]byte{}, true},
+		{3, wire.OpDone, [][]byte{[]byte("c!")}, true}, {4, wire.OpDone, [][]byte{[]byte("d!")}, false}} {
+		m, x, rf, err := c.recvExt()
+		require.NoError(t, err)
+		require.Equal(t, want.id, m.ID)
+		require.Equal(t, want.op, m.Op)
+		require.Equal(t, want.in, x.batched)
+		require.Equal(t, len(want.frames), len(rf))
+		for i := range rf {
+			require.Equal(t, want.frames[i], rf[i])
+		}
+	}
+}
+
+// A dones message that lies about its frames, nests, holds something other than done and
+// error answers, or declares huge arrays it does not send, is a protocol error.
+func TestDonesRefused(t *testing.T) {
+	done := map[string]any{"op": "done", "id": 1, "items": []map[string]any{{"key": "a", "encoding": "bytes", "nframes": 1, "nbytes": 1}}}
+	seg := map[string]any{"op": "done", "id": 1, "items": []map[string]any{}, "seg": [][]int{{0, 0, 1}}}
+	huge := []byte{0xdd, 0xff, 0xff, 0xff, 0xff}
+	prefix := []byte{0x83, 0xa2, 'o', 'p', 0xa5, 'd', 'o', 'n', 'e', 's'}
+	cases := map[string]struct {
+		hdr    []byte
+		frames int
+	}{
+		"too few counts": {donesMsg(t, []any{done, done}, []int{1}), 2},
+		"counts over":    {donesMsg(t, []any{done, done}, []int{1, 2}), 2},
+		"counts under":   {donesMsg(t, []any{done, done}, []int{1, 0}), 2},
+		"negative count": {donesMsg(t, []any{done, done}, []int{3, -1}), 2},
+		"nested":         {donesMsg(t, []any{map[string]any{"op": "dones", "replies": []any{done}, "nframes": []int{1}}}, []int{1}), 1},
+		"op not first": {mustPack(t, struct {
+			Replies []any  `msgpack:"replies"`
+			NFrames []int  `msgpack:"nframes"`
+			Op      string `msgpack:"op"`
+		}{[]any{done}, []int{1}, wire.OpDones}), 1},
+		"secede inside":   {donesMsg(t, []any{map[string]any{"op": "secede", "id": 1}}, []int{0}), 0},
+		"segment inside":  {donesMsg(t, []any{seg}, []int{1}), 1},
+		"no replies":      {donesMsg(t, []any{}, []int{}), 0},
+		"replies array32": {append(append(append(prefix, 0xa7), "replies"...), append(huge, bytes.Repeat([]byte{0xc0}, 64)...)...), 0},
+		"nframes array32": {append(append(append(prefix, 0xa7), "nframes"...), append(huge, bytes.Repeat([]byte{0x00}, 64)...)...), 0},
+		"deep reply":      {append(append(append(prefix, 0xa7), "replies"...), append([]byte{0x91}, bytes.Repeat([]byte{0x91}, 1<<16)...)...), 0},
+	}
+	for name, tc := range cases {
+		c, other := socketpair(t)
+		frames := [][]byte{tc.hdr}
+		for range tc.frames {
+			frames = append(frames, []byte("x"))
+		}
+		go wire.WriteFrames(other, frames)
+		_, _, err := c.recv()
+		require.ErrorIs(t, err, wire.ErrProtocol, name)
+	}
 }

@@ -435,7 +435,9 @@ type execExt struct {
 	Seg      []segPlace `msgpack:"seg"`        // in done: the result's frames held in the segment passed with it
 	Res      []resPlace `msgpack:"res"`        // in done: the result's frames the executor keeps (resident.go)
 	Keep     *keepProbe `msgpack:"keep_probe"` // in ready: the probe of the executor's memory (address, bytes)
+	Batch    int        `msgpack:"batch"`      // in ready: 1 when the executor takes runs and answers with dones
 	fds      []int      // the descriptors passed with the message (execConn.recvExt)
+	batched  bool       // the answer came in a dones message (execConn.recvExt)
 }
 
 // wantFds is how many descriptors the message declares: one segment when it has placements.

@@ -88,6 +88,8 @@ const (
 	OpRun      = "run"
 	OpDone     = "done"
 	OpShutdown = "shutdown"
+	OpRuns     = "runs"     // W→E: several runs in one message (docs/protocol.md §3.5)
+	OpDones    = "dones"    // E→W: several answers in one message
 	OpSecede   = "secede"   // E→W: the running task gives its thread back, passing the socket it answers on
 	OpRejoin   = "rejoin"   // E→W on the task's socket: it wants a thread again (reserved)
 	OpRejoined = "rejoined" // W→E: it has one
@@ -261,6 +263,9 @@ func ReleaseTask(t *graph.Task) {
 // EncodeHeader encodes m as a msgpack map holding the fields that are set.
 func EncodeHeader(m *Msg) ([]byte, error) { return appendHeader(make([]byte, 0, 128), m) }
 
+// AppendHeader is EncodeHeader appending to b.
+func AppendHeader(b []byte, m *Msg) ([]byte, error) { return appendHeader(b, m) }
+
 // Ops lists every op of docs/protocol.md §3.
 var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted, OpFireAndForget, OpReleaseKeys,
 	OpCancelKeys, OpScatter, OpKeyState, OpInfo, OpInfoReply, OpWhoHas, OpWhoHasReply,
@@ -270,5 +275,5 @@ var Ops = []string{OpError, OpWelcome, OpUpdateGraph, OpGraphRejected, OpWanted,
 	OpUnpublish, OpGetDataset, OpListDatasets, OpRegister,
 	OpRegistered, OpCompute, OpTaskFinished, OpTaskErred, OpFreeKeys, OpStealRequest,
 	OpStealResponse, OpAddKeys, OpMissingData, OpHeartbeat, OpReschedule, OpGoodbye, OpClose, OpPeerGone, OpAcquire, OpPreload, OpLongRunning, OpProfileSamples,
-	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpDone, OpShutdown,
+	OpGetData, OpData, OpPutData, OpPutOK, OpReady, OpRun, OpRuns, OpDone, OpDones, OpShutdown,
 	OpSecede, OpRejoin, OpRejoined}

@@ -64,8 +64,17 @@ Message = tuple[Header, list[bytearray]]
 
 _U32 = struct.Struct(">I")
 # the count-and-lengths prefix's lengths, by frame count, for the messages _Reader.message
-# parses in place (runs and answers have a handful of frames)
-_LENS = [struct.Struct(f">{n}Q") for n in range(17)]
+# parses in place: a run or an answer has a handful of frames, a batch of them (``runs``,
+# ``dones``) up to a few hundred
+_LENS_MAX = 1024
+_LENS: dict[int, struct.Struct] = {}
+
+
+def _lens(n: int) -> struct.Struct:
+    s = _LENS.get(n)
+    if s is None:
+        s = _LENS[n] = struct.Struct(f">{n}Q")
+    return s
 _HELLO = struct.Struct(">4sHBH")  # magic, version, role, token length
 _ANSWER = struct.Struct(">4sHBH")  # magic, version, status, message length
 
@@ -269,12 +278,12 @@ class _Reader:
         if end - pos < 12:
             return None
         (n,) = _U32.unpack_from(buf, pos)
-        if n == 0 or n > limits.max_frames or n >= len(_LENS):
+        if n == 0 or n > limits.max_frames or n > _LENS_MAX:
             return None
         p = pos + 4 + 8 * n
         if p > end:
             return None
-        lens = _LENS[n].unpack_from(buf, pos + 4)
+        lens = _lens(n).unpack_from(buf, pos + 4)
         total = sum(lens)
         if p + total > end or lens[0] > limits.max_header or max(lens) > limits.max_frame \
                 or total > limits.max_message:
@@ -285,6 +294,21 @@ class _Reader:
             p += size
         self._pos = p
         return out
+
+    def fill(self) -> bool:
+        """When nothing is buffered, read what the socket has (waiting for at least a byte) so
+        that :meth:`message` can parse it in place; False (nothing read) otherwise."""
+        if self._pos != self._end:
+            return False
+        if not self._buf:  # the first read
+            self._view.release()
+            self._buf = bytearray(self._CHUNK)
+            self._view = memoryview(self._buf)
+        k = self._sock.recv_into(self._view, self._CHUNK)
+        if k == 0:
+            raise CommClosedError("connection closed by peer")
+        self._pos, self._end = 0, k
+        return True
 
     def read(self, n: int) -> bytearray:
         pos = self._pos
@@ -327,6 +351,8 @@ class _Reader:
 def read_frames(reader: "_Reader", limits: Limits = DEFAULT_LIMITS) -> list[bytearray]:
     """Read one message's frames, checking declared lengths before allocating."""
     whole = reader.message(limits)
+    if whole is None and reader.fill():  # waiting for the next message: it comes whole, mostly
+        whole = reader.message(limits)
     if whole is not None:
         return whole
     (n,) = _U32.unpack(reader.read(4))

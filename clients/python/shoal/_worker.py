@@ -127,8 +127,7 @@ def secede() -> None:
     standby = ex.take_standby()  # before telling the worker anything: this may fail
     conn = ex.conn
     if ex.held:  # the batch's earlier answers go first: the worker reads them in order
-        conn.send_many(ex.held)
-        ex.held.clear()
+        ex.send_held()
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         send_with_fd(conn, {"op": "secede", "id": task.id}, [], theirs.fileno())

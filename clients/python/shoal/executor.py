@@ -246,6 +246,11 @@ class Executor:
         # answers, so buffered bytes are the rest of the batch: answering the batch with one
         # write saves the worker a read and a wake-up per task. Owned by the serving loop.
         self.held: list[tuple[Header, Sequence[Any]]] = []
+        # Runs of a ``runs`` message not yet run, in order; the serving loop takes the next from
+        # here before it reads the socket (and so does the thread that takes over serving when a
+        # run secedes). Answers go back as ``dones`` once the worker has sent a ``runs``.
+        self.pending: collections.deque[tuple[Header, list[Any]]] = collections.deque()
+        self.batching = False
         # set when the serving loop ends (shutdown, or the worker's socket closed)
         self.finished = threading.Event()
         # threads started ahead, each waiting to take over serving when a task secedes: starting
@@ -314,6 +319,7 @@ class Executor:
             ready["shm"] = SHM_VERSION
             ready["segments"] = 1
             ready["keep_probe"] = [ctypes.addressof(_PROBE), _PROBE.raw]
+        ready["batch"] = 1  # takes runs, answers with dones (docs/protocol.md §3.6)
         self.conn.send(ready)
         self.loop()
         self.finished.wait()
@@ -325,16 +331,27 @@ class Executor:
         recv, send, run, windows = conn.recv, conn.send, self.run, self.windows
         segments = self.segments
         held = self.held = []
+        pending = self.pending
         while True:
-            if held and not conn.buffered():
-                conn.send_many(held)
-                held.clear()
-            try:
-                header, frames = recv()
-            except CommClosedError:
-                self.finished.set()
-                return
+            if held and not pending and not conn.buffered():
+                self.send_held()
+            if pending:
+                header, frames = pending.popleft()
+            else:
+                try:
+                    header, frames = recv()
+                except CommClosedError:
+                    self.finished.set()
+                    return
             op = header["op"]
+            if op == "runs":
+                try:
+                    pending.extend(split_runs(header, frames))
+                except ProtocolError as exc:
+                    conn.send({"op": "error", "code": "protocol-error", "id": 0, "message": str(exc)})
+                self.batching = True
+                frames = []
+                continue
             if op == "run":
                 started = time_ns()
                 sampling = SAMPLER.begin(header)  # profiler: None unless it is on
@@ -369,14 +386,13 @@ class Executor:
                     # after the result moved to its segment: it no longer holds a window
                     windows.report(reply)
                 if fd < 0:
-                    if held or conn.buffered():
+                    if held or pending or conn.buffered():
                         held.append((reply, out))  # sent with the rest of the batch
                     else:
                         send(reply, out)
                 else:
                     if held:
-                        conn.send_many(held)
-                        held.clear()
+                        self.send_held()
                     try:
                         send_with_fd(conn, reply, out, fd)
                     finally:
@@ -405,6 +421,17 @@ class Executor:
             else:
                 self.conn.send({"op": "error", "code": "unknown-op", "id": header.get("id", 0),
                                 "message": f"executor does not serve op {op!r}"})
+
+    def send_held(self) -> None:
+        """Send the answers held back, in order, with one write: consecutive small ones as one
+        ``dones`` message (once the worker has shown it reads them by sending ``runs``), the
+        rest as messages of their own."""
+        held = self.held
+        if self.batching and len(held) > 1:
+            self.conn.send_many(group_answers(held))
+        else:
+            self.conn.send_many(held)
+        held.clear()
 
     def answer_seceded(self, task_conn: _wire.Connection, reply: Header, out: list[Any], started: int) -> None:
         """Send a seceded task's answer on its own socket (its large result in a segment)."""
@@ -718,6 +745,73 @@ def send_with_fd(conn: _wire.Connection, header: Header, frames: Sequence[Buffer
             conn.sock.sendall(memoryview(data)[n:])
     except OSError as exc:
         raise CommClosedError(f"connection to {conn.address or 'worker'} lost: {exc}") from exc
+
+
+# A ``dones`` message holds at most this many answers, each of frames that are bytes of at most
+# _DONES_BYTES in all; a larger answer goes on its own.
+_DONES_MAX = 64
+_DONES_BYTES = 64 << 10
+
+
+def group_answers(answers: Sequence[tuple[Header, Sequence[Any]]]) -> list[tuple[Header, Sequence[Any]]]:
+    """The messages that send ``answers`` in order: runs of small ones as ``dones`` messages
+    (docs/protocol.md §3.6), the others as they are."""
+    out: list[tuple[Header, Sequence[Any]]] = []
+    replies: list[Header] = []
+    counts: list[int] = []
+    frames: list[Any] = []
+    size = 0
+
+    def flush() -> None:
+        nonlocal size
+        if len(replies) == 1:
+            out.append((replies[0], frames.copy()))
+        elif replies:
+            out.append(({"op": "dones", "replies": replies.copy(), "nframes": counts.copy()}, frames.copy()))
+        replies.clear()
+        counts.clear()
+        frames.clear()
+        size = 0
+
+    for reply, fr in answers:
+        n = 0
+        for f in fr:
+            if type(f) is not bytes:
+                n = -1
+                break
+            n += len(f)
+        if n < 0 or n > _DONES_BYTES:
+            flush()
+            out.append((reply, fr))
+            continue
+        if len(replies) >= _DONES_MAX or size + n > _DONES_BYTES:
+            flush()
+        replies.append(reply)
+        counts.append(len(fr))
+        frames.extend(fr)
+        size += n
+    flush()
+    return out
+
+
+def split_runs(header: Header, frames: list[Any]) -> list[tuple[Header, list[Any]]]:
+    """The runs of a ``runs`` message (docs/protocol.md §3.6), each with its frames: ``nframes``
+    says how many, in order."""
+    runs, counts = header.get("runs"), header.get("nframes")
+    if not isinstance(runs, list) or not isinstance(counts, list) or len(runs) != len(counts):
+        raise ProtocolError("a runs message needs lists runs and nframes of the same length")
+    out: list[tuple[Header, list[Any]]] = []
+    i = 0
+    for run, n in zip(runs, counts):
+        if not isinstance(run, dict) or run.get("op") != "run":
+            raise ProtocolError("a runs message holds something other than a run")
+        if type(n) is not int or n < 0 or i + n > len(frames):
+            raise ProtocolError(f"a runs message declares more frames than its {len(frames)}")
+        out.append((run, frames[i : i + n]))
+        i += n
+    if i != len(frames):
+        raise ProtocolError(f"a runs message's runs declare {i} of its {len(frames)} frames")
+    return out
 
 
 def decode_items(items: Sequence[Header], frames: Sequence[Buffer],

@@ -56,6 +56,32 @@ class FakeWorker:
         msg["items"] = items
         return msg, frames
 
+    def send_runs(self, msgs: Sequence[tuple[dict[str, Any], Sequence[Any]]]) -> None:
+        """Send run messages as one ``runs`` message, as a worker sends a batch."""
+        self.conn.send({"op": "runs", "runs": [h for h, _ in msgs], "nframes": [len(f) for _, f in msgs]},
+                       [f for _, fr in msgs for f in fr])
+
+    def answers(self, n: int) -> list[list[tuple[dict[str, Any], list[bytearray]]]]:
+        """The next ``n`` answers, grouped by the message that carried them (a ``dones``
+        carries several)."""
+        out: list[list[tuple[dict[str, Any], list[bytearray]]]] = []
+        while n > 0:
+            h, frames = self.conn.recv()
+            if h["op"] != "dones":
+                out.append([(h, frames)])
+                n -= 1
+                continue
+            assert len(h["replies"]) == len(h["nframes"]) > 1, h
+            assert sum(h["nframes"]) == len(frames), h
+            group = []
+            for reply, k in zip(h["replies"], h["nframes"]):
+                group.append((reply, frames[:k]))
+                frames = frames[k:]
+            out.append(group)
+            n -= len(group)
+        assert n == 0, "a dones message answered more runs than were sent"
+        return out
+
     def run_task(self, task: dict[str, Any], func_data: dict[str, bytes],
                  values: dict[str, tuple[str, list[Any]]]) -> tuple[dict[str, Any], list[bytearray]]:
         """Run a wire task (as the client built it) with dependency values already encoded."""

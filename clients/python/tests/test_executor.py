@@ -73,6 +73,75 @@ def test_a_batch_of_runs_is_answered_together(worker: FakeWorker, tmp_path: Any)
     assert result_of(worker.run(inc, 1)) == 2
 
 
+def test_a_runs_message_is_answered_with_dones(worker: FakeWorker) -> None:
+    """A batch sent as one ``runs`` message is run in order and answered with one ``dones``
+    (an error among them included); from then on held answers to plain runs go as ``dones``
+    too, and a run alone is still answered alone."""
+    assert worker.ready["batch"] == 1
+    msgs = [worker.run_message(inc, 1, key="a"), worker.run_message(boom, 0, key="b"),
+            worker.run_message(inc, Ref("d"), deps={"d": 41}, key="c")]
+    worker.send_runs(msgs)
+    [group] = worker.answers(3)
+    assert [h["id"] for h, _ in group] == [h["id"] for h, _ in msgs]
+    assert [h["op"] for h, _ in group] == ["done", "error", "done"]
+    assert group[1][0]["error"]["type"].endswith("ZeroDivisionError") and group[1][1] == []
+    assert result_of(group[0]) == 2 and result_of(group[2]) == 42
+    msgs = [worker.run_message(inc, i, key=f"p{i}") for i in range(3)]
+    worker.conn.send_many(msgs)
+    [group] = worker.answers(3)
+    assert [result_of(a) for a in group] == [1, 2, 3]
+    assert result_of(worker.run(inc, 5)) == 6
+
+
+def test_large_answers_leave_the_dones(worker: FakeWorker) -> None:
+    """An answer with more than 64 KiB of frames goes on its own, in its place."""
+    big = b"x" * (100 << 10)
+    msgs = [worker.run_message(inc, 1), worker.run_message(inc, 2),
+            worker.run_message(lambda b: b, big), worker.run_message(inc, 3)]
+    worker.send_runs(msgs)
+    groups = worker.answers(4)
+    assert [len(g) for g in groups] == [2, 1, 1]
+    answers = [a for g in groups for a in g]
+    assert [h["id"] for h, _ in answers] == [h["id"] for h, _ in msgs]
+    assert [result_of(a) for a in answers] == [2, 3, big, 4]
+
+
+def test_malformed_runs_are_refused(worker: FakeWorker) -> None:
+    """A runs message whose counts do not cover its frames is answered with a protocol error,
+    and the executor goes on serving."""
+    (h1, f1), (h2, f2) = worker.run_message(inc, Ref("d"), deps={"d": 1}), worker.run_message(inc, 2)
+    worker.conn.send({"op": "runs", "runs": [h1, h2], "nframes": [0, 0]}, [*f1, *f2])
+    h, _ = worker.conn.recv()
+    assert h["op"] == "error" and h["code"] == "protocol-error" and "frames" in h["message"]
+    worker.conn.send({"op": "runs", "runs": [h1, {"op": "shutdown"}], "nframes": [1, 0]}, f1)
+    h, _ = worker.conn.recv()
+    assert h["op"] == "error" and h["code"] == "protocol-error"
+    worker.sent_funcs.clear()  # the refused runs carried the function: it was never loaded
+    assert result_of(worker.run(inc, 7)) == 8
+
+
+def test_a_run_seceding_in_a_runs_batch_leaves_the_rest_to_be_run() -> None:
+    """When a run of a ``runs`` batch secedes, the thread that takes over serving runs the
+    batch's remaining runs: the worker gets the earlier answers, the ``secede``, then theirs."""
+    worker = FakeWorker()
+    try:
+        def seceding() -> int:
+            from shoal import secede
+            secede()
+            return 0
+
+        msgs = [worker.run_message(inc, 1), worker.run_message(seceding, key="s"),
+                worker.run_message(inc, 2), worker.run_message(inc, 3)]
+        worker.send_runs(msgs)
+        answers = [a for g in worker.answers(4) for a in g]
+        assert [h["id"] for h, _ in answers] == [h["id"] for h, _ in msgs]
+        assert [h["op"] for h, _ in answers] == ["done", "secede", "done", "done"]
+        assert [result_of(answers[i]) for i in (0, 2, 3)] == [2, 3, 4]
+        assert result_of(worker.run(inc, 9)) == 10
+    finally:
+        worker.close()
+
+
 def test_encodings(worker: FakeWorker) -> None:
     arr = np.arange(1000.0)
     h, frames = worker.run(lambda a: a * 2, Ref("a"), deps={"a": arr})
