@@ -5,6 +5,7 @@ import (
 	"container/heap"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -577,7 +578,10 @@ func (r *pyRun) header() ([]byte, error) {
 		return nil, err
 	}
 	if r.keep { // "keep": 1, written out: most runs carry it (appendExt's encoding is generic)
-		if hdr, err = growMap(hdr, 1); err != nil {
+		if len(hdr) >= 3 && hdr[0] == 0xde && binary.BigEndian.Uint16(hdr[1:]) < 0xffff {
+			// EncodeHeader's map16, ours: counted in place rather than copied
+			binary.BigEndian.PutUint16(hdr[1:], binary.BigEndian.Uint16(hdr[1:])+1)
+		} else if hdr, err = growMap(hdr, 1); err != nil {
 			return nil, err
 		}
 		hdr = append(hdr, 0xa4, 'k', 'e', 'e', 'p', 0x01)

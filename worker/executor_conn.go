@@ -440,11 +440,11 @@ func isDones(b []byte) bool {
 	if _, ok := r.MapLen(); !ok {
 		return false
 	}
-	if k, ok := r.Str(); !ok || k != "op" {
+	if k, ok := r.Key(); !ok || string(k) != "op" {
 		return false
 	}
-	op, ok := r.Str()
-	return ok && op == wire.OpDones
+	op, ok := r.Key()
+	return ok && string(op) == wire.OpDones
 }
 
 // decodeDones splits a dones message (docs/protocol.md §3.5: {"op": "dones", "replies":
@@ -461,11 +461,11 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 	var replies [][]byte
 	var counts []int
 	for range n {
-		k, ok := r.Str()
+		k, ok := r.Key()
 		if !ok {
 			return nil, bad("a key that is not a string")
 		}
-		switch k {
+		switch string(k) {
 		case "op":
 			if !r.Skip() {
 				return nil, bad("op")
@@ -575,74 +575,81 @@ func decodeDone(b []byte) (m *wire.Msg, ok bool) {
 
 // decodeDoneExt is decodeDone that also accepts the window fields shm_free and shm_drop and
 // the segment field seg.
-func decodeDoneExt(b []byte, x *execExt) (m *wire.Msg, ok bool) {
+func decodeDoneExt(b []byte, x *execExt) (*wire.Msg, bool) {
+	m := wire.AcquireMsg() // the worker releases answers once read (runPyOnce)
+	if !decodeDoneInto(b, m, x) {
+		wire.ReleaseMsg(m)
+		return nil, false
+	}
+	return m, true
+}
+
+func decodeDoneInto(b []byte, m *wire.Msg, x *execExt) bool {
 	r := wire.NewReader(b)
 	n, ok := r.MapLen()
 	if !ok {
-		return nil, false
+		return false
 	}
-	m = new(wire.Msg)
 	for range n {
-		k, ok := r.Str()
+		k, ok := r.Key()
 		if !ok {
-			return nil, false
+			return false
 		}
-		switch k {
+		switch string(k) {
 		case "op":
-			if m.Op, ok = r.Str(); !ok {
-				return nil, false
+			op, ok := r.Key()
+			if !ok || string(op) != wire.OpDone {
+				return false
 			}
+			m.Op = wire.OpDone
 		case "id":
 			v, ok := r.Int()
 			if !ok || v < 0 {
-				return nil, false
+				return false
 			}
 			m.ID = uint64(v)
 		case "start": // when the run started and stopped, by the executor's clock
 			if m.Start, ok = r.Int(); !ok {
-				return nil, false
+				return false
 			}
 		case "stop":
 			if m.Stop, ok = r.Int(); !ok {
-				return nil, false
+				return false
 			}
 		case "items":
 			na, ok := r.ArrayLen()
 			if !ok {
-				return nil, false
+				return false
 			}
 			m.Items = make([]wire.Item, 0, min(na, 256)) // grows with the items really present
 			for range na {
 				var it wire.Item
 				if !r.Item(&it) {
-					return nil, false
+					return false
 				}
 				m.Items = append(m.Items, it)
 			}
 		case "shm_free", "shm_drop":
 			ids, ok := readUints(r)
 			if !ok {
-				return nil, false
+				return false
 			}
-			if k == "shm_free" {
+			if string(k) == "shm_free" {
 				x.Free = ids
 			} else {
 				x.Drop = ids
 			}
 		case "seg":
 			if x.Seg, ok = readSegPlaces(r); !ok {
-				return nil, false
+				return false
 			}
 		case "res":
 			if x.Res, ok = readResPlaces(r); !ok {
-				return nil, false
+				return false
 			}
 		default:
-			return nil, false
+			return false
 		}
 	}
-	if !r.Done() || m.Op != wire.OpDone {
-		return nil, false
-	}
-	return m, true
+	return r.Done() && m.Op == wire.OpDone
 }

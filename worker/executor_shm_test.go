@@ -249,6 +249,10 @@ func TestGrowMapAndRunExt(t *testing.T) {
 	_, err = decodeExecHeaderExt(ready, &x)
 	require.NoError(t, err)
 	require.Equal(t, 1, x.SHM)
+	ready, _ = msgpack.Marshal(map[string]any{"op": "ready", "pid": 1, "batch": 1}) // no windows
+	_, err = decodeExecHeaderExt(ready, &x)
+	require.NoError(t, err)
+	require.Equal(t, 1, x.Batch)
 
 	// a run the executor may keep the result of says "keep": 1 after its own fields
 	for _, keep := range []bool{false, true} {

@@ -601,6 +601,9 @@ func (r *Reader) Str() (string, bool) {
 	return s, ok
 }
 
+// Key reads a string without copying it: the bytes are the buffer's (a map key to compare).
+func (r *Reader) Key() ([]byte, bool) { return r.d.strView() }
+
 // Int reads a signed or unsigned integer that fits an int64.
 func (r *Reader) Int() (int64, bool) {
 	var v int64

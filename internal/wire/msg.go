@@ -247,6 +247,9 @@ func ReleaseMsg(m *Msg) {
 	msgPool.Put(m)
 }
 
+// AcquireMsg is a zeroed Msg from the pool ReleaseMsg fills, for a hand-written decoder.
+func AcquireMsg() *Msg { return msgPool.Get().(*Msg) }
+
 var taskPool = sync.Pool{New: func() any { return new(graph.Task) }}
 
 // ReleaseTask gives back a compute's decoded Task (Msg.Task) once the caller copied what it
