@@ -228,6 +228,18 @@ func (p *executorPool) release(ex *executor) {
 	<-p.slots
 }
 
+// releaseAnswered gives back an executor whose batch is answered; one that sent answers to
+// runs it never had (a dones with more replies than runs) is killed instead.
+func (p *executorPool) releaseAnswered(ex *executor) {
+	if n := ex.conn.queuedAnswers(); n > 0 {
+		p.w.log.Warn("Python executor sent more answers than it had runs; replacing it", "pid", ex.pid, "extra", n)
+		ex.cmd.Process.Kill()
+		p.discard(ex)
+		return
+	}
+	p.release(ex)
+}
+
 // discard removes a dead executor and returns how it ended.
 func (p *executorPool) discard(ex *executor) string {
 	p.deaths.Add(1)
@@ -654,6 +666,11 @@ func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 	return &pyRun{ts: ts, m: m, frames: frames, fdata: fdata, segs: segs, res: res}, nil
 }
 
+// runsMaxFrames bounds the frames of a runs message, well inside an executor's limit of 4096
+// per message (a batch is bounded by its bytes, and a value may be many small frames): a
+// batch with more goes as separate run messages. A variable for tests.
+var runsMaxFrames = 1024
+
 // runsMsg makes the runs of a batch one runs message (docs/protocol.md §3.5): {"op": "runs",
 // "runs": [each run's header], "nframes": [each run's frame count]}, their frames in order.
 // None of them passes descriptors (a run that does is never batched).
@@ -815,21 +832,31 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		r.keep = r.ts.keep && ex.keeps && roomy
 	}
 	w.profileRuns(msgs) // the profiler (profile.go): marks the runs while it is on
+	// cannot happen with headers we made: the batch's other tasks go back to the queue
+	encodingFailed := func(err error) (result, bool) {
+		others := make([]*task, 0, len(batch)-1)
+		for _, r := range batch[:len(batch)-1] {
+			others = append(others, r.ts)
+		}
+		w.unbatch(others)
+		w.py.release(ex)
+		return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
+	}
+	nframes := 0
 	for i, r := range batch {
+		nframes += 1 + len(r.frames)
 		if len(r.res) > 0 || r.keep {
 			hdr, err := r.header()
-			if err != nil { // cannot happen with a header we made
-				w.py.release(ex)
-				return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
+			if err != nil {
+				return encodingFailed(err)
 			}
 			msgs[i].hdr = hdr
 		}
 	}
-	if len(batch) > 1 && ex.batch {
+	if len(batch) > 1 && ex.batch && nframes <= runsMaxFrames {
 		om, err := runsMsg(msgs)
-		if err != nil { // cannot happen with headers we made
-			w.py.release(ex)
-			return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
+		if err != nil {
+			return encodingFailed(err)
 		}
 		msgs = []outMsg{om}
 		w.py.runsOut.Add(1)
@@ -888,7 +915,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			}
 			w.secede(ex, r, x.fds[0])
 			if r == mine {
-				w.py.release(ex)
+				w.py.releaseAnswered(ex)
 				return result{seceded: true}, false
 			}
 			last = now
@@ -908,7 +935,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			w.py.kept.Add(1)
 		}
 		if r == mine {
-			w.py.release(ex)
+			w.py.releaseAnswered(ex)
 			res.ranFrom, res.ranTo = from, to
 			return res, false
 		}

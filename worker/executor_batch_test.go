@@ -208,6 +208,24 @@ func TestPythonBatchRunTimes(t *testing.T) {
 	// the real executor takes a batch as one runs message and answers it with one dones
 	require.Equal(t, runs+1, w.py.runsOut.Load())
 	require.Equal(t, dones+n, w.py.donesIn.Load())
+
+	// a batch of more frames than a runs message may hold goes as run messages (answered
+	// with dones all the same: the executor has seen a runs)
+	old := runsMaxFrames
+	runsMaxFrames = 2
+	t.Cleanup(func() { runsMaxFrames = old })
+	msgs = msgs[:0]
+	for i := range 3 {
+		msgs = append(msgs, nap(fmt.Sprint("m-", i), nil))
+	}
+	queueBehindGate(t, w, sc, msgs...)
+	var keys []string
+	for range 3 {
+		keys = append(keys, sc.expect(wire.OpTaskFinished).Key)
+	}
+	require.ElementsMatch(t, []string{"m-0", "m-1", "m-2"}, keys)
+	require.Equal(t, runs+1, w.py.runsOut.Load(), "sent as a runs message")
+	require.Equal(t, dones+n+3, w.py.donesIn.Load())
 	slices.SortFunc(spans, func(a, b [2]int64) int { return cmp.Compare(a[0], b[0]) })
 	for i, sp := range spans {
 		require.GreaterOrEqual(t, sp[1]-sp[0], int64(2*time.Millisecond), "span %d: %v", i, sp)
@@ -215,4 +233,61 @@ func TestPythonBatchRunTimes(t *testing.T) {
 			require.GreaterOrEqual(t, sp[0], spans[i-1][1], "span %d starts before %d ends", i, i-1)
 		}
 	}
+}
+
+// A run in the middle of a runs message that secedes hands the executor's socket to another
+// thread, which runs the rest of that message: every task of the batch finishes, the seceded
+// one through its own socket after saying long_running.
+func TestPythonBatchSecedes(t *testing.T) {
+	py := shoalPython(t)
+	h, fn, payload := realPyTask(t, py, "nap")
+	sh, sfn, spayload := realPyTask(t, py, "secede_nap")
+	batchLimits(t, 64)
+	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1 })
+	task := func(key, hash string, fdata, payload []byte) *wire.Msg {
+		m := pyTask(key, hash, fdata, payload)
+		m.Task.Group = "g"
+		return m
+	}
+	sc.send(task("warm-0", h, fn, payload)) // two runs make group "g" known to be short
+	sc.expect(wire.OpTaskFinished)
+	sc.send(task("warm-1", h, nil, payload))
+	sc.expect(wire.OpTaskFinished)
+
+	runs := w.py.runsOut.Load()
+	// the popped task runs last: the batch is s-1 n-2 n-3 n-0
+	queueBehindGate(t, w, sc, task("n-0", h, nil, payload), task("s-1", sh, sfn, spayload),
+		task("n-2", h, nil, payload), task("n-3", h, nil, payload))
+	finished := map[string]bool{}
+	longRunning := ""
+	for len(finished) < 4 {
+		m := sc.next()
+		switch m.Op {
+		case wire.OpLongRunning:
+			longRunning = m.Key
+		case wire.OpTaskFinished:
+			finished[m.Key] = true
+		default:
+			t.Fatalf("unexpected %s: %+v", m.Op, m)
+		}
+	}
+	require.Equal(t, "s-1", longRunning)
+	require.Equal(t, map[string]bool{"n-0": true, "s-1": true, "n-2": true, "n-3": true}, finished)
+	require.Equal(t, runs+1, w.py.runsOut.Load(), "the four went as one runs message")
+	require.Equal(t, int64(0), w.Metrics().ExecutorDeaths)
+}
+
+// An executor that answers runs it never had (a dones with more replies than the batch) is
+// replaced once the batch is done: its extra answers are never taken for a later run's.
+func TestPythonExtraAnswersReplaceExecutor(t *testing.T) {
+	w, sc := startBatchWorker(t)
+	sc.send(groupTask("x-1", "h-extra", []byte("extra"), "v"))
+	require.Equal(t, "x-1", sc.expect(wire.OpTaskFinished).Key)
+	eventually(t, func() bool { return w.Metrics().ExecutorDeaths == 1 })
+	// the next run goes to a new executor and is answered as it should be
+	sc.send(groupTask("e-1", "h-echo", []byte("echo"), "w"))
+	require.Equal(t, "e-1", sc.expect(wire.OpTaskFinished).Key)
+	c := dialData(t, w.DataAddr(), "", wire.RolePeer)
+	_, frames := getData(t, c, 1, "x-1", "e-1")
+	require.Equal(t, [][]byte{[]byte("v"), []byte("w")}, frames)
 }

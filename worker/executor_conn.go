@@ -434,6 +434,12 @@ type queuedAnswer struct {
 	frames [][]byte
 }
 
+// queuedAnswers is how many answers of a dones message are still to be read.
+func (c *execConn) queuedAnswers() int { return len(c.queued) }
+
+// donesMax bounds the answers of one dones message (the executor sends at most 64).
+const donesMax = 64
+
 // isDones reports whether the header b starts {"op": "dones" (the executor writes op first).
 func isDones(b []byte) bool {
 	r := wire.NewReader(b)
@@ -460,6 +466,7 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 	}
 	var replies [][]byte
 	var counts []int
+	var seen [2]bool
 	for range n {
 		k, ok := r.Key()
 		if !ok {
@@ -472,9 +479,10 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 			}
 		case "replies":
 			na, ok := r.ArrayLen()
-			if !ok {
-				return nil, bad("replies is not an array")
+			if !ok || na > donesMax || seen[0] {
+				return nil, bad(fmt.Sprintf("replies is not one array of at most %d", donesMax))
 			}
+			seen[0] = true
 			for range na {
 				from := r.Pos()
 				if !r.Skip() {
@@ -484,9 +492,10 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 			}
 		case "nframes":
 			na, ok := r.ArrayLen()
-			if !ok {
-				return nil, bad("nframes is not an array")
+			if !ok || na > donesMax || seen[1] {
+				return nil, bad(fmt.Sprintf("nframes is not one array of at most %d", donesMax))
 			}
+			seen[1] = true
 			for range na {
 				v, ok := r.Int()
 				if !ok || v < 0 || v > int64(len(frames)) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -278,9 +279,12 @@ func TestDonesRefused(t *testing.T) {
 			NFrames []int  `msgpack:"nframes"`
 			Op      string `msgpack:"op"`
 		}{[]any{done}, []int{1}, wire.OpDones}), 1},
-		"secede inside":   {donesMsg(t, []any{map[string]any{"op": "secede", "id": 1}}, []int{0}), 0},
-		"segment inside":  {donesMsg(t, []any{seg}, []int{1}), 1},
-		"no replies":      {donesMsg(t, []any{}, []int{}), 0},
+		"secede inside":  {donesMsg(t, []any{map[string]any{"op": "secede", "id": 1}}, []int{0}), 0},
+		"segment inside": {donesMsg(t, []any{seg}, []int{1}), 1},
+		"no replies":     {donesMsg(t, []any{}, []int{}), 0},
+		"65 replies":     {donesMsg(t, slices.Repeat([]any{map[string]any{"op": "error", "id": 1}}, 65), make([]int, 65)), 0},
+		"replies twice": {slices.Concat([]byte{0x84}, mustPack(t, "op"), mustPack(t, "dones"), mustPack(t, "replies"),
+			mustPack(t, []any{done}), mustPack(t, "nframes"), mustPack(t, []int{1}), mustPack(t, "replies"), mustPack(t, []any{done})), 1},
 		"replies array32": {append(append(append(prefix, 0xa7), "replies"...), append(huge, bytes.Repeat([]byte{0xc0}, 64)...)...), 0},
 		"nframes array32": {append(append(append(prefix, 0xa7), "nframes"...), append(huge, bytes.Repeat([]byte{0x00}, 64)...)...), 0},
 		"deep reply":      {append(append(append(prefix, 0xa7), "replies"...), append([]byte{0x91}, bytes.Repeat([]byte{0x91}, 1<<16)...)...), 0},

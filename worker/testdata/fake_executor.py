@@ -8,6 +8,7 @@ a canned behaviour:
   raise   answer error {code task-error, type ValueError}
   crash   die of SIGSEGV
   exit3   exit with status 3
+  extra   like echo, but answered in a dones message with a second answer to a run never sent
 """
 
 import os
@@ -70,6 +71,12 @@ def main():
             result = msg.get("payload", b"") + b"".join(frames)
             item = {"key": msg["key"], "encoding": "bytes", "nframes": 1, "nbytes": len(result)}
             send_msg(sock, {"op": "done", "id": msg["id"], "items": [item]}, [result])
+        elif behaviour == "extra":
+            result = msg.get("payload", b"")
+            item = {"key": msg["key"], "encoding": "bytes", "nframes": 1, "nbytes": len(result)}
+            bogus = {"op": "done", "id": msg["id"] + 1000, "items": [dict(item, key="bogus")]}
+            send_msg(sock, {"op": "dones", "replies": [{"op": "done", "id": msg["id"], "items": [item]}, bogus],
+                            "nframes": [1, 1]}, [result, result])
         elif behaviour == "crash":
             os.kill(os.getpid(), signal.SIGSEGV)
         elif behaviour == "exit3":

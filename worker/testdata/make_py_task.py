@@ -30,6 +30,8 @@ TASKS = {
     "ainc": (lambda a: a + 1, (Ref("a"),)),
     # how many results the executor running it keeps
     "nkept": (lambda: len(__import__("shoal")._worker._local.task.executor.kept), ()),
+    # secedes (gives its thread back), then sleeps 2 ms
+    "secede_nap": (lambda: (__import__("shoal").secede(), time.sleep(0.002))[1], ()),
     # kills its executor
     "die": (lambda: os._exit(3), ()),
 }

@@ -319,7 +319,7 @@ class Executor:
             ready["shm"] = SHM_VERSION
             ready["segments"] = 1
             ready["keep_probe"] = [ctypes.addressof(_PROBE), _PROBE.raw]
-        ready["batch"] = 1  # takes runs, answers with dones (docs/protocol.md §3.6)
+        ready["batch"] = 1  # takes runs, answers with dones (docs/protocol.md §3.5)
         self.conn.send(ready)
         self.loop()
         self.finished.wait()
@@ -347,9 +347,9 @@ class Executor:
             if op == "runs":
                 try:
                     pending.extend(split_runs(header, frames))
-                except ProtocolError as exc:
+                    self.batching = True
+                except ProtocolError as exc:  # id 0: the worker treats the executor as dead
                     conn.send({"op": "error", "code": "protocol-error", "id": 0, "message": str(exc)})
-                self.batching = True
                 frames = []
                 continue
             if op == "run":
@@ -755,7 +755,7 @@ _DONES_BYTES = 64 << 10
 
 def group_answers(answers: Sequence[tuple[Header, Sequence[Any]]]) -> list[tuple[Header, Sequence[Any]]]:
     """The messages that send ``answers`` in order: runs of small ones as ``dones`` messages
-    (docs/protocol.md §3.6), the others as they are."""
+    (docs/protocol.md §3.5), the others as they are."""
     out: list[tuple[Header, Sequence[Any]]] = []
     replies: list[Header] = []
     counts: list[int] = []
@@ -795,7 +795,7 @@ def group_answers(answers: Sequence[tuple[Header, Sequence[Any]]]) -> list[tuple
 
 
 def split_runs(header: Header, frames: list[Any]) -> list[tuple[Header, list[Any]]]:
-    """The runs of a ``runs`` message (docs/protocol.md §3.6), each with its frames: ``nframes``
+    """The runs of a ``runs`` message (docs/protocol.md §3.5), each with its frames: ``nframes``
     says how many, in order."""
     runs, counts = header.get("runs"), header.get("nframes")
     if not isinstance(runs, list) or not isinstance(counts, list) or len(runs) != len(counts):
