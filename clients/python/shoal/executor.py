@@ -49,6 +49,8 @@ import traceback
 from time import time_ns
 from typing import Any, Callable, Sequence
 
+import msgpack
+
 from . import _preload, _refs, _serialize, _wire, _worker
 from ._segments import _SEALS, SEG_ALIGN, SEG_MIN, SEG_MIN_FRAME, write_segment  # noqa: F401  (SEG_ALIGN: tests)
 from ._wire import Buffer
@@ -820,15 +822,24 @@ def decode_items(items: Sequence[Header], frames: Sequence[Buffer],
     index is in ``held`` are that object (kept in this executor), their frames skipped."""
     values: dict[str, Any] = {}
     pos = 0
+    nframes = len(frames)
     for i, it in enumerate(items):
-        n = int(it.get("nframes") or 1)
-        if pos + n > len(frames):
+        n = it.get("nframes") or 1
+        if type(n) is not int:
+            n = int(n)
+        end = pos + n
+        if end > nframes:
             raise ValueError(f"item {it.get('key')!r} declares {n} frames; too few were sent")
+        key = it["key"]
+        if type(key) is not str:
+            key = str(key)
         if held is not None and i in held:
-            values[str(it["key"])] = held[i]
+            values[key] = held[i]
+        elif n == 1 and it["encoding"] == _serialize.MSGPACK:  # most small values: decode's first case
+            values[key] = _unpackb(frames[pos], raw=False, strict_map_key=False)
         else:
-            values[str(it["key"])] = _serialize.decode(str(it["encoding"]), frames[pos : pos + n])
-        pos += n
+            values[key] = _serialize.decode(str(it["encoding"]), frames[pos:end])
+        pos = end
     return values
 
 
@@ -942,6 +953,7 @@ class _RefUnpickler(pickle.Unpickler):
 
 
 _REFS_MODULE = _refs.Ref.__module__
+_unpackb = msgpack.unpackb
 _load_literal = _refs.load_literal
 
 
