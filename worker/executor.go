@@ -1143,11 +1143,22 @@ func (w *Worker) executorDied(ex *executor, batch []*pyRun, i int, err error) (r
 		return result{}, true
 	}
 	w.log.Warn("Python executor died", "pid", ex.pid, "task", culprit.ts.t.Key, "how", how, "err", err)
-	if why := ex.killedFor.Load(); why != nil {
+	if why := ex.killedFor.Load(); why != nil && diedOfSIGKILL(ex.cmd.ProcessState) {
+		// the memory monitor's kill, not a death of its own at the same moment (a crash, an
+		// exit) that the monitor's signal found already under way
 		how = *why
 	}
 	return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied",
 		Message: fmt.Sprintf("Python executor (pid %d) died while running the task: %s", ex.pid, how)}}, false
+}
+
+// diedOfSIGKILL reports whether a process that has been waited for was killed by SIGKILL.
+func diedOfSIGKILL(ps *os.ProcessState) bool {
+	if ps == nil {
+		return false
+	}
+	ws, ok := ps.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
 // pyResult turns an executor's answer, and the segment passed with it (x), into a result. A

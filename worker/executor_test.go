@@ -1,6 +1,8 @@
 package worker
 
 import (
+	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -107,4 +109,37 @@ func TestRealPythonExecutor(t *testing.T) {
 		require.Equal(t, wire.EncMsgpack, reply.Items[i].Encoding)
 		require.EqualValues(t, want, decodeMsgpack(t, frames[i]))
 	}
+}
+
+// An executor the memory monitor chose to kill that dies of its own cause first (here it
+// exits with status 3) fails its task with that cause, not the monitor's reason; one the
+// monitor's SIGKILL killed gets the reason.
+func TestExecutorDeathCause(t *testing.T) {
+	py := shoalPython(t)
+	hn, fnap, pnap := realPyTask(t, py, "nap")
+	hd, fdie, pdie := realPyTask(t, py, "die")
+	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1 })
+	sc.send(pyTask("warm", hn, fnap, pnap))
+	sc.expect(wire.OpTaskFinished)
+	exs := w.py.executors()
+	require.Len(t, exs, 1)
+	why := "killed by its worker: a reason for the test"
+	exs[0].killedFor.Store(&why)
+	sc.send(pyTask("die", hd, fdie, pdie))
+	m := sc.expect(wire.OpTaskErred)
+	require.Equal(t, wire.CodeExecutorDied, m.Error.Code)
+	require.Contains(t, m.Error.Message, "exit status 3")
+	require.NotContains(t, m.Error.Message, why)
+
+	require.True(t, diedOfSIGKILL(killedProcess(t)))
+	require.False(t, diedOfSIGKILL(nil))
+}
+
+// killedProcess is the state of a process killed with SIGKILL.
+func killedProcess(t *testing.T) *os.ProcessState {
+	cmd := exec.Command("sleep", "10")
+	require.NoError(t, cmd.Start())
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+	return cmd.ProcessState
 }
