@@ -150,7 +150,7 @@ func (p *executorPool) acquire(ctx context.Context, prefer func(*executor) bool)
 		return nil, ctx.Err()
 	}
 	p.mu.Lock()
-	if n := len(p.mu.idle); n > 0 {
+	for n := len(p.mu.idle); n > 0; n = len(p.mu.idle) {
 		i := n - 1
 		if prefer != nil {
 			for j, ex := range p.mu.idle {
@@ -163,7 +163,14 @@ func (p *executorPool) acquire(ctx context.Context, prefer func(*executor) bool)
 		ex := p.mu.idle[i]
 		p.mu.idle = slices.Delete(p.mu.idle, i, i+1)
 		p.mu.Unlock()
-		return ex, nil
+		if !ex.isDead() {
+			return ex, nil
+		}
+		// it died while idle (the memory monitor killed it, or it crashed): no task is to
+		// blame, and none is sent to it
+		how := p.dispose(ex)
+		p.w.log.Warn("a Python executor died while idle", "pid", ex.pid, "how", how)
+		p.mu.Lock()
 	}
 	p.mu.Unlock()
 	ex, err := p.start(ctx)
@@ -242,6 +249,13 @@ func (p *executorPool) releaseAnswered(ex *executor) {
 
 // discard removes a dead executor and returns how it ended.
 func (p *executorPool) discard(ex *executor) string {
+	how := p.dispose(ex)
+	<-p.slots
+	return how
+}
+
+// dispose is discard for an executor that holds no slot (an idle one).
+func (p *executorPool) dispose(ex *executor) string {
 	p.deaths.Add(1)
 	select {
 	case <-ex.exited:
@@ -254,7 +268,6 @@ func (p *executorPool) discard(ex *executor) string {
 	p.mu.Lock()
 	delete(p.mu.all, ex)
 	p.mu.Unlock()
-	<-p.slots
 	return ex.cmd.ProcessState.String()
 }
 
@@ -759,8 +772,8 @@ func (w *Worker) runPy(ts *task) result {
 		if r, retry := w.runPyOnce(ts); !retry {
 			return r
 		}
-		// the executor died running a task batched ahead of ts, or a dependency's segment
-		// went away before the run was sent: ts never started
+		// the executor died running a task batched ahead of ts, or could not be sent the
+		// batch, or a dependency's segment went away before the run was sent: ts never started
 	}
 }
 
@@ -859,7 +872,6 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			return encodingFailed(err)
 		}
 		msgs = []outMsg{om}
-		w.py.runsOut.Add(1)
 	}
 	var passed []int
 	if len(batch) == 1 && (len(mine.segs) > 0 || ex.shm.usable()) {
@@ -880,7 +892,10 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	err = ex.conn.sendMany(msgs...)
 	closeFds(passed) // the executor has its own now (or is gone)
 	if err != nil {
-		return w.executorDied(ex, batch, 0, err)
+		return w.sendFailed(ex, batch, err)
+	}
+	if len(msgs) == 1 && len(batch) > 1 {
+		w.py.runsOut.Add(1)
 	}
 	// Let the goroutines waiting for this P (GOMAXPROCS is --nthreads) send what they have, the
 	// reports of the tasks before these above all, before this one blocks in read(2): a goroutine
@@ -1159,6 +1174,30 @@ func diedOfSIGKILL(ps *os.ProcessState) bool {
 	}
 	ws, ok := ps.Sys().(syscall.WaitStatus)
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// maxSendFailures bounds how many executors a task's runs may fail to be sent to before the
+// task fails: an executor that cannot be written to at all is otherwise retried forever.
+const maxSendFailures = 3
+
+// sendFailed ends a batch that could not be written to its executor (its socket was closed:
+// it died, or was killed, before it had any run of the batch whole). None of the runs started,
+// so none is blamed: the others go back to the queue as they were, and the popped one is
+// retried (runPy), failing with executor-died after maxSendFailures such executors.
+func (w *Worker) sendFailed(ex *executor, batch []*pyRun, err error) (result, bool) {
+	how := w.py.discard(ex)
+	w.log.Warn("could not send runs to a Python executor; they go to another", "pid", ex.pid, "how", how, "err", err)
+	rest := make([]*task, 0, len(batch)-1)
+	for _, r := range batch[:len(batch)-1] {
+		rest = append(rest, r.ts)
+	}
+	w.unbatch(rest)
+	mine := batch[len(batch)-1].ts
+	if mine.sendFailures++; mine.sendFailures < maxSendFailures {
+		return result{}, true
+	}
+	return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied", Message: fmt.Sprintf(
+		"could not send the task to %d Python executors in a row; the last (pid %d, %s): %v", maxSendFailures, ex.pid, how, err)}}, false
 }
 
 // pyResult turns an executor's answer, and the segment passed with it (x), into a result. A

@@ -143,3 +143,30 @@ func killedProcess(t *testing.T) *os.ProcessState {
 	_ = cmd.Wait()
 	return cmd.ProcessState
 }
+
+// An executor that dies while idle blames no task: one found dead is replaced before a run is
+// sent to it (even with the memory monitor's reason set), and one whose socket refuses the
+// run has it sent to a new executor instead.
+func TestIdleExecutorDeathBlamesNoTask(t *testing.T) {
+	py := shoalPython(t)
+	hn, fnap, pnap := realPyTask(t, py, "nap")
+	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1 })
+	sc.send(pyTask("warm", hn, fnap, pnap))
+	sc.expect(wire.OpTaskFinished)
+	exs := w.py.executors()
+	require.Len(t, exs, 1)
+	why := "killed by its worker: a reason for the test"
+	exs[0].killedFor.Store(&why)
+	require.NoError(t, exs[0].cmd.Process.Kill())
+	eventually(t, exs[0].isDead)
+	sc.send(pyTask("after-kill", hn, nil, pnap))
+	require.Equal(t, "after-kill", sc.expect(wire.OpTaskFinished).Key)
+	require.Equal(t, int64(1), w.Metrics().ExecutorDeaths)
+
+	exs = w.py.executors()
+	require.Len(t, exs, 1)
+	exs[0].conn.close() // the next run cannot be written to it
+	sc.send(pyTask("after-close", hn, nil, pnap))
+	require.Equal(t, "after-close", sc.expect(wire.OpTaskFinished).Key)
+	require.Equal(t, int64(2), w.Metrics().ExecutorDeaths)
+}

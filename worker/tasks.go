@@ -76,9 +76,11 @@ type task struct {
 	index   int                 // position in the ready heap
 	freed   bool                // freed while running: discard the result
 	solo    bool                // was in a batch whose executor died: runs alone from now on
-	keep    bool                // its result has dependents: its executor may keep it (resident.go)
-	seceded bool                // a Go task that gave its thread back (TaskEnv.Secede)
-	execPID atomic.Int32        // a Python task: the executor it was sent to (stack.go)
+	// sendFailures counts executors its run could not be sent to (sendFailed)
+	sendFailures int
+	keep         bool         // its result has dependents: its executor may keep it (resident.go)
+	seceded      bool         // a Go task that gave its thread back (TaskEnv.Secede)
+	execPID      atomic.Int32 // a Python task: the executor it was sent to (stack.go)
 	// longRunning: it gave its thread back (Go or Python), as told to the scheduler
 	longRunning bool
 }
