@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"math"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/apache/arrow-go/v18/arrow/memory"
 	"github.com/shoal-dev/shoal/arrowio"
 	"github.com/shoal-dev/shoal/internal/wire"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 const benchValueBytes = 200 << 20
@@ -121,5 +123,73 @@ func BenchmarkExecutorTransfer(b *testing.B) {
 				sc.expect(wire.OpTaskFinished)
 			}
 		})
+	}
+}
+
+// benchDone is an executor's answer to a short run, as the Python executor writes it.
+func benchDone(id int) map[string]any {
+	return map[string]any{"op": "done", "id": id, "items": []map[string]any{{"key": fmt.Sprintf("('sum', 1, %d)", id),
+		"encoding": "msgpack", "nframes": 1, "nbytes": 3}}, "start": int64(1764980000123456789), "stop": int64(1764980000123459999)}
+}
+
+// BenchmarkDecodeDone decodes one done answer into a pooled message (per answer of a batch).
+func BenchmarkDecodeDone(b *testing.B) {
+	hdr, err := msgpack.Marshal(benchDone(12345))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var x execExt
+	b.ReportAllocs()
+	for b.Loop() {
+		m, ok := decodeDoneExt(hdr, &x)
+		if !ok {
+			b.Fatal("not decoded")
+		}
+		wire.ReleaseMsg(m)
+	}
+}
+
+// BenchmarkDecodeDones splits a dones message of 20 answers, as a worker reads a batch's
+// (ns/op is per message).
+func BenchmarkDecodeDones(b *testing.B) {
+	replies := make([]any, 20)
+	for i := range replies {
+		replies[i] = benchDone(i)
+	}
+	hdr, err := msgpack.Marshal(struct {
+		Op      string `msgpack:"op"`
+		Replies []any  `msgpack:"replies"`
+		NFrames []int  `msgpack:"nframes"`
+	}{wire.OpDones, replies, slices.Repeat([]int{1}, 20)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	frames := slices.Repeat([][]byte{{0x01}}, 20)
+	b.ReportAllocs()
+	for b.Loop() {
+		answers, err := decodeDones(hdr, frames)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, a := range answers {
+			wire.ReleaseMsg(a.m)
+		}
+	}
+}
+
+// BenchmarkRunsMsg encodes a batch of 20 short runs as one runs message (ns/op per batch).
+func BenchmarkRunsMsg(b *testing.B) {
+	msgs := make([]outMsg, 20)
+	for i := range msgs {
+		msgs[i] = outMsg{m: &wire.Msg{Op: wire.OpRun, ID: uint64(i), Key: fmt.Sprintf("('sum', 1, %d)", i),
+			FuncHash: strings.Repeat("ab", 32), Payload: []byte{0, 0x92, 0x92, 0xa1, 'a', 0xa1, 'b', 0x92, 0, 1},
+			Items: []wire.Item{{Key: "a", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}, {Key: "b", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}}},
+			payload: [][]byte{{0x01}, {0x02}}}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := runsMsg(msgs); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -464,7 +464,7 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 	if !ok {
 		return nil, bad("not a map")
 	}
-	var replies [][]byte
+	var out []queuedAnswer
 	var counts []int
 	var seen [2]bool
 	for range n {
@@ -483,12 +483,13 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 				return nil, bad(fmt.Sprintf("replies is not one array of at most %d", donesMax))
 			}
 			seen[0] = true
+			out = make([]queuedAnswer, 0, na) // at most donesMax
 			for range na {
-				from := r.Pos()
-				if !r.Skip() {
-					return nil, bad("a reply that does not decode")
+				a, err := decodeDonesReply(r, b)
+				if err != nil {
+					return nil, err
 				}
-				replies = append(replies, b[from:r.Pos()])
+				out = append(out, a)
 			}
 		case "nframes":
 			na, ok := r.ArrayLen()
@@ -496,6 +497,7 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 				return nil, bad(fmt.Sprintf("nframes is not one array of at most %d", donesMax))
 			}
 			seen[1] = true
+			counts = make([]int, 0, na) // at most donesMax
 			for range na {
 				v, ok := r.Int()
 				if !ok || v < 0 || v > int64(len(frames)) {
@@ -512,30 +514,44 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 	if !r.Done() {
 		return nil, bad("bytes after the map")
 	}
-	if len(replies) == 0 || len(replies) != len(counts) {
-		return nil, bad(fmt.Sprintf("%d replies with %d frame counts", len(replies), len(counts)))
+	if len(out) == 0 || len(out) != len(counts) {
+		return nil, bad(fmt.Sprintf("%d replies with %d frame counts", len(out), len(counts)))
 	}
-	out := make([]queuedAnswer, len(replies))
 	at := 0
-	for i, rb := range replies {
-		m, err := decodeExecHeaderExt(rb, &out[i].x)
-		if err != nil {
-			return nil, err
-		}
-		if m.Op != wire.OpDone && m.Op != wire.OpError || out[i].x.wantFds() != 0 {
-			return nil, bad(fmt.Sprintf("a %q answer, or one passing a descriptor", m.Op))
-		}
+	for i := range out {
 		if counts[i] > len(frames)-at {
 			return nil, bad("frame counts over the message's frames")
 		}
-		out[i].x.batched = true
-		out[i].m, out[i].frames = m, frames[at:at+counts[i]:at+counts[i]]
+		out[i].frames = frames[at : at+counts[i] : at+counts[i]]
 		at += counts[i]
 	}
 	if at != len(frames) {
 		return nil, bad(fmt.Sprintf("frame counts cover %d of %d frames", at, len(frames)))
 	}
 	return out, nil
+}
+
+// decodeDonesReply reads the answer at r (within b, a dones header): a plain done by hand, in
+// place, anything else (an error answer) from its bytes with the generic decoder.
+func decodeDonesReply(r *wire.Reader, b []byte) (queuedAnswer, error) {
+	a := queuedAnswer{m: wire.AcquireMsg()}
+	from := r.Pos()
+	if !decodeDoneFrom(r, a.m, &a.x) {
+		wire.ReleaseMsg(a.m)
+		r.Seek(from)
+		if !r.Skip() {
+			return queuedAnswer{}, fmt.Errorf("%w: executor's dones: a reply that does not decode", wire.ErrProtocol)
+		}
+		var err error
+		if a.m, err = decodeExecHeaderExt(b[from:r.Pos()], &a.x); err != nil {
+			return queuedAnswer{}, err
+		}
+	}
+	if a.m.Op != wire.OpDone && a.m.Op != wire.OpError || a.x.wantFds() != 0 {
+		return queuedAnswer{}, fmt.Errorf("%w: executor's dones: a %q answer, or one passing a descriptor", wire.ErrProtocol, a.m.Op)
+	}
+	a.x.batched = true
+	return a, nil
 }
 
 // decodeExecHeader decodes an executor's message header: `done` answers by hand, anything
@@ -586,15 +602,17 @@ func decodeDone(b []byte) (m *wire.Msg, ok bool) {
 // the segment field seg.
 func decodeDoneExt(b []byte, x *execExt) (*wire.Msg, bool) {
 	m := wire.AcquireMsg() // the worker releases answers once read (runPyOnce)
-	if !decodeDoneInto(b, m, x) {
+	r := wire.NewReader(b)
+	if !decodeDoneFrom(r, m, x) || !r.Done() {
 		wire.ReleaseMsg(m)
 		return nil, false
 	}
 	return m, true
 }
 
-func decodeDoneInto(b []byte, m *wire.Msg, x *execExt) bool {
-	r := wire.NewReader(b)
+// decodeDoneFrom reads a done header at r into m and x; false (m and x partly filled, r
+// anywhere) for anything else.
+func decodeDoneFrom(r *wire.Reader, m *wire.Msg, x *execExt) bool {
 	n, ok := r.MapLen()
 	if !ok {
 		return false
@@ -660,5 +678,5 @@ func decodeDoneInto(b []byte, m *wire.Msg, x *execExt) bool {
 			return false
 		}
 	}
-	return r.Done() && m.Op == wire.OpDone
+	return m.Op == wire.OpDone
 }

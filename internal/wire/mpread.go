@@ -627,6 +627,14 @@ func (r *Reader) Skip() bool { return r.d.skip() }
 // Pos is the offset in the buffer of the next value.
 func (r *Reader) Pos() int { return r.d.i }
 
+// Seek moves back to an offset Pos returned, to read from there again.
+func (r *Reader) Seek(pos int) {
+	if pos < 0 || pos > len(r.d.b) {
+		panic("wire: Reader.Seek out of range")
+	}
+	r.d.i = pos
+}
+
 // Next tells what the next value is, without reading it: 'm' a map, 'a' an array, 's' a
 // string, 0 anything else or nothing left.
 func (r *Reader) Next() byte {
