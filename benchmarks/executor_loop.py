@@ -91,8 +91,7 @@ def main() -> None:
     start = time.perf_counter()
     for msgs in batches:
         if args.messages == "runs" and len(msgs) > 1:
-            conn.send({"op": "runs", "runs": [h for h, _ in msgs], "nframes": [len(f) for _, f in msgs]},
-                      [f for _, fr in msgs for f in fr])
+            conn.send(*executor.runs_message(msgs))
         else:
             conn.send_many(msgs)
         answers = answers_of(conn, len(msgs))

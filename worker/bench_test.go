@@ -180,15 +180,17 @@ func BenchmarkDecodeDones(b *testing.B) {
 // BenchmarkRunsMsg encodes a batch of 20 short runs as one runs message (ns/op per batch).
 func BenchmarkRunsMsg(b *testing.B) {
 	msgs := make([]outMsg, 20)
+	batch := make([]*pyRun, 20)
 	for i := range msgs {
-		msgs[i] = outMsg{m: &wire.Msg{Op: wire.OpRun, ID: uint64(i), Key: fmt.Sprintf("('sum', 1, %d)", i),
+		m := &wire.Msg{Op: wire.OpRun, ID: uint64(i), Key: fmt.Sprintf("('sum', 1, %d)", i),
 			FuncHash: strings.Repeat("ab", 32), Payload: []byte{0, 0x92, 0x92, 0xa1, 'a', 0xa1, 'b', 0x92, 0, 1},
-			Items: []wire.Item{{Key: "a", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}, {Key: "b", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}}},
-			payload: [][]byte{{0x01}, {0x02}}}
+			Items: []wire.Item{{Key: "a", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}, {Key: "b", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}}}
+		batch[i] = &pyRun{m: m, keep: true}
+		msgs[i] = outMsg{m: m, payload: [][]byte{{0x01}, {0x02}}}
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := runsMsg(msgs); err != nil {
+		if _, err := runsMsg(batch, msgs); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -684,64 +684,24 @@ func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 // batch with more goes as separate run messages. A variable for tests.
 var runsMaxFrames = 1024
 
-// runsMsg makes the runs of a batch one runs message (docs/protocol.md §3.5): {"op": "runs",
-// "runs": [each run's header], "nframes": [each run's frame count]}, their frames in order.
-// None of them passes descriptors (a run that does is never batched).
-func runsMsg(msgs []outMsg) (outMsg, error) {
-	b := make([]byte, 0, 256*len(msgs))
-	b = append(b, 0x83, 0xa2, 'o', 'p', 0xa4, 'r', 'u', 'n', 's', 0xa4, 'r', 'u', 'n', 's')
-	b = appendArrayLen(b, len(msgs))
+// runsMsg makes the runs of a batch one runs message (docs/protocol.md §3.5), their frames in
+// order, from the runs themselves (msgs[i] is batch[i]'s message: its payload, and no
+// descriptors, since a run that passes some is never batched).
+func runsMsg(batch []*pyRun, msgs []outMsg) (outMsg, error) {
+	entries := make([]wire.RunEntry, len(batch))
 	n := 0
-	for _, om := range msgs {
-		if len(om.fds) > 0 {
-			return outMsg{}, errors.New("a run passing descriptors in a runs message")
+	for i, r := range batch {
+		if len(msgs[i].fds) > 0 || len(r.res) > 0 {
+			return outMsg{}, errors.New("a run passing descriptors or kept values in a runs message")
 		}
-		if om.hdr != nil {
-			b = append(b, om.hdr...)
-		} else {
-			var err error
-			if b, err = wire.AppendHeader(b, om.m); err != nil {
-				return outMsg{}, err
-			}
-		}
-		n += len(om.payload)
+		entries[i] = wire.RunEntry{Msg: r.m, Keep: r.keep, NFrames: len(msgs[i].payload)}
+		n += len(msgs[i].payload)
 	}
-	b = append(b, 0xa7, 'n', 'f', 'r', 'a', 'm', 'e', 's')
-	b = appendArrayLen(b, len(msgs))
 	payload := make([][]byte, 0, n)
 	for _, om := range msgs {
-		b = appendUint(b, uint64(len(om.payload)))
 		payload = append(payload, om.payload...)
 	}
-	return outMsg{hdr: b, payload: payload}, nil
-}
-
-// appendArrayLen appends a msgpack array header for n elements.
-func appendArrayLen(b []byte, n int) []byte {
-	switch {
-	case n < 16:
-		return append(b, 0x90|byte(n))
-	case n <= 0xffff:
-		return append(b, 0xdc, byte(n>>8), byte(n))
-	default:
-		return append(b, 0xdd, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-}
-
-// appendUint appends v as a msgpack unsigned integer.
-func appendUint(b []byte, v uint64) []byte {
-	switch {
-	case v < 128:
-		return append(b, byte(v))
-	case v <= 0xff:
-		return append(b, 0xcc, byte(v))
-	case v <= 0xffff:
-		return append(b, 0xcd, byte(v>>8), byte(v))
-	case v <= 0xffffffff:
-		return append(b, 0xce, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
-	default:
-		return appendU64(append(b, 0xcf), v)
-	}
+	return outMsg{hdr: wire.AppendRunsHeader(make([]byte, 0, 256*len(batch)), entries), payload: payload}, nil
 }
 
 // segMaxPerRun bounds the segments passed with one run: descriptors in one message are
@@ -856,22 +816,25 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
 	}
 	nframes := 0
-	for i, r := range batch {
+	for _, r := range batch {
 		nframes += 1 + len(r.frames)
-		if len(r.res) > 0 || r.keep {
-			hdr, err := r.header()
-			if err != nil {
-				return encodingFailed(err)
-			}
-			msgs[i].hdr = hdr
-		}
 	}
 	if len(batch) > 1 && ex.batch && nframes <= runsMaxFrames {
-		om, err := runsMsg(msgs)
+		om, err := runsMsg(batch, msgs)
 		if err != nil {
 			return encodingFailed(err)
 		}
 		msgs = []outMsg{om}
+	} else {
+		for i, r := range batch {
+			if len(r.res) > 0 || r.keep {
+				hdr, err := r.header()
+				if err != nil {
+					return encodingFailed(err)
+				}
+				msgs[i].hdr = hdr
+			}
+		}
 	}
 	var passed []int
 	if len(batch) == 1 && (len(mine.segs) > 0 || ex.shm.usable()) {

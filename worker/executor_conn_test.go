@@ -190,21 +190,23 @@ func donesMsg(t *testing.T, replies []any, nframes []int) []byte {
 // recv, each with its own frames.
 func TestRunsAndDones(t *testing.T) {
 	c, other := socketpair(t)
-	run := func(id uint64, key string, frames ...[]byte) outMsg {
-		return outMsg{m: &wire.Msg{Op: wire.OpRun, ID: id, Key: key, FuncHash: "h"}, payload: frames}
+	var batch []*pyRun
+	var msgs []outMsg
+	run := func(id uint64, key string, frames ...[]byte) *pyRun {
+		r := &pyRun{m: &wire.Msg{Op: wire.OpRun, ID: id, Key: key, FuncHash: "h", Payload: []byte{0, byte(id)}}}
+		for i := range frames {
+			r.m.Items = append(r.m.Items, wire.Item{Key: fmt.Sprint(key, i), Encoding: wire.EncBytes, NFrames: 1, NBytes: int64(len(frames[i]))})
+		}
+		batch, msgs = append(batch, r), append(msgs, outMsg{m: r.m, payload: frames})
+		return r
 	}
-	kept := run(3, "c", []byte("c0"))
-	hdr, err := wire.EncodeHeader(kept.m)
-	require.NoError(t, err)
-	kept.hdr, err = growMap(hdr, 1)
-	require.NoError(t, err)
-	kept.hdr = append(kept.hdr, 0xa4, 'k', 'e', 'e', 'p', 0x01)
-	many := make([]outMsg, 0, 20)
-	many = append(many, run(1, "a", []byte("a0"), []byte("a1")), run(2, "b"), kept)
+	run(1, "a", []byte("a0"), []byte("a1")).m.FuncData = []byte("pickled")
+	run(2, "b").m.Timeout = 0.01 // the profiler is on
+	run(3, "c", []byte("c0")).keep = true
 	for i := range 17 { // over 15 runs: the array's longer header
-		many = append(many, run(uint64(10+i), fmt.Sprint("r", i), bytes.Repeat([]byte{byte(i)}, 200)))
+		run(uint64(10+i), fmt.Sprint("r", i), bytes.Repeat([]byte{byte(i)}, 200))
 	}
-	om, err := runsMsg(many)
+	om, err := runsMsg(batch, msgs)
 	require.NoError(t, err)
 	errc := make(chan error, 1)
 	go func() { errc <- c.sendMany(om) }()
@@ -212,25 +214,44 @@ func TestRunsAndDones(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, <-errc)
 	var got struct {
-		Op      string           `msgpack:"op"`
-		Runs    []map[string]any `msgpack:"runs"`
-		NFrames []int            `msgpack:"nframes"`
+		Op      string  `msgpack:"op"`
+		Runs    [][]any `msgpack:"runs"`
+		NFrames []int   `msgpack:"nframes"`
 	}
 	require.NoError(t, msgpack.Unmarshal(frames[0], &got))
 	require.Equal(t, wire.OpRuns, got.Op)
-	require.Len(t, got.Runs, len(many))
+	require.Len(t, got.Runs, len(batch))
 	at := 1
-	for i, om := range many {
-		require.Equal(t, wire.OpRun, got.Runs[i]["op"])
-		require.EqualValues(t, om.m.ID, got.Runs[i]["id"])
-		require.Equal(t, om.m.Key, got.Runs[i]["key"])
-		require.Equal(t, len(om.payload), got.NFrames[i])
-		for j, f := range om.payload {
+	for i, r := range batch {
+		e := got.Runs[i] // [id, key, func, payload, items, extra]
+		require.Len(t, e, 6)
+		require.EqualValues(t, r.m.ID, e[0])
+		require.Equal(t, r.m.Key, e[1])
+		require.Equal(t, "h", e[2])
+		require.Equal(t, r.m.Payload, e[3])
+		items := e[4].([]any)
+		require.Len(t, items, len(r.m.Items))
+		for j, it := range r.m.Items {
+			e := items[j].([]any)
+			require.Equal(t, []any{it.Key, it.Encoding, int64(1), it.NBytes}, []any{e[0], e[1], asInt64(e[2]), asInt64(e[3])}, "run %d item %d", i, j)
+		}
+		require.Equal(t, len(msgs[i].payload), got.NFrames[i])
+		for j, f := range msgs[i].payload {
 			require.Equal(t, f, frames[at+j], "run %d frame %d", i, j)
 		}
 		at += got.NFrames[i]
+		switch i {
+		case 0:
+			require.Equal(t, map[string]any{"func_data": []byte("pickled")}, e[5])
+		case 1:
+			require.Equal(t, map[string]any{"timeout": 0.01}, e[5])
+		case 2:
+			require.Len(t, e[5], 1)
+			require.Equal(t, int64(1), asInt64(e[5].(map[string]any)["keep"]))
+		default:
+			require.Nil(t, e[5])
+		}
 	}
-	require.EqualValues(t, 1, got.Runs[2]["keep"])
 	require.Equal(t, len(frames), at)
 
 	done := func(id int, key string) map[string]any {
@@ -299,4 +320,27 @@ func TestDonesRefused(t *testing.T) {
 		_, _, err := c.recv()
 		require.ErrorIs(t, err, wire.ErrProtocol, name)
 	}
+}
+
+// asInt64 is an integer msgpack decoded as whichever Go type fits it.
+func asInt64(v any) int64 {
+	switch x := v.(type) {
+	case int8:
+		return int64(x)
+	case int16:
+		return int64(x)
+	case int32:
+		return int64(x)
+	case int64:
+		return x
+	case uint8:
+		return int64(x)
+	case uint16:
+		return int64(x)
+	case uint32:
+		return int64(x)
+	case uint64:
+		return int64(x)
+	}
+	return -1 << 62
 }

@@ -796,49 +796,76 @@ def group_answers(answers: Sequence[tuple[Header, Sequence[Any]]]) -> list[tuple
     return out
 
 
+_RUN_FIELDS = ("op", "id", "key", "func", "payload", "items")
+
+
+def runs_message(runs: Sequence[tuple[Header, Sequence[Any]]]) -> tuple[Header, list[Any]]:
+    """The ``runs`` message a worker sends for these run messages (what :func:`split_runs`
+    reads), for tests and benchmarks that play the worker."""
+    entries = []
+    for h, _ in runs:
+        items = [[it["key"], it["encoding"], it.get("nframes", 1), it.get("nbytes", 0)] for it in h.get("items") or ()]
+        extra = {k: v for k, v in h.items() if k not in _RUN_FIELDS}
+        entries.append([h["id"], h["key"], h["func"], h.get("payload", b""), items, extra or None])
+    return ({"op": "runs", "runs": entries, "nframes": [len(f) for _, f in runs]},
+            [f for _, fr in runs for f in fr])
+
+
 def split_runs(header: Header, frames: list[Any]) -> list[tuple[Header, list[Any]]]:
-    """The runs of a ``runs`` message (docs/protocol.md §3.5), each with its frames: ``nframes``
-    says how many, in order."""
+    """The runs of a ``runs`` message (docs/protocol.md §3.5) as run headers, each with its
+    frames: ``nframes`` says how many, in order. An entry is ``[id, key, func, payload, items,
+    extra]``, its items ``[key, encoding, nframes, nbytes]`` (decode_items takes them so) and
+    extra a map of the other fields, or nil."""
     runs, counts = header.get("runs"), header.get("nframes")
     if not isinstance(runs, list) or not isinstance(counts, list) or len(runs) != len(counts):
         raise ProtocolError("a runs message needs lists runs and nframes of the same length")
     out: list[tuple[Header, list[Any]]] = []
     i = 0
     for run, n in zip(runs, counts):
-        if not isinstance(run, dict) or run.get("op") != "run":
+        if type(run) is not list or len(run) != 6 or type(run[4]) is not list \
+                or run[5] is not None and type(run[5]) is not dict:
             raise ProtocolError("a runs message holds something other than a run")
         if type(n) is not int or n < 0 or i + n > len(frames):
             raise ProtocolError(f"a runs message declares more frames than its {len(frames)}")
-        out.append((run, frames[i : i + n]))
+        h: Header = {"op": "run", "id": run[0], "key": run[1], "func": run[2], "payload": run[3], "items": run[4]}
+        if run[5]:
+            h.update(run[5])
+        out.append((h, frames[i : i + n]))
         i += n
     if i != len(frames):
         raise ProtocolError(f"a runs message's runs declare {i} of its {len(frames)} frames")
     return out
 
 
-def decode_items(items: Sequence[Header], frames: Sequence[Buffer],
+def decode_items(items: Sequence[Any], frames: Sequence[Buffer],
                  held: dict[int, Any] | None = None) -> dict[str, Any]:
     """Decode the values described by ``items`` from consecutive payload frames; those whose
-    index is in ``held`` are that object (kept in this executor), their frames skipped."""
+    index is in ``held`` are that object (kept in this executor), their frames skipped. An item
+    is a map (``key``, ``encoding``, ``nframes``, ``nbytes``) or, in a ``runs`` message, the list
+    of those four."""
     values: dict[str, Any] = {}
     pos = 0
     nframes = len(frames)
     for i, it in enumerate(items):
-        n = it.get("nframes") or 1
+        if type(it) is list:
+            key, n = it[0], it[2] or 1
+        else:
+            key, n = it["key"], it.get("nframes") or 1
         if type(n) is not int:
             n = int(n)
         end = pos + n
         if end > nframes:
-            raise ValueError(f"item {it.get('key')!r} declares {n} frames; too few were sent")
-        key = it["key"]
+            raise ValueError(f"item {key!r} declares {n} frames; too few were sent")
         if type(key) is not str:
             key = str(key)
         if held is not None and i in held:
             values[key] = held[i]
-        elif n == 1 and it["encoding"] == _serialize.MSGPACK:  # most small values: decode's first case
-            values[key] = _unpackb(frames[pos], raw=False, strict_map_key=False)
         else:
-            values[key] = _serialize.decode(str(it["encoding"]), frames[pos:end])
+            enc = it[1] if type(it) is list else it["encoding"]
+            if n == 1 and enc == _serialize.MSGPACK:  # most small values: decode's first case
+                values[key] = _unpackb(frames[pos], raw=False, strict_map_key=False)
+            else:
+                values[key] = _serialize.decode(str(enc), frames[pos:end])
         pos = end
     return values
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from shoal import _keys, _serialize, _wire
+from shoal.executor import runs_message
 
 PKG_ROOT = str(Path(__file__).resolve().parents[1]) + os.pathsep + str(Path(__file__).resolve().parent)
 
@@ -58,8 +59,7 @@ class FakeWorker:
 
     def send_runs(self, msgs: Sequence[tuple[dict[str, Any], Sequence[Any]]]) -> None:
         """Send run messages as one ``runs`` message, as a worker sends a batch."""
-        self.conn.send({"op": "runs", "runs": [h for h, _ in msgs], "nframes": [len(f) for _, f in msgs]},
-                       [f for _, fr in msgs for f in fr])
+        self.conn.send(*runs_message(msgs))
 
     def answers(self, n: int) -> list[list[tuple[dict[str, Any], list[bytearray]]]]:
         """The next ``n`` answers, grouped by the message that carried them (a ``dones``

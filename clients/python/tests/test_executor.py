@@ -14,6 +14,7 @@ import pytest
 from shoal._refs import Ref
 from shoal._serialize import decode, encode
 from shoal.exceptions import RemoteTraceback, error_from_wire
+from shoal.executor import runs_message
 
 from harness import FakeWorker, result_of
 
@@ -109,13 +110,14 @@ def test_large_answers_leave_the_dones(worker: FakeWorker) -> None:
 def test_malformed_runs_are_refused(worker: FakeWorker) -> None:
     """A runs message whose counts do not cover its frames is answered with a protocol error,
     and the executor goes on serving."""
-    (h1, f1), (h2, f2) = worker.run_message(inc, Ref("d"), deps={"d": 1}), worker.run_message(inc, 2)
-    worker.conn.send({"op": "runs", "runs": [h1, h2], "nframes": [0, 0]}, [*f1, *f2])
+    header, frames = runs_message([worker.run_message(inc, Ref("d"), deps={"d": 1}), worker.run_message(inc, 2)])
+    worker.conn.send(dict(header, nframes=[0, 0]), frames)
     h, _ = worker.conn.recv()
     assert h["op"] == "error" and h["code"] == "protocol-error" and "frames" in h["message"]
-    worker.conn.send({"op": "runs", "runs": [h1, {"op": "shutdown"}], "nframes": [1, 0]}, f1)
-    h, _ = worker.conn.recv()
-    assert h["op"] == "error" and h["code"] == "protocol-error"
+    for bad in ({"op": "shutdown"}, header["runs"][1][:5], [*header["runs"][1][:5], [1]]):
+        worker.conn.send(dict(header, runs=[header["runs"][0], bad], nframes=[1, 0]), frames[:1])
+        h, _ = worker.conn.recv()
+        assert h["op"] == "error" and h["code"] == "protocol-error"
     worker.sent_funcs.clear()  # the refused runs carried the function: it was never loaded
     assert result_of(worker.run(inc, 7)) == 8
 
