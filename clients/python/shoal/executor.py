@@ -356,7 +356,8 @@ class Executor:
                 continue
             if op == "run":
                 started = time_ns()
-                sampling = SAMPLER.begin(header)  # profiler: None unless it is on
+                # profiler: None unless it is on (the worker then sends timeout)
+                sampling = SAMPLER.begin(header) if "timeout" in header else None
                 segs: list[mmap.mmap] = []  # this run's input segments, let go of once answered
                 if windows is None:
                     reply, out = run(header, frames)
@@ -367,7 +368,8 @@ class Executor:
                     del frames
                 if sampling is not None:
                     SAMPLER.end(sampling, reply)
-                task_conn = _worker.took_own_socket()
+                # (a global read while no task secedes: took_own_socket's own first check)
+                task_conn = _worker.took_own_socket() if _worker._seceding else None
                 if task_conn is not None:
                     # the task seceded: another thread serves the worker's socket now, and
                     # its answer goes on the task's own socket
@@ -375,12 +377,10 @@ class Executor:
                     let_go(segs)
                     return
                 fd = -1
-                kept_value = reply.pop("_keep", None)
-                if kept_value is not None:
-                    fd, out = self.keep_result(reply, out, kept_value)
+                if "_keep" in reply:
+                    fd, out = self.keep_result(reply, out, reply.pop("_keep"))
                 elif segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
                     fd, out = segment_result(reply, out)
-                del kept_value
                 # when it ran, by this machine's clock: the worker reads a batch's answers
                 # together, so it cannot tell on its own
                 reply["start"], reply["stop"] = started, time_ns()
@@ -404,7 +404,8 @@ class Executor:
                 # counts executor memory)
                 del out, reply
                 frames = []
-                let_go(segs)
+                if segs:
+                    let_go(segs)
                 del segs
             elif op == "keep":  # not answered
                 self.keep = bool(self.segments)
@@ -524,6 +525,15 @@ class Executor:
             _preload.current().transition(str(header.get("key", "")), "executing", "memory")
         # a scalar holds no future, is never kept and is always contiguous
         plain = type(result) in _SCALARS
+        if plain:
+            try:  # what _serialize.encode does first for it, without the calls
+                frame = _packb(result)
+            except Exception:  # noqa: BLE001 - an int beyond 64 bits, a str msgpack refuses
+                pass
+            else:
+                item = {"key": header.get("key", ""), "encoding": _serialize.MSGPACK, "nframes": 1,
+                        "nbytes": len(frame)}
+                return {"op": "done", "id": task_id, "items": [item]}, [frame]
         exported: list[Any] = []
         if not plain:
             _worker.exporting(exported)  # futures pickled into the result are named here
@@ -981,6 +991,7 @@ class _RefUnpickler(pickle.Unpickler):
 
 _REFS_MODULE = _refs.Ref.__module__
 _unpackb = msgpack.unpackb
+_packb = _wire.packb
 _load_literal = _refs.load_literal
 
 
