@@ -373,11 +373,13 @@ func readUints(r *wire.Reader) ([]uint64, bool) {
 	if !ok {
 		return nil, false
 	}
-	out := make([]uint64, n)
-	for i := range out {
-		if out[i], ok = r.Uint(); !ok {
+	out := make([]uint64, 0, min(n, 16)) // grows with the values really there
+	for range n {
+		v, ok := r.Uint()
+		if !ok {
 			return nil, false
 		}
+		out = append(out, v)
 	}
 	return out, true
 }
@@ -388,8 +390,8 @@ func readSegPlaces(r *wire.Reader) ([]segPlace, bool) {
 	if !ok {
 		return nil, false
 	}
-	out := make([]segPlace, n)
-	for i := range out {
+	out := make([]segPlace, 0, min(n, 16)) // grows with the places really there
+	for range n {
 		if k, ok := r.ArrayLen(); !ok || k != 3 {
 			return nil, false
 		}
@@ -399,7 +401,7 @@ func readSegPlaces(r *wire.Reader) ([]segPlace, bool) {
 				return nil, false
 			}
 		}
-		out[i] = segPlace{Frame: int(v[0]), Off: v[1], Len: v[2]}
+		out = append(out, segPlace{Frame: int(v[0]), Off: v[1], Len: v[2]})
 	}
 	return out, true
 }
@@ -543,7 +545,7 @@ func decodeDonesReply(r *wire.Reader, b []byte) (queuedAnswer, error) {
 			return queuedAnswer{}, fmt.Errorf("%w: executor's dones: a reply that does not decode", wire.ErrProtocol)
 		}
 		var err error
-		if a.m, err = decodeExecHeaderExt(b[from:r.Pos()], &a.x); err != nil {
+		if a.m, err = decodeExecHeaderGeneric(b[from:r.Pos()], &a.x); err != nil {
 			return queuedAnswer{}, err
 		}
 	}
@@ -570,6 +572,12 @@ func decodeExecHeaderExt(b []byte, x *execExt) (*wire.Msg, error) {
 	if m, ok := decodeDoneExt(b, x); ok {
 		return m, nil
 	}
+	return decodeExecHeaderGeneric(b, x)
+}
+
+// decodeExecHeaderGeneric is decodeExecHeaderExt's generic half, for a header the hand-written
+// decoder refused.
+func decodeExecHeaderGeneric(b []byte, x *execExt) (*wire.Msg, error) {
 	*x = execExt{}
 	m, err := wire.DecodeHeader(b)
 	if err != nil {

@@ -525,7 +525,7 @@ class Executor:
             _preload.current().transition(str(header.get("key", "")), "executing", "memory")
         # a scalar holds no future, is never kept and is always contiguous
         plain = type(result) in _SCALARS
-        if plain:
+        if type(result) in _MSGPACK_SCALARS:
             try:  # what _serialize.encode does first for it, without the calls
                 frame = _packb(result)
             except Exception:  # noqa: BLE001 - an int beyond 64 bits, a str msgpack refuses
@@ -821,6 +821,24 @@ def runs_message(runs: Sequence[tuple[Header, Sequence[Any]]]) -> tuple[Header, 
             [f for _, fr in runs for f in fr])
 
 
+def _run_extra_ok(extra: Any) -> bool:
+    """Whether a runs entry's extra map holds only the optional fields of a run, well typed."""
+    if type(extra) is not dict:
+        return False
+    for k, v in extra.items():
+        if k == "func_data":
+            ok = type(v) in (bytes, bytearray)
+        elif k == "timeout":
+            ok = type(v) in (int, float) and v >= 0
+        elif k == "keep":
+            ok = type(v) in (int, bool)
+        else:
+            ok = False
+        if not ok:
+            return False
+    return True
+
+
 def split_runs(header: Header, frames: list[Any]) -> list[tuple[Header, list[Any]]]:
     """The runs of a ``runs`` message (docs/protocol.md §3.5) as run headers, each with its
     frames: ``nframes`` says how many, in order. An entry is ``[id, key, func, payload, items,
@@ -832,8 +850,9 @@ def split_runs(header: Header, frames: list[Any]) -> list[tuple[Header, list[Any
     out: list[tuple[Header, list[Any]]] = []
     i = 0
     for run, n in zip(runs, counts):
-        if type(run) is not list or len(run) != 6 or type(run[4]) is not list \
-                or run[5] is not None and type(run[5]) is not dict:
+        if type(run) is not list or len(run) != 6 or type(run[0]) is not int or run[0] < 0 \
+                or type(run[1]) is not str or type(run[2]) is not str or type(run[3]) not in (bytes, bytearray) \
+                or type(run[4]) is not list or run[5] is not None and not _run_extra_ok(run[5]):
             raise ProtocolError("a runs message holds something other than a run")
         if type(n) is not int or n < 0 or i + n > len(frames):
             raise ProtocolError(f"a runs message declares more frames than its {len(frames)}")
@@ -971,6 +990,7 @@ SAMPLER = Sampler()
 
 
 _SCALARS = frozenset((int, float, bool, str, bytes, type(None)))
+_MSGPACK_SCALARS = frozenset((int, float, bool, str, type(None)))  # _serialize.encode's msgpack ones
 
 
 class _RefUnpickler(pickle.Unpickler):

@@ -114,7 +114,9 @@ def test_malformed_runs_are_refused(worker: FakeWorker) -> None:
     worker.conn.send(dict(header, nframes=[0, 0]), frames)
     h, _ = worker.conn.recv()
     assert h["op"] == "error" and h["code"] == "protocol-error" and "frames" in h["message"]
-    for bad in ({"op": "shutdown"}, header["runs"][1][:5], [*header["runs"][1][:5], [1]]):
+    entry = header["runs"][1]
+    for bad in ({"op": "shutdown"}, entry[:5], [*entry[:5], [1]], [*entry[:5], {"op": "shutdown"}],
+                [*entry[:5], {"timeout": "soon"}], ["1", *entry[1:]], [entry[0], 7, *entry[2:]]):
         worker.conn.send(dict(header, runs=[header["runs"][0], bad], nframes=[1, 0]), frames[:1])
         h, _ = worker.conn.recv()
         assert h["op"] == "error" and h["code"] == "protocol-error"
@@ -165,6 +167,12 @@ def test_encodings(worker: FakeWorker) -> None:
     assert isinstance(result_of((h, frames)), pa.Table)
     assert result_of(worker.run(lambda b: b + b"!", b"hi")) == b"hi!"
     assert result_of(worker.run(lambda: np.float64(1.5))) == 1.5
+    # scalars: msgpack when it can carry them, bytes as they are, anything else pickled
+    for value, encoding in ((7, "msgpack"), (None, "msgpack"), ("é", "msgpack"), (2.5, "msgpack"),
+                            (b"raw", "bytes"), (1 << 70, "pickle"), (-(1 << 64), "pickle"), ("\udc80", "pickle")):
+        h, frames = worker.run(lambda v: v, value)
+        assert h["items"][0]["encoding"] == encoding, (value, h)
+        assert result_of((h, frames)) == value
 
 
 def test_task_error(worker: FakeWorker) -> None:
