@@ -344,3 +344,16 @@ func asInt64(v any) int64 {
 	}
 	return -1 << 62
 }
+
+// A done header whose seg declares a million placements, with a million bytes that are not
+// placements after it, costs the decoder what it reads, not 24 bytes per declared entry.
+func TestDoneDeclaredCountsCostNothing(t *testing.T) {
+	hdr := append([]byte{0x82, 0xa2, 'o', 'p', 0xa4, 'd', 'o', 'n', 'e'}, mustPack(t, "seg")...)
+	hdr = append(append(hdr, 0xdd, 0, 0x10, 0, 0), make([]byte, 1<<20)...) // 1<<20 declared, each a 0
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := decodeExecHeader(hdr)
+	runtime.ReadMemStats(&after)
+	require.Error(t, err)
+	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(8<<20), "a declared count was allocated")
+}
