@@ -233,7 +233,7 @@ func TestRunsAndDones(t *testing.T) {
 		require.Len(t, items, len(r.m.Items))
 		for j, it := range r.m.Items {
 			e := items[j].([]any)
-			require.Equal(t, []any{it.Key, it.Encoding, int64(1), it.NBytes}, []any{e[0], e[1], asInt64(e[2]), asInt64(e[3])}, "run %d item %d", i, j)
+			require.Equal(t, []any{it.Key, it.Encoding, int64(1), it.NBytes}, normInts(e), "run %d item %d", i, j)
 		}
 		require.Equal(t, len(msgs[i].payload), got.NFrames[i])
 		for j, f := range msgs[i].payload {
@@ -247,7 +247,7 @@ func TestRunsAndDones(t *testing.T) {
 			require.Equal(t, map[string]any{"timeout": 0.01}, e[5])
 		case 2:
 			require.Len(t, e[5], 1)
-			require.Equal(t, int64(1), asInt64(e[5].(map[string]any)["keep"]))
+			require.Equal(t, int64(1), normInts(e[5].(map[string]any)["keep"]))
 		default:
 			require.Nil(t, e[5])
 		}
@@ -320,29 +320,6 @@ func TestDonesRefused(t *testing.T) {
 		_, _, err := c.recv()
 		require.ErrorIs(t, err, wire.ErrProtocol, name)
 	}
-}
-
-// asInt64 is an integer msgpack decoded as whichever Go type fits it.
-func asInt64(v any) int64 {
-	switch x := v.(type) {
-	case int8:
-		return int64(x)
-	case int16:
-		return int64(x)
-	case int32:
-		return int64(x)
-	case int64:
-		return x
-	case uint8:
-		return int64(x)
-	case uint16:
-		return int64(x)
-	case uint32:
-		return int64(x)
-	case uint64:
-		return int64(x)
-	}
-	return -1 << 62
 }
 
 // A done header whose seg declares a million placements, with a million bytes that are not

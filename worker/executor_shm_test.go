@@ -281,6 +281,16 @@ func normInts(v any) any {
 		return out
 	case int8:
 		return int64(x)
+	case int16:
+		return int64(x)
+	case int32:
+		return int64(x)
+	case uint8:
+		return int64(x)
+	case uint16:
+		return int64(x)
+	case uint32:
+		return int64(x)
 	case uint64:
 		return int64(x)
 	}

@@ -116,15 +116,8 @@ func TestRealPythonExecutor(t *testing.T) {
 // monitor's SIGKILL killed gets the reason.
 func TestExecutorDeathCause(t *testing.T) {
 	py := shoalPython(t)
-	hn, fnap, pnap := realPyTask(t, py, "nap")
 	hd, fdie, pdie := realPyTask(t, py, "die")
-	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1 })
-	sc.send(pyTask("warm", hn, fnap, pnap))
-	sc.expect(wire.OpTaskFinished)
-	exs := w.py.executors()
-	require.Len(t, exs, 1)
-	why := "killed by its worker: a reason for the test"
-	exs[0].killedFor.Store(&why)
+	_, sc, _, why := markedExecutor(t, py)
 	sc.send(pyTask("die", hd, fdie, pdie))
 	m := sc.expect(wire.OpTaskErred)
 	require.Equal(t, wire.CodeExecutorDied, m.Error.Code)
@@ -133,6 +126,20 @@ func TestExecutorDeathCause(t *testing.T) {
 
 	require.True(t, diedOfSIGKILL(killedProcess(t)))
 	require.False(t, diedOfSIGKILL(nil))
+}
+
+// markedExecutor starts a one-thread worker whose one executor has run a nap task and is
+// marked as the memory monitor marks the executor it kills (killedFor: why).
+func markedExecutor(t *testing.T, py string) (*Worker, *schedConn, *executor, string) {
+	hn, fnap, pnap := realPyTask(t, py, "nap")
+	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1 })
+	sc.send(pyTask("warm", hn, fnap, pnap))
+	sc.expect(wire.OpTaskFinished)
+	exs := w.py.executors()
+	require.Len(t, exs, 1)
+	why := "killed by its worker: a reason for the test"
+	exs[0].killedFor.Store(&why)
+	return w, sc, exs[0], why
 }
 
 // killedProcess is the state of a process killed with SIGKILL.
@@ -149,21 +156,15 @@ func killedProcess(t *testing.T) *os.ProcessState {
 // run has it sent to a new executor instead.
 func TestIdleExecutorDeathBlamesNoTask(t *testing.T) {
 	py := shoalPython(t)
-	hn, fnap, pnap := realPyTask(t, py, "nap")
-	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1 })
-	sc.send(pyTask("warm", hn, fnap, pnap))
-	sc.expect(wire.OpTaskFinished)
-	exs := w.py.executors()
-	require.Len(t, exs, 1)
-	why := "killed by its worker: a reason for the test"
-	exs[0].killedFor.Store(&why)
-	require.NoError(t, exs[0].cmd.Process.Kill())
-	eventually(t, exs[0].isDead)
+	hn, _, pnap := realPyTask(t, py, "nap")
+	w, sc, ex, _ := markedExecutor(t, py)
+	require.NoError(t, ex.cmd.Process.Kill())
+	eventually(t, ex.isDead)
 	sc.send(pyTask("after-kill", hn, nil, pnap))
 	require.Equal(t, "after-kill", sc.expect(wire.OpTaskFinished).Key)
 	require.Equal(t, int64(1), w.Metrics().ExecutorDeaths)
 
-	exs = w.py.executors()
+	exs := w.py.executors()
 	require.Len(t, exs, 1)
 	exs[0].conn.close() // the next run cannot be written to it
 	sc.send(pyTask("after-close", hn, nil, pnap))
