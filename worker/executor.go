@@ -807,11 +807,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	w.profileRuns(msgs) // the profiler (profile.go): marks the runs while it is on
 	// cannot happen with headers we made: the batch's other tasks go back to the queue
 	encodingFailed := func(err error) (result, bool) {
-		others := make([]*task, 0, len(batch)-1)
-		for _, r := range batch[:len(batch)-1] {
-			others = append(others, r.ts)
-		}
-		w.unbatch(others)
+		w.unbatch(tasksOf(batch[:len(batch)-1]))
 		w.py.release(ex)
 		return result{err: wire.Errorf(wire.CodeProtocol, err.Error())}, false
 	}
@@ -1111,10 +1107,9 @@ func (w *Worker) executorDied(ex *executor, batch []*pyRun, i int, err error) (r
 		// that kills an executor then is the one blamed.
 		w.log.Warn("Python executor died running a batch; its unanswered tasks run again one at a time",
 			"pid", ex.pid, "tasks", len(batch)-i, "how", how, "err", err)
-		var rest []*task
-		for _, r := range batch[i : len(batch)-1] {
-			r.ts.solo = true
-			rest = append(rest, r.ts)
+		rest := tasksOf(batch[i : len(batch)-1])
+		for _, ts := range rest {
+			ts.solo = true
 		}
 		mine.ts.solo = true
 		w.unbatch(rest)
@@ -1139,6 +1134,15 @@ func diedOfSIGKILL(ps *os.ProcessState) bool {
 	return ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL
 }
 
+// tasksOf is the tasks of runs, in order.
+func tasksOf(runs []*pyRun) []*task {
+	out := make([]*task, len(runs))
+	for i, r := range runs {
+		out[i] = r.ts
+	}
+	return out
+}
+
 // maxSendFailures bounds how many executors a task's runs may fail to be sent to before the
 // task fails: an executor that cannot be written to at all is otherwise retried forever.
 const maxSendFailures = 3
@@ -1150,11 +1154,7 @@ const maxSendFailures = 3
 func (w *Worker) sendFailed(ex *executor, batch []*pyRun, err error) (result, bool) {
 	how := w.py.discard(ex)
 	w.log.Warn("could not send runs to a Python executor; they go to another", "pid", ex.pid, "how", how, "err", err)
-	rest := make([]*task, 0, len(batch)-1)
-	for _, r := range batch[:len(batch)-1] {
-		rest = append(rest, r.ts)
-	}
-	w.unbatch(rest)
+	w.unbatch(tasksOf(batch[:len(batch)-1]))
 	mine := batch[len(batch)-1].ts
 	if mine.sendFailures++; mine.sendFailures < maxSendFailures {
 		return result{}, true

@@ -29,13 +29,14 @@ ARROW = "arrow"
 PICKLE = "pickle"
 BYTES = "bytes"
 
-_SCALARS = (type(None), bool, int, float, str)
+# the types encode sends as msgpack when it can (ints of up to 64 bits, strs it can encode)
+MSGPACK_SCALARS = frozenset((type(None), bool, int, float, str))
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 
 
 def _is_msgpack_scalar(value: Any) -> bool:
     typ = type(value)
-    if typ not in _SCALARS:
+    if typ not in MSGPACK_SCALARS:
         return False
     if typ is int:
         return bool(_INT_MIN <= value <= _INT_MAX)

@@ -300,15 +300,20 @@ class _Reader:
         that :meth:`message` can parse it in place; False (nothing read) otherwise."""
         if self._pos != self._end:
             return False
-        if not self._buf:  # the first read
+        self._pos, self._end = 0, self._recv_chunk()
+        return True
+
+    def _recv_chunk(self) -> int:
+        """Read what the socket has into the chunk buffer (made at the first read), from its
+        start: the number of bytes, at least one."""
+        if not self._buf:
             self._view.release()
             self._buf = bytearray(self._CHUNK)
             self._view = memoryview(self._buf)
-        k = self._sock.recv_into(self._view, self._CHUNK)
+        k: int = self._sock.recv_into(self._view, self._CHUNK)
         if k == 0:
             raise CommClosedError("connection closed by peer")
-        self._pos, self._end = 0, k
-        return True
+        return k
 
     def read(self, n: int) -> bytearray:
         pos = self._pos
@@ -316,10 +321,6 @@ class _Reader:
             self._pos = pos + n
             return self._buf[pos : pos + n]
         avail = self._end - pos
-        if not self._buf:  # the first read
-            self._view.release()
-            self._buf = bytearray(self._CHUNK)
-            self._view = memoryview(self._buf)
         # A declared length is a claim: beyond _GROW_FROM the buffer doubles as bytes arrive.
         out = bytearray(min(n, max(avail, self._GROW_FROM)))
         view = memoryview(out)
@@ -337,9 +338,7 @@ class _Reader:
                     raise CommClosedError("connection closed by peer")
                 got += k
                 continue
-            k = self._sock.recv_into(self._view, self._CHUNK)
-            if k == 0:
-                raise CommClosedError("connection closed by peer")
+            k = self._recv_chunk()
             take = min(k, n - got)
             view[got : got + take] = self._view[:take]
             got += take

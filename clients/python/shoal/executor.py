@@ -525,7 +525,7 @@ class Executor:
             _preload.current().transition(str(header.get("key", "")), "executing", "memory")
         # a scalar holds no future, is never kept and is always contiguous
         plain = type(result) in _SCALARS
-        if type(result) in _MSGPACK_SCALARS:
+        if type(result) in _serialize.MSGPACK_SCALARS:
             try:  # what _serialize.encode does first for it, without the calls
                 frame = _packb(result)
             except Exception:  # noqa: BLE001 - an int beyond 64 bits, a str msgpack refuses
@@ -876,7 +876,8 @@ def decode_items(items: Sequence[Any], frames: Sequence[Buffer],
     pos = 0
     nframes = len(frames)
     for i, it in enumerate(items):
-        if type(it) is list:
+        listed = type(it) is list
+        if listed:
             key, n = it[0], it[2] or 1
         else:
             key, n = it["key"], it.get("nframes") or 1
@@ -890,7 +891,7 @@ def decode_items(items: Sequence[Any], frames: Sequence[Buffer],
         if held is not None and i in held:
             values[key] = held[i]
         else:
-            enc = it[1] if type(it) is list else it["encoding"]
+            enc = it[1] if listed else it["encoding"]
             if n == 1 and enc == _serialize.MSGPACK:  # most small values: decode's first case
                 values[key] = _unpackb(frames[pos], raw=False, strict_map_key=False)
             else:
@@ -989,8 +990,7 @@ SAMPLER = Sampler()
 # --------------------------------------------------------------------------------------------- end of the profiler
 
 
-_SCALARS = frozenset((int, float, bool, str, bytes, type(None)))
-_MSGPACK_SCALARS = frozenset((int, float, bool, str, type(None)))  # _serialize.encode's msgpack ones
+_SCALARS = _serialize.MSGPACK_SCALARS | {bytes}
 
 
 class _RefUnpickler(pickle.Unpickler):
