@@ -113,6 +113,7 @@ type Server struct {
 	named graph.Task
 
 	in      chan inbound
+	ahead   *readAhead // worker messages decoded and not yet handled
 	queries chan func()
 	stop    chan struct{}
 	wg      sync.WaitGroup
@@ -183,6 +184,7 @@ type inbound struct {
 	reply   chan error
 	timerOf WorkerID
 	batch   []inbound // messages that arrived together on one connection, in order
+	ahead   bool      // holds a share of the read-ahead budget (readahead.go)
 }
 
 // maxBatch bounds how many messages a connection reader hands to the driver at once.
@@ -196,6 +198,10 @@ const maxBatch = 64
 // waiting: the heap grew to 800 MB and the kernel's zeroing of fresh pages was a quarter of
 // the scheduler's CPU (docs/performance.md, "Zero-cost workers").
 const inboundQueue = 128
+
+// maxReadAhead is the read-ahead budget (readahead.go): four of the driver's passes (drain's
+// budget), in grants of a batch.
+const maxReadAhead = 4096
 
 type workerExit struct{ name, reason string }
 type gossipDead struct{ addr, reason string }
@@ -233,6 +239,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
 		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(), dirty: map[*wire.Conn]struct{}{},
 		orphans: map[ClientID]time.Time{}, graphSeq: map[ClientID]uint64{}}
+	s.ahead = newReadAhead(maxReadAhead, maxBatch, s.stop)
 	if cfg.Journal != "" {
 		if err := s.openJournal(); err != nil {
 			ln.Close()
@@ -475,31 +482,42 @@ func (s *Server) readWorker(c *wire.Conn) {
 	// Messages already buffered behind this one (a worker's burst of task_finished) go to the
 	// driver together: one channel hand-off and wake-up instead of one per message. The batch's
 	// slice is taken only then, so that a connection waiting for its next message holds none
-	// (at 10,000 workers, one each was 128 MB).
-	var batch []inbound
+	// (at 10,000 workers, one each was 128 MB). Each message holds a share of the read-ahead
+	// budget until the driver handled it; none is held while the reader waits for its peer.
 	for {
 		m, frames, err := recvOrReport(c)
 		if err != nil {
-			s.sendBatch(c, batch)
 			s.send(inbound{worker: w, err: err})
 			return
 		}
-		in := inbound{worker: w, msg: m, frames: frames}
-		if batch == nil {
-			if !c.MessageBuffered() {
-				s.sendFrom(c, in) // alone
-				continue
-			}
-			batch = newBatch()
+		in := inbound{worker: w, msg: m, frames: frames, ahead: true}
+		grant := s.ahead.take()
+		if grant == 0 { // stopping
+			wire.ReleaseMsg(m)
+			return
 		}
-		batch = append(batch, in)
-		if len(batch) < maxBatch && c.MessageBuffered() {
+		grant--
+		if grant == 0 || !c.MessageBuffered() {
+			s.ahead.give(grant)
+			s.sendFrom(c, in) // alone
 			continue
 		}
+		batch := append(newBatch(), in)
+		for grant > 0 && len(batch) < maxBatch && c.MessageBuffered() {
+			if m, frames, err = recvOrReport(c); err != nil {
+				break
+			}
+			batch = append(batch, inbound{worker: w, msg: m, frames: frames, ahead: true})
+			grant--
+		}
+		s.ahead.give(grant)
 		if !s.sendBatch(c, batch) {
 			freeBatch(batch)
 		} // else the driver owns the sent slice, and gives it back (freeBatch)
-		batch = nil
+		if err != nil {
+			s.send(inbound{worker: w, err: err})
+			return
+		}
 	}
 }
 
@@ -579,9 +597,15 @@ func (s *Server) readAdmin(c *wire.Conn) {
 
 func (s *Server) handleInbound(in inbound) {
 	if in.batch != nil {
+		shares := 0
 		for _, x := range in.batch {
+			if x.ahead {
+				shares++
+				x.ahead = false // given back below, at once
+			}
 			s.handleInbound(x)
 		}
+		s.ahead.give(shares)
 		freeBatch(in.batch)
 		return
 	}
@@ -596,6 +620,9 @@ func (s *Server) handleInbound(in inbound) {
 			s.removeWorker(w, s.exitReason(w, "connection lost"), false)
 		}
 	case in.worker != nil:
+		if in.ahead {
+			s.ahead.give(1)
+		}
 		s.onWorker(in)
 		if in.msg != nil && !in.joined {
 			wire.ReleaseMsg(in.msg) // nothing keeps the header itself, only what it points to

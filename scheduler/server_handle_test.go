@@ -13,9 +13,9 @@ import (
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
-// dialWorker registers a worker named name (one thread, function "inc") on a real socket; it
-// never reads, so it neither runs nor answers anything.
-func dialWorker(t *testing.T, s *Server, name string, port int) {
+// dialWorker registers a worker named name (one thread, function "inc") on a real socket and
+// returns its connection; it never reads, so it neither runs nor answers anything.
+func dialWorker(t *testing.T, s *Server, name string, port int) *wire.Conn {
 	t.Helper()
 	c, err := wire.Dial(context.Background(), s.Addr(), wire.DialOptions{Role: wire.RoleWorker})
 	require.NoError(t, err)
@@ -23,6 +23,7 @@ func dialWorker(t *testing.T, s *Server, name string, port int) {
 	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpRegister, Name: name, DataAddr: fmt.Sprintf("127.0.0.1:%d", port),
 		NThreads: 1, MemLimit: 1 << 30, Functions: []string{"inc"}, Version: "test"}))
 	recvOp(t, c, wire.OpRegistered)
+	return c
 }
 
 // A removal performed among a pass's actions (a worker whose heartbeats stopped) handles the

@@ -112,7 +112,7 @@ func TestConnReaderShrinks(t *testing.T) {
 	}
 	var b connReader
 	b.init(&chunkReader{src: src, sizes: []int{60 << 10, 20 << 10}})
-	if _, err := b.Peek(4 << 10); err != nil { // fills the small buffer, then reads into a big one
+	if _, err := b.Peek(2 * smallRead); err != nil { // more than the small buffer: read into a big one
 		t.Fatal(err)
 	}
 	var got []byte

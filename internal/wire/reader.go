@@ -12,10 +12,15 @@ import (
 // buffer holds and everything buffered has been consumed. An idle connection, or one that
 // sees a message now and then (a worker's heartbeat, one task at a time), holds smallRead
 // bytes instead of bigRead. With 10,000 workers a fixed 64 KiB per connection was 655 MB of
-// live heap that nothing read (docs/performance.md, "Zero-cost workers").
+// live heap that nothing read (docs/performance.md, "Zero-cost workers"). The small buffer
+// holds a burst of a few dozen small messages (a worker's answers to a block of tasks): at
+// 2 KiB most bursts filled it and took a big buffer for the rest, at 10,000 workers so many
+// at once that the pool ran dry, and the fresh 64 KiB buffers were a quarter of the readers'
+// CPU (their zeroing, page faults and the collector's assists); 8 KiB each is 80 MB at 10,000
+// connections (docs/performance.md, "10,000 workers: the read-ahead budget").
 const (
 	bigRead   = 64 << 10
-	smallRead = 2 << 10
+	smallRead = 8 << 10
 )
 
 var bigReads = sync.Pool{New: func() any { b := make([]byte, bigRead); return &b }}
