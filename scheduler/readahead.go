@@ -3,7 +3,8 @@ package scheduler
 import "sync"
 
 // readAhead bounds the worker messages read and decoded but not yet handled by the driver,
-// over all worker connections.
+// over all worker connections: at most limit, plus the one message each reader waiting for a
+// grant holds.
 //
 // The inbound queue alone did not: behind it, each connection's reader held the batch it was
 // waiting to hand on. Zero-cost workers are sent a block of queued tasks at a time (latency
@@ -29,21 +30,37 @@ type readAhead struct {
 	stop     <-chan struct{} // closed: take returns 0
 }
 
+// maxSpareWaits bounds the waiters' channels kept for reuse.
+const maxSpareWaits = 256
+
 func newReadAhead(limit, grant int, stop <-chan struct{}) *readAhead {
 	return &readAhead{limit: limit, grant: min(grant, limit), stop: stop}
 }
 
-// take returns a grant of 1 to r.grant shares, waiting while fewer than that are free (or
-// another reader waits); 0 once stop is closed.
+// tryTake returns a grant of 1 to r.grant shares, or 0 when none is free or another reader
+// waits.
+func (r *readAhead) tryTake() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.takeLocked()
+}
+
+func (r *readAhead) takeLocked() int {
+	if len(r.waiters) > 0 || r.inflight >= r.limit {
+		return 0
+	}
+	n := min(r.limit-r.inflight, r.grant)
+	r.inflight += n
+	return n
+}
+
+// take is tryTake that waits, while fewer than a whole grant are free or another reader
+// waits; 0 once stop is closed.
 func (r *readAhead) take() int {
 	r.mu.Lock()
-	if len(r.waiters) == 0 {
-		if free := r.limit - r.inflight; free > 0 {
-			n := min(free, r.grant)
-			r.inflight += n
-			r.mu.Unlock()
-			return n
-		}
+	if n := r.takeLocked(); n > 0 {
+		r.mu.Unlock()
+		return n
 	}
 	var ch chan int
 	if k := len(r.spare); k > 0 {
@@ -56,11 +73,13 @@ func (r *readAhead) take() int {
 	select {
 	case n := <-ch:
 		r.mu.Lock()
-		r.spare = append(r.spare, ch)
+		if len(r.spare) < maxSpareWaits {
+			r.spare = append(r.spare, ch)
+		}
 		r.mu.Unlock()
 		return n
 	case <-r.stop:
-		return 0 // (ch stays in waiters; a grant sent to it is never given back: stopping)
+		return 0 // a grant sent to ch, then or later, is never given back: the server stops
 	}
 }
 

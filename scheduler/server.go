@@ -491,10 +491,13 @@ func (s *Server) readWorker(c *wire.Conn) {
 			return
 		}
 		in := inbound{worker: w, msg: m, frames: frames, ahead: true}
-		grant := s.ahead.take()
-		if grant == 0 { // stopping
-			wire.ReleaseMsg(m)
-			return
+		grant := s.ahead.tryTake()
+		if grant == 0 {
+			c.ShrinkBuffer()                        // no 64 KiB held while it waits
+			if grant = s.ahead.take(); grant == 0 { // stopping
+				wire.ReleaseMsg(m)
+				return
+			}
 		}
 		grant--
 		if grant == 0 || !c.MessageBuffered() {
