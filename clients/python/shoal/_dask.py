@@ -53,43 +53,54 @@ _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 class DirectCall:
     """A legacy ``(func, *args)`` node sent as a plain call (see the module docstring)."""
 
-    __slots__ = ("func", "payload", "dependencies", "wire_deps")
+    __slots__ = ("func", "payload", "dependencies", "wire_deps", "wire_key")
 
-    def __init__(self, func: Any, payload: bytes, dependencies: frozenset[Hashable],
-                 wire_deps: list[str]) -> None:
+    def __init__(self, func: Any, payload: bytes, dependencies: tuple[Hashable, ...],
+                 wire_deps: tuple[str, ...], wire_key: str) -> None:
         self.func = func
         self.payload = payload  # the literal payload: args, keys by their wire keys
+        # each once; a tuple, not the frozenset a GraphNode has: a two-key frozenset is 216
+        # bytes, a third of a node's memory, for a million nodes fresh pages to fault in
         self.dependencies = dependencies
-        self.wire_deps = wire_deps  # the wire keys of dependencies, each once
+        self.wire_deps = wire_deps  # the wire keys of dependencies, in the same order
+        self.wire_key = wire_key  # the node's own
 
     def __repr__(self) -> str:
         return f"DirectCall({getattr(self.func, '__name__', self.func)!r}, {load_literal(self.payload)!r})"
 
 
-def direct_call(node: Any, keys: Any, pack: Optional[Callable[[Any], bytes]] = None) -> Optional[DirectCall]:
-    """``node`` as a DirectCall when it is a plain legacy call over keys and literals."""
+def wire_keys(keys: Iterable[Hashable]) -> dict[Hashable, str]:
+    """Each graph key's wire key (:func:`shoal._keys.wire_key`), made once per key: a
+    dependency is looked up here rather than its ``repr`` made again for every node that
+    names it."""
+    return {k: k if type(k) is str else repr(k) for k in keys}
+
+
+def direct_call(node: Any, wire: Mapping[Hashable, str], wk: str,
+                pack: Optional[Callable[[Any], bytes]] = None) -> Optional[DirectCall]:
+    """``node`` (whose wire key is ``wk``) as a DirectCall when it is a plain legacy call over
+    keys and literals; ``wire`` maps every key of the graph to its wire key."""
     if type(node) is not tuple or not node or not callable(node[0]):
         return None
     args: list[Any] = []
     refs: list[int] = []
     deps: dict[Hashable, str] = {}  # each dependency once, with its wire key, in order
     for a in node[1:]:
+        t = type(a)
         # dask's own rule (convert_legacy_task): an int, float, str or tuple found among
         # the graph's keys is a reference to that key
-        if isinstance(a, (int, float, str, tuple)):
+        if t is str or t is tuple or t is int or isinstance(a, (int, float, str, tuple)):
             try:
-                is_key = a in keys
+                dk = wire.get(a)
             except TypeError:  # an unhashable tuple
                 return None
-            if is_key:
-                if type(a) is bool or type(a) is float:
+            if dk is not None:
+                if t is bool or t is float:
                     return None  # equal to a key of another type (True == 1): dask decides
-                wk = a if type(a) is str else repr(a)  # wire_key, inline: this runs per node
                 refs.append(len(args))
-                args.append(wk)
-                deps[a] = wk
+                args.append(dk)
+                deps[a] = dk
                 continue
-        t = type(a)
         if t not in _LITERALS or t is int and not _INT_MIN <= a <= _INT_MAX:
             return None
         args.append(a)
@@ -97,7 +108,7 @@ def direct_call(node: Any, keys: Any, pack: Optional[Callable[[Any], bytes]] = N
         payload = literal_payload(args, refs, pack or literal_packer())
     except (UnicodeEncodeError, ValueError, OverflowError):
         return None  # e.g. a str with a lone surrogate (os.fsdecode's), which msgpack refuses
-    return DirectCall(node[0], payload, frozenset(deps), list(deps.values()))
+    return DirectCall(node[0], payload, tuple(deps), tuple(deps.values()), wk)
 
 
 _gc_lock = threading.Lock()
@@ -171,6 +182,7 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
         else:
             raise TypeError(f"shoal: expected a dask graph (a mapping), got {type(dsk).__name__}")
     keys = dsk.keys()
+    wire = wire_keys(keys)
     pack = literal_packer()
     direct: dict[Hashable, DirectCall] = {}
     rest: dict[Hashable, Any] = {}
@@ -180,7 +192,7 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
             rest[k] = v
             native.add(k)
             continue
-        d = direct_call(v, keys, pack)
+        d = direct_call(v, wire, wire[k], pack)
         if d is None:
             rest[k] = v
         else:
@@ -332,15 +344,15 @@ def _group_namer() -> Callable[[Hashable], str]:
 def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias: Any,
                group: Callable[[Hashable], str], name: Callable[[Any], str]) -> dict[str, Any] | None:
     """The wire task for one node, or None for an alias of an existing result."""
-    wk = k if type(k) is str else repr(k)  # wire_key, inline: this runs per node
     if type(node) is DirectCall:
-        task: dict[str, Any] = {"key": wk, "kind": "py", "func": name(node.func),
+        task: dict[str, Any] = {"key": node.wire_key, "kind": "py", "func": name(node.func),
                                 "payload": node.payload, "group": group(k)}
         if node.wire_deps:
             task["deps"] = node.wire_deps
         if ann:
             task.update(ann)
         return task
+    wk = k if type(k) is str else repr(k)  # wire_key, inline: this runs per node
     deps = list(node.dependencies)
     if isinstance(node, alias) and wire_key(node.target) == wk:
         return None  # the node is an existing result (a persisted future) with this key
