@@ -99,20 +99,20 @@ func newObservers() *observers { return &observers{} }
 
 func (o *observers) active() bool { return o.l.Active == nil || o.l.Active() }
 
-func (o *observers) taskDone(w *workerConn, m *wire.Msg, erred bool) {
+func (o *observers) taskDone(w *workerConn, key string, thread int, start, stop, nbytes int64, erred bool) {
 	rec := o.rec.on()
 	listen := o.l.TaskRan != nil && o.active()
 	if !rec && !listen {
 		return
 	}
-	group := graph.KeySplit(m.Key)
+	group := graph.KeySplit(key)
 	if rec {
-		o.rec.task(RecordedTask{Key: m.Key, Group: group, Worker: w.info.Address, WorkerName: w.info.Name,
-			Thread: m.Thread, Start: m.Start, Stop: m.Stop, NBytes: m.NBytes, Erred: erred})
+		o.rec.task(RecordedTask{Key: key, Group: group, Worker: w.info.Address, WorkerName: w.info.Name,
+			Thread: thread, Start: start, Stop: stop, NBytes: nbytes, Erred: erred})
 	}
 	if listen {
-		o.l.TaskRan(TaskRun{Key: m.Key, Group: group, Worker: w.info.Address, WorkerName: w.info.Name,
-			Thread: m.Thread, Start: m.Start, Stop: m.Stop, NBytes: m.NBytes, Erred: erred})
+		o.l.TaskRan(TaskRun{Key: key, Group: group, Worker: w.info.Address, WorkerName: w.info.Name,
+			Thread: thread, Start: start, Stop: stop, NBytes: nbytes, Erred: erred})
 	}
 }
 

@@ -31,7 +31,7 @@ func TestSchedulerDoesNotImportTheDashboard(t *testing.T) {
 func TestZeroListenerIsSilent(t *testing.T) {
 	o := newObservers()
 	w := &workerConn{}
-	o.taskDone(w, nil, false) // returns before reading the message
+	o.taskDone(w, "k", 0, 0, 0, 0, false)
 	o.transfers(w, nil)
 	o.workerJoined(w)
 	o.workerLeft(w, "x")
@@ -43,7 +43,7 @@ func TestInactiveListenerGetsNoTaskEvents(t *testing.T) {
 	o := newObservers()
 	calls := 0
 	o.l = EventListener{Active: func() bool { return false }, TaskRan: func(TaskRun) { calls++ }}
-	o.taskDone(&workerConn{}, nil, false)
+	o.taskDone(&workerConn{}, "k", 0, 0, 0, 0, false)
 	if calls != 0 {
 		t.Fatalf("TaskRan called %d times while inactive", calls)
 	}

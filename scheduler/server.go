@@ -185,6 +185,10 @@ type inbound struct {
 	timerOf WorkerID
 	batch   []inbound // messages that arrived together on one connection, in order
 	ahead   bool      // holds a share of the read-ahead budget (readahead.go)
+	// fin is a task_finished decoded without a Msg (msg nil, finished set): a worker's most
+	// frequent message (wire.TaskFinished)
+	fin      wire.TaskFinished
+	finished bool
 }
 
 // maxBatch bounds how many messages a connection reader hands to the driver at once.
@@ -436,6 +440,19 @@ func (s *Server) serveConn(c *wire.Conn) {
 // the connection is dropped.
 func recvOrReport(c *wire.Conn) (*wire.Msg, [][]byte, error) {
 	m, frames, err := c.Recv()
+	return m, frames, reportRecvErr(c, err)
+}
+
+// recvWorkerMsg reads a worker's next message into in: a task_finished as in.fin, anything
+// else as in.msg; errors as recvOrReport.
+func recvWorkerMsg(c *wire.Conn, w *workerConn, in *inbound) error {
+	*in = inbound{worker: w, ahead: true}
+	m, frames, err := c.RecvFinished(&in.fin)
+	in.msg, in.frames, in.finished = m, frames, err == nil && m == nil
+	return reportRecvErr(c, err)
+}
+
+func reportRecvErr(c *wire.Conn, err error) error {
 	if err != nil {
 		switch {
 		case errors.Is(err, wire.ErrFrameTooLarge):
@@ -444,7 +461,7 @@ func recvOrReport(c *wire.Conn) (*wire.Msg, [][]byte, error) {
 			c.SendError(0, wire.CodeProtocol, err.Error())
 		}
 	}
-	return m, frames, err
+	return err
 }
 
 func (s *Server) readWorker(c *wire.Conn) {
@@ -485,17 +502,15 @@ func (s *Server) readWorker(c *wire.Conn) {
 	// (at 10,000 workers, one each was 128 MB). Each message holds a share of the read-ahead
 	// budget until the driver handled it; none is held while the reader waits for its peer.
 	for {
-		m, frames, err := recvOrReport(c)
-		if err != nil {
+		var in inbound
+		if err := recvWorkerMsg(c, w, &in); err != nil {
 			s.send(inbound{worker: w, err: err})
 			return
 		}
-		in := inbound{worker: w, msg: m, frames: frames, ahead: true}
 		grant := s.ahead.tryTake()
 		if grant == 0 {
 			c.ShrinkBuffer()                        // no 64 KiB held while it waits
 			if grant = s.ahead.take(); grant == 0 { // stopping
-				wire.ReleaseMsg(m)
 				return
 			}
 		}
@@ -506,11 +521,13 @@ func (s *Server) readWorker(c *wire.Conn) {
 			continue
 		}
 		batch := append(newBatch(), in)
+		var err error
 		for grant > 0 && len(batch) < maxBatch && c.MessageBuffered() {
-			if m, frames, err = recvOrReport(c); err != nil {
+			batch = append(batch, inbound{})
+			if err = recvWorkerMsg(c, w, &batch[len(batch)-1]); err != nil {
+				batch = batch[:len(batch)-1]
 				break
 			}
-			batch = append(batch, inbound{worker: w, msg: m, frames: frames, ahead: true})
 			grant--
 		}
 		s.ahead.give(grant)
@@ -742,7 +759,22 @@ func (s *Server) onWorker(in inbound) {
 		return
 	}
 	w.lastSeen = s.cfg.Clock()
+	if in.finished {
+		s.onTaskFinished(w, &in.fin)
+		return
+	}
 	s.onWorkerMsg(w, in.msg)
+}
+
+func (s *Server) onTaskFinished(w *workerConn, f *wire.TaskFinished) {
+	s.stats.finished++
+	s.obs.taskDone(w, f.Key, f.Thread, f.Start, f.Stop, f.NBytes, false)
+	// by pointer to one reused value: an EvTaskFinished in the Event interface was an
+	// allocation per task (the core keeps nothing of the event)
+	s.finished = EvTaskFinished{Worker: w.id, Key: f.Key, TaskID: f.TaskID, NBytes: f.NBytes, Encoding: f.Encoding,
+		Start: f.Start, Stop: f.Stop, Thread: f.Thread, Holds: f.Keys}
+	s.handle(&s.finished)
+	s.finished = EvTaskFinished{} // keeps no key or holds alive
 }
 
 func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
@@ -896,20 +928,15 @@ func heartbeatInterval(n int, timeout time.Duration) time.Duration {
 
 func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 	switch m.Op {
-	case wire.OpTaskFinished:
-		s.stats.finished++
-		s.obs.taskDone(w, m, false)
-		// by pointer to one reused value: an EvTaskFinished in the Event interface was an
-		// allocation per task (the core keeps nothing of the event)
-		s.finished = EvTaskFinished{Worker: w.id, Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes, Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread, Holds: m.Keys}
-		s.handle(&s.finished)
-		s.finished = EvTaskFinished{} // keeps no key or holds alive
+	case wire.OpTaskFinished: // one with fields RecvFinished does not take (a newer worker's)
+		s.onTaskFinished(w, &wire.TaskFinished{Key: m.Key, TaskID: m.TaskID, NBytes: m.NBytes,
+			Encoding: m.Encoding, Start: m.Start, Stop: m.Stop, Thread: m.Thread, Keys: m.Keys})
 	case wire.OpTaskErred:
 		err := m.Error
 		if err == nil {
 			err = wire.Errorf(wire.CodeTaskError, "task failed without an error description")
 		}
-		s.obs.taskDone(w, m, true)
+		s.obs.taskDone(w, m.Key, m.Thread, m.Start, m.Stop, m.NBytes, true)
 		s.handle(EvTaskErred{Worker: w.id, Key: m.Key, TaskID: m.TaskID, Err: err, Start: m.Start, Stop: m.Stop, Thread: m.Thread})
 		s.onTaskErred(w, m.Key, err)
 	case wire.OpAddKeys:

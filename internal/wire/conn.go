@@ -333,6 +333,26 @@ func (c *Conn) Recv() (*Msg, [][]byte, error) {
 	return m, frames[1:], nil
 }
 
+// RecvFinished is Recv for a reader that takes task_finished without a Msg: when the next
+// message is a task_finished header of only TaskFinished's fields, with no payload, it fills
+// f and returns a nil Msg (DecodeTaskFinished); otherwise it returns what Recv would.
+func (c *Conn) RecvFinished(f *TaskFinished) (*Msg, [][]byte, error) {
+	frames, err := c.readMessage()
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(frames) == 1 && DecodeTaskFinished(frames[0], f) {
+		c.scratch.release(true)
+		return nil, nil, nil
+	}
+	m, err := DecodeHeader(frames[0])
+	c.scratch.release(err == nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, frames[1:], nil
+}
+
 // RecvHeader is Recv that also returns the encoded header, for fields Msg does not have (a
 // worker's extensions of its own ops). The header is valid only until the next Recv.
 func (c *Conn) RecvHeader() (*Msg, []byte, [][]byte, error) {
