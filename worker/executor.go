@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -349,6 +350,39 @@ func executorDefaults() []string {
 	return out
 }
 
+// heapKeep is the freed memory each executor's C heap keeps for its next allocations, and the
+// environment that has glibc do so, unless the worker's environment sets any of glibc's
+// malloc variables itself (then it is left to them: nil).
+//
+// By default glibc maps each block of 32 MiB or more on its own and unmaps it when freed, so a
+// numpy array of that size is fresh memory every time: the kernel zeroes it page by page as it
+// is first touched. On this project's VMs that zeroing ran at a fraction of memory speed and
+// varied from run to run; it was most of an array rechunk's time (dask's task-based rechunk,
+// a 12,000² array rows → columns: 1.3–1.4 s with the memory kept against 2.6–4.5 s without,
+// the executors' system time 0.2–0.5 s against 2–5 s; docs/performance.md, "Arrays: freed
+// memory kept"). So large blocks come from the heap (MALLOC_MMAP_MAX_=0), and a trim keeps
+// heapKeep bytes at its top (MALLOC_TOP_PAD_, MALLOC_TRIM_THRESHOLD_): an eighth of the
+// worker's memory limit shared by its executors, at most 2 GiB each. The worker counts that
+// memory as the executor's (its RSS) against the limit, so an executor idle for
+// trimIdle gives it all back (SHOAL_EXECUTOR_TRIM_IDLE: shoal.executor.trim_when_idle).
+func heapKeep(limit int64, executors int) (int64, []string) {
+	for _, v := range os.Environ() {
+		if strings.HasPrefix(v, "MALLOC_") {
+			return 0, nil
+		}
+	}
+	if limit <= 0 {
+		limit = DefaultMemoryLimit
+	}
+	keep := min(limit/8/int64(max(executors, 1)), 2<<30)
+	return keep, []string{"MALLOC_MMAP_MAX_=0", "MALLOC_TOP_PAD_=" + strconv.FormatInt(keep, 10),
+		"MALLOC_TRIM_THRESHOLD_=" + strconv.FormatInt(keep, 10),
+		"SHOAL_EXECUTOR_TRIM_IDLE=" + strconv.FormatFloat(trimIdle.Seconds(), 'g', -1, 64)}
+}
+
+// trimIdle is how long an executor runs nothing before it gives its kept heap back.
+const trimIdle = 2 * time.Second
+
 // start launches `<Python> <PythonArgs>` with one end of a socketpair as fd 3, accepts its
 // handshake and waits for ready.
 func (p *executorPool) start(ctx context.Context) (*executor, error) {
@@ -380,6 +414,8 @@ func (p *executorPool) start(ctx context.Context) (*executor, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	cmd.Env = append(os.Environ(), "SHOAL_EXECUTOR_FD=3", "SHOAL_EXECUTOR_TOKEN="+token, "SHOAL_EXECUTOR_FORGET_FD=4")
 	cmd.Env = append(cmd.Env, executorDefaults()...)
+	_, heapEnv := heapKeep(cfg.MemoryLimit, cfg.NProcsPython)
+	cmd.Env = append(cmd.Env, heapEnv...)
 	cmd.Env = append(cmd.Env, "SHOAL_STACK_DIR="+p.w.scratch.path, // call stacks (stack.go)
 		"SHOAL_UPLOAD_DIR="+filepath.Join(p.w.scratch.path, "uploads"),
 		"SHOAL_WORKER_ADDRESS="+p.w.dataAddr, "SHOAL_WORKER_NAME="+cfg.Name)

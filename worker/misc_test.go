@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -244,4 +245,29 @@ func TestPeerGoneCancelsFetchInFlight(t *testing.T) {
 	require.Equal(t, "far", m.Key)
 	require.Equal(t, hung, m.Worker)
 	require.Empty(t, m.Message)
+}
+
+// heapKeep: an eighth of the memory limit shared by the executors, at most 2 GiB each, and
+// nothing when the worker's environment sets glibc's malloc variables itself.
+func TestHeapKeep(t *testing.T) {
+	for _, kv := range os.Environ() {
+		if name, _, _ := strings.Cut(kv, "="); strings.HasPrefix(name, "MALLOC_") {
+			t.Setenv(name, "") // the test sees the default; Setenv restores it
+			os.Unsetenv(name)
+		}
+	}
+	keep, env := heapKeep(8<<30, 2)
+	require.Equal(t, int64(512<<20), keep)
+	require.Contains(t, env, "MALLOC_MMAP_MAX_=0")
+	require.Contains(t, env, "MALLOC_TOP_PAD_=536870912")
+	require.Contains(t, env, "MALLOC_TRIM_THRESHOLD_=536870912")
+	require.Contains(t, env, "SHOAL_EXECUTOR_TRIM_IDLE=2")
+	keep, _ = heapKeep(1<<40, 1)
+	require.Equal(t, int64(2<<30), keep, "at most 2 GiB")
+	keep, _ = heapKeep(0, 1)
+	require.Equal(t, DefaultMemoryLimit/8, keep, "no limit: the default's")
+	t.Setenv("MALLOC_ARENA_MAX", "2")
+	keep, env = heapKeep(8<<30, 1)
+	require.Zero(t, keep)
+	require.Nil(t, env, "the user's own malloc settings are left alone")
 }

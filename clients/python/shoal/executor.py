@@ -266,6 +266,7 @@ class Executor:
         # ``keep`` to turn this on, and writes each id to the forget socket once it is done)
         self.keep = False
         self.kept: dict[int, Any] = {}
+        self.ran = 0  # when the last run started (time_ns): trim_when_idle watches it
 
     def take_standby(self) -> threading.Thread:
         """A thread ready to serve the worker's socket once woken (:meth:`hand_over`); taken
@@ -355,7 +356,7 @@ class Executor:
                 frames = []
                 continue
             if op == "run":
-                started = time_ns()
+                started = self.ran = time_ns()
                 # profiler: None unless it is on (the worker then sends timeout)
                 sampling = SAMPLER.begin(header) if "timeout" in header else None
                 segs: list[mmap.mmap] = []  # this run's input segments, let go of once answered
@@ -1198,6 +1199,42 @@ def _stack_dumps() -> Any:
     return f
 
 
+def trim_when_idle(ex: Executor, idle: float,
+                   trim: Callable[[int], Any] | None = None) -> threading.Thread | None:
+    """Start a daemon thread that gives the memory the C heap keeps for reuse back to the
+    system (glibc's ``malloc_trim(0)``) once no run has started for ``idle`` seconds, once per
+    idle spell; None where there is no glibc.
+
+    The worker has glibc keep freed memory, large blocks included, for the executor's next
+    allocations (``MALLOC_MMAP_MAX_`` and ``MALLOC_TOP_PAD_``: worker/executor.go, heapKeep):
+    fresh pages are zeroed by the kernel, on this project's VMs at a fraction of memory speed,
+    and that was most of an array rechunk's time. An executor left idle should not go on
+    holding that memory, which the worker counts against its memory limit. (``trim``: a
+    stand-in for tests.)"""
+    if trim is None:
+        try:
+            libc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            return None
+        libc_trim.argtypes, libc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+        trim = libc_trim
+
+    def watch() -> None:
+        seen, trimmed = -1, True
+        while True:
+            _sleep(idle)
+            ran = ex.ran
+            if ran != seen:
+                seen, trimmed = ran, False  # runs started meanwhile: not idle yet
+            elif not trimmed:
+                trim(0)
+                trimmed = True
+
+    t = threading.Thread(target=watch, name="shoal-trim", daemon=True)
+    t.start()
+    return t
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m shoal.executor``."""
     stacks = _stack_dumps()  # noqa: F841 (kept open for the process's life)
@@ -1207,6 +1244,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     segments = windows is not None and os.environ.get("SHOAL_EXECUTOR_SEGMENTS") == "1"
     try:
         ex = Executor(conn, windows, segments, receiver)
+        idle = os.environ.pop("SHOAL_EXECUTOR_TRIM_IDLE", "")
+        if idle:
+            trim_when_idle(ex, float(idle))
         forget_fd = os.environ.pop("SHOAL_EXECUTOR_FORGET_FD", "")
         if forget_fd.isdigit():
             ex.forget_from(int(forget_fd))

@@ -409,6 +409,53 @@ def test_executors_run_numerical_libraries_single_threaded(monkeypatch: Any) -> 
         assert client.submit(getenv, "OMP_NUM_THREADS", pure=False).result() == "3"
 
 
+def rss_mib(pid: str | int = "self") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+def fill_and_free(nbytes: int) -> int:
+    """Allocate and touch nbytes in one block, free it, and return this process's RSS after."""
+    a = np.ones(nbytes // 8)
+    del a
+    return rss_mib()
+
+
+def executor_pids(cluster: LocalCluster) -> list[int]:
+    out = []
+    for pid in children_of(cluster.proc.pid):
+        try:
+            with open(f"/proc/{pid}/cmdline") as f:
+                if "shoal.executor" in f.read():
+                    out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def test_executors_keep_freed_memory_while_busy(monkeypatch: Any) -> None:
+    """An executor's C heap keeps a large freed block for the next allocations (the kernel
+    zeroes fresh pages, on VMs slowly), and gives it back once no run started for a while,
+    read from /proc without running anything; a user's own MALLOC_ settings are left alone."""
+    big = 400 << 20
+    with LocalCluster(n_workers=1, dashboard_port=None, memory_limit="8GiB") as cluster, Client(cluster) as client:
+        base = client.submit(rss_mib, pure=False).result()
+        kept = client.submit(fill_and_free, big, pure=False).result()
+        assert kept - base >= (big >> 20) * 3 // 4, (base, kept)
+        [pid] = executor_pids(cluster)
+        deadline = time.monotonic() + 20
+        while rss_mib(pid) - base > (big >> 20) // 4:
+            assert time.monotonic() < deadline, f"still {rss_mib(pid)} MiB after idling (base {base})"
+            time.sleep(0.2)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    with LocalCluster(n_workers=1, dashboard_port=None, memory_limit="8GiB") as cluster, Client(cluster) as client:
+        base = client.submit(rss_mib, pure=False).result()
+        assert client.submit(fill_and_free, big, pure=False).result() - base < (big >> 20) // 4
+
+
 def test_client_starts_a_cluster_from_dask_keywords() -> None:
     """Client(n_workers=..., threads_per_worker=...) — the first line of many dask scripts —
     starts a LocalCluster of that shape; options that mean nothing are refused, not ignored."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from shoal import executor
 from shoal._refs import Ref
 from shoal._serialize import decode, encode
 from shoal.exceptions import RemoteTraceback, error_from_wire
@@ -256,3 +258,28 @@ def test_load_payload_substitutes_refs_while_unpickling() -> None:
     assert load_payload(None, {}) == ((), {})
     with pytest.raises(KeyError):
         load_payload(payload, {"a": a})
+
+
+def test_trim_when_idle_trims_once_per_idle_spell() -> None:
+    """The heap is trimmed once no run has started for a whole interval, once per idle spell,
+    and not while runs keep starting."""
+    class Ex:
+        ran = 0
+
+    calls: list[int] = []
+    ex = Ex()
+    executor.trim_when_idle(ex, 0.2, trim=calls.append)  # type: ignore[arg-type]
+    deadline = time.monotonic() + 10
+    while not calls:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(0.5)
+    assert calls == [0], "one trim per idle spell"
+    for i in range(1, 101):  # busy for a second: a run starts every 10 ms
+        ex.ran = i
+        time.sleep(0.01)
+    assert calls == [0], "no trim while runs keep starting"
+    while len(calls) == 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert calls == [0, 0]
