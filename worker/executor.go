@@ -375,13 +375,18 @@ func heapKeep(limit int64, executors int) (int64, []string) {
 		limit = DefaultMemoryLimit
 	}
 	keep := min(limit/8/int64(max(executors, 1)), 2<<30)
-	return keep, []string{"MALLOC_MMAP_MAX_=0", "MALLOC_TOP_PAD_=" + strconv.FormatInt(keep, 10),
-		"MALLOC_TRIM_THRESHOLD_=" + strconv.FormatInt(keep, 10),
-		"SHOAL_EXECUTOR_TRIM_IDLE=" + strconv.FormatFloat(trimIdle.Seconds(), 'g', -1, 64)}
+	env := []string{"MALLOC_MMAP_MAX_=0", "MALLOC_TOP_PAD_=" + strconv.FormatInt(keep, 10),
+		"MALLOC_TRIM_THRESHOLD_=" + strconv.FormatInt(keep, 10)}
+	if _, set := os.LookupEnv("SHOAL_EXECUTOR_TRIM_IDLE"); !set {
+		env = append(env, "SHOAL_EXECUTOR_TRIM_IDLE="+strconv.FormatFloat(trimIdle.Seconds(), 'g', -1, 64))
+	}
+	return keep, env
 }
 
-// trimIdle is how long an executor runs nothing before it gives its kept heap back.
-const trimIdle = 2 * time.Second
+// trimIdle is how long an executor runs nothing before it gives its kept heap back
+// (SHOAL_EXECUTOR_TRIM_IDLE in seconds overrides it): jemalloc's default decay of unused
+// pages, 10 s, so that work arriving in bursts a few seconds apart finds its memory.
+const trimIdle = 10 * time.Second
 
 // start launches `<Python> <PythonArgs>` with one end of a socketpair as fd 3, accepts its
 // handshake and waits for ready.

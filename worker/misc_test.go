@@ -256,14 +256,21 @@ func TestHeapKeep(t *testing.T) {
 			os.Unsetenv(name)
 		}
 	}
+	if v, set := os.LookupEnv("SHOAL_EXECUTOR_TRIM_IDLE"); set {
+		t.Setenv("SHOAL_EXECUTOR_TRIM_IDLE", v)
+		os.Unsetenv("SHOAL_EXECUTOR_TRIM_IDLE")
+	}
 	keep, env := heapKeep(8<<30, 2)
 	require.Equal(t, int64(512<<20), keep)
 	require.Contains(t, env, "MALLOC_MMAP_MAX_=0")
 	require.Contains(t, env, "MALLOC_TOP_PAD_=536870912")
 	require.Contains(t, env, "MALLOC_TRIM_THRESHOLD_=536870912")
-	require.Contains(t, env, "SHOAL_EXECUTOR_TRIM_IDLE=2")
+	require.Contains(t, env, "SHOAL_EXECUTOR_TRIM_IDLE=10")
 	keep, _ = heapKeep(1<<40, 1)
 	require.Equal(t, int64(2<<30), keep, "at most 2 GiB")
+	t.Setenv("SHOAL_EXECUTOR_TRIM_IDLE", "0.5")
+	_, env = heapKeep(1<<30, 1)
+	require.NotContains(t, env, "SHOAL_EXECUTOR_TRIM_IDLE=10", "the worker's own setting goes through")
 	keep, _ = heapKeep(0, 1)
 	require.Equal(t, DefaultMemoryLimit/8, keep, "no limit: the default's")
 	t.Setenv("MALLOC_ARENA_MAX", "2")

@@ -266,7 +266,7 @@ class Executor:
         # ``keep`` to turn this on, and writes each id to the forget socket once it is done)
         self.keep = False
         self.kept: dict[int, Any] = {}
-        self.ran = 0  # when the last run started (time_ns): trim_when_idle watches it
+        self.ran = 0  # when the last run started or ended (time_ns): trim_when_idle watches it
 
     def take_standby(self) -> threading.Thread:
         """A thread ready to serve the worker's socket once woken (:meth:`hand_over`); taken
@@ -384,7 +384,8 @@ class Executor:
                     fd, out = segment_result(reply, out)
                 # when it ran, by this machine's clock: the worker reads a batch's answers
                 # together, so it cannot tell on its own
-                reply["start"], reply["stop"] = started, time_ns()
+                self.ran = stopped = time_ns()
+                reply["start"], reply["stop"] = started, stopped
                 if windows is not None:
                     # after the result moved to its segment: it no longer holds a window
                     windows.report(reply)
@@ -1202,8 +1203,8 @@ def _stack_dumps() -> Any:
 def trim_when_idle(ex: Executor, idle: float,
                    trim: Callable[[int], Any] | None = None) -> threading.Thread | None:
     """Start a daemon thread that gives the memory the C heap keeps for reuse back to the
-    system (glibc's ``malloc_trim(0)``) once no run has started for ``idle`` seconds, once per
-    idle spell; None where there is no glibc.
+    system (glibc's ``malloc_trim(0)``) once no run has started or ended for ``idle`` seconds
+    (``ex.ran``, in ``time_ns``), once per idle spell; None where there is no glibc.
 
     The worker has glibc keep freed memory, large blocks included, for the executor's next
     allocations (``MALLOC_MMAP_MAX_`` and ``MALLOC_TOP_PAD_``: worker/executor.go, heapKeep):
@@ -1219,16 +1220,16 @@ def trim_when_idle(ex: Executor, idle: float,
         libc_trim.argtypes, libc_trim.restype = [ctypes.c_size_t], ctypes.c_int
         trim = libc_trim
 
+    idle_ns = int(idle * 1e9)
+
     def watch() -> None:
-        seen, trimmed = -1, True
+        trimmed = 0  # the start of the last run before the last trim (0: none ran yet)
         while True:
-            _sleep(idle)
+            _sleep(idle / 4)
             ran = ex.ran
-            if ran != seen:
-                seen, trimmed = ran, False  # runs started meanwhile: not idle yet
-            elif not trimmed:
+            if ran != trimmed and time_ns() - ran >= idle_ns:
                 trim(0)
-                trimmed = True
+                trimmed = ran
 
     t = threading.Thread(target=watch, name="shoal-trim", daemon=True)
     t.start()

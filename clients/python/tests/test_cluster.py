@@ -441,6 +441,7 @@ def test_executors_keep_freed_memory_while_busy(monkeypatch: Any) -> None:
     zeroes fresh pages, on VMs slowly), and gives it back once no run started for a while,
     read from /proc without running anything; a user's own MALLOC_ settings are left alone."""
     big = 400 << 20
+    monkeypatch.setenv("SHOAL_EXECUTOR_TRIM_IDLE", "0.5")  # (10 s by default)
     with LocalCluster(n_workers=1, dashboard_port=None, memory_limit="8GiB") as cluster, Client(cluster) as client:
         base = client.submit(rss_mib, pure=False).result()
         kept = client.submit(fill_and_free, big, pure=False).result()

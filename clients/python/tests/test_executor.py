@@ -261,22 +261,25 @@ def test_load_payload_substitutes_refs_while_unpickling() -> None:
 
 
 def test_trim_when_idle_trims_once_per_idle_spell() -> None:
-    """The heap is trimmed once no run has started for a whole interval, once per idle spell,
-    and not while runs keep starting."""
+    """The heap is trimmed once no run has started for the idle time, once per idle spell,
+    not before any run, and not while runs keep starting."""
     class Ex:
         ran = 0
 
     calls: list[int] = []
     ex = Ex()
     executor.trim_when_idle(ex, 0.2, trim=calls.append)  # type: ignore[arg-type]
+    time.sleep(0.5)
+    assert calls == [], "nothing ran: nothing to give back"
+    ex.ran = time.time_ns()
     deadline = time.monotonic() + 10
     while not calls:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     time.sleep(0.5)
     assert calls == [0], "one trim per idle spell"
-    for i in range(1, 101):  # busy for a second: a run starts every 10 ms
-        ex.ran = i
+    for _ in range(100):  # busy for a second: a run starts every 10 ms
+        ex.ran = time.time_ns()
         time.sleep(0.01)
     assert calls == [0], "no trim while runs keep starting"
     while len(calls) == 1:
