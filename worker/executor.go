@@ -328,12 +328,11 @@ func (p *executorPool) closeAll() {
 // nanny does: each executor's BLAS using every core oversubscribed them, a matrix product took
 // twice as long).
 //
-// Unlike dask's nanny, MALLOC_TRIM_THRESHOLD_ is not set: setting it fixes glibc's mmap
+// Unlike dask's nanny, MALLOC_TRIM_THRESHOLD_ is not set to 65536: that fixes glibc's mmap
 // threshold at 128 KiB, so every allocation above that (a pandas column of a partition, a
 // msgpack buffer) became an mmap, page faults on first touch and a munmap at its free. TPC-H
 // SF 1 on 2 workers, alternated runs: Q3 0.95 → 0.67 s, Q9 1.41 → 1.11 s, Q18 0.62 → 0.49 s
-// without it (docs/performance.md). Blocks of 32 MiB and more are still mapped and returned
-// at their free.
+// without it (docs/performance.md). The glibc variables executors do get are heapKeep's.
 var executorEnv = [][2]string{
 	{"OMP_NUM_THREADS", "1"},
 	{"MKL_NUM_THREADS", "1"},
@@ -363,11 +362,14 @@ func executorDefaults() []string {
 // memory kept"). So large blocks come from the heap (MALLOC_MMAP_MAX_=0), and a trim keeps
 // heapKeep bytes at its top (MALLOC_TOP_PAD_, MALLOC_TRIM_THRESHOLD_): an eighth of the
 // worker's memory limit shared by its executors, at most 2 GiB each. The worker counts that
-// memory as the executor's (its RSS) against the limit, so an executor idle for
-// trimIdle gives it all back (SHOAL_EXECUTOR_TRIM_IDLE: shoal.executor.trim_when_idle).
+// memory as the executor's (its RSS) against the limit, so an executor idle for trimIdle
+// gives it back, and a busy one returns every trimIdle what lies in holes below live blocks
+// (malloc_trim; SHOAL_EXECUTOR_TRIM_IDLE: shoal.executor.trim_when_idle). Large blocks that a
+// thread other than the executor's main one allocates beyond its arena's 64 MiB heaps are
+// still mapped by glibc.
 func heapKeep(limit int64, executors int) (int64, []string) {
 	for _, v := range os.Environ() {
-		if strings.HasPrefix(v, "MALLOC_") {
+		if strings.HasPrefix(v, "MALLOC_") || strings.HasPrefix(v, "GLIBC_TUNABLES=") && strings.Contains(v, "glibc.malloc.") {
 			return 0, nil
 		}
 	}
@@ -375,13 +377,21 @@ func heapKeep(limit int64, executors int) (int64, []string) {
 		limit = DefaultMemoryLimit
 	}
 	keep := min(limit/8/int64(max(executors, 1)), 2<<30)
-	env := []string{"MALLOC_MMAP_MAX_=0", "MALLOC_TOP_PAD_=" + strconv.FormatInt(keep, 10),
-		"MALLOC_TRIM_THRESHOLD_=" + strconv.FormatInt(keep, 10)}
+	if keep < minHeapKeep {
+		return 0, nil // too little to keep a large array: glibc's own way
+	}
+	k := strconv.FormatInt(keep, 10)
+	env := []string{"MALLOC_MMAP_MAX_=0", "MALLOC_TOP_PAD_=" + k, "MALLOC_TRIM_THRESHOLD_=" + k,
+		"SHOAL_EXECUTOR_HEAP_KEEP=" + k} // (the executor takes these out of its tasks' environment)
 	if _, set := os.LookupEnv("SHOAL_EXECUTOR_TRIM_IDLE"); !set {
 		env = append(env, "SHOAL_EXECUTOR_TRIM_IDLE="+strconv.FormatFloat(trimIdle.Seconds(), 'g', -1, 64))
 	}
 	return keep, env
 }
+
+// minHeapKeep: below this (a small memory limit shared by many executors), executors keep
+// nothing and glibc maps large blocks as it does by default.
+const minHeapKeep = 64 << 20
 
 // trimIdle is how long an executor runs nothing before it gives its kept heap back
 // (SHOAL_EXECUTOR_TRIM_IDLE in seconds overrides it): jemalloc's default decay of unused

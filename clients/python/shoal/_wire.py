@@ -179,8 +179,8 @@ def _recv_exact(sock: socket.socket, n: int) -> bytearray:
 
 
 # msgpack.packb makes a Packer, which mallocs a 256 KiB buffer and frees it again. glibc serves
-# that from its heap while its mmap threshold adapts, but with MALLOC_TRIM_THRESHOLD_ set (as
-# dask's workers run, and Shoal's executors did) the threshold stays at 128 KiB: every packb
+# that from its heap while its mmap threshold adapts, but with MALLOC_TRIM_THRESHOLD_=65536 (as
+# dask's workers run, and Shoal's executors once did) the threshold stays at 128 KiB: every packb
 # was an mmap and a munmap, 7 µs instead of 0.2, a third of an executor's time on small tasks. A Packer
 # that starts small grows its buffer only for a message that needs it.
 _PACK_START = 4096

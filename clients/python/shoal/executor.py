@@ -446,7 +446,8 @@ class Executor:
             out = self.unkept(kept_value, out)  # a seceded task's answer is never kept
         if self.segments and reply["op"] == "done" and reply["items"][0]["nbytes"] >= SEG_MIN:
             fd, out = segment_result(reply, out)
-        reply["start"], reply["stop"] = started, time_ns()
+        self.ran = stopped = time_ns()
+        reply["start"], reply["stop"] = started, stopped
         try:
             if fd < 0:
                 task_conn.send(reply, out)
@@ -1200,18 +1201,20 @@ def _stack_dumps() -> Any:
     return f
 
 
-def trim_when_idle(ex: Executor, idle: float,
-                   trim: Callable[[int], Any] | None = None) -> threading.Thread | None:
+def trim_when_idle(ex: Executor, idle: float, keep: int = 0,
+                   trim: Callable[[int], Any] | None = None,
+                   stop: threading.Event | None = None) -> threading.Thread | None:
     """Start a daemon thread that gives the memory the C heap keeps for reuse back to the
-    system (glibc's ``malloc_trim(0)``) once no run has started or ended for ``idle`` seconds
-    (``ex.ran``, in ``time_ns``), once per idle spell; None where there is no glibc.
+    system with glibc's ``malloc_trim``: all of it once no run has started or ended for
+    ``idle`` seconds (``ex.ran``, in ``time_ns``), once per idle spell; and while runs go on,
+    every ``idle`` seconds, what lies in holes below live blocks, keeping ``keep`` bytes at the
+    top. None where there is no glibc. (``trim`` and ``stop``: for tests.)
 
     The worker has glibc keep freed memory, large blocks included, for the executor's next
-    allocations (``MALLOC_MMAP_MAX_`` and ``MALLOC_TOP_PAD_``: worker/executor.go, heapKeep):
-    fresh pages are zeroed by the kernel, on this project's VMs at a fraction of memory speed,
-    and that was most of an array rechunk's time. An executor left idle should not go on
-    holding that memory, which the worker counts against its memory limit. (``trim``: a
-    stand-in for tests.)"""
+    allocations (worker/executor.go, heapKeep): fresh pages are zeroed by the kernel, on this
+    project's VMs at a fraction of memory speed, and that was most of an array job's time.
+    The worker counts that memory as the executor's against its memory limit: an idle
+    executor gives it back, and a busy one does not keep more than ``keep`` for long."""
     if trim is None:
         try:
             libc_trim = ctypes.CDLL(None).malloc_trim
@@ -1219,21 +1222,50 @@ def trim_when_idle(ex: Executor, idle: float,
             return None
         libc_trim.argtypes, libc_trim.restype = [ctypes.c_size_t], ctypes.c_int
         trim = libc_trim
-
     idle_ns = int(idle * 1e9)
+    halt = stop if stop is not None else threading.Event()
 
     def watch() -> None:
-        trimmed = 0  # the start of the last run before the last trim (0: none ran yet)
-        while True:
-            _sleep(idle / 4)
-            ran = ex.ran
-            if ran != trimmed and time_ns() - ran >= idle_ns:
+        trimmed = 0  # ex.ran when all was last given back (0: nothing ran yet)
+        busy, holes = False, 0  # runs since then; when they began, or the holes were given back
+        while not halt.wait(idle / 4):
+            ran, now = ex.ran, time_ns()
+            if ran == trimmed:
+                continue
+            if not busy:
+                busy, holes = True, now
+            if now - ran >= idle_ns:
                 trim(0)
-                trimmed = ran
+                trimmed, busy = ran, False
+            elif now - holes >= idle_ns:
+                trim(keep)
+                holes = now
 
     t = threading.Thread(target=watch, name="shoal-trim", daemon=True)
     t.start()
     return t
+
+
+def start_trimming(ex: Executor, environ: dict[str, str] | os._Environ[str]) -> threading.Thread | None:
+    """trim_when_idle as the worker asked (SHOAL_EXECUTOR_TRIM_IDLE, seconds, and
+    SHOAL_EXECUTOR_HEAP_KEEP, bytes). The glibc variables the worker set for this process are
+    taken out of the environment with them: glibc read them at start, and tasks' child
+    processes (a subprocess, a multiprocessing pool) have no trimmer to give the memory back."""
+    idle = environ.pop("SHOAL_EXECUTOR_TRIM_IDLE", "")
+    keep = environ.pop("SHOAL_EXECUTOR_HEAP_KEEP", "")
+    if keep:
+        for name in ("MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_", "MALLOC_TRIM_THRESHOLD_"):
+            environ.pop(name, None)
+    if not idle:
+        return None
+    try:
+        seconds = float(idle)
+        if not 0 < seconds < float("inf"):
+            raise ValueError
+    except ValueError:
+        logger.error("SHOAL_EXECUTOR_TRIM_IDLE=%r is not a number of seconds > 0: the heap is never trimmed", idle)
+        return None
+    return trim_when_idle(ex, seconds, int(keep) if keep.isdigit() else 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1245,9 +1277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     segments = windows is not None and os.environ.get("SHOAL_EXECUTOR_SEGMENTS") == "1"
     try:
         ex = Executor(conn, windows, segments, receiver)
-        idle = os.environ.pop("SHOAL_EXECUTOR_TRIM_IDLE", "")
-        if idle:
-            trim_when_idle(ex, float(idle))
+        start_trimming(ex, os.environ)
         forget_fd = os.environ.pop("SHOAL_EXECUTOR_FORGET_FD", "")
         if forget_fd.isdigit():
             ex.forget_from(int(forget_fd))

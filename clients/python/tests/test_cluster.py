@@ -443,7 +443,10 @@ def test_executors_keep_freed_memory_while_busy(monkeypatch: Any) -> None:
     big = 400 << 20
     monkeypatch.setenv("SHOAL_EXECUTOR_TRIM_IDLE", "0.5")  # (10 s by default)
     with LocalCluster(n_workers=1, dashboard_port=None, memory_limit="8GiB") as cluster, Client(cluster) as client:
+        assert client.submit(getenv, "MALLOC_MMAP_MAX_", pure=False).result() is None, \
+            "the worker's glibc settings are the executor's, not its tasks' children's"
         base = client.submit(rss_mib, pure=False).result()
+        # (8 GiB: one executor keeps 1 GiB, more than the array)
         kept = client.submit(fill_and_free, big, pure=False).result()
         assert kept - base >= (big >> 20) * 3 // 4, (base, kept)
         [pid] = executor_pids(cluster)

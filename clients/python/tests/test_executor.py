@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 from typing import Any
 
@@ -261,28 +262,50 @@ def test_load_payload_substitutes_refs_while_unpickling() -> None:
 
 
 def test_trim_when_idle_trims_once_per_idle_spell() -> None:
-    """The heap is trimmed once no run has started for the idle time, once per idle spell,
-    not before any run, and not while runs keep starting."""
+    """All the kept heap is given back once no run has started or ended for the idle time,
+    once per idle spell and not before anything ran; while runs keep coming, only the holes
+    are, every idle time, keeping the top."""
     class Ex:
         ran = 0
 
     calls: list[int] = []
-    ex = Ex()
-    executor.trim_when_idle(ex, 0.2, trim=calls.append)  # type: ignore[arg-type]
-    time.sleep(0.5)
-    assert calls == [], "nothing ran: nothing to give back"
-    ex.ran = time.time_ns()
-    deadline = time.monotonic() + 10
-    while not calls:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    time.sleep(0.5)
-    assert calls == [0], "one trim per idle spell"
-    for _ in range(100):  # busy for a second: a run starts every 10 ms
+    ex, stop = Ex(), threading.Event()
+    executor.trim_when_idle(ex, 0.5, keep=123, trim=calls.append, stop=stop)  # type: ignore[arg-type]
+    try:
+        time.sleep(1)
+        assert calls == [], "nothing ran: nothing to give back"
         ex.ran = time.time_ns()
-        time.sleep(0.01)
-    assert calls == [0], "no trim while runs keep starting"
-    while len(calls) == 1:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
-    assert calls == [0, 0]
+        deadline = time.monotonic() + 20
+        while not calls:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(1)
+        assert calls == [0], "one trim per idle spell"
+        for _ in range(200):  # busy for two seconds: a run starts every 10 ms
+            ex.ran = time.time_ns()
+            time.sleep(0.01)
+        busy = calls[1:]
+        assert busy and set(busy) == {123}, f"only the holes while busy: {calls}"
+        while calls[-1] != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        stop.set()
+
+
+def test_start_trimming_takes_the_worker_settings_out_of_the_environment() -> None:
+    """The glibc variables the worker set go out of the tasks' environment with the trimmer's
+    own; a user's own MALLOC_ variable (no SHOAL_EXECUTOR_HEAP_KEEP) stays; a bad idle time is
+    refused (logged) rather than spinning or killing the executor."""
+    class Ex:
+        ran = 0
+
+    env = {"SHOAL_EXECUTOR_TRIM_IDLE": "nan", "SHOAL_EXECUTOR_HEAP_KEEP": "64", "MALLOC_MMAP_MAX_": "0",
+           "MALLOC_TOP_PAD_": "64", "MALLOC_TRIM_THRESHOLD_": "64", "PATH": "/bin"}
+    assert executor.start_trimming(Ex(), env) is None  # type: ignore[arg-type]
+    assert env == {"PATH": "/bin"}
+    for bad in ("0", "-1", "inf", "10s"):
+        assert executor.start_trimming(Ex(), {"SHOAL_EXECUTOR_TRIM_IDLE": bad}) is None  # type: ignore[arg-type]
+    user = {"MALLOC_ARENA_MAX": "2"}
+    assert executor.start_trimming(Ex(), user) is None  # type: ignore[arg-type]
+    assert user == {"MALLOC_ARENA_MAX": "2"}
