@@ -50,11 +50,7 @@ func DecodeTaskFinished(b []byte, f *TaskFinished) bool {
 		case "nbytes":
 			bit, ok = 8, d.int(&f.NBytes)
 		case "encoding":
-			bit = 16
-			var v []byte
-			if v, ok = d.strOrNil(); ok {
-				f.Encoding = internEncoding(v)
-			}
+			bit, ok = 16, d.encoding(&f.Encoding)
 		case "start":
 			bit, ok = 32, d.int(&f.Start)
 		case "stop":
@@ -72,19 +68,4 @@ func DecodeTaskFinished(b []byte, f *TaskFinished) bool {
 		seen |= bit
 	}
 	return seen&1 != 0 && d.i == len(d.b)
-}
-
-// internEncoding is string(v) without an allocation for the encodings a worker reports.
-func internEncoding(v []byte) string {
-	switch string(v) {
-	case EncMsgpack:
-		return EncMsgpack
-	case EncPickle:
-		return EncPickle
-	case EncArrow:
-		return EncArrow
-	case EncBytes:
-		return EncBytes
-	}
-	return string(v)
 }
