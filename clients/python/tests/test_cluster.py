@@ -424,13 +424,14 @@ def fill_and_free(nbytes: int) -> int:
     return rss_mib()
 
 
-def executor_pids(cluster: LocalCluster) -> list[int]:
+def executors_of(pid: int) -> list[int]:
+    """The Python executors among pid's descendants, from one look at /proc."""
     out = []
-    for pid in children_of(cluster.proc.pid):
+    for c in children_of(pid):
         try:
-            with open(f"/proc/{pid}/cmdline") as f:
-                if "shoal.executor" in f.read():
-                    out.append(pid)
+            with open(f"/proc/{c}/cmdline", "rb") as f:
+                if b"shoal.executor" in f.read():
+                    out.append(c)
         except OSError:
             pass
     return out
@@ -449,7 +450,7 @@ def test_executors_keep_freed_memory_while_busy(monkeypatch: Any) -> None:
         # (8 GiB: one executor keeps 1 GiB, more than the array)
         kept = client.submit(fill_and_free, big, pure=False).result()
         assert kept - base >= (big >> 20) * 3 // 4, (base, kept)
-        [pid] = executor_pids(cluster)
+        [pid] = executors_of(cluster.proc.pid)
         deadline = time.monotonic() + 20
         while rss_mib(pid) - base > (big >> 20) // 4:
             assert time.monotonic() < deadline, f"still {rss_mib(pid)} MiB after idling (base {base})"
@@ -648,17 +649,6 @@ def test_executors_die_with_their_worker() -> None:
             Client(cluster) as client:
         client.submit(sleepy, pure=False)
         worker = next(iter(client.scheduler_info()["workers"].values()))
-        def executors_of(pid: int) -> list[int]:
-            out = []
-            for c in children_of(pid):
-                try:
-                    with open(f"/proc/{c}/cmdline", "rb") as f:
-                        if b"shoal.executor" in f.read():
-                            out.append(c)
-                except OSError:
-                    pass
-            return out
-
         # the executors from one look at /proc (a child seen once may be gone at the next)
         deadline = time.time() + 30
         executors = executors_of(worker["pid"])
