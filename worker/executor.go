@@ -394,9 +394,12 @@ func heapKeep(limit int64, executors int) (int64, []string) {
 const minHeapKeep = 64 << 20
 
 // trimIdle is how long an executor runs nothing before it gives its kept heap back
-// (SHOAL_EXECUTOR_TRIM_IDLE in seconds overrides it): jemalloc's default decay of unused
-// pages, 10 s, so that work arriving in bursts a few seconds apart finds its memory.
-const trimIdle = 10 * time.Second
+// (SHOAL_EXECUTOR_TRIM_IDLE in seconds overrides it). A minute, so that work arriving tens of
+// seconds apart — a user looking at one result before asking for the next — finds its memory:
+// with 10 s (jemalloc's default decay), a rechunk run after 16 s of other work took 3.8–4.3 s
+// against 1.9 s with its memory kept (docs/performance.md, "Rechunk: memory given back is
+// cold").
+const trimIdle = time.Minute
 
 // start launches `<Python> <PythonArgs>` with one end of a socketpair as fd 3, accepts its
 // handshake and waits for ready.

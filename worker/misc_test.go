@@ -265,7 +265,7 @@ func TestHeapKeep(t *testing.T) {
 	require.Contains(t, env, "MALLOC_MMAP_MAX_=0")
 	require.Contains(t, env, "MALLOC_TOP_PAD_=536870912")
 	require.Contains(t, env, "MALLOC_TRIM_THRESHOLD_=536870912")
-	require.Contains(t, env, "SHOAL_EXECUTOR_TRIM_IDLE=10")
+	require.Contains(t, env, "SHOAL_EXECUTOR_TRIM_IDLE=60")
 	require.Contains(t, env, "SHOAL_EXECUTOR_HEAP_KEEP=536870912")
 	keep, _ = heapKeep(1<<40, 1)
 	require.Equal(t, int64(2<<30), keep, "at most 2 GiB")

@@ -442,7 +442,7 @@ def test_executors_keep_freed_memory_while_busy(monkeypatch: Any) -> None:
     zeroes fresh pages, on VMs slowly), and gives it back once no run started for a while,
     read from /proc without running anything; a user's own MALLOC_ settings are left alone."""
     big = 400 << 20
-    monkeypatch.setenv("SHOAL_EXECUTOR_TRIM_IDLE", "0.5")  # (10 s by default)
+    monkeypatch.setenv("SHOAL_EXECUTOR_TRIM_IDLE", "0.5")  # (a minute by default)
     with LocalCluster(n_workers=1, dashboard_port=None, memory_limit="8GiB") as cluster, Client(cluster) as client:
         assert client.submit(getenv, "MALLOC_MMAP_MAX_", pure=False).result() is None, \
             "the worker's glibc settings are the executor's, not its tasks' children's"
