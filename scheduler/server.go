@@ -116,6 +116,8 @@ type Server struct {
 	ahead   *readAhead // worker messages decoded and not yet handled
 	queries chan func()
 	stop    chan struct{}
+	stopped context.Context // done once stop is closed (endStop)
+	endStop context.CancelFunc
 	wg      sync.WaitGroup
 	once    sync.Once
 
@@ -244,6 +246,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(), dirty: map[*wire.Conn]struct{}{},
 		orphans: map[ClientID]time.Time{}, graphSeq: map[ClientID]uint64{}}
 	s.ahead = newReadAhead(maxReadAhead, maxBatch, s.stop)
+	s.stopped, s.endStop = context.WithCancel(context.Background())
 	if cfg.Journal != "" {
 		if err := s.openJournal(); err != nil {
 			ln.Close()
@@ -337,6 +340,7 @@ func (s *Server) drain() {
 func (s *Server) Close() error {
 	s.once.Do(func() {
 		close(s.stop)
+		s.endStop()
 		s.ln.Close()
 	})
 	s.wg.Wait()
@@ -417,15 +421,10 @@ func (s *Server) acceptLoop() {
 }
 
 func (s *Server) serveConn(c *wire.Conn) {
-	stopWatch := make(chan struct{})
-	defer close(stopWatch)
-	go func() {
-		select {
-		case <-s.stop:
-			c.Abort()
-		case <-stopWatch:
-		}
-	}()
+	// Aborted when the server stops: by a callback, not a goroutine per connection waiting
+	// for it (10,000 workers made 10,000 such goroutines, whose stacks every garbage
+	// collection scanned).
+	defer context.AfterFunc(s.stopped, func() { c.Abort() })()
 	switch c.PeerRole {
 	case wire.RoleWorker:
 		s.readWorker(c)

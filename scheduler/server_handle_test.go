@@ -66,3 +66,36 @@ func TestRemovalsInOneTickAllHappen(t *testing.T) {
 	})
 	require.Empty(t, left, "workers still registered after the tick that timed them out")
 }
+
+// Stopping the server ends every connection it holds, workers' and clients' alike: a peer
+// reading from it sees the connection close instead of waiting on it. (Each connection is
+// ended by a callback on the server's stop, not by a goroutine of its own.)
+func TestStopEndsConnections(t *testing.T) {
+	s, stop := serveConfig(t, DefaultServerConfig())
+	w := dialWorker(t, s, "a", 1)
+	c, _ := dialClient(t, s)
+	stopped := make(chan struct{})
+	go func() { stop(); close(stopped) }() // (waits for the server's goroutines: its readers too)
+	for name, conn := range map[string]*wire.Conn{"worker": w, "client": c} {
+		ended := make(chan error, 1)
+		go func() {
+			for {
+				if _, _, err := conn.Recv(); err != nil {
+					ended <- err
+					return
+				}
+			}
+		}()
+		select {
+		case err := <-ended:
+			require.Error(t, err, name)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the %s's connection is still open after the server stopped", name)
+		}
+	}
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the server did not finish stopping")
+	}
+}
