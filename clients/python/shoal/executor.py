@@ -1201,14 +1201,22 @@ def _stack_dumps() -> Any:
     return f
 
 
+#: While runs go on, the holes below live blocks are given back this often (seconds), or every
+#: idle time when that is shorter: a busy executor's freed memory is counted against the
+#: worker's memory limit, and the idle time (a minute) is too long for that.
+TRIM_HOLES_EVERY = 10.0
+
+
 def trim_when_idle(ex: Executor, idle: float, keep: int = 0,
                    trim: Callable[[int], Any] | None = None,
-                   stop: threading.Event | None = None) -> threading.Thread | None:
+                   stop: threading.Event | None = None,
+                   holes_every: float = TRIM_HOLES_EVERY) -> threading.Thread | None:
     """Start a daemon thread that gives the memory the C heap keeps for reuse back to the
     system with glibc's ``malloc_trim``: all of it once no run has started or ended for
     ``idle`` seconds (``ex.ran``, in ``time_ns``), once per idle spell; and while runs go on,
-    every ``idle`` seconds, what lies in holes below live blocks, keeping ``keep`` bytes at the
-    top. None where there is no glibc. (``trim`` and ``stop``: for tests.)
+    every ``holes_every`` seconds (at most ``idle``), what lies in holes below live blocks,
+    keeping ``keep`` bytes at the top. None where there is no glibc. (``trim`` and ``stop``:
+    for tests.)
 
     The worker has glibc keep freed memory, large blocks included, for the executor's next
     allocations (worker/executor.go, heapKeep): fresh pages are zeroed by the kernel, on this
@@ -1222,13 +1230,14 @@ def trim_when_idle(ex: Executor, idle: float, keep: int = 0,
             return None
         libc_trim.argtypes, libc_trim.restype = [ctypes.c_size_t], ctypes.c_int
         trim = libc_trim
-    idle_ns = int(idle * 1e9)
+    every = min(idle, holes_every)
+    idle_ns, every_ns = int(idle * 1e9), int(every * 1e9)
     halt = stop if stop is not None else threading.Event()
 
     def watch() -> None:
         trimmed = 0  # ex.ran when all was last given back (0: nothing ran yet)
         busy, holes = False, 0  # runs since then; when they began, or the holes were given back
-        while not halt.wait(idle / 4):
+        while not halt.wait(every / 4):
             ran, now = ex.ran, time_ns()
             if ran == trimmed:
                 continue
@@ -1237,7 +1246,7 @@ def trim_when_idle(ex: Executor, idle: float, keep: int = 0,
             if now - ran >= idle_ns:
                 trim(0)
                 trimmed, busy = ran, False
-            elif now - holes >= idle_ns:
+            elif now - holes >= every_ns:
                 trim(keep)
                 holes = now
 

@@ -293,6 +293,28 @@ def test_trim_when_idle_trims_once_per_idle_spell() -> None:
         stop.set()
 
 
+def test_trim_when_idle_gives_holes_back_sooner_than_the_idle_time() -> None:
+    """A busy executor gives back its holes every ``holes_every`` seconds, not only once per
+    idle time: the idle time is long (a minute), and the worker counts what the executor keeps
+    against its memory limit."""
+    class Ex:
+        ran = 0
+
+    calls: list[int] = []
+    ex, stop = Ex(), threading.Event()
+    executor.trim_when_idle(ex, 3600, keep=7, trim=calls.append, stop=stop,  # type: ignore[arg-type]
+                            holes_every=0.2)
+    try:
+        deadline = time.monotonic() + 20
+        while len(calls) < 2:  # busy: a run starts every 10 ms
+            assert time.monotonic() < deadline, f"holes not given back while busy: {calls}"
+            ex.ran = time.time_ns()
+            time.sleep(0.01)
+        assert set(calls) == {7}, f"only the holes, never all of it, while busy: {calls}"
+    finally:
+        stop.set()
+
+
 def test_start_trimming_takes_the_worker_settings_out_of_the_environment() -> None:
     """The glibc variables the worker set go out of the tasks' environment with the trimmer's
     own; a user's own MALLOC_ variable (no SHOAL_EXECUTOR_HEAP_KEEP) stays; a bad idle time is
