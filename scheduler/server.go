@@ -115,8 +115,8 @@ type Server struct {
 	in      chan inbound
 	ahead   *readAhead // worker messages decoded and not yet handled
 	queries chan func()
-	stop    chan struct{}
-	stopped context.Context // done once stop is closed (endStop)
+	stopped context.Context // done once the server stops (Close: endStop)
+	stop    <-chan struct{} // stopped.Done()
 	endStop context.CancelFunc
 	wg      sync.WaitGroup
 	once    sync.Once
@@ -240,13 +240,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		ln = tls.NewListener(ln, cfg.TLS)
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, ln: ln, core: NewCore(cfg.Core),
-		in: make(chan inbound, inboundQueue), queries: make(chan func()), stop: make(chan struct{}),
+		in: make(chan inbound, inboundQueue), queries: make(chan func()),
 		workers: map[WorkerID]*workerConn{}, byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
 		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
 		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(), dirty: map[*wire.Conn]struct{}{},
 		orphans: map[ClientID]time.Time{}, graphSeq: map[ClientID]uint64{}}
-	s.ahead = newReadAhead(maxReadAhead, maxBatch, s.stop)
 	s.stopped, s.endStop = context.WithCancel(context.Background())
+	s.stop = s.stopped.Done()
+	s.ahead = newReadAhead(maxReadAhead, maxBatch, s.stop)
 	if cfg.Journal != "" {
 		if err := s.openJournal(); err != nil {
 			ln.Close()
@@ -339,7 +340,6 @@ func (s *Server) drain() {
 // returns its "lost the scheduler" error). It waits for all goroutines the server started.
 func (s *Server) Close() error {
 	s.once.Do(func() {
-		close(s.stop)
 		s.endStop()
 		s.ln.Close()
 	})
