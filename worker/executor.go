@@ -364,9 +364,9 @@ func executorDefaults() []string {
 // worker's memory limit shared by its executors, at most 2 GiB each. The worker counts that
 // memory as the executor's (its RSS) against the limit, so an executor idle for trimIdle
 // gives it back, and a busy one returns every 10 s what lies in holes below live blocks
-// (malloc_trim; SHOAL_EXECUTOR_TRIM_IDLE: shoal.executor.trim_when_idle, TRIM_HOLES_EVERY). Large blocks that a
-// thread other than the executor's main one allocates beyond its arena's 64 MiB heaps are
-// still mapped by glibc.
+// (malloc_trim; SHOAL_EXECUTOR_TRIM_IDLE: shoal.executor.trim_when_idle and its
+// TRIM_HOLES_EVERY). Large blocks that a thread other than the executor's main one allocates
+// beyond its arena's 64 MiB heaps are still mapped by glibc.
 func heapKeep(limit int64, executors int) (int64, []string) {
 	for _, v := range os.Environ() {
 		if strings.HasPrefix(v, "MALLOC_") || strings.HasPrefix(v, "GLIBC_TUNABLES=") && strings.Contains(v, "glibc.malloc.") {
