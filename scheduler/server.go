@@ -112,14 +112,16 @@ type Server struct {
 	// named is the definition a plain task's compute is encoded from (driver goroutine only)
 	named graph.Task
 
-	in      chan inbound
-	ahead   *readAhead // worker messages decoded and not yet handled
-	queries chan func()
-	stopped context.Context // done once the server stops (Close: endStop)
-	stop    <-chan struct{} // stopped.Done()
-	endStop context.CancelFunc
-	wg      sync.WaitGroup
-	once    sync.Once
+	in       chan inbound
+	ahead    *readAhead // worker messages decoded and not yet handled
+	queries  chan func()
+	stopped  context.Context // done once the server stops (Close: endStop)
+	stop     <-chan struct{} // stopped.Done()
+	endStop  context.CancelFunc
+	wg       sync.WaitGroup
+	once     sync.Once
+	poll     *wire.Poller // idle worker connections wait here (poller)
+	pollOnce sync.Once
 
 	// owned by the driver goroutine
 	workers map[WorkerID]*workerConn
@@ -344,7 +346,25 @@ func (s *Server) Close() error {
 		s.ln.Close()
 	})
 	s.wg.Wait()
+	s.pollOnce.Do(func() {}) // none made after this
+	if s.poll != nil {
+		s.poll.Close()
+	}
 	return nil
+}
+
+// poller is where worker connections wait for their next message without a goroutine each,
+// made on first use; nil when it cannot be made (the readers then wait in read(2)).
+func (s *Server) poller() *wire.Poller {
+	s.pollOnce.Do(func() {
+		p, err := wire.NewPoller()
+		if err != nil {
+			s.log.Warn("no poller for worker connections: each waits on a goroutine of its own", "err", err)
+			return
+		}
+		s.poll = p
+	})
+	return s.poll
 }
 
 func (s *Server) goFunc(f func()) {
@@ -424,15 +444,17 @@ func (s *Server) serveConn(c *wire.Conn) {
 	// Aborted when the server stops: by a callback, not a goroutine per connection waiting
 	// for it (10,000 workers made 10,000 such goroutines, whose stacks every garbage
 	// collection scanned).
-	defer context.AfterFunc(s.stopped, func() { c.Abort() })()
+	unstop := context.AfterFunc(s.stopped, func() { c.Abort() })
 	switch c.PeerRole {
 	case wire.RoleWorker:
-		s.readWorker(c)
+		s.readWorker(c, unstop) // which may outlive this call (parked): it calls unstop
+		return
 	case wire.RoleClient:
 		s.readClient(c)
 	default:
 		s.readAdmin(c)
 	}
+	unstop()
 }
 
 // recvOrReport reads one message; on a framing or header error it tells the peer why before
@@ -463,15 +485,31 @@ func reportRecvErr(c *wire.Conn, err error) error {
 	return err
 }
 
-func (s *Server) readWorker(c *wire.Conn) {
-	defer c.Close()
+// readWorker registers the worker, then reads its messages (workerReader.run), and ends the
+// connection when they end (unstop: the server's stop no longer aborts it).
+func (s *Server) readWorker(c *wire.Conn, unstop func() bool) {
+	w, ok := s.readRegister(c)
+	if !ok {
+		unstop()
+		c.Close()
+		return
+	}
+	r := &workerReader{s: s, c: c, w: w, unstop: unstop}
+	if c.Pollable() {
+		r.poll = s.poller()
+	}
+	r.run()
+}
+
+// readRegister reads the worker's register message and waits for the driver to take it in.
+func (s *Server) readRegister(c *wire.Conn) (*workerConn, bool) {
 	m, _, err := recvOrReport(c)
 	if err != nil {
-		return
+		return nil, false
 	}
 	if m.Op != wire.OpRegister || m.DataAddr == "" || m.NThreads <= 0 {
 		c.SendError(m.ID, wire.CodeProtocol, "a worker must first send register with data_addr and nthreads > 0")
-		return
+		return nil, false
 	}
 	if addr, ok := wire.ResolveWildcard(m.DataAddr, c.RemoteAddr()); ok {
 		s.log.Info("a worker advertised a wildcard data address: using the address it connects from",
@@ -481,7 +519,7 @@ func (s *Server) readWorker(c *wire.Conn) {
 	if err := wire.CheckDialable(m.DataAddr); err != nil {
 		s.log.Warn("refused a worker's registration", "remote", c.RemoteAddr().String(), "err", err)
 		c.SendError(m.ID, wire.CodeProtocol, "register: data_addr: "+err.Error())
-		return
+		return nil, false
 	}
 	w := &workerConn{conn: c, sent: map[string]bool{}, pid: m.PID, info: wire.WorkerInfo{
 		Name: m.Name, Address: m.DataAddr, NThreads: m.NThreads, MemoryLimit: m.MemLimit, Resources: m.Resources, PID: m.PID}}
@@ -489,27 +527,59 @@ func (s *Server) readWorker(c *wire.Conn) {
 	s.send(inbound{worker: w, msg: m, joined: true, reply: reply})
 	select {
 	case err := <-reply:
-		if err != nil {
-			return
-		}
+		return w, err == nil
 	case <-s.stop:
-		return
+		return nil, false
 	}
-	// Messages already buffered behind this one (a worker's burst of task_finished) go to the
-	// driver together: one channel hand-off and wake-up instead of one per message. The batch's
-	// slice is taken only then, so that a connection waiting for its next message holds none
-	// (at 10,000 workers, one each was 128 MB). Each message holds a share of the read-ahead
-	// budget until the driver handled it; none is held while the reader waits for its peer.
+}
+
+// workerReader reads a registered worker's messages and hands them to the driver. When the
+// worker has sent nothing more, the reader parks the connection in the server's poller and
+// returns, and a new goroutine goes on once bytes come (resume): an idle worker connection
+// has no goroutine (docs/performance.md, "10,000 workers: one waiter for idle connections").
+type workerReader struct {
+	s        *Server
+	c        *wire.Conn
+	w        *workerConn
+	unstop   func() bool  // the server's stop no longer aborts c
+	poll     *wire.Poller // nil: the reader waits in read(2), as for a TLS connection
+	detached bool         // parked once: it holds a count of the server's wait group
+}
+
+// resume goes on reading after the connection was parked (wire.Conn.Park).
+func (r *workerReader) resume() {
+	r.c.TryFill()
+	r.run()
+}
+
+// run reads until the connection ends (it then ends it) or it is parked.
+//
+// Messages already buffered behind the one read (a worker's burst of task_finished) go to the
+// driver together: one channel hand-off and wake-up instead of one per message. The batch's
+// slice is taken only then, so that a connection waiting for its next message holds none (at
+// 10,000 workers, one each was 128 MB). Each message holds a share of the read-ahead budget
+// until the driver handled it; none is held while the reader waits for its peer.
+func (r *workerReader) run() {
+	s, c, w := r.s, r.c, r.w
 	for {
+		if r.poll != nil && c.Drained() {
+			if r.park() {
+				return
+			}
+			if !c.TryFill() && c.Drained() {
+				continue // nothing came after all: park again
+			}
+		}
 		var in inbound
 		if err := recvWorkerMsg(c, w, &in); err != nil {
-			s.send(inbound{worker: w, err: err})
+			r.end(err)
 			return
 		}
 		grant := s.ahead.tryTake()
 		if grant == 0 {
 			c.ShrinkBuffer()                        // no 64 KiB held while it waits
 			if grant = s.ahead.take(); grant == 0 { // stopping
+				r.end(nil)
 				return
 			}
 		}
@@ -534,9 +604,43 @@ func (s *Server) readWorker(c *wire.Conn) {
 			freeBatch(batch)
 		} // else the driver owns the sent slice, and gives it back (freeBatch)
 		if err != nil {
-			s.send(inbound{worker: w, err: err})
+			r.end(err)
 			return
 		}
+	}
+}
+
+// park parks the connection (true: the caller returns, the connection is the poller's). The
+// first time, the reader takes over what serveConn's return would give back: a count of the
+// server's wait group, and the wire server's hold on the connection.
+func (r *workerReader) park() bool {
+	if !r.detached {
+		r.detached = true
+		r.s.wg.Add(1) // serveConn's goroutine still holds one: Close cannot be waiting on zero
+		r.c.Keep()
+	}
+	r.c.ShrinkBuffer() // an idle connection holds the small buffer only
+	parked, err := r.c.Park(r.poll, r.resume)
+	if err != nil {
+		r.s.log.Warn("cannot poll a worker connection: its reader waits in read instead",
+			"worker", r.w.info.Name, "err", err)
+		r.poll = nil
+	}
+	return parked
+}
+
+// end ends the connection once its messages end: the driver hears why (err; nil when the
+// server stops), and the connection is closed.
+func (r *workerReader) end(err error) {
+	if err != nil {
+		r.s.send(inbound{worker: r.w, err: err})
+	}
+	r.c.Unpoll()
+	r.unstop()
+	r.c.Close()
+	if r.detached {
+		r.c.End()
+		r.s.wg.Done()
 	}
 }
 

@@ -58,6 +58,11 @@ type Conn struct {
 	// stall, when set, bounds how long one stallChunk of output may take to be written: a
 	// peer that stops reading is dropped (a server's connections: Server sets it).
 	stall atomic.Int64
+	poll  atomic.Pointer[pollReg] // where the reader parks c (Park), once it has
+	// release gives back the Server's hold on c (its slot among MaxConns), once; nil for a
+	// connection no Server holds
+	release func()
+	kept    atomic.Bool // the handler returned before c's end (Keep): End releases
 }
 
 // stallChunk is the most written under one write deadline.
@@ -491,7 +496,7 @@ func (c *Conn) FlushNow() {
 	case err != nil:
 		c.mu.err = fmt.Errorf("wire: write: %w", err)
 		c.endLocked()
-		c.nc.Close()
+		c.closeNC()
 		return
 	case n == total:
 		c.reuseLocked(smalls)
@@ -726,7 +731,7 @@ func (c *Conn) writeLoop() {
 			c.mu.writer = false
 			c.endLocked()
 			c.mu.Unlock()
-			c.nc.Close()
+			c.closeNC()
 			return
 		}
 		c.reuseLocked(smalls) // written: the kernel has the bytes, the slices are free again
@@ -800,7 +805,7 @@ func (c *Conn) Close() error {
 	case <-c.done:
 	case <-time.After(time.Second):
 	}
-	return c.nc.Close()
+	return c.closeNC()
 }
 
 // Abort closes the connection at once, dropping whatever is queued. (A write under way when
@@ -815,5 +820,24 @@ func (c *Conn) Abort() error {
 	c.closeFilesLocked()
 	c.startWriterLocked()
 	c.mu.Unlock()
-	return c.nc.Close()
+	return c.closeNC()
+}
+
+// closeNC closes the socket, and resumes a reader parked in a Poller so that it sees the end.
+func (c *Conn) closeNC() error {
+	err := c.nc.Close()
+	c.wakePoll()
+	return err
+}
+
+// Keep tells the Server that handed c to its handler that the handler returns before c's
+// end (its reader parked it): the Server's hold on c is then given back by End, not when the
+// handler returns.
+func (c *Conn) Keep() { c.kept.Store(true) }
+
+// End gives back the Server's hold on a connection kept past its handler (Keep).
+func (c *Conn) End() {
+	if c.release != nil {
+		c.release()
+	}
 }

@@ -36,6 +36,7 @@ type connReader struct {
 	big   *[]byte // the pooled buffer held, or nil
 	r, w  int     // buf[r:w] is buffered
 	err   error   // a read error not yet returned
+	short bool    // the last read brought fewer bytes than there was room for
 	small [smallRead]byte
 }
 
@@ -69,9 +70,7 @@ func (b *connReader) compact(want int, lastFilled bool) {
 
 // fill reads once into the free end of the buffer, first making room for want bytes in all.
 func (b *connReader) fill(want int) {
-	if b.r > 0 || b.w == len(b.buf) || want > len(b.buf) {
-		b.compact(want, false)
-	}
+	b.prepare(want)
 	var n int
 	var err error
 	for tries := 0; n == 0 && err == nil; tries++ {
@@ -84,6 +83,19 @@ func (b *connReader) fill(want int) {
 			n, err = 0, io.ErrNoProgress
 		}
 	}
+	b.filled(n, err)
+}
+
+// prepare makes room at the free end of the buffer for want bytes in all.
+func (b *connReader) prepare(want int) {
+	if b.r > 0 || b.w == len(b.buf) || want > len(b.buf) {
+		b.compact(want, false)
+	}
+}
+
+// filled takes in a read of n bytes into the free end of the buffer, and its error.
+func (b *connReader) filled(n int, err error) {
+	b.short = n < len(b.buf)-b.w
 	b.w += n
 	if err != nil {
 		b.err = err
@@ -95,6 +107,28 @@ func (b *connReader) fill(want int) {
 		b.compact(0, false) // a trickle: back to the small buffer
 	}
 }
+
+// tryFill is fill with one read that does not wait (read returns errWouldBlock when there is
+// nothing): it reports whether bytes came.
+func (b *connReader) tryFill(read func([]byte) (int, error)) bool {
+	if b.err != nil {
+		return false
+	}
+	b.prepare(0)
+	n, err := read(b.buf[b.w:])
+	if err == errWouldBlock {
+		b.short = true // the socket is empty
+		return false
+	}
+	if n < 0 {
+		n, err = 0, io.ErrNoProgress
+	}
+	b.filled(n, err)
+	return n > 0
+}
+
+// drained reports whether nothing is buffered or pending, and the last read came short.
+func (b *connReader) drained() bool { return b.r == b.w && b.err == nil && b.short }
 
 // shrink gives the big buffer back when what is buffered fits the small one: a reader that is
 // about to wait (for the scheduler's driver to take what it read) should not hold 64 KiB
@@ -143,6 +177,7 @@ func (b *connReader) Read(p []byte) (int, error) {
 				b.r, b.w = 0, 0
 				b.compact(0, false)
 			}
+			b.short = false // (a payload's bytes: not a sign that the socket is empty)
 			n, err := b.rd.Read(p)
 			if n < 0 {
 				n, err = 0, io.ErrNoProgress

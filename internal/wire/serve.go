@@ -80,7 +80,9 @@ func (s *Server) Open(role Role) int {
 }
 
 // Accept keeps accepting on ln until ln is closed (or closed reports true), handing each
-// handshaken connection to handle on a goroutine started by spawn (false: stop). Errors such as
+// handshaken connection to handle on a goroutine started by spawn (false: stop). The
+// connection's slot among MaxConns is given back when handle returns, or, when handle called
+// Keep on it, when End is called. Errors such as
 // EMFILE do not stop it: it backs off (up to a second) and tries again, and tells
 // cfg.AcceptFailing.
 func (s *Server) Accept(ln net.Listener, closed func() bool, spawn func(func()) bool, handle func(*Conn)) {
@@ -132,8 +134,12 @@ func (s *Server) serve(nc net.Conn, handle func(*Conn)) {
 		}
 		return
 	}
-	defer s.release(c.PeerRole)
+	role := c.PeerRole
+	c.release = sync.OnceFunc(func() { s.release(role) })
 	handle(c)
+	if !c.kept.Load() {
+		c.release()
+	}
 }
 
 func (s *Server) handshake(nc net.Conn) (*Conn, error) {

@@ -70,9 +70,16 @@ func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, n
 // zeroPerf: when set, `perf record` samples the scheduler while each graph runs (file prefix).
 var zeroPerf string
 
+// zeroPerfStat: when set, `perf stat -e` counts these events in the scheduler while each
+// graph runs (printed to stderr).
+var zeroPerfStat string
+
 // recordPerf starts perf on pid into file; the returned stop ends it and waits for the file.
 func recordPerf(pid int, file string) (stop func() error, err error) {
 	cmd := exec.Command("perf", "record", "-q", "-F", "999", "-g", "-p", strconv.Itoa(pid), "-o", file)
+	if file == "" {
+		cmd = exec.Command("perf", "stat", "-e", zeroPerfStat, "-p", strconv.Itoa(pid))
+	}
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("perf: %w", err)
@@ -84,10 +91,11 @@ func recordPerf(pid int, file string) (stop func() error, err error) {
 		if err := cmd.Wait(); err != nil && !errors.As(err, &exit) { // perf ends by the signal
 			return err
 		}
-		if _, err := os.Stat(file); err != nil {
-			return err
+		if file == "" {
+			return nil
 		}
-		return nil
+		_, err := os.Stat(file)
+		return err
 	}, nil
 }
 
@@ -146,6 +154,11 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 			return nil, err
 		}
 		defer func() { stopPerf() }() // when the graph failed; else a no-op by then
+	} else if zeroPerfStat != "" {
+		if stopPerf, err = recordPerf(pid, ""); err != nil {
+			return nil, err
+		}
+		defer func() { stopPerf() }()
 	}
 	cpu0 := proc.CPUSeconds(pid)
 	start := time.Now()

@@ -1,0 +1,270 @@
+package wire
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// A Poller lets connections that wait for their peer's next message do so without a goroutine
+// each. A reader that has read everything its peer sent so far parks its connection (Park)
+// and returns; one goroutine waits on an epoll set holding every parked connection, and starts
+// the connection's resume function on a new goroutine once bytes arrive or the connection is
+// closed. With 10,000 workers, the scheduler's readers waiting in read(2) were 10,000
+// goroutines whose stacks every garbage collection scanned, and each wake-up cost a read that
+// found nothing before the reader could wait again (docs/performance.md, "10,000 workers: one
+// waiter for idle connections").
+//
+// Only a reader that owns a whole connection parks it, and only at a message boundary with
+// nothing buffered: a message whose bytes are under way is read to its end by the reader, with
+// the connection's message timeout, as before. Connections the epoll set cannot watch (TLS,
+// anything but a plain TCP socket) are never parked.
+//
+// The epoll set is edge-triggered. That is why a reader may park only after a read that
+// brought fewer bytes than it had room for (Conn.Drained): the socket was empty then, and any
+// byte that arrives later raises a new edge. An edge that arrives while the reader still runs
+// is remembered, and Park then refuses, so that the reader reads once more (TryFill).
+type Poller struct {
+	ep   *os.File // the epoll descriptor, waited on through Go's netpoller
+	rc   syscall.RawConn
+	mu   sync.Mutex
+	regs map[int32]*pollReg // by the id the epoll set reports
+	next int32
+	done chan struct{} // closed when the waiting goroutine returned
+	shut sync.Once
+}
+
+// pollReg is a connection in the epoll set.
+type pollReg struct {
+	id     int32
+	p      *Poller
+	state  atomic.Int32 // pollParked, pollRunning, pollWoken or pollGone
+	resume func()
+}
+
+const (
+	pollParked  = iota // no goroutine reads: an edge starts resume
+	pollRunning        // the reader runs
+	pollWoken          // the reader runs, and an edge (or a close) came meanwhile
+	pollGone           // out of the set for good
+)
+
+// NewPoller makes an epoll set and starts the goroutine that waits on it.
+func NewPoller() (*Poller, error) {
+	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	ep := os.NewFile(uintptr(fd), "epoll")
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		ep.Close()
+		return nil, err
+	}
+	p := &Poller{ep: ep, rc: rc, regs: map[int32]*pollReg{}, done: make(chan struct{})}
+	go p.wait()
+	return p, nil
+}
+
+// Close stops the waiting goroutine. Connections still parked are not resumed: close them
+// first (each close resumes its reader, which sees the end).
+func (p *Poller) Close() error {
+	var err error
+	p.shut.Do(func() {
+		err = p.ep.Close()
+		<-p.done
+	})
+	return err
+}
+
+// wait hands each batch of edges to the connections' readers until the poller is closed.
+func (p *Poller) wait() {
+	defer close(p.done)
+	var evs [256]unix.EpollEvent
+	woken := make([]*pollReg, 0, len(evs))
+	for {
+		var n int
+		var werr error
+		err := p.rc.Read(func(fd uintptr) bool {
+			n, werr = unix.EpollWait(int(fd), evs[:], 0)
+			return n > 0 || werr != nil && werr != unix.EINTR
+		})
+		if err != nil {
+			return // closed
+		}
+		if werr != nil {
+			// cannot happen with a valid descriptor and buffer; waiting on is all there is to do
+			continue
+		}
+		p.mu.Lock()
+		for _, ev := range evs[:n] {
+			if r := p.regs[ev.Fd]; r != nil {
+				woken = append(woken, r)
+			}
+		}
+		p.mu.Unlock()
+		for i, r := range woken {
+			r.wake()
+			woken[i] = nil
+		}
+		woken = woken[:0]
+	}
+}
+
+// wake starts the reader if it is parked, or tells the running reader to read once more.
+func (r *pollReg) wake() {
+	for {
+		switch s := r.state.Load(); s {
+		case pollParked:
+			if r.state.CompareAndSwap(pollParked, pollRunning) {
+				go r.resume()
+				return
+			}
+		case pollRunning:
+			if r.state.CompareAndSwap(pollRunning, pollWoken) {
+				return
+			}
+		default: // woken already, or gone
+			return
+		}
+	}
+}
+
+// errWouldBlock is what TryFill's read returns when the socket holds nothing.
+var errWouldBlock = errors.New("wire: nothing to read yet")
+
+// errNotPollable is returned by Park for a connection the epoll set cannot watch.
+var errNotPollable = errors.New("wire: connection cannot be polled")
+
+// Park hands c to p until its peer sends more or c is closed: resume then runs on a new
+// goroutine, and the caller, which must be c's only reader, must return at once without
+// touching c's reading side again. Call it only when Drained reports true. It returns false
+// (and parks nothing) when bytes arrived meanwhile, or might have: the caller goes on reading
+// (TryFill, then Park again if nothing came). The first Park of a connection sets resume for
+// good.
+func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
+	r := c.poll.Load()
+	if r == nil {
+		var err error
+		if r, err = p.add(c, resume); err != nil {
+			return false, err
+		}
+	}
+	if r.state.CompareAndSwap(pollRunning, pollParked) {
+		return true, nil
+	}
+	r.state.CompareAndSwap(pollWoken, pollRunning) // read once more, then park
+	return false, nil
+}
+
+// add puts c in the epoll set, as running.
+func (p *Poller) add(c *Conn, resume func()) (*pollReg, error) {
+	if c.raw == nil {
+		return nil, errNotPollable
+	}
+	r := &pollReg{p: p, resume: resume}
+	r.state.Store(pollRunning)
+	p.mu.Lock()
+	for {
+		p.next++
+		if p.next <= 0 {
+			p.next = 1
+		}
+		if p.regs[p.next] == nil {
+			break
+		}
+	}
+	r.id = p.next
+	p.regs[r.id] = r
+	p.mu.Unlock()
+	// stored before the descriptor is in the set: a close from now on wakes the reader
+	c.poll.Store(r)
+	var cerr error
+	err := c.raw.Control(func(fd uintptr) {
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: r.id}
+		cerr = unix.EpollCtl(int(p.ep.Fd()), unix.EPOLL_CTL_ADD, int(fd), &ev)
+	})
+	if err == nil && cerr != nil {
+		err = os.NewSyscallError("epoll_ctl", cerr)
+	}
+	if err != nil {
+		c.poll.Store(nil)
+		p.remove(r)
+		return nil, fmt.Errorf("wire: poll: %w", err)
+	}
+	return r, nil
+}
+
+func (p *Poller) remove(r *pollReg) {
+	r.state.Store(pollGone)
+	p.mu.Lock()
+	delete(p.regs, r.id)
+	p.mu.Unlock()
+}
+
+// Unpoll takes c out of its poller for good, if it was ever parked: its reader calls it once
+// it is done with c, before closing it. Nothing resumes it after.
+func (c *Conn) Unpoll() {
+	r := c.poll.Swap(nil)
+	if r == nil {
+		return
+	}
+	r.p.remove(r)
+	// a closed descriptor has left the set by itself; Control fails then, and that is fine
+	c.raw.Control(func(fd uintptr) {
+		unix.EpollCtl(int(r.p.ep.Fd()), unix.EPOLL_CTL_DEL, int(fd), nil)
+	})
+}
+
+// wakePoll resumes c's parked reader (or has its running reader read once more) after c was
+// closed: a closed descriptor leaves the epoll set without an edge, and the reader must see
+// the end.
+func (c *Conn) wakePoll() {
+	if r := c.poll.Load(); r != nil {
+		r.wake()
+	}
+}
+
+// Pollable reports whether c can be parked in a Poller (a plain TCP socket).
+func (c *Conn) Pollable() bool { return c.raw != nil }
+
+// Drained reports whether the reader may park c: nothing is buffered, no error is pending,
+// and the last read brought fewer bytes than there was room for (the socket was empty then).
+func (c *Conn) Drained() bool { return c.br.drained() }
+
+// TryFill reads what the socket holds, without waiting, into c's buffer; it reports whether
+// bytes came. An error (or the end) is kept for the next Recv, which returns it.
+func (c *Conn) TryFill() bool {
+	if c.raw == nil {
+		return false
+	}
+	return c.br.tryFill(func(p []byte) (int, error) {
+		var n int
+		var rerr error
+		err := c.raw.Read(func(fd uintptr) bool {
+			n, rerr = unix.Read(int(fd), p)
+			return true // once, whatever it found
+		})
+		switch {
+		case err != nil:
+			return 0, err // closed
+		case rerr == unix.EAGAIN:
+			return 0, errWouldBlock
+		case rerr != nil:
+			return 0, os.NewSyscallError("read", rerr)
+		case n == 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	})
+}

@@ -1,0 +1,264 @@
+package wire
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// parkingReader reads a connection as the scheduler's worker reader does: it parks the
+// connection whenever it has read all its peer sent, and goes on when resumed.
+type parkingReader struct {
+	t       *testing.T
+	c       *Conn
+	p       *Poller
+	got     chan string   // each message's key, in order
+	ended   chan error    // the error the reading ended with
+	inside  *atomic.Int32 // readers running for this connection now (must stay ≤ 1)
+	parks   atomic.Int64  // times it parked
+	resumes atomic.Int64  // times it was resumed
+}
+
+func newParkingReader(t *testing.T, c *Conn, p *Poller) *parkingReader {
+	return &parkingReader{t: t, c: c, p: p, got: make(chan string, 100_000), ended: make(chan error, 1), inside: new(atomic.Int32)}
+}
+
+func (r *parkingReader) resume() {
+	r.resumes.Add(1)
+	r.c.TryFill()
+	r.run()
+}
+
+func (r *parkingReader) run() {
+	if n := r.inside.Add(1); n != 1 {
+		r.t.Errorf("%d readers at once on one connection", n)
+	}
+	defer r.inside.Add(-1)
+	for {
+		if r.c.Drained() {
+			parked, err := r.c.Park(r.p, r.resume)
+			if err != nil {
+				r.ended <- err
+				return
+			}
+			if parked {
+				r.parks.Add(1)
+				return
+			}
+			if !r.c.TryFill() && r.c.Drained() {
+				continue
+			}
+		}
+		m, _, err := r.c.Recv()
+		if err != nil {
+			r.c.Unpoll()
+			r.ended <- err
+			return
+		}
+		r.got <- m.Key
+	}
+}
+
+// dialPair connects a client Conn to a server-side Conn through a real TCP socket.
+func dialPair(t *testing.T) (client, server *Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan *Conn, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			accepted <- nil
+			return
+		}
+		c, _ := Accept(nc, "", Limits{}, RoleWorker)
+		accepted <- c
+	}()
+	client, err = Dial(context.Background(), ln.Addr().String(), DialOptions{Role: RoleWorker})
+	require.NoError(t, err)
+	server = <-accepted
+	require.NotNil(t, server)
+	t.Cleanup(func() { client.Abort(); server.Abort() })
+	return client, server
+}
+
+func newTestPoller(t *testing.T) *Poller {
+	p, err := NewPoller()
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// Messages sent in bursts with pauses between them all arrive, in order, while the reader
+// parks between bursts (so that no goroutine waits on the idle connection) and never runs
+// twice at once.
+func TestPollerResumesParkedReaders(t *testing.T) {
+	p := newTestPoller(t)
+	const conns, bursts = 50, 20
+	type pair struct {
+		cc *Conn
+		r  *parkingReader
+	}
+	pairs := make([]pair, conns)
+	for i := range pairs {
+		cc, sc := dialPair(t)
+		r := newParkingReader(t, sc, p)
+		go r.run()
+		pairs[i] = pair{cc, r}
+	}
+	var wg sync.WaitGroup
+	for i, pr := range pairs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(i), 7))
+			n := 0
+			for b := range bursts {
+				if b%2 == 0 { // half the bursts find the reader parked, half may find it running
+					deadline := time.Now().Add(5 * time.Second)
+					for (pr.r.inside.Load() != 0 || pr.r.parks.Load() == 0) && time.Now().Before(deadline) {
+						time.Sleep(100 * time.Microsecond)
+					}
+				}
+				for range 1 + rng.IntN(30) {
+					pr.cc.Send(&Msg{Op: OpHeartbeat, Key: fmt.Sprint(n)})
+					n++
+				}
+				time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
+			}
+			pr.cc.Send(&Msg{Op: OpHeartbeat, Key: "end"})
+		}()
+	}
+	wg.Wait()
+	for i, pr := range pairs {
+		for n := 0; ; n++ {
+			select {
+			case k := <-pr.r.got:
+				if k == "end" {
+					goto next
+				}
+				require.Equal(t, fmt.Sprint(n), k, "connection %d: messages out of order or lost", i)
+			case err := <-pr.r.ended:
+				t.Fatalf("connection %d ended: %v", i, err)
+			case <-time.After(10 * time.Second):
+				t.Fatalf("connection %d: message %d never came (a lost wake-up)", i, n)
+			}
+		}
+	next:
+		require.Positive(t, pr.r.parks.Load(), "connection %d never parked", i)
+		require.Positive(t, pr.r.resumes.Load(), "connection %d was never resumed", i)
+	}
+}
+
+// A parked connection closed on this side (the scheduler dropping a worker, or stopping)
+// resumes its reader, which sees the end: a closed descriptor leaves the epoll set without an
+// edge of its own.
+func TestPollerResumesOnLocalClose(t *testing.T) {
+	p := newTestPoller(t)
+	for _, how := range []string{"Abort", "Close"} {
+		t.Run(how, func(t *testing.T) {
+			cc, sc := dialPair(t)
+			r := newParkingReader(t, sc, p)
+			go r.run()
+			require.NoError(t, cc.Send(&Msg{Op: OpHeartbeat, Key: "a"}))
+			require.Equal(t, "a", <-r.got)
+			require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+			if how == "Abort" {
+				sc.Abort()
+			} else {
+				sc.Close()
+			}
+			select {
+			case err := <-r.ended:
+				require.ErrorIs(t, err, net.ErrClosed)
+			case <-time.After(5 * time.Second):
+				t.Fatal("the parked reader never saw its connection closed")
+			}
+		})
+	}
+}
+
+// A peer that hangs up on a parked connection resumes its reader with the end of the stream.
+func TestPollerResumesOnPeerClose(t *testing.T) {
+	p := newTestPoller(t)
+	cc, sc := dialPair(t)
+	r := newParkingReader(t, sc, p)
+	go r.run()
+	require.NoError(t, cc.Send(&Msg{Op: OpHeartbeat, Key: "a"}))
+	require.Equal(t, "a", <-r.got)
+	require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+	cc.Close()
+	select {
+	case err := <-r.ended:
+		require.Error(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the parked reader never saw its peer hang up")
+	}
+}
+
+// A message split across writes, with a pause in the middle, is read to its end by the
+// running reader (under the message timeout): the connection is parked only at a message
+// boundary with nothing buffered.
+func TestPollerReadsSplitMessageWithoutParking(t *testing.T) {
+	p := newTestPoller(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan *Conn, 1)
+	go func() {
+		nc, _ := ln.Accept()
+		c, _ := Accept(nc, "", Limits{}, RoleWorker)
+		accepted <- c
+	}()
+	nc, err := DialRaw(context.Background(), ln.Addr().String(), DialOptions{Role: RoleWorker})
+	require.NoError(t, err)
+	defer nc.Close()
+	sc := <-accepted
+	require.NotNil(t, sc)
+	defer sc.Abort()
+	r := newParkingReader(t, sc, p)
+	go r.run()
+
+	var whole []byte
+	for _, k := range []string{"first", "second"} {
+		hdr, err := EncodeHeader(&Msg{Op: OpHeartbeat, Key: k})
+		require.NoError(t, err)
+		whole = append(whole, frameHeader([][]byte{hdr})...)
+		whole = append(whole, hdr...)
+	}
+	cut := len(whole) - 5 // inside the second message
+	_, err = nc.Write(whole[:cut])
+	require.NoError(t, err)
+	require.Equal(t, "first", <-r.got)
+	time.Sleep(50 * time.Millisecond)
+	require.Zero(t, r.parks.Load(), "parked with half a message buffered")
+	_, err = nc.Write(whole[cut:])
+	require.NoError(t, err)
+	select {
+	case k := <-r.got:
+		require.Equal(t, "second", k)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second message never came")
+	}
+}
+
+// Only plain TCP connections can be parked.
+func TestPollerRefusesWhatItCannotWatch(t *testing.T) {
+	p := newTestPoller(t)
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	c := newConn(b, DefaultLimits(), RoleWorker)
+	require.False(t, c.Pollable())
+	_, err := c.Park(p, func() {})
+	require.True(t, errors.Is(err, errNotPollable), "got %v", err)
+}
