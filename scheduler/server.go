@@ -546,20 +546,29 @@ type workerReader struct {
 	detached bool         // parked once: it holds a count of the server's wait group
 }
 
-// resume goes on reading after the connection was parked (wire.Conn.Park).
+// resume goes on reading once the poller saw bytes come (or the connection closed). It runs
+// on the poller's goroutine, so it never waits: it hands on the messages already whole in the
+// buffer, and leaves whatever would wait (the rest of a message, a grant of the read-ahead
+// budget, a full inbound queue, the end) to a goroutine of its own. A heartbeat, or a burst of
+// task_finished, thus costs no goroutine at all.
 func (r *workerReader) resume() {
 	r.c.TryFill()
-	r.run()
+	r.loop(false)
 }
 
 // run reads until the connection ends (it then ends it) or it is parked.
+func (r *workerReader) run() { r.loop(true) }
+
+// loop reads the worker's messages and hands them to the driver until the connection ends or
+// is parked; with wait false, it stops short of anything that would wait, and hands it to a
+// goroutine (resume).
 //
 // Messages already buffered behind the one read (a worker's burst of task_finished) go to the
 // driver together: one channel hand-off and wake-up instead of one per message. The batch's
 // slice is taken only then, so that a connection waiting for its next message holds none (at
 // 10,000 workers, one each was 128 MB). Each message holds a share of the read-ahead budget
 // until the driver handled it; none is held while the reader waits for its peer.
-func (r *workerReader) run() {
+func (r *workerReader) loop(wait bool) {
 	s, c, w := r.s, r.c, r.w
 	for {
 		if r.poll != nil && c.Drained() {
@@ -570,12 +579,24 @@ func (r *workerReader) run() {
 				continue // nothing came after all: park again
 			}
 		}
+		if !wait && !c.MessageBuffered() {
+			go r.run() // the rest of a message, or the end
+			return
+		}
 		var in inbound
 		if err := recvWorkerMsg(c, w, &in); err != nil {
-			r.end(err)
+			if wait {
+				r.end(err)
+			} else {
+				go r.end(err)
+			}
 			return
 		}
 		grant := s.ahead.tryTake()
+		if grant == 0 && !wait {
+			go r.handOn(in)
+			return
+		}
 		if grant == 0 {
 			c.ShrinkBuffer()                        // no 64 KiB held while it waits
 			if grant = s.ahead.take(); grant == 0 { // stopping
@@ -583,31 +604,78 @@ func (r *workerReader) run() {
 				return
 			}
 		}
-		grant--
-		if grant == 0 || !c.MessageBuffered() {
-			s.ahead.give(grant)
-			s.sendFrom(c, in) // alone
-			continue
-		}
-		batch := append(newBatch(), in)
-		var err error
-		for grant > 0 && len(batch) < maxBatch && c.MessageBuffered() {
-			batch = append(batch, inbound{})
-			if err = recvWorkerMsg(c, w, &batch[len(batch)-1]); err != nil {
-				batch = batch[:len(batch)-1]
-				break
+		x, err := r.gather(in, grant)
+		if !wait {
+			select {
+			case s.in <- x:
+			default:
+				go r.sendOn(x, err)
+				return
 			}
-			grant--
+		} else {
+			s.sendFrom(c, x)
 		}
-		s.ahead.give(grant)
-		if !s.sendBatch(c, batch) {
-			freeBatch(batch)
-		} // else the driver owns the sent slice, and gives it back (freeBatch)
 		if err != nil {
-			r.end(err)
+			if wait {
+				r.end(err)
+			} else {
+				go r.end(err)
+			}
 			return
 		}
 	}
+}
+
+// gather reads the messages already whole in the buffer behind in, as far as grant (the
+// shares taken for in and them) goes, gives back the shares unused, and returns what to hand
+// the driver: in alone, or a batch. err is a read error that ended the batch.
+func (r *workerReader) gather(in inbound, grant int) (inbound, error) {
+	s, c := r.s, r.c
+	grant--
+	if grant == 0 || !c.MessageBuffered() {
+		s.ahead.give(grant)
+		return in, nil
+	}
+	batch := append(newBatch(), in)
+	var err error
+	for grant > 0 && len(batch) < maxBatch && c.MessageBuffered() {
+		batch = append(batch, inbound{})
+		if err = recvWorkerMsg(c, r.w, &batch[len(batch)-1]); err != nil {
+			batch = batch[:len(batch)-1]
+			break
+		}
+		grant--
+	}
+	s.ahead.give(grant)
+	if len(batch) == 1 {
+		in = batch[0]
+		freeBatch(batch)
+		return in, err
+	}
+	return inbound{batch: batch}, err // the driver owns the slice, and gives it back (freeBatch)
+}
+
+// handOn is the rest of resume's work on a message for which no grant was free: it waits for
+// one, hands the message on, and reads on.
+func (r *workerReader) handOn(in inbound) {
+	r.c.ShrinkBuffer()
+	grant := r.s.ahead.take()
+	if grant == 0 { // stopping
+		r.end(nil)
+		return
+	}
+	x, err := r.gather(in, grant)
+	r.sendOn(x, err)
+}
+
+// sendOn hands x to the driver, waiting if need be, then reads on (or ends, after err).
+func (r *workerReader) sendOn(x inbound, err error) {
+	r.s.sendFrom(r.c, x)
+	if err != nil {
+		r.end(err)
+		return
+	}
+	r.run()
 }
 
 // park parks the connection (true: the caller returns, the connection is the poller's). The
@@ -657,21 +725,6 @@ func freeBatch(b []inbound) {
 	clear(b)
 	b = b[:0]
 	batchPool.Put(&b)
-}
-
-// sendBatch hands the batch to the driver, and reports whether the driver took the slice (a
-// single message is sent by value).
-func (s *Server) sendBatch(c *wire.Conn, batch []inbound) bool {
-	switch len(batch) {
-	case 0:
-		return false
-	case 1:
-		s.sendFrom(c, batch[0])
-		return false
-	default:
-		s.sendFrom(c, inbound{batch: batch})
-		return true
-	}
 }
 
 // sendFrom is send for a message read from c: when the driver is behind, c's read buffer
@@ -909,7 +962,14 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	s.workers[w.id] = w
 	s.byAddr[w.info.Address] = w.id
 	s.byName[w.info.Name] = w.id
-	w.conn.Send(&wire.Msg{Op: wire.OpRegistered, WorkerID: int64(w.id)})
+	// with the heartbeat interval a cluster this large asks for: a worker that joins 10,000
+	// others heartbeats at that pace from the start, not once a second until its first answer
+	// (10,000 workers registering made a storm of 3,000 heartbeats a second)
+	reg := &wire.Msg{Op: wire.OpRegistered, WorkerID: int64(w.id)}
+	if iv := heartbeatInterval(len(s.workers), s.cfg.Core.HeartbeatTimeout); iv > time.Second {
+		reg.Interval = iv.Seconds()
+	}
+	w.conn.Send(reg)
 	for _, name := range s.preloads.names { // before any compute: its executors need them
 		s.queue(w.conn, s.preloads.items[name])
 	}

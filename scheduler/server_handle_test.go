@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"runtime"
 	"testing"
 	"time"
 
@@ -97,5 +98,43 @@ func TestStopEndsConnections(t *testing.T) {
 	case <-stopped:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the server did not finish stopping")
+	}
+}
+
+// A thousand idle workers cost the scheduler no goroutine each: their connections wait in the
+// poller, and are resumed when they send. A worker joining a cluster that large is asked, in
+// its registered answer, to heartbeat less often than once a second.
+func TestThousandIdleWorkers(t *testing.T) {
+	const n = 1001 // the first size at which the interval asked for passes a second
+	s, stop := serveConfig(t, DefaultServerConfig())
+	defer stop()
+	base := runtime.NumGoroutine()
+	conns := make([]*wire.Conn, n)
+	var last *wire.Msg
+	for i := range conns {
+		c, err := wire.Dial(context.Background(), s.Addr(), wire.DialOptions{Role: wire.RoleWorker})
+		require.NoError(t, err)
+		t.Cleanup(func() { c.Abort() })
+		require.NoError(t, c.Send(&wire.Msg{Op: wire.OpRegister, Name: fmt.Sprint("w", i), DataAddr: fmt.Sprintf("127.0.0.1:%d", 1+i),
+			NThreads: 1, MemLimit: 1 << 30, Functions: []string{"inc"}, Version: "test"}))
+		last = recvOp(t, c, wire.OpRegistered)
+		if i == 0 {
+			require.Zero(t, last.Interval, "a small cluster asks for no interval")
+		}
+		conns[i] = c
+	}
+	require.InDelta(t, heartbeatInterval(n, s.cfg.Core.HeartbeatTimeout).Seconds(), last.Interval, 1e-9)
+	require.Greater(t, last.Interval, 1.0)
+
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() < base+n/4 }, 10*time.Second, 10*time.Millisecond,
+		"%d goroutines for %d idle worker connections (%d before)", runtime.NumGoroutine(), n, base)
+
+	// parked connections are served: each worker's first heartbeat is answered
+	for _, i := range []int{0, 1, n / 2, n - 2, n - 1} {
+		require.NoError(t, conns[i].Send(&wire.Msg{Op: wire.OpHeartbeat, Memory: 1 << 20}))
+	}
+	for _, i := range []int{0, 1, n / 2, n - 2, n - 1} {
+		ack := recvOp(t, conns[i], wire.OpHeartbeat)
+		require.Greater(t, ack.Interval, 1.0, "worker %d", i)
 	}
 }

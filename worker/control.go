@@ -86,7 +86,12 @@ func (w *Worker) serve(ctx context.Context, conn *wire.Conn, reg *wire.Msg, sche
 	defer stopRun()
 	recvDone := make(chan error, 1)
 	w.lastRecv.Store(time.Now().UnixNano())
-	w.askedInterval.Store(0) // a new session: this scheduler has not asked for anything yet
+	// a new session: what this scheduler asks for in its registered answer (a large cluster:
+	// docs/protocol.md), else nothing yet
+	w.askedInterval.Store(0)
+	if reg.Interval > 0 && reg.Interval < 3600 {
+		w.askedInterval.Store(int64(reg.Interval * float64(time.Second)))
+	}
 	w.goFunc(func() { recvDone <- w.recvLoop(conn) })
 	w.goFunc(func() { w.heartbeatLoop(runCtx) })
 	silent := make(chan time.Duration, 1)

@@ -85,6 +85,8 @@ type fakeSched struct {
 	token  string
 	joined chan *schedConn
 	wg     sync.WaitGroup
+	// regInterval is the heartbeat interval (seconds) the registered answer asks for (0: none)
+	regInterval atomic.Value
 }
 
 // schedConn is one registered worker as the fake scheduler sees it.
@@ -131,7 +133,8 @@ func (s *fakeSched) accept() {
 			continue
 		}
 		id++
-		c.Send(&wire.Msg{Op: wire.OpRegistered, WorkerID: id})
+		iv, _ := s.regInterval.Load().(float64)
+		c.Send(&wire.Msg{Op: wire.OpRegistered, WorkerID: id, Interval: iv})
 		sc := &schedConn{t: s.t, c: c, reg: m, in: make(chan *wire.Msg, 1024)}
 		s.wg.Add(1)
 		go func() {

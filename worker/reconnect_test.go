@@ -108,3 +108,28 @@ func TestWorkerHeartbeatsAsOftenAsTheSchedulerAsks(t *testing.T) {
 		"an answer without an interval goes back to the configured one")
 	require.Equal(t, cfg.SchedulerTimeout, w.schedulerTimeout())
 }
+
+// A worker joining a large cluster heartbeats at the interval the registered answer asks for
+// from the start, not at its own until the first heartbeat's answer.
+func TestHeartbeatIntervalAskedAtRegistration(t *testing.T) {
+	s := newFakeSched(t, "")
+	s.regInterval.Store(0.6)
+	cfg := testConfig(t)
+	cfg.HeartbeatInterval = 20 * time.Millisecond
+	w, sc, _, _ := s.startWorker(cfg)
+	joined := time.Now()
+	require.Eventually(t, func() bool { return w.heartbeatEvery() == 600*time.Millisecond }, 5*time.Second, time.Millisecond,
+		"the interval the registered answer asked for")
+	for {
+		select {
+		case m, ok := <-sc.in:
+			require.True(t, ok, "worker connection closed")
+			if m.Op == wire.OpHeartbeat {
+				require.GreaterOrEqual(t, time.Since(joined), 500*time.Millisecond, "a heartbeat before the interval asked for")
+				return
+			}
+		case <-time.After(hangGuard):
+			t.Fatal("no heartbeat")
+		}
+	}
+}

@@ -15,8 +15,9 @@ import (
 // A Poller lets connections that wait for their peer's next message do so without a goroutine
 // each. A reader that has read everything its peer sent so far parks its connection (Park)
 // and returns; one goroutine waits on an epoll set holding every parked connection, and starts
-// the connection's resume function on a new goroutine once bytes arrive or the connection is
-// closed. With 10,000 workers, the scheduler's readers waiting in read(2) were 10,000
+// the connection's resume function once bytes arrive or the connection is closed. resume runs
+// on the poller's goroutine and takes what is whole in the buffer without waiting: a
+// heartbeat costs no goroutine at all. With 10,000 workers, the scheduler's readers waiting in read(2) were 10,000
 // goroutines whose stacks every garbage collection scanned, and each wake-up cost a read that
 // found nothing before the reader could wait again (docs/performance.md, "10,000 workers: one
 // waiter for idle connections").
@@ -114,20 +115,25 @@ func (p *Poller) wait() {
 		}
 		p.mu.Unlock()
 		for i, r := range woken {
-			r.wake()
+			r.wake(true)
 			woken[i] = nil
 		}
 		woken = woken[:0]
 	}
 }
 
-// wake starts the reader if it is parked, or tells the running reader to read once more.
-func (r *pollReg) wake() {
+// wake resumes the reader if it is parked (on this goroutine when inline, which is the
+// poller's), or tells the running reader to read once more.
+func (r *pollReg) wake(inline bool) {
 	for {
 		switch s := r.state.Load(); s {
 		case pollParked:
 			if r.state.CompareAndSwap(pollParked, pollRunning) {
-				go r.resume()
+				if inline {
+					r.resume()
+				} else {
+					go r.resume()
+				}
 				return
 			}
 		case pollRunning:
@@ -146,9 +152,11 @@ var errWouldBlock = errors.New("wire: nothing to read yet")
 // errNotPollable is returned by Park for a connection the epoll set cannot watch.
 var errNotPollable = errors.New("wire: connection cannot be polled")
 
-// Park hands c to p until its peer sends more or c is closed: resume then runs on a new
-// goroutine, and the caller, which must be c's only reader, must return at once without
-// touching c's reading side again. Call it only when Drained reports true. It returns false
+// Park hands c to p until its peer sends more or c is closed: resume then runs, on the
+// poller's goroutine (or, after a close, on a new one), and the caller, which must be c's only
+// reader, must return at once without touching c's reading side again. resume must not wait
+// for anything (the network, a lock held for long, a full channel): every parked connection
+// waits behind it. What would wait, it hands to a goroutine of its own. Call it only when Drained reports true. It returns false
 // (and parks nothing) when bytes arrived meanwhile, or might have: the caller goes on reading
 // (TryFill, then Park again if nothing came). The first Park of a connection sets resume for
 // good.
@@ -231,7 +239,7 @@ func (c *Conn) Unpoll() {
 // the end.
 func (c *Conn) wakePoll() {
 	if r := c.poll.Load(); r != nil {
-		r.wake()
+		r.wake(false)
 	}
 }
 

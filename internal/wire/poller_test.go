@@ -34,7 +34,7 @@ func newParkingReader(t *testing.T, c *Conn, p *Poller) *parkingReader {
 func (r *parkingReader) resume() {
 	r.resumes.Add(1)
 	r.c.TryFill()
-	r.run()
+	go r.run() // (it may wait in Recv: not on the poller's goroutine)
 }
 
 func (r *parkingReader) run() {

@@ -45,7 +45,9 @@ func Start(ctx context.Context, addr string, i, nthreads int) (*Worker, error) {
 		}
 		return nil, err
 	}
-	return &Worker{conn: conn}, nil
+	w := &Worker{conn: conn}
+	w.interval.Store(int64(m.Interval * float64(time.Second))) // as a real worker: asked at registration
+	return w, nil
 }
 
 // Serve answers until the connection closes.
@@ -76,7 +78,7 @@ func (w *Worker) Serve() {
 // Heartbeat sends a heartbeat every second, or as often as the scheduler asked, until stop
 // is closed.
 func (w *Worker) Heartbeat(stop <-chan struct{}) {
-	every := time.Second
+	every := max(time.Duration(w.interval.Load()), time.Second)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
