@@ -149,6 +149,10 @@ func (r *pollReg) wake(inline bool) {
 // errWouldBlock is what TryFill's read returns when the socket holds nothing.
 var errWouldBlock = errors.New("wire: nothing to read yet")
 
+// errIdleTimeout is returned by Park for a connection with an idle timeout, which a parked
+// connection could not keep.
+var errIdleTimeout = errors.New("wire: a connection with an idle timeout cannot be parked")
+
 // errNotPollable is returned by Park for a connection the epoll set cannot watch.
 var errNotPollable = errors.New("wire: connection cannot be polled")
 
@@ -161,6 +165,9 @@ var errNotPollable = errors.New("wire: connection cannot be polled")
 // (TryFill, then Park again if nothing came). The first Park of a connection sets resume for
 // good.
 func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
+	if c.tr.idle > 0 {
+		return false, errIdleTimeout
+	}
 	r := c.poll.Load()
 	if r == nil {
 		var err error
@@ -168,6 +175,10 @@ func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
 			return false, err
 		}
 	}
+	// A deadline a message's reading set (the message timeout) would still be armed, and the
+	// next TryFill, any time later, would fail on it: a parked connection waits without one,
+	// as Recv waits for the start of a message.
+	c.tr.dl.arm(c.nc, 0)
 	if r.state.CompareAndSwap(pollRunning, pollParked) {
 		return true, nil
 	}

@@ -262,3 +262,54 @@ func TestPollerRefusesWhatItCannotWatch(t *testing.T) {
 	_, err := c.Park(p, func() {})
 	require.True(t, errors.Is(err, errNotPollable), "got %v", err)
 }
+
+// A message whose bytes came in two reads sets the message timeout's deadline; the connection
+// then parks, and a message sent after that deadline has passed is read, not taken for a
+// stalled one.
+func TestPollerParkedConnectionOutlivesMessageDeadline(t *testing.T) {
+	p := newTestPoller(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	accepted := make(chan *Conn, 1)
+	go func() {
+		nc, _ := ln.Accept()
+		c, _ := Accept(nc, "", Limits{}, RoleWorker)
+		accepted <- c
+	}()
+	nc, err := DialRaw(context.Background(), ln.Addr().String(), DialOptions{Role: RoleWorker})
+	require.NoError(t, err)
+	defer nc.Close()
+	sc := <-accepted
+	require.NotNil(t, sc)
+	defer sc.Abort()
+	const timeout = 100 * time.Millisecond
+	sc.setTimeouts(0, timeout)
+	r := newParkingReader(t, sc, p)
+	go r.run()
+
+	msg := func(k string) []byte {
+		hdr, err := EncodeHeader(&Msg{Op: OpHeartbeat, Key: k})
+		require.NoError(t, err)
+		return append(frameHeader([][]byte{hdr}), hdr...)
+	}
+	first := msg("first")
+	_, err = nc.Write(first[:3])
+	require.NoError(t, err)
+	time.Sleep(10 * time.Millisecond) // the reader reads the start, and waits for the rest under the deadline
+	_, err = nc.Write(first[3:])
+	require.NoError(t, err)
+	require.Equal(t, "first", <-r.got)
+	require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+	time.Sleep(3 * timeout)
+	_, err = nc.Write(msg("second"))
+	require.NoError(t, err)
+	select {
+	case k := <-r.got:
+		require.Equal(t, "second", k)
+	case err := <-r.ended:
+		t.Fatalf("the parked connection ended instead: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second message never came")
+	}
+}
