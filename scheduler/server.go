@@ -357,7 +357,7 @@ func (s *Server) Close() error {
 // made on first use; nil when it cannot be made (the readers then wait in read(2)).
 func (s *Server) poller() *wire.Poller {
 	s.pollOnce.Do(func() {
-		p, err := wire.NewPoller()
+		p, err := wire.NewPoller(s.log)
 		if err != nil {
 			s.log.Warn("no poller for worker connections: each waits on a goroutine of its own", "err", err)
 			return

@@ -102,8 +102,8 @@ func TestStopEndsConnections(t *testing.T) {
 }
 
 // A thousand idle workers cost the scheduler no goroutine each: their connections wait in the
-// poller, and are resumed when they send. A worker joining a cluster that large is asked, in
-// its registered answer, to heartbeat less often than once a second.
+// poller, and are resumed when they send or hang up. A worker joining a cluster that large is
+// asked, in its registered answer, to heartbeat less often than once a second.
 func TestThousandIdleWorkers(t *testing.T) {
 	const n = 1001 // the first size at which the interval asked for passes a second
 	s, stop := serveConfig(t, DefaultServerConfig())
@@ -126,7 +126,7 @@ func TestThousandIdleWorkers(t *testing.T) {
 	require.InDelta(t, heartbeatInterval(n, s.cfg.Core.HeartbeatTimeout).Seconds(), last.Interval, 1e-9)
 	require.Greater(t, last.Interval, 1.0)
 
-	require.Eventually(t, func() bool { return runtime.NumGoroutine() < base+n/4 }, 10*time.Second, 10*time.Millisecond,
+	require.Eventually(t, func() bool { return runtime.NumGoroutine() < base+50 }, 10*time.Second, 10*time.Millisecond,
 		"%d goroutines for %d idle worker connections (%d before)", runtime.NumGoroutine(), n, base)
 
 	// parked connections are served: each worker's first heartbeat is answered
@@ -136,5 +136,65 @@ func TestThousandIdleWorkers(t *testing.T) {
 	for _, i := range []int{0, 1, n / 2, n - 2, n - 1} {
 		ack := recvOp(t, conns[i], wire.OpHeartbeat)
 		require.Greater(t, ack.Interval, 1.0, "worker %d", i)
+	}
+
+	// a parked worker that sends a last message and hangs up is seen to go at once, not after
+	// the heartbeat timeout
+	require.NoError(t, conns[7].Send(&wire.Msg{Op: wire.OpHeartbeat, Memory: 1 << 20}))
+	conns[7].Close()
+	require.Eventually(t, func() bool {
+		gone := false
+		s.Query(func(*Core) { _, ok := s.byName["w7"]; gone = !ok })
+		return gone
+	}, 5*time.Second, 10*time.Millisecond, "the worker that hung up is still registered")
+}
+
+// Workers answering in bursts while the read-ahead budget is nearly spent: readers resumed by
+// the poller that find no grant go on on goroutines of their own (workerReader.handOn), and
+// every answer still reaches the driver.
+func TestWorkerBurstsUnderTightReadAhead(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.Core.SaturationFactor = math.Inf(1) // every task sent at once: answers come in bursts
+	s, err := NewServer(cfg)
+	require.NoError(t, err)
+	s.ahead = newReadAhead(2, 2, s.stop)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { s.Serve(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	const workers, n = 16, 3000
+	for i := range workers {
+		w := dialWorker(t, s, fmt.Sprint("w", i), 1+i)
+		go func() {
+			for {
+				m, _, err := w.Recv()
+				if err != nil {
+					return
+				}
+				if m.Op == wire.OpCompute {
+					now := time.Now().UnixNano()
+					w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 1,
+						Encoding: wire.EncMsgpack, Start: now, Stop: now})
+				}
+			}
+		}()
+	}
+	c, _ := dialClient(t, s)
+	tasks := make([]graph.Task, n)
+	keys := make([]string, n)
+	for i := range tasks {
+		keys[i] = fmt.Sprint("t", i)
+		tasks[i] = graph.Task{Key: keys[i], Kind: graph.KindGo, Func: "inc"}
+	}
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: keys, Tasks: tasks}))
+	inMemory := map[string]bool{}
+	deadline := time.Now().Add(60 * time.Second)
+	for len(inMemory) < n {
+		require.True(t, time.Now().Before(deadline), "%d of %d tasks finished", len(inMemory), n)
+		m := recvOp(t, c, wire.OpKeyState)
+		if m.State == "memory" {
+			inMemory[m.Key] = true
+		}
 	}
 }

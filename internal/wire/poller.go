@@ -4,10 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -32,20 +32,27 @@ import (
 // byte that arrives later raises a new edge. An edge that arrives while the reader still runs
 // is remembered, and Park then refuses, so that the reader reads once more (TryFill).
 type Poller struct {
-	ep   *os.File // the epoll descriptor, waited on through Go's netpoller
-	rc   syscall.RawConn
+	set  *pollSet // the epoll set (poller_linux.go)
+	log  *slog.Logger
 	mu   sync.Mutex
 	regs map[int32]*pollReg // by the id the epoll set reports
 	next int32
-	done chan struct{} // closed when the waiting goroutine returned
-	shut sync.Once
+	// broken: the set failed (not closed): nothing parks any more, and readers wait in read
+	broken  atomic.Bool
+	closing atomic.Bool   // Close was called
+	done    chan struct{} // closed when the waiting goroutine returned
+	shut    sync.Once
 }
 
 // pollReg is a connection in the epoll set.
 type pollReg struct {
-	id     int32
-	p      *Poller
-	state  atomic.Int32 // pollParked, pollRunning, pollWoken or pollGone
+	id    int32
+	p     *Poller
+	state atomic.Int32 // pollParked, pollRunning, pollWoken or pollGone
+	// hup: the peer hung up (or the socket failed). The read that took the last bytes may
+	// have taken the end with them and still come short, and no edge follows the end: the
+	// reader must not park again, but read on to the end (Drained).
+	hup    atomic.Bool
 	resume func()
 }
 
@@ -56,23 +63,17 @@ const (
 	pollGone           // out of the set for good
 )
 
-// NewPoller makes an epoll set and starts the goroutine that waits on it.
-func NewPoller() (*Poller, error) {
-	fd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+// NewPoller makes an epoll set and starts the goroutine that waits on it; log hears if the set
+// ever fails. It fails where there is no epoll (not Linux): connections are then not parked.
+func NewPoller(log *slog.Logger) (*Poller, error) {
+	set, err := newPollSet()
 	if err != nil {
-		return nil, os.NewSyscallError("epoll_create1", err)
-	}
-	if err := unix.SetNonblock(fd, true); err != nil {
-		unix.Close(fd)
-		return nil, os.NewSyscallError("fcntl", err)
-	}
-	ep := os.NewFile(uintptr(fd), "epoll")
-	rc, err := ep.SyscallConn()
-	if err != nil {
-		ep.Close()
 		return nil, err
 	}
-	p := &Poller{ep: ep, rc: rc, regs: map[int32]*pollReg{}, done: make(chan struct{})}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	p := &Poller{set: set, log: log, regs: map[int32]*pollReg{}, done: make(chan struct{})}
 	go p.wait()
 	return p, nil
 }
@@ -82,7 +83,8 @@ func NewPoller() (*Poller, error) {
 func (p *Poller) Close() error {
 	var err error
 	p.shut.Do(func() {
-		err = p.ep.Close()
+		p.closing.Store(true)
+		err = p.set.close()
 		<-p.done
 	})
 	return err
@@ -91,34 +93,49 @@ func (p *Poller) Close() error {
 // wait hands each batch of edges to the connections' readers until the poller is closed.
 func (p *Poller) wait() {
 	defer close(p.done)
-	var evs [256]unix.EpollEvent
-	woken := make([]*pollReg, 0, len(evs))
+	var woken []*pollReg
 	for {
-		var n int
-		var werr error
-		err := p.rc.Read(func(fd uintptr) bool {
-			n, werr = unix.EpollWait(int(fd), evs[:], 0)
-			return n > 0 || werr != nil && werr != unix.EINTR
-		})
-		if err != nil {
-			return // closed
-		}
-		if werr != nil {
-			// cannot happen with a valid descriptor and buffer; waiting on is all there is to do
-			continue
-		}
-		p.mu.Lock()
-		for _, ev := range evs[:n] {
-			if r := p.regs[ev.Fd]; r != nil {
+		err := p.set.next(func(id int32, hup bool) {
+			if r := p.lookup(id); r != nil {
+				if hup {
+					r.hup.Store(true) // before the wake: the reader sees it when it tries to park
+				}
 				woken = append(woken, r)
 			}
+		})
+		if err != nil {
+			if !p.closing.Load() {
+				p.fail(err)
+			}
+			return
 		}
-		p.mu.Unlock()
 		for i, r := range woken {
 			r.wake(true)
 			woken[i] = nil
 		}
 		woken = woken[:0]
+	}
+}
+
+func (p *Poller) lookup(id int32) *pollReg {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.regs[id]
+}
+
+// fail gives up on the set: every parked connection is resumed, and none parks again (Park
+// returns an error, and its reader waits in read(2) from then on).
+func (p *Poller) fail(err error) {
+	p.log.Error("the poller of idle connections failed: their readers wait in read from now on", "err", err)
+	p.broken.Store(true)
+	p.mu.Lock()
+	regs := make([]*pollReg, 0, len(p.regs))
+	for _, r := range p.regs {
+		regs = append(regs, r)
+	}
+	p.mu.Unlock()
+	for _, r := range regs {
+		r.wake(false)
 	}
 }
 
@@ -153,6 +170,9 @@ var errWouldBlock = errors.New("wire: nothing to read yet")
 // connection could not keep.
 var errIdleTimeout = errors.New("wire: a connection with an idle timeout cannot be parked")
 
+// errPollerBroken is returned by Park once the poller's set failed.
+var errPollerBroken = errors.New("wire: the poller failed")
+
 // errNotPollable is returned by Park for a connection the epoll set cannot watch.
 var errNotPollable = errors.New("wire: connection cannot be polled")
 
@@ -167,6 +187,9 @@ var errNotPollable = errors.New("wire: connection cannot be polled")
 func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
 	if c.tr.idle > 0 {
 		return false, errIdleTimeout
+	}
+	if p.broken.Load() {
+		return false, errPollerBroken
 	}
 	r := c.poll.Load()
 	if r == nil {
@@ -209,12 +232,9 @@ func (p *Poller) add(c *Conn, resume func()) (*pollReg, error) {
 	// stored before the descriptor is in the set: a close from now on wakes the reader
 	c.poll.Store(r)
 	var cerr error
-	err := c.raw.Control(func(fd uintptr) {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: r.id}
-		cerr = unix.EpollCtl(int(p.ep.Fd()), unix.EPOLL_CTL_ADD, int(fd), &ev)
-	})
-	if err == nil && cerr != nil {
-		err = os.NewSyscallError("epoll_ctl", cerr)
+	err := c.raw.Control(func(fd uintptr) { cerr = p.set.add(fd, r.id) })
+	if err == nil {
+		err = cerr
 	}
 	if err != nil {
 		c.poll.Store(nil)
@@ -240,9 +260,7 @@ func (c *Conn) Unpoll() {
 	}
 	r.p.remove(r)
 	// a closed descriptor has left the set by itself; Control fails then, and that is fine
-	c.raw.Control(func(fd uintptr) {
-		unix.EpollCtl(int(r.p.ep.Fd()), unix.EPOLL_CTL_DEL, int(fd), nil)
-	})
+	c.raw.Control(func(fd uintptr) { r.p.set.del(fd) })
 }
 
 // wakePoll resumes c's parked reader (or has its running reader read once more) after c was
@@ -258,8 +276,14 @@ func (c *Conn) wakePoll() {
 func (c *Conn) Pollable() bool { return c.raw != nil }
 
 // Drained reports whether the reader may park c: nothing is buffered, no error is pending,
-// and the last read brought fewer bytes than there was room for (the socket was empty then).
-func (c *Conn) Drained() bool { return c.br.drained() }
+// the last read brought fewer bytes than there was room for (the socket was empty then), and
+// the peer has not hung up.
+func (c *Conn) Drained() bool {
+	if r := c.poll.Load(); r != nil && r.hup.Load() {
+		return false
+	}
+	return c.br.drained()
+}
 
 // TryFill reads what the socket holds, without waiting, into c's buffer; it reports whether
 // bytes came. An error (or the end) is kept for the next Recv, which returns it.

@@ -33,7 +33,11 @@ func newParkingReader(t *testing.T, c *Conn, p *Poller) *parkingReader {
 
 func (r *parkingReader) resume() {
 	r.resumes.Add(1)
+	if n := r.inside.Add(1); n != 1 {
+		r.t.Errorf("%d readers at once on one connection", n)
+	}
 	r.c.TryFill()
+	r.inside.Add(-1)
 	go r.run() // (it may wait in Recv: not on the poller's goroutine)
 }
 
@@ -92,7 +96,7 @@ func dialPair(t *testing.T) (client, server *Conn) {
 }
 
 func newTestPoller(t *testing.T) *Poller {
-	p, err := NewPoller()
+	p, err := NewPoller(nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	return p
@@ -225,6 +229,7 @@ func TestPollerReadsSplitMessageWithoutParking(t *testing.T) {
 	sc := <-accepted
 	require.NotNil(t, sc)
 	defer sc.Abort()
+	sc.setTimeouts(0, 5*time.Second)
 	r := newParkingReader(t, sc, p)
 	go r.run()
 
@@ -311,5 +316,33 @@ func TestPollerParkedConnectionOutlivesMessageDeadline(t *testing.T) {
 		t.Fatalf("the parked connection ended instead: %v", err)
 	case <-time.After(5 * time.Second):
 		t.Fatal("the second message never came")
+	}
+}
+
+// A peer that sends its last message and hangs up at once may have both taken by one short
+// read; no edge follows the end, so the reader must not park after it but read on to the end.
+func TestPollerSeesHangUpBehindLastMessage(t *testing.T) {
+	p := newTestPoller(t)
+	for i := range 50 {
+		cc, sc := dialPair(t)
+		r := newParkingReader(t, sc, p)
+		go r.run()
+		require.NoError(t, cc.Send(&Msg{Op: OpHeartbeat, Key: "first"}))
+		require.Equal(t, "first", <-r.got)
+		require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+		require.NoError(t, cc.Send(&Msg{Op: OpHeartbeat, Key: "last"}))
+		cc.Close() // the message and the end leave together
+		select {
+		case k := <-r.got:
+			require.Equal(t, "last", k)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the last message never came", i)
+		}
+		select {
+		case err := <-r.ended:
+			require.Error(t, err)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: the reader parked after the last message and never saw the end", i)
+		}
 	}
 }
