@@ -74,25 +74,66 @@ func (r *parkingReader) run() {
 // dialPair connects a client Conn to a server-side Conn through a real TCP socket.
 func dialPair(t *testing.T) (client, server *Conn) {
 	t.Helper()
+	peer, server := rawPeerPair(t)
+	client = newConn(peer, DefaultLimits(), RoleWorker)
+	t.Cleanup(func() { client.Abort() })
+	return client, server
+}
+
+// rawPeerPair connects a plain socket (the peer's side, handshaken, to write a message's bytes
+// by hand) to a server-side Conn through a real TCP socket.
+func rawPeerPair(t *testing.T) (peer net.Conn, server *Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
 	accepted := make(chan *Conn, 1)
 	go func() {
-		nc, err := ln.Accept()
-		if err != nil {
-			accepted <- nil
-			return
-		}
+		nc, _ := ln.Accept()
 		c, _ := Accept(nc, "", Limits{}, RoleWorker)
 		accepted <- c
 	}()
-	client, err = Dial(context.Background(), ln.Addr().String(), DialOptions{Role: RoleWorker})
+	peer, err = DialRaw(context.Background(), ln.Addr().String(), DialOptions{Role: RoleWorker})
 	require.NoError(t, err)
 	server = <-accepted
 	require.NotNil(t, server)
-	t.Cleanup(func() { client.Abort(); server.Abort() })
-	return client, server
+	t.Cleanup(func() { peer.Close(); server.Abort() })
+	return peer, server
+}
+
+// encodedMsg is a heartbeat with key k as it goes on the wire.
+func encodedMsg(t *testing.T, k string) []byte {
+	hdr, err := EncodeHeader(&Msg{Op: OpHeartbeat, Key: k})
+	require.NoError(t, err)
+	return append(frameHeader([][]byte{hdr}), hdr...)
+}
+
+// parkedPair is dialPair with a parkingReader on the server's side that read a first message
+// and parked.
+func parkedPair(t *testing.T, p *Poller) (client, server *Conn, r *parkingReader) {
+	t.Helper()
+	client, server = dialPair(t)
+	r = newParkingReader(t, server, p)
+	go r.run()
+	require.NoError(t, client.Send(&Msg{Op: OpHeartbeat, Key: "a"}))
+	require.Equal(t, "a", <-r.got)
+	require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+	return client, server, r
+}
+
+// end waits for the reading to end and returns its error; it fails the test if that takes
+// long (the reader never saw what), or a message comes first.
+func (r *parkingReader) end(t *testing.T, what string) error {
+	t.Helper()
+	select {
+	case err := <-r.ended:
+		return err
+	case k := <-r.got:
+		t.Fatalf("message %q instead of the end", k)
+	case <-time.After(5 * time.Second):
+		t.Fatalf("the parked reader never saw %s", what)
+	}
+	return nil
 }
 
 func newTestPoller(t *testing.T) *Poller {
@@ -170,23 +211,13 @@ func TestPollerResumesOnLocalClose(t *testing.T) {
 	p := newTestPoller(t)
 	for _, how := range []string{"Abort", "Close"} {
 		t.Run(how, func(t *testing.T) {
-			cc, sc := dialPair(t)
-			r := newParkingReader(t, sc, p)
-			go r.run()
-			require.NoError(t, cc.Send(&Msg{Op: OpHeartbeat, Key: "a"}))
-			require.Equal(t, "a", <-r.got)
-			require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+			_, sc, r := parkedPair(t, p)
 			if how == "Abort" {
 				sc.Abort()
 			} else {
 				sc.Close()
 			}
-			select {
-			case err := <-r.ended:
-				require.ErrorIs(t, err, net.ErrClosed)
-			case <-time.After(5 * time.Second):
-				t.Fatal("the parked reader never saw its connection closed")
-			}
+			require.ErrorIs(t, r.end(t, "its connection closed"), net.ErrClosed)
 		})
 	}
 }
@@ -194,19 +225,9 @@ func TestPollerResumesOnLocalClose(t *testing.T) {
 // A peer that hangs up on a parked connection resumes its reader with the end of the stream.
 func TestPollerResumesOnPeerClose(t *testing.T) {
 	p := newTestPoller(t)
-	cc, sc := dialPair(t)
-	r := newParkingReader(t, sc, p)
-	go r.run()
-	require.NoError(t, cc.Send(&Msg{Op: OpHeartbeat, Key: "a"}))
-	require.Equal(t, "a", <-r.got)
-	require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+	cc, _, r := parkedPair(t, p)
 	cc.Close()
-	select {
-	case err := <-r.ended:
-		require.Error(t, err)
-	case <-time.After(5 * time.Second):
-		t.Fatal("the parked reader never saw its peer hang up")
-	}
+	require.Error(t, r.end(t, "its peer hang up"))
 }
 
 // A message split across writes, with a pause in the middle, is read to its end by the
@@ -214,34 +235,14 @@ func TestPollerResumesOnPeerClose(t *testing.T) {
 // boundary with nothing buffered.
 func TestPollerReadsSplitMessageWithoutParking(t *testing.T) {
 	p := newTestPoller(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	accepted := make(chan *Conn, 1)
-	go func() {
-		nc, _ := ln.Accept()
-		c, _ := Accept(nc, "", Limits{}, RoleWorker)
-		accepted <- c
-	}()
-	nc, err := DialRaw(context.Background(), ln.Addr().String(), DialOptions{Role: RoleWorker})
-	require.NoError(t, err)
-	defer nc.Close()
-	sc := <-accepted
-	require.NotNil(t, sc)
-	defer sc.Abort()
+	nc, sc := rawPeerPair(t)
 	sc.setTimeouts(0, 5*time.Second)
 	r := newParkingReader(t, sc, p)
 	go r.run()
 
-	var whole []byte
-	for _, k := range []string{"first", "second"} {
-		hdr, err := EncodeHeader(&Msg{Op: OpHeartbeat, Key: k})
-		require.NoError(t, err)
-		whole = append(whole, frameHeader([][]byte{hdr})...)
-		whole = append(whole, hdr...)
-	}
+	whole := append(encodedMsg(t, "first"), encodedMsg(t, "second")...)
 	cut := len(whole) - 5 // inside the second message
-	_, err = nc.Write(whole[:cut])
+	_, err := nc.Write(whole[:cut])
 	require.NoError(t, err)
 	require.Equal(t, "first", <-r.got)
 	time.Sleep(50 * time.Millisecond)
@@ -273,33 +274,14 @@ func TestPollerRefusesWhatItCannotWatch(t *testing.T) {
 // stalled one.
 func TestPollerParkedConnectionOutlivesMessageDeadline(t *testing.T) {
 	p := newTestPoller(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	accepted := make(chan *Conn, 1)
-	go func() {
-		nc, _ := ln.Accept()
-		c, _ := Accept(nc, "", Limits{}, RoleWorker)
-		accepted <- c
-	}()
-	nc, err := DialRaw(context.Background(), ln.Addr().String(), DialOptions{Role: RoleWorker})
-	require.NoError(t, err)
-	defer nc.Close()
-	sc := <-accepted
-	require.NotNil(t, sc)
-	defer sc.Abort()
+	nc, sc := rawPeerPair(t)
 	const timeout = 100 * time.Millisecond
 	sc.setTimeouts(0, timeout)
 	r := newParkingReader(t, sc, p)
 	go r.run()
 
-	msg := func(k string) []byte {
-		hdr, err := EncodeHeader(&Msg{Op: OpHeartbeat, Key: k})
-		require.NoError(t, err)
-		return append(frameHeader([][]byte{hdr}), hdr...)
-	}
-	first := msg("first")
-	_, err = nc.Write(first[:3])
+	first := encodedMsg(t, "first")
+	_, err := nc.Write(first[:3])
 	require.NoError(t, err)
 	time.Sleep(10 * time.Millisecond) // the reader reads the start, and waits for the rest under the deadline
 	_, err = nc.Write(first[3:])
@@ -307,7 +289,7 @@ func TestPollerParkedConnectionOutlivesMessageDeadline(t *testing.T) {
 	require.Equal(t, "first", <-r.got)
 	require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
 	time.Sleep(3 * timeout)
-	_, err = nc.Write(msg("second"))
+	_, err = nc.Write(encodedMsg(t, "second"))
 	require.NoError(t, err)
 	select {
 	case k := <-r.got:
@@ -324,12 +306,7 @@ func TestPollerParkedConnectionOutlivesMessageDeadline(t *testing.T) {
 func TestPollerSeesHangUpBehindLastMessage(t *testing.T) {
 	p := newTestPoller(t)
 	for i := range 50 {
-		cc, sc := dialPair(t)
-		r := newParkingReader(t, sc, p)
-		go r.run()
-		require.NoError(t, cc.Send(&Msg{Op: OpHeartbeat, Key: "first"}))
-		require.Equal(t, "first", <-r.got)
-		require.Eventually(t, func() bool { return r.parks.Load() > 0 && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+		cc, _, r := parkedPair(t, p)
 		require.NoError(t, cc.Send(&Msg{Op: OpHeartbeat, Key: "last"}))
 		cc.Close() // the message and the end leave together
 		select {
@@ -338,11 +315,6 @@ func TestPollerSeesHangUpBehindLastMessage(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatalf("round %d: the last message never came", i)
 		}
-		select {
-		case err := <-r.ended:
-			require.Error(t, err)
-		case <-time.After(5 * time.Second):
-			t.Fatalf("round %d: the reader parked after the last message and never saw the end", i)
-		}
+		require.Error(t, r.end(t, fmt.Sprintf("the end (round %d): it parked after the last message", i)))
 	}
 }
