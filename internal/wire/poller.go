@@ -127,8 +127,8 @@ func (p *Poller) lookup(id int32) *pollReg {
 // returns an error, and its reader waits in read(2) from then on).
 func (p *Poller) fail(err error) {
 	p.log.Error("the poller of idle connections failed: their readers wait in read from now on", "err", err)
-	p.broken.Store(true)
 	p.mu.Lock()
+	p.broken.Store(true) // no connection is added from now on (add)
 	regs := make([]*pollReg, 0, len(p.regs))
 	for _, r := range p.regs {
 		regs = append(regs, r)
@@ -185,11 +185,12 @@ var errNotPollable = errors.New("wire: connection cannot be polled")
 // (TryFill, then Park again if nothing came). The first Park of a connection sets resume for
 // good.
 func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
+	// A deadline a message's reading set (the message timeout) would still be armed, and the
+	// next TryFill, any time later, would fail on it: a parked connection waits without one,
+	// as Recv waits for the start of a message (and so does a reader told to go on reading).
+	c.tr.dl.arm(c.nc, 0)
 	if c.tr.idle > 0 {
 		return false, errIdleTimeout
-	}
-	if p.broken.Load() {
-		return false, errPollerBroken
 	}
 	r := c.poll.Load()
 	if r == nil {
@@ -198,10 +199,6 @@ func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
 			return false, err
 		}
 	}
-	// A deadline a message's reading set (the message timeout) would still be armed, and the
-	// next TryFill, any time later, would fail on it: a parked connection waits without one,
-	// as Recv waits for the start of a message.
-	c.tr.dl.arm(c.nc, 0)
 	if r.state.CompareAndSwap(pollRunning, pollParked) {
 		return true, nil
 	}
@@ -217,6 +214,10 @@ func (p *Poller) add(c *Conn, resume func()) (*pollReg, error) {
 	r := &pollReg{p: p, resume: resume}
 	r.state.Store(pollRunning)
 	p.mu.Lock()
+	if p.broken.Load() { // (set under p.mu: fail resumes every connection added before)
+		p.mu.Unlock()
+		return nil, errPollerBroken
+	}
 	for {
 		p.next++
 		if p.next <= 0 {

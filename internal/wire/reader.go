@@ -115,6 +115,9 @@ func (b *connReader) tryFill(read func([]byte) (int, error)) bool {
 		return false
 	}
 	b.prepare(0)
+	if b.w == len(b.buf) {
+		return false // no room (nothing was consumed): not a sign of anything
+	}
 	n, err := read(b.buf[b.w:])
 	if err == errWouldBlock {
 		b.short = true // the socket is empty

@@ -59,8 +59,12 @@ func main() {
 		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process (file prefix; the worker count is appended)")
 		fs.StringVar(&zeroJournal, "journal", "", "run the scheduler with --journal in a fresh directory under this one (measures the journal's cost)")
 		fs.StringVar(&zeroPerf, "perf", "", "run `perf record -g` on the scheduler during each graph only (not registration or teardown), writing PREFIX.<workers>w.<rep>.data")
-		fs.StringVar(&zeroPerfStat, "perf-stat", "", "run `perf stat -e EVENTS` on the scheduler during each graph only, printing the counts (say raw_syscalls:sys_enter,context-switches)")
+		fs.StringVar(&zeroPerfStat, "perf-stat", "", "run `perf stat -e EVENTS` on the scheduler during each graph only, printing the counts (say raw_syscalls:sys_enter,context-switches); not with -perf")
 		fs.Parse(os.Args[2:])
+		if zeroPerf != "" && zeroPerfStat != "" {
+			fmt.Fprintln(os.Stderr, "shoalbench zeroworkers: -perf and -perf-stat cannot be used together: perf attaches once per graph")
+			os.Exit(2)
+		}
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
 		out, err = runZeroWorkers(ctx, *bin, *tasks, *workers, *nthreads, *batch, *reps, *profile)

@@ -74,7 +74,8 @@ var zeroPerf string
 // graph runs (printed to stderr).
 var zeroPerfStat string
 
-// recordPerf starts perf on pid into file; the returned stop ends it and waits for the file.
+// recordPerf starts perf record on pid into file, or perf stat (zeroPerfStat) when file is
+// empty; the returned stop ends it and waits for the file.
 func recordPerf(pid int, file string) (stop func() error, err error) {
 	cmd := exec.Command("perf", "record", "-q", "-F", "999", "-g", "-p", strconv.Itoa(pid), "-o", file)
 	if file == "" {
