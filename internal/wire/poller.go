@@ -198,6 +198,10 @@ func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
 		if r, err = p.add(c, resume); err != nil {
 			return false, err
 		}
+	} else if p.broken.Load() {
+		// (a Park racing with fail finds its reader woken by fail, reads once more, and
+		// comes back here)
+		return false, errPollerBroken
 	}
 	if r.state.CompareAndSwap(pollRunning, pollParked) {
 		return true, nil

@@ -318,3 +318,13 @@ func TestPollerSeesHangUpBehindLastMessage(t *testing.T) {
 		require.Error(t, r.end(t, fmt.Sprintf("the end (round %d): it parked after the last message", i)))
 	}
 }
+
+// A poller whose set fails resumes every parked connection, and none parks again: a
+// connection already in the set is refused too, so that its reader waits in read instead of
+// in a set nobody waits on.
+func TestPollerFailedParksNothing(t *testing.T) {
+	p := newTestPoller(t)
+	_, _, r := parkedPair(t, p)
+	p.fail(errors.New("test: the set failed"))
+	require.ErrorIs(t, r.end(t, "the poller fail"), errPollerBroken)
+}
