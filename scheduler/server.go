@@ -585,11 +585,7 @@ func (r *workerReader) loop(wait bool) {
 		}
 		var in inbound
 		if err := recvWorkerMsg(c, w, &in); err != nil {
-			if wait {
-				r.end(err)
-			} else {
-				go r.end(err)
-			}
+			r.endOn(wait, err)
 			return
 		}
 		grant := s.ahead.tryTake()
@@ -616,13 +612,19 @@ func (r *workerReader) loop(wait bool) {
 			s.sendFrom(c, x)
 		}
 		if err != nil {
-			if wait {
-				r.end(err)
-			} else {
-				go r.end(err)
-			}
+			r.endOn(wait, err)
 			return
 		}
+	}
+}
+
+// endOn is end, on a goroutine of its own unless the caller may wait (loop's wait): end
+// waits for the driver and for the connection's output.
+func (r *workerReader) endOn(wait bool, err error) {
+	if wait {
+		r.end(err)
+	} else {
+		go r.end(err)
 	}
 }
 

@@ -17,10 +17,10 @@ import (
 // and returns; one goroutine waits on an epoll set holding every parked connection, and starts
 // the connection's resume function once bytes arrive or the connection is closed. resume runs
 // on the poller's goroutine and takes what is whole in the buffer without waiting: a
-// heartbeat costs no goroutine at all. With 10,000 workers, the scheduler's readers waiting in read(2) were 10,000
-// goroutines whose stacks every garbage collection scanned, and each wake-up cost a read that
-// found nothing before the reader could wait again (docs/performance.md, "10,000 workers: one
-// waiter for idle connections").
+// heartbeat costs no goroutine at all. With 10,000 workers, the scheduler's readers waiting in
+// read(2) were 10,000 goroutines whose stacks every garbage collection scanned, and each
+// wake-up cost a read that found nothing before the reader could wait again
+// (docs/performance.md, "10,000 workers: one waiter for idle connections").
 //
 // Only a reader that owns a whole connection parks it, and only at a message boundary with
 // nothing buffered: a message whose bytes are under way is read to its end by the reader, with
@@ -93,34 +93,37 @@ func (p *Poller) Close() error {
 // wait hands each batch of edges to the connections' readers until the poller is closed.
 func (p *Poller) wait() {
 	defer close(p.done)
+	type edge struct {
+		id  int32
+		hup bool
+	}
+	var edges []edge
 	var woken []*pollReg
 	for {
-		err := p.set.next(func(id int32, hup bool) {
-			if r := p.lookup(id); r != nil {
-				if hup {
-					r.hup.Store(true) // before the wake: the reader sees it when it tries to park
-				}
-				woken = append(woken, r)
-			}
-		})
+		err := p.set.next(func(id int32, hup bool) { edges = append(edges, edge{id, hup}) })
 		if err != nil {
 			if !p.closing.Load() {
 				p.fail(err)
 			}
 			return
 		}
+		p.mu.Lock()
+		for _, e := range edges {
+			if r := p.regs[e.id]; r != nil {
+				if e.hup {
+					r.hup.Store(true) // before the wake: the reader sees it when it tries to park
+				}
+				woken = append(woken, r)
+			}
+		}
+		p.mu.Unlock()
+		edges = edges[:0]
 		for i, r := range woken {
 			r.wake(true)
 			woken[i] = nil
 		}
 		woken = woken[:0]
 	}
-}
-
-func (p *Poller) lookup(id int32) *pollReg {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.regs[id]
 }
 
 // fail gives up on the set: every parked connection is resumed, and none parks again (Park
@@ -180,10 +183,10 @@ var errNotPollable = errors.New("wire: connection cannot be polled")
 // poller's goroutine (or, after a close, on a new one), and the caller, which must be c's only
 // reader, must return at once without touching c's reading side again. resume must not wait
 // for anything (the network, a lock held for long, a full channel): every parked connection
-// waits behind it. What would wait, it hands to a goroutine of its own. Call it only when Drained reports true. It returns false
-// (and parks nothing) when bytes arrived meanwhile, or might have: the caller goes on reading
-// (TryFill, then Park again if nothing came). The first Park of a connection sets resume for
-// good.
+// waits behind it. What would wait, it hands to a goroutine of its own. Call Park only when
+// Drained reports true. It returns false (and parks nothing) when bytes arrived meanwhile, or
+// might have: the caller goes on reading (TryFill, then Park again if nothing came). The first
+// Park of a connection sets resume for good.
 func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
 	// A deadline a message's reading set (the message timeout) would still be armed, and the
 	// next TryFill, any time later, would fail on it: a parked connection waits without one,
