@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -71,36 +70,6 @@ func (r *parkingReader) run() {
 	}
 }
 
-// dialPair connects a client Conn to a server-side Conn through a real TCP socket.
-func dialPair(t *testing.T) (client, server *Conn) {
-	t.Helper()
-	peer, server := rawPeerPair(t)
-	client = newConn(peer, DefaultLimits(), RoleWorker)
-	t.Cleanup(func() { client.Abort() })
-	return client, server
-}
-
-// rawPeerPair connects a plain socket (the peer's side, handshaken, to write a message's bytes
-// by hand) to a server-side Conn through a real TCP socket.
-func rawPeerPair(t *testing.T) (peer net.Conn, server *Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	accepted := make(chan *Conn, 1)
-	go func() {
-		nc, _ := ln.Accept()
-		c, _ := Accept(nc, "", Limits{}, RoleWorker)
-		accepted <- c
-	}()
-	peer, err = DialRaw(context.Background(), ln.Addr().String(), DialOptions{Role: RoleWorker})
-	require.NoError(t, err)
-	server = <-accepted
-	require.NotNil(t, server)
-	t.Cleanup(func() { peer.Close(); server.Abort() })
-	return peer, server
-}
-
 // encodedMsg is a heartbeat with key k as it goes on the wire.
 func encodedMsg(t *testing.T, k string) []byte {
 	hdr, err := EncodeHeader(&Msg{Op: OpHeartbeat, Key: k})
@@ -108,11 +77,11 @@ func encodedMsg(t *testing.T, k string) []byte {
 	return append(frameHeader([][]byte{hdr}), hdr...)
 }
 
-// parkedPair is dialPair with a parkingReader on the server's side that read a first message
+// parkedPair is connPair with a parkingReader on the server's side that read a first message
 // and parked.
 func parkedPair(t *testing.T, p *Poller) (client, server *Conn, r *parkingReader) {
 	t.Helper()
-	client, server = dialPair(t)
+	client, server = connPair(t, "", RoleWorker)
 	r = newParkingReader(t, server, p)
 	go r.run()
 	require.NoError(t, client.Send(&Msg{Op: OpHeartbeat, Key: "a"}))
@@ -155,7 +124,7 @@ func TestPollerResumesParkedReaders(t *testing.T) {
 	}
 	pairs := make([]pair, conns)
 	for i := range pairs {
-		cc, sc := dialPair(t)
+		cc, sc := connPair(t, "", RoleWorker)
 		r := newParkingReader(t, sc, p)
 		go r.run()
 		pairs[i] = pair{cc, r}
@@ -235,7 +204,8 @@ func TestPollerResumesOnPeerClose(t *testing.T) {
 // boundary with nothing buffered.
 func TestPollerReadsSplitMessageWithoutParking(t *testing.T) {
 	p := newTestPoller(t)
-	nc, sc := rawPeerPair(t)
+	cc, sc := connPair(t, "", RoleWorker)
+	nc := cc.nc // the peer's socket, to write a message's bytes by hand
 	sc.setTimeouts(0, 5*time.Second)
 	r := newParkingReader(t, sc, p)
 	go r.run()
@@ -274,7 +244,8 @@ func TestPollerRefusesWhatItCannotWatch(t *testing.T) {
 // stalled one.
 func TestPollerParkedConnectionOutlivesMessageDeadline(t *testing.T) {
 	p := newTestPoller(t)
-	nc, sc := rawPeerPair(t)
+	cc, sc := connPair(t, "", RoleWorker)
+	nc := cc.nc // the peer's socket, to write a message's bytes by hand
 	const timeout = 100 * time.Millisecond
 	sc.setTimeouts(0, timeout)
 	r := newParkingReader(t, sc, p)

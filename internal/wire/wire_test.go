@@ -75,7 +75,7 @@ func TestHeaderRoundTrip(t *testing.T) {
 }
 
 // pipePair returns a handshaken client/server pair over a real loopback socket.
-func pipePair(t *testing.T, serverToken, clientToken string, role Role) (*Conn, *Conn, error, error) {
+func pipePair(t testing.TB, serverToken, clientToken string, role Role) (*Conn, *Conn, error, error) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -101,7 +101,7 @@ func pipePair(t *testing.T, serverToken, clientToken string, role Role) (*Conn, 
 
 // connPair is pipePair with both sides' token and no error expected; both are closed when
 // the test ends.
-func connPair(t *testing.T, token string, role Role) (cc, sc *Conn) {
+func connPair(t testing.TB, token string, role Role) (cc, sc *Conn) {
 	t.Helper()
 	cc, sc, cerr, serr := pipePair(t, token, token, role)
 	require.NoError(t, cerr)
@@ -187,21 +187,7 @@ func BenchmarkDecodeHeader(b *testing.B) {
 }
 
 func BenchmarkConnSmallMessages(b *testing.B) {
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	defer ln.Close()
-	ch := make(chan *Conn, 1)
-	go func() {
-		nc, _ := ln.Accept()
-		c, _ := Accept(nc, "", Limits{}, RoleClient)
-		ch <- c
-	}()
-	cc, err := Dial(context.Background(), ln.Addr().String(), DialOptions{Role: RoleClient})
-	if err != nil {
-		b.Fatal(err)
-	}
-	sc := <-ch
-	defer cc.Close()
-	defer sc.Close()
+	cc, sc := connPair(b, "", RoleClient)
 	m := &Msg{Op: OpTaskFinished, Key: "inc-0123456789abcdef", NBytes: 8}
 	b.ReportAllocs()
 	b.ResetTimer()
