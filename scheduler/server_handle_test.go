@@ -18,13 +18,19 @@ import (
 // returns its connection; it never reads, so it neither runs nor answers anything.
 func dialWorker(t *testing.T, s *Server, name string, port int) *wire.Conn {
 	t.Helper()
+	c, _ := dialWorkerRegistered(t, s, name, port)
+	return c
+}
+
+// dialWorkerRegistered is dialWorker that also returns the scheduler's registered answer.
+func dialWorkerRegistered(t *testing.T, s *Server, name string, port int) (*wire.Conn, *wire.Msg) {
+	t.Helper()
 	c, err := wire.Dial(context.Background(), s.Addr(), wire.DialOptions{Role: wire.RoleWorker})
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Abort() })
 	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpRegister, Name: name, DataAddr: fmt.Sprintf("127.0.0.1:%d", port),
 		NThreads: 1, MemLimit: 1 << 30, Functions: []string{"inc"}, Version: "test"}))
-	recvOp(t, c, wire.OpRegistered)
-	return c
+	return c, recvOp(t, c, wire.OpRegistered)
 }
 
 // A removal performed among a pass's actions (a worker whose heartbeats stopped) handles the
@@ -112,16 +118,10 @@ func TestThousandIdleWorkers(t *testing.T) {
 	conns := make([]*wire.Conn, n)
 	var last *wire.Msg
 	for i := range conns {
-		c, err := wire.Dial(context.Background(), s.Addr(), wire.DialOptions{Role: wire.RoleWorker})
-		require.NoError(t, err)
-		t.Cleanup(func() { c.Abort() })
-		require.NoError(t, c.Send(&wire.Msg{Op: wire.OpRegister, Name: fmt.Sprint("w", i), DataAddr: fmt.Sprintf("127.0.0.1:%d", 1+i),
-			NThreads: 1, MemLimit: 1 << 30, Functions: []string{"inc"}, Version: "test"}))
-		last = recvOp(t, c, wire.OpRegistered)
+		conns[i], last = dialWorkerRegistered(t, s, fmt.Sprint("w", i), 1+i)
 		if i == 0 {
 			require.Zero(t, last.Interval, "a small cluster asks for no interval")
 		}
-		conns[i] = c
 	}
 	require.InDelta(t, heartbeatInterval(n, s.cfg.Core.HeartbeatTimeout).Seconds(), last.Interval, 1e-9)
 	require.Greater(t, last.Interval, 1.0)
