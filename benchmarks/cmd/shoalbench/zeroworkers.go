@@ -150,16 +150,15 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 
 	graphs, keys := noopGraphs(n, batch, "z")
 	stopPerf := func() error { return nil }
-	if zeroPerf != "" {
-		if stopPerf, err = recordPerf(pid, fmt.Sprintf("%s.%dw.%d.data", zeroPerf, nw, rep)); err != nil {
+	if zeroPerf != "" || zeroPerfStat != "" {
+		file := "" // perf stat
+		if zeroPerf != "" {
+			file = fmt.Sprintf("%s.%dw.%d.data", zeroPerf, nw, rep)
+		}
+		if stopPerf, err = recordPerf(pid, file); err != nil {
 			return nil, err
 		}
 		defer func() { stopPerf() }() // when the graph failed; else a no-op by then
-	} else if zeroPerfStat != "" {
-		if stopPerf, err = recordPerf(pid, ""); err != nil {
-			return nil, err
-		}
-		defer func() { stopPerf() }()
 	}
 	cpu0 := proc.CPUSeconds(pid)
 	start := time.Now()
