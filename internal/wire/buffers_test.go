@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"math/bits"
 	"math/rand"
 	"net"
 	"strconv"
@@ -64,8 +65,14 @@ func TestConnReaderReadsWhatWasSent(t *testing.T) {
 		b.init(&chunkReader{src: src, sizes: sizes})
 		var got []byte
 		for {
-			if rng.Intn(8) == 0 {
+			switch rng.Intn(8) {
+			case 0:
 				b.shrink() // a reader about to wait for the driver
+			case 1:
+				n := b.Buffered()
+				if b.release() != (n == 0) { // a reader parking its connection
+					t.Fatalf("round %d: release with %d bytes buffered reported %v", round, n, n == 0)
+				}
 			}
 			switch rng.Intn(3) {
 			case 0:
@@ -244,10 +251,10 @@ func TestQueuedOutputInChunks(t *testing.T) {
 	ca.mu.Lock()
 	chunks, total := len(ca.mu.smalls), 0
 	for _, s := range ca.mu.smalls {
-		total += len(s)
-		if len(s) > smallChunk+1024 {
+		total += len(*s)
+		if len(*s) > smallChunk+1024 {
 			ca.mu.Unlock()
-			t.Fatalf("a pending slice of %d bytes (chunks are %d)", len(s), smallChunk)
+			t.Fatalf("a pending slice of %d bytes (chunks are %d)", len(*s), smallChunk)
 		}
 	}
 	ca.mu.Unlock()
@@ -264,10 +271,45 @@ func TestQueuedOutputInChunks(t *testing.T) {
 			t.Fatalf("message %d has key %q, want %q", i, m.Key, key(i))
 		}
 	}
-	ca.mu.Lock()
-	spares := len(ca.mu.spares)
-	ca.mu.Unlock()
-	if spares > maxSpares {
-		t.Fatalf("%d spare slices kept (at most %d)", spares, maxSpares)
+}
+
+// TestSmallSlicesFromPools: a slice from getSmall holds what was asked for, whatever slices of
+// whatever capacities went back to the pools before; one asked for within the classes has the
+// capacity of its class at least; and the slices given back are the ones handed out again.
+func TestSmallSlicesFromPools(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	for i := 0; i < 20_000; i++ {
+		if rng.Intn(2) == 0 {
+			b := make([]byte, rng.Intn(10), 1+rng.Intn(3*smallChunk))
+			putSmall(&b)
+			continue
+		}
+		want := 1 + rng.Intn(3*smallChunk)
+		p := getSmall(want)
+		b := *p
+		if len(b) != 0 || cap(b) < want {
+			t.Fatalf("getSmall(%d): len %d, cap %d", want, len(b), cap(b))
+		}
+		if want <= 2*smallChunk {
+			k := bits.Len(uint(want-1) / minSmall)
+			if cap(b) < minSmall<<k {
+				t.Fatalf("getSmall(%d): cap %d, below its class's %d", want, cap(b), minSmall<<k)
+			}
+		}
+		putSmall(p)
+	}
+	for _, c := range []int{minSmall, minSmall + 1, 3 * minSmall, 2 * smallChunk} {
+		b := make([]byte, 0, c)
+		class := minSmall << (bits.Len(uint(c/minSmall)) - 1) // the size its class promises
+		reused := 0
+		for range 100 { // (a pool may drop what it holds, at a collection: most come back)
+			putSmall(&b)
+			if b2 := *getSmall(class); &b2[:1][0] == &b[:1][0] {
+				reused++
+			}
+		}
+		if reused < 50 {
+			t.Fatalf("a slice of capacity %d given back came out again %d times in 100", c, reused)
+		}
 	}
 }

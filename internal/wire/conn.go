@@ -6,9 +6,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/bits"
 	"net"
 	"os"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -41,8 +41,8 @@ type Conn struct {
 		sync.Mutex
 		bufs    net.Buffers  // pending output: small messages share one slice, big frames stand alone
 		small   []byte       // the slice small messages are appended to (the tail of bufs)
-		smalls  [][]byte     // every small-message slice in bufs (this side's memory)
-		spares  [][]byte     // emptied small-message slices, reused by the next ones
+		smalls  []*[]byte    // every small-message slice in bufs (this side's memory), as pooled
+		fits    int          // the capacity the last written small slice had grown to
 		files   []queuedFile // file frames (SendFrames) in bufs, in order
 		pending int
 		err     error
@@ -403,7 +403,7 @@ func (c *Conn) MessageBuffered() bool {
 // Send queues one message. It returns once the message is buffered; the writer goroutine
 // sends it promptly, batching with whatever else is queued by then.
 func (c *Conn) Send(m *Msg, payload ...[]byte) error {
-	if err := c.enqueueMsg(m, payload); err != nil {
+	if _, err := c.enqueueMsg(m, payload); err != nil {
 		return err
 	}
 	c.Flush()
@@ -422,16 +422,29 @@ func (c *Conn) SendRaw(hdr []byte, payload ...[]byte) error {
 // Queue buffers a message without waking the writer: a caller sending many messages in one
 // pass (the scheduler's driver) queues them all and calls Flush once, so they leave in one
 // write instead of one system call each.
-func (c *Conn) Queue(m *Msg, payload ...[]byte) error { return c.enqueueMsg(m, payload) }
+func (c *Conn) Queue(m *Msg, payload ...[]byte) error {
+	_, err := c.enqueueMsg(m, payload)
+	return err
+}
+
+// QueueFirst is Queue that also reports whether m is the first message queued since the
+// output was last taken by a write. A caller that queues to many connections in a pass and
+// flushes them at its end (the scheduler's driver) need only note the connections it was
+// first for: output already pending has a flush or a running writer due for it. At 10,000
+// workers, a map of the connections written to in a pass was a lookup per message, each a
+// likely cache miss (docs/performance.md, "10,000 workers: buffers for the connections that
+// read").
+func (c *Conn) QueueFirst(m *Msg) (bool, error) { return c.enqueueMsg(m, nil) }
 
 // enqueueMsg encodes m's header straight into the pending output, after a frame prefix whose
 // header length is filled in once the header is encoded: no intermediate header buffer.
-func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) error {
+func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) (first bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.usableLocked(); err != nil {
-		return err
+		return false, err
 	}
+	first = c.mu.pending == 0
 	if c.mu.small == nil || len(c.mu.small) >= smallChunk {
 		c.newSmallLocked(0)
 	}
@@ -443,18 +456,18 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) error {
 		b = appendU64(b, uint64(len(p)))
 	}
 	hdrAt := len(b)
-	b, err := appendHeader(b, m)
+	b, err = appendHeader(b, m)
 	if err != nil {
 		c.mu.small = c.mu.small[:start] // nothing of m was queued
-		return err
+		return false, err
 	}
 	binary.BigEndian.PutUint64(b[lenAt:], uint64(len(b)-hdrAt))
 	c.mu.small = b
 	c.mu.bufs[len(c.mu.bufs)-1] = b
-	c.mu.smalls[len(c.mu.smalls)-1] = b
+	*c.mu.smalls[len(c.mu.smalls)-1] = b
 	c.mu.pending += len(b) - start
 	c.queuePayloadLocked(payload)
-	return nil
+	return first, nil
 }
 
 // Flush has whatever is queued written. It does not wait for the write.
@@ -508,7 +521,7 @@ func (c *Conn) FlushNow() {
 
 // requeueFrontLocked puts back the bytes a write left (rest, in the small slices smalls),
 // before what was queued meanwhile: the file frames queued meanwhile move with their places.
-func (c *Conn) requeueFrontLocked(rest, smalls [][]byte, nbytes int) {
+func (c *Conn) requeueFrontLocked(rest [][]byte, smalls []*[]byte, nbytes int) {
 	for i := range c.mu.files {
 		c.mu.files[i].at += len(rest)
 	}
@@ -649,52 +662,70 @@ func (c *Conn) appendSmall(p []byte) {
 	}
 	c.mu.small = append(c.mu.small, p...)
 	c.mu.bufs[len(c.mu.bufs)-1] = c.mu.small
-	c.mu.smalls[len(c.mu.smalls)-1] = c.mu.small
+	*c.mu.smalls[len(c.mu.smalls)-1] = c.mu.small
 }
 
 // Small messages are appended to slices of at most about smallChunk bytes: once one is that
 // full the next message starts a new one (the writer sends them all in one writev). Written
-// slices are kept for reuse, at most maxSpares of them. A connection that queued megabytes
-// before its writer caught up (the scheduler's key_state messages to a busy client) used to
-// grow one slice by copying and let it go after the write: each time fresh memory, which the
-// kernel zeroes (at 10,000 workers, 4 % of the scheduler's CPU was that, under the copy).
+// slices go back to pools that every connection shares, one per size class (4 KiB to 128
+// KiB), and the next slice comes from one. A connection that queued megabytes before its
+// writer caught up (the scheduler's key_state messages to a busy client) used to grow one
+// slice by copying and let it go after the write: each time fresh memory, which the kernel
+// zeroes (at 10,000 workers, 4 % of the scheduler's CPU was that, under the copy). Later each
+// connection kept its written slices as its own spares: at 10,000 workers, 10,000 sets of
+// them, each written once every few hundred milliseconds and cold by then, 5 KB a connection
+// on average (docs/performance.md, "10,000 workers: buffers for the connections that read").
 const (
-	smallChunk = 64 << 10
-	maxSpares  = 8
+	smallChunk   = 64 << 10
+	minSmall     = 4 << 10
+	smallClasses = 6 // minSmall << 5 == 2*smallChunk
 )
 
-// newSmallLocked starts a small-message slice at the tail of the pending output, reusing a
-// spare one when it is big enough: a busy connection (the scheduler's to a worker, thousands
-// of compute messages a second) would otherwise allocate and grow a fresh one per write.
-func (c *Conn) newSmallLocked(n int) {
-	want := max(4096, n)
-	if k := len(c.mu.spares); k > 0 && cap(c.mu.spares[k-1]) >= want {
-		c.mu.small = c.mu.spares[k-1][:0]
-		c.mu.spares[k-1] = nil
-		c.mu.spares = c.mu.spares[:k-1]
-	} else {
-		c.mu.small = make([]byte, 0, want)
+// smallPools holds written small-message slices: smallPools[k] those of a capacity of at
+// least minSmall<<k (and less than twice that).
+var smallPools [smallClasses]sync.Pool
+
+// getSmall returns an empty slice with room for want bytes, from a pool when one has it. The
+// pointer goes back to the pool with the slice (putSmall): a new one per write would be an
+// allocation per write.
+func getSmall(want int) *[]byte {
+	k := bits.Len(uint(max(want, 1)-1) / minSmall) // the smallest class whose slices hold want
+	if k < smallClasses {
+		if b, _ := smallPools[k].Get().(*[]byte); b != nil {
+			*b = (*b)[:0]
+			return b
+		}
+		want = minSmall << k
 	}
-	c.mu.bufs = append(c.mu.bufs, nil)
-	c.mu.smalls = append(c.mu.smalls, nil)
+	b := make([]byte, 0, want)
+	return &b
 }
 
-// reuseLocked keeps written small-message slices as spares (those of a chunk's size or less,
-// at most maxSpares), the largest last.
-func (c *Conn) reuseLocked(written [][]byte) {
+// putSmall gives a written slice to its class's pool (a slice over 2*smallChunk, grown for
+// one large header, is left to the collector).
+func putSmall(b *[]byte) {
+	if c := cap(*b); c >= minSmall && c <= 2*smallChunk {
+		smallPools[bits.Len(uint(c/minSmall))-1].Put(b) // the largest class whose size b reaches
+	}
+}
+
+// newSmallLocked starts a small-message slice at the tail of the pending output, from a pool:
+// a busy connection (the scheduler's to a worker, thousands of compute messages a second)
+// would otherwise allocate and grow a fresh one per write.
+func (c *Conn) newSmallLocked(n int) {
+	// as large as the last one had to grow: a worker's block of compute messages outgrows
+	// 4 KiB each time, and a slice grown by append is a copy and fresh memory
+	b := getSmall(max(minSmall, n, min(c.mu.fits, smallChunk)))
+	c.mu.small = *b
+	c.mu.bufs = append(c.mu.bufs, nil)
+	c.mu.smalls = append(c.mu.smalls, b)
+}
+
+// reuseLocked gives written small-message slices back to the pools.
+func (c *Conn) reuseLocked(written []*[]byte) {
 	for _, b := range written {
-		if cap(b) > 2*smallChunk {
-			continue
-		}
-		switch {
-		case len(c.mu.spares) < maxSpares:
-			c.mu.spares = append(c.mu.spares, b[:0])
-		case cap(b) > cap(c.mu.spares[0]):
-			c.mu.spares[0] = b[:0] // replaces the smallest
-		default:
-			continue
-		}
-		slices.SortFunc(c.mu.spares, func(x, y []byte) int { return cap(x) - cap(y) })
+		c.mu.fits = cap(*b)
+		putSmall(b)
 	}
 }
 

@@ -2,6 +2,8 @@ package wire
 
 import (
 	"errors"
+	"fmt"
+	"math/rand"
 	"net"
 	"os"
 	"testing"
@@ -231,4 +233,68 @@ func TestFlushNowKeepsOrderThroughFullSocket(t *testing.T) {
 		require.Equal(t, uint64(i+1), m.ID, "message %d out of order", i)
 		require.Len(t, m.Message, len(filler))
 	}
+}
+
+// QueueFirst reports the first message queued since the output was last taken; a driver
+// that flushes a connection only in the passes it was first for in loses nothing, also while
+// the socket is full and a writer goroutine holds the output (the scheduler's flush).
+func TestQueueFirstFlushesEverything(t *testing.T) {
+	nc, pc := tcpPair(t, 128<<10)
+	c := newConn(nc, DefaultLimits(), RoleClient)
+	defer c.Abort()
+	r := newConn(pc, DefaultLimits(), RoleClient)
+
+	first, err := c.QueueFirst(&Msg{Op: OpHeartbeat, ID: 1})
+	require.NoError(t, err)
+	require.True(t, first, "nothing was pending")
+	first, err = c.QueueFirst(&Msg{Op: OpHeartbeat, ID: 2})
+	require.NoError(t, err)
+	require.False(t, first, "a message was pending")
+	c.FlushNow() // an empty socket: written inline
+	first, err = c.QueueFirst(&Msg{Op: OpHeartbeat, ID: 3})
+	require.NoError(t, err)
+	require.True(t, first, "the output was taken by a write")
+	c.FlushNow()
+
+	filler := string(make([]byte, 4<<10))
+	const n = 6000 // ~24 MB: the socket fills while the reader sleeps, and writers take over
+	got := make(chan error, 1)
+	go func() {
+		for i := range n + 3 {
+			if i%500 == 0 {
+				time.Sleep(20 * time.Millisecond)
+			}
+			m, _, err := r.Recv()
+			if err == nil && m.ID != uint64(i+1) {
+				err = fmt.Errorf("message %d has ID %d", i+1, m.ID)
+			}
+			if err != nil {
+				got <- err
+				return
+			}
+		}
+		got <- nil
+	}()
+	rng := rand.New(rand.NewSource(1))
+	firsts := 0
+	for i := 3; i < n+3; {
+		due := false
+		for k := 1 + rng.Intn(20); k > 0 && i < n+3; k-- {
+			i++
+			f, err := c.QueueFirst(&Msg{Op: OpHeartbeat, ID: uint64(i), Message: filler})
+			require.NoError(t, err)
+			due = due || f
+		}
+		if due {
+			firsts++
+			c.FlushNow()
+		}
+	}
+	select {
+	case err := <-got:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("messages queued in passes that were not first were never written")
+	}
+	require.Positive(t, firsts)
 }

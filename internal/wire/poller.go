@@ -206,6 +206,10 @@ func (c *Conn) Park(p *Poller, resume func()) (bool, error) {
 		// comes back here)
 		return false, errPollerBroken
 	}
+	// nothing is buffered (Drained): a parked connection holds no read buffer, and the
+	// resumed reader takes one from the pool at its first read (before the state changes:
+	// the poller's goroutine may resume the reader as soon as it does)
+	c.br.release()
 	if r.state.CompareAndSwap(pollRunning, pollParked) {
 		return true, nil
 	}

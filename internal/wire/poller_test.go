@@ -24,6 +24,7 @@ type parkingReader struct {
 	inside  *atomic.Int32 // readers running for this connection now (must stay ≤ 1)
 	parks   atomic.Int64  // times it parked
 	resumes atomic.Int64  // times it was resumed
+	held    atomic.Int64  // times it was resumed holding a read buffer (Park gives it back)
 }
 
 func newParkingReader(t *testing.T, c *Conn, p *Poller) *parkingReader {
@@ -34,6 +35,9 @@ func (r *parkingReader) resume() {
 	r.resumes.Add(1)
 	if n := r.inside.Add(1); n != 1 {
 		r.t.Errorf("%d readers at once on one connection", n)
+	}
+	if r.c.br.buf != nil || r.c.br.small != nil || r.c.br.big != nil {
+		r.held.Add(1)
 	}
 	r.c.TryFill()
 	r.inside.Add(-1)
@@ -170,6 +174,7 @@ func TestPollerResumesParkedReaders(t *testing.T) {
 	next:
 		require.Positive(t, pr.r.parks.Load(), "connection %d never parked", i)
 		require.Positive(t, pr.r.resumes.Load(), "connection %d was never resumed", i)
+		require.Zero(t, pr.r.held.Load(), "connection %d was parked holding a read buffer", i)
 	}
 }
 
@@ -298,4 +303,19 @@ func TestPollerFailedParksNothing(t *testing.T) {
 	_, _, r := parkedPair(t, p)
 	p.fail(errors.New("test: the set failed"))
 	require.ErrorIs(t, r.end(t, "the poller fail"), errPollerBroken)
+}
+
+// A parked connection holds no read buffer (at 10,000 idle workers, one each was 80 MB that
+// the reads found cold); its next read takes one from the pool and reads as before.
+func TestPollerParkedConnectionHoldsNoBuffer(t *testing.T) {
+	p := newTestPoller(t)
+	client, _, r := parkedPair(t, p)
+	for i := range 3 {
+		parks := r.parks.Load()
+		require.NoError(t, client.Send(&Msg{Op: OpHeartbeat, Key: fmt.Sprint(i)}))
+		require.Equal(t, fmt.Sprint(i), <-r.got)
+		require.Eventually(t, func() bool { return r.parks.Load() > parks && r.inside.Load() == 0 }, 5*time.Second, time.Millisecond)
+	}
+	require.Equal(t, int64(3), r.resumes.Load())
+	require.Zero(t, r.held.Load(), "resumed holding a read buffer")
 }

@@ -18,12 +18,22 @@ import (
 // at once that the pool ran dry, and the fresh 64 KiB buffers were a quarter of the readers'
 // CPU (their zeroing, page faults and the collector's assists); 8 KiB each is 80 MB at 10,000
 // connections (docs/performance.md, "10,000 workers: the read-ahead budget").
+//
+// The small buffers are pooled too, and taken at a connection's first read: a reader that
+// parks its connection (wire.Poller) gives its buffer back (release), and the connection
+// holds none while idle. At 10,000 parked workers a buffer each was 80 MB that the first read
+// of each connection faulted in page by page, and whose pages every read found cold; pooled,
+// the few connections reading at a time share buffers that stay warm (docs/performance.md,
+// "10,000 workers: buffers for the connections that read").
 const (
 	bigRead   = 64 << 10
 	smallRead = 8 << 10
 )
 
-var bigReads = sync.Pool{New: func() any { b := make([]byte, bigRead); return &b }}
+var (
+	bigReads   = sync.Pool{New: func() any { b := make([]byte, bigRead); return &b }}
+	smallReads = sync.Pool{New: func() any { return new([smallRead]byte) }}
+)
 
 // errPeekTooLarge is returned by Peek for more than a big buffer holds.
 var errPeekTooLarge = errors.New("wire: peek larger than the read buffer")
@@ -32,17 +42,40 @@ var errPeekTooLarge = errors.New("wire: peek larger than the read buffer")
 // small unless bytes keep coming. Not safe for concurrent use.
 type connReader struct {
 	rd    io.Reader
-	buf   []byte  // small[:] or *big
-	big   *[]byte // the pooled buffer held, or nil
-	r, w  int     // buf[r:w] is buffered
-	err   error   // a read error not yet returned
-	short bool    // the last read brought fewer bytes than there was room for
-	small [smallRead]byte
+	buf   []byte           // small[:], *big, or nil before the first read and after release
+	small *[smallRead]byte // the pooled small buffer held, or nil
+	big   *[]byte          // the pooled big buffer held, or nil
+	r, w  int              // buf[r:w] is buffered
+	err   error            // a read error not yet returned
+	short bool             // the last read brought fewer bytes than there was room for
 }
 
-func (b *connReader) init(rd io.Reader) {
-	b.rd = rd
-	b.buf = b.small[:]
+func (b *connReader) init(rd io.Reader) { b.rd = rd }
+
+// smallBuf returns the small buffer, taking one from the pool when none is held.
+func (b *connReader) smallBuf() []byte {
+	if b.small == nil {
+		b.small = smallReads.Get().(*[smallRead]byte)
+	}
+	return b.small[:]
+}
+
+// release gives the buffers back to their pools when nothing is buffered (it reports whether
+// it did): the next read takes one again.
+func (b *connReader) release() bool {
+	if b.r != b.w {
+		return false
+	}
+	if b.big != nil {
+		bigReads.Put(b.big)
+		b.big = nil
+	}
+	if b.small != nil {
+		smallReads.Put(b.small)
+		b.small = nil
+	}
+	b.buf, b.r, b.w = nil, 0, 0
+	return true
 }
 
 // Buffered is the number of bytes that can be read without reading the connection.
@@ -59,9 +92,12 @@ func (b *connReader) compact(want int, lastFilled bool) {
 		copy(*big, b.buf[b.r:b.w])
 		b.big, b.buf = big, *big
 	case b.big != nil && !lastFilled && want <= smallRead && n <= smallRead:
-		copy(b.small[:], b.buf[b.r:b.w])
+		small := b.smallBuf()
+		copy(small, b.buf[b.r:b.w])
 		bigReads.Put(b.big)
-		b.big, b.buf = nil, b.small[:]
+		b.big, b.buf = nil, small
+	case b.buf == nil: // released: nothing is buffered
+		b.buf = b.smallBuf()
 	default:
 		copy(b.buf, b.buf[b.r:b.w])
 	}
@@ -175,7 +211,7 @@ func (b *connReader) Read(p []byte) (int, error) {
 		if b.err != nil {
 			return 0, b.readErr()
 		}
-		if len(p) >= len(b.buf) {
+		if len(p) >= max(len(b.buf), smallRead) { // (buf is nil when released)
 			if b.big != nil { // a large read: the big buffer is not needed for it
 				b.r, b.w = 0, 0
 				b.compact(0, false)
