@@ -29,8 +29,9 @@ func requireWaiting(t *testing.T, r *readAhead, n int) {
 }
 
 func TestReadAheadGrants(t *testing.T) {
-	stop := make(chan struct{})
-	r := newReadAhead(10, 4, stop)
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	r := newReadAhead(ctx, 10, 4)
 	require.Equal(t, 4, r.take())
 	require.Equal(t, 4, r.take())
 	require.Equal(t, 2, r.take(), "the last grant is what is left")
@@ -59,9 +60,45 @@ func TestReadAheadGrants(t *testing.T) {
 	require.Zero(t, r.tryTake(), "free shares are the waiting reader's first")
 	late := takeAsync(r)
 	requireWaiting(t, r, 2)
-	close(stop)
+	stop()
 	require.Equal(t, 0, <-waiting, "a waiting take returns nothing once the server stops")
 	require.Equal(t, 0, <-late)
+}
+
+// takeOr's callbacks are served in turn with the takes, each with a whole grant, and with 0
+// once the server stops; a takeOr after the stop is told at once.
+func TestReadAheadCallbacks(t *testing.T) {
+	ctx, stop := context.WithCancel(context.Background())
+	r := newReadAhead(ctx, 8, 4)
+	var got []string
+	cb := func(name string) func(int) { return func(n int) { got = append(got, fmt.Sprint(name, n)) } }
+	require.Equal(t, 4, r.takeOr(cb("unused")))
+	require.Equal(t, 4, r.takeOr(cb("unused")))
+	require.Zero(t, r.takeOr(cb("a")))
+	waiting := takeAsync(r)
+	requireWaiting(t, r, 2)
+	require.Zero(t, r.takeOr(cb("b")))
+	require.Zero(t, r.takeOr(cb("c")))
+	r.give(3)
+	require.Empty(t, got, "less than a grant free: nobody is served")
+	r.give(1)
+	require.Equal(t, []string{"a4"}, got)
+	r.give(4)
+	require.Equal(t, 4, <-waiting, "the take that waited second is served second")
+	require.Equal(t, []string{"a4"}, got)
+	r.give(4)
+	require.Equal(t, []string{"a4", "b4"}, got)
+	require.Equal(t, uint64(3), r.deferred)
+	stop()
+	require.Eventually(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(got) == 3
+	}, 5*time.Second, time.Millisecond)
+	require.Equal(t, []string{"a4", "b4", "c0"}, got, "a waiting callback is told of the stop")
+	require.Zero(t, r.takeOr(cb("d")))
+	require.Equal(t, "d0", got[3], "a takeOr after the stop is told at once")
+	require.Zero(t, r.take())
 }
 
 // While the driver is busy, worker readers decode no more than the read-ahead budget: the
@@ -74,7 +111,7 @@ func TestReadAheadBoundsDecodedMessages(t *testing.T) {
 	cfg.Port = 0
 	s, err := NewServer(cfg)
 	require.NoError(t, err)
-	s.ahead = newReadAhead(limit, grant, s.stop) // before Serve: nothing reads it yet
+	s.ahead = newReadAhead(s.stopped, limit, grant) // before Serve: nothing reads it yet
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Serve(ctx); close(done) }()

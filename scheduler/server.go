@@ -137,8 +137,8 @@ type Server struct {
 	nextW    WorkerID
 	nextC    ClientID
 	actions  []Action
-	dirty    map[*wire.Conn]struct{} // connections with queued, unflushed messages
-	finished EvTaskFinished          // the event of the task_finished being handled
+	dirty    []*wire.Conn   // connections queued to first in this pass (queue)
+	finished EvTaskFinished // the event of the task_finished being handled
 	obs      *observers
 	stats    serverStats
 	started  time.Time
@@ -245,11 +245,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		in: make(chan inbound, inboundQueue), queries: make(chan func()),
 		workers: map[WorkerID]*workerConn{}, byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
 		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
-		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(), dirty: map[*wire.Conn]struct{}{},
+		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(),
 		orphans: map[ClientID]time.Time{}, graphSeq: map[ClientID]uint64{}}
 	s.stopped, s.endStop = context.WithCancel(context.Background())
 	s.stop = s.stopped.Done()
-	s.ahead = newReadAhead(maxReadAhead, maxBatch, s.stop)
+	s.ahead = newReadAhead(s.stopped, maxReadAhead, maxBatch)
 	if cfg.Journal != "" {
 		if err := s.openJournal(); err != nil {
 			ln.Close()
@@ -308,19 +308,19 @@ func (s *Server) Serve(ctx context.Context) error {
 
 // queue buffers m on c and remembers to flush c at the end of this pass.
 func (s *Server) queue(c *wire.Conn, m *wire.Msg) {
-	c.Queue(m)
-	if _, ok := s.dirty[c]; !ok {
-		s.dirty[c] = struct{}{}
+	if first, _ := c.QueueFirst(m); first {
+		s.dirty = append(s.dirty, c)
 	}
 }
 
 // flush wakes the writer of every connection written to in this pass.
 func (s *Server) flush() {
 	s.journalWrite() // first: what a client is told is in the journal
-	for c := range s.dirty {
+	for i, c := range s.dirty {
 		c.FlushNow()
+		s.dirty[i] = nil
 	}
-	clear(s.dirty)
+	s.dirty = s.dirty[:0]
 }
 
 // drain handles whatever else is already queued, so bursts are processed without select
@@ -543,35 +543,57 @@ type workerReader struct {
 	w        *workerConn
 	unstop   func() bool  // the server's stop no longer aborts c
 	poll     *wire.Poller // nil: the reader waits in read(2), as for a TLS connection
-	detached bool         // parked once: it holds a count of the server's wait group
+	detached bool         // detach ran: it holds a count of the server's wait group
 }
 
 // resume goes on reading once the poller saw bytes come (or the connection closed). It runs
-// on the poller's goroutine, so it never waits: it hands on the messages already whole in the
-// buffer, and leaves whatever would wait (the rest of a message, a grant of the read-ahead
-// budget, a full inbound queue, the end) to a goroutine of its own. A heartbeat, or a burst of
-// task_finished, thus costs no goroutine at all.
+// on the poller's goroutine, so it never waits: it takes a grant of the read-ahead budget
+// first, and reads nothing without one (the reader is resumed again once a grant is free:
+// granted); it hands on the messages already whole in the buffer, and leaves whatever would
+// wait (the rest of a message, a full inbound queue, the end) to a goroutine of its own. A
+// heartbeat, or a burst of task_finished, thus costs no goroutine at all.
 func (r *workerReader) resume() {
+	grant := r.s.ahead.takeOr(r.granted)
+	if grant == 0 {
+		return // nothing read: the bytes wait in the socket
+	}
 	r.c.TryFill()
-	r.loop(false)
+	r.loop(false, grant)
+}
+
+// granted is called with a grant once one is free for a reader that waited for it (takeOr),
+// or with 0 when the server stops. It runs under the budget's lock: it only starts the
+// reader's goroutine.
+func (r *workerReader) granted(n int) {
+	if n == 0 {
+		go r.end(nil)
+		return
+	}
+	go func() {
+		r.c.TryFill() // (nothing may have been read: a resume without a grant reads nothing)
+		r.loop(true, n)
+	}()
 }
 
 // run reads until the connection ends (it then ends it) or it is parked.
-func (r *workerReader) run() { r.loop(true) }
+func (r *workerReader) run() { r.loop(true, 0) }
 
 // loop reads the worker's messages and hands them to the driver until the connection ends or
 // is parked; with wait false, it stops short of anything that would wait, and hands it to a
-// goroutine (resume).
+// goroutine (resume). held is a grant of the read-ahead budget already taken.
 //
 // Messages already buffered behind the one read (a worker's burst of task_finished) go to the
 // driver together: one channel hand-off and wake-up instead of one per message. The batch's
 // slice is taken only then, so that a connection waiting for its next message holds none (at
 // 10,000 workers, one each was 128 MB). Each message holds a share of the read-ahead budget
-// until the driver handled it; none is held while the reader waits for its peer.
-func (r *workerReader) loop(wait bool) {
-	s, c, w := r.s, r.c, r.w
+// until the driver handled it; none is held while the reader waits for its peer, and a
+// reader that finds none free leaves a callback for when one is (granted) and returns.
+func (r *workerReader) loop(wait bool, held int) {
+	s, c := r.s, r.c
 	for {
 		if r.poll != nil && c.Drained() {
+			s.ahead.give(held) // (no message came after all)
+			held = 0
 			if r.park() {
 				return
 			}
@@ -579,26 +601,36 @@ func (r *workerReader) loop(wait bool) {
 				continue // nothing came after all: park again
 			}
 		}
-		if !wait && !c.MessageBuffered() {
-			go r.run() // the rest of a message, or the end
-			return
-		}
-		var in inbound
-		if err := recvWorkerMsg(c, w, &in); err != nil {
-			r.endOn(wait, err)
-			return
-		}
-		grant := s.ahead.tryTake()
-		if grant == 0 && !wait {
-			go r.handOn(in)
-			return
-		}
-		if grant == 0 {
-			c.ShrinkBuffer()                        // no 64 KiB held while it waits
-			if grant = s.ahead.take(); grant == 0 { // stopping
-				r.end(nil)
+		if !c.MessageBuffered() {
+			s.ahead.give(held) // none is held while the reader waits for its peer
+			held = 0
+			if !wait {
+				go r.run() // the rest of a message, or the end
 				return
 			}
+			if !r.readSplit() {
+				return
+			}
+			continue
+		}
+		grant := held
+		if held = 0; grant == 0 {
+			grant = s.ahead.tryTake()
+		}
+		if grant == 0 {
+			// no 64 KiB held while it waits; before the callback is left, for the callback's
+			// goroutine may run at once
+			c.ShrinkBuffer()
+			r.detach() // the callback's goroutine may outlive serveConn's
+			if grant = s.ahead.takeOr(r.granted); grant == 0 {
+				return
+			}
+		}
+		var in inbound
+		if err := recvWorkerMsg(c, r.w, &in); err != nil {
+			s.ahead.give(grant)
+			r.endOn(wait, err)
+			return
 		}
 		x, err := r.gather(in, grant)
 		if !wait {
@@ -616,6 +648,32 @@ func (r *workerReader) loop(wait bool) {
 			return
 		}
 	}
+}
+
+// readSplit reads a message that is not yet whole in the buffer (waiting for the rest of it),
+// then waits for a grant for it and hands it on; false when the connection ended.
+func (r *workerReader) readSplit() bool {
+	s, c := r.s, r.c
+	var in inbound
+	if err := recvWorkerMsg(c, r.w, &in); err != nil {
+		r.end(err)
+		return false
+	}
+	grant := s.ahead.tryTake()
+	if grant == 0 {
+		c.ShrinkBuffer()                        // no 64 KiB held while it waits
+		if grant = s.ahead.take(); grant == 0 { // stopping
+			r.end(nil)
+			return false
+		}
+	}
+	x, err := r.gather(in, grant)
+	s.sendFrom(c, x)
+	if err != nil {
+		r.end(err)
+		return false
+	}
+	return true
 }
 
 // endOn is end, on a goroutine of its own unless the caller may wait (loop's wait): end
@@ -657,19 +715,6 @@ func (r *workerReader) gather(in inbound, grant int) (inbound, error) {
 	return inbound{batch: batch}, err // the driver owns the slice, and gives it back (freeBatch)
 }
 
-// handOn is the rest of resume's work on a message for which no grant was free: it waits for
-// one, hands the message on, and reads on.
-func (r *workerReader) handOn(in inbound) {
-	r.c.ShrinkBuffer()
-	grant := r.s.ahead.take()
-	if grant == 0 { // stopping
-		r.end(nil)
-		return
-	}
-	x, err := r.gather(in, grant)
-	r.sendOn(x, err)
-}
-
 // sendOn hands x to the driver, waiting if need be, then reads on (or ends, after err).
 func (r *workerReader) sendOn(x inbound, err error) {
 	r.s.sendFrom(r.c, x)
@@ -680,16 +725,21 @@ func (r *workerReader) sendOn(x inbound, err error) {
 	r.run()
 }
 
-// park parks the connection (true: the caller returns, the connection is the poller's). The
-// first time, the reader takes over what serveConn's return would give back: a count of the
-// server's wait group, and the wire server's hold on the connection.
-func (r *workerReader) park() bool {
+// detach, the first time, has the reader take over what serveConn's return gives back: a
+// count of the server's wait group, and the wire server's hold on the connection (its slot
+// among MaxConns). A reader calls it before it leaves the goroutine it runs on for good with
+// the connection not ended (it parks it, or leaves a callback for a grant).
+func (r *workerReader) detach() {
 	if !r.detached {
 		r.detached = true
 		r.s.wg.Add(1) // serveConn's goroutine still holds one: Close cannot be waiting on zero
 		r.c.Keep()
 	}
-	r.c.ShrinkBuffer() // an idle connection holds the small buffer only
+}
+
+// park parks the connection (true: the caller returns, the connection is the poller's).
+func (r *workerReader) park() bool {
+	r.detach()
 	parked, err := r.c.Park(r.poll, r.resume)
 	if err != nil {
 		r.s.log.Warn("cannot poll a worker connection: its reader waits in read instead",

@@ -149,21 +149,34 @@ func TestThousandIdleWorkers(t *testing.T) {
 	}, 5*time.Second, 10*time.Millisecond, "the worker that hung up is still registered")
 }
 
-// Workers answering in bursts while the read-ahead budget is nearly spent: readers resumed by
-// the poller that find no grant go on on goroutines of their own (workerReader.handOn), and
-// every answer still reaches the driver.
+// Workers answering in bursts while the read-ahead budget is nearly spent: readers that find
+// no grant leave a callback and return (workerReader.granted goes on once one is free), and
+// every answer still reaches the driver, every share comes back, and each connection keeps its
+// slot among MaxWorkers while its reader waits by callback. Both with the connections parked
+// in the poller and with readers that wait in read(2), as over TLS, which leave serveConn's
+// goroutine for the first time by such a callback.
 func TestWorkerBurstsUnderTightReadAhead(t *testing.T) {
+	for _, polled := range []bool{true, false} {
+		t.Run(fmt.Sprint("polled=", polled), func(t *testing.T) { testBurstsUnderTightReadAhead(t, polled) })
+	}
+}
+
+func testBurstsUnderTightReadAhead(t *testing.T, polled bool) {
+	const workers, n = 16, 3000
 	cfg := DefaultServerConfig()
 	cfg.Core.SaturationFactor = math.Inf(1) // every task sent at once: answers come in bursts
+	cfg.MaxWorkers = workers
 	s, err := NewServer(cfg)
 	require.NoError(t, err)
-	s.ahead = newReadAhead(2, 2, s.stop)
+	s.ahead = newReadAhead(s.stopped, 2, 2)
+	if !polled {
+		s.pollOnce.Do(func() {}) // no poller: readers wait in read(2)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { s.Serve(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	const workers, n = 16, 3000
 	for i := range workers {
 		w := dialWorker(t, s, fmt.Sprint("w", i), 1+i)
 		go func() {
@@ -197,4 +210,13 @@ func TestWorkerBurstsUnderTightReadAhead(t *testing.T) {
 			inMemory[m.Key] = true
 		}
 	}
+	s.ahead.mu.Lock()
+	deferred := s.ahead.deferred
+	s.ahead.mu.Unlock()
+	require.Positive(t, deferred, "no reader ever waited for a grant: the test tests nothing")
+	require.Eventually(t, func() bool { return s.ahead.taken() == 0 }, 5*time.Second, time.Millisecond,
+		"every share came back")
+	_, err = wire.Dial(context.Background(), s.Addr(), wire.DialOptions{Role: wire.RoleWorker})
+	var he *wire.HandshakeError
+	require.ErrorAs(t, err, &he, "a worker beyond MaxWorkers was let in: a waiting reader gave its slot up")
 }
