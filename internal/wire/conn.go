@@ -42,7 +42,7 @@ type Conn struct {
 		bufs    net.Buffers  // pending output: small messages share one slice, big frames stand alone
 		small   []byte       // the slice small messages are appended to (the tail of bufs)
 		smalls  []*[]byte    // every small-message slice in bufs (this side's memory), as pooled
-		fits    int          // the capacity the last written small slice had grown to
+		fits    int          // the bytes the last written small slice held
 		files   []queuedFile // file frames (SendFrames) in bufs, in order
 		pending int
 		err     error
@@ -713,8 +713,9 @@ func putSmall(b *[]byte) {
 // a busy connection (the scheduler's to a worker, thousands of compute messages a second)
 // would otherwise allocate and grow a fresh one per write.
 func (c *Conn) newSmallLocked(n int) {
-	// as large as the last one had to grow: a worker's block of compute messages outgrows
-	// 4 KiB each time, and a slice grown by append is a copy and fresh memory
+	// as large as the last one's contents: a fake worker's block of compute messages
+	// outgrows 4 KiB each time, and a slice grown by append is a copy and fresh memory
+	// (its contents, not its capacity: one burst must not make every later slice large)
 	b := getSmall(max(minSmall, n, min(c.mu.fits, smallChunk)))
 	c.mu.small = *b
 	c.mu.bufs = append(c.mu.bufs, nil)
@@ -724,7 +725,7 @@ func (c *Conn) newSmallLocked(n int) {
 // reuseLocked gives written small-message slices back to the pools.
 func (c *Conn) reuseLocked(written []*[]byte) {
 	for _, b := range written {
-		c.mu.fits = cap(*b)
+		c.mu.fits = len(*b)
 		putSmall(b)
 	}
 }

@@ -298,3 +298,36 @@ func TestQueueFirstFlushesEverything(t *testing.T) {
 	}
 	require.Positive(t, firsts)
 }
+
+// A connection's next small-message slice is as large as its last one's contents: a burst
+// that outgrew 4 KiB gets room for the same the next time (no growing by append, a copy),
+// and one small message after it brings the size back down.
+func TestSmallSliceFitsLastBurst(t *testing.T) {
+	nc, pc := tcpPair(t, 1<<20)
+	c := newConn(nc, DefaultLimits(), RoleClient)
+	defer c.Abort()
+	r := newConn(pc, DefaultLimits(), RoleClient)
+	filler := string(make([]byte, 200))
+	burst := func(n int) int { // queues n messages, writes them: the slice's first capacity
+		t.Helper()
+		capacity := 0
+		for i := range n {
+			require.NoError(t, c.Queue(&Msg{Op: OpHeartbeat, ID: uint64(i + 1), Message: filler}))
+			if i == 0 { // (before any growing by append)
+				c.mu.Lock()
+				capacity = cap(c.mu.small)
+				c.mu.Unlock()
+			}
+		}
+		c.FlushNow()
+		for range n {
+			_, _, err := r.Recv()
+			require.NoError(t, err)
+		}
+		return capacity
+	}
+	burst(40) // ~9 KB: grows past the first 4 KiB slice
+	require.GreaterOrEqual(t, burst(40), 8<<10, "the second burst's slice had no room for the first's")
+	burst(1)
+	require.Less(t, burst(1), 8<<10, "one small message after a burst still gets a burst's slice")
+}
