@@ -445,7 +445,8 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) (first bool, err error) {
 		return false, err
 	}
 	first = c.mu.pending == 0
-	if c.mu.small == nil || len(c.mu.small) >= smallChunk {
+	fresh := c.mu.small == nil || len(c.mu.small) >= smallChunk
+	if fresh {
 		c.newSmallLocked(0)
 	}
 	start := len(c.mu.small)
@@ -459,6 +460,12 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) (first bool, err error) {
 	b, err = appendHeader(b, m)
 	if err != nil {
 		c.mu.small = c.mu.small[:start] // nothing of m was queued
+		if fresh {
+			// nor a slice for it: an empty one left would look like output pending
+			putSmall(c.mu.smalls[len(c.mu.smalls)-1])
+			c.mu.bufs, c.mu.smalls = c.mu.bufs[:len(c.mu.bufs)-1], c.mu.smalls[:len(c.mu.smalls)-1]
+			c.mu.small = nil
+		}
 		return false, err
 	}
 	binary.BigEndian.PutUint64(b[lenAt:], uint64(len(b)-hdrAt))

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/shoal-dev/shoal/graph"
 )
 
 // countingConn counts the deadlines set on it.
@@ -330,4 +332,22 @@ func TestSmallSliceFitsLastBurst(t *testing.T) {
 	require.GreaterOrEqual(t, burst(40), 8<<10, "the second burst's slice had no room for the first's")
 	burst(1)
 	require.Less(t, burst(1), 8<<10, "one small message after a burst still gets a burst's slice")
+}
+
+// A message that cannot be encoded leaves nothing queued, not even an empty slice: the
+// connection has no output pending (an idle timeout still applies), and the next message is
+// the first.
+func TestFailedEncodeLeavesNothingPending(t *testing.T) {
+	cc, _ := connPair(t, "", RoleClient)
+	bad := &Msg{Op: OpCompute, Task: &graph.Task{Key: "k", Args: []graph.Arg{{Val: make(chan int)}}}}
+	first, err := cc.QueueFirst(bad)
+	require.Error(t, err)
+	require.False(t, first)
+	require.False(t, cc.outputPending(), "a failed encode left output pending")
+	first, err = cc.QueueFirst(&Msg{Op: OpHeartbeat})
+	require.NoError(t, err)
+	require.True(t, first, "the first message after a failed one is not the first")
+	_, err = cc.QueueFirst(bad) // behind a pending message: that one stays
+	require.Error(t, err)
+	require.True(t, cc.outputPending())
 }
