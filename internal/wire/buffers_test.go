@@ -261,6 +261,12 @@ func TestQueuedOutputInChunks(t *testing.T) {
 	if chunks < total/(smallChunk+1024)+1 || chunks < 2 {
 		t.Fatalf("%d bytes pending in %d slices", total, chunks)
 	}
+	ca.mu.Lock()
+	grown := ca.mu.grown
+	ca.mu.Unlock()
+	if grown > 0 { // every message is under minRoom: a new slice, never a copy
+		t.Fatalf("%d times a slice was grown by append", grown)
+	}
 	ca.Flush()
 	for i := range n {
 		m, _, err := cb.Recv()

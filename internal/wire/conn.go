@@ -42,7 +42,8 @@ type Conn struct {
 		bufs    net.Buffers  // pending output: small messages share one slice, big frames stand alone
 		small   []byte       // the slice small messages are appended to (the tail of bufs)
 		smalls  []*[]byte    // every small-message slice in bufs (this side's memory), as pooled
-		fits    int          // the bytes the last written small slice held
+		fits    int          // the bytes of small messages the last write took
+		grown   int          // times a message outgrew its slice (append copied it): for tests
 		files   []queuedFile // file frames (SendFrames) in bufs, in order
 		pending int
 		err     error
@@ -445,7 +446,8 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) (first bool, err error) {
 		return false, err
 	}
 	first = c.mu.pending == 0
-	fresh := c.mu.small == nil || len(c.mu.small) >= smallChunk
+	// a new slice rather than growing this one by append (a copy, and fresh memory)
+	fresh := c.mu.small == nil || len(c.mu.small) >= smallChunk || cap(c.mu.small)-len(c.mu.small) < minRoom
 	if fresh {
 		c.newSmallLocked(0)
 	}
@@ -469,6 +471,9 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) (first bool, err error) {
 		return false, err
 	}
 	binary.BigEndian.PutUint64(b[lenAt:], uint64(len(b)-hdrAt))
+	if cap(b) != cap(c.mu.small) {
+		c.mu.grown++
+	}
 	c.mu.small = b
 	c.mu.bufs[len(c.mu.bufs)-1] = b
 	*c.mu.smalls[len(c.mu.smalls)-1] = b
@@ -664,7 +669,7 @@ func appendU64(b []byte, v uint64) []byte {
 
 // appendSmall copies p into the current small-message slice (c.mu held).
 func (c *Conn) appendSmall(p []byte) {
-	if c.mu.small == nil || len(c.mu.small) > 0 && len(c.mu.small)+len(p) > smallChunk {
+	if c.mu.small == nil || len(c.mu.small) > 0 && len(c.mu.small)+len(p) > min(cap(c.mu.small), smallChunk) {
 		c.newSmallLocked(len(p))
 	}
 	c.mu.small = append(c.mu.small, p...)
@@ -673,7 +678,9 @@ func (c *Conn) appendSmall(p []byte) {
 }
 
 // Small messages are appended to slices of at most about smallChunk bytes: once one is that
-// full the next message starts a new one (the writer sends them all in one writev). Written
+// full, or has less than minRoom left, the next message starts a new one (the writer sends
+// them all in one writev), twice as large as the one before while the output grows; a slice
+// is not grown by append, a copy into fresh memory, unless one message outgrows it. Written
 // slices go back to pools that every connection shares, one per size class (4 KiB to 128
 // KiB), and the next slice comes from one. A connection that queued megabytes before its
 // writer caught up (the scheduler's key_state messages to a busy client) used to grow one
@@ -685,7 +692,8 @@ func (c *Conn) appendSmall(p []byte) {
 const (
 	smallChunk   = 64 << 10
 	minSmall     = 4 << 10
-	smallClasses = 6 // minSmall << 5 == 2*smallChunk
+	smallClasses = 6   // minSmall << 5 == 2*smallChunk
+	minRoom      = 512 // room left below which a slice takes no more messages (most are smaller)
 )
 
 // smallPools holds written small-message slices: smallPools[k] those of a capacity of at
@@ -720,10 +728,15 @@ func putSmall(b *[]byte) {
 // a busy connection (the scheduler's to a worker, thousands of compute messages a second)
 // would otherwise allocate and grow a fresh one per write.
 func (c *Conn) newSmallLocked(n int) {
-	// as large as the last one's contents: a fake worker's block of compute messages
-	// outgrows 4 KiB each time, and a slice grown by append is a copy and fresh memory
-	// (its contents, not its capacity: one burst must not make every later slice large)
-	b := getSmall(max(minSmall, n, min(c.mu.fits, smallChunk)))
+	// as large as what the last write took (a fake worker's block of compute messages is
+	// more than 4 KiB each time), by its contents, not its slices' capacities (one burst must
+	// not make every later slice large); twice the slice before it when the pending output
+	// outgrew that one
+	want := max(minSmall, n, min(c.mu.fits, smallChunk))
+	if c.mu.small != nil {
+		want = max(want, min(2*cap(c.mu.small), smallChunk))
+	}
+	b := getSmall(want)
 	c.mu.small = *b
 	c.mu.bufs = append(c.mu.bufs, nil)
 	c.mu.smalls = append(c.mu.smalls, b)
@@ -731,8 +744,9 @@ func (c *Conn) newSmallLocked(n int) {
 
 // reuseLocked gives written small-message slices back to the pools.
 func (c *Conn) reuseLocked(written []*[]byte) {
+	c.mu.fits = 0
 	for _, b := range written {
-		c.mu.fits = len(*b)
+		c.mu.fits += len(*b)
 		putSmall(b)
 	}
 }
