@@ -446,8 +446,7 @@ func (c *Conn) enqueueMsg(m *Msg, payload [][]byte) (first bool, err error) {
 		return false, err
 	}
 	first = c.mu.pending == 0
-	// a new slice rather than growing this one by append (a copy, and fresh memory)
-	fresh := c.mu.small == nil || len(c.mu.small) >= smallChunk || cap(c.mu.small)-len(c.mu.small) < minRoom
+	fresh := !c.roomLocked(minRoom) // (the message's size is known only once it is encoded)
 	if fresh {
 		c.newSmallLocked(0)
 	}
@@ -669,8 +668,8 @@ func appendU64(b []byte, v uint64) []byte {
 
 // appendSmall copies p into the current small-message slice (c.mu held).
 func (c *Conn) appendSmall(p []byte) {
-	if c.mu.small == nil || len(c.mu.small) > 0 && len(c.mu.small)+len(p) > min(cap(c.mu.small), smallChunk) {
-		c.newSmallLocked(len(p))
+	if c.mu.small == nil || len(c.mu.small) > 0 && !c.roomLocked(len(p)) {
+		c.newSmallLocked(len(p)) // (an empty slice too small for p is grown instead)
 	}
 	c.mu.small = append(c.mu.small, p...)
 	c.mu.bufs[len(c.mu.bufs)-1] = c.mu.small
@@ -695,6 +694,12 @@ const (
 	smallClasses = 6   // minSmall << 5 == 2*smallChunk
 	minRoom      = 512 // room left below which a slice takes no more messages (most are smaller)
 )
+
+// roomLocked reports whether the current small-message slice takes n more bytes without
+// being grown by append (a copy, into fresh memory) and without passing smallChunk.
+func (c *Conn) roomLocked(n int) bool {
+	return c.mu.small != nil && len(c.mu.small)+n <= min(cap(c.mu.small), smallChunk)
+}
 
 // smallPools holds written small-message slices: smallPools[k] those of a capacity of at
 // least minSmall<<k (and less than twice that).
