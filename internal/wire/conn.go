@@ -8,13 +8,10 @@ import (
 	"fmt"
 	"math/bits"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // HandshakeTimeout bounds the whole handshake.
@@ -56,6 +53,7 @@ type Conn struct {
 	writing atomic.Bool     // the writer goroutine (or FlushNow) is in a write
 	wdl     lazyDeadline    // the write deadline, kept by the writer goroutine (one at a time)
 	raw     syscall.RawConn // nc's descriptor for FlushNow's writes, when it is a plain socket
+	rio     rawIO           // reads and writes on raw, when there is one
 	// stall, when set, bounds how long one stallChunk of output may take to be written: a
 	// peer that stops reading is dropped (a server's connections: Server sets it).
 	stall atomic.Int64
@@ -98,7 +96,9 @@ func newConn(nc net.Conn, lim Limits, role Role) *Conn {
 	c := &Conn{nc: nc, lim: lim, PeerRole: role, done: make(chan struct{})}
 	c.wdl.write = true
 	if sc, ok := nc.(*net.TCPConn); ok {
-		c.raw, _ = sc.SyscallConn()
+		if c.raw, _ = sc.SyscallConn(); c.raw != nil {
+			c.rio.init(c.raw)
+		}
 	}
 	c.tr = timedReader{nc: nc}
 	c.br.init(&c.tr)
@@ -508,7 +508,7 @@ func (c *Conn) FlushNow() {
 	c.mu.writer = true // no writer starts while this one writes without the lock
 	c.writing.Store(true)
 	c.mu.Unlock()
-	n, err := writevNow(c.raw, bufs)
+	n, err := c.rio.writev(bufs)
 	c.mu.Lock()
 	// writing ends under the lock, once the rest is back in the queue below: outputPending
 	// must never see the output in neither place
@@ -523,7 +523,7 @@ func (c *Conn) FlushNow() {
 		c.closeNC()
 		return
 	case n == total:
-		c.reuseLocked(smalls)
+		c.reuseLocked(bufs, smalls)
 	default:
 		c.requeueFrontLocked(dropFront(bufs, n), smalls, total-n)
 	}
@@ -565,33 +565,6 @@ func dropFront(bufs [][]byte, n int) [][]byte {
 
 // inlineMax is the most FlushNow writes from its caller's goroutine.
 const inlineMax = 64 << 10
-
-// writevNow writes bufs with one writev(2) that does not wait: it returns how much the socket
-// took (0 when its buffer is full, or when a write deadline the writer goroutine left has
-// passed: the descriptor then refuses writes until the writer sets a new one).
-func writevNow(rc syscall.RawConn, bufs [][]byte) (int, error) {
-	var n int
-	var werr error
-	err := rc.Write(func(fd uintptr) bool {
-		for {
-			n, werr = unix.Writev(int(fd), bufs)
-			if werr != unix.EINTR {
-				break
-			}
-		}
-		if werr == unix.EAGAIN {
-			n, werr = 0, nil
-		}
-		return true // never wait for the socket: the writer goroutine does
-	})
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return 0, nil
-	}
-	if err == nil && werr != nil {
-		err = os.NewSyscallError("writev", werr)
-	}
-	return max(n, 0), err
-}
 
 // startWriterLocked starts a writer goroutine unless one runs or there is nothing for one to
 // do (no output, not closing). The writer exits once the output is written: a connection
@@ -747,14 +720,30 @@ func (c *Conn) newSmallLocked(n int) {
 	c.mu.smalls = append(c.mu.smalls, b)
 }
 
-// reuseLocked gives written small-message slices back to the pools.
-func (c *Conn) reuseLocked(written []*[]byte) {
+// reuseLocked gives written small-message slices back to the pools, and keeps the emptied
+// lists of the written output (bufs, as it was before the write consumed it, and smalls) for
+// the next output when none has started meanwhile: new ones were two allocations per write.
+func (c *Conn) reuseLocked(bufs net.Buffers, smalls []*[]byte) {
 	c.mu.fits = 0
-	for _, b := range written {
+	for _, b := range smalls {
 		c.mu.fits += len(*b)
 		putSmall(b)
 	}
+	if cap(bufs) > maxSpare || cap(smalls) > maxSpare {
+		return // one large burst: not kept for good
+	}
+	if c.mu.bufs == nil {
+		clear(bufs[:cap(bufs)])
+		c.mu.bufs = bufs[:0]
+	}
+	if c.mu.smalls == nil {
+		clear(smalls[:cap(smalls)])
+		c.mu.smalls = smalls[:0]
+	}
 }
+
+// maxSpare is the most entries of a written output's lists kept for the next (reuseLocked).
+const maxSpare = 64
 
 // writeLoop writes the queued output until none is left, then exits (Flush starts another
 // when more is queued); once the connection is closed and its output written, or a write
@@ -764,6 +753,7 @@ func (c *Conn) writeLoop() {
 		c.mu.Lock()
 		bufs, smalls, files := c.mu.bufs, c.mu.smalls, c.mu.files
 		c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.files, c.mu.pending = nil, nil, nil, nil, 0
+		all := bufs // the writes below consume bufs
 		if len(bufs) == 0 {
 			c.mu.writer = false
 			if c.mu.closed {
@@ -792,7 +782,7 @@ func (c *Conn) writeLoop() {
 			c.closeNC()
 			return
 		}
-		c.reuseLocked(smalls) // written: the kernel has the bytes, the slices are free again
+		c.reuseLocked(all, smalls) // written: the kernel has the bytes, the slices are free again
 		c.mu.Unlock()
 	}
 }

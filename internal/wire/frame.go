@@ -76,6 +76,10 @@ type recvScratch struct {
 	sizes []int64
 	hdr   []byte
 	big   []byte // the last header read into a pooled buffer, until release
+	// the frame count's bytes, and the frame list of a message of a header alone (the
+	// caller keeps only frames[1:], empty): both were an allocation per message
+	count [4]byte
+	one   [1][]byte
 }
 
 const maxScratchHeader = 64 << 10
@@ -147,11 +151,16 @@ func readPooled(r io.Reader, sz int64) ([]byte, error) {
 }
 
 func readFrames(r io.Reader, lim Limits, s *recvScratch, dest Dest) ([][]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	var count []byte
+	if s != nil {
+		count = s.count[:]
+	} else {
+		count = make([]byte, 4)
+	}
+	if _, err := io.ReadFull(r, count); err != nil {
 		return nil, err
 	}
-	n := binary.BigEndian.Uint32(hdr[:])
+	n := binary.BigEndian.Uint32(count)
 	if n == 0 || int64(n) > int64(lim.MaxFrames) {
 		return nil, fmt.Errorf("%w: %d frames declared (limit %d)", ErrProtocol, n, lim.MaxFrames)
 	}
@@ -184,7 +193,13 @@ func readFrames(r io.Reader, lim Limits, s *recvScratch, dest Dest) ([][]byte, e
 		}
 		sizes[i] = int64(sz)
 	}
-	frames := make([][]byte, n)
+	var frames [][]byte
+	if n == 1 && s != nil {
+		frames = s.one[:]
+		frames[0] = nil
+	} else {
+		frames = make([][]byte, n)
+	}
 	for i, sz := range sizes {
 		if i == 0 && s != nil && sz <= maxScratchHeader {
 			if int64(cap(s.hdr)) < sz {

@@ -3,13 +3,9 @@ package wire
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
 	"sync"
 	"sync/atomic"
-
-	"golang.org/x/sys/unix"
 )
 
 // A Poller lets connections that wait for their peer's next message do so without a goroutine
@@ -303,23 +299,5 @@ func (c *Conn) TryFill() bool {
 	if c.raw == nil {
 		return false
 	}
-	return c.br.tryFill(func(p []byte) (int, error) {
-		var n int
-		var rerr error
-		err := c.raw.Read(func(fd uintptr) bool {
-			n, rerr = unix.Read(int(fd), p)
-			return true // once, whatever it found
-		})
-		switch {
-		case err != nil:
-			return 0, err // closed
-		case rerr == unix.EAGAIN:
-			return 0, errWouldBlock
-		case rerr != nil:
-			return 0, os.NewSyscallError("read", rerr)
-		case n == 0:
-			return 0, io.EOF
-		}
-		return n, nil
-	})
+	return c.br.tryFill(c.rio.read)
 }
