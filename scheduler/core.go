@@ -190,6 +190,10 @@ type Core struct {
 	seq        uint64
 	evCode     uint8
 	out        []Action
+	computes   slab[ActCompute] // emitted by pointer (actslab.go)
+	thieves    []*worker        // stealRound's lists, reused
+	victims    []*worker
+	keyStates  slab[ActKeyState]
 	ready      []int32
 	readySpare []int32
 	resFreed   bool

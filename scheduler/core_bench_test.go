@@ -26,10 +26,11 @@ func newNoopCluster(workers, threads int) *noopCluster {
 func (n *noopCluster) handle(ev Event) {
 	n.acts = n.c.Handle(ev, n.acts[:0])
 	for _, a := range n.acts {
-		if ac, ok := a.(ActCompute); ok {
-			n.pending = append(n.pending, ac)
+		if ac, ok := a.(*ActCompute); ok {
+			n.pending = append(n.pending, *ac)
 		}
 	}
+	n.c.RecycleActions() // every action taken (copied)
 }
 
 func (n *noopCluster) drain() {

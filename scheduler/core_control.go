@@ -22,7 +22,7 @@ func (c *Core) restart(reason string) {
 			continue
 		}
 		c.wanters(int32(id), func(x ClientID) {
-			c.out = append(c.out, ActKeyState{Client: x, Key: t.key, State: "cancelled", Worker: -1, Err: err})
+			c.emitKeyState(ActKeyState{Client: x, Key: t.key, State: "cancelled", Worker: -1, Err: err})
 		})
 		t.want = -1
 		delete(c.wantMore, int32(id))

@@ -200,7 +200,7 @@ func (c *Core) want(id int32, cl ClientID) {
 	case Memory:
 		c.wanters(id, func(x ClientID) {
 			if x == cl {
-				c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: "memory",
+				c.emitKeyState(ActKeyState{Client: cl, Key: t.key, State: "memory",
 					Worker: t.whoHas[0], NBytes: t.nbytes, Encoding: c.encodings[t.enc]})
 			}
 		})
@@ -209,7 +209,7 @@ func (c *Core) want(id int32, cl ClientID) {
 		if t.err != nil && t.err.Code == wire.CodeLost {
 			state = "lost"
 		}
-		c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: state, Worker: -1, Err: t.err})
+		c.emitKeyState(ActKeyState{Client: cl, Key: t.key, State: state, Worker: -1, Err: t.err})
 	case Released:
 		c.needq = append(c.needq, id)
 	}
@@ -221,7 +221,7 @@ func (c *Core) wanted(cl ClientID, keys []string) {
 			c.want(id, cl)
 			continue
 		}
-		c.out = append(c.out, ActKeyState{Client: cl, Key: k, State: "lost", Worker: -1,
+		c.emitKeyState(ActKeyState{Client: cl, Key: k, State: "lost", Worker: -1,
 			Err: wire.Errorf(wire.CodeLost, fmt.Sprintf("key %q is not known to the scheduler", k))})
 	}
 }
@@ -269,7 +269,7 @@ func (c *Core) cancelKeys(cl ClientID, keys []string) {
 	for _, id := range todo {
 		t := c.tasks.at(id)
 		c.wanters(id, func(x ClientID) {
-			c.out = append(c.out, ActKeyState{Client: x, Key: t.key, State: "cancelled", Worker: -1, Err: err})
+			c.emitKeyState(ActKeyState{Client: x, Key: t.key, State: "cancelled", Worker: -1, Err: err})
 		})
 		t.want = -1
 		delete(c.wantMore, id)

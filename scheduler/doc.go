@@ -21,6 +21,9 @@
 //   - Actions may share memory with the core (task definitions, key and worker slices); the
 //     driver treats them as read-only. The core keeps pointers into EvUpdateGraph.Tasks, so
 //     the driver must not reuse that slice.
+//   - Computes and key states come as *ActCompute and *ActKeyState, into memory the core
+//     reuses once the driver calls RecycleActions (after performing them all): a struct in
+//     an interface is an allocation, and those two are emitted for every task.
 //   - Worker and client ids are assigned by the driver and never reused.
 //
 // # Task states

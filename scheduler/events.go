@@ -15,7 +15,8 @@ type ClientID int32
 // fields set by the driver (Now, Start, Stop), never from a clock inside the core.
 type Event interface{ eventName() string }
 
-// Action is an output of the Core, performed by the driver.
+// Action is an output of the Core, performed by the driver. ActCompute and ActKeyState
+// come by pointer (*ActCompute, *ActKeyState: see Core.RecycleActions); the others by value.
 type Action interface{ actionName() string }
 
 // ---- events ----

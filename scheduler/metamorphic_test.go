@@ -133,13 +133,13 @@ func (fc *fakeCluster) handle(ev Event) {
 			fc.trace("out", a)
 		}
 		switch a := a.(type) {
-		case ActCompute:
+		case *ActCompute:
 			fc.toWorker(a.Worker, a)
 		case ActFree:
 			fc.toWorker(a.Worker, a)
 		case ActSteal:
 			fc.toWorker(a.Victim, a)
-		case ActKeyState:
+		case *ActKeyState:
 			if a.State != "memory" {
 				fc.t.Fatalf("seed %d: key %s is %s: %v", fc.seed, a.Key, a.State, a.Err)
 			}
@@ -258,9 +258,9 @@ func (fc *fakeCluster) deliverIn(w *fakeWorker) {
 		fc.trace(fmt.Sprintf("w%d got", w.id), a)
 	}
 	switch a := a.(type) {
-	case ActCompute:
+	case *ActCompute:
 		w.queue = slices.DeleteFunc(w.queue, func(q ActCompute) bool { return q.Key == a.Key })
-		w.queue = append(w.queue, a)
+		w.queue = append(w.queue, *a)
 	case ActFree:
 		for _, k := range a.Keys {
 			delete(w.store, k)

@@ -324,7 +324,7 @@ func joinIDs(ws []WorkerID) string {
 
 func formatAction(a Action) string {
 	switch a := a.(type) {
-	case ActCompute:
+	case *ActCompute:
 		s := fmt.Sprintf("compute w=%d key=%s order=%d", a.Worker, a.Key, a.Order)
 		if len(a.Deps) > 0 {
 			parts := make([]string, len(a.Deps))
@@ -338,7 +338,7 @@ func formatAction(a Action) string {
 		return fmt.Sprintf("free w=%d keys=%s", a.Worker, strings.Join(a.Keys, ","))
 	case ActSteal:
 		return fmt.Sprintf("steal victim=%d key=%s", a.Victim, a.Key)
-	case ActKeyState:
+	case *ActKeyState:
 		s := fmt.Sprintf("key-state client=%d key=%s state=%s", a.Client, a.Key, a.State)
 		if a.State == "memory" {
 			s += fmt.Sprintf(" w=%d nbytes=%d enc=%s", a.Worker, a.NBytes, a.Encoding)

@@ -137,6 +137,7 @@ type Server struct {
 	nextW    WorkerID
 	nextC    ClientID
 	actions  []Action
+	handling int            // handle calls under way (an action's may handle an event of its own)
 	dirty    []*wire.Conn   // connections queued to first in this pass (queue)
 	finished EvTaskFinished // the event of the task_finished being handled
 	obs      *observers
@@ -495,6 +496,7 @@ func (s *Server) readWorker(c *wire.Conn, unstop func() bool) {
 		return
 	}
 	r := &workerReader{s: s, c: c, w: w, unstop: unstop}
+	r.onResume, r.onGranted = r.resume, r.granted
 	if c.Pollable() {
 		r.poll = s.poller()
 	}
@@ -544,6 +546,10 @@ type workerReader struct {
 	unstop   func() bool  // the server's stop no longer aborts c
 	poll     *wire.Poller // nil: the reader waits in read(2), as for a TLS connection
 	detached bool         // detach ran: it holds a count of the server's wait group
+	// r.resume and r.granted as values, made once: a method value passed on is an
+	// allocation each time, and they are passed at every park and every wait for a grant
+	onResume  func()
+	onGranted func(int)
 }
 
 // resume goes on reading once the poller saw bytes come (or the connection closed). It runs
@@ -553,7 +559,7 @@ type workerReader struct {
 // wait (the rest of a message, a full inbound queue, the end) to a goroutine of its own. A
 // heartbeat, or a burst of task_finished, thus costs no goroutine at all.
 func (r *workerReader) resume() {
-	grant := r.s.ahead.takeOr(r.granted)
+	grant := r.s.ahead.takeOr(r.onGranted)
 	if grant == 0 {
 		return // nothing read: the bytes wait in the socket
 	}
@@ -622,7 +628,7 @@ func (r *workerReader) loop(wait bool, held int) {
 			// goroutine may run at once
 			c.ShrinkBuffer()
 			r.detach() // the callback's goroutine may outlive serveConn's
-			if grant = s.ahead.takeOr(r.granted); grant == 0 {
+			if grant = s.ahead.takeOr(r.onGranted); grant == 0 {
 				return
 			}
 		}
@@ -740,7 +746,7 @@ func (r *workerReader) detach() {
 // park parks the connection (true: the caller returns, the connection is the poller's).
 func (r *workerReader) park() bool {
 	r.detach()
-	parked, err := r.c.Park(r.poll, r.resume)
+	parked, err := r.c.Park(r.poll, r.onResume)
 	if err != nil {
 		r.s.log.Warn("cannot poll a worker connection: its reader waits in read instead",
 			"worker", r.w.info.Name, "err", err)
@@ -870,6 +876,7 @@ func (s *Server) handle(ev Event) {
 	// one must not reuse this pass's slice while its actions are performed, or its actions
 	// take the place of those not yet done (a second worker timing out in the same tick was
 	// not removed). It gets a slice of its own; the larger is kept for the next event.
+	s.handling++
 	acts := s.core.Handle(ev, s.actions[:0])
 	s.actions = nil
 	for _, a := range acts {
@@ -886,6 +893,9 @@ func (s *Server) handle(ev Event) {
 		s.fired = nil
 		s.handle(EvReleaseKeys{Client: fireClient, Keys: keys})
 		s.firing = false
+	}
+	if s.handling--; s.handling == 0 {
+		s.core.RecycleActions() // every action of this event, and of those nested in it, done
 	}
 }
 
@@ -1435,7 +1445,7 @@ func (s *Server) workerInfos() []wire.WorkerInfo {
 func (s *Server) perform(a Action) {
 	s.stats.msgsOut++
 	switch a := a.(type) {
-	case ActCompute:
+	case *ActCompute:
 		s.sendCompute(a)
 	case ActFree:
 		if w, ok := s.workers[a.Worker]; ok {
@@ -1445,7 +1455,7 @@ func (s *Server) perform(a Action) {
 		if w, ok := s.workers[a.Victim]; ok {
 			s.queue(w.conn, &wire.Msg{Op: wire.OpStealRequest, Key: a.Key})
 		}
-	case ActKeyState:
+	case *ActKeyState:
 		if a.Client == fireClient {
 			s.fired = append(s.fired, a.Key) // it ended: nobody waits for it any more
 			return
@@ -1471,7 +1481,7 @@ func (s *Server) perform(a Action) {
 	}
 }
 
-func (s *Server) sendCompute(a ActCompute) {
+func (s *Server) sendCompute(a *ActCompute) {
 	w, ok := s.workers[a.Worker]
 	if !ok {
 		return
@@ -1509,7 +1519,7 @@ func (s *Server) addrs(ids []WorkerID) []string {
 	return out
 }
 
-func (s *Server) sendKeyState(a ActKeyState) {
+func (s *Server) sendKeyState(a *ActKeyState) {
 	cl, ok := s.clients[a.Client]
 	if !ok {
 		return

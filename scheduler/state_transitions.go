@@ -344,7 +344,7 @@ func (c *Core) notifyMemory(id int32) {
 		return
 	}
 	c.wanters(id, func(cl ClientID) {
-		c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: "memory",
+		c.emitKeyState(ActKeyState{Client: cl, Key: t.key, State: "memory",
 			Worker: t.whoHas[0], NBytes: t.nbytes, Encoding: c.encodings[t.enc]})
 	})
 }
@@ -353,7 +353,7 @@ func (c *Core) notifyMemory(id int32) {
 func (c *Core) notifyErred(id int32, state string) {
 	t := c.tasks.at(id)
 	c.wanters(id, func(cl ClientID) {
-		c.out = append(c.out, ActKeyState{Client: cl, Key: t.key, State: state, Worker: -1, Err: t.err})
+		c.emitKeyState(ActKeyState{Client: cl, Key: t.key, State: state, Worker: -1, Err: t.err})
 	})
 }
 

@@ -24,7 +24,9 @@ func (c *Core) tick(now int64) {
 
 // stealRound pairs idle thieves with the most loaded victims.
 func (c *Core) stealRound() {
-	var thieves, victims []*worker
+	// the lists of the last round, reused: at 10,000 workers they were new slices of
+	// thousands of entries every tick
+	thieves, victims := c.thieves[:0], c.victims[:0]
 	for _, wid := range c.alive {
 		ws := c.workers[wid]
 		switch excess := ws.busy() - ws.stealsOut - ws.nthreads; {
@@ -35,6 +37,13 @@ func (c *Core) stealRound() {
 			victims = append(victims, ws)
 		}
 	}
+	// kept for the next round (thieves is consumed from its front below), holding no worker
+	// once this one ends
+	c.thieves, c.victims = thieves[:0], victims[:0]
+	defer func() {
+		clear(c.thieves[:cap(c.thieves)])
+		clear(c.victims[:cap(c.victims)])
+	}()
 	if len(thieves) == 0 || len(victims) == 0 {
 		return
 	}
