@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/mem"
 	"github.com/shoal-dev/shoal/internal/wire"
 )
 
@@ -191,6 +192,7 @@ type Core struct {
 	evCode     uint8
 	out        []Action
 	computes   slab[ActCompute] // emitted by pointer (actslab.go)
+	deps       []DepLoc         // the arena of the computes' dependency lists (depList)
 	thieves    []*worker        // stealRound's lists, reused
 	victims    []*worker
 	keyStates  slab[ActKeyState]
@@ -361,7 +363,9 @@ func (s *taskSlots) at(id int32) *task {
 func (s *taskSlots) add() int32 {
 	id := s.n
 	if int(id)/taskPage == len(s.pages) {
-		s.pages = append(s.pages, make([]task, taskPage))
+		page := make([]task, taskPage)
+		mem.Fresh(page) // its slots' pointer fields are written through the write barrier
+		s.pages = append(s.pages, page)
 	}
 	s.n++
 	return id

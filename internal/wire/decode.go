@@ -8,6 +8,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 
 	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/mem"
 )
 
 // The header decoder. It is the only one: nothing a peer sends reaches a reflective decoder.
@@ -536,12 +537,16 @@ func slice[T any](d *dec, p *[]T, elem func(*dec, *T) bool) bool {
 		return false
 	}
 	out := make([]T, 0, capFor[T](n, len(d.b)-d.i))
+	// decoding in place writes pointer fields, whose write barrier reads first: each page is
+	// made writable as elements reach it (mem.Fresh), and only those the elements reach
+	pages := mem.TrackPages(out)
 	var zero T
 	size := int(unsafe.Sizeof(zero))
 	for i := range n {
 		if !d.charge(size) {
 			return false
 		}
+		pages.Before(i)
 		out = append(out, zero) // decoded in place: no copy of each element, no escape
 		if !elem(d, &out[i]) {
 			return false
