@@ -7,28 +7,52 @@ package scheduler
 // valid until the driver calls RecycleActions, once it has performed every action it was
 // given; a driver that never calls it (a test) only gets the slabs as fresh memory instead.
 
-// slab hands out values of T by pointer from a chunk that is reused once recycled.
-type slab[T any] struct{ items []T }
+// slab hands out values of T by pointer from chunks that are reused once recycled.
+type slab[T any] struct {
+	items  []T   // the chunk being filled
+	chunks [][]T // every chunk of this round, the one being filled last
+	next   int   // the index in chunks of the chunk after items
+}
 
 // slabChunk is the number of values in a chunk: what a driver that never recycles keeps alive
 // beyond the actions it holds.
 const slabChunk = 256
 
-// put stores a and returns its place. A full chunk is left to the actions that point into it
-// and a new one begins.
+// slabKeep is the most chunks a recycled slab keeps for the next rounds: an event that
+// emitted more (a graph sent to 10,000 idle workers at once) leaves the rest to the collector.
+const slabKeep = 64
+
+// put stores a and returns its place. A full chunk is left to the actions that point into it,
+// and the next begins: one kept from an earlier round when there is one. (Chunks made anew
+// each time were fresh memory, whose pages faulted twice: the pointer writes' barrier reads
+// first.)
 func (s *slab[T]) put(a T) *T {
 	if len(s.items) == cap(s.items) {
-		s.items = make([]T, 0, slabChunk)
+		if s.next < len(s.chunks) {
+			s.items = s.chunks[s.next][:0]
+		} else {
+			s.items = make([]T, 0, slabChunk)
+			if len(s.chunks) < slabKeep {
+				s.chunks = append(s.chunks, s.items)
+			}
+		}
+		s.next++
 	}
 	s.items = append(s.items, a)
 	return &s.items[len(s.items)-1]
 }
 
-// recycle empties the current chunk (keeping nothing its values point to alive); the
-// values handed out from it must no longer be used.
+// recycle empties the chunks (keeping nothing their values point to alive) for the next
+// round; the values handed out must no longer be used.
 func (s *slab[T]) recycle() {
-	clear(s.items)
-	s.items = s.items[:0]
+	if s.next == 0 {
+		return
+	}
+	for _, c := range s.chunks[:min(s.next, len(s.chunks))] {
+		clear(c[:cap(c)])
+	}
+	clear(s.items[:cap(s.items)]) // (a chunk beyond slabKeep)
+	s.items, s.next = nil, 0
 }
 
 // emitCompute emits a compute action.
@@ -37,10 +61,26 @@ func (c *Core) emitCompute(a ActCompute) { c.out = append(c.out, c.computes.put(
 // emitKeyState emits a key_state action.
 func (c *Core) emitKeyState(a ActKeyState) { c.out = append(c.out, c.keyStates.put(a)) }
 
+// depList returns a list of n dependencies for a compute action, from an arena recycled with
+// the actions (a new slice per compute was an allocation per task with inputs).
+func (c *Core) depList(n int) []DepLoc {
+	if cap(c.deps)-len(c.deps) < n {
+		c.deps = make([]DepLoc, 0, max(depArena, n)) // the full one stays with its actions
+	}
+	at := len(c.deps)
+	c.deps = c.deps[:at+n]
+	return c.deps[at : at+n : at+n]
+}
+
+// depArena is the number of dependencies an arena of depList holds.
+const depArena = 1024
+
 // RecycleActions lets the core reuse the memory of the *ActCompute and *ActKeyState actions
-// it has emitted so far: call it once every one of them has been performed (and none nested
+// it has emitted so far, and of the computes' dependency lists: call it once every one of them has been performed (and none nested
 // in performing them is left to perform).
 func (c *Core) RecycleActions() {
 	c.computes.recycle()
 	c.keyStates.recycle()
+	clear(c.deps)
+	c.deps = c.deps[:0]
 }

@@ -434,7 +434,7 @@ func (c *Core) sendCompute(id int32, w WorkerID) {
 	t := c.tasks.at(id)
 	var deps []DepLoc
 	if len(t.deps) > 0 {
-		deps = make([]DepLoc, len(t.deps))
+		deps = c.depList(len(t.deps))
 		for i, d := range t.deps {
 			dt := c.tasks.at(d)
 			deps[i] = DepLoc{Key: dt.key, Workers: dt.whoHas[:len(dt.whoHas):len(dt.whoHas)], NBytes: dt.nbytes}

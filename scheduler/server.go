@@ -137,13 +137,16 @@ type Server struct {
 	nextW    WorkerID
 	nextC    ClientID
 	actions  []Action
-	handling int            // handle calls under way (an action's may handle an event of its own)
-	dirty    []*wire.Conn   // connections queued to first in this pass (queue)
-	finished EvTaskFinished // the event of the task_finished being handled
-	obs      *observers
-	stats    serverStats
-	started  time.Time
-	lastTick time.Time
+	// sendCompute's lists of a compute's dependencies and their holders' addresses, reused
+	depScratch  []wire.Dep
+	addrScratch []string
+	handling    int            // handle calls under way (an action's may handle an event of its own)
+	dirty       []*wire.Conn   // connections queued to first in this pass (queue)
+	finished    EvTaskFinished // the event of the task_finished being handled
+	obs         *observers
+	stats       serverStats
+	started     time.Time
+	lastTick    time.Time
 
 	scaler      Scaler
 	retirements []*retiring
@@ -1496,10 +1499,19 @@ func (s *Server) sendCompute(a *ActCompute) {
 	}
 	m := &wire.Msg{Op: wire.OpCompute, Task: def, TaskID: a.TaskID, Order: a.Order, Keep: a.Keep}
 	if len(a.Deps) > 0 {
-		m.Deps = make([]wire.Dep, len(a.Deps))
-		for i, d := range a.Deps {
-			m.Deps[i] = wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: s.addrs(d.Workers)}
+		// into scratch lists, reused: the message is encoded before queue returns (they were
+		// two allocations and one per dependency, for every compute of a graph's inner tasks)
+		deps, addrs := s.depScratch[:0], s.addrScratch[:0]
+		for _, d := range a.Deps {
+			from := len(addrs)
+			addrs = s.appendAddrs(addrs, d.Workers)
+			deps = append(deps, wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: addrs[from:len(addrs):len(addrs)]})
 		}
+		m.Deps = deps
+		defer func() {
+			clear(deps)
+			s.depScratch, s.addrScratch = deps[:0], addrs[:0]
+		}()
 	}
 	if def.Kind == graph.KindPy && !w.sent[def.Func] {
 		m.FuncData = s.funcs[def.Func]
@@ -1510,7 +1522,11 @@ func (s *Server) sendCompute(a *ActCompute) {
 }
 
 func (s *Server) addrs(ids []WorkerID) []string {
-	out := make([]string, 0, len(ids))
+	return s.appendAddrs(make([]string, 0, len(ids)), ids)
+}
+
+// appendAddrs appends the data addresses of the workers ids that are still registered.
+func (s *Server) appendAddrs(out []string, ids []WorkerID) []string {
 	for _, id := range ids {
 		if w, ok := s.workers[id]; ok {
 			out = append(out, w.info.Address)
