@@ -5,7 +5,8 @@ package scheduler
 // allocation of its own, and those two were a third of the scheduler's allocations in a graph
 // of no-op tasks (docs/performance.md, "10,000 workers: fewer collections"). The pointers are
 // valid until the driver calls RecycleActions, once it has performed every action it was
-// given; a driver that never calls it (a test) only gets the slabs as fresh memory instead.
+// given. A driver that never calls it (a test) gets new chunks instead, and the first
+// slabKeep chunks, with what their actions point to, stay alive.
 
 // slab hands out values of T by pointer from chunks that are reused once recycled.
 type slab[T any] struct {

@@ -30,7 +30,7 @@ func (n *noopCluster) handle(ev Event) {
 			n.pending = append(n.pending, *ac)
 		}
 	}
-	n.c.RecycleActions() // every action taken (copied)
+	n.c.RecycleActions() // every action taken: copied, and drain reads no Deps (recycled too)
 }
 
 func (n *noopCluster) drain() {

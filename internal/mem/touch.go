@@ -34,8 +34,21 @@ func Fresh[T any](s []T) {
 		return
 	}
 	base := unsafe.Pointer(unsafe.SliceData(s))
-	first := (uintptr(base)+3)&^3 - uintptr(base) // the first 4-byte aligned word
-	for off := first; off+4 <= n; off += page {
+	for off := uintptr(0); off < n; off = nextPage(base, off) {
+		touchWord(base, off, n)
+	}
+}
+
+// nextPage is the offset from base of the page boundary after base+off.
+func nextPage(base unsafe.Pointer, off uintptr) uintptr {
+	return (uintptr(base)+off)/page*page + page - uintptr(base)
+}
+
+// touchWord adds zero to the first 4-byte aligned word at or after base+off, when it lies
+// below base+limit (on the same page as base+off: pages are a multiple of 4 bytes).
+func touchWord(base unsafe.Pointer, off, limit uintptr) {
+	off = (uintptr(base)+off+3)&^3 - uintptr(base)
+	if off+4 <= limit {
 		atomic.AddUint32((*uint32)(unsafe.Add(base, off)), 0)
 	}
 }
@@ -68,10 +81,7 @@ func (p *Pages) Before(i int) {
 		return
 	}
 	for end := min(uintptr(i+1)*p.size, p.limit); p.touched < end; {
-		off := (uintptr(p.base)+p.touched+3)&^3 - uintptr(p.base)
-		if off+4 <= p.limit {
-			atomic.AddUint32((*uint32)(unsafe.Add(p.base, off)), 0)
-		}
-		p.touched = (p.touched/page + 1) * page
+		touchWord(p.base, p.touched, p.limit)
+		p.touched = nextPage(p.base, p.touched)
 	}
 }

@@ -58,7 +58,8 @@ func TestPagesFollowTheFill(t *testing.T) {
 		p.Before(i)
 		s = append(s, rec{p: &x, n: [5]int64{int64(i)}})
 	}
-	if want := (100*unsafe.Sizeof(rec{}) + page - 1) / page * page; p.touched != want {
+	base := uintptr(unsafe.Pointer(unsafe.SliceData(s)))
+	if want := (base+100*unsafe.Sizeof(rec{})+page-1)/page*page - base; p.touched != want {
 		t.Fatalf("touched %d bytes for 100 elements, want %d", p.touched, want)
 	}
 	for i := range s {

@@ -755,6 +755,7 @@ func (c *Conn) writeLoop() {
 		c.mu.bufs, c.mu.small, c.mu.smalls, c.mu.files, c.mu.pending = nil, nil, nil, nil, 0
 		all := bufs // the writes below consume bufs
 		if len(bufs) == 0 {
+			c.mu.bufs, c.mu.smalls = bufs, smalls // the emptied lists kept (reuseLocked), if any
 			c.mu.writer = false
 			if c.mu.closed {
 				c.endLocked()
