@@ -55,7 +55,7 @@ func main() {
 		workers := fs.String("workers", "2,16,64", "comma-separated numbers of fake workers, one run each")
 		nthreads := fs.Int("nthreads", 1, "threads each fake worker declares")
 		batch := fs.Int("batch", 50_000, "tasks per update_graph message")
-		reps := fs.Int("reps", 1, "repetitions per worker count (fresh scheduler each)")
+		reps := fs.Int("reps", 1, "repetitions per worker count (fresh scheduler each), going round the worker counts; each run reports its CPU per task over the same repetition's first count's (cpu_ratio_to_first)")
 		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process (file prefix; the worker count is appended)")
 		fs.StringVar(&zeroJournal, "journal", "", "run the scheduler with --journal in a fresh directory under this one (measures the journal's cost)")
 		fs.StringVar(&zeroPerf, "perf", "", "run `perf record -g` on the scheduler during each graph only (not registration or teardown), writing PREFIX.<workers>w.<rep>.data")

@@ -34,6 +34,11 @@ type ZeroRun struct {
 	// scheduler lists none, the time and the scheduler's CPU (a whole cluster going away).
 	LeaveSeconds float64 `json:"leave_s"`
 	LeaveCPU     float64 `json:"leave_sched_cpu_s"`
+	// RatioToFirst is CPUPerTaskUS over that of the run with the first worker count of the
+	// same repetition, which ran just before (issue 19's target: within 20 % of 2 workers).
+	// Repetitions go round the worker counts, so that each ratio compares runs minutes apart
+	// at most, not one whose machine was slower for a while.
+	RatioToFirst float64 `json:"cpu_ratio_to_first"`
 }
 
 // idleWindow is how long the idle scheduler's CPU is measured before each run.
@@ -46,13 +51,18 @@ type ZeroResult struct {
 }
 
 func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, nthreads, batch, reps int, profile string) (*ZeroResult, error) {
-	var res ZeroResult
+	var counts []int
 	for _, s := range strings.Split(workerList, ",") {
 		nw, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || nw < 1 {
 			return nil, fmt.Errorf("bad --workers entry %q", s)
 		}
-		for r := 0; r < reps; r++ {
+		counts = append(counts, nw)
+	}
+	var res ZeroResult
+	for r := 0; r < reps; r++ {
+		var first float64
+		for i, nw := range counts {
 			prof := ""
 			if profile != "" {
 				prof = fmt.Sprintf("%s.%dw.pprof", profile, nw)
@@ -60,6 +70,12 @@ func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, n
 			run, err := zeroRun(ctx, bin, n, nw, nthreads, batch, r, prof)
 			if err != nil {
 				return nil, fmt.Errorf("%d workers: %w", nw, err)
+			}
+			if i == 0 {
+				first = run.CPUPerTaskUS
+			}
+			if first > 0 {
+				run.RatioToFirst = run.CPUPerTaskUS / first
 			}
 			res.Runs = append(res.Runs, *run)
 		}
