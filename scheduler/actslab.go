@@ -52,7 +52,9 @@ func (s *slab[T]) recycle() {
 	for _, c := range s.chunks[:min(s.next, len(s.chunks))] {
 		clear(c[:cap(c)])
 	}
-	clear(s.items[:cap(s.items)]) // (a chunk beyond slabKeep)
+	if s.next > len(s.chunks) {
+		clear(s.items[:cap(s.items)]) // a chunk beyond slabKeep, not among them
+	}
 	s.items, s.next = nil, 0
 }
 
@@ -77,8 +79,8 @@ func (c *Core) depList(n int) []DepLoc {
 const depArena = 1024
 
 // RecycleActions lets the core reuse the memory of the *ActCompute and *ActKeyState actions
-// it has emitted so far, and of the computes' dependency lists: call it once every one of them has been performed (and none nested
-// in performing them is left to perform).
+// it has emitted so far, and of the computes' dependency lists: call it once every one of
+// them has been performed (and none nested in performing them is left to perform).
 func (c *Core) RecycleActions() {
 	c.computes.recycle()
 	c.keyStates.recycle()

@@ -349,11 +349,12 @@ func (c *Core) pickUnsat(id int32) WorkerID {
 	if sampled {
 		start = c.unsatAt % n
 	}
-	i := 0
-	for ; i < n; i++ {
+	weighed := 0
+	for i := range n {
 		if i >= placeScan && best != nil {
 			break
 		}
+		weighed = i + 1
 		ws := c.workers[c.unsat[(start+i)%n]]
 		if !c.readyForQueued(ws) || !c.allowed(ws, t.def, check) {
 			continue
@@ -367,12 +368,11 @@ func (c *Core) pickUnsat(id int32) WorkerID {
 			// window that rotates, the lowest id among equals means nothing). At 10,000
 			// workers, weighing placeScan of them for every block fed was 3 % of the
 			// scheduler's CPU (docs/performance.md).
-			i++
 			break
 		}
 	}
 	if sampled {
-		c.unsatAt = start + min(i, placeScan) // the next window starts after those weighed
+		c.unsatAt = start + min(weighed, placeScan) // the next window starts after those weighed
 	}
 	if best == nil {
 		return -1

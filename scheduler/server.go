@@ -137,7 +137,7 @@ type Server struct {
 	nextW    WorkerID
 	nextC    ClientID
 	actions  []Action
-	// sendCompute's lists of a compute's dependencies and their holders' addresses, reused
+	// the lists of a message's dependencies and their holders' addresses, reused (wireDeps)
 	depScratch  []wire.Dep
 	addrScratch []string
 	handling    int            // handle calls under way (an action's may handle an event of its own)
@@ -1466,11 +1466,7 @@ func (s *Server) perform(a Action) {
 		s.sendKeyState(a)
 	case ActAcquire:
 		if w, ok := s.workers[a.Worker]; ok {
-			deps := make([]wire.Dep, len(a.Deps))
-			for i, d := range a.Deps {
-				deps[i] = wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: s.addrs(d.Workers)}
-			}
-			s.queue(w.conn, &wire.Msg{Op: wire.OpAcquire, Deps: deps})
+			s.queue(w.conn, &wire.Msg{Op: wire.OpAcquire, Deps: s.wireDeps(a.Deps)})
 		}
 	case ActRemoveWorker:
 		if w, ok := s.workers[a.Worker]; ok && !w.closing {
@@ -1499,19 +1495,7 @@ func (s *Server) sendCompute(a *ActCompute) {
 	}
 	m := &wire.Msg{Op: wire.OpCompute, Task: def, TaskID: a.TaskID, Order: a.Order, Keep: a.Keep}
 	if len(a.Deps) > 0 {
-		// into scratch lists, reused: the message is encoded before queue returns (they were
-		// two allocations and one per dependency, for every compute of a graph's inner tasks)
-		deps, addrs := s.depScratch[:0], s.addrScratch[:0]
-		for _, d := range a.Deps {
-			from := len(addrs)
-			addrs = s.appendAddrs(addrs, d.Workers)
-			deps = append(deps, wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: addrs[from:len(addrs):len(addrs)]})
-		}
-		m.Deps = deps
-		defer func() {
-			clear(deps)
-			s.depScratch, s.addrScratch = deps[:0], addrs[:0]
-		}()
+		m.Deps = s.wireDeps(a.Deps)
 	}
 	if def.Kind == graph.KindPy && !w.sent[def.Func] {
 		m.FuncData = s.funcs[def.Func]
@@ -1519,6 +1503,22 @@ func (s *Server) sendCompute(a *ActCompute) {
 	}
 	s.queue(w.conn, m)
 	s.named = graph.Task{}
+}
+
+// wireDeps is the wire form of locs, with the data addresses of their holders still
+// registered, in the driver's scratch lists: valid until the next call, which the message
+// carrying it never outlives (queue encodes it before it returns). New lists were two
+// allocations and one per dependency for every compute of a graph's inner tasks.
+func (s *Server) wireDeps(locs []DepLoc) []wire.Dep {
+	clear(s.depScratch) // the last call's keys
+	deps, addrs := s.depScratch[:0], s.addrScratch[:0]
+	for _, d := range locs {
+		from := len(addrs)
+		addrs = s.appendAddrs(addrs, d.Workers)
+		deps = append(deps, wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: addrs[from:len(addrs):len(addrs)]})
+	}
+	s.depScratch, s.addrScratch = deps, addrs
+	return deps
 }
 
 func (s *Server) addrs(ids []WorkerID) []string {

@@ -37,12 +37,13 @@ func (c *Core) stealRound() {
 			victims = append(victims, ws)
 		}
 	}
-	// kept for the next round (thieves is consumed from its front below), holding no worker
-	// once this one ends
-	c.thieves, c.victims = thieves[:0], victims[:0]
+	// kept whole for the next round (thieves is consumed from its front below), holding no
+	// worker once this one ends
+	c.thieves, c.victims = thieves, victims
 	defer func() {
-		clear(c.thieves[:cap(c.thieves)])
-		clear(c.victims[:cap(c.victims)])
+		clear(c.thieves)
+		clear(c.victims)
+		c.thieves, c.victims = c.thieves[:0], c.victims[:0]
 	}()
 	if len(thieves) == 0 || len(victims) == 0 {
 		return
