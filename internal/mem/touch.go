@@ -28,15 +28,8 @@ const page = 4 << 10
 // page with one atomic read-modify-write (LOCK XADD on amd64) is a write access from the
 // start: the page comes writable at the first fault, and its contents stay as they were.
 func Fresh[T any](s []T) {
-	var zero T
-	n := uintptr(cap(s)) * unsafe.Sizeof(zero)
-	if n < touchMin {
-		return
-	}
-	base := unsafe.Pointer(unsafe.SliceData(s))
-	for off := uintptr(0); off < n; off = nextPage(base, off) {
-		touchWord(base, off, n)
-	}
+	p := TrackPages(s)
+	p.Before(cap(s) - 1) // as if filled to its capacity
 }
 
 // nextPage is the offset from base of the page boundary after base+off.
