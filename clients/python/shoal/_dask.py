@@ -167,13 +167,19 @@ def repack(keys: Any, values: Mapping[Hashable, Any]) -> Any:
     return values[keys]
 
 
-def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict[Hashable, Any]:
-    """A dict of ``dask._task_spec`` nodes from any dask graph, expression or collection.
+def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> Mapping[Hashable, Any]:
+    """``dask._task_spec`` nodes (or DirectCalls) from any dask graph, expression or collection.
 
     With ``fuse`` (the keys the caller wants), each partition's single-output region among
     the nodes that came as task-spec nodes, the form dask's collections produce, is fused
     into one task (:func:`shoal._fuse.fuse_partitions`; linear chains included).
-    Legacy tuples, a hand-written graph's form, run one task per node as written."""
+    Legacy tuples, a hand-written graph's form, run one task per node as written.
+
+    A graph of plain calls only (every node a legacy ``(func, arg, ...)`` over keys and
+    literals, a hand-built graph's usual form) comes back as :class:`PlainCalls`, which
+    converts a node when it is read: :func:`task_chunks` then converts it as it pickles it,
+    and the first chunk leaves after one pass over the graph rather than after converting all
+    of it. Any other graph is converted here, whole."""
     from dask._task_spec import GraphNode, convert_legacy_graph
 
     if not isinstance(dsk, Mapping):
@@ -183,6 +189,9 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
             raise TypeError(f"shoal: expected a dask graph (a mapping), got {type(dsk).__name__}")
     keys = dsk.keys()
     wire = wire_keys(keys)
+    needed = _plain_calls(dsk, wire)
+    if needed is not None:
+        return PlainCalls(dsk, wire, needed)
     pack = literal_packer()
     direct: dict[Hashable, DirectCall] = {}
     rest: dict[Hashable, Any] = {}
@@ -207,6 +216,70 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> dict
     if fuse is not None and len(native) > 1:
         graph = fuse_partitions(graph, fuse, native)
     return graph
+
+
+def _plain_calls(dsk: Mapping[Hashable, Any], wire: Mapping[Hashable, str]) -> Optional[dict[Hashable, int]]:
+    """For a graph whose every node is a plain call (a tuple of a callable and arguments, each
+    a key of the graph or a literal of a type a literal payload carries, nothing nested), the
+    number of nodes that name each key among their arguments; None for any other graph.
+
+    The count is what :func:`task_chunks` needs of the whole graph before its first chunk:
+    the keys no node depends on, where its walk starts, and when a key's last dependent has
+    been sent. It counts every argument equal to a key, a superset of the dependencies the
+    node is converted with (a bool equal to an int key, say, is not one; holding such a key
+    until the end costs nothing wrong)."""
+    needed: dict[Hashable, int] = {}
+    get = needed.get
+    for v in dsk.values():
+        if type(v) is not tuple or not v or not callable(v[0]):
+            return None
+        found: list[Hashable] = []
+        for a in v[1:]:
+            try:
+                is_key = a in wire
+            except TypeError:  # unhashable: a list, a dict
+                return None
+            if is_key:
+                if a not in found:
+                    found.append(a)
+                    needed[a] = get(a, 0) + 1
+            elif type(a) not in _LITERALS:
+                return None
+    return needed
+
+
+class PlainCalls(Mapping[Hashable, Any]):
+    """A graph of plain calls (see :func:`_plain_calls`) read as converted nodes: each node is
+    converted when it is read, to a DirectCall, or by dask like any legacy node in the rare
+    case that a literal payload cannot carry it (an int beyond 64 bits, a str with a lone
+    surrogate, a bool equal to a key). Nothing is kept: a node read twice is converted twice,
+    so :func:`task_chunks`, which reads each node once, holds only the nodes on its walk."""
+
+    def __init__(self, dsk: Mapping[Hashable, Any], wire: Mapping[Hashable, str],
+                 needed: dict[Hashable, int]) -> None:
+        self.dsk = dsk
+        self.wire = wire
+        self.needed = needed  # per key, the nodes that name it (a superset of its dependents)
+        self._pack = literal_packer()
+
+    def __getitem__(self, k: Hashable) -> Any:
+        v = self.dsk[k]
+        d = direct_call(v, self.wire, self.wire[k], self._pack)
+        if d is not None:
+            return d
+        from dask._task_spec import DataNode, GraphNode, convert_legacy_task
+
+        node = convert_legacy_task(k, v, self.dsk)
+        return node if isinstance(node, GraphNode) else DataNode(k, node)
+
+    def __contains__(self, k: object) -> bool:
+        return k in self.dsk  # (Mapping's would convert the node)
+
+    def __iter__(self) -> Iterator[Hashable]:
+        return iter(self.dsk)
+
+    def __len__(self) -> int:
+        return len(self.dsk)
 
 
 # dask.annotate(...) names Shoal honours, and those dask's own optimizer consumes.
@@ -371,9 +444,23 @@ def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias:
     return task
 
 
-def node_order(dsk: Mapping[Hashable, Any]) -> list[Hashable]:
-    """The graph's keys with every node after the nodes it depends on (dependencies outside
-    the graph, existing results, are ignored).
+def dependents(dsk: Mapping[Hashable, Any]) -> dict[Hashable, int]:
+    """Per key, the number of nodes of a converted graph that depend on it."""
+    if isinstance(dsk, PlainCalls):
+        return dsk.needed
+    out: dict[Hashable, int] = {}
+    get = out.get
+    for node in dsk.values():
+        for d in node.dependencies:
+            out[d] = get(d, 0) + 1
+    return out
+
+
+def node_order(dsk: Mapping[Hashable, Any],
+               needed: Optional[Mapping[Hashable, int]] = None) -> Iterator[tuple[Hashable, Any]]:
+    """The graph's keys and nodes with every node after the nodes it depends on (dependencies
+    outside the graph, existing results, are ignored), produced as the walk finds them and each
+    node read from ``dsk`` once. ``needed`` is :func:`dependents` of the graph.
 
     The walk is depth-first from the nodes nothing depends on, so that each node comes soon
     after its dependencies: a prefix of the order is then a graph of its own whose results
@@ -381,28 +468,28 @@ def node_order(dsk: Mapping[Hashable, Any]) -> list[Hashable]:
     graph in such prefixes and must hold every key a later chunk needs; walking from the
     leaves instead (a graph's insertion order, for dask's own collections too) would hold
     every leaf of a reduction."""
-    out: list[Hashable] = []
+    if needed is None:
+        needed = dependents(dsk)
+    has = dsk.dsk if isinstance(dsk, PlainCalls) else dsk  # membership without a method call
     seen: set[Hashable] = set()
-    needed: set[Hashable] = set()
-    for node in dsk.values():
-        needed.update(node.dependencies)
     for root in itertools.chain([k for k in dsk if k not in needed], dsk):
         if root in seen:
             continue
         seen.add(root)
+        node = dsk[root]
         # each entry: a node and the iterator over its dependencies not visited yet
-        stack: list[tuple[Hashable, Iterator[Hashable]]] = [(root, iter(dsk[root].dependencies))]
+        stack: list[tuple[Hashable, Any, Iterator[Hashable]]] = [(root, node, iter(node.dependencies))]
         while stack:
-            k, deps = stack[-1]
+            k, node, deps = stack[-1]
             for d in deps:
-                if d not in seen and d in dsk:
+                if d not in seen and d in has:
                     seen.add(d)
-                    stack.append((d, iter(dsk[d].dependencies)))
+                    dn = dsk[d]
+                    stack.append((d, dn, iter(dn.dependencies)))
                     break
             else:
                 stack.pop()
-                out.append(k)
-    return out
+                yield k, node
 
 
 def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
@@ -414,9 +501,11 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     """The wire tasks of a normalised graph in dependency order, in chunks of growing size
     (``first`` nodes, then twice as many each time, at most ``most`` nodes and — counting each
     task as its payload plus 200 bytes — at most ``max_bytes`` unless one task alone is
-    bigger), produced lazily so that a client can send a chunk before pickling the next one.
+    bigger), produced lazily so that a client can send a chunk before pickling the next one
+    (and, for :class:`PlainCalls`, before converting the next one).
     Yields ``(tasks, frontier, last)`` where ``frontier`` lists the keys of this chunk that
-    later chunks depend on. Direct calls' functions go into ``funcs`` as in graph_to_tasks,
+    later chunks depend on: those whose count of dependents not yet sent is not down to 0.
+    Direct calls' functions go into ``funcs`` as in graph_to_tasks,
     before the chunk that uses them is yielded. ``per_key`` adds a key's own annotations
     (task fields) over ``annotations``."""
     from dask._task_spec import Alias
@@ -424,30 +513,33 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     ann = {k: v for k, v in (annotations or {}).items() if v}
     name = _func_namer(funcs, func_of)
     group = _group_namer()
-    order = node_order(dsk)
-    last_use: dict[Hashable, int] = {}
-    for i, k in enumerate(order):
-        for d in dsk[k].dependencies:
-            last_use[d] = i  # i grows: the last dependent wins (keys outside dsk: unused)
-    i, size = 0, max(first, 1)
+    needed = dependents(dsk)
+    left = dict(needed)  # per key, its dependents not sent yet
+    nodes = node_order(dsk, needed)
+    pending = next(nodes, None)
+    size = max(first, 1)
     while True:
         chunk = Chunk(max_bytes)
         graph_keys: list[Hashable] = []
-        stop = min(i + size, len(order))
-        while i < stop:
-            k = order[i]
-            task = _node_task(k, dsk[k], func, ann, Alias, group, name)
+        n = 0
+        while pending is not None and n < size:
+            k, node = pending
+            task = _node_task(k, node, func, ann, Alias, group, name)
             if task is not None and per_key and k in per_key:
                 task.update(per_key[k])
             if task is not None:
                 if not chunk.add_if_fits(task):
-                    break  # order[i] starts the next chunk (and is pickled again then)
+                    break  # pending starts the next chunk (and is pickled again then)
                 graph_keys.append(k)
-            i += 1
+            for d in node.dependencies:
+                c = left.get(d)
+                if c is not None:
+                    left[d] = c - 1
+            n += 1
+            pending = next(nodes, None)
         tasks = chunk.tasks
-        end = i
-        frontier = [t["key"] for t, k in zip(tasks, graph_keys) if last_use.get(k, -1) >= end]
-        last = end >= len(order)
+        frontier = [t["key"] for t, k in zip(tasks, graph_keys) if left.get(k, 0) > 0]
+        last = pending is None
         yield tasks, frontier, last
         if last:
             return

@@ -179,6 +179,61 @@ def test_task_chunks_hold_few_keys_of_a_reduction() -> None:
     assert max(len(frontier) for _, frontier, _ in chunks) <= depth + 1
 
 
+def test_plain_calls_are_converted_as_they_are_sent(worker: FakeWorker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A graph of plain calls is converted node by node as task_chunks reaches it: its first
+    chunk leaves after converting about that chunk, not the whole graph. Its chunks obey the
+    same rules as a converted graph's, and give dask's answer; a node a literal payload cannot
+    carry is converted by dask; one node that is not a plain call converts the graph whole."""
+    leaves = 2048
+    dsk: dict[Any, Any] = {("leaf", i): (add, i, 1) for i in range(leaves)}
+    level = list(dsk)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt = [("sum", depth, i) for i in range(len(level) // 2)]
+        dsk.update({k: (add, level[2 * i], level[2 * i + 1]) for i, k in enumerate(nxt)})
+        level = nxt
+    dsk["big"] = (add, 1 << 70, ("leaf", 3))  # beyond msgpack: dask converts this one
+    root = level[0]
+    graph = _dask.normalize_graph(dsk)
+    assert isinstance(graph, _dask.PlainCalls)
+    assert type(graph["big"]).__name__ != "DirectCall" and type(graph[root]).__name__ == "DirectCall"
+
+    converted: list[Any] = []
+    real = _dask.direct_call
+
+    def counting(node: Any, *a: Any) -> Any:
+        converted.append(node)
+        return real(node, *a)
+
+    monkeypatch.setattr(_dask, "direct_call", counting)
+    chunks_iter = _dask.task_chunks(graph, "h", first=64, most=256)
+    first = next(chunks_iter)
+    assert len(first[0]) == 64
+    assert len(converted) <= 64 + depth + 2, "the first chunk converted more than its nodes and its walk"
+    chunks = [first, *chunks_iter]
+    assert len(converted) <= len(dsk) + depth + len(chunks)  # each node about once
+    monkeypatch.undo()
+    check_chunks(graph, chunks)
+    assert max(len(frontier) for _, frontier, _ in chunks) <= depth + 2
+
+    data = _keys.dumps_callable(_dask.execute_node)
+    fhash = _keys.func_hash(data)
+    funcs = {fhash: data}
+    store: dict[str, tuple[str, list[Any]]] = {}
+    for tasks, _, _ in _dask.task_chunks(graph, fhash, funcs=funcs, first=64, most=256):
+        for t in tasks:
+            h, frames = worker.run_task(t, funcs, store)
+            assert h["op"] == "done", h.get("error", {}).get("traceback")
+            store[t["key"]] = (h["items"][0]["encoding"], list(frames))
+    got = {k: _serialize.decode(*store[_keys.wire_key(k)]) for k in (root, "big")}
+    assert got == dict(zip((root, "big"), dask.get(dsk, [root, "big"])))
+    assert got[root] == sum(range(1, leaves + 1))
+
+    dsk["x"] = (sum, [("leaf", 0), ("leaf", 1)])  # a list of keys: not a plain call
+    assert type(_dask.normalize_graph(dsk)) is dict
+
+
 def concat(*a: Any) -> tuple[Any, ...]:
     return a
 
@@ -266,6 +321,21 @@ def test_task_chunks_name_direct_call_functions() -> None:
     assert {t["func"] for tasks, _, _ in chunks for t in tasks} == set(funcs)
 
 
+def check_chunks(graph: Any, chunks: list[tuple[list[dict[str, Any]], list[str], bool]]) -> None:
+    """Chunks of ``graph`` cover every task once, only the last is last, each task comes after
+    its dependencies, and each chunk's frontier is exactly its keys that later chunks need."""
+    assert [last for _, _, last in chunks] == [False] * (len(chunks) - 1) + [True]
+    seen: set[str] = set()
+    all_keys = [t["key"] for tasks, _, _ in chunks for t in tasks]
+    assert len(all_keys) == len(set(all_keys)) == len(_dask.graph_to_tasks(graph, "h"))
+    for i, (tasks, frontier, _) in enumerate(chunks):
+        for t in tasks:
+            assert all(d in seen for d in t.get("deps", ())), "a dependency comes later"
+            seen.add(t["key"])
+        later = {d for tl, _, _ in chunks[i + 1:] for t in tl for d in t.get("deps", ())}
+        assert sorted(frontier) == sorted({t["key"] for t in tasks} & later)
+
+
 def test_task_chunks_order_and_frontier(worker: FakeWorker) -> None:
     """Chunks come in dependency order, cover every task once, grow, and each one's frontier
     is exactly the keys later chunks depend on; running them chunk by chunk gives dask's
@@ -274,17 +344,9 @@ def test_task_chunks_order_and_frontier(worker: FakeWorker) -> None:
     s = (x + 1).sum()
     expr, keys = _dask.collections_to_graph([s], True, True)
     graph = _dask.normalize_graph(expr)
+
     def check(chunks: list[tuple[list[dict[str, Any]], list[str], bool]]) -> None:
-        assert [last for _, _, last in chunks] == [False] * (len(chunks) - 1) + [True]
-        seen: set[str] = set()
-        all_keys = [t["key"] for tasks, _, _ in chunks for t in tasks]
-        assert len(all_keys) == len(set(all_keys)) == len(_dask.graph_to_tasks(graph, "h"))
-        for i, (tasks, frontier, _) in enumerate(chunks):
-            for t in tasks:
-                assert all(d in seen for d in t.get("deps", ())), "a dependency comes later"
-                seen.add(t["key"])
-            later = {d for tl, _, _ in chunks[i + 1:] for t in tl for d in t.get("deps", ())}
-            assert sorted(frontier) == sorted({t["key"] for t in tasks} & later)
+        check_chunks(graph, chunks)
 
     chunks = list(_dask.task_chunks(graph, "h", first=7, most=40))
     check(chunks)
