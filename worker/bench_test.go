@@ -166,8 +166,9 @@ func BenchmarkDecodeDones(b *testing.B) {
 	}
 	frames := slices.Repeat([][]byte{{0x01}}, 20)
 	b.ReportAllocs()
+	var answers []queuedAnswer // an execConn's, kept between dones messages
 	for b.Loop() {
-		answers, err := decodeDones(hdr, frames)
+		answers, err = decodeDones(hdr, frames, answers[:0])
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -189,9 +190,11 @@ func BenchmarkRunsMsg(b *testing.B) {
 		msgs[i] = outMsg{m: m, payload: [][]byte{{0x01}, {0x02}}}
 	}
 	b.ReportAllocs()
+	var sc runsScratch // an executor's, kept between its batches
 	for b.Loop() {
-		if _, err := runsMsg(batch, msgs); err != nil {
+		if _, err := runsMsg(batch, msgs, &sc); err != nil {
 			b.Fatal(err)
 		}
+		sc.sent()
 	}
 }

@@ -47,6 +47,7 @@ type executor struct {
 	// killedFor says why the worker killed it (the memory monitor), for its task's error.
 	killedFor atomic.Pointer[string]
 	keeps     bool         // it keeps large results in its memory (resident.go)
+	runs      runsScratch  // what runsMsg makes its batches of (used by its holder only)
 	log       *slog.Logger // the worker's
 	// mem: dead is set once the process has exited and before its pid is freed; reading its
 	// memory (resident.go) holds the lock for reading
@@ -617,7 +618,8 @@ var (
 // pyRun is one task's run message.
 type pyRun struct {
 	ts     *task
-	m      *wire.Msg
+	m      *wire.Msg // &msg, for a run from pyRunFor
+	msg    wire.Msg  // its storage: a run's pyRun comes from a pool (recycle)
 	frames [][]byte
 	fdata  []byte   // the pickled function, in case this executor has not seen it
 	segs   []runSeg // segment-backed dependencies, whose frames are empty in frames
@@ -629,6 +631,28 @@ type pyRun struct {
 type runRes struct {
 	res  *resident
 	item int
+}
+
+// pyRuns keeps the runs runPyOnce has finished with: a run message is a whole wire.Msg (most
+// of a kilobyte), and the million-task graph's worker made one per task, a third of all it
+// allocated.
+var pyRuns = sync.Pool{New: func() any { return new(pyRun) }}
+
+// recycle gives r to pyRunFor again, once its run was answered and nothing refers to it any
+// more (runPyOnce reads only the unanswered runs of a batch after that).
+func (r *pyRun) recycle() {
+	r.reset()
+	pyRuns.Put(r)
+}
+
+// reset empties r, keeping its item and frame lists' arrays, cleared: they referred to the
+// store's values.
+func (r *pyRun) reset() {
+	items, frames := r.msg.Items, r.frames
+	clear(items)
+	clear(frames)
+	*r = pyRun{}
+	r.msg.Items, r.frames = items[:0], frames[:0]
 }
 
 // unuse ends the uses of the run's kept dependencies (resident.use: made by pyRunFor for an
@@ -704,8 +728,9 @@ func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 	w.mu.Lock()
 	fdata := w.mu.funcData[ts.t.Func]
 	w.mu.Unlock()
-	items := make([]wire.Item, 0, len(ts.t.Deps))
-	var frames [][]byte
+	r := pyRuns.Get().(*pyRun)
+	items := slices.Grow(r.msg.Items, len(ts.t.Deps))
+	frames := r.frames
 	var segs []runSeg
 	var res []runRes
 	for _, dep := range ts.t.Deps {
@@ -729,8 +754,9 @@ func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 		}
 		frames = append(frames, e.Frames...)
 	}
-	m := &wire.Msg{Op: wire.OpRun, Key: ts.t.Key, FuncHash: ts.t.Func, Payload: ts.t.Payload, Items: items}
-	return &pyRun{ts: ts, m: m, frames: frames, fdata: fdata, segs: segs, res: res}, nil
+	r.msg = wire.Msg{Op: wire.OpRun, Key: ts.t.Key, FuncHash: ts.t.Func, Payload: ts.t.Payload, Items: items}
+	r.ts, r.m, r.frames, r.fdata, r.segs, r.res = ts, &r.msg, frames, fdata, segs, res
+	return r, nil
 }
 
 // runsMaxFrames bounds the frames of a runs message, well inside an executor's limit of 4096
@@ -741,21 +767,44 @@ var runsMaxFrames = 1024
 // runsMsg makes the runs of a batch one runs message (docs/protocol.md §3.5), their frames in
 // order, from the runs themselves (msgs[i] is batch[i]'s message: its payload, and no
 // descriptors, since a run that passes some is never batched).
-func runsMsg(batch []*pyRun, msgs []outMsg) (outMsg, error) {
-	entries := make([]wire.RunEntry, len(batch))
-	n := 0
+func runsMsg(batch []*pyRun, msgs []outMsg, sc *runsScratch) (outMsg, error) {
+	entries := slices.Grow(sc.entries[:0], len(batch))
 	for i, r := range batch {
 		if len(msgs[i].fds) > 0 || len(r.res) > 0 {
 			return outMsg{}, errors.New("a run passing descriptors or kept values in a runs message")
 		}
-		entries[i] = wire.RunEntry{Msg: r.m, Keep: r.keep, NFrames: len(msgs[i].payload)}
-		n += len(msgs[i].payload)
+		entries = append(entries, wire.RunEntry{Msg: r.m, Keep: r.keep, NFrames: len(msgs[i].payload)})
 	}
-	payload := make([][]byte, 0, n)
+	payload := sc.payload[:0]
 	for _, om := range msgs {
 		payload = append(payload, om.payload...)
 	}
-	return outMsg{hdr: wire.AppendRunsHeader(make([]byte, 0, 256*len(batch)), entries), payload: payload}, nil
+	sc.hdr = wire.AppendRunsHeader(slices.Grow(sc.hdr[:0], 256*len(batch)), entries)
+	sc.entries, sc.payload = entries, payload
+	return outMsg{hdr: sc.hdr, payload: payload}, nil
+}
+
+// runsScratch is what runPyOnce and runsMsg make a batch's messages of, kept by an executor
+// for its holder between batches: the messages are written before runPyOnce reads the
+// answers, and done with then.
+type runsScratch struct {
+	msgs    []outMsg // each run's message (runPyOnce)
+	entries []wire.RunEntry
+	payload [][]byte
+	hdr     []byte
+}
+
+// msgsFor is a list of n messages, for a batch of n runs.
+func (sc *runsScratch) msgsFor(n int) []outMsg {
+	sc.msgs = slices.Grow(sc.msgs[:0], n)[:n]
+	return sc.msgs
+}
+
+// sent lets go of what the last messages referred to (runs, and the store's values).
+func (sc *runsScratch) sent() {
+	clear(sc.msgs)
+	clear(sc.entries)
+	clear(sc.payload)
 }
 
 // segMaxPerRun bounds the segments passed with one run: descriptors in one message are
@@ -846,7 +895,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		}
 	}
 	batch = append(batch, mine)
-	msgs := make([]outMsg, len(batch))
+	msgs := ex.runs.msgsFor(len(batch))
 	roomy := w.roomToKeep()
 	for i, r := range batch {
 		r.ts.execPID.Store(int32(ex.pid))
@@ -870,7 +919,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		nframes += 1 + len(r.frames)
 	}
 	if len(batch) > 1 && ex.batch && nframes <= runsMaxFrames {
-		om, err := runsMsg(batch, msgs)
+		om, err := runsMsg(batch, msgs, &ex.runs)
 		if err != nil {
 			return encodingFailed(err)
 		}
@@ -903,6 +952,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	sent := time.Now()
 	last := sent
 	err = ex.conn.sendMany(msgs...)
+	ex.runs.sent()
 	closeFds(passed) // the executor has its own now (or is gone)
 	if err != nil {
 		return w.sendFailed(ex, batch, err)
@@ -965,9 +1015,13 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		if r == mine {
 			w.py.releaseAnswered(ex)
 			res.ranFrom, res.ranTo = from, to
+			if len(mine.res) == 0 { // (else the deferred unuse still reads it)
+				mine.recycle()
+			}
 			return res, false
 		}
 		w.finish(ex.lane, r.ts, res, from, to)
+		r.recycle()
 		last = now
 	}
 	panic("unreachable: the popped task is the last of its batch")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -37,8 +38,9 @@ type execConn struct {
 	br  *bufio.Reader
 	lim wire.Limits
 
-	// answers of a dones message not yet returned by recvExt, in order (reader only)
-	queued []queuedAnswer
+	// answers of a dones message not yet returned by recvExt, in order (reader only), in
+	// answers, the array kept from one dones message to the next
+	queued, answers []queuedAnswer
 
 	wmu  sync.Mutex // serialises writers (a shutdown from closeAll against nothing else)
 	wbuf []byte
@@ -185,9 +187,7 @@ func (c *execConn) recvExt() (*wire.Msg, execExt, [][]byte, error) {
 	if len(c.queued) > 0 {
 		a := c.queued[0]
 		c.queued[0] = queuedAnswer{}
-		if c.queued = c.queued[1:]; len(c.queued) == 0 {
-			c.queued = nil
-		}
+		c.queued = c.queued[1:]
 		return a.m, a.x, a.frames, nil
 	}
 	start := c.fr.offset() - int64(c.br.Buffered())
@@ -205,9 +205,10 @@ func (c *execConn) recvExt() (*wire.Msg, execExt, [][]byte, error) {
 		if _, err := c.fr.take(start, 0); err != nil {
 			return nil, execExt{}, nil, err
 		}
-		if c.queued, err = decodeDones(frames[0], frames[1:]); err != nil {
+		if c.answers, err = decodeDones(frames[0], frames[1:], c.answers[:0]); err != nil {
 			return nil, execExt{}, nil, err
 		}
+		c.queued = c.answers
 		return c.recvExt()
 	}
 	var x execExt
@@ -458,15 +459,14 @@ func isDones(b []byte) bool {
 // decodeDones splits a dones message (docs/protocol.md §3.5: {"op": "dones", "replies":
 // [answer headers], "nframes": [their frame counts]}, their frames in order) into its
 // answers. Each must be a done or an error that passes no descriptor; the counts must cover
-// the frames exactly.
-func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
+// the frames exactly. The answers are appended to out (empty, its array reused).
+func decodeDones(b []byte, frames [][]byte, out []queuedAnswer) ([]queuedAnswer, error) {
 	bad := func(why string) error { return fmt.Errorf("%w: executor's dones: %s", wire.ErrProtocol, why) }
 	r := wire.NewReader(b)
 	n, ok := r.MapLen()
 	if !ok {
 		return nil, bad("not a map")
 	}
-	var out []queuedAnswer
 	var counts []int
 	var seen [2]bool
 	for range n {
@@ -485,7 +485,7 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 				return nil, bad(fmt.Sprintf("replies is not one array of at most %d", donesMax))
 			}
 			seen[0] = true
-			out = make([]queuedAnswer, 0, na) // at most donesMax
+			out = slices.Grow(out, na) // at most donesMax
 			for range na {
 				a, err := decodeDonesReply(r, b)
 				if err != nil {
@@ -499,7 +499,8 @@ func decodeDones(b []byte, frames [][]byte) ([]queuedAnswer, error) {
 				return nil, bad(fmt.Sprintf("nframes is not one array of at most %d", donesMax))
 			}
 			seen[1] = true
-			counts = make([]int, 0, na) // at most donesMax
+			var fixed [donesMax]int // (na is at most donesMax: on the stack)
+			counts = fixed[:0:na]
 			for range na {
 				v, ok := r.Int()
 				if !ok || v < 0 || v > int64(len(frames)) {

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
@@ -206,7 +207,18 @@ func TestRunsAndDones(t *testing.T) {
 	for i := range 17 { // over 15 runs: the array's longer header
 		run(uint64(10+i), fmt.Sprint("r", i), bytes.Repeat([]byte{byte(i)}, 200))
 	}
-	om, err := runsMsg(batch, msgs)
+	// an executor's scratch, used by an earlier batch (runs of other sizes, other frames)
+	var sc runsScratch
+	_, err := runsMsg(batch[3:], msgs[3:], &sc)
+	require.NoError(t, err)
+	sc.sent()
+	for _, e := range sc.entries {
+		require.Nil(t, e.Msg, "a sent batch's scratch keeps its runs")
+	}
+	for _, f := range sc.payload {
+		require.Nil(t, f, "a sent batch's scratch keeps its frames")
+	}
+	om, err := runsMsg(batch, msgs, &sc)
 	require.NoError(t, err)
 	errc := make(chan error, 1)
 	go func() { errc <- c.sendMany(om) }()
@@ -260,13 +272,17 @@ func TestRunsAndDones(t *testing.T) {
 	dones := donesMsg(t, []any{done(1, "a"), map[string]any{"op": "error", "id": 2, "message": "no"}, done(3, "c")}, []int{1, 0, 1})
 	require.NoError(t, wire.WriteFrames(other, [][]byte{dones, []byte("a!"), []byte("c!")}))
 	require.NoError(t, wire.WriteFrames(other, [][]byte{mustPack(t, done(4, "d")), []byte("d!")}))
+	// a second dones message, shorter: its answers go where the first one's were
+	dones = donesMsg(t, []any{done(5, "e"), done(6, "f")}, []int{1, 1})
+	require.NoError(t, wire.WriteFrames(other, [][]byte{dones, []byte("e!"), []byte("f!")}))
 	for _, want := range []struct {
 		id     uint64
 		op     string
 		frames [][]byte
 		in     bool
 	}{{1, wire.OpDone, [][]byte{[]byte("a!")}, true}, {2, wire.OpError, [][]byte{}, true},
-		{3, wire.OpDone, [][]byte{[]byte("c!")}, true}, {4, wire.OpDone, [][]byte{[]byte("d!")}, false}} {
+		{3, wire.OpDone, [][]byte{[]byte("c!")}, true}, {4, wire.OpDone, [][]byte{[]byte("d!")}, false},
+		{5, wire.OpDone, [][]byte{[]byte("e!")}, true}, {6, wire.OpDone, [][]byte{[]byte("f!")}, true}} {
 		m, x, rf, err := c.recvExt()
 		require.NoError(t, err)
 		require.Equal(t, want.id, m.ID)
@@ -276,6 +292,10 @@ func TestRunsAndDones(t *testing.T) {
 		for i := range rf {
 			require.Equal(t, want.frames[i], rf[i])
 		}
+	}
+	require.Zero(t, c.queuedAnswers())
+	for _, a := range c.answers[:cap(c.answers)] {
+		require.Nil(t, a.m, "answers returned are still held")
 	}
 }
 
@@ -333,4 +353,41 @@ func TestDoneDeclaredCountsCostNothing(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	require.Error(t, err)
 	require.Less(t, after.TotalAlloc-before.TotalAlloc, uint64(8<<20), "a declared count was allocated")
+}
+
+// A pyRun from the pool builds its run from its own task only: what a recycled run held (its
+// items and frames, which point into the store) is gone, and its lists' arrays are reused.
+func TestPyRunRecycled(t *testing.T) {
+	w := newTestWorker(t, testConfig(t))
+	w.store.Put("a", wire.EncBytes, [][]byte{[]byte("a0"), []byte("a1")}, nil)
+	w.store.Put("b", wire.EncBytes, [][]byte{[]byte("b0")}, nil)
+	task2 := &task{t: graph.Task{Key: "two", Kind: graph.KindPy, Func: "f", Payload: []byte{1}, Deps: []string{"a", "b"}}}
+	task1 := &task{t: graph.Task{Key: "one", Kind: graph.KindPy, Func: "g", Deps: []string{"b"}}}
+
+	r, taskErr := w.pyRunFor(task2, nil)
+	require.Nil(t, taskErr)
+	require.Len(t, r.m.Items, 2)
+	require.Len(t, r.frames, 3)
+	items, frames := r.m.Items, r.frames
+	r.reset()
+	require.Nil(t, r.m)
+	require.Nil(t, r.ts)
+	require.Empty(t, r.msg.Items)
+	require.Empty(t, r.frames)
+	require.Equal(t, wire.Item{}, items[0], "a reset run keeps an item")
+	require.Equal(t, wire.Item{}, items[1], "a reset run keeps an item")
+	require.Equal(t, [][]byte{nil, nil, nil}, frames, "a reset run keeps the store's frames")
+
+	pyRuns.Put(r)
+	for range 3 { // the pool gives back r, or a new run: the message is the same either way
+		r, taskErr = w.pyRunFor(task1, nil)
+		require.Nil(t, taskErr)
+		require.Same(t, &r.msg, r.m)
+		require.Equal(t, "one", r.m.Key)
+		require.Equal(t, "g", r.m.FuncHash)
+		require.Nil(t, r.m.Payload)
+		require.Equal(t, []wire.Item{{Key: "b", Encoding: wire.EncBytes, NFrames: 1, NBytes: 2}}, r.m.Items)
+		require.Equal(t, [][]byte{[]byte("b0")}, r.frames)
+		r.recycle()
+	}
 }
