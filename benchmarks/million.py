@@ -1,12 +1,14 @@
 """A million-task dask graph through ``client.get`` (issue 19): end-to-end time and where each
 process's CPU went.
 
-    .venv/bin/python benchmarks/million.py [--tasks 1000000] [--system shoal|dask]
+    .venv/bin/python benchmarks/million.py [--tasks 1000000] [--system shoal|dask] [--convert-only]
 
 The graph is a hand-written dask graph of legacy tuples, as a user who builds one by hand
 writes it: ``tasks/2`` leaves ``(inc, i)`` and a pairwise ``(operator.add, a, b)`` tree over
 them, about ``tasks`` nodes in all. It runs on a fresh local cluster of 2 workers x 1 thread and
-the answer is checked. Printed: the time to build the graph in Python (not part of the
+the answer is checked. ``--convert-only`` starts no cluster: it times the client's conversion
+of the graph, up to its first ``update_graph`` chunk (while the cluster has nothing to do) and
+then to the last. Printed: the time to build the graph in Python (not part of the
 figure), ``client.get``'s wall time and rate, and each process's CPU seconds during it (user +
 system, from /proc, read before and after; a process started meanwhile, such as the second
 executor, counts whole, and one that ended meanwhile is missing), so that the sum can be set
@@ -70,15 +72,45 @@ def cpu_times() -> dict[int, tuple[str, float]]:
     return out
 
 
+def convert(dsk: dict[Hashable, Any], root: Hashable) -> None:
+    """Time what Client.get does to the graph before and while it sends it, without sending:
+    normalize_graph, then task_chunks up to its first chunk, then the rest."""
+    from shoal import _dask
+    from shoal._keys import dumps_callable, func_hash
+
+    def func_of(fn: Any) -> tuple[str, bytes]:
+        data = dumps_callable(fn)
+        return func_hash(data), data
+
+    with _dask.paused_gc():  # as Client.get does
+        t0 = time.perf_counter()
+        graph = _dask.normalize_graph(dsk, fuse=[root])
+        t1 = time.perf_counter()
+        chunks = _dask.task_chunks(graph, "execute_node", funcs={}, func_of=func_of, max_bytes=8 << 20)
+        first, _, _ = next(chunks)
+        t2 = time.perf_counter()
+        n, tasks = 1, len(first)
+        for more, _, _ in chunks:
+            n, tasks = n + 1, tasks + len(more)
+        t3 = time.perf_counter()
+    print(f"converted {tasks:,} tasks in {n} chunks: normalize_graph {t1 - t0:.2f} s, first chunk after"
+          f" {t2 - t0:.2f} s, all after {t3 - t0:.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=1_000_000, help="about this many tasks (default 1,000,000)")
     ap.add_argument("--system", choices=("shoal", "dask"), default="shoal")
+    ap.add_argument("--convert-only", action="store_true",
+                    help="time the client's conversion of the graph into update_graph chunks, no cluster")
     args = ap.parse_args()
     t0 = time.perf_counter()
     dsk, root = build(max(args.tasks // 2, 1))
     print(f"graph of {len(dsk):,} tasks built in {time.perf_counter() - t0:.2f} s", flush=True)
     want = sum(range(1, max(args.tasks // 2, 1) + 1))
+    if args.convert_only:
+        convert(dsk, root)
+        return
     if args.system == "shoal":
         import shoal
 
