@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -53,7 +54,7 @@ func parse(fs *flag.FlagSet, args []string) error {
 type common struct {
 	tokenFile, logFormat, logLevel string
 	tlsCert, tlsKey, tlsCA         string
-	cpuProfile                     string
+	cpuProfile, heapProfile        string
 	messageTimeout                 time.Duration
 	gossipKeyFile                  string
 }
@@ -68,22 +69,44 @@ func (c *common) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.gossipKeyFile, "gossip-key-file", "", "file holding a secret that encrypts and authenticates gossip (default: the --token-file token)")
 	fs.DurationVar(&c.messageTimeout, "message-timeout", wire.DefaultMessageTimeout, "drop a connection whose peer stalls this long in the middle of a message")
 	fs.StringVar(&c.cpuProfile, "cpu-profile", "", "write a Go CPU profile of this process to this file until it exits (for go tool pprof)")
+	fs.StringVar(&c.heapProfile, "heap-profile", "", "write a Go heap profile of this process to this file when it exits: what it allocated since it started (go tool pprof -sample_index=alloc_space) and what was still in use")
 }
 
-// startProfile starts the CPU profile when --cpu-profile is set; the returned func stops it.
+// startProfile starts the CPU profile when --cpu-profile is set, and creates the
+// --heap-profile file (so that a path that cannot be written is refused at once); the
+// returned func stops the one and writes the other.
 func (c *common) startProfile() (func(), error) {
-	if c.cpuProfile == "" {
-		return func() {}, nil
+	stop := func() {}
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return nil, fmt.Errorf("--cpu-profile: %w", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("--cpu-profile: %w", err)
+		}
+		stop = func() { pprof.StopCPUProfile(); f.Close() }
 	}
-	f, err := os.Create(c.cpuProfile)
-	if err != nil {
-		return nil, fmt.Errorf("--cpu-profile: %w", err)
+	if c.heapProfile != "" {
+		f, err := os.Create(c.heapProfile)
+		if err != nil {
+			stop()
+			return nil, fmt.Errorf("--heap-profile: %w", err)
+		}
+		stopCPU := stop
+		stop = func() {
+			stopCPU()
+			runtime.GC() // the profile's in-use figures are as of the last collection
+			if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+				fmt.Fprintf(os.Stderr, "shoal: --heap-profile %s: %v\n", c.heapProfile, err)
+			}
+			if err := f.Close(); err != nil {
+				fmt.Fprintf(os.Stderr, "shoal: --heap-profile %s: %v\n", c.heapProfile, err)
+			}
+		}
 	}
-	if err := pprof.StartCPUProfile(f); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("--cpu-profile: %w", err)
-	}
-	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+	return stop, nil
 }
 
 // logs keeps this process's recent log lines for clients that ask for them (get_logs).

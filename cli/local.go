@@ -25,6 +25,7 @@ type localFlags struct {
 	localDir          string
 	noRestart         bool
 	workerProfile     string
+	workerHeapProfile string
 	dataIdle          time.Duration
 	resources         string
 }
@@ -42,6 +43,7 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 	fs.DurationVar(&f.dataIdle, "data-idle-timeout", 10*time.Minute, "workers drop a data-port connection silent this long between requests (0: never)")
 	fs.StringVar(&f.resources, "resources", "", "abstract resources each worker offers, e.g. GPU=1,MEM=16e9 (tasks asking for them run only where they are free)")
 	fs.StringVar(&f.workerProfile, "worker-cpu-profile", "", "write a Go CPU profile of each worker process to PREFIX.<worker name>.pprof")
+	fs.StringVar(&f.workerHeapProfile, "worker-heap-profile", "", "write a Go heap profile of each worker process to PREFIX.<worker name>.heap.pprof when it exits (see --heap-profile)")
 }
 
 func runLocal(args []string) error {
@@ -112,7 +114,8 @@ type localCluster struct {
 	procs   map[string]*exec.Cmd
 	closing bool
 
-	workerProfile string // --worker-cpu-profile prefix
+	workerProfile     string // --worker-cpu-profile prefix
+	workerHeapProfile string // --worker-heap-profile prefix
 
 	// for Scale: the worker slots (base names, in start order) and the arguments to start more
 	ctx     context.Context // ends when the cluster closes
@@ -150,7 +153,8 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 		return nil, err
 	}
 	lc := &localCluster{sched: sp, cancel: cancel, procs: map[string]*exec.Cmd{}, workerProfile: f.workerProfile,
-		stopped: map[string]bool{}, restart: !f.noRestart, ctx: sctx}
+		workerHeapProfile: f.workerHeapProfile,
+		stopped:           map[string]bool{}, restart: !f.noRestart, ctx: sctx}
 	self, err := os.Executable()
 	if err != nil {
 		lc.close()
@@ -253,6 +257,9 @@ func (lc *localCluster) supervise(self string, base []string, name string, resta
 			args := append(append([]string{}, base...), "--name", n)
 			if lc.workerProfile != "" {
 				args = append(args, "--cpu-profile", lc.workerProfile+"."+n+".pprof")
+			}
+			if lc.workerHeapProfile != "" {
+				args = append(args, "--heap-profile", lc.workerHeapProfile+"."+n+".heap.pprof")
 			}
 			cmd := exec.Command(self, args...)
 			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

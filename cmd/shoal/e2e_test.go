@@ -1,6 +1,7 @@
 package main
 
 import (
+	"compress/gzip"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -337,4 +339,47 @@ func TestE2EGatherManyKeysFromOneWorker(t *testing.T) {
 	for i, v := range vals {
 		require.Equal(t, int64(i+1), asInt(t, v))
 	}
+}
+
+// --heap-profile and --worker-heap-profile write each process's Go heap profile when it exits
+// cleanly: what it allocated since it started and what was still in use; a path that cannot
+// be written is refused at start, naming the flag.
+func TestE2EHeapProfiles(t *testing.T) {
+	dir := t.TempDir()
+	c := startCluster(t, 2, "--heap-profile", filepath.Join(dir, "sched.pprof"),
+		"--worker-heap-profile", filepath.Join(dir, "w"))
+	cl := c.connect(t)
+	ctx := ctxT(t, 60*time.Second)
+	g := client.NewGraph()
+	var keys []client.Key
+	for i := range 200 {
+		keys = append(keys, g.Go(fmt.Sprintf("inc-%d", i), "inc", i))
+	}
+	futs, err := cl.Submit(ctx, g, g.Go("total", "sum", toAny(keys)...))
+	require.NoError(t, err)
+	v, err := futs[0].Result(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(200*201/2), asInt(t, v))
+	c.stop(t)
+
+	workers, err := filepath.Glob(filepath.Join(dir, "w.*.heap.pprof"))
+	require.NoError(t, err)
+	require.Len(t, workers, 2, "one profile per worker")
+	for _, file := range append(workers, filepath.Join(dir, "sched.pprof")) {
+		f, err := os.Open(file)
+		require.NoError(t, err)
+		zr, err := gzip.NewReader(f)
+		require.NoError(t, err, "%s is a gzipped profile", file)
+		raw, err := io.ReadAll(zr)
+		f.Close()
+		require.NoError(t, err)
+		for _, want := range []string{"alloc_space", "inuse_space", "github.com/shoal-dev/shoal/cli."} {
+			require.Contains(t, string(raw), want, "%s names %s", file, want)
+		}
+	}
+
+	out, err := exec.Command(shoalBin, "scheduler", "--port", "0", "--heap-profile",
+		filepath.Join(dir, "missing", "x.pprof")).CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "--heap-profile")
 }
