@@ -35,7 +35,6 @@ type readAhead struct {
 	spare    []chan int    // (take's channels, for reuse)
 	stopped  bool          // the server stopped: no grant is handed out again
 	deferred uint64        // callbacks left by takeOr, in all
-	stop     <-chan struct{}
 }
 
 // grantWaiter is a reader waiting for a grant: in take (ch), or by a callback (fn, takeOr).
@@ -50,7 +49,7 @@ const maxSpareWaits = 256
 // newReadAhead returns a budget of limit shares, handed out in grants of at most grant; once
 // ctx is done it hands out nothing more, and every waiter gets 0.
 func newReadAhead(ctx context.Context, limit, grant int) *readAhead {
-	r := &readAhead{limit: limit, grant: min(grant, limit), stop: ctx.Done()}
+	r := &readAhead{limit: limit, grant: min(grant, limit)}
 	context.AfterFunc(ctx, r.stopWaiters)
 	return r
 }
@@ -107,17 +106,13 @@ func (r *readAhead) take() int {
 	}
 	r.waiters = append(r.waiters, grantWaiter{ch: ch})
 	r.mu.Unlock()
-	select {
-	case n := <-ch:
-		r.mu.Lock()
-		if len(r.spare) < maxSpareWaits {
-			r.spare = append(r.spare, ch)
-		}
-		r.mu.Unlock()
-		return n
-	case <-r.stop:
-		return 0 // a grant sent to ch, then or later, is never given back: the server stops
+	n := <-ch // a grant from give, or 0 from stopWaiters: one or the other, once
+	r.mu.Lock()
+	if len(r.spare) < maxSpareWaits {
+		r.spare = append(r.spare, ch)
 	}
+	r.mu.Unlock()
+	return n
 }
 
 // give returns n shares and hands whole grants to the waiting readers they are free for.
@@ -144,8 +139,8 @@ func (r *readAhead) give(n int) {
 	r.mu.Unlock()
 }
 
-// stopWaiters, once the server stops, calls every waiting callback with 0 (take's waiters
-// see the stop themselves).
+// stopWaiters, once the server stops, tells every waiter, in take or by a callback, that
+// no grant comes: 0.
 func (r *readAhead) stopWaiters() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -153,6 +148,8 @@ func (r *readAhead) stopWaiters() {
 	for _, w := range r.waiters {
 		if w.fn != nil {
 			w.fn(0)
+		} else {
+			w.ch <- 0 // buffered, and nothing else sends once the waiter is off the list
 		}
 	}
 	r.waiters = nil
