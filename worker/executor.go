@@ -864,6 +864,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		return result{err: &wire.Error{Code: wire.CodeExecutorDied, Type: "ExecutorDied", Message: fmt.Sprintf(
 			"Python executor (pid %d) died while taking the uploaded files and worker plugins: %s", ex.pid, how)}}, false
 	}
+	unusing := false // a deferred mine.unuse() will read mine
 	if len(mine.res) > 0 {
 		// Looked up again now that ex is held, each value kept there marked in use (forgotten
 		// only once the run is answered); dependencies kept in another executor are exported
@@ -873,6 +874,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 			return result{err: taskErr}, false
 		}
 		defer mine.unuse()
+		unusing = true // (mine.res may be empty now: all exported; mine is not recycled)
 	}
 	if !ex.funcs[ts.t.Func] && mine.fdata == nil {
 		w.py.release(ex)
@@ -1015,7 +1017,7 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		if r == mine {
 			w.py.releaseAnswered(ex)
 			res.ranFrom, res.ranTo = from, to
-			if len(mine.res) == 0 { // (else the deferred unuse still reads it)
+			if !unusing { // (else the deferred unuse still reads it)
 				mine.recycle()
 			}
 			return res, false
