@@ -183,11 +183,11 @@ func BenchmarkRunsMsg(b *testing.B) {
 	msgs := make([]outMsg, 20)
 	batch := make([]*pyRun, 20)
 	for i := range msgs {
-		m := &wire.Msg{Op: wire.OpRun, ID: uint64(i), Key: fmt.Sprintf("('sum', 1, %d)", i),
+		batch[i] = &pyRun{msg: wire.Msg{Op: wire.OpRun, ID: uint64(i), Key: fmt.Sprintf("('sum', 1, %d)", i),
 			FuncHash: strings.Repeat("ab", 32), Payload: []byte{0, 0x92, 0x92, 0xa1, 'a', 0xa1, 'b', 0x92, 0, 1},
-			Items: []wire.Item{{Key: "a", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}, {Key: "b", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}}}
-		batch[i] = &pyRun{m: m, keep: true}
-		msgs[i] = outMsg{m: m, payload: [][]byte{{0x01}, {0x02}}}
+			Items: []wire.Item{{Key: "a", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}, {Key: "b", Encoding: wire.EncMsgpack, NFrames: 1, NBytes: 2}}},
+			keep: true}
+		msgs[i] = outMsg{m: &batch[i].msg, payload: [][]byte{{0x01}, {0x02}}}
 	}
 	b.ReportAllocs()
 	var sc runsScratch // an executor's, kept between its batches

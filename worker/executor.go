@@ -47,7 +47,7 @@ type executor struct {
 	// killedFor says why the worker killed it (the memory monitor), for its task's error.
 	killedFor atomic.Pointer[string]
 	keeps     bool         // it keeps large results in its memory (resident.go)
-	runs      runsScratch  // what runsMsg makes its batches of (used by its holder only)
+	runs      runsScratch  // what its batches' messages are made of (used by its holder only)
 	log       *slog.Logger // the worker's
 	// mem: dead is set once the process has exited and before its pid is freed; reading its
 	// memory (resident.go) holds the lock for reading
@@ -618,8 +618,7 @@ var (
 // pyRun is one task's run message.
 type pyRun struct {
 	ts     *task
-	m      *wire.Msg // &msg, for a run from pyRunFor
-	msg    wire.Msg  // its storage: a run's pyRun comes from a pool (recycle)
+	msg    wire.Msg // the run message (a run's pyRun comes from a pool: recycle)
 	frames [][]byte
 	fdata  []byte   // the pickled function, in case this executor has not seen it
 	segs   []runSeg // segment-backed dependencies, whose frames are empty in frames
@@ -676,7 +675,7 @@ func (r *pyRun) keptIn(ex *executor) bool {
 // header encodes the run's header, with the dependencies its executor keeps (`res`: item
 // index and the id it keeps the value under), and whether it may keep the result (`keep`).
 func (r *pyRun) header() ([]byte, error) {
-	hdr, err := wire.EncodeHeader(r.m)
+	hdr, err := wire.EncodeHeader(&r.msg)
 	if err != nil {
 		return nil, err
 	}
@@ -708,8 +707,8 @@ type runSeg struct {
 
 // size bounds the bytes of the run message for ex.
 func (r *pyRun) size(ex *executor) int {
-	n := 512 + len(r.m.Key) + len(r.m.FuncHash) + len(r.m.Payload)
-	for _, it := range r.m.Items {
+	n := 512 + len(r.msg.Key) + len(r.msg.FuncHash) + len(r.msg.Payload)
+	for _, it := range r.msg.Items {
 		n += 64 + len(it.Key)
 	}
 	for _, f := range r.frames {
@@ -755,7 +754,7 @@ func (w *Worker) pyRunFor(ts *task, on *executor) (*pyRun, *wire.Error) {
 		frames = append(frames, e.Frames...)
 	}
 	r.msg = wire.Msg{Op: wire.OpRun, Key: ts.t.Key, FuncHash: ts.t.Func, Payload: ts.t.Payload, Items: items}
-	r.ts, r.m, r.frames, r.fdata, r.segs, r.res = ts, &r.msg, frames, fdata, segs, res
+	r.ts, r.frames, r.fdata, r.segs, r.res = ts, frames, fdata, segs, res
 	return r, nil
 }
 
@@ -773,7 +772,7 @@ func runsMsg(batch []*pyRun, msgs []outMsg, sc *runsScratch) (outMsg, error) {
 		if len(msgs[i].fds) > 0 || len(r.res) > 0 {
 			return outMsg{}, errors.New("a run passing descriptors or kept values in a runs message")
 		}
-		entries = append(entries, wire.RunEntry{Msg: r.m, Keep: r.keep, NFrames: len(msgs[i].payload)})
+		entries = append(entries, wire.RunEntry{Msg: &r.msg, Keep: r.keep, NFrames: len(msgs[i].payload)})
 	}
 	payload := sc.payload[:0]
 	for _, om := range msgs {
@@ -902,11 +901,11 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 	for i, r := range batch {
 		r.ts.execPID.Store(int32(ex.pid))
 		ex.seq++
-		r.m.ID = ex.seq
+		r.msg.ID = ex.seq
 		if !ex.funcs[r.ts.t.Func] {
-			r.m.FuncData = r.fdata
+			r.msg.FuncData = r.fdata
 		}
-		msgs[i] = outMsg{m: r.m, payload: r.frames}
+		msgs[i] = outMsg{m: &r.msg, payload: r.frames}
 		r.keep = r.ts.keep && ex.keeps && roomy
 	}
 	w.profileRuns(msgs) // the profiler (profile.go): marks the runs while it is on
@@ -974,8 +973,8 @@ func (w *Worker) runPyOnce(ts *task) (result, bool) {
 		if err == nil {
 			ex.shm.update(x)
 		}
-		if err == nil && reply.ID != r.m.ID {
-			err = fmt.Errorf("%w: executor answered id %d to run %d", wire.ErrProtocol, reply.ID, r.m.ID)
+		if err == nil && reply.ID != r.msg.ID {
+			err = fmt.Errorf("%w: executor answered id %d to run %d", wire.ErrProtocol, reply.ID, r.msg.ID)
 		}
 		if err != nil {
 			return w.executorDied(ex, batch, i, err)

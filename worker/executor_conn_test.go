@@ -194,15 +194,15 @@ func TestRunsAndDones(t *testing.T) {
 	var batch []*pyRun
 	var msgs []outMsg
 	run := func(id uint64, key string, frames ...[]byte) *pyRun {
-		r := &pyRun{m: &wire.Msg{Op: wire.OpRun, ID: id, Key: key, FuncHash: "h", Payload: []byte{0, byte(id)}}}
+		r := &pyRun{msg: wire.Msg{Op: wire.OpRun, ID: id, Key: key, FuncHash: "h", Payload: []byte{0, byte(id)}}}
 		for i := range frames {
-			r.m.Items = append(r.m.Items, wire.Item{Key: fmt.Sprint(key, i), Encoding: wire.EncBytes, NFrames: 1, NBytes: int64(len(frames[i]))})
+			r.msg.Items = append(r.msg.Items, wire.Item{Key: fmt.Sprint(key, i), Encoding: wire.EncBytes, NFrames: 1, NBytes: int64(len(frames[i]))})
 		}
-		batch, msgs = append(batch, r), append(msgs, outMsg{m: r.m, payload: frames})
+		batch, msgs = append(batch, r), append(msgs, outMsg{m: &r.msg, payload: frames})
 		return r
 	}
-	run(1, "a", []byte("a0"), []byte("a1")).m.FuncData = []byte("pickled")
-	run(2, "b").m.Timeout = 0.01 // the profiler is on
+	run(1, "a", []byte("a0"), []byte("a1")).msg.FuncData = []byte("pickled")
+	run(2, "b").msg.Timeout = 0.01 // the profiler is on
 	run(3, "c", []byte("c0")).keep = true
 	for i := range 17 { // over 15 runs: the array's longer header
 		run(uint64(10+i), fmt.Sprint("r", i), bytes.Repeat([]byte{byte(i)}, 200))
@@ -237,13 +237,13 @@ func TestRunsAndDones(t *testing.T) {
 	for i, r := range batch {
 		e := got.Runs[i] // [id, key, func, payload, items, extra]
 		require.Len(t, e, 6)
-		require.EqualValues(t, r.m.ID, e[0])
-		require.Equal(t, r.m.Key, e[1])
+		require.EqualValues(t, r.msg.ID, e[0])
+		require.Equal(t, r.msg.Key, e[1])
 		require.Equal(t, "h", e[2])
-		require.Equal(t, r.m.Payload, e[3])
+		require.Equal(t, r.msg.Payload, e[3])
 		items := e[4].([]any)
-		require.Len(t, items, len(r.m.Items))
-		for j, it := range r.m.Items {
+		require.Len(t, items, len(r.msg.Items))
+		for j, it := range r.msg.Items {
 			e := items[j].([]any)
 			require.Equal(t, []any{it.Key, it.Encoding, int64(1), it.NBytes}, normInts(e), "run %d item %d", i, j)
 		}
@@ -366,11 +366,11 @@ func TestPyRunRecycled(t *testing.T) {
 
 	r, taskErr := w.pyRunFor(task2, nil)
 	require.Nil(t, taskErr)
-	require.Len(t, r.m.Items, 2)
+	require.Len(t, r.msg.Items, 2)
 	require.Len(t, r.frames, 3)
-	items, frames := r.m.Items, r.frames
+	items, frames := r.msg.Items, r.frames
 	r.reset()
-	require.Nil(t, r.m)
+	require.Equal(t, wire.Msg{Items: r.msg.Items}, r.msg, "a reset run keeps its message")
 	require.Nil(t, r.ts)
 	require.Empty(t, r.msg.Items)
 	require.Empty(t, r.frames)
@@ -382,11 +382,10 @@ func TestPyRunRecycled(t *testing.T) {
 	for range 3 { // the pool gives back r, or a new run: the message is the same either way
 		r, taskErr = w.pyRunFor(task1, nil)
 		require.Nil(t, taskErr)
-		require.Same(t, &r.msg, r.m)
-		require.Equal(t, "one", r.m.Key)
-		require.Equal(t, "g", r.m.FuncHash)
-		require.Nil(t, r.m.Payload)
-		require.Equal(t, []wire.Item{{Key: "b", Encoding: wire.EncBytes, NFrames: 1, NBytes: 2}}, r.m.Items)
+		require.Equal(t, "one", r.msg.Key)
+		require.Equal(t, "g", r.msg.FuncHash)
+		require.Nil(t, r.msg.Payload)
+		require.Equal(t, []wire.Item{{Key: "b", Encoding: wire.EncBytes, NFrames: 1, NBytes: 2}}, r.msg.Items)
 		require.Equal(t, [][]byte{[]byte("b0")}, r.frames)
 		r.recycle()
 	}

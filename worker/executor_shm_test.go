@@ -256,7 +256,7 @@ func TestGrowMapAndRunExt(t *testing.T) {
 
 	// a run the executor may keep the result of says "keep": 1 after its own fields
 	for _, keep := range []bool{false, true} {
-		r := &pyRun{m: &wire.Msg{Op: wire.OpRun, ID: 5, Key: "k", FuncHash: "f", Payload: []byte{0, 1}}, keep: keep}
+		r := &pyRun{msg: wire.Msg{Op: wire.OpRun, ID: 5, Key: "k", FuncHash: "f", Payload: []byte{0, 1}}, keep: keep}
 		hdr, err := r.header()
 		require.NoError(t, err)
 		var got map[string]any
