@@ -76,6 +76,7 @@ def convert(dsk: dict[Hashable, Any], root: Hashable) -> None:
     """Time what Client.get does to the graph before and while it sends it, without sending:
     normalize_graph, then task_chunks up to its first chunk, then the rest."""
     from shoal import _dask
+    from shoal._chunk import UPDATE_BATCH_BYTES
     from shoal._keys import dumps_callable, func_hash
 
     def func_of(fn: Any) -> tuple[str, bytes]:
@@ -86,7 +87,8 @@ def convert(dsk: dict[Hashable, Any], root: Hashable) -> None:
         t0 = time.perf_counter()
         graph = _dask.normalize_graph(dsk, fuse=[root])
         t1 = time.perf_counter()
-        chunks = _dask.task_chunks(graph, "execute_node", funcs={}, func_of=func_of, max_bytes=8 << 20)
+        chunks = _dask.task_chunks(graph, "execute_node", funcs={}, func_of=func_of,
+                                   max_bytes=UPDATE_BATCH_BYTES // 2)  # Client.get's chunks
         first, _, _ = next(chunks)
         t2 = time.perf_counter()
         n, tasks = 1, len(first)

@@ -445,7 +445,8 @@ def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias:
 
 
 def dependents(dsk: Mapping[Hashable, Any]) -> dict[Hashable, int]:
-    """Per key, the number of nodes of a converted graph that depend on it."""
+    """Per key, the number of nodes of a converted graph that depend on it (of a
+    :class:`PlainCalls`, its count of the nodes naming it: a superset)."""
     if isinstance(dsk, PlainCalls):
         return dsk.needed
     out: dict[Hashable, int] = {}

@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("shoal")
 
-_UPDATE_BATCH_BYTES = 16 << 20  # split big graphs into update_graph messages of about this size
+_UPDATE_BATCH_BYTES = _chunk.UPDATE_BATCH_BYTES  # (a module variable: tests make it small)
 _FUNC_CACHE_SIZE = 1024
 # An argument at least this large (its buffer size: numpy, pandas, Arrow, bytes) is scattered
 # to a worker's data port and passed by reference, as dask's auto-scatter does: it never goes
