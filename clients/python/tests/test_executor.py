@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import pickle
 import threading
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from shoal import executor
-from shoal._refs import Ref
+from shoal._refs import Ref, literal_packer, literal_payload
 from shoal._serialize import decode, encode
 from shoal.exceptions import RemoteTraceback, error_from_wire
 from shoal.executor import runs_message
@@ -82,14 +83,19 @@ def test_a_runs_message_is_answered_with_dones(worker: FakeWorker) -> None:
     (an error among them included); from then on held answers to plain runs go as ``dones``
     too, and a run alone is still answered alone."""
     assert worker.ready["batch"] == 1
+    literal = worker.run_message(operator.add, deps={"d": 41}, key="e")  # as client.get sends a plain call
+    literal[0]["payload"] = literal_payload(["d", 1], [0], literal_packer())
     msgs = [worker.run_message(inc, 1, key="a"), worker.run_message(boom, 0, key="b"),
-            worker.run_message(inc, Ref("d"), deps={"d": 41}, key="c")]
+            worker.run_message(inc, Ref("d"), deps={"d": 41}, key="c"), literal,
+            worker.run_message(lambda n: list(range(n)), 3, key="f")]
     worker.send_runs(msgs)
-    [group] = worker.answers(3)
+    [group] = worker.answers(5)
     assert [h["id"] for h, _ in group] == [h["id"] for h, _ in msgs]
-    assert [h["op"] for h, _ in group] == ["done", "error", "done"]
+    assert [h["op"] for h, _ in group] == ["done", "error", "done", "done", "done"]
     assert group[1][0]["error"]["type"].endswith("ZeroDivisionError") and group[1][1] == []
-    assert result_of(group[0]) == 2 and result_of(group[2]) == 42
+    assert [result_of(group[i]) for i in (0, 2, 3, 4)] == [2, 42, 42, [0, 1, 2]]
+    assert [h["items"][0]["key"] for h, _ in group if h["op"] == "done"] == ["a", "c", "e", "f"]
+    assert all(h["start"] <= h["stop"] for h, _ in group if h["op"] == "done")
     msgs = [worker.run_message(inc, i, key=f"p{i}") for i in range(3)]
     worker.conn.send_many(msgs)
     [group] = worker.answers(3)
