@@ -215,7 +215,33 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> Mapp
         graph = {k: direct[k] if k in direct else converted[k] for k in dsk}
     if fuse is not None and len(native) > 1:
         graph = fuse_partitions(graph, fuse, native)
-    return graph
+    return Converted(graph, wire)
+
+
+class Converted(dict[Hashable, Any]):
+    """A converted graph (key -> node) that also knows its keys' wire keys (:func:`wire_keys`)
+    for :func:`dep_namer`."""
+
+    def __init__(self, graph: Mapping[Hashable, Any], wire: Mapping[Hashable, str]) -> None:
+        super().__init__(graph)
+        self.wire = wire
+
+
+def dep_namer(dsk: Mapping[Hashable, Any]) -> Callable[[Hashable], str]:
+    """``dependency -> wire key`` for the nodes of ``dsk``: the wire key of the graph's own key
+    equal to the dependency, as dask takes ``1.0`` or ``True`` among a node's arguments for the
+    key ``1`` (their reprs differ); :func:`wire_key` for a dependency outside the graph (an
+    existing result), and for a graph that does not know its wire keys."""
+    wire: Optional[Mapping[Hashable, str]] = getattr(dsk, "wire", None)
+    if wire is None:
+        return wire_key
+    get = wire.get
+
+    def name(d: Hashable) -> str:
+        w = get(d)
+        return w if w is not None else wire_key(d)
+
+    return name
 
 
 def _plain_calls(dsk: Mapping[Hashable, Any], wire: Mapping[Hashable, str]) -> Optional[dict[Hashable, int]]:
@@ -356,9 +382,10 @@ def graph_to_tasks(dsk: Mapping[Hashable, Any], func: str, *,
     ann = {k: v for k, v in (annotations or {}).items() if v}
     name = _func_namer(funcs, func_of)
     group = _group_namer()
+    dep = dep_namer(dsk)
     tasks: list[dict[str, Any]] = []
     for k, node in dsk.items():
-        task = _node_task(k, node, func, ann, Alias, group, name)
+        task = _node_task(k, node, func, ann, Alias, group, name, dep)
         if task is not None:
             tasks.append(task)
     return tasks
@@ -415,8 +442,10 @@ def _group_namer() -> Callable[[Hashable], str]:
 
 
 def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias: Any,
-               group: Callable[[Hashable], str], name: Callable[[Any], str]) -> dict[str, Any] | None:
-    """The wire task for one node, or None for an alias of an existing result."""
+               group: Callable[[Hashable], str], name: Callable[[Any], str],
+               dep: Callable[[Hashable], str]) -> dict[str, Any] | None:
+    """The wire task for one node, or None for an alias of an existing result; ``dep`` names
+    its dependencies (:func:`dep_namer`)."""
     if type(node) is DirectCall:
         task: dict[str, Any] = {"key": node.wire_key, "kind": "py", "func": name(node.func),
                                 "payload": node.payload, "group": group(k)}
@@ -429,7 +458,8 @@ def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias:
     deps = list(node.dependencies)
     if isinstance(node, alias) and wire_key(node.target) == wk:
         return None  # the node is an existing result (a persisted future) with this key
-    pairs = [(d, Ref(wire_key(d))) for d in deps]
+    wire_deps = [dep(d) for d in deps]
+    pairs = [(d, Ref(w)) for d, w in zip(deps, wire_deps)]
     task = {
         "key": wk,
         "kind": "py",
@@ -438,7 +468,7 @@ def _node_task(k: Hashable, node: Any, func: str, ann: Mapping[str, Any], alias:
         "group": group(k),
     }
     if deps:
-        task["deps"] = [wire_key(d) for d in deps]
+        task["deps"] = wire_deps
     if ann:
         task.update(ann)
     return task
@@ -514,6 +544,7 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     ann = {k: v for k, v in (annotations or {}).items() if v}
     name = _func_namer(funcs, func_of)
     group = _group_namer()
+    dep = dep_namer(dsk)
     needed = dependents(dsk)
     left = dict(needed)  # per key, its dependents not sent yet
     nodes = node_order(dsk, needed)
@@ -525,7 +556,7 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
         n = 0
         while pending is not None and n < size:
             k, node = pending
-            task = _node_task(k, node, func, ann, Alias, group, name)
+            task = _node_task(k, node, func, ann, Alias, group, name, dep)
             if task is not None and per_key and k in per_key:
                 task.update(per_key[k])
             if task is not None:
@@ -550,10 +581,11 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
 def external_keys(dsk: Mapping[Hashable, Any]) -> set[str]:
     """Wire keys the graph depends on but does not define (existing results)."""
     defined = {wire_key(k) for k in dsk}
+    dep = dep_namer(dsk)
     out: set[str] = set()
     for node in dsk.values():
         for d in node.dependencies:
-            wd = wire_key(d)
+            wd = dep(d)
             if wd not in defined:
                 out.add(wd)
     return out

@@ -231,7 +231,7 @@ def test_plain_calls_are_converted_as_they_are_sent(worker: FakeWorker, monkeypa
     assert got[root] == sum(range(1, leaves + 1))
 
     dsk["x"] = (sum, [("leaf", 0), ("leaf", 1)])  # a list of keys: not a plain call
-    assert type(_dask.normalize_graph(dsk)) is dict
+    assert type(_dask.normalize_graph(dsk)) is _dask.Converted  # converted whole
 
 
 def concat(*a: Any) -> tuple[Any, ...]:
@@ -269,6 +269,30 @@ def test_direct_calls(worker: FakeWorker) -> None:
     assert out == list(dask.get(dsk, keys))
     # "a": 1 is an alias of the key 1 (dask's rule), so "a" is 100 too
     assert out[1] == (100, "not-a-key", 100, 2.5, None, False, b"x", 102)
+
+
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-calls", "general"])
+def test_a_dependency_equal_to_a_key_of_another_type_names_that_key(worker: FakeWorker, plain: bool) -> None:
+    """dask takes an argument equal to a key for that key (``1.0`` and ``True`` for the key
+    ``1``, ``("t", 0.0)`` for ``("t", 0)``): the task depends on that key's wire key, not on
+    one made from the argument's own repr, which no task defines."""
+    dsk: dict[Any, Any] = {
+        1: (add, 40, 2),
+        ("t", 0): (add, 1, 1),
+        "f": (add, 1.0, 3),
+        "b": (add, True, 0),
+        "tf": (add, ("t", 0.0), 2),
+    }
+    if not plain:
+        dsk["nested"] = (add, (mul, 1.0, 2), 1)  # not a plain call: dask converts the graph
+    graph = _dask.normalize_graph(dsk)
+    assert isinstance(graph, _dask.PlainCalls) == plain
+    by_key = {t["key"]: t for t in _dask.graph_to_tasks(graph, "h", funcs={})}
+    assert list(by_key["f"]["deps"]) == list(by_key["b"]["deps"]) == ["1"]
+    assert list(by_key["tf"]["deps"]) == [_keys.wire_key(("t", 0))]
+    assert not _dask.external_keys(graph)
+    keys = [k for k in dsk if k != 1]
+    assert run_graph(worker, dsk, keys) == list(dask.get(dsk, keys))
 
 
 def test_direct_calls_send_literal_payloads(worker: FakeWorker) -> None:

@@ -33,3 +33,17 @@ def test_dask_graph_sent_in_many_chunks(client: Client, monkeypatch: pytest.Monk
     # chunks of a graph whose results are wanted in the middle of the order
     dsk = {f"x-{i}": (sum, [i, 1]) for i in range(300)}
     assert client.get(dsk, [f"x-{i}" for i in range(0, 300, 7)]) == [i + 1 for i in range(0, 300, 7)]
+
+
+def test_an_argument_equal_to_a_key_of_another_type_is_that_key(client: Client) -> None:
+    """``client.get`` runs a graph whose nodes name the key ``1`` as ``1.0`` or ``True`` (dask
+    takes them for it) as dask does: before, the task waited for a key ``"1.0"`` no task
+    defines and failed with a missing dependency."""
+    import operator
+
+    import dask
+
+    dsk: dict[Any, Any] = {1: (operator.add, 40, 2), "eq-f": (operator.add, 1.0, 3), "eq-b": (operator.add, True, 0),
+                           "eq-n": (operator.add, (operator.mul, 1.0, 2), 1)}  # (its last 1 is the key too)
+    keys = ["eq-f", "eq-b", "eq-n"]
+    assert client.get(dsk, keys) == list(dask.get(dsk, keys)) == [45, 42, 126]
