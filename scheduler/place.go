@@ -659,5 +659,12 @@ func (c *Core) refreshExtra() {
 	}
 }
 
-// maxExtraPerThread bounds latency hiding whatever the measurements say.
-const maxExtraPerThread = 64
+// maxExtraPerThread bounds latency hiding whatever the measurements say. It matters only for
+// groups of tasks under 8 µs (LatencyHiding's 2 ms / 256), and for those it also sets the
+// block a worker is given at once (half of it): every block boundary in a reduction's rank
+// order is a pair of siblings on two workers, one transfer at every level above it. At 64
+// (blocks of 32), the million-task tree of benchmarks/million.py made 14,700 transfers per
+// worker and its `runs` batches averaged 40 runs; at 256, 4,700 and 58, and the graph took
+// 16.1–19.1 s against 20.4–23.2 (docs/performance.md, "the root blocks"). Memory stays bounded
+// by RootBytesPerThread.
+const maxExtraPerThread = 256
