@@ -540,10 +540,7 @@ class Executor:
             if fn is None:
                 fn = self.load_func(fh, extra.get("func_data") if extra else None)
             values = decode_items(items, frames) if items else {}
-            if payload and payload[0] == 0:
-                args, kwargs = _load_literal(payload, values), _NO_KWARGS
-            else:
-                args, kwargs = load_payload(payload, values)
+            args, kwargs = load_payload(payload, values)
         except BaseException as exc:  # noqa: BLE001 - reported to the worker
             return error_reply(task_id, exc, skip=0), []
         return self.call(task_id, key, bool(extra and extra.get("keep")), fn, args, kwargs)
@@ -852,7 +849,6 @@ def group_answers(answers: Sequence[tuple[Header, Sequence[Any]]]) -> list[tuple
 
 
 _RUN_FIELDS = ("op", "id", "key", "func", "payload", "items")
-_NO_KWARGS: dict[str, Any] = {}  # (never changed: a call's **kwargs is a new dict)
 
 
 def runs_message(runs: Sequence[tuple[Header, Sequence[Any]]]) -> tuple[Header, list[Any]]:
@@ -1069,6 +1065,7 @@ _unpackb = msgpack.unpackb
 # raises. A new packer per result (_wire.packb) cost 0.26 µs against 0.08.
 _pack_scalar = msgpack.Packer(use_bin_type=True, buf_size=256).pack
 _load_literal = _refs.load_literal
+_NO_KWARGS: dict[str, Any] = {}  # no keyword arguments (never changed: a call's **kwargs is a new dict)
 
 
 def load_payload(payload: bytes | bytearray | None, values: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -1077,9 +1074,9 @@ def load_payload(payload: bytes | bytearray | None, values: dict[str, Any]) -> t
     docs/protocol.md §3.1), take ``args`` with the value of the wire key at each position in
     ``refs``."""
     if not payload:
-        return (), {}
+        return (), _NO_KWARGS
     if payload[0] == 0:
-        return _load_literal(payload, values), {}
+        return _load_literal(payload, values), _NO_KWARGS
     if values:
         u = _RefUnpickler(io.BytesIO(payload))
         u.values = values
