@@ -49,12 +49,14 @@ func (s *slab[T]) recycle() {
 	if s.next == 0 {
 		return
 	}
-	for _, c := range s.chunks[:min(s.next, len(s.chunks))] {
+	// Chunks fill in order and each round clears what it used, so only the chunks before the
+	// last are full, and of the last (items, kept or not) only its length was written.
+	// (Clearing every chunk to its capacity was 5 % of the scheduler's time: an event with
+	// one compute cleared 256.)
+	for _, c := range s.chunks[:min(s.next-1, len(s.chunks))] {
 		clear(c[:cap(c)])
 	}
-	if s.next > len(s.chunks) {
-		clear(s.items[:cap(s.items)]) // a chunk beyond slabKeep, not among them
-	}
+	clear(s.items)
 	s.items, s.next = nil, 0
 }
 

@@ -36,6 +36,27 @@ func TestActionSlab(t *testing.T) {
 	}
 }
 
+// Recycling clears what each round wrote, whatever its size: a round ending inside a kept
+// chunk, one ending on a chunk's last value, and one beyond the chunks a slab keeps (whose last
+// chunk is not kept, but may still be reached from an action the driver dropped late).
+func TestActionSlabRecycleClearsWhatEachRoundWrote(t *testing.T) {
+	var s slab[ActKeyState]
+	for _, n := range []int{1, slabChunk, slabChunk + 1, 3, (slabKeep+2)*slabChunk + 3, 2*slabChunk - 1, 1} {
+		var last *ActKeyState
+		for i := 0; i < n; i++ {
+			last = s.put(ActKeyState{Key: "k" + strconv.Itoa(i)})
+		}
+		s.recycle()
+		require.Empty(t, last.Key, "round of %d: the last value was not cleared", n)
+		require.LessOrEqual(t, len(s.chunks), slabKeep)
+		for ci, c := range s.chunks {
+			for i, a := range c[:cap(c)] {
+				require.Empty(t, a.Key, "round of %d: chunk %d keeps value %d alive", n, ci, i)
+			}
+		}
+	}
+}
+
 // The core emits computes and key states by pointer; a driver that never recycles (a test
 // holding actions across events) still sees each action as it was emitted, while later events
 // emit more of both.
