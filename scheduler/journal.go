@@ -339,7 +339,7 @@ func (s *Server) compactJournal() {
 			recs = append(recs, m)
 		}
 	}
-	for _, w := range s.workers {
+	for w := range s.workers.all() {
 		recs = append(recs, &wire.Msg{Op: jopWorkerJoined, Name: w.info.Name})
 	}
 	for cl, seq := range s.graphSeq {

@@ -25,13 +25,17 @@ func TestMetamorphic(t *testing.T) {
 	if testing.Short() {
 		seeds = 40
 	}
-	var missing, deaths, tasks int
+	var missing, deaths, tasks, stealing int
 	defer func() {
-		t.Logf("%d graphs, %d tasks, %d worker losses, %d inputs missing", seeds, tasks, deaths, missing)
+		t.Logf("%d graphs, %d tasks, %d worker losses, %d inputs missing, %d graphs with steals in flight",
+			seeds, tasks, deaths, missing, stealing)
 	}()
 	for seed := range seeds {
 		fc := newFakeCluster(t, uint64(seed))
-		defer func() { missing, deaths, tasks = missing+fc.missing, deaths+fc.deaths, tasks+len(fc.tasks) }()
+		defer func() {
+			missing, deaths, tasks = missing+fc.missing, deaths+fc.deaths, tasks+len(fc.tasks)
+			stealing += min(fc.stealing, 1)
+		}()
 		func() {
 			defer func() {
 				if p := recover(); p != nil {
@@ -68,8 +72,10 @@ type fakeCluster struct {
 	client  map[string]string // last key-state per wanted key
 	deaths  int
 	missing int
-	trace   func(dir string, v any)
-	acts    []Action
+	// stealing is the most steals the core had in flight at once
+	stealing int
+	trace    func(dir string, v any)
+	acts     []Action
 }
 
 func newFakeCluster(t *testing.T, seed uint64) *fakeCluster {
@@ -189,6 +195,8 @@ func (fc *fakeCluster) run() {
 			break
 		}
 		fc.step()
+		fc.checkSteals()
+		fc.stealing = max(fc.stealing, len(fc.c.steals))
 	}
 	fc.check()
 }
@@ -347,8 +355,26 @@ func (fc *fakeCluster) check() {
 			}
 		}
 	}
+	fc.checkSteals()
 	fc.handle(EvReleaseKeys{Client: 1, Keys: fc.wanted})
 	if st := fc.c.Stats(); st.TasksAlive != 0 {
 		fc.t.Fatalf("seed %d: %d tasks alive after releasing everything", fc.seed, st.TasksAlive)
+	}
+	fc.checkSteals()
+}
+
+// checkSteals: each worker's counts of steals in flight match the core's table of them, which
+// unassign trusts (it looks a task up there only when its worker has a steal out).
+func (fc *fakeCluster) checkSteals() {
+	out, in := map[WorkerID]int{}, map[WorkerID]int{}
+	for id, thief := range fc.c.steals {
+		out[fc.c.tasks.at(id).worker]++
+		in[thief]++
+	}
+	for _, ws := range fc.c.workers {
+		if ws != nil && ws.alive && (ws.stealsOut != out[ws.id] || ws.stealsIn != in[ws.id]) {
+			fc.t.Fatalf("seed %d: worker %d counts %d steals out and %d in, the table %d and %d",
+				fc.seed, ws.id, ws.stealsOut, ws.stealsIn, out[ws.id], in[ws.id])
+		}
 	}
 }

@@ -49,7 +49,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	var workers []workerMetrics
 	ok := s.Query(func(core *Core) {
 		counts, st, stats, clients = core.Counts(), core.Stats(), s.stats, len(s.clients)
-		for _, w := range s.workers {
+		for w := range s.workers.all() {
 			workers = append(workers, workerMetrics{w.info.Name, w.info.Memory, w.info.Spilled, w.info.BytesSent, w.info.BytesRecv})
 		}
 	})

@@ -58,7 +58,7 @@ func (s *Server) Status(ctx context.Context, maxGroups int) (ClusterStatus, erro
 		for _, ws := range c.Workers() {
 			byID[ws.ID] = ws
 		}
-		for _, w := range s.workers {
+		for w := range s.workers.all() {
 			wi := w.info
 			wi.LastSeen = float64(w.lastSeen.UnixNano()) / 1e9
 			cs := byID[w.id]
@@ -91,7 +91,7 @@ func (s *Server) Task(ctx context.Context, key string) (d TaskDetail, ok bool, e
 		}
 		ok = true
 		d.TaskInfo, d.WhoHasAddr = ti, s.addrs(ti.WhoHas)
-		if w, live := s.workers[ti.Worker]; live {
+		if w := s.workers.get(ti.Worker); w != nil {
 			d.WorkerAddr = w.info.Address
 		} else if len(d.WhoHasAddr) > 0 {
 			d.WorkerAddr = d.WhoHasAddr[0]

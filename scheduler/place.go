@@ -467,10 +467,12 @@ func (c *Core) unassign(id int32) {
 		ws.used[k] -= v
 		c.resFreed = true
 	}
-	if thief, ok := c.steals[id]; ok {
-		delete(c.steals, id)
-		ws.stealsOut--
-		c.workers[thief].stealsIn--
+	if ws.stealsOut > 0 { // a lookup in steals per task was a cache miss with thousands of workers
+		if thief, ok := c.steals[id]; ok {
+			delete(c.steals, id)
+			ws.stealsOut--
+			c.workers[thief].stealsIn--
+		}
 	}
 	t.worker, t.pos = -1, -1
 	c.updateSat(ws)

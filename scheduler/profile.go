@@ -138,7 +138,7 @@ func (s *Server) setProfiling(d int) {
 	was := p.enabled > 0
 	p.enabled = min(max(p.enabled+d, 0), maxRecordedWindows)
 	if now := p.enabled > 0; now != was {
-		for _, w := range s.workers {
+		for w := range s.workers.all() {
 			s.queue(w.conn, s.profileControl())
 		}
 	}

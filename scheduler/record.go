@@ -122,7 +122,7 @@ func (o *observers) sample(s *Server, now time.Time) {
 	for _, ws := range s.core.Workers() {
 		m.Managed += ws.NBytes
 	}
-	for _, w := range s.workers {
+	for w := range s.workers.all() {
 		m.Memory += w.info.Memory
 		m.Spilled += w.info.Spilled
 		m.Limit += w.info.MemoryLimit
@@ -178,7 +178,7 @@ func (s *Server) recorded(c *Core, start, stop int64) Recording {
 	for _, ws := range c.Workers() {
 		byID[ws.ID] = ws.NBytes
 	}
-	for _, w := range s.workers {
+	for w := range s.workers.all() {
 		out.Workers = append(out.Workers, w.info)
 		out.Managed[w.info.Address] = byID[w.id]
 	}

@@ -124,7 +124,7 @@ type Server struct {
 	pollOnce sync.Once
 
 	// owned by the driver goroutine
-	workers map[WorkerID]*workerConn
+	workers workerTable
 	byAddr  map[string]WorkerID
 	byName  map[string]WorkerID
 	clients map[ClientID]*clientConn
@@ -247,7 +247,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, ln: ln, core: NewCore(cfg.Core),
 		in: make(chan inbound, inboundQueue), queries: make(chan func()),
-		workers: map[WorkerID]*workerConn{}, byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
+		byAddr: map[string]WorkerID{}, byName: map[string]WorkerID{},
 		clients: map[ClientID]*clientConn{}, funcs: map[string][]byte{}, exits: map[string]string{},
 		nextW: 1, nextC: 1, obs: newObservers(), started: cfg.Clock(),
 		orphans: map[ClientID]time.Time{}, graphSeq: map[ClientID]uint64{}}
@@ -853,7 +853,7 @@ func (s *Server) handleInbound(in inbound) {
 	case in.gossip != nil:
 		s.onGossipDead(in.gossip)
 	case in.timerOf != 0:
-		if w, ok := s.workers[in.timerOf]; ok {
+		if w := s.workers.get(in.timerOf); w != nil {
 			s.removeWorker(w, s.exitReason(w, "connection lost"), false)
 		}
 	case in.worker != nil:
@@ -934,7 +934,7 @@ func (s *Server) tick(now time.Time) {
 func (s *Server) onWorkerExit(e *workerExit) {
 	s.exits[e.name] = e.reason
 	if id, ok := s.byName[e.name]; ok {
-		if w := s.workers[id]; w != nil && w.closing {
+		if w := s.workers.get(id); w != nil && w.closing {
 			s.removeWorker(w, e.reason, false)
 		}
 	}
@@ -947,7 +947,7 @@ const gossipGrace = 2 * time.Second
 
 func (s *Server) onGossipDead(g *gossipDead) {
 	if id, ok := s.byAddr[g.addr]; ok {
-		w := s.workers[id]
+		w := s.workers.get(id)
 		if since := s.cfg.Clock().Sub(w.lastSeen); since < gossipGrace {
 			s.log.Warn("gossip says a worker is gone, but its control stream spoke recently: keeping it",
 				"worker", w.info.Name, "gossip", g.reason, "last_message", since.Round(time.Millisecond))
@@ -972,7 +972,7 @@ func (s *Server) onWorker(in inbound) {
 		s.registerWorker(w, in.msg, in.reply)
 		return
 	}
-	if _, ok := s.workers[w.id]; !ok {
+	if s.workers.get(w.id) == nil {
 		return
 	}
 	if in.err != nil {
@@ -1004,7 +1004,7 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	}
 	var replaces WorkerID
 	if oldID, dup := s.byName[w.info.Name]; dup {
-		old := s.workers[oldID]
+		old := s.workers.get(oldID)
 		if old.pid == 0 || old.pid != w.pid || old.info.Address != w.info.Address {
 			w.conn.SendError(m.ID, wire.CodeDuplicateWorker, fmt.Sprintf("a worker named %q is already registered", w.info.Name))
 			reply <- errors.New("duplicate")
@@ -1015,7 +1015,7 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 		s.log.Info("worker registered again: replacing its previous connection", "worker", w.info.Name)
 		old.closing = true
 		old.conn.Abort()
-		delete(s.workers, oldID)
+		s.workers.remove(oldID)
 		delete(s.byAddr, old.info.Address)
 		delete(s.byName, old.info.Name)
 		replaces = oldID
@@ -1024,14 +1024,14 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	s.nextW++
 	now := s.cfg.Clock()
 	w.lastSeen = now
-	s.workers[w.id] = w
+	s.workers.add(w)
 	s.byAddr[w.info.Address] = w.id
 	s.byName[w.info.Name] = w.id
 	// with the heartbeat interval a cluster this large asks for: a worker that joins 10,000
 	// others heartbeats at that pace from the start, not once a second until its first answer
 	// (10,000 workers registering made a storm of 3,000 heartbeats a second)
 	reg := &wire.Msg{Op: wire.OpRegistered, WorkerID: int64(w.id)}
-	if iv := heartbeatInterval(len(s.workers), s.cfg.Core.HeartbeatTimeout); iv > time.Second {
+	if iv := heartbeatInterval(s.workers.len(), s.cfg.Core.HeartbeatTimeout); iv > time.Second {
 		reg.Interval = iv.Seconds()
 	}
 	w.conn.Send(reg)
@@ -1093,10 +1093,10 @@ func (s *Server) removeWorker(w *workerConn, reason string, graceful bool) {
 
 // removeWorkerWith removes w; a farewell message is sent to it before its connection closes.
 func (s *Server) removeWorkerWith(w *workerConn, reason string, graceful bool, farewell *wire.Msg) {
-	if _, ok := s.workers[w.id]; !ok {
+	if s.workers.get(w.id) == nil {
 		return
 	}
-	delete(s.workers, w.id)
+	s.workers.remove(w.id)
 	delete(s.byAddr, w.info.Address)
 	delete(s.byName, w.info.Name)
 	if farewell != nil {
@@ -1112,12 +1112,12 @@ func (s *Server) removeWorkerWith(w *workerConn, reason string, graceful bool, f
 	// were given its address before is not known: all are told.)
 	gone := &wire.Msg{Op: wire.OpPeerGone, Worker: w.info.Address, Reason: reason}
 	if ids, all := s.core.fetchersOf(w.id); all || s.recov != nil {
-		for _, o := range s.workers {
+		for o := range s.workers.all() {
 			s.queue(o.conn, gone)
 		}
 	} else {
 		for _, id := range ids {
-			if o, ok := s.workers[id]; ok {
+			if o := s.workers.get(id); o != nil {
 				s.queue(o.conn, gone)
 			}
 		}
@@ -1194,7 +1194,7 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		if now := s.cfg.Clock(); now.Sub(w.acked) >= ackEvery {
 			w.acked = now
 			ack := heartbeatAck // the worker knows the scheduler still hears it
-			if iv := heartbeatInterval(len(s.workers), s.cfg.Core.HeartbeatTimeout); iv > time.Second {
+			if iv := heartbeatInterval(s.workers.len(), s.cfg.Core.HeartbeatTimeout); iv > time.Second {
 				ack = &wire.Msg{Op: wire.OpHeartbeat, Interval: iv.Seconds()}
 			}
 			s.queue(w.conn, ack)
@@ -1420,7 +1420,7 @@ func (s *Server) onAdmin(c *wire.Conn, m *wire.Msg) {
 			ids := s.core.WhoHas(k)
 			addrs := make([]string, 0, len(ids))
 			for _, id := range ids {
-				if w, ok := s.workers[id]; ok {
+				if w := s.workers.get(id); w != nil {
 					addrs = append(addrs, w.info.Address)
 				}
 			}
@@ -1433,8 +1433,8 @@ func (s *Server) onAdmin(c *wire.Conn, m *wire.Msg) {
 }
 
 func (s *Server) workerInfos() []wire.WorkerInfo {
-	out := make([]wire.WorkerInfo, 0, len(s.workers))
-	for _, w := range s.workers {
+	out := make([]wire.WorkerInfo, 0, s.workers.len())
+	for w := range s.workers.all() {
 		wi := w.info
 		wi.LastSeen = float64(w.lastSeen.UnixNano()) / 1e9
 		out = append(out, wi)
@@ -1451,11 +1451,11 @@ func (s *Server) perform(a Action) {
 	case *ActCompute:
 		s.sendCompute(a)
 	case ActFree:
-		if w, ok := s.workers[a.Worker]; ok {
+		if w := s.workers.get(a.Worker); w != nil {
 			s.queue(w.conn, &wire.Msg{Op: wire.OpFreeKeys, Keys: a.Keys})
 		}
 	case ActSteal:
-		if w, ok := s.workers[a.Victim]; ok {
+		if w := s.workers.get(a.Victim); w != nil {
 			s.queue(w.conn, &wire.Msg{Op: wire.OpStealRequest, Key: a.Key})
 		}
 	case *ActKeyState:
@@ -1465,11 +1465,11 @@ func (s *Server) perform(a Action) {
 		}
 		s.sendKeyState(a)
 	case ActAcquire:
-		if w, ok := s.workers[a.Worker]; ok {
+		if w := s.workers.get(a.Worker); w != nil {
 			s.queue(w.conn, &wire.Msg{Op: wire.OpAcquire, Deps: s.wireDeps(a.Deps)})
 		}
 	case ActRemoveWorker:
-		if w, ok := s.workers[a.Worker]; ok && !w.closing {
+		if w := s.workers.get(a.Worker); w != nil && !w.closing {
 			s.removeWorker(w, a.Reason, false)
 		}
 	case ActGraphRejected:
@@ -1481,8 +1481,8 @@ func (s *Server) perform(a Action) {
 }
 
 func (s *Server) sendCompute(a *ActCompute) {
-	w, ok := s.workers[a.Worker]
-	if !ok {
+	w := s.workers.get(a.Worker)
+	if w == nil {
 		return
 	}
 	def := a.Task
@@ -1528,7 +1528,7 @@ func (s *Server) addrs(ids []WorkerID) []string {
 // appendAddrs appends the data addresses of the workers ids that are still registered.
 func (s *Server) appendAddrs(out []string, ids []WorkerID) []string {
 	for _, id := range ids {
-		if w, ok := s.workers[id]; ok {
+		if w := s.workers.get(id); w != nil {
 			out = append(out, w.info.Address)
 		}
 	}
@@ -1542,7 +1542,7 @@ func (s *Server) sendKeyState(a *ActKeyState) {
 	}
 	m := &wire.Msg{Op: wire.OpKeyState, Key: a.Key, State: a.State, NBytes: a.NBytes, Encoding: a.Encoding, Error: a.Err}
 	if a.State == "memory" {
-		if w, ok := s.workers[a.Worker]; ok {
+		if w := s.workers.get(a.Worker); w != nil {
 			m.Worker = w.info.Address
 		}
 	}

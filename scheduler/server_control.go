@@ -53,7 +53,7 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 				return
 			}
 			for _, id := range ids {
-				w := s.workers[id]
+				w := s.workers.get(id)
 				w.closing = true
 				s.removeWorkerWith(w, "restarted by a client", true, &wire.Msg{Op: wire.OpRestart, Reason: "restart_workers"})
 			}
@@ -117,8 +117,9 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 			s.Query(func(*Core) { reply(r) })
 		})
 	case wire.OpProcessing:
-		out := make(map[string][]string, len(s.workers))
-		for id, w := range s.workers {
+		out := make(map[string][]string, s.workers.len())
+		for w := range s.workers.all() {
+			id := w.id
 			if len(m.Addrs) == 0 || slices.Contains(m.Addrs, w.info.Address) {
 				out[w.info.Address] = s.core.Processing(id)
 			}
@@ -133,11 +134,11 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 			reply(&wire.Msg{Op: wire.OpError, Code: wire.CodeProtocol, Message: "preload: " + err.Error()})
 			return
 		}
-		for _, w := range s.workers {
+		for w := range s.workers.all() {
 			s.queue(w.conn, &wire.Msg{Op: wire.OpPreload, Name: m.Name, Reason: m.Reason, Payload: m.Payload})
 		}
 		s.log.Info("preload for every worker's executors", "name", m.Name, "kind", m.Reason, "bytes", len(m.Payload))
-		reply(&wire.Msg{Op: wire.OpOK, N: int64(len(s.workers))})
+		reply(&wire.Msg{Op: wire.OpOK, N: int64(s.workers.len())})
 	case wire.OpGetLogs:
 		var lines []string
 		if s.cfg.Logs != nil {
@@ -216,7 +217,7 @@ func (p *preloadStore) set(name, kind string, data []byte) error {
 // starts again from scratch, executors included) and is removed at once; the new processes
 // register as new workers. It returns how many workers were told.
 func (s *Server) restart(reason string) int {
-	s.log.Info("restarting the cluster", "reason", reason, "workers", len(s.workers))
+	s.log.Info("restarting the cluster", "reason", reason, "workers", s.workers.len())
 	s.handle(EvRestart{Reason: reason})
 	s.sharedRestarted()
 	for _, r := range s.retirements {
@@ -224,7 +225,7 @@ func (s *Server) restart(reason string) int {
 	}
 	s.retirements = nil
 	n := 0
-	for _, w := range s.workers {
+	for w := range s.workers.all() {
 		w.closing = true
 		s.removeWorkerWith(w, "restarting: "+reason, true, &wire.Msg{Op: wire.OpRestart, Reason: reason})
 		n++
@@ -237,7 +238,7 @@ func (s *Server) restart(reason string) int {
 func (s *Server) retire(ids []WorkerID, reply func(*wire.Msg)) {
 	r := &retiring{reply: reply, workers: ids, deadline: s.cfg.Clock().Add(retireTimeout), asked: s.cfg.Clock()}
 	for _, id := range ids {
-		r.addrs = append(r.addrs, s.workers[id].info.Address)
+		r.addrs = append(r.addrs, s.workers.get(id).info.Address)
 	}
 	s.log.Info("retiring workers", "workers", r.addrs)
 	s.handle(EvRetire{Workers: ids})
@@ -252,18 +253,18 @@ func (s *Server) checkRetiring(now time.Time) {
 	leaving := map[WorkerID]bool{}
 	for _, r := range s.retirements {
 		for _, id := range r.workers {
-			if _, ok := s.workers[id]; ok {
+			if s.workers.get(id) != nil {
 				leaving[id] = true
 			}
 		}
 	}
-	nowhere := len(leaving) >= len(s.workers) // no worker stays to copy to: close them as they are
+	nowhere := len(leaving) >= s.workers.len() // no worker stays to copy to: close them as they are
 	keep := s.retirements[:0]
 	for _, r := range s.retirements {
 		left := 0
 		for _, id := range r.workers {
-			w, ok := s.workers[id]
-			if !ok {
+			w := s.workers.get(id)
+			if w == nil {
 				continue
 			}
 			left++

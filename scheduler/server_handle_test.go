@@ -65,11 +65,11 @@ func TestRemovalsInOneTickAllHappen(t *testing.T) {
 		s.handle(EvHeartbeat{Worker: live, Now: now})
 		s.handle(EvTick{Now: now}) // a and b are silent past the timeout
 		for _, w := range []WorkerID{a, b} {
-			if _, ok := s.workers[w]; ok {
+			if s.workers.get(w) != nil {
 				left = append(left, s.core.workers[w].name)
 			}
 		}
-		require.Len(t, s.workers, 1)
+		require.Equal(t, 1, s.workers.len())
 	})
 	require.Empty(t, left, "workers still registered after the tick that timed them out")
 }

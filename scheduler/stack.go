@@ -18,7 +18,7 @@ func (s *Server) CallStack(ctx context.Context, key string) (worker string, line
 		if !found || ti.State != Processing {
 			return
 		}
-		if w, live := s.workers[ti.Worker]; live {
+		if w := s.workers.get(ti.Worker); w != nil {
 			worker, running = w.info.Address, true
 		}
 	})
