@@ -172,6 +172,7 @@ type Core struct {
 	encIdx          map[string]uint8
 	queue           taskHeap // root tasks withheld
 	rqueue          taskHeap // tasks waiting for resources
+	tickets         int32    // the next ticket of an item pushed on queue or rqueue
 	noWorker        []int32
 	steals          map[int32]WorkerID // task → thief, while a steal request is in flight
 	wantMore        map[int32][]ClientID
@@ -628,7 +629,7 @@ func (c *Core) dropTaskStorage() {
 	clear(c.holds)
 	clear(c.heldBy)
 	clear(c.acqPending)
-	c.queue.items, c.rqueue.items = nil, nil
+	c.queue, c.rqueue, c.tickets = taskHeap{c: c}, taskHeap{c: c}, 0
 	c.noWorker, c.ready, c.readySpare, c.gcq, c.needq, c.batchIDs = nil, nil, nil, nil, nil, nil
 }
 

@@ -504,11 +504,10 @@ func (c *Core) dequeue(id int32) {
 	t := c.tasks.at(id)
 	if t.flags&flagResQueue != 0 {
 		t.flags &^= flagResQueue
-		c.rqueue.remove(t.pos)
+		c.rqueue.take(t, id)
 	} else {
-		c.queue.remove(t.pos)
+		c.queue.take(t, id)
 	}
-	t.pos = -1
 }
 
 func (c *Core) removeNoWorker(id int32) {
@@ -548,63 +547,169 @@ func (c *Core) flushFrees() {
 	}
 }
 
-// taskHeap is a 4-ary min-heap of task ids by rank; each task's pos is its index. An item
-// carries its task's rank (which never changes while the task is queued), so comparisons
-// read the heap's own array instead of a task record each (a cache miss in a large queue).
-// What does touch a task record is keeping its pos, once for each item a sift moves: four
-// children to a node make a queue of 400,000 tasks 10 levels deep instead of 19, their items
-// are adjacent in the array (64 bytes), and a sift moves a hole rather than swapping pairs.
-// (Binary and swapping, popping the queue was 8 % of the scheduler's time on no-op roots.)
+// taskHeap is the queue of tasks by rank: a 4-ary min-heap of queued task ids, and beside it
+// a run of those pushed in rank order, as a large graph's root tasks arrive. An item carries
+// its task's rank (which never changes while the task is queued), so sifting reads and moves
+// the heap's own array and never a task record (each a cache miss in a large queue): four
+// children to a node make a heap of 400,000 tasks 10 levels deep instead of a binary heap's
+// 19, their items adjacent in the array (64 bytes), and a sift moves a hole rather than
+// swapping pairs. The run is taken from its front, with no sift at all.
+//
+// A task taken out from anywhere but the top (released while queued, or placed out of rank
+// order) is not found and moved: its item goes stale, and is dropped when it reaches the top,
+// or when stale items are more than half of the queue. An item is live while its task is
+// queued and its pos holds the item's ticket, a number given at each push and never to two
+// items at once. (Binary, swapping, and keeping every queued task's index in its record,
+// popping the queue was 8 % of the scheduler's time on no-op roots; BenchmarkTaskHeapRoots.)
 type taskHeap struct {
 	c     *Core
-	items []heapItem
+	items []heapItem // the heap
+	run   []heapItem // in order: each pushed not before the one before it
+	stale int        // items whose task was taken out before reaching the top
 }
 
 type heapItem struct {
-	rank int64
-	id   int32
+	rank   int64
+	id     int32
+	ticket int32
 }
 
 // heapArity is the number of children of a node.
 const heapArity = 4
 
-func (h *taskHeap) len() int   { return len(h.items) }
-func (h *taskHeap) top() int32 { return h.items[0].id }
+// len is the number of tasks queued.
+func (h *taskHeap) len() int { return len(h.items) + len(h.run) - h.stale }
 
-// before: a comes out of the heap before b (as byRank).
+// first is the item of the best rank (the queue is not empty), and whether it is the run's.
+func (h *taskHeap) first() (*heapItem, bool) {
+	if len(h.run) == 0 {
+		return &h.items[0], false
+	}
+	if len(h.items) == 0 || h.run[0].before(&h.items[0]) {
+		return &h.run[0], true
+	}
+	return &h.items[0], false
+}
+
+// top is the queued task of the best rank (the queue is not empty). The first item is always
+// live: whatever takes an item out drops the stale ones that come first.
+func (h *taskHeap) top() int32 {
+	it, _ := h.first()
+	return it.id
+}
+
+// before: a comes out of the queue before b (as byRank).
 func (a *heapItem) before(b *heapItem) bool {
 	return a.rank < b.rank || a.rank == b.rank && a.id < b.id
 }
 
-// ids returns the queued task ids, in heap order.
+// live: it is its task's item (a task neither queued nor freed has pos, an index elsewhere,
+// that may equal any ticket).
+func (h *taskHeap) live(it *heapItem) bool {
+	t := h.c.tasks.at(it.id)
+	return t.pos == it.ticket && t.state == Queued
+}
+
+// ids returns the queued task ids, in no order.
 func (h *taskHeap) ids() []int32 {
-	out := make([]int32, len(h.items))
-	for i := range h.items {
-		out[i] = h.items[i].id
+	out := make([]int32, 0, h.len())
+	for _, items := range [][]heapItem{h.items, h.run} {
+		for i := range items {
+			if h.live(&items[i]) {
+				out = append(out, items[i].id)
+			}
+		}
 	}
 	return out
 }
 
-// place puts it at index i and records i as its task's pos.
-func (h *taskHeap) place(i int, it heapItem) {
-	h.items[i] = it
-	h.c.tasks.at(it.id).pos = int32(i)
-}
-
+// push queues id; its pos becomes the item's ticket.
 func (h *taskHeap) push(id int32) {
-	h.items = append(h.items, heapItem{})
-	h.up(len(h.items)-1, heapItem{rank: h.c.tasks.at(id).rank, id: id})
-}
-
-func (h *taskHeap) remove(pos int32) {
-	i, n := int(pos), len(h.items)-1
-	last := h.items[n]
-	h.items = h.items[:n]
-	if i == n {
+	if h.c.tickets == math.MaxInt32 {
+		h.c.renumberQueues()
+	}
+	t := h.c.tasks.at(id)
+	t.pos = h.c.tickets
+	h.c.tickets++
+	it := heapItem{rank: t.rank, id: id, ticket: t.pos}
+	if n := len(h.run); n == 0 || !it.before(&h.run[n-1]) {
+		h.run = append(h.run, it)
 		return
 	}
-	if !h.down(i, last) {
-		h.up(i, last)
+	h.items = append(h.items, heapItem{})
+	h.up(len(h.items)-1, it)
+}
+
+// take takes t, queued here, out of the queue: its pos no longer holds its item's ticket.
+func (h *taskHeap) take(t *task, id int32) {
+	if first, _ := h.first(); first.id == id && first.ticket == t.pos {
+		t.pos = -1
+		h.pop()
+	} else {
+		t.pos = -1
+		h.stale++
+		if h.stale > (len(h.items)+len(h.run))/2 && h.stale >= 1024 {
+			h.compact()
+		}
+	}
+	for len(h.items)+len(h.run) > 0 {
+		if first, _ := h.first(); h.live(first) {
+			break
+		}
+		h.stale--
+		h.pop()
+	}
+}
+
+// pop removes the first item.
+func (h *taskHeap) pop() {
+	if _, inRun := h.first(); inRun {
+		h.run[0] = heapItem{}
+		h.run = h.run[1:]
+		return
+	}
+	n := len(h.items) - 1
+	last := h.items[n]
+	h.items = h.items[:n]
+	if n > 0 {
+		h.down(0, last)
+	}
+}
+
+// compact drops every stale item and makes a heap of the heap's rest.
+func (h *taskHeap) compact() {
+	live := func(items []heapItem) []heapItem {
+		kept := items[:0]
+		for _, it := range items {
+			if h.live(&it) {
+				kept = append(kept, it)
+			}
+		}
+		clear(items[len(kept):])
+		return kept
+	}
+	h.items, h.run, h.stale = live(h.items), live(h.run), 0
+	if len(h.items) < 2 {
+		return
+	}
+	for i := (len(h.items) - 2) / heapArity; i >= 0; i-- {
+		h.down(i, h.items[i])
+	}
+}
+
+// renumberQueues gives the items of both queues tickets from 0 again, before the count of
+// tickets overflows; stale items go.
+func (c *Core) renumberQueues() {
+	c.tickets = 0
+	for _, h := range []*taskHeap{&c.queue, &c.rqueue} {
+		h.compact()
+		for _, items := range [][]heapItem{h.items, h.run} {
+			for i := range items {
+				items[i].ticket = c.tickets
+				c.tasks.at(items[i].id).pos = c.tickets
+				c.tickets++
+			}
+		}
 	}
 }
 
@@ -615,16 +720,15 @@ func (h *taskHeap) up(i int, it heapItem) {
 		if !it.before(&h.items[p]) {
 			break
 		}
-		h.place(i, h.items[p])
+		h.items[i] = h.items[p]
 		i = p
 	}
-	h.place(i, it)
+	h.items[i] = it
 }
 
-// down fills the hole at i with it, moving the least children that come before it up; it
-// reports whether it went below i.
-func (h *taskHeap) down(i int, it heapItem) bool {
-	start, n := i, len(h.items)
+// down fills the hole at i with it, moving the least children that come before it up.
+func (h *taskHeap) down(i int, it heapItem) {
+	n := len(h.items)
 	for {
 		first := heapArity*i + 1
 		if first >= n {
@@ -639,11 +743,10 @@ func (h *taskHeap) down(i int, it heapItem) bool {
 		if !h.items[m].before(&it) {
 			break
 		}
-		h.place(i, h.items[m])
+		h.items[i] = h.items[m]
 		i = m
 	}
-	h.place(i, it)
-	return i > start
+	h.items[i] = it
 }
 
 // refreshExtra recomputes how many extra root tasks per thread a worker may hold (see
