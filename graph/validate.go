@@ -107,66 +107,83 @@ func Validate(tasks []Task, known func(key string) bool) error {
 	return nil
 }
 
-// ValidateBatch is Validate that also reports whether the batch holds a key more than once
-// (identical duplicates), so a caller interning the batch can skip checking for them.
-func ValidateBatch(tasks []Task, known func(key string) bool) (dups bool, err error) {
-	dups, e := validate(tasks, known)
-	if e != nil {
-		return dups, e
-	}
-	return dups, nil
+// Batch is what ValidateBatch learned of a valid batch, for a caller that interns it without
+// looking every dependency up again.
+type Batch struct {
+	// Dups: a key appears in the batch more than once (with identical definitions).
+	Dups bool
+	// DepOff and DepAt give each task's dependencies, in the order of Deps, as indexes into
+	// the batch: those of task i are DepAt[DepOff[i]:DepOff[i+1]], where -1 stands for a key
+	// outside the batch (a known one), and a key the batch holds twice is its first.
+	DepOff, DepAt []int32
 }
 
-func validate(tasks []Task, known func(string) bool) (bool, *Error) {
+// ValidateBatch is Validate that also returns the batch's dependencies as indexes (Batch).
+func ValidateBatch(tasks []Task, known func(key string) bool) (Batch, error) {
+	b, e := validate(tasks, known)
+	if e != nil {
+		return b, e
+	}
+	return b, nil
+}
+
+func validate(tasks []Task, known func(string) bool) (Batch, *Error) {
+	var b Batch
 	index := make(map[string]int32, len(tasks))
+	nd := 0
 	for i := range tasks {
 		t := &tasks[i]
 		if err := CheckTask(t); err != nil {
-			return false, err
+			return b, err
 		}
+		nd += len(t.Deps)
 		if j, dup := index[t.Key]; dup {
 			if !Same(&tasks[j], t) {
-				return true, errorf(CodeKeyConflict, "key %q appears twice in the graph with different definitions", t.Key)
+				b.Dups = true
+				return b, errorf(CodeKeyConflict, "key %q appears twice in the graph with different definitions", t.Key)
 			}
 			continue
 		}
 		index[t.Key] = int32(i)
 	}
-	dups := len(index) < len(tasks)
+	b.Dups = len(index) < len(tasks)
+	b.DepOff = make([]int32, len(tasks)+1)
+	b.DepAt = make([]int32, 0, nd)
 	var inBatchDeps bool
 	for i := range tasks {
 		t := &tasks[i]
 		for _, d := range Deps(t) {
-			if _, ok := index[d]; ok {
+			if j, ok := index[d]; ok {
 				inBatchDeps = true
+				b.DepAt = append(b.DepAt, j)
 				continue
 			}
 			if known == nil || !known(d) {
-				return dups, errorf(CodeMissingDependency, "task %q depends on %q, which is neither in the graph nor known", t.Key, d)
+				return b, errorf(CodeMissingDependency, "task %q depends on %q, which is neither in the graph nor known", t.Key, d)
 			}
+			b.DepAt = append(b.DepAt, -1)
 		}
+		b.DepOff[i+1] = int32(len(b.DepAt))
 	}
 	if !inBatchDeps {
-		return dups, nil // no edge inside the batch: no cycle
+		return b, nil // no edge inside the batch: no cycle
 	}
-	if k, ok := findCycle(tasks, index); ok {
-		return dups, errorf(CodeGraphCycle, "the graph has a cycle through key %q", k)
+	if k, ok := findCycle(tasks, &b); ok {
+		return b, errorf(CodeGraphCycle, "the graph has a cycle through key %q", k)
 	}
-	return dups, nil
+	return b, nil
 }
 
-// findCycle runs Kahn's algorithm over the batch; when some tasks are never freed, it walks
-// dependencies among them until a key repeats, which is then on a cycle.
-func findCycle(tasks []Task, index map[string]int32) (string, bool) {
+// findCycle runs Kahn's algorithm over the batch's edges (an identical duplicate is a node
+// of its own, which nothing depends on); when some tasks are never freed, it walks
+// dependencies among them until a task repeats, which is then on a cycle.
+func findCycle(tasks []Task, b *Batch) (string, bool) {
 	n := len(tasks)
 	pending := make([]int32, n) // in-batch deps not yet resolved
 	off := make([]int32, n+1)   // dependents in CSR form
-	for i := range tasks {
-		if index[tasks[i].Key] != int32(i) {
-			continue // an identical duplicate
-		}
-		for _, d := range Deps(&tasks[i]) {
-			if j, ok := index[d]; ok {
+	for i := range n {
+		for _, j := range b.DepAt[b.DepOff[i]:b.DepOff[i+1]] {
+			if j >= 0 {
 				pending[i]++
 				off[j+1]++
 			}
@@ -178,12 +195,9 @@ func findCycle(tasks []Task, index map[string]int32) (string, bool) {
 	fill := slices.Clone(off[:n])
 	dependents := make([]int32, off[n])
 	stack := make([]int32, 0, 64)
-	for i := range tasks {
-		if index[tasks[i].Key] != int32(i) {
-			continue
-		}
-		for _, d := range Deps(&tasks[i]) {
-			if j, ok := index[d]; ok {
+	for i := range n {
+		for _, j := range b.DepAt[b.DepOff[i]:b.DepOff[i+1]] {
+			if j >= 0 {
 				dependents[fill[j]] = int32(i)
 				fill[j]++
 			}
@@ -201,13 +215,7 @@ func findCycle(tasks []Task, index map[string]int32) (string, bool) {
 			}
 		}
 	}
-	start := -1
-	for i := range pending {
-		if pending[i] > 0 {
-			start = i
-			break
-		}
-	}
+	start := slices.IndexFunc(pending, func(p int32) bool { return p > 0 })
 	if start < 0 {
 		return "", false
 	}
@@ -216,8 +224,8 @@ func findCycle(tasks []Task, index map[string]int32) (string, bool) {
 	cur := int32(start)
 	for !seen[cur] {
 		seen[cur] = true
-		for _, d := range Deps(&tasks[cur]) {
-			if j, ok := index[d]; ok && pending[j] > 0 {
+		for _, j := range b.DepAt[b.DepOff[cur]:b.DepOff[cur+1]] {
+			if j >= 0 && pending[j] > 0 {
 				cur = j
 				break
 			}

@@ -2,6 +2,7 @@ package graph
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -94,5 +95,39 @@ func TestSame(t *testing.T) {
 	b.Args = []Arg{Lit(int64(4)), Ref("x")}
 	if Same(&a, &b) {
 		t.Fatal("different literal not noticed")
+	}
+}
+
+// ValidateBatch gives each task's dependencies as batch indexes: -1 for a known key, the
+// first occurrence for a key the batch holds twice; a cycle through a duplicated key is found.
+func TestValidateBatchIndexes(t *testing.T) {
+	tasks := []Task{
+		gotask("b", "old"),
+		gotask("c", "b", "old"),
+		gotask("b", "old"), // an identical duplicate
+		gotask("d", "b", "c"),
+	}
+	b, err := ValidateBatch(tasks, func(k string) bool { return k == "old" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !b.Dups {
+		t.Fatal("the duplicate was not reported")
+	}
+	want := [][]int32{{-1}, {0, -1}, {-1}, {0, 1}}
+	for i, w := range want {
+		got := b.DepAt[b.DepOff[i]:b.DepOff[i+1]]
+		if !slices.Equal(got, w) {
+			t.Errorf("task %d (%s): deps at %v, want %v", i, tasks[i].Key, got, w)
+		}
+	}
+	if b, _ := ValidateBatch(tasks[:2], func(k string) bool { return k == "old" }); b.Dups {
+		t.Error("a batch without duplicates reported some")
+	}
+	cyc := []Task{gotask("x", "y"), gotask("y", "x"), gotask("x", "y")}
+	_, err = ValidateBatch(cyc, nil)
+	wantCode(t, err, CodeGraphCycle)
+	if !strings.Contains(err.Error(), `"x"`) && !strings.Contains(err.Error(), `"y"`) {
+		t.Errorf("cycle message names no key on it: %v", err)
 	}
 }

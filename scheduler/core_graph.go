@@ -11,7 +11,7 @@ import (
 // updateGraph validates a batch whole, then adds it, orders it and computes what is wanted.
 // The core keeps pointers into e.Tasks: the driver must not reuse that slice.
 func (c *Core) updateGraph(e *EvUpdateGraph) {
-	dups, err := c.checkGraph(e)
+	b, err := c.checkGraph(e)
 	if err != nil {
 		keys := make([]string, len(e.Tasks))
 		for i := range e.Tasks {
@@ -20,7 +20,7 @@ func (c *Core) updateGraph(e *EvUpdateGraph) {
 		c.out = append(c.out, ActGraphRejected{Client: e.Client, ID: e.ID, Keys: keys, Err: err})
 		return
 	}
-	fresh := c.addTasks(e.Tasks, c.batchIDs, dups)
+	fresh := c.addTasks(e.Tasks, c.batchIDs, &b)
 	for i, k := range e.Wanted {
 		// clients usually want the batch's own keys in batch order: no lookup then
 		if i < len(e.Tasks) && e.Tasks[i].Key == k {
@@ -35,14 +35,14 @@ func (c *Core) updateGraph(e *EvUpdateGraph) {
 }
 
 // checkGraph returns why the batch must be refused, or nil. It leaves in c.batchIDs the id
-// of every task of the batch that is already known, -1 for the others, and reports whether
-// the batch holds a key twice.
-func (c *Core) checkGraph(e *EvUpdateGraph) (dups bool, _ *wire.Error) {
+// of every task of the batch that is already known, -1 for the others, and returns the
+// batch's dependencies as indexes into it (graph.Batch).
+func (c *Core) checkGraph(e *EvUpdateGraph) (b graph.Batch, _ *wire.Error) {
 	known := func(k string) bool { _, ok := c.lookup(k); return ok }
 	c.batchIDs = c.batchIDs[:0]
-	dups, err := graph.ValidateBatch(e.Tasks, known)
+	b, err := graph.ValidateBatch(e.Tasks, known)
 	if err != nil {
-		return dups, fromGraphError(err)
+		return b, fromGraphError(err)
 	}
 	ids := slices.Grow(c.batchIDs, len(e.Tasks))
 	lastFunc := "" // a function name just checked (batches mostly call a few functions)
@@ -50,7 +50,7 @@ func (c *Core) checkGraph(e *EvUpdateGraph) (dups bool, _ *wire.Error) {
 		t := &e.Tasks[i]
 		if id, ok := c.lookup(t.Key); ok {
 			if c.tasks.at(id).flags&flagScattered != 0 || !graph.Same(c.fullDef(id), t) {
-				return dups, wire.Errorf(wire.CodeKeyConflict, fmt.Sprintf("key %q is already known with a different definition", t.Key))
+				return b, wire.Errorf(wire.CodeKeyConflict, fmt.Sprintf("key %q is already known with a different definition", t.Key))
 			}
 			ids = append(ids, id)
 			continue
@@ -58,7 +58,7 @@ func (c *Core) checkGraph(e *EvUpdateGraph) (dups bool, _ *wire.Error) {
 		ids = append(ids, -1)
 		if t.Kind == graph.KindGo && len(c.alive) > 0 && t.Func != lastFunc {
 			if c.funcCount[t.Func] == 0 {
-				return dups, wire.Errorf(wire.CodeUnknownFunction, fmt.Sprintf("task %q calls Go function %q, which no worker registers", t.Key, t.Func))
+				return b, wire.Errorf(wire.CodeUnknownFunction, fmt.Sprintf("task %q calls Go function %q, which no worker registers", t.Key, t.Func))
 			}
 			lastFunc = t.Func
 		}
@@ -76,17 +76,20 @@ func (c *Core) checkGraph(e *EvUpdateGraph) (dups bool, _ *wire.Error) {
 			}
 		}
 		if _, ok := inBatch[k]; !ok && !known(k) {
-			return dups, wire.Errorf(wire.CodeMissingDependency, fmt.Sprintf("wanted key %q is neither in the graph nor known", k))
+			return b, wire.Errorf(wire.CodeMissingDependency, fmt.Sprintf("wanted key %q is neither in the graph nor known", k))
 		}
 	}
-	return dups, nil
+	return b, nil
 }
 
 // addTasks interns the new tasks of a valid batch, links them and ranks them. ids holds, per
 // task, its id when known before the batch or -1 (from checkGraph); addTasks fills in the ids
-// it creates. dups says whether a key may repeat in the batch. It returns the new ids.
-func (c *Core) addTasks(tasks []graph.Task, ids []int32, dups bool) []int32 {
+// it creates. b is what validating the batch learned: whether a key repeats, and each
+// dependency's index in the batch, so that only dependencies from outside it are looked up.
+// It returns the new ids.
+func (c *Core) addTasks(tasks []graph.Task, ids []int32, b *graph.Batch) []int32 {
 	fresh := make([]int32, 0, len(tasks))
+	freshAt := make([]int32, 0, len(tasks)) // each fresh task's index in the batch
 	// Full definitions point into tasks when most of the batch needs them; otherwise each is
 	// copied, so the batch's array is not kept alive by a few tasks.
 	var full int
@@ -103,7 +106,7 @@ func (c *Core) addTasks(tasks []graph.Task, ids []int32, dups bool) []int32 {
 		if ids[i] >= 0 {
 			continue // known
 		}
-		if dups {
+		if b.Dups {
 			if id, ok := c.lookup(def.Key); ok {
 				ids[i] = id // an identical duplicate earlier in the batch
 				continue
@@ -123,21 +126,32 @@ func (c *Core) addTasks(tasks []graph.Task, ids []int32, dups bool) []int32 {
 			ids[i] = c.newTask(def.Key, cp, false, group)
 		}
 		fresh = append(fresh, ids[i])
+		freshAt = append(freshAt, int32(i))
 	}
 	if len(fresh) == 0 {
 		return nil
 	}
 	// Dependencies, in one backing array for the batch; count dependents as live.
 	var nd int
-	for _, id := range fresh {
-		nd += len(graph.Deps(c.tasks.at(id).def))
+	for _, i := range freshAt {
+		nd += int(b.DepOff[i+1] - b.DepOff[i])
 	}
 	depArr := make([]int32, 0, nd)
-	for _, id := range fresh {
+	for n, id := range fresh {
 		t := c.tasks.at(id)
 		start := len(depArr)
-		for _, k := range graph.Deps(t.def) {
-			d := c.mustLookup(k)
+		i := freshAt[n]
+		var keys []string // the dependencies' keys, for those from outside the batch
+		for k, j := range b.DepAt[b.DepOff[i]:b.DepOff[i+1]] {
+			var d int32
+			if j >= 0 {
+				d = ids[j]
+			} else {
+				if keys == nil {
+					keys = graph.Deps(&tasks[i])
+				}
+				d = c.mustLookup(keys[k])
+			}
 			depArr = append(depArr, d)
 			c.tasks.at(d).live++
 			c.addGroupDep(t.group, c.tasks.at(d).group)
