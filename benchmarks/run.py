@@ -27,6 +27,9 @@ Workloads (docs/performance.md explains each and what limits it):
    (resident pages of every process plus shared memory, counted once)
 8. ``gotasks`` (Shoal only): 1,000,000 no-op Go tasks from the Go client
 9. ``zeroworkers`` (Shoal only): scheduler CPU per task with 2, 16 and 64 zero-cost workers
+16. ``manyworkers`` (Shoal only): the same with 1,000 and 10,000 zero-cost workers and a million
+    tasks, each against 2 workers in the same repetition, and the idle scheduler's CPU and
+    heartbeats a second with that many workers registered
 14. ``tpch``: the 22 TPC-H queries in dask.dataframe (benchmarks/tpch/) on parquet made by DuckDB's
     dbgen, each answer checked against DuckDB's — seconds per query and their geometric mean
 15. ``array``: dask.array matrix product ``x @ x.T``, ``diff``/``map_overlap``, rechunk, a large
@@ -75,6 +78,7 @@ FULL = {
     "memory": {"limit": 1 << 30, "chunk": 64 << 20, "factor": 4},
     "gotasks": {"n": 1_000_000},
     "zeroworkers": {"n": 200_000, "workers": "2,16,64"},
+    "manyworkers": {"n": 1_000_000, "workers": "2,1000,10000"},
     "bigarg": {"nbytes": 500_000_000},
     "control": {},
     "dynamic": {"fib": 16, "fanout": 10_000},
@@ -92,6 +96,7 @@ SMOKE = {
     "memory": {"limit": 512 << 20, "chunk": 32 << 20, "factor": 4},
     "gotasks": {"n": 20_000},
     "zeroworkers": {"n": 5_000, "workers": "2,16,64"},
+    "manyworkers": {"n": 5_000, "workers": "2,1000"},
     "bigarg": {"nbytes": 20_000_000},
     "control": {},
     "dynamic": {"fib": 7, "fanout": 200},
@@ -105,8 +110,9 @@ SMOKE = {
 SHOAL_SPLIT_GRAPH = int(os.environ.get("SHOAL_BENCH_SPLIT_GRAPH", "0"))
 
 WORKLOADS = ["map", "tree", "chain", "transfer", "independent", "dataframe", "memory",
-             "gotasks", "zeroworkers", "bigarg", "control", "dynamic", "tpch", "array"]
-SHOAL_ONLY = {"gotasks", "zeroworkers"}
+             "gotasks", "zeroworkers", "bigarg", "control", "dynamic", "tpch", "array",
+             "manyworkers"]
+SHOAL_ONLY = {"gotasks", "zeroworkers", "manyworkers"}
 
 # Targets from issue 4: ratio (>1 means Shoal better) and absolute bounds.
 TARGETS: dict[str, dict[str, Any]] = {
@@ -122,6 +128,9 @@ TARGETS: dict[str, dict[str, Any]] = {
     "gotasks_rate": {"min": 100_000},
     "gotasks_bytes_per_task": {"max": 1024},
     "zero_cpu_2": {"max": 5}, "zero_cpu_16": {"max": 5}, "zero_cpu_64": {"max": 5},
+    # issue 19: ≤ 5 µs per task and within 20 % of 2 workers
+    "many_cpu_1000": {"max": 5}, "many_cpu_10000": {"max": 5},
+    "many_ratio_1000": {"max": 1.2}, "many_ratio_10000": {"max": 1.2},
     # issue 15
     "bigarg": {"min": 1.0}, "client_start": {"max": 0.5}, "restart": {"max": 2.0},
     # issue 14
@@ -952,10 +961,21 @@ def run_go(workload: str, args: argparse.Namespace, timeout: float) -> dict:
             extra.setdefault("gotasks_rate", []).append(r)
         else:
             for run in r["runs"]:
-                check(run["computes"] >= run["tasks"], "zeroworkers: tasks not all dispatched")
-                m = f"zero_cpu_{run['workers']}"
-                values.setdefault(m, []).append(run["sched_cpu_us_per_task"])
-                extra.setdefault(m, []).append(run)
+                check(run["computes"] >= run["tasks"], f"{workload}: tasks not all dispatched")
+                if workload == "zeroworkers":
+                    m = f"zero_cpu_{run['workers']}"
+                    values.setdefault(m, []).append(run["sched_cpu_us_per_task"])
+                    extra.setdefault(m, []).append(run)
+                    continue
+                w = run["workers"]
+                if w == 2:
+                    continue  # the baseline each ratio is taken against
+                for m, v in ((f"many_cpu_{w}", run["sched_cpu_us_per_task"]),
+                             (f"many_ratio_{w}", run["cpu_ratio_to_first"]),
+                             (f"many_idle_{w}", run["sched_idle_cpu_pct"]),
+                             (f"many_heartbeats_{w}", run["heartbeats_per_s"])):
+                    values.setdefault(m, []).append(v)
+                extra.setdefault(f"many_cpu_{w}", []).append(run)
         for m, vs in values.items():
             print(f"  shoal {m:22s} rep {len(vs)}: {vs[-1]:.4g}", file=sys.stderr, flush=True)
     return {"values": values, "extra": extra, "wall_s": time.time() - t0, "notes": []}
@@ -991,6 +1011,11 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "arr_overlap": ("15. array map_overlap stencil", "s", "lower"),
     "arr_rechunk": ("15. array rechunk rows → columns", "s", "lower"),
     "arr_reduce": ("15. array sum/std/max, large", "s", "lower"),
+    **{k: v for w in (1000, 10000) for k, v in (
+        (f"many_cpu_{w}", (f"16. sched CPU/task, {w:,} zero-cost workers", "µs", "lower")),
+        (f"many_ratio_{w}", (f"16. {w:,} workers' CPU/task over 2 workers'", "×", "lower")),
+        (f"many_idle_{w}", (f"16. idle sched CPU, {w:,} workers registered", "% of a core", "lower")),
+        (f"many_heartbeats_{w}", (f"16. heartbeats/s, {w:,} workers registered", "1/s", "lower")))},
 }
 
 
