@@ -642,28 +642,30 @@ func (h *taskHeap) push(id int32) {
 
 // take takes t, queued here, out of the queue: its pos no longer holds its item's ticket.
 func (h *taskHeap) take(t *task, id int32) {
-	if first, _ := h.first(); first.id == id && first.ticket == t.pos {
-		t.pos = -1
-		h.pop()
+	first, inRun := h.first()
+	atTop := first.id == id && first.ticket == t.pos
+	t.pos = -1
+	if atTop {
+		h.pop(inRun)
 	} else {
-		t.pos = -1
 		h.stale++
 		if h.stale > (len(h.items)+len(h.run))/2 && h.stale >= 1024 {
 			h.compact()
 		}
 	}
 	for len(h.items)+len(h.run) > 0 {
-		if first, _ := h.first(); h.live(first) {
+		first, inRun := h.first()
+		if h.live(first) {
 			break
 		}
 		h.stale--
-		h.pop()
+		h.pop(inRun)
 	}
 }
 
-// pop removes the first item.
-func (h *taskHeap) pop() {
-	if _, inRun := h.first(); inRun {
+// pop removes the first item, which is the run's when inRun (as first says).
+func (h *taskHeap) pop(inRun bool) {
+	if inRun {
 		h.run[0] = heapItem{}
 		h.run = h.run[1:]
 		return

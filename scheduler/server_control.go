@@ -119,9 +119,8 @@ func (s *Server) onControl(cl *clientConn, m *wire.Msg) {
 	case wire.OpProcessing:
 		out := make(map[string][]string, s.workers.len())
 		for w := range s.workers.all() {
-			id := w.id
 			if len(m.Addrs) == 0 || slices.Contains(m.Addrs, w.info.Address) {
-				out[w.info.Address] = s.core.Processing(id)
+				out[w.info.Address] = s.core.Processing(w.id)
 			}
 		}
 		reply(&wire.Msg{Op: wire.OpOK, WhoHas: out})

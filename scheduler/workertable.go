@@ -24,9 +24,8 @@ func (t *workerTable) get(id WorkerID) *workerConn {
 
 // add registers w under w.id, which no registered worker has.
 func (t *workerTable) add(w *workerConn) {
-	if t.n == 0 {
-		clear(t.byID)
-		t.base, t.byID = w.id, t.byID[:0]
+	if t.n == 0 { // (removing the last worker left byID empty)
+		t.base = w.id
 	}
 	if i := int(w.id) - int(t.base); i < 0 { // an id older than every registered one (not given by registerWorker)
 		t.byID = append(make([]*workerConn, -i, -i+len(t.byID)), t.byID...)
