@@ -27,13 +27,13 @@ Workloads (docs/performance.md explains each and what limits it):
    (resident pages of every process plus shared memory, counted once)
 8. ``gotasks`` (Shoal only): 1,000,000 no-op Go tasks from the Go client
 9. ``zeroworkers`` (Shoal only): scheduler CPU per task with 2, 16 and 64 zero-cost workers
-16. ``manyworkers`` (Shoal only): the same with 1,000 and 10,000 zero-cost workers and a million
-    tasks, each against 2 workers in the same repetition, and the idle scheduler's CPU and
-    heartbeats a second with that many workers registered
 14. ``tpch``: the 22 TPC-H queries in dask.dataframe (benchmarks/tpch/) on parquet made by DuckDB's
     dbgen, each answer checked against DuckDB's — seconds per query and their geometric mean
 15. ``array``: dask.array matrix product ``x @ x.T``, ``diff``/``map_overlap``, rechunk, a large
     reduction — seconds
+16. ``manyworkers`` (Shoal only): as 9, with 1,000 and 10,000 zero-cost workers and a million
+    tasks, each against 2 workers in the same repetition, and the idle scheduler's CPU and
+    heartbeats a second with that many workers registered
 
 ``--tpch-sf`` and ``--tpch-queries`` choose the TPC-H scale factor and queries (default SF 1, all
 22; smoke SF 0.01 and four queries).
