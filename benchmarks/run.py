@@ -936,13 +936,15 @@ def run_go(workload: str, args: argparse.Namespace, timeout: float) -> dict:
     values: dict[str, list[float]] = {}
     extra: dict[str, list[Any]] = {}
     t0 = time.time()
-    for _ in range(reps):
+    for rep in range(reps):
         if workload == "gotasks":
             cmd = [str(GOBENCH), "gotasks", "--bin", binary, "--tasks", str(p["n"]),
                    "--timeout", f"{int(timeout)}s"]
         else:
+            # each repetition starts at the next worker count: none always runs first
             cmd = [str(GOBENCH), "zeroworkers", "--bin", binary, "--tasks", str(p["n"]),
-                   "--workers", p["workers"], "--timeout", f"{int(timeout)}s"]
+                   "--workers", p["workers"], "--first-rep", str(rep),
+                   "--timeout", f"{int(timeout)}s"]
         try:
             cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 30)
         except subprocess.TimeoutExpired:

@@ -55,10 +55,11 @@ func main() {
 		workers := fs.String("workers", "2,16,64", "comma-separated numbers of fake workers, one run each")
 		nthreads := fs.Int("nthreads", 1, "threads each fake worker declares")
 		batch := fs.Int("batch", 50_000, "tasks per update_graph message")
-		reps := fs.Int("reps", 1, "repetitions per worker count (fresh scheduler each), going round the worker counts; each run reports its CPU per task over the same repetition's first count's (cpu_ratio_to_first)")
+		reps := fs.Int("reps", 1, "repetitions per worker count (fresh scheduler each), going round the worker counts, each repetition starting at the next one; each run reports its CPU per task over that of the first count listed, in the same repetition (cpu_ratio_to_first)")
+		firstRep := fs.Int("first-rep", 0, "number the repetitions from this one, so that their order of worker counts goes on from an earlier invocation's (run.py runs one repetition per invocation)")
 		profile := fs.String("cpu-profile", "", "pass --cpu-profile to the scheduler process (file prefix; the worker count is appended)")
 		fs.StringVar(&zeroJournal, "journal", "", "run the scheduler with --journal in a fresh directory under this one (measures the journal's cost)")
-		fs.StringVar(&zeroPerf, "perf", "", "run `perf record -g` on the scheduler during each graph only (not registration or teardown), writing PREFIX.<workers>w.<rep>.data")
+		fs.StringVar(&zeroPerf, "perf", "", "run `perf record -g` on the scheduler during each graph (PREFIX.<workers>w.<rep>.data) and the idle window before it (PREFIX.<workers>w.<rep>.idle.data), not registration or teardown")
 		fs.StringVar(&zeroPerfStat, "perf-stat", "", "run `perf stat -e EVENTS` on the scheduler during each graph only, printing the counts (say raw_syscalls:sys_enter,context-switches); not with -perf")
 		fs.Parse(os.Args[2:])
 		if zeroPerf != "" && zeroPerfStat != "" {
@@ -67,7 +68,11 @@ func main() {
 		}
 		ctx, cancel := context.WithTimeout(ctx, *timeout)
 		defer cancel()
-		out, err = runZeroWorkers(ctx, *bin, *tasks, *workers, *nthreads, *batch, *reps, *profile)
+		if *firstRep < 0 {
+			fmt.Fprintf(os.Stderr, "shoalbench zeroworkers: -first-rep %d must not be negative\n", *firstRep)
+			os.Exit(2)
+		}
+		out, err = runZeroWorkers(ctx, *bin, *tasks, *workers, *nthreads, *batch, *firstRep, *reps, *profile)
 	case "ingest":
 		batch := fs.Int("batch", 50_000, "tasks per update_graph message")
 		fs.Parse(os.Args[2:])

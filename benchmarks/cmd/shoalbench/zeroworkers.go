@@ -26,7 +26,8 @@ type ZeroRun struct {
 	Computes     int64   `json:"computes"` // compute messages the fake workers received
 	SchedRSSPeak int64   `json:"sched_rss_peak"`
 	// IdleCPUPct is the scheduler's CPU (percent of one core) over idleWindow before the graph,
-	// with every fake worker sending its heartbeat each second: the load of heartbeats alone.
+	// with every fake worker sending its heartbeat as often as the scheduler asks: the load of
+	// heartbeats alone.
 	IdleCPUPct float64 `json:"sched_idle_cpu_pct"`
 	// HeartbeatsPerSec is how many heartbeats the scheduler received per second meanwhile.
 	HeartbeatsPerSec float64 `json:"heartbeats_per_s"`
@@ -34,11 +35,15 @@ type ZeroRun struct {
 	// scheduler lists none, the time and the scheduler's CPU (a whole cluster going away).
 	LeaveSeconds float64 `json:"leave_s"`
 	LeaveCPU     float64 `json:"leave_sched_cpu_s"`
-	// RatioToFirst is CPUPerTaskUS over that of the run with the first worker count of the
-	// same repetition, which ran just before (issue 19's target: within 20 % of 2 workers).
-	// Repetitions go round the worker counts, so that each ratio compares runs minutes apart
-	// at most, not one whose machine was slower for a while.
+	// RatioToFirst is CPUPerTaskUS over that of the run with the first worker count listed,
+	// in the same repetition (issue 19's target: within 20 % of 2 workers). Repetitions go
+	// round the worker counts, so that each ratio compares runs minutes apart at most, not
+	// one whose machine was slower for a while; and each repetition starts at the next
+	// count, so that no count always runs first.
 	RatioToFirst float64 `json:"cpu_ratio_to_first"`
+	// Rep is the repetition, and RanAt the run's place in it (0: it ran first).
+	Rep   int `json:"rep"`
+	RanAt int `json:"ran_at"`
 }
 
 // idleWindow is how long the idle scheduler's CPU is measured before each run.
@@ -50,7 +55,7 @@ type ZeroResult struct {
 	Runs []ZeroRun `json:"runs"`
 }
 
-func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, nthreads, batch, reps int, profile string) (*ZeroResult, error) {
+func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, nthreads, batch, firstRep, reps int, profile string) (*ZeroResult, error) {
 	var counts []int
 	for _, s := range strings.Split(workerList, ",") {
 		nw, err := strconv.Atoi(strings.TrimSpace(s))
@@ -60,9 +65,15 @@ func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, n
 		counts = append(counts, nw)
 	}
 	var res ZeroResult
-	for r := 0; r < reps; r++ {
-		var first float64
-		for i, nw := range counts {
+	for r := firstRep; r < firstRep+reps; r++ {
+		// Each repetition starts at the next count: a run that follows another finds the
+		// machine in the state the one before left it (here, a VM whose freed memory goes back
+		// to its host, so that the later run pays a host fault for each page it touches: 12 %
+		// of the scheduler's samples in clear_page_erms, against under 1 % for the first).
+		runs := make([]ZeroRun, len(counts))
+		for k := range counts {
+			i := (r + k) % len(counts)
+			nw := counts[i]
 			prof := ""
 			if profile != "" {
 				prof = fmt.Sprintf("%s.%dw.pprof", profile, nw)
@@ -71,19 +82,21 @@ func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, n
 			if err != nil {
 				return nil, fmt.Errorf("%d workers: %w", nw, err)
 			}
-			if i == 0 {
-				first = run.CPUPerTaskUS
-			}
-			if first > 0 {
-				run.RatioToFirst = run.CPUPerTaskUS / first
-			}
-			res.Runs = append(res.Runs, *run)
+			run.Rep, run.RanAt = r, k
+			runs[i] = *run
 		}
+		for i := range runs {
+			if first := runs[0].CPUPerTaskUS; first > 0 {
+				runs[i].RatioToFirst = runs[i].CPUPerTaskUS / first
+			}
+		}
+		res.Runs = append(res.Runs, runs...)
 	}
 	return &res, nil
 }
 
-// zeroPerf: when set, `perf record` samples the scheduler while each graph runs (file prefix).
+// zeroPerf: when set, `perf record` samples the scheduler while each graph runs (file prefix),
+// and over the idle window before it (PREFIX.<workers>w.<rep>.idle.data).
 var zeroPerf string
 
 // zeroPerfStat: when set, `perf stat -e` counts these events in the scheduler while each
@@ -160,9 +173,18 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 	}
 
 	pid := sp.Pid()
+	stopIdlePerf := func() error { return nil }
+	if zeroPerf != "" { // the idle window too: what an idle cluster of this size costs
+		if stopIdlePerf, err = recordPerf(pid, fmt.Sprintf("%s.%dw.%d.idle.data", zeroPerf, nw, rep)); err != nil {
+			return nil, err
+		}
+	}
 	idle0, beats0 := proc.CPUSeconds(pid), pool.Heartbeats()
 	time.Sleep(idleWindow)
 	idleCPU, beats := proc.CPUSeconds(pid)-idle0, pool.Heartbeats()-beats0
+	if err := stopIdlePerf(); err != nil {
+		return nil, fmt.Errorf("perf: %w", err)
+	}
 
 	graphs, keys := noopGraphs(n, batch, "z")
 	stopPerf := func() error { return nil }
