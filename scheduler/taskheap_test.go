@@ -157,6 +157,53 @@ func TestTaskHeapTicketsRenumbered(t *testing.T) {
 	require.Empty(t, h.run, "the stale item came back to life")
 }
 
+// The run, taken from its front while more is pushed in order at its end (a graph's roots
+// arriving in batches while placement feeds workers), keeps giving tasks in rank order from
+// one array, moved back to its start rather than reallocated; and a large one's array goes
+// once it is empty.
+func TestTaskHeapRunReusesItsArray(t *testing.T) {
+	const n = 3 * runKeep
+	ranks := make([]int64, n)
+	for i := range ranks {
+		ranks[i] = int64(i)
+	}
+	c, h := queueTasks(ranks)
+	next, out := int32(0), int32(0)
+	push := func(k int) {
+		for range k {
+			heapPush(c, h, next)
+			next++
+		}
+	}
+	pop := func(k int) {
+		for range k {
+			require.Equal(t, out, h.top())
+			heapTake(c, h, out)
+			out++
+		}
+	}
+	push(1000) // the array grows to its size
+	pop(600)
+	arrays := map[*heapItem]bool{&h.runBase[0]: true}
+	for range 50 { // a window of 400 to 1,000 items travelling through 1,000 slots
+		push(600)
+		arrays[&h.runBase[0]] = true
+		require.Len(t, h.run, 1000)
+		pop(600)
+	}
+	require.Len(t, arrays, 1, "the run's array was reallocated while half of it was free")
+	require.Empty(t, h.items, "a task pushed in order went to the heap")
+	pop(400)
+	require.Zero(t, h.len())
+	require.Same(t, &h.runBase[:1][0], &h.run[:1][0], "an empty run does not start again at its array's start")
+
+	push(n - int(next)) // past runKeep: its array is let go once empty
+	require.Greater(t, cap(h.runBase), runKeep)
+	pop(int(next - out))
+	require.Zero(t, h.len())
+	require.Nil(t, h.runBase, "an empty run keeps a large array")
+}
+
 // BenchmarkTaskHeapRoots queues 400,000 root tasks in rank order, as a large graph's arrive,
 // and takes them from the top, as placement feeds workers: ns per task, push and pop.
 func BenchmarkTaskHeapRoots(b *testing.B) {
