@@ -24,7 +24,10 @@ type ZeroRun struct {
 	SchedCPU     float64 `json:"sched_cpu_s"`
 	CPUPerTaskUS float64 `json:"sched_cpu_us_per_task"`
 	Computes     int64   `json:"computes"` // compute messages the fake workers received
-	SchedRSSPeak int64   `json:"sched_rss_peak"`
+	// Steals is how many steal requests they received meanwhile (each refused: a fake
+	// worker's tasks finish as they arrive).
+	Steals       int64 `json:"steal_requests"`
+	SchedRSSPeak int64 `json:"sched_rss_peak"`
 	// IdleCPUPct is the scheduler's CPU (percent of one core) over idleWindow before the graph,
 	// with every fake worker sending its heartbeat as often as the scheduler asks: the load of
 	// heartbeats alone.
@@ -198,7 +201,7 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 		}
 		defer func() { stopPerf() }() // when the graph failed; else a no-op by then
 	}
-	cpu0 := proc.CPUSeconds(pid)
+	cpu0, steals0 := proc.CPUSeconds(pid), pool.Steals()
 	start := time.Now()
 	futs, err := submitAndWait(ctx, c, graphs, keys, func(f *client.Future, err error) error {
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -210,7 +213,7 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 		return nil, err
 	}
 	el := time.Since(start)
-	cpu := proc.CPUSeconds(pid) - cpu0
+	cpu, steals := proc.CPUSeconds(pid)-cpu0, pool.Steals()-steals0
 	err = stopPerf()
 	stopPerf = func() error { return nil }
 	if err != nil {
@@ -238,6 +241,6 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 	}
 	leave, leaveCPU := time.Since(start).Seconds(), proc.CPUSeconds(pid)-cpu0
 	return &ZeroRun{LeaveSeconds: leave, LeaveCPU: leaveCPU, Workers: nw, Tasks: n, Seconds: el.Seconds(), TasksPerSec: float64(n) / el.Seconds(),
-		SchedCPU: cpu, CPUPerTaskUS: cpu / float64(n) * 1e6, Computes: pool.Computes(), SchedRSSPeak: peak,
+		SchedCPU: cpu, CPUPerTaskUS: cpu / float64(n) * 1e6, Computes: pool.Computes(), Steals: steals, SchedRSSPeak: peak,
 		IdleCPUPct: idleCPU / idleWindow.Seconds() * 100, HeartbeatsPerSec: float64(beats) / idleWindow.Seconds()}, nil
 }

@@ -20,6 +20,7 @@ type Worker struct {
 	conn       *wire.Conn
 	Computes   atomic.Int64 // compute messages received
 	Heartbeats atomic.Int64 // heartbeats sent
+	Steals     atomic.Int64 // steal requests received (all refused)
 	interval   atomic.Int64 // ns between heartbeats the scheduler asked for (0: a second)
 }
 
@@ -67,6 +68,7 @@ func (w *Worker) Serve() {
 				Encoding: wire.EncMsgpack, Start: now, Stop: now})
 		case wire.OpStealRequest:
 			// every task "finished" the moment it arrived: nothing is left to steal
+			w.Steals.Add(1)
 			w.conn.Send(&wire.Msg{Op: wire.OpStealResponse, Key: m.Key, Accepted: false})
 		case wire.OpClose:
 			return
@@ -150,6 +152,15 @@ func (p *Pool) Computes() int64 {
 	var n int64
 	for _, w := range p.Workers {
 		n += w.Computes.Load()
+	}
+	return n
+}
+
+// Steals is the total number of steal requests received.
+func (p *Pool) Steals() int64 {
+	var n int64
+	for _, w := range p.Workers {
+		n += w.Steals.Load()
 	}
 	return n
 }
