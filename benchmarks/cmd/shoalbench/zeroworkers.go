@@ -223,8 +223,24 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 	for _, f := range futs {
 		f.Release()
 	}
-	if got := pool.Computes(); got < int64(n) {
-		return nil, fmt.Errorf("only %d computes for %d tasks", got, n)
+	computes := pool.Computes()
+	if computes < int64(n) {
+		return nil, fmt.Errorf("only %d computes for %d tasks", computes, n)
+	}
+	// The cluster leaves once the scheduler has handled the releases (in order: the last key
+	// released is forgotten last), not while it still holds the results: closing the workers
+	// then lost them, and the scheduler recomputed them on those still there, counting each
+	// death against the tasks, for as long as the leave took.
+	last := string(futs[len(futs)-1].Key())
+	for {
+		held, err := c.WhoHas(ctx, last)
+		if err != nil {
+			return nil, err
+		}
+		if len(held[last]) == 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 	cpu0 = proc.CPUSeconds(pid)
 	start = time.Now()
@@ -241,6 +257,6 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 	}
 	leave, leaveCPU := time.Since(start).Seconds(), proc.CPUSeconds(pid)-cpu0
 	return &ZeroRun{LeaveSeconds: leave, LeaveCPU: leaveCPU, Workers: nw, Tasks: n, Seconds: el.Seconds(), TasksPerSec: float64(n) / el.Seconds(),
-		SchedCPU: cpu, CPUPerTaskUS: cpu / float64(n) * 1e6, Computes: pool.Computes(), Steals: steals, SchedRSSPeak: peak,
+		SchedCPU: cpu, CPUPerTaskUS: cpu / float64(n) * 1e6, Computes: computes, Steals: steals, SchedRSSPeak: peak,
 		IdleCPUPct: idleCPU / idleWindow.Seconds() * 100, HeartbeatsPerSec: float64(beats) / idleWindow.Seconds()}, nil
 }
