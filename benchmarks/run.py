@@ -32,8 +32,9 @@ Workloads (docs/performance.md explains each and what limits it):
 15. ``array``: dask.array matrix product ``x @ x.T``, ``diff``/``map_overlap``, rechunk, a large
     reduction — seconds
 16. ``manyworkers`` (Shoal only): as 9, with 1,000 and 10,000 zero-cost workers and a million
-    tasks, each against 2 workers in the same repetition, and the idle scheduler's CPU and
-    heartbeats a second with that many workers registered
+    tasks, each against 2 workers in the same repetition (which starts at the next worker
+    count each time: a run that follows another inherits the machine's state), and the idle
+    scheduler's CPU and heartbeats a second with that many workers registered
 
 ``--tpch-sf`` and ``--tpch-queries`` choose the TPC-H scale factor and queries (default SF 1, all
 22; smoke SF 0.01 and four queries).
