@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"math"
 	"runtime"
 	"strconv"
 	"testing"
@@ -90,3 +91,38 @@ func runCoreBench(b *testing.B, chain bool) {
 
 func BenchmarkCoreNoop(b *testing.B)  { runCoreBench(b, false) }
 func BenchmarkCoreChain(b *testing.B) { runCoreBench(b, true) }
+
+// BenchmarkCoreWorkersDie: b.N tasks running on 100 workers (all sent out at once), and every
+// worker dies: each task counts a death and waits for a worker again. ns and allocated bytes
+// per task of the deaths alone.
+func BenchmarkCoreWorkersDie(b *testing.B) {
+	n := max(b.N, 1)
+	tasks, wanted := benchTasks(n, false)
+	cfg := DefaultCoreConfig()
+	cfg.SaturationFactor = math.Inf(1)
+	c := NewCore(cfg)
+	const workers = 100
+	var out []Action
+	for w := range workers {
+		out = c.Handle(EvWorkerJoined{Worker: WorkerID(w), Name: "w" + strconv.Itoa(w), NThreads: 1, Functions: []string{"f"}}, out[:0])
+	}
+	out = c.Handle(EvUpdateGraph{Client: 1, ID: 1, Tasks: tasks, Wanted: wanted}, out[:0])
+	c.RecycleActions()
+	if got := c.Counts()[Processing]; got != n {
+		b.Fatalf("%d of %d tasks processing", got, n)
+	}
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	b.ResetTimer()
+	for w := range workers {
+		out = c.Handle(EvWorkerLeft{Worker: WorkerID(w), Reason: "exit code 137"}, out[:0])
+		c.RecycleActions()
+	}
+	b.StopTimer()
+	runtime.ReadMemStats(&m1)
+	if got := c.Counts()[Processing]; got != 0 {
+		b.Fatalf("%d tasks still processing with every worker dead", got)
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n), "ns/task")
+	b.ReportMetric(float64(m1.TotalAlloc-m0.TotalAlloc)/float64(n), "alloc-B/task")
+}
