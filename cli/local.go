@@ -27,6 +27,7 @@ type localFlags struct {
 	workerProfile     string
 	workerHeapProfile string
 	dataIdle          time.Duration
+	shutdownGrace     time.Duration
 	resources         string
 }
 
@@ -41,6 +42,7 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for the workers' spilled data")
 	fs.BoolVar(&f.noRestart, "no-restart", false, "do not restart a worker process that dies")
 	fs.DurationVar(&f.dataIdle, "data-idle-timeout", 10*time.Minute, "workers drop a data-port connection silent this long between requests (0: never)")
+	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 0, "how long each worker lets the tasks it is running finish when the cluster stops (0: it stops them at once; the scheduler stops next, so no one would get their results)")
 	fs.StringVar(&f.resources, "resources", "", "abstract resources each worker offers, e.g. GPU=1,MEM=16e9 (tasks asking for them run only where they are free)")
 	fs.StringVar(&f.workerProfile, "worker-cpu-profile", "", "write a Go CPU profile of each worker process to PREFIX.<worker name>.pprof")
 	fs.StringVar(&f.workerHeapProfile, "worker-heap-profile", "", "write a Go heap profile of each worker process to PREFIX.<worker name>.heap.pprof when it exits (see --heap-profile)")
@@ -140,6 +142,9 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	if _, err := parseResources(f.resources); err != nil {
 		return nil, err
 	}
+	if f.shutdownGrace < 0 {
+		return nil, fmt.Errorf("--shutdown-grace %v: must not be negative", f.shutdownGrace)
+	}
 	mem := f.memoryLimit
 	if mem == "auto" {
 		mem = strconv.FormatInt(totalMemory()/int64(f.workers), 10)
@@ -165,7 +170,7 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	base = append(base, f.mem.args()...)
 	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA},
 		{"--gossip-key-file", f.gossipKeyFile}, {"--advertise-host", f.advertiseHost}, {"--message-timeout", f.messageTimeout.String()},
-		{"--data-idle-timeout", f.dataIdle.String()}, {"--resources", f.resources}} {
+		{"--data-idle-timeout", f.dataIdle.String()}, {"--shutdown-grace", f.shutdownGrace.String()}, {"--resources", f.resources}} {
 		if kv[1] != "" {
 			base = append(base, kv[0], kv[1])
 		}

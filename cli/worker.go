@@ -23,7 +23,7 @@ type workerFlags struct {
 	advertiseHost                                              string
 	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
 	gomaxprocs, maxDataConns                                   int
-	dataIdle, deathTimeout                                     time.Duration
+	dataIdle, deathTimeout, shutdownGrace                      time.Duration
 	mem                                                        memFractions
 }
 
@@ -77,6 +77,7 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.metricsPort, "metrics-port", -1, "serve this worker's Prometheus /metrics on this port (-1: off)")
 	fs.StringVar(&f.resources, "resources", "", "abstract resources this worker offers, e.g. GPU=1,MEM=16e9")
 	fs.DurationVar(&f.deathTimeout, "death-timeout", 10*time.Minute, "after losing the scheduler (a cut link, a restart), keep results and executors and try to register again for this long, finding it through gossip; then exit (0: exit at once)")
+	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long tasks already running may finish before the worker says goodbye and exits (queued ones go back to the scheduler at once; 0: stop them at once)")
 	fs.IntVar(&f.gomaxprocs, "gomaxprocs", 0, "Go threads running at once in this worker process (0: --nthreads, at most the CPU count; env GOMAXPROCS wins)")
 }
 
@@ -186,6 +187,10 @@ func (f *workerFlags) config() (worker.Config, error) {
 	cfg.Version = version
 	cfg.MaxDataConns, cfg.DataIdleTimeout, cfg.MessageTimeout = f.maxDataConns, f.dataIdle, f.messageTimeout
 	cfg.Reconnect = f.deathTimeout
+	if f.shutdownGrace < 0 {
+		return worker.Config{}, fmt.Errorf("--shutdown-grace %v: must not be negative", f.shutdownGrace)
+	}
+	cfg.ShutdownGrace = f.shutdownGrace
 	return cfg, cfg.Validate()
 }
 

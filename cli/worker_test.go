@@ -2,7 +2,9 @@ package cli
 
 import (
 	"math"
+	"strings"
 	"testing"
+	"time"
 )
 
 // workerConfig parses worker flags as `shoal worker` does and builds the worker's config.
@@ -58,5 +60,29 @@ func TestGCBallastSize(t *testing.T) {
 		if got := gcBallast(c.limit); got != c.want {
 			t.Errorf("gcBallast(%d) = %d, want %d", c.limit, got, c.want)
 		}
+	}
+}
+
+// --shutdown-grace sets how long running tasks may finish on SIGTERM (10 s unless given); a
+// negative one is refused by name.
+func TestWorkerShutdownGrace(t *testing.T) {
+	grace := func(args ...string) (time.Duration, error) {
+		var f workerFlags
+		fs := newFlagSet("worker", "", "")
+		f.register(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatalf("parse %v: %v", args, err)
+		}
+		cfg, err := f.config()
+		return cfg.ShutdownGrace, err
+	}
+	if g, err := grace(); err != nil || g != 10*time.Second {
+		t.Fatalf("default: %v, %v; want 10s", g, err)
+	}
+	if g, err := grace("--shutdown-grace", "0"); err != nil || g != 0 {
+		t.Fatalf("--shutdown-grace 0: %v, %v", g, err)
+	}
+	if _, err := grace("--shutdown-grace", "-1s"); err == nil || !strings.Contains(err.Error(), "--shutdown-grace") {
+		t.Fatalf("--shutdown-grace -1s: %v; want an error naming the flag", err)
 	}
 }

@@ -35,7 +35,7 @@ def test_call_stack_of_running_python_and_go_tasks(tmp_path: Path) -> None:
     release = tmp_path / "release"
     with shoal.Client(n_workers=2, threads_per_worker=1) as client:
         fut = client.submit(_outer_frame, str(release), pure=False)
-        # long enough to outlast an executor's start (the cluster's close waits for it)
+        # long enough to outlast an executor's start (closing the cluster stops it)
         go = client.submit_go("sleep", 5.0, pure=False)
         try:
             stacks = _python_stack(client, fut)

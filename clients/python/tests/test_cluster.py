@@ -294,6 +294,29 @@ def test_local_cluster_leaves_nothing_behind() -> None:
     assert not any(_in_group(p, pgid) for p in os.listdir("/proc") if p.isdigit())
 
 
+def test_close_stops_running_tasks() -> None:
+    """Closing a local cluster does not wait for the tasks its workers run: the scheduler stops
+    right after them, so no one would get the results. (Each worker gave its running tasks its
+    --shutdown-grace, 10 s, so a close waited that long for a long Go task; `shoal local` now
+    passes 0. A Python task's executor gets the process group's SIGTERM and is gone at once.)"""
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_port=None)
+    client = Client(cluster)
+    try:
+        nap = client.submit_go("sleep", 60.0, pure=False)
+        deadline = time.monotonic() + 30
+        while nap.key not in {k for per in client.call_stack().values() for k in per}:
+            assert time.monotonic() < deadline, "the task never started"
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        cluster.close()
+        took = time.monotonic() - t0
+        assert cluster.pids() == []
+        # a behaviour, not a speed: waiting out the old grace took 10 s, the task itself 60
+        assert took < 10, f"the close waited {took:.1f} s for a running task"
+    finally:
+        client.close()
+
+
 def _in_group(pid: str, pgid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
