@@ -5,10 +5,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shoal-dev/shoal/worker"
 )
 
-// workerConfig parses worker flags as `shoal worker` does and builds the worker's config.
-func workerConfig(t *testing.T, args ...string) (cfgLimit int64, target, spill, pause float64, err error) {
+// parseWorker parses worker flags as `shoal worker` does and builds the worker's config.
+func parseWorker(t *testing.T, args ...string) (worker.Config, error) {
 	t.Helper()
 	var f workerFlags
 	fs := newFlagSet("worker", "", "")
@@ -16,7 +18,13 @@ func workerConfig(t *testing.T, args ...string) (cfgLimit int64, target, spill, 
 	if err := fs.Parse(args); err != nil {
 		t.Fatalf("parse %v: %v", args, err)
 	}
-	cfg, err := f.config()
+	return f.config()
+}
+
+// workerConfig is parseWorker's memory limit and thresholds.
+func workerConfig(t *testing.T, args ...string) (cfgLimit int64, target, spill, pause float64, err error) {
+	t.Helper()
+	cfg, err := parseWorker(t, args...)
 	return cfg.MemoryLimit, cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction, err
 }
 
@@ -67,13 +75,7 @@ func TestGCBallastSize(t *testing.T) {
 // negative one is refused by name.
 func TestWorkerShutdownGrace(t *testing.T) {
 	grace := func(args ...string) (time.Duration, error) {
-		var f workerFlags
-		fs := newFlagSet("worker", "", "")
-		f.register(fs)
-		if err := fs.Parse(args); err != nil {
-			t.Fatalf("parse %v: %v", args, err)
-		}
-		cfg, err := f.config()
+		cfg, err := parseWorker(t, args...)
 		return cfg.ShutdownGrace, err
 	}
 	if g, err := grace(); err != nil || g != 10*time.Second {

@@ -88,14 +88,26 @@ func runZeroWorkers(ctx context.Context, bin string, n int, workerList string, n
 			run.Rep, run.RanAt = r, k
 			runs[i] = *run
 		}
-		for i := range runs {
-			if first := runs[0].CPUPerTaskUS; first > 0 {
+		if first := runs[0].CPUPerTaskUS; first > 0 {
+			for i := range runs {
 				runs[i].RatioToFirst = runs[i].CPUPerTaskUS / first
 			}
 		}
 		res.Runs = append(res.Runs, runs...)
 	}
 	return &res, nil
+}
+
+// pollUntil asks done every 10 ms until it says so or fails (its requests carry the run's
+// context, which bounds the wait).
+func pollUntil(done func() (bool, error)) error {
+	for {
+		ok, err := done()
+		if err != nil || ok {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // zeroPerf: when set, `perf record` samples the scheduler while each graph runs (file prefix),
@@ -164,15 +176,8 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 	}
 	defer c.Close()
 	// wait until the scheduler lists every fake worker
-	for {
-		ws, err := c.Info(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if len(ws) >= nw {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := pollUntil(func() (bool, error) { ws, err := c.Info(ctx); return len(ws) >= nw, err }); err != nil {
+		return nil, err
 	}
 
 	pid := sp.Pid()
@@ -232,28 +237,14 @@ func zeroRun(ctx context.Context, bin string, n, nw, nthreads, batch, rep int, p
 	// then lost them, and the scheduler recomputed them on those still there, counting each
 	// death against the tasks, for as long as the leave took.
 	last := string(futs[len(futs)-1].Key())
-	for {
-		held, err := c.WhoHas(ctx, last)
-		if err != nil {
-			return nil, err
-		}
-		if len(held[last]) == 0 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := pollUntil(func() (bool, error) { held, err := c.WhoHas(ctx, last); return len(held[last]) == 0, err }); err != nil {
+		return nil, err
 	}
 	cpu0 = proc.CPUSeconds(pid)
 	start = time.Now()
 	pool.Close()
-	for {
-		ws, err := c.Info(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if len(ws) == 0 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := pollUntil(func() (bool, error) { ws, err := c.Info(ctx); return len(ws) == 0, err }); err != nil {
+		return nil, err
 	}
 	leave, leaveCPU := time.Since(start).Seconds(), proc.CPUSeconds(pid)-cpu0
 	return &ZeroRun{LeaveSeconds: leave, LeaveCPU: leaveCPU, Workers: nw, Tasks: n, Seconds: el.Seconds(), TasksPerSec: float64(n) / el.Seconds(),

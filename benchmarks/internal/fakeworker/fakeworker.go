@@ -138,31 +138,28 @@ func (p *Pool) exited() {
 	}
 }
 
-// Heartbeats is the total number of heartbeats sent.
-func (p *Pool) Heartbeats() int64 {
+// total sums one counter over the workers.
+func (p *Pool) total(counter func(*Worker) *atomic.Int64) int64 {
 	var n int64
 	for _, w := range p.Workers {
-		n += w.Heartbeats.Load()
+		n += counter(w).Load()
 	}
 	return n
+}
+
+// Heartbeats is the total number of heartbeats sent.
+func (p *Pool) Heartbeats() int64 {
+	return p.total(func(w *Worker) *atomic.Int64 { return &w.Heartbeats })
 }
 
 // Computes is the total number of compute messages received.
 func (p *Pool) Computes() int64 {
-	var n int64
-	for _, w := range p.Workers {
-		n += w.Computes.Load()
-	}
-	return n
+	return p.total(func(w *Worker) *atomic.Int64 { return &w.Computes })
 }
 
 // Steals is the total number of steal requests received.
 func (p *Pool) Steals() int64 {
-	var n int64
-	for _, w := range p.Workers {
-		n += w.Steals.Load()
-	}
-	return n
+	return p.total(func(w *Worker) *atomic.Int64 { return &w.Steals })
 }
 
 // Close stops every worker and waits for their goroutines.
