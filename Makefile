@@ -44,8 +44,10 @@ venv: $(VENV)/.installed
 # The development and test environment is locked: $(LOCK) pins, with their hashes, every package
 # that pyproject.toml's extras test and dask and its dev group need (for CPython 3.11 on Linux),
 # so no upstream release can change what `make test` runs without a commit. The package's own
-# dependencies stay ranges. The editable install then uses the locked setuptools, no download.
-$(VENV)/.installed: pyproject.toml VERSION $(LOCK)
+# dependencies stay ranges. The editable install then uses the locked setuptools, no download,
+# and compiles the C extension shoal._speedups next to its source (setup.py): editing that
+# source reinstalls.
+$(VENV)/.installed: pyproject.toml setup.py clients/python/shoal/_speedups.c VERSION $(LOCK)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) $(PIP) install -q --require-hashes -r $(LOCK)
 	$(VPY) $(PIP) install -q --no-deps --no-build-isolation -e .
@@ -100,8 +102,8 @@ test-go: build venv
 test-python: build venv
 	$(VPY) -m mypy --strict clients/python/shoal
 	@tmp=$$(mktemp -d /tmp/shoal-pytest.XXXXXX); trap 'rm -rf "$$tmp"' EXIT; \
-	echo "$(VPY) -m pytest -q --basetemp $$tmp/t clients/python/tests"; \
-	$(VPY) -m pytest -q --basetemp "$$tmp/t" clients/python/tests
+	echo "SHOAL_REQUIRE_SPEEDUPS=1 $(VPY) -m pytest -q --basetemp $$tmp/t clients/python/tests"; \
+	SHOAL_REQUIRE_SPEEDUPS=1 $(VPY) -m pytest -q --basetemp "$$tmp/t" clients/python/tests
 
 test-browser: build dashboard-chromium
 	$(MAKE) dashboard-e2e

@@ -4,6 +4,11 @@
 ``shoal.LocalCluster`` works with no extra step. Set ``SHOAL_SKIP_GO_BUILD=1`` to skip it (the
 package then uses ``$SHOAL_BIN`` or the repository's ``bin/shoal``). Editable installs
 (``pip install -e .``) build nothing: they find ``<repo>/bin/shoal``.
+
+It also compiles the optional C extension ``shoal._speedups`` (``clients/python/shoal/_speedups.c``:
+the client's conversion of hand-built dask graphs of plain calls), editable installs included
+(next to the sources). Without a C compiler the package installs without it, and converts those
+graphs in Python, several times more slowly.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.dist import Distribution
 from setuptools.command.build_py import build_py
 
@@ -47,4 +52,8 @@ class BinaryDistribution(Distribution):
         return True
 
 
-setup(cmdclass={"build_py": BuildWithGo}, distclass=BinaryDistribution)
+SPEEDUPS = Extension("shoal._speedups", ["clients/python/shoal/_speedups.c"], optional=True,
+                     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                                         "-Wno-missing-field-initializers"])
+
+setup(cmdclass={"build_py": BuildWithGo}, distclass=BinaryDistribution, ext_modules=[SPEEDUPS])

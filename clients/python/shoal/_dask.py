@@ -25,6 +25,9 @@ is what dask would evaluate for such a node (keys replaced by their values, lite
 at a fraction of the cost: no ``convert_legacy_graph``, no pickled ``Task`` object or
 ``Ref``, no ``execute_node`` in the executor. Anything else (nested calls, lists or dicts of
 keys, other objects as arguments, aliases, task-spec nodes) takes the general path.
+
+A dict whose every node is such a call is converted by the C extension ``shoal._speedups``
+when it is built (:class:`PlainCalls`, :func:`task_chunks`): the same tasks, made in C.
 """
 
 from __future__ import annotations
@@ -39,6 +42,11 @@ from ._chunk import Chunk
 from ._fuse import fuse_partitions, fusion_index
 from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
 from ._refs import Ref, literal_packer, literal_payload, load_literal
+
+try:  # the compiled conversion of plain-call graphs (setup.py); without it, the Python below
+    from . import _speedups
+except ImportError:  # pragma: no cover - built without a C compiler
+    _speedups = None  # type: ignore[assignment]
 
 #: ``func_of(fn) -> (hash, pickled)`` names a direct call's function for ``update_graph``.
 FuncOf = Callable[[Any], tuple[str, bytes]]
@@ -187,6 +195,10 @@ def normalize_graph(dsk: Any, fuse: Optional[Iterable[Hashable]] = None) -> Mapp
             dsk = dsk.__dask_graph__()
         else:
             raise TypeError(f"shoal: expected a dask graph (a mapping), got {type(dsk).__name__}")
+    if _speedups is not None and type(dsk) is dict:
+        compiled = _speedups.plain_graph(dsk)  # None: not a graph it sends as written
+        if compiled is not None:
+            return PlainCalls(dsk, compiled=compiled)
     keys = dsk.keys()
     wire = wire_keys(keys)
     needed = _plain_calls(dsk, wire)
@@ -279,14 +291,34 @@ class PlainCalls(Mapping[Hashable, Any]):
     converted when it is read, to a DirectCall, or by dask like any legacy node in the rare
     case that a literal payload cannot carry it (an int beyond 64 bits, a str with a lone
     surrogate, a bool equal to a key). Nothing is kept: a node read twice is converted twice,
-    so :func:`task_chunks`, which reads each node once, holds only the nodes on its walk."""
+    so :func:`task_chunks`, which reads each node once, holds only the nodes on its walk.
 
-    def __init__(self, dsk: Mapping[Hashable, Any], wire: Mapping[Hashable, str],
-                 needed: dict[Hashable, int]) -> None:
+    ``compiled``, when ``shoal._speedups.plain_graph`` found the graph (a dict of plain calls
+    that each convert to a DirectCall), is its PlainGraph: :func:`task_chunks` then makes the
+    graph's chunks with it, in C, once (a second walk takes the Python path). ``wire`` and
+    ``needed`` are then made only if something else reads them."""
+
+    def __init__(self, dsk: Mapping[Hashable, Any], wire: Optional[Mapping[Hashable, str]] = None,
+                 needed: Optional[dict[Hashable, int]] = None, compiled: Optional[_speedups.PlainGraph] = None,
+                 ) -> None:
         self.dsk = dsk
-        self.wire = wire
-        self.needed = needed  # per key, the nodes that name it (a superset of its dependents)
+        self._wire = wire
+        self._needed = needed  # per key, the nodes that name it (a superset of its dependents)
+        self.compiled = compiled
         self._pack = literal_packer()
+
+    @property
+    def wire(self) -> Mapping[Hashable, str]:
+        if self._wire is None:
+            self._wire = wire_keys(self.dsk)
+        return self._wire
+
+    @property
+    def needed(self) -> dict[Hashable, int]:
+        if self._needed is None:
+            assert self.compiled is not None
+            self._needed = self.compiled.needed()
+        return self._needed
 
     def __getitem__(self, k: Hashable) -> Any:
         v = self.dsk[k]
@@ -544,6 +576,10 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     ann = {k: v for k, v in (annotations or {}).items() if v}
     name = _func_namer(funcs, func_of)
     group = _group_namer()
+    if isinstance(dsk, PlainCalls) and dsk.compiled is not None and not per_key:
+        compiled, dsk.compiled = dsk.compiled, None  # it walks the graph once
+        yield from _compiled_chunks(compiled, ann, name, group, first, most, max_bytes)
+        return
     dep = dep_namer(dsk)
     needed = dependents(dsk)
     left = dict(needed)  # per key, its dependents not sent yet
@@ -572,6 +608,19 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
         tasks = chunk.tasks
         frontier = [t["key"] for t, k in zip(tasks, graph_keys) if left.get(k, 0) > 0]
         last = pending is None
+        yield tasks, frontier, last
+        if last:
+            return
+        size = min(size * 2, most)
+
+
+def _compiled_chunks(compiled: _speedups.PlainGraph, ann: dict[str, Any], name: Callable[[Any], str],
+                     group: Callable[[Hashable], str], first: int, most: int,
+                     max_bytes: int) -> Iterator[tuple[list[dict[str, Any]], list[str], bool]]:
+    """task_chunks of a graph ``shoal._speedups.plain_graph`` found: the same chunks, made in C."""
+    size = max(first, 1)
+    while True:
+        tasks, frontier, last = compiled.plain_tasks(size, max_bytes, name, group, ann or None)
         yield tasks, frontier, last
         if last:
             return

@@ -47,3 +47,46 @@ def test_an_argument_equal_to_a_key_of_another_type_is_that_key(client: Client) 
                            "eq-n": (operator.add, (operator.mul, 1.0, 2), 1)}  # (its last 1 is the key too)
     keys = ["eq-f", "eq-b", "eq-n"]
     assert client.get(dsk, keys) == list(dask.get(dsk, keys)) == [45, 42, 126]
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def test_plain_call_graph_through_the_compiled_path(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hand-built tree of plain calls (million.py's graph, smaller) is sent by the compiled
+    conversion (shoal._speedups), in many chunks, and gives dask's answer; literals of every
+    kind reach the function as they were written."""
+    import operator
+
+    import dask
+
+    from shoal import _dask
+
+    if _dask._speedups is None:
+        pytest.skip("shoal._speedups is not built")
+    used: list[int] = []
+    compiled_chunks, task_chunks = _dask._compiled_chunks, _dask.task_chunks
+
+    def counting(*a: Any, **k: Any) -> Any:
+        for chunk in compiled_chunks(*a, **k):
+            used.append(len(chunk[0]))
+            yield chunk
+
+    monkeypatch.setattr(_dask, "_compiled_chunks", counting)
+    monkeypatch.setattr(_dask, "task_chunks", lambda *a, **k: task_chunks(*a, **{**k, "first": 16, "most": 512}))
+    leaves = 5000
+    dsk: dict[Any, Any] = {("leaf", i): (inc, i) for i in range(leaves)}
+    level = list(dsk)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt: list[Any] = [("sum", depth, i) for i in range(len(level) // 2)]
+        dsk.update({k: (operator.add, level[2 * i], level[2 * i + 1]) for i, k in enumerate(nxt)})
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    literals = (None, True, -(1 << 63), (1 << 64) - 1, 2.5, "é" * 40, b"\x00" * 300)
+    dsk["lits"] = (lambda *a: a, *literals, level[0])
+    assert client.get(dsk, "lits") == (*literals, sum(range(1, leaves + 1))) == dask.get(dsk, "lits")
+    assert sum(used) == len(dsk) and len(used) > 5

@@ -1,0 +1,645 @@
+/* shoal._speedups: the client's conversion of a hand-built dask graph of plain calls, compiled.
+ *
+ * A graph whose every node is a plain legacy call, (func, arg, ...) with each argument a key of
+ * the graph or a literal a literal payload carries (docs/protocol.md §3.1), is what
+ * shoal._dask converts node by node into DirectCalls and update_graph tasks. In Python that is
+ * about 7 µs of the client's CPU per node (docs/performance.md, "A million-task dask graph");
+ * here it is well under one:
+ *
+ *   plain_graph(dsk) -> PlainGraph | None
+ *       one pass that checks the graph (None: not every node is a call sent as written, and
+ *       shoal._dask takes its Python path), numbers its keys, resolves every argument that
+ *       names a key to its number, counts the nodes naming each key, and orders the keys as
+ *       shoal._dask.node_order does (depth-first from the keys nothing names);
+ *   PlainGraph.plain_tasks(limit, max_bytes, func_name, group, ann) -> (tasks, frontier, last)
+ *       the next update_graph chunk, cut and made exactly as shoal._dask.task_chunks makes it
+ *       from DirectCalls.
+ *
+ * A PlainGraph holds the graph's keys and nodes as plain_graph found them, so a change to the
+ * dict afterwards (from another thread) changes nothing here. Keys are hashed and compared by
+ * Python's own protocol while the graph is checked, so a key type with a Python __eq__ or
+ * __hash__ may run code then; nothing is borrowed across such a call.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* ------------------------------------------------------------------------------------------
+ * msgpack, the subset a literal payload holds, byte for byte as msgpack-python's Packer
+ * (use_bin_type=True) writes it: the smallest form of each int, floats as float64. */
+
+typedef struct {
+    char *p;
+    Py_ssize_t len, cap;
+} buf_t;
+
+static int buf_reserve(buf_t *b, Py_ssize_t n) {
+    if (b->len + n <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + n) {
+        if (cap > PY_SSIZE_T_MAX / 2) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        cap *= 2;
+    }
+    char *p = PyMem_Realloc(b->p, (size_t)cap);
+    if (p == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+static int put_byte(buf_t *b, unsigned char c) {
+    if (buf_reserve(b, 1) < 0) return -1;
+    b->p[b->len++] = (char)c;
+    return 0;
+}
+
+/* c, then v big-endian in n bytes */
+static int put_be(buf_t *b, unsigned char c, unsigned long long v, int n) {
+    if (buf_reserve(b, 1 + n) < 0) return -1;
+    b->p[b->len++] = (char)c;
+    for (int i = n - 1; i >= 0; i--) b->p[b->len++] = (char)((v >> (8 * i)) & 0xff);
+    return 0;
+}
+
+static int put_raw(buf_t *b, const char *s, Py_ssize_t n) {
+    if (buf_reserve(b, n) < 0) return -1;
+    memcpy(b->p + b->len, s, (size_t)n);
+    b->len += n;
+    return 0;
+}
+
+static int put_array(buf_t *b, Py_ssize_t n) {
+    if (n < 16) return put_byte(b, (unsigned char)(0x90 | n));
+    if (n < 65536) return put_be(b, 0xdc, (unsigned long long)n, 2);
+    return put_be(b, 0xdd, (unsigned long long)n, 4);
+}
+
+static int put_uint(buf_t *b, unsigned long long v) {
+    if (v < 128) return put_byte(b, (unsigned char)v);
+    if (v < 256) return put_be(b, 0xcc, v, 1);
+    if (v < 65536) return put_be(b, 0xcd, v, 2);
+    if (v < 4294967296ULL) return put_be(b, 0xce, v, 4);
+    return put_be(b, 0xcf, v, 8);
+}
+
+static int put_int(buf_t *b, long long v) {
+    if (v >= 0) return put_uint(b, (unsigned long long)v);
+    if (v >= -32) return put_byte(b, (unsigned char)(v & 0xff));
+    if (v >= -128) return put_be(b, 0xd0, (unsigned long long)v, 1);
+    if (v >= -32768) return put_be(b, 0xd1, (unsigned long long)v, 2);
+    if (v >= -2147483648LL) return put_be(b, 0xd2, (unsigned long long)v, 4);
+    return put_be(b, 0xd3, (unsigned long long)v, 8);
+}
+
+/* a str's UTF-8; -1 with an exception set when it has none (a lone surrogate) */
+static int put_str(buf_t *b, PyObject *s) {
+    Py_ssize_t n;
+    const char *u = PyUnicode_AsUTF8AndSize(s, &n);
+    if (u == NULL) return -1;
+    int r;
+    if (n < 32) r = put_byte(b, (unsigned char)(0xa0 | n));
+    else if (n < 256) r = put_be(b, 0xd9, (unsigned long long)n, 1);
+    else if (n < 65536) r = put_be(b, 0xda, (unsigned long long)n, 2);
+    else if (n <= 0xffffffffLL) r = put_be(b, 0xdb, (unsigned long long)n, 4);
+    else {
+        PyErr_SetString(PyExc_ValueError, "str too long for msgpack");
+        return -1;
+    }
+    return r < 0 ? -1 : put_raw(b, u, n);
+}
+
+/* an int in msgpack's range (-2**63 .. 2**64-1); 1 when out of it (no exception), -1 on error */
+static int put_pylong(buf_t *b, PyObject *a) {
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(a, &overflow);
+    if (v == -1 && PyErr_Occurred()) return -1;
+    if (overflow == 0) return put_int(b, v);
+    if (overflow < 0) return 1;
+    unsigned long long u = PyLong_AsUnsignedLongLong(a);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) return -1;
+        PyErr_Clear();
+        return 1;
+    }
+    return put_uint(b, u);
+}
+
+/* A literal argument: 0 written, 1 not a literal a payload carries (nothing written, no
+ * exception), -1 on error. */
+static int put_literal(buf_t *b, PyObject *a) {
+    if (a == Py_None) return put_byte(b, 0xc0);
+    if (a == Py_True) return put_byte(b, 0xc3);
+    if (a == Py_False) return put_byte(b, 0xc2);
+    if (PyLong_CheckExact(a)) return put_pylong(b, a);
+    if (PyUnicode_CheckExact(a)) {
+        if (put_str(b, a) < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
+            PyErr_Clear();
+            return 1;
+        }
+        return 0;
+    }
+    if (PyFloat_CheckExact(a)) {
+        double d = PyFloat_AS_DOUBLE(a);
+        unsigned long long u;
+        memcpy(&u, &d, 8);
+        return put_be(b, 0xcb, u, 8);
+    }
+    if (PyBytes_CheckExact(a)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(a);
+        int r;
+        if (n < 256) r = put_be(b, 0xc4, (unsigned long long)n, 1);
+        else if (n < 65536) r = put_be(b, 0xc5, (unsigned long long)n, 2);
+        else if (n <= 0xffffffffLL) r = put_be(b, 0xc6, (unsigned long long)n, 4);
+        else return 1;
+        return r < 0 ? -1 : put_raw(b, PyBytes_AS_STRING(a), n);
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * The graph, checked and indexed: plain_graph makes a PlainGraph, plain_tasks reads it.
+ *
+ * Keys are numbered by their place in the dict; each node's dependencies (each once, in the
+ * order its arguments name them) are numbers, so that the walk and the counts below make no
+ * hash lookup: one dict lookup per argument, when the graph is checked, is all. The graph's
+ * keys and nodes are held as they were then (two lists), so a change to the dict afterwards
+ * changes nothing here. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *keys;     /* list: key number -> key */
+    PyObject *nodes;    /* list: key number -> node (a tuple) */
+    Py_ssize_t n;
+    Py_ssize_t *arg_off; /* node i's arguments: argk[arg_off[i] .. arg_off[i+1]) */
+    Py_ssize_t *argk;    /* per argument, the number of the key it names, or -1 (a literal) */
+    Py_ssize_t *needed;  /* per key, the nodes naming it */
+    Py_ssize_t *left;    /* per key, the nodes naming it not sent yet */
+    Py_ssize_t *order;   /* key numbers, each after those it depends on */
+    PyObject **wire;     /* per key its wire key, from when its node is sent while a later node
+                            names it (new references; NULL otherwise) */
+    Py_ssize_t sent;     /* order[:sent] has been sent */
+    PyObject *groups;    /* a tuple key's name -> its group */
+} PlainGraph;
+
+static void pg_dealloc(PlainGraph *g) {
+    if (g->wire != NULL)
+        for (Py_ssize_t i = 0; i < g->n; i++) Py_XDECREF(g->wire[i]);
+    PyMem_Free(g->wire);
+    PyMem_Free(g->arg_off);
+    PyMem_Free(g->argk);
+    PyMem_Free(g->needed);
+    PyMem_Free(g->left);
+    PyMem_Free(g->order);
+    Py_XDECREF(g->keys);
+    Py_XDECREF(g->nodes);
+    Py_XDECREF(g->groups);
+    Py_TYPE(g)->tp_free((PyObject *)g);
+}
+
+static PyObject *pg_sent(PlainGraph *g, PyObject *unused) { return PyLong_FromSsize_t(g->sent); }
+
+static PyObject *pg_needed(PlainGraph *g, PyObject *unused) {
+    PyObject *out = PyDict_New();
+    for (Py_ssize_t i = 0; out != NULL && i < g->n; i++) {
+        if (g->needed[i] == 0) continue;
+        PyObject *c = PyLong_FromSsize_t(g->needed[i]);
+        if (c == NULL || PyDict_SetItem(out, PyList_GET_ITEM(g->keys, i), c) < 0) Py_CLEAR(out);
+        Py_XDECREF(c);
+    }
+    return out;
+}
+
+static PyObject *plain_tasks(PlainGraph *g, PyObject *args);
+
+static PyMethodDef pg_methods[] = {
+    {"plain_tasks", (PyCFunction)plain_tasks, METH_VARARGS,
+     "plain_tasks(limit, max_bytes, func_name, group, ann) -> (tasks, frontier, last): the next chunk"},
+    {"needed", (PyCFunction)pg_needed, METH_NOARGS, "per key named by a node, the number of nodes naming it"},
+    {"sent", (PyCFunction)pg_sent, METH_NOARGS, "the number of nodes sent so far"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject PlainGraphType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shoal._speedups.PlainGraph",
+    .tp_basicsize = sizeof(PlainGraph),
+    .tp_dealloc = (destructor)pg_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A graph of plain calls, checked and indexed by plain_graph.",
+    .tp_methods = pg_methods,
+};
+
+static void *alloc_array(Py_ssize_t n, size_t size) {
+    void *p = PyMem_Calloc((size_t)(n > 0 ? n : 1), size);
+    if (p == NULL) PyErr_NoMemory();
+    return p;
+}
+
+/* Checks node i and records what each argument names at g->argk[*m...]: 1 a plain call this
+ * module sends as written, 0 not, -1 error. */
+static int index_node(PlainGraph *g, PyObject *index, Py_ssize_t i, Py_ssize_t *m, Py_ssize_t *cap, buf_t *scratch) {
+    PyObject *node = PyList_GET_ITEM(g->nodes, i);
+    if (!PyTuple_CheckExact(node) || PyTuple_GET_SIZE(node) == 0 || !PyCallable_Check(PyTuple_GET_ITEM(node, 0)))
+        return 0;
+    Py_ssize_t n = PyTuple_GET_SIZE(node), first = *m;
+    if (*m + n > *cap) {
+        Py_ssize_t nc = (*cap + n) * 2;
+        Py_ssize_t *p = PyMem_Realloc(g->argk, (size_t)nc * sizeof(Py_ssize_t));
+        if (p == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        g->argk = p;
+        *cap = nc;
+    }
+    for (Py_ssize_t a_i = 1; a_i < n; a_i++) {
+        PyObject *a = PyTuple_GET_ITEM(node, a_i);
+        int literal = a == Py_None || PyBytes_CheckExact(a);
+        if (!literal && !PyUnicode_CheckExact(a) && !PyTuple_CheckExact(a) && !PyLong_Check(a) && !PyFloat_CheckExact(a))
+            return 0; /* not a literal a payload carries, and not a key (dask's rule: an int,
+                         float, str or tuple equal to a key is a reference to it) */
+        PyObject *pos = PyDict_GetItemWithError(index, a);
+        if (pos == NULL) {
+            if (PyErr_Occurred()) {
+                if (!PyErr_ExceptionMatches(PyExc_TypeError)) return -1;
+                PyErr_Clear(); /* an unhashable tuple */
+                return 0;
+            }
+            if (PyTuple_CheckExact(a)) return 0; /* a tuple that is not a key */
+            scratch->len = 0;
+            int r = put_literal(scratch, a); /* one a payload can carry? */
+            if (r != 0) return r < 0 ? -1 : 0;
+            g->argk[(*m)++] = -1;
+            continue;
+        }
+        if (literal || PyBool_Check(a) || PyFloat_CheckExact(a))
+            return 0; /* equal to a key of another type: dask decides, in the Python path */
+        Py_ssize_t j = PyLong_AsSsize_t(pos);
+        int dup = 0;
+        for (Py_ssize_t d = first; d < *m && !dup; d++) dup = g->argk[d] == j;
+        g->argk[(*m)++] = j;
+        if (!dup) g->needed[j]++; /* nodes naming it, each once */
+    }
+    return 1;
+}
+
+/* Depth-first from root, as shoal._dask.node_order: each node after the nodes it names. */
+static void walk(PlainGraph *g, Py_ssize_t root, unsigned char *seen, Py_ssize_t *stack, Py_ssize_t *next,
+                 Py_ssize_t *no) {
+    if (seen[root]) return;
+    seen[root] = 1;
+    Py_ssize_t sp = 0;
+    stack[sp] = root;
+    next[sp++] = g->arg_off[root];
+    while (sp > 0) {
+        Py_ssize_t k = stack[sp - 1], pushed = 0;
+        while (next[sp - 1] < g->arg_off[k + 1]) {
+            Py_ssize_t d = g->argk[next[sp - 1]++];
+            if (d >= 0 && !seen[d]) {
+                seen[d] = 1;
+                stack[sp] = d; /* at most n frames: each key is pushed once */
+                next[sp++] = g->arg_off[d];
+                pushed = 1;
+                break;
+            }
+        }
+        if (!pushed) {
+            sp--;
+            g->order[(*no)++] = k;
+        }
+    }
+}
+
+static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
+    (void)self;
+    if (!PyDict_CheckExact(dsk)) Py_RETURN_NONE;
+    PlainGraph *g = PyObject_New(PlainGraph, &PlainGraphType);
+    if (g == NULL) return NULL;
+    g->keys = g->nodes = g->groups = NULL;
+    g->arg_off = g->argk = g->needed = g->left = g->order = NULL;
+    g->wire = NULL;
+    g->n = g->sent = 0;
+    PyObject *index = NULL, *out = NULL;
+    unsigned char *seen = NULL;
+    Py_ssize_t *stack = NULL, *next = NULL;
+    buf_t scratch = {0};
+    /* a snapshot of the graph, and every key's number */
+    g->keys = PyDict_Keys(dsk);
+    g->nodes = PyDict_Values(dsk);
+    g->groups = PyDict_New();
+    index = PyDict_New();
+    if (g->keys == NULL || g->nodes == NULL || g->groups == NULL || index == NULL) goto done;
+    Py_ssize_t n = g->n = PyList_GET_SIZE(g->keys);
+    if (PyList_GET_SIZE(g->nodes) != n) {
+        PyErr_SetString(PyExc_RuntimeError, "shoal: the graph changed while it was read");
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pos = PyLong_FromSsize_t(i);
+        int r = pos == NULL ? -1 : PyDict_SetItem(index, PyList_GET_ITEM(g->keys, i), pos);
+        Py_XDECREF(pos);
+        if (r < 0) goto done;
+    }
+    Py_ssize_t cap = 2 * n + 16, m = 0;
+    g->arg_off = alloc_array(n + 1, sizeof(Py_ssize_t));
+    g->argk = alloc_array(cap, sizeof(Py_ssize_t));
+    g->needed = alloc_array(n, sizeof(Py_ssize_t));
+    g->left = alloc_array(n, sizeof(Py_ssize_t));
+    g->order = alloc_array(n, sizeof(Py_ssize_t));
+    g->wire = alloc_array(n, sizeof(PyObject *));
+    seen = alloc_array(n, 1);
+    stack = alloc_array(n, sizeof(Py_ssize_t));
+    next = alloc_array(n, sizeof(Py_ssize_t));
+    if (!g->arg_off || !g->argk || !g->needed || !g->left || !g->order || !g->wire || !seen || !stack || !next) goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        g->arg_off[i] = m;
+        int ok = index_node(g, index, i, &m, &cap, &scratch);
+        if (ok < 0) goto done;
+        if (ok == 0) {
+            out = Py_None;
+            Py_INCREF(out);
+            goto done;
+        }
+    }
+    g->arg_off[n] = m;
+    memcpy(g->left, g->needed, (size_t)n * sizeof(Py_ssize_t));
+    Py_ssize_t no = 0;
+    for (Py_ssize_t i = 0; i < n; i++) /* from the keys nothing names */
+        if (g->needed[i] == 0) walk(g, i, seen, stack, next, &no);
+    for (Py_ssize_t i = 0; i < n; i++) walk(g, i, seen, stack, next, &no); /* what is left: cycles */
+    out = (PyObject *)g;
+    Py_INCREF(out);
+done:
+    PyMem_Free(scratch.p);
+    PyMem_Free(seen);
+    PyMem_Free(stack);
+    PyMem_Free(next);
+    Py_XDECREF(index);
+    Py_DECREF(g);
+    return out;
+}
+
+#define FUNC_CACHE 8
+
+typedef struct {
+    PyObject *fn[FUNC_CACHE]; /* borrowed: each is held by a node of the graph or by names */
+    PyObject *name[FUNC_CACHE];
+    int next;
+    PyObject *namer;
+} func_cache_t;
+
+/* func_name(fn), remembered by identity for the few functions a graph uses; new reference */
+static PyObject *func_name(func_cache_t *c, PyObject *fn, PyObject *held) {
+    for (int i = 0; i < FUNC_CACHE; i++) {
+        if (c->fn[i] == fn) {
+            Py_INCREF(c->name[i]);
+            return c->name[i];
+        }
+    }
+    PyObject *name = PyObject_CallOneArg(c->namer, fn);
+    if (name == NULL) return NULL;
+    if (!PyUnicode_CheckExact(name)) {
+        Py_DECREF(name);
+        PyErr_SetString(PyExc_TypeError, "shoal: func_name must return a str");
+        return NULL;
+    }
+    /* held keeps fn and its name alive for as long as the cache may return them */
+    PyObject *pair = PyTuple_Pack(2, fn, name);
+    if (pair == NULL || PyList_Append(held, pair) < 0) {
+        Py_XDECREF(pair);
+        Py_DECREF(name);
+        return NULL;
+    }
+    Py_DECREF(pair);
+    c->fn[c->next] = fn;
+    c->name[c->next] = name;
+    c->next = (c->next + 1) % FUNC_CACHE;
+    return name; /* the reference held by pair keeps the cached one alive */
+}
+
+/* group(key), from groups by the name of a tuple key with a str name (new reference) */
+static PyObject *group_of(PyObject *key, PyObject *group, PyObject *groups) {
+    PyObject *name = NULL;
+    if (PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) > 0 && PyUnicode_CheckExact(PyTuple_GET_ITEM(key, 0))) {
+        name = PyTuple_GET_ITEM(key, 0);
+        PyObject *g = PyDict_GetItemWithError(groups, name);
+        if (g != NULL) {
+            Py_INCREF(g);
+            return g;
+        }
+        if (PyErr_Occurred()) return NULL;
+    }
+    PyObject *g = PyObject_CallOneArg(group, key);
+    if (g == NULL) return NULL;
+    if (name != NULL && PyDict_SetItem(groups, name, g) < 0) {
+        Py_DECREF(g);
+        return NULL;
+    }
+    return g;
+}
+
+static PyObject *s_key, *s_kind, *s_py, *s_func, *s_payload, *s_group, *s_deps;
+
+/* key k's wire key (shoal._keys.wire_key: a str key itself, any other its repr); a new
+ * reference. Kept from when its node is sent for as long as a later node names it. */
+static PyObject *wire_key(PlainGraph *g, Py_ssize_t k) {
+    PyObject *w = g->wire[k];
+    if (w != NULL) {
+        Py_INCREF(w);
+        return w;
+    }
+    PyObject *key = PyList_GET_ITEM(g->keys, k);
+    if (PyUnicode_CheckExact(key)) {
+        Py_INCREF(key);
+        return key;
+    }
+    w = PyObject_Repr(key);
+    if (w != NULL && !PyUnicode_CheckExact(w)) {
+        Py_DECREF(w);
+        PyErr_SetString(PyExc_TypeError, "shoal: a key's repr is not a str");
+        return NULL;
+    }
+    return w;
+}
+
+/* The task of node k, exactly as shoal._dask._node_task makes it from its DirectCall; a new
+ * reference. Its payload is left in b. */
+static PyObject *make_task(PlainGraph *g, Py_ssize_t k, buf_t *b, func_cache_t *fc, PyObject *held,
+                           PyObject *group, PyObject *ann) {
+    PyObject *node = PyList_GET_ITEM(g->nodes, k);
+    Py_ssize_t nargs = PyTuple_GET_SIZE(node) - 1, off = g->arg_off[k], nrefs = 0;
+    PyObject *deps = PyList_New(0), *task = NULL, *payload = NULL, *fname = NULL, *grp = NULL, *wk = NULL;
+    if (deps == NULL) return NULL;
+    b->len = 0;
+    if (put_byte(b, 0x00) < 0) goto fail;
+    Py_ssize_t head = b->len; /* [args] or [args, refs]: set once refs are known */
+    if (put_byte(b, 0x91) < 0 || put_array(b, nargs) < 0) goto fail;
+    for (Py_ssize_t t = 0; t < nargs; t++) {
+        Py_ssize_t d = g->argk[off + t];
+        if (d < 0) {
+            int r = put_literal(b, PyTuple_GET_ITEM(node, t + 1));
+            if (r > 0) PyErr_SetString(PyExc_SystemError, "shoal: a literal plain_graph checked is not one");
+            if (r != 0) goto fail;
+            continue;
+        }
+        nrefs++;
+        PyObject *w = wire_key(g, d);
+        if (w == NULL) goto fail;
+        int r = put_str(b, w), dup = 0;
+        for (Py_ssize_t u = 0; u < t && !dup; u++) dup = g->argk[off + u] == d;
+        if (r == 0 && !dup) r = PyList_Append(deps, w);
+        Py_DECREF(w);
+        if (r < 0) goto fail;
+    }
+    if (nrefs > 0) {
+        b->p[head] = (char)0x92;
+        if (put_array(b, nrefs) < 0) goto fail;
+        for (Py_ssize_t t = 0; t < nargs; t++)
+            if (g->argk[off + t] >= 0 && put_uint(b, (unsigned long long)t) < 0) goto fail;
+    }
+    payload = PyBytes_FromStringAndSize(b->p, b->len);
+    wk = payload == NULL ? NULL : wire_key(g, k);
+    fname = wk == NULL ? NULL : func_name(fc, PyTuple_GET_ITEM(node, 0), held);
+    grp = fname == NULL ? NULL : group_of(PyList_GET_ITEM(g->keys, k), group, g->groups);
+    if (grp == NULL) goto fail;
+    task = PyDict_New();
+    if (task == NULL || PyDict_SetItem(task, s_key, wk) < 0 || PyDict_SetItem(task, s_kind, s_py) < 0 ||
+        PyDict_SetItem(task, s_func, fname) < 0 || PyDict_SetItem(task, s_payload, payload) < 0 ||
+        PyDict_SetItem(task, s_group, grp) < 0)
+        goto fail;
+    if (PyList_GET_SIZE(deps) > 0) {
+        PyObject *tup = PyList_AsTuple(deps);
+        int r = tup == NULL ? -1 : PyDict_SetItem(task, s_deps, tup);
+        Py_XDECREF(tup);
+        if (r < 0) goto fail;
+    }
+    if (ann != Py_None && PyDict_Update(task, ann) < 0) goto fail;
+    goto done;
+fail:
+    Py_CLEAR(task);
+done:
+    Py_DECREF(deps);
+    Py_XDECREF(payload);
+    Py_XDECREF(fname);
+    Py_XDECREF(grp);
+    Py_XDECREF(wk);
+    return task;
+}
+
+#define TASK_OVERHEAD 200 /* shoal._chunk.TASK_OVERHEAD */
+
+/* The next chunk, as shoal._dask.task_chunks cuts it: at most limit nodes, and at most
+ * max_bytes counting each task as its payload plus TASK_OVERHEAD unless one task alone is
+ * bigger. */
+static PyObject *plain_tasks(PlainGraph *g, PyObject *args) {
+    PyObject *namer, *group, *ann;
+    Py_ssize_t limit, max_bytes;
+    if (!PyArg_ParseTuple(args, "nnOOO:plain_tasks", &limit, &max_bytes, &namer, &group, &ann)) return NULL;
+    if (ann != Py_None && !PyDict_Check(ann)) {
+        PyErr_SetString(PyExc_TypeError, "plain_tasks: ann must be a dict or None");
+        return NULL;
+    }
+    PyObject *tasks = PyList_New(0), *held = PyList_New(0), *frontier = NULL, *out = NULL;
+    buf_t b = {0};
+    func_cache_t fc = {.namer = namer};
+    Py_ssize_t start = g->sent, nbytes = 0;
+    if (tasks == NULL || held == NULL) goto done;
+    while (g->sent < g->n && g->sent - start < limit) {
+        Py_ssize_t k = g->order[g->sent];
+        PyObject *task = make_task(g, k, &b, &fc, held, group, ann);
+        if (task == NULL) goto done;
+        Py_ssize_t size = b.len + TASK_OVERHEAD;
+        if (PyList_GET_SIZE(tasks) > 0 && nbytes + size > max_bytes) { /* it starts the next chunk */
+            Py_DECREF(task);
+            break;
+        }
+        int r = PyList_Append(tasks, task);
+        if (r == 0 && g->left[k] > 0 && g->wire[k] == NULL) { /* a later node names it */
+            g->wire[k] = PyDict_GetItem(task, s_key);
+            Py_INCREF(g->wire[k]);
+        }
+        Py_DECREF(task);
+        if (r < 0) goto done;
+        nbytes += size;
+        Py_ssize_t off = g->arg_off[k], end = g->arg_off[k + 1];
+        for (Py_ssize_t t = off; t < end; t++) { /* one node naming each dependency fewer to send */
+            Py_ssize_t d = g->argk[t], dup = 0;
+            for (Py_ssize_t u = off; u < t && !dup; u++) dup = g->argk[u] == d;
+            if (d < 0 || dup) continue;
+            if (--g->left[d] == 0) Py_CLEAR(g->wire[d]);
+        }
+        g->sent++;
+    }
+    frontier = PyList_New(0);
+    if (frontier == NULL) goto done;
+    for (Py_ssize_t j = start; j < g->sent; j++) /* this chunk's keys that later chunks name */
+        if (g->left[g->order[j]] > 0 &&
+            PyList_Append(frontier, PyDict_GetItem(PyList_GET_ITEM(tasks, j - start), s_key)) < 0)
+            goto done;
+    out = Py_BuildValue("(OOO)", tasks, frontier, g->sent >= g->n ? Py_True : Py_False);
+done:
+    PyMem_Free(b.p);
+    Py_XDECREF(tasks);
+    Py_XDECREF(held);
+    Py_XDECREF(frontier);
+    return out;
+}
+
+/* literal_payload(args, refs) as shoal._refs writes it: for tests of the encoder */
+static PyObject *literal_payload(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *items, *refs;
+    if (!PyArg_ParseTuple(args, "O!O!:literal_payload", &PyList_Type, &items, &PyList_Type, &refs)) return NULL;
+    buf_t b = {0};
+    PyObject *out = NULL;
+    Py_ssize_t nrefs = PyList_GET_SIZE(refs);
+    if (put_byte(&b, 0x00) < 0 || put_array(&b, nrefs ? 2 : 1) < 0 || put_array(&b, PyList_GET_SIZE(items)) < 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        int r = put_literal(&b, PyList_GET_ITEM(items, i));
+        if (r > 0) PyErr_SetString(PyExc_TypeError, "literal_payload: not a literal a payload carries");
+        if (r != 0) goto done;
+    }
+    if (nrefs) {
+        if (put_array(&b, nrefs) < 0) goto done;
+        for (Py_ssize_t i = 0; i < nrefs; i++) {
+            Py_ssize_t v = PyLong_AsSsize_t(PyList_GET_ITEM(refs, i));
+            if (v < 0) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "literal_payload: refs are positions");
+                goto done;
+            }
+            if (put_uint(&b, (unsigned long long)v) < 0) goto done;
+        }
+    }
+    out = PyBytes_FromStringAndSize(b.p, b.len);
+done:
+    PyMem_Free(b.p);
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"plain_graph", plain_graph, METH_O,
+     "plain_graph(dsk) -> PlainGraph, or None when not every node is a plain call sent as written"},
+    {"literal_payload", literal_payload, METH_VARARGS, "literal_payload(args, refs) -> bytes"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "shoal._speedups",
+                                    "The client's conversion of plain-call dask graphs, compiled.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    if (!(s_key = PyUnicode_InternFromString("key")) || !(s_kind = PyUnicode_InternFromString("kind")) ||
+        !(s_py = PyUnicode_InternFromString("py")) || !(s_func = PyUnicode_InternFromString("func")) ||
+        !(s_payload = PyUnicode_InternFromString("payload")) || !(s_group = PyUnicode_InternFromString("group")) ||
+        !(s_deps = PyUnicode_InternFromString("deps")))
+        return NULL;
+    if (PyType_Ready(&PlainGraphType) < 0) return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,206 @@
+"""The compiled conversion of plain-call graphs (``shoal._speedups``) against the Python one.
+
+``make test`` sets ``SHOAL_REQUIRE_SPEEDUPS=1``: there the extension must have been built (the
+editable install compiles it); elsewhere these tests skip without it.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import operator
+import os
+import sys
+from typing import Any, Hashable, Iterator
+
+import msgpack
+import pytest
+
+from shoal import _dask, _refs
+
+speedups = _dask._speedups
+if speedups is None:
+    if os.environ.get("SHOAL_REQUIRE_SPEEDUPS"):
+        raise RuntimeError("shoal._speedups is not built (SHOAL_REQUIRE_SPEEDUPS is set): "
+                           "`pip install -e .` compiles it, with a C compiler")
+    pytest.skip("shoal._speedups is not built", allow_module_level=True)
+
+Chunks = list[tuple[list[dict[str, Any]], list[str], bool]]
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def concat(*a: Any) -> tuple[Any, ...]:
+    return a
+
+
+def chunks(dsk: Any, compiled: bool, **kw: Any) -> tuple[Chunks, dict[str, bytes]]:
+    """task_chunks of dsk by the compiled path or the Python one, and the functions named."""
+    funcs: dict[str, bytes] = {}
+    saved = _dask._speedups
+    _dask._speedups = saved if compiled else None
+    try:
+        graph = _dask.normalize_graph(dsk)
+        if compiled:
+            assert isinstance(graph, _dask.PlainCalls) and graph.compiled is not None
+        out = list(_dask.task_chunks(graph, "h", funcs=funcs, **kw))
+    finally:
+        _dask._speedups = saved
+    return out, funcs
+
+
+def tuple_key(*parts: Any) -> Hashable:
+    return parts
+
+
+def str_key(*parts: Any) -> Hashable:
+    return "-".join(map(str, parts))
+
+
+def tree(leaves: int, key: Any = tuple_key) -> tuple[dict[Hashable, Any], Hashable]:
+    """million.py's graph: (inc, i) leaves and a pairwise (add, a, b) tree over them."""
+    dsk: dict[Hashable, Any] = {key("leaf", i): (inc, i) for i in range(leaves)}
+    level = list(dsk)
+    depth = 0
+    while len(level) > 1:
+        depth += 1
+        nxt: list[Hashable] = [key("sum", depth, i) for i in range(len(level) // 2)]
+        dsk.update({k: (operator.add, level[2 * i], level[2 * i + 1]) for i, k in enumerate(nxt)})
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return dsk, level[0]
+
+
+LITERALS: list[Any] = [
+    None, True, False, 0, 1, 127, 128, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32, (1 << 63) - 1,
+    1 << 63, (1 << 64) - 1, -1, -32, -33, -128, -129, -32768, -32769, -(1 << 31), -(1 << 31) - 1,
+    -(1 << 63), 0.0, -0.0, 1.5, math.inf, -math.inf, 1e300, "", "a" * 31, "b" * 32, "c" * 255,
+    "d" * 256, "e" * 65535, "f" * 65536, "é∑😀", b"", b"x" * 255, b"y" * 256, b"z" * 65536,
+]
+
+
+def test_literal_payloads_are_msgpacks() -> None:
+    """The C encoder writes each literal as msgpack-python does, byte for byte."""
+    pack = _refs.literal_packer()
+    for v in LITERALS:
+        assert speedups.literal_payload([v], []) == _refs.literal_payload([v], [], pack), repr(v)[:40]
+    assert speedups.literal_payload(LITERALS, [0, 3]) == _refs.literal_payload(LITERALS, [0, 3], pack)
+    many = list(range(70000))  # an array32 header
+    assert speedups.literal_payload(many, list(range(20))) == _refs.literal_payload(many, list(range(20)), pack)
+    nan = speedups.literal_payload([math.nan], [])
+    assert math.isnan(msgpack.unpackb(nan[1:])[0][0])
+    for bad in (1 << 64, -(1 << 63) - 1, "\udc80", [1], 1.5j):
+        with pytest.raises(TypeError):
+            speedups.literal_payload([bad], [])
+
+
+def graphs() -> Iterator[tuple[str, dict[Hashable, Any]]]:
+    dsk, _ = tree(1000)
+    yield "tree of tuple keys", dsk
+    yield "tree of str keys", tree(601, str_key)[0]
+    yield "every literal", {("lit", i): (concat, v, i) for i, v in enumerate(LITERALS)}
+    yield "keys of every type", {
+        "a": (inc, 1), 7: (concat, "a", "a", 2), ("t", 0): (concat, 7, "a", 7, "nokey", None),
+        -3: (concat,), "b": (concat, ("t", 0), -3, b"bytes", 2.5, False), ("t", 1, "x"): (inc, 5),
+    }
+    # more functions than the compiled path caches at once
+    fns = [lambda x, i=i: x + i for i in range(20)]
+    dsk = {f"f-{i}": (fns[i % 20], i) for i in range(200)}
+    dsk.update({f"g-{i}": (fns[(i * 7) % 20], f"f-{i}") for i in range(200)})
+    yield "twenty functions", dsk
+    yield "a cycle", {"x": (inc, "y"), "y": (inc, "x"), "z": (inc, "x")}
+    yield "empty", {}
+
+
+@pytest.mark.parametrize("name,dsk", list(graphs()), ids=[n for n, _ in graphs()])
+@pytest.mark.parametrize("sizes", [dict(first=7, most=50), dict(first=500, most=20_000, max_bytes=3_000)],
+                         ids=["by-count", "by-bytes"])
+def test_compiled_chunks_are_the_python_chunks(name: str, dsk: dict[Hashable, Any], sizes: dict[str, int]) -> None:
+    """Same tasks, same order, same cuts, same frontiers, same functions, with annotations."""
+    ann = {"priority": 3, "retries": 2}
+    got, got_funcs = chunks(dsk, True, annotations=ann, **sizes)
+    want, want_funcs = chunks(dsk, False, annotations=ann, **sizes)
+    assert got == want
+    assert got_funcs == want_funcs
+    assert sum(len(t) for t, _, _ in got) == len(dsk)
+    if "max_bytes" in sizes and len(dsk) > 100:
+        assert len(got) > 3  # cut by size, not only by count
+
+
+@pytest.mark.parametrize("node", [
+    (operator.add, True, 1),       # a bool equal to the key 1
+    (operator.add, 1.0, 2),        # a float equal to it
+    (operator.add, 1 << 70, 2),    # an int beyond msgpack
+    (operator.add, "\udc80", 2),   # a str msgpack refuses
+    (sum, [1, 2]),                 # a list
+    (operator.add, ("u", [1]), 2),  # an unhashable tuple
+    (operator.add, (1, 2), 2),     # a tuple that is not a key
+    (operator.add, b"k", 2),       # bytes equal to a key
+    (operator.add, None, 2),       # None equal to a key
+    ("notcallable", 1),
+    5,                             # not a call at all
+    (operator.add, 1.5j, 2),       # an argument of another type
+], ids=repr)
+def test_compiled_path_declines_what_python_decides(node: Any) -> None:
+    """A graph the C path would not send as written comes back None from plain_graph; the Python
+    path then converts it as before."""
+    dsk: dict[Hashable, Any] = {1: (inc, 0), b"k": (inc, 1), None: (inc, 2), "n": node}
+    assert speedups.plain_graph(dsk) is None
+    assert not isinstance(_dask.normalize_graph(dsk), _dask.PlainCalls) or \
+        _dask.normalize_graph(dsk).compiled is None  # type: ignore[union-attr]
+
+
+def test_compiled_graph_is_a_snapshot() -> None:
+    """The graph changed (even emptied) between normalize_graph and its chunks changes nothing."""
+    dsk, _ = tree(300)
+    want, _ = chunks(dict(dsk), False, first=16, most=64)
+    graph = _dask.normalize_graph(dsk)
+    assert isinstance(graph, _dask.PlainCalls) and graph.compiled is not None
+    dsk.clear()
+    dsk["junk"] = (inc, [object()])
+    got = list(_dask.task_chunks(graph, "h", funcs={}, first=16, most=64))
+    assert got == want
+    # the graph is walked by the compiled path once; another walk takes the Python path
+    assert graph.compiled is None
+
+
+def test_compiled_conversion_keeps_no_references() -> None:
+    """Once the chunks and the graph are dropped, every key, argument and function has the
+    references it had before (nothing leaked, nothing freed twice): three conversions, after a
+    first one that fills dask's caches."""
+    name = "leaf-name-" + str(os.getpid())
+    key = (name, 1)
+    arg = "a literal str " + str(os.getpid())
+    fn = lambda x, y: x  # noqa: E731
+    dsk: dict[Hashable, Any] = {key: (fn, arg, 3), (name, 2): (fn, key, key)}
+    chunks(dsk, True)  # dask's key_split keeps the names it has split
+    gc.collect()
+    before = [sys.getrefcount(x) for x in (name, key, arg, fn)]
+    for _ in range(3):
+        out, _ = chunks(dsk, True, first=1, most=1)
+        assert [t["key"] for c, _, _ in out for t in c] == [repr(key), repr((name, 2))]
+        assert out[1][0][0]["deps"] == (repr(key),)  # named twice, a dependency once
+        del out
+    gc.collect()
+    assert [sys.getrefcount(x) for x in (name, key, arg, fn)] == before
+
+
+def test_needed_counts_match() -> None:
+    """PlainCalls made by the compiled path still answers what the Python one does."""
+    dsk, root = tree(100)
+    dsk["twice"] = (operator.add, ("leaf", 0), ("leaf", 0))
+    compiled = _dask.normalize_graph(dsk)
+    saved = _dask._speedups
+    _dask._speedups = None
+    try:
+        python = _dask.normalize_graph(dsk)
+    finally:
+        _dask._speedups = saved
+    assert isinstance(compiled, _dask.PlainCalls) and isinstance(python, _dask.PlainCalls)
+    assert compiled.needed == python.needed
+    assert dict(compiled.wire) == dict(python.wire)
+    assert [k for k, _ in _dask.node_order(compiled)] == [k for k, _ in _dask.node_order(python)]
+
