@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
+import sys
 import threading
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
@@ -620,7 +621,8 @@ def _compiled_chunks(compiled: _speedups.PlainGraph, ann: dict[str, Any], name: 
     """task_chunks of a graph ``shoal._speedups.plain_graph`` found: the same chunks, made in C."""
     size = max(first, 1)
     while True:
-        tasks, frontier, last = compiled.plain_tasks(size, max_bytes, name, group, ann or None)
+        tasks, frontier, last = compiled.plain_tasks(min(size, sys.maxsize), min(max_bytes, sys.maxsize),
+                                                     name, group, ann or None)
         yield tasks, frontier, last
         if last:
             return

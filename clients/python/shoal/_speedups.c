@@ -77,7 +77,9 @@ static int put_raw(buf_t *b, const char *s, Py_ssize_t n) {
 static int put_array(buf_t *b, Py_ssize_t n) {
     if (n < 16) return put_byte(b, (unsigned char)(0x90 | n));
     if (n < 65536) return put_be(b, 0xdc, (unsigned long long)n, 2);
-    return put_be(b, 0xdd, (unsigned long long)n, 4);
+    if ((unsigned long long)n <= 0xffffffffULL) return put_be(b, 0xdd, (unsigned long long)n, 4);
+    PyErr_SetString(PyExc_ValueError, "shoal: too many arguments for msgpack");
+    return -1;
 }
 
 static int put_uint(buf_t *b, unsigned long long v) {
@@ -97,20 +99,22 @@ static int put_int(buf_t *b, long long v) {
     return put_be(b, 0xd3, (unsigned long long)v, 8);
 }
 
-/* a str's UTF-8; -1 with an exception set when it has none (a lone surrogate) */
+/* a str's UTF-8: 0 written; 1 none that msgpack carries (a lone surrogate, or 4 GiB or more:
+ * nothing written, no exception); -1 on error */
 static int put_str(buf_t *b, PyObject *s) {
     Py_ssize_t n;
     const char *u = PyUnicode_AsUTF8AndSize(s, &n);
-    if (u == NULL) return -1;
+    if (u == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
+        PyErr_Clear();
+        return 1;
+    }
     int r;
     if (n < 32) r = put_byte(b, (unsigned char)(0xa0 | n));
     else if (n < 256) r = put_be(b, 0xd9, (unsigned long long)n, 1);
     else if (n < 65536) r = put_be(b, 0xda, (unsigned long long)n, 2);
-    else if (n <= 0xffffffffLL) r = put_be(b, 0xdb, (unsigned long long)n, 4);
-    else {
-        PyErr_SetString(PyExc_ValueError, "str too long for msgpack");
-        return -1;
-    }
+    else if ((unsigned long long)n <= 0xffffffffULL) r = put_be(b, 0xdb, (unsigned long long)n, 4);
+    else return 1;
     return r < 0 ? -1 : put_raw(b, u, n);
 }
 
@@ -137,14 +141,7 @@ static int put_literal(buf_t *b, PyObject *a) {
     if (a == Py_True) return put_byte(b, 0xc3);
     if (a == Py_False) return put_byte(b, 0xc2);
     if (PyLong_CheckExact(a)) return put_pylong(b, a);
-    if (PyUnicode_CheckExact(a)) {
-        if (put_str(b, a) < 0) {
-            if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) return -1;
-            PyErr_Clear();
-            return 1;
-        }
-        return 0;
-    }
+    if (PyUnicode_CheckExact(a)) return put_str(b, a);
     if (PyFloat_CheckExact(a)) {
         double d = PyFloat_AS_DOUBLE(a);
         unsigned long long u;
@@ -156,7 +153,7 @@ static int put_literal(buf_t *b, PyObject *a) {
         int r;
         if (n < 256) r = put_be(b, 0xc4, (unsigned long long)n, 1);
         else if (n < 65536) r = put_be(b, 0xc5, (unsigned long long)n, 2);
-        else if (n <= 0xffffffffLL) r = put_be(b, 0xc6, (unsigned long long)n, 4);
+        else if ((unsigned long long)n <= 0xffffffffULL) r = put_be(b, 0xc6, (unsigned long long)n, 4);
         else return 1;
         return r < 0 ? -1 : put_raw(b, PyBytes_AS_STRING(a), n);
     }
@@ -166,53 +163,85 @@ static int put_literal(buf_t *b, PyObject *a) {
 /* ------------------------------------------------------------------------------------------
  * The graph, checked and indexed: plain_graph makes a PlainGraph, plain_tasks reads it.
  *
- * Keys are numbered by their place in the dict; each node's dependencies (each once, in the
- * order its arguments name them) are numbers, so that the walk and the counts below make no
- * hash lookup: one dict lookup per argument, when the graph is checked, is all. The graph's
- * keys and nodes are held as they were then (two lists), so a change to the dict afterwards
- * changes nothing here. */
+ * Keys are numbered by their place in the dict, and every argument that names a key is
+ * resolved to that number once, when the graph is checked (one dict lookup per argument): the
+ * walk, the counts and the tasks then make no hash lookup. The keys and nodes are held as two
+ * tuples taken in one pass over the dict, which Python code cannot change: a change to the
+ * dict afterwards, or code a key's __eq__/__hash__/__repr__ or a callback runs, changes
+ * nothing here. */
 
 typedef struct {
     PyObject_HEAD
-    PyObject *keys;     /* list: key number -> key */
-    PyObject *nodes;    /* list: key number -> node (a tuple) */
+    PyObject *keys;      /* tuple: key number -> key */
+    PyObject *nodes;     /* tuple: key number -> node (a tuple) */
     Py_ssize_t n;
     Py_ssize_t *arg_off; /* node i's arguments: argk[arg_off[i] .. arg_off[i+1]) */
     Py_ssize_t *argk;    /* per argument, the number of the key it names, or -1 (a literal) */
     Py_ssize_t *needed;  /* per key, the nodes naming it */
     Py_ssize_t *left;    /* per key, the nodes naming it not sent yet */
     Py_ssize_t *order;   /* key numbers, each after those it depends on */
+    Py_ssize_t *mark;    /* per key, the last node (>= 0) that named it while the graph was
+                            checked, then the last stamp (< -1) of a task that named it */
+    Py_ssize_t stamp;    /* the last stamp given to a task being made */
     PyObject **wire;     /* per key its wire key, from when its node is sent while a later node
                             names it (new references; NULL otherwise) */
     Py_ssize_t sent;     /* order[:sent] has been sent */
     PyObject *groups;    /* a tuple key's name -> its group */
+    int busy;            /* plain_tasks is running (a callback must not call it again) */
+    int failed;          /* plain_tasks failed part-way: what it counted as sent was not */
 } PlainGraph;
 
-static void pg_dealloc(PlainGraph *g) {
+static int pg_traverse(PlainGraph *g, visitproc visit, void *arg) {
+    Py_VISIT(g->keys);
+    Py_VISIT(g->nodes);
+    Py_VISIT(g->groups);
+    return 0; /* wire holds only str objects, which hold nothing */
+}
+
+static int pg_clear(PlainGraph *g) {
     if (g->wire != NULL)
-        for (Py_ssize_t i = 0; i < g->n; i++) Py_XDECREF(g->wire[i]);
+        for (Py_ssize_t i = 0; i < g->n; i++) Py_CLEAR(g->wire[i]);
+    Py_CLEAR(g->keys);
+    Py_CLEAR(g->nodes);
+    Py_CLEAR(g->groups);
+    return 0;
+}
+
+static void pg_dealloc(PlainGraph *g) {
+    PyObject_GC_UnTrack(g);
+    pg_clear(g);
     PyMem_Free(g->wire);
     PyMem_Free(g->arg_off);
     PyMem_Free(g->argk);
     PyMem_Free(g->needed);
     PyMem_Free(g->left);
     PyMem_Free(g->order);
-    Py_XDECREF(g->keys);
-    Py_XDECREF(g->nodes);
-    Py_XDECREF(g->groups);
-    Py_TYPE(g)->tp_free((PyObject *)g);
+    PyMem_Free(g->mark);
+    PyObject_GC_Del(g);
+}
+
+/* 0 when g can be read; -1 with RuntimeError when not */
+static int pg_usable(PlainGraph *g) {
+    if (g->keys == NULL || g->nodes == NULL || g->groups == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "shoal: this PlainGraph was cleared");
+        return -1;
+    }
+    return 0;
 }
 
 static PyObject *pg_sent(PlainGraph *g, PyObject *unused) { return PyLong_FromSsize_t(g->sent); }
 
 static PyObject *pg_needed(PlainGraph *g, PyObject *unused) {
-    PyObject *out = PyDict_New();
+    if (pg_usable(g) < 0) return NULL;
+    PyObject *keys = g->keys, *out = PyDict_New();
+    Py_INCREF(keys); /* PyDict_SetItem may run a key's __eq__ */
     for (Py_ssize_t i = 0; out != NULL && i < g->n; i++) {
         if (g->needed[i] == 0) continue;
         PyObject *c = PyLong_FromSsize_t(g->needed[i]);
-        if (c == NULL || PyDict_SetItem(out, PyList_GET_ITEM(g->keys, i), c) < 0) Py_CLEAR(out);
+        if (c == NULL || PyDict_SetItem(out, PyTuple_GET_ITEM(keys, i), c) < 0) Py_CLEAR(out);
         Py_XDECREF(c);
     }
+    Py_DECREF(keys);
     return out;
 }
 
@@ -230,13 +259,15 @@ static PyTypeObject PlainGraphType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shoal._speedups.PlainGraph",
     .tp_basicsize = sizeof(PlainGraph),
     .tp_dealloc = (destructor)pg_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "A graph of plain calls, checked and indexed by plain_graph.",
+    .tp_traverse = (traverseproc)pg_traverse,
+    .tp_clear = (inquiry)pg_clear,
     .tp_methods = pg_methods,
 };
 
 static void *alloc_array(Py_ssize_t n, size_t size) {
-    void *p = PyMem_Calloc((size_t)(n > 0 ? n : 1), size);
+    void *p = (size_t)(n > 0 ? n : 1) > PY_SSIZE_T_MAX / size ? NULL : PyMem_Calloc((size_t)(n > 0 ? n : 1), size);
     if (p == NULL) PyErr_NoMemory();
     return p;
 }
@@ -244,13 +275,14 @@ static void *alloc_array(Py_ssize_t n, size_t size) {
 /* Checks node i and records what each argument names at g->argk[*m...]: 1 a plain call this
  * module sends as written, 0 not, -1 error. */
 static int index_node(PlainGraph *g, PyObject *index, Py_ssize_t i, Py_ssize_t *m, Py_ssize_t *cap, buf_t *scratch) {
-    PyObject *node = PyList_GET_ITEM(g->nodes, i);
+    PyObject *node = PyTuple_GET_ITEM(g->nodes, i); /* held by g->nodes, which nothing can change */
     if (!PyTuple_CheckExact(node) || PyTuple_GET_SIZE(node) == 0 || !PyCallable_Check(PyTuple_GET_ITEM(node, 0)))
         return 0;
-    Py_ssize_t n = PyTuple_GET_SIZE(node), first = *m;
+    Py_ssize_t n = PyTuple_GET_SIZE(node);
     if (*m + n > *cap) {
         Py_ssize_t nc = (*cap + n) * 2;
-        Py_ssize_t *p = PyMem_Realloc(g->argk, (size_t)nc * sizeof(Py_ssize_t));
+        Py_ssize_t *p = nc > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(Py_ssize_t) ? NULL
+                        : PyMem_Realloc(g->argk, (size_t)nc * sizeof(Py_ssize_t));
         if (p == NULL) {
             PyErr_NoMemory();
             return -1;
@@ -280,11 +312,22 @@ static int index_node(PlainGraph *g, PyObject *index, Py_ssize_t i, Py_ssize_t *
         }
         if (literal || PyBool_Check(a) || PyFloat_CheckExact(a))
             return 0; /* equal to a key of another type: dask decides, in the Python path */
-        Py_ssize_t j = PyLong_AsSsize_t(pos);
-        int dup = 0;
-        for (Py_ssize_t d = first; d < *m && !dup; d++) dup = g->argk[d] == j;
+        Py_ssize_t j = PyLong_CheckExact(pos) ? PyLong_AsSsize_t(pos) : -1;
+        if (j < 0 || j >= g->n) { /* index is this module's own; a key's __eq__ reached it */
+            PyErr_Clear();
+            PyErr_SetString(PyExc_RuntimeError, "shoal: the graph's keys changed while it was read");
+            return -1;
+        }
+        if (PyUnicode_CheckExact(a)) { /* its wire key is itself: one msgpack carries? */
+            scratch->len = 0;
+            int r = put_str(scratch, a);
+            if (r != 0) return r < 0 ? -1 : 0;
+        }
         g->argk[(*m)++] = j;
-        if (!dup) g->needed[j]++; /* nodes naming it, each once */
+        if (g->mark[j] != i) { /* nodes naming it, each once */
+            g->mark[j] = i;
+            g->needed[j]++;
+        }
     }
     return 1;
 }
@@ -319,32 +362,51 @@ static void walk(PlainGraph *g, Py_ssize_t root, unsigned char *seen, Py_ssize_t
 static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
     (void)self;
     if (!PyDict_CheckExact(dsk)) Py_RETURN_NONE;
-    PlainGraph *g = PyObject_New(PlainGraph, &PlainGraphType);
+    PlainGraph *g = PyObject_GC_New(PlainGraph, &PlainGraphType);
     if (g == NULL) return NULL;
     g->keys = g->nodes = g->groups = NULL;
-    g->arg_off = g->argk = g->needed = g->left = g->order = NULL;
+    g->arg_off = g->argk = g->needed = g->left = g->order = g->mark = NULL;
     g->wire = NULL;
     g->n = g->sent = 0;
+    g->stamp = -1;
+    g->busy = g->failed = 0;
+    PyObject_GC_Track(g);
     PyObject *index = NULL, *out = NULL;
     unsigned char *seen = NULL;
     Py_ssize_t *stack = NULL, *next = NULL;
     buf_t scratch = {0};
-    /* a snapshot of the graph, and every key's number */
-    g->keys = PyDict_Keys(dsk);
-    g->nodes = PyDict_Values(dsk);
+    /* a snapshot of the graph: both tuples made first, then filled in one pass that allocates
+     * nothing (so nothing can run and change the dict in between) */
+    Py_ssize_t n = PyDict_Size(dsk);
+    g->keys = PyTuple_New(n);
+    g->nodes = PyTuple_New(n);
     g->groups = PyDict_New();
-    index = PyDict_New();
-    if (g->keys == NULL || g->nodes == NULL || g->groups == NULL || index == NULL) goto done;
-    Py_ssize_t n = g->n = PyList_GET_SIZE(g->keys);
-    if (PyList_GET_SIZE(g->nodes) != n) {
+    if (g->keys == NULL || g->nodes == NULL || g->groups == NULL) goto done;
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *k, *v;
+    if (PyDict_Size(dsk) != n) {
         PyErr_SetString(PyExc_RuntimeError, "shoal: the graph changed while it was read");
         goto done;
     }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *pos = PyLong_FromSsize_t(i);
-        int r = pos == NULL ? -1 : PyDict_SetItem(index, PyList_GET_ITEM(g->keys, i), pos);
-        Py_XDECREF(pos);
+    while (PyDict_Next(dsk, &pos, &k, &v)) {
+        Py_INCREF(k);
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(g->keys, i, k);
+        PyTuple_SET_ITEM(g->nodes, i, v);
+        i++;
+    }
+    g->n = n;
+    index = PyDict_New();
+    if (index == NULL) goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *num = PyLong_FromSsize_t(i);
+        int r = num == NULL ? -1 : PyDict_SetItem(index, PyTuple_GET_ITEM(g->keys, i), num);
+        Py_XDECREF(num);
         if (r < 0) goto done;
+    }
+    if (PyDict_Size(index) != n) { /* two keys equal by a __eq__ that changed its mind */
+        PyErr_SetString(PyExc_RuntimeError, "shoal: the graph's keys changed while it was read");
+        goto done;
     }
     Py_ssize_t cap = 2 * n + 16, m = 0;
     g->arg_off = alloc_array(n + 1, sizeof(Py_ssize_t));
@@ -352,12 +414,16 @@ static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
     g->needed = alloc_array(n, sizeof(Py_ssize_t));
     g->left = alloc_array(n, sizeof(Py_ssize_t));
     g->order = alloc_array(n, sizeof(Py_ssize_t));
+    g->mark = alloc_array(n, sizeof(Py_ssize_t));
     g->wire = alloc_array(n, sizeof(PyObject *));
     seen = alloc_array(n, 1);
     stack = alloc_array(n, sizeof(Py_ssize_t));
     next = alloc_array(n, sizeof(Py_ssize_t));
-    if (!g->arg_off || !g->argk || !g->needed || !g->left || !g->order || !g->wire || !seen || !stack || !next) goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
+    if (!g->arg_off || !g->argk || !g->needed || !g->left || !g->order || !g->mark || !g->wire || !seen || !stack ||
+        !next)
+        goto done;
+    for (i = 0; i < n; i++) g->mark[i] = -1;
+    for (i = 0; i < n; i++) {
         g->arg_off[i] = m;
         int ok = index_node(g, index, i, &m, &cap, &scratch);
         if (ok < 0) goto done;
@@ -370,9 +436,9 @@ static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
     g->arg_off[n] = m;
     memcpy(g->left, g->needed, (size_t)n * sizeof(Py_ssize_t));
     Py_ssize_t no = 0;
-    for (Py_ssize_t i = 0; i < n; i++) /* from the keys nothing names */
+    for (i = 0; i < n; i++) /* from the keys nothing names */
         if (g->needed[i] == 0) walk(g, i, seen, stack, next, &no);
-    for (Py_ssize_t i = 0; i < n; i++) walk(g, i, seen, stack, next, &no); /* what is left: cycles */
+    for (i = 0; i < n; i++) walk(g, i, seen, stack, next, &no); /* what is left: cycles */
     out = (PyObject *)g;
     Py_INCREF(out);
 done:
@@ -385,17 +451,27 @@ done:
     return out;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * plain_tasks */
+
 #define FUNC_CACHE 8
 
 typedef struct {
-    PyObject *fn[FUNC_CACHE]; /* borrowed: each is held by a node of the graph or by names */
+    PyObject *fn[FUNC_CACHE]; /* strong references, as are the names */
     PyObject *name[FUNC_CACHE];
     int next;
     PyObject *namer;
 } func_cache_t;
 
+static void func_cache_clear(func_cache_t *c) {
+    for (int i = 0; i < FUNC_CACHE; i++) {
+        Py_CLEAR(c->fn[i]);
+        Py_CLEAR(c->name[i]);
+    }
+}
+
 /* func_name(fn), remembered by identity for the few functions a graph uses; new reference */
-static PyObject *func_name(func_cache_t *c, PyObject *fn, PyObject *held) {
+static PyObject *func_name(func_cache_t *c, PyObject *fn) {
     for (int i = 0; i < FUNC_CACHE; i++) {
         if (c->fn[i] == fn) {
             Py_INCREF(c->name[i]);
@@ -409,18 +485,16 @@ static PyObject *func_name(func_cache_t *c, PyObject *fn, PyObject *held) {
         PyErr_SetString(PyExc_TypeError, "shoal: func_name must return a str");
         return NULL;
     }
-    /* held keeps fn and its name alive for as long as the cache may return them */
-    PyObject *pair = PyTuple_Pack(2, fn, name);
-    if (pair == NULL || PyList_Append(held, pair) < 0) {
-        Py_XDECREF(pair);
-        Py_DECREF(name);
-        return NULL;
-    }
-    Py_DECREF(pair);
-    c->fn[c->next] = fn;
-    c->name[c->next] = name;
+    int at = c->next;
     c->next = (c->next + 1) % FUNC_CACHE;
-    return name; /* the reference held by pair keeps the cached one alive */
+    PyObject *old_fn = c->fn[at], *old_name = c->name[at];
+    Py_INCREF(fn);
+    Py_INCREF(name);
+    c->fn[at] = fn;
+    c->name[at] = name;
+    Py_XDECREF(old_fn); /* after the cache is whole again: these may run code */
+    Py_XDECREF(old_name);
+    return name;
 }
 
 /* group(key), from groups by the name of a tuple key with a str name (new reference) */
@@ -448,19 +522,19 @@ static PyObject *s_key, *s_kind, *s_py, *s_func, *s_payload, *s_group, *s_deps;
 
 /* key k's wire key (shoal._keys.wire_key: a str key itself, any other its repr); a new
  * reference. Kept from when its node is sent for as long as a later node names it. */
-static PyObject *wire_key(PlainGraph *g, Py_ssize_t k) {
+static PyObject *wire_key(PlainGraph *g, PyObject *keys, Py_ssize_t k) {
     PyObject *w = g->wire[k];
     if (w != NULL) {
         Py_INCREF(w);
         return w;
     }
-    PyObject *key = PyList_GET_ITEM(g->keys, k);
+    PyObject *key = PyTuple_GET_ITEM(keys, k);
     if (PyUnicode_CheckExact(key)) {
         Py_INCREF(key);
         return key;
     }
     w = PyObject_Repr(key);
-    if (w != NULL && !PyUnicode_CheckExact(w)) {
+    if (w != NULL && !PyUnicode_Check(w)) {
         Py_DECREF(w);
         PyErr_SetString(PyExc_TypeError, "shoal: a key's repr is not a str");
         return NULL;
@@ -469,33 +543,38 @@ static PyObject *wire_key(PlainGraph *g, Py_ssize_t k) {
 }
 
 /* The task of node k, exactly as shoal._dask._node_task makes it from its DirectCall; a new
- * reference. Its payload is left in b. */
-static PyObject *make_task(PlainGraph *g, Py_ssize_t k, buf_t *b, func_cache_t *fc, PyObject *held,
-                           PyObject *group, PyObject *ann) {
-    PyObject *node = PyList_GET_ITEM(g->nodes, k);
-    Py_ssize_t nargs = PyTuple_GET_SIZE(node) - 1, off = g->arg_off[k], nrefs = 0;
-    PyObject *deps = PyList_New(0), *task = NULL, *payload = NULL, *fname = NULL, *grp = NULL, *wk = NULL;
-    if (deps == NULL) return NULL;
+ * reference. Its payload is left in b, its wire key in *wk (a new reference), and the numbers
+ * of the keys it names, each once, in deps[0 .. *ndeps). */
+static PyObject *make_task(PlainGraph *g, PyObject *keys, PyObject *nodes, Py_ssize_t k, buf_t *b,
+                           func_cache_t *fc, PyObject *group, PyObject *ann, PyObject **wk, Py_ssize_t *deps,
+                           Py_ssize_t *ndeps) {
+    PyObject *node = PyTuple_GET_ITEM(nodes, k);
+    Py_ssize_t nargs = PyTuple_GET_SIZE(node) - 1, off = g->arg_off[k], nrefs = 0, stamp = --g->stamp;
+    PyObject *wire_deps = NULL, *task = NULL, *payload = NULL, *fname = NULL, *grp = NULL;
+    *wk = NULL;
+    *ndeps = 0;
     b->len = 0;
     if (put_byte(b, 0x00) < 0) goto fail;
     Py_ssize_t head = b->len; /* [args] or [args, refs]: set once refs are known */
     if (put_byte(b, 0x91) < 0 || put_array(b, nargs) < 0) goto fail;
     for (Py_ssize_t t = 0; t < nargs; t++) {
         Py_ssize_t d = g->argk[off + t];
+        int r;
         if (d < 0) {
-            int r = put_literal(b, PyTuple_GET_ITEM(node, t + 1));
-            if (r > 0) PyErr_SetString(PyExc_SystemError, "shoal: a literal plain_graph checked is not one");
-            if (r != 0) goto fail;
-            continue;
+            r = put_literal(b, PyTuple_GET_ITEM(node, t + 1));
+        } else {
+            nrefs++;
+            PyObject *w = wire_key(g, keys, d);
+            if (w == NULL) goto fail;
+            r = put_str(b, w);
+            if (r == 0 && g->mark[d] != stamp) { /* a dependency once, in the order named */
+                g->mark[d] = stamp;
+                deps[(*ndeps)++] = d;
+            }
+            Py_DECREF(w);
         }
-        nrefs++;
-        PyObject *w = wire_key(g, d);
-        if (w == NULL) goto fail;
-        int r = put_str(b, w), dup = 0;
-        for (Py_ssize_t u = 0; u < t && !dup; u++) dup = g->argk[off + u] == d;
-        if (r == 0 && !dup) r = PyList_Append(deps, w);
-        Py_DECREF(w);
-        if (r < 0) goto fail;
+        if (r > 0) PyErr_SetString(PyExc_ValueError, "shoal: an argument msgpack cannot carry");
+        if (r != 0) goto fail;
     }
     if (nrefs > 0) {
         b->p[head] = (char)0x92;
@@ -504,31 +583,37 @@ static PyObject *make_task(PlainGraph *g, Py_ssize_t k, buf_t *b, func_cache_t *
             if (g->argk[off + t] >= 0 && put_uint(b, (unsigned long long)t) < 0) goto fail;
     }
     payload = PyBytes_FromStringAndSize(b->p, b->len);
-    wk = payload == NULL ? NULL : wire_key(g, k);
-    fname = wk == NULL ? NULL : func_name(fc, PyTuple_GET_ITEM(node, 0), held);
-    grp = fname == NULL ? NULL : group_of(PyList_GET_ITEM(g->keys, k), group, g->groups);
+    if (payload == NULL) goto fail;
+    if (*ndeps > 0) {
+        wire_deps = PyTuple_New(*ndeps);
+        if (wire_deps == NULL) goto fail;
+        for (Py_ssize_t j = 0; j < *ndeps; j++) {
+            PyObject *w = wire_key(g, keys, deps[j]);
+            if (w == NULL) goto fail;
+            PyTuple_SET_ITEM(wire_deps, j, w);
+        }
+    }
+    *wk = wire_key(g, keys, k);
+    if (*wk == NULL) goto fail;
+    fname = func_name(fc, PyTuple_GET_ITEM(node, 0));
+    if (fname == NULL) goto fail;
+    grp = group_of(PyTuple_GET_ITEM(keys, k), group, g->groups);
     if (grp == NULL) goto fail;
     task = PyDict_New();
-    if (task == NULL || PyDict_SetItem(task, s_key, wk) < 0 || PyDict_SetItem(task, s_kind, s_py) < 0 ||
+    if (task == NULL || PyDict_SetItem(task, s_key, *wk) < 0 || PyDict_SetItem(task, s_kind, s_py) < 0 ||
         PyDict_SetItem(task, s_func, fname) < 0 || PyDict_SetItem(task, s_payload, payload) < 0 ||
-        PyDict_SetItem(task, s_group, grp) < 0)
+        PyDict_SetItem(task, s_group, grp) < 0 || (wire_deps != NULL && PyDict_SetItem(task, s_deps, wire_deps) < 0))
         goto fail;
-    if (PyList_GET_SIZE(deps) > 0) {
-        PyObject *tup = PyList_AsTuple(deps);
-        int r = tup == NULL ? -1 : PyDict_SetItem(task, s_deps, tup);
-        Py_XDECREF(tup);
-        if (r < 0) goto fail;
-    }
     if (ann != Py_None && PyDict_Update(task, ann) < 0) goto fail;
     goto done;
 fail:
     Py_CLEAR(task);
+    Py_CLEAR(*wk);
 done:
-    Py_DECREF(deps);
+    Py_XDECREF(wire_deps);
     Py_XDECREF(payload);
     Py_XDECREF(fname);
     Py_XDECREF(grp);
-    Py_XDECREF(wk);
     return task;
 }
 
@@ -545,48 +630,73 @@ static PyObject *plain_tasks(PlainGraph *g, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "plain_tasks: ann must be a dict or None");
         return NULL;
     }
-    PyObject *tasks = PyList_New(0), *held = PyList_New(0), *frontier = NULL, *out = NULL;
+    if (pg_usable(g) < 0) return NULL;
+    if (g->busy || g->failed) {
+        PyErr_SetString(PyExc_RuntimeError, g->busy ? "shoal: plain_tasks called again while it runs"
+                                                    : "shoal: plain_tasks failed before: the graph's chunks are lost");
+        return NULL;
+    }
+    g->busy = 1;
+    PyObject *keys = g->keys, *nodes = g->nodes; /* held here: code run below may clear g */
+    Py_INCREF(keys);
+    Py_INCREF(nodes);
+    PyObject *tasks = PyList_New(0), *frontier = PyList_New(0), *out = NULL;
+    Py_ssize_t *sent = alloc_array(limit > 0 ? (limit < g->n ? limit : g->n) : 1, sizeof(Py_ssize_t));
+    Py_ssize_t *deps = NULL, ndeps = 0, nsent = 0, nbytes = 0, depcap = 0;
     buf_t b = {0};
     func_cache_t fc = {.namer = namer};
-    Py_ssize_t start = g->sent, nbytes = 0;
-    if (tasks == NULL || held == NULL) goto done;
-    while (g->sent < g->n && g->sent - start < limit) {
-        Py_ssize_t k = g->order[g->sent];
-        PyObject *task = make_task(g, k, &b, &fc, held, group, ann);
+    if (tasks == NULL || frontier == NULL || sent == NULL) goto done;
+    while (g->sent < g->n && nsent < limit) {
+        Py_ssize_t k = g->order[g->sent], nargs = PyTuple_GET_SIZE(PyTuple_GET_ITEM(nodes, k)) - 1;
+        if (nargs > depcap) {
+            PyMem_Free(deps);
+            depcap = nargs;
+            deps = alloc_array(depcap, sizeof(Py_ssize_t));
+            if (deps == NULL) goto done;
+        }
+        PyObject *wk;
+        PyObject *task = make_task(g, keys, nodes, k, &b, &fc, group, ann, &wk, deps, &ndeps);
         if (task == NULL) goto done;
         Py_ssize_t size = b.len + TASK_OVERHEAD;
-        if (PyList_GET_SIZE(tasks) > 0 && nbytes + size > max_bytes) { /* it starts the next chunk */
-            Py_DECREF(task);
+        if (PyList_GET_SIZE(tasks) > 0 && (size > max_bytes || nbytes > max_bytes - size)) {
+            Py_DECREF(task); /* it starts the next chunk */
+            Py_DECREF(wk);
             break;
         }
         int r = PyList_Append(tasks, task);
-        if (r == 0 && g->left[k] > 0 && g->wire[k] == NULL) { /* a later node names it */
-            g->wire[k] = PyDict_GetItem(task, s_key);
-            Py_INCREF(g->wire[k]);
-        }
         Py_DECREF(task);
-        if (r < 0) goto done;
-        nbytes += size;
-        Py_ssize_t off = g->arg_off[k], end = g->arg_off[k + 1];
-        for (Py_ssize_t t = off; t < end; t++) { /* one node naming each dependency fewer to send */
-            Py_ssize_t d = g->argk[t], dup = 0;
-            for (Py_ssize_t u = off; u < t && !dup; u++) dup = g->argk[u] == d;
-            if (d < 0 || dup) continue;
-            if (--g->left[d] == 0) Py_CLEAR(g->wire[d]);
+        if (r < 0) {
+            Py_DECREF(wk);
+            goto done;
         }
+        /* from here on the node is sent: nothing below fails */
+        if (g->left[k] > 0 && g->wire[k] == NULL) g->wire[k] = wk; /* a later node names it */
+        else Py_DECREF(wk);
+        nbytes += size;
+        for (Py_ssize_t j = 0; j < ndeps; j++) /* one node naming each dependency fewer to send */
+            if (--g->left[deps[j]] == 0) Py_CLEAR(g->wire[deps[j]]);
+        sent[nsent++] = k;
         g->sent++;
     }
-    frontier = PyList_New(0);
-    if (frontier == NULL) goto done;
-    for (Py_ssize_t j = start; j < g->sent; j++) /* this chunk's keys that later chunks name */
-        if (g->left[g->order[j]] > 0 &&
-            PyList_Append(frontier, PyDict_GetItem(PyList_GET_ITEM(tasks, j - start), s_key)) < 0)
-            goto done;
+    for (Py_ssize_t j = 0; j < nsent; j++) { /* this chunk's keys that later chunks name */
+        Py_ssize_t k = sent[j];
+        if (g->left[k] <= 0) continue;
+        PyObject *w = wire_key(g, keys, k);
+        int r = w == NULL ? -1 : PyList_Append(frontier, w);
+        Py_XDECREF(w);
+        if (r < 0) goto done;
+    }
     out = Py_BuildValue("(OOO)", tasks, frontier, g->sent >= g->n ? Py_True : Py_False);
 done:
+    if (out == NULL && nsent > 0) g->failed = 1; /* nodes counted as sent that nobody will */
+    g->busy = 0;
+    func_cache_clear(&fc);
     PyMem_Free(b.p);
+    PyMem_Free(sent);
+    PyMem_Free(deps);
+    Py_DECREF(keys);
+    Py_DECREF(nodes);
     Py_XDECREF(tasks);
-    Py_XDECREF(held);
     Py_XDECREF(frontier);
     return out;
 }

@@ -204,3 +204,92 @@ def test_needed_counts_match() -> None:
     assert dict(compiled.wire) == dict(python.wire)
     assert [k for k, _ in _dask.node_order(compiled)] == [k for k, _ in _dask.node_order(python)]
 
+
+
+def test_callbacks_cannot_break_the_compiled_graph() -> None:
+    """Code the conversion runs (a key's __repr__, the namers) that calls plain_tasks again,
+    empties the graph's containers or raises gets an error, never a crash, and a chunk that
+    failed part-way is not silently skipped by the next call."""
+    g = speedups.plain_graph({f"k-{i}": (inc, i) for i in range(10)})
+    assert g is not None
+
+    def reenter(fn: Any) -> str:
+        return g.plain_tasks(1, 1 << 20, str, str, None)[0][0]["key"]  # type: ignore[no-any-return]
+
+    with pytest.raises(RuntimeError, match="called again while it runs"):
+        g.plain_tasks(5, 1 << 20, reenter, str, None)
+
+    calls = 0
+
+    def fails_on_the_fourth(key: Any) -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise KeyError("boom")
+        return "g"
+
+    g = speedups.plain_graph({f"k-{i}": (inc, i) for i in range(10)})
+    assert g is not None
+    with pytest.raises(KeyError, match="boom"):
+        g.plain_tasks(10, 1 << 20, lambda fn: "f", fails_on_the_fourth, None)
+    with pytest.raises(RuntimeError, match="failed before"):
+        g.plain_tasks(10, 1 << 20, lambda fn: "f", str, None)
+
+    class Clearing:
+        """In a key, empties every list and dict that refers to that key when repr'd."""
+
+        key: Any = None
+
+        def __repr__(self) -> str:
+            for ref in gc.get_referrers(self.key):
+                if isinstance(ref, (list, dict)):
+                    ref.clear()
+            return "clearing"
+
+    part = Clearing()
+    key = part.key = ("c", part)
+    dsk: dict[Hashable, Any] = {key: (inc, 1), "after": (inc, key)}
+    g = speedups.plain_graph(dsk)
+    assert g is not None
+    tasks, frontier, last = g.plain_tasks(10, 1 << 20, lambda fn: "f", lambda k: "g", None)
+    assert [t["key"] for t in tasks] == ["('c', clearing)", "after"] and last and not dsk
+    assert tasks[1]["deps"] == ("('c', clearing)",)
+
+
+def test_odd_keys_convert_as_python_does() -> None:
+    """A key whose repr is a str subclass, annotations that name "key" (the client never sends
+    them, but the wire key stays the node's), a dependency whose str key msgpack refuses."""
+
+    class Named(str):
+        pass
+
+    class Key(tuple):  # type: ignore[type-arg]
+        def __repr__(self) -> str:
+            return Named("named")
+
+    dsk: dict[Hashable, Any] = {Key(("x", 1)): (inc, 1), "y": (inc, 2)}  # named by no node
+    assert chunks(dsk, True)[0] == chunks(dsk, False)[0]
+    dsk = {"a": (inc, 1), "b": (inc, "a")}
+    got = chunks(dsk, True, annotations={"key": "X"})[0]
+    assert got == chunks(dsk, False, annotations={"key": "X"})[0]
+    assert [t.get("deps") for t, _, _ in got for t in t] == [None, ("a",)]
+    assert speedups.plain_graph({"\udc80": (inc, 1), "b": (inc, "\udc80")}) is None
+
+
+def test_a_cycle_through_the_compiled_graph_is_collected() -> None:
+    """PlainGraph takes part in garbage collection: a graph whose node refers back to its
+    PlainCalls is freed once dropped."""
+    import weakref
+
+    class Fn:
+        def __call__(self, x: int) -> int:
+            return x
+
+    fn = Fn()
+    graph = _dask.normalize_graph({"a": (fn, 1)})
+    assert isinstance(graph, _dask.PlainCalls) and graph.compiled is not None
+    fn.graph = graph  # type: ignore[attr-defined]
+    ref = weakref.ref(graph)
+    del graph, fn
+    gc.collect()
+    assert ref() is None
