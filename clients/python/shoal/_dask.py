@@ -317,8 +317,13 @@ class PlainCalls(Mapping[Hashable, Any]):
     @property
     def needed(self) -> dict[Hashable, int]:
         if self._needed is None:
-            assert self.compiled is not None
-            self._needed = self.compiled.needed()
+            if self.compiled is not None:
+                self._needed = self.compiled.needed()
+            else:  # the compiled graph was walked already
+                needed = _plain_calls(self.dsk, self.wire)
+                if needed is None:
+                    raise RuntimeError("shoal: the graph changed while it was being sent")
+                self._needed = needed
         return self._needed
 
     def __getitem__(self, k: Hashable) -> Any:
@@ -577,7 +582,8 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     ann = {k: v for k, v in (annotations or {}).items() if v}
     name = _func_namer(funcs, func_of)
     group = _group_namer()
-    if isinstance(dsk, PlainCalls) and dsk.compiled is not None and not per_key:
+    if isinstance(dsk, PlainCalls) and dsk.compiled is not None and not per_key and not {"key", "payload"} & set(ann):
+        # (annotations never name those; if they did, the Python path measures and names as they say)
         compiled, dsk.compiled = dsk.compiled, None  # it walks the graph once
         yield from _compiled_chunks(compiled, ann, name, group, first, most, max_bytes)
         return

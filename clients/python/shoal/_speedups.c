@@ -195,7 +195,9 @@ static int pg_traverse(PlainGraph *g, visitproc visit, void *arg) {
     Py_VISIT(g->keys);
     Py_VISIT(g->nodes);
     Py_VISIT(g->groups);
-    return 0; /* wire holds only str objects, which hold nothing */
+    if (g->wire != NULL)
+        for (Py_ssize_t i = 0; i < g->n; i++) Py_VISIT(g->wire[i]); /* a repr's str subclass may hold more */
+    return 0;
 }
 
 static int pg_clear(PlainGraph *g) {
@@ -272,6 +274,21 @@ static void *alloc_array(Py_ssize_t n, size_t size) {
     return p;
 }
 
+/* Whether a tuple key holds only str, int, float, bool, None, bytes and such tuples (nested at
+ * most 32 deep): its repr, its wire key, runs no Python code, is the same every time and is
+ * valid UTF-8. */
+static int plain_tuple(PyObject *t, int depth) {
+    if (depth > 32) return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(t); i++) {
+        PyObject *x = PyTuple_GET_ITEM(t, i);
+        if (PyUnicode_CheckExact(x) || PyLong_CheckExact(x) || PyFloat_CheckExact(x) || PyBool_Check(x) ||
+            x == Py_None || PyBytes_CheckExact(x))
+            continue;
+        if (!PyTuple_CheckExact(x) || !plain_tuple(x, depth + 1)) return 0;
+    }
+    return 1;
+}
+
 /* Checks node i and records what each argument names at g->argk[*m...]: 1 a plain call this
  * module sends as written, 0 not, -1 error. */
 static int index_node(PlainGraph *g, PyObject *index, Py_ssize_t i, Py_ssize_t *m, Py_ssize_t *cap, buf_t *scratch) {
@@ -318,10 +335,13 @@ static int index_node(PlainGraph *g, PyObject *index, Py_ssize_t i, Py_ssize_t *
             PyErr_SetString(PyExc_RuntimeError, "shoal: the graph's keys changed while it was read");
             return -1;
         }
-        if (PyUnicode_CheckExact(a)) { /* its wire key is itself: one msgpack carries? */
+        PyObject *key = PyTuple_GET_ITEM(g->keys, j); /* its wire key is made from the graph's key */
+        if (PyUnicode_CheckExact(key)) { /* itself: one msgpack carries? */
             scratch->len = 0;
-            int r = put_str(scratch, a);
+            int r = put_str(scratch, key);
             if (r != 0) return r < 0 ? -1 : 0;
+        } else if (!PyLong_CheckExact(key) && !(PyTuple_CheckExact(key) && plain_tuple(key, 0))) {
+            return 0; /* a repr that may run code, change or fail: the Python path makes it */
         }
         g->argk[(*m)++] = j;
         if (g->mark[j] != i) { /* nodes naming it, each once */
@@ -369,8 +389,7 @@ static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
     g->wire = NULL;
     g->n = g->sent = 0;
     g->stamp = -1;
-    g->busy = g->failed = 0;
-    PyObject_GC_Track(g);
+    g->busy = g->failed = 0; /* not tracked by the collector until whole: nothing may find it */
     PyObject *index = NULL, *out = NULL;
     unsigned char *seen = NULL;
     Py_ssize_t *stack = NULL, *next = NULL;
@@ -378,9 +397,13 @@ static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
     /* a snapshot of the graph: both tuples made first, then filled in one pass that allocates
      * nothing (so nothing can run and change the dict in between) */
     Py_ssize_t n = PyDict_Size(dsk);
+    /* (untracked while their items are NULL: a finalizer the allocations below run could
+     * otherwise find them through gc.get_objects) */
     g->keys = PyTuple_New(n);
-    g->nodes = PyTuple_New(n);
-    g->groups = PyDict_New();
+    if (g->keys != NULL && n > 0) PyObject_GC_UnTrack(g->keys);
+    g->nodes = g->keys == NULL ? NULL : PyTuple_New(n);
+    if (g->nodes != NULL && n > 0) PyObject_GC_UnTrack(g->nodes);
+    g->groups = g->nodes == NULL ? NULL : PyDict_New();
     if (g->keys == NULL || g->nodes == NULL || g->groups == NULL) goto done;
     Py_ssize_t pos = 0, i = 0;
     PyObject *k, *v;
@@ -395,6 +418,10 @@ static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
         PyTuple_SET_ITEM(g->nodes, i, v);
         i++;
     }
+    if (n > 0) {
+        PyObject_GC_Track(g->keys);
+        PyObject_GC_Track(g->nodes);
+    }
     g->n = n;
     index = PyDict_New();
     if (index == NULL) goto done;
@@ -404,8 +431,9 @@ static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
         Py_XDECREF(num);
         if (r < 0) goto done;
     }
-    if (PyDict_Size(index) != n) { /* two keys equal by a __eq__ that changed its mind */
-        PyErr_SetString(PyExc_RuntimeError, "shoal: the graph's keys changed while it was read");
+    if (PyDict_Size(index) != n) { /* two keys equal by an __eq__ that changed its mind */
+        out = Py_None;
+        Py_INCREF(out);
         goto done;
     }
     Py_ssize_t cap = 2 * n + 16, m = 0;
@@ -439,6 +467,7 @@ static PyObject *plain_graph(PyObject *self, PyObject *dsk) {
     for (i = 0; i < n; i++) /* from the keys nothing names */
         if (g->needed[i] == 0) walk(g, i, seen, stack, next, &no);
     for (i = 0; i < n; i++) walk(g, i, seen, stack, next, &no); /* what is left: cycles */
+    PyObject_GC_Track(g);
     out = (PyObject *)g;
     Py_INCREF(out);
 done:
@@ -480,7 +509,7 @@ static PyObject *func_name(func_cache_t *c, PyObject *fn) {
     }
     PyObject *name = PyObject_CallOneArg(c->namer, fn);
     if (name == NULL) return NULL;
-    if (!PyUnicode_CheckExact(name)) {
+    if (!PyUnicode_Check(name)) {
         Py_DECREF(name);
         PyErr_SetString(PyExc_TypeError, "shoal: func_name must return a str");
         return NULL;
@@ -637,7 +666,8 @@ static PyObject *plain_tasks(PlainGraph *g, PyObject *args) {
         return NULL;
     }
     g->busy = 1;
-    PyObject *keys = g->keys, *nodes = g->nodes; /* held here: code run below may clear g */
+    PyObject *keys = g->keys, *nodes = g->nodes; /* held here (the caller's reference keeps g
+                                                    from being cleared; these keep their items) */
     Py_INCREF(keys);
     Py_INCREF(nodes);
     PyObject *tasks = PyList_New(0), *frontier = PyList_New(0), *out = NULL;

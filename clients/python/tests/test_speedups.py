@@ -248,12 +248,34 @@ def test_callbacks_cannot_break_the_compiled_graph() -> None:
 
     part = Clearing()
     key = part.key = ("c", part)
-    dsk: dict[Hashable, Any] = {key: (inc, 1), "after": (inc, key)}
+    dsk: dict[Hashable, Any] = {key: (inc, 1), "after": (inc, 2)}
     g = speedups.plain_graph(dsk)
     assert g is not None
     tasks, frontier, last = g.plain_tasks(10, 1 << 20, lambda fn: "f", lambda k: "g", None)
     assert [t["key"] for t in tasks] == ["('c', clearing)", "after"] and last and not dsk
-    assert tasks[1]["deps"] == ("('c', clearing)",)
+    # named by a node, such a key's wire key is the Python path's to make
+    assert speedups.plain_graph({key: (inc, 1), "after": (inc, key)}) is None
+
+    class Hunting:
+        """A key whose hash looks for a PlainGraph being made and uses it."""
+
+        armed = True
+        found = 0
+
+        def __hash__(self) -> int:
+            if Hunting.armed:
+                Hunting.armed = False
+                for o in gc.get_objects():
+                    if type(o).__name__ == "PlainGraph":
+                        Hunting.found += 1
+                        o.needed()
+                        o.plain_tasks(10, 1 << 20, str, str, None)
+            return 1
+
+    g = None  # the graphs above, gone before the hunt
+    gc.collect()
+    g2 = speedups.plain_graph({Hunting(): (inc, 1), "b": (inc, 2)})
+    assert g2 is not None and Hunting.found == 0  # not reachable until whole
 
 
 def test_odd_keys_convert_as_python_does() -> None:
@@ -293,3 +315,19 @@ def test_a_cycle_through_the_compiled_graph_is_collected() -> None:
     del graph, fn
     gc.collect()
     assert ref() is None
+
+
+def test_a_second_walk_takes_the_python_path() -> None:
+    """A PlainCalls the compiled path has sent still answers node_order, dependents and another
+    task_chunks, as the Python path does; annotations naming "key" or "payload" (which the
+    client never sends) take the Python path."""
+    dsk, _ = tree(50)
+    graph = _dask.normalize_graph(dsk)
+    assert isinstance(graph, _dask.PlainCalls) and graph.compiled is not None
+    first = list(_dask.task_chunks(graph, "h", funcs={}, first=4, most=8))
+    assert graph.compiled is None
+    again = list(_dask.task_chunks(graph, "h", funcs={}, first=4, most=8))
+    assert again == first == chunks(dsk, False, first=4, most=8)[0]
+    for ann in ({"key": "X"}, {"payload": b"x" * 1000}):
+        got = chunks(dict(dsk), True, annotations=ann, first=1, most=1, max_bytes=2500)[0]
+        assert got == chunks(dict(dsk), False, annotations=ann, first=1, most=1, max_bytes=2500)[0]
