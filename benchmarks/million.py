@@ -2,6 +2,7 @@
 process's CPU went.
 
     .venv/bin/python benchmarks/million.py [--tasks 1000000] [--system shoal|dask] [--convert-only]
+        [--python-conversion]
 
 The graph is a hand-written dask graph of legacy tuples, as a user who builds one by hand
 writes it: ``tasks/2`` leaves ``(inc, i)`` and a pairwise ``(operator.add, a, b)`` tree over
@@ -12,7 +13,9 @@ then to the last. Printed: the time to build the graph in Python (not part of th
 figure), ``client.get``'s wall time and rate, and each process's CPU seconds during it (user +
 system, from /proc, read before and after; a process started meanwhile, such as the second
 executor, counts whole, and one that ended meanwhile is missing), so that the sum can be set
-against 2 cores x the wall time.
+against 2 cores x the wall time. The client converts the graph with its compiled extension
+(``shoal._speedups``) when it is built; ``--python-conversion`` hides it, for comparison, and
+the output says which ran.
 """
 
 from __future__ import annotations
@@ -105,7 +108,15 @@ def main() -> None:
     ap.add_argument("--system", choices=("shoal", "dask"), default="shoal")
     ap.add_argument("--convert-only", action="store_true",
                     help="time the client's conversion of the graph into update_graph chunks, no cluster")
+    ap.add_argument("--python-conversion", action="store_true",
+                    help="convert the graph in Python even when shoal._speedups is built")
     args = ap.parse_args()
+    if args.system == "shoal":
+        from shoal import _dask
+
+        if args.python_conversion:
+            _dask._speedups = None
+        print("client conversion:", "compiled (shoal._speedups)" if _dask._speedups is not None else "Python")
     t0 = time.perf_counter()
     dsk, root = build(max(args.tasks // 2, 1))
     print(f"graph of {len(dsk):,} tasks built in {time.perf_counter() - t0:.2f} s", flush=True)
