@@ -2,7 +2,7 @@
 process's CPU went.
 
     .venv/bin/python benchmarks/million.py [--tasks 1000000] [--system shoal|dask] [--convert-only]
-        [--python-conversion]
+        [--ingest-only] [--python-conversion]
 
 The graph is a hand-written dask graph of legacy tuples, as a user who builds one by hand
 writes it: ``tasks/2`` leaves ``(inc, i)`` and a pairwise ``(operator.add, a, b)`` tree over
@@ -13,7 +13,10 @@ then to the last. Printed: the time to build the graph in Python (not part of th
 figure), ``client.get``'s wall time and rate, and each process's CPU seconds during it (user +
 system, from /proc, read before and after; a process started meanwhile, such as the second
 executor, counts whole, and one that ended meanwhile is missing), so that the sum can be set
-against 2 cores x the wall time. The client converts the graph with its compiled extension
+against 2 cores x the wall time. ``--ingest-only`` times the submission alone (issue 19's
+streamed ingest, >= 200,000 tasks/s): the graph sent by ``client.get(..., sync=False)`` to a
+``shoal scheduler`` with no worker and no journal, until the answer to a request sent after
+it arrives (a connection's messages are read in order). The client converts the graph with its compiled extension
 (``shoal._speedups``) when it is built; ``--python-conversion`` hides it, for comparison, and
 the output says which ran.
 """
@@ -102,12 +105,42 @@ def convert(dsk: dict[Hashable, Any], root: Hashable) -> None:
           f" {t2 - t0:.2f} s, all after {t3 - t0:.2f} s")
 
 
+def ingest(dsk: dict[Hashable, Any], root: Hashable) -> None:
+    """Time client.get's submission of the graph to a scheduler with no worker (see above)."""
+    import subprocess
+
+    import shoal
+    from shoal.cluster import find_binary
+
+    sched = subprocess.Popen([find_binary(), "scheduler", "--port", "0", "--gossip-port", "0", "--dashboard-port",
+                              "-1", "--journal", "none", "--log-level", "warn"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert sched.stdout is not None
+        line = sched.stdout.readline()  # "scheduler at HOST:PORT, gossip at ..."
+        if not line.startswith("scheduler at "):
+            raise SystemExit(f"shoal scheduler did not start: {line!r}")
+        with shoal.Client(line.split()[2].rstrip(",")) as client:
+            client.scheduler_info()
+            t0 = time.perf_counter()
+            client.get(dsk, root, sync=False)
+            sent = time.perf_counter() - t0
+            client.scheduler_info()  # answered once every update_graph before it is ingested
+            took = time.perf_counter() - t0
+    finally:
+        sched.terminate()
+        sched.wait()
+    print(f"submitted {len(dsk):,} tasks: sent after {sent:.2f} s, ingested after {took:.2f} s"
+          f" ({len(dsk) / took:,.0f} tasks/s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=1_000_000, help="about this many tasks (default 1,000,000)")
     ap.add_argument("--system", choices=("shoal", "dask"), default="shoal")
     ap.add_argument("--convert-only", action="store_true",
                     help="time the client's conversion of the graph into update_graph chunks, no cluster")
+    ap.add_argument("--ingest-only", action="store_true",
+                    help="time the submission alone, to a scheduler with no worker")
     ap.add_argument("--python-conversion", action="store_true",
                     help="convert the graph in Python even when shoal._speedups is built")
     args = ap.parse_args()
@@ -123,6 +156,9 @@ def main() -> None:
     want = sum(range(1, max(args.tasks // 2, 1) + 1))
     if args.convert_only:
         convert(dsk, root)
+        return
+    if args.ingest_only:
+        ingest(dsk, root)
         return
     if args.system == "shoal":
         import shoal

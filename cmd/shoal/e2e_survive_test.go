@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
@@ -196,10 +197,15 @@ type procCluster struct {
 }
 
 // startProcCluster starts a procCluster (extra goes to the scheduler's command line) and
-// waits until both workers are registered.
+// waits until both workers are registered. Its journal is in the test's temporary directory
+// unless extra names one: on a fixed port the default, auto, is a directory under the home
+// directory that outlived the test (one per run, in ~/.local/state/shoal).
 func startProcCluster(ctx context.Context, t *testing.T, extra ...string) *procCluster {
 	t.Helper()
 	port, gossip := freePort(t), freePort(t)
+	if !slices.Contains(extra, "--journal") {
+		extra = append([]string{"--journal", filepath.Join(t.TempDir(), "journal")}, extra...)
+	}
 	c := &procCluster{workers: map[string]*exec.Cmd{}}
 	c.schedArgs = append([]string{"scheduler", "--port", fmt.Sprint(port), "--gossip-port", fmt.Sprint(gossip),
 		"--dashboard-port", "-1", "--log-level", "warn"}, extra...)

@@ -28,6 +28,7 @@ import collections
 import concurrent.futures
 import itertools
 import logging
+import operator
 import ssl
 import threading
 import time
@@ -48,9 +49,16 @@ RETAIN_GRAPH_TASKS = 100_000
 RETAIN_GRAPH_BYTES = 256 << 20
 
 
+_PAYLOAD = operator.itemgetter("payload")
+
+
 def _graph_bytes(header: Header) -> int:
     """What keeping an update_graph costs, roughly: its payloads and functions."""
-    n = sum(len(t.get("payload") or b"") for t in header.get("tasks") or ())
+    tasks = header.get("tasks") or ()
+    try:  # every task a payload (py tasks): no Python step per task
+        n = sum(map(len, map(_PAYLOAD, tasks)))
+    except (KeyError, TypeError):  # go tasks have none
+        n = sum(len(t.get("payload") or b"") for t in tasks)
     return n + sum(len(b) for b in (header.get("funcs") or {}).values())
 
 # reconnect backoff: the first retry after 0.1 s, doubling up to 2 s between tries

@@ -19,6 +19,7 @@ import collections.abc
 import concurrent.futures
 import itertools
 import logging
+import operator
 import os
 import random
 import ssl
@@ -58,6 +59,9 @@ _FUNC_CACHE_SIZE = 1024
 # to a worker's data port and passed by reference, as dask's auto-scatter does: it never goes
 # through the scheduler in a control message.
 _SCATTER_ARG_BYTES = 1 << 20
+
+
+_TASK_KEY = operator.itemgetter("key")  # a task's wire key, without a Python step per task
 
 
 def _split_batches(tasks: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -350,19 +354,25 @@ class Client(ClusterControl, Datasets, Reports):
         return self._func(_dask.execute_node)
 
     def _update_graph(self, tasks: list[dict[str, Any]], funcs: Mapping[str, bytes],
-                      wanted: Sequence[str]) -> list[Future]:
-        """Send tasks (split into several messages when big) and return futures for wanted."""
+                      wanted: Sequence[str], *, one_message: bool = False) -> list[Future]:
+        """Send tasks (split into several messages when big) and return futures for wanted.
+        ``one_message``: the caller cut ``tasks`` to fit one message (a dask graph's chunks),
+        so they are not measured again (a Python step per task: a tenth of a million-task
+        graph's submission)."""
         with self._lock:
             self._keys.renew(wanted)  # a failed key gets a fresh attempt; old futures keep the error
             futures = [Future(k, self) for k in wanted]
-            batches = _split_batches(tasks)
+            batches = [tasks] if one_message else _split_batches(tasks)
             held: list[str] = []
             final = set(wanted)
             for i, batch in enumerate(batches):
                 last = i == len(batches) - 1
-                used = {t.get("func") for t in batch}
-                new_funcs = {h: d for h, d in funcs.items() if h in used and h not in self._sent_funcs}
-                keys = [t["key"] for t in batch]
+                new_funcs: dict[str, bytes] = {}
+                unsent = [h for h in funcs if h not in self._sent_funcs]
+                if unsent:  # (a graph's later chunks use functions sent already: no pass)
+                    used = {t.get("func") for t in batch}
+                    new_funcs = {h: funcs[h] for h in unsent if h in used}
+                keys = list(map(_TASK_KEY, batch))
                 if last:
                     want = list(wanted)
                 else:
@@ -764,10 +774,10 @@ class Client(ClusterControl, Datasets, Reports):
                                                        max_bytes=_UPDATE_BATCH_BYTES // 2,
                                                        funcs=funcs, func_of=self._func):
             if last:
-                futures = self._update_graph(tasks, funcs, wanted)
+                futures = self._update_graph(tasks, funcs, wanted, one_message=True)
             else:
-                hold = frontier + [t["key"] for t in tasks if t["key"] in want_set]
-                held.extend(self._update_graph(tasks, funcs, list(dict.fromkeys(hold))))
+                hold = frontier + sorted(want_set.intersection(map(_TASK_KEY, tasks)))
+                held.extend(self._update_graph(tasks, funcs, list(dict.fromkeys(hold)), one_message=True))
         del held
         by_wire = {f.key: f for f in futures}
         return {k: by_wire[_keys.wire_key(k)] for k in keys}
