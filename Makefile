@@ -50,9 +50,9 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml setup.py clients/python/shoal/_speedups.c VERSION $(LOCK)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	@# the extension's compiler and Python's headers, from Debian when missing (needs root)
-	@command -v cc >/dev/null || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc)
-	@$(VPY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y python3-dev)
+	@command -v cc >/dev/null && \
+	  $(VPY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+	  || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y gcc python3-dev)
 	$(VPY) $(PIP) install -q --require-hashes -r $(LOCK)
 	$(VPY) $(PIP) install -q --no-deps --no-build-isolation -e .
 	touch $@

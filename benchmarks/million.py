@@ -16,9 +16,9 @@ executor, counts whole, and one that ended meanwhile is missing), so that the su
 against 2 cores x the wall time. ``--ingest-only`` times the submission alone (issue 19's
 streamed ingest, >= 200,000 tasks/s): the graph sent by ``client.get(..., sync=False)`` to a
 ``shoal scheduler`` with no worker and no journal, until the answer to a request sent after
-it arrives (a connection's messages are read in order). The client converts the graph with its compiled extension
-(``shoal._speedups``) when it is built; ``--python-conversion`` hides it, for comparison, and
-the output says which ran.
+it arrives (a connection's messages are read in order). The client converts the graph with
+its compiled extension (``shoal._speedups``) when it is built; ``--python-conversion`` hides
+it, for comparison, and the output says which ran.
 """
 
 from __future__ import annotations

@@ -231,8 +231,6 @@ static int pg_usable(PlainGraph *g) {
     return 0;
 }
 
-static PyObject *pg_sent(PlainGraph *g, PyObject *unused) { return PyLong_FromSsize_t(g->sent); }
-
 static PyObject *pg_needed(PlainGraph *g, PyObject *unused) {
     if (pg_usable(g) < 0) return NULL;
     PyObject *keys = g->keys, *out = PyDict_New();
@@ -253,7 +251,6 @@ static PyMethodDef pg_methods[] = {
     {"plain_tasks", (PyCFunction)plain_tasks, METH_VARARGS,
      "plain_tasks(limit, max_bytes, func_name, group, ann) -> (tasks, frontier, last): the next chunk"},
     {"needed", (PyCFunction)pg_needed, METH_NOARGS, "per key named by a node, the number of nodes naming it"},
-    {"sent", (PyCFunction)pg_sent, METH_NOARGS, "the number of nodes sent so far"},
     {NULL, NULL, 0, NULL},
 };
 
