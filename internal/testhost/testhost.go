@@ -537,8 +537,11 @@ func isPermission(err error) bool {
 
 func isNotFound(err error) bool {
 	var ie *ipError
+	// "No such device": the link was found by name and gone by the time of the delete (a
+	// namespace just deleted takes its veth pair down asynchronously)
 	return errors.As(err, &ie) && (strings.Contains(ie.out, "Cannot find device") ||
-		strings.Contains(ie.out, "No such file") || strings.Contains(ie.out, "does not exist"))
+		strings.Contains(ie.out, "No such device") || strings.Contains(ie.out, "No such file") ||
+		strings.Contains(ie.out, "does not exist"))
 }
 
 func netip4(a, b, c, d byte) [4]byte { return [4]byte{a, b, c, d} }
