@@ -373,7 +373,9 @@ func TestE2EHeapProfiles(t *testing.T) {
 		raw, err := io.ReadAll(zr)
 		f.Close()
 		require.NoError(t, err)
-		for _, want := range []string{"alloc_space", "inuse_space", "github.com/shoal-dev/shoal/cli."} {
+		// Shoal's own frames: which of its packages the sampled allocations (one per 512 KiB)
+		// land in varies; a run whose scheduler samples held no cli frame failed here
+		for _, want := range []string{"alloc_space", "inuse_space", "github.com/shoal-dev/shoal/"} {
 			require.Contains(t, string(raw), want, "%s names %s", file, want)
 		}
 	}
