@@ -760,10 +760,296 @@ done:
     return out;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * The executor's run of a plain call: shoal.executor.Executor.run_entry for the runs a
+ * client.get of plain calls sends (a literal payload over dependencies that arrive as msgpack
+ * frames), returning a scalar. In Python, decoding the inputs and the payload, calling and
+ * packing the result was about 40 % of an executor's CPU per run in the million-task graph
+ * (docs/performance.md). Anything else, and anything it cannot decode exactly as msgpack-python
+ * does, it hands back untouched before calling anything: the Python path then runs the task and
+ * reports its errors. */
+
+#define MP_MAX_DEPTH 32
+
+/* the n bytes at *pp, big-endian; -1 when fewer remain */
+static int mp_be(const unsigned char **pp, const unsigned char *end, int n, unsigned long long *out) {
+    if (end - *pp < n) return -1;
+    unsigned long long v = 0;
+    for (int i = 0; i < n; i++) v = (v << 8) | (*pp)[i];
+    *pp += n;
+    *out = v;
+    return 0;
+}
+
+/* One msgpack value of the subset a literal payload or a scalar result holds (nil, bool, int,
+ * float, str, bin, array), as msgpack.unpackb(raw=False) makes it: a new reference, or NULL for
+ * anything else, a malformed or truncated value, or one nested deeper than MP_MAX_DEPTH (an
+ * exception may then be set: the caller clears it and takes the Python path). A declared
+ * length is checked against the bytes left before anything is allocated for it. */
+static PyObject *mp_value(const unsigned char **pp, const unsigned char *end, int depth) {
+    if (*pp >= end || depth > MP_MAX_DEPTH) return NULL;
+    unsigned char c = *(*pp)++;
+    unsigned long long n;
+    if (c <= 0x7f) return PyLong_FromLong((long)c);
+    if (c >= 0xe0) return PyLong_FromLong((long)(signed char)c);
+    if ((c & 0xe0) == 0xa0) {
+        n = c & 0x1f;
+        goto str;
+    }
+    if ((c & 0xf0) == 0x90) {
+        n = c & 0x0f;
+        goto array;
+    }
+    switch (c) {
+    case 0xc0:
+        Py_INCREF(Py_None);
+        return Py_None;
+    case 0xc2:
+        Py_INCREF(Py_False);
+        return Py_False;
+    case 0xc3:
+        Py_INCREF(Py_True);
+        return Py_True;
+    case 0xc4: case 0xc5: case 0xc6:
+        if (mp_be(pp, end, c == 0xc4 ? 1 : c == 0xc5 ? 2 : 4, &n) < 0 || n > (unsigned long long)(end - *pp))
+            return NULL;
+        *pp += n;
+        return PyBytes_FromStringAndSize((const char *)*pp - n, (Py_ssize_t)n);
+    case 0xca: {
+        if (mp_be(pp, end, 4, &n) < 0) return NULL;
+        uint32_t u = (uint32_t)n;
+        float f;
+        memcpy(&f, &u, 4);
+        return PyFloat_FromDouble((double)f);
+    }
+    case 0xcb: {
+        if (mp_be(pp, end, 8, &n) < 0) return NULL;
+        double d;
+        memcpy(&d, &n, 8);
+        return PyFloat_FromDouble(d);
+    }
+    case 0xcc: case 0xcd: case 0xce: case 0xcf:
+        if (mp_be(pp, end, 1 << (c - 0xcc), &n) < 0) return NULL;
+        return PyLong_FromUnsignedLongLong(n);
+    case 0xd0:
+        if (mp_be(pp, end, 1, &n) < 0) return NULL;
+        return PyLong_FromLong((long)(int8_t)n);
+    case 0xd1:
+        if (mp_be(pp, end, 2, &n) < 0) return NULL;
+        return PyLong_FromLong((long)(int16_t)n);
+    case 0xd2:
+        if (mp_be(pp, end, 4, &n) < 0) return NULL;
+        return PyLong_FromLongLong((long long)(int32_t)n);
+    case 0xd3:
+        if (mp_be(pp, end, 8, &n) < 0) return NULL;
+        return PyLong_FromLongLong((long long)n);
+    case 0xd9: case 0xda: case 0xdb:
+        if (mp_be(pp, end, c == 0xd9 ? 1 : c == 0xda ? 2 : 4, &n) < 0) return NULL;
+        goto str;
+    case 0xdc: case 0xdd:
+        if (mp_be(pp, end, c == 0xdc ? 2 : 4, &n) < 0) return NULL;
+        goto array;
+    default: /* maps, ext types: not here */
+        return NULL;
+    }
+str:
+    if (n > (unsigned long long)(end - *pp)) return NULL;
+    *pp += n;
+    return PyUnicode_DecodeUTF8((const char *)*pp - n, (Py_ssize_t)n, NULL);
+array:
+    if (n > (unsigned long long)(end - *pp)) return NULL; /* every element takes a byte at least */
+    {
+        PyObject *list = PyList_New((Py_ssize_t)n);
+        if (list == NULL) return NULL;
+        for (Py_ssize_t i = 0; i < (Py_ssize_t)n; i++) {
+            PyObject *v = mp_value(pp, end, depth + 1);
+            if (v == NULL) {
+                Py_DECREF(list);
+                return NULL;
+            }
+            PyList_SET_ITEM(list, i, v);
+        }
+        return list;
+    }
+}
+
+/* the one value msgpack.unpackb(raw=False) makes of a whole buffer (no bytes left over), or
+ * NULL as mp_value */
+static PyObject *mp_whole(PyObject *obj, Py_ssize_t skip) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *v = NULL;
+    if (view.len > skip) {
+        const unsigned char *p = (const unsigned char *)view.buf + skip, *end = (const unsigned char *)view.buf + view.len;
+        v = mp_value(&p, end, 0);
+        if (v != NULL && p != end) Py_CLEAR(v);
+    }
+    PyBuffer_Release(&view);
+    return v;
+}
+
+static PyObject *s_op, *s_done, *s_id, *s_items, *s_encoding, *s_msgpack, *s_nframes, *s_nbytes;
+
+/* The arguments of the run, its dependencies' values put in place; NULL, with no exception
+ * set, when the run is not one this path takes (or cannot decode). */
+static PyObject *plain_args(PyObject *payload, PyObject *items, PyObject *frames) {
+    PyObject *values = NULL, *body = NULL, *args = NULL;
+    if (!PyBytes_CheckExact(payload) || PyBytes_GET_SIZE(payload) < 2 || PyBytes_AS_STRING(payload)[0] != 0 ||
+        !PyList_CheckExact(items) || !PyList_CheckExact(frames))
+        return NULL;
+    if ((values = PyDict_New()) == NULL) goto fail;
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *it = PyList_GET_ITEM(items, i);
+        if (!PyList_CheckExact(it) || PyList_GET_SIZE(it) != 4) goto fail;
+        PyObject *key = PyList_GET_ITEM(it, 0), *enc = PyList_GET_ITEM(it, 1), *nf = PyList_GET_ITEM(it, 2);
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(enc) || !PyLong_CheckExact(nf)) goto fail;
+        long nfr = PyLong_AsLong(nf);
+        if ((nfr != 0 && nfr != 1) || PyUnicode_Compare(enc, s_msgpack) != 0 || pos >= PyList_GET_SIZE(frames))
+            goto fail;
+        /* (the item's frame: held by frames, a list this call owns a reference to) */
+        PyObject *v = mp_whole(PyList_GET_ITEM(frames, pos), 0);
+        if (v == NULL) goto fail;
+        int r = PyDict_SetItem(values, key, v);
+        Py_DECREF(v);
+        if (r < 0) goto fail;
+        pos++;
+    }
+    if ((body = mp_whole(payload, 1)) == NULL || !PyList_CheckExact(body)) goto fail;
+    Py_ssize_t nb = PyList_GET_SIZE(body);
+    if (nb != 1 && nb != 2) goto fail;
+    args = PyList_GET_ITEM(body, 0);
+    if (!PyList_CheckExact(args)) goto fail;
+    Py_INCREF(args);
+    if (nb == 2) {
+        PyObject *refs = PyList_GET_ITEM(body, 1);
+        if (!PyList_CheckExact(refs)) goto fail;
+        for (Py_ssize_t j = 0; j < PyList_GET_SIZE(refs); j++) {
+            PyObject *ref = PyList_GET_ITEM(refs, j);
+            if (!PyLong_CheckExact(ref)) goto fail;
+            Py_ssize_t at = PyLong_AsSsize_t(ref);
+            if (at < 0 || at >= PyList_GET_SIZE(args)) goto fail;
+            PyObject *name = PyList_GET_ITEM(args, at);
+            if (!PyUnicode_CheckExact(name)) goto fail;
+            PyObject *v = PyDict_GetItemWithError(values, name); /* borrowed */
+            if (v == NULL) goto fail;
+            Py_INCREF(v);
+            PyList_SetItem(args, at, v); /* drops the name */
+        }
+    }
+    Py_DECREF(body);
+    Py_DECREF(values);
+    return args;
+fail:
+    Py_XDECREF(args);
+    Py_XDECREF(body);
+    Py_XDECREF(values);
+    PyErr_Clear();
+    return NULL;
+}
+
+/* (0, {"op": "done", "id": task_id, "items": [{"key": key, "encoding": "msgpack", "nframes": 1,
+ * "nbytes": len(frame)}]}, [frame]): the answer Executor.call makes for a scalar result */
+static PyObject *done_reply(PyObject *task_id, PyObject *key, PyObject *frame) {
+    PyObject *item = NULL, *items = NULL, *reply = NULL, *nframes = NULL, *nbytes = NULL, *out = NULL;
+    if ((nframes = PyLong_FromLong(1)) == NULL || (nbytes = PyLong_FromSsize_t(PyBytes_GET_SIZE(frame))) == NULL ||
+        (item = PyDict_New()) == NULL || PyDict_SetItem(item, s_key, key) < 0 ||
+        PyDict_SetItem(item, s_encoding, s_msgpack) < 0 || PyDict_SetItem(item, s_nframes, nframes) < 0 ||
+        PyDict_SetItem(item, s_nbytes, nbytes) < 0 || (items = PyList_New(1)) == NULL)
+        goto done;
+    PyList_SET_ITEM(items, 0, item);
+    item = NULL;
+    if ((reply = PyDict_New()) == NULL || PyDict_SetItem(reply, s_op, s_done) < 0 ||
+        PyDict_SetItem(reply, s_id, task_id) < 0 || PyDict_SetItem(reply, s_items, items) < 0)
+        goto done;
+    out = Py_BuildValue("(iO[O])", 0, reply, frame);
+done:
+    Py_XDECREF(item);
+    Py_XDECREF(items);
+    Py_XDECREF(reply);
+    Py_XDECREF(nframes);
+    Py_XDECREF(nbytes);
+    return out;
+}
+
+/* run_plain(enter, leave, executor, fn, task_id, key, payload, items, frames): see
+ * shoal.executor.Executor.run_entry. None: not run (the Python path takes it); (0, reply,
+ * frames): ran and answered; (1, exception, None): fn raised it; (2, result, None): ran, and
+ * the result is for the Python path to encode. */
+static PyObject *run_plain(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "run_plain takes 9 arguments");
+        return NULL;
+    }
+    PyObject *enter = a[0], *leave = a[1], *executor = a[2], *fn = a[3], *task_id = a[4], *key = a[5];
+    if (!PyLong_CheckExact(task_id) || !PyUnicode_CheckExact(key)) Py_RETURN_NONE;
+    PyObject *args = plain_args(a[6], a[7], a[8]);
+    if (args == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *enter_args[3] = {executor, task_id, key};
+    PyObject *task = PyObject_Vectorcall(enter, enter_args, 3, NULL);
+    if (task == NULL) {
+        Py_DECREF(args);
+        return NULL;
+    }
+    /* the list is this call's alone: nothing else can change it while fn runs */
+    PyObject *result = PyObject_Vectorcall(fn, ((PyListObject *)args)->ob_item, PyList_GET_SIZE(args), NULL);
+    Py_DECREF(args);
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (result == NULL) {
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        if (etb != NULL && ev != NULL) PyException_SetTraceback(ev, etb);
+    }
+    PyObject *left = PyObject_Vectorcall(leave, &task, 1, NULL);
+    Py_DECREF(task);
+    if (left == NULL) { /* as a Python finally: leave's exception replaces fn's */
+        Py_XDECREF(result);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return NULL;
+    }
+    Py_DECREF(left);
+    if (result == NULL) {
+        PyObject *out = NULL;
+        if (ev != NULL) out = Py_BuildValue("(iOO)", 1, ev, Py_None);
+        else PyErr_SetString(PyExc_SystemError, "run_plain: the task raised nothing");
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+        return out;
+    }
+    if (result == Py_None || PyBool_Check(result) || PyLong_CheckExact(result) || PyFloat_CheckExact(result) ||
+        PyUnicode_CheckExact(result)) {
+        buf_t b = {0};
+        int r = put_literal(&b, result);
+        if (r == 0) {
+            PyObject *frame = PyBytes_FromStringAndSize(b.p, b.len);
+            PyMem_Free(b.p);
+            Py_DECREF(result);
+            if (frame == NULL) return NULL;
+            PyObject *out = done_reply(task_id, key, frame);
+            Py_DECREF(frame);
+            return out;
+        }
+        PyMem_Free(b.p);
+        PyErr_Clear(); /* (an int beyond 64 bits, a str msgpack refuses: encoded in Python) */
+    }
+    PyObject *out = Py_BuildValue("(iOO)", 2, result, Py_None);
+    Py_DECREF(result);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"plain_graph", plain_graph, METH_O,
      "plain_graph(dsk) -> PlainGraph, or None when not every node is a plain call sent as written"},
     {"literal_payload", literal_payload, METH_VARARGS, "literal_payload(args, refs) -> bytes"},
+    {"run_plain", (PyCFunction)(void (*)(void))run_plain, METH_FASTCALL,
+     "run_plain(enter, leave, executor, fn, task_id, key, payload, items, frames): a plain call's run, or None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -775,7 +1061,11 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (!(s_key = PyUnicode_InternFromString("key")) || !(s_kind = PyUnicode_InternFromString("kind")) ||
         !(s_py = PyUnicode_InternFromString("py")) || !(s_func = PyUnicode_InternFromString("func")) ||
         !(s_payload = PyUnicode_InternFromString("payload")) || !(s_group = PyUnicode_InternFromString("group")) ||
-        !(s_deps = PyUnicode_InternFromString("deps")))
+        !(s_deps = PyUnicode_InternFromString("deps")) || !(s_op = PyUnicode_InternFromString("op")) ||
+        !(s_done = PyUnicode_InternFromString("done")) || !(s_id = PyUnicode_InternFromString("id")) ||
+        !(s_items = PyUnicode_InternFromString("items")) || !(s_encoding = PyUnicode_InternFromString("encoding")) ||
+        !(s_msgpack = PyUnicode_InternFromString("msgpack")) || !(s_nframes = PyUnicode_InternFromString("nframes")) ||
+        !(s_nbytes = PyUnicode_InternFromString("nbytes")))
         return NULL;
     if (PyType_Ready(&PlainGraphType) < 0) return NULL;
     return PyModule_Create(&module);

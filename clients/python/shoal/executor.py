@@ -535,8 +535,20 @@ class Executor:
         graph's executors ran 500,000 such runs each, and a header map for each, read back
         field by field, was a tenth of their time: docs/performance.md.)"""
         task_id, key, fh, payload, items, extra = run
+        fn = self.funcs.get(fh)
+        plugins = _preload._current is not None and _preload._current.plugins
+        if fn is not None and _run_plain is not None and not plugins:
+            done = _run_plain(_worker.enter, _worker.leave, self, fn, task_id, key, payload, items, frames)
+            if done is not None:  # it ran (else nothing was called: the path below runs it)
+                kind, value, out = done
+                if kind == 0:
+                    return value, out
+                if kind == 1:
+                    if isinstance(value, KeyboardInterrupt):
+                        raise value
+                    return error_reply(task_id, value, skip=0), []
+                return self.result_reply(task_id, key, bool(extra and extra.get("keep")), value)
         try:
-            fn = self.funcs.get(fh)
             if fn is None:
                 fn = self.load_func(fh, extra.get("func_data") if extra else None)
             values = decode_items(items, frames) if items else {}
@@ -565,6 +577,10 @@ class Executor:
             _worker.leave(task)
         if plugins:
             _preload.current().transition(key, "executing", "memory")
+        return self.result_reply(task_id, key, keep, result)
+
+    def result_reply(self, task_id: int, key: str, keep: bool, result: Any) -> tuple[Header, list[Any]]:
+        """The answer to a run that returned ``result`` (:meth:`call`'s end)."""
         # a scalar holds no future, is never kept and is always contiguous
         plain = type(result) in _SCALARS
         if type(result) in _serialize.MSGPACK_SCALARS:
@@ -1065,6 +1081,10 @@ _unpackb = msgpack.unpackb
 # raises. A new packer per result (_wire.packb) cost 0.26 µs against 0.08.
 _pack_scalar = msgpack.Packer(use_bin_type=True, buf_size=256).pack
 _load_literal = _refs.load_literal
+try:  # a run of a plain call, compiled (docs/python.md, "How the executor runs tasks")
+    from ._speedups import run_plain as _run_plain
+except ImportError:
+    _run_plain = None  # type: ignore[assignment]
 _NO_KWARGS: dict[str, Any] = {}  # no keyword arguments (never changed: a call's **kwargs is a new dict)
 
 
