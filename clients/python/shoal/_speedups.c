@@ -23,6 +23,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
+#include <time.h>
 
 /* ------------------------------------------------------------------------------------------
  * msgpack, the subset a literal payload holds, byte for byte as msgpack-python's Packer
@@ -890,36 +891,21 @@ static PyObject *mp_whole(PyObject *obj, Py_ssize_t skip) {
 
 static PyObject *s_op, *s_done, *s_id, *s_items, *s_encoding, *s_msgpack, *s_nframes, *s_nbytes;
 
-/* The arguments of the run, its dependencies' values put in place; NULL, with no exception
- * set, when the run is not one this path takes (or cannot decode). */
-static PyObject *plain_args(PyObject *payload, PyObject *items, PyObject *frames) {
-    PyObject *values = NULL, *body = NULL, *args = NULL;
-    if (!PyBytes_CheckExact(payload) || PyBytes_GET_SIZE(payload) < 2 || PyBytes_AS_STRING(payload)[0] != 0 ||
-        !PyList_CheckExact(items) || !PyList_CheckExact(frames))
-        return NULL;
-    if ((values = PyDict_New()) == NULL) goto fail;
-    Py_ssize_t pos = 0;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
-        PyObject *it = PyList_GET_ITEM(items, i);
-        if (!PyList_CheckExact(it) || PyList_GET_SIZE(it) != 4) goto fail;
-        PyObject *key = PyList_GET_ITEM(it, 0), *enc = PyList_GET_ITEM(it, 1), *nf = PyList_GET_ITEM(it, 2);
-        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(enc) || !PyLong_CheckExact(nf)) goto fail;
-        long nfr = PyLong_AsLong(nf);
-        if ((nfr != 0 && nfr != 1) || PyUnicode_Compare(enc, s_msgpack) != 0 || pos >= PyList_GET_SIZE(frames))
-            goto fail;
-        /* (the item's frame: held by frames, a list this call owns a reference to) */
-        PyObject *v = mp_whole(PyList_GET_ITEM(frames, pos), 0);
-        if (v == NULL) goto fail;
-        int r = PyDict_SetItem(values, key, v);
-        Py_DECREF(v);
-        if (r < 0) goto fail;
-        pos++;
-    }
-    if ((body = mp_whole(payload, 1)) == NULL || !PyList_CheckExact(body)) goto fail;
+/* The call arguments of a literal payload's body (the msgpack after its zero byte, [args] or
+ * [args, refs]), the value in `values` at each position in refs, as shoal._refs.load_literal
+ * makes them: a new list, or NULL (an exception may be set: the caller clears it) for anything
+ * this path does not take. */
+static PyObject *literal_args(const unsigned char *p, Py_ssize_t n, PyObject *values) {
+    const unsigned char *end = p + n;
+    PyObject *args = NULL, *body = mp_value(&p, end, 0);
+    if (body == NULL || p != end || !PyList_CheckExact(body)) goto fail;
     Py_ssize_t nb = PyList_GET_SIZE(body);
     if (nb != 1 && nb != 2) goto fail;
     args = PyList_GET_ITEM(body, 0);
-    if (!PyList_CheckExact(args)) goto fail;
+    if (!PyList_CheckExact(args)) {
+        args = NULL;
+        goto fail;
+    }
     Py_INCREF(args);
     if (nb == 2) {
         PyObject *refs = PyList_GET_ITEM(body, 1);
@@ -938,14 +924,89 @@ static PyObject *plain_args(PyObject *payload, PyObject *items, PyObject *frames
         }
     }
     Py_DECREF(body);
-    Py_DECREF(values);
     return args;
 fail:
     Py_XDECREF(args);
     Py_XDECREF(body);
+    return NULL;
+}
+
+/* Call fn(*args) between enter(executor, task_id, key) and leave(task), as Executor.call does.
+ * 0: *result is what fn returned, or NULL and *exc what it raised (its traceback attached);
+ * -1: enter or leave raised (the exception is set; as in a Python finally, leave's replaces
+ * fn's). The args list is the caller's alone: nothing else can change it while fn runs. */
+static int call_task(PyObject *enter, PyObject *leave, PyObject *executor, PyObject *fn, PyObject *task_id,
+                     PyObject *key, PyObject *args, PyObject **result, PyObject **exc) {
+    *result = *exc = NULL;
+    PyObject *enter_args[3] = {executor, task_id, key};
+    PyObject *task = PyObject_Vectorcall(enter, enter_args, 3, NULL);
+    if (task == NULL) return -1;
+    PyObject *r = PyObject_Vectorcall(fn, ((PyListObject *)args)->ob_item, PyList_GET_SIZE(args), NULL);
+    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (r == NULL) {
+        PyErr_Fetch(&et, &ev, &etb);
+        PyErr_NormalizeException(&et, &ev, &etb);
+        if (etb != NULL && ev != NULL) PyException_SetTraceback(ev, etb);
+        Py_XDECREF(et);
+        Py_XDECREF(etb);
+    }
+    PyObject *left = PyObject_Vectorcall(leave, &task, 1, NULL);
+    Py_DECREF(task);
+    if (left == NULL) {
+        Py_XDECREF(r);
+        Py_XDECREF(ev);
+        return -1;
+    }
+    Py_DECREF(left);
+    if (r == NULL && ev == NULL) {
+        PyErr_SetString(PyExc_SystemError, "shoal._speedups: the task raised nothing");
+        return -1;
+    }
+    *result = r;
+    *exc = ev;
+    return 0;
+}
+
+/* The msgpack frame of a result that is None, a bool, or an exact int, float or str msgpack
+ * holds, written as Executor.call's packer writes it; 1 (nothing written) for any other result,
+ * -1 on error. */
+static int put_scalar(buf_t *b, PyObject *result) {
+    if (result == Py_None || PyBool_Check(result) || PyLong_CheckExact(result) || PyFloat_CheckExact(result) ||
+        PyUnicode_CheckExact(result))
+        return put_literal(b, result);
+    return 1;
+}
+
+/* The arguments of a run of the Python path's form, its inputs decoded into a values dict;
+ * NULL, with no exception set, when the run is not one this path takes (or cannot decode). */
+static PyObject *plain_args(PyObject *payload, PyObject *items, PyObject *frames) {
+    PyObject *values = NULL, *args = NULL;
+    if (!PyBytes_CheckExact(payload) || PyBytes_GET_SIZE(payload) < 2 || PyBytes_AS_STRING(payload)[0] != 0 ||
+        !PyList_CheckExact(items) || !PyList_CheckExact(frames))
+        return NULL;
+    if ((values = PyDict_New()) == NULL) goto done;
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(items); i++) {
+        PyObject *it = PyList_GET_ITEM(items, i);
+        if (!PyList_CheckExact(it) || PyList_GET_SIZE(it) != 4) goto done;
+        PyObject *key = PyList_GET_ITEM(it, 0), *enc = PyList_GET_ITEM(it, 1), *nf = PyList_GET_ITEM(it, 2);
+        if (!PyUnicode_CheckExact(key) || !PyUnicode_CheckExact(enc) || !PyLong_CheckExact(nf)) goto done;
+        long nfr = PyLong_AsLong(nf);
+        if ((nfr != 0 && nfr != 1) || PyUnicode_Compare(enc, s_msgpack) != 0 || pos >= PyList_GET_SIZE(frames))
+            goto done;
+        /* (the item's frame: held by frames, a list this call owns a reference to) */
+        PyObject *v = mp_whole(PyList_GET_ITEM(frames, pos), 0);
+        if (v == NULL) goto done;
+        int r = PyDict_SetItem(values, key, v);
+        Py_DECREF(v);
+        if (r < 0) goto done;
+        pos++;
+    }
+    args = literal_args((const unsigned char *)PyBytes_AS_STRING(payload) + 1, PyBytes_GET_SIZE(payload) - 1, values);
+done:
     Py_XDECREF(values);
     PyErr_Clear();
-    return NULL;
+    return args;
 }
 
 /* (0, {"op": "done", "id": task_id, "items": [{"key": key, "encoding": "msgpack", "nframes": 1,
@@ -982,66 +1043,575 @@ static PyObject *run_plain(PyObject *self, PyObject *const *a, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "run_plain takes 9 arguments");
         return NULL;
     }
-    PyObject *enter = a[0], *leave = a[1], *executor = a[2], *fn = a[3], *task_id = a[4], *key = a[5];
+    PyObject *task_id = a[4], *key = a[5];
     if (!PyLong_CheckExact(task_id) || !PyUnicode_CheckExact(key)) Py_RETURN_NONE;
     PyObject *args = plain_args(a[6], a[7], a[8]);
-    if (args == NULL) {
-        if (PyErr_Occurred()) return NULL;
-        Py_RETURN_NONE;
-    }
-    PyObject *enter_args[3] = {executor, task_id, key};
-    PyObject *task = PyObject_Vectorcall(enter, enter_args, 3, NULL);
-    if (task == NULL) {
-        Py_DECREF(args);
-        return NULL;
-    }
-    /* the list is this call's alone: nothing else can change it while fn runs */
-    PyObject *result = PyObject_Vectorcall(fn, ((PyListObject *)args)->ob_item, PyList_GET_SIZE(args), NULL);
+    if (args == NULL) Py_RETURN_NONE;
+    PyObject *result, *exc;
+    int r = call_task(a[0], a[1], a[2], a[3], task_id, key, args, &result, &exc);
     Py_DECREF(args);
-    PyObject *et = NULL, *ev = NULL, *etb = NULL;
+    if (r < 0) return NULL;
     if (result == NULL) {
-        PyErr_Fetch(&et, &ev, &etb);
-        PyErr_NormalizeException(&et, &ev, &etb);
-        if (etb != NULL && ev != NULL) PyException_SetTraceback(ev, etb);
-    }
-    PyObject *left = PyObject_Vectorcall(leave, &task, 1, NULL);
-    Py_DECREF(task);
-    if (left == NULL) { /* as a Python finally: leave's exception replaces fn's */
-        Py_XDECREF(result);
-        Py_XDECREF(et);
-        Py_XDECREF(ev);
-        Py_XDECREF(etb);
-        return NULL;
-    }
-    Py_DECREF(left);
-    if (result == NULL) {
-        PyObject *out = NULL;
-        if (ev != NULL) out = Py_BuildValue("(iOO)", 1, ev, Py_None);
-        else PyErr_SetString(PyExc_SystemError, "run_plain: the task raised nothing");
-        Py_XDECREF(et);
-        Py_XDECREF(ev);
-        Py_XDECREF(etb);
+        PyObject *out = Py_BuildValue("(iOO)", 1, exc, Py_None);
+        Py_DECREF(exc);
         return out;
     }
-    if (result == Py_None || PyBool_Check(result) || PyLong_CheckExact(result) || PyFloat_CheckExact(result) ||
-        PyUnicode_CheckExact(result)) {
-        buf_t b = {0};
-        int r = put_literal(&b, result);
-        if (r == 0) {
-            PyObject *frame = PyBytes_FromStringAndSize(b.p, b.len);
-            PyMem_Free(b.p);
-            Py_DECREF(result);
-            if (frame == NULL) return NULL;
-            PyObject *out = done_reply(task_id, key, frame);
-            Py_DECREF(frame);
-            return out;
-        }
+    buf_t b = {0};
+    r = put_scalar(&b, result);
+    if (r == 0) {
+        PyObject *frame = PyBytes_FromStringAndSize(b.p, b.len);
         PyMem_Free(b.p);
-        PyErr_Clear(); /* (an int beyond 64 bits, a str msgpack refuses: encoded in Python) */
+        Py_DECREF(result);
+        if (frame == NULL) return NULL;
+        PyObject *out = done_reply(task_id, key, frame);
+        Py_DECREF(frame);
+        return out;
     }
+    PyMem_Free(b.p);
+    PyErr_Clear(); /* (an int beyond 64 bits, a str msgpack refuses: encoded in Python) */
     PyObject *out = Py_BuildValue("(iOO)", 2, result, Py_None);
     Py_DECREF(result);
     return out;
+}
+
+/* ------------------------------------------------------------------------------------------
+ * A runs message run in C (docs/protocol.md §3.5). runs_batch(header, frames, ...) reads the
+ * raw header of a message: when it is a runs message that shoal.executor.split_runs accepts,
+ * it checks it whole, as split_runs does, and returns a RunBatch, which the executor's loop
+ * keeps in its pending queue; otherwise None, and the loop decodes the header as before
+ * (and split_runs raises what is wrong). RunBatch.next() then runs the next run: a plain call
+ * returning a scalar is run and answered here (its done answer encoded, start and stop
+ * included), with no Python object made for the message, the run or the answer; any other run
+ * is handed back as split_runs makes it, for the Python path. The header's every string, map
+ * key and length is checked as msgpack-python would decode it: a header it would refuse is
+ * never run here. */
+
+/* readers of one msgpack value at *pp, which they move past it: 0, or -1 (nothing read) when
+ * the value is not of their kind or runs past end */
+static int rd_len(const unsigned char **pp, const unsigned char *end, unsigned char fix_mask, unsigned char fix_tag,
+                  unsigned char fix_bits, unsigned char t8, unsigned char t16, unsigned char t32,
+                  unsigned long long *n) {
+    const unsigned char *p = *pp;
+    if (p >= end) return -1;
+    unsigned char c = *p++;
+    if ((c & fix_mask) == fix_tag) {
+        *n = c & fix_bits;
+    } else {
+        int w = c == t8 && t8 ? 1 : c == t16 ? 2 : c == t32 ? 4 : 0;
+        if (w == 0 || mp_be(&p, end, w, n) < 0) return -1;
+    }
+    *pp = p;
+    return 0;
+}
+
+static int rd_array(const unsigned char **pp, const unsigned char *end, unsigned long long *n) {
+    if (rd_len(pp, end, 0xf0, 0x90, 0x0f, 0, 0xdc, 0xdd, n) < 0) return -1;
+    return *n <= (unsigned long long)(end - *pp) ? 0 : -1; /* a byte per element at least */
+}
+
+static int rd_map(const unsigned char **pp, const unsigned char *end, unsigned long long *n) {
+    if (rd_len(pp, end, 0xf0, 0x80, 0x0f, 0, 0xde, 0xdf, n) < 0) return -1;
+    return *n <= (unsigned long long)(end - *pp) / 2 ? 0 : -1;
+}
+
+/* a string's bytes, checked to be UTF-8 as Python's strict decoder takes it */
+static int rd_str(const unsigned char **pp, const unsigned char *end, const char **s, Py_ssize_t *len) {
+    const unsigned char *p = *pp;
+    unsigned long long n;
+    if (rd_len(&p, end, 0xe0, 0xa0, 0x1f, 0xd9, 0xda, 0xdb, &n) < 0 || n > (unsigned long long)(end - p))
+        return -1;
+    for (unsigned long long i = 0; i < n; i++) {
+        if (p[i] >= 0x80) { /* not ASCII: let Python's decoder say */
+            PyObject *u = PyUnicode_DecodeUTF8((const char *)p, (Py_ssize_t)n, NULL);
+            if (u == NULL) {
+                PyErr_Clear();
+                return -1;
+            }
+            Py_DECREF(u);
+            break;
+        }
+    }
+    *s = (const char *)p;
+    *len = (Py_ssize_t)n;
+    *pp = p + n;
+    return 0;
+}
+
+static int rd_bin(const unsigned char **pp, const unsigned char *end, const char **s, Py_ssize_t *len) {
+    const unsigned char *p = *pp;
+    unsigned long long n;
+    if (p >= end) return -1;
+    unsigned char c = *p++;
+    int w = c == 0xc4 ? 1 : c == 0xc5 ? 2 : c == 0xc6 ? 4 : 0;
+    if (w == 0 || mp_be(&p, end, w, &n) < 0 || n > (unsigned long long)(end - p)) return -1;
+    *s = (const char *)p;
+    *len = (Py_ssize_t)n;
+    *pp = p + n;
+    return 0;
+}
+
+/* an int of any width: its value as *u with *neg set when negative (then *u is its two's
+ * complement) */
+static int rd_int(const unsigned char **pp, const unsigned char *end, unsigned long long *u, int *neg) {
+    const unsigned char *p = *pp;
+    if (p >= end) return -1;
+    unsigned char c = *p++;
+    unsigned long long v;
+    *neg = 0;
+    if (c <= 0x7f) {
+        v = c;
+    } else if (c >= 0xe0) {
+        v = (unsigned long long)(long long)(signed char)c;
+        *neg = 1;
+    } else if (c >= 0xcc && c <= 0xcf) {
+        if (mp_be(&p, end, 1 << (c - 0xcc), &v) < 0) return -1;
+    } else if (c >= 0xd0 && c <= 0xd3) {
+        int w = 1 << (c - 0xd0);
+        if (mp_be(&p, end, w, &v) < 0) return -1;
+        if (w < 8 && (v >> (8 * w - 1)) & 1) v |= ~0ULL << (8 * w); /* sign-extend */
+        *neg = (v >> 63) & 1;
+    } else {
+        return -1;
+    }
+    *u = v;
+    *pp = p;
+    return 0;
+}
+
+static int str_is(const char *s, Py_ssize_t n, const char *lit) {
+    return (size_t)n == strlen(lit) && memcmp(s, lit, (size_t)n) == 0;
+}
+
+/* Skip one value, as msgpack.unpackb(raw=False, strict_map_key=False) would decode it:
+ * -1 for a value it refuses (bad UTF-8, an unhashable map key, 0xc1) and for what this
+ * reader does not take (ext types, nesting beyond MP_MAX_DEPTH). */
+static int mp_skip(const unsigned char **pp, const unsigned char *end, int depth) {
+    const unsigned char *p = *pp;
+    unsigned long long n, u;
+    const char *s;
+    Py_ssize_t len;
+    int neg;
+    if (p >= end || depth > MP_MAX_DEPTH) return -1;
+    unsigned char c = *p;
+    if (c <= 0x7f || c >= 0xe0 || (c >= 0xcc && c <= 0xd3)) return rd_int(pp, end, &u, &neg);
+    if ((c & 0xe0) == 0xa0 || (c >= 0xd9 && c <= 0xdb)) return rd_str(pp, end, &s, &len);
+    if (c >= 0xc4 && c <= 0xc6) return rd_bin(pp, end, &s, &len);
+    if (c == 0xc0 || c == 0xc2 || c == 0xc3) {
+        *pp = p + 1;
+        return 0;
+    }
+    if (c == 0xca || c == 0xcb) {
+        int w = c == 0xca ? 4 : 8;
+        if (end - p < 1 + w) return -1;
+        *pp = p + 1 + w;
+        return 0;
+    }
+    if ((c & 0xf0) == 0x90 || c == 0xdc || c == 0xdd) {
+        if (rd_array(&p, end, &n) < 0) return -1;
+        for (unsigned long long i = 0; i < n; i++)
+            if (mp_skip(&p, end, depth + 1) < 0) return -1;
+        *pp = p;
+        return 0;
+    }
+    if ((c & 0xf0) == 0x80 || c == 0xde || c == 0xdf) {
+        if (rd_map(&p, end, &n) < 0) return -1;
+        for (unsigned long long i = 0; i < n; i++) {
+            unsigned char k = p < end ? *p : 0;
+            if ((k & 0xf0) == 0x90 || k == 0xdc || k == 0xdd || (k & 0xf0) == 0x80 || k == 0xde || k == 0xdf)
+                return -1; /* a list or dict as a key: unhashable */
+            if (mp_skip(&p, end, depth + 1) < 0 || mp_skip(&p, end, depth + 1) < 0) return -1;
+        }
+        *pp = p;
+        return 0;
+    }
+    return -1; /* 0xc1, ext types */
+}
+
+typedef struct {
+    PyObject_HEAD
+    char *raw;                  /* a copy of the header */
+    Py_ssize_t rawlen;
+    Py_ssize_t n;               /* runs */
+    Py_ssize_t next;            /* the next run to hand out (taken before it runs) */
+    Py_ssize_t *at, *end;       /* per run: its entry's bytes in raw */
+    Py_ssize_t *first, *nf;     /* per run: its frames, frames[first : first + nf] */
+    unsigned char *plain;       /* per run: extra is nil or holds only keep, and the payload is literal */
+    unsigned char *keep;        /* per run: extra's keep is true */
+    PyObject *frames;           /* list */
+    PyObject *funcs, *executor, *enter, *leave, *unpack;
+    PyObject *fname;            /* the last function name looked up, and its bytes */
+    const char *fname_s;
+    Py_ssize_t fname_n;
+} RunBatch;
+
+static int rb_traverse(RunBatch *b, visitproc visit, void *arg) {
+    Py_VISIT(b->frames);
+    Py_VISIT(b->funcs);
+    Py_VISIT(b->executor);
+    Py_VISIT(b->enter);
+    Py_VISIT(b->leave);
+    Py_VISIT(b->unpack);
+    return 0;
+}
+
+static int rb_clear(RunBatch *b) {
+    Py_CLEAR(b->frames);
+    Py_CLEAR(b->funcs);
+    Py_CLEAR(b->executor);
+    Py_CLEAR(b->enter);
+    Py_CLEAR(b->leave);
+    Py_CLEAR(b->unpack);
+    Py_CLEAR(b->fname);
+    return 0;
+}
+
+static void rb_dealloc(RunBatch *b) {
+    PyObject_GC_UnTrack(b);
+    rb_clear(b);
+    PyMem_Free(b->raw);
+    PyMem_Free(b->at);
+    PyMem_Free(b->plain);
+    Py_TYPE(b)->tp_free((PyObject *)b);
+}
+
+static PyObject *rb_left(RunBatch *b, void *unused) {
+    (void)unused;
+    return PyLong_FromSsize_t(b->n - b->next);
+}
+
+/* run i as split_runs hands it to the Python path: (3, entry, frames, 0) */
+static PyObject *rb_entry(RunBatch *b, Py_ssize_t i) {
+    if (b->frames == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "RunBatch: cleared");
+        return NULL;
+    }
+    PyObject *bytes = PyBytes_FromStringAndSize(b->raw + b->at[i], b->end[i] - b->at[i]);
+    if (bytes == NULL) return NULL;
+    PyObject *entry = PyObject_CallOneArg(b->unpack, bytes);
+    Py_DECREF(bytes);
+    if (entry == NULL) return NULL;
+    PyObject *frames = PyList_GetSlice(b->frames, b->first[i], b->first[i] + b->nf[i]);
+    if (frames == NULL) {
+        Py_DECREF(entry);
+        return NULL;
+    }
+    return Py_BuildValue("(iNNi)", 3, entry, frames, 0);
+}
+
+static long long now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int put_strn(buf_t *b, const char *s, Py_ssize_t n) {
+    int r;
+    if (n < 32) r = put_byte(b, (unsigned char)(0xa0 | n));
+    else if (n < 256) r = put_be(b, 0xd9, (unsigned long long)n, 1);
+    else if (n < 65536) r = put_be(b, 0xda, (unsigned long long)n, 2);
+    else r = put_be(b, 0xdb, (unsigned long long)n, 4);
+    return r < 0 ? -1 : put_raw(b, s, n);
+}
+
+#define PUT_LIT(b, s) put_strn((b), (s), (Py_ssize_t)(sizeof(s) - 1))
+
+/* The done answer Executor.answer sends for a scalar result, as pack_header writes the dict
+ * {"op": "done", "id": id, "items": [{"key": key, "encoding": "msgpack", "nframes": 1,
+ * "nbytes": nbytes}], "start": start, "stop": stop}. */
+static int put_done(buf_t *b, unsigned long long id, const char *key, Py_ssize_t keylen, Py_ssize_t nbytes,
+                    long long start, long long stop) {
+    if (put_byte(b, 0x85) < 0 || PUT_LIT(b, "op") < 0 || PUT_LIT(b, "done") < 0 || PUT_LIT(b, "id") < 0 ||
+        put_uint(b, id) < 0 || PUT_LIT(b, "items") < 0 || put_byte(b, 0x91) < 0 || put_byte(b, 0x84) < 0 ||
+        PUT_LIT(b, "key") < 0 || put_strn(b, key, keylen) < 0 || PUT_LIT(b, "encoding") < 0 ||
+        PUT_LIT(b, "msgpack") < 0 || PUT_LIT(b, "nframes") < 0 || put_byte(b, 1) < 0 || PUT_LIT(b, "nbytes") < 0 ||
+        put_uint(b, (unsigned long long)nbytes) < 0 || PUT_LIT(b, "start") < 0 || put_int(b, start) < 0 ||
+        PUT_LIT(b, "stop") < 0 || put_int(b, stop) < 0)
+        return -1;
+    return 0;
+}
+
+/* The function named s[:n] in funcs (borrowed), or NULL (no exception) when it is not there. */
+static PyObject *rb_func(RunBatch *b, const char *s, Py_ssize_t n) {
+    if (b->fname == NULL || b->fname_n != n || memcmp(b->fname_s, s, (size_t)n) != 0) {
+        PyObject *name = PyUnicode_DecodeUTF8(s, n, NULL);
+        if (name == NULL) return NULL;
+        Py_XSETREF(b->fname, name);
+        b->fname_s = s;
+        b->fname_n = n;
+    }
+    return PyDict_GetItemWithError(b->funcs, b->fname);
+}
+
+/* RunBatch.next(): run the next run. (done_header, [frame]): it ran here, answered by that done
+ * message (its header encoded); (3, entry, frames, 0): it is the Python path's, as split_runs makes it; (1, exception,
+ * (id, key, keep), started) or (2, result, (id, key, keep), started): it ran here, and raised
+ * or returned a result for the Python path to answer. */
+static PyObject *rb_run(RunBatch *b, int plain_ok) {
+    if (b->frames == NULL || b->next >= b->n) {
+        PyErr_SetString(PyExc_IndexError, "RunBatch: no run left");
+        return NULL;
+    }
+    Py_ssize_t i = b->next++; /* taken before anything runs: a task that secedes leaves the rest to the next server */
+    if (!plain_ok || !b->plain[i]) return rb_entry(b, i);
+    long long started = now_ns();
+    const unsigned char *p = (const unsigned char *)b->raw + b->at[i], *end = (const unsigned char *)b->raw + b->end[i];
+    unsigned long long n, id, nitems;
+    int neg;
+    const char *key, *fs, *payload;
+    Py_ssize_t keylen, fn_n, plen;
+    /* checked whole by runs_batch: these reads do not fail */
+    if (rd_array(&p, end, &n) < 0 || rd_int(&p, end, &id, &neg) < 0 || rd_str(&p, end, &key, &keylen) < 0 ||
+        rd_str(&p, end, &fs, &fn_n) < 0 || rd_bin(&p, end, &payload, &plen) < 0 || rd_array(&p, end, &nitems) < 0)
+        return rb_entry(b, i);
+    PyObject *fn = rb_func(b, fs, fn_n);
+    if (fn == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        return rb_entry(b, i);
+    }
+    Py_INCREF(fn);
+    PyObject *values = NULL, *args = NULL, *task_id = NULL, *pykey = NULL, *result = NULL, *exc = NULL, *out = NULL;
+    if ((values = PyDict_New()) == NULL) goto fail;
+    if ((Py_ssize_t)nitems > b->nf[i]) goto python;
+    for (unsigned long long j = 0; j < nitems; j++) {
+        unsigned long long m, nfr;
+        const char *ik, *enc;
+        Py_ssize_t iklen, enclen;
+        if (rd_array(&p, end, &m) < 0 || m != 4 || rd_str(&p, end, &ik, &iklen) < 0 ||
+            rd_str(&p, end, &enc, &enclen) < 0 || !str_is(enc, enclen, "msgpack") || rd_int(&p, end, &nfr, &neg) < 0 ||
+            neg || nfr > 1 || mp_skip(&p, end, 1) < 0)
+            goto python;
+        Py_ssize_t at = b->first[i] + (Py_ssize_t)j;
+        if (at >= PyList_GET_SIZE(b->frames)) goto python;
+        PyObject *v = mp_whole(PyList_GET_ITEM(b->frames, at), 0);
+        if (v == NULL) goto python;
+        PyObject *name = PyUnicode_DecodeUTF8(ik, iklen, NULL);
+        if (name == NULL) {
+            Py_DECREF(v);
+            goto python;
+        }
+        int r = PyDict_SetItem(values, name, v);
+        Py_DECREF(name);
+        Py_DECREF(v);
+        if (r < 0) goto fail;
+    }
+    if (plen < 2 || payload[0] != 0) goto python;
+    if ((args = literal_args((const unsigned char *)payload + 1, plen - 1, values)) == NULL) goto python;
+    if ((task_id = PyLong_FromUnsignedLongLong(id)) == NULL || (pykey = PyUnicode_DecodeUTF8(key, keylen, NULL)) == NULL)
+        goto fail;
+    if (call_task(b->enter, b->leave, b->executor, fn, task_id, pykey, args, &result, &exc) < 0) goto fail;
+    if (result != NULL) {
+        buf_t f = {0}, h = {0};
+        int r = put_scalar(&f, result);
+        if (r == 0) {
+            if (put_done(&h, id, key, keylen, f.len, started, now_ns()) == 0) {
+                out = Py_BuildValue("(y#[y#])", h.p, h.len, f.p, f.len);
+            }
+            PyMem_Free(f.p);
+            PyMem_Free(h.p);
+            goto done;
+        }
+        PyMem_Free(f.p);
+        if (r < 0) PyErr_Clear(); /* (an int beyond 64 bits, a str msgpack refuses: encoded in Python) */
+    }
+    out = Py_BuildValue("(iO(OOO)L)", result != NULL ? 2 : 1, result != NULL ? result : exc, task_id, pykey,
+                        b->keep[i] ? Py_True : Py_False, started);
+    goto done;
+python: /* not a run this path takes: nothing was called */
+    PyErr_Clear();
+    out = rb_entry(b, i);
+    goto done;
+fail:
+    out = NULL;
+done:
+    Py_DECREF(fn);
+    Py_XDECREF(values);
+    Py_XDECREF(args);
+    Py_XDECREF(task_id);
+    Py_XDECREF(pykey);
+    Py_XDECREF(result);
+    Py_XDECREF(exc);
+    return out;
+}
+
+static PyObject *rb_next(RunBatch *b, PyObject *unused) {
+    (void)unused;
+    return rb_run(b, 1);
+}
+
+static PyObject *rb_take(RunBatch *b, PyObject *unused) {
+    (void)unused;
+    return rb_run(b, 0);
+}
+
+static PyMethodDef rb_methods[] = {
+    {"next", (PyCFunction)rb_next, METH_NOARGS, "run the next run (see _speedups.pyi)"},
+    {"take", (PyCFunction)rb_take, METH_NOARGS, "the next run for the Python path, not run: (3, entry, frames, 0)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef rb_getset[] = {
+    {"left", (getter)rb_left, NULL, "runs not handed out yet", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject RunBatchType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "shoal._speedups.RunBatch",
+    .tp_basicsize = sizeof(RunBatch),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_dealloc = (destructor)rb_dealloc,
+    .tp_traverse = (traverseproc)rb_traverse,
+    .tp_clear = (inquiry)rb_clear,
+    .tp_methods = rb_methods,
+    .tp_getset = rb_getset,
+};
+
+/* One entry of the runs array at *pp, checked as split_runs checks it; *plain and *keep as
+ * RunBatch has them. -1 for an entry split_runs refuses, or one this reader does not take. */
+static int check_entry(const unsigned char **pp, const unsigned char *end, unsigned char *plain, unsigned char *keep) {
+    const unsigned char *p = *pp;
+    unsigned long long n, u;
+    int neg;
+    const char *s, *payload;
+    Py_ssize_t len, plen;
+    if (rd_array(&p, end, &n) < 0 || n != 6 || rd_int(&p, end, &u, &neg) < 0 || neg || rd_str(&p, end, &s, &len) < 0 ||
+        rd_str(&p, end, &s, &len) < 0 || rd_bin(&p, end, &payload, &plen) < 0)
+        return -1;
+    if (p >= end || !((*p & 0xf0) == 0x90 || *p == 0xdc || *p == 0xdd) || mp_skip(&p, end, 1) < 0) return -1;
+    *plain = plen >= 2 && payload[0] == 0;
+    *keep = 0;
+    if (p < end && *p == 0xc0) {
+        p++;
+    } else {
+        if (rd_map(&p, end, &n) < 0) return -1;
+        int seen = 0;
+        for (unsigned long long j = 0; j < n; j++) {
+            if (rd_str(&p, end, &s, &len) < 0) return -1;
+            int bit = str_is(s, len, "func_data") ? 1 : str_is(s, len, "timeout") ? 2 : str_is(s, len, "keep") ? 4 : 0;
+            if (bit == 0 || (seen & bit)) return -1; /* unknown, or twice */
+            seen |= bit;
+            if (bit == 1) {
+                if (rd_bin(&p, end, &s, &len) < 0) return -1;
+            } else if (p < end && (*p == 0xca || *p == 0xcb)) {
+                if (bit != 2) return -1;
+                unsigned long long v;
+                unsigned char c = *p++;
+                if (mp_be(&p, end, c == 0xca ? 4 : 8, &v) < 0) return -1;
+                double d;
+                if (c == 0xca) {
+                    uint32_t w = (uint32_t)v;
+                    float f;
+                    memcpy(&f, &w, 4);
+                    d = f;
+                } else {
+                    memcpy(&d, &v, 8);
+                }
+                if (!(d >= 0)) return -1;
+            } else if (bit == 4 && p < end && (*p == 0xc2 || *p == 0xc3)) {
+                *keep = *p++ == 0xc3;
+            } else {
+                if (rd_int(&p, end, &u, &neg) < 0 || (bit == 2 && neg)) return -1;
+                if (bit == 4) *keep = u != 0;
+            }
+        }
+        if (seen & ~4) *plain = 0; /* func_data, timeout: the Python path's */
+    }
+    *pp = p;
+    return 0;
+}
+
+/* runs_batch(header, frames, funcs, executor, enter, leave, unpack) -> RunBatch | None */
+static PyObject *runs_batch(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "runs_batch takes 7 arguments");
+        return NULL;
+    }
+    PyObject *frames = a[1];
+    if (!PyList_CheckExact(frames) || !PyDict_CheckExact(a[2])) Py_RETURN_NONE;
+    Py_buffer view;
+    if (PyObject_GetBuffer(a[0], &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    RunBatch *b = NULL;
+    const unsigned char *base = view.buf, *p = base, *end = base + view.len;
+    const unsigned char *runs = NULL, *counts = NULL;
+    unsigned long long npairs, nruns = 0, ncounts = 0;
+    int seen = 0;
+    if (rd_map(&p, end, &npairs) < 0) goto none;
+    for (unsigned long long j = 0; j < npairs; j++) {
+        const char *s;
+        Py_ssize_t len;
+        if (rd_str(&p, end, &s, &len) < 0) goto none;
+        int bit = str_is(s, len, "op") ? 1 : str_is(s, len, "runs") ? 2 : str_is(s, len, "nframes") ? 4 : 0;
+        if (bit & seen) goto none;
+        seen |= bit;
+        if (bit == 1) {
+            if (rd_str(&p, end, &s, &len) < 0 || !str_is(s, len, "runs")) goto none;
+        } else if (bit == 2 || bit == 4) {
+            const unsigned char *q = p;
+            if (rd_array(&q, end, bit == 2 ? &nruns : &ncounts) < 0) goto none;
+            if (bit == 2) runs = q;
+            else counts = q;
+            if (mp_skip(&p, end, 0) < 0) goto none;
+        } else if (mp_skip(&p, end, 0) < 0) {
+            goto none;
+        }
+    }
+    if (p != end || seen != 7 || nruns != ncounts) goto none;
+    b = PyObject_GC_New(RunBatch, &RunBatchType);
+    if (b == NULL) goto fail;
+    b->raw = NULL;
+    b->at = NULL;
+    b->plain = NULL;
+    b->frames = b->funcs = b->executor = b->enter = b->leave = b->unpack = b->fname = NULL;
+    b->n = (Py_ssize_t)nruns;
+    b->next = 0;
+    b->rawlen = view.len;
+    /* (nruns is at most the header's length: a byte per entry at least) */
+    if ((b->raw = PyMem_Malloc(view.len ? (size_t)view.len : 1)) == NULL ||
+        (b->at = PyMem_Malloc(sizeof(Py_ssize_t) * 4 * (nruns ? nruns : 1))) == NULL ||
+        (b->plain = PyMem_Malloc(2 * (nruns ? nruns : 1))) == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    memcpy(b->raw, view.buf, (size_t)view.len);
+    b->end = b->at + nruns;
+    b->first = b->end + nruns;
+    b->nf = b->first + nruns;
+    b->keep = b->plain + nruns;
+    Py_ssize_t total = 0, nframes = PyList_GET_SIZE(frames);
+    for (unsigned long long i = 0; i < nruns; i++) {
+        unsigned long long c;
+        int neg;
+        b->at[i] = runs - base;
+        if (check_entry(&runs, end, &b->plain[i], &b->keep[i]) < 0) goto none;
+        b->end[i] = runs - base;
+        if (rd_int(&counts, end, &c, &neg) < 0 || neg || c > (unsigned long long)(nframes - total)) goto none;
+        b->first[i] = total;
+        b->nf[i] = (Py_ssize_t)c;
+        total += (Py_ssize_t)c;
+    }
+    if (total != nframes) goto none;
+    PyBuffer_Release(&view);
+    Py_INCREF(frames);
+    b->frames = frames;
+    for (int k = 2; k < 7; k++) Py_INCREF(a[k]);
+    b->funcs = a[2];
+    b->executor = a[3];
+    b->enter = a[4];
+    b->leave = a[5];
+    b->unpack = a[6];
+    PyObject_GC_Track(b);
+    return (PyObject *)b;
+none:
+    PyBuffer_Release(&view);
+    Py_XDECREF(b);
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(b);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
@@ -1050,6 +1620,8 @@ static PyMethodDef methods[] = {
     {"literal_payload", literal_payload, METH_VARARGS, "literal_payload(args, refs) -> bytes"},
     {"run_plain", (PyCFunction)(void (*)(void))run_plain, METH_FASTCALL,
      "run_plain(enter, leave, executor, fn, task_id, key, payload, items, frames): a plain call's run, or None"},
+    {"runs_batch", (PyCFunction)(void (*)(void))runs_batch, METH_FASTCALL,
+     "runs_batch(header, frames, funcs, executor, enter, leave, unpack) -> RunBatch, or None"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1067,6 +1639,14 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         !(s_msgpack = PyUnicode_InternFromString("msgpack")) || !(s_nframes = PyUnicode_InternFromString("nframes")) ||
         !(s_nbytes = PyUnicode_InternFromString("nbytes")))
         return NULL;
-    if (PyType_Ready(&PlainGraphType) < 0) return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&PlainGraphType) < 0 || PyType_Ready(&RunBatchType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Py_INCREF(&RunBatchType);
+    if (PyModule_AddObject(m, "RunBatch", (PyObject *)&RunBatchType) < 0) {
+        Py_DECREF(&RunBatchType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

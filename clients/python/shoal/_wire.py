@@ -418,25 +418,29 @@ class Connection:
         """Bound each later ``recv`` (a silent peer raises TimeoutError); None: no bound."""
         self.sock.settimeout(timeout)
 
-    def send(self, header: Header, frames: Sequence[Buffer] = ()) -> None:
+    def send(self, header: Header | bytes, frames: Sequence[Buffer] = ()) -> None:
         """Send one message; raises CommClosedError when the connection is gone, and
         FrameTooLargeError (the connection unharmed) for a header the peer would refuse."""
         self._send_parts(encode_frames([self._packed(header), *frames]))
 
-    def send_many(self, messages: Sequence[tuple[Header, Sequence[Buffer]]]) -> None:
+    def send_many(self, messages: Sequence[tuple[Header | bytes, Sequence[Buffer]]]) -> None:
         """Send messages back to back, small ones together in one write."""
         parts: list[Buffer] = []
         for header, frames in messages:
             parts.extend(encode_frames([self._packed(header), *frames]))
         self._send_parts(parts)
 
-    def _packed(self, header: Header) -> bytes:
-        """The encoded header, refused here when it is over the limit: sent, it would make the
-        peer close the connection, and every later call on it would fail."""
-        b = pack_header(header)
+    def _packed(self, header: Header | bytes) -> bytes:
+        """The encoded header (one already encoded: as it is), refused here when it is over
+        the limit: sent, it would make the peer close the connection, and every later call on
+        it would fail."""
+        if isinstance(header, bytes):
+            b, op = header, "encoded"
+        else:
+            b, op = pack_header(header), header.get("op", "")
         if len(b) > self.limits.max_header:
             raise FrameTooLargeError(
-                f"a {header.get('op', '')!r} message of {len(b):,} bytes is over the {self.limits.max_header:,}-byte"
+                f"a {op!r} message of {len(b):,} bytes is over the {self.limits.max_header:,}-byte"
                 " limit of a message header: pass large arguments as futures of client.scatter(value)")
         return b
 
@@ -462,6 +466,12 @@ class Connection:
 
     def recv(self) -> Message:
         """Read one message: (header, payload frames)."""
+        raw, frames = self.recv_raw()
+        return self.header_of(raw), frames
+
+    def recv_raw(self) -> tuple[bytearray, list[bytearray]]:
+        """Read one message: (its header undecoded, payload frames); :meth:`header_of` decodes
+        the header as :meth:`recv` does."""
         try:
             frames = read_frames(self._reader, self.limits)
         except FrameTooLargeError as exc:
@@ -477,13 +487,17 @@ class Connection:
         except OSError as exc:
             self._closed = True
             raise CommClosedError(f"connection to {self.address or 'peer'} lost: {exc}") from exc
+        return frames[0], frames[1:]
+
+    def header_of(self, raw: Buffer) -> Header:
+        """The header of a message :meth:`recv_raw` read; one that does not decode is refused
+        to the peer and closes the connection (ProtocolError)."""
         try:
-            header = unpack_header(frames[0])
+            return unpack_header(raw)
         except ProtocolError as exc:
             self._reply_error("protocol-error", str(exc))
             self.close()
             raise
-        return header, frames[1:]
 
     def _reply_error(self, code: str, message: str) -> None:
         try:

@@ -47,11 +47,14 @@ import sys
 import threading
 import traceback
 from time import time_ns
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Tuple, Union, cast
 
 import msgpack
 
 from . import _preload, _refs, _serialize, _wire, _worker
+
+if TYPE_CHECKING:
+    from . import _speedups
 from ._segments import _SEALS, SEG_ALIGN, SEG_MIN, SEG_MIN_FRAME, write_segment  # noqa: F401  (SEG_ALIGN: tests)
 from ._wire import Buffer
 from .exceptions import CommClosedError, ProtocolError
@@ -247,12 +250,13 @@ class Executor:
         # worker writes a batch of short runs in one write and reads nothing else before their
         # answers, so buffered bytes are the rest of the batch: answering the batch with one
         # write saves the worker a read and a wake-up per task. Owned by the serving loop.
-        self.held: list[tuple[Header, Sequence[Any]]] = []
+        self.held: list[tuple[Header | bytes, Sequence[Any]]] = []
         # Runs of a ``runs`` message not yet run, in order, as split_runs checked them; the
         # serving loop takes the next from here before it reads the socket (and so does the
         # thread that takes over serving when a run secedes). Answers go back as ``dones`` once
         # the worker has sent a ``runs``.
-        self.pending: collections.deque[tuple[list[Any], list[Any]]] = collections.deque()
+        # (A runs message read in C is one RunBatch here, until its last run is handed out.)
+        self.pending: collections.deque[tuple[list[Any], list[Any]] | _speedups.RunBatch] = collections.deque()
         self.batching = False
         # set when the serving loop ends (shutdown, or the worker's socket closed)
         self.finished = threading.Event()
@@ -332,14 +336,48 @@ class Executor:
         """Serve the worker's socket. Returns at shutdown, when the socket closes, or after a
         task this loop ran seceded (another thread serves by then)."""
         conn = self.conn
-        recv, send, run, windows = conn.recv, conn.send, self.run, self.windows
+        recv_raw, header_of, send, run, windows = conn.recv_raw, conn.header_of, conn.send, self.run, self.windows
         held = self.held = []
         pending = self.pending
         while True:
             if held and not pending and not conn.buffered():
                 self.send_held()
             if pending:
-                entry, frames = pending.popleft()  # a run of a runs message
+                head = pending[0]
+                if type(head) is _RunBatch:  # a runs message read in C: its runs, one at a time
+                    if not head.left:  # (another thread ran its last run)
+                        _drop_head(pending, head)
+                        continue
+                    plugins = _preload._current is not None and _preload._current.plugins
+                    ran = head.take() if plugins or windows is not None and windows.maps else head.next()
+                    if not head.left:
+                        _drop_head(pending, head)
+                        self.ran = time_ns()
+                    if len(ran) == 2:  # a plain call, run and answered in C: (done header, [frame])
+                        if _worker._seceding and self.answer_encoded_seceded(ran):
+                            return
+                        if held or pending or conn.buffered():
+                            held.append(ran)
+                        else:
+                            send(*ran)
+                        continue
+                    kind, value, run_of, started = ran
+                    if kind != 3:  # it ran in C, and the Python path answers it
+                        task_id, key, keep = run_of
+                        if kind == 1:
+                            if isinstance(value, KeyboardInterrupt):
+                                raise value
+                            reply, out = error_reply(task_id, value, skip=0), _NO_FRAMES
+                        else:
+                            reply, out = self.result_reply(task_id, key, keep, value)
+                        del value
+                        if not self.answer(reply, out, started):
+                            return
+                        del out, reply
+                        continue
+                    entry, frames = value, run_of  # the Python path's run
+                else:
+                    entry, frames = cast(Tuple[list[Any], list[Any]], pending.popleft())  # a run of a runs message
                 if entry[5] is None or "timeout" not in entry[5]:  # (timeout: the profiler is on)
                     started = self.ran = time_ns()
                     reply, out = self.run_entry(entry, frames)
@@ -351,10 +389,20 @@ class Executor:
                 header = run_header(entry)
             else:
                 try:
-                    header, frames = recv()
+                    raw, frames = recv_raw()
                 except CommClosedError:
                     self.finished.set()
                     return
+                if _runs_batch is not None:  # a runs message this process runs in C
+                    batch = _runs_batch(raw, frames, self.funcs, self, _worker.enter, _worker.leave, _unpack_entry)
+                    if batch is not None:
+                        pending.append(batch)
+                        self.batching = True
+                        self.ran = time_ns()
+                        frames = []
+                        continue
+                header = header_of(raw)
+                del raw
             op = header["op"]
             if op == "runs":
                 try:
@@ -452,6 +500,22 @@ class Executor:
                 send_with_fd(self.conn, reply, out, fd)
             finally:
                 os.close(fd)
+        return True
+
+    def answer_encoded_seceded(self, answer: tuple[bytes, list[bytes]]) -> bool:
+        """After a run in C: when its task seceded, send its answer (a done header encoded, and
+        its frame) on the task's own socket and return True (another thread serves the
+        worker's socket now)."""
+        task_conn = _worker.took_own_socket()
+        if task_conn is None:
+            return False
+        self.ran = time_ns()
+        try:
+            task_conn.send(*answer)
+        except CommClosedError:
+            pass  # the worker is gone
+        finally:
+            task_conn.close()
         return True
 
     def answer_seceded(self, task_conn: _wire.Connection, reply: Header, out: list[Any], started: int) -> None:
@@ -823,11 +887,15 @@ _DONES_MAX = 64
 _DONES_BYTES = 64 << 10
 
 
-def group_answers(answers: Sequence[tuple[Header, Sequence[Any]]]) -> list[tuple[Header, Sequence[Any]]]:
+Answer = Tuple[Union[Header, bytes], Sequence[Any]]  # a reply (a map, or encoded already) and its frames
+
+
+def group_answers(answers: Sequence[Answer]) -> list[Answer]:
     """The messages that send ``answers`` in order: runs of small ones as ``dones`` messages
-    (docs/protocol.md §3.5), the others as they are."""
-    out: list[tuple[Header, Sequence[Any]]] = []
-    replies: list[Header] = []
+    (docs/protocol.md §3.5), the others as they are. A reply may come encoded already (an
+    answer made in C): a ``dones`` holding one is encoded here, the others with it."""
+    out: list[Answer] = []
+    replies: list[Header | bytes] = []
     counts: list[int] = []
     frames: list[Any] = []
     size = 0
@@ -837,7 +905,7 @@ def group_answers(answers: Sequence[tuple[Header, Sequence[Any]]]) -> list[tuple
         if len(replies) == 1:
             out.append((replies[0], frames.copy()))
         elif replies:
-            out.append(({"op": "dones", "replies": replies.copy(), "nframes": counts.copy()}, frames.copy()))
+            out.append((dones_header(replies, counts), frames.copy()))
         replies.clear()
         counts.clear()
         frames.clear()
@@ -863,6 +931,23 @@ def group_answers(answers: Sequence[tuple[Header, Sequence[Any]]]) -> list[tuple
     flush()
     return out
 
+
+def dones_header(replies: Sequence[Header | bytes], counts: list[int]) -> Header | bytes:
+    """The header of a ``dones`` message: a map, or encoded (as pack_header would encode the
+    map) when a reply comes encoded."""
+    if all(type(r) is not bytes for r in replies):
+        return {"op": "dones", "replies": list(replies), "nframes": counts.copy()}
+    n = len(replies)
+    parts = [_DONES_START, bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big")]
+    parts.extend(r if type(r) is bytes else _wire.pack_header(r) for r in replies)  # type: ignore[arg-type]
+    parts.append(_NFRAMES_KEY)
+    parts.append(_wire.packb(counts))
+    return b"".join(parts)
+
+
+# {"op": "dones", "replies": ... as msgpack writes its start (a map of three), and the key after
+_DONES_START = b"\x83" + msgpack.packb("op") + msgpack.packb("dones") + msgpack.packb("replies")
+_NFRAMES_KEY = msgpack.packb("nframes")
 
 _RUN_FIELDS = ("op", "id", "key", "func", "payload", "items")
 
@@ -1081,10 +1166,26 @@ _unpackb = msgpack.unpackb
 # raises. A new packer per result (_wire.packb) cost 0.26 µs against 0.08.
 _pack_scalar = msgpack.Packer(use_bin_type=True, buf_size=256).pack
 _load_literal = _refs.load_literal
-try:  # a run of a plain call, compiled (docs/python.md, "How the executor runs tasks")
+try:  # runs of plain calls, compiled (docs/python.md, "How the executor runs tasks")
+    from ._speedups import RunBatch as _RunBatch
     from ._speedups import run_plain as _run_plain
+    from ._speedups import runs_batch as _runs_batch
 except ImportError:
-    _run_plain = None  # type: ignore[assignment]
+    _run_plain = _runs_batch = None  # type: ignore[assignment]
+    _RunBatch = None  # type: ignore[assignment,misc]
+
+
+def _unpack_entry(b: bytes) -> Any:
+    """A runs entry as split_runs has it, from its bytes (for RunBatch)."""
+    return _unpackb(b, raw=False, strict_map_key=False)
+
+
+def _drop_head(pending: collections.deque[Any], head: Any) -> None:
+    """Take ``head`` off ``pending`` when it is still first (a seceded task's thread and the
+    one serving after it may both see it done)."""
+    if pending and pending[0] is head:
+        pending.popleft()
+_NO_FRAMES: list[Any] = []  # an error answer's frames (never changed)
 _NO_KWARGS: dict[str, Any] = {}  # no keyword arguments (never changed: a call's **kwargs is a new dict)
 
 

@@ -291,3 +291,202 @@ def test_an_executor_process_answers_plain_runs() -> None:
                 assert h["op"] == "done" and result_of((h, frames)) == i + 100
     finally:
         worker.close()
+
+
+# --- runs messages read in C (RunBatch) ------------------------------------------------------
+
+from shoal import _wire  # noqa: E402
+from shoal._speedups import runs_batch  # noqa: E402
+from shoal.executor import dones_header, group_answers, split_runs  # noqa: E402
+
+
+def batch_of(ex: Executor, header: dict[str, Any], frames: list[Any]) -> Any:
+    raw = bytearray(_wire.pack_header(header))
+    return runs_batch(raw, frames, ex.funcs, ex, _worker.enter, _worker.leave, executor._unpack_entry)
+
+
+def plain_batch(n: int, rng: random.Random) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """A runs message of ``n`` runs as a worker sends a client.get's: plain calls of ``first``
+    or ``concat`` over literals and inputs, some keeping, with the expected values."""
+    entries, counts, frames = [], [], []
+    for i in range(n):
+        args = [literals(rng) for _ in range(rng.randrange(1, 4))]
+        deps = {f"('d', {i}, {j})": literals(rng) for j in range(rng.randrange(3))}
+        refs = []
+        for j, name in enumerate(deps):
+            if j < len(args):
+                args[j] = name
+                refs.append(j)
+        items = [[name, "msgpack", rng.choice([0, 1]), 1] for name in deps]
+        extra = rng.choice([None, None, {"keep": 1}, {"keep": False}, {}])
+        entries.append([i + 1, f"('t', {i})", rng.choice([FH, "c" * 64]), _refs.literal_payload(args, refs, PACK),
+                        items, extra])
+        counts.append(len(deps))
+        frames.extend(msgpack.packb(v, use_bin_type=True) for v in deps.values())
+    return {"op": "runs", "runs": entries, "nframes": counts}, frames, entries
+
+
+def run_python(ex: Executor, header: dict[str, Any], frames: list[Any],
+               monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, Any]]:
+    monkeypatch.setattr(executor, "_run_plain", None)
+    try:
+        return [ex.run_entry(e, f) for e, f in split_runs(header, frames)]
+    finally:
+        monkeypatch.undo()
+
+
+def run_batch(ex: Executor, batch: Any) -> list[tuple[Any, Any]]:
+    """Each run of the batch answered as the executor's loop answers it (without start/stop)."""
+    out: list[tuple[Any, Any]] = []
+    while batch.left:
+        ran = batch.next()
+        if len(ran) == 2:
+            h = msgpack.unpackb(ran[0], raw=False)
+            assert _wire.pack_header(h) == ran[0], "encoded as pack_header encodes the map"
+            assert 0 < h.pop("start") <= h.pop("stop")
+            out.append((h, ran[1]))
+            continue
+        kind, value, run_of, _ = ran
+        if kind == 3:
+            out.append(ex.run_entry(value, run_of))
+        elif kind == 1:
+            out.append((executor.error_reply(run_of[0], value, skip=0), []))
+        else:
+            out.append(ex.result_reply(*run_of, value))
+    return out
+
+
+def test_a_runs_batch_answers_as_the_python_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(5)
+    ex = Executor(None)  # type: ignore[arg-type]
+    ex.funcs[FH] = first
+    ex.funcs["c" * 64] = concat
+    for _ in range(40):
+        header, frames, _ = plain_batch(rng.randrange(0, 70), rng)
+        batch = batch_of(ex, header, frames)
+        assert batch is not None
+        got = run_batch(ex, batch)
+        want = run_python(ex, header, frames, monkeypatch)
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            if w[0]["op"] == "error":
+                same_error(g, w)
+            else:
+                assert g == w
+
+
+def test_a_batch_hands_other_runs_to_the_python_path() -> None:
+    """Runs the compiled path does not take come back as split_runs makes them, in order:
+    pickled payloads, a function still to load (func_data), the profiler's timeout, an unknown
+    function; and take() hands any run over unrun."""
+    rng = random.Random(7)
+    ex = Executor(None)  # type: ignore[arg-type]
+    ex.funcs[FH] = first
+    header, frames, entries = plain_batch(6, rng)
+    entries[1][3] = b"\x80\x05N."
+    entries[2][5] = {"func_data": b"data", "keep": 1}
+    entries[3][5] = {"timeout": 0.01}
+    entries[4][2] = "e" * 64
+    for e in entries:
+        e[2] = FH if e[2] == "c" * 64 else e[2]
+    split = split_runs(header, frames)
+    batch = batch_of(ex, header, frames)
+    handed = []
+    for i in range(len(entries)):
+        ran = batch.take() if i == 5 else batch.next()
+        if len(ran) == 4 and ran[0] == 3:
+            handed.append(i)
+            assert [ran[1], ran[2]] == list(split[i])
+    assert handed == [1, 2, 3, 4, 5] and batch.left == 0
+    with pytest.raises(IndexError):
+        batch.next()
+
+
+def test_runs_messages_split_runs_refuses_are_not_batched() -> None:
+    """Whatever split_runs (or the header's decoding) refuses, runs_batch leaves to it; and
+    what runs_batch takes, split_runs takes too, with the same runs (random mutations of valid
+    messages, hostile lengths and nesting among them)."""
+    rng = random.Random(11)
+    ex = Executor(None)  # type: ignore[arg-type]
+    header, frames, entries = plain_batch(3, rng)
+    good = _wire.pack_header(header)
+    bad_headers = [
+        dict(header, op="run"), dict(header, nframes=header["nframes"][:-1]),
+        dict(header, nframes=[*header["nframes"][:-1], header["nframes"][-1] + 1]),
+        dict(header, runs=[*entries[:-1], entries[-1][:5]]),
+        dict(header, runs=[*entries[:-1], [*entries[-1][:5], {"keep": 1.5}]]),
+        dict(header, runs=[*entries[:-1], [*entries[-1][:5], {"timeout": -1}]]),
+        dict(header, runs=[*entries[:-1], [*entries[-1][:5], {"other": 1}]]),
+        dict(header, runs=[*entries[:-1], [-1, *entries[-1][1:]]]),
+        dict(header, runs=[*entries[:-1], [True, *entries[-1][1:]]]),
+        dict(header, runs=[*entries[:-1], [*entries[-1][:3], "text", *entries[-1][4:]]]),
+    ]
+    for h in bad_headers:
+        assert batch_of(ex, h, frames) is None, h
+    raws = [good[:k] for k in range(len(good))] + [good + b"\xc0", b"\x81\xa2op\xa4runs",
+                                                   b"\x83\xa2op\xa4runs\xa4runs\xdd\xff\xff\xff\xff"]
+    for _ in range(3000):
+        b = bytearray(good)
+        for _ in range(rng.randrange(1, 4)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        raws.append(bytes(b))
+    taken = 0
+    for raw in raws:
+        batch = runs_batch(bytearray(raw), list(frames), ex.funcs, ex, _worker.enter, _worker.leave,
+                           executor._unpack_entry)
+        try:
+            h = _wire.unpack_header(raw)
+            split = split_runs(h, list(frames)) if h.get("op") == "runs" else None
+        except Exception:  # noqa: BLE001 - refused by the Python path
+            split = None
+        if batch is None:
+            continue
+        taken += 1
+        assert split is not None, raw
+        assert [tuple(batch.take()[1:3]) for _ in range(batch.left)] == [(e, f) for e, f in split]
+    assert taken > 0
+
+
+def test_dones_header_encodes_as_pack_header() -> None:
+    replies = [{"op": "done", "id": i, "items": [{"key": f"k{i}", "encoding": "msgpack", "nframes": 1,
+                                                   "nbytes": 1}], "start": 1, "stop": 2} for i in range(20)]
+    counts = [1] * 20
+    as_map = dones_header(replies, counts)
+    assert isinstance(as_map, dict)
+    mixed = [_wire.pack_header(r) if i % 2 else r for i, r in enumerate(replies)]
+    assert dones_header(mixed, counts) == _wire.pack_header(as_map)
+    grouped = group_answers([(r, [b"\x01"]) for r in mixed])
+    assert len(grouped) == 1 and grouped[0][1] == [b"\x01"] * 20
+    assert msgpack.unpackb(grouped[0][0], raw=False) == as_map
+
+
+def test_an_executor_process_runs_a_seceding_plain_call_in_a_batch() -> None:
+    """A plain call that secedes in the middle of a runs message: the worker gets the earlier
+    answers, the secede, then the rest's, in order, as with the Python path."""
+    from shoal import _keys
+
+    def seceding(a: int, b: int) -> int:
+        from shoal import secede
+        secede()
+        return a + b
+
+    worker = FakeWorker()
+    try:
+        msgs = list(plain_runs(worker, 6))
+        data = _keys.dumps_callable(seceding)
+        fh = _keys.func_hash(data)
+        msgs[2][0].update(func=fh, func_data=data)
+        worker.send_runs(msgs)
+        answers = [a for g in worker.answers(6) for a in g]
+        assert [h["id"] for h, _ in answers] == [h["id"] for h, _ in msgs]
+        assert [h["op"] for h, _ in answers] == ["done", "done", "secede", "done", "done", "done"]
+        assert [result_of(answers[i]) for i in (0, 1, 3, 4, 5)] == [100, 101, 103, 104, 105]
+        # the function is known now: the next batch's seceding run is a compiled one
+        msgs = list(plain_runs(worker, 4))
+        msgs[1][0]["func"] = fh
+        worker.send_runs(msgs)
+        answers = [a for g in worker.answers(4) for a in g]
+        assert [h["op"] for h, _ in answers] == ["done", "secede", "done", "done"]
+        assert [result_of(answers[i]) for i in (0, 2, 3)] == [100, 102, 103]
+    finally:
+        worker.close()
