@@ -6,9 +6,9 @@ package then uses ``$SHOAL_BIN`` or the repository's ``bin/shoal``). Editable in
 (``pip install -e .``) build nothing: they find ``<repo>/bin/shoal``.
 
 It also compiles the optional C extension ``shoal._speedups`` (``clients/python/shoal/_speedups.c``:
-the client's conversion of hand-built dask graphs of plain calls), editable installs included
-(next to the sources). Without a C compiler the package installs without it, and converts those
-graphs in Python, several times more slowly.
+the client's conversion of hand-built dask graphs of plain calls, and the executor's runs of
+plain calls), editable installs included (next to the sources). Without a C compiler the package
+installs without it, and does both in Python, several times more slowly.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-/* shoal._speedups: the client's conversion of a hand-built dask graph of plain calls, compiled.
+/* shoal._speedups: plain calls, compiled: the client's conversion of a hand-built dask graph
+ * of them, and the executor's runs of them.
  *
  * A graph whose every node is a plain legacy call, (func, arg, ...) with each argument a key of
  * the graph or a literal a literal payload carries (docs/protocol.md §3.1), is what
@@ -19,6 +20,16 @@
  * dict afterwards (from another thread) changes nothing here. Keys are hashed and compared by
  * Python's own protocol while the graph is checked, so a key type with a Python __eq__ or
  * __hash__ may run code then; nothing is borrowed across such a call.
+ *
+ * In the executor (shoal.executor; docs/python.md, "How the executor runs tasks"):
+ *
+ *   runs_batch(header, frames, ...) -> RunBatch | None
+ *       a runs message, its raw header checked whole as split_runs checks it;
+ *   RunBatch.next()
+ *       runs its next run when it is a plain call over msgpack inputs with a scalar result,
+ *       and answers it, or hands it to the Python path;
+ *   run_plain(...)
+ *       the same run for a run the Python path already split.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -880,7 +891,7 @@ static PyObject *mp_whole(PyObject *obj, Py_ssize_t skip) {
     Py_buffer view;
     if (PyObject_GetBuffer(obj, &view, PyBUF_SIMPLE) < 0) return NULL;
     PyObject *v = NULL;
-    if (view.len > skip) {
+    if (view.len > skip && view.itemsize == 1) { /* (msgpack refuses a buffer of wider items) */
         const unsigned char *p = (const unsigned char *)view.buf + skip, *end = (const unsigned char *)view.buf + view.len;
         v = mp_value(&p, end, 0);
         if (v != NULL && p != end) Py_CLEAR(v);
@@ -893,7 +904,7 @@ static PyObject *s_op, *s_done, *s_id, *s_items, *s_encoding, *s_msgpack, *s_nfr
 
 /* The call arguments of a literal payload's body (the msgpack after its zero byte, [args] or
  * [args, refs]), the value in `values` at each position in refs, as shoal._refs.load_literal
- * makes them: a new list, or NULL (an exception may be set: the caller clears it) for anything
+ * makes them: a new tuple, or NULL (an exception may be set: the caller clears it) for anything
  * this path does not take. */
 static PyObject *literal_args(const unsigned char *p, Py_ssize_t n, PyObject *values) {
     const unsigned char *end = p + n;
@@ -924,7 +935,11 @@ static PyObject *literal_args(const unsigned char *p, Py_ssize_t n, PyObject *va
         }
     }
     Py_DECREF(body);
-    return args;
+    /* a tuple: Python code could reach a list (gc.get_referrers) and empty it while a callee
+     * that borrows its arguments (a METH_FASTCALL builtin) still reads them */
+    PyObject *t = PyList_AsTuple(args);
+    Py_DECREF(args);
+    return t;
 fail:
     Py_XDECREF(args);
     Py_XDECREF(body);
@@ -934,14 +949,14 @@ fail:
 /* Call fn(*args) between enter(executor, task_id, key) and leave(task), as Executor.call does.
  * 0: *result is what fn returned, or NULL and *exc what it raised (its traceback attached);
  * -1: enter or leave raised (the exception is set; as in a Python finally, leave's replaces
- * fn's). The args list is the caller's alone: nothing else can change it while fn runs. */
+ * fn's). args is a tuple, which holds the arguments while fn runs. */
 static int call_task(PyObject *enter, PyObject *leave, PyObject *executor, PyObject *fn, PyObject *task_id,
                      PyObject *key, PyObject *args, PyObject **result, PyObject **exc) {
     *result = *exc = NULL;
     PyObject *enter_args[3] = {executor, task_id, key};
     PyObject *task = PyObject_Vectorcall(enter, enter_args, 3, NULL);
     if (task == NULL) return -1;
-    PyObject *r = PyObject_Vectorcall(fn, ((PyListObject *)args)->ob_item, PyList_GET_SIZE(args), NULL);
+    PyObject *r = PyObject_Vectorcall(fn, ((PyTupleObject *)args)->ob_item, PyTuple_GET_SIZE(args), NULL);
     PyObject *et = NULL, *ev = NULL, *etb = NULL;
     if (r == NULL) {
         PyErr_Fetch(&et, &ev, &etb);
@@ -994,11 +1009,14 @@ static PyObject *plain_args(PyObject *payload, PyObject *items, PyObject *frames
         long nfr = PyLong_AsLong(nf);
         if ((nfr != 0 && nfr != 1) || PyUnicode_Compare(enc, s_msgpack) != 0 || pos >= PyList_GET_SIZE(frames))
             goto done;
-        /* (the item's frame: held by frames, a list this call owns a reference to) */
+        /* the item's frame is held by frames, a list this call owns a reference to, until
+         * mp_whole holds its buffer; key is held across mp_whole, whose buffer request may
+         * run Python code (a __buffer__, a collection's finalizers) */
+        Py_INCREF(key);
         PyObject *v = mp_whole(PyList_GET_ITEM(frames, pos), 0);
-        if (v == NULL) goto done;
-        int r = PyDict_SetItem(values, key, v);
-        Py_DECREF(v);
+        int r = v == NULL ? -1 : PyDict_SetItem(values, key, v);
+        Py_DECREF(key);
+        Py_XDECREF(v);
         if (r < 0) goto done;
         pos++;
     }
@@ -1382,7 +1400,10 @@ static PyObject *rb_run(RunBatch *b, int plain_ok) {
             goto python;
         Py_ssize_t at = b->first[i] + (Py_ssize_t)j;
         if (at >= PyList_GET_SIZE(b->frames)) goto python;
-        PyObject *v = mp_whole(PyList_GET_ITEM(b->frames, at), 0);
+        PyObject *frame = PyList_GET_ITEM(b->frames, at);
+        Py_INCREF(frame); /* (held: the buffer request may run Python code) */
+        PyObject *v = mp_whole(frame, 0);
+        Py_DECREF(frame);
         if (v == NULL) goto python;
         PyObject *name = PyUnicode_DecodeUTF8(ik, iklen, NULL);
         if (name == NULL) {
@@ -1398,7 +1419,15 @@ static PyObject *rb_run(RunBatch *b, int plain_ok) {
     if ((args = literal_args((const unsigned char *)payload + 1, plen - 1, values)) == NULL) goto python;
     if ((task_id = PyLong_FromUnsignedLongLong(id)) == NULL || (pykey = PyUnicode_DecodeUTF8(key, keylen, NULL)) == NULL)
         goto fail;
-    if (call_task(b->enter, b->leave, b->executor, fn, task_id, pykey, args, &result, &exc) < 0) goto fail;
+    PyObject *enter = b->enter, *leave = b->leave, *executor = b->executor;
+    Py_INCREF(enter);
+    Py_INCREF(leave);
+    Py_INCREF(executor);
+    int called = call_task(enter, leave, executor, fn, task_id, pykey, args, &result, &exc);
+    Py_DECREF(enter);
+    Py_DECREF(leave);
+    Py_DECREF(executor);
+    if (called < 0) goto fail;
     if (result != NULL) {
         buf_t f = {0}, h = {0};
         int r = put_scalar(&f, result);
@@ -1626,7 +1655,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "shoal._speedups",
-                                    "The client's conversion of plain-call dask graphs, compiled.", -1, methods,
+                                    "Plain calls, compiled: the client's conversion of dask graphs of them, the executor's runs.", -1, methods,
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__speedups(void) {

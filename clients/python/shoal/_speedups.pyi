@@ -1,4 +1,4 @@
-# The compiled shoal._speedups (_speedups.c): the client's conversion of plain-call dask graphs.
+# The compiled shoal._speedups (_speedups.c): plain calls, converted in the client and run in the executor.
 from typing import Any, Callable, Hashable, Optional
 
 class PlainGraph:
