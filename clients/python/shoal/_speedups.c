@@ -947,38 +947,42 @@ fail:
 }
 
 /* Call fn(*args) between enter(executor, task_id, key) and leave(task), as Executor.call does.
- * 0: *result is what fn returned, or NULL and *exc what it raised (its traceback attached);
- * -1: enter or leave raised (the exception is set; as in a Python finally, leave's replaces
- * fn's). args is a tuple, which holds the arguments while fn runs. */
+ * 0: *result is what fn returned (the task has left); or *result is NULL, *exc is what fn raised
+ * (its traceback attached) and *task the task, still entered: Executor.call makes the error
+ * answer before the task leaves, and so does the caller, who then calls leave(*task). -1: enter
+ * or leave raised (the exception is set). args is a tuple, which holds the arguments while fn
+ * runs. */
 static int call_task(PyObject *enter, PyObject *leave, PyObject *executor, PyObject *fn, PyObject *task_id,
-                     PyObject *key, PyObject *args, PyObject **result, PyObject **exc) {
-    *result = *exc = NULL;
+                     PyObject *key, PyObject *args, PyObject **result, PyObject **exc, PyObject **task) {
+    *result = *exc = *task = NULL;
     PyObject *enter_args[3] = {executor, task_id, key};
-    PyObject *task = PyObject_Vectorcall(enter, enter_args, 3, NULL);
-    if (task == NULL) return -1;
+    PyObject *t = PyObject_Vectorcall(enter, enter_args, 3, NULL);
+    if (t == NULL) return -1;
     PyObject *r = PyObject_Vectorcall(fn, ((PyTupleObject *)args)->ob_item, PyTuple_GET_SIZE(args), NULL);
-    PyObject *et = NULL, *ev = NULL, *etb = NULL;
     if (r == NULL) {
+        PyObject *et = NULL, *ev = NULL, *etb = NULL;
         PyErr_Fetch(&et, &ev, &etb);
         PyErr_NormalizeException(&et, &ev, &etb);
         if (etb != NULL && ev != NULL) PyException_SetTraceback(ev, etb);
         Py_XDECREF(et);
         Py_XDECREF(etb);
+        if (ev == NULL) {
+            Py_DECREF(t);
+            PyErr_SetString(PyExc_SystemError, "shoal._speedups: the task raised nothing");
+            return -1;
+        }
+        *exc = ev;
+        *task = t;
+        return 0;
     }
-    PyObject *left = PyObject_Vectorcall(leave, &task, 1, NULL);
-    Py_DECREF(task);
-    if (left == NULL) {
-        Py_XDECREF(r);
-        Py_XDECREF(ev);
+    PyObject *left = PyObject_Vectorcall(leave, &t, 1, NULL);
+    Py_DECREF(t);
+    if (left == NULL) { /* as a Python finally: leave's exception propagates */
+        Py_DECREF(r);
         return -1;
     }
     Py_DECREF(left);
-    if (r == NULL && ev == NULL) {
-        PyErr_SetString(PyExc_SystemError, "shoal._speedups: the task raised nothing");
-        return -1;
-    }
     *result = r;
-    *exc = ev;
     return 0;
 }
 
@@ -1051,10 +1055,26 @@ done:
     return out;
 }
 
+/* leave(task) when the error answer cannot be handed out (no memory): the error set stays */
+static void leave_keeping_error(PyObject *leave, PyObject *task) {
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *left = PyObject_Vectorcall(leave, &task, 1, NULL);
+    if (left != NULL) {
+        Py_DECREF(left);
+        PyErr_Restore(et, ev, etb);
+    } else {
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(etb);
+    }
+}
+
 /* run_plain(enter, leave, executor, fn, task_id, key, payload, items, frames): see
  * shoal.executor.Executor.run_entry. None: not run (the Python path takes it); (0, reply,
- * frames): ran and answered; (1, exception, None): fn raised it; (2, result, None): ran, and
- * the result is for the Python path to encode. */
+ * frames): ran and answered; (1, exception, task): fn raised it, and the caller makes the
+ * error answer, then calls leave(task); (2, result, None): ran, and the result is for the
+ * Python path to encode. */
 static PyObject *run_plain(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
     (void)self;
     if (nargs != 9) {
@@ -1065,13 +1085,15 @@ static PyObject *run_plain(PyObject *self, PyObject *const *a, Py_ssize_t nargs)
     if (!PyLong_CheckExact(task_id) || !PyUnicode_CheckExact(key)) Py_RETURN_NONE;
     PyObject *args = plain_args(a[6], a[7], a[8]);
     if (args == NULL) Py_RETURN_NONE;
-    PyObject *result, *exc;
-    int r = call_task(a[0], a[1], a[2], a[3], task_id, key, args, &result, &exc);
+    PyObject *result, *exc, *task;
+    int r = call_task(a[0], a[1], a[2], a[3], task_id, key, args, &result, &exc, &task);
     Py_DECREF(args);
     if (r < 0) return NULL;
     if (result == NULL) {
-        PyObject *out = Py_BuildValue("(iOO)", 1, exc, Py_None);
+        PyObject *out = Py_BuildValue("(iOO)", 1, exc, task);
         Py_DECREF(exc);
+        if (out == NULL) leave_keeping_error(a[1], task);
+        Py_DECREF(task);
         return out;
     }
     buf_t b = {0};
@@ -1361,9 +1383,10 @@ static PyObject *rb_func(RunBatch *b, const char *s, Py_ssize_t n) {
 }
 
 /* RunBatch.next(): run the next run. (done_header, [frame]): it ran here, answered by that done
- * message (its header encoded); (3, entry, frames, 0): it is the Python path's, as split_runs makes it; (1, exception,
- * (id, key, keep), started) or (2, result, (id, key, keep), started): it ran here, and raised
- * or returned a result for the Python path to answer. */
+ * message (its header encoded); (3, entry, frames, 0): it is the Python path's, as split_runs
+ * makes it; (2, result, (id, key, keep), started): it ran here, and returned a result for the
+ * Python path to answer; (1, exception, (id, key, task), started): it raised, and the Python
+ * path answers, then calls leave(task). */
 static PyObject *rb_run(RunBatch *b, int plain_ok) {
     if (b->frames == NULL || b->next >= b->n) {
         PyErr_SetString(PyExc_IndexError, "RunBatch: no run left");
@@ -1423,12 +1446,23 @@ static PyObject *rb_run(RunBatch *b, int plain_ok) {
     Py_INCREF(enter);
     Py_INCREF(leave);
     Py_INCREF(executor);
-    int called = call_task(enter, leave, executor, fn, task_id, pykey, args, &result, &exc);
+    PyObject *task;
+    int called = call_task(enter, leave, executor, fn, task_id, pykey, args, &result, &exc, &task);
     Py_DECREF(enter);
-    Py_DECREF(leave);
     Py_DECREF(executor);
-    if (called < 0) goto fail;
-    if (result != NULL) {
+    if (called < 0) {
+        Py_DECREF(leave);
+        goto fail;
+    }
+    if (result == NULL) { /* (1, exception, (id, key, task), started): leave(task) once answered */
+        out = Py_BuildValue("(iO(OOO)L)", 1, exc, task_id, pykey, task, started);
+        if (out == NULL) leave_keeping_error(leave, task);
+        Py_DECREF(task);
+        Py_DECREF(leave);
+        goto done;
+    }
+    Py_DECREF(leave);
+    {
         buf_t f = {0}, h = {0};
         int r = put_scalar(&f, result);
         if (r == 0) {
@@ -1442,8 +1476,7 @@ static PyObject *rb_run(RunBatch *b, int plain_ok) {
         PyMem_Free(f.p);
         if (r < 0) PyErr_Clear(); /* (an int beyond 64 bits, a str msgpack refuses: encoded in Python) */
     }
-    out = Py_BuildValue("(iO(OOO)L)", result != NULL ? 2 : 1, result != NULL ? result : exc, task_id, pykey,
-                        b->keep[i] ? Py_True : Py_False, started);
+    out = Py_BuildValue("(iO(OOO)L)", 2, result, task_id, pykey, b->keep[i] ? Py_True : Py_False, started);
     goto done;
 python: /* not a run this path takes: nothing was called */
     PyErr_Clear();

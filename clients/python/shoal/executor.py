@@ -362,14 +362,18 @@ class Executor:
                             send(*ran)
                         continue
                     kind, value, run_of, started = ran
-                    if kind != 3:  # it ran in C, and the Python path answers it
-                        task_id, key, keep = run_of
-                        if kind == 1:
+                    if kind == 1:  # it raised in C: answered as call answers, before the task leaves
+                        task_id, _, task = run_of
+                        try:
                             if isinstance(value, KeyboardInterrupt):
                                 raise value
                             reply, out = error_reply(task_id, value, skip=0), _NO_FRAMES
-                        else:
-                            reply, out = self.result_reply(task_id, key, keep, value)
+                        finally:
+                            _worker.leave(task)
+                    elif kind == 2:  # it ran in C, and the Python path encodes its result
+                        task_id, key, keep = run_of
+                        reply, out = self.result_reply(task_id, key, keep, value)
+                    if kind != 3:
                         del value
                         if not self.answer(reply, out, started):
                             return
@@ -607,10 +611,13 @@ class Executor:
                 kind, value, out = done
                 if kind == 0:
                     return value, out
-                if kind == 1:
-                    if isinstance(value, KeyboardInterrupt):
-                        raise value
-                    return error_reply(task_id, value, skip=0), []
+                if kind == 1:  # answered as call answers, before the task leaves (out: the task)
+                    try:
+                        if isinstance(value, KeyboardInterrupt):
+                            raise value
+                        return error_reply(task_id, value, skip=0), []
+                    finally:
+                        _worker.leave(out)
                 return self.result_reply(task_id, key, bool(extra and extra.get("keep")), value)
         try:
             if fn is None:
@@ -1217,10 +1224,11 @@ def qualified_name(typ: type) -> str:
 
 
 def format_remote_traceback(exc: BaseException, skip: int) -> str:
-    """Format the traceback of ``exc`` without the executor's own ``skip`` outermost frames."""
+    """Format the traceback of ``exc`` without the executor's own ``skip`` outermost frames
+    (none left when the task's function has no Python frame: a builtin's error)."""
     tb = exc.__traceback__
     for _ in range(skip):
-        if tb is not None and tb.tb_next is not None:
+        if tb is not None:
             tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))
 

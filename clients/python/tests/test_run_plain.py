@@ -80,6 +80,12 @@ def first(*a: Any) -> Any:
     return a[0] if a else None
 
 
+def refuses_none(*a: Any) -> Any:
+    if None in a:
+        raise ValueError("None among", a)
+    return len(a)
+
+
 def literals(rng: random.Random, depth: int = 0) -> Any:
     kind = rng.randrange(9 if depth < 3 else 8)
     if kind == 0:
@@ -319,8 +325,8 @@ def plain_batch(n: int, rng: random.Random) -> tuple[dict[str, Any], list[Any], 
                 refs.append(j)
         items = [[name, "msgpack", rng.choice([0, 1]), 1] for name in deps]
         extra = rng.choice([None, None, {"keep": 1}, {"keep": False}, {}])
-        entries.append([i + 1, f"('t', {i})", rng.choice([FH, "c" * 64]), _refs.literal_payload(args, refs, PACK),
-                        items, extra])
+        fh = rng.choice([FH, "c" * 64, "r" * 64])
+        entries.append([i + 1, f"('t', {i})", fh, _refs.literal_payload(args, refs, PACK), items, extra])
         counts.append(len(deps))
         frames.extend(msgpack.packb(v, use_bin_type=True) for v in deps.values())
     return {"op": "runs", "runs": entries, "nframes": counts}, frames, entries
@@ -350,7 +356,9 @@ def run_batch(ex: Executor, batch: Any) -> list[tuple[Any, Any]]:
         if kind == 3:
             out.append(ex.run_entry(value, run_of))
         elif kind == 1:
+            assert _worker._local.task is run_of[2], "still in the task while its error is answered"
             out.append((executor.error_reply(run_of[0], value, skip=0), []))
+            _worker.leave(run_of[2])
         else:
             out.append(ex.result_reply(*run_of, value))
     return out
@@ -361,6 +369,7 @@ def test_a_runs_batch_answers_as_the_python_path(monkeypatch: pytest.MonkeyPatch
     ex = Executor(None)  # type: ignore[arg-type]
     ex.funcs[FH] = first
     ex.funcs["c" * 64] = concat
+    ex.funcs["r" * 64] = refuses_none
     for _ in range(40):
         header, frames, _ = plain_batch(rng.randrange(0, 70), rng)
         batch = batch_of(ex, header, frames)
@@ -368,6 +377,7 @@ def test_a_runs_batch_answers_as_the_python_path(monkeypatch: pytest.MonkeyPatch
         got = run_batch(ex, batch)
         want = run_python(ex, header, frames, monkeypatch)
         assert len(got) == len(want)
+        assert getattr(_worker._local, "task", None) is None
         for g, w in zip(got, want):
             if w[0]["op"] == "error":
                 same_error(g, w)
@@ -383,12 +393,12 @@ def test_a_batch_hands_other_runs_to_the_python_path() -> None:
     ex = Executor(None)  # type: ignore[arg-type]
     ex.funcs[FH] = first
     header, frames, entries = plain_batch(6, rng)
+    for e in entries:
+        e[2] = FH
     entries[1][3] = b"\x80\x05N."
     entries[2][5] = {"func_data": b"data", "keep": 1}
     entries[3][5] = {"timeout": 0.01}
     entries[4][2] = "e" * 64
-    for e in entries:
-        e[2] = FH if e[2] == "c" * 64 else e[2]
     split = split_runs(header, frames)
     batch = batch_of(ex, header, frames)
     handed = []
@@ -490,3 +500,29 @@ def test_an_executor_process_runs_a_seceding_plain_call_in_a_batch() -> None:
         assert [result_of(answers[i]) for i in (0, 2, 3)] == [100, 102, 103]
     finally:
         worker.close()
+
+
+def test_an_error_is_answered_before_the_task_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As Executor.call does, the error answer is made while the task still runs (its message
+    may ask which task it is), and a builtin's error carries no executor frame on either path."""
+
+    class Told(Exception):
+        def __str__(self) -> str:
+            task = getattr(_worker._local, "task", None)
+            return f"in {task.key}" if task is not None else "outside a task"
+
+    def tells() -> None:
+        raise Told()
+
+    compiled, python, taken = both(tells, entry([]), [], monkeypatch)
+    assert taken == 1
+    same_error(compiled, python)
+    assert compiled[0]["error"]["message"] == "in k-1"
+    assert getattr(_worker._local, "task", None) is None
+
+    import operator
+
+    compiled, python, taken = both(operator.add, entry([1, None]), [], monkeypatch)
+    assert taken == 1
+    same_error(compiled, python)
+    assert compiled[0]["error"]["traceback"].startswith("TypeError"), compiled[0]["error"]["traceback"]
