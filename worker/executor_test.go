@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -108,6 +109,43 @@ func TestRealPythonExecutor(t *testing.T) {
 	for i, want := range []int{42, 42, 84} {
 		require.Equal(t, wire.EncMsgpack, reply.Items[i].Encoding)
 		require.EqualValues(t, want, decodeMsgpack(t, frames[i]))
+	}
+}
+
+// TestRealPythonExecutorPlainCalls sends the real executor plain calls as client.get sends
+// them (a literal payload naming a dependency), several at once so that they go as one runs
+// message: the executor runs them in C when shoal._speedups is built, and its answers (a dones
+// whose headers it encoded itself) must take the worker's hand-written decoder and carry the
+// results.
+func TestRealPythonExecutorPlainCalls(t *testing.T) {
+	py := shoalPython(t)
+	w, sc, _, _ := startPyWorker(t, py, nil)
+	sc.send(goTask("x", "inc", 0, 31))
+	sc.expect(wire.OpTaskFinished)
+	h, fn, _ := realPyTask(t, py, "add")
+	slow := slowDones.Load()
+	const n = 40
+	keys := make([]string, n)
+	for i := range n {
+		keys[i] = fmt.Sprintf("plain-%d", i)
+		// 0x00, then msgpack [["x", i], [0]]: operator.add(x, i) with x's value at position 0
+		payload := []byte{0x00, 0x92, 0x92, 0xa1, 'x', byte(i), 0x91, 0x00}
+		var data []byte
+		if i == 0 {
+			data = fn
+		}
+		sc.send(pyTask(keys[i], h, data, payload, "x"))
+	}
+	for range n {
+		m := sc.expect(wire.OpTaskFinished)
+		require.Equal(t, wire.EncMsgpack, m.Encoding, m.Key)
+	}
+	require.Equal(t, slow, slowDones.Load(), "an executor's done header took the generic decoder")
+	c := dialData(t, w.DataAddr(), "", wire.RolePeer)
+	reply, frames := getData(t, c, 1, keys...)
+	require.Len(t, reply.Items, n)
+	for i := range n {
+		require.EqualValues(t, 32+i, decodeMsgpack(t, frames[i]), keys[i])
 	}
 }
 

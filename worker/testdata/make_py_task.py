@@ -34,6 +34,8 @@ TASKS = {
     "secede_nap": (lambda: (__import__("shoal").secede(), time.sleep(0.002))[1], ()),
     # kills its executor
     "die": (lambda: os._exit(3), ()),
+    # a builtin, as client.get sends a plain call of one (the test writes a literal payload)
+    "add": (__import__("operator").add, ()),
 }
 
 fn, args = TASKS[sys.argv[1]]
