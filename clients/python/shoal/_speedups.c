@@ -1676,12 +1676,135 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------
+ * answers_wire(held, max_header) -> bytes | None: the bytes on the wire of the messages
+ * shoal.executor's send_held sends for `held`, answers each a (header encoded, [frame, ...])
+ * with frames of bytes, grouped as group_answers groups them (runs of small answers, at most
+ * DONES_MAX of them and DONES_BYTES of frames, as one dones message; a larger one alone), each
+ * message framed as shoal._wire.encode_frames frames it. None when an answer is of another
+ * kind (a header not encoded yet, frames that are not bytes) or a header would be over
+ * max_header: the Python path sends those and says what is wrong. */
+
+#define DONES_MAX 64
+#define DONES_BYTES (64 << 10)
+
+/* one message: the frame count (u32) and lengths (u64 each), big-endian, then the header and
+ * the frames */
+static int put_message(buf_t *b, const char *hdr, Py_ssize_t hlen, PyObject *const *frames, Py_ssize_t nf) {
+    unsigned long long count = (unsigned long long)(1 + nf);
+    if (buf_reserve(b, 4 + 8 * (Py_ssize_t)count) < 0) return -1;
+    for (int i = 3; i >= 0; i--) b->p[b->len++] = (char)((count >> (8 * i)) & 0xff);
+    unsigned long long len = (unsigned long long)hlen;
+    for (int i = 7; i >= 0; i--) b->p[b->len++] = (char)((len >> (8 * i)) & 0xff);
+    for (Py_ssize_t f = 0; f < nf; f++) {
+        len = (unsigned long long)PyBytes_GET_SIZE(frames[f]);
+        for (int i = 7; i >= 0; i--) b->p[b->len++] = (char)((len >> (8 * i)) & 0xff);
+    }
+    if (put_raw(b, hdr, hlen) < 0) return -1;
+    for (Py_ssize_t f = 0; f < nf; f++)
+        if (put_raw(b, PyBytes_AS_STRING(frames[f]), PyBytes_GET_SIZE(frames[f])) < 0) return -1;
+    return 0;
+}
+
+/* the dones message of held[from:to] (to - from >= 2) */
+static int put_dones(buf_t *b, buf_t *h, PyObject *held, Py_ssize_t from, Py_ssize_t to, Py_ssize_t max_header,
+                     PyObject **frames, int *over) {
+    Py_ssize_t n = to - from, nf = 0;
+    h->len = 0;
+    if (put_byte(h, 0x83) < 0 || PUT_LIT(h, "op") < 0 || PUT_LIT(h, "dones") < 0 || PUT_LIT(h, "replies") < 0 ||
+        put_array(h, n) < 0)
+        return -1;
+    for (Py_ssize_t i = from; i < to; i++) {
+        PyObject *hdr = PyTuple_GET_ITEM(PyList_GET_ITEM(held, i), 0);
+        if (put_raw(h, PyBytes_AS_STRING(hdr), PyBytes_GET_SIZE(hdr)) < 0) return -1;
+    }
+    if (PUT_LIT(h, "nframes") < 0 || put_array(h, n) < 0) return -1;
+    for (Py_ssize_t i = from; i < to; i++) {
+        PyObject *fr = PyTuple_GET_ITEM(PyList_GET_ITEM(held, i), 1);
+        if (put_uint(h, (unsigned long long)PyList_GET_SIZE(fr)) < 0) return -1;
+        for (Py_ssize_t f = 0; f < PyList_GET_SIZE(fr); f++) frames[nf++] = PyList_GET_ITEM(fr, f);
+    }
+    if (h->len > max_header) {
+        *over = 1;
+        return 0;
+    }
+    return put_message(b, h->p, h->len, frames, nf);
+}
+
+static PyObject *answers_wire(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *held;
+    Py_ssize_t max_header;
+    if (!PyArg_ParseTuple(args, "O!n:answers_wire", &PyList_Type, &held, &max_header)) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(held), total_frames = 0;
+    /* every answer checked first: nothing Python runs while the bytes are made */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyList_GET_ITEM(held, i);
+        if (!PyTuple_CheckExact(a) || PyTuple_GET_SIZE(a) != 2 || !PyBytes_CheckExact(PyTuple_GET_ITEM(a, 0)) ||
+            !PyList_CheckExact(PyTuple_GET_ITEM(a, 1)) || PyBytes_GET_SIZE(PyTuple_GET_ITEM(a, 0)) > max_header)
+            Py_RETURN_NONE;
+        PyObject *fr = PyTuple_GET_ITEM(a, 1);
+        for (Py_ssize_t f = 0; f < PyList_GET_SIZE(fr); f++)
+            if (!PyBytes_CheckExact(PyList_GET_ITEM(fr, f))) Py_RETURN_NONE;
+        total_frames += PyList_GET_SIZE(fr);
+    }
+    PyObject **frames = PyMem_Malloc(sizeof(PyObject *) * (size_t)(total_frames ? total_frames : 1));
+    if (frames == NULL) return PyErr_NoMemory();
+    buf_t b = {0}, h = {0};
+    PyObject *out = NULL;
+    int over = 0;
+    Py_ssize_t from = 0, size = 0;
+    for (Py_ssize_t i = 0; i <= n && !over; i++) {
+        Py_ssize_t nbytes = -1;
+        if (i < n) {
+            PyObject *fr = PyTuple_GET_ITEM(PyList_GET_ITEM(held, i), 1);
+            nbytes = 0;
+            for (Py_ssize_t f = 0; f < PyList_GET_SIZE(fr); f++) nbytes += PyBytes_GET_SIZE(PyList_GET_ITEM(fr, f));
+        }
+        /* flush the group from..i when i ends it: the end, a large answer, or a full group */
+        if (i == n || nbytes > DONES_BYTES || i - from >= DONES_MAX || size + nbytes > DONES_BYTES) {
+            if (i - from == 1) {
+                PyObject *a = PyList_GET_ITEM(held, from), *fr = PyTuple_GET_ITEM(a, 1);
+                PyObject *hdr = PyTuple_GET_ITEM(a, 0);
+                if (put_message(&b, PyBytes_AS_STRING(hdr), PyBytes_GET_SIZE(hdr), ((PyListObject *)fr)->ob_item,
+                                PyList_GET_SIZE(fr)) < 0)
+                    goto done;
+            } else if (i - from > 1 && put_dones(&b, &h, held, from, i, max_header, frames, &over) < 0) {
+                goto done;
+            }
+            from = i;
+            size = 0;
+        }
+        if (i < n && nbytes > DONES_BYTES) { /* alone */
+            PyObject *a = PyList_GET_ITEM(held, i), *fr = PyTuple_GET_ITEM(a, 1), *hdr = PyTuple_GET_ITEM(a, 0);
+            if (put_message(&b, PyBytes_AS_STRING(hdr), PyBytes_GET_SIZE(hdr), ((PyListObject *)fr)->ob_item,
+                            PyList_GET_SIZE(fr)) < 0)
+                goto done;
+            from = i + 1;
+            continue;
+        }
+        size += nbytes;
+    }
+    if (over) {
+        Py_INCREF(Py_None);
+        out = Py_None;
+    } else {
+        out = PyBytes_FromStringAndSize(b.p, b.len);
+    }
+done:
+    PyMem_Free(frames);
+    PyMem_Free(b.p);
+    PyMem_Free(h.p);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"plain_graph", plain_graph, METH_O,
      "plain_graph(dsk) -> PlainGraph, or None when not every node is a plain call sent as written"},
     {"literal_payload", literal_payload, METH_VARARGS, "literal_payload(args, refs) -> bytes"},
     {"run_plain", (PyCFunction)(void (*)(void))run_plain, METH_FASTCALL,
      "run_plain(enter, leave, executor, fn, task_id, key, payload, items, frames): a plain call's run, or None"},
+    {"answers_wire", answers_wire, METH_VARARGS, "answers_wire(held, max_header) -> bytes, or None"},
     {"runs_batch", (PyCFunction)(void (*)(void))runs_batch, METH_FASTCALL,
      "runs_batch(header, frames, funcs, executor, enter, leave, unpack) -> RunBatch, or None"},
     {NULL, NULL, 0, NULL},

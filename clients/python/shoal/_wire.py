@@ -430,6 +430,10 @@ class Connection:
             parts.extend(encode_frames([self._packed(header), *frames]))
         self._send_parts(parts)
 
+    def send_wire(self, data: bytes) -> None:
+        """Send whole messages already framed (shoal._speedups.answers_wire made them)."""
+        self._send_parts((data,))
+
     def _packed(self, header: Header | bytes) -> bytes:
         """The encoded header (one already encoded: as it is), refused here when it is over
         the limit: sent, it would make the peer close the connection, and every later call on

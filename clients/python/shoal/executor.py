@@ -465,7 +465,11 @@ class Executor:
         rest as messages of their own."""
         held = self.held
         if self.batching and len(held) > 1:
-            self.conn.send_many(group_answers(held))
+            wire = _answers_wire(held, self.conn.limits.max_header) if _answers_wire is not None else None
+            if wire is not None:  # all encoded in C already (answers of plain calls): one write
+                self.conn.send_wire(wire)
+            else:
+                self.conn.send_many(group_answers(held))
         else:
             self.conn.send_many(held)
         held.clear()
@@ -1175,10 +1179,11 @@ _pack_scalar = msgpack.Packer(use_bin_type=True, buf_size=256).pack
 _load_literal = _refs.load_literal
 try:  # runs of plain calls, compiled (docs/python.md, "How the executor runs tasks")
     from ._speedups import RunBatch as _RunBatch
+    from ._speedups import answers_wire as _answers_wire
     from ._speedups import run_plain as _run_plain
     from ._speedups import runs_batch as _runs_batch
 except ImportError:
-    _run_plain = _runs_batch = None  # type: ignore[assignment]
+    _run_plain = _runs_batch = _answers_wire = None  # type: ignore[assignment]
     _RunBatch = None  # type: ignore[assignment,misc]
 
 

@@ -526,3 +526,51 @@ def test_an_error_is_answered_before_the_task_leaves(monkeypatch: pytest.MonkeyP
     assert taken == 1
     same_error(compiled, python)
     assert compiled[0]["error"]["traceback"].startswith("TypeError"), compiled[0]["error"]["traceback"]
+
+
+class _Wire:
+    """A Connection's sending half that keeps the bytes it would send."""
+
+    def __init__(self) -> None:
+        self.sent = bytearray()
+        self.limits = _wire.DEFAULT_LIMITS
+
+    def sendall(self, b: Any) -> None:
+        self.sent += b
+
+
+def wire_of(held: list[Any]) -> bytes:
+    """What send_many(group_answers(held)) writes."""
+    sock = _Wire()
+    conn = _wire.Connection(sock)  # type: ignore[arg-type]
+    conn.send_many(group_answers(held))
+    return bytes(sock.sent)
+
+
+def test_answers_wire_writes_what_the_python_path_writes() -> None:
+    """answers_wire frames and groups encoded answers byte for byte as send_many(group_answers)
+    does: groups of at most 64 answers and 64 KiB of frames, a larger answer alone, one answer
+    as its own message; anything not encoded is left to the Python path."""
+    from shoal._speedups import answers_wire
+
+    rng = random.Random(3)
+    limit = _wire.DEFAULT_LIMITS.max_header
+
+    def answer(i: int, size: int) -> tuple[bytes, list[bytes]]:
+        frame = bytes(rng.randrange(256) for _ in range(min(size, 64))) * (size // 64 + 1)
+        frame = frame[:size]
+        h = {"op": "done", "id": i, "items": [{"key": f"k{i}" * rng.randrange(1, 5), "encoding": "msgpack",
+                                                "nframes": 1, "nbytes": size}], "start": 1, "stop": 2}
+        return _wire.pack_header(h), [frame]
+
+    for _ in range(200):
+        n = rng.choice([1, 2, 3, 63, 64, 65, 130])
+        held = [answer(i, rng.choice([1, 2, 9, 1000, 40_000, 70_000])) for i in range(n)]
+        if rng.random() < 0.2:
+            held[rng.randrange(n)][1].append(b"")  # two frames
+        got = answers_wire(held, limit)
+        assert got == wire_of(held)
+    header, frames = answer(1, 1)
+    assert answers_wire([({"op": "done"}, frames), (header, frames)], limit) is None
+    assert answers_wire([(header, [bytearray(b"x")]), (header, frames)], limit) is None
+    assert answers_wire([(header, frames)] * 3, len(header)) is None  # the dones would be over
