@@ -1370,7 +1370,8 @@ static int put_done(buf_t *b, unsigned long long id, const char *key, Py_ssize_t
     return 0;
 }
 
-/* The function named s[:n] in funcs (borrowed), or NULL (no exception) when it is not there. */
+/* The function named s[:n] in funcs (a new reference), or NULL (no exception) when it is not
+ * there. */
 static PyObject *rb_func(RunBatch *b, const char *s, Py_ssize_t n) {
     if (b->fname == NULL || b->fname_n != n || memcmp(b->fname_s, s, (size_t)n) != 0) {
         PyObject *name = PyUnicode_DecodeUTF8(s, n, NULL);
@@ -1379,8 +1380,21 @@ static PyObject *rb_func(RunBatch *b, const char *s, Py_ssize_t n) {
         b->fname_s = s;
         b->fname_n = n;
     }
-    return PyDict_GetItemWithError(b->funcs, b->fname);
+    /* held across the lookup: a key that is not a str compares in Python code, which may call
+     * next() again (a seceded server's thread) and replace b->fname */
+    PyObject *name = b->fname, *funcs = b->funcs;
+    Py_INCREF(name);
+    Py_INCREF(funcs);
+    PyObject *fn = PyDict_GetItemWithError(funcs, name);
+    Py_XINCREF(fn);
+    Py_DECREF(funcs);
+    Py_DECREF(name);
+    return fn;
 }
+
+/* shoal._segments.SEG_MIN: a result frame this large is the Python path's to answer, which
+ * may send it in a segment */
+#define SEG_MIN ((Py_ssize_t)1 << 20)
 
 /* RunBatch.next(): run the next run. (done_header, [frame]): it ran here, answered by that done
  * message (its header encoded); (3, entry, frames, 0): it is the Python path's, as split_runs
@@ -1409,7 +1423,6 @@ static PyObject *rb_run(RunBatch *b, int plain_ok) {
         if (PyErr_Occurred()) return NULL;
         return rb_entry(b, i);
     }
-    Py_INCREF(fn);
     PyObject *values = NULL, *args = NULL, *task_id = NULL, *pykey = NULL, *result = NULL, *exc = NULL, *out = NULL;
     if ((values = PyDict_New()) == NULL) goto fail;
     if ((Py_ssize_t)nitems > b->nf[i]) goto python;
@@ -1465,7 +1478,7 @@ static PyObject *rb_run(RunBatch *b, int plain_ok) {
     {
         buf_t f = {0}, h = {0};
         int r = put_scalar(&f, result);
-        if (r == 0) {
+        if (r == 0 && f.len < SEG_MIN) {
             if (put_done(&h, id, key, keylen, f.len, started, now_ns()) == 0) {
                 out = Py_BuildValue("(y#[y#])", h.p, h.len, f.p, f.len);
             }
@@ -1600,7 +1613,8 @@ static PyObject *runs_batch(PyObject *self, PyObject *const *a, Py_ssize_t nargs
     const unsigned char *runs = NULL, *counts = NULL;
     unsigned long long npairs, nruns = 0, ncounts = 0;
     int seen = 0;
-    if (rd_map(&p, end, &npairs) < 0) goto none;
+    /* (msgpack refuses a buffer of wider items: "cannot unpack from multi-byte object") */
+    if (view.itemsize != 1 || rd_map(&p, end, &npairs) < 0) goto none;
     for (unsigned long long j = 0; j < npairs; j++) {
         const char *s;
         Py_ssize_t len;

@@ -574,3 +574,55 @@ def test_answers_wire_writes_what_the_python_path_writes() -> None:
     assert answers_wire([({"op": "done"}, frames), (header, frames)], limit) is None
     assert answers_wire([(header, [bytearray(b"x")]), (header, frames)], limit) is None
     assert answers_wire([(header, frames)] * 3, len(header)) is None  # the dones would be over
+
+
+def test_a_batch_leaves_large_results_and_wide_buffers_to_python() -> None:
+    """A scalar result of a segment's size or more is answered by the Python path (which may
+    send it in a segment), and a header in a buffer of items wider than a byte, which msgpack
+    refuses, is not batched."""
+    import array
+
+    ex = Executor(None, segments=True)  # type: ignore[arg-type]
+    ex.funcs[FH] = lambda n: "x" * n
+    header = {"op": "runs", "runs": [[1, "big", FH, _refs.literal_payload([1 << 20], [], PACK), [], None],
+                                     [2, "small", FH, _refs.literal_payload([3], [], PACK), [], None]],
+              "nframes": [0, 0]}
+    batch = batch_of(ex, header, [])
+    big = batch.next()
+    assert big[0] == 2 and big[1] == "x" * (1 << 20) and big[2] == (1, "big", False)
+    assert len(batch.next()) == 2
+    raw = _wire.pack_header(header)
+    raw += b"\xc0" * (-len(raw) % 4)  # (a header of whole 4-byte items: nil padding after the map)
+    wide = array.array("i", raw)
+    assert runs_batch(wide, [], ex.funcs, ex, _worker.enter, _worker.leave, executor._unpack_entry) is None
+
+
+def test_a_function_lookup_survives_a_batch_run_from_inside_it() -> None:
+    """Looking a function up may run a key's __eq__ (funcs holding a key that is not a str),
+    which may run the batch's next run meanwhile, as a seceded server's thread would."""
+    a, b = "f" * 64, "g" * 64
+    box: list[Any] = []
+
+    class Collides:
+        def __init__(self, first: bool) -> None:
+            self.first = first
+
+        def __hash__(self) -> int:
+            return hash(a)
+
+        def __eq__(self, other: object) -> bool:
+            if self.first and box:
+                box.pop().next()  # runs the next run: the cached name changes
+            return False
+
+    header = {"op": "runs", "runs": [[1, "k0", a, _refs.literal_payload([0], [], PACK), [], None],
+                                     [2, "k1", b, _refs.literal_payload([1], [], PACK), [], None]],
+              "nframes": [0, 0]}
+    funcs = {Collides(True): 1, Collides(False): 2, a: lambda x: x + 10, b: lambda x: x + 20}
+    ex = Executor(None)  # type: ignore[arg-type]
+    batch = runs_batch(bytearray(_wire.pack_header(header)), [], funcs, ex, _worker.enter, _worker.leave,
+                       executor._unpack_entry)
+    box.append(batch)
+    h, frames = batch.next()
+    assert msgpack.unpackb(h)["items"][0]["key"] == "k0" and msgpack.unpackb(frames[0]) == 10
+    assert batch.left == 0
