@@ -104,17 +104,25 @@ def literals(rng: random.Random, depth: int = 0) -> Any:
     return [literals(rng, depth + 1) for _ in range(rng.randrange(20))]
 
 
+def random_call(rng: random.Random, nargs: int, ndeps: int,
+                prefix: str) -> tuple[list[Any], list[int], dict[str, Any]]:
+    """Literal arguments, the first of which name inputs (their positions: refs), and the
+    inputs' values by wire key."""
+    args = [literals(rng) for _ in range(rng.randrange(1, nargs))]
+    deps = {f"('{prefix}', {j})": literals(rng) for j in range(rng.randrange(ndeps))}
+    refs = []
+    for j, name in enumerate(deps):
+        if j < len(args):
+            args[j] = name
+            refs.append(j)
+    return args, refs, deps
+
+
 def test_literal_runs_answer_as_the_python_path(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(19)
     for fn in (first, concat):
         for _ in range(300):
-            args = [literals(rng) for _ in range(rng.randrange(1, 6))]
-            deps = {f"('x', {i})": literals(rng) for i in range(rng.randrange(4))}
-            refs = []
-            for i, name in enumerate(deps):
-                if i < len(args):
-                    args[i] = name
-                    refs.append(i)
+            args, refs, deps = random_call(rng, 6, 4, "x")
             items = [item(name) for name in deps]
             frames = [msgpack.packb(v, use_bin_type=True) for v in deps.values()]
             compiled, python, taken = both(fn, entry(args, refs, items), frames, monkeypatch)
@@ -316,13 +324,7 @@ def plain_batch(n: int, rng: random.Random) -> tuple[dict[str, Any], list[Any], 
     or ``concat`` over literals and inputs, some keeping, with the expected values."""
     entries, counts, frames = [], [], []
     for i in range(n):
-        args = [literals(rng) for _ in range(rng.randrange(1, 4))]
-        deps = {f"('d', {i}, {j})": literals(rng) for j in range(rng.randrange(3))}
-        refs = []
-        for j, name in enumerate(deps):
-            if j < len(args):
-                args[j] = name
-                refs.append(j)
+        args, refs, deps = random_call(rng, 4, 3, f"d-{i}")
         items = [[name, "msgpack", rng.choice([0, 1]), 1] for name in deps]
         extra = rng.choice([None, None, {"keep": 1}, {"keep": False}, {}])
         fh = rng.choice([FH, "c" * 64, "r" * 64])
