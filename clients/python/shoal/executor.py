@@ -352,8 +352,8 @@ class Executor:
                     ran = head.take() if plugins or windows is not None and windows.maps else head.next()
                     if not head.left:
                         _drop_head(pending, head)
-                        self.ran = time_ns()
                     if len(ran) == 2:  # a plain call, run and answered in C: (done header, [frame])
+                        self.ran = time_ns()
                         if _worker._seceding and self.answer_encoded_seceded(ran):
                             return
                         if held or pending or conn.buffered():
@@ -361,25 +361,11 @@ class Executor:
                         else:
                             send(*ran)
                         continue
-                    kind, value, run_of, started = ran
-                    if kind == 1:  # it raised in C: answered as call answers, before the task leaves
-                        task_id, _, task = run_of
-                        try:
-                            if isinstance(value, KeyboardInterrupt):
-                                raise value
-                            reply, out = error_reply(task_id, value, skip=0), _NO_FRAMES
-                        finally:
-                            _worker.leave(task)
-                    elif kind == 2:  # it ran in C, and the Python path encodes its result
-                        task_id, key, keep = run_of
-                        reply, out = self.result_reply(task_id, key, keep, value)
-                    if kind != 3:
-                        del value
-                        if not self.answer(reply, out, started):
+                    if ran[0] != 3:  # it ran in C, and raised or returned a result for Python
+                        if not self.answer_ran(ran):
                             return
-                        del out, reply
                         continue
-                    entry, frames = value, run_of  # the Python path's run
+                    entry, frames = ran[1], ran[2]  # the Python path's run
                 else:
                     entry, frames = cast(Tuple[list[Any], list[Any]], pending.popleft())  # a run of a runs message
                 if entry[5] is None or "timeout" not in entry[5]:  # (timeout: the profiler is on)
@@ -509,6 +495,27 @@ class Executor:
             finally:
                 os.close(fd)
         return True
+
+    def answer_ran(self, ran: tuple[Any, ...]) -> bool:
+        """Answer a run that ran in C and raised, ``(1, exception, (id, key, task), started)``,
+        or returned a result Python encodes, ``(2, result, (id, key, keep), started)``: as
+        :meth:`call` does, an error is answered before its task leaves. :meth:`answer`'s
+        return."""
+        kind, value, run_of, started = ran
+        out: list[Any] = []
+        if kind == 1:
+            task_id, _, task = run_of
+            try:
+                if isinstance(value, KeyboardInterrupt):
+                    raise value
+                reply = error_reply(task_id, value, skip=0)
+            finally:
+                _worker.leave(task)
+        else:
+            task_id, key, keep = run_of
+            reply, out = self.result_reply(task_id, key, keep, value)
+        del value, ran
+        return self.answer(reply, out, started)
 
     def answer_encoded_seceded(self, answer: tuple[bytes, list[bytes]]) -> bool:
         """After a run in C: when its task seceded, send its answer (a done header encoded, and
@@ -1197,7 +1204,6 @@ def _drop_head(pending: collections.deque[Any], head: Any) -> None:
     one serving after it may both see it done)."""
     if pending and pending[0] is head:
         pending.popleft()
-_NO_FRAMES: list[Any] = []  # an error answer's frames (never changed)
 _NO_KWARGS: dict[str, Any] = {}  # no keyword arguments (never changed: a call's **kwargs is a new dict)
 
 

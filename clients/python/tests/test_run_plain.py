@@ -288,19 +288,22 @@ def plain_runs(worker: FakeWorker, n: int) -> Iterator[tuple[dict[str, Any], lis
 
 
 def test_an_executor_process_answers_plain_runs() -> None:
-    """The real executor, fed a runs message of plain calls, answers each (as dones), and a
-    failing one with its error, in order."""
+    """The real executor, fed a runs message of plain calls, answers each (as dones), a failing
+    one with its error and one returning a list as the Python path encodes it, in order."""
     worker = FakeWorker()
     try:
         msgs = list(plain_runs(worker, 30))
         bad = msgs[10][0]
         bad["payload"] = _refs.literal_payload(["a", None], [0], PACK)  # 10 + None
+        msgs[20][0]["payload"] = _refs.literal_payload([[1], [2]], [], PACK)  # a list: encoded in Python
         worker.send_runs(msgs)
         answers = [a for g in worker.answers(30) for a in g]
         assert [h["id"] for h, _ in answers] == [h["id"] for h, _ in msgs]
         for i, (h, frames) in enumerate(answers):
             if i == 10:
                 assert h["op"] == "error" and h["error"]["type"] == "builtins.TypeError"
+            elif i == 20:
+                assert result_of((h, frames)) == [1, 2]
             else:
                 assert h["op"] == "done" and result_of((h, frames)) == i + 100
     finally:
