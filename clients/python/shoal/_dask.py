@@ -592,8 +592,7 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     left = dict(needed)  # per key, its dependents not sent yet
     nodes = node_order(dsk, needed)
     pending = next(nodes, None)
-    size = max(first, 1)
-    while True:
+    for size in _chunk_sizes(first, most):
         chunk = Chunk(max_bytes)
         graph_keys: list[Hashable] = []
         n = 0
@@ -618,6 +617,14 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
         yield tasks, frontier, last
         if last:
             return
+
+
+def _chunk_sizes(first: int, most: int) -> Iterator[int]:
+    """The nodes per chunk task_chunks cuts: ``first``, then twice as many each time, up to
+    ``most`` (for ever: the caller stops)."""
+    size = max(first, 1)
+    while True:
+        yield size
         size = min(size * 2, most)
 
 
@@ -625,14 +632,12 @@ def _compiled_chunks(compiled: _speedups.PlainGraph, ann: dict[str, Any], name: 
                      group: Callable[[Hashable], str], first: int, most: int,
                      max_bytes: int) -> Iterator[tuple[list[dict[str, Any]], list[str], bool]]:
     """task_chunks of a graph ``shoal._speedups.plain_graph`` found: the same chunks, made in C."""
-    size = max(first, 1)
-    while True:
+    for size in _chunk_sizes(first, most):
         tasks, frontier, last = compiled.plain_tasks(min(size, sys.maxsize), min(max_bytes, sys.maxsize),
                                                      name, group, ann or None)
         yield tasks, frontier, last
         if last:
             return
-        size = min(size * 2, most)
 
 
 def external_keys(dsk: Mapping[Hashable, Any]) -> set[str]:
