@@ -349,7 +349,8 @@ class Executor:
                         _drop_head(pending, head)
                         continue
                     plugins = _preload._current is not None and _preload._current.plugins
-                    ran = head.take() if plugins or windows is not None and windows.maps else head.next()
+                    # (windows in use: the Python path's answer reports them when they are free)
+                    ran = head.take() if plugins or windows is not None and windows.busy else head.next()
                     if not head.left:
                         _drop_head(pending, head)
                     if len(ran) == 2:  # a plain call, run and answered in C: (done header, [frame])

@@ -136,6 +136,46 @@ def test_numpy_and_arrow_through_a_window(worker: FakeWorker) -> None:
         win.close()
 
 
+def test_a_batch_of_plain_calls_reports_windows_freed(worker: FakeWorker) -> None:
+    """Plain calls batched after a windowed run (which the executor may run in C) are answered,
+    and while a window is busy the next answer still reports it free once it is."""
+    import operator
+
+    from shoal._refs import literal_packer, literal_payload
+    from shoal.executor import runs_message
+
+    def plain_batch(n: int) -> list[tuple[dict[str, Any], list[Any]]]:
+        data = _keys.dumps_callable(operator.add)
+        fh = _keys.func_hash(data)
+        out = []
+        for i in range(n):
+            worker.ids += 1
+            run: dict[str, Any] = {"op": "run", "id": worker.ids, "key": f"p{worker.ids}", "func": fh,
+                                   "payload": literal_payload([i, 1], [], literal_packer()), "items": []}
+            if fh not in worker.sent_funcs:  # the function once: later runs are compiled ones
+                run["func_data"] = data
+                worker.sent_funcs.add(fh)
+            out.append((run, []))
+        return out
+
+    win = Win(1, 8 << 20)
+    try:
+        a = np.arange(512 * 1024, dtype=np.float64)
+        h, _ = run_windowed(worker, total_and_writable, a, win)
+        assert h.get("shm_free") == [1]  # mapped, and free
+        worker.conn.send(*runs_message(plain_batch(5)))
+        answers = [a for g in worker.answers(5) for a in g]
+        assert [result_of(x) for x in answers] == [1, 2, 3, 4, 5]
+        h, _ = run_windowed(worker, keep_input, np.full(300_000, 7.0), win)
+        assert "shm_free" not in h  # the result the executor dropped since held the window
+        worker.conn.send(*runs_message(plain_batch(3)))
+        answers = [a for g in worker.answers(3) for a in g]
+        assert [result_of(x) for x in answers] == [1, 2, 3]
+        assert answers[0][0].get("shm_free") == [1]
+    finally:
+        win.close()
+
+
 def test_idle_windows_are_dropped(worker: FakeWorker) -> None:
     wins = [Win(i, 12 << 20) for i in (1, 2)]
     try:
