@@ -20,15 +20,18 @@ def _outer_frame(release: str) -> float:
     return _distinctive_wait(release)
 
 
-def _python_stack(client: shoal.Client, fut: shoal.Future) -> dict[str, dict[str, list[str]]]:
-    """The task's stack, once its executor runs it: the scheduler counts a task as processing
-    when its worker has it, which may be before an executor has started and taken it (a
-    worker's first executor starts with its first Python task)."""
+def _python_stack(client: shoal.Client, fut: shoal.Future, frame: str) -> dict[str, dict[str, list[str]]]:
+    """The task's stack, once its executor runs it (its text names ``frame``): the scheduler
+    counts a task as processing when its worker has it, which may be before an executor has
+    started and taken it (a worker's first executor starts with its first Python task), and
+    an executor asked meanwhile shows its threads still reading the run."""
     deadline = time.monotonic() + 30
-    while not (stacks := client.call_stack(fut)):
-        assert time.monotonic() < deadline, "the task never ran in an executor"
+    while True:
+        stacks = client.call_stack(fut)
+        if any(frame in line for per_worker in stacks.values() for lines in per_worker.values() for line in lines):
+            return stacks
+        assert time.monotonic() < deadline, f"the task never ran in an executor: {stacks}"
         time.sleep(0.05)
-    return stacks
 
 
 def test_call_stack_of_running_python_and_go_tasks(tmp_path: Path) -> None:
@@ -38,7 +41,7 @@ def test_call_stack_of_running_python_and_go_tasks(tmp_path: Path) -> None:
         # long enough to outlast an executor's start (closing the cluster stops it)
         go = client.submit_go("sleep", 5.0, pure=False)
         try:
-            stacks = _python_stack(client, fut)
+            stacks = _python_stack(client, fut, "_distinctive_wait")
             assert len(stacks) == 1, stacks
             (lines,) = next(iter(stacks.values())).values()
             text = "\n".join(lines)
