@@ -111,6 +111,18 @@ static int put_int(buf_t *b, long long v) {
     return put_be(b, 0xd3, (unsigned long long)v, 8);
 }
 
+/* a string of n bytes (under 4 GiB), UTF-8 */
+static int put_strn(buf_t *b, const char *s, Py_ssize_t n) {
+    int r;
+    if (n < 32) r = put_byte(b, (unsigned char)(0xa0 | n));
+    else if (n < 256) r = put_be(b, 0xd9, (unsigned long long)n, 1);
+    else if (n < 65536) r = put_be(b, 0xda, (unsigned long long)n, 2);
+    else r = put_be(b, 0xdb, (unsigned long long)n, 4);
+    return r < 0 ? -1 : put_raw(b, s, n);
+}
+
+#define PUT_LIT(b, s) put_strn((b), (s), (Py_ssize_t)(sizeof(s) - 1))
+
 /* a str's UTF-8: 0 written; 1 none that msgpack carries (a lone surrogate, or 4 GiB or more:
  * nothing written, no exception); -1 on error */
 static int put_str(buf_t *b, PyObject *s) {
@@ -121,13 +133,8 @@ static int put_str(buf_t *b, PyObject *s) {
         PyErr_Clear();
         return 1;
     }
-    int r;
-    if (n < 32) r = put_byte(b, (unsigned char)(0xa0 | n));
-    else if (n < 256) r = put_be(b, 0xd9, (unsigned long long)n, 1);
-    else if (n < 65536) r = put_be(b, 0xda, (unsigned long long)n, 2);
-    else if ((unsigned long long)n <= 0xffffffffULL) r = put_be(b, 0xdb, (unsigned long long)n, 4);
-    else return 1;
-    return r < 0 ? -1 : put_raw(b, u, n);
+    if ((unsigned long long)n > 0xffffffffULL) return 1;
+    return put_strn(b, u, n);
 }
 
 /* an int in msgpack's range (-2**63 .. 2**64-1); 1 when out of it (no exception), -1 on error */
@@ -798,12 +805,18 @@ static int mp_be(const unsigned char **pp, const unsigned char *end, int n, unsi
  * anything else, a malformed or truncated value, or one nested deeper than MP_MAX_DEPTH (an
  * exception may then be set: the caller clears it and takes the Python path). A declared
  * length is checked against the bytes left before anything is allocated for it. */
+static int rd_int(const unsigned char **pp, const unsigned char *end, unsigned long long *u, int *neg);
+
 static PyObject *mp_value(const unsigned char **pp, const unsigned char *end, int depth) {
     if (*pp >= end || depth > MP_MAX_DEPTH) return NULL;
-    unsigned char c = *(*pp)++;
+    unsigned char c = **pp;
     unsigned long long n;
-    if (c <= 0x7f) return PyLong_FromLong((long)c);
-    if (c >= 0xe0) return PyLong_FromLong((long)(signed char)c);
+    int neg;
+    if (c <= 0x7f || c >= 0xe0 || (c >= 0xcc && c <= 0xd3)) { /* an int, of any width */
+        if (rd_int(pp, end, &n, &neg) < 0) return NULL;
+        return neg ? PyLong_FromLongLong((long long)n) : PyLong_FromUnsignedLongLong(n);
+    }
+    (*pp)++;
     if ((c & 0xe0) == 0xa0) {
         n = c & 0x1f;
         goto str;
@@ -840,21 +853,6 @@ static PyObject *mp_value(const unsigned char **pp, const unsigned char *end, in
         memcpy(&d, &n, 8);
         return PyFloat_FromDouble(d);
     }
-    case 0xcc: case 0xcd: case 0xce: case 0xcf:
-        if (mp_be(pp, end, 1 << (c - 0xcc), &n) < 0) return NULL;
-        return PyLong_FromUnsignedLongLong(n);
-    case 0xd0:
-        if (mp_be(pp, end, 1, &n) < 0) return NULL;
-        return PyLong_FromLong((long)(int8_t)n);
-    case 0xd1:
-        if (mp_be(pp, end, 2, &n) < 0) return NULL;
-        return PyLong_FromLong((long)(int16_t)n);
-    case 0xd2:
-        if (mp_be(pp, end, 4, &n) < 0) return NULL;
-        return PyLong_FromLongLong((long long)(int32_t)n);
-    case 0xd3:
-        if (mp_be(pp, end, 8, &n) < 0) return NULL;
-        return PyLong_FromLongLong((long long)n);
     case 0xd9: case 0xda: case 0xdb:
         if (mp_be(pp, end, c == 0xd9 ? 1 : c == 0xda ? 2 : 4, &n) < 0) return NULL;
         goto str;
@@ -1344,17 +1342,6 @@ static long long now_ns(void) {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static int put_strn(buf_t *b, const char *s, Py_ssize_t n) {
-    int r;
-    if (n < 32) r = put_byte(b, (unsigned char)(0xa0 | n));
-    else if (n < 256) r = put_be(b, 0xd9, (unsigned long long)n, 1);
-    else if (n < 65536) r = put_be(b, 0xda, (unsigned long long)n, 2);
-    else r = put_be(b, 0xdb, (unsigned long long)n, 4);
-    return r < 0 ? -1 : put_raw(b, s, n);
-}
-
-#define PUT_LIT(b, s) put_strn((b), (s), (Py_ssize_t)(sizeof(s) - 1))
-
 /* The done answer Executor.answer sends for a scalar result, as pack_header writes the dict
  * {"op": "done", "id": id, "items": [{"key": key, "encoding": "msgpack", "nframes": 1,
  * "nbytes": nbytes}], "start": start, "stop": stop}. */
@@ -1745,6 +1732,13 @@ static int put_dones(buf_t *b, buf_t *h, PyObject *held, Py_ssize_t from, Py_ssi
     return put_message(b, h->p, h->len, frames, nf);
 }
 
+/* held answer a, (header, [frame, ...]), as a message of its own */
+static int put_answer(buf_t *b, PyObject *a) {
+    PyObject *hdr = PyTuple_GET_ITEM(a, 0), *fr = PyTuple_GET_ITEM(a, 1);
+    return put_message(b, PyBytes_AS_STRING(hdr), PyBytes_GET_SIZE(hdr), ((PyListObject *)fr)->ob_item,
+                       PyList_GET_SIZE(fr));
+}
+
 static PyObject *answers_wire(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *held;
@@ -1778,11 +1772,7 @@ static PyObject *answers_wire(PyObject *self, PyObject *args) {
         /* flush the group from..i when i ends it: the end, a large answer, or a full group */
         if (i == n || nbytes > DONES_BYTES || i - from >= DONES_MAX || size + nbytes > DONES_BYTES) {
             if (i - from == 1) {
-                PyObject *a = PyList_GET_ITEM(held, from), *fr = PyTuple_GET_ITEM(a, 1);
-                PyObject *hdr = PyTuple_GET_ITEM(a, 0);
-                if (put_message(&b, PyBytes_AS_STRING(hdr), PyBytes_GET_SIZE(hdr), ((PyListObject *)fr)->ob_item,
-                                PyList_GET_SIZE(fr)) < 0)
-                    goto done;
+                if (put_answer(&b, PyList_GET_ITEM(held, from)) < 0) goto done;
             } else if (i - from > 1 && put_dones(&b, &h, held, from, i, max_header, frames, &over) < 0) {
                 goto done;
             }
@@ -1790,10 +1780,7 @@ static PyObject *answers_wire(PyObject *self, PyObject *args) {
             size = 0;
         }
         if (i < n && nbytes > DONES_BYTES) { /* alone */
-            PyObject *a = PyList_GET_ITEM(held, i), *fr = PyTuple_GET_ITEM(a, 1), *hdr = PyTuple_GET_ITEM(a, 0);
-            if (put_message(&b, PyBytes_AS_STRING(hdr), PyBytes_GET_SIZE(hdr), ((PyListObject *)fr)->ob_item,
-                            PyList_GET_SIZE(fr)) < 0)
-                goto done;
+            if (put_answer(&b, PyList_GET_ITEM(held, i)) < 0) goto done;
             from = i + 1;
             continue;
         }
