@@ -52,12 +52,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, Tuple, Union, cast
 import msgpack
 
 from . import _preload, _refs, _serialize, _wire, _worker
-
-if TYPE_CHECKING:
-    from . import _speedups
 from ._segments import _SEALS, SEG_ALIGN, SEG_MIN, SEG_MIN_FRAME, write_segment  # noqa: F401  (SEG_ALIGN: tests)
 from ._wire import Buffer
 from .exceptions import CommClosedError, ProtocolError
+
+if TYPE_CHECKING:
+    from . import _speedups
 
 logger = logging.getLogger("shoal.executor")
 
@@ -505,13 +505,7 @@ class Executor:
         kind, value, run_of, started = ran
         out: list[Any] = []
         if kind == 1:
-            task_id, _, task = run_of
-            try:
-                if isinstance(value, KeyboardInterrupt):
-                    raise value
-                reply = error_reply(task_id, value, skip=0)
-            finally:
-                _worker.leave(task)
+            reply = compiled_error(run_of[0], value, run_of[2])
         else:
             task_id, key, keep = run_of
             reply, out = self.result_reply(task_id, key, keep, value)
@@ -623,13 +617,8 @@ class Executor:
                 kind, value, out = done
                 if kind == 0:
                     return value, out
-                if kind == 1:  # answered as call answers, before the task leaves (out: the task)
-                    try:
-                        if isinstance(value, KeyboardInterrupt):
-                            raise value
-                        return error_reply(task_id, value, skip=0), []
-                    finally:
-                        _worker.leave(out)
+                if kind == 1:  # (out: the task, still entered)
+                    return compiled_error(task_id, value, out), []
                 return self.result_reply(task_id, key, bool(extra and extra.get("keep")), value)
         try:
             if fn is None:
@@ -1205,6 +1194,8 @@ def _drop_head(pending: collections.deque[Any], head: Any) -> None:
     one serving after it may both see it done)."""
     if pending and pending[0] is head:
         pending.popleft()
+
+
 _NO_KWARGS: dict[str, Any] = {}  # no keyword arguments (never changed: a call's **kwargs is a new dict)
 
 
@@ -1257,6 +1248,18 @@ def error_reply(task_id: Any, exc: BaseException, *, skip: int, prefix: str = ""
     if exc_bytes is not None:
         err["exc"] = exc_bytes
     return {"op": "error", "id": task_id, "error": err}
+
+
+def compiled_error(task_id: Any, exc: BaseException, task: Any) -> Header:
+    """The error answer of a run made in C that raised ``exc``, then ``task`` leaves: as
+    :meth:`Executor.call` answers, before the task leaves (so a message may still ask which task
+    it is). A KeyboardInterrupt is raised again, as call raises it."""
+    try:
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+        return error_reply(task_id, exc, skip=0)
+    finally:
+        _worker.leave(task)
 
 
 def pickle_exception(exc: BaseException) -> bytes | None:
