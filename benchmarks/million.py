@@ -16,7 +16,8 @@ executor, counts whole, and one that ended meanwhile is missing), so that the su
 against 2 cores x the wall time. ``--ingest-only`` times the submission alone (issue 19's
 streamed ingest, >= 200,000 tasks/s): the graph sent by ``client.get(..., sync=False)`` to a
 ``shoal scheduler`` with no worker and no journal, until the answer to a request sent after
-it arrives (a connection's messages are read in order). The client converts the graph with
+it arrives (a connection's messages are read in order), with the client's and the
+scheduler's CPU during it. The client converts the graph with
 its compiled extension (``shoal._speedups``) when it is built; ``--python-conversion`` hides
 it, for comparison, and the output says which ran.
 """
@@ -121,16 +122,19 @@ def ingest(dsk: dict[Hashable, Any], root: Hashable) -> None:
             raise SystemExit(f"shoal scheduler did not start: {line!r}")
         with shoal.Client(line.split()[2].rstrip(",")) as client:
             client.scheduler_info()
+            before = cpu_times()
             t0 = time.perf_counter()
             client.get(dsk, root, sync=False)
             sent = time.perf_counter() - t0
             client.scheduler_info()  # answered once every update_graph before it is ingested
             took = time.perf_counter() - t0
+            after = cpu_times()
     finally:
         sched.terminate()
         sched.wait()
     print(f"submitted {len(dsk):,} tasks: sent after {sent:.2f} s, ingested after {took:.2f} s"
           f" ({len(dsk) / took:,.0f} tasks/s)")
+    report_cpu(before, after, took)
 
 
 def main() -> None:
@@ -183,6 +187,11 @@ def main() -> None:
         raise SystemExit(f"wrong answer: {value} != {want}")
     print(f"{args.system}: client.get of {len(dsk):,} tasks: {took:.2f} s"
           f" ({len(dsk) / took:,.0f} tasks/s), answer checked")
+    report_cpu(before, after, took)
+
+
+def report_cpu(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], took: float) -> None:
+    """Print each process's CPU seconds between the two readings of cpu_times, and their sum."""
     total = 0.0
     spent = [(cmd, cpu - before.get(pid, (cmd, 0.0))[1]) for pid, (cmd, cpu) in after.items()]
     for cmd, cpu in sorted(spent, key=lambda x: -x[1]):

@@ -11,7 +11,8 @@ bytes).
 
 from __future__ import annotations
 
-from typing import Any
+import operator
+from typing import Any, Iterable, Union
 
 TASK_OVERHEAD = 200  # bytes a task counts for besides its payload
 UPDATE_BATCH_BYTES = 16 << 20  # an update_graph message of about this size at most
@@ -46,6 +47,44 @@ class Chunk:
         self.tasks.append(task)
         self.nbytes += size
         return True
+
+
+class EncodedTasks:
+    """The tasks of one ``update_graph`` message already encoded (``shoal._speedups`` wrote
+    them): ``wire``, the msgpack array msgpack-python would write for their dicts; ``keys``,
+    their keys in order; ``funcs``, the names of the functions they call; ``payload_bytes``,
+    the sum of their payloads. The client sends ``wire`` as it is (no dict per task)."""
+
+    __slots__ = ("wire", "keys", "funcs", "payload_bytes")
+
+    def __init__(self, wire: bytes, keys: list[str], funcs: set[str], payload_bytes: int) -> None:
+        self.wire = wire
+        self.keys = keys
+        self.funcs = funcs
+        self.payload_bytes = payload_bytes
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def decode(self) -> list[dict[str, Any]]:
+        """The task dicts (for tests and for a reader that wants them)."""
+        import msgpack
+
+        out: list[dict[str, Any]] = msgpack.unpackb(self.wire, raw=False)
+        return out
+
+
+Tasks = Union[list[dict[str, Any]], EncodedTasks]  # what a chunk of a graph is
+
+
+def task_keys(tasks: Tasks) -> Iterable[str]:
+    """The keys of a chunk's tasks, in order."""
+    if isinstance(tasks, EncodedTasks):
+        return tasks.keys
+    return map(_KEY, tasks)  # without a Python step per task
+
+
+_KEY = operator.itemgetter("key")
 
 
 def split_batches(tasks: list[dict[str, Any]], max_bytes: int = UPDATE_BATCH_BYTES) -> list[list[dict[str, Any]]]:

@@ -39,7 +39,7 @@ import sys
 import threading
 from typing import Any, Callable, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
 
-from ._chunk import Chunk
+from ._chunk import Chunk, EncodedTasks, Tasks
 from ._fuse import fuse_partitions, fusion_index
 from ._keys import dumps_callable, dumps_payload, func_hash, wire_key
 from ._refs import Ref, literal_packer, literal_payload, load_literal
@@ -566,7 +566,7 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
                 per_key: Mapping[Hashable, Mapping[str, Any]] | None = None, first: int = 500,
                 most: int = 20_000, max_bytes: int = 8 << 20,
                 funcs: Optional[dict[str, bytes]] = None, func_of: Optional[FuncOf] = None,
-                ) -> Iterator[tuple[list[dict[str, Any]], list[str], bool]]:
+                ) -> Iterator[tuple[Tasks, list[str], bool]]:
     """The wire tasks of a normalised graph in dependency order, in chunks of growing size
     (``first`` nodes, then twice as many each time, at most ``most`` nodes and — counting each
     task as its payload plus 200 bytes — at most ``max_bytes`` unless one task alone is
@@ -574,6 +574,9 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     (and, for :class:`PlainCalls`, before converting the next one).
     Yields ``(tasks, frontier, last)`` where ``frontier`` lists the keys of this chunk that
     later chunks depend on: those whose count of dependents not yet sent is not down to 0.
+    ``tasks`` is a list of task dicts, or, for a graph of plain calls the compiled extension
+    converts (:class:`PlainCalls`), an :class:`~shoal._chunk.EncodedTasks` holding the bytes
+    msgpack would write for that list.
     Direct calls' functions go into ``funcs`` as in graph_to_tasks,
     before the chunk that uses them is yielded. ``per_key`` adds a key's own annotations
     (task fields) over ``annotations``."""
@@ -630,12 +633,16 @@ def _chunk_sizes(first: int, most: int) -> Iterator[int]:
 
 def _compiled_chunks(compiled: _speedups.PlainGraph, ann: dict[str, Any], name: Callable[[Any], str],
                      group: Callable[[Hashable], str], first: int, most: int,
-                     max_bytes: int) -> Iterator[tuple[list[dict[str, Any]], list[str], bool]]:
-    """task_chunks of a graph ``shoal._speedups.plain_graph`` found: the same chunks, made in C."""
+                     max_bytes: int) -> Iterator[tuple[Tasks, list[str], bool]]:
+    """task_chunks of a graph ``shoal._speedups.plain_graph`` found: the same chunks, made in C
+    and encoded there (the annotations, the same for every task, are encoded once here)."""
+    from ._wire import packb
+
+    ann_wire = b"".join(packb(k) + packb(v) for k, v in ann.items())
     for size in _chunk_sizes(first, most):
-        tasks, frontier, last = compiled.plain_tasks(min(size, sys.maxsize), min(max_bytes, sys.maxsize),
-                                                     name, group, ann or None)
-        yield tasks, frontier, last
+        wire, keys, funcs, payload_bytes, frontier, last = compiled.plain_wire(
+            min(size, sys.maxsize), min(max_bytes, sys.maxsize), name, group, ann_wire, len(ann))
+        yield EncodedTasks(wire, keys, funcs, payload_bytes), frontier, last
         if last:
             return
 

@@ -12,9 +12,11 @@
  *       shoal._dask takes its Python path), numbers its keys, resolves every argument that
  *       names a key to its number, counts the nodes naming each key, and orders the keys as
  *       shoal._dask.node_order does (depth-first from the keys nothing names);
- *   PlainGraph.plain_tasks(limit, max_bytes, func_name, group, ann) -> (tasks, frontier, last)
- *       the next update_graph chunk, cut and made exactly as shoal._dask.task_chunks makes it
- *       from DirectCalls.
+ *   PlainGraph.plain_wire(limit, max_bytes, func_name, group, ann_wire, ann_n)
+ *       -> (tasks_wire, keys, func_names, payload_bytes, frontier, last)
+ *       the next update_graph chunk, cut as shoal._dask.task_chunks cuts it, its tasks written
+ *       as the msgpack bytes msgpack-python would write for the task dicts task_chunks makes
+ *       from DirectCalls (no dict is made, and the client sends the bytes as they are).
  *
  * A PlainGraph holds the graph's keys and nodes as plain_graph found them, so a change to the
  * dict afterwards (from another thread) changes nothing here. Keys are hashed and compared by
@@ -180,7 +182,7 @@ static int put_literal(buf_t *b, PyObject *a) {
 }
 
 /* ------------------------------------------------------------------------------------------
- * The graph, checked and indexed: plain_graph makes a PlainGraph, plain_tasks reads it.
+ * The graph, checked and indexed: plain_graph makes a PlainGraph, plain_wire reads it.
  *
  * Keys are numbered by their place in the dict, and every argument that names a key is
  * resolved to that number once, when the graph is checked (one dict lookup per argument): the
@@ -206,8 +208,8 @@ typedef struct {
                             names it (new references; NULL otherwise) */
     Py_ssize_t sent;     /* order[:sent] has been sent */
     PyObject *groups;    /* a tuple key's name -> its group */
-    int busy;            /* plain_tasks is running (a callback must not call it again) */
-    int failed;          /* plain_tasks failed part-way: what it counted as sent was not */
+    int busy;            /* plain_wire is running (a callback must not call it again) */
+    int failed;          /* plain_wire failed part-way: what it counted as sent was not */
 } PlainGraph;
 
 static int pg_traverse(PlainGraph *g, visitproc visit, void *arg) {
@@ -264,11 +266,12 @@ static PyObject *pg_needed(PlainGraph *g, PyObject *unused) {
     return out;
 }
 
-static PyObject *plain_tasks(PlainGraph *g, PyObject *args);
+static PyObject *plain_wire(PlainGraph *g, PyObject *args);
 
 static PyMethodDef pg_methods[] = {
-    {"plain_tasks", (PyCFunction)plain_tasks, METH_VARARGS,
-     "plain_tasks(limit, max_bytes, func_name, group, ann) -> (tasks, frontier, last): the next chunk"},
+    {"plain_wire", (PyCFunction)plain_wire, METH_VARARGS,
+     "plain_wire(limit, max_bytes, func_name, group, ann_wire, ann_n) -> (tasks_wire, keys, func_names,"
+     " payload_bytes, frontier, last): the next chunk"},
     {"needed", (PyCFunction)pg_needed, METH_NOARGS, "per key named by a node, the number of nodes naming it"},
     {NULL, NULL, 0, NULL},
 };
@@ -497,7 +500,7 @@ done:
 }
 
 /* ------------------------------------------------------------------------------------------
- * plain_tasks */
+ * plain_wire */
 
 #define FUNC_CACHE 8
 
@@ -563,7 +566,55 @@ static PyObject *group_of(PyObject *key, PyObject *group, PyObject *groups) {
     return g;
 }
 
-static PyObject *s_key, *s_kind, *s_py, *s_func, *s_payload, *s_group, *s_deps;
+static PyObject *s_key;
+
+/* repr(key) for a tuple of ints and strs that need no escape, a dask key's usual shape
+ * (("sum", 3, 1234)), written directly: the same characters as tuple's repr, without a str
+ * object per part and their join (half of a million-key conversion went there). NULL without
+ * an exception for any other key: the caller calls repr. */
+static PyObject *tuple_key_repr(PyObject *key) {
+    if (!PyTuple_CheckExact(key)) return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(key);
+    if (n == 0 || n > 16) return NULL;
+    char small[256], *out = small;
+    Py_ssize_t len = 0, cap = (Py_ssize_t)sizeof(small);
+    out[len++] = '(';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *a = PyTuple_GET_ITEM(key, i);
+        if (i > 0) {
+            if (len + 2 > cap) return NULL;
+            out[len++] = ',';
+            out[len++] = ' ';
+        }
+        if (PyLong_CheckExact(a)) { /* (not a bool: its repr is a word) */
+            int overflow;
+            long long v = PyLong_AsLongLongAndOverflow(a, &overflow);
+            if (overflow != 0 || (v == -1 && PyErr_Occurred())) {
+                PyErr_Clear();
+                return NULL;
+            }
+            int w = snprintf(out + len, (size_t)(cap - len), "%lld", v);
+            if (w < 0 || w >= cap - len) return NULL;
+            len += w;
+        } else if (PyUnicode_CheckExact(a) && PyUnicode_IS_ASCII(a)) {
+            Py_ssize_t m = PyUnicode_GET_LENGTH(a);
+            const char *c = (const char *)PyUnicode_1BYTE_DATA(a);
+            if (len + m + 2 > cap) return NULL;
+            for (Py_ssize_t j = 0; j < m; j++) /* repr writes these as they are, in '' */
+                if (c[j] < 0x20 || c[j] == 0x7f || c[j] == '\\' || c[j] == '\'') return NULL;
+            out[len++] = '\'';
+            memcpy(out + len, c, (size_t)m);
+            len += m;
+            out[len++] = '\'';
+        } else {
+            return NULL;
+        }
+    }
+    if (len + 2 > cap) return NULL;
+    if (n == 1) out[len++] = ',';
+    out[len++] = ')';
+    return PyUnicode_DecodeASCII(out, len, NULL);
+}
 
 /* key k's wire key (shoal._keys.wire_key: a str key itself, any other its repr); a new
  * reference. Kept from when its node is sent for as long as a later node names it. */
@@ -578,6 +629,8 @@ static PyObject *wire_key(PlainGraph *g, PyObject *keys, Py_ssize_t k) {
         Py_INCREF(key);
         return key;
     }
+    w = tuple_key_repr(key);
+    if (w != NULL || PyErr_Occurred()) return w;
     w = PyObject_Repr(key);
     if (w != NULL && !PyUnicode_Check(w)) {
         Py_DECREF(w);
@@ -587,31 +640,60 @@ static PyObject *wire_key(PlainGraph *g, PyObject *keys, Py_ssize_t k) {
     return w;
 }
 
-/* The task of node k, exactly as shoal._dask._node_task makes it from its DirectCall; a new
- * reference. Its payload is left in b, its wire key in *wk (a new reference), and the numbers
- * of the keys it names, each once, in deps[0 .. *ndeps). */
-static PyObject *make_task(PlainGraph *g, PyObject *keys, PyObject *nodes, Py_ssize_t k, buf_t *b,
-                           func_cache_t *fc, PyObject *group, PyObject *ann, PyObject **wk, Py_ssize_t *deps,
-                           Py_ssize_t *ndeps) {
+static int put_map(buf_t *b, Py_ssize_t n) {
+    if (n < 16) return put_byte(b, (unsigned char)(0x80 | n));
+    return put_be(b, 0xde, (unsigned long long)n, 2); /* a task has at most 6 + 4 fields */
+}
+
+static int put_bin(buf_t *b, const char *s, Py_ssize_t n) {
+    int r;
+    if (n < 256) r = put_be(b, 0xc4, (unsigned long long)n, 1);
+    else if (n < 65536) r = put_be(b, 0xc5, (unsigned long long)n, 2);
+    else r = put_be(b, 0xc6, (unsigned long long)n, 4);
+    return r < 0 ? -1 : put_raw(b, s, n);
+}
+
+/* a str of the task's map: 0 written, -1 with an exception (one msgpack cannot carry is a
+ * ValueError, as msgpack's packer would fail on it) */
+static int put_field_str(buf_t *b, PyObject *s, const char *what) {
+    if (!PyUnicode_Check(s)) {
+        PyErr_Format(PyExc_TypeError, "shoal: a task's %s is not a str", what);
+        return -1;
+    }
+    int r = put_str(b, s);
+    if (r > 0) PyErr_Format(PyExc_ValueError, "shoal: a task's %s msgpack cannot carry", what);
+    return r == 0 ? 0 : -1;
+}
+
+/* Node k's task, written to out as msgpack-python's Packer(use_bin_type=True) writes the map
+ * shoal._dask._node_task makes from its DirectCall: key, kind, func, payload, group, deps
+ * (when it names keys), then the fields ann_wire holds (ann_n of them, encoded by the caller;
+ * never one of those six). The payload, in pay, is left there for its size; the task's wire
+ * key in *wk and its function's name in *fn (new references); the numbers of the keys it names,
+ * each once, in deps[0 .. *ndeps). */
+static int put_task(PlainGraph *g, PyObject *keys, PyObject *nodes, Py_ssize_t k, buf_t *pay, buf_t *out,
+                    func_cache_t *fc, PyObject *group, const char *ann_wire, Py_ssize_t ann_len,
+                    Py_ssize_t ann_n, PyObject **wk, PyObject **fn, Py_ssize_t *deps, Py_ssize_t *ndeps) {
     PyObject *node = PyTuple_GET_ITEM(nodes, k);
     Py_ssize_t nargs = PyTuple_GET_SIZE(node) - 1, off = g->arg_off[k], nrefs = 0, stamp = --g->stamp;
-    PyObject *wire_deps = NULL, *task = NULL, *payload = NULL, *fname = NULL, *grp = NULL;
-    *wk = NULL;
+    PyObject *fname = NULL, *grp = NULL;
+    int rc = -1;
+    *wk = *fn = NULL;
     *ndeps = 0;
-    b->len = 0;
-    if (put_byte(b, 0x00) < 0) goto fail;
-    Py_ssize_t head = b->len; /* [args] or [args, refs]: set once refs are known */
-    if (put_byte(b, 0x91) < 0 || put_array(b, nargs) < 0) goto fail;
+    pay->len = 0;
+    if (put_byte(pay, 0x00) < 0) goto done;
+    Py_ssize_t head = pay->len; /* [args] or [args, refs]: set once refs are known */
+    if (put_byte(pay, 0x91) < 0 || put_array(pay, nargs) < 0) goto done;
     for (Py_ssize_t t = 0; t < nargs; t++) {
         Py_ssize_t d = g->argk[off + t];
         int r;
         if (d < 0) {
-            r = put_literal(b, PyTuple_GET_ITEM(node, t + 1));
+            r = put_literal(pay, PyTuple_GET_ITEM(node, t + 1));
         } else {
             nrefs++;
             PyObject *w = wire_key(g, keys, d);
-            if (w == NULL) goto fail;
-            r = put_str(b, w);
+            if (w == NULL) goto done;
+            r = put_str(pay, w);
             if (r == 0 && g->mark[d] != stamp) { /* a dependency once, in the order named */
                 g->mark[d] = stamp;
                 deps[(*ndeps)++] = d;
@@ -619,66 +701,69 @@ static PyObject *make_task(PlainGraph *g, PyObject *keys, PyObject *nodes, Py_ss
             Py_DECREF(w);
         }
         if (r > 0) PyErr_SetString(PyExc_ValueError, "shoal: an argument msgpack cannot carry");
-        if (r != 0) goto fail;
+        if (r != 0) goto done;
     }
     if (nrefs > 0) {
-        b->p[head] = (char)0x92;
-        if (put_array(b, nrefs) < 0) goto fail;
+        pay->p[head] = (char)0x92;
+        if (put_array(pay, nrefs) < 0) goto done;
         for (Py_ssize_t t = 0; t < nargs; t++)
-            if (g->argk[off + t] >= 0 && put_uint(b, (unsigned long long)t) < 0) goto fail;
+            if (g->argk[off + t] >= 0 && put_uint(pay, (unsigned long long)t) < 0) goto done;
     }
-    payload = PyBytes_FromStringAndSize(b->p, b->len);
-    if (payload == NULL) goto fail;
-    if (*ndeps > 0) {
-        wire_deps = PyTuple_New(*ndeps);
-        if (wire_deps == NULL) goto fail;
-        for (Py_ssize_t j = 0; j < *ndeps; j++) {
-            PyObject *w = wire_key(g, keys, deps[j]);
-            if (w == NULL) goto fail;
-            PyTuple_SET_ITEM(wire_deps, j, w);
-        }
+    if ((unsigned long long)pay->len > 0xffffffffULL) {
+        PyErr_SetString(PyExc_ValueError, "shoal: a task's payload of 4 GiB or more");
+        goto done;
     }
     *wk = wire_key(g, keys, k);
-    if (*wk == NULL) goto fail;
+    if (*wk == NULL) goto done;
     fname = func_name(fc, PyTuple_GET_ITEM(node, 0));
-    if (fname == NULL) goto fail;
+    if (fname == NULL) goto done;
     grp = group_of(PyTuple_GET_ITEM(keys, k), group, g->groups);
-    if (grp == NULL) goto fail;
-    task = PyDict_New();
-    if (task == NULL || PyDict_SetItem(task, s_key, *wk) < 0 || PyDict_SetItem(task, s_kind, s_py) < 0 ||
-        PyDict_SetItem(task, s_func, fname) < 0 || PyDict_SetItem(task, s_payload, payload) < 0 ||
-        PyDict_SetItem(task, s_group, grp) < 0 || (wire_deps != NULL && PyDict_SetItem(task, s_deps, wire_deps) < 0))
-        goto fail;
-    if (ann != Py_None && PyDict_Update(task, ann) < 0) goto fail;
-    goto done;
-fail:
-    Py_CLEAR(task);
-    Py_CLEAR(*wk);
+    if (grp == NULL) goto done;
+    if (put_map(out, 5 + (*ndeps > 0) + ann_n) < 0 || PUT_LIT(out, "key") < 0 || put_field_str(out, *wk, "key") < 0 ||
+        PUT_LIT(out, "kind") < 0 || PUT_LIT(out, "py") < 0 || PUT_LIT(out, "func") < 0 ||
+        put_field_str(out, fname, "func") < 0 || PUT_LIT(out, "payload") < 0 || put_bin(out, pay->p, pay->len) < 0 ||
+        PUT_LIT(out, "group") < 0 || put_field_str(out, grp, "group") < 0)
+        goto done;
+    if (*ndeps > 0) {
+        if (PUT_LIT(out, "deps") < 0 || put_array(out, *ndeps) < 0) goto done;
+        for (Py_ssize_t j = 0; j < *ndeps; j++) {
+            PyObject *w = wire_key(g, keys, deps[j]);
+            int r = w == NULL ? -1 : put_field_str(out, w, "dependency");
+            Py_XDECREF(w);
+            if (r < 0) goto done;
+        }
+    }
+    if (put_raw(out, ann_wire, ann_len) < 0) goto done;
+    rc = 0;
+    *fn = fname;
+    fname = NULL;
 done:
-    Py_XDECREF(wire_deps);
-    Py_XDECREF(payload);
+    if (rc < 0) Py_CLEAR(*wk);
     Py_XDECREF(fname);
     Py_XDECREF(grp);
-    return task;
+    return rc;
 }
 
 #define TASK_OVERHEAD 200 /* shoal._chunk.TASK_OVERHEAD */
 
 /* The next chunk, as shoal._dask.task_chunks cuts it: at most limit nodes, and at most
  * max_bytes counting each task as its payload plus TASK_OVERHEAD unless one task alone is
- * bigger. */
-static PyObject *plain_tasks(PlainGraph *g, PyObject *args) {
-    PyObject *namer, *group, *ann;
-    Py_ssize_t limit, max_bytes;
-    if (!PyArg_ParseTuple(args, "nnOOO:plain_tasks", &limit, &max_bytes, &namer, &group, &ann)) return NULL;
-    if (ann != Py_None && !PyDict_Check(ann)) {
-        PyErr_SetString(PyExc_TypeError, "plain_tasks: ann must be a dict or None");
+ * bigger; written as the msgpack array of its tasks that an update_graph message carries. */
+static PyObject *plain_wire(PlainGraph *g, PyObject *args) {
+    PyObject *namer, *group;
+    Py_ssize_t limit, max_bytes, ann_n;
+    const char *ann_wire;
+    Py_ssize_t ann_len;
+    if (!PyArg_ParseTuple(args, "nnOOy#n:plain_wire", &limit, &max_bytes, &namer, &group, &ann_wire, &ann_len, &ann_n))
+        return NULL;
+    if (ann_n < 0 || ann_n > 4) {
+        PyErr_SetString(PyExc_ValueError, "plain_wire: ann_n must be 0 to 4 (priority, retries, resources, workers)");
         return NULL;
     }
     if (pg_usable(g) < 0) return NULL;
     if (g->busy || g->failed) {
-        PyErr_SetString(PyExc_RuntimeError, g->busy ? "shoal: plain_tasks called again while it runs"
-                                                    : "shoal: plain_tasks failed before: the graph's chunks are lost");
+        PyErr_SetString(PyExc_RuntimeError, g->busy ? "shoal: plain_wire called again while it runs"
+                                                    : "shoal: plain_wire failed before: the graph's chunks are lost");
         return NULL;
     }
     g->busy = 1;
@@ -686,12 +771,12 @@ static PyObject *plain_tasks(PlainGraph *g, PyObject *args) {
                                                     from being cleared; these keep their items) */
     Py_INCREF(keys);
     Py_INCREF(nodes);
-    PyObject *tasks = PyList_New(0), *frontier = PyList_New(0), *out = NULL;
+    PyObject *wkeys = PyList_New(0), *frontier = PyList_New(0), *fnames = PySet_New(NULL), *raw = NULL, *out = NULL;
     Py_ssize_t *sent = alloc_array(limit > 0 ? (limit < g->n ? limit : g->n) : 1, sizeof(Py_ssize_t));
-    Py_ssize_t *deps = NULL, ndeps = 0, nsent = 0, nbytes = 0, depcap = 0;
-    buf_t b = {0};
+    Py_ssize_t *deps = NULL, ndeps = 0, nsent = 0, nbytes = 0, paid = 0, depcap = 0;
+    buf_t pay = {0}, body = {0}, head = {0};
     func_cache_t fc = {.namer = namer};
-    if (tasks == NULL || frontier == NULL || sent == NULL) goto done;
+    if (wkeys == NULL || frontier == NULL || fnames == NULL || sent == NULL) goto done;
     while (g->sent < g->n && nsent < limit) {
         Py_ssize_t k = g->order[g->sent], nargs = PyTuple_GET_SIZE(PyTuple_GET_ITEM(nodes, k)) - 1;
         if (nargs > depcap) {
@@ -700,17 +785,19 @@ static PyObject *plain_tasks(PlainGraph *g, PyObject *args) {
             deps = alloc_array(depcap, sizeof(Py_ssize_t));
             if (deps == NULL) goto done;
         }
-        PyObject *wk;
-        PyObject *task = make_task(g, keys, nodes, k, &b, &fc, group, ann, &wk, deps, &ndeps);
-        if (task == NULL) goto done;
-        Py_ssize_t size = b.len + TASK_OVERHEAD;
-        if (PyList_GET_SIZE(tasks) > 0 && (size > max_bytes || nbytes > max_bytes - size)) {
-            Py_DECREF(task); /* it starts the next chunk */
+        PyObject *wk, *fn;
+        Py_ssize_t mark = body.len;
+        if (put_task(g, keys, nodes, k, &pay, &body, &fc, group, ann_wire, ann_len, ann_n, &wk, &fn, deps, &ndeps) < 0)
+            goto done;
+        Py_ssize_t size = pay.len + TASK_OVERHEAD;
+        if (nsent > 0 && (size > max_bytes || nbytes > max_bytes - size)) {
+            body.len = mark; /* it starts the next chunk */
             Py_DECREF(wk);
+            Py_DECREF(fn);
             break;
         }
-        int r = PyList_Append(tasks, task);
-        Py_DECREF(task);
+        int r = PyList_Append(wkeys, wk) < 0 || PySet_Add(fnames, fn) < 0 ? -1 : 0;
+        Py_DECREF(fn);
         if (r < 0) {
             Py_DECREF(wk);
             goto done;
@@ -719,6 +806,7 @@ static PyObject *plain_tasks(PlainGraph *g, PyObject *args) {
         if (g->left[k] > 0 && g->wire[k] == NULL) g->wire[k] = wk; /* a later node names it */
         else Py_DECREF(wk);
         nbytes += size;
+        paid += pay.len;
         for (Py_ssize_t j = 0; j < ndeps; j++) /* one node naming each dependency fewer to send */
             if (--g->left[deps[j]] == 0) Py_CLEAR(g->wire[deps[j]]);
         sent[nsent++] = k;
@@ -732,18 +820,27 @@ static PyObject *plain_tasks(PlainGraph *g, PyObject *args) {
         Py_XDECREF(w);
         if (r < 0) goto done;
     }
-    out = Py_BuildValue("(OOO)", tasks, frontier, g->sent >= g->n ? Py_True : Py_False);
+    if (put_array(&head, nsent) < 0) goto done;
+    raw = PyBytes_FromStringAndSize(NULL, head.len + body.len);
+    if (raw == NULL) goto done;
+    memcpy(PyBytes_AS_STRING(raw), head.p, (size_t)head.len);
+    if (body.len > 0) memcpy(PyBytes_AS_STRING(raw) + head.len, body.p, (size_t)body.len);
+    out = Py_BuildValue("(OOOnOO)", raw, wkeys, fnames, paid, frontier, g->sent >= g->n ? Py_True : Py_False);
 done:
     if (out == NULL && nsent > 0) g->failed = 1; /* nodes counted as sent that nobody will */
     g->busy = 0;
     func_cache_clear(&fc);
-    PyMem_Free(b.p);
+    PyMem_Free(pay.p);
+    PyMem_Free(body.p);
+    PyMem_Free(head.p);
     PyMem_Free(sent);
     PyMem_Free(deps);
     Py_DECREF(keys);
     Py_DECREF(nodes);
-    Py_XDECREF(tasks);
+    Py_XDECREF(raw);
+    Py_XDECREF(wkeys);
     Py_XDECREF(frontier);
+    Py_XDECREF(fnames);
     return out;
 }
 
@@ -1816,10 +1913,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "shoal._speedups",
                                     NULL, NULL, NULL, NULL};
 
 PyMODINIT_FUNC PyInit__speedups(void) {
-    if (!(s_key = PyUnicode_InternFromString("key")) || !(s_kind = PyUnicode_InternFromString("kind")) ||
-        !(s_py = PyUnicode_InternFromString("py")) || !(s_func = PyUnicode_InternFromString("func")) ||
-        !(s_payload = PyUnicode_InternFromString("payload")) || !(s_group = PyUnicode_InternFromString("group")) ||
-        !(s_deps = PyUnicode_InternFromString("deps")) || !(s_op = PyUnicode_InternFromString("op")) ||
+    if (!(s_key = PyUnicode_InternFromString("key")) || !(s_op = PyUnicode_InternFromString("op")) ||
         !(s_done = PyUnicode_InternFromString("done")) || !(s_id = PyUnicode_InternFromString("id")) ||
         !(s_items = PyUnicode_InternFromString("items")) || !(s_encoding = PyUnicode_InternFromString("encoding")) ||
         !(s_msgpack = PyUnicode_InternFromString("msgpack")) || !(s_nframes = PyUnicode_InternFromString("nframes")) ||

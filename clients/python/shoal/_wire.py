@@ -206,8 +206,22 @@ else:  # pragma: no cover - msgpack 1.0
         return out
 
 
+class Encoded(dict[str, Any]):
+    """A header whose bytes were written already: :func:`pack_header` returns ``wire``. The
+    dict holds what the sender's own bookkeeping reads of it (``op``, ``id``, ...); its values
+    need not be what msgpack would write (an update_graph's ``tasks`` is an EncodedTasks)."""
+
+    __slots__ = ("wire",)
+
+    def __init__(self, fields: dict[str, Any], wire: bytes) -> None:
+        super().__init__(fields)
+        self.wire = wire
+
+
 def pack_header(header: Header) -> bytes:
     """Encode a header map (frame 0)."""
+    if type(header) is Encoded:
+        return header.wire
     return packb(header)
 
 

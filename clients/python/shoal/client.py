@@ -19,7 +19,6 @@ import collections.abc
 import concurrent.futures
 import itertools
 import logging
-import operator
 import os
 import random
 import ssl
@@ -28,7 +27,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Hashable, Iterable, Mapping, Optional, Sequence, Union, cast
 
 from . import _chunk, _dask, _discovery, _keys, _shuffle, _wire
 from . import _segments as _segments  # noqa: F401 - tests patch shoal.client._segments
@@ -61,7 +60,16 @@ _FUNC_CACHE_SIZE = 1024
 _SCATTER_ARG_BYTES = 1 << 20
 
 
-_TASK_KEY = operator.itemgetter("key")  # a task's wire key, without a Python step per task
+def _encoded_graph(msg: dict[str, Any], tasks: _chunk.EncodedTasks) -> _wire.Encoded:
+    """The update_graph ``msg`` (its ``tasks`` being ``tasks``) as the bytes msgpack would write
+    for it with the task dicts in it: the other fields packed, ``tasks`` added as written."""
+    head = _wire.packb({k: v for k, v in msg.items() if k != "tasks"})
+    if not 0x80 <= head[0] < 0x8f:  # a fixmap of at most 14 fields, one more to come
+        raise AssertionError(f"an update_graph header starts with {head[0]:#x}")
+    return _wire.Encoded(msg, b"".join((bytes((head[0] + 1,)), head[1:], _TASKS_FIELD, tasks.wire)))
+
+
+_TASKS_FIELD = _wire.packb("tasks")
 
 
 def _split_batches(tasks: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -353,16 +361,20 @@ class Client(ClusterControl, Datasets, Reports):
     def _exec_func(self) -> tuple[str, bytes]:
         return self._func(_dask.execute_node)
 
-    def _update_graph(self, tasks: list[dict[str, Any]], funcs: Mapping[str, bytes],
+    def _update_graph(self, tasks: _chunk.Tasks, funcs: Mapping[str, bytes],
                       wanted: Sequence[str], *, one_message: bool = False) -> list[Future]:
         """Send tasks (split into several messages when big) and return futures for wanted.
         ``one_message``: the caller cut ``tasks`` to fit one message (a dask graph's chunks),
         so they are not measured again (a Python step per task: a tenth of a million-task
-        graph's submission)."""
+        graph's submission); only such a chunk comes encoded already (EncodedTasks)."""
         with self._lock:
             self._keys.renew(wanted)  # a failed key gets a fresh attempt; old futures keep the error
             futures = [Future(k, self) for k in wanted]
-            batches = [tasks] if one_message else _split_batches(tasks)
+            batches: Sequence[_chunk.Tasks]
+            if one_message or isinstance(tasks, _chunk.EncodedTasks):
+                batches = [tasks]
+            else:
+                batches = _split_batches(tasks)
             held: list[str] = []
             final = set(wanted)
             for i, batch in enumerate(batches):
@@ -370,17 +382,19 @@ class Client(ClusterControl, Datasets, Reports):
                 new_funcs: dict[str, bytes] = {}
                 unsent = [h for h in funcs if h not in self._sent_funcs]
                 if unsent:  # (a graph's later chunks use functions sent already: no pass)
-                    used = {t.get("func") for t in batch}
+                    used = batch.funcs if isinstance(batch, _chunk.EncodedTasks) else {t.get("func") for t in batch}
                     new_funcs = {h: funcs[h] for h in unsent if h in used}
-                keys = list(map(_TASK_KEY, batch))
+                keys = list(_chunk.task_keys(batch))
                 if last:
                     want = list(wanted)
                 else:
                     # hold what later batches need and the wanted keys this batch defines:
                     # the scheduler drops tasks that lead to nothing anyone wants
+                    # (several batches: _split_batches cut them, as lists of task dicts)
+                    later = cast(list[list[dict[str, Any]]], batches[i + 1:])
+                    assert isinstance(batch, list)
                     here = set(keys)
-                    want = list(dict.fromkeys(
-                        _frontier(batch, batches[i + 1:]) + [k for k in wanted if k in here]))
+                    want = list(dict.fromkeys(_frontier(batch, later) + [k for k in wanted if k in here]))
                 gid = next(self._graph_ids)
                 self._graphs[gid] = (keys if not last else keys + list(wanted), list(new_funcs))
                 while len(self._graphs) > 10000:
@@ -388,6 +402,8 @@ class Client(ClusterControl, Datasets, Reports):
                 msg: dict[str, Any] = {"op": "update_graph", "id": gid, "tasks": batch, "wanted": want}
                 if new_funcs:
                     msg["funcs"] = new_funcs
+                if isinstance(batch, _chunk.EncodedTasks):
+                    msg = _encoded_graph(msg, batch)
                 self._send(msg)
                 self._sent_funcs.update(new_funcs)
                 if not last:
@@ -776,7 +792,7 @@ class Client(ClusterControl, Datasets, Reports):
             if last:
                 futures = self._update_graph(tasks, funcs, wanted, one_message=True)
             else:
-                hold = frontier + sorted(want_set.intersection(map(_TASK_KEY, tasks)))
+                hold = frontier + sorted(want_set.intersection(_chunk.task_keys(tasks)))
                 held.extend(self._update_graph(tasks, funcs, list(dict.fromkeys(hold)), one_message=True))
         del held
         by_wire = {f.key: f for f in futures}

@@ -244,6 +244,33 @@ def test_graphs_the_scheduler_never_read_are_sent_again(fake: FakeCluster) -> No
             g.result(timeout=5)
 
 
+def test_an_encoded_graph_never_read_is_sent_again(fake: FakeCluster) -> None:
+    """A graph of plain calls goes as the bytes the compiled conversion wrote (no task dicts,
+    shoal._speedups); it is kept as any graph is, and sent again, the same bytes, after a
+    resume when the scheduler had not read it."""
+    from shoal import _dask, _wire
+
+    if _dask._speedups is None:
+        pytest.skip("shoal._speedups is not built")
+    dsk = {"a": (inc, 1), "b": (inc, "a"), "c": (add, "a", "b")}
+    with mem_client(fake) as client:
+        assert client.submit(inc, 1).result(timeout=5) == 2
+        fake.mute.add("update_graph")
+        (c,) = client.get(dsk, ["c"], sync=False)
+        wait_until(lambda: any(c.key in (m.get("wanted") or ()) for m in fake.received), "the graph was sent")
+        kept = [h for h, _ in client._comm._sent_graphs]  # type: ignore[attr-defined]
+        assert type(kept[-1]) is _wire.Encoded and len(kept[-1]["tasks"]) == 3
+        first = next(m for m in fake.received if c.key in (m.get("wanted") or ()))
+        fake.mute.clear()
+        fake.drop(down=False)
+        assert c.result(timeout=5) == 5
+        resume = next(m for m in fake.received if m["op"] == "resume")
+        again = [m for m in fake.received[fake.received.index(resume):] if m["op"] == "update_graph"]
+        assert again and again[0] == first
+        assert [t["key"] for t in again[0]["tasks"]] == ["a", "b", "c"]
+        assert again[0]["tasks"][2]["deps"] == ["a", "b"]
+
+
 def test_resume_refused_fails_pending_futures(fake: FakeCluster) -> None:
     fake.paused = True
     fake.resume_error = {"code": "protocol-error", "message": "no such session"}

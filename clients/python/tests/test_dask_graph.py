@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from shoal import _dask, _keys, _refs, _serialize
+from shoal._chunk import EncodedTasks
 from shoal.client import _split_batches, _toposort
 
 from harness import FakeWorker
@@ -27,6 +28,13 @@ def worker() -> Iterator[FakeWorker]:
     w = FakeWorker()
     yield w
     w.close()
+
+
+def task_chunks(*args: Any, **kw: Any) -> Iterator[tuple[list[dict[str, Any]], list[str], bool]]:
+    """_dask.task_chunks, lazily, with a chunk the compiled path encoded decoded into the task
+    dicts the scheduler reads (test_speedups checks those bytes against the Python path's)."""
+    for tasks, frontier, last in _dask.task_chunks(*args, **kw):
+        yield (tasks.decode() if isinstance(tasks, EncodedTasks) else tasks), frontier, last
 
 
 def run_graph(worker: FakeWorker, dsk: Any, keys: Any) -> Any:
@@ -174,7 +182,7 @@ def test_task_chunks_hold_few_keys_of_a_reduction() -> None:
         nxt = [f"n-{depth}-{i}" for i in range(len(level) // 2)]
         dsk.update({k: (add, level[2 * i], level[2 * i + 1]) for i, k in enumerate(nxt)})
         level = nxt
-    chunks = list(_dask.task_chunks(_dask.normalize_graph(dsk), "h", first=64, most=256))
+    chunks = list(task_chunks(_dask.normalize_graph(dsk), "h", first=64, most=256))
     assert len(chunks) > 3
     assert max(len(frontier) for _, frontier, _ in chunks) <= depth + 1
 
@@ -207,7 +215,7 @@ def test_plain_calls_are_converted_as_they_are_sent(worker: FakeWorker, monkeypa
         return real(node, *a)
 
     monkeypatch.setattr(_dask, "direct_call", counting)
-    chunks_iter = _dask.task_chunks(graph, "h", first=64, most=256)
+    chunks_iter = task_chunks(graph, "h", first=64, most=256)
     first = next(chunks_iter)
     assert len(first[0]) == 64
     assert len(converted) <= 64 + depth + 2, "the first chunk converted more than its nodes and its walk"
@@ -221,7 +229,7 @@ def test_plain_calls_are_converted_as_they_are_sent(worker: FakeWorker, monkeypa
     fhash = _keys.func_hash(data)
     funcs = {fhash: data}
     store: dict[str, tuple[str, list[Any]]] = {}
-    for tasks, _, _ in _dask.task_chunks(graph, fhash, funcs=funcs, first=64, most=256):
+    for tasks, _, _ in task_chunks(graph, fhash, funcs=funcs, first=64, most=256):
         for t in tasks:
             h, frames = worker.run_task(t, funcs, store)
             assert h["op"] == "done", h.get("error", {}).get("traceback")
@@ -340,7 +348,7 @@ def test_task_chunks_name_direct_call_functions() -> None:
         data = _keys.dumps_callable(fn)
         return _keys.func_hash(data), data
 
-    chunks = list(_dask.task_chunks(graph, "h", first=7, most=20, funcs=funcs, func_of=func_of))
+    chunks = list(task_chunks(graph, "h", first=7, most=20, funcs=funcs, func_of=func_of))
     assert calls == [add, mul] or calls == [mul, add]  # each function named once
     assert {t["func"] for tasks, _, _ in chunks for t in tasks} == set(funcs)
 
@@ -372,22 +380,22 @@ def test_task_chunks_order_and_frontier(worker: FakeWorker) -> None:
     def check(chunks: list[tuple[list[dict[str, Any]], list[str], bool]]) -> None:
         check_chunks(graph, chunks)
 
-    chunks = list(_dask.task_chunks(graph, "h", first=7, most=40))
+    chunks = list(task_chunks(graph, "h", first=7, most=40))
     check(chunks)
     sizes = [len(tasks) for tasks, _, _ in chunks]
     assert sizes[0] <= 7 and max(sizes) <= 40 and len(chunks) > 3
     # a byte bound cuts chunks short (but never below one task)
     biggest = max(len(t["payload"]) for tasks, _, _ in chunks for t in tasks) + 200
-    chunks = list(_dask.task_chunks(graph, "h", first=50, most=50, max_bytes=3 * biggest))
+    chunks = list(task_chunks(graph, "h", first=50, most=50, max_bytes=3 * biggest))
     check(chunks)
     assert all(sum(len(t["payload"]) + 200 for t in tasks) <= 3 * biggest for tasks, _, _ in chunks)
     assert all(len(tasks) >= 1 for tasks, _, _ in chunks)
-    check(list(_dask.task_chunks(graph, "h", max_bytes=1)))
+    check(list(task_chunks(graph, "h", max_bytes=1)))
     # evaluated in chunk order, the graph gives the right sum
     data = _keys.dumps_callable(_dask.execute_node)
     fhash = _keys.func_hash(data)
     store: dict[str, tuple[str, list[Any]]] = {}
-    for tasks, _, _ in _dask.task_chunks(graph, fhash, first=7, most=40):
+    for tasks, _, _ in task_chunks(graph, fhash, first=7, most=40):
         for t in tasks:
             h, frames = worker.run_task(t, {fhash: data}, store)
             assert h["op"] == "done", h.get("error", {}).get("traceback")
@@ -395,7 +403,7 @@ def test_task_chunks_order_and_frontier(worker: FakeWorker) -> None:
     (key,) = _dask.flatten_keys(keys)
     assert _serialize.decode(*store[_keys.wire_key(key)]) == sum(range(1, 301))
     # a graph of existing results only still gives one (empty) chunk
-    assert list(_dask.task_chunks({}, "h")) == [([], [], True)]
+    assert list(task_chunks({}, "h")) == [([], [], True)]
 
 
 def test_dask_defaults_pick_a_shuffle_that_works_across_hosts() -> None:

@@ -10,13 +10,15 @@ import gc
 import math
 import operator
 import os
+import random
 import sys
 from typing import Any, Hashable, Iterator
 
 import msgpack
 import pytest
 
-from shoal import _dask, _refs
+from shoal import _dask, _refs, _wire
+from shoal._chunk import EncodedTasks, Tasks
 
 speedups = _dask._speedups
 if speedups is None:
@@ -25,7 +27,7 @@ if speedups is None:
                            "`pip install -e .` compiles it, with a C compiler")
     pytest.skip("shoal._speedups is not built", allow_module_level=True)
 
-Chunks = list[tuple[list[dict[str, Any]], list[str], bool]]
+Chunks = list[tuple[bytes, list[str], bool]]  # (the tasks as sent, frontier, last) per chunk
 
 
 def inc(x: int) -> int:
@@ -45,10 +47,32 @@ def chunks(dsk: Any, compiled: bool, **kw: Any) -> tuple[Chunks, dict[str, bytes
         graph = _dask.normalize_graph(dsk)
         if compiled:
             assert isinstance(graph, _dask.PlainCalls) and graph.compiled is not None
-        out = list(_dask.task_chunks(graph, "h", funcs=funcs, **kw))
+        out = wired(_dask.task_chunks(graph, "h", funcs=funcs, **kw))
     finally:
         _dask._speedups = saved
     return out, funcs
+
+
+def wired(chunks: Iterator[tuple[Tasks, list[str], bool]]) -> Chunks:
+    """Chunks with their tasks as the bytes the client sends: those the compiled path wrote, or
+    the task dicts packed as the client packs them. An EncodedTasks' keys, function names and
+    payload size are checked against its tasks."""
+    out: Chunks = []
+    for tasks, frontier, last in chunks:
+        if isinstance(tasks, EncodedTasks):
+            dicts = tasks.decode()
+            assert tasks.keys == [t["key"] for t in dicts] and len(tasks) == len(dicts)
+            assert tasks.funcs == {t["func"] for t in dicts}
+            assert tasks.payload_bytes == sum(len(t["payload"]) for t in dicts)
+            out.append((tasks.wire, frontier, last))
+        else:
+            out.append((_wire.packb(tasks), frontier, last))
+    return out
+
+
+def decoded(chunks: Chunks) -> list[list[dict[str, Any]]]:
+    """The task dicts of each chunk, as the scheduler reads them."""
+    return [msgpack.unpackb(w, raw=False) for w, _, _ in chunks]
 
 
 def tuple_key(*parts: Any) -> Hashable:
@@ -125,9 +149,29 @@ def test_compiled_chunks_are_the_python_chunks(name: str, dsk: dict[Hashable, An
     want, want_funcs = chunks(dsk, False, annotations=ann, **sizes)
     assert got == want
     assert got_funcs == want_funcs
-    assert sum(len(t) for t, _, _ in got) == len(dsk)
+    assert sum(len(t) for t in decoded(got)) == len(dsk)
     if "max_bytes" in sizes and len(dsk) > 100:
         assert len(got) > 3  # cut by size, not only by count
+
+
+def test_tuple_keys_are_named_by_their_repr() -> None:
+    """The compiled path writes the repr of a tuple of ints and plain strs itself; every key,
+    of that shape or not, gets exactly repr(key) as its wire key."""
+    parts: list[Any] = [0, 1, -1, 7, 1 << 62, -(1 << 63), (1 << 63) - 1, 1 << 63, 1 << 80, -(1 << 80), True, False,
+                        None, 2.5, "", "x", "sum-1", "a b", 'say "hi"', "it's", "back\\slash", "tab\t", "\x7f",
+                        "\x1f", "ü", "日本", "\udc80x", b"b", ("nested", 1), "z" * 300]
+    rng = random.Random(5)
+    keys: list[Hashable] = [(p,) for p in parts] + [("k", p, i) for i, p in enumerate(parts)]
+    keys += [tuple(rng.choice(parts) for _ in range(rng.randint(1, 20))) for _ in range(400)]
+    keys += [(), ("a",) * 16, ("a",) * 17, tuple(range(16)), ("y" * 120, "z" * 120, 3)]
+    keys = list(dict.fromkeys(keys))  # (equal keys, such as 1 and True, are one key)
+    dsk: dict[Hashable, Any] = {k: (inc, i) for i, k in enumerate(keys)}
+    ok = {k: v for k, v in dsk.items() if speedups.plain_graph({k: v}) is not None}
+    assert len(ok) > len(dsk) - 10  # (keys whose repr msgpack cannot carry are declined)
+    g = speedups.plain_graph(ok)
+    assert g is not None
+    _, got, _, _, _, last = g.plain_wire(len(ok), 1 << 30, lambda fn: "f", lambda k: "g", b"", 0)
+    assert last and sorted(got) == sorted(map(repr, ok))
 
 
 @pytest.mark.parametrize("node", [
@@ -161,7 +205,7 @@ def test_compiled_graph_is_a_snapshot() -> None:
     assert isinstance(graph, _dask.PlainCalls) and graph.compiled is not None
     dsk.clear()
     dsk["junk"] = (inc, [object()])
-    got = list(_dask.task_chunks(graph, "h", funcs={}, first=16, most=64))
+    got = wired(_dask.task_chunks(graph, "h", funcs={}, first=16, most=64))
     assert got == want
     # the graph is walked by the compiled path once; another walk takes the Python path
     assert graph.compiled is None
@@ -181,8 +225,10 @@ def test_compiled_conversion_keeps_no_references() -> None:
     before = [sys.getrefcount(x) for x in (name, key, arg, fn)]
     for _ in range(3):
         out, _ = chunks(dsk, True, first=1, most=1)
-        assert [t["key"] for c, _, _ in out for t in c] == [repr(key), repr((name, 2))]
-        assert out[1][0][0]["deps"] == (repr(key),)  # named twice, a dependency once
+        tasks = decoded(out)
+        assert [t["key"] for c in tasks for t in c] == [repr(key), repr((name, 2))]
+        assert tasks[1][0]["deps"] == [repr(key)]  # named twice, a dependency once
+        del tasks
         del out
     gc.collect()
     assert [sys.getrefcount(x) for x in (name, key, arg, fn)] == before
@@ -207,17 +253,17 @@ def test_needed_counts_match() -> None:
 
 
 def test_callbacks_cannot_break_the_compiled_graph() -> None:
-    """Code the conversion runs (a key's __repr__, the namers) that calls plain_tasks again,
+    """Code the conversion runs (a key's __repr__, the namers) that calls plain_wire again,
     empties the graph's containers or raises gets an error, never a crash, and a chunk that
     failed part-way is not silently skipped by the next call."""
     g = speedups.plain_graph({f"k-{i}": (inc, i) for i in range(10)})
     assert g is not None
 
     def reenter(fn: Any) -> str:
-        return g.plain_tasks(1, 1 << 20, str, str, None)[0][0]["key"]  # type: ignore[no-any-return]
+        return g.plain_wire(1, 1 << 20, str, str, b"", 0)[1][0]
 
     with pytest.raises(RuntimeError, match="called again while it runs"):
-        g.plain_tasks(5, 1 << 20, reenter, str, None)
+        g.plain_wire(5, 1 << 20, reenter, str, b"", 0)
 
     calls = 0
 
@@ -231,9 +277,9 @@ def test_callbacks_cannot_break_the_compiled_graph() -> None:
     g = speedups.plain_graph({f"k-{i}": (inc, i) for i in range(10)})
     assert g is not None
     with pytest.raises(KeyError, match="boom"):
-        g.plain_tasks(10, 1 << 20, lambda fn: "f", fails_on_the_fourth, None)
+        g.plain_wire(10, 1 << 20, lambda fn: "f", fails_on_the_fourth, b"", 0)
     with pytest.raises(RuntimeError, match="failed before"):
-        g.plain_tasks(10, 1 << 20, lambda fn: "f", str, None)
+        g.plain_wire(10, 1 << 20, lambda fn: "f", str, b"", 0)
 
     class Clearing:
         """In a key, empties every list and dict that refers to that key when repr'd."""
@@ -251,8 +297,8 @@ def test_callbacks_cannot_break_the_compiled_graph() -> None:
     dsk: dict[Hashable, Any] = {key: (inc, 1), "after": (inc, 2)}
     g = speedups.plain_graph(dsk)
     assert g is not None
-    tasks, frontier, last = g.plain_tasks(10, 1 << 20, lambda fn: "f", lambda k: "g", None)
-    assert [t["key"] for t in tasks] == ["('c', clearing)", "after"] and last and not dsk
+    _, keys, _, _, frontier, last = g.plain_wire(10, 1 << 20, lambda fn: "f", lambda k: "g", b"", 0)
+    assert keys == ["('c', clearing)", "after"] and last and not dsk
     # named by a node, such a key's wire key is the Python path's to make
     assert speedups.plain_graph({key: (inc, 1), "after": (inc, key)}) is None
 
@@ -269,7 +315,7 @@ def test_callbacks_cannot_break_the_compiled_graph() -> None:
                     if type(o).__name__ == "PlainGraph":
                         Hunting.found += 1
                         o.needed()
-                        o.plain_tasks(10, 1 << 20, str, str, None)
+                        o.plain_wire(10, 1 << 20, str, str, b"", 0)
             return 1
 
     g = None  # the graphs above, gone before the hunt
@@ -294,7 +340,7 @@ def test_odd_keys_convert_as_python_does() -> None:
     dsk = {"a": (inc, 1), "b": (inc, "a")}
     got = chunks(dsk, True, annotations={"key": "X"})[0]
     assert got == chunks(dsk, False, annotations={"key": "X"})[0]
-    assert [t.get("deps") for t, _, _ in got for t in t] == [None, ("a",)]
+    assert [t.get("deps") for c in decoded(got) for t in c] == [None, ["a"]]
     assert speedups.plain_graph({"\udc80": (inc, 1), "b": (inc, "\udc80")}) is None
 
 
@@ -324,9 +370,9 @@ def test_a_second_walk_takes_the_python_path() -> None:
     dsk, _ = tree(50)
     graph = _dask.normalize_graph(dsk)
     assert isinstance(graph, _dask.PlainCalls) and graph.compiled is not None
-    first = list(_dask.task_chunks(graph, "h", funcs={}, first=4, most=8))
+    first = wired(_dask.task_chunks(graph, "h", funcs={}, first=4, most=8))
     assert graph.compiled is None
-    again = list(_dask.task_chunks(graph, "h", funcs={}, first=4, most=8))
+    again = wired(_dask.task_chunks(graph, "h", funcs={}, first=4, most=8))
     assert again == first == chunks(dsk, False, first=4, most=8)[0]
     for ann in ({"key": "X"}, {"payload": b"x" * 1000}):
         got = chunks(dict(dsk), True, annotations=ann, first=1, most=1, max_bytes=2500)[0]
