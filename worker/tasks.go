@@ -144,10 +144,6 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		w.send(&wire.Msg{Op: wire.OpTaskFinished, Key: t.Key, TaskID: m.TaskID, NBytes: nbytes, Encoding: enc, Start: now, Stop: now})
 		return
 	}
-	whoHas := make(map[string]wire.Dep, len(m.Deps))
-	for _, d := range m.Deps {
-		whoHas[d.Key] = d
-	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if t.Kind == graph.KindPy && len(m.FuncData) > 0 {
@@ -177,6 +173,10 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		return
 	}
 	w.setStateLocked(ts, stateFetching)
+	whoHas := make(map[string]wire.Dep, len(m.Deps)) // (only here: most tasks have their inputs)
+	for _, d := range m.Deps {
+		whoHas[d.Key] = d
+	}
 	for dep := range ts.waiting {
 		w.needLocked(dep, whoHas[dep], ts)
 	}

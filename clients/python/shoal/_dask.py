@@ -585,8 +585,10 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
     ann = {k: v for k, v in (annotations or {}).items() if v}
     name = _func_namer(funcs, func_of)
     group = _group_namer()
-    if isinstance(dsk, PlainCalls) and dsk.compiled is not None and not per_key and not {"key", "payload"} & set(ann):
-        # (annotations never name those; if they did, the Python path measures and names as they say)
+    if isinstance(dsk, PlainCalls) and dsk.compiled is not None and not per_key and len(ann) <= 4 \
+            and not _TASK_FIELDS & set(ann):
+        # (the client's annotations are at most priority, retries, resources and workers; other
+        # ones are the Python path's, which lets them replace a task's own fields as it measures)
         compiled, dsk.compiled = dsk.compiled, None  # it walks the graph once
         yield from _compiled_chunks(compiled, ann, name, group, first, most, max_bytes)
         return
@@ -620,6 +622,9 @@ def task_chunks(dsk: Mapping[Hashable, Any], func: str, *,
         yield tasks, frontier, last
         if last:
             return
+
+
+_TASK_FIELDS = frozenset({"key", "kind", "func", "payload", "group", "deps"})  # what plain_wire writes
 
 
 def _chunk_sizes(first: int, most: int) -> Iterator[int]:

@@ -462,6 +462,31 @@ def test_runs_messages_split_runs_refuses_are_not_batched() -> None:
     assert taken > 0
 
 
+def test_run_keys_are_taken_only_when_they_are_utf8() -> None:
+    """A key with a multi-byte character anywhere in it is taken and handed on as that key; one
+    with bytes that are not UTF-8 leaves the message to split_runs, which refuses it."""
+    rng = random.Random(13)
+    ex = Executor(None)  # type: ignore[arg-type]
+    ex.funcs[FH] = first
+    ex.funcs["c" * 64] = concat
+    ex.funcs["r" * 64] = refuses_none
+    for n in range(1, 20):
+        for at in range(n):
+            header, frames, entries = plain_batch(1, rng)
+            key = "k" * at + "ü" + "k" * (n - at - 1)
+            entries[0][1] = key
+            batch = batch_of(ex, header, frames)
+            assert batch is not None
+            assert batch.take()[1][1] == key
+            raw = bytearray(_wire.pack_header(dict(header, runs=[[*entries[0][:1], "k" * n, *entries[0][2:]]])))
+            i = raw.index(b"k" * n) + at
+            raw[i] = 0xff  # never in UTF-8
+            assert runs_batch(raw, list(frames), ex.funcs, ex, _worker.enter, _worker.leave,
+                              executor._unpack_entry) is None
+            with pytest.raises(Exception):  # noqa: B017 - whatever msgpack raises for it
+                split_runs(_wire.unpack_header(raw), list(frames))
+
+
 def test_dones_header_encodes_as_pack_header() -> None:
     replies = [{"op": "done", "id": i, "items": [{"key": f"k{i}", "encoding": "msgpack", "nframes": 1,
                                                    "nbytes": 1}], "start": 1, "stop": 2} for i in range(20)]

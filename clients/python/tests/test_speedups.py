@@ -365,8 +365,8 @@ def test_a_cycle_through_the_compiled_graph_is_collected() -> None:
 
 def test_a_second_walk_takes_the_python_path() -> None:
     """A PlainCalls the compiled path has sent still answers node_order, dependents and another
-    task_chunks, as the Python path does; annotations naming "key" or "payload" (which the
-    client never sends) take the Python path."""
+    task_chunks, as the Python path does; annotations naming a task's own field, or more than
+    the client's four (neither of which the client sends), take the Python path."""
     dsk, _ = tree(50)
     graph = _dask.normalize_graph(dsk)
     assert isinstance(graph, _dask.PlainCalls) and graph.compiled is not None
@@ -374,6 +374,8 @@ def test_a_second_walk_takes_the_python_path() -> None:
     assert graph.compiled is None
     again = wired(_dask.task_chunks(graph, "h", funcs={}, first=4, most=8))
     assert again == first == chunks(dsk, False, first=4, most=8)[0]
-    for ann in ({"key": "X"}, {"payload": b"x" * 1000}):
+    five = {"priority": 1, "retries": 2, "resources": {"GPU": 1.0}, "workers": ["w"], "other": 3}
+    for ann in ({"key": "X"}, {"payload": b"x" * 1000}, {"group": "G"}, {"kind": "x"}, {"func": "zz"},
+                {"deps": ["q"]}, five):
         got = chunks(dict(dsk), True, annotations=ann, first=1, most=1, max_bytes=2500)[0]
         assert got == chunks(dict(dsk), False, annotations=ann, first=1, most=1, max_bytes=2500)[0]
