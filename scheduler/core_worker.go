@@ -33,7 +33,7 @@ func (c *Core) workerJoined(e *EvWorkerJoined) {
 	}
 	ws := &worker{id: e.Worker, name: e.Name, addr: e.Addr, nthreads: nthreads, limit: max(limit, 1),
 		memoryLimit: e.MemoryLimit, resources: maps.Clone(e.Resources), funcs: make(map[string]struct{}, len(e.Functions)),
-		alive: true, unsatPos: -1, lastSeen: e.Now}
+		alive: true, unsatPos: -1, lastSeen: e.Now, asked: e.Asked}
 	for _, f := range e.Functions {
 		if _, dup := ws.funcs[f]; !dup {
 			ws.funcs[f] = struct{}{}
@@ -104,14 +104,19 @@ func (c *Core) adopt(key string, w, replaces WorkerID, seceded bool) {
 	}
 }
 
-// checkLiveness removes workers whose last heartbeat is older than HeartbeatTimeout.
+// silentIntervals is how many of the heartbeat intervals it was asked for a worker may miss
+// before it is taken for dead, when that is longer than HeartbeatTimeout (a large cluster's).
+const silentIntervals = 4
+
+// checkLiveness removes workers whose last heartbeat is older than HeartbeatTimeout, or than
+// silentIntervals of the interval each was asked to heartbeat at when that is longer.
 func (c *Core) checkLiveness(now int64) {
 	limit := int64(c.cfg.HeartbeatTimeout)
 	if limit <= 0 {
 		return
 	}
 	for _, wid := range c.alive {
-		if ws := c.workers[wid]; ws.lastSeen > 0 && now-ws.lastSeen > limit {
+		if ws := c.workers[wid]; ws.lastSeen > 0 && now-ws.lastSeen > max(limit, silentIntervals*ws.asked) {
 			c.out = append(c.out, ActRemoveWorker{Worker: wid, Reason: fmt.Sprintf("heartbeat timeout: silent for %v",
 				time.Duration(now-ws.lastSeen).Round(time.Second))})
 		}
@@ -254,6 +259,7 @@ func (c *Core) reschedule(e *EvReschedule) {
 func (c *Core) heartbeat(e *EvHeartbeat) {
 	if ws := c.liveWorker(e.Worker); ws != nil {
 		ws.memory, ws.spilled, ws.executing, ws.ready, ws.lastSeen = e.Memory, e.Spilled, e.Executing, e.Ready, e.Now
+		ws.asked = e.Asked
 		recovered := ws.unhealthy != "" && e.Unhealthy == ""
 		changed := ws.unhealthy != e.Unhealthy
 		ws.unhealthy = e.Unhealthy

@@ -44,6 +44,9 @@ type EvWorkerJoined struct {
 	Seceded []bool
 	// Now is when it joined (unix ns): the start of its liveness clock.
 	Now int64
+	// Asked is the heartbeat interval its registration asked for (ns; 0: its own, about a
+	// second): it may be silent for silentIntervals of them (Core.checkLiveness).
+	Asked int64
 }
 
 // EvWorkersJoined: several workers at once, settled together. After a scheduler restart the
@@ -159,6 +162,9 @@ type EvHeartbeat struct {
 	// Unhealthy, when set, is why the worker cannot serve (its data port cannot accept
 	// connections): it gets no new tasks until a heartbeat without it.
 	Unhealthy string
+	// Asked is the longer of the last two heartbeat intervals the scheduler asked of it (ns;
+	// 0: none), the newer one perhaps not heard yet: it may be silent for silentIntervals of them.
+	Asked int64
 }
 
 // EvTick: time passes; the core may steal work, and checks nothing else time-based.

@@ -7,13 +7,15 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// The heartbeat interval asked of workers grows with the cluster (about a thousand heartbeats
-// a second in all) but stays within a quarter of the heartbeat timeout.
+// The heartbeat interval asked of workers grows with the cluster (about 200 heartbeats a
+// second in all, as dask asks) up to 30 s; under a second nothing is asked.
 func TestHeartbeatIntervalGrowsWithTheCluster(t *testing.T) {
-	timeout := 30 * time.Second
-	require.Equal(t, 2*time.Millisecond, heartbeatInterval(2, timeout), "small clusters: nothing is asked (under a second)")
-	require.Equal(t, time.Second, heartbeatInterval(1000, timeout))
-	require.Equal(t, 3*time.Second, heartbeatInterval(3000, timeout))
-	require.Equal(t, 7500*time.Millisecond, heartbeatInterval(10000, timeout), "capped at a quarter of the timeout")
-	require.Equal(t, 10*time.Second, heartbeatInterval(10000, 0), "no timeout: no cap")
+	require.Equal(t, 10*time.Millisecond, heartbeatInterval(2))
+	require.Zero(t, askedInterval(2), "small clusters: nothing is asked (under a second)")
+	require.Zero(t, askedInterval(200))
+	require.Equal(t, 1005*time.Millisecond, askedInterval(201))
+	require.Equal(t, 5*time.Second, askedInterval(1000))
+	require.Equal(t, 15*time.Second, askedInterval(3000))
+	require.Equal(t, 30*time.Second, askedInterval(6000))
+	require.Equal(t, 30*time.Second, askedInterval(10000), "at most 30 s")
 }

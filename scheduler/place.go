@@ -27,6 +27,7 @@ type worker struct {
 	executing   int
 	ready       int
 	lastSeen    int64
+	asked       int64 // ns: the heartbeat interval asked of it (EvHeartbeat.Asked)
 	alive       bool
 	seceded     int    // processing tasks that seceded: they take no thread
 	retiring    bool   // handed back its tasks: gets no new ones

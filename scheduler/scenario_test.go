@@ -127,7 +127,7 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 		ev = EvWorkerJoined{Worker: WorkerID(a.int("id")), Name: a.str("name"), Addr: a.str("addr"),
 			NThreads: a.intOr("nthreads", 1), MemoryLimit: int64(a.intOr("mem", 0)),
 			Functions: a.listOr("funcs", "f"), Resources: a.res("res"), Holds: a.items("holds"),
-			Replaces: WorkerID(a.intOr("replaces", 0)), Now: int64(a.intOr("now", 0)),
+			Replaces: WorkerID(a.intOr("replaces", 0)), Now: int64(a.intOr("now", 0)), Asked: int64(a.intOr("asked", 0)),
 			Running: a.list("running"), Seceded: secededFlags(a.list("running"), a.list("seceded"))}
 	case "workers-joined": // the workers of the following lines, in one event
 		var joins []EvWorkerJoined
@@ -177,7 +177,7 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 		ev = EvReschedule{Worker: WorkerID(a.int("w")), Keys: a.list("keys")}
 	case "heartbeat":
 		ev = EvHeartbeat{Worker: WorkerID(a.int("w")), Now: int64(a.intOr("now", 0)), Memory: int64(a.intOr("memory", 0)),
-			Unhealthy: a.strOr("unhealthy", "")}
+			Unhealthy: a.strOr("unhealthy", ""), Asked: int64(a.intOr("asked", 0))}
 	case "tick":
 		ev = EvTick{Now: int64(a.int("now"))}
 	case "restart":

@@ -168,6 +168,8 @@ type workerConn struct {
 	sent     map[string]bool // py function hashes this worker has received
 	lastSeen time.Time
 	acked    time.Time // when a heartbeat was last answered
+	// asked is the heartbeat interval last asked of it (0: none), askedBefore the one before
+	asked, askedBefore time.Duration
 	closing  bool
 	retired  bool // told to close by retire_workers
 	pid      int
@@ -1031,9 +1033,8 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	// others heartbeats at that pace from the start, not once a second until its first answer
 	// (10,000 workers registering made a storm of 3,000 heartbeats a second)
 	reg := &wire.Msg{Op: wire.OpRegistered, WorkerID: int64(w.id)}
-	if iv := heartbeatInterval(s.workers.len(), s.cfg.Core.HeartbeatTimeout); iv > time.Second {
-		reg.Interval = iv.Seconds()
-	}
+	w.asked = askedInterval(s.workers.len())
+	reg.Interval = w.asked.Seconds()
 	w.conn.Send(reg)
 	for _, name := range s.preloads.names { // before any compute: its executors need them
 		s.queue(w.conn, s.preloads.items[name])
@@ -1047,7 +1048,8 @@ func (s *Server) registerWorker(w *workerConn, m *wire.Msg, reply chan error) {
 	s.journalWorker(w.info.Name, true)
 	ev := EvWorkerJoined{Worker: w.id, Name: w.info.Name, Addr: w.info.Address, NThreads: w.info.NThreads,
 		MemoryLimit: w.info.MemoryLimit, Resources: w.info.Resources, Functions: m.Functions, Holds: m.Items,
-		Replaces: replaces, Now: now.UnixNano(), Running: m.Running, Seceded: secededFlags(m.Running, m.Seceded)}
+		Replaces: replaces, Now: now.UnixNano(), Running: m.Running, Seceded: secededFlags(m.Running, m.Seceded),
+		Asked: int64(w.asked)}
 	if s.recov != nil && s.recov.hold(ev) {
 		s.recoveryTick(now) // joined with the others when the recovery ends (recover.go)
 		return
@@ -1141,17 +1143,29 @@ var heartbeatAck = &wire.Msg{Op: wire.OpHeartbeat}
 const ackEvery = 1900 * time.Millisecond
 
 // heartbeatInterval is how often the scheduler asks each of n workers to send its heartbeat:
-// a millisecond per worker, so that a cluster sends about a thousand heartbeats a second
-// whatever its size (each costs the scheduler ~25 µs of reading, decoding and answering: 10,000
-// workers heartbeating every second took a quarter of a core), but at most a quarter of the
-// heartbeat timeout, so a live worker never looks silent. Workers never go below their own
-// --heartbeat interval; below a second nothing is asked.
-func heartbeatInterval(n int, timeout time.Duration) time.Duration {
-	iv := time.Duration(n) * time.Millisecond
-	if timeout > 0 {
-		iv = min(iv, timeout/4)
+// five milliseconds per worker, so that a cluster sends about 200 heartbeats a second whatever
+// its size, as dask's scheduler asks (n/200 + 1 s), up to maxHeartbeatInterval. Each heartbeat
+// costs an idle scheduler a wake-up besides its reading, decoding and answering: 10,000 workers
+// at a millisecond each (1,450 a second) kept it at 17 % of a core. A worker asked for a long
+// interval may be silent for silentIntervals of them before it is taken for dead, beyond the
+// heartbeat timeout. Workers never go below their own --heartbeat interval; below a second
+// nothing is asked.
+func heartbeatInterval(n int) time.Duration {
+	return min(time.Duration(n)*heartbeatPerWorker, maxHeartbeatInterval)
+}
+
+const (
+	heartbeatPerWorker   = 5 * time.Millisecond
+	maxHeartbeatInterval = 30 * time.Second // (a worker notices a silent scheduler after 5 of them)
+)
+
+// askedInterval is the heartbeat interval to ask of a worker now that the cluster has n of
+// them: 0 when under a second (each keeps its own).
+func askedInterval(n int) time.Duration {
+	if iv := heartbeatInterval(n); iv > time.Second {
+		return iv
 	}
-	return iv
+	return 0
 }
 
 func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
@@ -1194,12 +1208,14 @@ func (s *Server) onWorkerMsg(w *workerConn, m *wire.Msg) {
 		if now := s.cfg.Clock(); now.Sub(w.acked) >= ackEvery {
 			w.acked = now
 			ack := heartbeatAck // the worker knows the scheduler still hears it
-			if iv := heartbeatInterval(s.workers.len(), s.cfg.Core.HeartbeatTimeout); iv > time.Second {
-				ack = &wire.Msg{Op: wire.OpHeartbeat, Interval: iv.Seconds()}
+			w.askedBefore, w.asked = w.asked, askedInterval(s.workers.len())
+			if w.asked > 0 {
+				ack = &wire.Msg{Op: wire.OpHeartbeat, Interval: w.asked.Seconds()}
 			}
 			s.queue(w.conn, ack)
 		}
-		s.handle(EvHeartbeat{Worker: w.id, Now: s.cfg.Clock().UnixNano(), Memory: m.Memory, Spilled: m.Spilled, Executing: m.Executing, Ready: m.Ready, Unhealthy: unhealthy(m)})
+		s.handle(EvHeartbeat{Worker: w.id, Now: s.cfg.Clock().UnixNano(), Memory: m.Memory, Spilled: m.Spilled,
+			Executing: m.Executing, Ready: m.Ready, Unhealthy: unhealthy(m), Asked: int64(max(w.asked, w.askedBefore))})
 	case wire.OpReschedule:
 		s.handle(EvReschedule{Worker: w.id, Keys: m.Keys})
 	case wire.OpLongRunning:
