@@ -168,11 +168,11 @@ type workerConn struct {
 	sent     map[string]bool // py function hashes this worker has received
 	lastSeen time.Time
 	acked    time.Time // when a heartbeat was last answered
-	// asked is the heartbeat interval last asked of it (0: none), askedBefore the one before
-	asked, askedBefore time.Duration
 	closing  bool
 	retired  bool // told to close by retire_workers
 	pid      int
+	// asked is the heartbeat interval last asked of it (0: none), askedBefore the one before
+	asked, askedBefore time.Duration
 }
 
 type clientConn struct {
