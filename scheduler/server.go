@@ -1482,7 +1482,7 @@ func (s *Server) perform(a Action) {
 		s.sendKeyState(a)
 	case ActAcquire:
 		if w := s.workers.get(a.Worker); w != nil {
-			s.queue(w.conn, &wire.Msg{Op: wire.OpAcquire, Deps: s.wireDeps(a.Deps)})
+			s.queue(w.conn, &wire.Msg{Op: wire.OpAcquire, Deps: s.wireDeps(a.Deps, -1)})
 		}
 	case ActRemoveWorker:
 		if w := s.workers.get(a.Worker); w != nil && !w.closing {
@@ -1511,7 +1511,7 @@ func (s *Server) sendCompute(a *ActCompute) {
 	}
 	m := &wire.Msg{Op: wire.OpCompute, Task: def, TaskID: a.TaskID, Order: a.Order, Keep: a.Keep}
 	if len(a.Deps) > 0 {
-		m.Deps = s.wireDeps(a.Deps)
+		m.Deps = s.wireDeps(a.Deps, a.Worker)
 	}
 	if def.Kind == graph.KindPy && !w.sent[def.Func] {
 		m.FuncData = s.funcs[def.Func]
@@ -1525,10 +1525,19 @@ func (s *Server) sendCompute(a *ActCompute) {
 // registered, in the driver's scratch lists: valid until the next call, which the message
 // carrying it never outlives (queue encodes it before it returns). New lists were two
 // allocations and one per dependency for every compute of a graph's inner tasks.
-func (s *Server) wireDeps(locs []DepLoc) []wire.Dep {
+//
+// A dependency that only worker own holds is left out (own: the worker the message goes to;
+// -1 for none): a worker looks for holders of a dependency it lacks other than itself, so
+// such an entry says nothing to it (one it has lost fails to be fetched either way, and is
+// reported missing). Most of a graph's inner tasks run where their inputs are, and two such
+// entries of two strings each were a third of a tree reduction's compute message.
+func (s *Server) wireDeps(locs []DepLoc, own WorkerID) []wire.Dep {
 	clear(s.depScratch) // the last call's keys
 	deps, addrs := s.depScratch[:0], s.addrScratch[:0]
 	for _, d := range locs {
+		if len(d.Workers) == 1 && d.Workers[0] == own {
+			continue
+		}
 		from := len(addrs)
 		addrs = s.appendAddrs(addrs, d.Workers)
 		deps = append(deps, wire.Dep{Key: d.Key, NBytes: d.NBytes, WhoHas: addrs[from:len(addrs):len(addrs)]})

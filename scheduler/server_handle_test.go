@@ -220,3 +220,51 @@ func testBurstsUnderTightReadAhead(t *testing.T, polled bool) {
 	var he *wire.HandshakeError
 	require.ErrorAs(t, err, &he, "a worker beyond MaxWorkers was let in: a waiting reader gave its slot up")
 }
+
+// A compute lists where to fetch each dependency the worker lacks, and leaves out those only
+// that worker holds (it never fetches from itself): of z's inputs, on worker a, x is there and
+// y is on b.
+func TestComputeOmitsDependenciesTheWorkerHolds(t *testing.T) {
+	s, stop := serveConfig(t, DefaultServerConfig())
+	defer stop()
+	conns := map[string]*wire.Conn{"a": dialWorker(t, s, "a", 1), "b": dialWorker(t, s, "b", 2)}
+	computes := make(chan *wire.Msg, 8)
+	for _, w := range conns {
+		go func() {
+			for {
+				m, _, err := w.Recv()
+				if err != nil {
+					return
+				}
+				if m.Op == wire.OpCompute {
+					now := time.Now().UnixNano()
+					w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 8,
+						Encoding: wire.EncMsgpack, Start: now, Stop: now})
+					computes <- m
+				}
+			}
+		}()
+	}
+	c, _ := dialClient(t, s)
+	tasks := []graph.Task{
+		{Key: "x", Kind: graph.KindGo, Func: "inc", Workers: []string{"a"}},
+		{Key: "y", Kind: graph.KindGo, Func: "inc", Workers: []string{"b"}},
+		{Key: "z", Kind: graph.KindGo, Func: "inc", Workers: []string{"a"}, Args: []graph.Arg{graph.Ref("x"), graph.Ref("y")}},
+	}
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: []string{"z"}, Tasks: tasks}))
+	for {
+		select {
+		case m := <-computes:
+			if m.Task.Key != "z" {
+				continue
+			}
+			require.Equal(t, []string{"x", "y"}, graph.Deps(m.Task))
+			require.Len(t, m.Deps, 1, "%+v", m.Deps)
+			require.Equal(t, "y", m.Deps[0].Key)
+			require.Equal(t, []string{"127.0.0.1:2"}, m.Deps[0].WhoHas)
+			return
+		case <-time.After(10 * time.Second):
+			t.Fatal("z was never computed")
+		}
+	}
+}
