@@ -290,7 +290,13 @@ func (d *dec) task(t *graph.Task) bool {
 		case "workers":
 			bit, ok = 1<<9, d.strs(&t.Workers)
 		case "group":
-			bit, ok = 1<<10, d.str(&t.Group)
+			var v []byte
+			v, ok = d.strOrNil()
+			if string(v) != d.lastGroup {
+				d.lastGroup = string(v)
+			}
+			t.Group = d.lastGroup
+			bit, ok = 1<<10, ok && d.charge(len(v))
 		default:
 			ok = d.skip()
 		}

@@ -277,7 +277,7 @@ func BenchmarkDecodeCompute(b *testing.B) {
 func BenchmarkDecodeUpdateGraph(b *testing.B) {
 	tasks := make([]graph.Task, 1000)
 	for i := range tasks {
-		tasks[i] = graph.Task{Key: "noop-" + string(rune('a'+i%26)) + "12345", Kind: graph.KindGo, Func: "noop"}
+		tasks[i] = graph.Task{Key: "noop-" + string(rune('a'+i%26)) + "12345", Kind: graph.KindGo, Func: "noop", Group: "noop"}
 	}
 	buf, _ := EncodeHeader(&Msg{Op: OpUpdateGraph, ID: 1, Tasks: tasks})
 	b.ReportAllocs()

@@ -13,9 +13,12 @@ type dec struct {
 	i        int
 	depth    int
 	lastFunc string
-	field    string // the top-level field being decoded, when it is a known one
-	rawField []byte // or its name as sent, when it is not (converted only for an error)
-	why      string // the first failure
+	// lastGroup is the group of the last task decoded: a graph's tasks come group by group, so
+	// consecutive tasks share one string instead of a copy each
+	lastGroup string
+	field     string // the top-level field being decoded, when it is a known one
+	rawField  []byte // or its name as sent, when it is not (converted only for an error)
+	why       string // the first failure
 	// budget, when limited, is how many more bytes the decoded values may take: elements cost
 	// their Go size, strings and byte slices their length. An element decoded from one byte
 	// (an empty map) can be a 184-byte graph.Task, so counts alone do not bound memory.
