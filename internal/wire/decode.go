@@ -60,8 +60,10 @@ func (e *DecodeError) Unwrap() error { return ErrProtocol }
 func DecodeHeader(b []byte) (*Msg, error) {
 	m := msgPool.Get().(*Msg)
 	d := decPool.Get().(*dec)
-	defer func() { *d = dec{}; decPool.Put(d) }()
-	*d = dec{b: b, limited: true, budget: budgetFactor*int64(len(b)) + budgetBase}
+	// (a decoder keeps the last function and group it decoded: a worker's computes, a message
+	// each, mostly name the ones the message before named)
+	defer func() { *d = dec{lastFunc: d.lastFunc, lastGroup: d.lastGroup}; decPool.Put(d) }()
+	*d = dec{b: b, limited: true, budget: budgetFactor*int64(len(b)) + budgetBase, lastFunc: d.lastFunc, lastGroup: d.lastGroup}
 	if !d.header(m) {
 		*m = Msg{}
 		msgPool.Put(m)

@@ -261,7 +261,7 @@ func FuzzDecodeHeader(f *testing.F) {
 }
 
 func BenchmarkDecodeCompute(b *testing.B) {
-	buf, _ := EncodeHeader(&Msg{Op: OpCompute, Task: &graph.Task{Key: "inc-12345", Kind: graph.KindGo, Func: "inc", Args: []graph.Arg{graph.Lit(5)}},
+	buf, _ := EncodeHeader(&Msg{Op: OpCompute, Task: &graph.Task{Key: "inc-12345", Kind: graph.KindGo, Func: "inc", Group: "inc", Args: []graph.Arg{graph.Lit(5)}},
 		TaskID: 1234, Order: 99, Deps: []Dep{{Key: "x-1", WhoHas: []string{"127.0.0.1:40000"}, NBytes: 8}}})
 	b.ReportAllocs()
 	for b.Loop() { // as a worker does: the header and the task go back once copied

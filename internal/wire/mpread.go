@@ -14,7 +14,8 @@ type dec struct {
 	depth    int
 	lastFunc string
 	// lastGroup is the group of the last task decoded: a graph's tasks come group by group, so
-	// consecutive tasks share one string instead of a copy each
+	// consecutive tasks share one string instead of a copy each (and a pooled decoder keeps
+	// both from its last message: DecodeHeader)
 	lastGroup string
 	field     string // the top-level field being decoded, when it is a known one
 	rawField  []byte // or its name as sent, when it is not (converted only for an error)
