@@ -178,20 +178,7 @@ func testBurstsUnderTightReadAhead(t *testing.T, polled bool) {
 	defer func() { cancel(); <-done }()
 
 	for i := range workers {
-		w := dialWorker(t, s, fmt.Sprint("w", i), 1+i)
-		go func() {
-			for {
-				m, _, err := w.Recv()
-				if err != nil {
-					return
-				}
-				if m.Op == wire.OpCompute {
-					now := time.Now().UnixNano()
-					w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 1,
-						Encoding: wire.EncMsgpack, Start: now, Stop: now})
-				}
-			}
-		}()
+		go answerComputes(dialWorker(t, s, fmt.Sprint("w", i), 1+i), nil)
 	}
 	c, _ := dialClient(t, s)
 	tasks := make([]graph.Task, n)
@@ -227,24 +214,9 @@ func testBurstsUnderTightReadAhead(t *testing.T, polled bool) {
 func TestComputeOmitsDependenciesTheWorkerHolds(t *testing.T) {
 	s, stop := serveConfig(t, DefaultServerConfig())
 	defer stop()
-	conns := map[string]*wire.Conn{"a": dialWorker(t, s, "a", 1), "b": dialWorker(t, s, "b", 2)}
 	computes := make(chan *wire.Msg, 8)
-	for _, w := range conns {
-		go func() {
-			for {
-				m, _, err := w.Recv()
-				if err != nil {
-					return
-				}
-				if m.Op == wire.OpCompute {
-					now := time.Now().UnixNano()
-					w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 8,
-						Encoding: wire.EncMsgpack, Start: now, Stop: now})
-					computes <- m
-				}
-			}
-		}()
-	}
+	go answerComputes(dialWorker(t, s, "a", 1), computes)
+	go answerComputes(dialWorker(t, s, "b", 2), computes)
 	c, _ := dialClient(t, s)
 	tasks := []graph.Task{
 		{Key: "x", Kind: graph.KindGo, Func: "inc", Workers: []string{"a"}},
@@ -265,6 +237,25 @@ func TestComputeOmitsDependenciesTheWorkerHolds(t *testing.T) {
 			return
 		case <-time.After(10 * time.Second):
 			t.Fatal("z was never computed")
+		}
+	}
+}
+
+// answerComputes plays a worker on w until its connection ends: each compute finishes at once
+// with a result of one byte, and is passed on to seen (when not nil).
+func answerComputes(w *wire.Conn, seen chan<- *wire.Msg) {
+	for {
+		m, _, err := w.Recv()
+		if err != nil {
+			return
+		}
+		if m.Op == wire.OpCompute {
+			now := time.Now().UnixNano()
+			w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 1,
+				Encoding: wire.EncMsgpack, Start: now, Stop: now})
+			if seen != nil {
+				seen <- m
+			}
 		}
 	}
 }
