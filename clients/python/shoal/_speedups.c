@@ -139,6 +139,15 @@ static int put_str(buf_t *b, PyObject *s) {
     return put_strn(b, u, n);
 }
 
+/* bytes of n (under 4 GiB) */
+static int put_bin(buf_t *b, const char *s, Py_ssize_t n) {
+    int r;
+    if (n < 256) r = put_be(b, 0xc4, (unsigned long long)n, 1);
+    else if (n < 65536) r = put_be(b, 0xc5, (unsigned long long)n, 2);
+    else r = put_be(b, 0xc6, (unsigned long long)n, 4);
+    return r < 0 ? -1 : put_raw(b, s, n);
+}
+
 /* an int in msgpack's range (-2**63 .. 2**64-1); 1 when out of it (no exception), -1 on error */
 static int put_pylong(buf_t *b, PyObject *a) {
     int overflow;
@@ -170,13 +179,8 @@ static int put_literal(buf_t *b, PyObject *a) {
         return put_be(b, 0xcb, u, 8);
     }
     if (PyBytes_CheckExact(a)) {
-        Py_ssize_t n = PyBytes_GET_SIZE(a);
-        int r;
-        if (n < 256) r = put_be(b, 0xc4, (unsigned long long)n, 1);
-        else if (n < 65536) r = put_be(b, 0xc5, (unsigned long long)n, 2);
-        else if ((unsigned long long)n <= 0xffffffffULL) r = put_be(b, 0xc6, (unsigned long long)n, 4);
-        else return 1;
-        return r < 0 ? -1 : put_raw(b, PyBytes_AS_STRING(a), n);
+        if ((unsigned long long)PyBytes_GET_SIZE(a) > 0xffffffffULL) return 1;
+        return put_bin(b, PyBytes_AS_STRING(a), PyBytes_GET_SIZE(a));
     }
     return 1;
 }
@@ -643,14 +647,6 @@ static PyObject *wire_key(PlainGraph *g, PyObject *keys, Py_ssize_t k) {
 static int put_map(buf_t *b, Py_ssize_t n) {
     if (n < 16) return put_byte(b, (unsigned char)(0x80 | n));
     return put_be(b, 0xde, (unsigned long long)n, 2); /* a task has at most 6 + 4 fields */
-}
-
-static int put_bin(buf_t *b, const char *s, Py_ssize_t n) {
-    int r;
-    if (n < 256) r = put_be(b, 0xc4, (unsigned long long)n, 1);
-    else if (n < 65536) r = put_be(b, 0xc5, (unsigned long long)n, 2);
-    else r = put_be(b, 0xc6, (unsigned long long)n, 4);
-    return r < 0 ? -1 : put_raw(b, s, n);
 }
 
 /* a str of the task's map: 0 written, -1 with an exception (one msgpack cannot carry is a
