@@ -270,13 +270,8 @@ func (d *dec) task(t *graph.Task) bool {
 			}
 			bit = 1 << 1
 		case "func":
-			var v []byte
-			v, ok = d.strOrNil()
-			if string(v) != d.lastFunc {
-				d.lastFunc = string(v)
-			}
-			t.Func = d.lastFunc
 			bit = 1 << 2
+			_, ok = d.strLast(&t.Func, &d.lastFunc)
 		case "args":
 			bit, ok = 1<<3, slice(d, &t.Args, (*dec).arg)
 		case "payload":
@@ -292,13 +287,9 @@ func (d *dec) task(t *graph.Task) bool {
 		case "workers":
 			bit, ok = 1<<9, d.strs(&t.Workers)
 		case "group":
-			var v []byte
-			v, ok = d.strOrNil()
-			if string(v) != d.lastGroup {
-				d.lastGroup = string(v)
-			}
-			t.Group = d.lastGroup
-			bit, ok = 1<<10, ok && d.charge(len(v))
+			var n int
+			n, ok = d.strLast(&t.Group, &d.lastGroup)
+			bit, ok = 1<<10, ok && d.charge(n)
 		default:
 			ok = d.skip()
 		}

@@ -214,6 +214,18 @@ func (d *dec) str(p *string) bool {
 	return ok && d.charge(len(v))
 }
 
+// strLast decodes a str or nil into *p as str does, but shares *last, the string this decoder
+// made last for that field, when the value is the same (a graph's tasks name a few functions
+// and groups, in runs), and returns the value's length without charging it.
+func (d *dec) strLast(p, last *string) (int, bool) {
+	v, ok := d.strOrNil()
+	if string(v) != *last {
+		*last = string(v)
+	}
+	*p = *last
+	return len(v), ok
+}
+
 func (d *dec) strs(p *[]string) bool { return slice(d, p, (*dec).str) }
 
 // bin decodes a bin (or str) value into a new slice; nil stays nil.
