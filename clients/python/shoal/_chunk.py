@@ -12,7 +12,7 @@ bytes).
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterable, Union
+from typing import AbstractSet, Any, Iterable, Union
 
 TASK_OVERHEAD = 200  # bytes a task counts for besides its payload
 UPDATE_BATCH_BYTES = 16 << 20  # an update_graph message of about this size at most
@@ -84,7 +84,25 @@ def task_keys(tasks: Tasks) -> Iterable[str]:
     return map(_KEY, tasks)  # without a Python step per task
 
 
+def task_funcs(tasks: Tasks) -> AbstractSet[Any]:
+    """The functions a chunk's tasks name (None for a task that names none)."""
+    if isinstance(tasks, EncodedTasks):
+        return tasks.funcs
+    return {t.get("func") for t in tasks}
+
+
+def payload_bytes(tasks: Tasks) -> int:
+    """The size of a chunk's payloads."""
+    if isinstance(tasks, EncodedTasks):
+        return tasks.payload_bytes
+    try:  # every task a payload (py tasks): no Python step per task
+        return sum(map(len, map(_PAYLOAD, tasks)))
+    except (KeyError, TypeError):  # go tasks have none
+        return sum(len(t.get("payload") or b"") for t in tasks)
+
+
 _KEY = operator.itemgetter("key")
+_PAYLOAD = operator.itemgetter("payload")
 
 
 def split_batches(tasks: list[dict[str, Any]], max_bytes: int = UPDATE_BATCH_BYTES) -> list[list[dict[str, Any]]]:

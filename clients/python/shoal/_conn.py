@@ -28,7 +28,6 @@ import collections
 import concurrent.futures
 import itertools
 import logging
-import operator
 import ssl
 import threading
 import time
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 from . import _wire
-from ._chunk import EncodedTasks
+from ._chunk import payload_bytes
 from .exceptions import CommClosedError, ShoalError, TimeoutError, error_from_wire
 
 logger = logging.getLogger("shoal")
@@ -50,24 +49,9 @@ RETAIN_GRAPH_TASKS = 100_000
 RETAIN_GRAPH_BYTES = 256 << 20
 
 
-_PAYLOAD = operator.itemgetter("payload")
-
-
 def _graph_bytes(header: Header) -> int:
     """What keeping an update_graph costs, roughly: its payloads and functions."""
-    tasks = header.get("tasks") or ()
-    if isinstance(tasks, EncodedTasks):
-        n = tasks.payload_bytes
-    else:
-        n = _dict_payload_bytes(tasks)
-    return n + sum(len(b) for b in (header.get("funcs") or {}).values())
-
-
-def _dict_payload_bytes(tasks: Sequence[dict[str, Any]]) -> int:
-    try:  # every task a payload (py tasks): no Python step per task
-        return sum(map(len, map(_PAYLOAD, tasks)))
-    except (KeyError, TypeError):  # go tasks have none
-        return sum(len(t.get("payload") or b"") for t in tasks)
+    return payload_bytes(header.get("tasks") or []) + sum(len(b) for b in (header.get("funcs") or {}).values())
 
 
 # reconnect backoff: the first retry after 0.1 s, doubling up to 2 s between tries

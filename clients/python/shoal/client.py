@@ -382,7 +382,7 @@ class Client(ClusterControl, Datasets, Reports):
                 new_funcs: dict[str, bytes] = {}
                 unsent = [h for h in funcs if h not in self._sent_funcs]
                 if unsent:  # (a graph's later chunks use functions sent already: no pass)
-                    used = batch.funcs if isinstance(batch, _chunk.EncodedTasks) else {t.get("func") for t in batch}
+                    used = _chunk.task_funcs(batch)
                     new_funcs = {h: funcs[h] for h in unsent if h in used}
                 keys = list(_chunk.task_keys(batch))
                 if last:
