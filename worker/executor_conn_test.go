@@ -9,11 +9,13 @@ import (
 	"slices"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/shoal-dev/shoal/graph"
 	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
 	"github.com/vmihailenco/msgpack/v5"
+	"golang.org/x/sys/unix"
 )
 
 func mustPack(t *testing.T, v any) []byte {
@@ -389,4 +391,66 @@ func TestPyRunRecycled(t *testing.T) {
 		require.Equal(t, [][]byte{[]byte("b0")}, r.frames)
 		r.recycle()
 	}
+}
+
+// threadCount is the number of OS threads of this process.
+func threadCount(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/status")
+	require.NoError(t, err)
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if v, ok := bytes.CutPrefix(line, []byte("Threads:")); ok {
+			var n int
+			_, err := fmt.Sscan(string(v), &n)
+			require.NoError(t, err)
+			return n
+		}
+	}
+	t.Fatal("no Threads line in /proc/self/status")
+	return 0
+}
+
+// A seceded task's socket is non-blocking, and newExecConn leaves it so: goroutines waiting on
+// many of them park in the poller instead of each holding an OS thread in recvmsg (Go aborts
+// past 10,000 threads).
+func TestNonBlockingExecConnWaitsInPoller(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("reads /proc/self/status")
+	}
+	const n = 300
+	conns := make([]*execConn, n)
+	others := make([]*os.File, n)
+	for i := range n {
+		fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+		require.NoError(t, err)
+		require.NoError(t, syscall.SetNonblock(fds[0], true))
+		conns[i] = newExecConn(os.NewFile(uintptr(fds[0]), "seceded"), wire.DefaultLimits())
+		others[i] = os.NewFile(uintptr(fds[1]), "executor")
+		t.Cleanup(func() { conns[i].close(); others[i].Close() })
+		flags, err := unix.FcntlInt(uintptr(conns[i].fd), unix.F_GETFL, 0)
+		require.NoError(t, err)
+		require.NotZero(t, flags&syscall.O_NONBLOCK, "newExecConn made the socket blocking")
+	}
+	before := threadCount(t)
+	errs := make(chan error, n)
+	for _, c := range conns {
+		go func() {
+			_, _, err := c.recv()
+			errs <- err
+		}()
+	}
+	time.Sleep(200 * time.Millisecond) // every reader is waiting by now
+	require.Less(t, threadCount(t), before+n/4, "readers of non-blocking executor sockets hold threads")
+
+	// one of them is answered and reads its message; the rest end when closed
+	hdr := mustPack(t, map[string]any{"op": "error", "id": 5, "message": "m"})
+	require.NoError(t, wire.WriteFrames(others[0], [][]byte{hdr}))
+	require.NoError(t, <-errs)
+	for _, c := range conns {
+		c.close()
+	}
+	for range n - 1 {
+		require.ErrorIs(t, <-errs, wire.ErrClosed)
+	}
+
 }
