@@ -31,7 +31,9 @@
  *       runs its next run when it is a plain call over msgpack inputs with a scalar result,
  *       and answers it, or hands it to the Python path;
  *   run_plain(...)
- *       the same run for a run the Python path already split.
+ *       the same run for a run the Python path already split;
+ *   task_enter, task_leave, task_current
+ *       the task each thread runs (shoal._worker), kept without a Python object per run.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -991,7 +993,7 @@ static PyObject *mp_whole(PyObject *obj, Py_ssize_t skip) {
     return v;
 }
 
-static PyObject *s_op, *s_done, *s_id, *s_items, *s_encoding, *s_msgpack, *s_nframes, *s_nbytes;
+static PyObject *s_op, *s_done, *s_id, *s_items, *s_encoding, *s_msgpack, *s_nframes, *s_nbytes, *s_seceding;
 
 /* The call arguments of a literal payload's body (the msgpack after its zero byte, [args] or
  * [args, refs]), the value in `values` at each position in refs, as shoal._refs.load_literal
@@ -1043,6 +1045,116 @@ fail:
  * answer before the task leaves, and so does the caller, who then calls leave(*task). -1: enter
  * or leave raised (the exception is set). args is a tuple, which holds the arguments while fn
  * runs. */
+/* ------------------------------------------------------------------------------------------
+ * The task running in each thread: shoal._worker's enter, leave and current when this module is
+ * built. A run's executor, id and key are kept in thread-specific storage; the _Task object
+ * that get_worker, secede or current_key look at is made the first time a task asks for it,
+ * and kept until the task leaves (secede sets its conn). In Python, enter made a _Task per run
+ * and set it on a threading.local, and leave read that back: 18 % of an executor's CPU on a
+ * run of operator.add (docs/performance.md, "The executor's current task in C").
+ *
+ * enter returns the run's key as the token leave takes: leave clears the thread's task only
+ * when it is still that run's (its key the same object), as the Python leave did with its
+ * _Task. A thread's storage (four pointers) is kept when the thread ends. */
+
+typedef struct {
+    PyObject *executor, *id, *key, *task;
+} cur_t;
+
+static Py_tss_t cur_tss = Py_tss_NEEDS_INIT;
+static PyObject *task_type; /* shoal._worker._Task (set_task_type) */
+
+static cur_t *cur_get(int make) {
+    cur_t *c = PyThread_tss_get(&cur_tss);
+    if (c == NULL && make) {
+        if ((c = PyMem_RawCalloc(1, sizeof(cur_t))) == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        if (PyThread_tss_set(&cur_tss, c) != 0) {
+            PyMem_RawFree(c);
+            PyErr_SetString(PyExc_RuntimeError, "shoal._speedups: cannot set thread-specific storage");
+            return NULL;
+        }
+    }
+    return c;
+}
+
+/* Forget the thread's task: the fields are emptied first, as dropping the last reference to
+ * them may run Python code (that enters or asks for a task). */
+static void cur_clear(cur_t *c) {
+    PyObject *executor = c->executor, *id = c->id, *key = c->key, *task = c->task;
+    c->executor = c->id = c->key = c->task = NULL;
+    Py_XDECREF(executor);
+    Py_XDECREF(id);
+    Py_XDECREF(key);
+    Py_XDECREF(task);
+}
+
+/* task_enter(executor, task_id, key) -> token */
+static PyObject *task_enter(PyObject *self, PyObject *const *a, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "task_enter takes 3 arguments");
+        return NULL;
+    }
+    cur_t *c = cur_get(1);
+    if (c == NULL) return NULL;
+    cur_clear(c);
+    Py_INCREF(a[0]);
+    Py_INCREF(a[1]);
+    Py_INCREF(a[2]);
+    c->executor = a[0];
+    c->id = a[1];
+    c->key = a[2];
+    Py_INCREF(a[2]);
+    return a[2];
+}
+
+/* task_leave(token) */
+static PyObject *task_leave(PyObject *self, PyObject *token) {
+    (void)self;
+    cur_t *c = cur_get(0);
+    if (c != NULL && c->key != NULL && c->key == token) cur_clear(c);
+    Py_RETURN_NONE;
+}
+
+/* task_current() -> _Task | None */
+static PyObject *task_current(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    cur_t *c = cur_get(0);
+    if (c == NULL || c->key == NULL) Py_RETURN_NONE;
+    if (c->task == NULL) {
+        if (task_type == NULL) {
+            PyErr_SetString(PyExc_RuntimeError, "shoal._speedups: set_task_type was not called");
+            return NULL;
+        }
+        PyObject *key = c->key, *args[3] = {c->executor, c->id, key};
+        Py_INCREF(key); /* the call runs Python code, which may enter or leave */
+        PyObject *t = PyObject_Vectorcall(task_type, args, 3, NULL);
+        int same = c->key == key && c->task == NULL;
+        Py_DECREF(key);
+        if (t == NULL) return NULL;
+        if (!same) return t; /* the thread's task changed meanwhile: this one is not kept */
+        c->task = t;
+    }
+    Py_INCREF(c->task);
+    return c->task;
+}
+
+/* set_task_type(cls) */
+static PyObject *set_task_type(PyObject *self, PyObject *cls) {
+    (void)self;
+    if (!PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "set_task_type takes a class");
+        return NULL;
+    }
+    Py_INCREF(cls);
+    Py_XSETREF(task_type, cls);
+    Py_RETURN_NONE;
+}
+
 static int call_task(PyObject *enter, PyObject *leave, PyObject *executor, PyObject *fn, PyObject *task_id,
                      PyObject *key, PyObject *args, PyObject **result, PyObject **exc, PyObject **task) {
     *result = *exc = *task = NULL;
@@ -1593,6 +1705,36 @@ static PyObject *rb_next(RunBatch *b, PyObject *unused) {
     return rb_run(b, 1);
 }
 
+/* run_many(held, flags) -> None | next()'s value: the batch's next runs, one after another, as
+ * long as each is a plain call answered in C ((done header, [frame])), their answers appended
+ * to held in order. Returns None once no run is left; else the value of the run that stopped
+ * it, not appended, as next() returns it: a run for the Python path, one that raised or
+ * returned a result for Python, or a plain answer after which flags["_seceding"] (shoal._worker's
+ * globals) is true (a task seceded: the caller finds whose). The executor's loop paid a pass of
+ * its own per run before (docs/performance.md, "The executor's current task in C"). */
+static PyObject *rb_run_many(RunBatch *b, PyObject *const *a, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_Check(a[0]) || !PyDict_Check(a[1])) {
+        PyErr_SetString(PyExc_TypeError, "run_many takes a list and a dict");
+        return NULL;
+    }
+    PyObject *held = a[0], *flags = a[1];
+    while (b->frames != NULL && b->next < b->n) {
+        PyObject *ran = rb_run(b, 1);
+        if (ran == NULL) return NULL;
+        if (!PyTuple_CheckExact(ran) || PyTuple_GET_SIZE(ran) != 2) return ran;
+        PyObject *seceding = PyDict_GetItemWithError(flags, s_seceding); /* borrowed */
+        int stop = seceding == NULL ? (PyErr_Occurred() ? -1 : 0) : PyObject_IsTrue(seceding);
+        if (stop != 0) {
+            if (stop < 0) Py_CLEAR(ran);
+            return ran;
+        }
+        int r = PyList_Append(held, ran);
+        Py_DECREF(ran);
+        if (r < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyObject *rb_take(RunBatch *b, PyObject *unused) {
     (void)unused;
     return rb_run(b, 0);
@@ -1600,6 +1742,8 @@ static PyObject *rb_take(RunBatch *b, PyObject *unused) {
 
 static PyMethodDef rb_methods[] = {
     {"next", (PyCFunction)rb_next, METH_NOARGS, "run the next run (see _speedups.pyi)"},
+    {"run_many", (PyCFunction)(void (*)(void))rb_run_many, METH_FASTCALL,
+     "run the next runs while they are plain calls answered in C, into held (see _speedups.pyi)"},
     {"take", (PyCFunction)rb_take, METH_NOARGS, "the next run for the Python path, not run: (3, entry, frames, 0)"},
     {NULL, NULL, 0, NULL},
 };
@@ -1899,6 +2043,11 @@ static PyMethodDef methods[] = {
     {"run_plain", (PyCFunction)(void (*)(void))run_plain, METH_FASTCALL,
      "run_plain(enter, leave, executor, fn, task_id, key, payload, items, frames): a plain call's run, or None"},
     {"answers_wire", answers_wire, METH_VARARGS, "answers_wire(held, max_header) -> bytes, or None"},
+    {"task_enter", (PyCFunction)(void (*)(void))task_enter, METH_FASTCALL,
+     "task_enter(executor, task_id, key) -> token: this thread runs that task now"},
+    {"task_leave", task_leave, METH_O, "task_leave(token): the task task_enter gave token for has ended"},
+    {"task_current", task_current, METH_NOARGS, "task_current() -> the running task's _Task, or None"},
+    {"set_task_type", set_task_type, METH_O, "set_task_type(cls): the class task_current makes"},
     {"runs_batch", (PyCFunction)(void (*)(void))runs_batch, METH_FASTCALL,
      "runs_batch(header, frames, funcs, executor, enter, leave, unpack) -> RunBatch, or None"},
     {NULL, NULL, 0, NULL},
@@ -1913,9 +2062,13 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         !(s_done = PyUnicode_InternFromString("done")) || !(s_id = PyUnicode_InternFromString("id")) ||
         !(s_items = PyUnicode_InternFromString("items")) || !(s_encoding = PyUnicode_InternFromString("encoding")) ||
         !(s_msgpack = PyUnicode_InternFromString("msgpack")) || !(s_nframes = PyUnicode_InternFromString("nframes")) ||
-        !(s_nbytes = PyUnicode_InternFromString("nbytes")))
+        !(s_nbytes = PyUnicode_InternFromString("nbytes")) || !(s_seceding = PyUnicode_InternFromString("_seceding")))
         return NULL;
     if (PyType_Ready(&PlainGraphType) < 0 || PyType_Ready(&RunBatchType) < 0) return NULL;
+    if (!PyThread_tss_is_created(&cur_tss) && PyThread_tss_create(&cur_tss) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "shoal._speedups: cannot create thread-specific storage");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     Py_INCREF(&RunBatchType);

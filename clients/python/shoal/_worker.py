@@ -48,16 +48,37 @@ class _Task:
         self.conn: Optional[_wire.Connection] = None  # its own socket once it seceded
 
 
-def enter(executor: "Executor", task_id: int, key: str) -> _Task:
-    """The executor starts running a task in this thread."""
+def _enter(executor: "Executor", task_id: int, key: str) -> object:
+    """The executor starts running a task in this thread; the token to give leave."""
     task = _Task(executor, task_id, key)
     _local.task = task
     return task
 
 
-def leave(task: _Task) -> None:
-    if getattr(_local, "task", None) is task:
+def _leave(token: object) -> None:
+    """The task enter gave ``token`` for has ended (nothing when another one runs now)."""
+    if getattr(_local, "task", None) is token:
         _local.task = None
+
+
+def _current() -> Optional[_Task]:
+    """The task this thread runs, or None."""
+    return getattr(_local, "task", None)
+
+
+# Python's enter, leave and current, or those of the compiled module (_speedups.c, "The task
+# running in each thread"), which make a _Task only for a task that asks for it (most never do)
+enter, leave, current = _enter, _leave, _current
+try:
+    from ._speedups import set_task_type as _set_task_type
+    from ._speedups import task_current as _task_current
+    from ._speedups import task_enter as _task_enter
+    from ._speedups import task_leave as _task_leave
+except ImportError:
+    pass
+else:
+    _set_task_type(_Task)
+    enter, leave, current = _task_enter, _task_leave, _task_current
 
 
 # how many tasks seceded whose loop has not taken their socket yet (took_own_socket): while
@@ -109,7 +130,7 @@ def retain(futures: list[Any]) -> None:
 
 def current_key() -> Optional[str]:
     """The key of the task running in this thread, or None outside a task."""
-    task = getattr(_local, "task", None)
+    task = current()
     return None if task is None else task.key
 
 
@@ -118,7 +139,7 @@ def secede() -> None:
     running). Call it in a task, before waiting on futures it submitted; a second call does
     nothing. Outside a task it raises ``ValueError``."""
     global _seceding
-    task: Optional[_Task] = getattr(_local, "task", None)
+    task: Optional[_Task] = current()
     if task is None:
         raise ValueError("secede() must be called from a task running on a Shoal worker")
     if task.conn is not None:
@@ -159,7 +180,7 @@ def get_client(address: Optional[str] = None, timeout: Optional[float] = None,
     (:func:`shoal.default_client`). ``address``, when given, must be the scheduler's."""
     from .client import Client, default_client
 
-    if getattr(_local, "task", None) is None and not os.environ.get("SHOAL_EXECUTOR_FD"):
+    if current() is None and not os.environ.get("SHOAL_EXECUTOR_FD"):
         c = default_client()
         if address and address.split("://")[-1] != c.scheduler_address.split("://")[-1]:
             raise ValueError(f"get_client({address!r}): the default client is connected to {c.scheduler_address}")
@@ -198,8 +219,8 @@ def worker_client(timeout: Optional[float] = None, separate_thread: bool = True)
 def get_worker() -> Any:
     """What the worker running this task is (its address, name, plugins): a
     :class:`shoal._preload.WorkerInfo`. Outside a task it raises ``ValueError``."""
-    if getattr(_local, "task", None) is None:
+    if current() is None:
         raise ValueError("get_worker() must be called from a task running on a Shoal worker")
-    from ._preload import current
+    from . import _preload
 
-    return current().worker
+    return _preload.current().worker

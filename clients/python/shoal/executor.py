@@ -350,7 +350,15 @@ class Executor:
                         continue
                     plugins = _preload._current is not None and _preload._current.plugins
                     # (windows in use: the Python path's answer reports them when they are free)
-                    ran = head.take() if plugins or windows is not None and windows.busy else head.next()
+                    if plugins or windows is not None and windows.busy:
+                        ran = head.take()
+                    else:  # the plain calls in a row, answered into held without a pass each
+                        stopped = head.run_many(held, _worker_flags)
+                        self.ran = time_ns()
+                        if stopped is None:
+                            _drop_head(pending, head)
+                            continue
+                        ran = stopped
                     if not head.left:
                         _drop_head(pending, head)
                     if len(ran) == 2:  # a plain call, run and answered in C: (done header, [frame])
@@ -1182,6 +1190,10 @@ try:  # runs of plain calls, compiled (docs/python.md, "How the executor runs ta
 except ImportError:
     _run_plain = _runs_batch = _answers_wire = None  # type: ignore[assignment]
     _RunBatch = None  # type: ignore[assignment,misc]
+
+
+# what RunBatch.run_many reads after each run: whether a task seceded (_worker._seceding)
+_worker_flags = vars(_worker)
 
 
 def _unpack_entry(b: bytes) -> Any:

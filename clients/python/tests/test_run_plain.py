@@ -12,6 +12,7 @@ import os
 import random
 import struct
 import sys
+import threading
 from typing import Any, Callable, Iterator
 
 import msgpack
@@ -224,14 +225,15 @@ def test_the_task_knows_it_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[Any] = []
 
     def look() -> int:
-        task = _worker._local.task
+        task = _worker.current()
+        assert task is not None
         seen.append((task.id, task.key))
         return 0
 
     compiled, _, taken = both(look, entry([]), [], monkeypatch)
     assert taken == 1 and compiled[0]["op"] == "done"
     assert seen == [(7, "k-1"), (7, "k-1")]
-    assert getattr(_worker._local, "task", None) is None
+    assert _worker.current() is None
 
 
 def test_plugins_take_the_python_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -346,22 +348,40 @@ def run_python(ex: Executor, header: dict[str, Any], frames: list[Any],
         monkeypatch.undo()
 
 
-def run_batch(ex: Executor, batch: Any) -> list[tuple[Any, Any]]:
-    """Each run of the batch answered as the executor's loop answers it (without start/stop)."""
+def run_batch(ex: Executor, batch: Any, many: bool = False) -> list[tuple[Any, Any]]:
+    """Each run of the batch answered as the executor's loop answers it (without start/stop):
+    one next() per run, or (``many``) run_many's plain answers and next()'s value of each run
+    that stopped it."""
     out: list[tuple[Any, Any]] = []
+
+    def plain(ran: Any) -> None:
+        h = msgpack.unpackb(ran[0], raw=False)
+        assert _wire.pack_header(h) == ran[0], "encoded as pack_header encodes the map"
+        assert 0 < h.pop("start") <= h.pop("stop")
+        out.append((h, ran[1]))
+
     while batch.left:
-        ran = batch.next()
+        if many:
+            held: list[Any] = []
+            ran = batch.run_many(held, {"_seceding": 0})
+            for answer in held:
+                assert len(answer) == 2
+                plain(answer)
+            if ran is None:
+                assert not batch.left
+                break
+            assert len(ran) != 2, "a plain answer came back while no task seceded"
+        else:
+            ran = batch.next()
         if len(ran) == 2:
-            h = msgpack.unpackb(ran[0], raw=False)
-            assert _wire.pack_header(h) == ran[0], "encoded as pack_header encodes the map"
-            assert 0 < h.pop("start") <= h.pop("stop")
-            out.append((h, ran[1]))
+            plain(ran)
             continue
         kind, value, run_of, _ = ran
         if kind == 3:
             out.append(ex.run_entry(value, run_of))
         elif kind == 1:
-            assert _worker._local.task is run_of[2], "still in the task while its error is answered"
+            running = _worker.current()
+            assert running is not None and running.key == run_of[1], "still in the task while its error is answered"
             out.append((executor.error_reply(run_of[0], value, skip=0), []))
             _worker.leave(run_of[2])
         else:
@@ -369,7 +389,8 @@ def run_batch(ex: Executor, batch: Any) -> list[tuple[Any, Any]]:
     return out
 
 
-def test_a_runs_batch_answers_as_the_python_path(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("many", [False, True])
+def test_a_runs_batch_answers_as_the_python_path(monkeypatch: pytest.MonkeyPatch, many: bool) -> None:
     rng = random.Random(5)
     ex = Executor(None)  # type: ignore[arg-type]
     ex.funcs[FH] = first
@@ -379,10 +400,10 @@ def test_a_runs_batch_answers_as_the_python_path(monkeypatch: pytest.MonkeyPatch
         header, frames, _ = plain_batch(rng.randrange(0, 70), rng)
         batch = batch_of(ex, header, frames)
         assert batch is not None
-        got = run_batch(ex, batch)
+        got = run_batch(ex, batch, many)
         want = run_python(ex, header, frames, monkeypatch)
         assert len(got) == len(want)
-        assert getattr(_worker._local, "task", None) is None
+        assert _worker.current() is None
         for g, w in zip(got, want):
             if w[0]["op"] == "error":
                 same_error(g, w)
@@ -538,7 +559,7 @@ def test_an_error_is_answered_before_the_task_leaves(monkeypatch: pytest.MonkeyP
 
     class Told(Exception):
         def __str__(self) -> str:
-            task = getattr(_worker._local, "task", None)
+            task = _worker.current()
             return f"in {task.key}" if task is not None else "outside a task"
 
     def tells() -> None:
@@ -548,7 +569,7 @@ def test_an_error_is_answered_before_the_task_leaves(monkeypatch: pytest.MonkeyP
     assert taken == 1
     same_error(compiled, python)
     assert compiled[0]["error"]["message"] == "in k-1"
-    assert getattr(_worker._local, "task", None) is None
+    assert _worker.current() is None
 
     import operator
 
@@ -656,3 +677,61 @@ def test_a_function_lookup_survives_a_batch_run_from_inside_it() -> None:
     h, frames = batch.next()
     assert msgpack.unpackb(h)["items"][0]["key"] == "k0" and msgpack.unpackb(frames[0]) == 10
     assert batch.left == 0
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_each_thread_knows_its_task(compiled: bool) -> None:
+    """enter, leave and current, in Python and in C: the task is per thread, current gives the
+    same object for the whole run (secede sets its conn), a token leaves only its own run, and
+    nothing a run named stays referenced after it leaves."""
+    if compiled:
+        sp = pytest.importorskip("shoal._speedups")
+        enter, leave, current = sp.task_enter, sp.task_leave, sp.task_current
+    else:
+        enter, leave, current = _worker._enter, _worker._leave, _worker._current
+    ex = object()
+    key = "k-" + str(7)  # made at run time, as a decoded key is
+    refs = sys.getrefcount(key), sys.getrefcount(ex)
+    assert current() is None
+    token = enter(ex, 7, key)
+    task = current()
+    assert task is not None and (task.executor, task.id, task.key) == (ex, 7, "k-7")
+    assert current() is task
+    elsewhere: list[Any] = []
+    t = threading.Thread(target=lambda: elsewhere.append(current()))
+    t.start()
+    t.join()
+    assert elsewhere == [None]
+    leave(object())
+    assert current() is task, "a token of no run left the running task"
+    del task
+    token2 = enter(ex, 8, "k-" + str(8))  # the next run, without the first leaving
+    leave(token)
+    nxt = current()
+    assert nxt is not None and nxt.id == 8, "the first run's token left the second run"
+    del nxt
+    leave(token2)
+    assert current() is None
+    del token, token2
+    assert (sys.getrefcount(key), sys.getrefcount(ex)) == refs
+
+
+def test_run_many_stops_after_a_run_when_a_task_seceded() -> None:
+    """While shoal._worker._seceding is set, run_many hands back each plain answer, unappended,
+    for the loop to find whose task seceded; unset, it answers every plain run into held."""
+    rng = random.Random(11)
+    ex = Executor(None)  # type: ignore[arg-type]
+    ex.funcs[FH] = lambda *args: len(args)  # an int: answered in C
+    header, frames, entries = plain_batch(5, rng)
+    for e in entries:
+        e[2] = FH
+    batch = batch_of(ex, header, frames)
+    held: list[Any] = []
+    ran = batch.run_many(held, {"_seceding": 1})
+    assert held == [] and len(ran) == 2 and msgpack.unpackb(ran[0])["id"] == 1
+    assert batch.left == 4
+    assert batch.run_many(held, {"_seceding": 0}) is None
+    assert [msgpack.unpackb(h)["id"] for h, _ in held] == [2, 3, 4, 5]
+    assert batch.left == 0
+    with pytest.raises(TypeError):
+        batch.run_many(held, None)
