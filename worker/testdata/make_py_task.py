@@ -29,7 +29,7 @@ TASKS = {
     "asum": (lambda a: float(a.sum()), (Ref("a"),)),
     "ainc": (lambda a: a + 1, (Ref("a"),)),
     # how many results the executor running it keeps
-    "nkept": (lambda: len(__import__("shoal")._worker._local.task.executor.kept), ()),
+    "nkept": (lambda: len(__import__("shoal")._worker.current().executor.kept), ()),
     # secedes (gives its thread back), then sleeps 2 ms
     "secede_nap": (lambda: (__import__("shoal").secede(), time.sleep(0.002))[1], ()),
     # kills its executor
