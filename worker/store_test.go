@@ -2,7 +2,9 @@ package worker
 
 import (
 	"bytes"
+	"container/list"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"testing"
 
@@ -112,3 +114,53 @@ func BenchmarkStorePutSpill(b *testing.B) {
 }
 
 func writeFile(p string, b []byte) error { return os.WriteFile(p, b, 0o600) }
+
+// The store's intrusive LRU list keeps the order container/list keeps under any sequence of
+// pushes, moves and removals, including moves and removals of values not in it.
+func TestLRUListMatchesContainerList(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var l lruList
+	l.init()
+	model := list.New()
+	elems := map[*value]*list.Element{}
+	vals := make([]*value, 50)
+	for i := range vals {
+		vals[i] = &value{key: fmt.Sprint(i)}
+	}
+	for range 5000 {
+		v := vals[rng.IntN(len(vals))]
+		e, in := elems[v]
+		switch rng.IntN(3) {
+		case 0:
+			if !in {
+				l.PushFront(v)
+				elems[v] = model.PushFront(v)
+			}
+		case 1:
+			l.MoveToFront(v)
+			if in {
+				model.MoveToFront(e)
+			}
+		case 2:
+			l.Remove(v)
+			if in {
+				model.Remove(e)
+				delete(elems, v)
+			}
+		}
+		require.Equal(t, model.Len(), l.Len())
+		var want, got []string
+		for e := model.Front(); e != nil; e = e.Next() {
+			want = append(want, e.Value.(*value).key)
+		}
+		for v := l.root.next; v != &l.root; v = v.next {
+			got = append(got, v.key)
+		}
+		require.Equal(t, want, got)
+		if b := l.Back(); model.Len() > 0 {
+			require.Same(t, model.Back().Value.(*value), b)
+		} else {
+			require.Nil(t, b)
+		}
+	}
+}
