@@ -121,7 +121,7 @@ var msgFields = [...]struct {
 	name string
 	dec  func(d *dec, m *Msg) bool
 }{
-	{"op", func(d *dec, m *Msg) bool { return d.str(&m.Op) }},
+	{"op", func(d *dec, m *Msg) bool { return d.op(&m.Op) }},
 	{"id", func(d *dec, m *Msg) bool { return d.uint(&m.ID) }},
 	{"code", func(d *dec, m *Msg) bool { return d.str(&m.Code) }},
 	{"message", func(d *dec, m *Msg) bool { return d.str(&m.Message) }},
@@ -419,6 +419,34 @@ func (d *dec) item(it *Item) bool {
 		}
 	}
 	return true
+}
+
+// op reads a message's op: those sent once per task or per transfer without an allocation (a
+// worker running a million tasks decoded half a million compute headers, each op a new
+// string), any other as str does.
+func (d *dec) op(p *string) bool {
+	v, ok := d.strOrNil()
+	switch string(v) {
+	case OpCompute:
+		*p = OpCompute
+	case OpFreeKeys:
+		*p = OpFreeKeys
+	case OpTaskFinished:
+		*p = OpTaskFinished
+	case OpTaskErred:
+		*p = OpTaskErred
+	case OpGetData:
+		*p = OpGetData
+	case OpData:
+		*p = OpData
+	case OpAddKeys:
+		*p = OpAddKeys
+	case OpHeartbeat:
+		*p = OpHeartbeat
+	default:
+		*p = string(v)
+	}
+	return ok && d.charge(len(v))
 }
 
 // encoding reads an item's encoding: one of the four known ones without an allocation (every
