@@ -1104,9 +1104,11 @@ static PyObject *task_enter(PyObject *self, PyObject *const *a, Py_ssize_t nargs
     Py_INCREF(a[0]);
     Py_INCREF(a[1]);
     Py_INCREF(a[2]);
-    c->executor = a[0];
-    c->id = a[1];
-    c->key = a[2];
+    /* (XSETREF: were the clearing to have entered a task, its references are dropped) */
+    Py_XSETREF(c->executor, a[0]);
+    Py_XSETREF(c->id, a[1]);
+    Py_XSETREF(c->key, a[2]);
+    Py_XSETREF(c->task, NULL);
     Py_INCREF(a[2]);
     return a[2];
 }
@@ -1131,10 +1133,10 @@ static PyObject *task_current(PyObject *self, PyObject *unused) {
             return NULL;
         }
         PyObject *key = c->key, *args[3] = {c->executor, c->id, key};
-        Py_INCREF(key); /* the call runs Python code, which may enter or leave */
+        for (int i = 0; i < 3; i++) Py_INCREF(args[i]); /* the call runs Python code, which may enter or leave */
         PyObject *t = PyObject_Vectorcall(task_type, args, 3, NULL);
         int same = c->key == key && c->task == NULL;
-        Py_DECREF(key);
+        for (int i = 0; i < 3; i++) Py_DECREF(args[i]);
         if (t == NULL) return NULL;
         if (!same) return t; /* the thread's task changed meanwhile: this one is not kept */
         c->task = t;
