@@ -144,6 +144,12 @@ def current() -> Preloads:
     return _current
 
 
+def plugins() -> dict[str, Any]:
+    """The worker plugins registered in this executor (empty when none), without making its
+    preloads: the executor asks before every run whether to tell plugins of it."""
+    return _current.plugins if _current is not None else {}
+
+
 def status(name: str) -> dict[str, str]:
     """Run on a worker by the client after a preload: {"status": "OK"} or the error."""
     err = current().errors.get(name)

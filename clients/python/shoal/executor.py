@@ -348,7 +348,7 @@ class Executor:
                     if not head.left:  # (another thread ran its last run)
                         _drop_head(pending, head)
                         continue
-                    plugins = _preload._current is not None and _preload._current.plugins
+                    plugins = _preload.plugins()
                     # (windows in use: the Python path's answer reports them when they are free)
                     if plugins or windows is not None and windows.busy:
                         ran = head.take()
@@ -618,7 +618,7 @@ class Executor:
         field by field, was a tenth of their time: docs/performance.md.)"""
         task_id, key, fh, payload, items, extra = run
         fn = self.funcs.get(fh)
-        plugins = _preload._current is not None and _preload._current.plugins
+        plugins = _preload.plugins()
         if fn is not None and _run_plain is not None and not plugins:
             done = _run_plain(_worker.enter, _worker.leave, self, fn, task_id, key, payload, items, frames)
             if done is not None:  # it ran (else nothing was called: the path below runs it)
@@ -641,7 +641,7 @@ class Executor:
              kwargs: dict[str, Any]) -> tuple[Header, list[Any]]:
         """Call the task's function and make its answer (:meth:`run`'s second half): ``keep``
         says the worker lets this executor keep the result."""
-        plugins = _preload.current().plugins if _preload._current is not None else None
+        plugins = _preload.plugins()
         if plugins:
             _preload.current().transition(key, "ready", "executing")
         task = _worker.enter(self, task_id, key)
