@@ -142,8 +142,8 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	if _, err := parseResources(f.resources); err != nil {
 		return nil, err
 	}
-	if f.shutdownGrace < 0 {
-		return nil, fmt.Errorf("--shutdown-grace %v: must not be negative", f.shutdownGrace)
+	if err := checkShutdownGrace(f.shutdownGrace); err != nil {
+		return nil, err
 	}
 	mem := f.memoryLimit
 	if mem == "auto" {

@@ -187,8 +187,8 @@ func (f *workerFlags) config() (worker.Config, error) {
 	cfg.Version = version
 	cfg.MaxDataConns, cfg.DataIdleTimeout, cfg.MessageTimeout = f.maxDataConns, f.dataIdle, f.messageTimeout
 	cfg.Reconnect = f.deathTimeout
-	if f.shutdownGrace < 0 {
-		return worker.Config{}, fmt.Errorf("--shutdown-grace %v: must not be negative", f.shutdownGrace)
+	if err := checkShutdownGrace(f.shutdownGrace); err != nil {
+		return worker.Config{}, err
 	}
 	cfg.ShutdownGrace = f.shutdownGrace
 	return cfg, cfg.Validate()
@@ -318,4 +318,13 @@ func watchPeers(g *member.Member, w *worker.Worker) {
 func gcBallast(softLimit int64) int {
 	const most = 32 << 20
 	return int(min(most, max(softLimit, 0)/8))
+}
+
+// checkShutdownGrace refuses a negative --shutdown-grace (shoal worker, and shoal local before it
+// starts any worker).
+func checkShutdownGrace(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("--shutdown-grace %v: must not be negative", d)
+	}
+	return nil
 }

@@ -260,6 +260,10 @@ func TestCLIHelp(t *testing.T) {
 	out, err = exec.Command(shoalBin, "local", "--workers", "0").CombinedOutput()
 	require.Error(t, err)
 	require.Contains(t, string(out), "need at least 1")
+	// refused before any process starts, as shoal worker refuses it
+	out, err = exec.Command(shoalBin, "local", "--shutdown-grace", "-1s", "--dashboard-port", "-1").CombinedOutput()
+	require.Error(t, err)
+	require.Contains(t, string(out), "--shutdown-grace -1s: must not be negative")
 }
 
 func TestE2EStatus(t *testing.T) {
