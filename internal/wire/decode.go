@@ -421,52 +421,37 @@ func (d *dec) item(it *Item) bool {
 	return true
 }
 
-// op reads a message's op: those sent once per task or per transfer without an allocation (a
-// worker running a million tasks decoded half a million compute headers, each op a new
-// string), any other as str does.
-func (d *dec) op(p *string) bool {
+// knownOps are the ops sent once per task or per transfer, and encodings the value encodings
+// (every task_finished and every executor answer carries one): decoded without an allocation
+// (a worker running a million tasks decoded half a million compute headers, each op a new
+// string).
+var (
+	knownOps  = []string{OpCompute, OpFreeKeys, OpTaskFinished, OpTaskErred, OpGetData, OpData, OpAddKeys, OpHeartbeat}
+	encodings = []string{EncMsgpack, EncPickle, EncBytes, EncArrow}
+)
+
+// interned reads a str or nil into *p as str does, except that a value among known is that
+// string of known, not a new one.
+func (d *dec) interned(p *string, known []string) bool {
 	v, ok := d.strOrNil()
-	switch string(v) {
-	case OpCompute:
-		*p = OpCompute
-	case OpFreeKeys:
-		*p = OpFreeKeys
-	case OpTaskFinished:
-		*p = OpTaskFinished
-	case OpTaskErred:
-		*p = OpTaskErred
-	case OpGetData:
-		*p = OpGetData
-	case OpData:
-		*p = OpData
-	case OpAddKeys:
-		*p = OpAddKeys
-	case OpHeartbeat:
-		*p = OpHeartbeat
-	default:
+	*p = ""
+	for _, k := range known {
+		if string(v) == k {
+			*p = k
+			break
+		}
+	}
+	if *p == "" && len(v) > 0 {
 		*p = string(v)
 	}
 	return ok && d.charge(len(v))
 }
 
-// encoding reads an item's encoding: one of the four known ones without an allocation (every
-// task_finished and every executor answer carries one).
-func (d *dec) encoding(p *string) bool {
-	v, ok := d.strOrNil()
-	switch string(v) {
-	case EncMsgpack:
-		*p = EncMsgpack
-	case EncPickle:
-		*p = EncPickle
-	case EncBytes:
-		*p = EncBytes
-	case EncArrow:
-		*p = EncArrow
-	default:
-		*p = string(v)
-	}
-	return ok && d.charge(len(v))
-}
+// op reads a message's op (interned: knownOps).
+func (d *dec) op(p *string) bool { return d.interned(p, knownOps) }
+
+// encoding reads an item's encoding (interned: encodings).
+func (d *dec) encoding(p *string) bool { return d.interned(p, encodings) }
 
 func (d *dec) dep(dp *Dep) bool {
 	n, ok := d.mapLen()
