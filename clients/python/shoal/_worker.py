@@ -36,8 +36,9 @@ _token = os.environ.pop("SHOAL_CLUSTER_TOKEN", None) if os.environ.get("SHOAL_EX
 
 
 class _Task:
-    """The task a thread runs: made and dropped per run, so with slots (no dict to make and
-    free: a dataclass's was a few per cent of an executor's CPU on small tasks)."""
+    """The task a thread runs: made per run by Python's enter (with slots: a dataclass's dict
+    was a few per cent of an executor's CPU on small tasks), or only when the task asks for
+    it by the compiled one (current)."""
 
     __slots__ = ("executor", "id", "key", "conn")
 
