@@ -52,6 +52,14 @@ type CoreConfig struct {
 	// HeartbeatTimeout: a worker whose last heartbeat (EvHeartbeat.Now) is older than this at
 	// a tick is removed (ActRemoveWorker). 0 disables the check.
 	HeartbeatTimeout time.Duration
+	// DispatchBatch is the most queued root tasks one event hands to workers; 0 is no limit.
+	// When more could go, DispatchPending reports it and the driver handles EvDispatch, after
+	// performing this event's actions, for the next batch. Without it, the first task to
+	// finish in a graph of a million tiny tasks on 10,000 workers (each then given room for
+	// 257) made one event of a million computes: its actions, their slabs and every
+	// connection's queued output were fresh memory at once, and the driver served nothing
+	// else until all of it was written.
+	DispatchBatch int
 }
 
 // DefaultCoreConfig returns the defaults.
@@ -69,6 +77,7 @@ func DefaultCoreConfig() CoreConfig {
 		LatencyHiding:         2 * time.Millisecond,
 		RootBytesPerThread:    32 << 20,
 		HeartbeatTimeout:      30 * time.Second,
+		DispatchBatch:         slabKeep * slabChunk, // what the compute slab keeps between events
 	}
 }
 
@@ -77,6 +86,8 @@ func (c CoreConfig) Validate() error {
 	switch {
 	case !(c.SaturationFactor > 0):
 		return fmt.Errorf("scheduler: SaturationFactor %v must be > 0 (+Inf disables queueing)", c.SaturationFactor)
+	case c.DispatchBatch < 0:
+		return fmt.Errorf("scheduler: DispatchBatch %d must be >= 0 (0: no limit)", c.DispatchBatch)
 	case c.StealInterval < 0:
 		return fmt.Errorf("scheduler: StealInterval %v must not be negative", c.StealInterval)
 	case c.HeartbeatTimeout < 0:
@@ -189,21 +200,23 @@ type Core struct {
 	stealTicks      bool
 
 	// per event
-	seq        uint64
-	evCode     uint8
-	out        []Action
-	computes   slab[ActCompute] // emitted by pointer (actslab.go)
-	deps       []DepLoc         // the arena of the computes' dependency lists (depList)
-	thieves    []*worker        // stealRound's lists, reused
-	victims    []*worker
-	keyStates  slab[ActKeyState]
-	ready      []int32
-	readySpare []int32
-	resFreed   bool
-	gcq        []int32
-	needq      []int32
-	batchIDs   []int32 // update_graph: the id of each task of the batch
-	freeBuf    map[WorkerID][]string
+	seq          uint64
+	evCode       uint8
+	dispatchLeft int  // queued root tasks this event may still hand out (DispatchBatch; <0: any)
+	dispatchMore bool // the last event stopped at DispatchBatch with more to hand out
+	out          []Action
+	computes     slab[ActCompute] // emitted by pointer (actslab.go)
+	deps         []DepLoc         // the arena of the computes' dependency lists (depList)
+	thieves      []*worker        // stealRound's lists, reused
+	victims      []*worker
+	keyStates    slab[ActKeyState]
+	ready        []int32
+	readySpare   []int32
+	resFreed     bool
+	gcq          []int32
+	needq        []int32
+	batchIDs     []int32 // update_graph: the id of each task of the batch
+	freeBuf      map[WorkerID][]string
 
 	transitions uint64
 }
@@ -243,6 +256,10 @@ func NewCore(cfg CoreConfig) *Core {
 func (c *Core) Handle(ev Event, out []Action) []Action {
 	c.seq++
 	c.out = out
+	c.dispatchLeft, c.dispatchMore = c.cfg.DispatchBatch, false
+	if c.dispatchLeft == 0 {
+		c.dispatchLeft = -1
+	}
 	switch e := ev.(type) {
 	case EvWorkerJoined:
 		c.evCode = evWorkerJoined
@@ -317,6 +334,8 @@ func (c *Core) Handle(ev Event, out []Action) []Action {
 	case EvLongRunning:
 		c.evCode = evLongRunning
 		c.longRunning(&e)
+	case EvDispatch:
+		c.evCode = evDispatch // settle below hands out the next batch
 	default:
 		panic(fmt.Sprintf("scheduler: unknown event %T", ev))
 	}
@@ -324,6 +343,11 @@ func (c *Core) Handle(ev Event, out []Action) []Action {
 	out, c.out = c.out, nil
 	return out
 }
+
+// DispatchPending reports whether the last event stopped handing queued root tasks to
+// workers at DispatchBatch while more could go: the driver should handle EvDispatch once it
+// has performed that event's actions (and may serve other events first).
+func (c *Core) DispatchPending() bool { return c.dispatchMore }
 
 // settle runs the deferred work of an event: compute what became needed, release what is
 // no longer needed, place what became ready, feed queued root tasks, send the frees.

@@ -32,6 +32,9 @@ func (n *noopCluster) handle(ev Event) {
 		}
 	}
 	n.c.RecycleActions() // every action taken: copied, and drain reads no Deps (recycled too)
+	if n.c.DispatchPending() {
+		n.handle(EvDispatch{}) // as the server does, once this event's actions are performed
+	}
 }
 
 func (n *noopCluster) drain() {

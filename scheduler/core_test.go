@@ -31,6 +31,7 @@ func TestCoreConfigValidate(t *testing.T) {
 		func(c *CoreConfig) { c.StoryLength = 300 },
 		func(c *CoreConfig) { c.StealInterval = -1 },
 		func(c *CoreConfig) { c.DurationWeight = 2 },
+		func(c *CoreConfig) { c.DispatchBatch = -1 },
 	}
 	for i, mut := range bad {
 		c := DefaultCoreConfig()

@@ -167,6 +167,9 @@ type EvHeartbeat struct {
 	Asked int64
 }
 
+// EvDispatch: hand workers the next batch of queued root tasks (Core.DispatchPending).
+type EvDispatch struct{}
+
 // EvTick: time passes; the core may steal work, and checks nothing else time-based.
 type EvTick struct{ Now int64 }
 
@@ -287,6 +290,7 @@ func (EvRetire) eventName() string        { return "retire" }
 func (EvReplicate) eventName() string     { return "replicate" }
 func (EvRebalance) eventName() string     { return "rebalance" }
 func (EvLongRunning) eventName() string   { return "long-running" }
+func (EvDispatch) eventName() string      { return "dispatch" }
 
 func (ActCompute) actionName() string       { return "compute" }
 func (ActFree) actionName() string          { return "free" }

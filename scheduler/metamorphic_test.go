@@ -25,15 +25,19 @@ func TestMetamorphic(t *testing.T) {
 	if testing.Short() {
 		seeds = 40
 	}
-	var missing, deaths, tasks, stealing int
+	var missing, deaths, tasks, stealing, dispatches int
 	defer func() {
-		t.Logf("%d graphs, %d tasks, %d worker losses, %d inputs missing, %d graphs with steals in flight",
-			seeds, tasks, deaths, missing, stealing)
+		t.Logf("%d graphs, %d tasks, %d worker losses, %d inputs missing, %d graphs with steals in flight, %d pending batches dispatched",
+			seeds, tasks, deaths, missing, stealing, dispatches)
+		if !t.Failed() && seeds >= 40 && dispatches == 0 {
+			t.Errorf("no graph left a batch of queued tasks pending (DispatchBatch): that path went untested")
+		}
 	}()
 	for seed := range seeds {
 		fc := newFakeCluster(t, uint64(seed))
 		defer func() {
 			missing, deaths, tasks = missing+fc.missing, deaths+fc.deaths, tasks+len(fc.tasks)
+			dispatches += fc.dispatches
 			stealing += min(fc.stealing, 1)
 		}()
 		func() {
@@ -74,8 +78,10 @@ type fakeCluster struct {
 	missing int
 	// stealing is the most steals the core had in flight at once
 	stealing int
-	trace    func(dir string, v any)
-	acts     []Action
+	// dispatches counts the EvDispatch events handled for a batch left pending
+	dispatches int
+	trace      func(dir string, v any)
+	acts       []Action
 }
 
 func newFakeCluster(t *testing.T, seed uint64) *fakeCluster {
@@ -85,6 +91,9 @@ func newFakeCluster(t *testing.T, seed uint64) *fakeCluster {
 	cfg.StealInterval = 0
 	if r.IntN(3) == 0 {
 		cfg.SaturationFactor = 1 + r.Float64()
+	}
+	if r.IntN(3) == 0 {
+		cfg.DispatchBatch = 1 + r.IntN(4) // the driver comes back for the rest (EvDispatch)
 	}
 	fc := &fakeCluster{t: t, seed: seed, r: r, c: NewCore(cfg), workers: map[WorkerID]*fakeWorker{},
 		ref: map[string]uint64{}, fails: map[string]int{}, client: map[string]string{}}
@@ -216,6 +225,12 @@ func (fc *fakeCluster) done() bool {
 }
 
 func (fc *fakeCluster) step() {
+	if fc.c.DispatchPending() && fc.r.IntN(4) == 0 {
+		// the server serves a pending batch in turn with what arrives meanwhile
+		fc.dispatches++
+		fc.handle(EvDispatch{})
+		return
+	}
 	w := fc.pick()
 	if w == nil {
 		fc.addWorker()

@@ -13,6 +13,7 @@ type serverStats struct {
 	msgsIn, msgsOut  uint64
 	registrations    uint64 // workers registered since start, a worker that came back again
 	busy             int64  // nanoseconds the driver spent handling input
+	dispatches       uint64 // EvDispatch events: batches of queued root tasks left pending (DispatchBatch)
 }
 
 func sortWorkers(ws []wire.WorkerInfo) {

@@ -298,15 +298,20 @@ func (c *Core) byRank(a, b int32) int {
 func (c *Core) dispatchQueue() {
 	c.refreshExtra()
 	for c.queue.len() > 0 && len(c.unsat) > 0 {
+		if c.dispatchLeft == 0 {
+			c.dispatchMore = true // the driver comes back for the rest (EvDispatch)
+			break
+		}
 		id := c.queue.top()
 		if w := c.pickUnsat(id); w >= 0 {
 			ws := c.workers[w]
-			for n := c.blockFor(ws); n > 0 && c.queue.len() > 0 && ws.accepting() && c.rootRoom(ws) > 0; n-- {
+			for n := c.blockFor(ws); n > 0 && c.dispatchLeft != 0 && c.queue.len() > 0 && ws.accepting() && c.rootRoom(ws) > 0; n-- {
 				next := c.queue.top()
 				if next != id && !c.allowed(ws, c.tasks.at(next).def, c.needFuncCheck(c.tasks.at(next).def)) {
 					break
 				}
 				c.queuedToProcessing(next, w)
+				c.dispatchLeft--
 			}
 			continue
 		}

@@ -24,7 +24,7 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected actions in testd
 //
 // Syntax (values may be Go-quoted strings; lists are comma-separated):
 //
-//	config saturation=inf steal-interval=0 threshold=3 story=16 stealing=off
+//	config saturation=inf steal-interval=0 threshold=3 story=16 stealing=off dispatch-batch=10
 //	worker-joined id=1 name=a addr=a:1 nthreads=2 mem=1000 funcs=inc,add res=GPU:1
 //	worker-left id=1 reason="exit code 137" graceful=false
 //	update-graph client=1 id=7 wanted=c
@@ -41,6 +41,8 @@ var rewrite = flag.Bool("rewrite", false, "rewrite the expected actions in testd
 //	reschedule w=1 keys=a,b
 //	heartbeat w=1 now=5 memory=100
 //	tick now=100000000
+//	dispatch             (the next batch of queued root tasks; "-> dispatch-pending" after an
+//	                     event's actions says the core stopped at dispatch-batch with more)
 //	state a b            (introspection: state, location and error of each key)
 //	story a | counts | workers | groups
 func TestScenarios(t *testing.T) {
@@ -180,6 +182,8 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 			Unhealthy: a.strOr("unhealthy", ""), Asked: int64(a.intOr("asked", 0))}
 	case "tick":
 		ev = EvTick{Now: int64(a.int("now"))}
+	case "dispatch":
+		ev = EvDispatch{}
 	case "restart":
 		ev = EvRestart{Reason: a.str("reason")}
 	case "retire":
@@ -200,6 +204,9 @@ func (r *scenario) exec(t *testing.T, path string, lineno int, block []string) (
 	}
 	for _, act := range r.c().Handle(ev, nil) {
 		got = append(got, formatAction(act))
+	}
+	if r.c().DispatchPending() {
+		got = append(got, "dispatch-pending")
 	}
 	return got
 }
@@ -226,6 +233,9 @@ func (r *scenario) configure(a argMap) {
 	}
 	if a.has("story") {
 		r.cfg.StoryLength = a.int("story")
+	}
+	if a.has("dispatch-batch") {
+		r.cfg.DispatchBatch = a.int("dispatch-batch")
 	}
 	if a.has("heartbeat-timeout") {
 		d, err := time.ParseDuration(a.str("heartbeat-timeout"))

@@ -290,6 +290,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer ticker.Stop()
 	defer s.closeJournal() // on the driver goroutine: the last pass's records are written
 	for {
+		// The next batch of queued root tasks, when an event stopped at DispatchBatch, is a
+		// case like the others: what arrived meanwhile is served in turn, not after it all.
+		var more <-chan struct{}
+		if s.core.DispatchPending() {
+			more = ready
+		}
 		select {
 		case <-ctx.Done():
 			s.Close()
@@ -302,6 +308,12 @@ func (s *Server) Serve(ctx context.Context) error {
 			s.drain()
 			s.flush()
 			s.stats.busy += int64(time.Since(t0))
+		case <-more:
+			t0 := time.Now()
+			s.stats.dispatches++
+			s.handle(EvDispatch{})
+			s.flush()
+			s.stats.busy += int64(time.Since(t0))
 		case q := <-s.queries:
 			q()
 			s.flush()
@@ -311,6 +323,9 @@ func (s *Server) Serve(ctx context.Context) error {
 		}
 	}
 }
+
+// ready is a channel that is always ready to receive from.
+var ready = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // queue buffers m on c and remembers to flush c at the end of this pass.
 func (s *Server) queue(c *wire.Conn, m *wire.Msg) {

@@ -208,6 +208,47 @@ func testBurstsUnderTightReadAhead(t *testing.T, polled bool) {
 	require.ErrorAs(t, err, &he, "a worker beyond MaxWorkers was let in: a waiting reader gave its slot up")
 }
 
+// With a small DispatchBatch, the queued root tasks of a graph go out over several passes of
+// the driver (EvDispatch), between which it serves what arrives; every task still runs, once.
+func TestQueuedTasksGoOutInBatches(t *testing.T) {
+	const workers, n, batch = 8, 2000, 7
+	cfg := DefaultServerConfig()
+	cfg.Core.DispatchBatch = batch
+	s, stop := serveConfig(t, cfg)
+	defer stop()
+	seen := make(chan *wire.Msg, n)
+	for i := range workers {
+		go answerComputes(dialWorker(t, s, fmt.Sprint("w", i), 1+i), seen)
+	}
+	c, _ := dialClient(t, s)
+	tasks := make([]graph.Task, n)
+	keys := make([]string, n)
+	for i := range tasks {
+		keys[i] = fmt.Sprint("t", i)
+		tasks[i] = graph.Task{Key: keys[i], Kind: graph.KindGo, Func: "inc"}
+	}
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: keys, Tasks: tasks}))
+	inMemory := map[string]bool{}
+	deadline := time.Now().Add(60 * time.Second)
+	for len(inMemory) < n {
+		require.True(t, time.Now().Before(deadline), "%d of %d tasks finished", len(inMemory), n)
+		m := recvOp(t, c, wire.OpKeyState)
+		if m.State == "memory" {
+			inMemory[m.Key] = true
+		}
+	}
+	computes := map[string]int{}
+	for len(seen) > 0 {
+		computes[(<-seen).Task.Key]++
+	}
+	for _, k := range keys {
+		require.Equal(t, 1, computes[k], "task %s was sent %d times", k, computes[k])
+	}
+	var dispatches uint64
+	require.True(t, s.Query(func(*Core) { dispatches = s.stats.dispatches }))
+	require.Positive(t, dispatches, "no batch was left pending: DispatchBatch went untested")
+}
+
 // A compute lists where to fetch each dependency the worker lacks, and leaves out those only
 // that worker holds (it never fetches from itself): of z's inputs, on worker a, x is there and
 // y is on b.

@@ -103,12 +103,13 @@ const (
 	evReplicate
 	evRebalance
 	evLongRunning
+	evDispatch
 )
 
 var eventNames = [...]string{"", "worker-joined", "worker-left", "client-joined", "client-left",
 	"update-graph", "wanted", "release-keys", "cancel-keys", "scattered", "task-finished",
 	"task-erred", "add-replica", "missing-data", "steal-response", "reschedule", "heartbeat", "tick",
-	"restart", "retire", "replicate", "rebalance", "long-running"}
+	"restart", "retire", "replicate", "rebalance", "long-running", "dispatch"}
 
 // packStory encodes one story entry in 64 bits: seq (40) | event (8) | from (8) | to (8).
 func packStory(seq uint64, ev uint8, from, to State) uint64 {
