@@ -8,13 +8,14 @@ import (
 var commands = []struct {
 	name, summary string
 	run           func(args []string) error
+	serves        bool // runs a scheduler or a worker: keeps the runtime's monitor awake (sysmon.go)
 }{
-	{"scheduler", "run the scheduler (control :8786, gossip :7946, dashboard :8787)", runScheduler},
-	{"worker", "run a worker that joins a cluster through any member's gossip address", runWorker},
-	{"local", "run a scheduler and N worker processes on this machine", runLocal},
-	{"status", "show a running cluster's workers", runStatus},
-	{"demo", "run a demo graph (on a fresh local cluster, or on --scheduler)", runDemo},
-	{"version", "print the version", runVersion},
+	{"scheduler", "run the scheduler (control :8786, gossip :7946, dashboard :8787)", runScheduler, true},
+	{"worker", "run a worker that joins a cluster through any member's gossip address", runWorker, true},
+	{"local", "run a scheduler and N worker processes on this machine", runLocal, true},
+	{"status", "show a running cluster's workers", runStatus, false},
+	{"demo", "run a demo graph (on a fresh local cluster, or on --scheduler)", runDemo, true},
+	{"version", "print the version", runVersion, false},
 }
 
 func usage() {
@@ -42,6 +43,9 @@ func Main() {
 	}
 	for _, c := range commands {
 		if c.name == os.Args[1] {
+			if c.serves {
+				keepSysmonAwake()
+			}
 			if err := c.run(os.Args[2:]); err != nil {
 				if err == errHelp {
 					return

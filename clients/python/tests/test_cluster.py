@@ -432,6 +432,48 @@ def test_executors_run_numerical_libraries_single_threaded(monkeypatch: Any) -> 
         assert client.submit(getenv, "OMP_NUM_THREADS", pure=False).result() == "3"
 
 
+def environ_of(pid: int) -> dict[str, str]:
+    """The environment process pid was executed with."""
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(kv.decode().partition("=")[::2] for kv in f.read().split(b"\0") if kv)
+
+
+def shoal_processes(pid: int) -> list[int]:
+    """pid and those of its descendants that run the shoal binary (not executors)."""
+    out = []
+    for p in [pid, *children_of(pid)]:
+        try:
+            exe = os.path.basename(os.readlink(f"/proc/{p}/exe"))
+        except OSError:
+            continue
+        if exe.startswith("shoal"):
+            out.append(p)
+    return out
+
+
+def test_go_processes_keep_the_runtime_monitor_awake(monkeypatch: Any) -> None:
+    """The scheduler and the workers run with GODEBUG=schedtrace=<2^31-1 ms> added to the
+    caller's GODEBUG (cli/sysmon.go: the Go runtime's monitor thread otherwise polls every
+    20 µs after each idle spell), by re-executing themselves; what they start, executors and
+    so the tasks, gets the caller's GODEBUG back. A caller that names schedtrace keeps its own."""
+    monkeypatch.setenv("GODEBUG", "madvdontneed=1")
+    with LocalCluster(n_workers=2, dashboard_port=None) as cluster, Client(cluster) as client:
+        procs = shoal_processes(cluster.proc.pid)
+        assert len(procs) == 3, procs  # `shoal local` (the scheduler) and its two workers
+        for pid in procs:
+            assert environ_of(pid)["GODEBUG"] == "madvdontneed=1,schedtrace=2147483647", pid
+        assert client.submit(getenv, "GODEBUG", pure=False).result() == "madvdontneed=1"
+        assert client.submit(getenv, "SHOAL_CALLER_GODEBUG", pure=False).result() is None
+    monkeypatch.setenv("GODEBUG", "schedtrace=0")
+    with LocalCluster(n_workers=1, dashboard_port=None) as cluster, Client(cluster) as client:
+        procs = shoal_processes(cluster.proc.pid)
+        assert len(procs) == 2, procs
+        for pid in procs:
+            env = environ_of(pid)
+            assert env["GODEBUG"] == "schedtrace=0" and "SHOAL_CALLER_GODEBUG" not in env, pid
+        assert client.submit(getenv, "GODEBUG", pure=False).result() == "schedtrace=0"
+
+
 def rss_mib(pid: str | int = "self") -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
