@@ -210,6 +210,8 @@ func testBurstsUnderTightReadAhead(t *testing.T, polled bool) {
 
 // With a small DispatchBatch, the queued root tasks of a graph go out over several passes of
 // the driver (EvDispatch), between which it serves what arrives; every task still runs, once.
+// The workers answer nothing at first, so that only EvDispatch can hand out more than one
+// batch: 8 workers with room for 2 tasks each get 16 computes in batches of 7, 7 and 2.
 func TestQueuedTasksGoOutInBatches(t *testing.T) {
 	const workers, n, batch = 8, 2000, 7
 	cfg := DefaultServerConfig()
@@ -217,8 +219,9 @@ func TestQueuedTasksGoOutInBatches(t *testing.T) {
 	s, stop := serveConfig(t, cfg)
 	defer stop()
 	seen := make(chan *wire.Msg, n)
+	release := make(chan struct{})
 	for i := range workers {
-		go answerComputes(dialWorker(t, s, fmt.Sprint("w", i), 1+i), seen)
+		go holdThenAnswer(dialWorker(t, s, fmt.Sprint("w", i), 1+i), seen, release)
 	}
 	c, _ := dialClient(t, s)
 	tasks := make([]graph.Task, n)
@@ -228,6 +231,19 @@ func TestQueuedTasksGoOutInBatches(t *testing.T) {
 		tasks[i] = graph.Task{Key: keys[i], Kind: graph.KindGo, Func: "inc"}
 	}
 	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: keys, Tasks: tasks}))
+	computes := map[string]int{}
+	for range 2 * workers { // each worker's room: ceil(1.1 × 1 thread)
+		select {
+		case m := <-seen:
+			computes[m.Task.Key]++
+		case <-time.After(30 * time.Second):
+			t.Fatalf("only %d computes went out to idle workers with room for %d", len(computes), 2*workers)
+		}
+	}
+	var dispatches uint64
+	require.True(t, s.Query(func(*Core) { dispatches = s.stats.dispatches }))
+	require.GreaterOrEqual(t, dispatches, uint64(2), "the batches after the first went out by EvDispatch")
+	close(release)
 	inMemory := map[string]bool{}
 	deadline := time.Now().Add(60 * time.Second)
 	for len(inMemory) < n {
@@ -237,16 +253,55 @@ func TestQueuedTasksGoOutInBatches(t *testing.T) {
 			inMemory[m.Key] = true
 		}
 	}
-	computes := map[string]int{}
 	for len(seen) > 0 {
 		computes[(<-seen).Task.Key]++
 	}
 	for _, k := range keys {
 		require.Equal(t, 1, computes[k], "task %s was sent %d times", k, computes[k])
 	}
-	var dispatches uint64
-	require.True(t, s.Query(func(*Core) { dispatches = s.stats.dispatches }))
-	require.Positive(t, dispatches, "no batch was left pending: DispatchBatch went untested")
+}
+
+// holdThenAnswer is answerComputes that holds its answers until release is closed.
+func holdThenAnswer(w *wire.Conn, seen chan<- *wire.Msg, release <-chan struct{}) {
+	var held []*wire.Msg
+	got := make(chan *wire.Msg)
+	go func() {
+		defer close(got)
+		for {
+			m, _, err := w.Recv()
+			if err != nil {
+				return
+			}
+			if m.Op == wire.OpCompute {
+				seen <- m
+				got <- m
+			}
+		}
+	}()
+	answer := func(m *wire.Msg) {
+		now := time.Now().UnixNano()
+		w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 1,
+			Encoding: wire.EncMsgpack, Start: now, Stop: now})
+	}
+	for {
+		select {
+		case m, ok := <-got:
+			if !ok {
+				return
+			}
+			if release != nil {
+				held = append(held, m)
+			} else {
+				answer(m)
+			}
+		case <-release:
+			release = nil
+			for _, m := range held {
+				answer(m)
+			}
+			held = nil
+		}
+	}
 }
 
 // A compute lists where to fetch each dependency the worker lacks, and leaves out those only
