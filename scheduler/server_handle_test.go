@@ -181,22 +181,8 @@ func testBurstsUnderTightReadAhead(t *testing.T, polled bool) {
 		go answerComputes(dialWorker(t, s, fmt.Sprint("w", i), 1+i), nil)
 	}
 	c, _ := dialClient(t, s)
-	tasks := make([]graph.Task, n)
-	keys := make([]string, n)
-	for i := range tasks {
-		keys[i] = fmt.Sprint("t", i)
-		tasks[i] = graph.Task{Key: keys[i], Kind: graph.KindGo, Func: "inc"}
-	}
-	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: keys, Tasks: tasks}))
-	inMemory := map[string]bool{}
-	deadline := time.Now().Add(60 * time.Second)
-	for len(inMemory) < n {
-		require.True(t, time.Now().Before(deadline), "%d of %d tasks finished", len(inMemory), n)
-		m := recvOp(t, c, wire.OpKeyState)
-		if m.State == "memory" {
-			inMemory[m.Key] = true
-		}
-	}
+	submitIncs(t, c, n)
+	awaitInMemory(t, c, n)
 	s.ahead.mu.Lock()
 	deferred := s.ahead.deferred
 	s.ahead.mu.Unlock()
@@ -224,13 +210,7 @@ func TestQueuedTasksGoOutInBatches(t *testing.T) {
 		go holdThenAnswer(dialWorker(t, s, fmt.Sprint("w", i), 1+i), seen, release)
 	}
 	c, _ := dialClient(t, s)
-	tasks := make([]graph.Task, n)
-	keys := make([]string, n)
-	for i := range tasks {
-		keys[i] = fmt.Sprint("t", i)
-		tasks[i] = graph.Task{Key: keys[i], Kind: graph.KindGo, Func: "inc"}
-	}
-	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: keys, Tasks: tasks}))
+	keys := submitIncs(t, c, n)
 	computes := map[string]int{}
 	for range 2 * workers { // each worker's room: ceil(1.1 × 1 thread)
 		select {
@@ -244,6 +224,32 @@ func TestQueuedTasksGoOutInBatches(t *testing.T) {
 	require.True(t, s.Query(func(*Core) { dispatches = s.stats.dispatches }))
 	require.GreaterOrEqual(t, dispatches, uint64(2), "the batches after the first went out by EvDispatch")
 	close(release)
+	awaitInMemory(t, c, n)
+	for len(seen) > 0 {
+		computes[(<-seen).Task.Key]++
+	}
+	for _, k := range keys {
+		require.Equal(t, 1, computes[k], "task %s was sent %d times", k, computes[k])
+	}
+}
+
+// submitIncs sends the scheduler a graph of n independent tasks t0…t<n-1> calling inc, all
+// wanted, and returns their keys.
+func submitIncs(t *testing.T, c *wire.Conn, n int) []string {
+	t.Helper()
+	tasks := make([]graph.Task, n)
+	keys := make([]string, n)
+	for i := range tasks {
+		keys[i] = fmt.Sprint("t", i)
+		tasks[i] = graph.Task{Key: keys[i], Kind: graph.KindGo, Func: "inc"}
+	}
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: keys, Tasks: tasks}))
+	return keys
+}
+
+// awaitInMemory reads c's key states until n keys are in memory, for up to a minute.
+func awaitInMemory(t *testing.T, c *wire.Conn, n int) {
+	t.Helper()
 	inMemory := map[string]bool{}
 	deadline := time.Now().Add(60 * time.Second)
 	for len(inMemory) < n {
@@ -252,12 +258,6 @@ func TestQueuedTasksGoOutInBatches(t *testing.T) {
 		if m.State == "memory" {
 			inMemory[m.Key] = true
 		}
-	}
-	for len(seen) > 0 {
-		computes[(<-seen).Task.Key]++
-	}
-	for _, k := range keys {
-		require.Equal(t, 1, computes[k], "task %s was sent %d times", k, computes[k])
 	}
 }
 
