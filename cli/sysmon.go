@@ -16,10 +16,16 @@ import (
 // CPU, and the scheduler's 11 % of a core. The runtime has one switch that keeps the monitor
 // out of that deep sleep: GODEBUG=schedtrace, which makes it print the scheduler's state every
 // so many milliseconds and so never sleep past a print. At its largest, 2^31-1 ms (24.8
-// days), nothing is printed before the machine has been up that long, and then one line per
-// 24.8 days; in between the monitor backs off to one wake-up per 10 ms once it has nothing to
-// do, as it does while any P is busy. Measured: the workers' CPU fell by a quarter
-// (docs/performance.md, "The Go runtime's monitor thread").
+// days): the first print is due when the machine's monotonic clock (time since boot) reaches
+// that, so a process started on a host up for less prints nothing until then, and one started
+// on a host up for longer prints one line ("SCHED 0ms: ...") at once; then one per 24.8 days.
+// A fatal error (an unrecovered panic, SIGQUIT) also prints the scheduler's state, a line per
+// thread and goroutine, before the usual traceback. Otherwise the monitor backs off to one
+// wake-up per 10 ms once it has nothing to do, as it does while any P is busy. Measured: the
+// workers' CPU fell by a quarter (docs/performance.md, "The Go runtime's monitor thread").
+//
+// Everything a binary runs before cli.Main (package init functions, a custom worker's main
+// up to its call) runs again after the re-execution.
 //
 // The runtime reads schedtrace once, at start, so a long-running command re-executes itself
 // with it (same process id, arguments and descriptors) unless GODEBUG names schedtrace
@@ -38,7 +44,9 @@ const sysmonMarker = "SHOAL_CALLER_GODEBUG"
 // only if that is not needed, already done, or impossible), or, in the re-executed process,
 // restores the caller's GODEBUG.
 func keepSysmonAwake() {
-	if was, ok := os.LookupEnv(sysmonMarker); ok {
+	// (a marker only counts with the setting it came with: one inherited from elsewhere is
+	// dropped, and the process re-executes as usual)
+	if was, ok := os.LookupEnv(sysmonMarker); ok && strings.HasSuffix(os.Getenv("GODEBUG"), sysmonSetting) {
 		os.Unsetenv(sysmonMarker)
 		// (setting GODEBUG now changes none of the runtime's start-up settings, schedtrace
 		// included: only the variables it documents as changeable at run time)
@@ -77,7 +85,7 @@ func sysmonEnv(environ []string) ([]string, bool) {
 		out = append(out, kv)
 	}
 	for _, field := range strings.Split(godebug, ",") {
-		if strings.HasPrefix(strings.TrimSpace(field), "schedtrace=") {
+		if strings.HasPrefix(field, "schedtrace=") { // as the runtime reads it: no spaces
 			return nil, false // the caller's choice
 		}
 	}

@@ -20,7 +20,10 @@ func TestSysmonEnv(t *testing.T) {
 		{[]string{"GODEBUG="}, []string{"GODEBUG=" + sysmonSetting, sysmonMarker + "=="}},
 		{[]string{sysmonMarker + "=stale", "A=b"}, []string{"A=b", "GODEBUG=" + sysmonSetting, sysmonMarker + "="}},
 		{[]string{"GODEBUG=schedtrace=0"}, nil},
-		{[]string{"GODEBUG=gctrace=1, schedtrace=1000"}, nil},
+		{[]string{"GODEBUG=gctrace=1,schedtrace=1000"}, nil},
+		// the runtime reads " schedtrace" as another key: the caller's setting does nothing
+		{[]string{"GODEBUG=gctrace=1, schedtrace=1000"},
+			[]string{"GODEBUG=gctrace=1, schedtrace=1000," + sysmonSetting, sysmonMarker + "==gctrace=1, schedtrace=1000"}},
 	} {
 		got, ok := sysmonEnv(tc.in)
 		require.Equal(t, tc.want != nil, ok, "%q", tc.in)

@@ -54,11 +54,11 @@ type CoreConfig struct {
 	HeartbeatTimeout time.Duration
 	// DispatchBatch is the most queued root tasks one event hands to workers; 0 is no limit.
 	// When more could go, DispatchPending reports it and the driver handles EvDispatch, after
-	// performing this event's actions, for the next batch. Without it, the first task to
-	// finish in a graph of a million tiny tasks on 10,000 workers (each then given room for
-	// 257) made one event of a million computes: its actions, their slabs and every
-	// connection's queued output were fresh memory at once, and the driver served nothing
-	// else until all of it was written.
+	// performing this event's actions and writing them out, for the next batch. Without it,
+	// the first task to finish in a graph of a million tiny tasks on 10,000 workers (each then
+	// given room for 257) made one event of a million computes: its actions and their slabs
+	// were fresh memory at once, and the driver handled nothing else until it was done. (The
+	// bound is per event: the other events of a driver's pass each have their own.)
 	DispatchBatch int
 }
 

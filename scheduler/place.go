@@ -295,6 +295,9 @@ func (c *Core) byRank(a, b int32) int {
 // the tasks of every level then had to fetch an input from the other worker. Long tasks are
 // still handed out one at a time: there, spreading them over idle threads matters more than
 // where their results end up.
+//
+// One event hands out at most CoreConfig.DispatchBatch of them; when more could go it sets
+// dispatchMore, and the driver comes back with EvDispatch.
 func (c *Core) dispatchQueue() {
 	c.refreshExtra()
 	for c.queue.len() > 0 && len(c.unsat) > 0 {

@@ -348,6 +348,9 @@ func (s *Server) flush() {
 // overhead per message.
 func (s *Server) drain() {
 	for n := 0; n < 1024; {
+		if s.core.DispatchPending() {
+			return // flush what this pass handed out before more goes (CoreConfig.DispatchBatch)
+		}
 		select {
 		case in := <-s.in:
 			s.handleInbound(in)

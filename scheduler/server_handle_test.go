@@ -202,6 +202,7 @@ func TestQueuedTasksGoOutInBatches(t *testing.T) {
 	const workers, n, batch = 8, 2000, 7
 	cfg := DefaultServerConfig()
 	cfg.Core.DispatchBatch = batch
+	cfg.TickInterval = time.Hour // a tick's event would hand out a batch of its own
 	s, stop := serveConfig(t, cfg)
 	defer stop()
 	seen := make(chan *wire.Msg, n)
