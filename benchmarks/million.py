@@ -13,11 +13,12 @@ then to the last. Printed: the time to build the graph in Python (not part of th
 figure), ``client.get``'s wall time and rate, and each process's CPU seconds during it (user +
 system, from /proc, read before and after; a process started meanwhile, such as the second
 executor, counts whole, and one that ended meanwhile is missing), so that the sum can be set
-against 2 cores x the wall time. ``--ingest-only`` times the submission alone (issue 19's
-streamed ingest, >= 200,000 tasks/s): the graph sent by ``client.get(..., sync=False)`` to a
-``shoal scheduler`` with no worker and no journal, until the answer to a request sent after
-it arrives (a connection's messages are read in order), with the client's and the
-scheduler's CPU during it. The client converts the graph with
+against 2 cores x the wall time, and the bytes the workers fetched from each other (the
+transfers between them: a sum's inputs made on two workers). ``--ingest-only`` times the
+submission alone (issue 19's streamed ingest, >= 200,000 tasks/s): the graph sent by
+``client.get(..., sync=False)`` to a ``shoal scheduler`` with no worker and no journal, until
+the answer to a request sent after it arrives (a connection's messages are read in order),
+with the client's and the scheduler's CPU during it. The client converts the graph with
 its compiled extension (``shoal._speedups``) when it is built; ``--python-conversion`` hides
 it, for comparison, and the output says which ran.
 """
@@ -174,6 +175,8 @@ def main() -> None:
             value = client.get(dsk, root)
             took = time.perf_counter() - t1
             after = cpu_times()
+            fetched = sum(w.get("bytes_received", 0) for w in client.scheduler_info()["workers"].values())
+        print(f"workers fetched {fetched:,} bytes from each other")
     else:
         from distributed import Client, LocalCluster
 

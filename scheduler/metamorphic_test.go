@@ -143,6 +143,7 @@ func (fc *fakeCluster) handle(ev Event) {
 		fc.trace("in ", ev)
 	}
 	fc.acts = fc.c.Handle(ev, fc.acts[:0])
+	fc.checkDispatch(ev)
 	for _, a := range fc.acts {
 		if fc.trace != nil {
 			fc.trace("out", a)
@@ -376,6 +377,31 @@ func (fc *fakeCluster) check() {
 		fc.t.Fatalf("seed %d: %d tasks alive after releasing everything", fc.seed, st.TasksAlive)
 	}
 	fc.checkSteals()
+}
+
+// checkDispatch: no event leaves a queued task that a worker could take now without a batch
+// pending (EvDispatch would then never come, and the task would wait for an unrelated event),
+// and EvDispatch hands out a whole batch whenever it leaves more pending.
+func (fc *fakeCluster) checkDispatch(ev Event) {
+	c := fc.c
+	if !c.DispatchPending() && c.queue.len() > 0 && len(c.unsat) > 0 {
+		if w := c.pickUnsat(c.queue.top()); w >= 0 {
+			fc.t.Fatalf("seed %d: after %T, %d tasks are queued and worker %d could take the first, but no batch is pending",
+				fc.seed, ev, c.queue.len(), w)
+		}
+	}
+	if _, ok := ev.(EvDispatch); ok && c.DispatchPending() {
+		n := 0
+		for _, a := range fc.acts {
+			if _, ok := a.(*ActCompute); ok {
+				n++
+			}
+		}
+		if n != c.cfg.DispatchBatch {
+			fc.t.Fatalf("seed %d: EvDispatch handed out %d queued tasks and left more pending; its batch is %d",
+				fc.seed, n, c.cfg.DispatchBatch)
+		}
+	}
 }
 
 // checkSteals: each worker's counts of steals in flight match the core's table of them, which

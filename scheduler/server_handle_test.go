@@ -178,7 +178,7 @@ func testBurstsUnderTightReadAhead(t *testing.T, polled bool) {
 	defer func() { cancel(); <-done }()
 
 	for i := range workers {
-		go answerComputes(dialWorker(t, s, fmt.Sprint("w", i), 1+i), nil)
+		go answerComputes(dialWorker(t, s, fmt.Sprint("w", i), 1+i), nil, nil)
 	}
 	c, _ := dialClient(t, s)
 	submitIncs(t, c, n)
@@ -208,7 +208,7 @@ func TestQueuedTasksGoOutInBatches(t *testing.T) {
 	seen := make(chan *wire.Msg, n)
 	release := make(chan struct{})
 	for i := range workers {
-		go holdThenAnswer(dialWorker(t, s, fmt.Sprint("w", i), 1+i), seen, release)
+		go answerComputes(dialWorker(t, s, fmt.Sprint("w", i), 1+i), seen, release)
 	}
 	c, _ := dialClient(t, s)
 	keys := submitIncs(t, c, n)
@@ -262,49 +262,6 @@ func awaitInMemory(t *testing.T, c *wire.Conn, n int) {
 	}
 }
 
-// holdThenAnswer is answerComputes that holds its answers until release is closed.
-func holdThenAnswer(w *wire.Conn, seen chan<- *wire.Msg, release <-chan struct{}) {
-	var held []*wire.Msg
-	got := make(chan *wire.Msg)
-	go func() {
-		defer close(got)
-		for {
-			m, _, err := w.Recv()
-			if err != nil {
-				return
-			}
-			if m.Op == wire.OpCompute {
-				seen <- m
-				got <- m
-			}
-		}
-	}()
-	answer := func(m *wire.Msg) {
-		now := time.Now().UnixNano()
-		w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 1,
-			Encoding: wire.EncMsgpack, Start: now, Stop: now})
-	}
-	for {
-		select {
-		case m, ok := <-got:
-			if !ok {
-				return
-			}
-			if release != nil {
-				held = append(held, m)
-			} else {
-				answer(m)
-			}
-		case <-release:
-			release = nil
-			for _, m := range held {
-				answer(m)
-			}
-			held = nil
-		}
-	}
-}
-
 // A compute lists where to fetch each dependency the worker lacks, and leaves out those only
 // that worker holds (it never fetches from itself): of z's inputs, on worker a, x is there and
 // y is on b.
@@ -312,8 +269,8 @@ func TestComputeOmitsDependenciesTheWorkerHolds(t *testing.T) {
 	s, stop := serveConfig(t, DefaultServerConfig())
 	defer stop()
 	computes := make(chan *wire.Msg, 8)
-	go answerComputes(dialWorker(t, s, "a", 1), computes)
-	go answerComputes(dialWorker(t, s, "b", 2), computes)
+	go answerComputes(dialWorker(t, s, "a", 1), computes, nil)
+	go answerComputes(dialWorker(t, s, "b", 2), computes, nil)
 	c, _ := dialClient(t, s)
 	tasks := []graph.Task{
 		{Key: "x", Kind: graph.KindGo, Func: "inc", Workers: []string{"a"}},
@@ -338,21 +295,49 @@ func TestComputeOmitsDependenciesTheWorkerHolds(t *testing.T) {
 	}
 }
 
-// answerComputes plays a worker on w until its connection ends: each compute finishes at once
-// with a result of one byte, and is passed on to seen (when not nil).
-func answerComputes(w *wire.Conn, seen chan<- *wire.Msg) {
-	for {
-		m, _, err := w.Recv()
-		if err != nil {
-			return
-		}
-		if m.Op == wire.OpCompute {
-			now := time.Now().UnixNano()
-			w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 1,
-				Encoding: wire.EncMsgpack, Start: now, Stop: now})
-			if seen != nil {
-				seen <- m
+// answerComputes plays a worker on w until its connection ends: each compute is passed on to
+// seen (when not nil) as it arrives and finishes with a result of one byte, at once, or when
+// release is closed if release is not nil.
+func answerComputes(w *wire.Conn, seen chan<- *wire.Msg, release <-chan struct{}) {
+	got := make(chan *wire.Msg)
+	go func() {
+		defer close(got)
+		for {
+			m, _, err := w.Recv()
+			if err != nil {
+				return
 			}
+			if m.Op == wire.OpCompute {
+				if seen != nil {
+					seen <- m
+				}
+				got <- m
+			}
+		}
+	}()
+	answer := func(m *wire.Msg) {
+		now := time.Now().UnixNano()
+		w.Send(&wire.Msg{Op: wire.OpTaskFinished, Key: m.Task.Key, TaskID: m.TaskID, NBytes: 1,
+			Encoding: wire.EncMsgpack, Start: now, Stop: now})
+	}
+	var held []*wire.Msg
+	for {
+		select {
+		case m, ok := <-got:
+			if !ok {
+				return
+			}
+			if release != nil {
+				held = append(held, m)
+			} else {
+				answer(m)
+			}
+		case <-release:
+			release = nil
+			for _, m := range held {
+				answer(m)
+			}
+			held = nil
 		}
 	}
 }
