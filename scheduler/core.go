@@ -209,6 +209,7 @@ type Core struct {
 	deps         []DepLoc         // the arena of the computes' dependency lists (depList)
 	thieves      []*worker        // stealRound's lists, reused
 	victims      []*worker
+	rebookAt     int // the victim whose load stealRound re-books first (rebookLoads)
 	keyStates    slab[ActKeyState]
 	ready        []int32
 	readySpare   []int32

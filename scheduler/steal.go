@@ -49,6 +49,7 @@ func (c *Core) stealRound() {
 	if len(thieves) == 0 || len(victims) == 0 {
 		return
 	}
+	c.rebookLoads(victims)
 	slices.SortStableFunc(victims, func(a, b *worker) int { return cmp.Compare(b.load(), a.load()) })
 	// Each thief in turn takes the victim's candidates until it is full; a full thief stays
 	// full for the rest of the round and is dropped, and the round ends when none is left.
@@ -81,6 +82,39 @@ func (c *Core) stealRound() {
 		}
 	}
 }
+
+// rebookLoads books the processing tasks of victims again at their groups' current average
+// durations, as many as rebookBudget allows this round, starting where the last round
+// stopped. A task counts in its worker's occupancy for what its group's tasks took when it
+// was booked; stealRound ends at the first victim whose load is under minStealDuration,
+// so a worker given tasks of a group that had looked short was never stolen from once they
+// turned out long, though the thieves stood idle (testdata/steal_stale_estimate.txt).
+func (c *Core) rebookLoads(victims []*worker) {
+	budget := rebookBudget
+	n := len(victims)
+	for i := 0; i < n && budget > 0; i++ {
+		ws := victims[(c.rebookAt+i)%n]
+		occ := 0.0
+		for _, id := range ws.processing {
+			t := c.tasks.at(id)
+			t.expDur = float32(c.expected(t.group))
+			if t.flags&flagSeceded == 0 { // a seceded task's thread is free (longRunning)
+				occ += float64(t.expDur)
+			}
+		}
+		ws.occupancy = occ
+		budget -= len(ws.processing) + 1
+		if budget <= 0 {
+			c.rebookAt = (c.rebookAt + i + 1) % n
+			return
+		}
+	}
+	c.rebookAt = 0
+}
+
+// rebookBudget bounds the tasks rebookLoads looks at in one stealing round: with 10,000
+// workers each holding a block of root tasks, all of them would be a million.
+const rebookBudget = 4096
 
 // stealable lists v's tasks that are probably not started (v runs the best rank first):
 // the worst ranks first, as many as v has beyond its threads.

@@ -734,3 +734,28 @@ def test_executors_die_with_their_worker() -> None:
         while any(alive(p) for p in executors) and time.time() < deadline:
             time.sleep(0.05)
         assert not any(alive(p) for p in executors)
+
+
+def sleep_then(x: Any, seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_tasks_that_turn_out_long_are_stolen() -> None:
+    """Tasks placed on a worker while their group's tasks took microseconds (next to their
+    100 MB input) are still stolen by an idle worker once they turn out to take a second: the
+    scheduler books them again at what the group takes now before it judges whether that
+    worker holds enough work to be worth stealing from."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_port=None) as cluster, \
+            Client(cluster, timeout=20) as client:
+        a, b = sorted(client.scheduler_info()["workers"])
+        data = client.submit(np.ones, 12_500_000, workers=[a], pure=False)  # 100 MB on a
+        wait([data], timeout=30)
+        for w in (a, b):  # each executor imports this module (seconds) outside the group below
+            assert client.submit(sleep_then, None, 0.0, workers=[w], pure=False).result(timeout=30) == 0.0
+        for i in range(5):  # the group's tasks take microseconds
+            assert client.submit(sleep_then, None, 0.0, key=f"stalegroup-{i}").result(timeout=30) == 0.0
+        slow = [client.submit(sleep_then, data, 1.0, key=f"stalegroup-{i}") for i in range(5, 9)]
+        assert client.gather(slow) == [1.0] * 4
+        where = client.who_has(slow)
+        assert any(b in ws for ws in where.values()), f"no task was stolen from {a}: {where}"
