@@ -438,19 +438,6 @@ def environ_of(pid: int) -> dict[str, str]:
         return dict(kv.decode().partition("=")[::2] for kv in f.read().split(b"\0") if kv)
 
 
-def shoal_processes(pid: int) -> list[int]:
-    """pid and those of its descendants that run the shoal binary (not executors)."""
-    out = []
-    for p in [pid, *children_of(pid)]:
-        try:
-            exe = os.path.basename(os.readlink(f"/proc/{p}/exe"))
-        except OSError:
-            continue
-        if exe.startswith("shoal"):
-            out.append(p)
-    return out
-
-
 def test_go_processes_keep_the_runtime_monitor_awake(monkeypatch: Any) -> None:
     """The scheduler and the workers run with GODEBUG=schedtrace=<2^31-1 ms> added to the
     caller's GODEBUG (cli/sysmon.go: the Go runtime's monitor thread otherwise polls every
@@ -458,7 +445,7 @@ def test_go_processes_keep_the_runtime_monitor_awake(monkeypatch: Any) -> None:
     so the tasks, gets the caller's GODEBUG back. A caller that names schedtrace keeps its own."""
     monkeypatch.setenv("GODEBUG", "madvdontneed=1")
     with LocalCluster(n_workers=2, dashboard_port=None) as cluster, Client(cluster) as client:
-        procs = shoal_processes(cluster.proc.pid)
+        procs = [cluster.proc.pid, *_worker_pids(cluster, client)]
         assert len(procs) == 3, procs  # `shoal local` (the scheduler) and its two workers
         for pid in procs:
             assert environ_of(pid)["GODEBUG"] == "madvdontneed=1,schedtrace=2147483647", pid
@@ -466,7 +453,7 @@ def test_go_processes_keep_the_runtime_monitor_awake(monkeypatch: Any) -> None:
         assert client.submit(getenv, "SHOAL_CALLER_GODEBUG", pure=False).result() is None
     monkeypatch.setenv("GODEBUG", "schedtrace=0")
     with LocalCluster(n_workers=1, dashboard_port=None) as cluster, Client(cluster) as client:
-        procs = shoal_processes(cluster.proc.pid)
+        procs = [cluster.proc.pid, *_worker_pids(cluster, client)]
         assert len(procs) == 2, procs
         for pid in procs:
             env = environ_of(pid)
