@@ -92,7 +92,7 @@ func (c *Core) stealRound() {
 func (c *Core) rebookLoads(victims []*worker) {
 	budget := rebookBudget
 	n := len(victims)
-	for i := 0; i < n && budget > 0; i++ {
+	for i := range n {
 		ws := victims[(c.rebookAt+i)%n]
 		occ := 0.0
 		for _, id := range ws.processing {
