@@ -1055,7 +1055,9 @@ fail:
  *
  * enter returns the run's key as the token leave takes: leave clears the thread's task only
  * when it is still that run's (its key the same object), as the Python leave did with its
- * _Task. A thread's storage (four pointers) is kept when the thread ends. */
+ * _Task. A thread's storage (four pointers) lives as long as the thread: the thread state's
+ * dict holds a capsule of it, whose destructor frees it when the thread ends (an executor makes
+ * a thread for each task that secedes, so kept storage grew by a struct per such task). */
 
 typedef struct {
     PyObject *executor, *id, *key, *task;
@@ -1063,22 +1065,6 @@ typedef struct {
 
 static Py_tss_t cur_tss = Py_tss_NEEDS_INIT;
 static PyObject *task_type; /* shoal._worker._Task (set_task_type) */
-
-static cur_t *cur_get(int make) {
-    cur_t *c = PyThread_tss_get(&cur_tss);
-    if (c == NULL && make) {
-        if ((c = PyMem_RawCalloc(1, sizeof(cur_t))) == NULL) {
-            PyErr_NoMemory();
-            return NULL;
-        }
-        if (PyThread_tss_set(&cur_tss, c) != 0) {
-            PyMem_RawFree(c);
-            PyErr_SetString(PyExc_RuntimeError, "shoal._speedups: cannot set thread-specific storage");
-            return NULL;
-        }
-    }
-    return c;
-}
 
 /* Forget the thread's task: the fields are emptied first, as dropping the last reference to
  * them may run Python code (that enters or asks for a task). */
@@ -1089,6 +1075,52 @@ static void cur_clear(cur_t *c) {
     Py_XDECREF(id);
     Py_XDECREF(key);
     Py_XDECREF(task);
+}
+
+static const char cur_capsule_name[] = "shoal._speedups.cur";
+static PyObject *s_cur; /* the thread state dict's key for the capsule */
+
+/* The capsule's destructor, run when the thread's state is cleared (the thread ended): the
+ * storage is taken off the thread first, so that what dropping the task's references runs
+ * finds none. */
+static void cur_free(PyObject *capsule) {
+    cur_t *c = PyCapsule_GetPointer(capsule, cur_capsule_name);
+    if (c == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (PyThread_tss_get(&cur_tss) == c) (void)PyThread_tss_set(&cur_tss, NULL);
+    cur_clear(c);
+    PyMem_RawFree(c);
+}
+
+static cur_t *cur_get(int make) {
+    cur_t *c = PyThread_tss_get(&cur_tss);
+    if (c != NULL || !make) return c;
+    if ((c = PyMem_RawCalloc(1, sizeof(cur_t))) == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject *d = PyThreadState_GetDict(); /* borrowed; NULL, no exception set, when there is none */
+    PyObject *capsule = d == NULL ? NULL : PyCapsule_New(c, cur_capsule_name, cur_free);
+    if (capsule == NULL) {
+        PyMem_RawFree(c);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "shoal._speedups: no thread state dict");
+        return NULL;
+    }
+    if (PyDict_SetItem(d, s_cur, capsule) != 0) {
+        PyCapsule_SetDestructor(capsule, NULL);
+        Py_DECREF(capsule);
+        PyMem_RawFree(c);
+        return NULL;
+    }
+    Py_DECREF(capsule); /* the dict holds it: it frees c when the thread ends */
+    if (PyThread_tss_set(&cur_tss, c) != 0) {
+        PyDict_DelItem(d, s_cur); /* frees c */
+        PyErr_SetString(PyExc_RuntimeError, "shoal._speedups: cannot set thread-specific storage");
+        return NULL;
+    }
+    return c;
 }
 
 /* task_enter(executor, task_id, key) -> token */
@@ -2064,7 +2096,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         !(s_done = PyUnicode_InternFromString("done")) || !(s_id = PyUnicode_InternFromString("id")) ||
         !(s_items = PyUnicode_InternFromString("items")) || !(s_encoding = PyUnicode_InternFromString("encoding")) ||
         !(s_msgpack = PyUnicode_InternFromString("msgpack")) || !(s_nframes = PyUnicode_InternFromString("nframes")) ||
-        !(s_nbytes = PyUnicode_InternFromString("nbytes")) || !(s_seceding = PyUnicode_InternFromString("_seceding")))
+        !(s_nbytes = PyUnicode_InternFromString("nbytes")) || !(s_seceding = PyUnicode_InternFromString("_seceding")) ||
+        !(s_cur = PyUnicode_InternFromString(cur_capsule_name)))
         return NULL;
     if (PyType_Ready(&PlainGraphType) < 0 || PyType_Ready(&RunBatchType) < 0) return NULL;
     if (!PyThread_tss_is_created(&cur_tss) && PyThread_tss_create(&cur_tss) != 0) {

@@ -8,11 +8,13 @@ elsewhere these tests skip without it.
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import struct
 import sys
 import threading
+import weakref
 from typing import Any, Callable, Iterator
 
 import msgpack
@@ -714,6 +716,45 @@ def test_each_thread_knows_its_task(compiled: bool) -> None:
     assert current() is None
     del token, token2
     assert (sys.getrefcount(key), sys.getrefcount(ex)) == refs
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_a_thread_that_ends_lets_go_of_its_task(compiled: bool) -> None:
+    """A thread's task storage ends with the thread (an executor makes a thread per seceding
+    task): what a run named is let go when its thread ends, left or not, and a new thread
+    starts with no task."""
+    if compiled:
+        sp = pytest.importorskip("shoal._speedups")
+        enter, leave, current = sp.task_enter, sp.task_leave, sp.task_current
+    else:
+        enter, leave, current = _worker._enter, _worker._leave, _worker._current
+
+    class Named:
+        pass
+
+    seen: list[Any] = []
+
+    def run(ex: Named, left: bool) -> None:
+        token = enter(ex, 1, "k-" + str(len(seen)))
+        seen.append(current() is not None)  # the _Task made and kept for the run
+        if left:
+            leave(token)
+
+    for left in (False, True):
+        ex = Named()
+        gone = weakref.ref(ex)
+        t = threading.Thread(target=run, args=(ex, left))
+        t.start()
+        t.join()
+        del ex
+        gc.collect()
+        assert gone() is None, f"the executor of a run in an ended thread is still held (left={left})"
+    assert seen == [True, True]
+    fresh: list[Any] = []
+    t = threading.Thread(target=lambda: fresh.append(current()))
+    t.start()
+    t.join()
+    assert fresh == [None]
 
 
 def test_run_many_stops_after_a_run_when_a_task_seceded() -> None:
