@@ -24,6 +24,7 @@ type localFlags struct {
 	python, readyFile string
 	localDir          string
 	noRestart         bool
+	startPython       bool
 	workerProfile     string
 	workerHeapProfile string
 	dataIdle          time.Duration
@@ -41,6 +42,7 @@ func (f *localFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.readyFile, "ready-file", "", "write JSON {scheduler, dashboard, gossip, workers} here once every worker has registered")
 	fs.StringVar(&f.localDir, "local-dir", os.TempDir(), "directory for the workers' spilled data")
 	fs.BoolVar(&f.noRestart, "no-restart", false, "do not restart a worker process that dies")
+	fs.BoolVar(&f.startPython, "start-python", false, "workers: "+startPythonHelp)
 	fs.DurationVar(&f.dataIdle, "data-idle-timeout", 10*time.Minute, "workers drop a data-port connection silent this long between requests (0: never)")
 	fs.DurationVar(&f.shutdownGrace, "shutdown-grace", 0, "how long each worker lets the tasks it is running finish when the cluster stops (0: it stops them at once; the scheduler stops next, so no one would get their results)")
 	fs.StringVar(&f.resources, "resources", "", "abstract resources each worker offers, e.g. GPU=1,MEM=16e9 (tasks asking for them run only where they are free)")
@@ -168,6 +170,9 @@ func startLocal(ctx context.Context, f localFlags) (*localCluster, error) {
 	base := []string{"worker", "--join", sp.gossip.Addr(), "--host", f.host, "--nthreads", strconv.Itoa(f.nthreads),
 		"--memory-limit", mem, "--python", f.python, "--local-dir", f.localDir, "--log-format", f.logFormat, "--log-level", f.logLevel}
 	base = append(base, f.mem.args()...)
+	if f.startPython {
+		base = append(base, "--start-python")
+	}
 	for _, kv := range [][2]string{{"--token-file", f.tokenFile}, {"--tls-cert", f.tlsCert}, {"--tls-key", f.tlsKey}, {"--tls-ca", f.tlsCA},
 		{"--gossip-key-file", f.gossipKeyFile}, {"--advertise-host", f.advertiseHost}, {"--message-timeout", f.messageTimeout.String()},
 		{"--data-idle-timeout", f.dataIdle.String()}, {"--shutdown-grace", f.shutdownGrace.String()}, {"--resources", f.resources}} {

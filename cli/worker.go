@@ -23,9 +23,12 @@ type workerFlags struct {
 	advertiseHost                                              string
 	nthreads, dataPort, gossipPort, nprocsPython, metricsPort  int
 	gomaxprocs, maxDataConns                                   int
+	startPython                                                bool
 	dataIdle, deathTimeout, shutdownGrace                      time.Duration
 	mem                                                        memFractions
 }
+
+const startPythonHelp = "start one Python executor as soon as the worker has registered, so that the first Python task does not wait for Python to start (0.2-0.5 s); off, executors start at the first Python task and a worker that runs only Go tasks starts none"
 
 // memFractions are the worker's memory thresholds, fractions of --memory-limit (dask's
 // distributed.worker.memory.target/spill/pause/terminate).
@@ -72,6 +75,7 @@ func (f *workerFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.gossipPort, "gossip-port", 0, "gossip port (0 picks a free port)")
 	fs.StringVar(&f.python, "python", defaultPython(), "Python interpreter for Python tasks (runs -m shoal.executor); env SHOAL_PYTHON")
 	fs.IntVar(&f.nprocsPython, "nprocs-python", 0, "Python executor processes, started lazily (default: --nthreads)")
+	fs.BoolVar(&f.startPython, "start-python", false, startPythonHelp)
 	fs.IntVar(&f.maxDataConns, "max-data-conns", 1024, "most data-port connections open at once, per role (peers, clients); more are refused as busy")
 	fs.DurationVar(&f.dataIdle, "data-idle-timeout", 10*time.Minute, "drop a data-port connection silent this long between requests (0: never)")
 	fs.IntVar(&f.metricsPort, "metrics-port", -1, "serve this worker's Prometheus /metrics on this port (-1: off)")
@@ -180,7 +184,7 @@ func (f *workerFlags) config() (worker.Config, error) {
 	cfg.ServerTLS, cfg.ClientTLS = serverTLS, clientTLS
 	cfg.SpillFraction, cfg.ProcessSpillFraction, cfg.PauseFraction = fr.target, fr.spill, fr.pause
 	cfg.TerminateFraction = fr.terminate
-	cfg.NProcsPython = f.nprocsPython
+	cfg.NProcsPython, cfg.StartPython = f.nprocsPython, f.startPython
 	if cfg.NProcsPython == 0 {
 		cfg.NProcsPython = f.nthreads
 	}

@@ -96,6 +96,9 @@ func (w *Worker) serve(ctx context.Context, conn *wire.Conn, reg *wire.Msg, sche
 	w.goFunc(func() { w.heartbeatLoop(runCtx) })
 	silent := make(chan time.Duration, 1)
 	w.goFunc(func() { w.watchScheduler(runCtx, silent) })
+	if w.cfg.StartPython {
+		w.py.warm(w.ctx) // (none when one runs already: a session after the first)
+	}
 
 	select {
 	case <-ctx.Done():

@@ -77,6 +77,37 @@ func TestPythonExecutorCannotStart(t *testing.T) {
 	require.Contains(t, m.Error.Message, "cannot start a Python executor")
 }
 
+// executorPIDs lists the worker's executor processes.
+func executorPIDs(w *Worker) []int {
+	w.py.mu.Lock()
+	defer w.py.mu.Unlock()
+	var pids []int
+	for ex := range w.py.mu.all {
+		pids = append(pids, ex.pid)
+	}
+	return pids
+}
+
+// TestStartPython: with StartPython a worker starts an executor once registered, before any
+// task, and its first Python task runs in it; without, Go tasks run and no Python starts.
+func TestStartPython(t *testing.T) {
+	py := pythonForTests(t)
+	fake, err := filepath.Abs("testdata/fake_executor.py")
+	require.NoError(t, err)
+
+	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.PythonArgs = []string{fake} })
+	sc.send(goTask("go", "bytes", 0, 3))
+	sc.expect(wire.OpTaskFinished)
+	require.Empty(t, executorPIDs(w), "a worker started Python for Go tasks alone")
+
+	w, sc, _, _ = startPyWorker(t, py, func(c *Config) { c.PythonArgs = []string{fake}; c.StartPython = true })
+	eventually(t, func() bool { return len(executorPIDs(w)) == 1 })
+	first := executorPIDs(w)
+	sc.send(pyTask("echo", "h-echo", []byte("echo"), []byte("hi")))
+	sc.expect(wire.OpTaskFinished)
+	require.Equal(t, first, executorPIDs(w), "the first Python task did not run in the executor started ahead")
+}
+
 // TestRealPythonExecutor runs shoal.executor from clients/python on Go-produced inputs
 // (msgpack and Arrow), when that package and cloudpickle are importable.
 func TestRealPythonExecutor(t *testing.T) {
