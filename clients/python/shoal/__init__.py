@@ -10,52 +10,95 @@ See docs/python.md.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ._control import WorkerPlugin
-from ._reports import get_task_stream, performance_report
-from ._shared import Event, Lock, Queue, Semaphore, Variable
-from ._worker import get_client, get_worker, rejoin, secede, worker_client
-from .client import AsyncClient, Client, default_client, fire_and_forget
-from .cluster import LocalCluster
-from .exceptions import (
-    AuthenticationError,
-    BusyError,
-    CancelledError,
-    CommClosedError,
-    ConnectError,
-    CycleError,
-    DuplicateWorkerError,
-    ExecutorDiedError,
-    FetchFailedError,
-    FrameTooLargeError,
-    FutureLostError,
-    GraphError,
-    HandshakeError,
-    InvalidTaskError,
-    KeyConflictError,
-    KilledWorker,
-    LimitExceededError,
-    MissingDependencyError,
-    ProtocolError,
-    RemoteError,
-    RemoteTraceback,
-    ShoalConnectionError,
-    ShoalError,
-    TaskPanicError,
-    TimeoutError,
-    UnknownFunctionError,
-)
-from .futures import (
-    ALL_COMPLETED,
-    FIRST_COMPLETED,
-    FIRST_EXCEPTION,
-    Future,
-    as_completed,
-    futures_of,
-    progress,
-    wait,
-)
+if TYPE_CHECKING:
+    from ._control import WorkerPlugin
+    from ._reports import get_task_stream, performance_report
+    from ._shared import Event, Lock, Queue, Semaphore, Variable
+    from ._worker import get_client, get_worker, rejoin, secede, worker_client
+    from .client import AsyncClient, Client, default_client, fire_and_forget
+    from .cluster import LocalCluster
+    from .exceptions import (
+        AuthenticationError,
+        BusyError,
+        CancelledError,
+        CommClosedError,
+        ConnectError,
+        CycleError,
+        DuplicateWorkerError,
+        ExecutorDiedError,
+        FetchFailedError,
+        FrameTooLargeError,
+        FutureLostError,
+        GraphError,
+        HandshakeError,
+        InvalidTaskError,
+        KeyConflictError,
+        KilledWorker,
+        LimitExceededError,
+        MissingDependencyError,
+        ProtocolError,
+        RemoteError,
+        RemoteTraceback,
+        ShoalConnectionError,
+        ShoalError,
+        TaskPanicError,
+        TimeoutError,
+        UnknownFunctionError,
+    )
+    from .futures import (
+        ALL_COMPLETED,
+        FIRST_COMPLETED,
+        FIRST_EXCEPTION,
+        Future,
+        as_completed,
+        futures_of,
+        progress,
+        wait,
+    )
+
+# The names above are imported when first used (PEP 562), not with the package: an executor
+# process (python -m shoal.executor) imports shoal but needs none of the client's modules, and
+# importing them all (the client, dask, urllib, jinja2 for reports) took its start from 0.08 to
+# 0.36 s and its idle memory from 22 to 40 MB, a wait the first task of every executor paid
+# (docs/performance.md, "An executor's start").
+_LAZY = {
+    "._control": ["WorkerPlugin"],
+    "._reports": ["get_task_stream", "performance_report"],
+    "._shared": ["Event", "Lock", "Queue", "Semaphore", "Variable"],
+    "._worker": ["get_client", "get_worker", "rejoin", "secede", "worker_client"],
+    ".client": ["AsyncClient", "Client", "default_client", "fire_and_forget"],
+    ".cluster": ["LocalCluster"],
+    ".exceptions": [
+        "AuthenticationError", "BusyError", "CancelledError", "CommClosedError", "ConnectError",
+        "CycleError", "DuplicateWorkerError", "ExecutorDiedError", "FetchFailedError",
+        "FrameTooLargeError", "FutureLostError", "GraphError", "HandshakeError", "InvalidTaskError",
+        "KeyConflictError", "KilledWorker", "LimitExceededError", "MissingDependencyError",
+        "ProtocolError", "RemoteError", "RemoteTraceback", "ShoalConnectionError", "ShoalError",
+        "TaskPanicError", "TimeoutError", "UnknownFunctionError",
+    ],
+    ".futures": ["ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION", "Future", "as_completed",
+                 "futures_of", "progress", "wait"],
+}
+_MODULE_OF = {name: mod for mod, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        value: Any = _version()
+    elif name in _MODULE_OF:
+        value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    globals()[name] = value  # the next look finds it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_MODULE_OF) | {"__version__"})
 
 
 def _version() -> str:
@@ -73,7 +116,6 @@ def _version() -> str:
         return "0+unknown"
 
 
-__version__ = _version()
 
 __all__ = [
     "Client", "AsyncClient", "LocalCluster", "Future", "as_completed", "wait", "progress", "WorkerPlugin",

@@ -294,6 +294,27 @@ def test_local_cluster_leaves_nothing_behind() -> None:
     assert not any(_in_group(p, pgid) for p in os.listdir("/proc") if p.isdigit())
 
 
+def test_workers_start_python_before_the_first_task() -> None:
+    """LocalCluster's workers start their executors as they join (start_python, the default),
+    before any task; with start_python=False none starts until a Python task asks for one. The
+    executor imports none of the client's modules (shoal's names are imported on first use)."""
+    with LocalCluster(n_workers=2, dashboard_port=None) as cluster:
+        deadline = time.monotonic() + 30
+        while len(executors_of(cluster.proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(executors_of(cluster.proc.pid)) == 2, "no executor started ahead of a task"
+        with Client(cluster) as client:
+            # (a function of this module would import it, and shoal's client with it)
+            mods = client.submit(eval, "sorted(__import__('sys').modules)", pure=False).result(timeout=30)
+        assert "shoal._wire" in mods and "shoal.client" not in mods and "dask" not in mods
+    with LocalCluster(n_workers=1, dashboard_port=None, start_python=False) as cluster:
+        time.sleep(0.5)  # (started ahead, one is up in ~0.1 s)
+        assert executors_of(cluster.proc.pid) == []
+        with Client(cluster) as client:
+            assert client.submit(inc, 1, pure=False).result(timeout=30) == 2
+        assert len(executors_of(cluster.proc.pid)) == 1
+
+
 def test_close_stops_running_tasks() -> None:
     """Closing a local cluster does not wait for the tasks its workers run: the scheduler stops
     right after them, so no one would get the results. (Each worker gave its running tasks its
