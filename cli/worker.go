@@ -28,7 +28,7 @@ type workerFlags struct {
 	mem                                                        memFractions
 }
 
-const startPythonHelp = "start one Python executor as soon as the worker has registered, so that the first Python task does not wait for Python to start (0.2-0.5 s); off, executors start at the first Python task and a worker that runs only Go tasks starts none"
+const startPythonHelp = "start one Python executor as soon as the worker has registered, so that the first Python task does not wait for Python to start; off, executors start at the first Python task and a worker that runs only Go tasks starts none"
 
 // memFractions are the worker's memory thresholds, fractions of --memory-limit (dask's
 // distributed.worker.memory.target/spill/pause/terminate).

@@ -68,7 +68,7 @@ type Config struct {
 	// NProcsPython bounds the number of Python executor processes (started lazily).
 	NProcsPython int
 	// StartPython starts one Python executor as soon as the worker has registered, rather
-	// than at its first Python task, which then does not wait the 0.2–0.5 s of Python's
+	// than at its first Python task, which then does not wait for Python's
 	// start-up and imports (a dask worker is a Python process already). Off, a worker that
 	// only ever runs Go tasks starts no Python at all.
 	StartPython bool

@@ -184,7 +184,7 @@ func (p *executorPool) acquire(ctx context.Context, prefer func(*executor) bool)
 }
 
 // warm starts an executor in the background when none is running: a worker's first Python
-// task that waits for inputs from peers then has its executor (0.3–0.5 s of Python start-up
+// task that waits for inputs from peers then has its executor (~0.1 s of Python start-up
 // and imports) ready when they arrive, rather than starting it after them, and a fetch can
 // copy those inputs into it as they come (prefill.go). It starts only what the task's run
 // would have started.

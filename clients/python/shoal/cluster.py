@@ -149,7 +149,7 @@ class LocalCluster:
     ``None`` disables the dashboard. A random token protects the cluster unless ``token`` is
     given (``token=""`` disables authentication). ``start_python`` (on by default) has each
     worker start its Python executor as soon as it joins, as a dask worker is a Python process
-    already: the first task then does not wait 0.2–0.5 s for Python to start. Off, executors
+    already: the first task then does not wait for Python to start. Off, executors
     start at each worker's first Python task, and a cluster running only Go tasks starts none.
     """
 
