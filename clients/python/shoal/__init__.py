@@ -92,7 +92,14 @@ def __getattr__(name: str) -> Any:
     elif name in _MODULE_OF:
         value = getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
     else:
-        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+        # a submodule (shoal.cluster after only `import shoal`), as when the package
+        # imported them all
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module 'shoal' has no attribute {name!r}") from None
     globals()[name] = value  # the next look finds it without this function
     return value
 

@@ -360,3 +360,30 @@ def test_doc_rows_are_well_formed() -> None:
     for entry in entries:
         m = ENTRY.match(entry)
         assert m is not None and (m.group("name") or m.group("option")), entry
+
+
+def test_the_package_imports_its_names_on_first_use() -> None:
+    """``import shoal`` imports none of the client's modules (an executor imports the package
+    and needs none of them); each name of ``__all__`` and each submodule is there on first
+    use, and a name that is neither is an AttributeError."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, shoal
+loaded = sorted(m for m in sys.modules if m.startswith(("shoal", "dask")))
+assert "shoal.client" not in loaded and "dask" not in loaded, loaded
+assert shoal.cluster.children_of and shoal.exceptions.ShoalError  # submodules, as before
+for name in shoal.__all__:
+    getattr(shoal, name)
+assert set(shoal.__all__) <= set(dir(shoal))
+try:
+    shoal.no_such_name
+except AttributeError as exc:
+    assert "no_such_name" in str(exc)
+else:
+    raise AssertionError("no AttributeError")
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
