@@ -97,7 +97,7 @@ func (w *Worker) serve(ctx context.Context, conn *wire.Conn, reg *wire.Msg, sche
 	silent := make(chan time.Duration, 1)
 	w.goFunc(func() { w.watchScheduler(runCtx, silent) })
 	if w.cfg.StartPython {
-		w.py.warm(w.ctx) // (none when one runs already: a session after the first)
+		w.py.warm(w.ctx, true) // (none when one runs already: a session after the first)
 	}
 
 	select {

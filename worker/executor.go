@@ -187,8 +187,9 @@ func (p *executorPool) acquire(ctx context.Context, prefer func(*executor) bool)
 // task that waits for inputs from peers then has its executor (~0.1 s of Python start-up
 // and imports) ready when they arrive, rather than starting it after them, and a fetch can
 // copy those inputs into it as they come (prefill.go). It starts only what the task's run
-// would have started.
-func (p *executorPool) warm(ctx context.Context) {
+// would have started. asked: the worker was told to start Python (Config.StartPython), so a
+// failure is a warning rather than a note (a task's run would report it too).
+func (p *executorPool) warm(ctx context.Context, asked bool) {
 	if p.live() > 0 || !p.warming.CompareAndSwap(false, true) {
 		return
 	}
@@ -199,7 +200,11 @@ func (p *executorPool) warm(ctx context.Context) {
 		}
 		ex, err := p.acquire(ctx, nil)
 		if err != nil {
-			p.w.log.Debug("could not start a Python executor ahead of a task", "err", err)
+			log := p.w.log.Debug
+			if asked && ctx.Err() == nil {
+				log = p.w.log.Warn
+			}
+			log("could not start a Python executor ahead of a task", "err", err)
 			return // the task's run starts one, or reports why it cannot
 		}
 		p.release(ex)

@@ -2,9 +2,12 @@ package worker
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/shoal-dev/shoal/graph"
@@ -106,6 +109,35 @@ func TestStartPython(t *testing.T) {
 	sc.send(pyTask("echo", "h-echo", []byte("echo"), []byte("hi")))
 	sc.expect(wire.OpTaskFinished)
 	require.Equal(t, first, executorPIDs(w), "the first Python task did not run in the executor started ahead")
+
+	// asked to start a Python that cannot start: a warning says so, and the worker serves on
+	logs := &lockedLog{}
+	_, sc, _, _ = startPyWorker(t, filepath.Join(t.TempDir(), "no-such-python"), func(c *Config) {
+		c.StartPython = true
+		c.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	eventually(t, func() bool { return strings.Contains(logs.String(), "could not start a Python executor ahead") })
+	require.Contains(t, logs.String(), "level=WARN")
+	sc.send(goTask("go", "bytes", 0, 3))
+	sc.expect(wire.OpTaskFinished)
+}
+
+// lockedLog is a log destination that goroutines may write while a test reads it.
+type lockedLog struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *lockedLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lockedLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 // TestRealPythonExecutor runs shoal.executor from clients/python on Go-produced inputs

@@ -197,7 +197,7 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 	}
 	w.pumpFetchesLocked()
 	if ts.t.Kind == graph.KindPy {
-		w.py.warm(w.ctx) // its executor starts while its inputs arrive
+		w.py.warm(w.ctx, false) // its executor starts while its inputs arrive
 	}
 }
 
