@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -50,11 +49,8 @@ func batchLimits(t *testing.T, n int) {
 // startBatchWorker starts a one-thread worker on the fake executor and teaches it that group
 // "g" is short (every run counts as short: the test must not depend on the machine's speed).
 func startBatchWorker(t *testing.T) (*Worker, *schedConn) {
-	py := pythonForTests(t)
-	fake, err := filepath.Abs("testdata/fake_executor.py")
-	require.NoError(t, err)
 	batchLimits(t, 4)
-	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.NThreads = 1; c.PythonArgs = []string{fake} })
+	w, sc, _, _ := startFakePyWorker(t, func(c *Config) { c.NThreads = 1 })
 	sc.send(groupTask("warm-1", "h-echo", []byte("echo"), "w"))
 	sc.expect(wire.OpTaskFinished)
 	sc.send(groupTask("warm-2", "h-echo", nil, "w"))

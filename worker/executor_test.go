@@ -21,10 +21,7 @@ func pyTask(key, hash string, funcData, payload []byte, deps ...string) *wire.Ms
 }
 
 func TestPythonExecutor(t *testing.T) {
-	py := pythonForTests(t)
-	fake, err := filepath.Abs("testdata/fake_executor.py")
-	require.NoError(t, err)
-	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.PythonArgs = []string{fake} })
+	w, sc, _, _ := startFakePyWorker(t, nil)
 
 	sc.send(goTask("dep", "bytes", 0, 3))
 	sc.expect(wire.OpTaskFinished)
@@ -94,16 +91,12 @@ func executorPIDs(w *Worker) []int {
 // TestStartPython: with StartPython a worker starts an executor once registered, before any
 // task, and its first Python task runs in it; without, Go tasks run and no Python starts.
 func TestStartPython(t *testing.T) {
-	py := pythonForTests(t)
-	fake, err := filepath.Abs("testdata/fake_executor.py")
-	require.NoError(t, err)
-
-	w, sc, _, _ := startPyWorker(t, py, func(c *Config) { c.PythonArgs = []string{fake} })
+	w, sc, _, _ := startFakePyWorker(t, nil)
 	sc.send(goTask("go", "bytes", 0, 3))
 	sc.expect(wire.OpTaskFinished)
 	require.Empty(t, executorPIDs(w), "a worker started Python for Go tasks alone")
 
-	w, sc, _, _ = startPyWorker(t, py, func(c *Config) { c.PythonArgs = []string{fake}; c.StartPython = true })
+	w, sc, _, _ = startFakePyWorker(t, func(c *Config) { c.StartPython = true })
 	eventually(t, func() bool { return len(executorPIDs(w)) == 1 })
 	first := executorPIDs(w)
 	sc.send(pyTask("echo", "h-echo", []byte("echo"), []byte("hi")))

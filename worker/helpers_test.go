@@ -335,6 +335,19 @@ func silentPeer(t testing.TB) (addr string, asked <-chan struct{}) {
 	return ln.Addr().String(), ch
 }
 
+// startFakePyWorker starts a worker whose executors run testdata/fake_executor.py (a stand-in
+// speaking the executor protocol), joined to a fresh fake scheduler; edit as startPyWorker's.
+func startFakePyWorker(t testing.TB, edit func(*Config)) (*Worker, *schedConn, context.CancelFunc, chan error) {
+	fake, err := filepath.Abs("testdata/fake_executor.py")
+	require.NoError(t, err)
+	return startPyWorker(t, pythonForTests(t), func(c *Config) {
+		c.PythonArgs = []string{fake}
+		if edit != nil {
+			edit(c)
+		}
+	})
+}
+
 // startPyWorker starts a worker whose Python executors run py, joined to a fresh fake
 // scheduler; edit, when given, changes the worker's configuration first.
 func startPyWorker(t testing.TB, py string, edit func(*Config)) (*Worker, *schedConn, context.CancelFunc, chan error) {
