@@ -217,6 +217,34 @@ func TestJournalRecoveryWaitsForKnownWorkers(t *testing.T) {
 	})
 }
 
+// A task that ran on through the restart and finished while its worker was held for the
+// others counts as a result the worker holds: not dropped (a run again, a value the worker
+// keeps that the scheduler never frees).
+func TestJournalRecoveryKeepsResultsFinishedWhileHeld(t *testing.T) {
+	dir := t.TempDir()
+	s, stop := journalServer(t, dir)
+	c, _ := dialClient(t, s)
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpUpdateGraph, ID: 1, Wanted: []string{"k", "j"},
+		Tasks: []graph.Task{{Key: "k", Kind: graph.KindGo, Func: "inc"}, {Key: "j", Kind: graph.KindGo, Func: "inc"}}}))
+	require.NoError(t, c.Send(&wire.Msg{Op: wire.OpInfo, ID: 2}))
+	recvOp(t, c, wire.OpInfoReply)
+	query(t, s, func(t require.TestingT) { s.journalWorker("w1", true) })
+	stop()
+	s, stop = journalServer(t, dir)
+	defer stop()
+	query(t, s, func(t require.TestingT) {
+		require.True(t, s.recov.hold(EvWorkerJoined{Worker: 7, Name: "w1", Addr: "127.0.0.1:1", NThreads: 1,
+			Functions: []string{"inc"}}))
+		w := &workerConn{id: 7}
+		s.onTaskFinished(w, &wire.TaskFinished{Key: "k", Encoding: wire.EncMsgpack, NBytes: 3})
+		s.onTaskFinished(w, &wire.TaskFinished{Key: "j", Encoding: wire.EncMsgpack, NBytes: 3, Keys: []string{"f"}})
+		s.recoveryTick(s.cfg.Clock())
+		require.Nil(t, s.recov)
+		require.Equal(t, Memory, s.core.State("k"), "the result that finished while its worker was held was dropped")
+		require.NotEqual(t, Memory, s.core.State("j"), "a result holding futures joined without them")
+	})
+}
+
 // A client's graphs that the scheduler never read before it died (sent, still in flight) are
 // not reported lost when the client resumes: resumed says which update_graph id the scheduler
 // has last (n) and which held keys it does not know, and the client sends those graphs again.

@@ -1010,6 +1010,14 @@ func (s *Server) onWorker(in inbound) {
 func (s *Server) onTaskFinished(w *workerConn, f *wire.TaskFinished) {
 	s.stats.finished++
 	s.obs.taskDone(w, f.Key, f.Thread, f.Start, f.Stop, f.NBytes, false)
+	// a task that ran on through a restart, finished while its worker waits for the others
+	// to come back (not yet in the core, which would drop the report): a result the worker
+	// holds, as those it registered with. (One whose result holds futures is left to run
+	// again: a join's holds carry no such references.)
+	if s.recov != nil && len(f.Keys) == 0 &&
+		s.recov.addHolds(w.id, []wire.Item{{Key: f.Key, Encoding: f.Encoding, NBytes: f.NBytes}}) {
+		return
+	}
 	// by pointer to one reused value: an EvTaskFinished in the Event interface was an
 	// allocation per task (the core keeps nothing of the event)
 	s.finished = EvTaskFinished{Worker: w.id, Key: f.Key, TaskID: f.TaskID, NBytes: f.NBytes, Encoding: f.Encoding,
