@@ -100,15 +100,24 @@ func newFakeCluster(t *testing.T, seed uint64) *fakeCluster {
 	n := 1 + r.IntN(60)
 	for i := range n {
 		task := graph.Task{Key: fmt.Sprintf("t%d-%x", i%5, i), Kind: graph.KindGo, Func: "h", Retries: r.IntN(3)}
+		// half the tasks name their inputs in Deps (repeating some), with a payload, as dask's
+		// do, half in Args
+		byDeps := r.IntN(2) == 0
+		if byDeps {
+			task.Kind, task.Payload = graph.KindPy, []byte(strconv.Itoa(r.IntN(3)))
+		}
 		for range r.IntN(4) {
 			if i > 0 {
 				d := fc.tasks[r.IntN(i)].Key
-				if !slices.ContainsFunc(task.Args, func(a graph.Arg) bool { return a.Ref == d }) {
+				switch {
+				case byDeps:
+					task.Deps = append(task.Deps, d) // repeats too
+				case !slices.ContainsFunc(task.Args, func(a graph.Arg) bool { return a.Ref == d }):
 					task.Args = append(task.Args, graph.Ref(d))
 				}
 			}
 		}
-		if r.IntN(4) == 0 {
+		if !byDeps && r.IntN(4) == 0 {
 			task.Args = append(task.Args, graph.Lit(int64(i)))
 		}
 		fc.tasks = append(fc.tasks, task)
@@ -128,10 +137,32 @@ func newFakeCluster(t *testing.T, seed uint64) *fakeCluster {
 	return fc
 }
 
-// value is what a task computes: a hash of its key and its inputs' values.
+// checkWaiting: after every event, a waiting task waits for exactly its dependencies not in
+// memory, counted as often as its definition names them (a count too many is a task that
+// never runs; too few, one that runs without its inputs).
+func (fc *fakeCluster) checkWaiting(ev Event) {
+	for i := range fc.tasks {
+		id, ok := fc.c.lookup(fc.tasks[i].Key)
+		if !ok || fc.c.tasks.at(id).state != Waiting {
+			continue
+		}
+		t, n := fc.c.tasks.at(id), int32(0)
+		for _, d := range t.deps {
+			if fc.c.tasks.at(d).state != Memory {
+				n++
+			}
+		}
+		if t.waitingOn != n {
+			fc.t.Fatalf("seed %d: after %T, %s waits for %d inputs, but %d are not in memory", fc.seed, ev, t.key, t.waitingOn, n)
+		}
+	}
+}
+
+// value is what a task computes: a hash of its key, its payload and its inputs' values.
 func value(task *graph.Task, vals map[string]uint64) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(task.Key))
+	h.Write(task.Payload)
 	for _, d := range graph.Deps(task) {
 		h.Write([]byte(strconv.FormatUint(vals[d], 16)))
 	}
@@ -144,6 +175,7 @@ func (fc *fakeCluster) handle(ev Event) {
 	}
 	fc.acts = fc.c.Handle(ev, fc.acts[:0])
 	fc.checkDispatch(ev)
+	fc.checkWaiting(ev)
 	for _, a := range fc.acts {
 		if fc.trace != nil {
 			fc.trace("out", a)

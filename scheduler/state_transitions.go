@@ -308,15 +308,27 @@ func (c *Core) enterErredAs(id int32, err *wire.Error, state string) {
 }
 
 // dependentsLost puts dependents that counted on id's data back to waiting for it.
+//
+// A task may name id more than once (a definition's Deps may repeat a key), so it is in
+// id's dependents as often, and waits for each: a waiting one counts each again, and one
+// that goes back to waiting counts them all at once (enterWaiting), which is why those move
+// only after the waiting ones have been counted (one pass counting both was a count too many,
+// and a task that never ran).
 func (c *Core) dependentsLost(id int32) {
-	for _, ref := range c.tasks.at(id).dependents {
+	refs := c.tasks.at(id).dependents
+	for _, ref := range refs {
+		if d, ok := c.dependent(ref); ok {
+			if dt := c.tasks.at(d); dt.state == Waiting {
+				dt.waitingOn++
+			}
+		}
+	}
+	for _, ref := range refs {
 		d, ok := c.dependent(ref)
 		if !ok {
 			continue
 		}
-		switch dt := c.tasks.at(d); dt.state {
-		case Waiting:
-			dt.waitingOn++
+		switch c.tasks.at(d).state {
 		case Queued:
 			c.queuedToWaiting(d)
 		case NoWorker:
