@@ -29,7 +29,7 @@ import argparse
 import operator
 import os
 import time
-from typing import Any, Hashable
+from typing import Any, Hashable, NamedTuple
 
 from shoal.cluster import children_of
 
@@ -59,24 +59,37 @@ def build(leaves: int) -> tuple[dict[Hashable, Any], Hashable]:
     return dsk, layer[0]
 
 
-def cpu_times() -> dict[int, tuple[str, float]]:
-    """The CPU seconds (user + system) so far of this process and of each live descendant, with
-    its command line, from /proc: read once before the graph and once after it, so that no
-    sampling thread competes with the client for its interpreter while it converts the graph
-    (a sampler every 0.2 s was 8 % of the client's profile)."""
+class Usage(NamedTuple):
+    """One process's counters from /proc: its command line, CPU seconds in user space and in the
+    kernel, minor page faults (first touches of memory, mostly) and peak resident set."""
+
+    cmd: str
+    user: float
+    system: float
+    faults: int
+    peak_rss: int  # bytes
+
+
+def cpu_times() -> dict[int, Usage]:
+    """The usage so far of this process and of each live descendant, from /proc: read once
+    before the graph and once after it, so that no sampling thread competes with the client for
+    its interpreter while it converts the graph (a sampler every 0.2 s was 8 % of the client's
+    profile)."""
     hz = os.sysconf("SC_CLK_TCK")
     me = os.getpid()
-    out: dict[int, tuple[str, float]] = {}
+    out: dict[int, Usage] = {}
     for pid in [me, *children_of(me)]:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 st = f.read()
             with open(f"/proc/{pid}/cmdline") as f:
                 cmd = f.read().replace("\0", " ").strip()
+            with open(f"/proc/{pid}/status") as f:
+                hwm = next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:")), 0)
         except OSError:
             continue
-        fields = st[st.rindex(")") + 2:].split()
-        out[pid] = (cmd, (int(fields[11]) + int(fields[12])) / hz)
+        fields = st[st.rindex(")") + 2:].split()  # fields from the third on: state, ppid, ...
+        out[pid] = Usage(cmd, int(fields[11]) / hz, int(fields[12]) / hz, int(fields[7]), hwm)
     return out
 
 
@@ -193,13 +206,19 @@ def main() -> None:
     report_cpu(before, after, took)
 
 
-def report_cpu(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], took: float) -> None:
-    """Print each process's CPU seconds between the two readings of cpu_times, and their sum."""
+def report_cpu(before: dict[int, Usage], after: dict[int, Usage], took: float) -> None:
+    """Print each process's CPU seconds (of them in the kernel), minor page faults and peak
+    resident set between the two readings of cpu_times, and the sums."""
     total = 0.0
-    spent = [(cmd, cpu - before.get(pid, (cmd, 0.0))[1]) for pid, (cmd, cpu) in after.items()]
-    for cmd, cpu in sorted(spent, key=lambda x: -x[1]):
+    zero = Usage("", 0.0, 0.0, 0, 0)
+    spent = []
+    for pid, u in after.items():
+        b = before.get(pid, zero)
+        spent.append((u.user - b.user + u.system - b.system, u.system - b.system, u.faults - b.faults, u))
+    for cpu, system, faults, u in sorted(spent, key=lambda x: -x[0]):
         if cpu >= 0.05:
-            print(f"  {cpu:7.2f} s CPU  {cmd[:90]}")
+            print(f"  {cpu:7.2f} s CPU ({system:5.2f} s kernel, {faults:7,} faults, peak RSS"
+                  f" {u.peak_rss / 2**20:6,.0f} MiB)  {u.cmd[:70]}")
         total += cpu
     print(f"  {total:7.2f} s CPU in all ({total / took:.2f} cores busy on average, wall {took:.2f} s)")
 
