@@ -115,18 +115,23 @@ const (
 	flagScattered uint8 = 1 << iota // put by a client: no definition, cannot be recomputed
 	flagResQueue                    // queued for resources (in Core.rqueue, not Core.queue)
 	flagReady                       // in Core.ready (dedup)
-	flagPlain                       // def is a shared template: only Kind and Func are set
+	flagPlain                       // def is a shared template: only Kind and Func are set (plain)
 	flagSeceded                     // processing, but seceded from its worker's thread (long-running)
+	flagGroup                       // a plain task whose definition named its group (its group's name)
 )
 
 // task is the compact per-task record; Core.tasks is indexed by task id.
 type task struct {
 	key string
-	// def is the definition. A plain task (nothing but a key, a kind and a function, as most
-	// tasks of large graphs) shares a template holding only Kind and Func (flagPlain), so it
-	// does not keep a whole graph.Task alive; its compute carries the template and the key. Scattered
-	// data has the empty template.
+	// def is the definition. A plain task (a key, a kind, a function, a payload, dependencies
+	// and a group, as most tasks of large graphs and every dask task are) shares a template
+	// holding only Kind and Func (flagPlain), keeps its payload below, its dependencies as deps
+	// and its group as group (flagGroup: named by the definition), so that the batch it came
+	// in (a graph.Task of 176 bytes and a string per dependency) is not kept alive; its compute
+	// carries the template, the key, the payload, the group and the dependencies' keys.
+	// Scattered data has the empty template.
 	def        *graph.Task
+	payload    []byte     // a plain task's payload (def.Payload otherwise)
 	deps       []int32    // dependency ids (immutable)
 	dependents []uint64   // gen<<32 | id; entries of forgotten tasks are stale (gen differs)
 	whoHas     []WorkerID // copy-on-write: never modified in place, so actions may share it
@@ -406,10 +411,11 @@ type template struct {
 	fn   string
 }
 
-// plain reports whether def has nothing but a key, a kind and a function.
+// plain reports whether def has nothing but a key, a kind, a function, a payload, a group and
+// dependencies named in Deps: what a task's slot, deps and group hold without def.
 func plain(def *graph.Task) bool {
-	return len(def.Args) == 0 && len(def.Payload) == 0 && len(def.Deps) == 0 && def.Priority == 0 &&
-		def.Retries == 0 && len(def.Resources) == 0 && len(def.Workers) == 0 && def.Group == ""
+	return len(def.Args) == 0 && def.Priority == 0 && def.Retries == 0 && len(def.Resources) == 0 &&
+		len(def.Workers) == 0
 }
 
 // templateOf returns the shared definition of plain tasks of def's kind and function.
@@ -433,11 +439,30 @@ func (c *Core) fullDef(id int32) *graph.Task {
 	if t.flags&flagPlain == 0 {
 		return t.def
 	}
-	return &graph.Task{Key: t.key, Kind: t.def.Kind, Func: t.def.Func}
+	return &graph.Task{Key: t.key, Kind: t.def.Kind, Func: t.def.Func, Payload: t.payload, Deps: c.depKeys(nil, id),
+		Group: c.namedGroup(id)}
 }
 
-// newTask interns key with definition def (a template when isPlain), in state released.
-func (c *Core) newTask(key string, def *graph.Task, isPlain bool, group int32) int32 {
+// namedGroup is the group a plain task's definition named, or "" (its key names it).
+func (c *Core) namedGroup(id int32) string {
+	if t := c.tasks.at(id); t.flags&flagGroup != 0 {
+		return c.groups[t.group].name
+	}
+	return ""
+}
+
+// depKeys appends the keys of id's dependencies, in the order of its definition, to out (nil
+// for none).
+func (c *Core) depKeys(out []string, id int32) []string {
+	for _, d := range c.tasks.at(id).deps {
+		out = append(out, c.tasks.at(d).key)
+	}
+	return out
+}
+
+// newTask interns key with definition def (a template when isPlain, with the task's payload
+// and whether its definition named its group), in state released.
+func (c *Core) newTask(key string, def *graph.Task, payload []byte, isPlain, named bool, group int32) int32 {
 	var id int32
 	if n := len(c.free); n > 0 {
 		id = c.free[n-1]
@@ -454,6 +479,10 @@ func (c *Core) newTask(key string, def *graph.Task, isPlain bool, group int32) i
 	t.key, t.def, t.group, t.worker, t.want, t.pos = key, def, group, -1, -1, -1
 	if isPlain {
 		t.flags |= flagPlain
+		t.payload = payload
+		if named {
+			t.flags |= flagGroup
+		}
 	}
 	t.retries = uint16(min(def.Retries, math.MaxUint16))
 	c.indexAdd(key, id)

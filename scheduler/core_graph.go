@@ -117,13 +117,13 @@ func (c *Core) addTasks(tasks []graph.Task, ids []int32, b *graph.Batch) []int32
 		}
 		switch {
 		case plain(def):
-			ids[i] = c.newTask(def.Key, c.templateOf(def.Kind, def.Func), true, group)
+			ids[i] = c.newTask(def.Key, c.templateOf(def.Kind, def.Func), def.Payload, true, def.Group != "", group)
 		case share:
-			ids[i] = c.newTask(def.Key, def, false, group)
+			ids[i] = c.newTask(def.Key, def, nil, false, false, group)
 		default:
 			cp := new(graph.Task)
 			*cp = *def
-			ids[i] = c.newTask(def.Key, cp, false, group)
+			ids[i] = c.newTask(def.Key, cp, nil, false, false, group)
 		}
 		fresh = append(fresh, ids[i])
 		freshAt = append(freshAt, int32(i))
@@ -301,7 +301,7 @@ func (c *Core) scattered(e *EvScattered) {
 	for _, it := range e.Items {
 		id, ok := c.lookup(it.Key)
 		if !ok {
-			id = c.newTask(it.Key, c.templateOf("", ""), true, c.groupFor(graph.KeySplit(it.Key)))
+			id = c.newTask(it.Key, c.templateOf("", ""), nil, true, false, c.groupFor(graph.KeySplit(it.Key)))
 			c.tasks.at(id).flags |= flagScattered
 		}
 		c.addWant(id, e.Client)

@@ -1,6 +1,7 @@
 package scheduler
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/shoal-dev/shoal/graph"
@@ -39,3 +40,82 @@ func TestBatchLinksDependenciesInAndOutOfIt(t *testing.T) {
 	cl.drain()
 	require.Equal(t, Memory, c.State("d"))
 }
+
+// A plain task (a payload, dependencies and a group, as dask's tasks have) keeps none of the
+// batch it came in: its slot holds the payload, its deps the dependencies and its group the
+// group. What leaves the core must be the definition it was given all the same: the compute,
+// the comparison with a resubmitted definition, and the journal's snapshot.
+func TestPlainTasksKeepTheirWholeDefinition(t *testing.T) {
+	c := NewCore(DefaultCoreConfig())
+	// the computes, read as a worker reads them (sendCompute: the template, then the rest)
+	// before the core reuses their memory; each finishes at once
+	got := map[string]graph.Task{}
+	var acts []Action
+	var handle func(ev Event) (rejected bool)
+	handle = func(ev Event) bool {
+		acts = c.Handle(ev, acts[:0])
+		var done []EvTaskFinished
+		for _, a := range acts {
+			if ac, ok := a.(*ActCompute); ok {
+				require.Empty(t, ac.Task.Key)
+				def := *ac.Task
+				def.Key, def.Payload, def.Group = ac.Key, ac.Payload, ac.Group
+				for _, d := range ac.Deps {
+					def.Deps = append(def.Deps, d.Key)
+				}
+				got[ac.Key] = def
+				done = append(done, EvTaskFinished{Worker: ac.Worker, Key: ac.Key, TaskID: ac.TaskID, NBytes: 8,
+					Encoding: "msgpack", Stop: 1000})
+			}
+		}
+		rejected := slices.ContainsFunc(acts, func(a Action) bool { _, ok := a.(ActGraphRejected); return ok })
+		c.RecycleActions()
+		if c.DispatchPending() {
+			handle(EvDispatch{})
+		}
+		for _, ev := range done {
+			handle(ev)
+		}
+		return rejected
+	}
+	handle(EvWorkerJoined{Worker: 0, Name: "w0", NThreads: 1, Functions: []string{"f"}})
+	named := depTask("b", "a", "a") // a repeated dependency, kept as given
+	named.Group, named.Payload = "my-group", []byte("pickled b")
+	defs := []graph.Task{depTask("a"), named}
+	handle(EvUpdateGraph{Client: 1, ID: 1, Tasks: slices.Clone(defs), Wanted: []string{"b"}})
+	for _, d := range defs {
+		id, ok := c.lookup(d.Key)
+		require.True(t, ok)
+		require.NotZero(t, c.tasks.at(id).flags&flagPlain, "%s: plain", d.Key)
+		require.Empty(t, c.tasks.at(id).def.Key, "%s: the shared template, not the batch's graph.Task", d.Key)
+	}
+	for _, d := range defs {
+		require.True(t, graph.Same(&d, ptr(got[d.Key])), "%s: compute %+v, want %+v", d.Key, got[d.Key], d)
+	}
+	require.Equal(t, Memory, c.State("b"))
+
+	// the journal's snapshot gives the definitions back
+	var snap []graph.Task
+	c.Snapshot(func(def *graph.Task) { snap = append(snap, *def) }, func(ClientID, string) {})
+	require.Len(t, snap, 2)
+	for i := range defs {
+		require.True(t, graph.Same(&defs[i], &snap[i]), "snapshot %+v, want %+v", snap[i], defs[i])
+	}
+
+	// a resubmission is compared with the whole definition
+	rejected := func(d graph.Task) bool {
+		return handle(EvUpdateGraph{Client: 1, ID: 2, Tasks: []graph.Task{depTask("a"), d}, Wanted: []string{"b"}})
+	}
+	require.False(t, rejected(named), "the same definition again")
+	other := named
+	other.Payload = []byte("pickled c")
+	require.True(t, rejected(other), "another payload")
+	other = named
+	other.Group = ""
+	require.True(t, rejected(other), "no group named")
+	other = named
+	other.Deps = []string{"a"}
+	require.True(t, rejected(other), "the dependency once")
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -203,12 +203,15 @@ type EvLongRunning struct {
 type ActCompute struct {
 	Worker WorkerID
 	Key    string
-	// Task is the definition; a plain task's (nothing but a kind and a function) is shared
-	// with every task of that kind and function, and its Key is empty: send it with Key.
-	Task   *graph.Task
-	TaskID uint64 // the task's handle: workers echo it in task_finished / task_erred
-	Deps   []DepLoc
-	Order  int64 // lower runs first
+	// Task is the definition; a plain task's (a kind, a function, a payload, a group and
+	// dependencies) is shared with every task of that kind and function, and its Key is
+	// empty: send it with Key, Payload, Group and the keys of Deps as its dependencies.
+	Task    *graph.Task
+	Payload []byte // a plain task's payload
+	Group   string // a plain task's group, when its definition named one
+	TaskID  uint64 // the task's handle: workers echo it in task_finished / task_erred
+	Deps    []DepLoc
+	Order   int64 // lower runs first
 	// Keep: the task has dependents, so its result is likely used where it is made: a Python
 	// executor may keep it in its memory rather than write it out (worker/resident.go). A
 	// result nothing depends on yet (a client's future, a persisted chunk) is written out,

@@ -101,10 +101,14 @@ func newFakeCluster(t *testing.T, seed uint64) *fakeCluster {
 	for i := range n {
 		task := graph.Task{Key: fmt.Sprintf("t%d-%x", i%5, i), Kind: graph.KindGo, Func: "h", Retries: r.IntN(3)}
 		// half the tasks name their inputs in Deps (repeating some), with a payload, as dask's
-		// do, half in Args
+		// do (plain ones when they have no retries: the core keeps no graph.Task of theirs),
+		// half in Args
 		byDeps := r.IntN(2) == 0
 		if byDeps {
 			task.Kind, task.Payload = graph.KindPy, []byte(strconv.Itoa(r.IntN(3)))
+			if r.IntN(2) == 0 {
+				task.Group = "g" + strconv.Itoa(r.IntN(3))
+			}
 		}
 		for range r.IntN(4) {
 			if i > 0 {
@@ -158,11 +162,13 @@ func (fc *fakeCluster) checkWaiting(ev Event) {
 	}
 }
 
-// value is what a task computes: a hash of its key, its payload and its inputs' values.
+// value is what a task computes: a hash of its key, its payload, its group and its inputs'
+// values.
 func value(task *graph.Task, vals map[string]uint64) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(task.Key))
 	h.Write(task.Payload)
+	h.Write([]byte(task.Group))
 	for _, d := range graph.Deps(task) {
 		h.Write([]byte(strconv.FormatUint(vals[d], 16)))
 	}
@@ -340,8 +346,13 @@ func (fc *fakeCluster) runTask(w *fakeWorker) {
 	}
 	i := fc.r.IntN(len(w.queue))
 	ac := w.queue[i]
-	def := *ac.Task // a plain task's shared template has no key: ac.Key is the task's
-	def.Key = ac.Key
+	def := *ac.Task
+	if def.Key == "" { // a plain task's shared template: the compute carries the rest, as on the wire
+		def.Key, def.Payload, def.Group = ac.Key, ac.Payload, ac.Group
+		for _, d := range ac.Deps {
+			def.Deps = append(def.Deps, d.Key)
+		}
+	}
 	task := &def
 	w.queue = slices.Delete(w.queue, i, i+1)
 	vals := map[string]uint64{}

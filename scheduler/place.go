@@ -462,8 +462,8 @@ func (c *Core) sendCompute(id int32, w WorkerID) {
 		}
 	}
 	// a plain task goes out with its shared template (no graph.Task allocated per compute)
-	c.emitCompute(ActCompute{Worker: w, Key: t.key, Task: t.def, TaskID: c.handle(id), Deps: deps, Order: t.rank,
-		Keep: len(t.dependents) > 0})
+	c.emitCompute(ActCompute{Worker: w, Key: t.key, Task: t.def, Payload: t.payload, Group: c.namedGroup(id),
+		TaskID: c.handle(id), Deps: deps, Order: t.rank, Keep: len(t.dependents) > 0})
 }
 
 // unassign removes a processing task from its worker.

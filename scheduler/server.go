@@ -109,8 +109,10 @@ type Server struct {
 	log  *slog.Logger
 	ln   net.Listener
 	core *Core
-	// named is the definition a plain task's compute is encoded from (driver goroutine only)
-	named graph.Task
+	// named is the definition a plain task's compute is encoded from, namedDeps the array of
+	// its dependencies' keys (driver goroutine only)
+	named     graph.Task
+	namedDeps []string
 
 	in       chan inbound
 	ahead    *readAhead // worker messages decoded and not yet handled
@@ -1531,8 +1533,13 @@ func (s *Server) sendCompute(a *ActCompute) {
 	if def.Key != a.Key {
 		// a shared template: encoded from a copy with the key, reused for every compute
 		// (the message is encoded before Queue returns)
-		s.named = *def
-		s.named.Key = a.Key
+		clear(s.namedDeps) // the last call's keys
+		keys := s.namedDeps[:0]
+		for _, d := range a.Deps {
+			keys = append(keys, d.Key)
+		}
+		s.named, s.namedDeps = *def, keys
+		s.named.Key, s.named.Payload, s.named.Group, s.named.Deps = a.Key, a.Payload, a.Group, keys
 		def = &s.named
 	}
 	m := &wire.Msg{Op: wire.OpCompute, Task: def, TaskID: a.TaskID, Order: a.Order, Keep: a.Keep}

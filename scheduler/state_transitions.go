@@ -37,7 +37,7 @@ func (c *Core) releasedToForgotten(id int32) {
 			c.gcq = append(c.gcq, d)
 		}
 	}
-	t.key, t.def, t.deps, t.dependents, t.whoHas, t.err = "", nil, nil, nil, nil, nil
+	t.key, t.def, t.payload, t.deps, t.dependents, t.whoHas, t.err = "", nil, nil, nil, nil, nil, nil
 	c.free = append(c.free, id)
 }
 
