@@ -25,12 +25,16 @@ func TestMetamorphic(t *testing.T) {
 	if testing.Short() {
 		seeds = 40
 	}
-	var missing, deaths, tasks, stealing, dispatches int
+	var missing, deaths, tasks, stealing, dispatches, seconds, rewants, seceded int
 	defer func() {
-		t.Logf("%d graphs, %d tasks, %d worker losses, %d inputs missing, %d graphs with steals in flight, %d pending batches dispatched",
-			seeds, tasks, deaths, missing, stealing, dispatches)
+		t.Logf("%d graphs, %d tasks, %d worker losses, %d inputs missing, %d graphs with steals in flight, %d pending batches dispatched, "+
+			"%d second clients, %d results asked for again, %d tasks seceded",
+			seeds, tasks, deaths, missing, stealing, dispatches, seconds, rewants, seceded)
 		if !t.Failed() && seeds >= 40 && dispatches == 0 {
 			t.Errorf("no graph left a batch of queued tasks pending (DispatchBatch): that path went untested")
+		}
+		if !t.Failed() && seeds >= 40 && (seconds == 0 || rewants == 0 || seceded == 0) {
+			t.Errorf("a client step or secession never happened: that path went untested")
 		}
 	}()
 	for seed := range seeds {
@@ -38,6 +42,7 @@ func TestMetamorphic(t *testing.T) {
 		defer func() {
 			missing, deaths, tasks = missing+fc.missing, deaths+fc.deaths, tasks+len(fc.tasks)
 			dispatches += fc.dispatches
+			seconds, rewants, seceded = seconds+min(fc.second+1, 1), rewants+fc.rewants, seceded+fc.seceded
 			stealing += min(fc.stealing, 1)
 		}()
 		func() {
@@ -74,8 +79,15 @@ type fakeCluster struct {
 	ref     map[string]uint64
 	fails   map[string]int
 	client  map[string]string // last key-state per wanted key
-	deaths  int
-	missing int
+	// a second client submits a prefix of the graph and wants its last task (second: its
+	// index, -1 before), then perhaps drops it (secondGone); client2 is its key-states
+	second     int
+	secondGone bool
+	client2    map[string]string
+	rewants    int // wanted keys the first client dropped and asked for again
+	seceded    int // tasks that seceded while running (EvLongRunning)
+	deaths     int
+	missing    int
 	// stealing is the most steals the core had in flight at once
 	stealing int
 	// dispatches counts the EvDispatch events handled for a batch left pending
@@ -96,7 +108,8 @@ func newFakeCluster(t *testing.T, seed uint64) *fakeCluster {
 		cfg.DispatchBatch = 1 + r.IntN(4) // the driver comes back for the rest (EvDispatch)
 	}
 	fc := &fakeCluster{t: t, seed: seed, r: r, c: NewCore(cfg), workers: map[WorkerID]*fakeWorker{},
-		ref: map[string]uint64{}, fails: map[string]int{}, client: map[string]string{}}
+		ref: map[string]uint64{}, fails: map[string]int{}, client: map[string]string{}, client2: map[string]string{},
+		second: -1}
 	n := 1 + r.IntN(60)
 	for i := range n {
 		task := graph.Task{Key: fmt.Sprintf("t%d-%x", i%5, i), Kind: graph.KindGo, Func: "h", Retries: r.IntN(3)}
@@ -197,7 +210,11 @@ func (fc *fakeCluster) handle(ev Event) {
 			if a.State != "memory" {
 				fc.t.Fatalf("seed %d: key %s is %s: %v", fc.seed, a.Key, a.State, a.Err)
 			}
-			fc.client[a.Key] = a.State
+			if a.Client == 2 {
+				fc.client2[a.Key] = a.State
+			} else {
+				fc.client[a.Key] = a.State
+			}
 		case ActGraphRejected:
 			fc.t.Fatalf("seed %d: graph rejected: %v", fc.seed, a.Err)
 		}
@@ -260,7 +277,51 @@ func (fc *fakeCluster) done() bool {
 			return false
 		}
 	}
+	if k, ok := fc.secondKey(); ok && (fc.client2[k] != "memory" || fc.c.State(k) != Memory) {
+		return false
+	}
 	return true
+}
+
+// secondKey is the key the second client holds a future for, if any.
+func (fc *fakeCluster) secondKey() (string, bool) {
+	if fc.second < 0 || fc.secondGone {
+		return "", false
+	}
+	return fc.tasks[fc.second].Key, true
+}
+
+// clientStep is what clients do besides the first graph: a second client submits part of it
+// (every task already known, compared with its definition) and may drop its future; the first
+// drops a future and asks for it again, as a user recomputing a result.
+func (fc *fakeCluster) clientStep() {
+	switch fc.r.IntN(3) {
+	case 0:
+		if fc.second >= 0 {
+			return
+		}
+		fc.second = fc.r.IntN(len(fc.tasks))
+		fc.handle(EvUpdateGraph{Client: 2, ID: 2, Tasks: slices.Clone(fc.tasks[:fc.second+1]),
+			Wanted: []string{fc.tasks[fc.second].Key}})
+	case 1:
+		if k, ok := fc.secondKey(); ok {
+			fc.secondGone = true
+			fc.handle(EvReleaseKeys{Client: 2, Keys: []string{k}})
+		}
+	case 2:
+		// (only a result in memory: a task released while it runs and submitted again at once
+		// may have its first run's report, sent before the release reached the worker, taken
+		// for the second's: docs/architecture.md, "Known limits")
+		k := fc.wanted[fc.r.IntN(len(fc.wanted))]
+		if fc.rewants >= 3 || fc.c.State(k) != Memory {
+			return
+		}
+		fc.rewants++
+		j := slices.IndexFunc(fc.tasks, func(t graph.Task) bool { return t.Key == k })
+		fc.handle(EvReleaseKeys{Client: 1, Keys: []string{k}})
+		delete(fc.client, k)
+		fc.handle(EvUpdateGraph{Client: 1, ID: uint64(3 + fc.rewants), Tasks: slices.Clone(fc.tasks[:j+1]), Wanted: []string{k}})
+	}
 }
 
 func (fc *fakeCluster) step() {
@@ -268,6 +329,10 @@ func (fc *fakeCluster) step() {
 		// the server serves a pending batch in turn with what arrives meanwhile
 		fc.dispatches++
 		fc.handle(EvDispatch{})
+		return
+	}
+	if fc.r.IntN(50) == 0 {
+		fc.clientStep()
 		return
 	}
 	w := fc.pick()
@@ -384,6 +449,10 @@ func (fc *fakeCluster) runTask(w *fakeWorker) {
 		w.outbox = append(w.outbox, EvTaskErred{Worker: w.id, Key: task.Key, Err: wire.Errorf(wire.CodeTaskError, "transient")})
 		return
 	}
+	if fc.r.IntN(8) == 0 { // it seceded while it ran (it waited on tasks it submitted)
+		fc.seceded++
+		w.outbox = append(w.outbox, EvLongRunning{Worker: w.id, Key: task.Key, TaskID: ac.TaskID})
+	}
 	w.store[task.Key] = value(task, vals)
 	w.outbox = append(w.outbox, EvTaskFinished{Worker: w.id, Key: task.Key, NBytes: 8, Encoding: "msgpack", Stop: 1000})
 }
@@ -396,7 +465,11 @@ func (fc *fakeCluster) check() {
 			}
 		}
 	}
-	for _, k := range fc.wanted {
+	wanted := fc.wanted
+	if k, ok := fc.secondKey(); ok {
+		wanted = append(slices.Clone(wanted), k)
+	}
+	for _, k := range wanted {
 		if s := fc.c.State(k); s != Memory {
 			fc.t.Fatalf("seed %d: wanted %s is %s", fc.seed, k, s)
 		}
@@ -416,6 +489,9 @@ func (fc *fakeCluster) check() {
 	}
 	fc.checkSteals()
 	fc.handle(EvReleaseKeys{Client: 1, Keys: fc.wanted})
+	if k, ok := fc.secondKey(); ok {
+		fc.handle(EvReleaseKeys{Client: 2, Keys: []string{k}})
+	}
 	if st := fc.c.Stats(); st.TasksAlive != 0 {
 		fc.t.Fatalf("seed %d: %d tasks alive after releasing everything", fc.seed, st.TasksAlive)
 	}
