@@ -634,12 +634,14 @@ class Client(ClusterControl, Datasets, Reports):
         """Find new homes for keys whose worker did not have them.
 
         Asks the scheduler (``who_has``); a key that no worker holds any more is being
-        recomputed, so wait for its next ``key_state`` (polling ``who_has`` meanwhile).
+        recomputed, so wait for its next ``key_state`` (polling ``who_has`` meanwhile, less
+        and less often: 50 ms, doubling, at most every 2 s).
         """
         time.sleep(min(0.05 * attempt, 0.5))
         failed_on = {k: st.worker for k, st in todo.items()}
         deadline = time.monotonic() + self.fetch_timeout
         pending = dict(todo)
+        polls = 0
         while pending:
             try:
                 who = self._request({"op": "who_has", "keys": list(pending)}).get("who_has") or {}
@@ -661,7 +663,17 @@ class Client(ClusterControl, Datasets, Reports):
             if time.monotonic() > deadline:
                 raise FutureLostError(f"no worker holds {sorted(pending)[:5]}; waited"
                                       f" {self.fetch_timeout}s for them to be recomputed")
-            next(iter(pending.values())).event.wait(0.5)
+            # A key_state that moves a key ends the wait early; but the event of a key still
+            # finished (the scheduler believes in the copy that was not there) is set, and
+            # waiting on it alone asked the scheduler who_has as fast as it answered, for as
+            # long as fetch_timeout.
+            delay = min(0.05 * 2 ** polls, 2.0)
+            polls += 1
+            first = next(iter(pending.values()))
+            if first.event.is_set():
+                time.sleep(delay)
+            else:
+                first.event.wait(delay)
             for k, st in pending.items():
                 if st.status == FINISHED and st.worker and st.worker != failed_on[k]:
                     failed_on[k] = ""  # moved: accept on the next round

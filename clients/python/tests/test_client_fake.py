@@ -570,3 +570,32 @@ def test_async_data_pool_serves_concurrent_requests_on_several_connections() -> 
         pool.close()
 
     asyncio.run(main())
+
+
+def test_a_value_the_scheduler_places_where_it_is_not_is_asked_for_with_backoff() -> None:
+    """A result the scheduler still says is on the worker that did not have it (and nowhere
+    else): the client asks ``who_has`` again less and less often until ``fetch_timeout``,
+    then raises FutureLostError. (The key's state stays finished, so its event is set, and
+    the wait on it used to return at once: a request as fast as the scheduler answered.)"""
+    from shoal.futures import KeyState
+
+    asked: list[float] = []
+
+    class Stub:
+        fetch_timeout = 1.0
+
+        def _request(self, msg: dict[str, Any]) -> dict[str, Any]:
+            assert msg["op"] == "who_has"
+            asked.append(time.monotonic())
+            return {"who_has": {k: ["tcp://w1:1"] for k in msg["keys"]}}
+
+    st = KeyState("k")
+    st.finish("tcp://w1:1")
+    t0 = time.monotonic()
+    with pytest.raises(FutureLostError, match="no worker holds"):
+        Client._relocate(Stub(), {"k": st}, 1)  # type: ignore[arg-type]
+    took = time.monotonic() - t0
+    assert 1.0 <= took < 3.0
+    assert 3 <= len(asked) <= 8, f"{len(asked)} who_has requests in {took:.2f} s"
+    gaps = [b - a for a, b in zip(asked, asked[1:])]
+    assert gaps == sorted(gaps), "the polls grow apart"
