@@ -147,6 +147,7 @@ type task struct {
 	live       int32    // dependents not forgotten
 	want       ClientID // first client wanting it, or -1 (more in Core.wantMore)
 	gen        uint32
+	run        uint32  // the run number of its last compute (Core.runs): its handle's high half
 	expDur     float32 // expected duration when it was assigned, seconds
 	retries    uint16
 	state      State
@@ -203,6 +204,13 @@ type Core struct {
 	orderBase       int64
 	lastSteal       int64
 	stealTicks      bool
+	// runs numbers the computes sent; cancelled holds the handles of the last cancelKeep runs
+	// cancelled on their workers (processingToReleased) and the worker of each, in the
+	// order cancelRing gives for eviction
+	runs       uint32
+	cancelled  map[uint64]WorkerID
+	cancelRing []uint64
+	cancelAt   int
 
 	// per event
 	seq          uint64
@@ -495,19 +503,51 @@ func (c *Core) newTask(key string, def *graph.Task, payload []byte, isPlain, nam
 
 func (c *Core) key(id int32) string { return c.tasks.at(id).key }
 
-// handle is the task handle sent in compute: gen+1 and id, never 0. A worker echoes it in
-// task_finished, so the core finds the task without hashing its key.
+// handle is the task handle sent in compute: its run number and id+1, never 0. A worker
+// echoes it in task_finished, so the core finds the task without hashing its key, and a
+// report of a run the core cancelled is told from one of the task's next run.
 func (c *Core) handle(id int32) uint64 {
-	return uint64(c.tasks.at(id).gen)<<32 | uint64(uint32(id)+1)
+	return uint64(c.tasks.at(id).run)<<32 | uint64(uint32(id)+1)
+}
+
+// cancelKeep is how many cancelled runs the core remembers: a report of one is stale only
+// while it may still be on its way, the time a free_keys takes to reach the worker.
+const cancelKeep = 4096
+
+// noteCancelled remembers that run h was cancelled on worker w: w was told to drop it.
+func (c *Core) noteCancelled(h uint64, w WorkerID) {
+	if c.cancelled == nil {
+		c.cancelled = make(map[uint64]WorkerID)
+	}
+	if len(c.cancelRing) < cancelKeep {
+		c.cancelRing = append(c.cancelRing, h)
+	} else {
+		delete(c.cancelled, c.cancelRing[c.cancelAt])
+		c.cancelRing[c.cancelAt] = h
+		c.cancelAt = (c.cancelAt + 1) % cancelKeep
+	}
+	c.cancelled[h] = w
+}
+
+// staleRun reports whether worker w's report with handle h is of a run the core cancelled
+// there. The worker sent it before it got the free_keys, and has dropped the value since; if
+// the task was submitted again meanwhile and given to the same worker, the report would be
+// taken for the new run's (dask's run_id serves the same end).
+func (c *Core) staleRun(w WorkerID, h uint64) bool {
+	if len(c.cancelled) == 0 || h == 0 {
+		return false
+	}
+	cw, ok := c.cancelled[h]
+	return ok && cw == w
 }
 
 // resolve finds the task of a worker's report: by its handle when the handle still names a
-// live task with that key (the key check guards against a stale or foreign handle), by the
-// key otherwise.
+// live task with that key and its last run (the key check guards against a foreign handle),
+// by the key otherwise.
 func (c *Core) resolve(h uint64, key string) (int32, bool) {
 	if lo := uint32(h); lo != 0 && lo <= uint32(c.tasks.n) {
 		id := int32(lo - 1)
-		if t := c.tasks.at(id); t.gen == uint32(h>>32) && t.state != Forgotten && t.key == key {
+		if t := c.tasks.at(id); t.run == uint32(h>>32) && t.state != Forgotten && t.key == key {
 			return id, true
 		}
 	}

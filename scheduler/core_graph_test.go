@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/shoal-dev/shoal/graph"
+	"github.com/shoal-dev/shoal/internal/wire"
 	"github.com/stretchr/testify/require"
 )
 
@@ -119,3 +120,63 @@ func TestPlainTasksKeepTheirWholeDefinition(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// A task released while it runs and submitted again at once goes back to the same worker; the
+// worker's report of the cancelled run (sent before the free_keys reached it, about a value it
+// has dropped since) must not count for the new run, nor cancel it: only the new run's does.
+func TestAReportOfACancelledRunDoesNotCountForTheNext(t *testing.T) {
+	c := NewCore(DefaultCoreConfig())
+	var acts []Action
+	handle := func(ev Event) (computes []ActCompute, frees []ActFree, states []string) {
+		acts = c.Handle(ev, acts[:0])
+		for _, a := range acts {
+			switch a := a.(type) {
+			case *ActCompute:
+				computes = append(computes, *a)
+			case ActFree:
+				frees = append(frees, a)
+			case *ActKeyState:
+				states = append(states, a.State)
+			}
+		}
+		c.RecycleActions()
+		return
+	}
+	handle(EvWorkerJoined{Worker: 0, Name: "w0", NThreads: 1, Functions: []string{"f"}})
+	submit := func() ActCompute {
+		computes, _, _ := handle(EvUpdateGraph{Client: 1, ID: 1, Tasks: []graph.Task{depTask("t")}, Wanted: []string{"t"}})
+		require.Len(t, computes, 1)
+		return computes[0]
+	}
+	first := submit()
+	_, frees, _ := handle(EvReleaseKeys{Client: 1, Keys: []string{"t"}})
+	require.Equal(t, []ActFree{{Worker: 0, Keys: []string{"t"}}}, frees, "the running task is cancelled")
+	second := submit()
+	require.Equal(t, first.Worker, second.Worker)
+	require.NotEqual(t, first.TaskID, second.TaskID, "each run has its own handle")
+
+	// the cancelled run's reports, in the order a worker sends them
+	for _, ev := range []Event{
+		EvLongRunning{Worker: 0, Key: "t", TaskID: first.TaskID},
+		EvTaskErred{Worker: 0, Key: "t", TaskID: first.TaskID, Err: wire.Errorf(wire.CodeTaskError, "boom")},
+		EvTaskFinished{Worker: 0, Key: "t", TaskID: first.TaskID, NBytes: 8, Encoding: "msgpack", Stop: 1000},
+	} {
+		computes, frees, states := handle(ev)
+		require.Empty(t, computes, "%T", ev)
+		require.Empty(t, frees, "%T: a free would cancel the new run", ev)
+		require.Empty(t, states, "%T", ev)
+		require.Equal(t, Processing, c.State("t"), "%T", ev)
+		id, _ := c.lookup("t")
+		require.Zero(t, c.tasks.at(id).flags&flagSeceded, "%T", ev)
+	}
+	_, _, states := handle(EvTaskFinished{Worker: 0, Key: "t", TaskID: second.TaskID, NBytes: 8, Encoding: "msgpack", Stop: 1000})
+	require.Equal(t, []string{"memory"}, states)
+	require.Equal(t, Memory, c.State("t"))
+
+	// a worker that reports by key alone is served as before: the report counts
+	c.Handle(EvReleaseKeys{Client: 1, Keys: []string{"t"}}, nil)
+	c.RecycleActions()
+	submit()
+	_, _, states = handle(EvTaskFinished{Worker: 0, Key: "t", NBytes: 8, Encoding: "msgpack", Stop: 1000})
+	require.Equal(t, []string{"memory"}, states)
+}

@@ -274,8 +274,8 @@ func (c *Core) heartbeat(e *EvHeartbeat) {
 
 func (c *Core) taskFinished(e *EvTaskFinished) {
 	ws := c.liveWorker(e.Worker)
-	if ws == nil {
-		return
+	if ws == nil || c.staleRun(e.Worker, e.TaskID) {
+		return // (a cancelled run's value is dropped already: a free now could cancel its next run)
 	}
 	id, ok := c.resolve(e.TaskID, e.Key)
 	if !ok {
@@ -313,7 +313,7 @@ func (c *Core) welcome(id int32) bool {
 
 func (c *Core) taskErred(e *EvTaskErred) {
 	id, ok := c.resolve(e.TaskID, e.Key)
-	if !ok || c.liveWorker(e.Worker) == nil {
+	if !ok || c.liveWorker(e.Worker) == nil || c.staleRun(e.Worker, e.TaskID) {
 		return
 	}
 	t := c.tasks.at(id)
@@ -408,7 +408,7 @@ func (c *Core) missingData(e *EvMissingData) {
 // tasks nor its occupancy.
 func (c *Core) longRunning(e *EvLongRunning) {
 	id, ok := c.resolve(e.TaskID, e.Key)
-	if !ok || c.liveWorker(e.Worker) == nil {
+	if !ok || c.liveWorker(e.Worker) == nil || c.staleRun(e.Worker, e.TaskID) {
 		return
 	}
 	t := c.tasks.at(id)

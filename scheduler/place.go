@@ -449,9 +449,11 @@ func (c *Core) book(id int32, w WorkerID) {
 	c.updateSat(ws)
 }
 
-// sendCompute emits the compute action of id, booked on w.
+// sendCompute emits the compute action of id, booked on w, as its next run.
 func (c *Core) sendCompute(id int32, w WorkerID) {
 	t := c.tasks.at(id)
+	c.runs++
+	t.run = c.runs
 	var deps []DepLoc
 	if len(t.deps) > 0 {
 		deps = c.depList(len(t.deps))

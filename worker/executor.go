@@ -1184,11 +1184,12 @@ func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 		delete(w.mu.tasks, key)
 	}
 	w.setStateLocked(ts, stateDone)
-	freed := ts.freed
-	w.mu.Unlock()
-	if freed && r.err == nil {
-		w.store.Delete(key)
+	if ts.freed && r.err == nil {
+		// under w.mu, as the task leaves the table: a compute of the key handled after this
+		// finds neither (and runs it again); one handled before un-freed it
+		w.store.DeleteAsync(key)
 	}
+	w.mu.Unlock()
 	w.report(thread, ts, r, start, stop)
 	w.mu.Lock()
 	w.mu.running--

@@ -29,8 +29,9 @@ func (w *Worker) secede(ex *executor, r *pyRun, fd int) {
 	ts := r.ts
 	w.mu.Lock()
 	ts.longRunning = true
+	tid := ts.tid
 	w.mu.Unlock()
-	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: ts.tid})
+	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: tid})
 	w.stats.seceded.Add(1)
 	lane := ex.lane
 	if !w.goFunc(func() { w.serveSeceded(ex.pid, c, ts, lane) }) {
@@ -120,8 +121,9 @@ func (w *Worker) secedeGo(ts *task, thread int) {
 		return // called after the task returned (a goroutine it left behind): nothing to free
 	}
 	ts.seceded, ts.longRunning = true, true
+	tid := ts.tid
 	w.mu.Unlock()
-	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: ts.tid})
+	w.send(&wire.Msg{Op: wire.OpLongRunning, Key: ts.t.Key, TaskID: tid})
 	w.stats.seceded.Add(1)
 	w.goFunc(func() { w.thread(thread) })
 }

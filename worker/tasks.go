@@ -69,7 +69,7 @@ func (w *Worker) setStateLocked(ts *task, to taskState) {
 // task is a compute request the worker holds until it has run.
 type task struct {
 	t       graph.Task
-	tid     uint64 // the scheduler's task handle from compute, echoed in the report
+	tid     uint64 // the scheduler's task handle from its latest compute, echoed in the report (w.mu)
 	order   int64
 	seq     uint64
 	state   taskState
@@ -154,21 +154,30 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		w.log.Warn("compute without a task key")
 		return
 	}
+	w.mu.Lock()
+	if t.Kind == graph.KindPy && len(m.FuncData) > 0 {
+		w.mu.funcData[t.Func] = m.FuncData // sent once per worker, whatever this compute turns out to be
+	}
+	if ts, dup := w.mu.tasks[t.Key]; dup {
+		// Asked again for a task it has: the latest handle is the one to report. A run the
+		// scheduler cancelled (freed) and now wants again is that run: its result is kept and
+		// reported under the new handle (the scheduler ignores reports of cancelled runs,
+		// so dropping it and skipping this compute as a repeat left the task with no run).
+		ts.tid, ts.freed = m.TaskID, false
+		w.mu.Unlock()
+		return
+	}
+	// (under w.mu: a freed run's result leaves the store as its task leaves the table, under
+	// w.mu in finish, so a value seen here with no task above is one that stays)
 	if enc, nbytes, ok := w.store.Info(t.Key); ok {
+		w.mu.Unlock()
 		now := time.Now().UnixNano()
 		w.send(&wire.Msg{Op: wire.OpTaskFinished, Key: t.Key, TaskID: m.TaskID, NBytes: nbytes, Encoding: enc, Start: now, Stop: now})
 		return
 	}
-	w.mu.Lock()
 	defer w.mu.Unlock()
-	if t.Kind == graph.KindPy && len(m.FuncData) > 0 {
-		w.mu.funcData[t.Func] = m.FuncData
-	}
 	if w.mu.draining || w.mu.closed {
 		w.send(&wire.Msg{Op: wire.OpReschedule, Keys: []string{t.Key}})
-		return
-	}
-	if _, dup := w.mu.tasks[t.Key]; dup {
 		return
 	}
 	w.mu.seq++

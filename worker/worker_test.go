@@ -334,3 +334,42 @@ func TestSpillUnderMemoryPressure(t *testing.T) {
 	require.Len(t, frames[0], 2<<10)
 	require.Equal(t, byte(255), frames[0][255])
 }
+
+// A running task freed and then asked for again (the scheduler cancelled the run, then its
+// client submitted the task again) is the new run: its result is kept and reported once,
+// under the new handle. Asked for again after its run ended, it runs again.
+func TestFreedRunningTaskAskedForAgain(t *testing.T) {
+	started, release := newGate(t)
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.NThreads = 1
+	w, sc, _, _ := s.startWorker(cfg)
+
+	compute := func(tid uint64) *wire.Msg {
+		m := goTask("blocker", "test_block", 0, "blocker")
+		m.TaskID = tid
+		return m
+	}
+	sc.send(compute(1))
+	require.Equal(t, "blocker", <-started)
+	sc.send(&wire.Msg{Op: wire.OpFreeKeys, Keys: []string{"blocker"}})
+	sc.send(compute(2))
+	sc.send(&wire.Msg{Op: wire.OpStealRequest, Key: "nothing"}) // a marker: both were handled
+	sc.expect(wire.OpStealResponse)
+	close(release)
+	m := sc.expect(wire.OpTaskFinished)
+	require.Equal(t, "blocker", m.Key)
+	require.Equal(t, uint64(2), m.TaskID, "reported as the run asked for last")
+	require.True(t, w.Store().Has("blocker"), "the new run's result is kept")
+
+	// its run over, freed and asked for again: it runs again
+	started2, release2 := newGate(t)
+	sc.send(&wire.Msg{Op: wire.OpFreeKeys, Keys: []string{"blocker"}})
+	sc.send(compute(3))
+	require.Equal(t, "blocker", <-started2)
+	close(release2)
+	m = sc.expect(wire.OpTaskFinished)
+	require.Equal(t, uint64(3), m.TaskID)
+	require.True(t, w.Store().Has("blocker"))
+	require.Zero(t, w.Metrics().Ready)
+}

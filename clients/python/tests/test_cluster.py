@@ -129,6 +129,31 @@ def test_cancel(client: Client) -> None:
     assert f.status == "cancelled"
 
 
+def test_a_task_released_while_it_runs_and_submitted_again_gives_its_result() -> None:
+    """The scheduler cancels the run on the release and gives the worker the task again: the
+    worker's run under way becomes the new run, whose result is kept (a report of the
+    cancelled run, or the worker skipping the second compute as a repeat, left the future
+    without a value or without a run)."""
+    with LocalCluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster) as client:
+        for round in range(3):
+            f = client.submit(slow_inc, round, 0.6)
+            key = f.key
+            deadline = time.monotonic() + 30
+            while key not in sum(client.processing().values(), []):
+                assert time.monotonic() < deadline, "the task never started"
+                time.sleep(0.02)
+            time.sleep(0.2)  # running in the executor
+            f.release()
+            while key in sum(client.processing().values(), []):  # the release reached the scheduler
+                assert time.monotonic() < deadline, "the release was not seen"
+                time.sleep(0.01)
+            g = client.submit(slow_inc, round, 0.6)
+            assert g.key == key
+            assert g.result(timeout=30) == round + 1
+            assert client.gather(g) == round + 1
+            del g
+
+
 def test_wait_and_as_completed(client: Client) -> None:
     futures = client.map(slow_inc, range(6), delay=0.05)
     done, not_done = wait(futures, timeout=60)
