@@ -25,15 +25,15 @@ func TestMetamorphic(t *testing.T) {
 	if testing.Short() {
 		seeds = 40
 	}
-	var missing, deaths, tasks, stealing, dispatches, seconds, rewants, seceded int
+	var missing, deaths, tasks, stealing, dispatches, seconds, rewants, seceded, cancels int
 	defer func() {
 		t.Logf("%d graphs, %d tasks, %d worker losses, %d inputs missing, %d graphs with steals in flight, %d pending batches dispatched, "+
-			"%d second clients, %d results asked for again, %d tasks seceded",
-			seeds, tasks, deaths, missing, stealing, dispatches, seconds, rewants, seceded)
+			"%d second clients, %d results asked for again, %d tasks seceded, %d keys cancelled",
+			seeds, tasks, deaths, missing, stealing, dispatches, seconds, rewants, seceded, cancels)
 		if !t.Failed() && seeds >= 40 && dispatches == 0 {
 			t.Errorf("no graph left a batch of queued tasks pending (DispatchBatch): that path went untested")
 		}
-		if !t.Failed() && seeds >= 40 && (seconds == 0 || rewants == 0 || seceded == 0) {
+		if !t.Failed() && seeds >= 40 && (seconds == 0 || rewants == 0 || seceded == 0 || cancels == 0) {
 			t.Errorf("a client step or secession never happened: that path went untested")
 		}
 	}()
@@ -43,6 +43,7 @@ func TestMetamorphic(t *testing.T) {
 			missing, deaths, tasks = missing+fc.missing, deaths+fc.deaths, tasks+len(fc.tasks)
 			dispatches += fc.dispatches
 			seconds, rewants, seceded = seconds+min(fc.second+1, 1), rewants+fc.rewants, seceded+fc.seceded
+			cancels += fc.cancels
 			stealing += min(fc.stealing, 1)
 		}()
 		func() {
@@ -87,6 +88,7 @@ type fakeCluster struct {
 	rewants    int  // wanted keys the first client dropped and asked for again
 	noEcho     bool // the workers report tasks by key alone, not echoing their handles
 	seceded    int  // tasks that seceded while running (EvLongRunning)
+	cancels    int  // wanted keys the first client cancelled (they, and what depends on them and is not done, end "cancelled")
 	deaths     int
 	missing    int
 	// stealing is the most steals the core had in flight at once
@@ -208,7 +210,7 @@ func (fc *fakeCluster) handle(ev Event) {
 		case ActSteal:
 			fc.toWorker(a.Victim, a)
 		case *ActKeyState:
-			if a.State != "memory" {
+			if a.State != "memory" && (a.State != "cancelled" || fc.cancels == 0) {
 				fc.t.Fatalf("seed %d: key %s is %s: %v", fc.seed, a.Key, a.State, a.Err)
 			}
 			if a.Client == 2 {
@@ -273,7 +275,7 @@ func (fc *fakeCluster) done() bool {
 			return false
 		}
 	}
-	for _, k := range fc.wanted {
+	for _, k := range fc.live() {
 		if fc.client[k] != "memory" || fc.c.State(k) != Memory {
 			return false
 		}
@@ -284,7 +286,49 @@ func (fc *fakeCluster) done() bool {
 	return true
 }
 
+// live is the first client's wanted keys that were not cancelled (it was told so).
+func (fc *fakeCluster) live() []string {
+	if fc.cancels == 0 {
+		return fc.wanted
+	}
+	var out []string
+	for _, k := range fc.wanted {
+		if fc.client[k] != "cancelled" {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // secondKey is the key the second client holds a future for, if any.
+// inFlight reports whether a worker has a compute of key queued or on its way, or a report of
+// it on its way back.
+func (fc *fakeCluster) inFlight(key string) bool {
+	for _, w := range fc.workers {
+		if slices.ContainsFunc(w.queue, func(q ActCompute) bool { return q.Key == key }) {
+			return true
+		}
+		for _, a := range w.inbox {
+			if ac, ok := a.(*ActCompute); ok && ac.Key == key {
+				return true
+			}
+		}
+		for _, ev := range w.outbox {
+			switch ev := ev.(type) {
+			case EvTaskFinished:
+				if ev.Key == key {
+					return true
+				}
+			case EvTaskErred:
+				if ev.Key == key {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
 func (fc *fakeCluster) echo(ac ActCompute) uint64 {
 	if fc.noEcho {
 		return 0
@@ -293,7 +337,7 @@ func (fc *fakeCluster) echo(ac ActCompute) uint64 {
 }
 
 func (fc *fakeCluster) secondKey() (string, bool) {
-	if fc.second < 0 || fc.secondGone {
+	if fc.second < 0 || fc.secondGone || fc.client2[fc.tasks[fc.second].Key] == "cancelled" {
 		return "", false
 	}
 	return fc.tasks[fc.second].Key, true
@@ -303,7 +347,12 @@ func (fc *fakeCluster) secondKey() (string, bool) {
 // (every task already known, compared with its definition) and may drop its future; the first
 // drops a future and asks for it again, as a user recomputing a result.
 func (fc *fakeCluster) clientStep() {
-	switch fc.r.IntN(3) {
+	switch fc.r.IntN(4) {
+	case 3: // the first client cancels a key: it and what depends on it and is not done end
+		if fc.cancels < 2 {
+			fc.cancels++
+			fc.handle(EvCancelKeys{Client: 1, Keys: []string{fc.wanted[fc.r.IntN(len(fc.wanted))]}})
+		}
 	case 0:
 		if fc.second >= 0 {
 			return
@@ -320,8 +369,12 @@ func (fc *fakeCluster) clientStep() {
 		// (a result still being computed too: its worker may report the run the release
 		// cancelled after the new one was given to it, which must not count for the new one;
 		// only a worker that echoes the handles tells them apart)
+		// (but not while a worker still has a compute of it or a report on the way: a
+		// free_keys crossing those is the known race of docs/architecture.md, "Known limits";
+		// the cancelled run's report, which the core does tell apart, has its own test,
+		// TestAReportOfACancelledRunDoesNotCountForTheNext)
 		k := fc.wanted[fc.r.IntN(len(fc.wanted))]
-		if fc.rewants >= 3 || (fc.noEcho && fc.c.State(k) != Memory) {
+		if fc.rewants >= 3 || fc.inFlight(k) {
 			return
 		}
 		fc.rewants++
@@ -474,7 +527,7 @@ func (fc *fakeCluster) check() {
 			}
 		}
 	}
-	wanted := fc.wanted
+	wanted := fc.live()
 	if k, ok := fc.secondKey(); ok {
 		wanted = append(slices.Clone(wanted), k)
 	}
