@@ -119,6 +119,7 @@ async def relocate(client: "Client", todo: Mapping[str, KeyState], attempt: int)
     failed_on = {k: st.worker for k, st in todo.items()}
     deadline = time.monotonic() + client.fetch_timeout
     pending = dict(todo)
+    polls = 0
     while pending:
         try:
             who = (await request(client, {"op": "who_has", "keys": list(pending)})).get("who_has") or {}
@@ -139,11 +140,18 @@ async def relocate(client: "Client", todo: Mapping[str, KeyState], attempt: int)
         if time.monotonic() > deadline:
             raise FutureLostError(f"no worker holds {sorted(pending)[:5]}; waited"
                                   f" {client.fetch_timeout}s for them to be recomputed")
+        # (as Client._relocate: a key still finished has its event set, so the wait alone
+        # would ask who_has as fast as the scheduler answers)
+        delay = min(0.05 * 2 ** min(polls, 6), 2.0)
+        polls += 1
         first = next(iter(pending.values()))
-        try:
-            await asyncio.wait_for(wait_async(first), 0.5)
-        except asyncio.TimeoutError:
-            pass
+        if first.done():
+            await asyncio.sleep(delay)
+        else:
+            try:
+                await asyncio.wait_for(wait_async(first), delay)
+            except asyncio.TimeoutError:
+                pass
         for k, st in pending.items():
             if st.status == FINISHED and st.worker and st.worker != failed_on[k]:
                 failed_on[k] = ""

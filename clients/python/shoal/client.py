@@ -667,7 +667,7 @@ class Client(ClusterControl, Datasets, Reports):
             # finished (the scheduler believes in the copy that was not there) is set, and
             # waiting on it alone asked the scheduler who_has as fast as it answered, for as
             # long as fetch_timeout.
-            delay = min(0.05 * 2 ** polls, 2.0)
+            delay = min(0.05 * 2 ** min(polls, 6), 2.0)
             polls += 1
             first = next(iter(pending.values()))
             if first.event.is_set():

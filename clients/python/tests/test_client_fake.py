@@ -599,3 +599,28 @@ def test_a_value_the_scheduler_places_where_it_is_not_is_asked_for_with_backoff(
     assert 3 <= len(asked) <= 8, f"{len(asked)} who_has requests in {took:.2f} s"
     gaps = [b - a for a, b in zip(asked, asked[1:])]
     assert gaps == sorted(gaps), "the polls grow apart"
+
+
+def test_the_async_client_asks_for_a_misplaced_value_with_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As above, for the asynchronous client's ``relocate``."""
+    import asyncio
+
+    from shoal import _async
+    from shoal.futures import KeyState
+
+    asked: list[float] = []
+
+    async def fake_request(client: Any, header: dict[str, Any], timeout: Any = None) -> dict[str, Any]:
+        assert header["op"] == "who_has"
+        asked.append(time.monotonic())
+        return {"who_has": {k: ["tcp://w1:1"] for k in header["keys"]}}
+
+    class Stub:
+        fetch_timeout = 1.0
+
+    monkeypatch.setattr(_async, "request", fake_request)
+    st = KeyState("k")
+    st.finish("tcp://w1:1")
+    with pytest.raises(FutureLostError, match="no worker holds"):
+        asyncio.run(_async.relocate(Stub(), {"k": st}, 1))  # type: ignore[arg-type]
+    assert 3 <= len(asked) <= 8, f"{len(asked)} who_has requests"
