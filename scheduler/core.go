@@ -538,7 +538,17 @@ func (c *Core) staleRun(w WorkerID, h uint64) bool {
 		return false
 	}
 	cw, ok := c.cancelled[h]
-	return ok && cw == w
+	if !ok || cw != w {
+		return false
+	}
+	// never the run the task has on w now (run numbers wrap after 2^32 computes, and an old
+	// cancellation stays remembered until cancelKeep others follow)
+	if lo := uint32(h); lo <= uint32(c.tasks.n) {
+		if t := c.tasks.at(int32(lo - 1)); t.run == uint32(h>>32) && t.state == Processing && t.worker == w {
+			return false
+		}
+	}
+	return true
 }
 
 // resolve finds the task of a worker's report: by its handle when the handle still names a

@@ -60,8 +60,11 @@ func (c *Core) workerJoined(e *EvWorkerJoined) {
 }
 
 // adopt: a task still runs on a worker that registered again (after a cut link or a scheduler
-// restart). Unless it already runs elsewhere, it is booked there — no compute is sent, so it
-// is not run a second time — and a task that seceded stays seceded.
+// restart). Unless it already runs elsewhere, it is booked there, and a task that seceded
+// stays seceded. Its compute goes to the worker again: the worker takes it for the run it has
+// (it does not run the task a second time) and reports that run under the new handle, which
+// the handle it got before, perhaps from another scheduler, would not be (a cancelled run's
+// report is told by its handle, staleRun).
 func (c *Core) adopt(key string, w, replaces WorkerID, seceded bool) {
 	id, ok := c.lookup(key)
 	if !ok {
@@ -98,7 +101,7 @@ func (c *Core) adopt(key string, w, replaces WorkerID, seceded bool) {
 	default:
 		return
 	}
-	c.book(id, w)
+	c.assign(id, w)
 	if seceded {
 		c.longRunning(&EvLongRunning{Worker: w, Key: key, TaskID: c.handle(id)})
 	}

@@ -1154,6 +1154,11 @@ func (w *Worker) unbatch(tasks []*task) {
 				delete(w.mu.tasks, ts.t.Key)
 			}
 			w.setStateLocked(ts, stateDone)
+			if ts.next != nil {
+				next := ts.next
+				ts.next = nil
+				w.goFunc(func() { w.handleCompute(next) }) // (w.mu is held here)
+			}
 			continue
 		}
 		w.pushReadyLocked(ts)
@@ -1189,8 +1194,13 @@ func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 		// finds neither (and runs it again); one handled before un-freed it
 		w.store.DeleteAsync(key)
 	}
+	next := ts.next
+	ts.next = nil
 	w.mu.Unlock()
 	w.report(thread, ts, r, start, stop)
+	if next != nil {
+		w.handleCompute(next) // another definition of the key, received while this run went on
+	}
 	w.mu.Lock()
 	w.mu.running--
 	w.mu.cond.Broadcast()

@@ -41,6 +41,23 @@ func init() {
 		}
 		return name, nil
 	})
+	// test_secede_block: test_block that first gives its thread back (TaskEnv.Secede)
+	Register("test_secede_block", func(ctx context.Context, args []any) (any, error) {
+		if env, ok := TaskEnvFrom(ctx); ok {
+			env.Secede()
+		}
+		testGate.Lock()
+		started, release := testGate.started, testGate.release
+		testGate.Unlock()
+		name, _ := args[0].(string)
+		started <- name
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		return name, nil
+	})
 }
 
 // newGate arms test_block for one test.

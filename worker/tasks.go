@@ -76,7 +76,10 @@ type task struct {
 	waiting map[string]struct{} // dependencies not yet in the store (nil when none were missing)
 	index   int                 // position in the ready heap
 	freed   bool                // freed while running: discard the result
-	solo    bool                // was in a batch whose executor died: runs alone from now on
+	// next: a compute of the same key with another definition, received while this freed run
+	// went on; handled when the run ends (w.mu)
+	next *wire.Msg
+	solo bool // was in a batch whose executor died: runs alone from now on
 	// sendFailures counts executors its run could not be sent to (sendFailed)
 	sendFailures int
 	keep         bool         // its result has dependents: its executor may keep it (resident.go)
@@ -144,6 +147,14 @@ func taskDeps(t *graph.Task) []string {
 	return deps
 }
 
+// sameTask reports whether def, a compute's task, is the definition ts runs (whose Deps
+// taskDeps rewrote).
+func sameTask(ts *task, def *graph.Task) bool {
+	cp := *def
+	cp.Deps = taskDeps(def)
+	return graph.Same(&ts.t, &cp)
+}
+
 // depsScanMax: up to this many deps and arguments, taskDeps finds repeats by scanning.
 const depsScanMax = 16
 
@@ -159,12 +170,27 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		w.mu.funcData[t.Func] = m.FuncData // sent once per worker, whatever this compute turns out to be
 	}
 	if ts, dup := w.mu.tasks[t.Key]; dup {
+		if ts.freed && !sameTask(ts, t) {
+			// the key was forgotten and given to another definition: its turn comes when the
+			// cancelled run ends (finish). A copy: the control loop recycles m and m.Task once
+			// this returns (what they refer to stays valid).
+			cp, task := *m, *t
+			cp.Task = &task
+			ts.next = &cp
+			w.mu.Unlock()
+			return
+		}
 		// Asked again for a task it has: the latest handle is the one to report. A run the
 		// scheduler cancelled (freed) and now wants again is that run: its result is kept and
 		// reported under the new handle (the scheduler ignores reports of cancelled runs,
-		// so dropping it and skipping this compute as a repeat left the task with no run).
+		// so dropping it and skipping this compute as a repeat left the task with no run). A
+		// run that gave its thread back says so again, under the new handle.
 		ts.tid, ts.freed = m.TaskID, false
+		again := ts.longRunning
 		w.mu.Unlock()
+		if again {
+			w.send(&wire.Msg{Op: wire.OpLongRunning, Key: t.Key, TaskID: m.TaskID})
+		}
 		return
 	}
 	// (under w.mu: a freed run's result leaves the store as its task leaves the table, under
@@ -176,6 +202,12 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		return
 	}
 	defer w.mu.Unlock()
+	if ts, dup := w.mu.tasks[t.Key]; dup { // queued meanwhile (finish hands a deferred compute in from a task's thread)
+		if !ts.freed {
+			ts.tid = m.TaskID
+		}
+		return
+	}
 	if w.mu.draining || w.mu.closed {
 		w.send(&wire.Msg{Op: wire.OpReschedule, Keys: []string{t.Key}})
 		return

@@ -373,3 +373,59 @@ func TestFreedRunningTaskAskedForAgain(t *testing.T) {
 	require.True(t, w.Store().Has("blocker"))
 	require.Zero(t, w.Metrics().Ready)
 }
+
+// A freed running task whose key comes back with another definition (the scheduler forgot
+// the key, and a client gave it to a new task) does not take over the run: the new task runs
+// once the cancelled run has ended and reported under its old handle.
+func TestFreedRunningTaskKeyGivenToAnotherDefinition(t *testing.T) {
+	started, release := newGate(t)
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.NThreads = 1
+	w, sc, _, _ := s.startWorker(cfg)
+
+	old := goTask("k", "test_block", 0, "k")
+	old.TaskID = 1
+	sc.send(old)
+	require.Equal(t, "k", <-started)
+	sc.send(&wire.Msg{Op: wire.OpFreeKeys, Keys: []string{"k"}})
+	other := goTask("k", "identity", 0, int64(7))
+	other.TaskID = 2
+	sc.send(other)
+	sc.send(&wire.Msg{Op: wire.OpStealRequest, Key: "nothing"}) // a marker: both were handled
+	sc.expect(wire.OpStealResponse)
+	close(release)
+	m := sc.expect(wire.OpTaskFinished)
+	require.Equal(t, uint64(1), m.TaskID, "the cancelled run reports under its own handle")
+	m = sc.expect(wire.OpTaskFinished)
+	require.Equal(t, uint64(2), m.TaskID, "then the new definition runs")
+	got, err := w.Store().Get("k", false)
+	require.NoError(t, err)
+	require.Equal(t, "msgpack", got.Encoding)
+	var v int64
+	require.NoError(t, msgpack.Unmarshal(got.Frames[0], &v))
+	require.Equal(t, int64(7), v, "the new definition's value")
+}
+
+// A freed run that gave its thread back, asked for again, says long_running again under the
+// new handle (the scheduler ignored the first, of a cancelled run).
+func TestFreedSecededTaskAskedForAgainSecedesAgain(t *testing.T) {
+	started, release := newGate(t)
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.NThreads = 1
+	_, sc, _, _ := s.startWorker(cfg)
+
+	m := goTask("p", "test_secede_block", 0, "p")
+	m.TaskID = 1
+	sc.send(m)
+	require.Equal(t, uint64(1), sc.expect(wire.OpLongRunning).TaskID)
+	require.Equal(t, "p", <-started)
+	sc.send(&wire.Msg{Op: wire.OpFreeKeys, Keys: []string{"p"}})
+	again := goTask("p", "test_secede_block", 0, "p")
+	again.TaskID = 2
+	sc.send(again)
+	require.Equal(t, uint64(2), sc.expect(wire.OpLongRunning).TaskID)
+	close(release)
+	require.Equal(t, uint64(2), sc.expect(wire.OpTaskFinished).TaskID)
+}
