@@ -28,36 +28,29 @@ var testGate = struct {
 }{}
 
 func init() {
-	Register("test_block", func(ctx context.Context, args []any) (any, error) {
-		testGate.Lock()
-		started, release := testGate.started, testGate.release
-		testGate.Unlock()
-		name, _ := args[0].(string)
-		started <- name
-		select {
-		case <-release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		return name, nil
-	})
+	Register("test_block", blockOnGate)
 	// test_secede_block: test_block that first gives its thread back (TaskEnv.Secede)
 	Register("test_secede_block", func(ctx context.Context, args []any) (any, error) {
 		if env, ok := TaskEnvFrom(ctx); ok {
 			env.Secede()
 		}
-		testGate.Lock()
-		started, release := testGate.started, testGate.release
-		testGate.Unlock()
-		name, _ := args[0].(string)
-		started <- name
-		select {
-		case <-release:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-		return name, nil
+		return blockOnGate(ctx, args)
 	})
+}
+
+// blockOnGate says it started (its first argument) and waits for the gate to open.
+func blockOnGate(ctx context.Context, args []any) (any, error) {
+	testGate.Lock()
+	started, release := testGate.started, testGate.release
+	testGate.Unlock()
+	name, _ := args[0].(string)
+	started <- name
+	select {
+	case <-release:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return name, nil
 }
 
 // newGate arms test_block for one test.

@@ -340,16 +340,9 @@ func TestSpillUnderMemoryPressure(t *testing.T) {
 // under the new handle. Asked for again after its run ended, it runs again.
 func TestFreedRunningTaskAskedForAgain(t *testing.T) {
 	started, release := newGate(t)
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.NThreads = 1
-	w, sc, _, _ := s.startWorker(cfg)
+	w, sc := oneThreadWorker(t)
 
-	compute := func(tid uint64) *wire.Msg {
-		m := goTask("blocker", "test_block", 0, "blocker")
-		m.TaskID = tid
-		return m
-	}
+	compute := func(tid uint64) *wire.Msg { return withTID(tid, goTask("blocker", "test_block", 0, "blocker")) }
 	sc.send(compute(1))
 	require.Equal(t, "blocker", <-started)
 	sc.send(&wire.Msg{Op: wire.OpFreeKeys, Keys: []string{"blocker"}})
@@ -379,18 +372,13 @@ func TestFreedRunningTaskAskedForAgain(t *testing.T) {
 // once the cancelled run has ended and reported under its old handle.
 func TestFreedRunningTaskKeyGivenToAnotherDefinition(t *testing.T) {
 	started, release := newGate(t)
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.NThreads = 1
-	w, sc, _, _ := s.startWorker(cfg)
+	w, sc := oneThreadWorker(t)
 
-	old := goTask("k", "test_block", 0, "k")
-	old.TaskID = 1
+	old := withTID(1, goTask("k", "test_block", 0, "k"))
 	sc.send(old)
 	require.Equal(t, "k", <-started)
 	sc.send(&wire.Msg{Op: wire.OpFreeKeys, Keys: []string{"k"}})
-	other := goTask("k", "identity", 0, int64(7))
-	other.TaskID = 2
+	other := withTID(2, goTask("k", "identity", 0, int64(7)))
 	sc.send(other)
 	sc.send(&wire.Msg{Op: wire.OpStealRequest, Key: "nothing"}) // a marker: both were handled
 	sc.expect(wire.OpStealResponse)
@@ -411,21 +399,31 @@ func TestFreedRunningTaskKeyGivenToAnotherDefinition(t *testing.T) {
 // new handle (the scheduler ignored the first, of a cancelled run).
 func TestFreedSecededTaskAskedForAgainSecedesAgain(t *testing.T) {
 	started, release := newGate(t)
-	s := newFakeSched(t, "")
-	cfg := testConfig(t)
-	cfg.NThreads = 1
-	_, sc, _, _ := s.startWorker(cfg)
+	_, sc := oneThreadWorker(t)
 
-	m := goTask("p", "test_secede_block", 0, "p")
-	m.TaskID = 1
+	m := withTID(1, goTask("p", "test_secede_block", 0, "p"))
 	sc.send(m)
 	require.Equal(t, uint64(1), sc.expect(wire.OpLongRunning).TaskID)
 	require.Equal(t, "p", <-started)
 	sc.send(&wire.Msg{Op: wire.OpFreeKeys, Keys: []string{"p"}})
-	again := goTask("p", "test_secede_block", 0, "p")
-	again.TaskID = 2
+	again := withTID(2, goTask("p", "test_secede_block", 0, "p"))
 	sc.send(again)
 	require.Equal(t, uint64(2), sc.expect(wire.OpLongRunning).TaskID)
 	close(release)
 	require.Equal(t, uint64(2), sc.expect(wire.OpTaskFinished).TaskID)
+}
+
+// oneThreadWorker is a worker of one thread, registered with a fake scheduler.
+func oneThreadWorker(t *testing.T) (*Worker, *schedConn) {
+	s := newFakeSched(t, "")
+	cfg := testConfig(t)
+	cfg.NThreads = 1
+	w, sc, _, _ := s.startWorker(cfg)
+	return w, sc
+}
+
+// withTID is m with the task handle tid, as the scheduler sends it.
+func withTID(tid uint64, m *wire.Msg) *wire.Msg {
+	m.TaskID = tid
+	return m
 }
