@@ -23,7 +23,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 from ._data import GET_DATA_BATCH, PUT_DATA_BATCH, AsyncDataPool, encode_items
-from ._states import raise_state
+from ._states import raise_state, relocate_delay
 from .exceptions import CommClosedError, FutureLostError, TimeoutError
 from .futures import FINISHED, Future, KeyState, _collect, wait_async
 
@@ -140,9 +140,7 @@ async def relocate(client: "Client", todo: Mapping[str, KeyState], attempt: int)
         if time.monotonic() > deadline:
             raise FutureLostError(f"no worker holds {sorted(pending)[:5]}; waited"
                                   f" {client.fetch_timeout}s for them to be recomputed")
-        # (as Client._relocate: a key still finished has its event set, so the wait alone
-        # would ask who_has as fast as the scheduler answers)
-        delay = min(0.05 * 2 ** min(polls, 6), 2.0)
+        delay = relocate_delay(polls)  # (as Client._relocate)
         polls += 1
         first = next(iter(pending.values()))
         if first.done():

@@ -136,3 +136,11 @@ def raise_state(st: KeyState) -> None:
     if st.status == LOST:
         raise FutureLostError(f"the data of {st.key} was lost")
     raise ShoalError(f"{st.key} failed")
+
+
+def relocate_delay(polls: int) -> float:
+    """Seconds to wait before the next ``who_has`` of a relocation (``Client._relocate`` and
+    its asynchronous twin) that has already asked ``polls`` times: 50 ms, doubling, at most
+    2 s. A key whose state is still finished has its event set, so waiting on the event alone
+    asked as fast as the scheduler answered."""
+    return min(0.05 * (1 << min(polls, 6)), 2.0)

@@ -42,7 +42,7 @@ from ._data import is_loopback as _is_loopback
 from ._refs import NOTHING, replace
 from ._reports import Reports
 from ._shared import Datasets
-from ._states import KeyStates
+from ._states import KeyStates, relocate_delay
 from ._states import raise_state as _raise_state
 from .exceptions import CancelledError, CommClosedError, FutureLostError, ShoalError, TimeoutError, error_from_wire
 from .futures import CANCELLED, FINISHED, Future, KeyState
@@ -663,11 +663,9 @@ class Client(ClusterControl, Datasets, Reports):
             if time.monotonic() > deadline:
                 raise FutureLostError(f"no worker holds {sorted(pending)[:5]}; waited"
                                       f" {self.fetch_timeout}s for them to be recomputed")
-            # A key_state that moves a key ends the wait early; but the event of a key still
-            # finished (the scheduler believes in the copy that was not there) is set, and
-            # waiting on it alone asked the scheduler who_has as fast as it answered, for as
-            # long as fetch_timeout.
-            delay = min(0.05 * 2 ** min(polls, 6), 2.0)
+            # a key_state that moves a key ends the wait early; a key still finished (the
+            # scheduler believes in the copy that was not there) has its event set: sleep
+            delay = relocate_delay(polls)
             polls += 1
             first = next(iter(pending.values()))
             if first.event.is_set():
