@@ -543,21 +543,30 @@ func (c *Core) staleRun(w WorkerID, h uint64) bool {
 	}
 	// never the run the task has on w now (run numbers wrap after 2^32 computes, and an old
 	// cancellation stays remembered until cancelKeep others follow)
-	if lo := uint32(h); lo <= uint32(c.tasks.n) {
-		if t := c.tasks.at(int32(lo - 1)); t.run == uint32(h>>32) && t.state == Processing && t.worker == w {
+	if id, ok := c.byHandle(h); ok {
+		if t := c.tasks.at(id); t.state == Processing && t.worker == w {
 			return false
 		}
 	}
 	return true
 }
 
+// byHandle is the slot handle h names, when that slot's last run is h's.
+func (c *Core) byHandle(h uint64) (int32, bool) {
+	if lo := uint32(h); lo != 0 && lo <= uint32(c.tasks.n) {
+		if id := int32(lo - 1); c.tasks.at(id).run == uint32(h>>32) {
+			return id, true
+		}
+	}
+	return 0, false
+}
+
 // resolve finds the task of a worker's report: by its handle when the handle still names a
 // live task with that key and its last run (the key check guards against a foreign handle),
 // by the key otherwise.
 func (c *Core) resolve(h uint64, key string) (int32, bool) {
-	if lo := uint32(h); lo != 0 && lo <= uint32(c.tasks.n) {
-		id := int32(lo - 1)
-		if t := c.tasks.at(id); t.run == uint32(h>>32) && t.state != Forgotten && t.key == key {
+	if id, ok := c.byHandle(h); ok {
+		if t := c.tasks.at(id); t.state != Forgotten && t.key == key {
 			return id, true
 		}
 	}

@@ -174,10 +174,11 @@ func (c *Core) processingToWaiting(id int32) {
 
 // processingToReleased cancels a running task: its worker is told to drop it.
 func (c *Core) processingToReleased(id int32) {
-	if w := c.tasks.at(id).worker; w >= 0 && c.workers[w].alive {
+	w := c.tasks.at(id).worker
+	if w >= 0 && c.workers[w].alive { // as freeOn: a dead worker reports nothing more
 		c.noteCancelled(c.handle(id), w)
 	}
-	c.freeOn(c.tasks.at(id).worker, id)
+	c.freeOn(w, id)
 	c.unassign(id)
 	c.setState(id, Processing, Released)
 }
