@@ -1154,9 +1154,7 @@ func (w *Worker) unbatch(tasks []*task) {
 				delete(w.mu.tasks, ts.t.Key)
 			}
 			w.setStateLocked(ts, stateDone)
-			if ts.next != nil {
-				next := ts.next
-				ts.next = nil
+			if next := ts.takeNextLocked(); next != nil {
 				w.goFunc(func() { w.handleCompute(next) }) // (w.mu is held here)
 			}
 			continue
@@ -1194,8 +1192,7 @@ func (w *Worker) finish(thread int, ts *task, r result, start, stop time.Time) {
 		// finds neither (and runs it again); one handled before un-freed it
 		w.store.DeleteAsync(key)
 	}
-	next := ts.next
-	ts.next = nil
+	next := ts.takeNextLocked()
 	w.mu.Unlock()
 	w.report(thread, ts, r, start, stop)
 	if next != nil {

@@ -147,6 +147,14 @@ func taskDeps(t *graph.Task) []string {
 	return deps
 }
 
+// takeNextLocked hands over the compute that waited on this run (ts.next), once, when the run
+// ends (w.mu held).
+func (ts *task) takeNextLocked() *wire.Msg {
+	next := ts.next
+	ts.next = nil
+	return next
+}
+
 // sameTask reports whether def, a compute's task, is the definition ts runs (whose Deps
 // taskDeps rewrote).
 func sameTask(ts *task, def *graph.Task) bool {
