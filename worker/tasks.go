@@ -210,12 +210,6 @@ func (w *Worker) handleCompute(m *wire.Msg) {
 		return
 	}
 	defer w.mu.Unlock()
-	if ts, dup := w.mu.tasks[t.Key]; dup { // queued meanwhile (finish hands a deferred compute in from a task's thread)
-		if !ts.freed {
-			ts.tid = m.TaskID
-		}
-		return
-	}
 	if w.mu.draining || w.mu.closed {
 		w.send(&wire.Msg{Op: wire.OpReschedule, Keys: []string{t.Key}})
 		return
